@@ -1,0 +1,65 @@
+# Smartflow for NGINX: builds the four dynamic modules against Debian's
+# nginx-dev, runs the gateway, the test suites and the benchmark.
+
+SHELL       := /bin/bash
+BUILD       ?= $(CURDIR)/build
+NGX_SRC     ?= /usr/share/nginx/src
+NGX_BUILD   := $(BUILD)/nginx
+MODDIR      := $(BUILD)/modules
+FAISS_LIB   := $(BUILD)/libsmartflow_faiss.a
+MODULES     := proxy cache policy audit
+SO          := $(foreach m,$(MODULES),$(MODDIR)/ngx_http_smartflow_$(m)_module.so)
+SOURCES     := $(wildcard ngx_smartflow_*/*.c ngx_smartflow_*/*.h)
+
+# Debian's own flags for nginx, so the modules match the binary they load in
+CC_OPT      ?= -g -O2 -fstack-protector-strong -Wformat \
+               -Werror=format-security -fPIC -D_FORTIFY_SOURCE=2
+LD_OPT      ?= -Wl,-z,relro -Wl,-z,now -fPIC
+
+.PHONY: all modules deps run test test-valgrind bench clean
+
+all: modules
+
+modules: $(SO)
+
+deps:
+	@scripts/deps.sh
+
+$(BUILD)/.deps: scripts/deps.sh
+	@scripts/deps.sh
+	@mkdir -p $(BUILD) && touch $@
+
+$(FAISS_LIB): ngx_smartflow_cache/faiss/ngx_smartflow_faiss_c.cpp $(BUILD)/.deps
+	g++ -std=c++17 -O2 -fPIC -Wall -Wextra -Werror -c $< \
+	    -o $(BUILD)/ngx_smartflow_faiss_c.o
+	ar rcs $@ $(BUILD)/ngx_smartflow_faiss_c.o
+
+$(NGX_BUILD)/objs/Makefile: config $(FAISS_LIB)
+	rm -rf $(NGX_BUILD)
+	cp -r $(NGX_SRC) $(NGX_BUILD)
+	cd $(NGX_BUILD) && source ./conf_flags \
+	    && SMARTFLOW_FAISS_LIB=$(FAISS_LIB) ./configure \
+	       "$${NGX_CONF_FLAGS[@]}" --with-cc-opt="$(CC_OPT)" \
+	       --with-ld-opt="$(LD_OPT)" --add-dynamic-module=$(CURDIR) \
+	       > $(BUILD)/configure.log \
+	    || { tail -20 $(BUILD)/configure.log; exit 1; }
+
+$(SO): $(NGX_BUILD)/objs/Makefile $(SOURCES)
+	$(MAKE) -C $(NGX_BUILD) -f objs/Makefile modules
+	@mkdir -p $(MODDIR)
+	cp $(NGX_BUILD)/objs/ngx_http_smartflow_*_module.so $(MODDIR)/
+
+run: modules
+	@scripts/run.sh
+
+test: modules
+	@scripts/test.sh
+
+test-valgrind: modules
+	@TEST_NGINX_USE_VALGRIND=1 scripts/test.sh
+
+bench: modules
+	@bench/run.sh
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,240 @@
+/*
+ * The request context every Smartflow module shares, and the API the
+ * cache, policy and audit modules call.  The proxy module is loaded first
+ * and nginx dlopen()s modules with RTLD_GLOBAL, so the functions declared
+ * here resolve in the modules loaded after it.
+ */
+
+#ifndef _NGX_HTTP_SMARTFLOW_PROXY_H_INCLUDED_
+#define _NGX_HTTP_SMARTFLOW_PROXY_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+
+#define NGX_SMARTFLOW_VERSION        "0.1.0"
+#define NGX_SMARTFLOW_JSON_MAX_DEPTH 64
+
+
+/* JSON: a small tree in the request pool, built once by yajl's parser */
+
+typedef enum {
+    NGX_SMARTFLOW_JSON_NULL = 0,
+    NGX_SMARTFLOW_JSON_FALSE,
+    NGX_SMARTFLOW_JSON_TRUE,
+    NGX_SMARTFLOW_JSON_NUMBER,
+    NGX_SMARTFLOW_JSON_STRING,
+    NGX_SMARTFLOW_JSON_ARRAY,
+    NGX_SMARTFLOW_JSON_OBJECT
+} ngx_smartflow_json_type_e;
+
+
+typedef struct ngx_smartflow_json_s  ngx_smartflow_json_t;
+
+struct ngx_smartflow_json_s {
+    ngx_smartflow_json_type_e   type;
+    ngx_str_t                   key;     /* member name inside an object */
+    ngx_str_t                   str;     /* string value or number text */
+    ngx_smartflow_json_t       *child;
+    ngx_smartflow_json_t       *last;
+    ngx_smartflow_json_t       *next;
+    ngx_uint_t                  nchild;
+};
+
+
+ngx_smartflow_json_t *ngx_smartflow_json_parse(ngx_pool_t *pool, u_char *p,
+    size_t len, ngx_str_t *err);
+ngx_smartflow_json_t *ngx_smartflow_json_get(ngx_smartflow_json_t *obj,
+    char *key);
+ngx_smartflow_json_t *ngx_smartflow_json_new(ngx_pool_t *pool,
+    ngx_smartflow_json_type_e type, ngx_str_t *str);
+void ngx_smartflow_json_append(ngx_smartflow_json_t *parent, char *key,
+    ngx_smartflow_json_t *child);
+ngx_int_t ngx_smartflow_json_set_str(ngx_pool_t *pool,
+    ngx_smartflow_json_t *obj, char *key, ngx_str_t *value);
+ngx_int_t ngx_smartflow_json_dump(ngx_pool_t *pool, ngx_smartflow_json_t *j,
+    ngx_str_t *out);
+size_t ngx_smartflow_json_escape_len(u_char *src, size_t len);
+u_char *ngx_smartflow_json_escape(u_char *dst, u_char *src, size_t len);
+
+/* copies a string literal without counting its length by hand */
+#define ngx_sf_cpymem(p, lit)  ngx_cpymem(p, lit, sizeof(lit) - 1)
+
+#define ngx_smartflow_json_is_string(j)                                      \
+    ((j) != NULL && (j)->type == NGX_SMARTFLOW_JSON_STRING)
+
+
+/* configuration shared with the other modules */
+
+typedef enum {
+    NGX_HTTP_SMARTFLOW_API_NONE = 0,
+    NGX_HTTP_SMARTFLOW_API_CHAT,
+    NGX_HTTP_SMARTFLOW_API_COMPLETIONS,
+    NGX_HTTP_SMARTFLOW_API_EMBEDDINGS,
+    NGX_HTTP_SMARTFLOW_API_MODELS,
+    NGX_HTTP_SMARTFLOW_API_HEALTH,
+    NGX_HTTP_SMARTFLOW_API_ERROR
+} ngx_http_smartflow_api_e;
+
+
+typedef enum {
+    NGX_HTTP_SMARTFLOW_PROVIDER_OPENAI = 0,
+    NGX_HTTP_SMARTFLOW_PROVIDER_ANTHROPIC,
+    NGX_HTTP_SMARTFLOW_PROVIDER_GEMINI,
+    NGX_HTTP_SMARTFLOW_PROVIDER_ECHO
+} ngx_http_smartflow_provider_type_e;
+
+
+/* per-provider counters, in the status zone when one is configured */
+typedef struct {
+    ngx_atomic_t                requests;
+    ngx_atomic_t                failures;
+    ngx_atomic_t                consecutive_failures;
+    ngx_atomic_t                last_status;
+    ngx_atomic_t                last_failure;    /* epoch seconds */
+    u_char                      name[64];
+} ngx_smartflow_provider_stats_t;
+
+
+typedef struct {
+    ngx_str_t                   name;
+    ngx_uint_t                  type;
+    ngx_str_t                   upstream;       /* "http://sf_openai" */
+    ngx_str_t                   host;           /* Host header, TLS SNI */
+    ngx_str_t                   path;           /* base path, "/v1" */
+    ngx_str_t                   auth;           /* Authorization value */
+    ngx_str_t                   api_key;        /* x-api-key value */
+    ngx_smartflow_provider_stats_t  *stats;
+} ngx_http_smartflow_provider_t;
+
+
+typedef struct {
+    ngx_str_t                   pattern;
+    ngx_str_t                   model;          /* upstream name, or empty */
+    ngx_http_smartflow_provider_t  *provider;
+    unsigned                    wildcard:1;
+} ngx_http_smartflow_route_t;
+
+
+/* the request context */
+
+typedef struct {
+    ngx_uint_t                  api;
+    ngx_int_t                   status;         /* pipeline result */
+
+    ngx_str_t                   body;           /* client body, contiguous */
+    ngx_smartflow_json_t       *json;
+    ngx_str_t                   model;          /* as the client named it */
+
+    ngx_http_smartflow_route_t     *route;
+    ngx_http_smartflow_provider_t  *provider;
+    ngx_str_t                   upstream_model;
+    ngx_str_t                   upstream_uri;
+    ngx_str_t                   upstream_body;
+
+    ngx_str_t                   key_id;         /* identity of the caller */
+
+    ngx_uint_t                  stage;          /* next pipeline stage */
+
+    ngx_uint_t                  err_status;
+    ngx_str_t                   err_type;
+    ngx_str_t                   err_code;
+    ngx_str_t                   err_param;
+    ngx_str_t                   err_message;
+
+    unsigned                    stream:1;
+    unsigned                    body_requested:1;
+    unsigned                    pipeline_done:1;
+    unsigned                    master:1;
+    unsigned                    counted:1;
+} ngx_http_smartflow_ctx_t;
+
+
+/*
+ * A pipeline stage runs in PRECONTENT once the body is parsed and routed.
+ * It returns NGX_DECLINED to go on, NGX_DONE when it has answered the
+ * request itself, NGX_AGAIN when it waits (it then calls
+ * ngx_http_smartflow_pipeline_resume()), or an HTTP status after
+ * ngx_http_smartflow_error() has described the refusal.
+ */
+typedef ngx_int_t (*ngx_http_smartflow_stage_pt)(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx);
+
+#define NGX_HTTP_SMARTFLOW_STAGE_POLICY   100
+#define NGX_HTTP_SMARTFLOW_STAGE_CACHE    200
+
+
+ngx_http_smartflow_ctx_t *ngx_http_smartflow_get_ctx(ngx_http_request_t *r);
+ngx_http_smartflow_ctx_t *ngx_http_smartflow_create_ctx(
+    ngx_http_request_t *r);
+ngx_uint_t ngx_smartflow_glob(u_char *p, u_char *pe, u_char *s, u_char *se);
+ngx_int_t ngx_http_smartflow_register_stage(ngx_conf_t *cf, ngx_uint_t order,
+    ngx_http_smartflow_stage_pt handler);
+void ngx_http_smartflow_pipeline_resume(ngx_http_request_t *r);
+ngx_int_t ngx_http_smartflow_error(ngx_http_request_t *r,
+    ngx_uint_t status, char *type, char *code, char *param,
+    const char *fmt, ...);
+ngx_int_t ngx_http_smartflow_send(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_uint_t sse, ngx_str_t *body);
+
+#define NGX_HTTP_SMARTFLOW_JSON  0
+#define NGX_HTTP_SMARTFLOW_SSE   1
+
+#define ngx_http_smartflow_send_json(r, status, json)                        \
+    ngx_http_smartflow_send(r, status, NGX_HTTP_SMARTFLOW_JSON, json)
+
+
+/* the proxy module's own configuration, shared by its source files */
+
+typedef struct {
+    ngx_array_t                 providers;      /* provider_t * */
+    ngx_array_t                 routes;         /* route_t * */
+    ngx_hash_t                  route_hash;     /* exact names */
+    ngx_array_t                 wildcards;      /* route_t *, config order */
+    ngx_array_t                 stages;         /* stage_t, by order */
+    ngx_str_t                   master_key;
+    u_char                      master_hash[32];
+    ngx_shm_zone_t             *zone;
+} ngx_http_smartflow_main_conf_t;
+
+
+typedef struct {
+    ngx_uint_t                  api;
+} ngx_http_smartflow_loc_conf_t;
+
+
+typedef struct {
+    ngx_uint_t                  order;
+    ngx_http_smartflow_stage_pt handler;
+} ngx_http_smartflow_stage_t;
+
+
+/* internal to the proxy module */
+ngx_int_t ngx_http_smartflow_access_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_smartflow_precontent_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_smartflow_content_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_smartflow_log_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_smartflow_filter_init(ngx_conf_t *cf);
+ngx_int_t ngx_http_smartflow_echo(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx);
+char *ngx_http_smartflow_provider_directive(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+char *ngx_http_smartflow_route_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_smartflow_routes_init(ngx_conf_t *cf,
+    ngx_http_smartflow_main_conf_t *smcf);
+ngx_http_smartflow_route_t *ngx_http_smartflow_route_find(
+    ngx_http_smartflow_main_conf_t *smcf, ngx_str_t *model);
+char *ngx_http_smartflow_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+void ngx_smartflow_shm_provider_result(ngx_http_smartflow_provider_t *p,
+    ngx_uint_t status, ngx_uint_t failed);
+ngx_int_t ngx_smartflow_sha256(u_char *data, size_t len, u_char *out);
+
+
+extern ngx_module_t  ngx_http_smartflow_proxy_module;
+
+
+#endif /* _NGX_HTTP_SMARTFLOW_PROXY_H_INCLUDED_ */
