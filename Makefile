@@ -16,7 +16,7 @@ CC_OPT      ?= -g -O2 -fstack-protector-strong -Wformat \
                -Werror=format-security -fPIC -D_FORTIFY_SOURCE=2
 LD_OPT      ?= -Wl,-z,relro -Wl,-z,now -fPIC
 
-.PHONY: all modules deps run test test-valgrind bench clean
+.PHONY: all modules deps run test test-valgrind bench fuzz clean
 
 all: modules
 
@@ -60,6 +60,24 @@ test-valgrind: modules
 
 bench: modules
 	@bench/run.sh
+
+# libFuzzer targets for the parsers, built with clang and sanitizers
+FUZZ_SECONDS ?= 60
+FUZZ_INCS   := $(foreach d,src/core src/event src/event/modules src/os/unix \
+                 objs src/http src/http/modules src/http/v2,-I$(NGX_BUILD)/$(d))
+
+$(BUILD)/fuzz/json_fuzz: fuzz/ngx_smartflow_json_fuzz.c \
+        ngx_smartflow_proxy/ngx_smartflow_json.c $(NGX_BUILD)/objs/Makefile
+	@mkdir -p $(BUILD)/fuzz
+	clang -g -O1 -fsanitize=fuzzer,address,undefined $(FUZZ_INCS) \
+	    -Ingx_smartflow_proxy fuzz/ngx_smartflow_json_fuzz.c \
+	    ngx_smartflow_proxy/ngx_smartflow_json.c -lyajl -o $@
+
+fuzz: $(BUILD)/fuzz/json_fuzz
+	@mkdir -p $(BUILD)/fuzz/corpus-json
+	cp fuzz/corpus/json/* $(BUILD)/fuzz/corpus-json/
+	$(BUILD)/fuzz/json_fuzz -max_total_time=$(FUZZ_SECONDS) \
+	    $(BUILD)/fuzz/corpus-json
 
 clean:
 	rm -rf $(BUILD)

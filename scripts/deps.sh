@@ -4,10 +4,11 @@
 set -eu
 
 PKGS="nginx-core nginx-dev libnginx-mod-http-echo
-      gcc g++ make libpcre2-dev libssl-dev zlib1g-dev
+      gcc g++ make clang libclang-rt-14-dev
+      libpcre2-dev libssl-dev zlib1g-dev
       libyajl-dev libcurl4-openssl-dev libhiredis-dev
       libfaiss-dev libopenblas-dev
-      redis-server wrk valgrind curl
+      redis-server wrk valgrind curl openssl
       libtest-base-perl libtext-diff-perl libwww-perl libjson-pp-perl
       nodejs npm"
 

@@ -5,6 +5,7 @@ set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
 port=${SMARTFLOW_PORT:-8080}
+listen=${SMARTFLOW_LISTEN:-127.0.0.1}
 state=${SMARTFLOW_STATE_DIR:-$top/var}
 modules=${SMARTFLOW_MODULES:-$top/build/modules}
 
@@ -94,11 +95,11 @@ fi
 
 for f in "$top"/conf/*.conf; do
     sed -e "s|@MODULES@|$modules|g" -e "s|@STATE@|$state|g" \
-        -e "s|@LISTEN@|127.0.0.1:$port|g" "$f" > "$state/conf/$(basename "$f")"
+        -e "s|@LISTEN@|$listen:$port|g" "$f" > "$state/conf/$(basename "$f")"
 done
 
 cat <<BANNER
-Smartflow gateway on http://127.0.0.1:$port
+Smartflow gateway on http://$listen:$port
   key:    $SMARTFLOW_MASTER_KEY  ($key_note)
   models: $routed
   state:  $state
