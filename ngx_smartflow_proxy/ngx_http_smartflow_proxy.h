@@ -66,6 +66,34 @@ u_char *ngx_smartflow_json_escape(u_char *dst, u_char *src, size_t len);
     ((j) != NULL && (j)->type == NGX_SMARTFLOW_JSON_STRING)
 
 
+/* Server-Sent Events, read incrementally */
+
+typedef struct {
+    ngx_str_t                   raw;     /* the event's bytes, blank line in */
+    ngx_str_t                   event;   /* "event:" field, or empty */
+    ngx_str_t                   data;    /* "data:" lines joined by '\n' */
+    unsigned                    comment:1;   /* no event and no data */
+} ngx_smartflow_sse_event_t;
+
+typedef ngx_int_t (*ngx_smartflow_sse_pt)(void *data,
+    ngx_smartflow_sse_event_t *ev);
+
+typedef struct {
+    ngx_pool_t                 *pool;
+    u_char                     *buf;     /* carry-over of an unfinished event */
+    size_t                      len;
+    size_t                      size;
+    size_t                      max;     /* largest event accepted */
+} ngx_smartflow_sse_t;
+
+/*
+ * NGX_OK, NGX_ERROR (no memory, or what the handler returned), or
+ * NGX_DECLINED when an event exceeds sse->max.
+ */
+ngx_int_t ngx_smartflow_sse_feed(ngx_smartflow_sse_t *sse, u_char *p,
+    size_t len, ngx_smartflow_sse_pt handler, void *data);
+
+
 /* configuration shared with the other modules */
 
 typedef enum {
@@ -73,10 +101,20 @@ typedef enum {
     NGX_HTTP_SMARTFLOW_API_CHAT,
     NGX_HTTP_SMARTFLOW_API_COMPLETIONS,
     NGX_HTTP_SMARTFLOW_API_EMBEDDINGS,
+    NGX_HTTP_SMARTFLOW_API_MESSAGES,        /* Anthropic Messages */
     NGX_HTTP_SMARTFLOW_API_MODELS,
+    NGX_HTTP_SMARTFLOW_API_ANTHROPIC_MODELS,
     NGX_HTTP_SMARTFLOW_API_HEALTH,
     NGX_HTTP_SMARTFLOW_API_ERROR
 } ngx_http_smartflow_api_e;
+
+
+/* the wire format a client or a provider speaks */
+typedef enum {
+    NGX_HTTP_SMARTFLOW_FORMAT_OPENAI = 0,
+    NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC,
+    NGX_HTTP_SMARTFLOW_FORMAT_GEMINI
+} ngx_http_smartflow_format_e;
 
 
 typedef enum {
@@ -138,6 +176,23 @@ typedef struct {
 
     ngx_uint_t                  stage;          /* next pipeline stage */
 
+    ngx_uint_t                  client_format;
+    ngx_uint_t                  wire_format;    /* the provider's */
+    ngx_uint_t                  prompt_tokens;
+    ngx_uint_t                  completion_tokens;
+
+    /* response filtering: stream events, or a whole JSON body */
+    ngx_uint_t                  filter;
+    ngx_smartflow_sse_t         sse;
+    void                       *xlate_stream;
+    ngx_chain_t                *out;
+    ngx_chain_t               **last_out;
+    ngx_chain_t                *free;
+    ngx_chain_t                *busy;
+    u_char                     *collect;
+    size_t                      collect_len;
+    size_t                      collect_size;
+
     ngx_uint_t                  err_status;
     ngx_str_t                   err_type;
     ngx_str_t                   err_code;
@@ -149,7 +204,17 @@ typedef struct {
     unsigned                    pipeline_done:1;
     unsigned                    master:1;
     unsigned                    counted:1;
+    unsigned                    translate:1;    /* client != provider */
+    unsigned                    hide_usage:1;   /* usage chunk we asked for */
+    unsigned                    stream_done:1;  /* terminal event seen */
+    unsigned                    stream_ended:1;
+    unsigned                    own_response:1; /* an error page, not filtered */
 } ngx_http_smartflow_ctx_t;
+
+
+#define NGX_HTTP_SMARTFLOW_FILTER_NONE    0
+#define NGX_HTTP_SMARTFLOW_FILTER_STREAM  1
+#define NGX_HTTP_SMARTFLOW_FILTER_JSON    2
 
 
 /*

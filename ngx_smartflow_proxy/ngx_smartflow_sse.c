@@ -1,0 +1,186 @@
+/*
+ * An incremental Server-Sent Events reader.  Bytes arrive in whatever
+ * pieces the network gives; complete events (ended by a blank line) are
+ * handed to a callback with their "event:" name, their "data:" lines
+ * joined, and their raw bytes.  An event that is not complete yet waits
+ * in a carry-over buffer whose size is bounded.
+ */
+
+#include "ngx_http_smartflow_proxy.h"
+
+
+static ngx_int_t ngx_smartflow_sse_event(ngx_smartflow_sse_t *sse,
+    u_char *start, u_char *end, ngx_smartflow_sse_pt handler, void *data);
+
+
+ngx_int_t
+ngx_smartflow_sse_feed(ngx_smartflow_sse_t *sse, u_char *p, size_t len,
+    ngx_smartflow_sse_pt handler, void *data)
+{
+    u_char     *s, *last, *start, *line, *nbuf;
+    size_t      size;
+    ngx_int_t   rc;
+
+    if (len == 0) {
+        return NGX_OK;
+    }
+
+    if (sse->len + len > sse->size) {
+        if (sse->len + len > sse->max) {
+            return NGX_DECLINED;
+        }
+
+        size = ngx_max(sse->size * 2, ngx_max(sse->len + len, 4096));
+        size = ngx_min(size, sse->max);
+
+        nbuf = ngx_pnalloc(sse->pool, size);
+        if (nbuf == NULL) {
+            return NGX_ERROR;
+        }
+
+        if (sse->len) {
+            ngx_memcpy(nbuf, sse->buf, sse->len);
+        }
+
+        if (sse->buf) {
+            ngx_pfree(sse->pool, sse->buf);
+        }
+
+        sse->buf = nbuf;
+        sse->size = size;
+    }
+
+    ngx_memcpy(sse->buf + sse->len, p, len);
+    sse->len += len;
+
+    s = sse->buf;
+    last = sse->buf + sse->len;
+    start = s;
+
+    /* line by line; a line ends in "\n", "\r\n" or "\r" */
+    while (s < last) {
+        line = s;
+
+        while (s < last && *s != '\n' && *s != '\r') {
+            s++;
+        }
+
+        if (s == last) {
+            break;
+        }
+
+        if (*s == '\r') {
+            if (s + 1 == last) {
+                /* "\r" may be half of "\r\n": wait for the next byte */
+                break;
+            }
+
+            if (s[1] == '\n') {
+                s++;
+            }
+        }
+
+        s++;
+
+        if (line[0] == '\n' || line[0] == '\r') {
+            /* a blank line ends the event */
+            rc = ngx_smartflow_sse_event(sse, start, s, handler, data);
+            if (rc != NGX_OK) {
+                return rc;
+            }
+
+            start = s;
+        }
+    }
+
+    sse->len = last - start;
+
+    if (sse->len && start != sse->buf) {
+        ngx_memmove(sse->buf, start, sse->len);
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_smartflow_sse_event(ngx_smartflow_sse_t *sse, u_char *start, u_char *end,
+    ngx_smartflow_sse_pt handler, void *data)
+{
+    u_char                     *s, *e, *v, *d;
+    size_t                      n;
+    ngx_uint_t                  lines;
+    ngx_smartflow_sse_event_t   ev;
+
+    ngx_memzero(&ev, sizeof(ngx_smartflow_sse_event_t));
+
+    ev.raw.data = start;
+    ev.raw.len = end - start;
+
+    /* the joined data is never longer than the event itself */
+    d = NULL;
+    lines = 0;
+
+    for (s = start; s < end; s = e) {
+        for (e = s; e < end && *e != '\n' && *e != '\r'; e++) {
+            /* void */
+        }
+
+        n = e - s;
+
+        if (e < end && *e == '\r' && e + 1 < end && e[1] == '\n') {
+            e++;
+        }
+
+        if (e < end) {
+            e++;
+        }
+
+        if (n == 0 || s[0] == ':') {
+            continue;
+        }
+
+        v = ngx_strlchr(s, s + n, ':');
+        v = v ? v + 1 : s + n;
+
+        if (v < s + n && *v == ' ') {
+            v++;
+        }
+
+        if (n >= 4 && ngx_strncmp(s, "data", 4) == 0
+            && (n == 4 || s[4] == ':'))
+        {
+            if (lines++ == 0) {
+                /* one data line, the usual case: point at it */
+                ev.data.data = v;
+                ev.data.len = s + n - v;
+                continue;
+            }
+
+            if (d == NULL) {
+                d = ngx_pnalloc(sse->pool, end - start);
+                if (d == NULL) {
+                    return NGX_ERROR;
+                }
+
+                ngx_memcpy(d, ev.data.data, ev.data.len);
+                ev.data.data = d;
+            }
+
+            d[ev.data.len++] = '\n';
+            ngx_memcpy(d + ev.data.len, v, s + n - v);
+            ev.data.len += s + n - v;
+
+        } else if (n >= 6 && ngx_strncmp(s, "event:", 6) == 0) {
+            ev.event.data = v;
+            ev.event.len = s + n - v;
+        }
+    }
+
+    if (lines == 0 && ev.event.len == 0) {
+        /* comments and keep-alives only: nothing to dispatch */
+        ev.comment = 1;
+    }
+
+    return handler(data, &ev);
+}
