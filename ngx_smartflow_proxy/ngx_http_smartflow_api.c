@@ -266,7 +266,15 @@ ngx_http_smartflow_error_page(ngx_http_request_t *r)
         message = ctx->err_message;
         param = ctx->err_param;
 
-    } else if (ctx && ctx->provider && status >= NGX_HTTP_BAD_GATEWAY) {
+    } else if (ctx) {
+        /* nginx's own refusal: keep its code for the audit record */
+        ctx->err_status = status;
+        ctx->err_code = code;
+    }
+
+    if (ctx && ctx->provider && status >= NGX_HTTP_BAD_GATEWAY
+        && message.data == (u_char *) e->message)
+    {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "smartflow proxy: provider \"%V\" failed for model "
                       "\"%V\" (status %ui)", &ctx->provider->name,

@@ -27,6 +27,8 @@ static void ngx_http_smartflow_echo_append_text(ngx_smartflow_json_t *j,
 static ngx_uint_t ngx_http_smartflow_words(u_char *p, size_t len);
 static ngx_int_t ngx_http_smartflow_echo_embeddings(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_echo_t *e);
+static ngx_uint_t ngx_http_smartflow_echo_vector(ngx_smartflow_json_t *item,
+    double *v);
 static u_char *ngx_http_smartflow_echo_chunk(u_char *p,
     ngx_http_smartflow_echo_t *e, ngx_uint_t chat, u_char *s, size_t len,
     char *finish);
@@ -317,20 +319,51 @@ ngx_http_smartflow_words(u_char *p, size_t len)
 }
 
 
-/* deterministic vectors: hashed words, signed, L2-normalised */
+/*
+ * Deterministic vectors: hashed words (or token ids), signed,
+ * L2-normalised.  Inputs are a string, an array of strings, one array of
+ * token ids, or an array of such arrays, as OpenAI's API takes them.
+ */
 static ngx_int_t
 ngx_http_smartflow_echo_embeddings(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_echo_t *e)
 {
-    u_char                *p, *start, *s, *end, *w;
-    ngx_str_t              body;
+    u_char                *p, *start;
+    float                  f[NGX_HTTP_SMARTFLOW_ECHO_DIM];
     double                 v[NGX_HTTP_SMARTFLOW_ECHO_DIM], norm;
-    uint32_t               h;
-    ngx_uint_t             i, n, tokens;
-    ngx_smartflow_json_t  *in, *item;
+    ngx_str_t              body, raw, b64;
+    ngx_uint_t             i, k, n, tokens, base64;
+    ngx_smartflow_json_t  *in, *item, *fmt;
 
     in = ngx_smartflow_json_get(ctx->json, "input");
-    n = (in->type == NGX_SMARTFLOW_JSON_ARRAY) ? in->nchild : 1;
+
+    fmt = ngx_smartflow_json_get(ctx->json, "encoding_format");
+    base64 = ngx_smartflow_json_is_string(fmt) && fmt->str.len == 6
+             && ngx_strncmp(fmt->str.data, "base64", 6) == 0;
+
+    if (in->type == NGX_SMARTFLOW_JSON_ARRAY
+        && (in->child == NULL || in->child->type == NGX_SMARTFLOW_JSON_NUMBER))
+    {
+        /* one input given as token ids */
+        item = in;
+        n = 1;
+
+    } else if (in->type == NGX_SMARTFLOW_JSON_ARRAY) {
+        item = in->child;
+        n = in->nchild;
+
+    } else {
+        item = in;
+        n = 1;
+    }
+
+    if (n == 0 || (item->type == NGX_SMARTFLOW_JSON_ARRAY && item->nchild == 0)
+        || (item->type == NGX_SMARTFLOW_JSON_STRING && item->str.len == 0))
+    {
+        return ngx_http_smartflow_error(r, NGX_HTTP_BAD_REQUEST,
+                   "invalid_request_error", "invalid_value", "input",
+                   "'input' must be a non-empty string or array.");
+    }
 
     start = ngx_pnalloc(r->pool, 256 + e->model.len
                         + n * (64 + NGX_HTTP_SMARTFLOW_ECHO_DIM * 12));
@@ -339,48 +372,57 @@ ngx_http_smartflow_echo_embeddings(ngx_http_request_t *r,
     }
 
     p = ngx_sf_cpymem(start, "{\"object\":\"list\",\"data\":[");
-    item = (in->type == NGX_SMARTFLOW_JSON_ARRAY) ? in->child : in;
     tokens = 0;
 
-    for (n = 0; item; item = (in->type == NGX_SMARTFLOW_JSON_ARRAY)
-                             ? item->next : NULL, n++)
-    {
-        ngx_memzero(v, sizeof(v));
-
-        s = item->str.data;
-        end = s + item->str.len;
-
-        while (s < end) {
-            w = ngx_strlchr(s, end, ' ');
-            w = w ? w : end;
-
-            if (w > s) {
-                h = ngx_crc32_short(s, w - s);
-                v[h % NGX_HTTP_SMARTFLOW_ECHO_DIM] += (h & 0x10000) ? 1 : -1;
-                tokens++;
-            }
-
-            s = w + 1;
+    for (i = 0; i < n; i++, item = item->next) {
+        if (item->type != NGX_SMARTFLOW_JSON_STRING
+            && item->type != NGX_SMARTFLOW_JSON_ARRAY)
+        {
+            return ngx_http_smartflow_error(r, NGX_HTTP_BAD_REQUEST,
+                       "invalid_request_error", "invalid_value", "input",
+                       "'input' item %ui must be a string or an array of "
+                       "token ids.", i);
         }
+
+        tokens += ngx_http_smartflow_echo_vector(item, v);
 
         norm = 0;
-        for (i = 0; i < NGX_HTTP_SMARTFLOW_ECHO_DIM; i++) {
-            norm += v[i] * v[i];
+        for (k = 0; k < NGX_HTTP_SMARTFLOW_ECHO_DIM; k++) {
+            norm += v[k] * v[k];
         }
+
+        norm = (norm > 0) ? sqrt(norm) : 1;
 
         p = ngx_sprintf(p, "%s{\"object\":\"embedding\",\"index\":%ui,"
-                           "\"embedding\":[", n ? "," : "", n);
+                           "\"embedding\":", i ? "," : "", i);
 
-        for (i = 0; i < NGX_HTTP_SMARTFLOW_ECHO_DIM; i++) {
-            if (norm > 0) {
-                v[i] /= sqrt(norm);
+        if (base64) {
+            /* little-endian float32, as OpenAI encodes them */
+            for (k = 0; k < NGX_HTTP_SMARTFLOW_ECHO_DIM; k++) {
+                f[k] = (float) (v[k] / norm);
             }
 
-            p = ngx_sprintf(p, "%s%s%.6f", i ? "," : "",
-                            v[i] < 0 ? "-" : "", v[i] < 0 ? -v[i] : v[i]);
+            raw.data = (u_char *) f;
+            raw.len = sizeof(f);
+            b64.data = p + 1;
+            ngx_encode_base64(&b64, &raw);
+
+            *p = '"';
+            p = b64.data + b64.len;
+            *p++ = '"';
+
+        } else {
+            *p++ = '[';
+
+            for (k = 0; k < NGX_HTTP_SMARTFLOW_ECHO_DIM; k++) {
+                p = ngx_sprintf(p, "%s%s%.6f", k ? "," : "",
+                                v[k] < 0 ? "-" : "",
+                                (v[k] < 0 ? -v[k] : v[k]) / norm);
+            }
+
+            *p++ = ']';
         }
 
-        *p++ = ']';
         *p++ = '}';
     }
 
@@ -393,3 +435,44 @@ ngx_http_smartflow_echo_embeddings(ngx_http_request_t *r,
     return ngx_http_smartflow_send_json(r, NGX_HTTP_OK, &body);
 }
 
+
+/* the unnormalised vector of one input; returns its token count */
+static ngx_uint_t
+ngx_http_smartflow_echo_vector(ngx_smartflow_json_t *item, double *v)
+{
+    u_char                *s, *end, *w;
+    uint32_t               h;
+    ngx_uint_t             tokens;
+    ngx_smartflow_json_t  *t;
+
+    ngx_memzero(v, NGX_HTTP_SMARTFLOW_ECHO_DIM * sizeof(double));
+    tokens = 0;
+
+    if (item->type == NGX_SMARTFLOW_JSON_ARRAY) {
+        for (t = item->child; t; t = t->next) {
+            h = ngx_crc32_short(t->str.data, t->str.len);
+            v[h % NGX_HTTP_SMARTFLOW_ECHO_DIM] += (h & 0x10000) ? 1 : -1;
+            tokens++;
+        }
+
+        return tokens;
+    }
+
+    s = item->str.data;
+    end = s + item->str.len;
+
+    while (s < end) {
+        w = ngx_strlchr(s, end, ' ');
+        w = w ? w : end;
+
+        if (w > s) {
+            h = ngx_crc32_short(s, w - s);
+            v[h % NGX_HTTP_SMARTFLOW_ECHO_DIM] += (h & 0x10000) ? 1 : -1;
+            tokens++;
+        }
+
+        s = w + 1;
+    }
+
+    return tokens;
+}

@@ -146,6 +146,16 @@ ngx_http_smartflow_provider_directive(ngx_conf_t *cf, ngx_command_t *cmd,
         return NGX_CONF_ERROR;
     }
 
+    if (pr->path.data == NULL) {
+        /* where each provider's own API lives by default */
+        if (pr->type == NGX_HTTP_SMARTFLOW_PROVIDER_GEMINI) {
+            ngx_str_set(&pr->path, "/v1beta");
+
+        } else if (pr->type != NGX_HTTP_SMARTFLOW_PROVIDER_ECHO) {
+            ngx_str_set(&pr->path, "/v1");
+        }
+    }
+
     if (pr->host.len == 0 && pr->upstream.len) {
         /* Host defaults to the upstream's name */
         v = pr->upstream;
