@@ -16,7 +16,7 @@ CC_OPT      ?= -g -O2 -fstack-protector-strong -Wformat \
                -Werror=format-security -fPIC -D_FORTIFY_SOURCE=2
 LD_OPT      ?= -Wl,-z,relro -Wl,-z,now -fPIC
 
-.PHONY: all modules deps run test test-valgrind bench fuzz clean
+.PHONY: all modules deps run test test-valgrind bench fuzz unit clean
 
 all: modules
 
@@ -47,7 +47,9 @@ $(NGX_BUILD)/objs/Makefile: config $(FAISS_LIB)
 $(SO): $(NGX_BUILD)/objs/Makefile $(SOURCES)
 	$(MAKE) -C $(NGX_BUILD) -f objs/Makefile modules
 	@mkdir -p $(MODDIR)
-	cp $(NGX_BUILD)/objs/ngx_http_smartflow_*_module.so $(MODDIR)/
+	@# a running nginx keeps the old files mapped: replace, never overwrite
+	cp --remove-destination $(NGX_BUILD)/objs/ngx_http_smartflow_*_module.so \
+	    $(MODDIR)/
 
 run: modules
 	@scripts/run.sh
@@ -73,11 +75,36 @@ $(BUILD)/fuzz/json_fuzz: fuzz/ngx_smartflow_json_fuzz.c \
 	    -Ingx_smartflow_proxy fuzz/ngx_smartflow_json_fuzz.c \
 	    ngx_smartflow_proxy/ngx_smartflow_json.c -lyajl -o $@
 
-fuzz: $(BUILD)/fuzz/json_fuzz
-	@mkdir -p $(BUILD)/fuzz/corpus-json
-	cp fuzz/corpus/json/* $(BUILD)/fuzz/corpus-json/
-	$(BUILD)/fuzz/json_fuzz -max_total_time=$(FUZZ_SECONDS) \
-	    $(BUILD)/fuzz/corpus-json
+$(BUILD)/fuzz/sse_fuzz: fuzz/ngx_smartflow_sse_fuzz.c \
+        ngx_smartflow_proxy/ngx_smartflow_sse.c $(NGX_BUILD)/objs/Makefile
+	@mkdir -p $(BUILD)/fuzz
+	clang -g -O1 -fsanitize=fuzzer,address,undefined $(FUZZ_INCS) \
+	    -Ingx_smartflow_proxy fuzz/ngx_smartflow_sse_fuzz.c \
+	    ngx_smartflow_proxy/ngx_smartflow_sse.c -o $@
+
+# each target gets FUZZ_SECONDS, starting from the seed corpus
+fuzz: $(BUILD)/fuzz/json_fuzz $(BUILD)/fuzz/sse_fuzz
+	@set -o pipefail; for t in json sse; do \
+	    mkdir -p $(BUILD)/fuzz/corpus-$$t \
+	    && cp fuzz/corpus/$$t/* $(BUILD)/fuzz/corpus-$$t/ \
+	    && $(BUILD)/fuzz/$${t}_fuzz -max_total_time=$(FUZZ_SECONDS) \
+	        $(BUILD)/fuzz/corpus-$$t 2>&1 | tail -3 || exit 1; \
+	done
+
+# unit tests of pure functions, outside nginx, under ASan and UBSan
+$(BUILD)/unit/translate_test: unit/ngx_smartflow_translate_test.c \
+        ngx_smartflow_proxy/ngx_http_smartflow_translate_anthropic.c \
+        ngx_smartflow_proxy/ngx_http_smartflow_translate.h \
+        ngx_smartflow_proxy/ngx_smartflow_json.c $(NGX_BUILD)/objs/Makefile
+	@mkdir -p $(BUILD)/unit
+	clang -g -O1 -fsanitize=address,undefined \
+	    -fno-sanitize-recover=undefined $(FUZZ_INCS) \
+	    -Ingx_smartflow_proxy unit/ngx_smartflow_translate_test.c \
+	    ngx_smartflow_proxy/ngx_http_smartflow_translate_anthropic.c \
+	    ngx_smartflow_proxy/ngx_smartflow_json.c -lyajl -o $@
+
+unit: $(BUILD)/unit/translate_test
+	$(BUILD)/unit/translate_test
 
 clean:
 	rm -rf $(BUILD)

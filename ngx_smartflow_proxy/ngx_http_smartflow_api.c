@@ -8,9 +8,12 @@
 #include "ngx_http_smartflow_proxy.h"
 
 
-static ngx_int_t ngx_http_smartflow_models(ngx_http_request_t *r);
+static ngx_int_t ngx_http_smartflow_models(ngx_http_request_t *r,
+    ngx_uint_t api);
 static ngx_int_t ngx_http_smartflow_health(ngx_http_request_t *r);
-static ngx_int_t ngx_http_smartflow_error_page(ngx_http_request_t *r);
+static ngx_int_t ngx_http_smartflow_error_page(ngx_http_request_t *r,
+    ngx_uint_t api);
+static char *ngx_http_smartflow_anthropic_type(ngx_uint_t status);
 static u_char *ngx_http_smartflow_json_str(u_char *p, ngx_str_t *s);
 
 
@@ -62,8 +65,8 @@ ngx_http_smartflow_content_handler(ngx_http_request_t *r)
 
     slcf = ngx_http_get_module_loc_conf(r, ngx_http_smartflow_proxy_module);
 
-    if (slcf->api == NGX_HTTP_SMARTFLOW_API_ERROR) {
-        return ngx_http_smartflow_error_page(r);
+    if (slcf->api >= NGX_HTTP_SMARTFLOW_API_ERROR) {
+        return ngx_http_smartflow_error_page(r, slcf->api);
     }
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
@@ -82,35 +85,41 @@ ngx_http_smartflow_content_handler(ngx_http_request_t *r)
         ngx_http_smartflow_started = ngx_time();
     }
 
-    if (slcf->api == NGX_HTTP_SMARTFLOW_API_MODELS) {
-        return ngx_http_smartflow_models(r);
+    if (slcf->api == NGX_HTTP_SMARTFLOW_API_MODELS
+        || slcf->api == NGX_HTTP_SMARTFLOW_API_ANTHROPIC_MODELS)
+    {
+        return ngx_http_smartflow_models(r, slcf->api);
     }
 
     return ngx_http_smartflow_health(r);
 }
 
 
+/* the routed models in the client's list format, OpenAI's or Anthropic's */
 static ngx_int_t
-ngx_http_smartflow_models(ngx_http_request_t *r)
+ngx_http_smartflow_models(ngx_http_request_t *r, ngx_uint_t api)
 {
     size_t                           len;
     u_char                          *p;
     ngx_str_t                        json;
-    ngx_uint_t                       i;
+    ngx_tm_t                         tm;
+    ngx_uint_t                       i, n, anthropic;
     ngx_http_smartflow_route_t     **rt;
     ngx_http_smartflow_main_conf_t  *smcf;
 
     smcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_proxy_module);
     rt = smcf->routes.elts;
+    n = smcf->routes.nelts;
+    anthropic = (api == NGX_HTTP_SMARTFLOW_API_ANTHROPIC_MODELS);
 
-    len = sizeof("{\"object\":\"list\",\"data\":[]}") - 1;
+    len = 64;
 
-    for (i = 0; i < smcf->routes.nelts; i++) {
+    for (i = 0; i < n; i++) {
         len += sizeof("{\"id\":,\"object\":\"model\",\"created\":,"
-                      "\"owned_by\":},") - 1
-               + 2 + ngx_smartflow_json_escape_len(rt[i]->pattern.data,
-                                                   rt[i]->pattern.len)
-               + NGX_TIME_T_LEN
+                      "\"owned_by\":},") + sizeof("\"first_id\":,")
+               + NGX_TIME_T_LEN + sizeof("1970-01-01T00:00:00Z")
+               + 3 * (2 + ngx_smartflow_json_escape_len(
+                              rt[i]->pattern.data, rt[i]->pattern.len))
                + 2 + ngx_smartflow_json_escape_len(
                          rt[i]->provider->name.data,
                          rt[i]->provider->name.len);
@@ -122,11 +131,26 @@ ngx_http_smartflow_models(ngx_http_request_t *r)
     }
 
     json.data = p;
-    p = ngx_sf_cpymem(p, "{\"object\":\"list\",\"data\":[");
+    p = anthropic ? ngx_sf_cpymem(p, "{\"data\":[")
+                  : ngx_sf_cpymem(p, "{\"object\":\"list\",\"data\":[");
 
-    for (i = 0; i < smcf->routes.nelts; i++) {
+    for (i = 0; i < n; i++) {
         if (i) {
             *p++ = ',';
+        }
+
+        if (anthropic) {
+            p = ngx_sf_cpymem(p, "{\"type\":\"model\",\"id\":");
+            p = ngx_http_smartflow_json_str(p, &rt[i]->pattern);
+            p = ngx_sf_cpymem(p, ",\"display_name\":");
+            p = ngx_http_smartflow_json_str(p, &rt[i]->pattern);
+            p = ngx_sf_cpymem(p, ",\"created_at\":\"");
+            ngx_gmtime(ngx_http_smartflow_started, &tm);
+            p = ngx_sprintf(p, "%4d-%02d-%02dT%02d:%02d:%02dZ",
+                            tm.ngx_tm_year, tm.ngx_tm_mon, tm.ngx_tm_mday,
+                            tm.ngx_tm_hour, tm.ngx_tm_min, tm.ngx_tm_sec);
+            p = ngx_sf_cpymem(p, "\"}");
+            continue;
         }
 
         p = ngx_sf_cpymem(p, "{\"id\":");
@@ -138,6 +162,16 @@ ngx_http_smartflow_models(ngx_http_request_t *r)
     }
 
     *p++ = ']';
+
+    if (anthropic) {
+        p = ngx_sf_cpymem(p, ",\"has_more\":false,\"first_id\":");
+        p = n ? ngx_http_smartflow_json_str(p, &rt[0]->pattern)
+              : ngx_sf_cpymem(p, "null");
+        p = ngx_sf_cpymem(p, ",\"last_id\":");
+        p = n ? ngx_http_smartflow_json_str(p, &rt[n - 1]->pattern)
+              : ngx_sf_cpymem(p, "null");
+    }
+
     *p++ = '}';
     json.len = p - json.data;
 
@@ -230,16 +264,20 @@ ngx_http_smartflow_health(ngx_http_request_t *r)
 
 
 static ngx_int_t
-ngx_http_smartflow_error_page(ngx_http_request_t *r)
+ngx_http_smartflow_error_page(ngx_http_request_t *r, ngx_uint_t api)
 {
     size_t                               len;
     u_char                              *p;
     ngx_str_t                            json, type, code, message, param;
-    ngx_uint_t                           status;
+    ngx_uint_t                           status, anthropic;
     ngx_http_smartflow_ctx_t            *ctx;
     ngx_http_smartflow_default_error_t  *e;
 
     ctx = ngx_http_smartflow_get_ctx(r);
+
+    anthropic = ctx ? (ctx->client_format
+                       == NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC)
+                    : (api == NGX_HTTP_SMARTFLOW_API_ANTHROPIC_ERROR);
 
     status = r->err_status ? r->err_status
              : (ctx && ctx->err_status) ? ctx->err_status
@@ -292,8 +330,14 @@ ngx_http_smartflow_error_page(ngx_http_request_t *r)
         message.data = p;
     }
 
-    len = sizeof("{\"error\":{\"message\":,\"type\":,\"param\":,"
-                 "\"code\":}}") - 1
+    if (anthropic) {
+        /* Anthropic names its error types by status, not by cause */
+        type.data = (u_char *) ngx_http_smartflow_anthropic_type(status);
+        type.len = ngx_strlen(type.data);
+    }
+
+    len = sizeof("{\"type\":\"error\",\"error\":{\"message\":,\"type\":,"
+                 "\"param\":,\"code\":}}") - 1
           + 2 + ngx_smartflow_json_escape_len(message.data, message.len)
           + 2 + type.len
           + 4 + param.len
@@ -305,19 +349,34 @@ ngx_http_smartflow_error_page(ngx_http_request_t *r)
     }
 
     json.data = p;
-    p = ngx_sf_cpymem(p, "{\"error\":{\"message\":");
-    p = ngx_http_smartflow_json_str(p, &message);
-    p = ngx_sf_cpymem(p, ",\"type\":");
-    p = ngx_http_smartflow_json_str(p, &type);
-    p = ngx_sf_cpymem(p, ",\"param\":");
-    p = param.len ? ngx_http_smartflow_json_str(p, &param)
-                  : ngx_sf_cpymem(p, "null");
-    p = ngx_sf_cpymem(p, ",\"code\":");
-    p = code.len ? ngx_http_smartflow_json_str(p, &code)
-                 : ngx_sf_cpymem(p, "null");
+
+    if (anthropic) {
+        p = ngx_sf_cpymem(p, "{\"type\":\"error\",\"error\":{\"type\":");
+        p = ngx_http_smartflow_json_str(p, &type);
+        p = ngx_sf_cpymem(p, ",\"message\":");
+        p = ngx_http_smartflow_json_str(p, &message);
+
+    } else {
+        p = ngx_sf_cpymem(p, "{\"error\":{\"message\":");
+        p = ngx_http_smartflow_json_str(p, &message);
+        p = ngx_sf_cpymem(p, ",\"type\":");
+        p = ngx_http_smartflow_json_str(p, &type);
+        p = ngx_sf_cpymem(p, ",\"param\":");
+        p = param.len ? ngx_http_smartflow_json_str(p, &param)
+                      : ngx_sf_cpymem(p, "null");
+        p = ngx_sf_cpymem(p, ",\"code\":");
+        p = code.len ? ngx_http_smartflow_json_str(p, &code)
+                     : ngx_sf_cpymem(p, "null");
+    }
+
     *p++ = '}';
     *p++ = '}';
     json.len = p - json.data;
+
+    if (ctx) {
+        /* a refusal of the gateway's own: not a provider answer */
+        ctx->own_response = 1;
+    }
 
     r->err_status = 0;
 
@@ -364,6 +423,29 @@ ngx_http_smartflow_log_handler(ngx_http_request_t *r)
                                       failed);
 
     return NGX_OK;
+}
+
+
+static char *
+ngx_http_smartflow_anthropic_type(ngx_uint_t status)
+{
+    switch (status) {
+    case NGX_HTTP_UNAUTHORIZED:
+        return "authentication_error";
+    case NGX_HTTP_FORBIDDEN:
+        return "permission_error";
+    case NGX_HTTP_NOT_FOUND:
+        return "not_found_error";
+    case NGX_HTTP_REQUEST_ENTITY_TOO_LARGE:
+        return "request_too_large";
+    case NGX_HTTP_TOO_MANY_REQUESTS:
+        return "rate_limit_error";
+    case 529:
+        return "overloaded_error";
+    default:
+        return status >= NGX_HTTP_INTERNAL_SERVER_ERROR
+               ? "api_error" : "invalid_request_error";
+    }
 }
 
 

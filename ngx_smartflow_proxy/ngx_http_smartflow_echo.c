@@ -89,11 +89,11 @@ ngx_http_smartflow_echo(ngx_http_request_t *r, ngx_http_smartflow_ctx_t *ctx)
                                             text.len)
                   - e.reply.data;
 
-    o = ngx_smartflow_json_get(ctx->json, "stream_options");
+    o = ngx_smartflow_json_get(ctx->upstream_json, "stream_options");
     j = ngx_smartflow_json_get(o, "include_usage");
     e.include_usage = (j && j->type == NGX_SMARTFLOW_JSON_TRUE);
 
-    chat = (ctx->api == NGX_HTTP_SMARTFLOW_API_CHAT);
+    chat = (ctx->api != NGX_HTTP_SMARTFLOW_API_COMPLETIONS);
     nwords = e.completion_tokens + 1;
 
     len = (nwords + 4) * (320 + e.id.len + e.model.len) + e.reply.len;
@@ -219,8 +219,8 @@ ngx_http_smartflow_echo_text(ngx_http_request_t *r,
 
     last = NULL;
 
-    if (ctx->api == NGX_HTTP_SMARTFLOW_API_CHAT) {
-        j = ngx_smartflow_json_get(ctx->json, "messages");
+    if (ctx->api != NGX_HTTP_SMARTFLOW_API_COMPLETIONS) {
+        j = ngx_smartflow_json_get(ctx->upstream_json, "messages");
 
         for (m = j->child; m; m = m->next) {
             role = ngx_smartflow_json_get(m, "role");
@@ -234,7 +234,7 @@ ngx_http_smartflow_echo_text(ngx_http_request_t *r,
         }
 
     } else {
-        last = ngx_smartflow_json_get(ctx->json, "prompt");
+        last = ngx_smartflow_json_get(ctx->upstream_json, "prompt");
 
         if (last && last->type == NGX_SMARTFLOW_JSON_ARRAY) {
             last = last->child;
@@ -335,9 +335,9 @@ ngx_http_smartflow_echo_embeddings(ngx_http_request_t *r,
     ngx_uint_t             i, k, n, tokens, base64;
     ngx_smartflow_json_t  *in, *item, *fmt;
 
-    in = ngx_smartflow_json_get(ctx->json, "input");
+    in = ngx_smartflow_json_get(ctx->upstream_json, "input");
 
-    fmt = ngx_smartflow_json_get(ctx->json, "encoding_format");
+    fmt = ngx_smartflow_json_get(ctx->upstream_json, "encoding_format");
     base64 = ngx_smartflow_json_is_string(fmt) && fmt->str.len == 6
              && ngx_strncmp(fmt->str.data, "base64", 6) == 0;
 

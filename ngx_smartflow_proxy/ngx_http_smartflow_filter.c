@@ -1,19 +1,50 @@
 /*
- * Response filters.  For a streamed completion the header filter turns
- * proxy buffering off for this one request (nginx's upstream reads
- * u->buffering only after the header filters ran) and tells any proxy in
- * front not to buffer either, so events reach the client as they come.
+ * Response filters.  The header filter decides how a gateway response is
+ * filtered: a stream is read event by event (and translated when the
+ * client speaks another format than the provider), a whole JSON body is
+ * collected only when it must be translated; anything else passes as it
+ * is.  For a stream it also turns proxy buffering off for this one request
+ * (nginx's upstream reads u->buffering only after the header filters ran)
+ * and tells any proxy in front not to buffer either.
+ *
+ * A stream that breaks (the provider goes away or times out after the
+ * headers were sent) ends with a well-formed error event in the client's
+ * format instead of a silent cut.
  */
 
 #include "ngx_http_smartflow_proxy.h"
+#include "ngx_http_smartflow_translate.h"
+
+
+#define NGX_HTTP_SMARTFLOW_MAX_EVENT  (1024 * 1024)
+#define NGX_HTTP_SMARTFLOW_MAX_JSON   (16 * 1024 * 1024)
 
 
 static ngx_int_t ngx_http_smartflow_header_filter(ngx_http_request_t *r);
+static ngx_int_t ngx_http_smartflow_body_filter(ngx_http_request_t *r,
+    ngx_chain_t *in);
+static ngx_int_t ngx_http_smartflow_stream_filter(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_chain_t *in);
+static ngx_int_t ngx_http_smartflow_json_filter(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_chain_t *in);
+static ngx_int_t ngx_http_smartflow_on_event(void *data,
+    ngx_smartflow_sse_event_t *ev);
+static ngx_int_t ngx_http_smartflow_stream_end(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_uint_t broken);
+static ngx_int_t ngx_http_smartflow_emit(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, u_char *data, size_t len);
+static ngx_int_t ngx_http_smartflow_emit_array(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_array_t *events);
+static ngx_int_t ngx_http_smartflow_send_out(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_uint_t last, ngx_uint_t flush);
+static void ngx_http_smartflow_usage(ngx_http_smartflow_ctx_t *ctx,
+    ngx_smartflow_json_t *usage);
 static ngx_int_t ngx_http_smartflow_set_header(ngx_http_request_t *r,
     char *key, char *value);
 
 
 static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
+static ngx_http_output_body_filter_pt    ngx_http_next_body_filter;
 
 
 ngx_int_t
@@ -21,6 +52,9 @@ ngx_http_smartflow_filter_init(ngx_conf_t *cf)
 {
     ngx_http_next_header_filter = ngx_http_top_header_filter;
     ngx_http_top_header_filter = ngx_http_smartflow_header_filter;
+
+    ngx_http_next_body_filter = ngx_http_top_body_filter;
+    ngx_http_top_body_filter = ngx_http_smartflow_body_filter;
 
     return NGX_OK;
 }
@@ -40,13 +74,35 @@ ngx_http_smartflow_header_filter(ngx_http_request_t *r)
 
     ctx = ngx_http_smartflow_get_ctx(r);
 
-    if (ctx == NULL || ctx->provider == NULL) {
+    if (ctx == NULL || ctx->provider == NULL || ctx->own_response) {
         return ngx_http_next_header_filter(r);
     }
 
     if (ctx->stream && r->headers_out.status == NGX_HTTP_OK) {
+        ctx->filter = NGX_HTTP_SMARTFLOW_FILTER_STREAM;
+        ctx->sse.pool = r->pool;
+        ctx->sse.max = NGX_HTTP_SMARTFLOW_MAX_EVENT;
+        ctx->last_out = &ctx->out;
+
         if (r->upstream) {
             r->upstream->buffering = 0;
+        }
+
+        if (ctx->translate) {
+            ctx->xlate_stream = ngx_pcalloc(r->pool,
+                                       sizeof(ngx_smartflow_xlate_stream_t));
+            if (ctx->xlate_stream == NULL) {
+                return NGX_ERROR;
+            }
+
+            ((ngx_smartflow_xlate_stream_t *) ctx->xlate_stream)
+                ->include_usage = ctx->hide_usage ? 0 : 1;
+            ctx->hide_usage = 0;
+
+            ngx_http_clear_content_length(r);
+            ngx_str_set(&r->headers_out.content_type, "text/event-stream");
+            r->headers_out.content_type_len = sizeof("text/event-stream") - 1;
+            r->headers_out.content_type_lowcase = NULL;
         }
 
         if (ngx_http_smartflow_set_header(r, "X-Accel-Buffering", "no")
@@ -62,9 +118,576 @@ ngx_http_smartflow_header_filter(ngx_http_request_t *r)
         {
             return NGX_ERROR;
         }
+
+    } else if (ctx->translate && !r->header_only) {
+        /* a whole answer or a provider error, in the other format */
+        ctx->filter = NGX_HTTP_SMARTFLOW_FILTER_JSON;
+        ngx_http_clear_content_length(r);
+        ngx_http_clear_accept_ranges(r);
+        ngx_str_set(&r->headers_out.content_type, "application/json");
+        r->headers_out.content_type_len = sizeof("application/json") - 1;
+        r->headers_out.content_type_lowcase = NULL;
     }
 
     return ngx_http_next_header_filter(r);
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
+{
+    ngx_http_smartflow_ctx_t  *ctx;
+
+    if (r != r->main) {
+        return ngx_http_next_body_filter(r, in);
+    }
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_smartflow_proxy_module);
+
+    if (ctx == NULL || ctx->filter == NGX_HTTP_SMARTFLOW_FILTER_NONE) {
+        return ngx_http_next_body_filter(r, in);
+    }
+
+    if (ctx->filter == NGX_HTTP_SMARTFLOW_FILTER_STREAM) {
+        return ngx_http_smartflow_stream_filter(r, ctx, in);
+    }
+
+    return ngx_http_smartflow_json_filter(r, ctx, in);
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_stream_filter(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_chain_t *in)
+{
+    ngx_int_t     rc;
+    ngx_buf_t    *b;
+    ngx_uint_t                      last, flush, broken, capped;
+    ngx_time_t                     *tp;
+    ngx_chain_t                    *cl;
+    ngx_msec_int_t                  elapsed;
+    ngx_http_smartflow_loc_conf_t  *slcf;
+
+    if (ctx->stream_ended) {
+        /* everything after our last buffer: consume and drop */
+        for (cl = in; cl; cl = cl->next) {
+            cl->buf->pos = cl->buf->last;
+        }
+
+        return ngx_http_next_body_filter(r, NULL);
+    }
+
+    last = 0;
+    flush = 0;
+    broken = 0;
+    capped = 0;
+
+    slcf = ngx_http_get_module_loc_conf(r, ngx_http_smartflow_proxy_module);
+
+    for (cl = in; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (ngx_buf_in_memory(b) && b->last > b->pos && !broken) {
+            ctx->stream_bytes += b->last - b->pos;
+
+            tp = ngx_timeofday();
+            elapsed = (ngx_msec_int_t) ((tp->sec - r->start_sec) * 1000
+                                        + (tp->msec - r->start_msec));
+
+            if ((slcf->stream_max_bytes
+                 && ctx->stream_bytes > slcf->stream_max_bytes)
+                || (slcf->stream_max_time
+                    && elapsed > (ngx_msec_int_t) slcf->stream_max_time))
+            {
+                ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                              "smartflow proxy: stream from provider \"%V\" "
+                              "cut at %O bytes after %M ms: over "
+                              "smartflow_stream_max_bytes or _max_time",
+                              &ctx->provider->name, ctx->stream_bytes,
+                              (ngx_msec_t) elapsed);
+                broken = 1;
+                capped = 1;
+                b->pos = b->last;
+                continue;
+            }
+
+            rc = ngx_smartflow_sse_feed(&ctx->sse, b->pos, b->last - b->pos,
+                                        ngx_http_smartflow_on_event, r);
+
+            if (rc == NGX_DECLINED) {
+                ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                              "smartflow proxy: provider \"%V\" sent a "
+                              "stream event over %uz bytes",
+                              &ctx->provider->name, ctx->sse.max);
+                broken = 1;
+
+            } else if (rc != NGX_OK) {
+                return NGX_ERROR;
+            }
+        }
+
+        b->pos = b->last;
+
+        if (b->last_buf) {
+            last = 1;
+        }
+
+        if (b->flush) {
+            flush = 1;
+        }
+    }
+
+    /*
+     * nginx's upstream, finalizing a response whose headers are out,
+     * sends a lone flush once the provider connection is gone: the
+     * stream broke (closed early, timed out) before its end.
+     */
+    if (!last && !broken && in && in->next == NULL
+        && ngx_buf_special(in->buf) && r->upstream
+        && r->upstream->peer.connection == NULL)
+    {
+        broken = 1;
+    }
+
+    if (broken || last) {
+        if (broken && !capped) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "smartflow proxy: stream from provider \"%V\" "
+                          "for model \"%V\" broke before its end",
+                          &ctx->provider->name, &ctx->model);
+        }
+
+        if (ngx_http_smartflow_stream_end(r, ctx, broken) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        ctx->stream_ended = 1;
+        last = 1;
+    }
+
+    rc = ngx_http_smartflow_send_out(r, ctx, last, flush || last);
+
+    /* an error stops nginx's upstream: the provider is not read further */
+    return capped ? NGX_ERROR : rc;
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_on_event(void *data, ngx_smartflow_sse_event_t *ev)
+{
+    ngx_http_request_t *r = data;
+
+    ngx_str_t                       err;
+    ngx_array_t                     events;
+    ngx_smartflow_json_t           *j, *choices;
+    ngx_smartflow_xlate_t           x;
+    ngx_http_smartflow_ctx_t       *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_smartflow_proxy_module);
+
+    if (ev->comment || ctx->stream_done) {
+        return ctx->translate ? NGX_OK
+                              : ngx_http_smartflow_emit(r, ctx, ev->raw.data,
+                                                        ev->raw.len);
+    }
+
+    j = NULL;
+
+    if (ev->data.len == 6 && ngx_strncmp(ev->data.data, "[DONE]", 6) == 0) {
+        ctx->stream_done = 1;
+
+    } else if (ctx->translate
+               || ngx_strlcasestrn(ev->data.data,
+                                   ev->data.data + ev->data.len,
+                                   (u_char *) "\"usage\"", 7 - 1)
+                  != NULL
+               || (ev->event.len == 12
+                   && ngx_strncmp(ev->event.data, "message_stop", 12) == 0))
+    {
+        /* parse only what has to be read: usage, or a translation */
+        j = ngx_smartflow_json_parse(r->pool, ev->data.data, ev->data.len,
+                                     &err);
+        if (j == NULL) {
+            ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                          "smartflow proxy: provider \"%V\" sent a stream "
+                          "event that is not JSON: %V",
+                          &ctx->provider->name, &err);
+        }
+    }
+
+    if (j) {
+        ngx_http_smartflow_usage(ctx, ngx_smartflow_json_get(j, "usage"));
+        ngx_http_smartflow_usage(ctx, ngx_smartflow_json_get(
+                                   ngx_smartflow_json_get(j, "message"),
+                                   "usage"));
+
+        if (ev->event.len == 12
+            && ngx_strncmp(ev->event.data, "message_stop", 12) == 0)
+        {
+            ctx->stream_done = 1;
+        }
+    }
+
+    if (!ctx->translate) {
+        if (ctx->hide_usage && j) {
+            /* the usage chunk the gateway asked for, not the client */
+            choices = ngx_smartflow_json_get(j, "choices");
+
+            if (choices && choices->nchild == 0) {
+                return NGX_OK;
+            }
+        }
+
+        return ngx_http_smartflow_emit(r, ctx, ev->raw.data, ev->raw.len);
+    }
+
+    if (j == NULL && !ctx->stream_done) {
+        return NGX_OK;
+    }
+
+    if (ngx_array_init(&events, r->pool, 4, sizeof(ngx_str_t)) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    x.pool = r->pool;
+    x.log = r->connection->log;
+    x.model = ctx->model;
+    ngx_str_null(&x.err);
+
+    if (ctx->client_format == NGX_HTTP_SMARTFLOW_FORMAT_OPENAI) {
+        if (ngx_smartflow_xlate_stream_anthropic_to_openai(&x,
+                ctx->xlate_stream, &ev->event, j, &events)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+    } else if (ngx_smartflow_xlate_stream_openai_to_anthropic(&x,
+                   ctx->xlate_stream, &ev->event, j, &events)
+               != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (((ngx_smartflow_xlate_stream_t *) ctx->xlate_stream)->done) {
+        ctx->stream_done = 1;
+    }
+
+    return ngx_http_smartflow_emit_array(r, ctx, &events);
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_stream_end(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_uint_t broken)
+{
+    ngx_array_t            events;
+    ngx_smartflow_xlate_t  x;
+
+    static u_char  openai_error[] =
+        "data: {\"error\":{\"message\":\"The provider's stream ended before "
+        "completion.\",\"type\":\"api_error\",\"param\":null,"
+        "\"code\":\"upstream_stream_broken\"}}\n\n";
+
+    static u_char  anthropic_error[] =
+        "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":"
+        "\"api_error\",\"message\":\"The provider's stream ended before "
+        "completion.\"}}\n\n";
+
+    if (ctx->translate) {
+        if (ngx_array_init(&events, r->pool, 4, sizeof(ngx_str_t))
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        x.pool = r->pool;
+        x.log = r->connection->log;
+        x.model = ctx->model;
+        ngx_str_null(&x.err);
+
+        if ((ctx->client_format == NGX_HTTP_SMARTFLOW_FORMAT_OPENAI
+             ? ngx_smartflow_xlate_stream_end_openai(&x, ctx->xlate_stream,
+                                                     broken, &events)
+             : ngx_smartflow_xlate_stream_end_anthropic(&x,
+                                                     ctx->xlate_stream,
+                                                     broken, &events))
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        return ngx_http_smartflow_emit_array(r, ctx, &events);
+    }
+
+    if (ctx->stream_done && !broken) {
+        return NGX_OK;
+    }
+
+    /* the client's own format says the stream failed */
+    if (ctx->client_format == NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC) {
+        return ngx_http_smartflow_emit(r, ctx, anthropic_error,
+                                       sizeof(anthropic_error) - 1);
+    }
+
+    return ngx_http_smartflow_emit(r, ctx, openai_error,
+                                   sizeof(openai_error) - 1);
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_json_filter(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_chain_t *in)
+{
+    u_char                 *p;
+    size_t                  size;
+    ngx_str_t               err, out;
+    ngx_uint_t              last;
+    ngx_chain_t            *cl;
+    ngx_smartflow_json_t   *j, *t;
+    ngx_smartflow_xlate_t   x;
+
+    last = 0;
+
+    for (cl = in; cl; cl = cl->next) {
+        size = cl->buf->last - cl->buf->pos;
+
+        if (ngx_buf_in_memory(cl->buf) && size) {
+            if (ctx->collect_len + size > ctx->collect_size) {
+                if (ctx->collect_len + size > NGX_HTTP_SMARTFLOW_MAX_JSON) {
+                    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                                  "smartflow proxy: response from provider "
+                                  "\"%V\" is too large to translate",
+                                  &ctx->provider->name);
+                    return NGX_ERROR;
+                }
+
+                ctx->collect_size = ngx_max(2 * ctx->collect_size,
+                                            ctx->collect_len + size);
+
+                p = ngx_pnalloc(r->pool, ctx->collect_size);
+                if (p == NULL) {
+                    return NGX_ERROR;
+                }
+
+                if (ctx->collect_len) {
+                    ngx_memcpy(p, ctx->collect, ctx->collect_len);
+                }
+
+                ctx->collect = p;
+            }
+
+            ngx_memcpy(ctx->collect + ctx->collect_len, cl->buf->pos, size);
+            ctx->collect_len += size;
+        }
+
+        cl->buf->pos = cl->buf->last;
+
+        if (cl->buf->last_buf) {
+            last = 1;
+        }
+    }
+
+    if (!last) {
+        return ngx_http_next_body_filter(r, NULL);
+    }
+
+    j = ngx_smartflow_json_parse(r->pool, ctx->collect, ctx->collect_len,
+                                 &err);
+
+    x.pool = r->pool;
+    x.log = r->connection->log;
+    x.model = ctx->model;
+    ngx_str_null(&x.err);
+
+    if (r->headers_out.status >= NGX_HTTP_BAD_REQUEST || j == NULL) {
+        if (j == NULL) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "smartflow proxy: provider \"%V\" answered "
+                          "%ui with a body that is not JSON",
+                          &ctx->provider->name, r->headers_out.status);
+        }
+
+        t = (ctx->client_format == NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC)
+            ? ngx_smartflow_xlate_error_to_anthropic(&x,
+                                                r->headers_out.status, j)
+            : ngx_smartflow_xlate_error_to_openai(&x,
+                                                r->headers_out.status, j);
+
+    } else {
+        ngx_http_smartflow_usage(ctx, ngx_smartflow_json_get(j, "usage"));
+
+        t = (ctx->client_format == NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC)
+            ? ngx_smartflow_xlate_resp_openai_to_anthropic(&x, j)
+            : ngx_smartflow_xlate_resp_anthropic_to_openai(&x, j);
+    }
+
+    if (t == NULL || ngx_smartflow_json_dump(r->pool, t, &out) != NGX_OK) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "smartflow proxy: translating the answer of provider "
+                      "\"%V\" failed: %V", &ctx->provider->name, &x.err);
+        return NGX_ERROR;
+    }
+
+    ctx->last_out = &ctx->out;
+
+    if (ngx_http_smartflow_emit(r, ctx, out.data, out.len) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_smartflow_send_out(r, ctx, 1, 1);
+}
+
+
+/* appends bytes to the pending output, reusing the request's buffers */
+static ngx_int_t
+ngx_http_smartflow_emit(ngx_http_request_t *r, ngx_http_smartflow_ctx_t *ctx,
+    u_char *data, size_t len)
+{
+    size_t        size;
+    ngx_buf_t    *b;
+    ngx_chain_t  *cl;
+
+    if (len == 0) {
+        return NGX_OK;
+    }
+
+    cl = ngx_chain_get_free_buf(r->pool, &ctx->free);
+    if (cl == NULL) {
+        return NGX_ERROR;
+    }
+
+    b = cl->buf;
+
+    if (b->start == NULL || (size_t) (b->end - b->start) < len) {
+        size = ngx_max(len, 4096);
+
+        b->start = ngx_palloc(r->pool, size);
+        if (b->start == NULL) {
+            return NGX_ERROR;
+        }
+
+        b->end = b->start + size;
+    }
+
+    ngx_memzero(b, offsetof(ngx_buf_t, start));
+    b->pos = b->start;
+    b->last = ngx_cpymem(b->start, data, len);
+    b->memory = 1;
+    b->recycled = 1;
+    b->tag = (ngx_buf_tag_t) &ngx_http_smartflow_proxy_module;
+
+    *ctx->last_out = cl;
+    ctx->last_out = &cl->next;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_emit_array(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_array_t *events)
+{
+    ngx_str_t   *ev;
+    ngx_uint_t   i;
+
+    ev = events->elts;
+
+    for (i = 0; i < events->nelts; i++) {
+        if (ngx_http_smartflow_emit(r, ctx, ev[i].data, ev[i].len)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_send_out(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_uint_t last, ngx_uint_t flush)
+{
+    ngx_int_t     rc;
+    ngx_buf_t    *b;
+    ngx_chain_t  *cl;
+
+    if (last || flush) {
+        cl = ngx_alloc_chain_link(r->pool);
+        if (cl == NULL) {
+            return NGX_ERROR;
+        }
+
+        b = ngx_calloc_buf(r->pool);
+        if (b == NULL) {
+            return NGX_ERROR;
+        }
+
+        b->last_buf = last;
+        b->last_in_chain = 1;
+        b->flush = 1;
+
+        cl->buf = b;
+        cl->next = NULL;
+
+        *ctx->last_out = cl;
+        ctx->last_out = &cl->next;
+    }
+
+    if (ctx->out == NULL && ctx->busy == NULL) {
+        return ngx_http_next_body_filter(r, NULL);
+    }
+
+    rc = ngx_http_next_body_filter(r, ctx->out);
+
+    ngx_chain_update_chains(r->pool, &ctx->free, &ctx->busy, &ctx->out,
+                            (ngx_buf_tag_t) &ngx_http_smartflow_proxy_module);
+    ctx->last_out = &ctx->out;
+
+    return rc;
+}
+
+
+/* provider usage, whichever format: the largest count seen wins */
+static void
+ngx_http_smartflow_usage(ngx_http_smartflow_ctx_t *ctx,
+    ngx_smartflow_json_t *usage)
+{
+    ngx_int_t              n;
+    ngx_smartflow_json_t  *j;
+
+    static char  *prompt[] = { "prompt_tokens", "input_tokens",
+                               "promptTokenCount", NULL };
+    static char  *completion[] = { "completion_tokens", "output_tokens",
+                                   "candidatesTokenCount", NULL };
+    char  **k;
+
+    if (usage == NULL || usage->type != NGX_SMARTFLOW_JSON_OBJECT) {
+        return;
+    }
+
+    for (k = prompt; *k; k++) {
+        j = ngx_smartflow_json_get(usage, *k);
+
+        if (j && j->type == NGX_SMARTFLOW_JSON_NUMBER) {
+            n = ngx_atoi(j->str.data, j->str.len);
+            if (n != NGX_ERROR && (ngx_uint_t) n > ctx->prompt_tokens) {
+                ctx->prompt_tokens = n;
+            }
+        }
+    }
+
+    for (k = completion; *k; k++) {
+        j = ngx_smartflow_json_get(usage, *k);
+
+        if (j && j->type == NGX_SMARTFLOW_JSON_NUMBER) {
+            n = ngx_atoi(j->str.data, j->str.len);
+            if (n != NGX_ERROR && (ngx_uint_t) n > ctx->completion_tokens) {
+                ctx->completion_tokens = n;
+            }
+        }
+    }
 }
 
 

@@ -28,7 +28,7 @@ ngx_http_smartflow_access_handler(ngx_http_request_t *r)
 
     if (slcf->api == NGX_HTTP_SMARTFLOW_API_NONE
         || slcf->api == NGX_HTTP_SMARTFLOW_API_HEALTH
-        || slcf->api == NGX_HTTP_SMARTFLOW_API_ERROR)
+        || slcf->api >= NGX_HTTP_SMARTFLOW_API_ERROR)
     {
         return NGX_DECLINED;
     }
@@ -41,6 +41,7 @@ ngx_http_smartflow_access_handler(ngx_http_request_t *r)
     }
 
     ctx->api = slcf->api;
+    ctx->client_format = ngx_http_smartflow_api_format(slcf->api);
 
     if (ctx->key_id.len) {
         /* already checked before an internal redirect */

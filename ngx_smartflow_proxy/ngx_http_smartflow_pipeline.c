@@ -6,6 +6,7 @@
  */
 
 #include "ngx_http_smartflow_proxy.h"
+#include "ngx_http_smartflow_translate.h"
 
 
 static void ngx_http_smartflow_body_handler(ngx_http_request_t *r);
@@ -21,11 +22,22 @@ static void ngx_http_smartflow_pipeline_done(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_int_t rc);
 
 
+/* by API: the path under an OpenAI-format provider's base */
 static ngx_str_t  ngx_http_smartflow_op_paths[] = {
     ngx_null_string,
     ngx_string("/chat/completions"),
     ngx_string("/completions"),
-    ngx_string("/embeddings")
+    ngx_string("/embeddings"),
+    ngx_string("/chat/completions")
+};
+
+
+/* by provider type: the wire format it speaks */
+static ngx_uint_t  ngx_http_smartflow_wire[] = {
+    NGX_HTTP_SMARTFLOW_FORMAT_OPENAI,
+    NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC,
+    NGX_HTTP_SMARTFLOW_FORMAT_GEMINI,
+    NGX_HTTP_SMARTFLOW_FORMAT_OPENAI
 };
 
 
@@ -59,6 +71,7 @@ ngx_http_smartflow_precontent_handler(ngx_http_request_t *r)
     }
 
     ctx->api = slcf->api;
+    ctx->client_format = ngx_http_smartflow_api_format(slcf->api);
 
     if (r->method != NGX_HTTP_POST) {
         return ngx_http_smartflow_error(r, NGX_HTTP_NOT_ALLOWED,
@@ -143,13 +156,15 @@ ngx_http_smartflow_pipeline_done(ngx_http_request_t *r,
     ctx->pipeline_done = 1;
 
     if (rc == NGX_OK) {
-        /* the stages let it through: the echo provider or proxy_pass */
-        if (ctx->provider->type == NGX_HTTP_SMARTFLOW_PROVIDER_ECHO) {
+        /* the stages let it through: to proxy_pass or the echo provider */
+        rc = ngx_http_smartflow_prepare_upstream(r, ctx);
+
+        if (rc == NGX_OK
+            && ctx->provider->type == NGX_HTTP_SMARTFLOW_PROVIDER_ECHO)
+        {
             ngx_http_finalize_request(r, ngx_http_smartflow_echo(r, ctx));
             return;
         }
-
-        rc = ngx_http_smartflow_prepare_upstream(r, ctx);
     }
 
     if (rc == NGX_DONE) {
@@ -272,6 +287,16 @@ ngx_http_smartflow_parse(ngx_http_request_t *r, ngx_http_smartflow_ctx_t *ctx)
     ctx->model = model->str;
 
     switch (ctx->api) {
+    case NGX_HTTP_SMARTFLOW_API_MESSAGES:
+        j = ngx_smartflow_json_get(ctx->json, "max_tokens");
+        if (j == NULL || j->type != NGX_SMARTFLOW_JSON_NUMBER) {
+            return ngx_http_smartflow_error(r, NGX_HTTP_BAD_REQUEST,
+                       "invalid_request_error", "missing_required_parameter",
+                       "max_tokens", "max_tokens: Field required");
+        }
+
+        /* fall through */
+
     case NGX_HTTP_SMARTFLOW_API_CHAT:
         field = "messages";
         j = ngx_smartflow_json_get(ctx->json, field);
@@ -313,6 +338,20 @@ ngx_http_smartflow_parse(ngx_http_request_t *r, ngx_http_smartflow_ctx_t *ctx)
     }
 
     ctx->provider = ctx->route->provider;
+    ctx->wire_format = ngx_http_smartflow_wire[ctx->provider->type];
+    ctx->translate = (ctx->client_format != ctx->wire_format);
+
+    if (ctx->translate
+        && (ctx->api == NGX_HTTP_SMARTFLOW_API_COMPLETIONS
+            || ctx->api == NGX_HTTP_SMARTFLOW_API_EMBEDDINGS
+            || ctx->wire_format == NGX_HTTP_SMARTFLOW_FORMAT_GEMINI))
+    {
+        return ngx_http_smartflow_error(r, NGX_HTTP_BAD_REQUEST,
+                   "invalid_request_error", "unsupported_model", "model",
+                   "The model `%V` is served by provider \"%V\", which "
+                   "does not offer this endpoint.",
+                   &ctx->model, &ctx->provider->name);
+    }
     ctx->upstream_model = ctx->route->model.len ? ctx->route->model
                                                 : ctx->model;
 
@@ -353,11 +392,95 @@ ngx_http_smartflow_prepare_upstream(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx)
 {
     u_char                         *p;
-    ngx_str_t                      *op;
+    ngx_str_t                      *op, messages;
+    ngx_uint_t                      rewrite;
+    ngx_smartflow_json_t           *j, *opts;
+    ngx_smartflow_xlate_t           x;
     ngx_http_smartflow_provider_t  *pr;
 
+    static ngx_str_t  t = ngx_string("true");
+
     pr = ctx->provider;
-    op = &ngx_http_smartflow_op_paths[ctx->api];
+    ctx->upstream_json = ctx->json;
+    rewrite = (ctx->route->model.len != 0);
+
+    if (ctx->translate) {
+        x.pool = r->pool;
+        x.log = r->connection->log;
+        x.model = ctx->model;
+        ngx_str_null(&x.err);
+
+        ctx->upstream_json =
+            (ctx->wire_format == NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC)
+            ? ngx_smartflow_xlate_req_openai_to_anthropic(&x, ctx->json)
+            : ngx_smartflow_xlate_req_anthropic_to_openai(&x, ctx->json);
+
+        if (ctx->upstream_json == NULL) {
+            return ngx_http_smartflow_error(r, NGX_HTTP_BAD_REQUEST,
+                       "invalid_request_error", "invalid_request", NULL,
+                       "%V", &x.err);
+        }
+
+        rewrite = 1;
+    }
+
+    if (ctx->stream && ctx->client_format == NGX_HTTP_SMARTFLOW_FORMAT_OPENAI)
+    {
+        opts = ngx_smartflow_json_get(ctx->json, "stream_options");
+        j = ngx_smartflow_json_get(opts, "include_usage");
+        ctx->hide_usage = (j == NULL || j->type != NGX_SMARTFLOW_JSON_TRUE);
+    }
+
+    if (ctx->stream && ctx->hide_usage
+        && ctx->wire_format == NGX_HTTP_SMARTFLOW_FORMAT_OPENAI
+        && !ctx->translate
+        && pr->type != NGX_HTTP_SMARTFLOW_PROVIDER_ECHO)
+    {
+        /* exact usage on streams: ask for it, hide it from the client */
+        opts = ngx_smartflow_json_get(ctx->json, "stream_options");
+
+        if (opts == NULL || opts->type != NGX_SMARTFLOW_JSON_OBJECT) {
+            opts = ngx_smartflow_json_new(r->pool, NGX_SMARTFLOW_JSON_OBJECT,
+                                          NULL);
+            if (opts == NULL) {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+
+            j = ngx_smartflow_json_get(ctx->json, "stream_options");
+            if (j) {
+                *j = *opts;
+                j->key.data = (u_char *) "stream_options";
+                j->key.len = sizeof("stream_options") - 1;
+                opts = j;
+
+            } else {
+                ngx_smartflow_json_append(ctx->json, "stream_options", opts);
+            }
+        }
+
+        j = ngx_smartflow_json_get(opts, "include_usage");
+        if (j) {
+            j->type = NGX_SMARTFLOW_JSON_TRUE;
+
+        } else {
+            j = ngx_smartflow_json_new(r->pool, NGX_SMARTFLOW_JSON_TRUE, &t);
+            if (j == NULL) {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+
+            ngx_smartflow_json_append(opts, "include_usage", j);
+        }
+
+        rewrite = 1;
+    }
+
+    if (ctx->wire_format == NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC) {
+        ngx_str_set(&messages, "/messages");
+        op = &messages;
+
+    } else {
+        op = &ngx_http_smartflow_op_paths[ctx->api];
+    }
 
     p = ngx_pnalloc(r->pool, pr->path.len + op->len);
     if (p == NULL) {
@@ -370,16 +493,17 @@ ngx_http_smartflow_prepare_upstream(ngx_http_request_t *r,
                                        op->data, op->len)
                             - p;
 
-    if (ctx->route->model.len == 0) {
+    if (!rewrite) {
         /* nothing changes: the client's bytes go out as they came */
         ctx->upstream_body = ctx->body;
         return NGX_OK;
     }
 
-    if (ngx_smartflow_json_set_str(r->pool, ctx->json, "model",
+    if (ngx_smartflow_json_set_str(r->pool, ctx->upstream_json, "model",
                                    &ctx->upstream_model)
         != NGX_OK
-        || ngx_smartflow_json_dump(r->pool, ctx->json, &ctx->upstream_body)
+        || ngx_smartflow_json_dump(r->pool, ctx->upstream_json,
+                                   &ctx->upstream_body)
            != NGX_OK)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;

@@ -105,7 +105,8 @@ typedef enum {
     NGX_HTTP_SMARTFLOW_API_MODELS,
     NGX_HTTP_SMARTFLOW_API_ANTHROPIC_MODELS,
     NGX_HTTP_SMARTFLOW_API_HEALTH,
-    NGX_HTTP_SMARTFLOW_API_ERROR
+    NGX_HTTP_SMARTFLOW_API_ERROR,
+    NGX_HTTP_SMARTFLOW_API_ANTHROPIC_ERROR
 } ngx_http_smartflow_api_e;
 
 
@@ -164,6 +165,7 @@ typedef struct {
 
     ngx_str_t                   body;           /* client body, contiguous */
     ngx_smartflow_json_t       *json;
+    ngx_smartflow_json_t       *upstream_json;  /* json in the provider's */
     ngx_str_t                   model;          /* as the client named it */
 
     ngx_http_smartflow_route_t     *route;
@@ -192,6 +194,7 @@ typedef struct {
     u_char                     *collect;
     size_t                      collect_len;
     size_t                      collect_size;
+    off_t                       stream_bytes;
 
     ngx_uint_t                  err_status;
     ngx_str_t                   err_type;
@@ -267,6 +270,8 @@ typedef struct {
 
 typedef struct {
     ngx_uint_t                  api;
+    off_t                       stream_max_bytes;
+    ngx_msec_t                  stream_max_time;
 } ngx_http_smartflow_loc_conf_t;
 
 
@@ -274,6 +279,13 @@ typedef struct {
     ngx_uint_t                  order;
     ngx_http_smartflow_stage_pt handler;
 } ngx_http_smartflow_stage_t;
+
+
+#define ngx_http_smartflow_api_format(api)                                   \
+    (((api) == NGX_HTTP_SMARTFLOW_API_MESSAGES                                \
+      || (api) == NGX_HTTP_SMARTFLOW_API_ANTHROPIC_MODELS                     \
+      || (api) == NGX_HTTP_SMARTFLOW_API_ANTHROPIC_ERROR)                     \
+     ? NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC : NGX_HTTP_SMARTFLOW_FORMAT_OPENAI)
 
 
 /* internal to the proxy module */

@@ -16,6 +16,8 @@ static ngx_int_t ngx_http_smartflow_upstream_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_smartflow_stream_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_smartflow_anthropic_version_variable(
+    ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_smartflow_add_variables(ngx_conf_t *cf);
 static void *ngx_http_smartflow_create_main_conf(ngx_conf_t *cf);
 static char *ngx_http_smartflow_init_main_conf(ngx_conf_t *cf, void *conf);
@@ -33,9 +35,13 @@ static ngx_conf_enum_t  ngx_http_smartflow_apis[] = {
     { ngx_string("chat"), NGX_HTTP_SMARTFLOW_API_CHAT },
     { ngx_string("completions"), NGX_HTTP_SMARTFLOW_API_COMPLETIONS },
     { ngx_string("embeddings"), NGX_HTTP_SMARTFLOW_API_EMBEDDINGS },
+    { ngx_string("messages"), NGX_HTTP_SMARTFLOW_API_MESSAGES },
     { ngx_string("models"), NGX_HTTP_SMARTFLOW_API_MODELS },
+    { ngx_string("anthropic_models"),
+      NGX_HTTP_SMARTFLOW_API_ANTHROPIC_MODELS },
     { ngx_string("health"), NGX_HTTP_SMARTFLOW_API_HEALTH },
     { ngx_string("error"), NGX_HTTP_SMARTFLOW_API_ERROR },
+    { ngx_string("anthropic_error"), NGX_HTTP_SMARTFLOW_API_ANTHROPIC_ERROR },
     { ngx_null_string, 0 }
 };
 
@@ -75,6 +81,20 @@ static ngx_command_t  ngx_http_smartflow_commands[] = {
       ngx_http_smartflow_api,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
+      NULL },
+
+    { ngx_string("smartflow_stream_max_bytes"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_off_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_loc_conf_t, stream_max_bytes),
+      NULL },
+
+    { ngx_string("smartflow_stream_max_time"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_loc_conf_t, stream_max_time),
       NULL },
 
       ngx_null_command
@@ -138,6 +158,10 @@ static ngx_http_variable_t  ngx_http_smartflow_vars[] = {
 
     { ngx_string("smartflow_route"), NULL,
       ngx_http_smartflow_upstream_variable, 5,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("smartflow_anthropic_version"), NULL,
+      ngx_http_smartflow_anthropic_version_variable, 0,
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("smartflow_upstream_uri"), NULL,
@@ -474,6 +498,68 @@ ngx_http_smartflow_stream_variable(ngx_http_request_t *r,
 }
 
 
+/*
+ * The anthropic-version header for an Anthropic provider: the client's
+ * own when it speaks Anthropic, else the version the translation targets.
+ */
+static ngx_int_t
+ngx_http_smartflow_anthropic_version_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_uint_t                 i;
+    ngx_list_part_t           *part;
+    ngx_table_elt_t           *h;
+    ngx_http_smartflow_ctx_t  *ctx;
+
+    ctx = ngx_http_smartflow_get_ctx(r);
+
+    if (ctx == NULL
+        || ctx->wire_format != NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC
+        || ctx->provider == NULL)
+    {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->data = (u_char *) "2023-06-01";
+    v->len = sizeof("2023-06-01") - 1;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    if (ctx->client_format != NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC) {
+        return NGX_OK;
+    }
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == sizeof("anthropic-version") - 1
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "anthropic-version",
+                               sizeof("anthropic-version") - 1) == 0)
+        {
+            v->data = h[i].value.data;
+            v->len = h[i].value.len;
+            break;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
 static ngx_int_t
 ngx_http_smartflow_add_variables(ngx_conf_t *cf)
 {
@@ -544,6 +630,8 @@ ngx_http_smartflow_create_loc_conf(ngx_conf_t *cf)
     }
 
     slcf->api = NGX_CONF_UNSET_UINT;
+    slcf->stream_max_bytes = NGX_CONF_UNSET;
+    slcf->stream_max_time = NGX_CONF_UNSET_MSEC;
 
     return slcf;
 }
@@ -557,6 +645,12 @@ ngx_http_smartflow_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     ngx_conf_merge_uint_value(conf->api, prev->api,
                               NGX_HTTP_SMARTFLOW_API_NONE);
+
+    /* 0 means no cap */
+    ngx_conf_merge_off_value(conf->stream_max_bytes, prev->stream_max_bytes,
+                             64 * 1024 * 1024);
+    ngx_conf_merge_msec_value(conf->stream_max_time, prev->stream_max_time,
+                              30 * 60 * 1000);
 
     return NGX_CONF_OK;
 }
@@ -611,7 +705,10 @@ ngx_http_smartflow_master_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
-/* smartflow_api chat|completions|embeddings|models|health|error; */
+/*
+ * smartflow_api chat|completions|embeddings|messages|models|
+ *     anthropic_models|health|error|anthropic_error;
+ */
 static char *
 ngx_http_smartflow_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {

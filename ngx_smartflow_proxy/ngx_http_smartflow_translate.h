@@ -29,6 +29,7 @@ typedef struct {
     ngx_uint_t                  output_tokens;
     ngx_uint_t                  block;          /* current content block */
     ngx_int_t                   tool_index;     /* OpenAI tool_calls index */
+    ngx_str_t                   tool_id;        /* open tool call's id */
     ngx_str_t                   finish;         /* stop / finish reason */
     unsigned                    include_usage:1;
     unsigned                    started:1;

@@ -51,10 +51,10 @@ routed="smartflow-echo (built-in demo)"
     echo "smartflow_route smartflow-echo demo;"
 } > "$providers"
 
-# provider NAME KEYVAR URL DEFAULT_PATH ROUTES...
+# provider NAME TYPE KEYVAR URL DEFAULT_PATH ROUTES...
 add_provider() {
-    local name=$1 keyvar=$2 url=$3 path=$4 key=""
-    shift 4
+    local name=$1 type=$2 keyvar=$3 url=$4 path=$5 key=""
+    shift 5
     parse_url "$url"
     [ -n "$url_path" ] && path=$url_path
     [ -n "${!keyvar:-}" ] && key=" key=env:$keyvar"
@@ -63,7 +63,7 @@ add_provider() {
         echo "    server $url_host:$url_port;"
         echo "    keepalive 32;"
         echo "}"
-        echo "smartflow_provider $name type=openai"
+        echo "smartflow_provider $name type=$type"
         echo "    upstream=$url_scheme://sf_$name host=$url_host"
         echo "    path=$path$key;"
         for r in "$@"; do
@@ -74,22 +74,22 @@ add_provider() {
 }
 
 if [ -n "${OPENAI_API_KEY:-}${OPENAI_BASE_URL:-}" ]; then
-    add_provider openai OPENAI_API_KEY \
+    add_provider openai openai OPENAI_API_KEY \
         "${OPENAI_BASE_URL:-https://api.openai.com/v1}" /v1 \
         'gpt-*' 'o1*' 'o3*' 'o4*' 'chatgpt-*' 'text-embedding-*'
 fi
 
-# Anthropic and Gemini through their OpenAI-compatible endpoints; the
-# Anthropic SDK's base URL has no /v1, Gemini's OpenAI layer sits under
-# /v1beta/openai
+# Anthropic natively (Messages API; the Anthropic SDK's base URL has no
+# /v1); Gemini through its OpenAI-compatible layer under /v1beta/openai
 if [ -n "${ANTHROPIC_API_KEY:-}${ANTHROPIC_BASE_URL:-}" ]; then
     url=${ANTHROPIC_BASE_URL:-https://api.anthropic.com}
-    add_provider anthropic ANTHROPIC_API_KEY "${url%/}/v1" /v1 'claude-*'
+    add_provider anthropic anthropic ANTHROPIC_API_KEY "${url%/}/v1" /v1 \
+        'claude-*'
 fi
 
 if [ -n "${GEMINI_API_KEY:-}${GEMINI_BASE_URL:-}" ]; then
     url=${GEMINI_BASE_URL:-https://generativelanguage.googleapis.com}
-    add_provider gemini GEMINI_API_KEY "${url%/}/v1beta/openai" \
+    add_provider gemini openai GEMINI_API_KEY "${url%/}/v1beta/openai" \
         /v1beta/openai 'gemini-*'
 fi
 
