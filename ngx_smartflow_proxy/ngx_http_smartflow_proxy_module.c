@@ -268,6 +268,7 @@ ngx_http_smartflow_error(ngx_http_request_t *r, ngx_uint_t status,
 {
     u_char                    *p;
     va_list                    args;
+    ngx_uint_t                 level;
     ngx_http_smartflow_ctx_t  *ctx;
     u_char                     buf[NGX_MAX_ERROR_STR];
 
@@ -275,7 +276,15 @@ ngx_http_smartflow_error(ngx_http_request_t *r, ngx_uint_t status,
     p = ngx_vslprintf(buf, buf + sizeof(buf), fmt, args);
     va_end(args);
 
-    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+    /*
+     * a request without credentials is routine (nginx's auth_basic does
+     * not log it either, and "satisfy any" may still let it through)
+     */
+    level = (status == NGX_HTTP_UNAUTHORIZED && code
+             && ngx_strcmp(code, "missing_api_key") == 0)
+            ? NGX_LOG_INFO : NGX_LOG_ERR;
+
+    ngx_log_error(level, r->connection->log, 0,
                   "smartflow proxy: %*s (status %ui%s%s)",
                   p - buf, buf, status, code ? ", code " : "",
                   code ? code : "");

@@ -116,7 +116,7 @@ sub is_str (@) {
 # Driving the blocks
 # ---------------------------------------------------------------------------
 
-sub check_environment () {
+sub check_environment {
     for my $var (@Test::Nginx::Util::UnsupportedModes) {
         if ($ENV{$var}) {
             bail_out("$var is set, but that mode is not supported by the "
@@ -125,7 +125,7 @@ sub check_environment () {
     }
 }
 
-sub check_sections (@) {
+sub check_sections {
     my %custom = map { $_ => 1 } @CustomSections;
     for my $block (@_) {
         for my $sec (@{ $block->{_section_order}[0] || [] }) {
@@ -138,7 +138,7 @@ sub check_sections (@) {
 
 sub run_tests () {
     check_environment();
-    get_nginx_version();
+    Test::Nginx::Util::get_nginx_version();
 
     $ENV{TEST_NGINX_SERVER_PORT} = $ServerPort
         unless defined $ENV{TEST_NGINX_SERVER_PORT};
@@ -158,7 +158,7 @@ sub run_tests () {
 
 # Reads "N: <op> x.y.z[: reason]" specs and friends; returns
 # ($should_skip, $tests_to_skip, $reason).
-sub skip_conditions ($) {
+sub skip_conditions {
     my $block = shift;
     my $name = $block->name;
     my ($skip, $count, $reason);
@@ -229,7 +229,7 @@ sub skip_conditions ($) {
 
 sub canon_version { Test::Nginx::Util::canon_version(@_) }
 
-sub missing_directive () {
+sub missing_directive {
     open my $in, '<', $Test::Nginx::Util::ErrLogFile or return undef;
     while (<$in>) {
         return $1 if /\[emerg\] \S+?: unknown directive "([^"]+)"/;
@@ -240,7 +240,7 @@ sub missing_directive () {
 # Starts nginx for a block; retries while the port is still held (e.g. by
 # a previous nginx finishing its shutdown).  Returns the dry-run reason if
 # TEST_NGINX_IGNORE_MISSING_DIRECTIVES applies.
-sub start_nginx ($$) {
+sub start_nginx {
     my ($name, $foreground) = @_;
 
     my $deadline = time + 10;
@@ -250,6 +250,7 @@ sub start_nginx ($$) {
 
         my $errors = join '', grep { /\[(?:emerg|alert|crit)\]/ }
                               @{ read_whole_error_log() };
+        $errors = tail_of_error_log(20) if $errors eq '';
 
         if ($ENV{TEST_NGINX_IGNORE_MISSING_DIRECTIVES}
             and my $directive = missing_directive())
@@ -262,16 +263,26 @@ sub start_nginx ($$) {
             next;
         }
 
+        # BAIL_OUT shows one line only: the whole story goes to diag
+        Test::More::diag($errors);
+        my ($first) = $errors =~ /^(.*)$/m;
         bail_out("$name - Cannot start nginx (status $r->{status}) using "
-                 . "$Test::Nginx::Util::ConfFile:\n$errors");
+                 . "$Test::Nginx::Util::ConfFile: " . ($first // ''));
     }
 }
 
-sub read_whole_error_log () {
+sub read_whole_error_log {
     open my $in, '<', $Test::Nginx::Util::ErrLogFile or return [];
     my @lines = <$in>;
     close $in;
     return \@lines;
+}
+
+sub tail_of_error_log {
+    my $n = shift;
+    my $lines = read_whole_error_log();
+    splice @$lines, 0, @$lines - $n if @$lines > $n;
+    return join '', @$lines;
 }
 
 sub run_test ($) {
@@ -280,8 +291,8 @@ sub run_test ($) {
 
     my $name = $block->name;
     my $rand_ports = {};
-    my $config = Test::Nginx::Util::expand_env_in_text($block->config, $name,
-                                                       $rand_ports);
+    my $config = Test::Nginx::Util::expand_env_in_text(
+        scalar($block->config), $name, $rand_ports);
 
     local $Test::Nginx::Util::LogLevel = $Test::Nginx::Util::LogLevel;
     $Test::Nginx::Util::LogLevel = $block->log_level if $block->log_level;
@@ -309,7 +320,7 @@ sub run_test ($) {
         $should_restart = 0;
     } else {
         $should_restart = $Test::Nginx::Util::ForceRestartOnTest
-                          || $config ne $PrevConfig;
+                          || !defined $PrevConfig || $config ne $PrevConfig;
     }
 
     my $dry_run = 0;
@@ -381,7 +392,7 @@ sub run_test ($) {
     Test::Nginx::Util::stop_nginx($name) if $valgrind;
 }
 
-sub run_must_die ($$) {
+sub run_must_die {
     my ($block, $must_die) = @_;
     my $name = $block->name;
 
@@ -414,7 +425,7 @@ sub run_must_die ($$) {
 # Embedded one-shot TCP server (--- tcp_listen)
 # ---------------------------------------------------------------------------
 
-sub start_tcp_server ($) {
+sub start_tcp_server {
     my $block = shift;
     my $target = $block->tcp_listen;
     return undef unless defined $target;
@@ -467,7 +478,7 @@ sub start_tcp_server ($) {
             last if !$query_len || length($buf) >= $query_len;
         }
 
-        my $delay = parse_time($block->tcp_reply_delay);
+        my $delay = parse_time(scalar($block->tcp_reply_delay));
         sleep $delay if $delay;
 
         my $data = ref $reply eq 'CODE' ? $reply->($buf) : $reply;
@@ -486,7 +497,7 @@ sub start_tcp_server ($) {
              query_file => $query_file };
 }
 
-sub finish_tcp_server ($$$) {
+sub finish_tcp_server {
     my ($block, $tcp, $check) = @_;
     return unless $tcp;
     my $name = $block->name;
@@ -499,7 +510,7 @@ sub finish_tcp_server ($$$) {
             close $in;
         }
         if (defined $block->tcp_query) {
-            is_str($buf, $block->tcp_query, "$name - tcp_query ok");
+            is_str($buf, scalar($block->tcp_query), "$name - tcp_query ok");
         }
         if (defined $block->tcp_query_len) {
             Test::More::is(length($buf), $block->tcp_query_len,
@@ -519,7 +530,7 @@ sub finish_tcp_server ($$$) {
 # ---------------------------------------------------------------------------
 
 # "Name: value" lines (comments skipped) -> (CRLF header text, is_chunked)
-sub parse_more_headers ($) {
+sub parse_more_headers {
     my $in = shift // '';
     my ($out, $chunked) = ('', 0);
     for my $line (split /\n+/, $in) {
@@ -537,7 +548,7 @@ sub parse_more_headers ($) {
 # given, Content-Length for the trimmed body.  Packet boundaries inside the
 # body are kept; ones inside the request line move to the end of the
 # generated header.
-sub build_request ($$$$) {
+sub build_request {
     my ($name, $more_headers, $conn, $packets) = @_;
 
     my $orig = join '', map { $_->{value} // '' } @$packets;
@@ -591,7 +602,7 @@ sub build_request ($$$$) {
     return \@out;
 }
 
-sub headers_for ($$$) {
+sub headers_for {
     my ($name, $more_headers, $idx) = @_;
     return $more_headers unless ref $more_headers eq 'ARRAY';
     my $h = $more_headers->[$idx];
@@ -602,7 +613,7 @@ sub headers_for ($$$) {
 
 # Returns a list of requests; each is a list of packets
 # ({ value => bytes, delay_before => seconds }) sent on one connection.
-sub get_requests ($) {
+sub get_requests {
     my $block = shift;
     my $name = $block->name;
 
@@ -669,7 +680,7 @@ sub get_requests ($) {
 # Talking to nginx
 # ---------------------------------------------------------------------------
 
-sub connect_to_server ($$) {
+sub connect_to_server {
     my ($block, $timeout) = @_;
     my $name = $block->name;
     my $addr = $block->server_addr_for_client // $ServerAddr;
@@ -690,8 +701,7 @@ sub connect_to_server ($$) {
         if (defined $child && !Test::Nginx::Util::is_running($child)) {
             Test::More::fail("$name - Can't connect to $addr:$port: $err "
                              . "(nginx is gone)");
-            Test::More::diag(join '', @{ read_whole_error_log() }[-20 .. -1])
-                if @{ read_whole_error_log() } >= 20;
+            Test::More::diag(tail_of_error_log(20));
             return undef;
         }
 
@@ -708,7 +718,7 @@ sub connect_to_server ($$) {
 
 # Sends the packets of one request and reads until the server closes the
 # connection.  $timeout bounds the wait for each I/O event, not the total.
-sub send_request ($$$) {
+sub send_request {
     my ($block, $packets, $timeout) = @_;
     my $name = $block->name;
 
@@ -730,7 +740,8 @@ sub send_request ($$$) {
         if ($writing && $off >= length $buf) {
             if (@queue) {
                 my $p = shift @queue;
-                my $delay = $p->{delay_before} // ($buf ne '' ? $middle_delay : undef);
+                my $delay = $p->{delay_before}
+                            // ($buf ne '' ? $middle_delay : undef);
                 sleep $delay if $delay;
                 ($buf, $off) = ($p->{value} // '', 0);
                 next;
@@ -780,7 +791,7 @@ sub send_request ($$$) {
 
 # Parses one response off the front of $raw; returns the HTTP::Response
 # (body de-chunked), the raw header text and whatever bytes follow it.
-sub parse_response ($$$) {
+sub parse_response {
     my ($name, $raw, $head_req) = @_;
 
     my $raw_headers = $raw =~ /\A(.*?\r\n)\r\n/s ? $1 : '';
@@ -792,7 +803,7 @@ sub parse_response ($$$) {
         undef $code;
     }
     return ($res, $raw_headers, undef)
-        if $code && ($code == 304 || $code == 101 || $code =~ /^1/);
+        if $code && ($code == 304 || $code == 101);
 
     my $te  = $res->header('Transfer-Encoding');
     my $len = $res->header('Content-Length');
@@ -863,7 +874,7 @@ sub parse_response ($$$) {
 
 # With several requests in a block, expectations must be arrays indexed by
 # request; with one request an array's first element is used.
-sub get_indexed_value ($$$$) {
+sub get_indexed_value {
     my ($name, $value, $idx, $need_array) = @_;
     if ($need_array) {
         return $value->[$idx] if ref $value eq 'ARRAY';
@@ -873,14 +884,14 @@ sub get_indexed_value ($$$$) {
     return ref $value eq 'ARRAY' ? $value->[0] : $value;
 }
 
-sub run_test_helper ($$$) {
+sub run_test_helper {
     my ($block, $dry_run, $rep_idx) = @_;
     my $name = $block->name;
 
     my $reqs = get_requests($block);
     bail_out("$name - request empty") unless @$reqs;
 
-    my $timeout = parse_time($block->timeout) // timeout();
+    my $timeout = parse_time(scalar($block->timeout)) // timeout();
     my $npipelined = $block->pipelined_requests
                      ? scalar @{ $block->pipelined_requests } : 0;
     my $need_array = $npipelined ? 1 : @$reqs > 1;
@@ -910,7 +921,8 @@ sub run_test_helper ($$$) {
             }
 
             if (!$npipelined && defined $left && length $left) {
-                (my $shown = $left) =~ s/([\0-\037\200-\377])/sprintf '\x{%02x}', ord $1/ge;
+                (my $shown = $left) =~
+                    s/([\0-\037\200-\377])/sprintf '\x{%02x}', ord $1/ge;
                 warn "WARNING: $name - unexpected extra bytes after the "
                      . "response: \"$shown\"\n";
             }
@@ -943,7 +955,7 @@ sub run_test_helper ($$$) {
         unless defined $block->ignore_response;
 }
 
-sub check_error_code ($$$$$) {
+sub check_error_code {
     my ($block, $res, $dry_run, $idx, $need_array) = @_;
     my $name = $block->name;
     my $code = ($res && $res->code) || '';
@@ -951,11 +963,11 @@ sub check_error_code ($$$$$) {
     SKIP: {
         Test::More::skip("$name - tests skipped due to $dry_run", 1) if $dry_run;
         if (defined $block->error_code_like) {
-            my $pat = get_indexed_value($name, $block->error_code_like, $idx,
+            my $pat = get_indexed_value($name, scalar($block->error_code_like), $idx,
                                         $need_array);
             Test::More::like($code, qr/$pat/sm, "$name - status code ok");
         } elsif (defined $block->error_code) {
-            Test::More::is($code, get_indexed_value($name, $block->error_code,
+            Test::More::is($code, get_indexed_value($name, scalar($block->error_code),
                                                     $idx, $need_array),
                            "$name - status code ok");
         } else {
@@ -964,7 +976,7 @@ sub check_error_code ($$$$$) {
     }
 }
 
-sub check_raw_response_headers ($$$$$) {
+sub check_raw_response_headers {
     my ($block, $raw_headers, $dry_run, $idx, $need_array) = @_;
     my $name = $block->name;
 
@@ -974,7 +986,7 @@ sub check_raw_response_headers ($$$$$) {
         SKIP: {
             Test::More::skip("$name - $section - tests skipped due to "
                              . "$dry_run", 1) if $dry_run;
-            my $pat = get_indexed_value($name, $block->$section, $idx,
+            my $pat = get_indexed_value($name, scalar($block->$section), $idx,
                                         $need_array);
             no strict 'refs';
             &{"Test::More::$kind"}($raw_headers, qr/$pat/s,
@@ -985,7 +997,7 @@ sub check_raw_response_headers ($$$$$) {
 
 # "Name: value" per line; "!Name" or "Name:" with no value pass when the
 # header is absent.
-sub parse_headers ($) {
+sub parse_headers {
     my $s = shift // '';
     my %headers;
     for my $line (split /\n/, $s) {
@@ -1001,13 +1013,13 @@ sub parse_headers ($) {
     return \%headers;
 }
 
-sub check_response_headers ($$$$$$) {
+sub check_response_headers {
     my ($block, $res, $raw_headers, $dry_run, $idx, $need_array) = @_;
     my $name = $block->name;
 
     if (defined $block->response_headers) {
         my $headers = parse_headers(get_indexed_value(
-            $name, $block->response_headers, $idx, $need_array));
+            $name, scalar($block->response_headers), $idx, $need_array));
         for my $key (sort keys %$headers) {
             my $val = $headers->{$key};
             SKIP: {
@@ -1016,17 +1028,17 @@ sub check_response_headers ($$$$$$) {
                 if (!defined $val) {
                     Test::More::unlike($raw_headers // '', qr/^\s*\Q$key\E\s*:/mi,
                         "$name - header $key not present in the raw headers");
-                    next;
+                } else {
+                    $val =~ s/\$ServerPortForClient\b/$ServerPortForClient/g;
+                    $val =~ s/\$ServerPort\b/$ServerPort/g;
+                    my $actual = $res ? $res->header($key) : undef;
+                    Test::More::is($actual // '', $val, "$name - header $key ok");
                 }
-                $val =~ s/\$ServerPortForClient\b/$ServerPortForClient/g;
-                $val =~ s/\$ServerPort\b/$ServerPort/g;
-                my $actual = $res ? $res->header($key) : undef;
-                Test::More::is($actual // '', $val, "$name - header $key ok");
             }
         }
     } elsif (defined $block->response_headers_like) {
         my $headers = parse_headers(get_indexed_value(
-            $name, $block->response_headers_like, $idx, $need_array));
+            $name, scalar($block->response_headers_like), $idx, $need_array));
         for my $key (sort keys %$headers) {
             my $pat = $headers->{$key} // '';
             my $actual = ($res ? $res->header($key) : undef) // '';
@@ -1040,7 +1052,7 @@ sub check_response_headers ($$$$$$) {
     }
 }
 
-sub run_body_filter ($$$) {
+sub run_body_filter {
     my ($name, $filter, $content) = @_;
     return $filter->($content) if ref $filter eq 'CODE';
     bail_out("$name - --- response_body_filters only takes subroutine "
@@ -1061,7 +1073,7 @@ sub run_body_filter ($$$) {
     return $f->($content);
 }
 
-sub transform_response_body ($$$) {
+sub transform_response_body {
     my ($block, $res, $idx) = @_;
     my $filters = $block->response_body_filters;
     return unless defined $filters && $res && defined $res->content;
@@ -1086,7 +1098,7 @@ sub transform_response_body ($$$) {
     $res->content($content);
 }
 
-sub check_response_body ($$$$$$) {
+sub check_response_body {
     my ($block, $res, $dry_run, $idx, $rep_idx, $need_array) = @_;
     my $name = $block->name;
     my $content = $res ? $res->content : undef;
@@ -1094,16 +1106,16 @@ sub check_response_body ($$$$$$) {
     if (defined $block->response_body || defined $block->response_body_eval) {
         my $expected;
         if (defined $block->response_body_eval) {
-            $expected = eval get_indexed_value($name, $block->response_body_eval,
-                                               $idx, $need_array);
+            $expected = eval get_indexed_value(
+                $name, scalar($block->response_body_eval), $idx, $need_array);
             warn $@ if $@;
         } else {
-            $expected = get_indexed_value($name, $block->response_body, $idx,
-                                          $need_array);
+            $expected = get_indexed_value(
+                $name, scalar($block->response_body), $idx, $need_array);
         }
 
         if ($block->charset && defined $expected && !ref $expected) {
-            Encode::from_to($expected, 'UTF-8', $block->charset);
+            Encode::from_to($expected, 'UTF-8', scalar($block->charset));
         }
         if (defined $expected && !ref $expected) {
             $expected =~ s/\$ServerPortForClient\b/$ServerPortForClient/g;
@@ -1127,7 +1139,8 @@ sub check_response_body ($$$$$$) {
     {
         my $type = defined $block->response_body_like ? 'like' : 'unlike';
         my $section = "response_body_$type";
-        my $pat = get_indexed_value($name, $block->$section, $idx, $need_array);
+        my $pat = get_indexed_value($name, scalar($block->$section), $idx,
+                                    $need_array);
         if (!ref $pat) {
             $pat =~ s/\$ServerPortForClient\b/$ServerPortForClient/g;
             $pat =~ s/\$ServerPort\b/$ServerPort/g;
@@ -1152,7 +1165,7 @@ sub check_response_body ($$$$$$) {
     }
 }
 
-sub value_contains ($$) {
+sub value_contains {
     my ($val, $pat) = @_;
     return 0 unless defined $val;
     return index("$val", $pat) >= 0 if !ref $val || ref $val eq 'Regexp';
@@ -1164,7 +1177,7 @@ sub value_contains ($$) {
 
 # Section value -> list of patterns (strings match literally, Regexp
 # objects as regexes).
-sub patterns_of ($) {
+sub patterns_of {
     my $pats = shift;
     if (!ref $pats) {
         chomp $pats;
@@ -1174,12 +1187,12 @@ sub patterns_of ($) {
     return [@$pats];
 }
 
-sub line_matches ($$) {
+sub line_matches {
     my ($line, $pat) = @_;
     return ref $pat ? $line =~ /$pat/ : index($line, $pat) >= 0;
 }
 
-sub fmt_str ($) {
+sub fmt_str {
     my $s = shift;
     chomp $s;
     $s =~ s/"/\\"/g;
@@ -1189,7 +1202,7 @@ sub fmt_str ($) {
 }
 
 # --- error_log / --- access_log style: each pattern must match a line.
-sub check_log_has ($$$$$$) {
+sub check_log_has {
     my ($name, $pats, $lines, $log, $dry_run, $rep_idx) = @_;
     my @left = @{ patterns_of($pats) };
     for my $line (@$lines) {
@@ -1216,7 +1229,7 @@ sub check_log_has ($$$$$$) {
 
 # --- no_error_log style: one failure per matching line, else one pass per
 # pattern.
-sub check_log_lacks ($$$$$$) {
+sub check_log_lacks {
     my ($name, $pats, $lines, $log, $dry_run, $rep_idx) = @_;
     my @pats = @{ patterns_of($pats) };
     my %found;
@@ -1246,7 +1259,7 @@ sub check_log_lacks ($$$$$$) {
     }
 }
 
-sub check_error_log ($$$$$) {
+sub check_error_log {
     my ($block, $res, $dry_run, $rep_idx, $need_array) = @_;
     my $name = $block->name;
     my $lines;
@@ -1318,19 +1331,19 @@ sub check_error_log ($$$$$) {
     }
 }
 
-sub check_access_log ($$$) {
+sub check_access_log {
     my ($block, $dry_run, $rep_idx) = @_;
     my $name = $block->name;
     my $lines;
 
     if (defined $block->access_log) {
         $lines //= Test::Nginx::Util::access_log_data();
-        check_log_has($name, $block->access_log, $lines, 'access.log',
+        check_log_has($name, scalar($block->access_log), $lines, 'access.log',
                       $dry_run, $rep_idx);
     }
     if (defined $block->no_access_log) {
         $lines //= Test::Nginx::Util::access_log_data();
-        check_log_lacks($name, $block->no_access_log, $lines, 'access.log',
+        check_log_lacks($name, scalar($block->no_access_log), $lines, 'access.log',
                         $dry_run, $rep_idx);
     }
 }
@@ -1338,7 +1351,7 @@ sub check_access_log ($$$) {
 # Runs once nginx of the previous block has been stopped: its
 # --- shutdown_error_log / --- no_shutdown_error_log look at what nginx
 # logged while exiting.
-sub check_shutdown_error_log_of_prev_block () {
+sub check_shutdown_error_log_of_prev_block {
     my $block = $PrevBlock;
     return unless $block && !$block->{_compat_shutdown_checked};
     $block->{_compat_shutdown_checked} = 1;

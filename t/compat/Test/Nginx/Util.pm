@@ -156,15 +156,20 @@ sub server_root ()           { $ServRoot }
 sub sleep_time               { $TestNginxSleep }
 sub verbose                  { $Verbose }
 
-sub repeat_each (@)            { $RepeatEach = shift if @_; $RepeatEach }
-sub worker_connections (@)     { $WorkerConnections = shift if @_; $WorkerConnections }
-sub workers (@)                { $Workers = shift if @_; $Workers }
-sub log_level (@)              { $LogLevel = shift if @_; $LogLevel }
-sub timeout (@)                { $Timeout = shift if @_; $Timeout }
-sub server_addr (@)            { $ServerAddr = shift if @_; $ServerAddr }
-sub server_name (@)            { $ServerName = shift if @_; $ServerName }
-sub server_port (@)            { $ServerPort = shift if @_; $ServerPort }
-sub server_port_for_client (@) { $ServerPortForClient = shift if @_; $ServerPortForClient }
+# getters that set when given a value
+sub repeat_each (@)        { $RepeatEach = shift if @_;        $RepeatEach }
+sub worker_connections (@) { $WorkerConnections = shift if @_; $WorkerConnections }
+sub workers (@)            { $Workers = shift if @_;           $Workers }
+sub log_level (@)          { $LogLevel = shift if @_;          $LogLevel }
+sub timeout (@)            { $Timeout = shift if @_;           $Timeout }
+sub server_addr (@)        { $ServerAddr = shift if @_;        $ServerAddr }
+sub server_name (@)        { $ServerName = shift if @_;        $ServerName }
+sub server_port (@)        { $ServerPort = shift if @_;        $ServerPort }
+
+sub server_port_for_client (@) {
+    $ServerPortForClient = shift if @_;
+    $ServerPortForClient;
+}
 
 sub master_process_enabled (@) {
     $MasterProcessEnabled = shift() ? 'on' : 'off' if @_;
@@ -200,16 +205,17 @@ sub parse_time ($) {
 # Aborting and cleaning up
 # ---------------------------------------------------------------------------
 
-sub cleanup () {
+sub cleanup {
     $_->() for @CleanupHandlers;
-    if (defined $ChildPid) {
-        kill_process($ChildPid, 'cleanup', $ChildIsValgrind ? 60 : undef);
-        undef $ChildPid;
-    }
+    # a foreground (valgrind) nginx is ours to stop, with its report
+    stop_nginx('cleanup') if defined $ChildPid;
 }
 
 sub bail_out (@) {
     cleanup();
+    # Trips Test::Base's __DIE__ hook so that its END block does not run
+    # an implicit run_compare() on our sections while we exit.
+    { local $@; eval { die "bail out\n" }; }
     Test::More::BAIL_OUT(join '', @_);
 }
 
@@ -217,7 +223,7 @@ sub bail_out (@) {
 # Processes
 # ---------------------------------------------------------------------------
 
-sub is_running ($) {
+sub is_running {
     my $pid = shift;
     return 0 unless $pid;
 
@@ -236,7 +242,7 @@ sub is_running ($) {
 
 # Graceful QUIT first, then TERM, then KILL; waits up to $grace seconds
 # for the graceful part.
-sub kill_process ($$;$) {
+sub kill_process {
     my ($pid, $name, $grace) = @_;
     return unless is_running($pid);
 
@@ -266,7 +272,7 @@ sub kill_process ($$;$) {
     }
 }
 
-sub read_pid_file () {
+sub read_pid_file {
     open my $in, '<', $PidFile or return undef;
     my $pid = do { local $/; <$in> };
     close $in;
@@ -276,7 +282,7 @@ sub read_pid_file () {
 
 # Stops whatever nginx belongs to the server root.  In valgrind mode the
 # memcheck report of the stopped process is turned into test results.
-sub stop_nginx ($) {
+sub stop_nginx {
     my $name = shift;
 
     my $pid = read_pid_file();
@@ -294,13 +300,13 @@ sub stop_nginx ($) {
     undef $ChildIsValgrind;
 }
 
-sub nginx_is_running () {
+sub nginx_is_running {
     return 1 if defined $ChildPid && is_running($ChildPid);
     my $pid = read_pid_file();
     return $pid && is_running($pid);
 }
 
-sub gen_rand_port ($) {
+sub gen_rand_port {
     my $used = shift;
     for (1 .. 1000) {
         my $port = int(rand 63550) + 1985;
@@ -316,13 +322,13 @@ sub gen_rand_port ($) {
     return undef;
 }
 
-sub sh_quote ($) {
+sub sh_quote {
     my $s = shift;
     $s =~ s/'/'\\''/g;
     return "'$s'";
 }
 
-sub can_run ($) {
+sub can_run {
     my $cmd = shift;
     return (-f $cmd && -x _) ? $cmd : undef if $cmd =~ m{/};
     for my $dir (split /:/, $ENV{PATH} // '') {
@@ -332,14 +338,14 @@ sub can_run ($) {
     return undef;
 }
 
-sub canon_version (@) {
+sub canon_version {
     my ($maj, $min, $patch, $letter) = @_;
     my $v = sprintf "%d.%03d%03d", $maj, $min, $patch;
     $v .= sprintf "%03d", ord($letter) - ord('a') if defined $letter;
     return $v;
 }
 
-sub get_nginx_version () {
+sub get_nginx_version {
     return $NginxVersion if defined $NginxVersion;
 
     if (!can_run($NginxBinary)) {
@@ -368,7 +374,7 @@ sub get_nginx_version () {
 # Server root, user files, nginx.conf
 # ---------------------------------------------------------------------------
 
-sub setup_server_root () {
+sub setup_server_root {
     # Only remove what this runner creates, so that a mistaken
     # TEST_NGINX_SERVROOT cannot wipe unrelated data.
     if (-d $ServRoot) {
@@ -390,7 +396,7 @@ sub setup_server_root () {
 
 # Replaces $TEST_NGINX_* references by environment values; the special
 # $TEST_NGINX_RAND_PORT_<N> names get a free port, stable within a block.
-sub expand_env_in_text ($$$) {
+sub expand_env_in_text {
     my ($text, $name, $rand_ports) = @_;
     return $text unless defined $text;
 
@@ -413,7 +419,7 @@ sub expand_env_in_text ($$$) {
     return $text;
 }
 
-sub write_user_files ($$) {
+sub write_user_files {
     my ($block, $rand_ports) = @_;
     my $name  = $block->name;
     my $files = $block->user_files;
@@ -462,7 +468,7 @@ sub write_user_files ($$) {
 # The Debian nginx package compiles absolute temp paths under
 # /var/lib/nginx; redirect them into the server root unless the test
 # configures them itself.
-sub temp_path_directives ($) {
+sub temp_path_directives {
     my $http_config = shift;
     get_nginx_version();
 
@@ -488,20 +494,24 @@ sub temp_path_directives ($) {
     return $out;
 }
 
-sub write_config_file ($$$$) {
+sub write_config_file {
     my ($block, $config, $rand_ports, $daemon) = @_;
 
     my $name         = $block->name;
-    my $http_config  = expand_env_in_text($block->http_config, $name, $rand_ports) // '';
+    my $http_config  = expand_env_in_text(scalar($block->http_config), $name,
+                                          $rand_ports) // '';
     my $main_config  = $block->main_config // '';
-    my $post_main    = expand_env_in_text($block->post_main_config, $name, $rand_ports) // '';
+    my $post_main    = expand_env_in_text(scalar($block->post_main_config),
+                                          $name, $rand_ports) // '';
     my $err_log_file = $block->error_log_file || $ErrLogFile;
     my $server_name  = $block->server_name // $ServerName;
     $config //= '';
 
     if ($LoadModules) {
-        $main_config .= join '', map { "load_module $_;\n" }
-                                 grep { length } split /\s+/, $LoadModules;
+        # ahead of main_config, which may use the modules' directives
+        $main_config = join('', map { "load_module $_;\n" }
+                                grep { length } split /\s+/, $LoadModules)
+                       . $main_config;
     }
     $main_config = expand_env_in_text($main_config, $name, $rand_ports);
 
@@ -593,7 +603,13 @@ _EOC_
 # Starting nginx
 # ---------------------------------------------------------------------------
 
-sub valgrind_command () {
+# nginx core false positives, shipped next to this module's tree
+our $CompatSuppressions = do {
+    (my $dir = __FILE__) =~ s{/?[^/]+$}{};
+    File::Spec->rel2abs(($dir eq '' ? '.' : $dir) . '/../../valgrind.suppress');
+};
+
+sub valgrind_command {
     my @cmd = ('valgrind', '-q');
     if ($UseValgrind =~ /^\d+$/) {
         push @cmd, qw(--tool=memcheck --leak-check=full
@@ -604,6 +620,7 @@ sub valgrind_command () {
     } else {
         push @cmd, split ' ', $UseValgrind;
     }
+    push @cmd, "--suppressions=$CompatSuppressions" if -f $CompatSuppressions;
     push @cmd, "--log-file=$LogDir/valgrind.%p.log"
         unless grep { /^--log-(?:file|fd|socket)=/ } @cmd;
     return @cmd;
@@ -612,7 +629,7 @@ sub valgrind_command () {
 # Runs nginx against the current nginx.conf.  With $foreground (valgrind
 # mode) it stays our child and we return at once; otherwise we wait for
 # the launcher to exit (daemon on) and report how it ended.
-sub launch_nginx ($$) {
+sub launch_nginx {
     my ($name, $foreground) = @_;
 
     my @cmd = ($NginxBinary, '-p', "$ServRoot/", '-c', $ConfFile);
@@ -628,7 +645,7 @@ sub launch_nginx ($$) {
         open STDIN,  '<', '/dev/null';
         open STDOUT, '>', '/dev/null';
         open STDERR, '>>', $StartupErrFile;
-        exec { $cmd[0] } @cmd;
+        { no warnings 'exec'; exec { $cmd[0] } @cmd; }
         POSIX::_exit(127);
     }
 
@@ -668,9 +685,13 @@ sub launch_nginx ($$) {
 # error.log's own line format.  With a stock build (error log compiled as
 # logs/error.log under the prefix) those lines land in error.log directly;
 # the Debian build sends them to stderr instead.
-sub merge_startup_stderr (;$) {
+sub merge_startup_stderr {
     my $pid = shift // 0;
-    return unless -s $StartupErrFile;
+    return unless -e $StartupErrFile;
+    if (!-s _) {
+        unlink $StartupErrFile;
+        return;
+    }
 
     open my $in, '<', $StartupErrFile or return;
     my @lines = <$in>;
@@ -693,7 +714,7 @@ sub merge_startup_stderr (;$) {
 
 # Lines of error.log written since the previous call (all of them with
 # check_accum_error_log).
-sub error_log_data () {
+sub error_log_data {
     # leave time for log-phase output written after the response
     sleep $TestNginxSleep * 3;
     merge_startup_stderr();
@@ -706,7 +727,7 @@ sub error_log_data () {
     return \@lines;
 }
 
-sub access_log_data () {
+sub access_log_data {
     sleep $TestNginxSleep * 3;
     open my $in, '<', $AccLogFile or return [];
     my @lines = <$in>;
@@ -715,7 +736,7 @@ sub access_log_data () {
 }
 
 # Memcheck output of the processes that just exited becomes a failing test.
-sub check_valgrind_report ($) {
+sub check_valgrind_report {
     my $name = shift;
     my @files = glob("$LogDir/valgrind.*.log");
     my $report = '';
