@@ -102,8 +102,12 @@ ngx_http_smartflow_audit_handler(ngx_http_request_t *r)
                  "\"provider\":,\"stream\":false,\"request_bytes\":,"
                  "\"response_bytes\":,\"error\":}\n")
           + sizeof("1970-09-28T12:00:00+06:00") + 3 * NGX_OFF_T_LEN
-          + 2 * (ctx->key_id.len + ctx->model.len + provider.len
-                 + ctx->err_code.len) + 24;
+          + ngx_smartflow_json_escape_len(ctx->key_id.data, ctx->key_id.len)
+          + ngx_smartflow_json_escape_len(ctx->model.data, ctx->model.len)
+          + ngx_smartflow_json_escape_len(provider.data, provider.len)
+          + ngx_smartflow_json_escape_len(ctx->err_code.data,
+                                          ctx->err_code.len)
+          + 4 * sizeof("null");
 
     line = ngx_pnalloc(r->pool, len);
     if (line == NULL) {

@@ -199,11 +199,15 @@ ngx_http_smartflow_health(ngx_http_request_t *r)
     len = 256 + smcf->providers.nelts * (256 + 2 * NGX_ATOMIC_T_LEN);
 
     if (smcf->zone) {
-        len += smcf->zone->shm.name.len * 2;
+        len += ngx_smartflow_json_escape_len(smcf->zone->shm.name.data,
+                                             smcf->zone->shm.name.len);
     }
 
     for (i = 0; i < smcf->providers.nelts; i++) {
-        len += 2 * (pr[i]->name.len + pr[i]->upstream.len);
+        len += ngx_smartflow_json_escape_len(pr[i]->name.data,
+                                             pr[i]->name.len)
+               + ngx_smartflow_json_escape_len(pr[i]->upstream.data,
+                                               pr[i]->upstream.len);
     }
 
     p = ngx_pnalloc(r->pool, len);
@@ -269,7 +273,7 @@ ngx_http_smartflow_error_page(ngx_http_request_t *r, ngx_uint_t api)
     size_t                               len;
     u_char                              *p;
     ngx_str_t                            json, type, code, message, param;
-    ngx_uint_t                           status, anthropic;
+    ngx_uint_t                           status, anthropic, level;
     ngx_http_smartflow_ctx_t            *ctx;
     ngx_http_smartflow_default_error_t  *e;
 
@@ -298,36 +302,47 @@ ngx_http_smartflow_error_page(ngx_http_request_t *r, ngx_uint_t api)
     ngx_str_null(&param);
 
     if (ctx && ctx->err_status == status) {
-        /* the module's own refusal, with its own words */
+        /* the module's own refusal, with its own words, logged already */
         type = ctx->err_type;
         code = ctx->err_code;
         message = ctx->err_message;
         param = ctx->err_param;
 
-    } else if (ctx) {
-        /* nginx's own refusal: keep its code for the audit record */
-        ctx->err_status = status;
-        ctx->err_code = code;
-    }
+    } else {
+        /* nginx's own refusal (413, 502, 504 ...): say it once, for both */
+        if (ctx && ctx->provider && status >= NGX_HTTP_BAD_GATEWAY) {
+            p = ngx_pnalloc(r->pool,
+                            message.len + ctx->provider->name.len + 32);
+            if (p == NULL) {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
 
-    if (ctx && ctx->provider && status >= NGX_HTTP_BAD_GATEWAY
-        && message.data == (u_char *) e->message)
-    {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "smartflow proxy: provider \"%V\" failed for model "
-                      "\"%V\" (status %ui)", &ctx->provider->name,
-                      &ctx->model, status);
+            message.len = ngx_sprintf(p, "%*s (provider \"%V\").",
+                                      message.len - 1, message.data,
+                                      &ctx->provider->name)
+                          - p;
+            message.data = p;
 
-        p = ngx_pnalloc(r->pool, message.len + ctx->provider->name.len + 32);
-        if (p == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "smartflow proxy: provider \"%V\" failed for "
+                          "model \"%V\" (status %ui), code %V",
+                          &ctx->provider->name, &ctx->model, status, &code);
+
+        } else {
+            /* nginx logs a client's mistakes itself where they matter */
+            level = (status >= NGX_HTTP_INTERNAL_SERVER_ERROR)
+                    ? NGX_LOG_ERR : NGX_LOG_INFO;
+
+            ngx_log_error(level, r->connection->log, 0,
+                          "smartflow proxy: %V (status %ui, code %V)",
+                          &message, status, &code);
         }
 
-        message.len = ngx_sprintf(p, "%*s (provider \"%V\").",
-                                  message.len - 1, message.data,
-                                  &ctx->provider->name)
-                      - p;
-        message.data = p;
+        if (ctx) {
+            /* kept for the audit record */
+            ctx->err_status = status;
+            ctx->err_code = code;
+        }
     }
 
     if (anthropic) {

@@ -25,6 +25,10 @@ static ngx_int_t ngx_http_smartflow_echo_text(ngx_http_request_t *r,
 static void ngx_http_smartflow_echo_append_text(ngx_smartflow_json_t *j,
     ngx_str_t *out);
 static ngx_uint_t ngx_http_smartflow_words(u_char *p, size_t len);
+static ngx_uint_t ngx_http_smartflow_echo_prompt_words(
+    ngx_http_smartflow_ctx_t *ctx);
+static ngx_uint_t ngx_http_smartflow_echo_content_words(
+    ngx_smartflow_json_t *j);
 static ngx_int_t ngx_http_smartflow_echo_embeddings(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_echo_t *e);
 static ngx_uint_t ngx_http_smartflow_echo_vector(ngx_smartflow_json_t *item,
@@ -76,7 +80,7 @@ ngx_http_smartflow_echo(ngx_http_request_t *r, ngx_http_smartflow_ctx_t *ctx)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    e.prompt_tokens = ngx_http_smartflow_words(ctx->body.data, ctx->body.len);
+    e.prompt_tokens = ngx_http_smartflow_echo_prompt_words(ctx);
     e.completion_tokens = ngx_http_smartflow_words(text.data, text.len);
 
     len = ngx_smartflow_json_escape_len(text.data, text.len);
@@ -134,13 +138,17 @@ ngx_http_smartflow_echo(ngx_http_request_t *r, ngx_http_smartflow_ctx_t *ctx)
         p = ngx_http_smartflow_echo_chunk(p, &e, chat, NULL, 0, NULL);
     }
 
-    /* one event per word, as a model streams tokens */
+    /*
+     * one event per word with the spaces after it, as a model streams
+     * tokens: never more events than words, which sized the buffer
+     */
     s = e.reply.data;
     end = s + e.reply.len;
 
     while (s < end) {
-        w = ngx_strlchr(s, end, ' ');
-        w = w ? w + 1 : end;
+        for (w = s; w < end && *w == ' '; w++) { /* void */ }
+        for ( /* void */ ; w < end && *w != ' '; w++) { /* void */ }
+        for ( /* void */ ; w < end && *w == ' '; w++) { /* void */ }
 
         p = ngx_http_smartflow_echo_chunk(p, &e, chat, s, w - s, NULL);
         s = w;
@@ -297,6 +305,65 @@ ngx_http_smartflow_echo_append_text(ngx_smartflow_json_t *j, ngx_str_t *out)
             ngx_http_smartflow_echo_append_text(t, out);
         }
     }
+}
+
+
+/* the prompt's size in words: every message's text, or the prompt's */
+static ngx_uint_t
+ngx_http_smartflow_echo_prompt_words(ngx_http_smartflow_ctx_t *ctx)
+{
+    ngx_uint_t             n;
+    ngx_smartflow_json_t  *j, *m;
+
+    if (ctx->api == NGX_HTTP_SMARTFLOW_API_COMPLETIONS) {
+        j = ngx_smartflow_json_get(ctx->upstream_json, "prompt");
+
+        if (j && j->type == NGX_SMARTFLOW_JSON_ARRAY) {
+            for (n = 0, m = j->child; m; m = m->next) {
+                n += ngx_http_smartflow_echo_content_words(m);
+            }
+
+            return n;
+        }
+
+        return ngx_http_smartflow_echo_content_words(j);
+    }
+
+    j = ngx_smartflow_json_get(ctx->upstream_json, "messages");
+
+    for (n = 0, m = j ? j->child : NULL; m; m = m->next) {
+        n += ngx_http_smartflow_echo_content_words(
+                 ngx_smartflow_json_get(m, "content"));
+    }
+
+    return n;
+}
+
+
+static ngx_uint_t
+ngx_http_smartflow_echo_content_words(ngx_smartflow_json_t *j)
+{
+    ngx_uint_t             n;
+    ngx_smartflow_json_t  *part;
+
+    if (j == NULL) {
+        return 0;
+    }
+
+    if (j->type == NGX_SMARTFLOW_JSON_STRING) {
+        return ngx_http_smartflow_words(j->str.data, j->str.len);
+    }
+
+    if (j->type != NGX_SMARTFLOW_JSON_ARRAY) {
+        return 0;
+    }
+
+    for (n = 0, part = j->child; part; part = part->next) {
+        n += ngx_http_smartflow_echo_content_words(
+                 ngx_smartflow_json_get(part, "text"));
+    }
+
+    return n;
 }
 
 

@@ -262,6 +262,7 @@ ngx_int_t
 ngx_http_smartflow_routes_init(ngx_conf_t *cf,
     ngx_http_smartflow_main_conf_t *smcf)
 {
+    size_t                        longest;
     ngx_int_t                     rc;
     ngx_str_t                     name;
     ngx_uint_t                    i;
@@ -278,8 +279,11 @@ ngx_http_smartflow_routes_init(ngx_conf_t *cf,
     }
 
     rt = smcf->routes.elts;
+    longest = 0;
 
     for (i = 0; i < smcf->routes.nelts; i++) {
+        longest = ngx_max(longest, rt[i]->pattern.len);
+
         /* lower-cased copy: model names match case-insensitively */
         name.len = rt[i]->pattern.len;
         name.data = ngx_pnalloc(cf->pool, name.len);
@@ -306,7 +310,9 @@ ngx_http_smartflow_routes_init(ngx_conf_t *cf,
     hash.hash = &smcf->route_hash;
     hash.key = ngx_hash_key;
     hash.max_size = 4096;
-    hash.bucket_size = ngx_align(64, ngx_cacheline_size);
+    /* a bucket holds at least the longest name (ngx_hash_elt_t layout) */
+    hash.bucket_size = ngx_align(ngx_max(64, longest + 2 + 2 * sizeof(void *)),
+                                 ngx_cacheline_size);
     hash.name = "smartflow_routes_hash";
     hash.pool = cf->pool;
     hash.temp_pool = NULL;

@@ -405,7 +405,7 @@ sub expand_env_in_text {
         my $val;
         if ($var =~ /^TEST_NGINX_RAND_PORT_[0-9]+$/) {
             $val = $rand_ports->{$var} //= do {
-                my %used = map { $_ => 1 } values %$rand_ports;
+                my %used = map { $_ => 1 } grep { defined } values %$rand_ports;
                 gen_rand_port(\%used) // bail_out(
                     "$name - Cannot find an available port for $var");
             };
