@@ -13,6 +13,9 @@ static ngx_int_t ngx_http_smartflow_models(ngx_http_request_t *r,
 static ngx_int_t ngx_http_smartflow_health(ngx_http_request_t *r);
 static ngx_int_t ngx_http_smartflow_error_page(ngx_http_request_t *r,
     ngx_uint_t api);
+static size_t ngx_http_smartflow_health_deployments_len(ngx_array_t *routes);
+static u_char *ngx_http_smartflow_health_deployments(u_char *p,
+    ngx_array_t *routes, ngx_uint_t first);
 static char *ngx_http_smartflow_anthropic_type(ngx_uint_t status);
 static u_char *ngx_http_smartflow_json_str(u_char *p, ngx_str_t *s);
 
@@ -64,6 +67,10 @@ ngx_http_smartflow_content_handler(ngx_http_request_t *r)
     ngx_http_smartflow_loc_conf_t  *slcf;
 
     slcf = ngx_http_get_module_loc_conf(r, ngx_http_smartflow_proxy_module);
+
+    if (slcf->api == NGX_HTTP_SMARTFLOW_API_NEXT) {
+        return ngx_http_smartflow_next(r);
+    }
 
     if (slcf->api >= NGX_HTTP_SMARTFLOW_API_ERROR) {
         return ngx_http_smartflow_error_page(r, slcf->api);
@@ -196,7 +203,9 @@ ngx_http_smartflow_health(ngx_http_request_t *r)
     smcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_proxy_module);
     pr = smcf->providers.elts;
 
-    len = 256 + smcf->providers.nelts * (256 + 2 * NGX_ATOMIC_T_LEN);
+    len = 256 + smcf->providers.nelts * (256 + 2 * NGX_ATOMIC_T_LEN)
+          + ngx_http_smartflow_health_deployments_len(&smcf->routes)
+          + ngx_http_smartflow_health_deployments_len(&smcf->wildcards);
 
     if (smcf->zone) {
         len += ngx_smartflow_json_escape_len(smcf->zone->shm.name.data,
@@ -247,6 +256,11 @@ ngx_http_smartflow_health(ngx_http_request_t *r)
         *p++ = '}';
     }
 
+    p = ngx_sf_cpymem(p, "],\"deployments\":[");
+    p = ngx_http_smartflow_health_deployments(p, &smcf->routes, 0);
+    p = ngx_http_smartflow_health_deployments(p, &smcf->wildcards,
+                                              smcf->routes.nelts);
+
     p = ngx_sprintf(p, "],\"status\":\"%s\",\"version\":\"%s\",\"zones\":[",
                     down ? "degraded" : "ok", NGX_SMARTFLOW_VERSION);
 
@@ -267,25 +281,126 @@ ngx_http_smartflow_health(ngx_http_request_t *r)
 }
 
 
+static size_t
+ngx_http_smartflow_health_deployments_len(ngx_array_t *routes)
+{
+    size_t                        len;
+    ngx_uint_t                    i;
+    ngx_http_smartflow_route_t  **head, *rt;
+
+    head = routes->elts;
+    len = 0;
+
+    for (i = 0; i < routes->nelts; i++) {
+        for (rt = head[i]; rt; rt = rt->next) {
+            len += 160 + 4 * NGX_ATOMIC_T_LEN
+                   + ngx_smartflow_json_escape_len(rt->pattern.data,
+                                                   rt->pattern.len)
+                   + ngx_smartflow_json_escape_len(rt->name.data,
+                                                   rt->name.len);
+        }
+    }
+
+    return len;
+}
+
+
+/* each deployment's breaker and load; "first" is 0 for the first list */
+static u_char *
+ngx_http_smartflow_health_deployments(u_char *p, ngx_array_t *routes,
+    ngx_uint_t first)
+{
+    time_t                             now;
+    ngx_uint_t                         i, n;
+    ngx_http_smartflow_route_t       **head, *rt;
+    ngx_smartflow_deployment_stats_t  *st;
+
+    head = routes->elts;
+    now = ngx_time();
+    n = first;
+
+    for (i = 0; i < routes->nelts; i++) {
+        for (rt = head[i]; rt; rt = rt->next) {
+            st = rt->stats;
+
+            if (n++) {
+                *p++ = ',';
+            }
+
+            p = ngx_sf_cpymem(p, "{\"model\":");
+            p = ngx_http_smartflow_json_str(p, &rt->pattern);
+            p = ngx_sf_cpymem(p, ",\"deployment\":");
+            p = ngx_http_smartflow_json_str(p, &rt->name);
+            p = ngx_sprintf(p, ",\"fallback\":%s,\"weight\":%ui",
+                            rt->fallback ? "true" : "false", rt->weight);
+
+            if (st) {
+                p = ngx_sprintf(p, ",\"breaker\":\"%s\",\"in_flight\":%A,"
+                                   "\"requests\":%uA,\"failures\":%uA",
+                                st->open_until == 0 ? "closed"
+                                : (time_t) st->open_until > now ? "open"
+                                : "half-open",
+                                (ngx_atomic_int_t) st->in_flight,
+                                st->requests, st->failures);
+            }
+
+            *p++ = '}';
+        }
+    }
+
+    return p;
+}
+
+
 static ngx_int_t
 ngx_http_smartflow_error_page(ngx_http_request_t *r, ngx_uint_t api)
 {
+    ngx_uint_t                 status;
+    ngx_http_smartflow_ctx_t  *ctx;
+
+    ctx = ngx_http_smartflow_get_ctx(r);
+
+    status = r->err_status ? r->err_status
+             : (ctx && ctx->err_status) ? ctx->err_status
+             : NGX_HTTP_NOT_FOUND;
+
+    r->err_status = 0;
+
+    return ngx_http_smartflow_refuse(r, status,
+                               api == NGX_HTTP_SMARTFLOW_API_ANTHROPIC_ERROR);
+}
+
+
+/*
+ * Sends a refusal as the client's JSON error: the module's own, recorded
+ * by ngx_http_smartflow_error() with its own words, or nginx's (413, 502,
+ * 504 ...) with the words of the table above.  Anthropic's format when
+ * the client speaks it (or, before anything is known of the client, when
+ * the location says so).
+ */
+ngx_int_t
+ngx_http_smartflow_refuse(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_uint_t anthropic)
+{
     size_t                               len;
     u_char                              *p;
+    ngx_int_t                            rc;
     ngx_str_t                            json, type, code, message, param;
-    ngx_uint_t                           status, anthropic, level;
+    ngx_uint_t                           level;
     ngx_http_smartflow_ctx_t            *ctx;
     ngx_http_smartflow_default_error_t  *e;
 
     ctx = ngx_http_smartflow_get_ctx(r);
 
-    anthropic = ctx ? (ctx->client_format
-                       == NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC)
-                    : (api == NGX_HTTP_SMARTFLOW_API_ANTHROPIC_ERROR);
+    if (ctx) {
+        anthropic = (ctx->client_format
+                     == NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC);
+    }
 
-    status = r->err_status ? r->err_status
-             : (ctx && ctx->err_status) ? ctx->err_status
-             : NGX_HTTP_NOT_FOUND;
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
 
     for (e = ngx_http_smartflow_errors; e->status; e++) {
         if (e->status == status) {
@@ -393,8 +508,6 @@ ngx_http_smartflow_error_page(ngx_http_request_t *r, ngx_uint_t api)
         ctx->own_response = 1;
     }
 
-    r->err_status = 0;
-
     return ngx_http_smartflow_send_json(r, status, &json);
 }
 
@@ -402,9 +515,10 @@ ngx_http_smartflow_error_page(ngx_http_request_t *r, ngx_uint_t api)
 ngx_int_t
 ngx_http_smartflow_log_handler(ngx_http_request_t *r)
 {
-    ngx_uint_t                   status, failed;
-    ngx_http_upstream_state_t   *state;
-    ngx_http_smartflow_ctx_t    *ctx;
+    ngx_uint_t                       status, failed;
+    ngx_http_upstream_state_t       *state;
+    ngx_http_smartflow_ctx_t        *ctx;
+    ngx_http_smartflow_main_conf_t  *smcf;
 
     ctx = ngx_http_smartflow_get_ctx(r);
 
@@ -436,6 +550,14 @@ ngx_http_smartflow_log_handler(ngx_http_request_t *r)
     ngx_smartflow_shm_provider_result(ctx->provider,
                                       status ? status : NGX_HTTP_BAD_GATEWAY,
                                       failed);
+
+    if (ctx->route->stats) {
+        smcf = ngx_http_get_module_main_conf(r,
+                                             ngx_http_smartflow_proxy_module);
+
+        ngx_http_smartflow_route_result(smcf, ctx->route, status, 0);
+        (void) ngx_atomic_fetch_add(&ctx->route->stats->in_flight, -1);
+    }
 
     return NGX_OK;
 }

@@ -249,7 +249,7 @@ ngx_http_smartflow_echo_text(ngx_http_request_t *r,
         }
     }
 
-    said.len = 0;
+    ngx_str_null(&said);
     ngx_http_smartflow_echo_append_text(last, &said);
 
     text->len = prefix.len + said.len;

@@ -40,7 +40,7 @@ static ngx_int_t ngx_http_smartflow_send_out(ngx_http_request_t *r,
 static void ngx_http_smartflow_usage(ngx_http_smartflow_ctx_t *ctx,
     ngx_smartflow_json_t *usage);
 static ngx_int_t ngx_http_smartflow_set_header(ngx_http_request_t *r,
-    char *key, char *value);
+    char *key, u_char *value, size_t len);
 
 
 static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
@@ -68,7 +68,10 @@ ngx_http_smartflow_header_filter(ngx_http_request_t *r)
 
     slcf = ngx_http_get_module_loc_conf(r, ngx_http_smartflow_proxy_module);
 
-    if (r != r->main || slcf->api == NGX_HTTP_SMARTFLOW_API_NONE) {
+    /* a fallback attempt answers from a named location without the api */
+    if (r != r->main
+        || (slcf->api == NGX_HTTP_SMARTFLOW_API_NONE && r->upstream == NULL))
+    {
         return ngx_http_next_header_filter(r);
     }
 
@@ -76,6 +79,14 @@ ngx_http_smartflow_header_filter(ngx_http_request_t *r)
 
     if (ctx == NULL || ctx->provider == NULL || ctx->own_response) {
         return ngx_http_next_header_filter(r);
+    }
+
+    if (ngx_http_smartflow_set_header(r, "x-smartflow-deployment",
+                                      ctx->route->name.data,
+                                      ctx->route->name.len)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
     }
 
     if (ctx->stream && r->headers_out.status == NGX_HTTP_OK) {
@@ -105,7 +116,8 @@ ngx_http_smartflow_header_filter(ngx_http_request_t *r)
             r->headers_out.content_type_lowcase = NULL;
         }
 
-        if (ngx_http_smartflow_set_header(r, "X-Accel-Buffering", "no")
+        if (ngx_http_smartflow_set_header(r, "X-Accel-Buffering",
+                                          (u_char *) "no", 2)
             != NGX_OK)
         {
             return NGX_ERROR;
@@ -113,7 +125,8 @@ ngx_http_smartflow_header_filter(ngx_http_request_t *r)
 
         /* a provider says so itself; the built-in one needs saying */
         if (r->upstream == NULL
-            && ngx_http_smartflow_set_header(r, "Cache-Control", "no-cache")
+            && ngx_http_smartflow_set_header(r, "Cache-Control",
+                                             (u_char *) "no-cache", 8)
                != NGX_OK)
         {
             return NGX_ERROR;
@@ -692,7 +705,8 @@ ngx_http_smartflow_usage(ngx_http_smartflow_ctx_t *ctx,
 
 
 static ngx_int_t
-ngx_http_smartflow_set_header(ngx_http_request_t *r, char *key, char *value)
+ngx_http_smartflow_set_header(ngx_http_request_t *r, char *key,
+    u_char *value, size_t len)
 {
     ngx_table_elt_t  *h;
 
@@ -704,8 +718,8 @@ ngx_http_smartflow_set_header(ngx_http_request_t *r, char *key, char *value)
     h->hash = 1;
     h->key.data = (u_char *) key;
     h->key.len = ngx_strlen(key);
-    h->value.data = (u_char *) value;
-    h->value.len = ngx_strlen(value);
+    h->value.data = value;
+    h->value.len = len;
 
     return NGX_OK;
 }

@@ -84,10 +84,8 @@ ngx_http_smartflow_access_handler(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_smartflow_find_key(ngx_http_request_t *r, ngx_str_t *key)
 {
-    u_char           *p, *last;
-    ngx_uint_t        i;
-    ngx_list_part_t  *part;
-    ngx_table_elt_t  *h;
+    u_char     *p, *last;
+    ngx_str_t  *h;
 
     if (r->headers_in.authorization) {
         p = r->headers_in.authorization->value.data;
@@ -105,29 +103,10 @@ ngx_http_smartflow_find_key(ngx_http_request_t *r, ngx_str_t *key)
         }
     }
 
-    part = &r->headers_in.headers.part;
-    h = part->elts;
-
-    for (i = 0; /* void */; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (h[i].key.len == sizeof("x-api-key") - 1
-            && ngx_strncasecmp(h[i].key.data, (u_char *) "x-api-key",
-                               sizeof("x-api-key") - 1) == 0
-            && h[i].value.len)
-        {
-            *key = h[i].value;
-            return NGX_OK;
-        }
+    h = ngx_http_smartflow_header_in(&r->headers_in.headers, "x-api-key");
+    if (h) {
+        *key = *h;
+        return NGX_OK;
     }
 
     return NGX_DECLINED;

@@ -20,6 +20,14 @@ static ngx_int_t ngx_http_smartflow_prepare_upstream(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx);
 static void ngx_http_smartflow_pipeline_done(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_int_t rc);
+static ngx_int_t ngx_http_smartflow_use(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_route_t *rt);
+static ngx_int_t ngx_http_smartflow_answer_echo(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx);
+static ngx_str_t *ngx_http_smartflow_find_header(ngx_http_request_t *r,
+    char *name);
+static ngx_str_t *ngx_http_smartflow_upstream_header(ngx_http_request_t *r,
+    char *name);
 
 
 /* by API: the path under an OpenAI-format provider's base */
@@ -74,10 +82,13 @@ ngx_http_smartflow_precontent_handler(ngx_http_request_t *r)
     ctx->client_format = ngx_http_smartflow_api_format(slcf->api);
 
     if (r->method != NGX_HTTP_POST) {
-        return ngx_http_smartflow_error(r, NGX_HTTP_NOT_ALLOWED,
-                   "invalid_request_error", "method_not_allowed", NULL,
-                   "Method %V is not allowed here; use POST.",
-                   &r->method_name);
+        rc = ngx_http_smartflow_error(r, NGX_HTTP_NOT_ALLOWED,
+                 "invalid_request_error", "method_not_allowed", NULL,
+                 "Method %V is not allowed here; use POST.",
+                 &r->method_name);
+
+        ngx_http_finalize_request(r, ngx_http_smartflow_refuse(r, rc, 0));
+        return NGX_DONE;
     }
 
     ctx->body_requested = 1;
@@ -153,6 +164,8 @@ static void
 ngx_http_smartflow_pipeline_done(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_int_t rc)
 {
+    ngx_str_t  name;
+
     ctx->pipeline_done = 1;
 
     if (rc == NGX_OK) {
@@ -162,13 +175,37 @@ ngx_http_smartflow_pipeline_done(ngx_http_request_t *r,
         if (rc == NGX_OK
             && ctx->provider->type == NGX_HTTP_SMARTFLOW_PROVIDER_ECHO)
         {
-            ngx_http_finalize_request(r, ngx_http_smartflow_echo(r, ctx));
+            ngx_http_finalize_request(r, ngx_http_smartflow_answer_echo(r,
+                                                                     ctx));
+            return;
+        }
+
+        if (rc == NGX_OK && ctx->route->stats) {
+            (void) ngx_atomic_fetch_add(&ctx->route->stats->in_flight, 1);
+        }
+
+        if (rc == NGX_OK && ctx->nplan > 1) {
+            /* a failure may go on to the next deployment: intercept it */
+            ngx_str_set(&name, "@smartflow_try");
+
+            r->preserve_body = 1;
+            (void) ngx_http_named_location(r, &name);
+            ngx_http_finalize_request(r, NGX_DONE);
             return;
         }
     }
 
     if (rc == NGX_DONE) {
         /* a stage has answered the request itself */
+        return;
+    }
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        /*
+         * the refusal is answered here, not through error_page: with
+         * fallbacks, error_page serves the provider's failures instead
+         */
+        ngx_http_finalize_request(r, ngx_http_smartflow_refuse(r, rc, 0));
         return;
     }
 
@@ -250,8 +287,10 @@ static ngx_int_t
 ngx_http_smartflow_parse(ngx_http_request_t *r, ngx_http_smartflow_ctx_t *ctx)
 {
     char                            *field;
-    ngx_str_t                        err;
+    ngx_int_t                        rc;
+    ngx_str_t                        err, *force;
     ngx_smartflow_json_t            *j, *model;
+    ngx_http_smartflow_route_t      *head;
     ngx_http_smartflow_main_conf_t  *smcf;
 
     if (ctx->body.len == 0) {
@@ -329,17 +368,44 @@ ngx_http_smartflow_parse(ngx_http_request_t *r, ngx_http_smartflow_ctx_t *ctx)
 
     smcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_proxy_module);
 
-    ctx->route = ngx_http_smartflow_route_find(smcf, &ctx->model);
-    if (ctx->route == NULL) {
+    head = ngx_http_smartflow_route_find(smcf, &ctx->model);
+    if (head == NULL) {
         return ngx_http_smartflow_error(r, NGX_HTTP_NOT_FOUND,
                    "invalid_request_error", "model_not_found", "model",
                    "The model `%V` does not exist or you do not have "
                    "access to it.", &ctx->model);
     }
 
-    ctx->provider = ctx->route->provider;
+    force = ngx_http_smartflow_find_header(r, "x-smartflow-provider");
+
+    ctx->nplan = ngx_http_smartflow_route_plan(r, smcf, head, force,
+                                               ctx->plan);
+    if (ctx->nplan == 0) {
+        return ngx_http_smartflow_error(r, NGX_HTTP_BAD_REQUEST,
+                   "invalid_request_error", "provider_not_available",
+                   "model", "The model `%V` has no deployment on provider "
+                   "\"%V\".", &ctx->model, force);
+    }
+
+    rc = ngx_http_smartflow_use(r, ctx, ctx->plan[0]);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    return NGX_OK;
+}
+
+
+/* makes a deployment the one this attempt goes to */
+static ngx_int_t
+ngx_http_smartflow_use(ngx_http_request_t *r, ngx_http_smartflow_ctx_t *ctx,
+    ngx_http_smartflow_route_t *rt)
+{
+    ctx->route = rt;
+    ctx->provider = rt->provider;
     ctx->wire_format = ngx_http_smartflow_wire[ctx->provider->type];
     ctx->translate = (ctx->client_format != ctx->wire_format);
+    ctx->upstream_model = rt->model.len ? rt->model : ctx->model;
 
     if (ctx->translate
         && (ctx->api == NGX_HTTP_SMARTFLOW_API_COMPLETIONS
@@ -352,15 +418,129 @@ ngx_http_smartflow_parse(ngx_http_request_t *r, ngx_http_smartflow_ctx_t *ctx)
                    "does not offer this endpoint.",
                    &ctx->model, &ctx->provider->name);
     }
-    ctx->upstream_model = ctx->route->model.len ? ctx->route->model
-                                                : ctx->model;
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                   "smartflow proxy route \"%V\" -> provider \"%V\" "
-                   "model \"%V\"", &ctx->model, &ctx->provider->name,
-                   &ctx->upstream_model);
+                   "smartflow proxy route \"%V\" -> deployment \"%V\" "
+                   "attempt %ui", &ctx->model, &rt->name, ctx->attempt);
 
     return NGX_OK;
+}
+
+
+/*
+ * The content of @smartflow_next, where a failed attempt lands (error_page
+ * on 429 and 5xx with proxy_intercept_errors on): the breaker learns of
+ * the failure and the request goes to the next deployment of its plan,
+ * the last one without interception so its answer reaches the client.
+ */
+ngx_int_t
+ngx_http_smartflow_next(ngx_http_request_t *r)
+{
+    time_t                           retry;
+    ngx_int_t                        rc;
+    ngx_str_t                        name, *ra;
+    ngx_uint_t                       status;
+    ngx_http_smartflow_ctx_t        *ctx;
+    ngx_http_smartflow_route_t      *rt;
+    ngx_http_smartflow_main_conf_t  *smcf;
+
+    ctx = ngx_http_smartflow_get_ctx(r);
+
+    if (ctx == NULL || ctx->route == NULL
+        || ctx->attempt + 1 >= ctx->nplan)
+    {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "smartflow proxy: @smartflow_next reached without "
+                      "a deployment left to try");
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    smcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_proxy_module);
+
+    status = r->err_status;
+    r->err_status = 0;
+    rt = ctx->route;
+    retry = 0;
+
+    if (status == NGX_HTTP_TOO_MANY_REQUESTS && r->upstream) {
+        ra = ngx_http_smartflow_upstream_header(r, "retry-after");
+        if (ra) {
+            retry = ngx_atotm(ra->data, ra->len);
+        }
+    }
+
+    ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                  "smartflow proxy: deployment \"%V\" answered %ui for "
+                  "model \"%V\", trying the next one", &rt->name, status,
+                  &ctx->model);
+
+    ngx_http_smartflow_route_result(smcf, rt, status, retry);
+
+    if (rt->stats) {
+        (void) ngx_atomic_fetch_add(&rt->stats->in_flight, -1);
+    }
+
+    ctx->attempt++;
+
+    rc = ngx_http_smartflow_use(r, ctx, ctx->plan[ctx->attempt]);
+    if (rc == NGX_OK) {
+        rc = ngx_http_smartflow_prepare_upstream(r, ctx);
+    }
+
+    if (rc != NGX_OK) {
+        return ngx_http_smartflow_refuse(r, rc, 0);
+    }
+
+    if (ctx->provider->type == NGX_HTTP_SMARTFLOW_PROVIDER_ECHO) {
+        return ngx_http_smartflow_answer_echo(r, ctx);
+    }
+
+    if (ctx->route->stats) {
+        (void) ngx_atomic_fetch_add(&ctx->route->stats->in_flight, 1);
+    }
+
+    if (ctx->attempt + 1 < ctx->nplan) {
+        ngx_str_set(&name, "@smartflow_try");
+
+    } else {
+        ngx_str_set(&name, "@smartflow_last");
+    }
+
+    (void) ngx_http_named_location(r, &name);
+
+    return NGX_DONE;
+}
+
+
+/* the built-in provider's answer, or its refusal as the client's JSON */
+static ngx_int_t
+ngx_http_smartflow_answer_echo(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx)
+{
+    ngx_int_t  rc;
+
+    rc = ngx_http_smartflow_echo(r, ctx);
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        return ngx_http_smartflow_refuse(r, rc, 0);
+    }
+
+    return rc;
+}
+
+
+static ngx_str_t *
+ngx_http_smartflow_find_header(ngx_http_request_t *r, char *name)
+{
+    return ngx_http_smartflow_header_in(&r->headers_in.headers, name);
+}
+
+
+static ngx_str_t *
+ngx_http_smartflow_upstream_header(ngx_http_request_t *r, char *name)
+{
+    return ngx_http_smartflow_header_in(&r->upstream->headers_in.headers,
+                                        name);
 }
 
 

@@ -60,7 +60,7 @@ size_t ngx_smartflow_json_escape_len(u_char *src, size_t len);
 u_char *ngx_smartflow_json_escape(u_char *dst, u_char *src, size_t len);
 
 /* copies a string literal without counting its length by hand */
-#define ngx_sf_cpymem(p, lit)  ngx_cpymem(p, lit, sizeof(lit) - 1)
+#define ngx_sf_cpymem(p, lit)  ngx_cpymem(p, lit "", sizeof(lit) - 1)
 
 #define ngx_smartflow_json_is_string(j)                                      \
     ((j) != NULL && (j)->type == NGX_SMARTFLOW_JSON_STRING)
@@ -106,8 +106,13 @@ typedef enum {
     NGX_HTTP_SMARTFLOW_API_ANTHROPIC_MODELS,
     NGX_HTTP_SMARTFLOW_API_HEALTH,
     NGX_HTTP_SMARTFLOW_API_ERROR,
-    NGX_HTTP_SMARTFLOW_API_ANTHROPIC_ERROR
+    NGX_HTTP_SMARTFLOW_API_ANTHROPIC_ERROR,
+    NGX_HTTP_SMARTFLOW_API_NEXT             /* the next deployment */
 } ngx_http_smartflow_api_e;
+
+
+#define NGX_HTTP_SMARTFLOW_BALANCE_WEIGHTED        0
+#define NGX_HTTP_SMARTFLOW_BALANCE_LEAST_IN_FLIGHT 1
 
 
 /* the wire format a client or a provider speaks */
@@ -126,15 +131,32 @@ typedef enum {
 } ngx_http_smartflow_provider_type_e;
 
 
-/* per-provider counters, in the status zone when one is configured */
+/*
+ * Counters in the status zone (smartflow_zone), shared by all workers:
+ * one slot per provider and one per deployment, found by name.
+ */
+#define NGX_SMARTFLOW_SLOT_NAME  96
+
 typedef struct {
+    u_char                      name[NGX_SMARTFLOW_SLOT_NAME];
     ngx_atomic_t                requests;
     ngx_atomic_t                failures;
     ngx_atomic_t                consecutive_failures;
     ngx_atomic_t                last_status;
     ngx_atomic_t                last_failure;    /* epoch seconds */
-    u_char                      name[64];
 } ngx_smartflow_provider_stats_t;
+
+
+/* a deployment's circuit breaker and load */
+typedef struct {
+    u_char                      name[NGX_SMARTFLOW_SLOT_NAME];
+    ngx_atomic_t                requests;
+    ngx_atomic_t                failures;
+    ngx_atomic_t                consecutive_failures;
+    ngx_atomic_t                open_until;      /* epoch seconds */
+    ngx_atomic_t                probing;         /* a half-open probe is out */
+    ngx_atomic_t                in_flight;
+} ngx_smartflow_deployment_stats_t;
 
 
 typedef struct {
@@ -149,12 +171,27 @@ typedef struct {
 } ngx_http_smartflow_provider_t;
 
 
-typedef struct {
+/*
+ * A route is one deployment of a model name; the deployments of one name
+ * are chained in configuration order from the first, which the lookup
+ * returns.  Primaries share the load; fallbacks are tried after them.
+ */
+typedef struct ngx_http_smartflow_route_s  ngx_http_smartflow_route_t;
+
+struct ngx_http_smartflow_route_s {
     ngx_str_t                   pattern;
     ngx_str_t                   model;          /* upstream name, or empty */
+    ngx_str_t                   name;           /* "provider/model" */
     ngx_http_smartflow_provider_t  *provider;
+    ngx_http_smartflow_route_t *next;
+    ngx_uint_t                  weight;
+    ngx_smartflow_deployment_stats_t  *stats;
     unsigned                    wildcard:1;
-} ngx_http_smartflow_route_t;
+    unsigned                    fallback:1;
+};
+
+
+#define NGX_HTTP_SMARTFLOW_MAX_PLAN  8
 
 
 /* the request context */
@@ -170,6 +207,9 @@ typedef struct {
 
     ngx_http_smartflow_route_t     *route;
     ngx_http_smartflow_provider_t  *provider;
+    ngx_http_smartflow_route_t     *plan[NGX_HTTP_SMARTFLOW_MAX_PLAN];
+    ngx_uint_t                  nplan;
+    ngx_uint_t                  attempt;
     ngx_str_t                   upstream_model;
     ngx_str_t                   upstream_uri;
     ngx_str_t                   upstream_body;
@@ -238,12 +278,15 @@ ngx_http_smartflow_ctx_t *ngx_http_smartflow_get_ctx(ngx_http_request_t *r);
 ngx_http_smartflow_ctx_t *ngx_http_smartflow_create_ctx(
     ngx_http_request_t *r);
 ngx_uint_t ngx_smartflow_glob(u_char *p, u_char *pe, u_char *s, u_char *se);
+ngx_str_t *ngx_http_smartflow_header_in(ngx_list_t *headers, char *name);
 ngx_int_t ngx_http_smartflow_register_stage(ngx_conf_t *cf, ngx_uint_t order,
     ngx_http_smartflow_stage_pt handler);
 void ngx_http_smartflow_pipeline_resume(ngx_http_request_t *r);
 ngx_int_t ngx_http_smartflow_error(ngx_http_request_t *r,
     ngx_uint_t status, char *type, char *code, char *param,
     const char *fmt, ...);
+ngx_int_t ngx_http_smartflow_refuse(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_uint_t anthropic);
 ngx_int_t ngx_http_smartflow_send(ngx_http_request_t *r, ngx_uint_t status,
     ngx_uint_t sse, ngx_str_t *body);
 
@@ -265,6 +308,10 @@ typedef struct {
     ngx_str_t                   master_key;
     u_char                      master_hash[32];
     ngx_shm_zone_t             *zone;
+    ngx_uint_t                  balance;
+    ngx_uint_t                  max_attempts;
+    ngx_uint_t                  breaker_failures;
+    time_t                      breaker_cooldown;
 } ngx_http_smartflow_main_conf_t;
 
 
@@ -302,6 +349,12 @@ char *ngx_http_smartflow_route_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 ngx_int_t ngx_http_smartflow_routes_init(ngx_conf_t *cf,
     ngx_http_smartflow_main_conf_t *smcf);
+ngx_uint_t ngx_http_smartflow_route_plan(ngx_http_request_t *r,
+    ngx_http_smartflow_main_conf_t *smcf, ngx_http_smartflow_route_t *head,
+    ngx_str_t *force, ngx_http_smartflow_route_t **plan);
+void ngx_http_smartflow_route_result(ngx_http_smartflow_main_conf_t *smcf,
+    ngx_http_smartflow_route_t *rt, ngx_uint_t status, time_t retry_after);
+ngx_int_t ngx_http_smartflow_next(ngx_http_request_t *r);
 ngx_http_smartflow_route_t *ngx_http_smartflow_route_find(
     ngx_http_smartflow_main_conf_t *smcf, ngx_str_t *model);
 char *ngx_http_smartflow_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,

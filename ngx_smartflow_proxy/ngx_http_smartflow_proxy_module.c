@@ -28,6 +28,8 @@ static char *ngx_http_smartflow_master_key(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_smartflow_api(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_smartflow_breaker(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_http_smartflow_init(ngx_conf_t *cf);
 
 
@@ -42,7 +44,21 @@ static ngx_conf_enum_t  ngx_http_smartflow_apis[] = {
     { ngx_string("health"), NGX_HTTP_SMARTFLOW_API_HEALTH },
     { ngx_string("error"), NGX_HTTP_SMARTFLOW_API_ERROR },
     { ngx_string("anthropic_error"), NGX_HTTP_SMARTFLOW_API_ANTHROPIC_ERROR },
+    { ngx_string("next"), NGX_HTTP_SMARTFLOW_API_NEXT },
     { ngx_null_string, 0 }
+};
+
+
+static ngx_conf_enum_t  ngx_http_smartflow_balance[] = {
+    { ngx_string("weighted"), NGX_HTTP_SMARTFLOW_BALANCE_WEIGHTED },
+    { ngx_string("least_in_flight"),
+      NGX_HTTP_SMARTFLOW_BALANCE_LEAST_IN_FLIGHT },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_conf_num_bounds_t  ngx_http_smartflow_max_attempts_bounds = {
+    ngx_conf_check_num_bounds, 1, NGX_HTTP_SMARTFLOW_MAX_PLAN
 };
 
 
@@ -63,7 +79,7 @@ static ngx_command_t  ngx_http_smartflow_commands[] = {
       NULL },
 
     { ngx_string("smartflow_route"),
-      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE23,
+      NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
       ngx_http_smartflow_route_directive,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
@@ -72,6 +88,27 @@ static ngx_command_t  ngx_http_smartflow_commands[] = {
     { ngx_string("smartflow_zone"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE2,
       ngx_http_smartflow_zone_directive,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("smartflow_balance"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_main_conf_t, balance),
+      &ngx_http_smartflow_balance },
+
+    { ngx_string("smartflow_max_attempts"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_main_conf_t, max_attempts),
+      &ngx_http_smartflow_max_attempts_bounds },
+
+    { ngx_string("smartflow_breaker"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_http_smartflow_breaker,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -373,6 +410,40 @@ ngx_http_smartflow_send(ngx_http_request_t *r, ngx_uint_t status,
 }
 
 
+/* the value of a header by name, any case; the first non-empty one */
+ngx_str_t *
+ngx_http_smartflow_header_in(ngx_list_t *headers, char *name)
+{
+    size_t            len;
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    len = ngx_strlen(name);
+    part = &headers->part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return NULL;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == len && h[i].value.len
+            && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0)
+        {
+            return &h[i].value;
+        }
+    }
+}
+
+
 ngx_int_t
 ngx_smartflow_sha256(u_char *data, size_t len, u_char *out)
 {
@@ -515,9 +586,7 @@ static ngx_int_t
 ngx_http_smartflow_anthropic_version_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
 {
-    ngx_uint_t                 i;
-    ngx_list_part_t           *part;
-    ngx_table_elt_t           *h;
+    ngx_str_t                 *h;
     ngx_http_smartflow_ctx_t  *ctx;
 
     ctx = ngx_http_smartflow_get_ctx(r);
@@ -540,29 +609,11 @@ ngx_http_smartflow_anthropic_version_variable(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    part = &r->headers_in.headers.part;
-    h = part->elts;
-
-    for (i = 0; /* void */; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (h[i].key.len == sizeof("anthropic-version") - 1
-            && ngx_strncasecmp(h[i].key.data, (u_char *) "anthropic-version",
-                               sizeof("anthropic-version") - 1) == 0)
-        {
-            v->data = h[i].value.data;
-            v->len = h[i].value.len;
-            break;
-        }
+    h = ngx_http_smartflow_header_in(&r->headers_in.headers,
+                                     "anthropic-version");
+    if (h) {
+        v->data = h->data;
+        v->len = h->len;
     }
 
     return NGX_OK;
@@ -598,6 +649,11 @@ ngx_http_smartflow_create_main_conf(ngx_conf_t *cf)
         return NULL;
     }
 
+    smcf->balance = NGX_CONF_UNSET_UINT;
+    smcf->max_attempts = NGX_CONF_UNSET_UINT;
+    smcf->breaker_failures = NGX_CONF_UNSET_UINT;
+    smcf->breaker_cooldown = NGX_CONF_UNSET;
+
     if (ngx_array_init(&smcf->providers, cf->pool, 4, sizeof(void *))
         != NGX_OK
         || ngx_array_init(&smcf->routes, cf->pool, 8, sizeof(void *))
@@ -619,6 +675,12 @@ static char *
 ngx_http_smartflow_init_main_conf(ngx_conf_t *cf, void *conf)
 {
     ngx_http_smartflow_main_conf_t *smcf = conf;
+
+    ngx_conf_init_uint_value(smcf->balance,
+                             NGX_HTTP_SMARTFLOW_BALANCE_WEIGHTED);
+    ngx_conf_init_uint_value(smcf->max_attempts, 3);
+    ngx_conf_init_uint_value(smcf->breaker_failures, 5);
+    ngx_conf_init_value(smcf->breaker_cooldown, 30);
 
     if (ngx_http_smartflow_routes_init(cf, smcf) != NGX_OK) {
         return NGX_CONF_ERROR;
@@ -755,6 +817,66 @@ ngx_http_smartflow_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     return NGX_CONF_OK;
+}
+
+
+/* smartflow_breaker failures=N [cooldown=TIME]; */
+static char *
+ngx_http_smartflow_breaker(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_smartflow_main_conf_t *smcf = conf;
+
+    ngx_int_t    n;
+    ngx_str_t   *value, v;
+    ngx_uint_t   i;
+
+    if (smcf->breaker_failures != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "failures=", 9) == 0) {
+            n = ngx_atoi(value[i].data + 9, value[i].len - 9);
+            if (n <= 0) {
+                goto invalid;
+            }
+
+            smcf->breaker_failures = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "cooldown=", 9) == 0) {
+            v.data = value[i].data + 9;
+            v.len = value[i].len - 9;
+
+            smcf->breaker_cooldown = ngx_parse_time(&v, 1);
+            if (smcf->breaker_cooldown == (time_t) NGX_ERROR
+                || smcf->breaker_cooldown == 0)
+            {
+                goto invalid;
+            }
+
+            continue;
+        }
+
+        goto invalid;
+    }
+
+    if (smcf->breaker_failures == NGX_CONF_UNSET_UINT) {
+        smcf->breaker_failures = 5;
+    }
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid smartflow_breaker parameter \"%V\"",
+                       &value[i]);
+    return NGX_CONF_ERROR;
 }
 
 

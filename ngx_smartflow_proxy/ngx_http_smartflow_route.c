@@ -202,15 +202,26 @@ invalid:
 }
 
 
-/* smartflow_route PATTERN PROVIDER [model=UPSTREAM_MODEL]; */
+/*
+ * smartflow_route PATTERN PROVIDER [model=UPSTREAM_MODEL] [weight=N]
+ *     [fallback];
+ *
+ * A pattern named again adds a deployment of the same model: another
+ * provider, key or upstream model, sharing the load by weight, or, with
+ * "fallback", tried only after the others failed.
+ */
 char *
 ngx_http_smartflow_route_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf)
 {
     ngx_http_smartflow_main_conf_t *smcf = conf;
 
+    u_char                       *p;
     ngx_str_t                    *value;
-    ngx_http_smartflow_route_t   *rt, **prt;
+    ngx_int_t                     n;
+    ngx_uint_t                    i;
+    ngx_array_t                  *list;
+    ngx_http_smartflow_route_t   *rt, *head, **prt;
 
     value = cf->args->elts;
 
@@ -220,6 +231,7 @@ ngx_http_smartflow_route_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     }
 
     rt->pattern = value[1];
+    rt->weight = 1;
     rt->wildcard = ngx_strlchr(value[1].data, value[1].data + value[1].len,
                                '*')
                    != NULL;
@@ -233,21 +245,86 @@ ngx_http_smartflow_route_directive(ngx_conf_t *cf, ngx_command_t *cmd,
         return NGX_CONF_ERROR;
     }
 
-    if (cf->args->nelts == 4) {
-        if (ngx_strncmp(value[3].data, "model=", 6) != 0
-            || value[3].len == 6)
+    for (i = 3; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "model=", 6) == 0
+            && value[i].len > 6)
         {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid smartflow route parameter \"%V\"",
-                               &value[3]);
-            return NGX_CONF_ERROR;
+            rt->model.data = value[i].data + 6;
+            rt->model.len = value[i].len - 6;
+            continue;
         }
 
-        rt->model.data = value[3].data + 6;
-        rt->model.len = value[3].len - 6;
+        if (ngx_strncmp(value[i].data, "weight=", 7) == 0) {
+            n = ngx_atoi(value[i].data + 7, value[i].len - 7);
+            if (n <= 0 || n > 1000) {
+                goto invalid;
+            }
+
+            rt->weight = n;
+            continue;
+        }
+
+        if (value[i].len == 8
+            && ngx_strncmp(value[i].data, "fallback", 8) == 0)
+        {
+            rt->fallback = 1;
+            continue;
+        }
+
+        goto invalid;
     }
 
-    prt = ngx_array_push(rt->wildcard ? &smcf->wildcards : &smcf->routes);
+    /* "provider/model", for the response header and the zone slot */
+    rt->name.len = rt->provider->name.len + 1
+                   + (rt->model.len ? rt->model.len : rt->pattern.len);
+    rt->name.data = ngx_pnalloc(cf->pool, rt->name.len);
+    if (rt->name.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    p = ngx_cpymem(rt->name.data, rt->provider->name.data,
+                   rt->provider->name.len);
+    *p++ = '/';
+    ngx_memcpy(p, rt->model.len ? rt->model.data : rt->pattern.data,
+               rt->model.len ? rt->model.len : rt->pattern.len);
+
+    list = rt->wildcard ? &smcf->wildcards : &smcf->routes;
+    prt = list->elts;
+
+    for (i = 0; i < list->nelts; i++) {
+        head = prt[i];
+
+        if (head->pattern.len != rt->pattern.len
+            || ngx_strncasecmp(head->pattern.data, rt->pattern.data,
+                               rt->pattern.len)
+               != 0)
+        {
+            continue;
+        }
+
+        for ( /* void */ ; head; head = head->next) {
+            /* the same provider and upstream model twice is a mistake */
+            if (head->provider == rt->provider
+                && head->name.len == rt->name.len
+                && ngx_strncasecmp(head->name.data, rt->name.data,
+                                   rt->name.len)
+                   == 0)
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "duplicate smartflow route \"%V\"",
+                                   &value[1]);
+                return NGX_CONF_ERROR;
+            }
+
+            if (head->next == NULL) {
+                head->next = rt;
+                return NGX_CONF_OK;
+            }
+        }
+    }
+
+    prt = ngx_array_push(list);
     if (prt == NULL) {
         return NGX_CONF_ERROR;
     }
@@ -255,6 +332,13 @@ ngx_http_smartflow_route_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     *prt = rt;
 
     return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid smartflow route parameter \"%V\"",
+                       &value[i]);
+    return NGX_CONF_ERROR;
 }
 
 
@@ -352,6 +436,192 @@ ngx_http_smartflow_route_find(ngx_http_smartflow_main_conf_t *smcf,
     }
 
     return NULL;
+}
+
+
+/*
+ * The order in which a request tries the deployments of its model: the
+ * primary chosen by the balancer first, the other primaries, then the
+ * fallbacks in configuration order; deployments whose breaker is open are
+ * left out while another is available, one that cooled down is let
+ * through as a single probe.  "force" keeps only one provider type.
+ */
+ngx_uint_t
+ngx_http_smartflow_route_plan(ngx_http_request_t *r,
+    ngx_http_smartflow_main_conf_t *smcf, ngx_http_smartflow_route_t *head,
+    ngx_str_t *force, ngx_http_smartflow_route_t **plan)
+{
+    time_t                             now;
+    ngx_atomic_uint_t                  probe;
+    ngx_uint_t                         n, k, i, best, total, pick, cap;
+    ngx_uint_t                         usable[NGX_HTTP_SMARTFLOW_MAX_PLAN];
+    ngx_http_smartflow_route_t        *rt, *all[NGX_HTTP_SMARTFLOW_MAX_PLAN];
+    ngx_smartflow_deployment_stats_t  *st;
+
+    static char  *types[] = { "openai", "anthropic", "gemini", "echo" };
+
+    now = ngx_time();
+    n = 0;
+
+    for (rt = head; rt && n < NGX_HTTP_SMARTFLOW_MAX_PLAN; rt = rt->next) {
+        if (force && force->len
+            && (ngx_strlen(types[rt->provider->type]) != force->len
+                || ngx_strncasecmp((u_char *) types[rt->provider->type],
+                                   force->data, force->len)
+                   != 0))
+        {
+            continue;
+        }
+
+        st = rt->stats;
+        usable[n] = 1;
+
+        if (st && st->open_until) {
+            probe = st->probing;
+
+            /*
+             * cooled down: one request probes, the others wait; a claim
+             * not settled within a cool-down (never tried) expires
+             */
+            if ((time_t) st->open_until > now
+                || (probe && (time_t) probe + smcf->breaker_cooldown > now)
+                || !ngx_atomic_cmp_set(&st->probing, probe, now))
+            {
+                usable[n] = 0;
+            }
+        }
+
+        all[n++] = rt;
+    }
+
+    if (n == 0) {
+        return 0;
+    }
+
+    for (i = 0, k = 0; i < n; i++) {
+        k += usable[i];
+    }
+
+    if (k == 0) {
+        /* every breaker is open: better a try than a certain failure */
+        for (i = 0; i < n; i++) {
+            usable[i] = 1;
+        }
+    }
+
+    cap = ngx_min(smcf->max_attempts, NGX_HTTP_SMARTFLOW_MAX_PLAN);
+    k = 0;
+
+    /* the balancer's primary first */
+    best = n;
+    total = 0;
+
+    for (i = 0; i < n; i++) {
+        if (usable[i] && !all[i]->fallback) {
+            total += all[i]->weight;
+        }
+    }
+
+    if (total) {
+        if (smcf->balance == NGX_HTTP_SMARTFLOW_BALANCE_LEAST_IN_FLIGHT) {
+            for (i = 0; i < n; i++) {
+                if (!usable[i] || all[i]->fallback) {
+                    continue;
+                }
+
+                /* fewest requests in flight per unit of weight */
+                if (best == n
+                    || (all[i]->stats ? all[i]->stats->in_flight : 0)
+                       * all[best]->weight
+                       < (all[best]->stats ? all[best]->stats->in_flight : 0)
+                         * all[i]->weight)
+                {
+                    best = i;
+                }
+            }
+
+        } else {
+            pick = ngx_random() % total;
+
+            for (i = 0; i < n; i++) {
+                if (!usable[i] || all[i]->fallback) {
+                    continue;
+                }
+
+                if (pick < all[i]->weight) {
+                    best = i;
+                    break;
+                }
+
+                pick -= all[i]->weight;
+            }
+        }
+    }
+
+    if (best < n) {
+        plan[k++] = all[best];
+        usable[best] = 0;
+    }
+
+    /* then the other primaries, then the fallbacks */
+    for (i = 0; i < n && k < cap; i++) {
+        if (usable[i] && !all[i]->fallback) {
+            plan[k++] = all[i];
+        }
+    }
+
+    for (i = 0; i < n && k < cap; i++) {
+        if (usable[i] && all[i]->fallback) {
+            plan[k++] = all[i];
+        }
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "smartflow proxy plan: %ui of %ui deployments", k, n);
+
+    return k;
+}
+
+
+/*
+ * The outcome of one attempt on a deployment, for its breaker: a 429 with
+ * Retry-After rests it that long; failures in a row open it.
+ */
+void
+ngx_http_smartflow_route_result(ngx_http_smartflow_main_conf_t *smcf,
+    ngx_http_smartflow_route_t *rt, ngx_uint_t status, time_t retry_after)
+{
+    ngx_smartflow_deployment_stats_t  *st;
+
+    st = rt->stats;
+
+    if (st == NULL) {
+        return;
+    }
+
+    (void) ngx_atomic_fetch_add(&st->requests, 1);
+    st->probing = 0;
+
+    if (status != 0 && status < NGX_HTTP_INTERNAL_SERVER_ERROR
+        && status != NGX_HTTP_TOO_MANY_REQUESTS)
+    {
+        st->consecutive_failures = 0;
+        st->open_until = 0;
+        return;
+    }
+
+    (void) ngx_atomic_fetch_add(&st->failures, 1);
+
+    if (status == NGX_HTTP_TOO_MANY_REQUESTS && retry_after > 0) {
+        st->open_until = ngx_time() + ngx_min(retry_after, 3600);
+        return;
+    }
+
+    if (ngx_atomic_fetch_add(&st->consecutive_failures, 1) + 1
+        >= smcf->breaker_failures)
+    {
+        st->open_until = ngx_time() + smcf->breaker_cooldown;
+    }
 }
 
 

@@ -1,22 +1,30 @@
 /*
  * The status zone (smartflow_zone): shared memory holding per-provider
- * counters that every worker updates with atomics and /health reads.
- * Slots are matched to providers by name, so counters survive a reload.
+ * counters and per-deployment breakers that every worker updates with
+ * atomics and /health reads.  Slots are matched by name, so counters and
+ * open breakers survive a reload.
  */
 
 #include "ngx_http_smartflow_proxy.h"
 
 
-#define NGX_SMARTFLOW_SHM_PROVIDERS  64
+#define NGX_SMARTFLOW_SHM_PROVIDERS    64
+#define NGX_SMARTFLOW_SHM_DEPLOYMENTS  256
 
 
 typedef struct {
-    ngx_smartflow_provider_stats_t  providers[NGX_SMARTFLOW_SHM_PROVIDERS];
+    ngx_smartflow_provider_stats_t    providers[NGX_SMARTFLOW_SHM_PROVIDERS];
+    ngx_smartflow_deployment_stats_t  deployments[
+                                          NGX_SMARTFLOW_SHM_DEPLOYMENTS];
 } ngx_smartflow_shm_t;
 
 
 static ngx_int_t ngx_smartflow_shm_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
+static void *ngx_smartflow_shm_slot(ngx_shm_zone_t *shm_zone, u_char *base,
+    size_t size, ngx_uint_t n, ngx_str_t *name);
+static void ngx_smartflow_shm_routes(ngx_shm_zone_t *shm_zone,
+    ngx_smartflow_shm_t *sh, ngx_array_t *routes);
 
 
 /* smartflow_zone NAME SIZE; */
@@ -70,8 +78,7 @@ ngx_smartflow_shm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 {
     ngx_http_smartflow_main_conf_t *smcf = shm_zone->data;
 
-    size_t                            len;
-    ngx_uint_t                        i, k, free;
+    ngx_uint_t                        i;
     ngx_slab_pool_t                  *shpool;
     ngx_smartflow_shm_t              *sh;
     ngx_http_smartflow_provider_t   **pr;
@@ -94,41 +101,77 @@ ngx_smartflow_shm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     pr = smcf->providers.elts;
 
     for (i = 0; i < smcf->providers.nelts; i++) {
-        len = ngx_min(pr[i]->name.len, sizeof(sh->providers[0].name) - 1);
-        free = NGX_SMARTFLOW_SHM_PROVIDERS;
-
-        for (k = 0; k < NGX_SMARTFLOW_SHM_PROVIDERS; k++) {
-            if (sh->providers[k].name[0] == '\0') {
-                free = ngx_min(free, k);
-                continue;
-            }
-
-            if (ngx_strncmp(sh->providers[k].name, pr[i]->name.data, len)
-                    == 0
-                && sh->providers[k].name[len] == '\0')
-            {
-                break;
-            }
-        }
-
-        if (k == NGX_SMARTFLOW_SHM_PROVIDERS) {
-            if (free == NGX_SMARTFLOW_SHM_PROVIDERS) {
-                ngx_log_error(NGX_LOG_WARN, shm_zone->shm.log, 0,
-                              "smartflow proxy: zone \"%V\" has no slot "
-                              "left for provider \"%V\"",
-                              &shm_zone->shm.name, &pr[i]->name);
-                continue;
-            }
-
-            k = free;
-            ngx_memcpy(sh->providers[k].name, pr[i]->name.data, len);
-            sh->providers[k].name[len] = '\0';
-        }
-
-        pr[i]->stats = &sh->providers[k];
+        pr[i]->stats = ngx_smartflow_shm_slot(shm_zone,
+                                              (u_char *) sh->providers,
+                                              sizeof(sh->providers[0]),
+                                              NGX_SMARTFLOW_SHM_PROVIDERS,
+                                              &pr[i]->name);
     }
 
+    ngx_smartflow_shm_routes(shm_zone, sh, &smcf->routes);
+    ngx_smartflow_shm_routes(shm_zone, sh, &smcf->wildcards);
+
     return NGX_OK;
+}
+
+
+static void
+ngx_smartflow_shm_routes(ngx_shm_zone_t *shm_zone, ngx_smartflow_shm_t *sh,
+    ngx_array_t *routes)
+{
+    ngx_uint_t                    i;
+    ngx_http_smartflow_route_t  **head, *rt;
+
+    head = routes->elts;
+
+    for (i = 0; i < routes->nelts; i++) {
+        for (rt = head[i]; rt; rt = rt->next) {
+            rt->stats = ngx_smartflow_shm_slot(shm_zone,
+                                               (u_char *) sh->deployments,
+                                               sizeof(sh->deployments[0]),
+                                               NGX_SMARTFLOW_SHM_DEPLOYMENTS,
+                                               &rt->name);
+        }
+    }
+}
+
+
+/* the slot named so, or a free one; every slot starts with its name */
+static void *
+ngx_smartflow_shm_slot(ngx_shm_zone_t *shm_zone, u_char *base, size_t size,
+    ngx_uint_t n, ngx_str_t *name)
+{
+    u_char      *slot, *free;
+    size_t       len;
+    ngx_uint_t   k;
+
+    len = ngx_min(name->len, NGX_SMARTFLOW_SLOT_NAME - 1);
+    free = NULL;
+
+    for (k = 0; k < n; k++) {
+        slot = base + k * size;
+
+        if (slot[0] == '\0') {
+            free = free ? free : slot;
+            continue;
+        }
+
+        if (ngx_strncmp(slot, name->data, len) == 0 && slot[len] == '\0') {
+            return slot;
+        }
+    }
+
+    if (free == NULL) {
+        ngx_log_error(NGX_LOG_WARN, shm_zone->shm.log, 0,
+                      "smartflow proxy: zone \"%V\" has no slot left for "
+                      "\"%V\"", &shm_zone->shm.name, name);
+        return NULL;
+    }
+
+    ngx_memcpy(free, name->data, len);
+    free[len] = '\0';
+
+    return free;
 }
 
 
