@@ -100,8 +100,10 @@ ngx_http_smartflow_audit_handler(ngx_http_request_t *r)
 
     len = sizeof("{\"time\":\"\",\"status\":,\"key_id\":,\"model\":,"
                  "\"provider\":,\"stream\":false,\"request_bytes\":,"
-                 "\"response_bytes\":,\"error\":}\n")
+                 "\"response_bytes\":,\"prompt_tokens\":,"
+                 "\"completion_tokens\":,\"error\":}\n")
           + sizeof("1970-09-28T12:00:00+06:00") + 3 * NGX_OFF_T_LEN
+          + 2 * NGX_INT_T_LEN
           + ngx_smartflow_json_escape_len(ctx->key_id.data, ctx->key_id.len)
           + ngx_smartflow_json_escape_len(ctx->model.data, ctx->model.len)
           + ngx_smartflow_json_escape_len(provider.data, provider.len)
@@ -120,9 +122,11 @@ ngx_http_smartflow_audit_handler(ngx_http_request_t *r)
     p = ngx_http_smartflow_audit_str(p, "model", &ctx->model);
     p = ngx_http_smartflow_audit_str(p, "provider", &provider);
     p = ngx_sprintf(p, ",\"stream\":%s,\"request_bytes\":%O,"
-                       "\"response_bytes\":%O",
+                       "\"response_bytes\":%O,\"prompt_tokens\":%ui,"
+                       "\"completion_tokens\":%ui",
                     ctx->stream ? "true" : "false", r->request_length,
-                    r->connection->sent);
+                    r->connection->sent, ctx->prompt_tokens,
+                    ctx->completion_tokens);
     p = ngx_http_smartflow_audit_str(p, "error", &ctx->err_code);
     *p++ = '}';
     *p++ = '\n';

@@ -27,6 +27,8 @@ static ngx_int_t ngx_http_smartflow_stream_filter(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_chain_t *in);
 static ngx_int_t ngx_http_smartflow_json_filter(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_chain_t *in);
+static ngx_int_t ngx_http_smartflow_usage_filter(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_chain_t *in);
 static ngx_int_t ngx_http_smartflow_on_event(void *data,
     ngx_smartflow_sse_event_t *ev);
 static ngx_int_t ngx_http_smartflow_stream_end(ngx_http_request_t *r,
@@ -132,6 +134,16 @@ ngx_http_smartflow_header_filter(ngx_http_request_t *r)
             return NGX_ERROR;
         }
 
+    } else if (!ctx->translate && !r->header_only
+               && r->headers_out.status == NGX_HTTP_OK)
+    {
+        /* a whole answer passing as it is: only its usage is read */
+        if (ngx_smartflow_usage_scan_init(r->pool, &ctx->usage) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        ctx->filter = NGX_HTTP_SMARTFLOW_FILTER_USAGE;
+
     } else if (ctx->translate && !r->header_only) {
         /* a whole answer or a provider error, in the other format */
         ctx->filter = NGX_HTTP_SMARTFLOW_FILTER_JSON;
@@ -163,6 +175,10 @@ ngx_http_smartflow_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 
     if (ctx->filter == NGX_HTTP_SMARTFLOW_FILTER_STREAM) {
         return ngx_http_smartflow_stream_filter(r, ctx, in);
+    }
+
+    if (ctx->filter == NGX_HTTP_SMARTFLOW_FILTER_USAGE) {
+        return ngx_http_smartflow_usage_filter(r, ctx, in);
     }
 
     return ngx_http_smartflow_json_filter(r, ctx, in);
@@ -445,6 +461,33 @@ ngx_http_smartflow_stream_end(ngx_http_request_t *r,
 
     return ngx_http_smartflow_emit(r, ctx, openai_error,
                                    sizeof(openai_error) - 1);
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_usage_filter(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_chain_t *in)
+{
+    ngx_chain_t  *cl;
+
+    for (cl = in; cl; cl = cl->next) {
+        if (ngx_buf_in_memory(cl->buf)) {
+            ngx_smartflow_usage_scan(&ctx->usage, cl->buf->pos,
+                                     cl->buf->last - cl->buf->pos);
+
+        } else if (ngx_buf_size(cl->buf)) {
+            /* a buffer in a file is not read back for its usage */
+            ctx->usage.failed = 1;
+        }
+
+        if (cl->buf->last_buf) {
+            ngx_smartflow_usage_scan(&ctx->usage, NULL, 0);
+            ctx->prompt_tokens = ctx->usage.prompt;
+            ctx->completion_tokens = ctx->usage.completion;
+        }
+    }
+
+    return ngx_http_next_body_filter(r, in);
 }
 
 

@@ -59,6 +59,24 @@ ngx_int_t ngx_smartflow_json_dump(ngx_pool_t *pool, ngx_smartflow_json_t *j,
 size_t ngx_smartflow_json_escape_len(u_char *src, size_t len);
 u_char *ngx_smartflow_json_escape(u_char *dst, u_char *src, size_t len);
 
+/* token counts read from a JSON answer as it passes */
+typedef struct {
+    void                       *handle;      /* yajl */
+    ngx_uint_t                  prompt;
+    ngx_uint_t                  completion;
+    ngx_uint_t                  depth;
+    ngx_uint_t                  field;       /* 1 prompt, 2 completion */
+    unsigned                    usage_next:1;
+    unsigned                    in_usage:1;
+    unsigned                    failed:1;
+} ngx_smartflow_usage_scan_t;
+
+ngx_int_t ngx_smartflow_usage_scan_init(ngx_pool_t *pool,
+    ngx_smartflow_usage_scan_t *us);
+/* p NULL: the end of the answer */
+void ngx_smartflow_usage_scan(ngx_smartflow_usage_scan_t *us, u_char *p,
+    size_t len);
+
 /* copies a string literal without counting its length by hand */
 #define ngx_sf_cpymem(p, lit)  ngx_cpymem(p, lit "", sizeof(lit) - 1)
 
@@ -235,6 +253,7 @@ typedef struct {
     size_t                      collect_len;
     size_t                      collect_size;
     off_t                       stream_bytes;
+    ngx_smartflow_usage_scan_t  usage;
 
     ngx_uint_t                  err_status;
     ngx_str_t                   err_type;
@@ -258,6 +277,7 @@ typedef struct {
 #define NGX_HTTP_SMARTFLOW_FILTER_NONE    0
 #define NGX_HTTP_SMARTFLOW_FILTER_STREAM  1
 #define NGX_HTTP_SMARTFLOW_FILTER_JSON    2
+#define NGX_HTTP_SMARTFLOW_FILTER_USAGE   3
 
 
 /*

@@ -16,6 +16,8 @@ static ngx_int_t ngx_http_smartflow_upstream_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_smartflow_stream_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_smartflow_uint_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_smartflow_anthropic_version_variable(
     ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_smartflow_add_variables(ngx_conf_t *cf);
@@ -227,6 +229,14 @@ static ngx_http_variable_t  ngx_http_smartflow_vars[] = {
 
     { ngx_string("smartflow_stream"), NULL,
       ngx_http_smartflow_stream_variable, 0,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("smartflow_prompt_tokens"), NULL,
+      ngx_http_smartflow_uint_variable, ngx_sf_ctx_off(prompt_tokens),
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("smartflow_completion_tokens"), NULL,
+      ngx_http_smartflow_uint_variable, ngx_sf_ctx_off(completion_tokens),
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
       ngx_http_null_variable
@@ -547,6 +557,35 @@ ngx_http_smartflow_upstream_variable(ngx_http_request_t *r,
 
     v->data = s->data;
     v->len = s->len;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_uint_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    u_char                    *p;
+    ngx_http_smartflow_ctx_t  *ctx;
+
+    ctx = ngx_http_smartflow_get_ctx(r);
+
+    if (ctx == NULL) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    p = ngx_pnalloc(r->pool, NGX_INT_T_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    v->data = p;
+    v->len = ngx_sprintf(p, "%ui", *(ngx_uint_t *) ((char *) ctx + data)) - p;
     v->valid = 1;
     v->no_cacheable = 1;
     v->not_found = 0;
