@@ -103,8 +103,21 @@ $(BUILD)/unit/translate_test: unit/ngx_smartflow_translate_test.c \
 	    ngx_smartflow_proxy/ngx_http_smartflow_translate_anthropic.c \
 	    ngx_smartflow_proxy/ngx_smartflow_json.c -lyajl -o $@
 
-unit: $(BUILD)/unit/translate_test
+$(BUILD)/unit/translate_gemini_test: \
+        unit/ngx_smartflow_translate_gemini_test.c \
+        ngx_smartflow_proxy/ngx_http_smartflow_translate_gemini.c \
+        ngx_smartflow_proxy/ngx_http_smartflow_translate.h \
+        ngx_smartflow_proxy/ngx_smartflow_json.c $(NGX_BUILD)/objs/Makefile
+	@mkdir -p $(BUILD)/unit
+	clang -g -O1 -fsanitize=address,undefined \
+	    -fno-sanitize-recover=undefined $(FUZZ_INCS) \
+	    -Ingx_smartflow_proxy unit/ngx_smartflow_translate_gemini_test.c \
+	    ngx_smartflow_proxy/ngx_http_smartflow_translate_gemini.c \
+	    ngx_smartflow_proxy/ngx_smartflow_json.c -lyajl -o $@
+
+unit: $(BUILD)/unit/translate_test $(BUILD)/unit/translate_gemini_test
 	$(BUILD)/unit/translate_test
+	$(BUILD)/unit/translate_gemini_test
 
 clean:
 	rm -rf $(BUILD)

@@ -306,6 +306,7 @@ ngx_http_smartflow_on_event(void *data, ngx_smartflow_sse_event_t *ev)
 {
     ngx_http_request_t *r = data;
 
+    ngx_int_t                       rc;
     ngx_str_t                       err;
     ngx_array_t                     events;
     ngx_smartflow_json_t           *j, *choices;
@@ -346,6 +347,8 @@ ngx_http_smartflow_on_event(void *data, ngx_smartflow_sse_event_t *ev)
 
     if (j) {
         ngx_http_smartflow_usage(ctx, ngx_smartflow_json_get(j, "usage"));
+        ngx_http_smartflow_usage(ctx, ngx_smartflow_json_get(j,
+                                                           "usageMetadata"));
         ngx_http_smartflow_usage(ctx, ngx_smartflow_json_get(
                                    ngx_smartflow_json_get(j, "message"),
                                    "usage"));
@@ -383,18 +386,20 @@ ngx_http_smartflow_on_event(void *data, ngx_smartflow_sse_event_t *ev)
     x.model = ctx->model;
     ngx_str_null(&x.err);
 
-    if (ctx->client_format == NGX_HTTP_SMARTFLOW_FORMAT_OPENAI) {
-        if (ngx_smartflow_xlate_stream_anthropic_to_openai(&x,
-                ctx->xlate_stream, &ev->event, j, &events)
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
+    if (ctx->client_format == NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC) {
+        rc = ngx_smartflow_xlate_stream_openai_to_anthropic(&x,
+                 ctx->xlate_stream, &ev->event, j, &events);
 
-    } else if (ngx_smartflow_xlate_stream_openai_to_anthropic(&x,
-                   ctx->xlate_stream, &ev->event, j, &events)
-               != NGX_OK)
-    {
+    } else if (ctx->wire_format == NGX_HTTP_SMARTFLOW_FORMAT_GEMINI) {
+        rc = ngx_smartflow_xlate_stream_gemini_to_openai(&x,
+                 ctx->xlate_stream, &ev->event, j, &events);
+
+    } else {
+        rc = ngx_smartflow_xlate_stream_anthropic_to_openai(&x,
+                 ctx->xlate_stream, &ev->event, j, &events);
+    }
+
+    if (rc != NGX_OK) {
         return NGX_ERROR;
     }
 
@@ -410,6 +415,7 @@ static ngx_int_t
 ngx_http_smartflow_stream_end(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_uint_t broken)
 {
+    ngx_int_t              rc;
     ngx_array_t            events;
     ngx_smartflow_xlate_t  x;
 
@@ -435,14 +441,20 @@ ngx_http_smartflow_stream_end(ngx_http_request_t *r,
         x.model = ctx->model;
         ngx_str_null(&x.err);
 
-        if ((ctx->client_format == NGX_HTTP_SMARTFLOW_FORMAT_OPENAI
-             ? ngx_smartflow_xlate_stream_end_openai(&x, ctx->xlate_stream,
-                                                     broken, &events)
-             : ngx_smartflow_xlate_stream_end_anthropic(&x,
-                                                     ctx->xlate_stream,
-                                                     broken, &events))
-            != NGX_OK)
-        {
+        if (ctx->client_format == NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC) {
+            rc = ngx_smartflow_xlate_stream_end_anthropic(&x,
+                     ctx->xlate_stream, broken, &events);
+
+        } else if (ctx->wire_format == NGX_HTTP_SMARTFLOW_FORMAT_GEMINI) {
+            rc = ngx_smartflow_xlate_stream_end_gemini_openai(&x,
+                     ctx->xlate_stream, broken, &events);
+
+        } else {
+            rc = ngx_smartflow_xlate_stream_end_openai(&x, ctx->xlate_stream,
+                                                       broken, &events);
+        }
+
+        if (rc != NGX_OK) {
             return NGX_ERROR;
         }
 
@@ -572,10 +584,18 @@ ngx_http_smartflow_json_filter(ngx_http_request_t *r,
 
     } else {
         ngx_http_smartflow_usage(ctx, ngx_smartflow_json_get(j, "usage"));
+        ngx_http_smartflow_usage(ctx, ngx_smartflow_json_get(j,
+                                                           "usageMetadata"));
 
-        t = (ctx->client_format == NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC)
-            ? ngx_smartflow_xlate_resp_openai_to_anthropic(&x, j)
-            : ngx_smartflow_xlate_resp_anthropic_to_openai(&x, j);
+        if (ctx->client_format == NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC) {
+            t = ngx_smartflow_xlate_resp_openai_to_anthropic(&x, j);
+
+        } else if (ctx->wire_format == NGX_HTTP_SMARTFLOW_FORMAT_GEMINI) {
+            t = ngx_smartflow_xlate_resp_gemini_to_openai(&x, j);
+
+        } else {
+            t = ngx_smartflow_xlate_resp_anthropic_to_openai(&x, j);
+        }
     }
 
     if (t == NULL || ngx_smartflow_json_dump(r->pool, t, &out) != NGX_OK) {

@@ -20,6 +20,8 @@ static ngx_int_t ngx_http_smartflow_prepare_upstream(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx);
 static void ngx_http_smartflow_pipeline_done(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_int_t rc);
+static ngx_int_t ngx_http_smartflow_gemini_uri(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx);
 static ngx_int_t ngx_http_smartflow_use(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_route_t *rt);
 static ngx_int_t ngx_http_smartflow_answer_echo(ngx_http_request_t *r,
@@ -407,10 +409,12 @@ ngx_http_smartflow_use(ngx_http_request_t *r, ngx_http_smartflow_ctx_t *ctx,
     ctx->translate = (ctx->client_format != ctx->wire_format);
     ctx->upstream_model = rt->model.len ? rt->model : ctx->model;
 
+    /* Gemini is reached from the OpenAI format only */
     if (ctx->translate
         && (ctx->api == NGX_HTTP_SMARTFLOW_API_COMPLETIONS
             || ctx->api == NGX_HTTP_SMARTFLOW_API_EMBEDDINGS
-            || ctx->wire_format == NGX_HTTP_SMARTFLOW_FORMAT_GEMINI))
+            || (ctx->wire_format == NGX_HTTP_SMARTFLOW_FORMAT_GEMINI
+                && ctx->client_format != NGX_HTTP_SMARTFLOW_FORMAT_OPENAI)))
     {
         return ngx_http_smartflow_error(r, NGX_HTTP_BAD_REQUEST,
                    "invalid_request_error", "unsupported_model", "model",
@@ -590,10 +594,21 @@ ngx_http_smartflow_prepare_upstream(ngx_http_request_t *r,
         x.model = ctx->model;
         ngx_str_null(&x.err);
 
-        ctx->upstream_json =
-            (ctx->wire_format == NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC)
-            ? ngx_smartflow_xlate_req_openai_to_anthropic(&x, ctx->json)
-            : ngx_smartflow_xlate_req_anthropic_to_openai(&x, ctx->json);
+        switch (ctx->wire_format) {
+        case NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC:
+            ctx->upstream_json =
+                ngx_smartflow_xlate_req_openai_to_anthropic(&x, ctx->json);
+            break;
+
+        case NGX_HTTP_SMARTFLOW_FORMAT_GEMINI:
+            ctx->upstream_json =
+                ngx_smartflow_xlate_req_openai_to_gemini(&x, ctx->json);
+            break;
+
+        default:
+            ctx->upstream_json =
+                ngx_smartflow_xlate_req_anthropic_to_openai(&x, ctx->json);
+        }
 
         if (ctx->upstream_json == NULL) {
             return ngx_http_smartflow_error(r, NGX_HTTP_BAD_REQUEST,
@@ -654,24 +669,32 @@ ngx_http_smartflow_prepare_upstream(ngx_http_request_t *r,
         rewrite = 1;
     }
 
-    if (ctx->wire_format == NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC) {
-        ngx_str_set(&messages, "/messages");
-        op = &messages;
+    if (ctx->wire_format == NGX_HTTP_SMARTFLOW_FORMAT_GEMINI) {
+        /* Gemini names the model and the method in the path */
+        if (ngx_http_smartflow_gemini_uri(r, ctx) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
 
     } else {
-        op = &ngx_http_smartflow_op_paths[ctx->api];
-    }
+        if (ctx->wire_format == NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC) {
+            ngx_str_set(&messages, "/messages");
+            op = &messages;
 
-    p = ngx_pnalloc(r->pool, pr->path.len + op->len);
-    if (p == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
+        } else {
+            op = &ngx_http_smartflow_op_paths[ctx->api];
+        }
 
-    ctx->upstream_uri.data = p;
-    ctx->upstream_uri.len = ngx_cpymem(ngx_cpymem(p, pr->path.data,
-                                                  pr->path.len),
-                                       op->data, op->len)
-                            - p;
+        p = ngx_pnalloc(r->pool, pr->path.len + op->len);
+        if (p == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ctx->upstream_uri.data = p;
+        ctx->upstream_uri.len = ngx_cpymem(ngx_cpymem(p, pr->path.data,
+                                                      pr->path.len),
+                                           op->data, op->len)
+                                - p;
+    }
 
     if (!rewrite) {
         /* nothing changes: the client's bytes go out as they came */
@@ -679,15 +702,62 @@ ngx_http_smartflow_prepare_upstream(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    if (ngx_smartflow_json_set_str(r->pool, ctx->upstream_json, "model",
-                                   &ctx->upstream_model)
-        != NGX_OK
+    if ((ctx->wire_format != NGX_HTTP_SMARTFLOW_FORMAT_GEMINI
+         && ngx_smartflow_json_set_str(r->pool, ctx->upstream_json, "model",
+                                       &ctx->upstream_model)
+            != NGX_OK)
         || ngx_smartflow_json_dump(r->pool, ctx->upstream_json,
                                    &ctx->upstream_body)
            != NGX_OK)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+
+    return NGX_OK;
+}
+
+
+/* {base}/models/{model}:generateContent, or the SSE stream's method */
+static ngx_int_t
+ngx_http_smartflow_gemini_uri(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx)
+{
+    u_char                         *p;
+    size_t                          len;
+    ngx_str_t                       method;
+    ngx_http_smartflow_provider_t  *pr;
+
+    pr = ctx->provider;
+
+    if (ctx->stream) {
+        ngx_str_set(&method, ":streamGenerateContent?alt=sse");
+
+    } else {
+        ngx_str_set(&method, ":generateContent");
+    }
+
+    len = pr->path.len + sizeof("/models/") - 1
+          + ctx->upstream_model.len
+          + 2 * ngx_escape_uri(NULL, ctx->upstream_model.data,
+                               ctx->upstream_model.len,
+                               NGX_ESCAPE_URI_COMPONENT)
+          + method.len;
+
+    p = ngx_pnalloc(r->pool, len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ctx->upstream_uri.data = p;
+
+    p = ngx_cpymem(p, pr->path.data, pr->path.len);
+    p = ngx_sf_cpymem(p, "/models/");
+    p = (u_char *) ngx_escape_uri(p, ctx->upstream_model.data,
+                                  ctx->upstream_model.len,
+                                  NGX_ESCAPE_URI_COMPONENT);
+    p = ngx_cpymem(p, method.data, method.len);
+
+    ctx->upstream_uri.len = p - ctx->upstream_uri.data;
 
     return NGX_OK;
 }

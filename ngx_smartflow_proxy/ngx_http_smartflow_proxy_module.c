@@ -191,6 +191,10 @@ static ngx_http_variable_t  ngx_http_smartflow_vars[] = {
       ngx_http_smartflow_upstream_variable, 3,
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
+    { ngx_string("smartflow_gemini_api_key"), NULL,
+      ngx_http_smartflow_upstream_variable, 6,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
     { ngx_string("smartflow_provider"), NULL,
       ngx_http_smartflow_upstream_variable, 4,
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
@@ -537,6 +541,8 @@ ngx_http_smartflow_upstream_variable(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t       *ctx;
     ngx_http_smartflow_provider_t  *pr;
 
+    static ngx_str_t  empty = ngx_null_string;
+
     ctx = ngx_http_smartflow_get_ctx(r);
 
     if (ctx == NULL || ctx->provider == NULL) {
@@ -550,8 +556,11 @@ ngx_http_smartflow_upstream_variable(ngx_http_request_t *r,
     case 0: s = &pr->upstream; break;
     case 1: s = &pr->host; break;
     case 2: s = &pr->auth; break;
-    case 3: s = &pr->api_key; break;
+    case 3: s = (pr->type == NGX_HTTP_SMARTFLOW_PROVIDER_GEMINI)
+                ? &empty : &pr->api_key; break;
     case 4: s = &pr->name; break;
+    case 6: s = (pr->type == NGX_HTTP_SMARTFLOW_PROVIDER_GEMINI)
+                ? &pr->api_key : &empty; break;
     default: s = &ctx->route->pattern; break;
     }
 

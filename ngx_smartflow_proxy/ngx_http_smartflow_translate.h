@@ -78,4 +78,24 @@ ngx_int_t ngx_smartflow_xlate_stream_end_anthropic(ngx_smartflow_xlate_t *x,
     ngx_smartflow_xlate_stream_t *st, ngx_uint_t broken, ngx_array_t *out);
 
 
+/*
+ * Gemini generateContent, for OpenAI clients.  The request body has no
+ * model: it goes in the URL ({base}/models/{model}:generateContent, or
+ * :streamGenerateContent?alt=sse).  The stream has no closing event, so
+ * _end_gemini_openai writes the usage chunk and [DONE] after a finish
+ * reason, and an error chunk otherwise; st->input_tokens and
+ * st->output_tokens hold the stream's usage.
+ */
+ngx_smartflow_json_t *ngx_smartflow_xlate_req_openai_to_gemini(
+    ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *req);
+ngx_smartflow_json_t *ngx_smartflow_xlate_resp_gemini_to_openai(
+    ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *resp);
+ngx_int_t ngx_smartflow_xlate_stream_gemini_to_openai(
+    ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
+    ngx_str_t *event, ngx_smartflow_json_t *data, ngx_array_t *out);
+ngx_int_t ngx_smartflow_xlate_stream_end_gemini_openai(
+    ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
+    ngx_uint_t broken, ngx_array_t *out);
+
+
 #endif /* _NGX_HTTP_SMARTFLOW_TRANSLATE_H_INCLUDED_ */

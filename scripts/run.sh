@@ -79,8 +79,8 @@ if [ -n "${OPENAI_API_KEY:-}${OPENAI_BASE_URL:-}" ]; then
         'gpt-*' 'o1*' 'o3*' 'o4*' 'chatgpt-*' 'text-embedding-*'
 fi
 
-# Anthropic natively (Messages API; the Anthropic SDK's base URL has no
-# /v1); Gemini through its OpenAI-compatible layer under /v1beta/openai
+# Anthropic and Gemini natively (Messages API, generateContent); as their
+# SDKs read them, neither base URL carries the API version
 if [ -n "${ANTHROPIC_API_KEY:-}${ANTHROPIC_BASE_URL:-}" ]; then
     url=${ANTHROPIC_BASE_URL:-https://api.anthropic.com}
     add_provider anthropic anthropic ANTHROPIC_API_KEY "${url%/}/v1" /v1 \
@@ -89,8 +89,8 @@ fi
 
 if [ -n "${GEMINI_API_KEY:-}${GEMINI_BASE_URL:-}" ]; then
     url=${GEMINI_BASE_URL:-https://generativelanguage.googleapis.com}
-    add_provider gemini openai GEMINI_API_KEY "${url%/}/v1beta/openai" \
-        /v1beta/openai 'gemini-*'
+    add_provider gemini gemini GEMINI_API_KEY "${url%/}/v1beta" /v1beta \
+        'gemini-*'
 fi
 
 for f in "$top"/conf/*.conf; do

@@ -1,0 +1,2454 @@
+/*
+ * Translation between OpenAI Chat Completions and Gemini generateContent:
+ * the request (the model goes in the URL, not the body), the whole
+ * response, and the alt=sse stream one event at a time.  As in the
+ * Anthropic translation, new trees are built in x->pool and never link
+ * the nodes of their input, only its string bytes; each stream chunk is
+ * sized by a first pass of its writer and written by a second, every
+ * provider string escaped.  Error bodies need nothing here:
+ * ngx_smartflow_xlate_error_to_openai() reads Gemini's {"error":{"code",
+ * "message","status"}}.
+ */
+
+#include "ngx_http_smartflow_translate.h"
+
+
+#define NGX_SFG_SCHEMA_DEPTH   32
+#define NGX_SFG_SCHEMA_NODES   100000
+
+/*
+ * Gemini 3 refuses a replayed function call without the thought signature
+ * its answer carried; OpenAI clients cannot keep one, and Gemini documents
+ * this value as the way to replay calls it did not sign.
+ */
+#define NGX_SFG_NO_SIGNATURE   "skip_thought_signature_validator"
+
+#define NGX_SFG_STREAM_BROKEN                                                \
+    "The provider's stream ended before completion."
+
+
+/* the OpenAI chunks a Gemini stream becomes */
+enum {
+    NGX_SFG_CHUNK_ROLE = 0,
+    NGX_SFG_CHUNK_TEXT,
+    NGX_SFG_CHUNK_TOOL,
+    NGX_SFG_CHUNK_FINISH,
+    NGX_SFG_CHUNK_USAGE,
+    NGX_SFG_CHUNK_ERROR
+};
+
+
+typedef struct {
+    ngx_uint_t                  kind;
+    ngx_str_t                   text;       /* content, reason or message */
+    ngx_str_t                   id;         /* a tool call's */
+    ngx_str_t                   name;
+    ngx_str_t                   args;
+    ngx_uint_t                  index;
+    char                       *type;       /* an error's */
+    char                       *code;
+} ngx_sfg_chunk_t;
+
+
+/* counts the bytes while p is NULL, writes them once p is set */
+typedef struct {
+    u_char                     *p;
+    size_t                      len;
+} ngx_sfg_writer_t;
+
+
+/* JSON schemas cleaned for Gemini, within one request's node budget */
+typedef struct {
+    ngx_smartflow_xlate_t      *x;
+    ngx_smartflow_json_t       *root;       /* what "$ref"s point into */
+    ngx_uint_t                  budget;
+} ngx_sfg_schema_t;
+
+
+typedef struct {
+    char                       *status;
+    char                       *type;
+    char                       *code;
+} ngx_sfg_error_t;
+
+
+/* Gemini's error statuses with the type and code OpenAI clients expect */
+static ngx_sfg_error_t  ngx_sfg_errors[] = {
+    { "INVALID_ARGUMENT", "invalid_request_error", NULL },
+    { "FAILED_PRECONDITION", "invalid_request_error", NULL },
+    { "OUT_OF_RANGE", "invalid_request_error", NULL },
+    { "UNAUTHENTICATED", "invalid_request_error", "invalid_api_key" },
+    { "PERMISSION_DENIED", "permission_error", NULL },
+    { "NOT_FOUND", "invalid_request_error", "not_found" },
+    { "RESOURCE_EXHAUSTED", "rate_limit_error", "rate_limit_exceeded" },
+    { "UNAVAILABLE", "api_error", "overloaded" },
+    { NULL, "api_error", NULL }
+};
+
+
+/* JSON Schema keywords Gemini's Schema does not know: it refuses them */
+static char  *ngx_sfg_schema_drop[] = {
+    "$schema", "$id", "$anchor", "$comment", "$defs", "definitions",
+    "additionalProperties", "unevaluatedProperties", "patternProperties",
+    "propertyNames", "dependentRequired", "dependentSchemas",
+    "additionalItems", "unevaluatedItems", "prefixItems", "contains",
+    "minContains", "maxContains", "uniqueItems", "const", "examples",
+    "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "not", "if",
+    "then", "else", "readOnly", "writeOnly", "deprecated",
+    "contentEncoding", "contentMediaType", "strict", NULL
+};
+
+
+/* the only formats Gemini accepts, for strings and numbers */
+static char  *ngx_sfg_schema_formats[] = {
+    "enum", "date-time", "int32", "int64", "float", "double", NULL
+};
+
+
+/* finish reasons that mean the answer was blocked */
+static char  *ngx_sfg_filtered[] = {
+    "SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII",
+    "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", NULL
+};
+
+
+/* media types of the files a URL may name, by extension */
+static char  *ngx_sfg_mime_types[] = {
+    "png", "image/png",
+    "jpg", "image/jpeg",
+    "jpeg", "image/jpeg",
+    "gif", "image/gif",
+    "webp", "image/webp",
+    "heic", "image/heic",
+    "heif", "image/heif",
+    "pdf", "application/pdf",
+    NULL
+};
+
+
+/* tree helpers */
+
+static ngx_int_t
+ngx_sfg_fail(ngx_smartflow_xlate_t *x, char *msg)
+{
+    x->err.data = (u_char *) msg;
+    x->err.len = ngx_strlen(msg);
+
+    return NGX_ERROR;
+}
+
+
+static ngx_smartflow_json_t *
+ngx_sfg_add(ngx_pool_t *pool, ngx_smartflow_json_t *parent, char *key,
+    ngx_smartflow_json_type_e type, ngx_str_t *str)
+{
+    ngx_smartflow_json_t  *j;
+
+    j = ngx_smartflow_json_new(pool, type, str);
+
+    if (j && parent) {
+        ngx_smartflow_json_append(parent, key, j);
+    }
+
+    return j;
+}
+
+
+static ngx_smartflow_json_t *
+ngx_sfg_add_lit(ngx_pool_t *pool, ngx_smartflow_json_t *parent, char *key,
+    char *lit)
+{
+    ngx_str_t  s;
+
+    s.data = (u_char *) lit;
+    s.len = ngx_strlen(lit);
+
+    return ngx_sfg_add(pool, parent, key, NGX_SMARTFLOW_JSON_STRING, &s);
+}
+
+
+static ngx_smartflow_json_t *
+ngx_sfg_add_num(ngx_pool_t *pool, ngx_smartflow_json_t *parent, char *key,
+    ngx_uint_t n)
+{
+    u_char     *p;
+    ngx_str_t   s;
+
+    p = ngx_pnalloc(pool, NGX_INT_T_LEN);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    s.data = p;
+    s.len = ngx_sprintf(p, "%ui", n) - p;
+
+    return ngx_sfg_add(pool, parent, key, NGX_SMARTFLOW_JSON_NUMBER, &s);
+}
+
+
+/* a member under a new name, when the source has it as a number */
+static ngx_int_t
+ngx_sfg_add_number(ngx_pool_t *pool, ngx_smartflow_json_t *dst, char *key,
+    ngx_smartflow_json_t *src, char *from)
+{
+    ngx_smartflow_json_t  *v;
+
+    v = ngx_smartflow_json_get(src, from);
+
+    if (v == NULL || v->type != NGX_SMARTFLOW_JSON_NUMBER) {
+        return NGX_OK;
+    }
+
+    return ngx_sfg_add(pool, dst, key, NGX_SMARTFLOW_JSON_NUMBER, &v->str)
+           ? NGX_OK : NGX_ERROR;
+}
+
+
+/*
+ * A deep copy keeping the member name; string bytes are shared.  With a
+ * budget, each node spends one, and NULL means it ran out (or memory did).
+ */
+static ngx_smartflow_json_t *
+ngx_sfg_copy(ngx_pool_t *pool, ngx_smartflow_json_t *src, ngx_uint_t *budget)
+{
+    ngx_smartflow_json_t  *j, *c, *cc;
+
+    if (budget) {
+        if (*budget == 0) {
+            return NULL;
+        }
+
+        (*budget)--;
+    }
+
+    j = ngx_smartflow_json_new(pool, src->type, &src->str);
+    if (j == NULL) {
+        return NULL;
+    }
+
+    j->key = src->key;
+
+    for (c = src->child; c; c = c->next) {
+        cc = ngx_sfg_copy(pool, c, budget);
+        if (cc == NULL) {
+            return NULL;
+        }
+
+        ngx_smartflow_json_append(j, NULL, cc);
+    }
+
+    return j;
+}
+
+
+static ngx_uint_t
+ngx_sfg_eq(ngx_str_t *s, char *lit)
+{
+    size_t  len;
+
+    len = ngx_strlen(lit);
+
+    return s->len == len
+           && (len == 0 || ngx_memcmp(s->data, lit, len) == 0);
+}
+
+
+static ngx_uint_t
+ngx_sfg_is(ngx_smartflow_json_t *j, char *lit)
+{
+    return ngx_smartflow_json_is_string(j) && ngx_sfg_eq(&j->str, lit);
+}
+
+
+static ngx_uint_t
+ngx_sfg_type_is(ngx_smartflow_json_t *obj, char *type)
+{
+    return ngx_sfg_is(ngx_smartflow_json_get(obj, "type"), type);
+}
+
+
+static ngx_uint_t
+ngx_sfg_present(ngx_smartflow_json_t *j)
+{
+    return j != NULL && j->type != NGX_SMARTFLOW_JSON_NULL;
+}
+
+
+static ngx_uint_t
+ngx_sfg_one_of(ngx_str_t *s, char **list)
+{
+    for ( /* void */ ; *list; list++) {
+        if (ngx_sfg_eq(s, *list)) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/* a token count: the leading digits of a number, 0 for anything else */
+static ngx_uint_t
+ngx_sfg_uint(ngx_smartflow_json_t *j)
+{
+    size_t      i;
+    ngx_uint_t  n;
+
+    if (j == NULL || j->type != NGX_SMARTFLOW_JSON_NUMBER) {
+        return 0;
+    }
+
+    n = 0;
+
+    for (i = 0; i < j->str.len; i++) {
+        if (j->str.data[i] < '0' || j->str.data[i] > '9'
+            || n >= NGX_MAX_INT_T_VALUE / 10)
+        {
+            break;
+        }
+
+        n = n * 10 + (j->str.data[i] - '0');
+    }
+
+    return n;
+}
+
+
+/* dst = a + b, b possibly empty */
+static ngx_int_t
+ngx_sfg_concat(ngx_pool_t *pool, ngx_str_t *dst, char *a, ngx_str_t *b)
+{
+    size_t   alen;
+    u_char  *p;
+
+    alen = ngx_strlen(a);
+
+    p = ngx_pnalloc(pool, alen + b->len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    dst->data = p;
+    p = ngx_cpymem(p, a, alen);
+
+    if (b->len) {
+        p = ngx_cpymem(p, b->data, b->len);
+    }
+
+    dst->len = p - dst->data;
+
+    return NGX_OK;
+}
+
+
+/* appends add to dst after sep; an empty add changes nothing */
+static ngx_int_t
+ngx_sfg_append(ngx_pool_t *pool, ngx_str_t *dst, char *sep, ngx_str_t *add)
+{
+    size_t   slen;
+    u_char  *p;
+
+    if (add->len == 0) {
+        return NGX_OK;
+    }
+
+    if (dst->len == 0) {
+        *dst = *add;
+        return NGX_OK;
+    }
+
+    slen = ngx_strlen(sep);
+
+    p = ngx_pnalloc(pool, dst->len + slen + add->len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(p, dst->data, dst->len);
+    ngx_memcpy(p + dst->len, sep, slen);
+    ngx_memcpy(p + dst->len + slen, add->data, add->len);
+
+    dst->data = p;
+    dst->len += slen + add->len;
+
+    return NGX_OK;
+}
+
+
+/* the text of a string content, or of an array's text parts, joined */
+static ngx_int_t
+ngx_sfg_text_of(ngx_pool_t *pool, ngx_smartflow_json_t *content, char *sep,
+    ngx_str_t *out)
+{
+    ngx_smartflow_json_t  *c, *t;
+
+    ngx_str_null(out);
+
+    if (ngx_smartflow_json_is_string(content)) {
+        *out = content->str;
+        return NGX_OK;
+    }
+
+    if (content == NULL || content->type != NGX_SMARTFLOW_JSON_ARRAY) {
+        return NGX_OK;
+    }
+
+    for (c = content->child; c; c = c->next) {
+        t = ngx_sfg_type_is(c, "text") ? ngx_smartflow_json_get(c, "text")
+                                       : c;
+
+        if (ngx_smartflow_json_is_string(t)
+            && ngx_sfg_append(pool, out, sep, &t->str) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/* "data:image/png;base64,AAAA" -> its media type and its payload */
+static ngx_int_t
+ngx_sfg_data_url(ngx_str_t *url, ngx_str_t *mime, ngx_str_t *data)
+{
+    u_char  *p, *last, *comma;
+
+    if (url->len < 5 || ngx_memcmp(url->data, "data:", 5) != 0) {
+        return NGX_DECLINED;
+    }
+
+    p = url->data + 5;
+    last = url->data + url->len;
+
+    comma = ngx_strlchr(p, last, ',');
+
+    /* only base64 payloads: Gemini's inlineData is bytes */
+    if (comma == NULL || comma - p < 8
+        || ngx_memcmp(comma - 7, ";base64", 7) != 0)
+    {
+        return NGX_DECLINED;
+    }
+
+    mime->data = p;
+    mime->len = ngx_strlchr(p, comma, ';') - p;
+
+    data->data = comma + 1;
+    data->len = last - comma - 1;
+
+    return mime->len ? NGX_OK : NGX_DECLINED;
+}
+
+
+static ngx_uint_t
+ngx_sfg_http_url(ngx_str_t *url)
+{
+    return (url->len > 7 && ngx_memcmp(url->data, "http://", 7) == 0)
+           || (url->len > 8 && ngx_memcmp(url->data, "https://", 8) == 0);
+}
+
+
+/* a media type from the URL path's extension, JPEG when it says none */
+static char *
+ngx_sfg_mime_guess(ngx_str_t *url)
+{
+    u_char  *p, *end, *ext;
+    size_t   len, i;
+    char   **m;
+
+    end = url->data + url->len;
+
+    for (p = url->data; p < end; p++) {
+        if (*p == '?' || *p == '#') {
+            break;
+        }
+    }
+
+    end = p;
+    ext = NULL;
+
+    for (p = url->data; p < end; p++) {
+        if (*p == '/') {
+            ext = NULL;
+
+        } else if (*p == '.') {
+            ext = p + 1;
+        }
+    }
+
+    if (ext == NULL) {
+        return "image/jpeg";
+    }
+
+    len = end - ext;
+
+    for (m = ngx_sfg_mime_types; *m; m += 2) {
+        if (ngx_strlen(m[0]) != len) {
+            continue;
+        }
+
+        for (i = 0; i < len; i++) {
+            if (ngx_tolower(ext[i]) != (u_char) m[0][i]) {
+                break;
+            }
+        }
+
+        if (i == len) {
+            return m[1];
+        }
+    }
+
+    return "image/jpeg";
+}
+
+
+/* JSON schemas: keywords Gemini refuses dropped, "$ref"s inlined */
+
+static ngx_smartflow_json_t *ngx_sfg_schema(ngx_sfg_schema_t *sc,
+    ngx_smartflow_json_t *s, ngx_uint_t depth);
+
+
+static ngx_smartflow_json_t *
+ngx_sfg_schema_node(ngx_sfg_schema_t *sc, ngx_smartflow_json_type_e type,
+    ngx_str_t *str)
+{
+    ngx_smartflow_json_t  *j;
+
+    if (sc->budget == 0) {
+        (void) ngx_sfg_fail(sc->x, "the tool schemas expand too far");
+        return NULL;
+    }
+
+    sc->budget--;
+
+    j = ngx_smartflow_json_new(sc->x->pool, type, str);
+    if (j == NULL) {
+        (void) ngx_sfg_fail(sc->x, "out of memory");
+    }
+
+    return j;
+}
+
+
+static ngx_smartflow_json_t *
+ngx_sfg_schema_copy(ngx_sfg_schema_t *sc, ngx_smartflow_json_t *src)
+{
+    ngx_smartflow_json_t  *j;
+
+    j = ngx_sfg_copy(sc->x->pool, src, &sc->budget);
+
+    if (j == NULL) {
+        (void) ngx_sfg_fail(sc->x, sc->budget ? "out of memory"
+                                   : "the tool schemas expand too far");
+    }
+
+    return j;
+}
+
+
+/* "#/$defs/NAME", "#/definitions/NAME" or "#" in the tool's schema */
+static ngx_smartflow_json_t *
+ngx_sfg_schema_ref(ngx_smartflow_json_t *root, ngx_smartflow_json_t *ref)
+{
+    ngx_str_t              name;
+    ngx_smartflow_json_t  *defs, *c, *found;
+
+    if (!ngx_smartflow_json_is_string(ref)) {
+        return NULL;
+    }
+
+    name = ref->str;
+
+    if (ngx_sfg_eq(&name, "#")) {
+        return root;
+    }
+
+    if (name.len > 8 && ngx_memcmp(name.data, "#/$defs/", 8) == 0) {
+        defs = ngx_smartflow_json_get(root, "$defs");
+        name.data += 8;
+        name.len -= 8;
+
+    } else if (name.len > 14
+               && ngx_memcmp(name.data, "#/definitions/", 14) == 0)
+    {
+        defs = ngx_smartflow_json_get(root, "definitions");
+        name.data += 14;
+        name.len -= 14;
+
+    } else {
+        return NULL;
+    }
+
+    if (defs == NULL || defs->type != NGX_SMARTFLOW_JSON_OBJECT) {
+        return NULL;
+    }
+
+    found = NULL;
+
+    for (c = defs->child; c; c = c->next) {
+        if (c->key.len == name.len
+            && ngx_memcmp(c->key.data, name.data, name.len) == 0)
+        {
+            found = c;
+        }
+    }
+
+    return found;
+}
+
+
+/* ["string", "null"] -> "type": "string", "nullable": true */
+static ngx_int_t
+ngx_sfg_schema_type(ngx_sfg_schema_t *sc, ngx_smartflow_json_t *s,
+    ngx_smartflow_json_t *types, ngx_smartflow_json_t *o)
+{
+    ngx_uint_t             nullable;
+    ngx_smartflow_json_t  *t, *first, *j;
+
+    first = NULL;
+    nullable = 0;
+
+    for (t = types->child; t; t = t->next) {
+        if (ngx_sfg_is(t, "null")) {
+            nullable = 1;
+
+        } else if (first == NULL && ngx_smartflow_json_is_string(t)) {
+            first = t;
+        }
+    }
+
+    if (first) {
+        j = ngx_sfg_schema_node(sc, NGX_SMARTFLOW_JSON_STRING, &first->str);
+        if (j == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_smartflow_json_append(o, "type", j);
+    }
+
+    if (nullable && ngx_smartflow_json_get(s, "nullable") == NULL) {
+        j = ngx_sfg_schema_node(sc, NGX_SMARTFLOW_JSON_TRUE, NULL);
+        if (j == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_smartflow_json_append(o, "nullable", j);
+    }
+
+    return NGX_OK;
+}
+
+
+/* one subschema, or an array of them (items, anyOf, oneOf, allOf) */
+static ngx_smartflow_json_t *
+ngx_sfg_schema_sub(ngx_sfg_schema_t *sc, ngx_smartflow_json_t *c,
+    ngx_uint_t depth)
+{
+    ngx_smartflow_json_t  *a, *e, *v;
+
+    if (c->type == NGX_SMARTFLOW_JSON_OBJECT) {
+        return ngx_sfg_schema(sc, c, depth + 1);
+    }
+
+    if (c->type != NGX_SMARTFLOW_JSON_ARRAY) {
+        return ngx_sfg_schema_copy(sc, c);
+    }
+
+    a = ngx_sfg_schema_node(sc, NGX_SMARTFLOW_JSON_ARRAY, NULL);
+    if (a == NULL) {
+        return NULL;
+    }
+
+    for (e = c->child; e; e = e->next) {
+        v = ngx_sfg_schema(sc, e, depth + 1);
+        if (v == NULL) {
+            return NULL;
+        }
+
+        ngx_smartflow_json_append(a, NULL, v);
+    }
+
+    return a;
+}
+
+
+static ngx_smartflow_json_t *
+ngx_sfg_schema(ngx_sfg_schema_t *sc, ngx_smartflow_json_t *s,
+    ngx_uint_t depth)
+{
+    ngx_smartflow_json_t  *o, *c, *v, *p, *t;
+
+    if (depth > NGX_SFG_SCHEMA_DEPTH) {
+        (void) ngx_sfg_fail(sc->x, "a tool schema nests too deeply");
+        return NULL;
+    }
+
+    if (s->type != NGX_SMARTFLOW_JSON_OBJECT) {
+        return ngx_sfg_schema_copy(sc, s);
+    }
+
+    v = ngx_smartflow_json_get(s, "$ref");
+
+    if (v) {
+        t = ngx_sfg_schema_ref(sc->root, v);
+        if (t == NULL) {
+            (void) ngx_sfg_fail(sc->x, "a tool schema's '$ref' does not "
+                                       "name one of its '$defs'");
+            return NULL;
+        }
+
+        o = ngx_sfg_schema(sc, t, depth + 1);
+        if (o == NULL) {
+            return NULL;
+        }
+
+        /* the description beside a reference is the more precise one */
+        v = ngx_smartflow_json_get(s, "description");
+
+        if (ngx_smartflow_json_is_string(v)
+            && o->type == NGX_SMARTFLOW_JSON_OBJECT
+            && ngx_smartflow_json_set_str(sc->x->pool, o, "description",
+                                          &v->str)
+               != NGX_OK)
+        {
+            (void) ngx_sfg_fail(sc->x, "out of memory");
+            return NULL;
+        }
+
+        return o;
+    }
+
+    o = ngx_sfg_schema_node(sc, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    if (o == NULL) {
+        return NULL;
+    }
+
+    for (c = s->child; c; c = c->next) {
+
+        if (ngx_sfg_one_of(&c->key, ngx_sfg_schema_drop)) {
+            continue;
+        }
+
+        if (ngx_sfg_eq(&c->key, "type")
+            && c->type == NGX_SMARTFLOW_JSON_ARRAY)
+        {
+            if (ngx_sfg_schema_type(sc, s, c, o) != NGX_OK) {
+                return NULL;
+            }
+
+            continue;
+        }
+
+        if (ngx_sfg_eq(&c->key, "format")
+            && !(ngx_smartflow_json_is_string(c)
+                 && ngx_sfg_one_of(&c->str, ngx_sfg_schema_formats)))
+        {
+            continue;
+        }
+
+        if (ngx_sfg_eq(&c->key, "properties")
+            && c->type == NGX_SMARTFLOW_JSON_OBJECT)
+        {
+            /* the members are property names, each with its schema */
+            v = ngx_sfg_schema_node(sc, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+            if (v == NULL) {
+                return NULL;
+            }
+
+            for (p = c->child; p; p = p->next) {
+                t = ngx_sfg_schema(sc, p, depth + 1);
+                if (t == NULL) {
+                    return NULL;
+                }
+
+                t->key = p->key;
+                ngx_smartflow_json_append(v, NULL, t);
+            }
+
+        } else if (ngx_sfg_eq(&c->key, "items")
+                   || ngx_sfg_eq(&c->key, "anyOf")
+                   || ngx_sfg_eq(&c->key, "oneOf")
+                   || ngx_sfg_eq(&c->key, "allOf"))
+        {
+            v = ngx_sfg_schema_sub(sc, c, depth);
+
+        } else {
+            /* enum, required, default, example ... are values */
+            v = ngx_sfg_schema_copy(sc, c);
+        }
+
+        if (v == NULL) {
+            return NULL;
+        }
+
+        v->key = c->key;
+        ngx_smartflow_json_append(o, NULL, v);
+    }
+
+    return o;
+}
+
+
+static ngx_smartflow_json_t *
+ngx_sfg_schema_clean(ngx_sfg_schema_t *sc, ngx_smartflow_json_t *root)
+{
+    sc->root = root;
+
+    return ngx_sfg_schema(sc, root, 0);
+}
+
+
+/* requests: OpenAI -> Gemini */
+
+static ngx_int_t
+ngx_sfg_text_part(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *parts,
+    ngx_str_t *text)
+{
+    ngx_smartflow_json_t  *p;
+
+    /* Gemini refuses empty text parts */
+    if (text->len == 0) {
+        return NGX_OK;
+    }
+
+    p = ngx_sfg_add(x->pool, parts, NULL, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    if (p == NULL
+        || ngx_sfg_add(x->pool, p, "text", NGX_SMARTFLOW_JSON_STRING, text)
+           == NULL)
+    {
+        return ngx_sfg_fail(x, "out of memory");
+    }
+
+    return NGX_OK;
+}
+
+
+/* {"inlineData":{"mimeType","data"}} or {"fileData":{"mimeType","fileUri"}} */
+static ngx_int_t
+ngx_sfg_blob_part(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *parts,
+    char *kind, ngx_str_t *mime, char *key, ngx_str_t *value)
+{
+    ngx_smartflow_json_t  *p, *o;
+
+    p = ngx_sfg_add(x->pool, parts, NULL, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    o = p ? ngx_sfg_add(x->pool, p, kind, NGX_SMARTFLOW_JSON_OBJECT, NULL)
+          : NULL;
+
+    if (o == NULL
+        || ngx_sfg_add(x->pool, o, "mimeType", NGX_SMARTFLOW_JSON_STRING,
+                       mime)
+           == NULL
+        || ngx_sfg_add(x->pool, o, key, NGX_SMARTFLOW_JSON_STRING, value)
+           == NULL)
+    {
+        return ngx_sfg_fail(x, "out of memory");
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_sfg_url_part(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *parts,
+    ngx_str_t *url)
+{
+    ngx_str_t  mime, data;
+
+    if (ngx_sfg_data_url(url, &mime, &data) == NGX_OK) {
+        return ngx_sfg_blob_part(x, parts, "inlineData", &mime, "data",
+                                 &data);
+    }
+
+    if (!ngx_sfg_http_url(url)) {
+        return ngx_sfg_fail(x, "an image must be an http(s) URL or a base64 "
+                               "data URL");
+    }
+
+    mime.data = (u_char *) ngx_sfg_mime_guess(url);
+    mime.len = ngx_strlen(mime.data);
+
+    return ngx_sfg_blob_part(x, parts, "fileData", &mime, "fileUri", url);
+}
+
+
+/* an OpenAI message content (string or parts) -> Gemini parts */
+static ngx_int_t
+ngx_sfg_parts(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *content,
+    ngx_smartflow_json_t *parts)
+{
+    ngx_str_t              mime;
+    ngx_smartflow_json_t  *p, *v, *f;
+
+    if (!ngx_sfg_present(content)) {
+        return NGX_OK;
+    }
+
+    if (content->type == NGX_SMARTFLOW_JSON_STRING) {
+        return ngx_sfg_text_part(x, parts, &content->str);
+    }
+
+    if (content->type != NGX_SMARTFLOW_JSON_ARRAY) {
+        return ngx_sfg_fail(x, "a message content must be a string or an "
+                               "array of parts");
+    }
+
+    for (p = content->child; p; p = p->next) {
+
+        if (ngx_sfg_type_is(p, "text") || ngx_sfg_type_is(p, "refusal")) {
+            v = ngx_smartflow_json_get(p, ngx_sfg_type_is(p, "text")
+                                          ? "text" : "refusal");
+            if (!ngx_smartflow_json_is_string(v)) {
+                return ngx_sfg_fail(x, "a text part needs a string 'text'");
+            }
+
+            if (ngx_sfg_text_part(x, parts, &v->str) != NGX_OK) {
+                return NGX_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_sfg_type_is(p, "image_url")) {
+            v = ngx_smartflow_json_get(p, "image_url");
+
+            if (!ngx_smartflow_json_is_string(v)) {
+                v = ngx_smartflow_json_get(v, "url");
+            }
+
+            if (!ngx_smartflow_json_is_string(v)) {
+                return ngx_sfg_fail(x, "an image_url part needs a 'url'");
+            }
+
+            if (ngx_sfg_url_part(x, parts, &v->str) != NGX_OK) {
+                return NGX_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_sfg_type_is(p, "file")) {
+            v = ngx_smartflow_json_get(ngx_smartflow_json_get(p, "file"),
+                                       "file_data");
+
+            if (!ngx_smartflow_json_is_string(v)
+                || ngx_sfg_data_url(&v->str, &mime, &mime) != NGX_OK)
+            {
+                return ngx_sfg_fail(x, "only inline files (a base64 "
+                                       "'file_data') can be sent to this "
+                                       "provider");
+            }
+
+            if (ngx_sfg_url_part(x, parts, &v->str) != NGX_OK) {
+                return NGX_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_sfg_type_is(p, "input_audio")) {
+            f = ngx_smartflow_json_get(p, "input_audio");
+            v = ngx_smartflow_json_get(f, "data");
+            f = ngx_smartflow_json_get(f, "format");
+
+            if (!ngx_smartflow_json_is_string(v)
+                || !ngx_smartflow_json_is_string(f) || f->str.len == 0)
+            {
+                return ngx_sfg_fail(x, "an input_audio part needs 'data' "
+                                       "and 'format'");
+            }
+
+            if (ngx_sfg_concat(x->pool, &mime, "audio/", &f->str) != NGX_OK)
+            {
+                return ngx_sfg_fail(x, "out of memory");
+            }
+
+            if (ngx_sfg_blob_part(x, parts, "inlineData", &mime, "data",
+                                  &v->str)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+
+            continue;
+        }
+
+        return ngx_sfg_fail(x, "a content part type is not supported by "
+                               "this provider");
+    }
+
+    return NGX_OK;
+}
+
+
+/* an OpenAI tool_calls[] entry -> a functionCall part */
+static ngx_int_t
+ngx_sfg_call_part(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *tc,
+    ngx_smartflow_json_t *parts, ngx_uint_t first)
+{
+    ngx_str_t              err;
+    ngx_smartflow_json_t  *fn, *name, *args, *input, *p, *fc;
+
+    fn = ngx_smartflow_json_get(tc, "function");
+    name = ngx_smartflow_json_get(fn, "name");
+
+    if (!ngx_smartflow_json_is_string(name) || name->str.len == 0) {
+        return ngx_sfg_fail(x, "each tool call needs a function name");
+    }
+
+    args = ngx_smartflow_json_get(fn, "arguments");
+    input = NULL;
+
+    if (ngx_smartflow_json_is_string(args) && args->str.len) {
+        /* the model's arguments are not always valid JSON: then {} */
+        input = ngx_smartflow_json_parse(x->pool, args->str.data,
+                                         args->str.len, &err);
+
+    } else if (args && args->type == NGX_SMARTFLOW_JSON_OBJECT) {
+        input = ngx_sfg_copy(x->pool, args, NULL);
+        if (input == NULL) {
+            return ngx_sfg_fail(x, "out of memory");
+        }
+    }
+
+    if (input == NULL || input->type != NGX_SMARTFLOW_JSON_OBJECT) {
+        input = ngx_smartflow_json_new(x->pool, NGX_SMARTFLOW_JSON_OBJECT,
+                                       NULL);
+        if (input == NULL) {
+            return ngx_sfg_fail(x, "out of memory");
+        }
+    }
+
+    p = ngx_sfg_add(x->pool, parts, NULL, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    fc = p ? ngx_sfg_add(x->pool, p, "functionCall",
+                         NGX_SMARTFLOW_JSON_OBJECT, NULL)
+           : NULL;
+
+    if (fc == NULL
+        || ngx_sfg_add(x->pool, fc, "name", NGX_SMARTFLOW_JSON_STRING,
+                       &name->str)
+           == NULL)
+    {
+        return ngx_sfg_fail(x, "out of memory");
+    }
+
+    ngx_smartflow_json_append(fc, "args", input);
+
+    /* Gemini signs the first call of a step only */
+    if (first
+        && ngx_sfg_add_lit(x->pool, p, "thoughtSignature",
+                           NGX_SFG_NO_SIGNATURE)
+           == NULL)
+    {
+        return ngx_sfg_fail(x, "out of memory");
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_sfg_assistant(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *m,
+    ngx_smartflow_json_t *parts)
+{
+    ngx_smartflow_json_t  *calls, *tc;
+
+    if (ngx_sfg_parts(x, ngx_smartflow_json_get(m, "content"), parts)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    calls = ngx_smartflow_json_get(m, "tool_calls");
+
+    if (!ngx_sfg_present(calls)) {
+        return NGX_OK;
+    }
+
+    if (calls->type != NGX_SMARTFLOW_JSON_ARRAY) {
+        return ngx_sfg_fail(x, "'tool_calls' must be an array");
+    }
+
+    for (tc = calls->child; tc; tc = tc->next) {
+        if (ngx_sfg_call_part(x, tc, parts, tc == calls->child) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * Gemini answers a call by the function's name, OpenAI by the call's id:
+ * the name is that of the latest earlier call with the id.
+ */
+static ngx_str_t *
+ngx_sfg_call_name(ngx_smartflow_json_t *msgs, ngx_smartflow_json_t *upto,
+    ngx_str_t *id)
+{
+    ngx_str_t             *found;
+    ngx_smartflow_json_t  *m, *calls, *tc, *v;
+
+    found = NULL;
+
+    for (m = msgs->child; m && m != upto; m = m->next) {
+        calls = ngx_smartflow_json_get(m, "tool_calls");
+
+        if (calls == NULL || calls->type != NGX_SMARTFLOW_JSON_ARRAY
+            || !ngx_sfg_is(ngx_smartflow_json_get(m, "role"), "assistant"))
+        {
+            continue;
+        }
+
+        for (tc = calls->child; tc; tc = tc->next) {
+            v = ngx_smartflow_json_get(tc, "id");
+
+            if (!ngx_smartflow_json_is_string(v)
+                || v->str.len != id->len
+                || ngx_memcmp(v->str.data, id->data, id->len) != 0)
+            {
+                continue;
+            }
+
+            v = ngx_smartflow_json_get(ngx_smartflow_json_get(tc,
+                                                              "function"),
+                                       "name");
+
+            if (ngx_smartflow_json_is_string(v)) {
+                found = &v->str;
+            }
+        }
+    }
+
+    return found;
+}
+
+
+/* a tool message -> a functionResponse part */
+static ngx_int_t
+ngx_sfg_result_part(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *msgs,
+    ngx_smartflow_json_t *m, ngx_smartflow_json_t *parts)
+{
+    u_char                *c, *end;
+    ngx_str_t              text, err, *name;
+    ngx_smartflow_json_t  *id, *v, *response, *p, *fr;
+
+    id = ngx_smartflow_json_get(m, "tool_call_id");
+
+    if (!ngx_smartflow_json_is_string(id) || id->str.len == 0) {
+        return ngx_sfg_fail(x, "a tool message needs a 'tool_call_id'");
+    }
+
+    name = ngx_sfg_call_name(msgs, m, &id->str);
+
+    if (name == NULL) {
+        v = ngx_smartflow_json_get(m, "name");
+
+        if (!ngx_smartflow_json_is_string(v) || v->str.len == 0) {
+            return ngx_sfg_fail(x, "a tool message's 'tool_call_id' "
+                                   "matches no earlier tool call");
+        }
+
+        name = &v->str;
+    }
+
+    if (ngx_sfg_text_of(x->pool, ngx_smartflow_json_get(m, "content"), "\n",
+                        &text)
+        != NGX_OK)
+    {
+        return ngx_sfg_fail(x, "out of memory");
+    }
+
+    /* a result that is a JSON object is the response itself */
+    response = NULL;
+    end = text.data + text.len;
+
+    for (c = text.data; c < end; c++) {
+        if (*c != ' ' && *c != '\t' && *c != '\r' && *c != '\n') {
+            break;
+        }
+    }
+
+    if (c < end && *c == '{') {
+        response = ngx_smartflow_json_parse(x->pool, text.data, text.len,
+                                            &err);
+
+        if (response && response->type != NGX_SMARTFLOW_JSON_OBJECT) {
+            response = NULL;
+        }
+    }
+
+    if (response == NULL) {
+        response = ngx_smartflow_json_new(x->pool, NGX_SMARTFLOW_JSON_OBJECT,
+                                          NULL);
+        if (response == NULL
+            || ngx_sfg_add(x->pool, response, "content",
+                           NGX_SMARTFLOW_JSON_STRING, &text)
+               == NULL)
+        {
+            return ngx_sfg_fail(x, "out of memory");
+        }
+    }
+
+    p = ngx_sfg_add(x->pool, parts, NULL, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    fr = p ? ngx_sfg_add(x->pool, p, "functionResponse",
+                         NGX_SMARTFLOW_JSON_OBJECT, NULL)
+           : NULL;
+
+    if (fr == NULL
+        || ngx_sfg_add(x->pool, fr, "name", NGX_SMARTFLOW_JSON_STRING, name)
+           == NULL)
+    {
+        return ngx_sfg_fail(x, "out of memory");
+    }
+
+    ngx_smartflow_json_append(fr, "response", response);
+
+    return NGX_OK;
+}
+
+
+static ngx_uint_t
+ngx_sfg_is_response(ngx_smartflow_json_t *part)
+{
+    return ngx_smartflow_json_get(part, "functionResponse") != NULL;
+}
+
+
+/*
+ * Adds a part to a turn; a user turn's function responses go before its
+ * other parts, right after the model's calls they answer.
+ */
+static void
+ngx_sfg_add_part(ngx_smartflow_json_t *parts, ngx_smartflow_json_t *p)
+{
+    ngx_smartflow_json_t  *c, *prev;
+
+    if (!ngx_sfg_is_response(p)) {
+        ngx_smartflow_json_append(parts, NULL, p);
+        return;
+    }
+
+    prev = NULL;
+
+    for (c = parts->child; c && ngx_sfg_is_response(c); c = c->next) {
+        prev = c;
+    }
+
+    if (c == NULL) {
+        ngx_smartflow_json_append(parts, NULL, p);
+        return;
+    }
+
+    p->next = c;
+
+    if (prev) {
+        prev->next = p;
+
+    } else {
+        parts->child = p;
+    }
+
+    parts->nchild++;
+}
+
+
+static ngx_int_t
+ngx_sfg_tool_config(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *tc,
+    ngx_smartflow_json_t *out)
+{
+    char                  *mode;
+    ngx_pool_t            *pool;
+    ngx_smartflow_json_t  *name, *cfg, *fcc, *names;
+
+    pool = x->pool;
+    name = NULL;
+
+    if (ngx_sfg_is(tc, "auto")) {
+        mode = "AUTO";
+
+    } else if (ngx_sfg_is(tc, "none")) {
+        mode = "NONE";
+
+    } else if (ngx_sfg_is(tc, "required")) {
+        mode = "ANY";
+
+    } else {
+        name = ngx_smartflow_json_get(ngx_smartflow_json_get(tc, "function"),
+                                      "name");
+
+        if (!ngx_sfg_type_is(tc, "function")
+            || !ngx_smartflow_json_is_string(name))
+        {
+            return ngx_sfg_fail(x, "unsupported 'tool_choice'");
+        }
+
+        mode = "ANY";
+    }
+
+    cfg = ngx_sfg_add(pool, out, "toolConfig", NGX_SMARTFLOW_JSON_OBJECT,
+                      NULL);
+    fcc = cfg ? ngx_sfg_add(pool, cfg, "functionCallingConfig",
+                            NGX_SMARTFLOW_JSON_OBJECT, NULL)
+              : NULL;
+
+    if (fcc == NULL || ngx_sfg_add_lit(pool, fcc, "mode", mode) == NULL) {
+        return ngx_sfg_fail(x, "out of memory");
+    }
+
+    if (name == NULL) {
+        return NGX_OK;
+    }
+
+    names = ngx_sfg_add(pool, fcc, "allowedFunctionNames",
+                        NGX_SMARTFLOW_JSON_ARRAY, NULL);
+    if (names == NULL
+        || ngx_sfg_add(pool, names, NULL, NGX_SMARTFLOW_JSON_STRING,
+                       &name->str)
+           == NULL)
+    {
+        return ngx_sfg_fail(x, "out of memory");
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_sfg_tools(ngx_sfg_schema_t *sc, ngx_smartflow_json_t *req,
+    ngx_smartflow_json_t *out)
+{
+    ngx_pool_t             *pool;
+    ngx_smartflow_xlate_t  *x;
+    ngx_smartflow_json_t   *tools, *t, *fn, *name, *v, *decls, *d, *s;
+    ngx_smartflow_json_t   *props, *tc;
+
+    x = sc->x;
+    pool = x->pool;
+    tools = ngx_smartflow_json_get(req, "tools");
+
+    if (!ngx_sfg_present(tools)) {
+        return NGX_OK;
+    }
+
+    if (tools->type != NGX_SMARTFLOW_JSON_ARRAY) {
+        return ngx_sfg_fail(x, "'tools' must be an array");
+    }
+
+    if (tools->nchild == 0) {
+        return NGX_OK;
+    }
+
+    decls = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_ARRAY, NULL);
+    if (decls == NULL) {
+        return ngx_sfg_fail(x, "out of memory");
+    }
+
+    for (t = tools->child; t; t = t->next) {
+        v = ngx_smartflow_json_get(t, "type");
+
+        if (v && !ngx_sfg_is(v, "function")) {
+            return ngx_sfg_fail(x, "only function tools can be sent to this "
+                                   "provider");
+        }
+
+        fn = ngx_smartflow_json_get(t, "function");
+        name = ngx_smartflow_json_get(fn, "name");
+
+        if (!ngx_smartflow_json_is_string(name) || name->str.len == 0) {
+            return ngx_sfg_fail(x, "each tool needs a function name");
+        }
+
+        d = ngx_sfg_add(pool, decls, NULL, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+        if (d == NULL
+            || ngx_sfg_add(pool, d, "name", NGX_SMARTFLOW_JSON_STRING,
+                           &name->str)
+               == NULL)
+        {
+            return ngx_sfg_fail(x, "out of memory");
+        }
+
+        v = ngx_smartflow_json_get(fn, "description");
+
+        if (ngx_smartflow_json_is_string(v)
+            && ngx_sfg_add(pool, d, "description", NGX_SMARTFLOW_JSON_STRING,
+                           &v->str)
+               == NULL)
+        {
+            return ngx_sfg_fail(x, "out of memory");
+        }
+
+        v = ngx_smartflow_json_get(fn, "parameters");
+
+        if (v == NULL || v->type != NGX_SMARTFLOW_JSON_OBJECT) {
+            continue;
+        }
+
+        s = ngx_sfg_schema_clean(sc, v);
+        if (s == NULL) {
+            return NGX_ERROR;
+        }
+
+        /* Gemini refuses an object without properties: say nothing */
+        props = ngx_smartflow_json_get(s, "properties");
+        v = ngx_smartflow_json_get(s, "type");
+
+        if ((v == NULL || ngx_sfg_is(v, "object"))
+            && (props == NULL || props->nchild == 0)
+            && ngx_smartflow_json_get(s, "anyOf") == NULL)
+        {
+            continue;
+        }
+
+        ngx_smartflow_json_append(d, "parameters", s);
+    }
+
+    t = ngx_sfg_add(pool, out, "tools", NGX_SMARTFLOW_JSON_ARRAY, NULL);
+    d = t ? ngx_sfg_add(pool, t, NULL, NGX_SMARTFLOW_JSON_OBJECT, NULL)
+          : NULL;
+
+    if (d == NULL) {
+        return ngx_sfg_fail(x, "out of memory");
+    }
+
+    ngx_smartflow_json_append(d, "functionDeclarations", decls);
+
+    tc = ngx_smartflow_json_get(req, "tool_choice");
+
+    if (!ngx_sfg_present(tc)) {
+        return NGX_OK;
+    }
+
+    return ngx_sfg_tool_config(x, tc, out);
+}
+
+
+static ngx_int_t
+ngx_sfg_generation(ngx_sfg_schema_t *sc, ngx_smartflow_json_t *req,
+    ngx_smartflow_json_t *out)
+{
+    char                   *max;
+    ngx_pool_t             *pool;
+    ngx_smartflow_xlate_t  *x;
+    ngx_smartflow_json_t   *gc, *v, *s, *c;
+
+    x = sc->x;
+    pool = x->pool;
+
+    /* the translation carries one candidate back */
+    v = ngx_smartflow_json_get(req, "n");
+
+    if (v && v->type == NGX_SMARTFLOW_JSON_NUMBER && ngx_sfg_uint(v) > 1) {
+        return ngx_sfg_fail(x, "this provider returns one choice: 'n' must "
+                               "be 1");
+    }
+
+    gc = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    if (gc == NULL) {
+        return ngx_sfg_fail(x, "out of memory");
+    }
+
+    v = ngx_smartflow_json_get(req, "max_completion_tokens");
+    max = (v && v->type == NGX_SMARTFLOW_JSON_NUMBER)
+          ? "max_completion_tokens" : "max_tokens";
+
+    /*
+     * presence_penalty and frequency_penalty are left out: several Gemini
+     * models refuse any penalty.
+     */
+    if (ngx_sfg_add_number(pool, gc, "temperature", req, "temperature")
+        != NGX_OK
+        || ngx_sfg_add_number(pool, gc, "topP", req, "top_p") != NGX_OK
+        || ngx_sfg_add_number(pool, gc, "maxOutputTokens", req, max)
+           != NGX_OK
+        || ngx_sfg_add_number(pool, gc, "seed", req, "seed") != NGX_OK)
+    {
+        return ngx_sfg_fail(x, "out of memory");
+    }
+
+    v = ngx_smartflow_json_get(req, "stop");
+
+    if ((ngx_smartflow_json_is_string(v) && v->str.len)
+        || (v && v->type == NGX_SMARTFLOW_JSON_ARRAY && v->nchild))
+    {
+        s = ngx_sfg_add(pool, gc, "stopSequences", NGX_SMARTFLOW_JSON_ARRAY,
+                        NULL);
+        if (s == NULL) {
+            return ngx_sfg_fail(x, "out of memory");
+        }
+
+        for (c = (v->type == NGX_SMARTFLOW_JSON_ARRAY) ? v->child : v;
+             c;
+             c = (v->type == NGX_SMARTFLOW_JSON_ARRAY) ? c->next : NULL)
+        {
+            if (ngx_smartflow_json_is_string(c) && c->str.len
+                && ngx_sfg_add(pool, s, NULL, NGX_SMARTFLOW_JSON_STRING,
+                               &c->str)
+                   == NULL)
+            {
+                return ngx_sfg_fail(x, "out of memory");
+            }
+        }
+    }
+
+    v = ngx_smartflow_json_get(req, "response_format");
+
+    if (ngx_sfg_present(v) && !ngx_sfg_type_is(v, "text")) {
+
+        if (!ngx_sfg_type_is(v, "json_object")
+            && !ngx_sfg_type_is(v, "json_schema"))
+        {
+            return ngx_sfg_fail(x, "unsupported 'response_format'");
+        }
+
+        if (ngx_sfg_add_lit(pool, gc, "responseMimeType", "application/json")
+            == NULL)
+        {
+            return ngx_sfg_fail(x, "out of memory");
+        }
+
+        v = ngx_smartflow_json_get(ngx_smartflow_json_get(v, "json_schema"),
+                                   "schema");
+
+        if (v && v->type == NGX_SMARTFLOW_JSON_OBJECT) {
+            s = ngx_sfg_schema_clean(sc, v);
+            if (s == NULL) {
+                return NGX_ERROR;
+            }
+
+            ngx_smartflow_json_append(gc, "responseSchema", s);
+        }
+    }
+
+    if (gc->nchild) {
+        ngx_smartflow_json_append(out, "generationConfig", gc);
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_smartflow_json_t *
+ngx_smartflow_xlate_req_openai_to_gemini(ngx_smartflow_xlate_t *x,
+    ngx_smartflow_json_t *req)
+{
+    ngx_str_t              system, text;
+    ngx_int_t              rc;
+    ngx_uint_t             model, cur_model;
+    ngx_pool_t            *pool;
+    ngx_sfg_schema_t       sc;
+    ngx_smartflow_json_t  *out, *msgs, *contents, *m, *role, *content;
+    ngx_smartflow_json_t  *parts, *cur, *p, *next, *turn, *si;
+
+    pool = x->pool;
+
+    if (req == NULL || req->type != NGX_SMARTFLOW_JSON_OBJECT) {
+        (void) ngx_sfg_fail(x, "the request body must be a JSON object");
+        return NULL;
+    }
+
+    msgs = ngx_smartflow_json_get(req, "messages");
+
+    if (msgs == NULL || msgs->type != NGX_SMARTFLOW_JSON_ARRAY) {
+        (void) ngx_sfg_fail(x, "'messages' must be an array");
+        return NULL;
+    }
+
+    contents = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_ARRAY, NULL);
+    if (contents == NULL) {
+        goto nomem;
+    }
+
+    ngx_str_null(&system);
+    cur = NULL;
+    cur_model = 0;
+
+    for (m = msgs->child; m; m = m->next) {
+        role = ngx_smartflow_json_get(m, "role");
+
+        if (!ngx_smartflow_json_is_string(role)) {
+            (void) ngx_sfg_fail(x, "each message must be an object with a "
+                                   "'role'");
+            return NULL;
+        }
+
+        content = ngx_smartflow_json_get(m, "content");
+
+        /* Gemini has one system instruction, outside the turns */
+        if (ngx_sfg_is(role, "system") || ngx_sfg_is(role, "developer")) {
+            if (ngx_sfg_text_of(pool, content, "\n\n", &text) != NGX_OK
+                || ngx_sfg_append(pool, &system, "\n\n", &text) != NGX_OK)
+            {
+                goto nomem;
+            }
+
+            continue;
+        }
+
+        parts = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_ARRAY, NULL);
+        if (parts == NULL) {
+            goto nomem;
+        }
+
+        if (ngx_sfg_is(role, "user")) {
+            model = 0;
+            rc = ngx_sfg_parts(x, content, parts);
+
+        } else if (ngx_sfg_is(role, "assistant")) {
+            model = 1;
+            rc = ngx_sfg_assistant(x, m, parts);
+
+        } else if (ngx_sfg_is(role, "tool")) {
+            model = 0;
+            rc = ngx_sfg_result_part(x, msgs, m, parts);
+
+        } else {
+            (void) ngx_sfg_fail(x, "a message role must be system, "
+                                   "developer, user, assistant or tool");
+            return NULL;
+        }
+
+        if (rc != NGX_OK) {
+            return NULL;
+        }
+
+        if (parts->nchild == 0) {
+            continue;
+        }
+
+        /* consecutive turns of one role become one */
+        if (cur && cur_model == model) {
+            for (p = parts->child; p; p = next) {
+                next = p->next;
+                ngx_sfg_add_part(cur, p);
+            }
+
+            continue;
+        }
+
+        turn = ngx_sfg_add(pool, contents, NULL, NGX_SMARTFLOW_JSON_OBJECT,
+                           NULL);
+        if (turn == NULL
+            || ngx_sfg_add_lit(pool, turn, "role", model ? "model" : "user")
+               == NULL)
+        {
+            goto nomem;
+        }
+
+        ngx_smartflow_json_append(turn, "parts", parts);
+
+        cur = parts;
+        cur_model = model;
+    }
+
+    if (contents->nchild == 0) {
+        (void) ngx_sfg_fail(x, "the request has no user or assistant "
+                               "message");
+        return NULL;
+    }
+
+    out = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    if (out == NULL) {
+        goto nomem;
+    }
+
+    if (system.len) {
+        si = ngx_sfg_add(pool, out, "systemInstruction",
+                         NGX_SMARTFLOW_JSON_OBJECT, NULL);
+        p = si ? ngx_sfg_add(pool, si, "parts", NGX_SMARTFLOW_JSON_ARRAY,
+                             NULL)
+               : NULL;
+
+        if (p == NULL || ngx_sfg_text_part(x, p, &system) != NGX_OK) {
+            goto nomem;
+        }
+    }
+
+    ngx_smartflow_json_append(out, "contents", contents);
+
+    sc.x = x;
+    sc.root = NULL;
+    sc.budget = NGX_SFG_SCHEMA_NODES;
+
+    if (ngx_sfg_tools(&sc, req, out) != NGX_OK
+        || ngx_sfg_generation(&sc, req, out) != NGX_OK)
+    {
+        return NULL;
+    }
+
+    return out;
+
+nomem:
+
+    (void) ngx_sfg_fail(x, "out of memory");
+    return NULL;
+}
+
+
+/* responses: Gemini -> OpenAI */
+
+static char *
+ngx_sfg_finish(ngx_smartflow_json_t *reason, ngx_uint_t calls)
+{
+    if (ngx_smartflow_json_is_string(reason)) {
+
+        if (ngx_sfg_eq(&reason->str, "MAX_TOKENS")) {
+            return "length";
+        }
+
+        if (ngx_sfg_one_of(&reason->str, ngx_sfg_filtered)) {
+            return "content_filter";
+        }
+    }
+
+    /* STOP, and OTHER, LANGUAGE, MALFORMED_FUNCTION_CALL ... */
+    return calls ? "tool_calls" : "stop";
+}
+
+
+/* an id no other answer shares, for answers without a responseId */
+static ngx_int_t
+ngx_sfg_new_id(ngx_pool_t *pool, ngx_str_t *id)
+{
+    u_char  *p;
+
+    p = ngx_pnalloc(pool, NGX_TIME_T_LEN + NGX_INT_T_LEN + 1);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    id->data = p;
+    id->len = ngx_sprintf(p, "%T%ui", ngx_time(),
+                          (ngx_uint_t) ngx_random() % 1000000000)
+              - p;
+
+    return NGX_OK;
+}
+
+
+/* the functionCall's own id, or "call_" BASE "_" INDEX */
+static ngx_int_t
+ngx_sfg_call_id(ngx_pool_t *pool, ngx_smartflow_json_t *fc, ngx_str_t *base,
+    ngx_uint_t index, ngx_str_t *id)
+{
+    u_char                *p;
+    ngx_smartflow_json_t  *v;
+
+    v = ngx_smartflow_json_get(fc, "id");
+
+    if (ngx_smartflow_json_is_string(v) && v->str.len) {
+        *id = v->str;
+        return NGX_OK;
+    }
+
+    p = ngx_pnalloc(pool, sizeof("call__") - 1 + base->len + NGX_INT_T_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    id->data = p;
+    id->len = ngx_sprintf(p, "call_%V_%ui", base, index) - p;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_sfg_call_args(ngx_pool_t *pool, ngx_smartflow_json_t *fc,
+    ngx_str_t *args)
+{
+    ngx_smartflow_json_t  *v;
+
+    v = ngx_smartflow_json_get(fc, "args");
+
+    if (v == NULL || v->type != NGX_SMARTFLOW_JSON_OBJECT) {
+        ngx_str_set(args, "{}");
+        return NGX_OK;
+    }
+
+    return ngx_smartflow_json_dump(pool, v, args);
+}
+
+
+static ngx_int_t
+ngx_sfg_oa_call(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *fc,
+    ngx_str_t *base, ngx_smartflow_json_t *calls)
+{
+    ngx_str_t              id, args;
+    ngx_pool_t            *pool;
+    ngx_smartflow_json_t  *name, *c, *fn;
+
+    pool = x->pool;
+    name = ngx_smartflow_json_get(fc, "name");
+
+    if (!ngx_smartflow_json_is_string(name)) {
+        return ngx_sfg_fail(x, "a functionCall part has no name");
+    }
+
+    if (ngx_sfg_call_id(pool, fc, base, calls->nchild, &id) != NGX_OK
+        || ngx_sfg_call_args(pool, fc, &args) != NGX_OK)
+    {
+        return ngx_sfg_fail(x, "out of memory");
+    }
+
+    c = ngx_sfg_add(pool, calls, NULL, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    if (c == NULL
+        || ngx_sfg_add(pool, c, "id", NGX_SMARTFLOW_JSON_STRING, &id) == NULL
+        || ngx_sfg_add_lit(pool, c, "type", "function") == NULL)
+    {
+        return ngx_sfg_fail(x, "out of memory");
+    }
+
+    fn = ngx_sfg_add(pool, c, "function", NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    if (fn == NULL
+        || ngx_sfg_add(pool, fn, "name", NGX_SMARTFLOW_JSON_STRING,
+                       &name->str)
+           == NULL
+        || ngx_sfg_add(pool, fn, "arguments", NGX_SMARTFLOW_JSON_STRING,
+                       &args)
+           == NULL)
+    {
+        return ngx_sfg_fail(x, "out of memory");
+    }
+
+    return NGX_OK;
+}
+
+
+/* usageMetadata: tool-use prompts are input, thoughts are output */
+static void
+ngx_sfg_usage(ngx_smartflow_json_t *u, ngx_uint_t *in, ngx_uint_t *out,
+    ngx_uint_t *cached, ngx_uint_t *thoughts)
+{
+    *cached = ngx_sfg_uint(ngx_smartflow_json_get(u,
+                                                  "cachedContentTokenCount"));
+    *thoughts = ngx_sfg_uint(ngx_smartflow_json_get(u,
+                                                    "thoughtsTokenCount"));
+
+    *in = ngx_sfg_uint(ngx_smartflow_json_get(u, "promptTokenCount"))
+          + ngx_sfg_uint(ngx_smartflow_json_get(u,
+                                                "toolUsePromptTokenCount"));
+    *out = ngx_sfg_uint(ngx_smartflow_json_get(u, "candidatesTokenCount"))
+           + *thoughts;
+}
+
+
+ngx_smartflow_json_t *
+ngx_smartflow_xlate_resp_gemini_to_openai(ngx_smartflow_xlate_t *x,
+    ngx_smartflow_json_t *resp)
+{
+    ngx_str_t              text, id, base;
+    ngx_uint_t             in, outk, cached, thoughts;
+    ngx_pool_t            *pool;
+    ngx_smartflow_json_t  *out, *cand, *parts, *p, *v, *calls, *choices;
+    ngx_smartflow_json_t  *ch, *msg, *usage, *d, *blocked;
+
+    pool = x->pool;
+
+    if (resp == NULL || resp->type != NGX_SMARTFLOW_JSON_OBJECT) {
+        (void) ngx_sfg_fail(x, "the provider's response is not a JSON "
+                               "object");
+        return NULL;
+    }
+
+    v = ngx_smartflow_json_get(resp, "candidates");
+    cand = (v && v->type == NGX_SMARTFLOW_JSON_ARRAY) ? v->child : NULL;
+
+    /* a prompt Gemini refused has feedback instead of candidates */
+    blocked = ngx_smartflow_json_get(ngx_smartflow_json_get(resp,
+                                                           "promptFeedback"),
+                                     "blockReason");
+
+    if (cand == NULL && !ngx_sfg_present(blocked)) {
+        (void) ngx_sfg_fail(x, "the provider's response has no candidates");
+        return NULL;
+    }
+
+    v = ngx_smartflow_json_get(resp, "responseId");
+
+    if (ngx_smartflow_json_is_string(v) && v->str.len) {
+        base = v->str;
+
+    } else if (ngx_sfg_new_id(pool, &base) != NGX_OK) {
+        goto nomem;
+    }
+
+    calls = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_ARRAY, NULL);
+    if (calls == NULL) {
+        goto nomem;
+    }
+
+    ngx_str_null(&text);
+
+    parts = ngx_smartflow_json_get(ngx_smartflow_json_get(cand, "content"),
+                                   "parts");
+
+    for (p = (parts && parts->type == NGX_SMARTFLOW_JSON_ARRAY)
+             ? parts->child : NULL;
+         p;
+         p = p->next)
+    {
+        /* thought summaries are not the answer */
+        v = ngx_smartflow_json_get(p, "thought");
+
+        if (v && v->type == NGX_SMARTFLOW_JSON_TRUE) {
+            continue;
+        }
+
+        v = ngx_smartflow_json_get(p, "text");
+
+        if (ngx_smartflow_json_is_string(v)
+            && ngx_sfg_append(pool, &text, "", &v->str) != NGX_OK)
+        {
+            goto nomem;
+        }
+
+        v = ngx_smartflow_json_get(p, "functionCall");
+
+        if (v && v->type == NGX_SMARTFLOW_JSON_OBJECT
+            && ngx_sfg_oa_call(x, v, &base, calls) != NGX_OK)
+        {
+            return NULL;
+        }
+    }
+
+    if (ngx_sfg_concat(pool, &id, "chatcmpl-", &base) != NGX_OK) {
+        goto nomem;
+    }
+
+    out = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    if (out == NULL
+        || ngx_sfg_add(pool, out, "id", NGX_SMARTFLOW_JSON_STRING, &id)
+           == NULL
+        || ngx_sfg_add_lit(pool, out, "object", "chat.completion") == NULL
+        || ngx_sfg_add_num(pool, out, "created", (ngx_uint_t) ngx_time())
+           == NULL
+        || ngx_sfg_add(pool, out, "model", NGX_SMARTFLOW_JSON_STRING,
+                       &x->model)
+           == NULL)
+    {
+        goto nomem;
+    }
+
+    choices = ngx_sfg_add(pool, out, "choices", NGX_SMARTFLOW_JSON_ARRAY,
+                          NULL);
+    ch = choices ? ngx_sfg_add(pool, choices, NULL, NGX_SMARTFLOW_JSON_OBJECT,
+                               NULL)
+                 : NULL;
+    if (ch == NULL || ngx_sfg_add_num(pool, ch, "index", 0) == NULL) {
+        goto nomem;
+    }
+
+    msg = ngx_sfg_add(pool, ch, "message", NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    if (msg == NULL
+        || ngx_sfg_add_lit(pool, msg, "role", "assistant") == NULL
+        || (text.len == 0 && calls->nchild
+            ? ngx_sfg_add(pool, msg, "content", NGX_SMARTFLOW_JSON_NULL, NULL)
+            : ngx_sfg_add(pool, msg, "content", NGX_SMARTFLOW_JSON_STRING,
+                          &text))
+           == NULL)
+    {
+        goto nomem;
+    }
+
+    if (calls->nchild) {
+        ngx_smartflow_json_append(msg, "tool_calls", calls);
+    }
+
+    if (ngx_sfg_add_lit(pool, ch, "finish_reason",
+                        cand ? ngx_sfg_finish(ngx_smartflow_json_get(cand,
+                                                              "finishReason"),
+                                              calls->nchild)
+                             : "content_filter")
+        == NULL)
+    {
+        goto nomem;
+    }
+
+    ngx_sfg_usage(ngx_smartflow_json_get(resp, "usageMetadata"), &in, &outk,
+                  &cached, &thoughts);
+
+    usage = ngx_sfg_add(pool, out, "usage", NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    if (usage == NULL
+        || ngx_sfg_add_num(pool, usage, "prompt_tokens", in) == NULL
+        || ngx_sfg_add_num(pool, usage, "completion_tokens", outk) == NULL
+        || ngx_sfg_add_num(pool, usage, "total_tokens", in + outk) == NULL)
+    {
+        goto nomem;
+    }
+
+    if (cached) {
+        d = ngx_sfg_add(pool, usage, "prompt_tokens_details",
+                        NGX_SMARTFLOW_JSON_OBJECT, NULL);
+        if (d == NULL
+            || ngx_sfg_add_num(pool, d, "cached_tokens", cached) == NULL)
+        {
+            goto nomem;
+        }
+    }
+
+    if (thoughts) {
+        d = ngx_sfg_add(pool, usage, "completion_tokens_details",
+                        NGX_SMARTFLOW_JSON_OBJECT, NULL);
+        if (d == NULL
+            || ngx_sfg_add_num(pool, d, "reasoning_tokens", thoughts) == NULL)
+        {
+            goto nomem;
+        }
+    }
+
+    return out;
+
+nomem:
+
+    (void) ngx_sfg_fail(x, "out of memory");
+    return NULL;
+}
+
+
+/* streams: each chunk written twice, to size it and to fill it */
+
+static void
+ngx_sfg_put(ngx_sfg_writer_t *w, u_char *s, size_t len, ngx_uint_t esc)
+{
+    if (len == 0) {
+        return;
+    }
+
+    if (w->p == NULL) {
+        w->len += esc ? ngx_smartflow_json_escape_len(s, len) : len;
+        return;
+    }
+
+    w->p = esc ? ngx_smartflow_json_escape(w->p, s, len)
+               : ngx_cpymem(w->p, s, len);
+}
+
+
+#define ngx_sfg_lit(w, lit)                                                  \
+    ngx_sfg_put(w, (u_char *) lit, sizeof(lit) - 1, 0)
+
+#define ngx_sfg_esc(w, s)                                                    \
+    ngx_sfg_put(w, (s)->data, (s)->len, 1)
+
+
+static void
+ngx_sfg_num(ngx_sfg_writer_t *w, ngx_uint_t n)
+{
+    u_char  buf[NGX_INT_T_LEN];
+
+    ngx_sfg_put(w, buf, ngx_sprintf(buf, "%ui", n) - buf, 0);
+}
+
+
+static void
+ngx_sfg_cstr(ngx_sfg_writer_t *w, char *s)
+{
+    ngx_sfg_put(w, (u_char *) s, ngx_strlen(s), 1);
+}
+
+
+static void
+ngx_sfg_chunk_write(ngx_sfg_writer_t *w, ngx_smartflow_xlate_t *x,
+    ngx_smartflow_xlate_stream_t *st, ngx_sfg_chunk_t *c)
+{
+    if (c->kind == NGX_SFG_CHUNK_ERROR) {
+        /* the SDKs raise on a data line with an "error" member */
+        ngx_sfg_lit(w, "data: {\"error\":{\"message\":\"");
+        ngx_sfg_esc(w, &c->text);
+        ngx_sfg_lit(w, "\",\"type\":\"");
+        ngx_sfg_cstr(w, c->type);
+        ngx_sfg_lit(w, "\",\"param\":null,\"code\":");
+
+        if (c->code) {
+            ngx_sfg_lit(w, "\"");
+            ngx_sfg_cstr(w, c->code);
+            ngx_sfg_lit(w, "\"}}\n\n");
+
+        } else {
+            ngx_sfg_lit(w, "null}}\n\n");
+        }
+
+        return;
+    }
+
+    ngx_sfg_lit(w, "data: {\"id\":\"");
+    ngx_sfg_esc(w, &st->id);
+    ngx_sfg_lit(w, "\",\"object\":\"chat.completion.chunk\",\"created\":");
+    ngx_sfg_num(w, (ngx_uint_t) st->created);
+    ngx_sfg_lit(w, ",\"model\":\"");
+    ngx_sfg_esc(w, &x->model);
+    ngx_sfg_lit(w, "\",\"choices\":");
+
+    switch (c->kind) {
+
+    case NGX_SFG_CHUNK_ROLE:
+        ngx_sfg_lit(w, "[{\"index\":0,\"delta\":{\"role\":\"assistant\","
+                       "\"content\":\"\"},\"finish_reason\":null}]}\n\n");
+        break;
+
+    case NGX_SFG_CHUNK_TEXT:
+        ngx_sfg_lit(w, "[{\"index\":0,\"delta\":{\"content\":\"");
+        ngx_sfg_esc(w, &c->text);
+        ngx_sfg_lit(w, "\"},\"finish_reason\":null}]}\n\n");
+        break;
+
+    case NGX_SFG_CHUNK_TOOL:
+        ngx_sfg_lit(w, "[{\"index\":0,\"delta\":{\"tool_calls\":"
+                       "[{\"index\":");
+        ngx_sfg_num(w, c->index);
+        ngx_sfg_lit(w, ",\"id\":\"");
+        ngx_sfg_esc(w, &c->id);
+        ngx_sfg_lit(w, "\",\"type\":\"function\",\"function\":{\"name\":\"");
+        ngx_sfg_esc(w, &c->name);
+        ngx_sfg_lit(w, "\",\"arguments\":\"");
+        ngx_sfg_esc(w, &c->args);
+        ngx_sfg_lit(w, "\"}}]},\"finish_reason\":null}]}\n\n");
+        break;
+
+    case NGX_SFG_CHUNK_FINISH:
+        ngx_sfg_lit(w, "[{\"index\":0,\"delta\":{},\"finish_reason\":\"");
+        ngx_sfg_esc(w, &c->text);
+        ngx_sfg_lit(w, "\"}]}\n\n");
+        break;
+
+    default: /* NGX_SFG_CHUNK_USAGE */
+        ngx_sfg_lit(w, "[],\"usage\":{\"prompt_tokens\":");
+        ngx_sfg_num(w, st->input_tokens);
+        ngx_sfg_lit(w, ",\"completion_tokens\":");
+        ngx_sfg_num(w, st->output_tokens);
+        ngx_sfg_lit(w, ",\"total_tokens\":");
+        ngx_sfg_num(w, st->input_tokens + st->output_tokens);
+        ngx_sfg_lit(w, "}}\n\n");
+    }
+}
+
+
+static ngx_int_t
+ngx_sfg_chunk(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
+    ngx_sfg_chunk_t *c, ngx_array_t *out)
+{
+    u_char            *start;
+    ngx_str_t         *ev;
+    ngx_sfg_writer_t   w;
+
+    w.p = NULL;
+    w.len = 0;
+
+    ngx_sfg_chunk_write(&w, x, st, c);
+
+    start = ngx_pnalloc(x->pool, w.len);
+    ev = ngx_array_push(out);
+
+    if (start == NULL || ev == NULL) {
+        return ngx_sfg_fail(x, "out of memory");
+    }
+
+    w.p = start;
+
+    ngx_sfg_chunk_write(&w, x, st, c);
+
+    ev->data = start;
+    ev->len = w.p - start;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_sfg_done(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
+    ngx_array_t *out)
+{
+    ngx_str_t  *ev;
+
+    st->done = 1;
+
+    ev = ngx_array_push(out);
+    if (ev == NULL) {
+        return ngx_sfg_fail(x, "out of memory");
+    }
+
+    ngx_str_set(ev, "data: [DONE]\n\n");
+
+    return NGX_OK;
+}
+
+
+/* an error chunk, then [DONE]: nothing follows */
+static ngx_int_t
+ngx_sfg_chunk_error(ngx_smartflow_xlate_t *x,
+    ngx_smartflow_xlate_stream_t *st, ngx_str_t *message, ngx_str_t *status,
+    char *code, ngx_array_t *out)
+{
+    ngx_sfg_chunk_t   c;
+    ngx_sfg_error_t  *e;
+
+    for (e = ngx_sfg_errors; e->status; e++) {
+        if (status && ngx_sfg_eq(status, e->status)) {
+            break;
+        }
+    }
+
+    ngx_memzero(&c, sizeof(ngx_sfg_chunk_t));
+
+    c.kind = NGX_SFG_CHUNK_ERROR;
+    c.text = *message;
+    c.type = e->type;
+    c.code = code ? code : e->code;
+
+    if (ngx_sfg_chunk(x, st, &c, out) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return ngx_sfg_done(x, st, out);
+}
+
+
+static ngx_int_t
+ngx_sfg_chunk_begin(ngx_smartflow_xlate_t *x,
+    ngx_smartflow_xlate_stream_t *st, ngx_smartflow_json_t *data,
+    ngx_array_t *out)
+{
+    ngx_str_t              base;
+    ngx_sfg_chunk_t        c;
+    ngx_smartflow_json_t  *v;
+
+    if (st->started) {
+        return NGX_OK;
+    }
+
+    st->started = 1;
+    st->created = ngx_time();
+    st->tool_index = -1;
+
+    /* every event of the stream carries the same responseId */
+    v = ngx_smartflow_json_get(data, "responseId");
+
+    if (ngx_smartflow_json_is_string(v) && v->str.len) {
+        base = v->str;
+
+    } else if (ngx_sfg_new_id(x->pool, &base) != NGX_OK) {
+        return ngx_sfg_fail(x, "out of memory");
+    }
+
+    if (ngx_sfg_concat(x->pool, &st->id, "chatcmpl-", &base) != NGX_OK) {
+        return ngx_sfg_fail(x, "out of memory");
+    }
+
+    ngx_memzero(&c, sizeof(ngx_sfg_chunk_t));
+    c.kind = NGX_SFG_CHUNK_ROLE;
+
+    return ngx_sfg_chunk(x, st, &c, out);
+}
+
+
+/* Gemini sends each call whole: one delta with its name and arguments */
+static ngx_int_t
+ngx_sfg_chunk_call(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
+    ngx_smartflow_json_t *fc, ngx_array_t *out)
+{
+    ngx_str_t              base;
+    ngx_sfg_chunk_t        c;
+    ngx_smartflow_json_t  *name;
+
+    ngx_memzero(&c, sizeof(ngx_sfg_chunk_t));
+
+    name = ngx_smartflow_json_get(fc, "name");
+
+    if (ngx_smartflow_json_is_string(name)) {
+        c.name = name->str;
+    }
+
+    st->tool_index++;
+
+    /* the stream's id is "chatcmpl-" BASE */
+    base.data = st->id.data + sizeof("chatcmpl-") - 1;
+    base.len = st->id.len - (sizeof("chatcmpl-") - 1);
+
+    if (ngx_sfg_call_id(x->pool, fc, &base, (ngx_uint_t) st->tool_index,
+                        &c.id)
+        != NGX_OK
+        || ngx_sfg_call_args(x->pool, fc, &c.args) != NGX_OK)
+    {
+        return ngx_sfg_fail(x, "out of memory");
+    }
+
+    c.kind = NGX_SFG_CHUNK_TOOL;
+    c.index = (ngx_uint_t) st->tool_index;
+
+    return ngx_sfg_chunk(x, st, &c, out);
+}
+
+
+static ngx_int_t
+ngx_sfg_chunk_finish(ngx_smartflow_xlate_t *x,
+    ngx_smartflow_xlate_stream_t *st, char *reason, ngx_array_t *out)
+{
+    ngx_sfg_chunk_t  c;
+
+    st->finish.data = (u_char *) reason;
+    st->finish.len = ngx_strlen(reason);
+    st->finished = 1;
+
+    ngx_memzero(&c, sizeof(ngx_sfg_chunk_t));
+    c.kind = NGX_SFG_CHUNK_FINISH;
+    c.text = st->finish;
+
+    return ngx_sfg_chunk(x, st, &c, out);
+}
+
+
+ngx_int_t
+ngx_smartflow_xlate_stream_gemini_to_openai(ngx_smartflow_xlate_t *x,
+    ngx_smartflow_xlate_stream_t *st, ngx_str_t *event,
+    ngx_smartflow_json_t *data, ngx_array_t *out)
+{
+    ngx_str_t              message, status;
+    ngx_uint_t             in, outk, cached, thoughts;
+    ngx_sfg_chunk_t        c;
+    ngx_smartflow_json_t  *e, *v, *u, *cand, *parts, *p, *reason;
+
+    if (st->done || data == NULL || data->type != NGX_SMARTFLOW_JSON_OBJECT)
+    {
+        return NGX_OK;
+    }
+
+    e = ngx_smartflow_json_get(data, "error");
+
+    if (ngx_sfg_present(e)) {
+        ngx_str_set(&message, "The provider reported an error.");
+        ngx_str_null(&status);
+
+        v = ngx_smartflow_json_is_string(e)
+            ? e : ngx_smartflow_json_get(e, "message");
+
+        if (ngx_smartflow_json_is_string(v) && v->str.len) {
+            message = v->str;
+        }
+
+        v = ngx_smartflow_json_get(e, "status");
+
+        if (ngx_smartflow_json_is_string(v)) {
+            status = v->str;
+        }
+
+        return ngx_sfg_chunk_error(x, st, &message, &status, NULL, out);
+    }
+
+    if (ngx_sfg_chunk_begin(x, st, data, out) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    /*
+     * The counts grow event by event, and an event may leave one out:
+     * the largest seen are the answer's.
+     */
+    u = ngx_smartflow_json_get(data, "usageMetadata");
+
+    if (u && u->type == NGX_SMARTFLOW_JSON_OBJECT) {
+        ngx_sfg_usage(u, &in, &outk, &cached, &thoughts);
+
+        st->input_tokens = ngx_max(st->input_tokens, in);
+        st->output_tokens = ngx_max(st->output_tokens, outk);
+    }
+
+    /* after the finish chunk only usage may still come */
+    if (st->finished) {
+        return NGX_OK;
+    }
+
+    v = ngx_smartflow_json_get(data, "candidates");
+    cand = (v && v->type == NGX_SMARTFLOW_JSON_ARRAY) ? v->child : NULL;
+
+    if (cand == NULL) {
+        v = ngx_smartflow_json_get(ngx_smartflow_json_get(data,
+                                                         "promptFeedback"),
+                                   "blockReason");
+
+        return ngx_sfg_present(v)
+               ? ngx_sfg_chunk_finish(x, st, "content_filter", out)
+               : NGX_OK;
+    }
+
+    parts = ngx_smartflow_json_get(ngx_smartflow_json_get(cand, "content"),
+                                   "parts");
+
+    for (p = (parts && parts->type == NGX_SMARTFLOW_JSON_ARRAY)
+             ? parts->child : NULL;
+         p;
+         p = p->next)
+    {
+        v = ngx_smartflow_json_get(p, "thought");
+
+        if (v && v->type == NGX_SMARTFLOW_JSON_TRUE) {
+            continue;
+        }
+
+        v = ngx_smartflow_json_get(p, "text");
+
+        if (ngx_smartflow_json_is_string(v) && v->str.len) {
+            ngx_memzero(&c, sizeof(ngx_sfg_chunk_t));
+            c.kind = NGX_SFG_CHUNK_TEXT;
+            c.text = v->str;
+
+            if (ngx_sfg_chunk(x, st, &c, out) != NGX_OK) {
+                return NGX_ERROR;
+            }
+        }
+
+        v = ngx_smartflow_json_get(p, "functionCall");
+
+        if (v && v->type == NGX_SMARTFLOW_JSON_OBJECT
+            && ngx_sfg_chunk_call(x, st, v, out) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    reason = ngx_smartflow_json_get(cand, "finishReason");
+
+    if (!ngx_smartflow_json_is_string(reason)
+        || ngx_sfg_eq(&reason->str, "FINISH_REASON_UNSPECIFIED"))
+    {
+        return NGX_OK;
+    }
+
+    return ngx_sfg_chunk_finish(x, st,
+                                ngx_sfg_finish(reason, st->tool_index >= 0),
+                                out);
+}
+
+
+/*
+ * Gemini's stream has no closing event: a clean end after the finish
+ * reason completes the answer, anything else is a broken stream.
+ */
+ngx_int_t
+ngx_smartflow_xlate_stream_end_gemini_openai(ngx_smartflow_xlate_t *x,
+    ngx_smartflow_xlate_stream_t *st, ngx_uint_t broken, ngx_array_t *out)
+{
+    ngx_str_t        message;
+    ngx_sfg_chunk_t  c;
+
+    if (st->done) {
+        return NGX_OK;
+    }
+
+    if (broken || !st->finished) {
+        ngx_str_set(&message, NGX_SFG_STREAM_BROKEN);
+
+        return ngx_sfg_chunk_error(x, st, &message, NULL,
+                                   "upstream_stream_broken", out);
+    }
+
+    if (st->include_usage) {
+        ngx_memzero(&c, sizeof(ngx_sfg_chunk_t));
+        c.kind = NGX_SFG_CHUNK_USAGE;
+
+        if (ngx_sfg_chunk(x, st, &c, out) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    return ngx_sfg_done(x, st, out);
+}
