@@ -16,7 +16,8 @@ CC_OPT      ?= -g -O2 -fstack-protector-strong -Wformat \
                -Werror=format-security -fPIC -D_FORTIFY_SOURCE=2
 LD_OPT      ?= -Wl,-z,relro -Wl,-z,now -fPIC
 
-.PHONY: all modules deps run test test-valgrind bench fuzz unit clean
+.PHONY: all modules deps run test test-asan asan-modules test-valgrind bench \
+        fuzz unit clean
 
 all: modules
 
@@ -54,8 +55,20 @@ $(SO): $(NGX_BUILD)/objs/Makefile $(SOURCES)
 run: modules
 	@scripts/run.sh
 
-test: modules
+# every suite, then the nginx suites again with AddressSanitizer
+test: modules asan-modules
 	@scripts/test.sh
+	@SMARTFLOW_ASAN=1 scripts/test.sh $(ASAN_SUITES)
+
+ASAN_SUITES ?= $(wildcard t/proxy t/providers t/keys) t/clients
+
+asan-modules: $(BUILD)/.deps
+	@$(MAKE) --no-print-directory modules BUILD=$(CURDIR)/build-asan \
+	    CC_OPT="-g -O1 -fPIC -fsanitize=address -fno-omit-frame-pointer" \
+	    LD_OPT="-fsanitize=address -fPIC"
+
+test-asan: asan-modules
+	@SMARTFLOW_ASAN=1 scripts/test.sh $(ASAN_SUITES)
 
 test-valgrind: modules
 	@TEST_NGINX_USE_VALGRIND=1 scripts/test.sh
@@ -120,4 +133,4 @@ unit: $(BUILD)/unit/translate_test $(BUILD)/unit/translate_gemini_test
 	$(BUILD)/unit/translate_gemini_test
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) $(CURDIR)/build-asan

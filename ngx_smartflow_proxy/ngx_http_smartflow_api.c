@@ -77,10 +77,13 @@ ngx_http_smartflow_content_handler(ngx_http_request_t *r)
     }
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
-        return ngx_http_smartflow_error(r, NGX_HTTP_NOT_ALLOWED,
-                   "invalid_request_error", "method_not_allowed", NULL,
-                   "Method %V is not allowed here; use GET.",
-                   &r->method_name);
+        rc = ngx_http_smartflow_error(r, NGX_HTTP_NOT_ALLOWED,
+                 "invalid_request_error", "method_not_allowed", NULL,
+                 "Method %V is not allowed here; use GET.",
+                 &r->method_name);
+
+        return ngx_http_smartflow_refuse(r, rc,
+                   slcf->api == NGX_HTTP_SMARTFLOW_API_ANTHROPIC_MODELS);
     }
 
     rc = ngx_http_discard_request_body(r);

@@ -31,6 +31,10 @@ static ngx_int_t ngx_http_smartflow_usage_filter(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_chain_t *in);
 static ngx_int_t ngx_http_smartflow_on_event(void *data,
     ngx_smartflow_sse_event_t *ev);
+static ngx_int_t ngx_http_smartflow_stream_timer(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_loc_conf_t *slcf);
+static void ngx_http_smartflow_stream_timeout(ngx_event_t *ev);
+static void ngx_http_smartflow_stream_timer_cleanup(void *data);
 static ngx_int_t ngx_http_smartflow_stream_end(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_uint_t broken);
 static ngx_int_t ngx_http_smartflow_emit(ngx_http_request_t *r,
@@ -99,6 +103,12 @@ ngx_http_smartflow_header_filter(ngx_http_request_t *r)
 
         if (r->upstream) {
             r->upstream->buffering = 0;
+
+            if (slcf->stream_max_time
+                && ngx_http_smartflow_stream_timer(r, ctx, slcf) != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
         }
 
         if (ctx->translate) {
@@ -155,6 +165,89 @@ ngx_http_smartflow_header_filter(ngx_http_request_t *r)
     }
 
     return ngx_http_next_header_filter(r);
+}
+
+
+/*
+ * smartflow_stream_max_time also holds when the provider goes quiet: a
+ * timer ends the stream as nginx ends one whose provider timed out, and
+ * the stream filter then sends the client's error event.
+ */
+static ngx_int_t
+ngx_http_smartflow_stream_timer(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_loc_conf_t *slcf)
+{
+    ngx_time_t          *tp;
+    ngx_msec_int_t       elapsed;
+    ngx_pool_cleanup_t  *cln;
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NGX_ERROR;
+    }
+
+    cln->handler = ngx_http_smartflow_stream_timer_cleanup;
+    cln->data = &ctx->stream_timer;
+
+    ctx->stream_timer.handler = ngx_http_smartflow_stream_timeout;
+    ctx->stream_timer.data = r;
+    ctx->stream_timer.log = r->connection->log;
+
+    tp = ngx_timeofday();
+    elapsed = (ngx_msec_int_t) ((tp->sec - r->start_sec) * 1000
+                                + (tp->msec - r->start_msec));
+
+    ngx_add_timer(&ctx->stream_timer,
+                  elapsed < (ngx_msec_int_t) slcf->stream_max_time
+                  ? slcf->stream_max_time - elapsed : 1);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_smartflow_stream_timeout(ngx_event_t *ev)
+{
+    ngx_time_t                *tp;
+    ngx_connection_t          *c;
+    ngx_http_request_t        *r;
+    ngx_http_smartflow_ctx_t  *ctx;
+
+    r = ev->data;
+    ctx = ngx_http_smartflow_get_ctx(r);
+
+    if (ctx == NULL || ctx->stream_ended || r->upstream == NULL
+        || r->upstream->peer.connection == NULL)
+    {
+        return;
+    }
+
+    tp = ngx_timeofday();
+
+    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                  "smartflow proxy: stream from provider \"%V\" cut at %O "
+                  "bytes after %M ms: over smartflow_stream_max_time",
+                  &ctx->provider->name, ctx->stream_bytes,
+                  (ngx_msec_t) ((tp->sec - r->start_sec) * 1000
+                                + (tp->msec - r->start_msec)));
+
+    ctx->stream_capped = 1;
+
+    /* as if the provider had timed out: nginx ends the upstream */
+    c = r->upstream->peer.connection;
+    c->read->timedout = 1;
+    c->read->handler(c->read);
+}
+
+
+static void
+ngx_http_smartflow_stream_timer_cleanup(void *data)
+{
+    ngx_event_t  *ev = data;
+
+    if (ev->timer_set) {
+        ngx_del_timer(ev);
+    }
 }
 
 
@@ -279,7 +372,7 @@ ngx_http_smartflow_stream_filter(ngx_http_request_t *r,
     }
 
     if (broken || last) {
-        if (broken && !capped) {
+        if (broken && !capped && !ctx->stream_capped) {
             ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                           "smartflow proxy: stream from provider \"%V\" "
                           "for model \"%V\" broke before its end",

@@ -634,23 +634,22 @@ ngx_http_smartflow_prepare_upstream(ngx_http_request_t *r,
         /* exact usage on streams: ask for it, hide it from the client */
         opts = ngx_smartflow_json_get(ctx->json, "stream_options");
 
-        if (opts == NULL || opts->type != NGX_SMARTFLOW_JSON_OBJECT) {
+        if (opts == NULL) {
             opts = ngx_smartflow_json_new(r->pool, NGX_SMARTFLOW_JSON_OBJECT,
                                           NULL);
             if (opts == NULL) {
                 return NGX_HTTP_INTERNAL_SERVER_ERROR;
             }
 
-            j = ngx_smartflow_json_get(ctx->json, "stream_options");
-            if (j) {
-                *j = *opts;
-                j->key.data = (u_char *) "stream_options";
-                j->key.len = sizeof("stream_options") - 1;
-                opts = j;
+            ngx_smartflow_json_append(ctx->json, "stream_options", opts);
 
-            } else {
-                ngx_smartflow_json_append(ctx->json, "stream_options", opts);
-            }
+        } else if (opts->type != NGX_SMARTFLOW_JSON_OBJECT) {
+            /* null or anything else becomes an empty object, in place */
+            opts->type = NGX_SMARTFLOW_JSON_OBJECT;
+            ngx_str_null(&opts->str);
+            opts->child = NULL;
+            opts->last = NULL;
+            opts->nchild = 0;
         }
 
         j = ngx_smartflow_json_get(opts, "include_usage");

@@ -253,6 +253,7 @@ typedef struct {
     size_t                      collect_len;
     size_t                      collect_size;
     off_t                       stream_bytes;
+    ngx_event_t                 stream_timer;   /* smartflow_stream_max_time */
     ngx_smartflow_usage_scan_t  usage;
 
     ngx_uint_t                  err_status;
@@ -271,6 +272,7 @@ typedef struct {
     unsigned                    stream_done:1;  /* terminal event seen */
     unsigned                    stream_ended:1;
     unsigned                    own_response:1; /* an error page, not filtered */
+    unsigned                    stream_capped:1;
 } ngx_http_smartflow_ctx_t;
 
 

@@ -12,7 +12,7 @@
 #   TEST_NGINX_SMARTFLOW_CONF conf
 #   TEST_NGINX_BINARY         /usr/sbin/nginx
 #   TEST_NGINX_MOCK_PORT      mock provider port (default 1985)
-#   TEST_NGINX_CLIENT_PORT    gateway port (default 1986)
+#   SMARTFLOW_CLIENTS_PORT    gateway port (default 1986)
 # node_modules is installed with "npm ci" when it is missing.
 
 use strict;
@@ -44,7 +44,7 @@ use Smartflow::Mock;
 my $Modules = $ENV{TEST_NGINX_MODULES} || "$Top/build/modules";
 my $ConfDir = $ENV{TEST_NGINX_SMARTFLOW_CONF} || "$Top/conf";
 my $Nginx = $ENV{TEST_NGINX_BINARY} || '/usr/sbin/nginx';
-my $Port = $ENV{TEST_NGINX_CLIENT_PORT} || 1986;
+my $Port = $ENV{SMARTFLOW_CLIENTS_PORT} || 1986;
 my $MockPort = Smartflow::Mock::port();
 my $Key = 'sk-smartflow-client-tests-0123456789';
 my $ProviderKey = 'sk-mock-provider-key-0123456789';
@@ -143,7 +143,7 @@ for my $m (qw(proxy policy cache audit)) {
 BAIL_OUT("$Nginx is not executable") unless -x $Nginx;
 BAIL_OUT("$ConfDir/smartflow_proxy.conf is missing")
     unless -f "$ConfDir/smartflow_proxy.conf";
-BAIL_OUT("port $Port is already in use (set TEST_NGINX_CLIENT_PORT)")
+BAIL_OUT("port $Port is already in use (set SMARTFLOW_CLIENTS_PORT)")
     if listening($Port);
 
 # ------------------------------------------------------------ the gateway

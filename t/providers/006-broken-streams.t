@@ -1,0 +1,525 @@
+# A stream that breaks after its headers went out (the provider drops the
+# connection, stops answering, or the stream goes over
+# smartflow_stream_max_bytes or smartflow_stream_max_time) ends with a
+# well-formed error event in the client's format instead of a silent cut,
+# and leaves a "smartflow proxy: " line in the error log.
+#
+#   OpenAI:    data: {"error":{...,"code":"upstream_stream_broken"}}
+#              (+ data: [DONE] when the stream was translated)
+#   Anthropic: event: error / data: {"type":"error","error":{"type":"api_error",...}}
+#
+# Bodies are checked through openai_sse() and anthropic_sse(), which decode
+# every event and write one line per thing a client would see.
+
+use lib 't/lib';
+use Smartflow::Mock;
+use JSON::PP ();
+use Test::Nginx::Socket 'no_plan';
+
+our $MainConfig = <<'_EOC_';
+    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_proxy_module.so;
+    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_policy_module.so;
+    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_cache_module.so;
+    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_audit_module.so;
+_EOC_
+
+our $HttpConfig = <<'_EOC_';
+    smartflow_master_key sk-smartflow-test-0123456789;
+
+    upstream sf_mock {
+        server 127.0.0.1:$TEST_NGINX_MOCK_PORT;
+        keepalive 8;
+    }
+
+    smartflow_provider anthropic type=anthropic upstream=http://sf_mock
+                       key=sk-ant-provider-key;
+    smartflow_provider openai type=openai upstream=http://sf_mock
+                       key=sk-oai-provider-key;
+
+    smartflow_route claude-* anthropic;
+    smartflow_route gpt-* openai;
+_EOC_
+
+# The shipped server-level locations (conf/smartflow_locations.conf), their
+# nested include made absolute.
+sub shipped_locations {
+    my $dir = $ENV{TEST_NGINX_SMARTFLOW_CONF}
+        or die "TEST_NGINX_SMARTFLOW_CONF is not set\n";
+    open my $fh, '<', "$dir/smartflow_locations.conf"
+        or die "cannot read $dir/smartflow_locations.conf: $!\n";
+    local $/;
+    my $conf = <$fh>;
+    close $fh;
+    $conf =~ s{^(\s*include\s+)smartflow_proxy\.conf;}{$1$dir/smartflow_proxy.conf;}mg;
+    return $conf;
+}
+
+our $Locations = shipped_locations();
+
+# The shipped chat and messages locations, their smartflow_proxy.conf
+# spelled out with a short proxy_read_timeout.
+our $Proxy = <<'_EOC_';
+        proxy_pass $smartflow_upstream$smartflow_upstream_uri;
+        proxy_set_body $smartflow_upstream_body;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $smartflow_upstream_host;
+        proxy_set_header Content-Type application/json;
+        proxy_set_header Accept-Encoding "";
+        proxy_set_header Authorization $smartflow_provider_auth;
+        proxy_set_header x-api-key $smartflow_provider_api_key;
+        proxy_set_header anthropic-version $smartflow_anthropic_version;
+        proxy_read_timeout 500ms;
+        proxy_max_temp_file_size 0;
+        error_page 401 403 408 413 500 502 503 504 @smartflow_error;
+_EOC_
+
+our $ShortRead = <<"_EOC_";
+    location = /v1/chat/completions {
+        smartflow_api chat;
+$Proxy    }
+
+    location = /anthropic/v1/messages {
+        smartflow_api messages;
+        error_page 401 403 408 413 500 502 503 504 \@smartflow_anthropic_error;
+$Proxy    }
+
+    location \@smartflow_error {
+        smartflow_api error;
+    }
+
+    location \@smartflow_anthropic_error {
+        smartflow_api anthropic_error;
+    }
+_EOC_
+
+our $OpenAIKey = "Authorization: Bearer sk-smartflow-test-0123456789\n";
+our $AnthropicKey = "x-api-key: sk-smartflow-test-0123456789\n"
+                    . "anthropic-version: 2023-06-01\n";
+
+add_block_preprocessor(sub {
+    my $block = shift;
+
+    $block->set_value('main_config', $MainConfig)
+        unless defined $block->main_config;
+    $block->set_value('http_config', $HttpConfig)
+        unless defined $block->http_config;
+    $block->set_value('config', $Locations)
+        unless defined $block->config;
+});
+
+my $json = JSON::PP->new->utf8->canonical;
+my $str = JSON::PP->new->ascii->allow_nonref;
+
+# An OpenAI chat stream, one line per thing a client sees.
+sub openai_sse {
+    my $body = shift;
+    my (@out, $model);
+
+    while ($body =~ s/\A(.*?)\n\n//s) {
+        my $event = $1;
+
+        if ($event !~ s/\Adata: //) {
+            push @out, "not a data event: $event";
+            next;
+        }
+
+        if ($event eq '[DONE]') {
+            push @out, '[DONE]';
+            next;
+        }
+
+        my $c = eval { $json->decode($event) };
+        if (ref $c ne 'HASH') {
+            push @out, "not JSON: $event";
+            next;
+        }
+
+        if (my $e = $c->{error}) {
+            push @out, "error $e->{type} " . ($e->{code} // 'null') . ' '
+                       . $str->encode($e->{message});
+            next;
+        }
+
+        if (!defined $model || $c->{model} ne $model) {
+            $model = $c->{model};
+            push @out, "$c->{object} $model";
+        }
+
+        for my $ch (@{ $c->{choices} || [] }) {
+            my $d = $ch->{delta} || {};
+            push @out, "role $d->{role}" if defined $d->{role};
+            push @out, 'content ' . $str->encode($d->{content})
+                if defined $d->{content} && length $d->{content};
+            push @out, "finish $ch->{finish_reason}"
+                if defined $ch->{finish_reason};
+        }
+
+        if (my $u = $c->{usage}) {
+            push @out, "usage $u->{prompt_tokens} $u->{completion_tokens} "
+                       . "$u->{total_tokens}";
+        }
+    }
+
+    push @out, "left over: $body" if length $body;
+
+    return join '', map { "$_\n" } @out;
+}
+
+# An Anthropic message stream, one line per thing a client sees.
+sub anthropic_sse {
+    my $body = shift;
+    my @out;
+
+    while ($body =~ s/\A(.*?)\n\n//s) {
+        my $event = $1;
+        my ($name, $data) = $event =~ /\Aevent: ([^\n]+)\ndata: ([^\n]+)\z/;
+
+        if (!defined $name) {
+            push @out, "malformed: $event";
+            next;
+        }
+
+        my $d = eval { $json->decode($data) };
+        if (ref $d ne 'HASH') {
+            push @out, "not JSON: $data";
+            next;
+        }
+
+        push @out, "event $name carries type " . ($d->{type} // 'none')
+            if ($d->{type} // '') ne $name;
+
+        if ($name eq 'message_start') {
+            push @out, "message_start $d->{message}{model}";
+        } elsif ($name eq 'content_block_start') {
+            push @out, "start $d->{index} $d->{content_block}{type}";
+        } elsif ($name eq 'content_block_delta') {
+            push @out, "text $d->{index} " . $str->encode($d->{delta}{text});
+        } elsif ($name eq 'content_block_stop') {
+            push @out, "stop $d->{index}";
+        } elsif ($name eq 'message_delta') {
+            push @out, "message_delta $d->{delta}{stop_reason}";
+        } elsif ($name eq 'error') {
+            push @out, "error $d->{error}{type} "
+                       . $str->encode($d->{error}{message});
+        } else {
+            push @out, $name;
+        }
+    }
+
+    push @out, "left over: $body" if length $body;
+
+    return join '', map { "$_\n" } @out;
+}
+
+our $Broken = "The provider's stream ended before completion.";
+
+run_tests();
+
+__DATA__
+
+=== TEST 1: OpenAI client, Anthropic provider: a dropped stream ends with an error chunk and [DONE]
+--- more_headers eval
+$::OpenAIKey . "x-mock-drop: mid-stream"
+--- request
+POST /v1/chat/completions
+{"model":"claude-3-5-sonnet","stream":true,"messages":[{"role":"user","content":"hi there you"}]}
+--- response_body_filters eval
+\&::openai_sse
+--- response_body
+chat.completion.chunk claude-3-5-sonnet
+role assistant
+content "mock"
+content " reply"
+content " to:"
+error api_error upstream_stream_broken "The provider's stream ended before completion."
+[DONE]
+--- error_log
+smartflow proxy: stream from provider "anthropic" for model "claude-3-5-sonnet" broke before its end
+
+
+
+=== TEST 2: Anthropic client, OpenAI provider: a dropped stream ends with an error event
+--- more_headers eval
+$::AnthropicKey . "x-mock-drop: mid-stream"
+--- request
+POST /anthropic/v1/messages
+{"model":"gpt-4o","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi there you"}]}
+--- response_body_filters eval
+\&::anthropic_sse
+--- response_body
+message_start gpt-4o
+ping
+start 0 text
+text 0 "mock"
+text 0 " reply"
+text 0 " to:"
+text 0 " hi"
+error api_error "The provider's stream ended before completion."
+--- error_log
+smartflow proxy: stream from provider "openai" for model "gpt-4o" broke before its end
+
+
+
+=== TEST 3: OpenAI client, OpenAI provider: a dropped stream ends with an error chunk
+--- more_headers eval
+$::OpenAIKey . "x-mock-drop: mid-stream"
+--- request
+POST /v1/chat/completions
+{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi there you"}]}
+--- response_body_filters eval
+\&::openai_sse
+--- response_body
+chat.completion.chunk gpt-4o
+role assistant
+content "mock"
+content " reply"
+content " to:"
+content " hi"
+error api_error upstream_stream_broken "The provider's stream ended before completion."
+--- error_log
+smartflow proxy: stream from provider "openai" for model "gpt-4o" broke before its end
+
+
+
+=== TEST 4: Anthropic client, Anthropic provider: a dropped stream ends with an error event
+--- more_headers eval
+$::AnthropicKey . "x-mock-drop: mid-stream"
+--- request
+POST /anthropic/v1/messages
+{"model":"claude-3-5-sonnet","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi there you"}]}
+--- response_body_filters eval
+\&::anthropic_sse
+--- response_body
+message_start claude-3-5-sonnet
+start 0 text
+ping
+text 0 "mock"
+text 0 " reply"
+text 0 " to:"
+error api_error "The provider's stream ended before completion."
+--- error_log
+smartflow proxy: stream from provider "anthropic" for model "claude-3-5-sonnet" broke before its end
+
+
+
+=== TEST 5: a dropped stream in small pieces still ends with one well-formed error event
+--- more_headers eval
+$::OpenAIKey . "x-mock-drop: mid-stream\nx-mock-split: 7"
+--- request
+POST /v1/chat/completions
+{"model":"claude-3-5-sonnet","stream":true,"messages":[{"role":"user","content":"hi there you"}]}
+--- timeout: 10
+--- response_body_filters eval
+\&::openai_sse
+--- response_body_like chomp
+\Achat\.completion\.chunk claude-3-5-sonnet
+role assistant
+(?:content "[^"\n]*"
+)*error api_error upstream_stream_broken "The provider's stream ended before completion\."
+\[DONE\]
+\z
+--- error_log
+smartflow proxy: stream from provider "anthropic" for model "claude-3-5-sonnet" broke before its end
+
+
+
+=== TEST 6: OpenAI client, Anthropic provider: a provider that stops answering mid-stream
+--- config eval
+$::ShortRead
+--- more_headers eval
+$::OpenAIKey . "x-mock-chunk-delay-ms: 1500"
+--- request
+POST /v1/chat/completions
+{"model":"claude-3-5-sonnet","stream":true,"messages":[{"role":"user","content":"hi"}]}
+--- response_body_filters eval
+\&::openai_sse
+--- response_body
+chat.completion.chunk claude-3-5-sonnet
+role assistant
+error api_error upstream_stream_broken "The provider's stream ended before completion."
+[DONE]
+--- error_log
+upstream timed out
+smartflow proxy: stream from provider "anthropic" for model "claude-3-5-sonnet" broke before its end
+
+
+
+=== TEST 7: Anthropic client, OpenAI provider: a provider that stops answering mid-stream
+--- config eval
+$::ShortRead
+--- more_headers eval
+$::AnthropicKey . "x-mock-chunk-delay-ms: 1500"
+--- request
+POST /anthropic/v1/messages
+{"model":"gpt-4o","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}
+--- response_body_filters eval
+\&::anthropic_sse
+--- response_body
+message_start gpt-4o
+ping
+error api_error "The provider's stream ended before completion."
+--- error_log
+upstream timed out
+smartflow proxy: stream from provider "openai" for model "gpt-4o" broke before its end
+
+
+
+=== TEST 8: smartflow_stream_max_bytes cuts a translated stream (OpenAI client)
+--- config eval
+"smartflow_stream_max_bytes 700;\n$::Locations"
+--- more_headers eval
+$::OpenAIKey . "x-mock-chunk-delay-ms: 20\nx-mock-words: 40"
+--- request
+POST /v1/chat/completions
+{"model":"claude-3-5-sonnet","stream":true,"messages":[{"role":"user","content":"count"}]}
+--- response_body_filters eval
+\&::openai_sse
+--- response_body_like chomp
+\Achat\.completion\.chunk claude-3-5-sonnet
+role assistant
+(?:content "[^"\n]*"
+){1,4}error api_error upstream_stream_broken "The provider's stream ended before completion\."
+\[DONE\]
+\z
+--- error_log eval
+qr/smartflow proxy: stream from provider "anthropic" cut at \d+ bytes after \d+ ms/
+--- no_error_log
+broke before its end
+
+
+
+=== TEST 9: smartflow_stream_max_bytes cuts a translated stream (Anthropic client)
+--- config eval
+"smartflow_stream_max_bytes 700;\n$::Locations"
+--- more_headers eval
+$::AnthropicKey . "x-mock-chunk-delay-ms: 20\nx-mock-words: 40"
+--- request
+POST /anthropic/v1/messages
+{"model":"gpt-4o","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"count"}]}
+--- response_body_filters eval
+\&::anthropic_sse
+--- response_body_like chomp
+\Amessage_start gpt-4o
+ping
+start 0 text
+(?:text 0 "[^"\n]*"
+){1,4}error api_error "The provider's stream ended before completion\."
+\z
+--- error_log eval
+qr/smartflow proxy: stream from provider "openai" cut at \d+ bytes after \d+ ms/
+
+
+
+=== TEST 10: smartflow_stream_max_bytes cuts a stream passed through
+--- config eval
+"smartflow_stream_max_bytes 700;\n$::Locations"
+--- more_headers eval
+$::OpenAIKey . "x-mock-chunk-delay-ms: 20\nx-mock-words: 40"
+--- request
+POST /v1/chat/completions
+{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"count"}]}
+--- response_body_filters eval
+\&::openai_sse
+--- response_body_like chomp
+\Achat\.completion\.chunk gpt-4o
+role assistant
+(?:content "[^"\n]*"
+){0,4}error api_error upstream_stream_broken "The provider's stream ended before completion\."
+\z
+--- error_log eval
+qr/smartflow proxy: stream from provider "openai" cut at \d+ bytes after \d+ ms/
+
+
+
+=== TEST 11: smartflow_stream_max_time cuts a stream that goes on too long
+40 words at 50 ms each take 2 s; the cap is 400 ms, and the cut comes
+no earlier.
+--- config eval
+"smartflow_stream_max_time 400ms;\n$::Locations"
+--- more_headers eval
+$::OpenAIKey . "x-mock-chunk-delay-ms: 50\nx-mock-words: 40"
+--- request
+POST /v1/chat/completions
+{"model":"claude-3-5-sonnet","stream":true,"messages":[{"role":"user","content":"count"}]}
+--- response_body_filters eval
+\&::openai_sse
+--- response_body_like chomp
+\Achat\.completion\.chunk claude-3-5-sonnet
+role assistant
+(?:content "[^"\n]*"
+){1,12}error api_error upstream_stream_broken "The provider's stream ended before completion\."
+\[DONE\]
+\z
+--- error_log eval
+qr/smartflow proxy: stream from provider "anthropic" cut at \d+ bytes after (?:4\d\d|[5-9]\d\d|\d{4,}) ms/
+
+
+
+=== TEST 12: smartflow_stream_max_time cuts an Anthropic client's stream too
+--- config eval
+"smartflow_stream_max_time 400ms;\n$::Locations"
+--- more_headers eval
+$::AnthropicKey . "x-mock-chunk-delay-ms: 50\nx-mock-words: 40"
+--- request
+POST /anthropic/v1/messages
+{"model":"claude-3-5-sonnet","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"count"}]}
+--- response_body_filters eval
+\&::anthropic_sse
+--- response_body_like chomp
+\Amessage_start claude-3-5-sonnet
+start 0 text
+ping
+(?:text 0 "[^"\n]*"
+){1,12}error api_error "The provider's stream ended before completion\."
+\z
+--- error_log eval
+qr/smartflow proxy: stream from provider "anthropic" cut at \d+ bytes after \d+ ms/
+
+
+
+=== TEST 13: smartflow_stream_max_time cuts a stream whose provider has gone quiet
+The provider sends its first event, then nothing for 3 s; the cap is
+500 ms and the client waits 2 s at most.
+--- config eval
+"smartflow_stream_max_time 500ms;\n$::Locations"
+--- more_headers eval
+$::OpenAIKey . "x-mock-chunk-delay-ms: 3000"
+--- request
+POST /v1/chat/completions
+{"model":"claude-3-5-sonnet","stream":true,"messages":[{"role":"user","content":"hi"}]}
+--- timeout: 2
+--- response_body_filters eval
+\&::openai_sse
+--- response_body
+chat.completion.chunk claude-3-5-sonnet
+role assistant
+error api_error upstream_stream_broken "The provider's stream ended before completion."
+[DONE]
+--- error_log eval
+qr/smartflow proxy: stream from provider "anthropic" cut at \d+ bytes after \d+ ms/
+
+
+
+=== TEST 14: streams within the caps are untouched
+--- config eval
+"smartflow_stream_max_bytes 64m;\nsmartflow_stream_max_time 30m;\n$::Locations"
+--- more_headers eval
+$::OpenAIKey . "x-mock-chunk-delay-ms: 5"
+--- request
+POST /v1/chat/completions
+{"model":"claude-3-5-sonnet","stream":true,"messages":[{"role":"user","content":"hi there"}]}
+--- response_body_filters eval
+\&::openai_sse
+--- response_body
+chat.completion.chunk claude-3-5-sonnet
+role assistant
+content "mock"
+content " reply"
+content " to:"
+content " hi"
+content " there"
+finish stop
+[DONE]
+--- no_error_log
+[error]
