@@ -35,6 +35,12 @@ static ngx_int_t ngx_http_smartflow_stream_timer(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_loc_conf_t *slcf);
 static void ngx_http_smartflow_stream_timeout(ngx_event_t *ev);
 static void ngx_http_smartflow_stream_timer_cleanup(void *data);
+static ngx_int_t ngx_http_smartflow_xlate_event(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_smartflow_xlate_t *x,
+    ngx_str_t *event, ngx_smartflow_json_t *j, ngx_array_t *out);
+static ngx_int_t ngx_http_smartflow_xlate_via_openai(
+    ngx_http_smartflow_ctx_t *ctx, ngx_smartflow_xlate_t *x,
+    ngx_str_t *event, ngx_uint_t broken, ngx_array_t *out);
 static ngx_int_t ngx_http_smartflow_stream_end(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_uint_t broken);
 static ngx_int_t ngx_http_smartflow_emit(ngx_http_request_t *r,
@@ -121,6 +127,20 @@ ngx_http_smartflow_header_filter(ngx_http_request_t *r)
             ((ngx_smartflow_xlate_stream_t *) ctx->xlate_stream)
                 ->include_usage = ctx->hide_usage ? 0 : 1;
             ctx->hide_usage = 0;
+
+            if (ctx->client_format == NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC
+                && ctx->wire_format == NGX_HTTP_SMARTFLOW_FORMAT_GEMINI)
+            {
+                /* the first of two steps, with the usage for the second */
+                ctx->xlate_first = ngx_pcalloc(r->pool,
+                                       sizeof(ngx_smartflow_xlate_stream_t));
+                if (ctx->xlate_first == NULL) {
+                    return NGX_ERROR;
+                }
+
+                ((ngx_smartflow_xlate_stream_t *) ctx->xlate_first)
+                    ->include_usage = 1;
+            }
 
             ngx_http_clear_content_length(r);
             ngx_str_set(&r->headers_out.content_type, "text/event-stream");
@@ -399,7 +419,6 @@ ngx_http_smartflow_on_event(void *data, ngx_smartflow_sse_event_t *ev)
 {
     ngx_http_request_t *r = data;
 
-    ngx_int_t                       rc;
     ngx_str_t                       err;
     ngx_array_t                     events;
     ngx_smartflow_json_t           *j, *choices;
@@ -479,20 +498,9 @@ ngx_http_smartflow_on_event(void *data, ngx_smartflow_sse_event_t *ev)
     x.model = ctx->model;
     ngx_str_null(&x.err);
 
-    if (ctx->client_format == NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC) {
-        rc = ngx_smartflow_xlate_stream_openai_to_anthropic(&x,
-                 ctx->xlate_stream, &ev->event, j, &events);
-
-    } else if (ctx->wire_format == NGX_HTTP_SMARTFLOW_FORMAT_GEMINI) {
-        rc = ngx_smartflow_xlate_stream_gemini_to_openai(&x,
-                 ctx->xlate_stream, &ev->event, j, &events);
-
-    } else {
-        rc = ngx_smartflow_xlate_stream_anthropic_to_openai(&x,
-                 ctx->xlate_stream, &ev->event, j, &events);
-    }
-
-    if (rc != NGX_OK) {
+    if (ngx_http_smartflow_xlate_event(r, ctx, &x, &ev->event, j, &events)
+        != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
@@ -501,6 +509,102 @@ ngx_http_smartflow_on_event(void *data, ngx_smartflow_sse_event_t *ev)
     }
 
     return ngx_http_smartflow_emit_array(r, ctx, &events);
+}
+
+
+/* one provider event through the translation into the client's events */
+static ngx_int_t
+ngx_http_smartflow_xlate_event(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_smartflow_xlate_t *x,
+    ngx_str_t *event, ngx_smartflow_json_t *j, ngx_array_t *out)
+{
+    if (ctx->client_format == NGX_HTTP_SMARTFLOW_FORMAT_OPENAI) {
+        return (ctx->wire_format == NGX_HTTP_SMARTFLOW_FORMAT_GEMINI)
+               ? ngx_smartflow_xlate_stream_gemini_to_openai(x,
+                     ctx->xlate_stream, event, j, out)
+               : ngx_smartflow_xlate_stream_anthropic_to_openai(x,
+                     ctx->xlate_stream, event, j, out);
+    }
+
+    if (ctx->wire_format == NGX_HTTP_SMARTFLOW_FORMAT_GEMINI) {
+        ctx->xlate_event = j;
+        return ngx_http_smartflow_xlate_via_openai(ctx, x, event, 0, out);
+    }
+
+    return ngx_smartflow_xlate_stream_openai_to_anthropic(x,
+               ctx->xlate_stream, event, j, out);
+}
+
+
+/*
+ * Gemini to an Anthropic client: the event (or, with event NULL, the end
+ * of the stream) is put in OpenAI's format first, and each OpenAI event
+ * then in Anthropic's, each step keeping its own state.
+ */
+static ngx_int_t
+ngx_http_smartflow_xlate_via_openai(ngx_http_smartflow_ctx_t *ctx,
+    ngx_smartflow_xlate_t *x, ngx_str_t *event, ngx_uint_t broken,
+    ngx_array_t *out)
+{
+    u_char                *p, *last;
+    ngx_int_t              rc;
+    ngx_str_t             *ev, data, err, none;
+    ngx_uint_t             i;
+    ngx_array_t            openai;
+    ngx_smartflow_json_t  *j;
+
+    if (ngx_array_init(&openai, x->pool, 4, sizeof(ngx_str_t)) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    rc = event
+         ? ngx_smartflow_xlate_stream_gemini_to_openai(x, ctx->xlate_first,
+                                                       event, ctx->xlate_event,
+                                                       &openai)
+         : ngx_smartflow_xlate_stream_end_gemini_openai(x, ctx->xlate_first,
+                                                        broken, &openai);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    ngx_str_null(&none);
+    ev = openai.elts;
+
+    for (i = 0; i < openai.nelts; i++) {
+        p = ev[i].data;
+        last = p + ev[i].len;
+
+        if (last - p < 6 || ngx_strncmp(p, "data: ", 6) != 0) {
+            continue;
+        }
+
+        for (p += 6; last > p && (last[-1] == '\n' || last[-1] == '\r');
+             last--)
+        {
+            /* void */
+        }
+
+        data.data = p;
+        data.len = last - p;
+
+        if (data.len == 6 && ngx_strncmp(data.data, "[DONE]", 6) == 0) {
+            j = NULL;
+
+        } else {
+            j = ngx_smartflow_json_parse(x->pool, data.data, data.len, &err);
+            if (j == NULL) {
+                continue;
+            }
+        }
+
+        rc = ngx_smartflow_xlate_stream_openai_to_anthropic(x,
+                 ctx->xlate_stream, &none, j, out);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+    }
+
+    return NGX_OK;
 }
 
 
@@ -534,17 +638,26 @@ ngx_http_smartflow_stream_end(ngx_http_request_t *r,
         x.model = ctx->model;
         ngx_str_null(&x.err);
 
-        if (ctx->client_format == NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC) {
-            rc = ngx_smartflow_xlate_stream_end_anthropic(&x,
-                     ctx->xlate_stream, broken, &events);
-
-        } else if (ctx->wire_format == NGX_HTTP_SMARTFLOW_FORMAT_GEMINI) {
-            rc = ngx_smartflow_xlate_stream_end_gemini_openai(&x,
-                     ctx->xlate_stream, broken, &events);
+        if (ctx->client_format == NGX_HTTP_SMARTFLOW_FORMAT_OPENAI) {
+            rc = (ctx->wire_format == NGX_HTTP_SMARTFLOW_FORMAT_GEMINI)
+                 ? ngx_smartflow_xlate_stream_end_gemini_openai(&x,
+                       ctx->xlate_stream, broken, &events)
+                 : ngx_smartflow_xlate_stream_end_openai(&x,
+                       ctx->xlate_stream, broken, &events);
 
         } else {
-            rc = ngx_smartflow_xlate_stream_end_openai(&x, ctx->xlate_stream,
-                                                       broken, &events);
+            rc = NGX_OK;
+
+            if (ctx->wire_format == NGX_HTTP_SMARTFLOW_FORMAT_GEMINI) {
+                /* what Gemini's end means in OpenAI's format, passed on */
+                rc = ngx_http_smartflow_xlate_via_openai(ctx, &x, NULL,
+                                                         broken, &events);
+            }
+
+            if (rc == NGX_OK) {
+                rc = ngx_smartflow_xlate_stream_end_anthropic(&x,
+                         ctx->xlate_stream, broken, &events);
+            }
         }
 
         if (rc != NGX_OK) {
@@ -680,11 +793,20 @@ ngx_http_smartflow_json_filter(ngx_http_request_t *r,
         ngx_http_smartflow_usage(ctx, ngx_smartflow_json_get(j,
                                                            "usageMetadata"));
 
-        if (ctx->client_format == NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC) {
+        if (ctx->wire_format == NGX_HTTP_SMARTFLOW_FORMAT_GEMINI) {
+            /* to OpenAI's format, and from there to Anthropic's */
+            j = ngx_smartflow_xlate_resp_gemini_to_openai(&x, j);
+        }
+
+        if (j == NULL) {
+            t = NULL;
+
+        } else if (ctx->client_format == NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC)
+        {
             t = ngx_smartflow_xlate_resp_openai_to_anthropic(&x, j);
 
         } else if (ctx->wire_format == NGX_HTTP_SMARTFLOW_FORMAT_GEMINI) {
-            t = ngx_smartflow_xlate_resp_gemini_to_openai(&x, j);
+            t = j;
 
         } else {
             t = ngx_smartflow_xlate_resp_anthropic_to_openai(&x, j);

@@ -409,12 +409,9 @@ ngx_http_smartflow_use(ngx_http_request_t *r, ngx_http_smartflow_ctx_t *ctx,
     ctx->translate = (ctx->client_format != ctx->wire_format);
     ctx->upstream_model = rt->model.len ? rt->model : ctx->model;
 
-    /* Gemini is reached from the OpenAI format only */
     if (ctx->translate
         && (ctx->api == NGX_HTTP_SMARTFLOW_API_COMPLETIONS
-            || ctx->api == NGX_HTTP_SMARTFLOW_API_EMBEDDINGS
-            || (ctx->wire_format == NGX_HTTP_SMARTFLOW_FORMAT_GEMINI
-                && ctx->client_format != NGX_HTTP_SMARTFLOW_FORMAT_OPENAI)))
+            || ctx->api == NGX_HTTP_SMARTFLOW_API_EMBEDDINGS))
     {
         return ngx_http_smartflow_error(r, NGX_HTTP_BAD_REQUEST,
                    "invalid_request_error", "unsupported_model", "model",
@@ -601,8 +598,13 @@ ngx_http_smartflow_prepare_upstream(ngx_http_request_t *r,
             break;
 
         case NGX_HTTP_SMARTFLOW_FORMAT_GEMINI:
-            ctx->upstream_json =
-                ngx_smartflow_xlate_req_openai_to_gemini(&x, ctx->json);
+            /* an Anthropic request goes through OpenAI's format */
+            j = (ctx->client_format == NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC)
+                ? ngx_smartflow_xlate_req_anthropic_to_openai(&x, ctx->json)
+                : ctx->json;
+
+            ctx->upstream_json = j
+                ? ngx_smartflow_xlate_req_openai_to_gemini(&x, j) : NULL;
             break;
 
         default:

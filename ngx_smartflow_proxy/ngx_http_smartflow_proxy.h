@@ -245,6 +245,8 @@ typedef struct {
     ngx_uint_t                  filter;
     ngx_smartflow_sse_t         sse;
     void                       *xlate_stream;
+    void                       *xlate_first;    /* Gemini -> OpenAI step */
+    ngx_smartflow_json_t       *xlate_event;
     ngx_chain_t                *out;
     ngx_chain_t               **last_out;
     ngx_chain_t                *free;
