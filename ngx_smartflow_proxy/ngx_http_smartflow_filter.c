@@ -34,7 +34,6 @@ static ngx_int_t ngx_http_smartflow_on_event(void *data,
 static ngx_int_t ngx_http_smartflow_stream_timer(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_loc_conf_t *slcf);
 static void ngx_http_smartflow_stream_timeout(ngx_event_t *ev);
-static void ngx_http_smartflow_stream_timer_cleanup(void *data);
 static ngx_int_t ngx_http_smartflow_xlate_event(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_smartflow_xlate_t *x,
     ngx_str_t *event, ngx_smartflow_json_t *j, ngx_array_t *out);
@@ -91,6 +90,11 @@ ngx_http_smartflow_header_filter(ngx_http_request_t *r)
 
     if (ctx == NULL || ctx->provider == NULL || ctx->own_response) {
         return ngx_http_next_header_filter(r);
+    }
+
+    if (ctx->attempt_timer.timer_set) {
+        /* the answer has begun: the route's timeout is met */
+        ngx_del_timer(&ctx->attempt_timer);
     }
 
     if (ngx_http_smartflow_set_header(r, "x-smartflow-deployment",
@@ -206,7 +210,7 @@ ngx_http_smartflow_stream_timer(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    cln->handler = ngx_http_smartflow_stream_timer_cleanup;
+    cln->handler = ngx_http_smartflow_timer_cleanup;
     cln->data = &ctx->stream_timer;
 
     ctx->stream_timer.handler = ngx_http_smartflow_stream_timeout;
@@ -229,7 +233,6 @@ static void
 ngx_http_smartflow_stream_timeout(ngx_event_t *ev)
 {
     ngx_time_t                *tp;
-    ngx_connection_t          *c;
     ngx_http_request_t        *r;
     ngx_http_smartflow_ctx_t  *ctx;
 
@@ -253,15 +256,24 @@ ngx_http_smartflow_stream_timeout(ngx_event_t *ev)
 
     ctx->stream_capped = 1;
 
-    /* as if the provider had timed out: nginx ends the upstream */
+    ngx_http_smartflow_upstream_timeout(r);
+}
+
+
+/* as if the provider had timed out: nginx ends the upstream itself */
+void
+ngx_http_smartflow_upstream_timeout(ngx_http_request_t *r)
+{
+    ngx_connection_t  *c;
+
     c = r->upstream->peer.connection;
     c->read->timedout = 1;
     c->read->handler(c->read);
 }
 
 
-static void
-ngx_http_smartflow_stream_timer_cleanup(void *data)
+void
+ngx_http_smartflow_timer_cleanup(void *data)
 {
     ngx_event_t  *ev = data;
 

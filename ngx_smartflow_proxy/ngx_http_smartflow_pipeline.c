@@ -24,6 +24,7 @@ static ngx_int_t ngx_http_smartflow_gemini_uri(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx);
 static ngx_int_t ngx_http_smartflow_use(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_route_t *rt);
+static void ngx_http_smartflow_attempt_timeout(ngx_event_t *ev);
 static ngx_int_t ngx_http_smartflow_answer_echo(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx);
 static ngx_str_t *ngx_http_smartflow_find_header(ngx_http_request_t *r,
@@ -184,6 +185,10 @@ ngx_http_smartflow_pipeline_done(ngx_http_request_t *r,
 
         if (rc == NGX_OK && ctx->route->stats) {
             (void) ngx_atomic_fetch_add(&ctx->route->stats->in_flight, 1);
+        }
+
+        if (rc == NGX_OK) {
+            rc = ngx_http_smartflow_attempt_timer(r, ctx);
         }
 
         if (rc == NGX_OK && ctx->nplan > 1) {
@@ -368,6 +373,15 @@ ngx_http_smartflow_parse(ngx_http_request_t *r, ngx_http_smartflow_ctx_t *ctx)
     j = ngx_smartflow_json_get(ctx->json, "stream");
     ctx->stream = (j && j->type == NGX_SMARTFLOW_JSON_TRUE);
 
+    if (ctx->stream && ctx->client_format == NGX_HTTP_SMARTFLOW_FORMAT_OPENAI)
+    {
+        /* decided once: attempts may add include_usage to the request */
+        j = ngx_smartflow_json_get(ngx_smartflow_json_get(ctx->json,
+                                                          "stream_options"),
+                                   "include_usage");
+        ctx->hide_usage = (j == NULL || j->type != NGX_SMARTFLOW_JSON_TRUE);
+    }
+
     smcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_proxy_module);
 
     head = ngx_http_smartflow_route_find(smcf, &ctx->model);
@@ -500,6 +514,10 @@ ngx_http_smartflow_next(ngx_http_request_t *r)
         (void) ngx_atomic_fetch_add(&ctx->route->stats->in_flight, 1);
     }
 
+    if (ngx_http_smartflow_attempt_timer(r, ctx) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
     if (ctx->attempt + 1 < ctx->nplan) {
         ngx_str_set(&name, "@smartflow_try");
 
@@ -527,6 +545,65 @@ ngx_http_smartflow_answer_echo(ngx_http_request_t *r,
     }
 
     return rc;
+}
+
+
+/* a route's timeout= for this attempt: from dispatch to the answer */
+ngx_int_t
+ngx_http_smartflow_attempt_timer(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx)
+{
+    ngx_pool_cleanup_t  *cln;
+
+    if (ctx->route->timeout == 0) {
+        if (ctx->attempt_timer.timer_set) {
+            ngx_del_timer(&ctx->attempt_timer);
+        }
+
+        return NGX_OK;
+    }
+
+    if (ctx->attempt_timer.handler == NULL) {
+        cln = ngx_pool_cleanup_add(r->pool, 0);
+        if (cln == NULL) {
+            return NGX_ERROR;
+        }
+
+        cln->handler = ngx_http_smartflow_timer_cleanup;
+        cln->data = &ctx->attempt_timer;
+
+        ctx->attempt_timer.handler = ngx_http_smartflow_attempt_timeout;
+        ctx->attempt_timer.data = r;
+        ctx->attempt_timer.log = r->connection->log;
+    }
+
+    ngx_add_timer(&ctx->attempt_timer, ctx->route->timeout);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_smartflow_attempt_timeout(ngx_event_t *ev)
+{
+    ngx_http_request_t        *r;
+    ngx_http_smartflow_ctx_t  *ctx;
+
+    r = ev->data;
+    ctx = ngx_http_smartflow_get_ctx(r);
+
+    if (ctx == NULL || r->upstream == NULL || r->upstream->header_sent
+        || r->upstream->peer.connection == NULL)
+    {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                  "smartflow proxy: deployment \"%V\" did not answer "
+                  "within its timeout of %M ms", &ctx->route->name,
+                  ctx->route->timeout);
+
+    ngx_http_smartflow_upstream_timeout(r);
 }
 
 
@@ -619,13 +696,6 @@ ngx_http_smartflow_prepare_upstream(ngx_http_request_t *r,
         }
 
         rewrite = 1;
-    }
-
-    if (ctx->stream && ctx->client_format == NGX_HTTP_SMARTFLOW_FORMAT_OPENAI)
-    {
-        opts = ngx_smartflow_json_get(ctx->json, "stream_options");
-        j = ngx_smartflow_json_get(opts, "include_usage");
-        ctx->hide_usage = (j == NULL || j->type != NGX_SMARTFLOW_JSON_TRUE);
     }
 
     if (ctx->stream && ctx->hide_usage

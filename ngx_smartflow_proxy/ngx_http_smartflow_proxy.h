@@ -203,6 +203,7 @@ struct ngx_http_smartflow_route_s {
     ngx_http_smartflow_provider_t  *provider;
     ngx_http_smartflow_route_t *next;
     ngx_uint_t                  weight;
+    ngx_msec_t                  timeout;        /* to the answer's header */
     ngx_smartflow_deployment_stats_t  *stats;
     unsigned                    wildcard:1;
     unsigned                    fallback:1;
@@ -256,6 +257,7 @@ typedef struct {
     size_t                      collect_size;
     off_t                       stream_bytes;
     ngx_event_t                 stream_timer;   /* smartflow_stream_max_time */
+    ngx_event_t                 attempt_timer;  /* a route's timeout= */
     ngx_smartflow_usage_scan_t  usage;
 
     ngx_uint_t                  err_status;
@@ -379,6 +381,10 @@ ngx_uint_t ngx_http_smartflow_route_plan(ngx_http_request_t *r,
 void ngx_http_smartflow_route_result(ngx_http_smartflow_main_conf_t *smcf,
     ngx_http_smartflow_route_t *rt, ngx_uint_t status, time_t retry_after);
 ngx_int_t ngx_http_smartflow_next(ngx_http_request_t *r);
+ngx_int_t ngx_http_smartflow_attempt_timer(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx);
+void ngx_http_smartflow_upstream_timeout(ngx_http_request_t *r);
+void ngx_http_smartflow_timer_cleanup(void *data);
 ngx_http_smartflow_route_t *ngx_http_smartflow_route_find(
     ngx_http_smartflow_main_conf_t *smcf, ngx_str_t *model);
 char *ngx_http_smartflow_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,

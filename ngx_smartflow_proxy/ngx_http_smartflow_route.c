@@ -204,11 +204,13 @@ invalid:
 
 /*
  * smartflow_route PATTERN PROVIDER [model=UPSTREAM_MODEL] [weight=N]
- *     [fallback];
+ *     [timeout=TIME] [fallback];
  *
  * A pattern named again adds a deployment of the same model: another
  * provider, key or upstream model, sharing the load by weight, or, with
- * "fallback", tried only after the others failed.
+ * "fallback", tried only after the others failed.  "timeout" bounds the
+ * wait for this deployment's answer to begin; past it the attempt fails
+ * as a timeout and the next deployment is tried.
  */
 char *
 ngx_http_smartflow_route_directive(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -217,7 +219,7 @@ ngx_http_smartflow_route_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     ngx_http_smartflow_main_conf_t *smcf = conf;
 
     u_char                       *p;
-    ngx_str_t                    *value;
+    ngx_str_t                    *value, v;
     ngx_int_t                     n;
     ngx_uint_t                    i;
     ngx_array_t                  *list;
@@ -262,6 +264,18 @@ ngx_http_smartflow_route_directive(ngx_conf_t *cf, ngx_command_t *cmd,
             }
 
             rt->weight = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "timeout=", 8) == 0) {
+            v.data = value[i].data + 8;
+            v.len = value[i].len - 8;
+
+            rt->timeout = ngx_parse_time(&v, 0);
+            if (rt->timeout == (ngx_msec_t) NGX_ERROR || rt->timeout == 0) {
+                goto invalid;
+            }
+
             continue;
         }
 
