@@ -57,6 +57,9 @@ ngx_int_t ngx_smartflow_json_set_str(ngx_pool_t *pool,
 ngx_int_t ngx_smartflow_json_dump(ngx_pool_t *pool, ngx_smartflow_json_t *j,
     ngx_str_t *out);
 size_t ngx_smartflow_json_escape_len(u_char *src, size_t len);
+#ifdef __YAJL_PARSE_H__
+void ngx_smartflow_yajl_pool_funcs(yajl_alloc_funcs *af, ngx_pool_t *pool);
+#endif
 u_char *ngx_smartflow_json_escape(u_char *dst, u_char *src, size_t len);
 
 /* token counts read from a JSON answer as it passes */

@@ -458,12 +458,35 @@ ngx_http_smartflow_header_in(ngx_list_t *headers, char *name)
 }
 
 
+/*
+ * SHA-256 of one short string, on every request: the digest is fetched
+ * from OpenSSL's providers once per process, not looked up per call.
+ */
 ngx_int_t
 ngx_smartflow_sha256(u_char *data, size_t len, u_char *out)
 {
     unsigned int  n;
 
-    if (EVP_Digest(data, len, out, &n, EVP_sha256(), NULL) != 1) {
+    static EVP_MD      *md;
+    static EVP_MD_CTX  *mdctx;
+
+    if (md == NULL) {
+        md = EVP_MD_fetch(NULL, "SHA256", NULL);
+        mdctx = EVP_MD_CTX_new();
+
+        if (md == NULL || mdctx == NULL) {
+            EVP_MD_free(md);
+            EVP_MD_CTX_free(mdctx);
+            md = NULL;
+            mdctx = NULL;
+            return NGX_ERROR;
+        }
+    }
+
+    if (EVP_DigestInit_ex(mdctx, md, NULL) != 1
+        || EVP_DigestUpdate(mdctx, data, len) != 1
+        || EVP_DigestFinal_ex(mdctx, out, &n) != 1)
+    {
         return NGX_ERROR;
     }
 

@@ -38,6 +38,11 @@ static size_t ngx_smartflow_json_size(ngx_smartflow_json_t *j);
 static u_char *ngx_smartflow_json_write(u_char *p, ngx_smartflow_json_t *j);
 
 
+static void *ngx_smartflow_yajl_malloc(void *ctx, size_t size);
+static void *ngx_smartflow_yajl_realloc(void *ctx, void *ptr, size_t size);
+static void ngx_smartflow_yajl_free(void *ctx, void *ptr);
+
+
 static yajl_callbacks  ngx_smartflow_json_callbacks = {
     ngx_smartflow_json_on_null,
     ngx_smartflow_json_on_boolean,
@@ -59,12 +64,16 @@ ngx_smartflow_json_parse(ngx_pool_t *pool, u_char *p, size_t len,
 {
     yajl_handle                   h;
     yajl_status                   st;
+    yajl_alloc_funcs              af;
     ngx_smartflow_json_parser_t   jp;
 
     ngx_memzero(&jp, sizeof(ngx_smartflow_json_parser_t));
     jp.pool = pool;
 
-    h = yajl_alloc(&ngx_smartflow_json_callbacks, NULL, &jp);
+    /* yajl's own memory from the pool: no malloc per request */
+    ngx_smartflow_yajl_pool_funcs(&af, pool);
+
+    h = yajl_alloc(&ngx_smartflow_json_callbacks, &af, &jp);
     if (h == NULL) {
         ngx_str_set(err, "out of memory");
         return NULL;
@@ -506,3 +515,59 @@ ngx_smartflow_json_on_end(void *ctx)
     return 1;
 }
 
+
+/* yajl allocating from a pool; what it frees goes with the pool */
+
+typedef struct {
+    size_t  size;
+} ngx_smartflow_pool_block_t;
+
+
+static void *
+ngx_smartflow_yajl_malloc(void *ctx, size_t size)
+{
+    ngx_smartflow_pool_block_t  *b;
+
+    b = ngx_palloc(ctx, sizeof(ngx_smartflow_pool_block_t) + size);
+    if (b == NULL) {
+        return NULL;
+    }
+
+    b->size = size;
+
+    return b + 1;
+}
+
+
+static void *
+ngx_smartflow_yajl_realloc(void *ctx, void *ptr, size_t size)
+{
+    void                        *p;
+    ngx_smartflow_pool_block_t  *b;
+
+    p = ngx_smartflow_yajl_malloc(ctx, size);
+
+    if (p && ptr) {
+        b = (ngx_smartflow_pool_block_t *) ptr - 1;
+        ngx_memcpy(p, ptr, ngx_min(b->size, size));
+    }
+
+    return p;
+}
+
+
+static void
+ngx_smartflow_yajl_free(void *ctx, void *ptr)
+{
+    /* the pool frees everything with the request */
+}
+
+
+void
+ngx_smartflow_yajl_pool_funcs(yajl_alloc_funcs *af, ngx_pool_t *pool)
+{
+    af->malloc = ngx_smartflow_yajl_malloc;
+    af->realloc = ngx_smartflow_yajl_realloc;
+    af->free = ngx_smartflow_yajl_free;
+    af->ctx = pool;
+}

@@ -2,58 +2,12 @@
  * Usage counts from a whole JSON answer that passes through untouched:
  * yajl reads it incrementally as buffers go by, keeping no copy and no
  * tree, and notes only the token counts of the top-level "usage" (OpenAI,
- * Anthropic) or "usageMetadata" (Gemini) object.  yajl's memory comes from
- * the request pool.
+ * Anthropic) or "usageMetadata" (Gemini) object.
  */
 
 #include <yajl/yajl_parse.h>
 
 #include "ngx_http_smartflow_proxy.h"
-
-
-typedef struct {
-    size_t  size;
-} ngx_smartflow_pool_block_t;
-
-
-static void *
-ngx_smartflow_yajl_malloc(void *ctx, size_t size)
-{
-    ngx_smartflow_pool_block_t  *b;
-
-    b = ngx_palloc(ctx, sizeof(ngx_smartflow_pool_block_t) + size);
-    if (b == NULL) {
-        return NULL;
-    }
-
-    b->size = size;
-
-    return b + 1;
-}
-
-
-static void *
-ngx_smartflow_yajl_realloc(void *ctx, void *ptr, size_t size)
-{
-    void                        *p;
-    ngx_smartflow_pool_block_t  *b;
-
-    p = ngx_smartflow_yajl_malloc(ctx, size);
-
-    if (p && ptr) {
-        b = (ngx_smartflow_pool_block_t *) ptr - 1;
-        ngx_memcpy(p, ptr, ngx_min(b->size, size));
-    }
-
-    return p;
-}
-
-
-static void
-ngx_smartflow_yajl_free(void *ctx, void *ptr)
-{
-    /* the pool frees everything with the request */
-}
 
 
 static int
@@ -212,10 +166,7 @@ ngx_smartflow_usage_scan_init(ngx_pool_t *pool, ngx_smartflow_usage_scan_t *us)
 
     ngx_memzero(us, sizeof(ngx_smartflow_usage_scan_t));
 
-    af.malloc = ngx_smartflow_yajl_malloc;
-    af.realloc = ngx_smartflow_yajl_realloc;
-    af.free = ngx_smartflow_yajl_free;
-    af.ctx = pool;
+    ngx_smartflow_yajl_pool_funcs(&af, pool);
 
     us->handle = yajl_alloc(&ngx_smartflow_usage_callbacks, &af, us);
     if (us->handle == NULL) {
