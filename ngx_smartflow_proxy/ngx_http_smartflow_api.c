@@ -239,6 +239,15 @@ ngx_http_smartflow_error_page(ngx_http_request_t *r)
     ngx_http_smartflow_ctx_t            *ctx;
     ngx_http_smartflow_default_error_t  *e;
 
+    /*
+     * nginx leaves an unread body to the error_page target: a refusal in
+     * the access phase would otherwise leave it to be read as the next
+     * request on a keepalive connection
+     */
+    if (ngx_http_discard_request_body(r) != NGX_OK) {
+        r->keepalive = 0;
+    }
+
     ctx = ngx_http_smartflow_get_ctx(r);
 
     status = r->err_status ? r->err_status
