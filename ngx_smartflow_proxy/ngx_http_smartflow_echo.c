@@ -241,6 +241,8 @@ ngx_http_smartflow_echo_text(ngx_http_request_t *r,
         }
     }
 
+    /* measured first: no data yet */
+    said.data = NULL;
     said.len = 0;
     ngx_http_smartflow_echo_append_text(last, &said);
 
