@@ -35,6 +35,8 @@ static ngx_http_smartflow_default_error_t  ngx_http_smartflow_errors[] = {
       "This method is not allowed here." },
     { 408, "invalid_request_error", "request_timeout",
       "The request body did not arrive in time." },
+    { 409, "invalid_request_error", "conflict",
+      "The request conflicts with the current state." },
     { 413, "invalid_request_error", "request_too_large",
       "The request body is larger than this endpoint accepts." },
     { 429, "rate_limit_error", "rate_limit_exceeded",
