@@ -952,7 +952,20 @@ smartflow proxy: 'metadata' may take at most 4096 bytes
 
 
 
-=== TEST 77: without a keys zone the admin API says so
+=== TEST 77: a body that arrives in pieces is read without blocking
+--- raw_request eval
+["POST /api/auth/virtual-keys HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer sk-smartflow-test-0123456789\r\nContent-Length: 15\r\nConnection: close\r\n\r\n{\"name\":",
+ "\"slow\"}"]
+--- raw_request_middle_delay: 0.3
+--- error_code: 201
+--- response_body_like chomp
+^\{"id":"vk_8","object":"virtual_key","name":"slow","key":"sk-sf-
+--- no_error_log
+[error]
+
+
+
+=== TEST 78: without a keys zone the admin API says so
 --- http_config
     smartflow_master_key sk-smartflow-test-0123456789;
     smartflow_provider demo type=echo;
@@ -967,7 +980,7 @@ smartflow proxy: Virtual keys are not enabled
 
 
 
-=== TEST 78: an sk-sf- key is an ordinary wrong key without a keys zone
+=== TEST 79: an sk-sf- key is an ordinary wrong key without a keys zone
 --- http_config
     smartflow_master_key sk-smartflow-test-0123456789;
     smartflow_provider demo type=echo;
@@ -985,7 +998,7 @@ smartflow proxy: Incorrect API key provided: sk-sf-****.
 
 
 
-=== TEST 79: admin_keys in a regex location
+=== TEST 80: admin_keys in a regex location
 --- config
     location ~ ^/api/keys {
         smartflow_api admin_keys;
