@@ -41,6 +41,8 @@ static ngx_http_smartflow_default_error_t  ngx_http_smartflow_errors[] = {
       "This method is not allowed here." },
     { 408, "invalid_request_error", "request_timeout",
       "The request body did not arrive in time." },
+    { 409, "invalid_request_error", "conflict",
+      "The request conflicts with the current state." },
     { 413, "invalid_request_error", "request_too_large",
       "The request body is larger than this endpoint accepts." },
     { 429, "rate_limit_error", "rate_limit_exceeded",
@@ -360,6 +362,15 @@ ngx_http_smartflow_error_page(ngx_http_request_t *r, ngx_uint_t api)
 {
     ngx_uint_t                 status;
     ngx_http_smartflow_ctx_t  *ctx;
+
+    /*
+     * nginx leaves an unread body to the error_page target: a refusal in
+     * the access phase would otherwise leave it to be read as the next
+     * request on a keepalive connection
+     */
+    if (ngx_http_discard_request_body(r) != NGX_OK) {
+        r->keepalive = 0;
+    }
 
     ctx = ngx_http_smartflow_get_ctx(r);
 

@@ -83,6 +83,10 @@ ngx_http_smartflow_echo(ngx_http_request_t *r, ngx_http_smartflow_ctx_t *ctx)
     e.prompt_tokens = ngx_http_smartflow_echo_prompt_words(ctx);
     e.completion_tokens = ngx_http_smartflow_words(text.data, text.len);
 
+    /* the usage a provider would report, for the LOG phase */
+    ctx->prompt_tokens = e.prompt_tokens;
+    ctx->completion_tokens = e.completion_tokens;
+
     len = ngx_smartflow_json_escape_len(text.data, text.len);
     e.reply.data = ngx_pnalloc(r->pool, len);
     if (e.reply.data == NULL) {
@@ -495,6 +499,8 @@ ngx_http_smartflow_echo_embeddings(ngx_http_request_t *r,
 
     p = ngx_sprintf(p, "],\"model\":\"%V\",\"usage\":{\"prompt_tokens\":%ui,"
                        "\"total_tokens\":%ui}}", &e->model, tokens, tokens);
+
+    ctx->prompt_tokens = tokens;
 
     body.data = start;
     body.len = p - start;

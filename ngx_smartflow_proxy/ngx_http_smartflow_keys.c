@@ -1,18 +1,44 @@
 /*
- * Who is calling: the ACCESS phase handler.  A key comes as
- * "Authorization: Bearer KEY" (OpenAI's SDKs) or "x-api-key: KEY"
- * (Anthropic's); it is compared by SHA-256 digest in constant time.
- * Subrequests are skipped by nginx's access phase itself, and a refusal
- * is a plain status code, so "satisfy any" works as operators expect.
+ * Who is calling, and what they may do.  The ACCESS handler takes the key
+ * from "Authorization: Bearer KEY" (OpenAI's SDKs) or "x-api-key: KEY"
+ * (Anthropic's) and compares its SHA-256 digest in constant time with the
+ * master key's and, for an "sk-sf-" key, with the digests in the keys
+ * zone; there it also counts the request against the key's requests per
+ * minute.  Once the body is parsed, a pipeline stage checks the model
+ * against the key's globs and reserves the request's estimated tokens and
+ * cost; the LOG phase settles them with what the provider reported.  A
+ * header filter adds the x-ratelimit-* headers to every response of a key
+ * with limits.  Subrequests are skipped by nginx's access phase itself,
+ * and a refusal is a plain status code, so "satisfy any" works as
+ * operators expect.
  */
 
 #include <openssl/crypto.h>
 
-#include "ngx_http_smartflow_proxy.h"
+#include "ngx_http_smartflow_keys.h"
 
 
 static ngx_int_t ngx_http_smartflow_find_key(ngx_http_request_t *r,
     ngx_str_t *key);
+static ngx_int_t ngx_http_smartflow_virtual_key(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_str_t *key, u_char *digest);
+static ngx_http_smartflow_vkey_t *ngx_http_smartflow_keys_copy(
+    ngx_http_request_t *r, ngx_smartflow_key_t *k);
+static void ngx_http_smartflow_keys_window(ngx_http_smartflow_vkey_t *vkey,
+    ngx_smartflow_key_t *k, uint64_t now_ms);
+static ngx_int_t ngx_http_smartflow_keys_stage(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx);
+static uint64_t ngx_http_smartflow_keys_cost(ngx_http_smartflow_vkey_t *vkey,
+    uint64_t prompt, uint64_t completion);
+static u_char *ngx_http_smartflow_keys_usd(ngx_http_request_t *r,
+    uint64_t micro);
+static ngx_int_t ngx_http_smartflow_keys_log_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_smartflow_keys_header_filter(ngx_http_request_t *r);
+static ngx_int_t ngx_http_smartflow_keys_add_header(ngx_http_request_t *r,
+    char *key, u_char *value, u_char *last);
+
+
+static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
 
 
 ngx_int_t
@@ -43,7 +69,7 @@ ngx_http_smartflow_access_handler(ngx_http_request_t *r)
     ctx->api = slcf->api;
     ctx->client_format = ngx_http_smartflow_api_format(slcf->api);
 
-    if (ctx->key_id.len) {
+    if (ctx->authorized) {
         /* already checked before an internal redirect */
         return NGX_OK;
     }
@@ -55,7 +81,7 @@ ngx_http_smartflow_access_handler(ngx_http_request_t *r)
                    "\"Authorization: Bearer KEY\" or \"x-api-key: KEY\".");
     }
 
-    if (smcf->master_key.len == 0) {
+    if (smcf->master_key.len == 0 && smcf->keys == NULL) {
         return ngx_http_smartflow_error(r, NGX_HTTP_UNAUTHORIZED,
                    "invalid_request_error", "invalid_api_key", NULL,
                    "Incorrect API key provided: no smartflow_master_key "
@@ -66,18 +92,28 @@ ngx_http_smartflow_access_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (CRYPTO_memcmp(digest, smcf->master_hash, 32) != 0) {
-        /* show only a prefix, as the providers do */
-        return ngx_http_smartflow_error(r, NGX_HTTP_UNAUTHORIZED,
-                   "invalid_request_error", "invalid_api_key", NULL,
-                   "Incorrect API key provided: %*s****.",
-                   ngx_min(key.len, 6), key.data);
+    if (smcf->master_key.len
+        && CRYPTO_memcmp(digest, smcf->master_hash, 32) == 0)
+    {
+        ctx->master = 1;
+        ctx->authorized = 1;
+        ngx_str_set(&ctx->key_id, "master");
+        return NGX_OK;
     }
 
-    ctx->master = 1;
-    ngx_str_set(&ctx->key_id, "master");
+    if (smcf->keys
+        && key.len == NGX_SMARTFLOW_KEY_LEN
+        && ngx_strncmp(key.data, NGX_SMARTFLOW_KEY_PREFIX,
+                       NGX_SMARTFLOW_KEY_PREFIX_LEN) == 0)
+    {
+        return ngx_http_smartflow_virtual_key(r, ctx, &key, digest);
+    }
 
-    return NGX_OK;
+    /* show only a prefix, as the providers do */
+    return ngx_http_smartflow_error(r, NGX_HTTP_UNAUTHORIZED,
+               "invalid_request_error", "invalid_api_key", NULL,
+               "Incorrect API key provided: %*s****.",
+               ngx_min(key.len, 6), key.data);
 }
 
 
@@ -110,4 +146,690 @@ ngx_http_smartflow_find_key(ngx_http_request_t *r, ngx_str_t *key)
     }
 
     return NGX_DECLINED;
+}
+
+
+/*
+ * An "sk-sf-" key: found by digest under the zone's mutex, checked, its
+ * request counted, and what later checks need copied out before unlock.
+ */
+static ngx_int_t
+ngx_http_smartflow_virtual_key(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_str_t *key, u_char *digest)
+{
+    u_char                          *p;
+    time_t                           now, expired;
+    uint64_t                         now_ms, used;
+    ngx_uint_t                       revoked;
+    ngx_smartflow_key_t             *k;
+    ngx_http_smartflow_vkey_t       *vkey;
+    ngx_smartflow_key_secret_t      *s;
+    ngx_http_smartflow_keys_zone_t  *kz;
+    ngx_http_smartflow_main_conf_t  *smcf;
+    u_char                           prefix[NGX_SMARTFLOW_KEY_SHOWN];
+
+    smcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_proxy_module);
+    kz = smcf->keys;
+
+    now = ngx_time();
+    now_ms = ngx_smartflow_keys_now_ms();
+    revoked = 0;
+    expired = 0;
+    vkey = NULL;
+    used = 0;
+
+    ngx_shmtx_lock(&kz->shpool->mutex);
+
+    s = ngx_smartflow_keys_by_digest(kz->sh, digest);
+
+    if (s && s->until && s->until <= now) {
+        /* an old secret whose grace period is over */
+        ngx_smartflow_keys_drop_previous(kz, s->key);
+        kz->sh->version++;
+        s = NULL;
+    }
+
+    if (s == NULL) {
+        ngx_shmtx_unlock(&kz->shpool->mutex);
+
+        return ngx_http_smartflow_error(r, NGX_HTTP_UNAUTHORIZED,
+                   "invalid_request_error", "invalid_api_key", NULL,
+                   "Incorrect API key provided: %*s****.",
+                   (size_t) 6, key->data);
+    }
+
+    k = s->key;
+    ngx_memcpy(prefix, k->prefix, NGX_SMARTFLOW_KEY_SHOWN);
+
+    if (k->revoked) {
+        revoked = 1;
+
+    } else if (k->expires && k->expires <= now) {
+        expired = k->expires;
+
+    } else {
+        vkey = ngx_http_smartflow_keys_copy(r, k);
+
+        ngx_smartflow_keys_roll(k, now, now_ms);
+
+        /* requests for completions count; /v1/models does not */
+        if (vkey && ctx->api < NGX_HTTP_SMARTFLOW_API_MODELS) {
+            used = k->window_requests;
+
+            if (k->rpm == NGX_HTTP_SMARTFLOW_UNLIMITED || used < k->rpm) {
+                k->window_requests++;
+                k->period_requests++;
+                k->requests++;
+                kz->sh->version++;
+            }
+        }
+
+        if (vkey) {
+            ngx_http_smartflow_keys_window(vkey, k, now_ms);
+        }
+    }
+
+    ngx_shmtx_unlock(&kz->shpool->mutex);
+
+    if (revoked) {
+        return ngx_http_smartflow_error(r, NGX_HTTP_UNAUTHORIZED,
+                   "invalid_request_error", "invalid_api_key", NULL,
+                   "The API key %*s**** has been revoked.",
+                   (size_t) NGX_SMARTFLOW_KEY_SHOWN, prefix);
+    }
+
+    if (expired) {
+        p = ngx_pnalloc(r->pool, NGX_SMARTFLOW_RFC3339_LEN);
+        if (p == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        (void) ngx_smartflow_rfc3339(p, expired);
+
+        return ngx_http_smartflow_error(r, NGX_HTTP_UNAUTHORIZED,
+                   "invalid_request_error", "invalid_api_key", NULL,
+                   "The API key %*s**** expired at %*s.",
+                   (size_t) NGX_SMARTFLOW_KEY_SHOWN, prefix,
+                   (size_t) NGX_SMARTFLOW_RFC3339_LEN, p);
+    }
+
+    if (vkey == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->vkey = vkey;
+    ctx->team = vkey->team;
+
+    ctx->key_id.data = ngx_pnalloc(r->pool, sizeof("vk_") + NGX_INT_T_LEN);
+    if (ctx->key_id.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->key_id.len = ngx_sprintf(ctx->key_id.data, "vk_%ui", vkey->id)
+                      - ctx->key_id.data;
+
+    if (ctx->api == NGX_HTTP_SMARTFLOW_API_ADMIN_KEYS) {
+        return ngx_http_smartflow_error(r, NGX_HTTP_FORBIDDEN,
+                   "permission_error", "master_key_required", NULL,
+                   "The admin API takes the master key only; virtual "
+                   "keys cannot manage keys.");
+    }
+
+    if (vkey->rpm != NGX_HTTP_SMARTFLOW_UNLIMITED && used >= vkey->rpm
+        && ctx->api < NGX_HTTP_SMARTFLOW_API_MODELS)
+    {
+        vkey->retry_after = (vkey->reset + 999) / 1000;
+
+        return ngx_http_smartflow_error(r, NGX_HTTP_TOO_MANY_REQUESTS,
+                   "requests", "rate_limit_exceeded", NULL,
+                   "Rate limit reached for virtual key %V on requests per "
+                   "min (RPM): Limit %uL, Used %uL, Requested 1. Please "
+                   "try again in %Ts.", &ctx->key_id, vkey->rpm, used,
+                   vkey->retry_after);
+    }
+
+    ctx->authorized = 1;
+
+    return NGX_OK;
+}
+
+
+/* called with the zone locked: one pool block for the strings it needs */
+static ngx_http_smartflow_vkey_t *
+ngx_http_smartflow_keys_copy(ngx_http_request_t *r, ngx_smartflow_key_t *k)
+{
+    u_char                     *p;
+    size_t                      size;
+    ngx_uint_t                  i;
+    ngx_http_smartflow_vkey_t  *vkey;
+
+    size = sizeof(ngx_http_smartflow_vkey_t)
+           + k->nmodels * sizeof(ngx_str_t)
+           + k->name.len + k->team.len + k->user.len + k->policy_group.len;
+
+    for (i = 0; i < k->nmodels; i++) {
+        size += k->models[i].len;
+    }
+
+    vkey = ngx_pcalloc(r->pool, size);
+    if (vkey == NULL) {
+        return NULL;
+    }
+
+    vkey->id = k->node.key;
+    vkey->rpm = k->rpm;
+    vkey->tpm = k->tpm;
+    vkey->budget = k->budget;
+
+    vkey->models = (ngx_str_t *) (vkey + 1);
+    vkey->nmodels = k->nmodels;
+    p = (u_char *) (vkey->models + k->nmodels);
+
+    for (i = 0; i < k->nmodels; i++) {
+        vkey->models[i].data = p;
+        vkey->models[i].len = k->models[i].len;
+        p = ngx_cpymem(p, k->models[i].data, k->models[i].len);
+    }
+
+#define ngx_sf_copy(field)                                                   \
+    if (k->field.data) {                                                     \
+        vkey->field.data = p;                                                \
+        vkey->field.len = k->field.len;                                      \
+        p = ngx_cpymem(p, k->field.data, k->field.len);                      \
+    }
+
+    ngx_sf_copy(name);
+    ngx_sf_copy(team);
+    ngx_sf_copy(user);
+    ngx_sf_copy(policy_group);
+
+#undef ngx_sf_copy
+
+    return vkey;
+}
+
+
+/* called with the zone locked: what the x-ratelimit-* headers tell */
+static void
+ngx_http_smartflow_keys_window(ngx_http_smartflow_vkey_t *vkey,
+    ngx_smartflow_key_t *k, uint64_t now_ms)
+{
+    uint64_t  used;
+
+    vkey->reset = (k->window + NGX_SMARTFLOW_KEY_WINDOW > now_ms)
+                  ? k->window + NGX_SMARTFLOW_KEY_WINDOW - now_ms
+                  : NGX_SMARTFLOW_KEY_WINDOW;
+
+    vkey->requests_left = (k->rpm > k->window_requests)
+                          ? k->rpm - k->window_requests : 0;
+
+    used = k->window_tokens + k->window_reserved;
+    vkey->tokens_left = (k->tpm > used) ? k->tpm - used : 0;
+}
+
+
+/*
+ * The stage that runs once the model is known (ahead of the policy): the
+ * key's model globs, then its tokens per minute and its budget, both
+ * reserved from an estimate (prompt: a token per 4 body bytes;
+ * completion: max_tokens) under one lock, so that concurrent requests see
+ * each other's reservations.
+ */
+static ngx_int_t
+ngx_http_smartflow_keys_stage(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx)
+{
+    time_t                           now;
+    uint64_t                         now_ms, prompt, completion, used;
+    uint64_t                         spent, left;
+    ngx_uint_t                       i, refused, period;
+    ngx_str_t                       *model;
+    ngx_smartflow_key_t             *k;
+    ngx_smartflow_json_t            *j;
+    ngx_smartflow_price_t           *price;
+    ngx_http_smartflow_vkey_t       *vkey;
+    ngx_http_smartflow_keys_zone_t  *kz;
+    ngx_http_smartflow_main_conf_t  *smcf;
+    u_char                           low[256];
+
+    vkey = ctx->vkey;
+
+    if (vkey == NULL) {
+        return NGX_DECLINED;
+    }
+
+    model = &ctx->model;
+
+    if (vkey->nmodels) {
+        if (model->len <= sizeof(low)) {
+            ngx_strlow(low, model->data, model->len);
+
+            for (i = 0; i < vkey->nmodels; i++) {
+                if (ngx_smartflow_glob(vkey->models[i].data,
+                                       vkey->models[i].data
+                                       + vkey->models[i].len,
+                                       low, low + model->len))
+                {
+                    break;
+                }
+            }
+
+        } else {
+            i = vkey->nmodels;
+        }
+
+        if (i == vkey->nmodels) {
+            return ngx_http_smartflow_error(r, NGX_HTTP_FORBIDDEN,
+                       "permission_error", "model_not_allowed", "model",
+                       "The model `%V` is not allowed for this API key.",
+                       model);
+        }
+    }
+
+    /* the price of what the provider is asked for */
+    smcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_proxy_module);
+    model = &ctx->upstream_model;
+    price = smcf->prices.elts;
+
+    if (model->len <= sizeof(low)) {
+        ngx_strlow(low, model->data, model->len);
+
+        for (i = 0; i < smcf->prices.nelts; i++) {
+            if (ngx_smartflow_glob(price[i].glob.data,
+                                   price[i].glob.data + price[i].glob.len,
+                                   low, low + model->len))
+            {
+                vkey->price_in = price[i].in;
+                vkey->price_out = price[i].out;
+                break;
+            }
+        }
+    }
+
+    prompt = (ctx->body.len + 3) / 4;
+    completion = 0;
+
+    j = ngx_smartflow_json_get(ctx->json, "max_completion_tokens");
+    if (j == NULL) {
+        j = ngx_smartflow_json_get(ctx->json, "max_tokens");
+    }
+
+    if (j && j->type == NGX_SMARTFLOW_JSON_NUMBER
+        && ngx_smartflow_parse_uint(j->str.data, j->str.len, &completion)
+           != NGX_OK)
+    {
+        completion = 0;
+    }
+
+    vkey->est_tokens = prompt + completion;
+    vkey->est_cost = ngx_http_smartflow_keys_cost(vkey, prompt, completion);
+
+    kz = smcf->keys;
+    now = ngx_time();
+    now_ms = ngx_smartflow_keys_now_ms();
+    refused = 0;
+
+    ngx_shmtx_lock(&kz->shpool->mutex);
+
+    k = ngx_smartflow_keys_by_id(kz->sh, vkey->id);
+
+    if (k == NULL) {
+        ngx_shmtx_unlock(&kz->shpool->mutex);
+        return NGX_DECLINED;
+    }
+
+    ngx_smartflow_keys_roll(k, now, now_ms);
+
+    used = k->window_tokens + k->window_reserved;
+    spent = k->spent;
+    left = (spent + k->reserved < k->budget)
+           ? k->budget - spent - k->reserved : 0;
+    period = k->period;
+
+    if (k->tpm != NGX_HTTP_SMARTFLOW_UNLIMITED
+        && used + vkey->est_tokens > k->tpm)
+    {
+        refused = 1;
+
+    } else if (k->budget != NGX_HTTP_SMARTFLOW_UNLIMITED
+               && (spent >= k->budget || vkey->est_cost > left))
+    {
+        refused = 2;
+
+    } else {
+        k->window_reserved += vkey->est_tokens;
+        k->reserved += vkey->est_cost;
+
+        vkey->window = k->window;
+        vkey->period_start = k->period_start;
+        vkey->reserved = 1;
+    }
+
+    ngx_http_smartflow_keys_window(vkey, k, now_ms);
+
+    ngx_shmtx_unlock(&kz->shpool->mutex);
+
+    if (refused == 1) {
+        vkey->retry_after = (vkey->reset + 999) / 1000;
+
+        return ngx_http_smartflow_error(r, NGX_HTTP_TOO_MANY_REQUESTS,
+                   "tokens", "rate_limit_exceeded", NULL,
+                   "Rate limit reached for virtual key %V on tokens per "
+                   "min (TPM): Limit %uL, Used %uL, Requested %uL. Please "
+                   "try again in %Ts.", &ctx->key_id, vkey->tpm, used,
+                   vkey->est_tokens, vkey->retry_after);
+    }
+
+    if (refused == 2) {
+        if (spent >= vkey->budget) {
+            return ngx_http_smartflow_error(r, NGX_HTTP_TOO_MANY_REQUESTS,
+                       "insufficient_quota", "insufficient_quota", NULL,
+                       "You exceeded your current quota: virtual key %V "
+                       "has spent %s USD of its %s USD %V budget.",
+                       &ctx->key_id, ngx_http_smartflow_keys_usd(r, spent),
+                       ngx_http_smartflow_keys_usd(r, vkey->budget),
+                       &ngx_smartflow_periods[period]);
+        }
+
+        return ngx_http_smartflow_error(r, NGX_HTTP_TOO_MANY_REQUESTS,
+                   "insufficient_quota", "insufficient_quota", NULL,
+                   "You exceeded your current quota: virtual key %V has "
+                   "%s USD of its %s USD budget left, less than the %s USD "
+                   "this request may cost.", &ctx->key_id,
+                   ngx_http_smartflow_keys_usd(r, left),
+                   ngx_http_smartflow_keys_usd(r, vkey->budget),
+                   ngx_http_smartflow_keys_usd(r, vkey->est_cost));
+    }
+
+    return NGX_DECLINED;
+}
+
+
+/* micro-USD, rounded up so that small requests are not free */
+static uint64_t
+ngx_http_smartflow_keys_cost(ngx_http_smartflow_vkey_t *vkey,
+    uint64_t prompt, uint64_t completion)
+{
+    return (prompt * vkey->price_in + completion * vkey->price_out + 999999)
+           / 1000000;
+}
+
+
+/* money for a message: a NUL-terminated "12.5" */
+static u_char *
+ngx_http_smartflow_keys_usd(ngx_http_request_t *r, uint64_t micro)
+{
+    u_char               *p;
+    ngx_smartflow_out_t   o;
+
+    p = ngx_pnalloc(r->pool, NGX_INT64_LEN + 8);
+    if (p == NULL) {
+        return (u_char *) "?";
+    }
+
+    o.pos = p;
+    o.size = 0;
+    ngx_smartflow_out_money(&o, micro);
+    *o.pos = '\0';
+
+    return p;
+}
+
+
+/*
+ * LOG phase: the reservation gives way to what the provider reported.
+ * Without a usage report (a plain response whose body nobody read) the
+ * request costs nothing rather than an estimate.
+ */
+static ngx_int_t
+ngx_http_smartflow_keys_log_handler(ngx_http_request_t *r)
+{
+    uint64_t                         prompt, completion, cost;
+    ngx_smartflow_key_t             *k;
+    ngx_http_smartflow_ctx_t        *ctx;
+    ngx_http_smartflow_vkey_t       *vkey;
+    ngx_http_smartflow_keys_zone_t  *kz;
+    ngx_http_smartflow_main_conf_t  *smcf;
+
+    ctx = ngx_http_smartflow_get_ctx(r);
+
+    if (ctx == NULL || ctx->vkey == NULL || !ctx->vkey->reserved
+        || ctx->vkey->settled)
+    {
+        return NGX_OK;
+    }
+
+    vkey = ctx->vkey;
+    vkey->settled = 1;
+
+    prompt = ctx->prompt_tokens;
+    completion = ctx->completion_tokens;
+    cost = ngx_http_smartflow_keys_cost(vkey, prompt, completion);
+
+    if (prompt + completion == 0) {
+        cost = 0;
+    }
+
+    smcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_proxy_module);
+    kz = smcf->keys;
+
+    ngx_shmtx_lock(&kz->shpool->mutex);
+
+    k = ngx_smartflow_keys_by_id(kz->sh, vkey->id);
+
+    if (k) {
+        ngx_smartflow_keys_roll(k, ngx_time(), ngx_smartflow_keys_now_ms());
+
+        /* a reservation made in an earlier window or period is gone */
+        if (k->window == vkey->window) {
+            k->window_reserved -= ngx_min(k->window_reserved,
+                                          vkey->est_tokens);
+        }
+
+        if (k->period_start == vkey->period_start) {
+            k->reserved -= ngx_min(k->reserved, vkey->est_cost);
+        }
+
+        k->window_tokens += prompt + completion;
+        k->spent += cost;
+        k->period_prompt += prompt;
+        k->period_completion += completion;
+        k->prompt_tokens += prompt;
+        k->completion_tokens += completion;
+        k->spend += cost;
+        kz->sh->version++;
+    }
+
+    ngx_shmtx_unlock(&kz->shpool->mutex);
+
+    ngx_log_debug5(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "smartflow proxy key vk_%ui settled: %uL+%uL tokens, "
+                   "%uL micro-USD (reserved %uL)", vkey->id, prompt,
+                   completion, cost, vkey->est_cost);
+
+    return NGX_OK;
+}
+
+
+/*
+ * OpenAI's x-ratelimit-* headers for a key with limits, on every response:
+ * the provider's own (about the gateway's provider account) give way.
+ */
+static ngx_int_t
+ngx_http_smartflow_keys_header_filter(ngx_http_request_t *r)
+{
+    u_char                         *p, *v;
+    ngx_uint_t                      i;
+    ngx_list_part_t                *part;
+    ngx_table_elt_t                *h;
+    ngx_http_smartflow_ctx_t       *ctx;
+    ngx_http_smartflow_vkey_t      *vkey;
+    ngx_http_smartflow_loc_conf_t  *slcf;
+
+    slcf = ngx_http_get_module_loc_conf(r, ngx_http_smartflow_proxy_module);
+
+    if (r != r->main || slcf->api == NGX_HTTP_SMARTFLOW_API_NONE) {
+        return ngx_http_next_header_filter(r);
+    }
+
+    ctx = ngx_http_smartflow_get_ctx(r);
+
+    if (ctx == NULL || ctx->vkey == NULL) {
+        return ngx_http_next_header_filter(r);
+    }
+
+    vkey = ctx->vkey;
+
+    if (vkey->rpm == NGX_HTTP_SMARTFLOW_UNLIMITED
+        && vkey->tpm == NGX_HTTP_SMARTFLOW_UNLIMITED
+        && vkey->retry_after == 0)
+    {
+        return ngx_http_next_header_filter(r);
+    }
+
+    part = &r->headers_out.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len > sizeof("x-ratelimit-") - 1
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "x-ratelimit-",
+                               sizeof("x-ratelimit-") - 1) == 0)
+        {
+            h[i].hash = 0;
+        }
+    }
+
+    p = ngx_pnalloc(r->pool, 7 * (NGX_INT64_LEN + 2));
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (vkey->rpm != NGX_HTTP_SMARTFLOW_UNLIMITED) {
+        v = p;
+        p = ngx_sprintf(p, "%uL", vkey->rpm);
+
+        if (ngx_http_smartflow_keys_add_header(r,
+                "x-ratelimit-limit-requests", v, p) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        v = p;
+        p = ngx_sprintf(p, "%uL", vkey->requests_left);
+
+        if (ngx_http_smartflow_keys_add_header(r,
+                "x-ratelimit-remaining-requests", v, p) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        v = p;
+        p = ngx_sprintf(p, "%Ms", (vkey->reset + 999) / 1000);
+
+        if (ngx_http_smartflow_keys_add_header(r,
+                "x-ratelimit-reset-requests", v, p) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    if (vkey->tpm != NGX_HTTP_SMARTFLOW_UNLIMITED) {
+        v = p;
+        p = ngx_sprintf(p, "%uL", vkey->tpm);
+
+        if (ngx_http_smartflow_keys_add_header(r,
+                "x-ratelimit-limit-tokens", v, p) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        v = p;
+        p = ngx_sprintf(p, "%uL", vkey->tokens_left);
+
+        if (ngx_http_smartflow_keys_add_header(r,
+                "x-ratelimit-remaining-tokens", v, p) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        v = p;
+        p = ngx_sprintf(p, "%Ms", (vkey->reset + 999) / 1000);
+
+        if (ngx_http_smartflow_keys_add_header(r,
+                "x-ratelimit-reset-tokens", v, p) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    if (vkey->retry_after && r->headers_out.status
+                             == NGX_HTTP_TOO_MANY_REQUESTS)
+    {
+        v = p;
+        p = ngx_sprintf(p, "%T", vkey->retry_after);
+
+        if (ngx_http_smartflow_keys_add_header(r, "Retry-After", v, p)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return ngx_http_next_header_filter(r);
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_keys_add_header(ngx_http_request_t *r, char *key,
+    u_char *value, u_char *last)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    h->key.data = (u_char *) key;
+    h->key.len = ngx_strlen(key);
+    h->value.data = value;
+    h->value.len = last - value;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_smartflow_keys_init(ngx_conf_t *cf)
+{
+    ngx_http_handler_pt        *h;
+    ngx_http_core_main_conf_t  *cmcf;
+
+    ngx_http_next_header_filter = ngx_http_top_header_filter;
+    ngx_http_top_header_filter = ngx_http_smartflow_keys_header_filter;
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_LOG_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_smartflow_keys_log_handler;
+
+    return ngx_http_smartflow_register_stage(cf,
+                                             NGX_HTTP_SMARTFLOW_STAGE_KEYS,
+                                             ngx_http_smartflow_keys_stage);
 }

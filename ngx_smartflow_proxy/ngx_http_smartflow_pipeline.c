@@ -10,8 +10,6 @@
 
 
 static void ngx_http_smartflow_body_handler(ngx_http_request_t *r);
-static ngx_int_t ngx_http_smartflow_read_body(ngx_http_request_t *r,
-    ngx_http_smartflow_ctx_t *ctx);
 static ngx_int_t ngx_http_smartflow_parse(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx);
 static ngx_int_t ngx_http_smartflow_run_stages(ngx_http_request_t *r,
@@ -224,7 +222,8 @@ ngx_http_smartflow_pipeline_done(ngx_http_request_t *r,
 }
 
 
-static ngx_int_t
+/* the client body as one string, also for the admin API */
+ngx_int_t
 ngx_http_smartflow_read_body(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx)
 {

@@ -126,6 +126,7 @@ typedef enum {
     NGX_HTTP_SMARTFLOW_API_MODELS,
     NGX_HTTP_SMARTFLOW_API_ANTHROPIC_MODELS,
     NGX_HTTP_SMARTFLOW_API_HEALTH,
+    NGX_HTTP_SMARTFLOW_API_ADMIN_KEYS,      /* virtual keys admin API */
     NGX_HTTP_SMARTFLOW_API_ERROR,
     NGX_HTTP_SMARTFLOW_API_ANTHROPIC_ERROR,
     NGX_HTTP_SMARTFLOW_API_NEXT             /* the next deployment */
@@ -216,6 +217,44 @@ struct ngx_http_smartflow_route_s {
 #define NGX_HTTP_SMARTFLOW_MAX_PLAN  8
 
 
+/* limits and money: unset limits are "unlimited", money is micro-USD */
+#define NGX_HTTP_SMARTFLOW_UNLIMITED  ((uint64_t) -1)
+
+
+/*
+ * What a request knows of its virtual key, copied out of the keys zone
+ * by the ACCESS handler, and the reservation the LOG phase settles.
+ */
+typedef struct {
+    ngx_uint_t                  id;
+    ngx_str_t                   name;
+    ngx_str_t                   team;
+    ngx_str_t                   user;
+    ngx_str_t                   policy_group;
+    ngx_str_t                  *models;         /* lower-case globs */
+    ngx_uint_t                  nmodels;        /* 0: any model */
+    uint64_t                    rpm;
+    uint64_t                    tpm;
+    uint64_t                    budget;
+
+    /* the x-ratelimit-* response headers */
+    uint64_t                    requests_left;
+    uint64_t                    tokens_left;
+    ngx_msec_t                  reset;          /* until the window ends */
+    time_t                      retry_after;    /* set with a 429 */
+
+    /* the estimate reserved before the request went out */
+    uint64_t                    window;         /* epoch ms it began */
+    time_t                      period_start;
+    uint64_t                    est_tokens;
+    uint64_t                    est_cost;
+    uint64_t                    price_in;       /* micro-USD per 1M */
+    uint64_t                    price_out;
+    unsigned                    reserved:1;
+    unsigned                    settled:1;
+} ngx_http_smartflow_vkey_t;
+
+
 /* the request context */
 
 typedef struct {
@@ -237,6 +276,8 @@ typedef struct {
     ngx_str_t                   upstream_body;
 
     ngx_str_t                   key_id;         /* identity of the caller */
+    ngx_str_t                   team;           /* the virtual key's team */
+    ngx_http_smartflow_vkey_t  *vkey;           /* NULL for the master key */
 
     ngx_uint_t                  stage;          /* next pipeline stage */
 
@@ -273,6 +314,7 @@ typedef struct {
     unsigned                    body_requested:1;
     unsigned                    pipeline_done:1;
     unsigned                    master:1;
+    unsigned                    authorized:1;   /* the key was accepted */
     unsigned                    counted:1;
     unsigned                    translate:1;    /* client != provider */
     unsigned                    hide_usage:1;   /* usage chunk we asked for */
@@ -299,6 +341,7 @@ typedef struct {
 typedef ngx_int_t (*ngx_http_smartflow_stage_pt)(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx);
 
+#define NGX_HTTP_SMARTFLOW_STAGE_KEYS     50
 #define NGX_HTTP_SMARTFLOW_STAGE_POLICY   100
 #define NGX_HTTP_SMARTFLOW_STAGE_CACHE    200
 
@@ -328,6 +371,8 @@ ngx_int_t ngx_http_smartflow_send(ngx_http_request_t *r, ngx_uint_t status,
 
 /* the proxy module's own configuration, shared by its source files */
 
+typedef struct ngx_http_smartflow_keys_zone_s  ngx_http_smartflow_keys_zone_t;
+
 typedef struct {
     ngx_array_t                 providers;      /* provider_t * */
     ngx_array_t                 routes;         /* route_t * */
@@ -341,6 +386,8 @@ typedef struct {
     ngx_uint_t                  max_attempts;
     ngx_uint_t                  breaker_failures;
     time_t                      breaker_cooldown;
+    ngx_http_smartflow_keys_zone_t  *keys;      /* smartflow_keys_zone */
+    ngx_array_t                 prices;         /* smartflow_price */
 } ngx_http_smartflow_main_conf_t;
 
 
@@ -369,6 +416,17 @@ ngx_int_t ngx_http_smartflow_access_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_smartflow_precontent_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_smartflow_content_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_smartflow_log_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_smartflow_read_body(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx);
+ngx_int_t ngx_http_smartflow_keys_init(ngx_conf_t *cf);
+ngx_int_t ngx_http_smartflow_keys_api_handler(ngx_http_request_t *r);
+char *ngx_http_smartflow_keys_zone_directive(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+char *ngx_http_smartflow_price_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_smartflow_keys_init_module(ngx_cycle_t *cycle);
+ngx_int_t ngx_http_smartflow_keys_init_process(ngx_cycle_t *cycle);
+void ngx_http_smartflow_keys_exit_process(ngx_cycle_t *cycle);
 ngx_int_t ngx_http_smartflow_filter_init(ngx_conf_t *cf);
 ngx_int_t ngx_http_smartflow_echo(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx);

@@ -6,7 +6,7 @@
 
 #include <openssl/evp.h>
 
-#include "ngx_http_smartflow_proxy.h"
+#include "ngx_http_smartflow_keys.h"
 
 
 static void ngx_http_smartflow_ctx_cleanup(void *data);
@@ -44,6 +44,7 @@ static ngx_conf_enum_t  ngx_http_smartflow_apis[] = {
     { ngx_string("anthropic_models"),
       NGX_HTTP_SMARTFLOW_API_ANTHROPIC_MODELS },
     { ngx_string("health"), NGX_HTTP_SMARTFLOW_API_HEALTH },
+    { ngx_string("admin_keys"), NGX_HTTP_SMARTFLOW_API_ADMIN_KEYS },
     { ngx_string("error"), NGX_HTTP_SMARTFLOW_API_ERROR },
     { ngx_string("anthropic_error"), NGX_HTTP_SMARTFLOW_API_ANTHROPIC_ERROR },
     { ngx_string("next"), NGX_HTTP_SMARTFLOW_API_NEXT },
@@ -115,6 +116,20 @@ static ngx_command_t  ngx_http_smartflow_commands[] = {
       0,
       NULL },
 
+    { ngx_string("smartflow_keys_zone"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE2|NGX_CONF_TAKE3|NGX_CONF_TAKE4,
+      ngx_http_smartflow_keys_zone_directive,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("smartflow_price"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE3,
+      ngx_http_smartflow_price_directive,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("smartflow_api"),
       NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_http_smartflow_api,
@@ -161,11 +176,11 @@ ngx_module_t  ngx_http_smartflow_proxy_module = {
     ngx_http_smartflow_commands,           /* module directives */
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
-    NULL,                                  /* init module */
-    NULL,                                  /* init process */
+    ngx_http_smartflow_keys_init_module,   /* init module */
+    ngx_http_smartflow_keys_init_process,  /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
-    NULL,                                  /* exit process */
+    ngx_http_smartflow_keys_exit_process,  /* exit process */
     NULL,                                  /* exit master */
     NGX_MODULE_V1_PADDING
 };
@@ -225,6 +240,10 @@ static ngx_http_variable_t  ngx_http_smartflow_vars[] = {
 
     { ngx_string("smartflow_key_id"), NULL,
       ngx_http_smartflow_str_variable, ngx_sf_ctx_off(key_id),
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("smartflow_team"), NULL,
+      ngx_http_smartflow_str_variable, ngx_sf_ctx_off(team),
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("smartflow_error_code"), NULL,
@@ -733,6 +752,9 @@ ngx_http_smartflow_create_main_conf(ngx_conf_t *cf)
            != NGX_OK
         || ngx_array_init(&smcf->stages, cf->pool, 4,
                           sizeof(ngx_http_smartflow_stage_t))
+           != NGX_OK
+        || ngx_array_init(&smcf->prices, cf->pool, 4,
+                          sizeof(ngx_smartflow_price_t))
            != NGX_OK)
     {
         return NULL;
@@ -849,7 +871,7 @@ ngx_http_smartflow_master_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 /*
  * smartflow_api chat|completions|embeddings|messages|models|
- *     anthropic_models|health|error|anthropic_error;
+ *     anthropic_models|health|admin_keys|error|anthropic_error;
  */
 static char *
 ngx_http_smartflow_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
@@ -881,9 +903,26 @@ ngx_http_smartflow_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    if (slcf->api >= NGX_HTTP_SMARTFLOW_API_MODELS) {
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (slcf->api == NGX_HTTP_SMARTFLOW_API_ADMIN_KEYS) {
+        /* the path after the location's prefix names the key */
+        if (clcf->named || clcf->noname
+#if (NGX_PCRE)
+            || clcf->regex
+#endif
+           )
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "smartflow_api admin_keys needs a prefix "
+                               "location");
+            return NGX_CONF_ERROR;
+        }
+
+        clcf->handler = ngx_http_smartflow_keys_api_handler;
+
+    } else if (slcf->api >= NGX_HTTP_SMARTFLOW_API_MODELS) {
         /* answered by the module itself */
-        clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
         clcf->handler = ngx_http_smartflow_content_handler;
     }
 
@@ -979,6 +1018,10 @@ ngx_http_smartflow_init(ngx_conf_t *cf)
     }
 
     *h = ngx_http_smartflow_log_handler;
+
+    if (ngx_http_smartflow_keys_init(cf) != NGX_OK) {
+        return NGX_ERROR;
+    }
 
     return ngx_http_smartflow_filter_init(cf);
 }

@@ -109,6 +109,10 @@ Smartflow gateway on http://$listen:$port
       -H 'Content-Type: application/json' \\
       -d '{"model":"smartflow-echo","messages":[{"role":"user","content":"Hello"}]}'
   or point an OpenAI SDK at base URL http://127.0.0.1:$port/v1 with that key.
+  virtual keys for applications (kept in $state/keys/):
+    curl http://127.0.0.1:$port/api/auth/virtual-keys \\
+      -H "Authorization: Bearer $SMARTFLOW_MASTER_KEY" \\
+      -d '{"name":"my-app","rpm":60,"models":["smartflow-*"]}'
 BANNER
 
 exec nginx -p "$state" -c "$state/conf/nginx.conf"
