@@ -85,7 +85,7 @@ my $user = $> == 0 ? "user root;\n" : '';
 
 open my $conf, '>', "$ServRoot/conf/nginx.conf" or die "nginx.conf: $!\n";
 print {$conf} <<"CONF";
-# written by t/clients/002-keys-sdk.t
+# written by t/clients/004-keys-sdk.t
 load_module $Modules/ngx_http_smartflow_proxy_module.so;
 load_module $Modules/ngx_http_smartflow_policy_module.so;
 load_module $Modules/ngx_http_smartflow_cache_module.so;

@@ -7,7 +7,7 @@
 //   SMARTFLOW_KEY=<master key> node --test t/clients/keys.test.mjs
 //
 // The gateway routes smartflow-echo and other-echo to the built-in echo
-// provider; t/clients/002-keys-sdk.t sets it up.
+// provider; t/clients/004-keys-sdk.t sets it up.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
