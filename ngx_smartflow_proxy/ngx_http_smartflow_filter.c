@@ -232,9 +232,11 @@ ngx_http_smartflow_stream_timer(ngx_http_request_t *r,
 static void
 ngx_http_smartflow_stream_timeout(ngx_event_t *ev)
 {
-    ngx_time_t                *tp;
-    ngx_http_request_t        *r;
-    ngx_http_smartflow_ctx_t  *ctx;
+    ngx_time_t                     *tp;
+    ngx_msec_int_t                  elapsed;
+    ngx_http_request_t             *r;
+    ngx_http_smartflow_ctx_t       *ctx;
+    ngx_http_smartflow_loc_conf_t  *slcf;
 
     r = ev->data;
     ctx = ngx_http_smartflow_get_ctx(r);
@@ -245,14 +247,24 @@ ngx_http_smartflow_stream_timeout(ngx_event_t *ev)
         return;
     }
 
+    /* the cached clock may lag the timer's: never cut before the cap */
+    ngx_time_update();
     tp = ngx_timeofday();
+    elapsed = (ngx_msec_int_t) ((tp->sec - r->start_sec) * 1000
+                                + (tp->msec - r->start_msec));
+
+    slcf = ngx_http_get_module_loc_conf(r, ngx_http_smartflow_proxy_module);
+
+    if (elapsed < (ngx_msec_int_t) slcf->stream_max_time) {
+        ngx_add_timer(ev, slcf->stream_max_time - elapsed);
+        return;
+    }
 
     ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                   "smartflow proxy: stream from provider \"%V\" cut at %O "
                   "bytes after %M ms: over smartflow_stream_max_time",
                   &ctx->provider->name, ctx->stream_bytes,
-                  (ngx_msec_t) ((tp->sec - r->start_sec) * 1000
-                                + (tp->msec - r->start_msec)));
+                  (ngx_msec_t) elapsed);
 
     ctx->stream_capped = 1;
 

@@ -161,7 +161,7 @@ my $user = $> == 0 ? "user root;\n" : '';
 
 # the shipped server-level locations, their nested include made absolute
 my $locations = slurp("$ConfDir/smartflow_locations.conf");
-$locations =~ s{^(\s*include\s+)smartflow_proxy\.conf;}{$1$ConfDir/smartflow_proxy.conf;}mg;
+$locations =~ s{^(\s*include\s+)(smartflow_\w+\.conf);}{$1$ConfDir/$2;}mg;
 $locations =~ s/^/        /mg;
 
 spew("$ServRoot/conf/nginx.conf", <<"CONF");

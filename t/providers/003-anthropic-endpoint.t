@@ -85,7 +85,7 @@ sub shipped_locations {
     local $/;
     my $conf = <$fh>;
     close $fh;
-    $conf =~ s{^(\s*include\s+)smartflow_proxy\.conf;}{$1$dir/smartflow_proxy.conf;}mg;
+    $conf =~ s{^(\s*include\s+)(smartflow_\w+\.conf);}{$1$dir/$2;}mg;
     return $conf;
 }
 
