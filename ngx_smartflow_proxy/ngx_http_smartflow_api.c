@@ -544,9 +544,13 @@ ngx_http_smartflow_log_handler(ngx_http_request_t *r)
 
     ctx->counted = 1;
 
+    smcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_proxy_module);
+
     if (ctx->provider->type == NGX_HTTP_SMARTFLOW_PROVIDER_ECHO) {
         ngx_smartflow_shm_provider_result(ctx->provider,
                                           r->headers_out.status, 0);
+        ngx_http_smartflow_route_result(smcf, ctx->route,
+                                        r->headers_out.status, 0);
         return NGX_OK;
     }
 
@@ -566,9 +570,6 @@ ngx_http_smartflow_log_handler(ngx_http_request_t *r)
                                       failed);
 
     if (ctx->route->stats) {
-        smcf = ngx_http_get_module_main_conf(r,
-                                             ngx_http_smartflow_proxy_module);
-
         ngx_http_smartflow_route_result(smcf, ctx->route, status, 0);
         (void) ngx_atomic_fetch_add(&ctx->route->stats->in_flight, -1);
     }

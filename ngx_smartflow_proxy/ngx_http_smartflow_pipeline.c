@@ -490,6 +490,10 @@ ngx_http_smartflow_next(ngx_http_request_t *r)
 
     ngx_http_smartflow_route_result(smcf, rt, status, retry);
 
+    if (ctx->provider->stats) {
+        ngx_smartflow_shm_provider_result(ctx->provider, status, 1);
+    }
+
     if (rt->stats) {
         (void) ngx_atomic_fetch_add(&rt->stats->in_flight, -1);
     }
