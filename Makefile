@@ -107,6 +107,7 @@ fuzz: $(BUILD)/fuzz/json_fuzz $(BUILD)/fuzz/sse_fuzz
 # unit tests of pure functions, outside nginx, under ASan and UBSan
 $(BUILD)/unit/translate_test: unit/ngx_smartflow_translate_test.c \
         ngx_smartflow_proxy/ngx_http_smartflow_translate_anthropic.c \
+        ngx_smartflow_proxy/ngx_http_smartflow_translate.c \
         ngx_smartflow_proxy/ngx_http_smartflow_translate.h \
         ngx_smartflow_proxy/ngx_smartflow_json.c $(NGX_BUILD)/objs/Makefile
 	@mkdir -p $(BUILD)/unit
@@ -114,11 +115,13 @@ $(BUILD)/unit/translate_test: unit/ngx_smartflow_translate_test.c \
 	    -fno-sanitize-recover=undefined $(FUZZ_INCS) \
 	    -Ingx_smartflow_proxy unit/ngx_smartflow_translate_test.c \
 	    ngx_smartflow_proxy/ngx_http_smartflow_translate_anthropic.c \
+	    ngx_smartflow_proxy/ngx_http_smartflow_translate.c \
 	    ngx_smartflow_proxy/ngx_smartflow_json.c -lyajl -o $@
 
 $(BUILD)/unit/translate_gemini_test: \
         unit/ngx_smartflow_translate_gemini_test.c \
         ngx_smartflow_proxy/ngx_http_smartflow_translate_gemini.c \
+        ngx_smartflow_proxy/ngx_http_smartflow_translate.c \
         ngx_smartflow_proxy/ngx_http_smartflow_translate.h \
         ngx_smartflow_proxy/ngx_smartflow_json.c $(NGX_BUILD)/objs/Makefile
 	@mkdir -p $(BUILD)/unit
@@ -126,6 +129,7 @@ $(BUILD)/unit/translate_gemini_test: \
 	    -fno-sanitize-recover=undefined $(FUZZ_INCS) \
 	    -Ingx_smartflow_proxy unit/ngx_smartflow_translate_gemini_test.c \
 	    ngx_smartflow_proxy/ngx_http_smartflow_translate_gemini.c \
+	    ngx_smartflow_proxy/ngx_http_smartflow_translate.c \
 	    ngx_smartflow_proxy/ngx_smartflow_json.c -lyajl -o $@
 
 unit: $(BUILD)/unit/translate_test $(BUILD)/unit/translate_gemini_test

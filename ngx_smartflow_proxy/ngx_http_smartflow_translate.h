@@ -3,7 +3,9 @@
  * Completions, Anthropic Messages, Gemini generateContent): pure functions
  * from one JSON tree to another, all memory from the given pool.  The
  * pipeline translates requests, the filters translate responses, errors
- * and streams event by event.
+ * and streams event by event.  One file per provider format; the helpers
+ * they share (trees, strings, error classes, stream events) are declared
+ * last.
  */
 
 #ifndef _NGX_HTTP_SMARTFLOW_TRANSLATE_H_INCLUDED_
@@ -96,6 +98,134 @@ ngx_int_t ngx_smartflow_xlate_stream_gemini_to_openai(
 ngx_int_t ngx_smartflow_xlate_stream_end_gemini_openai(
     ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
     ngx_uint_t broken, ngx_array_t *out);
+
+
+/*
+ * What the translations share (ngx_http_smartflow_translate.c).  Trees:
+ * _add appends a new node to parent (when given) under key, _fail sets
+ * x->err and returns NGX_ERROR, _copy spends one of *budget per node when
+ * budget is not NULL and returns NULL once it runs out.
+ */
+ngx_int_t ngx_smartflow_xlate_fail(ngx_smartflow_xlate_t *x, char *msg);
+ngx_smartflow_json_t *ngx_smartflow_xlate_add(ngx_pool_t *pool,
+    ngx_smartflow_json_t *parent, char *key, ngx_smartflow_json_type_e type,
+    ngx_str_t *str);
+ngx_smartflow_json_t *ngx_smartflow_xlate_add_lit(ngx_pool_t *pool,
+    ngx_smartflow_json_t *parent, char *key, char *lit);
+ngx_smartflow_json_t *ngx_smartflow_xlate_add_num(ngx_pool_t *pool,
+    ngx_smartflow_json_t *parent, char *key, ngx_uint_t n);
+ngx_int_t ngx_smartflow_xlate_add_number(ngx_pool_t *pool,
+    ngx_smartflow_json_t *dst, char *key, ngx_smartflow_json_t *src,
+    char *from);
+ngx_smartflow_json_t *ngx_smartflow_xlate_copy(ngx_pool_t *pool,
+    ngx_smartflow_json_t *src, ngx_uint_t *budget);
+
+/* strings */
+ngx_uint_t ngx_smartflow_xlate_eq(ngx_str_t *s, char *lit);
+ngx_uint_t ngx_smartflow_xlate_is(ngx_smartflow_json_t *j, char *lit);
+ngx_uint_t ngx_smartflow_xlate_type_is(ngx_smartflow_json_t *obj,
+    char *type);
+ngx_uint_t ngx_smartflow_xlate_present(ngx_smartflow_json_t *j);
+ngx_uint_t ngx_smartflow_xlate_uint(ngx_smartflow_json_t *j);
+void ngx_smartflow_xlate_str_lit(ngx_str_t *s, char *lit);
+ngx_int_t ngx_smartflow_xlate_concat(ngx_pool_t *pool, ngx_str_t *dst,
+    char *a, ngx_str_t *b);
+ngx_int_t ngx_smartflow_xlate_append(ngx_pool_t *pool, ngx_str_t *dst,
+    char *sep, ngx_str_t *add);
+ngx_int_t ngx_smartflow_xlate_text_of(ngx_pool_t *pool,
+    ngx_smartflow_json_t *content, char *sep, ngx_str_t *out);
+ngx_int_t ngx_smartflow_xlate_data_url(ngx_str_t *url, ngx_str_t *media,
+    ngx_str_t *data);
+ngx_uint_t ngx_smartflow_xlate_http_url(ngx_str_t *url);
+
+
+/* the error classes every format knows, with the names each gives them */
+enum {
+    NGX_SMARTFLOW_XLATE_ERR_INVALID = 0,
+    NGX_SMARTFLOW_XLATE_ERR_AUTH,
+    NGX_SMARTFLOW_XLATE_ERR_PERMISSION,
+    NGX_SMARTFLOW_XLATE_ERR_NOT_FOUND,
+    NGX_SMARTFLOW_XLATE_ERR_TOO_LARGE,
+    NGX_SMARTFLOW_XLATE_ERR_RATE_LIMIT,
+    NGX_SMARTFLOW_XLATE_ERR_API,
+    NGX_SMARTFLOW_XLATE_ERR_OVERLOADED,
+    NGX_SMARTFLOW_XLATE_ERR_NONE
+};
+
+typedef struct {
+    char                       *anthropic;
+    char                       *openai;
+    char                       *code;           /* OpenAI code, or NULL */
+} ngx_smartflow_xlate_error_kind_t;
+
+/* a name -> class table, ended by { NULL, class when none matches } */
+typedef struct {
+    char                       *name;
+    ngx_uint_t                  kind;
+} ngx_smartflow_xlate_error_name_t;
+
+extern ngx_smartflow_xlate_error_kind_t  ngx_smartflow_xlate_error_kinds[];
+
+ngx_uint_t ngx_smartflow_xlate_error_lookup(
+    ngx_smartflow_xlate_error_name_t *names, ngx_str_t *name);
+
+
+#define NGX_SMARTFLOW_XLATE_STREAM_BROKEN                                    \
+    "The provider's stream ended before completion."
+
+#define NGX_SMARTFLOW_XLATE_LINE_PIECES  24
+#define NGX_SMARTFLOW_XLATE_LINE_NUMS    4
+
+/* one client SSE event under construction: literal and escaped pieces */
+typedef struct {
+    ngx_str_t                   piece[NGX_SMARTFLOW_XLATE_LINE_PIECES];
+    u_char                      esc[NGX_SMARTFLOW_XLATE_LINE_PIECES];
+    ngx_uint_t                  n;
+    u_char                      num[NGX_SMARTFLOW_XLATE_LINE_NUMS]
+                                   [NGX_INT_T_LEN];
+    ngx_uint_t                  nnum;
+    ngx_uint_t                  overflow;
+} ngx_smartflow_xlate_line_t;
+
+#define ngx_smartflow_xlate_raw(l, lit)                                      \
+    ngx_smartflow_xlate_line_add(l, (u_char *) lit, sizeof(lit) - 1, 0)
+
+void ngx_smartflow_xlate_line_add(ngx_smartflow_xlate_line_t *l,
+    u_char *data, size_t len, ngx_uint_t esc);
+void ngx_smartflow_xlate_esc(ngx_smartflow_xlate_line_t *l, ngx_str_t *s);
+void ngx_smartflow_xlate_num(ngx_smartflow_xlate_line_t *l, ngx_uint_t n);
+/* sizes the event, allocates it once, writes it and appends it to out */
+ngx_int_t ngx_smartflow_xlate_line_emit(ngx_smartflow_xlate_t *x,
+    ngx_smartflow_xlate_line_t *l, ngx_array_t *out);
+ngx_int_t ngx_smartflow_xlate_emit_static(ngx_smartflow_xlate_t *x,
+    ngx_array_t *out, char *s);
+
+/*
+ * OpenAI chunks, whatever the provider: "data: {"id","object","created",
+ * "model","choices":...}" from st->id, st->created and x->model.  A _tool
+ * chunk carries index st->tool_index; _error also sends [DONE] and marks
+ * the stream done, as _done does.
+ */
+void ngx_smartflow_xlate_chunk_head(ngx_smartflow_xlate_line_t *l,
+    ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st);
+void ngx_smartflow_xlate_chunk_tail(ngx_smartflow_xlate_line_t *l,
+    ngx_str_t *finish);
+ngx_int_t ngx_smartflow_xlate_chunk_role(ngx_smartflow_xlate_t *x,
+    ngx_smartflow_xlate_stream_t *st, ngx_array_t *out);
+ngx_int_t ngx_smartflow_xlate_chunk_text(ngx_smartflow_xlate_t *x,
+    ngx_smartflow_xlate_stream_t *st, ngx_str_t *text, ngx_array_t *out);
+ngx_int_t ngx_smartflow_xlate_chunk_tool(ngx_smartflow_xlate_t *x,
+    ngx_smartflow_xlate_stream_t *st, ngx_str_t *id, ngx_str_t *name,
+    ngx_str_t *args, ngx_array_t *out);
+ngx_int_t ngx_smartflow_xlate_chunk_finish(ngx_smartflow_xlate_t *x,
+    ngx_smartflow_xlate_stream_t *st, ngx_str_t *reason, ngx_array_t *out);
+ngx_int_t ngx_smartflow_xlate_chunk_usage(ngx_smartflow_xlate_t *x,
+    ngx_smartflow_xlate_stream_t *st, ngx_array_t *out);
+ngx_int_t ngx_smartflow_xlate_chunk_error(ngx_smartflow_xlate_t *x,
+    ngx_smartflow_xlate_stream_t *st, ngx_uint_t kind, ngx_str_t *message,
+    char *code, ngx_array_t *out);
+ngx_int_t ngx_smartflow_xlate_chunk_done(ngx_smartflow_xlate_t *x,
+    ngx_smartflow_xlate_stream_t *st, ngx_array_t *out);
 
 
 #endif /* _NGX_HTTP_SMARTFLOW_TRANSLATE_H_INCLUDED_ */

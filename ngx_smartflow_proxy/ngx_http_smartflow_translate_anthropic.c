@@ -12,183 +12,36 @@
 
 
 #define NGX_SF_DEFAULT_MAX_TOKENS  "4096"
-#define NGX_SF_LINE_PIECES         24
-#define NGX_SF_LINE_NUMS           4
-
-
-/* one client SSE event under construction: literal and escaped pieces */
-typedef struct {
-    ngx_str_t                   piece[NGX_SF_LINE_PIECES];
-    u_char                      esc[NGX_SF_LINE_PIECES];
-    ngx_uint_t                  n;
-    u_char                      num[NGX_SF_LINE_NUMS][NGX_INT_T_LEN];
-    ngx_uint_t                  nnum;
-    ngx_uint_t                  overflow;
-} ngx_sf_line_t;
-
-
-/* the error classes both formats know, with each format's names */
-typedef struct {
-    char                       *anthropic;
-    char                       *openai;
-    char                       *code;           /* OpenAI code, or NULL */
-} ngx_sf_error_kind_t;
-
-
-typedef struct {
-    char                       *name;
-    ngx_uint_t                  kind;
-} ngx_sf_error_name_t;
-
-
-enum {
-    NGX_SF_ERR_INVALID = 0,
-    NGX_SF_ERR_AUTH,
-    NGX_SF_ERR_PERMISSION,
-    NGX_SF_ERR_NOT_FOUND,
-    NGX_SF_ERR_TOO_LARGE,
-    NGX_SF_ERR_RATE_LIMIT,
-    NGX_SF_ERR_API,
-    NGX_SF_ERR_OVERLOADED,
-    NGX_SF_ERR_NONE
-};
-
-
-/*
- * OpenAI clients get the same types and codes as the gateway's own
- * refusals (ngx_http_smartflow_api.c), which follow OpenAI's habits.
- */
-static ngx_sf_error_kind_t  ngx_sf_error_kinds[] = {
-    { "invalid_request_error", "invalid_request_error", NULL },
-    { "authentication_error", "invalid_request_error", "invalid_api_key" },
-    { "permission_error", "permission_error", NULL },
-    { "not_found_error", "invalid_request_error", "not_found" },
-    { "request_too_large", "invalid_request_error", "request_too_large" },
-    { "rate_limit_error", "rate_limit_error", "rate_limit_exceeded" },
-    { "api_error", "api_error", NULL },
-    { "overloaded_error", "api_error", "overloaded" }
-};
 
 
 /* error type names as Anthropic, OpenAI and Gemini (its status) send them */
-static ngx_sf_error_name_t  ngx_sf_error_names[] = {
-    { "invalid_request_error", NGX_SF_ERR_INVALID },
-    { "authentication_error", NGX_SF_ERR_AUTH },
-    { "permission_error", NGX_SF_ERR_PERMISSION },
-    { "not_found_error", NGX_SF_ERR_NOT_FOUND },
-    { "request_too_large", NGX_SF_ERR_TOO_LARGE },
-    { "rate_limit_error", NGX_SF_ERR_RATE_LIMIT },
-    { "api_error", NGX_SF_ERR_API },
-    { "overloaded_error", NGX_SF_ERR_OVERLOADED },
-    { "server_error", NGX_SF_ERR_API },
-    { "requests", NGX_SF_ERR_RATE_LIMIT },
-    { "tokens", NGX_SF_ERR_RATE_LIMIT },
-    { "insufficient_quota", NGX_SF_ERR_RATE_LIMIT },
-    { "INVALID_ARGUMENT", NGX_SF_ERR_INVALID },
-    { "FAILED_PRECONDITION", NGX_SF_ERR_INVALID },
-    { "UNAUTHENTICATED", NGX_SF_ERR_AUTH },
-    { "PERMISSION_DENIED", NGX_SF_ERR_PERMISSION },
-    { "NOT_FOUND", NGX_SF_ERR_NOT_FOUND },
-    { "RESOURCE_EXHAUSTED", NGX_SF_ERR_RATE_LIMIT },
-    { "INTERNAL", NGX_SF_ERR_API },
-    { "UNAVAILABLE", NGX_SF_ERR_OVERLOADED },
-    { "DEADLINE_EXCEEDED", NGX_SF_ERR_API },
-    { NULL, NGX_SF_ERR_NONE }
+static ngx_smartflow_xlate_error_name_t  ngx_sf_error_names[] = {
+    { "invalid_request_error", NGX_SMARTFLOW_XLATE_ERR_INVALID },
+    { "authentication_error", NGX_SMARTFLOW_XLATE_ERR_AUTH },
+    { "permission_error", NGX_SMARTFLOW_XLATE_ERR_PERMISSION },
+    { "not_found_error", NGX_SMARTFLOW_XLATE_ERR_NOT_FOUND },
+    { "request_too_large", NGX_SMARTFLOW_XLATE_ERR_TOO_LARGE },
+    { "rate_limit_error", NGX_SMARTFLOW_XLATE_ERR_RATE_LIMIT },
+    { "api_error", NGX_SMARTFLOW_XLATE_ERR_API },
+    { "overloaded_error", NGX_SMARTFLOW_XLATE_ERR_OVERLOADED },
+    { "server_error", NGX_SMARTFLOW_XLATE_ERR_API },
+    { "requests", NGX_SMARTFLOW_XLATE_ERR_RATE_LIMIT },
+    { "tokens", NGX_SMARTFLOW_XLATE_ERR_RATE_LIMIT },
+    { "insufficient_quota", NGX_SMARTFLOW_XLATE_ERR_RATE_LIMIT },
+    { "INVALID_ARGUMENT", NGX_SMARTFLOW_XLATE_ERR_INVALID },
+    { "FAILED_PRECONDITION", NGX_SMARTFLOW_XLATE_ERR_INVALID },
+    { "UNAUTHENTICATED", NGX_SMARTFLOW_XLATE_ERR_AUTH },
+    { "PERMISSION_DENIED", NGX_SMARTFLOW_XLATE_ERR_PERMISSION },
+    { "NOT_FOUND", NGX_SMARTFLOW_XLATE_ERR_NOT_FOUND },
+    { "RESOURCE_EXHAUSTED", NGX_SMARTFLOW_XLATE_ERR_RATE_LIMIT },
+    { "INTERNAL", NGX_SMARTFLOW_XLATE_ERR_API },
+    { "UNAVAILABLE", NGX_SMARTFLOW_XLATE_ERR_OVERLOADED },
+    { "DEADLINE_EXCEEDED", NGX_SMARTFLOW_XLATE_ERR_API },
+    { NULL, NGX_SMARTFLOW_XLATE_ERR_NONE }
 };
 
 
-#define NGX_SF_STREAM_BROKEN                                                 \
-    "The provider's stream ended before completion."
-
-
 /* tree helpers */
-
-static ngx_int_t
-ngx_sf_fail(ngx_smartflow_xlate_t *x, char *msg)
-{
-    x->err.data = (u_char *) msg;
-    x->err.len = ngx_strlen(msg);
-
-    return NGX_ERROR;
-}
-
-
-static ngx_smartflow_json_t *
-ngx_sf_add(ngx_pool_t *pool, ngx_smartflow_json_t *parent, char *key,
-    ngx_smartflow_json_type_e type, ngx_str_t *str)
-{
-    ngx_smartflow_json_t  *j;
-
-    j = ngx_smartflow_json_new(pool, type, str);
-    if (j == NULL) {
-        return NULL;
-    }
-
-    if (parent) {
-        ngx_smartflow_json_append(parent, key, j);
-    }
-
-    return j;
-}
-
-
-static ngx_smartflow_json_t *
-ngx_sf_add_lit(ngx_pool_t *pool, ngx_smartflow_json_t *parent, char *key,
-    char *value)
-{
-    ngx_str_t  s;
-
-    s.data = (u_char *) value;
-    s.len = ngx_strlen(value);
-
-    return ngx_sf_add(pool, parent, key, NGX_SMARTFLOW_JSON_STRING, &s);
-}
-
-
-static ngx_smartflow_json_t *
-ngx_sf_add_num(ngx_pool_t *pool, ngx_smartflow_json_t *parent, char *key,
-    ngx_uint_t n)
-{
-    u_char     *p;
-    ngx_str_t   s;
-
-    p = ngx_pnalloc(pool, NGX_INT_T_LEN);
-    if (p == NULL) {
-        return NULL;
-    }
-
-    s.data = p;
-    s.len = ngx_sprintf(p, "%ui", n) - p;
-
-    return ngx_sf_add(pool, parent, key, NGX_SMARTFLOW_JSON_NUMBER, &s);
-}
-
-
-/* a deep copy that keeps the member name; string bytes are shared */
-static ngx_smartflow_json_t *
-ngx_sf_copy(ngx_pool_t *pool, ngx_smartflow_json_t *src)
-{
-    ngx_smartflow_json_t  *j, *c, *cc;
-
-    j = ngx_smartflow_json_new(pool, src->type, &src->str);
-    if (j == NULL) {
-        return NULL;
-    }
-
-    j->key = src->key;
-
-    for (c = src->child; c; c = c->next) {
-        cc = ngx_sf_copy(pool, c);
-        if (cc == NULL) {
-            return NULL;
-        }
-
-        ngx_smartflow_json_append(j, NULL, cc);
-    }
-
-    return j;
-}
-
 
 static ngx_smartflow_json_t *
 ngx_sf_add_copy(ngx_pool_t *pool, ngx_smartflow_json_t *parent, char *key,
@@ -196,7 +49,7 @@ ngx_sf_add_copy(ngx_pool_t *pool, ngx_smartflow_json_t *parent, char *key,
 {
     ngx_smartflow_json_t  *j;
 
-    j = ngx_sf_copy(pool, src);
+    j = ngx_smartflow_xlate_copy(pool, src, NULL);
     if (j == NULL) {
         return NULL;
     }
@@ -204,89 +57,6 @@ ngx_sf_add_copy(ngx_pool_t *pool, ngx_smartflow_json_t *parent, char *key,
     ngx_smartflow_json_append(parent, key, j);
 
     return j;
-}
-
-
-/* copies a number member under the same name, when the source has one */
-static ngx_int_t
-ngx_sf_copy_number(ngx_pool_t *pool, ngx_smartflow_json_t *src,
-    ngx_smartflow_json_t *dst, char *key)
-{
-    ngx_smartflow_json_t  *v;
-
-    v = ngx_smartflow_json_get(src, key);
-
-    if (v == NULL || v->type != NGX_SMARTFLOW_JSON_NUMBER) {
-        return NGX_OK;
-    }
-
-    if (ngx_sf_add(pool, dst, key, NGX_SMARTFLOW_JSON_NUMBER, &v->str)
-        == NULL)
-    {
-        return NGX_ERROR;
-    }
-
-    return NGX_OK;
-}
-
-
-static ngx_uint_t
-ngx_sf_str_eq(ngx_str_t *s, char *lit)
-{
-    size_t  len;
-
-    len = ngx_strlen(lit);
-
-    return s->len == len
-           && (len == 0 || ngx_memcmp(s->data, lit, len) == 0);
-}
-
-
-static ngx_uint_t
-ngx_sf_is(ngx_smartflow_json_t *j, char *lit)
-{
-    return ngx_smartflow_json_is_string(j) && ngx_sf_str_eq(&j->str, lit);
-}
-
-
-static ngx_uint_t
-ngx_sf_type_is(ngx_smartflow_json_t *obj, char *type)
-{
-    return ngx_sf_is(ngx_smartflow_json_get(obj, "type"), type);
-}
-
-
-static ngx_uint_t
-ngx_sf_present(ngx_smartflow_json_t *j)
-{
-    return j != NULL && j->type != NGX_SMARTFLOW_JSON_NULL;
-}
-
-
-/* a token count: the leading digits of a number, 0 for anything else */
-static ngx_uint_t
-ngx_sf_uint(ngx_smartflow_json_t *j)
-{
-    size_t      i;
-    ngx_uint_t  n;
-
-    if (j == NULL || j->type != NGX_SMARTFLOW_JSON_NUMBER) {
-        return 0;
-    }
-
-    n = 0;
-
-    for (i = 0; i < j->str.len; i++) {
-        if (j->str.data[i] < '0' || j->str.data[i] > '9'
-            || n >= NGX_MAX_INT_T_VALUE / 10)
-        {
-            break;
-        }
-
-        n = n * 10 + (j->str.data[i] - '0');
-    }
-
-    return n;
 }
 
 
@@ -304,154 +74,6 @@ ngx_sf_above_one(ngx_str_t *num)
     buf[num->len] = '\0';
 
     return strtod((char *) buf, NULL) > 1.0;
-}
-
-
-static ngx_int_t
-ngx_sf_join(ngx_pool_t *pool, ngx_str_t *dst, char *sep, ngx_str_t *add)
-{
-    size_t   slen;
-    u_char  *p;
-
-    if (add->len == 0) {
-        return NGX_OK;
-    }
-
-    if (dst->len == 0) {
-        *dst = *add;
-        return NGX_OK;
-    }
-
-    slen = ngx_strlen(sep);
-
-    p = ngx_pnalloc(pool, dst->len + slen + add->len);
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    ngx_memcpy(p, dst->data, dst->len);
-    ngx_memcpy(p + dst->len, sep, slen);
-    ngx_memcpy(p + dst->len + slen, add->data, add->len);
-
-    dst->data = p;
-    dst->len += slen + add->len;
-
-    return NGX_OK;
-}
-
-
-static ngx_int_t
-ngx_sf_prefix(ngx_pool_t *pool, ngx_str_t *dst, char *prefix, ngx_str_t *s)
-{
-    size_t   plen;
-    u_char  *p;
-
-    plen = ngx_strlen(prefix);
-
-    p = ngx_pnalloc(pool, plen + s->len);
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    dst->data = p;
-    p = ngx_cpymem(p, prefix, plen);
-
-    if (s->len) {
-        p = ngx_cpymem(p, s->data, s->len);
-    }
-
-    dst->len = p - dst->data;
-
-    return NGX_OK;
-}
-
-
-/*
- * The text of a message content: a string, or the text parts (OpenAI)
- * or text blocks (Anthropic) of an array joined by sep.
- */
-static ngx_int_t
-ngx_sf_content_text(ngx_pool_t *pool, ngx_smartflow_json_t *content,
-    char *sep, ngx_str_t *out)
-{
-    ngx_smartflow_json_t  *c, *t;
-
-    ngx_str_null(out);
-
-    if (content == NULL) {
-        return NGX_OK;
-    }
-
-    if (content->type == NGX_SMARTFLOW_JSON_STRING) {
-        *out = content->str;
-        return NGX_OK;
-    }
-
-    if (content->type != NGX_SMARTFLOW_JSON_ARRAY) {
-        return NGX_OK;
-    }
-
-    for (c = content->child; c; c = c->next) {
-
-        if (c->type == NGX_SMARTFLOW_JSON_STRING) {
-            t = c;
-
-        } else if (ngx_sf_type_is(c, "text")) {
-            t = ngx_smartflow_json_get(c, "text");
-
-        } else {
-            continue;
-        }
-
-        if (ngx_smartflow_json_is_string(t)
-            && ngx_sf_join(pool, out, sep, &t->str) != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-    }
-
-    return NGX_OK;
-}
-
-
-/* "data:image/png;base64,AAAA" -> media type and payload */
-static ngx_int_t
-ngx_sf_data_url(ngx_str_t *url, ngx_str_t *media, ngx_str_t *data)
-{
-    u_char  *start, *end, *comma, *semi;
-
-    if (url->len < 5 || ngx_memcmp(url->data, "data:", 5) != 0) {
-        return NGX_DECLINED;
-    }
-
-    start = url->data + 5;
-    end = url->data + url->len;
-
-    comma = ngx_strlchr(start, end, ',');
-
-    if (comma == NULL || comma - start < 7
-        || ngx_memcmp(comma - 7, ";base64", 7) != 0)
-    {
-        return NGX_DECLINED;
-    }
-
-    semi = ngx_strlchr(start, comma, ';');
-
-    media->data = start;
-    media->len = semi - start;
-
-    data->data = comma + 1;
-    data->len = end - comma - 1;
-
-    return media->len ? NGX_OK : NGX_DECLINED;
-}
-
-
-static ngx_uint_t
-ngx_sf_http_url(ngx_str_t *url)
-{
-    return (url->len > 7 && ngx_memcmp(url->data, "http://", 7) == 0)
-           || (url->len > 8 && ngx_memcmp(url->data, "https://", 8) == 0);
 }
 
 
@@ -485,17 +107,17 @@ ngx_sf_make_data_url(ngx_pool_t *pool, ngx_str_t *media, ngx_str_t *data,
 static char *
 ngx_sf_finish_to_openai(ngx_str_t *reason)
 {
-    if (ngx_sf_str_eq(reason, "max_tokens")
-        || ngx_sf_str_eq(reason, "model_context_window_exceeded"))
+    if (ngx_smartflow_xlate_eq(reason, "max_tokens")
+        || ngx_smartflow_xlate_eq(reason, "model_context_window_exceeded"))
     {
         return "length";
     }
 
-    if (ngx_sf_str_eq(reason, "tool_use")) {
+    if (ngx_smartflow_xlate_eq(reason, "tool_use")) {
         return "tool_calls";
     }
 
-    if (ngx_sf_str_eq(reason, "refusal")) {
+    if (ngx_smartflow_xlate_eq(reason, "refusal")) {
         return "content_filter";
     }
 
@@ -507,17 +129,17 @@ ngx_sf_finish_to_openai(ngx_str_t *reason)
 static char *
 ngx_sf_finish_to_anthropic(ngx_str_t *reason)
 {
-    if (ngx_sf_str_eq(reason, "length")) {
+    if (ngx_smartflow_xlate_eq(reason, "length")) {
         return "max_tokens";
     }
 
-    if (ngx_sf_str_eq(reason, "tool_calls")
-        || ngx_sf_str_eq(reason, "function_call"))
+    if (ngx_smartflow_xlate_eq(reason, "tool_calls")
+        || ngx_smartflow_xlate_eq(reason, "function_call"))
     {
         return "tool_use";
     }
 
-    if (ngx_sf_str_eq(reason, "content_filter")) {
+    if (ngx_smartflow_xlate_eq(reason, "content_filter")) {
         return "refusal";
     }
 
@@ -541,20 +163,22 @@ ngx_sf_to_an_tool_use(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *tc,
     if (!ngx_smartflow_json_is_string(id)
         || !ngx_smartflow_json_is_string(name))
     {
-        return ngx_sf_fail(x, "each tool call needs an id and a function "
-                              "name");
+        return ngx_smartflow_xlate_fail(x, "each tool call needs an id and a "
+                                           "function name");
     }
 
-    b = ngx_sf_add(x->pool, blocks, NULL, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    b = ngx_smartflow_xlate_add(x->pool, blocks, NULL,
+                                NGX_SMARTFLOW_JSON_OBJECT, NULL);
     if (b == NULL
-        || ngx_sf_add_lit(x->pool, b, "type", "tool_use") == NULL
-        || ngx_sf_add(x->pool, b, "id", NGX_SMARTFLOW_JSON_STRING, &id->str)
+        || ngx_smartflow_xlate_add_lit(x->pool, b, "type", "tool_use") == NULL
+        || ngx_smartflow_xlate_add(x->pool, b, "id", NGX_SMARTFLOW_JSON_STRING,
+                                   &id->str)
            == NULL
-        || ngx_sf_add(x->pool, b, "name", NGX_SMARTFLOW_JSON_STRING,
-                      &name->str)
+        || ngx_smartflow_xlate_add(x->pool, b, "name",
+                                   NGX_SMARTFLOW_JSON_STRING, &name->str)
            == NULL)
     {
-        return ngx_sf_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
     args = ngx_smartflow_json_get(fn, "arguments");
@@ -566,9 +190,9 @@ ngx_sf_to_an_tool_use(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *tc,
                                          args->str.len, &err);
 
     } else if (args && args->type == NGX_SMARTFLOW_JSON_OBJECT) {
-        input = ngx_sf_copy(x->pool, args);
+        input = ngx_smartflow_xlate_copy(x->pool, args, NULL);
         if (input == NULL) {
-            return ngx_sf_fail(x, "out of memory");
+            return ngx_smartflow_xlate_fail(x, "out of memory");
         }
     }
 
@@ -576,7 +200,7 @@ ngx_sf_to_an_tool_use(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *tc,
         input = ngx_smartflow_json_new(x->pool, NGX_SMARTFLOW_JSON_OBJECT,
                                        NULL);
         if (input == NULL) {
-            return ngx_sf_fail(x, "out of memory");
+            return ngx_smartflow_xlate_fail(x, "out of memory");
         }
     }
 
@@ -599,7 +223,8 @@ ngx_sf_to_oa_tool_call(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *b,
     if (!ngx_smartflow_json_is_string(id)
         || !ngx_smartflow_json_is_string(name))
     {
-        return ngx_sf_fail(x, "each tool_use block needs an id and a name");
+        return ngx_smartflow_xlate_fail(x, "each tool_use block needs an id "
+                                           "and a name");
     }
 
     input = ngx_smartflow_json_get(b, "input");
@@ -608,28 +233,31 @@ ngx_sf_to_oa_tool_call(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *b,
         ngx_str_set(&args, "{}");
 
     } else if (ngx_smartflow_json_dump(x->pool, input, &args) != NGX_OK) {
-        return ngx_sf_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
-    c = ngx_sf_add(x->pool, calls, NULL, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    c = ngx_smartflow_xlate_add(x->pool, calls, NULL, NGX_SMARTFLOW_JSON_OBJECT,
+                                NULL);
     if (c == NULL
-        || ngx_sf_add(x->pool, c, "id", NGX_SMARTFLOW_JSON_STRING, &id->str)
+        || ngx_smartflow_xlate_add(x->pool, c, "id", NGX_SMARTFLOW_JSON_STRING,
+                                   &id->str)
            == NULL
-        || ngx_sf_add_lit(x->pool, c, "type", "function") == NULL)
+        || ngx_smartflow_xlate_add_lit(x->pool, c, "type", "function") == NULL)
     {
-        return ngx_sf_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
-    fn = ngx_sf_add(x->pool, c, "function", NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    fn = ngx_smartflow_xlate_add(x->pool, c, "function",
+                                 NGX_SMARTFLOW_JSON_OBJECT, NULL);
     if (fn == NULL
-        || ngx_sf_add(x->pool, fn, "name", NGX_SMARTFLOW_JSON_STRING,
-                      &name->str)
+        || ngx_smartflow_xlate_add(x->pool, fn, "name",
+                                   NGX_SMARTFLOW_JSON_STRING, &name->str)
            == NULL
-        || ngx_sf_add(x->pool, fn, "arguments", NGX_SMARTFLOW_JSON_STRING,
-                      &args)
+        || ngx_smartflow_xlate_add(x->pool, fn, "arguments",
+                                   NGX_SMARTFLOW_JSON_STRING, &args)
            == NULL)
     {
-        return ngx_sf_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
     return NGX_OK;
@@ -649,15 +277,17 @@ ngx_sf_to_an_text(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *blocks,
         return NGX_OK;
     }
 
-    b = ngx_sf_add(x->pool, blocks, NULL, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    b = ngx_smartflow_xlate_add(x->pool, blocks, NULL,
+                                NGX_SMARTFLOW_JSON_OBJECT, NULL);
     if (b == NULL
-        || ngx_sf_add_lit(x->pool, b, "type", "text") == NULL
-        || ngx_sf_add(x->pool, b, "text", NGX_SMARTFLOW_JSON_STRING, text)
+        || ngx_smartflow_xlate_add_lit(x->pool, b, "type", "text") == NULL
+        || ngx_smartflow_xlate_add(x->pool, b, "text",
+                                   NGX_SMARTFLOW_JSON_STRING, text)
            == NULL
         || (cache && ngx_sf_add_copy(x->pool, b, "cache_control", cache)
                      == NULL))
     {
-        return ngx_sf_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
     return NGX_OK;
@@ -672,43 +302,48 @@ ngx_sf_to_an_source(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *blocks,
     ngx_uint_t             inline_data;
     ngx_smartflow_json_t  *b, *src;
 
-    inline_data = (ngx_sf_data_url(url, &media, &data) == NGX_OK);
+    inline_data = (ngx_smartflow_xlate_data_url(url, &media, &data) == NGX_OK);
 
-    if (!inline_data && !ngx_sf_http_url(url)) {
-        return ngx_sf_fail(x, "an image must be an http(s) URL or a base64 "
-                              "data URL");
+    if (!inline_data && !ngx_smartflow_xlate_http_url(url)) {
+        return ngx_smartflow_xlate_fail(x, "an image must be an http(s) URL or "
+                                           "a base64 data URL");
     }
 
-    b = ngx_sf_add(x->pool, blocks, NULL, NGX_SMARTFLOW_JSON_OBJECT, NULL);
-    if (b == NULL || ngx_sf_add_lit(x->pool, b, "type", type) == NULL) {
-        return ngx_sf_fail(x, "out of memory");
+    b = ngx_smartflow_xlate_add(x->pool, blocks, NULL,
+                                NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    if (b == NULL
+        || ngx_smartflow_xlate_add_lit(x->pool, b, "type", type) == NULL)
+    {
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
-    src = ngx_sf_add(x->pool, b, "source", NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    src = ngx_smartflow_xlate_add(x->pool, b, "source",
+                                  NGX_SMARTFLOW_JSON_OBJECT, NULL);
     if (src == NULL) {
-        return ngx_sf_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
     if (inline_data) {
-        if (ngx_sf_add_lit(x->pool, src, "type", "base64") == NULL
-            || ngx_sf_add(x->pool, src, "media_type",
-                          NGX_SMARTFLOW_JSON_STRING, &media)
+        if (ngx_smartflow_xlate_add_lit(x->pool, src, "type", "base64") == NULL
+            || ngx_smartflow_xlate_add(x->pool, src, "media_type",
+                                       NGX_SMARTFLOW_JSON_STRING, &media)
                == NULL
-            || ngx_sf_add(x->pool, src, "data", NGX_SMARTFLOW_JSON_STRING,
-                          &data)
+            || ngx_smartflow_xlate_add(x->pool, src, "data",
+                                       NGX_SMARTFLOW_JSON_STRING, &data)
                == NULL)
         {
-            return ngx_sf_fail(x, "out of memory");
+            return ngx_smartflow_xlate_fail(x, "out of memory");
         }
 
         return NGX_OK;
     }
 
-    if (ngx_sf_add_lit(x->pool, src, "type", "url") == NULL
-        || ngx_sf_add(x->pool, src, "url", NGX_SMARTFLOW_JSON_STRING, url)
+    if (ngx_smartflow_xlate_add_lit(x->pool, src, "type", "url") == NULL
+        || ngx_smartflow_xlate_add(x->pool, src, "url",
+                                   NGX_SMARTFLOW_JSON_STRING, url)
            == NULL)
     {
-        return ngx_sf_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
     return NGX_OK;
@@ -722,7 +357,7 @@ ngx_sf_to_an_parts(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *content,
 {
     ngx_smartflow_json_t  *p, *v, *url;
 
-    if (!ngx_sf_present(content)) {
+    if (!ngx_smartflow_xlate_present(content)) {
         return NGX_OK;
     }
 
@@ -731,17 +366,20 @@ ngx_sf_to_an_parts(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *content,
     }
 
     if (content->type != NGX_SMARTFLOW_JSON_ARRAY) {
-        return ngx_sf_fail(x, "a message content must be a string or an "
-                              "array of parts");
+        return ngx_smartflow_xlate_fail(x, "a message content must be a string "
+                                           "or an array of parts");
     }
 
     for (p = content->child; p; p = p->next) {
 
-        if (ngx_sf_type_is(p, "text") || ngx_sf_type_is(p, "refusal")) {
-            v = ngx_smartflow_json_get(p, ngx_sf_type_is(p, "text")
+        if (ngx_smartflow_xlate_type_is(p, "text")
+            || ngx_smartflow_xlate_type_is(p, "refusal"))
+        {
+            v = ngx_smartflow_json_get(p, ngx_smartflow_xlate_type_is(p, "text")
                                           ? "text" : "refusal");
             if (!ngx_smartflow_json_is_string(v)) {
-                return ngx_sf_fail(x, "a text part needs a string 'text'");
+                return ngx_smartflow_xlate_fail(x, "a text part needs a string "
+                                                   "'text'");
             }
 
             if (ngx_sf_to_an_text(x, blocks, &v->str,
@@ -754,13 +392,14 @@ ngx_sf_to_an_parts(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *content,
             continue;
         }
 
-        if (ngx_sf_type_is(p, "image_url")) {
+        if (ngx_smartflow_xlate_type_is(p, "image_url")) {
             v = ngx_smartflow_json_get(p, "image_url");
             url = ngx_smartflow_json_is_string(v)
                   ? v : ngx_smartflow_json_get(v, "url");
 
             if (!ngx_smartflow_json_is_string(url)) {
-                return ngx_sf_fail(x, "an image_url part needs a 'url'");
+                return ngx_smartflow_xlate_fail(x, "an image_url part needs a "
+                                                   "'url'");
             }
 
             if (ngx_sf_to_an_source(x, blocks, "image", &url->str)
@@ -772,7 +411,7 @@ ngx_sf_to_an_parts(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *content,
             continue;
         }
 
-        if (ngx_sf_type_is(p, "file")) {
+        if (ngx_smartflow_xlate_type_is(p, "file")) {
             v = ngx_smartflow_json_get(ngx_smartflow_json_get(p, "file"),
                                        "file_data");
 
@@ -780,9 +419,9 @@ ngx_sf_to_an_parts(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *content,
                 || v->str.len < 5
                 || ngx_memcmp(v->str.data, "data:", 5) != 0)
             {
-                return ngx_sf_fail(x, "only inline files (a base64 "
-                                      "'file_data') can be sent to this "
-                                      "provider");
+                return ngx_smartflow_xlate_fail(x, "only inline files (a "
+                                                   "base64 'file_data') can be "
+                                                   "sent to this provider");
             }
 
             if (ngx_sf_to_an_source(x, blocks, "document", &v->str)
@@ -794,8 +433,8 @@ ngx_sf_to_an_parts(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *content,
             continue;
         }
 
-        return ngx_sf_fail(x, "a content part type is not supported by "
-                              "this provider");
+        return ngx_smartflow_xlate_fail(x, "a content part type is not "
+                                           "supported by this provider");
     }
 
     return NGX_OK;
@@ -816,12 +455,12 @@ ngx_sf_to_an_assistant(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *m,
 
     calls = ngx_smartflow_json_get(m, "tool_calls");
 
-    if (!ngx_sf_present(calls)) {
+    if (!ngx_smartflow_xlate_present(calls)) {
         return NGX_OK;
     }
 
     if (calls->type != NGX_SMARTFLOW_JSON_ARRAY) {
-        return ngx_sf_fail(x, "'tool_calls' must be an array");
+        return ngx_smartflow_xlate_fail(x, "'tool_calls' must be an array");
     }
 
     for (tc = calls->child; tc; tc = tc->next) {
@@ -843,27 +482,30 @@ ngx_sf_to_an_tool_result(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *m,
     id = ngx_smartflow_json_get(m, "tool_call_id");
 
     if (!ngx_smartflow_json_is_string(id)) {
-        return ngx_sf_fail(x, "a tool message needs a 'tool_call_id'");
+        return ngx_smartflow_xlate_fail(x, "a tool message needs a "
+                                           "'tool_call_id'");
     }
 
-    b = ngx_sf_add(x->pool, blocks, NULL, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    b = ngx_smartflow_xlate_add(x->pool, blocks, NULL,
+                                NGX_SMARTFLOW_JSON_OBJECT, NULL);
     if (b == NULL
-        || ngx_sf_add_lit(x->pool, b, "type", "tool_result") == NULL
-        || ngx_sf_add(x->pool, b, "tool_use_id", NGX_SMARTFLOW_JSON_STRING,
-                      &id->str)
+        || ngx_smartflow_xlate_add_lit(x->pool, b, "type", "tool_result")
+           == NULL
+        || ngx_smartflow_xlate_add(x->pool, b, "tool_use_id",
+                                   NGX_SMARTFLOW_JSON_STRING, &id->str)
            == NULL)
     {
-        return ngx_sf_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
     content = ngx_smartflow_json_get(m, "content");
 
     if (ngx_smartflow_json_is_string(content)) {
-        if (ngx_sf_add(x->pool, b, "content", NGX_SMARTFLOW_JSON_STRING,
-                       &content->str)
+        if (ngx_smartflow_xlate_add(x->pool, b, "content",
+                                    NGX_SMARTFLOW_JSON_STRING, &content->str)
             == NULL)
         {
-            return ngx_sf_fail(x, "out of memory");
+            return ngx_smartflow_xlate_fail(x, "out of memory");
         }
 
         return NGX_OK;
@@ -871,7 +513,7 @@ ngx_sf_to_an_tool_result(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *m,
 
     arr = ngx_smartflow_json_new(x->pool, NGX_SMARTFLOW_JSON_ARRAY, NULL);
     if (arr == NULL) {
-        return ngx_sf_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
     if (ngx_sf_to_an_parts(x, content, arr) != NGX_OK) {
@@ -895,7 +537,7 @@ ngx_sf_add_block(ngx_smartflow_json_t *content, ngx_smartflow_json_t *b)
 {
     ngx_smartflow_json_t  *c, *prev;
 
-    if (!ngx_sf_type_is(b, "tool_result")) {
+    if (!ngx_smartflow_xlate_type_is(b, "tool_result")) {
         ngx_smartflow_json_append(content, NULL, b);
         return;
     }
@@ -903,7 +545,7 @@ ngx_sf_add_block(ngx_smartflow_json_t *content, ngx_smartflow_json_t *b)
     prev = NULL;
 
     for (c = content->child; c; c = c->next) {
-        if (!ngx_sf_type_is(c, "tool_result")) {
+        if (!ngx_smartflow_xlate_type_is(c, "tool_result")) {
             break;
         }
 
@@ -938,118 +580,122 @@ ngx_sf_to_an_tools(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *req,
     pool = x->pool;
     tools = ngx_smartflow_json_get(req, "tools");
 
-    if (!ngx_sf_present(tools)) {
+    if (!ngx_smartflow_xlate_present(tools)) {
         return NGX_OK;
     }
 
     if (tools->type != NGX_SMARTFLOW_JSON_ARRAY) {
-        return ngx_sf_fail(x, "'tools' must be an array");
+        return ngx_smartflow_xlate_fail(x, "'tools' must be an array");
     }
 
     if (tools->nchild == 0) {
         return NGX_OK;
     }
 
-    arr = ngx_sf_add(pool, out, "tools", NGX_SMARTFLOW_JSON_ARRAY, NULL);
+    arr = ngx_smartflow_xlate_add(pool, out, "tools", NGX_SMARTFLOW_JSON_ARRAY,
+                                  NULL);
     if (arr == NULL) {
-        return ngx_sf_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
     for (t = tools->child; t; t = t->next) {
         v = ngx_smartflow_json_get(t, "type");
 
-        if (v && !ngx_sf_is(v, "function")) {
-            return ngx_sf_fail(x, "only function tools can be sent to this "
-                                  "provider");
+        if (v && !ngx_smartflow_xlate_is(v, "function")) {
+            return ngx_smartflow_xlate_fail(x, "only function tools can be "
+                                               "sent to this provider");
         }
 
         fn = ngx_smartflow_json_get(t, "function");
         name = ngx_smartflow_json_get(fn, "name");
 
         if (!ngx_smartflow_json_is_string(name)) {
-            return ngx_sf_fail(x, "each tool needs a function name");
+            return ngx_smartflow_xlate_fail(x, "each tool needs a function "
+                                               "name");
         }
 
-        o = ngx_sf_add(pool, arr, NULL, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+        o = ngx_smartflow_xlate_add(pool, arr, NULL, NGX_SMARTFLOW_JSON_OBJECT,
+                                    NULL);
         if (o == NULL
-            || ngx_sf_add(pool, o, "name", NGX_SMARTFLOW_JSON_STRING,
-                          &name->str)
+            || ngx_smartflow_xlate_add(pool, o, "name",
+                                       NGX_SMARTFLOW_JSON_STRING, &name->str)
                == NULL)
         {
-            return ngx_sf_fail(x, "out of memory");
+            return ngx_smartflow_xlate_fail(x, "out of memory");
         }
 
         v = ngx_smartflow_json_get(fn, "description");
 
         if (ngx_smartflow_json_is_string(v)
-            && ngx_sf_add(pool, o, "description", NGX_SMARTFLOW_JSON_STRING,
-                          &v->str)
+            && ngx_smartflow_xlate_add(pool, o, "description",
+                                       NGX_SMARTFLOW_JSON_STRING, &v->str)
                == NULL)
         {
-            return ngx_sf_fail(x, "out of memory");
+            return ngx_smartflow_xlate_fail(x, "out of memory");
         }
 
         v = ngx_smartflow_json_get(fn, "parameters");
 
         if (v && v->type == NGX_SMARTFLOW_JSON_OBJECT) {
             if (ngx_sf_add_copy(pool, o, "input_schema", v) == NULL) {
-                return ngx_sf_fail(x, "out of memory");
+                return ngx_smartflow_xlate_fail(x, "out of memory");
             }
 
             continue;
         }
 
         /* a function without parameters takes an empty object */
-        s = ngx_sf_add(pool, o, "input_schema", NGX_SMARTFLOW_JSON_OBJECT,
-                       NULL);
+        s = ngx_smartflow_xlate_add(pool, o, "input_schema",
+                                    NGX_SMARTFLOW_JSON_OBJECT, NULL);
         if (s == NULL
-            || ngx_sf_add_lit(pool, s, "type", "object") == NULL
-            || ngx_sf_add(pool, s, "properties", NGX_SMARTFLOW_JSON_OBJECT,
-                          NULL)
+            || ngx_smartflow_xlate_add_lit(pool, s, "type", "object") == NULL
+            || ngx_smartflow_xlate_add(pool, s, "properties",
+                                       NGX_SMARTFLOW_JSON_OBJECT, NULL)
                == NULL)
         {
-            return ngx_sf_fail(x, "out of memory");
+            return ngx_smartflow_xlate_fail(x, "out of memory");
         }
     }
 
     tc = ngx_smartflow_json_get(req, "tool_choice");
     o = NULL;
 
-    if (ngx_sf_present(tc)) {
+    if (ngx_smartflow_xlate_present(tc)) {
         o = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_OBJECT, NULL);
         if (o == NULL) {
-            return ngx_sf_fail(x, "out of memory");
+            return ngx_smartflow_xlate_fail(x, "out of memory");
         }
 
-        if (ngx_sf_is(tc, "auto")) {
-            v = ngx_sf_add_lit(pool, o, "type", "auto");
+        if (ngx_smartflow_xlate_is(tc, "auto")) {
+            v = ngx_smartflow_xlate_add_lit(pool, o, "type", "auto");
 
-        } else if (ngx_sf_is(tc, "required")) {
-            v = ngx_sf_add_lit(pool, o, "type", "any");
+        } else if (ngx_smartflow_xlate_is(tc, "required")) {
+            v = ngx_smartflow_xlate_add_lit(pool, o, "type", "any");
 
-        } else if (ngx_sf_is(tc, "none")) {
-            v = ngx_sf_add_lit(pool, o, "type", "none");
+        } else if (ngx_smartflow_xlate_is(tc, "none")) {
+            v = ngx_smartflow_xlate_add_lit(pool, o, "type", "none");
 
         } else {
             name = ngx_smartflow_json_get(
                        ngx_smartflow_json_get(tc, "function"), "name");
 
-            if (!ngx_sf_type_is(tc, "function")
+            if (!ngx_smartflow_xlate_type_is(tc, "function")
                 || !ngx_smartflow_json_is_string(name))
             {
-                return ngx_sf_fail(x, "unsupported 'tool_choice'");
+                return ngx_smartflow_xlate_fail(x, "unsupported 'tool_choice'");
             }
 
-            v = ngx_sf_add_lit(pool, o, "type", "tool");
+            v = ngx_smartflow_xlate_add_lit(pool, o, "type", "tool");
 
             if (v != NULL) {
-                v = ngx_sf_add(pool, o, "name", NGX_SMARTFLOW_JSON_STRING,
-                               &name->str);
+                v = ngx_smartflow_xlate_add(pool, o, "name",
+                                            NGX_SMARTFLOW_JSON_STRING,
+                                            &name->str);
             }
         }
 
         if (v == NULL) {
-            return ngx_sf_fail(x, "out of memory");
+            return ngx_smartflow_xlate_fail(x, "out of memory");
         }
     }
 
@@ -1059,18 +705,20 @@ ngx_sf_to_an_tools(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *req,
 
         if (o == NULL) {
             o = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_OBJECT, NULL);
-            if (o == NULL || ngx_sf_add_lit(pool, o, "type", "auto") == NULL)
+            if (o == NULL
+                || ngx_smartflow_xlate_add_lit(pool, o, "type", "auto")
+                   == NULL)
             {
-                return ngx_sf_fail(x, "out of memory");
+                return ngx_smartflow_xlate_fail(x, "out of memory");
             }
         }
 
-        if (!ngx_sf_type_is(o, "none")
-            && ngx_sf_add(pool, o, "disable_parallel_tool_use",
-                          NGX_SMARTFLOW_JSON_TRUE, NULL)
+        if (!ngx_smartflow_xlate_type_is(o, "none")
+            && ngx_smartflow_xlate_add(pool, o, "disable_parallel_tool_use",
+                                       NGX_SMARTFLOW_JSON_TRUE, NULL)
                == NULL)
         {
-            return ngx_sf_fail(x, "out of memory");
+            return ngx_smartflow_xlate_fail(x, "out of memory");
         }
     }
 
@@ -1096,14 +744,15 @@ ngx_smartflow_xlate_req_openai_to_anthropic(ngx_smartflow_xlate_t *x,
     pool = x->pool;
 
     if (req == NULL || req->type != NGX_SMARTFLOW_JSON_OBJECT) {
-        (void) ngx_sf_fail(x, "the request body must be a JSON object");
+        (void) ngx_smartflow_xlate_fail(x, "the request body must be a JSON "
+                                           "object");
         return NULL;
     }
 
     msgs = ngx_smartflow_json_get(req, "messages");
 
     if (msgs == NULL || msgs->type != NGX_SMARTFLOW_JSON_ARRAY) {
-        (void) ngx_sf_fail(x, "'messages' must be an array");
+        (void) ngx_smartflow_xlate_fail(x, "'messages' must be an array");
         return NULL;
     }
 
@@ -1116,7 +765,8 @@ ngx_smartflow_xlate_req_openai_to_anthropic(ngx_smartflow_xlate_t *x,
     v = ngx_smartflow_json_get(req, "model");
 
     if (ngx_smartflow_json_is_string(v)
-        && ngx_sf_add(pool, out, "model", NGX_SMARTFLOW_JSON_STRING, &v->str)
+        && ngx_smartflow_xlate_add(pool, out, "model",
+                                   NGX_SMARTFLOW_JSON_STRING, &v->str)
            == NULL)
     {
         goto nomem;
@@ -1130,17 +780,21 @@ ngx_smartflow_xlate_req_openai_to_anthropic(ngx_smartflow_xlate_t *x,
         role = ngx_smartflow_json_get(m, "role");
 
         if (!ngx_smartflow_json_is_string(role)) {
-            (void) ngx_sf_fail(x, "each message must be an object with a "
-                                  "'role'");
+            (void) ngx_smartflow_xlate_fail(x, "each message must be an object "
+                                               "with a 'role'");
             return NULL;
         }
 
         content = ngx_smartflow_json_get(m, "content");
 
         /* Anthropic has one system prompt, outside the turns */
-        if (ngx_sf_is(role, "system") || ngx_sf_is(role, "developer")) {
-            if (ngx_sf_content_text(pool, content, "\n\n", &text) != NGX_OK
-                || ngx_sf_join(pool, &system, "\n\n", &text) != NGX_OK)
+        if (ngx_smartflow_xlate_is(role, "system")
+            || ngx_smartflow_xlate_is(role, "developer"))
+        {
+            if (ngx_smartflow_xlate_text_of(pool, content, "\n\n", &text)
+                != NGX_OK
+                || ngx_smartflow_xlate_append(pool, &system, "\n\n", &text)
+                   != NGX_OK)
             {
                 goto nomem;
             }
@@ -1153,21 +807,22 @@ ngx_smartflow_xlate_req_openai_to_anthropic(ngx_smartflow_xlate_t *x,
             goto nomem;
         }
 
-        if (ngx_sf_is(role, "user")) {
+        if (ngx_smartflow_xlate_is(role, "user")) {
             user = 1;
             rc = ngx_sf_to_an_parts(x, content, blocks);
 
-        } else if (ngx_sf_is(role, "assistant")) {
+        } else if (ngx_smartflow_xlate_is(role, "assistant")) {
             user = 0;
             rc = ngx_sf_to_an_assistant(x, m, blocks);
 
-        } else if (ngx_sf_is(role, "tool")) {
+        } else if (ngx_smartflow_xlate_is(role, "tool")) {
             user = 1;
             rc = ngx_sf_to_an_tool_result(x, m, blocks);
 
         } else {
-            (void) ngx_sf_fail(x, "a message role must be system, "
-                                  "developer, user, assistant or tool");
+            (void) ngx_smartflow_xlate_fail(x, "a message role must be system, "
+                                               "developer, user, assistant or "
+                                               "tool");
             return NULL;
         }
 
@@ -1189,9 +844,11 @@ ngx_smartflow_xlate_req_openai_to_anthropic(ngx_smartflow_xlate_t *x,
             continue;
         }
 
-        s = ngx_sf_add(pool, messages, NULL, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+        s = ngx_smartflow_xlate_add(pool, messages, NULL,
+                                    NGX_SMARTFLOW_JSON_OBJECT, NULL);
         if (s == NULL
-            || ngx_sf_add_lit(pool, s, "role", user ? "user" : "assistant")
+            || ngx_smartflow_xlate_add_lit(pool, s, "role",
+                                           user ? "user" : "assistant")
                == NULL)
         {
             goto nomem;
@@ -1204,8 +861,8 @@ ngx_smartflow_xlate_req_openai_to_anthropic(ngx_smartflow_xlate_t *x,
     }
 
     if (messages->nchild == 0) {
-        (void) ngx_sf_fail(x, "the request has no user or assistant "
-                              "message");
+        (void) ngx_smartflow_xlate_fail(x, "the request has no user or "
+                                           "assistant message");
         return NULL;
     }
 
@@ -1215,7 +872,7 @@ ngx_smartflow_xlate_req_openai_to_anthropic(ngx_smartflow_xlate_t *x,
         b = content->child;
 
         if (content->nchild == 1 && b->nchild == 2
-            && ngx_sf_type_is(b, "text"))
+            && ngx_smartflow_xlate_type_is(b, "text"))
         {
             v = ngx_smartflow_json_get(b, "text");
 
@@ -1228,7 +885,8 @@ ngx_smartflow_xlate_req_openai_to_anthropic(ngx_smartflow_xlate_t *x,
     }
 
     if (system.len
-        && ngx_sf_add(pool, out, "system", NGX_SMARTFLOW_JSON_STRING, &system)
+        && ngx_smartflow_xlate_add(pool, out, "system",
+                                   NGX_SMARTFLOW_JSON_STRING, &system)
            == NULL)
     {
         goto nomem;
@@ -1250,10 +908,14 @@ ngx_smartflow_xlate_req_openai_to_anthropic(ngx_smartflow_xlate_t *x,
         ngx_str_set(&text, NGX_SF_DEFAULT_MAX_TOKENS);
     }
 
-    if (ngx_sf_add(pool, out, "max_tokens", NGX_SMARTFLOW_JSON_NUMBER, &text)
+    if (ngx_smartflow_xlate_add(pool, out, "max_tokens",
+                                NGX_SMARTFLOW_JSON_NUMBER, &text)
         == NULL
-        || ngx_sf_copy_number(pool, req, out, "temperature") != NGX_OK
-        || ngx_sf_copy_number(pool, req, out, "top_p") != NGX_OK)
+        || ngx_smartflow_xlate_add_number(pool, out, "temperature", req,
+                                          "temperature")
+           != NGX_OK
+        || ngx_smartflow_xlate_add_number(pool, out, "top_p", req, "top_p")
+           != NGX_OK)
     {
         goto nomem;
     }
@@ -1268,26 +930,27 @@ ngx_smartflow_xlate_req_openai_to_anthropic(ngx_smartflow_xlate_t *x,
     v = ngx_smartflow_json_get(req, "stop");
 
     if (ngx_smartflow_json_is_string(v) && v->str.len) {
-        s = ngx_sf_add(pool, out, "stop_sequences", NGX_SMARTFLOW_JSON_ARRAY,
-                       NULL);
+        s = ngx_smartflow_xlate_add(pool, out, "stop_sequences",
+                                    NGX_SMARTFLOW_JSON_ARRAY, NULL);
         if (s == NULL
-            || ngx_sf_add(pool, s, NULL, NGX_SMARTFLOW_JSON_STRING, &v->str)
+            || ngx_smartflow_xlate_add(pool, s, NULL, NGX_SMARTFLOW_JSON_STRING,
+                                       &v->str)
                == NULL)
         {
             goto nomem;
         }
 
     } else if (v && v->type == NGX_SMARTFLOW_JSON_ARRAY && v->nchild) {
-        s = ngx_sf_add(pool, out, "stop_sequences", NGX_SMARTFLOW_JSON_ARRAY,
-                       NULL);
+        s = ngx_smartflow_xlate_add(pool, out, "stop_sequences",
+                                    NGX_SMARTFLOW_JSON_ARRAY, NULL);
         if (s == NULL) {
             goto nomem;
         }
 
         for (b = v->child; b; b = b->next) {
             if (ngx_smartflow_json_is_string(b)
-                && ngx_sf_add(pool, s, NULL, NGX_SMARTFLOW_JSON_STRING,
-                              &b->str)
+                && ngx_smartflow_xlate_add(pool, s, NULL,
+                                           NGX_SMARTFLOW_JSON_STRING, &b->str)
                    == NULL)
             {
                 goto nomem;
@@ -1299,7 +962,7 @@ ngx_smartflow_xlate_req_openai_to_anthropic(ngx_smartflow_xlate_t *x,
 
     if (v && (v->type == NGX_SMARTFLOW_JSON_TRUE
               || v->type == NGX_SMARTFLOW_JSON_FALSE)
-        && ngx_sf_add(pool, out, "stream", v->type, NULL) == NULL)
+        && ngx_smartflow_xlate_add(pool, out, "stream", v->type, NULL) == NULL)
     {
         goto nomem;
     }
@@ -1311,11 +974,11 @@ ngx_smartflow_xlate_req_openai_to_anthropic(ngx_smartflow_xlate_t *x,
     v = ngx_smartflow_json_get(req, "user");
 
     if (ngx_smartflow_json_is_string(v)) {
-        s = ngx_sf_add(pool, out, "metadata", NGX_SMARTFLOW_JSON_OBJECT,
-                       NULL);
+        s = ngx_smartflow_xlate_add(pool, out, "metadata",
+                                    NGX_SMARTFLOW_JSON_OBJECT, NULL);
         if (s == NULL
-            || ngx_sf_add(pool, s, "user_id", NGX_SMARTFLOW_JSON_STRING,
-                          &v->str)
+            || ngx_smartflow_xlate_add(pool, s, "user_id",
+                                       NGX_SMARTFLOW_JSON_STRING, &v->str)
                == NULL)
         {
             goto nomem;
@@ -1326,7 +989,7 @@ ngx_smartflow_xlate_req_openai_to_anthropic(ngx_smartflow_xlate_t *x,
 
 nomem:
 
-    (void) ngx_sf_fail(x, "out of memory");
+    (void) ngx_smartflow_xlate_fail(x, "out of memory");
     return NULL;
 }
 
@@ -1339,19 +1002,22 @@ ngx_sf_to_oa_url_part(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *parts,
 {
     ngx_smartflow_json_t  *p, *iu;
 
-    p = ngx_sf_add(x->pool, parts, NULL, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    p = ngx_smartflow_xlate_add(x->pool, parts, NULL, NGX_SMARTFLOW_JSON_OBJECT,
+                                NULL);
     if (p == NULL
-        || ngx_sf_add_lit(x->pool, p, "type", "image_url") == NULL)
+        || ngx_smartflow_xlate_add_lit(x->pool, p, "type", "image_url") == NULL)
     {
-        return ngx_sf_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
-    iu = ngx_sf_add(x->pool, p, "image_url", NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    iu = ngx_smartflow_xlate_add(x->pool, p, "image_url",
+                                 NGX_SMARTFLOW_JSON_OBJECT, NULL);
     if (iu == NULL
-        || ngx_sf_add(x->pool, iu, "url", NGX_SMARTFLOW_JSON_STRING, url)
+        || ngx_smartflow_xlate_add(x->pool, iu, "url",
+                                   NGX_SMARTFLOW_JSON_STRING, url)
            == NULL)
     {
-        return ngx_sf_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
     return NGX_OK;
@@ -1368,13 +1034,15 @@ ngx_sf_to_oa_text_part(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *parts,
         return NGX_OK;
     }
 
-    p = ngx_sf_add(x->pool, parts, NULL, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    p = ngx_smartflow_xlate_add(x->pool, parts, NULL, NGX_SMARTFLOW_JSON_OBJECT,
+                                NULL);
     if (p == NULL
-        || ngx_sf_add_lit(x->pool, p, "type", "text") == NULL
-        || ngx_sf_add(x->pool, p, "text", NGX_SMARTFLOW_JSON_STRING, text)
+        || ngx_smartflow_xlate_add_lit(x->pool, p, "type", "text") == NULL
+        || ngx_smartflow_xlate_add(x->pool, p, "text",
+                                   NGX_SMARTFLOW_JSON_STRING, text)
            == NULL)
     {
-        return ngx_sf_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
     return NGX_OK;
@@ -1390,23 +1058,23 @@ ngx_sf_to_oa_source(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *b,
     ngx_uint_t             image;
     ngx_smartflow_json_t  *src, *media, *data, *p, *f, *title;
 
-    image = ngx_sf_type_is(b, "image");
+    image = ngx_smartflow_xlate_type_is(b, "image");
     src = ngx_smartflow_json_get(b, "source");
     data = ngx_smartflow_json_get(src, "data");
     media = ngx_smartflow_json_get(src, "media_type");
 
-    if (ngx_sf_type_is(src, "base64")) {
+    if (ngx_smartflow_xlate_type_is(src, "base64")) {
         if (!ngx_smartflow_json_is_string(media)
             || !ngx_smartflow_json_is_string(data))
         {
-            return ngx_sf_fail(x, "a base64 source needs 'media_type' and "
-                                  "'data'");
+            return ngx_smartflow_xlate_fail(x, "a base64 source needs "
+                                               "'media_type' and 'data'");
         }
 
         if (ngx_sf_make_data_url(x->pool, &media->str, &data->str, &url)
             != NGX_OK)
         {
-            return ngx_sf_fail(x, "out of memory");
+            return ngx_smartflow_xlate_fail(x, "out of memory");
         }
 
         if (image) {
@@ -1415,46 +1083,52 @@ ngx_sf_to_oa_source(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *b,
 
         title = ngx_smartflow_json_get(b, "title");
 
-        p = ngx_sf_add(x->pool, parts, NULL, NGX_SMARTFLOW_JSON_OBJECT, NULL);
-        if (p == NULL || ngx_sf_add_lit(x->pool, p, "type", "file") == NULL) {
-            return ngx_sf_fail(x, "out of memory");
+        p = ngx_smartflow_xlate_add(x->pool, parts, NULL,
+                                    NGX_SMARTFLOW_JSON_OBJECT, NULL);
+        if (p == NULL
+            || ngx_smartflow_xlate_add_lit(x->pool, p, "type", "file") == NULL)
+        {
+            return ngx_smartflow_xlate_fail(x, "out of memory");
         }
 
-        f = ngx_sf_add(x->pool, p, "file", NGX_SMARTFLOW_JSON_OBJECT, NULL);
+        f = ngx_smartflow_xlate_add(x->pool, p, "file",
+                                    NGX_SMARTFLOW_JSON_OBJECT, NULL);
         if (f == NULL
             || (ngx_smartflow_json_is_string(title)
-                ? ngx_sf_add(x->pool, f, "filename",
-                             NGX_SMARTFLOW_JSON_STRING, &title->str)
-                : ngx_sf_add_lit(x->pool, f, "filename", "document.pdf"))
+                ? ngx_smartflow_xlate_add(x->pool, f, "filename",
+                                          NGX_SMARTFLOW_JSON_STRING,
+                                          &title->str)
+                : ngx_smartflow_xlate_add_lit(x->pool, f, "filename",
+                                              "document.pdf"))
                == NULL
-            || ngx_sf_add(x->pool, f, "file_data", NGX_SMARTFLOW_JSON_STRING,
-                          &url)
+            || ngx_smartflow_xlate_add(x->pool, f, "file_data",
+                                       NGX_SMARTFLOW_JSON_STRING, &url)
                == NULL)
         {
-            return ngx_sf_fail(x, "out of memory");
+            return ngx_smartflow_xlate_fail(x, "out of memory");
         }
 
         return NGX_OK;
     }
 
-    if (image && ngx_sf_type_is(src, "url")) {
+    if (image && ngx_smartflow_xlate_type_is(src, "url")) {
         data = ngx_smartflow_json_get(src, "url");
 
         if (!ngx_smartflow_json_is_string(data)) {
-            return ngx_sf_fail(x, "a url source needs a 'url'");
+            return ngx_smartflow_xlate_fail(x, "a url source needs a 'url'");
         }
 
         return ngx_sf_to_oa_url_part(x, parts, &data->str);
     }
 
-    if (!image && ngx_sf_type_is(src, "text")
+    if (!image && ngx_smartflow_xlate_type_is(src, "text")
         && ngx_smartflow_json_is_string(data))
     {
         return ngx_sf_to_oa_text_part(x, parts, &data->str);
     }
 
-    return ngx_sf_fail(x, "this image or document source is not supported "
-                          "by this provider");
+    return ngx_smartflow_xlate_fail(x, "this image or document source is not "
+                                       "supported by this provider");
 }
 
 
@@ -1468,26 +1142,30 @@ ngx_sf_to_oa_tool_message(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *b,
     id = ngx_smartflow_json_get(b, "tool_use_id");
 
     if (!ngx_smartflow_json_is_string(id)) {
-        return ngx_sf_fail(x, "a tool_result block needs a 'tool_use_id'");
+        return ngx_smartflow_xlate_fail(x, "a tool_result block needs a "
+                                           "'tool_use_id'");
     }
 
-    if (ngx_sf_content_text(x->pool, ngx_smartflow_json_get(b, "content"),
-                            "\n", &text)
+    if (ngx_smartflow_xlate_text_of(x->pool,
+                                    ngx_smartflow_json_get(b, "content"), "\n",
+                                    &text)
         != NGX_OK)
     {
-        return ngx_sf_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
-    m = ngx_sf_add(x->pool, messages, NULL, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    m = ngx_smartflow_xlate_add(x->pool, messages, NULL,
+                                NGX_SMARTFLOW_JSON_OBJECT, NULL);
     if (m == NULL
-        || ngx_sf_add_lit(x->pool, m, "role", "tool") == NULL
-        || ngx_sf_add(x->pool, m, "tool_call_id", NGX_SMARTFLOW_JSON_STRING,
-                      &id->str)
+        || ngx_smartflow_xlate_add_lit(x->pool, m, "role", "tool") == NULL
+        || ngx_smartflow_xlate_add(x->pool, m, "tool_call_id",
+                                   NGX_SMARTFLOW_JSON_STRING, &id->str)
            == NULL
-        || ngx_sf_add(x->pool, m, "content", NGX_SMARTFLOW_JSON_STRING, &text)
+        || ngx_smartflow_xlate_add(x->pool, m, "content",
+                                   NGX_SMARTFLOW_JSON_STRING, &text)
            == NULL)
     {
-        return ngx_sf_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
     return NGX_OK;
@@ -1512,27 +1190,27 @@ ngx_sf_to_oa_parts(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *content,
         parts = ngx_smartflow_json_new(x->pool, NGX_SMARTFLOW_JSON_ARRAY,
                                        NULL);
         if (parts == NULL) {
-            return ngx_sf_fail(x, "out of memory");
+            return ngx_smartflow_xlate_fail(x, "out of memory");
         }
 
         for (b = content->child; b; b = b->next) {
 
-            if (ngx_sf_type_is(b, "text")) {
+            if (ngx_smartflow_xlate_type_is(b, "text")) {
                 t = ngx_smartflow_json_get(b, "text");
                 rc = ngx_smartflow_json_is_string(t)
                      ? ngx_sf_to_oa_text_part(x, parts, &t->str) : NGX_OK;
 
-            } else if (ngx_sf_type_is(b, "image")
-                       || ngx_sf_type_is(b, "document"))
+            } else if (ngx_smartflow_xlate_type_is(b, "image")
+                       || ngx_smartflow_xlate_type_is(b, "document"))
             {
                 rc = ngx_sf_to_oa_source(x, b, parts);
 
-            } else if (ngx_sf_type_is(b, "tool_result")) {
+            } else if (ngx_smartflow_xlate_type_is(b, "tool_result")) {
                 rc = ngx_sf_to_oa_tool_message(x, b, messages);
 
             } else {
-                rc = ngx_sf_fail(x, "a content block type is not supported "
-                                    "by this provider");
+                rc = ngx_smartflow_xlate_fail(x, "a content block type is not "
+                                                 "supported by this provider");
             }
 
             if (rc != NGX_OK) {
@@ -1545,18 +1223,24 @@ ngx_sf_to_oa_parts(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *content,
         }
     }
 
-    m = ngx_sf_add(x->pool, messages, NULL, NGX_SMARTFLOW_JSON_OBJECT, NULL);
-    if (m == NULL || ngx_sf_add_lit(x->pool, m, "role", "user") == NULL) {
-        return ngx_sf_fail(x, "out of memory");
+    m = ngx_smartflow_xlate_add(x->pool, messages, NULL,
+                                NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    if (m == NULL
+        || ngx_smartflow_xlate_add_lit(x->pool, m, "role", "user") == NULL)
+    {
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
     if (parts == NULL) {
-        t = ngx_sf_add(x->pool, m, "content", NGX_SMARTFLOW_JSON_STRING,
-                       &content->str);
+        t = ngx_smartflow_xlate_add(x->pool, m, "content",
+                                    NGX_SMARTFLOW_JSON_STRING, &content->str);
 
-    } else if (parts->nchild == 1 && ngx_sf_type_is(parts->child, "text")) {
-        t = ngx_sf_add(x->pool, m, "content", NGX_SMARTFLOW_JSON_STRING,
-                       &ngx_smartflow_json_get(parts->child, "text")->str);
+    } else if (parts->nchild == 1
+               && ngx_smartflow_xlate_type_is(parts->child, "text"))
+    {
+        t = ngx_smartflow_json_get(parts->child, "text");
+        t = ngx_smartflow_xlate_add(x->pool, m, "content",
+                                    NGX_SMARTFLOW_JSON_STRING, &t->str);
 
     } else {
         ngx_smartflow_json_append(m, "content", parts);
@@ -1564,7 +1248,7 @@ ngx_sf_to_oa_parts(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *content,
     }
 
     if (t == NULL) {
-        return ngx_sf_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
     return NGX_OK;
@@ -1589,51 +1273,57 @@ ngx_sf_to_oa_assistant(ngx_smartflow_xlate_t *x,
         calls = ngx_smartflow_json_new(x->pool, NGX_SMARTFLOW_JSON_ARRAY,
                                        NULL);
         if (calls == NULL) {
-            return ngx_sf_fail(x, "out of memory");
+            return ngx_smartflow_xlate_fail(x, "out of memory");
         }
 
         for (b = content->child; b; b = b->next) {
 
-            if (ngx_sf_type_is(b, "text")) {
+            if (ngx_smartflow_xlate_type_is(b, "text")) {
                 t = ngx_smartflow_json_get(b, "text");
 
                 if (ngx_smartflow_json_is_string(t)
-                    && ngx_sf_join(x->pool, &text, "", &t->str) != NGX_OK)
+                    && ngx_smartflow_xlate_append(x->pool, &text, "", &t->str)
+                       != NGX_OK)
                 {
-                    return ngx_sf_fail(x, "out of memory");
+                    return ngx_smartflow_xlate_fail(x, "out of memory");
                 }
 
-            } else if (ngx_sf_type_is(b, "tool_use")) {
+            } else if (ngx_smartflow_xlate_type_is(b, "tool_use")) {
                 if (ngx_sf_to_oa_tool_call(x, b, calls) != NGX_OK) {
                     return NGX_ERROR;
                 }
 
-            } else if (!ngx_sf_type_is(b, "thinking")
-                       && !ngx_sf_type_is(b, "redacted_thinking"))
+            } else if (!ngx_smartflow_xlate_type_is(b, "thinking")
+                       && !ngx_smartflow_xlate_type_is(b, "redacted_thinking"))
             {
                 /* reasoning stays with the provider that produced it */
-                return ngx_sf_fail(x, "a content block type is not "
-                                      "supported by this provider");
+                return ngx_smartflow_xlate_fail(x, "a content block type is "
+                                                   "not supported by this "
+                                                   "provider");
             }
         }
     }
 
-    m = ngx_sf_add(x->pool, messages, NULL, NGX_SMARTFLOW_JSON_OBJECT, NULL);
-    if (m == NULL || ngx_sf_add_lit(x->pool, m, "role", "assistant") == NULL)
+    m = ngx_smartflow_xlate_add(x->pool, messages, NULL,
+                                NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    if (m == NULL
+        || ngx_smartflow_xlate_add_lit(x->pool, m, "role", "assistant")
+           == NULL)
     {
-        return ngx_sf_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
     if (text.len == 0 && calls && calls->nchild) {
-        t = ngx_sf_add(x->pool, m, "content", NGX_SMARTFLOW_JSON_NULL, NULL);
+        t = ngx_smartflow_xlate_add(x->pool, m, "content",
+                                    NGX_SMARTFLOW_JSON_NULL, NULL);
 
     } else {
-        t = ngx_sf_add(x->pool, m, "content", NGX_SMARTFLOW_JSON_STRING,
-                       &text);
+        t = ngx_smartflow_xlate_add(x->pool, m, "content",
+                                    NGX_SMARTFLOW_JSON_STRING, &text);
     }
 
     if (t == NULL) {
-        return ngx_sf_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
     if (calls && calls->nchild) {
@@ -1654,138 +1344,149 @@ ngx_sf_to_oa_tools(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *req,
     pool = x->pool;
     tools = ngx_smartflow_json_get(req, "tools");
 
-    if (!ngx_sf_present(tools)) {
+    if (!ngx_smartflow_xlate_present(tools)) {
         return NGX_OK;
     }
 
     if (tools->type != NGX_SMARTFLOW_JSON_ARRAY) {
-        return ngx_sf_fail(x, "'tools' must be an array");
+        return ngx_smartflow_xlate_fail(x, "'tools' must be an array");
     }
 
     if (tools->nchild == 0) {
         return NGX_OK;
     }
 
-    arr = ngx_sf_add(pool, out, "tools", NGX_SMARTFLOW_JSON_ARRAY, NULL);
+    arr = ngx_smartflow_xlate_add(pool, out, "tools", NGX_SMARTFLOW_JSON_ARRAY,
+                                  NULL);
     if (arr == NULL) {
-        return ngx_sf_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
     for (t = tools->child; t; t = t->next) {
         v = ngx_smartflow_json_get(t, "type");
 
         /* server tools (web search, code execution ...) run at Anthropic */
-        if (ngx_sf_present(v) && !ngx_sf_is(v, "custom")) {
-            return ngx_sf_fail(x, "only client tools can be sent to this "
-                                  "provider");
+        if (ngx_smartflow_xlate_present(v)
+            && !ngx_smartflow_xlate_is(v, "custom"))
+        {
+            return ngx_smartflow_xlate_fail(x, "only client tools can be sent "
+                                               "to this provider");
         }
 
         name = ngx_smartflow_json_get(t, "name");
 
         if (!ngx_smartflow_json_is_string(name)) {
-            return ngx_sf_fail(x, "each tool needs a 'name'");
+            return ngx_smartflow_xlate_fail(x, "each tool needs a 'name'");
         }
 
-        o = ngx_sf_add(pool, arr, NULL, NGX_SMARTFLOW_JSON_OBJECT, NULL);
-        if (o == NULL || ngx_sf_add_lit(pool, o, "type", "function") == NULL)
-        {
-            return ngx_sf_fail(x, "out of memory");
-        }
-
-        fn = ngx_sf_add(pool, o, "function", NGX_SMARTFLOW_JSON_OBJECT, NULL);
-        if (fn == NULL
-            || ngx_sf_add(pool, fn, "name", NGX_SMARTFLOW_JSON_STRING,
-                          &name->str)
+        o = ngx_smartflow_xlate_add(pool, arr, NULL, NGX_SMARTFLOW_JSON_OBJECT,
+                                    NULL);
+        if (o == NULL
+            || ngx_smartflow_xlate_add_lit(pool, o, "type", "function")
                == NULL)
         {
-            return ngx_sf_fail(x, "out of memory");
+            return ngx_smartflow_xlate_fail(x, "out of memory");
+        }
+
+        fn = ngx_smartflow_xlate_add(pool, o, "function",
+                                     NGX_SMARTFLOW_JSON_OBJECT, NULL);
+        if (fn == NULL
+            || ngx_smartflow_xlate_add(pool, fn, "name",
+                                       NGX_SMARTFLOW_JSON_STRING, &name->str)
+               == NULL)
+        {
+            return ngx_smartflow_xlate_fail(x, "out of memory");
         }
 
         v = ngx_smartflow_json_get(t, "description");
 
         if (ngx_smartflow_json_is_string(v)
-            && ngx_sf_add(pool, fn, "description", NGX_SMARTFLOW_JSON_STRING,
-                          &v->str)
+            && ngx_smartflow_xlate_add(pool, fn, "description",
+                                       NGX_SMARTFLOW_JSON_STRING, &v->str)
                == NULL)
         {
-            return ngx_sf_fail(x, "out of memory");
+            return ngx_smartflow_xlate_fail(x, "out of memory");
         }
 
         v = ngx_smartflow_json_get(t, "input_schema");
 
         if (v && v->type == NGX_SMARTFLOW_JSON_OBJECT) {
             if (ngx_sf_add_copy(pool, fn, "parameters", v) == NULL) {
-                return ngx_sf_fail(x, "out of memory");
+                return ngx_smartflow_xlate_fail(x, "out of memory");
             }
 
             continue;
         }
 
-        s = ngx_sf_add(pool, fn, "parameters", NGX_SMARTFLOW_JSON_OBJECT,
-                       NULL);
+        s = ngx_smartflow_xlate_add(pool, fn, "parameters",
+                                    NGX_SMARTFLOW_JSON_OBJECT, NULL);
         if (s == NULL
-            || ngx_sf_add_lit(pool, s, "type", "object") == NULL
-            || ngx_sf_add(pool, s, "properties", NGX_SMARTFLOW_JSON_OBJECT,
-                          NULL)
+            || ngx_smartflow_xlate_add_lit(pool, s, "type", "object") == NULL
+            || ngx_smartflow_xlate_add(pool, s, "properties",
+                                       NGX_SMARTFLOW_JSON_OBJECT, NULL)
                == NULL)
         {
-            return ngx_sf_fail(x, "out of memory");
+            return ngx_smartflow_xlate_fail(x, "out of memory");
         }
     }
 
     tc = ngx_smartflow_json_get(req, "tool_choice");
 
-    if (!ngx_sf_present(tc)) {
+    if (!ngx_smartflow_xlate_present(tc)) {
         return NGX_OK;
     }
 
-    if (ngx_sf_type_is(tc, "auto")) {
-        v = ngx_sf_add_lit(pool, out, "tool_choice", "auto");
+    if (ngx_smartflow_xlate_type_is(tc, "auto")) {
+        v = ngx_smartflow_xlate_add_lit(pool, out, "tool_choice", "auto");
 
-    } else if (ngx_sf_type_is(tc, "any")) {
-        v = ngx_sf_add_lit(pool, out, "tool_choice", "required");
+    } else if (ngx_smartflow_xlate_type_is(tc, "any")) {
+        v = ngx_smartflow_xlate_add_lit(pool, out, "tool_choice", "required");
 
-    } else if (ngx_sf_type_is(tc, "none")) {
-        v = ngx_sf_add_lit(pool, out, "tool_choice", "none");
+    } else if (ngx_smartflow_xlate_type_is(tc, "none")) {
+        v = ngx_smartflow_xlate_add_lit(pool, out, "tool_choice", "none");
 
-    } else if (ngx_sf_type_is(tc, "tool")) {
+    } else if (ngx_smartflow_xlate_type_is(tc, "tool")) {
         name = ngx_smartflow_json_get(tc, "name");
 
         if (!ngx_smartflow_json_is_string(name)) {
-            return ngx_sf_fail(x, "a 'tool' tool_choice needs a 'name'");
+            return ngx_smartflow_xlate_fail(x, "a 'tool' tool_choice needs a "
+                                               "'name'");
         }
 
-        o = ngx_sf_add(pool, out, "tool_choice", NGX_SMARTFLOW_JSON_OBJECT,
-                       NULL);
+        o = ngx_smartflow_xlate_add(pool, out, "tool_choice",
+                                    NGX_SMARTFLOW_JSON_OBJECT, NULL);
         v = NULL;
 
-        if (o != NULL && ngx_sf_add_lit(pool, o, "type", "function") != NULL)
+        if (o != NULL
+            && ngx_smartflow_xlate_add_lit(pool, o, "type", "function")
+               != NULL)
         {
-            fn = ngx_sf_add(pool, o, "function", NGX_SMARTFLOW_JSON_OBJECT,
-                            NULL);
+            fn = ngx_smartflow_xlate_add(pool, o, "function",
+                                         NGX_SMARTFLOW_JSON_OBJECT, NULL);
             if (fn != NULL) {
-                v = ngx_sf_add(pool, fn, "name", NGX_SMARTFLOW_JSON_STRING,
-                               &name->str);
+                v = ngx_smartflow_xlate_add(pool, fn, "name",
+                                            NGX_SMARTFLOW_JSON_STRING,
+                                            &name->str);
             }
         }
 
     } else {
-        return ngx_sf_fail(x, "unsupported 'tool_choice'");
+        return ngx_smartflow_xlate_fail(x, "unsupported 'tool_choice'");
     }
 
     if (v == NULL) {
-        return ngx_sf_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
     v = ngx_smartflow_json_get(tc, "disable_parallel_tool_use");
 
     if (v && v->type == NGX_SMARTFLOW_JSON_TRUE
-        && !ngx_sf_type_is(tc, "none")
-        && ngx_sf_add(pool, out, "parallel_tool_calls",
-                      NGX_SMARTFLOW_JSON_FALSE, NULL)
+        && !ngx_smartflow_xlate_type_is(tc, "none")
+        && ngx_smartflow_xlate_add(pool, out, "parallel_tool_calls",
+                                   NGX_SMARTFLOW_JSON_FALSE, NULL)
            == NULL)
     {
-        return ngx_sf_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
     return NGX_OK;
@@ -1805,7 +1506,8 @@ ngx_smartflow_xlate_req_anthropic_to_openai(ngx_smartflow_xlate_t *x,
     pool = x->pool;
 
     if (req == NULL || req->type != NGX_SMARTFLOW_JSON_OBJECT) {
-        (void) ngx_sf_fail(x, "the request body must be a JSON object");
+        (void) ngx_smartflow_xlate_fail(x, "the request body must be a JSON "
+                                           "object");
         return NULL;
     }
 
@@ -1814,7 +1516,8 @@ ngx_smartflow_xlate_req_anthropic_to_openai(ngx_smartflow_xlate_t *x,
     if (msgs == NULL || msgs->type != NGX_SMARTFLOW_JSON_ARRAY
         || msgs->nchild == 0)
     {
-        (void) ngx_sf_fail(x, "'messages' must be a non-empty array");
+        (void) ngx_smartflow_xlate_fail(x, "'messages' must be a non-empty "
+                                           "array");
         return NULL;
     }
 
@@ -1826,40 +1529,42 @@ ngx_smartflow_xlate_req_anthropic_to_openai(ngx_smartflow_xlate_t *x,
     v = ngx_smartflow_json_get(req, "model");
 
     if (ngx_smartflow_json_is_string(v)
-        && ngx_sf_add(pool, out, "model", NGX_SMARTFLOW_JSON_STRING, &v->str)
+        && ngx_smartflow_xlate_add(pool, out, "model",
+                                   NGX_SMARTFLOW_JSON_STRING, &v->str)
            == NULL)
     {
         goto nomem;
     }
 
-    messages = ngx_sf_add(pool, out, "messages", NGX_SMARTFLOW_JSON_ARRAY,
-                          NULL);
+    messages = ngx_smartflow_xlate_add(pool, out, "messages",
+                                       NGX_SMARTFLOW_JSON_ARRAY, NULL);
     if (messages == NULL) {
         goto nomem;
     }
 
     v = ngx_smartflow_json_get(req, "system");
 
-    if (ngx_sf_present(v)) {
+    if (ngx_smartflow_xlate_present(v)) {
         if (v->type != NGX_SMARTFLOW_JSON_STRING
             && v->type != NGX_SMARTFLOW_JSON_ARRAY)
         {
-            (void) ngx_sf_fail(x, "'system' must be a string or an array of "
-                                  "text blocks");
+            (void) ngx_smartflow_xlate_fail(x, "'system' must be a string or "
+                                               "an array of text blocks");
             return NULL;
         }
 
-        if (ngx_sf_content_text(pool, v, "\n\n", &text) != NGX_OK) {
+        if (ngx_smartflow_xlate_text_of(pool, v, "\n\n", &text) != NGX_OK) {
             goto nomem;
         }
 
         if (text.len) {
-            m = ngx_sf_add(pool, messages, NULL, NGX_SMARTFLOW_JSON_OBJECT,
-                           NULL);
+            m = ngx_smartflow_xlate_add(pool, messages, NULL,
+                                        NGX_SMARTFLOW_JSON_OBJECT, NULL);
             if (m == NULL
-                || ngx_sf_add_lit(pool, m, "role", "system") == NULL
-                || ngx_sf_add(pool, m, "content", NGX_SMARTFLOW_JSON_STRING,
-                              &text)
+                || ngx_smartflow_xlate_add_lit(pool, m, "role", "system")
+                   == NULL
+                || ngx_smartflow_xlate_add(pool, m, "content",
+                                           NGX_SMARTFLOW_JSON_STRING, &text)
                    == NULL)
             {
                 goto nomem;
@@ -1875,19 +1580,21 @@ ngx_smartflow_xlate_req_anthropic_to_openai(ngx_smartflow_xlate_t *x,
             || (content->type != NGX_SMARTFLOW_JSON_STRING
                 && content->type != NGX_SMARTFLOW_JSON_ARRAY))
         {
-            (void) ngx_sf_fail(x, "each message needs a 'role' and a string "
-                                  "or array 'content'");
+            (void) ngx_smartflow_xlate_fail(x, "each message needs a 'role' "
+                                               "and a string or array "
+                                               "'content'");
             return NULL;
         }
 
-        if (ngx_sf_is(role, "user")) {
+        if (ngx_smartflow_xlate_is(role, "user")) {
             rc = ngx_sf_to_oa_parts(x, content, messages);
 
-        } else if (ngx_sf_is(role, "assistant")) {
+        } else if (ngx_smartflow_xlate_is(role, "assistant")) {
             rc = ngx_sf_to_oa_assistant(x, content, messages);
 
         } else {
-            rc = ngx_sf_fail(x, "a message role must be user or assistant");
+            rc = ngx_smartflow_xlate_fail(x, "a message role must be user or "
+                                             "assistant");
         }
 
         if (rc != NGX_OK) {
@@ -1895,9 +1602,14 @@ ngx_smartflow_xlate_req_anthropic_to_openai(ngx_smartflow_xlate_t *x,
         }
     }
 
-    if (ngx_sf_copy_number(pool, req, out, "max_tokens") != NGX_OK
-        || ngx_sf_copy_number(pool, req, out, "temperature") != NGX_OK
-        || ngx_sf_copy_number(pool, req, out, "top_p") != NGX_OK)
+    if (ngx_smartflow_xlate_add_number(pool, out, "max_tokens", req,
+                                       "max_tokens")
+        != NGX_OK
+        || ngx_smartflow_xlate_add_number(pool, out, "temperature", req,
+                                          "temperature")
+           != NGX_OK
+        || ngx_smartflow_xlate_add_number(pool, out, "top_p", req, "top_p")
+           != NGX_OK)
     {
         goto nomem;
     }
@@ -1905,15 +1617,16 @@ ngx_smartflow_xlate_req_anthropic_to_openai(ngx_smartflow_xlate_t *x,
     v = ngx_smartflow_json_get(req, "stop_sequences");
 
     if (v && v->type == NGX_SMARTFLOW_JSON_ARRAY && v->nchild) {
-        s = ngx_sf_add(pool, out, "stop", NGX_SMARTFLOW_JSON_ARRAY, NULL);
+        s = ngx_smartflow_xlate_add(pool, out, "stop", NGX_SMARTFLOW_JSON_ARRAY,
+                                    NULL);
         if (s == NULL) {
             goto nomem;
         }
 
         for (c = v->child; c; c = c->next) {
             if (ngx_smartflow_json_is_string(c)
-                && ngx_sf_add(pool, s, NULL, NGX_SMARTFLOW_JSON_STRING,
-                              &c->str)
+                && ngx_smartflow_xlate_add(pool, s, NULL,
+                                           NGX_SMARTFLOW_JSON_STRING, &c->str)
                    == NULL)
             {
                 goto nomem;
@@ -1925,24 +1638,26 @@ ngx_smartflow_xlate_req_anthropic_to_openai(ngx_smartflow_xlate_t *x,
 
     if (v && v->type == NGX_SMARTFLOW_JSON_TRUE) {
         /* without it OpenAI streams carry no usage at all */
-        if (ngx_sf_add(pool, out, "stream", NGX_SMARTFLOW_JSON_TRUE, NULL)
+        if (ngx_smartflow_xlate_add(pool, out, "stream",
+                                    NGX_SMARTFLOW_JSON_TRUE, NULL)
             == NULL)
         {
             goto nomem;
         }
 
-        s = ngx_sf_add(pool, out, "stream_options", NGX_SMARTFLOW_JSON_OBJECT,
-                       NULL);
+        s = ngx_smartflow_xlate_add(pool, out, "stream_options",
+                                    NGX_SMARTFLOW_JSON_OBJECT, NULL);
         if (s == NULL
-            || ngx_sf_add(pool, s, "include_usage", NGX_SMARTFLOW_JSON_TRUE,
-                          NULL)
+            || ngx_smartflow_xlate_add(pool, s, "include_usage",
+                                       NGX_SMARTFLOW_JSON_TRUE, NULL)
                == NULL)
         {
             goto nomem;
         }
 
     } else if (v && v->type == NGX_SMARTFLOW_JSON_FALSE) {
-        if (ngx_sf_add(pool, out, "stream", NGX_SMARTFLOW_JSON_FALSE, NULL)
+        if (ngx_smartflow_xlate_add(pool, out, "stream",
+                                    NGX_SMARTFLOW_JSON_FALSE, NULL)
             == NULL)
         {
             goto nomem;
@@ -1957,7 +1672,8 @@ ngx_smartflow_xlate_req_anthropic_to_openai(ngx_smartflow_xlate_t *x,
                                "user_id");
 
     if (ngx_smartflow_json_is_string(v)
-        && ngx_sf_add(pool, out, "user", NGX_SMARTFLOW_JSON_STRING, &v->str)
+        && ngx_smartflow_xlate_add(pool, out, "user", NGX_SMARTFLOW_JSON_STRING,
+                                   &v->str)
            == NULL)
     {
         goto nomem;
@@ -1967,7 +1683,7 @@ ngx_smartflow_xlate_req_anthropic_to_openai(ngx_smartflow_xlate_t *x,
 
 nomem:
 
-    (void) ngx_sf_fail(x, "out of memory");
+    (void) ngx_smartflow_xlate_fail(x, "out of memory");
     return NULL;
 }
 
@@ -1987,17 +1703,18 @@ ngx_smartflow_xlate_resp_anthropic_to_openai(ngx_smartflow_xlate_t *x,
     pool = x->pool;
 
     if (resp == NULL || resp->type != NGX_SMARTFLOW_JSON_OBJECT) {
-        (void) ngx_sf_fail(x, "the provider's response is not a JSON "
-                              "object");
+        (void) ngx_smartflow_xlate_fail(x, "the provider's response is not a "
+                                           "JSON object");
         return NULL;
     }
 
     content = ngx_smartflow_json_get(resp, "content");
 
-    if (ngx_sf_present(content) && content->type != NGX_SMARTFLOW_JSON_ARRAY)
+    if (ngx_smartflow_xlate_present(content)
+        && content->type != NGX_SMARTFLOW_JSON_ARRAY)
     {
-        (void) ngx_sf_fail(x, "the provider's response has no content "
-                              "array");
+        (void) ngx_smartflow_xlate_fail(x, "the provider's response has no "
+                                           "content array");
         return NULL;
     }
 
@@ -2010,16 +1727,17 @@ ngx_smartflow_xlate_resp_anthropic_to_openai(ngx_smartflow_xlate_t *x,
 
     for (b = content ? content->child : NULL; b; b = b->next) {
 
-        if (ngx_sf_type_is(b, "text")) {
+        if (ngx_smartflow_xlate_type_is(b, "text")) {
             t = ngx_smartflow_json_get(b, "text");
 
             if (ngx_smartflow_json_is_string(t)
-                && ngx_sf_join(pool, &text, "", &t->str) != NGX_OK)
+                && ngx_smartflow_xlate_append(pool, &text, "", &t->str)
+                   != NGX_OK)
             {
                 goto nomem;
             }
 
-        } else if (ngx_sf_type_is(b, "tool_use")) {
+        } else if (ngx_smartflow_xlate_type_is(b, "tool_use")) {
             if (ngx_sf_to_oa_tool_call(x, b, calls) != NGX_OK) {
                 return NULL;
             }
@@ -2033,39 +1751,49 @@ ngx_smartflow_xlate_resp_anthropic_to_openai(ngx_smartflow_xlate_t *x,
     if (!ngx_smartflow_json_is_string(t)) {
         ngx_str_set(&id, "chatcmpl-smartflow");
 
-    } else if (ngx_sf_prefix(pool, &id, "chatcmpl-", &t->str) != NGX_OK) {
+    } else if (ngx_smartflow_xlate_concat(pool, &id, "chatcmpl-", &t->str)
+               != NGX_OK)
+    {
         goto nomem;
     }
 
     out = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_OBJECT, NULL);
     if (out == NULL
-        || ngx_sf_add(pool, out, "id", NGX_SMARTFLOW_JSON_STRING, &id) == NULL
-        || ngx_sf_add_lit(pool, out, "object", "chat.completion") == NULL
-        || ngx_sf_add_num(pool, out, "created", (ngx_uint_t) ngx_time())
+        || ngx_smartflow_xlate_add(pool, out, "id", NGX_SMARTFLOW_JSON_STRING,
+                                   &id)
            == NULL
-        || ngx_sf_add(pool, out, "model", NGX_SMARTFLOW_JSON_STRING,
-                      &x->model)
+        || ngx_smartflow_xlate_add_lit(pool, out, "object", "chat.completion")
+           == NULL
+        || ngx_smartflow_xlate_add_num(pool, out, "created",
+                                       (ngx_uint_t) ngx_time())
+           == NULL
+        || ngx_smartflow_xlate_add(pool, out, "model",
+                                   NGX_SMARTFLOW_JSON_STRING, &x->model)
            == NULL)
     {
         goto nomem;
     }
 
-    choices = ngx_sf_add(pool, out, "choices", NGX_SMARTFLOW_JSON_ARRAY,
-                         NULL);
-    ch = choices ? ngx_sf_add(pool, choices, NULL, NGX_SMARTFLOW_JSON_OBJECT,
-                              NULL)
+    choices = ngx_smartflow_xlate_add(pool, out, "choices",
+                                      NGX_SMARTFLOW_JSON_ARRAY, NULL);
+    ch = choices ? ngx_smartflow_xlate_add(pool, choices, NULL,
+                                           NGX_SMARTFLOW_JSON_OBJECT, NULL)
                  : NULL;
-    if (ch == NULL || ngx_sf_add_num(pool, ch, "index", 0) == NULL) {
+    if (ch == NULL
+        || ngx_smartflow_xlate_add_num(pool, ch, "index", 0) == NULL)
+    {
         goto nomem;
     }
 
-    msg = ngx_sf_add(pool, ch, "message", NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    msg = ngx_smartflow_xlate_add(pool, ch, "message",
+                                  NGX_SMARTFLOW_JSON_OBJECT, NULL);
     if (msg == NULL
-        || ngx_sf_add_lit(pool, msg, "role", "assistant") == NULL
+        || ngx_smartflow_xlate_add_lit(pool, msg, "role", "assistant") == NULL
         || (text.len == 0 && calls->nchild
-            ? ngx_sf_add(pool, msg, "content", NGX_SMARTFLOW_JSON_NULL, NULL)
-            : ngx_sf_add(pool, msg, "content", NGX_SMARTFLOW_JSON_STRING,
-                         &text))
+            ? ngx_smartflow_xlate_add(pool, msg, "content",
+                                      NGX_SMARTFLOW_JSON_NULL, NULL)
+            : ngx_smartflow_xlate_add(pool, msg, "content",
+                                      NGX_SMARTFLOW_JSON_STRING, &text))
            == NULL)
     {
         goto nomem;
@@ -2077,9 +1805,9 @@ ngx_smartflow_xlate_resp_anthropic_to_openai(ngx_smartflow_xlate_t *x,
 
     t = ngx_smartflow_json_get(resp, "stop_reason");
 
-    if (ngx_sf_add_lit(pool, ch, "finish_reason",
-                       ngx_smartflow_json_is_string(t)
-                       ? ngx_sf_finish_to_openai(&t->str) : "stop")
+    if (ngx_smartflow_xlate_add_lit(pool, ch, "finish_reason",
+                                    ngx_smartflow_json_is_string(t)
+                                    ? ngx_sf_finish_to_openai(&t->str) : "stop")
         == NULL)
     {
         goto nomem;
@@ -2087,26 +1815,33 @@ ngx_smartflow_xlate_resp_anthropic_to_openai(ngx_smartflow_xlate_t *x,
 
     /* OpenAI's prompt_tokens count the cached part too */
     u = ngx_smartflow_json_get(resp, "usage");
-    cached = ngx_sf_uint(ngx_smartflow_json_get(u, "cache_read_input_tokens"));
-    in = ngx_sf_uint(ngx_smartflow_json_get(u, "input_tokens")) + cached
-         + ngx_sf_uint(ngx_smartflow_json_get(u,
-                                              "cache_creation_input_tokens"));
-    outk = ngx_sf_uint(ngx_smartflow_json_get(u, "output_tokens"));
+    cached = ngx_smartflow_xlate_uint(
+                 ngx_smartflow_json_get(u, "cache_read_input_tokens"));
+    in = ngx_smartflow_xlate_uint(ngx_smartflow_json_get(u, "input_tokens"))
+         + cached
+         + ngx_smartflow_xlate_uint(
+               ngx_smartflow_json_get(u, "cache_creation_input_tokens"));
+    outk = ngx_smartflow_xlate_uint(ngx_smartflow_json_get(u,
+                                                           "output_tokens"));
 
-    usage = ngx_sf_add(pool, out, "usage", NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    usage = ngx_smartflow_xlate_add(pool, out, "usage",
+                                    NGX_SMARTFLOW_JSON_OBJECT, NULL);
     if (usage == NULL
-        || ngx_sf_add_num(pool, usage, "prompt_tokens", in) == NULL
-        || ngx_sf_add_num(pool, usage, "completion_tokens", outk) == NULL
-        || ngx_sf_add_num(pool, usage, "total_tokens", in + outk) == NULL)
+        || ngx_smartflow_xlate_add_num(pool, usage, "prompt_tokens", in) == NULL
+        || ngx_smartflow_xlate_add_num(pool, usage, "completion_tokens", outk)
+           == NULL
+        || ngx_smartflow_xlate_add_num(pool, usage, "total_tokens", in + outk)
+           == NULL)
     {
         goto nomem;
     }
 
     if (cached) {
-        d = ngx_sf_add(pool, usage, "prompt_tokens_details",
-                       NGX_SMARTFLOW_JSON_OBJECT, NULL);
+        d = ngx_smartflow_xlate_add(pool, usage, "prompt_tokens_details",
+                                    NGX_SMARTFLOW_JSON_OBJECT, NULL);
         if (d == NULL
-            || ngx_sf_add_num(pool, d, "cached_tokens", cached) == NULL)
+            || ngx_smartflow_xlate_add_num(pool, d, "cached_tokens", cached)
+               == NULL)
         {
             goto nomem;
         }
@@ -2116,7 +1851,7 @@ ngx_smartflow_xlate_resp_anthropic_to_openai(ngx_smartflow_xlate_t *x,
 
 nomem:
 
-    (void) ngx_sf_fail(x, "out of memory");
+    (void) ngx_smartflow_xlate_fail(x, "out of memory");
     return NULL;
 }
 
@@ -2138,7 +1873,8 @@ ngx_smartflow_xlate_resp_openai_to_anthropic(ngx_smartflow_xlate_t *x,
     if (choices == NULL || choices->type != NGX_SMARTFLOW_JSON_ARRAY
         || choices->nchild == 0)
     {
-        (void) ngx_sf_fail(x, "the provider's response has no choices");
+        (void) ngx_smartflow_xlate_fail(x, "the provider's response has no "
+                                           "choices");
         return NULL;
     }
 
@@ -2150,27 +1886,32 @@ ngx_smartflow_xlate_resp_openai_to_anthropic(ngx_smartflow_xlate_t *x,
     if (!ngx_smartflow_json_is_string(v)) {
         ngx_str_set(&id, "msg_smartflow");
 
-    } else if (ngx_sf_prefix(pool, &id, "msg_", &v->str) != NGX_OK) {
+    } else if (ngx_smartflow_xlate_concat(pool, &id, "msg_", &v->str)
+               != NGX_OK)
+    {
         goto nomem;
     }
 
     out = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_OBJECT, NULL);
     if (out == NULL
-        || ngx_sf_add(pool, out, "id", NGX_SMARTFLOW_JSON_STRING, &id) == NULL
-        || ngx_sf_add_lit(pool, out, "type", "message") == NULL
-        || ngx_sf_add_lit(pool, out, "role", "assistant") == NULL
-        || ngx_sf_add(pool, out, "model", NGX_SMARTFLOW_JSON_STRING,
-                      &x->model)
+        || ngx_smartflow_xlate_add(pool, out, "id", NGX_SMARTFLOW_JSON_STRING,
+                                   &id)
+           == NULL
+        || ngx_smartflow_xlate_add_lit(pool, out, "type", "message") == NULL
+        || ngx_smartflow_xlate_add_lit(pool, out, "role", "assistant") == NULL
+        || ngx_smartflow_xlate_add(pool, out, "model",
+                                   NGX_SMARTFLOW_JSON_STRING, &x->model)
            == NULL)
     {
         goto nomem;
     }
 
-    content = ngx_sf_add(pool, out, "content", NGX_SMARTFLOW_JSON_ARRAY,
-                         NULL);
+    content = ngx_smartflow_xlate_add(pool, out, "content",
+                                      NGX_SMARTFLOW_JSON_ARRAY, NULL);
     if (content == NULL
-        || ngx_sf_content_text(pool, ngx_smartflow_json_get(msg, "content"),
-                               "", &text)
+        || ngx_smartflow_xlate_text_of(pool,
+                                       ngx_smartflow_json_get(msg, "content"),
+                                       "", &text)
            != NGX_OK)
     {
         goto nomem;
@@ -2201,12 +1942,13 @@ ngx_smartflow_xlate_resp_openai_to_anthropic(ngx_smartflow_xlate_t *x,
 
     v = ngx_smartflow_json_get(ch, "finish_reason");
 
-    if (ngx_sf_add_lit(pool, out, "stop_reason",
-                       ngx_smartflow_json_is_string(v)
-                       ? ngx_sf_finish_to_anthropic(&v->str) : "end_turn")
+    if (ngx_smartflow_xlate_add_lit(pool, out, "stop_reason",
+                                    ngx_smartflow_json_is_string(v)
+                                    ? ngx_sf_finish_to_anthropic(&v->str)
+                                    : "end_turn")
         == NULL
-        || ngx_sf_add(pool, out, "stop_sequence", NGX_SMARTFLOW_JSON_NULL,
-                      NULL)
+        || ngx_smartflow_xlate_add(pool, out, "stop_sequence",
+                                   NGX_SMARTFLOW_JSON_NULL, NULL)
            == NULL)
     {
         goto nomem;
@@ -2214,8 +1956,8 @@ ngx_smartflow_xlate_resp_openai_to_anthropic(ngx_smartflow_xlate_t *x,
 
     /* Anthropic's input_tokens leave out what was read from the cache */
     u = ngx_smartflow_json_get(resp, "usage");
-    in = ngx_sf_uint(ngx_smartflow_json_get(u, "prompt_tokens"));
-    cached = ngx_sf_uint(ngx_smartflow_json_get(
+    in = ngx_smartflow_xlate_uint(ngx_smartflow_json_get(u, "prompt_tokens"));
+    cached = ngx_smartflow_xlate_uint(ngx_smartflow_json_get(
                  ngx_smartflow_json_get(u, "prompt_tokens_details"),
                  "cached_tokens"));
 
@@ -2223,15 +1965,19 @@ ngx_smartflow_xlate_resp_openai_to_anthropic(ngx_smartflow_xlate_t *x,
         cached = in;
     }
 
-    usage = ngx_sf_add(pool, out, "usage", NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    usage = ngx_smartflow_xlate_add(pool, out, "usage",
+                                    NGX_SMARTFLOW_JSON_OBJECT, NULL);
     if (usage == NULL
-        || ngx_sf_add_num(pool, usage, "input_tokens", in - cached) == NULL
+        || ngx_smartflow_xlate_add_num(pool, usage, "input_tokens", in - cached)
+           == NULL
         || (cached
-            && ngx_sf_add_num(pool, usage, "cache_read_input_tokens", cached)
+            && ngx_smartflow_xlate_add_num(pool, usage,
+                                           "cache_read_input_tokens", cached)
                == NULL)
-        || ngx_sf_add_num(pool, usage, "output_tokens",
-                          ngx_sf_uint(ngx_smartflow_json_get(
-                                          u, "completion_tokens")))
+        || ngx_smartflow_xlate_add_num(pool, usage, "output_tokens",
+                                       ngx_smartflow_xlate_uint(
+                                           ngx_smartflow_json_get(u,
+                                                       "completion_tokens")))
            == NULL)
     {
         goto nomem;
@@ -2241,7 +1987,7 @@ ngx_smartflow_xlate_resp_openai_to_anthropic(ngx_smartflow_xlate_t *x,
 
 nomem:
 
-    (void) ngx_sf_fail(x, "out of memory");
+    (void) ngx_smartflow_xlate_fail(x, "out of memory");
     return NULL;
 }
 
@@ -2256,61 +2002,56 @@ nomem:
 static ngx_uint_t
 ngx_sf_error_kind(ngx_str_t *type, ngx_uint_t status)
 {
-    ngx_uint_t  i, by_type, by_status;
+    ngx_uint_t  by_type, by_status;
 
-    by_type = NGX_SF_ERR_NONE;
-
-    for (i = 0; type->len && ngx_sf_error_names[i].name; i++) {
-        if (ngx_sf_str_eq(type, ngx_sf_error_names[i].name)) {
-            by_type = ngx_sf_error_names[i].kind;
-            break;
-        }
-    }
+    by_type = ngx_smartflow_xlate_error_lookup(ngx_sf_error_names, type);
 
     switch (status) {
     case 400:
-        by_status = NGX_SF_ERR_INVALID;
+        by_status = NGX_SMARTFLOW_XLATE_ERR_INVALID;
         break;
     case 401:
-        by_status = NGX_SF_ERR_AUTH;
+        by_status = NGX_SMARTFLOW_XLATE_ERR_AUTH;
         break;
     case 403:
-        by_status = NGX_SF_ERR_PERMISSION;
+        by_status = NGX_SMARTFLOW_XLATE_ERR_PERMISSION;
         break;
     case 404:
-        by_status = NGX_SF_ERR_NOT_FOUND;
+        by_status = NGX_SMARTFLOW_XLATE_ERR_NOT_FOUND;
         break;
     case 413:
-        by_status = NGX_SF_ERR_TOO_LARGE;
+        by_status = NGX_SMARTFLOW_XLATE_ERR_TOO_LARGE;
         break;
     case 429:
-        by_status = NGX_SF_ERR_RATE_LIMIT;
+        by_status = NGX_SMARTFLOW_XLATE_ERR_RATE_LIMIT;
         break;
     case 503:
     case 529:
-        by_status = NGX_SF_ERR_OVERLOADED;
+        by_status = NGX_SMARTFLOW_XLATE_ERR_OVERLOADED;
         break;
     default:
         if (status >= 500 && status < 600) {
-            by_status = NGX_SF_ERR_API;
+            by_status = NGX_SMARTFLOW_XLATE_ERR_API;
 
         } else if (status >= 400 && status < 500) {
-            by_status = NGX_SF_ERR_INVALID;
+            by_status = NGX_SMARTFLOW_XLATE_ERR_INVALID;
 
         } else {
-            by_status = NGX_SF_ERR_NONE;
+            by_status = NGX_SMARTFLOW_XLATE_ERR_NONE;
         }
     }
 
-    if (by_status != NGX_SF_ERR_NONE
-        && (by_type == NGX_SF_ERR_NONE || by_type == NGX_SF_ERR_INVALID
-            || by_type == NGX_SF_ERR_API))
+    if (by_status != NGX_SMARTFLOW_XLATE_ERR_NONE
+        && (by_type == NGX_SMARTFLOW_XLATE_ERR_NONE
+            || by_type == NGX_SMARTFLOW_XLATE_ERR_INVALID
+            || by_type == NGX_SMARTFLOW_XLATE_ERR_API))
     {
         return by_status;
     }
 
     /* a stream error event without a known type is the provider's fault */
-    return by_type != NGX_SF_ERR_NONE ? by_type : NGX_SF_ERR_API;
+    return by_type != NGX_SMARTFLOW_XLATE_ERR_NONE
+           ? by_type : NGX_SMARTFLOW_XLATE_ERR_API;
 }
 
 
@@ -2354,7 +2095,9 @@ ngx_sf_error_read(ngx_smartflow_json_t *body, ngx_str_t *type,
 
     v = ngx_smartflow_json_get(e, "type");
 
-    if (!ngx_smartflow_json_is_string(v) || ngx_sf_str_eq(&v->str, "error")) {
+    if (!ngx_smartflow_json_is_string(v)
+        || ngx_smartflow_xlate_eq(&v->str, "error"))
+    {
         v = ngx_smartflow_json_get(e, "status");
     }
 
@@ -2404,47 +2147,50 @@ ngx_smartflow_json_t *
 ngx_smartflow_xlate_error_to_openai(ngx_smartflow_xlate_t *x,
     ngx_uint_t status, ngx_smartflow_json_t *err)
 {
-    ngx_str_t              type, message;
-    ngx_uint_t             kind;
-    ngx_pool_t            *pool;
-    ngx_smartflow_json_t  *out, *e, *code, *param, *v;
+    ngx_str_t                          type, message;
+    ngx_pool_t                        *pool;
+    ngx_smartflow_json_t              *out, *e, *code, *param, *v;
+    ngx_smartflow_xlate_error_kind_t  *kind;
 
     pool = x->pool;
 
     ngx_sf_error_read(err, &type, &message, &code, &param);
-    kind = ngx_sf_error_kind(&type, status);
+    kind = &ngx_smartflow_xlate_error_kinds[ngx_sf_error_kind(&type, status)];
 
     if (ngx_sf_error_message(pool, status, &message) != NGX_OK) {
         goto nomem;
     }
 
     out = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_OBJECT, NULL);
-    e = out ? ngx_sf_add(pool, out, "error", NGX_SMARTFLOW_JSON_OBJECT, NULL)
+    e = out ? ngx_smartflow_xlate_add(pool, out, "error",
+                                      NGX_SMARTFLOW_JSON_OBJECT, NULL)
             : NULL;
 
     if (e == NULL
-        || ngx_sf_add(pool, e, "message", NGX_SMARTFLOW_JSON_STRING, &message)
+        || ngx_smartflow_xlate_add(pool, e, "message",
+                                   NGX_SMARTFLOW_JSON_STRING, &message)
            == NULL
-        || ngx_sf_add_lit(pool, e, "type", ngx_sf_error_kinds[kind].openai)
-           == NULL
+        || ngx_smartflow_xlate_add_lit(pool, e, "type", kind->openai) == NULL
         || (param
-            ? ngx_sf_add(pool, e, "param", NGX_SMARTFLOW_JSON_STRING,
-                         &param->str)
-            : ngx_sf_add(pool, e, "param", NGX_SMARTFLOW_JSON_NULL, NULL))
+            ? ngx_smartflow_xlate_add(pool, e, "param",
+                                      NGX_SMARTFLOW_JSON_STRING, &param->str)
+            : ngx_smartflow_xlate_add(pool, e, "param",
+                                      NGX_SMARTFLOW_JSON_NULL, NULL))
            == NULL)
     {
         goto nomem;
     }
 
     if (code) {
-        v = ngx_sf_add(pool, e, "code", NGX_SMARTFLOW_JSON_STRING,
-                       &code->str);
+        v = ngx_smartflow_xlate_add(pool, e, "code", NGX_SMARTFLOW_JSON_STRING,
+                                    &code->str);
 
-    } else if (ngx_sf_error_kinds[kind].code) {
-        v = ngx_sf_add_lit(pool, e, "code", ngx_sf_error_kinds[kind].code);
+    } else if (kind->code) {
+        v = ngx_smartflow_xlate_add_lit(pool, e, "code", kind->code);
 
     } else {
-        v = ngx_sf_add(pool, e, "code", NGX_SMARTFLOW_JSON_NULL, NULL);
+        v = ngx_smartflow_xlate_add(pool, e, "code", NGX_SMARTFLOW_JSON_NULL,
+                                    NULL);
     }
 
     if (v == NULL) {
@@ -2455,7 +2201,7 @@ ngx_smartflow_xlate_error_to_openai(ngx_smartflow_xlate_t *x,
 
 nomem:
 
-    (void) ngx_sf_fail(x, "out of memory");
+    (void) ngx_smartflow_xlate_fail(x, "out of memory");
     return NULL;
 }
 
@@ -2464,30 +2210,34 @@ ngx_smartflow_json_t *
 ngx_smartflow_xlate_error_to_anthropic(ngx_smartflow_xlate_t *x,
     ngx_uint_t status, ngx_smartflow_json_t *err)
 {
-    ngx_str_t              type, message;
-    ngx_uint_t             kind;
-    ngx_pool_t            *pool;
-    ngx_smartflow_json_t  *out, *e, *code, *param;
+    ngx_str_t                          type, message;
+    ngx_pool_t                        *pool;
+    ngx_smartflow_json_t              *out, *e, *code, *param;
+    ngx_smartflow_xlate_error_kind_t  *kind;
 
     pool = x->pool;
 
     ngx_sf_error_read(err, &type, &message, &code, &param);
-    kind = ngx_sf_error_kind(&type, status);
+    kind = &ngx_smartflow_xlate_error_kinds[ngx_sf_error_kind(&type, status)];
 
     if (ngx_sf_error_message(pool, status, &message) != NGX_OK) {
         goto nomem;
     }
 
     out = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_OBJECT, NULL);
-    if (out == NULL || ngx_sf_add_lit(pool, out, "type", "error") == NULL) {
+    if (out == NULL
+        || ngx_smartflow_xlate_add_lit(pool, out, "type", "error") == NULL)
+    {
         goto nomem;
     }
 
-    e = ngx_sf_add(pool, out, "error", NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    e = ngx_smartflow_xlate_add(pool, out, "error", NGX_SMARTFLOW_JSON_OBJECT,
+                                NULL);
     if (e == NULL
-        || ngx_sf_add_lit(pool, e, "type", ngx_sf_error_kinds[kind].anthropic)
+        || ngx_smartflow_xlate_add_lit(pool, e, "type", kind->anthropic)
            == NULL
-        || ngx_sf_add(pool, e, "message", NGX_SMARTFLOW_JSON_STRING, &message)
+        || ngx_smartflow_xlate_add(pool, e, "message",
+                                   NGX_SMARTFLOW_JSON_STRING, &message)
            == NULL)
     {
         goto nomem;
@@ -2497,166 +2247,17 @@ ngx_smartflow_xlate_error_to_anthropic(ngx_smartflow_xlate_t *x,
 
 nomem:
 
-    (void) ngx_sf_fail(x, "out of memory");
+    (void) ngx_smartflow_xlate_fail(x, "out of memory");
     return NULL;
-}
-
-
-/* stream events: sized once, written once */
-
-static void
-ngx_sf_line_add(ngx_sf_line_t *l, u_char *data, size_t len, ngx_uint_t esc)
-{
-    if (l->n == NGX_SF_LINE_PIECES) {
-        l->overflow = 1;
-        return;
-    }
-
-    l->piece[l->n].data = data;
-    l->piece[l->n].len = len;
-    l->esc[l->n] = (u_char) esc;
-    l->n++;
-}
-
-
-#define ngx_sf_raw(l, lit)                                                   \
-    ngx_sf_line_add(l, (u_char *) lit, sizeof(lit) - 1, 0)
-
-
-static void
-ngx_sf_esc(ngx_sf_line_t *l, ngx_str_t *s)
-{
-    ngx_sf_line_add(l, s->data, s->len, 1);
-}
-
-
-static void
-ngx_sf_num(ngx_sf_line_t *l, ngx_uint_t n)
-{
-    u_char  *p;
-
-    if (l->nnum == NGX_SF_LINE_NUMS) {
-        l->overflow = 1;
-        return;
-    }
-
-    p = l->num[l->nnum++];
-
-    ngx_sf_line_add(l, p, ngx_sprintf(p, "%ui", n) - p, 0);
-}
-
-
-static ngx_int_t
-ngx_sf_line_emit(ngx_smartflow_xlate_t *x, ngx_sf_line_t *l,
-    ngx_array_t *out)
-{
-    size_t      len;
-    u_char     *p;
-    ngx_str_t  *ev;
-    ngx_uint_t  i;
-
-    if (l->overflow) {
-        return ngx_sf_fail(x, "a stream event has too many parts");
-    }
-
-    len = 0;
-
-    for (i = 0; i < l->n; i++) {
-        len += l->esc[i]
-               ? ngx_smartflow_json_escape_len(l->piece[i].data,
-                                               l->piece[i].len)
-               : l->piece[i].len;
-    }
-
-    p = ngx_pnalloc(x->pool, len);
-    ev = ngx_array_push(out);
-
-    if (p == NULL || ev == NULL) {
-        return ngx_sf_fail(x, "out of memory");
-    }
-
-    ev->data = p;
-
-    for (i = 0; i < l->n; i++) {
-        if (l->piece[i].len == 0) {
-            continue;
-        }
-
-        p = l->esc[i]
-            ? ngx_smartflow_json_escape(p, l->piece[i].data, l->piece[i].len)
-            : ngx_cpymem(p, l->piece[i].data, l->piece[i].len);
-    }
-
-    ev->len = p - ev->data;
-
-    return NGX_OK;
-}
-
-
-/* a constant event, shared by every stream */
-static ngx_int_t
-ngx_sf_emit_static(ngx_smartflow_xlate_t *x, ngx_array_t *out, char *s)
-{
-    ngx_str_t  *ev;
-
-    ev = ngx_array_push(out);
-    if (ev == NULL) {
-        return ngx_sf_fail(x, "out of memory");
-    }
-
-    ev->data = (u_char *) s;
-    ev->len = ngx_strlen(s);
-
-    return NGX_OK;
-}
-
-
-static void
-ngx_sf_str_lit(ngx_str_t *s, char *lit)
-{
-    s->data = (u_char *) lit;
-    s->len = ngx_strlen(lit);
 }
 
 
 /* Anthropic events -> OpenAI chunks */
 
-static void
-ngx_sf_chunk_head(ngx_sf_line_t *l, ngx_smartflow_xlate_t *x,
-    ngx_smartflow_xlate_stream_t *st)
-{
-    ngx_memzero(l, sizeof(ngx_sf_line_t));
-
-    ngx_sf_raw(l, "data: {\"id\":\"");
-    ngx_sf_esc(l, &st->id);
-    ngx_sf_raw(l, "\",\"object\":\"chat.completion.chunk\",\"created\":");
-    ngx_sf_num(l, (ngx_uint_t) st->created);
-    ngx_sf_raw(l, ",\"model\":\"");
-    ngx_sf_esc(l, &x->model);
-    ngx_sf_raw(l, "\",\"choices\":");
-}
-
-
-static void
-ngx_sf_chunk_tail(ngx_sf_line_t *l, ngx_str_t *finish)
-{
-    if (finish == NULL) {
-        ngx_sf_raw(l, ",\"finish_reason\":null}]}\n\n");
-        return;
-    }
-
-    ngx_sf_raw(l, ",\"finish_reason\":\"");
-    ngx_sf_esc(l, finish);
-    ngx_sf_raw(l, "\"}]}\n\n");
-}
-
-
 static ngx_int_t
 ngx_sf_chunk_begin(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
     ngx_array_t *out)
 {
-    ngx_sf_line_t  l;
-
     if (st->started) {
         return NGX_OK;
     }
@@ -2669,12 +2270,7 @@ ngx_sf_chunk_begin(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
         ngx_str_set(&st->id, "chatcmpl-smartflow");
     }
 
-    ngx_sf_chunk_head(&l, x, st);
-    ngx_sf_raw(&l, "[{\"index\":0,\"delta\":{\"role\":\"assistant\","
-                   "\"content\":\"\"}");
-    ngx_sf_chunk_tail(&l, NULL);
-
-    return ngx_sf_line_emit(x, &l, out);
+    return ngx_smartflow_xlate_chunk_role(x, st, out);
 }
 
 
@@ -2682,8 +2278,6 @@ static ngx_int_t
 ngx_sf_chunk_text(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
     ngx_str_t *text, ngx_array_t *out)
 {
-    ngx_sf_line_t  l;
-
     if (text->len == 0) {
         return NGX_OK;
     }
@@ -2692,22 +2286,16 @@ ngx_sf_chunk_text(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
         return NGX_ERROR;
     }
 
-    ngx_sf_chunk_head(&l, x, st);
-    ngx_sf_raw(&l, "[{\"index\":0,\"delta\":{\"content\":\"");
-    ngx_sf_esc(&l, text);
-    ngx_sf_raw(&l, "\"}");
-    ngx_sf_chunk_tail(&l, NULL);
-
-    return ngx_sf_line_emit(x, &l, out);
+    return ngx_smartflow_xlate_chunk_text(x, st, text, out);
 }
 
 
+/* the arguments follow in input_json_delta events */
 static ngx_int_t
 ngx_sf_chunk_tool(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
     ngx_smartflow_json_t *block, ngx_array_t *out)
 {
     ngx_str_t              empty;
-    ngx_sf_line_t          l;
     ngx_smartflow_json_t  *id, *name;
 
     if (ngx_sf_chunk_begin(x, st, out) != NGX_OK) {
@@ -2720,17 +2308,10 @@ ngx_sf_chunk_tool(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
 
     st->tool_index++;
 
-    ngx_sf_chunk_head(&l, x, st);
-    ngx_sf_raw(&l, "[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":");
-    ngx_sf_num(&l, (ngx_uint_t) st->tool_index);
-    ngx_sf_raw(&l, ",\"id\":\"");
-    ngx_sf_esc(&l, ngx_smartflow_json_is_string(id) ? &id->str : &empty);
-    ngx_sf_raw(&l, "\",\"type\":\"function\",\"function\":{\"name\":\"");
-    ngx_sf_esc(&l, ngx_smartflow_json_is_string(name) ? &name->str : &empty);
-    ngx_sf_raw(&l, "\",\"arguments\":\"\"}}]}");
-    ngx_sf_chunk_tail(&l, NULL);
-
-    return ngx_sf_line_emit(x, &l, out);
+    return ngx_smartflow_xlate_chunk_tool(x, st,
+               ngx_smartflow_json_is_string(id) ? &id->str : &empty,
+               ngx_smartflow_json_is_string(name) ? &name->str : &empty,
+               &empty, out);
 }
 
 
@@ -2738,21 +2319,22 @@ static ngx_int_t
 ngx_sf_chunk_args(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
     ngx_str_t *args, ngx_array_t *out)
 {
-    ngx_sf_line_t  l;
+    ngx_smartflow_xlate_line_t  l;
 
     if (args->len == 0 || st->tool_index < 0) {
         return NGX_OK;
     }
 
-    ngx_sf_chunk_head(&l, x, st);
-    ngx_sf_raw(&l, "[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":");
-    ngx_sf_num(&l, (ngx_uint_t) st->tool_index);
-    ngx_sf_raw(&l, ",\"function\":{\"arguments\":\"");
-    ngx_sf_esc(&l, args);
-    ngx_sf_raw(&l, "\"}}]}");
-    ngx_sf_chunk_tail(&l, NULL);
+    ngx_smartflow_xlate_chunk_head(&l, x, st);
+    ngx_smartflow_xlate_raw(&l, "[{\"index\":0,\"delta\":{\"tool_calls\":"
+                                "[{\"index\":");
+    ngx_smartflow_xlate_num(&l, (ngx_uint_t) st->tool_index);
+    ngx_smartflow_xlate_raw(&l, ",\"function\":{\"arguments\":\"");
+    ngx_smartflow_xlate_esc(&l, args);
+    ngx_smartflow_xlate_raw(&l, "\"}}]}");
+    ngx_smartflow_xlate_chunk_tail(&l, NULL);
 
-    return ngx_sf_line_emit(x, &l, out);
+    return ngx_smartflow_xlate_line_emit(x, &l, out);
 }
 
 
@@ -2760,8 +2342,7 @@ static ngx_int_t
 ngx_sf_chunk_finish(ngx_smartflow_xlate_t *x,
     ngx_smartflow_xlate_stream_t *st, ngx_array_t *out)
 {
-    ngx_str_t      finish;
-    ngx_sf_line_t  l;
+    ngx_str_t  finish;
 
     if (ngx_sf_chunk_begin(x, st, out) != NGX_OK) {
         return NGX_ERROR;
@@ -2774,77 +2355,19 @@ ngx_sf_chunk_finish(ngx_smartflow_xlate_t *x,
         ngx_str_set(&finish, "stop");
     }
 
-    ngx_sf_chunk_head(&l, x, st);
-    ngx_sf_raw(&l, "[{\"index\":0,\"delta\":{}");
-    ngx_sf_chunk_tail(&l, &finish);
-
-    if (ngx_sf_line_emit(x, &l, out) != NGX_OK) {
+    if (ngx_smartflow_xlate_chunk_finish(x, st, &finish, out) != NGX_OK) {
         return NGX_ERROR;
     }
 
-    if (st->include_usage) {
-        ngx_sf_chunk_head(&l, x, st);
-        ngx_sf_raw(&l, "[],\"usage\":{\"prompt_tokens\":");
-        ngx_sf_num(&l, st->input_tokens);
-        ngx_sf_raw(&l, ",\"completion_tokens\":");
-        ngx_sf_num(&l, st->output_tokens);
-        ngx_sf_raw(&l, ",\"total_tokens\":");
-        ngx_sf_num(&l, st->input_tokens + st->output_tokens);
-        ngx_sf_raw(&l, "}}\n\n");
-
-        if (ngx_sf_line_emit(x, &l, out) != NGX_OK) {
-            return NGX_ERROR;
-        }
+    if (st->include_usage
+        && ngx_smartflow_xlate_chunk_usage(x, st, out) != NGX_OK)
+    {
+        return NGX_ERROR;
     }
 
     st->finished = 1;
-    st->done = 1;
 
-    return ngx_sf_emit_static(x, out, "data: [DONE]\n\n");
-}
-
-
-/*
- * An error inside an OpenAI stream: the SDKs raise on a data line with an
- * "error" member; the [DONE] after it ends the stream for simpler clients.
- */
-static ngx_int_t
-ngx_sf_chunk_error(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
-    ngx_uint_t kind, ngx_str_t *message, char *code, ngx_array_t *out)
-{
-    ngx_str_t      s;
-    ngx_sf_line_t  l;
-
-    ngx_memzero(&l, sizeof(ngx_sf_line_t));
-
-    ngx_sf_raw(&l, "data: {\"error\":{\"message\":\"");
-    ngx_sf_esc(&l, message);
-    ngx_sf_raw(&l, "\",\"type\":\"");
-    ngx_sf_str_lit(&s, ngx_sf_error_kinds[kind].openai);
-    ngx_sf_esc(&l, &s);
-    ngx_sf_raw(&l, "\",\"param\":null,\"code\":");
-
-    if (code == NULL) {
-        code = ngx_sf_error_kinds[kind].code;
-    }
-
-    if (code) {
-        ngx_sf_raw(&l, "\"");
-        ngx_sf_str_lit(&s, code);
-        ngx_sf_esc(&l, &s);
-        ngx_sf_raw(&l, "\"}}\n\n");
-
-    } else {
-        ngx_sf_raw(&l, "null}}\n\n");
-    }
-
-    st->done = 1;
-
-    if (ngx_sf_line_emit(x, &l, out) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
-    return ngx_sf_emit_static(x, out, "data: [DONE]\n\n");
+    return ngx_smartflow_xlate_chunk_done(x, st, out);
 }
 
 
@@ -2857,16 +2380,17 @@ ngx_sf_stream_usage(ngx_smartflow_xlate_stream_t *st, ngx_smartflow_json_t *u)
     v = ngx_smartflow_json_get(u, "input_tokens");
 
     if (v && v->type == NGX_SMARTFLOW_JSON_NUMBER) {
-        st->input_tokens = ngx_sf_uint(v)
-            + ngx_sf_uint(ngx_smartflow_json_get(u, "cache_read_input_tokens"))
-            + ngx_sf_uint(ngx_smartflow_json_get(u,
-                                               "cache_creation_input_tokens"));
+        st->input_tokens = ngx_smartflow_xlate_uint(v)
+            + ngx_smartflow_xlate_uint(
+                  ngx_smartflow_json_get(u, "cache_read_input_tokens"))
+            + ngx_smartflow_xlate_uint(
+                  ngx_smartflow_json_get(u, "cache_creation_input_tokens"));
     }
 
     v = ngx_smartflow_json_get(u, "output_tokens");
 
     if (v && v->type == NGX_SMARTFLOW_JSON_NUMBER) {
-        st->output_tokens = ngx_sf_uint(v);
+        st->output_tokens = ngx_smartflow_xlate_uint(v);
     }
 }
 
@@ -2895,7 +2419,7 @@ ngx_smartflow_xlate_stream_anthropic_to_openai(ngx_smartflow_xlate_t *x,
         return NGX_OK;
     }
 
-    if (ngx_sf_str_eq(&type, "message_start")) {
+    if (ngx_smartflow_xlate_eq(&type, "message_start")) {
         if (st->started) {
             return NGX_OK;
         }
@@ -2904,9 +2428,11 @@ ngx_smartflow_xlate_stream_anthropic_to_openai(ngx_smartflow_xlate_t *x,
         v = ngx_smartflow_json_get(msg, "id");
 
         if (ngx_smartflow_json_is_string(v)
-            && ngx_sf_prefix(x->pool, &st->id, "chatcmpl-", &v->str) != NGX_OK)
+            && ngx_smartflow_xlate_concat(x->pool, &st->id, "chatcmpl-",
+                                          &v->str)
+               != NGX_OK)
         {
-            return ngx_sf_fail(x, "out of memory");
+            return ngx_smartflow_xlate_fail(x, "out of memory");
         }
 
         ngx_sf_stream_usage(st, ngx_smartflow_json_get(msg, "usage"));
@@ -2914,37 +2440,39 @@ ngx_smartflow_xlate_stream_anthropic_to_openai(ngx_smartflow_xlate_t *x,
         return ngx_sf_chunk_begin(x, st, out);
     }
 
-    if (ngx_sf_str_eq(&type, "content_block_start")) {
+    if (ngx_smartflow_xlate_eq(&type, "content_block_start")) {
         d = ngx_smartflow_json_get(data, "content_block");
 
         st->block_open = 1;
         st->block_is_tool = 0;
 
-        if (ngx_sf_type_is(d, "tool_use")) {
+        if (ngx_smartflow_xlate_type_is(d, "tool_use")) {
             st->block_is_tool = 1;
             return ngx_sf_chunk_tool(x, st, d, out);
         }
 
         v = ngx_smartflow_json_get(d, "text");
 
-        if (ngx_sf_type_is(d, "text") && ngx_smartflow_json_is_string(v)) {
+        if (ngx_smartflow_xlate_type_is(d, "text")
+            && ngx_smartflow_json_is_string(v))
+        {
             return ngx_sf_chunk_text(x, st, &v->str, out);
         }
 
         return NGX_OK;
     }
 
-    if (ngx_sf_str_eq(&type, "content_block_delta")) {
+    if (ngx_smartflow_xlate_eq(&type, "content_block_delta")) {
         d = ngx_smartflow_json_get(data, "delta");
 
-        if (ngx_sf_type_is(d, "text_delta")) {
+        if (ngx_smartflow_xlate_type_is(d, "text_delta")) {
             v = ngx_smartflow_json_get(d, "text");
 
             if (ngx_smartflow_json_is_string(v)) {
                 return ngx_sf_chunk_text(x, st, &v->str, out);
             }
 
-        } else if (ngx_sf_type_is(d, "input_json_delta")
+        } else if (ngx_smartflow_xlate_type_is(d, "input_json_delta")
                    && st->block_is_tool)
         {
             v = ngx_smartflow_json_get(d, "partial_json");
@@ -2958,18 +2486,19 @@ ngx_smartflow_xlate_stream_anthropic_to_openai(ngx_smartflow_xlate_t *x,
         return NGX_OK;
     }
 
-    if (ngx_sf_str_eq(&type, "content_block_stop")) {
+    if (ngx_smartflow_xlate_eq(&type, "content_block_stop")) {
         st->block_open = 0;
         st->block_is_tool = 0;
         return NGX_OK;
     }
 
-    if (ngx_sf_str_eq(&type, "message_delta")) {
+    if (ngx_smartflow_xlate_eq(&type, "message_delta")) {
         v = ngx_smartflow_json_get(ngx_smartflow_json_get(data, "delta"),
                                    "stop_reason");
 
         if (ngx_smartflow_json_is_string(v)) {
-            ngx_sf_str_lit(&st->finish, ngx_sf_finish_to_openai(&v->str));
+            ngx_smartflow_xlate_str_lit(&st->finish,
+                                        ngx_sf_finish_to_openai(&v->str));
             st->finished = 1;
         }
 
@@ -2978,19 +2507,20 @@ ngx_smartflow_xlate_stream_anthropic_to_openai(ngx_smartflow_xlate_t *x,
         return NGX_OK;
     }
 
-    if (ngx_sf_str_eq(&type, "message_stop")) {
+    if (ngx_smartflow_xlate_eq(&type, "message_stop")) {
         return ngx_sf_chunk_finish(x, st, out);
     }
 
-    if (ngx_sf_str_eq(&type, "error")) {
+    if (ngx_smartflow_xlate_eq(&type, "error")) {
         ngx_sf_error_read(data, &etype, &message, &code, &param);
 
         if (message.len == 0) {
             ngx_str_set(&message, "The provider reported an error.");
         }
 
-        return ngx_sf_chunk_error(x, st, ngx_sf_error_kind(&etype, 0),
-                                  &message, NULL, out);
+        return ngx_smartflow_xlate_chunk_error(x, st,
+                                               ngx_sf_error_kind(&etype, 0),
+                                               &message, NULL, out);
     }
 
     /* ping, and event types added later */
@@ -3013,28 +2543,29 @@ ngx_smartflow_xlate_stream_end_openai(ngx_smartflow_xlate_t *x,
         return ngx_sf_chunk_finish(x, st, out);
     }
 
-    ngx_str_set(&message, NGX_SF_STREAM_BROKEN);
+    ngx_str_set(&message, NGX_SMARTFLOW_XLATE_STREAM_BROKEN);
 
-    return ngx_sf_chunk_error(x, st, NGX_SF_ERR_API, &message,
-                              "upstream_stream_broken", out);
+    return ngx_smartflow_xlate_chunk_error(x, st, NGX_SMARTFLOW_XLATE_ERR_API,
+                                           &message, "upstream_stream_broken",
+                                           out);
 }
 
 
 /* OpenAI chunks -> Anthropic events */
 
 static void
-ngx_sf_event_head(ngx_sf_line_t *l, char *name)
+ngx_sf_event_head(ngx_smartflow_xlate_line_t *l, char *name)
 {
     ngx_str_t  s;
 
-    ngx_memzero(l, sizeof(ngx_sf_line_t));
-    ngx_sf_str_lit(&s, name);
+    ngx_memzero(l, sizeof(ngx_smartflow_xlate_line_t));
+    ngx_smartflow_xlate_str_lit(&s, name);
 
-    ngx_sf_raw(l, "event: ");
-    ngx_sf_line_add(l, s.data, s.len, 0);
-    ngx_sf_raw(l, "\ndata: {\"type\":\"");
-    ngx_sf_line_add(l, s.data, s.len, 0);
-    ngx_sf_raw(l, "\"");
+    ngx_smartflow_xlate_raw(l, "event: ");
+    ngx_smartflow_xlate_line_add(l, s.data, s.len, 0);
+    ngx_smartflow_xlate_raw(l, "\ndata: {\"type\":\"");
+    ngx_smartflow_xlate_line_add(l, s.data, s.len, 0);
+    ngx_smartflow_xlate_raw(l, "\"");
 }
 
 
@@ -3042,8 +2573,8 @@ static ngx_int_t
 ngx_sf_event_begin(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
     ngx_smartflow_json_t *data, ngx_array_t *out)
 {
-    ngx_sf_line_t          l;
-    ngx_smartflow_json_t  *id;
+    ngx_smartflow_json_t        *id;
+    ngx_smartflow_xlate_line_t   l;
 
     if (st->started) {
         return NGX_OK;
@@ -3056,8 +2587,10 @@ ngx_sf_event_begin(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
     id = ngx_smartflow_json_get(data, "id");
 
     if (ngx_smartflow_json_is_string(id)) {
-        if (ngx_sf_prefix(x->pool, &st->id, "msg_", &id->str) != NGX_OK) {
-            return ngx_sf_fail(x, "out of memory");
+        if (ngx_smartflow_xlate_concat(x->pool, &st->id, "msg_", &id->str)
+            != NGX_OK)
+        {
+            return ngx_smartflow_xlate_fail(x, "out of memory");
         }
 
     } else {
@@ -3066,21 +2599,22 @@ ngx_sf_event_begin(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
 
     /* the prompt's size is known only from the usage chunk at the end */
     ngx_sf_event_head(&l, "message_start");
-    ngx_sf_raw(&l, ",\"message\":{\"id\":\"");
-    ngx_sf_esc(&l, &st->id);
-    ngx_sf_raw(&l, "\",\"type\":\"message\",\"role\":\"assistant\","
-                   "\"model\":\"");
-    ngx_sf_esc(&l, &x->model);
-    ngx_sf_raw(&l, "\",\"content\":[],\"stop_reason\":null,"
-                   "\"stop_sequence\":null,"
-                   "\"usage\":{\"input_tokens\":0,\"output_tokens\":0}}}\n\n");
+    ngx_smartflow_xlate_raw(&l, ",\"message\":{\"id\":\"");
+    ngx_smartflow_xlate_esc(&l, &st->id);
+    ngx_smartflow_xlate_raw(&l, "\",\"type\":\"message\","
+                                "\"role\":\"assistant\",\"model\":\"");
+    ngx_smartflow_xlate_esc(&l, &x->model);
+    ngx_smartflow_xlate_raw(&l, "\",\"content\":[],\"stop_reason\":null,"
+                                "\"stop_sequence\":null,"
+                                "\"usage\":{\"input_tokens\":0,"
+                                "\"output_tokens\":0}}}\n\n");
 
-    if (ngx_sf_line_emit(x, &l, out) != NGX_OK) {
+    if (ngx_smartflow_xlate_line_emit(x, &l, out) != NGX_OK) {
         return NGX_ERROR;
     }
 
-    return ngx_sf_emit_static(x, out,
-                              "event: ping\ndata: {\"type\":\"ping\"}\n\n");
+    return ngx_smartflow_xlate_emit_static(x, out, "event: ping\ndata: "
+                                                   "{\"type\":\"ping\"}\n\n");
 }
 
 
@@ -3088,22 +2622,22 @@ static ngx_int_t
 ngx_sf_event_close(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
     ngx_array_t *out)
 {
-    ngx_sf_line_t  l;
+    ngx_smartflow_xlate_line_t  l;
 
     if (!st->block_open) {
         return NGX_OK;
     }
 
     ngx_sf_event_head(&l, "content_block_stop");
-    ngx_sf_raw(&l, ",\"index\":");
-    ngx_sf_num(&l, st->block);
-    ngx_sf_raw(&l, "}\n\n");
+    ngx_smartflow_xlate_raw(&l, ",\"index\":");
+    ngx_smartflow_xlate_num(&l, st->block);
+    ngx_smartflow_xlate_raw(&l, "}\n\n");
 
     st->block_open = 0;
     st->block_is_tool = 0;
     st->block++;
 
-    return ngx_sf_line_emit(x, &l, out);
+    return ngx_smartflow_xlate_line_emit(x, &l, out);
 }
 
 
@@ -3111,7 +2645,7 @@ static ngx_int_t
 ngx_sf_event_text(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
     ngx_str_t *text, ngx_array_t *out)
 {
-    ngx_sf_line_t  l;
+    ngx_smartflow_xlate_line_t  l;
 
     if (st->block_open && st->block_is_tool
         && ngx_sf_event_close(x, st, out) != NGX_OK)
@@ -3121,12 +2655,12 @@ ngx_sf_event_text(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
 
     if (!st->block_open) {
         ngx_sf_event_head(&l, "content_block_start");
-        ngx_sf_raw(&l, ",\"index\":");
-        ngx_sf_num(&l, st->block);
-        ngx_sf_raw(&l, ",\"content_block\":{\"type\":\"text\","
-                       "\"text\":\"\"}}\n\n");
+        ngx_smartflow_xlate_raw(&l, ",\"index\":");
+        ngx_smartflow_xlate_num(&l, st->block);
+        ngx_smartflow_xlate_raw(&l, ",\"content_block\":{\"type\":\"text\","
+                                    "\"text\":\"\"}}\n\n");
 
-        if (ngx_sf_line_emit(x, &l, out) != NGX_OK) {
+        if (ngx_smartflow_xlate_line_emit(x, &l, out) != NGX_OK) {
             return NGX_ERROR;
         }
 
@@ -3135,13 +2669,14 @@ ngx_sf_event_text(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
     }
 
     ngx_sf_event_head(&l, "content_block_delta");
-    ngx_sf_raw(&l, ",\"index\":");
-    ngx_sf_num(&l, st->block);
-    ngx_sf_raw(&l, ",\"delta\":{\"type\":\"text_delta\",\"text\":\"");
-    ngx_sf_esc(&l, text);
-    ngx_sf_raw(&l, "\"}}\n\n");
+    ngx_smartflow_xlate_raw(&l, ",\"index\":");
+    ngx_smartflow_xlate_num(&l, st->block);
+    ngx_smartflow_xlate_raw(&l,
+                            ",\"delta\":{\"type\":\"text_delta\",\"text\":\"");
+    ngx_smartflow_xlate_esc(&l, text);
+    ngx_smartflow_xlate_raw(&l, "\"}}\n\n");
 
-    return ngx_sf_line_emit(x, &l, out);
+    return ngx_smartflow_xlate_line_emit(x, &l, out);
 }
 
 
@@ -3153,13 +2688,13 @@ static ngx_int_t
 ngx_sf_event_tool(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
     ngx_smartflow_json_t *tc, ngx_array_t *out)
 {
-    u_char                *p;
-    ngx_str_t              empty;
-    ngx_uint_t             index;
-    ngx_sf_line_t          l;
-    ngx_smartflow_json_t  *id, *fn, *name, *args;
+    u_char                      *p;
+    ngx_str_t                    empty;
+    ngx_uint_t                   index;
+    ngx_smartflow_json_t        *id, *fn, *name, *args;
+    ngx_smartflow_xlate_line_t   l;
 
-    index = ngx_sf_uint(ngx_smartflow_json_get(tc, "index"));
+    index = ngx_smartflow_xlate_uint(ngx_smartflow_json_get(tc, "index"));
     id = ngx_smartflow_json_get(tc, "id");
     fn = ngx_smartflow_json_get(tc, "function");
     name = ngx_smartflow_json_get(fn, "name");
@@ -3183,8 +2718,10 @@ ngx_sf_event_tool(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
         st->tool_index = index;
 
         if (id) {
-            if (ngx_sf_prefix(x->pool, &st->tool_id, "", &id->str) != NGX_OK) {
-                return ngx_sf_fail(x, "out of memory");
+            if (ngx_smartflow_xlate_concat(x->pool, &st->tool_id, "", &id->str)
+                != NGX_OK)
+            {
+                return ngx_smartflow_xlate_fail(x, "out of memory");
             }
 
         } else {
@@ -3192,7 +2729,7 @@ ngx_sf_event_tool(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
             p = ngx_pnalloc(x->pool, sizeof("toolu_smartflow_") - 1
                                      + NGX_INT_T_LEN);
             if (p == NULL) {
-                return ngx_sf_fail(x, "out of memory");
+                return ngx_smartflow_xlate_fail(x, "out of memory");
             }
 
             st->tool_id.data = p;
@@ -3204,16 +2741,17 @@ ngx_sf_event_tool(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
         ngx_str_null(&empty);
 
         ngx_sf_event_head(&l, "content_block_start");
-        ngx_sf_raw(&l, ",\"index\":");
-        ngx_sf_num(&l, st->block);
-        ngx_sf_raw(&l, ",\"content_block\":{\"type\":\"tool_use\",\"id\":\"");
-        ngx_sf_esc(&l, &st->tool_id);
-        ngx_sf_raw(&l, "\",\"name\":\"");
-        ngx_sf_esc(&l, ngx_smartflow_json_is_string(name) ? &name->str
-                                                          : &empty);
-        ngx_sf_raw(&l, "\",\"input\":{}}}\n\n");
+        ngx_smartflow_xlate_raw(&l, ",\"index\":");
+        ngx_smartflow_xlate_num(&l, st->block);
+        ngx_smartflow_xlate_raw(&l, ",\"content_block\":{\"type\":"
+                                    "\"tool_use\",\"id\":\"");
+        ngx_smartflow_xlate_esc(&l, &st->tool_id);
+        ngx_smartflow_xlate_raw(&l, "\",\"name\":\"");
+        ngx_smartflow_xlate_esc(&l, ngx_smartflow_json_is_string(name)
+                                    ? &name->str : &empty);
+        ngx_smartflow_xlate_raw(&l, "\",\"input\":{}}}\n\n");
 
-        if (ngx_sf_line_emit(x, &l, out) != NGX_OK) {
+        if (ngx_smartflow_xlate_line_emit(x, &l, out) != NGX_OK) {
             return NGX_ERROR;
         }
 
@@ -3226,14 +2764,14 @@ ngx_sf_event_tool(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
     }
 
     ngx_sf_event_head(&l, "content_block_delta");
-    ngx_sf_raw(&l, ",\"index\":");
-    ngx_sf_num(&l, st->block);
-    ngx_sf_raw(&l, ",\"delta\":{\"type\":\"input_json_delta\","
-                   "\"partial_json\":\"");
-    ngx_sf_esc(&l, &args->str);
-    ngx_sf_raw(&l, "\"}}\n\n");
+    ngx_smartflow_xlate_raw(&l, ",\"index\":");
+    ngx_smartflow_xlate_num(&l, st->block);
+    ngx_smartflow_xlate_raw(&l, ",\"delta\":{\"type\":\"input_json_delta\","
+                                "\"partial_json\":\"");
+    ngx_smartflow_xlate_esc(&l, &args->str);
+    ngx_smartflow_xlate_raw(&l, "\"}}\n\n");
 
-    return ngx_sf_line_emit(x, &l, out);
+    return ngx_smartflow_xlate_line_emit(x, &l, out);
 }
 
 
@@ -3241,8 +2779,8 @@ static ngx_int_t
 ngx_sf_event_finish(ngx_smartflow_xlate_t *x,
     ngx_smartflow_xlate_stream_t *st, ngx_array_t *out)
 {
-    ngx_str_t      reason;
-    ngx_sf_line_t  l;
+    ngx_str_t                   reason;
+    ngx_smartflow_xlate_line_t  l;
 
     if (ngx_sf_event_begin(x, st, NULL, out) != NGX_OK
         || ngx_sf_event_close(x, st, out) != NGX_OK)
@@ -3259,23 +2797,26 @@ ngx_sf_event_finish(ngx_smartflow_xlate_t *x,
 
     /* input_tokens too: the message_start event had to say 0 */
     ngx_sf_event_head(&l, "message_delta");
-    ngx_sf_raw(&l, ",\"delta\":{\"stop_reason\":\"");
-    ngx_sf_esc(&l, &reason);
-    ngx_sf_raw(&l, "\",\"stop_sequence\":null},\"usage\":{\"input_tokens\":");
-    ngx_sf_num(&l, st->input_tokens);
-    ngx_sf_raw(&l, ",\"output_tokens\":");
-    ngx_sf_num(&l, st->output_tokens);
-    ngx_sf_raw(&l, "}}\n\n");
+    ngx_smartflow_xlate_raw(&l, ",\"delta\":{\"stop_reason\":\"");
+    ngx_smartflow_xlate_esc(&l, &reason);
+    ngx_smartflow_xlate_raw(&l, "\",\"stop_sequence\":null},"
+                                "\"usage\":{\"input_tokens\":");
+    ngx_smartflow_xlate_num(&l, st->input_tokens);
+    ngx_smartflow_xlate_raw(&l, ",\"output_tokens\":");
+    ngx_smartflow_xlate_num(&l, st->output_tokens);
+    ngx_smartflow_xlate_raw(&l, "}}\n\n");
 
-    if (ngx_sf_line_emit(x, &l, out) != NGX_OK) {
+    if (ngx_smartflow_xlate_line_emit(x, &l, out) != NGX_OK) {
         return NGX_ERROR;
     }
 
     st->finished = 1;
     st->done = 1;
 
-    return ngx_sf_emit_static(x, out, "event: message_stop\n"
-                                      "data: {\"type\":\"message_stop\"}\n\n");
+    return ngx_smartflow_xlate_emit_static(x, out,
+                                           "event: message_stop\n"
+                                           "data: {\"type\":\"message_stop\"}"
+                                           "\n\n");
 }
 
 
@@ -3283,21 +2824,23 @@ static ngx_int_t
 ngx_sf_event_error(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
     ngx_uint_t kind, ngx_str_t *message, ngx_array_t *out)
 {
-    ngx_str_t      s;
-    ngx_sf_line_t  l;
+    ngx_str_t                          s;
+    ngx_smartflow_xlate_line_t         l;
+    ngx_smartflow_xlate_error_kind_t  *k;
 
-    ngx_sf_str_lit(&s, ngx_sf_error_kinds[kind].anthropic);
+    k = &ngx_smartflow_xlate_error_kinds[kind];
+    ngx_smartflow_xlate_str_lit(&s, k->anthropic);
 
     ngx_sf_event_head(&l, "error");
-    ngx_sf_raw(&l, ",\"error\":{\"type\":\"");
-    ngx_sf_esc(&l, &s);
-    ngx_sf_raw(&l, "\",\"message\":\"");
-    ngx_sf_esc(&l, message);
-    ngx_sf_raw(&l, "\"}}\n\n");
+    ngx_smartflow_xlate_raw(&l, ",\"error\":{\"type\":\"");
+    ngx_smartflow_xlate_esc(&l, &s);
+    ngx_smartflow_xlate_raw(&l, "\",\"message\":\"");
+    ngx_smartflow_xlate_esc(&l, message);
+    ngx_smartflow_xlate_raw(&l, "\"}}\n\n");
 
     st->done = 1;
 
-    return ngx_sf_line_emit(x, &l, out);
+    return ngx_smartflow_xlate_line_emit(x, &l, out);
 }
 
 
@@ -3324,7 +2867,7 @@ ngx_smartflow_xlate_stream_openai_to_anthropic(ngx_smartflow_xlate_t *x,
 
     e = ngx_smartflow_json_get(data, "error");
 
-    if (ngx_sf_present(e)) {
+    if (ngx_smartflow_xlate_present(e)) {
         ngx_sf_error_read(data, &etype, &message, &code, &param);
 
         if (message.len == 0) {
@@ -3342,9 +2885,9 @@ ngx_smartflow_xlate_stream_openai_to_anthropic(ngx_smartflow_xlate_t *x,
     u = ngx_smartflow_json_get(data, "usage");
 
     if (u && u->type == NGX_SMARTFLOW_JSON_OBJECT) {
-        st->input_tokens = ngx_sf_uint(ngx_smartflow_json_get(u,
+        st->input_tokens = ngx_smartflow_xlate_uint(ngx_smartflow_json_get(u,
                                                             "prompt_tokens"));
-        st->output_tokens = ngx_sf_uint(ngx_smartflow_json_get(u,
+        st->output_tokens = ngx_smartflow_xlate_uint(ngx_smartflow_json_get(u,
                                                         "completion_tokens"));
     }
 
@@ -3389,7 +2932,8 @@ ngx_smartflow_xlate_stream_openai_to_anthropic(ngx_smartflow_xlate_t *x,
     v = ngx_smartflow_json_get(ch, "finish_reason");
 
     if (ngx_smartflow_json_is_string(v)) {
-        ngx_sf_str_lit(&st->finish, ngx_sf_finish_to_anthropic(&v->str));
+        ngx_smartflow_xlate_str_lit(&st->finish,
+                                    ngx_sf_finish_to_anthropic(&v->str));
         st->finished = 1;
     }
 
@@ -3412,7 +2956,8 @@ ngx_smartflow_xlate_stream_end_anthropic(ngx_smartflow_xlate_t *x,
         return ngx_sf_event_finish(x, st, out);
     }
 
-    ngx_str_set(&message, NGX_SF_STREAM_BROKEN);
+    ngx_str_set(&message, NGX_SMARTFLOW_XLATE_STREAM_BROKEN);
 
-    return ngx_sf_event_error(x, st, NGX_SF_ERR_API, &message, out);
+    return ngx_sf_event_error(x, st, NGX_SMARTFLOW_XLATE_ERR_API, &message,
+                              out);
 }

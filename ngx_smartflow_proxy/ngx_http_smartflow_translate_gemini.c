@@ -3,11 +3,10 @@
  * the request (the model goes in the URL, not the body), the whole
  * response, and the alt=sse stream one event at a time.  As in the
  * Anthropic translation, new trees are built in x->pool and never link
- * the nodes of their input, only its string bytes; each stream chunk is
- * sized by a first pass of its writer and written by a second, every
- * provider string escaped.  Error bodies need nothing here:
- * ngx_smartflow_xlate_error_to_openai() reads Gemini's {"error":{"code",
- * "message","status"}}.
+ * the nodes of their input, only its string bytes; the stream becomes the
+ * OpenAI chunks of ngx_http_smartflow_translate.c.  Error bodies need
+ * nothing here: ngx_smartflow_xlate_error_to_openai() reads Gemini's
+ * {"error":{"code","message","status"}}.
  */
 
 #include "ngx_http_smartflow_translate.h"
@@ -23,40 +22,6 @@
  */
 #define NGX_SFG_NO_SIGNATURE   "skip_thought_signature_validator"
 
-#define NGX_SFG_STREAM_BROKEN                                                \
-    "The provider's stream ended before completion."
-
-
-/* the OpenAI chunks a Gemini stream becomes */
-enum {
-    NGX_SFG_CHUNK_ROLE = 0,
-    NGX_SFG_CHUNK_TEXT,
-    NGX_SFG_CHUNK_TOOL,
-    NGX_SFG_CHUNK_FINISH,
-    NGX_SFG_CHUNK_USAGE,
-    NGX_SFG_CHUNK_ERROR
-};
-
-
-typedef struct {
-    ngx_uint_t                  kind;
-    ngx_str_t                   text;       /* content, reason or message */
-    ngx_str_t                   id;         /* a tool call's */
-    ngx_str_t                   name;
-    ngx_str_t                   args;
-    ngx_uint_t                  index;
-    char                       *type;       /* an error's */
-    char                       *code;
-} ngx_sfg_chunk_t;
-
-
-/* counts the bytes while p is NULL, writes them once p is set */
-typedef struct {
-    u_char                     *p;
-    size_t                      len;
-} ngx_sfg_writer_t;
-
-
 /* JSON schemas cleaned for Gemini, within one request's node budget */
 typedef struct {
     ngx_smartflow_xlate_t      *x;
@@ -65,24 +30,17 @@ typedef struct {
 } ngx_sfg_schema_t;
 
 
-typedef struct {
-    char                       *status;
-    char                       *type;
-    char                       *code;
-} ngx_sfg_error_t;
-
-
-/* Gemini's error statuses with the type and code OpenAI clients expect */
-static ngx_sfg_error_t  ngx_sfg_errors[] = {
-    { "INVALID_ARGUMENT", "invalid_request_error", NULL },
-    { "FAILED_PRECONDITION", "invalid_request_error", NULL },
-    { "OUT_OF_RANGE", "invalid_request_error", NULL },
-    { "UNAUTHENTICATED", "invalid_request_error", "invalid_api_key" },
-    { "PERMISSION_DENIED", "permission_error", NULL },
-    { "NOT_FOUND", "invalid_request_error", "not_found" },
-    { "RESOURCE_EXHAUSTED", "rate_limit_error", "rate_limit_exceeded" },
-    { "UNAVAILABLE", "api_error", "overloaded" },
-    { NULL, "api_error", NULL }
+/* Gemini's error statuses, by the class OpenAI clients are told */
+static ngx_smartflow_xlate_error_name_t  ngx_sfg_errors[] = {
+    { "INVALID_ARGUMENT", NGX_SMARTFLOW_XLATE_ERR_INVALID },
+    { "FAILED_PRECONDITION", NGX_SMARTFLOW_XLATE_ERR_INVALID },
+    { "OUT_OF_RANGE", NGX_SMARTFLOW_XLATE_ERR_INVALID },
+    { "UNAUTHENTICATED", NGX_SMARTFLOW_XLATE_ERR_AUTH },
+    { "PERMISSION_DENIED", NGX_SMARTFLOW_XLATE_ERR_PERMISSION },
+    { "NOT_FOUND", NGX_SMARTFLOW_XLATE_ERR_NOT_FOUND },
+    { "RESOURCE_EXHAUSTED", NGX_SMARTFLOW_XLATE_ERR_RATE_LIMIT },
+    { "UNAVAILABLE", NGX_SMARTFLOW_XLATE_ERR_OVERLOADED },
+    { NULL, NGX_SMARTFLOW_XLATE_ERR_API }
 };
 
 
@@ -126,325 +84,18 @@ static char  *ngx_sfg_mime_types[] = {
 };
 
 
-/* tree helpers */
-
-static ngx_int_t
-ngx_sfg_fail(ngx_smartflow_xlate_t *x, char *msg)
-{
-    x->err.data = (u_char *) msg;
-    x->err.len = ngx_strlen(msg);
-
-    return NGX_ERROR;
-}
-
-
-static ngx_smartflow_json_t *
-ngx_sfg_add(ngx_pool_t *pool, ngx_smartflow_json_t *parent, char *key,
-    ngx_smartflow_json_type_e type, ngx_str_t *str)
-{
-    ngx_smartflow_json_t  *j;
-
-    j = ngx_smartflow_json_new(pool, type, str);
-
-    if (j && parent) {
-        ngx_smartflow_json_append(parent, key, j);
-    }
-
-    return j;
-}
-
-
-static ngx_smartflow_json_t *
-ngx_sfg_add_lit(ngx_pool_t *pool, ngx_smartflow_json_t *parent, char *key,
-    char *lit)
-{
-    ngx_str_t  s;
-
-    s.data = (u_char *) lit;
-    s.len = ngx_strlen(lit);
-
-    return ngx_sfg_add(pool, parent, key, NGX_SMARTFLOW_JSON_STRING, &s);
-}
-
-
-static ngx_smartflow_json_t *
-ngx_sfg_add_num(ngx_pool_t *pool, ngx_smartflow_json_t *parent, char *key,
-    ngx_uint_t n)
-{
-    u_char     *p;
-    ngx_str_t   s;
-
-    p = ngx_pnalloc(pool, NGX_INT_T_LEN);
-    if (p == NULL) {
-        return NULL;
-    }
-
-    s.data = p;
-    s.len = ngx_sprintf(p, "%ui", n) - p;
-
-    return ngx_sfg_add(pool, parent, key, NGX_SMARTFLOW_JSON_NUMBER, &s);
-}
-
-
-/* a member under a new name, when the source has it as a number */
-static ngx_int_t
-ngx_sfg_add_number(ngx_pool_t *pool, ngx_smartflow_json_t *dst, char *key,
-    ngx_smartflow_json_t *src, char *from)
-{
-    ngx_smartflow_json_t  *v;
-
-    v = ngx_smartflow_json_get(src, from);
-
-    if (v == NULL || v->type != NGX_SMARTFLOW_JSON_NUMBER) {
-        return NGX_OK;
-    }
-
-    return ngx_sfg_add(pool, dst, key, NGX_SMARTFLOW_JSON_NUMBER, &v->str)
-           ? NGX_OK : NGX_ERROR;
-}
-
-
-/*
- * A deep copy keeping the member name; string bytes are shared.  With a
- * budget, each node spends one, and NULL means it ran out (or memory did).
- */
-static ngx_smartflow_json_t *
-ngx_sfg_copy(ngx_pool_t *pool, ngx_smartflow_json_t *src, ngx_uint_t *budget)
-{
-    ngx_smartflow_json_t  *j, *c, *cc;
-
-    if (budget) {
-        if (*budget == 0) {
-            return NULL;
-        }
-
-        (*budget)--;
-    }
-
-    j = ngx_smartflow_json_new(pool, src->type, &src->str);
-    if (j == NULL) {
-        return NULL;
-    }
-
-    j->key = src->key;
-
-    for (c = src->child; c; c = c->next) {
-        cc = ngx_sfg_copy(pool, c, budget);
-        if (cc == NULL) {
-            return NULL;
-        }
-
-        ngx_smartflow_json_append(j, NULL, cc);
-    }
-
-    return j;
-}
-
-
-static ngx_uint_t
-ngx_sfg_eq(ngx_str_t *s, char *lit)
-{
-    size_t  len;
-
-    len = ngx_strlen(lit);
-
-    return s->len == len
-           && (len == 0 || ngx_memcmp(s->data, lit, len) == 0);
-}
-
-
-static ngx_uint_t
-ngx_sfg_is(ngx_smartflow_json_t *j, char *lit)
-{
-    return ngx_smartflow_json_is_string(j) && ngx_sfg_eq(&j->str, lit);
-}
-
-
-static ngx_uint_t
-ngx_sfg_type_is(ngx_smartflow_json_t *obj, char *type)
-{
-    return ngx_sfg_is(ngx_smartflow_json_get(obj, "type"), type);
-}
-
-
-static ngx_uint_t
-ngx_sfg_present(ngx_smartflow_json_t *j)
-{
-    return j != NULL && j->type != NGX_SMARTFLOW_JSON_NULL;
-}
-
+/* strings */
 
 static ngx_uint_t
 ngx_sfg_one_of(ngx_str_t *s, char **list)
 {
     for ( /* void */ ; *list; list++) {
-        if (ngx_sfg_eq(s, *list)) {
+        if (ngx_smartflow_xlate_eq(s, *list)) {
             return 1;
         }
     }
 
     return 0;
-}
-
-
-/* a token count: the leading digits of a number, 0 for anything else */
-static ngx_uint_t
-ngx_sfg_uint(ngx_smartflow_json_t *j)
-{
-    size_t      i;
-    ngx_uint_t  n;
-
-    if (j == NULL || j->type != NGX_SMARTFLOW_JSON_NUMBER) {
-        return 0;
-    }
-
-    n = 0;
-
-    for (i = 0; i < j->str.len; i++) {
-        if (j->str.data[i] < '0' || j->str.data[i] > '9'
-            || n >= NGX_MAX_INT_T_VALUE / 10)
-        {
-            break;
-        }
-
-        n = n * 10 + (j->str.data[i] - '0');
-    }
-
-    return n;
-}
-
-
-/* dst = a + b, b possibly empty */
-static ngx_int_t
-ngx_sfg_concat(ngx_pool_t *pool, ngx_str_t *dst, char *a, ngx_str_t *b)
-{
-    size_t   alen;
-    u_char  *p;
-
-    alen = ngx_strlen(a);
-
-    p = ngx_pnalloc(pool, alen + b->len);
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    dst->data = p;
-    p = ngx_cpymem(p, a, alen);
-
-    if (b->len) {
-        p = ngx_cpymem(p, b->data, b->len);
-    }
-
-    dst->len = p - dst->data;
-
-    return NGX_OK;
-}
-
-
-/* appends add to dst after sep; an empty add changes nothing */
-static ngx_int_t
-ngx_sfg_append(ngx_pool_t *pool, ngx_str_t *dst, char *sep, ngx_str_t *add)
-{
-    size_t   slen;
-    u_char  *p;
-
-    if (add->len == 0) {
-        return NGX_OK;
-    }
-
-    if (dst->len == 0) {
-        *dst = *add;
-        return NGX_OK;
-    }
-
-    slen = ngx_strlen(sep);
-
-    p = ngx_pnalloc(pool, dst->len + slen + add->len);
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    ngx_memcpy(p, dst->data, dst->len);
-    ngx_memcpy(p + dst->len, sep, slen);
-    ngx_memcpy(p + dst->len + slen, add->data, add->len);
-
-    dst->data = p;
-    dst->len += slen + add->len;
-
-    return NGX_OK;
-}
-
-
-/* the text of a string content, or of an array's text parts, joined */
-static ngx_int_t
-ngx_sfg_text_of(ngx_pool_t *pool, ngx_smartflow_json_t *content, char *sep,
-    ngx_str_t *out)
-{
-    ngx_smartflow_json_t  *c, *t;
-
-    ngx_str_null(out);
-
-    if (ngx_smartflow_json_is_string(content)) {
-        *out = content->str;
-        return NGX_OK;
-    }
-
-    if (content == NULL || content->type != NGX_SMARTFLOW_JSON_ARRAY) {
-        return NGX_OK;
-    }
-
-    for (c = content->child; c; c = c->next) {
-        t = ngx_sfg_type_is(c, "text") ? ngx_smartflow_json_get(c, "text")
-                                       : c;
-
-        if (ngx_smartflow_json_is_string(t)
-            && ngx_sfg_append(pool, out, sep, &t->str) != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-    }
-
-    return NGX_OK;
-}
-
-
-/* "data:image/png;base64,AAAA" -> its media type and its payload */
-static ngx_int_t
-ngx_sfg_data_url(ngx_str_t *url, ngx_str_t *mime, ngx_str_t *data)
-{
-    u_char  *p, *last, *comma;
-
-    if (url->len < 5 || ngx_memcmp(url->data, "data:", 5) != 0) {
-        return NGX_DECLINED;
-    }
-
-    p = url->data + 5;
-    last = url->data + url->len;
-
-    comma = ngx_strlchr(p, last, ',');
-
-    /* only base64 payloads: Gemini's inlineData is bytes */
-    if (comma == NULL || comma - p < 8
-        || ngx_memcmp(comma - 7, ";base64", 7) != 0)
-    {
-        return NGX_DECLINED;
-    }
-
-    mime->data = p;
-    mime->len = ngx_strlchr(p, comma, ';') - p;
-
-    data->data = comma + 1;
-    data->len = last - comma - 1;
-
-    return mime->len ? NGX_OK : NGX_DECLINED;
-}
-
-
-static ngx_uint_t
-ngx_sfg_http_url(ngx_str_t *url)
-{
-    return (url->len > 7 && ngx_memcmp(url->data, "http://", 7) == 0)
-           || (url->len > 8 && ngx_memcmp(url->data, "https://", 8) == 0);
 }
 
 
@@ -515,7 +166,8 @@ ngx_sfg_schema_node(ngx_sfg_schema_t *sc, ngx_smartflow_json_type_e type,
     ngx_smartflow_json_t  *j;
 
     if (sc->budget == 0) {
-        (void) ngx_sfg_fail(sc->x, "the tool schemas expand too far");
+        (void) ngx_smartflow_xlate_fail(sc->x, "the tool schemas expand too "
+                                               "far");
         return NULL;
     }
 
@@ -523,7 +175,7 @@ ngx_sfg_schema_node(ngx_sfg_schema_t *sc, ngx_smartflow_json_type_e type,
 
     j = ngx_smartflow_json_new(sc->x->pool, type, str);
     if (j == NULL) {
-        (void) ngx_sfg_fail(sc->x, "out of memory");
+        (void) ngx_smartflow_xlate_fail(sc->x, "out of memory");
     }
 
     return j;
@@ -535,11 +187,13 @@ ngx_sfg_schema_copy(ngx_sfg_schema_t *sc, ngx_smartflow_json_t *src)
 {
     ngx_smartflow_json_t  *j;
 
-    j = ngx_sfg_copy(sc->x->pool, src, &sc->budget);
+    j = ngx_smartflow_xlate_copy(sc->x->pool, src, &sc->budget);
 
     if (j == NULL) {
-        (void) ngx_sfg_fail(sc->x, sc->budget ? "out of memory"
-                                   : "the tool schemas expand too far");
+        (void) ngx_smartflow_xlate_fail(sc->x,
+                                        sc->budget
+                                        ? "out of memory"
+                                        : "the tool schemas expand too far");
     }
 
     return j;
@@ -559,7 +213,7 @@ ngx_sfg_schema_ref(ngx_smartflow_json_t *root, ngx_smartflow_json_t *ref)
 
     name = ref->str;
 
-    if (ngx_sfg_eq(&name, "#")) {
+    if (ngx_smartflow_xlate_eq(&name, "#")) {
         return root;
     }
 
@@ -609,7 +263,7 @@ ngx_sfg_schema_type(ngx_sfg_schema_t *sc, ngx_smartflow_json_t *s,
     nullable = 0;
 
     for (t = types->child; t; t = t->next) {
-        if (ngx_sfg_is(t, "null")) {
+        if (ngx_smartflow_xlate_is(t, "null")) {
             nullable = 1;
 
         } else if (first == NULL && ngx_smartflow_json_is_string(t)) {
@@ -679,7 +333,8 @@ ngx_sfg_schema(ngx_sfg_schema_t *sc, ngx_smartflow_json_t *s,
     ngx_smartflow_json_t  *o, *c, *v, *p, *t;
 
     if (depth > NGX_SFG_SCHEMA_DEPTH) {
-        (void) ngx_sfg_fail(sc->x, "a tool schema nests too deeply");
+        (void) ngx_smartflow_xlate_fail(sc->x, "a tool schema nests too "
+                                               "deeply");
         return NULL;
     }
 
@@ -692,8 +347,9 @@ ngx_sfg_schema(ngx_sfg_schema_t *sc, ngx_smartflow_json_t *s,
     if (v) {
         t = ngx_sfg_schema_ref(sc->root, v);
         if (t == NULL) {
-            (void) ngx_sfg_fail(sc->x, "a tool schema's '$ref' does not "
-                                       "name one of its '$defs'");
+            (void) ngx_smartflow_xlate_fail(sc->x, "a tool schema's '$ref' "
+                                                   "does not name one of its "
+                                                   "'$defs'");
             return NULL;
         }
 
@@ -711,7 +367,7 @@ ngx_sfg_schema(ngx_sfg_schema_t *sc, ngx_smartflow_json_t *s,
                                           &v->str)
                != NGX_OK)
         {
-            (void) ngx_sfg_fail(sc->x, "out of memory");
+            (void) ngx_smartflow_xlate_fail(sc->x, "out of memory");
             return NULL;
         }
 
@@ -729,7 +385,7 @@ ngx_sfg_schema(ngx_sfg_schema_t *sc, ngx_smartflow_json_t *s,
             continue;
         }
 
-        if (ngx_sfg_eq(&c->key, "type")
+        if (ngx_smartflow_xlate_eq(&c->key, "type")
             && c->type == NGX_SMARTFLOW_JSON_ARRAY)
         {
             if (ngx_sfg_schema_type(sc, s, c, o) != NGX_OK) {
@@ -739,14 +395,14 @@ ngx_sfg_schema(ngx_sfg_schema_t *sc, ngx_smartflow_json_t *s,
             continue;
         }
 
-        if (ngx_sfg_eq(&c->key, "format")
+        if (ngx_smartflow_xlate_eq(&c->key, "format")
             && !(ngx_smartflow_json_is_string(c)
                  && ngx_sfg_one_of(&c->str, ngx_sfg_schema_formats)))
         {
             continue;
         }
 
-        if (ngx_sfg_eq(&c->key, "properties")
+        if (ngx_smartflow_xlate_eq(&c->key, "properties")
             && c->type == NGX_SMARTFLOW_JSON_OBJECT)
         {
             /* the members are property names, each with its schema */
@@ -765,10 +421,10 @@ ngx_sfg_schema(ngx_sfg_schema_t *sc, ngx_smartflow_json_t *s,
                 ngx_smartflow_json_append(v, NULL, t);
             }
 
-        } else if (ngx_sfg_eq(&c->key, "items")
-                   || ngx_sfg_eq(&c->key, "anyOf")
-                   || ngx_sfg_eq(&c->key, "oneOf")
-                   || ngx_sfg_eq(&c->key, "allOf"))
+        } else if (ngx_smartflow_xlate_eq(&c->key, "items")
+                   || ngx_smartflow_xlate_eq(&c->key, "anyOf")
+                   || ngx_smartflow_xlate_eq(&c->key, "oneOf")
+                   || ngx_smartflow_xlate_eq(&c->key, "allOf"))
         {
             v = ngx_sfg_schema_sub(sc, c, depth);
 
@@ -811,12 +467,14 @@ ngx_sfg_text_part(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *parts,
         return NGX_OK;
     }
 
-    p = ngx_sfg_add(x->pool, parts, NULL, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    p = ngx_smartflow_xlate_add(x->pool, parts, NULL, NGX_SMARTFLOW_JSON_OBJECT,
+                                NULL);
     if (p == NULL
-        || ngx_sfg_add(x->pool, p, "text", NGX_SMARTFLOW_JSON_STRING, text)
+        || ngx_smartflow_xlate_add(x->pool, p, "text",
+                                   NGX_SMARTFLOW_JSON_STRING, text)
            == NULL)
     {
-        return ngx_sfg_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
     return NGX_OK;
@@ -830,18 +488,21 @@ ngx_sfg_blob_part(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *parts,
 {
     ngx_smartflow_json_t  *p, *o;
 
-    p = ngx_sfg_add(x->pool, parts, NULL, NGX_SMARTFLOW_JSON_OBJECT, NULL);
-    o = p ? ngx_sfg_add(x->pool, p, kind, NGX_SMARTFLOW_JSON_OBJECT, NULL)
+    p = ngx_smartflow_xlate_add(x->pool, parts, NULL, NGX_SMARTFLOW_JSON_OBJECT,
+                                NULL);
+    o = p ? ngx_smartflow_xlate_add(x->pool, p, kind, NGX_SMARTFLOW_JSON_OBJECT,
+                                    NULL)
           : NULL;
 
     if (o == NULL
-        || ngx_sfg_add(x->pool, o, "mimeType", NGX_SMARTFLOW_JSON_STRING,
-                       mime)
+        || ngx_smartflow_xlate_add(x->pool, o, "mimeType",
+                                   NGX_SMARTFLOW_JSON_STRING, mime)
            == NULL
-        || ngx_sfg_add(x->pool, o, key, NGX_SMARTFLOW_JSON_STRING, value)
+        || ngx_smartflow_xlate_add(x->pool, o, key, NGX_SMARTFLOW_JSON_STRING,
+                                   value)
            == NULL)
     {
-        return ngx_sfg_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
     return NGX_OK;
@@ -854,18 +515,17 @@ ngx_sfg_url_part(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *parts,
 {
     ngx_str_t  mime, data;
 
-    if (ngx_sfg_data_url(url, &mime, &data) == NGX_OK) {
+    if (ngx_smartflow_xlate_data_url(url, &mime, &data) == NGX_OK) {
         return ngx_sfg_blob_part(x, parts, "inlineData", &mime, "data",
                                  &data);
     }
 
-    if (!ngx_sfg_http_url(url)) {
-        return ngx_sfg_fail(x, "an image must be an http(s) URL or a base64 "
-                               "data URL");
+    if (!ngx_smartflow_xlate_http_url(url)) {
+        return ngx_smartflow_xlate_fail(x, "an image must be an http(s) URL or "
+                                           "a base64 data URL");
     }
 
-    mime.data = (u_char *) ngx_sfg_mime_guess(url);
-    mime.len = ngx_strlen(mime.data);
+    ngx_smartflow_xlate_str_lit(&mime, ngx_sfg_mime_guess(url));
 
     return ngx_sfg_blob_part(x, parts, "fileData", &mime, "fileUri", url);
 }
@@ -879,7 +539,7 @@ ngx_sfg_parts(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *content,
     ngx_str_t              mime;
     ngx_smartflow_json_t  *p, *v, *f;
 
-    if (!ngx_sfg_present(content)) {
+    if (!ngx_smartflow_xlate_present(content)) {
         return NGX_OK;
     }
 
@@ -888,17 +548,20 @@ ngx_sfg_parts(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *content,
     }
 
     if (content->type != NGX_SMARTFLOW_JSON_ARRAY) {
-        return ngx_sfg_fail(x, "a message content must be a string or an "
-                               "array of parts");
+        return ngx_smartflow_xlate_fail(x, "a message content must be a string "
+                                           "or an array of parts");
     }
 
     for (p = content->child; p; p = p->next) {
 
-        if (ngx_sfg_type_is(p, "text") || ngx_sfg_type_is(p, "refusal")) {
-            v = ngx_smartflow_json_get(p, ngx_sfg_type_is(p, "text")
+        if (ngx_smartflow_xlate_type_is(p, "text")
+            || ngx_smartflow_xlate_type_is(p, "refusal"))
+        {
+            v = ngx_smartflow_json_get(p, ngx_smartflow_xlate_type_is(p, "text")
                                           ? "text" : "refusal");
             if (!ngx_smartflow_json_is_string(v)) {
-                return ngx_sfg_fail(x, "a text part needs a string 'text'");
+                return ngx_smartflow_xlate_fail(x, "a text part needs a string "
+                                                   "'text'");
             }
 
             if (ngx_sfg_text_part(x, parts, &v->str) != NGX_OK) {
@@ -908,7 +571,7 @@ ngx_sfg_parts(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *content,
             continue;
         }
 
-        if (ngx_sfg_type_is(p, "image_url")) {
+        if (ngx_smartflow_xlate_type_is(p, "image_url")) {
             v = ngx_smartflow_json_get(p, "image_url");
 
             if (!ngx_smartflow_json_is_string(v)) {
@@ -916,7 +579,8 @@ ngx_sfg_parts(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *content,
             }
 
             if (!ngx_smartflow_json_is_string(v)) {
-                return ngx_sfg_fail(x, "an image_url part needs a 'url'");
+                return ngx_smartflow_xlate_fail(x, "an image_url part needs a "
+                                                   "'url'");
             }
 
             if (ngx_sfg_url_part(x, parts, &v->str) != NGX_OK) {
@@ -926,16 +590,17 @@ ngx_sfg_parts(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *content,
             continue;
         }
 
-        if (ngx_sfg_type_is(p, "file")) {
+        if (ngx_smartflow_xlate_type_is(p, "file")) {
             v = ngx_smartflow_json_get(ngx_smartflow_json_get(p, "file"),
                                        "file_data");
 
             if (!ngx_smartflow_json_is_string(v)
-                || ngx_sfg_data_url(&v->str, &mime, &mime) != NGX_OK)
+                || ngx_smartflow_xlate_data_url(&v->str, &mime, &mime)
+                   != NGX_OK)
             {
-                return ngx_sfg_fail(x, "only inline files (a base64 "
-                                       "'file_data') can be sent to this "
-                                       "provider");
+                return ngx_smartflow_xlate_fail(x, "only inline files (a "
+                                                   "base64 'file_data') can be "
+                                                   "sent to this provider");
             }
 
             if (ngx_sfg_url_part(x, parts, &v->str) != NGX_OK) {
@@ -945,7 +610,7 @@ ngx_sfg_parts(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *content,
             continue;
         }
 
-        if (ngx_sfg_type_is(p, "input_audio")) {
+        if (ngx_smartflow_xlate_type_is(p, "input_audio")) {
             f = ngx_smartflow_json_get(p, "input_audio");
             v = ngx_smartflow_json_get(f, "data");
             f = ngx_smartflow_json_get(f, "format");
@@ -953,13 +618,14 @@ ngx_sfg_parts(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *content,
             if (!ngx_smartflow_json_is_string(v)
                 || !ngx_smartflow_json_is_string(f) || f->str.len == 0)
             {
-                return ngx_sfg_fail(x, "an input_audio part needs 'data' "
-                                       "and 'format'");
+                return ngx_smartflow_xlate_fail(x, "an input_audio part needs "
+                                                   "'data' and 'format'");
             }
 
-            if (ngx_sfg_concat(x->pool, &mime, "audio/", &f->str) != NGX_OK)
+            if (ngx_smartflow_xlate_concat(x->pool, &mime, "audio/", &f->str)
+                != NGX_OK)
             {
-                return ngx_sfg_fail(x, "out of memory");
+                return ngx_smartflow_xlate_fail(x, "out of memory");
             }
 
             if (ngx_sfg_blob_part(x, parts, "inlineData", &mime, "data",
@@ -972,8 +638,8 @@ ngx_sfg_parts(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *content,
             continue;
         }
 
-        return ngx_sfg_fail(x, "a content part type is not supported by "
-                               "this provider");
+        return ngx_smartflow_xlate_fail(x, "a content part type is not "
+                                           "supported by this provider");
     }
 
     return NGX_OK;
@@ -992,7 +658,8 @@ ngx_sfg_call_part(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *tc,
     name = ngx_smartflow_json_get(fn, "name");
 
     if (!ngx_smartflow_json_is_string(name) || name->str.len == 0) {
-        return ngx_sfg_fail(x, "each tool call needs a function name");
+        return ngx_smartflow_xlate_fail(x, "each tool call needs a function "
+                                           "name");
     }
 
     args = ngx_smartflow_json_get(fn, "arguments");
@@ -1004,9 +671,9 @@ ngx_sfg_call_part(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *tc,
                                          args->str.len, &err);
 
     } else if (args && args->type == NGX_SMARTFLOW_JSON_OBJECT) {
-        input = ngx_sfg_copy(x->pool, args, NULL);
+        input = ngx_smartflow_xlate_copy(x->pool, args, NULL);
         if (input == NULL) {
-            return ngx_sfg_fail(x, "out of memory");
+            return ngx_smartflow_xlate_fail(x, "out of memory");
         }
     }
 
@@ -1014,32 +681,33 @@ ngx_sfg_call_part(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *tc,
         input = ngx_smartflow_json_new(x->pool, NGX_SMARTFLOW_JSON_OBJECT,
                                        NULL);
         if (input == NULL) {
-            return ngx_sfg_fail(x, "out of memory");
+            return ngx_smartflow_xlate_fail(x, "out of memory");
         }
     }
 
-    p = ngx_sfg_add(x->pool, parts, NULL, NGX_SMARTFLOW_JSON_OBJECT, NULL);
-    fc = p ? ngx_sfg_add(x->pool, p, "functionCall",
-                         NGX_SMARTFLOW_JSON_OBJECT, NULL)
+    p = ngx_smartflow_xlate_add(x->pool, parts, NULL, NGX_SMARTFLOW_JSON_OBJECT,
+                                NULL);
+    fc = p ? ngx_smartflow_xlate_add(x->pool, p, "functionCall",
+                                     NGX_SMARTFLOW_JSON_OBJECT, NULL)
            : NULL;
 
     if (fc == NULL
-        || ngx_sfg_add(x->pool, fc, "name", NGX_SMARTFLOW_JSON_STRING,
-                       &name->str)
+        || ngx_smartflow_xlate_add(x->pool, fc, "name",
+                                   NGX_SMARTFLOW_JSON_STRING, &name->str)
            == NULL)
     {
-        return ngx_sfg_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
     ngx_smartflow_json_append(fc, "args", input);
 
     /* Gemini signs the first call of a step only */
     if (first
-        && ngx_sfg_add_lit(x->pool, p, "thoughtSignature",
-                           NGX_SFG_NO_SIGNATURE)
+        && ngx_smartflow_xlate_add_lit(x->pool, p, "thoughtSignature",
+                                       NGX_SFG_NO_SIGNATURE)
            == NULL)
     {
-        return ngx_sfg_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
     return NGX_OK;
@@ -1060,12 +728,12 @@ ngx_sfg_assistant(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *m,
 
     calls = ngx_smartflow_json_get(m, "tool_calls");
 
-    if (!ngx_sfg_present(calls)) {
+    if (!ngx_smartflow_xlate_present(calls)) {
         return NGX_OK;
     }
 
     if (calls->type != NGX_SMARTFLOW_JSON_ARRAY) {
-        return ngx_sfg_fail(x, "'tool_calls' must be an array");
+        return ngx_smartflow_xlate_fail(x, "'tool_calls' must be an array");
     }
 
     for (tc = calls->child; tc; tc = tc->next) {
@@ -1095,7 +763,8 @@ ngx_sfg_call_name(ngx_smartflow_json_t *msgs, ngx_smartflow_json_t *upto,
         calls = ngx_smartflow_json_get(m, "tool_calls");
 
         if (calls == NULL || calls->type != NGX_SMARTFLOW_JSON_ARRAY
-            || !ngx_sfg_is(ngx_smartflow_json_get(m, "role"), "assistant"))
+            || !ngx_smartflow_xlate_is(ngx_smartflow_json_get(m, "role"),
+                                       "assistant"))
         {
             continue;
         }
@@ -1136,7 +805,8 @@ ngx_sfg_result_part(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *msgs,
     id = ngx_smartflow_json_get(m, "tool_call_id");
 
     if (!ngx_smartflow_json_is_string(id) || id->str.len == 0) {
-        return ngx_sfg_fail(x, "a tool message needs a 'tool_call_id'");
+        return ngx_smartflow_xlate_fail(x, "a tool message needs a "
+                                           "'tool_call_id'");
     }
 
     name = ngx_sfg_call_name(msgs, m, &id->str);
@@ -1145,18 +815,20 @@ ngx_sfg_result_part(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *msgs,
         v = ngx_smartflow_json_get(m, "name");
 
         if (!ngx_smartflow_json_is_string(v) || v->str.len == 0) {
-            return ngx_sfg_fail(x, "a tool message's 'tool_call_id' "
-                                   "matches no earlier tool call");
+            return ngx_smartflow_xlate_fail(x, "a tool message's "
+                                               "'tool_call_id' matches no "
+                                               "earlier tool call");
         }
 
         name = &v->str;
     }
 
-    if (ngx_sfg_text_of(x->pool, ngx_smartflow_json_get(m, "content"), "\n",
-                        &text)
+    if (ngx_smartflow_xlate_text_of(x->pool,
+                                    ngx_smartflow_json_get(m, "content"), "\n",
+                                    &text)
         != NGX_OK)
     {
-        return ngx_sfg_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
     /* a result that is a JSON object is the response itself */
@@ -1182,24 +854,26 @@ ngx_sfg_result_part(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *msgs,
         response = ngx_smartflow_json_new(x->pool, NGX_SMARTFLOW_JSON_OBJECT,
                                           NULL);
         if (response == NULL
-            || ngx_sfg_add(x->pool, response, "content",
-                           NGX_SMARTFLOW_JSON_STRING, &text)
+            || ngx_smartflow_xlate_add(x->pool, response, "content",
+                                       NGX_SMARTFLOW_JSON_STRING, &text)
                == NULL)
         {
-            return ngx_sfg_fail(x, "out of memory");
+            return ngx_smartflow_xlate_fail(x, "out of memory");
         }
     }
 
-    p = ngx_sfg_add(x->pool, parts, NULL, NGX_SMARTFLOW_JSON_OBJECT, NULL);
-    fr = p ? ngx_sfg_add(x->pool, p, "functionResponse",
-                         NGX_SMARTFLOW_JSON_OBJECT, NULL)
+    p = ngx_smartflow_xlate_add(x->pool, parts, NULL, NGX_SMARTFLOW_JSON_OBJECT,
+                                NULL);
+    fr = p ? ngx_smartflow_xlate_add(x->pool, p, "functionResponse",
+                                     NGX_SMARTFLOW_JSON_OBJECT, NULL)
            : NULL;
 
     if (fr == NULL
-        || ngx_sfg_add(x->pool, fr, "name", NGX_SMARTFLOW_JSON_STRING, name)
+        || ngx_smartflow_xlate_add(x->pool, fr, "name",
+                                   NGX_SMARTFLOW_JSON_STRING, name)
            == NULL)
     {
-        return ngx_sfg_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
     ngx_smartflow_json_append(fr, "response", response);
@@ -1264,50 +938,52 @@ ngx_sfg_tool_config(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *tc,
     pool = x->pool;
     name = NULL;
 
-    if (ngx_sfg_is(tc, "auto")) {
+    if (ngx_smartflow_xlate_is(tc, "auto")) {
         mode = "AUTO";
 
-    } else if (ngx_sfg_is(tc, "none")) {
+    } else if (ngx_smartflow_xlate_is(tc, "none")) {
         mode = "NONE";
 
-    } else if (ngx_sfg_is(tc, "required")) {
+    } else if (ngx_smartflow_xlate_is(tc, "required")) {
         mode = "ANY";
 
     } else {
         name = ngx_smartflow_json_get(ngx_smartflow_json_get(tc, "function"),
                                       "name");
 
-        if (!ngx_sfg_type_is(tc, "function")
+        if (!ngx_smartflow_xlate_type_is(tc, "function")
             || !ngx_smartflow_json_is_string(name))
         {
-            return ngx_sfg_fail(x, "unsupported 'tool_choice'");
+            return ngx_smartflow_xlate_fail(x, "unsupported 'tool_choice'");
         }
 
         mode = "ANY";
     }
 
-    cfg = ngx_sfg_add(pool, out, "toolConfig", NGX_SMARTFLOW_JSON_OBJECT,
-                      NULL);
-    fcc = cfg ? ngx_sfg_add(pool, cfg, "functionCallingConfig",
-                            NGX_SMARTFLOW_JSON_OBJECT, NULL)
+    cfg = ngx_smartflow_xlate_add(pool, out, "toolConfig",
+                                  NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    fcc = cfg ? ngx_smartflow_xlate_add(pool, cfg, "functionCallingConfig",
+                                        NGX_SMARTFLOW_JSON_OBJECT, NULL)
               : NULL;
 
-    if (fcc == NULL || ngx_sfg_add_lit(pool, fcc, "mode", mode) == NULL) {
-        return ngx_sfg_fail(x, "out of memory");
+    if (fcc == NULL
+        || ngx_smartflow_xlate_add_lit(pool, fcc, "mode", mode) == NULL)
+    {
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
     if (name == NULL) {
         return NGX_OK;
     }
 
-    names = ngx_sfg_add(pool, fcc, "allowedFunctionNames",
-                        NGX_SMARTFLOW_JSON_ARRAY, NULL);
+    names = ngx_smartflow_xlate_add(pool, fcc, "allowedFunctionNames",
+                                    NGX_SMARTFLOW_JSON_ARRAY, NULL);
     if (names == NULL
-        || ngx_sfg_add(pool, names, NULL, NGX_SMARTFLOW_JSON_STRING,
-                       &name->str)
+        || ngx_smartflow_xlate_add(pool, names, NULL, NGX_SMARTFLOW_JSON_STRING,
+                                   &name->str)
            == NULL)
     {
-        return ngx_sfg_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
     return NGX_OK;
@@ -1327,12 +1003,12 @@ ngx_sfg_tools(ngx_sfg_schema_t *sc, ngx_smartflow_json_t *req,
     pool = x->pool;
     tools = ngx_smartflow_json_get(req, "tools");
 
-    if (!ngx_sfg_present(tools)) {
+    if (!ngx_smartflow_xlate_present(tools)) {
         return NGX_OK;
     }
 
     if (tools->type != NGX_SMARTFLOW_JSON_ARRAY) {
-        return ngx_sfg_fail(x, "'tools' must be an array");
+        return ngx_smartflow_xlate_fail(x, "'tools' must be an array");
     }
 
     if (tools->nchild == 0) {
@@ -1341,41 +1017,43 @@ ngx_sfg_tools(ngx_sfg_schema_t *sc, ngx_smartflow_json_t *req,
 
     decls = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_ARRAY, NULL);
     if (decls == NULL) {
-        return ngx_sfg_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
     for (t = tools->child; t; t = t->next) {
         v = ngx_smartflow_json_get(t, "type");
 
-        if (v && !ngx_sfg_is(v, "function")) {
-            return ngx_sfg_fail(x, "only function tools can be sent to this "
-                                   "provider");
+        if (v && !ngx_smartflow_xlate_is(v, "function")) {
+            return ngx_smartflow_xlate_fail(x, "only function tools can be "
+                                               "sent to this provider");
         }
 
         fn = ngx_smartflow_json_get(t, "function");
         name = ngx_smartflow_json_get(fn, "name");
 
         if (!ngx_smartflow_json_is_string(name) || name->str.len == 0) {
-            return ngx_sfg_fail(x, "each tool needs a function name");
+            return ngx_smartflow_xlate_fail(x, "each tool needs a function "
+                                               "name");
         }
 
-        d = ngx_sfg_add(pool, decls, NULL, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+        d = ngx_smartflow_xlate_add(pool, decls, NULL,
+                                    NGX_SMARTFLOW_JSON_OBJECT, NULL);
         if (d == NULL
-            || ngx_sfg_add(pool, d, "name", NGX_SMARTFLOW_JSON_STRING,
-                           &name->str)
+            || ngx_smartflow_xlate_add(pool, d, "name",
+                                       NGX_SMARTFLOW_JSON_STRING, &name->str)
                == NULL)
         {
-            return ngx_sfg_fail(x, "out of memory");
+            return ngx_smartflow_xlate_fail(x, "out of memory");
         }
 
         v = ngx_smartflow_json_get(fn, "description");
 
         if (ngx_smartflow_json_is_string(v)
-            && ngx_sfg_add(pool, d, "description", NGX_SMARTFLOW_JSON_STRING,
-                           &v->str)
+            && ngx_smartflow_xlate_add(pool, d, "description",
+                                       NGX_SMARTFLOW_JSON_STRING, &v->str)
                == NULL)
         {
-            return ngx_sfg_fail(x, "out of memory");
+            return ngx_smartflow_xlate_fail(x, "out of memory");
         }
 
         v = ngx_smartflow_json_get(fn, "parameters");
@@ -1393,7 +1071,7 @@ ngx_sfg_tools(ngx_sfg_schema_t *sc, ngx_smartflow_json_t *req,
         props = ngx_smartflow_json_get(s, "properties");
         v = ngx_smartflow_json_get(s, "type");
 
-        if ((v == NULL || ngx_sfg_is(v, "object"))
+        if ((v == NULL || ngx_smartflow_xlate_is(v, "object"))
             && (props == NULL || props->nchild == 0)
             && ngx_smartflow_json_get(s, "anyOf") == NULL)
         {
@@ -1403,19 +1081,21 @@ ngx_sfg_tools(ngx_sfg_schema_t *sc, ngx_smartflow_json_t *req,
         ngx_smartflow_json_append(d, "parameters", s);
     }
 
-    t = ngx_sfg_add(pool, out, "tools", NGX_SMARTFLOW_JSON_ARRAY, NULL);
-    d = t ? ngx_sfg_add(pool, t, NULL, NGX_SMARTFLOW_JSON_OBJECT, NULL)
+    t = ngx_smartflow_xlate_add(pool, out, "tools", NGX_SMARTFLOW_JSON_ARRAY,
+                                NULL);
+    d = t ? ngx_smartflow_xlate_add(pool, t, NULL, NGX_SMARTFLOW_JSON_OBJECT,
+                                    NULL)
           : NULL;
 
     if (d == NULL) {
-        return ngx_sfg_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
     ngx_smartflow_json_append(d, "functionDeclarations", decls);
 
     tc = ngx_smartflow_json_get(req, "tool_choice");
 
-    if (!ngx_sfg_present(tc)) {
+    if (!ngx_smartflow_xlate_present(tc)) {
         return NGX_OK;
     }
 
@@ -1438,14 +1118,16 @@ ngx_sfg_generation(ngx_sfg_schema_t *sc, ngx_smartflow_json_t *req,
     /* the translation carries one candidate back */
     v = ngx_smartflow_json_get(req, "n");
 
-    if (v && v->type == NGX_SMARTFLOW_JSON_NUMBER && ngx_sfg_uint(v) > 1) {
-        return ngx_sfg_fail(x, "this provider returns one choice: 'n' must "
-                               "be 1");
+    if (v && v->type == NGX_SMARTFLOW_JSON_NUMBER
+        && ngx_smartflow_xlate_uint(v) > 1)
+    {
+        return ngx_smartflow_xlate_fail(x, "this provider returns one choice: "
+                                           "'n' must be 1");
     }
 
     gc = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_OBJECT, NULL);
     if (gc == NULL) {
-        return ngx_sfg_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
     v = ngx_smartflow_json_get(req, "max_completion_tokens");
@@ -1456,14 +1138,17 @@ ngx_sfg_generation(ngx_sfg_schema_t *sc, ngx_smartflow_json_t *req,
      * presence_penalty and frequency_penalty are left out: several Gemini
      * models refuse any penalty.
      */
-    if (ngx_sfg_add_number(pool, gc, "temperature", req, "temperature")
+    if (ngx_smartflow_xlate_add_number(pool, gc, "temperature", req,
+                                       "temperature")
         != NGX_OK
-        || ngx_sfg_add_number(pool, gc, "topP", req, "top_p") != NGX_OK
-        || ngx_sfg_add_number(pool, gc, "maxOutputTokens", req, max)
+        || ngx_smartflow_xlate_add_number(pool, gc, "topP", req, "top_p")
            != NGX_OK
-        || ngx_sfg_add_number(pool, gc, "seed", req, "seed") != NGX_OK)
+        || ngx_smartflow_xlate_add_number(pool, gc, "maxOutputTokens", req, max)
+           != NGX_OK
+        || ngx_smartflow_xlate_add_number(pool, gc, "seed", req, "seed")
+           != NGX_OK)
     {
-        return ngx_sfg_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
     v = ngx_smartflow_json_get(req, "stop");
@@ -1471,10 +1156,10 @@ ngx_sfg_generation(ngx_sfg_schema_t *sc, ngx_smartflow_json_t *req,
     if ((ngx_smartflow_json_is_string(v) && v->str.len)
         || (v && v->type == NGX_SMARTFLOW_JSON_ARRAY && v->nchild))
     {
-        s = ngx_sfg_add(pool, gc, "stopSequences", NGX_SMARTFLOW_JSON_ARRAY,
-                        NULL);
+        s = ngx_smartflow_xlate_add(pool, gc, "stopSequences",
+                                    NGX_SMARTFLOW_JSON_ARRAY, NULL);
         if (s == NULL) {
-            return ngx_sfg_fail(x, "out of memory");
+            return ngx_smartflow_xlate_fail(x, "out of memory");
         }
 
         for (c = (v->type == NGX_SMARTFLOW_JSON_ARRAY) ? v->child : v;
@@ -1482,29 +1167,32 @@ ngx_sfg_generation(ngx_sfg_schema_t *sc, ngx_smartflow_json_t *req,
              c = (v->type == NGX_SMARTFLOW_JSON_ARRAY) ? c->next : NULL)
         {
             if (ngx_smartflow_json_is_string(c) && c->str.len
-                && ngx_sfg_add(pool, s, NULL, NGX_SMARTFLOW_JSON_STRING,
-                               &c->str)
+                && ngx_smartflow_xlate_add(pool, s, NULL,
+                                           NGX_SMARTFLOW_JSON_STRING, &c->str)
                    == NULL)
             {
-                return ngx_sfg_fail(x, "out of memory");
+                return ngx_smartflow_xlate_fail(x, "out of memory");
             }
         }
     }
 
     v = ngx_smartflow_json_get(req, "response_format");
 
-    if (ngx_sfg_present(v) && !ngx_sfg_type_is(v, "text")) {
+    if (ngx_smartflow_xlate_present(v)
+        && !ngx_smartflow_xlate_type_is(v, "text"))
+    {
 
-        if (!ngx_sfg_type_is(v, "json_object")
-            && !ngx_sfg_type_is(v, "json_schema"))
+        if (!ngx_smartflow_xlate_type_is(v, "json_object")
+            && !ngx_smartflow_xlate_type_is(v, "json_schema"))
         {
-            return ngx_sfg_fail(x, "unsupported 'response_format'");
+            return ngx_smartflow_xlate_fail(x, "unsupported 'response_format'");
         }
 
-        if (ngx_sfg_add_lit(pool, gc, "responseMimeType", "application/json")
+        if (ngx_smartflow_xlate_add_lit(pool, gc, "responseMimeType",
+                                        "application/json")
             == NULL)
         {
-            return ngx_sfg_fail(x, "out of memory");
+            return ngx_smartflow_xlate_fail(x, "out of memory");
         }
 
         v = ngx_smartflow_json_get(ngx_smartflow_json_get(v, "json_schema"),
@@ -1543,14 +1231,15 @@ ngx_smartflow_xlate_req_openai_to_gemini(ngx_smartflow_xlate_t *x,
     pool = x->pool;
 
     if (req == NULL || req->type != NGX_SMARTFLOW_JSON_OBJECT) {
-        (void) ngx_sfg_fail(x, "the request body must be a JSON object");
+        (void) ngx_smartflow_xlate_fail(x, "the request body must be a JSON "
+                                           "object");
         return NULL;
     }
 
     msgs = ngx_smartflow_json_get(req, "messages");
 
     if (msgs == NULL || msgs->type != NGX_SMARTFLOW_JSON_ARRAY) {
-        (void) ngx_sfg_fail(x, "'messages' must be an array");
+        (void) ngx_smartflow_xlate_fail(x, "'messages' must be an array");
         return NULL;
     }
 
@@ -1567,17 +1256,21 @@ ngx_smartflow_xlate_req_openai_to_gemini(ngx_smartflow_xlate_t *x,
         role = ngx_smartflow_json_get(m, "role");
 
         if (!ngx_smartflow_json_is_string(role)) {
-            (void) ngx_sfg_fail(x, "each message must be an object with a "
-                                   "'role'");
+            (void) ngx_smartflow_xlate_fail(x, "each message must be an object "
+                                               "with a 'role'");
             return NULL;
         }
 
         content = ngx_smartflow_json_get(m, "content");
 
         /* Gemini has one system instruction, outside the turns */
-        if (ngx_sfg_is(role, "system") || ngx_sfg_is(role, "developer")) {
-            if (ngx_sfg_text_of(pool, content, "\n\n", &text) != NGX_OK
-                || ngx_sfg_append(pool, &system, "\n\n", &text) != NGX_OK)
+        if (ngx_smartflow_xlate_is(role, "system")
+            || ngx_smartflow_xlate_is(role, "developer"))
+        {
+            if (ngx_smartflow_xlate_text_of(pool, content, "\n\n", &text)
+                != NGX_OK
+                || ngx_smartflow_xlate_append(pool, &system, "\n\n", &text)
+                   != NGX_OK)
             {
                 goto nomem;
             }
@@ -1590,21 +1283,22 @@ ngx_smartflow_xlate_req_openai_to_gemini(ngx_smartflow_xlate_t *x,
             goto nomem;
         }
 
-        if (ngx_sfg_is(role, "user")) {
+        if (ngx_smartflow_xlate_is(role, "user")) {
             model = 0;
             rc = ngx_sfg_parts(x, content, parts);
 
-        } else if (ngx_sfg_is(role, "assistant")) {
+        } else if (ngx_smartflow_xlate_is(role, "assistant")) {
             model = 1;
             rc = ngx_sfg_assistant(x, m, parts);
 
-        } else if (ngx_sfg_is(role, "tool")) {
+        } else if (ngx_smartflow_xlate_is(role, "tool")) {
             model = 0;
             rc = ngx_sfg_result_part(x, msgs, m, parts);
 
         } else {
-            (void) ngx_sfg_fail(x, "a message role must be system, "
-                                   "developer, user, assistant or tool");
+            (void) ngx_smartflow_xlate_fail(x, "a message role must be system, "
+                                               "developer, user, assistant or "
+                                               "tool");
             return NULL;
         }
 
@@ -1626,10 +1320,11 @@ ngx_smartflow_xlate_req_openai_to_gemini(ngx_smartflow_xlate_t *x,
             continue;
         }
 
-        turn = ngx_sfg_add(pool, contents, NULL, NGX_SMARTFLOW_JSON_OBJECT,
-                           NULL);
+        turn = ngx_smartflow_xlate_add(pool, contents, NULL,
+                                       NGX_SMARTFLOW_JSON_OBJECT, NULL);
         if (turn == NULL
-            || ngx_sfg_add_lit(pool, turn, "role", model ? "model" : "user")
+            || ngx_smartflow_xlate_add_lit(pool, turn, "role",
+                                           model ? "model" : "user")
                == NULL)
         {
             goto nomem;
@@ -1642,8 +1337,8 @@ ngx_smartflow_xlate_req_openai_to_gemini(ngx_smartflow_xlate_t *x,
     }
 
     if (contents->nchild == 0) {
-        (void) ngx_sfg_fail(x, "the request has no user or assistant "
-                               "message");
+        (void) ngx_smartflow_xlate_fail(x, "the request has no user or "
+                                           "assistant message");
         return NULL;
     }
 
@@ -1653,10 +1348,10 @@ ngx_smartflow_xlate_req_openai_to_gemini(ngx_smartflow_xlate_t *x,
     }
 
     if (system.len) {
-        si = ngx_sfg_add(pool, out, "systemInstruction",
-                         NGX_SMARTFLOW_JSON_OBJECT, NULL);
-        p = si ? ngx_sfg_add(pool, si, "parts", NGX_SMARTFLOW_JSON_ARRAY,
-                             NULL)
+        si = ngx_smartflow_xlate_add(pool, out, "systemInstruction",
+                                     NGX_SMARTFLOW_JSON_OBJECT, NULL);
+        p = si ? ngx_smartflow_xlate_add(pool, si, "parts",
+                                         NGX_SMARTFLOW_JSON_ARRAY, NULL)
                : NULL;
 
         if (p == NULL || ngx_sfg_text_part(x, p, &system) != NGX_OK) {
@@ -1680,7 +1375,7 @@ ngx_smartflow_xlate_req_openai_to_gemini(ngx_smartflow_xlate_t *x,
 
 nomem:
 
-    (void) ngx_sfg_fail(x, "out of memory");
+    (void) ngx_smartflow_xlate_fail(x, "out of memory");
     return NULL;
 }
 
@@ -1692,7 +1387,7 @@ ngx_sfg_finish(ngx_smartflow_json_t *reason, ngx_uint_t calls)
 {
     if (ngx_smartflow_json_is_string(reason)) {
 
-        if (ngx_sfg_eq(&reason->str, "MAX_TOKENS")) {
+        if (ngx_smartflow_xlate_eq(&reason->str, "MAX_TOKENS")) {
             return "length";
         }
 
@@ -1782,33 +1477,37 @@ ngx_sfg_oa_call(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *fc,
     name = ngx_smartflow_json_get(fc, "name");
 
     if (!ngx_smartflow_json_is_string(name)) {
-        return ngx_sfg_fail(x, "a functionCall part has no name");
+        return ngx_smartflow_xlate_fail(x, "a functionCall part has no name");
     }
 
     if (ngx_sfg_call_id(pool, fc, base, calls->nchild, &id) != NGX_OK
         || ngx_sfg_call_args(pool, fc, &args) != NGX_OK)
     {
-        return ngx_sfg_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
-    c = ngx_sfg_add(pool, calls, NULL, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    c = ngx_smartflow_xlate_add(pool, calls, NULL, NGX_SMARTFLOW_JSON_OBJECT,
+                                NULL);
     if (c == NULL
-        || ngx_sfg_add(pool, c, "id", NGX_SMARTFLOW_JSON_STRING, &id) == NULL
-        || ngx_sfg_add_lit(pool, c, "type", "function") == NULL)
+        || ngx_smartflow_xlate_add(pool, c, "id", NGX_SMARTFLOW_JSON_STRING,
+                                   &id)
+           == NULL
+        || ngx_smartflow_xlate_add_lit(pool, c, "type", "function") == NULL)
     {
-        return ngx_sfg_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
-    fn = ngx_sfg_add(pool, c, "function", NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    fn = ngx_smartflow_xlate_add(pool, c, "function", NGX_SMARTFLOW_JSON_OBJECT,
+                                 NULL);
     if (fn == NULL
-        || ngx_sfg_add(pool, fn, "name", NGX_SMARTFLOW_JSON_STRING,
-                       &name->str)
+        || ngx_smartflow_xlate_add(pool, fn, "name", NGX_SMARTFLOW_JSON_STRING,
+                                   &name->str)
            == NULL
-        || ngx_sfg_add(pool, fn, "arguments", NGX_SMARTFLOW_JSON_STRING,
-                       &args)
+        || ngx_smartflow_xlate_add(pool, fn, "arguments",
+                                   NGX_SMARTFLOW_JSON_STRING, &args)
            == NULL)
     {
-        return ngx_sfg_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
     return NGX_OK;
@@ -1820,15 +1519,17 @@ static void
 ngx_sfg_usage(ngx_smartflow_json_t *u, ngx_uint_t *in, ngx_uint_t *out,
     ngx_uint_t *cached, ngx_uint_t *thoughts)
 {
-    *cached = ngx_sfg_uint(ngx_smartflow_json_get(u,
-                                                  "cachedContentTokenCount"));
-    *thoughts = ngx_sfg_uint(ngx_smartflow_json_get(u,
-                                                    "thoughtsTokenCount"));
+    *cached = ngx_smartflow_xlate_uint(
+                  ngx_smartflow_json_get(u, "cachedContentTokenCount"));
+    *thoughts = ngx_smartflow_xlate_uint(
+                    ngx_smartflow_json_get(u, "thoughtsTokenCount"));
 
-    *in = ngx_sfg_uint(ngx_smartflow_json_get(u, "promptTokenCount"))
-          + ngx_sfg_uint(ngx_smartflow_json_get(u,
-                                                "toolUsePromptTokenCount"));
-    *out = ngx_sfg_uint(ngx_smartflow_json_get(u, "candidatesTokenCount"))
+    *in = ngx_smartflow_xlate_uint(
+              ngx_smartflow_json_get(u, "promptTokenCount"))
+          + ngx_smartflow_xlate_uint(
+                ngx_smartflow_json_get(u, "toolUsePromptTokenCount"));
+    *out = ngx_smartflow_xlate_uint(
+               ngx_smartflow_json_get(u, "candidatesTokenCount"))
            + *thoughts;
 }
 
@@ -1846,8 +1547,8 @@ ngx_smartflow_xlate_resp_gemini_to_openai(ngx_smartflow_xlate_t *x,
     pool = x->pool;
 
     if (resp == NULL || resp->type != NGX_SMARTFLOW_JSON_OBJECT) {
-        (void) ngx_sfg_fail(x, "the provider's response is not a JSON "
-                               "object");
+        (void) ngx_smartflow_xlate_fail(x, "the provider's response is not a "
+                                           "JSON object");
         return NULL;
     }
 
@@ -1859,8 +1560,9 @@ ngx_smartflow_xlate_resp_gemini_to_openai(ngx_smartflow_xlate_t *x,
                                                            "promptFeedback"),
                                      "blockReason");
 
-    if (cand == NULL && !ngx_sfg_present(blocked)) {
-        (void) ngx_sfg_fail(x, "the provider's response has no candidates");
+    if (cand == NULL && !ngx_smartflow_xlate_present(blocked)) {
+        (void) ngx_smartflow_xlate_fail(x, "the provider's response has no "
+                                           "candidates");
         return NULL;
     }
 
@@ -1898,7 +1600,7 @@ ngx_smartflow_xlate_resp_gemini_to_openai(ngx_smartflow_xlate_t *x,
         v = ngx_smartflow_json_get(p, "text");
 
         if (ngx_smartflow_json_is_string(v)
-            && ngx_sfg_append(pool, &text, "", &v->str) != NGX_OK)
+            && ngx_smartflow_xlate_append(pool, &text, "", &v->str) != NGX_OK)
         {
             goto nomem;
         }
@@ -1912,40 +1614,47 @@ ngx_smartflow_xlate_resp_gemini_to_openai(ngx_smartflow_xlate_t *x,
         }
     }
 
-    if (ngx_sfg_concat(pool, &id, "chatcmpl-", &base) != NGX_OK) {
+    if (ngx_smartflow_xlate_concat(pool, &id, "chatcmpl-", &base) != NGX_OK) {
         goto nomem;
     }
 
     out = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_OBJECT, NULL);
     if (out == NULL
-        || ngx_sfg_add(pool, out, "id", NGX_SMARTFLOW_JSON_STRING, &id)
+        || ngx_smartflow_xlate_add(pool, out, "id", NGX_SMARTFLOW_JSON_STRING,
+                                   &id)
            == NULL
-        || ngx_sfg_add_lit(pool, out, "object", "chat.completion") == NULL
-        || ngx_sfg_add_num(pool, out, "created", (ngx_uint_t) ngx_time())
+        || ngx_smartflow_xlate_add_lit(pool, out, "object", "chat.completion")
            == NULL
-        || ngx_sfg_add(pool, out, "model", NGX_SMARTFLOW_JSON_STRING,
-                       &x->model)
+        || ngx_smartflow_xlate_add_num(pool, out, "created",
+                                       (ngx_uint_t) ngx_time())
+           == NULL
+        || ngx_smartflow_xlate_add(pool, out, "model",
+                                   NGX_SMARTFLOW_JSON_STRING, &x->model)
            == NULL)
     {
         goto nomem;
     }
 
-    choices = ngx_sfg_add(pool, out, "choices", NGX_SMARTFLOW_JSON_ARRAY,
-                          NULL);
-    ch = choices ? ngx_sfg_add(pool, choices, NULL, NGX_SMARTFLOW_JSON_OBJECT,
-                               NULL)
+    choices = ngx_smartflow_xlate_add(pool, out, "choices",
+                                      NGX_SMARTFLOW_JSON_ARRAY, NULL);
+    ch = choices ? ngx_smartflow_xlate_add(pool, choices, NULL,
+                                           NGX_SMARTFLOW_JSON_OBJECT, NULL)
                  : NULL;
-    if (ch == NULL || ngx_sfg_add_num(pool, ch, "index", 0) == NULL) {
+    if (ch == NULL
+        || ngx_smartflow_xlate_add_num(pool, ch, "index", 0) == NULL)
+    {
         goto nomem;
     }
 
-    msg = ngx_sfg_add(pool, ch, "message", NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    msg = ngx_smartflow_xlate_add(pool, ch, "message",
+                                  NGX_SMARTFLOW_JSON_OBJECT, NULL);
     if (msg == NULL
-        || ngx_sfg_add_lit(pool, msg, "role", "assistant") == NULL
+        || ngx_smartflow_xlate_add_lit(pool, msg, "role", "assistant") == NULL
         || (text.len == 0 && calls->nchild
-            ? ngx_sfg_add(pool, msg, "content", NGX_SMARTFLOW_JSON_NULL, NULL)
-            : ngx_sfg_add(pool, msg, "content", NGX_SMARTFLOW_JSON_STRING,
-                          &text))
+            ? ngx_smartflow_xlate_add(pool, msg, "content",
+                                      NGX_SMARTFLOW_JSON_NULL, NULL)
+            : ngx_smartflow_xlate_add(pool, msg, "content",
+                                      NGX_SMARTFLOW_JSON_STRING, &text))
            == NULL)
     {
         goto nomem;
@@ -1955,11 +1664,11 @@ ngx_smartflow_xlate_resp_gemini_to_openai(ngx_smartflow_xlate_t *x,
         ngx_smartflow_json_append(msg, "tool_calls", calls);
     }
 
-    if (ngx_sfg_add_lit(pool, ch, "finish_reason",
-                        cand ? ngx_sfg_finish(ngx_smartflow_json_get(cand,
-                                                              "finishReason"),
-                                              calls->nchild)
-                             : "content_filter")
+    v = ngx_smartflow_json_get(cand, "finishReason");
+
+    if (ngx_smartflow_xlate_add_lit(pool, ch, "finish_reason",
+                                    cand ? ngx_sfg_finish(v, calls->nchild)
+                                         : "content_filter")
         == NULL)
     {
         goto nomem;
@@ -1968,30 +1677,36 @@ ngx_smartflow_xlate_resp_gemini_to_openai(ngx_smartflow_xlate_t *x,
     ngx_sfg_usage(ngx_smartflow_json_get(resp, "usageMetadata"), &in, &outk,
                   &cached, &thoughts);
 
-    usage = ngx_sfg_add(pool, out, "usage", NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    usage = ngx_smartflow_xlate_add(pool, out, "usage",
+                                    NGX_SMARTFLOW_JSON_OBJECT, NULL);
     if (usage == NULL
-        || ngx_sfg_add_num(pool, usage, "prompt_tokens", in) == NULL
-        || ngx_sfg_add_num(pool, usage, "completion_tokens", outk) == NULL
-        || ngx_sfg_add_num(pool, usage, "total_tokens", in + outk) == NULL)
+        || ngx_smartflow_xlate_add_num(pool, usage, "prompt_tokens", in) == NULL
+        || ngx_smartflow_xlate_add_num(pool, usage, "completion_tokens", outk)
+           == NULL
+        || ngx_smartflow_xlate_add_num(pool, usage, "total_tokens", in + outk)
+           == NULL)
     {
         goto nomem;
     }
 
     if (cached) {
-        d = ngx_sfg_add(pool, usage, "prompt_tokens_details",
-                        NGX_SMARTFLOW_JSON_OBJECT, NULL);
+        d = ngx_smartflow_xlate_add(pool, usage, "prompt_tokens_details",
+                                    NGX_SMARTFLOW_JSON_OBJECT, NULL);
         if (d == NULL
-            || ngx_sfg_add_num(pool, d, "cached_tokens", cached) == NULL)
+            || ngx_smartflow_xlate_add_num(pool, d, "cached_tokens", cached)
+               == NULL)
         {
             goto nomem;
         }
     }
 
     if (thoughts) {
-        d = ngx_sfg_add(pool, usage, "completion_tokens_details",
-                        NGX_SMARTFLOW_JSON_OBJECT, NULL);
+        d = ngx_smartflow_xlate_add(pool, usage, "completion_tokens_details",
+                                    NGX_SMARTFLOW_JSON_OBJECT, NULL);
         if (d == NULL
-            || ngx_sfg_add_num(pool, d, "reasoning_tokens", thoughts) == NULL)
+            || ngx_smartflow_xlate_add_num(pool, d, "reasoning_tokens",
+                                           thoughts)
+               == NULL)
         {
             goto nomem;
         }
@@ -2001,208 +1716,12 @@ ngx_smartflow_xlate_resp_gemini_to_openai(ngx_smartflow_xlate_t *x,
 
 nomem:
 
-    (void) ngx_sfg_fail(x, "out of memory");
+    (void) ngx_smartflow_xlate_fail(x, "out of memory");
     return NULL;
 }
 
 
-/* streams: each chunk written twice, to size it and to fill it */
-
-static void
-ngx_sfg_put(ngx_sfg_writer_t *w, u_char *s, size_t len, ngx_uint_t esc)
-{
-    if (len == 0) {
-        return;
-    }
-
-    if (w->p == NULL) {
-        w->len += esc ? ngx_smartflow_json_escape_len(s, len) : len;
-        return;
-    }
-
-    w->p = esc ? ngx_smartflow_json_escape(w->p, s, len)
-               : ngx_cpymem(w->p, s, len);
-}
-
-
-#define ngx_sfg_lit(w, lit)                                                  \
-    ngx_sfg_put(w, (u_char *) lit, sizeof(lit) - 1, 0)
-
-#define ngx_sfg_esc(w, s)                                                    \
-    ngx_sfg_put(w, (s)->data, (s)->len, 1)
-
-
-static void
-ngx_sfg_num(ngx_sfg_writer_t *w, ngx_uint_t n)
-{
-    u_char  buf[NGX_INT_T_LEN];
-
-    ngx_sfg_put(w, buf, ngx_sprintf(buf, "%ui", n) - buf, 0);
-}
-
-
-static void
-ngx_sfg_cstr(ngx_sfg_writer_t *w, char *s)
-{
-    ngx_sfg_put(w, (u_char *) s, ngx_strlen(s), 1);
-}
-
-
-static void
-ngx_sfg_chunk_write(ngx_sfg_writer_t *w, ngx_smartflow_xlate_t *x,
-    ngx_smartflow_xlate_stream_t *st, ngx_sfg_chunk_t *c)
-{
-    if (c->kind == NGX_SFG_CHUNK_ERROR) {
-        /* the SDKs raise on a data line with an "error" member */
-        ngx_sfg_lit(w, "data: {\"error\":{\"message\":\"");
-        ngx_sfg_esc(w, &c->text);
-        ngx_sfg_lit(w, "\",\"type\":\"");
-        ngx_sfg_cstr(w, c->type);
-        ngx_sfg_lit(w, "\",\"param\":null,\"code\":");
-
-        if (c->code) {
-            ngx_sfg_lit(w, "\"");
-            ngx_sfg_cstr(w, c->code);
-            ngx_sfg_lit(w, "\"}}\n\n");
-
-        } else {
-            ngx_sfg_lit(w, "null}}\n\n");
-        }
-
-        return;
-    }
-
-    ngx_sfg_lit(w, "data: {\"id\":\"");
-    ngx_sfg_esc(w, &st->id);
-    ngx_sfg_lit(w, "\",\"object\":\"chat.completion.chunk\",\"created\":");
-    ngx_sfg_num(w, (ngx_uint_t) st->created);
-    ngx_sfg_lit(w, ",\"model\":\"");
-    ngx_sfg_esc(w, &x->model);
-    ngx_sfg_lit(w, "\",\"choices\":");
-
-    switch (c->kind) {
-
-    case NGX_SFG_CHUNK_ROLE:
-        ngx_sfg_lit(w, "[{\"index\":0,\"delta\":{\"role\":\"assistant\","
-                       "\"content\":\"\"},\"finish_reason\":null}]}\n\n");
-        break;
-
-    case NGX_SFG_CHUNK_TEXT:
-        ngx_sfg_lit(w, "[{\"index\":0,\"delta\":{\"content\":\"");
-        ngx_sfg_esc(w, &c->text);
-        ngx_sfg_lit(w, "\"},\"finish_reason\":null}]}\n\n");
-        break;
-
-    case NGX_SFG_CHUNK_TOOL:
-        ngx_sfg_lit(w, "[{\"index\":0,\"delta\":{\"tool_calls\":"
-                       "[{\"index\":");
-        ngx_sfg_num(w, c->index);
-        ngx_sfg_lit(w, ",\"id\":\"");
-        ngx_sfg_esc(w, &c->id);
-        ngx_sfg_lit(w, "\",\"type\":\"function\",\"function\":{\"name\":\"");
-        ngx_sfg_esc(w, &c->name);
-        ngx_sfg_lit(w, "\",\"arguments\":\"");
-        ngx_sfg_esc(w, &c->args);
-        ngx_sfg_lit(w, "\"}}]},\"finish_reason\":null}]}\n\n");
-        break;
-
-    case NGX_SFG_CHUNK_FINISH:
-        ngx_sfg_lit(w, "[{\"index\":0,\"delta\":{},\"finish_reason\":\"");
-        ngx_sfg_esc(w, &c->text);
-        ngx_sfg_lit(w, "\"}]}\n\n");
-        break;
-
-    default: /* NGX_SFG_CHUNK_USAGE */
-        ngx_sfg_lit(w, "[],\"usage\":{\"prompt_tokens\":");
-        ngx_sfg_num(w, st->input_tokens);
-        ngx_sfg_lit(w, ",\"completion_tokens\":");
-        ngx_sfg_num(w, st->output_tokens);
-        ngx_sfg_lit(w, ",\"total_tokens\":");
-        ngx_sfg_num(w, st->input_tokens + st->output_tokens);
-        ngx_sfg_lit(w, "}}\n\n");
-    }
-}
-
-
-static ngx_int_t
-ngx_sfg_chunk(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
-    ngx_sfg_chunk_t *c, ngx_array_t *out)
-{
-    u_char            *start;
-    ngx_str_t         *ev;
-    ngx_sfg_writer_t   w;
-
-    w.p = NULL;
-    w.len = 0;
-
-    ngx_sfg_chunk_write(&w, x, st, c);
-
-    start = ngx_pnalloc(x->pool, w.len);
-    ev = ngx_array_push(out);
-
-    if (start == NULL || ev == NULL) {
-        return ngx_sfg_fail(x, "out of memory");
-    }
-
-    w.p = start;
-
-    ngx_sfg_chunk_write(&w, x, st, c);
-
-    ev->data = start;
-    ev->len = w.p - start;
-
-    return NGX_OK;
-}
-
-
-static ngx_int_t
-ngx_sfg_done(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
-    ngx_array_t *out)
-{
-    ngx_str_t  *ev;
-
-    st->done = 1;
-
-    ev = ngx_array_push(out);
-    if (ev == NULL) {
-        return ngx_sfg_fail(x, "out of memory");
-    }
-
-    ngx_str_set(ev, "data: [DONE]\n\n");
-
-    return NGX_OK;
-}
-
-
-/* an error chunk, then [DONE]: nothing follows */
-static ngx_int_t
-ngx_sfg_chunk_error(ngx_smartflow_xlate_t *x,
-    ngx_smartflow_xlate_stream_t *st, ngx_str_t *message, ngx_str_t *status,
-    char *code, ngx_array_t *out)
-{
-    ngx_sfg_chunk_t   c;
-    ngx_sfg_error_t  *e;
-
-    for (e = ngx_sfg_errors; e->status; e++) {
-        if (status && ngx_sfg_eq(status, e->status)) {
-            break;
-        }
-    }
-
-    ngx_memzero(&c, sizeof(ngx_sfg_chunk_t));
-
-    c.kind = NGX_SFG_CHUNK_ERROR;
-    c.text = *message;
-    c.type = e->type;
-    c.code = code ? code : e->code;
-
-    if (ngx_sfg_chunk(x, st, &c, out) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
-    return ngx_sfg_done(x, st, out);
-}
-
+/* streams */
 
 static ngx_int_t
 ngx_sfg_chunk_begin(ngx_smartflow_xlate_t *x,
@@ -2210,7 +1729,6 @@ ngx_sfg_chunk_begin(ngx_smartflow_xlate_t *x,
     ngx_array_t *out)
 {
     ngx_str_t              base;
-    ngx_sfg_chunk_t        c;
     ngx_smartflow_json_t  *v;
 
     if (st->started) {
@@ -2228,17 +1746,16 @@ ngx_sfg_chunk_begin(ngx_smartflow_xlate_t *x,
         base = v->str;
 
     } else if (ngx_sfg_new_id(x->pool, &base) != NGX_OK) {
-        return ngx_sfg_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
-    if (ngx_sfg_concat(x->pool, &st->id, "chatcmpl-", &base) != NGX_OK) {
-        return ngx_sfg_fail(x, "out of memory");
+    if (ngx_smartflow_xlate_concat(x->pool, &st->id, "chatcmpl-", &base)
+        != NGX_OK)
+    {
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
-    ngx_memzero(&c, sizeof(ngx_sfg_chunk_t));
-    c.kind = NGX_SFG_CHUNK_ROLE;
-
-    return ngx_sfg_chunk(x, st, &c, out);
+    return ngx_smartflow_xlate_chunk_role(x, st, out);
 }
 
 
@@ -2247,16 +1764,15 @@ static ngx_int_t
 ngx_sfg_chunk_call(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
     ngx_smartflow_json_t *fc, ngx_array_t *out)
 {
-    ngx_str_t              base;
-    ngx_sfg_chunk_t        c;
-    ngx_smartflow_json_t  *name;
+    ngx_str_t              base, id, name, args;
+    ngx_smartflow_json_t  *v;
 
-    ngx_memzero(&c, sizeof(ngx_sfg_chunk_t));
+    ngx_str_null(&name);
 
-    name = ngx_smartflow_json_get(fc, "name");
+    v = ngx_smartflow_json_get(fc, "name");
 
-    if (ngx_smartflow_json_is_string(name)) {
-        c.name = name->str;
+    if (ngx_smartflow_json_is_string(v)) {
+        name = v->str;
     }
 
     st->tool_index++;
@@ -2265,18 +1781,14 @@ ngx_sfg_chunk_call(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
     base.data = st->id.data + sizeof("chatcmpl-") - 1;
     base.len = st->id.len - (sizeof("chatcmpl-") - 1);
 
-    if (ngx_sfg_call_id(x->pool, fc, &base, (ngx_uint_t) st->tool_index,
-                        &c.id)
+    if (ngx_sfg_call_id(x->pool, fc, &base, (ngx_uint_t) st->tool_index, &id)
         != NGX_OK
-        || ngx_sfg_call_args(x->pool, fc, &c.args) != NGX_OK)
+        || ngx_sfg_call_args(x->pool, fc, &args) != NGX_OK)
     {
-        return ngx_sfg_fail(x, "out of memory");
+        return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
-    c.kind = NGX_SFG_CHUNK_TOOL;
-    c.index = (ngx_uint_t) st->tool_index;
-
-    return ngx_sfg_chunk(x, st, &c, out);
+    return ngx_smartflow_xlate_chunk_tool(x, st, &id, &name, &args, out);
 }
 
 
@@ -2284,17 +1796,10 @@ static ngx_int_t
 ngx_sfg_chunk_finish(ngx_smartflow_xlate_t *x,
     ngx_smartflow_xlate_stream_t *st, char *reason, ngx_array_t *out)
 {
-    ngx_sfg_chunk_t  c;
-
-    st->finish.data = (u_char *) reason;
-    st->finish.len = ngx_strlen(reason);
+    ngx_smartflow_xlate_str_lit(&st->finish, reason);
     st->finished = 1;
 
-    ngx_memzero(&c, sizeof(ngx_sfg_chunk_t));
-    c.kind = NGX_SFG_CHUNK_FINISH;
-    c.text = st->finish;
-
-    return ngx_sfg_chunk(x, st, &c, out);
+    return ngx_smartflow_xlate_chunk_finish(x, st, &st->finish, out);
 }
 
 
@@ -2304,8 +1809,7 @@ ngx_smartflow_xlate_stream_gemini_to_openai(ngx_smartflow_xlate_t *x,
     ngx_smartflow_json_t *data, ngx_array_t *out)
 {
     ngx_str_t              message, status;
-    ngx_uint_t             in, outk, cached, thoughts;
-    ngx_sfg_chunk_t        c;
+    ngx_uint_t             in, outk, cached, thoughts, kind;
     ngx_smartflow_json_t  *e, *v, *u, *cand, *parts, *p, *reason;
 
     if (st->done || data == NULL || data->type != NGX_SMARTFLOW_JSON_OBJECT)
@@ -2315,7 +1819,7 @@ ngx_smartflow_xlate_stream_gemini_to_openai(ngx_smartflow_xlate_t *x,
 
     e = ngx_smartflow_json_get(data, "error");
 
-    if (ngx_sfg_present(e)) {
+    if (ngx_smartflow_xlate_present(e)) {
         ngx_str_set(&message, "The provider reported an error.");
         ngx_str_null(&status);
 
@@ -2332,7 +1836,10 @@ ngx_smartflow_xlate_stream_gemini_to_openai(ngx_smartflow_xlate_t *x,
             status = v->str;
         }
 
-        return ngx_sfg_chunk_error(x, st, &message, &status, NULL, out);
+        kind = ngx_smartflow_xlate_error_lookup(ngx_sfg_errors, &status);
+
+        return ngx_smartflow_xlate_chunk_error(x, st, kind, &message, NULL,
+                                               out);
     }
 
     if (ngx_sfg_chunk_begin(x, st, data, out) != NGX_OK) {
@@ -2365,7 +1872,7 @@ ngx_smartflow_xlate_stream_gemini_to_openai(ngx_smartflow_xlate_t *x,
                                                          "promptFeedback"),
                                    "blockReason");
 
-        return ngx_sfg_present(v)
+        return ngx_smartflow_xlate_present(v)
                ? ngx_sfg_chunk_finish(x, st, "content_filter", out)
                : NGX_OK;
     }
@@ -2386,14 +1893,10 @@ ngx_smartflow_xlate_stream_gemini_to_openai(ngx_smartflow_xlate_t *x,
 
         v = ngx_smartflow_json_get(p, "text");
 
-        if (ngx_smartflow_json_is_string(v) && v->str.len) {
-            ngx_memzero(&c, sizeof(ngx_sfg_chunk_t));
-            c.kind = NGX_SFG_CHUNK_TEXT;
-            c.text = v->str;
-
-            if (ngx_sfg_chunk(x, st, &c, out) != NGX_OK) {
-                return NGX_ERROR;
-            }
+        if (ngx_smartflow_json_is_string(v) && v->str.len
+            && ngx_smartflow_xlate_chunk_text(x, st, &v->str, out) != NGX_OK)
+        {
+            return NGX_ERROR;
         }
 
         v = ngx_smartflow_json_get(p, "functionCall");
@@ -2408,7 +1911,7 @@ ngx_smartflow_xlate_stream_gemini_to_openai(ngx_smartflow_xlate_t *x,
     reason = ngx_smartflow_json_get(cand, "finishReason");
 
     if (!ngx_smartflow_json_is_string(reason)
-        || ngx_sfg_eq(&reason->str, "FINISH_REASON_UNSPECIFIED"))
+        || ngx_smartflow_xlate_eq(&reason->str, "FINISH_REASON_UNSPECIFIED"))
     {
         return NGX_OK;
     }
@@ -2427,28 +1930,26 @@ ngx_int_t
 ngx_smartflow_xlate_stream_end_gemini_openai(ngx_smartflow_xlate_t *x,
     ngx_smartflow_xlate_stream_t *st, ngx_uint_t broken, ngx_array_t *out)
 {
-    ngx_str_t        message;
-    ngx_sfg_chunk_t  c;
+    ngx_str_t  message;
 
     if (st->done) {
         return NGX_OK;
     }
 
     if (broken || !st->finished) {
-        ngx_str_set(&message, NGX_SFG_STREAM_BROKEN);
+        ngx_str_set(&message, NGX_SMARTFLOW_XLATE_STREAM_BROKEN);
 
-        return ngx_sfg_chunk_error(x, st, &message, NULL,
-                                   "upstream_stream_broken", out);
+        return ngx_smartflow_xlate_chunk_error(x, st,
+                                               NGX_SMARTFLOW_XLATE_ERR_API,
+                                               &message,
+                                               "upstream_stream_broken", out);
     }
 
-    if (st->include_usage) {
-        ngx_memzero(&c, sizeof(ngx_sfg_chunk_t));
-        c.kind = NGX_SFG_CHUNK_USAGE;
-
-        if (ngx_sfg_chunk(x, st, &c, out) != NGX_OK) {
-            return NGX_ERROR;
-        }
+    if (st->include_usage
+        && ngx_smartflow_xlate_chunk_usage(x, st, out) != NGX_OK)
+    {
+        return NGX_ERROR;
     }
 
-    return ngx_sfg_done(x, st, out);
+    return ngx_smartflow_xlate_chunk_done(x, st, out);
 }
