@@ -147,6 +147,241 @@ ngx_smartflow_xlate_copy(ngx_pool_t *pool, ngx_smartflow_json_t *src,
 }
 
 
+/*
+ * Appends node to parent, or, when first(node), right after the leading
+ * children for which first() holds: the answers to tool calls go before
+ * the rest of a turn.
+ */
+void
+ngx_smartflow_xlate_add_ordered(ngx_smartflow_json_t *parent,
+    ngx_smartflow_json_t *node, ngx_uint_t (*first)(ngx_smartflow_json_t *j))
+{
+    ngx_smartflow_json_t  *c, *prev;
+
+    if (!first(node)) {
+        ngx_smartflow_json_append(parent, NULL, node);
+        return;
+    }
+
+    prev = NULL;
+
+    for (c = parent->child; c && first(c); c = c->next) {
+        prev = c;
+    }
+
+    if (c == NULL) {
+        ngx_smartflow_json_append(parent, NULL, node);
+        return;
+    }
+
+    node->next = c;
+
+    if (prev) {
+        prev->next = node;
+
+    } else {
+        parent->child = node;
+    }
+
+    parent->nchild++;
+}
+
+
+/* OpenAI tool calls and answers */
+
+/*
+ * A tool call's "arguments" as an object: the model writes them as a
+ * JSON string, not always valid (then {}); some clients send an object.
+ */
+ngx_smartflow_json_t *
+ngx_smartflow_xlate_call_input(ngx_smartflow_xlate_t *x,
+    ngx_smartflow_json_t *fn)
+{
+    ngx_str_t              err;
+    ngx_smartflow_json_t  *args, *input;
+
+    args = ngx_smartflow_json_get(fn, "arguments");
+    input = NULL;
+
+    if (ngx_smartflow_json_is_string(args) && args->str.len) {
+        input = ngx_smartflow_json_parse(x->pool, args->str.data,
+                                         args->str.len, &err);
+
+    } else if (args && args->type == NGX_SMARTFLOW_JSON_OBJECT) {
+        input = ngx_smartflow_xlate_copy(x->pool, args, NULL);
+        if (input == NULL) {
+            (void) ngx_smartflow_xlate_fail(x, "out of memory");
+            return NULL;
+        }
+    }
+
+    if (input == NULL || input->type != NGX_SMARTFLOW_JSON_OBJECT) {
+        input = ngx_smartflow_json_new(x->pool, NGX_SMARTFLOW_JSON_OBJECT,
+                                       NULL);
+        if (input == NULL) {
+            (void) ngx_smartflow_xlate_fail(x, "out of memory");
+            return NULL;
+        }
+    }
+
+    return input;
+}
+
+
+/* a tool_calls[] entry: {"id","type":"function","function":{...}} */
+ngx_int_t
+ngx_smartflow_xlate_add_call(ngx_smartflow_xlate_t *x,
+    ngx_smartflow_json_t *calls, ngx_str_t *id, ngx_str_t *name,
+    ngx_str_t *args)
+{
+    ngx_pool_t            *pool;
+    ngx_smartflow_json_t  *c, *fn;
+
+    pool = x->pool;
+
+    c = ngx_smartflow_xlate_add(pool, calls, NULL, NGX_SMARTFLOW_JSON_OBJECT,
+                                NULL);
+    if (c == NULL
+        || ngx_smartflow_xlate_add(pool, c, "id", NGX_SMARTFLOW_JSON_STRING,
+                                   id)
+           == NULL
+        || ngx_smartflow_xlate_add_lit(pool, c, "type", "function") == NULL)
+    {
+        return ngx_smartflow_xlate_fail(x, "out of memory");
+    }
+
+    fn = ngx_smartflow_xlate_add(pool, c, "function",
+                                 NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    if (fn == NULL
+        || ngx_smartflow_xlate_add(pool, fn, "name",
+                                   NGX_SMARTFLOW_JSON_STRING, name)
+           == NULL
+        || ngx_smartflow_xlate_add(pool, fn, "arguments",
+                                   NGX_SMARTFLOW_JSON_STRING, args)
+           == NULL)
+    {
+        return ngx_smartflow_xlate_fail(x, "out of memory");
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * A chat.completion of one choice: the text, null when only tool calls
+ * came, the calls when there are some, and the usage, with the cached
+ * prompt and the reasoning tokens detailed when there are some.
+ */
+ngx_smartflow_json_t *
+ngx_smartflow_xlate_completion(ngx_smartflow_xlate_t *x, ngx_str_t *id,
+    ngx_str_t *text, ngx_smartflow_json_t *calls, char *finish,
+    ngx_smartflow_xlate_usage_t *usage)
+{
+    ngx_uint_t             in, out;
+    ngx_pool_t            *pool;
+    ngx_smartflow_json_t  *c, *choices, *ch, *msg, *u, *d;
+
+    pool = x->pool;
+    in = usage->prompt;
+    out = usage->completion;
+
+    c = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    if (c == NULL
+        || ngx_smartflow_xlate_add(pool, c, "id", NGX_SMARTFLOW_JSON_STRING,
+                                   id)
+           == NULL
+        || ngx_smartflow_xlate_add_lit(pool, c, "object", "chat.completion")
+           == NULL
+        || ngx_smartflow_xlate_add_num(pool, c, "created",
+                                       (ngx_uint_t) ngx_time())
+           == NULL
+        || ngx_smartflow_xlate_add(pool, c, "model",
+                                   NGX_SMARTFLOW_JSON_STRING, &x->model)
+           == NULL)
+    {
+        goto nomem;
+    }
+
+    choices = ngx_smartflow_xlate_add(pool, c, "choices",
+                                      NGX_SMARTFLOW_JSON_ARRAY, NULL);
+    ch = choices ? ngx_smartflow_xlate_add(pool, choices, NULL,
+                                           NGX_SMARTFLOW_JSON_OBJECT, NULL)
+                 : NULL;
+    if (ch == NULL
+        || ngx_smartflow_xlate_add_num(pool, ch, "index", 0) == NULL)
+    {
+        goto nomem;
+    }
+
+    msg = ngx_smartflow_xlate_add(pool, ch, "message",
+                                  NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    if (msg == NULL
+        || ngx_smartflow_xlate_add_lit(pool, msg, "role", "assistant") == NULL
+        || (text->len == 0 && calls->nchild
+            ? ngx_smartflow_xlate_add(pool, msg, "content",
+                                      NGX_SMARTFLOW_JSON_NULL, NULL)
+            : ngx_smartflow_xlate_add(pool, msg, "content",
+                                      NGX_SMARTFLOW_JSON_STRING, text))
+           == NULL)
+    {
+        goto nomem;
+    }
+
+    if (calls->nchild) {
+        ngx_smartflow_json_append(msg, "tool_calls", calls);
+    }
+
+    if (ngx_smartflow_xlate_add_lit(pool, ch, "finish_reason", finish)
+        == NULL)
+    {
+        goto nomem;
+    }
+
+    u = ngx_smartflow_xlate_add(pool, c, "usage", NGX_SMARTFLOW_JSON_OBJECT,
+                                NULL);
+    if (u == NULL
+        || ngx_smartflow_xlate_add_num(pool, u, "prompt_tokens", in) == NULL
+        || ngx_smartflow_xlate_add_num(pool, u, "completion_tokens", out)
+           == NULL
+        || ngx_smartflow_xlate_add_num(pool, u, "total_tokens", in + out)
+           == NULL)
+    {
+        goto nomem;
+    }
+
+    if (usage->cached) {
+        d = ngx_smartflow_xlate_add(pool, u, "prompt_tokens_details",
+                                    NGX_SMARTFLOW_JSON_OBJECT, NULL);
+        if (d == NULL
+            || ngx_smartflow_xlate_add_num(pool, d, "cached_tokens",
+                                           usage->cached)
+               == NULL)
+        {
+            goto nomem;
+        }
+    }
+
+    if (usage->reasoning) {
+        d = ngx_smartflow_xlate_add(pool, u, "completion_tokens_details",
+                                    NGX_SMARTFLOW_JSON_OBJECT, NULL);
+        if (d == NULL
+            || ngx_smartflow_xlate_add_num(pool, d, "reasoning_tokens",
+                                           usage->reasoning)
+               == NULL)
+        {
+            goto nomem;
+        }
+    }
+
+    return c;
+
+nomem:
+
+    (void) ngx_smartflow_xlate_fail(x, "out of memory");
+    return NULL;
+}
+
+
 /* strings */
 
 ngx_uint_t

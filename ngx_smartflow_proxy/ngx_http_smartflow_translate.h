@@ -119,6 +119,26 @@ ngx_int_t ngx_smartflow_xlate_add_number(ngx_pool_t *pool,
     char *from);
 ngx_smartflow_json_t *ngx_smartflow_xlate_copy(ngx_pool_t *pool,
     ngx_smartflow_json_t *src, ngx_uint_t *budget);
+void ngx_smartflow_xlate_add_ordered(ngx_smartflow_json_t *parent,
+    ngx_smartflow_json_t *node, ngx_uint_t (*first)(ngx_smartflow_json_t *j));
+
+/* the OpenAI side of tool calls and whole answers; NULL: out of memory */
+ngx_smartflow_json_t *ngx_smartflow_xlate_call_input(ngx_smartflow_xlate_t *x,
+    ngx_smartflow_json_t *fn);
+ngx_int_t ngx_smartflow_xlate_add_call(ngx_smartflow_xlate_t *x,
+    ngx_smartflow_json_t *calls, ngx_str_t *id, ngx_str_t *name,
+    ngx_str_t *args);
+
+typedef struct {
+    ngx_uint_t                  prompt;
+    ngx_uint_t                  completion;
+    ngx_uint_t                  cached;         /* of the prompt */
+    ngx_uint_t                  reasoning;      /* of the completion */
+} ngx_smartflow_xlate_usage_t;
+
+ngx_smartflow_json_t *ngx_smartflow_xlate_completion(ngx_smartflow_xlate_t *x,
+    ngx_str_t *id, ngx_str_t *text, ngx_smartflow_json_t *calls,
+    char *finish, ngx_smartflow_xlate_usage_t *usage);
 
 /* strings */
 ngx_uint_t ngx_smartflow_xlate_eq(ngx_str_t *s, char *lit);

@@ -60,6 +60,33 @@ ngx_sf_add_copy(ngx_pool_t *pool, ngx_smartflow_json_t *parent, char *key,
 }
 
 
+/* a tool's JSON schema; a tool without one takes an empty object */
+static ngx_int_t
+ngx_sf_add_schema(ngx_pool_t *pool, ngx_smartflow_json_t *parent, char *key,
+    ngx_smartflow_json_t *schema)
+{
+    ngx_smartflow_json_t  *s;
+
+    if (schema && schema->type == NGX_SMARTFLOW_JSON_OBJECT) {
+        return ngx_sf_add_copy(pool, parent, key, schema) ? NGX_OK
+                                                          : NGX_ERROR;
+    }
+
+    s = ngx_smartflow_xlate_add(pool, parent, key, NGX_SMARTFLOW_JSON_OBJECT,
+                                NULL);
+    if (s == NULL
+        || ngx_smartflow_xlate_add_lit(pool, s, "type", "object") == NULL
+        || ngx_smartflow_xlate_add(pool, s, "properties",
+                                   NGX_SMARTFLOW_JSON_OBJECT, NULL)
+           == NULL)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
 /* a JSON number's text greater than 1 (numbers keep their client text) */
 static ngx_uint_t
 ngx_sf_above_one(ngx_str_t *num)
@@ -153,8 +180,7 @@ static ngx_int_t
 ngx_sf_to_an_tool_use(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *tc,
     ngx_smartflow_json_t *blocks)
 {
-    ngx_str_t              err;
-    ngx_smartflow_json_t  *fn, *id, *name, *args, *input, *b;
+    ngx_smartflow_json_t  *fn, *id, *name, *input, *b;
 
     fn = ngx_smartflow_json_get(tc, "function");
     id = ngx_smartflow_json_get(tc, "id");
@@ -181,27 +207,9 @@ ngx_sf_to_an_tool_use(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *tc,
         return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
-    args = ngx_smartflow_json_get(fn, "arguments");
-    input = NULL;
-
-    if (ngx_smartflow_json_is_string(args) && args->str.len) {
-        /* the model's arguments are not always valid JSON: then {} */
-        input = ngx_smartflow_json_parse(x->pool, args->str.data,
-                                         args->str.len, &err);
-
-    } else if (args && args->type == NGX_SMARTFLOW_JSON_OBJECT) {
-        input = ngx_smartflow_xlate_copy(x->pool, args, NULL);
-        if (input == NULL) {
-            return ngx_smartflow_xlate_fail(x, "out of memory");
-        }
-    }
-
-    if (input == NULL || input->type != NGX_SMARTFLOW_JSON_OBJECT) {
-        input = ngx_smartflow_json_new(x->pool, NGX_SMARTFLOW_JSON_OBJECT,
-                                       NULL);
-        if (input == NULL) {
-            return ngx_smartflow_xlate_fail(x, "out of memory");
-        }
+    input = ngx_smartflow_xlate_call_input(x, fn);
+    if (input == NULL) {
+        return NGX_ERROR;
     }
 
     ngx_smartflow_json_append(b, "input", input);
@@ -215,7 +223,7 @@ ngx_sf_to_oa_tool_call(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *b,
     ngx_smartflow_json_t *calls)
 {
     ngx_str_t              args;
-    ngx_smartflow_json_t  *id, *name, *input, *c, *fn;
+    ngx_smartflow_json_t  *id, *name, *input;
 
     id = ngx_smartflow_json_get(b, "id");
     name = ngx_smartflow_json_get(b, "name");
@@ -236,31 +244,8 @@ ngx_sf_to_oa_tool_call(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *b,
         return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
-    c = ngx_smartflow_xlate_add(x->pool, calls, NULL, NGX_SMARTFLOW_JSON_OBJECT,
-                                NULL);
-    if (c == NULL
-        || ngx_smartflow_xlate_add(x->pool, c, "id", NGX_SMARTFLOW_JSON_STRING,
-                                   &id->str)
-           == NULL
-        || ngx_smartflow_xlate_add_lit(x->pool, c, "type", "function") == NULL)
-    {
-        return ngx_smartflow_xlate_fail(x, "out of memory");
-    }
-
-    fn = ngx_smartflow_xlate_add(x->pool, c, "function",
-                                 NGX_SMARTFLOW_JSON_OBJECT, NULL);
-    if (fn == NULL
-        || ngx_smartflow_xlate_add(x->pool, fn, "name",
-                                   NGX_SMARTFLOW_JSON_STRING, &name->str)
-           == NULL
-        || ngx_smartflow_xlate_add(x->pool, fn, "arguments",
-                                   NGX_SMARTFLOW_JSON_STRING, &args)
-           == NULL)
-    {
-        return ngx_smartflow_xlate_fail(x, "out of memory");
-    }
-
-    return NGX_OK;
+    return ngx_smartflow_xlate_add_call(x, calls, &id->str, &name->str,
+                                        &args);
 }
 
 
@@ -528,45 +513,11 @@ ngx_sf_to_an_tool_result(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *m,
 }
 
 
-/*
- * Adds a block to a user or assistant turn; a user turn's tool results
- * go before its other blocks, as Anthropic requires.
- */
-static void
-ngx_sf_add_block(ngx_smartflow_json_t *content, ngx_smartflow_json_t *b)
+/* a user turn's tool results go before its other blocks, as Anthropic asks */
+static ngx_uint_t
+ngx_sf_is_tool_result(ngx_smartflow_json_t *b)
 {
-    ngx_smartflow_json_t  *c, *prev;
-
-    if (!ngx_smartflow_xlate_type_is(b, "tool_result")) {
-        ngx_smartflow_json_append(content, NULL, b);
-        return;
-    }
-
-    prev = NULL;
-
-    for (c = content->child; c; c = c->next) {
-        if (!ngx_smartflow_xlate_type_is(c, "tool_result")) {
-            break;
-        }
-
-        prev = c;
-    }
-
-    if (c == NULL) {
-        ngx_smartflow_json_append(content, NULL, b);
-        return;
-    }
-
-    b->next = c;
-
-    if (prev) {
-        prev->next = b;
-
-    } else {
-        content->child = b;
-    }
-
-    content->nchild++;
+    return ngx_smartflow_xlate_type_is(b, "tool_result");
 }
 
 
@@ -575,7 +526,7 @@ ngx_sf_to_an_tools(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *req,
     ngx_smartflow_json_t *out)
 {
     ngx_pool_t            *pool;
-    ngx_smartflow_json_t  *tools, *t, *fn, *name, *v, *arr, *o, *tc, *s;
+    ngx_smartflow_json_t  *tools, *t, *fn, *name, *v, *arr, *o, *tc;
 
     pool = x->pool;
     tools = ngx_smartflow_json_get(req, "tools");
@@ -636,23 +587,7 @@ ngx_sf_to_an_tools(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *req,
 
         v = ngx_smartflow_json_get(fn, "parameters");
 
-        if (v && v->type == NGX_SMARTFLOW_JSON_OBJECT) {
-            if (ngx_sf_add_copy(pool, o, "input_schema", v) == NULL) {
-                return ngx_smartflow_xlate_fail(x, "out of memory");
-            }
-
-            continue;
-        }
-
-        /* a function without parameters takes an empty object */
-        s = ngx_smartflow_xlate_add(pool, o, "input_schema",
-                                    NGX_SMARTFLOW_JSON_OBJECT, NULL);
-        if (s == NULL
-            || ngx_smartflow_xlate_add_lit(pool, s, "type", "object") == NULL
-            || ngx_smartflow_xlate_add(pool, s, "properties",
-                                       NGX_SMARTFLOW_JSON_OBJECT, NULL)
-               == NULL)
-        {
+        if (ngx_sf_add_schema(pool, o, "input_schema", v) != NGX_OK) {
             return ngx_smartflow_xlate_fail(x, "out of memory");
         }
     }
@@ -838,7 +773,8 @@ ngx_smartflow_xlate_req_openai_to_anthropic(ngx_smartflow_xlate_t *x,
         if (cur && cur_user == user) {
             for (b = blocks->child; b; b = next) {
                 next = b->next;
-                ngx_sf_add_block(cur, b);
+                ngx_smartflow_xlate_add_ordered(cur, b,
+                                                ngx_sf_is_tool_result);
             }
 
             continue;
@@ -1339,7 +1275,7 @@ ngx_sf_to_oa_tools(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *req,
     ngx_smartflow_json_t *out)
 {
     ngx_pool_t            *pool;
-    ngx_smartflow_json_t  *tools, *t, *v, *name, *arr, *o, *fn, *s, *tc;
+    ngx_smartflow_json_t  *tools, *t, *v, *name, *arr, *o, *fn, *tc;
 
     pool = x->pool;
     tools = ngx_smartflow_json_get(req, "tools");
@@ -1410,22 +1346,7 @@ ngx_sf_to_oa_tools(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *req,
 
         v = ngx_smartflow_json_get(t, "input_schema");
 
-        if (v && v->type == NGX_SMARTFLOW_JSON_OBJECT) {
-            if (ngx_sf_add_copy(pool, fn, "parameters", v) == NULL) {
-                return ngx_smartflow_xlate_fail(x, "out of memory");
-            }
-
-            continue;
-        }
-
-        s = ngx_smartflow_xlate_add(pool, fn, "parameters",
-                                    NGX_SMARTFLOW_JSON_OBJECT, NULL);
-        if (s == NULL
-            || ngx_smartflow_xlate_add_lit(pool, s, "type", "object") == NULL
-            || ngx_smartflow_xlate_add(pool, s, "properties",
-                                       NGX_SMARTFLOW_JSON_OBJECT, NULL)
-               == NULL)
-        {
+        if (ngx_sf_add_schema(pool, fn, "parameters", v) != NGX_OK) {
             return ngx_smartflow_xlate_fail(x, "out of memory");
         }
     }
@@ -1694,11 +1615,11 @@ ngx_smartflow_json_t *
 ngx_smartflow_xlate_resp_anthropic_to_openai(ngx_smartflow_xlate_t *x,
     ngx_smartflow_json_t *resp)
 {
-    ngx_str_t              text, id;
-    ngx_uint_t             in, cached, outk;
-    ngx_pool_t            *pool;
-    ngx_smartflow_json_t  *out, *content, *b, *t, *calls, *choices, *ch;
-    ngx_smartflow_json_t  *msg, *u, *usage, *d;
+    char                         *finish;
+    ngx_str_t                     text, id;
+    ngx_pool_t                   *pool;
+    ngx_smartflow_json_t         *content, *b, *t, *calls, *u;
+    ngx_smartflow_xlate_usage_t   usage;
 
     pool = x->pool;
 
@@ -1757,97 +1678,27 @@ ngx_smartflow_xlate_resp_anthropic_to_openai(ngx_smartflow_xlate_t *x,
         goto nomem;
     }
 
-    out = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_OBJECT, NULL);
-    if (out == NULL
-        || ngx_smartflow_xlate_add(pool, out, "id", NGX_SMARTFLOW_JSON_STRING,
-                                   &id)
-           == NULL
-        || ngx_smartflow_xlate_add_lit(pool, out, "object", "chat.completion")
-           == NULL
-        || ngx_smartflow_xlate_add_num(pool, out, "created",
-                                       (ngx_uint_t) ngx_time())
-           == NULL
-        || ngx_smartflow_xlate_add(pool, out, "model",
-                                   NGX_SMARTFLOW_JSON_STRING, &x->model)
-           == NULL)
-    {
-        goto nomem;
-    }
-
-    choices = ngx_smartflow_xlate_add(pool, out, "choices",
-                                      NGX_SMARTFLOW_JSON_ARRAY, NULL);
-    ch = choices ? ngx_smartflow_xlate_add(pool, choices, NULL,
-                                           NGX_SMARTFLOW_JSON_OBJECT, NULL)
-                 : NULL;
-    if (ch == NULL
-        || ngx_smartflow_xlate_add_num(pool, ch, "index", 0) == NULL)
-    {
-        goto nomem;
-    }
-
-    msg = ngx_smartflow_xlate_add(pool, ch, "message",
-                                  NGX_SMARTFLOW_JSON_OBJECT, NULL);
-    if (msg == NULL
-        || ngx_smartflow_xlate_add_lit(pool, msg, "role", "assistant") == NULL
-        || (text.len == 0 && calls->nchild
-            ? ngx_smartflow_xlate_add(pool, msg, "content",
-                                      NGX_SMARTFLOW_JSON_NULL, NULL)
-            : ngx_smartflow_xlate_add(pool, msg, "content",
-                                      NGX_SMARTFLOW_JSON_STRING, &text))
-           == NULL)
-    {
-        goto nomem;
-    }
-
-    if (calls->nchild) {
-        ngx_smartflow_json_append(msg, "tool_calls", calls);
-    }
-
     t = ngx_smartflow_json_get(resp, "stop_reason");
-
-    if (ngx_smartflow_xlate_add_lit(pool, ch, "finish_reason",
-                                    ngx_smartflow_json_is_string(t)
-                                    ? ngx_sf_finish_to_openai(&t->str) : "stop")
-        == NULL)
-    {
-        goto nomem;
-    }
+    finish = ngx_smartflow_json_is_string(t) ? ngx_sf_finish_to_openai(&t->str)
+                                             : "stop";
 
     /* OpenAI's prompt_tokens count the cached part too */
     u = ngx_smartflow_json_get(resp, "usage");
-    cached = ngx_smartflow_xlate_uint(
-                 ngx_smartflow_json_get(u, "cache_read_input_tokens"));
-    in = ngx_smartflow_xlate_uint(ngx_smartflow_json_get(u, "input_tokens"))
-         + cached
-         + ngx_smartflow_xlate_uint(
-               ngx_smartflow_json_get(u, "cache_creation_input_tokens"));
-    outk = ngx_smartflow_xlate_uint(ngx_smartflow_json_get(u,
-                                                           "output_tokens"));
 
-    usage = ngx_smartflow_xlate_add(pool, out, "usage",
-                                    NGX_SMARTFLOW_JSON_OBJECT, NULL);
-    if (usage == NULL
-        || ngx_smartflow_xlate_add_num(pool, usage, "prompt_tokens", in) == NULL
-        || ngx_smartflow_xlate_add_num(pool, usage, "completion_tokens", outk)
-           == NULL
-        || ngx_smartflow_xlate_add_num(pool, usage, "total_tokens", in + outk)
-           == NULL)
-    {
-        goto nomem;
-    }
+    usage.cached = ngx_smartflow_xlate_uint(
+                       ngx_smartflow_json_get(u, "cache_read_input_tokens"));
+    usage.prompt = ngx_smartflow_xlate_uint(
+                       ngx_smartflow_json_get(u, "input_tokens"))
+                   + usage.cached
+                   + ngx_smartflow_xlate_uint(
+                         ngx_smartflow_json_get(u,
+                                                "cache_creation_input_tokens"));
+    usage.completion = ngx_smartflow_xlate_uint(
+                           ngx_smartflow_json_get(u, "output_tokens"));
+    usage.reasoning = 0;
 
-    if (cached) {
-        d = ngx_smartflow_xlate_add(pool, usage, "prompt_tokens_details",
-                                    NGX_SMARTFLOW_JSON_OBJECT, NULL);
-        if (d == NULL
-            || ngx_smartflow_xlate_add_num(pool, d, "cached_tokens", cached)
-               == NULL)
-        {
-            goto nomem;
-        }
-    }
-
-    return out;
+    return ngx_smartflow_xlate_completion(x, &id, &text, calls, finish,
+                                          &usage);
 
 nomem:
 

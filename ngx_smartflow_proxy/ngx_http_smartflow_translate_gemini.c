@@ -651,8 +651,7 @@ static ngx_int_t
 ngx_sfg_call_part(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *tc,
     ngx_smartflow_json_t *parts, ngx_uint_t first)
 {
-    ngx_str_t              err;
-    ngx_smartflow_json_t  *fn, *name, *args, *input, *p, *fc;
+    ngx_smartflow_json_t  *fn, *name, *input, *p, *fc;
 
     fn = ngx_smartflow_json_get(tc, "function");
     name = ngx_smartflow_json_get(fn, "name");
@@ -662,27 +661,9 @@ ngx_sfg_call_part(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *tc,
                                            "name");
     }
 
-    args = ngx_smartflow_json_get(fn, "arguments");
-    input = NULL;
-
-    if (ngx_smartflow_json_is_string(args) && args->str.len) {
-        /* the model's arguments are not always valid JSON: then {} */
-        input = ngx_smartflow_json_parse(x->pool, args->str.data,
-                                         args->str.len, &err);
-
-    } else if (args && args->type == NGX_SMARTFLOW_JSON_OBJECT) {
-        input = ngx_smartflow_xlate_copy(x->pool, args, NULL);
-        if (input == NULL) {
-            return ngx_smartflow_xlate_fail(x, "out of memory");
-        }
-    }
-
-    if (input == NULL || input->type != NGX_SMARTFLOW_JSON_OBJECT) {
-        input = ngx_smartflow_json_new(x->pool, NGX_SMARTFLOW_JSON_OBJECT,
-                                       NULL);
-        if (input == NULL) {
-            return ngx_smartflow_xlate_fail(x, "out of memory");
-        }
+    input = ngx_smartflow_xlate_call_input(x, fn);
+    if (input == NULL) {
+        return NGX_ERROR;
     }
 
     p = ngx_smartflow_xlate_add(x->pool, parts, NULL, NGX_SMARTFLOW_JSON_OBJECT,
@@ -882,48 +863,11 @@ ngx_sfg_result_part(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *msgs,
 }
 
 
+/* a user turn's function responses go first, after the calls they answer */
 static ngx_uint_t
 ngx_sfg_is_response(ngx_smartflow_json_t *part)
 {
     return ngx_smartflow_json_get(part, "functionResponse") != NULL;
-}
-
-
-/*
- * Adds a part to a turn; a user turn's function responses go before its
- * other parts, right after the model's calls they answer.
- */
-static void
-ngx_sfg_add_part(ngx_smartflow_json_t *parts, ngx_smartflow_json_t *p)
-{
-    ngx_smartflow_json_t  *c, *prev;
-
-    if (!ngx_sfg_is_response(p)) {
-        ngx_smartflow_json_append(parts, NULL, p);
-        return;
-    }
-
-    prev = NULL;
-
-    for (c = parts->child; c && ngx_sfg_is_response(c); c = c->next) {
-        prev = c;
-    }
-
-    if (c == NULL) {
-        ngx_smartflow_json_append(parts, NULL, p);
-        return;
-    }
-
-    p->next = c;
-
-    if (prev) {
-        prev->next = p;
-
-    } else {
-        parts->child = p;
-    }
-
-    parts->nchild++;
 }
 
 
@@ -1314,7 +1258,7 @@ ngx_smartflow_xlate_req_openai_to_gemini(ngx_smartflow_xlate_t *x,
         if (cur && cur_model == model) {
             for (p = parts->child; p; p = next) {
                 next = p->next;
-                ngx_sfg_add_part(cur, p);
+                ngx_smartflow_xlate_add_ordered(cur, p, ngx_sfg_is_response);
             }
 
             continue;
@@ -1471,7 +1415,7 @@ ngx_sfg_oa_call(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *fc,
 {
     ngx_str_t              id, args;
     ngx_pool_t            *pool;
-    ngx_smartflow_json_t  *name, *c, *fn;
+    ngx_smartflow_json_t  *name;
 
     pool = x->pool;
     name = ngx_smartflow_json_get(fc, "name");
@@ -1486,51 +1430,27 @@ ngx_sfg_oa_call(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *fc,
         return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
-    c = ngx_smartflow_xlate_add(pool, calls, NULL, NGX_SMARTFLOW_JSON_OBJECT,
-                                NULL);
-    if (c == NULL
-        || ngx_smartflow_xlate_add(pool, c, "id", NGX_SMARTFLOW_JSON_STRING,
-                                   &id)
-           == NULL
-        || ngx_smartflow_xlate_add_lit(pool, c, "type", "function") == NULL)
-    {
-        return ngx_smartflow_xlate_fail(x, "out of memory");
-    }
-
-    fn = ngx_smartflow_xlate_add(pool, c, "function", NGX_SMARTFLOW_JSON_OBJECT,
-                                 NULL);
-    if (fn == NULL
-        || ngx_smartflow_xlate_add(pool, fn, "name", NGX_SMARTFLOW_JSON_STRING,
-                                   &name->str)
-           == NULL
-        || ngx_smartflow_xlate_add(pool, fn, "arguments",
-                                   NGX_SMARTFLOW_JSON_STRING, &args)
-           == NULL)
-    {
-        return ngx_smartflow_xlate_fail(x, "out of memory");
-    }
-
-    return NGX_OK;
+    return ngx_smartflow_xlate_add_call(x, calls, &id, &name->str, &args);
 }
 
 
 /* usageMetadata: tool-use prompts are input, thoughts are output */
 static void
-ngx_sfg_usage(ngx_smartflow_json_t *u, ngx_uint_t *in, ngx_uint_t *out,
-    ngx_uint_t *cached, ngx_uint_t *thoughts)
+ngx_sfg_usage(ngx_smartflow_json_t *u, ngx_smartflow_xlate_usage_t *usage)
 {
-    *cached = ngx_smartflow_xlate_uint(
-                  ngx_smartflow_json_get(u, "cachedContentTokenCount"));
-    *thoughts = ngx_smartflow_xlate_uint(
-                    ngx_smartflow_json_get(u, "thoughtsTokenCount"));
+    usage->cached = ngx_smartflow_xlate_uint(
+                        ngx_smartflow_json_get(u, "cachedContentTokenCount"));
+    usage->reasoning = ngx_smartflow_xlate_uint(
+                           ngx_smartflow_json_get(u, "thoughtsTokenCount"));
 
-    *in = ngx_smartflow_xlate_uint(
-              ngx_smartflow_json_get(u, "promptTokenCount"))
-          + ngx_smartflow_xlate_uint(
-                ngx_smartflow_json_get(u, "toolUsePromptTokenCount"));
-    *out = ngx_smartflow_xlate_uint(
-               ngx_smartflow_json_get(u, "candidatesTokenCount"))
-           + *thoughts;
+    usage->prompt = ngx_smartflow_xlate_uint(
+                        ngx_smartflow_json_get(u, "promptTokenCount"))
+                    + ngx_smartflow_xlate_uint(
+                          ngx_smartflow_json_get(u,
+                                                 "toolUsePromptTokenCount"));
+    usage->completion = ngx_smartflow_xlate_uint(
+                            ngx_smartflow_json_get(u, "candidatesTokenCount"))
+                        + usage->reasoning;
 }
 
 
@@ -1538,11 +1458,11 @@ ngx_smartflow_json_t *
 ngx_smartflow_xlate_resp_gemini_to_openai(ngx_smartflow_xlate_t *x,
     ngx_smartflow_json_t *resp)
 {
-    ngx_str_t              text, id, base;
-    ngx_uint_t             in, outk, cached, thoughts;
-    ngx_pool_t            *pool;
-    ngx_smartflow_json_t  *out, *cand, *parts, *p, *v, *calls, *choices;
-    ngx_smartflow_json_t  *ch, *msg, *usage, *d, *blocked;
+    char                         *finish;
+    ngx_str_t                     text, id, base;
+    ngx_pool_t                   *pool;
+    ngx_smartflow_json_t         *cand, *parts, *p, *v, *calls, *blocked;
+    ngx_smartflow_xlate_usage_t   usage;
 
     pool = x->pool;
 
@@ -1618,101 +1538,13 @@ ngx_smartflow_xlate_resp_gemini_to_openai(ngx_smartflow_xlate_t *x,
         goto nomem;
     }
 
-    out = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_OBJECT, NULL);
-    if (out == NULL
-        || ngx_smartflow_xlate_add(pool, out, "id", NGX_SMARTFLOW_JSON_STRING,
-                                   &id)
-           == NULL
-        || ngx_smartflow_xlate_add_lit(pool, out, "object", "chat.completion")
-           == NULL
-        || ngx_smartflow_xlate_add_num(pool, out, "created",
-                                       (ngx_uint_t) ngx_time())
-           == NULL
-        || ngx_smartflow_xlate_add(pool, out, "model",
-                                   NGX_SMARTFLOW_JSON_STRING, &x->model)
-           == NULL)
-    {
-        goto nomem;
-    }
-
-    choices = ngx_smartflow_xlate_add(pool, out, "choices",
-                                      NGX_SMARTFLOW_JSON_ARRAY, NULL);
-    ch = choices ? ngx_smartflow_xlate_add(pool, choices, NULL,
-                                           NGX_SMARTFLOW_JSON_OBJECT, NULL)
-                 : NULL;
-    if (ch == NULL
-        || ngx_smartflow_xlate_add_num(pool, ch, "index", 0) == NULL)
-    {
-        goto nomem;
-    }
-
-    msg = ngx_smartflow_xlate_add(pool, ch, "message",
-                                  NGX_SMARTFLOW_JSON_OBJECT, NULL);
-    if (msg == NULL
-        || ngx_smartflow_xlate_add_lit(pool, msg, "role", "assistant") == NULL
-        || (text.len == 0 && calls->nchild
-            ? ngx_smartflow_xlate_add(pool, msg, "content",
-                                      NGX_SMARTFLOW_JSON_NULL, NULL)
-            : ngx_smartflow_xlate_add(pool, msg, "content",
-                                      NGX_SMARTFLOW_JSON_STRING, &text))
-           == NULL)
-    {
-        goto nomem;
-    }
-
-    if (calls->nchild) {
-        ngx_smartflow_json_append(msg, "tool_calls", calls);
-    }
-
     v = ngx_smartflow_json_get(cand, "finishReason");
+    finish = cand ? ngx_sfg_finish(v, calls->nchild) : "content_filter";
 
-    if (ngx_smartflow_xlate_add_lit(pool, ch, "finish_reason",
-                                    cand ? ngx_sfg_finish(v, calls->nchild)
-                                         : "content_filter")
-        == NULL)
-    {
-        goto nomem;
-    }
+    ngx_sfg_usage(ngx_smartflow_json_get(resp, "usageMetadata"), &usage);
 
-    ngx_sfg_usage(ngx_smartflow_json_get(resp, "usageMetadata"), &in, &outk,
-                  &cached, &thoughts);
-
-    usage = ngx_smartflow_xlate_add(pool, out, "usage",
-                                    NGX_SMARTFLOW_JSON_OBJECT, NULL);
-    if (usage == NULL
-        || ngx_smartflow_xlate_add_num(pool, usage, "prompt_tokens", in) == NULL
-        || ngx_smartflow_xlate_add_num(pool, usage, "completion_tokens", outk)
-           == NULL
-        || ngx_smartflow_xlate_add_num(pool, usage, "total_tokens", in + outk)
-           == NULL)
-    {
-        goto nomem;
-    }
-
-    if (cached) {
-        d = ngx_smartflow_xlate_add(pool, usage, "prompt_tokens_details",
-                                    NGX_SMARTFLOW_JSON_OBJECT, NULL);
-        if (d == NULL
-            || ngx_smartflow_xlate_add_num(pool, d, "cached_tokens", cached)
-               == NULL)
-        {
-            goto nomem;
-        }
-    }
-
-    if (thoughts) {
-        d = ngx_smartflow_xlate_add(pool, usage, "completion_tokens_details",
-                                    NGX_SMARTFLOW_JSON_OBJECT, NULL);
-        if (d == NULL
-            || ngx_smartflow_xlate_add_num(pool, d, "reasoning_tokens",
-                                           thoughts)
-               == NULL)
-        {
-            goto nomem;
-        }
-    }
-
-    return out;
+    return ngx_smartflow_xlate_completion(x, &id, &text, calls, finish,
+                                          &usage);
 
 nomem:
 
@@ -1808,9 +1640,10 @@ ngx_smartflow_xlate_stream_gemini_to_openai(ngx_smartflow_xlate_t *x,
     ngx_smartflow_xlate_stream_t *st, ngx_str_t *event,
     ngx_smartflow_json_t *data, ngx_array_t *out)
 {
-    ngx_str_t              message, status;
-    ngx_uint_t             in, outk, cached, thoughts, kind;
-    ngx_smartflow_json_t  *e, *v, *u, *cand, *parts, *p, *reason;
+    ngx_str_t                     message, status;
+    ngx_uint_t                    kind;
+    ngx_smartflow_json_t         *e, *v, *u, *cand, *parts, *p, *reason;
+    ngx_smartflow_xlate_usage_t   usage;
 
     if (st->done || data == NULL || data->type != NGX_SMARTFLOW_JSON_OBJECT)
     {
@@ -1853,10 +1686,10 @@ ngx_smartflow_xlate_stream_gemini_to_openai(ngx_smartflow_xlate_t *x,
     u = ngx_smartflow_json_get(data, "usageMetadata");
 
     if (u && u->type == NGX_SMARTFLOW_JSON_OBJECT) {
-        ngx_sfg_usage(u, &in, &outk, &cached, &thoughts);
+        ngx_sfg_usage(u, &usage);
 
-        st->input_tokens = ngx_max(st->input_tokens, in);
-        st->output_tokens = ngx_max(st->output_tokens, outk);
+        st->input_tokens = ngx_max(st->input_tokens, usage.prompt);
+        st->output_tokens = ngx_max(st->output_tokens, usage.completion);
     }
 
     /* after the finish chunk only usage may still come */
