@@ -18,142 +18,27 @@
 use strict;
 use warnings;
 
-use Cwd ();
-use File::Basename ();
-use File::Path ();
-use File::Spec;
-use IO::Socket::INET;
-use JSON::PP ();
-use POSIX ();
+use FindBin ();
+use lib "$FindBin::Bin/../lib";
+use Smartflow::Clients qw(closed_port);
 use Test::More;
 
-my ($Top, $Here, $ServRoot);
+my $gw = Smartflow::Clients->new(
+    servroot => 't/servroot-clients',
+    port     => $ENV{SMARTFLOW_CLIENTS_PORT} || 1986,
+    port_var => 'SMARTFLOW_CLIENTS_PORT',
+    mock     => 1,
+    packages => ['openai'],
+    conf     => ['smartflow_proxy.conf']);
 
-BEGIN {
-    $Here = File::Basename::dirname(Cwd::abs_path(__FILE__));
-    $Top = Cwd::abs_path("$Here/../..");
-    chdir $Top or die "cannot chdir to $Top: $!\n";
-    $ServRoot = "$Top/t/servroot-clients";
-    # the mock provider keeps its log next to the gateway's
-    $ENV{TEST_NGINX_SERVROOT} = $ServRoot;
-}
-
-use lib "$Top/t/lib";
-use Smartflow::Mock;
-
-my $Modules = $ENV{TEST_NGINX_MODULES} || "$Top/build/modules";
-my $ConfDir = $ENV{TEST_NGINX_SMARTFLOW_CONF} || "$Top/conf";
-my $Nginx = $ENV{TEST_NGINX_BINARY} || '/usr/sbin/nginx';
-my $Port = $ENV{SMARTFLOW_CLIENTS_PORT} || 1986;
-my $MockPort = Smartflow::Mock::port();
+my ($Port, $MockPort) = @$gw{qw(port mock_port)};
 my $Key = 'sk-smartflow-client-tests-0123456789';
 my $ProviderKey = 'sk-mock-provider-key-0123456789';
 
-my $NginxPid;     # the gateway's master process
-my $NodePid;      # the test runner, while it runs
-
-END {
-    my $status = $?;
-    kill 'KILL', $NodePid if $NodePid;
-    stop_nginx();
-    $? = $status;
-}
-
-$SIG{$_} = sub { die "interrupted by SIG$_[0]\n" } for qw(INT TERM HUP);
-
-sub sleep_for { select(undef, undef, undef, $_[0]) }
-
-sub listening {
-    my ($port) = @_;
-    my $sock = IO::Socket::INET->new(
-        PeerAddr => '127.0.0.1', PeerPort => $port, Proto => 'tcp',
-        Timeout => 1);
-    return 0 unless $sock;
-    close $sock;
-    return 1;
-}
-
-sub slurp {
-    my ($file) = @_;
-    open my $fh, '<', $file or return '';
-    local $/;
-    my $data = <$fh>;
-    close $fh;
-    return $data // '';
-}
-
-sub spew {
-    my ($file, $data) = @_;
-    open my $fh, '>', $file or die "cannot write $file: $!\n";
-    print {$fh} $data;
-    close $fh or die "cannot write $file: $!\n";
-}
-
-# A port nothing listens on: the kernel hands out a free one, we let it go.
-sub closed_port {
-    my $sock = IO::Socket::INET->new(
-        LocalAddr => '127.0.0.1', LocalPort => 0, Proto => 'tcp',
-        Listen => 1, ReuseAddr => 0)
-        or die "cannot bind a free port: $!\n";
-    my $port = $sock->sockport;
-    close $sock;
-    return $port;
-}
-
-sub stop_nginx {
-    return unless $NginxPid;
-    my $pid = $NginxPid;
-    undef $NginxPid;
-    kill 'QUIT', $pid;              # graceful: workers finish, then exit
-    for (1 .. 100) {
-        my $r = waitpid($pid, POSIX::WNOHANG());
-        return if $r == $pid || $r == -1;
-        sleep_for(0.05);
-    }
-    kill 'TERM', $pid;
-    for (1 .. 40) {
-        my $r = waitpid($pid, POSIX::WNOHANG());
-        return if $r == $pid || $r == -1;
-        sleep_for(0.05);
-    }
-    kill 'KILL', $pid;
-    waitpid($pid, 0);
-}
-
-# ------------------------------------------------------------ prerequisites
-
-my $node_version = `node --version 2>/dev/null`;
-BAIL_OUT('node is not installed; the client tests need Node.js 20 or later')
-    unless defined $node_version && $node_version =~ /^v(\d+)/;
-BAIL_OUT("Node.js $node_version is too old; 20 or later is needed")
-    if $1 < 20;
-
-unless (-d "$Here/node_modules/openai") {
-    my $out = `cd '$Here' && npm ci --no-audit --no-fund --loglevel=error 2>&1`;
-    if ($? != 0 || !-d "$Here/node_modules/openai") {
-        diag($out);
-        BAIL_OUT("npm ci in t/clients failed");
-    }
-}
-
-for my $m (qw(proxy policy cache audit)) {
-    my $so = "$Modules/ngx_http_smartflow_${m}_module.so";
-    BAIL_OUT("$so is missing; run make first") unless -f $so;
-}
-BAIL_OUT("$Nginx is not executable") unless -x $Nginx;
-BAIL_OUT("$ConfDir/smartflow_proxy.conf is missing")
-    unless -f "$ConfDir/smartflow_proxy.conf";
-BAIL_OUT("port $Port is already in use (set SMARTFLOW_CLIENTS_PORT)")
-    if listening($Port);
-
 # ------------------------------------------------------------ the gateway
 
-File::Path::remove_tree("$ServRoot/conf", "$ServRoot/logs", "$ServRoot/tmp");
-File::Path::make_path("$ServRoot/conf", "$ServRoot/logs", "$ServRoot/tmp");
-
 my $closed = closed_port();
-my $user = $> == 0 ? "user root;\n" : '';
-my $proxy_conf = "$ConfDir/smartflow_proxy.conf";
+my $proxy_conf = "$gw->{conf_dir}/smartflow_proxy.conf";
 
 my $locations = '';
 for my $prefix ('', '/restricted') {
@@ -173,32 +58,8 @@ LOC
     }
 }
 
-spew("$ServRoot/conf/nginx.conf", <<"CONF");
-# written by t/clients/001-sdk.t
-load_module $Modules/ngx_http_smartflow_proxy_module.so;
-load_module $Modules/ngx_http_smartflow_policy_module.so;
-load_module $Modules/ngx_http_smartflow_cache_module.so;
-load_module $Modules/ngx_http_smartflow_audit_module.so;
-
-${user}worker_processes 1;
-daemon off;
-master_process on;
-pid logs/nginx.pid;
-error_log logs/error.log info;
-
-events {
-    worker_connections 256;
-}
-
-http {
+$gw->start(<<"HTTP");
     default_type application/octet-stream;
-    access_log logs/access.log;
-
-    client_body_temp_path tmp/body;
-    proxy_temp_path tmp/proxy;
-    fastcgi_temp_path tmp/fastcgi;
-    uwsgi_temp_path tmp/uwsgi;
-    scgi_temp_path tmp/scgi;
 
     smartflow_master_key $Key;
     smartflow_zone smartflow 1m;
@@ -249,127 +110,25 @@ $locations        location = /v1/models {
             smartflow_api error;
         }
     }
-}
-CONF
-
-{
-    my $pid = fork;
-    BAIL_OUT("fork failed: $!") unless defined $pid;
-    if ($pid == 0) {
-        open STDIN, '<', File::Spec->devnull;
-        open STDOUT, '>>', "$ServRoot/logs/nginx.out" or POSIX::_exit(127);
-        open STDERR, '>&', \*STDOUT or POSIX::_exit(127);
-        { no warnings 'exec'; exec $Nginx, '-p', "$ServRoot/", '-c', 'conf/nginx.conf' };
-        print STDERR "cannot run $Nginx: $!\n";
-        POSIX::_exit(127);
-    }
-    $NginxPid = $pid;
-
-    for (my $i = 0; !listening($Port); $i++) {
-        if (waitpid($pid, POSIX::WNOHANG()) == $pid) {
-            undef $NginxPid;
-            diag(slurp("$ServRoot/logs/nginx.out"));
-            diag(slurp("$ServRoot/logs/error.log"));
-            BAIL_OUT("nginx exited with status " . ($? >> 8)
-                     . " before listening on port $Port");
-        }
-        if ($i >= 200) {
-            diag(slurp("$ServRoot/logs/error.log"));
-            BAIL_OUT("nginx did not listen on port $Port within 10 s");
-        }
-        sleep_for(0.05);
-    }
-}
+HTTP
 
 # ------------------------------------------------------------ the node tests
 
-my %env = (
-    SMARTFLOW_BASE_URL => "http://127.0.0.1:$Port/v1",
-    SMARTFLOW_RESTRICTED_BASE_URL => "http://127.0.0.1:$Port/restricted/v1",
-    SMARTFLOW_KEY => $Key,
-    NODE_NO_WARNINGS => 1,
-);
-
-my @cmd = ('node', '--test', '--test-reporter=tap', '--test-timeout=60000',
-           "$Here/openai.test.mjs");
-
-my (@lines, $out);
-{
-    local @ENV{keys %env} = values %env;
-    delete local $ENV{OPENAI_API_KEY};
-    delete local $ENV{OPENAI_BASE_URL};
-
-    $NodePid = open($out, '-|', @cmd)
-        or BAIL_OUT("cannot run node: $!");
-    while (my $line = <$out>) {
-        push @lines, $line;
-    }
-    close $out;
-}
-my $node_status = $?;
-undef $NodePid;
-
-# Top-level results of node's TAP output: "ok N - name" / "not ok N - name",
-# each followed by an indented YAML block that tells why a test failed.
-my (@results, $cur, $plan);
-for my $line (@lines) {
-    if ($line =~ /^(not )?ok \d+ - (.*?)(?: # (SKIP|TODO)\b\s*(.*))?\s*$/) {
-        $cur = { ok => !$1, name => $2, directive => $3 // '',
-                 reason => $4 // '', detail => '' };
-        push @results, $cur;
-        next;
-    }
-    if ($line =~ /^1\.\.(\d+)/) {
-        $plan = $1;
-        undef $cur;
-        next;
-    }
-    if ($line =~ /^\S/) {
-        undef $cur;
-        next;
-    }
-    $cur->{detail} .= $line if $cur;
-}
-
-for my $r (@results) {
-    if ($r->{directive} eq 'SKIP') {
-      SKIP: { skip("$r->{name}: $r->{reason}", 1) }
-        next;
-    }
-    if ($r->{directive} eq 'TODO') {
-      TODO: {
-            local $TODO = $r->{reason} || 'todo';
-            ok($r->{ok}, $r->{name});
-        }
-        next;
-    }
-    ok($r->{ok}, $r->{name}) or diag($r->{detail});
-}
-
-ok(@results > 0 && defined $plan && $plan == @results,
-   'node ran every test of openai.test.mjs')
-    or diag(join '', @lines);
-is($node_status >> 8, (grep { !$_->{ok} && $_->{directive} ne 'TODO' } @results) ? 1 : 0,
-   'node test runner exit status')
-    or diag(join '', @lines);
+$gw->run_node('openai.test.mjs',
+    env => {
+        SMARTFLOW_BASE_URL => "http://127.0.0.1:$Port/v1",
+        SMARTFLOW_RESTRICTED_BASE_URL => "http://127.0.0.1:$Port/restricted/v1",
+        SMARTFLOW_KEY => $Key,
+    },
+    unset => [qw(OPENAI_API_KEY OPENAI_BASE_URL)]);
 
 # ------------------------------------------------------------ the error log
 
-stop_nginx();
-
-my $log = slurp("$ServRoot/logs/error.log");
-my @bad = grep { /\[(?:alert|crit|emerg)\]|exited on signal/ } split /\n/, $log;
-ok(!@bad, 'no [alert], [crit], [emerg] or crashed worker in error.log')
-    or diag(join "\n", @bad);
+$gw->check_error_log;
 
 # ------------------------------------------------------------ the audit log
 
-my @audit = grep { length } split /\n/, slurp("$ServRoot/logs/audit.log");
-my @records = map { scalar eval { JSON::PP::decode_json($_) } } @audit;
-my @broken = map { $audit[$_] } grep { ref $records[$_] ne 'HASH' } 0 .. $#audit;
-ok(@audit && !@broken, 'every audit log line is a JSON object')
-    or diag(@audit ? join "\n", @broken : 'audit.log is empty');
-@records = grep { ref eq 'HASH' } @records;
+my @records = $gw->audit_records;
 
 my @fields = qw(time status key_id model provider stream request_bytes
                 response_bytes error);
