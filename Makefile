@@ -106,6 +106,7 @@ fuzz: $(BUILD)/fuzz/json_fuzz $(BUILD)/fuzz/sse_fuzz
 
 # unit tests of pure functions, outside nginx, under ASan and UBSan
 $(BUILD)/unit/translate_test: unit/ngx_smartflow_translate_test.c \
+        unit/ngx_smartflow_unit.h \
         ngx_smartflow_proxy/ngx_http_smartflow_translate_anthropic.c \
         ngx_smartflow_proxy/ngx_http_smartflow_translate.c \
         ngx_smartflow_proxy/ngx_http_smartflow_translate.h \
@@ -119,7 +120,7 @@ $(BUILD)/unit/translate_test: unit/ngx_smartflow_translate_test.c \
 	    ngx_smartflow_proxy/ngx_smartflow_json.c -lyajl -o $@
 
 $(BUILD)/unit/translate_gemini_test: \
-        unit/ngx_smartflow_translate_gemini_test.c \
+        unit/ngx_smartflow_translate_gemini_test.c unit/ngx_smartflow_unit.h \
         ngx_smartflow_proxy/ngx_http_smartflow_translate_gemini.c \
         ngx_smartflow_proxy/ngx_http_smartflow_translate.c \
         ngx_smartflow_proxy/ngx_http_smartflow_translate.h \

@@ -2,403 +2,57 @@
  * Unit tests for the OpenAI <-> Gemini translation: requests, whole
  * responses and alt=sse streams, checked on the dumped JSON and on the
  * exact SSE bytes.  Prints TAP.  Built outside nginx with ASan and UBSan,
- * so the few nginx core functions the code calls are provided below over
- * malloc.
+ * over the nginx core shims of ngx_smartflow_unit.h.
  */
 
-#include <stdarg.h>
-#include <stdio.h>
-#include <stdlib.h>
+#include "ngx_smartflow_unit.h"
 
-#include "ngx_http_smartflow_translate.h"
 
-
-/* the nginx core the translation uses */
-
-typedef struct t_block_s  t_block_t;
-
-struct t_block_s {
-    t_block_t  *next;
-};
-
-static t_block_t  *t_blocks;
-
-
-void *
-ngx_pnalloc(ngx_pool_t *pool, size_t size)
-{
-    t_block_t  *b;
-
-    b = malloc(sizeof(t_block_t) + size);
-    if (b == NULL) {
-        return NULL;
-    }
-
-    b->next = t_blocks;
-    t_blocks = b;
-
-    return b + 1;
-}
-
-
-void *
-ngx_palloc(ngx_pool_t *pool, size_t size)
-{
-    return ngx_pnalloc(pool, size);
-}
-
-
-void *
-ngx_pcalloc(ngx_pool_t *pool, size_t size)
-{
-    void  *p;
-
-    p = ngx_pnalloc(pool, size);
-    if (p) {
-        memset(p, 0, size);
-    }
-
-    return p;
-}
-
-
-void *
-ngx_array_push(ngx_array_t *a)
-{
-    void  *elts;
-
-    if (a->nelts == a->nalloc) {
-        elts = ngx_palloc(a->pool, 2 * (a->nalloc + 1) * a->size);
-        if (elts == NULL) {
-            return NULL;
-        }
-
-        if (a->nelts) {
-            memcpy(elts, a->elts, a->nelts * a->size);
-        }
-
-        a->elts = elts;
-        a->nalloc = 2 * (a->nalloc + 1);
-    }
-
-    return (u_char *) a->elts + a->size * a->nelts++;
-}
-
-
-/* %V, %s, %i, %ui, %d, %ud, %z, %uz, %T: what the code prints */
-u_char *
-ngx_vslprintf(u_char *buf, u_char *last, const char *fmt, va_list args)
-{
-    int          uns;
-    char         tmp[32];
-    size_t       len;
-    ngx_str_t   *v;
-    const char  *s;
-
-    while (*fmt && buf < last) {
-
-        if (*fmt != '%') {
-            *buf++ = *fmt++;
-            continue;
-        }
-
-        fmt++;
-        uns = (*fmt == 'u');
-
-        if (uns) {
-            fmt++;
-        }
-
-        s = tmp;
-
-        switch (*fmt++) {
-        case 'V':
-            v = va_arg(args, ngx_str_t *);
-            s = (const char *) v->data;
-            len = v->len;
-            break;
-
-        case 's':
-            s = va_arg(args, const char *);
-            len = strlen(s);
-            break;
-
-        case 'i':
-            len = uns ? snprintf(tmp, sizeof(tmp), "%lu",
-                                 (unsigned long) va_arg(args, ngx_uint_t))
-                      : snprintf(tmp, sizeof(tmp), "%ld",
-                                 (long) va_arg(args, ngx_int_t));
-            break;
-
-        case 'd':
-            len = uns ? snprintf(tmp, sizeof(tmp), "%u", va_arg(args, u_int))
-                      : snprintf(tmp, sizeof(tmp), "%d", va_arg(args, int));
-            break;
-
-        case 'z':
-            len = uns ? snprintf(tmp, sizeof(tmp), "%zu",
-                                 va_arg(args, size_t))
-                      : snprintf(tmp, sizeof(tmp), "%zd",
-                                 va_arg(args, ssize_t));
-            break;
-
-        case 'T':
-            len = snprintf(tmp, sizeof(tmp), "%ld",
-                           (long) va_arg(args, time_t));
-            break;
-
-        default:
-            fprintf(stderr, "harness: unsupported format \"%s\"\n", fmt - 1);
-            abort();
-        }
-
-        while (len-- && buf < last) {
-            *buf++ = *s++;
-        }
-    }
-
-    return buf;
-}
-
-
-u_char * ngx_cdecl
-ngx_sprintf(u_char *buf, const char *fmt, ...)
-{
-    u_char   *p;
-    va_list   args;
-
-    va_start(args, fmt);
-    p = ngx_vslprintf(buf, (void *) -1, fmt, args);
-    va_end(args);
-
-    return p;
-}
-
-
-u_char * ngx_cdecl
-ngx_snprintf(u_char *buf, size_t max, const char *fmt, ...)
-{
-    u_char   *p;
-    va_list   args;
-
-    va_start(args, fmt);
-    p = ngx_vslprintf(buf, buf + max, fmt, args);
-    va_end(args);
-
-    return p;
-}
-
-
-static ngx_time_t      t_now = { 1700000000, 0, 0 };
-volatile ngx_time_t   *ngx_cached_time = &t_now;
-
-
-static void
-t_free_all(void)
-{
-    t_block_t  *b, *next;
-
-    for (b = t_blocks; b; b = next) {
-        next = b->next;
-        free(b);
-    }
-
-    t_blocks = NULL;
-}
-
-
-/* TAP and helpers */
-
-static ngx_pool_t  t_pool;
-static int         t_n;
-static int         t_failed;
-
-
-static void
-ok(int cond, const char *name)
-{
-    t_n++;
-    t_failed += !cond;
-
-    printf("%sok %d - %s\n", cond ? "" : "not ", t_n, name);
-}
-
-
-static void
-is(const char *got, const char *want, const char *name)
-{
-    ok(strcmp(got, want) == 0, name);
-
-    if (strcmp(got, want) != 0) {
-        printf("#      got: %s\n# expected: %s\n", got, want);
-    }
-}
-
-
-static void
-has(const char *got, const char *needle, const char *name)
-{
-    ok(strstr(got, needle) != NULL, name);
-
-    if (strstr(got, needle) == NULL) {
-        printf("#      got: %s\n#  missing: %s\n", got, needle);
-    }
-}
-
-
-static void
-lacks(const char *got, const char *needle, const char *name)
-{
-    ok(strstr(got, needle) == NULL, name);
-
-    if (strstr(got, needle) != NULL) {
-        printf("#      got: %s\n# unwanted: %s\n", got, needle);
-    }
-}
-
-
-static int
-count(const char *s, const char *needle)
-{
-    int  n;
-
-    for (n = 0; (s = strstr(s, needle)) != NULL; s += strlen(needle)) {
-        n++;
-    }
-
-    return n;
-}
-
-
-static ngx_smartflow_json_t *
-J(const char *s)
-{
-    ngx_str_t              err;
-    ngx_smartflow_json_t  *j;
-
-    j = ngx_smartflow_json_parse(&t_pool, (u_char *) s, strlen(s), &err);
-    if (j == NULL) {
-        fprintf(stderr, "harness: bad test JSON (%.*s): %s\n",
-                (int) err.len, err.data, s);
-        abort();
-    }
-
-    return j;
-}
-
-
-/* a tree dumped as a C string, "(null)" for none */
-static char *
-D(ngx_smartflow_json_t *j)
-{
-    char       *s;
-    ngx_str_t   out;
-
-    if (j == NULL) {
-        return "(null)";
-    }
-
-    if (ngx_smartflow_json_dump(&t_pool, j, &out) != NGX_OK) {
-        abort();
-    }
-
-    s = ngx_pnalloc(&t_pool, out.len + 1);
-    if (s == NULL) {
-        abort();
-    }
-
-    memcpy(s, out.data, out.len);
-    s[out.len] = '\0';
-
-    return s;
-}
-
-
-static void
-xinit(ngx_smartflow_xlate_t *x, char *model)
-{
-    memset(x, 0, sizeof(ngx_smartflow_xlate_t));
-
-    x->pool = &t_pool;
-    x->model.data = (u_char *) model;
-    x->model.len = strlen(model);
-}
-
-
-static char *
-xerr(ngx_smartflow_xlate_t *x)
-{
-    char  *s;
-
-    s = ngx_pcalloc(&t_pool, x->err.len + 1);
-    if (s == NULL) {
-        abort();
-    }
-
-    if (x->err.len) {
-        memcpy(s, x->err.data, x->err.len);
-    }
-
-    return s;
-}
-
+/* one body through a translation: its dump, or the error that refused it */
 
 static char *
 req(const char *body)
 {
-    ngx_smartflow_xlate_t  x;
-
-    xinit(&x, "gemini-client");
-
-    return D(ngx_smartflow_xlate_req_openai_to_gemini(&x, J(body)));
+    return unit_xlate(ngx_smartflow_xlate_req_openai_to_gemini, "gemini-client",
+                      body);
 }
 
 
-/* the error a refused request gives, or "(accepted)" */
 static char *
 req_err(const char *body)
 {
-    ngx_smartflow_xlate_t  x;
-
-    xinit(&x, "gemini-client");
-
-    if (ngx_smartflow_xlate_req_openai_to_gemini(&x, J(body)) != NULL) {
-        return "(accepted)";
-    }
-
-    return xerr(&x);
+    return unit_xlate_err(ngx_smartflow_xlate_req_openai_to_gemini,
+                          "gemini-client", body);
 }
 
 
 static char *
 resp(const char *body)
 {
-    ngx_smartflow_xlate_t  x;
+    return unit_xlate(ngx_smartflow_xlate_resp_gemini_to_openai, "gpt-4o",
+                      body);
+}
 
-    xinit(&x, "gpt-4o");
 
-    return D(ngx_smartflow_xlate_resp_gemini_to_openai(&x, J(body)));
+static char *
+resp_err(const char *body)
+{
+    return unit_xlate_err(ngx_smartflow_xlate_resp_gemini_to_openai, "gpt-4o",
+                          body);
 }
 
 
 /* streams: the events' data (NULL ends the list), then the end call */
 
-#define T_END_NONE    0
-#define T_END_CLEAN   1
-#define T_END_BROKEN  2
-
-
 static char *
 stream(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
     const char **ev, ngx_uint_t how)
 {
-    char         *s, *p;
-    size_t        len;
-    ngx_str_t     name, *e;
+    ngx_str_t     name;
     ngx_uint_t    i;
     ngx_array_t   out;
 
-    if (ngx_array_init(&out, &t_pool, 2, sizeof(ngx_str_t)) != NGX_OK) {
+    if (ngx_array_init(&out, &unit_pool, 2, sizeof(ngx_str_t)) != NGX_OK) {
         abort();
     }
 
@@ -414,36 +68,23 @@ stream(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
         }
     }
 
-    if (how != T_END_NONE
-        && ngx_smartflow_xlate_stream_end_gemini_openai(x, st,
-                                                        how == T_END_BROKEN,
-                                                        &out)
-           != NGX_OK)
-    {
-        printf("# stream end failed: %s\n", xerr(x));
-        return "(failed)";
-    }
+    return unit_stream_end(ngx_smartflow_xlate_stream_end_gemini_openai, x,
+                           st, &out, how);
+}
 
-    e = out.elts;
-    len = 0;
 
-    for (i = 0; i < out.nelts; i++) {
-        len += e[i].len;
-    }
+/* a stream as a client of model gets it, the state left in st */
+static char *
+stream_in(ngx_smartflow_xlate_stream_t *st, const char *model,
+    ngx_uint_t usage, const char **ev, ngx_uint_t how)
+{
+    ngx_smartflow_xlate_t  x;
 
-    s = ngx_pnalloc(&t_pool, len + 1);
-    if (s == NULL) {
-        abort();
-    }
+    xinit(&x, (char *) model);
+    memset(st, 0, sizeof(ngx_smartflow_xlate_stream_t));
+    st->include_usage = usage;
 
-    for (p = s, i = 0; i < out.nelts; i++) {
-        memcpy(p, e[i].data, e[i].len);
-        p += e[i].len;
-    }
-
-    *p = '\0';
-
-    return s;
+    return stream(&x, st, ev, how);
 }
 
 
@@ -451,14 +92,9 @@ static char *
 stream1(const char *model, ngx_uint_t usage, const char **ev,
     ngx_uint_t how)
 {
-    ngx_smartflow_xlate_t          x;
-    ngx_smartflow_xlate_stream_t   st;
+    ngx_smartflow_xlate_stream_t  st;
 
-    xinit(&x, (char *) model);
-    memset(&st, 0, sizeof(st));
-    st.include_usage = usage;
-
-    return stream(&x, &st, ev, how);
+    return stream_in(&st, model, usage, ev, how);
 }
 
 
@@ -488,7 +124,7 @@ valid_sse(const char *s)
             return 1;
         }
 
-        if (ngx_smartflow_json_parse(&t_pool, (u_char *) json, end - json,
+        if (ngx_smartflow_json_parse(&unit_pool, (u_char *) json, end - json,
                                      &err)
             == NULL)
         {
@@ -502,56 +138,6 @@ valid_sse(const char *s)
     printf("# no [DONE]\n");
     return 0;
 }
-
-
-/* the n-th event's parsed data (from 0) */
-static ngx_smartflow_json_t *
-event_json(const char *s, int n)
-{
-    char       *end;
-    ngx_str_t   err;
-
-    for ( ;; ) {
-        end = strstr(s, "\n\n");
-        if (end == NULL) {
-            return NULL;
-        }
-
-        if (n-- == 0) {
-            return ngx_smartflow_json_parse(&t_pool, (u_char *) s + 6,
-                                            end - s - 6, &err);
-        }
-
-        s = end + 2;
-    }
-}
-
-
-#define HEAD(id, model)                                                      \
-    "data: {\"id\":\"chatcmpl-" id "\",\"object\":\"chat.completion.chunk\"," \
-    "\"created\":1700000000,\"model\":\"" model "\",\"choices\":"
-
-#define ROLE(id, m)                                                          \
-    HEAD(id, m) "[{\"index\":0,\"delta\":{\"role\":\"assistant\","           \
-    "\"content\":\"\"},\"finish_reason\":null}]}\n\n"
-
-#define DELTA(id, m, d)                                                      \
-    HEAD(id, m) "[{\"index\":0,\"delta\":" d ",\"finish_reason\":null}]}\n\n"
-
-#define FINISH(id, m, r)                                                     \
-    HEAD(id, m) "[{\"index\":0,\"delta\":{},\"finish_reason\":\"" r          \
-    "\"}]}\n\n"
-
-#define USAGE(id, m, p, c, t)                                                \
-    HEAD(id, m) "[],\"usage\":{\"prompt_tokens\":" p ",\"completion_tokens\":" \
-    c ",\"total_tokens\":" t "}}\n\n"
-
-#define DONE  "data: [DONE]\n\n"
-
-#define BROKEN                                                               \
-    "data: {\"error\":{\"message\":\"The provider's stream ended before "     \
-    "completion.\",\"type\":\"api_error\",\"param\":null,"                   \
-    "\"code\":\"upstream_stream_broken\"}}\n\n" DONE
 
 
 /* requests */
@@ -820,111 +406,92 @@ test_req_schema(void)
        "req: schema cleaned at every depth, property names and values "
        "kept, type lists -> nullable, $refs inlined");
 
-    ok(strstr(req_err("{\"messages\":[{\"role\":\"user\",\"content\":"
-                      "\"x\"}],\"tools\":[{\"type\":\"function\","
-                      "\"function\":{\"name\":\"f\",\"parameters\":{"
-                      "\"type\":\"object\",\"properties\":{\"a\":"
-                      "{\"$ref\":\"#/$defs/Nope\"}}}}}]}"),
-              "$ref") != NULL,
-       "req: a $ref to nothing is refused");
+    has(req_err("{\"messages\":[{\"role\":\"user\",\"content\":"
+                "\"x\"}],\"tools\":[{\"type\":\"function\","
+                "\"function\":{\"name\":\"f\",\"parameters\":{"
+                "\"type\":\"object\",\"properties\":{\"a\":"
+                "{\"$ref\":\"#/$defs/Nope\"}}}}}]}"),
+        "$ref", "req: a $ref to nothing is refused");
 
-    ok(strstr(req_err("{\"messages\":[{\"role\":\"user\",\"content\":"
-                      "\"x\"}],\"tools\":[{\"type\":\"function\","
-                      "\"function\":{\"name\":\"f\",\"parameters\":{"
-                      "\"type\":\"object\",\"properties\":{\"child\":"
-                      "{\"$ref\":\"#\"}}}}}]}"),
-              "too deeply") != NULL,
-       "req: a recursive schema is refused, not expanded forever");
+    has(req_err("{\"messages\":[{\"role\":\"user\",\"content\":"
+                "\"x\"}],\"tools\":[{\"type\":\"function\","
+                "\"function\":{\"name\":\"f\",\"parameters\":{"
+                "\"type\":\"object\",\"properties\":{\"child\":"
+                "{\"$ref\":\"#\"}}}}}]}"),
+        "too deeply",
+        "req: a recursive schema is refused, not expanded forever");
 
     /* each level refers four times to the next: 4^12 nodes unbounded */
-    ok(strstr(req_err("{\"messages\":[{\"role\":\"user\",\"content\":"
-                      "\"x\"}],\"tools\":[{\"type\":\"function\","
-                      "\"function\":{\"name\":\"f\",\"parameters\":{"
-                      "\"$ref\":\"#/$defs/L0\",\"$defs\":{"
-                      LEVEL("L0", "L1") LEVEL("L1", "L2") LEVEL("L2", "L3")
-                      LEVEL("L3", "L4") LEVEL("L4", "L5") LEVEL("L5", "L6")
-                      LEVEL("L6", "L7") LEVEL("L7", "L8") LEVEL("L8", "L9")
-                      LEVEL("L9", "L10") LEVEL("L10", "L11")
-                      "\"L11\":{\"type\":\"string\"}}}}}]}"),
-              "expand too far") != NULL,
-       "req: $refs that multiply are stopped by the node budget");
+    has(req_err("{\"messages\":[{\"role\":\"user\",\"content\":"
+                "\"x\"}],\"tools\":[{\"type\":\"function\","
+                "\"function\":{\"name\":\"f\",\"parameters\":{"
+                "\"$ref\":\"#/$defs/L0\",\"$defs\":{"
+                LEVEL("L0", "L1") LEVEL("L1", "L2") LEVEL("L2", "L3")
+                LEVEL("L3", "L4") LEVEL("L4", "L5") LEVEL("L5", "L6")
+                LEVEL("L6", "L7") LEVEL("L7", "L8") LEVEL("L8", "L9")
+                LEVEL("L9", "L10") LEVEL("L10", "L11")
+                "\"L11\":{\"type\":\"string\"}}}}}]}"),
+        "expand too far",
+        "req: $refs that multiply are stopped by the node budget");
 }
 
 
 static void
 test_req_errors(void)
 {
-    ngx_smartflow_xlate_t  x;
-
-    xinit(&x, "m");
-    ok(ngx_smartflow_xlate_req_openai_to_gemini(&x, J("[1]")) == NULL
-       && strstr(xerr(&x), "JSON object") != NULL,
-       "req: a body that is not an object is refused");
+    has(req_err("[1]"), "JSON object",
+        "req: a body that is not an object is refused");
 
     is(req_err("{\"model\":\"m\"}"), "'messages' must be an array",
        "req: no messages");
-    ok(strstr(req_err("{\"messages\":[{\"role\":\"function\","
-                      "\"content\":\"x\"}]}"),
-              "role must be") != NULL,
-       "req: an unknown role is refused");
-    ok(strstr(req_err("{\"messages\":[{\"content\":\"x\"}]}"),
-              "'role'") != NULL,
-       "req: a message without a role is refused");
-    ok(strstr(req_err("{\"messages\":[{\"role\":\"system\","
-                      "\"content\":\"x\"}]}"),
-              "no user or assistant") != NULL,
-       "req: a system message alone is refused");
-    ok(strstr(req_err("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"},"
-                      "{\"role\":\"tool\",\"tool_call_id\":\"c9\","
-                      "\"content\":\"r\"}]}"),
-              "matches no earlier tool call") != NULL,
-       "req: a result for an unknown call is refused");
-    ok(strstr(req_err("{\"messages\":[{\"role\":\"tool\","
-                      "\"content\":\"r\"}]}"),
-              "tool_call_id") != NULL,
-       "req: a result without tool_call_id is refused");
-    ok(strstr(req_err("{\"messages\":[{\"role\":\"user\",\"content\":[{"
-                      "\"type\":\"image_url\",\"image_url\":{\"url\":"
-                      "\"ftp://x/y.png\"}}]}]}"),
-              "image") != NULL,
-       "req: an image that is neither http(s) nor data is refused");
-    ok(strstr(req_err("{\"messages\":[{\"role\":\"user\",\"content\":[{"
-                      "\"type\":\"image_url\",\"image_url\":{\"url\":"
-                      "\"data:image/png,rawbytes\"}}]}]}"),
-              "image") != NULL,
-       "req: a data URL that is not base64 is refused");
-    ok(strstr(req_err("{\"messages\":[{\"role\":\"user\",\"content\":[{"
-                      "\"type\":\"file\",\"file\":{\"file_id\":\"f-1\"}}]}]}"),
-              "inline files") != NULL,
-       "req: a file by id is refused");
-    ok(strstr(req_err("{\"messages\":[{\"role\":\"user\",\"content\":[{"
-                      "\"type\":\"video\"}]}]}"),
-              "not supported") != NULL,
-       "req: an unknown part type is refused");
-    ok(strstr(req_err("{\"messages\":[{\"role\":\"user\",\"content\":7}]}"),
-              "string or an array") != NULL,
-       "req: a content that is a number is refused");
-    ok(strstr(req_err("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
-                      "\"n\":2}"),
-              "'n' must be 1") != NULL,
-       "req: n > 1 is refused");
-    ok(strstr(req_err("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
-                      "\"tools\":[{\"type\":\"web_search\"}]}"),
-              "only function tools") != NULL,
-       "req: a non-function tool is refused");
-    ok(strstr(req_err("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
-                      "\"tools\":[{\"type\":\"function\",\"function\":"
-                      "{\"name\":\"f\"}}],\"tool_choice\":\"sometimes\"}"),
-              "tool_choice") != NULL,
-       "req: an unknown tool_choice is refused");
-    ok(strstr(req_err("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
-                      "\"response_format\":{\"type\":\"yaml\"}}"),
-              "response_format") != NULL,
-       "req: an unknown response_format is refused");
-    ok(strstr(req_err("{\"messages\":[{\"role\":\"assistant\","
-                      "\"tool_calls\":[{\"id\":\"c\",\"function\":{}}]}]}"),
-              "function name") != NULL,
-       "req: a tool call without a name is refused");
+    has(req_err("{\"messages\":[{\"role\":\"function\","
+                "\"content\":\"x\"}]}"),
+        "role must be", "req: an unknown role is refused");
+    has(req_err("{\"messages\":[{\"content\":\"x\"}]}"),
+        "'role'", "req: a message without a role is refused");
+    has(req_err("{\"messages\":[{\"role\":\"system\","
+                "\"content\":\"x\"}]}"),
+        "no user or assistant", "req: a system message alone is refused");
+    has(req_err("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"},"
+                "{\"role\":\"tool\",\"tool_call_id\":\"c9\","
+                "\"content\":\"r\"}]}"),
+        "matches no earlier tool call",
+        "req: a result for an unknown call is refused");
+    has(req_err("{\"messages\":[{\"role\":\"tool\","
+                "\"content\":\"r\"}]}"),
+        "tool_call_id", "req: a result without tool_call_id is refused");
+    has(req_err("{\"messages\":[{\"role\":\"user\",\"content\":[{"
+                "\"type\":\"image_url\",\"image_url\":{\"url\":"
+                "\"ftp://x/y.png\"}}]}]}"),
+        "image", "req: an image that is neither http(s) nor data is refused");
+    has(req_err("{\"messages\":[{\"role\":\"user\",\"content\":[{"
+                "\"type\":\"image_url\",\"image_url\":{\"url\":"
+                "\"data:image/png,rawbytes\"}}]}]}"),
+        "image", "req: a data URL that is not base64 is refused");
+    has(req_err("{\"messages\":[{\"role\":\"user\",\"content\":[{"
+                "\"type\":\"file\",\"file\":{\"file_id\":\"f-1\"}}]}]}"),
+        "inline files", "req: a file by id is refused");
+    has(req_err("{\"messages\":[{\"role\":\"user\",\"content\":[{"
+                "\"type\":\"video\"}]}]}"),
+        "not supported", "req: an unknown part type is refused");
+    has(req_err("{\"messages\":[{\"role\":\"user\",\"content\":7}]}"),
+        "string or an array", "req: a content that is a number is refused");
+    has(req_err("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                "\"n\":2}"),
+        "'n' must be 1", "req: n > 1 is refused");
+    has(req_err("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                "\"tools\":[{\"type\":\"web_search\"}]}"),
+        "only function tools", "req: a non-function tool is refused");
+    has(req_err("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                "\"tools\":[{\"type\":\"function\",\"function\":"
+                "{\"name\":\"f\"}}],\"tool_choice\":\"sometimes\"}"),
+        "tool_choice", "req: an unknown tool_choice is refused");
+    has(req_err("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                "\"response_format\":{\"type\":\"yaml\"}}"),
+        "response_format", "req: an unknown response_format is refused");
+    has(req_err("{\"messages\":[{\"role\":\"assistant\","
+                "\"tool_calls\":[{\"id\":\"c\",\"function\":{}}]}]}"),
+        "function name", "req: a tool call without a name is refused");
 }
 
 
@@ -933,8 +500,7 @@ test_req_errors(void)
 static void
 test_resp(void)
 {
-    char                  *out;
-    ngx_smartflow_xlate_t  x;
+    char  *out;
 
     is(resp("{\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":["
             "{\"text\":\"Let me think\",\"thought\":true},"
@@ -1017,22 +583,15 @@ test_resp(void)
        && strstr(out, "_0\",\"type\"") && strstr(out, "_1\",\"type\""),
        "resp: tool call ids generated, numbered");
 
-    xinit(&x, "m");
-    ok(ngx_smartflow_xlate_resp_gemini_to_openai(&x, J("{\"candidates\":[]}"))
-       == NULL && strstr(xerr(&x), "no candidates") != NULL,
-       "resp: no candidates and no feedback is an error");
+    has(resp_err("{\"candidates\":[]}"), "no candidates",
+        "resp: no candidates and no feedback is an error");
 
-    xinit(&x, "m");
-    ok(ngx_smartflow_xlate_resp_gemini_to_openai(&x, J("\"x\"")) == NULL
-       && x.err.len,
-       "resp: a body that is not an object is an error");
+    has(resp_err("\"x\""), "not a JSON object",
+        "resp: a body that is not an object is an error");
 
-    xinit(&x, "m");
-    ok(ngx_smartflow_xlate_resp_gemini_to_openai(&x, J(
-           "{\"candidates\":[{\"content\":{\"parts\":[{\"functionCall\":"
-           "{\"args\":{}}}]}}]}"))
-       == NULL && strstr(xerr(&x), "no name") != NULL,
-       "resp: a functionCall without a name is an error");
+    has(resp_err("{\"candidates\":[{\"content\":{\"parts\":["
+                 "{\"functionCall\":{\"args\":{}}}]}}]}"),
+        "no name", "resp: a functionCall without a name is an error");
 }
 
 
@@ -1072,14 +631,9 @@ static void
 test_stream(void)
 {
     char                          *out;
-    ngx_smartflow_xlate_t          x;
     ngx_smartflow_xlate_stream_t   st;
 
-    xinit(&x, "gpt-4o");
-    memset(&st, 0, sizeof(st));
-    st.include_usage = 1;
-
-    out = stream(&x, &st, s_text, T_END_CLEAN);
+    out = stream_in(&st, "gpt-4o", 1, s_text, UNIT_END_CLEAN);
 
     is(out,
        ROLE("S1", "gpt-4o")
@@ -1096,7 +650,7 @@ test_stream(void)
        && st.finished,
        "stream: usage kept in the state");
 
-    is(stream1("gpt-4o", 0, s_text, T_END_CLEAN),
+    is(stream1("gpt-4o", 0, s_text, UNIT_END_CLEAN),
        ROLE("S1", "gpt-4o")
        DELTA("S1", "gpt-4o", "{\"content\":\"Hello\"}")
        DELTA("S1", "gpt-4o", "{\"content\":\" wor\"}")
@@ -1105,7 +659,7 @@ test_stream(void)
        DONE,
        "stream: no usage chunk unless the client asked");
 
-    out = stream1("m", 1, s_tool, T_END_CLEAN);
+    out = stream1("m", 1, s_tool, UNIT_END_CLEAN);
 
     is(out,
        ROLE("T1", "m")
@@ -1127,7 +681,7 @@ test_stream(void)
     {
         const char  *ev[] = { s_text[0], s_text[1], NULL };
 
-        out = stream1("m", 1, ev, T_END_BROKEN);
+        out = stream1("m", 1, ev, UNIT_END_BROKEN);
         is(out,
            ROLE("S1", "m")
            DELTA("S1", "m", "{\"content\":\"Hello\"}")
@@ -1136,7 +690,7 @@ test_stream(void)
            "stream: broken stream -> error chunk and [DONE], no finish");
         ok(valid_sse(out), "stream: broken stream is well-formed SSE");
 
-        is(stream1("m", 1, ev, T_END_CLEAN),
+        is(stream1("m", 1, ev, UNIT_END_CLEAN),
            ROLE("S1", "m")
            DELTA("S1", "m", "{\"content\":\"Hello\"}")
            DELTA("S1", "m", "{\"content\":\" wor\"}")
@@ -1144,11 +698,11 @@ test_stream(void)
            "stream: a clean end without a finish reason is broken too");
     }
 
-    has(stream1("m", 1, s_text, T_END_BROKEN),
+    has(stream1("m", 1, s_text, UNIT_END_BROKEN),
         FINISH("S1", "m", "stop") BROKEN,
         "stream: a break after the finish reason still says so");
 
-    is(stream1("m", 1, &s_text[3], T_END_CLEAN), BROKEN,
+    is(stream1("m", 1, &s_text[3], UNIT_END_CLEAN), BROKEN,
        "stream: an empty stream -> error chunk");
 
     /* an error event mid-stream; nothing after it */
@@ -1161,11 +715,7 @@ test_stream(void)
             NULL
         };
 
-        xinit(&x, "m");
-        memset(&st, 0, sizeof(st));
-        st.include_usage = 1;
-
-        out = stream(&x, &st, ev, T_END_CLEAN);
+        out = stream_in(&st, "m", 1, ev, UNIT_END_CLEAN);
         is(out,
            ROLE("S1", "m")
            DELTA("S1", "m", "{\"content\":\"Hello\"}")
@@ -1181,7 +731,7 @@ test_stream(void)
             "{\"error\":{\"code\":500,\"status\":\"INTERNAL\"}}", NULL
         };
 
-        is(stream1("m", 1, ev, T_END_BROKEN),
+        is(stream1("m", 1, ev, UNIT_END_BROKEN),
            "data: {\"error\":{\"message\":\"The provider reported an "
            "error.\",\"type\":\"api_error\",\"param\":null,\"code\":null}}"
            "\n\n" DONE,
@@ -1194,7 +744,7 @@ test_stream(void)
             "\"status\":\"UNAVAILABLE\"}}", NULL
         };
 
-        has(stream1("m", 1, ev, T_END_NONE),
+        has(stream1("m", 1, ev, UNIT_END_NONE),
             "\"type\":\"api_error\",\"param\":null,\"code\":\"overloaded\"",
             "stream: UNAVAILABLE -> overloaded");
     }
@@ -1208,7 +758,7 @@ test_stream(void)
             NULL
         };
 
-        is(stream1("m", 1, ev, T_END_CLEAN),
+        is(stream1("m", 1, ev, UNIT_END_CLEAN),
            ROLE("B1", "m")
            FINISH("B1", "m", "content_filter")
            USAGE("B1", "m", "7", "0", "7")
@@ -1229,7 +779,7 @@ test_stream(void)
             NULL
         };
 
-        is(stream1("m", 1, ev, T_END_CLEAN),
+        is(stream1("m", 1, ev, UNIT_END_CLEAN),
            ROLE("F1", "m")
            DELTA("F1", "m", "{\"content\":\"A\"}")
            FINISH("F1", "m", "content_filter")
@@ -1248,7 +798,7 @@ test_stream(void)
             NULL
         };
 
-        out = stream1("m", 1, ev, T_END_CLEAN);
+        out = stream1("m", 1, ev, UNIT_END_CLEAN);
         has(out, "\"delta\":{},\"finish_reason\":\"length\"}]}",
             "stream: MAX_TOKENS -> length");
         has(out, "\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":2,",
@@ -1261,7 +811,7 @@ test_stream(void)
     {
         const char  *ev[] = { "[1,2]", "\"x\"", NULL };
 
-        is(stream1("m", 1, ev, T_END_NONE), "",
+        is(stream1("m", 1, ev, UNIT_END_NONE), "",
            "stream: events that are not objects are skipped");
     }
 }
@@ -1286,7 +836,7 @@ test_escaping(void)
         NULL
     };
 
-    out = stream1("we\"ird\nmodel", 1, ev, T_END_CLEAN);
+    out = stream1("we\"ird\nmodel", 1, ev, UNIT_END_CLEAN);
 
     ok(valid_sse(out), "escaping: still well-formed SSE");
 
@@ -1341,9 +891,5 @@ main(void)
     test_stream();
     test_escaping();
 
-    printf("1..%d\n", t_n);
-
-    t_free_all();
-
-    return t_failed ? 1 : 0;
+    return unit_done();
 }

@@ -1,371 +1,87 @@
 /*
  * Unit tests for the OpenAI <-> Anthropic translation: requests, whole
  * responses, error bodies and streams, checked on the dumped JSON and on
- * the exact SSE bytes.  Prints TAP.  Built outside nginx, so the few
- * nginx core functions the code calls are provided below over malloc.
+ * the exact SSE bytes.  Prints TAP.  Built outside nginx, over the nginx
+ * core shims of ngx_smartflow_unit.h.
  *
  * Built and run by "make unit" (t/unit/001-translate.t runs it).
  */
 
-#include <stdarg.h>
-#include <stdio.h>
-#include <stdlib.h>
+#include "ngx_smartflow_unit.h"
 
-#include "ngx_http_smartflow_translate.h"
 
+/* one body through a translation: its dump, or the error that refused it */
 
-/* the nginx core the translation uses */
-
-typedef struct test_block_s  test_block_t;
-
-struct test_block_s {
-    test_block_t  *next;
-};
-
-static test_block_t  *test_blocks;
-
-
-void *
-ngx_pnalloc(ngx_pool_t *pool, size_t size)
-{
-    test_block_t  *b;
-
-    b = malloc(sizeof(test_block_t) + size);
-    if (b == NULL) {
-        return NULL;
-    }
-
-    b->next = test_blocks;
-    test_blocks = b;
-
-    return b + 1;
-}
-
-
-void *
-ngx_palloc(ngx_pool_t *pool, size_t size)
-{
-    return ngx_pnalloc(pool, size);
-}
-
-
-void *
-ngx_pcalloc(ngx_pool_t *pool, size_t size)
-{
-    void  *p;
-
-    p = ngx_pnalloc(pool, size);
-    if (p) {
-        memset(p, 0, size);
-    }
-
-    return p;
-}
-
-
-void *
-ngx_array_push(ngx_array_t *a)
-{
-    void  *elt, *new;
-
-    if (a->nelts == a->nalloc) {
-        new = ngx_palloc(a->pool, 2 * (a->nalloc ? a->nalloc : 1) * a->size);
-        if (new == NULL) {
-            return NULL;
-        }
-
-        if (a->nelts) {
-            memcpy(new, a->elts, a->nelts * a->size);
-        }
-
-        a->elts = new;
-        a->nalloc = 2 * (a->nalloc ? a->nalloc : 1);
-    }
-
-    elt = (u_char *) a->elts + a->size * a->nelts;
-    a->nelts++;
-
-    return elt;
-}
-
-
-static u_char *
-test_put(u_char *buf, u_char *last, const char *s, size_t len)
-{
-    while (len-- && buf < last) {
-        *buf++ = *s++;
-    }
-
-    return buf;
-}
-
-
-/* the conversions the gateway's code uses; anything else aborts */
-u_char *
-ngx_vslprintf(u_char *buf, u_char *last, const char *fmt, va_list args)
-{
-    int         uns;
-    char        tmp[64];
-    size_t      slen;
-    ngx_str_t  *v;
-    const char *s;
-
-    while (*fmt && buf < last) {
-
-        if (*fmt != '%') {
-            *buf++ = *fmt++;
-            continue;
-        }
-
-        fmt++;
-        uns = 0;
-        slen = (size_t) -1;
-
-        for ( ;; ) {
-            if (*fmt == 'u') {
-                uns = 1;
-                fmt++;
-
-            } else if (*fmt == '*') {
-                slen = va_arg(args, size_t);
-                fmt++;
-
-            } else {
-                break;
-            }
-        }
-
-        switch (*fmt++) {
-
-        case 'V':
-            v = va_arg(args, ngx_str_t *);
-            buf = test_put(buf, last, (char *) v->data, v->len);
-            continue;
-
-        case 's':
-            s = va_arg(args, const char *);
-            buf = test_put(buf, last, s,
-                           slen == (size_t) -1 ? strlen(s) : slen);
-            continue;
-
-        case 'i':
-            if (uns) {
-                snprintf(tmp, sizeof(tmp), "%lu",
-                         (unsigned long) va_arg(args, ngx_uint_t));
-            } else {
-                snprintf(tmp, sizeof(tmp), "%ld",
-                         (long) va_arg(args, ngx_int_t));
-            }
-            break;
-
-        case 'd':
-            if (uns) {
-                snprintf(tmp, sizeof(tmp), "%u", va_arg(args, u_int));
-            } else {
-                snprintf(tmp, sizeof(tmp), "%d", va_arg(args, int));
-            }
-            break;
-
-        case 'z':
-            if (uns) {
-                snprintf(tmp, sizeof(tmp), "%zu", va_arg(args, size_t));
-            } else {
-                snprintf(tmp, sizeof(tmp), "%zd", va_arg(args, ssize_t));
-            }
-            break;
-
-        case 'T':
-            snprintf(tmp, sizeof(tmp), "%ld", (long) va_arg(args, time_t));
-            break;
-
-        case '%':
-            tmp[0] = '%';
-            tmp[1] = '\0';
-            break;
-
-        default:
-            fprintf(stderr, "harness: unsupported format in \"%s\"\n", fmt);
-            abort();
-        }
-
-        buf = test_put(buf, last, tmp, strlen(tmp));
-    }
-
-    return buf;
-}
-
-
-u_char * ngx_cdecl
-ngx_sprintf(u_char *buf, const char *fmt, ...)
-{
-    u_char   *p;
-    va_list   args;
-
-    va_start(args, fmt);
-    p = ngx_vslprintf(buf, (void *) -1, fmt, args);
-    va_end(args);
-
-    return p;
-}
-
-
-u_char * ngx_cdecl
-ngx_snprintf(u_char *buf, size_t max, const char *fmt, ...)
-{
-    u_char   *p;
-    va_list   args;
-
-    va_start(args, fmt);
-    p = ngx_vslprintf(buf, buf + max, fmt, args);
-    va_end(args);
-
-    return p;
-}
-
-
-static ngx_time_t           test_now = { 1700000000, 0, 0 };
-volatile ngx_time_t        *ngx_cached_time = &test_now;
-
-
-static void
-test_free_all(void)
-{
-    test_block_t  *b, *next;
-
-    for (b = test_blocks; b; b = next) {
-        next = b->next;
-        free(b);
-    }
-
-    test_blocks = NULL;
-}
-
-
-/* TAP */
-
-static ngx_pool_t   test_pool;
-static int          test_n;
-static int          test_failed;
-
-
-static void
-ok(int cond, const char *name)
-{
-    test_n++;
-
-    if (!cond) {
-        test_failed++;
-    }
-
-    printf("%sok %d - %s\n", cond ? "" : "not ", test_n, name);
-}
-
-
-static ngx_smartflow_json_t *
-J(const char *s)
-{
-    ngx_str_t              err;
-    ngx_smartflow_json_t  *j;
-
-    j = ngx_smartflow_json_parse(&test_pool, (u_char *) s, strlen(s), &err);
-    if (j == NULL) {
-        fprintf(stderr, "harness: bad test JSON (%.*s): %s\n",
-                (int) err.len, err.data, s);
-        abort();
-    }
-
-    return j;
-}
-
-
-/* the dump as a C string, "(null)" for no tree */
 static char *
-D(ngx_smartflow_json_t *j)
+req_to_an(const char *body)
 {
-    char       *s;
-    ngx_str_t   out;
-
-    if (j == NULL) {
-        return "(null)";
-    }
-
-    if (ngx_smartflow_json_dump(&test_pool, j, &out) != NGX_OK) {
-        abort();
-    }
-
-    s = ngx_pnalloc(&test_pool, out.len + 1);
-    if (s == NULL) {
-        abort();
-    }
-
-    memcpy(s, out.data, out.len);
-    s[out.len] = '\0';
-
-    return s;
-}
-
-
-static void
-is(const char *got, const char *expected, const char *name)
-{
-    ok(strcmp(got, expected) == 0, name);
-
-    if (strcmp(got, expected) != 0) {
-        printf("#      got: %s\n# expected: %s\n", got, expected);
-    }
-}
-
-
-static void
-has(const char *got, const char *needle, const char *name)
-{
-    ok(strstr(got, needle) != NULL, name);
-
-    if (strstr(got, needle) == NULL) {
-        printf("#      got: %s\n#  missing: %s\n", got, needle);
-    }
-}
-
-
-static void
-lacks(const char *got, const char *needle, const char *name)
-{
-    ok(strstr(got, needle) == NULL, name);
-
-    if (strstr(got, needle) != NULL) {
-        printf("#      got: %s\n# unwanted: %s\n", got, needle);
-    }
-}
-
-
-static void
-xinit(ngx_smartflow_xlate_t *x, char *model)
-{
-    memset(x, 0, sizeof(ngx_smartflow_xlate_t));
-
-    x->pool = &test_pool;
-    x->model.data = (u_char *) model;
-    x->model.len = strlen(model);
+    return unit_xlate(ngx_smartflow_xlate_req_openai_to_anthropic, "m", body);
 }
 
 
 static char *
-xerr(ngx_smartflow_xlate_t *x)
+req_to_an_err(const char *body)
 {
-    char  *s;
+    return unit_xlate_err(ngx_smartflow_xlate_req_openai_to_anthropic, "m",
+                          body);
+}
 
-    s = ngx_pnalloc(&test_pool, x->err.len + 1);
-    if (s == NULL) {
-        abort();
-    }
 
-    if (x->err.len) {
-        memcpy(s, x->err.data, x->err.len);
-    }
+static char *
+req_to_oa(const char *body)
+{
+    return unit_xlate(ngx_smartflow_xlate_req_anthropic_to_openai, "claude-x",
+                      body);
+}
 
-    s[x->err.len] = '\0';
 
-    return s;
+static char *
+req_to_oa_err(const char *body)
+{
+    return unit_xlate_err(ngx_smartflow_xlate_req_anthropic_to_openai,
+                          "claude-x", body);
+}
+
+
+static char *
+resp_to_oa(const char *body)
+{
+    return unit_xlate(ngx_smartflow_xlate_resp_anthropic_to_openai, "gpt-4o",
+                      body);
+}
+
+
+static char *
+resp_to_an(const char *body)
+{
+    return unit_xlate(ngx_smartflow_xlate_resp_openai_to_anthropic,
+                      "claude-client", body);
+}
+
+
+/* a provider's error body (NULL: none) as either client gets it */
+
+static char *
+err_to_oa(ngx_uint_t status, const char *body)
+{
+    ngx_smartflow_xlate_t  x;
+
+    xinit(&x, "m");
+
+    return D(ngx_smartflow_xlate_error_to_openai(&x, status,
+                                                 body ? J(body) : NULL));
+}
+
+
+static char *
+err_to_an(ngx_uint_t status, const char *body)
+{
+    ngx_smartflow_xlate_t  x;
+
+    xinit(&x, "m");
+
+    return D(ngx_smartflow_xlate_error_to_anthropic(&x, status,
+                                                    body ? J(body) : NULL));
 }
 
 
@@ -375,31 +91,22 @@ typedef ngx_int_t (*test_stream_pt)(ngx_smartflow_xlate_t *x,
     ngx_smartflow_xlate_stream_t *st, ngx_str_t *event,
     ngx_smartflow_json_t *data, ngx_array_t *out);
 
-typedef ngx_int_t (*test_end_pt)(ngx_smartflow_xlate_t *x,
-    ngx_smartflow_xlate_stream_t *st, ngx_uint_t broken, ngx_array_t *out);
-
 typedef struct {
     char        *event;
     char        *data;          /* NULL: OpenAI's [DONE] */
 } test_event_t;
 
-#define TEST_END_NONE    0
-#define TEST_END_CLEAN   1
-#define TEST_END_BROKEN  2
-
 
 static char *
-stream(test_stream_pt fn, test_end_pt end, ngx_smartflow_xlate_t *x,
+stream(test_stream_pt fn, unit_end_pt end, ngx_smartflow_xlate_t *x,
     ngx_smartflow_xlate_stream_t *st, test_event_t *ev, ngx_uint_t n,
     ngx_uint_t how)
 {
-    char        *s, *p;
-    size_t       len;
-    ngx_str_t    name, *e;
+    ngx_str_t    name;
     ngx_uint_t   i;
     ngx_array_t  out;
 
-    if (ngx_array_init(&out, &test_pool, 2, sizeof(ngx_str_t)) != NGX_OK) {
+    if (ngx_array_init(&out, &unit_pool, 2, sizeof(ngx_str_t)) != NGX_OK) {
         abort();
     }
 
@@ -415,33 +122,39 @@ stream(test_stream_pt fn, test_end_pt end, ngx_smartflow_xlate_t *x,
         }
     }
 
-    if (how != TEST_END_NONE
-        && end(x, st, how == TEST_END_BROKEN, &out) != NGX_OK)
-    {
-        printf("# stream end failed: %s\n", xerr(x));
-        return "(failed)";
-    }
+    return unit_stream_end(end, x, st, &out, how);
+}
 
-    e = out.elts;
-    len = 0;
 
-    for (i = 0; i < out.nelts; i++) {
-        len += e[i].len;
-    }
+/* an Anthropic stream as an OpenAI client of "gpt-4o" gets it */
+static char *
+stream_to_oa(ngx_smartflow_xlate_stream_t *st, ngx_uint_t usage,
+    test_event_t *ev, ngx_uint_t n, ngx_uint_t how)
+{
+    ngx_smartflow_xlate_t  x;
 
-    s = ngx_pnalloc(&test_pool, len + 1);
-    if (s == NULL) {
-        abort();
-    }
+    xinit(&x, "gpt-4o");
+    memset(st, 0, sizeof(ngx_smartflow_xlate_stream_t));
+    st->include_usage = usage;
 
-    for (p = s, i = 0; i < out.nelts; i++) {
-        memcpy(p, e[i].data, e[i].len);
-        p += e[i].len;
-    }
+    return stream(ngx_smartflow_xlate_stream_anthropic_to_openai,
+                  ngx_smartflow_xlate_stream_end_openai, &x, st, ev, n, how);
+}
 
-    *p = '\0';
 
-    return s;
+/* an OpenAI stream as an Anthropic client of "claude-client" gets it */
+static char *
+stream_to_an(ngx_smartflow_xlate_stream_t *st, test_event_t *ev,
+    ngx_uint_t n, ngx_uint_t how)
+{
+    ngx_smartflow_xlate_t  x;
+
+    xinit(&x, "claude-client");
+    memset(st, 0, sizeof(ngx_smartflow_xlate_stream_t));
+
+    return stream(ngx_smartflow_xlate_stream_openai_to_anthropic,
+                  ngx_smartflow_xlate_stream_end_anthropic, &x, st, ev, n,
+                  how);
 }
 
 
@@ -493,7 +206,7 @@ valid_sse(const char *s, int anthropic)
             continue;
         }
 
-        j = ngx_smartflow_json_parse(&test_pool, (u_char *) json, end - json,
+        j = ngx_smartflow_json_parse(&unit_pool, (u_char *) json, end - json,
                                      &err);
         if (j == NULL) {
             printf("# invalid JSON: %.*s\n", (int) (end - json), json);
@@ -516,19 +229,6 @@ valid_sse(const char *s, int anthropic)
     }
 
     return 1;
-}
-
-
-static int
-count(const char *s, const char *needle)
-{
-    int  n;
-
-    for (n = 0; (s = strstr(s, needle)) != NULL; s += strlen(needle)) {
-        n++;
-    }
-
-    return n;
 }
 
 
@@ -572,11 +272,7 @@ test_req_openai_basic(void)
 static void
 test_req_openai_merge_images(void)
 {
-    ngx_smartflow_xlate_t  x;
-
-    xinit(&x, "m");
-
-    is(D(ngx_smartflow_xlate_req_openai_to_anthropic(&x, J(
+    is(req_to_an(
        "{\"model\":\"m\",\"max_tokens\":100,\"messages\":["
        "{\"role\":\"user\",\"content\":\"First\"},"
        "{\"role\":\"user\",\"content\":[{\"type\":\"text\","
@@ -586,7 +282,7 @@ test_req_openai_merge_images(void)
        "\"https://example.com/cat.jpg\",\"detail\":\"low\"}}]},"
        "{\"role\":\"assistant\",\"content\":\"A cat.\"},"
        "{\"role\":\"assistant\",\"content\":\"Anything else?\"},"
-       "{\"role\":\"user\",\"content\":\"No\"}]}"))),
+       "{\"role\":\"user\",\"content\":\"No\"}]}"),
        "{\"model\":\"m\",\"messages\":["
        "{\"role\":\"user\",\"content\":["
        "{\"type\":\"text\",\"text\":\"First\"},"
@@ -601,22 +297,18 @@ test_req_openai_merge_images(void)
        "{\"role\":\"user\",\"content\":\"No\"}],\"max_tokens\":100}",
        "oa->an: same-role turns merged, data and http image URLs");
 
-    xinit(&x, "m");
+    has(req_to_an_err(
+        "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+        "\"image_url\",\"image_url\":{\"url\":\"ftp://x/y.png\"}}]}]}"),
+        "image",
+        "oa->an: an image URL that is neither http(s) nor data is refused");
 
-    ok(ngx_smartflow_xlate_req_openai_to_anthropic(&x, J(
-       "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
-       "\"image_url\",\"image_url\":{\"url\":\"ftp://x/y.png\"}}]}]}"))
-       == NULL && strstr(xerr(&x), "image") != NULL,
-       "oa->an: an image URL that is neither http(s) nor data is refused");
-
-    xinit(&x, "m");
-
-    has(D(ngx_smartflow_xlate_req_openai_to_anthropic(&x, J(
+    has(req_to_an(
         "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
         "\"file\",\"file\":{\"filename\":\"a.pdf\",\"file_data\":"
         "\"data:application/pdf;base64,JVBERi0=\"}},{\"type\":\"text\","
         "\"text\":\"Summarise\",\"cache_control\":{\"type\":"
-        "\"ephemeral\"}}]}]}"))),
+        "\"ephemeral\"}}]}]}"),
         "\"content\":[{\"type\":\"document\",\"source\":{\"type\":"
         "\"base64\",\"media_type\":\"application/pdf\",\"data\":"
         "\"JVBERi0=\"}},{\"type\":\"text\",\"text\":\"Summarise\","
@@ -628,12 +320,9 @@ test_req_openai_merge_images(void)
 static void
 test_req_openai_tools(void)
 {
-    char                  *out;
-    ngx_smartflow_xlate_t  x;
+    char  *out;
 
-    xinit(&x, "m");
-
-    is(D(ngx_smartflow_xlate_req_openai_to_anthropic(&x, J(
+    is(req_to_an(
        "{\"model\":\"m\",\"messages\":["
        "{\"role\":\"user\",\"content\":\"Weather in Paris and Rome?\"},"
        "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":["
@@ -651,7 +340,7 @@ test_req_openai_tools(void)
        "\"parameters\":{\"type\":\"object\",\"properties\":{\"location\":"
        "{\"type\":\"string\"}},\"required\":[\"location\"]}}},"
        "{\"type\":\"function\",\"function\":{\"name\":\"now\"}}],"
-       "\"tool_choice\":\"required\",\"parallel_tool_calls\":false}"))),
+       "\"tool_choice\":\"required\",\"parallel_tool_calls\":false}"),
        "{\"model\":\"m\",\"messages\":["
        "{\"role\":\"user\",\"content\":\"Weather in Paris and Rome?\"},"
        "{\"role\":\"assistant\",\"content\":["
@@ -678,58 +367,51 @@ test_req_openai_tools(void)
        "tool_choice required, no parallel calls");
 
     /* a user text before the tool message: results still go first */
-    xinit(&x, "m");
-
-    has(D(ngx_smartflow_xlate_req_openai_to_anthropic(&x, J(
+    has(req_to_an(
         "{\"messages\":[{\"role\":\"user\",\"content\":\"go\"},"
         "{\"role\":\"assistant\",\"tool_calls\":[{\"id\":\"c\",\"type\":"
         "\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]},"
         "{\"role\":\"user\",\"content\":\"and hurry\"},"
-        "{\"role\":\"tool\",\"tool_call_id\":\"c\",\"content\":\"done\"}]}"))),
+        "{\"role\":\"tool\",\"tool_call_id\":\"c\",\"content\":\"done\"}]}"),
         "{\"role\":\"user\",\"content\":[{\"type\":\"tool_result\","
         "\"tool_use_id\":\"c\",\"content\":\"done\"},{\"type\":\"text\","
         "\"text\":\"and hurry\"}]}",
         "oa->an: tool results are placed before the turn's text");
 
-    xinit(&x, "m");
-    out = D(ngx_smartflow_xlate_req_openai_to_anthropic(&x, J(
+    out = req_to_an(
         "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
         "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],"
         "\"tool_choice\":{\"type\":\"function\",\"function\":"
         "{\"name\":\"f\"}},\"max_completion_tokens\":50,\"max_tokens\":10,"
-        "\"stop\":[\"a\",\"b\"]}")));
+        "\"stop\":[\"a\",\"b\"]}");
 
     has(out, "\"tool_choice\":{\"type\":\"tool\",\"name\":\"f\"}",
         "oa->an: tool_choice function -> tool");
     has(out, "\"max_tokens\":50,", "oa->an: max_completion_tokens wins");
     has(out, "\"stop_sequences\":[\"a\",\"b\"]", "oa->an: stop array");
 
-    xinit(&x, "m");
-    has(D(ngx_smartflow_xlate_req_openai_to_anthropic(&x, J(
+    has(req_to_an(
         "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
-        "\"temperature\":1.4}"))),
+        "\"temperature\":1.4}"),
         "\"max_tokens\":4096,\"temperature\":1}",
         "oa->an: temperature above 1 clamped");
 
-    xinit(&x, "m");
-    has(D(ngx_smartflow_xlate_req_openai_to_anthropic(&x, J(
+    has(req_to_an(
         "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
-        "\"temperature\":1.0e0}"))),
+        "\"temperature\":1.0e0}"),
         "\"temperature\":1.0e0}", "oa->an: temperature 1 kept as sent");
 
-    xinit(&x, "m");
-    out = D(ngx_smartflow_xlate_req_openai_to_anthropic(&x, J(
+    out = req_to_an(
         "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
         "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],"
-        "\"tool_choice\":\"none\",\"parallel_tool_calls\":false}")));
+        "\"tool_choice\":\"none\",\"parallel_tool_calls\":false}");
 
     has(out, "\"tool_choice\":{\"type\":\"none\"}",
         "oa->an: tool_choice none, without disable_parallel_tool_use");
 
-    xinit(&x, "m");
-    out = D(ngx_smartflow_xlate_req_openai_to_anthropic(&x, J(
+    out = req_to_an(
         "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
-        "\"tool_choice\":\"auto\"}")));
+        "\"tool_choice\":\"auto\"}");
 
     lacks(out, "tool_choice", "oa->an: tool_choice without tools dropped");
 }
@@ -738,59 +420,38 @@ test_req_openai_tools(void)
 static void
 test_req_openai_errors(void)
 {
-    ngx_smartflow_xlate_t  x;
+    has(req_to_an_err("{\"messages\":{}}"), "messages",
+        "oa->an: messages not an array");
 
-    xinit(&x, "m");
-    ok(ngx_smartflow_xlate_req_openai_to_anthropic(&x,
-           J("{\"messages\":{}}")) == NULL
-       && strstr(xerr(&x), "messages") != NULL,
-       "oa->an: messages not an array");
+    has(req_to_an_err("{\"messages\":[{\"content\":\"hi\"}]}"), "role",
+        "oa->an: a message without a role");
 
-    xinit(&x, "m");
-    ok(ngx_smartflow_xlate_req_openai_to_anthropic(&x,
-           J("{\"messages\":[{\"content\":\"hi\"}]}")) == NULL
-       && strstr(xerr(&x), "role") != NULL,
-       "oa->an: a message without a role");
+    refused(req_to_an_err("{\"messages\":[\"hi\"]}"),
+            "oa->an: a message that is not an object");
 
-    xinit(&x, "m");
-    ok(ngx_smartflow_xlate_req_openai_to_anthropic(&x,
-           J("{\"messages\":[\"hi\"]}")) == NULL,
-       "oa->an: a message that is not an object");
+    has(req_to_an_err("{\"messages\":[{\"role\":\"wizard\","
+                      "\"content\":\"x\"}]}"),
+        "role", "oa->an: an unknown role");
 
-    xinit(&x, "m");
-    ok(ngx_smartflow_xlate_req_openai_to_anthropic(&x,
-           J("{\"messages\":[{\"role\":\"wizard\",\"content\":\"x\"}]}"))
-       == NULL && strstr(xerr(&x), "role") != NULL,
-       "oa->an: an unknown role");
+    has(req_to_an_err("{\"messages\":[{\"role\":\"tool\","
+                      "\"content\":\"x\"}]}"),
+        "tool_call_id", "oa->an: a tool message without tool_call_id");
 
-    xinit(&x, "m");
-    ok(ngx_smartflow_xlate_req_openai_to_anthropic(&x,
-           J("{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}"))
-       == NULL && strstr(xerr(&x), "tool_call_id") != NULL,
-       "oa->an: a tool message without tool_call_id");
+    refused(req_to_an_err("{\"messages\":[{\"role\":\"system\","
+                          "\"content\":\"x\"}]}"),
+            "oa->an: only a system message");
 
-    xinit(&x, "m");
-    ok(ngx_smartflow_xlate_req_openai_to_anthropic(&x,
-           J("{\"messages\":[{\"role\":\"system\",\"content\":\"x\"}]}"))
-       == NULL,
-       "oa->an: only a system message");
+    refused(req_to_an_err("[1]"), "oa->an: body not an object");
 
-    xinit(&x, "m");
-    ok(ngx_smartflow_xlate_req_openai_to_anthropic(&x, J("[1]")) == NULL,
-       "oa->an: body not an object");
+    refused(req_to_an_err("{\"messages\":[{\"role\":\"user\","
+                          "\"content\":\"x\"}],\"tools\":[{\"type\":"
+                          "\"function\",\"function\":{}}]}"),
+            "oa->an: a tool without a name");
 
-    xinit(&x, "m");
-    ok(ngx_smartflow_xlate_req_openai_to_anthropic(&x,
-           J("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
-             "\"tools\":[{\"type\":\"function\",\"function\":{}}]}"))
-       == NULL,
-       "oa->an: a tool without a name");
-
-    xinit(&x, "m");
-    ok(ngx_smartflow_xlate_req_openai_to_anthropic(&x,
-           J("{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
-             "\"input_audio\",\"input_audio\":{}}]}]}")) == NULL,
-       "oa->an: an audio part");
+    refused(req_to_an_err("{\"messages\":[{\"role\":\"user\","
+                          "\"content\":[{\"type\":\"input_audio\","
+                          "\"input_audio\":{}}]}]}"),
+            "oa->an: an audio part");
 }
 
 
@@ -867,8 +528,7 @@ test_req_anthropic(void)
 
     is(D(in), before, "an->oa: the client's tree is left as it was");
 
-    xinit(&x, "claude-x");
-    has(D(ngx_smartflow_xlate_req_anthropic_to_openai(&x, J(
+    has(req_to_oa(
         "{\"model\":\"c\",\"system\":\"Sys\",\"max_tokens\":5,"
         "\"messages\":[{\"role\":\"user\",\"content\":\"hi\"},"
         "{\"role\":\"assistant\",\"content\":[{\"type\":\"thinking\","
@@ -876,7 +536,7 @@ test_req_anthropic(void)
         "\"id\":\"t1\",\"name\":\"f\",\"input\":{}}]}],"
         "\"tools\":[{\"name\":\"f\",\"input_schema\":{\"type\":\"object\"}}],"
         "\"tool_choice\":{\"type\":\"tool\",\"name\":\"f\"},"
-        "\"stream\":false}"))),
+        "\"stream\":false}"),
         "{\"model\":\"c\",\"messages\":[{\"role\":\"system\",\"content\":"
         "\"Sys\"},{\"role\":\"user\",\"content\":\"hi\"},{\"role\":"
         "\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"t1\","
@@ -885,37 +545,28 @@ test_req_anthropic(void)
         "an->oa: system string, thinking dropped, content null with only "
         "tool calls, no stream_options when not streaming");
 
-    xinit(&x, "claude-x");
-    has(D(ngx_smartflow_xlate_req_anthropic_to_openai(&x, J(
+    has(req_to_oa(
         "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],"
         "\"tools\":[{\"name\":\"f\",\"input_schema\":{\"type\":\"object\"}}],"
-        "\"tool_choice\":{\"type\":\"tool\",\"name\":\"f\"}}"))),
+        "\"tool_choice\":{\"type\":\"tool\",\"name\":\"f\"}}"),
         "\"tool_choice\":{\"type\":\"function\",\"function\":"
         "{\"name\":\"f\"}}",
         "an->oa: tool_choice tool -> function");
 
-    xinit(&x, "claude-x");
-    ok(ngx_smartflow_xlate_req_anthropic_to_openai(&x,
-           J("{\"max_tokens\":5}")) == NULL,
-       "an->oa: no messages");
+    refused(req_to_oa_err("{\"max_tokens\":5}"), "an->oa: no messages");
 
-    xinit(&x, "claude-x");
-    ok(ngx_smartflow_xlate_req_anthropic_to_openai(&x,
-           J("{\"messages\":[{\"role\":\"system\",\"content\":\"x\"}]}"))
-       == NULL && strstr(xerr(&x), "role") != NULL,
-       "an->oa: a system role inside messages");
+    has(req_to_oa_err("{\"messages\":[{\"role\":\"system\","
+                      "\"content\":\"x\"}]}"),
+        "role", "an->oa: a system role inside messages");
 
-    xinit(&x, "claude-x");
-    ok(ngx_smartflow_xlate_req_anthropic_to_openai(&x,
-           J("{\"messages\":[{\"role\":\"user\"}]}")) == NULL,
-       "an->oa: a message without content");
+    refused(req_to_oa_err("{\"messages\":[{\"role\":\"user\"}]}"),
+            "an->oa: a message without content");
 
-    xinit(&x, "claude-x");
-    ok(ngx_smartflow_xlate_req_anthropic_to_openai(&x,
-           J("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
-             "\"tools\":[{\"type\":\"web_search_20250305\","
-             "\"name\":\"web_search\"}]}")) == NULL,
-       "an->oa: a server tool is refused");
+    refused(req_to_oa_err("{\"messages\":[{\"role\":\"user\","
+                          "\"content\":\"x\"}],\"tools\":[{\"type\":"
+                          "\"web_search_20250305\",\"name\":"
+                          "\"web_search\"}]}"),
+            "an->oa: a server tool is refused");
 }
 
 
@@ -927,15 +578,13 @@ test_resp(void)
     char                  *out;
     ngx_smartflow_xlate_t  x;
 
-    xinit(&x, "gpt-4o");
-
-    is(D(ngx_smartflow_xlate_resp_anthropic_to_openai(&x, J(
+    is(resp_to_oa(
        "{\"id\":\"msg_01ABC\",\"type\":\"message\",\"role\":\"assistant\","
        "\"model\":\"claude-3-5-sonnet\",\"content\":[{\"type\":\"text\","
        "\"text\":\"Hello\"},{\"type\":\"text\",\"text\":\" there\"}],"
        "\"stop_reason\":\"end_turn\",\"stop_sequence\":null,\"usage\":"
        "{\"input_tokens\":10,\"cache_creation_input_tokens\":2,"
-       "\"cache_read_input_tokens\":5,\"output_tokens\":3}}"))),
+       "\"cache_read_input_tokens\":5,\"output_tokens\":3}}"),
        "{\"id\":\"chatcmpl-msg_01ABC\",\"object\":\"chat.completion\","
        "\"created\":1700000000,\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,"
        "\"message\":{\"role\":\"assistant\",\"content\":\"Hello there\"},"
@@ -945,13 +594,11 @@ test_resp(void)
        "resp an->oa: text blocks joined, model named by the client, usage "
        "with cache");
 
-    xinit(&x, "gpt-4o");
-
-    is(D(ngx_smartflow_xlate_resp_anthropic_to_openai(&x, J(
+    is(resp_to_oa(
        "{\"id\":\"msg_2\",\"content\":[{\"type\":\"tool_use\",\"id\":"
        "\"toolu_9\",\"name\":\"get_weather\",\"input\":{\"location\":"
        "\"Paris\"}}],\"stop_reason\":\"tool_use\",\"usage\":"
-       "{\"input_tokens\":5,\"output_tokens\":7}}"))),
+       "{\"input_tokens\":5,\"output_tokens\":7}}"),
        "{\"id\":\"chatcmpl-msg_2\",\"object\":\"chat.completion\","
        "\"created\":1700000000,\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,"
        "\"message\":{\"role\":\"assistant\",\"content\":null,\"tool_calls\":"
@@ -961,37 +608,30 @@ test_resp(void)
        "\"completion_tokens\":7,\"total_tokens\":12}}",
        "resp an->oa: tool_use only -> content null and tool_calls");
 
-    xinit(&x, "gpt-4o");
-    has(D(ngx_smartflow_xlate_resp_anthropic_to_openai(&x, J(
+    has(resp_to_oa(
         "{\"id\":\"m\",\"content\":[{\"type\":\"text\",\"text\":\"a\"}],"
-        "\"stop_reason\":\"max_tokens\"}"))),
+        "\"stop_reason\":\"max_tokens\"}"),
         "\"finish_reason\":\"length\"", "resp an->oa: max_tokens -> length");
 
-    xinit(&x, "gpt-4o");
-    has(D(ngx_smartflow_xlate_resp_anthropic_to_openai(&x, J(
-        "{\"id\":\"m\",\"content\":[],\"stop_reason\":\"refusal\"}"))),
+    has(resp_to_oa(
+        "{\"id\":\"m\",\"content\":[],\"stop_reason\":\"refusal\"}"),
         "\"content\":\"\"},\"finish_reason\":\"content_filter\"",
         "resp an->oa: refusal -> content_filter");
 
-    xinit(&x, "gpt-4o");
-    has(D(ngx_smartflow_xlate_resp_anthropic_to_openai(&x, J(
+    has(resp_to_oa(
         "{\"id\":\"m\",\"content\":[{\"type\":\"text\",\"text\":\"a\"}],"
-        "\"stop_reason\":\"stop_sequence\",\"stop_sequence\":\"END\"}"))),
+        "\"stop_reason\":\"stop_sequence\",\"stop_sequence\":\"END\"}"),
         "\"finish_reason\":\"stop\"", "resp an->oa: stop_sequence -> stop");
 
-    xinit(&x, "gpt-4o");
-    ok(ngx_smartflow_xlate_resp_anthropic_to_openai(&x, J("[]")) == NULL,
-       "resp an->oa: not an object");
+    is(resp_to_oa("[]"), "(null)", "resp an->oa: not an object");
 
-    xinit(&x, "claude-client");
-
-    is(D(ngx_smartflow_xlate_resp_openai_to_anthropic(&x, J(
+    is(resp_to_an(
        "{\"id\":\"chatcmpl-XYZ\",\"object\":\"chat.completion\",\"created\":1,"
        "\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"message\":{\"role\":"
        "\"assistant\",\"content\":\"Hi!\",\"refusal\":null},\"logprobs\":null,"
        "\"finish_reason\":\"length\"}],\"usage\":{\"prompt_tokens\":12,"
        "\"completion_tokens\":4,\"total_tokens\":16,"
-       "\"prompt_tokens_details\":{\"cached_tokens\":2}}}"))),
+       "\"prompt_tokens_details\":{\"cached_tokens\":2}}}"),
        "{\"id\":\"msg_chatcmpl-XYZ\",\"type\":\"message\",\"role\":"
        "\"assistant\",\"model\":\"claude-client\",\"content\":[{\"type\":"
        "\"text\",\"text\":\"Hi!\"}],\"stop_reason\":\"max_tokens\","
@@ -999,15 +639,13 @@ test_resp(void)
        "\"cache_read_input_tokens\":2,\"output_tokens\":4}}",
        "resp oa->an: text, length -> max_tokens, cached tokens split out");
 
-    xinit(&x, "claude-client");
-
-    is(D(ngx_smartflow_xlate_resp_openai_to_anthropic(&x, J(
+    is(resp_to_an(
        "{\"id\":\"c1\",\"choices\":[{\"index\":0,\"message\":{\"role\":"
        "\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"call_a\","
        "\"type\":\"function\",\"function\":{\"name\":\"get_weather\","
        "\"arguments\":\"{\\\"location\\\":\\\"Paris\\\"}\"}}]},"
        "\"finish_reason\":\"tool_calls\"}],\"usage\":{\"prompt_tokens\":8,"
-       "\"completion_tokens\":6,\"total_tokens\":14}}"))),
+       "\"completion_tokens\":6,\"total_tokens\":14}}"),
        "{\"id\":\"msg_c1\",\"type\":\"message\",\"role\":\"assistant\","
        "\"model\":\"claude-client\",\"content\":[{\"type\":\"tool_use\","
        "\"id\":\"call_a\",\"name\":\"get_weather\",\"input\":{\"location\":"
@@ -1015,11 +653,10 @@ test_resp(void)
        "\"usage\":{\"input_tokens\":8,\"output_tokens\":6}}",
        "resp oa->an: tool_calls -> tool_use with parsed input");
 
-    xinit(&x, "claude-client");
-    out = D(ngx_smartflow_xlate_resp_openai_to_anthropic(&x, J(
+    out = resp_to_an(
         "{\"id\":\"c\",\"choices\":[{\"message\":{\"content\":\"\","
         "\"refusal\":\"I can't help with that.\"},"
-        "\"finish_reason\":\"content_filter\"}]}")));
+        "\"finish_reason\":\"content_filter\"}]}");
     has(out, "\"content\":[{\"type\":\"text\",\"text\":"
              "\"I can't help with that.\"}],\"stop_reason\":\"refusal\"",
         "resp oa->an: refusal text, content_filter -> refusal");
@@ -1039,84 +676,79 @@ test_resp(void)
 static void
 test_errors(void)
 {
-    ngx_smartflow_xlate_t  x;
-
-    xinit(&x, "m");
-
-    is(D(ngx_smartflow_xlate_error_to_openai(&x, 529, J(
+    is(err_to_oa(529,
        "{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\","
-       "\"message\":\"Overloaded\"}}"))),
+       "\"message\":\"Overloaded\"}}"),
        "{\"error\":{\"message\":\"Overloaded\",\"type\":\"api_error\","
        "\"param\":null,\"code\":\"overloaded\"}}",
        "error an->oa: overloaded");
 
-    is(D(ngx_smartflow_xlate_error_to_openai(&x, 401, J(
+    is(err_to_oa(401,
        "{\"type\":\"error\",\"error\":{\"type\":\"authentication_error\","
-       "\"message\":\"invalid x-api-key\"}}"))),
+       "\"message\":\"invalid x-api-key\"}}"),
        "{\"error\":{\"message\":\"invalid x-api-key\","
        "\"type\":\"invalid_request_error\",\"param\":null,"
        "\"code\":\"invalid_api_key\"}}",
        "error an->oa: authentication");
 
-    is(D(ngx_smartflow_xlate_error_to_openai(&x, 400, J(
+    is(err_to_oa(400,
        "{\"type\":\"error\",\"error\":{\"type\":\"invalid_request_error\","
-       "\"message\":\"max_tokens: Field required\"}}"))),
+       "\"message\":\"max_tokens: Field required\"}}"),
        "{\"error\":{\"message\":\"max_tokens: Field required\","
        "\"type\":\"invalid_request_error\",\"param\":null,\"code\":null}}",
        "error an->oa: invalid request");
 
-    is(D(ngx_smartflow_xlate_error_to_openai(&x, 502, NULL)),
+    is(err_to_oa(502, NULL),
        "{\"error\":{\"message\":\"The provider failed with HTTP status 502.\","
        "\"type\":\"api_error\",\"param\":null,\"code\":null}}",
        "error ->oa: no body");
 
-    is(D(ngx_smartflow_xlate_error_to_openai(&x, 429, J(
+    is(err_to_oa(429,
        "{\"error\":{\"message\":\"Rate limit reached\",\"type\":"
-       "\"requests\",\"param\":null,\"code\":\"rate_limit_exceeded\"}}"))),
+       "\"requests\",\"param\":null,\"code\":\"rate_limit_exceeded\"}}"),
        "{\"error\":{\"message\":\"Rate limit reached\",\"type\":"
        "\"rate_limit_error\",\"param\":null,\"code\":\"rate_limit_exceeded\"}}",
        "error oa->oa: rate limit, code kept");
 
-    is(D(ngx_smartflow_xlate_error_to_anthropic(&x, 401, J(
+    is(err_to_an(401,
        "{\"error\":{\"message\":\"Incorrect API key provided.\",\"type\":"
        "\"invalid_request_error\",\"param\":null,"
-       "\"code\":\"invalid_api_key\"}}"))),
+       "\"code\":\"invalid_api_key\"}}"),
        "{\"type\":\"error\",\"error\":{\"type\":\"authentication_error\","
        "\"message\":\"Incorrect API key provided.\"}}",
        "error oa->an: 401 invalid_request_error -> authentication_error");
 
-    is(D(ngx_smartflow_xlate_error_to_anthropic(&x, 404, J(
+    is(err_to_an(404,
        "{\"error\":{\"message\":\"The model does not exist\",\"type\":"
-       "\"invalid_request_error\",\"code\":\"model_not_found\"}}"))),
+       "\"invalid_request_error\",\"code\":\"model_not_found\"}}"),
        "{\"type\":\"error\",\"error\":{\"type\":\"not_found_error\","
        "\"message\":\"The model does not exist\"}}",
        "error oa->an: 404");
 
-    is(D(ngx_smartflow_xlate_error_to_anthropic(&x, 503, J(
+    is(err_to_an(503,
        "{\"error\":{\"message\":\"The engine is currently overloaded\","
-       "\"type\":\"server_error\",\"param\":null,\"code\":null}}"))),
+       "\"type\":\"server_error\",\"param\":null,\"code\":null}}"),
        "{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\","
        "\"message\":\"The engine is currently overloaded\"}}",
        "error oa->an: 503 server_error -> overloaded_error");
 
-    is(D(ngx_smartflow_xlate_error_to_anthropic(&x, 413, NULL)),
+    is(err_to_an(413, NULL),
        "{\"type\":\"error\",\"error\":{\"type\":\"request_too_large\","
        "\"message\":\"The provider failed with HTTP status 413.\"}}",
        "error ->an: 413 without a body");
 
-    has(D(ngx_smartflow_xlate_error_to_anthropic(&x, 429, J(
+    has(err_to_an(429,
         "{\"error\":{\"code\":429,\"message\":\"Resource has been "
-        "exhausted\",\"status\":\"RESOURCE_EXHAUSTED\"}}"))),
+        "exhausted\",\"status\":\"RESOURCE_EXHAUSTED\"}}"),
         "{\"type\":\"rate_limit_error\",\"message\":\"Resource has been "
         "exhausted\"}",
         "error gemini->an: RESOURCE_EXHAUSTED");
 
-    has(D(ngx_smartflow_xlate_error_to_anthropic(&x, 500, J(
-        "{\"error\":\"boom\"}"))),
+    has(err_to_an(500, "{\"error\":\"boom\"}"),
         "{\"type\":\"api_error\",\"message\":\"boom\"}",
         "error ->an: bare string error");
 
-    has(D(ngx_smartflow_xlate_error_to_anthropic(&x, 418, J("[1,2]"))),
+    has(err_to_an(418, "[1,2]"),
         "{\"type\":\"invalid_request_error\",\"message\":"
         "\"The provider failed with HTTP status 418.\"}",
         "error ->an: unknown 4xx, body not an object");
@@ -1124,25 +756,6 @@ test_errors(void)
 
 
 /* streams: Anthropic -> OpenAI */
-
-#define AO_HEAD(id)                                                          \
-    "data: {\"id\":\"chatcmpl-" id "\",\"object\":\"chat.completion.chunk\"," \
-    "\"created\":1700000000,\"model\":\"gpt-4o\",\"choices\":"
-
-#define AO_ROLE(id)                                                          \
-    AO_HEAD(id) "[{\"index\":0,\"delta\":{\"role\":\"assistant\","           \
-    "\"content\":\"\"},\"finish_reason\":null}]}\n\n"
-
-#define AO_DELTA(id, delta)                                                  \
-    AO_HEAD(id) "[{\"index\":0,\"delta\":" delta                             \
-    ",\"finish_reason\":null}]}\n\n"
-
-#define AO_FINISH(id, reason)                                                \
-    AO_HEAD(id) "[{\"index\":0,\"delta\":{},\"finish_reason\":\"" reason     \
-    "\"}]}\n\n"
-
-#define AO_DONE  "data: [DONE]\n\n"
-
 
 static test_event_t  an_text_stream[] = {
     { "message_start", "{\"type\":\"message_start\",\"message\":{\"id\":"
@@ -1202,54 +815,43 @@ static void
 test_stream_anthropic_to_openai(void)
 {
     char                          *out;
-    ngx_smartflow_xlate_t          x;
     ngx_smartflow_xlate_stream_t   st;
 
-    xinit(&x, "gpt-4o");
-    memset(&st, 0, sizeof(st));
-    st.include_usage = 1;
-
-    out = stream(ngx_smartflow_xlate_stream_anthropic_to_openai,
-                 ngx_smartflow_xlate_stream_end_openai, &x, &st,
-                 an_text_stream, 8, TEST_END_CLEAN);
+    out = stream_to_oa(&st, 1, an_text_stream, 8, UNIT_END_CLEAN);
 
     is(out,
-       AO_ROLE("msg_01XY")
-       AO_DELTA("msg_01XY", "{\"content\":\"Hello\"}")
-       AO_DELTA("msg_01XY", "{\"content\":\" world\"}")
-       AO_FINISH("msg_01XY", "stop")
-       AO_HEAD("msg_01XY") "[],\"usage\":{\"prompt_tokens\":9,"
-       "\"completion_tokens\":2,\"total_tokens\":11}}\n\n"
-       AO_DONE,
+       ROLE("msg_01XY", "gpt-4o")
+       DELTA("msg_01XY", "gpt-4o", "{\"content\":\"Hello\"}")
+       DELTA("msg_01XY", "gpt-4o", "{\"content\":\" world\"}")
+       FINISH("msg_01XY", "gpt-4o", "stop")
+       USAGE("msg_01XY", "gpt-4o", "9", "2", "11")
+       DONE,
        "stream an->oa: text, usage chunk when asked, [DONE]");
     ok(valid_sse(out, 0), "stream an->oa: text stream is well-formed SSE");
     ok(st.input_tokens == 9 && st.output_tokens == 2 && st.done,
        "stream an->oa: usage carried in the state");
 
-    xinit(&x, "gpt-4o");
-    memset(&st, 0, sizeof(st));
-
-    out = stream(ngx_smartflow_xlate_stream_anthropic_to_openai,
-                 ngx_smartflow_xlate_stream_end_openai, &x, &st,
-                 an_tool_stream, 14, TEST_END_CLEAN);
+    out = stream_to_oa(&st, 0, an_tool_stream, 14, UNIT_END_CLEAN);
 
     is(out,
-       AO_ROLE("msg_T")
-       AO_DELTA("msg_T", "{\"content\":\"Checking.\"}")
-       AO_DELTA("msg_T", "{\"tool_calls\":[{\"index\":0,\"id\":\"toolu_A\","
-                "\"type\":\"function\",\"function\":{\"name\":\"get_weather\","
-                "\"arguments\":\"\"}}]}")
-       AO_DELTA("msg_T", "{\"tool_calls\":[{\"index\":0,\"function\":"
-                "{\"arguments\":\"{\\\"location\\\": \\\"Pa\"}}]}")
-       AO_DELTA("msg_T", "{\"tool_calls\":[{\"index\":0,\"function\":"
-                "{\"arguments\":\"ris\\\"}\"}}]}")
-       AO_DELTA("msg_T", "{\"tool_calls\":[{\"index\":1,\"id\":\"toolu_B\","
-                "\"type\":\"function\",\"function\":{\"name\":\"get_time\","
-                "\"arguments\":\"\"}}]}")
-       AO_DELTA("msg_T", "{\"tool_calls\":[{\"index\":1,\"function\":"
-                "{\"arguments\":\"{}\"}}]}")
-       AO_FINISH("msg_T", "tool_calls")
-       AO_DONE,
+       ROLE("msg_T", "gpt-4o")
+       DELTA("msg_T", "gpt-4o", "{\"content\":\"Checking.\"}")
+       DELTA("msg_T", "gpt-4o",
+             "{\"tool_calls\":[{\"index\":0,\"id\":\"toolu_A\","
+             "\"type\":\"function\",\"function\":{\"name\":\"get_weather\","
+             "\"arguments\":\"\"}}]}")
+       DELTA("msg_T", "gpt-4o", "{\"tool_calls\":[{\"index\":0,\"function\":"
+             "{\"arguments\":\"{\\\"location\\\": \\\"Pa\"}}]}")
+       DELTA("msg_T", "gpt-4o", "{\"tool_calls\":[{\"index\":0,\"function\":"
+             "{\"arguments\":\"ris\\\"}\"}}]}")
+       DELTA("msg_T", "gpt-4o",
+             "{\"tool_calls\":[{\"index\":1,\"id\":\"toolu_B\","
+             "\"type\":\"function\",\"function\":{\"name\":\"get_time\","
+             "\"arguments\":\"\"}}]}")
+       DELTA("msg_T", "gpt-4o", "{\"tool_calls\":[{\"index\":1,\"function\":"
+             "{\"arguments\":\"{}\"}}]}")
+       FINISH("msg_T", "gpt-4o", "tool_calls")
+       DONE,
        "stream an->oa: text then two tool calls with split arguments, "
        "no usage chunk unless asked");
     ok(valid_sse(out, 0), "stream an->oa: tool stream is well-formed SSE");
@@ -1257,9 +859,6 @@ test_stream_anthropic_to_openai(void)
        "stream an->oa: cache reads counted as input");
 
     /* an error event mid-stream */
-    xinit(&x, "gpt-4o");
-    memset(&st, 0, sizeof(st));
-
     {
         test_event_t  ev[] = {
             an_text_stream[0], an_text_stream[1], an_text_stream[3],
@@ -1268,78 +867,48 @@ test_stream_anthropic_to_openai(void)
             an_text_stream[7]
         };
 
-        out = stream(ngx_smartflow_xlate_stream_anthropic_to_openai,
-                     ngx_smartflow_xlate_stream_end_openai, &x, &st,
-                     ev, 5, TEST_END_CLEAN);
+        out = stream_to_oa(&st, 0, ev, 5, UNIT_END_CLEAN);
     }
 
     is(out,
-       AO_ROLE("msg_01XY")
-       AO_DELTA("msg_01XY", "{\"content\":\"Hello\"}")
+       ROLE("msg_01XY", "gpt-4o")
+       DELTA("msg_01XY", "gpt-4o", "{\"content\":\"Hello\"}")
        "data: {\"error\":{\"message\":\"Overloaded\",\"type\":\"api_error\","
        "\"param\":null,\"code\":\"overloaded\"}}\n\n"
-       AO_DONE,
+       DONE,
        "stream an->oa: error event -> error chunk and [DONE], nothing after");
 
     /* the connection drops */
-    xinit(&x, "gpt-4o");
-    memset(&st, 0, sizeof(st));
-
-    out = stream(ngx_smartflow_xlate_stream_anthropic_to_openai,
-                 ngx_smartflow_xlate_stream_end_openai, &x, &st,
-                 an_tool_stream, 7, TEST_END_BROKEN);
+    out = stream_to_oa(&st, 0, an_tool_stream, 7, UNIT_END_BROKEN);
 
     has(out,
         "{\"arguments\":\"{\\\"location\\\": \\\"Pa\"}}]},"
-        "\"finish_reason\":null}]}\n\n"
-        "data: {\"error\":{\"message\":\"The provider's stream ended before "
-        "completion.\",\"type\":\"api_error\",\"param\":null,"
-        "\"code\":\"upstream_stream_broken\"}}\n\n" AO_DONE,
+        "\"finish_reason\":null}]}\n\n" BROKEN,
         "stream an->oa: broken stream ends with an error chunk and [DONE]");
     ok(valid_sse(out, 0), "stream an->oa: broken stream is well-formed SSE");
     lacks(out, "finish_reason\":\"", "stream an->oa: no finish on a break");
 
     /* a clean end without message_stop, after message_delta */
-    xinit(&x, "gpt-4o");
-    memset(&st, 0, sizeof(st));
+    out = stream_to_oa(&st, 0, an_text_stream, 7, UNIT_END_CLEAN);
 
-    out = stream(ngx_smartflow_xlate_stream_anthropic_to_openai,
-                 ngx_smartflow_xlate_stream_end_openai, &x, &st,
-                 an_text_stream, 7, TEST_END_CLEAN);
-
-    has(out, AO_FINISH("msg_01XY", "stop") AO_DONE,
+    has(out, FINISH("msg_01XY", "gpt-4o", "stop") DONE,
         "stream an->oa: missing message_stop after the stop reason: "
         "finished");
 
     /* a clean end before any stop reason is a truncation */
-    xinit(&x, "gpt-4o");
-    memset(&st, 0, sizeof(st));
+    out = stream_to_oa(&st, 0, an_text_stream, 5, UNIT_END_CLEAN);
 
-    out = stream(ngx_smartflow_xlate_stream_anthropic_to_openai,
-                 ngx_smartflow_xlate_stream_end_openai, &x, &st,
-                 an_text_stream, 5, TEST_END_CLEAN);
-
-    has(out, "\"code\":\"upstream_stream_broken\"}}\n\n" AO_DONE,
+    has(out, "\"code\":\"upstream_stream_broken\"}}\n\n" DONE,
         "stream an->oa: clean end without a stop reason is an error");
 
     /* _end after done adds nothing */
-    xinit(&x, "gpt-4o");
-    memset(&st, 0, sizeof(st));
+    out = stream_to_oa(&st, 0, an_text_stream, 8, UNIT_END_BROKEN);
 
-    out = stream(ngx_smartflow_xlate_stream_anthropic_to_openai,
-                 ngx_smartflow_xlate_stream_end_openai, &x, &st,
-                 an_text_stream, 8, TEST_END_BROKEN);
-
-    ok(count(out, AO_DONE) == 1 && strstr(out, "error") == NULL,
+    ok(count(out, DONE) == 1 && strstr(out, "error") == NULL,
        "stream an->oa: end after message_stop adds nothing");
 
     /* nothing at all */
-    xinit(&x, "gpt-4o");
-    memset(&st, 0, sizeof(st));
-
-    out = stream(ngx_smartflow_xlate_stream_anthropic_to_openai,
-                 ngx_smartflow_xlate_stream_end_openai, &x, &st,
-                 NULL, 0, TEST_END_CLEAN);
+    out = stream_to_oa(&st, 0, NULL, 0, UNIT_END_CLEAN);
 
     ok(valid_sse(out, 0) && count(out, "upstream_stream_broken") == 1,
        "stream an->oa: empty stream -> error chunk");
@@ -1430,15 +999,9 @@ static void
 test_stream_openai_to_anthropic(void)
 {
     char                          *out;
-    ngx_smartflow_xlate_t          x;
     ngx_smartflow_xlate_stream_t   st;
 
-    xinit(&x, "claude-client");
-    memset(&st, 0, sizeof(st));
-
-    out = stream(ngx_smartflow_xlate_stream_openai_to_anthropic,
-                 ngx_smartflow_xlate_stream_end_anthropic, &x, &st,
-                 oa_text_stream, 6, TEST_END_CLEAN);
+    out = stream_to_an(&st, oa_text_stream, 6, UNIT_END_CLEAN);
 
     is(out,
        AN_START("msg_chatcmpl-77")
@@ -1452,12 +1015,7 @@ test_stream_openai_to_anthropic(void)
     ok(st.input_tokens == 9 && st.output_tokens == 2 && st.done,
        "stream oa->an: usage carried in the state");
 
-    xinit(&x, "claude-client");
-    memset(&st, 0, sizeof(st));
-
-    out = stream(ngx_smartflow_xlate_stream_openai_to_anthropic,
-                 ngx_smartflow_xlate_stream_end_anthropic, &x, &st,
-                 oa_tool_stream, 8, TEST_END_CLEAN);
+    out = stream_to_an(&st, oa_tool_stream, 8, UNIT_END_CLEAN);
 
     is(out,
        AN_START("msg_chatcmpl-77")
@@ -1476,24 +1034,14 @@ test_stream_openai_to_anthropic(void)
     ok(valid_sse(out, 1), "stream oa->an: tool stream is well-formed SSE");
 
     /* no [DONE]: a clean end finishes the message */
-    xinit(&x, "claude-client");
-    memset(&st, 0, sizeof(st));
-
-    out = stream(ngx_smartflow_xlate_stream_openai_to_anthropic,
-                 ngx_smartflow_xlate_stream_end_anthropic, &x, &st,
-                 oa_text_stream, 4, TEST_END_CLEAN);
+    out = stream_to_an(&st, oa_text_stream, 4, UNIT_END_CLEAN);
 
     has(out, AN_STOP("0") AN_END("end_turn", "0", "0"),
         "stream oa->an: no [DONE], clean end -> message_stop");
     ok(valid_sse(out, 1), "stream oa->an: no [DONE] is well-formed SSE");
 
     /* the connection drops */
-    xinit(&x, "claude-client");
-    memset(&st, 0, sizeof(st));
-
-    out = stream(ngx_smartflow_xlate_stream_openai_to_anthropic,
-                 ngx_smartflow_xlate_stream_end_anthropic, &x, &st,
-                 oa_tool_stream, 3, TEST_END_BROKEN);
+    out = stream_to_an(&st, oa_tool_stream, 3, UNIT_END_BROKEN);
 
     is(out,
        AN_START("msg_chatcmpl-77")
@@ -1509,9 +1057,6 @@ test_stream_openai_to_anthropic(void)
     lacks(out, "message_stop", "stream oa->an: no message_stop on a break");
 
     /* an error chunk mid-stream */
-    xinit(&x, "claude-client");
-    memset(&st, 0, sizeof(st));
-
     {
         test_event_t  ev[] = {
             oa_text_stream[0], oa_text_stream[1],
@@ -1520,9 +1065,7 @@ test_stream_openai_to_anthropic(void)
             oa_text_stream[2], oa_text_stream[5]
         };
 
-        out = stream(ngx_smartflow_xlate_stream_openai_to_anthropic,
-                     ngx_smartflow_xlate_stream_end_anthropic, &x, &st,
-                     ev, 5, TEST_END_CLEAN);
+        out = stream_to_an(&st, ev, 5, UNIT_END_CLEAN);
     }
 
     is(out,
@@ -1534,9 +1077,6 @@ test_stream_openai_to_anthropic(void)
        "stream oa->an: error chunk -> error event, nothing after");
 
     /* tool calls without ids and without indexes (lenient servers) */
-    xinit(&x, "claude-client");
-    memset(&st, 0, sizeof(st));
-
     {
         test_event_t  ev[] = {
             { "", OA_CHUNK("{\"tool_calls\":[{\"function\":{\"name\":\"f\","
@@ -1547,9 +1087,7 @@ test_stream_openai_to_anthropic(void)
             { "", NULL }
         };
 
-        out = stream(ngx_smartflow_xlate_stream_openai_to_anthropic,
-                     ngx_smartflow_xlate_stream_end_anthropic, &x, &st,
-                     ev, 3, TEST_END_CLEAN);
+        out = stream_to_an(&st, ev, 3, UNIT_END_CLEAN);
     }
 
     has(out,
@@ -1560,12 +1098,7 @@ test_stream_openai_to_anthropic(void)
         "stream oa->an: missing id generated, a new id starts a new block");
 
     /* nothing at all */
-    xinit(&x, "claude-client");
-    memset(&st, 0, sizeof(st));
-
-    out = stream(ngx_smartflow_xlate_stream_openai_to_anthropic,
-                 ngx_smartflow_xlate_stream_end_anthropic, &x, &st,
-                 NULL, 0, TEST_END_CLEAN);
+    out = stream_to_an(&st, NULL, 0, UNIT_END_CLEAN);
 
     is(out,
        AN_EV("error", ",\"error\":{\"type\":\"api_error\",\"message\":"
@@ -1579,10 +1112,9 @@ test_stream_openai_to_anthropic(void)
 static void
 test_stream_escaping(void)
 {
-    char                          *out, *p, *e;
-    ngx_str_t                      err;
+    char                          *out;
     ngx_smartflow_xlate_t          x;
-    ngx_smartflow_json_t          *j, *v;
+    ngx_smartflow_json_t          *v;
     ngx_smartflow_xlate_stream_t   st;
 
     static char  raw[] = "say \"hi\"\n\tand \\ \x01 caf\xc3\xa9";
@@ -1609,24 +1141,15 @@ test_stream_escaping(void)
 
     out = stream(ngx_smartflow_xlate_stream_anthropic_to_openai,
                  ngx_smartflow_xlate_stream_end_openai, &x, &st,
-                 an, 4, TEST_END_CLEAN);
+                 an, 4, UNIT_END_CLEAN);
 
     ok(valid_sse(out, 0), "escaping an->oa: still well-formed SSE");
 
     /* the second chunk carries the text: parse it back */
-    v = NULL;
-    p = strstr(out, "data: {\"id\"");
-    p = p ? strstr(p + 1, "data: {\"id\"") : NULL;
-    e = p ? strstr(p, "\n\n") : NULL;
-
-    if (e) {
-        j = ngx_smartflow_json_parse(&test_pool, (u_char *) p + 6,
-                                     e - p - 6, &err);
-        v = ngx_smartflow_json_get(j, "choices");
-        v = v ? ngx_smartflow_json_get(
-                    ngx_smartflow_json_get(v->child, "delta"), "content")
-              : NULL;
-    }
+    v = ngx_smartflow_json_get(event_json(out, 1), "choices");
+    v = v ? ngx_smartflow_json_get(ngx_smartflow_json_get(v->child, "delta"),
+                                   "content")
+          : NULL;
 
     ok(v && v->str.len == sizeof(raw) - 1
        && memcmp(v->str.data, raw, v->str.len) == 0,
@@ -1635,12 +1158,7 @@ test_stream_escaping(void)
     has(out, "\"model\":\"we\\\"ird\\nmodel\"",
         "escaping an->oa: model escaped");
 
-    xinit(&x, "m");
-    memset(&st, 0, sizeof(st));
-
-    out = stream(ngx_smartflow_xlate_stream_openai_to_anthropic,
-                 ngx_smartflow_xlate_stream_end_anthropic, &x, &st,
-                 oa, 2, TEST_END_CLEAN);
+    out = stream_to_an(&st, oa, 2, UNIT_END_CLEAN);
 
     ok(valid_sse(out, 1), "escaping oa->an: still well-formed SSE");
     has(out, "\"text\":\"say \\\"hi\\\"\\n\\tand \\\\ \\u0001 caf\xc3\xa9\"",
@@ -1663,9 +1181,5 @@ main(void)
     test_stream_openai_to_anthropic();
     test_stream_escaping();
 
-    printf("1..%d\n", test_n);
-
-    test_free_all();
-
-    return test_failed ? 1 : 0;
+    return unit_done();
 }
