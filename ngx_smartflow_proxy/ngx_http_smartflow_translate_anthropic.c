@@ -2701,6 +2701,7 @@ ngx_smartflow_xlate_stream_openai_to_anthropic(ngx_smartflow_xlate_t *x,
     ngx_smartflow_json_t *data, ngx_array_t *out)
 {
     ngx_str_t              etype, message;
+    ngx_uint_t             kind;
     ngx_smartflow_json_t  *e, *u, *v, *ch, *delta, *tc, *code, *param;
 
     if (st->done) {
@@ -2725,8 +2726,16 @@ ngx_smartflow_xlate_stream_openai_to_anthropic(ngx_smartflow_xlate_t *x,
             ngx_str_set(&message, "The provider reported an error.");
         }
 
-        return ngx_sf_event_error(x, st, ngx_sf_error_kind(&etype, 0),
-                                  &message, out);
+        kind = ngx_sf_error_kind(&etype, 0);
+
+        /* an overload is filed under api_error: its code tells */
+        if (ngx_smartflow_json_is_string(code) && code->str.len == 10
+            && ngx_strncmp(code->str.data, "overloaded", 10) == 0)
+        {
+            kind = NGX_SMARTFLOW_XLATE_ERR_OVERLOADED;
+        }
+
+        return ngx_sf_event_error(x, st, kind, &message, out);
     }
 
     if (ngx_sf_event_begin(x, st, data, out) != NGX_OK) {

@@ -814,9 +814,10 @@ ngx_sfg_result_part(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *msgs,
 
     /* a result that is a JSON object is the response itself */
     response = NULL;
-    end = text.data + text.len;
+    c = text.data;
+    end = text.len ? text.data + text.len : c;
 
-    for (c = text.data; c < end; c++) {
+    for ( /* void */ ; c < end; c++) {
         if (*c != ' ' && *c != '\t' && *c != '\r' && *c != '\n') {
             break;
         }
