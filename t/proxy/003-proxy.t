@@ -103,7 +103,7 @@ __DATA__
 --- request eval
 "POST /v1/chat/completions\n$::Chat"
 --- response_headers eval
-join "\n", "x-mock-authorization: Bearer sk-provider-test-key",
+CORE::join "\n", "x-mock-authorization: Bearer sk-provider-test-key",
     "x-mock-api-key:", "x-mock-path: /v1/chat/completions",
     "x-mock-model: gpt-4o", "Content-Type: application/json", ::sha($::Chat)
 --- response_body_like chomp
@@ -119,7 +119,7 @@ x-api-key: sk-smartflow-test-0123456789
 --- request eval
 "POST /v1/chat/completions\n$::Chat"
 --- response_headers eval
-join "\n", "x-mock-authorization: Bearer sk-provider-test-key",
+CORE::join "\n", "x-mock-authorization: Bearer sk-provider-test-key",
     "x-mock-api-key:", ::sha($::Chat)
 --- response_body_like chomp
 "content":"mock reply to: hi there"
@@ -184,7 +184,7 @@ Transfer-Encoding: chunked
 --- request eval
 "POST /v1/completions\n$::Completion"
 --- response_headers eval
-join "\n", "x-mock-path: /v1/completions",
+CORE::join "\n", "x-mock-path: /v1/completions",
     "x-mock-authorization: Bearer sk-provider-test-key",
     "x-mock-model: gpt-3.5-turbo-instruct", ::sha($::Completion)
 --- response_body_like chomp
@@ -198,7 +198,7 @@ join "\n", "x-mock-path: /v1/completions",
 --- request eval
 "POST /v1/embeddings\n$::Embedding"
 --- response_headers eval
-join "\n", "x-mock-path: /v1/embeddings",
+CORE::join "\n", "x-mock-path: /v1/embeddings",
     "x-mock-authorization: Bearer sk-provider-test-key",
     "x-mock-model: text-embedding-3-small", ::sha($::Embedding)
 --- response_body_like chomp
@@ -212,7 +212,7 @@ join "\n", "x-mock-path: /v1/embeddings",
 --- request eval
 "POST /v1/chat/completions\n$::Renamed"
 --- response_headers eval
-join "\n", "x-mock-model: gpt-4o-mini",
+CORE::join "\n", "x-mock-model: gpt-4o-mini",
     ::sha('{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"top_p":1.0e0}')
 --- response_body_like chomp
 "model":"gpt-4o-mini",.*"content":"mock reply to: hi"
