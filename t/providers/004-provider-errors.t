@@ -9,6 +9,7 @@
 # come from canned responses chosen with an x-fixture header.
 
 use lib 't/lib';
+use Smartflow::Conf;
 use Smartflow::Mock;
 use Test::Nginx::Socket 'no_plan';
 
@@ -94,19 +95,8 @@ _EOC_
 
 # The shipped server-level locations (conf/smartflow_locations.conf), their
 # nested include made absolute.
-sub shipped_locations {
-    my $dir = $ENV{TEST_NGINX_SMARTFLOW_CONF}
-        or die "TEST_NGINX_SMARTFLOW_CONF is not set\n";
-    open my $fh, '<', "$dir/smartflow_locations.conf"
-        or die "cannot read $dir/smartflow_locations.conf: $!\n";
-    local $/;
-    my $conf = <$fh>;
-    close $fh;
-    $conf =~ s{^(\s*include\s+)(smartflow_\w+\.conf);}{$1$dir/$2;}mg;
-    return $conf;
-}
 
-our $Locations = shipped_locations();
+our $Locations = Smartflow::Conf::shipped_locations();
 
 add_block_preprocessor(sub {
     my $block = shift;

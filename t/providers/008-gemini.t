@@ -20,6 +20,7 @@
 # anything that is not a well-formed event of the client's format.
 
 use lib 't/lib';
+use Smartflow::Conf;
 use Smartflow::Mock;
 use JSON::PP ();
 use Test::Nginx::Socket 'no_plan';
@@ -146,19 +147,8 @@ _EOC_
 
 # The shipped server-level locations (conf/smartflow_locations.conf), their
 # nested includes (smartflow_proxy.conf ...) made absolute.
-sub shipped_locations {
-    my $dir = $ENV{TEST_NGINX_SMARTFLOW_CONF}
-        or die "TEST_NGINX_SMARTFLOW_CONF is not set\n";
-    open my $fh, '<', "$dir/smartflow_locations.conf"
-        or die "cannot read $dir/smartflow_locations.conf: $!\n";
-    local $/;
-    my $conf = <$fh>;
-    close $fh;
-    $conf =~ s{^(\s*include\s+)([^/\s;]+\.conf);}{$1$dir/$2;}mg;
-    return $conf;
-}
 
-our $Locations = shipped_locations();
+our $Locations = Smartflow::Conf::shipped_locations();
 
 our $OpenAIKey = "Authorization: Bearer sk-smartflow-test-0123456789\n";
 our $AnthropicKey = "x-api-key: sk-smartflow-test-0123456789\n"

@@ -18,6 +18,7 @@
 # x-mock-* request headers ask of the mock.
 
 use lib 't/lib';
+use Smartflow::Conf;
 use Smartflow::Mock;
 use IO::Socket::INET;
 use JSON::PP ();
@@ -161,19 +162,8 @@ _EOC_
 
 # The shipped server-level locations (conf/smartflow_locations.conf), their
 # nested includes (smartflow_proxy.conf ...) made absolute.
-sub shipped_locations {
-    my $dir = $ENV{TEST_NGINX_SMARTFLOW_CONF}
-        or die "TEST_NGINX_SMARTFLOW_CONF is not set\n";
-    open my $fh, '<', "$dir/smartflow_locations.conf"
-        or die "cannot read $dir/smartflow_locations.conf: $!\n";
-    local $/;
-    my $conf = <$fh>;
-    close $fh;
-    $conf =~ s{^(\s*include\s+)([^/\s;]+\.conf);}{$1$dir/$2;}mg;
-    return $conf;
-}
 
-our $Locations = shipped_locations();
+our $Locations = Smartflow::Conf::shipped_locations();
 our $HttpConfig = http_config();
 
 our $OpenAIKey = "Authorization: Bearer sk-smartflow-test-0123456789\n";

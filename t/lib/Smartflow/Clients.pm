@@ -61,6 +61,7 @@ use File::Spec;
 use IO::Socket::INET;
 use JSON::PP ();
 use POSIX ();
+use Smartflow::Conf;
 use Smartflow::Mock ();     # loaded, not started: new(mock => 1) starts it
 use Test::More ();
 
@@ -187,8 +188,7 @@ sub _prerequisites {
 # The shipped server-level locations, their nested includes made absolute.
 sub shipped_locations {
     my ($self) = @_;
-    my $locations = slurp("$self->{conf_dir}/smartflow_locations.conf");
-    $locations =~ s{^(\s*include\s+)([^/\s;]+\.conf);}{$1$self->{conf_dir}/$2;}mg;
+    my $locations = Smartflow::Conf::shipped_locations($self->{conf_dir});
     $locations =~ s/^/        /mg;
     return $locations;
 }
