@@ -54,8 +54,13 @@ static ngx_int_t ngx_http_smartflow_set_header(ngx_http_request_t *r,
     char *key, u_char *value, size_t len);
 
 
+static ngx_int_t ngx_http_smartflow_tap_filter(ngx_http_request_t *r,
+    ngx_chain_t *in);
+
+
 static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
 static ngx_http_output_body_filter_pt    ngx_http_next_body_filter;
+static ngx_http_output_body_filter_pt    ngx_http_next_tap_filter;
 
 
 ngx_int_t
@@ -64,10 +69,62 @@ ngx_http_smartflow_filter_init(ngx_conf_t *cf)
     ngx_http_next_header_filter = ngx_http_top_header_filter;
     ngx_http_top_header_filter = ngx_http_smartflow_header_filter;
 
+    /* the taps run after the translation: they see what the client gets */
+    ngx_http_next_tap_filter = ngx_http_top_body_filter;
+    ngx_http_top_body_filter = ngx_http_smartflow_tap_filter;
+
     ngx_http_next_body_filter = ngx_http_top_body_filter;
     ngx_http_top_body_filter = ngx_http_smartflow_body_filter;
 
     return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_tap_filter(ngx_http_request_t *r, ngx_chain_t *in)
+{
+    ngx_buf_t                       *b;
+    ngx_uint_t                       i;
+    ngx_chain_t                     *cl;
+    ngx_http_smartflow_ctx_t        *ctx;
+    ngx_http_smartflow_tap_pt       *tap;
+    ngx_http_smartflow_main_conf_t  *smcf;
+
+    smcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_proxy_module);
+
+    if (r != r->main || smcf->taps.nelts == 0 || in == NULL) {
+        return ngx_http_next_tap_filter(r, in);
+    }
+
+    ctx = ngx_http_smartflow_get_ctx(r);
+
+    if (ctx == NULL || ctx->api == NGX_HTTP_SMARTFLOW_API_NONE) {
+        return ngx_http_next_tap_filter(r, in);
+    }
+
+    tap = smcf->taps.elts;
+
+    for (cl = in; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (ngx_buf_in_memory(b) && b->last > b->pos) {
+            for (i = 0; i < smcf->taps.nelts; i++) {
+                if (tap[i](r, ctx, b->pos, b->last - b->pos, 0) != NGX_OK) {
+                    return NGX_ERROR;
+                }
+            }
+        }
+
+        if (b->last_buf) {
+            for (i = 0; i < smcf->taps.nelts; i++) {
+                if (tap[i](r, ctx, NULL, 0, 1) != NGX_OK) {
+                    return NGX_ERROR;
+                }
+            }
+        }
+    }
+
+    return ngx_http_next_tap_filter(r, in);
 }
 
 

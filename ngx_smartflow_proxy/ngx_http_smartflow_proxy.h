@@ -304,6 +304,14 @@ typedef struct {
     ngx_event_t                 attempt_timer;  /* a route's timeout= */
     ngx_smartflow_usage_scan_t  usage;
 
+    /* the cache's verdict, for the headers, the audit record, metrics */
+    ngx_str_t                   cache_status;   /* HIT, MISS, BYPASS */
+    ngx_uint_t                  cache_phase;    /* 1-4 on a hit */
+    ngx_uint_t                  cache_similarity;   /* per mille, 2 and 4 */
+
+    /* the policy's decisions: "rule:action" items joined by ',' */
+    ngx_str_t                   policy_decisions;
+
     ngx_uint_t                  err_status;
     ngx_str_t                   err_type;
     ngx_str_t                   err_code;
@@ -322,6 +330,8 @@ typedef struct {
     unsigned                    stream_ended:1;
     unsigned                    own_response:1; /* an error page, not filtered */
     unsigned                    stream_capped:1;
+    unsigned                    policy_blocked:1;
+    unsigned                    cache_hit:1;    /* answered from the cache */
 } ngx_http_smartflow_ctx_t;
 
 
@@ -346,6 +356,19 @@ typedef ngx_int_t (*ngx_http_smartflow_stage_pt)(ngx_http_request_t *r,
 #define NGX_HTTP_SMARTFLOW_STAGE_CACHE    200
 
 
+/*
+ * A response tap sees the answer exactly as the client receives it (its
+ * own format, JSON or SSE, after translation), for the main request of
+ * every gateway endpoint, the module's own refusals included.  It is
+ * called for each piece of the body and once with last set when the body
+ * ends (p may then be NULL).  A response cut short by the client never
+ * reaches last: the LOG phase is the end for it.  NGX_ERROR fails the
+ * request.
+ */
+typedef ngx_int_t (*ngx_http_smartflow_tap_pt)(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, u_char *p, size_t len, ngx_uint_t last);
+
+
 ngx_http_smartflow_ctx_t *ngx_http_smartflow_get_ctx(ngx_http_request_t *r);
 ngx_http_smartflow_ctx_t *ngx_http_smartflow_create_ctx(
     ngx_http_request_t *r);
@@ -354,6 +377,8 @@ ngx_str_t *ngx_http_smartflow_header_in(ngx_list_t *headers, char *name);
 ngx_int_t ngx_http_smartflow_register_stage(ngx_conf_t *cf, ngx_uint_t order,
     ngx_http_smartflow_stage_pt handler);
 void ngx_http_smartflow_pipeline_resume(ngx_http_request_t *r);
+ngx_int_t ngx_http_smartflow_register_tap(ngx_conf_t *cf,
+    ngx_http_smartflow_tap_pt handler);
 ngx_int_t ngx_http_smartflow_error(ngx_http_request_t *r,
     ngx_uint_t status, char *type, char *code, char *param,
     const char *fmt, ...);
@@ -379,6 +404,7 @@ typedef struct {
     ngx_hash_t                  route_hash;     /* exact names */
     ngx_array_t                 wildcards;      /* route_t *, config order */
     ngx_array_t                 stages;         /* stage_t, by order */
+    ngx_array_t                 taps;           /* tap_pt */
     ngx_str_t                   master_key;
     u_char                      master_hash[32];
     ngx_shm_zone_t             *zone;

@@ -549,6 +549,33 @@ ngx_http_smartflow_register_stage(ngx_conf_t *cf, ngx_uint_t order,
 }
 
 
+ngx_int_t
+ngx_http_smartflow_register_tap(ngx_conf_t *cf,
+    ngx_http_smartflow_tap_pt handler)
+{
+    ngx_http_smartflow_tap_pt       *tap;
+    ngx_http_smartflow_main_conf_t  *smcf;
+
+    smcf = ngx_http_conf_get_module_main_conf(cf,
+                                              ngx_http_smartflow_proxy_module);
+    if (smcf == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "smartflow: load ngx_http_smartflow_proxy_module "
+                           "before the other smartflow modules");
+        return NGX_ERROR;
+    }
+
+    tap = ngx_array_push(&smcf->taps);
+    if (tap == NULL) {
+        return NGX_ERROR;
+    }
+
+    *tap = handler;
+
+    return NGX_OK;
+}
+
+
 static ngx_int_t
 ngx_http_smartflow_str_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
@@ -750,6 +777,8 @@ ngx_http_smartflow_create_main_conf(ngx_conf_t *cf)
            != NGX_OK
         || ngx_array_init(&smcf->wildcards, cf->pool, 4, sizeof(void *))
            != NGX_OK
+        || ngx_array_init(&smcf->taps, cf->pool, 4,
+                          sizeof(ngx_http_smartflow_tap_pt)) != NGX_OK
         || ngx_array_init(&smcf->stages, cf->pool, 4,
                           sizeof(ngx_http_smartflow_stage_t))
            != NGX_OK
