@@ -386,6 +386,10 @@ ngx_int_t ngx_http_smartflow_refuse(ngx_http_request_t *r, ngx_uint_t status,
     ngx_uint_t anthropic);
 ngx_int_t ngx_http_smartflow_send(ngx_http_request_t *r, ngx_uint_t status,
     ngx_uint_t sse, ngx_str_t *body);
+/* the cost of the tokens used so far, micro-USD; NGX_DECLINED: no price */
+ngx_int_t ngx_http_smartflow_cost(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, uint64_t *micro);
+u_char *ngx_http_smartflow_usd(u_char *p, uint64_t micro);
 
 #define NGX_HTTP_SMARTFLOW_JSON  0
 #define NGX_HTTP_SMARTFLOW_SSE   1
@@ -421,6 +425,7 @@ typedef struct {
     ngx_uint_t                  api;
     off_t                       stream_max_bytes;
     ngx_msec_t                  stream_max_time;
+    ngx_flag_t                  usage_trailers;
 } ngx_http_smartflow_loc_conf_t;
 
 
@@ -479,6 +484,9 @@ char *ngx_http_smartflow_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 void ngx_smartflow_shm_provider_result(ngx_http_smartflow_provider_t *p,
     ngx_uint_t status, ngx_uint_t failed);
 ngx_int_t ngx_smartflow_sha256(u_char *data, size_t len, u_char *out);
+ngx_int_t ngx_http_smartflow_cost_init(ngx_conf_t *cf);
+ngx_int_t ngx_http_smartflow_cost_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
 
 
 extern ngx_module_t  ngx_http_smartflow_proxy_module;

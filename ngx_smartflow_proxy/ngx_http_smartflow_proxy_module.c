@@ -151,6 +151,13 @@ static ngx_command_t  ngx_http_smartflow_commands[] = {
       offsetof(ngx_http_smartflow_loc_conf_t, stream_max_time),
       NULL },
 
+    { ngx_string("smartflow_usage_trailers"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_loc_conf_t, usage_trailers),
+      NULL },
+
       ngx_null_command
 };
 
@@ -260,6 +267,10 @@ static ngx_http_variable_t  ngx_http_smartflow_vars[] = {
 
     { ngx_string("smartflow_completion_tokens"), NULL,
       ngx_http_smartflow_uint_variable, ngx_sf_ctx_off(completion_tokens),
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("smartflow_cost"), NULL,
+      ngx_http_smartflow_cost_variable, 0,
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
       ngx_http_null_variable
@@ -825,6 +836,7 @@ ngx_http_smartflow_create_loc_conf(ngx_conf_t *cf)
     slcf->api = NGX_CONF_UNSET_UINT;
     slcf->stream_max_bytes = NGX_CONF_UNSET;
     slcf->stream_max_time = NGX_CONF_UNSET_MSEC;
+    slcf->usage_trailers = NGX_CONF_UNSET;
 
     return slcf;
 }
@@ -842,6 +854,7 @@ ngx_http_smartflow_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     /* 0 means no cap */
     ngx_conf_merge_off_value(conf->stream_max_bytes, prev->stream_max_bytes,
                              64 * 1024 * 1024);
+    ngx_conf_merge_value(conf->usage_trailers, prev->usage_trailers, 0);
     ngx_conf_merge_msec_value(conf->stream_max_time, prev->stream_max_time,
                               30 * 60 * 1000);
 
@@ -1049,6 +1062,10 @@ ngx_http_smartflow_init(ngx_conf_t *cf)
     *h = ngx_http_smartflow_log_handler;
 
     if (ngx_http_smartflow_keys_init(cf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_smartflow_cost_init(cf) != NGX_OK) {
         return NGX_ERROR;
     }
 
