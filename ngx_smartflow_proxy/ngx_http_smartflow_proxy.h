@@ -127,6 +127,7 @@ typedef enum {
     NGX_HTTP_SMARTFLOW_API_ANTHROPIC_MODELS,
     NGX_HTTP_SMARTFLOW_API_HEALTH,
     NGX_HTTP_SMARTFLOW_API_ADMIN_KEYS,      /* virtual keys admin API */
+    NGX_HTTP_SMARTFLOW_API_ADMIN_PROVIDERS, /* provider credentials API */
     NGX_HTTP_SMARTFLOW_API_ERROR,
     NGX_HTTP_SMARTFLOW_API_ANTHROPIC_ERROR,
     NGX_HTTP_SMARTFLOW_API_NEXT             /* the next deployment */
@@ -401,6 +402,8 @@ u_char *ngx_http_smartflow_usd(u_char *p, uint64_t micro);
 /* the proxy module's own configuration, shared by its source files */
 
 typedef struct ngx_http_smartflow_keys_zone_s  ngx_http_smartflow_keys_zone_t;
+typedef struct ngx_http_smartflow_credentials_s
+    ngx_http_smartflow_credentials_t;
 
 typedef struct {
     ngx_array_t                 providers;      /* provider_t * */
@@ -418,6 +421,7 @@ typedef struct {
     time_t                      breaker_cooldown;
     ngx_http_smartflow_keys_zone_t  *keys;      /* smartflow_keys_zone */
     ngx_array_t                 prices;         /* smartflow_price */
+    ngx_http_smartflow_credentials_t  *credentials;
 } ngx_http_smartflow_main_conf_t;
 
 
@@ -485,6 +489,17 @@ void ngx_smartflow_shm_provider_result(ngx_http_smartflow_provider_t *p,
     ngx_uint_t status, ngx_uint_t failed);
 ngx_int_t ngx_smartflow_sha256(u_char *data, size_t len, u_char *out);
 ngx_int_t ngx_http_smartflow_cost_init(ngx_conf_t *cf);
+char *ngx_http_smartflow_credentials_key(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_smartflow_credentials_store(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+ngx_int_t ngx_http_smartflow_credentials_check(ngx_conf_t *cf,
+    ngx_http_smartflow_main_conf_t *smcf);
+ngx_int_t ngx_http_smartflow_credentials_unseal(ngx_conf_t *cf,
+    ngx_str_t *name, ngx_str_t *key);
+ngx_int_t ngx_http_smartflow_credentials_get(ngx_http_request_t *r,
+    ngx_http_smartflow_provider_t *pr, ngx_str_t *out);
+ngx_int_t ngx_http_smartflow_credentials_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_smartflow_cost_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 

@@ -48,6 +48,7 @@ static ngx_conf_enum_t  ngx_http_smartflow_apis[] = {
     { ngx_string("error"), NGX_HTTP_SMARTFLOW_API_ERROR },
     { ngx_string("anthropic_error"), NGX_HTTP_SMARTFLOW_API_ANTHROPIC_ERROR },
     { ngx_string("next"), NGX_HTTP_SMARTFLOW_API_NEXT },
+    { ngx_string("admin_providers"), NGX_HTTP_SMARTFLOW_API_ADMIN_PROVIDERS },
     { ngx_null_string, 0 }
 };
 
@@ -149,6 +150,20 @@ static ngx_command_t  ngx_http_smartflow_commands[] = {
       ngx_conf_set_msec_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_smartflow_loc_conf_t, stream_max_time),
+      NULL },
+
+    { ngx_string("smartflow_credentials_key"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_smartflow_credentials_key,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("smartflow_credentials_store"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_http_smartflow_credentials_store,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
       NULL },
 
     { ngx_string("smartflow_usage_trailers"),
@@ -617,7 +632,7 @@ static ngx_int_t
 ngx_http_smartflow_upstream_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
 {
-    ngx_str_t                      *s;
+    ngx_str_t                      *s, cred;
     ngx_http_smartflow_ctx_t       *ctx;
     ngx_http_smartflow_provider_t  *pr;
 
@@ -631,6 +646,29 @@ ngx_http_smartflow_upstream_variable(ngx_http_request_t *r,
     }
 
     pr = ctx->provider;
+
+    /* a credential set through the admin API wins over the configured */
+    if ((data == 2 && pr->type == NGX_HTTP_SMARTFLOW_PROVIDER_OPENAI)
+        || (data == 3 && pr->type == NGX_HTTP_SMARTFLOW_PROVIDER_ANTHROPIC)
+        || (data == 6 && pr->type == NGX_HTTP_SMARTFLOW_PROVIDER_GEMINI))
+    {
+        switch (ngx_http_smartflow_credentials_get(r, pr, &cred)) {
+
+        case NGX_OK:
+            v->data = cred.data;
+            v->len = cred.len;
+            v->valid = 1;
+            v->no_cacheable = 1;
+            v->not_found = 0;
+            return NGX_OK;
+
+        case NGX_ERROR:
+            return NGX_ERROR;
+
+        default:
+            break;
+        }
+    }
 
     switch (data) {
     case 0: s = &pr->upstream; break;
@@ -815,7 +853,9 @@ ngx_http_smartflow_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_uint_value(smcf->breaker_failures, 5);
     ngx_conf_init_value(smcf->breaker_cooldown, 30);
 
-    if (ngx_http_smartflow_routes_init(cf, smcf) != NGX_OK) {
+    if (ngx_http_smartflow_routes_init(cf, smcf) != NGX_OK
+        || ngx_http_smartflow_credentials_check(cf, smcf) != NGX_OK)
+    {
         return NGX_CONF_ERROR;
     }
 
@@ -962,6 +1002,21 @@ ngx_http_smartflow_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         }
 
         clcf->handler = ngx_http_smartflow_keys_api_handler;
+
+    } else if (slcf->api == NGX_HTTP_SMARTFLOW_API_ADMIN_PROVIDERS) {
+        if (clcf->named || clcf->noname
+#if (NGX_PCRE)
+            || clcf->regex
+#endif
+           )
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "smartflow_api admin_providers needs a "
+                               "prefix location");
+            return NGX_CONF_ERROR;
+        }
+
+        clcf->handler = ngx_http_smartflow_credentials_handler;
 
     } else if (slcf->api >= NGX_HTTP_SMARTFLOW_API_MODELS) {
         /* answered by the module itself */

@@ -25,6 +25,11 @@ else
     key_note="from SMARTFLOW_MASTER_KEY"
 fi
 
+# the key that seals provider credentials at rest, generated once
+if [ ! -s "$state/credentials.key" ]; then
+    (umask 077; openssl rand -hex 32 > "$state/credentials.key")
+fi
+
 # "scheme://host[:port][/path]" -> globals url_scheme url_host url_port url_path
 parse_url() {
     local re='^(https?)://([^/:]+)(:([0-9]+))?(/.*)?$'
