@@ -315,6 +315,82 @@ ngx_http_smartflow_credentials_store(ngx_conf_t *cf, ngx_command_t *cmd,
 }
 
 
+/*
+ * In the master once the configuration is read: the folder of a state
+ * file the workers write (they rename into it) is made if missing, for
+ * the workers' user.
+ */
+ngx_int_t
+ngx_smartflow_state_dir(ngx_cycle_t *cycle, ngx_str_t *path, char *what)
+{
+    u_char           *p, *dir;
+    ngx_err_t         err;
+    ngx_core_conf_t  *ccf;
+
+    dir = ngx_pnalloc(cycle->pool, path->len + 1);
+    if (dir == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(dir, path->data, path->len);
+    *p = '\0';
+
+    while (p > dir && *p != '/') {
+        p--;
+    }
+
+    if (p == dir) {
+        return NGX_OK;
+    }
+
+    *p = '\0';
+
+    if (ngx_create_dir(dir, 0700) == NGX_FILE_ERROR) {
+        err = ngx_errno;
+
+        if (err == NGX_EEXIST) {
+            return NGX_OK;
+        }
+
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, err,
+                      ngx_create_dir_n " \"%s\" for the %s failed",
+                      dir, what);
+        return NGX_ERROR;
+    }
+
+    ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_core_module);
+
+    if (geteuid() == 0 && ccf->user != (ngx_uid_t) NGX_CONF_UNSET_UINT
+        && chown((const char *) dir, ccf->user, -1) == -1)
+    {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                      "chown(\"%s\", %d) failed", dir, ccf->user);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_smartflow_credentials_init_module(ngx_cycle_t *cycle)
+{
+    ngx_http_smartflow_main_conf_t  *smcf;
+
+    smcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                              ngx_http_smartflow_proxy_module);
+
+    if (smcf == NULL || smcf->credentials == NULL
+        || smcf->credentials->path.data == NULL)
+    {
+        return NGX_OK;
+    }
+
+    return ngx_smartflow_state_dir(cycle, &smcf->credentials->path,
+                                   "credentials store");
+}
+
+
 /* checked once the configuration is read: a store needs the key */
 ngx_int_t
 ngx_http_smartflow_credentials_check(ngx_conf_t *cf,

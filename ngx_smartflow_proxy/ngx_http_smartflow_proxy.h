@@ -500,6 +500,9 @@ ngx_int_t ngx_http_smartflow_credentials_unseal(ngx_conf_t *cf,
 ngx_int_t ngx_http_smartflow_credentials_get(ngx_http_request_t *r,
     ngx_http_smartflow_provider_t *pr, ngx_str_t *out);
 ngx_int_t ngx_http_smartflow_credentials_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_smartflow_credentials_init_module(ngx_cycle_t *cycle);
+ngx_int_t ngx_smartflow_state_dir(ngx_cycle_t *cycle, ngx_str_t *path,
+    char *what);
 ngx_int_t ngx_http_smartflow_cost_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 

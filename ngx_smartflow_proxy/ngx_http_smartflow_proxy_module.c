@@ -23,6 +23,7 @@ static ngx_int_t ngx_http_smartflow_anthropic_version_variable(
 static ngx_int_t ngx_http_smartflow_add_variables(ngx_conf_t *cf);
 static void *ngx_http_smartflow_create_main_conf(ngx_conf_t *cf);
 static char *ngx_http_smartflow_init_main_conf(ngx_conf_t *cf, void *conf);
+static ngx_int_t ngx_http_smartflow_init_module(ngx_cycle_t *cycle);
 static void *ngx_http_smartflow_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_smartflow_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
@@ -198,7 +199,7 @@ ngx_module_t  ngx_http_smartflow_proxy_module = {
     ngx_http_smartflow_commands,           /* module directives */
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
-    ngx_http_smartflow_keys_init_module,   /* init module */
+    ngx_http_smartflow_init_module,        /* init module */
     ngx_http_smartflow_keys_init_process,  /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
@@ -860,6 +861,18 @@ ngx_http_smartflow_init_main_conf(ngx_conf_t *cf, void *conf)
     }
 
     return NGX_CONF_OK;
+}
+
+
+/* in the master once the configuration is read: the state folders */
+static ngx_int_t
+ngx_http_smartflow_init_module(ngx_cycle_t *cycle)
+{
+    if (ngx_http_smartflow_keys_init_module(cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_smartflow_credentials_init_module(cycle);
 }
 
 
