@@ -1475,12 +1475,14 @@ ngx_http_smartflow_cred_saved(ngx_event_t *ev)
     ngx_smartflow_cred_save_t  *sv = ev->data;
 
     ngx_int_t            rc;
+    ngx_connection_t    *c;
     ngx_http_request_t  *r;
 
     r = sv->r;
+    c = r->connection;
 
     if (sv->failed) {
-        ngx_log_error(NGX_LOG_CRIT, r->connection->log, sv->err,
+        ngx_log_error(NGX_LOG_CRIT, c->log, sv->err,
                       "smartflow credentials: %s failed for \"%s\"; the "
                       "credential is in use but not on disk",
                       sv->failed, sv->path);
@@ -1497,5 +1499,5 @@ ngx_http_smartflow_cred_saved(ngx_event_t *ev)
     ngx_explicit_memzero(sv->buf, sv->len);
 
     ngx_http_finalize_request(r, rc);
-    ngx_http_run_posted_requests(r->connection);
+    ngx_http_run_posted_requests(c);
 }
