@@ -1,0 +1,85 @@
+/*
+ * The audit module's shared declarations: its configuration, the state
+ * in shared memory every worker appends under, and the seal task.
+ */
+
+#ifndef _NGX_HTTP_SMARTFLOW_AUDIT_H_INCLUDED_
+#define _NGX_HTTP_SMARTFLOW_AUDIT_H_INCLUDED_
+
+
+#include "ngx_http_smartflow_proxy.h"
+#include "ngx_smartflow_merkle.h"
+#include "ngx_smartflow_audit_keys.h"
+
+
+#define NGX_SMARTFLOW_AUDIT_SEGMENT  "segment-%08ui.log"
+#define NGX_SMARTFLOW_AUDIT_SEAL     "segment-%08ui.seal"
+#define NGX_SMARTFLOW_AUDIT_NAME_LEN sizeof("segment-00000000.seal")
+
+
+/* shared by all workers, under its slab pool's mutex */
+typedef struct {
+    uint64_t                    seq;            /* the last record's */
+    u_char                      head[32];       /* its line's SHA-256 */
+    ngx_uint_t                  segment;        /* the open one */
+    uint64_t                    seg_first;
+    uint64_t                    seg_count;
+    off_t                       seg_bytes;
+    time_t                      seg_start;
+    sf_merkle_frontier_t        log;            /* every record */
+    sf_merkle_frontier_t        sealed;         /* at the last rotation */
+    ngx_uint_t                  last_sealed;    /* segment number */
+    time_t                      last_seal_time;
+    ngx_uint_t                  seals_pending;
+    ngx_uint_t                  seal_failures;
+    ngx_uint_t                  write_failures;
+} ngx_http_smartflow_audit_sh_t;
+
+
+typedef struct {
+    ngx_str_t                   dir;            /* no trailing slash */
+    ngx_str_t                   key_file;
+    sf_audit_keys_t            *keys;
+    size_t                      segment_size;
+    time_t                      seal_interval;
+    ngx_flag_t                  immutable;
+    ngx_shm_zone_t             *zone;
+    ngx_str_t                   pool_name;
+    ngx_thread_pool_t          *pool;
+    ngx_int_t                   request_id;     /* variable index */
+} ngx_http_smartflow_audit_main_conf_t;
+
+
+/* what sealing a segment needs, copied: it runs in a thread */
+typedef struct {
+    u_char                      dir[NGX_MAX_PATH];
+    ngx_uint_t                  segment;
+    uint64_t                    first;
+    uint64_t                    count;
+    u_char                      head[32];
+    sf_merkle_frontier_t        old;
+    sf_audit_key_t              key;
+    ngx_flag_t                  immutable;
+    time_t                      now;
+
+    /* results */
+    ngx_int_t                   rc;
+    char                        err[NGX_MAX_PATH + 512];
+    char                        protection[16];
+    ngx_shm_zone_t             *zone;
+} ngx_http_smartflow_audit_seal_t;
+
+
+extern ngx_module_t  ngx_http_smartflow_audit_module;
+
+
+ngx_int_t ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s);
+ngx_int_t ngx_http_smartflow_audit_recover(ngx_log_t *log,
+    ngx_http_smartflow_audit_main_conf_t *amcf,
+    ngx_http_smartflow_audit_sh_t *sh);
+ngx_int_t ngx_http_smartflow_audit_post_seal(ngx_http_request_t *r,
+    ngx_http_smartflow_audit_main_conf_t *amcf,
+    ngx_http_smartflow_audit_seal_t *snapshot);
+
+
+#endif /* _NGX_HTTP_SMARTFLOW_AUDIT_H_INCLUDED_ */
