@@ -47,6 +47,7 @@ typedef struct {
     ngx_str_t                   pool_name;
     ngx_thread_pool_t          *pool;
     ngx_int_t                   request_id;     /* variable index */
+    ngx_cycle_t                *cycle;
 } ngx_http_smartflow_audit_main_conf_t;
 
 

@@ -975,6 +975,7 @@ ngx_http_smartflow_audit_init_main_conf(ngx_conf_t *cf, void *conf)
 
     amcf->zone->init = ngx_http_smartflow_audit_init_zone;
     amcf->zone->data = amcf;
+    amcf->cycle = cf->cycle;
 
     return NGX_CONF_OK;
 }

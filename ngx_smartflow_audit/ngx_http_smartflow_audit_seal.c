@@ -446,6 +446,7 @@ ngx_http_smartflow_audit_recover(ngx_log_t *log,
     ngx_str_t                         name;
     ngx_err_t                         err;
     ngx_file_info_t                   fi;
+    ngx_core_conf_t                  *ccf;
     unsigned char                   (*leaves)[32];
     const sf_audit_key_t             *key;
     u_char                            path[NGX_MAX_PATH];
@@ -460,6 +461,18 @@ ngx_http_smartflow_audit_recover(ngx_log_t *log,
                           "smartflow audit: mkdir \"%V\" failed", &amcf->dir);
             return NGX_ERROR;
         }
+    }
+
+    /* the workers create the segments, as they do temporary files */
+    ccf = (ngx_core_conf_t *) ngx_get_conf(amcf->cycle->conf_ctx,
+                                           ngx_core_module);
+
+    if (geteuid() == 0 && ccf->user != (ngx_uid_t) NGX_CONF_UNSET_UINT
+        && chown((char *) amcf->dir.data, ccf->user, -1) == -1)
+    {
+        ngx_log_error(NGX_LOG_EMERG, log, ngx_errno,
+                      "smartflow audit: chown \"%V\" failed", &amcf->dir);
+        return NGX_ERROR;
     }
 
     if (ngx_open_dir(&amcf->dir, &dir) == NGX_ERROR) {

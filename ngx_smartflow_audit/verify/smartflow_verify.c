@@ -284,7 +284,7 @@ verify_seal(state_t *st, const char *path, uint64_t segno, uint64_t first,
 
     if (macp == NULL || p == NULL || *p != '"'
         || (q = strchr(p + 1, '"')) == NULL || q - p - 1 > SF_AUDIT_KID_LEN
-        || len - (macp - seal) != 8 + 64 + 2
+        || len - (macp - seal) != 9 + 64 + 2
         || sf_audit_unhex(macp + 9, 64, mac, 32) != 32
         || strcmp(macp + 9 + 64, "\"}") != 0)
     {
@@ -594,6 +594,9 @@ verify_dir(const char *dir, const sf_audit_keys_t *keys)
     memset(&st, 0, sizeof(st));
     st.keys = keys;
     unsealed_seen = 0;
+
+    /* the first seal follows the empty tree */
+    sf_merkle_frontier_root(&st.log, st.prev_root);
 
     for (i = 0, j = 0; i < nsegs; i++) {
         snprintf(path, sizeof(path), "%s/segment-%08" PRIu64 ".log", dir,
