@@ -5,7 +5,10 @@
  * the seal before.  Prints a JSON report; exits 0 when all holds, 1 on
  * the first problem (named precisely), 2 on bad usage.
  *
- *   smartflow-verify [--keys FILE] PATH
+ *   smartflow-verify [--keys FILE] [--head HEX] PATH
+ *
+ * --head names the chain head the gateway reported (GET /api/audit/status):
+ * records cut off the end of the open segment are found only against it.
  *   smartflow-verify --proof FILE [PATH]     an inclusion proof, offline
  *   smartflow-verify --merkle-vectors        proof checks read from stdin
  */
@@ -894,12 +897,13 @@ main(int argc, char **argv)
 {
     int               i, rc;
     char              def[4096];
-    const char       *keyfile, *path, *proof;
+    const char       *keyfile, *path, *proof, *head;
     static sf_audit_keys_t  keys;
 
     keyfile = getenv("SMARTFLOW_AUDIT_KEYS");
     path = NULL;
     proof = NULL;
+    head = NULL;
 
     for (i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--merkle-vectors") == 0) {
@@ -908,11 +912,15 @@ main(int argc, char **argv)
         } else if (strcmp(argv[i], "--keys") == 0 && i + 1 < argc) {
             keyfile = argv[++i];
 
+        } else if (strcmp(argv[i], "--head") == 0 && i + 1 < argc) {
+            head = argv[++i];
+
         } else if (strcmp(argv[i], "--proof") == 0 && i + 1 < argc) {
             proof = argv[++i];
 
         } else if (argv[i][0] == '-' || path) {
-            fprintf(stderr, "usage: smartflow-verify [--keys FILE] PATH\n"
+            fprintf(stderr, "usage: smartflow-verify [--keys FILE] [--head HEX] "
+                    "PATH\n"
                     "       smartflow-verify [--keys FILE] --proof FILE "
                     "[PATH]\n"
                     "       smartflow-verify --merkle-vectors < checks\n");
@@ -947,6 +955,13 @@ main(int argc, char **argv)
 
     } else {
         rc = verify_dir(path, &keys);
+
+        if (rc == 0 && head && strcmp(head, rep.head) != 0) {
+            fail(path, 0, rep.records, "chain_head", "the chain ends at "
+                 "record %" PRIu64 " with head %s, not at the head given",
+                 rep.records, rep.head);
+            rc = -1;
+        }
     }
 
     print_report(proof ? proof : path);
