@@ -17,6 +17,46 @@
 #define NGX_SMARTFLOW_AUDIT_NAME_LEN sizeof("segment-00000000.seal")
 
 
+/* metrics, counted as records are appended */
+#define NGX_SMARTFLOW_AUDIT_SERIES    128
+#define NGX_SMARTFLOW_AUDIT_BUCKETS   10
+#define NGX_SMARTFLOW_AUDIT_ACTIONS   16
+#define NGX_SMARTFLOW_AUDIT_LABEL     64
+
+typedef struct {
+    u_char                      model[NGX_SMARTFLOW_AUDIT_LABEL];
+    u_char                      provider[NGX_SMARTFLOW_AUDIT_LABEL];
+    ngx_uint_t                  status;         /* 0: a free slot */
+    uint64_t                    requests;
+    uint64_t                    prompt_tokens;
+    uint64_t                    completion_tokens;
+    uint64_t                    cost;           /* micro-USD */
+    uint64_t                    latency_sum;    /* ms */
+    uint64_t                    latency[NGX_SMARTFLOW_AUDIT_BUCKETS];
+} ngx_http_smartflow_audit_series_t;
+
+
+typedef struct {
+    u_char                      action[NGX_SMARTFLOW_AUDIT_LABEL];
+    uint64_t                    count;
+} ngx_http_smartflow_audit_action_t;
+
+
+/* what one request adds to the metrics */
+typedef struct {
+    ngx_str_t                   model;
+    ngx_str_t                   provider;
+    ngx_uint_t                  status;
+    ngx_uint_t                  prompt_tokens;
+    ngx_uint_t                  completion_tokens;
+    uint64_t                    cost;
+    ngx_msec_t                  latency;
+    ngx_uint_t                  cache;          /* 0 none, 1 HIT, 2 MISS, */
+    ngx_uint_t                  cache_phase;    /* 3 BYPASS, 4 other */
+    ngx_str_t                   policy;
+} ngx_http_smartflow_audit_sample_t;
+
+
 /* shared by all workers, under its slab pool's mutex */
 typedef struct {
     uint64_t                    seq;            /* the last record's */
@@ -33,6 +73,10 @@ typedef struct {
     ngx_uint_t                  seals_pending;
     ngx_uint_t                  seal_failures;
     ngx_uint_t                  write_failures;
+
+    ngx_http_smartflow_audit_series_t  series[NGX_SMARTFLOW_AUDIT_SERIES];
+    uint64_t                    cache[5][5];    /* result, phase */
+    ngx_http_smartflow_audit_action_t  actions[NGX_SMARTFLOW_AUDIT_ACTIONS];
 } ngx_http_smartflow_audit_sh_t;
 
 
@@ -49,6 +93,13 @@ typedef struct {
     ngx_int_t                   request_id;     /* variable index */
     ngx_cycle_t                *cycle;
 } ngx_http_smartflow_audit_main_conf_t;
+
+
+typedef struct {
+    ngx_open_file_t            *file;
+    ngx_flag_t                  enable;
+    ngx_uint_t                  api;            /* smartflow_audit_api */
+} ngx_http_smartflow_audit_loc_conf_t;
 
 
 /* what sealing a segment needs, copied: it runs in a thread */
@@ -78,6 +129,10 @@ ngx_int_t ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s);
 ngx_int_t ngx_http_smartflow_audit_recover(ngx_log_t *log,
     ngx_http_smartflow_audit_main_conf_t *amcf,
     ngx_http_smartflow_audit_sh_t *sh);
+void ngx_http_smartflow_audit_count(ngx_http_smartflow_audit_sh_t *sh,
+    ngx_http_smartflow_audit_sample_t *m);
+char *ngx_http_smartflow_audit_api(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 ngx_int_t ngx_http_smartflow_audit_post_seal(ngx_http_request_t *r,
     ngx_http_smartflow_audit_main_conf_t *amcf,
     ngx_http_smartflow_audit_seal_t *snapshot);

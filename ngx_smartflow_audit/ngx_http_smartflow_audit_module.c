@@ -16,12 +16,6 @@
 #define NGX_HTTP_SMARTFLOW_AUDIT_ZONE  (128 * 1024)
 
 
-typedef struct {
-    ngx_open_file_t  *file;
-    ngx_flag_t        enable;
-} ngx_http_smartflow_audit_loc_conf_t;
-
-
 /* per request: the answer's hash as the client receives it */
 typedef struct {
     EVP_MD_CTX       *md;
@@ -36,7 +30,8 @@ static ngx_int_t ngx_http_smartflow_audit_record(ngx_http_request_t *r,
     ngx_http_smartflow_audit_main_conf_t *amcf);
 static ngx_int_t ngx_http_smartflow_audit_append(ngx_http_request_t *r,
     ngx_http_smartflow_audit_main_conf_t *amcf, u_char *line, u_char *p,
-    const sf_audit_key_t *key, int64_t ts);
+    const sf_audit_key_t *key, int64_t ts,
+    ngx_http_smartflow_audit_sample_t *m);
 static ngx_int_t ngx_http_smartflow_audit_plain(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_open_file_t *file);
 static u_char *ngx_http_smartflow_audit_str(u_char *p, char *name,
@@ -113,6 +108,13 @@ static ngx_command_t  ngx_http_smartflow_audit_commands[] = {
       ngx_conf_set_str_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_smartflow_audit_main_conf_t, pool_name),
+      NULL },
+
+    { ngx_string("smartflow_audit_api"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_smartflow_audit_api,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
       NULL },
 
     { ngx_string("smartflow_audit"),
@@ -222,6 +224,7 @@ ngx_http_smartflow_audit_record(ngx_http_request_t *r,
     ngx_http_variable_value_t       *vv;
     ngx_http_upstream_state_t       *st;
     ngx_http_smartflow_audit_ctx_t  *actx;
+    ngx_http_smartflow_audit_sample_t  m;
 
     tp = ngx_timeofday();
     ts = (int64_t) tp->sec * 1000 + tp->msec;
@@ -423,7 +426,31 @@ ngx_http_smartflow_audit_record(ngx_http_request_t *r,
                     (actx && actx->complete) ? "true" : "false",
                     req_hex, resp_hex);
 
-    return ngx_http_smartflow_audit_append(r, amcf, line, p, key, ts);
+    /* the metrics: a model only once it is routed, so no client can
+     * make up label values */
+    m.model = ctx->route ? ctx->model : deployment;
+    m.provider = provider;
+    m.status = r->headers_out.status;
+    m.prompt_tokens = ctx->prompt_tokens;
+    m.completion_tokens = ctx->completion_tokens;
+    m.cost = cost;
+    m.latency = latency;
+    m.cache = 0;
+    m.cache_phase = ctx->cache_phase;
+    m.policy = policy;
+
+    if (ctx->cache_status.len) {
+        m.cache = (ctx->cache_status.len == 3
+                   && ngx_strncmp(ctx->cache_status.data, "HIT", 3) == 0) ? 1
+                  : (ctx->cache_status.len == 4
+                     && ngx_strncmp(ctx->cache_status.data, "MISS", 4) == 0)
+                  ? 2
+                  : (ctx->cache_status.len == 6
+                     && ngx_strncmp(ctx->cache_status.data, "BYPASS", 6)
+                        == 0) ? 3 : 4;
+    }
+
+    return ngx_http_smartflow_audit_append(r, amcf, line, p, key, ts, &m);
 }
 
 
@@ -435,7 +462,8 @@ ngx_http_smartflow_audit_record(ngx_http_request_t *r,
 static ngx_int_t
 ngx_http_smartflow_audit_append(ngx_http_request_t *r,
     ngx_http_smartflow_audit_main_conf_t *amcf, u_char *line, u_char *p,
-    const sf_audit_key_t *key, int64_t ts)
+    const sf_audit_key_t *key, int64_t ts,
+    ngx_http_smartflow_audit_sample_t *m)
 {
     u_char                           *body_end;
     ssize_t                           n;
@@ -534,6 +562,8 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
 
     sh->seg_bytes += p - line;
 
+    ngx_http_smartflow_audit_count(sh, m);
+
     if ((size_t) sh->seg_bytes >= amcf->segment_size
         || ngx_time() - sh->seg_start >= amcf->seal_interval)
     {
@@ -552,6 +582,17 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
         sh->seg_bytes = 0;
         sh->seg_start = 0;
         sh->seals_pending++;
+
+        /* the next segment exists from now: the folder shows which is open */
+        (void) ngx_close_file(ngx_http_smartflow_audit_fd);
+
+        ngx_snprintf(path, NGX_MAX_PATH, "%V/" NGX_SMARTFLOW_AUDIT_SEGMENT
+                     "%Z", &amcf->dir, sh->segment);
+
+        ngx_http_smartflow_audit_fd = ngx_open_file(path, NGX_FILE_APPEND,
+                                                    NGX_FILE_CREATE_OR_OPEN,
+                                                    0644);
+        ngx_http_smartflow_audit_fd_segment = sh->segment;
     }
 
     ngx_shmtx_unlock(&shpool->mutex);

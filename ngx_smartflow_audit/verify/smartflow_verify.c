@@ -745,8 +745,8 @@ merkle_vectors(void)
 
 /*
  * An inclusion proof as GET /api/audit/proof/ID gives it:
- * {"seq":N,"segment":S,"index":I,"size":C,"record":"HEX of the line",
- *  "proof":["HEX",...],"segment_root":"HEX",...}
+ * {"seq":N,"segment":S,"index":I,"size":C,"proof":["HEX",...],
+ *  "segment_root":"HEX","record_hex":"HEX of the line",...}
  * The leaf is hashed from the record itself; with PATH the root must be
  * the one sealed for that segment.
  */
@@ -778,7 +778,7 @@ verify_proof(const char *file, const char *dir, const sf_audit_keys_t *keys)
         goto done;
     }
 
-    p = seal_field(buf, "record");
+    p = seal_field(buf, "record_hex");
     if (p == NULL || *p != '"' || (q = strchr(p + 1, '"')) == NULL) {
         fail(file, 0, 0, "proof", "no record");
         goto done;
