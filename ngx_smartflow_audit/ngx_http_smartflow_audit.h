@@ -73,6 +73,8 @@ typedef struct {
     ngx_uint_t                  seals_pending;
     ngx_uint_t                  seal_failures;
     ngx_uint_t                  write_failures;
+    ngx_uint_t                  tsa_waiting;    /* queries spooled */
+    ngx_uint_t                  tsa_stamped;
 
     ngx_http_smartflow_audit_series_t  series[NGX_SMARTFLOW_AUDIT_SERIES];
     uint64_t                    cache[5][5];    /* result, phase */
@@ -91,6 +93,9 @@ typedef struct {
     ngx_str_t                   pool_name;
     ngx_thread_pool_t          *pool;
     ngx_int_t                   request_id;     /* variable index */
+    ngx_str_t                   tsa_url;
+    ngx_msec_t                  tsa_timeout;
+    ngx_msec_t                  tsa_retry;
     ngx_cycle_t                *cycle;
 } ngx_http_smartflow_audit_main_conf_t;
 
@@ -113,11 +118,16 @@ typedef struct {
     sf_audit_key_t              key;
     ngx_flag_t                  immutable;
     time_t                      now;
+    u_char                      tsa_url[1024];  /* empty: none */
+    ngx_msec_t                  tsa_timeout;
+    ngx_flag_t                  offline;        /* spool, no call */
 
     /* results */
     ngx_int_t                   rc;
     char                        err[NGX_MAX_PATH + 512];
     char                        protection[16];
+    ngx_int_t                   tsa_rc;
+    char                        tsa_err[NGX_MAX_PATH + 512];
     ngx_shm_zone_t             *zone;
 } ngx_http_smartflow_audit_seal_t;
 
@@ -129,6 +139,11 @@ ngx_int_t ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s);
 ngx_int_t ngx_http_smartflow_audit_recover(ngx_log_t *log,
     ngx_http_smartflow_audit_main_conf_t *amcf,
     ngx_http_smartflow_audit_sh_t *sh);
+ngx_int_t ngx_http_smartflow_audit_tsa_stamp(u_char *dir,
+    ngx_uint_t segment, u_char *url, ngx_msec_t timeout, ngx_flag_t offline,
+    char *err, size_t errlen);
+ngx_int_t ngx_http_smartflow_audit_tsa_retry(u_char *dir, u_char *url,
+    ngx_msec_t timeout, ngx_uint_t *waiting, char *err, size_t errlen);
 void ngx_http_smartflow_audit_count(ngx_http_smartflow_audit_sh_t *sh,
     ngx_http_smartflow_audit_sample_t *m);
 char *ngx_http_smartflow_audit_api(ngx_conf_t *cf, ngx_command_t *cmd,

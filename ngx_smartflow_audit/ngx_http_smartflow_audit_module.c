@@ -7,6 +7,7 @@
  * smartflow_audit_log writes a plain JSON line per request as well.
  */
 
+#include <curl/curl.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
@@ -56,6 +57,12 @@ static char *ngx_http_smartflow_audit_log(ngx_conf_t *cf, ngx_command_t *cmd,
 static char *ngx_http_smartflow_audit_dir(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_http_smartflow_audit_init(ngx_conf_t *cf);
+static ngx_int_t ngx_http_smartflow_audit_init_module(ngx_cycle_t *cycle);
+static ngx_int_t ngx_http_smartflow_audit_init_process(ngx_cycle_t *cycle);
+static void ngx_http_smartflow_audit_retry_timer(ngx_event_t *ev);
+static void ngx_http_smartflow_audit_retry_thread(void *data,
+    ngx_log_t *log);
+static void ngx_http_smartflow_audit_retry_done(ngx_event_t *ev);
 static void ngx_http_smartflow_audit_exit_process(ngx_cycle_t *cycle);
 
 
@@ -110,6 +117,27 @@ static ngx_command_t  ngx_http_smartflow_audit_commands[] = {
       offsetof(ngx_http_smartflow_audit_main_conf_t, pool_name),
       NULL },
 
+    { ngx_string("smartflow_audit_tsa"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_audit_main_conf_t, tsa_url),
+      NULL },
+
+    { ngx_string("smartflow_audit_tsa_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_audit_main_conf_t, tsa_timeout),
+      NULL },
+
+    { ngx_string("smartflow_audit_tsa_retry"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_audit_main_conf_t, tsa_retry),
+      NULL },
+
     { ngx_string("smartflow_audit_api"),
       NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_http_smartflow_audit_api,
@@ -149,8 +177,8 @@ ngx_module_t  ngx_http_smartflow_audit_module = {
     ngx_http_smartflow_audit_commands,     /* module directives */
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
-    NULL,                                  /* init module */
-    NULL,                                  /* init process */
+    ngx_http_smartflow_audit_init_module,  /* init module */
+    ngx_http_smartflow_audit_init_process, /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
     ngx_http_smartflow_audit_exit_process, /* exit process */
@@ -164,6 +192,10 @@ static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
 /* this process's descriptor of the open segment */
 static ngx_fd_t    ngx_http_smartflow_audit_fd = NGX_INVALID_FILE;
 static ngx_uint_t  ngx_http_smartflow_audit_fd_segment;
+
+/* the retry of spooled timestamps, in one worker */
+static ngx_event_t        ngx_http_smartflow_audit_retry_ev;
+static ngx_thread_task_t *ngx_http_smartflow_audit_retry_task;
 
 
 static ngx_int_t
@@ -608,6 +640,14 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
     snap.zone = amcf->zone;
     snap.rc = NGX_ERROR;
     snap.err[0] = '\0';
+    snap.offline = 0;
+    snap.tsa_rc = NGX_OK;
+    snap.tsa_timeout = amcf->tsa_timeout;
+    snap.tsa_url[0] = '\0';
+
+    if (amcf->tsa_url.len) {
+        ngx_cpystrn(snap.tsa_url, amcf->tsa_url.data, sizeof(snap.tsa_url));
+    }
 
     if (ngx_http_smartflow_audit_post_seal(r, amcf, &snap) != NGX_OK) {
         ngx_shmtx_lock(&shpool->mutex);
@@ -903,6 +943,8 @@ ngx_http_smartflow_audit_create_main_conf(ngx_conf_t *cf)
     amcf->seal_interval = NGX_CONF_UNSET;
     amcf->immutable = NGX_CONF_UNSET;
     amcf->request_id = NGX_ERROR;
+    amcf->tsa_timeout = NGX_CONF_UNSET_MSEC;
+    amcf->tsa_retry = NGX_CONF_UNSET_MSEC;
 
     return amcf;
 }
@@ -923,6 +965,19 @@ ngx_http_smartflow_audit_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_size_value(amcf->segment_size, 16 * 1024 * 1024);
     ngx_conf_init_value(amcf->seal_interval, 60);
     ngx_conf_init_value(amcf->immutable, 0);
+    ngx_conf_init_msec_value(amcf->tsa_timeout, 10000);
+    ngx_conf_init_msec_value(amcf->tsa_retry, 30000);
+
+    if (amcf->tsa_url.len >= 1024
+        || (amcf->tsa_url.len
+            && ngx_strncmp(amcf->tsa_url.data, "http://", 7) != 0
+            && ngx_strncmp(amcf->tsa_url.data, "https://", 8) != 0))
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "smartflow audit: \"smartflow_audit_tsa\" takes "
+                           "an http:// or https:// URL");
+        return NGX_CONF_ERROR;
+    }
 
     if (amcf->dir.len == 0) {
         return NGX_CONF_OK;
@@ -1152,6 +1207,146 @@ ngx_http_smartflow_audit_init(ngx_conf_t *cf)
     ngx_http_top_header_filter = ngx_http_smartflow_audit_header_filter;
 
     return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_audit_init_module(ngx_cycle_t *cycle)
+{
+    /* once, before any thread: libcurl's global state */
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                      "smartflow audit: curl_global_init() failed");
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_audit_init_process(ngx_cycle_t *cycle)
+{
+    ngx_event_t                           *ev;
+    ngx_http_smartflow_audit_main_conf_t  *amcf;
+
+    amcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_smartflow_audit_module);
+
+    if (amcf == NULL || amcf->zone == NULL || amcf->tsa_url.len == 0
+        || (ngx_process == NGX_PROCESS_WORKER && ngx_worker != 0))
+    {
+        return NGX_OK;
+    }
+
+    ev = &ngx_http_smartflow_audit_retry_ev;
+    ev->handler = ngx_http_smartflow_audit_retry_timer;
+    ev->data = amcf;
+    ev->log = cycle->log;
+    ev->cancelable = 1;
+
+    ngx_add_timer(ev, amcf->tsa_retry);
+
+    return NGX_OK;
+}
+
+
+typedef struct {
+    ngx_http_smartflow_audit_main_conf_t  *amcf;
+    u_char                     dir[NGX_MAX_PATH];
+    u_char                     url[1024];
+    ngx_msec_t                 timeout;
+    ngx_uint_t                 waiting;
+    ngx_int_t                  rc;
+    char                       err[NGX_MAX_PATH + 512];
+} ngx_http_smartflow_audit_retry_t;
+
+
+static void
+ngx_http_smartflow_audit_retry_timer(ngx_event_t *ev)
+{
+    ngx_thread_task_t                     *task;
+    ngx_http_smartflow_audit_retry_t      *rt;
+    ngx_http_smartflow_audit_main_conf_t  *amcf = ev->data;
+
+    if (ngx_exiting || ngx_quit || ngx_terminate) {
+        return;
+    }
+
+    task = ngx_http_smartflow_audit_retry_task;
+
+    if (task == NULL) {
+        task = ngx_thread_task_alloc(ngx_cycle->pool,
+                                     sizeof(ngx_http_smartflow_audit_retry_t));
+        if (task == NULL) {
+            ngx_add_timer(ev, amcf->tsa_retry);
+            return;
+        }
+
+        task->handler = ngx_http_smartflow_audit_retry_thread;
+        task->event.handler = ngx_http_smartflow_audit_retry_done;
+        task->event.data = task;
+        task->event.log = ev->log;
+        ngx_http_smartflow_audit_retry_task = task;
+    }
+
+    rt = task->ctx;
+    rt->amcf = amcf;
+    ngx_cpystrn(rt->dir, amcf->dir.data, NGX_MAX_PATH);
+    ngx_cpystrn(rt->url, amcf->tsa_url.data, sizeof(rt->url));
+    rt->timeout = amcf->tsa_timeout;
+
+    if (ngx_thread_task_post(amcf->pool, task) != NGX_OK) {
+        ngx_add_timer(ev, amcf->tsa_retry);
+    }
+}
+
+
+static void
+ngx_http_smartflow_audit_retry_thread(void *data, ngx_log_t *log)
+{
+    ngx_http_smartflow_audit_retry_t  *rt = data;
+
+    rt->err[0] = '\0';
+    rt->rc = ngx_http_smartflow_audit_tsa_retry(rt->dir, rt->url,
+                                                rt->timeout, &rt->waiting,
+                                                rt->err, sizeof(rt->err));
+}
+
+
+static void
+ngx_http_smartflow_audit_retry_done(ngx_event_t *ev)
+{
+    ngx_slab_pool_t                   *shpool;
+    ngx_thread_task_t                 *task;
+    ngx_http_smartflow_audit_sh_t     *sh;
+    ngx_http_smartflow_audit_retry_t  *rt;
+
+    task = ev->data;
+    rt = task->ctx;
+
+    shpool = (ngx_slab_pool_t *) rt->amcf->zone->shm.addr;
+    sh = shpool->data;
+
+    ngx_shmtx_lock(&shpool->mutex);
+    sh->tsa_waiting = rt->waiting;
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    if (rt->rc == NGX_ERROR) {
+        ngx_log_error(NGX_LOG_ALERT, ev->log, 0,
+                      "smartflow audit: retrying timestamps failed: %s",
+                      rt->err);
+
+    } else if (rt->rc == NGX_AGAIN) {
+        ngx_log_error(NGX_LOG_WARN, ev->log, 0,
+                      "smartflow audit: %ui timestamps still spooled: %s",
+                      rt->waiting, rt->err);
+    }
+
+    if (!(ngx_exiting || ngx_quit || ngx_terminate)) {
+        ngx_add_timer(&ngx_http_smartflow_audit_retry_ev,
+                      rt->amcf->tsa_retry);
+    }
 }
 
 

@@ -194,6 +194,12 @@ ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s)
 
     s->rc = NGX_OK;
 
+    if (s->tsa_url[0]) {
+        s->tsa_rc = ngx_http_smartflow_audit_tsa_stamp(s->dir, s->segment,
+                        s->tsa_url, s->tsa_timeout, s->offline, s->tsa_err,
+                        sizeof(s->tsa_err));
+    }
+
 failed:
 
     ngx_free(leaves);
@@ -412,6 +418,13 @@ ngx_http_smartflow_audit_seal_done(ngx_event_t *ev)
             sh->last_seal_time = s->now;
         }
 
+        if (s->tsa_url[0] && s->tsa_rc == NGX_OK) {
+            sh->tsa_stamped++;
+
+        } else if (s->tsa_url[0]) {
+            sh->tsa_waiting++;
+        }
+
     } else {
         sh->seal_failures++;
     }
@@ -422,6 +435,11 @@ ngx_http_smartflow_audit_seal_done(ngx_event_t *ev)
         ngx_log_error(NGX_LOG_ALERT, ev->log, 0,
                       "smartflow audit: sealing segment %ui failed: %s",
                       s->segment, s->err);
+
+    } else if (s->tsa_url[0] && s->tsa_rc != NGX_OK) {
+        ngx_log_error(NGX_LOG_WARN, ev->log, 0,
+                      "smartflow audit: the timestamp of segment %ui is "
+                      "spooled for a retry: %s", s->segment, s->tsa_err);
     }
 
     ngx_free(task);
@@ -608,6 +626,14 @@ ngx_http_smartflow_audit_recover(ngx_log_t *log,
             s->key = *key;
             s->immutable = amcf->immutable;
             s->now = ngx_time();
+            s->offline = 1;
+            s->tsa_timeout = amcf->tsa_timeout;
+            s->tsa_url[0] = '\0';
+
+            if (amcf->tsa_url.len) {
+                ngx_cpystrn(s->tsa_url, amcf->tsa_url.data,
+                            sizeof(s->tsa_url));
+            }
 
             if (ngx_http_smartflow_audit_seal(s) != NGX_OK) {
                 goto failed;

@@ -5,7 +5,11 @@
  * the seal before.  Prints a JSON report; exits 0 when all holds, 1 on
  * the first problem (named precisely), 2 on bad usage.
  *
- *   smartflow-verify [--keys FILE] [--head HEX] PATH
+ *   smartflow-verify [--keys FILE] [--head HEX] [--tsa-ca FILE] PATH
+ *
+ * --tsa-ca checks each seal's RFC 3161 timestamp (segment-N.tsr) against
+ * the time-stamping authority's CA, as "openssl ts -verify -data SEAL -in
+ * TSR -CAfile CA" does.
  *
  * --head names the chain head the gateway reported (GET /api/audit/status):
  * records cut off the end of the open segment are found only against it.
@@ -23,7 +27,10 @@
 #include <sys/stat.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/err.h>
 #include <openssl/hmac.h>
+#include <openssl/ts.h>
+#include <openssl/x509.h>
 
 #include "ngx_smartflow_merkle.h"
 #include "ngx_smartflow_audit_keys.h"
@@ -44,6 +51,8 @@ typedef struct {
     char            head[65];
     char            log_root[65];
     uint64_t        log_size;
+    uint64_t        timestamped;
+    uint64_t        ts_pending;
 
     /* the first problem */
     char            file[512];
@@ -54,7 +63,8 @@ typedef struct {
 } report_t;
 
 
-static report_t  rep;
+static report_t      rep;
+static const char   *tsa_ca;
 
 
 static void
@@ -112,9 +122,10 @@ print_report(const char *path)
     json_str(stdout, path);
     printf(",\"ok\":%s,\"records\":%" PRIu64 ",\"segments\":%" PRIu64
            ",\"sealed\":%" PRIu64 ",\"open\":%" PRIu64
-           ",\"log_size\":%" PRIu64 ",\"chain_head\":",
+           ",\"log_size\":%" PRIu64 ",\"timestamped\":%" PRIu64
+           ",\"timestamps_pending\":%" PRIu64 ",\"chain_head\":",
            rep.ok ? "true" : "false", rep.records, rep.segments, rep.sealed,
-           rep.open, rep.log_size);
+           rep.open, rep.log_size, rep.timestamped, rep.ts_pending);
     json_str(stdout, rep.head);
     printf(",\"log_root\":");
     json_str(stdout, rep.log_root);
@@ -253,6 +264,62 @@ typedef struct {
     uint64_t                prev_size;      /* the last seal's tree */
     unsigned char           prev_root[32];
 } state_t;
+
+
+/* a seal's RFC 3161 timestamp: its signature up to the CA, the imprint */
+static int
+verify_timestamp(const char *seal, const char *tsr)
+{
+    int             ok;
+    BIO            *in, *data;
+    TS_RESP        *resp;
+    X509_STORE     *store;
+    TS_VERIFY_CTX  *ctx;
+    unsigned long   e;
+    char            msg[256];
+
+    in = BIO_new_file(tsr, "rb");
+    if (in == NULL) {
+        fail(tsr, 0, 0, "timestamp", "cannot read the timestamp");
+        return -1;
+    }
+
+    resp = d2i_TS_RESP_bio(in, NULL);
+    BIO_free(in);
+
+    ctx = TS_VERIFY_CTX_new();
+    store = X509_STORE_new();
+    data = BIO_new_file(seal, "rb");
+    ok = 0;
+
+    if (resp && ctx && store && data
+        && X509_STORE_load_file(store, tsa_ca) == 1)
+    {
+        TS_VERIFY_CTX_set_flags(ctx, TS_VFY_VERSION | TS_VFY_SIGNER
+                                     | TS_VFY_DATA | TS_VFY_SIGNATURE);
+        TS_VERIFY_CTX_set_data(ctx, data);
+        TS_VERIFY_CTX_set_store(ctx, store);
+        data = NULL;
+        store = NULL;
+
+        ok = TS_RESP_verify_response(ctx, resp) == 1;
+    }
+
+    if (!ok) {
+        e = ERR_peek_last_error();
+        ERR_error_string_n(e, msg, sizeof(msg));
+        fail(tsr, 0, 0, "timestamp", "the timestamp does not hold for the "
+             "seal: %s", e ? msg : "not a timestamp response");
+    }
+
+    ERR_clear_error();
+    BIO_free(data);
+    X509_STORE_free(store);
+    TS_VERIFY_CTX_free(ctx);
+    TS_RESP_free(resp);
+
+    return ok ? 0 : -1;
+}
 
 
 static int
@@ -637,6 +704,25 @@ verify_dir(const char *dir, const sf_audit_keys_t *keys)
 
             rep.sealed++;
 
+            if (tsa_ca) {
+                char  tsr[4096];
+
+                snprintf(tsr, sizeof(tsr), "%s/segment-%08" PRIu64 ".tsr",
+                         dir, segs[i]);
+
+                if (stat(tsr, &sb) == 0) {
+                    if (verify_timestamp(seal, tsr) != 0) {
+                        goto done;
+                    }
+
+                    rep.timestamped++;
+
+                } else {
+                    /* spooled while the authority was away */
+                    rep.ts_pending++;
+                }
+            }
+
         } else {
             /* only the last segments may wait for their seal */
             unsealed_seen = 1;
@@ -912,6 +998,9 @@ main(int argc, char **argv)
         } else if (strcmp(argv[i], "--keys") == 0 && i + 1 < argc) {
             keyfile = argv[++i];
 
+        } else if (strcmp(argv[i], "--tsa-ca") == 0 && i + 1 < argc) {
+            tsa_ca = argv[++i];
+
         } else if (strcmp(argv[i], "--head") == 0 && i + 1 < argc) {
             head = argv[++i];
 
@@ -920,7 +1009,7 @@ main(int argc, char **argv)
 
         } else if (argv[i][0] == '-' || path) {
             fprintf(stderr, "usage: smartflow-verify [--keys FILE] [--head HEX] "
-                    "PATH\n"
+                    "[--tsa-ca FILE] PATH\n"
                     "       smartflow-verify [--keys FILE] --proof FILE "
                     "[PATH]\n"
                     "       smartflow-verify --merkle-vectors < checks\n");
