@@ -458,14 +458,16 @@ ngx_http_smartflow_audit_status(ngx_http_request_t *r,
                      "\"open_bytes\":%O,\"last_sealed_segment\":%ui,"
                      "\"last_seal_time\":%T,\"last_seal_age\":%T,"
                      "\"backlog\":{\"seals_pending\":%ui,"
-                     "\"unsealed_records\":%uL,\"shipping\":0},"
+                     "\"unsealed_records\":%uL,"
+                     "\"timestamps_spooled\":%ui,\"shipping\":0},"
+                     "\"timestamps\":%ui,"
                      "\"seal_failures\":%ui,\"write_failures\":%ui,"
                      "\"segment_size\":%uz,\"seal_interval\":%T}\n",
                      s.seq, head, (uint64_t) s.log.size, hroot, s.segment,
                      s.seg_count, s.seg_bytes, s.last_sealed,
                      s.last_seal_time, age, s.seals_pending,
                      (uint64_t) (s.log.size - s.sealed.size),
-                     s.seal_failures, s.write_failures, amcf->segment_size,
+                     s.tsa_waiting, s.tsa_stamped, s.seal_failures, s.write_failures, amcf->segment_size,
                      amcf->seal_interval);
 
     return ngx_http_smartflow_audit_reply(r, NGX_HTTP_OK, "application/json",
@@ -664,6 +666,10 @@ ngx_http_smartflow_audit_metrics(ngx_http_request_t *r,
         "seal.\n"
         "# TYPE smartflow_audit_unsealed_records gauge\n"
         "smartflow_audit_unsealed_records %uL\n"
+        "# HELP smartflow_audit_timestamps_spooled Seals whose RFC 3161 "
+        "timestamp waits for the authority.\n"
+        "# TYPE smartflow_audit_timestamps_spooled gauge\n"
+        "smartflow_audit_timestamps_spooled %ui\n"
         "# HELP smartflow_audit_seal_failures_total Seals that failed.\n"
         "# TYPE smartflow_audit_seal_failures_total counter\n"
         "smartflow_audit_seal_failures_total %ui\n"
@@ -672,7 +678,7 @@ ngx_http_smartflow_audit_metrics(ngx_http_request_t *r,
         "# TYPE smartflow_audit_write_failures_total counter\n"
         "smartflow_audit_write_failures_total %ui\n",
         s->seq, s->seals_pending,
-        (uint64_t) (s->log.size - s->sealed.size),
+        (uint64_t) (s->log.size - s->sealed.size), s->tsa_waiting,
         s->seal_failures, s->write_failures);
 
     if (s->last_seal_time) {
