@@ -17,9 +17,9 @@ CC_OPT      ?= -g -O2 -fstack-protector-strong -Wformat \
 LD_OPT      ?= -Wl,-z,relro -Wl,-z,now -fPIC
 
 .PHONY: all modules deps run test test-asan asan-modules test-valgrind bench \
-        fuzz unit clean
+        fuzz unit clean verify
 
-all: modules
+all: modules verify
 
 modules: $(SO)
 
@@ -52,22 +52,36 @@ $(SO): $(NGX_BUILD)/objs/Makefile $(SOURCES)
 	cp --remove-destination $(NGX_BUILD)/objs/ngx_http_smartflow_*_module.so \
 	    $(MODDIR)/
 
-run: modules
+# the audit trail's standalone verifier: OpenSSL only, no nginx
+VERIFY      := $(BUILD)/smartflow-verify
+VERIFY_SRCS := ngx_smartflow_audit/verify/smartflow_verify.c \
+               ngx_smartflow_audit/ngx_smartflow_merkle.c \
+               ngx_smartflow_audit/ngx_smartflow_audit_keys.c
+
+verify: $(VERIFY)
+
+$(VERIFY): $(VERIFY_SRCS) ngx_smartflow_audit/ngx_smartflow_merkle.h \
+        ngx_smartflow_audit/ngx_smartflow_audit_keys.h
+	@mkdir -p $(BUILD)
+	$(CC) -std=gnu99 -O2 -g -Wall -Wextra -Werror $(VERIFY_CFLAGS) \
+	    -Ingx_smartflow_audit $(VERIFY_SRCS) -lcrypto -o $@
+
+run: modules verify
 	@scripts/run.sh
 
 # every suite, then the nginx suites again with AddressSanitizer
-test: modules asan-modules
+test: modules verify asan-modules
 	@scripts/test.sh
 	@SMARTFLOW_ASAN=1 scripts/test.sh $(ASAN_SUITES)
 
-ASAN_SUITES ?= $(wildcard t/proxy t/providers t/keys) t/clients
+ASAN_SUITES ?= $(wildcard t/proxy t/providers t/keys t/audit) t/clients
 
 asan-modules: $(BUILD)/.deps
 	@$(MAKE) --no-print-directory modules BUILD=$(CURDIR)/build-asan \
 	    CC_OPT="-g -O1 -fPIC -fsanitize=address -fno-omit-frame-pointer" \
 	    LD_OPT="-fsanitize=address -fPIC"
 
-test-asan: asan-modules
+test-asan: asan-modules verify
 	@SMARTFLOW_ASAN=1 scripts/test.sh $(ASAN_SUITES)
 
 test-valgrind: modules
