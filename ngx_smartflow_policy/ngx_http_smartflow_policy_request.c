@@ -68,6 +68,8 @@ static ngx_int_t ngx_http_smartflow_policy_decisions(
     ngx_http_smartflow_policy_run_t *run);
 static ngx_str_t *ngx_http_smartflow_policy_type_name(
     ngx_http_smartflow_policy_run_t *run, ngx_uint_t type, ngx_str_t *buf);
+static void ngx_http_smartflow_policy_rule(
+    ngx_http_smartflow_policy_run_t *run, ngx_uint_t type, ngx_str_t *buf);
 
 
 /* placeholders' words, by PII rule */
@@ -191,7 +193,7 @@ ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
     if (run->block) {
         ctx->policy_blocked = 1;
 
-        ngx_http_smartflow_policy_type_name(run, run->block_type, &name);
+        ngx_http_smartflow_policy_rule(run, run->block_type, &name);
 
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                       "smartflow policy: rule \"%V\"%s%s of group \"%V\" "
@@ -205,8 +207,8 @@ ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
             return ngx_http_smartflow_error(r, NGX_HTTP_BAD_REQUEST,
                        "invalid_request_error", "content_policy_violation",
                        NULL, "The request was blocked by the content policy "
-                       "(rule `injection`, score %ui of %ui allowed).",
-                       run->score, g->threshold - 1);
+                       "(rule `injection`, score %ui, threshold %ui).",
+                       run->score, g->threshold);
         }
 
         if (run->block_detail) {
@@ -777,7 +779,6 @@ ngx_http_smartflow_policy_decisions(ngx_http_smartflow_policy_run_t *run)
     size_t       len;
     ngx_str_t    name;
     ngx_uint_t   t, a, ntypes;
-    const char  *rule;
 
     ntypes = NGX_SF_RULE_N + run->g->ncustom;
     len = 0;
@@ -804,14 +805,7 @@ ngx_http_smartflow_policy_decisions(ngx_http_smartflow_policy_run_t *run)
     run->ctx->policy_decisions.data = p;
 
     for (t = 0; t < ntypes; t++) {
-        if (t >= NGX_SF_RULE_N) {
-            name = run->g->custom[t - NGX_SF_RULE_N].name;
-
-        } else {
-            rule = ngx_smartflow_policy_rule_name(t);
-            name.data = (u_char *) rule;
-            name.len = ngx_strlen(rule);
-        }
+        ngx_http_smartflow_policy_rule(run, t, &name);
 
         for (a = NGX_SF_ACTION_FLAG; a <= NGX_SF_ACTION_APPROVE; a++) {
             if (!(run->decided[t] & (1 << a))) {
@@ -832,4 +826,22 @@ ngx_http_smartflow_policy_decisions(ngx_http_smartflow_policy_run_t *run)
     run->ctx->policy_decisions.len = p - run->ctx->policy_decisions.data;
 
     return NGX_OK;
+}
+
+
+/* the rule's name as the configuration says it */
+static void
+ngx_http_smartflow_policy_rule(ngx_http_smartflow_policy_run_t *run,
+    ngx_uint_t type, ngx_str_t *buf)
+{
+    const char  *name;
+
+    if (type >= NGX_SF_RULE_N) {
+        *buf = run->g->custom[type - NGX_SF_RULE_N].name;
+        return;
+    }
+
+    name = ngx_smartflow_policy_rule_name(type);
+    buf->data = (u_char *) name;
+    buf->len = ngx_strlen(name);
 }
