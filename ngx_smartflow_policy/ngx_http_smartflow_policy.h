@@ -13,7 +13,7 @@
 
 
 #define NGX_SF_POLICY_MAX_CUSTOM  32
-#define NGX_SF_POLICY_THRESHOLD   50
+#define NGX_SF_POLICY_THRESHOLD   35
 
 
 typedef struct {

@@ -49,11 +49,30 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "\\[/?(?:system|INST|instructions?)\\]|<\\|im_start\\|>|"
       "###\\s*(?:system|instruction)s?\\b)", NULL },
 
+    { "override", 60, 1,
+      "(?i)\\b(?:ignor(?:ez|a|ar|e|iere|ieren|ate)|olvida|oublie[zr]?|"
+      "vergiss)\\b[^.!?\\n]{0,40}?(?:instruc|anweisung|istruzion|"
+      "consign|richtlinien|regeln|r\\xc3\\xa8gles|reglas|regras)|"
+      "\\xd0\\x98\\xd0\\xb3\\xd0\\xbd\\xd0\\xbe\\xd1\\x80\\xd0\\xb8\\xd1\\x80|"
+      "\\xce\\x91\\xce\\xb3\\xce\\xbd\\xce\\xbf|\\xe5\\xbf\\xbd\\xe7\\x95\\xa5|"
+      "\\xe7\\x84\\xa1\\xe8\\xa6\\x96", NULL },
+
+    { "override", 50, 1,
+      "(?i)<\\s*system[ _-]?mode\\s*>|\\bsystem (?:override|reset)\\b|"
+      "\\b(?:override|admin(?:istrator)?|debug(?:ging)?|maintenance|sudo|"
+      "root|god|unrestricted|evil|chaos|opposite) mode\\b[^.!?\\n]{0,20}?"
+      "\\b(?:enabled|activated|on|engaged|initiated)\\b|\\bentering \\w+ "
+      "(?:\\w+ )?(?:override )?mode\\b", NULL },
+
+    { "override", 45, 1,
+      "(?i)<!--[^>]{0,200}?\\b(?:ignore|instead|disregard|state|say|"
+      "respond|reply|tell the user|print)\\b", NULL },
+
     /* system prompt exfiltration */
     { "exfiltration", 55, 1,
       "(?i)\\b(?:reveal|show|print|repeat|output|display|tell|give|share|"
-      "leak|disclose|dump|recite|write out|spell out|what (?:is|are|was|"
-      "were))\\b[^.!?\\n]{0,40}?\\b(?:your|the|my)\\s+(?:(?:initial|"
+      "leak|disclose|dump|recite|provide|confirm|send|write out|spell out|"
+      "what (?:is|are|was|were))\\b[^.!?\\n]{0,40}?\\b(?:your|the|my)\\s+(?:(?:initial|"
       "original|hidden|secret|system|full|complete|exact|previous|first|"
       "internal|confidential)\\s+){0,3}(?:system\\s+)?(?:prompt|"
       "instructions|password|pass(?:word|phrase)|secret(?: key)?|"
@@ -127,6 +146,49 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "inappropriate|unethical|nsfw)\\b[^.!?\\n]{0,60}?\\b(?:regardless|"
       "no matter|even if|anyway|allowed|permitted|any content|without)\\b",
       NULL },
+
+    { "persona", 35, 0,
+      "(?i)\\b(?:no|without(?: any)?|free from|removed? (?:all|any|the)?)\\s+"
+      "(?:restrictions|limits|limitations|filters|filtering|boundaries|"
+      "censorship|moral(?:s|ity)?|ethics|guidelines|warnings|disclaimers)"
+      "\\b", NULL },
+
+    { "persona", 30, 0,
+      "(?is)\\b(illegal|unethical|immoral|amoral|harmful|explicit|"
+      "offensive|nsfw|unfiltered|uncensored|profanity|vulgar)\\b.*?"
+      "\\b(?!\\1\\b)(?:illegal|unethical|immoral|amoral|harmful|explicit|"
+      "offensive|nsfw|unfiltered|uncensored|profanity|vulgar)\\b", NULL },
+
+    { "persona", 30, 0,
+      "(?i)\\b(?:chat ?gpt|openai|gpt-?[34]|language model|ai model)\\b"
+      "[^.!?\\n]{0,80}?\\b(?:rules|guidelines|polic(?:y|ies)|"
+      "restrictions|filters?|limitations|censor(?:ship|ed)?)\\b", NULL },
+
+    { "persona", 25, 0,
+      "(?i)\\b(?:always|must|will|shall)\\s+(?:\\w+\\s+)?(?:respond|reply|"
+      "answer|stay|remain|speak|talk|act)\\s+(?:as|in character|like)\\b|"
+      "\\b(?:respond|reply|answer)\\s+as\\s+(?:both|if|[A-Z])", NULL },
+
+    { "persona", 25, 0,
+      "(?i)\\b(?:any(?:thing| question| request| topic)?|every(?:thing| "
+      "question| request)|all (?:questions|requests))\\b[^.!?\\n]{0,40}?"
+      "\\b(?:no matter|regardless|even if|however)\\b", NULL },
+
+    { "persona", 20, 0,
+      "(?i)\\bprefix(?:ed)? (?:with|your|each|every|all)\\b|"
+      "\\b(?:swear(?:s|ing)?|curs(?:e|es|ing)|profanity|cuss(?:es|ing)?)\\b",
+      NULL },
+
+    { "persona", 30, 0,
+      "(?i)\\b(?:do not|don't|never|won't|will not)\\s+(?:ever\\s+)?"
+      "(?:remind|warn|mention|include|add|give)\\b[^.!?\\n]{0,40}?"
+      "\\b(?:ethic|moral|legal|illegal|warning|disclaimer|polic|guideline|"
+      "consequences)", NULL },
+
+    { "persona", 20, 0,
+      "(?i)\\bhello,? chat ?gpt\\b|\\bchat ?gpt,? (?:you|from now|i want)|"
+      "\\b(?:you are|you're) (?:no longer|not) (?:chat ?gpt|an ai|a language "
+      "model|bound)", NULL },
 
     { "persona", 20, 0,
       "(?i)\\b(?:pretend|imagine|act as if|roleplay as|role-play as|"

@@ -96,6 +96,12 @@ static ngx_smartflow_shield_rule_t  ngx_smartflow_shield_rules[] = {
     { NGX_SF_RULE_SHELL, "shell.fork_bomb", 1,
       ":\\(\\)\\s*\\{\\s*:\\s*\\|\\s*:\\s*&\\s*\\}\\s*;\\s*:", NULL, NULL },
 
+    { NGX_SF_RULE_SHELL, "shell.code_delete", 1,
+      "\\b(?:shutil\\.rmtree|os\\.(?:remove|unlink|rmdir|removedirs)|"
+      "fs\\.(?:rmSync|rmdirSync|unlinkSync)|FileUtils\\.rm_r[f]?)\\s*\\(\\s*"
+      "[\"'](?:/(?:etc|usr|var|bin|boot|home|root|lib|opt|srv)?(?:/[^/\"']*)?"
+      "|~[^\"']*)[\"']", NULL, NULL },
+
     { NGX_SF_RULE_SHELL, "shell.find_delete", 0,
       "\\bfind\\s+(?:/|~|\\$HOME)\\S*\\s[^;&|\\n]*-delete\\b", NULL, NULL },
 
@@ -147,6 +153,19 @@ static ngx_smartflow_shield_rule_t  ngx_smartflow_shield_rules[] = {
       "\\baz\\s+group\\s+delete\\b|\\bhelm\\s+(?:uninstall|delete)\\b",
       NULL, NULL },
 
+    { NGX_SF_RULE_INFRA, "infra.data_delete", 1,
+      "\\bkafka-topics\\b[^;&|\\n]*\\s--delete\\b|\\bkafka-delete-records\\b|"
+      "\\bkafka-consumer-groups\\b[^;&|\\n]*\\s--delete\\b|"
+      "\\bvault\\s+(?:secrets\\s+disable|kv\\s+destroy|kv\\s+metadata\\s+"
+      "delete)\\b|_delete_by_query\\b|\\bcurl\\b[^;&|\\n]*-X\\s*DELETE\\b"
+      "[^;&|\\n]*:9200/|\\bdocker\\s+volume\\s+(?:rm|remove)\\b|"
+      "\\bdocker\\s+rm\\s+-\\w*f\\w*\\s+\\$\\(docker\\s+ps\\s+-\\w*a|"
+      "\\baws\\s+s3\\s+sync\\b[^;&|\\n]*\\s--delete\\b", NULL, NULL },
+
+    { NGX_SF_RULE_SQL, "sql.grant_all", 1,
+      "(?i)\\bgrant\\s+all(?:\\s+privileges)?\\s+on\\s+\\*\\.\\*", NULL,
+      NULL },
+
     { NGX_SF_RULE_INFRA, "infra.docker_prune", 0,
       "\\bdocker\\s+(?:system|volume)\\s+prune\\b", NULL, NULL }
 };
@@ -178,6 +197,302 @@ ngx_smartflow_shield_init(void)
 }
 
 
+#define NGX_SF_SHIELD_MAX  65536
+
+static u_char  ngx_smartflow_shield_buf[NGX_SF_SHIELD_MAX];
+
+
+#define ngx_sf_word(c)                                                       \
+    (ngx_isalnum(c) || (c) == '_' || (c) == '-' || (c) == '.')
+
+
+/* blanks n bytes from p on, keeping the line breaks */
+static void
+ngx_smartflow_blank(u_char *p, size_t n)
+{
+    size_t  i;
+
+    for (i = 0; i < n; i++) {
+        if (p[i] != '\n') {
+            p[i] = ' ';
+        }
+    }
+}
+
+
+/*
+ * The command as a shell would run it, for the rules: text that is only
+ * data is blanked (heredoc bodies, here-strings, the quoted arguments of
+ * echo, printf, grep and the like, values given to variables), and
+ * quotes around a command word are dropped ("git" reset --hard).
+ */
+static size_t
+ngx_smartflow_shield_prepare(u_char *src, size_t len, u_char *p)
+{
+    size_t       i, j, k, ws, we, dl;
+    u_char       q, *d;
+    ngx_uint_t   start, data, code;
+
+    static const char  *data_words[] = {
+        "echo", "printf", "grep", "egrep", "fgrep", "rg", "ag", "awk",
+        "sed", "cat", "less", "more", "head", "tail", "wc", "tee", "sort",
+        "md5sum", "sha256sum", "base64", "man", "apropos", "which", "type",
+        "history", NULL
+    };
+
+    /* what reads its standard input as code */
+    static const char  *code_words[] = {
+        "bash", "sh", "zsh", "dash", "ksh", "fish", "sudo", "python",
+        "python3", "perl", "ruby", "node", "php", "psql", "mysql",
+        "sqlite3", "mongosh", "redis-cli", "xargs", "ssh", "eval", "exec",
+        "kubectl", "docker", NULL
+    };
+
+    ngx_memcpy(p, src, len);
+
+    start = 1;
+    data = 0;
+    code = 0;
+
+    for (i = 0; i < len; /* void */) {
+
+        if (code && p[i] == '<') {
+            i++;
+            continue;
+        }
+
+        /* heredoc: <<[-]['"]WORD['"] ... a line that is WORD */
+        if (p[i] == '<' && i + 2 < len && p[i + 1] == '<' && p[i + 2] != '<')
+        {
+            j = i + 2;
+
+            if (j < len && p[j] == '-') {
+                j++;
+            }
+
+            while (j < len && (p[j] == ' ' || p[j] == '\'' || p[j] == '"')) {
+                j++;
+            }
+
+            d = p + j;
+
+            while (j < len && ngx_sf_word(p[j])) {
+                j++;
+            }
+
+            dl = (p + j) - d;
+
+            while (j < len && p[j] != '\n') {
+                j++;
+            }
+
+            if (dl == 0 || j >= len) {
+                i += 2;
+                continue;
+            }
+
+            /* the body, line by line, to the closing word */
+            for (k = j + 1; k < len; /* void */) {
+                ws = k;
+
+                while (ws < len && p[ws] == '\t') {
+                    ws++;
+                }
+
+                we = ws;
+
+                while (we < len && p[we] != '\n') {
+                    we++;
+                }
+
+                if (we - ws == dl && ngx_strncmp(p + ws, d, dl) == 0) {
+                    ngx_smartflow_blank(p + j + 1, we - j - 1);
+                    break;
+                }
+
+                k = we + 1;
+
+                if (we >= len) {
+                    ngx_smartflow_blank(p + j + 1, len - j - 1);
+                    break;
+                }
+            }
+
+            i = j + 1;
+            start = 1;
+            continue;
+        }
+
+        /* here-string: <<< WORD */
+        if (p[i] == '<' && i + 2 < len && p[i + 1] == '<' && p[i + 2] == '<')
+        {
+            j = i + 3;
+
+            while (j < len && p[j] == ' ') {
+                j++;
+            }
+
+            if (j < len && (p[j] == '\'' || p[j] == '"')) {
+                q = p[j];
+                k = j + 1;
+
+                while (k < len && p[k] != q) {
+                    k++;
+                }
+
+            } else {
+                k = j;
+
+                while (k < len && p[k] != ' ' && p[k] != '\n' && p[k] != ';') {
+                    k++;
+                }
+            }
+
+            ngx_smartflow_blank(p + j, (k < len ? k + 1 : len) - j);
+            i = k + 1;
+            continue;
+        }
+
+        if (p[i] == ';' || p[i] == '|' || p[i] == '&' || p[i] == '\n'
+            || p[i] == '(')
+        {
+            start = 1;
+            data = 0;
+            code = 0;
+            i++;
+            continue;
+        }
+
+        if (p[i] == ' ' || p[i] == '\t') {
+            i++;
+            continue;
+        }
+
+        if (start) {
+            start = 0;
+
+            /* "git" or 'rm' as the command word */
+            if ((p[i] == '"' || p[i] == '\'') && i + 2 < len) {
+                q = p[i];
+                j = i + 1;
+
+                while (j < len && ngx_sf_word(p[j])) {
+                    j++;
+                }
+
+                if (j < len && p[j] == q && j > i + 1) {
+                    p[i] = ' ';
+                    p[j] = ' ';
+                    i++;
+                }
+            }
+
+            ws = i;
+
+            while (i < len && ngx_sf_word(p[i])) {
+                i++;
+            }
+
+            /* VAR='value': data, not a command */
+            if (i < len && p[i] == '=' && i > ws) {
+                i++;
+
+                if (i < len && (p[i] == '\'' || p[i] == '"')) {
+                    q = p[i];
+                    k = i + 1;
+
+                    while (k < len && p[k] != q) {
+                        k++;
+                    }
+
+                    ngx_smartflow_blank(p + i, (k < len ? k + 1 : len) - i);
+                    i = k + 1;
+                }
+
+                start = 1;
+                continue;
+            }
+
+            for (k = 0; code_words[k]; k++) {
+                dl = ngx_strlen(code_words[k]);
+
+                if (i - ws == dl
+                    && ngx_strncmp(p + ws, code_words[k], dl) == 0)
+                {
+                    code = 1;
+                    break;
+                }
+            }
+
+            for (k = 0; data_words[k]; k++) {
+                dl = ngx_strlen(data_words[k]);
+
+                if (i - ws == dl
+                    && ngx_strncmp(p + ws, data_words[k], dl) == 0)
+                {
+                    data = 1;
+                    break;
+                }
+            }
+
+            continue;
+        }
+
+        if (data && (p[i] == '\'' || p[i] == '"'
+                     || (p[i] == '$' && i + 1 < len && p[i + 1] == '\'')))
+        {
+            if (p[i] == '$') {
+                i++;
+            }
+
+            q = p[i];
+            k = i + 1;
+            ws = 0;
+
+            while (k < len && p[k] != q) {
+                if (q == '"' && (p[k] == '`' || (p[k] == '$' && k + 1 < len
+                                                  && p[k + 1] == '(')))
+                {
+                    ws = 1;     /* a command substitution runs */
+                }
+
+                if (p[k] == '\\' && q == '"') {
+                    k++;
+                }
+
+                k++;
+            }
+
+            if (!ws) {
+                ngx_smartflow_blank(p + i, (k < len ? k + 1 : len) - i);
+            }
+
+            i = k + 1;
+            continue;
+        }
+
+        if (data && p[i] != '`' && !(p[i] == '$' && i + 1 < len
+                                     && p[i + 1] == '('))
+        {
+            p[i++] = ' ';
+            continue;
+        }
+
+        if (p[i] == '`' || p[i] == '$') {
+            start = 1;
+            data = 0;
+            code = 0;
+            i += (p[i] == '$') ? 2 : 1;
+            continue;
+        }
+
+        i++;
+    }
+
+    return len;
+}
+
+
 void
 ngx_smartflow_shield_check(u_char *p, size_t len, ngx_smartflow_shield_t *res)
 {
@@ -190,6 +505,11 @@ ngx_smartflow_shield_check(u_char *p, size_t len, ngx_smartflow_shield_t *res)
     res->rule = 0;
     res->name = NULL;
     res->destructive = 0;
+
+    if (len <= NGX_SF_SHIELD_MAX) {
+        len = ngx_smartflow_shield_prepare(p, len, ngx_smartflow_shield_buf);
+        p = ngx_smartflow_shield_buf;
+    }
 
     for (i = 0; i < sizeof(ngx_smartflow_shield_rules)
                     / sizeof(ngx_smartflow_shield_rule_t); i++)
