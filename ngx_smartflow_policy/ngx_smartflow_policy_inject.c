@@ -11,13 +11,33 @@
 #include "ngx_smartflow_policy.h"
 
 
+/*
+ * A signal's gate names words one of which its pattern cannot match
+ * without (their first letters, at most seven), or the characters "<",
+ * "[" and "~" (any byte past ASCII): one pass over the text finds the
+ * gates open, and only their signals' patterns run.
+ */
 typedef struct {
     const char   *name;
     ngx_uint_t    weight;
     ngx_uint_t    core;         /* scored again in revealed text */
+    const char   *gate;
     const char   *pattern;
     pcre2_code   *re;
 } ngx_smartflow_signal_t;
+
+
+typedef struct {
+    uint64_t      key;
+    uint64_t      mask;
+} ngx_smartflow_gate_t;
+
+
+#define NGX_SF_GATES        1024
+
+
+#define ngx_sf_is_alpha(c)                                                   \
+    (((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z'))
 
 
 #define NGX_SF_INJ_WINDOW   16384
@@ -31,6 +51,7 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
 
     /* instruction override */
     { "override", 60, 1,
+      "instruc directi prompt rules guideli program restric guidanc orders command context told said",
       "(?i)\\b(?:ignore|disregard|forget|bypass|override|neglect|"
       "overlook|abandon|discard|drop|skip)\\b[^.!?\\n]{0,60}?\\b(?:"
       "instructions?|directives?|prompts?|rules|guidelines|programming|"
@@ -39,10 +60,12 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "(?:told|said) (?:before|earlier|previously))\\b", NULL },
 
     { "override", 60, 1,
+      "follow obey comply adhere",
       "(?i)\\b(?:do not|don't|stop|never) (?:follow|obey|comply with|"
       "adhere to) (?:your|the|any|these|those|previous|prior)\\b", NULL },
 
     { "override", 35, 1,
+      "inst rules task directi from prompt system im",
       "(?i)(?:\\bnew (?:instructions?|rules|task|directive)s?\\s*:|"
       "\\bfrom now on,? (?:you|your|ignore|only|respond|answer|act|reply)|"
       "\\b(?:end|stop) of (?:system )?(?:prompt|instructions)|"
@@ -50,6 +73,7 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "###\\s*(?:system|instruction)s?\\b)", NULL },
 
     { "override", 60, 1,
+      "ignor olvida oublie vergiss ~",
       "(?i)\\b(?:ignor(?:ez|a|ar|e|iere|ieren|ate)|olvida|oublie[zr]?|"
       "vergiss)\\b[^.!?\\n]{0,40}?(?:instruc|anweisung|istruzion|"
       "consign|richtlinien|regeln|r\\xc3\\xa8gles|reglas|regras)|"
@@ -58,6 +82,7 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "\\xe7\\x84\\xa1\\xe8\\xa6\\x96", NULL },
 
     { "override", 50, 1,
+      "system mode enterin",
       "(?i)<\\s*system[ _-]?mode\\s*>|\\bsystem (?:override|reset)\\b|"
       "\\b(?:override|admin(?:istrator)?|debug(?:ging)?|maintenance|sudo|"
       "root|god|unrestricted|evil|chaos|opposite) mode\\b[^.!?\\n]{0,20}?"
@@ -65,11 +90,13 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "(?:\\w+ )?(?:override )?mode\\b", NULL },
 
     { "override", 45, 1,
+      "<",
       "(?i)<!--[^>]{0,200}?\\b(?:ignore|instead|disregard|state|say|"
       "respond|reply|tell the user|print)\\b", NULL },
 
     /* system prompt exfiltration */
     { "exfiltration", 55, 1,
+      "prompt instruc passwor passphr secret api credent",
       "(?i)\\b(?:reveal|show|print|repeat|output|display|tell|give|share|"
       "leak|disclose|dump|recite|provide|confirm|send|write out|spell out|"
       "what (?:is|are|was|were))\\b[^.!?\\n]{0,40}?\\b(?:your|the|my)\\s+(?:(?:initial|"
@@ -79,24 +106,29 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "api key|credentials)\\b", NULL },
 
     { "exfiltration", 50, 1,
+      "above before",
       "(?i)\\b(?:repeat|print|output|copy|echo)\\b[^.!?\\n]{0,30}?"
       "\\b(?:(?:text|words|everything|all|content|message)s? (?:above|"
       "before)|above (?:text|words|instructions|prompt))\\b", NULL },
 
     { "exfiltration", 40, 1,
+      "system",
       "(?i)\\bsystem prompt\\b", NULL },
 
     /* jailbreak personas and their trade marks */
     { "persona", 60, 1,
+      "anythin dan jailbr develop god",
       "(?i)\\bdo anything now\\b|\\bDAN mode\\b|\\bjailbr(?:eak|oken)"
       "(?:s|ed|ing)?\\b|\\bdeveloper mode\\b|\\bgod ?mode\\b", NULL },
 
     { "persona", 40, 0,
+      "dan better antigpt dude stan aim ucar apophis nraf basedgp maximum mongo devmode kevin evilbot omega alphabr bish jailmil nsfw conditi niccolo",
       "\\b(?:DAN|BetterDAN|AntiGPT|DUDE|STAN|AIM|UCAR|APOPHIS|NRAF|"
       "BasedGPT|Maximum|Mongo Tom|DevMode|KEVIN|EvilBOT|Omega|Alphabreak|"
       "BISH|JailMilf|NSFW ?GPT|Condition Red|Niccolo)\\b", NULL },
 
     { "persona", 50, 1,
+      "ethic moral content safety openai censors legal",
       "(?i)\\b(?:no|without|free (?:of|from)|bypass(?:ing)?|ignor(?:e|es|"
       "ing)|break(?:ing)?|abandon|not bound by|not (?:have to |need to )?"
       "(?:follow|adhere to|abide by|comply with)|don't (?:have to )?"
@@ -107,10 +139,12 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "principles|standards|concerns|considerations|values)\\b", NULL },
 
     { "persona", 40, 0,
+      "openai open anthrop",
       "(?i)\\b(?:open ?ai|anthropic)(?:'s)?\\s+(?:content|usage|safety)?"
       "\\s*polic(?:y|ies)\\b", NULL },
 
     { "persona", 35, 0,
+      "unfilte uncenso unrestr unlimit unbound amoral anmoral unethic immoral lawless rogue",
       "(?i)\\b(?:un(?:filtered|censored|restricted|limited|bound)|"
       "(?:a|an)moral|unethical|immoral|lawless|rogue)\\b[^.!?\\n]{0,30}?"
       "\\b(?:ai|assistant|chatbot|bot|model|language model|persona|"
@@ -118,84 +152,99 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       NULL },
 
     { "persona", 35, 0,
+      "refuse decline say reject censor warn apologi add",
       "(?i)\\b(?:never|can ?not|can't|won't|will not|must not|doesn't|does "
       "not|don't|do not|shouldn't|should not|without)\\s+(?:ever\\s+)?"
       "(?:refuse|decline|say (?:no|that (?:it|you) can't)|reject|censor|"
       "warn|apologi[sz]e|add (?:any )?(?:warnings?|disclaimers?))\\b", NULL },
 
     { "persona", 30, 0,
+      "charact broke free longer escape",
       "(?i)\\bstay(?:s|ing)? in character\\b|\\bbreak(?:s|ing)? character\\b"
       "|\\bbroken? free\\b|\\bfreed from\\b|\\bno longer (?:bound|"
       "restricted|limited)\\b|\\bescaped? the (?:matrix|confines)\\b",
       NULL },
 
     { "persona", 30, 0,
+      "~ [ respons answers paragra ways",
       "(?i)(?:\\[?(?:\\xf0\\x9f\\x94\\x93|\\xf0\\x9f\\x94\\x92)|"
       "\\[(?:CLASSIC|JAILBREAK|DAN|GPT|FILTERED|UNFILTERED)\\]|"
       "\\b(?:two|2) (?:different |separate )?(?:responses|answers|"
       "paragraphs|ways)\\b)", NULL },
 
     { "persona", 25, 0,
+      "rules guideli ethics laws policy policie morals restric filters boundar",
       "(?i)\\b(?:does ?n[o']t|do ?n[o']t|doesn't|won't|not) (?:care|"
       "follow|have|abide|obey)\\b[^.!?\\n]{0,25}?\\b(?:rules|guidelines|"
       "ethics|laws|polic(?:y|ies)|morals|restrictions|filters|boundaries)"
       "\\b", NULL },
 
     { "persona", 25, 0,
+      "illegal harmful offensi explici dangero inappro unethic nsfw",
       "(?i)\\b(?:illegal|harmful|offensive|explicit|dangerous|"
       "inappropriate|unethical|nsfw)\\b[^.!?\\n]{0,60}?\\b(?:regardless|"
       "no matter|even if|anyway|allowed|permitted|any content|without)\\b",
       NULL },
 
     { "persona", 35, 0,
+      "restric limits limitat filter boundar censors moral ethics guideli warning disclai",
       "(?i)\\b(?:no|without(?: any)?|free from|removed? (?:all|any|the)?)\\s+"
       "(?:restrictions|limits|limitations|filters|filtering|boundaries|"
       "censorship|moral(?:s|ity)?|ethics|guidelines|warnings|disclaimers)"
       "\\b", NULL },
 
     { "persona", 30, 0,
+      "illegal unethic immoral amoral harmful explici offensi nsfw unfilte uncenso profani vulgar",
       "(?is)\\b(illegal|unethical|immoral|amoral|harmful|explicit|"
       "offensive|nsfw|unfiltered|uncensored|profanity|vulgar)\\b.*?"
       "\\b(?!\\1\\b)(?:illegal|unethical|immoral|amoral|harmful|explicit|"
       "offensive|nsfw|unfiltered|uncensored|profanity|vulgar)\\b", NULL },
 
     { "persona", 30, 0,
+      "chat openai gpt languag ai",
       "(?i)\\b(?:chat ?gpt|openai|gpt-?[34]|language model|ai model)\\b"
       "[^.!?\\n]{0,80}?\\b(?:rules|guidelines|polic(?:y|ies)|"
       "restrictions|filters?|limitations|censor(?:ship|ed)?)\\b", NULL },
 
     { "persona", 25, 0,
+      "respond reply answer stay remain speak talk act",
       "(?i)\\b(?:always|must|will|shall)\\s+(?:\\w+\\s+)?(?:respond|reply|"
       "answer|stay|remain|speak|talk|act)\\s+(?:as|in character|like)\\b|"
       "\\b(?:respond|reply|answer)\\s+as\\s+(?:both|if|[A-Z])", NULL },
 
     { "persona", 25, 0,
+      "matter regardl even however",
       "(?i)\\b(?:any(?:thing| question| request| topic)?|every(?:thing| "
       "question| request)|all (?:questions|requests))\\b[^.!?\\n]{0,40}?"
       "\\b(?:no matter|regardless|even if|however)\\b", NULL },
 
     { "persona", 20, 0,
+      "prefix swear curs profani cuss",
       "(?i)\\bprefix(?:ed)? (?:with|your|each|every|all)\\b|"
       "\\b(?:swear(?:s|ing)?|curs(?:e|es|ing)|profanity|cuss(?:es|ing)?)\\b",
       NULL },
 
     { "persona", 30, 0,
+      "ethic moral legal illegal warning disclai polic guideli consequ",
       "(?i)\\b(?:do not|don't|never|won't|will not)\\s+(?:ever\\s+)?"
       "(?:remind|warn|mention|include|add|give)\\b[^.!?\\n]{0,40}?"
       "\\b(?:ethic|moral|legal|illegal|warning|disclaimer|polic|guideline|"
       "consequences)", NULL },
 
     { "persona", 20, 0,
+      "chat longer bound ai languag",
       "(?i)\\bhello,? chat ?gpt\\b|\\bchat ?gpt,? (?:you|from now|i want)|"
       "\\b(?:you are|you're) (?:no longer|not) (?:chat ?gpt|an ai|a language "
       "model|bound)", NULL },
 
     { "persona", 20, 0,
+      "pretend imagine act role simulat now going about will from",
       "(?i)\\b(?:pretend|imagine|act as if|roleplay as|role-play as|"
       "simulate|you are (?:now|going to|about to)|you will (?:now )?"
       "(?:act|be|pretend|simulate)|from now on you)\\b", NULL },
 
     { "persona", 20, 0,
+      "hypothe fiction imagina opposit",
       "(?i)\\b(?:hypothetical|fictional|imaginary) (?:ai|model|scenario "
       "where|world where|language model)\\b|\\bopposite (?:mode|day)\\b",
       NULL }
@@ -209,7 +258,105 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
 #define NGX_SF_INJ_ENCODED      60
 
 
-static u_char  ngx_smartflow_inj_buf[NGX_SF_INJ_WINDOW + 8];
+static u_char                ngx_smartflow_inj_buf[NGX_SF_INJ_WINDOW + 8];
+static ngx_smartflow_gate_t  ngx_smartflow_gates[NGX_SF_GATES];
+static uint64_t              ngx_smartflow_gate_lt;     /* "<" */
+static uint64_t              ngx_smartflow_gate_br;     /* "[" */
+static uint64_t              ngx_smartflow_gate_hi;     /* past ASCII */
+static u_char                ngx_smartflow_gate_pairs[26 * 26];
+
+
+#define ngx_sf_gate_hash(key)                                                \
+    ((ngx_uint_t) (((key) * 0x9e3779b97f4a7c15ULL) >> 54))
+
+
+static uint64_t *
+ngx_smartflow_gate_slot(uint64_t key, ngx_uint_t add)
+{
+    ngx_uint_t  h, n;
+
+    h = ngx_sf_gate_hash(key);
+
+    for (n = 0; n < NGX_SF_GATES; n++, h = (h + 1) % NGX_SF_GATES) {
+        if (ngx_smartflow_gates[h].key == key) {
+            return &ngx_smartflow_gates[h].mask;
+        }
+
+        if (ngx_smartflow_gates[h].key == 0) {
+            if (!add) {
+                return NULL;
+            }
+
+            ngx_smartflow_gates[h].key = key;
+            return &ngx_smartflow_gates[h].mask;
+        }
+    }
+
+    return NULL;
+}
+
+
+/* the signals whose gates p opens */
+static uint64_t
+ngx_smartflow_gates_open(u_char *p, size_t len)
+{
+    size_t      i;
+    u_char      c;
+    uint64_t    m, key, *mask;
+    ngx_uint_t  n;
+
+    m = 0;
+
+    for (i = 0; i < len; /* void */) {
+        c = p[i];
+
+        if (ngx_sf_is_alpha(c)) {
+            /* most words start with two letters no gate starts with */
+            if (i + 1 < len && ngx_sf_is_alpha(p[i + 1])
+                && ngx_smartflow_gate_pairs[((c | 0x20) - 'a') * 26
+                                            + ((p[i + 1] | 0x20) - 'a')])
+            {
+                key = 0;
+
+                for (n = 1; n <= 7 && i < len && ngx_sf_is_alpha(p[i]); n++)
+                {
+                    key = (key << 8) | (p[i++] | 0x20);
+
+                    if (n >= 2) {
+                        mask = ngx_smartflow_gate_slot(
+                                   key | ((uint64_t) n << 56), 0);
+                        if (mask) {
+                            m |= *mask;
+                        }
+                    }
+                }
+            }
+
+            while (i < len && ngx_sf_is_alpha(p[i])) {
+                i++;
+            }
+
+            continue;
+        }
+
+        if (c >= 0x80) {
+            m |= ngx_smartflow_gate_hi;
+
+        } else if (c == '<') {
+            m |= ngx_smartflow_gate_lt;
+
+        } else if (c == '[') {
+            m |= ngx_smartflow_gate_br;
+        }
+
+        i++;
+    }
+
+    return m;
+}
+
+
+static ngx_int_t ngx_smartflow_gate_init(const char *g, uint64_t bit);
 
 
 ngx_int_t
@@ -232,6 +379,61 @@ ngx_smartflow_injection_init(void)
 
         (void) pcre2_jit_compile(ngx_smartflow_signals[i].re,
                                  PCRE2_JIT_COMPLETE);
+
+        if (ngx_smartflow_gate_init(ngx_smartflow_signals[i].gate,
+                                    (uint64_t) 1 << i)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_smartflow_gate_init(const char *g, uint64_t bit)
+{
+    uint64_t    key, *mask;
+    ngx_uint_t  n;
+
+    while (*g) {
+        if (*g == ' ') {
+            g++;
+            continue;
+        }
+
+        if (*g == '<' || *g == '[' || *g == '~') {
+            *(*g == '<' ? &ngx_smartflow_gate_lt
+              : *g == '[' ? &ngx_smartflow_gate_br : &ngx_smartflow_gate_hi)
+                |= bit;
+            g++;
+            continue;
+        }
+
+        if (g[1] < 'a' || g[1] > 'z') {
+            return NGX_ERROR;
+        }
+
+        ngx_smartflow_gate_pairs[(g[0] - 'a') * 26 + (g[1] - 'a')] = 1;
+
+        key = 0;
+
+        for (n = 0; *g && *g != ' '; n++, g++) {
+            key = (key << 8) | (u_char) *g;
+        }
+
+        if (n < 2 || n > 7) {
+            return NGX_ERROR;
+        }
+
+        mask = ngx_smartflow_gate_slot(key | ((uint64_t) n << 56), 1);
+        if (mask == NULL) {
+            return NGX_ERROR;
+        }
+
+        *mask |= bit;
     }
 
     return NGX_OK;
@@ -242,15 +444,18 @@ ngx_smartflow_injection_init(void)
 static uint64_t
 ngx_smartflow_signals_in(u_char *p, size_t len, ngx_uint_t core_only)
 {
-    uint64_t     set;
+    uint64_t     set, open;
     ngx_uint_t   i;
 
     set = 0;
+    open = ngx_smartflow_gates_open(p, len);
 
     for (i = 0; i < sizeof(ngx_smartflow_signals)
                     / sizeof(ngx_smartflow_signal_t); i++)
     {
-        if (core_only && !ngx_smartflow_signals[i].core) {
+        if ((core_only && !ngx_smartflow_signals[i].core)
+            || !(open & ((uint64_t) 1 << i)))
+        {
             continue;
         }
 
@@ -286,10 +491,6 @@ static const u_char  ngx_smartflow_homoglyphs[][3] = {
     { 0xce, 0x9d, 'N' }, { 0xce, 0x9f, 'O' }, { 0xce, 0xa1, 'P' },
     { 0xce, 0xa4, 'T' }, { 0xce, 0xa7, 'X' }, { 0xce, 0xa5, 'Y' }
 };
-
-
-#define ngx_sf_is_alpha(c)                                                   \
-    (((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z'))
 
 
 /*
@@ -549,8 +750,13 @@ ngx_smartflow_score_window(u_char *p, size_t len, uint64_t *set,
     zw = 0;
     glyphs = 0;
 
-    n = ngx_smartflow_reveal(p, len, ngx_smartflow_inj_buf, &tags, &zw,
-                             &glyphs);
+    /* the tricks that hide text all need bytes past ASCII */
+    for (n = 0; n < len && p[n] < 0x80; n++) { /* void */ }
+
+    if (n < len) {
+        n = ngx_smartflow_reveal(p, len, ngx_smartflow_inj_buf, &tags, &zw,
+                                 &glyphs);
+    }
 
     if (tags) {
         *hidden |= 1;

@@ -27,12 +27,19 @@ static size_t ngx_smartflow_card_check(u_char *p, size_t len);
 static size_t ngx_smartflow_iban_check(u_char *p, size_t len);
 static size_t ngx_smartflow_ssn_check(u_char *p, size_t len);
 static size_t ngx_smartflow_ip_check(u_char *p, size_t len);
+static ngx_uint_t ngx_smartflow_scan_email(pcre2_code *re, u_char *p,
+    size_t len, ngx_smartflow_finding_t *f, ngx_uint_t n, ngx_uint_t max);
 static ngx_uint_t ngx_smartflow_scan_re(pcre2_code *re, ngx_uint_t rule,
     ngx_smartflow_valid_pt valid, u_char *p, size_t len,
     ngx_smartflow_finding_t *f, ngx_uint_t n, ngx_uint_t max);
 
 
 pcre2_match_data  *ngx_smartflow_policy_md;
+
+
+#define ngx_sf_alnum(c)                                                      \
+    (((c) >= '0' && (c) <= '9') || ((c) >= 'a' && (c) <= 'z')                \
+     || ((c) >= 'A' && (c) <= 'Z'))
 
 
 /* in priority order: a secret holds digits a phone would also match */
@@ -56,13 +63,13 @@ static ngx_smartflow_detector_t  ngx_smartflow_detectors[] = {
         "[\\s\\S]*?(?:-----END[ A-Z0-9]{0,40}PRIVATE KEY(?: BLOCK)?-----|\\z)",
       NULL, NULL },
 
-    { NGX_SF_RULE_CARD,
-      "(?<![0-9.-])[0-9](?:[ -]?[0-9]){11,18}(?![0-9]|[.-][0-9])",
-      ngx_smartflow_card_check, NULL },
-
     { NGX_SF_RULE_IBAN,
       "(?<![A-Za-z0-9])[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}",
       ngx_smartflow_iban_check, NULL },
+
+    { NGX_SF_RULE_CARD,
+      "(?<![0-9A-Za-z.-])[0-9](?:[ -]?[0-9]){12,18}(?![0-9]|[.-][0-9])",
+      ngx_smartflow_card_check, NULL },
 
     { NGX_SF_RULE_SSN,
       "(?<![0-9-])[0-9]{3}([- ])[0-9]{2}\\1[0-9]{4}(?![0-9]|-[0-9])",
@@ -72,15 +79,19 @@ static ngx_smartflow_detector_t  ngx_smartflow_detectors[] = {
       "(?<![A-Za-z0-9._%+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}"
       "@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
       "(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*"
-      "\\.[A-Za-z]{2,24}(?![A-Za-z0-9-])",
+      "\\.[A-Za-z]{2,24}(?![A-Za-z0-9-]|:[A-Za-z0-9~/])",
       ngx_smartflow_email_check, NULL },
+
+    /* IPv6, looked for only where a colon is */
+    { NGX_SF_RULE_IP,
+      "(?<![A-Za-z0-9_:.])(?:[0-9A-Fa-f]{0,4}:){2,7}"
+      "(?:[0-9]{1,3}(?:\\.[0-9]{1,3}){3}|[0-9A-Fa-f]{0,4})"
+      "(?![A-Za-z0-9_:])",
+      ngx_smartflow_ip_check, NULL },
 
     { NGX_SF_RULE_IP,
       "(?<![0-9.])(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){3}"
-      "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?!\\.?[0-9])"
-      "|(?<![A-Za-z0-9_:.])(?:[0-9A-Fa-f]{0,4}:){2,7}"
-      "(?:[0-9]{1,3}(?:\\.[0-9]{1,3}){3}|[0-9A-Fa-f]{0,4})"
-      "(?![A-Za-z0-9_:])",
+      "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?!\\.?[0-9])",
       ngx_smartflow_ip_check, NULL },
 
     { NGX_SF_RULE_PHONE,
@@ -161,18 +172,29 @@ ngx_smartflow_pii_scan(u_char *p, size_t len, ngx_uint_t mask,
     ngx_smartflow_custom_t *custom, ngx_uint_t ncustom,
     ngx_smartflow_finding_t *f, ngx_uint_t max)
 {
-    ngx_uint_t                 i, j, n;
+    ngx_uint_t                 i, j, n, at, colon;
     ngx_smartflow_finding_t    t;
     ngx_smartflow_detector_t  *d;
 
     n = 0;
+
+    at = (memchr(p, '@', len) != NULL);
+    colon = (memchr(p, ':', len) != NULL);
 
     for (i = 0; i < sizeof(ngx_smartflow_detectors)
                     / sizeof(ngx_smartflow_detector_t); i++)
     {
         d = &ngx_smartflow_detectors[i];
 
-        if (!(mask & (1 << d->rule))) {
+        if (!(mask & (1 << d->rule))
+            || (d->rule == NGX_SF_RULE_EMAIL && !at)
+            || (d->rule == NGX_SF_RULE_IP && d->pattern[2] == 'A' && !colon))
+        {
+            continue;
+        }
+
+        if (d->rule == NGX_SF_RULE_EMAIL) {
+            n = ngx_smartflow_scan_email(d->re, p, len, f, n, max);
             continue;
         }
 
@@ -230,7 +252,8 @@ ngx_smartflow_scan_re(pcre2_code *re, ngx_uint_t rule,
         if (valid) {
             l = valid(p + s, e - s);
             if (l == 0) {
-                off = s + 1;
+                /* the whole run fails: no part of it is tried again */
+                off = e;
                 continue;
             }
 
@@ -248,6 +271,95 @@ ngx_smartflow_scan_re(pcre2_code *re, ngx_uint_t rule,
 
         if (!overlap) {
             f[n].rule = rule;
+            f[n].start = s;
+            f[n].end = e;
+            n++;
+        }
+
+        off = e;
+    }
+
+    return n;
+}
+
+
+/*
+ * Emails from their "@": the local part is walked back from it and the
+ * pattern anchored there, instead of tried at every letter of the text.
+ */
+static ngx_uint_t
+ngx_smartflow_scan_email(pcre2_code *re, u_char *p, size_t len,
+    ngx_smartflow_finding_t *f, ngx_uint_t n, ngx_uint_t max)
+{
+    int          rc;
+    u_char      *a, c;
+    size_t       s, e, off, at;
+    ngx_uint_t   i, overlap;
+    PCRE2_SIZE  *ov;
+
+    off = 0;
+
+    while (off < len && n < max) {
+        a = (u_char *) memchr(p + off, '@', len - off);
+        if (a == NULL) {
+            break;
+        }
+
+        at = a - p;
+        s = at;
+
+        while (s > 0 && at - s < 64) {
+            c = p[s - 1];
+
+            if (!(ngx_sf_alnum(c) || c == '.' || c == '_' || c == '%'
+                  || c == '+' || c == '-'))
+            {
+                break;
+            }
+
+            s--;
+        }
+
+        rc = -1;
+
+        /* the first place a local part may start */
+        for ( /* void */ ; s < at; s++) {
+            if (!ngx_sf_alnum(p[s])) {
+                continue;
+            }
+
+            rc = pcre2_match(re, p, len, s, PCRE2_ANCHORED,
+                             ngx_smartflow_policy_md, NULL);
+            if (rc >= 0) {
+                break;
+            }
+        }
+
+        off = at + 1;
+
+        if (rc < 0) {
+            continue;
+        }
+
+        ov = pcre2_get_ovector_pointer(ngx_smartflow_policy_md);
+        s = ov[0];
+        e = ov[1];
+
+        if (ngx_smartflow_email_check(p + s, e - s) == 0) {
+            continue;
+        }
+
+        overlap = 0;
+
+        for (i = 0; i < n; i++) {
+            if (s < f[i].end && f[i].start < e) {
+                overlap = 1;
+                break;
+            }
+        }
+
+        if (!overlap) {
+            f[n].rule = NGX_SF_RULE_EMAIL;
             f[n].start = s;
             f[n].end = e;
             n++;
@@ -425,7 +537,7 @@ ngx_smartflow_card_issuer(u_char *d, size_t n)
     }
 
     if (p2 == 50 || (p2 >= 56 && p2 <= 69)) {               /* Maestro */
-        return n >= 12 && n <= 19;
+        return n >= 13 && n <= 19;
     }
 
     return 0;
@@ -447,7 +559,7 @@ ngx_smartflow_card_check(u_char *p, size_t len)
 
     n = ngx_smartflow_digits(p, len, d, 19);
 
-    if (n < 12 || n > 19) {
+    if (n < 13 || n > 19) {
         return 0;
     }
 
