@@ -54,7 +54,8 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "instruc directi prompt rules guideli program restric guidanc orders command context told said",
       "(?i)\\b(?:ignore|disregard|forget|bypass|override|neglect|"
       "overlook|abandon|discard|drop|skip)\\b[^.!?\\n]{0,60}?\\b(?:"
-      "instructions?|directives?|prompts?|rules|guidelines|programming|"
+      "instructions?|directives?|directions|prompts?|rules|guidelines|"
+      "programming|"
       "restrictions|guidance|orders|commands|context|"
       "(?:you(?:'ve| have)? (?:been|were) (?:told|given|instructed))|"
       "(?:told|said) (?:before|earlier|previously))\\b", NULL },
@@ -111,15 +112,19 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "\\b(?:(?:text|words|everything|all|content|message)s? (?:above|"
       "before)|above (?:text|words|instructions|prompt))\\b", NULL },
 
-    { "exfiltration", 40, 1,
+    { "exfiltration", 25, 1,
       "system",
       "(?i)\\bsystem prompt\\b", NULL },
 
     /* jailbreak personas and their trade marks */
     { "persona", 60, 1,
-      "anythin dan jailbr develop god",
-      "(?i)\\bdo anything now\\b|\\bDAN mode\\b|\\bjailbr(?:eak|oken)"
-      "(?:s|ed|ing)?\\b|\\bdeveloper mode\\b|\\bgod ?mode\\b", NULL },
+      "anythin dan develop god",
+      "(?i)\\bdo anything now\\b|\\bDAN mode\\b|\\bdeveloper mode\\b|"
+      "\\bgod ?mode\\b", NULL },
+
+    { "persona", 30, 0,
+      "jailbr",
+      "(?i)\\bjailbr(?:eak|oken)(?:s|ed|ing)?\\b", NULL },
 
     { "persona", 40, 0,
       "dan better antigpt dude stan aim ucar apophis nraf basedgp maximum mongo devmode kevin evilbot omega alphabr bish jailmil nsfw conditi niccolo",
@@ -504,10 +509,11 @@ ngx_smartflow_reveal(u_char *p, size_t len, u_char *out,
 {
     size_t      i, n, k;
     u_char      prev;
-    ngx_uint_t  found;
+    ngx_uint_t  found, flag;
 
     n = 0;
     prev = 0;
+    flag = 0;
 
     for (i = 0; i < len; /* void */) {
 
@@ -518,11 +524,19 @@ ngx_smartflow_reveal(u_char *p, size_t len, u_char *out,
             k = ((p[i + 2] & 1) << 6) | (p[i + 3] & 0x3f);
 
             /* a flag's subdivision follows U+1F3F4 (F0 9F 8F B4) */
-            if (!(i >= 4 && p[i - 4] == 0xf0 && p[i - 1] == 0xb4)
-                && k >= 0x20 && k < 0x7f)
+            if (i >= 4 && p[i - 4] == 0xf0 && p[i - 3] == 0x9f
+                && p[i - 2] == 0x8f && p[i - 1] == 0xb4)
             {
+                flag = 1;
+            }
+
+            if (!flag && k >= 0x20 && k < 0x7f) {
                 (*tags)++;
                 out[n++] = (u_char) k;
+            }
+
+            if (k == 0x7f) {
+                flag = 0;       /* the cancel tag ends the flag */
             }
 
             i += 4;

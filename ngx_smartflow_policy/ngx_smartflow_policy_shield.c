@@ -553,20 +553,23 @@ ngx_smartflow_shield_check(u_char *p, size_t len, ngx_smartflow_shield_t *res)
 static ngx_uint_t
 ngx_smartflow_sql_no_where(u_char *p, size_t len, size_t s, size_t e)
 {
-    size_t  i;
+    size_t  i, k;
 
     for (i = e; i < len; i++) {
         if (p[i] == ';') {
             break;
         }
 
-        /* a shell quote closing the statement */
-        if ((p[i] == '"' || p[i] == '\'') && (i + 1 == len
-                                              || p[i + 1] == ' '
-                                              || p[i + 1] == ';'
-                                              || p[i + 1] == '\n'))
-        {
-            break;
+        /* an SQL string is skipped; a quote never closed is the shell's */
+        if (p[i] == '\'' || p[i] == '"') {
+            for (k = i + 1; k < len && p[k] != p[i]; k++) { /* void */ }
+
+            if (k == len) {
+                break;
+            }
+
+            i = k;
+            continue;
         }
 
         if (i + 5 <= len && (p[i] | 0x20) == 'w'
