@@ -17,7 +17,7 @@ CC_OPT      ?= -g -O2 -fstack-protector-strong -Wformat \
 LD_OPT      ?= -Wl,-z,relro -Wl,-z,now -fPIC
 
 .PHONY: all modules deps run test test-asan asan-modules test-valgrind bench \
-        fuzz unit clean verify
+        fuzz unit clean verify policy-harness
 
 all: modules verify
 
@@ -153,3 +153,19 @@ unit: $(BUILD)/unit/translate_test $(BUILD)/unit/translate_gemini_test
 
 clean:
 	rm -rf $(BUILD) $(CURDIR)/build-asan
+
+# the policy detectors outside nginx, from the module's own sources: the
+# quality measurement (t/policy) and the scan cost per KB
+POLICY_DETECT := ngx_smartflow_policy/ngx_smartflow_policy_pii.c \
+                 ngx_smartflow_policy/ngx_smartflow_policy_inject.c \
+                 ngx_smartflow_policy/ngx_smartflow_policy_shield.c
+
+$(BUILD)/unit/policy_harness: unit/ngx_smartflow_policy_harness.c \
+        $(POLICY_DETECT) ngx_smartflow_policy/ngx_smartflow_policy.h \
+        $(NGX_BUILD)/objs/Makefile
+	@mkdir -p $(BUILD)/unit
+	cc -O2 -Wall -Wextra -Wno-unused-parameter $(FUZZ_INCS) \
+	    -Ingx_smartflow_policy unit/ngx_smartflow_policy_harness.c \
+	    $(POLICY_DETECT) -lpcre2-8 -o $@
+
+policy-harness: $(BUILD)/unit/policy_harness
