@@ -25,6 +25,8 @@
  * need Redis: the admin API answers 503 without it.
  */
 
+#include <openssl/rand.h>
+
 #include "ngx_http_smartflow_keys.h"
 #include "ngx_smartflow_redis.h"
 
@@ -44,6 +46,8 @@ typedef struct {
     ngx_uint_t                          id;         /* from INCR */
     ngx_uint_t                          status;
     ngx_str_t                           json;
+    u_char                              token[48];
+    size_t                              token_len;
     unsigned                            waiting:1;
     unsigned                            in_redis:1; /* reserved there */
     unsigned                            id_failed:1;
@@ -57,15 +61,17 @@ struct ngx_http_smartflow_keys_ticket_s {
 };
 
 
-/* settled or given back without a request */
+/* a script run without a request */
 typedef struct {
-    ngx_uint_t                  id;
-    uint64_t                    requests;
-    uint64_t                    prompt;
-    uint64_t                    completion;
-    uint64_t                    cost;
-    uint64_t                    unreserve;
-} ngx_http_smartflow_keys_delta_t;
+    ngx_queue_t                 queue;
+    ngx_uint_t                  script;
+    ngx_uint_t                  id;         /* the key */
+    ngx_uint_t                  tries;
+    int                         nkeys;
+    int                         argc;
+    const char                 *argv[24];
+    size_t                      len[24];
+} ngx_http_smartflow_keys_op_t;
 
 
 enum {
@@ -74,6 +80,7 @@ enum {
     NGX_SF_SCRIPT_RESERVE,
     NGX_SF_SCRIPT_SETTLE,
     NGX_SF_SCRIPT_ABSORB,
+    NGX_SF_SCRIPT_CANCEL,
     NGX_SF_SCRIPT_MAX
 };
 
@@ -95,16 +102,18 @@ static void ngx_http_smartflow_keys_poll(ngx_event_t *ev);
 static void ngx_http_smartflow_keys_polled(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
 static void ngx_http_smartflow_keys_up(ngx_smartflow_redis_t *rd);
-static void ngx_http_smartflow_keys_absorbed(ngx_smartflow_redis_t *rd,
+static ngx_http_smartflow_keys_op_t *ngx_http_smartflow_keys_op(
+    ngx_uint_t script, ngx_uint_t id, int nkeys, int n, u_char **args,
+    size_t *lens);
+static void ngx_http_smartflow_keys_op_submit(
+    ngx_http_smartflow_keys_op_t *op);
+static void ngx_http_smartflow_keys_op_done(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
+static size_t ngx_http_smartflow_keys_token(u_char *buf);
 static void ngx_http_smartflow_keys_reserved(ngx_smartflow_redis_t *rd,
-    redisReply *reply, void *data);
-static void ngx_http_smartflow_keys_settled(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
 static void ngx_http_smartflow_keys_snapshot(redisReply *reply,
     ngx_uint_t from, ngx_uint_t id);
-static void ngx_http_smartflow_keys_give_back(
-    ngx_http_smartflow_keys_delta_t *d);
 static void ngx_http_smartflow_keys_got_id(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
 static void ngx_http_smartflow_keys_stored(ngx_smartflow_redis_t *rd,
@@ -185,12 +194,15 @@ static char ngx_http_smartflow_keys_lua_put[] =
 
 /*
  * KEYS: the counters.  ARGV: rpm, tpm, budget (-1: unlimited), estimated
- * tokens, estimated cost, period start.  Returns {verdict (0 admitted,
- * 1 rpm, 2 tpm, 3 budget), ms until the window ends, counters...}.
+ * tokens, estimated cost, period start, a token naming the request.
+ * Returns {verdict (0 admitted, 1 rpm, 2 tpm, 3 budget), ms until the
+ * window ends, counters...}.  The token keeps what was reserved for two
+ * minutes, for a settlement or a cancel that may come more than once.
  */
 static char ngx_http_smartflow_keys_lua_reserve[] =
 NGX_SF_LUA_SNAPSHOT
-"local c = KEYS[1]\n"
+"local c, tk = KEYS[1], 'sf:t:' .. ARGV[7]\n"
+"if redis.call('EXISTS', tk) == 1 then return {-1} end\n"
 "local f = snap(c)\n"
 "roll(c, f, now, tonumber(ARGV[6]))\n"
 "local rpm, tpm, budget = tonumber(ARGV[1]), tonumber(ARGV[2]),\n"
@@ -204,6 +216,8 @@ NGX_SF_LUA_SNAPSHOT
 "if v == 0 then\n"
 "  f[2] = f[2] + 1 f[4] = f[4] + et f[7] = f[7] + ec\n"
 "  f[8] = f[8] + 1 f[11] = f[11] + 1\n"
+"  redis.call('SET', tk, f[1] .. ' ' .. f[5] .. ' ' .. et .. ' ' .. ec,\n"
+"    'EX', 120)\n"
 "end\n"
 "save(c, f)\n"
 "local out = {v, f[1] + 60000 - now}\n"
@@ -213,13 +227,15 @@ NGX_SF_LUA_SNAPSHOT
 
 /*
  * KEYS: the counters.  ARGV: the reservation's window and period, its
- * tokens and cost, then prompt and completion tokens, cost, and the
- * period start now.  Returns {counters...}.
+ * tokens and cost, then prompt and completion tokens, cost, the period
+ * start now, and the reservation's token.  Returns {counters...}.  Once
+ * only: sent again after a lost answer, it changes nothing.
  */
 static char ngx_http_smartflow_keys_lua_settle[] =
 NGX_SF_LUA_SNAPSHOT
-"local c = KEYS[1]\n"
+"local c, tk = KEYS[1], 'sf:t:' .. ARGV[9]\n"
 "local f = snap(c)\n"
+"if redis.call('GET', tk) == 's' then return f end\n"
 "roll(c, f, now, tonumber(ARGV[8]))\n"
 "local p, o, cost = tonumber(ARGV[5]), tonumber(ARGV[6]),\n"
 "  tonumber(ARGV[7])\n"
@@ -232,43 +248,73 @@ NGX_SF_LUA_SNAPSHOT
 "f[3] = f[3] + p + o f[6] = f[6] + cost f[9] = f[9] + p f[10] = f[10] + o\n"
 "f[12] = f[12] + p f[13] = f[13] + o f[14] = f[14] + cost\n"
 "save(c, f)\n"
+"redis.call('SET', tk, 's', 'EX', 120)\n"
 "return f\n";
+
+
+/*
+ * A reservation whose answer was lost: undone if Redis made it, and
+ * refused if it comes later.  KEYS: the counters.  ARGV: the token.
+ */
+static char ngx_http_smartflow_keys_lua_cancel[] =
+"local tk, c = 'sf:t:' .. ARGV[1], KEYS[1]\n"
+"local v = redis.call('GET', tk)\n"
+"redis.call('SET', tk, 'x', 'EX', 120)\n"
+"if not v or v == 'x' or v == 's' then return 0 end\n"
+"local w, ps, et, ec = string.match(v, '(%S+) (%S+) (%S+) (%S+)')\n"
+"local f = redis.call('HMGET', c, 'w', 'ps', 'wr', 'wres', 'res', 'pr',\n"
+"  'r')\n"
+"local function n(x) return tonumber(x or '0') end\n"
+"if f[1] == w then\n"
+"  redis.call('HSET', c, 'wr', math.max(0, n(f[3]) - 1),\n"
+"    'wres', math.max(0, n(f[4]) - tonumber(et)))\n"
+"end\n"
+"if f[2] == ps then\n"
+"  redis.call('HSET', c, 'res', math.max(0, n(f[5]) - tonumber(ec)),\n"
+"    'pr', math.max(0, n(f[6]) - 1))\n"
+"end\n"
+"redis.call('HSET', c, 'r', math.max(0, n(f[7]) - 1))\n"
+"return 1\n";
 
 
 /*
  * After an outage.  KEYS: the counters.  ARGV: id, record, 1 if changed
  * here since it was shared, then the zone's period start, spent, period
  * requests, prompt, completion, lifetime requests, prompt, completion,
- * spend, and what was served meanwhile: requests, prompt, completion,
- * cost, and the cost reserved in Redis but settled here.  A Redis that
- * lost the key gets it whole; one that kept it gets the difference.
+ * spend (what this node last saw, with what it served meanwhile), then
+ * what it served meanwhile: requests, prompt, completion, cost, and the
+ * cost reserved in Redis but settled here, and a token that makes it
+ * count once if it is sent again.  Each counter becomes the
+ * larger of Redis's plus what was served meanwhile, and this node's view:
+ * the first is exact when Redis kept its data, the second rebuilds
+ * what a Redis that lost it no longer has.
  */
 static char ngx_http_smartflow_keys_lua_absorb[] =
-"local id, c = ARGV[1], KEYS[1]\n"
-"if ARGV[3] == '1' or not redis.call('HGET', 'sf:vk:rev', id) then\n"
+"local id, c, a = ARGV[1], KEYS[1], ARGV\n"
+"local tk = 'sf:t:' .. a[18]\n"
+"if redis.call('EXISTS', tk) == 1 then return 0 end\n"
+"redis.call('SET', tk, 'a', 'EX', 3600)\n"
+"if a[3] == '1' or not redis.call('HGET', 'sf:vk:rev', id) then\n"
 "  local v = redis.call('INCR', 'sf:vk:ver')\n"
-"  redis.call('HSET', 'sf:vk', id, ARGV[2])\n"
+"  redis.call('HSET', 'sf:vk', id, a[2])\n"
 "  redis.call('HSET', 'sf:vk:rev', id, v)\n"
 "end\n"
 "if tonumber(redis.call('GET', 'sf:vk:next') or '0') < tonumber(id)\n"
 "then redis.call('SET', 'sf:vk:next', id) end\n"
-"local a = ARGV\n"
 "if redis.call('EXISTS', c) == 0 then\n"
 "  redis.call('HSET', c, 'w', 0, 'wr', 0, 'wt', 0, 'wres', 0, 'ps', a[4],\n"
-"    'sp', a[5], 'res', 0, 'pr', a[6], 'pp', a[7], 'pc', a[8], 'r', a[9],\n"
-"    'p', a[10], 'c', a[11], 's', a[12])\n"
-"else\n"
-"  redis.call('HINCRBY', c, 'pr', a[13])\n"
-"  redis.call('HINCRBY', c, 'r', a[13])\n"
-"  redis.call('HINCRBY', c, 'pp', a[14])\n"
-"  redis.call('HINCRBY', c, 'p', a[14])\n"
-"  redis.call('HINCRBY', c, 'pc', a[15])\n"
-"  redis.call('HINCRBY', c, 'c', a[15])\n"
-"  redis.call('HINCRBY', c, 'sp', a[16])\n"
-"  redis.call('HINCRBY', c, 's', a[16])\n"
-"  local res = tonumber(redis.call('HGET', c, 'res') or '0')\n"
-"  redis.call('HSET', c, 'res', math.max(0, res - tonumber(a[17])))\n"
+"    'res', 0)\n"
 "end\n"
+"local function grow(f, base, d)\n"
+"  local v = tonumber(redis.call('HGET', c, f) or '0') + tonumber(d)\n"
+"  if tonumber(base) > v then v = tonumber(base) end\n"
+"  redis.call('HSET', c, f, v)\n"
+"end\n"
+"grow('sp', a[5], a[16]) grow('pr', a[6], a[13]) grow('pp', a[7], a[14])\n"
+"grow('pc', a[8], a[15]) grow('r', a[9], a[13]) grow('p', a[10], a[14])\n"
+"grow('c', a[11], a[15]) grow('s', a[12], a[16])\n"
+"local res = tonumber(redis.call('HGET', c, 'res') or '0')\n"
+"redis.call('HSET', c, 'res', math.max(0, res - tonumber(a[17])))\n"
 "return 1\n";
 
 
@@ -277,6 +323,9 @@ static ngx_http_smartflow_keys_zone_t    *ngx_sf_kz;
 static ngx_event_t                        ngx_sf_poll_event;
 static ngx_uint_t                         ngx_sf_polling;
 static ngx_http_smartflow_keys_ticket_t  *ngx_sf_tickets;
+static ngx_queue_t                        ngx_sf_retry;
+static uint64_t                           ngx_sf_node;
+static ngx_uint_t                         ngx_sf_serial;
 
 
 /*
@@ -331,6 +380,10 @@ ngx_http_smartflow_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd,
         || ngx_smartflow_redis_script(cf, rd,
                                       ngx_http_smartflow_keys_lua_absorb,
                                       &ngx_sf_scripts[NGX_SF_SCRIPT_ABSORB])
+           != NGX_OK
+        || ngx_smartflow_redis_script(cf, rd,
+                                      ngx_http_smartflow_keys_lua_cancel,
+                                      &ngx_sf_scripts[NGX_SF_SCRIPT_CANCEL])
            != NGX_OK)
     {
         return NGX_CONF_ERROR;
@@ -358,6 +411,12 @@ ngx_http_smartflow_keys_redis_init_process(ngx_cycle_t *cycle,
 
     ngx_sf_kz = kz;
     rd->data = kz;
+
+    ngx_queue_init(&ngx_sf_retry);
+
+    if (RAND_bytes((u_char *) &ngx_sf_node, sizeof(ngx_sf_node)) != 1) {
+        ngx_sf_node = (uint64_t) ngx_random() << 32 ^ ngx_random();
+    }
     rd->down_flag = &kz->sh->redis_down;
 
     ngx_sf_poll_event.handler = ngx_http_smartflow_keys_poll;
@@ -368,6 +427,27 @@ ngx_http_smartflow_keys_redis_init_process(ngx_cycle_t *cycle,
     ngx_smartflow_redis_start(rd, cycle->log);
 
     ngx_add_timer(&ngx_sf_poll_event, NGX_SMARTFLOW_KEYS_POLL);
+}
+
+
+/* the connection goes before the worker: nginx checks none is left */
+void
+ngx_http_smartflow_keys_redis_exit_process(ngx_cycle_t *cycle)
+{
+    redisAsyncContext      *ac;
+    ngx_smartflow_redis_t  *rd;
+
+    rd = ngx_sf_kz ? ngx_sf_kz->redis : NULL;
+
+    if (rd == NULL || rd->ac == NULL) {
+        return;
+    }
+
+    ac = rd->ac;
+    rd->ac = NULL;
+    rd->state = NGX_SMARTFLOW_REDIS_DOWN;
+
+    redisAsyncFree(ac);
 }
 
 
@@ -742,28 +822,146 @@ ngx_http_smartflow_keys_polled(ngx_smartflow_redis_t *rd, redisReply *reply,
 
 
 /*
- * Redis answers (again): what this zone served without it goes back,
- * keys Redis lost with it, and the worker pulls.  Each worker gives back
- * what it takes out of the zone under the mutex, so nothing is counted
- * twice.
+ * A script run without a request (settle, cancel, absorb), kept by the
+ * worker until Redis has answered it: one that fails waits for the next
+ * connection and is sent again.  Its token makes a second run harmless
+ * when the first one did reach Redis and only its answer was lost.
+ */
+static ngx_http_smartflow_keys_op_t *
+ngx_http_smartflow_keys_op(ngx_uint_t script, ngx_uint_t id, int nkeys,
+    int n, u_char **args, size_t *lens)
+{
+    int                            i;
+    size_t                         size;
+    u_char                        *p;
+    ngx_http_smartflow_keys_op_t  *op;
+
+    size = sizeof(ngx_http_smartflow_keys_op_t);
+
+    for (i = 0; i < n; i++) {
+        size += lens[i];
+    }
+
+    op = ngx_alloc(size, ngx_cycle->log);
+    if (op == NULL) {
+        return NULL;
+    }
+
+    op->script = script;
+    op->id = id;
+    op->nkeys = nkeys;
+    op->argc = 3 + n;
+    op->tries = 0;
+
+    p = (u_char *) (op + 1);
+
+    for (i = 0; i < n; i++) {
+        op->argv[3 + i] = (char *) p;
+        op->len[3 + i] = lens[i];
+        p = ngx_cpymem(p, args[i], lens[i]);
+    }
+
+    return op;
+}
+
+
+static void
+ngx_http_smartflow_keys_op_submit(ngx_http_smartflow_keys_op_t *op)
+{
+    ngx_smartflow_redis_t  *rd;
+
+    rd = ngx_sf_kz->redis;
+
+    if (ngx_smartflow_redis_eval(rd, ngx_sf_scripts[op->script],
+                                 ngx_http_smartflow_keys_op_done, op,
+                                 op->nkeys, op->argc, op->argv, op->len)
+        != NGX_OK)
+    {
+        ngx_queue_insert_tail(&ngx_sf_retry, &op->queue);
+    }
+}
+
+
+static void
+ngx_http_smartflow_keys_op_done(ngx_smartflow_redis_t *rd, redisReply *reply,
+    void *data)
+{
+    ngx_http_smartflow_keys_op_t  *op = data;
+
+    if (reply && reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "smartflow proxy: redis %V: %*s", &rd->name,
+                      (size_t) reply->len, reply->str);
+    }
+
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        if (++op->tries < 20) {
+            ngx_queue_insert_tail(&ngx_sf_retry, &op->queue);
+            return;
+        }
+
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "smartflow proxy: usage of virtual key vk_%ui could "
+                      "not be given to redis", op->id);
+
+    } else if (op->script == NGX_SF_SCRIPT_SETTLE
+               && reply->type == REDIS_REPLY_ARRAY
+               && reply->elements == 14)
+    {
+        ngx_http_smartflow_keys_snapshot(reply, 0, op->id);
+    }
+
+    ngx_free(op);
+}
+
+
+/* a token no other request, worker or node has */
+static size_t
+ngx_http_smartflow_keys_token(u_char *buf)
+{
+    return ngx_sprintf(buf, "%016xL%P%xi", ngx_sf_node, ngx_pid,
+                       ++ngx_sf_serial)
+           - buf;
+}
+
+
+/*
+ * Redis answers (again): the scripts that waited go first, then what this
+ * zone served without Redis goes back, keys Redis lost with it, and the
+ * worker pulls.  Each worker takes what it gives back out of the zone
+ * under the mutex, so nothing is counted twice.
  */
 static void
 ngx_http_smartflow_keys_up(ngx_smartflow_redis_t *rd)
 {
-    size_t                            *len, size;
-    ngx_uint_t                         i, n;
-    ngx_pool_t                        *pool;
-    ngx_queue_t                       *q;
-    ngx_smartflow_out_t                o;
-    ngx_smartflow_key_t               *k;
-    ngx_smartflow_keys_sh_t           *sh;
-    ngx_http_smartflow_keys_zone_t    *kz;
-    ngx_http_smartflow_keys_delta_t   *d;
-    const char                       **argv;
-    u_char                            *p, *counters;
+    size_t                            size, lens[18];
+    ngx_uint_t                        i;
+    ngx_pool_t                       *pool;
+    ngx_queue_t                      *q, waiting;
+    ngx_smartflow_out_t               o;
+    ngx_smartflow_key_t              *k;
+    ngx_smartflow_keys_sh_t          *sh;
+    ngx_http_smartflow_keys_op_t     *op;
+    ngx_http_smartflow_keys_zone_t   *kz;
+    u_char                           *p, *args[18];
+    uint64_t                          v[14];
 
     kz = rd->data;
     sh = kz->sh;
+
+    ngx_queue_init(&waiting);
+
+    if (!ngx_queue_empty(&ngx_sf_retry)) {
+        ngx_queue_add(&waiting, &ngx_sf_retry);
+        ngx_queue_init(&ngx_sf_retry);
+    }
+
+    while (!ngx_queue_empty(&waiting)) {
+        q = ngx_queue_head(&waiting);
+        ngx_queue_remove(q);
+        ngx_http_smartflow_keys_op_submit(
+            ngx_queue_data(q, ngx_http_smartflow_keys_op_t, queue));
+    }
 
     pool = ngx_create_pool(16384, rd->log);
     if (pool == NULL) {
@@ -782,84 +980,74 @@ ngx_http_smartflow_keys_up(ngx_smartflow_redis_t *rd)
         ngx_smartflow_keys_state_write_key(&o, k);
         size = o.size;
 
-        argv = ngx_palloc(pool, 20 * sizeof(char *));
-        len = ngx_palloc(pool, 20 * sizeof(size_t));
-        p = ngx_pnalloc(pool, size + 32 + 14 * NGX_INT64_LEN);
-        d = ngx_alloc(sizeof(ngx_http_smartflow_keys_delta_t), rd->log);
-
-        if (argv == NULL || len == NULL || p == NULL || d == NULL) {
-            if (d) {
-                ngx_free(d);
-            }
-
+        p = ngx_pnalloc(pool, size + 96 + 14 * (NGX_INT64_LEN + 1));
+        if (p == NULL) {
             break;
         }
 
-        counters = ngx_pnalloc(pool, 32);
-        if (counters == NULL) {
-            ngx_free(d);
-            break;
-        }
+        args[0] = p;
+        lens[0] = ngx_http_smartflow_keys_counters(p, k->node.key);
+        p += lens[0];
 
-        argv[3] = (char *) counters;
-        len[3] = ngx_http_smartflow_keys_counters(counters, k->node.key);
+        args[1] = p;
+        p = ngx_sprintf(p, "%ui", (ngx_uint_t) k->node.key);
+        lens[1] = p - args[1];
 
         o.pos = p;
         o.size = 0;
         ngx_smartflow_keys_state_write_key(&o, k);
 
-        argv[5] = (char *) p;
-        len[5] = o.size;
+        args[2] = p;
+        lens[2] = o.size;
         p += o.size;
 
-        argv[4] = (char *) p;
-        p = ngx_sprintf(p, "%ui", (ngx_uint_t) k->node.key);
-        len[4] = p - (u_char *) argv[4];
+        args[3] = (u_char *) (k->dirty ? "1" : "0");
+        lens[3] = 1;
 
-        argv[6] = k->dirty ? "1" : "0";
-        len[6] = 1;
+        v[0] = (uint64_t) k->period_start;
+        v[1] = k->spent;
+        v[2] = k->period_requests;
+        v[3] = k->period_prompt;
+        v[4] = k->period_completion;
+        v[5] = k->requests;
+        v[6] = k->prompt_tokens;
+        v[7] = k->completion_tokens;
+        v[8] = k->spend;
+        v[9] = k->off_requests;
+        v[10] = k->off_prompt;
+        v[11] = k->off_completion;
+        v[12] = k->off_spend;
+        v[13] = k->off_unreserve;
 
-        d->id = k->node.key;
-        d->requests = k->off_requests;
-        d->prompt = k->off_prompt;
-        d->completion = k->off_completion;
-        d->cost = k->off_spend;
-        d->unreserve = k->off_unreserve;
-
-        {
-            uint64_t  v[14];
-
-            v[0] = (uint64_t) k->period_start;
-            v[1] = k->spent;
-            v[2] = k->period_requests;
-            v[3] = k->period_prompt;
-            v[4] = k->period_completion;
-            v[5] = k->requests;
-            v[6] = k->prompt_tokens;
-            v[7] = k->completion_tokens;
-            v[8] = k->spend;
-            v[9] = d->requests;
-            v[10] = d->prompt;
-            v[11] = d->completion;
-            v[12] = d->cost;
-            v[13] = d->unreserve;
-
-            for (i = 0; i < 14; i++) {
-                argv[7 + i] = (char *) p;
-                p = ngx_sprintf(p, "%uL", v[i]);
-                len[7 + i] = p - (u_char *) argv[7 + i];
-            }
+        for (i = 0; i < 14; i++) {
+            args[4 + i] = p;
+            p = ngx_sprintf(p, "%uL", v[i]);
+            lens[4 + i] = p - args[4 + i];
         }
 
-        /* argv holds 21 slots: 3 for EVALSHA, KEYS[1], 17 ARGV */
-        n = 21;
-
-        if (ngx_smartflow_redis_eval(rd, ngx_sf_scripts[NGX_SF_SCRIPT_ABSORB],
-                                     ngx_http_smartflow_keys_absorbed, d, 1,
-                                     n, argv, len)
-            != NGX_OK)
+        /* KEYS[1], then ARGV 1-17, and the token as ARGV 18 */
         {
-            ngx_free(d);
+            u_char  *t;
+            u_char  *all[19];
+            size_t   all_lens[19];
+
+            t = p;
+            p += ngx_http_smartflow_keys_token(p);
+
+            for (i = 0; i < 18; i++) {
+                all[i] = args[i];
+                all_lens[i] = lens[i];
+            }
+
+            all[18] = t;
+            all_lens[18] = p - t;
+
+            op = ngx_http_smartflow_keys_op(NGX_SF_SCRIPT_ABSORB,
+                                            k->node.key, 1, 19, all,
+                                            all_lens);
+        }
+
+        if (op == NULL) {
             break;
         }
 
@@ -869,29 +1057,23 @@ ngx_http_smartflow_keys_up(ngx_smartflow_redis_t *rd)
         k->off_spend = 0;
         k->off_unreserve = 0;
         k->dirty = 0;
+
+        ngx_queue_insert_tail(&waiting, &op->queue);
     }
 
     ngx_shmtx_unlock(&kz->shpool->mutex);
 
     ngx_destroy_pool(pool);
 
-    /* the records changed elsewhere meanwhile */
-    ngx_http_smartflow_keys_poll(&ngx_sf_poll_event);
-}
-
-
-static void
-ngx_http_smartflow_keys_absorbed(ngx_smartflow_redis_t *rd,
-    redisReply *reply, void *data)
-{
-    ngx_http_smartflow_keys_delta_t  *d = data;
-
-    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
-        /* Redis went away again: the zone keeps it for the next time */
-        ngx_http_smartflow_keys_give_back(d);
+    while (!ngx_queue_empty(&waiting)) {
+        q = ngx_queue_head(&waiting);
+        ngx_queue_remove(q);
+        ngx_http_smartflow_keys_op_submit(
+            ngx_queue_data(q, ngx_http_smartflow_keys_op_t, queue));
     }
 
-    ngx_free(d);
+    /* the records changed elsewhere meanwhile */
+    ngx_http_smartflow_keys_poll(&ngx_sf_poll_event);
 }
 
 
@@ -904,7 +1086,7 @@ ngx_int_t
 ngx_http_smartflow_keys_redis_reserve(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_keys_verdict_t **v)
 {
-    size_t                             len[10];
+    size_t                             len[11];
     u_char                            *p;
     ngx_uint_t                         i, period;
     ngx_smartflow_key_t               *k;
@@ -912,7 +1094,7 @@ ngx_http_smartflow_keys_redis_reserve(ngx_http_request_t *r,
     ngx_http_smartflow_vkey_t         *vkey;
     ngx_http_smartflow_keys_rq_t      *rq;
     ngx_http_smartflow_keys_ticket_t  *t;
-    const char                        *argv[10];
+    const char                        *argv[11];
     uint64_t                           n[6];
     u_char                             buf[32 + 6 * (NGX_INT64_LEN + 1)];
 
@@ -975,13 +1157,17 @@ ngx_http_smartflow_keys_redis_reserve(ngx_http_request_t *r,
         len[4 + i] = p - (u_char *) argv[4 + i];
     }
 
+    rq->token_len = ngx_http_smartflow_keys_token(rq->token);
+    argv[10] = (char *) rq->token;
+    len[10] = rq->token_len;
+
     t = ngx_http_smartflow_keys_ticket(rq);
     if (t == NULL) {
         return NGX_DECLINED;
     }
 
     if (ngx_smartflow_redis_eval(rd, ngx_sf_scripts[NGX_SF_SCRIPT_RESERVE],
-                                 ngx_http_smartflow_keys_reserved, t, 1, 10,
+                                 ngx_http_smartflow_keys_reserved, t, 1, 11,
                                  argv, len)
         != NGX_OK)
     {
@@ -999,8 +1185,12 @@ static void
 ngx_http_smartflow_keys_reserved(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data)
 {
+    size_t                          lens[2];
+    u_char                         *args[2];
     uint64_t                        verdict, reset, used, tokens;
     ngx_connection_t               *c;
+    ngx_http_smartflow_keys_op_t   *op;
+    u_char                          counters[32];
     ngx_http_request_t             *r;
     ngx_http_smartflow_ctx_t       *ctx;
     ngx_http_smartflow_vkey_t      *vkey;
@@ -1033,7 +1223,19 @@ ngx_http_smartflow_keys_reserved(ngx_smartflow_redis_t *rd,
     vkey = ctx->vkey;
 
     if (reply == NULL) {
+        /* Redis may have made the reservation: it is undone there */
         rq->verdict.done = NGX_SMARTFLOW_VERDICT_FAILED;
+
+        args[0] = counters;
+        lens[0] = ngx_http_smartflow_keys_counters(counters, vkey->id);
+        args[1] = rq->token;
+        lens[1] = rq->token_len;
+
+        op = ngx_http_smartflow_keys_op(NGX_SF_SCRIPT_CANCEL, vkey->id, 1,
+                                        2, args, lens);
+        if (op) {
+            ngx_http_smartflow_keys_op_submit(op);
+        }
 
     } else {
         verdict = ngx_http_smartflow_keys_num(reply->element[0]);
@@ -1089,25 +1291,25 @@ ngx_http_smartflow_keys_reserved(ngx_smartflow_redis_t *rd,
 
 
 /*
- * LOG phase: the usage goes to Redis.  NGX_DECLINED when the request was
- * not reserved there or Redis is away (the zone settles it then).
+ * LOG phase: the usage of a request reserved in Redis goes there, now or
+ * when Redis answers again; the zone counts it meanwhile, for a node that
+ * serves without Redis.  NGX_DECLINED when the request was not reserved
+ * in Redis: the zone settles it.
  */
 ngx_int_t
 ngx_http_smartflow_keys_redis_settle(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, uint64_t prompt, uint64_t completion,
     uint64_t cost)
 {
-    size_t                            len[12];
-    u_char                           *p;
-    ngx_uint_t                        i;
-    ngx_smartflow_key_t              *k;
-    ngx_smartflow_redis_t            *rd;
-    ngx_http_smartflow_vkey_t        *vkey;
-    ngx_http_smartflow_keys_rq_t     *rq;
-    ngx_http_smartflow_keys_delta_t  *d;
-    const char                       *argv[12];
-    uint64_t                          n[8];
-    u_char                            buf[32 + 8 * (NGX_INT64_LEN + 1)];
+    size_t                          lens[10];
+    u_char                         *p, *args[10];
+    ngx_uint_t                      i;
+    ngx_smartflow_key_t            *k;
+    ngx_http_smartflow_vkey_t      *vkey;
+    ngx_http_smartflow_keys_rq_t   *rq;
+    ngx_http_smartflow_keys_op_t   *op;
+    uint64_t                        n[8];
+    u_char                          buf[32 + 8 * (NGX_INT64_LEN + 1)];
 
     rq = ctx->keys_redis;
 
@@ -1115,119 +1317,61 @@ ngx_http_smartflow_keys_redis_settle(ngx_http_request_t *r,
         return NGX_DECLINED;
     }
 
-    rd = ngx_sf_kz->redis;
     vkey = ctx->vkey;
 
-    d = NULL;
+    n[0] = vkey->window;
+    n[1] = (uint64_t) vkey->period_start;
+    n[2] = vkey->est_tokens;
+    n[3] = vkey->est_cost;
+    n[4] = prompt;
+    n[5] = completion;
+    n[6] = cost;
+    n[7] = (uint64_t) vkey->period_start;
 
-    if (ngx_smartflow_redis_up(rd)) {
-        d = ngx_alloc(sizeof(ngx_http_smartflow_keys_delta_t),
-                      r->connection->log);
+    ngx_shmtx_lock(&ngx_sf_kz->shpool->mutex);
+
+    k = ngx_smartflow_keys_by_id(ngx_sf_kz->sh, vkey->id);
+    if (k) {
+        n[7] = (uint64_t) ngx_smartflow_keys_period_start(k->period,
+                                                           ngx_time());
     }
 
-    if (d) {
-        d->id = vkey->id;
-        d->requests = 0;
-        d->prompt = prompt;
-        d->completion = completion;
-        d->cost = cost;
-        d->unreserve = vkey->est_cost;
-
-        n[0] = vkey->window;
-        n[1] = (uint64_t) vkey->period_start;
-        n[2] = vkey->est_tokens;
-        n[3] = vkey->est_cost;
-        n[4] = prompt;
-        n[5] = completion;
-        n[6] = cost;
-        n[7] = (uint64_t) vkey->period_start;
-
-        ngx_shmtx_lock(&ngx_sf_kz->shpool->mutex);
-
-        k = ngx_smartflow_keys_by_id(ngx_sf_kz->sh, vkey->id);
-        if (k) {
-            n[7] = (uint64_t) ngx_smartflow_keys_period_start(k->period,
-                                                               ngx_time());
-        }
-
-        ngx_shmtx_unlock(&ngx_sf_kz->shpool->mutex);
-
-        p = buf;
-        argv[3] = (char *) p;
-        len[3] = ngx_http_smartflow_keys_counters(p, vkey->id);
-        p += len[3];
-
-        for (i = 0; i < 8; i++) {
-            argv[4 + i] = (char *) p;
-            p = ngx_sprintf(p, "%uL", n[i]);
-            len[4 + i] = p - (u_char *) argv[4 + i];
-        }
-
-        if (ngx_smartflow_redis_eval(rd,
-                                     ngx_sf_scripts[NGX_SF_SCRIPT_SETTLE],
-                                     ngx_http_smartflow_keys_settled, d, 1,
-                                     12, argv, len)
-            == NGX_OK)
-        {
-            return NGX_OK;
-        }
-
-        ngx_free(d);
+    if (k && !ngx_smartflow_redis_up(ngx_sf_kz->redis)) {
+        /* the zone enforces alone until Redis answers: it must know */
+        k->spent += cost;
+        k->spend += cost;
+        k->period_prompt += prompt;
+        k->period_completion += completion;
+        k->prompt_tokens += prompt;
+        k->completion_tokens += completion;
+        ngx_sf_kz->sh->version++;
     }
 
-    /* Redis holds the reservation: it is given back with the usage */
-    {
-        ngx_http_smartflow_keys_delta_t  local;
+    ngx_shmtx_unlock(&ngx_sf_kz->shpool->mutex);
 
-        local.id = vkey->id;
-        local.requests = 0;
-        local.prompt = 0;
-        local.completion = 0;
-        local.cost = 0;
-        local.unreserve = vkey->est_cost;
+    p = buf;
+    args[0] = p;
+    lens[0] = ngx_http_smartflow_keys_counters(p, vkey->id);
+    p += lens[0];
 
-        ngx_http_smartflow_keys_give_back(&local);
+    for (i = 0; i < 8; i++) {
+        args[1 + i] = p;
+        p = ngx_sprintf(p, "%uL", n[i]);
+        lens[1 + i] = p - args[1 + i];
     }
 
-    return NGX_DECLINED;
-}
+    args[9] = rq->token;
+    lens[9] = rq->token_len;
 
-
-static void
-ngx_http_smartflow_keys_settled(ngx_smartflow_redis_t *rd, redisReply *reply,
-    void *data)
-{
-    ngx_http_smartflow_keys_delta_t  *d = data;
-
-    if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 14) {
-        ngx_http_smartflow_keys_snapshot(reply, 0, d->id);
-
-    } else {
-        /* lost on the way: the zone counts it, and gives it back later */
-        ngx_http_smartflow_keys_give_back(d);
-
-        ngx_shmtx_lock(&ngx_sf_kz->shpool->mutex);
-
-        {
-            ngx_smartflow_key_t  *k;
-
-            k = ngx_smartflow_keys_by_id(ngx_sf_kz->sh, d->id);
-
-            if (k) {
-                k->spent += d->cost;
-                k->spend += d->cost;
-                k->period_prompt += d->prompt;
-                k->period_completion += d->completion;
-                k->prompt_tokens += d->prompt;
-                k->completion_tokens += d->completion;
-                ngx_sf_kz->sh->version++;
-            }
-        }
-
-        ngx_shmtx_unlock(&ngx_sf_kz->shpool->mutex);
+    op = ngx_http_smartflow_keys_op(NGX_SF_SCRIPT_SETTLE, vkey->id, 1, 10,
+                                    args, lens);
+    if (op == NULL) {
+        return NGX_OK;
     }
 
-    ngx_free(d);
+    ngx_http_smartflow_keys_op_submit(op);
+
+    return NGX_OK;
 }
 
 
@@ -1270,28 +1414,6 @@ ngx_http_smartflow_keys_snapshot(redisReply *reply, ngx_uint_t from,
     }
 
     ngx_shmtx_unlock(&kz->shpool->mutex);
-}
-
-
-/* what the zone served or settled while Redis was away, kept apart */
-static void
-ngx_http_smartflow_keys_give_back(ngx_http_smartflow_keys_delta_t *d)
-{
-    ngx_smartflow_key_t  *k;
-
-    ngx_shmtx_lock(&ngx_sf_kz->shpool->mutex);
-
-    k = ngx_smartflow_keys_by_id(ngx_sf_kz->sh, d->id);
-
-    if (k) {
-        k->off_requests += d->requests;
-        k->off_prompt += d->prompt;
-        k->off_completion += d->completion;
-        k->off_spend += d->cost;
-        k->off_unreserve += d->unreserve;
-    }
-
-    ngx_shmtx_unlock(&ngx_sf_kz->shpool->mutex);
 }
 
 

@@ -723,6 +723,8 @@ ngx_http_smartflow_keys_exit_process(ngx_cycle_t *cycle)
 {
     ngx_http_smartflow_keys_zone_t  *kz;
 
+    ngx_http_smartflow_keys_redis_exit_process(cycle);
+
     if (!ngx_smartflow_keys_saver()) {
         return;
     }

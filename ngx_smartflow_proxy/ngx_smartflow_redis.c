@@ -333,9 +333,7 @@ ngx_smartflow_redis_disconnected(const redisAsyncContext *ac, int status)
 static void
 ngx_smartflow_redis_lost(ngx_smartflow_redis_t *rd, const char *why)
 {
-    if (rd->state == NGX_SMARTFLOW_REDIS_UP
-        && ngx_atomic_cmp_set(rd->down_flag, 0, 1))
-    {
+    if (ngx_atomic_cmp_set(rd->down_flag, 0, 1)) {
         ngx_log_error(NGX_LOG_ERR, rd->log, 0,
                       "smartflow proxy: redis %V unreachable (%s); %s "
                       "until it answers again", &rd->name,

@@ -64,6 +64,7 @@ sub redis_start {
     if ($pid == 0) {
         open STDOUT, '>', "$self->{root}/redis.log";
         open STDERR, '>&', \*STDOUT;
+        no warnings 'exec';
         exec { 'redis-server' } 'redis-server', '--port', $self->{redis_port},
              '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
              '--dir', $self->{root};
