@@ -281,13 +281,13 @@ static char ngx_http_smartflow_keys_lua_cancel[] =
  * After an outage.  KEYS: the counters.  ARGV: id, record, 1 if changed
  * here since it was shared, then the zone's period start, spent, period
  * requests, prompt, completion, lifetime requests, prompt, completion,
- * spend (what this node last saw, with what it served meanwhile), then
- * what it served meanwhile: requests, prompt, completion, cost, and the
- * cost reserved in Redis but settled here, and a token that makes it
- * count once if it is sent again.  Each counter becomes the
- * larger of Redis's plus what was served meanwhile, and this node's view:
- * the first is exact when Redis kept its data, the second rebuilds
- * what a Redis that lost it no longer has.
+ * spend (what this node last saw of Redis), then what it served
+ * meanwhile: requests, prompt, completion, cost, and the cost reserved in
+ * Redis but settled here, and a token that makes it count once if it is
+ * sent again.  Each counter becomes the larger of Redis's and this
+ * node's view, plus what was served meanwhile: exact when Redis kept its
+ * data (its counters are never below a node's view), and a rebuild from
+ * the freshest view of the nodes when it lost them.
  */
 static char ngx_http_smartflow_keys_lua_absorb[] =
 "local id, c, a = ARGV[1], KEYS[1], ARGV\n"
@@ -306,9 +306,9 @@ static char ngx_http_smartflow_keys_lua_absorb[] =
 "    'res', 0)\n"
 "end\n"
 "local function grow(f, base, d)\n"
-"  local v = tonumber(redis.call('HGET', c, f) or '0') + tonumber(d)\n"
+"  local v = tonumber(redis.call('HGET', c, f) or '0')\n"
 "  if tonumber(base) > v then v = tonumber(base) end\n"
-"  redis.call('HSET', c, f, v)\n"
+"  redis.call('HSET', c, f, v + tonumber(d))\n"
 "end\n"
 "grow('sp', a[5], a[16]) grow('pr', a[6], a[13]) grow('pp', a[7], a[14])\n"
 "grow('pc', a[8], a[15]) grow('r', a[9], a[13]) grow('p', a[10], a[14])\n"
@@ -1003,6 +1003,22 @@ ngx_http_smartflow_keys_up(ngx_smartflow_redis_t *rd)
 
         args[3] = (u_char *) (k->dirty ? "1" : "0");
         lens[3] = 1;
+
+        /*
+         * the view without what was served meanwhile, which travels
+         * apart: the zone keeps the view, so that another worker's
+         * absorb does not count it again
+         */
+        k->spent -= ngx_min(k->spent, k->off_spend);
+        k->spend -= ngx_min(k->spend, k->off_spend);
+        k->period_requests -= ngx_min(k->period_requests, k->off_requests);
+        k->requests -= ngx_min(k->requests, k->off_requests);
+        k->period_prompt -= ngx_min(k->period_prompt, k->off_prompt);
+        k->prompt_tokens -= ngx_min(k->prompt_tokens, k->off_prompt);
+        k->period_completion -= ngx_min(k->period_completion,
+                                        k->off_completion);
+        k->completion_tokens -= ngx_min(k->completion_tokens,
+                                        k->off_completion);
 
         v[0] = (uint64_t) k->period_start;
         v[1] = k->spent;
