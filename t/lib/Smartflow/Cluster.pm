@@ -154,6 +154,31 @@ _EOC_
     return $node;
 }
 
+# "nginx -t" of an http block around the lines given: (exit code, output)
+sub conf_test {
+    my ($self, $lines) = @_;
+    my $dir = "$self->{root}/conf-test";
+    make_path("$dir/logs");
+    open my $fh, '>', "$dir/nginx.conf" or die "$dir/nginx.conf: $!";
+    print $fh <<"_EOC_";
+error_log $dir/logs/error.log;
+pid $dir/logs/nginx.pid;
+load_module $self->{modules}/ngx_http_smartflow_proxy_module.so;
+events { }
+http {
+    client_body_temp_path $dir/body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+$lines
+}
+_EOC_
+    close $fh;
+    my $out = `$self->{binary} -t -p $dir -c $dir/nginx.conf 2>&1`;
+    return ($? >> 8, $out);
+}
+
 sub start {
     my ($self, $node) = @_;
     my $rc = system($self->{binary}, '-p', $node->{dir}, '-c',
