@@ -18,7 +18,7 @@ $c->redis_start;
 
 my $a = $c->node('a', port => $ENV{TEST_NGINX_PORT} || 3100,
                  fail => 'open');
-my $b = $c->node('b', port => $ENV{TEST_NGINX_SERVER_PORT} || 3107,
+my $b = $c->node('b', port => $ENV{SMARTFLOW_REDIS_NODE_PORT} || 3111,
                  fail => 'closed');
 
 my @master = ("Authorization: Bearer $Smartflow::Cluster::Master");

@@ -14,7 +14,7 @@ my $c = Smartflow::Cluster->new(name => 'restart');
 $c->redis_start;
 
 my $a = $c->node('a', port => $ENV{TEST_NGINX_PORT} || 3100);
-my $b = $c->node('b', port => $ENV{TEST_NGINX_SERVER_PORT} || 3107);
+my $b = $c->node('b', port => $ENV{SMARTFLOW_REDIS_NODE_PORT} || 3111);
 
 my @master = ("Authorization: Bearer $Smartflow::Cluster::Master");
 my $hello = '{"model":"smartflow-echo","messages":'
