@@ -112,6 +112,8 @@ static void ngx_http_smartflow_keys_op_done(ngx_smartflow_redis_t *rd,
 static size_t ngx_http_smartflow_keys_token(u_char *buf);
 static void ngx_http_smartflow_keys_reserved(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
+static void ngx_http_smartflow_keys_window_snapshot(redisReply *reply,
+    ngx_uint_t id);
 static void ngx_http_smartflow_keys_snapshot(redisReply *reply,
     ngx_uint_t from, ngx_uint_t id);
 static void ngx_http_smartflow_keys_got_id(ngx_smartflow_redis_t *rd,
@@ -196,15 +198,26 @@ static char ngx_http_smartflow_keys_lua_put[] =
  * KEYS: the counters.  ARGV: rpm, tpm, budget (-1: unlimited), estimated
  * tokens, estimated cost, period start, a token naming the request.
  * Returns {verdict (0 admitted, 1 rpm, 2 tpm, 3 budget), ms until the
- * window ends, counters...}.  The token keeps what was reserved for two
+ * window ends, window start, its requests, its tokens used and reserved,
+ * spent, reserved}.  The token keeps what was reserved for two
  * minutes, for a settlement or a cancel that may come more than once.
  */
 static char ngx_http_smartflow_keys_lua_reserve[] =
-NGX_SF_LUA_SNAPSHOT
 "local c, tk = KEYS[1], 'sf:t:' .. ARGV[7]\n"
 "if redis.call('EXISTS', tk) == 1 then return {-1} end\n"
-"local f = snap(c)\n"
-"roll(c, f, now, tonumber(ARGV[6]))\n"
+"local t = redis.call('TIME')\n"
+"local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+"local f = redis.call('HMGET', c, 'w', 'wr', 'wt', 'wres', 'ps', 'sp',\n"
+"  'res')\n"
+"for i = 1, 7 do f[i] = tonumber(f[i] or '0') end\n"
+"if now >= f[1] + 60000 or now < f[1] then\n"
+"  f[1] = now f[2] = 0 f[3] = 0 f[4] = 0\n"
+"end\n"
+"local ps = tonumber(ARGV[6])\n"
+"if f[5] ~= ps then\n"
+"  f[5] = ps f[6] = 0 f[7] = 0\n"
+"  redis.call('HSET', c, 'pr', 0, 'pp', 0, 'pc', 0)\n"
+"end\n"
 "local rpm, tpm, budget = tonumber(ARGV[1]), tonumber(ARGV[2]),\n"
 "  tonumber(ARGV[3])\n"
 "local et, ec = tonumber(ARGV[4]), tonumber(ARGV[5])\n"
@@ -215,14 +228,14 @@ NGX_SF_LUA_SNAPSHOT
 "then v = 3 end\n"
 "if v == 0 then\n"
 "  f[2] = f[2] + 1 f[4] = f[4] + et f[7] = f[7] + ec\n"
-"  f[8] = f[8] + 1 f[11] = f[11] + 1\n"
+"  redis.call('HINCRBY', c, 'pr', 1)\n"
+"  redis.call('HINCRBY', c, 'r', 1)\n"
 "  redis.call('SET', tk, f[1] .. ' ' .. f[5] .. ' ' .. et .. ' ' .. ec,\n"
 "    'EX', 120)\n"
 "end\n"
-"save(c, f)\n"
-"local out = {v, f[1] + 60000 - now}\n"
-"for i = 1, 14 do out[#out + 1] = f[i] end\n"
-"return out\n";
+"redis.call('HSET', c, 'w', f[1], 'wr', f[2], 'wt', f[3], 'wres', f[4],\n"
+"  'ps', f[5], 'sp', f[6], 'res', f[7])\n"
+"return {v, f[1] + 60000 - now, f[1], f[2], f[3] + f[4], f[6], f[7]}\n";
 
 
 /*
@@ -1222,9 +1235,9 @@ ngx_http_smartflow_keys_reserved(ngx_smartflow_redis_t *rd,
                       (size_t) reply->len, reply->str);
     }
 
-    if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 16) {
-        ngx_http_smartflow_keys_snapshot(reply, 2,
-                                         ctx ? ctx->vkey->id : 0);
+    if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 7) {
+        ngx_http_smartflow_keys_window_snapshot(reply,
+                                                ctx ? ctx->vkey->id : 0);
 
     } else {
         reply = NULL;
@@ -1257,16 +1270,15 @@ ngx_http_smartflow_keys_reserved(ngx_smartflow_redis_t *rd,
         verdict = ngx_http_smartflow_keys_num(reply->element[0]);
         reset = ngx_http_smartflow_keys_num(reply->element[1]);
         used = ngx_http_smartflow_keys_num(reply->element[3]);
-        tokens = ngx_http_smartflow_keys_num(reply->element[4])
-                 + ngx_http_smartflow_keys_num(reply->element[5]);
+        tokens = ngx_http_smartflow_keys_num(reply->element[4]);
 
         vkey->window = ngx_http_smartflow_keys_num(reply->element[2]);
         vkey->reset = (ngx_msec_t) ngx_min(reset, NGX_SMARTFLOW_KEY_WINDOW);
         vkey->requests_left = (vkey->rpm > used) ? vkey->rpm - used : 0;
         vkey->tokens_left = (vkey->tpm > tokens) ? vkey->tpm - tokens : 0;
 
-        rq->verdict.spent = ngx_http_smartflow_keys_num(reply->element[7]);
-        rq->verdict.left = ngx_http_smartflow_keys_num(reply->element[8]);
+        rq->verdict.spent = ngx_http_smartflow_keys_num(reply->element[5]);
+        rq->verdict.left = ngx_http_smartflow_keys_num(reply->element[6]);
         rq->verdict.left = (rq->verdict.spent + rq->verdict.left
                             < vkey->budget)
                            ? vkey->budget - rq->verdict.spent
@@ -1388,6 +1400,36 @@ ngx_http_smartflow_keys_redis_settle(ngx_http_request_t *r,
     ngx_http_smartflow_keys_op_submit(op);
 
     return NGX_OK;
+}
+
+
+/* a reservation's answer into the zone: the window and the budget */
+static void
+ngx_http_smartflow_keys_window_snapshot(redisReply *reply, ngx_uint_t id)
+{
+    redisReply                     **e;
+    ngx_smartflow_key_t             *k;
+    ngx_http_smartflow_keys_zone_t  *kz;
+
+    kz = ngx_sf_kz;
+    e = reply->element;
+
+    if (id == 0) {
+        return;
+    }
+
+    ngx_shmtx_lock(&kz->shpool->mutex);
+
+    k = ngx_smartflow_keys_by_id(kz->sh, id);
+
+    if (k) {
+        k->window = ngx_http_smartflow_keys_num(e[2]);
+        k->window_requests = ngx_http_smartflow_keys_num(e[3]);
+        k->spent = ngx_http_smartflow_keys_num(e[5]);
+        k->reserved = ngx_http_smartflow_keys_num(e[6]);
+    }
+
+    ngx_shmtx_unlock(&kz->shpool->mutex);
 }
 
 

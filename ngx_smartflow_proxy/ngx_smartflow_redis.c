@@ -573,7 +573,9 @@ ngx_smartflow_redis_write(ngx_event_t *ev)
     rd = c->data;
 
     if (rd->ac) {
+        rd->writing = 1;
         redisAsyncHandleWrite(rd->ac);
+        rd->writing = 0;
     }
 }
 
@@ -603,14 +605,36 @@ ngx_smartflow_redis_del_read(void *data)
 }
 
 
+/*
+ * Commands written by the end of this turn of the event loop, all in one
+ * write(); only a socket that is full (or a connect in progress) waits
+ * for epoll to say it is writable.
+ */
 static void
 ngx_smartflow_redis_add_write(void *data)
 {
     ngx_smartflow_redis_t *rd = data;
 
-    if (rd->conn && !rd->conn->write->active) {
-        (void) ngx_add_event(rd->conn->write, NGX_WRITE_EVENT,
-                             NGX_LEVEL_EVENT);
+    ngx_event_t  *wev;
+
+    if (rd->conn == NULL) {
+        return;
+    }
+
+    wev = rd->conn->write;
+
+    if (rd->writing || rd->ac == NULL
+        || !(rd->ac->c.flags & REDIS_CONNECTED))
+    {
+        if (!wev->active) {
+            (void) ngx_add_event(wev, NGX_WRITE_EVENT, NGX_LEVEL_EVENT);
+        }
+
+        return;
+    }
+
+    if (!wev->active && !wev->posted) {
+        ngx_post_event(wev, &ngx_posted_events);
     }
 }
 

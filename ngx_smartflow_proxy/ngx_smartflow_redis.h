@@ -58,6 +58,7 @@ struct ngx_smartflow_redis_s {
     ngx_connection_t           *conn;
     ngx_uint_t                  state;
     ngx_uint_t                  pending;
+    ngx_uint_t                  writing;    /* in redisAsyncHandleWrite */
     ngx_msec_t                  backoff;
     ngx_event_t                 watchdog;
     ngx_event_t                 reconnect;
