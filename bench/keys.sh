@@ -215,6 +215,11 @@ front redis "$port_red" "smartflow_redis 127.0.0.1:$port_redis;"
 "${on1[@]}" redis-server --port "$port_redis" --bind 127.0.0.1 --save '' \
     --appendonly no --dir "$state" > "$state/redis-server.log" 2>&1 &
 pids+=($!)
+# Redis answers before the fronts start: they would log it missing
+for ((i = 0; i < 100; i++)); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port_redis") 2>/dev/null && break
+    sleep 0.1
+done
 "$nginx" -p "$state/upstream" -c "$state/upstream/nginx.conf" \
     -e "$state/logs/upstream.log" &
 pids+=($!)

@@ -31,7 +31,9 @@
 #include "ngx_smartflow_redis.h"
 
 
-#define NGX_SMARTFLOW_KEYS_POLL   250       /* ms */
+#define NGX_SMARTFLOW_KEYS_POLL     250     /* ms */
+#define NGX_SMARTFLOW_KEYS_GATHER   10      /* ms settlements gather */
+#define NGX_SMARTFLOW_KEYS_SETTLES  64      /* keys gathered at most */
 
 
 typedef struct ngx_http_smartflow_keys_ticket_s
@@ -59,6 +61,20 @@ struct ngx_http_smartflow_keys_ticket_s {
     ngx_http_smartflow_keys_rq_t       *rq;
     ngx_http_smartflow_keys_ticket_t   *next;
 };
+
+
+/* settlements of one key gathered before they go to Redis */
+typedef struct {
+    ngx_uint_t                  id;
+    uint64_t                    window;
+    time_t                      period_start;
+    time_t                      period_now;
+    uint64_t                    est_tokens;
+    uint64_t                    est_cost;
+    uint64_t                    prompt;
+    uint64_t                    completion;
+    uint64_t                    cost;
+} ngx_http_smartflow_keys_settle_t;
 
 
 /* a script run without a request */
@@ -110,6 +126,7 @@ static void ngx_http_smartflow_keys_op_submit(
 static void ngx_http_smartflow_keys_op_done(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
 static size_t ngx_http_smartflow_keys_token(u_char *buf);
+static void ngx_http_smartflow_keys_flush(ngx_event_t *ev);
 static void ngx_http_smartflow_keys_reserved(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
 static void ngx_http_smartflow_keys_window_snapshot(redisReply *reply,
@@ -337,6 +354,10 @@ static ngx_event_t                        ngx_sf_poll_event;
 static ngx_uint_t                         ngx_sf_polling;
 static ngx_http_smartflow_keys_ticket_t  *ngx_sf_tickets;
 static ngx_queue_t                        ngx_sf_retry;
+static ngx_event_t                        ngx_sf_flush_event;
+static ngx_http_smartflow_keys_settle_t
+    ngx_sf_settles[NGX_SMARTFLOW_KEYS_SETTLES];
+static ngx_uint_t                         ngx_sf_nsettles;
 static uint64_t                           ngx_sf_node;
 static ngx_uint_t                         ngx_sf_serial;
 
@@ -437,6 +458,11 @@ ngx_http_smartflow_keys_redis_init_process(ngx_cycle_t *cycle,
     ngx_sf_poll_event.log = cycle->log;
     ngx_sf_poll_event.cancelable = 1;
 
+    /* not cancelable: a worker that exits sends what it gathered */
+    ngx_sf_flush_event.handler = ngx_http_smartflow_keys_flush;
+    ngx_sf_flush_event.data = &rd->dummy;
+    ngx_sf_flush_event.log = cycle->log;
+
     ngx_smartflow_redis_start(rd, cycle->log);
 
     ngx_add_timer(&ngx_sf_poll_event, NGX_SMARTFLOW_KEYS_POLL);
@@ -456,7 +482,14 @@ ngx_http_smartflow_keys_redis_exit_process(ngx_cycle_t *cycle)
         return;
     }
 
+    ngx_http_smartflow_keys_flush(&ngx_sf_flush_event);
+
+    /* what is buffered is written now, without waiting for the answers */
     ac = rd->ac;
+    rd->writing = 1;
+    redisAsyncHandleWrite(ac);
+    rd->writing = 0;
+
     rd->ac = NULL;
     rd->state = NGX_SMARTFLOW_REDIS_DOWN;
 
@@ -1321,23 +1354,23 @@ ngx_http_smartflow_keys_reserved(ngx_smartflow_redis_t *rd,
 /*
  * LOG phase: the usage of a request reserved in Redis goes there, now or
  * when Redis answers again; the zone counts it meanwhile, for a node that
- * serves without Redis.  NGX_DECLINED when the request was not reserved
- * in Redis: the zone settles it.
+ * serves without Redis.  Settlements are gathered per key for a few
+ * milliseconds and go as one script: the reservations stay in Redis
+ * until then, so the gathering never lets a budget be overspent.
+ * NGX_DECLINED when the request was not reserved in Redis: the zone
+ * settles it.
  */
 ngx_int_t
 ngx_http_smartflow_keys_redis_settle(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, uint64_t prompt, uint64_t completion,
     uint64_t cost)
 {
-    size_t                          lens[10];
-    u_char                         *p, *args[10];
-    ngx_uint_t                      i;
-    ngx_smartflow_key_t            *k;
-    ngx_http_smartflow_vkey_t      *vkey;
-    ngx_http_smartflow_keys_rq_t   *rq;
-    ngx_http_smartflow_keys_op_t   *op;
-    uint64_t                        n[8];
-    u_char                          buf[32 + 8 * (NGX_INT64_LEN + 1)];
+    time_t                             now_ps;
+    ngx_uint_t                         i;
+    ngx_smartflow_key_t               *k;
+    ngx_http_smartflow_vkey_t         *vkey;
+    ngx_http_smartflow_keys_rq_t      *rq;
+    ngx_http_smartflow_keys_settle_t  *st;
 
     rq = ctx->keys_redis;
 
@@ -1346,22 +1379,13 @@ ngx_http_smartflow_keys_redis_settle(ngx_http_request_t *r,
     }
 
     vkey = ctx->vkey;
-
-    n[0] = vkey->window;
-    n[1] = (uint64_t) vkey->period_start;
-    n[2] = vkey->est_tokens;
-    n[3] = vkey->est_cost;
-    n[4] = prompt;
-    n[5] = completion;
-    n[6] = cost;
-    n[7] = (uint64_t) vkey->period_start;
+    now_ps = vkey->period_start;
 
     ngx_shmtx_lock(&ngx_sf_kz->shpool->mutex);
 
     k = ngx_smartflow_keys_by_id(ngx_sf_kz->sh, vkey->id);
     if (k) {
-        n[7] = (uint64_t) ngx_smartflow_keys_period_start(k->period,
-                                                           ngx_time());
+        now_ps = ngx_smartflow_keys_period_start(k->period, ngx_time());
     }
 
     if (k && !ngx_smartflow_redis_up(ngx_sf_kz->redis)) {
@@ -1377,29 +1401,95 @@ ngx_http_smartflow_keys_redis_settle(ngx_http_request_t *r,
 
     ngx_shmtx_unlock(&ngx_sf_kz->shpool->mutex);
 
-    p = buf;
-    args[0] = p;
-    lens[0] = ngx_http_smartflow_keys_counters(p, vkey->id);
-    p += lens[0];
+    for (i = 0; i < ngx_sf_nsettles; i++) {
+        st = &ngx_sf_settles[i];
 
-    for (i = 0; i < 8; i++) {
-        args[1 + i] = p;
-        p = ngx_sprintf(p, "%uL", n[i]);
-        lens[1 + i] = p - args[1 + i];
+        if (st->id == vkey->id && st->window == vkey->window
+            && st->period_start == vkey->period_start
+            && st->period_now == now_ps)
+        {
+            goto add;
+        }
     }
 
-    args[9] = rq->token;
-    lens[9] = rq->token_len;
-
-    op = ngx_http_smartflow_keys_op(NGX_SF_SCRIPT_SETTLE, vkey->id, 1, 10,
-                                    args, lens);
-    if (op == NULL) {
-        return NGX_OK;
+    if (ngx_sf_nsettles == NGX_SMARTFLOW_KEYS_SETTLES) {
+        ngx_http_smartflow_keys_flush(&ngx_sf_flush_event);
     }
 
-    ngx_http_smartflow_keys_op_submit(op);
+    st = &ngx_sf_settles[ngx_sf_nsettles++];
+    ngx_memzero(st, sizeof(ngx_http_smartflow_keys_settle_t));
+
+    st->id = vkey->id;
+    st->window = vkey->window;
+    st->period_start = vkey->period_start;
+    st->period_now = now_ps;
+
+add:
+
+    st->est_tokens += vkey->est_tokens;
+    st->est_cost += vkey->est_cost;
+    st->prompt += prompt;
+    st->completion += completion;
+    st->cost += cost;
+
+    if (!ngx_sf_flush_event.timer_set) {
+        ngx_add_timer(&ngx_sf_flush_event, NGX_SMARTFLOW_KEYS_GATHER);
+    }
 
     return NGX_OK;
+}
+
+
+/* the gathered settlements, one script for each key */
+static void
+ngx_http_smartflow_keys_flush(ngx_event_t *ev)
+{
+    size_t                             lens[10];
+    u_char                            *p, *args[10];
+    ngx_uint_t                         i, j;
+    ngx_http_smartflow_keys_op_t      *op;
+    ngx_http_smartflow_keys_settle_t  *st;
+    uint64_t                           n[8];
+    u_char                             buf[96 + 8 * (NGX_INT64_LEN + 1)];
+
+    if (ev->timer_set) {
+        ngx_del_timer(ev);
+    }
+
+    for (i = 0; i < ngx_sf_nsettles; i++) {
+        st = &ngx_sf_settles[i];
+
+        n[0] = st->window;
+        n[1] = (uint64_t) st->period_start;
+        n[2] = st->est_tokens;
+        n[3] = st->est_cost;
+        n[4] = st->prompt;
+        n[5] = st->completion;
+        n[6] = st->cost;
+        n[7] = (uint64_t) st->period_now;
+
+        p = buf;
+        args[0] = p;
+        lens[0] = ngx_http_smartflow_keys_counters(p, st->id);
+        p += lens[0];
+
+        for (j = 0; j < 8; j++) {
+            args[1 + j] = p;
+            p = ngx_sprintf(p, "%uL", n[j]);
+            lens[1 + j] = p - args[1 + j];
+        }
+
+        args[9] = p;
+        lens[9] = ngx_http_smartflow_keys_token(p);
+
+        op = ngx_http_smartflow_keys_op(NGX_SF_SCRIPT_SETTLE, st->id, 1, 10,
+                                        args, lens);
+        if (op) {
+            ngx_http_smartflow_keys_op_submit(op);
+        }
+    }
+
+    ngx_sf_nsettles = 0;
 }
 
 
