@@ -3,6 +3,8 @@
 # bench/run.sh, or alone):
 #
 #   (a) plain     nginx proxy_pass to a static upstream
+#   (g) gateway   the same pipeline with the master key: no key lookup,
+#                 no limits (the reference for what the key path adds)
 #   (e) embedded  a virtual key with rpm, tpm and a budget: its digest
 #                 looked up in the keys zone, the request counted and its
 #                 estimate reserved under the zone's lock, settled in the
@@ -13,7 +15,7 @@
 #
 # The same method as bench/run.sh: one front worker on CPU 0, the upstream
 # worker, redis-server and wrk on CPU 1; a warm-up per case, then
-# BENCH_ROUNDS rounds alternating a, e, r; the medians are compared.
+# BENCH_ROUNDS rounds alternating a, g, e, r; the medians are compared.
 # Targets: throughput e/a >= 0.85 and r/a >= 0.7; missing them prints
 # FAIL but exits 0.  Non-2xx answers, socket errors or errors in the logs
 # make the run invalid (exit 1).  The summary goes to
@@ -249,7 +251,8 @@ key_red=$(mkkey "$port_red")
 [ -n "$key_emb" ] && [ -n "$key_red" ] || die "no virtual key made"
 
 # each case checked once: served, with the key's headers
-for c in "plain $port_plain $master" "embedded $port_emb $key_emb" \
+for c in "plain $port_plain $master" "gateway $port_emb $master" \
+         "embedded $port_emb $key_emb" \
          "redis $port_red $key_red"
 do
     set -- $c
@@ -259,7 +262,7 @@ do
               -H "Authorization: Bearer $3" -d "$body")
     [[ $out == *"HTTP/1.1 200"* && $out == *chat.completion* ]] \
         || die "$1: not served: $out"
-    if [ "$1" != plain ]; then
+    if [ "$1" = embedded ] || [ "$1" = redis ]; then
         [[ $out == *x-ratelimit-remaining-requests* ]] \
             || die "$1: no x-ratelimit headers: $out"
     fi
@@ -281,14 +284,34 @@ end
 LUA
 }
 script plain "$master"
+script gateway "$master"
 script embedded "$key_emb"
 script redis "$key_red"
 
-declare -A url=([plain]=$port_plain [embedded]=$port_emb [redis]=$port_red)
+declare -A url=([plain]=$port_plain [gateway]=$port_emb [embedded]=$port_emb
+                [redis]=$port_red)
 
-# run CASE SECONDS: sets r_rps, r_p99
+ticks() {
+    awk '{ print $14 + $15 }' "/proc/$1/stat"
+}
+
+worker_of() {
+    ps -o pid= --ppid "$(cat "$state/$1/nginx.pid")" | tr -d ' '
+}
+
+declare -A worker=([plain]=$(worker_of embedded)
+                   [gateway]=$(worker_of embedded)
+                   [embedded]=$(worker_of embedded)
+                   [redis]=$(worker_of redis))
+redis_pid=${pids[0]}
+clk_tck=$(getconf CLK_TCK)
+
+# run CASE SECONDS: sets r_rps, r_p99, r_front_us and r_redis_us (CPU
+# time per request of the front worker and of redis-server)
 run() {
-    local out=$state/wrk-$1.txt line
+    local out=$state/wrk-$1.txt line f0 f1 s0 s1
+    f0=$(ticks "${worker[$1]}")
+    s0=$(ticks "$redis_pid")
     "${on1[@]}" wrk -t1 -c"$conns" -d"${2}s" --timeout 5s --latency \
         -s "$state/$1.lua" "http://127.0.0.1:${url[$1]}/v1/chat/completions" \
         > "$out" 2>&1 || { cat "$out" >&2; die "wrk failed ($1)"; }
@@ -300,6 +323,11 @@ run() {
     r_rps=$(awk -v n="${BASH_REMATCH[1]}" -v d="${BASH_REMATCH[2]}" \
                 'BEGIN { printf "%.1f", n / (d / 1e6) }')
     r_p99=${BASH_REMATCH[3]}
+    f1=$(ticks "${worker[$1]}")
+    s1=$(ticks "$redis_pid")
+    read -r r_front_us r_redis_us < <(awk -v f="$((f1 - f0))" \
+        -v s="$((s1 - s0))" -v n="${BASH_REMATCH[1]}" -v hz="$clk_tck" \
+        'BEGIN { printf "%.1f %.1f\n", f * 1e6 / hz / n, s * 1e6 / hz / n }')
 }
 
 median() {
@@ -309,21 +337,25 @@ median() {
 
 echo "Smartflow virtual-key benchmark: $(nproc) CPUs, $pin_note"
 echo "  wrk -t1 -c$conns -d${duration}s, ${#body}-byte chat body;" \
-     "warm-up ${warmup}s each, $rounds rounds alternating a, e, r"
+     "warm-up ${warmup}s each, $rounds rounds alternating a, g, e, r"
 
-for c in plain embedded redis; do
+for c in plain gateway embedded redis; do
     run "$c" "$warmup"
 done
 
-declare -A rps p99
-printf '%-6s %-9s %10s %8s\n' round case req/s p99_ms
+declare -A rps p99 fus rus
+printf '%-6s %-9s %10s %8s %9s %9s\n' round case req/s p99_ms front_us \
+    redis_us
 for ((i = 1; i <= rounds; i++)); do
-    for c in plain embedded redis; do
+    for c in plain gateway embedded redis; do
         run "$c" "$duration"
         rps[$c]+="$r_rps "
         p99[$c]+="$r_p99 "
-        printf '%-6s %-9s %10s %8.2f\n' "$i" "$c" "$r_rps" \
-            "$(awk -v u="$r_p99" 'BEGIN { print u / 1000 }')"
+        fus[$c]+="$r_front_us "
+        rus[$c]+="$r_redis_us "
+        printf '%-6s %-9s %10s %8.2f %9s %9s\n' "$i" "$c" "$r_rps" \
+            "$(awk -v u="$r_p99" 'BEGIN { print u / 1000 }')" \
+            "$r_front_us" "$r_redis_us"
     done
 done
 
@@ -336,12 +368,19 @@ done
 # shellcheck disable=SC2086
 {
     a=$(median ${rps[plain]}); e=$(median ${rps[embedded]})
+    g=$(median ${rps[gateway]}); pg=$(median ${p99[gateway]})
+    fg=$(median ${fus[gateway]})
     r=$(median ${rps[redis]})
     pa=$(median ${p99[plain]}); pe=$(median ${p99[embedded]})
     pr=$(median ${p99[redis]})
+    fa=$(median ${fus[plain]}); fe=$(median ${fus[embedded]})
+    fr=$(median ${fus[redis]}); rr_us=$(median ${rus[redis]})
 }
 re=$(awk -v a="$a" -v b="$e" 'BEGIN { printf "%.3f", b / a }')
 rr=$(awk -v a="$a" -v b="$r" 'BEGIN { printf "%.3f", b / a }')
+rg=$(awk -v a="$a" -v b="$g" 'BEGIN { printf "%.3f", b / a }')
+reg=$(awk -v a="$g" -v b="$e" 'BEGIN { printf "%.3f", b / a }')
+rrg=$(awk -v a="$g" -v b="$r" 'BEGIN { printf "%.3f", b / a }')
 ve=$(awk -v v="$re" -v l="$min_embedded" 'BEGIN { print ((v >= l) ? "PASS" : "FAIL") }')
 vr=$(awk -v v="$rr" -v l="$min_redis" 'BEGIN { print ((v >= l) ? "PASS" : "FAIL") }')
 
@@ -349,8 +388,15 @@ echo
 echo "median of $rounds rounds"
 printf '%-28s %10s %8s\n' "" req/s p99_ms
 printf '%-28s %10s %8.2f\n' "(a) nginx proxy_pass" "$a" "$(awk -v u="$pa" 'BEGIN { print u / 1000 }')"
+printf '%-28s %10s %8.2f\n' "(g) gateway, master key" "$g" "$(awk -v u="$pg" 'BEGIN { print u / 1000 }')"
 printf '%-28s %10s %8.2f\n' "(e) virtual key, embedded" "$e" "$(awk -v u="$pe" 'BEGIN { print u / 1000 }')"
 printf '%-28s %10s %8.2f\n' "(r) virtual key, redis" "$r" "$(awk -v u="$pr" 'BEGIN { print u / 1000 }')"
+printf 'front CPU per request: %s us plain, %s us gateway, %s us embedded,' \
+    "$fa" "$fg" "$fe"
+printf ' %s us redis' "$fr"
+printf ' (+ %s us in redis-server)\n' "$rr_us"
+printf 'throughput g/a  %s (the pipeline without keys)\n' "$rg"
+printf 'throughput e/g  %s, r/g %s (what the key path adds)\n' "$reg" "$rrg"
 printf 'throughput e/a  %s >= %s  %s\n' "$re" "$min_embedded" "$ve"
 printf 'throughput r/a  %s >= %s  %s\n' "$rr" "$min_redis" "$vr"
 
@@ -361,9 +407,14 @@ cat > "$outdir/keys.json" <<JSON
   "commit": "$(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)",
   "pinning": "$pin_note",
   "connections": $conns, "duration_s": $duration, "rounds": $rounds,
-  "median_rps": {"plain": $a, "embedded": $e, "redis": $r},
+  "median_rps": {"plain": $a, "gateway": $g, "embedded": $e, "redis": $r},
   "median_p99_us": {"plain": $pa, "embedded": $pe, "redis": $pr},
-  "ratio": {"embedded": $re, "redis": $rr},
+  "front_cpu_us_per_request": {"plain": $fa, "gateway": $fg,
+                               "embedded": $fe,
+                               "redis": $fr},
+  "redis_server_cpu_us_per_request": $rr_us,
+  "ratio": {"embedded": $re, "redis": $rr, "gateway": $rg,
+            "embedded_vs_gateway": $reg, "redis_vs_gateway": $rrg},
   "targets": {"embedded_min": $min_embedded, "redis_min": $min_redis},
   "result": {"embedded": "$ve", "redis": "$vr"}
 }
