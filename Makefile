@@ -74,7 +74,7 @@ test: modules verify asan-modules
 	@scripts/test.sh
 	@SMARTFLOW_ASAN=1 scripts/test.sh $(ASAN_SUITES)
 
-ASAN_SUITES ?= $(wildcard t/proxy t/providers t/keys t/audit) t/clients
+ASAN_SUITES ?= $(wildcard t/proxy t/providers t/keys t/audit t/redis) t/clients
 
 asan-modules: $(BUILD)/.deps
 	@$(MAKE) --no-print-directory modules BUILD=$(CURDIR)/build-asan \

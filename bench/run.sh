@@ -888,5 +888,11 @@ JSON
 mv "$outdir/result.json.tmp" "$outdir/result.json"
 echo "summary: $outdir/result.json"
 
+# the virtual-key path, embedded and with Redis (BENCH_KEYS=0 skips it)
+if [ "${BENCH_KEYS:-1}" = 1 ]; then
+    echo
+    "$top/bench/keys.sh" || die "the virtual-key scenario failed"
+fi
+
 ok=1
 exit 0

@@ -16,6 +16,7 @@
 #include <openssl/crypto.h>
 
 #include "ngx_http_smartflow_keys.h"
+#include "ngx_smartflow_redis.h"
 
 
 static ngx_int_t ngx_http_smartflow_find_key(ngx_http_request_t *r,
@@ -28,6 +29,8 @@ static void ngx_http_smartflow_keys_window(ngx_http_smartflow_vkey_t *vkey,
     ngx_smartflow_key_t *k, uint64_t now_ms);
 static ngx_int_t ngx_http_smartflow_keys_stage(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx);
+static ngx_int_t ngx_http_smartflow_keys_local_rpm(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_keys_zone_t *kz);
 static uint64_t ngx_http_smartflow_keys_cost(ngx_http_smartflow_vkey_t *vkey,
     uint64_t prompt, uint64_t completion);
 static u_char *ngx_http_smartflow_keys_usd(ngx_http_request_t *r,
@@ -72,6 +75,10 @@ ngx_http_smartflow_access_handler(ngx_http_request_t *r)
     if (ctx->authorized) {
         /* already checked before an internal redirect */
         return NGX_OK;
+    }
+
+    if (ngx_http_smartflow_keys_redis_waiting(r, ctx)) {
+        return NGX_AGAIN;
     }
 
     if (ngx_http_smartflow_find_key(r, &key) != NGX_OK) {
@@ -171,6 +178,10 @@ ngx_http_smartflow_virtual_key(ngx_http_request_t *r,
     smcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_proxy_module);
     kz = smcf->keys;
 
+    if (ngx_http_smartflow_keys_redis_down(kz)) {
+        return ngx_http_smartflow_keys_redis_unavailable(r);
+    }
+
     now = ngx_time();
     now_ms = ngx_smartflow_keys_now_ms();
     revoked = 0;
@@ -192,6 +203,13 @@ ngx_http_smartflow_virtual_key(ngx_http_request_t *r,
     if (s == NULL) {
         ngx_shmtx_unlock(&kz->shpool->mutex);
 
+        /* made on another node a moment ago? */
+        if (kz->redis
+            && ngx_http_smartflow_keys_redis_pull(r, ctx) == NGX_AGAIN)
+        {
+            return NGX_AGAIN;
+        }
+
         return ngx_http_smartflow_error(r, NGX_HTTP_UNAUTHORIZED,
                    "invalid_request_error", "invalid_api_key", NULL,
                    "Incorrect API key provided: %*s****.",
@@ -212,8 +230,13 @@ ngx_http_smartflow_virtual_key(ngx_http_request_t *r,
 
         ngx_smartflow_keys_roll(k, now, now_ms);
 
-        /* requests for completions count; /v1/models does not */
-        if (vkey && ctx->api < NGX_HTTP_SMARTFLOW_API_MODELS) {
+        /*
+         * requests for completions count; /v1/models does not; with
+         * Redis, the pipeline stage counts them there
+         */
+        if (vkey && ctx->api < NGX_HTTP_SMARTFLOW_API_MODELS
+            && kz->redis == NULL)
+        {
             used = k->window_requests;
 
             if (k->rpm == NGX_HTTP_SMARTFLOW_UNLIMITED || used < k->rpm) {
@@ -379,10 +402,12 @@ static ngx_int_t
 ngx_http_smartflow_keys_stage(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx)
 {
-    time_t                           now;
-    uint64_t                         now_ms, prompt, completion, used;
-    uint64_t                         spent, left;
-    ngx_uint_t                       i, refused, period;
+    time_t                            now;
+    uint64_t                          now_ms, prompt, completion, used;
+    uint64_t                          spent, left;
+    ngx_int_t                         rc;
+    ngx_uint_t                        i, refused, period;
+    ngx_http_smartflow_keys_verdict_t  *v;
     ngx_str_t                       *model;
     ngx_smartflow_key_t             *k;
     ngx_smartflow_json_t            *j;
@@ -469,6 +494,70 @@ ngx_http_smartflow_keys_stage(ngx_http_request_t *r,
     now_ms = ngx_smartflow_keys_now_ms();
     refused = 0;
 
+    if (kz->redis) {
+        rc = ngx_http_smartflow_keys_redis_reserve(r, ctx, &v);
+
+        if (rc == NGX_AGAIN) {
+            return NGX_AGAIN;
+        }
+
+        if (rc == NGX_OK) {
+            /* Redis decided, for every node */
+            period = NGX_SMARTFLOW_PERIOD_TOTAL;
+
+            ngx_shmtx_lock(&kz->shpool->mutex);
+
+            k = ngx_smartflow_keys_by_id(kz->sh, vkey->id);
+            if (k) {
+                period = k->period;
+            }
+
+            ngx_shmtx_unlock(&kz->shpool->mutex);
+
+            used = v->used;
+            spent = v->spent;
+            left = v->left;
+
+            switch (v->done) {
+
+            case NGX_SMARTFLOW_VERDICT_RPM:
+                vkey->retry_after = (vkey->reset + 999) / 1000;
+
+                return ngx_http_smartflow_error(r,
+                           NGX_HTTP_TOO_MANY_REQUESTS, "requests",
+                           "rate_limit_exceeded", NULL,
+                           "Rate limit reached for virtual key %V on "
+                           "requests per min (RPM): Limit %uL, Used %uL, "
+                           "Requested 1. Please try again in %Ts.",
+                           &ctx->key_id, vkey->rpm, used,
+                           vkey->retry_after);
+
+            case NGX_SMARTFLOW_VERDICT_TPM:
+                refused = 1;
+                break;
+
+            case NGX_SMARTFLOW_VERDICT_BUDGET:
+                refused = 2;
+                break;
+
+            default:
+                return NGX_DECLINED;
+            }
+
+            goto refuse;
+        }
+
+        /* Redis is away */
+        if (kz->redis->fail_closed) {
+            return ngx_http_smartflow_keys_redis_unavailable(r);
+        }
+
+        rc = ngx_http_smartflow_keys_local_rpm(r, ctx, kz);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+    }
+
     ngx_shmtx_lock(&kz->shpool->mutex);
 
     k = ngx_smartflow_keys_by_id(kz->sh, vkey->id);
@@ -509,6 +598,8 @@ ngx_http_smartflow_keys_stage(ngx_http_request_t *r,
 
     ngx_shmtx_unlock(&kz->shpool->mutex);
 
+refuse:
+
     if (refused == 1) {
         vkey->retry_after = (vkey->reset + 999) / 1000;
 
@@ -542,6 +633,59 @@ ngx_http_smartflow_keys_stage(ngx_http_request_t *r,
     }
 
     return NGX_DECLINED;
+}
+
+
+/*
+ * Requests per minute counted in the zone, for a node that serves while
+ * Redis is away; what it counts goes back to Redis later.
+ */
+static ngx_int_t
+ngx_http_smartflow_keys_local_rpm(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_keys_zone_t *kz)
+{
+    uint64_t                    now_ms, used;
+    ngx_smartflow_key_t        *k;
+    ngx_http_smartflow_vkey_t  *vkey;
+
+    vkey = ctx->vkey;
+    now_ms = ngx_smartflow_keys_now_ms();
+    used = 0;
+
+    ngx_shmtx_lock(&kz->shpool->mutex);
+
+    k = ngx_smartflow_keys_by_id(kz->sh, vkey->id);
+
+    if (k) {
+        ngx_smartflow_keys_roll(k, ngx_time(), now_ms);
+
+        used = k->window_requests;
+
+        if (k->rpm == NGX_HTTP_SMARTFLOW_UNLIMITED || used < k->rpm) {
+            k->window_requests++;
+            k->period_requests++;
+            k->requests++;
+            k->off_requests++;
+            kz->sh->version++;
+        }
+
+        ngx_http_smartflow_keys_window(vkey, k, now_ms);
+    }
+
+    ngx_shmtx_unlock(&kz->shpool->mutex);
+
+    if (vkey->rpm != NGX_HTTP_SMARTFLOW_UNLIMITED && used >= vkey->rpm) {
+        vkey->retry_after = (vkey->reset + 999) / 1000;
+
+        return ngx_http_smartflow_error(r, NGX_HTTP_TOO_MANY_REQUESTS,
+                   "requests", "rate_limit_exceeded", NULL,
+                   "Rate limit reached for virtual key %V on requests per "
+                   "min (RPM): Limit %uL, Used %uL, Requested 1. Please "
+                   "try again in %Ts.", &ctx->key_id, vkey->rpm, used,
+                   vkey->retry_after);
+    }
+
+    return NGX_OK;
 }
 
 
@@ -613,12 +757,27 @@ ngx_http_smartflow_keys_log_handler(ngx_http_request_t *r)
     smcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_proxy_module);
     kz = smcf->keys;
 
+    if (kz->redis
+        && ngx_http_smartflow_keys_redis_settle(r, ctx, prompt, completion,
+                                                cost)
+           == NGX_OK)
+    {
+        return NGX_OK;
+    }
+
     ngx_shmtx_lock(&kz->shpool->mutex);
 
     k = ngx_smartflow_keys_by_id(kz->sh, vkey->id);
 
     if (k) {
         ngx_smartflow_keys_roll(k, ngx_time(), ngx_smartflow_keys_now_ms());
+
+        if (kz->redis) {
+            /* given back to Redis when it answers again */
+            k->off_prompt += prompt;
+            k->off_completion += completion;
+            k->off_spend += cost;
+        }
 
         /* a reservation made in an earlier window or period is gone */
         if (k->window == vkey->window) {

@@ -94,6 +94,15 @@ struct ngx_smartflow_key_s {
     uint64_t                    window_requests;
     uint64_t                    window_tokens;
     uint64_t                    window_reserved;
+
+    /* with smartflow_redis: what was served while Redis was away */
+    uint64_t                    off_requests;
+    uint64_t                    off_prompt;
+    uint64_t                    off_completion;
+    uint64_t                    off_spend;
+    uint64_t                    off_unreserve;
+    ngx_uint_t                  rev;        /* the shared record's */
+    ngx_uint_t                  dirty;      /* changed, not yet shared */
 };
 
 
@@ -108,6 +117,11 @@ typedef struct {
     ngx_uint_t                  saved;      /* the version on disk */
     ngx_atomic_t                save_lock;  /* pid of the state writer */
     time_t                      save_started;
+
+    /* with smartflow_redis: the shared records applied here */
+    ngx_uint_t                  redis_ver;
+    u_char                      redis_epoch[48];
+    ngx_atomic_t                redis_down;
 } ngx_smartflow_keys_sh_t;
 
 
@@ -119,6 +133,7 @@ struct ngx_http_smartflow_keys_zone_s {
 #if (NGX_THREADS)
     ngx_thread_pool_t          *thread_pool;
 #endif
+    struct ngx_smartflow_redis_s  *redis;   /* smartflow_redis, or NULL */
 };
 
 
@@ -202,6 +217,49 @@ uint64_t ngx_smartflow_keys_now_ms(void);
 /* the state file */
 ngx_int_t ngx_smartflow_keys_state_load(ngx_http_smartflow_keys_zone_t *kz,
     ngx_log_t *log);
+ngx_int_t ngx_smartflow_keys_state_key(ngx_http_smartflow_keys_zone_t *kz,
+    ngx_pool_t *pool, ngx_smartflow_json_t *j, ngx_str_t *err);
+void ngx_smartflow_keys_state_write_key(ngx_smartflow_out_t *o,
+    ngx_smartflow_key_t *k);
+
+/* Redis, shared by nodes (ngx_http_smartflow_keys_redis.c) */
+char *ngx_http_smartflow_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+void ngx_http_smartflow_keys_redis_init_process(ngx_cycle_t *cycle,
+    ngx_http_smartflow_keys_zone_t *kz);
+void ngx_http_smartflow_keys_redis_exit_process(ngx_cycle_t *cycle);
+ngx_int_t ngx_http_smartflow_keys_redis_waiting(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx);
+ngx_int_t ngx_http_smartflow_keys_redis_pull(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx);
+ngx_int_t ngx_http_smartflow_keys_redis_down(
+    ngx_http_smartflow_keys_zone_t *kz);
+ngx_int_t ngx_http_smartflow_keys_redis_unavailable(ngx_http_request_t *r);
+
+typedef struct {
+    ngx_uint_t                  done;       /* 0, or a verdict below */
+    uint64_t                    used;       /* requests or tokens */
+    uint64_t                    spent;
+    uint64_t                    left;
+} ngx_http_smartflow_keys_verdict_t;
+
+#define NGX_SMARTFLOW_VERDICT_OK      1
+#define NGX_SMARTFLOW_VERDICT_RPM     2
+#define NGX_SMARTFLOW_VERDICT_TPM     3
+#define NGX_SMARTFLOW_VERDICT_BUDGET  4
+#define NGX_SMARTFLOW_VERDICT_FAILED  5
+
+ngx_int_t ngx_http_smartflow_keys_redis_reserve(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_keys_verdict_t **v);
+ngx_int_t ngx_http_smartflow_keys_redis_settle(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, uint64_t prompt, uint64_t completion,
+    uint64_t cost);
+ngx_int_t ngx_http_smartflow_keys_redis_next_id(ngx_http_request_t *r,
+    ngx_uint_t *id);
+ngx_int_t ngx_http_smartflow_keys_api_rerun(ngx_http_request_t *r);
+ngx_int_t ngx_http_smartflow_keys_redis_put(ngx_http_request_t *r,
+    ngx_http_smartflow_keys_zone_t *kz, ngx_uint_t id, ngx_uint_t status,
+    ngx_str_t *json);
 
 /* small parsers and writers */
 ngx_int_t ngx_smartflow_parse_uint(u_char *p, size_t len, uint64_t *out);

@@ -19,6 +19,7 @@
 #include <openssl/rand.h>
 
 #include "ngx_http_smartflow_keys.h"
+#include "ngx_smartflow_redis.h"
 
 
 typedef enum {
@@ -265,6 +266,14 @@ static void
 ngx_http_smartflow_keys_body(ngx_http_request_t *r)
 {
     ngx_http_finalize_request(r, ngx_http_smartflow_keys_run(r));
+}
+
+
+/* once Redis has answered a step of a change */
+ngx_int_t
+ngx_http_smartflow_keys_api_rerun(ngx_http_request_t *r)
+{
+    return ngx_http_smartflow_keys_run(r);
 }
 
 
@@ -681,6 +690,7 @@ ngx_http_smartflow_keys_create(ngx_http_request_t *r,
     time_t                     now;
     ngx_int_t                  rc;
     ngx_str_t                  secret, json;
+    ngx_uint_t                 id;
     ngx_smartflow_out_t        o;
     ngx_smartflow_key_t       *k;
     ngx_smartflow_json_t      *body;
@@ -709,6 +719,12 @@ ngx_http_smartflow_keys_create(ngx_http_request_t *r,
                    "name", "Missing required parameter: 'name'.");
     }
 
+    /* with Redis, ids are given by Redis: this may wait, and run again */
+    rc = ngx_http_smartflow_keys_redis_next_id(r, &id);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
     if (ngx_http_smartflow_keys_secret(r, &secret, digest) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -716,6 +732,18 @@ ngx_http_smartflow_keys_create(ngx_http_request_t *r,
     now = ngx_time();
 
     ngx_shmtx_lock(&kz->shpool->mutex);
+
+    if (id == 0) {
+        id = kz->sh->next_id;
+
+    } else if (ngx_smartflow_keys_by_id(kz->sh, id)) {
+        ngx_shmtx_unlock(&kz->shpool->mutex);
+
+        return ngx_http_smartflow_error(r, NGX_HTTP_CONFLICT,
+                   "invalid_request_error", "duplicate_id", NULL,
+                   "The id vk_%ui given by the shared key store is in "
+                   "use here; please retry.", id);
+    }
 
     if (ngx_smartflow_keys_by_name(kz->sh, &spec.name)) {
         ngx_shmtx_unlock(&kz->shpool->mutex);
@@ -725,7 +753,7 @@ ngx_http_smartflow_keys_create(ngx_http_request_t *r,
                    "A key named \"%V\" exists already.", &spec.name);
     }
 
-    k = ngx_smartflow_keys_alloc(kz, kz->sh->next_id);
+    k = ngx_smartflow_keys_alloc(kz, id);
 
     if (k == NULL) {
         ngx_shmtx_unlock(&kz->shpool->mutex);
@@ -767,9 +795,10 @@ ngx_http_smartflow_keys_create(ngx_http_request_t *r,
 
     ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
                   "smartflow proxy: virtual key vk_%ui \"%V\" created",
-                  (ngx_uint_t) k->node.key, &spec.name);
+                  id, &spec.name);
 
-    return ngx_http_smartflow_send_json(r, NGX_HTTP_CREATED, &json);
+    return ngx_http_smartflow_keys_redis_put(r, kz, id, NGX_HTTP_CREATED,
+                                             &json);
 }
 
 
@@ -996,6 +1025,11 @@ ngx_http_smartflow_keys_change(ngx_http_request_t *r,
     shown = NULL;
     grace = 0;
 
+    if (kz->redis && !ngx_smartflow_redis_up(kz->redis)) {
+        /* a change made here alone would not reach the other nodes */
+        return ngx_http_smartflow_keys_redis_unavailable(r);
+    }
+
     if (r->method == NGX_HTTP_PATCH) {
         rc = ngx_http_smartflow_keys_parse(r, &body);
         if (rc != NGX_OK) {
@@ -1153,7 +1187,7 @@ done:
 
     json.len = o.size;
 
-    return ngx_http_smartflow_send_json(r, NGX_HTTP_OK, &json);
+    return ngx_http_smartflow_keys_redis_put(r, kz, id, NGX_HTTP_OK, &json);
 }
 
 

@@ -39,9 +39,6 @@ typedef struct {
 } ngx_smartflow_keys_field_t;
 
 
-static ngx_int_t ngx_smartflow_keys_state_key(
-    ngx_http_smartflow_keys_zone_t *kz, ngx_pool_t *pool,
-    ngx_smartflow_json_t *j, ngx_str_t *err);
 static ngx_int_t ngx_smartflow_keys_state_num(ngx_smartflow_json_t *obj,
     char *name, uint64_t *out, ngx_uint_t nullable);
 static ngx_int_t ngx_smartflow_keys_state_str(ngx_smartflow_json_t *obj,
@@ -234,7 +231,7 @@ done:
 }
 
 
-static ngx_int_t
+ngx_int_t
 ngx_smartflow_keys_state_key(ngx_http_smartflow_keys_zone_t *kz,
     ngx_pool_t *pool, ngx_smartflow_json_t *j, ngx_str_t *err)
 {
@@ -480,11 +477,8 @@ static void
 ngx_smartflow_keys_state_write(ngx_smartflow_out_t *o,
     ngx_smartflow_keys_sh_t *sh)
 {
-    ngx_str_t                    s;
-    ngx_uint_t                   i;
     ngx_queue_t                 *q;
     ngx_smartflow_key_t         *k;
-    ngx_smartflow_keys_field_t  *f;
 
     ngx_sf_out_lit(o, "{\"smartflow_keys\":");
     ngx_smartflow_out_uint(o, NGX_SMARTFLOW_KEYS_STATE_VERSION);
@@ -502,82 +496,96 @@ ngx_smartflow_keys_state_write(ngx_smartflow_out_t *o,
             ngx_sf_out_lit(o, ",");
         }
 
-        ngx_sf_out_lit(o, "\n{\"id\":");
-        ngx_smartflow_out_uint(o, k->node.key);
-        ngx_sf_out_lit(o, ",\"name\":");
-        ngx_smartflow_out_str(o, &k->name);
-        ngx_sf_out_lit(o, ",\"team\":");
-        ngx_smartflow_out_str(o, &k->team);
-        ngx_sf_out_lit(o, ",\"user\":");
-        ngx_smartflow_out_str(o, &k->user);
-        ngx_sf_out_lit(o, ",\"policy_group\":");
-        ngx_smartflow_out_str(o, &k->policy_group);
-        ngx_sf_out_lit(o, ",\"models\":[");
-
-        for (i = 0; i < k->nmodels; i++) {
-            if (i) {
-                ngx_sf_out_lit(o, ",");
-            }
-
-            ngx_smartflow_out_str(o, &k->models[i]);
-        }
-
-        ngx_sf_out_lit(o, "],\"metadata\":");
-
-        if (k->metadata.data) {
-            ngx_smartflow_out_raw(o, k->metadata.data, k->metadata.len);
-
-        } else {
-            ngx_sf_out_lit(o, "null");
-        }
-
-        ngx_sf_out_lit(o, ",\"rpm\":");
-        ngx_smartflow_out_limit(o, k->rpm);
-        ngx_sf_out_lit(o, ",\"tpm\":");
-        ngx_smartflow_out_limit(o, k->tpm);
-        ngx_sf_out_lit(o, ",\"budget\":");
-        ngx_smartflow_out_limit(o, k->budget);
-        ngx_sf_out_lit(o, ",\"period\":");
-        ngx_smartflow_out_str(o, &ngx_smartflow_periods[k->period]);
-
-        s.data = k->prefix;
-        s.len = NGX_SMARTFLOW_KEY_SHOWN;
-
-        ngx_sf_out_lit(o, ",\"prefix\":");
-        ngx_smartflow_out_str(o, &s);
-        ngx_sf_out_lit(o, ",\"secret\":\"");
-        ngx_smartflow_out_hex(o, k->secret->digest, 32);
-        ngx_sf_out_lit(o, "\"");
-
-        if (k->previous) {
-            ngx_sf_out_lit(o, ",\"previous\":\"");
-            ngx_smartflow_out_hex(o, k->previous->digest, 32);
-            ngx_sf_out_lit(o, "\",\"previous_until\":");
-            ngx_smartflow_out_uint(o, k->previous->until);
-        }
-
-        for (f = ngx_smartflow_keys_times; f->name; f++) {
-            ngx_sf_out_lit(o, ",\"");
-            ngx_smartflow_out_raw(o, (u_char *) f->name,
-                                  ngx_strlen(f->name));
-            ngx_sf_out_lit(o, "\":");
-            ngx_smartflow_out_uint(o, *(time_t *) ((u_char *) k
-                                                   + f->offset));
-        }
-
-        for (f = ngx_smartflow_keys_counters; f->name; f++) {
-            ngx_sf_out_lit(o, ",\"");
-            ngx_smartflow_out_raw(o, (u_char *) f->name,
-                                  ngx_strlen(f->name));
-            ngx_sf_out_lit(o, "\":");
-            ngx_smartflow_out_uint(o, *(uint64_t *) ((u_char *) k
-                                                     + f->offset));
-        }
-
-        ngx_sf_out_lit(o, "}");
+        ngx_sf_out_lit(o, "\n");
+        ngx_smartflow_keys_state_write_key(o, k);
     }
 
     ngx_sf_out_lit(o, "\n]}\n");
+}
+
+
+/* one key as the state file and the shared store keep it */
+void
+ngx_smartflow_keys_state_write_key(ngx_smartflow_out_t *o,
+    ngx_smartflow_key_t *k)
+{
+    ngx_str_t                    s;
+    ngx_uint_t                   i;
+    ngx_smartflow_keys_field_t  *f;
+
+    ngx_sf_out_lit(o, "{\"id\":");
+    ngx_smartflow_out_uint(o, k->node.key);
+    ngx_sf_out_lit(o, ",\"name\":");
+    ngx_smartflow_out_str(o, &k->name);
+    ngx_sf_out_lit(o, ",\"team\":");
+    ngx_smartflow_out_str(o, &k->team);
+    ngx_sf_out_lit(o, ",\"user\":");
+    ngx_smartflow_out_str(o, &k->user);
+    ngx_sf_out_lit(o, ",\"policy_group\":");
+    ngx_smartflow_out_str(o, &k->policy_group);
+    ngx_sf_out_lit(o, ",\"models\":[");
+
+    for (i = 0; i < k->nmodels; i++) {
+        if (i) {
+            ngx_sf_out_lit(o, ",");
+        }
+
+        ngx_smartflow_out_str(o, &k->models[i]);
+    }
+
+    ngx_sf_out_lit(o, "],\"metadata\":");
+
+    if (k->metadata.data) {
+        ngx_smartflow_out_raw(o, k->metadata.data, k->metadata.len);
+
+    } else {
+        ngx_sf_out_lit(o, "null");
+    }
+
+    ngx_sf_out_lit(o, ",\"rpm\":");
+    ngx_smartflow_out_limit(o, k->rpm);
+    ngx_sf_out_lit(o, ",\"tpm\":");
+    ngx_smartflow_out_limit(o, k->tpm);
+    ngx_sf_out_lit(o, ",\"budget\":");
+    ngx_smartflow_out_limit(o, k->budget);
+    ngx_sf_out_lit(o, ",\"period\":");
+    ngx_smartflow_out_str(o, &ngx_smartflow_periods[k->period]);
+
+    s.data = k->prefix;
+    s.len = NGX_SMARTFLOW_KEY_SHOWN;
+
+    ngx_sf_out_lit(o, ",\"prefix\":");
+    ngx_smartflow_out_str(o, &s);
+    ngx_sf_out_lit(o, ",\"secret\":\"");
+    ngx_smartflow_out_hex(o, k->secret->digest, 32);
+    ngx_sf_out_lit(o, "\"");
+
+    if (k->previous) {
+        ngx_sf_out_lit(o, ",\"previous\":\"");
+        ngx_smartflow_out_hex(o, k->previous->digest, 32);
+        ngx_sf_out_lit(o, "\",\"previous_until\":");
+        ngx_smartflow_out_uint(o, k->previous->until);
+    }
+
+    for (f = ngx_smartflow_keys_times; f->name; f++) {
+        ngx_sf_out_lit(o, ",\"");
+        ngx_smartflow_out_raw(o, (u_char *) f->name,
+                              ngx_strlen(f->name));
+        ngx_sf_out_lit(o, "\":");
+        ngx_smartflow_out_uint(o, *(time_t *) ((u_char *) k
+                                               + f->offset));
+    }
+
+    for (f = ngx_smartflow_keys_counters; f->name; f++) {
+        ngx_sf_out_lit(o, ",\"");
+        ngx_smartflow_out_raw(o, (u_char *) f->name,
+                              ngx_strlen(f->name));
+        ngx_sf_out_lit(o, "\":");
+        ngx_smartflow_out_uint(o, *(uint64_t *) ((u_char *) k
+                                                 + f->offset));
+    }
+
+    ngx_sf_out_lit(o, "}");
 }
 
 
@@ -675,7 +683,17 @@ ngx_http_smartflow_keys_init_module(ngx_cycle_t *cycle)
 ngx_int_t
 ngx_http_smartflow_keys_init_process(ngx_cycle_t *cycle)
 {
-    ngx_event_t  *ev;
+    ngx_event_t                     *ev;
+    ngx_http_smartflow_main_conf_t  *smcf;
+
+    if (ngx_get_conf(cycle->conf_ctx, ngx_http_module)) {
+        smcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                           ngx_http_smartflow_proxy_module);
+
+        if (smcf && smcf->keys && smcf->keys->redis) {
+            ngx_http_smartflow_keys_redis_init_process(cycle, smcf->keys);
+        }
+    }
 
     if (!ngx_smartflow_keys_saver()
         || ngx_smartflow_keys_zone(cycle) == NULL)
@@ -704,6 +722,8 @@ void
 ngx_http_smartflow_keys_exit_process(ngx_cycle_t *cycle)
 {
     ngx_http_smartflow_keys_zone_t  *kz;
+
+    ngx_http_smartflow_keys_redis_exit_process(cycle);
 
     if (!ngx_smartflow_keys_saver()) {
         return;

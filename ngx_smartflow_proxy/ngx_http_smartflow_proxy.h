@@ -279,6 +279,7 @@ typedef struct {
     ngx_str_t                   key_id;         /* identity of the caller */
     ngx_str_t                   team;           /* the virtual key's team */
     ngx_http_smartflow_vkey_t  *vkey;           /* NULL for the master key */
+    void                       *keys_redis;     /* keys: a Redis wait */
 
     ngx_uint_t                  stage;          /* next pipeline stage */
 

@@ -1,0 +1,1823 @@
+/*
+ * Virtual keys shared by nodes through Redis (smartflow_redis).  Redis
+ * holds the truth; the keys zone stays as every node's cache of it.
+ *
+ * Keys: each record (the state file's JSON for one key: digests, never
+ * secrets) is in the hash sf:vk under its id, with a revision in
+ * sf:vk:rev taken from the counter sf:vk:ver, which every change bumps.
+ * Every worker polls that counter every 250 ms and pulls the records
+ * newer than those its zone holds; a node that meets a key its zone does
+ * not know pulls at once, so a key made on one node works on the next
+ * request to another.  A poll rather than pub/sub: it needs no second
+ * connection per worker, and it cannot lose a message across a
+ * reconnect.  Ids come from INCR sf:vk:next.  sf:vk:epoch tells a Redis
+ * that lost its data (a restart without persistence): the zones then
+ * pull everything and give back what they hold.
+ *
+ * Limits: one script reserves a request's estimate (requests per minute,
+ * tokens per minute, budget) in the key's counters hash sf:vk:c:ID, and
+ * another settles the actual usage after it, both atomic in Redis and
+ * timed by Redis's clock, so racing nodes see each other's reservations.
+ *
+ * Redis away: fail=open serves from the zone and counts what it served
+ * apart; when Redis answers again each worker gives that back (absorb)
+ * and pulls.  fail=closed refuses virtual keys with 503.  Key changes
+ * need Redis: the admin API answers 503 without it.
+ */
+
+#include <openssl/rand.h>
+
+#include "ngx_http_smartflow_keys.h"
+#include "ngx_smartflow_redis.h"
+
+
+#define NGX_SMARTFLOW_KEYS_POLL     250     /* ms */
+#define NGX_SMARTFLOW_KEYS_GATHER   10      /* ms settlements gather */
+#define NGX_SMARTFLOW_KEYS_SETTLES  64      /* keys gathered at most */
+
+
+typedef struct ngx_http_smartflow_keys_ticket_s
+    ngx_http_smartflow_keys_ticket_t;
+
+/* a request's wait for Redis */
+typedef struct {
+    ngx_http_request_t                 *r;
+    ngx_http_smartflow_keys_ticket_t   *ticket;
+    ngx_http_smartflow_keys_verdict_t   verdict;
+    ngx_uint_t                          pulled;
+    ngx_uint_t                          id;         /* from INCR */
+    ngx_uint_t                          status;
+    ngx_str_t                           json;
+    u_char                              token[48];
+    size_t                              token_len;
+    unsigned                            waiting:1;
+    unsigned                            in_redis:1; /* reserved there */
+    unsigned                            id_failed:1;
+} ngx_http_smartflow_keys_rq_t;
+
+
+/* outlives the request if it has to: its pool cleanup clears rq */
+struct ngx_http_smartflow_keys_ticket_s {
+    ngx_http_smartflow_keys_rq_t       *rq;
+    ngx_http_smartflow_keys_ticket_t   *next;
+};
+
+
+/* settlements of one key gathered before they go to Redis */
+typedef struct {
+    ngx_uint_t                  id;
+    uint64_t                    window;
+    time_t                      period_start;
+    time_t                      period_now;
+    uint64_t                    est_tokens;
+    uint64_t                    est_cost;
+    uint64_t                    prompt;
+    uint64_t                    completion;
+    uint64_t                    cost;
+} ngx_http_smartflow_keys_settle_t;
+
+
+/* a script run without a request */
+typedef struct {
+    ngx_queue_t                 queue;
+    ngx_uint_t                  script;
+    ngx_uint_t                  id;         /* the key */
+    ngx_uint_t                  tries;
+    int                         nkeys;
+    int                         argc;
+    const char                 *argv[24];
+    size_t                      len[24];
+} ngx_http_smartflow_keys_op_t;
+
+
+enum {
+    NGX_SF_SCRIPT_PULL = 0,
+    NGX_SF_SCRIPT_PUT,
+    NGX_SF_SCRIPT_RESERVE,
+    NGX_SF_SCRIPT_SETTLE,
+    NGX_SF_SCRIPT_ABSORB,
+    NGX_SF_SCRIPT_CANCEL,
+    NGX_SF_SCRIPT_MAX
+};
+
+
+static ngx_http_smartflow_keys_rq_t *ngx_http_smartflow_keys_rq(
+    ngx_http_request_t *r, ngx_http_smartflow_ctx_t *ctx);
+static void ngx_http_smartflow_keys_rq_cleanup(void *data);
+static ngx_http_smartflow_keys_ticket_t *ngx_http_smartflow_keys_ticket(
+    ngx_http_smartflow_keys_rq_t *rq);
+static ngx_http_smartflow_keys_rq_t *ngx_http_smartflow_keys_punch(
+    ngx_http_smartflow_keys_ticket_t *t);
+static void ngx_http_smartflow_keys_wait(ngx_http_request_t *r,
+    ngx_http_smartflow_keys_rq_t *rq);
+static void ngx_http_smartflow_keys_pulled(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data);
+static void ngx_http_smartflow_keys_apply(ngx_smartflow_redis_t *rd,
+    redisReply *reply);
+static void ngx_http_smartflow_keys_poll(ngx_event_t *ev);
+static void ngx_http_smartflow_keys_polled(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data);
+static void ngx_http_smartflow_keys_up(ngx_smartflow_redis_t *rd);
+static ngx_http_smartflow_keys_op_t *ngx_http_smartflow_keys_op(
+    ngx_uint_t script, ngx_uint_t id, int nkeys, int n, u_char **args,
+    size_t *lens);
+static void ngx_http_smartflow_keys_op_submit(
+    ngx_http_smartflow_keys_op_t *op);
+static void ngx_http_smartflow_keys_op_done(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data);
+static size_t ngx_http_smartflow_keys_token(u_char *buf);
+static void ngx_http_smartflow_keys_flush(ngx_event_t *ev);
+static void ngx_http_smartflow_keys_reserved(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data);
+static void ngx_http_smartflow_keys_window_snapshot(redisReply *reply,
+    ngx_uint_t id);
+static void ngx_http_smartflow_keys_snapshot(redisReply *reply,
+    ngx_uint_t from, ngx_uint_t id);
+static void ngx_http_smartflow_keys_got_id(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data);
+static void ngx_http_smartflow_keys_stored(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data);
+static uint64_t ngx_http_smartflow_keys_num(redisReply *reply);
+static size_t ngx_http_smartflow_keys_counters(u_char *buf, ngx_uint_t id);
+
+
+/*
+ * KEYS none.  ARGV: the version this zone applied, the epoch it knows.
+ * Returns {version, epoch, id, rev, record, id, rev, record, ...}.
+ */
+static char ngx_http_smartflow_keys_lua_pull[] =
+"local ep = redis.call('GET', 'sf:vk:epoch')\n"
+"if not ep then\n"
+"  local t = redis.call('TIME')\n"
+"  ep = t[1] .. '.' .. t[2]\n"
+"  redis.call('SET', 'sf:vk:epoch', ep)\n"
+"end\n"
+"local ver = tonumber(redis.call('GET', 'sf:vk:ver') or '0')\n"
+"local since = tonumber(ARGV[1])\n"
+"if ep ~= ARGV[2] then since = -1 end\n"
+"local out = {ver, ep}\n"
+"if ver == since then return out end\n"
+"local revs = redis.call('HGETALL', 'sf:vk:rev')\n"
+"for i = 1, #revs, 2 do\n"
+"  if tonumber(revs[i + 1]) > since then\n"
+"    out[#out + 1] = revs[i]\n"
+"    out[#out + 1] = revs[i + 1]\n"
+"    out[#out + 1] = redis.call('HGET', 'sf:vk', revs[i]) or ''\n"
+"  end\n"
+"end\n"
+"return out\n";
+
+
+/* ARGV: id, record.  Returns the record's revision. */
+static char ngx_http_smartflow_keys_lua_put[] =
+"local v = redis.call('INCR', 'sf:vk:ver')\n"
+"redis.call('HSET', 'sf:vk', ARGV[1], ARGV[2])\n"
+"redis.call('HSET', 'sf:vk:rev', ARGV[1], v)\n"
+"if tonumber(redis.call('GET', 'sf:vk:next') or '0') < tonumber(ARGV[1])\n"
+"then redis.call('SET', 'sf:vk:next', ARGV[1]) end\n"
+"return v\n";
+
+
+/*
+ * The counters, as reserve and settle return them after their own
+ * fields: window start (Redis ms), window requests, window tokens, window
+ * reserved tokens, period start, spent, reserved, period requests,
+ * period prompt and completion tokens, lifetime requests, prompt and
+ * completion tokens, spend.
+ */
+#define NGX_SF_LUA_SNAPSHOT                                                  \
+"local function snap(c)\n"                                                   \
+"  local f = redis.call('HMGET', c, 'w', 'wr', 'wt', 'wres', 'ps', 'sp',\n"  \
+"    'res', 'pr', 'pp', 'pc', 'r', 'p', 'c', 's')\n"                         \
+"  for i = 1, 14 do f[i] = tonumber(f[i] or '0') end\n"                      \
+"  return f\n"                                                               \
+"end\n"                                                                      \
+"local function roll(c, f, now, ps)\n"                                       \
+"  if now >= f[1] + 60000 or now < f[1] then\n"                              \
+"    f[1] = now f[2] = 0 f[3] = 0 f[4] = 0\n"                                \
+"  end\n"                                                                    \
+"  if f[5] ~= ps then\n"                                                     \
+"    f[5] = ps f[6] = 0 f[7] = 0 f[8] = 0 f[9] = 0 f[10] = 0\n"              \
+"  end\n"                                                                    \
+"end\n"                                                                      \
+"local names = {'w', 'wr', 'wt', 'wres', 'ps', 'sp', 'res', 'pr', 'pp',\n"   \
+"  'pc', 'r', 'p', 'c', 's'}\n"                                              \
+"local function save(c, f)\n"                                                \
+"  local a = {}\n"                                                           \
+"  for i = 1, 14 do a[#a + 1] = names[i] a[#a + 1] = f[i] end\n"             \
+"  redis.call('HSET', c, unpack(a))\n"                                       \
+"end\n"                                                                      \
+"local t = redis.call('TIME')\n"                                             \
+"local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+
+
+/*
+ * KEYS: the counters.  ARGV: rpm, tpm, budget (-1: unlimited), estimated
+ * tokens, estimated cost, period start, a token naming the request.
+ * Returns {verdict (0 admitted, 1 rpm, 2 tpm, 3 budget), ms until the
+ * window ends, window start, its requests, its tokens used and reserved,
+ * spent, reserved}.  The token keeps what was reserved for two
+ * minutes, for a settlement or a cancel that may come more than once.
+ */
+static char ngx_http_smartflow_keys_lua_reserve[] =
+"local c, tk = KEYS[1], 'sf:t:' .. ARGV[7]\n"
+"if redis.call('EXISTS', tk) == 1 then return {-1} end\n"
+"local t = redis.call('TIME')\n"
+"local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+"local f = redis.call('HMGET', c, 'w', 'wr', 'wt', 'wres', 'ps', 'sp',\n"
+"  'res')\n"
+"for i = 1, 7 do f[i] = tonumber(f[i] or '0') end\n"
+"if now >= f[1] + 60000 or now < f[1] then\n"
+"  f[1] = now f[2] = 0 f[3] = 0 f[4] = 0\n"
+"end\n"
+"local ps = tonumber(ARGV[6])\n"
+"if f[5] ~= ps then\n"
+"  f[5] = ps f[6] = 0 f[7] = 0\n"
+"  redis.call('HSET', c, 'pr', 0, 'pp', 0, 'pc', 0)\n"
+"end\n"
+"local rpm, tpm, budget = tonumber(ARGV[1]), tonumber(ARGV[2]),\n"
+"  tonumber(ARGV[3])\n"
+"local et, ec = tonumber(ARGV[4]), tonumber(ARGV[5])\n"
+"local v = 0\n"
+"if rpm >= 0 and f[2] >= rpm then v = 1\n"
+"elseif tpm >= 0 and f[3] + f[4] + et > tpm then v = 2\n"
+"elseif budget >= 0 and (f[6] >= budget or ec > budget - f[6] - f[7])\n"
+"then v = 3 end\n"
+"if v == 0 then\n"
+"  f[2] = f[2] + 1 f[4] = f[4] + et f[7] = f[7] + ec\n"
+"  redis.call('HINCRBY', c, 'pr', 1)\n"
+"  redis.call('HINCRBY', c, 'r', 1)\n"
+"  redis.call('SET', tk, f[1] .. ' ' .. f[5] .. ' ' .. et .. ' ' .. ec,\n"
+"    'EX', 120)\n"
+"end\n"
+"redis.call('HSET', c, 'w', f[1], 'wr', f[2], 'wt', f[3], 'wres', f[4],\n"
+"  'ps', f[5], 'sp', f[6], 'res', f[7])\n"
+"return {v, f[1] + 60000 - now, f[1], f[2], f[3] + f[4], f[6], f[7]}\n";
+
+
+/*
+ * KEYS: the counters.  ARGV: the reservation's window and period, its
+ * tokens and cost, then prompt and completion tokens, cost, the period
+ * start now, and the reservation's token.  Returns {counters...}.  Once
+ * only: sent again after a lost answer, it changes nothing.
+ */
+static char ngx_http_smartflow_keys_lua_settle[] =
+NGX_SF_LUA_SNAPSHOT
+"local c, tk = KEYS[1], 'sf:t:' .. ARGV[9]\n"
+"local f = snap(c)\n"
+"if redis.call('GET', tk) == 's' then return f end\n"
+"roll(c, f, now, tonumber(ARGV[8]))\n"
+"local p, o, cost = tonumber(ARGV[5]), tonumber(ARGV[6]),\n"
+"  tonumber(ARGV[7])\n"
+"if f[1] == tonumber(ARGV[1]) then\n"
+"  f[4] = math.max(0, f[4] - tonumber(ARGV[3]))\n"
+"end\n"
+"if f[5] == tonumber(ARGV[2]) then\n"
+"  f[7] = math.max(0, f[7] - tonumber(ARGV[4]))\n"
+"end\n"
+"f[3] = f[3] + p + o f[6] = f[6] + cost f[9] = f[9] + p f[10] = f[10] + o\n"
+"f[12] = f[12] + p f[13] = f[13] + o f[14] = f[14] + cost\n"
+"save(c, f)\n"
+"redis.call('SET', tk, 's', 'EX', 120)\n"
+"return f\n";
+
+
+/*
+ * A reservation whose answer was lost: undone if Redis made it, and
+ * refused if it comes later.  KEYS: the counters.  ARGV: the token.
+ */
+static char ngx_http_smartflow_keys_lua_cancel[] =
+"local tk, c = 'sf:t:' .. ARGV[1], KEYS[1]\n"
+"local v = redis.call('GET', tk)\n"
+"redis.call('SET', tk, 'x', 'EX', 120)\n"
+"if not v or v == 'x' or v == 's' then return 0 end\n"
+"local w, ps, et, ec = string.match(v, '(%S+) (%S+) (%S+) (%S+)')\n"
+"local f = redis.call('HMGET', c, 'w', 'ps', 'wr', 'wres', 'res', 'pr',\n"
+"  'r')\n"
+"local function n(x) return tonumber(x or '0') end\n"
+"if f[1] == w then\n"
+"  redis.call('HSET', c, 'wr', math.max(0, n(f[3]) - 1),\n"
+"    'wres', math.max(0, n(f[4]) - tonumber(et)))\n"
+"end\n"
+"if f[2] == ps then\n"
+"  redis.call('HSET', c, 'res', math.max(0, n(f[5]) - tonumber(ec)),\n"
+"    'pr', math.max(0, n(f[6]) - 1))\n"
+"end\n"
+"redis.call('HSET', c, 'r', math.max(0, n(f[7]) - 1))\n"
+"return 1\n";
+
+
+/*
+ * After an outage.  KEYS: the counters.  ARGV: id, record, 1 if changed
+ * here since it was shared, then the zone's period start, spent, period
+ * requests, prompt, completion, lifetime requests, prompt, completion,
+ * spend (what this node last saw of Redis), then what it served
+ * meanwhile: requests, prompt, completion, cost, and the cost reserved in
+ * Redis but settled here, and a token that makes it count once if it is
+ * sent again.  Each counter becomes the larger of Redis's and this
+ * node's view, plus what was served meanwhile: exact when Redis kept its
+ * data (its counters are never below a node's view), and a rebuild from
+ * the freshest view of the nodes when it lost them.
+ */
+static char ngx_http_smartflow_keys_lua_absorb[] =
+"local id, c, a = ARGV[1], KEYS[1], ARGV\n"
+"local tk = 'sf:t:' .. a[18]\n"
+"if redis.call('EXISTS', tk) == 1 then return 0 end\n"
+"redis.call('SET', tk, 'a', 'EX', 3600)\n"
+"if a[3] == '1' or not redis.call('HGET', 'sf:vk:rev', id) then\n"
+"  local v = redis.call('INCR', 'sf:vk:ver')\n"
+"  redis.call('HSET', 'sf:vk', id, a[2])\n"
+"  redis.call('HSET', 'sf:vk:rev', id, v)\n"
+"end\n"
+"if tonumber(redis.call('GET', 'sf:vk:next') or '0') < tonumber(id)\n"
+"then redis.call('SET', 'sf:vk:next', id) end\n"
+"if redis.call('EXISTS', c) == 0 then\n"
+"  redis.call('HSET', c, 'w', 0, 'wr', 0, 'wt', 0, 'wres', 0, 'ps', a[4],\n"
+"    'res', 0)\n"
+"end\n"
+"local function grow(f, base, d)\n"
+"  local v = tonumber(redis.call('HGET', c, f) or '0')\n"
+"  if tonumber(base) > v then v = tonumber(base) end\n"
+"  redis.call('HSET', c, f, v + tonumber(d))\n"
+"end\n"
+"grow('sp', a[5], a[16]) grow('pr', a[6], a[13]) grow('pp', a[7], a[14])\n"
+"grow('pc', a[8], a[15]) grow('r', a[9], a[13]) grow('p', a[10], a[14])\n"
+"grow('c', a[11], a[15]) grow('s', a[12], a[16])\n"
+"local res = tonumber(redis.call('HGET', c, 'res') or '0')\n"
+"redis.call('HSET', c, 'res', math.max(0, res - tonumber(a[17])))\n"
+"return 1\n";
+
+
+static ngx_uint_t                         ngx_sf_scripts[NGX_SF_SCRIPT_MAX];
+static ngx_http_smartflow_keys_zone_t    *ngx_sf_kz;
+static ngx_event_t                        ngx_sf_poll_event;
+static ngx_uint_t                         ngx_sf_polling;
+static ngx_http_smartflow_keys_ticket_t  *ngx_sf_tickets;
+static ngx_queue_t                        ngx_sf_retry;
+static ngx_event_t                        ngx_sf_flush_event;
+static ngx_http_smartflow_keys_settle_t
+    ngx_sf_settles[NGX_SMARTFLOW_KEYS_SETTLES];
+static ngx_uint_t                         ngx_sf_nsettles;
+static uint64_t                           ngx_sf_node;
+static ngx_uint_t                         ngx_sf_serial;
+
+
+/*
+ * smartflow_redis ADDR [password=P] [db=N] [timeout=TIME]
+ *     [fail=open|closed];
+ */
+char *
+ngx_http_smartflow_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_smartflow_main_conf_t *smcf = conf;
+
+    char                   *rv;
+    ngx_str_t              *value;
+    ngx_smartflow_redis_t  *rd;
+
+    if (smcf->keys == NULL) {
+        return "needs smartflow_keys_zone before it";
+    }
+
+    if (smcf->keys->redis) {
+        return "is duplicate";
+    }
+
+    rd = ngx_pcalloc(cf->pool, sizeof(ngx_smartflow_redis_t));
+    if (rd == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    value = cf->args->elts;
+
+    rv = ngx_smartflow_redis_parse(cf, rd, &value[1], cf->args->nelts - 1);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    if (ngx_smartflow_redis_script(cf, rd, ngx_http_smartflow_keys_lua_pull,
+                                   &ngx_sf_scripts[NGX_SF_SCRIPT_PULL])
+           != NGX_OK
+        || ngx_smartflow_redis_script(cf, rd,
+                                      ngx_http_smartflow_keys_lua_put,
+                                      &ngx_sf_scripts[NGX_SF_SCRIPT_PUT])
+           != NGX_OK
+        || ngx_smartflow_redis_script(cf, rd,
+                                      ngx_http_smartflow_keys_lua_reserve,
+                                      &ngx_sf_scripts[NGX_SF_SCRIPT_RESERVE])
+           != NGX_OK
+        || ngx_smartflow_redis_script(cf, rd,
+                                      ngx_http_smartflow_keys_lua_settle,
+                                      &ngx_sf_scripts[NGX_SF_SCRIPT_SETTLE])
+           != NGX_OK
+        || ngx_smartflow_redis_script(cf, rd,
+                                      ngx_http_smartflow_keys_lua_absorb,
+                                      &ngx_sf_scripts[NGX_SF_SCRIPT_ABSORB])
+           != NGX_OK
+        || ngx_smartflow_redis_script(cf, rd,
+                                      ngx_http_smartflow_keys_lua_cancel,
+                                      &ngx_sf_scripts[NGX_SF_SCRIPT_CANCEL])
+           != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    rd->on_up = ngx_http_smartflow_keys_up;
+    smcf->keys->redis = rd;
+
+    return NGX_CONF_OK;
+}
+
+
+/* in each worker: connect, and poll the shared version */
+void
+ngx_http_smartflow_keys_redis_init_process(ngx_cycle_t *cycle,
+    ngx_http_smartflow_keys_zone_t *kz)
+{
+    ngx_smartflow_redis_t  *rd;
+
+    rd = kz->redis;
+
+    if (rd == NULL) {
+        return;
+    }
+
+    ngx_sf_kz = kz;
+    rd->data = kz;
+
+    ngx_queue_init(&ngx_sf_retry);
+
+    if (RAND_bytes((u_char *) &ngx_sf_node, sizeof(ngx_sf_node)) != 1) {
+        ngx_sf_node = (uint64_t) ngx_random() << 32 ^ ngx_random();
+    }
+    rd->down_flag = &kz->sh->redis_down;
+
+    ngx_sf_poll_event.handler = ngx_http_smartflow_keys_poll;
+    ngx_sf_poll_event.data = &rd->dummy;
+    ngx_sf_poll_event.log = cycle->log;
+    ngx_sf_poll_event.cancelable = 1;
+
+    /* not cancelable: a worker that exits sends what it gathered */
+    ngx_sf_flush_event.handler = ngx_http_smartflow_keys_flush;
+    ngx_sf_flush_event.data = &rd->dummy;
+    ngx_sf_flush_event.log = cycle->log;
+
+    ngx_smartflow_redis_start(rd, cycle->log);
+
+    ngx_add_timer(&ngx_sf_poll_event, NGX_SMARTFLOW_KEYS_POLL);
+}
+
+
+/* the connection goes before the worker: nginx checks none is left */
+void
+ngx_http_smartflow_keys_redis_exit_process(ngx_cycle_t *cycle)
+{
+    redisAsyncContext      *ac;
+    ngx_smartflow_redis_t  *rd;
+
+    rd = ngx_sf_kz ? ngx_sf_kz->redis : NULL;
+
+    if (rd == NULL || rd->ac == NULL) {
+        return;
+    }
+
+    ngx_http_smartflow_keys_flush(&ngx_sf_flush_event);
+
+    /* what is buffered is written now, without waiting for the answers */
+    ac = rd->ac;
+    rd->writing = 1;
+    redisAsyncHandleWrite(ac);
+    rd->writing = 0;
+
+    rd->ac = NULL;
+    rd->state = NGX_SMARTFLOW_REDIS_DOWN;
+
+    redisAsyncFree(ac);
+}
+
+
+/* 1 when virtual keys are to be refused: fail=closed and Redis away */
+ngx_int_t
+ngx_http_smartflow_keys_redis_down(ngx_http_smartflow_keys_zone_t *kz)
+{
+    return kz->redis && kz->redis->fail_closed
+           && !ngx_smartflow_redis_up(kz->redis);
+}
+
+
+ngx_int_t
+ngx_http_smartflow_keys_redis_unavailable(ngx_http_request_t *r)
+{
+    return ngx_http_smartflow_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+               "api_error", "key_store_unavailable", NULL,
+               "The shared key store of this gateway is unreachable; "
+               "please retry shortly.");
+}
+
+
+static ngx_http_smartflow_keys_rq_t *
+ngx_http_smartflow_keys_rq(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx)
+{
+    ngx_pool_cleanup_t            *cln;
+    ngx_http_smartflow_keys_rq_t  *rq;
+
+    if (ctx->keys_redis) {
+        return ctx->keys_redis;
+    }
+
+    rq = ngx_pcalloc(r->pool, sizeof(ngx_http_smartflow_keys_rq_t));
+    if (rq == NULL) {
+        return NULL;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NULL;
+    }
+
+    cln->handler = ngx_http_smartflow_keys_rq_cleanup;
+    cln->data = rq;
+
+    rq->r = r;
+    ctx->keys_redis = rq;
+
+    return rq;
+}
+
+
+static void
+ngx_http_smartflow_keys_rq_cleanup(void *data)
+{
+    ngx_http_smartflow_keys_rq_t *rq = data;
+
+    if (rq->ticket) {
+        rq->ticket->rq = NULL;
+        rq->ticket = NULL;
+    }
+}
+
+
+static ngx_http_smartflow_keys_ticket_t *
+ngx_http_smartflow_keys_ticket(ngx_http_smartflow_keys_rq_t *rq)
+{
+    ngx_http_smartflow_keys_ticket_t  *t;
+
+    t = ngx_sf_tickets;
+
+    if (t) {
+        ngx_sf_tickets = t->next;
+
+    } else {
+        t = ngx_alloc(sizeof(ngx_http_smartflow_keys_ticket_t),
+                      rq->r->connection->log);
+        if (t == NULL) {
+            return NULL;
+        }
+    }
+
+    t->rq = rq;
+    rq->ticket = t;
+
+    return t;
+}
+
+
+/* the answer came: the request, if it still exists */
+static ngx_http_smartflow_keys_rq_t *
+ngx_http_smartflow_keys_punch(ngx_http_smartflow_keys_ticket_t *t)
+{
+    ngx_http_smartflow_keys_rq_t  *rq;
+
+    rq = t->rq;
+
+    if (rq) {
+        rq->ticket = NULL;
+        rq->waiting = 0;
+    }
+
+    t->next = ngx_sf_tickets;
+    ngx_sf_tickets = t;
+
+    return rq;
+}
+
+
+static void
+ngx_http_smartflow_keys_wait(ngx_http_request_t *r,
+    ngx_http_smartflow_keys_rq_t *rq)
+{
+    rq->waiting = 1;
+    r->main->count++;
+}
+
+
+/* a phase handler called again while its request waits */
+ngx_int_t
+ngx_http_smartflow_keys_redis_waiting(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx)
+{
+    ngx_http_smartflow_keys_rq_t  *rq;
+
+    rq = ctx->keys_redis;
+
+    return rq && rq->waiting;
+}
+
+
+/*
+ * ACCESS: a key the zone does not know may be new on another node; one
+ * pull, then the access handler runs again.
+ */
+ngx_int_t
+ngx_http_smartflow_keys_redis_pull(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx)
+{
+    size_t                             len[5];
+    ngx_smartflow_redis_t             *rd;
+    ngx_http_smartflow_keys_rq_t      *rq;
+    ngx_http_smartflow_keys_ticket_t  *t;
+    const char                        *argv[5];
+    u_char                             ver[NGX_INT_T_LEN];
+
+    rd = ngx_sf_kz ? ngx_sf_kz->redis : NULL;
+
+    if (rd == NULL || !ngx_smartflow_redis_up(rd)) {
+        return NGX_DECLINED;
+    }
+
+    rq = ngx_http_smartflow_keys_rq(r, ctx);
+
+    if (rq == NULL || rq->pulled) {
+        return NGX_DECLINED;
+    }
+
+    rq->pulled = 1;
+
+    t = ngx_http_smartflow_keys_ticket(rq);
+    if (t == NULL) {
+        return NGX_DECLINED;
+    }
+
+    argv[3] = (char *) ver;
+    len[3] = ngx_sprintf(ver, "%ui", ngx_sf_kz->sh->redis_ver) - ver;
+    argv[4] = (char *) ngx_sf_kz->sh->redis_epoch;
+    len[4] = ngx_strlen(ngx_sf_kz->sh->redis_epoch);
+
+    if (ngx_smartflow_redis_eval(rd, ngx_sf_scripts[NGX_SF_SCRIPT_PULL],
+                                 ngx_http_smartflow_keys_pulled, t, 0, 5,
+                                 argv, len)
+        != NGX_OK)
+    {
+        (void) ngx_http_smartflow_keys_punch(t);
+        return NGX_DECLINED;
+    }
+
+    ngx_http_smartflow_keys_wait(r, rq);
+
+    /* the access phase runs again once the records are in */
+    r->write_event_handler = ngx_http_request_empty_handler;
+
+    return NGX_AGAIN;
+}
+
+
+static void
+ngx_http_smartflow_keys_pulled(ngx_smartflow_redis_t *rd, redisReply *reply,
+    void *data)
+{
+    ngx_connection_t              *c;
+    ngx_http_request_t            *r;
+    ngx_http_smartflow_keys_rq_t  *rq;
+
+    ngx_http_smartflow_keys_apply(rd, reply);
+
+    rq = ngx_http_smartflow_keys_punch(data);
+
+    if (rq == NULL) {
+        return;
+    }
+
+    r = rq->r;
+    c = r->connection;
+
+    r->main->count--;
+    r->write_event_handler = ngx_http_core_run_phases;
+
+    ngx_http_core_run_phases(r);
+    ngx_http_run_posted_requests(c);
+}
+
+
+/* the records a pull returned go into the zone */
+static void
+ngx_http_smartflow_keys_apply(ngx_smartflow_redis_t *rd, redisReply *reply)
+{
+    size_t                           n;
+    ngx_str_t                        err;
+    ngx_uint_t                       i, id, rev, same, applied;
+    ngx_pool_t                      *pool;
+    redisReply                     **e;
+    ngx_smartflow_key_t             *k, saved;
+    ngx_smartflow_json_t            *j;
+    ngx_smartflow_keys_sh_t         *sh;
+    ngx_http_smartflow_keys_zone_t  *kz;
+
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY
+        || reply->elements < 2 || (reply->elements - 2) % 3
+        || reply->element[0]->type != REDIS_REPLY_INTEGER
+        || reply->element[1]->type != REDIS_REPLY_STRING)
+    {
+        return;
+    }
+
+    kz = rd->data;
+    sh = kz->sh;
+    e = reply->element;
+
+    if (reply->elements == 2) {
+        return;
+    }
+
+    pool = ngx_create_pool(4096, rd->log);
+    if (pool == NULL) {
+        return;
+    }
+
+    n = ngx_min(e[1]->len, sizeof(sh->redis_epoch) - 1);
+    applied = 0;
+
+    ngx_shmtx_lock(&kz->shpool->mutex);
+
+    same = (ngx_strlen(sh->redis_epoch) == n
+            && ngx_strncmp(sh->redis_epoch, e[1]->str, n) == 0);
+
+    for (i = 2; i + 2 < reply->elements; i += 3) {
+        saved.node.key = 0;
+        id = ngx_http_smartflow_keys_num(e[i]);
+        rev = ngx_http_smartflow_keys_num(e[i + 1]);
+
+        if (id == 0 || e[i + 2]->type != REDIS_REPLY_STRING) {
+            continue;
+        }
+
+        k = ngx_smartflow_keys_by_id(sh, id);
+
+        if (k && same && k->rev >= rev) {
+            continue;
+        }
+
+        j = ngx_smartflow_json_parse(pool, (u_char *) e[i + 2]->str,
+                                     e[i + 2]->len, &err);
+        if (j == NULL) {
+            continue;
+        }
+
+        if (k) {
+            /* the record replaces the key; this zone's counters stay */
+            saved = *k;
+            ngx_smartflow_keys_free(kz, k);
+        }
+
+        if (ngx_smartflow_keys_state_key(kz, pool, j, &err) != NGX_OK) {
+            ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                          "smartflow proxy: the shared key vk_%ui cannot "
+                          "be taken in: %V", id, &err);
+
+            k = ngx_smartflow_keys_by_id(sh, id);
+            if (k) {
+                ngx_smartflow_keys_free(kz, k);
+            }
+
+            continue;
+        }
+
+        k = ngx_smartflow_keys_by_id(sh, id);
+
+        if (k && saved.node.key == id) {
+            ngx_memcpy(&k->period_start, &saved.period_start,
+                       sizeof(ngx_smartflow_key_t)
+                       - offsetof(ngx_smartflow_key_t, period_start));
+        }
+
+        if (k) {
+            k->rev = rev;
+            k->dirty = 0;
+        }
+
+        applied++;
+    }
+
+    sh->redis_ver = (ngx_uint_t) e[0]->integer;
+    ngx_memcpy(sh->redis_epoch, e[1]->str, n);
+    sh->redis_epoch[n] = '\0';
+
+    if (applied) {
+        sh->version++;
+    }
+
+    ngx_shmtx_unlock(&kz->shpool->mutex);
+
+    ngx_destroy_pool(pool);
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, rd->log, 0,
+                   "smartflow proxy keys pulled: %ui changed", applied);
+}
+
+
+static void
+ngx_http_smartflow_keys_poll(ngx_event_t *ev)
+{
+    size_t                  len[5];
+    ngx_smartflow_redis_t  *rd;
+    const char             *argv[5];
+    u_char                  ver[NGX_INT_T_LEN];
+
+    rd = ngx_sf_kz->redis;
+
+    if (!ngx_sf_polling && ngx_smartflow_redis_up(rd)) {
+        argv[3] = (char *) ver;
+        len[3] = ngx_sprintf(ver, "%ui", ngx_sf_kz->sh->redis_ver) - ver;
+        argv[4] = (char *) ngx_sf_kz->sh->redis_epoch;
+        len[4] = ngx_strlen(ngx_sf_kz->sh->redis_epoch);
+
+        if (ngx_smartflow_redis_eval(rd,
+                                     ngx_sf_scripts[NGX_SF_SCRIPT_PULL],
+                                     ngx_http_smartflow_keys_polled, NULL,
+                                     0, 5, argv, len)
+            == NGX_OK)
+        {
+            ngx_sf_polling = 1;
+        }
+    }
+
+    if (!ngx_exiting && !ngx_terminate) {
+        ngx_add_timer(ev, NGX_SMARTFLOW_KEYS_POLL);
+    }
+}
+
+
+static void
+ngx_http_smartflow_keys_polled(ngx_smartflow_redis_t *rd, redisReply *reply,
+    void *data)
+{
+    ngx_sf_polling = 0;
+    ngx_http_smartflow_keys_apply(rd, reply);
+}
+
+
+/*
+ * A script run without a request (settle, cancel, absorb), kept by the
+ * worker until Redis has answered it: one that fails waits for the next
+ * connection and is sent again.  Its token makes a second run harmless
+ * when the first one did reach Redis and only its answer was lost.
+ */
+static ngx_http_smartflow_keys_op_t *
+ngx_http_smartflow_keys_op(ngx_uint_t script, ngx_uint_t id, int nkeys,
+    int n, u_char **args, size_t *lens)
+{
+    int                            i;
+    size_t                         size;
+    u_char                        *p;
+    ngx_http_smartflow_keys_op_t  *op;
+
+    size = sizeof(ngx_http_smartflow_keys_op_t);
+
+    for (i = 0; i < n; i++) {
+        size += lens[i];
+    }
+
+    op = ngx_alloc(size, ngx_cycle->log);
+    if (op == NULL) {
+        return NULL;
+    }
+
+    op->script = script;
+    op->id = id;
+    op->nkeys = nkeys;
+    op->argc = 3 + n;
+    op->tries = 0;
+
+    p = (u_char *) (op + 1);
+
+    for (i = 0; i < n; i++) {
+        op->argv[3 + i] = (char *) p;
+        op->len[3 + i] = lens[i];
+        p = ngx_cpymem(p, args[i], lens[i]);
+    }
+
+    return op;
+}
+
+
+static void
+ngx_http_smartflow_keys_op_submit(ngx_http_smartflow_keys_op_t *op)
+{
+    ngx_smartflow_redis_t  *rd;
+
+    rd = ngx_sf_kz->redis;
+
+    if (ngx_smartflow_redis_eval(rd, ngx_sf_scripts[op->script],
+                                 ngx_http_smartflow_keys_op_done, op,
+                                 op->nkeys, op->argc, op->argv, op->len)
+        != NGX_OK)
+    {
+        ngx_queue_insert_tail(&ngx_sf_retry, &op->queue);
+    }
+}
+
+
+static void
+ngx_http_smartflow_keys_op_done(ngx_smartflow_redis_t *rd, redisReply *reply,
+    void *data)
+{
+    ngx_http_smartflow_keys_op_t  *op = data;
+
+    if (reply && reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "smartflow proxy: redis %V: %*s", &rd->name,
+                      (size_t) reply->len, reply->str);
+    }
+
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        if (++op->tries < 20) {
+            ngx_queue_insert_tail(&ngx_sf_retry, &op->queue);
+            return;
+        }
+
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "smartflow proxy: usage of virtual key vk_%ui could "
+                      "not be given to redis", op->id);
+
+    } else if (op->script == NGX_SF_SCRIPT_SETTLE
+               && reply->type == REDIS_REPLY_ARRAY
+               && reply->elements == 14)
+    {
+        ngx_http_smartflow_keys_snapshot(reply, 0, op->id);
+    }
+
+    ngx_free(op);
+}
+
+
+/* a token no other request, worker or node has */
+static size_t
+ngx_http_smartflow_keys_token(u_char *buf)
+{
+    return ngx_sprintf(buf, "%016xL%P%xi", ngx_sf_node, ngx_pid,
+                       ++ngx_sf_serial)
+           - buf;
+}
+
+
+/*
+ * Redis answers (again): the scripts that waited go first, then what this
+ * zone served without Redis goes back, keys Redis lost with it, and the
+ * worker pulls.  Each worker takes what it gives back out of the zone
+ * under the mutex, so nothing is counted twice.
+ */
+static void
+ngx_http_smartflow_keys_up(ngx_smartflow_redis_t *rd)
+{
+    size_t                            size, lens[18];
+    ngx_uint_t                        i;
+    ngx_pool_t                       *pool;
+    ngx_queue_t                      *q, waiting;
+    ngx_smartflow_out_t               o;
+    ngx_smartflow_key_t              *k;
+    ngx_smartflow_keys_sh_t          *sh;
+    ngx_http_smartflow_keys_op_t     *op;
+    ngx_http_smartflow_keys_zone_t   *kz;
+    u_char                           *p, *args[18];
+    uint64_t                          v[14];
+
+    kz = rd->data;
+    sh = kz->sh;
+
+    ngx_queue_init(&waiting);
+
+    if (!ngx_queue_empty(&ngx_sf_retry)) {
+        ngx_queue_add(&waiting, &ngx_sf_retry);
+        ngx_queue_init(&ngx_sf_retry);
+    }
+
+    while (!ngx_queue_empty(&waiting)) {
+        q = ngx_queue_head(&waiting);
+        ngx_queue_remove(q);
+        ngx_http_smartflow_keys_op_submit(
+            ngx_queue_data(q, ngx_http_smartflow_keys_op_t, queue));
+    }
+
+    pool = ngx_create_pool(16384, rd->log);
+    if (pool == NULL) {
+        return;
+    }
+
+    ngx_shmtx_lock(&kz->shpool->mutex);
+
+    for (q = ngx_queue_head(&sh->keys);
+         q != ngx_queue_sentinel(&sh->keys);
+         q = ngx_queue_next(q))
+    {
+        k = ngx_queue_data(q, ngx_smartflow_key_t, queue);
+
+        ngx_memzero(&o, sizeof(ngx_smartflow_out_t));
+        ngx_smartflow_keys_state_write_key(&o, k);
+        size = o.size;
+
+        p = ngx_pnalloc(pool, size + 96 + 14 * (NGX_INT64_LEN + 1));
+        if (p == NULL) {
+            break;
+        }
+
+        args[0] = p;
+        lens[0] = ngx_http_smartflow_keys_counters(p, k->node.key);
+        p += lens[0];
+
+        args[1] = p;
+        p = ngx_sprintf(p, "%ui", (ngx_uint_t) k->node.key);
+        lens[1] = p - args[1];
+
+        o.pos = p;
+        o.size = 0;
+        ngx_smartflow_keys_state_write_key(&o, k);
+
+        args[2] = p;
+        lens[2] = o.size;
+        p += o.size;
+
+        args[3] = (u_char *) (k->dirty ? "1" : "0");
+        lens[3] = 1;
+
+        /*
+         * the view without what was served meanwhile, which travels
+         * apart: the zone keeps the view, so that another worker's
+         * absorb does not count it again
+         */
+        k->spent -= ngx_min(k->spent, k->off_spend);
+        k->spend -= ngx_min(k->spend, k->off_spend);
+        k->period_requests -= ngx_min(k->period_requests, k->off_requests);
+        k->requests -= ngx_min(k->requests, k->off_requests);
+        k->period_prompt -= ngx_min(k->period_prompt, k->off_prompt);
+        k->prompt_tokens -= ngx_min(k->prompt_tokens, k->off_prompt);
+        k->period_completion -= ngx_min(k->period_completion,
+                                        k->off_completion);
+        k->completion_tokens -= ngx_min(k->completion_tokens,
+                                        k->off_completion);
+
+        v[0] = (uint64_t) k->period_start;
+        v[1] = k->spent;
+        v[2] = k->period_requests;
+        v[3] = k->period_prompt;
+        v[4] = k->period_completion;
+        v[5] = k->requests;
+        v[6] = k->prompt_tokens;
+        v[7] = k->completion_tokens;
+        v[8] = k->spend;
+        v[9] = k->off_requests;
+        v[10] = k->off_prompt;
+        v[11] = k->off_completion;
+        v[12] = k->off_spend;
+        v[13] = k->off_unreserve;
+
+        for (i = 0; i < 14; i++) {
+            args[4 + i] = p;
+            p = ngx_sprintf(p, "%uL", v[i]);
+            lens[4 + i] = p - args[4 + i];
+        }
+
+        /* KEYS[1], then ARGV 1-17, and the token as ARGV 18 */
+        {
+            u_char  *t;
+            u_char  *all[19];
+            size_t   all_lens[19];
+
+            t = p;
+            p += ngx_http_smartflow_keys_token(p);
+
+            for (i = 0; i < 18; i++) {
+                all[i] = args[i];
+                all_lens[i] = lens[i];
+            }
+
+            all[18] = t;
+            all_lens[18] = p - t;
+
+            op = ngx_http_smartflow_keys_op(NGX_SF_SCRIPT_ABSORB,
+                                            k->node.key, 1, 19, all,
+                                            all_lens);
+        }
+
+        if (op == NULL) {
+            break;
+        }
+
+        k->off_requests = 0;
+        k->off_prompt = 0;
+        k->off_completion = 0;
+        k->off_spend = 0;
+        k->off_unreserve = 0;
+        k->dirty = 0;
+
+        ngx_queue_insert_tail(&waiting, &op->queue);
+    }
+
+    ngx_shmtx_unlock(&kz->shpool->mutex);
+
+    ngx_destroy_pool(pool);
+
+    while (!ngx_queue_empty(&waiting)) {
+        q = ngx_queue_head(&waiting);
+        ngx_queue_remove(q);
+        ngx_http_smartflow_keys_op_submit(
+            ngx_queue_data(q, ngx_http_smartflow_keys_op_t, queue));
+    }
+
+    /* the records changed elsewhere meanwhile */
+    ngx_http_smartflow_keys_poll(&ngx_sf_poll_event);
+}
+
+
+/*
+ * The pipeline stage: the reservation is made in Redis.  NGX_AGAIN while
+ * it waits (the stage runs again with *v set), NGX_DECLINED when Redis is
+ * away (the stage decides locally), NGX_OK with *v when decided.
+ */
+ngx_int_t
+ngx_http_smartflow_keys_redis_reserve(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_keys_verdict_t **v)
+{
+    size_t                             len[11];
+    u_char                            *p;
+    ngx_uint_t                         i, period;
+    ngx_smartflow_key_t               *k;
+    ngx_smartflow_redis_t             *rd;
+    ngx_http_smartflow_vkey_t         *vkey;
+    ngx_http_smartflow_keys_rq_t      *rq;
+    ngx_http_smartflow_keys_ticket_t  *t;
+    const char                        *argv[11];
+    uint64_t                           n[6];
+    u_char                             buf[32 + 6 * (NGX_INT64_LEN + 1)];
+
+    rd = ngx_sf_kz ? ngx_sf_kz->redis : NULL;
+    vkey = ctx->vkey;
+
+    rq = ngx_http_smartflow_keys_rq(r, ctx);
+    if (rq == NULL) {
+        return NGX_DECLINED;
+    }
+
+    if (rq->verdict.done) {
+        if (rq->verdict.done == NGX_SMARTFLOW_VERDICT_FAILED) {
+            return NGX_DECLINED;
+        }
+
+        *v = &rq->verdict;
+        return NGX_OK;
+    }
+
+    if (rd == NULL || !ngx_smartflow_redis_up(rd)) {
+        return NGX_DECLINED;
+    }
+
+    period = NGX_SMARTFLOW_PERIOD_TOTAL;
+
+    ngx_shmtx_lock(&ngx_sf_kz->shpool->mutex);
+
+    k = ngx_smartflow_keys_by_id(ngx_sf_kz->sh, vkey->id);
+    if (k) {
+        period = k->period;
+    }
+
+    ngx_shmtx_unlock(&ngx_sf_kz->shpool->mutex);
+
+    vkey->period_start = ngx_smartflow_keys_period_start(period, ngx_time());
+
+    n[0] = vkey->rpm;
+    n[1] = vkey->tpm;
+    n[2] = vkey->budget;
+    n[3] = vkey->est_tokens;
+    n[4] = vkey->est_cost;
+    n[5] = (uint64_t) vkey->period_start;
+
+    p = buf;
+    argv[3] = (char *) p;
+    len[3] = ngx_http_smartflow_keys_counters(p, vkey->id);
+    p += len[3];
+
+    for (i = 0; i < 6; i++) {
+        argv[4 + i] = (char *) p;
+
+        if (i < 3 && n[i] == NGX_HTTP_SMARTFLOW_UNLIMITED) {
+            p = ngx_cpymem(p, "-1", 2);
+
+        } else {
+            p = ngx_sprintf(p, "%uL", n[i]);
+        }
+
+        len[4 + i] = p - (u_char *) argv[4 + i];
+    }
+
+    rq->token_len = ngx_http_smartflow_keys_token(rq->token);
+    argv[10] = (char *) rq->token;
+    len[10] = rq->token_len;
+
+    t = ngx_http_smartflow_keys_ticket(rq);
+    if (t == NULL) {
+        return NGX_DECLINED;
+    }
+
+    if (ngx_smartflow_redis_eval(rd, ngx_sf_scripts[NGX_SF_SCRIPT_RESERVE],
+                                 ngx_http_smartflow_keys_reserved, t, 1, 11,
+                                 argv, len)
+        != NGX_OK)
+    {
+        (void) ngx_http_smartflow_keys_punch(t);
+        return NGX_DECLINED;
+    }
+
+    ngx_http_smartflow_keys_wait(r, rq);
+
+    return NGX_AGAIN;
+}
+
+
+static void
+ngx_http_smartflow_keys_reserved(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data)
+{
+    size_t                          lens[2];
+    u_char                         *args[2];
+    uint64_t                        verdict, reset, used, tokens;
+    ngx_connection_t               *c;
+    ngx_http_smartflow_keys_op_t   *op;
+    u_char                          counters[32];
+    ngx_http_request_t             *r;
+    ngx_http_smartflow_ctx_t       *ctx;
+    ngx_http_smartflow_vkey_t      *vkey;
+    ngx_http_smartflow_keys_rq_t   *rq;
+
+    rq = ngx_http_smartflow_keys_punch(data);
+
+    ctx = rq ? ngx_http_smartflow_get_ctx(rq->r) : NULL;
+
+    if (reply && reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "smartflow proxy: redis %V: %*s", &rd->name,
+                      (size_t) reply->len, reply->str);
+    }
+
+    if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 7) {
+        ngx_http_smartflow_keys_window_snapshot(reply,
+                                                ctx ? ctx->vkey->id : 0);
+
+    } else {
+        reply = NULL;
+    }
+
+    if (rq == NULL) {
+        return;
+    }
+
+    r = rq->r;
+    c = r->connection;
+    vkey = ctx->vkey;
+
+    if (reply == NULL) {
+        /* Redis may have made the reservation: it is undone there */
+        rq->verdict.done = NGX_SMARTFLOW_VERDICT_FAILED;
+
+        args[0] = counters;
+        lens[0] = ngx_http_smartflow_keys_counters(counters, vkey->id);
+        args[1] = rq->token;
+        lens[1] = rq->token_len;
+
+        op = ngx_http_smartflow_keys_op(NGX_SF_SCRIPT_CANCEL, vkey->id, 1,
+                                        2, args, lens);
+        if (op) {
+            ngx_http_smartflow_keys_op_submit(op);
+        }
+
+    } else {
+        verdict = ngx_http_smartflow_keys_num(reply->element[0]);
+        reset = ngx_http_smartflow_keys_num(reply->element[1]);
+        used = ngx_http_smartflow_keys_num(reply->element[3]);
+        tokens = ngx_http_smartflow_keys_num(reply->element[4]);
+
+        vkey->window = ngx_http_smartflow_keys_num(reply->element[2]);
+        vkey->reset = (ngx_msec_t) ngx_min(reset, NGX_SMARTFLOW_KEY_WINDOW);
+        vkey->requests_left = (vkey->rpm > used) ? vkey->rpm - used : 0;
+        vkey->tokens_left = (vkey->tpm > tokens) ? vkey->tpm - tokens : 0;
+
+        rq->verdict.spent = ngx_http_smartflow_keys_num(reply->element[5]);
+        rq->verdict.left = ngx_http_smartflow_keys_num(reply->element[6]);
+        rq->verdict.left = (rq->verdict.spent + rq->verdict.left
+                            < vkey->budget)
+                           ? vkey->budget - rq->verdict.spent
+                             - rq->verdict.left
+                           : 0;
+
+        switch (verdict) {
+
+        case 0:
+            rq->verdict.done = NGX_SMARTFLOW_VERDICT_OK;
+            rq->in_redis = 1;
+            vkey->reserved = 1;
+            break;
+
+        case 1:
+            rq->verdict.done = NGX_SMARTFLOW_VERDICT_RPM;
+            rq->verdict.used = used;
+            break;
+
+        case 2:
+            rq->verdict.done = NGX_SMARTFLOW_VERDICT_TPM;
+            rq->verdict.used = tokens;
+            break;
+
+        default:
+            rq->verdict.done = NGX_SMARTFLOW_VERDICT_BUDGET;
+            break;
+        }
+    }
+
+    r->main->count--;
+
+    /* the keys stage runs again and finds its verdict */
+    ctx->stage--;
+    ngx_http_smartflow_pipeline_resume(r);
+    ngx_http_run_posted_requests(c);
+}
+
+
+/*
+ * LOG phase: the usage of a request reserved in Redis goes there, now or
+ * when Redis answers again; the zone counts it meanwhile, for a node that
+ * serves without Redis.  Settlements are gathered per key for a few
+ * milliseconds and go as one script: the reservations stay in Redis
+ * until then, so the gathering never lets a budget be overspent.
+ * NGX_DECLINED when the request was not reserved in Redis: the zone
+ * settles it.
+ */
+ngx_int_t
+ngx_http_smartflow_keys_redis_settle(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, uint64_t prompt, uint64_t completion,
+    uint64_t cost)
+{
+    time_t                             now_ps;
+    ngx_uint_t                         i;
+    ngx_smartflow_key_t               *k;
+    ngx_http_smartflow_vkey_t         *vkey;
+    ngx_http_smartflow_keys_rq_t      *rq;
+    ngx_http_smartflow_keys_settle_t  *st;
+
+    rq = ctx->keys_redis;
+
+    if (rq == NULL || !rq->in_redis) {
+        return NGX_DECLINED;
+    }
+
+    vkey = ctx->vkey;
+    now_ps = vkey->period_start;
+
+    ngx_shmtx_lock(&ngx_sf_kz->shpool->mutex);
+
+    k = ngx_smartflow_keys_by_id(ngx_sf_kz->sh, vkey->id);
+    if (k) {
+        now_ps = ngx_smartflow_keys_period_start(k->period, ngx_time());
+    }
+
+    if (k && !ngx_smartflow_redis_up(ngx_sf_kz->redis)) {
+        /* the zone enforces alone until Redis answers: it must know */
+        k->spent += cost;
+        k->spend += cost;
+        k->period_prompt += prompt;
+        k->period_completion += completion;
+        k->prompt_tokens += prompt;
+        k->completion_tokens += completion;
+        ngx_sf_kz->sh->version++;
+    }
+
+    ngx_shmtx_unlock(&ngx_sf_kz->shpool->mutex);
+
+    for (i = 0; i < ngx_sf_nsettles; i++) {
+        st = &ngx_sf_settles[i];
+
+        if (st->id == vkey->id && st->window == vkey->window
+            && st->period_start == vkey->period_start
+            && st->period_now == now_ps)
+        {
+            goto add;
+        }
+    }
+
+    if (ngx_sf_nsettles == NGX_SMARTFLOW_KEYS_SETTLES) {
+        ngx_http_smartflow_keys_flush(&ngx_sf_flush_event);
+    }
+
+    st = &ngx_sf_settles[ngx_sf_nsettles++];
+    ngx_memzero(st, sizeof(ngx_http_smartflow_keys_settle_t));
+
+    st->id = vkey->id;
+    st->window = vkey->window;
+    st->period_start = vkey->period_start;
+    st->period_now = now_ps;
+
+add:
+
+    st->est_tokens += vkey->est_tokens;
+    st->est_cost += vkey->est_cost;
+    st->prompt += prompt;
+    st->completion += completion;
+    st->cost += cost;
+
+    if (!ngx_sf_flush_event.timer_set) {
+        ngx_add_timer(&ngx_sf_flush_event, NGX_SMARTFLOW_KEYS_GATHER);
+    }
+
+    return NGX_OK;
+}
+
+
+/* the gathered settlements, one script for each key */
+static void
+ngx_http_smartflow_keys_flush(ngx_event_t *ev)
+{
+    size_t                             lens[10];
+    u_char                            *p, *args[10];
+    ngx_uint_t                         i, j;
+    ngx_http_smartflow_keys_op_t      *op;
+    ngx_http_smartflow_keys_settle_t  *st;
+    uint64_t                           n[8];
+    u_char                             buf[96 + 8 * (NGX_INT64_LEN + 1)];
+
+    if (ev->timer_set) {
+        ngx_del_timer(ev);
+    }
+
+    for (i = 0; i < ngx_sf_nsettles; i++) {
+        st = &ngx_sf_settles[i];
+
+        n[0] = st->window;
+        n[1] = (uint64_t) st->period_start;
+        n[2] = st->est_tokens;
+        n[3] = st->est_cost;
+        n[4] = st->prompt;
+        n[5] = st->completion;
+        n[6] = st->cost;
+        n[7] = (uint64_t) st->period_now;
+
+        p = buf;
+        args[0] = p;
+        lens[0] = ngx_http_smartflow_keys_counters(p, st->id);
+        p += lens[0];
+
+        for (j = 0; j < 8; j++) {
+            args[1 + j] = p;
+            p = ngx_sprintf(p, "%uL", n[j]);
+            lens[1 + j] = p - args[1 + j];
+        }
+
+        args[9] = p;
+        lens[9] = ngx_http_smartflow_keys_token(p);
+
+        op = ngx_http_smartflow_keys_op(NGX_SF_SCRIPT_SETTLE, st->id, 1, 10,
+                                        args, lens);
+        if (op) {
+            ngx_http_smartflow_keys_op_submit(op);
+        }
+    }
+
+    ngx_sf_nsettles = 0;
+}
+
+
+/* a reservation's answer into the zone: the window and the budget */
+static void
+ngx_http_smartflow_keys_window_snapshot(redisReply *reply, ngx_uint_t id)
+{
+    redisReply                     **e;
+    ngx_smartflow_key_t             *k;
+    ngx_http_smartflow_keys_zone_t  *kz;
+
+    kz = ngx_sf_kz;
+    e = reply->element;
+
+    if (id == 0) {
+        return;
+    }
+
+    ngx_shmtx_lock(&kz->shpool->mutex);
+
+    k = ngx_smartflow_keys_by_id(kz->sh, id);
+
+    if (k) {
+        k->window = ngx_http_smartflow_keys_num(e[2]);
+        k->window_requests = ngx_http_smartflow_keys_num(e[3]);
+        k->spent = ngx_http_smartflow_keys_num(e[5]);
+        k->reserved = ngx_http_smartflow_keys_num(e[6]);
+    }
+
+    ngx_shmtx_unlock(&kz->shpool->mutex);
+}
+
+
+/* Redis's counters into the zone, for the usage API and the state file */
+static void
+ngx_http_smartflow_keys_snapshot(redisReply *reply, ngx_uint_t from,
+    ngx_uint_t id)
+{
+    redisReply                     **e;
+    ngx_smartflow_key_t             *k;
+    ngx_http_smartflow_keys_zone_t  *kz;
+
+    kz = ngx_sf_kz;
+    e = reply->element + from;
+
+    if (id == 0) {
+        return;
+    }
+
+    ngx_shmtx_lock(&kz->shpool->mutex);
+
+    k = ngx_smartflow_keys_by_id(kz->sh, id);
+
+    if (k) {
+        k->window = ngx_http_smartflow_keys_num(e[0]);
+        k->window_requests = ngx_http_smartflow_keys_num(e[1]);
+        k->window_tokens = ngx_http_smartflow_keys_num(e[2]);
+        k->window_reserved = ngx_http_smartflow_keys_num(e[3]);
+        k->period_start = (time_t) ngx_http_smartflow_keys_num(e[4]);
+        k->spent = ngx_http_smartflow_keys_num(e[5]);
+        k->reserved = ngx_http_smartflow_keys_num(e[6]);
+        k->period_requests = ngx_http_smartflow_keys_num(e[7]);
+        k->period_prompt = ngx_http_smartflow_keys_num(e[8]);
+        k->period_completion = ngx_http_smartflow_keys_num(e[9]);
+        k->requests = ngx_http_smartflow_keys_num(e[10]);
+        k->prompt_tokens = ngx_http_smartflow_keys_num(e[11]);
+        k->completion_tokens = ngx_http_smartflow_keys_num(e[12]);
+        k->spend = ngx_http_smartflow_keys_num(e[13]);
+        kz->sh->version++;
+    }
+
+    ngx_shmtx_unlock(&kz->shpool->mutex);
+}
+
+
+/* the admin API's new key takes its id from Redis: NGX_DONE, it waits */
+ngx_int_t
+ngx_http_smartflow_keys_redis_next_id(ngx_http_request_t *r, ngx_uint_t *id)
+{
+    ngx_smartflow_redis_t             *rd;
+    ngx_http_smartflow_ctx_t          *ctx;
+    ngx_http_smartflow_keys_rq_t      *rq;
+    ngx_http_smartflow_keys_ticket_t  *t;
+
+    static const char   *argv[] = { "INCR", "sf:vk:next" };
+    static const size_t  len[] = { 4, 10 };
+
+    rd = ngx_sf_kz ? ngx_sf_kz->redis : NULL;
+
+    if (rd == NULL) {
+        *id = 0;
+        return NGX_OK;
+    }
+
+    ctx = ngx_http_smartflow_get_ctx(r);
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rq = ngx_http_smartflow_keys_rq(r, ctx);
+    if (rq == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (rq->id) {
+        *id = rq->id;
+        return NGX_OK;
+    }
+
+    if (rq->id_failed || !ngx_smartflow_redis_up(rd)) {
+        return ngx_http_smartflow_keys_redis_unavailable(r);
+    }
+
+    t = ngx_http_smartflow_keys_ticket(rq);
+    if (t == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ngx_smartflow_redis_command(rd, ngx_http_smartflow_keys_got_id, t,
+                                    2, argv, len)
+        != NGX_OK)
+    {
+        (void) ngx_http_smartflow_keys_punch(t);
+        return ngx_http_smartflow_keys_redis_unavailable(r);
+    }
+
+    ngx_http_smartflow_keys_wait(r, rq);
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_smartflow_keys_got_id(ngx_smartflow_redis_t *rd, redisReply *reply,
+    void *data)
+{
+    ngx_connection_t              *c;
+    ngx_http_request_t            *r;
+    ngx_http_smartflow_keys_rq_t  *rq;
+
+    rq = ngx_http_smartflow_keys_punch(data);
+
+    if (rq == NULL) {
+        return;
+    }
+
+    if (reply && reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
+        rq->id = (ngx_uint_t) reply->integer;
+
+    } else {
+        rq->id_failed = 1;
+    }
+
+    r = rq->r;
+    c = r->connection;
+
+    ngx_http_finalize_request(r, ngx_http_smartflow_keys_api_rerun(r));
+    ngx_http_run_posted_requests(c);
+}
+
+
+/*
+ * A change made in the zone goes to Redis before the admin API answers:
+ * once the client has its answer, every node can see the change.
+ */
+ngx_int_t
+ngx_http_smartflow_keys_redis_put(ngx_http_request_t *r,
+    ngx_http_smartflow_keys_zone_t *kz, ngx_uint_t id, ngx_uint_t status,
+    ngx_str_t *json)
+{
+    size_t                             len[5];
+    u_char                            *p;
+    ngx_smartflow_out_t                o;
+    ngx_smartflow_key_t               *k;
+    ngx_smartflow_redis_t             *rd;
+    ngx_http_smartflow_ctx_t          *ctx;
+    ngx_http_smartflow_keys_rq_t      *rq;
+    ngx_http_smartflow_keys_ticket_t  *t;
+    const char                        *argv[5];
+    u_char                             idbuf[NGX_INT_T_LEN];
+
+    rd = kz->redis;
+
+    if (rd == NULL) {
+        return ngx_http_smartflow_send_json(r, status, json);
+    }
+
+    ctx = ngx_http_smartflow_get_ctx(r);
+    rq = ctx ? ngx_http_smartflow_keys_rq(r, ctx) : NULL;
+
+    if (rq == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_memzero(&o, sizeof(ngx_smartflow_out_t));
+    p = NULL;
+
+    ngx_shmtx_lock(&kz->shpool->mutex);
+
+    k = ngx_smartflow_keys_by_id(kz->sh, id);
+
+    if (k) {
+        k->dirty = 1;
+
+        ngx_smartflow_keys_state_write_key(&o, k);
+
+        p = ngx_pnalloc(r->pool, o.size);
+        if (p) {
+            o.pos = p;
+            o.size = 0;
+            ngx_smartflow_keys_state_write_key(&o, k);
+        }
+    }
+
+    ngx_shmtx_unlock(&kz->shpool->mutex);
+
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rq->id = id;
+    rq->status = status;
+    rq->json = *json;
+
+    argv[3] = (char *) idbuf;
+    len[3] = ngx_sprintf(idbuf, "%ui", id) - idbuf;
+    argv[4] = (char *) p;
+    len[4] = o.size;
+
+    t = ngx_http_smartflow_keys_ticket(rq);
+    if (t == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ngx_smartflow_redis_eval(rd, ngx_sf_scripts[NGX_SF_SCRIPT_PUT],
+                                 ngx_http_smartflow_keys_stored, t, 0, 5,
+                                 argv, len)
+        != NGX_OK)
+    {
+        (void) ngx_http_smartflow_keys_punch(t);
+
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "smartflow proxy: virtual key vk_%ui changed here "
+                      "but not in redis; it is shared when redis answers",
+                      id);
+
+        return ngx_http_smartflow_keys_redis_unavailable(r);
+    }
+
+    ngx_http_smartflow_keys_wait(r, rq);
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_smartflow_keys_stored(ngx_smartflow_redis_t *rd, redisReply *reply,
+    void *data)
+{
+    ngx_int_t                        rc;
+    ngx_connection_t                *c;
+    ngx_smartflow_key_t             *k;
+    ngx_http_request_t              *r;
+    ngx_http_smartflow_keys_rq_t    *rq;
+    ngx_http_smartflow_keys_zone_t  *kz;
+
+    rq = ngx_http_smartflow_keys_punch(data);
+
+    if (rq == NULL) {
+        return;
+    }
+
+    r = rq->r;
+    c = r->connection;
+    kz = rd->data;
+
+    if (reply && reply->type == REDIS_REPLY_INTEGER) {
+        ngx_shmtx_lock(&kz->shpool->mutex);
+
+        k = ngx_smartflow_keys_by_id(kz->sh, rq->id);
+
+        if (k) {
+            k->rev = (ngx_uint_t) reply->integer;
+            k->dirty = 0;
+        }
+
+        ngx_shmtx_unlock(&kz->shpool->mutex);
+
+        rc = ngx_http_smartflow_send_json(r, rq->status, &rq->json);
+
+    } else {
+        ngx_log_error(NGX_LOG_ERR, c->log, 0,
+                      "smartflow proxy: virtual key vk_%ui changed here "
+                      "but not in redis; it is shared when redis answers",
+                      rq->id);
+
+        rc = ngx_http_smartflow_refuse(r,
+                 ngx_http_smartflow_keys_redis_unavailable(r), 0);
+    }
+
+    ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(c);
+}
+
+
+static uint64_t
+ngx_http_smartflow_keys_num(redisReply *reply)
+{
+    uint64_t  n;
+
+    if (reply->type == REDIS_REPLY_INTEGER) {
+        return reply->integer > 0 ? (uint64_t) reply->integer : 0;
+    }
+
+    if (reply->type == REDIS_REPLY_STRING
+        && ngx_smartflow_parse_uint((u_char *) reply->str, reply->len, &n)
+           == NGX_OK)
+    {
+        return n;
+    }
+
+    return 0;
+}
+
+
+/* "sf:vk:c:ID", the key's counters hash */
+static size_t
+ngx_http_smartflow_keys_counters(u_char *buf, ngx_uint_t id)
+{
+    return ngx_sprintf(buf, "sf:vk:c:%ui", id) - buf;
+}

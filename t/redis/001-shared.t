@@ -1,0 +1,141 @@
+# Two gateway nodes, one real redis-server: a key made on one works on the
+# other, a rate limit and a budget hold across both under concurrent load,
+# and a revoked key stops working on the other node within a second.
+
+use strict;
+use warnings;
+
+use Test::More;
+use Time::HiRes qw(sleep time);
+use lib 't/lib';
+use Smartflow::Cluster;
+
+my $c = Smartflow::Cluster->new(name => 'shared');
+$c->redis_start;
+
+my $a = $c->node('a', port => $ENV{TEST_NGINX_PORT} || 3100);
+my $b = $c->node('b', port => $ENV{SMARTFLOW_REDIS_NODE_PORT} || 3111);
+
+my @master = ("Authorization: Bearer $Smartflow::Cluster::Master");
+my $hello = '{"model":"smartflow-echo","messages":'
+            . '[{"role":"user","content":"hello"}]}';
+
+sub create {
+    my ($node, $spec) = @_;
+    my ($status, $body) = $c->http($node, 'POST', '/api/auth/virtual-keys',
+                                   $spec, @master);
+    is $status, 201, "key made: $spec" or diag $body;
+    my ($key) = $body =~ /"key":"(sk-sf-[0-9a-f]{48})"/;
+    my ($id) = $body =~ /"id":"(vk_\d+)"/;
+    return ($key, $id);
+}
+
+sub tally {
+    my %n;
+    $n{$_->[0]}++ for @{ $_[0] };
+    return join ', ', map { "$_ x$n{$_}" } sort keys %n;
+}
+
+# a key made on A works on B at once, and its id comes from Redis
+my ($k1, $id1) = create($a, '{"name":"shared-one"}');
+my ($status, $body) = $c->http($b, 'POST', '/v1/chat/completions', $hello,
+                               "Authorization: Bearer $k1");
+is $status, 200, 'key made on A works on B' or diag $body;
+like $body, qr/"chat\.completion"/, 'B answered the chat';
+
+($status, $body) = $c->http($b, 'GET', "/api/auth/virtual-keys/$id1", undef,
+                            @master);
+is $status, 200, 'B lists the key made on A';
+like $body, qr/"name":"shared-one"/, '... by its name';
+
+my ($k2, $id2) = create($b, '{"name":"shared-two"}');
+isnt $id2, $id1, 'ids are unique across nodes';
+is $c->redis_cli('GET', 'sf:vk:next'), ($id2 =~ /(\d+)/)[0],
+   'Redis gave the ids';
+
+($status) = $c->http($a, 'POST', '/v1/chat/completions', $hello,
+                     "x-api-key: $k2");
+is $status, 200, 'key made on B works on A';
+
+($status, $body) = $c->http($a, 'POST', '/v1/chat/completions', $hello,
+                            'Authorization: Bearer sk-sf-' . ('0' x 48));
+is $status, 401, 'an unknown key is refused on A';
+like $body, qr/invalid_api_key/, '... as an invalid key';
+
+# requests per minute: 7 for the key, 24 requests at once on both nodes
+my ($rk) = create($a, '{"name":"shared-rpm","rpm":7}');
+my $r = $c->burst(map { [$_ % 2 ? $a : $b, 'POST', '/v1/chat/completions',
+                         $hello, "Authorization: Bearer $rk"] } 1 .. 24);
+is tally($r), '200 x7, 429 x17', 'rpm 7 holds across both nodes';
+my ($refused) = grep { $_->[0] == 429 } @$r;
+like $refused->[1], qr/requests per min \(RPM\): Limit 7, Used 7/,
+     'the refusal names the limit';
+is $refused->[2]{'x-ratelimit-remaining-requests'}, 0,
+   'x-ratelimit-remaining-requests is 0';
+ok $refused->[2]{'retry-after'} >= 1, 'Retry-After is set';
+my ($served) = grep { $_->[0] == 200 } @$r;
+is $served->[2]{'x-ratelimit-limit-requests'}, 7,
+   'x-ratelimit-limit-requests on a served answer';
+
+# a budget of 12 micro-USD: each request costs 1 (a price of 1 micro-USD
+# per million tokens, rounded up)
+my ($bk, $bid) = create($b, '{"name":"shared-budget","budget_usd":0.000012}');
+$r = $c->burst(map { [$_ % 2 ? $a : $b, 'POST', '/v1/chat/completions',
+                      $hello, "Authorization: Bearer $bk"] } 1 .. 30);
+is tally($r), '200 x12, 429 x18', 'the budget holds across both nodes';
+($refused) = grep { $_->[0] == 429 } @$r;
+like $refused->[1], qr/"code":"insufficient_quota"/,
+     'over budget is insufficient_quota';
+
+# the settlements reach Redis after the answers
+sleep 0.5;
+my ($n) = $bid =~ /(\d+)/;
+is $c->redis_cli('HGET', "sf:vk:c:$n", 'sp'), 12, 'Redis holds the spend';
+is $c->redis_cli('HGET', "sf:vk:c:$n", 'res'), 0, 'no reservation is left';
+
+($status, $body) = $c->http($a, 'GET', "/api/auth/virtual-keys/$bid/usage",
+                            undef, @master);
+like $body, qr/"requests":12,/, 'usage on A counts the requests of both';
+
+# revocation on A: B refuses the key within a second
+my ($vk, $vid) = create($a, '{"name":"shared-revoke"}');
+($status) = $c->http($b, 'POST', '/v1/chat/completions', $hello,
+                     "Authorization: Bearer $vk");
+is $status, 200, 'B serves the key before the revocation';
+($status) = $c->http($a, 'DELETE', "/api/auth/virtual-keys/$vid", undef,
+                     @master);
+is $status, 200, 'revoked on A';
+my $t0 = time;
+my $gone;
+while (time - $t0 < 3) {
+    ($status, $body) = $c->http($b, 'POST', '/v1/chat/completions', $hello,
+                                "Authorization: Bearer $vk");
+    if ($status == 401) { $gone = time - $t0; last; }
+    sleep 0.05;
+}
+ok defined $gone && $gone < 1, 'B refuses the revoked key within 1 s'
+    or diag "still served after 3 s";
+like $body, qr/has been revoked/, '... as revoked';
+
+# a rotation on B: A takes the new secret, the old one stops
+($status, $body) = $c->http($b, 'POST', "/api/auth/virtual-keys/$id1/rotate",
+                            undef, @master);
+is $status, 200, 'rotated on B';
+my ($k1new) = $body =~ /"key":"(sk-sf-[0-9a-f]{48})"/;
+($status) = $c->http($a, 'POST', '/v1/chat/completions', $hello,
+                     "Authorization: Bearer $k1new");
+is $status, 200, 'A takes the new secret at once';
+sleep 0.6;
+($status) = $c->http($a, 'POST', '/v1/chat/completions', $hello,
+                     "Authorization: Bearer $k1");
+is $status, 401, 'A refuses the old secret';
+
+for my $node ($a, $b) {
+    my $log = $c->error_log($node);
+    unlike $log, qr/\[(?:alert|crit|emerg)\]/,
+           "no alert in the log of $node->{name}";
+    unlike $log, qr/redis.*unreachable|refused the connection setup/,
+           "Redis answered $node->{name} all along";
+}
+
+done_testing;
