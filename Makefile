@@ -17,7 +17,7 @@ CC_OPT      ?= -g -O2 -fstack-protector-strong -Wformat \
 LD_OPT      ?= -Wl,-z,relro -Wl,-z,now -fPIC
 
 .PHONY: all modules deps run test test-asan asan-modules test-valgrind bench \
-        fuzz unit clean
+        fuzz unit clean cache-quality
 
 all: modules
 
@@ -139,3 +139,22 @@ unit: $(BUILD)/unit/translate_test $(BUILD)/unit/translate_gemini_test
 
 clean:
 	rm -rf $(BUILD) $(CURDIR)/build-asan
+
+# the MetaCache's quality on the labelled pairs, with the module's own
+# text functions and FAISS (README: "MetaCache quality")
+$(BUILD)/unit/cache_eval: unit/ngx_smartflow_cache_eval.c \
+        ngx_smartflow_cache/ngx_smartflow_cache_text.c \
+        ngx_smartflow_cache/ngx_smartflow_cache_text.h \
+        $(FAISS_LIB) $(NGX_BUILD)/objs/Makefile
+	@mkdir -p $(BUILD)/unit
+	cc -g -O2 $(FUZZ_INCS) -Ingx_smartflow_cache \
+	    unit/ngx_smartflow_cache_eval.c \
+	    ngx_smartflow_cache/ngx_smartflow_cache_text.c \
+	    $(FAISS_LIB) -l:libfaiss.a -lopenblas -lgomp -lstdc++ -lyajl -lm \
+	    -o $@
+
+PAWS ?= $(CURDIR)/../shared/testdata/paraphrase/paws_wiki_test_sample.jsonl
+
+cache-quality: $(BUILD)/unit/cache_eval
+	$(BUILD)/unit/cache_eval t/cache/pairs.jsonl
+	@if [ -f $(PAWS) ]; then $(BUILD)/unit/cache_eval $(PAWS); fi

@@ -18,8 +18,6 @@
 #define NGX_SMARTFLOW_CACHE_CTXK     16
 #define NGX_SMARTFLOW_CACHE_RING     4096   /* vectors added, by sequence */
 #define NGX_SMARTFLOW_CACHE_SCAN     512    /* near-miss: newest per context */
-#define NGX_SMARTFLOW_CACHE_K        8      /* FAISS neighbours examined */
-#define NGX_SMARTFLOW_CACHE_CAND     4
 #define NGX_SMARTFLOW_CACHE_LAT      24     /* latency buckets, 2^i us */
 #define NGX_SMARTFLOW_CACHE_FINISH   16
 

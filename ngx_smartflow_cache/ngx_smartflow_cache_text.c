@@ -49,7 +49,7 @@ static ngx_uint_t ngx_smartflow_cache_novel(ngx_smartflow_cache_text_t *a,
 #define NGX_SF_SEQ_LEX  1
 
 /* word order among shared content words: discordant pairs, per mille */
-#define NGX_SMARTFLOW_CACHE_MAX_DISORDER  50
+#define NGX_SMARTFLOW_CACHE_MAX_DISORDER  0
 
 
 static char  *ngx_smartflow_cache_stops[] = {
@@ -252,6 +252,12 @@ ngx_smartflow_cache_tokenize(ngx_pool_t *pool, u_char *p, size_t len,
                 }
 
                 p++;
+            }
+
+            if (p == start) {
+                /* a typographic quote where a word would begin */
+                p++;
+                continue;
             }
 
             while (p < end && (*p == '+' || *p == '#') && p - start < 8) {
@@ -548,7 +554,7 @@ ngx_smartflow_cache_embed(ngx_smartflow_cache_text_t *t, float *v)
             gram[len++] = ' ';
             len = ngx_cpymem(gram + len, next->data, next->stem) - gram;
             h = ngx_smartflow_cache_hash(gram, len, 2);
-            ngx_smartflow_cache_feature(v, h, 0.5f);
+            ngx_smartflow_cache_feature(v, h, 0.8f);
         }
 
         /* character trigrams of "#stem#" */

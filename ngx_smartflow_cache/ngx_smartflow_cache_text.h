@@ -21,6 +21,8 @@
 #define NGX_SMARTFLOW_CACHE_DIM        256
 #define NGX_SMARTFLOW_CACHE_MINHASH    64
 #define NGX_SMARTFLOW_CACHE_MAX_TOKENS 1024
+#define NGX_SMARTFLOW_CACHE_K          8     /* FAISS neighbours examined */
+#define NGX_SMARTFLOW_CACHE_CAND       4     /* candidates verified */
 
 
 typedef struct {
