@@ -96,3 +96,97 @@ __DATA__
  "x-smartflow-cache: HIT\nx-smartflow-cache-phase: 1"]
 --- no_error_log
 [error]
+
+
+=== TEST 2: a near miss (phase 2) answers with its similarity; a look-alike with other numbers, order or words does not
+--- request eval
+[main::chat("How do I reverse a list in Python?"),
+ main::chat("Please, how can I reverse a list in Python?"),
+ main::chat("Convert 100 USD to EUR."),
+ main::chat("Convert 100 EUR to USD."),
+ main::chat("Convert 150 USD to EUR."),
+ main::chat("How do I reverse a list in Rust?"),
+ main::chat("How do I not reverse a list in Python?")]
+--- response_body_like eval
+[qr/"content":"Echo: How do I reverse a list in Python\?"/,
+ qr/"content":"Echo: How do I reverse a list in Python\?"/,
+ qr/"content":"Echo: Convert 100 USD to EUR\."/,
+ qr/"content":"Echo: Convert 100 EUR to USD\."/,
+ qr/"content":"Echo: Convert 150 USD to EUR\."/,
+ qr/"content":"Echo: How do I reverse a list in Rust\?"/,
+ qr/"content":"Echo: How do I not reverse a list in Python\?"/]
+--- response_headers eval
+["x-smartflow-cache: MISS",
+ "x-smartflow-cache: HIT\nx-smartflow-cache-phase: 2",
+ "x-smartflow-cache: MISS",
+ "x-smartflow-cache: MISS",
+ "x-smartflow-cache: MISS",
+ "x-smartflow-cache: MISS",
+ "x-smartflow-cache: MISS"]
+--- response_headers_like eval
+["", "x-smartflow-cache-similarity: 0\\.[89]\\d\\d|1\\.000", "", "", "", "", ""]
+--- no_error_log
+[error]
+
+
+
+=== TEST 3: what shapes the answer keeps entries apart: model, sampling parameters, system prompt, earlier turns
+--- request eval
+[main::chat("Name a colour."),
+ main::chat("Name a colour.", model => "other-echo"),
+ main::chat("Name a colour.", extra => ',"temperature":0.2'),
+ "POST /v1/chat/completions\n" . '{"model":"smartflow-echo","messages":[{"role":"system","content":"Answer in French."},{"role":"user","content":"Name a colour."}]}',
+ "POST /v1/chat/completions\n" . '{"model":"smartflow-echo","messages":[{"role":"user","content":"I like red."},{"role":"assistant","content":"Noted."},{"role":"user","content":"Name a colour."}]}',
+ main::chat("Name a colour.", extra => ',"temperature":0.2'),
+ "POST /v1/chat/completions\n" . '{"model":"smartflow-echo","messages":[{"role":"user","content":"I like red."},{"role":"assistant","content":"Noted."},{"role":"user","content":"name a colour"}]}']
+--- response_headers eval
+["x-smartflow-cache: MISS",
+ "x-smartflow-cache: MISS",
+ "x-smartflow-cache: MISS",
+ "x-smartflow-cache: MISS",
+ "x-smartflow-cache: MISS",
+ "x-smartflow-cache: HIT\nx-smartflow-cache-phase: 1",
+ "x-smartflow-cache: HIT\nx-smartflow-cache-phase: 1"]
+--- response_body_like eval
+[qr/"model":"smartflow-echo".*"content":"Echo: Name a colour\."/,
+ qr/"model":"other-echo".*"content":"Echo: Name a colour\."/,
+ qr/"content":"Echo: Name a colour\."/,
+ qr/"content":"Echo: Name a colour\."/,
+ qr/"content":"Echo: Name a colour\."/,
+ qr/"content":"Echo: Name a colour\.".*"usage":\{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0\}/,
+ qr/"content":"Echo: Name a colour\."/]
+--- no_error_log
+[error]
+
+
+
+=== TEST 4: requests the cache does not answer: several choices, completions; a location without the cache says nothing
+--- request eval
+[main::chat("Pick a number.", extra => ',"n":2'),
+ main::chat("Pick a number.", extra => ',"n":2'),
+ "POST /nocache/chat/completions\n" . '{"model":"smartflow-echo","messages":[{"role":"user","content":"Pick a number."}]}']
+--- response_headers eval
+["x-smartflow-cache: BYPASS",
+ "x-smartflow-cache: BYPASS",
+ "x-smartflow-cache:"]
+--- no_error_log
+[error]
+
+
+
+=== TEST 5: bad per-request controls are refused in the client's format
+--- request eval
+[main::chat("Hello there."), main::chat("Hello there."),
+ "POST /anthropic/v1/messages\n" . '{"model":"smartflow-echo","max_tokens":50,"messages":[{"role":"user","content":"Hi"}]}']
+--- more_headers eval
+["Authorization: Bearer sk-smartflow-test-0123456789\nx-smartflow-cache: sometimes",
+ "Authorization: Bearer sk-smartflow-test-0123456789\nx-smartflow-cache-ttl: -5",
+ "x-api-key: sk-smartflow-test-0123456789\nx-smartflow-cache-ttl: soon"]
+--- error_code eval
+[400, 400, 400]
+--- response_body_like eval
+[qr/^\{"error":\{"message":"The x-smartflow-cache header takes \\"bypass\\" or \\"refresh\\", not \\"sometimes\\"\.","type":"invalid_request_error"/,
+ qr/"message":"The x-smartflow-cache-ttl header takes a number of seconds from 1 to 31536000, not \\"-5\\"\."/,
+ qr/^\{"type":"error","error":\{"type":"invalid_request_error","message":"The x-smartflow-cache-ttl header/]
+--- error_log
+smartflow proxy: The x-smartflow-cache
