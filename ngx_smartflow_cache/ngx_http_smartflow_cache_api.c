@@ -10,7 +10,8 @@
 #include "ngx_http_smartflow_cache.h"
 
 
-static ngx_int_t ngx_http_smartflow_cache_api_auth(ngx_http_request_t *r);
+static ngx_uint_t ngx_http_smartflow_cache_api_auth(ngx_http_request_t *r,
+    ngx_int_t *rc);
 static ngx_int_t ngx_http_smartflow_cache_api_error(ngx_http_request_t *r,
     ngx_uint_t status, char *type, char *code, char *message);
 static ngx_int_t ngx_http_smartflow_cache_stats(ngx_http_request_t *r,
@@ -35,8 +36,8 @@ ngx_http_smartflow_cache_api_handler(ngx_http_request_t *r)
         return rc;
     }
 
-    rc = ngx_http_smartflow_cache_api_auth(r);
-    if (rc != NGX_OK) {
+    if (!ngx_http_smartflow_cache_api_auth(r, &rc)) {
+        /* refused, the refusal sent */
         return rc;
     }
 
@@ -102,8 +103,8 @@ ngx_http_smartflow_cache_api_handler(ngx_http_request_t *r)
 
 
 /* the master key, as "Authorization: Bearer KEY" or "x-api-key: KEY" */
-static ngx_int_t
-ngx_http_smartflow_cache_api_auth(ngx_http_request_t *r)
+static ngx_uint_t
+ngx_http_smartflow_cache_api_auth(ngx_http_request_t *r, ngx_int_t *rc)
 {
     u_char                           digest[32], *p, *last;
     ngx_str_t                        key, *h;
@@ -135,29 +136,32 @@ ngx_http_smartflow_cache_api_auth(ngx_http_request_t *r)
     }
 
     if (key.len == 0) {
-        return ngx_http_smartflow_cache_api_error(r, NGX_HTTP_UNAUTHORIZED,
-                   "invalid_request_error", "missing_api_key",
-                   "You didn't provide an API key. The cache API takes "
-                   "the master key.");
+        *rc = ngx_http_smartflow_cache_api_error(r, NGX_HTTP_UNAUTHORIZED,
+                  "invalid_request_error", "missing_api_key",
+                  "You didn't provide an API key. The cache API takes "
+                  "the master key.");
+        return 0;
     }
 
     if (smcf->master_key.len
         && ngx_smartflow_sha256(key.data, key.len, digest) == NGX_OK
         && CRYPTO_memcmp(digest, smcf->master_hash, 32) == 0)
     {
-        return NGX_OK;
+        return 1;
     }
 
     if (key.len > 6 && ngx_strncmp(key.data, "sk-sf-", 6) == 0) {
-        return ngx_http_smartflow_cache_api_error(r, NGX_HTTP_FORBIDDEN,
-                   "permission_error", "master_key_required",
-                   "The cache API takes the master key only; virtual keys "
-                   "cannot read or flush the cache.");
+        *rc = ngx_http_smartflow_cache_api_error(r, NGX_HTTP_FORBIDDEN,
+                  "permission_error", "master_key_required",
+                  "The cache API takes the master key only; virtual keys "
+                  "cannot read or flush the cache.");
+        return 0;
     }
 
-    return ngx_http_smartflow_cache_api_error(r, NGX_HTTP_UNAUTHORIZED,
-               "invalid_request_error", "invalid_api_key",
-               "Incorrect API key provided.");
+    *rc = ngx_http_smartflow_cache_api_error(r, NGX_HTTP_UNAUTHORIZED,
+              "invalid_request_error", "invalid_api_key",
+              "Incorrect API key provided.");
+    return 0;
 }
 
 

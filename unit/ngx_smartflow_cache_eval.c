@@ -277,6 +277,15 @@ main(int argc, char **argv)
             }
         }
 
+        if (getenv("CACHE_EVAL_SHOW")) {
+            printf("phase %d, minhash %.3f, cosine %.3f: \"%s\" / \"%s\"\n",
+                   phase,
+                   ngx_smartflow_cache_minhash_sim(q->sig, pairs[i].a.sig)
+                   / 1000.0,
+                   ngx_smartflow_cache_cosine(q->vec, pairs[i].a.vec)
+                   / 1000.0, pairs[i].a.text, q->text);
+        }
+
         if (phase == 0) {
             continue;
         }
