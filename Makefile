@@ -17,7 +17,7 @@ CC_OPT      ?= -g -O2 -fstack-protector-strong -Wformat \
 LD_OPT      ?= -Wl,-z,relro -Wl,-z,now -fPIC
 
 .PHONY: all modules deps run test test-asan asan-modules test-valgrind bench \
-        fuzz unit clean cache-quality
+        fuzz unit clean cache-eval cache-quality
 
 all: modules
 
@@ -60,7 +60,7 @@ test: modules asan-modules
 	@scripts/test.sh
 	@SMARTFLOW_ASAN=1 scripts/test.sh $(ASAN_SUITES)
 
-ASAN_SUITES ?= $(wildcard t/proxy t/providers t/keys) t/clients
+ASAN_SUITES ?= $(wildcard t/proxy t/providers t/keys t/cache) t/clients
 
 asan-modules: $(BUILD)/.deps
 	@$(MAKE) --no-print-directory modules BUILD=$(CURDIR)/build-asan \
@@ -154,6 +154,8 @@ $(BUILD)/unit/cache_eval: unit/ngx_smartflow_cache_eval.c \
 	    -o $@
 
 PAWS ?= $(CURDIR)/../shared/testdata/paraphrase/paws_wiki_test_sample.jsonl
+
+cache-eval: $(BUILD)/unit/cache_eval
 
 cache-quality: $(BUILD)/unit/cache_eval
 	$(BUILD)/unit/cache_eval t/cache/pairs.jsonl
