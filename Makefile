@@ -17,7 +17,7 @@ CC_OPT      ?= -g -O2 -fstack-protector-strong -Wformat \
 LD_OPT      ?= -Wl,-z,relro -Wl,-z,now -fPIC
 
 .PHONY: all modules deps run test test-asan asan-modules test-valgrind bench \
-        fuzz unit clean verify policy-harness
+        fuzz unit clean verify policy-harness cache-eval cache-quality
 
 all: modules verify
 
@@ -74,7 +74,8 @@ test: modules verify asan-modules
 	@scripts/test.sh
 	@SMARTFLOW_ASAN=1 scripts/test.sh $(ASAN_SUITES)
 
-ASAN_SUITES ?= $(wildcard t/proxy t/providers t/keys t/audit t/redis) t/clients
+ASAN_SUITES ?= $(wildcard t/proxy t/providers t/keys t/audit t/redis \
+                          t/cache) t/clients
 
 asan-modules: $(BUILD)/.deps
 	@$(MAKE) --no-print-directory modules BUILD=$(CURDIR)/build-asan \
@@ -169,3 +170,24 @@ $(BUILD)/unit/policy_harness: unit/ngx_smartflow_policy_harness.c \
 	    $(POLICY_DETECT) -lpcre2-8 -o $@
 
 policy-harness: $(BUILD)/unit/policy_harness
+
+# the MetaCache's quality on the labelled pairs, with the module's own
+# text functions and FAISS (README: "MetaCache quality")
+$(BUILD)/unit/cache_eval: unit/ngx_smartflow_cache_eval.c \
+        ngx_smartflow_cache/ngx_smartflow_cache_text.c \
+        ngx_smartflow_cache/ngx_smartflow_cache_text.h \
+        $(FAISS_LIB) $(NGX_BUILD)/objs/Makefile
+	@mkdir -p $(BUILD)/unit
+	cc -g -O2 $(FUZZ_INCS) -Ingx_smartflow_cache \
+	    unit/ngx_smartflow_cache_eval.c \
+	    ngx_smartflow_cache/ngx_smartflow_cache_text.c \
+	    $(FAISS_LIB) -l:libfaiss.a -lopenblas -lgomp -lstdc++ -lyajl -lm \
+	    -o $@
+
+PAWS ?= $(CURDIR)/../shared/testdata/paraphrase/paws_wiki_test_sample.jsonl
+
+cache-eval: $(BUILD)/unit/cache_eval
+
+cache-quality: $(BUILD)/unit/cache_eval
+	$(BUILD)/unit/cache_eval t/cache/pairs.jsonl
+	@if [ -f $(PAWS) ]; then $(BUILD)/unit/cache_eval $(PAWS); fi
