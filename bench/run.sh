@@ -716,5 +716,11 @@ JSON
 mv "$outdir/result.json.tmp" "$outdir/result.json"
 echo "summary: $outdir/result.json"
 
+# the MetaCache: hit and miss paths against plain proxy_pass, phase 4 at
+# 100,000 entries (BENCH_CACHE=0 skips it)
+if [ "${BENCH_CACHE:-1}" = 1 ]; then
+    SMARTFLOW_MODULES=$modules "$top/bench/cache.sh"
+fi
+
 ok=1
 exit 0

@@ -123,6 +123,8 @@ typedef struct {
     uint64_t                    epoch;
     uint64_t                    seq;
     size_t                      rebuild;        /* next slot to index */
+    float                      *batch_vecs;     /* kept for each sync */
+    ngx_smartflow_cache_ref_t  *batch_refs;
 } ngx_smartflow_cache_zone_t;
 
 
@@ -183,6 +185,7 @@ typedef struct {
     size_t                      max_size;
     unsigned                    store:1;
     unsigned                    failed:1;
+    unsigned                    features:1;     /* text, minhash, vec */
 } ngx_http_smartflow_cache_req_t;
 
 

@@ -43,6 +43,8 @@ static ngx_int_t ngx_http_smartflow_cache_text(ngx_pool_t *pool,
 static ngx_int_t ngx_http_smartflow_cache_keys(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_cache_loc_conf_t *clcf,
     ngx_http_smartflow_cache_req_t *rq);
+static ngx_int_t ngx_http_smartflow_cache_features(ngx_http_request_t *r,
+    ngx_http_smartflow_cache_req_t *rq);
 static ngx_int_t ngx_http_smartflow_cache_candidates(ngx_http_request_t *r,
     ngx_http_smartflow_cache_req_t *rq, ngx_smartflow_cache_found_t *cand,
     ngx_uint_t n, ngx_smartflow_cache_found_t *f);
@@ -254,6 +256,11 @@ ngx_http_smartflow_cache_stage(ngx_http_request_t *r,
 
     if (!lookup) {
         (void) ngx_atomic_fetch_add(&z->sh->stats.bypasses, 1);
+
+        if (ngx_http_smartflow_cache_features(r, rq) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
         return NGX_DECLINED;
     }
 
@@ -272,6 +279,10 @@ ngx_http_smartflow_cache_stage(ngx_http_request_t *r,
 
     if (rq->item.query.len == 0) {
         goto miss;
+    }
+
+    if (ngx_http_smartflow_cache_features(r, rq) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     /* 2: a near miss in the same context */
@@ -754,14 +765,26 @@ ngx_http_smartflow_cache_keys(ngx_http_request_t *r,
 
     rq->item.query = cn.query;
     rq->item.minhash = rq->minhash;
+    rq->item.vec = NULL;
 
-    if (cn.query.len == 0) {
-        rq->item.vec = NULL;
+    return NGX_OK;
+}
+
+
+/*
+ * The query's tokens, MinHash signature and embedding: made only when a
+ * phase 1 miss needs them, or for the store.
+ */
+static ngx_int_t
+ngx_http_smartflow_cache_features(ngx_http_request_t *r,
+    ngx_http_smartflow_cache_req_t *rq)
+{
+    if (rq->features || rq->item.query.len == 0) {
         return NGX_OK;
     }
 
-    if (ngx_smartflow_cache_tokenize(r->pool, cn.query.data, cn.query.len,
-                                     &rq->text)
+    if (ngx_smartflow_cache_tokenize(r->pool, rq->item.query.data,
+                                     rq->item.query.len, &rq->text)
         != NGX_OK)
     {
         return NGX_ERROR;
@@ -770,6 +793,7 @@ ngx_http_smartflow_cache_keys(ngx_http_request_t *r,
     ngx_smartflow_cache_minhash(&rq->text, rq->minhash);
     ngx_smartflow_cache_embed(&rq->text, rq->vec);
     rq->item.vec = rq->vec;
+    rq->features = 1;
 
     return NGX_OK;
 }

@@ -151,9 +151,10 @@ ngx_smartflow_cache_tokenize(ngx_pool_t *pool, u_char *p, size_t len,
     size_t      n, wl;
     ngx_uint_t  sentence, cap, upper;
 
+    /* a token takes a byte of text at least; "n't" gives two from three */
     t->n = 0;
-    t->tok = ngx_palloc(pool, sizeof(ngx_smartflow_cache_tok_t)
-                              * NGX_SMARTFLOW_CACHE_MAX_TOKENS);
+    t->max = ngx_min(len + 2, NGX_SMARTFLOW_CACHE_MAX_TOKENS);
+    t->tok = ngx_palloc(pool, sizeof(ngx_smartflow_cache_tok_t) * t->max);
     buf = ngx_pnalloc(pool, 3 * len + 16);
 
     if (t->tok == NULL || buf == NULL) {
@@ -164,7 +165,7 @@ ngx_smartflow_cache_tokenize(ngx_pool_t *pool, u_char *p, size_t len,
     start = p;
     sentence = 1;
 
-    while (p < end && t->n < NGX_SMARTFLOW_CACHE_MAX_TOKENS - 2) {
+    while (p < end && t->n + 2 < t->max) {
         c = *p;
 
         /* euro and pound signs, typographic apostrophes */
@@ -366,7 +367,7 @@ ngx_smartflow_cache_emit(ngx_smartflow_cache_text_t *t, u_char **buf,
     }
 
     for (m = ngx_smartflow_cache_spellings; m->from; m++) {
-        if (ngx_strlen(m->from) == len
+        if ((u_char) m->from[0] == d[0] && ngx_strlen(m->from) == len
             && ngx_memcmp(m->from, d, len) == 0)
         {
             len = ngx_strlen(m->to);

@@ -40,6 +40,7 @@ typedef struct {
 typedef struct {
     ngx_smartflow_cache_tok_t  *tok;
     ngx_uint_t                  n;
+    ngx_uint_t                  max;
 } ngx_smartflow_cache_text_t;
 
 
