@@ -46,7 +46,6 @@ cleanup() {
     rm -rf "$state"
 }
 trap cleanup EXIT
-[ -n "${BENCH_CACHE_HOLD:-}" ] && echo "state $state"
 
 up=$port; plain=$((port + 1)); gw=$((port + 2))
 key="sk-bench-cache-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
@@ -162,6 +161,10 @@ script 3 same > "$state/plain.lua"
 nginx -p "$state" -c "$state/upstream.conf" & pids+=($!)
 nginx -p "$state" -c "$state/nginx.conf" & pids+=($!)
 sleep 1
+for pid in "${pids[@]}"; do
+    kill -0 "$pid" 2>/dev/null \
+        || { echo "bench: nginx did not start (ports from $port busy?)" >&2; exit 1; }
+done
 
 run() {    # case port script -> "rps p50 p99 errors"
     "${wrk[@]}" -t1 -c"$conns" -d"${duration}s" -s "$state/$3.lua" \
