@@ -285,6 +285,10 @@ ngx_http_smartflow_cache_stage(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    if (rq->item.query.len == 0) {
+        goto miss;
+    }
+
     /* 2: a near miss in the same context */
     if (clcf->near_miss >= 0) {
         n = ngx_smartflow_cache_near(z, r->pool, rq->item.ctxk, rq->minhash,
@@ -790,10 +794,17 @@ ngx_http_smartflow_cache_features(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
+    rq->features = 1;
+
+    if (ngx_smartflow_cache_content(&rq->text) == 0) {
+        /* function words only ("who are you?"): exact matches only */
+        ngx_str_null(&rq->item.query);
+        return NGX_OK;
+    }
+
     ngx_smartflow_cache_minhash(&rq->text, rq->minhash);
     ngx_smartflow_cache_embed(&rq->text, rq->vec);
     rq->item.vec = rq->vec;
-    rq->features = 1;
 
     return NGX_OK;
 }

@@ -51,6 +51,9 @@ static ngx_uint_t ngx_smartflow_cache_novel(ngx_smartflow_cache_text_t *a,
 /* word order among shared content words: discordant pairs, per mille */
 #define NGX_SMARTFLOW_CACHE_MAX_DISORDER  0
 
+/* content words one side has and the other lacks, at most one fewer */
+#define NGX_SMARTFLOW_CACHE_MAX_NOVEL     2
+
 
 static char  *ngx_smartflow_cache_stops[] = {
     "a", "an", "the", "is", "are", "am", "was", "were", "be", "been",
@@ -697,6 +700,14 @@ ngx_smartflow_cache_verify(ngx_smartflow_cache_text_t *q,
 {
     ngx_uint_t  i, nq, nc;
 
+    /* function words only: nothing to compare, exact matches only */
+    if (ngx_smartflow_cache_content(q) == 0
+        || ngx_smartflow_cache_content(c) == 0)
+    {
+        *reason = "words";
+        return 0;
+    }
+
     if (!ngx_smartflow_cache_same_seq(q, c, NGX_SF_SEQ_NUM)) {
         *reason = "numbers";
         return 0;
@@ -734,8 +745,11 @@ ngx_smartflow_cache_verify(ngx_smartflow_cache_text_t *q,
         return 0;
     }
 
-    /* a content word swapped for another, on both sides */
-    if (ngx_smartflow_cache_novel(q, c) && ngx_smartflow_cache_novel(c, q)) {
+    /* a content word swapped for another, or two words more or less */
+    nq = ngx_smartflow_cache_novel(q, c);
+    nc = ngx_smartflow_cache_novel(c, q);
+
+    if ((nq && nc) || nq + nc >= NGX_SMARTFLOW_CACHE_MAX_NOVEL) {
         *reason = "words";
         return 0;
     }
@@ -965,4 +979,18 @@ ngx_smartflow_cache_fold(u_char *out, u_char *p, size_t len)
     }
 
     return out;
+}
+
+
+/* how many content words (not function words) a text has */
+ngx_uint_t
+ngx_smartflow_cache_content(ngx_smartflow_cache_text_t *t)
+{
+    ngx_uint_t  i, n;
+
+    for (n = 0, i = 0; i < t->n; i++) {
+        n += !t->tok[i].stop;
+    }
+
+    return n;
 }
