@@ -114,6 +114,7 @@ typedef struct {
     ngx_str_t                   name;
     ngx_uint_t                  capacity;       /* entries= */
     ngx_uint_t                  index;          /* index= */
+    ngx_str_t                   snapshot;       /* snapshot=, or empty */
 
     /* this worker's FAISS index over the zone's vectors */
     void                       *faiss;
@@ -208,6 +209,12 @@ ngx_uint_t ngx_smartflow_cache_flush(ngx_smartflow_cache_zone_t *z,
     ngx_str_t *partition);
 void ngx_smartflow_cache_latency(ngx_smartflow_cache_zone_t *z,
     ngx_msec_int_t us);
+
+/* snapshot file: ngx_http_smartflow_cache_snapshot.c */
+ngx_int_t ngx_smartflow_cache_snapshot_write(ngx_smartflow_cache_zone_t *z,
+    ngx_log_t *log);
+ngx_int_t ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
+    ngx_log_t *log);
 
 /* worker's vector index: ngx_http_smartflow_cache_vector.c */
 ngx_int_t ngx_smartflow_cache_vector_search(ngx_smartflow_cache_zone_t *z,

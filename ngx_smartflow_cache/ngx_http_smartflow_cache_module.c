@@ -73,6 +73,7 @@ static ngx_int_t ngx_http_smartflow_cache_init(ngx_conf_t *cf);
 static ngx_int_t ngx_http_smartflow_cache_init_module(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_smartflow_cache_init_process(ngx_cycle_t *cycle);
 static void ngx_http_smartflow_cache_exit_process(ngx_cycle_t *cycle);
+static void ngx_http_smartflow_cache_exit_master(ngx_cycle_t *cycle);
 
 
 /* the fields of a request that change its answer, besides the messages */
@@ -182,7 +183,7 @@ ngx_module_t  ngx_http_smartflow_cache_module = {
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
     ngx_http_smartflow_cache_exit_process, /* exit process */
-    NULL,                                  /* exit master */
+    ngx_http_smartflow_cache_exit_master,  /* exit master */
     NGX_MODULE_V1_PADDING
 };
 
@@ -1036,7 +1037,10 @@ ngx_http_smartflow_cache_merge_loc_conf(ngx_conf_t *cf, void *parent,
 }
 
 
-/* smartflow_cache_zone NAME SIZE [entries=N] [index=auto|flat|hnsw]; */
+/*
+ * smartflow_cache_zone NAME SIZE [entries=N] [index=auto|flat|hnsw]
+ *     [snapshot=PATH];
+ */
 static char *
 ngx_http_smartflow_cache_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
@@ -1078,6 +1082,19 @@ ngx_http_smartflow_cache_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             }
 
             z->capacity = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "snapshot=", 9) == 0) {
+            z->snapshot.data = value[i].data + 9;
+            z->snapshot.len = value[i].len - 9;
+
+            if (z->snapshot.len == 0
+                || ngx_conf_full_name(cf->cycle, &z->snapshot, 0) != NGX_OK)
+            {
+                goto invalid;
+            }
+
             continue;
         }
 
@@ -1340,5 +1357,29 @@ ngx_http_smartflow_cache_exit_process(ngx_cycle_t *cycle)
 
     for (i = 0; i < cmcf->zones.nelts; i++) {
         ngx_smartflow_cache_vector_free(zp[i]);
+    }
+}
+
+
+/* nginx stops: the zones with snapshot= are written, by the master */
+static void
+ngx_http_smartflow_cache_exit_master(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                             i;
+    ngx_smartflow_cache_zone_t           **zp;
+    ngx_http_smartflow_cache_main_conf_t  *cmcf;
+
+    cmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                           ngx_http_smartflow_cache_module);
+    if (cmcf == NULL) {
+        return;
+    }
+
+    zp = cmcf->zones.elts;
+
+    for (i = 0; i < cmcf->zones.nelts; i++) {
+        if (zp[i]->snapshot.len && zp[i]->sh) {
+            (void) ngx_smartflow_cache_snapshot_write(zp[i], cycle->log);
+        }
     }
 }

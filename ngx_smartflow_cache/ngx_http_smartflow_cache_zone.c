@@ -122,6 +122,10 @@ ngx_smartflow_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     /* a full zone evicts the oldest entries: not worth a log line */
     z->shpool->log_nomem = 0;
 
+    if (z->snapshot.len) {
+        return ngx_smartflow_cache_snapshot_read(z, shm_zone->shm.log);
+    }
+
     return NGX_OK;
 }
 
