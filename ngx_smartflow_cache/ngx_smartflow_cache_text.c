@@ -43,7 +43,8 @@ static ngx_uint_t ngx_smartflow_cache_novel(ngx_smartflow_cache_text_t *a,
 
 
 #define ngx_sf_tok_eq(a, b)                                                  \
-    ((a)->stem == (b)->stem && ngx_memcmp((a)->data, (b)->data, (a)->stem) == 0)
+    ((a)->stem == (b)->stem                                                  \
+     && ngx_memcmp((a)->data, (b)->data, (a)->stem) == 0)
 
 #define NGX_SF_SEQ_NUM  0
 #define NGX_SF_SEQ_LEX  1
