@@ -278,7 +278,14 @@ ngx_http_smartflow_cache_stage(ngx_http_request_t *r,
         return ngx_http_smartflow_cache_hit(r, ctx, rq, &f, 1, &start);
     }
 
-    if (rq->item.query.len == 0) {
+    if (rq->item.query.len == 0
+        || ngx_smartflow_cache_context_size(z, rq->item.ctxk) == 0)
+    {
+        /* nothing to compare with; the features are made for the store */
+        if (ngx_http_smartflow_cache_features(r, rq) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
         goto miss;
     }
 

@@ -392,6 +392,24 @@ ngx_smartflow_cache_exact(ngx_smartflow_cache_zone_t *z, ngx_pool_t *pool,
 }
 
 
+/* how many entries the context has: none, and phases 2 and 4 are skipped */
+ngx_uint_t
+ngx_smartflow_cache_context_size(ngx_smartflow_cache_zone_t *z, u_char *ctxk)
+{
+    ngx_uint_t                    n;
+    ngx_smartflow_cache_group_t  *g;
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+
+    g = ngx_smartflow_cache_group(z->sh, ctxk);
+    n = g ? g->count : 0;
+
+    ngx_shmtx_unlock(&z->shpool->mutex);
+
+    return n;
+}
+
+
 /*
  * Phase 2: the entries of the same context whose MinHash signature is
  * close enough, the closest first, their queries copied out to be
