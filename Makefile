@@ -17,7 +17,8 @@ CC_OPT      ?= -g -O2 -fstack-protector-strong -Wformat \
 LD_OPT      ?= -Wl,-z,relro -Wl,-z,now -fPIC
 
 .PHONY: all modules deps run test test-asan asan-modules test-valgrind bench \
-        fuzz unit clean verify policy-harness cache-eval cache-quality
+        fuzz unit clean verify policy-harness cache-eval cache-quality \
+        cache-bench-bin
 
 all: modules verify
 
@@ -191,3 +192,16 @@ cache-eval: $(BUILD)/unit/cache_eval
 cache-quality: $(BUILD)/unit/cache_eval
 	$(BUILD)/unit/cache_eval t/cache/pairs.jsonl
 	@if [ -f $(PAWS) ]; then $(BUILD)/unit/cache_eval $(PAWS); fi
+
+# phase 4 at scale, for make bench (bench/cache.sh)
+$(BUILD)/unit/cache_bench: unit/ngx_smartflow_cache_bench.c \
+        ngx_smartflow_cache/ngx_smartflow_cache_text.c \
+        ngx_smartflow_cache/ngx_smartflow_cache_text.h \
+        $(FAISS_LIB) $(NGX_BUILD)/objs/Makefile
+	@mkdir -p $(BUILD)/unit
+	cc -g -O2 $(FUZZ_INCS) -Ingx_smartflow_cache \
+	    unit/ngx_smartflow_cache_bench.c \
+	    ngx_smartflow_cache/ngx_smartflow_cache_text.c \
+	    $(FAISS_LIB) -l:libfaiss.a -lopenblas -lgomp -lstdc++ -lm -o $@
+
+cache-bench-bin: $(BUILD)/unit/cache_bench

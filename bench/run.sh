@@ -894,5 +894,11 @@ if [ "${BENCH_KEYS:-1}" = 1 ]; then
     "$top/bench/keys.sh" || die "the virtual-key scenario failed"
 fi
 
+# the MetaCache: hit and miss paths against plain proxy_pass, phase 4 at
+# 100,000 entries (BENCH_CACHE=0 skips it)
+if [ "${BENCH_CACHE:-1}" = 1 ]; then
+    SMARTFLOW_MODULES=$modules "$top/bench/cache.sh"
+fi
+
 ok=1
 exit 0

@@ -114,6 +114,7 @@ typedef struct {
     ngx_str_t                   name;
     ngx_uint_t                  capacity;       /* entries= */
     ngx_uint_t                  index;          /* index= */
+    ngx_str_t                   snapshot;       /* snapshot=, or empty */
 
     /* this worker's FAISS index over the zone's vectors */
     void                       *faiss;
@@ -123,6 +124,8 @@ typedef struct {
     uint64_t                    epoch;
     uint64_t                    seq;
     size_t                      rebuild;        /* next slot to index */
+    float                      *batch_vecs;     /* kept for each sync */
+    ngx_smartflow_cache_ref_t  *batch_refs;
 } ngx_smartflow_cache_zone_t;
 
 
@@ -183,6 +186,7 @@ typedef struct {
     size_t                      max_size;
     unsigned                    store:1;
     unsigned                    failed:1;
+    unsigned                    features:1;     /* text, minhash, vec */
 } ngx_http_smartflow_cache_req_t;
 
 
@@ -193,6 +197,8 @@ extern ngx_module_t  ngx_http_smartflow_cache_module;
 ngx_int_t ngx_smartflow_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data);
 ngx_int_t ngx_smartflow_cache_exact(ngx_smartflow_cache_zone_t *z,
     ngx_pool_t *pool, u_char *fp, ngx_smartflow_cache_found_t *f);
+ngx_uint_t ngx_smartflow_cache_context_size(ngx_smartflow_cache_zone_t *z,
+    u_char *ctxk);
 ngx_uint_t ngx_smartflow_cache_near(ngx_smartflow_cache_zone_t *z,
     ngx_pool_t *pool, u_char *ctxk, uint32_t *sig, ngx_uint_t threshold,
     ngx_smartflow_cache_found_t *cand);
@@ -205,6 +211,12 @@ ngx_uint_t ngx_smartflow_cache_flush(ngx_smartflow_cache_zone_t *z,
     ngx_str_t *partition);
 void ngx_smartflow_cache_latency(ngx_smartflow_cache_zone_t *z,
     ngx_msec_int_t us);
+
+/* snapshot file: ngx_http_smartflow_cache_snapshot.c */
+ngx_int_t ngx_smartflow_cache_snapshot_write(ngx_smartflow_cache_zone_t *z,
+    ngx_log_t *log);
+ngx_int_t ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
+    ngx_log_t *log);
 
 /* worker's vector index: ngx_http_smartflow_cache_vector.c */
 ngx_int_t ngx_smartflow_cache_vector_search(ngx_smartflow_cache_zone_t *z,

@@ -43,6 +43,8 @@ static ngx_int_t ngx_http_smartflow_cache_text(ngx_pool_t *pool,
 static ngx_int_t ngx_http_smartflow_cache_keys(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_cache_loc_conf_t *clcf,
     ngx_http_smartflow_cache_req_t *rq);
+static ngx_int_t ngx_http_smartflow_cache_features(ngx_http_request_t *r,
+    ngx_http_smartflow_cache_req_t *rq);
 static ngx_int_t ngx_http_smartflow_cache_candidates(ngx_http_request_t *r,
     ngx_http_smartflow_cache_req_t *rq, ngx_smartflow_cache_found_t *cand,
     ngx_uint_t n, ngx_smartflow_cache_found_t *f);
@@ -71,6 +73,7 @@ static ngx_int_t ngx_http_smartflow_cache_init(ngx_conf_t *cf);
 static ngx_int_t ngx_http_smartflow_cache_init_module(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_smartflow_cache_init_process(ngx_cycle_t *cycle);
 static void ngx_http_smartflow_cache_exit_process(ngx_cycle_t *cycle);
+static void ngx_http_smartflow_cache_exit_master(ngx_cycle_t *cycle);
 
 
 /* the fields of a request that change its answer, besides the messages */
@@ -180,7 +183,7 @@ ngx_module_t  ngx_http_smartflow_cache_module = {
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
     ngx_http_smartflow_cache_exit_process, /* exit process */
-    NULL,                                  /* exit master */
+    ngx_http_smartflow_cache_exit_master,  /* exit master */
     NGX_MODULE_V1_PADDING
 };
 
@@ -254,6 +257,11 @@ ngx_http_smartflow_cache_stage(ngx_http_request_t *r,
 
     if (!lookup) {
         (void) ngx_atomic_fetch_add(&z->sh->stats.bypasses, 1);
+
+        if (ngx_http_smartflow_cache_features(r, rq) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
         return NGX_DECLINED;
     }
 
@@ -268,6 +276,21 @@ ngx_http_smartflow_cache_stage(ngx_http_request_t *r,
     if (rc == NGX_OK) {
         f.similarity = 0;
         return ngx_http_smartflow_cache_hit(r, ctx, rq, &f, 1, &start);
+    }
+
+    if (rq->item.query.len == 0
+        || ngx_smartflow_cache_context_size(z, rq->item.ctxk) == 0)
+    {
+        /* nothing to compare with; the features are made for the store */
+        if (ngx_http_smartflow_cache_features(r, rq) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        goto miss;
+    }
+
+    if (ngx_http_smartflow_cache_features(r, rq) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     if (rq->item.query.len == 0) {
@@ -754,17 +777,37 @@ ngx_http_smartflow_cache_keys(ngx_http_request_t *r,
 
     rq->item.query = cn.query;
     rq->item.minhash = rq->minhash;
+    rq->item.vec = NULL;
 
-    if (cn.query.len == 0) {
-        rq->item.vec = NULL;
+    return NGX_OK;
+}
+
+
+/*
+ * The query's tokens, MinHash signature and embedding: made only when a
+ * phase 1 miss needs them, or for the store.
+ */
+static ngx_int_t
+ngx_http_smartflow_cache_features(ngx_http_request_t *r,
+    ngx_http_smartflow_cache_req_t *rq)
+{
+    if (rq->features || rq->item.query.len == 0) {
         return NGX_OK;
     }
 
-    if (ngx_smartflow_cache_tokenize(r->pool, cn.query.data, cn.query.len,
-                                     &rq->text)
+    if (ngx_smartflow_cache_tokenize(r->pool, rq->item.query.data,
+                                     rq->item.query.len, &rq->text)
         != NGX_OK)
     {
         return NGX_ERROR;
+    }
+
+    rq->features = 1;
+
+    if (ngx_smartflow_cache_content(&rq->text) == 0) {
+        /* function words only ("who are you?"): exact matches only */
+        ngx_str_null(&rq->item.query);
+        return NGX_OK;
     }
 
     ngx_smartflow_cache_minhash(&rq->text, rq->minhash);
@@ -1001,7 +1044,10 @@ ngx_http_smartflow_cache_merge_loc_conf(ngx_conf_t *cf, void *parent,
 }
 
 
-/* smartflow_cache_zone NAME SIZE [entries=N] [index=auto|flat|hnsw]; */
+/*
+ * smartflow_cache_zone NAME SIZE [entries=N] [index=auto|flat|hnsw]
+ *     [snapshot=PATH];
+ */
 static char *
 ngx_http_smartflow_cache_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
@@ -1043,6 +1089,19 @@ ngx_http_smartflow_cache_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             }
 
             z->capacity = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "snapshot=", 9) == 0) {
+            z->snapshot.data = value[i].data + 9;
+            z->snapshot.len = value[i].len - 9;
+
+            if (z->snapshot.len == 0
+                || ngx_conf_full_name(cf->cycle, &z->snapshot, 0) != NGX_OK)
+            {
+                goto invalid;
+            }
+
             continue;
         }
 
@@ -1305,5 +1364,29 @@ ngx_http_smartflow_cache_exit_process(ngx_cycle_t *cycle)
 
     for (i = 0; i < cmcf->zones.nelts; i++) {
         ngx_smartflow_cache_vector_free(zp[i]);
+    }
+}
+
+
+/* nginx stops: the zones with snapshot= are written, by the master */
+static void
+ngx_http_smartflow_cache_exit_master(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                             i;
+    ngx_smartflow_cache_zone_t           **zp;
+    ngx_http_smartflow_cache_main_conf_t  *cmcf;
+
+    cmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                           ngx_http_smartflow_cache_module);
+    if (cmcf == NULL) {
+        return;
+    }
+
+    zp = cmcf->zones.elts;
+
+    for (i = 0; i < cmcf->zones.nelts; i++) {
+        if (zp[i]->snapshot.len && zp[i]->sh) {
+            (void) ngx_smartflow_cache_snapshot_write(zp[i], cycle->log);
+        }
     }
 }

@@ -11,6 +11,7 @@
  * L2-normalised vectors is the cosine similarity.
  */
 
+#include <faiss/c_api/IndexFlat_c.h>
 #include <faiss/c_api/Index_c.h>
 #include <faiss/c_api/error_c.h>
 #include <faiss/c_api/index_factory_c.h>
@@ -83,7 +84,6 @@ ngx_smartflow_cache_vector_sync(ngx_smartflow_cache_zone_t *z,
     size_t                        n, batch, hnsw;
     float                        *vecs;
     uint64_t                      seq;
-    ngx_int_t                     rc;
     ngx_uint_t                    rebuild;
     const char                   *err, *desc;
     ngx_smartflow_cache_ref_t    *refs, r;
@@ -105,13 +105,21 @@ ngx_smartflow_cache_vector_sync(ngx_smartflow_cache_zone_t *z,
         return NGX_OK;
     }
 
-    vecs = ngx_alloc(batch * sizeof(float) * NGX_SMARTFLOW_CACHE_DIM, log);
-    refs = ngx_alloc(batch * sizeof(ngx_smartflow_cache_ref_t), log);
+    /* the worker's batch buffers, made once */
+    if (z->batch_vecs == NULL) {
+        z->batch_vecs = ngx_alloc(NGX_SMARTFLOW_CACHE_BATCH_FLAT
+                                  * sizeof(float) * NGX_SMARTFLOW_CACHE_DIM,
+                                  log);
+        z->batch_refs = ngx_alloc(NGX_SMARTFLOW_CACHE_BATCH_FLAT
+                                  * sizeof(ngx_smartflow_cache_ref_t), log);
 
-    if (vecs == NULL || refs == NULL) {
-        rc = NGX_ERROR;
-        goto done;
+        if (z->batch_vecs == NULL || z->batch_refs == NULL) {
+            return NGX_ERROR;
+        }
     }
+
+    vecs = z->batch_vecs;
+    refs = z->batch_refs;
 
     n = 0;
     rebuild = 0;
@@ -168,9 +176,12 @@ ngx_smartflow_cache_vector_sync(ngx_smartflow_cache_zone_t *z,
         z->nlabels = 0;
         desc = hnsw ? "HNSW32,Flat" : "Flat";
 
-        if (faiss_index_factory((FaissIndex **) &z->faiss,
-                                NGX_SMARTFLOW_CACHE_DIM, desc,
-                                METRIC_INNER_PRODUCT)
+        if ((hnsw ? faiss_index_factory((FaissIndex **) &z->faiss,
+                                        NGX_SMARTFLOW_CACHE_DIM, desc,
+                                        METRIC_INNER_PRODUCT)
+                  : faiss_IndexFlatIP_new_with((FaissIndexFlatIP **)
+                                               &z->faiss,
+                                               NGX_SMARTFLOW_CACHE_DIM))
             != 0)
         {
             err = faiss_get_last_error();
@@ -178,8 +189,7 @@ ngx_smartflow_cache_vector_sync(ngx_smartflow_cache_zone_t *z,
                           "smartflow cache: FAISS index \"%s\" failed: %s",
                           desc, err ? err : "unknown error");
             z->faiss = NULL;
-            rc = NGX_ERROR;
-            goto done;
+            return NGX_ERROR;
         }
 
         ngx_log_debug2(NGX_LOG_DEBUG_HTTP, log, 0,
@@ -187,19 +197,7 @@ ngx_smartflow_cache_vector_sync(ngx_smartflow_cache_zone_t *z,
                        desc, &z->name);
     }
 
-    rc = ngx_smartflow_cache_vector_add(z, log, vecs, refs, n);
-
-done:
-
-    if (vecs) {
-        ngx_free(vecs);
-    }
-
-    if (refs) {
-        ngx_free(refs);
-    }
-
-    return rc;
+    return ngx_smartflow_cache_vector_add(z, log, vecs, refs, n);
 }
 
 
@@ -265,6 +263,16 @@ ngx_smartflow_cache_vector_free(ngx_smartflow_cache_zone_t *z)
     if (z->labels) {
         ngx_free(z->labels);
         z->labels = NULL;
+    }
+
+    if (z->batch_vecs) {
+        ngx_free(z->batch_vecs);
+        z->batch_vecs = NULL;
+    }
+
+    if (z->batch_refs) {
+        ngx_free(z->batch_refs);
+        z->batch_refs = NULL;
     }
 
     z->nlabels = 0;

@@ -122,6 +122,10 @@ ngx_smartflow_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     /* a full zone evicts the oldest entries: not worth a log line */
     z->shpool->log_nomem = 0;
 
+    if (z->snapshot.len) {
+        return ngx_smartflow_cache_snapshot_read(z, shm_zone->shm.log);
+    }
+
     return NGX_OK;
 }
 
@@ -385,6 +389,24 @@ ngx_smartflow_cache_exact(ngx_smartflow_cache_zone_t *z, ngx_pool_t *pool,
     }
 
     return NGX_OK;
+}
+
+
+/* how many entries the context has: none, and phases 2 and 4 are skipped */
+ngx_uint_t
+ngx_smartflow_cache_context_size(ngx_smartflow_cache_zone_t *z, u_char *ctxk)
+{
+    ngx_uint_t                    n;
+    ngx_smartflow_cache_group_t  *g;
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+
+    g = ngx_smartflow_cache_group(z->sh, ctxk);
+    n = g ? g->count : 0;
+
+    ngx_shmtx_unlock(&z->shpool->mutex);
+
+    return n;
 }
 
 

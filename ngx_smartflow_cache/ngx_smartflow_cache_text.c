@@ -43,13 +43,17 @@ static ngx_uint_t ngx_smartflow_cache_novel(ngx_smartflow_cache_text_t *a,
 
 
 #define ngx_sf_tok_eq(a, b)                                                  \
-    ((a)->stem == (b)->stem && ngx_memcmp((a)->data, (b)->data, (a)->stem) == 0)
+    ((a)->stem == (b)->stem                                                  \
+     && ngx_memcmp((a)->data, (b)->data, (a)->stem) == 0)
 
 #define NGX_SF_SEQ_NUM  0
 #define NGX_SF_SEQ_LEX  1
 
 /* word order among shared content words: discordant pairs, per mille */
 #define NGX_SMARTFLOW_CACHE_MAX_DISORDER  0
+
+/* content words one side has and the other lacks, at most one fewer */
+#define NGX_SMARTFLOW_CACHE_MAX_NOVEL     2
 
 
 static char  *ngx_smartflow_cache_stops[] = {
@@ -151,9 +155,10 @@ ngx_smartflow_cache_tokenize(ngx_pool_t *pool, u_char *p, size_t len,
     size_t      n, wl;
     ngx_uint_t  sentence, cap, upper;
 
+    /* a token takes a byte of text at least; "n't" gives two from three */
     t->n = 0;
-    t->tok = ngx_palloc(pool, sizeof(ngx_smartflow_cache_tok_t)
-                              * NGX_SMARTFLOW_CACHE_MAX_TOKENS);
+    t->max = ngx_min(len + 2, NGX_SMARTFLOW_CACHE_MAX_TOKENS);
+    t->tok = ngx_palloc(pool, sizeof(ngx_smartflow_cache_tok_t) * t->max);
     buf = ngx_pnalloc(pool, 3 * len + 16);
 
     if (t->tok == NULL || buf == NULL) {
@@ -164,7 +169,7 @@ ngx_smartflow_cache_tokenize(ngx_pool_t *pool, u_char *p, size_t len,
     start = p;
     sentence = 1;
 
-    while (p < end && t->n < NGX_SMARTFLOW_CACHE_MAX_TOKENS - 2) {
+    while (p < end && t->n + 2 < t->max) {
         c = *p;
 
         /* euro and pound signs, typographic apostrophes */
@@ -366,7 +371,7 @@ ngx_smartflow_cache_emit(ngx_smartflow_cache_text_t *t, u_char **buf,
     }
 
     for (m = ngx_smartflow_cache_spellings; m->from; m++) {
-        if (ngx_strlen(m->from) == len
+        if ((u_char) m->from[0] == d[0] && ngx_strlen(m->from) == len
             && ngx_memcmp(m->from, d, len) == 0)
         {
             len = ngx_strlen(m->to);
@@ -696,6 +701,14 @@ ngx_smartflow_cache_verify(ngx_smartflow_cache_text_t *q,
 {
     ngx_uint_t  i, nq, nc;
 
+    /* function words only: nothing to compare, exact matches only */
+    if (ngx_smartflow_cache_content(q) == 0
+        || ngx_smartflow_cache_content(c) == 0)
+    {
+        *reason = "words";
+        return 0;
+    }
+
     if (!ngx_smartflow_cache_same_seq(q, c, NGX_SF_SEQ_NUM)) {
         *reason = "numbers";
         return 0;
@@ -733,8 +746,11 @@ ngx_smartflow_cache_verify(ngx_smartflow_cache_text_t *q,
         return 0;
     }
 
-    /* a content word swapped for another, on both sides */
-    if (ngx_smartflow_cache_novel(q, c) && ngx_smartflow_cache_novel(c, q)) {
+    /* a content word swapped for another, or two words more or less */
+    nq = ngx_smartflow_cache_novel(q, c);
+    nc = ngx_smartflow_cache_novel(c, q);
+
+    if ((nq && nc) || nq + nc >= NGX_SMARTFLOW_CACHE_MAX_NOVEL) {
         *reason = "words";
         return 0;
     }
@@ -964,4 +980,18 @@ ngx_smartflow_cache_fold(u_char *out, u_char *p, size_t len)
     }
 
     return out;
+}
+
+
+/* how many content words (not function words) a text has */
+ngx_uint_t
+ngx_smartflow_cache_content(ngx_smartflow_cache_text_t *t)
+{
+    ngx_uint_t  i, n;
+
+    for (n = 0, i = 0; i < t->n; i++) {
+        n += !t->tok[i].stop;
+    }
+
+    return n;
 }

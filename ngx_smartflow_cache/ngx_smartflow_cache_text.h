@@ -40,6 +40,7 @@ typedef struct {
 typedef struct {
     ngx_smartflow_cache_tok_t  *tok;
     ngx_uint_t                  n;
+    ngx_uint_t                  max;
 } ngx_smartflow_cache_text_t;
 
 
@@ -58,6 +59,7 @@ ngx_uint_t ngx_smartflow_cache_cosine(float *a, float *b);
 /* 1 when the candidate may answer the query; why not in *reason */
 ngx_uint_t ngx_smartflow_cache_verify(ngx_smartflow_cache_text_t *q,
     ngx_smartflow_cache_text_t *c, char **reason);
+ngx_uint_t ngx_smartflow_cache_content(ngx_smartflow_cache_text_t *t);
 u_char *ngx_smartflow_cache_fold(u_char *out, u_char *p, size_t len);
 uint64_t ngx_smartflow_cache_hash(u_char *p, size_t len, uint64_t seed);
 

@@ -190,3 +190,19 @@ __DATA__
  qr/^\{"type":"error","error":\{"type":"invalid_request_error","message":"The x-smartflow-cache-ttl header/]
 --- error_log
 smartflow proxy: The x-smartflow-cache
+
+
+
+=== TEST 6: questions of function words only are matched exactly, never as near misses
+--- request eval
+[main::chat("Who are you?"), main::chat("What is it?"),
+ main::chat("who are you"), main::chat("Are you there?")]
+--- response_body_like eval
+[qr/Echo: Who are you\?/, qr/Echo: What is it\?/, qr/Echo: Who are you\?/,
+ qr/Echo: Are you there\?/]
+--- response_headers eval
+["x-smartflow-cache: MISS", "x-smartflow-cache: MISS",
+ "x-smartflow-cache: HIT\nx-smartflow-cache-phase: 1",
+ "x-smartflow-cache: MISS"]
+--- no_error_log
+[error]

@@ -44,12 +44,12 @@ our $Locations = <<'_EOC_';
     location = /short/chat/completions {
         smartflow_api chat;
         smartflow_cache metacache;
-        smartflow_cache_ttl 1s;
+        smartflow_cache_ttl 2s;
         include $TEST_NGINX_SMARTFLOW_CONF/smartflow_proxy.conf;
     }
 
     location = /sleep {
-        echo_sleep 2.1;
+        echo_sleep 3.1;
         echo slept;
     }
 
@@ -120,7 +120,7 @@ __DATA__
  main::ask("Short lived?"), main::ask("Long lived?"),
  main::ask("In a short location?", "/short/chat/completions")]
 --- more_headers eval
-[main::with("x-mock-reply: s1", "x-smartflow-cache-ttl: 1"),
+[main::with("x-mock-reply: s1", "x-smartflow-cache-ttl: 2"),
  main::with("x-mock-reply: l1"), main::with("x-mock-reply: q1"),
  main::with("x-mock-reply: s2"), main::with("x-mock-reply: l2"),
  main::with("x-mock-reply: q2"), "",

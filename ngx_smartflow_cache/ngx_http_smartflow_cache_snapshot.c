@@ -1,0 +1,277 @@
+/*
+ * The snapshot: with snapshot=PATH on smartflow_cache_zone, the master
+ * writes the zone's live entries to PATH when nginx stops (exit_master:
+ * no worker waits for it), and a zone made afresh at start-up reads them
+ * back, oldest first so that the LRU order survives, without those that
+ * expired meanwhile.  The file is written next to PATH and renamed over
+ * it, so a crash while writing leaves the previous snapshot whole.  A
+ * reload keeps the zone itself and reads nothing.
+ */
+
+#include "ngx_http_smartflow_cache.h"
+
+
+#define NGX_SMARTFLOW_CACHE_SNAP_MAGIC  "SFMC0001"
+
+
+typedef struct {
+    u_char                      magic[8];
+    uint32_t                    dim;
+    uint32_t                    minhash;
+} ngx_smartflow_cache_snap_head_t;
+
+
+typedef struct {
+    u_char                      fp[NGX_SMARTFLOW_CACHE_FP];
+    u_char                      ctxk[NGX_SMARTFLOW_CACHE_CTXK];
+    int64_t                     expire;
+    uint32_t                    prompt_tokens;
+    uint32_t                    completion_tokens;
+    uint32_t                    part_len;
+    uint32_t                    query_len;
+    uint32_t                    answer_len;
+    uint32_t                    pad;
+    u_char                      finish[NGX_SMARTFLOW_CACHE_FINISH];
+    uint32_t                    minhash[NGX_SMARTFLOW_CACHE_MINHASH];
+    float                       vec[NGX_SMARTFLOW_CACHE_DIM];
+} ngx_smartflow_cache_snap_t;
+
+
+ngx_int_t
+ngx_smartflow_cache_snapshot_write(ngx_smartflow_cache_zone_t *z,
+    ngx_log_t *log)
+{
+    u_char                           *buf, *p, *d;
+    size_t                            size;
+    ngx_fd_t                          fd;
+    ngx_int_t                         rc;
+    ngx_str_t                         tmp;
+    ngx_uint_t                        n;
+    ngx_queue_t                      *q;
+    ngx_smartflow_cache_node_t       *node;
+    ngx_smartflow_cache_snap_t        rec;
+    ngx_smartflow_cache_snap_head_t   head;
+
+    tmp.len = z->snapshot.len + sizeof(".tmp") - 1;
+    tmp.data = ngx_alloc(tmp.len + 1, log);
+    if (tmp.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(tmp.data, "%V.tmp%Z", &z->snapshot);
+
+    fd = ngx_open_file(tmp.data, NGX_FILE_WRONLY, NGX_FILE_TRUNCATE,
+                       NGX_FILE_DEFAULT_ACCESS);
+    if (fd == NGX_INVALID_FILE) {
+        ngx_log_error(NGX_LOG_ERR, log, ngx_errno,
+                      "smartflow cache: cannot write the snapshot \"%s\"",
+                      tmp.data);
+        ngx_free(tmp.data);
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(head.magic, NGX_SMARTFLOW_CACHE_SNAP_MAGIC, 8);
+    head.dim = NGX_SMARTFLOW_CACHE_DIM;
+    head.minhash = NGX_SMARTFLOW_CACHE_MINHASH;
+
+    rc = (ngx_write_fd(fd, &head, sizeof(head)) == sizeof(head))
+         ? NGX_OK : NGX_ERROR;
+
+    buf = NULL;
+    n = 0;
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+
+    /* the oldest first: read back in this order, the LRU order holds */
+    for (q = ngx_queue_last(&z->sh->lru);
+         rc == NGX_OK && q != ngx_queue_sentinel(&z->sh->lru);
+         q = ngx_queue_prev(q))
+    {
+        node = ngx_queue_data(q, ngx_smartflow_cache_node_t, lru);
+
+        if (node->expire <= ngx_time()) {
+            continue;
+        }
+
+        ngx_memzero(&rec, sizeof(rec));
+        ngx_memcpy(rec.fp, node->fp, NGX_SMARTFLOW_CACHE_FP);
+        ngx_memcpy(rec.ctxk, node->group->key, NGX_SMARTFLOW_CACHE_CTXK);
+        rec.expire = node->expire;
+        rec.prompt_tokens = node->prompt_tokens;
+        rec.completion_tokens = node->completion_tokens;
+        rec.part_len = node->part_len;
+        rec.query_len = node->query_len;
+        rec.answer_len = node->answer_len;
+        ngx_memcpy(rec.finish, node->finish, NGX_SMARTFLOW_CACHE_FINISH);
+        ngx_memcpy(rec.minhash, node->minhash, sizeof(rec.minhash));
+        ngx_memcpy(rec.vec, z->sh->slots[node->slot].vec, sizeof(rec.vec));
+
+        size = sizeof(rec) + node->part_len + node->query_len
+               + node->answer_len;
+
+        buf = ngx_alloc(size, log);
+        if (buf == NULL) {
+            rc = NGX_ERROR;
+            break;
+        }
+
+        d = node->data;
+        p = ngx_cpymem(buf, &rec, sizeof(rec));
+        ngx_memcpy(p, d, node->part_len + node->query_len
+                         + node->answer_len);
+
+        if (ngx_write_fd(fd, buf, size) != (ssize_t) size) {
+            rc = NGX_ERROR;
+        }
+
+        ngx_free(buf);
+        n++;
+    }
+
+    ngx_shmtx_unlock(&z->shpool->mutex);
+
+    if (ngx_close_file(fd) == NGX_FILE_ERROR) {
+        rc = NGX_ERROR;
+    }
+
+    if (rc == NGX_OK
+        && ngx_rename_file(tmp.data, z->snapshot.data) == NGX_FILE_ERROR)
+    {
+        rc = NGX_ERROR;
+    }
+
+    if (rc != NGX_OK) {
+        ngx_log_error(NGX_LOG_ERR, log, ngx_errno,
+                      "smartflow cache: writing the snapshot \"%V\" failed",
+                      &z->snapshot);
+        (void) ngx_delete_file(tmp.data);
+
+    } else {
+        ngx_log_error(NGX_LOG_NOTICE, log, 0,
+                      "smartflow cache: %ui entries of zone \"%V\" saved "
+                      "to \"%V\"", n, &z->name, &z->snapshot);
+    }
+
+    ngx_free(tmp.data);
+
+    return rc;
+}
+
+
+/* called by init_zone for a zone made afresh */
+ngx_int_t
+ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
+    ngx_log_t *log)
+{
+    u_char                           *buf, *p, *last;
+    time_t                            now;
+    ssize_t                           n;
+    ngx_fd_t                          fd;
+    ngx_uint_t                        loaded;
+    ngx_file_info_t                   fi;
+    ngx_smartflow_cache_item_t        it;
+    ngx_smartflow_cache_snap_t        rec;
+    ngx_smartflow_cache_snap_head_t   head;
+
+    fd = ngx_open_file(z->snapshot.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (fd == NGX_INVALID_FILE) {
+        /* none yet: the first start */
+        return NGX_OK;
+    }
+
+    buf = NULL;
+
+    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR
+        || ngx_file_size(&fi) < (off_t) sizeof(head))
+    {
+        goto bad;
+    }
+
+    buf = ngx_alloc(ngx_file_size(&fi), log);
+    if (buf == NULL) {
+        ngx_close_file(fd);
+        return NGX_ERROR;
+    }
+
+    n = ngx_read_fd(fd, buf, ngx_file_size(&fi));
+    if (n != ngx_file_size(&fi)) {
+        goto bad;
+    }
+
+    ngx_memcpy(&head, buf, sizeof(head));
+
+    if (ngx_memcmp(head.magic, NGX_SMARTFLOW_CACHE_SNAP_MAGIC, 8) != 0
+        || head.dim != NGX_SMARTFLOW_CACHE_DIM
+        || head.minhash != NGX_SMARTFLOW_CACHE_MINHASH)
+    {
+        goto bad;
+    }
+
+    p = buf + sizeof(head);
+    last = buf + n;
+    now = ngx_time();
+    loaded = 0;
+
+    while (last - p >= (ssize_t) sizeof(rec)) {
+        ngx_memcpy(&rec, p, sizeof(rec));
+        p += sizeof(rec);
+
+        if ((size_t) (last - p) < (size_t) rec.part_len + rec.query_len
+                                  + rec.answer_len
+            || rec.finish[NGX_SMARTFLOW_CACHE_FINISH - 1] != '\0')
+        {
+            goto bad;
+        }
+
+        ngx_memzero(&it, sizeof(it));
+        ngx_memcpy(it.fp, rec.fp, NGX_SMARTFLOW_CACHE_FP);
+        ngx_memcpy(it.ctxk, rec.ctxk, NGX_SMARTFLOW_CACHE_CTXK);
+        it.partition.data = p;
+        it.partition.len = rec.part_len;
+        it.query.data = p + rec.part_len;
+        it.query.len = rec.query_len;
+        it.answer.data = it.query.data + rec.query_len;
+        it.answer.len = rec.answer_len;
+        it.finish.data = rec.finish;
+        it.finish.len = ngx_strlen(rec.finish);
+        it.minhash = rec.minhash;
+        it.vec = rec.query_len ? rec.vec : NULL;
+        it.ttl = (time_t) rec.expire - now;
+        it.prompt_tokens = rec.prompt_tokens;
+        it.completion_tokens = rec.completion_tokens;
+
+        p = it.answer.data + rec.answer_len;
+
+        if (it.ttl <= 0) {
+            continue;
+        }
+
+        if (ngx_smartflow_cache_insert(z, &it, log) == NGX_OK) {
+            loaded++;
+        }
+    }
+
+    ngx_close_file(fd);
+    ngx_free(buf);
+
+    ngx_log_error(NGX_LOG_NOTICE, log, 0,
+                  "smartflow cache: %ui entries of zone \"%V\" read from "
+                  "\"%V\"", loaded, &z->name, &z->snapshot);
+
+    return NGX_OK;
+
+bad:
+
+    /* a damaged snapshot loses the entries, not the start */
+    ngx_log_error(NGX_LOG_WARN, log, 0,
+                  "smartflow cache: the snapshot \"%V\" is damaged or of "
+                  "another version; the zone starts empty", &z->snapshot);
+
+    ngx_close_file(fd);
+
+    if (buf) {
+        ngx_free(buf);
+    }
+
+    return NGX_OK;
+}

@@ -1,0 +1,107 @@
+# snapshot=PATH: the entries are written when nginx stops and read back
+# when it starts again; expired ones stay behind; a damaged file starts
+# the zone empty, and nginx starts all the same.  Each block here runs in
+# a new nginx: the zone itself is new every time.
+
+use Test::Nginx::Socket 'no_plan';
+
+no_shuffle();
+
+unlink server_root() . '/metacache.snap';
+
+# read by the last block's nginx at its start
+if (open my $fh, '>', server_root() . '/damaged.snap') {
+    print $fh "SFMC0001 but nothing after it is right";
+    close $fh;
+}
+
+our $MainConfig = <<'_EOC_';
+    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_proxy_module.so;
+    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_policy_module.so;
+    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_cache_module.so;
+    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_audit_module.so;
+_EOC_
+
+our $HttpConfig = <<'_EOC_';
+    smartflow_master_key sk-smartflow-test-0123456789;
+    smartflow_provider demo type=echo;
+    smartflow_route smartflow-echo demo;
+    smartflow_cache_zone metacache 16m entries=1000
+                         snapshot=metacache.snap;
+_EOC_
+
+our $Locations = <<'_EOC_';
+    location = /v1/chat/completions {
+        smartflow_api chat;
+        smartflow_cache metacache;
+        include $TEST_NGINX_SMARTFLOW_CONF/smartflow_proxy.conf;
+    }
+
+    location @smartflow_error {
+        smartflow_api error;
+    }
+_EOC_
+
+add_block_preprocessor(sub {
+    my $block = shift;
+
+    $block->set_value('main_config', $MainConfig)
+        unless defined $block->main_config;
+    $block->set_value('http_config', $HttpConfig)
+        unless defined $block->http_config;
+    $block->set_value('config', $Locations)
+        unless defined $block->config;
+    $block->set_value('more_headers',
+                      'Authorization: Bearer sk-smartflow-test-0123456789')
+        unless defined $block->more_headers;
+});
+
+sub ask {
+    return "POST /v1/chat/completions\n"
+        . qq({"model":"smartflow-echo","messages":[{"role":"user","content":"$_[0]"}]});
+}
+
+run_tests();
+
+__DATA__
+
+=== TEST 1: answers stored, one of them for a second only
+--- request eval
+[main::ask("Write a short poem about the ocean"),
+ main::ask("Will this one last?")]
+--- more_headers eval
+["Authorization: Bearer sk-smartflow-test-0123456789",
+ "Authorization: Bearer sk-smartflow-test-0123456789\nx-smartflow-cache-ttl: 1"]
+--- response_headers eval
+["x-smartflow-cache: MISS", "x-smartflow-cache: MISS"]
+--- no_error_log
+[error]
+
+
+
+=== TEST 2: after a restart: the long-lived entry is back, phase 4 included; the expired one is not
+--- init
+sleep 2;
+--- request eval
+[main::ask("Write a short poem about the ocean"),
+ main::ask("Will this one last?")]
+--- response_headers eval
+["x-smartflow-cache: HIT\nx-smartflow-cache-phase: 1",
+ "x-smartflow-cache: MISS"]
+--- no_error_log
+[error]
+
+
+
+=== TEST 3: a damaged snapshot: nginx starts with an empty zone
+--- http_config
+    smartflow_master_key sk-smartflow-test-0123456789;
+    smartflow_provider demo type=echo;
+    smartflow_route smartflow-echo demo;
+    smartflow_cache_zone metacache 16m entries=1000 snapshot=damaged.snap;
+--- request eval
+[main::ask("Write a short poem about the ocean")]
+--- response_headers eval
+["x-smartflow-cache: MISS"]
+--- no_error_log
+[error]

@@ -1,0 +1,198 @@
+/*
+ * Phase 4's cost at scale: N questions (100,000 by default, made from
+ * word lists so that they differ) are embedded with the module's builtin
+ * embedder and added to a FAISS inner product index, flat and HNSW32, as
+ * a worker holds them; then 2,000 lookups, each a stored question with a
+ * word changed, are timed from the text to FAISS's answer (tokens,
+ * embedding, search), on one OpenMP thread as in a worker.  Printed: the
+ * time to build each index, the lookup p50 and p99, and the memory each
+ * entry takes.
+ *
+ * Usage: cache_bench [N]
+ */
+
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <faiss/c_api/IndexFlat_c.h>
+#include <faiss/c_api/Index_c.h>
+#include <faiss/c_api/index_factory_c.h>
+
+#include "ngx_smartflow_cache_text.h"
+
+
+static char  *subjects[] = {
+    "my order", "the invoice", "a refund", "the password", "my account",
+    "the printer", "the router", "a flight", "the hotel booking",
+    "my subscription", "the database", "a python script", "the server",
+    "my laptop", "the phone", "a bank transfer", "the parcel", "the car",
+    "a recipe", "the garden", "my visa", "the exam", "a loan", "the app",
+    "the website", "my email", "the report", "a contract", "the budget"
+};
+
+static char  *verbs[] = {
+    "is not working", "was cancelled", "is delayed", "keeps failing",
+    "needs an update", "was charged twice", "cannot be found",
+    "is too slow", "shows an error", "must be renewed", "was rejected",
+    "needs to be moved", "stopped syncing", "was never delivered"
+};
+
+static char  *tails[] = {
+    "what should I do", "how can I fix it", "who should I contact",
+    "how long will it take", "is that normal", "what does it cost",
+    "can you explain why", "what are my options", "is there a workaround",
+    "how do I check the status"
+};
+
+
+void *
+ngx_palloc(ngx_pool_t *pool, size_t size)
+{
+    return malloc(size ? size : 1);
+}
+
+
+void *
+ngx_pnalloc(ngx_pool_t *pool, size_t size)
+{
+    return malloc(size ? size : 1);
+}
+
+
+ngx_int_t
+ngx_strncasecmp(u_char *s1, u_char *s2, size_t n)
+{
+    return strncasecmp((char *) s1, (char *) s2, n);
+}
+
+
+static size_t
+question(char *buf, size_t size, long i, int variant)
+{
+    long  ns, nv, nt;
+
+    ns = sizeof(subjects) / sizeof(char *);
+    nv = sizeof(verbs) / sizeof(char *);
+    nt = sizeof(tails) / sizeof(char *);
+
+    return snprintf(buf, size, "%s %s since %ld days, %s%s",
+                    subjects[i % ns], verbs[(i / ns) % nv], i / (ns * nv),
+                    tails[(i / 7) % nt], variant ? " please" : "");
+}
+
+
+static double
+now_us(void)
+{
+    struct timespec  ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
+}
+
+
+static void
+embed_text(char *text, size_t len, float *v)
+{
+    ngx_smartflow_cache_text_t  t;
+
+    ngx_smartflow_cache_tokenize(NULL, (u_char *) text, len, &t);
+    ngx_smartflow_cache_embed(&t, v);
+    free(t.tok);
+}
+
+
+static int
+cmp(const void *a, const void *b)
+{
+    double  x = *(const double *) a, y = *(const double *) b;
+
+    return (x > y) - (x < y);
+}
+
+
+int
+main(int argc, char **argv)
+{
+    int          k, q, nq;
+    long         i, n;
+    char         buf[512];
+    float       *base, v[NGX_SMARTFLOW_CACHE_DIM], dist[8];
+    idx_t        labels[8];
+    size_t       len;
+    double       t0, build, *lat, found;
+    const char  *desc[] = { "Flat", "HNSW32,Flat" };
+    FaissIndex  *index;
+
+    n = argc > 1 ? atol(argv[1]) : 100000;
+    nq = 2000;
+
+    omp_set_num_threads(1);
+
+    base = malloc((size_t) n * NGX_SMARTFLOW_CACHE_DIM * sizeof(float));
+    lat = malloc(nq * sizeof(double));
+
+    for (i = 0; i < n; i++) {
+        len = question(buf, sizeof(buf), i, 0);
+        embed_text(buf, len,
+                   &base[(size_t) i * NGX_SMARTFLOW_CACHE_DIM]);
+    }
+
+    for (k = 0; k < 2; k++) {
+        index = NULL;
+
+        if ((k == 0 ? faiss_IndexFlatIP_new_with((FaissIndexFlatIP **)
+                                                 &index,
+                                                 NGX_SMARTFLOW_CACHE_DIM)
+                    : faiss_index_factory(&index, NGX_SMARTFLOW_CACHE_DIM,
+                                          desc[k], METRIC_INNER_PRODUCT))
+            != 0)
+        {
+            fprintf(stderr, "FAISS index %s failed\n", desc[k]);
+            return 1;
+        }
+
+        t0 = now_us();
+        faiss_Index_add(index, n, base);
+        build = now_us() - t0;
+
+        found = 0;
+
+        for (q = 0; q < nq; q++) {
+            i = (q * 7919L) % n;
+            len = question(buf, sizeof(buf), i, 1);
+
+            t0 = now_us();
+            embed_text(buf, len, v);
+            faiss_Index_search(index, 1, v, NGX_SMARTFLOW_CACHE_K, dist,
+                               labels);
+            lat[q] = now_us() - t0;
+
+            found += (labels[0] == i);
+        }
+
+        qsort(lat, nq, sizeof(double), cmp);
+
+        printf("phase 4 at %ld entries, index %-12s build %6.1f s, lookup "
+               "p50 %7.1f us, p99 %7.1f us, nearest is the stored question "
+               "%.1f%%\n", n, desc[k], build / 1e6, lat[nq / 2],
+               lat[nq * 99 / 100], 100.0 * found / nq);
+
+        faiss_Index_free(index);
+    }
+
+    printf("memory per entry: zone %zu B (vector slot) + ~%d B (entry, "
+           "MinHash) + partition, query and answer; each worker's FAISS "
+           "copy %d B (Flat) or ~%d B (HNSW32)\n",
+           sizeof(float) * NGX_SMARTFLOW_CACHE_DIM + 16,
+           (int) (NGX_SMARTFLOW_CACHE_MINHASH * 4 + 160),
+           (int) (sizeof(float) * NGX_SMARTFLOW_CACHE_DIM),
+           (int) (sizeof(float) * NGX_SMARTFLOW_CACHE_DIM + 32 * 2 * 4 + 16));
+
+    return 0;
+}
