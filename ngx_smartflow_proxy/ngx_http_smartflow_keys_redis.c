@@ -216,7 +216,7 @@ static char ngx_http_smartflow_keys_lua_put[] =
  * tokens, estimated cost, period start, a token naming the request.
  * Returns {verdict (0 admitted, 1 rpm, 2 tpm, 3 budget), ms until the
  * window ends, window start, its requests, its tokens used and reserved,
- * spent, reserved}.  The token keeps what was reserved for two
+ * spent, reserved, period requests, lifetime requests}.  The token keeps what was reserved for two
  * minutes, for a settlement or a cancel that may come more than once.
  */
 static char ngx_http_smartflow_keys_lua_reserve[] =
@@ -225,15 +225,15 @@ static char ngx_http_smartflow_keys_lua_reserve[] =
 "local t = redis.call('TIME')\n"
 "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
 "local f = redis.call('HMGET', c, 'w', 'wr', 'wt', 'wres', 'ps', 'sp',\n"
-"  'res')\n"
-"for i = 1, 7 do f[i] = tonumber(f[i] or '0') end\n"
+"  'res', 'pr', 'r')\n"
+"for i = 1, 9 do f[i] = tonumber(f[i] or '0') end\n"
 "if now >= f[1] + 60000 or now < f[1] then\n"
 "  f[1] = now f[2] = 0 f[3] = 0 f[4] = 0\n"
 "end\n"
 "local ps = tonumber(ARGV[6])\n"
 "if f[5] ~= ps then\n"
-"  f[5] = ps f[6] = 0 f[7] = 0\n"
-"  redis.call('HSET', c, 'pr', 0, 'pp', 0, 'pc', 0)\n"
+"  f[5] = ps f[6] = 0 f[7] = 0 f[8] = 0\n"
+"  redis.call('HSET', c, 'pp', 0, 'pc', 0)\n"
 "end\n"
 "local rpm, tpm, budget = tonumber(ARGV[1]), tonumber(ARGV[2]),\n"
 "  tonumber(ARGV[3])\n"
@@ -245,14 +245,14 @@ static char ngx_http_smartflow_keys_lua_reserve[] =
 "then v = 3 end\n"
 "if v == 0 then\n"
 "  f[2] = f[2] + 1 f[4] = f[4] + et f[7] = f[7] + ec\n"
-"  redis.call('HINCRBY', c, 'pr', 1)\n"
-"  redis.call('HINCRBY', c, 'r', 1)\n"
+"  f[8] = f[8] + 1 f[9] = f[9] + 1\n"
 "  redis.call('SET', tk, f[1] .. ' ' .. f[5] .. ' ' .. et .. ' ' .. ec,\n"
 "    'EX', 120)\n"
 "end\n"
 "redis.call('HSET', c, 'w', f[1], 'wr', f[2], 'wt', f[3], 'wres', f[4],\n"
-"  'ps', f[5], 'sp', f[6], 'res', f[7])\n"
-"return {v, f[1] + 60000 - now, f[1], f[2], f[3] + f[4], f[6], f[7]}\n";
+"  'ps', f[5], 'sp', f[6], 'res', f[7], 'pr', f[8], 'r', f[9])\n"
+"return {v, f[1] + 60000 - now, f[1], f[2], f[3] + f[4], f[6], f[7],\n"
+"  f[8], f[9]}\n";
 
 
 /*
@@ -1268,7 +1268,7 @@ ngx_http_smartflow_keys_reserved(ngx_smartflow_redis_t *rd,
                       (size_t) reply->len, reply->str);
     }
 
-    if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 7) {
+    if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 9) {
         ngx_http_smartflow_keys_window_snapshot(reply,
                                                 ctx ? ctx->vkey->id : 0);
 
@@ -1493,7 +1493,10 @@ ngx_http_smartflow_keys_flush(ngx_event_t *ev)
 }
 
 
-/* a reservation's answer into the zone: the window and the budget */
+/*
+ * A reservation's answer into the zone: the window, the budget and the
+ * requests, the node's view of Redis should Redis lose its data
+ */
 static void
 ngx_http_smartflow_keys_window_snapshot(redisReply *reply, ngx_uint_t id)
 {
@@ -1517,6 +1520,8 @@ ngx_http_smartflow_keys_window_snapshot(redisReply *reply, ngx_uint_t id)
         k->window_requests = ngx_http_smartflow_keys_num(e[3]);
         k->spent = ngx_http_smartflow_keys_num(e[5]);
         k->reserved = ngx_http_smartflow_keys_num(e[6]);
+        k->period_requests = ngx_http_smartflow_keys_num(e[7]);
+        k->requests = ngx_http_smartflow_keys_num(e[8]);
     }
 
     ngx_shmtx_unlock(&kz->shpool->mutex);
