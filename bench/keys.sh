@@ -212,7 +212,7 @@ CONF
 }
 
 front embedded "$port_emb" "" "$port_plain"
-front redis "$port_red" "smartflow_redis 127.0.0.1:$port_redis;"
+front redis "$port_red" "smartflow_redis 127.0.0.1:$port_redis ${BENCH_REDIS_PARAMS:-};"
 
 "${on1[@]}" redis-server --port "$port_redis" --bind 127.0.0.1 --save '' \
     --appendonly no --dir "$state" > "$state/redis-server.log" 2>&1 &
