@@ -22,7 +22,7 @@
 # build/bench/keys.json.
 #
 # Environment: BENCH_DURATION (10), BENCH_CONNECTIONS (32), BENCH_ROUNDS
-# (3), BENCH_WARMUP (3), BENCH_PIN (1), BENCH_KEYS_PORT (18840, first of
+# (3), BENCH_WARMUP (3), BENCH_PIN (1), BENCH_KEYS_PORT (19840, first of
 # the 5 ports tried), BENCH_NGINX, BENCH_KEEP.
 set -euo pipefail
 
@@ -34,7 +34,7 @@ conns=${BENCH_CONNECTIONS:-32}
 rounds=${BENCH_ROUNDS:-3}
 warmup=${BENCH_WARMUP:-3}
 pin=${BENCH_PIN:-1}
-port_base=${BENCH_KEYS_PORT:-18840}
+port_base=${BENCH_KEYS_PORT:-19840}
 keep=${BENCH_KEEP:-0}
 
 min_embedded=0.85
