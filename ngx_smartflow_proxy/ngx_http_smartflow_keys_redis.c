@@ -216,8 +216,9 @@ static char ngx_http_smartflow_keys_lua_put[] =
  * tokens, estimated cost, period start, a token naming the request.
  * Returns {verdict (0 admitted, 1 rpm, 2 tpm, 3 budget), ms until the
  * window ends, window start, its requests, its tokens used and reserved,
- * spent, reserved, period requests, lifetime requests}.  The token keeps what was reserved for two
- * minutes, for a settlement or a cancel that may come more than once.
+ * spent, reserved, period requests, lifetime requests}.  The token keeps
+ * what was reserved for two minutes, for a settlement or a cancel that
+ * may come more than once.
  */
 static char ngx_http_smartflow_keys_lua_reserve[] =
 "local c, tk = KEYS[1], 'sf:t:' .. ARGV[7]\n"
