@@ -97,6 +97,35 @@ is $c->redis_cli('HGET', "sf:vk:c:$n", 'res'), 0, 'no reservation is left';
                             undef, @master);
 like $body, qr/"requests":12,/, 'usage on A counts the requests of both';
 
+# tokens per minute: the usage settled on one node counts on the other;
+# a request goes out when the window's tokens plus its estimate (a token
+# per 4 body bytes, plus max_tokens) stay within 200
+my ($tk) = create($b, '{"name":"shared-tpm","tpm":200}');
+my $ask = '{"model":"smartflow-echo","max_tokens":100,"messages":'
+          . '[{"role":"user","content":"one two three four five"}]}';
+my $estimate = int((length($ask) + 3) / 4) + 100;
+my ($used, @seen) = (0);
+for my $i (1 .. 12) {
+    my $node = $i % 2 ? $a : $b;
+    ($status, $body) = $c->http($node, 'POST', '/v1/chat/completions', $ask,
+                                "Authorization: Bearer $tk");
+    my $expect = $used + $estimate <= 200 ? 200 : 429;
+    push @seen, "$status/$expect";
+    if ($status == 200) {
+        my ($total) = $body =~ /"total_tokens":(\d+)/;
+        $used += $total;
+    } else {
+        like $body, qr/tokens per min \(TPM\): Limit 200, Used $used,/,
+             "the refusal on $node->{name} counts the tokens of both";
+        last;
+    }
+    # the settlement reaches Redis before the next request
+    sleep 0.3;
+}
+is_deeply [ map { (split m{/})[0] } @seen ], [ map { (split m{/})[1] } @seen ],
+          'tpm 200 holds across both nodes: ' . join(' ', @seen);
+ok scalar(grep { m{^429} } @seen), 'a request was refused for its tokens';
+
 # revocation on A: B refuses the key within a second
 my ($vk, $vid) = create($a, '{"name":"shared-revoke"}');
 ($status) = $c->http($b, 'POST', '/v1/chat/completions', $hello,
