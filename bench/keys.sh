@@ -359,6 +359,15 @@ for ((i = 1; i <= rounds; i++)); do
     done
 done
 
+# how well the worker's commands share Redis's reads
+if command -v redis-cli >/dev/null; then
+    redis-cli -p "$port_redis" info stats | tr -d '\r' | awk -F: '
+        $1 == "total_commands_processed" { c = $2 }
+        $1 == "total_reads_processed" { r = $2 }
+        END { if (r) printf "redis-server: %d commands in %d reads " \
+                            "(%.2f a read)\n", c, r, c / r }'
+fi
+
 for f in "$state"/logs/{embedded,redis,upstream}.log; do
     if grep -E '\[(error|crit|alert|emerg)\]' "$f" >&2; then
         die "errors in $f; the run is not valid"
