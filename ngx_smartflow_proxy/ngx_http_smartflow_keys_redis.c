@@ -53,6 +53,7 @@ typedef struct {
     unsigned                            waiting:1;
     unsigned                            in_redis:1; /* reserved there */
     unsigned                            id_failed:1;
+    unsigned                            refreshed:1;
 } ngx_http_smartflow_keys_rq_t;
 
 
@@ -136,6 +137,8 @@ static void ngx_http_smartflow_keys_snapshot(redisReply *reply,
 static void ngx_http_smartflow_keys_got_id(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
 static void ngx_http_smartflow_keys_stored(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data);
+static void ngx_http_smartflow_keys_refreshed(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
 static uint64_t ngx_http_smartflow_keys_num(redisReply *reply);
 static size_t ngx_http_smartflow_keys_counters(u_char *buf, ngx_uint_t id);
@@ -1647,6 +1650,99 @@ ngx_http_smartflow_keys_got_id(ngx_smartflow_redis_t *rd, redisReply *reply,
 
     } else {
         rq->id_failed = 1;
+    }
+
+    r = rq->r;
+    c = r->connection;
+
+    ngx_http_finalize_request(r, ngx_http_smartflow_keys_api_rerun(r));
+    ngx_http_run_posted_requests(c);
+}
+
+
+/*
+ * The usage API reads the key's counters from Redis first, so that any
+ * node tells the usage of all: NGX_DONE while it waits, NGX_OK to answer
+ * from the zone (Redis away, or read already).
+ */
+ngx_int_t
+ngx_http_smartflow_keys_redis_refresh(ngx_http_request_t *r, ngx_uint_t id)
+{
+    size_t                             len[16];
+    ngx_uint_t                         i;
+    ngx_smartflow_redis_t             *rd;
+    ngx_http_smartflow_ctx_t          *ctx;
+    ngx_http_smartflow_keys_rq_t      *rq;
+    ngx_http_smartflow_keys_ticket_t  *t;
+    const char                        *argv[16];
+    u_char                             counters[32];
+
+    static const char  *fields[] = { "w", "wr", "wt", "wres", "ps", "sp",
+                                     "res", "pr", "pp", "pc", "r", "p",
+                                     "c", "s" };
+
+    rd = ngx_sf_kz ? ngx_sf_kz->redis : NULL;
+
+    if (rd == NULL || !ngx_smartflow_redis_up(rd)) {
+        return NGX_OK;
+    }
+
+    ctx = ngx_http_smartflow_get_ctx(r);
+    rq = ctx ? ngx_http_smartflow_keys_rq(r, ctx) : NULL;
+
+    if (rq == NULL || rq->refreshed) {
+        return NGX_OK;
+    }
+
+    rq->refreshed = 1;
+    rq->id = id;
+
+    argv[0] = "HMGET";
+    len[0] = 5;
+    argv[1] = (char *) counters;
+    len[1] = ngx_http_smartflow_keys_counters(counters, id);
+
+    for (i = 0; i < 14; i++) {
+        argv[2 + i] = fields[i];
+        len[2 + i] = ngx_strlen(fields[i]);
+    }
+
+    t = ngx_http_smartflow_keys_ticket(rq);
+    if (t == NULL) {
+        return NGX_OK;
+    }
+
+    if (ngx_smartflow_redis_command(rd, ngx_http_smartflow_keys_refreshed,
+                                    t, 16, argv, len)
+        != NGX_OK)
+    {
+        (void) ngx_http_smartflow_keys_punch(t);
+        return NGX_OK;
+    }
+
+    ngx_http_smartflow_keys_wait(r, rq);
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_smartflow_keys_refreshed(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data)
+{
+    ngx_connection_t              *c;
+    ngx_http_request_t            *r;
+    ngx_http_smartflow_keys_rq_t  *rq;
+
+    rq = ngx_http_smartflow_keys_punch(data);
+
+    if (rq == NULL) {
+        return;
+    }
+
+    if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 14)
+    {
+        ngx_http_smartflow_keys_snapshot(reply, 0, rq->id);
     }
 
     r = rq->r;

@@ -97,6 +97,20 @@ is $c->redis_cli('HGET', "sf:vk:c:$n", 'res'), 0, 'no reservation is left';
                             undef, @master);
 like $body, qr/"requests":12,/, 'usage on A counts the requests of both';
 
+# the usage API of a node tells what every node served
+my ($uk, $uid) = create($a, '{"name":"shared-usage"}');
+for (1 .. 3) {
+    ($status) = $c->http($a, 'POST', '/v1/chat/completions', $hello,
+                         "Authorization: Bearer $uk");
+    is $status, 200, "served on A only ($_)";
+}
+sleep 0.3;
+($status, $body) = $c->http($b, 'GET', "/api/auth/virtual-keys/$uid/usage",
+                            undef, @master);
+is $status, 200, 'usage asked on B';
+like $body, qr/"requests":3,.*"total_tokens":[1-9]/s,
+     'B tells the requests and tokens A served';
+
 # tokens per minute: the usage settled on one node counts on the other;
 # a request goes out when the window's tokens plus its estimate (a token
 # per 4 body bytes, plus max_tokens) stay within 200
