@@ -171,8 +171,20 @@ static char ngx_http_smartflow_keys_lua_pull[] =
 "return out\n";
 
 
-/* ARGV: id, record.  Returns the record's revision. */
+/*
+ * ARGV: id, record.  Returns the record's revision, or an error when
+ * another key has the name (two nodes made it at once).
+ */
 static char ngx_http_smartflow_keys_lua_put[] =
+"local name = cjson.decode(ARGV[2]).name\n"
+"local owner = redis.call('HGET', 'sf:vk:names', name)\n"
+"if owner and owner ~= ARGV[1] then\n"
+"  return redis.error_reply('DUPLICATE name')\n"
+"end\n"
+"local old = redis.call('HGET', 'sf:vk:nameof', ARGV[1])\n"
+"if old and old ~= name then redis.call('HDEL', 'sf:vk:names', old) end\n"
+"redis.call('HSET', 'sf:vk:names', name, ARGV[1])\n"
+"redis.call('HSET', 'sf:vk:nameof', ARGV[1], name)\n"
 "local v = redis.call('INCR', 'sf:vk:ver')\n"
 "redis.call('HSET', 'sf:vk', ARGV[1], ARGV[2])\n"
 "redis.call('HSET', 'sf:vk:rev', ARGV[1], v)\n"
@@ -329,6 +341,11 @@ static char ngx_http_smartflow_keys_lua_absorb[] =
 "if redis.call('EXISTS', tk) == 1 then return 0 end\n"
 "redis.call('SET', tk, 'a', 'EX', 3600)\n"
 "if a[3] == '1' or not redis.call('HGET', 'sf:vk:rev', id) then\n"
+"  local name = cjson.decode(a[2]).name\n"
+"  if not redis.call('HGET', 'sf:vk:names', name) then\n"
+"    redis.call('HSET', 'sf:vk:names', name, id)\n"
+"    redis.call('HSET', 'sf:vk:nameof', id, name)\n"
+"  end\n"
 "  local v = redis.call('INCR', 'sf:vk:ver')\n"
 "  redis.call('HSET', 'sf:vk', id, a[2])\n"
 "  redis.call('HSET', 'sf:vk:rev', id, v)\n"
@@ -1881,6 +1898,33 @@ ngx_http_smartflow_keys_stored(ngx_smartflow_redis_t *rd, redisReply *reply,
         ngx_shmtx_unlock(&kz->shpool->mutex);
 
         rc = ngx_http_smartflow_send_json(r, rq->status, &rq->json);
+
+    } else if (reply && reply->type == REDIS_REPLY_ERROR
+               && ngx_strncmp(reply->str, "DUPLICATE", 9) == 0)
+    {
+        /* another node gave the name to another key a moment ago */
+        ngx_shmtx_lock(&kz->shpool->mutex);
+
+        k = ngx_smartflow_keys_by_id(kz->sh, rq->id);
+
+        if (k && rq->status == NGX_HTTP_CREATED) {
+            ngx_smartflow_keys_free(kz, k);
+
+        } else if (k) {
+            /* the record in Redis comes back with the next poll */
+            k->rev = 0;
+            k->dirty = 0;
+            kz->sh->redis_ver = 0;
+        }
+
+        kz->sh->version++;
+
+        ngx_shmtx_unlock(&kz->shpool->mutex);
+
+        rc = ngx_http_smartflow_refuse(r,
+                 ngx_http_smartflow_error(r, NGX_HTTP_CONFLICT,
+                     "invalid_request_error", "duplicate_name", "name",
+                     "Another key has this name already."), 0);
 
     } else {
         ngx_log_error(NGX_LOG_ERR, c->log, 0,

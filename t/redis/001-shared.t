@@ -48,6 +48,23 @@ like $body, qr/"chat\.completion"/, 'B answered the chat';
 is $status, 200, 'B lists the key made on A';
 like $body, qr/"name":"shared-one"/, '... by its name';
 
+# one name, made on both nodes at once: one key gets it
+my $twice = $c->burst(map { [$_, 'POST', '/api/auth/virtual-keys',
+                             '{"name":"shared-twice"}', @master] } $a, $b);
+is join(' ', sort map { $_->[0] } @$twice), '201 409',
+   'a name made on both nodes at once: one 201, one 409';
+my ($lost) = grep { $_->[0] == 409 } @$twice;
+like $lost->[1], qr/"code":"duplicate_name"/, '... duplicate_name';
+sleep 0.6;
+($status, $body) = $c->http($a, 'GET', '/api/auth/virtual-keys', undef,
+                            @master);
+my @twice = $body =~ /"name":"shared-twice"/g;
+is scalar(@twice), 1, 'A lists the name once';
+($status, $body) = $c->http($b, 'GET', '/api/auth/virtual-keys', undef,
+                            @master);
+@twice = $body =~ /"name":"shared-twice"/g;
+is scalar(@twice), 1, 'B lists the name once';
+
 my ($k2, $id2) = create($b, '{"name":"shared-two"}');
 isnt $id2, $id1, 'ids are unique across nodes';
 is $c->redis_cli('GET', 'sf:vk:next'), ($id2 =~ /(\d+)/)[0],
