@@ -451,10 +451,6 @@ char *ngx_http_smartflow_keys_zone_directive(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 char *ngx_http_smartflow_price_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-char *ngx_http_smartflow_credentials_key_directive(ngx_conf_t *cf,
-    ngx_command_t *cmd, void *conf);
-ngx_int_t ngx_http_smartflow_credentials_decrypt(ngx_conf_t *cf,
-    ngx_str_t *provider, ngx_str_t *key);
 ngx_int_t ngx_http_smartflow_keys_init_module(ngx_cycle_t *cycle);
 ngx_int_t ngx_http_smartflow_keys_init_process(ngx_cycle_t *cycle);
 void ngx_http_smartflow_keys_exit_process(ngx_cycle_t *cycle);

@@ -123,13 +123,6 @@ static ngx_command_t  ngx_http_smartflow_commands[] = {
       0,
       NULL },
 
-    { ngx_string("smartflow_credentials_key"),
-      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
-      ngx_http_smartflow_credentials_key_directive,
-      NGX_HTTP_MAIN_CONF_OFFSET,
-      0,
-      NULL },
-
     { ngx_string("smartflow_redis"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
       ngx_http_smartflow_redis_directive,

@@ -23,8 +23,7 @@ static ngx_conf_enum_t  ngx_http_smartflow_provider_types[] = {
 
 /*
  * smartflow_provider NAME type=openai|anthropic|gemini|echo
- *     [upstream=http://NAME] [host=HOST] [path=/v1]
- *     [key=KEY|key=env:VAR|key=enc:BASE64];
+ *     [upstream=http://NAME] [host=HOST] [path=/v1] [key=KEY|key=env:VAR];
  */
 char *
 ngx_http_smartflow_provider_directive(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -123,13 +122,6 @@ ngx_http_smartflow_provider_directive(ngx_conf_t *cf, ngx_command_t *cmd,
                 env = getenv((char *) key.data + 4);
                 key.len = env ? ngx_strlen(env) : 0;
                 key.data = (u_char *) env;
-
-            } else if (ngx_strncmp(key.data, "enc:", 4) == 0
-                       && ngx_http_smartflow_credentials_decrypt(cf,
-                              &pr->name, &key)
-                          != NGX_OK)
-            {
-                return NGX_CONF_ERROR;
             }
 
             continue;
