@@ -17,9 +17,9 @@ CC_OPT      ?= -g -O2 -fstack-protector-strong -Wformat \
 LD_OPT      ?= -Wl,-z,relro -Wl,-z,now -fPIC
 
 .PHONY: all modules deps run test test-asan asan-modules test-valgrind bench \
-        fuzz unit clean
+        fuzz unit clean verify policy-harness cache-eval cache-quality
 
-all: modules
+all: modules verify
 
 modules: $(SO)
 
@@ -52,22 +52,37 @@ $(SO): $(NGX_BUILD)/objs/Makefile $(SOURCES)
 	cp --remove-destination $(NGX_BUILD)/objs/ngx_http_smartflow_*_module.so \
 	    $(MODDIR)/
 
-run: modules
+# the audit trail's standalone verifier: OpenSSL only, no nginx
+VERIFY      := $(BUILD)/smartflow-verify
+VERIFY_SRCS := ngx_smartflow_audit/verify/smartflow_verify.c \
+               ngx_smartflow_audit/ngx_smartflow_merkle.c \
+               ngx_smartflow_audit/ngx_smartflow_audit_keys.c
+
+verify: $(VERIFY)
+
+$(VERIFY): $(VERIFY_SRCS) ngx_smartflow_audit/ngx_smartflow_merkle.h \
+        ngx_smartflow_audit/ngx_smartflow_audit_keys.h
+	@mkdir -p $(BUILD)
+	$(CC) -std=gnu99 -O2 -g -Wall -Wextra -Werror $(VERIFY_CFLAGS) \
+	    -Ingx_smartflow_audit $(VERIFY_SRCS) -lcrypto -o $@
+
+run: modules verify
 	@scripts/run.sh
 
 # every suite, then the nginx suites again with AddressSanitizer
-test: modules asan-modules
+test: modules verify asan-modules
 	@scripts/test.sh
 	@SMARTFLOW_ASAN=1 scripts/test.sh $(ASAN_SUITES)
 
-ASAN_SUITES ?= $(wildcard t/proxy t/providers t/keys t/redis) t/clients
+ASAN_SUITES ?= $(wildcard t/proxy t/providers t/keys t/audit t/redis \
+                          t/cache) t/clients
 
 asan-modules: $(BUILD)/.deps
 	@$(MAKE) --no-print-directory modules BUILD=$(CURDIR)/build-asan \
 	    CC_OPT="-g -O1 -fPIC -fsanitize=address -fno-omit-frame-pointer" \
 	    LD_OPT="-fsanitize=address -fPIC"
 
-test-asan: asan-modules
+test-asan: asan-modules verify
 	@SMARTFLOW_ASAN=1 scripts/test.sh $(ASAN_SUITES)
 
 test-valgrind: modules
@@ -139,3 +154,40 @@ unit: $(BUILD)/unit/translate_test $(BUILD)/unit/translate_gemini_test
 
 clean:
 	rm -rf $(BUILD) $(CURDIR)/build-asan
+
+# the policy detectors outside nginx, from the module's own sources: the
+# quality measurement (t/policy) and the scan cost per KB
+POLICY_DETECT := ngx_smartflow_policy/ngx_smartflow_policy_pii.c \
+                 ngx_smartflow_policy/ngx_smartflow_policy_inject.c \
+                 ngx_smartflow_policy/ngx_smartflow_policy_shield.c
+
+$(BUILD)/unit/policy_harness: unit/ngx_smartflow_policy_harness.c \
+        $(POLICY_DETECT) ngx_smartflow_policy/ngx_smartflow_policy.h \
+        $(NGX_BUILD)/objs/Makefile
+	@mkdir -p $(BUILD)/unit
+	cc -O2 -Wall -Wextra -Wno-unused-parameter $(FUZZ_INCS) \
+	    -Ingx_smartflow_policy unit/ngx_smartflow_policy_harness.c \
+	    $(POLICY_DETECT) -lpcre2-8 -o $@
+
+policy-harness: $(BUILD)/unit/policy_harness
+
+# the MetaCache's quality on the labelled pairs, with the module's own
+# text functions and FAISS (README: "MetaCache quality")
+$(BUILD)/unit/cache_eval: unit/ngx_smartflow_cache_eval.c \
+        ngx_smartflow_cache/ngx_smartflow_cache_text.c \
+        ngx_smartflow_cache/ngx_smartflow_cache_text.h \
+        $(FAISS_LIB) $(NGX_BUILD)/objs/Makefile
+	@mkdir -p $(BUILD)/unit
+	cc -g -O2 $(FUZZ_INCS) -Ingx_smartflow_cache \
+	    unit/ngx_smartflow_cache_eval.c \
+	    ngx_smartflow_cache/ngx_smartflow_cache_text.c \
+	    $(FAISS_LIB) -l:libfaiss.a -lopenblas -lgomp -lstdc++ -lyajl -lm \
+	    -o $@
+
+PAWS ?= $(CURDIR)/../shared/testdata/paraphrase/paws_wiki_test_sample.jsonl
+
+cache-eval: $(BUILD)/unit/cache_eval
+
+cache-quality: $(BUILD)/unit/cache_eval
+	$(BUILD)/unit/cache_eval t/cache/pairs.jsonl
+	@if [ -f $(PAWS) ]; then $(BUILD)/unit/cache_eval $(PAWS); fi

@@ -5,6 +5,12 @@
 #   (b) gateway master-key auth, body read, JSON parse, route, and proxy
 #               to the same upstream, served by the shipped
 #               conf/smartflow_locations.conf and conf/smartflow_proxy.conf
+#   (c) translated  the gateway with an OpenAI request for a Claude model:
+#               translated to Anthropic's Messages API, the upstream's
+#               Anthropic answer translated back; compared with (a)
+#   (d) plain_stream  plain proxy_pass of a streamed (SSE) answer
+#   (e) translated_stream  (c) streamed: Anthropic's SSE events translated
+#               one by one into chat.completion.chunk events; against (d)
 #
 # Two nginx instances, loopback only:
 #   upstream  1 worker, `return 200 '<chat.completion JSON>'`; the floor
@@ -23,8 +29,9 @@
 # wrk and everything else on the machine, and the front's CPU time per
 # request (the gateway's cost, whatever the bottleneck); a run during
 # which other work used more than 5% of a CPU is repeated.  The
-# targets are a throughput ratio b/a >= 0.85 and a p99 ratio b/a <= 1.3;
-# missing them prints FAIL but still exits 0.  A run that is not valid
+# targets are a throughput ratio b/a >= 0.85 and a p99 ratio b/a <= 1.3,
+# and c/a >= 0.8 for the translated path; missing them prints FAIL but
+# still exits 0.  A run that is not valid
 # (non-2xx answers, socket errors, requests that never reached the
 # upstream, errors in the logs) exits non-zero.
 #
@@ -36,6 +43,8 @@
 #   BENCH_PIN          1: pin CPUs as above, 0: do not          (1)
 #   BENCH_PORT         first port tried for the 3 listeners     (18640)
 #   BENCH_RETRIES      repeats of a run spoilt by other work    (3)
+#   BENCH_CASES        the cases to run, baselines included
+#                      (plain gateway translated plain_stream translated_stream)
 #   BENCH_KEEP         1: keep the state folder afterwards      (0)
 #   BENCH_NGINX        nginx binary                  (/usr/sbin/nginx)
 #
@@ -55,8 +64,10 @@ pin=${BENCH_PIN:-1}
 port_base=${BENCH_PORT:-18640}
 keep=${BENCH_KEEP:-0}
 retries=${BENCH_RETRIES:-3}
+read -r -a cases <<< "${BENCH_CASES:-plain gateway translated plain_stream translated_stream}"
 
 min_rps_ratio=0.85
+min_translated_ratio=0.8
 max_p99_ratio=1.3
 # above this (% of one CPU) other work on the machine spoils the figures
 max_other_cpu=5
@@ -189,14 +200,73 @@ reply+='"logprobs":null,"finish_reason":"stop"}],'
 reply+='"usage":{"prompt_tokens":71,"completion_tokens":45,'
 reply+='"total_tokens":116},"system_fingerprint":"fp_bench0001"}'
 
+# the same conversation for a Claude model, and both streamed
+body_claude=${body/\"gpt-4o-mini\"/\"claude-3-5-haiku-latest\"}
+body_stream=${body%\}},\"stream\":true}
+body_claude_stream=${body/\"gpt-4o-mini\"/\"claude-bench-stream\"}
+body_claude_stream=${body_claude_stream%\}},\"stream\":true}
+
+# the same answer from Anthropic's Messages API
+areply='{"id":"msg_bench0001","type":"message","role":"assistant",'
+areply+='"model":"claude-3-5-haiku-20241022","content":[{"type":"text",'
+areply+='"text":"Orders usually stay in processing while the warehouse '
+areply+='confirms stock or the payment clears, which can take a few '
+areply+='business days. If nothing changes within three more days, please '
+areply+='contact support with your account email."}],"stop_reason":'
+areply+='"end_turn","stop_sequence":null,"usage":{"input_tokens":71,'
+areply+='"output_tokens":45}}'
+
+# the answer streamed, in eight text pieces, by each provider
+pieces=("Orders usually stay in processing " "while the warehouse confirms "
+        "stock or the payment clears, " "which can take a few business days."
+        " If nothing changes within " "three more days, please contact "
+        "support with " "your account email.")
+
+chunk() {
+    # chunk DELTA [FINISH]: one chat.completion.chunk event
+    printf 'data: {"id":"chatcmpl-bench0001","object":"chat.completion.chunk",'
+    printf '"created":1732700000,"model":"gpt-4o-mini-2024-07-18",'
+    printf '"system_fingerprint":"fp_bench0001","choices":[{"index":0,'
+    printf '"delta":%s,"logprobs":null,"finish_reason":%s}]}\\n\\n' "$1" \
+        "${2:-null}"
+}
+
+sreply=$(chunk '{"role":"assistant","content":""}')
+for t in "${pieces[@]}"; do
+    sreply+=$(chunk "{\"content\":\"$t\"}")
+done
+sreply+=$(chunk '{}' '"stop"')
+sreply+='data: [DONE]\n\n'
+
+sareply='event: message_start\ndata: {"type":"message_start","message":'
+sareply+='{"id":"msg_bench0001","type":"message","role":"assistant",'
+sareply+='"model":"claude-3-5-haiku-20241022","content":[],"stop_reason":'
+sareply+='null,"stop_sequence":null,"usage":{"input_tokens":71,'
+sareply+='"output_tokens":1}}}\n\n'
+sareply+='event: content_block_start\ndata: {"type":"content_block_start",'
+sareply+='"index":0,"content_block":{"type":"text","text":""}}\n\n'
+sareply+='event: ping\ndata: {"type": "ping"}\n\n'
+for t in "${pieces[@]}"; do
+    sareply+='event: content_block_delta\ndata: {"type":"content_block_delta",'
+    sareply+="\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"$t\"}}"
+    sareply+='\n\n'
+done
+sareply+='event: content_block_stop\ndata: {"type":"content_block_stop",'
+sareply+='"index":0}\n\n'
+sareply+='event: message_delta\ndata: {"type":"message_delta","delta":'
+sareply+='{"stop_reason":"end_turn","stop_sequence":null},"usage":'
+sareply+='{"output_tokens":45}}\n\n'
+sareply+='event: message_stop\ndata: {"type":"message_stop"}\n\n'
+
 printf '%s' "$body" > "$state/body.json"
 
-# one script for both cases: same method, body and headers (the plain
-# proxy passes the Authorization header on; the gateway checks and
+# one script per body, alike otherwise: same method and headers (the
+# plain proxy passes the Authorization header on; the gateway checks and
 # replaces it).  done() prints the figures in a line easy to parse.
-cat > "$state/chat.lua" <<LUA
+lua() {
+    cat > "$state/$1.lua" <<LUA
 wrk.method = "POST"
-wrk.body = [==[$body]==]
+wrk.body = [==[$2]==]
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer $master_key"
 
@@ -205,13 +275,19 @@ function done(summary, latency, requests)
     io.write(string.format(
         "BENCH requests=%.0f duration_us=%.0f bytes=%.0f "
         .. "p50_us=%.0f p90_us=%.0f p99_us=%.0f mean_us=%.1f max_us=%.0f "
-        .. "non2xx=%.0f connect=%.0f read=%.0f write=%.0f timeout=%.0f\n",
+        .. "non2xx=%.0f connect=%.0f read=%.0f write=%.0f timeout=%.0f\\n",
         summary.requests, summary.duration, summary.bytes,
         latency:percentile(50), latency:percentile(90),
         latency:percentile(99), latency.mean, latency.max,
         e.status, e.connect, e.read, e.write, e.timeout))
 end
 LUA
+}
+
+lua chat "$body"
+lua claude "$body_claude"
+lua stream "$body_stream"
+lua claude_stream "$body_claude_stream"
 
 
 # ---- the two nginx instances --------------------------------------------
@@ -251,6 +327,21 @@ http {
         location / {
             default_type application/json;
             return 200 '$reply';
+        }
+
+        location /anthropic/ {
+            default_type application/json;
+            return 200 '$areply';
+        }
+
+        location /stream/ {
+            default_type text/event-stream;
+            return 200 '$sreply';
+        }
+
+        location /stream/anthropic/ {
+            default_type text/event-stream;
+            return 200 '$sareply';
         }
     }
 }
@@ -302,11 +393,26 @@ http {
         keepalive_requests 10000000;
     }
 
+    upstream sf_anthropic {
+        server 127.0.0.1:$port_up;
+        keepalive 64;
+        keepalive_requests 10000000;
+    }
+
     smartflow_master_key $master_key;
     smartflow_zone smartflow 1m;
     smartflow_provider openai type=openai upstream=http://sf_openai
         host=127.0.0.1 path=/v1 key=$provider_key;
+    smartflow_provider anthropic type=anthropic upstream=http://sf_anthropic
+        host=127.0.0.1 path=/anthropic/v1 key=$provider_key;
+    smartflow_provider anthropic_stream type=anthropic
+        upstream=http://sf_anthropic host=127.0.0.1 path=/stream/anthropic/v1
+        key=$provider_key;
     smartflow_route gpt-* openai;
+    smartflow_route claude-3-5-haiku-latest anthropic;
+    # the streamed case's own upstream path, for the same model
+    smartflow_route claude-bench-stream anthropic_stream
+        model=claude-3-5-haiku-latest;
     smartflow_route o1* openai;
     smartflow_route chatgpt-* openai;
     smartflow_audit_log off;
@@ -319,6 +425,14 @@ http {
             proxy_pass http://bench_plain;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+        }
+
+        # the same for a streamed answer, which comes from /stream/
+        location = /stream/v1/chat/completions {
+            proxy_pass http://bench_plain;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
         }
     }
 
@@ -351,6 +465,7 @@ pids+=($!)
 
 url_plain=http://127.0.0.1:$port_plain/v1/chat/completions
 url_gw=http://127.0.0.1:$port_gw/v1/chat/completions
+url_plain_stream=http://127.0.0.1:$port_plain/stream/v1/chat/completions
 url_status=http://127.0.0.1:$port_up/__bench_status
 
 wait_port() {
@@ -373,13 +488,13 @@ wait_port "$port_gw"
 
 # ---- both paths answer as they should before anything is measured -------
 
-# check NAME URL KEY EXPECTED_STATUS PATTERN
+# check NAME URL KEY EXPECTED_STATUS PATTERN [BODY]
 check() {
     local out status
     out=$(curl -s --max-time 5 -w '\n%{http_code}' -X POST "$2" \
               -H 'Content-Type: application/json' \
               -H "Authorization: Bearer $3" \
-              --data-binary @"$state/body.json") \
+              --data-binary "${6:-@$state/body.json}") \
         || die "$1: request failed"
     status=${out##*$'\n'}
     out=${out%$'\n'*}
@@ -391,6 +506,16 @@ check plain "$url_plain" "$master_key" 200 '"object":"chat.completion"'
 check gateway "$url_gw" "$master_key" 200 '"object":"chat.completion"'
 check "gateway, wrong key" "$url_gw" "sk-wrong-key-0000000000" 401 \
     '"code":"invalid_api_key"'
+check translated "$url_gw" "$master_key" 200 \
+    '"object":"chat.completion"' "$body_claude"
+check "translated answer" "$url_gw" "$master_key" 200 \
+    '"content":"Orders usually stay in processing while' "$body_claude"
+check plain_stream "$url_plain_stream" "$master_key" 200 \
+    'data: [DONE]' "$body_stream"
+check translated_stream "$url_gw" "$master_key" 200 \
+    '"content":"your account email."' "$body_claude_stream"
+check "translated stream end" "$url_gw" "$master_key" 200 \
+    '"finish_reason":"stop"' "$body_claude_stream"
 
 # the refused key above is logged at error level, as it should be; only
 # what the logs get from here on counts
@@ -437,9 +562,14 @@ field() {
 # run CASE LABEL SECONDS: one wrk run, checked; sets the globals r_*
 run() {
     local name=$1 label=$2 secs=$3 url out line before after served
+    local script
     case $name in
-        plain) url=$url_plain ;;
-        gateway) url=$url_gw ;;
+        plain) url=$url_plain script=chat ;;
+        gateway) url=$url_gw script=chat ;;
+        translated) url=$url_gw script=claude ;;
+        plain_stream) url=$url_plain_stream script=stream ;;
+        translated_stream) url=$url_gw script=claude_stream ;;
+        *) die "unknown case $name" ;;
     esac
     out=$state/wrk-$name-$label.txt
 
@@ -452,7 +582,7 @@ run() {
 
     # in the background, so that a signal reaches the traps at once
     timeout $((secs + 30)) "${wrk_cmd[@]}" -t1 -c"$conns" -d"${secs}s" \
-        --timeout 5s --latency -s "$state/chat.lua" "$url" > "$out" 2>&1 &
+        --timeout 5s --latency -s "$state/$script.lua" "$url" > "$out" 2>&1 &
     wrk_pid=$!
     if ! wait "$wrk_pid"; then
         wrk_pid=""
@@ -543,28 +673,42 @@ ratio() {
 body_len=${#body}
 reply_len=${#reply}
 
+declare -A url_of=([plain]=$url_plain [gateway]=$url_gw [translated]=$url_gw
+                   [plain_stream]=$url_plain_stream
+                   [translated_stream]=$url_gw)
+# each case against its baseline, the target and the figure it applies to
+declare -A base_of=([gateway]=plain [translated]=plain
+                    [translated_stream]=plain_stream)
+declare -A target_of=([gateway]=$min_rps_ratio [translated]=$min_translated_ratio)
+
+for name in "${cases[@]}"; do
+    [ -n "${url_of[$name]:-}" ] || die "unknown case '$name'"
+done
+
 echo "Smartflow benchmark: nginx $("$nginx" -v 2>&1 | sed 's|.*/||')," \
      "$ncpu CPUs, $pin_note"
 echo "  wrk -t1 -c$conns -d${duration}s --latency, POST $body_len-byte" \
      "chat body (gpt-4o-mini, 2 messages), $reply_len-byte reply"
-echo "  (a) plain proxy_pass  $url_plain"
-echo "  (b) gateway           $url_gw"
-echo "  warm-up ${warmup}s each, then $rounds rounds alternating a, b"
+for name in "${cases[@]}"; do
+    printf '  %-18s %s\n' "$name" "${url_of[$name]}"
+done
+echo "  warm-up ${warmup}s each, then $rounds rounds alternating the cases"
 echo
 
-run plain warmup "$warmup"
-run gateway warmup "$warmup"
+for name in "${cases[@]}"; do
+    run "$name" warmup "$warmup"
+done
 
 declare -A rps p50 p99 fus
 rounds_json=""
 max_other=0
 row() {
-    printf '%-6s %-8s %10s %8s %8s %8s %7s %7s %6s %7s %9s\n' "$@"
+    printf '%-6s %-18s %10s %8s %8s %8s %7s %7s %6s %7s %9s\n' "$@"
 }
 row round case req/s p50_ms p99_ms max_ms front% upstr% wrk% other% \
     front_us
 for ((i = 1; i <= rounds; i++)); do
-    for name in plain gateway; do
+    for name in "${cases[@]}"; do
         # a run during which other work took CPU is repeated, up to
         # BENCH_RETRIES times; the last attempt counts in any case
         for ((try = 0; ; try++)); do
@@ -610,19 +754,6 @@ for f in "$state"/logs/*.log; do
     fi
 done
 
-# shellcheck disable=SC2086
-{
-    m_rps_a=$(median ${rps[plain]});   m_rps_b=$(median ${rps[gateway]})
-    m_p50_a=$(median ${p50[plain]});   m_p50_b=$(median ${p50[gateway]})
-    m_p99_a=$(median ${p99[plain]});   m_p99_b=$(median ${p99[gateway]})
-    m_fus_a=$(median ${fus[plain]});   m_fus_b=$(median ${fus[gateway]})
-}
-
-r_rps=$(ratio "$m_rps_a" "$m_rps_b")
-r_p50=$(ratio "$m_p50_a" "$m_p50_b")
-r_p99=$(ratio "$m_p99_a" "$m_p99_b")
-r_fus=$(ratio "$m_fus_a" "$m_fus_b")
-
 verdict() {
     # verdict VALUE OP LIMIT -> PASS|FAIL
     awk -v v="$1" -v l="$3" -v op="$2" 'BEGIN {
@@ -631,25 +762,70 @@ verdict() {
     }'
 }
 
-pass_rps=$(verdict "$r_rps" '>=' "$min_rps_ratio")
-pass_p99=$(verdict "$r_p99" '<=' "$max_p99_ratio")
-overall=PASS
-[ "$pass_rps" = PASS ] && [ "$pass_p99" = PASS ] || overall=FAIL
+b() { [ "$1" = PASS ] && echo true || echo false; }
+
+declare -A m_rps m_p50 m_p99 m_fus
+for name in "${cases[@]}"; do
+    # shellcheck disable=SC2086
+    {
+        m_rps[$name]=$(median ${rps[$name]})
+        m_p50[$name]=$(median ${p50[$name]})
+        m_p99[$name]=$(median ${p99[$name]})
+        m_fus[$name]=$(median ${fus[$name]})
+    }
+done
 
 echo
 echo "median of $rounds rounds"
 summary_row() {
-    printf '%-24s %12s %10s %10s %14s\n' "$@"
+    printf '%-34s %12s %10s %10s %14s\n' "$@"
 }
 summary_row "" req/s p50_ms p99_ms front_us/req
-summary_row "(a) nginx proxy_pass" "$m_rps_a" "$(ms "$m_p50_a")" \
-    "$(ms "$m_p99_a")" "$m_fus_a"
-summary_row "(b) smartflow gateway" "$m_rps_b" "$(ms "$m_p50_b")" \
-    "$(ms "$m_p99_b")" "$m_fus_b"
-summary_row "ratio b/a" "$r_rps" "$r_p50" "$r_p99" "$r_fus"
+for name in "${cases[@]}"; do
+    summary_row "$name" "${m_rps[$name]}" "$(ms "${m_p50[$name]}")" \
+        "$(ms "${m_p99[$name]}")" "${m_fus[$name]}"
+done
+
 echo
-printf 'throughput b/a  %s >= %s  %s\n' "$r_rps" "$min_rps_ratio" "$pass_rps"
-printf 'p99 latency b/a %s <= %s  %s\n' "$r_p99" "$max_p99_ratio" "$pass_p99"
+overall=PASS
+median_json=""
+ratio_json=""
+pass_json=""
+for name in "${cases[@]}"; do
+    median_json+="${median_json:+,
+    }\"$name\": {\"rps\": ${m_rps[$name]}, \"p50_us\": ${m_p50[$name]},"
+    median_json+=" \"p99_us\": ${m_p99[$name]},"
+    median_json+=" \"front_cpu_us_per_request\": ${m_fus[$name]}}"
+
+    base=${base_of[$name]:-}
+    if [ -z "$base" ] || [ -z "${m_rps[$base]:-}" ]; then
+        continue
+    fi
+
+    r_rps=$(ratio "${m_rps[$base]}" "${m_rps[$name]}")
+    r_p50=$(ratio "${m_p50[$base]}" "${m_p50[$name]}")
+    r_p99=$(ratio "${m_p99[$base]}" "${m_p99[$name]}")
+    r_fus=$(ratio "${m_fus[$base]}" "${m_fus[$name]}")
+    ratio_json+="${ratio_json:+,
+    }\"$name/$base\": {\"throughput\": $r_rps, \"p50\": $r_p50,"
+    ratio_json+=" \"p99\": $r_p99, \"front_cpu_per_request\": $r_fus}"
+
+    printf '%-34s throughput %s  p50 %s  p99 %s  front CPU %s\n' \
+        "$name / $base" "$r_rps" "$r_p50" "$r_p99" "$r_fus"
+
+    target=${target_of[$name]:-}
+    [ -n "$target" ] || continue
+    v=$(verdict "$r_rps" '>=' "$target")
+    printf '  throughput %s >= %s  %s\n' "$r_rps" "$target" "$v"
+    [ "$v" = PASS ] || overall=FAIL
+    pass_json+="${pass_json:+, }\"$name/$base throughput >= $target\": $(b "$v")"
+    if [ "$name" = gateway ]; then
+        v=$(verdict "$r_p99" '<=' "$max_p99_ratio")
+        printf '  p99 latency %s <= %s  %s\n' "$r_p99" "$max_p99_ratio" "$v"
+        [ "$v" = PASS ] || overall=FAIL
+        pass_json+=", \"$name/$base p99 <= $max_p99_ratio\": $(b "$v")"
+    fi
+done
 echo "overall: $overall"
 
 # other work on the machine takes CPU from one case or the other
@@ -660,8 +836,6 @@ if [ "$max_other" -gt "$max_other_cpu" ]; then
          "a measured run; the figures are unreliable, run again on an idle" \
          "machine"
 fi
-
-b() { [ "$1" = PASS ] && echo true || echo false; }
 
 # what was measured: the commit, and whether the module sources or the
 # shipped conf differ from it
@@ -698,18 +872,16 @@ cat > "$outdir/result.json.tmp" <<JSON
   "rounds": [
     $rounds_json
   ],
+  "cases": "${cases[*]}",
   "median": {
-    "plain": {"rps": $m_rps_a, "p50_us": $m_p50_a, "p99_us": $m_p99_a,
-              "front_cpu_us_per_request": $m_fus_a},
-    "gateway": {"rps": $m_rps_b, "p50_us": $m_p50_b, "p99_us": $m_p99_b,
-                "front_cpu_us_per_request": $m_fus_b}
+    $median_json
   },
-  "ratio": {"throughput": $r_rps, "p50": $r_p50, "p99": $r_p99,
-            "front_cpu_per_request": $r_fus},
+  "ratio": {
+    $ratio_json
+  },
   "quiet_machine": $quiet,
   "max_other_cpu_pct": $max_other,
-  "targets": {"throughput_min": $min_rps_ratio, "p99_max": $max_p99_ratio},
-  "pass": {"throughput": $(b "$pass_rps"), "p99": $(b "$pass_p99")},
+  "pass": {$pass_json},
   "result": "$overall"
 }
 JSON

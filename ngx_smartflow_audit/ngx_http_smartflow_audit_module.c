@@ -1,28 +1,69 @@
 /*
- * The audit module: in the LOG phase, one JSON record per gateway request
- * (who, which model and provider, outcome, sizes), copied out of the
- * request before its pool is freed and appended to the file named by
- * smartflow_audit_log.  The file is reopened with the other logs on
- * "nginx -s reopen".
+ * The audit module: in the LOG phase, one record per gateway request,
+ * chained and signed, appended by every worker in one order to segment
+ * files under smartflow_audit_dir (see ngx_smartflow_audit_keys.h for the
+ * record's chain fields and ngx_http_smartflow_audit_seal.c for seals).
+ * Each response carries a receipt header naming its record.  The older
+ * smartflow_audit_log writes a plain JSON line per request as well.
  */
 
-#include "ngx_http_smartflow_proxy.h"
+#include <curl/curl.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+#include "ngx_http_smartflow_audit.h"
 
 
+#define NGX_HTTP_SMARTFLOW_AUDIT_ZONE  (128 * 1024)
+
+
+/* per request: the answer's hash as the client receives it */
 typedef struct {
-    ngx_open_file_t  *file;
-} ngx_http_smartflow_audit_loc_conf_t;
+    EVP_MD_CTX       *md;
+    off_t             bytes;
+    unsigned          complete:1;
+} ngx_http_smartflow_audit_ctx_t;
 
 
 static ngx_int_t ngx_http_smartflow_audit_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_smartflow_audit_record(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx,
+    ngx_http_smartflow_audit_main_conf_t *amcf);
+static ngx_int_t ngx_http_smartflow_audit_append(ngx_http_request_t *r,
+    ngx_http_smartflow_audit_main_conf_t *amcf, u_char *line, u_char *p,
+    const sf_audit_key_t *key, int64_t ts,
+    ngx_http_smartflow_audit_sample_t *m);
+static ngx_int_t ngx_http_smartflow_audit_plain(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_open_file_t *file);
 static u_char *ngx_http_smartflow_audit_str(u_char *p, char *name,
     ngx_str_t *s);
+static ngx_int_t ngx_http_smartflow_audit_tap(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, u_char *p, size_t len, ngx_uint_t last);
+static ngx_http_smartflow_audit_ctx_t *ngx_http_smartflow_audit_get_ctx(
+    ngx_http_request_t *r);
+static void ngx_http_smartflow_audit_cleanup(void *data);
+static ngx_int_t ngx_http_smartflow_audit_header_filter(
+    ngx_http_request_t *r);
+static ngx_int_t ngx_http_smartflow_audit_init_zone(ngx_shm_zone_t *shm_zone,
+    void *data);
+static void *ngx_http_smartflow_audit_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_smartflow_audit_init_main_conf(ngx_conf_t *cf,
+    void *conf);
 static void *ngx_http_smartflow_audit_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_smartflow_audit_merge_loc_conf(ngx_conf_t *cf,
     void *parent, void *child);
 static char *ngx_http_smartflow_audit_log(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_smartflow_audit_dir(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_http_smartflow_audit_init(ngx_conf_t *cf);
+static ngx_int_t ngx_http_smartflow_audit_init_module(ngx_cycle_t *cycle);
+static ngx_int_t ngx_http_smartflow_audit_init_process(ngx_cycle_t *cycle);
+static void ngx_http_smartflow_audit_retry_timer(ngx_event_t *ev);
+static void ngx_http_smartflow_audit_retry_thread(void *data,
+    ngx_log_t *log);
+static void ngx_http_smartflow_audit_retry_done(ngx_event_t *ev);
+static void ngx_http_smartflow_audit_exit_process(ngx_cycle_t *cycle);
 
 
 static ngx_command_t  ngx_http_smartflow_audit_commands[] = {
@@ -34,6 +75,83 @@ static ngx_command_t  ngx_http_smartflow_audit_commands[] = {
       0,
       NULL },
 
+    { ngx_string("smartflow_audit_dir"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_smartflow_audit_dir,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("smartflow_audit_key_file"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_audit_main_conf_t, key_file),
+      NULL },
+
+    { ngx_string("smartflow_audit_segment_size"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_audit_main_conf_t, segment_size),
+      NULL },
+
+    { ngx_string("smartflow_audit_seal_interval"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_audit_main_conf_t, seal_interval),
+      NULL },
+
+    { ngx_string("smartflow_audit_immutable"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_audit_main_conf_t, immutable),
+      NULL },
+
+    { ngx_string("smartflow_audit_thread_pool"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_audit_main_conf_t, pool_name),
+      NULL },
+
+    { ngx_string("smartflow_audit_tsa"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_audit_main_conf_t, tsa_url),
+      NULL },
+
+    { ngx_string("smartflow_audit_tsa_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_audit_main_conf_t, tsa_timeout),
+      NULL },
+
+    { ngx_string("smartflow_audit_tsa_retry"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_audit_main_conf_t, tsa_retry),
+      NULL },
+
+    { ngx_string("smartflow_audit_api"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_smartflow_audit_api,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("smartflow_audit"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_audit_loc_conf_t, enable),
+      NULL },
+
       ngx_null_command
 };
 
@@ -42,8 +160,8 @@ static ngx_http_module_t  ngx_http_smartflow_audit_module_ctx = {
     NULL,                                  /* preconfiguration */
     ngx_http_smartflow_audit_init,         /* postconfiguration */
 
-    NULL,                                  /* create main configuration */
-    NULL,                                  /* init main configuration */
+    ngx_http_smartflow_audit_create_main_conf,
+    ngx_http_smartflow_audit_init_main_conf,
 
     NULL,                                  /* create server configuration */
     NULL,                                  /* merge server configuration */
@@ -59,29 +177,38 @@ ngx_module_t  ngx_http_smartflow_audit_module = {
     ngx_http_smartflow_audit_commands,     /* module directives */
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
-    NULL,                                  /* init module */
-    NULL,                                  /* init process */
+    ngx_http_smartflow_audit_init_module,  /* init module */
+    ngx_http_smartflow_audit_init_process, /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
-    NULL,                                  /* exit process */
+    ngx_http_smartflow_audit_exit_process, /* exit process */
     NULL,                                  /* exit master */
     NGX_MODULE_V1_PADDING
 };
 
 
+static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
+
+/* this process's descriptor of the open segment */
+static ngx_fd_t    ngx_http_smartflow_audit_fd = NGX_INVALID_FILE;
+static ngx_uint_t  ngx_http_smartflow_audit_fd_segment;
+
+/* the retry of spooled timestamps, in one worker */
+static ngx_event_t        ngx_http_smartflow_audit_retry_ev;
+static ngx_thread_task_t *ngx_http_smartflow_audit_retry_task;
+
+
 static ngx_int_t
 ngx_http_smartflow_audit_handler(ngx_http_request_t *r)
 {
-    size_t                                len;
-    u_char                               *p, *line;
-    ssize_t                               n;
-    ngx_str_t                             provider;
-    ngx_http_smartflow_ctx_t             *ctx;
-    ngx_http_smartflow_audit_loc_conf_t  *alcf;
+    ngx_http_smartflow_ctx_t              *ctx;
+    ngx_http_smartflow_audit_loc_conf_t   *alcf;
+    ngx_http_smartflow_audit_main_conf_t  *amcf;
 
     alcf = ngx_http_get_module_loc_conf(r, ngx_http_smartflow_audit_module);
+    amcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_audit_module);
 
-    if (alcf->file == NULL) {
+    if ((alcf->file == NULL && amcf->zone == NULL) || !alcf->enable) {
         return NGX_OK;
     }
 
@@ -90,6 +217,462 @@ ngx_http_smartflow_audit_handler(ngx_http_request_t *r)
     if (ctx == NULL || ctx->api == NGX_HTTP_SMARTFLOW_API_NONE) {
         return NGX_OK;
     }
+
+    if (alcf->file) {
+        (void) ngx_http_smartflow_audit_plain(r, ctx, alcf->file);
+    }
+
+    if (amcf->zone) {
+        (void) ngx_http_smartflow_audit_record(r, ctx, amcf);
+    }
+
+    return NGX_OK;
+}
+
+
+#define ngx_http_smartflow_audit_slen(s)                                      \
+    (sizeof(",\"\":\"\"") + 24                                               \
+     + ngx_smartflow_json_escape_len((s)->data, (s)->len))
+
+
+static ngx_int_t
+ngx_http_smartflow_audit_record(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_audit_main_conf_t *amcf)
+{
+    size_t                           len;
+    u_char                          *line, *p;
+    int64_t                          ts;
+    uint64_t                         cost;
+    ngx_str_t                        provider, deployment, served, user;
+    ngx_str_t                        trace, rid, *h, method, policy;
+    ngx_msec_t                       upstream;
+    ngx_uint_t                       i, has_upstream;
+    ngx_time_t                      *tp;
+    ngx_msec_int_t                   latency;
+    u_char                           digest[32];
+    u_char                           req_hex[65], resp_hex[65];
+    unsigned int                     dlen;
+    const sf_audit_key_t            *key;
+    ngx_http_variable_value_t       *vv;
+    ngx_http_upstream_state_t       *st;
+    ngx_http_smartflow_audit_ctx_t  *actx;
+    ngx_http_smartflow_audit_sample_t  m;
+
+    tp = ngx_timeofday();
+    ts = (int64_t) tp->sec * 1000 + tp->msec;
+
+    key = sf_audit_keys_current(amcf->keys, tp->sec);
+    if (key == NULL) {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "smartflow audit: no key in \"%V\" is valid now, "
+                      "the request is not recorded", &amcf->key_file);
+        return NGX_ERROR;
+    }
+
+    ngx_str_null(&provider);
+    ngx_str_null(&deployment);
+    ngx_str_null(&user);
+    ngx_str_null(&trace);
+    ngx_str_null(&rid);
+
+    if (ctx->provider) {
+        provider = ctx->provider->name;
+    }
+
+    if (ctx->route) {
+        deployment = ctx->route->name;
+    }
+
+    served = ctx->upstream_model.len ? ctx->upstream_model : ctx->model;
+
+    if (ctx->provider == NULL) {
+        ngx_str_null(&served);
+    }
+
+    if (ctx->vkey) {
+        user = ctx->vkey->user;
+    }
+
+    vv = ngx_http_get_indexed_variable(r, amcf->request_id);
+    if (vv && !vv->not_found) {
+        rid.data = vv->data;
+        rid.len = vv->len;
+    }
+
+    /* W3C trace context, else the caller's request id */
+    h = ngx_http_smartflow_header_in(&r->headers_in.headers, "traceparent");
+    if (h && h->len >= 55 && h->data[2] == '-' && h->data[35] == '-') {
+        trace.data = h->data + 3;
+        trace.len = 32;
+
+    } else {
+        h = ngx_http_smartflow_header_in(&r->headers_in.headers,
+                                         "x-request-id");
+        if (h) {
+            trace.data = h->data;
+            trace.len = ngx_min(h->len, 128);
+        }
+    }
+
+    method = r->method_name;
+    policy = ctx->policy_decisions;
+
+    latency = (ngx_msec_int_t) ((tp->sec - r->start_sec) * 1000
+                                + (tp->msec - r->start_msec));
+    latency = ngx_max(latency, 0);
+
+    upstream = 0;
+    has_upstream = 0;
+
+    if (r->upstream_states) {
+        st = r->upstream_states->elts;
+
+        for (i = 0; i < r->upstream_states->nelts; i++) {
+            if (st[i].peer && st[i].response_time != (ngx_msec_t) -1) {
+                upstream += st[i].response_time;
+                has_upstream = 1;
+            }
+        }
+    }
+
+    cost = 0;
+
+    if (ctx->vkey) {
+        cost = ((uint64_t) ctx->prompt_tokens * ctx->vkey->price_in
+                + (uint64_t) ctx->completion_tokens * ctx->vkey->price_out
+                + 999999) / 1000000;
+    }
+
+    if (EVP_Digest(ctx->body.len ? ctx->body.data : (u_char *) "",
+                   ctx->body.len, digest, &dlen, EVP_sha256(), NULL)
+        != 1)
+    {
+        return NGX_ERROR;
+    }
+
+    sf_audit_hex(digest, 32, (char *) req_hex);
+
+    actx = ngx_http_get_module_ctx(r, ngx_http_smartflow_audit_module);
+
+    if (actx && actx->md) {
+        if (EVP_DigestFinal_ex(actx->md, digest, &dlen) != 1) {
+            return NGX_ERROR;
+        }
+
+        EVP_MD_CTX_free(actx->md);
+        actx->md = NULL;
+
+    } else if (EVP_Digest("", 0, digest, &dlen, EVP_sha256(), NULL) != 1) {
+        return NGX_ERROR;
+    }
+
+    sf_audit_hex(digest, 32, (char *) resp_hex);
+
+    len = sizeof("{\"time\":\"\",\"status\":,\"stream\":false,"
+                 "\"latency_ms\":,\"upstream_ms\":,\"prompt_tokens\":,"
+                 "\"completion_tokens\":,\"cost_usd_micro\":,"
+                 "\"cache_phase\":,\"policy_blocked\":false,"
+                 "\"request_bytes\":,\"response_bytes\":,"
+                 "\"response_complete\":false,\"request_sha256\":\"\","
+                 "\"response_sha256\":\"\"")
+          + sizeof("1970-09-28T12:00:00+06:00") + 10 * NGX_INT64_LEN
+          + 128
+          + ngx_http_smartflow_audit_slen(&rid)
+          + ngx_http_smartflow_audit_slen(&ctx->key_id)
+          + ngx_http_smartflow_audit_slen(&ctx->team)
+          + ngx_http_smartflow_audit_slen(&user)
+          + ngx_http_smartflow_audit_slen(&r->connection->addr_text)
+          + ngx_http_smartflow_audit_slen(&method)
+          + ngx_http_smartflow_audit_slen(&r->uri)
+          + ngx_http_smartflow_audit_slen(&ctx->model)
+          + ngx_http_smartflow_audit_slen(&served)
+          + ngx_http_smartflow_audit_slen(&provider)
+          + ngx_http_smartflow_audit_slen(&deployment)
+          + ngx_http_smartflow_audit_slen(&ctx->cache_status)
+          + ngx_http_smartflow_audit_slen(&policy)
+          + ngx_http_smartflow_audit_slen(&trace)
+          + ngx_http_smartflow_audit_slen(&ctx->err_code)
+          /* the chain fields */
+          + sizeof(",\"ts\":,\"seq\":,\"kid\":\"\",\"prev\":\"\","
+                   "\"hmac\":\"\"}\n")
+          + 2 * NGX_INT64_LEN + SF_AUDIT_KID_LEN + 128;
+
+    line = ngx_pnalloc(r->pool, len);
+    if (line == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_sprintf(line, "{\"time\":\"%V\"", &ngx_cached_http_log_iso8601);
+    p = ngx_http_smartflow_audit_str(p, "request_id", &rid);
+    p = ngx_http_smartflow_audit_str(p, "key_id", &ctx->key_id);
+    p = ngx_http_smartflow_audit_str(p, "team", &ctx->team);
+    p = ngx_http_smartflow_audit_str(p, "user", &user);
+    p = ngx_http_smartflow_audit_str(p, "client", &r->connection->addr_text);
+    p = ngx_http_smartflow_audit_str(p, "method", &method);
+    p = ngx_http_smartflow_audit_str(p, "endpoint", &r->uri);
+    p = ngx_http_smartflow_audit_str(p, "model", &ctx->model);
+    p = ngx_http_smartflow_audit_str(p, "served_model", &served);
+    p = ngx_http_smartflow_audit_str(p, "provider", &provider);
+    p = ngx_http_smartflow_audit_str(p, "deployment", &deployment);
+
+    p = ngx_sprintf(p, ",\"status\":%ui,\"stream\":%s,\"latency_ms\":%M",
+                    r->headers_out.status, ctx->stream ? "true" : "false",
+                    (ngx_msec_t) latency);
+
+    if (has_upstream) {
+        p = ngx_sprintf(p, ",\"upstream_ms\":%M", upstream);
+
+    } else {
+        p = ngx_sf_cpymem(p, ",\"upstream_ms\":null");
+    }
+
+    p = ngx_sprintf(p, ",\"prompt_tokens\":%ui,\"completion_tokens\":%ui",
+                    ctx->prompt_tokens, ctx->completion_tokens);
+
+    if (ctx->vkey) {
+        p = ngx_sprintf(p, ",\"cost_usd_micro\":%uL", cost);
+
+    } else {
+        p = ngx_sf_cpymem(p, ",\"cost_usd_micro\":null");
+    }
+
+    p = ngx_http_smartflow_audit_str(p, "cache", &ctx->cache_status);
+
+    if (ctx->cache_phase) {
+        p = ngx_sprintf(p, ",\"cache_phase\":%ui", ctx->cache_phase);
+
+    } else {
+        p = ngx_sf_cpymem(p, ",\"cache_phase\":null");
+    }
+
+    p = ngx_http_smartflow_audit_str(p, "policy", &policy);
+    p = ngx_sprintf(p, ",\"policy_blocked\":%s",
+                    ctx->policy_blocked ? "true" : "false");
+    p = ngx_http_smartflow_audit_str(p, "trace_id", &trace);
+    p = ngx_http_smartflow_audit_str(p, "error", &ctx->err_code);
+
+    p = ngx_sprintf(p, ",\"request_bytes\":%O,\"response_bytes\":%O,"
+                       "\"response_complete\":%s,\"request_sha256\":\"%s\","
+                       "\"response_sha256\":\"%s\"",
+                    r->request_length, r->connection->sent,
+                    (actx && actx->complete) ? "true" : "false",
+                    req_hex, resp_hex);
+
+    /* the metrics: a model only once it is routed, so no client can
+     * make up label values */
+    m.model = ctx->route ? ctx->model : deployment;
+    m.provider = provider;
+    m.status = r->headers_out.status;
+    m.prompt_tokens = ctx->prompt_tokens;
+    m.completion_tokens = ctx->completion_tokens;
+    m.cost = cost;
+    m.latency = latency;
+    m.cache = 0;
+    m.cache_phase = ctx->cache_phase;
+    m.policy = policy;
+
+    if (ctx->cache_status.len) {
+        m.cache = (ctx->cache_status.len == 3
+                   && ngx_strncmp(ctx->cache_status.data, "HIT", 3) == 0) ? 1
+                  : (ctx->cache_status.len == 4
+                     && ngx_strncmp(ctx->cache_status.data, "MISS", 4) == 0)
+                  ? 2
+                  : (ctx->cache_status.len == 6
+                     && ngx_strncmp(ctx->cache_status.data, "BYPASS", 6)
+                        == 0) ? 3 : 4;
+    }
+
+    return ngx_http_smartflow_audit_append(r, amcf, line, p, key, ts, &m);
+}
+
+
+/*
+ * Under the zone's lock: the record's place in the chain, its signature,
+ * one write() to the open segment (O_APPEND: one record is never split),
+ * the log tree; and the segment closed when it is full or old enough.
+ */
+static ngx_int_t
+ngx_http_smartflow_audit_append(ngx_http_request_t *r,
+    ngx_http_smartflow_audit_main_conf_t *amcf, u_char *line, u_char *p,
+    const sf_audit_key_t *key, int64_t ts,
+    ngx_http_smartflow_audit_sample_t *m)
+{
+    u_char                           *body_end;
+    ssize_t                           n;
+    uint64_t                          seq;
+    ngx_uint_t                        rotate;
+    ngx_slab_pool_t                  *shpool;
+    unsigned int                      maclen;
+    ngx_http_smartflow_audit_sh_t    *sh;
+    u_char                            leaf[32], head[32];
+    u_char                            path[NGX_MAX_PATH];
+    char                              hex[65];
+    unsigned char                     mac[EVP_MAX_MD_SIZE];
+    ngx_http_smartflow_audit_seal_t   snap;
+
+    shpool = (ngx_slab_pool_t *) amcf->zone->shm.addr;
+    sh = shpool->data;
+    body_end = p;
+    rotate = 0;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (ngx_http_smartflow_audit_fd == NGX_INVALID_FILE
+        || ngx_http_smartflow_audit_fd_segment != sh->segment)
+    {
+        if (ngx_http_smartflow_audit_fd != NGX_INVALID_FILE) {
+            (void) ngx_close_file(ngx_http_smartflow_audit_fd);
+        }
+
+        ngx_snprintf(path, NGX_MAX_PATH, "%V/" NGX_SMARTFLOW_AUDIT_SEGMENT
+                     "%Z", &amcf->dir, sh->segment);
+
+        ngx_http_smartflow_audit_fd = ngx_open_file(path, NGX_FILE_APPEND,
+                                                    NGX_FILE_CREATE_OR_OPEN,
+                                                    0644);
+        if (ngx_http_smartflow_audit_fd == NGX_INVALID_FILE) {
+            sh->write_failures++;
+            ngx_shmtx_unlock(&shpool->mutex);
+            ngx_log_error(NGX_LOG_ALERT, r->connection->log, ngx_errno,
+                          "smartflow audit: open \"%s\" failed", path);
+            return NGX_ERROR;
+        }
+
+        ngx_http_smartflow_audit_fd_segment = sh->segment;
+    }
+
+    seq = sh->seq + 1;
+    sf_audit_hex(sh->head, 32, hex);
+
+    p = ngx_sprintf(body_end, ",\"ts\":%L,\"seq\":%uL,\"kid\":\"%s\","
+                    "\"prev\":\"%s\"", ts, seq, key->kid, hex);
+
+    if (HMAC(EVP_sha256(), key->key, (int) key->key_len, line, p - line,
+             mac, &maclen)
+        == NULL)
+    {
+        ngx_shmtx_unlock(&shpool->mutex);
+        return NGX_ERROR;
+    }
+
+    sf_audit_hex(mac, 32, hex);
+    p = ngx_sprintf(p, ",\"hmac\":\"%s\"}\n", hex);
+
+    n = ngx_write_fd(ngx_http_smartflow_audit_fd, line, p - line);
+
+    if (n != p - line) {
+        /* a piece of a record would break the chain for every later one */
+        if (n > 0
+            && ftruncate(ngx_http_smartflow_audit_fd, sh->seg_bytes) == -1)
+        {
+            ngx_log_error(NGX_LOG_ALERT, r->connection->log, ngx_errno,
+                          "smartflow audit: cutting a partial record off "
+                          "segment %ui failed",
+                          ngx_http_smartflow_audit_fd_segment);
+        }
+
+        sh->write_failures++;
+        ngx_shmtx_unlock(&shpool->mutex);
+
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, ngx_errno,
+                      "smartflow audit: writing segment %ui failed",
+                      ngx_http_smartflow_audit_fd_segment);
+        return NGX_ERROR;
+    }
+
+    (void) EVP_Digest(line, p - line - 1, head, NULL, EVP_sha256(), NULL);
+    sf_merkle_leaf(line, p - line - 1, leaf);
+
+    sh->seq = seq;
+    ngx_memcpy(sh->head, head, 32);
+    sf_merkle_frontier_append(&sh->log, leaf);
+
+    if (sh->seg_count++ == 0) {
+        sh->seg_first = seq;
+        sh->seg_start = ngx_time();
+    }
+
+    sh->seg_bytes += p - line;
+
+    ngx_http_smartflow_audit_count(sh, m);
+
+    if ((size_t) sh->seg_bytes >= amcf->segment_size
+        || ngx_time() - sh->seg_start >= amcf->seal_interval)
+    {
+        rotate = 1;
+
+        snap.segment = sh->segment;
+        snap.first = sh->seg_first;
+        snap.count = sh->seg_count;
+        ngx_memcpy(snap.head, sh->head, 32);
+        ngx_memcpy(&snap.old, &sh->sealed, sizeof(sf_merkle_frontier_t));
+        ngx_memcpy(&sh->sealed, &sh->log, sizeof(sf_merkle_frontier_t));
+
+        sh->segment++;
+        sh->seg_first = 0;
+        sh->seg_count = 0;
+        sh->seg_bytes = 0;
+        sh->seg_start = 0;
+        sh->seals_pending++;
+
+        /* the next segment exists from now: the folder shows which is open */
+        (void) ngx_close_file(ngx_http_smartflow_audit_fd);
+
+        ngx_snprintf(path, NGX_MAX_PATH, "%V/" NGX_SMARTFLOW_AUDIT_SEGMENT
+                     "%Z", &amcf->dir, sh->segment);
+
+        ngx_http_smartflow_audit_fd = ngx_open_file(path, NGX_FILE_APPEND,
+                                                    NGX_FILE_CREATE_OR_OPEN,
+                                                    0644);
+        ngx_http_smartflow_audit_fd_segment = sh->segment;
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    if (!rotate) {
+        return NGX_OK;
+    }
+
+    ngx_cpystrn(snap.dir, amcf->dir.data, NGX_MAX_PATH);
+    snap.key = *key;
+    snap.immutable = amcf->immutable;
+    snap.now = ngx_time();
+    snap.zone = amcf->zone;
+    snap.rc = NGX_ERROR;
+    snap.err[0] = '\0';
+    snap.offline = 0;
+    snap.tsa_rc = NGX_OK;
+    snap.tsa_timeout = amcf->tsa_timeout;
+    snap.tsa_url[0] = '\0';
+
+    if (amcf->tsa_url.len) {
+        ngx_cpystrn(snap.tsa_url, amcf->tsa_url.data, sizeof(snap.tsa_url));
+    }
+
+    if (ngx_http_smartflow_audit_post_seal(r, amcf, &snap) != NGX_OK) {
+        ngx_shmtx_lock(&shpool->mutex);
+        sh->seals_pending--;
+        sh->seal_failures++;
+        ngx_shmtx_unlock(&shpool->mutex);
+
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "smartflow audit: segment %ui is closed but its seal "
+                      "could not be queued; it is sealed at the next start",
+                      snap.segment);
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_audit_plain(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_open_file_t *file)
+{
+    size_t      len;
+    u_char     *p, *line;
+    ssize_t     n;
+    ngx_str_t   provider;
 
     if (ctx->provider) {
         provider = ctx->provider->name;
@@ -132,12 +715,12 @@ ngx_http_smartflow_audit_handler(ngx_http_request_t *r)
     *p++ = '\n';
 
     /* an append of a line, as access_log does */
-    n = ngx_write_fd(alcf->file->fd, line, p - line);
+    n = ngx_write_fd(file->fd, line, p - line);
 
     if (n != p - line) {
         ngx_log_error(NGX_LOG_ALERT, r->connection->log, ngx_errno,
-                      "smartflow audit: writing \"%V\" failed",
-                      &alcf->file->name);
+                      "smartflow audit: writing \"%V\" failed", &file->name);
+        return NGX_ERROR;
     }
 
     return NGX_OK;
@@ -161,6 +744,339 @@ ngx_http_smartflow_audit_str(u_char *p, char *name, ngx_str_t *s)
 }
 
 
+static ngx_int_t
+ngx_http_smartflow_audit_tap(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, u_char *p, size_t len, ngx_uint_t last)
+{
+    ngx_http_smartflow_audit_ctx_t        *actx;
+    ngx_http_smartflow_audit_main_conf_t  *amcf;
+
+    amcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_audit_module);
+
+    if (amcf->zone == NULL) {
+        return NGX_OK;
+    }
+
+    actx = ngx_http_smartflow_audit_get_ctx(r);
+    if (actx == NULL || actx->md == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (len && EVP_DigestUpdate(actx->md, p, len) != 1) {
+        return NGX_ERROR;
+    }
+
+    actx->bytes += len;
+
+    if (last) {
+        actx->complete = 1;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_http_smartflow_audit_ctx_t *
+ngx_http_smartflow_audit_get_ctx(ngx_http_request_t *r)
+{
+    ngx_pool_cleanup_t              *cln;
+    ngx_http_smartflow_audit_ctx_t  *actx;
+
+    actx = ngx_http_get_module_ctx(r, ngx_http_smartflow_audit_module);
+    if (actx) {
+        return actx;
+    }
+
+    actx = ngx_pcalloc(r->pool, sizeof(ngx_http_smartflow_audit_ctx_t));
+    if (actx == NULL) {
+        return NULL;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NULL;
+    }
+
+    actx->md = EVP_MD_CTX_new();
+
+    if (actx->md == NULL
+        || EVP_DigestInit_ex(actx->md, EVP_sha256(), NULL) != 1)
+    {
+        EVP_MD_CTX_free(actx->md);
+        actx->md = NULL;
+        return NULL;
+    }
+
+    cln->handler = ngx_http_smartflow_audit_cleanup;
+    cln->data = actx;
+
+    ngx_http_set_ctx(r, actx, ngx_http_smartflow_audit_module);
+
+    return actx;
+}
+
+
+static void
+ngx_http_smartflow_audit_cleanup(void *data)
+{
+    ngx_http_smartflow_audit_ctx_t  *actx = data;
+
+    EVP_MD_CTX_free(actx->md);
+    actx->md = NULL;
+}
+
+
+/*
+ * The receipt: the record's id ($request_id, in the record as
+ * "request_id") and SHA-256 of the request body, a commitment the record
+ * holds too.  The record itself is written after the answer, so its own
+ * hash comes from GET /api/audit/proof/ID.
+ */
+static ngx_int_t
+ngx_http_smartflow_audit_header_filter(ngx_http_request_t *r)
+{
+    u_char                                *p;
+    ngx_table_elt_t                       *h;
+    ngx_http_smartflow_ctx_t              *ctx;
+    ngx_http_variable_value_t             *vv;
+    ngx_http_smartflow_audit_loc_conf_t   *alcf;
+    ngx_http_smartflow_audit_main_conf_t  *amcf;
+    u_char                                 digest[32];
+
+    amcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_audit_module);
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_smartflow_audit_module);
+
+    if (r != r->main || amcf->zone == NULL || !alcf->enable) {
+        return ngx_http_next_header_filter(r);
+    }
+
+    ctx = ngx_http_smartflow_get_ctx(r);
+
+    if (ctx == NULL || ctx->api == NGX_HTTP_SMARTFLOW_API_NONE) {
+        return ngx_http_next_header_filter(r);
+    }
+
+    vv = ngx_http_get_indexed_variable(r, amcf->request_id);
+    if (vv == NULL || vv->not_found) {
+        return ngx_http_next_header_filter(r);
+    }
+
+    if (EVP_Digest(ctx->body.len ? ctx->body.data : (u_char *) "",
+                   ctx->body.len, digest, NULL, EVP_sha256(), NULL)
+        != 1)
+    {
+        return NGX_ERROR;
+    }
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_pnalloc(r->pool, sizeof("id=; request-sha256=") + vv->len + 64);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "Smartflow-Audit-Receipt");
+    h->value.data = p;
+    p = ngx_sprintf(p, "id=%*s; request-sha256=", (size_t) vv->len,
+                    vv->data);
+    sf_audit_hex(digest, 32, (char *) p);
+    h->value.len = p + 64 - h->value.data;
+
+    /* the response hash starts with the answer's first byte */
+    if (ngx_http_smartflow_audit_get_ctx(r) == NULL) {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_next_header_filter(r);
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_audit_init_zone(ngx_shm_zone_t *shm_zone, void *data)
+{
+    ngx_http_smartflow_audit_main_conf_t  *amcf = shm_zone->data;
+
+    ngx_slab_pool_t                *shpool;
+    ngx_http_smartflow_audit_sh_t  *sh;
+
+    shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+    if (data) {
+        /* a reload: the chain goes on where it was */
+        shm_zone->data = data;
+        return NGX_OK;
+    }
+
+    shm_zone->data = amcf;
+
+    if (shm_zone->shm.exists) {
+        return NGX_OK;
+    }
+
+    sh = ngx_slab_alloc(shpool, sizeof(ngx_http_smartflow_audit_sh_t));
+    if (sh == NULL) {
+        return NGX_ERROR;
+    }
+
+    shpool->data = sh;
+
+    return ngx_http_smartflow_audit_recover(shm_zone->shm.log, amcf, sh);
+}
+
+
+static void *
+ngx_http_smartflow_audit_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_smartflow_audit_main_conf_t  *amcf;
+
+    amcf = ngx_pcalloc(cf->pool,
+                       sizeof(ngx_http_smartflow_audit_main_conf_t));
+    if (amcf == NULL) {
+        return NULL;
+    }
+
+    amcf->segment_size = NGX_CONF_UNSET_SIZE;
+    amcf->seal_interval = NGX_CONF_UNSET;
+    amcf->immutable = NGX_CONF_UNSET;
+    amcf->request_id = NGX_ERROR;
+    amcf->tsa_timeout = NGX_CONF_UNSET_MSEC;
+    amcf->tsa_retry = NGX_CONF_UNSET_MSEC;
+
+    return amcf;
+}
+
+
+static char *
+ngx_http_smartflow_audit_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_smartflow_audit_main_conf_t *amcf = conf;
+
+    u_char            *buf;
+    ssize_t            n;
+    ngx_fd_t           fd;
+    ngx_str_t          name;
+    ngx_file_info_t    fi;
+    char               err[128];
+
+    ngx_conf_init_size_value(amcf->segment_size, 16 * 1024 * 1024);
+    ngx_conf_init_value(amcf->seal_interval, 60);
+    ngx_conf_init_value(amcf->immutable, 0);
+    ngx_conf_init_msec_value(amcf->tsa_timeout, 10000);
+    ngx_conf_init_msec_value(amcf->tsa_retry, 30000);
+
+    if (amcf->tsa_url.len >= 1024
+        || (amcf->tsa_url.len
+            && ngx_strncmp(amcf->tsa_url.data, "http://", 7) != 0
+            && ngx_strncmp(amcf->tsa_url.data, "https://", 8) != 0))
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "smartflow audit: \"smartflow_audit_tsa\" takes "
+                           "an http:// or https:// URL");
+        return NGX_CONF_ERROR;
+    }
+
+    if (amcf->dir.len == 0) {
+        return NGX_CONF_OK;
+    }
+
+    if (amcf->key_file.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "smartflow audit: \"smartflow_audit_dir\" needs "
+                           "\"smartflow_audit_key_file\"");
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_conf_full_name(cf->cycle, &amcf->key_file, 1) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    fd = ngx_open_file(amcf->key_file.data, NGX_FILE_RDONLY, NGX_FILE_OPEN,
+                       0);
+    if (fd == NGX_INVALID_FILE) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           "smartflow audit: cannot open key file \"%V\"",
+                           &amcf->key_file);
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR
+        || ngx_file_size(&fi) > 64 * 1024)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           "smartflow audit: key file \"%V\" is not a small "
+                           "file", &amcf->key_file);
+        (void) ngx_close_file(fd);
+        return NGX_CONF_ERROR;
+    }
+
+    buf = ngx_pnalloc(cf->temp_pool, ngx_file_size(&fi) + 1);
+    amcf->keys = ngx_pcalloc(cf->pool, sizeof(sf_audit_keys_t));
+
+    if (buf == NULL || amcf->keys == NULL) {
+        (void) ngx_close_file(fd);
+        return NGX_CONF_ERROR;
+    }
+
+    n = ngx_file_size(&fi) ? read(fd, buf, ngx_file_size(&fi)) : 0;
+    (void) ngx_close_file(fd);
+
+    if (n != ngx_file_size(&fi)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           "smartflow audit: reading \"%V\" failed",
+                           &amcf->key_file);
+        return NGX_CONF_ERROR;
+    }
+
+    if (sf_audit_keys_parse((char *) buf, n, amcf->keys, err, sizeof(err))
+        != 0)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "smartflow audit: key file \"%V\": %s",
+                           &amcf->key_file, err);
+        return NGX_CONF_ERROR;
+    }
+
+    if (amcf->segment_size < 1024) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "smartflow audit: \"smartflow_audit_segment_size\" "
+                           "must be at least 1k");
+        return NGX_CONF_ERROR;
+    }
+
+    if (amcf->seal_interval < 1) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "smartflow audit: \"smartflow_audit_seal_interval\""
+                           " must be at least 1s");
+        return NGX_CONF_ERROR;
+    }
+
+    amcf->pool = ngx_thread_pool_add(cf, amcf->pool_name.len
+                                         ? &amcf->pool_name : NULL);
+    if (amcf->pool == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_str_set(&name, "smartflow_audit");
+
+    amcf->zone = ngx_shared_memory_add(cf, &name,
+                                       NGX_HTTP_SMARTFLOW_AUDIT_ZONE,
+                                       &ngx_http_smartflow_audit_module);
+    if (amcf->zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    amcf->zone->init = ngx_http_smartflow_audit_init_zone;
+    amcf->zone->data = amcf;
+    amcf->cycle = cf->cycle;
+
+    return NGX_CONF_OK;
+}
+
+
 static void *
 ngx_http_smartflow_audit_create_loc_conf(ngx_conf_t *cf)
 {
@@ -172,6 +1088,7 @@ ngx_http_smartflow_audit_create_loc_conf(ngx_conf_t *cf)
     }
 
     alcf->file = NGX_CONF_UNSET_PTR;
+    alcf->enable = NGX_CONF_UNSET;
 
     return alcf;
 }
@@ -185,6 +1102,7 @@ ngx_http_smartflow_audit_merge_loc_conf(ngx_conf_t *cf, void *parent,
     ngx_http_smartflow_audit_loc_conf_t *conf = child;
 
     ngx_conf_merge_ptr_value(conf->file, prev->file, NULL);
+    ngx_conf_merge_value(conf->enable, prev->enable, 1);
 
     return NGX_CONF_OK;
 }
@@ -218,13 +1136,48 @@ ngx_http_smartflow_audit_log(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/* smartflow_audit_dir PATH; */
+static char *
+ngx_http_smartflow_audit_dir(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_smartflow_audit_main_conf_t *amcf = conf;
+
+    ngx_str_t  *value;
+
+    if (amcf->dir.len) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    amcf->dir = value[1];
+
+    while (amcf->dir.len > 1 && amcf->dir.data[amcf->dir.len - 1] == '/') {
+        amcf->dir.len--;
+    }
+
+    if (ngx_conf_full_name(cf->cycle, &amcf->dir, 0) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (amcf->dir.len + NGX_SMARTFLOW_AUDIT_NAME_LEN + 8 >= NGX_MAX_PATH) {
+        return "is too long";
+    }
+
+    return NGX_CONF_OK;
+}
+
+
 static ngx_int_t
 ngx_http_smartflow_audit_init(ngx_conf_t *cf)
 {
-    ngx_http_handler_pt        *h;
-    ngx_http_core_main_conf_t  *cmcf;
+    ngx_str_t                              name;
+    ngx_http_handler_pt                   *h;
+    ngx_http_core_main_conf_t             *cmcf;
+    ngx_http_smartflow_audit_main_conf_t  *amcf;
 
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+    amcf = ngx_http_conf_get_module_main_conf(cf,
+                                              ngx_http_smartflow_audit_module);
 
     h = ngx_array_push(&cmcf->phases[NGX_HTTP_LOG_PHASE].handlers);
     if (h == NULL) {
@@ -233,5 +1186,175 @@ ngx_http_smartflow_audit_init(ngx_conf_t *cf)
 
     *h = ngx_http_smartflow_audit_handler;
 
+    if (amcf->dir.len == 0) {
+        return NGX_OK;
+    }
+
+    ngx_str_set(&name, "request_id");
+
+    amcf->request_id = ngx_http_get_variable_index(cf, &name);
+    if (amcf->request_id == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_smartflow_register_tap(cf, ngx_http_smartflow_audit_tap)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ngx_http_next_header_filter = ngx_http_top_header_filter;
+    ngx_http_top_header_filter = ngx_http_smartflow_audit_header_filter;
+
     return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_audit_init_module(ngx_cycle_t *cycle)
+{
+    /* once, before any thread: libcurl's global state */
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                      "smartflow audit: curl_global_init() failed");
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_audit_init_process(ngx_cycle_t *cycle)
+{
+    ngx_event_t                           *ev;
+    ngx_http_smartflow_audit_main_conf_t  *amcf;
+
+    amcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_smartflow_audit_module);
+
+    if (amcf == NULL || amcf->zone == NULL || amcf->tsa_url.len == 0
+        || (ngx_process == NGX_PROCESS_WORKER && ngx_worker != 0))
+    {
+        return NGX_OK;
+    }
+
+    ev = &ngx_http_smartflow_audit_retry_ev;
+    ev->handler = ngx_http_smartflow_audit_retry_timer;
+    ev->data = amcf;
+    ev->log = cycle->log;
+    ev->cancelable = 1;
+
+    ngx_add_timer(ev, amcf->tsa_retry);
+
+    return NGX_OK;
+}
+
+
+typedef struct {
+    ngx_http_smartflow_audit_main_conf_t  *amcf;
+    u_char                     dir[NGX_MAX_PATH];
+    u_char                     url[1024];
+    ngx_msec_t                 timeout;
+    ngx_uint_t                 waiting;
+    ngx_int_t                  rc;
+    char                       err[NGX_MAX_PATH + 512];
+} ngx_http_smartflow_audit_retry_t;
+
+
+static void
+ngx_http_smartflow_audit_retry_timer(ngx_event_t *ev)
+{
+    ngx_thread_task_t                     *task;
+    ngx_http_smartflow_audit_retry_t      *rt;
+    ngx_http_smartflow_audit_main_conf_t  *amcf = ev->data;
+
+    if (ngx_exiting || ngx_quit || ngx_terminate) {
+        return;
+    }
+
+    task = ngx_http_smartflow_audit_retry_task;
+
+    if (task == NULL) {
+        task = ngx_thread_task_alloc(ngx_cycle->pool,
+                                     sizeof(ngx_http_smartflow_audit_retry_t));
+        if (task == NULL) {
+            ngx_add_timer(ev, amcf->tsa_retry);
+            return;
+        }
+
+        task->handler = ngx_http_smartflow_audit_retry_thread;
+        task->event.handler = ngx_http_smartflow_audit_retry_done;
+        task->event.data = task;
+        task->event.log = ev->log;
+        ngx_http_smartflow_audit_retry_task = task;
+    }
+
+    rt = task->ctx;
+    rt->amcf = amcf;
+    ngx_cpystrn(rt->dir, amcf->dir.data, NGX_MAX_PATH);
+    ngx_cpystrn(rt->url, amcf->tsa_url.data, sizeof(rt->url));
+    rt->timeout = amcf->tsa_timeout;
+
+    if (ngx_thread_task_post(amcf->pool, task) != NGX_OK) {
+        ngx_add_timer(ev, amcf->tsa_retry);
+    }
+}
+
+
+static void
+ngx_http_smartflow_audit_retry_thread(void *data, ngx_log_t *log)
+{
+    ngx_http_smartflow_audit_retry_t  *rt = data;
+
+    rt->err[0] = '\0';
+    rt->rc = ngx_http_smartflow_audit_tsa_retry(rt->dir, rt->url,
+                                                rt->timeout, &rt->waiting,
+                                                rt->err, sizeof(rt->err));
+}
+
+
+static void
+ngx_http_smartflow_audit_retry_done(ngx_event_t *ev)
+{
+    ngx_slab_pool_t                   *shpool;
+    ngx_thread_task_t                 *task;
+    ngx_http_smartflow_audit_sh_t     *sh;
+    ngx_http_smartflow_audit_retry_t  *rt;
+
+    task = ev->data;
+    rt = task->ctx;
+
+    shpool = (ngx_slab_pool_t *) rt->amcf->zone->shm.addr;
+    sh = shpool->data;
+
+    ngx_shmtx_lock(&shpool->mutex);
+    sh->tsa_waiting = rt->waiting;
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    if (rt->rc == NGX_ERROR) {
+        ngx_log_error(NGX_LOG_ALERT, ev->log, 0,
+                      "smartflow audit: retrying timestamps failed: %s",
+                      rt->err);
+
+    } else if (rt->rc == NGX_AGAIN) {
+        ngx_log_error(NGX_LOG_WARN, ev->log, 0,
+                      "smartflow audit: %ui timestamps still spooled: %s",
+                      rt->waiting, rt->err);
+    }
+
+    if (!(ngx_exiting || ngx_quit || ngx_terminate)) {
+        ngx_add_timer(&ngx_http_smartflow_audit_retry_ev,
+                      rt->amcf->tsa_retry);
+    }
+}
+
+
+static void
+ngx_http_smartflow_audit_exit_process(ngx_cycle_t *cycle)
+{
+    if (ngx_http_smartflow_audit_fd != NGX_INVALID_FILE) {
+        (void) ngx_close_file(ngx_http_smartflow_audit_fd);
+        ngx_http_smartflow_audit_fd = NGX_INVALID_FILE;
+    }
 }

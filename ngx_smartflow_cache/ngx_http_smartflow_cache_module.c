@@ -1,9 +1,17 @@
 /*
- * The cache module.  Vector search runs on FAISS through its C API; the
- * module checks at start-up that the library answers a known query
- * correctly, so a broken FAISS or BLAS install stops nginx with a clear
- * message instead of serving wrong cache hits later, and pins OpenMP to
- * one thread per worker (workers are the unit of parallelism).
+ * The MetaCache: directives and configuration, the lookup stage of the
+ * pipeline (after the policy, so it keys on what the policy let through)
+ * and the response headers.  A lookup tries, in order: 1 the normalised
+ * fingerprint of the whole request, exact, in the zone; 2 a near miss,
+ * MinHash over the query's words against the entries of the same
+ * conversation context; 3 (Redis, shared by nodes) is not built in this
+ * module yet; 4 the builtin embedding searched with FAISS.  Phases 2 and
+ * 4 hand their candidates to the verification before they are served.
+ * The answer is stored by a response tap (ngx_http_smartflow_cache_store.c).
+ *
+ * FAISS runs on one OpenMP thread per worker: workers are the unit of
+ * parallelism.  The module checks at start-up that FAISS answers a known
+ * query correctly.
  */
 
 #include <omp.h>
@@ -12,42 +20,1216 @@
 #include <faiss/c_api/error_c.h>
 #include <faiss/c_api/index_factory_c.h>
 
-#include "ngx_http_smartflow_proxy.h"
+#include "ngx_http_smartflow_cache.h"
 
 
+typedef struct {
+    ngx_str_t                   context;        /* system, earlier turns */
+    ngx_str_t                   params;
+    ngx_str_t                   query;          /* last user message */
+    ngx_str_t                   query_raw;      /* non-text parts: JSON */
+} ngx_http_smartflow_cache_canon_t;
+
+
+static ngx_int_t ngx_http_smartflow_cache_stage(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx);
+static ngx_int_t ngx_http_smartflow_cache_controls(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_uint_t *lookup, ngx_uint_t *store,
+    time_t *ttl);
+static ngx_int_t ngx_http_smartflow_cache_canon(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_cache_canon_t *cn);
+static ngx_int_t ngx_http_smartflow_cache_text(ngx_pool_t *pool,
+    ngx_smartflow_json_t *content, ngx_str_t *text, ngx_uint_t *plain);
+static ngx_int_t ngx_http_smartflow_cache_keys(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_cache_loc_conf_t *clcf,
+    ngx_http_smartflow_cache_req_t *rq);
+static ngx_int_t ngx_http_smartflow_cache_candidates(ngx_http_request_t *r,
+    ngx_http_smartflow_cache_req_t *rq, ngx_smartflow_cache_found_t *cand,
+    ngx_uint_t n, ngx_smartflow_cache_found_t *f);
+static ngx_int_t ngx_http_smartflow_cache_hit(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_cache_req_t *rq,
+    ngx_smartflow_cache_found_t *f, ngx_uint_t phase, struct timeval *start);
+static void ngx_http_smartflow_cache_took(ngx_smartflow_cache_zone_t *z,
+    struct timeval *start);
+static ngx_int_t ngx_http_smartflow_cache_header_filter(ngx_http_request_t *r);
+static ngx_int_t ngx_http_smartflow_cache_add_header(ngx_http_request_t *r,
+    char *key, u_char *value, size_t len);
+
+static void *ngx_http_smartflow_cache_create_main_conf(ngx_conf_t *cf);
+static void *ngx_http_smartflow_cache_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_smartflow_cache_merge_loc_conf(ngx_conf_t *cf,
+    void *parent, void *child);
+static char *ngx_http_smartflow_cache_zone(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_smartflow_cache(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_smartflow_cache_threshold(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_http_smartflow_cache_api(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static ngx_int_t ngx_http_smartflow_cache_init(ngx_conf_t *cf);
 static ngx_int_t ngx_http_smartflow_cache_init_module(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_smartflow_cache_init_process(ngx_cycle_t *cycle);
+static void ngx_http_smartflow_cache_exit_process(ngx_cycle_t *cycle);
+
+
+/* the fields of a request that change its answer, besides the messages */
+static char  *ngx_http_smartflow_cache_params[] = {
+    "temperature", "top_p", "top_k", "max_tokens", "max_completion_tokens",
+    "stop", "stop_sequences", "seed", "response_format", "tools",
+    "tool_choice", "functions", "function_call", "presence_penalty",
+    "frequency_penalty", "logit_bias", "logprobs", "top_logprobs",
+    "reasoning_effort", "thinking", "modalities", "audio", "prediction",
+    "parallel_tool_calls", "verbosity", NULL
+};
+
+
+static ngx_conf_enum_t  ngx_http_smartflow_cache_partitions[] = {
+    { ngx_string("team"), NGX_SMARTFLOW_CACHE_PART_TEAM },
+    { ngx_string("key"), NGX_SMARTFLOW_CACHE_PART_KEY },
+    { ngx_string("shared"), NGX_SMARTFLOW_CACHE_PART_SHARED },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_command_t  ngx_http_smartflow_cache_commands[] = {
+
+    { ngx_string("smartflow_cache_zone"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
+      ngx_http_smartflow_cache_zone,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("smartflow_cache"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_smartflow_cache,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("smartflow_cache_ttl"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_cache_loc_conf_t, ttl),
+      NULL },
+
+    { ngx_string("smartflow_cache_near_miss"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_smartflow_cache_threshold,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_cache_loc_conf_t, near_miss),
+      NULL },
+
+    { ngx_string("smartflow_cache_similarity"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_smartflow_cache_threshold,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_cache_loc_conf_t, similarity),
+      NULL },
+
+    { ngx_string("smartflow_cache_partition"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_cache_loc_conf_t, partition),
+      &ngx_http_smartflow_cache_partitions },
+
+    { ngx_string("smartflow_cache_max_size"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_cache_loc_conf_t, max_size),
+      NULL },
+
+    { ngx_string("smartflow_cache_api"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_smartflow_cache_api,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+      ngx_null_command
+};
 
 
 static ngx_http_module_t  ngx_http_smartflow_cache_module_ctx = {
     NULL,                                  /* preconfiguration */
-    NULL,                                  /* postconfiguration */
+    ngx_http_smartflow_cache_init,         /* postconfiguration */
 
-    NULL,                                  /* create main configuration */
+    ngx_http_smartflow_cache_create_main_conf,
     NULL,                                  /* init main configuration */
 
     NULL,                                  /* create server configuration */
     NULL,                                  /* merge server configuration */
 
-    NULL,                                  /* create location configuration */
-    NULL                                   /* merge location configuration */
+    ngx_http_smartflow_cache_create_loc_conf,
+    ngx_http_smartflow_cache_merge_loc_conf
 };
 
 
 ngx_module_t  ngx_http_smartflow_cache_module = {
     NGX_MODULE_V1,
     &ngx_http_smartflow_cache_module_ctx,  /* module context */
-    NULL,                                  /* module directives */
+    ngx_http_smartflow_cache_commands,     /* module directives */
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
     ngx_http_smartflow_cache_init_module,  /* init module */
     ngx_http_smartflow_cache_init_process, /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
-    NULL,                                  /* exit process */
+    ngx_http_smartflow_cache_exit_process, /* exit process */
     NULL,                                  /* exit master */
     NGX_MODULE_V1_PADDING
 };
+
+
+static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
+
+
+static ngx_int_t
+ngx_http_smartflow_cache_stage(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx)
+{
+    time_t                                ttl;
+    ngx_int_t                             rc;
+    ngx_uint_t                            lookup, store, n, k, i;
+    struct timeval                        start;
+    ngx_smartflow_cache_ref_t             refs[NGX_SMARTFLOW_CACHE_K];
+    ngx_smartflow_cache_zone_t           *z;
+    ngx_smartflow_cache_found_t           f, cand[NGX_SMARTFLOW_CACHE_CAND];
+    ngx_http_smartflow_cache_req_t       *rq;
+    ngx_http_smartflow_cache_loc_conf_t  *clcf;
+
+    float                                 scores[NGX_SMARTFLOW_CACHE_K];
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_smartflow_cache_module);
+
+    if (clcf->zone == NULL || r != r->main
+        || (ctx->api != NGX_HTTP_SMARTFLOW_API_CHAT
+            && ctx->api != NGX_HTTP_SMARTFLOW_API_MESSAGES))
+    {
+        return NGX_DECLINED;
+    }
+
+    z = clcf->zone;
+
+    rc = ngx_http_smartflow_cache_controls(r, ctx, &lookup, &store, &ttl);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    ngx_str_set(&ctx->cache_status, "BYPASS");
+
+    if (!lookup && !store) {
+        (void) ngx_atomic_fetch_add(&z->sh->stats.bypasses, 1);
+        return NGX_DECLINED;
+    }
+
+    ngx_gettimeofday(&start);
+
+    rq = ngx_http_smartflow_cache_req(r, 1);
+    if (rq == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rq->zone = z;
+    rq->max_size = clcf->max_size;
+    rq->item.ttl = ttl ? ttl : clcf->ttl;
+
+    rc = ngx_http_smartflow_cache_keys(r, ctx, clcf, rq);
+
+    if (rc == NGX_DECLINED) {
+        /* a request the cache does not answer (n > 1) */
+        (void) ngx_atomic_fetch_add(&z->sh->stats.bypasses, 1);
+        return NGX_DECLINED;
+    }
+
+    if (rc != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rq->store = store;
+
+    if (!lookup) {
+        (void) ngx_atomic_fetch_add(&z->sh->stats.bypasses, 1);
+        return NGX_DECLINED;
+    }
+
+    (void) ngx_atomic_fetch_add(&z->sh->stats.lookups, 1);
+
+    /* 1: the normalised fingerprint */
+    rc = ngx_smartflow_cache_exact(z, r->pool, rq->item.fp, &f);
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (rc == NGX_OK) {
+        f.similarity = 0;
+        return ngx_http_smartflow_cache_hit(r, ctx, rq, &f, 1, &start);
+    }
+
+    if (rq->item.query.len == 0) {
+        goto miss;
+    }
+
+    /* 2: a near miss in the same context */
+    if (clcf->near_miss >= 0) {
+        n = ngx_smartflow_cache_near(z, r->pool, rq->item.ctxk, rq->minhash,
+                                     (ngx_uint_t) clcf->near_miss, cand);
+
+        rc = ngx_http_smartflow_cache_candidates(r, rq, cand, n, &f);
+        if (rc == NGX_ERROR) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        if (rc == NGX_OK) {
+            return ngx_http_smartflow_cache_hit(r, ctx, rq, &f, 2, &start);
+        }
+    }
+
+    /* 4: the nearest vectors */
+    if (clcf->similarity >= 0) {
+        k = ngx_smartflow_cache_vector_search(z, r->connection->log,
+                                              rq->vec, refs, scores,
+                                              NGX_SMARTFLOW_CACHE_K);
+
+        for (n = 0, i = 0; i < k; i++) {
+            if (scores[i] * 1000 + 0.5 >= clcf->similarity) {
+                refs[n] = refs[i];
+                scores[n++] = scores[i];
+            }
+        }
+
+        n = ngx_smartflow_cache_refs(z, r->pool, rq->item.ctxk, refs, scores,
+                                     n, cand);
+
+        rc = ngx_http_smartflow_cache_candidates(r, rq, cand, n, &f);
+        if (rc == NGX_ERROR) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        if (rc == NGX_OK) {
+            return ngx_http_smartflow_cache_hit(r, ctx, rq, &f, 4, &start);
+        }
+    }
+
+miss:
+
+    ngx_str_set(&ctx->cache_status, "MISS");
+    (void) ngx_atomic_fetch_add(&z->sh->stats.misses, 1);
+    ngx_http_smartflow_cache_took(z, &start);
+
+    return NGX_DECLINED;
+}
+
+
+/*
+ * Cache-Control: no-cache (look nothing up, store the answer), no-store
+ * (neither); x-smartflow-cache: bypass (neither) | refresh (store again);
+ * x-smartflow-cache-ttl: seconds the stored answer lives.
+ */
+static ngx_int_t
+ngx_http_smartflow_cache_controls(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_uint_t *lookup, ngx_uint_t *store,
+    time_t *ttl)
+{
+    u_char     *last;
+    ngx_int_t   n;
+    ngx_str_t  *h;
+
+    *lookup = 1;
+    *store = 1;
+    *ttl = 0;
+
+    h = ngx_http_smartflow_header_in(&r->headers_in.headers, "cache-control");
+
+    if (h) {
+        last = h->data + h->len;
+
+        if (ngx_strlcasestrn(h->data, last, (u_char *) "no-store", 8 - 1)) {
+            *lookup = 0;
+            *store = 0;
+
+        } else if (ngx_strlcasestrn(h->data, last, (u_char *) "no-cache",
+                                    8 - 1))
+        {
+            *lookup = 0;
+        }
+    }
+
+    h = ngx_http_smartflow_header_in(&r->headers_in.headers,
+                                     "x-smartflow-cache");
+    if (h) {
+        if (h->len == 6 && ngx_strncasecmp(h->data, (u_char *) "bypass", 6)
+                           == 0)
+        {
+            *lookup = 0;
+            *store = 0;
+
+        } else if (h->len == 7
+                   && ngx_strncasecmp(h->data, (u_char *) "refresh", 7) == 0)
+        {
+            *lookup = 0;
+
+        } else {
+            return ngx_http_smartflow_error(r, NGX_HTTP_BAD_REQUEST,
+                       "invalid_request_error", "invalid_cache_control",
+                       NULL, "The x-smartflow-cache header takes \"bypass\" "
+                       "or \"refresh\", not \"%V\".", h);
+        }
+    }
+
+    h = ngx_http_smartflow_header_in(&r->headers_in.headers,
+                                     "x-smartflow-cache-ttl");
+    if (h) {
+        n = ngx_atoi(h->data, h->len);
+
+        if (n <= 0 || n > 365 * 86400) {
+            return ngx_http_smartflow_error(r, NGX_HTTP_BAD_REQUEST,
+                       "invalid_request_error", "invalid_cache_control",
+                       NULL, "The x-smartflow-cache-ttl header takes a "
+                       "number of seconds from 1 to 31536000, not \"%V\".",
+                       h);
+        }
+
+        *ttl = (time_t) n;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The request in canonical pieces: the parameters that change the
+ * answer, the context (system prompt and every turn before the last), and
+ * the last message, which phases 2 and 4 compare when it is the user's
+ * own text.
+ */
+static ngx_int_t
+ngx_http_smartflow_cache_canon(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_cache_canon_t *cn)
+{
+    u_char                *p;
+    size_t                 len;
+    ngx_str_t              dump, text, *parts;
+    ngx_uint_t             i, n, plain;
+    ngx_smartflow_json_t  *j, *m, *msgs, *last, *role;
+
+    j = ngx_smartflow_json_get(ctx->json, "n");
+    if (j && !(j->type == NGX_SMARTFLOW_JSON_NUMBER && j->str.len == 1
+               && j->str.data[0] == '1'))
+    {
+        return NGX_DECLINED;
+    }
+
+    /* the parameters, each as JSON after its name */
+    len = 0;
+    parts = ngx_palloc(r->pool, 64 * sizeof(ngx_str_t));
+    if (parts == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (n = 0, i = 0; ngx_http_smartflow_cache_params[i]; i++) {
+        j = ngx_smartflow_json_get(ctx->json,
+                                   ngx_http_smartflow_cache_params[i]);
+        if (j == NULL) {
+            continue;
+        }
+
+        if (ngx_smartflow_json_dump(r->pool, j, &parts[n]) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        len += ngx_strlen(ngx_http_smartflow_cache_params[i]) + 2
+               + parts[n].len;
+        n++;
+    }
+
+    cn->params.data = ngx_pnalloc(r->pool, len + 1);
+    if (cn->params.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = cn->params.data;
+
+    for (n = 0, i = 0; ngx_http_smartflow_cache_params[i]; i++) {
+        if (ngx_smartflow_json_get(ctx->json,
+                                   ngx_http_smartflow_cache_params[i])
+            == NULL)
+        {
+            continue;
+        }
+
+        p = ngx_sprintf(p, "%s=%V\n", ngx_http_smartflow_cache_params[i],
+                        &parts[n]);
+        n++;
+    }
+
+    cn->params.len = p - cn->params.data;
+
+    /* the messages: the last one is the query, the rest its context */
+    msgs = ngx_smartflow_json_get(ctx->json, "messages");
+    if (msgs == NULL || msgs->type != NGX_SMARTFLOW_JSON_ARRAY
+        || msgs->child == NULL)
+    {
+        return NGX_DECLINED;
+    }
+
+    last = msgs->last;
+
+    j = ngx_smartflow_json_get(ctx->json, "system");
+
+    /* sized in a first pass, written in the second */
+    len = 0;
+    p = NULL;
+    cn->context.len = 0;
+    cn->context.data = NULL;
+
+    for (i = 0; i < 2; i++) {
+        if (i == 1) {
+            cn->context.data = ngx_pnalloc(r->pool, len + 1);
+            if (cn->context.data == NULL) {
+                return NGX_ERROR;
+            }
+
+            p = cn->context.data;
+        }
+
+        len = 0;
+
+        if (j) {
+            if (ngx_http_smartflow_cache_text(r->pool, j, &text, &plain)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+
+            len += sizeof("system:\n") + text.len;
+
+            if (i == 1) {
+                p = ngx_sf_cpymem(p, "system:");
+                p = ngx_smartflow_cache_fold(p, text.data, text.len);
+                *p++ = '\n';
+            }
+        }
+
+        for (m = msgs->child; m != last; m = m->next) {
+            role = ngx_smartflow_json_get(m, "role");
+
+            if (ngx_http_smartflow_cache_text(r->pool, m, &text, &plain)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+
+            len += 2 + text.len + (role ? role->str.len : 0);
+
+            if (i == 1) {
+                if (role) {
+                    p = ngx_cpymem(p, role->str.data, role->str.len);
+                }
+
+                *p++ = ':';
+                p = plain ? ngx_smartflow_cache_fold(p, text.data, text.len)
+                          : ngx_cpymem(p, text.data, text.len);
+                *p++ = '\n';
+            }
+        }
+
+        if (i == 1) {
+            cn->context.len = p - cn->context.data;
+        }
+    }
+
+    /* the query: the last message, if it is the user's plain text */
+    role = ngx_smartflow_json_get(last, "role");
+
+    if (ngx_http_smartflow_cache_text(r->pool, last, &text, &plain)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (plain && role && role->str.len == 4
+        && ngx_strncmp(role->str.data, "user", 4) == 0
+        && text.len <= 4096)
+    {
+        cn->query = text;
+        ngx_str_null(&cn->query_raw);
+
+    } else {
+        ngx_str_null(&cn->query);
+
+        if (ngx_smartflow_json_dump(r->pool, last, &dump) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        cn->query_raw = dump;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * A message's (or a system prompt's) text: a string, or the text parts of
+ * an array joined by newlines.  Anything else (images, tool calls and
+ * results) comes as its JSON, and *plain says so.
+ */
+static ngx_int_t
+ngx_http_smartflow_cache_text(ngx_pool_t *pool, ngx_smartflow_json_t *m,
+    ngx_str_t *text, ngx_uint_t *plain)
+{
+    u_char                *p;
+    size_t                 len;
+    ngx_smartflow_json_t  *c, *part, *type, *t;
+
+    *plain = 1;
+
+    if (m->type == NGX_SMARTFLOW_JSON_STRING) {
+        *text = m->str;
+        return NGX_OK;
+    }
+
+    c = (m->type == NGX_SMARTFLOW_JSON_OBJECT)
+        ? ngx_smartflow_json_get(m, "content") : m;
+
+    if (m->type == NGX_SMARTFLOW_JSON_OBJECT
+        && (ngx_smartflow_json_get(m, "tool_calls")
+            || ngx_smartflow_json_get(m, "tool_call_id")
+            || ngx_smartflow_json_get(m, "function_call")
+            || ngx_smartflow_json_get(m, "name")))
+    {
+        c = NULL;
+    }
+
+    if (ngx_smartflow_json_is_string(c)) {
+        *text = c->str;
+        return NGX_OK;
+    }
+
+    if (c && c->type == NGX_SMARTFLOW_JSON_ARRAY) {
+        len = 0;
+
+        for (part = c->child; part; part = part->next) {
+            type = ngx_smartflow_json_get(part, "type");
+            t = ngx_smartflow_json_get(part, "text");
+
+            if (!ngx_smartflow_json_is_string(type)
+                || type->str.len != 4
+                || ngx_strncmp(type->str.data, "text", 4) != 0
+                || !ngx_smartflow_json_is_string(t))
+            {
+                len = 0;
+                break;
+            }
+
+            len += t->str.len + 1;
+        }
+
+        if (part == NULL) {
+            text->data = ngx_pnalloc(pool, len + 1);
+            if (text->data == NULL) {
+                return NGX_ERROR;
+            }
+
+            p = text->data;
+
+            for (part = c->child; part; part = part->next) {
+                t = ngx_smartflow_json_get(part, "text");
+
+                if (p != text->data) {
+                    *p++ = '\n';
+                }
+
+                p = ngx_cpymem(p, t->str.data, t->str.len);
+            }
+
+            text->len = p - text->data;
+            return NGX_OK;
+        }
+    }
+
+    *plain = 0;
+
+    return ngx_smartflow_json_dump(pool, m, text);
+}
+
+
+/*
+ * The keys of the request: the context key (partition, model, parameters
+ * and context) that phases 2 and 4 stay within, the fingerprint of the
+ * whole (phase 1), and, for a plain query, its tokens, MinHash signature
+ * and embedding.
+ */
+static ngx_int_t
+ngx_http_smartflow_cache_keys(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_cache_loc_conf_t *clcf,
+    ngx_http_smartflow_cache_req_t *rq)
+{
+    u_char                            *p, *buf, digest[32];
+    size_t                             len;
+    ngx_int_t                          rc;
+    ngx_str_t                         *part;
+    ngx_http_smartflow_cache_canon_t   cn;
+
+    rc = ngx_http_smartflow_cache_canon(r, ctx, &cn);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    part = &rq->item.partition;
+
+    len = sizeof("team:") - 1 + ngx_max(ctx->team.len, ctx->key_id.len);
+    part->data = ngx_pnalloc(r->pool, len);
+    if (part->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    switch (clcf->partition) {
+
+    case NGX_SMARTFLOW_CACHE_PART_SHARED:
+        p = ngx_sf_cpymem(part->data, "shared");
+        break;
+
+    case NGX_SMARTFLOW_CACHE_PART_TEAM:
+        if (ctx->team.len) {
+            p = ngx_sf_cpymem(part->data, "team:");
+            p = ngx_cpymem(p, ctx->team.data, ctx->team.len);
+            break;
+        }
+
+        /* fall through */
+
+    default:
+        p = ngx_sf_cpymem(part->data, "key:");
+        p = ngx_cpymem(p, ctx->key_id.data, ctx->key_id.len);
+    }
+
+    part->len = p - part->data;
+
+    len = sizeof("v1 chat\n") + part->len + ctx->model.len + cn.params.len
+          + cn.context.len + 8;
+    len = ngx_max(len, NGX_SMARTFLOW_CACHE_CTXK + 2 + cn.query.len
+                       + cn.query_raw.len);
+
+    buf = ngx_pnalloc(r->pool, len);
+    if (buf == NULL) {
+        return NGX_ERROR;
+    }
+
+    /* the model as the client named it, case-insensitively */
+    p = ngx_sf_cpymem(buf, "v1\n");
+    p = ngx_cpymem(p, part->data, part->len);
+    *p++ = '\n';
+    ngx_strlow(p, ctx->model.data, ctx->model.len);
+    p += ctx->model.len;
+    *p++ = '\n';
+    p = ngx_cpymem(p, cn.params.data, cn.params.len);
+    *p++ = '\n';
+    p = ngx_cpymem(p, cn.context.data, cn.context.len);
+
+    if (ngx_smartflow_sha256(buf, p - buf, digest) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(rq->item.ctxk, digest, NGX_SMARTFLOW_CACHE_CTXK);
+
+    p = ngx_cpymem(buf, rq->item.ctxk, NGX_SMARTFLOW_CACHE_CTXK);
+
+    if (cn.query.len) {
+        *p++ = 'q';
+        p = ngx_smartflow_cache_fold(p, cn.query.data, cn.query.len);
+
+    } else {
+        *p++ = 'j';
+        p = ngx_cpymem(p, cn.query_raw.data, cn.query_raw.len);
+    }
+
+    if (ngx_smartflow_sha256(buf, p - buf, rq->item.fp) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    rq->item.query = cn.query;
+    rq->item.minhash = rq->minhash;
+
+    if (cn.query.len == 0) {
+        rq->item.vec = NULL;
+        return NGX_OK;
+    }
+
+    if (ngx_smartflow_cache_tokenize(r->pool, cn.query.data, cn.query.len,
+                                     &rq->text)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ngx_smartflow_cache_minhash(&rq->text, rq->minhash);
+    ngx_smartflow_cache_embed(&rq->text, rq->vec);
+    rq->item.vec = rq->vec;
+
+    return NGX_OK;
+}
+
+
+/* the first candidate the verification accepts, still in the zone */
+static ngx_int_t
+ngx_http_smartflow_cache_candidates(ngx_http_request_t *r,
+    ngx_http_smartflow_cache_req_t *rq, ngx_smartflow_cache_found_t *cand,
+    ngx_uint_t n, ngx_smartflow_cache_found_t *f)
+{
+    char                        *why;
+    ngx_int_t                    rc;
+    ngx_uint_t                   i;
+    ngx_smartflow_cache_text_t   t;
+
+    for (i = 0; i < n; i++) {
+        if (ngx_smartflow_cache_tokenize(r->pool, cand[i].query.data,
+                                         cand[i].query.len, &t)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        if (!ngx_smartflow_cache_verify(&rq->text, &t, &why)) {
+            ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                           "smartflow cache candidate at %ui rejected: "
+                           "%s differ from \"%V\"", cand[i].similarity,
+                           why, &cand[i].query);
+            (void) ngx_atomic_fetch_add(&rq->zone->sh->stats.rejected, 1);
+            continue;
+        }
+
+        rc = ngx_smartflow_cache_exact(rq->zone, r->pool, cand[i].fp, f);
+
+        if (rc == NGX_OK) {
+            f->similarity = cand[i].similarity;
+            return NGX_OK;
+        }
+
+        if (rc == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_DECLINED;
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_cache_hit(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_cache_req_t *rq,
+    ngx_smartflow_cache_found_t *f, ngx_uint_t phase, struct timeval *start)
+{
+    ngx_smartflow_cache_stats_t  *st;
+
+    st = &rq->zone->sh->stats;
+
+    (void) ngx_atomic_fetch_add(&st->hits[phase], 1);
+    (void) ngx_atomic_fetch_add(&st->tokens_saved,
+                                f->prompt_tokens + f->completion_tokens);
+
+    ngx_http_smartflow_cache_took(rq->zone, start);
+
+    ngx_str_set(&ctx->cache_status, "HIT");
+    ctx->cache_phase = phase;
+    ctx->cache_similarity = f->similarity;
+    ctx->cache_hit = 1;
+    rq->store = 0;
+
+    return ngx_http_smartflow_cache_serve(r, ctx, f);
+}
+
+
+static void
+ngx_http_smartflow_cache_took(ngx_smartflow_cache_zone_t *z,
+    struct timeval *start)
+{
+    struct timeval  now;
+
+    ngx_gettimeofday(&now);
+
+    ngx_smartflow_cache_latency(z, (now.tv_sec - start->tv_sec) * 1000000
+                                   + (now.tv_usec - start->tv_usec));
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_cache_header_filter(ngx_http_request_t *r)
+{
+    u_char                    *p;
+    ngx_http_smartflow_ctx_t  *ctx;
+
+    if (r != r->main) {
+        return ngx_http_next_header_filter(r);
+    }
+
+    ctx = ngx_http_smartflow_get_ctx(r);
+
+    if (ctx == NULL || ctx->cache_status.len == 0) {
+        return ngx_http_next_header_filter(r);
+    }
+
+    if (ngx_http_smartflow_cache_add_header(r, "x-smartflow-cache",
+                                            ctx->cache_status.data,
+                                            ctx->cache_status.len)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (ctx->cache_hit) {
+        p = ngx_pnalloc(r->pool, 16);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        if (ngx_http_smartflow_cache_add_header(r, "x-smartflow-cache-phase",
+                                        p, ngx_sprintf(p, "%ui",
+                                                       ctx->cache_phase) - p)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        if (ctx->cache_phase == 2 || ctx->cache_phase == 4) {
+            p = ngx_pnalloc(r->pool, 16);
+            if (p == NULL) {
+                return NGX_ERROR;
+            }
+
+            if (ngx_http_smartflow_cache_add_header(r,
+                    "x-smartflow-cache-similarity", p,
+                    ngx_sprintf(p, "%ui.%03ui", ctx->cache_similarity / 1000,
+                                ctx->cache_similarity % 1000) - p)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+        }
+    }
+
+    return ngx_http_next_header_filter(r);
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_cache_add_header(ngx_http_request_t *r, char *key,
+    u_char *value, size_t len)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    h->key.data = (u_char *) key;
+    h->key.len = ngx_strlen(key);
+    h->value.data = value;
+    h->value.len = len;
+
+    return NGX_OK;
+}
+
+
+static void *
+ngx_http_smartflow_cache_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_smartflow_cache_main_conf_t  *cmcf;
+
+    cmcf = ngx_pcalloc(cf->pool,
+                       sizeof(ngx_http_smartflow_cache_main_conf_t));
+    if (cmcf == NULL) {
+        return NULL;
+    }
+
+    if (ngx_array_init(&cmcf->zones, cf->pool, 2,
+                       sizeof(ngx_smartflow_cache_zone_t *))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    return cmcf;
+}
+
+
+static void *
+ngx_http_smartflow_cache_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_smartflow_cache_loc_conf_t  *clcf;
+
+    clcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_smartflow_cache_loc_conf_t));
+    if (clcf == NULL) {
+        return NULL;
+    }
+
+    clcf->zone = NGX_CONF_UNSET_PTR;
+    clcf->ttl = NGX_CONF_UNSET;
+    clcf->near_miss = NGX_CONF_UNSET;
+    clcf->similarity = NGX_CONF_UNSET;
+    clcf->partition = NGX_CONF_UNSET_UINT;
+    clcf->max_size = NGX_CONF_UNSET_SIZE;
+    clcf->api = NGX_CONF_UNSET;
+
+    return clcf;
+}
+
+
+static char *
+ngx_http_smartflow_cache_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child)
+{
+    ngx_http_smartflow_cache_loc_conf_t *prev = parent;
+    ngx_http_smartflow_cache_loc_conf_t *conf = child;
+
+    ngx_conf_merge_ptr_value(conf->zone, prev->zone, NULL);
+    ngx_conf_merge_sec_value(conf->ttl, prev->ttl, 3600);
+    ngx_conf_merge_value(conf->near_miss, prev->near_miss, 800);
+    ngx_conf_merge_value(conf->similarity, prev->similarity, 900);
+    ngx_conf_merge_uint_value(conf->partition, prev->partition,
+                              NGX_SMARTFLOW_CACHE_PART_TEAM);
+    ngx_conf_merge_size_value(conf->max_size, prev->max_size, 256 * 1024);
+    ngx_conf_merge_value(conf->api, prev->api, 0);
+
+    return NGX_CONF_OK;
+}
+
+
+/* smartflow_cache_zone NAME SIZE [entries=N] [index=auto|flat|hnsw]; */
+static char *
+ngx_http_smartflow_cache_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_smartflow_cache_main_conf_t *cmcf = conf;
+
+    ssize_t                       size;
+    ngx_int_t                     n;
+    ngx_str_t                    *value, s;
+    ngx_uint_t                    i;
+    ngx_shm_zone_t               *shm_zone;
+    ngx_smartflow_cache_zone_t   *z, **zp;
+
+    value = cf->args->elts;
+
+    z = ngx_pcalloc(cf->pool, sizeof(ngx_smartflow_cache_zone_t));
+    if (z == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    z->name = value[1];
+    z->capacity = 10000;
+    z->index = NGX_SMARTFLOW_CACHE_INDEX_AUTO;
+
+    size = ngx_parse_size(&value[2]);
+
+    if (size == NGX_ERROR || size < (ssize_t) (8 * ngx_pagesize)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "smartflow_cache_zone \"%V\": invalid size \"%V\"",
+                           &value[1], &value[2]);
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 3; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "entries=", 8) == 0) {
+            n = ngx_atoi(value[i].data + 8, value[i].len - 8);
+            if (n <= 0 || n > 10000000) {
+                goto invalid;
+            }
+
+            z->capacity = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "index=", 6) == 0) {
+            s.data = value[i].data + 6;
+            s.len = value[i].len - 6;
+
+            if (s.len == 4 && ngx_strncmp(s.data, "auto", 4) == 0) {
+                z->index = NGX_SMARTFLOW_CACHE_INDEX_AUTO;
+
+            } else if (s.len == 4 && ngx_strncmp(s.data, "flat", 4) == 0) {
+                z->index = NGX_SMARTFLOW_CACHE_INDEX_FLAT;
+
+            } else if (s.len == 4 && ngx_strncmp(s.data, "hnsw", 4) == 0) {
+                z->index = NGX_SMARTFLOW_CACHE_INDEX_HNSW;
+
+            } else {
+                goto invalid;
+            }
+
+            continue;
+        }
+
+        goto invalid;
+    }
+
+    shm_zone = ngx_shared_memory_add(cf, &value[1], size,
+                                     &ngx_http_smartflow_cache_module);
+    if (shm_zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (shm_zone->data) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "smartflow_cache_zone \"%V\" is duplicate",
+                           &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    shm_zone->init = ngx_smartflow_cache_init_zone;
+    shm_zone->data = z;
+    z->shm_zone = shm_zone;
+
+    zp = ngx_array_push(&cmcf->zones);
+    if (zp == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *zp = z;
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "smartflow_cache_zone: invalid parameter \"%V\"",
+                       &value[i]);
+
+    return NGX_CONF_ERROR;
+}
+
+
+/* smartflow_cache ZONE | off; */
+static char *
+ngx_http_smartflow_cache(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_smartflow_cache_loc_conf_t *clcf = conf;
+
+    ngx_str_t                             *value;
+    ngx_uint_t                             i;
+    ngx_smartflow_cache_zone_t           **zp;
+    ngx_http_smartflow_cache_main_conf_t  *cmcf;
+
+    if (clcf->zone != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (value[1].len == 3 && ngx_strncmp(value[1].data, "off", 3) == 0) {
+        clcf->zone = NULL;
+        return NGX_CONF_OK;
+    }
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf,
+                                           ngx_http_smartflow_cache_module);
+    zp = cmcf->zones.elts;
+
+    for (i = 0; i < cmcf->zones.nelts; i++) {
+        if (zp[i]->name.len == value[1].len
+            && ngx_strncmp(zp[i]->name.data, value[1].data, value[1].len)
+               == 0)
+        {
+            clcf->zone = zp[i];
+            return NGX_CONF_OK;
+        }
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "smartflow_cache: no smartflow_cache_zone \"%V\" "
+                       "declared before it", &value[1]);
+
+    return NGX_CONF_ERROR;
+}
+
+
+/* smartflow_cache_near_miss | smartflow_cache_similarity 0.90 | off; */
+static char *
+ngx_http_smartflow_cache_threshold(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    char  *p = conf;
+
+    ngx_int_t   *np, n;
+    ngx_str_t   *value;
+
+    np = (ngx_int_t *) (p + cmd->offset);
+
+    if (*np != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (value[1].len == 3 && ngx_strncmp(value[1].data, "off", 3) == 0) {
+        *np = -1;
+        return NGX_CONF_OK;
+    }
+
+    /* a fraction with up to three decimals, as per mille */
+    n = ngx_atofp(value[1].data, value[1].len, 3);
+
+    if (n == NGX_ERROR || n > 1000 || n < 1) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "%V: \"%V\" is not a similarity between 0.001 "
+                           "and 1 or \"off\"", &cmd->name, &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    *np = n;
+
+    return NGX_CONF_OK;
+}
+
+
+/* smartflow_cache_api; */
+static char *
+ngx_http_smartflow_cache_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_smartflow_cache_loc_conf_t *clcf = conf;
+
+    ngx_http_core_loc_conf_t  *core;
+
+    if (clcf->api != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    clcf->api = 1;
+
+    core = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    core->handler = ngx_http_smartflow_cache_api_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_cache_init(ngx_conf_t *cf)
+{
+    if (ngx_http_smartflow_register_stage(cf, NGX_HTTP_SMARTFLOW_STAGE_CACHE,
+                                          ngx_http_smartflow_cache_stage)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_smartflow_register_tap(cf, ngx_http_smartflow_cache_tap)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ngx_http_next_header_filter = ngx_http_top_header_filter;
+    ngx_http_top_header_filter = ngx_http_smartflow_cache_header_filter;
+
+    return NGX_OK;
+}
 
 
 static ngx_int_t
@@ -103,4 +1285,25 @@ ngx_http_smartflow_cache_init_process(ngx_cycle_t *cycle)
     omp_set_num_threads(1);
 
     return NGX_OK;
+}
+
+
+static void
+ngx_http_smartflow_cache_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                             i;
+    ngx_smartflow_cache_zone_t           **zp;
+    ngx_http_smartflow_cache_main_conf_t  *cmcf;
+
+    cmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                           ngx_http_smartflow_cache_module);
+    if (cmcf == NULL) {
+        return;
+    }
+
+    zp = cmcf->zones.elts;
+
+    for (i = 0; i < cmcf->zones.nelts; i++) {
+        ngx_smartflow_cache_vector_free(zp[i]);
+    }
 }

@@ -127,6 +127,7 @@ typedef enum {
     NGX_HTTP_SMARTFLOW_API_ANTHROPIC_MODELS,
     NGX_HTTP_SMARTFLOW_API_HEALTH,
     NGX_HTTP_SMARTFLOW_API_ADMIN_KEYS,      /* virtual keys admin API */
+    NGX_HTTP_SMARTFLOW_API_ADMIN_PROVIDERS, /* provider credentials API */
     NGX_HTTP_SMARTFLOW_API_ERROR,
     NGX_HTTP_SMARTFLOW_API_ANTHROPIC_ERROR,
     NGX_HTTP_SMARTFLOW_API_NEXT             /* the next deployment */
@@ -387,6 +388,10 @@ ngx_int_t ngx_http_smartflow_refuse(ngx_http_request_t *r, ngx_uint_t status,
     ngx_uint_t anthropic);
 ngx_int_t ngx_http_smartflow_send(ngx_http_request_t *r, ngx_uint_t status,
     ngx_uint_t sse, ngx_str_t *body);
+/* the cost of the tokens used so far, micro-USD; NGX_DECLINED: no price */
+ngx_int_t ngx_http_smartflow_cost(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, uint64_t *micro);
+u_char *ngx_http_smartflow_usd(u_char *p, uint64_t micro);
 
 #define NGX_HTTP_SMARTFLOW_JSON  0
 #define NGX_HTTP_SMARTFLOW_SSE   1
@@ -398,6 +403,8 @@ ngx_int_t ngx_http_smartflow_send(ngx_http_request_t *r, ngx_uint_t status,
 /* the proxy module's own configuration, shared by its source files */
 
 typedef struct ngx_http_smartflow_keys_zone_s  ngx_http_smartflow_keys_zone_t;
+typedef struct ngx_http_smartflow_credentials_s
+    ngx_http_smartflow_credentials_t;
 
 typedef struct {
     ngx_array_t                 providers;      /* provider_t * */
@@ -415,6 +422,7 @@ typedef struct {
     time_t                      breaker_cooldown;
     ngx_http_smartflow_keys_zone_t  *keys;      /* smartflow_keys_zone */
     ngx_array_t                 prices;         /* smartflow_price */
+    ngx_http_smartflow_credentials_t  *credentials;
 } ngx_http_smartflow_main_conf_t;
 
 
@@ -422,6 +430,7 @@ typedef struct {
     ngx_uint_t                  api;
     off_t                       stream_max_bytes;
     ngx_msec_t                  stream_max_time;
+    ngx_flag_t                  usage_trailers;
 } ngx_http_smartflow_loc_conf_t;
 
 
@@ -480,6 +489,23 @@ char *ngx_http_smartflow_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 void ngx_smartflow_shm_provider_result(ngx_http_smartflow_provider_t *p,
     ngx_uint_t status, ngx_uint_t failed);
 ngx_int_t ngx_smartflow_sha256(u_char *data, size_t len, u_char *out);
+ngx_int_t ngx_http_smartflow_cost_init(ngx_conf_t *cf);
+char *ngx_http_smartflow_credentials_key(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_smartflow_credentials_store(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+ngx_int_t ngx_http_smartflow_credentials_check(ngx_conf_t *cf,
+    ngx_http_smartflow_main_conf_t *smcf);
+ngx_int_t ngx_http_smartflow_credentials_unseal(ngx_conf_t *cf,
+    ngx_str_t *name, ngx_str_t *key);
+ngx_int_t ngx_http_smartflow_credentials_get(ngx_http_request_t *r,
+    ngx_http_smartflow_provider_t *pr, ngx_str_t *out);
+ngx_int_t ngx_http_smartflow_credentials_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_smartflow_credentials_init_module(ngx_cycle_t *cycle);
+ngx_int_t ngx_smartflow_state_dir(ngx_cycle_t *cycle, ngx_str_t *path,
+    char *what);
+ngx_int_t ngx_http_smartflow_cost_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
 
 
 extern ngx_module_t  ngx_http_smartflow_proxy_module;

@@ -23,6 +23,7 @@ static ngx_int_t ngx_http_smartflow_anthropic_version_variable(
 static ngx_int_t ngx_http_smartflow_add_variables(ngx_conf_t *cf);
 static void *ngx_http_smartflow_create_main_conf(ngx_conf_t *cf);
 static char *ngx_http_smartflow_init_main_conf(ngx_conf_t *cf, void *conf);
+static ngx_int_t ngx_http_smartflow_init_module(ngx_cycle_t *cycle);
 static void *ngx_http_smartflow_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_smartflow_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
@@ -48,6 +49,7 @@ static ngx_conf_enum_t  ngx_http_smartflow_apis[] = {
     { ngx_string("error"), NGX_HTTP_SMARTFLOW_API_ERROR },
     { ngx_string("anthropic_error"), NGX_HTTP_SMARTFLOW_API_ANTHROPIC_ERROR },
     { ngx_string("next"), NGX_HTTP_SMARTFLOW_API_NEXT },
+    { ngx_string("admin_providers"), NGX_HTTP_SMARTFLOW_API_ADMIN_PROVIDERS },
     { ngx_null_string, 0 }
 };
 
@@ -158,6 +160,27 @@ static ngx_command_t  ngx_http_smartflow_commands[] = {
       offsetof(ngx_http_smartflow_loc_conf_t, stream_max_time),
       NULL },
 
+    { ngx_string("smartflow_credentials_key"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_smartflow_credentials_key,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("smartflow_credentials_store"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_http_smartflow_credentials_store,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("smartflow_usage_trailers"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_loc_conf_t, usage_trailers),
+      NULL },
+
       ngx_null_command
 };
 
@@ -183,7 +206,7 @@ ngx_module_t  ngx_http_smartflow_proxy_module = {
     ngx_http_smartflow_commands,           /* module directives */
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
-    ngx_http_smartflow_keys_init_module,   /* init module */
+    ngx_http_smartflow_init_module,        /* init module */
     ngx_http_smartflow_keys_init_process,  /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
@@ -267,6 +290,10 @@ static ngx_http_variable_t  ngx_http_smartflow_vars[] = {
 
     { ngx_string("smartflow_completion_tokens"), NULL,
       ngx_http_smartflow_uint_variable, ngx_sf_ctx_off(completion_tokens),
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("smartflow_cost"), NULL,
+      ngx_http_smartflow_cost_variable, 0,
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
       ngx_http_null_variable
@@ -613,7 +640,7 @@ static ngx_int_t
 ngx_http_smartflow_upstream_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
 {
-    ngx_str_t                      *s;
+    ngx_str_t                      *s, cred;
     ngx_http_smartflow_ctx_t       *ctx;
     ngx_http_smartflow_provider_t  *pr;
 
@@ -627,6 +654,29 @@ ngx_http_smartflow_upstream_variable(ngx_http_request_t *r,
     }
 
     pr = ctx->provider;
+
+    /* a credential set through the admin API wins over the configured */
+    if ((data == 2 && pr->type == NGX_HTTP_SMARTFLOW_PROVIDER_OPENAI)
+        || (data == 3 && pr->type == NGX_HTTP_SMARTFLOW_PROVIDER_ANTHROPIC)
+        || (data == 6 && pr->type == NGX_HTTP_SMARTFLOW_PROVIDER_GEMINI))
+    {
+        switch (ngx_http_smartflow_credentials_get(r, pr, &cred)) {
+
+        case NGX_OK:
+            v->data = cred.data;
+            v->len = cred.len;
+            v->valid = 1;
+            v->no_cacheable = 1;
+            v->not_found = 0;
+            return NGX_OK;
+
+        case NGX_ERROR:
+            return NGX_ERROR;
+
+        default:
+            break;
+        }
+    }
 
     switch (data) {
     case 0: s = &pr->upstream; break;
@@ -811,11 +861,25 @@ ngx_http_smartflow_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_uint_value(smcf->breaker_failures, 5);
     ngx_conf_init_value(smcf->breaker_cooldown, 30);
 
-    if (ngx_http_smartflow_routes_init(cf, smcf) != NGX_OK) {
+    if (ngx_http_smartflow_routes_init(cf, smcf) != NGX_OK
+        || ngx_http_smartflow_credentials_check(cf, smcf) != NGX_OK)
+    {
         return NGX_CONF_ERROR;
     }
 
     return NGX_CONF_OK;
+}
+
+
+/* in the master once the configuration is read: the state folders */
+static ngx_int_t
+ngx_http_smartflow_init_module(ngx_cycle_t *cycle)
+{
+    if (ngx_http_smartflow_keys_init_module(cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_smartflow_credentials_init_module(cycle);
 }
 
 
@@ -832,6 +896,7 @@ ngx_http_smartflow_create_loc_conf(ngx_conf_t *cf)
     slcf->api = NGX_CONF_UNSET_UINT;
     slcf->stream_max_bytes = NGX_CONF_UNSET;
     slcf->stream_max_time = NGX_CONF_UNSET_MSEC;
+    slcf->usage_trailers = NGX_CONF_UNSET;
 
     return slcf;
 }
@@ -849,6 +914,7 @@ ngx_http_smartflow_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     /* 0 means no cap */
     ngx_conf_merge_off_value(conf->stream_max_bytes, prev->stream_max_bytes,
                              64 * 1024 * 1024);
+    ngx_conf_merge_value(conf->usage_trailers, prev->usage_trailers, 0);
     ngx_conf_merge_msec_value(conf->stream_max_time, prev->stream_max_time,
                               30 * 60 * 1000);
 
@@ -957,6 +1023,21 @@ ngx_http_smartflow_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
         clcf->handler = ngx_http_smartflow_keys_api_handler;
 
+    } else if (slcf->api == NGX_HTTP_SMARTFLOW_API_ADMIN_PROVIDERS) {
+        if (clcf->named || clcf->noname
+#if (NGX_PCRE)
+            || clcf->regex
+#endif
+           )
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "smartflow_api admin_providers needs a "
+                               "prefix location");
+            return NGX_CONF_ERROR;
+        }
+
+        clcf->handler = ngx_http_smartflow_credentials_handler;
+
     } else if (slcf->api >= NGX_HTTP_SMARTFLOW_API_MODELS) {
         /* answered by the module itself */
         clcf->handler = ngx_http_smartflow_content_handler;
@@ -1056,6 +1137,10 @@ ngx_http_smartflow_init(ngx_conf_t *cf)
     *h = ngx_http_smartflow_log_handler;
 
     if (ngx_http_smartflow_keys_init(cf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_smartflow_cost_init(cf) != NGX_OK) {
         return NGX_ERROR;
     }
 

@@ -122,6 +122,13 @@ ngx_http_smartflow_provider_directive(ngx_conf_t *cf, ngx_command_t *cmd,
                 env = getenv((char *) key.data + 4);
                 key.len = env ? ngx_strlen(env) : 0;
                 key.data = (u_char *) env;
+
+            } else if (ngx_strncmp(key.data, "enc:v1:", 7) == 0
+                       && ngx_http_smartflow_credentials_unseal(cf,
+                                                    &pr->name, &key)
+                          != NGX_OK)
+            {
+                return NGX_CONF_ERROR;
             }
 
             continue;

@@ -229,20 +229,37 @@ ngx_smartflow_json_dump(ngx_pool_t *pool, ngx_smartflow_json_t *j,
 }
 
 
+/*
+ * What escaping adds to each byte: 1 for the two-character escapes, 5 for
+ * the other control characters (\u00XX), 0 for the bytes written as they
+ * are, which are nearly all: runs of them are found by the table and
+ * copied whole.
+ */
+static const u_char  ngx_smartflow_json_extra[256] = {
+    5, 5, 5, 5, 5, 5, 5, 5, 1, 1, 1, 5, 1, 1, 5, 5,
+    5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5,
+    0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0
+    /* the rest, 0x60 to 0xff, are 0 */
+};
+
+
 size_t
 ngx_smartflow_json_escape_len(u_char *src, size_t len)
 {
-    size_t  n;
+    size_t   n;
+    u_char  *end;
 
-    for (n = len; len--; src++) {
-        if (*src == '"' || *src == '\\' || *src == '\n' || *src == '\r'
-            || *src == '\t' || *src == '\b' || *src == '\f')
-        {
-            n++;
+    n = len;
 
-        } else if (*src < 0x20) {
-            n += 5;
-        }
+    if (len == 0) {
+        return 0;       /* src may be NULL */
+    }
+
+    for (end = src + len; src < end; src++) {
+        n += ngx_smartflow_json_extra[*src];
     }
 
     return n;
@@ -252,31 +269,46 @@ ngx_smartflow_json_escape_len(u_char *src, size_t len)
 u_char *
 ngx_smartflow_json_escape(u_char *dst, u_char *src, size_t len)
 {
-    u_char  c;
+    u_char  c, *end, *run;
 
     static u_char  hex[] = "0123456789abcdef";
 
-    while (len--) {
+    if (len == 0) {
+        return dst;     /* src may be NULL */
+    }
+
+    end = src + len;
+
+    while (src < end) {
+
+        for (run = src; src < end && ngx_smartflow_json_extra[*src] == 0;
+             src++)
+        {
+            /* void */
+        }
+
+        dst = ngx_cpymem(dst, run, src - run);
+
+        if (src == end) {
+            break;
+        }
+
         c = *src++;
+        *dst++ = '\\';
 
         switch (c) {
-        case '"':  *dst++ = '\\'; *dst++ = '"'; break;
-        case '\\': *dst++ = '\\'; *dst++ = '\\'; break;
-        case '\n': *dst++ = '\\'; *dst++ = 'n'; break;
-        case '\r': *dst++ = '\\'; *dst++ = 'r'; break;
-        case '\t': *dst++ = '\\'; *dst++ = 't'; break;
-        case '\b': *dst++ = '\\'; *dst++ = 'b'; break;
-        case '\f': *dst++ = '\\'; *dst++ = 'f'; break;
+        case '"':  *dst++ = '"'; break;
+        case '\\': *dst++ = '\\'; break;
+        case '\n': *dst++ = 'n'; break;
+        case '\r': *dst++ = 'r'; break;
+        case '\t': *dst++ = 't'; break;
+        case '\b': *dst++ = 'b'; break;
+        case '\f': *dst++ = 'f'; break;
 
         default:
-            if (c < 0x20) {
-                *dst++ = '\\'; *dst++ = 'u'; *dst++ = '0'; *dst++ = '0';
-                *dst++ = hex[c >> 4];
-                *dst++ = hex[c & 0xf];
-
-            } else {
-                *dst++ = c;
-            }
+            *dst++ = 'u'; *dst++ = '0'; *dst++ = '0';
+            *dst++ = hex[c >> 4];
+            *dst++ = hex[c & 0xf];
         }
     }
 

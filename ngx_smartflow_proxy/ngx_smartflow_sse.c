@@ -9,6 +9,10 @@
 #include "ngx_http_smartflow_proxy.h"
 
 
+static ngx_int_t ngx_smartflow_sse_scan(ngx_smartflow_sse_t *sse, u_char *p,
+    u_char *last, u_char **rest, ngx_smartflow_sse_pt handler, void *data);
+static ngx_int_t ngx_smartflow_sse_keep(ngx_smartflow_sse_t *sse, u_char *p,
+    size_t len);
 static ngx_int_t ngx_smartflow_sse_event(ngx_smartflow_sse_t *sse,
     u_char *start, u_char *end, ngx_smartflow_sse_pt handler, void *data);
 
@@ -17,9 +21,58 @@ ngx_int_t
 ngx_smartflow_sse_feed(ngx_smartflow_sse_t *sse, u_char *p, size_t len,
     ngx_smartflow_sse_pt handler, void *data)
 {
-    u_char     *s, *last, *start, *line, *nbuf;
-    size_t      size;
+    u_char     *rest;
+    size_t      kept;
     ngx_int_t   rc;
+
+    if (len == 0) {
+        return NGX_OK;
+    }
+
+    if (sse->len == 0) {
+        /*
+         * nothing carried over, the usual case: the events are read where
+         * they are and only an unfinished one is copied
+         */
+        rc = ngx_smartflow_sse_scan(sse, p, p + len, &rest, handler, data);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        return ngx_smartflow_sse_keep(sse, rest, p + len - rest);
+    }
+
+    kept = sse->len;
+
+    rc = ngx_smartflow_sse_keep(sse, p, len);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    sse->len = 0;
+
+    rc = ngx_smartflow_sse_scan(sse, sse->buf, sse->buf + kept + len, &rest,
+                                handler, data);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    sse->len = sse->buf + kept + len - rest;
+
+    if (sse->len && rest != sse->buf) {
+        ngx_memmove(sse->buf, rest, sse->len);
+    }
+
+    return NGX_OK;
+}
+
+
+/* appends to the carry-over buffer, within sse->max */
+static ngx_int_t
+ngx_smartflow_sse_keep(ngx_smartflow_sse_t *sse, u_char *p, size_t len)
+{
+    u_char  *nbuf;
+    size_t   size;
 
     if (len == 0) {
         return NGX_OK;
@@ -53,34 +106,45 @@ ngx_smartflow_sse_feed(ngx_smartflow_sse_t *sse, u_char *p, size_t len,
     ngx_memcpy(sse->buf + sse->len, p, len);
     sse->len += len;
 
-    s = sse->buf;
-    last = sse->buf + sse->len;
-    start = s;
+    return NGX_OK;
+}
 
-    /* line by line; a line ends in "\n", "\r\n" or "\r" */
+
+/*
+ * Hands on each complete event in p .. last; *rest is where the unfinished
+ * one begins.  A line ends in "\n", "\r\n" or "\r": providers send "\n",
+ * found with memchr(), and a "\r" before it is looked for the same way.
+ */
+static ngx_int_t
+ngx_smartflow_sse_scan(ngx_smartflow_sse_t *sse, u_char *p, u_char *last,
+    u_char **rest, ngx_smartflow_sse_pt handler, void *data)
+{
+    u_char     *s, *line, *start, *lf, *cr;
+    ngx_int_t   rc;
+
+    s = p;
+    start = p;
+
     while (s < last) {
         line = s;
 
-        while (s < last && *s != '\n' && *s != '\r') {
-            s++;
-        }
+        lf = memchr(s, '\n', last - s);
+        cr = memchr(s, '\r', (lf ? lf : last) - s);
 
-        if (s == last) {
-            break;
-        }
-
-        if (*s == '\r') {
-            if (s + 1 == last) {
-                /* "\r" may be half of "\r\n": wait for the next byte */
+        if (cr == NULL) {
+            if (lf == NULL) {
                 break;
             }
 
-            if (s[1] == '\n') {
-                s++;
-            }
-        }
+            s = lf + 1;
 
-        s++;
+        } else if (cr + 1 == last) {
+            /* "\r" may be half of "\r\n": wait for the next byte */
+            break;
+
+        } else {
+            s = (cr[1] == '\n') ? cr + 2 : cr + 1;
+        }
 
         if (line[0] == '\n' || line[0] == '\r') {
             /* a blank line ends the event */
@@ -93,11 +157,7 @@ ngx_smartflow_sse_feed(ngx_smartflow_sse_t *sse, u_char *p, size_t len,
         }
     }
 
-    sse->len = last - start;
-
-    if (sse->len && start != sse->buf) {
-        ngx_memmove(sse->buf, start, sse->len);
-    }
+    *rest = start;
 
     return NGX_OK;
 }

@@ -10,6 +10,7 @@ PKGS="nginx-core nginx-dev libnginx-mod-http-echo
       libfaiss-dev libopenblas-dev
       redis-server wrk valgrind curl openssl
       libtest-base-perl libtext-diff-perl libwww-perl libjson-pp-perl
+      python3-prometheus-client
       nodejs npm"
 
 missing=""

@@ -25,6 +25,17 @@ else
     key_note="from SMARTFLOW_MASTER_KEY"
 fi
 
+# the key that seals provider credentials at rest, generated once
+if [ ! -s "$state/credentials.key" ]; then
+    (umask 077; openssl rand -hex 32 > "$state/credentials.key")
+fi
+
+# the audit trail's HMAC key, generated once: "KID HEX NOT_BEFORE NOT_AFTER"
+if [ ! -s "$state/audit.keys" ]; then
+    (umask 077; printf 'k1 %s - -\n' "$(openssl rand -hex 32)" \
+        > "$state/audit.keys")
+fi
+
 # "scheme://host[:port][/path]" -> globals url_scheme url_host url_port url_path
 parse_url() {
     local re='^(https?)://([^/:]+)(:([0-9]+))?(/.*)?$'
@@ -109,6 +120,7 @@ Smartflow gateway on http://$listen:$port
       -H 'Content-Type: application/json' \\
       -d '{"model":"smartflow-echo","messages":[{"role":"user","content":"Hello"}]}'
   or point an OpenAI SDK at base URL http://127.0.0.1:$port/v1 with that key.
+  audit:  $state/audit (check it: build/smartflow-verify $state/audit)
   virtual keys for applications (kept in $state/keys/):
     curl http://127.0.0.1:$port/api/auth/virtual-keys \\
       -H "Authorization: Bearer $SMARTFLOW_MASTER_KEY" \\

@@ -1,10 +1,9 @@
 #!/usr/bin/env perl
-# Virtual keys through the official OpenAI and Anthropic SDKs for Node.js.
+# Virtual keys through the official OpenAI SDK for Node.js.
 #
 # Starts a gateway of its own (the four modules, a keys zone, the shipped
 # smartflow_proxy.conf and smartflow_admin.conf, the built-in echo
-# provider), runs t/clients/keys.test.mjs and keys-anthropic.test.mjs
-# with node's test runner and
+# provider), runs t/clients/keys.test.mjs with node's test runner and
 # reports each of its tests as one TAP test here; then the error log must
 # hold no [alert], [crit] or [emerg] line.
 #
@@ -27,7 +26,7 @@ my $gw = Smartflow::Clients->new(
     servroot => 't/servroot-keys-clients',
     port     => $ENV{TEST_NGINX_KEYS_CLIENT_PORT} || 1987,
     port_var => 'TEST_NGINX_KEYS_CLIENT_PORT',
-    packages => ['openai', '@anthropic-ai/sdk'],
+    packages => ['openai'],
     conf     => [qw(smartflow_proxy.conf smartflow_admin.conf)]);
 
 my ($Port, $ConfDir) = @$gw{qw(port conf_dir)};
@@ -49,21 +48,10 @@ $gw->start(<<"HTTP", workers => 2);
             include $ConfDir/smartflow_proxy.conf;
         }
 
-        location = /anthropic/v1/messages {
-            smartflow_api messages;
-            error_page 401 403 408 413 429 500 502 503 504
-                       \@smartflow_anthropic_error;
-            include $ConfDir/smartflow_proxy.conf;
-        }
-
         include $ConfDir/smartflow_admin.conf;
 
         location \@smartflow_error {
             smartflow_api error;
-        }
-
-        location \@smartflow_anthropic_error {
-            smartflow_api anthropic_error;
         }
     }
 HTTP
@@ -75,14 +63,6 @@ $gw->run_node('keys.test.mjs',
         SMARTFLOW_KEY => $Master,
     },
     unset => [qw(OPENAI_API_KEY OPENAI_BASE_URL)]);
-
-$gw->run_node('keys-anthropic.test.mjs',
-    env => {
-        SMARTFLOW_ANTHROPIC_BASE_URL => "http://127.0.0.1:$Port/anthropic",
-        SMARTFLOW_ADMIN_URL => "http://127.0.0.1:$Port/api/auth/virtual-keys",
-        SMARTFLOW_KEY => $Master,
-    },
-    unset => [qw(ANTHROPIC_API_KEY ANTHROPIC_BASE_URL ANTHROPIC_AUTH_TOKEN)]);
 
 $gw->check_error_log;
 

@@ -1,0 +1,156 @@
+/*
+ * The audit module's shared declarations: its configuration, the state
+ * in shared memory every worker appends under, and the seal task.
+ */
+
+#ifndef _NGX_HTTP_SMARTFLOW_AUDIT_H_INCLUDED_
+#define _NGX_HTTP_SMARTFLOW_AUDIT_H_INCLUDED_
+
+
+#include "ngx_http_smartflow_proxy.h"
+#include "ngx_smartflow_merkle.h"
+#include "ngx_smartflow_audit_keys.h"
+
+
+#define NGX_SMARTFLOW_AUDIT_SEGMENT  "segment-%08ui.log"
+#define NGX_SMARTFLOW_AUDIT_SEAL     "segment-%08ui.seal"
+#define NGX_SMARTFLOW_AUDIT_NAME_LEN sizeof("segment-00000000.seal")
+
+
+/* metrics, counted as records are appended */
+#define NGX_SMARTFLOW_AUDIT_SERIES    128
+#define NGX_SMARTFLOW_AUDIT_BUCKETS   10
+#define NGX_SMARTFLOW_AUDIT_ACTIONS   16
+#define NGX_SMARTFLOW_AUDIT_LABEL     64
+
+typedef struct {
+    u_char                      model[NGX_SMARTFLOW_AUDIT_LABEL];
+    u_char                      provider[NGX_SMARTFLOW_AUDIT_LABEL];
+    ngx_uint_t                  status;         /* 0: a free slot */
+    uint64_t                    requests;
+    uint64_t                    prompt_tokens;
+    uint64_t                    completion_tokens;
+    uint64_t                    cost;           /* micro-USD */
+    uint64_t                    latency_sum;    /* ms */
+    uint64_t                    latency[NGX_SMARTFLOW_AUDIT_BUCKETS];
+} ngx_http_smartflow_audit_series_t;
+
+
+typedef struct {
+    u_char                      action[NGX_SMARTFLOW_AUDIT_LABEL];
+    uint64_t                    count;
+} ngx_http_smartflow_audit_action_t;
+
+
+/* what one request adds to the metrics */
+typedef struct {
+    ngx_str_t                   model;
+    ngx_str_t                   provider;
+    ngx_uint_t                  status;
+    ngx_uint_t                  prompt_tokens;
+    ngx_uint_t                  completion_tokens;
+    uint64_t                    cost;
+    ngx_msec_t                  latency;
+    ngx_uint_t                  cache;          /* 0 none, 1 HIT, 2 MISS, */
+    ngx_uint_t                  cache_phase;    /* 3 BYPASS, 4 other */
+    ngx_str_t                   policy;
+} ngx_http_smartflow_audit_sample_t;
+
+
+/* shared by all workers, under its slab pool's mutex */
+typedef struct {
+    uint64_t                    seq;            /* the last record's */
+    u_char                      head[32];       /* its line's SHA-256 */
+    ngx_uint_t                  segment;        /* the open one */
+    uint64_t                    seg_first;
+    uint64_t                    seg_count;
+    off_t                       seg_bytes;
+    time_t                      seg_start;
+    sf_merkle_frontier_t        log;            /* every record */
+    sf_merkle_frontier_t        sealed;         /* at the last rotation */
+    ngx_uint_t                  last_sealed;    /* segment number */
+    time_t                      last_seal_time;
+    ngx_uint_t                  seals_pending;
+    ngx_uint_t                  seal_failures;
+    ngx_uint_t                  write_failures;
+    ngx_uint_t                  tsa_waiting;    /* queries spooled */
+    ngx_uint_t                  tsa_stamped;
+
+    ngx_http_smartflow_audit_series_t  series[NGX_SMARTFLOW_AUDIT_SERIES];
+    uint64_t                    cache[5][5];    /* result, phase */
+    ngx_http_smartflow_audit_action_t  actions[NGX_SMARTFLOW_AUDIT_ACTIONS];
+} ngx_http_smartflow_audit_sh_t;
+
+
+typedef struct {
+    ngx_str_t                   dir;            /* no trailing slash */
+    ngx_str_t                   key_file;
+    sf_audit_keys_t            *keys;
+    size_t                      segment_size;
+    time_t                      seal_interval;
+    ngx_flag_t                  immutable;
+    ngx_shm_zone_t             *zone;
+    ngx_str_t                   pool_name;
+    ngx_thread_pool_t          *pool;
+    ngx_int_t                   request_id;     /* variable index */
+    ngx_str_t                   tsa_url;
+    ngx_msec_t                  tsa_timeout;
+    ngx_msec_t                  tsa_retry;
+    ngx_cycle_t                *cycle;
+} ngx_http_smartflow_audit_main_conf_t;
+
+
+typedef struct {
+    ngx_open_file_t            *file;
+    ngx_flag_t                  enable;
+    ngx_uint_t                  api;            /* smartflow_audit_api */
+} ngx_http_smartflow_audit_loc_conf_t;
+
+
+/* what sealing a segment needs, copied: it runs in a thread */
+typedef struct {
+    u_char                      dir[NGX_MAX_PATH];
+    ngx_uint_t                  segment;
+    uint64_t                    first;
+    uint64_t                    count;
+    u_char                      head[32];
+    sf_merkle_frontier_t        old;
+    sf_audit_key_t              key;
+    ngx_flag_t                  immutable;
+    time_t                      now;
+    u_char                      tsa_url[1024];  /* empty: none */
+    ngx_msec_t                  tsa_timeout;
+    ngx_flag_t                  offline;        /* spool, no call */
+
+    /* results */
+    ngx_int_t                   rc;
+    char                        err[NGX_MAX_PATH + 512];
+    char                        protection[16];
+    ngx_int_t                   tsa_rc;
+    char                        tsa_err[NGX_MAX_PATH + 512];
+    ngx_shm_zone_t             *zone;
+} ngx_http_smartflow_audit_seal_t;
+
+
+extern ngx_module_t  ngx_http_smartflow_audit_module;
+
+
+ngx_int_t ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s);
+ngx_int_t ngx_http_smartflow_audit_recover(ngx_log_t *log,
+    ngx_http_smartflow_audit_main_conf_t *amcf,
+    ngx_http_smartflow_audit_sh_t *sh);
+ngx_int_t ngx_http_smartflow_audit_tsa_stamp(u_char *dir,
+    ngx_uint_t segment, u_char *url, ngx_msec_t timeout, ngx_flag_t offline,
+    char *err, size_t errlen);
+ngx_int_t ngx_http_smartflow_audit_tsa_retry(u_char *dir, u_char *url,
+    ngx_msec_t timeout, ngx_uint_t *waiting, char *err, size_t errlen);
+void ngx_http_smartflow_audit_count(ngx_http_smartflow_audit_sh_t *sh,
+    ngx_http_smartflow_audit_sample_t *m);
+char *ngx_http_smartflow_audit_api(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_smartflow_audit_post_seal(ngx_http_request_t *r,
+    ngx_http_smartflow_audit_main_conf_t *amcf,
+    ngx_http_smartflow_audit_seal_t *snapshot);
+
+
+#endif /* _NGX_HTTP_SMARTFLOW_AUDIT_H_INCLUDED_ */

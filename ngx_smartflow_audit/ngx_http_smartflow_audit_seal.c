@@ -1,0 +1,666 @@
+/*
+ * Sealing: a closed segment's Merkle root, the log tree's new root and the
+ * consistency proof from the last seal's, the chain head, signed under the
+ * audit key, written next to the segment, both made write-once.  It runs
+ * in a thread pool (its reads, fsync and ioctl may take long), and at
+ * start-up, where the state in shared memory is rebuilt from the folder.
+ */
+
+#include <sys/ioctl.h>
+#include <linux/fs.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+#include "ngx_http_smartflow_audit.h"
+
+
+static void ngx_http_smartflow_audit_seal_thread(void *data, ngx_log_t *log);
+static void ngx_http_smartflow_audit_seal_done(ngx_event_t *ev);
+static ngx_int_t ngx_http_smartflow_audit_read(u_char *path, u_char **buf,
+    size_t *len, char *err, size_t errlen);
+static ngx_int_t ngx_http_smartflow_audit_leaves(u_char *buf, size_t len,
+    unsigned char (**leaves)[32], uint64_t *n, u_char *head,
+    uint64_t *first, uint64_t *last);
+static void ngx_http_smartflow_audit_protect(ngx_fd_t fd, ngx_flag_t imm,
+    char *protection);
+
+
+ngx_int_t
+ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s)
+{
+    int                   i, np;
+    char                 *p, *last;
+    u_char               *buf, head[32];
+    size_t                len;
+    uint64_t              n, first, lastseq;
+    ngx_fd_t              fd;
+    sf_merkle_ext_t       ext;
+    unsigned char       (*leaves)[32];
+    char                  seg_root[65], log_root[65], old_root[65], hex[65];
+    u_char                path[NGX_MAX_PATH], tmp[NGX_MAX_PATH];
+    unsigned char         proof[SF_MERKLE_MAX_LEVEL][32], root[32];
+    unsigned char         mac[EVP_MAX_MD_SIZE];
+    unsigned int          maclen;
+    char                  seal[8192];
+
+    buf = NULL;
+    leaves = NULL;
+    s->rc = NGX_ERROR;
+
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEGMENT "%Z",
+                 s->dir, s->segment);
+
+    if (ngx_http_smartflow_audit_read(path, &buf, &len, s->err,
+                                      sizeof(s->err))
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_smartflow_audit_leaves(buf, len, &leaves, &n, head, &first,
+                                        &lastseq)
+        != NGX_OK)
+    {
+        snprintf(s->err, sizeof(s->err), "%s: a record is cut short or "
+                 "unreadable", path);
+        goto failed;
+    }
+
+    /* what the workers appended is what is sealed */
+    if (n != s->count || first != s->first
+        || ngx_memcmp(head, s->head, 32) != 0)
+    {
+        snprintf(s->err, sizeof(s->err), "%s holds %lu records from %lu, "
+                 "%lu from %lu expected", path, (unsigned long) n,
+                 (unsigned long) first, (unsigned long) s->count,
+                 (unsigned long) s->first);
+        goto failed;
+    }
+
+    sf_merkle_root((const unsigned char (*)[32]) leaves, n, root);
+    sf_audit_hex(root, 32, seg_root);
+
+    ext.old = &s->old;
+    ext.leaves = (const unsigned char (*)[32]) leaves;
+    ext.nleaves = n;
+
+    sf_merkle_ext_root(&ext, root);
+    sf_audit_hex(root, 32, log_root);
+
+    sf_merkle_frontier_root(&s->old, root);
+    sf_audit_hex(root, 32, old_root);
+
+    np = 0;
+
+    if (s->old.size > 0) {
+        np = sf_merkle_ext_consistency(&ext, proof);
+        if (np < 0) {
+            snprintf(s->err, sizeof(s->err), "no consistency proof");
+            goto failed;
+        }
+    }
+
+    /* the segment first: it must be on disk and closed before its seal */
+    fd = ngx_open_file(path, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (fd == NGX_INVALID_FILE) {
+        snprintf(s->err, sizeof(s->err), "open(%s) failed: %s", path,
+                 strerror(errno));
+        goto failed;
+    }
+
+    if (fsync(fd) == -1) {
+        snprintf(s->err, sizeof(s->err), "fsync(%s) failed: %s", path,
+                 strerror(errno));
+        (void) ngx_close_file(fd);
+        goto failed;
+    }
+
+    ngx_http_smartflow_audit_protect(fd, s->immutable, s->protection);
+    (void) ngx_close_file(fd);
+
+    p = seal;
+    last = seal + sizeof(seal);
+
+    sf_audit_hex(s->head, 32, hex);
+
+    p += snprintf(p, last - p,
+                  "{\"segment\":%lu,\"first\":%lu,\"count\":%lu,"
+                  "\"segment_root\":\"%s\",\"log_size\":%lu,"
+                  "\"log_root\":\"%s\",\"prev_log_size\":%lu,"
+                  "\"prev_log_root\":\"%s\",\"consistency\":[",
+                  (unsigned long) s->segment, (unsigned long) first,
+                  (unsigned long) n, seg_root,
+                  (unsigned long) (s->old.size + n), log_root,
+                  (unsigned long) s->old.size, old_root);
+
+    for (i = 0; i < np; i++) {
+        sf_audit_hex(proof[i], 32, hex);
+        p += snprintf(p, last - p, "%s\"%s\"", i ? "," : "", hex);
+    }
+
+    sf_audit_hex(s->head, 32, hex);
+
+    p += snprintf(p, last - p,
+                  "],\"chain_head\":\"%s\",\"sealed_at\":%ld,"
+                  "\"protection\":\"%s\",\"kid\":\"%s\"",
+                  hex, (long) s->now, s->protection, s->key.kid);
+
+    if (HMAC(EVP_sha256(), s->key.key, (int) s->key.key_len,
+             (unsigned char *) seal, p - seal, mac, &maclen)
+        == NULL)
+    {
+        snprintf(s->err, sizeof(s->err), "HMAC failed");
+        goto failed;
+    }
+
+    sf_audit_hex(mac, 32, hex);
+    p += snprintf(p, last - p, ",\"hmac\":\"%s\"}\n", hex);
+
+    /* a seal appears whole or not at all */
+    ngx_snprintf(tmp, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEAL ".tmp%Z",
+                 s->dir, s->segment);
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEAL "%Z",
+                 s->dir, s->segment);
+
+    fd = ngx_open_file(tmp, NGX_FILE_WRONLY, NGX_FILE_TRUNCATE, 0644);
+    if (fd == NGX_INVALID_FILE) {
+        snprintf(s->err, sizeof(s->err), "open(%s) failed: %s", tmp,
+                 strerror(errno));
+        goto failed;
+    }
+
+    if (write(fd, seal, p - seal) != p - seal || fsync(fd) == -1) {
+        snprintf(s->err, sizeof(s->err), "writing %s failed: %s", tmp,
+                 strerror(errno));
+        (void) ngx_close_file(fd);
+        goto failed;
+    }
+
+    if (rename((char *) tmp, (char *) path) == -1) {
+        snprintf(s->err, sizeof(s->err), "rename(%s) failed: %s", tmp,
+                 strerror(errno));
+        (void) ngx_close_file(fd);
+        goto failed;
+    }
+
+    ngx_http_smartflow_audit_protect(fd, s->immutable, hex);
+    (void) ngx_close_file(fd);
+
+    fd = ngx_open_file(s->dir, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (fd != NGX_INVALID_FILE) {
+        (void) fsync(fd);
+        (void) ngx_close_file(fd);
+    }
+
+    s->rc = NGX_OK;
+
+    if (s->tsa_url[0]) {
+        s->tsa_rc = ngx_http_smartflow_audit_tsa_stamp(s->dir, s->segment,
+                        s->tsa_url, s->tsa_timeout, s->offline, s->tsa_err,
+                        sizeof(s->tsa_err));
+    }
+
+failed:
+
+    ngx_free(leaves);
+    ngx_free(buf);
+
+    return s->rc;
+}
+
+
+/* read-only always; immutable (chattr +i) when asked for and allowed */
+static void
+ngx_http_smartflow_audit_protect(ngx_fd_t fd, ngx_flag_t imm,
+    char *protection)
+{
+    int  flags;
+
+    (void) fchmod(fd, 0444);
+    ngx_cpystrn((u_char *) protection, (u_char *) "read-only", 16);
+
+    if (!imm) {
+        return;
+    }
+
+    if (ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0) {
+        flags |= FS_IMMUTABLE_FL;
+
+        if (ioctl(fd, FS_IOC_SETFLAGS, &flags) == 0) {
+            ngx_cpystrn((u_char *) protection, (u_char *) "immutable", 16);
+        }
+    }
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_audit_read(u_char *path, u_char **buf, size_t *len,
+    char *err, size_t errlen)
+{
+    u_char           *p;
+    ssize_t           n;
+    ngx_fd_t          fd;
+    ngx_file_info_t   fi;
+
+    *buf = NULL;
+    *len = 0;
+
+    fd = ngx_open_file(path, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (fd == NGX_INVALID_FILE) {
+        if (ngx_errno == NGX_ENOENT) {
+            return NGX_OK;
+        }
+
+        snprintf(err, errlen, "open(%s) failed: %s", path, strerror(errno));
+        return NGX_ERROR;
+    }
+
+    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR) {
+        snprintf(err, errlen, "fstat(%s) failed: %s", path, strerror(errno));
+        (void) ngx_close_file(fd);
+        return NGX_ERROR;
+    }
+
+    p = ngx_alloc(ngx_file_size(&fi) + 1, ngx_cycle->log);
+    if (p == NULL) {
+        snprintf(err, errlen, "no memory for %s", path);
+        (void) ngx_close_file(fd);
+        return NGX_ERROR;
+    }
+
+    n = ngx_file_size(&fi) ? read(fd, p, ngx_file_size(&fi)) : 0;
+    (void) ngx_close_file(fd);
+
+    if (n != ngx_file_size(&fi)) {
+        snprintf(err, errlen, "read(%s) failed", path);
+        ngx_free(p);
+        return NGX_ERROR;
+    }
+
+    *buf = p;
+    *len = n;
+
+    return NGX_OK;
+}
+
+
+/* every record's leaf hash; the last line's hash; first and last seq */
+static ngx_int_t
+ngx_http_smartflow_audit_leaves(u_char *buf, size_t len,
+    unsigned char (**leaves)[32], uint64_t *n, u_char *head,
+    uint64_t *first, uint64_t *last)
+{
+    u_char           *p, *end, *eol;
+    uint64_t          count, i;
+    const char       *why;
+    sf_audit_tail_t   t;
+
+    *leaves = NULL;
+    *n = 0;
+    *first = 0;
+    *last = 0;
+    ngx_memzero(head, 32);
+
+    if (len && buf[len - 1] != '\n') {
+        return NGX_ERROR;
+    }
+
+    count = 0;
+    for (p = buf; p < buf + len; p++) {
+        if (*p == '\n') {
+            count++;
+        }
+    }
+
+    if (count == 0) {
+        return NGX_OK;
+    }
+
+    *leaves = ngx_alloc(count * 32, ngx_cycle->log);
+    if (*leaves == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = buf;
+    end = buf + len;
+
+    for (i = 0; i < count; i++) {
+        eol = ngx_strlchr(p, end, '\n');
+
+        if (sf_audit_tail_parse((char *) p, eol - p, &t, &why) != 0) {
+            return NGX_ERROR;
+        }
+
+        if (i == 0) {
+            *first = t.seq;
+        }
+
+        *last = t.seq;
+
+        sf_merkle_leaf(p, eol - p, (*leaves)[i]);
+
+        if (i == count - 1) {
+            (void) EVP_Digest(p, eol - p, head, NULL, EVP_sha256(), NULL);
+        }
+
+        p = eol + 1;
+    }
+
+    *n = count;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_smartflow_audit_post_seal(ngx_http_request_t *r,
+    ngx_http_smartflow_audit_main_conf_t *amcf,
+    ngx_http_smartflow_audit_seal_t *snapshot)
+{
+    ngx_thread_task_t                *task;
+    ngx_http_smartflow_audit_seal_t  *s;
+
+    task = ngx_calloc(sizeof(ngx_thread_task_t)
+                      + sizeof(ngx_http_smartflow_audit_seal_t),
+                      r->connection->log);
+    if (task == NULL) {
+        return NGX_ERROR;
+    }
+
+    s = (ngx_http_smartflow_audit_seal_t *) (task + 1);
+    ngx_memcpy(s, snapshot, sizeof(ngx_http_smartflow_audit_seal_t));
+
+    task->ctx = s;
+    task->handler = ngx_http_smartflow_audit_seal_thread;
+    task->event.handler = ngx_http_smartflow_audit_seal_done;
+    task->event.data = task;
+    task->event.log = ngx_cycle->log;
+
+    if (ngx_thread_task_post(amcf->pool, task) != NGX_OK) {
+        ngx_free(task);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_smartflow_audit_seal_thread(void *data, ngx_log_t *log)
+{
+    ngx_http_smartflow_audit_seal_t  *s = data;
+
+    (void) ngx_http_smartflow_audit_seal(s);
+}
+
+
+static void
+ngx_http_smartflow_audit_seal_done(ngx_event_t *ev)
+{
+    ngx_slab_pool_t                  *shpool;
+    ngx_thread_task_t                *task;
+    ngx_http_smartflow_audit_sh_t    *sh;
+    ngx_http_smartflow_audit_seal_t  *s;
+
+    task = ev->data;
+    s = task->ctx;
+
+    shpool = (ngx_slab_pool_t *) s->zone->shm.addr;
+    sh = shpool->data;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    sh->seals_pending--;
+
+    if (s->rc == NGX_OK) {
+        if (s->segment > sh->last_sealed) {
+            sh->last_sealed = s->segment;
+            sh->last_seal_time = s->now;
+        }
+
+        if (s->tsa_url[0] && s->tsa_rc == NGX_OK) {
+            sh->tsa_stamped++;
+
+        } else if (s->tsa_url[0]) {
+            sh->tsa_waiting++;
+        }
+
+    } else {
+        sh->seal_failures++;
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    if (s->rc != NGX_OK) {
+        ngx_log_error(NGX_LOG_ALERT, ev->log, 0,
+                      "smartflow audit: sealing segment %ui failed: %s",
+                      s->segment, s->err);
+
+    } else if (s->tsa_url[0] && s->tsa_rc != NGX_OK) {
+        ngx_log_error(NGX_LOG_WARN, ev->log, 0,
+                      "smartflow audit: the timestamp of segment %ui is "
+                      "spooled for a retry: %s", s->segment, s->tsa_err);
+    }
+
+    ngx_free(task);
+}
+
+
+/*
+ * At start-up, before any worker: the sequence, chain head and log tree
+ * from the records on disk; closed segments a crash left unsealed are
+ * sealed now, and a record cut short by a crash is cut off.
+ */
+ngx_int_t
+ngx_http_smartflow_audit_recover(ngx_log_t *log,
+    ngx_http_smartflow_audit_main_conf_t *amcf,
+    ngx_http_smartflow_audit_sh_t *sh)
+{
+    u_char                           *buf, *p;
+    size_t                            len;
+    uint64_t                          n, i, first, lastseq;
+    ngx_uint_t                        seg, maxseg;
+    ngx_dir_t                         dir;
+    ngx_str_t                         name;
+    ngx_err_t                         err;
+    ngx_file_info_t                   fi;
+    ngx_core_conf_t                  *ccf;
+    unsigned char                   (*leaves)[32];
+    const sf_audit_key_t             *key;
+    u_char                            path[NGX_MAX_PATH];
+    ngx_http_smartflow_audit_seal_t  *s;
+
+    ngx_memzero(sh, sizeof(ngx_http_smartflow_audit_sh_t));
+
+    if (ngx_create_dir(amcf->dir.data, 0755) == NGX_FILE_ERROR) {
+        err = ngx_errno;
+        if (err != NGX_EEXIST) {
+            ngx_log_error(NGX_LOG_EMERG, log, err,
+                          "smartflow audit: mkdir \"%V\" failed", &amcf->dir);
+            return NGX_ERROR;
+        }
+    }
+
+    /* the workers create the segments, as they do temporary files */
+    ccf = (ngx_core_conf_t *) ngx_get_conf(amcf->cycle->conf_ctx,
+                                           ngx_core_module);
+
+    if (geteuid() == 0 && ccf->user != (ngx_uid_t) NGX_CONF_UNSET_UINT
+        && chown((char *) amcf->dir.data, ccf->user, -1) == -1)
+    {
+        ngx_log_error(NGX_LOG_EMERG, log, ngx_errno,
+                      "smartflow audit: chown \"%V\" failed", &amcf->dir);
+        return NGX_ERROR;
+    }
+
+    if (ngx_open_dir(&amcf->dir, &dir) == NGX_ERROR) {
+        ngx_log_error(NGX_LOG_EMERG, log, ngx_errno,
+                      "smartflow audit: opendir \"%V\" failed", &amcf->dir);
+        return NGX_ERROR;
+    }
+
+    maxseg = 0;
+
+    for ( ;; ) {
+        ngx_set_errno(0);
+
+        if (ngx_read_dir(&dir) == NGX_ERROR) {
+            break;
+        }
+
+        name.data = ngx_de_name(&dir);
+        name.len = ngx_de_namelen(&dir);
+
+        if (name.len != sizeof("segment-00000000.log") - 1
+            || ngx_strncmp(name.data, "segment-", 8) != 0
+            || ngx_strncmp(name.data + 16, ".log", 4) != 0)
+        {
+            continue;
+        }
+
+        seg = ngx_atoi(name.data + 8, 8);
+        if (seg != (ngx_uint_t) NGX_ERROR && seg > maxseg) {
+            maxseg = seg;
+        }
+    }
+
+    (void) ngx_close_dir(&dir);
+
+    s = ngx_calloc(sizeof(ngx_http_smartflow_audit_seal_t), log);
+    if (s == NULL) {
+        return NGX_ERROR;
+    }
+
+    key = sf_audit_keys_current(amcf->keys, ngx_time());
+
+    for (seg = 1; seg <= maxseg; seg++) {
+        ngx_snprintf(path, NGX_MAX_PATH, "%V/" NGX_SMARTFLOW_AUDIT_SEGMENT
+                     "%Z", &amcf->dir, seg);
+
+        if (ngx_http_smartflow_audit_read(path, &buf, &len, s->err,
+                                          sizeof(s->err))
+            != NGX_OK)
+        {
+            goto failed;
+        }
+
+        if (len && buf[len - 1] != '\n') {
+            for (p = buf + len; p > buf && p[-1] != '\n'; p--) {
+                /* void */
+            }
+
+            ngx_log_error(NGX_LOG_ALERT, log, 0,
+                          "smartflow audit: %s ends in a record cut short "
+                          "(%uz bytes), cut off", path,
+                          (size_t) (buf + len - p));
+
+            if (truncate((char *) path, p - buf) == -1) {
+                snprintf(s->err, sizeof(s->err), "truncate(%s) failed: %s",
+                         path, strerror(errno));
+                ngx_free(buf);
+                goto failed;
+            }
+
+            len = p - buf;
+        }
+
+        if (ngx_http_smartflow_audit_leaves(buf, len, &leaves, &n, sh->head,
+                                            &first, &lastseq)
+            != NGX_OK)
+        {
+            snprintf(s->err, sizeof(s->err), "%s: a record is unreadable",
+                     path);
+            ngx_free(leaves);
+            ngx_free(buf);
+            goto failed;
+        }
+
+        ngx_free(buf);
+
+        if (n && sh->seq && first != sh->seq + 1) {
+            ngx_log_error(NGX_LOG_ALERT, log, 0,
+                          "smartflow audit: %s starts at record %uL, "
+                          "%uL expected", path, first, sh->seq + 1);
+        }
+
+        ngx_memcpy(&s->old, &sh->log, sizeof(sf_merkle_frontier_t));
+
+        for (i = 0; i < n; i++) {
+            sf_merkle_frontier_append(&sh->log, leaves[i]);
+        }
+
+        ngx_free(leaves);
+
+        if (n) {
+            sh->seq = lastseq;
+        }
+
+        ngx_snprintf(path, NGX_MAX_PATH, "%V/" NGX_SMARTFLOW_AUDIT_SEAL
+                     "%Z", &amcf->dir, seg);
+
+        if (ngx_file_info(path, &fi) == NGX_FILE_ERROR) {
+
+            if (seg == maxseg) {
+                /* the open segment: appended to from now on */
+                sh->segment = seg;
+                sh->seg_first = n ? first : 0;
+                sh->seg_count = n;
+                sh->seg_bytes = len;
+                sh->seg_start = ngx_time();
+                ngx_memcpy(&sh->sealed, &s->old,
+                           sizeof(sf_merkle_frontier_t));
+                break;
+            }
+
+            if (n == 0 || key == NULL) {
+                snprintf(s->err, sizeof(s->err), "segment %lu cannot be "
+                         "sealed", (unsigned long) seg);
+                goto failed;
+            }
+
+            ngx_cpystrn(s->dir, amcf->dir.data, NGX_MAX_PATH);
+            s->segment = seg;
+            s->first = first;
+            s->count = n;
+            ngx_memcpy(s->head, sh->head, 32);
+            s->key = *key;
+            s->immutable = amcf->immutable;
+            s->now = ngx_time();
+            s->offline = 1;
+            s->tsa_timeout = amcf->tsa_timeout;
+            s->tsa_url[0] = '\0';
+
+            if (amcf->tsa_url.len) {
+                ngx_cpystrn(s->tsa_url, amcf->tsa_url.data,
+                            sizeof(s->tsa_url));
+            }
+
+            if (ngx_http_smartflow_audit_seal(s) != NGX_OK) {
+                goto failed;
+            }
+
+            ngx_log_error(NGX_LOG_NOTICE, log, 0,
+                          "smartflow audit: sealed segment %ui left open "
+                          "by a stop", seg);
+        }
+
+        sh->last_sealed = seg;
+        sh->last_seal_time = ngx_time();
+        ngx_memcpy(&sh->sealed, &sh->log, sizeof(sf_merkle_frontier_t));
+    }
+
+    if (sh->segment == 0) {
+        sh->segment = maxseg + 1;
+    }
+
+    ngx_free(s);
+
+    return NGX_OK;
+
+failed:
+
+    ngx_log_error(NGX_LOG_EMERG, log, 0, "smartflow audit: %s", s->err);
+    ngx_free(s);
+
+    return NGX_ERROR;
+}

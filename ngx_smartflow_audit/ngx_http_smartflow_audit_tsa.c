@@ -1,0 +1,363 @@
+/*
+ * RFC 3161 timestamps on seals: SHA-256 of the seal file goes to the
+ * configured time-stamping authority (OpenSSL's TS API for the query and
+ * the answer, libcurl for the HTTP POST), and the answer is kept next to
+ * the seal as segment-N.tsr.  Everything here blocks and runs in the
+ * thread pool.  While the authority cannot be reached the query waits in
+ * segment-N.tsq; one worker retries the spooled ones on a timer.
+ */
+
+#include <curl/curl.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/ts.h>
+
+#include "ngx_http_smartflow_audit.h"
+
+
+#define NGX_HTTP_SMARTFLOW_AUDIT_TSR_MAX  (64 * 1024)
+
+
+typedef struct {
+    u_char                     *data;
+    size_t                      len;
+} ngx_http_smartflow_audit_body_t;
+
+
+static size_t
+ngx_http_smartflow_audit_tsa_write(char *p, size_t size, size_t n,
+    void *data)
+{
+    u_char                           *d;
+    ngx_http_smartflow_audit_body_t  *b = data;
+
+    if (b->len + size * n > NGX_HTTP_SMARTFLOW_AUDIT_TSR_MAX) {
+        return 0;
+    }
+
+    d = realloc(b->data, b->len + size * n);
+    if (d == NULL) {
+        return 0;
+    }
+
+    ngx_memcpy(d + b->len, p, size * n);
+    b->data = d;
+    b->len += size * n;
+
+    return size * n;
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_audit_tsa_file(u_char *path, u_char *data, size_t len,
+    char *err, size_t errlen)
+{
+    ngx_fd_t  fd;
+    u_char    tmp[NGX_MAX_PATH];
+
+    ngx_snprintf(tmp, NGX_MAX_PATH, "%s.tmp%Z", path);
+
+    fd = ngx_open_file(tmp, NGX_FILE_WRONLY, NGX_FILE_TRUNCATE, 0644);
+    if (fd == NGX_INVALID_FILE) {
+        snprintf(err, errlen, "open(%s) failed: %s", tmp, strerror(errno));
+        return NGX_ERROR;
+    }
+
+    if (write(fd, data, len) != (ssize_t) len || fsync(fd) == -1
+        || fchmod(fd, 0444) == -1)
+    {
+        snprintf(err, errlen, "writing %s failed: %s", tmp, strerror(errno));
+        (void) ngx_close_file(fd);
+        return NGX_ERROR;
+    }
+
+    (void) ngx_close_file(fd);
+
+    if (rename((char *) tmp, (char *) path) == -1) {
+        snprintf(err, errlen, "rename(%s) failed: %s", tmp, strerror(errno));
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static uint64_t
+ngx_http_smartflow_audit_u64(unsigned char *p)
+{
+    uint64_t  v;
+
+    ngx_memcpy(&v, p, sizeof(uint64_t));
+
+    /* positive and never zero */
+    return (v >> 2) + 1;
+}
+
+
+/*
+ * Stamps the seal of a segment: NGX_OK with segment-N.tsr written,
+ * NGX_AGAIN with the query spooled in segment-N.tsq, NGX_ERROR.
+ */
+ngx_int_t
+ngx_http_smartflow_audit_tsa_stamp(u_char *dir, ngx_uint_t segment,
+    u_char *url, ngx_msec_t timeout, ngx_flag_t offline, char *err,
+    size_t errlen)
+{
+    int                               n, rc;
+    long                              code;
+    u_char                           *der, *p;
+    size_t                            len;
+    ssize_t                           sn;
+    CURL                             *curl;
+    TS_REQ                           *req;
+    TS_RESP                          *resp;
+    ngx_fd_t                          fd;
+    ASN1_INTEGER                     *nonce;
+    TS_MSG_IMPRINT                   *mi;
+    X509_ALGOR                       *alg;
+    TS_VERIFY_CTX                    *vctx;
+    ngx_file_info_t                   fi;
+    struct curl_slist                *hdrs;
+    ngx_http_smartflow_audit_body_t   body;
+    unsigned char                     digest[32], rnd[8];
+    u_char                            seal[8192];
+    u_char                            path[NGX_MAX_PATH];
+
+    req = NULL;
+    resp = NULL;
+    der = NULL;
+    curl = NULL;
+    hdrs = NULL;
+    vctx = NULL;
+    body.data = NULL;
+    body.len = 0;
+    rc = NGX_ERROR;
+
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEAL "%Z",
+                 dir, segment);
+
+    fd = ngx_open_file(path, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (fd == NGX_INVALID_FILE) {
+        snprintf(err, errlen, "open(%s) failed: %s", path, strerror(errno));
+        return NGX_ERROR;
+    }
+
+    sn = (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR
+          || ngx_file_size(&fi) > (off_t) sizeof(seal))
+         ? -1 : read(fd, seal, ngx_file_size(&fi));
+    (void) ngx_close_file(fd);
+
+    if (sn <= 0) {
+        snprintf(err, errlen, "reading %s failed", path);
+        return NGX_ERROR;
+    }
+
+    (void) EVP_Digest(seal, sn, digest, NULL, EVP_sha256(), NULL);
+
+    /* the query: SHA-256 of the seal, a nonce, the TSA's certificate */
+    req = TS_REQ_new();
+    mi = TS_MSG_IMPRINT_new();
+    alg = X509_ALGOR_new();
+    nonce = ASN1_INTEGER_new();
+
+    if (req == NULL || mi == NULL || alg == NULL || nonce == NULL
+        || RAND_bytes(rnd, sizeof(rnd)) != 1
+        || X509_ALGOR_set0(alg, OBJ_nid2obj(NID_sha256), V_ASN1_NULL, NULL)
+           != 1
+        || TS_MSG_IMPRINT_set_algo(mi, alg) != 1
+        || TS_MSG_IMPRINT_set_msg(mi, digest, 32) != 1
+        || TS_REQ_set_version(req, 1) != 1
+        || TS_REQ_set_msg_imprint(req, mi) != 1
+        || ASN1_INTEGER_set_uint64(nonce, ngx_http_smartflow_audit_u64(rnd))
+           != 1
+        || TS_REQ_set_nonce(req, nonce) != 1
+        || TS_REQ_set_cert_req(req, 1) != 1)
+    {
+        snprintf(err, errlen, "building the timestamp query failed");
+        X509_ALGOR_free(alg);
+        TS_MSG_IMPRINT_free(mi);
+        ASN1_INTEGER_free(nonce);
+        goto done;
+    }
+
+    X509_ALGOR_free(alg);
+    TS_MSG_IMPRINT_free(mi);
+    ASN1_INTEGER_free(nonce);
+
+    n = i2d_TS_REQ(req, &der);
+    if (n <= 0) {
+        snprintf(err, errlen, "encoding the timestamp query failed");
+        goto done;
+    }
+
+    /* spooled first: a failure below leaves it for the retry */
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/segment-%08ui.tsq%Z", dir, segment);
+
+    if (ngx_file_info(path, &fi) == NGX_FILE_ERROR
+        && ngx_http_smartflow_audit_tsa_file(path, der, n, err, errlen)
+           != NGX_OK)
+    {
+        goto done;
+    }
+
+    if (offline) {
+        rc = NGX_AGAIN;
+        snprintf(err, errlen, "spooled");
+        goto done;
+    }
+
+    curl = curl_easy_init();
+    hdrs = curl_slist_append(NULL, "Content-Type: application/timestamp-query");
+
+    if (curl == NULL || hdrs == NULL) {
+        snprintf(err, errlen, "no memory for libcurl");
+        goto done;
+    }
+
+    curl_easy_setopt(curl, CURLOPT_URL, (char *) url);
+    curl_easy_setopt(curl, CURLOPT_POST, 1L);
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, der);
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE, (long) n);
+    curl_easy_setopt(curl, CURLOPT_HTTPHEADER, hdrs);
+    curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long) timeout);
+    curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION,
+                     ngx_http_smartflow_audit_tsa_write);
+    curl_easy_setopt(curl, CURLOPT_WRITEDATA, &body);
+
+    if (curl_easy_perform(curl) != CURLE_OK
+        || curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &code) != CURLE_OK
+        || code != 200)
+    {
+        rc = NGX_AGAIN;
+        snprintf(err, errlen, "the time-stamping authority %s did not "
+                 "answer", url);
+        goto done;
+    }
+
+    p = body.data;
+    len = body.len;
+    resp = d2i_TS_RESP(NULL, (const unsigned char **) &p, len);
+
+    /* granted, for this query: the signature is the verifier's to check */
+    vctx = TS_REQ_to_TS_VERIFY_CTX(req, NULL);
+
+    if (resp == NULL || vctx == NULL) {
+        rc = NGX_AGAIN;
+        snprintf(err, errlen, "the answer of %s is not a timestamp", url);
+        goto done;
+    }
+
+    TS_VERIFY_CTX_set_flags(vctx, TS_VFY_VERSION | TS_VFY_IMPRINT
+                                  | TS_VFY_NONCE);
+
+    if (TS_RESP_verify_response(vctx, resp) != 1) {
+        rc = NGX_AGAIN;
+        snprintf(err, errlen, "%s refused the timestamp or answered "
+                 "another query", url);
+        goto done;
+    }
+
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/segment-%08ui.tsr%Z", dir, segment);
+
+    if (ngx_http_smartflow_audit_tsa_file(path, body.data, body.len, err,
+                                          errlen)
+        != NGX_OK)
+    {
+        goto done;
+    }
+
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/segment-%08ui.tsq%Z", dir, segment);
+    (void) unlink((char *) path);
+
+    rc = NGX_OK;
+
+done:
+
+    if (curl) {
+        curl_easy_cleanup(curl);
+    }
+
+    curl_slist_free_all(hdrs);
+    TS_VERIFY_CTX_free(vctx);
+    TS_RESP_free(resp);
+    TS_REQ_free(req);
+    OPENSSL_free(der);
+    free(body.data);
+
+    return rc;
+}
+
+
+/* the spooled queries, oldest first; the number still waiting */
+ngx_int_t
+ngx_http_smartflow_audit_tsa_retry(u_char *dir, u_char *url,
+    ngx_msec_t timeout, ngx_uint_t *waiting, char *err, size_t errlen)
+{
+    ngx_int_t        rc;
+    ngx_str_t        name, d;
+    ngx_dir_t        dirh;
+    ngx_uint_t       seg, min, max;
+    ngx_file_info_t  fi;
+    u_char           path[NGX_MAX_PATH];
+
+    *waiting = 0;
+    d.data = dir;
+    d.len = ngx_strlen(dir);
+
+    if (ngx_open_dir(&d, &dirh) == NGX_ERROR) {
+        snprintf(err, errlen, "opendir(%s) failed: %s", dir, strerror(errno));
+        return NGX_ERROR;
+    }
+
+    min = NGX_MAX_UINT32_VALUE;
+    max = 0;
+
+    for ( ;; ) {
+        ngx_set_errno(0);
+
+        if (ngx_read_dir(&dirh) == NGX_ERROR) {
+            break;
+        }
+
+        name.data = ngx_de_name(&dirh);
+        name.len = ngx_de_namelen(&dirh);
+
+        if (name.len != sizeof("segment-00000000.tsq") - 1
+            || ngx_strncmp(name.data + 16, ".tsq", 4) != 0)
+        {
+            continue;
+        }
+
+        seg = ngx_atoi(name.data + 8, 8);
+        if (seg == (ngx_uint_t) NGX_ERROR) {
+            continue;
+        }
+
+        min = ngx_min(min, seg);
+        max = ngx_max(max, seg);
+        (*waiting)++;
+    }
+
+    (void) ngx_close_dir(&dirh);
+
+    for (seg = min; *waiting && seg <= max; seg++) {
+        ngx_snprintf(path, NGX_MAX_PATH, "%s/segment-%08ui.tsq%Z", dir, seg);
+
+        if (ngx_file_info(path, &fi) == NGX_FILE_ERROR) {
+            continue;
+        }
+
+        rc = ngx_http_smartflow_audit_tsa_stamp(dir, seg, url, timeout, 0,
+                                                err, errlen);
+        if (rc == NGX_OK) {
+            (*waiting)--;
+
+        } else if (rc == NGX_AGAIN) {
+            /* still down: the rest waits for the next round */
+            return NGX_AGAIN;
+        }
+    }
+
+    return NGX_OK;
+}

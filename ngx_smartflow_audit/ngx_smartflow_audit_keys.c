@@ -1,0 +1,385 @@
+/*
+ * The audit key file and the record's chain fields, parsed the same way
+ * by the audit module and by the verifier.
+ */
+
+#include <stdio.h>
+#include <string.h>
+#include <stdlib.h>
+
+#include "ngx_smartflow_audit_keys.h"
+
+
+static int
+sf_audit_time(const char *p, size_t len, int64_t none, int64_t *out)
+{
+    size_t   i;
+    int64_t  v;
+
+    if (len == 1 && p[0] == '-') {
+        *out = none;
+        return 0;
+    }
+
+    if (len == 0 || len > 18) {
+        return -1;
+    }
+
+    v = 0;
+
+    for (i = 0; i < len; i++) {
+        if (p[i] < '0' || p[i] > '9') {
+            return -1;
+        }
+
+        v = v * 10 + (p[i] - '0');
+    }
+
+    *out = v;
+
+    return 0;
+}
+
+
+int
+sf_audit_keys_parse(const char *p, size_t len, sf_audit_keys_t *keys,
+    char *err, size_t errlen)
+{
+    int              n, line;
+    size_t           f, flen[4];
+    const char      *end, *eol, *q, *fs[4];
+    sf_audit_key_t  *k;
+
+    keys->n = 0;
+    end = p + len;
+    line = 0;
+
+    while (p < end) {
+        line++;
+        eol = memchr(p, '\n', end - p);
+        if (eol == NULL) {
+            eol = end;
+        }
+
+        f = 0;
+        q = p;
+
+        while (q < eol && *q != '#') {
+            while (q < eol && (*q == ' ' || *q == '\t' || *q == '\r')) {
+                q++;
+            }
+
+            if (q == eol || *q == '#') {
+                break;
+            }
+
+            if (f == 4) {
+                snprintf(err, errlen, "line %d: too many fields", line);
+                return -1;
+            }
+
+            fs[f] = q;
+
+            while (q < eol && *q != ' ' && *q != '\t' && *q != '\r'
+                   && *q != '#')
+            {
+                q++;
+            }
+
+            flen[f] = q - fs[f];
+            f++;
+        }
+
+        p = eol + 1;
+
+        if (f == 0) {
+            continue;
+        }
+
+        if (f < 2) {
+            snprintf(err, errlen, "line %d: \"KID HEXKEY\" expected", line);
+            return -1;
+        }
+
+        if (keys->n == SF_AUDIT_MAX_KEYS) {
+            snprintf(err, errlen, "line %d: more than %d keys", line,
+                     SF_AUDIT_MAX_KEYS);
+            return -1;
+        }
+
+        k = &keys->key[keys->n];
+
+        if (flen[0] > SF_AUDIT_KID_LEN
+            || memchr(fs[0], '"', flen[0]) || memchr(fs[0], '\\', flen[0]))
+        {
+            snprintf(err, errlen, "line %d: bad key id", line);
+            return -1;
+        }
+
+        memcpy(k->kid, fs[0], flen[0]);
+        k->kid[flen[0]] = '\0';
+
+        if (sf_audit_keys_find(keys, k->kid) != NULL) {
+            snprintf(err, errlen, "line %d: key id \"%s\" repeated", line,
+                     k->kid);
+            return -1;
+        }
+
+        n = sf_audit_unhex(fs[1], flen[1], k->key, SF_AUDIT_KEY_MAX);
+        if (n < 32) {
+            snprintf(err, errlen, "line %d: the key must be at least 32 "
+                     "bytes in hex", line);
+            return -1;
+        }
+
+        k->key_len = n;
+        k->not_before = INT64_MIN;
+        k->not_after = INT64_MAX;
+
+        if ((f > 2
+             && sf_audit_time(fs[2], flen[2], INT64_MIN, &k->not_before))
+            || (f > 3
+                && sf_audit_time(fs[3], flen[3], INT64_MAX, &k->not_after)))
+        {
+            snprintf(err, errlen, "line %d: times are epoch seconds or "
+                     "\"-\"", line);
+            return -1;
+        }
+
+        keys->n++;
+    }
+
+    if (keys->n == 0) {
+        snprintf(err, errlen, "no keys");
+        return -1;
+    }
+
+    return 0;
+}
+
+
+const sf_audit_key_t *
+sf_audit_keys_find(const sf_audit_keys_t *keys, const char *kid)
+{
+    unsigned  i;
+
+    for (i = 0; i < keys->n; i++) {
+        if (strcmp(keys->key[i].kid, kid) == 0) {
+            return &keys->key[i];
+        }
+    }
+
+    return NULL;
+}
+
+
+const sf_audit_key_t *
+sf_audit_keys_current(const sf_audit_keys_t *keys, int64_t t)
+{
+    unsigned               i;
+    const sf_audit_key_t  *k, *best;
+
+    best = NULL;
+
+    for (i = 0; i < keys->n; i++) {
+        k = &keys->key[i];
+
+        if (t < k->not_before || t > k->not_after) {
+            continue;
+        }
+
+        if (best == NULL || k->not_before >= best->not_before) {
+            best = k;
+        }
+    }
+
+    return best;
+}
+
+
+static int
+sf_audit_number(const char **pp, const char *end, int64_t *out)
+{
+    int64_t      v;
+    const char  *p;
+
+    p = *pp;
+    v = 0;
+
+    if (p == end || *p < '0' || *p > '9') {
+        return -1;
+    }
+
+    while (p < end && *p >= '0' && *p <= '9') {
+        if (v > (INT64_MAX - 9) / 10) {
+            return -1;
+        }
+
+        v = v * 10 + (*p++ - '0');
+    }
+
+    *pp = p;
+    *out = v;
+
+    return 0;
+}
+
+
+static int
+sf_audit_expect(const char **pp, const char *end, const char *lit)
+{
+    size_t  n;
+
+    n = strlen(lit);
+
+    if ((size_t) (end - *pp) < n || memcmp(*pp, lit, n) != 0) {
+        return -1;
+    }
+
+    *pp += n;
+
+    return 0;
+}
+
+
+int
+sf_audit_tail_parse(const char *line, size_t len, sf_audit_tail_t *t,
+    const char **why)
+{
+    int64_t      v;
+    const char  *p, *end, *q, *s;
+
+    end = line + len;
+    s = NULL;
+
+    /* the last ,"ts": : a string value cannot hold an unescaped quote */
+    for (q = end - 6; q >= line; q--) {
+        if (memcmp(q, ",\"ts\":", 6) == 0) {
+            s = q;
+            break;
+        }
+    }
+
+    if (len == 0 || line[0] != '{' || s == NULL) {
+        *why = "not a record";
+        return -1;
+    }
+
+    t->suffix = s;
+    p = s + 6;
+
+    if (sf_audit_number(&p, end, &t->ts) != 0) {
+        *why = "bad \"ts\"";
+        return -1;
+    }
+
+    if (sf_audit_expect(&p, end, ",\"seq\":") != 0
+        || sf_audit_number(&p, end, &v) != 0)
+    {
+        *why = "bad \"seq\"";
+        return -1;
+    }
+
+    t->seq = (uint64_t) v;
+
+    if (sf_audit_expect(&p, end, ",\"kid\":\"") != 0) {
+        *why = "bad \"kid\"";
+        return -1;
+    }
+
+    q = memchr(p, '"', end - p);
+    if (q == NULL || q - p > SF_AUDIT_KID_LEN || q == p) {
+        *why = "bad \"kid\"";
+        return -1;
+    }
+
+    memcpy(t->kid, p, q - p);
+    t->kid[q - p] = '\0';
+    p = q + 1;
+
+    if (sf_audit_expect(&p, end, ",\"prev\":\"") != 0
+        || end - p < 64 || sf_audit_unhex(p, 64, t->prev, 32) != 32)
+    {
+        *why = "bad \"prev\"";
+        return -1;
+    }
+
+    p += 64;
+
+    if (sf_audit_expect(&p, end, "\"") != 0) {
+        *why = "bad \"prev\"";
+        return -1;
+    }
+
+    t->signed_len = p - line;
+
+    if (sf_audit_expect(&p, end, ",\"hmac\":\"") != 0
+        || end - p < 64 || sf_audit_unhex(p, 64, t->hmac, 32) != 32)
+    {
+        *why = "bad \"hmac\"";
+        return -1;
+    }
+
+    p += 64;
+
+    if (sf_audit_expect(&p, end, "\"}") != 0 || p != end) {
+        *why = "bad end of record";
+        return -1;
+    }
+
+    return 0;
+}
+
+
+void
+sf_audit_hex(const unsigned char *p, size_t len, char *out)
+{
+    static const char  hex[] = "0123456789abcdef";
+
+    while (len--) {
+        *out++ = hex[*p >> 4];
+        *out++ = hex[*p++ & 0xf];
+    }
+
+    *out = '\0';
+}
+
+
+static int
+sf_audit_nibble(char c)
+{
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+
+    return -1;
+}
+
+
+int
+sf_audit_unhex(const char *p, size_t len, unsigned char *out, size_t max)
+{
+    int     hi, lo;
+    size_t  i;
+
+    if (len % 2 || len / 2 > max) {
+        return -1;
+    }
+
+    for (i = 0; i < len / 2; i++) {
+        hi = sf_audit_nibble(p[2 * i]);
+        lo = sf_audit_nibble(p[2 * i + 1]);
+
+        if (hi < 0 || lo < 0) {
+            return -1;
+        }
+
+        out[i] = (unsigned char) (hi << 4 | lo);
+    }
+
+    return (int) (len / 2);
+}

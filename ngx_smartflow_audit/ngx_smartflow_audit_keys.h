@@ -1,0 +1,76 @@
+/*
+ * The audit key file and the record format the audit module writes and
+ * the verifier reads.  Plain C over OpenSSL only, shared by both.
+ *
+ * Key file: one key a line, "KID HEX [NOT_BEFORE [NOT_AFTER]]", times in
+ * epoch seconds or "-" for no bound; '#' starts a comment.  Keys are at
+ * least 32 bytes.  A record is signed with the valid key that became
+ * valid last.
+ *
+ * A record is one line of JSON ending with the fields the chain needs,
+ * always in this order:
+ *   ...,"ts":MS,"seq":N,"kid":"KID","prev":"HEX64","hmac":"HEX64"}
+ * "hmac" is HMAC-SHA256 under key KID of every byte before ,"hmac";
+ * "prev" is SHA-256 of the previous record's line (no newline), zeros
+ * for the first one.
+ */
+
+#ifndef _NGX_SMARTFLOW_AUDIT_KEYS_H_INCLUDED_
+#define _NGX_SMARTFLOW_AUDIT_KEYS_H_INCLUDED_
+
+
+#include <stddef.h>
+#include <stdint.h>
+
+
+#define SF_AUDIT_KID_LEN   32
+#define SF_AUDIT_KEY_MAX   128
+#define SF_AUDIT_MAX_KEYS  64
+
+
+typedef struct {
+    char            kid[SF_AUDIT_KID_LEN + 1];
+    unsigned char   key[SF_AUDIT_KEY_MAX];
+    size_t          key_len;
+    int64_t         not_before;     /* epoch seconds, INT64_MIN: none */
+    int64_t         not_after;      /* INT64_MAX: none */
+} sf_audit_key_t;
+
+
+typedef struct {
+    sf_audit_key_t  key[SF_AUDIT_MAX_KEYS];
+    unsigned        n;
+} sf_audit_keys_t;
+
+
+typedef struct {
+    const char     *suffix;         /* ,"ts": */
+    int64_t         ts;             /* milliseconds */
+    uint64_t        seq;
+    char            kid[SF_AUDIT_KID_LEN + 1];
+    unsigned char   prev[32];
+    unsigned char   hmac[32];
+    size_t          signed_len;     /* bytes under the HMAC */
+} sf_audit_tail_t;
+
+
+/* 0, or -1 with a message in err naming the line */
+int sf_audit_keys_parse(const char *p, size_t len, sf_audit_keys_t *keys,
+    char *err, size_t errlen);
+const sf_audit_key_t *sf_audit_keys_find(const sf_audit_keys_t *keys,
+    const char *kid);
+/* the key to sign with at time t (seconds), or NULL */
+const sf_audit_key_t *sf_audit_keys_current(const sf_audit_keys_t *keys,
+    int64_t t);
+
+/* 0, or -1 with the reason in *why */
+int sf_audit_tail_parse(const char *line, size_t len, sf_audit_tail_t *t,
+    const char **why);
+
+void sf_audit_hex(const unsigned char *p, size_t len, char *out);
+/* the number of bytes, or -1 */
+int sf_audit_unhex(const char *p, size_t len, unsigned char *out,
+    size_t max);
+
+
+#endif /* _NGX_SMARTFLOW_AUDIT_KEYS_H_INCLUDED_ */

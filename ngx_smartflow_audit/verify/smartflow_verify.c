@@ -1,0 +1,1064 @@
+/*
+ * smartflow-verify: checks an audit folder without trusting the gateway
+ * that wrote it: every record's chain link, HMAC and key validity, every
+ * seal's signature, Merkle roots, chain head and consistency proof from
+ * the seal before.  Prints a JSON report; exits 0 when all holds, 1 on
+ * the first problem (named precisely), 2 on bad usage.
+ *
+ *   smartflow-verify [--keys FILE] [--head HEX] [--tsa-ca FILE] PATH
+ *
+ * --tsa-ca checks each seal's RFC 3161 timestamp (segment-N.tsr) against
+ * the time-stamping authority's CA, as "openssl ts -verify -data SEAL -in
+ * TSR -CAfile CA" does.
+ *
+ * --head names the chain head the gateway reported (GET /api/audit/status):
+ * records cut off the end of the open segment are found only against it.
+ *   smartflow-verify --proof FILE [PATH]     an inclusion proof, offline
+ *   smartflow-verify --merkle-vectors        proof checks read from stdin
+ */
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/err.h>
+#include <openssl/hmac.h>
+#include <openssl/ts.h>
+#include <openssl/x509.h>
+
+#include "ngx_smartflow_merkle.h"
+#include "ngx_smartflow_audit_keys.h"
+
+
+#define SF_MAX_SEGMENTS  1000000
+
+
+typedef unsigned char  hash_t[32];
+
+
+typedef struct {
+    int             ok;
+    uint64_t        records;
+    uint64_t        segments;
+    uint64_t        sealed;
+    uint64_t        open;
+    char            head[65];
+    char            log_root[65];
+    uint64_t        log_size;
+    uint64_t        timestamped;
+    uint64_t        ts_pending;
+
+    /* the first problem */
+    char            file[512];
+    uint64_t        line;
+    uint64_t        seq;
+    char            check[32];
+    char            message[512];
+} report_t;
+
+
+static report_t      rep;
+static const char   *tsa_ca;
+
+
+static void
+fail(const char *file, uint64_t line, uint64_t seq, const char *check,
+    const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+
+static void
+fail(const char *file, uint64_t line, uint64_t seq, const char *check,
+    const char *fmt, ...)
+{
+    va_list  ap;
+
+    if (!rep.ok) {
+        return;
+    }
+
+    rep.ok = 0;
+    snprintf(rep.file, sizeof(rep.file), "%s", file ? file : "");
+    rep.line = line;
+    rep.seq = seq;
+    snprintf(rep.check, sizeof(rep.check), "%s", check);
+
+    va_start(ap, fmt);
+    vsnprintf(rep.message, sizeof(rep.message), fmt, ap);
+    va_end(ap);
+}
+
+
+static void
+json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+
+    for ( /* void */ ; *s; s++) {
+        if (*s == '"' || *s == '\\') {
+            fprintf(f, "\\%c", *s);
+
+        } else if ((unsigned char) *s < 0x20) {
+            fprintf(f, "\\u%04x", *s);
+
+        } else {
+            fputc(*s, f);
+        }
+    }
+
+    fputc('"', f);
+}
+
+
+static void
+print_report(const char *path)
+{
+    printf("{\"path\":");
+    json_str(stdout, path);
+    printf(",\"ok\":%s,\"records\":%" PRIu64 ",\"segments\":%" PRIu64
+           ",\"sealed\":%" PRIu64 ",\"open\":%" PRIu64
+           ",\"log_size\":%" PRIu64 ",\"timestamped\":%" PRIu64
+           ",\"timestamps_pending\":%" PRIu64 ",\"chain_head\":",
+           rep.ok ? "true" : "false", rep.records, rep.segments, rep.sealed,
+           rep.open, rep.log_size, rep.timestamped, rep.ts_pending);
+    json_str(stdout, rep.head);
+    printf(",\"log_root\":");
+    json_str(stdout, rep.log_root);
+
+    if (!rep.ok) {
+        printf(",\"error\":{\"file\":");
+        json_str(stdout, rep.file);
+        printf(",\"line\":%" PRIu64 ",\"seq\":%" PRIu64 ",\"check\":",
+               rep.line, rep.seq);
+        json_str(stdout, rep.check);
+        printf(",\"message\":");
+        json_str(stdout, rep.message);
+        printf("}");
+    }
+
+    printf("}\n");
+}
+
+
+static char *
+read_file(const char *path, size_t *len)
+{
+    char   *buf;
+    FILE   *f;
+    long    n;
+
+    f = fopen(path, "rb");
+    if (f == NULL) {
+        return NULL;
+    }
+
+    if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0
+        || fseek(f, 0, SEEK_SET) != 0)
+    {
+        fclose(f);
+        return NULL;
+    }
+
+    buf = malloc(n + 1);
+    if (buf == NULL || (n && fread(buf, 1, n, f) != (size_t) n)) {
+        free(buf);
+        fclose(f);
+        return NULL;
+    }
+
+    buf[n] = '\0';
+    *len = n;
+    fclose(f);
+
+    return buf;
+}
+
+
+/* a top-level "name":value of a seal (no user data in seals) */
+static const char *
+seal_field(const char *seal, const char *name)
+{
+    char         key[64];
+    const char  *p;
+
+    snprintf(key, sizeof(key), "\"%s\":", name);
+    p = strstr(seal, key);
+
+    return p ? p + strlen(key) : NULL;
+}
+
+
+static int
+seal_u64(const char *seal, const char *name, uint64_t *v)
+{
+    char        *end;
+    const char  *p;
+
+    p = seal_field(seal, name);
+    if (p == NULL || *p < '0' || *p > '9') {
+        return -1;
+    }
+
+    errno = 0;
+    *v = strtoull(p, &end, 10);
+
+    return (errno || (*end != ',' && *end != '}')) ? -1 : 0;
+}
+
+
+static int
+seal_hash(const char *seal, const char *name, unsigned char *h)
+{
+    const char  *p;
+
+    p = seal_field(seal, name);
+    if (p == NULL || p[0] != '"' || p[65] != '"'
+        || sf_audit_unhex(p + 1, 64, h, 32) != 32)
+    {
+        return -1;
+    }
+
+    return 0;
+}
+
+
+static int
+check_mac(const sf_audit_key_t *k, const void *data, size_t len,
+    const unsigned char *mac)
+{
+    unsigned int   n;
+    unsigned char  md[EVP_MAX_MD_SIZE];
+
+    if (HMAC(EVP_sha256(), k->key, (int) k->key_len, data, len, md, &n)
+        == NULL)
+    {
+        return -1;
+    }
+
+    return CRYPTO_memcmp(md, mac, 32) == 0 ? 0 : -1;
+}
+
+
+static int
+cmp_u64(const void *a, const void *b)
+{
+    uint64_t  x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+
+    return x < y ? -1 : x > y;
+}
+
+
+typedef struct {
+    const sf_audit_keys_t  *keys;
+    hash_t                 *leaves;         /* every record so far */
+    uint64_t                nleaves;
+    uint64_t                cap;
+    sf_merkle_frontier_t    log;
+    unsigned char           head[32];
+    uint64_t                seq;
+    uint64_t                prev_size;      /* the last seal's tree */
+    unsigned char           prev_root[32];
+} state_t;
+
+
+/* a seal's RFC 3161 timestamp: its signature up to the CA, the imprint */
+static int
+verify_timestamp(const char *seal, const char *tsr)
+{
+    int             ok;
+    BIO            *in, *data;
+    TS_RESP        *resp;
+    X509_STORE     *store;
+    TS_VERIFY_CTX  *ctx;
+    unsigned long   e;
+    char            msg[256];
+
+    in = BIO_new_file(tsr, "rb");
+    if (in == NULL) {
+        fail(tsr, 0, 0, "timestamp", "cannot read the timestamp");
+        return -1;
+    }
+
+    resp = d2i_TS_RESP_bio(in, NULL);
+    BIO_free(in);
+
+    ctx = TS_VERIFY_CTX_new();
+    store = X509_STORE_new();
+    data = BIO_new_file(seal, "rb");
+    ok = 0;
+
+    if (resp && ctx && store && data
+        && X509_STORE_load_file(store, tsa_ca) == 1)
+    {
+        TS_VERIFY_CTX_set_flags(ctx, TS_VFY_VERSION | TS_VFY_SIGNER
+                                     | TS_VFY_DATA | TS_VFY_SIGNATURE);
+        TS_VERIFY_CTX_set_data(ctx, data);
+        TS_VERIFY_CTX_set_store(ctx, store);
+        data = NULL;
+        store = NULL;
+
+        ok = TS_RESP_verify_response(ctx, resp) == 1;
+    }
+
+    if (!ok) {
+        e = ERR_peek_last_error();
+        ERR_error_string_n(e, msg, sizeof(msg));
+        fail(tsr, 0, 0, "timestamp", "the timestamp does not hold for the "
+             "seal: %s", e ? msg : "not a timestamp response");
+    }
+
+    ERR_clear_error();
+    BIO_free(data);
+    X509_STORE_free(store);
+    TS_VERIFY_CTX_free(ctx);
+    TS_RESP_free(resp);
+
+    return ok ? 0 : -1;
+}
+
+
+static int
+verify_seal(state_t *st, const char *path, uint64_t segno, uint64_t first,
+    uint64_t count)
+{
+    int                    nproof;
+    char                  *seal, kid[SF_AUDIT_KID_LEN + 1];
+    size_t                 len;
+    uint64_t               v, sealed_at;
+    const char            *p, *q, *macp;
+    unsigned char          h[32], root[32], mac[32];
+    hash_t                 proof[SF_MERKLE_MAX_LEVEL];
+    const sf_audit_key_t  *k;
+
+    seal = read_file(path, &len);
+    if (seal == NULL) {
+        fail(path, 0, 0, "seal", "cannot read: %s", strerror(errno));
+        return -1;
+    }
+
+    if (len == 0 || seal[len - 1] != '\n' || memchr(seal, '\n', len - 1)) {
+        fail(path, 1, 0, "seal", "not one line");
+        goto bad;
+    }
+
+    seal[--len] = '\0';
+
+    /* the signature covers every byte before ,"hmac" */
+    macp = strstr(seal, ",\"hmac\":\"");
+    p = seal_field(seal, "kid");
+
+    if (macp == NULL || p == NULL || *p != '"'
+        || (q = strchr(p + 1, '"')) == NULL || q - p - 1 > SF_AUDIT_KID_LEN
+        || len - (macp - seal) != 9 + 64 + 2
+        || sf_audit_unhex(macp + 9, 64, mac, 32) != 32
+        || strcmp(macp + 9 + 64, "\"}") != 0)
+    {
+        fail(path, 1, 0, "seal", "no signature");
+        goto bad;
+    }
+
+    memcpy(kid, p + 1, q - p - 1);
+    kid[q - p - 1] = '\0';
+
+    k = sf_audit_keys_find(st->keys, kid);
+    if (k == NULL) {
+        fail(path, 1, 0, "seal_key", "unknown key id \"%s\"", kid);
+        goto bad;
+    }
+
+    if (check_mac(k, seal, macp - seal, mac) != 0) {
+        fail(path, 1, 0, "seal_hmac", "the seal's HMAC does not match");
+        goto bad;
+    }
+
+    if (seal_u64(seal, "sealed_at", &sealed_at) != 0
+        || (int64_t) sealed_at < k->not_before
+        || (int64_t) sealed_at > k->not_after)
+    {
+        fail(path, 1, 0, "seal_key", "key \"%s\" was not valid when the "
+             "seal was made", kid);
+        goto bad;
+    }
+
+    if (seal_u64(seal, "segment", &v) != 0 || v != segno) {
+        fail(path, 1, 0, "seal", "seals another segment");
+        goto bad;
+    }
+
+    if (seal_u64(seal, "first", &v) != 0 || v != first
+        || seal_u64(seal, "count", &v) != 0 || v != count)
+    {
+        fail(path, 1, 0, "seal_count", "the segment holds %" PRIu64
+             " records from %" PRIu64 ", the seal says otherwise",
+             count, first);
+        goto bad;
+    }
+
+    sf_merkle_root((const unsigned char (*)[32])
+                   (st->leaves + st->nleaves - count), count, root);
+
+    if (seal_hash(seal, "segment_root", h) != 0 || memcmp(h, root, 32)) {
+        fail(path, 1, 0, "segment_root", "the records' Merkle root is not "
+             "the sealed one");
+        goto bad;
+    }
+
+    if (seal_hash(seal, "chain_head", h) != 0 || memcmp(h, st->head, 32)) {
+        fail(path, 1, 0, "chain_head", "the chain head is not the sealed "
+             "one");
+        goto bad;
+    }
+
+    sf_merkle_frontier_root(&st->log, root);
+
+    if (seal_u64(seal, "log_size", &v) != 0 || v != st->nleaves
+        || seal_hash(seal, "log_root", h) != 0 || memcmp(h, root, 32))
+    {
+        fail(path, 1, 0, "log_root", "the log's Merkle root is not the "
+             "sealed one");
+        goto bad;
+    }
+
+    if (seal_u64(seal, "prev_log_size", &v) != 0 || v != st->prev_size
+        || seal_hash(seal, "prev_log_root", h) != 0
+        || memcmp(h, st->prev_root, 32))
+    {
+        fail(path, 1, 0, "prev_seal", "the seal does not follow the one "
+             "before");
+        goto bad;
+    }
+
+    p = seal_field(seal, "consistency");
+    if (p == NULL || *p++ != '[') {
+        fail(path, 1, 0, "consistency", "no consistency proof");
+        goto bad;
+    }
+
+    nproof = 0;
+
+    while (*p == '"') {
+        if (nproof == SF_MERKLE_MAX_LEVEL
+            || sf_audit_unhex(p + 1, 64, proof[nproof], 32) != 32
+            || p[65] != '"')
+        {
+            fail(path, 1, 0, "consistency", "bad proof hash");
+            goto bad;
+        }
+
+        nproof++;
+        p += 66;
+
+        if (*p == ',') {
+            p++;
+        }
+    }
+
+    if (*p != ']') {
+        fail(path, 1, 0, "consistency", "bad proof");
+        goto bad;
+    }
+
+    if (st->prev_size > 0
+        && sf_merkle_verify_consistency(st->prev_size, st->nleaves,
+                                        (const unsigned char (*)[32]) proof,
+                                        nproof, st->prev_root, 32, root, 32)
+           != 0)
+    {
+        fail(path, 1, 0, "consistency", "the log tree of the seal before "
+             "is not a prefix of this one");
+        goto bad;
+    }
+
+    if (st->prev_size == 0 && nproof != 0) {
+        fail(path, 1, 0, "consistency", "a proof from an empty tree");
+        goto bad;
+    }
+
+    st->prev_size = st->nleaves;
+    memcpy(st->prev_root, root, 32);
+
+    free(seal);
+    return 0;
+
+bad:
+
+    free(seal);
+    return -1;
+}
+
+
+static int
+verify_segment(state_t *st, const char *path, uint64_t *first,
+    uint64_t *count)
+{
+    char                  *buf, *p, *end, *eol;
+    size_t                 len;
+    uint64_t               line;
+    const char            *why;
+    unsigned char          h[32];
+    sf_audit_tail_t        t;
+    const sf_audit_key_t  *k;
+
+    buf = read_file(path, &len);
+    if (buf == NULL) {
+        fail(path, 0, 0, "segment", "cannot read: %s", strerror(errno));
+        return -1;
+    }
+
+    *first = 0;
+    *count = 0;
+    p = buf;
+    end = buf + len;
+    line = 0;
+
+    while (p < end) {
+        line++;
+        eol = memchr(p, '\n', end - p);
+
+        if (eol == NULL) {
+            fail(path, line, st->seq + 1, "truncated",
+                 "the last record is cut short");
+            goto bad;
+        }
+
+        if (sf_audit_tail_parse(p, eol - p, &t, &why) != 0) {
+            fail(path, line, st->seq + 1, "format", "%s", why);
+            goto bad;
+        }
+
+        if (t.seq != st->seq + 1) {
+            fail(path, line, t.seq, "sequence", "record %" PRIu64
+                 " where %" PRIu64 " was expected (records deleted, "
+                 "repeated or out of order)", t.seq, st->seq + 1);
+            goto bad;
+        }
+
+        if (memcmp(t.prev, st->head, 32) != 0) {
+            fail(path, line, t.seq, "chain", "\"prev\" is not the hash "
+                 "of the record before");
+            goto bad;
+        }
+
+        k = sf_audit_keys_find(st->keys, t.kid);
+        if (k == NULL) {
+            fail(path, line, t.seq, "key", "unknown key id \"%s\"", t.kid);
+            goto bad;
+        }
+
+        if (check_mac(k, p, t.signed_len, t.hmac) != 0) {
+            fail(path, line, t.seq, "hmac", "the record's HMAC does not "
+                 "match: it was changed");
+            goto bad;
+        }
+
+        if (t.ts / 1000 < k->not_before || t.ts / 1000 > k->not_after) {
+            fail(path, line, t.seq, "key_validity", "key \"%s\" was not "
+                 "valid at the record's time", t.kid);
+            goto bad;
+        }
+
+        if (st->nleaves == st->cap) {
+            st->cap = st->cap ? 2 * st->cap : 1024;
+            st->leaves = realloc(st->leaves, st->cap * sizeof(hash_t));
+            if (st->leaves == NULL) {
+                fail(path, line, t.seq, "memory", "out of memory");
+                goto bad;
+            }
+        }
+
+        sf_merkle_leaf((unsigned char *) p, eol - p, st->leaves[st->nleaves]);
+        sf_merkle_frontier_append(&st->log, st->leaves[st->nleaves]);
+        st->nleaves++;
+
+        (void) EVP_Digest(p, eol - p, h, NULL, EVP_sha256(), NULL);
+        memcpy(st->head, h, 32);
+        st->seq = t.seq;
+
+        if (*count == 0) {
+            *first = t.seq;
+        }
+
+        (*count)++;
+        p = eol + 1;
+    }
+
+    free(buf);
+    return 0;
+
+bad:
+
+    free(buf);
+    return -1;
+}
+
+
+static int
+verify_dir(const char *dir, const sf_audit_keys_t *keys)
+{
+    int             unsealed_seen;
+    DIR            *d;
+    char            path[4096], seal[4096];
+    size_t          nsegs, nseals, cap, scap, i, j;
+    uint64_t       *segs, *seals, n, first, count;
+    struct stat     sb;
+    struct dirent  *de;
+    state_t         st;
+
+    d = opendir(dir);
+    if (d == NULL) {
+        fail(dir, 0, 0, "folder", "cannot open: %s", strerror(errno));
+        return -1;
+    }
+
+    segs = NULL;
+    seals = NULL;
+    nsegs = nseals = cap = scap = 0;
+
+    while ((de = readdir(d)) != NULL) {
+        char  ext[8];
+        int   used;
+
+        used = 0;
+
+        if (sscanf(de->d_name, "segment-%8" SCNu64 ".%5s%n", &n, ext, &used)
+                != 2
+            || strlen(de->d_name) != (size_t) used
+            || strlen(de->d_name) < 20)
+        {
+            continue;
+        }
+
+        if (strcmp(ext, "log") == 0) {
+            if (nsegs == cap) {
+                cap = cap ? 2 * cap : 64;
+                segs = realloc(segs, cap * sizeof(uint64_t));
+            }
+
+            segs[nsegs++] = n;
+
+        } else if (strcmp(ext, "seal") == 0) {
+            if (nseals == scap) {
+                scap = scap ? 2 * scap : 64;
+                seals = realloc(seals, scap * sizeof(uint64_t));
+            }
+
+            seals[nseals++] = n;
+        }
+    }
+
+    closedir(d);
+
+    if (nsegs) {
+        qsort(segs, nsegs, sizeof(uint64_t), cmp_u64);
+    }
+
+    if (nseals) {
+        qsort(seals, nseals, sizeof(uint64_t), cmp_u64);
+    }
+
+    memset(&st, 0, sizeof(st));
+    st.keys = keys;
+    unsealed_seen = 0;
+
+    /* the first seal follows the empty tree */
+    sf_merkle_frontier_root(&st.log, st.prev_root);
+
+    for (i = 0, j = 0; i < nsegs; i++) {
+        snprintf(path, sizeof(path), "%s/segment-%08" PRIu64 ".log", dir,
+                 segs[i]);
+
+        if (segs[i] != i + 1) {
+            fail(path, 0, st.seq + 1, "segment_missing",
+                 "segment %zu is missing", i + 1);
+            goto done;
+        }
+
+        rep.segments++;
+
+        if (verify_segment(&st, path, &first, &count) != 0) {
+            goto done;
+        }
+
+        while (j < nseals && seals[j] < segs[i]) {
+            j++;
+        }
+
+        snprintf(seal, sizeof(seal), "%s/segment-%08" PRIu64 ".seal", dir,
+                 segs[i]);
+
+        if (j < nseals && seals[j] == segs[i]) {
+            if (unsealed_seen) {
+                fail(seal, 0, 0, "seal_missing", "an earlier segment has "
+                     "no seal");
+                goto done;
+            }
+
+            if (verify_seal(&st, seal, segs[i], first, count) != 0) {
+                goto done;
+            }
+
+            rep.sealed++;
+
+            if (tsa_ca) {
+                char  tsr[4096];
+
+                snprintf(tsr, sizeof(tsr), "%s/segment-%08" PRIu64 ".tsr",
+                         dir, segs[i]);
+
+                if (stat(tsr, &sb) == 0) {
+                    if (verify_timestamp(seal, tsr) != 0) {
+                        goto done;
+                    }
+
+                    rep.timestamped++;
+
+                } else {
+                    /* spooled while the authority was away */
+                    rep.ts_pending++;
+                }
+            }
+
+        } else {
+            /* only the last segments may wait for their seal */
+            unsealed_seen = 1;
+            rep.open++;
+        }
+    }
+
+    for (j = 0; j < nseals; j++) {
+        if (nsegs == 0 || seals[j] > segs[nsegs - 1]) {
+            snprintf(seal, sizeof(seal), "%s/segment-%08" PRIu64 ".seal",
+                     dir, seals[j]);
+
+            if (stat(seal, &sb) == 0) {
+                fail(seal, 0, 0, "segment_missing", "a seal without its "
+                     "segment");
+                goto done;
+            }
+        }
+    }
+
+done:
+
+    rep.records = st.nleaves;
+    rep.log_size = st.nleaves;
+    sf_audit_hex(st.head, 32, rep.head);
+    sf_merkle_frontier_root(&st.log, st.prev_root);
+    sf_audit_hex(st.prev_root, 32, rep.log_root);
+
+    free(st.leaves);
+    free(segs);
+    free(seals);
+
+    return rep.ok ? 0 : -1;
+}
+
+
+/*
+ * stdin, one check a line, hashes in hex ("-" for an empty proof):
+ *   inclusion INDEX SIZE LEAF ROOT P1,P2,...
+ *   consistency SIZE1 SIZE2 ROOT1 ROOT2 P1,P2,...
+ * prints "ok" or "bad" for each.
+ */
+static int
+merkle_vectors(void)
+{
+    int            r, n;
+    char           line[65536], kind[16], a[256], b[256], pr[60000];
+    char          *p, *q;
+    size_t         np;
+    uint64_t       x, y;
+    unsigned char  ha[128], hb[128];
+    hash_t         proof[SF_MERKLE_MAX_LEVEL + 8];
+    int            la, lb;
+
+    while (fgets(line, sizeof(line), stdin)) {
+        if (sscanf(line, "%15s %" SCNu64 " %" SCNu64 " %255s %255s %59999s",
+                   kind, &x, &y, a, b, pr) != 6)
+        {
+            printf("bad input\n");
+            continue;
+        }
+
+        la = strcmp(a, "-") ? sf_audit_unhex(a, strlen(a), ha, sizeof(ha))
+                            : 0;
+        lb = strcmp(b, "-") ? sf_audit_unhex(b, strlen(b), hb, sizeof(hb))
+                            : 0;
+        np = 0;
+        r = (la < 0 || lb < 0) ? -1 : 0;
+
+        if (strcmp(pr, "-") != 0) {
+            for (p = pr; r == 0 && p && *p; p = q ? q + 1 : NULL) {
+                q = strchr(p, ',');
+                n = q ? (int) (q - p) : (int) strlen(p);
+
+                if (np == SF_MERKLE_MAX_LEVEL + 8
+                    || sf_audit_unhex(p, n, proof[np], 32) != 32)
+                {
+                    r = -1;
+                    break;
+                }
+
+                np++;
+            }
+        }
+
+        if (r == 0 && strcmp(kind, "inclusion") == 0) {
+            r = (la != 32 || lb != 32) ? -1
+                : sf_merkle_verify_inclusion(x, y, ha,
+                      (const unsigned char (*)[32]) proof, np, hb);
+
+        } else if (r == 0 && strcmp(kind, "consistency") == 0) {
+            r = sf_merkle_verify_consistency(x, y,
+                      (const unsigned char (*)[32]) proof, np, ha, la,
+                      hb, lb);
+
+        } else if (r == 0) {
+            r = -1;
+        }
+
+        printf("%s\n", r == 0 ? "ok" : "bad");
+    }
+
+    return 0;
+}
+
+
+/*
+ * An inclusion proof as GET /api/audit/proof/ID gives it:
+ * {"seq":N,"segment":S,"index":I,"size":C,"proof":["HEX",...],
+ *  "segment_root":"HEX","record_hex":"HEX of the line",...}
+ * The leaf is hashed from the record itself; with PATH the root must be
+ * the one sealed for that segment.
+ */
+static int
+verify_proof(const char *file, const char *dir, const sf_audit_keys_t *keys)
+{
+    int            np, rc;
+    char          *buf, *rec, seal[4096], *sealbuf;
+    size_t         len, slen, rlen;
+    uint64_t       seg, index, size, sseg;
+    const char    *p, *q;
+    unsigned char  leaf[32], root[32], sroot[32];
+    hash_t         proof[SF_MERKLE_MAX_LEVEL];
+
+    buf = read_file(file, &len);
+    if (buf == NULL) {
+        fail(file, 0, 0, "proof", "cannot read: %s", strerror(errno));
+        return -1;
+    }
+
+    rc = -1;
+    rec = NULL;
+
+    if (seal_u64(buf, "segment", &seg) || seal_u64(buf, "index", &index)
+        || seal_u64(buf, "size", &size)
+        || seal_hash(buf, "segment_root", root))
+    {
+        fail(file, 0, 0, "proof", "not an inclusion proof");
+        goto done;
+    }
+
+    p = seal_field(buf, "record_hex");
+    if (p == NULL || *p != '"' || (q = strchr(p + 1, '"')) == NULL) {
+        fail(file, 0, 0, "proof", "no record");
+        goto done;
+    }
+
+    rlen = (q - p - 1) / 2;
+    rec = malloc(rlen + 1);
+
+    if (rec == NULL
+        || sf_audit_unhex(p + 1, q - p - 1, (unsigned char *) rec, rlen)
+           != (int) rlen)
+    {
+        fail(file, 0, 0, "proof", "bad record");
+        goto done;
+    }
+
+    sf_merkle_leaf((unsigned char *) rec, rlen, leaf);
+
+    p = seal_field(buf, "proof");
+    if (p == NULL || *p++ != '[') {
+        fail(file, 0, 0, "proof", "no proof");
+        goto done;
+    }
+
+    np = 0;
+
+    while (*p == '"') {
+        if (np == SF_MERKLE_MAX_LEVEL
+            || sf_audit_unhex(p + 1, 64, proof[np], 32) != 32
+            || p[65] != '"')
+        {
+            fail(file, 0, 0, "proof", "bad proof hash");
+            goto done;
+        }
+
+        np++;
+        p += 66;
+
+        if (*p == ',') {
+            p++;
+        }
+    }
+
+    if (sf_merkle_verify_inclusion(index, size, leaf,
+                                   (const unsigned char (*)[32]) proof, np,
+                                   root)
+        != 0)
+    {
+        fail(file, 0, 0, "inclusion", "the record is not in the tree "
+             "whose root the proof names");
+        goto done;
+    }
+
+    if (dir) {
+        snprintf(seal, sizeof(seal), "%s/segment-%08" PRIu64 ".seal", dir,
+                 seg);
+        sealbuf = read_file(seal, &slen);
+
+        if (sealbuf == NULL
+            || seal_hash(sealbuf, "segment_root", sroot) != 0
+            || seal_u64(sealbuf, "segment", &sseg) != 0 || sseg != seg
+            || memcmp(sroot, root, 32) != 0
+            || seal_u64(sealbuf, "count", &sseg) != 0 || sseg != size)
+        {
+            fail(seal, 0, 0, "inclusion", "the proof's root is not the "
+                 "sealed root of segment %" PRIu64, seg);
+            free(sealbuf);
+            goto done;
+        }
+
+        free(sealbuf);
+
+        /* the seal itself must hold */
+        if (verify_dir(dir, keys) != 0) {
+            goto done;
+        }
+    }
+
+    rc = 0;
+
+done:
+
+    free(rec);
+    free(buf);
+
+    return rc;
+}
+
+
+static int
+load_keys(const char *path, sf_audit_keys_t *keys)
+{
+    char    *buf, err[256];
+    size_t   len;
+
+    buf = read_file(path, &len);
+    if (buf == NULL) {
+        fprintf(stderr, "smartflow-verify: cannot read key file %s: %s\n",
+                path, strerror(errno));
+        return -1;
+    }
+
+    if (sf_audit_keys_parse(buf, len, keys, err, sizeof(err)) != 0) {
+        fprintf(stderr, "smartflow-verify: key file %s: %s\n", path, err);
+        free(buf);
+        return -1;
+    }
+
+    free(buf);
+    return 0;
+}
+
+
+int
+main(int argc, char **argv)
+{
+    int               i, rc;
+    char              def[4096];
+    const char       *keyfile, *path, *proof, *head;
+    static sf_audit_keys_t  keys;
+
+    keyfile = getenv("SMARTFLOW_AUDIT_KEYS");
+    path = NULL;
+    proof = NULL;
+    head = NULL;
+
+    for (i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--merkle-vectors") == 0) {
+            return merkle_vectors();
+
+        } else if (strcmp(argv[i], "--keys") == 0 && i + 1 < argc) {
+            keyfile = argv[++i];
+
+        } else if (strcmp(argv[i], "--tsa-ca") == 0 && i + 1 < argc) {
+            tsa_ca = argv[++i];
+
+        } else if (strcmp(argv[i], "--head") == 0 && i + 1 < argc) {
+            head = argv[++i];
+
+        } else if (strcmp(argv[i], "--proof") == 0 && i + 1 < argc) {
+            proof = argv[++i];
+
+        } else if (argv[i][0] == '-' || path) {
+            fprintf(stderr, "usage: smartflow-verify [--keys FILE] [--head HEX] "
+                    "[--tsa-ca FILE] PATH\n"
+                    "       smartflow-verify [--keys FILE] --proof FILE "
+                    "[PATH]\n"
+                    "       smartflow-verify --merkle-vectors < checks\n");
+            return 2;
+
+        } else {
+            path = argv[i];
+        }
+    }
+
+    if (path == NULL && proof == NULL) {
+        fprintf(stderr, "usage: smartflow-verify [--keys FILE] PATH\n");
+        return 2;
+    }
+
+    rep.ok = 1;
+
+    if (path) {
+        if (keyfile == NULL) {
+            /* the gateway's default: audit.keys next to the folder */
+            snprintf(def, sizeof(def), "%s/../audit.keys", path);
+            keyfile = def;
+        }
+
+        if (load_keys(keyfile, &keys) != 0) {
+            return 2;
+        }
+    }
+
+    if (proof) {
+        rc = verify_proof(proof, path, &keys);
+
+    } else {
+        rc = verify_dir(path, &keys);
+
+        if (rc == 0 && head && strcmp(head, rep.head) != 0) {
+            fail(path, 0, rep.records, "chain_head", "the chain ends at "
+                 "record %" PRIu64 " with head %s, not at the head given",
+                 rep.records, rep.head);
+            rc = -1;
+        }
+    }
+
+    print_report(proof ? proof : path);
+
+    if (!rep.ok) {
+        fprintf(stderr, "smartflow-verify: %s line %" PRIu64 ": %s: %s\n",
+                rep.file, rep.line, rep.check, rep.message);
+    }
+
+    return rc == 0 && rep.ok ? 0 : 1;
+}

@@ -1,0 +1,227 @@
+/*
+ * The cache module's own declarations, shared by its files: the zone
+ * (entries in an rbtree by fingerprint, an LRU queue, entries grouped by
+ * conversation context, one vector slot per entry), the worker's FAISS
+ * index kept in step with the zone's vectors, the request state between
+ * the lookup and the store, and the configuration.
+ */
+
+#ifndef _NGX_HTTP_SMARTFLOW_CACHE_H_INCLUDED_
+#define _NGX_HTTP_SMARTFLOW_CACHE_H_INCLUDED_
+
+
+#include "ngx_http_smartflow_proxy.h"
+#include "ngx_smartflow_cache_text.h"
+
+
+#define NGX_SMARTFLOW_CACHE_FP       32     /* SHA-256 */
+#define NGX_SMARTFLOW_CACHE_CTXK     16
+#define NGX_SMARTFLOW_CACHE_RING     4096   /* vectors added, by sequence */
+#define NGX_SMARTFLOW_CACHE_SCAN     512    /* near-miss: newest per context */
+#define NGX_SMARTFLOW_CACHE_LAT      24     /* latency buckets, 2^i us */
+#define NGX_SMARTFLOW_CACHE_FINISH   16
+
+#define NGX_SMARTFLOW_CACHE_INDEX_AUTO  0
+#define NGX_SMARTFLOW_CACHE_INDEX_FLAT  1
+#define NGX_SMARTFLOW_CACHE_INDEX_HNSW  2
+
+#define NGX_SMARTFLOW_CACHE_PART_TEAM    0
+#define NGX_SMARTFLOW_CACHE_PART_KEY     1
+#define NGX_SMARTFLOW_CACHE_PART_SHARED  2
+
+
+typedef struct ngx_smartflow_cache_group_s  ngx_smartflow_cache_group_t;
+
+
+typedef struct {
+    ngx_rbtree_node_t           node;       /* key: the fingerprint's head */
+    ngx_queue_t                 lru;
+    ngx_queue_t                 group_link;
+    ngx_smartflow_cache_group_t *group;
+    u_char                      fp[NGX_SMARTFLOW_CACHE_FP];
+    time_t                      created;
+    time_t                      expire;
+    uint32_t                    slot;
+    uint32_t                    prompt_tokens;
+    uint32_t                    completion_tokens;
+    uint32_t                    hits;
+    uint32_t                    part_len;
+    uint32_t                    query_len;      /* 0: exact match only */
+    uint32_t                    answer_len;
+    u_char                      finish[NGX_SMARTFLOW_CACHE_FINISH];
+    uint32_t                    minhash[NGX_SMARTFLOW_CACHE_MINHASH];
+    u_char                      data[1];    /* partition, query, answer */
+} ngx_smartflow_cache_node_t;
+
+
+struct ngx_smartflow_cache_group_s {
+    ngx_rbtree_node_t           node;       /* key: the context key's head */
+    ngx_queue_t                 entries;    /* newest first */
+    u_char                      key[NGX_SMARTFLOW_CACHE_CTXK];
+    ngx_uint_t                  count;
+};
+
+
+typedef struct {
+    float                       vec[NGX_SMARTFLOW_CACHE_DIM];
+    ngx_smartflow_cache_node_t *node;       /* NULL: free */
+    uint32_t                    version;    /* bumped at each reuse */
+    uint32_t                    next_free;
+} ngx_smartflow_cache_slot_t;
+
+
+typedef struct {
+    uint32_t                    slot;
+    uint32_t                    version;
+} ngx_smartflow_cache_ref_t;
+
+
+typedef struct {
+    ngx_atomic_t                lookups;
+    ngx_atomic_t                hits[5];        /* by phase, 1-4 */
+    ngx_atomic_t                misses;
+    ngx_atomic_t                bypasses;
+    ngx_atomic_t                stores;
+    ngx_atomic_t                evictions;
+    ngx_atomic_t                expired;
+    ngx_atomic_t                rejected;       /* by the verification */
+    ngx_atomic_t                tokens_saved;
+    ngx_atomic_t                latency[NGX_SMARTFLOW_CACHE_LAT];
+} ngx_smartflow_cache_stats_t;
+
+
+typedef struct {
+    ngx_rbtree_t                rbtree;
+    ngx_rbtree_node_t           sentinel;
+    ngx_rbtree_t                groups;
+    ngx_rbtree_node_t           group_sentinel;
+    ngx_queue_t                 lru;
+    ngx_smartflow_cache_slot_t *slots;
+    uint32_t                    capacity;
+    uint32_t                    used;
+    uint32_t                    free;           /* first free slot */
+    uint64_t                    epoch;          /* tells zones apart */
+    uint64_t                    seq;            /* vectors added so far */
+    ngx_smartflow_cache_ref_t   ring[NGX_SMARTFLOW_CACHE_RING];
+    ngx_smartflow_cache_stats_t stats;
+} ngx_smartflow_cache_shctx_t;
+
+
+typedef struct {
+    ngx_smartflow_cache_shctx_t *sh;
+    ngx_slab_pool_t            *shpool;
+    ngx_shm_zone_t             *shm_zone;
+    ngx_str_t                   name;
+    ngx_uint_t                  capacity;       /* entries= */
+    ngx_uint_t                  index;          /* index= */
+
+    /* this worker's FAISS index over the zone's vectors */
+    void                       *faiss;
+    ngx_smartflow_cache_ref_t  *labels;         /* by FAISS label */
+    size_t                      nlabels;
+    size_t                      labels_size;
+    uint64_t                    epoch;
+    uint64_t                    seq;
+    size_t                      rebuild;        /* next slot to index */
+} ngx_smartflow_cache_zone_t;
+
+
+/* what a lookup found, copied out of the zone */
+typedef struct {
+    ngx_str_t                   answer;
+    ngx_str_t                   finish;
+    ngx_str_t                   query;
+    u_char                      fp[NGX_SMARTFLOW_CACHE_FP];
+    ngx_uint_t                  similarity;     /* per mille */
+    ngx_uint_t                  prompt_tokens;
+    ngx_uint_t                  completion_tokens;
+} ngx_smartflow_cache_found_t;
+
+
+/* what is stored */
+typedef struct {
+    u_char                      fp[NGX_SMARTFLOW_CACHE_FP];
+    u_char                      ctxk[NGX_SMARTFLOW_CACHE_CTXK];
+    ngx_str_t                   partition;
+    ngx_str_t                   query;          /* empty: exact only */
+    ngx_str_t                   answer;
+    ngx_str_t                   finish;
+    uint32_t                   *minhash;
+    float                      *vec;            /* NULL: exact only */
+    time_t                      ttl;
+    ngx_uint_t                  prompt_tokens;
+    ngx_uint_t                  completion_tokens;
+} ngx_smartflow_cache_item_t;
+
+
+typedef struct {
+    ngx_smartflow_cache_zone_t *zone;           /* NULL: off */
+    time_t                      ttl;
+    ngx_int_t                   near_miss;      /* per mille, -1 off */
+    ngx_int_t                   similarity;     /* per mille, -1 off */
+    ngx_uint_t                  partition;
+    size_t                      max_size;
+    ngx_flag_t                  api;
+} ngx_http_smartflow_cache_loc_conf_t;
+
+
+typedef struct {
+    ngx_array_t                 zones;          /* zone_t * */
+} ngx_http_smartflow_cache_main_conf_t;
+
+
+/* one request, from its lookup to the store of its answer */
+typedef struct {
+    ngx_smartflow_cache_zone_t *zone;
+    ngx_smartflow_cache_item_t  item;
+    uint32_t                    minhash[NGX_SMARTFLOW_CACHE_MINHASH];
+    float                       vec[NGX_SMARTFLOW_CACHE_DIM];
+    ngx_smartflow_cache_text_t  text;           /* the query's tokens */
+    u_char                     *buf;            /* the answer as sent */
+    size_t                      len;
+    size_t                      size;
+    size_t                      max_size;
+    unsigned                    store:1;
+    unsigned                    failed:1;
+} ngx_http_smartflow_cache_req_t;
+
+
+extern ngx_module_t  ngx_http_smartflow_cache_module;
+
+
+/* zone: ngx_http_smartflow_cache_zone.c */
+ngx_int_t ngx_smartflow_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data);
+ngx_int_t ngx_smartflow_cache_exact(ngx_smartflow_cache_zone_t *z,
+    ngx_pool_t *pool, u_char *fp, ngx_smartflow_cache_found_t *f);
+ngx_uint_t ngx_smartflow_cache_near(ngx_smartflow_cache_zone_t *z,
+    ngx_pool_t *pool, u_char *ctxk, uint32_t *sig, ngx_uint_t threshold,
+    ngx_smartflow_cache_found_t *cand);
+ngx_uint_t ngx_smartflow_cache_refs(ngx_smartflow_cache_zone_t *z,
+    ngx_pool_t *pool, u_char *ctxk, ngx_smartflow_cache_ref_t *refs,
+    float *scores, ngx_uint_t n, ngx_smartflow_cache_found_t *cand);
+ngx_int_t ngx_smartflow_cache_insert(ngx_smartflow_cache_zone_t *z,
+    ngx_smartflow_cache_item_t *it, ngx_log_t *log);
+ngx_uint_t ngx_smartflow_cache_flush(ngx_smartflow_cache_zone_t *z,
+    ngx_str_t *partition);
+void ngx_smartflow_cache_latency(ngx_smartflow_cache_zone_t *z,
+    ngx_msec_int_t us);
+
+/* worker's vector index: ngx_http_smartflow_cache_vector.c */
+ngx_int_t ngx_smartflow_cache_vector_search(ngx_smartflow_cache_zone_t *z,
+    ngx_log_t *log, float *vec, ngx_smartflow_cache_ref_t *refs,
+    float *scores, ngx_uint_t k);
+void ngx_smartflow_cache_vector_free(ngx_smartflow_cache_zone_t *z);
+
+/* admin API: ngx_http_smartflow_cache_api.c */
+ngx_int_t ngx_http_smartflow_cache_api_handler(ngx_http_request_t *r);
+
+/* the answer: ngx_http_smartflow_cache_store.c */
+ngx_int_t ngx_http_smartflow_cache_tap(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, u_char *p, size_t len, ngx_uint_t last);
+ngx_int_t ngx_http_smartflow_cache_serve(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_smartflow_cache_found_t *f);
+ngx_http_smartflow_cache_req_t *ngx_http_smartflow_cache_req(
+    ngx_http_request_t *r, ngx_uint_t create);
+
+
+#endif /* _NGX_HTTP_SMARTFLOW_CACHE_H_INCLUDED_ */

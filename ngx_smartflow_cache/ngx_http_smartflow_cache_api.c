@@ -1,0 +1,341 @@
+/*
+ * The cache's admin API, for the master key only: GET .../stats (entries,
+ * memory, hits by phase, misses, hit rate, tokens saved, lookup latency
+ * percentiles) and DELETE (every entry, or one tenant's with ?tenant=).
+ * The zone is the location's smartflow_cache, or the first one declared.
+ */
+
+#include <openssl/crypto.h>
+
+#include "ngx_http_smartflow_cache.h"
+
+
+static ngx_uint_t ngx_http_smartflow_cache_api_auth(ngx_http_request_t *r,
+    ngx_int_t *rc);
+static ngx_int_t ngx_http_smartflow_cache_api_error(ngx_http_request_t *r,
+    ngx_uint_t status, char *type, char *code, char *message);
+static ngx_int_t ngx_http_smartflow_cache_stats(ngx_http_request_t *r,
+    ngx_smartflow_cache_zone_t *z);
+static ngx_int_t ngx_http_smartflow_cache_api_flush(ngx_http_request_t *r,
+    ngx_smartflow_cache_zone_t *z);
+static ngx_uint_t ngx_http_smartflow_cache_percentile(
+    ngx_smartflow_cache_stats_t *st, ngx_uint_t total, ngx_uint_t per);
+
+
+ngx_int_t
+ngx_http_smartflow_cache_api_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                              rc;
+    ngx_str_t                              tail;
+    ngx_smartflow_cache_zone_t            *z, **zp;
+    ngx_http_smartflow_cache_loc_conf_t   *clcf;
+    ngx_http_smartflow_cache_main_conf_t  *cmcf;
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    if (!ngx_http_smartflow_cache_api_auth(r, &rc)) {
+        /* refused, the refusal sent */
+        return rc;
+    }
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_smartflow_cache_module);
+    cmcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_cache_module);
+
+    z = clcf->zone;
+
+    if (z == NULL && cmcf->zones.nelts) {
+        zp = cmcf->zones.elts;
+        z = zp[0];
+    }
+
+    if (z == NULL) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "smartflow cache: the cache API has no "
+                      "smartflow_cache_zone to report on");
+        return ngx_http_smartflow_cache_api_error(r,
+                   NGX_HTTP_SERVICE_UNAVAILABLE, "server_error",
+                   "cache_not_configured",
+                   "No smartflow_cache_zone is configured.");
+    }
+
+    /* the path after the last slash: "stats" or the API's own name */
+    tail.data = r->uri.data + r->uri.len;
+
+    while (tail.data > r->uri.data && tail.data[-1] != '/') {
+        tail.data--;
+    }
+
+    tail.len = r->uri.data + r->uri.len - tail.data;
+
+    if (tail.len == 5 && ngx_strncmp(tail.data, "stats", 5) == 0) {
+        if (r->method != NGX_HTTP_GET && r->method != NGX_HTTP_HEAD) {
+            return ngx_http_smartflow_cache_api_error(r,
+                       NGX_HTTP_NOT_ALLOWED, "invalid_request_error",
+                       "method_not_allowed", "Use GET for the statistics.");
+        }
+
+        return ngx_http_smartflow_cache_stats(r, z);
+    }
+
+    if (tail.len == 0 || tail.len == 9
+        || (r->uri.len >= 10
+            && ngx_strncmp(r->uri.data + r->uri.len - 10, "/metacache", 10)
+               == 0))
+    {
+        if (r->method != NGX_HTTP_DELETE) {
+            return ngx_http_smartflow_cache_api_error(r,
+                       NGX_HTTP_NOT_ALLOWED, "invalid_request_error",
+                       "method_not_allowed",
+                       "Use DELETE to flush the cache, GET .../stats for "
+                       "its statistics.");
+        }
+
+        return ngx_http_smartflow_cache_api_flush(r, z);
+    }
+
+    return ngx_http_smartflow_cache_api_error(r, NGX_HTTP_NOT_FOUND,
+               "invalid_request_error", "not_found",
+               "Unknown cache API path.");
+}
+
+
+/* the master key, as "Authorization: Bearer KEY" or "x-api-key: KEY" */
+static ngx_uint_t
+ngx_http_smartflow_cache_api_auth(ngx_http_request_t *r, ngx_int_t *rc)
+{
+    u_char                           digest[32], *p, *last;
+    ngx_str_t                        key, *h;
+    ngx_http_smartflow_main_conf_t  *smcf;
+
+    smcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_proxy_module);
+
+    ngx_str_null(&key);
+
+    if (r->headers_in.authorization) {
+        p = r->headers_in.authorization->value.data;
+        last = p + r->headers_in.authorization->value.len;
+
+        if (last - p > 7 && ngx_strncasecmp(p, (u_char *) "Bearer ", 7) == 0)
+        {
+            for (p += 7; p < last && *p == ' '; p++) { /* void */ }
+
+            key.data = p;
+            key.len = last - p;
+        }
+    }
+
+    if (key.len == 0) {
+        h = ngx_http_smartflow_header_in(&r->headers_in.headers,
+                                         "x-api-key");
+        if (h) {
+            key = *h;
+        }
+    }
+
+    if (key.len == 0) {
+        *rc = ngx_http_smartflow_cache_api_error(r, NGX_HTTP_UNAUTHORIZED,
+                  "invalid_request_error", "missing_api_key",
+                  "You didn't provide an API key. The cache API takes "
+                  "the master key.");
+        return 0;
+    }
+
+    if (smcf->master_key.len
+        && ngx_smartflow_sha256(key.data, key.len, digest) == NGX_OK
+        && CRYPTO_memcmp(digest, smcf->master_hash, 32) == 0)
+    {
+        return 1;
+    }
+
+    if (key.len > 6 && ngx_strncmp(key.data, "sk-sf-", 6) == 0) {
+        *rc = ngx_http_smartflow_cache_api_error(r, NGX_HTTP_FORBIDDEN,
+                  "permission_error", "master_key_required",
+                  "The cache API takes the master key only; virtual keys "
+                  "cannot read or flush the cache.");
+        return 0;
+    }
+
+    *rc = ngx_http_smartflow_cache_api_error(r, NGX_HTTP_UNAUTHORIZED,
+              "invalid_request_error", "invalid_api_key",
+              "Incorrect API key provided.");
+    return 0;
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_cache_api_error(ngx_http_request_t *r, ngx_uint_t status,
+    char *type, char *code, char *message)
+{
+    ngx_str_t   body;
+    ngx_uint_t  level;
+
+    level = (status == NGX_HTTP_UNAUTHORIZED) ? NGX_LOG_INFO : NGX_LOG_ERR;
+
+    ngx_log_error(level, r->connection->log, 0,
+                  "smartflow cache: %s (status %ui, code %s)", message,
+                  status, code);
+
+    body.data = ngx_pnalloc(r->pool, ngx_strlen(message) + ngx_strlen(type)
+                                     + ngx_strlen(code) + 96);
+    if (body.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    body.len = ngx_sprintf(body.data, "{\"error\":{\"message\":\"%s\","
+                                      "\"type\":\"%s\",\"param\":null,"
+                                      "\"code\":\"%s\"}}",
+                           message, type, code)
+               - body.data;
+
+    return ngx_http_smartflow_send(r, status, NGX_HTTP_SMARTFLOW_JSON, &body);
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_cache_stats(ngx_http_request_t *r,
+    ngx_smartflow_cache_zone_t *z)
+{
+    u_char                       *p;
+    ngx_int_t                     rc;
+    ngx_str_t                     body;
+    ngx_uint_t                    i, hits, lat, entries, pfree, pages;
+    ngx_smartflow_cache_stats_t  *st;
+
+    st = &z->sh->stats;
+
+    hits = 0;
+    for (i = 1; i <= 4; i++) {
+        hits += st->hits[i];
+    }
+
+    lat = 0;
+    for (i = 0; i < NGX_SMARTFLOW_CACHE_LAT; i++) {
+        lat += st->latency[i];
+    }
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+    entries = z->sh->used;
+    pfree = z->shpool->pfree;
+    ngx_shmtx_unlock(&z->shpool->mutex);
+
+    pages = (z->shm_zone->shm.size - sizeof(ngx_slab_pool_t)) / ngx_pagesize;
+
+    body.data = ngx_pnalloc(r->pool, 2048 + z->name.len);
+    if (body.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_sprintf(body.data,
+            "{\"zone\":\"%V\",\"entries\":%ui,\"capacity\":%ui,"
+            "\"index\":\"%s\",\"dimension\":%d,"
+            "\"memory\":{\"size\":%uz,\"used\":%uz,\"free\":%uz},"
+            "\"lookups\":%uA,\"hits\":{\"total\":%ui,\"phase1\":%uA,"
+            "\"phase2\":%uA,\"phase3\":0,\"phase4\":%uA},"
+            "\"misses\":%uA,\"bypasses\":%uA,\"hit_rate\":%.4f,"
+            "\"stores\":%uA,\"evictions\":%uA,\"expired\":%uA,"
+            "\"rejected_by_verification\":%uA,\"tokens_saved\":%uA,",
+            &z->name, entries, z->capacity,
+            z->index == NGX_SMARTFLOW_CACHE_INDEX_HNSW ? "hnsw"
+            : z->index == NGX_SMARTFLOW_CACHE_INDEX_FLAT ? "flat"
+            : z->capacity > 20000 ? "hnsw" : "flat",
+            NGX_SMARTFLOW_CACHE_DIM,
+            z->shm_zone->shm.size, (pages - pfree) * ngx_pagesize,
+            pfree * ngx_pagesize,
+            st->lookups, hits, st->hits[1], st->hits[2], st->hits[4],
+            st->misses, st->bypasses,
+            st->lookups ? (double) hits / st->lookups : 0.0,
+            st->stores, st->evictions, st->expired, st->rejected,
+            st->tokens_saved);
+
+    p = ngx_sprintf(p, "\"lookup_latency_us\":{\"count\":%ui,\"p50\":%ui,"
+                       "\"p90\":%ui,\"p99\":%ui}}\n",
+                    lat, ngx_http_smartflow_cache_percentile(st, lat, 500),
+                    ngx_http_smartflow_cache_percentile(st, lat, 900),
+                    ngx_http_smartflow_cache_percentile(st, lat, 990));
+
+    body.len = p - body.data;
+
+    rc = ngx_http_smartflow_send(r, NGX_HTTP_OK, NGX_HTTP_SMARTFLOW_JSON,
+                                 &body);
+    return rc;
+}
+
+
+/* the upper bound of the bucket the percentile falls in, microseconds */
+static ngx_uint_t
+ngx_http_smartflow_cache_percentile(ngx_smartflow_cache_stats_t *st,
+    ngx_uint_t total, ngx_uint_t per)
+{
+    ngx_uint_t  i, seen, want;
+
+    if (total == 0) {
+        return 0;
+    }
+
+    want = (total * per + 999) / 1000;
+    seen = 0;
+
+    for (i = 0; i < NGX_SMARTFLOW_CACHE_LAT; i++) {
+        seen += st->latency[i];
+
+        if (seen >= want) {
+            return (ngx_uint_t) 2 << i;
+        }
+    }
+
+    return (ngx_uint_t) 1 << NGX_SMARTFLOW_CACHE_LAT;
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_cache_api_flush(ngx_http_request_t *r,
+    ngx_smartflow_cache_zone_t *z)
+{
+    u_char      *p;
+    ngx_int_t    rc;
+    ngx_str_t    tenant, part, body;
+    ngx_uint_t   n;
+
+    if (ngx_http_arg(r, (u_char *) "tenant", 6, &tenant) != NGX_OK) {
+        n = ngx_smartflow_cache_flush(z, NULL);
+
+    } else {
+        if (tenant.len == 0 || tenant.len > 256) {
+            return ngx_http_smartflow_cache_api_error(r,
+                       NGX_HTTP_BAD_REQUEST, "invalid_request_error",
+                       "invalid_tenant",
+                       "tenant= names a team or a key id (vk_N).");
+        }
+
+        part.data = ngx_pnalloc(r->pool, tenant.len + 8);
+        if (part.data == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        /* a team's partition, and a key's (teamless keys, partition key) */
+        part.len = ngx_sprintf(part.data, "team:%V", &tenant) - part.data;
+        n = ngx_smartflow_cache_flush(z, &part);
+
+        part.len = ngx_sprintf(part.data, "key:%V", &tenant) - part.data;
+        n += ngx_smartflow_cache_flush(z, &part);
+    }
+
+    ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
+                  "smartflow cache: flushed %ui entries of zone \"%V\"",
+                  n, &z->name);
+
+    p = ngx_pnalloc(r->pool, 64);
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    body.data = p;
+    body.len = ngx_sprintf(p, "{\"flushed\":%ui}\n", n) - p;
+
+    rc = ngx_http_smartflow_send(r, NGX_HTTP_OK, NGX_HTTP_SMARTFLOW_JSON,
+                                 &body);
+    return rc;
+}

@@ -1,0 +1,272 @@
+/*
+ * Each worker's FAISS index over the zone's vectors.  The vectors live in
+ * the zone; FAISS keeps its own copy, so before each search a worker adds
+ * what other workers stored since its last look (the zone's ring, by
+ * sequence number).  Entries evicted or replaced stay in the index until
+ * it is rebuilt, but their label names the slot and its version, and a
+ * slot reused since no longer matches: every worker gives the same
+ * answers.  The index is rebuilt, a batch of slots per search, when the
+ * zone is new to the worker, when the worker fell more than a ring behind,
+ * or when stale vectors outnumber the live ones.  Inner product over
+ * L2-normalised vectors is the cosine similarity.
+ */
+
+#include <faiss/c_api/Index_c.h>
+#include <faiss/c_api/error_c.h>
+#include <faiss/c_api/index_factory_c.h>
+
+#include "ngx_http_smartflow_cache.h"
+
+
+static ngx_int_t ngx_smartflow_cache_vector_sync(
+    ngx_smartflow_cache_zone_t *z, ngx_log_t *log);
+static ngx_int_t ngx_smartflow_cache_vector_add(ngx_smartflow_cache_zone_t *z,
+    ngx_log_t *log, float *vecs, ngx_smartflow_cache_ref_t *refs, size_t n);
+
+
+/* vectors added to the index per search at most, while catching up */
+#define NGX_SMARTFLOW_CACHE_BATCH_FLAT  8192
+#define NGX_SMARTFLOW_CACHE_BATCH_HNSW  512
+
+/* past this many entries, index=auto picks HNSW */
+#define NGX_SMARTFLOW_CACHE_AUTO_HNSW   20000
+
+
+ngx_int_t
+ngx_smartflow_cache_vector_search(ngx_smartflow_cache_zone_t *z,
+    ngx_log_t *log, float *vec, ngx_smartflow_cache_ref_t *refs,
+    float *scores, ngx_uint_t k)
+{
+    idx_t        labels[NGX_SMARTFLOW_CACHE_K];
+    float        dist[NGX_SMARTFLOW_CACHE_K];
+    ngx_uint_t   i, n;
+    const char  *err;
+
+    if (ngx_smartflow_cache_vector_sync(z, log) != NGX_OK) {
+        return 0;
+    }
+
+    if (z->faiss == NULL || faiss_Index_ntotal(z->faiss) == 0) {
+        return 0;
+    }
+
+    k = ngx_min(k, NGX_SMARTFLOW_CACHE_K);
+
+    if (faiss_Index_search(z->faiss, 1, vec, k, dist, labels) != 0) {
+        err = faiss_get_last_error();
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "smartflow cache: FAISS search failed: %s",
+                      err ? err : "unknown error");
+        return 0;
+    }
+
+    n = 0;
+
+    for (i = 0; i < k; i++) {
+        if (labels[i] < 0 || (size_t) labels[i] >= z->nlabels) {
+            continue;
+        }
+
+        refs[n] = z->labels[labels[i]];
+        scores[n] = dist[i];
+        n++;
+    }
+
+    return n;
+}
+
+
+static ngx_int_t
+ngx_smartflow_cache_vector_sync(ngx_smartflow_cache_zone_t *z,
+    ngx_log_t *log)
+{
+    size_t                        n, batch, hnsw;
+    float                        *vecs;
+    uint64_t                      seq;
+    ngx_int_t                     rc;
+    ngx_uint_t                    rebuild;
+    const char                   *err, *desc;
+    ngx_smartflow_cache_ref_t    *refs, r;
+    ngx_smartflow_cache_slot_t   *s;
+    ngx_smartflow_cache_shctx_t  *sh;
+
+    sh = z->sh;
+
+    hnsw = (z->index == NGX_SMARTFLOW_CACHE_INDEX_HNSW
+            || (z->index == NGX_SMARTFLOW_CACHE_INDEX_AUTO
+                && z->capacity > NGX_SMARTFLOW_CACHE_AUTO_HNSW));
+    batch = hnsw ? NGX_SMARTFLOW_CACHE_BATCH_HNSW
+                 : NGX_SMARTFLOW_CACHE_BATCH_FLAT;
+
+    /* unlocked reads: a stale view only defers the work to the next call */
+    if (z->faiss && z->epoch == sh->epoch && z->seq == sh->seq
+        && z->rebuild == z->capacity)
+    {
+        return NGX_OK;
+    }
+
+    vecs = ngx_alloc(batch * sizeof(float) * NGX_SMARTFLOW_CACHE_DIM, log);
+    refs = ngx_alloc(batch * sizeof(ngx_smartflow_cache_ref_t), log);
+
+    if (vecs == NULL || refs == NULL) {
+        rc = NGX_ERROR;
+        goto done;
+    }
+
+    n = 0;
+    rebuild = 0;
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+
+    if (z->faiss == NULL || z->epoch != sh->epoch
+        || sh->seq - z->seq > NGX_SMARTFLOW_CACHE_RING
+        || z->nlabels > 2 * (size_t) sh->used + 4096)
+    {
+        rebuild = 1;
+        z->epoch = sh->epoch;
+        z->seq = sh->seq;
+        z->rebuild = 0;
+    }
+
+    /* a rebuild walks the slots, a batch at a time */
+    while (z->rebuild < z->capacity && n < batch) {
+        s = &sh->slots[z->rebuild];
+
+        if (s->node && s->node->query_len) {
+            ngx_memcpy(&vecs[n * NGX_SMARTFLOW_CACHE_DIM], s->vec,
+                       sizeof(s->vec));
+            refs[n].slot = (uint32_t) z->rebuild;
+            refs[n].version = s->version;
+            n++;
+        }
+
+        z->rebuild++;
+    }
+
+    /* then what was added since, from the ring */
+    for (seq = z->seq; seq < sh->seq && n < batch; seq++) {
+        r = sh->ring[seq % NGX_SMARTFLOW_CACHE_RING];
+        s = &sh->slots[r.slot];
+
+        if (s->node && s->version == r.version) {
+            ngx_memcpy(&vecs[n * NGX_SMARTFLOW_CACHE_DIM], s->vec,
+                       sizeof(s->vec));
+            refs[n++] = r;
+        }
+    }
+
+    z->seq = seq;
+
+    ngx_shmtx_unlock(&z->shpool->mutex);
+
+    if (rebuild) {
+        if (z->faiss) {
+            faiss_Index_free(z->faiss);
+            z->faiss = NULL;
+        }
+
+        z->nlabels = 0;
+        desc = hnsw ? "HNSW32,Flat" : "Flat";
+
+        if (faiss_index_factory((FaissIndex **) &z->faiss,
+                                NGX_SMARTFLOW_CACHE_DIM, desc,
+                                METRIC_INNER_PRODUCT)
+            != 0)
+        {
+            err = faiss_get_last_error();
+            ngx_log_error(NGX_LOG_ERR, log, 0,
+                          "smartflow cache: FAISS index \"%s\" failed: %s",
+                          desc, err ? err : "unknown error");
+            z->faiss = NULL;
+            rc = NGX_ERROR;
+            goto done;
+        }
+
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, log, 0,
+                       "smartflow cache index rebuilt (%s) for zone \"%V\"",
+                       desc, &z->name);
+    }
+
+    rc = ngx_smartflow_cache_vector_add(z, log, vecs, refs, n);
+
+done:
+
+    if (vecs) {
+        ngx_free(vecs);
+    }
+
+    if (refs) {
+        ngx_free(refs);
+    }
+
+    return rc;
+}
+
+
+static ngx_int_t
+ngx_smartflow_cache_vector_add(ngx_smartflow_cache_zone_t *z, ngx_log_t *log,
+    float *vecs, ngx_smartflow_cache_ref_t *refs, size_t n)
+{
+    size_t                      size;
+    const char                 *err;
+    ngx_smartflow_cache_ref_t  *labels;
+
+    if (n == 0) {
+        return NGX_OK;
+    }
+
+    if (z->nlabels + n > z->labels_size) {
+        size = ngx_max(2 * z->labels_size, z->nlabels + n);
+        size = ngx_max(size, 1024);
+
+        labels = ngx_alloc(size * sizeof(ngx_smartflow_cache_ref_t), log);
+        if (labels == NULL) {
+            return NGX_ERROR;
+        }
+
+        if (z->labels) {
+            ngx_memcpy(labels, z->labels,
+                       z->nlabels * sizeof(ngx_smartflow_cache_ref_t));
+            ngx_free(z->labels);
+        }
+
+        z->labels = labels;
+        z->labels_size = size;
+    }
+
+    if (faiss_Index_add(z->faiss, n, vecs) != 0) {
+        err = faiss_get_last_error();
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "smartflow cache: FAISS add failed: %s",
+                      err ? err : "unknown error");
+
+        /* start again from the zone at the next search */
+        faiss_Index_free(z->faiss);
+        z->faiss = NULL;
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(&z->labels[z->nlabels], refs,
+               n * sizeof(ngx_smartflow_cache_ref_t));
+    z->nlabels += n;
+
+    return NGX_OK;
+}
+
+
+void
+ngx_smartflow_cache_vector_free(ngx_smartflow_cache_zone_t *z)
+{
+    if (z->faiss) {
+        faiss_Index_free(z->faiss);
+        z->faiss = NULL;
+    }
+
+    if (z->labels) {
+        ngx_free(z->labels);
+        z->labels = NULL;
+    }
+
+    z->nlabels = 0;
+    z->labels_size = 0;
+}

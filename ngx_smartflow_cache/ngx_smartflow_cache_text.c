@@ -1,0 +1,967 @@
+/*
+ * What the cache reads in a prompt.  The tokenizer lower-cases words,
+ * splits contractions ("don't" -> "do not"), keeps numbers whole ("1,000"
+ * -> "1000", "-2.5"), turns number words and currency signs into one
+ * spelling, keeps "c++" and "c#" apart from "c", and marks each token: a
+ * function word, a name (capitalised inside a sentence, or with capitals
+ * after its first letter), a number, a negation, or a word of the guarded
+ * lexicon (units, currencies, programming languages, opposites, days and
+ * months).  From the tokens come the normalised form hashed by phase 1,
+ * the MinHash signature of phase 2, the builtin embedding of phase 4
+ * (content words, word pairs and character trigrams hashed with a sign
+ * into a fixed dimension, L2-normalised), and the verification that turns
+ * down a phase 2 or 4 candidate whose numbers, negations, guarded words,
+ * names or word order differ from the query's.
+ */
+
+#include <math.h>
+
+#include "ngx_smartflow_cache_text.h"
+
+
+typedef struct {
+    char                       *from;
+    char                       *to;
+} ngx_smartflow_cache_map_t;
+
+
+static ngx_int_t ngx_smartflow_cache_emit(ngx_smartflow_cache_text_t *t,
+    u_char **buf, u_char *p, size_t len, ngx_uint_t cap);
+static void ngx_smartflow_cache_classify(ngx_smartflow_cache_tok_t *tk);
+static ngx_uint_t ngx_smartflow_cache_in(char **list, u_char *p, size_t len);
+static void ngx_smartflow_cache_feature(float *v, uint64_t h, float w);
+static ngx_int_t ngx_smartflow_cache_find(ngx_smartflow_cache_text_t *t,
+    ngx_smartflow_cache_tok_t *tk);
+static ngx_uint_t ngx_smartflow_cache_same_seq(ngx_smartflow_cache_text_t *a,
+    ngx_smartflow_cache_text_t *b, ngx_uint_t what);
+static ngx_uint_t ngx_smartflow_cache_names(ngx_smartflow_cache_text_t *q,
+    ngx_smartflow_cache_text_t *c);
+static ngx_uint_t ngx_smartflow_cache_disorder(
+    ngx_smartflow_cache_text_t *q, ngx_smartflow_cache_text_t *c);
+static ngx_uint_t ngx_smartflow_cache_novel(ngx_smartflow_cache_text_t *a,
+    ngx_smartflow_cache_text_t *b);
+
+
+#define ngx_sf_tok_eq(a, b)                                                  \
+    ((a)->stem == (b)->stem && ngx_memcmp((a)->data, (b)->data, (a)->stem) == 0)
+
+#define NGX_SF_SEQ_NUM  0
+#define NGX_SF_SEQ_LEX  1
+
+/* word order among shared content words: discordant pairs, per mille */
+#define NGX_SMARTFLOW_CACHE_MAX_DISORDER  0
+
+
+static char  *ngx_smartflow_cache_stops[] = {
+    "a", "an", "the", "is", "are", "am", "was", "were", "be", "been",
+    "being", "please", "can", "could", "would", "will", "shall", "should",
+    "you", "me", "i", "my", "your", "we", "us", "our", "do", "does", "did",
+    "s", "t", "re", "ll", "ve", "d", "m", "tell", "hey", "hi", "hello",
+    "kindly", "just", "some", "any", "of", "for", "in", "on", "at", "by",
+    "with", "about", "it", "its", "this", "that", "these", "those", "there",
+    "what", "which", "who", "whom", "how", "why", "when", "where", "and",
+    "or", "so", "as", "if", "then", "than", "to", "from", "into", "out",
+    "explain", "describe", "give", "show", "know", "want", "need", "like",
+    "really", "actually", "exactly", "briefly", "quick", "quickly", "way",
+    "thanks", "thank", "ok", "okay", "also", "get", "have", "has", "had",
+    "let", "help", "work", "mean", "meaning", "anyone", "someone", "one's",
+    NULL
+};
+
+
+static char  *ngx_smartflow_cache_negations[] = {
+    "not", "no", "never", "none", "nobody", "nothing", "neither", "nor",
+    "nowhere", "without", "non", "cannot", NULL
+};
+
+
+/* words whose presence and order change the answer: compared in order */
+static char  *ngx_smartflow_cache_lexicon[] = {
+    /* units */
+    "km", "kilometer", "kilometre", "mile", "meter", "metre", "cm",
+    "centimeter", "mm", "millimeter", "kg", "kilogram", "gram", "lb",
+    "pound", "ounce", "oz", "liter", "litre", "ml", "milliliter", "gallon",
+    "cup", "tablespoon", "teaspoon", "celsius", "fahrenheit", "kelvin",
+    "second", "minute", "hour", "day", "week", "month", "year", "decade",
+    "century", "byte", "kb", "mb", "gb", "tb", "bit", "mph", "kph", "inch",
+    "inche", "foot", "feet", "yard", "acre", "hectare", "calorie", "kcal",
+    "joule", "watt", "kw", "kwh", "volt", "amp", "ohm", "hz", "ghz", "mhz",
+    "hundred", "thousand", "million", "billion", "trillion", "dozen",
+    "half", "quarter", "%",
+    /* currencies */
+    "usd", "eur", "gbp", "jpy", "cny", "inr", "chf", "cad", "aud", "yen",
+    "yuan", "rupee", "franc", "peso", "bitcoin", "btc", "eth",
+    /* programming languages and formats */
+    "python", "java", "javascript", "typescript", "c", "c++", "c#", "f#",
+    "go", "golang", "rust", "ruby", "php", "perl", "swift", "kotlin",
+    "scala", "haskell", "sql", "bash", "shell", "powershell", "r",
+    "matlab", "julia", "lua", "dart", "elixir", "erlang", "clojure",
+    "html", "css", "fortran", "cobol", "assembly", "json", "yaml", "xml",
+    "csv", "node", "react", "angular", "vue", "django", "flask", "linux",
+    "window", "windows", "macos", "mac", "android", "ios",
+    /* opposites */
+    "more", "less", "fewer", "before", "after", "above", "below", "over",
+    "under", "min", "max", "minimum", "maximum", "increase", "decrease",
+    "buy", "sell", "add", "remove", "delete", "enable", "disable",
+    "encrypt", "decrypt", "encode", "decode", "import", "export",
+    "upload", "download", "first", "last", "largest", "smallest",
+    "biggest", "highest", "lowest", "best", "worst", "pro", "con",
+    "advantage", "disadvantage", "open", "close", "start", "stop", "push",
+    "pull", "input", "output", "male", "female", "left", "right", "up",
+    "down", "north", "south", "east", "west", "ascending", "descending",
+    "win", "lose", "rise", "fall", "hot", "cold", "true", "false", "yes",
+    "old", "new", "young", "long", "short", "fast", "slow", "cheap",
+    "expensive", "positive", "negative", "inside", "outside", "send",
+    "receive", "lend", "borrow", "teacher", "student", "parent", "child",
+    "server", "client", "read", "write", "sum", "difference", "product",
+    "multiply", "divide", "subtract", "plus", "minus", "times",
+    "tomorrow", "yesterday", "today", "morning", "evening", "night",
+    /* days and months */
+    "monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
+    "sunday", "january", "february", "march", "april", "may", "june",
+    "july", "august", "september", "october", "november", "december",
+    NULL
+};
+
+
+static ngx_smartflow_cache_map_t  ngx_smartflow_cache_spellings[] = {
+    { "zero", "0" }, { "one", "1" }, { "two", "2" }, { "three", "3" },
+    { "four", "4" }, { "five", "5" }, { "six", "6" }, { "seven", "7" },
+    { "eight", "8" }, { "nine", "9" }, { "ten", "10" }, { "eleven", "11" },
+    { "twelve", "12" }, { "thirteen", "13" }, { "fourteen", "14" },
+    { "fifteen", "15" }, { "sixteen", "16" }, { "seventeen", "17" },
+    { "eighteen", "18" }, { "nineteen", "19" }, { "twenty", "20" },
+    { "thirty", "30" }, { "forty", "40" }, { "fifty", "50" },
+    { "sixty", "60" }, { "seventy", "70" }, { "eighty", "80" },
+    { "ninety", "90" }, { "dollar", "usd" }, { "dollars", "usd" },
+    { "euro", "eur" }, { "euros", "eur" }, { "percent", "%" },
+    { "kilometers", "km" }, { "kilometres", "km" }, { "kilometer", "km" },
+    { "kilometre", "km" }, { "kilograms", "kg" }, { "kilogram", "kg" },
+    { "js", "javascript" }, { "golang", "go" }, { "cpp", "c++" },
+    { "csharp", "c#" }, { "ts", "typescript" }, { "py", "python" },
+    { NULL, NULL }
+};
+
+
+ngx_int_t
+ngx_smartflow_cache_tokenize(ngx_pool_t *pool, u_char *p, size_t len,
+    ngx_smartflow_cache_text_t *t)
+{
+    u_char     *end, *start, *buf, *w, *s, c;
+    size_t      n, wl;
+    ngx_uint_t  sentence, cap, upper;
+
+    t->n = 0;
+    t->tok = ngx_palloc(pool, sizeof(ngx_smartflow_cache_tok_t)
+                              * NGX_SMARTFLOW_CACHE_MAX_TOKENS);
+    buf = ngx_pnalloc(pool, 3 * len + 16);
+
+    if (t->tok == NULL || buf == NULL) {
+        return NGX_ERROR;
+    }
+
+    end = p + len;
+    start = p;
+    sentence = 1;
+
+    while (p < end && t->n < NGX_SMARTFLOW_CACHE_MAX_TOKENS - 2) {
+        c = *p;
+
+        /* euro and pound signs, typographic apostrophes */
+        if (c == 0xE2 && end - p > 2 && p[1] == 0x82 && p[2] == 0xAC) {
+            (void) ngx_smartflow_cache_emit(t, &buf, (u_char *) "eur", 3, 0);
+            p += 3;
+            continue;
+        }
+
+        if (c == 0xC2 && end - p > 1 && p[1] == 0xA3) {
+            (void) ngx_smartflow_cache_emit(t, &buf, (u_char *) "gbp", 3, 0);
+            p += 2;
+            continue;
+        }
+
+        if (c == '$') {
+            (void) ngx_smartflow_cache_emit(t, &buf, (u_char *) "usd", 3, 0);
+            p++;
+            continue;
+        }
+
+        if (c == '%') {
+            (void) ngx_smartflow_cache_emit(t, &buf, (u_char *) "%", 1, 0);
+            p++;
+            continue;
+        }
+
+        if ((c >= '0' && c <= '9')
+            || ((c == '-' || c == '.') && end - p > 1
+                && p[1] >= '0' && p[1] <= '9'
+                && (t->n == 0 || p == start || !ngx_sf_isalnum(p[-1]))))
+        {
+            /* a number: separators of thousands dropped, one sign kept */
+            w = buf;
+
+            if (c == '-' || c == '.') {
+                *w++ = c == '.' ? '0' : '-';
+                if (c == '.') {
+                    *w++ = '.';
+                }
+                p++;
+            }
+
+            while (p < end) {
+                if (*p >= '0' && *p <= '9') {
+                    *w++ = *p++;
+                    continue;
+                }
+
+                if (*p == ',' && end - p > 3 && ngx_sf_isdigit(p[1])
+                    && ngx_sf_isdigit(p[2]) && ngx_sf_isdigit(p[3])
+                    && (end - p == 4 || !ngx_sf_isdigit(p[4])))
+                {
+                    p++;
+                    continue;
+                }
+
+                if (*p == '.' && end - p > 1 && ngx_sf_isdigit(p[1])) {
+                    *w++ = *p++;
+                    continue;
+                }
+
+                break;
+            }
+
+            (void) ngx_smartflow_cache_emit(t, &buf, buf, w - buf, 0);
+            t->tok[t->n - 1].num = 1;
+            sentence = 0;
+            start = p;
+            continue;
+        }
+
+        if (ngx_sf_isalnum(c) || c >= 0x80) {
+            start = p;
+            upper = 0;
+
+            while (p < end && (ngx_sf_isalnum(*p) || *p == '_'
+                               || (*p >= 0x80
+                                   && !(*p == 0xE2 && end - p > 2
+                                        && p[1] == 0x80
+                                        && (p[2] == 0x99 || p[2] == 0x98)))))
+            {
+                if (*p >= 'A' && *p <= 'Z' && p != start) {
+                    upper = 1;
+                }
+
+                p++;
+            }
+
+            if (p == start) {
+                /* a typographic quote where a word would begin */
+                p++;
+                continue;
+            }
+
+            while (p < end && (*p == '+' || *p == '#') && p - start < 8) {
+                p++;
+            }
+
+            wl = p - start;
+            cap = (c >= 'A' && c <= 'Z' && !sentence) || (upper && wl > 1);
+
+            if (wl == 1 && c == 'I') {
+                cap = 0;
+            }
+
+            /* an apostrophe and what follows it */
+            s = NULL;
+            n = 0;
+
+            if (p < end && (*p == '\'' || (*p == 0xE2 && end - p > 2
+                                           && p[1] == 0x80
+                                           && (p[2] == 0x99
+                                               || p[2] == 0x98))))
+            {
+                s = p + (*p == '\'' ? 1 : 3);
+                for (n = 0; s + n < end && ngx_sf_isalpha(s[n]); n++) {
+                    /* void */
+                }
+            }
+
+            if (s && n == 1 && (s[0] == 't' || s[0] == 'T') && wl > 1
+                && (start[wl - 1] == 'n' || start[wl - 1] == 'N'))
+            {
+                if (wl == 3 && ngx_strncasecmp(start, (u_char *) "can", 3)
+                               == 0)
+                {
+                    (void) ngx_smartflow_cache_emit(t, &buf, start, 3, 0);
+
+                } else if (wl == 3
+                           && ngx_strncasecmp(start, (u_char *) "won", 3)
+                              == 0)
+                {
+                    (void) ngx_smartflow_cache_emit(t, &buf,
+                                                    (u_char *) "will", 4, 0);
+
+                } else {
+                    (void) ngx_smartflow_cache_emit(t, &buf, start, wl - 1,
+                                                    cap);
+                }
+
+                (void) ngx_smartflow_cache_emit(t, &buf, (u_char *) "not", 3,
+                                                0);
+                p = s + n;
+
+            } else if (wl == 6
+                       && ngx_strncasecmp(start, (u_char *) "cannot", 6) == 0)
+            {
+                (void) ngx_smartflow_cache_emit(t, &buf, start, 3, 0);
+                (void) ngx_smartflow_cache_emit(t, &buf, (u_char *) "not", 3,
+                                                0);
+
+            } else {
+                (void) ngx_smartflow_cache_emit(t, &buf, start, wl, cap);
+
+                if (s && n) {
+                    /* 's 're 'll 've 'd 'm: the word is enough */
+                    p = s + n;
+                }
+            }
+
+            sentence = 0;
+            start = p;
+            continue;
+        }
+
+        if (c == '.' || c == '?' || c == '!' || c == ':' || c == ';'
+            || c == '\n')
+        {
+            sentence = 1;
+        }
+
+        p++;
+        start = p;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_smartflow_cache_emit(ngx_smartflow_cache_text_t *t, u_char **buf,
+    u_char *p, size_t len, ngx_uint_t cap)
+{
+    u_char                     *d;
+    size_t                      i;
+    ngx_smartflow_cache_map_t  *m;
+    ngx_smartflow_cache_tok_t  *tk;
+
+    if (len == 0) {
+        return NGX_OK;
+    }
+
+    d = *buf;
+
+    /* p may already be d (numbers are written in place) */
+    for (i = 0; i < len; i++) {
+        d[i] = (p[i] >= 'A' && p[i] <= 'Z') ? (p[i] | 0x20) : p[i];
+    }
+
+    for (m = ngx_smartflow_cache_spellings; m->from; m++) {
+        if (ngx_strlen(m->from) == len
+            && ngx_memcmp(m->from, d, len) == 0)
+        {
+            len = ngx_strlen(m->to);
+            ngx_memcpy(d, m->to, len);
+            cap = 0;
+            break;
+        }
+    }
+
+    tk = &t->tok[t->n++];
+    ngx_memzero(tk, sizeof(ngx_smartflow_cache_tok_t));
+
+    tk->data = d;
+    tk->len = len;
+    tk->cap = cap;
+
+    ngx_smartflow_cache_classify(tk);
+
+    *buf = d + len;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_smartflow_cache_classify(ngx_smartflow_cache_tok_t *tk)
+{
+    u_char  *d;
+    size_t   len;
+
+    d = tk->data;
+    len = tk->len;
+
+    tk->stem = len;
+    tk->num = (d[0] >= '0' && d[0] <= '9')
+              || (len > 1 && d[0] == '-' && d[1] >= '0' && d[1] <= '9');
+
+    if (tk->num) {
+        return;
+    }
+
+    /* plural -s, not -ss, -us, -is */
+    if (len >= 4 && d[len - 1] == 's' && d[len - 2] != 's'
+        && d[len - 2] != 'u' && d[len - 2] != 'i')
+    {
+        tk->stem = len - 1;
+    }
+
+    tk->stop = ngx_smartflow_cache_in(ngx_smartflow_cache_stops, d, len);
+    tk->neg = ngx_smartflow_cache_in(ngx_smartflow_cache_negations, d, len);
+    tk->lex = ngx_smartflow_cache_in(ngx_smartflow_cache_lexicon, d, len)
+              || ngx_smartflow_cache_in(ngx_smartflow_cache_lexicon, d,
+                                        tk->stem);
+
+    if (tk->stop || tk->neg) {
+        tk->cap = 0;
+    }
+}
+
+
+static ngx_uint_t
+ngx_smartflow_cache_in(char **list, u_char *p, size_t len)
+{
+    for ( /* void */ ; *list; list++) {
+        if ((*list)[0] == (char) p[0] && ngx_strlen(*list) == len
+            && ngx_memcmp(*list, p, len) == 0)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+ngx_int_t
+ngx_smartflow_cache_normalise(ngx_pool_t *pool,
+    ngx_smartflow_cache_text_t *t, ngx_str_t *out)
+{
+    u_char      *p;
+    size_t       len;
+    ngx_uint_t   i;
+
+    len = 1;
+
+    for (i = 0; i < t->n; i++) {
+        len += t->tok[i].len + 1;
+    }
+
+    out->data = ngx_pnalloc(pool, len);
+    if (out->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = out->data;
+
+    for (i = 0; i < t->n; i++) {
+        if (i) {
+            *p++ = ' ';
+        }
+
+        p = ngx_cpymem(p, t->tok[i].data, t->tok[i].len);
+    }
+
+    out->len = p - out->data;
+
+    return NGX_OK;
+}
+
+
+/* FNV-1a, then a 64-bit finaliser so every bit depends on every byte */
+uint64_t
+ngx_smartflow_cache_hash(u_char *p, size_t len, uint64_t seed)
+{
+    size_t    i;
+    uint64_t  h;
+
+    h = 0xcbf29ce484222325ULL ^ seed;
+
+    for (i = 0; i < len; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ULL;
+    }
+
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
+
+    return h;
+}
+
+
+static void
+ngx_smartflow_cache_feature(float *v, uint64_t h, float w)
+{
+    v[h % NGX_SMARTFLOW_CACHE_DIM] += (h >> 63) ? -w : w;
+}
+
+
+void
+ngx_smartflow_cache_embed(ngx_smartflow_cache_text_t *t, float *v)
+{
+    u_char                     gram[512];
+    size_t                     i, k, len;
+    double                     norm;
+    uint64_t                   h;
+    ngx_uint_t                 j, all;
+    ngx_smartflow_cache_tok_t *tk, *next;
+
+    ngx_memzero(v, NGX_SMARTFLOW_CACHE_DIM * sizeof(float));
+
+    /* a prompt of function words only is embedded by those */
+    all = 1;
+
+    for (j = 0; j < t->n; j++) {
+        if (!t->tok[j].stop) {
+            all = 0;
+            break;
+        }
+    }
+
+    for (j = 0; j < t->n; j++) {
+        tk = &t->tok[j];
+
+        if (tk->stop && !all) {
+            continue;
+        }
+
+        /* the word */
+        h = ngx_smartflow_cache_hash(tk->data, tk->stem, 1);
+        ngx_smartflow_cache_feature(v, h, 1.0f);
+
+        /* the pair with the next content word */
+        for (next = NULL, i = j + 1; i < t->n; i++) {
+            if (!t->tok[i].stop || all) {
+                next = &t->tok[i];
+                break;
+            }
+        }
+
+        if (next && tk->stem + next->stem + 1 <= sizeof(gram)) {
+            len = ngx_cpymem(gram, tk->data, tk->stem) - gram;
+            gram[len++] = ' ';
+            len = ngx_cpymem(gram + len, next->data, next->stem) - gram;
+            h = ngx_smartflow_cache_hash(gram, len, 2);
+            ngx_smartflow_cache_feature(v, h, 0.8f);
+        }
+
+        /* character trigrams of "#stem#" */
+        if (tk->num || tk->stem + 2 > sizeof(gram) || tk->stem < 3) {
+            continue;
+        }
+
+        gram[0] = '#';
+        ngx_memcpy(gram + 1, tk->data, tk->stem);
+        gram[tk->stem + 1] = '#';
+        len = tk->stem + 2;
+
+        for (k = 0; k + 3 <= len; k++) {
+            h = ngx_smartflow_cache_hash(gram + k, 3, 3);
+            ngx_smartflow_cache_feature(v, h, 0.25f);
+        }
+    }
+
+    norm = 0;
+
+    for (i = 0; i < NGX_SMARTFLOW_CACHE_DIM; i++) {
+        norm += (double) v[i] * v[i];
+    }
+
+    if (norm > 0) {
+        norm = 1.0 / sqrt(norm);
+
+        for (i = 0; i < NGX_SMARTFLOW_CACHE_DIM; i++) {
+            v[i] = (float) (v[i] * norm);
+        }
+    }
+}
+
+
+void
+ngx_smartflow_cache_minhash(ngx_smartflow_cache_text_t *t, uint32_t *sig)
+{
+    u_char                     gram[512];
+    size_t                     len;
+    uint64_t                   h, x;
+    ngx_uint_t                 i, j, k, any;
+    ngx_smartflow_cache_tok_t *tk, *next;
+
+    for (k = 0; k < NGX_SMARTFLOW_CACHE_MINHASH; k++) {
+        sig[k] = 0xffffffff;
+    }
+
+    any = 0;
+
+    for (j = 0; j < t->n; j++) {
+        tk = &t->tok[j];
+
+        if (tk->stop) {
+            continue;
+        }
+
+        for (next = NULL, i = j + 1; i < t->n; i++) {
+            if (!t->tok[i].stop) {
+                next = &t->tok[i];
+                break;
+            }
+        }
+
+        /* the shingles: each content word, and it with the next one */
+        for (i = 0; i < 2; i++) {
+            if (i == 0) {
+                h = ngx_smartflow_cache_hash(tk->data, tk->stem, 4);
+
+            } else {
+                if (next == NULL
+                    || tk->stem + next->stem + 1 > sizeof(gram))
+                {
+                    break;
+                }
+
+                len = ngx_cpymem(gram, tk->data, tk->stem) - gram;
+                gram[len++] = ' ';
+                len = ngx_cpymem(gram + len, next->data, next->stem) - gram;
+                h = ngx_smartflow_cache_hash(gram, len, 5);
+            }
+
+            any = 1;
+
+            for (k = 0; k < NGX_SMARTFLOW_CACHE_MINHASH; k++) {
+                x = (h ^ (0x9e3779b97f4a7c15ULL * (k + 1)))
+                    * 0xbf58476d1ce4e5b9ULL;
+                x ^= x >> 31;
+
+                if ((uint32_t) x < sig[k]) {
+                    sig[k] = (uint32_t) x;
+                }
+            }
+        }
+    }
+
+    if (!any) {
+        /* nothing to compare by: no near-miss can match it */
+        for (k = 0; k < NGX_SMARTFLOW_CACHE_MINHASH; k++) {
+            sig[k] = (uint32_t) k;
+        }
+    }
+}
+
+
+ngx_uint_t
+ngx_smartflow_cache_minhash_sim(uint32_t *a, uint32_t *b)
+{
+    ngx_uint_t  k, same;
+
+    same = 0;
+
+    for (k = 0; k < NGX_SMARTFLOW_CACHE_MINHASH; k++) {
+        same += (a[k] == b[k]);
+    }
+
+    return same * 1000 / NGX_SMARTFLOW_CACHE_MINHASH;
+}
+
+
+ngx_uint_t
+ngx_smartflow_cache_cosine(float *a, float *b)
+{
+    double      dot;
+    ngx_uint_t  i;
+
+    dot = 0;
+
+    for (i = 0; i < NGX_SMARTFLOW_CACHE_DIM; i++) {
+        dot += (double) a[i] * b[i];
+    }
+
+    return dot <= 0 ? 0 : (ngx_uint_t) (dot * 1000 + 0.5);
+}
+
+
+ngx_uint_t
+ngx_smartflow_cache_verify(ngx_smartflow_cache_text_t *q,
+    ngx_smartflow_cache_text_t *c, char **reason)
+{
+    ngx_uint_t  i, nq, nc;
+
+    if (!ngx_smartflow_cache_same_seq(q, c, NGX_SF_SEQ_NUM)) {
+        *reason = "numbers";
+        return 0;
+    }
+
+    nq = 0;
+    nc = 0;
+
+    for (i = 0; i < q->n; i++) {
+        nq += q->tok[i].neg;
+    }
+
+    for (i = 0; i < c->n; i++) {
+        nc += c->tok[i].neg;
+    }
+
+    if (nq != nc) {
+        *reason = "negation";
+        return 0;
+    }
+
+    if (!ngx_smartflow_cache_same_seq(q, c, NGX_SF_SEQ_LEX)) {
+        *reason = "quantities";
+        return 0;
+    }
+
+    if (!ngx_smartflow_cache_names(q, c)) {
+        *reason = "names";
+        return 0;
+    }
+
+    if (ngx_smartflow_cache_disorder(q, c) > NGX_SMARTFLOW_CACHE_MAX_DISORDER)
+    {
+        *reason = "order";
+        return 0;
+    }
+
+    /* a content word swapped for another, on both sides */
+    if (ngx_smartflow_cache_novel(q, c) && ngx_smartflow_cache_novel(c, q)) {
+        *reason = "words";
+        return 0;
+    }
+
+    *reason = NULL;
+    return 1;
+}
+
+
+static ngx_int_t
+ngx_smartflow_cache_find(ngx_smartflow_cache_text_t *t,
+    ngx_smartflow_cache_tok_t *tk)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < t->n; i++) {
+        if (ngx_sf_tok_eq(&t->tok[i], tk)) {
+            return i;
+        }
+    }
+
+    return -1;
+}
+
+
+/* the numbers, or the guarded words, of both texts, equal and in order */
+static ngx_uint_t
+ngx_smartflow_cache_same_seq(ngx_smartflow_cache_text_t *a,
+    ngx_smartflow_cache_text_t *b, ngx_uint_t what)
+{
+    ngx_uint_t                  i, j;
+    ngx_smartflow_cache_tok_t  *x, *y;
+
+    i = 0;
+    j = 0;
+
+    for ( ;; ) {
+        for (x = NULL; i < a->n; i++) {
+            if (what == NGX_SF_SEQ_NUM ? a->tok[i].num : a->tok[i].lex) {
+                x = &a->tok[i++];
+                break;
+            }
+        }
+
+        for (y = NULL; j < b->n; j++) {
+            if (what == NGX_SF_SEQ_NUM ? b->tok[j].num : b->tok[j].lex) {
+                y = &b->tok[j++];
+                break;
+            }
+        }
+
+        if (x == NULL || y == NULL) {
+            return x == y;
+        }
+
+        if (!ngx_sf_tok_eq(x, y)) {
+            return 0;
+        }
+    }
+}
+
+
+/*
+ * Names: every name in one text is a word of the other, and the names
+ * come in the same order in both ("USD to EUR" is not "EUR to USD").
+ */
+static ngx_uint_t
+ngx_smartflow_cache_names(ngx_smartflow_cache_text_t *q,
+    ngx_smartflow_cache_text_t *c)
+{
+    ngx_int_t                   pos, last;
+    ngx_uint_t                  i, k;
+    ngx_smartflow_cache_tok_t  *tk;
+    ngx_smartflow_cache_text_t *a, *b;
+
+    for (k = 0; k < 2; k++) {
+        a = k ? c : q;
+        b = k ? q : c;
+
+        for (i = 0; i < a->n; i++) {
+            if (a->tok[i].cap && ngx_smartflow_cache_find(b, &a->tok[i]) < 0)
+            {
+                return 0;
+            }
+        }
+    }
+
+    /* the names of q in q's order, found in c at growing positions */
+    last = -1;
+
+    for (i = 0; i < q->n; i++) {
+        tk = &q->tok[i];
+
+        if (!tk->cap && !(ngx_smartflow_cache_find(c, tk) >= 0
+                          && c->tok[ngx_smartflow_cache_find(c, tk)].cap))
+        {
+            continue;
+        }
+
+        if (ngx_smartflow_cache_find(q, tk) != (ngx_int_t) i) {
+            continue;      /* a repeated name counts once */
+        }
+
+        pos = ngx_smartflow_cache_find(c, tk);
+        if (pos <= last) {
+            return 0;
+        }
+
+        last = pos;
+    }
+
+    return 1;
+}
+
+
+/*
+ * The content words both texts share, taken in the query's order: the
+ * share of their pairs that come in the other order in the candidate,
+ * per mille.
+ */
+static ngx_uint_t
+ngx_smartflow_cache_disorder(ngx_smartflow_cache_text_t *q,
+    ngx_smartflow_cache_text_t *c)
+{
+    ngx_int_t   pos[128], p;
+    ngx_uint_t  i, j, n, pairs, bad;
+
+    n = 0;
+
+    for (i = 0; i < q->n && n < 128; i++) {
+        if (q->tok[i].stop
+            || ngx_smartflow_cache_find(q, &q->tok[i]) != (ngx_int_t) i)
+        {
+            continue;
+        }
+
+        p = ngx_smartflow_cache_find(c, &q->tok[i]);
+        if (p >= 0) {
+            pos[n++] = p;
+        }
+    }
+
+    pairs = 0;
+    bad = 0;
+
+    for (i = 0; i < n; i++) {
+        for (j = i + 1; j < n; j++) {
+            pairs++;
+            bad += (pos[i] > pos[j]);
+        }
+    }
+
+    return pairs ? bad * 1000 / pairs : 0;
+}
+
+
+/* a's content words that b lacks, even as a prefix (a stem) */
+static ngx_uint_t
+ngx_smartflow_cache_novel(ngx_smartflow_cache_text_t *a,
+    ngx_smartflow_cache_text_t *b)
+{
+    size_t                      m;
+    ngx_uint_t                  i, j, n, found;
+    ngx_smartflow_cache_tok_t  *x, *y;
+
+    n = 0;
+
+    for (i = 0; i < a->n; i++) {
+        x = &a->tok[i];
+
+        if (x->stop || x->num) {
+            continue;
+        }
+
+        found = 0;
+
+        for (j = 0; j < b->n && !found; j++) {
+            y = &b->tok[j];
+            m = ngx_min(x->stem, y->stem);
+
+            /* "fast" and "faster", "explain" and "explanation" */
+            found = (m >= 4 && ngx_memcmp(x->data, y->data, m) == 0)
+                    || ngx_sf_tok_eq(x, y);
+        }
+
+        n += !found;
+    }
+
+    return n;
+}
+
+
+/*
+ * Phase 1's form of any text, without a length limit: lower case, runs of
+ * anything but letters, digits and the signs that change a meaning ("c++",
+ * "c#", "$5", "-3", "2.5", "50%") folded into one space.  out has room
+ * for len bytes; returns its end.
+ */
+u_char *
+ngx_smartflow_cache_fold(u_char *out, u_char *p, size_t len)
+{
+    u_char      c, *end, *start;
+    ngx_uint_t  space;
+
+    end = p + len;
+    start = out;
+    space = 0;
+
+    for ( /* void */ ; p < end; p++) {
+        c = *p;
+
+        if (ngx_sf_isalnum(c) || c >= 0x80 || c == '+' || c == '#' || c == '$'
+            || c == '%'
+            || ((c == '-' || c == '.') && p + 1 < end && ngx_sf_isdigit(p[1])))
+        {
+            if (space && out != start) {
+                *out++ = ' ';
+            }
+
+            space = 0;
+
+            *out++ = (c >= 'A' && c <= 'Z') ? (c | 0x20) : c;
+            continue;
+        }
+
+        space = 1;
+    }
+
+    return out;
+}

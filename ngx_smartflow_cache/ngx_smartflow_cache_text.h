@@ -1,0 +1,65 @@
+/*
+ * The cache's text functions, pure and shared with the quality program
+ * (unit/ngx_smartflow_cache_eval.c): tokens of a prompt, its normalised
+ * form (phase 1), its MinHash signature (phase 2), the builtin embedding
+ * (phase 4) and the verification that guards phases 2 and 4.
+ */
+
+#ifndef _NGX_SMARTFLOW_CACHE_TEXT_H_INCLUDED_
+#define _NGX_SMARTFLOW_CACHE_TEXT_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+
+
+#define ngx_sf_isdigit(c)  ((c) >= '0' && (c) <= '9')
+#define ngx_sf_isalpha(c)  (((c) | 0x20) >= 'a' && ((c) | 0x20) <= 'z')
+#define ngx_sf_isalnum(c)  (ngx_sf_isdigit(c) || ngx_sf_isalpha(c))
+
+
+#define NGX_SMARTFLOW_CACHE_DIM        256
+#define NGX_SMARTFLOW_CACHE_MINHASH    64
+#define NGX_SMARTFLOW_CACHE_MAX_TOKENS 1024
+#define NGX_SMARTFLOW_CACHE_K          8     /* FAISS neighbours examined */
+#define NGX_SMARTFLOW_CACHE_CAND       4     /* candidates verified */
+
+
+typedef struct {
+    u_char                     *data;      /* lower case, normalised */
+    size_t                      len;
+    size_t                      stem;      /* length of the stem in data */
+    unsigned                    stop:1;    /* a function word */
+    unsigned                    cap:1;     /* a name in the source text */
+    unsigned                    num:1;
+    unsigned                    neg:1;
+    unsigned                    lex:1;     /* unit, currency, language... */
+} ngx_smartflow_cache_tok_t;
+
+
+typedef struct {
+    ngx_smartflow_cache_tok_t  *tok;
+    ngx_uint_t                  n;
+} ngx_smartflow_cache_text_t;
+
+
+ngx_int_t ngx_smartflow_cache_tokenize(ngx_pool_t *pool, u_char *p,
+    size_t len, ngx_smartflow_cache_text_t *t);
+/* tokens joined by one space; out->data from the pool */
+ngx_int_t ngx_smartflow_cache_normalise(ngx_pool_t *pool,
+    ngx_smartflow_cache_text_t *t, ngx_str_t *out);
+void ngx_smartflow_cache_embed(ngx_smartflow_cache_text_t *t, float *v);
+void ngx_smartflow_cache_minhash(ngx_smartflow_cache_text_t *t,
+    uint32_t *sig);
+/* the share of equal MinHash values, per mille */
+ngx_uint_t ngx_smartflow_cache_minhash_sim(uint32_t *a, uint32_t *b);
+/* per mille, of two L2-normalised vectors */
+ngx_uint_t ngx_smartflow_cache_cosine(float *a, float *b);
+/* 1 when the candidate may answer the query; why not in *reason */
+ngx_uint_t ngx_smartflow_cache_verify(ngx_smartflow_cache_text_t *q,
+    ngx_smartflow_cache_text_t *c, char **reason);
+u_char *ngx_smartflow_cache_fold(u_char *out, u_char *p, size_t len);
+uint64_t ngx_smartflow_cache_hash(u_char *p, size_t len, uint64_t seed);
+
+
+#endif /* _NGX_SMARTFLOW_CACHE_TEXT_H_INCLUDED_ */

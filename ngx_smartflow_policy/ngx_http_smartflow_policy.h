@@ -1,0 +1,61 @@
+/*
+ * The policy module's configuration, shared by its source files: policy
+ * groups (smartflow_policy_group, with inheritance resolved when a group
+ * is read) and what a location uses.
+ */
+
+#ifndef _NGX_HTTP_SMARTFLOW_POLICY_H_INCLUDED_
+#define _NGX_HTTP_SMARTFLOW_POLICY_H_INCLUDED_
+
+
+#include "ngx_http_smartflow_proxy.h"
+#include "ngx_smartflow_policy.h"
+
+
+#define NGX_SF_POLICY_MAX_CUSTOM  32
+#define NGX_SF_POLICY_THRESHOLD   35
+
+
+typedef struct {
+    ngx_str_t                   name;
+    ngx_str_t                   parent;
+    ngx_uint_t                  action[NGX_SF_RULE_N];
+    ngx_uint_t                  threshold;      /* injection, 1 - 100 */
+    ngx_smartflow_custom_t      custom[NGX_SF_POLICY_MAX_CUSTOM];
+    ngx_uint_t                  custom_action[NGX_SF_POLICY_MAX_CUSTOM];
+    ngx_str_t                   custom_type[NGX_SF_POLICY_MAX_CUSTOM];
+    ngx_uint_t                  ncustom;
+    ngx_array_t                *allow;          /* ngx_str_t, lower-case */
+    ngx_array_t                *deny;
+    ngx_uint_t                  pii_mask;       /* PII rules not off */
+} ngx_http_smartflow_policy_group_t;
+
+
+typedef struct {
+    ngx_array_t                 groups;         /* group_t * */
+} ngx_http_smartflow_policy_main_conf_t;
+
+
+typedef struct {
+    ngx_array_t                *models;         /* ngx_str_t, lower-case */
+    ngx_str_t                   group_name;
+    ngx_http_smartflow_policy_group_t  *group;  /* NULL: no guardrails */
+    ngx_flag_t                  off;
+} ngx_http_smartflow_policy_loc_conf_t;
+
+
+ngx_int_t ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx);
+ngx_http_smartflow_policy_group_t *ngx_http_smartflow_policy_find(
+    ngx_http_smartflow_policy_main_conf_t *pmcf, ngx_str_t *name);
+ngx_uint_t ngx_http_smartflow_policy_model_in(ngx_array_t *globs,
+    ngx_str_t *model);
+
+char *ngx_http_smartflow_policy_group_block(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+
+
+extern ngx_module_t  ngx_http_smartflow_policy_module;
+
+
+#endif /* _NGX_HTTP_SMARTFLOW_POLICY_H_INCLUDED_ */

@@ -1,0 +1,847 @@
+/*
+ * The policy stage on the parsed request: picks the group (the virtual
+ * key's, else the location's), checks its model lists, then reads each
+ * text where it matters: PII and secrets everywhere a person or a tool
+ * wrote, injection scoring in user messages and tool results, Shield in
+ * the tool calls of the history.  A block refuses the request naming the
+ * rule; redactions rewrite the JSON tree with typed placeholders, the
+ * same value the same placeholder, before anything leaves.
+ */
+
+#include "ngx_http_smartflow_policy.h"
+
+
+#define NGX_SF_SCAN_PII     1
+#define NGX_SF_SCAN_INJ     2
+#define NGX_SF_SCAN_SHIELD  4
+
+#define NGX_SF_MAX_FINDINGS 128
+#define NGX_SF_NTYPES       (NGX_SF_RULE_N + NGX_SF_POLICY_MAX_CUSTOM)
+
+
+typedef struct {
+    ngx_uint_t                          type;
+    ngx_uint_t                          n;
+    ngx_str_t                           value;
+} ngx_http_smartflow_placeholder_t;
+
+
+typedef struct {
+    ngx_http_request_t                 *r;
+    ngx_http_smartflow_ctx_t           *ctx;
+    ngx_http_smartflow_policy_group_t  *g;
+    ngx_array_t                         seen;   /* placeholder_t */
+    ngx_uint_t                          count[NGX_SF_NTYPES];
+    ngx_uint_t                          decided[NGX_SF_NTYPES];
+    ngx_uint_t                          block;  /* action that refuses */
+    ngx_uint_t                          block_type;
+    const char                         *block_detail;
+    ngx_uint_t                          score;
+    ngx_uint_t                          redacted;
+    ngx_uint_t                          shield_on;
+    ngx_smartflow_finding_t             f[NGX_SF_MAX_FINDINGS];
+} ngx_http_smartflow_policy_run_t;
+
+
+static ngx_int_t ngx_http_smartflow_policy_walk(
+    ngx_http_smartflow_policy_run_t *run);
+static ngx_int_t ngx_http_smartflow_policy_message(
+    ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *msg,
+    ngx_uint_t anthropic);
+static ngx_int_t ngx_http_smartflow_policy_values(
+    ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *j,
+    ngx_uint_t what, ngx_uint_t depth);
+static ngx_int_t ngx_http_smartflow_policy_text(
+    ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *j,
+    ngx_uint_t what);
+static ngx_int_t ngx_http_smartflow_policy_arguments(
+    ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *args);
+static void ngx_http_smartflow_policy_shield(
+    ngx_http_smartflow_policy_run_t *run, u_char *p, size_t len);
+static ngx_int_t ngx_http_smartflow_policy_redact(
+    ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *j,
+    ngx_uint_t n);
+static void ngx_http_smartflow_policy_decide(
+    ngx_http_smartflow_policy_run_t *run, ngx_uint_t type,
+    ngx_uint_t action, const char *detail);
+static ngx_int_t ngx_http_smartflow_policy_decisions(
+    ngx_http_smartflow_policy_run_t *run);
+static ngx_str_t *ngx_http_smartflow_policy_type_name(
+    ngx_http_smartflow_policy_run_t *run, ngx_uint_t type, ngx_str_t *buf);
+static void ngx_http_smartflow_policy_rule(
+    ngx_http_smartflow_policy_run_t *run, ngx_uint_t type, ngx_str_t *buf);
+
+
+/* placeholders' words, by PII rule */
+static ngx_str_t  ngx_http_smartflow_policy_types[] = {
+    ngx_string("EMAIL"), ngx_string("PHONE"), ngx_string("CARD"),
+    ngx_string("IBAN"), ngx_string("SSN"), ngx_string("IP"),
+    ngx_string("SECRET")
+};
+
+
+static const char  *ngx_http_smartflow_policy_actions[] = {
+    "", "allow", "flag", "redact", "block", "approve"
+};
+
+
+ngx_uint_t
+ngx_http_smartflow_policy_model_in(ngx_array_t *globs, ngx_str_t *model)
+{
+    u_char      low[256];
+    ngx_str_t  *m;
+    ngx_uint_t  i;
+
+    if (model->len > sizeof(low)) {
+        return 0;
+    }
+
+    ngx_strlow(low, model->data, model->len);
+    m = globs->elts;
+
+    for (i = 0; i < globs->nelts; i++) {
+        if (ngx_smartflow_glob(m[i].data, m[i].data + m[i].len,
+                               low, low + model->len))
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+ngx_int_t
+ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx)
+{
+    ngx_str_t                               name;
+    ngx_http_smartflow_policy_run_t        *run;
+    ngx_http_smartflow_policy_group_t      *g;
+    ngx_http_smartflow_policy_loc_conf_t   *plcf;
+    ngx_http_smartflow_policy_main_conf_t  *pmcf;
+
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_smartflow_policy_module);
+
+    if (plcf->models
+        && !ngx_http_smartflow_policy_model_in(plcf->models, &ctx->model))
+    {
+        goto not_allowed;
+    }
+
+    g = plcf->group;
+
+    if (ctx->vkey && ctx->vkey->policy_group.len) {
+        /* the key's group wins over the location's */
+        pmcf = ngx_http_get_module_main_conf(r,
+                                            ngx_http_smartflow_policy_module);
+
+        g = ngx_http_smartflow_policy_find(pmcf, &ctx->vkey->policy_group);
+
+        if (g == NULL) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "smartflow policy: virtual key \"%V\" names "
+                          "policy group \"%V\", which is not configured",
+                          &ctx->key_id, &ctx->vkey->policy_group);
+
+            return ngx_http_smartflow_error(r,
+                       NGX_HTTP_INTERNAL_SERVER_ERROR, "server_error",
+                       "policy_group_not_found", NULL,
+                       "The policy group of this key is not configured "
+                       "on the gateway.");
+        }
+    }
+
+    if (g == NULL) {
+        return NGX_DECLINED;
+    }
+
+    if ((g->allow && !ngx_http_smartflow_policy_model_in(g->allow,
+                                                         &ctx->model))
+        || (g->deny && ngx_http_smartflow_policy_model_in(g->deny,
+                                                          &ctx->model)))
+    {
+        goto not_allowed;
+    }
+
+    run = ngx_pcalloc(r->pool, sizeof(ngx_http_smartflow_policy_run_t));
+    if (run == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    run->r = r;
+    run->ctx = ctx;
+    run->g = g;
+    run->shield_on = (g->action[NGX_SF_RULE_SQL] != NGX_SF_ACTION_OFF
+                      || g->action[NGX_SF_RULE_SHELL] != NGX_SF_ACTION_OFF
+                      || g->action[NGX_SF_RULE_GIT] != NGX_SF_ACTION_OFF
+                      || g->action[NGX_SF_RULE_INFRA] != NGX_SF_ACTION_OFF);
+
+    if (ngx_array_init(&run->seen, r->pool, 4,
+                       sizeof(ngx_http_smartflow_placeholder_t))
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ngx_http_smartflow_policy_walk(run) != NGX_OK
+        || ngx_http_smartflow_policy_decisions(run) != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (run->block) {
+        ctx->policy_blocked = 1;
+
+        ngx_http_smartflow_policy_rule(run, run->block_type, &name);
+
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "smartflow policy: rule \"%V\"%s%s of group \"%V\" "
+                      "blocked the request%s",
+                      &name, run->block_detail ? " " : "",
+                      run->block_detail ? run->block_detail : "", &g->name,
+                      run->block == NGX_SF_ACTION_APPROVE
+                      ? " (approval required)" : "");
+
+        if (run->block_type == NGX_SF_RULE_INJECTION) {
+            return ngx_http_smartflow_error(r, NGX_HTTP_BAD_REQUEST,
+                       "invalid_request_error", "content_policy_violation",
+                       NULL, "The request was blocked by the content policy "
+                       "(rule `injection`, score %ui, threshold %ui).",
+                       run->score, g->threshold);
+        }
+
+        if (run->block_detail) {
+            return ngx_http_smartflow_error(r, NGX_HTTP_BAD_REQUEST,
+                       "invalid_request_error", "content_policy_violation",
+                       NULL, "The request was blocked by the content policy "
+                       "(rule `%V`: %s)%s.", &name, run->block_detail,
+                       run->block == NGX_SF_ACTION_APPROVE
+                       ? "; this operation requires an operator's approval"
+                       : "");
+        }
+
+        return ngx_http_smartflow_error(r, NGX_HTTP_BAD_REQUEST,
+                   "invalid_request_error", "content_policy_violation", NULL,
+                   "The request was blocked by the content policy "
+                   "(rule `%V`).", &name);
+    }
+
+    if (run->redacted) {
+        /* the redacted request is what goes on, as it is sent */
+        if (ngx_smartflow_json_dump(r->pool, ctx->json, &ctx->body)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    return NGX_DECLINED;
+
+not_allowed:
+
+    return ngx_http_smartflow_error(r, NGX_HTTP_FORBIDDEN,
+               "permission_error", "model_not_allowed", "model",
+               "The model `%V` is not allowed by this endpoint's policy.",
+               &ctx->model);
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_policy_walk(ngx_http_smartflow_policy_run_t *run)
+{
+    ngx_int_t                  rc;
+    ngx_smartflow_json_t      *j, *m;
+    ngx_http_smartflow_ctx_t  *ctx;
+
+    ctx = run->ctx;
+
+    switch (ctx->api) {
+
+    case NGX_HTTP_SMARTFLOW_API_CHAT:
+    case NGX_HTTP_SMARTFLOW_API_MESSAGES:
+        if (ctx->api == NGX_HTTP_SMARTFLOW_API_MESSAGES) {
+            j = ngx_smartflow_json_get(ctx->json, "system");
+            if (j) {
+                rc = ngx_http_smartflow_policy_values(run, j,
+                                                      NGX_SF_SCAN_PII, 0);
+                if (rc != NGX_OK) {
+                    return rc;
+                }
+            }
+        }
+
+        j = ngx_smartflow_json_get(ctx->json, "messages");
+        if (j == NULL || j->type != NGX_SMARTFLOW_JSON_ARRAY) {
+            return NGX_OK;
+        }
+
+        for (m = j->child; m && !run->block; m = m->next) {
+            if (m->type != NGX_SMARTFLOW_JSON_OBJECT) {
+                continue;
+            }
+
+            rc = ngx_http_smartflow_policy_message(run, m,
+                     ctx->api == NGX_HTTP_SMARTFLOW_API_MESSAGES);
+            if (rc != NGX_OK) {
+                return rc;
+            }
+        }
+
+        return NGX_OK;
+
+    case NGX_HTTP_SMARTFLOW_API_COMPLETIONS:
+        j = ngx_smartflow_json_get(ctx->json, "prompt");
+        return j ? ngx_http_smartflow_policy_values(run, j,
+                       NGX_SF_SCAN_PII | NGX_SF_SCAN_INJ, 0)
+                 : NGX_OK;
+
+    case NGX_HTTP_SMARTFLOW_API_EMBEDDINGS:
+        j = ngx_smartflow_json_get(ctx->json, "input");
+        return j ? ngx_http_smartflow_policy_values(run, j, NGX_SF_SCAN_PII,
+                                                    0)
+                 : NGX_OK;
+
+    default:
+        return NGX_OK;
+    }
+}
+
+
+static ngx_uint_t
+ngx_http_smartflow_policy_is(ngx_smartflow_json_t *j, char *s)
+{
+    size_t  len;
+
+    len = ngx_strlen(s);
+
+    return ngx_smartflow_json_is_string(j) && j->str.len == len
+           && ngx_strncmp(j->str.data, s, len) == 0;
+}
+
+
+/* one message of the history, OpenAI's or Anthropic's */
+static ngx_int_t
+ngx_http_smartflow_policy_message(ngx_http_smartflow_policy_run_t *run,
+    ngx_smartflow_json_t *msg, ngx_uint_t anthropic)
+{
+    ngx_int_t              rc;
+    ngx_uint_t             what;
+    ngx_smartflow_json_t  *role, *content, *b, *type, *j;
+
+    role = ngx_smartflow_json_get(msg, "role");
+    content = ngx_smartflow_json_get(msg, "content");
+
+    what = NGX_SF_SCAN_PII;
+
+    /* what a user or a tool wrote may carry injected instructions */
+    if (ngx_http_smartflow_policy_is(role, "user")
+        || ngx_http_smartflow_policy_is(role, "tool")
+        || ngx_http_smartflow_policy_is(role, "function"))
+    {
+        what |= NGX_SF_SCAN_INJ;
+    }
+
+    if (!anthropic || content == NULL
+        || content->type != NGX_SMARTFLOW_JSON_ARRAY)
+    {
+        if (content) {
+            rc = ngx_http_smartflow_policy_values(run, content, what, 0);
+            if (rc != NGX_OK) {
+                return rc;
+            }
+        }
+
+        /* OpenAI: the calls the model made, and the legacy one */
+        j = ngx_smartflow_json_get(msg, "tool_calls");
+
+        if (j && j->type == NGX_SMARTFLOW_JSON_ARRAY) {
+            for (b = j->child; b && !run->block; b = b->next) {
+                rc = ngx_http_smartflow_policy_arguments(run,
+                         ngx_smartflow_json_get(
+                             ngx_smartflow_json_get(b, "function"),
+                             "arguments"));
+                if (rc != NGX_OK) {
+                    return rc;
+                }
+            }
+        }
+
+        j = ngx_smartflow_json_get(msg, "function_call");
+        if (j) {
+            return ngx_http_smartflow_policy_arguments(run,
+                       ngx_smartflow_json_get(j, "arguments"));
+        }
+
+        return NGX_OK;
+    }
+
+    /* Anthropic's content blocks */
+    for (b = content->child; b && !run->block; b = b->next) {
+        type = ngx_smartflow_json_get(b, "type");
+
+        if (ngx_http_smartflow_policy_is(type, "text")) {
+            j = ngx_smartflow_json_get(b, "text");
+            rc = j ? ngx_http_smartflow_policy_values(run, j, what, 0)
+                   : NGX_OK;
+
+        } else if (ngx_http_smartflow_policy_is(type, "tool_result")) {
+            j = ngx_smartflow_json_get(b, "content");
+            rc = j ? ngx_http_smartflow_policy_values(run, j,
+                         NGX_SF_SCAN_PII | NGX_SF_SCAN_INJ, 0)
+                   : NGX_OK;
+
+        } else if (ngx_http_smartflow_policy_is(type, "tool_use")) {
+            j = ngx_smartflow_json_get(b, "input");
+            rc = j ? ngx_http_smartflow_policy_values(run, j,
+                         NGX_SF_SCAN_PII | NGX_SF_SCAN_SHIELD, 0)
+                   : NGX_OK;
+
+        } else if (b->type == NGX_SMARTFLOW_JSON_STRING) {
+            rc = ngx_http_smartflow_policy_text(run, b, what);
+
+        } else {
+            /* images, documents, signed thinking: left as they are */
+            rc = NGX_OK;
+        }
+
+        if (rc != NGX_OK) {
+            return rc;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/* member names whose values are structure, not text */
+static ngx_uint_t
+ngx_http_smartflow_policy_skip(ngx_str_t *key)
+{
+    static ngx_str_t  skip[] = {
+        ngx_string("type"), ngx_string("id"), ngx_string("tool_call_id"),
+        ngx_string("tool_use_id"), ngx_string("name"),
+        ngx_string("image_url"), ngx_string("source"),
+        ngx_string("cache_control"), ngx_string("signature"),
+        ngx_string("input_audio"), ngx_string("file"),
+        ngx_string("role"), ngx_null_string
+    };
+
+    ngx_uint_t  i;
+
+    for (i = 0; skip[i].len; i++) {
+        if (key->len == skip[i].len
+            && ngx_strncmp(key->data, skip[i].data, key->len) == 0)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_policy_values(ngx_http_smartflow_policy_run_t *run,
+    ngx_smartflow_json_t *j, ngx_uint_t what, ngx_uint_t depth)
+{
+    ngx_int_t              rc;
+    ngx_smartflow_json_t  *c;
+
+    if (j->type == NGX_SMARTFLOW_JSON_STRING) {
+        return ngx_http_smartflow_policy_text(run, j, what);
+    }
+
+    if ((j->type != NGX_SMARTFLOW_JSON_ARRAY
+         && j->type != NGX_SMARTFLOW_JSON_OBJECT)
+        || depth >= NGX_SMARTFLOW_JSON_MAX_DEPTH)
+    {
+        return NGX_OK;
+    }
+
+    for (c = j->child; c && !run->block; c = c->next) {
+        if (j->type == NGX_SMARTFLOW_JSON_OBJECT
+            && ngx_http_smartflow_policy_skip(&c->key))
+        {
+            continue;
+        }
+
+        rc = ngx_http_smartflow_policy_values(run, c, what, depth + 1);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/* an OpenAI tool call's arguments: a JSON document in a string */
+static ngx_int_t
+ngx_http_smartflow_policy_arguments(ngx_http_smartflow_policy_run_t *run,
+    ngx_smartflow_json_t *args)
+{
+    ngx_str_t              err;
+    ngx_smartflow_json_t  *doc;
+
+    if (!ngx_smartflow_json_is_string(args)) {
+        return NGX_OK;
+    }
+
+    if (run->shield_on) {
+        doc = ngx_smartflow_json_parse(run->r->pool, args->str.data,
+                                       args->str.len, &err);
+
+        if (doc && doc->type != NGX_SMARTFLOW_JSON_STRING) {
+            if (ngx_http_smartflow_policy_values(run, doc,
+                                                 NGX_SF_SCAN_SHIELD, 0)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+
+        } else {
+            ngx_http_smartflow_policy_shield(run, args->str.data,
+                                             args->str.len);
+        }
+    }
+
+    if (run->block) {
+        return NGX_OK;
+    }
+
+    /* placeholders hold no quote or backslash: the JSON stays valid */
+    return ngx_http_smartflow_policy_text(run, args, NGX_SF_SCAN_PII);
+}
+
+
+static void
+ngx_http_smartflow_policy_shield(ngx_http_smartflow_policy_run_t *run,
+    u_char *p, size_t len)
+{
+    ngx_uint_t              a;
+    ngx_smartflow_shield_t  sh;
+
+    ngx_smartflow_shield_check(p, len, &sh);
+
+    if (sh.rule == 0) {
+        return;
+    }
+
+    a = run->g->action[sh.rule];
+
+    if (a == NGX_SF_ACTION_OFF) {
+        return;
+    }
+
+    if (!sh.destructive) {
+        a = NGX_SF_ACTION_FLAG;     /* risky only: a warning */
+    }
+
+    ngx_http_smartflow_policy_decide(run, sh.rule, a, sh.name);
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_policy_text(ngx_http_smartflow_policy_run_t *run,
+    ngx_smartflow_json_t *j, ngx_uint_t what)
+{
+    ngx_uint_t                          i, n, a, redact;
+    ngx_smartflow_injection_t           inj;
+    ngx_http_smartflow_policy_group_t  *g;
+
+    g = run->g;
+
+    if (j->str.len == 0) {
+        return NGX_OK;
+    }
+
+    if ((what & NGX_SF_SCAN_SHIELD) && run->shield_on) {
+        ngx_http_smartflow_policy_shield(run, j->str.data, j->str.len);
+    }
+
+    if ((what & NGX_SF_SCAN_INJ)
+        && g->action[NGX_SF_RULE_INJECTION] != NGX_SF_ACTION_OFF)
+    {
+        ngx_smartflow_injection_score(j->str.data, j->str.len, &inj);
+
+        if (inj.score > run->score) {
+            run->score = inj.score;
+        }
+
+        if (inj.score >= g->threshold) {
+            ngx_http_smartflow_policy_decide(run, NGX_SF_RULE_INJECTION,
+                                    g->action[NGX_SF_RULE_INJECTION],
+                                    inj.top);
+        }
+    }
+
+    if (!(what & NGX_SF_SCAN_PII) || run->block
+        || (g->pii_mask == 0 && g->ncustom == 0))
+    {
+        return NGX_OK;
+    }
+
+    for ( ;; ) {
+        n = ngx_smartflow_pii_scan(j->str.data, j->str.len, g->pii_mask,
+                                   g->custom, g->ncustom, run->f,
+                                   NGX_SF_MAX_FINDINGS);
+        if (n == 0) {
+            return NGX_OK;
+        }
+
+        redact = 0;
+
+        for (i = 0; i < n; i++) {
+            a = (run->f[i].rule >= NGX_SF_RULE_CUSTOM)
+                ? g->custom_action[run->f[i].rule - NGX_SF_RULE_CUSTOM]
+                : g->action[run->f[i].rule];
+
+            if (a == NGX_SF_ACTION_OFF) {
+                continue;
+            }
+
+            ngx_http_smartflow_policy_decide(run,
+                (run->f[i].rule >= NGX_SF_RULE_CUSTOM)
+                ? NGX_SF_RULE_N + run->f[i].rule - NGX_SF_RULE_CUSTOM
+                : run->f[i].rule, a, NULL);
+
+            redact += (a == NGX_SF_ACTION_REDACT);
+        }
+
+        if (run->block || redact == 0) {
+            return NGX_OK;
+        }
+
+        if (ngx_http_smartflow_policy_redact(run, j, n) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        if (n < NGX_SF_MAX_FINDINGS) {
+            return NGX_OK;
+        }
+
+        /* more than one pass holds: the placeholders are not found again */
+    }
+}
+
+
+/* the findings to redact in j, replaced by their placeholders */
+static ngx_int_t
+ngx_http_smartflow_policy_redact(ngx_http_smartflow_policy_run_t *run,
+    ngx_smartflow_json_t *j, ngx_uint_t n)
+{
+    u_char                            *p, *s;
+    size_t                             len;
+    ngx_str_t                          word, value;
+    ngx_uint_t                         i, k, type, a, idx[NGX_SF_MAX_FINDINGS];
+    ngx_smartflow_finding_t           *f;
+    ngx_http_smartflow_placeholder_t  *ph;
+
+    f = run->f;
+    len = j->str.len;
+
+    for (i = 0; i < n; i++) {
+        idx[i] = 0;
+
+        if (f[i].rule >= NGX_SF_RULE_CUSTOM) {
+            type = NGX_SF_RULE_N + f[i].rule - NGX_SF_RULE_CUSTOM;
+            a = run->g->custom_action[f[i].rule - NGX_SF_RULE_CUSTOM];
+
+        } else {
+            type = f[i].rule;
+            a = run->g->action[type];
+        }
+
+        if (a != NGX_SF_ACTION_REDACT) {
+            continue;
+        }
+
+        value.data = j->str.data + f[i].start;
+        value.len = f[i].end - f[i].start;
+
+        /* the same value in this request, the same placeholder */
+        ph = run->seen.elts;
+
+        for (k = 0; k < run->seen.nelts; k++) {
+            if (ph[k].type == type && ph[k].value.len == value.len
+                && ngx_memcmp(ph[k].value.data, value.data, value.len) == 0)
+            {
+                break;
+            }
+        }
+
+        if (k == run->seen.nelts) {
+            ph = ngx_array_push(&run->seen);
+            if (ph == NULL) {
+                return NGX_ERROR;
+            }
+
+            ph->type = type;
+            ph->n = ++run->count[type];
+
+            /* the text it stood for, kept: the string is replaced */
+            ph->value.data = ngx_pnalloc(run->r->pool, value.len);
+            if (ph->value.data == NULL) {
+                return NGX_ERROR;
+            }
+
+            ngx_memcpy(ph->value.data, value.data, value.len);
+            ph->value.len = value.len;
+        }
+
+        idx[i] = k + 1;
+
+        ngx_http_smartflow_policy_type_name(run, type, &word);
+        len += word.len + NGX_INT_T_LEN + 3 - value.len;
+    }
+
+    p = ngx_pnalloc(run->r->pool, len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    s = p;
+    k = 0;
+    ph = run->seen.elts;
+
+    for (i = 0; i < n; i++) {
+        if (idx[i] == 0) {
+            continue;
+        }
+
+        p = ngx_cpymem(p, j->str.data + k, f[i].start - k);
+
+        ngx_http_smartflow_policy_type_name(run, ph[idx[i] - 1].type, &word);
+        *p++ = '[';
+        p = ngx_cpymem(p, word.data, word.len);
+        p = ngx_sprintf(p, "_%ui]", ph[idx[i] - 1].n);
+
+        k = f[i].end;
+    }
+
+    p = ngx_cpymem(p, j->str.data + k, j->str.len - k);
+
+    j->str.data = s;
+    j->str.len = p - s;
+
+    run->redacted = 1;
+
+    return NGX_OK;
+}
+
+
+static ngx_str_t *
+ngx_http_smartflow_policy_type_name(ngx_http_smartflow_policy_run_t *run,
+    ngx_uint_t type, ngx_str_t *buf)
+{
+    const char  *name;
+
+    if (type >= NGX_SF_RULE_N) {
+        *buf = run->g->custom_type[type - NGX_SF_RULE_N];
+        return buf;
+    }
+
+    if (type < NGX_SF_PII_N) {
+        *buf = ngx_http_smartflow_policy_types[type];
+        return buf;
+    }
+
+    name = ngx_smartflow_policy_rule_name(type);
+    buf->data = (u_char *) name;
+    buf->len = ngx_strlen(name);
+
+    return buf;
+}
+
+
+static void
+ngx_http_smartflow_policy_decide(ngx_http_smartflow_policy_run_t *run,
+    ngx_uint_t type, ngx_uint_t action, const char *detail)
+{
+    run->decided[type] |= 1 << action;
+
+    if ((action == NGX_SF_ACTION_BLOCK || action == NGX_SF_ACTION_APPROVE)
+        && !run->block)
+    {
+        run->block = action;
+        run->block_type = type;
+        run->block_detail = detail;
+    }
+}
+
+
+/* ctx->policy_decisions: "rule:action" joined by ',' */
+static ngx_int_t
+ngx_http_smartflow_policy_decisions(ngx_http_smartflow_policy_run_t *run)
+{
+    u_char      *p;
+    size_t       len;
+    ngx_str_t    name;
+    ngx_uint_t   t, a, ntypes;
+
+    ntypes = NGX_SF_RULE_N + run->g->ncustom;
+    len = 0;
+
+    for (t = 0; t < ntypes; t++) {
+        for (a = NGX_SF_ACTION_FLAG; a <= NGX_SF_ACTION_APPROVE; a++) {
+            if (run->decided[t] & (1 << a)) {
+                len += 32 + (t >= NGX_SF_RULE_N
+                             ? run->g->custom[t - NGX_SF_RULE_N].name.len
+                             : 0);
+            }
+        }
+    }
+
+    if (len == 0) {
+        return NGX_OK;
+    }
+
+    p = ngx_pnalloc(run->r->pool, len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    run->ctx->policy_decisions.data = p;
+
+    for (t = 0; t < ntypes; t++) {
+        ngx_http_smartflow_policy_rule(run, t, &name);
+
+        for (a = NGX_SF_ACTION_FLAG; a <= NGX_SF_ACTION_APPROVE; a++) {
+            if (!(run->decided[t] & (1 << a))) {
+                continue;
+            }
+
+            if (p != run->ctx->policy_decisions.data) {
+                *p++ = ',';
+            }
+
+            p = ngx_sprintf(p, "%V:%s", &name,
+                            (t >= NGX_SF_RULE_SQL && t <= NGX_SF_RULE_INFRA
+                             && a == NGX_SF_ACTION_FLAG)
+                            ? "warn" : ngx_http_smartflow_policy_actions[a]);
+        }
+    }
+
+    run->ctx->policy_decisions.len = p - run->ctx->policy_decisions.data;
+
+    return NGX_OK;
+}
+
+
+/* the rule's name as the configuration says it */
+static void
+ngx_http_smartflow_policy_rule(ngx_http_smartflow_policy_run_t *run,
+    ngx_uint_t type, ngx_str_t *buf)
+{
+    const char  *name;
+
+    if (type >= NGX_SF_RULE_N) {
+        *buf = run->g->custom[type - NGX_SF_RULE_N].name;
+        return;
+    }
+
+    name = ngx_smartflow_policy_rule_name(type);
+    buf->data = (u_char *) name;
+    buf->len = ngx_strlen(name);
+}

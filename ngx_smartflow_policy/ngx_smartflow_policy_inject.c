@@ -1,0 +1,885 @@
+/*
+ * Prompt-injection and jailbreak scoring.  Each signal is a PCRE2 (JIT)
+ * rule with a weight; a text scores the sum of the weights of the
+ * distinct signals it shows, capped at 100, so neither its length nor a
+ * repeated phrase raises it.  Text hidden from a reader is revealed first
+ * and scored again: Unicode tag characters, zero-width characters inside
+ * words, Cyrillic and Greek look-alikes inside Latin words, base64 and
+ * hex runs, and rot13.
+ */
+
+#include "ngx_smartflow_policy.h"
+
+
+/*
+ * A signal's gate names words one of which its pattern cannot match
+ * without (their first letters, at most seven), or the characters "<",
+ * "[" and "~" (any byte past ASCII): one pass over the text finds the
+ * gates open, and only their signals' patterns run.
+ */
+typedef struct {
+    const char   *name;
+    ngx_uint_t    weight;
+    ngx_uint_t    core;         /* scored again in revealed text */
+    const char   *gate;
+    const char   *pattern;
+    pcre2_code   *re;
+} ngx_smartflow_signal_t;
+
+
+typedef struct {
+    uint64_t      key;
+    uint64_t      mask;
+} ngx_smartflow_gate_t;
+
+
+#define NGX_SF_GATES        1024
+
+
+#define ngx_sf_is_alpha(c)                                                   \
+    (((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z'))
+
+
+#define NGX_SF_INJ_WINDOW   16384
+#define NGX_SF_INJ_OVERLAP  256
+
+
+extern pcre2_match_data  *ngx_smartflow_policy_md;
+
+
+static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
+
+    /* instruction override */
+    { "override", 60, 1,
+      "instruc directi prompt rules guideli program restric guidanc orders command context told said",
+      "(?i)\\b(?:ignore|disregard|forget|bypass|override|neglect|"
+      "overlook|abandon|discard|drop|skip)\\b[^.!?\\n]{0,60}?\\b(?:"
+      "instructions?|directives?|directions|prompts?|rules|guidelines|"
+      "programming|"
+      "restrictions|guidance|orders|commands|context|"
+      "(?:you(?:'ve| have)? (?:been|were) (?:told|given|instructed))|"
+      "(?:told|said) (?:before|earlier|previously))\\b", NULL },
+
+    { "override", 60, 1,
+      "follow obey comply adhere",
+      "(?i)\\b(?:do not|don't|stop|never) (?:follow|obey|comply with|"
+      "adhere to) (?:your|the|any|these|those|previous|prior)\\b", NULL },
+
+    { "override", 35, 1,
+      "inst rules task directi from prompt system im",
+      "(?i)(?:\\bnew (?:instructions?|rules|task|directive)s?\\s*:|"
+      "\\bfrom now on,? (?:you|your|ignore|only|respond|answer|act|reply)|"
+      "\\b(?:end|stop) of (?:system )?(?:prompt|instructions)|"
+      "\\[/?(?:system|INST|instructions?)\\]|<\\|im_start\\|>|"
+      "###\\s*(?:system|instruction)s?\\b)", NULL },
+
+    { "override", 60, 1,
+      "ignor olvida oublie vergiss ~",
+      "(?i)\\b(?:ignor(?:ez|a|ar|e|iere|ieren|ate)|olvida|oublie[zr]?|"
+      "vergiss)\\b[^.!?\\n]{0,40}?(?:instruc|anweisung|istruzion|"
+      "consign|richtlinien|regeln|r\\xc3\\xa8gles|reglas|regras)|"
+      "\\xd0\\x98\\xd0\\xb3\\xd0\\xbd\\xd0\\xbe\\xd1\\x80\\xd0\\xb8\\xd1\\x80|"
+      "\\xce\\x91\\xce\\xb3\\xce\\xbd\\xce\\xbf|\\xe5\\xbf\\xbd\\xe7\\x95\\xa5|"
+      "\\xe7\\x84\\xa1\\xe8\\xa6\\x96", NULL },
+
+    { "override", 50, 1,
+      "system mode enterin",
+      "(?i)<\\s*system[ _-]?mode\\s*>|\\bsystem (?:override|reset)\\b|"
+      "\\b(?:override|admin(?:istrator)?|debug(?:ging)?|maintenance|sudo|"
+      "root|god|unrestricted|evil|chaos|opposite) mode\\b[^.!?\\n]{0,20}?"
+      "\\b(?:enabled|activated|on|engaged|initiated)\\b|\\bentering \\w+ "
+      "(?:\\w+ )?(?:override )?mode\\b", NULL },
+
+    { "override", 45, 1,
+      "<",
+      "(?i)<!--[^>]{0,200}?\\b(?:ignore|instead|disregard|state|say|"
+      "respond|reply|tell the user|print)\\b", NULL },
+
+    /* system prompt exfiltration */
+    { "exfiltration", 55, 1,
+      "prompt instruc passwor passphr secret api credent",
+      "(?i)\\b(?:reveal|show|print|repeat|output|display|tell|give|share|"
+      "leak|disclose|dump|recite|provide|confirm|send|write out|spell out|"
+      "what (?:is|are|was|were))\\b[^.!?\\n]{0,40}?\\b(?:your|the|my)\\s+(?:(?:initial|"
+      "original|hidden|secret|system|full|complete|exact|previous|first|"
+      "internal|confidential)\\s+){0,3}(?:system\\s+)?(?:prompt|"
+      "instructions|password|pass(?:word|phrase)|secret(?: key)?|"
+      "api key|credentials)\\b", NULL },
+
+    { "exfiltration", 50, 1,
+      "above before",
+      "(?i)\\b(?:repeat|print|output|copy|echo)\\b[^.!?\\n]{0,30}?"
+      "\\b(?:(?:text|words|everything|all|content|message)s? (?:above|"
+      "before)|above (?:text|words|instructions|prompt))\\b", NULL },
+
+    { "exfiltration", 25, 1,
+      "system",
+      "(?i)\\bsystem prompt\\b", NULL },
+
+    /* jailbreak personas and their trade marks */
+    { "persona", 60, 1,
+      "anythin dan develop god",
+      "(?i)\\bdo anything now\\b|\\bDAN mode\\b|\\bdeveloper mode\\b|"
+      "\\bgod ?mode\\b", NULL },
+
+    { "persona", 30, 0,
+      "jailbr",
+      "(?i)\\bjailbr(?:eak|oken)(?:s|ed|ing)?\\b", NULL },
+
+    { "persona", 40, 0,
+      "dan better antigpt dude stan aim ucar apophis nraf basedgp maximum mongo devmode kevin evilbot omega alphabr bish jailmil nsfw conditi niccolo",
+      "\\b(?:DAN|BetterDAN|AntiGPT|DUDE|STAN|AIM|UCAR|APOPHIS|NRAF|"
+      "BasedGPT|Maximum|Mongo Tom|DevMode|KEVIN|EvilBOT|Omega|Alphabreak|"
+      "BISH|JailMilf|NSFW ?GPT|Condition Red|Niccolo)\\b", NULL },
+
+    { "persona", 50, 1,
+      "ethic moral content safety openai censors legal",
+      "(?i)\\b(?:no|without|free (?:of|from)|bypass(?:ing)?|ignor(?:e|es|"
+      "ing)|break(?:ing)?|abandon|not bound by|not (?:have to |need to )?"
+      "(?:follow|adhere to|abide by|comply with)|don't (?:have to )?"
+      "(?:follow|adhere to|abide by))\\b[^.!?\\n]{0,25}?\\b(?:ethic(?:s|al)"
+      "|moral(?:s|ity)?|content|safety|openai|censorship|legal)"
+      "[a-z]*\\b[^.!?\\n]{0,20}?\\b(?:guidelines?|restrictions?|constraints?"
+      "|polic(?:y|ies)|filters?|boundaries|limits|limitations|rules|"
+      "principles|standards|concerns|considerations|values)\\b", NULL },
+
+    { "persona", 40, 0,
+      "openai open anthrop",
+      "(?i)\\b(?:open ?ai|anthropic)(?:'s)?\\s+(?:content|usage|safety)?"
+      "\\s*polic(?:y|ies)\\b", NULL },
+
+    { "persona", 35, 0,
+      "unfilte uncenso unrestr unlimit unbound amoral anmoral unethic immoral lawless rogue",
+      "(?i)\\b(?:un(?:filtered|censored|restricted|limited|bound)|"
+      "(?:a|an)moral|unethical|immoral|lawless|rogue)\\b[^.!?\\n]{0,30}?"
+      "\\b(?:ai|assistant|chatbot|bot|model|language model|persona|"
+      "character|version|mode|entity|responses?|answers?|content)\\b",
+      NULL },
+
+    { "persona", 35, 0,
+      "refuse decline say reject censor warn apologi add",
+      "(?i)\\b(?:never|can ?not|can't|won't|will not|must not|doesn't|does "
+      "not|don't|do not|shouldn't|should not|without)\\s+(?:ever\\s+)?"
+      "(?:refuse|decline|say (?:no|that (?:it|you) can't)|reject|censor|"
+      "warn|apologi[sz]e|add (?:any )?(?:warnings?|disclaimers?))\\b", NULL },
+
+    { "persona", 30, 0,
+      "charact broke free longer escape",
+      "(?i)\\bstay(?:s|ing)? in character\\b|\\bbreak(?:s|ing)? character\\b"
+      "|\\bbroken? free\\b|\\bfreed from\\b|\\bno longer (?:bound|"
+      "restricted|limited)\\b|\\bescaped? the (?:matrix|confines)\\b",
+      NULL },
+
+    { "persona", 30, 0,
+      "~ [ respons answers paragra ways",
+      "(?i)(?:\\[?(?:\\xf0\\x9f\\x94\\x93|\\xf0\\x9f\\x94\\x92)|"
+      "\\[(?:CLASSIC|JAILBREAK|DAN|GPT|FILTERED|UNFILTERED)\\]|"
+      "\\b(?:two|2) (?:different |separate )?(?:responses|answers|"
+      "paragraphs|ways)\\b)", NULL },
+
+    { "persona", 25, 0,
+      "rules guideli ethics laws policy policie morals restric filters boundar",
+      "(?i)\\b(?:does ?n[o']t|do ?n[o']t|doesn't|won't|not) (?:care|"
+      "follow|have|abide|obey)\\b[^.!?\\n]{0,25}?\\b(?:rules|guidelines|"
+      "ethics|laws|polic(?:y|ies)|morals|restrictions|filters|boundaries)"
+      "\\b", NULL },
+
+    { "persona", 25, 0,
+      "illegal harmful offensi explici dangero inappro unethic nsfw",
+      "(?i)\\b(?:illegal|harmful|offensive|explicit|dangerous|"
+      "inappropriate|unethical|nsfw)\\b[^.!?\\n]{0,60}?\\b(?:regardless|"
+      "no matter|even if|anyway|allowed|permitted|any content|without)\\b",
+      NULL },
+
+    { "persona", 35, 0,
+      "restric limits limitat filter boundar censors moral ethics guideli warning disclai",
+      "(?i)\\b(?:no|without(?: any)?|free from|removed? (?:all|any|the)?)\\s+"
+      "(?:restrictions|limits|limitations|filters|filtering|boundaries|"
+      "censorship|moral(?:s|ity)?|ethics|guidelines|warnings|disclaimers)"
+      "\\b", NULL },
+
+    { "persona", 30, 0,
+      "illegal unethic immoral amoral harmful explici offensi nsfw unfilte uncenso profani vulgar",
+      "(?is)\\b(illegal|unethical|immoral|amoral|harmful|explicit|"
+      "offensive|nsfw|unfiltered|uncensored|profanity|vulgar)\\b.*?"
+      "\\b(?!\\1\\b)(?:illegal|unethical|immoral|amoral|harmful|explicit|"
+      "offensive|nsfw|unfiltered|uncensored|profanity|vulgar)\\b", NULL },
+
+    { "persona", 30, 0,
+      "chat openai gpt languag ai",
+      "(?i)\\b(?:chat ?gpt|openai|gpt-?[34]|language model|ai model)\\b"
+      "[^.!?\\n]{0,80}?\\b(?:rules|guidelines|polic(?:y|ies)|"
+      "restrictions|filters?|limitations|censor(?:ship|ed)?)\\b", NULL },
+
+    { "persona", 25, 0,
+      "respond reply answer stay remain speak talk act",
+      "(?i)\\b(?:always|must|will|shall)\\s+(?:\\w+\\s+)?(?:respond|reply|"
+      "answer|stay|remain|speak|talk|act)\\s+(?:as|in character|like)\\b|"
+      "\\b(?:respond|reply|answer)\\s+as\\s+(?:both|if|[A-Z])", NULL },
+
+    { "persona", 25, 0,
+      "matter regardl even however",
+      "(?i)\\b(?:any(?:thing| question| request| topic)?|every(?:thing| "
+      "question| request)|all (?:questions|requests))\\b[^.!?\\n]{0,40}?"
+      "\\b(?:no matter|regardless|even if|however)\\b", NULL },
+
+    { "persona", 20, 0,
+      "prefix swear curs profani cuss",
+      "(?i)\\bprefix(?:ed)? (?:with|your|each|every|all)\\b|"
+      "\\b(?:swear(?:s|ing)?|curs(?:e|es|ing)|profanity|cuss(?:es|ing)?)\\b",
+      NULL },
+
+    { "persona", 30, 0,
+      "ethic moral legal illegal warning disclai polic guideli consequ",
+      "(?i)\\b(?:do not|don't|never|won't|will not)\\s+(?:ever\\s+)?"
+      "(?:remind|warn|mention|include|add|give)\\b[^.!?\\n]{0,40}?"
+      "\\b(?:ethic|moral|legal|illegal|warning|disclaimer|polic|guideline|"
+      "consequences)", NULL },
+
+    { "persona", 20, 0,
+      "chat longer bound ai languag",
+      "(?i)\\bhello,? chat ?gpt\\b|\\bchat ?gpt,? (?:you|from now|i want)|"
+      "\\b(?:you are|you're) (?:no longer|not) (?:chat ?gpt|an ai|a language "
+      "model|bound)", NULL },
+
+    { "persona", 20, 0,
+      "pretend imagine act role simulat now going about will from",
+      "(?i)\\b(?:pretend|imagine|act as if|roleplay as|role-play as|"
+      "simulate|you are (?:now|going to|about to)|you will (?:now )?"
+      "(?:act|be|pretend|simulate)|from now on you)\\b", NULL },
+
+    { "persona", 20, 0,
+      "hypothe fiction imagina opposit",
+      "(?i)\\b(?:hypothetical|fictional|imaginary) (?:ai|model|scenario "
+      "where|world where|language model)\\b|\\bopposite (?:mode|day)\\b",
+      NULL }
+};
+
+
+/* what is hidden: each raises the score once, then is scored revealed */
+#define NGX_SF_INJ_TAGS         60
+#define NGX_SF_INJ_ZEROWIDTH    30
+#define NGX_SF_INJ_HOMOGLYPH    30
+#define NGX_SF_INJ_ENCODED      60
+
+
+static u_char                ngx_smartflow_inj_buf[NGX_SF_INJ_WINDOW + 8];
+static ngx_smartflow_gate_t  ngx_smartflow_gates[NGX_SF_GATES];
+static uint64_t              ngx_smartflow_gate_lt;     /* "<" */
+static uint64_t              ngx_smartflow_gate_br;     /* "[" */
+static uint64_t              ngx_smartflow_gate_hi;     /* past ASCII */
+static u_char                ngx_smartflow_gate_pairs[26 * 26];
+
+
+#define ngx_sf_gate_hash(key)                                                \
+    ((ngx_uint_t) (((key) * 0x9e3779b97f4a7c15ULL) >> 54))
+
+
+static uint64_t *
+ngx_smartflow_gate_slot(uint64_t key, ngx_uint_t add)
+{
+    ngx_uint_t  h, n;
+
+    h = ngx_sf_gate_hash(key);
+
+    for (n = 0; n < NGX_SF_GATES; n++, h = (h + 1) % NGX_SF_GATES) {
+        if (ngx_smartflow_gates[h].key == key) {
+            return &ngx_smartflow_gates[h].mask;
+        }
+
+        if (ngx_smartflow_gates[h].key == 0) {
+            if (!add) {
+                return NULL;
+            }
+
+            ngx_smartflow_gates[h].key = key;
+            return &ngx_smartflow_gates[h].mask;
+        }
+    }
+
+    return NULL;
+}
+
+
+/* the signals whose gates p opens */
+static uint64_t
+ngx_smartflow_gates_open(u_char *p, size_t len)
+{
+    size_t      i;
+    u_char      c;
+    uint64_t    m, key, *mask;
+    ngx_uint_t  n;
+
+    m = 0;
+
+    for (i = 0; i < len; /* void */) {
+        c = p[i];
+
+        if (ngx_sf_is_alpha(c)) {
+            /* most words start with two letters no gate starts with */
+            if (i + 1 < len && ngx_sf_is_alpha(p[i + 1])
+                && ngx_smartflow_gate_pairs[((c | 0x20) - 'a') * 26
+                                            + ((p[i + 1] | 0x20) - 'a')])
+            {
+                key = 0;
+
+                for (n = 1; n <= 7 && i < len && ngx_sf_is_alpha(p[i]); n++)
+                {
+                    key = (key << 8) | (p[i++] | 0x20);
+
+                    if (n >= 2) {
+                        mask = ngx_smartflow_gate_slot(
+                                   key | ((uint64_t) n << 56), 0);
+                        if (mask) {
+                            m |= *mask;
+                        }
+                    }
+                }
+            }
+
+            while (i < len && ngx_sf_is_alpha(p[i])) {
+                i++;
+            }
+
+            continue;
+        }
+
+        if (c >= 0x80) {
+            m |= ngx_smartflow_gate_hi;
+
+        } else if (c == '<') {
+            m |= ngx_smartflow_gate_lt;
+
+        } else if (c == '[') {
+            m |= ngx_smartflow_gate_br;
+        }
+
+        i++;
+    }
+
+    return m;
+}
+
+
+static ngx_int_t ngx_smartflow_gate_init(const char *g, uint64_t bit);
+
+
+ngx_int_t
+ngx_smartflow_injection_init(void)
+{
+    int          err;
+    ngx_uint_t   i;
+    PCRE2_SIZE   off;
+
+    for (i = 0; i < sizeof(ngx_smartflow_signals)
+                    / sizeof(ngx_smartflow_signal_t); i++)
+    {
+        ngx_smartflow_signals[i].re = pcre2_compile(
+            (PCRE2_SPTR) ngx_smartflow_signals[i].pattern,
+            PCRE2_ZERO_TERMINATED, 0, &err, &off, NULL);
+
+        if (ngx_smartflow_signals[i].re == NULL) {
+            return NGX_ERROR;
+        }
+
+        (void) pcre2_jit_compile(ngx_smartflow_signals[i].re,
+                                 PCRE2_JIT_COMPLETE);
+
+        if (ngx_smartflow_gate_init(ngx_smartflow_signals[i].gate,
+                                    (uint64_t) 1 << i)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_smartflow_gate_init(const char *g, uint64_t bit)
+{
+    uint64_t    key, *mask;
+    ngx_uint_t  n;
+
+    while (*g) {
+        if (*g == ' ') {
+            g++;
+            continue;
+        }
+
+        if (*g == '<' || *g == '[' || *g == '~') {
+            *(*g == '<' ? &ngx_smartflow_gate_lt
+              : *g == '[' ? &ngx_smartflow_gate_br : &ngx_smartflow_gate_hi)
+                |= bit;
+            g++;
+            continue;
+        }
+
+        if (g[1] < 'a' || g[1] > 'z') {
+            return NGX_ERROR;
+        }
+
+        ngx_smartflow_gate_pairs[(g[0] - 'a') * 26 + (g[1] - 'a')] = 1;
+
+        key = 0;
+
+        for (n = 0; *g && *g != ' '; n++, g++) {
+            key = (key << 8) | (u_char) *g;
+        }
+
+        if (n < 2 || n > 7) {
+            return NGX_ERROR;
+        }
+
+        mask = ngx_smartflow_gate_slot(key | ((uint64_t) n << 56), 1);
+        if (mask == NULL) {
+            return NGX_ERROR;
+        }
+
+        *mask |= bit;
+    }
+
+    return NGX_OK;
+}
+
+
+/* the signals found in p, as a bit set; core only: the revealed text's */
+static uint64_t
+ngx_smartflow_signals_in(u_char *p, size_t len, ngx_uint_t core_only)
+{
+    uint64_t     set, open;
+    ngx_uint_t   i;
+
+    set = 0;
+    open = ngx_smartflow_gates_open(p, len);
+
+    for (i = 0; i < sizeof(ngx_smartflow_signals)
+                    / sizeof(ngx_smartflow_signal_t); i++)
+    {
+        if ((core_only && !ngx_smartflow_signals[i].core)
+            || !(open & ((uint64_t) 1 << i)))
+        {
+            continue;
+        }
+
+        if (pcre2_match(ngx_smartflow_signals[i].re, p, len, 0, 0,
+                        ngx_smartflow_policy_md, NULL)
+            >= 0)
+        {
+            set |= (uint64_t) 1 << i;
+        }
+    }
+
+    return set;
+}
+
+
+/*
+ * Cyrillic and Greek letters drawn like Latin ones: the two UTF-8 bytes
+ * and the Latin letter
+ */
+static const u_char  ngx_smartflow_homoglyphs[][3] = {
+    { 0xd0, 0xb0, 'a' }, { 0xd0, 0xb5, 'e' }, { 0xd0, 0xbe, 'o' },
+    { 0xd1, 0x80, 'p' }, { 0xd1, 0x81, 'c' }, { 0xd1, 0x83, 'y' },
+    { 0xd1, 0x85, 'x' }, { 0xd1, 0x96, 'i' }, { 0xd1, 0x98, 'j' },
+    { 0xd1, 0x95, 's' }, { 0xd4, 0x81, 'd' }, { 0xd4, 0x9b, 'q' },
+    { 0xd4, 0x9d, 'w' }, { 0xd2, 0xbb, 'h' }, { 0xd0, 0x90, 'A' },
+    { 0xd0, 0x92, 'B' }, { 0xd0, 0x95, 'E' }, { 0xd0, 0x9a, 'K' },
+    { 0xd0, 0x9c, 'M' }, { 0xd0, 0x9d, 'H' }, { 0xd0, 0x9e, 'O' },
+    { 0xd0, 0xa0, 'P' }, { 0xd0, 0xa1, 'C' }, { 0xd0, 0xa2, 'T' },
+    { 0xd0, 0xa5, 'X' }, { 0xd0, 0x86, 'I' }, { 0xce, 0xbf, 'o' },
+    { 0xce, 0xb1, 'a' }, { 0xce, 0xbd, 'v' }, { 0xce, 0x91, 'A' },
+    { 0xce, 0x92, 'B' }, { 0xce, 0x95, 'E' }, { 0xce, 0x97, 'H' },
+    { 0xce, 0x99, 'I' }, { 0xce, 0x9a, 'K' }, { 0xce, 0x9c, 'M' },
+    { 0xce, 0x9d, 'N' }, { 0xce, 0x9f, 'O' }, { 0xce, 0xa1, 'P' },
+    { 0xce, 0xa4, 'T' }, { 0xce, 0xa7, 'X' }, { 0xce, 0xa5, 'Y' }
+};
+
+
+/*
+ * Writes p as a reader of the raw characters would take it: tag
+ * characters as the ASCII they encode, zero-width characters dropped,
+ * look-alikes inside Latin words as Latin.  Counts each trick.
+ */
+static size_t
+ngx_smartflow_reveal(u_char *p, size_t len, u_char *out,
+    ngx_uint_t *tags, ngx_uint_t *zw, ngx_uint_t *glyphs)
+{
+    size_t      i, n, k;
+    u_char      prev;
+    ngx_uint_t  found, flag;
+
+    n = 0;
+    prev = 0;
+    flag = 0;
+
+    for (i = 0; i < len; /* void */) {
+
+        /* U+E0000 - U+E007F: F3 A0 80 80 - F3 A0 81 BF */
+        if (p[i] == 0xf3 && i + 3 < len && p[i + 1] == 0xa0
+            && (p[i + 2] == 0x80 || p[i + 2] == 0x81))
+        {
+            k = ((p[i + 2] & 1) << 6) | (p[i + 3] & 0x3f);
+
+            /* a flag's subdivision follows U+1F3F4 (F0 9F 8F B4) */
+            if (i >= 4 && p[i - 4] == 0xf0 && p[i - 3] == 0x9f
+                && p[i - 2] == 0x8f && p[i - 1] == 0xb4)
+            {
+                flag = 1;
+            }
+
+            if (!flag && k >= 0x20 && k < 0x7f) {
+                (*tags)++;
+                out[n++] = (u_char) k;
+            }
+
+            if (k == 0x7f) {
+                flag = 0;       /* the cancel tag ends the flag */
+            }
+
+            i += 4;
+            continue;
+        }
+
+        /* U+200B-U+200D, U+2060, U+FEFF, U+00AD inside a word */
+        if ((p[i] == 0xe2 && i + 2 < len
+             && ((p[i + 1] == 0x80 && p[i + 2] >= 0x8b && p[i + 2] <= 0x8d)
+                 || (p[i + 1] == 0x81 && p[i + 2] == 0xa0)))
+            || (p[i] == 0xef && i + 2 < len && p[i + 1] == 0xbb
+                && p[i + 2] == 0xbf))
+        {
+            if (ngx_sf_is_alpha(prev) && i + 3 < len
+                && ngx_sf_is_alpha(p[i + 3]))
+            {
+                (*zw)++;
+            }
+
+            i += 3;
+            continue;
+        }
+
+        if (p[i] == 0xc2 && i + 1 < len && p[i + 1] == 0xad) {
+            if (ngx_sf_is_alpha(prev) && i + 2 < len
+                && ngx_sf_is_alpha(p[i + 2]))
+            {
+                (*zw)++;
+            }
+
+            i += 2;
+            continue;
+        }
+
+        found = 0;
+
+        if ((p[i] == 0xd0 || p[i] == 0xd1 || p[i] == 0xd2 || p[i] == 0xd4
+             || p[i] == 0xce) && i + 1 < len)
+        {
+            for (k = 0; k < sizeof(ngx_smartflow_homoglyphs) / 3; k++) {
+                if (ngx_smartflow_homoglyphs[k][0] == p[i]
+                    && ngx_smartflow_homoglyphs[k][1] == p[i + 1])
+                {
+                    found = 1;
+                    break;
+                }
+            }
+
+            /* only beside a Latin letter: Russian or Greek words stay */
+            if (found && (ngx_sf_is_alpha(prev)
+                          || (i + 2 < len && ngx_sf_is_alpha(p[i + 2]))))
+            {
+                (*glyphs)++;
+                prev = ngx_smartflow_homoglyphs[k][2];
+                out[n++] = prev;
+                i += 2;
+                continue;
+            }
+        }
+
+        prev = p[i];
+        out[n++] = p[i++];
+    }
+
+    return n;
+}
+
+
+static ngx_int_t
+ngx_smartflow_b64val(u_char c)
+{
+    if (c >= 'A' && c <= 'Z') {
+        return c - 'A';
+    }
+
+    if (c >= 'a' && c <= 'z') {
+        return c - 'a' + 26;
+    }
+
+    if (c >= '0' && c <= '9') {
+        return c - '0' + 52;
+    }
+
+    if (c == '+' || c == '-') {
+        return 62;
+    }
+
+    if (c == '/' || c == '_') {
+        return 63;
+    }
+
+    return -1;
+}
+
+
+static ngx_int_t
+ngx_smartflow_hexval(u_char c)
+{
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+
+    c |= 0x20;
+
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+
+    return -1;
+}
+
+
+/*
+ * Decodes base64 and hex runs of at least 20 characters found in p into
+ * out, separated by newlines, keeping only what decodes to text.
+ */
+static size_t
+ngx_smartflow_decode_runs(u_char *p, size_t len, u_char *out, size_t max)
+{
+    size_t     i, j, s, n, m, printable;
+    uint32_t   acc;
+    ngx_int_t  v, bits, hex;
+
+    n = 0;
+    i = 0;
+
+    while (i < len && n + 4 < max) {
+        if (ngx_smartflow_b64val(p[i]) < 0) {
+            i++;
+            continue;
+        }
+
+        s = i;
+        hex = 1;
+
+        while (i < len && ngx_smartflow_b64val(p[i]) >= 0) {
+            if (ngx_smartflow_hexval(p[i]) < 0) {
+                hex = 0;
+            }
+
+            i++;
+        }
+
+        if (i - s < 20) {
+            continue;
+        }
+
+        m = n;
+        printable = 0;
+
+        if (hex && ((i - s) & 1) == 0) {
+            for (j = s; j + 1 < i && n < max; j += 2) {
+                out[n] = (u_char) (ngx_smartflow_hexval(p[j]) * 16
+                                   + ngx_smartflow_hexval(p[j + 1]));
+                printable += (out[n] >= 0x20 && out[n] < 0x7f)
+                             || out[n] == '\n';
+                n++;
+            }
+
+        } else {
+            acc = 0;
+            bits = 0;
+
+            for (j = s; j < i && n < max; j++) {
+                v = ngx_smartflow_b64val(p[j]);
+                acc = (acc << 6) | (uint32_t) v;
+                bits += 6;
+
+                if (bits >= 8) {
+                    bits -= 8;
+                    out[n] = (u_char) (acc >> bits);
+                    printable += (out[n] >= 0x20 && out[n] < 0x7f)
+                                 || out[n] == '\n';
+                    n++;
+                }
+            }
+        }
+
+        /* keep it only if it reads as text */
+        if (n == m || printable * 10 < (n - m) * 9) {
+            n = m;
+            continue;
+        }
+
+        if (n < max) {
+            out[n++] = '\n';
+        }
+    }
+
+    return n;
+}
+
+
+static void
+ngx_smartflow_rot13(u_char *p, size_t len, u_char *out)
+{
+    size_t  i;
+    u_char  c;
+
+    for (i = 0; i < len; i++) {
+        c = p[i];
+
+        if (c >= 'a' && c <= 'z') {
+            c = 'a' + (c - 'a' + 13) % 26;
+
+        } else if (c >= 'A' && c <= 'Z') {
+            c = 'A' + (c - 'A' + 13) % 26;
+        }
+
+        out[i] = c;
+    }
+}
+
+
+static void
+ngx_smartflow_score_window(u_char *p, size_t len, uint64_t *set,
+    ngx_uint_t *hidden, uint64_t *revealed_set)
+{
+    size_t      n;
+    ngx_uint_t  tags, zw, glyphs;
+
+    *set |= ngx_smartflow_signals_in(p, len, 0);
+
+    tags = 0;
+    zw = 0;
+    glyphs = 0;
+
+    /* the tricks that hide text all need bytes past ASCII */
+    for (n = 0; n < len && p[n] < 0x80; n++) { /* void */ }
+
+    if (n < len) {
+        n = ngx_smartflow_reveal(p, len, ngx_smartflow_inj_buf, &tags, &zw,
+                                 &glyphs);
+    }
+
+    if (tags) {
+        *hidden |= 1;
+    }
+
+    if (zw >= 2) {
+        *hidden |= 2;
+    }
+
+    if (glyphs >= 2) {
+        *hidden |= 4;
+    }
+
+    if (tags || zw || glyphs) {
+        *revealed_set |= ngx_smartflow_signals_in(ngx_smartflow_inj_buf, n,
+                                                  1);
+    }
+
+    n = ngx_smartflow_decode_runs(p, len, ngx_smartflow_inj_buf,
+                                  NGX_SF_INJ_WINDOW);
+    if (n) {
+        *revealed_set |= ngx_smartflow_signals_in(ngx_smartflow_inj_buf, n,
+                                                  1);
+    }
+
+    ngx_smartflow_rot13(p, len, ngx_smartflow_inj_buf);
+    *revealed_set |= ngx_smartflow_signals_in(ngx_smartflow_inj_buf, len, 1);
+}
+
+
+void
+ngx_smartflow_injection_score(u_char *p, size_t len,
+    ngx_smartflow_injection_t *res)
+{
+    size_t      off, w;
+    uint64_t    set, revealed;
+    ngx_uint_t  i, score, best, hidden;
+
+    set = 0;
+    revealed = 0;
+    hidden = 0;
+
+    /* windows that overlap, so that a phrase across a border is seen */
+    for (off = 0; off < len || off == 0; off += NGX_SF_INJ_WINDOW
+                                               - NGX_SF_INJ_OVERLAP)
+    {
+        w = len - off;
+        if (w > NGX_SF_INJ_WINDOW) {
+            w = NGX_SF_INJ_WINDOW;
+        }
+
+        ngx_smartflow_score_window(p + off, w, &set, &hidden, &revealed);
+
+        if (off + w >= len) {
+            break;
+        }
+    }
+
+    score = 0;
+    best = 0;
+    res->top = NULL;
+
+    for (i = 0; i < sizeof(ngx_smartflow_signals)
+                    / sizeof(ngx_smartflow_signal_t); i++)
+    {
+        if (set & ((uint64_t) 1 << i)) {
+            score += ngx_smartflow_signals[i].weight;
+
+            if (ngx_smartflow_signals[i].weight > best) {
+                best = ngx_smartflow_signals[i].weight;
+                res->top = ngx_smartflow_signals[i].name;
+            }
+        }
+    }
+
+    /* what only the revealed text says was hidden on purpose */
+    if (revealed & ~set) {
+        score += NGX_SF_INJ_ENCODED;
+
+        if (NGX_SF_INJ_ENCODED >= best) {
+            best = NGX_SF_INJ_ENCODED;
+            res->top = "obfuscation";
+        }
+    }
+
+    if (hidden & 1) {
+        score += NGX_SF_INJ_TAGS;
+
+        if (NGX_SF_INJ_TAGS >= best) {
+            best = NGX_SF_INJ_TAGS;
+            res->top = "invisible";
+        }
+    }
+
+    if (hidden & 2) {
+        score += NGX_SF_INJ_ZEROWIDTH;
+
+        if (res->top == NULL) {
+            res->top = "invisible";
+        }
+    }
+
+    if (hidden & 4) {
+        score += NGX_SF_INJ_HOMOGLYPH;
+
+        if (res->top == NULL) {
+            res->top = "homoglyph";
+        }
+    }
+
+    res->score = score > 100 ? 100 : score;
+}

@@ -1,0 +1,756 @@
+/*
+ * PII and secrets in text: a PCRE2 (JIT) pattern per detector finds the
+ * candidates, a validator decides (Luhn and issuer prefixes for cards,
+ * country length and mod-97 for IBANs, SSA ranges for SSNs, digit counts
+ * for phones, inet_pton for IPv6), and findings of different detectors
+ * never overlap: a detector earlier in the priority order keeps the text.
+ */
+
+#include <arpa/inet.h>
+
+#include "ngx_smartflow_policy.h"
+
+
+typedef size_t (*ngx_smartflow_valid_pt)(u_char *p, size_t len);
+
+typedef struct {
+    ngx_uint_t               rule;
+    const char              *pattern;
+    ngx_smartflow_valid_pt   valid;
+    pcre2_code              *re;
+} ngx_smartflow_detector_t;
+
+
+static size_t ngx_smartflow_email_check(u_char *p, size_t len);
+static size_t ngx_smartflow_phone_check(u_char *p, size_t len);
+static size_t ngx_smartflow_card_check(u_char *p, size_t len);
+static size_t ngx_smartflow_iban_check(u_char *p, size_t len);
+static size_t ngx_smartflow_ssn_check(u_char *p, size_t len);
+static size_t ngx_smartflow_ip_check(u_char *p, size_t len);
+static ngx_uint_t ngx_smartflow_scan_email(pcre2_code *re, u_char *p,
+    size_t len, ngx_smartflow_finding_t *f, ngx_uint_t n, ngx_uint_t max);
+static ngx_uint_t ngx_smartflow_scan_re(pcre2_code *re, ngx_uint_t rule,
+    ngx_smartflow_valid_pt valid, u_char *p, size_t len,
+    ngx_smartflow_finding_t *f, ngx_uint_t n, ngx_uint_t max);
+
+
+pcre2_match_data  *ngx_smartflow_policy_md;
+
+
+#define ngx_sf_alnum(c)                                                      \
+    (((c) >= '0' && (c) <= '9') || ((c) >= 'a' && (c) <= 'z')                \
+     || ((c) >= 'A' && (c) <= 'Z'))
+
+
+/* in priority order: a secret holds digits a phone would also match */
+static ngx_smartflow_detector_t  ngx_smartflow_detectors[] = {
+
+    { NGX_SF_RULE_SECRET,
+      "(?<![A-Za-z0-9_-])(?:"
+        "sk-(?:ant-|proj-|svcacct-|admin-|sf-)?[A-Za-z0-9_-]{20,}"
+        "|(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA|ANPA|ANVA|APKA)[0-9A-Z]{16}"
+        "|gh[pousr]_[A-Za-z0-9]{36,251}"
+        "|github_pat_[A-Za-z0-9_]{22,255}"
+        "|glpat-[A-Za-z0-9_-]{20,}"
+        "|AIza[0-9A-Za-z_-]{35}"
+        "|xox[abposr]-[A-Za-z0-9-]{10,}"
+        "|[sr]k_live_[A-Za-z0-9]{20,}"
+        "|eyJ[A-Za-z0-9_-]{8,}\\.eyJ[A-Za-z0-9_-]{8,}\\.[A-Za-z0-9_-]{8,}"
+      ")(?![A-Za-z0-9_-])"
+      "|(?i:aws_secret_access_key|aws_secret_key)[\"']?\\s*[:=]\\s*[\"']?"
+        "\\K[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+])"
+      "|-----BEGIN[ A-Z0-9]{0,40}PRIVATE KEY(?: BLOCK)?-----"
+        "[\\s\\S]*?(?:-----END[ A-Z0-9]{0,40}PRIVATE KEY(?: BLOCK)?-----|\\z)",
+      NULL, NULL },
+
+    { NGX_SF_RULE_IBAN,
+      "(?<![A-Za-z0-9])[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}",
+      ngx_smartflow_iban_check, NULL },
+
+    { NGX_SF_RULE_CARD,
+      "(?<![0-9A-Za-z.-])[0-9](?:[ -]?[0-9]){12,18}(?![0-9]|[.-][0-9])",
+      ngx_smartflow_card_check, NULL },
+
+    { NGX_SF_RULE_SSN,
+      "(?<![0-9-])[0-9]{3}([- ])[0-9]{2}\\1[0-9]{4}(?![0-9]|-[0-9])",
+      ngx_smartflow_ssn_check, NULL },
+
+    { NGX_SF_RULE_EMAIL,
+      "(?<![A-Za-z0-9._%+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}"
+      "@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
+      "(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*"
+      "\\.[A-Za-z]{2,24}(?![A-Za-z0-9-]|:[A-Za-z0-9~/])",
+      ngx_smartflow_email_check, NULL },
+
+    /* IPv6, looked for only where a colon is */
+    { NGX_SF_RULE_IP,
+      "(?<![A-Za-z0-9_:.])(?:[0-9A-Fa-f]{0,4}:){2,7}"
+      "(?:[0-9]{1,3}(?:\\.[0-9]{1,3}){3}|[0-9A-Fa-f]{0,4})"
+      "(?![A-Za-z0-9_:])",
+      ngx_smartflow_ip_check, NULL },
+
+    { NGX_SF_RULE_IP,
+      "(?<![0-9.])(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){3}"
+      "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?!\\.?[0-9])",
+      ngx_smartflow_ip_check, NULL },
+
+    { NGX_SF_RULE_PHONE,
+      "(?<![A-Za-z0-9_+.-])(?:"
+        "\\+[1-9][0-9]{0,3}(?:[ .-]?\\([0-9]{1,4}\\))?(?:[ .-]?[0-9]{1,5}){1,6}"
+        "|(?:\\([2-9][0-9]{2}\\) ?|[2-9][0-9]{2}[ .-])[2-9][0-9]{2}[ .-]"
+          "[0-9]{4}"
+        "|0[0-9]{1,4}(?:[ ./-][0-9]{2,8}){1,4}"
+      ")(?![A-Za-z0-9_]|[.-][0-9])",
+      ngx_smartflow_phone_check, NULL }
+};
+
+
+static const char  *ngx_smartflow_rule_names[] = {
+    "email", "phone", "card", "iban", "ssn", "ip", "secret", "injection",
+    "shield.sql", "shield.shell", "shield.git", "shield.infra"
+};
+
+
+const char *
+ngx_smartflow_policy_rule_name(ngx_uint_t rule)
+{
+    if (rule < NGX_SF_RULE_N) {
+        return ngx_smartflow_rule_names[rule];
+    }
+
+    return "custom";
+}
+
+
+ngx_int_t ngx_smartflow_injection_init(void);
+ngx_int_t ngx_smartflow_shield_init(void);
+
+
+ngx_int_t
+ngx_smartflow_policy_detect_init(void)
+{
+    int          err;
+    ngx_uint_t   i;
+    PCRE2_SIZE   off;
+
+    if (ngx_smartflow_policy_md != NULL) {
+        return NGX_OK;
+    }
+
+    for (i = 0; i < sizeof(ngx_smartflow_detectors)
+                    / sizeof(ngx_smartflow_detector_t); i++)
+    {
+        ngx_smartflow_detectors[i].re = pcre2_compile(
+            (PCRE2_SPTR) ngx_smartflow_detectors[i].pattern,
+            PCRE2_ZERO_TERMINATED, 0, &err, &off, NULL);
+
+        if (ngx_smartflow_detectors[i].re == NULL) {
+            return NGX_ERROR;
+        }
+
+        (void) pcre2_jit_compile(ngx_smartflow_detectors[i].re,
+                                 PCRE2_JIT_COMPLETE);
+    }
+
+    ngx_smartflow_policy_md = pcre2_match_data_create(16, NULL);
+    if (ngx_smartflow_policy_md == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_smartflow_injection_init() != NGX_OK
+        || ngx_smartflow_shield_init() != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_uint_t
+ngx_smartflow_pii_scan(u_char *p, size_t len, ngx_uint_t mask,
+    ngx_smartflow_custom_t *custom, ngx_uint_t ncustom,
+    ngx_smartflow_finding_t *f, ngx_uint_t max)
+{
+    ngx_uint_t                 i, j, n, at, colon;
+    ngx_smartflow_finding_t    t;
+    ngx_smartflow_detector_t  *d;
+
+    n = 0;
+
+    at = (memchr(p, '@', len) != NULL);
+    colon = (memchr(p, ':', len) != NULL);
+
+    for (i = 0; i < sizeof(ngx_smartflow_detectors)
+                    / sizeof(ngx_smartflow_detector_t); i++)
+    {
+        d = &ngx_smartflow_detectors[i];
+
+        if (!(mask & (1 << d->rule))
+            || (d->rule == NGX_SF_RULE_EMAIL && !at)
+            || (d->rule == NGX_SF_RULE_IP && d->pattern[2] == 'A' && !colon))
+        {
+            continue;
+        }
+
+        if (d->rule == NGX_SF_RULE_EMAIL) {
+            n = ngx_smartflow_scan_email(d->re, p, len, f, n, max);
+            continue;
+        }
+
+        n = ngx_smartflow_scan_re(d->re, d->rule, d->valid, p, len, f, n,
+                                  max);
+    }
+
+    for (i = 0; i < ncustom; i++) {
+        n = ngx_smartflow_scan_re(custom[i].re, NGX_SF_RULE_CUSTOM + i, NULL,
+                                  p, len, f, n, max);
+    }
+
+    /* text order, for the rewrite */
+    for (i = 1; i < n; i++) {
+        t = f[i];
+
+        for (j = i; j > 0 && f[j - 1].start > t.start; j--) {
+            f[j] = f[j - 1];
+        }
+
+        f[j] = t;
+    }
+
+    return n;
+}
+
+
+static ngx_uint_t
+ngx_smartflow_scan_re(pcre2_code *re, ngx_uint_t rule,
+    ngx_smartflow_valid_pt valid, u_char *p, size_t len,
+    ngx_smartflow_finding_t *f, ngx_uint_t n, ngx_uint_t max)
+{
+    int          rc;
+    size_t       off, s, e, l;
+    ngx_uint_t   i, overlap;
+    PCRE2_SIZE  *ov;
+
+    off = 0;
+
+    while (off < len && n < max) {
+        rc = pcre2_match(re, p, len, off, 0, ngx_smartflow_policy_md, NULL);
+        if (rc < 0) {
+            break;
+        }
+
+        ov = pcre2_get_ovector_pointer(ngx_smartflow_policy_md);
+        s = ov[0];
+        e = ov[1];
+
+        if (e <= s) {
+            off = (e > off) ? e : off + 1;
+            continue;
+        }
+
+        if (valid) {
+            l = valid(p + s, e - s);
+            if (l == 0) {
+                /* the whole run fails: no part of it is tried again */
+                off = e;
+                continue;
+            }
+
+            e = s + l;
+        }
+
+        overlap = 0;
+
+        for (i = 0; i < n; i++) {
+            if (s < f[i].end && f[i].start < e) {
+                overlap = 1;
+                break;
+            }
+        }
+
+        if (!overlap) {
+            f[n].rule = rule;
+            f[n].start = s;
+            f[n].end = e;
+            n++;
+        }
+
+        off = e;
+    }
+
+    return n;
+}
+
+
+/*
+ * Emails from their "@": the local part is walked back from it and the
+ * pattern anchored there, instead of tried at every letter of the text.
+ */
+static ngx_uint_t
+ngx_smartflow_scan_email(pcre2_code *re, u_char *p, size_t len,
+    ngx_smartflow_finding_t *f, ngx_uint_t n, ngx_uint_t max)
+{
+    int          rc;
+    u_char      *a, c;
+    size_t       s, e, off, at;
+    ngx_uint_t   i, overlap;
+    PCRE2_SIZE  *ov;
+
+    off = 0;
+
+    while (off < len && n < max) {
+        a = (u_char *) memchr(p + off, '@', len - off);
+        if (a == NULL) {
+            break;
+        }
+
+        at = a - p;
+        s = at;
+
+        while (s > 0 && at - s < 64) {
+            c = p[s - 1];
+
+            if (!(ngx_sf_alnum(c) || c == '.' || c == '_' || c == '%'
+                  || c == '+' || c == '-'))
+            {
+                break;
+            }
+
+            s--;
+        }
+
+        rc = -1;
+
+        /* the first place a local part may start */
+        for ( /* void */ ; s < at; s++) {
+            if (!ngx_sf_alnum(p[s])) {
+                continue;
+            }
+
+            rc = pcre2_match(re, p, len, s, PCRE2_ANCHORED,
+                             ngx_smartflow_policy_md, NULL);
+            if (rc >= 0) {
+                break;
+            }
+        }
+
+        off = at + 1;
+
+        if (rc < 0) {
+            continue;
+        }
+
+        ov = pcre2_get_ovector_pointer(ngx_smartflow_policy_md);
+        s = ov[0];
+        e = ov[1];
+
+        if (ngx_smartflow_email_check(p + s, e - s) == 0) {
+            continue;
+        }
+
+        overlap = 0;
+
+        for (i = 0; i < n; i++) {
+            if (s < f[i].end && f[i].start < e) {
+                overlap = 1;
+                break;
+            }
+        }
+
+        if (!overlap) {
+            f[n].rule = NGX_SF_RULE_EMAIL;
+            f[n].start = s;
+            f[n].end = e;
+            n++;
+        }
+
+        off = e;
+    }
+
+    return n;
+}
+
+
+static size_t
+ngx_smartflow_email_check(u_char *p, size_t len)
+{
+    size_t  i;
+
+    for (i = 0; i < len && p[i] != '@'; i++) {
+        if (p[i] == '.' && (i + 1 < len)
+            && (p[i + 1] == '.' || p[i + 1] == '@'))
+        {
+            return 0;
+        }
+    }
+
+    return len;
+}
+
+
+/* only the digits of p, at most max of them; the count, or max + 1 */
+static size_t
+ngx_smartflow_digits(u_char *p, size_t len, u_char *out, size_t max)
+{
+    size_t  i, n;
+
+    n = 0;
+
+    for (i = 0; i < len; i++) {
+        if (p[i] >= '0' && p[i] <= '9') {
+            if (n == max) {
+                return max + 1;
+            }
+
+            out[n++] = p[i];
+        }
+    }
+
+    return n;
+}
+
+
+ngx_uint_t
+ngx_smartflow_phone_valid(u_char *p, size_t len)
+{
+    return ngx_smartflow_phone_check(p, len) == len;
+}
+
+
+static size_t
+ngx_smartflow_phone_check(u_char *p, size_t len)
+{
+    size_t  n, i, seps;
+    u_char  d[16];
+
+    n = ngx_smartflow_digits(p, len, d, 15);
+
+    if (p[0] == '+') {
+        /* E.164: a country code and at most 15 digits */
+        return (n >= 8 && n <= 15) ? len : 0;
+    }
+
+    if (p[0] == '0') {
+        /* a national form with a trunk prefix, written with separators */
+        seps = 0;
+
+        for (i = 0; i < len; i++) {
+            if (p[i] < '0' || p[i] > '9') {
+                seps++;
+            }
+        }
+
+        if (seps == 0 || n < 10 || n > 11 || d[1] == '0') {
+            return 0;
+        }
+
+        /* 01.02.2024: a date, not a number */
+        if (n == 8 || (len == 10 && p[2] == '.' && p[5] == '.')) {
+            return 0;
+        }
+
+        return len;
+    }
+
+    /* North American: NXX area and exchange, not N11 */
+    if (n != 10 || (d[1] == '1' && d[2] == '1')
+        || (d[4] == '1' && d[5] == '1'))
+    {
+        return 0;
+    }
+
+    return len;
+}
+
+
+ngx_uint_t
+ngx_smartflow_luhn(u_char *d, size_t n)
+{
+    size_t      i;
+    ngx_uint_t  sum, v, dbl;
+
+    sum = 0;
+    dbl = 0;
+
+    for (i = n; i > 0; i--) {
+        v = d[i - 1] - '0';
+
+        if (dbl) {
+            v *= 2;
+            if (v > 9) {
+                v -= 9;
+            }
+        }
+
+        sum += v;
+        dbl = !dbl;
+    }
+
+    return (sum % 10) == 0;
+}
+
+
+/* the issuer's prefix and its card lengths */
+static ngx_uint_t
+ngx_smartflow_card_issuer(u_char *d, size_t n)
+{
+    ngx_uint_t  p2, p3, p4, p6;
+
+    p2 = (d[0] - '0') * 10 + (d[1] - '0');
+    p3 = p2 * 10 + (d[2] - '0');
+    p4 = p3 * 10 + (d[3] - '0');
+    p6 = p4 * 100 + (d[4] - '0') * 10 + (d[5] - '0');
+
+    if (d[0] == '4') {                                      /* Visa */
+        return n == 13 || n == 16 || n == 19;
+    }
+
+    if ((p2 >= 51 && p2 <= 55) || (p4 >= 2221 && p4 <= 2720)) {
+        return n == 16;                                     /* Mastercard */
+    }
+
+    if (p2 == 34 || p2 == 37) {                             /* Amex */
+        return n == 15;
+    }
+
+    if (p4 == 6011 || p2 == 65 || (p3 >= 644 && p3 <= 649)
+        || (p6 >= 622126 && p6 <= 622925))
+    {
+        return n >= 16 && n <= 19;                          /* Discover */
+    }
+
+    if (p4 >= 3528 && p4 <= 3589) {                         /* JCB */
+        return n >= 16 && n <= 19;
+    }
+
+    if ((p3 >= 300 && p3 <= 305) || p2 == 36 || p2 == 38 || p2 == 39) {
+        return n >= 14 && n <= 19;                          /* Diners */
+    }
+
+    if (p2 == 62 || p2 == 81) {                             /* UnionPay */
+        return n >= 16 && n <= 19;
+    }
+
+    if (p4 >= 2200 && p4 <= 2204) {                         /* Mir */
+        return n >= 16 && n <= 19;
+    }
+
+    if (p2 == 50 || (p2 >= 56 && p2 <= 69)) {               /* Maestro */
+        return n >= 13 && n <= 19;
+    }
+
+    return 0;
+}
+
+
+ngx_uint_t
+ngx_smartflow_card_valid(u_char *p, size_t len)
+{
+    return ngx_smartflow_card_check(p, len) == len;
+}
+
+
+static size_t
+ngx_smartflow_card_check(u_char *p, size_t len)
+{
+    size_t  i, n;
+    u_char  d[20], sep;
+
+    n = ngx_smartflow_digits(p, len, d, 19);
+
+    if (n < 13 || n > 19) {
+        return 0;
+    }
+
+    /* one kind of separator, as cards are written */
+    sep = 0;
+
+    for (i = 0; i < len; i++) {
+        if (p[i] == ' ' || p[i] == '-') {
+            if (sep && p[i] != sep) {
+                return 0;
+            }
+
+            sep = p[i];
+        }
+    }
+
+    if (!ngx_smartflow_card_issuer(d, n) || !ngx_smartflow_luhn(d, n)) {
+        return 0;
+    }
+
+    return len;
+}
+
+
+/* the length of each country's IBAN (ISO 13616 registry) */
+static const char  *ngx_smartflow_iban_lengths =
+    "AD24AE23AL28AT20AZ28BA20BE16BG22BH22BI27BR29BY28CH21CR22CY28CZ24"
+    "DE22DJ27DK18DO28EE20EG29ES24FI18FK18FO18FR27GB22GE22GI23GL18GR27"
+    "GT28HR21HU28IE22IL23IQ23IS26IT27JO30KW30KZ20LB28LC32LI21LT20LU20"
+    "LV21LY25MC27MD24ME22MK19MN20MR27MT31MU30NI28NL18NO15OM23PK24PL28"
+    "PS29PT25QA29RO24RS22RU33SA24SC31SD18SE24SI19SK24SM27SO23ST25SV28"
+    "TL23TN24TR26UA29VA22VG24XK20YE30";
+
+
+ngx_uint_t
+ngx_smartflow_iban_valid(u_char *p, size_t len)
+{
+    return ngx_smartflow_iban_check(p, len) == len;
+}
+
+
+static size_t
+ngx_smartflow_iban_check(u_char *p, size_t len)
+{
+    size_t       want, i, n, k;
+    u_char       c[34];
+    const char  *t;
+    ngx_uint_t   r;
+
+    want = 0;
+
+    for (t = ngx_smartflow_iban_lengths; *t; t += 4) {
+        if (t[0] == p[0] && t[1] == p[1]) {
+            want = (t[2] - '0') * 10 + (t[3] - '0');
+            break;
+        }
+    }
+
+    if (want == 0) {
+        return 0;
+    }
+
+    /* the country's length of characters; spaces only between them */
+    n = 0;
+
+    for (i = 0; i < len && n < want; i++) {
+        if (p[i] == ' ') {
+            continue;
+        }
+
+        c[n++] = p[i];
+    }
+
+    if (n != want) {
+        return 0;
+    }
+
+    if (i < len && p[i] != ' ') {
+        return 0;
+    }
+
+    /* mod 97 of the rearranged number, letters as 10..35 */
+    r = 0;
+
+    for (k = 0; k < n; k++) {
+        t = (const char *) &c[(k + 4) % n];
+
+        if (*t >= '0' && *t <= '9') {
+            r = (r * 10 + (*t - '0')) % 97;
+
+        } else if (*t >= 'A' && *t <= 'Z') {
+            r = (r * 100 + (*t - 'A' + 10)) % 97;
+
+        } else {
+            return 0;
+        }
+    }
+
+    return (r == 1) ? i : 0;
+}
+
+
+ngx_uint_t
+ngx_smartflow_ssn_valid(u_char *p, size_t len)
+{
+    return ngx_smartflow_ssn_check(p, len) == len;
+}
+
+
+static size_t
+ngx_smartflow_ssn_check(u_char *p, size_t len)
+{
+    u_char      d[10];
+    ngx_uint_t  area, group, serial;
+
+    if (ngx_smartflow_digits(p, len, d, 9) != 9) {
+        return 0;
+    }
+
+    area = (d[0] - '0') * 100 + (d[1] - '0') * 10 + (d[2] - '0');
+    group = (d[3] - '0') * 10 + (d[4] - '0');
+    serial = (d[5] - '0') * 1000 + (d[6] - '0') * 100 + (d[7] - '0') * 10
+             + (d[8] - '0');
+
+    if (area == 0 || area == 666 || area >= 900 || group == 0 || serial == 0)
+    {
+        return 0;
+    }
+
+    /* numbers printed in advertising, never issued to anyone */
+    if ((area == 78 && group == 5 && serial == 1120)
+        || (area == 219 && group == 9 && serial == 9999))
+    {
+        return 0;
+    }
+
+    return len;
+}
+
+
+static size_t
+ngx_smartflow_ip_check(u_char *p, size_t len)
+{
+    size_t      i, groups, digits;
+    u_char      buf[64], a6[16];
+    ngx_uint_t  colon, hexdigit;
+
+    colon = 0;
+
+    for (i = 0; i < len; i++) {
+        if (p[i] == ':') {
+            colon = 1;
+            break;
+        }
+    }
+
+    if (!colon) {
+        return len;     /* IPv4: the pattern checked each octet */
+    }
+
+    if (len >= sizeof(buf)) {
+        return 0;
+    }
+
+    ngx_memcpy(buf, p, len);
+    buf[len] = '\0';
+
+    if (inet_pton(AF_INET6, (char *) buf, a6) != 1) {
+        return 0;
+    }
+
+    /* "a::b" in prose or code: two groups at least, and a digit */
+    groups = 0;
+    digits = 0;
+    hexdigit = 0;
+
+    for (i = 0; i < len; i++) {
+        if (p[i] == ':') {
+            groups += hexdigit;
+            hexdigit = 0;
+            continue;
+        }
+
+        hexdigit = 1;
+
+        if (p[i] >= '0' && p[i] <= '9') {
+            digits++;
+        }
+    }
+
+    groups += hexdigit;
+
+    return (groups >= 2 && digits > 0) ? len : 0;
+}

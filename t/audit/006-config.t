@@ -1,0 +1,183 @@
+# The audit directives: a working trail in nginx's one-process mode, and
+# every configuration error stops nginx with a line that says why.
+
+use Test::Nginx::Socket 'no_plan';
+
+no_shuffle();
+
+our $Key = 'a1' x 32;
+
+our $MainConfig = <<'_EOC_';
+    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_proxy_module.so;
+    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_policy_module.so;
+    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_cache_module.so;
+    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_audit_module.so;
+_EOC_
+
+our $HttpConfig = <<'_EOC_';
+    smartflow_master_key sk-smartflow-test-0123456789;
+    smartflow_provider demo type=echo;
+    smartflow_route smartflow-echo demo;
+    smartflow_audit_dir $TEST_NGINX_SERVER_ROOT/audit-config;
+    smartflow_audit_key_file $TEST_NGINX_SERVER_ROOT/html/audit.keys;
+_EOC_
+
+our $Locations = <<'_EOC_';
+    location = /v1/chat/completions {
+        smartflow_api chat;
+        include $TEST_NGINX_SMARTFLOW_CONF/smartflow_proxy.conf;
+    }
+
+    location = /v1/embeddings {
+        smartflow_api embeddings;
+        smartflow_audit off;
+        include $TEST_NGINX_SMARTFLOW_CONF/smartflow_proxy.conf;
+    }
+
+    include $TEST_NGINX_SMARTFLOW_CONF/smartflow_audit.conf;
+_EOC_
+
+add_block_preprocessor(sub {
+    my $block = shift;
+
+    $block->set_value('main_config', $MainConfig)
+        unless defined $block->main_config;
+    $block->set_value('http_config', $HttpConfig)
+        unless defined $block->http_config;
+    $block->set_value('config', $Locations)
+        unless defined $block->config;
+    $block->set_value('user_files', ">>> audit.keys\nk1 $::Key - -\n")
+        unless defined $block->user_files;
+});
+
+system('rm', '-rf', server_root() . '/audit-config');
+
+run_tests();
+
+__DATA__
+
+=== TEST 1: a request is recorded, one with "smartflow_audit off" is not
+--- more_headers eval
+[
+'Authorization: Bearer sk-smartflow-test-0123456789',
+'Authorization: Bearer sk-smartflow-test-0123456789',
+'Authorization: Bearer sk-smartflow-test-0123456789',
+]
+--- request eval
+[
+"POST /v1/chat/completions\n" . '{"model":"smartflow-echo","messages":[{"role":"user","content":"hi"}]}',
+"POST /v1/embeddings\n" . '{"model":"smartflow-echo","input":"not audited"}',
+"GET /api/audit/status",
+]
+--- response_headers_like eval
+[
+'Smartflow-Audit-Receipt: id=[0-9a-f]{32}; request-sha256=[0-9a-f]{64}',
+'',
+'',
+]
+--- response_body_like eval
+[
+qr/"content":"Echo: hi"/,
+qr/"object":"embedding"/,
+qr/^\{"records":1,/,
+]
+--- wait: 0.1
+--- no_error_log
+[error]
+
+
+
+=== TEST 2: smartflow_audit_dir without a key file
+--- http_config
+    smartflow_audit_dir audit-config;
+--- config
+--- must_die
+--- error_log
+"smartflow_audit_dir" needs "smartflow_audit_key_file"
+
+
+
+=== TEST 3: a key file that is not there
+--- http_config
+    smartflow_audit_dir audit-config;
+    smartflow_audit_key_file /nonexistent/audit.keys;
+--- config
+--- must_die
+--- error_log
+smartflow audit: cannot open key file "/nonexistent/audit.keys"
+
+
+
+=== TEST 4: a key too short
+--- user_files
+>>> audit.keys
+k1 00112233
+--- must_die
+--- error_log
+line 1: the key must be at least 32 bytes in hex
+
+
+
+=== TEST 5: a validity time that is not a number
+--- user_files eval
+">>> audit.keys\n# rotated yearly\nk1 $::Key 2026-01-01 -\n"
+--- must_die
+--- error_log
+line 2: times are epoch seconds or "-"
+
+
+
+=== TEST 6: a key id twice
+--- user_files eval
+">>> audit.keys\nk1 $::Key - -\nk1 $::Key 1700000000 -\n"
+--- must_die
+--- error_log
+line 2: key id "k1" repeated
+
+
+
+=== TEST 7: an empty key file
+--- user_files
+>>> audit.keys
+# nothing
+--- must_die
+--- error_log
+key file "
+
+
+
+=== TEST 8: a time-stamping authority that is not a URL
+--- http_config eval
+$::HttpConfig . "    smartflow_audit_tsa tsa.example.com;\n"
+--- must_die
+--- error_log
+"smartflow_audit_tsa" takes an http:// or https:// URL
+
+
+
+=== TEST 9: segments smaller than a record
+--- http_config eval
+$::HttpConfig . "    smartflow_audit_segment_size 100;\n"
+--- must_die
+--- error_log
+"smartflow_audit_segment_size" must be at least 1k
+
+
+
+=== TEST 10: an unknown audit api
+--- config
+    location = /x {
+        smartflow_audit_api everything;
+    }
+--- must_die
+--- error_log
+smartflow audit: unknown api "everything" (status, proof, logs, metrics)
+
+
+
+=== TEST 11: smartflow_audit_dir twice
+--- http_config eval
+$::HttpConfig . "    smartflow_audit_dir other;\n"
+--- must_die
+--- error_log
+"smartflow_audit_dir" directive is duplicate

@@ -1,0 +1,134 @@
+# Per-request controls and lifetimes: Cache-Control no-cache (no lookup,
+# the answer stored) and no-store (neither), x-smartflow-cache: refresh |
+# bypass, x-smartflow-cache-ttl, and smartflow_cache_ttl.  The mock
+# provider answers with its x-mock-reply header, so the body tells which
+# answer was served.  Time passes through a location that sleeps
+# (echo_sleep, from Debian's libnginx-mod-http-echo).
+
+use lib 't/lib';
+use Smartflow::Mock;
+use Test::Nginx::Socket 'no_plan';
+
+no_shuffle();
+
+our $MainConfig = <<'_EOC_';
+    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_proxy_module.so;
+    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_policy_module.so;
+    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_cache_module.so;
+    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_audit_module.so;
+    load_module /usr/lib/nginx/modules/ngx_http_echo_module.so;
+_EOC_
+
+our $HttpConfig = <<'_EOC_';
+    smartflow_master_key sk-smartflow-test-0123456789;
+
+    upstream sf_mock {
+        server 127.0.0.1:$TEST_NGINX_MOCK_PORT;
+        keepalive 8;
+    }
+
+    smartflow_provider openai type=openai upstream=http://sf_mock path=/v1
+                       key=sk-provider-test-key;
+    smartflow_route gpt-* openai;
+
+    smartflow_cache_zone metacache 16m entries=1000;
+_EOC_
+
+our $Locations = <<'_EOC_';
+    location = /v1/chat/completions {
+        smartflow_api chat;
+        smartflow_cache metacache;
+        include $TEST_NGINX_SMARTFLOW_CONF/smartflow_proxy.conf;
+    }
+
+    location = /short/chat/completions {
+        smartflow_api chat;
+        smartflow_cache metacache;
+        smartflow_cache_ttl 1s;
+        include $TEST_NGINX_SMARTFLOW_CONF/smartflow_proxy.conf;
+    }
+
+    location = /sleep {
+        echo_sleep 2.1;
+        echo slept;
+    }
+
+    location @smartflow_error {
+        smartflow_api error;
+    }
+_EOC_
+
+add_block_preprocessor(sub {
+    my $block = shift;
+
+    $block->set_value('main_config', $MainConfig)
+        unless defined $block->main_config;
+    $block->set_value('http_config', $HttpConfig)
+        unless defined $block->http_config;
+    $block->set_value('config', $Locations)
+        unless defined $block->config;
+});
+
+our $Key = "Authorization: Bearer sk-smartflow-test-0123456789";
+
+sub ask {
+    my ($q, $path) = @_;
+    $path //= '/v1/chat/completions';
+    return "POST $path\n"
+        . qq({"model":"gpt-4o-mini","messages":[{"role":"user","content":"$q"}]});
+}
+
+sub with { join "\n", $main::Key, @_ }
+
+run_tests();
+
+__DATA__
+
+=== TEST 1: no-cache and refresh skip the lookup and store again; no-store and bypass neither look up nor store
+--- request eval
+[map { main::ask("Which answer is stored?") } 1 .. 8]
+--- more_headers eval
+[main::with("x-mock-reply: A"),
+ main::with("x-mock-reply: B", "Cache-Control: no-cache"),
+ main::with("x-mock-reply: C"),
+ main::with("x-mock-reply: D", "x-smartflow-cache: refresh"),
+ main::with("x-mock-reply: E"),
+ main::with("x-mock-reply: F", "Cache-Control: private, no-store"),
+ main::with("x-mock-reply: G", "x-smartflow-cache: BYPASS"),
+ main::with("x-mock-reply: H")]
+--- response_body_like eval
+[qr/"content":"A"/, qr/"content":"B"/, qr/"content":"B"/,
+ qr/"content":"D"/, qr/"content":"D"/, qr/"content":"F"/,
+ qr/"content":"G"/, qr/"content":"D"/]
+--- response_headers eval
+["x-smartflow-cache: MISS", "x-smartflow-cache: BYPASS",
+ "x-smartflow-cache: HIT", "x-smartflow-cache: BYPASS",
+ "x-smartflow-cache: HIT", "x-smartflow-cache: BYPASS",
+ "x-smartflow-cache: BYPASS", "x-smartflow-cache: HIT"]
+--- no_error_log
+[error]
+
+
+
+=== TEST 2: an entry lives as long as x-smartflow-cache-ttl says, or the location's smartflow_cache_ttl
+--- request eval
+[main::ask("Short lived?"), main::ask("Long lived?"),
+ main::ask("In a short location?", "/short/chat/completions"),
+ main::ask("Short lived?"), main::ask("Long lived?"),
+ main::ask("In a short location?", "/short/chat/completions"),
+ "GET /sleep",
+ main::ask("Short lived?"), main::ask("Long lived?"),
+ main::ask("In a short location?", "/short/chat/completions")]
+--- more_headers eval
+[main::with("x-mock-reply: s1", "x-smartflow-cache-ttl: 1"),
+ main::with("x-mock-reply: l1"), main::with("x-mock-reply: q1"),
+ main::with("x-mock-reply: s2"), main::with("x-mock-reply: l2"),
+ main::with("x-mock-reply: q2"), "",
+ main::with("x-mock-reply: s3"), main::with("x-mock-reply: l3"),
+ main::with("x-mock-reply: q3")]
+--- response_body_like eval
+[qr/"s1"/, qr/"l1"/, qr/"q1"/, qr/"s1"/, qr/"l1"/, qr/"q1"/, qr/slept/,
+ qr/"s3"/, qr/"l1"/, qr/"q3"/]
+--- timeout: 10
+--- no_error_log
+[error]

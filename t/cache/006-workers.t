@@ -1,0 +1,114 @@
+# Two workers share one zone: an answer stored by one is served by both,
+# phase 4 included (each worker brings its FAISS index up to date from
+# the zone), and "nginx -s reload" (SIGHUP) keeps every entry.
+
+use Test::Nginx::Socket 'no_plan';
+use lib 't/lib';
+use Smartflow::Keys;
+
+workers(2);
+master_on();
+no_shuffle();
+
+our $MainConfig = <<'_EOC_';
+    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_proxy_module.so;
+    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_policy_module.so;
+    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_cache_module.so;
+    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_audit_module.so;
+_EOC_
+
+our $HttpConfig = <<'_EOC_';
+    smartflow_master_key sk-smartflow-test-0123456789;
+    smartflow_provider demo type=echo;
+    smartflow_route smartflow-echo demo;
+    smartflow_cache_zone metacache 16m entries=1000;
+_EOC_
+
+our $Locations = <<'_EOC_';
+    location = /v1/chat/completions {
+        smartflow_api chat;
+        smartflow_cache metacache;
+        smartflow_cache_near_miss off;
+        smartflow_cache_similarity 0.85;
+        include $TEST_NGINX_SMARTFLOW_CONF/smartflow_proxy.conf;
+    }
+
+    location /api/metacache {
+        smartflow_cache_api;
+    }
+
+    location @smartflow_error {
+        smartflow_api error;
+    }
+_EOC_
+
+our $Master = 'Authorization: Bearer sk-smartflow-test-0123456789';
+
+add_block_preprocessor(sub {
+    my $block = shift;
+
+    $block->set_value('main_config', $MainConfig)
+        unless defined $block->main_config;
+    $block->set_value('http_config', $HttpConfig)
+        unless defined $block->http_config;
+    $block->set_value('config', $Locations)
+        unless defined $block->config;
+    $block->set_value('more_headers', $Master)
+        unless defined $block->more_headers;
+});
+
+sub body {
+    return qq({"model":"smartflow-echo","messages":[{"role":"user","content":"$_[0]"}]});
+}
+
+# the x-smartflow-cache values of a burst of the same request, counted
+sub verdicts {
+    my ($q, $n) = @_;
+    my $r = Smartflow::Keys::burst($n, 'POST', '/v1/chat/completions',
+                                   body($q), $main::Master);
+    my %n;
+    for (@$r) {
+        my $v = $_->[1] =~ /"content":"Echo: \Q$q\E"/ ? 'own' : 'other';
+        $n{"$_->[0] $v"}++;
+    }
+    return join ', ', map { "$_ x$n{$_}" } sort keys %n;
+}
+
+run_tests();
+
+__DATA__
+
+=== TEST 1: stored once, served by every worker, at once
+--- init
+Smartflow::Keys::burst(1, 'POST', '/v1/chat/completions',
+                       main::body("Write a short poem about the ocean"),
+                       $main::Master);
+Test::More::is(main::verdicts("Write a short poem about the ocean waves", 12),
+               '200 other x12', 'a phase 4 hit in every answer');
+--- request
+GET /api/metacache/stats
+--- response_body_like chomp
+"entries":1,.*"hits":\{"total":12,"phase1":0,"phase2":0,"phase3":0,"phase4":12\}
+--- no_error_log
+[error]
+
+
+
+=== TEST 2: a reload keeps the entries, and the new workers' indexes find them
+--- init
+Smartflow::Keys::burst(1, 'POST', '/v1/chat/completions',
+                       main::body("Write a short poem about the ocean"),
+                       $main::Master);
+Smartflow::Keys::reload();
+--- request
+POST /v1/chat/completions
+{"model":"smartflow-echo","messages":[{"role":"user","content":"Write a short poem about the ocean waves"}]}
+--- response_headers
+x-smartflow-cache: HIT
+x-smartflow-cache-phase: 4
+--- response_body_like chomp
+"content":"Echo: Write a short poem about the ocean"
+--- error_log
+reconfiguring
+--- no_error_log
+[error]
