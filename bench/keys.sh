@@ -22,7 +22,7 @@
 # build/bench/keys.json.
 #
 # Environment: BENCH_DURATION (10), BENCH_CONNECTIONS (32), BENCH_ROUNDS
-# (3), BENCH_WARMUP (3), BENCH_PIN (1), BENCH_KEYS_PORT (18840, first of
+# (3), BENCH_WARMUP (3), BENCH_PIN (1), BENCH_KEYS_PORT (19840, first of
 # the 5 ports tried), BENCH_NGINX, BENCH_KEEP.
 set -euo pipefail
 
@@ -34,7 +34,7 @@ conns=${BENCH_CONNECTIONS:-32}
 rounds=${BENCH_ROUNDS:-3}
 warmup=${BENCH_WARMUP:-3}
 pin=${BENCH_PIN:-1}
-port_base=${BENCH_KEYS_PORT:-18840}
+port_base=${BENCH_KEYS_PORT:-19840}
 keep=${BENCH_KEEP:-0}
 
 min_embedded=0.85
@@ -212,7 +212,7 @@ CONF
 }
 
 front embedded "$port_emb" "" "$port_plain"
-front redis "$port_red" "smartflow_redis 127.0.0.1:$port_redis;"
+front redis "$port_red" "smartflow_redis 127.0.0.1:$port_redis ${BENCH_REDIS_PARAMS:-};"
 
 "${on1[@]}" redis-server --port "$port_redis" --bind 127.0.0.1 --save '' \
     --appendonly no --dir "$state" > "$state/redis-server.log" 2>&1 &
@@ -358,6 +358,15 @@ for ((i = 1; i <= rounds; i++)); do
             "$r_front_us" "$r_redis_us"
     done
 done
+
+# how well the worker's commands share Redis's reads
+if command -v redis-cli >/dev/null; then
+    redis-cli -p "$port_redis" info stats | tr -d '\r' | awk -F: '
+        $1 == "total_commands_processed" { c = $2 }
+        $1 == "total_reads_processed" { r = $2 }
+        END { if (r) printf "redis-server: %d commands in %d reads " \
+                            "(%.2f a read)\n", c, r, c / r }'
+fi
 
 for f in "$state"/logs/{embedded,redis,upstream}.log; do
     if grep -E '\[(error|crit|alert|emerg)\]' "$f" >&2; then

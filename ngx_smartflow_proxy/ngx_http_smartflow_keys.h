@@ -257,6 +257,8 @@ ngx_int_t ngx_http_smartflow_keys_redis_settle(ngx_http_request_t *r,
 ngx_int_t ngx_http_smartflow_keys_redis_next_id(ngx_http_request_t *r,
     ngx_uint_t *id);
 ngx_int_t ngx_http_smartflow_keys_api_rerun(ngx_http_request_t *r);
+ngx_int_t ngx_http_smartflow_keys_redis_refresh(ngx_http_request_t *r,
+    ngx_uint_t id);
 ngx_int_t ngx_http_smartflow_keys_redis_put(ngx_http_request_t *r,
     ngx_http_smartflow_keys_zone_t *kz, ngx_uint_t id, ngx_uint_t status,
     ngx_str_t *json);

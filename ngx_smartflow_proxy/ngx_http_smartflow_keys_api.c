@@ -948,10 +948,19 @@ ngx_http_smartflow_keys_one(ngx_http_request_t *r,
 {
     time_t                now;
     uint64_t              now_ms;
+    ngx_int_t             rc;
     ngx_str_t             json;
     ngx_uint_t            pass;
     ngx_smartflow_out_t   o;
     ngx_smartflow_key_t  *k;
+
+    if (target == NGX_HTTP_SMARTFLOW_KEYS_USAGE) {
+        /* with Redis, the counters of every node: this may wait */
+        rc = ngx_http_smartflow_keys_redis_refresh(r, id);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+    }
 
     now = ngx_time();
     now_ms = ngx_smartflow_keys_now_ms();

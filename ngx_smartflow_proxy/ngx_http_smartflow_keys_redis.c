@@ -53,6 +53,7 @@ typedef struct {
     unsigned                            waiting:1;
     unsigned                            in_redis:1; /* reserved there */
     unsigned                            id_failed:1;
+    unsigned                            refreshed:1;
 } ngx_http_smartflow_keys_rq_t;
 
 
@@ -137,6 +138,8 @@ static void ngx_http_smartflow_keys_got_id(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
 static void ngx_http_smartflow_keys_stored(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
+static void ngx_http_smartflow_keys_refreshed(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data);
 static uint64_t ngx_http_smartflow_keys_num(redisReply *reply);
 static size_t ngx_http_smartflow_keys_counters(u_char *buf, ngx_uint_t id);
 
@@ -168,8 +171,20 @@ static char ngx_http_smartflow_keys_lua_pull[] =
 "return out\n";
 
 
-/* ARGV: id, record.  Returns the record's revision. */
+/*
+ * ARGV: id, record.  Returns the record's revision, or an error when
+ * another key has the name (two nodes made it at once).
+ */
 static char ngx_http_smartflow_keys_lua_put[] =
+"local name = cjson.decode(ARGV[2]).name\n"
+"local owner = redis.call('HGET', 'sf:vk:names', name)\n"
+"if owner and owner ~= ARGV[1] then\n"
+"  return redis.error_reply('DUPLICATE name')\n"
+"end\n"
+"local old = redis.call('HGET', 'sf:vk:nameof', ARGV[1])\n"
+"if old and old ~= name then redis.call('HDEL', 'sf:vk:names', old) end\n"
+"redis.call('HSET', 'sf:vk:names', name, ARGV[1])\n"
+"redis.call('HSET', 'sf:vk:nameof', ARGV[1], name)\n"
 "local v = redis.call('INCR', 'sf:vk:ver')\n"
 "redis.call('HSET', 'sf:vk', ARGV[1], ARGV[2])\n"
 "redis.call('HSET', 'sf:vk:rev', ARGV[1], v)\n"
@@ -216,8 +231,9 @@ static char ngx_http_smartflow_keys_lua_put[] =
  * tokens, estimated cost, period start, a token naming the request.
  * Returns {verdict (0 admitted, 1 rpm, 2 tpm, 3 budget), ms until the
  * window ends, window start, its requests, its tokens used and reserved,
- * spent, reserved}.  The token keeps what was reserved for two
- * minutes, for a settlement or a cancel that may come more than once.
+ * spent, reserved, period requests, lifetime requests}.  The token keeps
+ * what was reserved for two minutes, for a settlement or a cancel that
+ * may come more than once.
  */
 static char ngx_http_smartflow_keys_lua_reserve[] =
 "local c, tk = KEYS[1], 'sf:t:' .. ARGV[7]\n"
@@ -225,15 +241,15 @@ static char ngx_http_smartflow_keys_lua_reserve[] =
 "local t = redis.call('TIME')\n"
 "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
 "local f = redis.call('HMGET', c, 'w', 'wr', 'wt', 'wres', 'ps', 'sp',\n"
-"  'res')\n"
-"for i = 1, 7 do f[i] = tonumber(f[i] or '0') end\n"
+"  'res', 'pr', 'r')\n"
+"for i = 1, 9 do f[i] = tonumber(f[i] or '0') end\n"
 "if now >= f[1] + 60000 or now < f[1] then\n"
 "  f[1] = now f[2] = 0 f[3] = 0 f[4] = 0\n"
 "end\n"
 "local ps = tonumber(ARGV[6])\n"
 "if f[5] ~= ps then\n"
-"  f[5] = ps f[6] = 0 f[7] = 0\n"
-"  redis.call('HSET', c, 'pr', 0, 'pp', 0, 'pc', 0)\n"
+"  f[5] = ps f[6] = 0 f[7] = 0 f[8] = 0\n"
+"  redis.call('HSET', c, 'pp', 0, 'pc', 0)\n"
 "end\n"
 "local rpm, tpm, budget = tonumber(ARGV[1]), tonumber(ARGV[2]),\n"
 "  tonumber(ARGV[3])\n"
@@ -245,14 +261,14 @@ static char ngx_http_smartflow_keys_lua_reserve[] =
 "then v = 3 end\n"
 "if v == 0 then\n"
 "  f[2] = f[2] + 1 f[4] = f[4] + et f[7] = f[7] + ec\n"
-"  redis.call('HINCRBY', c, 'pr', 1)\n"
-"  redis.call('HINCRBY', c, 'r', 1)\n"
+"  f[8] = f[8] + 1 f[9] = f[9] + 1\n"
 "  redis.call('SET', tk, f[1] .. ' ' .. f[5] .. ' ' .. et .. ' ' .. ec,\n"
 "    'EX', 120)\n"
 "end\n"
 "redis.call('HSET', c, 'w', f[1], 'wr', f[2], 'wt', f[3], 'wres', f[4],\n"
-"  'ps', f[5], 'sp', f[6], 'res', f[7])\n"
-"return {v, f[1] + 60000 - now, f[1], f[2], f[3] + f[4], f[6], f[7]}\n";
+"  'ps', f[5], 'sp', f[6], 'res', f[7], 'pr', f[8], 'r', f[9])\n"
+"return {v, f[1] + 60000 - now, f[1], f[2], f[3] + f[4], f[6], f[7],\n"
+"  f[8], f[9]}\n";
 
 
 /*
@@ -325,6 +341,11 @@ static char ngx_http_smartflow_keys_lua_absorb[] =
 "if redis.call('EXISTS', tk) == 1 then return 0 end\n"
 "redis.call('SET', tk, 'a', 'EX', 3600)\n"
 "if a[3] == '1' or not redis.call('HGET', 'sf:vk:rev', id) then\n"
+"  local name = cjson.decode(a[2]).name\n"
+"  if not redis.call('HGET', 'sf:vk:names', name) then\n"
+"    redis.call('HSET', 'sf:vk:names', name, id)\n"
+"    redis.call('HSET', 'sf:vk:nameof', id, name)\n"
+"  end\n"
 "  local v = redis.call('INCR', 'sf:vk:ver')\n"
 "  redis.call('HSET', 'sf:vk', id, a[2])\n"
 "  redis.call('HSET', 'sf:vk:rev', id, v)\n"
@@ -1268,7 +1289,7 @@ ngx_http_smartflow_keys_reserved(ngx_smartflow_redis_t *rd,
                       (size_t) reply->len, reply->str);
     }
 
-    if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 7) {
+    if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 9) {
         ngx_http_smartflow_keys_window_snapshot(reply,
                                                 ctx ? ctx->vkey->id : 0);
 
@@ -1493,7 +1514,10 @@ ngx_http_smartflow_keys_flush(ngx_event_t *ev)
 }
 
 
-/* a reservation's answer into the zone: the window and the budget */
+/*
+ * A reservation's answer into the zone: the window, the budget and the
+ * requests, the node's view of Redis should Redis lose its data
+ */
 static void
 ngx_http_smartflow_keys_window_snapshot(redisReply *reply, ngx_uint_t id)
 {
@@ -1517,6 +1541,8 @@ ngx_http_smartflow_keys_window_snapshot(redisReply *reply, ngx_uint_t id)
         k->window_requests = ngx_http_smartflow_keys_num(e[3]);
         k->spent = ngx_http_smartflow_keys_num(e[5]);
         k->reserved = ngx_http_smartflow_keys_num(e[6]);
+        k->period_requests = ngx_http_smartflow_keys_num(e[7]);
+        k->requests = ngx_http_smartflow_keys_num(e[8]);
     }
 
     ngx_shmtx_unlock(&kz->shpool->mutex);
@@ -1641,6 +1667,99 @@ ngx_http_smartflow_keys_got_id(ngx_smartflow_redis_t *rd, redisReply *reply,
 
     } else {
         rq->id_failed = 1;
+    }
+
+    r = rq->r;
+    c = r->connection;
+
+    ngx_http_finalize_request(r, ngx_http_smartflow_keys_api_rerun(r));
+    ngx_http_run_posted_requests(c);
+}
+
+
+/*
+ * The usage API reads the key's counters from Redis first, so that any
+ * node tells the usage of all: NGX_DONE while it waits, NGX_OK to answer
+ * from the zone (Redis away, or read already).
+ */
+ngx_int_t
+ngx_http_smartflow_keys_redis_refresh(ngx_http_request_t *r, ngx_uint_t id)
+{
+    size_t                             len[16];
+    ngx_uint_t                         i;
+    ngx_smartflow_redis_t             *rd;
+    ngx_http_smartflow_ctx_t          *ctx;
+    ngx_http_smartflow_keys_rq_t      *rq;
+    ngx_http_smartflow_keys_ticket_t  *t;
+    const char                        *argv[16];
+    u_char                             counters[32];
+
+    static const char  *fields[] = { "w", "wr", "wt", "wres", "ps", "sp",
+                                     "res", "pr", "pp", "pc", "r", "p",
+                                     "c", "s" };
+
+    rd = ngx_sf_kz ? ngx_sf_kz->redis : NULL;
+
+    if (rd == NULL || !ngx_smartflow_redis_up(rd)) {
+        return NGX_OK;
+    }
+
+    ctx = ngx_http_smartflow_get_ctx(r);
+    rq = ctx ? ngx_http_smartflow_keys_rq(r, ctx) : NULL;
+
+    if (rq == NULL || rq->refreshed) {
+        return NGX_OK;
+    }
+
+    rq->refreshed = 1;
+    rq->id = id;
+
+    argv[0] = "HMGET";
+    len[0] = 5;
+    argv[1] = (char *) counters;
+    len[1] = ngx_http_smartflow_keys_counters(counters, id);
+
+    for (i = 0; i < 14; i++) {
+        argv[2 + i] = fields[i];
+        len[2 + i] = ngx_strlen(fields[i]);
+    }
+
+    t = ngx_http_smartflow_keys_ticket(rq);
+    if (t == NULL) {
+        return NGX_OK;
+    }
+
+    if (ngx_smartflow_redis_command(rd, ngx_http_smartflow_keys_refreshed,
+                                    t, 16, argv, len)
+        != NGX_OK)
+    {
+        (void) ngx_http_smartflow_keys_punch(t);
+        return NGX_OK;
+    }
+
+    ngx_http_smartflow_keys_wait(r, rq);
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_smartflow_keys_refreshed(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data)
+{
+    ngx_connection_t              *c;
+    ngx_http_request_t            *r;
+    ngx_http_smartflow_keys_rq_t  *rq;
+
+    rq = ngx_http_smartflow_keys_punch(data);
+
+    if (rq == NULL) {
+        return;
+    }
+
+    if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 14)
+    {
+        ngx_http_smartflow_keys_snapshot(reply, 0, rq->id);
     }
 
     r = rq->r;
@@ -1779,6 +1898,33 @@ ngx_http_smartflow_keys_stored(ngx_smartflow_redis_t *rd, redisReply *reply,
         ngx_shmtx_unlock(&kz->shpool->mutex);
 
         rc = ngx_http_smartflow_send_json(r, rq->status, &rq->json);
+
+    } else if (reply && reply->type == REDIS_REPLY_ERROR
+               && ngx_strncmp(reply->str, "DUPLICATE", 9) == 0)
+    {
+        /* another node gave the name to another key a moment ago */
+        ngx_shmtx_lock(&kz->shpool->mutex);
+
+        k = ngx_smartflow_keys_by_id(kz->sh, rq->id);
+
+        if (k && rq->status == NGX_HTTP_CREATED) {
+            ngx_smartflow_keys_free(kz, k);
+
+        } else if (k) {
+            /* the record in Redis comes back with the next poll */
+            k->rev = 0;
+            k->dirty = 0;
+            kz->sh->redis_ver = 0;
+        }
+
+        kz->sh->version++;
+
+        ngx_shmtx_unlock(&kz->shpool->mutex);
+
+        rc = ngx_http_smartflow_refuse(r,
+                 ngx_http_smartflow_error(r, NGX_HTTP_CONFLICT,
+                     "invalid_request_error", "duplicate_name", "name",
+                     "Another key has this name already."), 0);
 
     } else {
         ngx_log_error(NGX_LOG_ERR, c->log, 0,

@@ -48,6 +48,23 @@ like $body, qr/"chat\.completion"/, 'B answered the chat';
 is $status, 200, 'B lists the key made on A';
 like $body, qr/"name":"shared-one"/, '... by its name';
 
+# one name, made on both nodes at once: one key gets it
+my $twice = $c->burst(map { [$_, 'POST', '/api/auth/virtual-keys',
+                             '{"name":"shared-twice"}', @master] } $a, $b);
+is join(' ', sort map { $_->[0] } @$twice), '201 409',
+   'a name made on both nodes at once: one 201, one 409';
+my ($lost) = grep { $_->[0] == 409 } @$twice;
+like $lost->[1], qr/"code":"duplicate_name"/, '... duplicate_name';
+sleep 0.6;
+($status, $body) = $c->http($a, 'GET', '/api/auth/virtual-keys', undef,
+                            @master);
+my @twice = $body =~ /"name":"shared-twice"/g;
+is scalar(@twice), 1, 'A lists the name once';
+($status, $body) = $c->http($b, 'GET', '/api/auth/virtual-keys', undef,
+                            @master);
+@twice = $body =~ /"name":"shared-twice"/g;
+is scalar(@twice), 1, 'B lists the name once';
+
 my ($k2, $id2) = create($b, '{"name":"shared-two"}');
 isnt $id2, $id1, 'ids are unique across nodes';
 is $c->redis_cli('GET', 'sf:vk:next'), ($id2 =~ /(\d+)/)[0],
@@ -96,6 +113,49 @@ is $c->redis_cli('HGET', "sf:vk:c:$n", 'res'), 0, 'no reservation is left';
 ($status, $body) = $c->http($a, 'GET', "/api/auth/virtual-keys/$bid/usage",
                             undef, @master);
 like $body, qr/"requests":12,/, 'usage on A counts the requests of both';
+
+# the usage API of a node tells what every node served
+my ($uk, $uid) = create($a, '{"name":"shared-usage"}');
+for (1 .. 3) {
+    ($status) = $c->http($a, 'POST', '/v1/chat/completions', $hello,
+                         "Authorization: Bearer $uk");
+    is $status, 200, "served on A only ($_)";
+}
+sleep 0.3;
+($status, $body) = $c->http($b, 'GET', "/api/auth/virtual-keys/$uid/usage",
+                            undef, @master);
+is $status, 200, 'usage asked on B';
+like $body, qr/"requests":3,.*"total_tokens":[1-9]/s,
+     'B tells the requests and tokens A served';
+
+# tokens per minute: the usage settled on one node counts on the other;
+# a request goes out when the window's tokens plus its estimate (a token
+# per 4 body bytes, plus max_tokens) stay within 200
+my ($tk) = create($b, '{"name":"shared-tpm","tpm":200}');
+my $ask = '{"model":"smartflow-echo","max_tokens":100,"messages":'
+          . '[{"role":"user","content":"one two three four five"}]}';
+my $estimate = int((length($ask) + 3) / 4) + 100;
+my ($used, @seen) = (0);
+for my $i (1 .. 12) {
+    my $node = $i % 2 ? $a : $b;
+    ($status, $body) = $c->http($node, 'POST', '/v1/chat/completions', $ask,
+                                "Authorization: Bearer $tk");
+    my $expect = $used + $estimate <= 200 ? 200 : 429;
+    push @seen, "$status/$expect";
+    if ($status == 200) {
+        my ($total) = $body =~ /"total_tokens":(\d+)/;
+        $used += $total;
+    } else {
+        like $body, qr/tokens per min \(TPM\): Limit 200, Used $used,/,
+             "the refusal on $node->{name} counts the tokens of both";
+        last;
+    }
+    # the settlement reaches Redis before the next request
+    sleep 0.3;
+}
+is_deeply [ map { (split m{/})[0] } @seen ], [ map { (split m{/})[1] } @seen ],
+          'tpm 200 holds across both nodes: ' . join(' ', @seen);
+ok scalar(grep { m{^429} } @seen), 'a request was refused for its tokens';
 
 # revocation on A: B refuses the key within a second
 my ($vk, $vid) = create($a, '{"name":"shared-revoke"}');

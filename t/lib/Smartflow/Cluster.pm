@@ -14,9 +14,10 @@ package Smartflow::Cluster;
 #
 # Ports come from the environment (TEST_NGINX_PORT and
 # SMARTFLOW_REDIS_NODE_PORT for the nodes, SMARTFLOW_REDIS_PORT for
-# Redis), with defaults, so that several runs can share the machine.  Each node is
-# a real nginx (TEST_NGINX_BINARY, the modules from TEST_NGINX_MODULES)
-# with its own prefix under TEST_NGINX_SERVROOT, two workers and a master.
+# Redis), with defaults, so that several runs can share the machine.
+# Each node is a real nginx (TEST_NGINX_BINARY, the modules from
+# TEST_NGINX_MODULES) with its own prefix under TEST_NGINX_SERVROOT, two
+# workers and a master.
 
 use strict;
 use warnings;
