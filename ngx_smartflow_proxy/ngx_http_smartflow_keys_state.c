@@ -624,9 +624,6 @@ ngx_smartflow_keys_saver(void)
 ngx_int_t
 ngx_http_smartflow_keys_init_module(ngx_cycle_t *cycle)
 {
-    u_char                          *p, *dir;
-    ngx_err_t                        err;
-    ngx_core_conf_t                 *ccf;
     ngx_http_smartflow_keys_zone_t  *kz;
 
     kz = ngx_smartflow_keys_zone(cycle);
@@ -635,48 +632,7 @@ ngx_http_smartflow_keys_init_module(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
-    dir = ngx_pnalloc(cycle->pool, kz->state.len + 1);
-    if (dir == NULL) {
-        return NGX_ERROR;
-    }
-
-    p = ngx_cpymem(dir, kz->state.data, kz->state.len);
-    *p = '\0';
-
-    while (p > dir && *p != '/') {
-        p--;
-    }
-
-    if (p == dir) {
-        return NGX_OK;
-    }
-
-    *p = '\0';
-
-    if (ngx_create_dir(dir, 0700) == NGX_FILE_ERROR) {
-        err = ngx_errno;
-
-        if (err == NGX_EEXIST) {
-            return NGX_OK;
-        }
-
-        ngx_log_error(NGX_LOG_EMERG, cycle->log, err,
-                      ngx_create_dir_n " \"%s\" for the keys state failed",
-                      dir);
-        return NGX_ERROR;
-    }
-
-    ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_core_module);
-
-    if (geteuid() == 0 && ccf->user != (ngx_uid_t) NGX_CONF_UNSET_UINT
-        && chown((const char *) dir, ccf->user, -1) == -1)
-    {
-        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
-                      "chown(\"%s\", %d) failed", dir, ccf->user);
-        return NGX_ERROR;
-    }
-
-    return NGX_OK;
+    return ngx_smartflow_state_dir(cycle, &kz->state, "keys state");
 }
 
 
