@@ -139,7 +139,8 @@ wait_for 'the nodes find a Redis that lost its data', sub {
 wait_for 'Redis has the key again', sub {
     ($c->redis_cli('HGET', 'sf:vk:rev', $id) // '') =~ /^\d+$/ };
 wait_for 'Redis counts 17 requests again',
-    sub { ($c->redis_cli('HGET', "sf:vk:c:$id", 'r') // 0) == 17 };
+    sub { ($c->redis_cli('HGET', "sf:vk:c:$id", 'r') // 0) == 17 }
+    or diag 'Redis counts ', $c->redis_cli('HGET', "sf:vk:c:$id", 'r') // 'none';
 
 wait_for 'B serves the key again', sub { (chat($b, $key))[0] == 200 };
 
