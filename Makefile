@@ -17,7 +17,7 @@ CC_OPT      ?= -g -O2 -fstack-protector-strong -Wformat \
 LD_OPT      ?= -Wl,-z,relro -Wl,-z,now -fPIC
 
 .PHONY: all modules deps run test test-asan asan-modules test-valgrind bench \
-        fuzz unit clean policy-harness
+        fuzz unit clean policy-harness fuzz-policy
 
 all: modules
 
@@ -155,3 +155,18 @@ $(BUILD)/unit/policy_harness: unit/ngx_smartflow_policy_harness.c \
 	    $(POLICY_DETECT) -lpcre2-8 -o $@
 
 policy-harness: $(BUILD)/unit/policy_harness
+
+$(BUILD)/fuzz/policy_fuzz: fuzz/ngx_smartflow_policy_fuzz.c $(POLICY_DETECT) \
+        ngx_smartflow_policy/ngx_smartflow_policy.h $(NGX_BUILD)/objs/Makefile
+	@mkdir -p $(BUILD)/fuzz
+	clang -g -O1 -fsanitize=fuzzer,address,undefined $(FUZZ_INCS) \
+	    -Ingx_smartflow_policy fuzz/ngx_smartflow_policy_fuzz.c \
+	    $(POLICY_DETECT) -lpcre2-8 -o $@
+
+# the policy scanners under libFuzzer, FUZZ_SECONDS from the seed corpus
+fuzz-policy: $(BUILD)/fuzz/policy_fuzz
+	@mkdir -p $(BUILD)/fuzz/corpus-policy
+	@cp fuzz/corpus/policy/* $(BUILD)/fuzz/corpus-policy/
+	@set -o pipefail; $(BUILD)/fuzz/policy_fuzz -max_len=8192 -timeout=10 \
+	    -max_total_time=$(FUZZ_SECONDS) $(BUILD)/fuzz/corpus-policy 2>&1 \
+	    | tail -3

@@ -594,7 +594,7 @@ ngx_smartflow_sql_no_where(u_char *p, size_t len, size_t s, size_t e)
 static ngx_uint_t
 ngx_smartflow_rm_target(u_char *p, size_t len, size_t s, size_t e)
 {
-    size_t      i, ts, te, depth;
+    size_t      i, ts, te, depth, sl;
     u_char      c, q;
     ngx_uint_t  recursive, flags, opts;
 
@@ -749,10 +749,10 @@ ngx_smartflow_rm_target(u_char *p, size_t len, size_t s, size_t e)
         }
 
         for (flags = 0; system[flags]; flags++) {
-            i = ngx_strlen(system[flags]);
+            sl = ngx_strlen(system[flags]);
 
-            if (te - ts > i && ngx_strncmp(p + ts, system[flags], i) == 0
-                && p[ts + i] == '/' && depth == 2)
+            if (te - ts > sl && ngx_strncmp(p + ts, system[flags], sl) == 0
+                && p[ts + sl] == '/' && depth == 2)
             {
                 return 1;   /* "/home/user", "/etc/nginx" */
             }
