@@ -718,3 +718,7 @@ echo "summary: $outdir/result.json"
 
 ok=1
 exit 0
+
+# the guardrails' path (default policy group, 4 KB prompt) against plain
+# proxy_pass, in a run of its own
+"$top/bench/policy.sh" || echo "bench: the policy benchmark failed" >&2

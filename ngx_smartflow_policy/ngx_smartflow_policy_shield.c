@@ -524,8 +524,8 @@ ngx_smartflow_shield_check(u_char *p, size_t len, ngx_smartflow_shield_t *res)
         off = 0;
 
         while (off < len) {
-            rc = pcre2_match(r->re, p, len, off, 0, ngx_smartflow_policy_md,
-                             NULL);
+            rc = ngx_smartflow_re_match(r->re, p, len, off, 0,
+                                ngx_smartflow_policy_md);
             if (rc < 0) {
                 break;
             }
