@@ -60,7 +60,7 @@ test: modules asan-modules
 	@scripts/test.sh
 	@SMARTFLOW_ASAN=1 scripts/test.sh $(ASAN_SUITES)
 
-ASAN_SUITES ?= $(wildcard t/proxy t/providers t/keys) t/clients
+ASAN_SUITES ?= $(wildcard t/proxy t/providers t/keys t/policy) t/clients
 
 asan-modules: $(BUILD)/.deps
 	@$(MAKE) --no-print-directory modules BUILD=$(CURDIR)/build-asan \
