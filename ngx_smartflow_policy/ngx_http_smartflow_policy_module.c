@@ -315,6 +315,13 @@ ngx_http_smartflow_policy_init(ngx_conf_t *cf)
     ngx_http_next_header_filter = ngx_http_top_header_filter;
     ngx_http_top_header_filter = ngx_http_smartflow_policy_header_filter;
 
+    if (ngx_http_smartflow_register_output(cf,
+                                           ngx_http_smartflow_policy_output)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
     return ngx_http_smartflow_register_stage(cf,
                                              NGX_HTTP_SMARTFLOW_STAGE_POLICY,
                                              ngx_http_smartflow_policy_stage);

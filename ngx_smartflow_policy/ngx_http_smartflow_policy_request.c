@@ -11,38 +11,6 @@
 #include "ngx_http_smartflow_policy.h"
 
 
-#define NGX_SF_SCAN_PII     1
-#define NGX_SF_SCAN_INJ     2
-#define NGX_SF_SCAN_SHIELD  4
-
-#define NGX_SF_MAX_FINDINGS 128
-#define NGX_SF_NTYPES       (NGX_SF_RULE_N + NGX_SF_POLICY_MAX_CUSTOM)
-
-
-typedef struct {
-    ngx_uint_t                          type;
-    ngx_uint_t                          n;
-    ngx_str_t                           value;
-} ngx_http_smartflow_placeholder_t;
-
-
-typedef struct {
-    ngx_http_request_t                 *r;
-    ngx_http_smartflow_ctx_t           *ctx;
-    ngx_http_smartflow_policy_group_t  *g;
-    ngx_array_t                         seen;   /* placeholder_t */
-    ngx_uint_t                          count[NGX_SF_NTYPES];
-    ngx_uint_t                          decided[NGX_SF_NTYPES];
-    ngx_uint_t                          block;  /* action that refuses */
-    ngx_uint_t                          block_type;
-    const char                         *block_detail;
-    ngx_uint_t                          score;
-    ngx_uint_t                          redacted;
-    ngx_uint_t                          shield_on;
-    ngx_smartflow_finding_t             f[NGX_SF_MAX_FINDINGS];
-} ngx_http_smartflow_policy_run_t;
-
-
 static ngx_int_t ngx_http_smartflow_policy_walk(
     ngx_http_smartflow_policy_run_t *run);
 static ngx_int_t ngx_http_smartflow_policy_message(
@@ -51,24 +19,15 @@ static ngx_int_t ngx_http_smartflow_policy_message(
 static ngx_int_t ngx_http_smartflow_policy_values(
     ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *j,
     ngx_uint_t what, ngx_uint_t depth);
-static ngx_int_t ngx_http_smartflow_policy_text(
-    ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *j,
-    ngx_uint_t what);
 static ngx_int_t ngx_http_smartflow_policy_arguments(
     ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *args);
-static void ngx_http_smartflow_policy_shield(
-    ngx_http_smartflow_policy_run_t *run, u_char *p, size_t len);
 static ngx_int_t ngx_http_smartflow_policy_redact(
     ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *j,
     ngx_uint_t n);
 static void ngx_http_smartflow_policy_decide(
     ngx_http_smartflow_policy_run_t *run, ngx_uint_t type,
     ngx_uint_t action, const char *detail);
-static ngx_int_t ngx_http_smartflow_policy_decisions(
-    ngx_http_smartflow_policy_run_t *run);
 static ngx_str_t *ngx_http_smartflow_policy_type_name(
-    ngx_http_smartflow_policy_run_t *run, ngx_uint_t type, ngx_str_t *buf);
-static void ngx_http_smartflow_policy_rule(
     ngx_http_smartflow_policy_run_t *run, ngx_uint_t type, ngx_str_t *buf);
 
 
@@ -83,6 +42,32 @@ static ngx_str_t  ngx_http_smartflow_policy_types[] = {
 static const char  *ngx_http_smartflow_policy_actions[] = {
     "", "allow", "flag", "redact", "block", "approve"
 };
+
+
+static void
+ngx_http_smartflow_policy_run_cleanup(void *data)
+{
+    /* the run lives in the request pool: found again by this handler */
+}
+
+
+/*
+ * The request's run, for the answer: found through its pool cleanup, as
+ * module contexts do not survive the internal redirects of fallbacks.
+ */
+ngx_http_smartflow_policy_run_t *
+ngx_http_smartflow_policy_run(ngx_http_request_t *r)
+{
+    ngx_pool_cleanup_t  *cln;
+
+    for (cln = r->pool->cleanup; cln; cln = cln->next) {
+        if (cln->handler == ngx_http_smartflow_policy_run_cleanup) {
+            return cln->data;
+        }
+    }
+
+    return NULL;
+}
 
 
 ngx_uint_t
@@ -116,6 +101,7 @@ ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx)
 {
     ngx_str_t                               name;
+    ngx_pool_cleanup_t                     *cln;
     ngx_http_smartflow_policy_run_t        *run;
     ngx_http_smartflow_policy_group_t      *g;
     ngx_http_smartflow_policy_loc_conf_t   *plcf;
@@ -168,6 +154,14 @@ ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
     if (run == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cln->handler = ngx_http_smartflow_policy_run_cleanup;
+    cln->data = run;
 
     run->r = r;
     run->ctx = ctx;
@@ -226,6 +220,10 @@ ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
                    "The request was blocked by the content policy "
                    "(rule `%V`).", &name);
     }
+
+    /* the answer is read by the output scanner (the proxy's filter) */
+    ctx->output_scan = (g->output
+                        && (g->pii_mask || g->ncustom || run->shield_on));
 
     if (run->redacted) {
         /* the redacted request is what goes on, as it is sent */
@@ -515,7 +513,7 @@ ngx_http_smartflow_policy_arguments(ngx_http_smartflow_policy_run_t *run,
 }
 
 
-static void
+void
 ngx_http_smartflow_policy_shield(ngx_http_smartflow_policy_run_t *run,
     u_char *p, size_t len)
 {
@@ -542,7 +540,7 @@ ngx_http_smartflow_policy_shield(ngx_http_smartflow_policy_run_t *run,
 }
 
 
-static ngx_int_t
+ngx_int_t
 ngx_http_smartflow_policy_text(ngx_http_smartflow_policy_run_t *run,
     ngx_smartflow_json_t *j, ngx_uint_t what)
 {
@@ -772,7 +770,7 @@ ngx_http_smartflow_policy_decide(ngx_http_smartflow_policy_run_t *run,
 
 
 /* ctx->policy_decisions: "rule:action" joined by ',' */
-static ngx_int_t
+ngx_int_t
 ngx_http_smartflow_policy_decisions(ngx_http_smartflow_policy_run_t *run)
 {
     u_char      *p;
@@ -830,7 +828,7 @@ ngx_http_smartflow_policy_decisions(ngx_http_smartflow_policy_run_t *run)
 
 
 /* the rule's name as the configuration says it */
-static void
+void
 ngx_http_smartflow_policy_rule(ngx_http_smartflow_policy_run_t *run,
     ngx_uint_t type, ngx_str_t *buf)
 {
