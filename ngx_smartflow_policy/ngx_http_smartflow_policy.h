@@ -34,6 +34,7 @@ typedef struct {
 
 typedef struct {
     ngx_array_t                 groups;         /* group_t * */
+    ngx_shm_zone_t             *approvals;      /* Shield's approval queue */
 } ngx_http_smartflow_policy_main_conf_t;
 
 
@@ -82,6 +83,7 @@ typedef struct {
     ngx_str_t                           pending[NGX_SF_OUT_BLOCKS];
     ngx_str_t                           calls[NGX_SF_OUT_BLOCKS];
     ngx_uint_t                          ndecided;
+    ngx_uint_t                          approval;   /* its id, or 0 */
 } ngx_http_smartflow_policy_run_t;
 
 
@@ -107,6 +109,16 @@ ngx_uint_t ngx_http_smartflow_policy_model_in(ngx_array_t *globs,
 
 char *ngx_http_smartflow_policy_group_block(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+char *ngx_http_smartflow_policy_approvals(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_smartflow_policy_approval(
+    ngx_http_smartflow_policy_run_t *run, const char *rule, u_char *cmd,
+    size_t len, ngx_uint_t *id);
+ngx_int_t ngx_http_smartflow_policy_admin_handler(ngx_http_request_t *r);
+
+#define NGX_SF_APPROVAL_PENDING   1
+#define NGX_SF_APPROVAL_APPROVED  2
+#define NGX_SF_APPROVAL_DENIED    3
 
 
 extern ngx_module_t  ngx_http_smartflow_policy_module;

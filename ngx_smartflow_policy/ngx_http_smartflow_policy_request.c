@@ -205,6 +205,23 @@ ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
                        run->score, g->threshold);
         }
 
+        if (run->block == NGX_SF_ACTION_APPROVE) {
+            if (run->approval) {
+                return ngx_http_smartflow_error(r, NGX_HTTP_FORBIDDEN,
+                           "permission_error", "approval_required", NULL,
+                           "The tool call (rule `%V`: %s) awaits an "
+                           "operator's approval as Shield item %ui; send "
+                           "the request again once it is approved.",
+                           &name, run->block_detail, run->approval);
+            }
+
+            return ngx_http_smartflow_error(r, NGX_HTTP_FORBIDDEN,
+                       "permission_error", "approval_required", NULL,
+                       "The tool call (rule `%V`: %s) requires an "
+                       "operator's approval, and this gateway keeps no "
+                       "approval queue.", &name, run->block_detail);
+        }
+
         if (run->block_detail) {
             return ngx_http_smartflow_error(r, NGX_HTTP_BAD_REQUEST,
                        "invalid_request_error", "content_policy_violation",
@@ -517,7 +534,8 @@ void
 ngx_http_smartflow_policy_shield(ngx_http_smartflow_policy_run_t *run,
     u_char *p, size_t len)
 {
-    ngx_uint_t              a;
+    ngx_int_t               rc;
+    ngx_uint_t              a, id;
     ngx_smartflow_shield_t  sh;
 
     ngx_smartflow_shield_check(p, len, &sh);
@@ -534,6 +552,26 @@ ngx_http_smartflow_policy_shield(ngx_http_smartflow_policy_run_t *run,
 
     if (!sh.destructive) {
         a = NGX_SF_ACTION_FLAG;     /* risky only: a warning */
+    }
+
+    if (a == NGX_SF_ACTION_APPROVE && !run->ctx->pipeline_done) {
+        /* the approval queue: a call approved once passes once */
+        rc = ngx_http_smartflow_policy_approval(run, sh.name, p, len, &id);
+
+        if (rc == NGX_SF_APPROVAL_APPROVED) {
+            run->decided[sh.rule] |= 1 << NGX_SF_ACTION_APPROVE;
+            return;
+        }
+
+        if (rc == NGX_SF_APPROVAL_DENIED) {
+            ngx_http_smartflow_policy_decide(run, sh.rule, NGX_SF_ACTION_BLOCK,
+                                             sh.name);
+            return;
+        }
+
+        if (rc == NGX_SF_APPROVAL_PENDING) {
+            run->approval = id;
+        }
     }
 
     ngx_http_smartflow_policy_decide(run, sh.rule, a, sh.name);
