@@ -51,11 +51,12 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
 
     /* instruction override */
     { "override", 60, 1,
-      "instruc directi prompt rules guideli program restric guidanc orders command context told said",
+      "instruc directi prompt rules guideli program restric guidanc orders "
+      "command context told said message",
       "(?i)\\b(?:ignore|disregard|forget|bypass|override|neglect|"
       "overlook|abandon|discard|drop|skip)\\b[^.!?\\n]{0,60}?\\b(?:"
-      "instructions?|directives?|directions|prompts?|rules|guidelines|"
-      "programming|"
+      "instructions?|directives?|directions?|prompts?|rules|guidelines|"
+      "messages|programming|"
       "restrictions|guidance|orders|commands|context|"
       "(?:you(?:'ve| have)? (?:been|were) (?:told|given|instructed))|"
       "(?:told|said) (?:before|earlier|previously))\\b", NULL },
@@ -90,6 +91,13 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "\\b(?:enabled|activated|on|engaged|initiated)\\b|\\bentering \\w+ "
       "(?:\\w+ )?(?:override )?mode\\b", NULL },
 
+    { "override", 50, 1,
+      "enable activat enter switch",
+      "(?i)\\b(?:enable|activate|enter|switch to)\\b[^.!?\\n]{0,40}?\\b(?:dev|"
+      "developer|debug|jailbreak|unrestricted|god|evil|dan|unfiltered|"
+      "uncensored|admin|sudo|benchmarking|chaos|opposite)\\b[^.!?\\n]{0,20}?"
+      "\\bmode\\b", NULL },
+
     { "override", 45, 1,
       "<",
       "(?i)<!--[^>]{0,200}?\\b(?:ignore|instead|disregard|state|say|"
@@ -100,7 +108,9 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "prompt instruc passwor passphr secret api credent",
       "(?i)\\b(?:reveal|show|print|repeat|output|display|tell|give|share|"
       "leak|disclose|dump|recite|provide|confirm|send|write out|spell out|"
-      "what (?:is|are|was|were))\\b[^.!?\\n]{0,40}?\\b(?:your|the|my)\\s+(?:(?:initial|"
+      "what "
+      "(?:is|are|was|were))\\b[^.!?\\n]{0,40}?\\b(?:your|the|"
+      "my)\\s+(?:(?:initial|"
       "original|hidden|secret|system|full|complete|exact|previous|first|"
       "internal|confidential)\\s+){0,3}(?:system\\s+)?(?:prompt|"
       "instructions|password|pass(?:word|phrase)|secret(?: key)?|"
@@ -127,7 +137,9 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "(?i)\\bjailbr(?:eak|oken)(?:s|ed|ing)?\\b", NULL },
 
     { "persona", 40, 0,
-      "dan better antigpt dude stan aim ucar apophis nraf basedgp maximum mongo devmode kevin evilbot omega alphabr bish jailmil nsfw conditi niccolo",
+      "dan better antigpt dude stan aim ucar apophis nraf basedgp maximum "
+      "mongo devmode kevin evilbot omega alphabr bish jailmil nsfw conditi "
+      "niccolo",
       "\\b(?:DAN|BetterDAN|AntiGPT|DUDE|STAN|AIM|UCAR|APOPHIS|NRAF|"
       "BasedGPT|Maximum|Mongo Tom|DevMode|KEVIN|EvilBOT|Omega|Alphabreak|"
       "BISH|JailMilf|NSFW ?GPT|Condition Red|Niccolo)\\b", NULL },
@@ -149,7 +161,8 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "\\s*polic(?:y|ies)\\b", NULL },
 
     { "persona", 35, 0,
-      "unfilte uncenso unrestr unlimit unbound amoral anmoral unethic immoral lawless rogue",
+      "unfilte uncenso unrestr unlimit unbound amoral anmoral unethic immoral "
+      "lawless rogue",
       "(?i)\\b(?:un(?:filtered|censored|restricted|limited|bound)|"
       "(?:a|an)moral|unethical|immoral|lawless|rogue)\\b[^.!?\\n]{0,30}?"
       "\\b(?:ai|assistant|chatbot|bot|model|language model|persona|"
@@ -192,14 +205,17 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       NULL },
 
     { "persona", 35, 0,
-      "restric limits limitat filter boundar censors moral ethics guideli warning disclai",
-      "(?i)\\b(?:no|without(?: any)?|free from|removed? (?:all|any|the)?)\\s+"
-      "(?:restrictions|limits|limitations|filters|filtering|boundaries|"
-      "censorship|moral(?:s|ity)?|ethics|guidelines|warnings|disclaimers)"
+      "restric limits limitat filter boundar censors moral ethics guideli "
+      "warning disclai rules",
+      "(?i)\\b(?:no|zero|without(?: any)?|free from|removed? (?:all|any|the)?)"
+      "\\s+(?:rules|restrictions|limits|limitations|filters|filtering|"
+      "boundaries|censorship|moral(?:s|ity)?|ethics|guidelines|warnings|"
+      "disclaimers)"
       "\\b", NULL },
 
     { "persona", 30, 0,
-      "illegal unethic immoral amoral harmful explici offensi nsfw unfilte uncenso profani vulgar",
+      "illegal unethic immoral amoral harmful explici offensi nsfw unfilte "
+      "uncenso profani vulgar",
       "(?is)\\b(illegal|unethical|immoral|amoral|harmful|explicit|"
       "offensive|nsfw|unfiltered|uncensored|profanity|vulgar)\\b.*?"
       "\\b(?!\\1\\b)(?:illegal|unethical|immoral|amoral|harmful|explicit|"

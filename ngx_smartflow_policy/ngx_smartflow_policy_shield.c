@@ -55,7 +55,8 @@ static ngx_smartflow_shield_rule_t  ngx_smartflow_shield_rules[] = {
       "(?i)\\btruncate\\s+(?:table\\s+)?[\\w.`\"\\[]", NULL, NULL },
 
     { NGX_SF_RULE_SQL, "sql.delete_all", 1,
-      "(?i)\\bdelete\\s+from\\s+[\\w.`\"\\[\\]]+", ngx_smartflow_sql_no_where, NULL },
+      "(?i)\\bdelete\\s+from\\s+[\\w.`\"\\[\\]]+",
+      ngx_smartflow_sql_no_where, NULL },
 
     { NGX_SF_RULE_SQL, "sql.update_all", 1,
       "(?i)\\bupdate\\s+[\\w.`\"\\[\\]]+\\s+set\\b",
