@@ -284,7 +284,7 @@ static ngx_smartflow_gate_t  ngx_smartflow_gates[NGX_SF_GATES];
 static uint64_t              ngx_smartflow_gate_lt;     /* "<" */
 static uint64_t              ngx_smartflow_gate_br;     /* "[" */
 static uint64_t              ngx_smartflow_gate_hi;     /* past ASCII */
-static u_char                ngx_smartflow_gate_pairs[26 * 26];
+static u_char                ngx_smartflow_gate_pairs[26 * 26]; /* lengths */
 static uint64_t              ngx_smartflow_core_mask;
 
 
@@ -327,8 +327,11 @@ typedef struct {
 } ngx_smartflow_pass_t;
 
 
-#define ngx_sf_rot13(c)                                                      \
-    ((u_char) ((((c) | 0x20) - 'a' + 13) % 26 + 'a'))
+/* lower case, and lower case read as rot13, by byte (letters only) */
+static u_char  ngx_smartflow_lower[256];
+static u_char  ngx_smartflow_rot13lc[256];
+
+#define ngx_sf_rot13(c)  ngx_smartflow_rot13lc[c]
 
 #define ngx_sf_b64(c)                                                        \
     (ngx_sf_is_alpha(c) || ((c) >= '0' && (c) <= '9') || (c) == '+'          \
@@ -338,23 +341,33 @@ typedef struct {
 static void
 ngx_smartflow_gate_word(uint64_t *m, u_char *p, size_t n, ngx_uint_t rot)
 {
-    size_t     k;
-    u_char     c0, c1, c;
-    uint64_t   key, *mask;
+    size_t      k;
+    u_char      c0, c1, c;
+    uint64_t    key, *mask;
+    ngx_uint_t  lens;
 
-    c0 = rot ? ngx_sf_rot13(p[0]) : (p[0] | 0x20);
-    c1 = rot ? ngx_sf_rot13(p[1]) : (p[1] | 0x20);
+    c0 = rot ? ngx_sf_rot13(p[0]) : ngx_smartflow_lower[p[0]];
+    c1 = rot ? ngx_sf_rot13(p[1]) : ngx_smartflow_lower[p[1]];
 
-    /* most words start with two letters no gate starts with */
-    if (!ngx_smartflow_gate_pairs[(c0 - 'a') * 26 + (c1 - 'a')]) {
+    /*
+     * most words start with two letters no gate starts with; the others
+     * are looked up only at the lengths of the gates starting so
+     */
+    lens = ngx_smartflow_gate_pairs[(c0 - 'a') * 26 + (c1 - 'a')];
+
+    if (lens == 0) {
         return;
     }
 
     key = c0;
 
-    for (k = 1; k < n && k < 7; k++) {
-        c = rot ? ngx_sf_rot13(p[k]) : (p[k] | 0x20);
+    for (k = 1; k < n && k < 7 && (lens >> (k + 1)); k++) {
+        c = rot ? ngx_sf_rot13(p[k]) : ngx_smartflow_lower[p[k]];
         key = (key << 8) | c;
+
+        if (!(lens & (1 << (k + 1)))) {
+            continue;
+        }
 
         mask = ngx_smartflow_gate_slot(key | ((uint64_t) (k + 1) << 56), 0);
         if (mask) {
@@ -436,6 +449,14 @@ ngx_smartflow_injection_init(void)
     ngx_uint_t   i;
     PCRE2_SIZE   off;
 
+    for (i = 0; i < 256; i++) {
+        if (ngx_sf_is_alpha(i)) {
+            ngx_smartflow_lower[i] = (u_char) (i | 0x20);
+            ngx_smartflow_rot13lc[i] = (u_char) (((i | 0x20) - 'a' + 13) % 26
+                                                 + 'a');
+        }
+    }
+
     for (i = 0; i < sizeof(ngx_smartflow_signals)
                     / sizeof(ngx_smartflow_signal_t); i++)
     {
@@ -469,6 +490,7 @@ ngx_smartflow_injection_init(void)
 static ngx_int_t
 ngx_smartflow_gate_init(const char *g, uint64_t bit)
 {
+    u_char     *pair;
     uint64_t    key, *mask;
     ngx_uint_t  n;
 
@@ -490,7 +512,7 @@ ngx_smartflow_gate_init(const char *g, uint64_t bit)
             return NGX_ERROR;
         }
 
-        ngx_smartflow_gate_pairs[(g[0] - 'a') * 26 + (g[1] - 'a')] = 1;
+        pair = &ngx_smartflow_gate_pairs[(g[0] - 'a') * 26 + (g[1] - 'a')];
 
         key = 0;
 
@@ -501,6 +523,8 @@ ngx_smartflow_gate_init(const char *g, uint64_t bit)
         if (n < 2 || n > 7) {
             return NGX_ERROR;
         }
+
+        *pair |= (u_char) (1 << n);
 
         mask = ngx_smartflow_gate_slot(key | ((uint64_t) n << 56), 1);
         if (mask == NULL) {
