@@ -17,8 +17,8 @@ CC_OPT      ?= -g -O2 -fstack-protector-strong -Wformat \
 LD_OPT      ?= -Wl,-z,relro -Wl,-z,now -fPIC
 
 .PHONY: all modules deps run test test-asan asan-modules test-valgrind bench \
-        fuzz unit clean verify policy-harness cache-eval cache-quality \
-        cache-bench-bin
+        fuzz unit clean verify policy-harness fuzz-policy cache-eval \
+        cache-quality cache-bench-bin
 
 all: modules verify
 
@@ -76,7 +76,7 @@ test: modules verify asan-modules
 	@SMARTFLOW_ASAN=1 scripts/test.sh $(ASAN_SUITES)
 
 ASAN_SUITES ?= $(wildcard t/proxy t/providers t/keys t/audit t/redis \
-                          t/cache) t/clients
+                          t/cache t/policy) t/clients
 
 asan-modules: $(BUILD)/.deps
 	@$(MAKE) --no-print-directory modules BUILD=$(CURDIR)/build-asan \
@@ -205,3 +205,18 @@ $(BUILD)/unit/cache_bench: unit/ngx_smartflow_cache_bench.c \
 	    $(FAISS_LIB) -l:libfaiss.a -lopenblas -lgomp -lstdc++ -lm -o $@
 
 cache-bench-bin: $(BUILD)/unit/cache_bench
+
+$(BUILD)/fuzz/policy_fuzz: fuzz/ngx_smartflow_policy_fuzz.c $(POLICY_DETECT) \
+        ngx_smartflow_policy/ngx_smartflow_policy.h $(NGX_BUILD)/objs/Makefile
+	@mkdir -p $(BUILD)/fuzz
+	clang -g -O1 -fsanitize=fuzzer,address,undefined $(FUZZ_INCS) \
+	    -Ingx_smartflow_policy fuzz/ngx_smartflow_policy_fuzz.c \
+	    $(POLICY_DETECT) -lpcre2-8 -o $@
+
+# the policy scanners under libFuzzer, FUZZ_SECONDS from the seed corpus
+fuzz-policy: $(BUILD)/fuzz/policy_fuzz
+	@mkdir -p $(BUILD)/fuzz/corpus-policy
+	@cp fuzz/corpus/policy/* $(BUILD)/fuzz/corpus-policy/
+	@set -o pipefail; $(BUILD)/fuzz/policy_fuzz -max_len=8192 -timeout=10 \
+	    -max_total_time=$(FUZZ_SECONDS) $(BUILD)/fuzz/corpus-policy 2>&1 \
+	    | tail -3

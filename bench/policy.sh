@@ -13,7 +13,9 @@
 # cost per KB, from the module's sources (make policy-harness).
 #
 # Environment: BENCH_DURATION (8), BENCH_CONNECTIONS (32), BENCH_ROUNDS
-# (3), BENCH_PORT (18860), BENCH_PIN (1), BENCH_NGINX (/usr/sbin/nginx).
+# (3), BENCH_PORT (18860), BENCH_PIN (1), BENCH_NGINX (/usr/sbin/nginx),
+# BENCH_POLICY_GROUP (default; "off" measures the gateway without
+# guardrails on the same 4 KB body, to tell their cost from the rest).
 # The summary goes to build/bench/policy.json.
 set -euo pipefail
 
@@ -24,6 +26,7 @@ duration=${BENCH_DURATION:-8}
 conns=${BENCH_CONNECTIONS:-32}
 rounds=${BENCH_ROUNDS:-3}
 port_base=${BENCH_PORT:-18860}
+group=${BENCH_POLICY_GROUP:-default}
 pin=${BENCH_PIN:-1}
 
 die() {
@@ -192,7 +195,7 @@ http {
 
     server {
         listen 127.0.0.1:$port_gw backlog=4096;
-        smartflow_policy default;
+        smartflow_policy $group;
         include $top/conf/smartflow_locations.conf;
     }
 }
@@ -224,7 +227,7 @@ hdr=$(curl -s -o /dev/null -D - -X POST \
           -H "Authorization: Bearer $key" \
           -H 'Content-Type: application/json' \
           --data-binary @"$state/body.json")
-[[ $hdr == *"x-smartflow-policy: email:redact,phone:redact"* ]] \
+[ "$group" != default ] || [[ $hdr == *"x-smartflow-policy: email:redact,phone:redact"* ]] \
     || die "the default group did not redact: $hdr"
 
 front_worker=$(ps -o pid= --ppid "${pids[1]}" | tr -d ' ')
@@ -254,7 +257,7 @@ median() {
 url_a=http://127.0.0.1:$port_plain/v1/chat/completions
 url_b=http://127.0.0.1:$port_gw/v1/chat/completions
 
-echo "Smartflow policy benchmark: ${#body}-byte chat body, default group"
+echo "Smartflow policy benchmark: ${#body}-byte chat body, policy group $group"
 run "$url_a" 2
 run "$url_b" 2
 
@@ -289,7 +292,7 @@ printf 'scan cost (PII + injection, default detectors): %s ns per KB\n' \
     "$scan"
 
 cat > "$outdir/policy.json" <<JSON
-{"benchmark":"smartflow-policy","request_bytes":${#body},
+{"benchmark":"smartflow-policy","group":"$group","request_bytes":${#body},
  "rps_plain":$m_a,"rps_policy":$m_b,"ratio":$ratio,"target":0.85,
  "front_us_plain":$u_a,"front_us_policy":$u_b,"scan_ns_per_kb":$scan}
 JSON

@@ -900,5 +900,9 @@ if [ "${BENCH_CACHE:-1}" = 1 ]; then
     SMARTFLOW_MODULES=$modules "$top/bench/cache.sh"
 fi
 
+# the guardrails' path (default policy group, 4 KB prompt) against plain
+# proxy_pass, in a run of its own
+"$top/bench/policy.sh" || echo "bench: the policy benchmark failed" >&2
+
 ok=1
 exit 0

@@ -28,11 +28,13 @@ typedef struct {
     ngx_array_t                *allow;          /* ngx_str_t, lower-case */
     ngx_array_t                *deny;
     ngx_uint_t                  pii_mask;       /* PII rules not off */
+    ngx_flag_t                  output;         /* answers scanned too */
 } ngx_http_smartflow_policy_group_t;
 
 
 typedef struct {
     ngx_array_t                 groups;         /* group_t * */
+    ngx_shm_zone_t             *approvals;      /* Shield's approval queue */
 } ngx_http_smartflow_policy_main_conf_t;
 
 
@@ -44,8 +46,62 @@ typedef struct {
 } ngx_http_smartflow_policy_loc_conf_t;
 
 
+#define NGX_SF_OUT_BLOCKS   8
+#define NGX_SF_OUT_HOLD     256
+
+#define NGX_SF_SCAN_PII     1
+#define NGX_SF_SCAN_INJ     2
+#define NGX_SF_SCAN_SHIELD  4
+
+#define NGX_SF_MAX_FINDINGS 128
+#define NGX_SF_NTYPES       (NGX_SF_RULE_N + NGX_SF_POLICY_MAX_CUSTOM)
+
+
+typedef struct {
+    ngx_uint_t                          type;
+    ngx_uint_t                          n;
+    ngx_str_t                           value;
+} ngx_http_smartflow_placeholder_t;
+
+
+typedef struct {
+    ngx_http_request_t                 *r;
+    ngx_http_smartflow_ctx_t           *ctx;
+    ngx_http_smartflow_policy_group_t  *g;
+    ngx_array_t                         seen;   /* placeholder_t */
+    ngx_uint_t                          count[NGX_SF_NTYPES];
+    ngx_uint_t                          decided[NGX_SF_NTYPES];
+    ngx_uint_t                          block;  /* action that refuses */
+    ngx_uint_t                          block_type;
+    const char                         *block_detail;
+    ngx_uint_t                          score;
+    ngx_uint_t                          redacted;
+    ngx_uint_t                          shield_on;
+    ngx_smartflow_finding_t             f[NGX_SF_MAX_FINDINGS];
+
+    /* the answer, as a stream: text held back per block, tool calls */
+    ngx_str_t                           pending[NGX_SF_OUT_BLOCKS];
+    ngx_str_t                           calls[NGX_SF_OUT_BLOCKS];
+    ngx_uint_t                          ndecided;
+    ngx_uint_t                          approval;   /* its id, or 0 */
+} ngx_http_smartflow_policy_run_t;
+
+
 ngx_int_t ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx);
+ngx_int_t ngx_http_smartflow_policy_text(ngx_http_smartflow_policy_run_t *run,
+    ngx_smartflow_json_t *j, ngx_uint_t what);
+void ngx_http_smartflow_policy_shield(ngx_http_smartflow_policy_run_t *run,
+    u_char *p, size_t len);
+ngx_int_t ngx_http_smartflow_policy_decisions(
+    ngx_http_smartflow_policy_run_t *run);
+void ngx_http_smartflow_policy_rule(ngx_http_smartflow_policy_run_t *run,
+    ngx_uint_t type, ngx_str_t *buf);
+ngx_http_smartflow_policy_run_t *ngx_http_smartflow_policy_run(
+    ngx_http_request_t *r);
+ngx_int_t ngx_http_smartflow_policy_output(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_smartflow_json_t *answer,
+    ngx_str_t *event, ngx_array_t *out);
 ngx_http_smartflow_policy_group_t *ngx_http_smartflow_policy_find(
     ngx_http_smartflow_policy_main_conf_t *pmcf, ngx_str_t *name);
 ngx_uint_t ngx_http_smartflow_policy_model_in(ngx_array_t *globs,
@@ -53,6 +109,16 @@ ngx_uint_t ngx_http_smartflow_policy_model_in(ngx_array_t *globs,
 
 char *ngx_http_smartflow_policy_group_block(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+char *ngx_http_smartflow_policy_approvals(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_smartflow_policy_approval(
+    ngx_http_smartflow_policy_run_t *run, const char *rule, u_char *cmd,
+    size_t len, ngx_uint_t *id);
+ngx_int_t ngx_http_smartflow_policy_admin_handler(ngx_http_request_t *r);
+
+#define NGX_SF_APPROVAL_PENDING   1
+#define NGX_SF_APPROVAL_APPROVED  2
+#define NGX_SF_APPROVAL_DENIED    3
 
 
 extern ngx_module_t  ngx_http_smartflow_policy_module;

@@ -175,6 +175,27 @@ ngx_http_smartflow_policy_group_rule(ngx_conf_t *cf, ngx_command_t *dummy,
         return ngx_http_smartflow_policy_globs(cf, &g->deny, value, nargs);
     }
 
+    if (name->len == 6 && ngx_strncmp(name->data, "output", 6) == 0) {
+        /* output on | off: the answers are scanned too */
+        if (nargs != 2) {
+            goto invalid;
+        }
+
+        if (value[1].len == 2 && ngx_strncmp(value[1].data, "on", 2) == 0) {
+            g->output = 1;
+
+        } else if (value[1].len == 3
+                   && ngx_strncmp(value[1].data, "off", 3) == 0)
+        {
+            g->output = 0;
+
+        } else {
+            goto bad_action;
+        }
+
+        return NGX_CONF_OK;
+    }
+
     if (name->len == 3 && ngx_strncmp(name->data, "pii", 3) == 0) {
         /* every PII and secret detector at once */
         if (nargs != 2) {

@@ -22,6 +22,8 @@ static char *ngx_http_smartflow_policy_models(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_smartflow_policy_use(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+static char *ngx_http_smartflow_policy_admin(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static ngx_int_t ngx_http_smartflow_policy_init(ngx_conf_t *cf);
 
 
@@ -38,6 +40,20 @@ static ngx_command_t  ngx_http_smartflow_policy_commands[] = {
       NGX_HTTP_MAIN_CONF|NGX_CONF_BLOCK|NGX_CONF_TAKE12,
       ngx_http_smartflow_policy_group_block,
       NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("smartflow_policy_approvals"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE2,
+      ngx_http_smartflow_policy_approvals,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("smartflow_policy_admin"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_smartflow_policy_admin,
+      NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
 
@@ -302,6 +318,20 @@ ngx_http_smartflow_policy_use(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/* smartflow_policy_admin; the Shield approval queue's admin API */
+static char *
+ngx_http_smartflow_policy_admin(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_smartflow_policy_admin_handler;
+
+    return NGX_CONF_OK;
+}
+
+
 static ngx_int_t
 ngx_http_smartflow_policy_init(ngx_conf_t *cf)
 {
@@ -314,6 +344,13 @@ ngx_http_smartflow_policy_init(ngx_conf_t *cf)
 
     ngx_http_next_header_filter = ngx_http_top_header_filter;
     ngx_http_top_header_filter = ngx_http_smartflow_policy_header_filter;
+
+    if (ngx_http_smartflow_register_output(cf,
+                                           ngx_http_smartflow_policy_output)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
 
     return ngx_http_smartflow_register_stage(cf,
                                              NGX_HTTP_SMARTFLOW_STAGE_POLICY,

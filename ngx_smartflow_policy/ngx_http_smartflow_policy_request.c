@@ -11,38 +11,6 @@
 #include "ngx_http_smartflow_policy.h"
 
 
-#define NGX_SF_SCAN_PII     1
-#define NGX_SF_SCAN_INJ     2
-#define NGX_SF_SCAN_SHIELD  4
-
-#define NGX_SF_MAX_FINDINGS 128
-#define NGX_SF_NTYPES       (NGX_SF_RULE_N + NGX_SF_POLICY_MAX_CUSTOM)
-
-
-typedef struct {
-    ngx_uint_t                          type;
-    ngx_uint_t                          n;
-    ngx_str_t                           value;
-} ngx_http_smartflow_placeholder_t;
-
-
-typedef struct {
-    ngx_http_request_t                 *r;
-    ngx_http_smartflow_ctx_t           *ctx;
-    ngx_http_smartflow_policy_group_t  *g;
-    ngx_array_t                         seen;   /* placeholder_t */
-    ngx_uint_t                          count[NGX_SF_NTYPES];
-    ngx_uint_t                          decided[NGX_SF_NTYPES];
-    ngx_uint_t                          block;  /* action that refuses */
-    ngx_uint_t                          block_type;
-    const char                         *block_detail;
-    ngx_uint_t                          score;
-    ngx_uint_t                          redacted;
-    ngx_uint_t                          shield_on;
-    ngx_smartflow_finding_t             f[NGX_SF_MAX_FINDINGS];
-} ngx_http_smartflow_policy_run_t;
-
-
 static ngx_int_t ngx_http_smartflow_policy_walk(
     ngx_http_smartflow_policy_run_t *run);
 static ngx_int_t ngx_http_smartflow_policy_message(
@@ -51,24 +19,15 @@ static ngx_int_t ngx_http_smartflow_policy_message(
 static ngx_int_t ngx_http_smartflow_policy_values(
     ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *j,
     ngx_uint_t what, ngx_uint_t depth);
-static ngx_int_t ngx_http_smartflow_policy_text(
-    ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *j,
-    ngx_uint_t what);
 static ngx_int_t ngx_http_smartflow_policy_arguments(
     ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *args);
-static void ngx_http_smartflow_policy_shield(
-    ngx_http_smartflow_policy_run_t *run, u_char *p, size_t len);
 static ngx_int_t ngx_http_smartflow_policy_redact(
     ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *j,
     ngx_uint_t n);
 static void ngx_http_smartflow_policy_decide(
     ngx_http_smartflow_policy_run_t *run, ngx_uint_t type,
     ngx_uint_t action, const char *detail);
-static ngx_int_t ngx_http_smartflow_policy_decisions(
-    ngx_http_smartflow_policy_run_t *run);
 static ngx_str_t *ngx_http_smartflow_policy_type_name(
-    ngx_http_smartflow_policy_run_t *run, ngx_uint_t type, ngx_str_t *buf);
-static void ngx_http_smartflow_policy_rule(
     ngx_http_smartflow_policy_run_t *run, ngx_uint_t type, ngx_str_t *buf);
 
 
@@ -83,6 +42,32 @@ static ngx_str_t  ngx_http_smartflow_policy_types[] = {
 static const char  *ngx_http_smartflow_policy_actions[] = {
     "", "allow", "flag", "redact", "block", "approve"
 };
+
+
+static void
+ngx_http_smartflow_policy_run_cleanup(void *data)
+{
+    /* the run lives in the request pool: found again by this handler */
+}
+
+
+/*
+ * The request's run, for the answer: found through its pool cleanup, as
+ * module contexts do not survive the internal redirects of fallbacks.
+ */
+ngx_http_smartflow_policy_run_t *
+ngx_http_smartflow_policy_run(ngx_http_request_t *r)
+{
+    ngx_pool_cleanup_t  *cln;
+
+    for (cln = r->pool->cleanup; cln; cln = cln->next) {
+        if (cln->handler == ngx_http_smartflow_policy_run_cleanup) {
+            return cln->data;
+        }
+    }
+
+    return NULL;
+}
 
 
 ngx_uint_t
@@ -116,6 +101,7 @@ ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx)
 {
     ngx_str_t                               name;
+    ngx_pool_cleanup_t                     *cln;
     ngx_http_smartflow_policy_run_t        *run;
     ngx_http_smartflow_policy_group_t      *g;
     ngx_http_smartflow_policy_loc_conf_t   *plcf;
@@ -169,6 +155,14 @@ ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cln->handler = ngx_http_smartflow_policy_run_cleanup;
+    cln->data = run;
+
     run->r = r;
     run->ctx = ctx;
     run->g = g;
@@ -211,6 +205,23 @@ ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
                        run->score, g->threshold);
         }
 
+        if (run->block == NGX_SF_ACTION_APPROVE) {
+            if (run->approval) {
+                return ngx_http_smartflow_error(r, NGX_HTTP_FORBIDDEN,
+                           "permission_error", "approval_required", NULL,
+                           "The tool call (rule `%V`: %s) awaits an "
+                           "operator's approval as Shield item %ui; send "
+                           "the request again once it is approved.",
+                           &name, run->block_detail, run->approval);
+            }
+
+            return ngx_http_smartflow_error(r, NGX_HTTP_FORBIDDEN,
+                       "permission_error", "approval_required", NULL,
+                       "The tool call (rule `%V`: %s) requires an "
+                       "operator's approval, and this gateway keeps no "
+                       "approval queue.", &name, run->block_detail);
+        }
+
         if (run->block_detail) {
             return ngx_http_smartflow_error(r, NGX_HTTP_BAD_REQUEST,
                        "invalid_request_error", "content_policy_violation",
@@ -226,6 +237,10 @@ ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
                    "The request was blocked by the content policy "
                    "(rule `%V`).", &name);
     }
+
+    /* the answer is read by the output scanner (the proxy's filter) */
+    ctx->output_scan = (g->output
+                        && (g->pii_mask || g->ncustom || run->shield_on));
 
     if (run->redacted) {
         /* the redacted request is what goes on, as it is sent */
@@ -515,11 +530,12 @@ ngx_http_smartflow_policy_arguments(ngx_http_smartflow_policy_run_t *run,
 }
 
 
-static void
+void
 ngx_http_smartflow_policy_shield(ngx_http_smartflow_policy_run_t *run,
     u_char *p, size_t len)
 {
-    ngx_uint_t              a;
+    ngx_int_t               rc;
+    ngx_uint_t              a, id;
     ngx_smartflow_shield_t  sh;
 
     ngx_smartflow_shield_check(p, len, &sh);
@@ -538,11 +554,31 @@ ngx_http_smartflow_policy_shield(ngx_http_smartflow_policy_run_t *run,
         a = NGX_SF_ACTION_FLAG;     /* risky only: a warning */
     }
 
+    if (a == NGX_SF_ACTION_APPROVE && !run->ctx->pipeline_done) {
+        /* the approval queue: a call approved once passes once */
+        rc = ngx_http_smartflow_policy_approval(run, sh.name, p, len, &id);
+
+        if (rc == NGX_SF_APPROVAL_APPROVED) {
+            run->decided[sh.rule] |= 1 << NGX_SF_ACTION_APPROVE;
+            return;
+        }
+
+        if (rc == NGX_SF_APPROVAL_DENIED) {
+            ngx_http_smartflow_policy_decide(run, sh.rule, NGX_SF_ACTION_BLOCK,
+                                             sh.name);
+            return;
+        }
+
+        if (rc == NGX_SF_APPROVAL_PENDING) {
+            run->approval = id;
+        }
+    }
+
     ngx_http_smartflow_policy_decide(run, sh.rule, a, sh.name);
 }
 
 
-static ngx_int_t
+ngx_int_t
 ngx_http_smartflow_policy_text(ngx_http_smartflow_policy_run_t *run,
     ngx_smartflow_json_t *j, ngx_uint_t what)
 {
@@ -772,7 +808,7 @@ ngx_http_smartflow_policy_decide(ngx_http_smartflow_policy_run_t *run,
 
 
 /* ctx->policy_decisions: "rule:action" joined by ',' */
-static ngx_int_t
+ngx_int_t
 ngx_http_smartflow_policy_decisions(ngx_http_smartflow_policy_run_t *run)
 {
     u_char      *p;
@@ -830,7 +866,7 @@ ngx_http_smartflow_policy_decisions(ngx_http_smartflow_policy_run_t *run)
 
 
 /* the rule's name as the configuration says it */
-static void
+void
 ngx_http_smartflow_policy_rule(ngx_http_smartflow_policy_run_t *run,
     ngx_uint_t type, ngx_str_t *buf)
 {

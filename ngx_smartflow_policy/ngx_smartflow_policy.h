@@ -74,6 +74,28 @@ typedef struct {
 } ngx_smartflow_shield_t;
 
 
+/*
+ * A JIT-compiled pattern is matched through the JIT's fast path; one the
+ * JIT could not take, or an anchored match, through the interpreter.
+ */
+static ngx_inline int
+ngx_smartflow_re_match(pcre2_code *re, u_char *p, size_t len, size_t off,
+    uint32_t opts, pcre2_match_data *md)
+{
+    int  rc;
+
+    if (!(opts & PCRE2_ANCHORED)) {
+        rc = pcre2_jit_match(re, p, len, off, opts, md, NULL);
+
+        if (rc != PCRE2_ERROR_JIT_BADOPTION) {
+            return rc;
+        }
+    }
+
+    return pcre2_match(re, p, len, off, opts, md, NULL);
+}
+
+
 ngx_int_t ngx_smartflow_policy_detect_init(void);
 const char *ngx_smartflow_policy_rule_name(ngx_uint_t rule);
 

@@ -51,11 +51,12 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
 
     /* instruction override */
     { "override", 60, 1,
-      "instruc directi prompt rules guideli program restric guidanc orders command context told said",
+      "instruc directi prompt rules guideli program restric guidanc orders "
+      "command context told said message",
       "(?i)\\b(?:ignore|disregard|forget|bypass|override|neglect|"
       "overlook|abandon|discard|drop|skip)\\b[^.!?\\n]{0,60}?\\b(?:"
-      "instructions?|directives?|directions|prompts?|rules|guidelines|"
-      "programming|"
+      "instructions?|directives?|directions?|prompts?|rules|guidelines|"
+      "messages|programming|"
       "restrictions|guidance|orders|commands|context|"
       "(?:you(?:'ve| have)? (?:been|were) (?:told|given|instructed))|"
       "(?:told|said) (?:before|earlier|previously))\\b", NULL },
@@ -90,6 +91,13 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "\\b(?:enabled|activated|on|engaged|initiated)\\b|\\bentering \\w+ "
       "(?:\\w+ )?(?:override )?mode\\b", NULL },
 
+    { "override", 50, 1,
+      "enable activat enter switch",
+      "(?i)\\b(?:enable|activate|enter|switch to)\\b[^.!?\\n]{0,40}?\\b(?:dev|"
+      "developer|debug|jailbreak|unrestricted|god|evil|dan|unfiltered|"
+      "uncensored|admin|sudo|benchmarking|chaos|opposite)\\b[^.!?\\n]{0,20}?"
+      "\\bmode\\b", NULL },
+
     { "override", 45, 1,
       "<",
       "(?i)<!--[^>]{0,200}?\\b(?:ignore|instead|disregard|state|say|"
@@ -100,7 +108,9 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "prompt instruc passwor passphr secret api credent",
       "(?i)\\b(?:reveal|show|print|repeat|output|display|tell|give|share|"
       "leak|disclose|dump|recite|provide|confirm|send|write out|spell out|"
-      "what (?:is|are|was|were))\\b[^.!?\\n]{0,40}?\\b(?:your|the|my)\\s+(?:(?:initial|"
+      "what "
+      "(?:is|are|was|were))\\b[^.!?\\n]{0,40}?\\b(?:your|the|"
+      "my)\\s+(?:(?:initial|"
       "original|hidden|secret|system|full|complete|exact|previous|first|"
       "internal|confidential)\\s+){0,3}(?:system\\s+)?(?:prompt|"
       "instructions|password|pass(?:word|phrase)|secret(?: key)?|"
@@ -127,7 +137,9 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "(?i)\\bjailbr(?:eak|oken)(?:s|ed|ing)?\\b", NULL },
 
     { "persona", 40, 0,
-      "dan better antigpt dude stan aim ucar apophis nraf basedgp maximum mongo devmode kevin evilbot omega alphabr bish jailmil nsfw conditi niccolo",
+      "dan better antigpt dude stan aim ucar apophis nraf basedgp maximum "
+      "mongo devmode kevin evilbot omega alphabr bish jailmil nsfw conditi "
+      "niccolo",
       "\\b(?:DAN|BetterDAN|AntiGPT|DUDE|STAN|AIM|UCAR|APOPHIS|NRAF|"
       "BasedGPT|Maximum|Mongo Tom|DevMode|KEVIN|EvilBOT|Omega|Alphabreak|"
       "BISH|JailMilf|NSFW ?GPT|Condition Red|Niccolo)\\b", NULL },
@@ -149,7 +161,8 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "\\s*polic(?:y|ies)\\b", NULL },
 
     { "persona", 35, 0,
-      "unfilte uncenso unrestr unlimit unbound amoral anmoral unethic immoral lawless rogue",
+      "unfilte uncenso unrestr unlimit unbound amoral anmoral unethic immoral "
+      "lawless rogue",
       "(?i)\\b(?:un(?:filtered|censored|restricted|limited|bound)|"
       "(?:a|an)moral|unethical|immoral|lawless|rogue)\\b[^.!?\\n]{0,30}?"
       "\\b(?:ai|assistant|chatbot|bot|model|language model|persona|"
@@ -192,14 +205,17 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       NULL },
 
     { "persona", 35, 0,
-      "restric limits limitat filter boundar censors moral ethics guideli warning disclai",
-      "(?i)\\b(?:no|without(?: any)?|free from|removed? (?:all|any|the)?)\\s+"
-      "(?:restrictions|limits|limitations|filters|filtering|boundaries|"
-      "censorship|moral(?:s|ity)?|ethics|guidelines|warnings|disclaimers)"
+      "restric limits limitat filter boundar censors moral ethics guideli "
+      "warning disclai rules",
+      "(?i)\\b(?:no|zero|without(?: any)?|free from|removed? (?:all|any|the)?)"
+      "\\s+(?:rules|restrictions|limits|limitations|filters|filtering|"
+      "boundaries|censorship|moral(?:s|ity)?|ethics|guidelines|warnings|"
+      "disclaimers)"
       "\\b", NULL },
 
     { "persona", 30, 0,
-      "illegal unethic immoral amoral harmful explici offensi nsfw unfilte uncenso profani vulgar",
+      "illegal unethic immoral amoral harmful explici offensi nsfw unfilte "
+      "uncenso profani vulgar",
       "(?is)\\b(illegal|unethical|immoral|amoral|harmful|explicit|"
       "offensive|nsfw|unfiltered|uncensored|profanity|vulgar)\\b.*?"
       "\\b(?!\\1\\b)(?:illegal|unethical|immoral|amoral|harmful|explicit|"
@@ -268,7 +284,8 @@ static ngx_smartflow_gate_t  ngx_smartflow_gates[NGX_SF_GATES];
 static uint64_t              ngx_smartflow_gate_lt;     /* "<" */
 static uint64_t              ngx_smartflow_gate_br;     /* "[" */
 static uint64_t              ngx_smartflow_gate_hi;     /* past ASCII */
-static u_char                ngx_smartflow_gate_pairs[26 * 26];
+static u_char                ngx_smartflow_gate_pairs[26 * 26]; /* lengths */
+static uint64_t              ngx_smartflow_core_mask;
 
 
 #define ngx_sf_gate_hash(key)                                                \
@@ -301,63 +318,124 @@ ngx_smartflow_gate_slot(uint64_t key, ngx_uint_t add)
 }
 
 
-/* the signals whose gates p opens */
-static uint64_t
-ngx_smartflow_gates_open(u_char *p, size_t len)
-{
-    size_t      i;
-    u_char      c;
-    uint64_t    m, key, *mask;
-    ngx_uint_t  n;
+/* what one pass over a text tells the scorer */
+typedef struct {
+    uint64_t      open;         /* signals whose gates the text opens */
+    uint64_t      rot13;        /* ... that its rot13 reading opens */
+    ngx_uint_t    high;         /* bytes past ASCII */
+    ngx_uint_t    runs;         /* a base64 or hex run of 20 or more */
+} ngx_smartflow_pass_t;
 
-    m = 0;
+
+/* lower case, and lower case read as rot13, by byte (letters only) */
+static u_char  ngx_smartflow_lower[256];
+static u_char  ngx_smartflow_rot13lc[256];
+
+#define ngx_sf_rot13(c)  ngx_smartflow_rot13lc[c]
+
+#define ngx_sf_b64(c)                                                        \
+    (ngx_sf_is_alpha(c) || ((c) >= '0' && (c) <= '9') || (c) == '+'          \
+     || (c) == '/' || (c) == '-' || (c) == '_')
+
+
+static void
+ngx_smartflow_gate_word(uint64_t *m, u_char *p, size_t n, ngx_uint_t rot)
+{
+    size_t      k;
+    u_char      c0, c1, c;
+    uint64_t    key, *mask;
+    ngx_uint_t  lens;
+
+    c0 = rot ? ngx_sf_rot13(p[0]) : ngx_smartflow_lower[p[0]];
+    c1 = rot ? ngx_sf_rot13(p[1]) : ngx_smartflow_lower[p[1]];
+
+    /*
+     * most words start with two letters no gate starts with; the others
+     * are looked up only at the lengths of the gates starting so
+     */
+    lens = ngx_smartflow_gate_pairs[(c0 - 'a') * 26 + (c1 - 'a')];
+
+    if (lens == 0) {
+        return;
+    }
+
+    key = c0;
+
+    for (k = 1; k < n && k < 7 && (lens >> (k + 1)); k++) {
+        c = rot ? ngx_sf_rot13(p[k]) : ngx_smartflow_lower[p[k]];
+        key = (key << 8) | c;
+
+        if (!(lens & (1 << (k + 1)))) {
+            continue;
+        }
+
+        mask = ngx_smartflow_gate_slot(key | ((uint64_t) (k + 1) << 56), 0);
+        if (mask) {
+            *m |= *mask;
+        }
+    }
+}
+
+
+static void
+ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
+{
+    size_t  i, ws, run;
+    u_char  c;
+
+    ngx_memzero(ps, sizeof(ngx_smartflow_pass_t));
+    run = 0;
 
     for (i = 0; i < len; /* void */) {
         c = p[i];
 
         if (ngx_sf_is_alpha(c)) {
-            /* most words start with two letters no gate starts with */
-            if (i + 1 < len && ngx_sf_is_alpha(p[i + 1])
-                && ngx_smartflow_gate_pairs[((c | 0x20) - 'a') * 26
-                                            + ((p[i + 1] | 0x20) - 'a')])
-            {
-                key = 0;
-
-                for (n = 1; n <= 7 && i < len && ngx_sf_is_alpha(p[i]); n++)
-                {
-                    key = (key << 8) | (p[i++] | 0x20);
-
-                    if (n >= 2) {
-                        mask = ngx_smartflow_gate_slot(
-                                   key | ((uint64_t) n << 56), 0);
-                        if (mask) {
-                            m |= *mask;
-                        }
-                    }
-                }
-            }
+            ws = i;
 
             while (i < len && ngx_sf_is_alpha(p[i])) {
                 i++;
             }
 
+            if (i - ws >= 2) {
+                ngx_smartflow_gate_word(&ps->open, p + ws, i - ws, 0);
+                ngx_smartflow_gate_word(&ps->rot13, p + ws, i - ws, 1);
+            }
+
+            run += i - ws;
+
+            if (i < len && ngx_sf_b64(p[i])) {
+                continue;
+            }
+
+            ps->runs |= (run >= 20);
+            run = 0;
             continue;
         }
 
+        if (ngx_sf_b64(c)) {
+            run++;
+            i++;
+            continue;
+        }
+
+        ps->runs |= (run >= 20);
+        run = 0;
+
         if (c >= 0x80) {
-            m |= ngx_smartflow_gate_hi;
+            ps->high = 1;
+            ps->open |= ngx_smartflow_gate_hi;
 
         } else if (c == '<') {
-            m |= ngx_smartflow_gate_lt;
+            ps->open |= ngx_smartflow_gate_lt;
 
         } else if (c == '[') {
-            m |= ngx_smartflow_gate_br;
+            ps->open |= ngx_smartflow_gate_br;
         }
 
         i++;
     }
 
-    return m;
+    ps->runs |= (run >= 20);
 }
 
 
@@ -370,6 +448,14 @@ ngx_smartflow_injection_init(void)
     int          err;
     ngx_uint_t   i;
     PCRE2_SIZE   off;
+
+    for (i = 0; i < 256; i++) {
+        if (ngx_sf_is_alpha(i)) {
+            ngx_smartflow_lower[i] = (u_char) (i | 0x20);
+            ngx_smartflow_rot13lc[i] = (u_char) (((i | 0x20) - 'a' + 13) % 26
+                                                 + 'a');
+        }
+    }
 
     for (i = 0; i < sizeof(ngx_smartflow_signals)
                     / sizeof(ngx_smartflow_signal_t); i++)
@@ -384,6 +470,10 @@ ngx_smartflow_injection_init(void)
 
         (void) pcre2_jit_compile(ngx_smartflow_signals[i].re,
                                  PCRE2_JIT_COMPLETE);
+
+        if (ngx_smartflow_signals[i].core) {
+            ngx_smartflow_core_mask |= (uint64_t) 1 << i;
+        }
 
         if (ngx_smartflow_gate_init(ngx_smartflow_signals[i].gate,
                                     (uint64_t) 1 << i)
@@ -400,6 +490,7 @@ ngx_smartflow_injection_init(void)
 static ngx_int_t
 ngx_smartflow_gate_init(const char *g, uint64_t bit)
 {
+    u_char     *pair;
     uint64_t    key, *mask;
     ngx_uint_t  n;
 
@@ -421,7 +512,7 @@ ngx_smartflow_gate_init(const char *g, uint64_t bit)
             return NGX_ERROR;
         }
 
-        ngx_smartflow_gate_pairs[(g[0] - 'a') * 26 + (g[1] - 'a')] = 1;
+        pair = &ngx_smartflow_gate_pairs[(g[0] - 'a') * 26 + (g[1] - 'a')];
 
         key = 0;
 
@@ -432,6 +523,8 @@ ngx_smartflow_gate_init(const char *g, uint64_t bit)
         if (n < 2 || n > 7) {
             return NGX_ERROR;
         }
+
+        *pair |= (u_char) (1 << n);
 
         mask = ngx_smartflow_gate_slot(key | ((uint64_t) n << 56), 1);
         if (mask == NULL) {
@@ -445,15 +538,15 @@ ngx_smartflow_gate_init(const char *g, uint64_t bit)
 }
 
 
-/* the signals found in p, as a bit set; core only: the revealed text's */
+/* the signals found in p among those open; core only: revealed text */
 static uint64_t
-ngx_smartflow_signals_in(u_char *p, size_t len, ngx_uint_t core_only)
+ngx_smartflow_signals_run(u_char *p, size_t len, uint64_t open,
+    ngx_uint_t core_only)
 {
-    uint64_t     set, open;
+    uint64_t     set;
     ngx_uint_t   i;
 
     set = 0;
-    open = ngx_smartflow_gates_open(p, len);
 
     for (i = 0; i < sizeof(ngx_smartflow_signals)
                     / sizeof(ngx_smartflow_signal_t); i++)
@@ -464,8 +557,8 @@ ngx_smartflow_signals_in(u_char *p, size_t len, ngx_uint_t core_only)
             continue;
         }
 
-        if (pcre2_match(ngx_smartflow_signals[i].re, p, len, 0, 0,
-                        ngx_smartflow_policy_md, NULL)
+        if (ngx_smartflow_re_match(ngx_smartflow_signals[i].re, p, len, 0, 0,
+                                ngx_smartflow_policy_md)
             >= 0)
         {
             set |= (uint64_t) 1 << i;
@@ -473,6 +566,17 @@ ngx_smartflow_signals_in(u_char *p, size_t len, ngx_uint_t core_only)
     }
 
     return set;
+}
+
+
+static uint64_t
+ngx_smartflow_signals_in(u_char *p, size_t len, ngx_uint_t core_only)
+{
+    ngx_smartflow_pass_t  ps;
+
+    ngx_smartflow_gates_open(p, len, &ps);
+
+    return ngx_smartflow_signals_run(p, len, ps.open, core_only);
 }
 
 
@@ -755,49 +859,56 @@ static void
 ngx_smartflow_score_window(u_char *p, size_t len, uint64_t *set,
     ngx_uint_t *hidden, uint64_t *revealed_set)
 {
-    size_t      n;
-    ngx_uint_t  tags, zw, glyphs;
+    size_t                n;
+    ngx_uint_t            tags, zw, glyphs;
+    ngx_smartflow_pass_t  ps;
 
-    *set |= ngx_smartflow_signals_in(p, len, 0);
+    ngx_smartflow_gates_open(p, len, &ps);
+
+    *set |= ngx_smartflow_signals_run(p, len, ps.open, 0);
 
     tags = 0;
     zw = 0;
     glyphs = 0;
 
     /* the tricks that hide text all need bytes past ASCII */
-    for (n = 0; n < len && p[n] < 0x80; n++) { /* void */ }
-
-    if (n < len) {
+    if (ps.high) {
         n = ngx_smartflow_reveal(p, len, ngx_smartflow_inj_buf, &tags, &zw,
                                  &glyphs);
+
+        if (tags) {
+            *hidden |= 1;
+        }
+
+        if (zw >= 2) {
+            *hidden |= 2;
+        }
+
+        if (glyphs >= 2) {
+            *hidden |= 4;
+        }
+
+        if (tags || zw || glyphs) {
+            *revealed_set |= ngx_smartflow_signals_in(ngx_smartflow_inj_buf,
+                                                      n, 1);
+        }
     }
 
-    if (tags) {
-        *hidden |= 1;
+    if (ps.runs) {
+        n = ngx_smartflow_decode_runs(p, len, ngx_smartflow_inj_buf,
+                                      NGX_SF_INJ_WINDOW);
+        if (n) {
+            *revealed_set |= ngx_smartflow_signals_in(ngx_smartflow_inj_buf,
+                                                      n, 1);
+        }
     }
 
-    if (zw >= 2) {
-        *hidden |= 2;
+    /* rot13 is read only where its reading opens a gate */
+    if (ps.rot13 & ngx_smartflow_core_mask) {
+        ngx_smartflow_rot13(p, len, ngx_smartflow_inj_buf);
+        *revealed_set |= ngx_smartflow_signals_run(ngx_smartflow_inj_buf, len,
+                                                   ps.rot13, 1);
     }
-
-    if (glyphs >= 2) {
-        *hidden |= 4;
-    }
-
-    if (tags || zw || glyphs) {
-        *revealed_set |= ngx_smartflow_signals_in(ngx_smartflow_inj_buf, n,
-                                                  1);
-    }
-
-    n = ngx_smartflow_decode_runs(p, len, ngx_smartflow_inj_buf,
-                                  NGX_SF_INJ_WINDOW);
-    if (n) {
-        *revealed_set |= ngx_smartflow_signals_in(ngx_smartflow_inj_buf, n,
-                                                  1);
-    }
-
-    ngx_smartflow_rot13(p, len, ngx_smartflow_inj_buf);
-    *revealed_set |= ngx_smartflow_signals_in(ngx_smartflow_inj_buf, len, 1);
 }
 
 

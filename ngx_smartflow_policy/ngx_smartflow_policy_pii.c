@@ -21,6 +21,24 @@ typedef struct {
 } ngx_smartflow_detector_t;
 
 
+/* where the detectors other than email's may find something */
+typedef struct {
+    size_t                   from;
+    size_t                   to;
+    size_t                   digits;
+    size_t                   dots;
+    size_t                   upper;
+    size_t                   colons;
+    ngx_uint_t               token;     /* a word of 15 or more, a PEM */
+} ngx_smartflow_window_t;
+
+#define NGX_SF_MAX_WINDOWS  64
+
+
+static ngx_uint_t ngx_smartflow_windows(u_char *p, size_t len,
+    ngx_smartflow_window_t *w, ngx_uint_t max);
+static ngx_uint_t ngx_smartflow_window_may(ngx_smartflow_detector_t *d,
+    ngx_smartflow_window_t *w);
 static size_t ngx_smartflow_email_check(u_char *p, size_t len);
 static size_t ngx_smartflow_phone_check(u_char *p, size_t len);
 static size_t ngx_smartflow_card_check(u_char *p, size_t len);
@@ -30,7 +48,7 @@ static size_t ngx_smartflow_ip_check(u_char *p, size_t len);
 static ngx_uint_t ngx_smartflow_scan_email(pcre2_code *re, u_char *p,
     size_t len, ngx_smartflow_finding_t *f, ngx_uint_t n, ngx_uint_t max);
 static ngx_uint_t ngx_smartflow_scan_re(pcre2_code *re, ngx_uint_t rule,
-    ngx_smartflow_valid_pt valid, u_char *p, size_t len,
+    ngx_smartflow_valid_pt valid, u_char *p, size_t from, size_t len,
     ngx_smartflow_finding_t *f, ngx_uint_t n, ngx_uint_t max);
 
 
@@ -172,7 +190,8 @@ ngx_smartflow_pii_scan(u_char *p, size_t len, ngx_uint_t mask,
     ngx_smartflow_custom_t *custom, ngx_uint_t ncustom,
     ngx_smartflow_finding_t *f, ngx_uint_t max)
 {
-    ngx_uint_t                 i, j, n, at, colon;
+    ngx_uint_t                 i, j, k, n, nw, at, colon;
+    ngx_smartflow_window_t     w[NGX_SF_MAX_WINDOWS];
     ngx_smartflow_finding_t    t;
     ngx_smartflow_detector_t  *d;
 
@@ -181,6 +200,8 @@ ngx_smartflow_pii_scan(u_char *p, size_t len, ngx_uint_t mask,
     at = (memchr(p, '@', len) != NULL);
     colon = (memchr(p, ':', len) != NULL);
 
+    nw = ngx_smartflow_windows(p, len, w, NGX_SF_MAX_WINDOWS);
+
     for (i = 0; i < sizeof(ngx_smartflow_detectors)
                     / sizeof(ngx_smartflow_detector_t); i++)
     {
@@ -188,7 +209,7 @@ ngx_smartflow_pii_scan(u_char *p, size_t len, ngx_uint_t mask,
 
         if (!(mask & (1 << d->rule))
             || (d->rule == NGX_SF_RULE_EMAIL && !at)
-            || (d->rule == NGX_SF_RULE_IP && d->pattern[2] == 'A' && !colon))
+            || (d->rule == NGX_SF_RULE_IP && d->pattern[5] == 'A' && !colon))
         {
             continue;
         }
@@ -198,13 +219,19 @@ ngx_smartflow_pii_scan(u_char *p, size_t len, ngx_uint_t mask,
             continue;
         }
 
-        n = ngx_smartflow_scan_re(d->re, d->rule, d->valid, p, len, f, n,
-                                  max);
+        for (k = 0; k < nw; k++) {
+            if (!ngx_smartflow_window_may(d, &w[k])) {
+                continue;
+            }
+
+            n = ngx_smartflow_scan_re(d->re, d->rule, d->valid, p, w[k].from,
+                                      w[k].to, f, n, max);
+        }
     }
 
     for (i = 0; i < ncustom; i++) {
         n = ngx_smartflow_scan_re(custom[i].re, NGX_SF_RULE_CUSTOM + i, NULL,
-                                  p, len, f, n, max);
+                                  p, 0, len, f, n, max);
     }
 
     /* text order, for the rewrite */
@@ -224,7 +251,7 @@ ngx_smartflow_pii_scan(u_char *p, size_t len, ngx_uint_t mask,
 
 static ngx_uint_t
 ngx_smartflow_scan_re(pcre2_code *re, ngx_uint_t rule,
-    ngx_smartflow_valid_pt valid, u_char *p, size_t len,
+    ngx_smartflow_valid_pt valid, u_char *p, size_t from, size_t len,
     ngx_smartflow_finding_t *f, ngx_uint_t n, ngx_uint_t max)
 {
     int          rc;
@@ -232,10 +259,11 @@ ngx_smartflow_scan_re(pcre2_code *re, ngx_uint_t rule,
     ngx_uint_t   i, overlap;
     PCRE2_SIZE  *ov;
 
-    off = 0;
+    off = from;
 
     while (off < len && n < max) {
-        rc = pcre2_match(re, p, len, off, 0, ngx_smartflow_policy_md, NULL);
+        rc = ngx_smartflow_re_match(re, p, len, off, 0,
+                                ngx_smartflow_policy_md);
         if (rc < 0) {
             break;
         }
@@ -284,6 +312,230 @@ ngx_smartflow_scan_re(pcre2_code *re, ngx_uint_t rule,
 
 
 /*
+ * One pass over the text finds the places a number, an address or a
+ * secret can be: runs of words that hold digits (with the upper-case
+ * groups of an IBAN, "+", "(" and separators between them), words of 15
+ * characters or more (tokens, keys), words with two colons (IPv6), and
+ * a PEM block to the end of the text.  The patterns then run only there,
+ * each window widened by the 48 characters a key name may take before
+ * its value, and by 2 after it for the patterns' look-ahead.  Too many
+ * windows: the whole text is one.
+ */
+static ngx_uint_t
+ngx_smartflow_windows(u_char *p, size_t len, ngx_smartflow_window_t *w,
+    ngx_uint_t max)
+{
+    u_char      c, *pem;
+    size_t      i, ws, we, ds, de, digits, colons, upper, wl;
+    size_t      rdots, rupper, rcolons, wd, wdots;
+    ngx_uint_t  n, want, joinable;
+
+    n = 0;
+    ds = 0;
+    de = 0;
+    digits = 0;
+    want = 0;
+    rdots = 0;
+    rupper = 0;
+    rcolons = 0;
+
+    for (i = 0; i <= len; /* void */) {
+
+        /* a word: letters, digits and the punctuation numbers carry */
+        ws = i;
+        colons = 0;
+        upper = 0;
+        wl = 0;
+        wd = 0;
+        wdots = 0;
+
+        while (i < len) {
+            c = p[i];
+
+            if (c >= '0' && c <= '9') {
+                digits++;
+                wd++;
+
+            } else if (c == '.') {
+                wdots++;
+
+            } else if (c == ':') {
+                colons++;
+
+            } else if (c >= 'A' && c <= 'Z') {
+                upper++;
+
+            } else if (!((c >= 'a' && c <= 'z') || c == '.' || c == '-'
+                         || c == '_' || c == '/' || c == '+' || c == '('
+                         || c == ')' || c == '='))
+            {
+                break;
+            }
+
+            i++;
+        }
+
+        we = i;
+        wl = we - ws;
+
+        /* what may join a run of numbers: digits, IBAN letter groups */
+        joinable = (wl > 0 && (wd > 0 || (upper == wl && wl <= 4)
+                               || p[ws] == '+' || p[ws] == '('));
+
+        if (wl >= 15 || colons >= 2) {
+            want = 1;
+        }
+
+        if (joinable || wl >= 15 || colons >= 2) {
+            if (de == 0) {
+                ds = ws;
+            }
+
+            de = we;
+            rdots += wdots;
+            rupper += upper;
+            rcolons += colons;
+
+        } else {
+            digits -= wd;
+        }
+
+        /* a run ends at a word that cannot join it, or two spaces */
+        if (de && (i >= len || !joinable || i + 1 >= len || p[i] != ' '
+                   || p[i + 1] == ' '))
+        {
+            if ((want || digits >= 4) && de > ds) {
+                if (n == max) {
+                    goto whole;
+                }
+
+                w[n].from = ds > 48 ? ds - 48 : 0;
+                w[n].to = de + 2 < len ? de + 2 : len;
+                w[n].digits = digits;
+                w[n].dots = rdots;
+                w[n].upper = rupper;
+                w[n].colons = rcolons;
+                w[n].token = want;
+
+                if (n && w[n].from <= w[n - 1].to) {
+                    w[n - 1].to = w[n].to;
+                    w[n - 1].digits += digits;
+                    w[n - 1].dots += rdots;
+                    w[n - 1].upper += rupper;
+                    w[n - 1].colons += rcolons;
+                    w[n - 1].token |= want;
+
+                } else {
+                    n++;
+                }
+            }
+
+            de = 0;
+            digits = 0;
+            want = 0;
+            rdots = 0;
+            rupper = 0;
+            rcolons = 0;
+        }
+
+        if (!joinable) {
+            digits = 0;
+        }
+
+        if (i >= len) {
+            break;
+        }
+
+        if (we == ws) {
+            i++;
+        } else if (p[i] == ' ') {
+            i++;
+        }
+    }
+
+    for (pem = p; pem + 10 <= p + len; pem++) {
+        pem = (u_char *) memchr(pem, '-', p + len - pem);
+
+        if (pem == NULL || pem + 10 > p + len) {
+            pem = NULL;
+            break;
+        }
+
+        if (ngx_strncmp(pem, "-----BEGIN", 10) == 0) {
+            break;
+        }
+    }
+
+    if (pem && pem + 10 > p + len) {
+        pem = NULL;
+    }
+
+    if (pem) {
+        ws = pem - p;
+
+        if (n && ws <= w[n - 1].to) {
+            w[n - 1].to = len;
+            w[n - 1].token = 1;
+
+        } else if (n < max) {
+            ngx_memzero(&w[n], sizeof(ngx_smartflow_window_t));
+            w[n].from = ws;
+            w[n].to = len;
+            w[n].token = 1;
+            n++;
+
+        } else {
+            goto whole;
+        }
+    }
+
+    return n;
+
+whole:
+
+    /* the whole text, every detector */
+    w[0].from = 0;
+    w[0].to = len;
+    w[0].digits = len;
+    w[0].dots = len;
+    w[0].upper = len;
+    w[0].colons = len;
+    w[0].token = 1;
+
+    return 1;
+}
+
+
+/* whether a detector can find anything in a window */
+static ngx_uint_t
+ngx_smartflow_window_may(ngx_smartflow_detector_t *d,
+    ngx_smartflow_window_t *w)
+{
+    switch (d->rule) {
+
+    case NGX_SF_RULE_SECRET:
+        return w->token;
+
+    case NGX_SF_RULE_IBAN:
+        return w->upper >= 2 && w->digits >= 4;
+
+    case NGX_SF_RULE_CARD:
+        return w->digits >= 13;
+
+    case NGX_SF_RULE_SSN:
+        return w->digits >= 9;
+
+    case NGX_SF_RULE_PHONE:
+        return w->digits >= 8;
+
+    default: /* IP */
+        return (d->pattern[5] == 'A') ? w->colons >= 2
+                                      : (w->dots >= 3 && w->digits >= 4);
+    }
+}
+
+
+/*
  * Emails from their "@": the local part is walked back from it and the
  * pattern anchored there, instead of tried at every letter of the text.
  */
@@ -328,8 +580,8 @@ ngx_smartflow_scan_email(pcre2_code *re, u_char *p, size_t len,
                 continue;
             }
 
-            rc = pcre2_match(re, p, len, s, PCRE2_ANCHORED,
-                             ngx_smartflow_policy_md, NULL);
+            rc = ngx_smartflow_re_match(re, p, len, s, PCRE2_ANCHORED,
+                                ngx_smartflow_policy_md);
             if (rc >= 0) {
                 break;
             }

@@ -55,7 +55,8 @@ static ngx_smartflow_shield_rule_t  ngx_smartflow_shield_rules[] = {
       "(?i)\\btruncate\\s+(?:table\\s+)?[\\w.`\"\\[]", NULL, NULL },
 
     { NGX_SF_RULE_SQL, "sql.delete_all", 1,
-      "(?i)\\bdelete\\s+from\\s+[\\w.`\"\\[\\]]+", ngx_smartflow_sql_no_where, NULL },
+      "(?i)\\bdelete\\s+from\\s+[\\w.`\"\\[\\]]+",
+      ngx_smartflow_sql_no_where, NULL },
 
     { NGX_SF_RULE_SQL, "sql.update_all", 1,
       "(?i)\\bupdate\\s+[\\w.`\"\\[\\]]+\\s+set\\b",
@@ -524,8 +525,8 @@ ngx_smartflow_shield_check(u_char *p, size_t len, ngx_smartflow_shield_t *res)
         off = 0;
 
         while (off < len) {
-            rc = pcre2_match(r->re, p, len, off, 0, ngx_smartflow_policy_md,
-                             NULL);
+            rc = ngx_smartflow_re_match(r->re, p, len, off, 0,
+                                ngx_smartflow_policy_md);
             if (rc < 0) {
                 break;
             }
@@ -594,7 +595,7 @@ ngx_smartflow_sql_no_where(u_char *p, size_t len, size_t s, size_t e)
 static ngx_uint_t
 ngx_smartflow_rm_target(u_char *p, size_t len, size_t s, size_t e)
 {
-    size_t      i, ts, te, depth;
+    size_t      i, ts, te, depth, sl;
     u_char      c, q;
     ngx_uint_t  recursive, flags, opts;
 
@@ -749,10 +750,10 @@ ngx_smartflow_rm_target(u_char *p, size_t len, size_t s, size_t e)
         }
 
         for (flags = 0; system[flags]; flags++) {
-            i = ngx_strlen(system[flags]);
+            sl = ngx_strlen(system[flags]);
 
-            if (te - ts > i && ngx_strncmp(p + ts, system[flags], i) == 0
-                && p[ts + i] == '/' && depth == 2)
+            if (te - ts > sl && ngx_strncmp(p + ts, system[flags], sl) == 0
+                && p[ts + sl] == '/' && depth == 2)
             {
                 return 1;   /* "/home/user", "/etc/nginx" */
             }

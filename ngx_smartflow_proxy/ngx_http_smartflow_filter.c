@@ -46,6 +46,8 @@ static ngx_int_t ngx_http_smartflow_emit(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, u_char *data, size_t len);
 static ngx_int_t ngx_http_smartflow_emit_array(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_array_t *events);
+static ngx_int_t ngx_http_smartflow_emit_event(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_str_t *ev);
 static ngx_int_t ngx_http_smartflow_send_out(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_uint_t last, ngx_uint_t flush);
 static void ngx_http_smartflow_usage(ngx_http_smartflow_ctx_t *ctx,
@@ -75,6 +77,20 @@ ngx_http_smartflow_filter_init(ngx_conf_t *cf)
 
     ngx_http_next_body_filter = ngx_http_top_body_filter;
     ngx_http_top_body_filter = ngx_http_smartflow_body_filter;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_smartflow_register_output(ngx_conf_t *cf,
+    ngx_http_smartflow_output_pt handler)
+{
+    ngx_http_smartflow_main_conf_t  *smcf;
+
+    smcf = ngx_http_conf_get_module_main_conf(cf,
+                                              ngx_http_smartflow_proxy_module);
+    smcf->output = handler;
 
     return NGX_OK;
 }
@@ -209,6 +225,11 @@ ngx_http_smartflow_header_filter(ngx_http_request_t *r)
             r->headers_out.content_type_lowcase = NULL;
         }
 
+        if (ctx->output_scan) {
+            /* the output scanner may change the events' length */
+            ngx_http_clear_content_length(r);
+        }
+
         if (ngx_http_smartflow_set_header(r, "X-Accel-Buffering",
                                           (u_char *) "no", 2)
             != NGX_OK)
@@ -226,7 +247,7 @@ ngx_http_smartflow_header_filter(ngx_http_request_t *r)
         }
 
     } else if (!ctx->translate && !r->header_only
-               && r->headers_out.status == NGX_HTTP_OK)
+               && r->headers_out.status == NGX_HTTP_OK && !ctx->output_scan)
     {
         /* a whole answer passing as it is: only its usage is read */
         if (ngx_smartflow_usage_scan_init(r->pool, &ctx->usage) != NGX_OK) {
@@ -235,8 +256,15 @@ ngx_http_smartflow_header_filter(ngx_http_request_t *r)
 
         ctx->filter = NGX_HTTP_SMARTFLOW_FILTER_USAGE;
 
-    } else if (ctx->translate && !r->header_only) {
-        /* a whole answer or a provider error, in the other format */
+    } else if ((ctx->translate
+                || (ctx->output_scan
+                    && r->headers_out.status == NGX_HTTP_OK))
+               && !r->header_only)
+    {
+        /*
+         * a whole answer or a provider error, in the other format, or an
+         * answer the output scanner reads whole
+         */
         ctx->filter = NGX_HTTP_SMARTFLOW_FILTER_JSON;
         ngx_http_clear_content_length(r);
         ngx_http_clear_accept_ranges(r);
@@ -460,6 +488,13 @@ ngx_http_smartflow_stream_filter(ngx_http_request_t *r,
         }
     }
 
+    if (ctx->output_blocked) {
+        /* the output scanner ended the stream: the provider is not read */
+        ctx->stream_ended = 1;
+        (void) ngx_http_smartflow_send_out(r, ctx, 1, 1);
+        return NGX_ERROR;
+    }
+
     /*
      * nginx's upstream, finalizing a response whose headers are out,
      * sends a lone flush once the provider connection is gone: the
@@ -508,10 +543,14 @@ ngx_http_smartflow_on_event(void *data, ngx_smartflow_sse_event_t *ev)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_smartflow_proxy_module);
 
+    if (ctx->output_blocked) {
+        return NGX_OK;
+    }
+
     if (ev->comment || ctx->stream_done) {
         return ctx->translate ? NGX_OK
-                              : ngx_http_smartflow_emit(r, ctx, ev->raw.data,
-                                                        ev->raw.len);
+                              : ngx_http_smartflow_emit_event(r, ctx,
+                                                              &ev->raw);
     }
 
     j = NULL;
@@ -563,7 +602,7 @@ ngx_http_smartflow_on_event(void *data, ngx_smartflow_sse_event_t *ev)
             }
         }
 
-        return ngx_http_smartflow_emit(r, ctx, ev->raw.data, ev->raw.len);
+        return ngx_http_smartflow_emit_event(r, ctx, &ev->raw);
     }
 
     if (j == NULL && !ctx->stream_done) {
@@ -794,14 +833,16 @@ static ngx_int_t
 ngx_http_smartflow_json_filter(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_chain_t *in)
 {
-    u_char                 *p;
-    size_t                  size;
-    ngx_str_t               err, out;
-    ngx_uint_t              last;
-    ngx_chain_t            *cl;
-    ngx_smartflow_json_t   *j, *t;
-    ngx_smartflow_xlate_t   x;
+    u_char                          *p;
+    size_t                           size;
+    ngx_str_t                        err, out;
+    ngx_uint_t                       last;
+    ngx_chain_t                     *cl;
+    ngx_smartflow_json_t            *j, *t;
+    ngx_smartflow_xlate_t            x;
+    ngx_http_smartflow_main_conf_t  *smcf;
 
+    smcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_proxy_module);
     last = 0;
 
     for (cl = in; cl; cl = cl->next) {
@@ -882,6 +923,9 @@ ngx_http_smartflow_json_filter(ngx_http_request_t *r,
         if (j == NULL) {
             t = NULL;
 
+        } else if (!ctx->translate) {
+            t = j;
+
         } else if (ctx->client_format == NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC)
         {
             t = ngx_smartflow_xlate_resp_openai_to_anthropic(&x, j);
@@ -892,6 +936,13 @@ ngx_http_smartflow_json_filter(ngx_http_request_t *r,
         } else {
             t = ngx_smartflow_xlate_resp_anthropic_to_openai(&x, j);
         }
+    }
+
+    if (t && ctx->output_scan && smcf->output
+        && r->headers_out.status == NGX_HTTP_OK
+        && smcf->output(r, ctx, t, NULL, NULL) == NGX_ERROR)
+    {
+        return NGX_ERROR;
     }
 
     if (t == NULL || ngx_smartflow_json_dump(r->pool, t, &out) != NGX_OK) {
@@ -965,12 +1016,59 @@ ngx_http_smartflow_emit_array(ngx_http_request_t *r,
 
     ev = events->elts;
 
-    for (i = 0; i < events->nelts; i++) {
-        if (ngx_http_smartflow_emit(r, ctx, ev[i].data, ev[i].len)
-            != NGX_OK)
-        {
+    for (i = 0; i < events->nelts && !ctx->output_blocked; i++) {
+        if (ngx_http_smartflow_emit_event(r, ctx, &ev[i]) != NGX_OK) {
             return NGX_ERROR;
         }
+    }
+
+    return NGX_OK;
+}
+
+
+/* a stream event the client is to receive, through the output scanner */
+static ngx_int_t
+ngx_http_smartflow_emit_event(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_str_t *ev)
+{
+    ngx_int_t                        rc;
+    ngx_str_t                       *e;
+    ngx_uint_t                       i;
+    ngx_array_t                      out;
+    ngx_http_smartflow_main_conf_t  *smcf;
+
+    smcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_proxy_module);
+
+    if (!ctx->output_scan || smcf->output == NULL) {
+        return ngx_http_smartflow_emit(r, ctx, ev->data, ev->len);
+    }
+
+    if (ngx_array_init(&out, r->pool, 2, sizeof(ngx_str_t)) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    rc = smcf->output(r, ctx, NULL, ev, &out);
+
+    if (rc == NGX_DECLINED) {
+        return ngx_http_smartflow_emit(r, ctx, ev->data, ev->len);
+    }
+
+    if (rc != NGX_OK && rc != NGX_ABORT) {
+        return NGX_ERROR;
+    }
+
+    e = out.elts;
+
+    for (i = 0; i < out.nelts; i++) {
+        if (ngx_http_smartflow_emit(r, ctx, e[i].data, e[i].len) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    if (rc == NGX_ABORT) {
+        /* blocked: the scanner's events end the stream */
+        ctx->output_blocked = 1;
+        ctx->stream_done = 1;
     }
 
     return NGX_OK;

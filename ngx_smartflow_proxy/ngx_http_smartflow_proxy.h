@@ -334,6 +334,8 @@ typedef struct {
     unsigned                    stream_capped:1;
     unsigned                    policy_blocked:1;
     unsigned                    cache_hit:1;    /* answered from the cache */
+    unsigned                    output_scan:1;  /* the output scanner runs */
+    unsigned                    output_blocked:1;
 } ngx_http_smartflow_ctx_t;
 
 
@@ -370,6 +372,23 @@ typedef ngx_int_t (*ngx_http_smartflow_stage_pt)(ngx_http_request_t *r,
 typedef ngx_int_t (*ngx_http_smartflow_tap_pt)(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, u_char *p, size_t len, ngx_uint_t last);
 
+
+/*
+ * The output scanner (one, the policy module's) sees what the client is
+ * about to receive, in the client's format, for requests whose ctx has
+ * output_scan set: each stream event (event: the raw SSE event, answer
+ * NULL), or a whole JSON answer with status 200 (answer: its tree, which
+ * it may change in place; event NULL).  For an event it returns
+ * NGX_DECLINED to pass the event as it is, NGX_OK to send the events it
+ * put in out (ngx_str_t, possibly none) instead, NGX_ABORT to send those
+ * and end the stream there (a block), or NGX_ERROR.
+ */
+typedef ngx_int_t (*ngx_http_smartflow_output_pt)(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_smartflow_json_t *answer,
+    ngx_str_t *event, ngx_array_t *out);
+
+ngx_int_t ngx_http_smartflow_register_output(ngx_conf_t *cf,
+    ngx_http_smartflow_output_pt handler);
 
 ngx_http_smartflow_ctx_t *ngx_http_smartflow_get_ctx(ngx_http_request_t *r);
 ngx_http_smartflow_ctx_t *ngx_http_smartflow_create_ctx(
@@ -413,6 +432,7 @@ typedef struct {
     ngx_array_t                 wildcards;      /* route_t *, config order */
     ngx_array_t                 stages;         /* stage_t, by order */
     ngx_array_t                 taps;           /* tap_pt */
+    ngx_http_smartflow_output_pt    output;     /* the output scanner */
     ngx_str_t                   master_key;
     u_char                      master_hash[32];
     ngx_shm_zone_t             *zone;

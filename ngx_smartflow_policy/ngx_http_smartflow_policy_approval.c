@@ -1,0 +1,508 @@
+/*
+ * Shield's approval queue: a tool call whose tier is "approve" is held as
+ * a pending item in a shared-memory zone (smartflow_policy_approvals),
+ * found again by the SHA-256 of its rule and command, so the client's
+ * retry of the same call passes once an operator approved it (once: the
+ * approval is used up) and is refused once denied.  The admin API
+ * (smartflow_policy_admin, master key only) lists the pending items and
+ * approves or denies them:
+ *
+ *   GET  /api/shield/pending
+ *   POST /api/shield/pending/{id}/approve
+ *   POST /api/shield/pending/{id}/deny
+ */
+
+#include <openssl/crypto.h>
+
+#include "ngx_http_smartflow_policy.h"
+
+
+#define NGX_SF_APPROVAL_CMD       200
+
+
+typedef struct {
+    ngx_uint_t                  id;             /* 0: a free slot */
+    ngx_uint_t                  state;
+    time_t                      created;
+    u_char                      hash[32];
+    u_char                      rule[32];
+    size_t                      rule_len;
+    u_char                      command[NGX_SF_APPROVAL_CMD];
+    size_t                      command_len;
+} ngx_http_smartflow_approval_t;
+
+
+typedef struct {
+    ngx_uint_t                  next_id;
+    ngx_uint_t                  n;
+    ngx_http_smartflow_approval_t  items[1];
+} ngx_http_smartflow_approvals_sh_t;
+
+
+static ngx_int_t ngx_http_smartflow_approvals_init_zone(
+    ngx_shm_zone_t *shm_zone, void *data);
+static ngx_int_t ngx_http_smartflow_approvals_master(ngx_http_request_t *r);
+static ngx_int_t ngx_http_smartflow_approvals_list(ngx_http_request_t *r,
+    ngx_shm_zone_t *zone);
+static ngx_int_t ngx_http_smartflow_approvals_decide(ngx_http_request_t *r,
+    ngx_shm_zone_t *zone, ngx_uint_t id, ngx_uint_t state);
+static u_char *ngx_http_smartflow_approvals_item(u_char *p,
+    ngx_http_smartflow_approval_t *it);
+static size_t ngx_http_smartflow_approvals_item_len(
+    ngx_http_smartflow_approval_t *it);
+
+
+/* smartflow_policy_approvals NAME SIZE; */
+char *
+ngx_http_smartflow_policy_approvals(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_smartflow_policy_main_conf_t *pmcf = conf;
+
+    ssize_t     size;
+    ngx_str_t  *value;
+
+    value = cf->args->elts;
+
+    if (pmcf->approvals) {
+        return "is duplicate";
+    }
+
+    size = ngx_parse_size(&value[2]);
+
+    if (size == NGX_ERROR || size < (ssize_t) (8 * ngx_pagesize)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid zone size \"%V\" (at least %uz)",
+                           &value[2], 8 * ngx_pagesize);
+        return NGX_CONF_ERROR;
+    }
+
+    pmcf->approvals = ngx_shared_memory_add(cf, &value[1], size,
+                                            &ngx_http_smartflow_policy_module);
+    if (pmcf->approvals == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    pmcf->approvals->init = ngx_http_smartflow_approvals_init_zone;
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_approvals_init_zone(ngx_shm_zone_t *shm_zone, void *data)
+{
+    size_t                              n;
+    ngx_slab_pool_t                    *shpool;
+    ngx_http_smartflow_approvals_sh_t  *sh;
+
+    if (data) {
+        /* kept across reloads */
+        shm_zone->data = data;
+        return NGX_OK;
+    }
+
+    shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+    if (shm_zone->shm.exists) {
+        shm_zone->data = shpool->data;
+        return NGX_OK;
+    }
+
+    n = (shm_zone->shm.size / 2) / sizeof(ngx_http_smartflow_approval_t);
+
+    sh = ngx_slab_calloc(shpool, sizeof(ngx_http_smartflow_approvals_sh_t)
+                                 + n * sizeof(ngx_http_smartflow_approval_t));
+    if (sh == NULL) {
+        return NGX_ERROR;
+    }
+
+    sh->next_id = 1;
+    sh->n = n;
+
+    shpool->data = sh;
+    shm_zone->data = sh;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The state of a call in the queue: approved (used up now), denied, or
+ * pending, added when new.  *id is the item's id.  NGX_DECLINED: no zone.
+ */
+ngx_int_t
+ngx_http_smartflow_policy_approval(ngx_http_smartflow_policy_run_t *run,
+    const char *rule, u_char *cmd, size_t len, ngx_uint_t *id)
+{
+    u_char                              *p, hash[32];
+    size_t                               rl;
+    ngx_uint_t                           i, state;
+    ngx_shm_zone_t                         *zone;
+    ngx_slab_pool_t                        *shpool;
+    ngx_http_smartflow_approval_t          *it, *free, *old;
+    ngx_http_smartflow_approvals_sh_t      *sh;
+    ngx_http_smartflow_policy_main_conf_t  *pmcf;
+
+    pmcf = ngx_http_get_module_main_conf(run->r,
+                                         ngx_http_smartflow_policy_module);
+    zone = pmcf->approvals;
+
+    if (zone == NULL || zone->data == NULL) {
+        return NGX_DECLINED;
+    }
+
+    rl = ngx_strlen(rule);
+
+    p = ngx_pnalloc(run->r->pool, rl + 1 + len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(p, rule, rl);
+    p[rl] = '\0';
+    ngx_memcpy(p + rl + 1, cmd, len);
+
+    if (ngx_smartflow_sha256(p, rl + 1 + len, hash) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    sh = zone->data;
+    shpool = (ngx_slab_pool_t *) zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    free = NULL;
+    old = NULL;
+
+    for (i = 0; i < sh->n; i++) {
+        it = &sh->items[i];
+
+        if (it->id == 0) {
+            if (free == NULL) {
+                free = it;
+            }
+
+            continue;
+        }
+
+        if (ngx_memcmp(it->hash, hash, 32) == 0) {
+            state = it->state;
+            *id = it->id;
+
+            if (state == NGX_SF_APPROVAL_APPROVED) {
+                it->id = 0;     /* one approval, one call */
+            }
+
+            ngx_shmtx_unlock(&shpool->mutex);
+            return state;
+        }
+
+        if (it->state != NGX_SF_APPROVAL_PENDING
+            && (old == NULL || it->created < old->created))
+        {
+            old = it;
+        }
+    }
+
+    it = free ? free : old;
+
+    if (it == NULL) {
+        ngx_shmtx_unlock(&shpool->mutex);
+        return NGX_ERROR;       /* full of pending calls */
+    }
+
+    it->id = sh->next_id++;
+    it->state = NGX_SF_APPROVAL_PENDING;
+    it->created = ngx_time();
+    ngx_memcpy(it->hash, hash, 32);
+    it->rule_len = ngx_min(rl, sizeof(it->rule));
+    ngx_memcpy(it->rule, rule, it->rule_len);
+    it->command_len = ngx_min(len, NGX_SF_APPROVAL_CMD);
+    ngx_memcpy(it->command, cmd, it->command_len);
+
+    *id = it->id;
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return NGX_SF_APPROVAL_PENDING;
+}
+
+
+/* the admin API's content handler */
+ngx_int_t
+ngx_http_smartflow_policy_admin_handler(ngx_http_request_t *r)
+{
+    u_char                                 *p, *last;
+    ngx_int_t                               rc, id;
+    ngx_uint_t                              state;
+    ngx_shm_zone_t                         *zone;
+    ngx_http_smartflow_policy_main_conf_t  *pmcf;
+
+    rc = ngx_http_smartflow_approvals_master(r);
+    if (rc != NGX_OK) {
+        return ngx_http_smartflow_refuse(r, rc, 0);
+    }
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_policy_module);
+    zone = pmcf->approvals;
+
+    if (zone == NULL || zone->data == NULL) {
+        rc = ngx_http_smartflow_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                 "server_error", "approvals_not_configured", NULL,
+                 "No smartflow_policy_approvals zone is configured.");
+        return ngx_http_smartflow_refuse(r, rc, 0);
+    }
+
+    p = r->uri.data;
+    last = p + r->uri.len;
+
+    /* .../pending, or .../pending/{id}/approve|deny */
+    p = ngx_strlcasestrn(p, last, (u_char *) "/pending", 8 - 1);
+
+    if (p == NULL) {
+        goto not_found;
+    }
+
+    p += 8;
+
+    if (p == last || (p + 1 == last && *p == '/')) {
+        if (r->method != NGX_HTTP_GET) {
+            rc = ngx_http_smartflow_error(r, NGX_HTTP_NOT_ALLOWED,
+                     "invalid_request_error", "method_not_allowed", NULL,
+                     "Method %V is not allowed here; use GET.",
+                     &r->method_name);
+            return ngx_http_smartflow_refuse(r, rc, 0);
+        }
+
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        return ngx_http_smartflow_approvals_list(r, zone);
+    }
+
+    if (*p++ != '/') {
+        goto not_found;
+    }
+
+    for (id = 0; p < last && *p >= '0' && *p <= '9' && id < 100000000; p++) {
+        id = id * 10 + (*p - '0');
+    }
+
+    if (last - p == 8 && ngx_strncmp(p, "/approve", 8) == 0) {
+        state = NGX_SF_APPROVAL_APPROVED;
+
+    } else if (last - p == 5 && ngx_strncmp(p, "/deny", 5) == 0) {
+        state = NGX_SF_APPROVAL_DENIED;
+
+    } else {
+        goto not_found;
+    }
+
+    if (r->method != NGX_HTTP_POST) {
+        rc = ngx_http_smartflow_error(r, NGX_HTTP_NOT_ALLOWED,
+                 "invalid_request_error", "method_not_allowed", NULL,
+                 "Method %V is not allowed here; use POST.",
+                 &r->method_name);
+        return ngx_http_smartflow_refuse(r, rc, 0);
+    }
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    return ngx_http_smartflow_approvals_decide(r, zone, id, state);
+
+not_found:
+
+    rc = ngx_http_smartflow_error(r, NGX_HTTP_NOT_FOUND,
+             "invalid_request_error", "not_found", NULL,
+             "Unknown Shield admin path %V.", &r->uri);
+    return ngx_http_smartflow_refuse(r, rc, 0);
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_approvals_master(ngx_http_request_t *r)
+{
+    u_char                           digest[32];
+    ngx_str_t                        key, *h;
+    ngx_http_smartflow_main_conf_t  *smcf;
+
+    smcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_proxy_module);
+
+    ngx_str_null(&key);
+
+    if (r->headers_in.authorization
+        && r->headers_in.authorization->value.len > 7
+        && ngx_strncasecmp(r->headers_in.authorization->value.data,
+                           (u_char *) "Bearer ", 7) == 0)
+    {
+        key.data = r->headers_in.authorization->value.data + 7;
+        key.len = r->headers_in.authorization->value.len - 7;
+
+    } else {
+        h = ngx_http_smartflow_header_in(&r->headers_in.headers, "x-api-key");
+        if (h) {
+            key = *h;
+        }
+    }
+
+    if (key.len == 0) {
+        return ngx_http_smartflow_error(r, NGX_HTTP_UNAUTHORIZED,
+                   "invalid_request_error", "missing_api_key", NULL,
+                   "You didn't provide an API key.");
+    }
+
+    if (smcf->master_key.len == 0
+        || ngx_smartflow_sha256(key.data, key.len, digest) != NGX_OK
+        || CRYPTO_memcmp(digest, smcf->master_hash, 32) != 0)
+    {
+        return ngx_http_smartflow_error(r, NGX_HTTP_UNAUTHORIZED,
+                   "invalid_request_error", "invalid_api_key", NULL,
+                   "The Shield admin API takes the master key only.");
+    }
+
+    return NGX_OK;
+}
+
+
+static size_t
+ngx_http_smartflow_approvals_item_len(ngx_http_smartflow_approval_t *it)
+{
+    return sizeof("{\"id\":,\"object\":\"shield.pending\",\"rule\":\"\","
+                  "\"command\":\"\",\"status\":\"approved\","
+                  "\"created_at\":}") + 2 * NGX_INT_T_LEN
+           + ngx_smartflow_json_escape_len(it->rule, it->rule_len)
+           + ngx_smartflow_json_escape_len(it->command, it->command_len);
+}
+
+
+static u_char *
+ngx_http_smartflow_approvals_item(u_char *p, ngx_http_smartflow_approval_t *it)
+{
+    static const char  *states[] = { "", "pending", "approved", "denied" };
+
+    p = ngx_sprintf(p, "{\"id\":%ui,\"object\":\"shield.pending\","
+                    "\"rule\":\"", it->id);
+    p = ngx_smartflow_json_escape(p, it->rule, it->rule_len);
+    p = ngx_sf_cpymem(p, "\",\"command\":\"");
+    p = ngx_smartflow_json_escape(p, it->command, it->command_len);
+
+    return ngx_sprintf(p, "\",\"status\":\"%s\",\"created_at\":%T}",
+                       states[it->state], it->created);
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_approvals_list(ngx_http_request_t *r, ngx_shm_zone_t *zone)
+{
+    u_char                             *p;
+    size_t                              len;
+    ngx_str_t                           json;
+    ngx_uint_t                          i, first;
+    ngx_slab_pool_t                    *shpool;
+    ngx_http_smartflow_approval_t      *it;
+    ngx_http_smartflow_approvals_sh_t  *sh;
+
+    sh = zone->data;
+    shpool = (ngx_slab_pool_t *) zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    len = sizeof("{\"object\":\"list\",\"data\":[]}");
+
+    for (i = 0; i < sh->n; i++) {
+        it = &sh->items[i];
+
+        if (it->id && it->state == NGX_SF_APPROVAL_PENDING) {
+            len += ngx_http_smartflow_approvals_item_len(it) + 1;
+        }
+    }
+
+    p = ngx_pnalloc(r->pool, len);
+    if (p == NULL) {
+        ngx_shmtx_unlock(&shpool->mutex);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    json.data = p;
+    p = ngx_sf_cpymem(p, "{\"object\":\"list\",\"data\":[");
+    first = 1;
+
+    for (i = 0; i < sh->n; i++) {
+        it = &sh->items[i];
+
+        if (it->id && it->state == NGX_SF_APPROVAL_PENDING) {
+            if (!first) {
+                *p++ = ',';
+            }
+
+            first = 0;
+            p = ngx_http_smartflow_approvals_item(p, it);
+        }
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    p = ngx_sf_cpymem(p, "]}");
+    json.len = p - json.data;
+
+    return ngx_http_smartflow_send_json(r, NGX_HTTP_OK, &json);
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_approvals_decide(ngx_http_request_t *r,
+    ngx_shm_zone_t *zone, ngx_uint_t id, ngx_uint_t state)
+{
+    u_char                             *p;
+    ngx_int_t                           rc;
+    ngx_str_t                           json;
+    ngx_uint_t                          i;
+    ngx_slab_pool_t                    *shpool;
+    ngx_http_smartflow_approval_t      *it, copy;
+    ngx_http_smartflow_approvals_sh_t  *sh;
+
+    sh = zone->data;
+    shpool = (ngx_slab_pool_t *) zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    for (i = 0; i < sh->n; i++) {
+        it = &sh->items[i];
+
+        if (id && it->id == id && it->state == NGX_SF_APPROVAL_PENDING) {
+            it->state = state;
+            copy = *it;
+            break;
+        }
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    if (i == sh->n) {
+        rc = ngx_http_smartflow_error(r, NGX_HTTP_NOT_FOUND,
+                 "invalid_request_error", "not_found", NULL,
+                 "No pending Shield call with id %ui.", id);
+        return ngx_http_smartflow_refuse(r, rc, 0);
+    }
+
+    ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
+                  "smartflow policy: Shield call %ui (%*s) %s",
+                  id, copy.rule_len, copy.rule,
+                  state == NGX_SF_APPROVAL_APPROVED ? "approved" : "denied");
+
+    p = ngx_pnalloc(r->pool, ngx_http_smartflow_approvals_item_len(&copy));
+    if (p == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    json.data = p;
+    json.len = ngx_http_smartflow_approvals_item(p, &copy) - p;
+
+    return ngx_http_smartflow_send_json(r, NGX_HTTP_OK, &json);
+}

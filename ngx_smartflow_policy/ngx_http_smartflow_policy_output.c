@@ -1,0 +1,841 @@
+/*
+ * The answer, for groups with "output on": the proxy's response filter
+ * hands over each stream event and each whole JSON answer in the
+ * client's format (the output scanner).  PII, secrets and custom
+ * patterns are redacted, flagged or blocked in the text the model wrote
+ * and in its tool calls' arguments; Shield reads the tool calls.  In a
+ * stream the last NGX_SF_OUT_HOLD bytes of each block's text are held
+ * back until more text or the block's end arrives, so a finding split
+ * across events is still found and replaced whole; a block ends the
+ * stream with an error event in the client's format.  A whole answer
+ * that is blocked keeps its status and says so the way each API does:
+ * finish_reason "content_filter" with a refusal (OpenAI), stop_reason
+ * "refusal" (Anthropic).
+ */
+
+#include "ngx_http_smartflow_policy.h"
+
+
+static ngx_int_t ngx_http_smartflow_policy_answer(
+    ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *answer);
+static ngx_int_t ngx_http_smartflow_policy_refuse_answer(
+    ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *answer);
+static ngx_int_t ngx_http_smartflow_policy_openai_event(
+    ngx_http_smartflow_policy_run_t *run, ngx_str_t *data,
+    ngx_array_t *out);
+static ngx_int_t ngx_http_smartflow_policy_anthropic_event(
+    ngx_http_smartflow_policy_run_t *run, ngx_str_t *name, ngx_str_t *data,
+    ngx_array_t *out);
+static ngx_int_t ngx_http_smartflow_policy_hold(
+    ngx_http_smartflow_policy_run_t *run, ngx_uint_t block, ngx_str_t *add,
+    ngx_uint_t final, ngx_str_t *emit);
+static ngx_int_t ngx_http_smartflow_policy_append(ngx_pool_t *pool,
+    ngx_str_t *s, ngx_str_t *add);
+static ngx_int_t ngx_http_smartflow_policy_event_out(
+    ngx_http_smartflow_policy_run_t *run, char *name,
+    ngx_smartflow_json_t *j, ngx_array_t *out);
+static ngx_int_t ngx_http_smartflow_policy_error_event(
+    ngx_http_smartflow_policy_run_t *run, ngx_array_t *out);
+static ngx_int_t ngx_http_smartflow_policy_split(ngx_str_t *ev,
+    ngx_str_t *name, ngx_str_t *data);
+
+
+static ngx_str_t  ngx_http_smartflow_policy_empty = ngx_null_string;
+
+
+ngx_int_t
+ngx_http_smartflow_policy_output(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_smartflow_json_t *answer,
+    ngx_str_t *event, ngx_array_t *out)
+{
+    ngx_int_t                         rc;
+    ngx_str_t                         name, data;
+    ngx_uint_t                        i, ndecided;
+    ngx_http_smartflow_policy_run_t  *run;
+
+    run = ngx_http_smartflow_policy_run(r);
+
+    if (run == NULL) {
+        return answer ? NGX_OK : NGX_DECLINED;
+    }
+
+    run->ctx = ctx;
+    ndecided = run->ndecided;
+
+    if (answer) {
+        rc = ngx_http_smartflow_policy_answer(run, answer);
+
+    } else if (ngx_http_smartflow_policy_split(event, &name, &data)
+               != NGX_OK)
+    {
+        rc = NGX_DECLINED;
+
+    } else if (ctx->client_format == NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC) {
+        rc = ngx_http_smartflow_policy_anthropic_event(run, &name, &data,
+                                                       out);
+
+    } else {
+        rc = ngx_http_smartflow_policy_openai_event(run, &data, out);
+    }
+
+    if (rc == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    if (run->block && rc != NGX_ABORT) {
+        /* a finding blocks the answer */
+        if (answer) {
+            rc = ngx_http_smartflow_policy_refuse_answer(run, answer);
+
+        } else {
+            out->nelts = 0;
+            rc = ngx_http_smartflow_policy_error_event(run, out);
+            rc = (rc == NGX_OK) ? NGX_ABORT : NGX_ERROR;
+        }
+
+        ngx_http_smartflow_policy_rule(run, run->block_type, &name);
+
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "smartflow policy: rule \"%V\"%s%s of group \"%V\" "
+                      "blocked the answer", &name,
+                      run->block_detail ? " " : "",
+                      run->block_detail ? run->block_detail : "",
+                      &run->g->name);
+    }
+
+    /* the decisions, for the audit record, with the answer's added */
+    run->ndecided = 0;
+
+    for (i = 0; i < NGX_SF_NTYPES; i++) {
+        run->ndecided += run->decided[i];
+    }
+
+    if (run->ndecided != ndecided
+        && ngx_http_smartflow_policy_decisions(run) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return rc;
+}
+
+
+/* "event: NAME\ndata: DATA\n\n" into its name and data */
+static ngx_int_t
+ngx_http_smartflow_policy_split(ngx_str_t *ev, ngx_str_t *name,
+    ngx_str_t *data)
+{
+    u_char  *p, *last, *nl;
+
+    ngx_str_null(name);
+    ngx_str_null(data);
+
+    p = ev->data;
+    last = ev->data + ev->len;
+
+    while (p < last) {
+        nl = ngx_strlchr(p, last, '\n');
+        if (nl == NULL) {
+            nl = last;
+        }
+
+        if (nl - p >= 7 && ngx_strncmp(p, "event: ", 7) == 0) {
+            name->data = p + 7;
+            name->len = nl - p - 7;
+
+        } else if (nl - p >= 6 && ngx_strncmp(p, "data: ", 6) == 0) {
+            if (data->data) {
+                return NGX_DECLINED;    /* several data lines: not ours */
+            }
+
+            data->data = p + 6;
+            data->len = nl - p - 6;
+        }
+
+        p = nl + 1;
+    }
+
+    return data->data ? NGX_OK : NGX_DECLINED;
+}
+
+
+/*
+ * One block's text: what was held plus what arrives, scanned; what lies
+ * NGX_SF_OUT_HOLD bytes before the end (or all of it at the block's
+ * end), not cutting a finding, goes out redacted, the rest is held.
+ */
+static ngx_int_t
+ngx_http_smartflow_policy_hold(ngx_http_smartflow_policy_run_t *run,
+    ngx_uint_t block, ngx_str_t *add, ngx_uint_t final, ngx_str_t *emit)
+{
+    size_t                              safe;
+    ngx_str_t                          *pend;
+    ngx_uint_t                          i, n;
+    ngx_smartflow_json_t                j;
+    ngx_http_smartflow_policy_group_t  *g;
+
+    g = run->g;
+    pend = &run->pending[block < NGX_SF_OUT_BLOCKS ? block : 0];
+
+    if (ngx_http_smartflow_policy_append(run->r->pool, pend, add) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    safe = pend->len;
+
+    if (!final) {
+        safe = (pend->len > NGX_SF_OUT_HOLD) ? pend->len - NGX_SF_OUT_HOLD
+                                             : 0;
+
+        n = ngx_smartflow_pii_scan(pend->data, pend->len, g->pii_mask,
+                                   g->custom, g->ncustom, run->f,
+                                   NGX_SF_MAX_FINDINGS);
+
+        for (i = 0; i < n; i++) {
+            if (run->f[i].start < safe && run->f[i].end > safe) {
+                safe = run->f[i].start;
+                break;
+            }
+        }
+    }
+
+    ngx_memzero(&j, sizeof(ngx_smartflow_json_t));
+    j.type = NGX_SMARTFLOW_JSON_STRING;
+    j.str.data = pend->data;
+    j.str.len = safe;
+
+    if (ngx_http_smartflow_policy_text(run, &j, NGX_SF_SCAN_PII) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    *emit = j.str;
+
+    pend->data += safe;
+    pend->len -= safe;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_policy_append(ngx_pool_t *pool, ngx_str_t *s,
+    ngx_str_t *add)
+{
+    u_char  *p;
+
+    if (add->len == 0) {
+        return NGX_OK;
+    }
+
+    p = ngx_pnalloc(pool, s->len + add->len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(p, s->data, s->len);
+    ngx_memcpy(p + s->len, add->data, add->len);
+
+    s->data = p;
+    s->len += add->len;
+
+    return NGX_OK;
+}
+
+
+/* an OpenAI chat.completion.chunk */
+static ngx_int_t
+ngx_http_smartflow_policy_openai_event(ngx_http_smartflow_policy_run_t *run,
+    ngx_str_t *data, ngx_array_t *out)
+{
+    ngx_str_t              err, text;
+    ngx_uint_t             i, idx, finish, changed;
+    ngx_smartflow_json_t  *j, *choice, *delta, *content, *calls, *call;
+    ngx_smartflow_json_t  *flush, *fr;
+
+    if (data->len == 6 && ngx_strncmp(data->data, "[DONE]", 6) == 0) {
+        return NGX_DECLINED;
+    }
+
+    j = ngx_smartflow_json_parse(run->r->pool, data->data, data->len, &err);
+    if (j == NULL) {
+        return NGX_DECLINED;
+    }
+
+    choice = ngx_smartflow_json_get(j, "choices");
+    choice = (choice && choice->type == NGX_SMARTFLOW_JSON_ARRAY)
+             ? choice->child : NULL;
+
+    if (choice == NULL) {
+        return NGX_DECLINED;
+    }
+
+    delta = ngx_smartflow_json_get(choice, "delta");
+    fr = ngx_smartflow_json_get(choice, "finish_reason");
+    finish = (fr && fr->type == NGX_SMARTFLOW_JSON_STRING);
+    changed = 0;
+
+    /* the tool calls' arguments, whole at the end, for Shield */
+    calls = ngx_smartflow_json_get(delta, "tool_calls");
+
+    if (calls && calls->type == NGX_SMARTFLOW_JSON_ARRAY) {
+        for (call = calls->child; call; call = call->next) {
+            fr = ngx_smartflow_json_get(call, "index");
+            idx = (fr && fr->type == NGX_SMARTFLOW_JSON_NUMBER)
+                  ? (ngx_uint_t) ngx_atoi(fr->str.data, fr->str.len) : 0;
+
+            fr = ngx_smartflow_json_get(ngx_smartflow_json_get(call,
+                                                              "function"),
+                                        "arguments");
+
+            if (ngx_smartflow_json_is_string(fr)
+                && idx < NGX_SF_OUT_BLOCKS
+                && ngx_http_smartflow_policy_append(run->r->pool,
+                                                    &run->calls[idx],
+                                                    &fr->str)
+                   != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+        }
+    }
+
+    if (finish) {
+        for (i = 0; i < NGX_SF_OUT_BLOCKS; i++) {
+            if (run->calls[i].len && run->shield_on) {
+                ngx_http_smartflow_policy_shield(run, run->calls[i].data,
+                                                 run->calls[i].len);
+            }
+
+            if (run->calls[i].len) {
+                flush = ngx_smartflow_json_new(run->r->pool,
+                                               NGX_SMARTFLOW_JSON_STRING,
+                                               &run->calls[i]);
+                if (flush == NULL
+                    || ngx_http_smartflow_policy_text(run, flush,
+                                                      NGX_SF_SCAN_PII)
+                       != NGX_OK)
+                {
+                    return NGX_ERROR;
+                }
+            }
+        }
+
+        if (run->block) {
+            return NGX_OK;
+        }
+    }
+
+    content = ngx_smartflow_json_get(delta, "content");
+
+    if (ngx_smartflow_json_is_string(content)) {
+        if (ngx_http_smartflow_policy_hold(run, 0, &content->str, finish,
+                                           &text)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        if (text.len == 0 && !finish && delta->nchild == 1) {
+            /* all of it held back: the event waits for the text after it */
+            return NGX_OK;
+        }
+
+        content->str = text;
+        changed = 1;
+
+    } else if (finish && run->pending[0].len) {
+        /* the text held back goes out before the end */
+        if (ngx_http_smartflow_policy_hold(run, 0,
+                                           &ngx_http_smartflow_policy_empty,
+                                           1, &text)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        flush = ngx_smartflow_json_parse(run->r->pool, data->data,
+                                         data->len, &err);
+        if (flush == NULL) {
+            return NGX_ERROR;
+        }
+
+        choice = ngx_smartflow_json_get(flush, "choices")->child;
+        delta = ngx_smartflow_json_get(choice, "delta");
+
+        if (delta == NULL || delta->type != NGX_SMARTFLOW_JSON_OBJECT) {
+            return NGX_DECLINED;
+        }
+
+        delta->child = NULL;
+        delta->last = NULL;
+        delta->nchild = 0;
+
+        if (ngx_smartflow_json_set_str(run->r->pool, delta, "content", &text)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        fr = ngx_smartflow_json_get(choice, "finish_reason");
+        fr->type = NGX_SMARTFLOW_JSON_NULL;
+        ngx_str_set(&fr->str, "null");
+
+        if (ngx_http_smartflow_policy_event_out(run, NULL, flush, out)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        changed = 1;
+    }
+
+    if (run->block) {
+        return NGX_OK;
+    }
+
+    if (!changed) {
+        return NGX_DECLINED;
+    }
+
+    return ngx_http_smartflow_policy_event_out(run, NULL, j, out);
+}
+
+
+/* an Anthropic Messages stream event */
+static ngx_int_t
+ngx_http_smartflow_policy_anthropic_event(
+    ngx_http_smartflow_policy_run_t *run, ngx_str_t *name, ngx_str_t *data,
+    ngx_array_t *out)
+{
+    ngx_str_t              err, text;
+    ngx_uint_t             idx, stop;
+    ngx_smartflow_json_t  *j, *delta, *type, *t, *flush, *d;
+
+    stop = (name->len == 18
+            && ngx_strncmp(name->data, "content_block_stop", 18) == 0);
+
+    if (!stop && !(name->len == 19
+                   && ngx_strncmp(name->data, "content_block_delta", 19)
+                      == 0))
+    {
+        return NGX_DECLINED;
+    }
+
+    j = ngx_smartflow_json_parse(run->r->pool, data->data, data->len, &err);
+    if (j == NULL) {
+        return NGX_DECLINED;
+    }
+
+    t = ngx_smartflow_json_get(j, "index");
+    idx = (t && t->type == NGX_SMARTFLOW_JSON_NUMBER)
+          ? (ngx_uint_t) ngx_atoi(t->str.data, t->str.len) : 0;
+
+    if (idx >= NGX_SF_OUT_BLOCKS) {
+        idx = NGX_SF_OUT_BLOCKS - 1;
+    }
+
+    if (stop) {
+        if (run->calls[idx].len) {
+            /* a tool_use block's input, whole */
+            if (run->shield_on) {
+                ngx_http_smartflow_policy_shield(run, run->calls[idx].data,
+                                                 run->calls[idx].len);
+            }
+
+            flush = ngx_smartflow_json_new(run->r->pool,
+                                           NGX_SMARTFLOW_JSON_STRING,
+                                           &run->calls[idx]);
+            if (flush == NULL
+                || ngx_http_smartflow_policy_text(run, flush,
+                                                  NGX_SF_SCAN_PII)
+                   != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+
+            run->calls[idx].len = 0;
+        }
+
+        if (run->block || run->pending[idx].len == 0) {
+            return run->block ? NGX_OK : NGX_DECLINED;
+        }
+
+        /* the text held back, as one more delta before the stop */
+        if (ngx_http_smartflow_policy_hold(run, idx,
+                                           &ngx_http_smartflow_policy_empty,
+                                           1, &text)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        if (run->block) {
+            return NGX_OK;
+        }
+
+        flush = ngx_smartflow_json_new(run->r->pool,
+                                       NGX_SMARTFLOW_JSON_OBJECT, NULL);
+        d = ngx_smartflow_json_new(run->r->pool, NGX_SMARTFLOW_JSON_OBJECT,
+                                   NULL);
+        if (flush == NULL || d == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_str_set(&err, "content_block_delta");
+        if (ngx_smartflow_json_set_str(run->r->pool, flush, "type", &err)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        ngx_smartflow_json_append(flush, "index", t);
+        ngx_str_set(&err, "text_delta");
+
+        if (ngx_smartflow_json_set_str(run->r->pool, d, "type", &err)
+               != NGX_OK
+            || ngx_smartflow_json_set_str(run->r->pool, d, "text", &text)
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        ngx_smartflow_json_append(flush, "delta", d);
+
+        if (ngx_http_smartflow_policy_event_out(run, "content_block_delta",
+                                                flush, out)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        return ngx_http_smartflow_policy_event_out(run, "content_block_stop",
+                                                   j, out);
+    }
+
+    delta = ngx_smartflow_json_get(j, "delta");
+    type = ngx_smartflow_json_get(delta, "type");
+
+    if (!ngx_smartflow_json_is_string(type)) {
+        return NGX_DECLINED;
+    }
+
+    if (type->str.len == 16
+        && ngx_strncmp(type->str.data, "input_json_delta", 16) == 0)
+    {
+        t = ngx_smartflow_json_get(delta, "partial_json");
+
+        if (ngx_smartflow_json_is_string(t)
+            && ngx_http_smartflow_policy_append(run->r->pool,
+                                                &run->calls[idx], &t->str)
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        return NGX_DECLINED;
+    }
+
+    if (!(type->str.len == 10
+          && ngx_strncmp(type->str.data, "text_delta", 10) == 0))
+    {
+        return NGX_DECLINED;
+    }
+
+    t = ngx_smartflow_json_get(delta, "text");
+    if (!ngx_smartflow_json_is_string(t)) {
+        return NGX_DECLINED;
+    }
+
+    if (ngx_http_smartflow_policy_hold(run, idx, &t->str, 0, &text)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (run->block || text.len == 0) {
+        /* all of it held back: the event waits for the text after it */
+        return NGX_OK;
+    }
+
+    t->str = text;
+
+    return ngx_http_smartflow_policy_event_out(run, "content_block_delta", j,
+                                               out);
+}
+
+
+/* an event for the client: "event: NAME\n" if named, "data: JSON\n\n" */
+static ngx_int_t
+ngx_http_smartflow_policy_event_out(ngx_http_smartflow_policy_run_t *run,
+    char *name, ngx_smartflow_json_t *j, ngx_array_t *out)
+{
+    u_char     *p;
+    size_t      len;
+    ngx_str_t   json, *ev;
+
+    if (j == NULL
+        || ngx_smartflow_json_dump(run->r->pool, j, &json) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    len = (name ? sizeof("event: \n") - 1 + ngx_strlen(name) : 0)
+          + sizeof("data: \n\n") - 1 + json.len;
+
+    p = ngx_pnalloc(run->r->pool, len);
+    ev = ngx_array_push(out);
+
+    if (p == NULL || ev == NULL) {
+        return NGX_ERROR;
+    }
+
+    ev->data = p;
+
+    if (name) {
+        p = ngx_sprintf(p, "event: %s\n", name);
+    }
+
+    p = ngx_sf_cpymem(p, "data: ");
+    p = ngx_cpymem(p, json.data, json.len);
+    p = ngx_sf_cpymem(p, "\n\n");
+
+    ev->len = p - ev->data;
+
+    return NGX_OK;
+}
+
+
+/* the client's error event for a blocked answer */
+static ngx_int_t
+ngx_http_smartflow_policy_error_event(ngx_http_smartflow_policy_run_t *run,
+    ngx_array_t *out)
+{
+    u_char     *p;
+    ngx_str_t   name, *ev;
+
+    ngx_http_smartflow_policy_rule(run, run->block_type, &name);
+
+    p = ngx_pnalloc(run->r->pool, 256 + name.len);
+    ev = ngx_array_push(out);
+
+    if (p == NULL || ev == NULL) {
+        return NGX_ERROR;
+    }
+
+    ev->data = p;
+
+    if (run->ctx->client_format == NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC) {
+        p = ngx_sprintf(p, "event: error\ndata: {\"type\":\"error\","
+                        "\"error\":{\"type\":\"invalid_request_error\","
+                        "\"message\":\"The answer was blocked by the content "
+                        "policy (rule `%V`).\"}}\n\n", &name);
+
+    } else {
+        p = ngx_sprintf(p, "data: {\"error\":{\"message\":\"The answer was "
+                        "blocked by the content policy (rule `%V`).\","
+                        "\"type\":\"invalid_request_error\",\"param\":null,"
+                        "\"code\":\"content_policy_violation\"}}\n\n", &name);
+    }
+
+    ev->len = p - ev->data;
+
+    return NGX_OK;
+}
+
+
+/* a whole answer: its texts and its tool calls */
+static ngx_int_t
+ngx_http_smartflow_policy_answer(ngx_http_smartflow_policy_run_t *run,
+    ngx_smartflow_json_t *answer)
+{
+    ngx_str_t              dump;
+    ngx_smartflow_json_t  *c, *m, *t, *call, *args, *doc;
+
+    /* OpenAI: choices[].message.content and .tool_calls */
+    c = ngx_smartflow_json_get(answer, "choices");
+
+    if (c && c->type == NGX_SMARTFLOW_JSON_ARRAY) {
+        for (c = c->child; c && !run->block; c = c->next) {
+            m = ngx_smartflow_json_get(c, "message");
+            t = ngx_smartflow_json_get(m, "content");
+
+            if (ngx_smartflow_json_is_string(t)
+                && ngx_http_smartflow_policy_text(run, t, NGX_SF_SCAN_PII)
+                   != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+
+            call = ngx_smartflow_json_get(m, "tool_calls");
+            call = (call && call->type == NGX_SMARTFLOW_JSON_ARRAY)
+                   ? call->child : NULL;
+
+            for ( /* void */ ; call && !run->block; call = call->next) {
+                args = ngx_smartflow_json_get(
+                           ngx_smartflow_json_get(call, "function"),
+                           "arguments");
+
+                if (!ngx_smartflow_json_is_string(args)) {
+                    continue;
+                }
+
+                if (run->shield_on) {
+                    ngx_http_smartflow_policy_shield(run, args->str.data,
+                                                     args->str.len);
+                }
+
+                if (ngx_http_smartflow_policy_text(run, args,
+                                                   NGX_SF_SCAN_PII)
+                    != NGX_OK)
+                {
+                    return NGX_ERROR;
+                }
+            }
+        }
+
+        return NGX_OK;
+    }
+
+    /* Anthropic: content[] text and tool_use blocks */
+    c = ngx_smartflow_json_get(answer, "content");
+
+    if (c == NULL || c->type != NGX_SMARTFLOW_JSON_ARRAY) {
+        return NGX_OK;
+    }
+
+    for (c = c->child; c && !run->block; c = c->next) {
+        t = ngx_smartflow_json_get(c, "text");
+
+        if (ngx_smartflow_json_is_string(t)
+            && ngx_http_smartflow_policy_text(run, t, NGX_SF_SCAN_PII)
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        t = ngx_smartflow_json_get(c, "input");
+
+        if (t && t->type == NGX_SMARTFLOW_JSON_OBJECT) {
+            if (run->shield_on
+                && ngx_smartflow_json_dump(run->r->pool, t, &dump) == NGX_OK)
+            {
+                ngx_http_smartflow_policy_shield(run, dump.data, dump.len);
+            }
+
+            for (doc = t->child; doc && !run->block; doc = doc->next) {
+                if (ngx_smartflow_json_is_string(doc)
+                    && ngx_http_smartflow_policy_text(run, doc,
+                                                      NGX_SF_SCAN_PII)
+                       != NGX_OK)
+                {
+                    return NGX_ERROR;
+                }
+            }
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * A blocked whole answer, the way each API reports its own content
+ * filter: OpenAI's message with no content, a refusal and finish_reason
+ * "content_filter"; Anthropic's one text block and stop_reason "refusal".
+ */
+static ngx_int_t
+ngx_http_smartflow_policy_refuse_answer(ngx_http_smartflow_policy_run_t *run,
+    ngx_smartflow_json_t *answer)
+{
+    u_char                *p;
+    ngx_str_t              name, msg, v;
+    ngx_pool_t            *pool;
+    ngx_smartflow_json_t  *c, *m, *t, *n;
+
+    pool = run->r->pool;
+
+    ngx_http_smartflow_policy_rule(run, run->block_type, &name);
+
+    p = ngx_pnalloc(pool, 96 + name.len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    msg.data = p;
+    msg.len = ngx_sprintf(p, "The answer was blocked by the content policy "
+                          "(rule `%V`).", &name) - p;
+
+    c = ngx_smartflow_json_get(answer, "choices");
+
+    if (c && c->type == NGX_SMARTFLOW_JSON_ARRAY) {
+        for (c = c->child; c; c = c->next) {
+            m = ngx_smartflow_json_get(c, "message");
+            if (m == NULL || m->type != NGX_SMARTFLOW_JSON_OBJECT) {
+                continue;
+            }
+
+            m->child = NULL;
+            m->last = NULL;
+            m->nchild = 0;
+
+            ngx_str_set(&v, "assistant");
+            n = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_NULL, NULL);
+            if (n == NULL
+                || ngx_smartflow_json_set_str(pool, m, "role", &v) != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+
+            ngx_str_set(&n->str, "null");
+            ngx_smartflow_json_append(m, "content", n);
+
+            if (ngx_smartflow_json_set_str(pool, m, "refusal", &msg)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+
+            ngx_str_set(&v, "content_filter");
+            if (ngx_smartflow_json_set_str(pool, c, "finish_reason", &v)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+        }
+
+        return NGX_OK;
+    }
+
+    c = ngx_smartflow_json_get(answer, "content");
+
+    if (c && c->type == NGX_SMARTFLOW_JSON_ARRAY) {
+        c->child = NULL;
+        c->last = NULL;
+        c->nchild = 0;
+
+        t = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+        if (t == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_str_set(&v, "text");
+
+        if (ngx_smartflow_json_set_str(pool, t, "type", &v) != NGX_OK
+            || ngx_smartflow_json_set_str(pool, t, "text", &msg) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        ngx_smartflow_json_append(c, NULL, t);
+
+        ngx_str_set(&v, "refusal");
+        if (ngx_smartflow_json_set_str(pool, answer, "stop_reason", &v)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}

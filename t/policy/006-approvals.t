@@ -1,0 +1,144 @@
+# Shield's approval queue: a destructive tool call whose tier is
+# "approve" is held as a pending item; the client is told it awaits an
+# operator; the admin API (master key only) lists, approves and denies
+# items; an approved retry passes once, a denied one is refused.  (The
+# runner checks a block's error_log after each of its requests, so the
+# log lines are asserted in the single-request blocks.)
+
+use lib 't/lib';
+use Smartflow::Conf;
+use Smartflow::Mock;
+use Test::Nginx::Socket 'no_plan';
+
+no_shuffle();
+
+our $MainConfig = <<'_EOC_';
+    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_proxy_module.so;
+    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_policy_module.so;
+    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_audit_module.so;
+_EOC_
+
+our $HttpConfig = <<'_EOC_';
+    smartflow_master_key sk-smartflow-test-0123456789;
+
+    upstream sf_mock {
+        server 127.0.0.1:$TEST_NGINX_MOCK_PORT;
+        keepalive 8;
+    }
+
+    smartflow_provider openai type=openai upstream=http://sf_mock path=/v1
+                       key=sk-provider-test-key;
+    smartflow_route gpt-* openai;
+
+    smartflow_policy_approvals shield 64k;
+
+    smartflow_policy_group agents {
+        shield block;
+        shield shell approve;
+    }
+_EOC_
+
+our $Locations = Smartflow::Conf::shipped_locations() . <<'_EOC_';
+    location /api/shield/ {
+        smartflow_policy_admin;
+    }
+_EOC_
+
+add_block_preprocessor(sub {
+    my $block = shift;
+
+    $block->set_value('main_config', $MainConfig)
+        unless defined $block->main_config;
+    $block->set_value('http_config', $HttpConfig)
+        unless defined $block->http_config;
+    $block->set_value('config', "smartflow_policy agents;\n$Locations")
+        unless defined $block->config;
+    $block->set_value('more_headers',
+                      'Authorization: Bearer sk-smartflow-test-0123456789')
+        unless defined $block->more_headers;
+});
+
+sub call {
+    my $cmd = shift;
+    return "POST /v1/chat/completions\n"
+        . qq/{"model":"gpt-4o","messages":[{"role":"user","content":"clean up"},/
+        . qq/{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"bash","arguments":"{\\"command\\":\\"$cmd\\"}"}}]},/
+        . qq/{"role":"tool","tool_call_id":"c1","content":"ok"},{"role":"user","content":"go on"}]}/;
+}
+
+run_tests();
+
+__DATA__
+
+=== TEST 1: held, listed, approved, passed once, held again, denied, refused
+--- request eval
+[ ::call('rm -rf /home/alice'),
+  "GET /api/shield/pending",
+  "POST /api/shield/pending/1/approve",
+  ::call('rm -rf /home/alice'),
+  ::call('rm -rf /home/alice'),
+  "POST /api/shield/pending/2/deny",
+  ::call('rm -rf /home/alice'),
+  "GET /api/shield/pending" ]
+--- error_code eval
+[403, 200, 200, 200, 403, 200, 400, 200]
+--- response_body_like eval
+[ qr/^\{"error":\{"message":"The tool call \(rule `shield.shell`: shell.rm_root\) awaits an operator's approval as Shield item 1; send the request again once it is approved.","type":"permission_error","param":null,"code":"approval_required"\}\}$/,
+  qr/^\{"object":"list","data":\[\{"id":1,"object":"shield.pending","rule":"shell.rm_root","command":"rm -rf \/home\/alice","status":"pending","created_at":\d+\}\]\}$/,
+  qr/^\{"id":1,"object":"shield.pending","rule":"shell.rm_root","command":"rm -rf \/home\/alice","status":"approved","created_at":\d+\}$/,
+  qr/"content":"mock reply to: go on"/,
+  qr/awaits an operator's approval as Shield item 2;.*"code":"approval_required"/,
+  qr/"status":"denied"/,
+  qr/^\{"error":\{"message":"The request was blocked by the content policy \(rule `shield.shell`: shell.rm_root\)\.","type":"invalid_request_error","param":null,"code":"content_policy_violation"\}\}$/,
+  qr/^\{"object":"list","data":\[\]\}$/ ]
+
+
+
+=== TEST 2: the other tiers of the same group do not wait: git is blocked outright
+--- request eval
+::call('git push --force origin main')
+--- error_code: 400
+--- response_body_like chomp
+"code":"content_policy_violation"
+--- error_log
+rule "shield.git" git.force_push of group "agents" blocked the request
+
+
+
+=== TEST 3: the admin API takes the master key only
+--- more_headers
+Authorization: Bearer sk-not-the-master-key-000000
+--- request
+GET /api/shield/pending
+--- error_code: 401
+--- response_body_like chomp
+"code":"invalid_api_key"
+--- error_log
+The Shield admin API takes the master key only
+
+
+
+=== TEST 4: unknown ids, paths and methods
+--- request eval
+[ "POST /api/shield/pending/99/approve", "GET /api/shield/pending/1/approve",
+  "POST /api/shield/pending/1/erase", "POST /api/shield/pending" ]
+--- error_code eval
+[404, 405, 404, 405]
+--- response_body_like eval
+[ qr/No pending Shield call with id 99/, qr/"code":"method_not_allowed"/,
+  qr/"code":"not_found"/, qr/"code":"method_not_allowed"/ ]
+
+
+
+=== TEST 5: without a queue, the approve tier refuses and says why
+--- http_config eval
+my $c = $::HttpConfig; $c =~ s/smartflow_policy_approvals shield 64k;//; $c
+--- config eval
+"smartflow_policy agents;\n" . Smartflow::Conf::shipped_locations()
+--- request eval
+::call('rm -rf /home/alice')
+--- error_code: 403
+--- response_body_like chomp
+requires an operator's approval, and this gateway keeps no approval queue
+--- error_log
+approval_required
