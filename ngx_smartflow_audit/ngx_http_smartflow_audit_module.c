@@ -21,7 +21,9 @@
 typedef struct {
     EVP_MD_CTX       *md;
     off_t             bytes;
+    u_char            request[32];      /* the request body's SHA-256 */
     unsigned          complete:1;
+    unsigned          request_done:1;
 } ngx_http_smartflow_audit_ctx_t;
 
 
@@ -343,16 +345,20 @@ ngx_http_smartflow_audit_record(ngx_http_request_t *r,
                 + 999999) / 1000000;
     }
 
-    if (EVP_Digest(ctx->body.len ? ctx->body.data : (u_char *) "",
-                   ctx->body.len, digest, &dlen, EVP_sha256(), NULL)
-        != 1)
+    actx = ngx_http_get_module_ctx(r, ngx_http_smartflow_audit_module);
+
+    if (actx && actx->request_done) {
+        ngx_memcpy(digest, actx->request, 32);
+
+    } else if (EVP_Digest(ctx->body.len ? ctx->body.data : (u_char *) "",
+                          ctx->body.len, digest, &dlen, sf_merkle_sha256(),
+                          NULL)
+               != 1)
     {
         return NGX_ERROR;
     }
 
     sf_audit_hex(digest, 32, (char *) req_hex);
-
-    actx = ngx_http_get_module_ctx(r, ngx_http_smartflow_audit_module);
 
     if (actx && actx->md) {
         if (EVP_DigestFinal_ex(actx->md, digest, &dlen) != 1) {
@@ -362,7 +368,7 @@ ngx_http_smartflow_audit_record(ngx_http_request_t *r,
         EVP_MD_CTX_free(actx->md);
         actx->md = NULL;
 
-    } else if (EVP_Digest("", 0, digest, &dlen, EVP_sha256(), NULL) != 1) {
+    } else if (EVP_Digest("", 0, digest, &dlen, sf_merkle_sha256(), NULL) != 1) {
         return NGX_ERROR;
     }
 
@@ -502,7 +508,6 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
     uint64_t                          seq;
     ngx_uint_t                        rotate;
     ngx_slab_pool_t                  *shpool;
-    unsigned int                      maclen;
     ngx_http_smartflow_audit_sh_t    *sh;
     u_char                            leaf[32], head[32];
     u_char                            path[NGX_MAX_PATH];
@@ -547,10 +552,7 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
     p = ngx_sprintf(body_end, ",\"ts\":%L,\"seq\":%uL,\"kid\":\"%s\","
                     "\"prev\":\"%s\"", ts, seq, key->kid, hex);
 
-    if (HMAC(EVP_sha256(), key->key, (int) key->key_len, line, p - line,
-             mac, &maclen)
-        == NULL)
-    {
+    if (sf_audit_hmac(key, line, p - line, mac) != 0) {
         ngx_shmtx_unlock(&shpool->mutex);
         return NGX_ERROR;
     }
@@ -580,7 +582,7 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    (void) EVP_Digest(line, p - line - 1, head, NULL, EVP_sha256(), NULL);
+    (void) EVP_Digest(line, p - line - 1, head, NULL, sf_merkle_sha256(), NULL);
     sf_merkle_leaf(line, p - line - 1, leaf);
 
     sh->seq = seq;
@@ -800,7 +802,7 @@ ngx_http_smartflow_audit_get_ctx(ngx_http_request_t *r)
     actx->md = EVP_MD_CTX_new();
 
     if (actx->md == NULL
-        || EVP_DigestInit_ex(actx->md, EVP_sha256(), NULL) != 1)
+        || EVP_DigestInit_ex(actx->md, sf_merkle_sha256(), NULL) != 1)
     {
         EVP_MD_CTX_free(actx->md);
         actx->md = NULL;
@@ -841,7 +843,7 @@ ngx_http_smartflow_audit_header_filter(ngx_http_request_t *r)
     ngx_http_variable_value_t             *vv;
     ngx_http_smartflow_audit_loc_conf_t   *alcf;
     ngx_http_smartflow_audit_main_conf_t  *amcf;
-    u_char                                 digest[32];
+    ngx_http_smartflow_audit_ctx_t        *actx;
 
     amcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_audit_module);
     alcf = ngx_http_get_module_loc_conf(r, ngx_http_smartflow_audit_module);
@@ -861,12 +863,21 @@ ngx_http_smartflow_audit_header_filter(ngx_http_request_t *r)
         return ngx_http_next_header_filter(r);
     }
 
+    /* the response hash starts with the answer's first byte */
+    actx = ngx_http_smartflow_audit_get_ctx(r);
+    if (actx == NULL) {
+        return NGX_ERROR;
+    }
+
     if (EVP_Digest(ctx->body.len ? ctx->body.data : (u_char *) "",
-                   ctx->body.len, digest, NULL, EVP_sha256(), NULL)
+                   ctx->body.len, actx->request, NULL, sf_merkle_sha256(),
+                   NULL)
         != 1)
     {
         return NGX_ERROR;
     }
+
+    actx->request_done = 1;
 
     h = ngx_list_push(&r->headers_out.headers);
     if (h == NULL) {
@@ -883,13 +894,8 @@ ngx_http_smartflow_audit_header_filter(ngx_http_request_t *r)
     h->value.data = p;
     p = ngx_sprintf(p, "id=%*s; request-sha256=", (size_t) vv->len,
                     vv->data);
-    sf_audit_hex(digest, 32, (char *) p);
+    sf_audit_hex(actx->request, 32, (char *) p);
     h->value.len = p + 64 - h->value.data;
-
-    /* the response hash starts with the answer's first byte */
-    if (ngx_http_smartflow_audit_get_ctx(r) == NULL) {
-        return NGX_ERROR;
-    }
 
     return ngx_http_next_header_filter(r);
 }
@@ -1232,6 +1238,10 @@ ngx_http_smartflow_audit_init_process(ngx_cycle_t *cycle)
 
     amcf = ngx_http_cycle_get_module_main_conf(cycle,
                                                ngx_http_smartflow_audit_module);
+
+    /* the digests, once per process, before the pool's threads use them */
+    sf_merkle_init();
+    sf_audit_hmac_init();
 
     if (amcf == NULL || amcf->zone == NULL || amcf->tsa_url.len == 0
         || (ngx_process == NGX_PROCESS_WORKER && ngx_worker != 0))

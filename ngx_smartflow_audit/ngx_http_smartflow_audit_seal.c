@@ -40,7 +40,6 @@ ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s)
     u_char                path[NGX_MAX_PATH], tmp[NGX_MAX_PATH];
     unsigned char         proof[SF_MERKLE_MAX_LEVEL][32], root[32];
     unsigned char         mac[EVP_MAX_MD_SIZE];
-    unsigned int          maclen;
     char                  seal[8192];
 
     buf = NULL;
@@ -145,10 +144,7 @@ ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s)
                   "\"protection\":\"%s\",\"kid\":\"%s\"",
                   hex, (long) s->now, s->protection, s->key.kid);
 
-    if (HMAC(EVP_sha256(), s->key.key, (int) s->key.key_len,
-             (unsigned char *) seal, p - seal, mac, &maclen)
-        == NULL)
-    {
+    if (sf_audit_hmac(&s->key, seal, p - seal, mac) != 0) {
         snprintf(s->err, sizeof(s->err), "HMAC failed");
         goto failed;
     }
@@ -340,7 +336,7 @@ ngx_http_smartflow_audit_leaves(u_char *buf, size_t len,
         sf_merkle_leaf(p, eol - p, (*leaves)[i]);
 
         if (i == count - 1) {
-            (void) EVP_Digest(p, eol - p, head, NULL, EVP_sha256(), NULL);
+            (void) EVP_Digest(p, eol - p, head, NULL, sf_merkle_sha256(), NULL);
         }
 
         p = eol + 1;

@@ -1026,6 +1026,7 @@ main(int argc, char **argv)
     }
 
     rep.ok = 1;
+    sf_merkle_init();
 
     if (path) {
         if (keyfile == NULL) {
