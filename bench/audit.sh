@@ -144,8 +144,25 @@ CONF
 "$nginx" -p "$state/front/" -c "$state/front/nginx.conf"
 sleep 0.5
 
-run() {   # port seconds -> "requests/s p99_us answered"
-    local out
+front_worker=$(pgrep -P "$(cat "$state/front/nginx.pid")" | head -1)
+tck=$(getconf CLK_TCK)
+
+cpu() {   # the front worker's user + system time, all its threads, in ticks
+    awk '{print $14 + $15}' "/proc/$front_worker/stat"
+}
+
+run() {   # port seconds -> "requests/s p99_us answered cpu_us_per_request"
+    local out c0 c1
+    # AUDIT_PERF=FILE: a profile of the front during the audited runs
+    if [ -n "${AUDIT_PERF:-}" ]; then
+        perf record -g -o "$AUDIT_PERF.$1" -p "$front_worker" -- sleep "$2" \
+            >/dev/null 2>&1 &
+    fi
+    c0=$(cpu)
+    if [ -n "${AUDIT_INSNS:-}" ]; then
+        perf stat -e instructions:u,instructions:k -x, -o "$state/insns.$1" \
+            -p "$front_worker" -- sleep "$2" >/dev/null 2>&1 &
+    fi
     out=$("${wrk_cmd[@]}" -t1 -c"$conns" -d"$2"s --latency -s "$state/chat.lua" \
           "http://127.0.0.1:$1/v1/chat/completions" | grep '^AUDIT')
     [[ $out =~ requests=([0-9]+)\ duration_us=([0-9]+)\ p99_us=([0-9]+)\ non2xx=([0-9]+)\ errors=([0-9]+) ]] \
@@ -154,31 +171,43 @@ run() {   # port seconds -> "requests/s p99_us answered"
         echo "audit bench: non-2xx answers or socket errors: $out" >&2
         exit 1
     fi
-    echo "$(( BASH_REMATCH[1] * 1000000 / BASH_REMATCH[2] )) ${BASH_REMATCH[3]} ${BASH_REMATCH[1]}"
+    c1=$(cpu)
+    if [ -n "${AUDIT_INSNS:-}" ]; then
+        wait
+        echo "insns port $1: $(grep instructions "$state/insns.$1" | cut -d, -f1,3 | tr '\n' ' ') requests ${BASH_REMATCH[1]}" >&2
+    fi
+    echo "$(( BASH_REMATCH[1] * 1000000 / BASH_REMATCH[2] )) ${BASH_REMATCH[3]}" \
+         "${BASH_REMATCH[1]}" \
+         "$(awk -v c=$((c1 - c0)) -v t="$tck" -v n="${BASH_REMATCH[1]}" \
+              'BEGIN {printf "%.1f", c * 1000000 / t / n}')"
 }
 
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 run "$port_off" 2 >/dev/null
-[ -n "${AUDIT_PERF:-}" ] && { perf record -g -o "$AUDIT_PERF" -p "$(pgrep -P "$(cat "$state/front/nginx.pid")")" -- sleep 4 >/dev/null 2>&1 & }
 run "$port_on" 2 > "$state/warm"
 answered=$(awk '{print $3}' "$state/warm")
 
-rps_off=() rps_on=() p99_off=() p99_on=()
+rps_off=() rps_on=() p99_off=() p99_on=() cpu_off=() cpu_on=()
 for i in $(seq "$rounds"); do
-    read -r r p _ < <(run "$port_off" "$duration")
-    rps_off+=("$r") p99_off+=("$p")
-    read -r r p n < <(run "$port_on" "$duration")
-    rps_on+=("$r") p99_on+=("$p")
+    read -r r p _ c < <(run "$port_off" "$duration")
+    rps_off+=("$r") p99_off+=("$p") cpu_off+=("$c")
+    read -r r p n c < <(run "$port_on" "$duration")
+    rps_on+=("$r") p99_on+=("$p") cpu_on+=("$c")
     answered=$((answered + n))
-    echo "round $i: off ${rps_off[-1]} req/s p99 ${p99_off[-1]} us;" \
-         "on ${rps_on[-1]} req/s p99 ${p99_on[-1]} us"
+    echo "round $i: off ${rps_off[-1]} req/s p99 ${p99_off[-1]} us" \
+         "${cpu_off[-1]} us CPU/req; on ${rps_on[-1]} req/s" \
+         "p99 ${p99_on[-1]} us ${cpu_on[-1]} us CPU/req"
 done
 
 m_off=$(median "${rps_off[@]}") m_on=$(median "${rps_on[@]}")
 q_off=$(median "${p99_off[@]}") q_on=$(median "${p99_on[@]}")
 ratio=$(awk -v a="$m_on" -v b="$m_off" 'BEGIN {printf "%.3f", a / b}')
 p99r=$(awk -v a="$q_on" -v b="$q_off" 'BEGIN {printf "%.2f", a / b}')
+c_off=$(median "${cpu_off[@]}") c_on=$(median "${cpu_on[@]}")
+# what the front can serve per CPU second, on over off: the throughput
+# ratio of a CPU-bound front, and the figure a busy machine spoils least
+cpur=$(awk -v a="$c_off" -v b="$c_on" 'BEGIN {printf "%.3f", a / b}')
 pass=$(awk -v r="$ratio" -v t="$target" 'BEGIN {print (r >= t) ? "PASS" : "FAIL"}')
 
 # every answered request is in the folder, and the folder holds
@@ -189,11 +218,15 @@ ok=$(printf '%s' "$report" | sed -n 's/.*"ok":\(true\|false\).*/\1/p')
 
 echo "audit: off $m_off req/s (p99 $q_off us), on $m_on req/s (p99 $q_on us)"
 echo "audit: throughput on/off $ratio (target >= $target: $pass), p99 on/off $p99r"
+echo "audit: front CPU per request off $c_off us, on $c_on us:" \
+     "requests per CPU second on/off $cpur"
 echo "audit: $records records for $answered answered requests, verifier ok=$ok"
 
 cat > "$top/build/bench/audit.json" <<JSON
 {"off": {"rps": $m_off, "p99_us": $q_off}, "on": {"rps": $m_on, "p99_us": $q_on},
- "ratio": {"throughput": $ratio, "p99": $p99r}, "target": $target,
+ "cpu_us_per_request": {"off": $c_off, "on": $c_on},
+ "ratio": {"throughput": $ratio, "p99": $p99r, "requests_per_cpu": $cpur},
+ "target": $target,
  "result": "$pass", "records": ${records:-0}, "answered": $answered,
  "verified": ${ok:-false}}
 JSON

@@ -509,7 +509,7 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
     ngx_uint_t                        rotate;
     ngx_slab_pool_t                  *shpool;
     ngx_http_smartflow_audit_sh_t    *sh;
-    u_char                            leaf[32], head[32];
+    u_char                            leaf[32];
     u_char                            path[NGX_MAX_PATH];
     char                              hex[65];
     unsigned char                     mac[EVP_MAX_MD_SIZE];
@@ -582,11 +582,11 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    (void) EVP_Digest(line, p - line - 1, head, NULL, sf_merkle_sha256(), NULL);
+    /* the record's hash, for the next one's "prev" and the log tree */
     sf_merkle_leaf(line, p - line - 1, leaf);
 
     sh->seq = seq;
-    ngx_memcpy(sh->head, head, 32);
+    ngx_memcpy(sh->head, leaf, 32);
     sf_merkle_frontier_append(&sh->log, leaf);
 
     if (sh->seg_count++ == 0) {

@@ -336,7 +336,7 @@ ngx_http_smartflow_audit_leaves(u_char *buf, size_t len,
         sf_merkle_leaf(p, eol - p, (*leaves)[i]);
 
         if (i == count - 1) {
-            (void) EVP_Digest(p, eol - p, head, NULL, sf_merkle_sha256(), NULL);
+            ngx_memcpy(head, (*leaves)[i], 32);
         }
 
         p = eol + 1;

@@ -11,8 +11,9 @@
  * always in this order:
  *   ...,"ts":MS,"seq":N,"kid":"KID","prev":"HEX64","hmac":"HEX64"}
  * "hmac" is HMAC-SHA256 under key KID of every byte before ,"hmac";
- * "prev" is SHA-256 of the previous record's line (no newline), zeros
- * for the first one.
+ * "prev" is the previous record's hash, zeros for the first one: its
+ * RFC 6962 leaf hash, SHA-256 of 0x00 and its line (no newline), the
+ * same hash the Merkle trees are built from.
  */
 
 #ifndef _NGX_SMARTFLOW_AUDIT_KEYS_H_INCLUDED_
