@@ -15,7 +15,10 @@
 # request must be in it.  CPUs are pinned as in bench/run.sh.
 #
 # Environment: AUDIT_DURATION (10), AUDIT_ROUNDS (3), AUDIT_CONNECTIONS
-# (32), AUDIT_PORT (18650), BENCH_PIN (1), BENCH_NGINX (/usr/sbin/nginx).
+# (32), AUDIT_PORT (18650), BENCH_PIN (1), BENCH_NGINX (/usr/sbin/nginx),
+# AUDIT_EXTRA (more http-level directives for the front, e.g.
+# "smartflow_audit_segment_size 1000m;"), AUDIT_PERF=FILE (a perf profile
+# of the front per case).
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -121,6 +124,7 @@ http {
     smartflow_audit_dir $state/audit;
     smartflow_audit_key_file $state/audit.keys;
     smartflow_audit_thread_pool smartflow;
+    ${AUDIT_EXTRA:-}
 
     server {
         listen 127.0.0.1:$port_off backlog=4096;

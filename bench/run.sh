@@ -716,5 +716,10 @@ JSON
 mv "$outdir/result.json.tmp" "$outdir/result.json"
 echo "summary: $outdir/result.json"
 
+# the audit trail on versus off, in its own script
+if [ "${BENCH_AUDIT:-1}" = 1 ]; then
+    "$top/bench/audit.sh" || echo "bench: bench/audit.sh failed" >&2
+fi
+
 ok=1
 exit 0

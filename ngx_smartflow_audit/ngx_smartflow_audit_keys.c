@@ -52,13 +52,20 @@ sf_audit_hmac(const sf_audit_key_t *k, const void *data, size_t len,
         if (sf_hmac_ctx == NULL) {
             return -1;
         }
+
+        /* the digest once: naming it at each init fetches it again */
+        params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
+                                                     (char *) "SHA256", 0);
+        params[1] = OSSL_PARAM_construct_end();
+
+        if (EVP_MAC_CTX_set_params(sf_hmac_ctx, params) != 1) {
+            EVP_MAC_CTX_free(sf_hmac_ctx);
+            sf_hmac_ctx = NULL;
+            return -1;
+        }
     }
 
-    params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
-                                                 (char *) "SHA256", 0);
-    params[1] = OSSL_PARAM_construct_end();
-
-    if (EVP_MAC_init(sf_hmac_ctx, k->key, k->key_len, params) != 1
+    if (EVP_MAC_init(sf_hmac_ctx, k->key, k->key_len, NULL) != 1
         || EVP_MAC_update(sf_hmac_ctx, data, len) != 1
         || EVP_MAC_final(sf_hmac_ctx, out, &n, 32) != 1
         || n != 32)
