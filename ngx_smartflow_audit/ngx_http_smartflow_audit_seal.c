@@ -452,7 +452,7 @@ ngx_http_smartflow_audit_recover(ngx_log_t *log,
     ngx_http_smartflow_audit_main_conf_t *amcf,
     ngx_http_smartflow_audit_sh_t *sh)
 {
-    u_char                           *buf, *p;
+    u_char                           *buf, *p, head[32];
     size_t                            len;
     uint64_t                          n, i, first, lastseq;
     ngx_uint_t                        seg, maxseg;
@@ -560,7 +560,7 @@ ngx_http_smartflow_audit_recover(ngx_log_t *log,
             len = p - buf;
         }
 
-        if (ngx_http_smartflow_audit_leaves(buf, len, &leaves, &n, sh->head,
+        if (ngx_http_smartflow_audit_leaves(buf, len, &leaves, &n, head,
                                             &first, &lastseq)
             != NGX_OK)
         {
@@ -587,8 +587,10 @@ ngx_http_smartflow_audit_recover(ngx_log_t *log,
 
         ngx_free(leaves);
 
+        /* an empty segment leaves the chain where it was */
         if (n) {
             sh->seq = lastseq;
+            ngx_memcpy(sh->head, head, 32);
         }
 
         ngx_snprintf(path, NGX_MAX_PATH, "%V/" NGX_SMARTFLOW_AUDIT_SEAL

@@ -161,6 +161,29 @@ $gw->stop('QUIT');
 
 $gw->stop('QUIT');
 
+# a stop right after a segment was closed: the open segment is empty, and
+# the chain goes on from the sealed one
+{
+    my $g = Smartflow::Audit->new(name => 'audit-empty-open', workers => 1,
+        http => "    smartflow_audit_segment_size 1k;\n");
+    $g->setup->start;
+    my %big = (headers => { 'X-Request-Id' => 'r' x 120 });
+    $g->chat("one", %big);
+    $g->chat("two", %big);
+    $g->settle;
+    $g->stop('QUIT');
+    my @segs = sort glob $g->dir . '/segment-*.log';
+    is(-s $segs[-1], 0, 'the open segment is empty at the stop');
+    $g->start;
+    $g->chat("three", %big);
+    $g->settle;
+    my ($rc, $rep) = $g->verify;
+    is($rc, 0, 'after a restart on an empty segment the folder verifies')
+        or diag explain $rep;
+    is($rep->{records}, 3, 'three records');
+    $g->stop('QUIT');
+}
+
 open my $log, '<', $gw->root . '/logs/error.log' or die $!;
 my @bad = grep { /\[(alert|crit|emerg)\] .*smartflow/ && !/cut short/ } <$log>;
 is_deeply(\@bad, [], 'no audit alert in the error log');
