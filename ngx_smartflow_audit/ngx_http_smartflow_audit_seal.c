@@ -323,15 +323,21 @@ ngx_http_smartflow_audit_leaves(u_char *buf, size_t len,
     for (i = 0; i < count; i++) {
         eol = ngx_strlchr(p, end, '\n');
 
-        if (sf_audit_tail_parse((char *) p, eol - p, &t, &why) != 0) {
+        /* the ends give the numbers; every line is hashed as it is */
+        if (i == 0 || i == count - 1) {
+            if (sf_audit_tail_parse((char *) p, eol - p, &t, &why) != 0) {
+                return NGX_ERROR;
+            }
+
+            if (i == 0) {
+                *first = t.seq;
+            }
+
+            *last = t.seq;
+
+        } else if (eol == p || *p != '{') {
             return NGX_ERROR;
         }
-
-        if (i == 0) {
-            *first = t.seq;
-        }
-
-        *last = t.seq;
 
         sf_merkle_leaf(p, eol - p, (*leaves)[i]);
 
