@@ -467,7 +467,8 @@ ngx_http_smartflow_audit_status(ngx_http_request_t *r,
                      s.seg_count, s.seg_bytes, s.last_sealed,
                      s.last_seal_time, age, s.seals_pending,
                      (uint64_t) (s.log.size - s.sealed.size),
-                     s.tsa_waiting, s.tsa_stamped, s.seal_failures, s.write_failures, amcf->segment_size,
+                     s.tsa_waiting, s.tsa_stamped, s.seal_failures,
+                     s.write_failures, amcf->segment_size,
                      amcf->seal_interval);
 
     return ngx_http_smartflow_audit_reply(r, NGX_HTTP_OK, "application/json",

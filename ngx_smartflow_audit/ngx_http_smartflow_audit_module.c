@@ -368,7 +368,9 @@ ngx_http_smartflow_audit_record(ngx_http_request_t *r,
         EVP_MD_CTX_free(actx->md);
         actx->md = NULL;
 
-    } else if (EVP_Digest("", 0, digest, &dlen, sf_merkle_sha256(), NULL) != 1) {
+    } else if (EVP_Digest("", 0, digest, &dlen, sf_merkle_sha256(), NULL)
+               != 1)
+    {
         return NGX_ERROR;
     }
 

@@ -1006,7 +1006,8 @@ main(int argc, char **argv)
             proof = argv[++i];
 
         } else if (argv[i][0] == '-' || path) {
-            fprintf(stderr, "usage: smartflow-verify [--keys FILE] [--head HEX] "
+            fprintf(stderr, "usage: smartflow-verify [--keys FILE] "
+                    "[--head HEX] "
                     "[--tsa-ca FILE] PATH\n"
                     "       smartflow-verify [--keys FILE] --proof FILE "
                     "[PATH]\n"
