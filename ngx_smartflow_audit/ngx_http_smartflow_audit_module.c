@@ -841,8 +841,9 @@ ngx_http_smartflow_audit_tap(ngx_http_request_t *r,
     ngx_http_smartflow_audit_main_conf_t  *amcf;
 
     amcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_audit_module);
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_smartflow_audit_module);
 
-    if (amcf->zone == NULL) {
+    if (amcf->zone == NULL || !alcf->enable) {
         return NGX_OK;
     }
 
@@ -854,8 +855,6 @@ ngx_http_smartflow_audit_tap(ngx_http_request_t *r,
     if (len && EVP_DigestUpdate(actx->md, p, len) != 1) {
         return NGX_ERROR;
     }
-
-    alcf = ngx_http_get_module_loc_conf(r, ngx_http_smartflow_audit_module);
 
     if (alcf->bodies && len && actx->kept_len < alcf->bodies) {
         if (actx->kept == NULL) {
