@@ -904,5 +904,10 @@ fi
 # proxy_pass, in a run of its own
 "$top/bench/policy.sh" || echo "bench: the policy benchmark failed" >&2
 
+# the audit trail on versus off, in its own script
+if [ "${BENCH_AUDIT:-1}" = 1 ]; then
+    "$top/bench/audit.sh" || echo "bench: bench/audit.sh failed" >&2
+fi
+
 ok=1
 exit 0

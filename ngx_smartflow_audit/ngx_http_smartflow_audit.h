@@ -104,6 +104,7 @@ typedef struct {
     ngx_open_file_t            *file;
     ngx_flag_t                  enable;
     ngx_uint_t                  api;            /* smartflow_audit_api */
+    size_t                      bodies;         /* bytes kept, 0: none */
 } ngx_http_smartflow_audit_loc_conf_t;
 
 

@@ -344,7 +344,7 @@ ngx_http_smartflow_audit_master(ngx_http_request_t *r)
     }
 
     if (smcf == NULL || smcf->master_key.len == 0
-        || EVP_Digest(key.data, key.len, digest, NULL, EVP_sha256(), NULL)
+        || EVP_Digest(key.data, key.len, digest, NULL, sf_merkle_sha256(), NULL)
            != 1
         || CRYPTO_memcmp(digest, smcf->master_hash, 32) != 0)
     {
@@ -467,7 +467,8 @@ ngx_http_smartflow_audit_status(ngx_http_request_t *r,
                      s.seg_count, s.seg_bytes, s.last_sealed,
                      s.last_seal_time, age, s.seals_pending,
                      (uint64_t) (s.log.size - s.sealed.size),
-                     s.tsa_waiting, s.tsa_stamped, s.seal_failures, s.write_failures, amcf->segment_size,
+                     s.tsa_waiting, s.tsa_stamped, s.seal_failures,
+                     s.write_failures, amcf->segment_size,
                      amcf->seal_interval);
 
     return ngx_http_smartflow_audit_reply(r, NGX_HTTP_OK, "application/json",
@@ -1032,7 +1033,7 @@ ngx_http_smartflow_audit_proof(ngx_http_smartflow_audit_query_t *q,
     ngx_http_smartflow_audit_puts(b, "{\"seq\":");
     ngx_http_smartflow_audit_puts(b, num);
 
-    (void) EVP_Digest(line, llen, h, NULL, EVP_sha256(), NULL);
+    (void) EVP_Digest(line, llen, h, NULL, sf_merkle_sha256(), NULL);
     ngx_http_smartflow_audit_puts(b, ",\"record_sha256\":\"");
     ngx_http_smartflow_audit_puthex(b, h, 32);
 

@@ -21,7 +21,11 @@
 typedef struct {
     EVP_MD_CTX       *md;
     off_t             bytes;
+    u_char           *kept;             /* smartflow_audit_bodies */
+    size_t            kept_len;
+    u_char            request[32];      /* the request body's SHA-256 */
     unsigned          complete:1;
+    unsigned          request_done:1;
 } ngx_http_smartflow_audit_ctx_t;
 
 
@@ -145,6 +149,13 @@ static ngx_command_t  ngx_http_smartflow_audit_commands[] = {
       0,
       NULL },
 
+    { ngx_string("smartflow_audit_bodies"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_audit_loc_conf_t, bodies),
+      NULL },
+
     { ngx_string("smartflow_audit"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
       ngx_conf_set_flag_slot,
@@ -230,6 +241,33 @@ ngx_http_smartflow_audit_handler(ngx_http_request_t *r)
 }
 
 
+/* drops an incomplete UTF-8 sequence a cut left at the end */
+static void
+ngx_http_smartflow_audit_utf8_cut(ngx_str_t *s)
+{
+    size_t  i, n;
+
+    for (i = 0; i < 4 && i < s->len; i++) {
+        if ((s->data[s->len - 1 - i] & 0xc0) != 0x80) {
+            break;
+        }
+    }
+
+    if (i == s->len || i == 4) {
+        return;
+    }
+
+    /* the lead byte at len - 1 - i: how long its sequence is */
+    n = s->data[s->len - 1 - i];
+    n = (n & 0x80) == 0 ? 1 : (n & 0xe0) == 0xc0 ? 2
+        : (n & 0xf0) == 0xe0 ? 3 : (n & 0xf8) == 0xf0 ? 4 : 1;
+
+    if (n > i + 1) {
+        s->len -= i + 1;
+    }
+}
+
+
 #define ngx_http_smartflow_audit_slen(s)                                      \
     (sizeof(",\"\":\"\"") + 24                                               \
      + ngx_smartflow_json_escape_len((s)->data, (s)->len))
@@ -257,6 +295,9 @@ ngx_http_smartflow_audit_record(ngx_http_request_t *r,
     ngx_http_upstream_state_t       *st;
     ngx_http_smartflow_audit_ctx_t  *actx;
     ngx_http_smartflow_audit_sample_t  m;
+    ngx_http_smartflow_audit_loc_conf_t  *alcf;
+    ngx_str_t                        req_body, resp_body;
+    ngx_uint_t                       req_cut, resp_cut;
 
     tp = ngx_timeofday();
     ts = (int64_t) tp->sec * 1000 + tp->msec;
@@ -343,16 +384,20 @@ ngx_http_smartflow_audit_record(ngx_http_request_t *r,
                 + 999999) / 1000000;
     }
 
-    if (EVP_Digest(ctx->body.len ? ctx->body.data : (u_char *) "",
-                   ctx->body.len, digest, &dlen, EVP_sha256(), NULL)
-        != 1)
+    actx = ngx_http_get_module_ctx(r, ngx_http_smartflow_audit_module);
+
+    if (actx && actx->request_done) {
+        ngx_memcpy(digest, actx->request, 32);
+
+    } else if (EVP_Digest(ctx->body.len ? ctx->body.data : (u_char *) "",
+                          ctx->body.len, digest, &dlen, sf_merkle_sha256(),
+                          NULL)
+               != 1)
     {
         return NGX_ERROR;
     }
 
     sf_audit_hex(digest, 32, (char *) req_hex);
-
-    actx = ngx_http_get_module_ctx(r, ngx_http_smartflow_audit_module);
 
     if (actx && actx->md) {
         if (EVP_DigestFinal_ex(actx->md, digest, &dlen) != 1) {
@@ -362,11 +407,44 @@ ngx_http_smartflow_audit_record(ngx_http_request_t *r,
         EVP_MD_CTX_free(actx->md);
         actx->md = NULL;
 
-    } else if (EVP_Digest("", 0, digest, &dlen, EVP_sha256(), NULL) != 1) {
+    } else if (EVP_Digest("", 0, digest, &dlen, sf_merkle_sha256(), NULL)
+               != 1)
+    {
         return NGX_ERROR;
     }
 
     sf_audit_hex(digest, 32, (char *) resp_hex);
+
+    /*
+     * The bodies, when kept: the request as the pipeline left its parsed
+     * tree (after the policy's redaction), the answer as the client got
+     * it, each cut at smartflow_audit_bodies bytes.
+     */
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_smartflow_audit_module);
+    ngx_str_null(&req_body);
+    ngx_str_null(&resp_body);
+
+    if (alcf->bodies) {
+        if (ctx->json == NULL
+            || ngx_smartflow_json_dump(r->pool, ctx->json, &req_body)
+               != NGX_OK)
+        {
+            req_body = ctx->body;
+        }
+
+        if (actx && actx->kept) {
+            resp_body.data = actx->kept;
+            resp_body.len = actx->kept_len;
+        }
+    }
+
+    req_cut = req_body.len > alcf->bodies;
+    req_body.len = ngx_min(req_body.len, alcf->bodies);
+
+    /* no UTF-8 sequence is cut in two */
+    ngx_http_smartflow_audit_utf8_cut(&req_body);
+    resp_cut = actx && alcf->bodies && actx->bytes > (off_t) resp_body.len;
+    ngx_http_smartflow_audit_utf8_cut(&resp_body);
 
     len = sizeof("{\"time\":\"\",\"status\":,\"stream\":false,"
                  "\"latency_ms\":,\"upstream_ms\":,\"prompt_tokens\":,"
@@ -392,6 +470,10 @@ ngx_http_smartflow_audit_record(ngx_http_request_t *r,
           + ngx_http_smartflow_audit_slen(&policy)
           + ngx_http_smartflow_audit_slen(&trace)
           + ngx_http_smartflow_audit_slen(&ctx->err_code)
+          + ngx_http_smartflow_audit_slen(&req_body)
+          + ngx_http_smartflow_audit_slen(&resp_body)
+          + sizeof(",\"request_body_cut\":false,"
+                   "\"response_body_cut\":false")
           /* the chain fields */
           + sizeof(",\"ts\":,\"seq\":,\"kid\":\"\",\"prev\":\"\","
                    "\"hmac\":\"\"}\n")
@@ -458,6 +540,15 @@ ngx_http_smartflow_audit_record(ngx_http_request_t *r,
                     (actx && actx->complete) ? "true" : "false",
                     req_hex, resp_hex);
 
+    if (alcf->bodies) {
+        p = ngx_http_smartflow_audit_str(p, "request_body", &req_body);
+        p = ngx_http_smartflow_audit_str(p, "response_body", &resp_body);
+        p = ngx_sprintf(p, ",\"request_body_cut\":%s,"
+                           "\"response_body_cut\":%s",
+                        req_cut ? "true" : "false",
+                        resp_cut ? "true" : "false");
+    }
+
     /* the metrics: a model only once it is routed, so no client can
      * make up label values */
     m.model = ctx->route ? ctx->model : deployment;
@@ -502,9 +593,8 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
     uint64_t                          seq;
     ngx_uint_t                        rotate;
     ngx_slab_pool_t                  *shpool;
-    unsigned int                      maclen;
     ngx_http_smartflow_audit_sh_t    *sh;
-    u_char                            leaf[32], head[32];
+    u_char                            leaf[32];
     u_char                            path[NGX_MAX_PATH];
     char                              hex[65];
     unsigned char                     mac[EVP_MAX_MD_SIZE];
@@ -547,10 +637,7 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
     p = ngx_sprintf(body_end, ",\"ts\":%L,\"seq\":%uL,\"kid\":\"%s\","
                     "\"prev\":\"%s\"", ts, seq, key->kid, hex);
 
-    if (HMAC(EVP_sha256(), key->key, (int) key->key_len, line, p - line,
-             mac, &maclen)
-        == NULL)
-    {
+    if (sf_audit_hmac(key, line, p - line, mac) != 0) {
         ngx_shmtx_unlock(&shpool->mutex);
         return NGX_ERROR;
     }
@@ -580,11 +667,11 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    (void) EVP_Digest(line, p - line - 1, head, NULL, EVP_sha256(), NULL);
+    /* the record's hash, for the next one's "prev" and the log tree */
     sf_merkle_leaf(line, p - line - 1, leaf);
 
     sh->seq = seq;
-    ngx_memcpy(sh->head, head, 32);
+    ngx_memcpy(sh->head, leaf, 32);
     sf_merkle_frontier_append(&sh->log, leaf);
 
     if (sh->seg_count++ == 0) {
@@ -748,12 +835,15 @@ static ngx_int_t
 ngx_http_smartflow_audit_tap(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, u_char *p, size_t len, ngx_uint_t last)
 {
+    size_t                                 n;
     ngx_http_smartflow_audit_ctx_t        *actx;
+    ngx_http_smartflow_audit_loc_conf_t   *alcf;
     ngx_http_smartflow_audit_main_conf_t  *amcf;
 
     amcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_audit_module);
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_smartflow_audit_module);
 
-    if (amcf->zone == NULL) {
+    if (amcf->zone == NULL || !alcf->enable) {
         return NGX_OK;
     }
 
@@ -764,6 +854,19 @@ ngx_http_smartflow_audit_tap(ngx_http_request_t *r,
 
     if (len && EVP_DigestUpdate(actx->md, p, len) != 1) {
         return NGX_ERROR;
+    }
+
+    if (alcf->bodies && len && actx->kept_len < alcf->bodies) {
+        if (actx->kept == NULL) {
+            actx->kept = ngx_pnalloc(r->pool, alcf->bodies);
+            if (actx->kept == NULL) {
+                return NGX_ERROR;
+            }
+        }
+
+        n = ngx_min(len, alcf->bodies - actx->kept_len);
+        ngx_memcpy(actx->kept + actx->kept_len, p, n);
+        actx->kept_len += n;
     }
 
     actx->bytes += len;
@@ -800,7 +903,7 @@ ngx_http_smartflow_audit_get_ctx(ngx_http_request_t *r)
     actx->md = EVP_MD_CTX_new();
 
     if (actx->md == NULL
-        || EVP_DigestInit_ex(actx->md, EVP_sha256(), NULL) != 1)
+        || EVP_DigestInit_ex(actx->md, sf_merkle_sha256(), NULL) != 1)
     {
         EVP_MD_CTX_free(actx->md);
         actx->md = NULL;
@@ -841,7 +944,7 @@ ngx_http_smartflow_audit_header_filter(ngx_http_request_t *r)
     ngx_http_variable_value_t             *vv;
     ngx_http_smartflow_audit_loc_conf_t   *alcf;
     ngx_http_smartflow_audit_main_conf_t  *amcf;
-    u_char                                 digest[32];
+    ngx_http_smartflow_audit_ctx_t        *actx;
 
     amcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_audit_module);
     alcf = ngx_http_get_module_loc_conf(r, ngx_http_smartflow_audit_module);
@@ -861,12 +964,21 @@ ngx_http_smartflow_audit_header_filter(ngx_http_request_t *r)
         return ngx_http_next_header_filter(r);
     }
 
+    /* the response hash starts with the answer's first byte */
+    actx = ngx_http_smartflow_audit_get_ctx(r);
+    if (actx == NULL) {
+        return NGX_ERROR;
+    }
+
     if (EVP_Digest(ctx->body.len ? ctx->body.data : (u_char *) "",
-                   ctx->body.len, digest, NULL, EVP_sha256(), NULL)
+                   ctx->body.len, actx->request, NULL, sf_merkle_sha256(),
+                   NULL)
         != 1)
     {
         return NGX_ERROR;
     }
+
+    actx->request_done = 1;
 
     h = ngx_list_push(&r->headers_out.headers);
     if (h == NULL) {
@@ -883,13 +995,8 @@ ngx_http_smartflow_audit_header_filter(ngx_http_request_t *r)
     h->value.data = p;
     p = ngx_sprintf(p, "id=%*s; request-sha256=", (size_t) vv->len,
                     vv->data);
-    sf_audit_hex(digest, 32, (char *) p);
+    sf_audit_hex(actx->request, 32, (char *) p);
     h->value.len = p + 64 - h->value.data;
-
-    /* the response hash starts with the answer's first byte */
-    if (ngx_http_smartflow_audit_get_ctx(r) == NULL) {
-        return NGX_ERROR;
-    }
 
     return ngx_http_next_header_filter(r);
 }
@@ -1089,6 +1196,7 @@ ngx_http_smartflow_audit_create_loc_conf(ngx_conf_t *cf)
 
     alcf->file = NGX_CONF_UNSET_PTR;
     alcf->enable = NGX_CONF_UNSET;
+    alcf->bodies = NGX_CONF_UNSET_SIZE;
 
     return alcf;
 }
@@ -1103,6 +1211,7 @@ ngx_http_smartflow_audit_merge_loc_conf(ngx_conf_t *cf, void *parent,
 
     ngx_conf_merge_ptr_value(conf->file, prev->file, NULL);
     ngx_conf_merge_value(conf->enable, prev->enable, 1);
+    ngx_conf_merge_size_value(conf->bodies, prev->bodies, 0);
 
     return NGX_CONF_OK;
 }
@@ -1232,6 +1341,10 @@ ngx_http_smartflow_audit_init_process(ngx_cycle_t *cycle)
 
     amcf = ngx_http_cycle_get_module_main_conf(cycle,
                                                ngx_http_smartflow_audit_module);
+
+    /* the digests, once per process, before the pool's threads use them */
+    sf_merkle_init();
+    sf_audit_hmac_init();
 
     if (amcf == NULL || amcf->zone == NULL || amcf->tsa_url.len == 0
         || (ngx_process == NGX_PROCESS_WORKER && ngx_worker != 0))

@@ -40,7 +40,6 @@ ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s)
     u_char                path[NGX_MAX_PATH], tmp[NGX_MAX_PATH];
     unsigned char         proof[SF_MERKLE_MAX_LEVEL][32], root[32];
     unsigned char         mac[EVP_MAX_MD_SIZE];
-    unsigned int          maclen;
     char                  seal[8192];
 
     buf = NULL;
@@ -145,10 +144,7 @@ ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s)
                   "\"protection\":\"%s\",\"kid\":\"%s\"",
                   hex, (long) s->now, s->protection, s->key.kid);
 
-    if (HMAC(EVP_sha256(), s->key.key, (int) s->key.key_len,
-             (unsigned char *) seal, p - seal, mac, &maclen)
-        == NULL)
-    {
+    if (sf_audit_hmac(&s->key, seal, p - seal, mac) != 0) {
         snprintf(s->err, sizeof(s->err), "HMAC failed");
         goto failed;
     }
@@ -327,20 +323,26 @@ ngx_http_smartflow_audit_leaves(u_char *buf, size_t len,
     for (i = 0; i < count; i++) {
         eol = ngx_strlchr(p, end, '\n');
 
-        if (sf_audit_tail_parse((char *) p, eol - p, &t, &why) != 0) {
+        /* the ends give the numbers; every line is hashed as it is */
+        if (i == 0 || i == count - 1) {
+            if (sf_audit_tail_parse((char *) p, eol - p, &t, &why) != 0) {
+                return NGX_ERROR;
+            }
+
+            if (i == 0) {
+                *first = t.seq;
+            }
+
+            *last = t.seq;
+
+        } else if (eol == p || *p != '{') {
             return NGX_ERROR;
         }
-
-        if (i == 0) {
-            *first = t.seq;
-        }
-
-        *last = t.seq;
 
         sf_merkle_leaf(p, eol - p, (*leaves)[i]);
 
         if (i == count - 1) {
-            (void) EVP_Digest(p, eol - p, head, NULL, EVP_sha256(), NULL);
+            ngx_memcpy(head, (*leaves)[i], 32);
         }
 
         p = eol + 1;
@@ -456,7 +458,7 @@ ngx_http_smartflow_audit_recover(ngx_log_t *log,
     ngx_http_smartflow_audit_main_conf_t *amcf,
     ngx_http_smartflow_audit_sh_t *sh)
 {
-    u_char                           *buf, *p;
+    u_char                           *buf, *p, head[32];
     size_t                            len;
     uint64_t                          n, i, first, lastseq;
     ngx_uint_t                        seg, maxseg;
@@ -564,7 +566,7 @@ ngx_http_smartflow_audit_recover(ngx_log_t *log,
             len = p - buf;
         }
 
-        if (ngx_http_smartflow_audit_leaves(buf, len, &leaves, &n, sh->head,
+        if (ngx_http_smartflow_audit_leaves(buf, len, &leaves, &n, head,
                                             &first, &lastseq)
             != NGX_OK)
         {
@@ -591,8 +593,10 @@ ngx_http_smartflow_audit_recover(ngx_log_t *log,
 
         ngx_free(leaves);
 
+        /* an empty segment leaves the chain where it was */
         if (n) {
             sh->seq = lastseq;
+            ngx_memcpy(sh->head, head, 32);
         }
 
         ngx_snprintf(path, NGX_MAX_PATH, "%V/" NGX_SMARTFLOW_AUDIT_SEAL

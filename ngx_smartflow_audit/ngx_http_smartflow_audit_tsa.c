@@ -152,7 +152,7 @@ ngx_http_smartflow_audit_tsa_stamp(u_char *dir, ngx_uint_t segment,
         return NGX_ERROR;
     }
 
-    (void) EVP_Digest(seal, sn, digest, NULL, EVP_sha256(), NULL);
+    (void) EVP_Digest(seal, sn, digest, NULL, sf_merkle_sha256(), NULL);
 
     /* the query: SHA-256 of the seal, a nonce, the TSA's certificate */
     req = TS_REQ_new();

@@ -7,7 +7,74 @@
 #include <string.h>
 #include <stdlib.h>
 
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
+
 #include "ngx_smartflow_audit_keys.h"
+
+
+static EVP_MAC                *sf_hmac;
+static __thread EVP_MAC_CTX   *sf_hmac_ctx;
+
+
+void
+sf_audit_hmac_init(void)
+{
+    if (sf_hmac == NULL) {
+        sf_hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    }
+}
+
+
+int
+sf_audit_hmac(const sf_audit_key_t *k, const void *data, size_t len,
+    unsigned char *out)
+{
+    size_t      n;
+    EVP_MAC    *mac;
+    OSSL_PARAM  params[2];
+
+    mac = sf_hmac;
+
+    if (mac == NULL) {
+        sf_audit_hmac_init();
+        mac = sf_hmac;
+
+        if (mac == NULL) {
+            return -1;
+        }
+    }
+
+    if (sf_hmac_ctx == NULL) {
+        sf_hmac_ctx = EVP_MAC_CTX_new(mac);
+        if (sf_hmac_ctx == NULL) {
+            return -1;
+        }
+
+        /* the digest once: naming it at each init fetches it again */
+        params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
+                                                     (char *) "SHA256", 0);
+        params[1] = OSSL_PARAM_construct_end();
+
+        if (EVP_MAC_CTX_set_params(sf_hmac_ctx, params) != 1) {
+            EVP_MAC_CTX_free(sf_hmac_ctx);
+            sf_hmac_ctx = NULL;
+            return -1;
+        }
+    }
+
+    if (EVP_MAC_init(sf_hmac_ctx, k->key, k->key_len, NULL) != 1
+        || EVP_MAC_update(sf_hmac_ctx, data, len) != 1
+        || EVP_MAC_final(sf_hmac_ctx, out, &n, 32) != 1
+        || n != 32)
+    {
+        return -1;
+    }
+
+    return 0;
+}
 
 
 static int

@@ -11,8 +11,9 @@
  * always in this order:
  *   ...,"ts":MS,"seq":N,"kid":"KID","prev":"HEX64","hmac":"HEX64"}
  * "hmac" is HMAC-SHA256 under key KID of every byte before ,"hmac";
- * "prev" is SHA-256 of the previous record's line (no newline), zeros
- * for the first one.
+ * "prev" is the previous record's hash, zeros for the first one: its
+ * RFC 6962 leaf hash, SHA-256 of 0x00 and its line (no newline), the
+ * same hash the Merkle trees are built from.
  */
 
 #ifndef _NGX_SMARTFLOW_AUDIT_KEYS_H_INCLUDED_
@@ -66,6 +67,11 @@ const sf_audit_key_t *sf_audit_keys_current(const sf_audit_keys_t *keys,
 /* 0, or -1 with the reason in *why */
 int sf_audit_tail_parse(const char *line, size_t len, sf_audit_tail_t *t,
     const char **why);
+
+/* HMAC-SHA256 under a key; 0 or -1.  Fetched once, a context a thread */
+void sf_audit_hmac_init(void);
+int sf_audit_hmac(const sf_audit_key_t *k, const void *data, size_t len,
+    unsigned char *out);
 
 void sf_audit_hex(const unsigned char *p, size_t len, char *out);
 /* the number of bytes, or -1 */

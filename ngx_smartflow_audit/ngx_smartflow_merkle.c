@@ -13,6 +13,30 @@
 typedef unsigned char  sf_hash_t[SF_MERKLE_HASH];
 
 
+/*
+ * SHA-256, fetched once: an implicit fetch on every digest costs more
+ * than hashing a record.  Each thread keeps its own context.
+ */
+static EVP_MD                *sf_sha256;
+static __thread EVP_MD_CTX   *sf_md_ctx;
+
+
+void
+sf_merkle_init(void)
+{
+    if (sf_sha256 == NULL) {
+        sf_sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+    }
+}
+
+
+const EVP_MD *
+sf_merkle_sha256(void)
+{
+    return sf_sha256 ? sf_sha256 : EVP_sha256();
+}
+
+
 /* SHA-256 of a one-byte prefix and up to two pieces */
 static void
 sf_merkle_hash(unsigned char prefix, const unsigned char *a, size_t alen,
@@ -20,10 +44,14 @@ sf_merkle_hash(unsigned char prefix, const unsigned char *a, size_t alen,
 {
     EVP_MD_CTX  *c;
 
-    c = EVP_MD_CTX_new();
+    if (sf_md_ctx == NULL) {
+        sf_md_ctx = EVP_MD_CTX_new();
+    }
+
+    c = sf_md_ctx;
 
     if (c == NULL
-        || EVP_DigestInit_ex(c, EVP_sha256(), NULL) != 1
+        || EVP_DigestInit_ex(c, sf_merkle_sha256(), NULL) != 1
         || EVP_DigestUpdate(c, &prefix, 1) != 1
         || EVP_DigestUpdate(c, a, alen) != 1
         || (blen && EVP_DigestUpdate(c, b, blen) != 1)
@@ -32,15 +60,13 @@ sf_merkle_hash(unsigned char prefix, const unsigned char *a, size_t alen,
         /* no memory: a hash no tree can match */
         memset(out, 0, SF_MERKLE_HASH);
     }
-
-    EVP_MD_CTX_free(c);
 }
 
 
 static void
 sf_merkle_empty(unsigned char *out)
 {
-    (void) EVP_Digest("", 0, out, NULL, EVP_sha256(), NULL);
+    (void) EVP_Digest("", 0, out, NULL, sf_merkle_sha256(), NULL);
 }
 
 

@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <openssl/evp.h>
 
 
 #define SF_MERKLE_HASH      32
@@ -28,6 +29,9 @@ typedef struct {
 } sf_merkle_frontier_t;
 
 
+/* fetches SHA-256 once; call before threads start */
+void sf_merkle_init(void);
+const EVP_MD *sf_merkle_sha256(void);
 void sf_merkle_leaf(const unsigned char *data, size_t len,
     unsigned char *out);
 void sf_merkle_node(const unsigned char *left, const unsigned char *right,

@@ -500,7 +500,6 @@ verify_segment(state_t *st, const char *path, uint64_t *first,
     size_t                 len;
     uint64_t               line;
     const char            *why;
-    unsigned char          h[32];
     sf_audit_tail_t        t;
     const sf_audit_key_t  *k;
 
@@ -575,8 +574,7 @@ verify_segment(state_t *st, const char *path, uint64_t *first,
         sf_merkle_frontier_append(&st->log, st->leaves[st->nleaves]);
         st->nleaves++;
 
-        (void) EVP_Digest(p, eol - p, h, NULL, EVP_sha256(), NULL);
-        memcpy(st->head, h, 32);
+        memcpy(st->head, st->leaves[st->nleaves - 1], 32);
         st->seq = t.seq;
 
         if (*count == 0) {
@@ -1008,7 +1006,8 @@ main(int argc, char **argv)
             proof = argv[++i];
 
         } else if (argv[i][0] == '-' || path) {
-            fprintf(stderr, "usage: smartflow-verify [--keys FILE] [--head HEX] "
+            fprintf(stderr, "usage: smartflow-verify [--keys FILE] "
+                    "[--head HEX] "
                     "[--tsa-ca FILE] PATH\n"
                     "       smartflow-verify [--keys FILE] --proof FILE "
                     "[PATH]\n"
@@ -1026,6 +1025,7 @@ main(int argc, char **argv)
     }
 
     rep.ok = 1;
+    sf_merkle_init();
 
     if (path) {
         if (keyfile == NULL) {

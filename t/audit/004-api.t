@@ -17,7 +17,8 @@ my $conf = $ENV{TEST_NGINX_SMARTFLOW_CONF} // Smartflow::Audit::top() . '/conf';
 
 my $gw = Smartflow::Audit->new(name => 'audit-api', workers => 2,
     http => "    smartflow_audit_segment_size 64k;\n"
-          . "    smartflow_audit_seal_interval 1s;\n",
+          . "    smartflow_audit_seal_interval 1s;\n"
+          . "    smartflow_audit_bodies 200;\n",
     server => "        include $conf/smartflow_audit.conf;\n");
 $gw->setup->start;
 
@@ -57,6 +58,16 @@ is($rec->{endpoint}, '/v1/chat/completions', 'the endpoint');
 is($rec->{response_sha256}, sha256_hex($r->{content}),
    'the response hash is of the body the client received');
 is($rec->{response_complete}, JSON::PP::true, 'the whole body');
+# smartflow_audit_bodies 200: the request whole, the answer cut
+is_deeply($json->decode($rec->{request_body}),
+          { model => 'smartflow-echo',
+            messages => [ { role => 'user', content => 'hello receipts' } ] },
+          'the request body kept');
+is($rec->{request_body_cut}, JSON::PP::false, 'whole');
+cmp_ok(length $r->{content}, ">", 200, 'the answer is longer than 200 bytes');
+is($rec->{response_body}, substr($r->{content}, 0, 200),
+   'its first 200 bytes kept, as the client got them');
+is($rec->{response_body_cut}, JSON::PP::true, 'and marked cut');
 cmp_ok($rec->{prompt_tokens}, '>', 0, 'prompt tokens');
 cmp_ok($rec->{completion_tokens}, '>', 0, 'completion tokens');
 

@@ -42,6 +42,7 @@ sub new {
         http    => $o{http} // '',
         server  => $o{server} // '',
         keys    => $o{keys},
+        user    => $o{user},
     }, $class;
     return $self;
 }
@@ -77,7 +78,9 @@ sub write_conf {
     my $mods = $ENV{TEST_NGINX_MODULES} // "$Top/build/modules";
     my $conf = $ENV{TEST_NGINX_SMARTFLOW_CONF} // "$Top/conf";
     my $http = $o{http} // $self->{http};
-    my $user = $> == 0 ? "user nobody nogroup;\n" : '';
+    my $user = $> != 0 ? ''
+             : $self->{user} ? "user $self->{user};\n"
+             : "user nobody nogroup;\n";
 
     open my $fh, '>', "$self->{root}/conf/nginx.conf" or die $!;
     print $fh <<"_EOC_";
