@@ -18,6 +18,8 @@
 #define NGX_SMARTFLOW_CACHE_CTXK     16
 #define NGX_SMARTFLOW_CACHE_RING     4096   /* vectors added, by sequence */
 #define NGX_SMARTFLOW_CACHE_SCAN     512    /* near-miss: newest per context */
+#define NGX_SMARTFLOW_CACHE_SCAN_VEC 1024   /* phase 4 read in the zone */
+#define NGX_SMARTFLOW_CACHE_LARGE    ((ngx_uint_t) -1)
 #define NGX_SMARTFLOW_CACHE_LAT      24     /* latency buckets, 2^i us */
 #define NGX_SMARTFLOW_CACHE_FINISH   16
 
@@ -205,6 +207,9 @@ ngx_uint_t ngx_smartflow_cache_near(ngx_smartflow_cache_zone_t *z,
 ngx_uint_t ngx_smartflow_cache_refs(ngx_smartflow_cache_zone_t *z,
     ngx_pool_t *pool, u_char *ctxk, ngx_smartflow_cache_ref_t *refs,
     float *scores, ngx_uint_t n, ngx_smartflow_cache_found_t *cand);
+ngx_uint_t ngx_smartflow_cache_scan(ngx_smartflow_cache_zone_t *z,
+    u_char *ctxk, float *vec, ngx_smartflow_cache_ref_t *refs, float *scores,
+    ngx_uint_t k);
 ngx_int_t ngx_smartflow_cache_insert(ngx_smartflow_cache_zone_t *z,
     ngx_smartflow_cache_item_t *it, ngx_log_t *log);
 ngx_uint_t ngx_smartflow_cache_flush(ngx_smartflow_cache_zone_t *z,
@@ -220,8 +225,10 @@ ngx_int_t ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
 
 /* worker's vector index: ngx_http_smartflow_cache_vector.c */
 ngx_int_t ngx_smartflow_cache_vector_search(ngx_smartflow_cache_zone_t *z,
-    ngx_log_t *log, float *vec, ngx_smartflow_cache_ref_t *refs,
+    ngx_log_t *log, u_char *ctxk, float *vec, ngx_smartflow_cache_ref_t *refs,
     float *scores, ngx_uint_t k);
+/* the shim's inner product (AVX2 where the CPU has it) */
+float ngx_smartflow_faiss_dot(const float *a, const float *b, size_t d);
 void ngx_smartflow_cache_vector_free(ngx_smartflow_cache_zone_t *z);
 
 /* admin API: ngx_http_smartflow_cache_api.c */

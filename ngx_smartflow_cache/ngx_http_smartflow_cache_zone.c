@@ -494,6 +494,83 @@ ngx_smartflow_cache_near(ngx_smartflow_cache_zone_t *z, ngx_pool_t *pool,
 
 
 /*
+ * Phase 4 in a context of at most NGX_SMARTFLOW_CACHE_SCAN_VEC entries:
+ * its vectors read in the zone, the k nearest, best first.  A larger
+ * context returns NGX_SMARTFLOW_CACHE_LARGE and is left to the worker's
+ * FAISS index.
+ */
+ngx_uint_t
+ngx_smartflow_cache_scan(ngx_smartflow_cache_zone_t *z, u_char *ctxk,
+    float *vec, ngx_smartflow_cache_ref_t *refs, float *scores, ngx_uint_t k)
+{
+    float                         d;
+    time_t                        now;
+    ngx_uint_t                    i, n;
+    ngx_queue_t                  *q;
+    ngx_smartflow_cache_slot_t   *s;
+    ngx_smartflow_cache_node_t   *node;
+    ngx_smartflow_cache_group_t  *g;
+
+    now = ngx_time();
+    n = 0;
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+
+    g = ngx_smartflow_cache_group(z->sh, ctxk);
+
+    if (g == NULL) {
+        ngx_shmtx_unlock(&z->shpool->mutex);
+        return 0;
+    }
+
+    if (g->count > NGX_SMARTFLOW_CACHE_SCAN_VEC) {
+        ngx_shmtx_unlock(&z->shpool->mutex);
+        return NGX_SMARTFLOW_CACHE_LARGE;
+    }
+
+    for (q = ngx_queue_head(&g->entries);
+         q != ngx_queue_sentinel(&g->entries);
+         q = ngx_queue_next(q))
+    {
+        node = ngx_queue_data(q, ngx_smartflow_cache_node_t, group_link);
+
+        if (node->query_len == 0 || node->expire <= now
+            || node->slot >= z->sh->capacity)
+        {
+            continue;
+        }
+
+        s = &z->sh->slots[node->slot];
+
+        if (s->node != node) {
+            continue;
+        }
+
+        d = ngx_smartflow_faiss_dot(vec, s->vec, NGX_SMARTFLOW_CACHE_DIM);
+
+        if (n == k && d <= scores[k - 1]) {
+            continue;
+        }
+
+        /* the k best, sorted; on a tie the newer first, as in every worker */
+        for (i = (n < k) ? n : k - 1; i > 0 && scores[i - 1] < d; i--) {
+            scores[i] = scores[i - 1];
+            refs[i] = refs[i - 1];
+        }
+
+        scores[i] = d;
+        refs[i].slot = node->slot;
+        refs[i].version = s->version;
+        n += (n < k);
+    }
+
+    ngx_shmtx_unlock(&z->shpool->mutex);
+
+    return n;
+}
+
+
+/*
  * Phase 4: what FAISS found, checked against the zone (the slot still
  * holds the vector that was indexed, and its entry has this context).
  */

@@ -695,6 +695,40 @@ ngx_smartflow_cache_cosine(float *a, float *b)
 }
 
 
+/*
+ * What the verification asks to be the same in a query and a candidate:
+ * the numbers in order, the guarded words in order, and the number of
+ * negations, hashed.  The zone groups entries by context and this key, so
+ * phases 2 and 4 look only at entries the verification could accept.
+ */
+uint64_t
+ngx_smartflow_cache_guard(ngx_smartflow_cache_text_t *t)
+{
+    uint64_t                    num, lex, neg;
+    ngx_uint_t                  i;
+    ngx_smartflow_cache_tok_t  *tk;
+
+    num = 0x6e756d;
+    lex = 0x6c6578;
+    neg = 0;
+
+    for (i = 0; i < t->n; i++) {
+        tk = &t->tok[i];
+        neg += tk->neg;
+
+        if (tk->num) {
+            num = ngx_smartflow_cache_hash(tk->data, tk->stem, num);
+        }
+
+        if (tk->lex) {
+            lex = ngx_smartflow_cache_hash(tk->data, tk->stem, lex);
+        }
+    }
+
+    return num ^ (lex * 0x9e3779b97f4a7c15ULL) ^ (neg << 56) ^ (neg >> 8);
+}
+
+
 ngx_uint_t
 ngx_smartflow_cache_verify(ngx_smartflow_cache_text_t *q,
     ngx_smartflow_cache_text_t *c, char **reason)
