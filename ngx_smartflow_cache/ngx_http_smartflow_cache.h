@@ -1,6 +1,6 @@
 /*
  * The cache module's own declarations, shared by its files: the zone
- * (entries in an rbtree by fingerprint, an LRU queue, entries grouped by
+ * (entries in a hash table by fingerprint, an LRU queue, entries grouped by
  * conversation context, one vector slot per entry), the worker's FAISS
  * index kept in step with the zone's vectors, the request state between
  * the lookup and the store, and the configuration.
@@ -35,8 +35,11 @@
 typedef struct ngx_smartflow_cache_group_s  ngx_smartflow_cache_group_t;
 
 
-typedef struct {
-    ngx_rbtree_node_t           node;       /* key: the fingerprint's head */
+typedef struct ngx_smartflow_cache_node_s  ngx_smartflow_cache_node_t;
+
+
+struct ngx_smartflow_cache_node_s {
+    ngx_smartflow_cache_node_t *next;       /* in its fingerprint's bucket */
     ngx_queue_t                 lru;
     ngx_queue_t                 group_link;
     ngx_smartflow_cache_group_t *group;
@@ -53,11 +56,11 @@ typedef struct {
     u_char                      finish[NGX_SMARTFLOW_CACHE_FINISH];
     uint32_t                    minhash[NGX_SMARTFLOW_CACHE_MINHASH];
     u_char                      data[1];    /* partition, query, answer */
-} ngx_smartflow_cache_node_t;
+};
 
 
 struct ngx_smartflow_cache_group_s {
-    ngx_rbtree_node_t           node;       /* key: the context key's head */
+    ngx_smartflow_cache_group_t *next;      /* in its context key's bucket */
     ngx_queue_t                 entries;    /* newest first */
     u_char                      key[NGX_SMARTFLOW_CACHE_CTXK];
     ngx_uint_t                  count;
@@ -93,10 +96,9 @@ typedef struct {
 
 
 typedef struct {
-    ngx_rbtree_t                rbtree;
-    ngx_rbtree_node_t           sentinel;
-    ngx_rbtree_t                groups;
-    ngx_rbtree_node_t           group_sentinel;
+    ngx_smartflow_cache_node_t **entries;      /* hash by fingerprint */
+    ngx_smartflow_cache_group_t **groups;       /* hash by context key */
+    uint32_t                    mask;           /* buckets - 1 */
     ngx_queue_t                 lru;
     ngx_smartflow_cache_slot_t *slots;
     uint32_t                    capacity;

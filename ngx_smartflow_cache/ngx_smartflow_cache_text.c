@@ -436,8 +436,8 @@ static ngx_uint_t
 ngx_smartflow_cache_in(char **list, u_char *p, size_t len)
 {
     for ( /* void */ ; *list; list++) {
-        if ((*list)[0] == (char) p[0] && ngx_strlen(*list) == len
-            && ngx_memcmp(*list, p, len) == 0)
+        if ((*list)[0] == (char) p[0]
+            && ngx_strncmp(*list, p, len) == 0 && (*list)[len] == '\0')
         {
             return 1;
         }
