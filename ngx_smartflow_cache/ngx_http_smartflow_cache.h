@@ -18,7 +18,6 @@
 #define NGX_SMARTFLOW_CACHE_CTXK     16
 #define NGX_SMARTFLOW_CACHE_RING     4096   /* vectors added, by sequence */
 #define NGX_SMARTFLOW_CACHE_SCAN     512    /* near-miss: newest per context */
-#define NGX_SMARTFLOW_CACHE_SCAN_VEC 1024   /* phase 4 read in the zone */
 #define NGX_SMARTFLOW_CACHE_LARGE    ((ngx_uint_t) -1)
 #define NGX_SMARTFLOW_CACHE_LAT      24     /* latency buckets, 2^i us */
 #define NGX_SMARTFLOW_CACHE_FINISH   16

@@ -23,6 +23,7 @@
 #define NGX_SMARTFLOW_CACHE_MAX_TOKENS 1024
 #define NGX_SMARTFLOW_CACHE_K          8     /* FAISS neighbours examined */
 #define NGX_SMARTFLOW_CACHE_CAND       4     /* candidates verified */
+#define NGX_SMARTFLOW_CACHE_SCAN_VEC   1024  /* phase 4 read in the zone */
 
 
 typedef struct {
