@@ -19,9 +19,9 @@
 # flat and HNSW): p50/p99 and memory per entry.
 #
 # Environment: BENCH_DURATION (5 s a run), BENCH_CONNECTIONS (32),
-# BENCH_ROUNDS (3, the median is kept), BENCH_PORT (18840), BENCH_ENTRIES
-# (100000).  wrk and the front worker are pinned apart when there are 2
-# CPUs.  The summary goes to build/bench/cache.json.
+# BENCH_ROUNDS (3, the median is kept), BENCH_PORT (18840, and the next
+# three), BENCH_ENTRIES (100000).  wrk and the front worker are pinned
+# apart when there are 2 CPUs.  The summary goes to build/bench/cache.json.
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
