@@ -87,6 +87,7 @@ typedef struct {
     ngx_atomic_t                rejected;       /* by the verification */
     ngx_atomic_t                tokens_saved;
     ngx_atomic_t                latency[NGX_SMARTFLOW_CACHE_LAT];
+    ngx_atomic_t                redis_down;     /* phase 3: logged once */
 } ngx_smartflow_cache_stats_t;
 
 
@@ -165,6 +166,7 @@ typedef struct {
     ngx_uint_t                  partition;
     size_t                      max_size;
     ngx_flag_t                  api;
+    ngx_flag_t                  redis;          /* phase 3 */
 } ngx_http_smartflow_cache_loc_conf_t;
 
 
@@ -187,6 +189,14 @@ typedef struct {
     unsigned                    store:1;
     unsigned                    failed:1;
     unsigned                    features:1;     /* text, minhash, vec */
+
+    /* phase 3, Redis: ngx_http_smartflow_cache_redis.c */
+    ngx_smartflow_cache_found_t shared;         /* what Redis held */
+    struct timeval              start;          /* of the lookup */
+    void                       *ticket;         /* while Redis is asked */
+    unsigned                    redis:1;        /* smartflow_cache_redis */
+    unsigned                    redis_done:1;   /* asked, or skipped */
+    unsigned                    redis_hit:1;
 } ngx_http_smartflow_cache_req_t;
 
 
@@ -234,6 +244,14 @@ ngx_int_t ngx_http_smartflow_cache_serve(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_smartflow_cache_found_t *f);
 ngx_http_smartflow_cache_req_t *ngx_http_smartflow_cache_req(
     ngx_http_request_t *r, ngx_uint_t create);
+
+/* phase 3, Redis shared by nodes: ngx_http_smartflow_cache_redis.c */
+ngx_int_t ngx_http_smartflow_cache_redis_get(ngx_http_request_t *r,
+    ngx_http_smartflow_cache_req_t *rq, struct timeval *start);
+ngx_int_t ngx_http_smartflow_cache_redis_found(ngx_http_request_t *r,
+    ngx_http_smartflow_cache_req_t *rq, ngx_smartflow_cache_found_t *f);
+void ngx_http_smartflow_cache_redis_set(ngx_http_request_t *r,
+    ngx_http_smartflow_cache_req_t *rq);
 
 
 #endif /* _NGX_HTTP_SMARTFLOW_CACHE_H_INCLUDED_ */

@@ -4,8 +4,9 @@
  * and the response headers.  A lookup tries, in order: 1 the normalised
  * fingerprint of the whole request, exact, in the zone; 2 a near miss,
  * MinHash over the query's words against the entries of the same
- * conversation context; 3 (Redis, shared by nodes) is not built in this
- * module yet; 4 the builtin embedding searched with FAISS.  Phases 2 and
+ * conversation context; 3 the fingerprint in Redis, shared by nodes
+ * (ngx_http_smartflow_cache_redis.c); 4 the builtin embedding searched
+ * with FAISS.  Phases 2 and
  * 4 hand their candidates to the verification before they are served.
  * The answer is stored by a response tap (ngx_http_smartflow_cache_store.c).
  *
@@ -146,6 +147,13 @@ static ngx_command_t  ngx_http_smartflow_cache_commands[] = {
       offsetof(ngx_http_smartflow_cache_loc_conf_t, max_size),
       NULL },
 
+    { ngx_string("smartflow_cache_redis"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_cache_loc_conf_t, redis),
+      NULL },
+
     { ngx_string("smartflow_cache_api"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_smartflow_cache_api,
@@ -237,9 +245,16 @@ ngx_http_smartflow_cache_stage(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    if (rq->redis_done) {
+        /* back from Redis */
+        start = rq->start;
+        goto shared_done;
+    }
+
     rq->zone = z;
     rq->max_size = clcf->max_size;
     rq->item.ttl = ttl ? ttl : clcf->ttl;
+    rq->redis = clcf->redis;
 
     rc = ngx_http_smartflow_cache_keys(r, ctx, clcf, rq);
 
@@ -286,7 +301,7 @@ ngx_http_smartflow_cache_stage(ngx_http_request_t *r,
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        goto miss;
+        goto shared;
     }
 
     if (ngx_http_smartflow_cache_features(r, rq) != NGX_OK) {
@@ -294,7 +309,7 @@ ngx_http_smartflow_cache_stage(ngx_http_request_t *r,
     }
 
     if (rq->item.query.len == 0) {
-        goto miss;
+        goto shared;
     }
 
     /* 2: a near miss in the same context */
@@ -310,6 +325,25 @@ ngx_http_smartflow_cache_stage(ngx_http_request_t *r,
         if (rc == NGX_OK) {
             return ngx_http_smartflow_cache_hit(r, ctx, rq, &f, 2, &start);
         }
+    }
+
+shared:
+
+    /* 3: the fingerprint in Redis, shared by the nodes */
+    if (ngx_http_smartflow_cache_redis_get(r, rq, &start) == NGX_AGAIN) {
+        return NGX_AGAIN;
+    }
+
+shared_done:
+
+    if (ngx_http_smartflow_cache_redis_found(r, rq, &f) == NGX_OK) {
+        return ngx_http_smartflow_cache_hit(r, ctx, rq, &f, 3, &start);
+    }
+
+    if (rq->item.query.len == 0
+        || ngx_smartflow_cache_context_size(z, rq->item.ctxk) == 0)
+    {
+        goto miss;
     }
 
     /* 4: the nearest vectors */
@@ -1019,6 +1053,7 @@ ngx_http_smartflow_cache_create_loc_conf(ngx_conf_t *cf)
     clcf->partition = NGX_CONF_UNSET_UINT;
     clcf->max_size = NGX_CONF_UNSET_SIZE;
     clcf->api = NGX_CONF_UNSET;
+    clcf->redis = NGX_CONF_UNSET;
 
     return clcf;
 }
@@ -1039,6 +1074,7 @@ ngx_http_smartflow_cache_merge_loc_conf(ngx_conf_t *cf, void *parent,
                               NGX_SMARTFLOW_CACHE_PART_TEAM);
     ngx_conf_merge_size_value(conf->max_size, prev->max_size, 256 * 1024);
     ngx_conf_merge_value(conf->api, prev->api, 0);
+    ngx_conf_merge_value(conf->redis, prev->redis, 1);
 
     return NGX_CONF_OK;
 }
