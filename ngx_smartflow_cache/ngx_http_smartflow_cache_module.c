@@ -154,6 +154,13 @@ static ngx_command_t  ngx_http_smartflow_cache_commands[] = {
       offsetof(ngx_http_smartflow_cache_loc_conf_t, redis),
       NULL },
 
+    { ngx_string("smartflow_cache_embedder"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_smartflow_cache_embedder,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("smartflow_cache_api"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_smartflow_cache_api,
@@ -255,6 +262,7 @@ ngx_http_smartflow_cache_stage(ngx_http_request_t *r,
     rq->max_size = clcf->max_size;
     rq->item.ttl = ttl ? ttl : clcf->ttl;
     rq->redis = clcf->redis;
+    rq->embedder = clcf->embedder;
 
     rc = ngx_http_smartflow_cache_keys(r, ctx, clcf, rq);
 
@@ -276,6 +284,8 @@ ngx_http_smartflow_cache_stage(ngx_http_request_t *r,
         if (ngx_http_smartflow_cache_features(r, rq) != NGX_OK) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
+
+        ngx_http_smartflow_cache_embed_skip(rq);
 
         return NGX_DECLINED;
     }
@@ -340,7 +350,22 @@ shared_done:
         return ngx_http_smartflow_cache_hit(r, ctx, rq, &f, 3, &start);
     }
 
-    if (rq->item.query.len == 0
+    if (rq->item.query.len == 0) {
+        goto miss;
+    }
+
+    /* the embedding, from the endpoint when one is configured */
+    rc = ngx_http_smartflow_cache_embed(r, rq, &start);
+
+    if (rc == NGX_AGAIN) {
+        return NGX_AGAIN;
+    }
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (rc != NGX_OK
         || ngx_smartflow_cache_context_size(z, rq->item.ctxk) == 0)
     {
         goto miss;
@@ -1054,6 +1079,7 @@ ngx_http_smartflow_cache_create_loc_conf(ngx_conf_t *cf)
     clcf->max_size = NGX_CONF_UNSET_SIZE;
     clcf->api = NGX_CONF_UNSET;
     clcf->redis = NGX_CONF_UNSET;
+    clcf->embedder = NGX_CONF_UNSET_PTR;
 
     return clcf;
 }
@@ -1075,6 +1101,7 @@ ngx_http_smartflow_cache_merge_loc_conf(ngx_conf_t *cf, void *parent,
     ngx_conf_merge_size_value(conf->max_size, prev->max_size, 256 * 1024);
     ngx_conf_merge_value(conf->api, prev->api, 0);
     ngx_conf_merge_value(conf->redis, prev->redis, 1);
+    ngx_conf_merge_ptr_value(conf->embedder, prev->embedder, NULL);
 
     return NGX_CONF_OK;
 }
@@ -1263,7 +1290,7 @@ ngx_http_smartflow_cache_threshold(ngx_conf_t *cf, ngx_command_t *cmd,
     value = cf->args->elts;
 
     if (value[1].len == 3 && ngx_strncmp(value[1].data, "off", 3) == 0) {
-        *np = -1;
+        *np = -2;           /* off; -1 is NGX_CONF_UNSET */
         return NGX_CONF_OK;
     }
 

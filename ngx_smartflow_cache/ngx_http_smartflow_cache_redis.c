@@ -231,6 +231,7 @@ ngx_http_smartflow_cache_redis_found(ngx_http_request_t *r,
     rq->item.finish = f->finish;
     rq->item.prompt_tokens = f->prompt_tokens;
     rq->item.completion_tokens = f->completion_tokens;
+    ngx_http_smartflow_cache_embed_skip(rq);
 
     if (ngx_smartflow_cache_insert(rq->zone, &rq->item, r->connection->log)
         == NGX_ERROR)
