@@ -285,6 +285,7 @@ x-smartflow-cache: MISS
 smartflow cache: embedder "/_embed_slow" did not answer in 300 ms; phase 4 skipped
 --- no_error_log
 [error]
+--- wait: 2
 
 
 
