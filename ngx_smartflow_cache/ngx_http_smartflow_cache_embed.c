@@ -152,7 +152,9 @@ ngx_http_smartflow_cache_embed(ngx_http_request_t *r,
                             |NGX_HTTP_SUBREQUEST_BACKGROUND)
         != NGX_OK)
     {
-        return NGX_ERROR;
+        /* too many subrequests, or no memory: no phase 4 this time */
+        e->done = 1;
+        return NGX_DECLINED;
     }
 
     /* a POST of its own body; none of the client's headers */
