@@ -174,7 +174,29 @@ is count($b, qr/smartflow cache: redis \S+ holds a damaged entry/), 1,
                             @master);
 like $body, qr/"phase3":3\b/, 'B counts its phase 3 hits';
 
+# Redis frozen: a lookup waits at most smartflow_redis's timeout
+kill 'STOP', $c->{redis_pid};
+($status, $body, $h) = ask($b, 'Which metal is liquid at room temperature?');
+is $status, 200, 'Redis frozen: answered';
+is $h->{'x-smartflow-cache'}, 'MISS', 'Redis frozen: a miss';
+kill 'CONT', $c->{redis_pid};
+is count($b, qr/smartflow cache: redis \S+ did not answer; phase 3 is skipped/),
+   1, 'B: one error_log line for the freeze';
+wait_for 'Redis answers B again', sub {
+    ask($b, 'Which gas do plants take in?', @master,
+        'Cache-Control: no-cache');
+    count($b, qr/smartflow cache: redis \S+ answers again/) == 1;
+};
+wait_for 'and A', sub {
+    ask($a, 'Which gas do plants give off?', @master,
+        'Cache-Control: no-cache');
+    $c->error_log($a) !~ /phase 3 is skipped/
+        || count($a, qr/smartflow cache: redis \S+ answers again/) == 1;
+};
+
 # Redis killed: both nodes answer from their zones, phase 3 skipped
+my $down = qr/smartflow cache: redis \S+ [^;\n]+; phase 3 is skipped/;
+my %before = map { $_->{name} => count($_, $down) } $a, $b;
 $c->redis_stop;
 
 for my $node ($a, $b) {
@@ -189,8 +211,8 @@ for my $node ($a, $b) {
 is $h->{'x-smartflow-cache-phase'}, '1', 'B: what it kept still hits';
 
 for my $node ($a, $b) {
-    is count($node, qr/smartflow cache: redis \S+ [^;\n]+; phase 3 is skipped/),
-       1, "$node->{name}: one error_log line for the outage";
+    is count($node, $down) - $before{$node->{name}}, 1,
+       "$node->{name}: one error_log line for the outage";
 }
 
 # Redis back (empty): phase 3 again
