@@ -5,9 +5,12 @@
  * fingerprint of the whole request, exact, in the zone; 2 a near miss,
  * MinHash over the query's words against the entries of the same
  * conversation context; 3 the fingerprint in Redis, shared by nodes
- * (ngx_http_smartflow_cache_redis.c); 4 the builtin embedding searched
- * with FAISS.  Phases 2 and
- * 4 hand their candidates to the verification before they are served.
+ * (ngx_http_smartflow_cache_redis.c); 4 the query's embedding (builtin,
+ * or from a /v1/embeddings endpoint: ngx_http_smartflow_cache_embed.c)
+ * searched with FAISS.  Phases 3 and the endpoint make the stage wait
+ * (NGX_AGAIN); the pipeline runs it again with their answer.  Phases 2
+ * and 4 hand their candidates to the verification before they are
+ * served.
  * The answer is stored by a response tap (ngx_http_smartflow_cache_store.c).
  *
  * FAISS runs on one OpenMP thread per worker: workers are the unit of
