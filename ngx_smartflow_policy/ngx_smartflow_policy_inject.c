@@ -15,7 +15,9 @@
  * A signal's gate names words one of which its pattern cannot match
  * without (their first letters, at most seven), or the characters "<",
  * "[" and "~" (any byte past ASCII): one pass over the text finds the
- * gates open, and only their signals' patterns run.
+ * gates open, and only their signals' patterns run.  The gates' words,
+ * and their rot13 readings, make one trie over lower-case letters that
+ * the pass walks a letter at a time.
  */
 typedef struct {
     const char   *name;
@@ -27,13 +29,15 @@ typedef struct {
 } ngx_smartflow_signal_t;
 
 
+/* a trie node: the signals whose gate word, or its rot13, ends here */
 typedef struct {
-    uint64_t      key;
     uint64_t      mask;
+    uint64_t      rot13;
 } ngx_smartflow_gate_t;
 
 
-#define NGX_SF_GATES        1024
+/* node 0 is the dead end every missing letter leads to, node 1 the root */
+#define NGX_SF_GATES        4096
 
 
 #define ngx_sf_is_alpha(c)                                                   \
@@ -281,41 +285,12 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
 
 static u_char                ngx_smartflow_inj_buf[NGX_SF_INJ_WINDOW + 8];
 static ngx_smartflow_gate_t  ngx_smartflow_gates[NGX_SF_GATES];
+static uint16_t              ngx_smartflow_trie[NGX_SF_GATES][26];
+static ngx_uint_t            ngx_smartflow_trie_n;
 static uint64_t              ngx_smartflow_gate_lt;     /* "<" */
 static uint64_t              ngx_smartflow_gate_br;     /* "[" */
 static uint64_t              ngx_smartflow_gate_hi;     /* past ASCII */
-static u_char                ngx_smartflow_gate_pairs[26 * 26]; /* lengths */
 static uint64_t              ngx_smartflow_core_mask;
-
-
-#define ngx_sf_gate_hash(key)                                                \
-    ((ngx_uint_t) (((key) * 0x9e3779b97f4a7c15ULL) >> 54))
-
-
-static uint64_t *
-ngx_smartflow_gate_slot(uint64_t key, ngx_uint_t add)
-{
-    ngx_uint_t  h, n;
-
-    h = ngx_sf_gate_hash(key);
-
-    for (n = 0; n < NGX_SF_GATES; n++, h = (h + 1) % NGX_SF_GATES) {
-        if (ngx_smartflow_gates[h].key == key) {
-            return &ngx_smartflow_gates[h].mask;
-        }
-
-        if (ngx_smartflow_gates[h].key == 0) {
-            if (!add) {
-                return NULL;
-            }
-
-            ngx_smartflow_gates[h].key = key;
-            return &ngx_smartflow_gates[h].mask;
-        }
-    }
-
-    return NULL;
-}
 
 
 /* what one pass over a text tells the scorer */
@@ -327,115 +302,69 @@ typedef struct {
 } ngx_smartflow_pass_t;
 
 
-/* lower case, and lower case read as rot13, by byte (letters only) */
-static u_char  ngx_smartflow_lower[256];
-static u_char  ngx_smartflow_rot13lc[256];
+/*
+ * By byte: a letter's place in the alphabet, or NGX_SF_IC_B64 for the
+ * other characters of base64 and hex runs, or NGX_SF_IC_OTHER
+ */
+#define NGX_SF_IC_B64       26
+#define NGX_SF_IC_OTHER     27
 
-#define ngx_sf_rot13(c)  ngx_smartflow_rot13lc[c]
-
-#define ngx_sf_b64(c)                                                        \
-    (ngx_sf_is_alpha(c) || ((c) >= '0' && (c) <= '9') || (c) == '+'          \
-     || (c) == '/' || (c) == '-' || (c) == '_')
-
-
-static void
-ngx_smartflow_gate_word(uint64_t *m, u_char *p, size_t n, ngx_uint_t rot)
-{
-    size_t      k;
-    u_char      c0, c1, c;
-    uint64_t    key, *mask;
-    ngx_uint_t  lens;
-
-    c0 = rot ? ngx_sf_rot13(p[0]) : ngx_smartflow_lower[p[0]];
-    c1 = rot ? ngx_sf_rot13(p[1]) : ngx_smartflow_lower[p[1]];
-
-    /*
-     * most words start with two letters no gate starts with; the others
-     * are looked up only at the lengths of the gates starting so
-     */
-    lens = ngx_smartflow_gate_pairs[(c0 - 'a') * 26 + (c1 - 'a')];
-
-    if (lens == 0) {
-        return;
-    }
-
-    key = c0;
-
-    for (k = 1; k < n && k < 7 && (lens >> (k + 1)); k++) {
-        c = rot ? ngx_sf_rot13(p[k]) : ngx_smartflow_lower[p[k]];
-        key = (key << 8) | c;
-
-        if (!(lens & (1 << (k + 1)))) {
-            continue;
-        }
-
-        mask = ngx_smartflow_gate_slot(key | ((uint64_t) (k + 1) << 56), 0);
-        if (mask) {
-            *m |= *mask;
-        }
-    }
-}
+static u_char  ngx_smartflow_iclass[256];
 
 
 static void
 ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
 {
-    size_t  i, ws, run;
-    u_char  c;
+    size_t      i, run;
+    u_char      c, k;
+    uint64_t    open, rot13;
+    ngx_uint_t  node, runs;
 
     ngx_memzero(ps, sizeof(ngx_smartflow_pass_t));
+
+    open = 0;
+    rot13 = 0;
+    node = 1;
     run = 0;
+    runs = 0;
 
-    for (i = 0; i < len; /* void */) {
+    for (i = 0; i < len; i++) {
         c = p[i];
+        k = ngx_smartflow_iclass[c];
 
-        if (ngx_sf_is_alpha(c)) {
-            ws = i;
-
-            while (i < len && ngx_sf_is_alpha(p[i])) {
-                i++;
-            }
-
-            if (i - ws >= 2) {
-                ngx_smartflow_gate_word(&ps->open, p + ws, i - ws, 0);
-                ngx_smartflow_gate_word(&ps->rot13, p + ws, i - ws, 1);
-            }
-
-            run += i - ws;
-
-            if (i < len && ngx_sf_b64(p[i])) {
-                continue;
-            }
-
-            ps->runs |= (run >= 20);
-            run = 0;
-            continue;
-        }
-
-        if (ngx_sf_b64(c)) {
+        if (k < 26) {
+            node = ngx_smartflow_trie[node][k];
+            open |= ngx_smartflow_gates[node].mask;
+            rot13 |= ngx_smartflow_gates[node].rot13;
             run++;
-            i++;
             continue;
         }
 
-        ps->runs |= (run >= 20);
+        node = 1;
+
+        if (k == NGX_SF_IC_B64) {
+            run++;
+            continue;
+        }
+
+        runs |= (run >= 20);
         run = 0;
 
         if (c >= 0x80) {
             ps->high = 1;
-            ps->open |= ngx_smartflow_gate_hi;
+            open |= ngx_smartflow_gate_hi;
 
         } else if (c == '<') {
-            ps->open |= ngx_smartflow_gate_lt;
+            open |= ngx_smartflow_gate_lt;
 
         } else if (c == '[') {
-            ps->open |= ngx_smartflow_gate_br;
+            open |= ngx_smartflow_gate_br;
         }
-
-        i++;
     }
 
-    ps->runs |= (run >= 20);
+    ps->open = open;
+    ps->rot13 = rot13;
+    ps->runs = runs | (run >= 20);
 }
 
 
@@ -450,11 +379,17 @@ ngx_smartflow_injection_init(void)
     PCRE2_SIZE   off;
 
     for (i = 0; i < 256; i++) {
-        if (ngx_sf_is_alpha(i)) {
-            ngx_smartflow_lower[i] = (u_char) (i | 0x20);
-            ngx_smartflow_rot13lc[i] = (u_char) (((i | 0x20) - 'a' + 13) % 26
-                                                 + 'a');
-        }
+        ngx_smartflow_iclass[i] =
+            ngx_sf_is_alpha(i) ? (u_char) ((i | 0x20) - 'a')
+            : ((i >= '0' && i <= '9') || i == '+' || i == '/' || i == '-'
+               || i == '_') ? NGX_SF_IC_B64 : NGX_SF_IC_OTHER;
+    }
+
+    /* the dead end, and the root */
+    ngx_smartflow_trie_n = 2;
+
+    for (i = 0; i < 26; i++) {
+        ngx_smartflow_trie[1][i] = 0;
     }
 
     for (i = 0; i < sizeof(ngx_smartflow_signals)
@@ -487,12 +422,52 @@ ngx_smartflow_injection_init(void)
 }
 
 
+/* adds a gate word (lower case) to the trie, or its rot13 reading */
+static ngx_int_t
+ngx_smartflow_gate_add(const char *g, size_t n, uint64_t bit, ngx_uint_t rot)
+{
+    size_t      k;
+    ngx_uint_t  node, c, next;
+
+    node = 1;
+
+    for (k = 0; k < n; k++) {
+        c = (u_char) g[k] - 'a';
+
+        if (rot) {
+            c = (c + 13) % 26;
+        }
+
+        next = ngx_smartflow_trie[node][c];
+
+        if (next == 0) {
+            if (ngx_smartflow_trie_n == NGX_SF_GATES) {
+                return NGX_ERROR;
+            }
+
+            next = ngx_smartflow_trie_n++;
+            ngx_smartflow_trie[node][c] = (uint16_t) next;
+        }
+
+        node = next;
+    }
+
+    if (rot) {
+        ngx_smartflow_gates[node].rot13 |= bit;
+
+    } else {
+        ngx_smartflow_gates[node].mask |= bit;
+    }
+
+    return NGX_OK;
+}
+
+
 static ngx_int_t
 ngx_smartflow_gate_init(const char *g, uint64_t bit)
 {
-    u_char     *pair;
-    uint64_t    key, *mask;
-    ngx_uint_t  n;
+    size_t       n;
+    const char  *w;
 
     while (*g) {
         if (*g == ' ') {
@@ -508,30 +483,18 @@ ngx_smartflow_gate_init(const char *g, uint64_t bit)
             continue;
         }
 
-        if (g[1] < 'a' || g[1] > 'z') {
+        for (w = g, n = 0; *g && *g != ' '; n++, g++) {
+            if (*g < 'a' || *g > 'z') {
+                return NGX_ERROR;
+            }
+        }
+
+        if (n < 2 || n > 7
+            || ngx_smartflow_gate_add(w, n, bit, 0) != NGX_OK
+            || ngx_smartflow_gate_add(w, n, bit, 1) != NGX_OK)
+        {
             return NGX_ERROR;
         }
-
-        pair = &ngx_smartflow_gate_pairs[(g[0] - 'a') * 26 + (g[1] - 'a')];
-
-        key = 0;
-
-        for (n = 0; *g && *g != ' '; n++, g++) {
-            key = (key << 8) | (u_char) *g;
-        }
-
-        if (n < 2 || n > 7) {
-            return NGX_ERROR;
-        }
-
-        *pair |= (u_char) (1 << n);
-
-        mask = ngx_smartflow_gate_slot(key | ((uint64_t) n << 56), 1);
-        if (mask == NULL) {
-            return NGX_ERROR;
-        }
-
-        *mask |= bit;
     }
 
     return NGX_OK;

@@ -55,6 +55,19 @@ static ngx_uint_t ngx_smartflow_scan_re(pcre2_code *re, ngx_uint_t rule,
 pcre2_match_data  *ngx_smartflow_policy_md;
 
 
+/*
+ * The bytes a word of the window pass is made of (letters, digits and the
+ * punctuation numbers carry), with what each one counts for
+ */
+#define NGX_SF_WC_DIGIT     0x01
+#define NGX_SF_WC_DOT       0x02
+#define NGX_SF_WC_COLON     0x04
+#define NGX_SF_WC_UPPER     0x08
+#define NGX_SF_WC_WORD      0x10
+
+static u_char  ngx_smartflow_wclass[256];
+
+
 #define ngx_sf_alnum(c)                                                      \
     (((c) >= '0' && (c) <= '9') || ((c) >= 'a' && (c) <= 'z')                \
      || ((c) >= 'A' && (c) <= 'Z'))
@@ -153,6 +166,17 @@ ngx_smartflow_policy_detect_init(void)
 
     if (ngx_smartflow_policy_md != NULL) {
         return NGX_OK;
+    }
+
+    for (i = 0; i < 256; i++) {
+        ngx_smartflow_wclass[i] =
+            (i >= '0' && i <= '9') ? NGX_SF_WC_WORD | NGX_SF_WC_DIGIT
+            : (i == '.') ? NGX_SF_WC_WORD | NGX_SF_WC_DOT
+            : (i == ':') ? NGX_SF_WC_WORD | NGX_SF_WC_COLON
+            : (i >= 'A' && i <= 'Z') ? NGX_SF_WC_WORD | NGX_SF_WC_UPPER
+            : ((i >= 'a' && i <= 'z') || i == '-' || i == '_' || i == '/'
+               || i == '+' || i == '(' || i == ')' || i == '=')
+              ? NGX_SF_WC_WORD : 0;
     }
 
     for (i = 0; i < sizeof(ngx_smartflow_detectors)
@@ -325,7 +349,7 @@ static ngx_uint_t
 ngx_smartflow_windows(u_char *p, size_t len, ngx_smartflow_window_t *w,
     ngx_uint_t max)
 {
-    u_char      c, *pem;
+    u_char      k, *pem;
     size_t      i, ws, we, ds, de, digits, colons, upper, wl;
     size_t      rdots, rupper, rcolons, wd, wdots;
     ngx_uint_t  n, want, joinable;
@@ -350,31 +374,23 @@ ngx_smartflow_windows(u_char *p, size_t len, ngx_smartflow_window_t *w,
         wdots = 0;
 
         while (i < len) {
-            c = p[i];
+            k = ngx_smartflow_wclass[p[i]];
 
-            if (c >= '0' && c <= '9') {
-                digits++;
-                wd++;
+            if (k != NGX_SF_WC_WORD) {
+                if (k == 0) {
+                    break;
+                }
 
-            } else if (c == '.') {
-                wdots++;
-
-            } else if (c == ':') {
-                colons++;
-
-            } else if (c >= 'A' && c <= 'Z') {
-                upper++;
-
-            } else if (!((c >= 'a' && c <= 'z') || c == '.' || c == '-'
-                         || c == '_' || c == '/' || c == '+' || c == '('
-                         || c == ')' || c == '='))
-            {
-                break;
+                wd += k & NGX_SF_WC_DIGIT;
+                wdots += (k >> 1) & 1;
+                colons += (k >> 2) & 1;
+                upper += (k >> 3) & 1;
             }
 
             i++;
         }
 
+        digits += wd;
         we = i;
         wl = we - ws;
 
