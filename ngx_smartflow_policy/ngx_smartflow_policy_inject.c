@@ -286,6 +286,7 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
 static u_char                ngx_smartflow_inj_buf[NGX_SF_INJ_WINDOW + 8];
 static ngx_smartflow_gate_t  ngx_smartflow_gates[NGX_SF_GATES];
 static uint16_t              ngx_smartflow_trie[NGX_SF_GATES][26];
+static uint16_t              ngx_smartflow_pairs[26 * 26];  /* depth 2 */
 static ngx_uint_t            ngx_smartflow_trie_n;
 static uint64_t              ngx_smartflow_gate_lt;     /* "<" */
 static uint64_t              ngx_smartflow_gate_br;     /* "[" */
@@ -312,11 +313,43 @@ typedef struct {
 static u_char  ngx_smartflow_iclass[256];
 
 
+/* the end of the letters from i on, eight bytes at a time (SWAR) */
+static ngx_inline size_t
+ngx_smartflow_word_end(u_char *p, size_t i, size_t len)
+{
+    uint64_t  x, y, other;
+
+    while (len - i >= 8) {
+        ngx_memcpy(&x, p + i, 8);
+
+        /* A-Z read as a-z; no other byte lands between "a" and "z" */
+        y = x | 0x2020202020202020ULL;
+
+        other = ~((((y & 0x7f7f7f7f7f7f7f7fULL) + 0x1f1f1f1f1f1f1f1fULL)
+                   & ~((y & 0x7f7f7f7f7f7f7f7fULL) + 0x0505050505050505ULL)
+                   & ~x & 0x8080808080808080ULL))
+                & 0x8080808080808080ULL;
+
+        if (other) {
+            return i + (__builtin_ctzll(other) >> 3);
+        }
+
+        i += 8;
+    }
+
+    while (i < len && ngx_smartflow_iclass[p[i]] < 26) {
+        i++;
+    }
+
+    return i;
+}
+
+
 static void
 ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
 {
-    size_t      i, run;
-    u_char      c, k;
+    size_t      i, ws, run;
+    u_char      c, k, k2;
     uint64_t    open, rot13;
     ngx_uint_t  node, runs;
 
@@ -324,7 +357,6 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
 
     open = 0;
     rot13 = 0;
-    node = 1;
     run = 0;
     runs = 0;
 
@@ -333,14 +365,36 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
         k = ngx_smartflow_iclass[c];
 
         if (k < 26) {
-            node = ngx_smartflow_trie[node][k];
-            open |= ngx_smartflow_gates[node].mask;
-            rot13 |= ngx_smartflow_gates[node].rot13;
-            run++;
+            ws = i++;
+
+            /*
+             * a word: the trie from its first two letters on (no gate is
+             * shorter), then the rest of it; most words leave the trie
+             * within two letters
+             */
+            if (i < len && (k2 = ngx_smartflow_iclass[p[i]]) < 26) {
+                node = ngx_smartflow_pairs[k * 26 + k2];
+                i++;
+
+                while (node) {
+                    open |= ngx_smartflow_gates[node].mask;
+                    rot13 |= ngx_smartflow_gates[node].rot13;
+
+                    if (i == len || (k = ngx_smartflow_iclass[p[i]]) >= 26) {
+                        break;
+                    }
+
+                    node = ngx_smartflow_trie[node][k];
+                    i++;
+                }
+
+                i = ngx_smartflow_word_end(p, i, len);
+            }
+
+            run += i - ws;
+            i--;
             continue;
         }
-
-        node = 1;
 
         if (k == NGX_SF_IC_B64) {
             run++;
@@ -416,6 +470,11 @@ ngx_smartflow_injection_init(void)
         {
             return NGX_ERROR;
         }
+    }
+
+    for (i = 0; i < 26 * 26; i++) {
+        ngx_smartflow_pairs[i] =
+            ngx_smartflow_trie[ngx_smartflow_trie[1][i / 26]][i % 26];
     }
 
     return NGX_OK;

@@ -37,6 +37,7 @@ typedef struct {
 
 static ngx_uint_t ngx_smartflow_windows(u_char *p, size_t len,
     ngx_smartflow_window_t *w, ngx_uint_t max);
+static size_t ngx_smartflow_prose(u_char *p, size_t i, size_t len);
 static ngx_uint_t ngx_smartflow_window_may(ngx_smartflow_detector_t *d,
     ngx_smartflow_window_t *w);
 static size_t ngx_smartflow_email_check(u_char *p, size_t len);
@@ -336,6 +337,75 @@ ngx_smartflow_scan_re(pcre2_code *re, ngx_uint_t rule,
 
 
 /*
+ * Eight bytes at a time (SWAR): the high bit of each byte of x that is
+ * equal to c, or between lo and hi; exact for each byte, as no sum carries
+ * into the next byte
+ */
+#define NGX_SF_ONES         0x0101010101010101ULL
+#define NGX_SF_LOWS         0x7f7f7f7f7f7f7f7fULL
+#define NGX_SF_HIGHS        0x8080808080808080ULL
+
+#define ngx_sf_swar_eq(x, c)                                                 \
+    (~(((((x) ^ (NGX_SF_ONES * (c))) & NGX_SF_LOWS) + NGX_SF_LOWS)          \
+       | ((x) ^ (NGX_SF_ONES * (c))) | NGX_SF_LOWS))
+
+#define ngx_sf_swar_in(x, lo, hi)                                            \
+    ((((x) & NGX_SF_LOWS) + NGX_SF_ONES * (0x80 - (lo)))                     \
+     & ~(((x) & NGX_SF_LOWS) + NGX_SF_ONES * (0x7f - (hi)))                  \
+     & ~(x) & NGX_SF_HIGHS)
+
+
+/*
+ * From a word's start where no run of numbers is open: skips the text
+ * that is lower-case words, ".", "," and spaces, where no window can
+ * start, eight bytes at a time, and returns the start of the first word
+ * that needs the byte-wise pass (a word that may reach 15 characters is
+ * left to it, whole).
+ */
+static size_t
+ngx_smartflow_prose(u_char *p, size_t i, size_t len)
+{
+    size_t    ws, first;
+    uint64_t  x, sep;
+
+    ws = i;
+
+    while (len - i >= 8) {
+        ngx_memcpy(&x, p + i, 8);
+
+        sep = ngx_sf_swar_eq(x, ' ') | ngx_sf_swar_eq(x, ',');
+
+        if ((ngx_sf_swar_in(x, 'a', 'z') | ngx_sf_swar_eq(x, '.') | sep)
+            != NGX_SF_HIGHS)
+        {
+            break;
+        }
+
+        if (sep == 0) {
+            if (i + 8 - ws >= 15) {
+                break;
+            }
+
+            i += 8;
+            continue;
+        }
+
+        /* the word going on before the first separator, then the last */
+        first = (size_t) __builtin_ctzll(sep) >> 3;
+
+        if (i + first - ws >= 15) {
+            break;
+        }
+
+        ws = i + 1 + ((size_t) (63 - __builtin_clzll(sep)) >> 3);
+        i += 8;
+    }
+
+    return ws;
+}
+
+
+/*
  * One pass over the text finds the places a number, an address or a
  * secret can be: runs of words that hold digits (with the upper-case
  * groups of an IBAN, "+", "(" and separators between them), words of 15
@@ -364,6 +434,10 @@ ngx_smartflow_windows(u_char *p, size_t len, ngx_smartflow_window_t *w,
     rcolons = 0;
 
     for (i = 0; i <= len; /* void */) {
+
+        if (de == 0) {
+            i = ngx_smartflow_prose(p, i, len);
+        }
 
         /* a word: letters, digits and the punctuation numbers carry */
         ws = i;
