@@ -69,6 +69,13 @@ pcre2_match_data  *ngx_smartflow_policy_md;
 static u_char  ngx_smartflow_wclass[256];
 
 
+/*
+ * The email pattern compiled anchored as well, for the places an "@"
+ * points at: JIT code does not take PCRE2_ANCHORED at match time
+ */
+static pcre2_code  *ngx_smartflow_email_anchored;
+
+
 #define ngx_sf_alnum(c)                                                      \
     (((c) >= '0' && (c) <= '9') || ((c) >= 'a' && (c) <= 'z')                \
      || ((c) >= 'A' && (c) <= 'Z'))
@@ -192,6 +199,21 @@ ngx_smartflow_policy_detect_init(void)
         }
 
         (void) pcre2_jit_compile(ngx_smartflow_detectors[i].re,
+                                 PCRE2_JIT_COMPLETE);
+
+        if (ngx_smartflow_detectors[i].rule != NGX_SF_RULE_EMAIL) {
+            continue;
+        }
+
+        ngx_smartflow_email_anchored = pcre2_compile(
+            (PCRE2_SPTR) ngx_smartflow_detectors[i].pattern,
+            PCRE2_ZERO_TERMINATED, PCRE2_ANCHORED, &err, &off, NULL);
+
+        if (ngx_smartflow_email_anchored == NULL) {
+            return NGX_ERROR;
+        }
+
+        (void) pcre2_jit_compile(ngx_smartflow_email_anchored,
                                  PCRE2_JIT_COMPLETE);
     }
 
@@ -670,8 +692,8 @@ ngx_smartflow_scan_email(pcre2_code *re, u_char *p, size_t len,
                 continue;
             }
 
-            rc = ngx_smartflow_re_match(re, p, len, s, PCRE2_ANCHORED,
-                                ngx_smartflow_policy_md);
+            rc = ngx_smartflow_re_match(ngx_smartflow_email_anchored, p, len,
+                                        s, 0, ngx_smartflow_policy_md);
             if (rc >= 0) {
                 break;
             }
