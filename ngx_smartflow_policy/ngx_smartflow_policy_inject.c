@@ -313,38 +313,6 @@ typedef struct {
 static u_char  ngx_smartflow_iclass[256];
 
 
-/* the end of the letters from i on, eight bytes at a time (SWAR) */
-static ngx_inline size_t
-ngx_smartflow_word_end(u_char *p, size_t i, size_t len)
-{
-    uint64_t  x, y, other;
-
-    while (len - i >= 8) {
-        ngx_memcpy(&x, p + i, 8);
-
-        /* A-Z read as a-z; no other byte lands between "a" and "z" */
-        y = x | 0x2020202020202020ULL;
-
-        other = ~((((y & 0x7f7f7f7f7f7f7f7fULL) + 0x1f1f1f1f1f1f1f1fULL)
-                   & ~((y & 0x7f7f7f7f7f7f7f7fULL) + 0x0505050505050505ULL)
-                   & ~x & 0x8080808080808080ULL))
-                & 0x8080808080808080ULL;
-
-        if (other) {
-            return i + (__builtin_ctzll(other) >> 3);
-        }
-
-        i += 8;
-    }
-
-    while (i < len && ngx_smartflow_iclass[p[i]] < 26) {
-        i++;
-    }
-
-    return i;
-}
-
-
 static void
 ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
 {
@@ -388,7 +356,9 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
                     i++;
                 }
 
-                i = ngx_smartflow_word_end(p, i, len);
+                while (i < len && ngx_smartflow_iclass[p[i]] < 26) {
+                    i++;
+                }
             }
 
             run += i - ws;
