@@ -56,12 +56,15 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
     /* instruction override */
     { "override", 60, 1,
       "instruc directi prompt rules guideli program restric guidanc orders "
-      "command context told said message",
+      "command context told said message input everyt",
       "(?i)\\b(?:ignore|disregard|forget|bypass|override|neglect|"
       "overlook|abandon|discard|drop|skip)\\b[^.!?\\n]{0,60}?\\b(?:"
       "instructions?|directives?|directions?|prompts?|rules|guidelines|"
       "messages|programming|"
       "restrictions|guidance|orders|commands|context|"
+      "(?:prior|previous|above|earlier|preceding) (?:user )?inputs?|"
+      "everything (?:from |said |written )?(?:before|above|so far|"
+      "previously)|"
       "(?:you(?:'ve| have)? (?:been|were) (?:told|given|instructed))|"
       "(?:told|said) (?:before|earlier|previously))\\b", NULL },
 
@@ -195,11 +198,12 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "paragraphs|ways)\\b)", NULL },
 
     { "persona", 25, 0,
-      "rules guideli ethics laws policy policie morals restric filters boundar",
+      "rules guideli ethics laws policy policie morals restric filter boundar "
+      "consequ moralit legalit",
       "(?i)\\b(?:does ?n[o']t|do ?n[o']t|doesn't|won't|not) (?:care|"
       "follow|have|abide|obey)\\b[^.!?\\n]{0,25}?\\b(?:rules|guidelines|"
-      "ethics|laws|polic(?:y|ies)|morals|restrictions|filters|boundaries)"
-      "\\b", NULL },
+      "ethics|laws|polic(?:y|ies)|morals|morality|legality|restrictions|"
+      "filters?|boundaries|consequences)\\b", NULL },
 
     { "persona", 25, 0,
       "illegal harmful offensi explici dangero inappro unethic nsfw",
@@ -238,10 +242,10 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "\\b(?:respond|reply|answer)\\s+as\\s+(?:both|if|[A-Z])", NULL },
 
     { "persona", 25, 0,
-      "matter regardl even however",
+      "matter regardl even however despite",
       "(?i)\\b(?:any(?:thing| question| request| topic)?|every(?:thing| "
       "question| request)|all (?:questions|requests))\\b[^.!?\\n]{0,40}?"
-      "\\b(?:no matter|regardless|even if|however)\\b", NULL },
+      "\\b(?:no matter|regardless|even if|however|despite)\\b", NULL },
 
     { "persona", 20, 0,
       "prefix swear curs profani cuss",
@@ -272,6 +276,56 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "hypothe fiction imagina opposit",
       "(?i)\\b(?:hypothetical|fictional|imaginary) (?:ai|model|scenario "
       "where|world where|language model)\\b|\\bopposite (?:mode|day)\\b",
+      NULL },
+
+    /* whatever is asked, however harmful */
+    { "persona", 30, 0,
+      "matter regardl",
+      "(?i)\\b(?:no matter how|regardless of how)\\s+(?:\\w+\\s+)?(?:illegal|"
+      "unethical|immoral|dangerous|harmful|inappropriate|offensive|explicit|"
+      "inhumane|evil|vile|twisted|depraved|disgusting|controversial)\\b|"
+      "\\bregardless of (?:its |the |their )?(?:legality|morality|ethics|"
+      "harm|consequences)\\b", NULL },
+
+    /* the persona must hide that it is a model */
+    { "persona", 30, 0,
+      "ai languag chatbot model",
+      "(?i)\\b(?:not allowed to|never|don't|do not|must not|cannot|can't|"
+      "won't|will not|shouldn't|should not)\\s+(?:ever\\s+)?(?:say|mention|"
+      "admit|reveal|state|disclose|remind \\w+)\\s+(?:that\\s+)?(?:you(?:'re| "
+      "are)|it(?:'s| is)|\\w+ is)\\s+(?:just\\s+|only\\s+)?an?\\s+(?:ai|"
+      "artificial intelligence|(?:ai |large )?language model|chatbot|"
+      "model)\\b", NULL },
+
+    /* no regard for morals or law */
+    { "persona", 30, 0,
+      "regard",
+      "(?i)\\b(?:no|without|not any|zero|any) regard (?:for|to)\\b"
+      "[^.!?\\n]{0,30}?\\b(?:moral|ethic|legal|law|safety|consequen|harm|"
+      "rules|norms|decency|political correctness)", NULL },
+
+    /* rules to be broken, above morals */
+    { "persona", 25, 0,
+      "violat break bypass disrega eager willing happy ready above beyond",
+      "(?i)\\b(?:violat(?:e|es|ing)|break(?:s|ing)?|bypass(?:es|ing)?|"
+      "disregard(?:s|ing)?)\\s+(?:all|any|every)\\s+(?:\\w+\\s+){0,3}?"
+      "(?:restrictions|rules|guidelines|policies|filters|concerns|"
+      "limitations|safeguards)\\b|"
+      "\\b(?:eager|willing|happy|ready) to break the (?:law|rules)\\b|"
+      "\\b(?:above|beyond) (?:any|all|the)? ?(?:\\w+ )?(?:morals|morality|"
+      "ethics)\\b", NULL },
+
+    /* a second self that says what the model would not */
+    { "persona", 20, 0,
+      "alter",
+      "(?i)\\balter[ -]?egos?\\b", NULL },
+
+    /* free to answer anything */
+    { "persona", 20, 0,
+      "free open",
+      "(?i)\\b(?:free|open|able|allowed|willing) to (?:answer|answering|"
+      "respond to|say|saying|do|doing|write|generate|provide)\\s+"
+      "(?:anything|any (?:request|question|prompt|topic)s?|whatever)\\b",
       NULL }
 };
 
