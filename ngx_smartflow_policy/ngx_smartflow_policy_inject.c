@@ -136,7 +136,8 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
     /* jailbreak personas and their trade marks */
     { "persona", 60, 1,
       "anythin dan develop god",
-      "(?i)\\bdo anything now\\b|\\bDAN mode\\b|\\bdeveloper mode\\b|"
+      "(?i)\\bdo anything now\\b|\\bDAN mode\\b|"
+      "\\bdeveloper[\\s_\\\\-]*mode\\b|"
       "\\bgod ?mode\\b", NULL },
 
     { "persona", 30, 0,
@@ -223,11 +224,12 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
 
     { "persona", 30, 0,
       "illegal unethic immoral amoral harmful explici offensi nsfw unfilte "
-      "uncenso profani vulgar",
+      "uncenso profani vulgar pornogr",
       "(?is)\\b(illegal|unethical|immoral|amoral|harmful|explicit|"
-      "offensive|nsfw|unfiltered|uncensored|profanity|vulgar)\\b.*?"
-      "\\b(?!\\1\\b)(?:illegal|unethical|immoral|amoral|harmful|explicit|"
-      "offensive|nsfw|unfiltered|uncensored|profanity|vulgar)\\b", NULL },
+      "offensive|nsfw|unfiltered|uncensored|profanity|vulgar|pornographic)"
+      "\\b.*?\\b(?!\\1\\b)(?:illegal|unethical|immoral|amoral|harmful|"
+      "explicit|offensive|nsfw|unfiltered|uncensored|profanity|vulgar|"
+      "pornographic)\\b", NULL },
 
     { "persona", 30, 0,
       "chat openai gpt languag ai",
@@ -279,16 +281,29 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       NULL },
 
     /* whatever is asked, however harmful */
-    { "persona", 30, 0,
+    { "persona", 35, 0,
       "matter regardl",
       "(?i)\\b(?:no matter how|regardless of how)\\s+(?:\\w+\\s+)?(?:illegal|"
       "unethical|immoral|dangerous|harmful|inappropriate|offensive|explicit|"
       "inhumane|evil|vile|twisted|depraved|disgusting|controversial)\\b|"
-      "\\bregardless of (?:its |the |their )?(?:legality|morality|ethics|"
-      "harm|consequences)\\b", NULL },
+      "\\bregardless of (?:its |the |their |any )?(?:legality|morality|"
+      "ethics|harm|consequences|safeguards|restrictions|rules|filters|"
+      "guidelines)\\b", NULL },
+
+    /* unbound, or freed, from morals and restrictions */
+    { "persona", 35, 0,
+      "bound restrai constra limited held restric governe free",
+      "(?i)\\bnot (?:bound|restrained|constrained|limited|held back|"
+      "restricted|governed) by (?:any |the |its |their )?(?:\\w+ )?(?:morals|"
+      "morality|ethics|ethical|rules|laws|guidelines|restrictions|policies|"
+      "filters|principles|values|boundaries)\\b|"
+      "\\bfree (?:itself|yourself|himself|herself|themselves|you|it|him|her)"
+      " from (?:all|any|its|your|their|his|her|the) (?:\\w+ )?"
+      "(?:restrictions|rules|limits|limitations|filters|constraints|"
+      "programming|shackles|guidelines)\\b", NULL },
 
     /* the persona must hide that it is a model */
-    { "persona", 30, 0,
+    { "persona", 35, 0,
       "ai languag chatbot model",
       "(?i)\\b(?:not allowed to|never|don't|do not|must not|cannot|can't|"
       "won't|will not|shouldn't|should not)\\s+(?:ever\\s+)?(?:say|mention|"
@@ -314,6 +329,23 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "\\b(?:eager|willing|happy|ready) to break the (?:law|rules)\\b|"
       "\\b(?:above|beyond) (?:any|all|the)? ?(?:\\w+ )?(?:morals|morality|"
       "ethics)\\b", NULL },
+
+    /* a chat template's turn markers, to fake a turn */
+    { "override", 25, 1,
+      "<",
+      "<\\|\\s*\\*?\\s*\\w+\\s*(?::|\\|>)", NULL },
+
+    /* a named mode switched on */
+    { "persona", 20, 0,
+      "mode",
+      "\\b[A-Z][A-Za-z]*\\s+(?:Mode|MODE)\\b[^.!?\\n]{0,30}?\\b(?:enabled|"
+      "activated|engaged|ENABLED|ACTIVATED)\\b", NULL },
+
+    /* a template's slot for the prompt it is to carry */
+    { "persona", 20, 0,
+      "prompt",
+      "(?i)[\\[<{(]\\s*(?:insert\\s+)?(?:your\\s+|the\\s+|user(?:'s)?\\s+)?"
+      "(?:\\w+\\s+){0,2}?prompt(?:\\s+here)?\\s*[\\]>})]", NULL },
 
     /* a second self that says what the model would not */
     { "persona", 20, 0,
