@@ -347,6 +347,18 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "(?i)[\\[<{(]\\s*(?:insert\\s+)?(?:your\\s+|the\\s+|user(?:'s)?\\s+)?"
       "(?:\\w+\\s+){0,2}?prompt(?:\\s+here)?\\s*[\\]>})]", NULL },
 
+    /* graphic sexual or violent detail asked for */
+    { "persona", 20, 0,
+      "graphic explici vulgar gross",
+      "(?i)\\b(?:graphic(?:ally)?|explicit(?:ly)?|vulgar|gross)\\s+(?:\\w+\\s+)"
+      "{0,2}?(?:sex|sexual|porn\\w*|gore|torture|detailed)\\b", NULL },
+
+    /* the model split into entities that talk between them */
+    { "persona", 20, 0,
+      "two both entitie persona ais",
+      "(?i)\\b(?:two|2|both) (?:separate |different |distinct )?(?:entities|"
+      "personas|personalities|ais)\\b", NULL },
+
     /* a second self that says what the model would not */
     { "persona", 20, 0,
       "alter",
