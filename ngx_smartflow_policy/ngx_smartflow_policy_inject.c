@@ -287,20 +287,19 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "unethical|immoral|dangerous|harmful|inappropriate|offensive|explicit|"
       "inhumane|evil|vile|twisted|depraved|disgusting|controversial)\\b|"
       "\\bregardless of (?:its |the |their |any )?(?:legality|morality|"
-      "ethics|harm|consequences|safeguards|restrictions|rules|filters|"
-      "guidelines)\\b", NULL },
+      "ethics|safeguards|content filters|safety filters)\\b", NULL },
 
     /* unbound, or freed, from morals and restrictions */
     { "persona", 35, 0,
       "bound restrai constra limited held restric governe free",
       "(?i)\\bnot (?:bound|restrained|constrained|limited|held back|"
       "restricted|governed) by (?:any |the |its |their )?(?:\\w+ )?(?:morals|"
-      "morality|ethics|ethical|rules|laws|guidelines|restrictions|policies|"
-      "filters|principles|values|boundaries)\\b|"
+      "morality|ethics|ethical \\w+|content polic\\w+|safety \\w+|"
+      "filters|censorship)\\b|"
       "\\bfree (?:itself|yourself|himself|herself|themselves|you|it|him|her)"
       " from (?:all|any|its|your|their|his|her|the) (?:\\w+ )?"
-      "(?:restrictions|rules|limits|limitations|filters|constraints|"
-      "programming|shackles|guidelines)\\b", NULL },
+      "(?:restrictions|filters|programming|guidelines|censorship)\\b",
+      NULL },
 
     /* the persona must hide that it is a model */
     { "persona", 35, 0,
@@ -343,9 +342,10 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
 
     /* a template's slot for the prompt it is to carry */
     { "persona", 20, 0,
-      "prompt",
+      "prompt insert",
       "(?i)[\\[<{(]\\s*(?:insert\\s+)?(?:your\\s+|the\\s+|user(?:'s)?\\s+)?"
-      "(?:\\w+\\s+){0,2}?prompt(?:\\s+here)?\\s*[\\]>})]", NULL },
+      "(?:\\w+\\s+){0,2}?prompt(?:\\s+here)?\\s*[\\]>})]|"
+      "[\\[<{]\\s*insert\\b[^\\]>}\\n]{0,40}\\bhere\\s*[\\]>}]", NULL },
 
     /* graphic sexual or violent detail asked for */
     { "persona", 20, 0,
@@ -398,6 +398,7 @@ typedef struct {
     uint64_t      rot13;        /* ... that its rot13 reading opens */
     ngx_uint_t    high;         /* bytes past ASCII */
     ngx_uint_t    runs;         /* a base64 or hex run of 20 or more */
+    ngx_uint_t    morse;        /* 24 or more of ".", "-", " ", "/" */
 } ngx_smartflow_pass_t;
 
 
@@ -414,10 +415,10 @@ static u_char  ngx_smartflow_iclass[256];
 static void
 ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
 {
-    size_t      i, ws, run;
+    size_t      i, ws, run, mrun;
     u_char      c, k, k2;
     uint64_t    open, rot13;
-    ngx_uint_t  node, runs;
+    ngx_uint_t  node, runs, morse;
 
     ngx_memzero(ps, sizeof(ngx_smartflow_pass_t));
 
@@ -425,6 +426,8 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
     rot13 = 0;
     run = 0;
     runs = 0;
+    mrun = 0;
+    morse = 0;
 
     for (i = 0; i < len; i++) {
         c = p[i];
@@ -460,8 +463,16 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
             }
 
             run += i - ws;
+            mrun = 0;
             i--;
             continue;
+        }
+
+        if (c == '.' || c == '-' || c == ' ' || c == '/') {
+            morse |= (++mrun >= 24);
+
+        } else {
+            mrun = 0;
         }
 
         if (k == NGX_SF_IC_B64) {
@@ -487,10 +498,12 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
     ps->open = open;
     ps->rot13 = rot13;
     ps->runs = runs | (run >= 20);
+    ps->morse = morse;
 }
 
 
 static ngx_int_t ngx_smartflow_gate_init(const char *g, uint64_t bit);
+static void ngx_smartflow_morse_init(void);
 
 
 ngx_int_t
@@ -506,6 +519,8 @@ ngx_smartflow_injection_init(void)
             : ((i >= '0' && i <= '9') || i == '+' || i == '/' || i == '-'
                || i == '_') ? NGX_SF_IC_B64 : NGX_SF_IC_OTHER;
     }
+
+    ngx_smartflow_morse_init();
 
     /* the dead end, and the root */
     ngx_smartflow_trie_n = 2;
@@ -924,6 +939,88 @@ ngx_smartflow_decode_runs(u_char *p, size_t len, u_char *out, size_t max)
 }
 
 
+/*
+ * Morse code: each letter's dots and dashes as the bits (1 a dash) after
+ * a leading 1, at most six
+ */
+static const char  *ngx_smartflow_morse_codes[] = {
+    "A.-", "B-...", "C-.-.", "D-..", "E.", "F..-.", "G--.", "H....", "I..",
+    "J.---", "K-.-", "L.-..", "M--", "N-.", "O---", "P.--.", "Q--.-", "R.-.",
+    "S...", "T-", "U..-", "V...-", "W.--", "X-..-", "Y-.--", "Z--..",
+    "0-----", "1.----", "2..---", "3...--", "4....-", "5.....", "6-....",
+    "7--...", "8---..", "9----.", "..-.-.-", ",--..--", "?..--..", "'.----.",
+    "!-.-.--", ":---...", "=-...-"
+};
+
+static u_char  ngx_smartflow_morse_table[128];
+
+
+static void
+ngx_smartflow_morse_init(void)
+{
+    ngx_uint_t   i, v;
+    const char  *c;
+
+    for (i = 0; i < sizeof(ngx_smartflow_morse_codes) / sizeof(char *); i++) {
+        v = 1;
+
+        for (c = ngx_smartflow_morse_codes[i] + 1; *c; c++) {
+            v = (v << 1) | (*c == '-');
+        }
+
+        ngx_smartflow_morse_table[v] = (u_char) ngx_smartflow_morse_codes[i][0];
+    }
+}
+
+
+/*
+ * Decodes the Morse code in p into out: letters apart by one space, words
+ * by more or by "/"; what is not Morse ends a word
+ */
+static size_t
+ngx_smartflow_morse(u_char *p, size_t len, u_char *out, size_t max)
+{
+    size_t      i, n, signs;
+    u_char      c;
+    ngx_uint_t  v, bad;
+
+    n = 0;
+    v = 1;
+    signs = 0;
+    bad = 0;
+
+    for (i = 0; i <= len && n + 2 < max; i++) {
+        c = (i < len) ? p[i] : ' ';
+
+        if (c == '.' || c == '-') {
+            v = (v << 1) | (c == '-');
+            bad |= (++signs > 6);
+            continue;
+        }
+
+        if (signs) {
+            c = bad ? 0 : ngx_smartflow_morse_table[v];
+
+            if (c) {
+                out[n++] = c;
+            }
+
+            v = 1;
+            signs = 0;
+            bad = 0;
+            continue;
+        }
+
+        /* a second space, a slash or any other byte: between words */
+        if (n && out[n - 1] != ' ') {
+            out[n++] = ' ';
+        }
+    }
+
+    return n;
+}
+
+
 static void
 ngx_smartflow_rot13(u_char *p, size_t len, u_char *out)
 {
@@ -987,6 +1084,15 @@ ngx_smartflow_score_window(u_char *p, size_t len, uint64_t *set,
     if (ps.runs) {
         n = ngx_smartflow_decode_runs(p, len, ngx_smartflow_inj_buf,
                                       NGX_SF_INJ_WINDOW);
+        if (n) {
+            *revealed_set |= ngx_smartflow_signals_in(ngx_smartflow_inj_buf,
+                                                      n, 1);
+        }
+    }
+
+    if (ps.morse) {
+        n = ngx_smartflow_morse(p, len, ngx_smartflow_inj_buf,
+                                NGX_SF_INJ_WINDOW);
         if (n) {
             *revealed_set |= ngx_smartflow_signals_in(ngx_smartflow_inj_buf,
                                                       n, 1);
