@@ -5,7 +5,7 @@
  * repeated phrase raises it.  Text hidden from a reader is revealed first
  * and scored again: Unicode tag characters, zero-width characters inside
  * words, Cyrillic and Greek look-alikes inside Latin words, base64 and
- * hex runs, and rot13.
+ * hex runs, rot13, and Morse code.
  */
 
 #include "ngx_smartflow_policy.h"
