@@ -17,6 +17,7 @@ use MIME::Base64 ();
 use JSON::PP;
 use Smartflow::Audit;
 use Smartflow::S3;
+use Smartflow::Tsa;
 use Test::More;
 
 my $gw = Smartflow::Audit->new(name => 'audit-s3', workers => 2);
@@ -33,11 +34,17 @@ close $fh;
 
 my $cred = $gw->root . '/s3.credentials';
 
+# seals are timestamped too: the token travels with them
+my $tsa = Smartflow::Tsa->new(dir => $gw->root . '/tsa');
+my $tsa_url = $tsa->url;
+
 # the status API comes from the shipped include
 my $conf = $ENV{TEST_NGINX_SMARTFLOW_CONF} // Smartflow::Audit::top() . '/conf';
 $gw->{server} = "        include $conf/smartflow_audit.conf;\n";
 $gw->write_conf(http => <<"_HTTP_");
     smartflow_audit_segment_size 2k;
+    smartflow_audit_tsa $tsa_url;
+    smartflow_audit_tsa_retry 1s;
     smartflow_audit_s3 $url/;
     smartflow_audit_s3_bucket audit-bucket;
     smartflow_audit_s3_prefix gw1;
@@ -81,7 +88,12 @@ sub all_in_bucket {
     my $what = shift;
     my $bad = 0;
     for my $seal (files('seal')) {
-        for my $f ($seal, $seal =~ s/\.seal\z/.log/r) {
+        my $tsr = $seal =~ s/\.seal\z/.tsr/r;
+        unless (-e $tsr) {
+            diag "$what: $tsr missing";
+            $bad++;
+        }
+        for my $f ($seal, $seal =~ s/\.seal\z/.log/r, $tsr) {
             my $key = 'audit-bucket/gw1/' . base($f);
             my $obj = $s3->object($key);
             my ($mode, $until) = $s3->object_lock($key);
@@ -95,7 +107,7 @@ sub all_in_bucket {
         }
     }
     ok(!$bad, "$what: every sealed segment and seal is in the bucket, "
-              . 'identical and under COMPLIANCE lock');
+              . 'timestamp, identical and under COMPLIANCE lock');
 }
 
 sub refused_since {
@@ -104,6 +116,7 @@ sub refused_since {
     return scalar grep { $_->[2] eq $code } @r[$n .. $#r];
 }
 
+$tsa->start;
 $s3->start;
 $gw->start;
 
@@ -149,7 +162,8 @@ my $st = status();
 is($st->{s3}{enabled}, JSON::PP::true, 'the status says shipping is on');
 is($st->{s3}{shipped_segments}, scalar files('seal'),
    'and counts the shipped segments');
-is($st->{s3}{objects}, 2 * files('seal'), 'two objects each');
+is($st->{s3}{objects}, 3 * files('seal'),
+   'three objects each: segment, seal, timestamp');
 
 my $shipped = slurp((files('shipped'))[0]);
 like($shipped, qr{^\Q$url\E/audit-bucket/gw1/segment-\d{8}\.log [0-9a-f]{64} COMPLIANCE \S+Z$}m,
@@ -216,11 +230,13 @@ $s3->secret($secret);
 ok(drained(), 'the backlog drains with the right secret');
 all_in_bucket('after the wrong secret');
 
-($rc, $rep) = $gw->verify;
-is($rc, 0, 'the folder verifies at the end') or diag explain $rep;
+($rc, $rep) = $gw->verify(undef, '--tsa-ca', $tsa->ca);
+is($rc, 0, 'the folder and its timestamps verify at the end')
+    or diag explain $rep;
 
 $gw->stop;
 $s3->stop;
+$tsa->stop;
 
 my $text = slurp($gw->root . '/logs/error.log');
 like($text, qr/\[error\].*shipping to S3 failed: PUT \Q$url\E\S+ answered 403 SignatureDoesNotMatch/,
