@@ -127,16 +127,29 @@ ngx_http_smartflow_audit_s3_credentials(ngx_conf_t *cf,
     p = buf;
     last = buf + n;
 
-    while (p < last && (*p == ' ' || *p == '\t')) { p++; }
+    while (p < last && (*p == ' ' || *p == '\t')) {
+        p++;
+    }
+
     id = p;
-    while (p < last && *p != ' ' && *p != '\t' && *p != '\n') { p++; }
+
+    while (p < last && *p != ' ' && *p != '\t' && *p != '\n') {
+        p++;
+    }
+
     idlen = p - id;
-    while (p < last && (*p == ' ' || *p == '\t')) { p++; }
+
+    while (p < last && (*p == ' ' || *p == '\t')) {
+        p++;
+    }
+
     secret = p;
+
     while (p < last && *p != ' ' && *p != '\t' && *p != '\n' && *p != '\r')
     {
         p++;
     }
+
     slen = p - secret;
 
     if (idlen == 0 || slen == 0) {
