@@ -29,6 +29,7 @@ typedef struct {
     ngx_uint_t                  mode;
     time_t                      retention;
     ngx_msec_t                  timeout;
+    time_t                      tsa_wait;       /* 0: no timestamps */
 
     /* results */
     ngx_int_t                   rc;
@@ -340,6 +341,8 @@ ngx_http_smartflow_audit_s3_timer(ngx_event_t *ev)
     s->mode = amcf->s3_lock_mode;
     s->retention = amcf->s3_retention;
     s->timeout = amcf->s3_timeout;
+    s->tsa_wait = amcf->tsa_url.len ? (time_t) amcf->tsa_timeout / 1000 + 60
+                                    : 0;
 
     if (ngx_thread_task_post(amcf->pool, task) != NGX_OK) {
         ngx_add_timer(ev, amcf->s3_interval);
@@ -647,6 +650,24 @@ ngx_http_smartflow_audit_s3_thread(void *data, ngx_log_t *log)
                      seg);
         if (ngx_file_info(path, &fi) != NGX_FILE_ERROR) {
             continue;
+        }
+
+        /* or a seal just written, whose query is not spooled yet */
+        if (s->tsa_wait) {
+            ngx_snprintf(path, NGX_MAX_PATH, "%s/segment-%08ui.tsr%Z",
+                         s->dir, seg);
+
+            if (ngx_file_info(path, &fi) == NGX_FILE_ERROR) {
+                ngx_snprintf(path, NGX_MAX_PATH,
+                             "%s/" NGX_SMARTFLOW_AUDIT_SEAL "%Z", s->dir,
+                             seg);
+
+                if (ngx_file_info(path, &fi) != NGX_FILE_ERROR
+                    && time(NULL) - ngx_file_mtime(&fi) < s->tsa_wait)
+                {
+                    continue;
+                }
+            }
         }
 
         len = 0;

@@ -246,6 +246,11 @@ like($text, qr/\[error\].*shipping to S3 failed: PUT \S+ answered 503 SlowDown/,
 like($text, qr/shipping to S3 failed: PUT \S+ failed: Couldn't connect/,
      'and the endpoint down');
 unlike($text, qr/\Q$secret\E/, 'the secret is nowhere in the error log');
+my %delays = map { $_ => 1 } $text =~ /next try in (\d+)ms/g;
+ok($delays{200} && $delays{400} && $delays{800} && !grep({ $_ > 800 }
+                                                          keys %delays),
+   'the retries back off, doubling up to smartflow_audit_s3_backoff_max')
+    or diag explain [ sort { $a <=> $b } keys %delays ];
 my @bad = grep { /\[(alert|crit|emerg)\]/ } split /\n/, $text;
 is_deeply(\@bad, [], 'no alert in the error log');
 
