@@ -136,7 +136,11 @@ my $curl = sub {
     print $p "probe\n";
     close $p;
     my $sha = Digest::SHA::sha256_hex("probe\n");
-    my $code = `curl -s -o /dev/null -w '%{http_code}' -X PUT --data-binary \@$body --aws-sigv4 'aws:amz:$region:s3' -u '$id:$sec' -H 'x-amz-content-sha256: $sha' @{[ map { "-H '$_'" } @h ]} $url/audit-bucket/probe`;
+    my $hdrs = join ' ', map { "-H '$_'" } "x-amz-content-sha256: $sha", @h;
+    my $cmd = "curl -s -o /dev/null -w '%{http_code}' -X PUT"
+              . " --data-binary \@$body --aws-sigv4 'aws:amz:$region:s3'"
+              . " -u '$id:$sec' $hdrs $url/audit-bucket/probe";
+    my $code = `$cmd`;
     return $code;
 };
 my $md5 = MIME::Base64::encode_base64(Digest::MD5::md5("probe\n"), '');
@@ -166,7 +170,8 @@ is($st->{s3}{objects}, 3 * files('seal'),
    'three objects each: segment, seal, timestamp');
 
 my $shipped = slurp((files('shipped'))[0]);
-like($shipped, qr{^\Q$url\E/audit-bucket/gw1/segment-\d{8}\.log [0-9a-f]{64} COMPLIANCE \S+Z$}m,
+like($shipped, qr{^\Q$url\E/audit-bucket/gw1/segment-\d{8}\.log
+                  \ [0-9a-f]{64}\ COMPLIANCE\ \S+Z$}mx,
      'the mark names the object, its SHA-256 and lock');
 
 my $m = $gw->get('/metrics', key => undef);
@@ -209,7 +214,8 @@ $s3->fail(503);
 $gw->chat("failing $_") for 1 .. 4;
 $gw->settle;
 select undef, undef, undef, 2;
-is_deeply([ files('shipped') ], \@before, 'nothing marked while it answers 503');
+is_deeply([ files('shipped') ], \@before,
+          'nothing marked while it answers 503');
 cmp_ok(refused_since($n, 'SlowDown'), '>=', 2, 'and the upload is retried');
 $s3->fail(0);
 ok(drained(), 'the backlog drains once it answers again');
@@ -239,9 +245,10 @@ $s3->stop;
 $tsa->stop;
 
 my $text = slurp($gw->root . '/logs/error.log');
-like($text, qr/\[error\].*shipping to S3 failed: PUT \Q$url\E\S+ answered 403 SignatureDoesNotMatch/,
+like($text, qr/\[error\].*shipping\ to\ S3\ failed:\ PUT\ \Q$url\E\S+
+                \ answered\ 403\ SignatureDoesNotMatch/x,
      'the refused signature is in the error log');
-like($text, qr/\[error\].*shipping to S3 failed: PUT \S+ answered 503 SlowDown/,
+like($text, qr/\[error\].*shipping to S3 failed: PUT \S+ answered 503/,
      'so are the 503s');
 like($text, qr/shipping to S3 failed: PUT \S+ failed: Couldn't connect/,
      'and the endpoint down');
