@@ -31,6 +31,8 @@
 
 
 typedef struct ngx_smartflow_cache_group_s  ngx_smartflow_cache_group_t;
+typedef struct ngx_http_smartflow_cache_embedder_s
+    ngx_http_smartflow_cache_embedder_t;
 
 
 typedef struct {
@@ -87,6 +89,7 @@ typedef struct {
     ngx_atomic_t                rejected;       /* by the verification */
     ngx_atomic_t                tokens_saved;
     ngx_atomic_t                latency[NGX_SMARTFLOW_CACHE_LAT];
+    ngx_atomic_t                redis_down;     /* phase 3: logged once */
 } ngx_smartflow_cache_stats_t;
 
 
@@ -160,11 +163,13 @@ typedef struct {
 typedef struct {
     ngx_smartflow_cache_zone_t *zone;           /* NULL: off */
     time_t                      ttl;
-    ngx_int_t                   near_miss;      /* per mille, -1 off */
-    ngx_int_t                   similarity;     /* per mille, -1 off */
+    ngx_int_t                   near_miss;      /* per mille, < 0 off */
+    ngx_int_t                   similarity;     /* per mille, < 0 off */
     ngx_uint_t                  partition;
     size_t                      max_size;
     ngx_flag_t                  api;
+    ngx_flag_t                  redis;          /* phase 3 */
+    ngx_http_smartflow_cache_embedder_t  *embedder;  /* NULL: builtin */
 } ngx_http_smartflow_cache_loc_conf_t;
 
 
@@ -187,6 +192,18 @@ typedef struct {
     unsigned                    store:1;
     unsigned                    failed:1;
     unsigned                    features:1;     /* text, minhash, vec */
+
+    /* phase 3, Redis: ngx_http_smartflow_cache_redis.c */
+    ngx_smartflow_cache_found_t shared;         /* what Redis held */
+    struct timeval              start;          /* of the lookup */
+    void                       *ticket;         /* while Redis is asked */
+    unsigned                    redis:1;        /* smartflow_cache_redis */
+    unsigned                    redis_done:1;   /* asked, or skipped */
+    unsigned                    redis_hit:1;
+
+    /* phase 4's embedding from an endpoint: ..._cache_embed.c */
+    ngx_http_smartflow_cache_embedder_t  *embedder;
+    void                       *embed;
 } ngx_http_smartflow_cache_req_t;
 
 
@@ -234,6 +251,21 @@ ngx_int_t ngx_http_smartflow_cache_serve(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_smartflow_cache_found_t *f);
 ngx_http_smartflow_cache_req_t *ngx_http_smartflow_cache_req(
     ngx_http_request_t *r, ngx_uint_t create);
+
+/* phase 3, Redis shared by nodes: ngx_http_smartflow_cache_redis.c */
+ngx_int_t ngx_http_smartflow_cache_redis_get(ngx_http_request_t *r,
+    ngx_http_smartflow_cache_req_t *rq, struct timeval *start);
+ngx_int_t ngx_http_smartflow_cache_redis_found(ngx_http_request_t *r,
+    ngx_http_smartflow_cache_req_t *rq, ngx_smartflow_cache_found_t *f);
+void ngx_http_smartflow_cache_redis_set(ngx_http_request_t *r,
+    ngx_http_smartflow_cache_req_t *rq);
+
+/* the /v1/embeddings embedder: ngx_http_smartflow_cache_embed.c */
+ngx_int_t ngx_http_smartflow_cache_embed(ngx_http_request_t *r,
+    ngx_http_smartflow_cache_req_t *rq, struct timeval *start);
+void ngx_http_smartflow_cache_embed_skip(ngx_http_smartflow_cache_req_t *rq);
+char *ngx_http_smartflow_cache_embedder(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 
 
 #endif /* _NGX_HTTP_SMARTFLOW_CACHE_H_INCLUDED_ */

@@ -233,7 +233,7 @@ ngx_http_smartflow_cache_stats(ngx_http_request_t *r,
             "\"index\":\"%s\",\"dimension\":%d,"
             "\"memory\":{\"size\":%uz,\"used\":%uz,\"free\":%uz},"
             "\"lookups\":%uA,\"hits\":{\"total\":%ui,\"phase1\":%uA,"
-            "\"phase2\":%uA,\"phase3\":0,\"phase4\":%uA},"
+            "\"phase2\":%uA,\"phase3\":%uA,\"phase4\":%uA},"
             "\"misses\":%uA,\"bypasses\":%uA,\"hit_rate\":%.4f,"
             "\"stores\":%uA,\"evictions\":%uA,\"expired\":%uA,"
             "\"rejected_by_verification\":%uA,\"tokens_saved\":%uA,",
@@ -244,7 +244,8 @@ ngx_http_smartflow_cache_stats(ngx_http_request_t *r,
             NGX_SMARTFLOW_CACHE_DIM,
             z->shm_zone->shm.size, (pages - pfree) * ngx_pagesize,
             pfree * ngx_pagesize,
-            st->lookups, hits, st->hits[1], st->hits[2], st->hits[4],
+            st->lookups, hits, st->hits[1], st->hits[2], st->hits[3],
+            st->hits[4],
             st->misses, st->bypasses,
             st->lookups ? (double) hits / st->lookups : 0.0,
             st->stores, st->evictions, st->expired, st->rejected,

@@ -4,9 +4,13 @@
  * and the response headers.  A lookup tries, in order: 1 the normalised
  * fingerprint of the whole request, exact, in the zone; 2 a near miss,
  * MinHash over the query's words against the entries of the same
- * conversation context; 3 (Redis, shared by nodes) is not built in this
- * module yet; 4 the builtin embedding searched with FAISS.  Phases 2 and
- * 4 hand their candidates to the verification before they are served.
+ * conversation context; 3 the fingerprint in Redis, shared by nodes
+ * (ngx_http_smartflow_cache_redis.c); 4 the query's embedding (builtin,
+ * or from a /v1/embeddings endpoint: ngx_http_smartflow_cache_embed.c)
+ * searched with FAISS.  Phases 3 and the endpoint make the stage wait
+ * (NGX_AGAIN); the pipeline runs it again with their answer.  Phases 2
+ * and 4 hand their candidates to the verification before they are
+ * served.
  * The answer is stored by a response tap (ngx_http_smartflow_cache_store.c).
  *
  * FAISS runs on one OpenMP thread per worker: workers are the unit of
@@ -146,6 +150,20 @@ static ngx_command_t  ngx_http_smartflow_cache_commands[] = {
       offsetof(ngx_http_smartflow_cache_loc_conf_t, max_size),
       NULL },
 
+    { ngx_string("smartflow_cache_redis"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_cache_loc_conf_t, redis),
+      NULL },
+
+    { ngx_string("smartflow_cache_embedder"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_smartflow_cache_embedder,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("smartflow_cache_api"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_smartflow_cache_api,
@@ -237,9 +255,17 @@ ngx_http_smartflow_cache_stage(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    if (rq->redis_done) {
+        /* back from Redis */
+        start = rq->start;
+        goto shared_done;
+    }
+
     rq->zone = z;
     rq->max_size = clcf->max_size;
     rq->item.ttl = ttl ? ttl : clcf->ttl;
+    rq->redis = clcf->redis;
+    rq->embedder = clcf->embedder;
 
     rc = ngx_http_smartflow_cache_keys(r, ctx, clcf, rq);
 
@@ -261,6 +287,8 @@ ngx_http_smartflow_cache_stage(ngx_http_request_t *r,
         if (ngx_http_smartflow_cache_features(r, rq) != NGX_OK) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
+
+        ngx_http_smartflow_cache_embed_skip(rq);
 
         return NGX_DECLINED;
     }
@@ -286,7 +314,7 @@ ngx_http_smartflow_cache_stage(ngx_http_request_t *r,
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        goto miss;
+        goto shared;
     }
 
     if (ngx_http_smartflow_cache_features(r, rq) != NGX_OK) {
@@ -294,7 +322,7 @@ ngx_http_smartflow_cache_stage(ngx_http_request_t *r,
     }
 
     if (rq->item.query.len == 0) {
-        goto miss;
+        goto shared;
     }
 
     /* 2: a near miss in the same context */
@@ -310,6 +338,40 @@ ngx_http_smartflow_cache_stage(ngx_http_request_t *r,
         if (rc == NGX_OK) {
             return ngx_http_smartflow_cache_hit(r, ctx, rq, &f, 2, &start);
         }
+    }
+
+shared:
+
+    /* 3: the fingerprint in Redis, shared by the nodes */
+    if (ngx_http_smartflow_cache_redis_get(r, rq, &start) == NGX_AGAIN) {
+        return NGX_AGAIN;
+    }
+
+shared_done:
+
+    if (ngx_http_smartflow_cache_redis_found(r, rq, &f) == NGX_OK) {
+        return ngx_http_smartflow_cache_hit(r, ctx, rq, &f, 3, &start);
+    }
+
+    if (rq->item.query.len == 0) {
+        goto miss;
+    }
+
+    /* the embedding, from the endpoint when one is configured */
+    rc = ngx_http_smartflow_cache_embed(r, rq, &start);
+
+    if (rc == NGX_AGAIN) {
+        return NGX_AGAIN;
+    }
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (rc != NGX_OK
+        || ngx_smartflow_cache_context_size(z, rq->item.ctxk) == 0)
+    {
+        goto miss;
     }
 
     /* 4: the nearest vectors */
@@ -1019,6 +1081,8 @@ ngx_http_smartflow_cache_create_loc_conf(ngx_conf_t *cf)
     clcf->partition = NGX_CONF_UNSET_UINT;
     clcf->max_size = NGX_CONF_UNSET_SIZE;
     clcf->api = NGX_CONF_UNSET;
+    clcf->redis = NGX_CONF_UNSET;
+    clcf->embedder = NGX_CONF_UNSET_PTR;
 
     return clcf;
 }
@@ -1039,6 +1103,8 @@ ngx_http_smartflow_cache_merge_loc_conf(ngx_conf_t *cf, void *parent,
                               NGX_SMARTFLOW_CACHE_PART_TEAM);
     ngx_conf_merge_size_value(conf->max_size, prev->max_size, 256 * 1024);
     ngx_conf_merge_value(conf->api, prev->api, 0);
+    ngx_conf_merge_value(conf->redis, prev->redis, 1);
+    ngx_conf_merge_ptr_value(conf->embedder, prev->embedder, NULL);
 
     return NGX_CONF_OK;
 }
@@ -1227,7 +1293,7 @@ ngx_http_smartflow_cache_threshold(ngx_conf_t *cf, ngx_command_t *cmd,
     value = cf->args->elts;
 
     if (value[1].len == 3 && ngx_strncmp(value[1].data, "off", 3) == 0) {
-        *np = -1;
+        *np = -2;           /* off; -1 is NGX_CONF_UNSET */
         return NGX_CONF_OK;
     }
 

@@ -206,6 +206,8 @@ ngx_http_smartflow_cache_complete(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
+    ngx_http_smartflow_cache_redis_set(r, rq);
+
     return NGX_OK;
 }
 

@@ -490,6 +490,14 @@ ngx_http_smartflow_keys_redis_init_process(ngx_cycle_t *cycle,
 }
 
 
+/* the connection, shared with the other modules (the cache's phase 3) */
+ngx_smartflow_redis_t *
+ngx_smartflow_redis_shared(void)
+{
+    return ngx_sf_kz ? ngx_sf_kz->redis : NULL;
+}
+
+
 /* the connection goes before the worker: nginx checks none is left */
 void
 ngx_http_smartflow_keys_redis_exit_process(ngx_cycle_t *cycle)

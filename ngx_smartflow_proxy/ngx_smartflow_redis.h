@@ -81,6 +81,9 @@ ngx_int_t ngx_smartflow_redis_eval(ngx_smartflow_redis_t *rd,
     ngx_uint_t script, ngx_smartflow_redis_pt handler, void *data,
     int nkeys, int argc, const char **argv, const size_t *argvlen);
 
+/* the worker's smartflow_redis connection, for other modules; NULL: none */
+ngx_smartflow_redis_t *ngx_smartflow_redis_shared(void);
+
 #define ngx_smartflow_redis_up(rd)                                           \
     ((rd)->state == NGX_SMARTFLOW_REDIS_UP)
 

@@ -422,7 +422,7 @@ function openaiEmbeddings(ctx) {
     const data = items.map((item, index) => {
         const text = typeof item === 'string' ? item : `tokens:${item.join(',')}`;
         tokens += typeof item === 'string' ? Math.max(1, countWords(item)) : item.length;
-        const vec = embed(text, dim);
+        const vec = /^mock-words/.test(b.model) ? embedWords(text, dim) : embed(text, dim);
         let embedding = vec;
         if (base64) {
             const buf = Buffer.alloc(dim * 4);
@@ -637,6 +637,18 @@ function readBody(req) {
         req.on('end', () => resolve(Buffer.concat(chunks)));
         req.on('error', reject);
     });
+}
+
+// Model "mock-words...": a bag of words, so that texts sharing words are
+// near (each lowercase word adds 1 at the first 4 bytes of its SHA-256, read
+// little-endian, modulo dim), then L2-normalised.
+function embedWords(text, dim) {
+    const v = new Float64Array(dim);
+    for (const w of text.toLowerCase().split(/[^a-z0-9]+/).filter(Boolean)) {
+        v[crypto.createHash('sha256').update(w).digest().readUInt32LE(0) % dim] += 1;
+    }
+    const norm = Math.sqrt(v.reduce((a, x) => a + x * x, 0)) || 1;
+    return Array.from(v, (x) => Math.fround(x / norm));
 }
 
 // Per-request behaviour switches from x-mock-* headers and the model name.

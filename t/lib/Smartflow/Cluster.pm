@@ -105,6 +105,12 @@ sub node {
                              . " timeout=$self->{slow}00ms"
                              . " fail=" . ($o{fail} || 'open');
     my $node = { name => $name, dir => $dir, port => $o{port} };
+    # extra modules (after the proxy) and http-level lines, if asked
+    my $load = join '', map {
+        "load_module $self->{modules}/ngx_http_smartflow_${_}_module.so;\n"
+    } @{ $o{modules} || [] };
+    my $http = $o{http} // '';
+    my $server = $o{server} // '';
     my $conf = <<"_EOC_";
 daemon on;
 master_process on;
@@ -112,7 +118,7 @@ worker_processes 2;
 error_log $dir/logs/error.log info;
 pid $dir/logs/nginx.pid;
 load_module $self->{modules}/ngx_http_smartflow_proxy_module.so;
-thread_pool sf threads=1;
+${load}thread_pool sf threads=1;
 events { worker_connections 512; }
 http {
     access_log off;
@@ -127,6 +133,7 @@ http {
     smartflow_provider demo type=echo;
     smartflow_route smartflow-echo demo;
     smartflow_price smartflow-echo 0.000001 0.000001;
+$http
     server {
         listen 127.0.0.1:$o{port};
         location = /v1/chat/completions {
@@ -144,6 +151,7 @@ http {
         location = /ping {
             return 200 "pong\\n";
         }
+$server
     }
 }
 _EOC_

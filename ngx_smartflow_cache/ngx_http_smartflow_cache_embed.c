@@ -1,0 +1,537 @@
+/*
+ * The /v1/embeddings embedder: phase 4's vector from an OpenAI-compatible
+ * endpoint (a local all-MiniLM-L6-v2 server, or a provider) instead of
+ * the builtin one.  The query goes to an internal location, which
+ * proxy_passes it to the endpoint, as a background subrequest whose
+ * answer is kept in memory: the worker never waits, and the stage waits
+ * for the answer at most the configured time.  Past it, or when the
+ * endpoint fails or answers something other than an embedding, phase 4
+ * is skipped and the answer is stored without a vector; the subrequest,
+ * if still running, ends on its own (the location's proxy timeouts).
+ *
+ * The zone's vectors have NGX_SMARTFLOW_CACHE_DIM dimensions: a shorter
+ * embedding is padded with zeros (the cosine is unchanged), a longer one
+ * keeps its first dimensions (as Matryoshka models intend; for others an
+ * approximation of the cosine), and either is L2-normalised.
+ */
+
+#include <math.h>
+
+#include "ngx_http_smartflow_cache.h"
+
+
+struct ngx_http_smartflow_cache_embedder_s {
+    ngx_str_t                   uri;
+    ngx_str_t                   model;          /* empty: not sent */
+    ngx_msec_t                  timeout;
+    ngx_uint_t                  dimensions;     /* 0: not sent */
+};
+
+
+typedef struct {
+    ngx_event_t                 timer;
+    ngx_http_request_t         *r;
+    ngx_http_smartflow_cache_req_t  *rq;
+    unsigned                    waiting:1;
+    unsigned                    done:1;
+    unsigned                    ok:1;
+} ngx_http_smartflow_cache_embed_t;
+
+
+static ngx_int_t ngx_http_smartflow_cache_embed_done(ngx_http_request_t *sr,
+    void *data, ngx_int_t rc);
+static ngx_int_t ngx_http_smartflow_cache_embed_parse(ngx_http_request_t *sr,
+    ngx_http_smartflow_cache_embed_t *e);
+static void ngx_http_smartflow_cache_embed_timeout(ngx_event_t *ev);
+static void ngx_http_smartflow_cache_embed_wake(ngx_http_request_t *r);
+static void ngx_http_smartflow_cache_embed_resume(
+    ngx_http_smartflow_cache_embed_t *e);
+static void ngx_http_smartflow_cache_embed_cleanup(void *data);
+
+
+/* a vector that matches nothing: an answer stored without an embedding */
+static float  ngx_http_smartflow_cache_nowhere[NGX_SMARTFLOW_CACHE_DIM];
+
+
+/*
+ * NGX_OK: rq->vec is the query's embedding (the builtin one when no
+ * endpoint is configured); NGX_AGAIN: the endpoint is asked, the stage
+ * runs again with its answer; NGX_DECLINED: no embedding, phase 4 is
+ * skipped.
+ */
+ngx_int_t
+ngx_http_smartflow_cache_embed(ngx_http_request_t *r,
+    ngx_http_smartflow_cache_req_t *rq, struct timeval *start)
+{
+    u_char                                *p;
+    size_t                                 len;
+    ngx_buf_t                             *b;
+    ngx_chain_t                           *cl;
+    ngx_table_elt_t                       *h;
+    ngx_pool_cleanup_t                    *cln;
+    ngx_http_request_t                    *sr;
+    ngx_http_request_body_t               *rb;
+    ngx_http_post_subrequest_t            *ps;
+    ngx_http_smartflow_cache_embed_t      *e;
+    ngx_http_smartflow_cache_embedder_t   *em;
+
+    em = rq->embedder;
+
+    if (em == NULL) {
+        return NGX_OK;
+    }
+
+    e = rq->embed;
+
+    if (e) {
+        if (e->waiting) {
+            return NGX_AGAIN;
+        }
+
+        if (!e->ok) {
+            rq->item.vec = ngx_http_smartflow_cache_nowhere;
+            return NGX_DECLINED;
+        }
+
+        rq->item.vec = rq->vec;
+        return NGX_OK;
+    }
+
+    e = ngx_pcalloc(r->pool, sizeof(ngx_http_smartflow_cache_embed_t));
+    if (e == NULL) {
+        return NGX_ERROR;
+    }
+
+    e->r = r;
+    e->rq = rq;
+    rq->embed = e;
+
+    /* until the endpoint answers, the answer would be stored without one */
+    rq->item.vec = ngx_http_smartflow_cache_nowhere;
+
+    /* {"input":"...","model":"...","dimensions":N} */
+    len = sizeof("{\"input\":\"\",\"model\":\"\",\"dimensions\":}")
+          + ngx_smartflow_json_escape_len(rq->item.query.data,
+                                          rq->item.query.len)
+          + ngx_smartflow_json_escape_len(em->model.data, em->model.len)
+          + NGX_INT_T_LEN;
+
+    b = ngx_create_temp_buf(r->pool, len);
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_sf_cpymem(b->last, "{\"input\":\"");
+    p = ngx_smartflow_json_escape(p, rq->item.query.data, rq->item.query.len);
+    *p++ = '"';
+
+    if (em->model.len) {
+        p = ngx_sf_cpymem(p, ",\"model\":\"");
+        p = ngx_smartflow_json_escape(p, em->model.data, em->model.len);
+        *p++ = '"';
+    }
+
+    if (em->dimensions) {
+        p = ngx_sprintf(p, ",\"dimensions\":%ui", em->dimensions);
+    }
+
+    *p++ = '}';
+    b->last = p;
+    b->last_buf = 1;
+
+    ps = ngx_palloc(r->pool, sizeof(ngx_http_post_subrequest_t));
+    if (ps == NULL) {
+        return NGX_ERROR;
+    }
+
+    ps->handler = ngx_http_smartflow_cache_embed_done;
+    ps->data = e;
+
+    if (ngx_http_subrequest(r, &em->uri, NULL, &sr, ps,
+                            NGX_HTTP_SUBREQUEST_IN_MEMORY
+                            |NGX_HTTP_SUBREQUEST_BACKGROUND)
+        != NGX_OK)
+    {
+        /* too many subrequests, or no memory: no phase 4 this time */
+        e->done = 1;
+        return NGX_DECLINED;
+    }
+
+    /* a POST of its own body; none of the client's headers */
+    rb = ngx_pcalloc(r->pool, sizeof(ngx_http_request_body_t));
+    cl = ngx_alloc_chain_link(r->pool);
+    if (rb == NULL || cl == NULL) {
+        return NGX_ERROR;
+    }
+
+    cl->buf = b;
+    cl->next = NULL;
+    rb->bufs = cl;
+    rb->rest = 0;
+
+    sr->request_body = rb;
+    sr->method = NGX_HTTP_POST;
+    ngx_str_set(&sr->method_name, "POST");
+
+    ngx_memzero(&sr->headers_in, sizeof(ngx_http_headers_in_t));
+    sr->headers_in.content_length_n = b->last - b->pos;
+
+    if (ngx_list_init(&sr->headers_in.headers, r->pool, 2,
+                      sizeof(ngx_table_elt_t))
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    h = ngx_list_push(&sr->headers_in.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_str_set(&h->key, "Content-Type");
+    ngx_str_set(&h->value, "application/json");
+    h->lowcase_key = (u_char *) "content-type";
+    h->hash = ngx_hash_key(h->lowcase_key, h->key.len);
+    sr->headers_in.content_type = h;
+
+    sr->headers_in.server = r->headers_in.server;
+    sr->headers_in.host = NULL;
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NGX_ERROR;
+    }
+
+    cln->handler = ngx_http_smartflow_cache_embed_cleanup;
+    cln->data = e;
+
+    e->timer.handler = ngx_http_smartflow_cache_embed_timeout;
+    e->timer.data = r->connection;
+    e->timer.log = r->connection->log;
+    ngx_add_timer(&e->timer, em->timeout);
+
+    e->waiting = 1;
+    rq->start = *start;
+
+    r->main->count++;
+    r->write_event_handler = ngx_http_request_empty_handler;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "smartflow cache embedder: asking \"%V\"", &em->uri);
+
+    return NGX_AGAIN;
+}
+
+
+/* the subrequest ends: its answer, if the stage still waits for it */
+static ngx_int_t
+ngx_http_smartflow_cache_embed_done(ngx_http_request_t *sr, void *data,
+    ngx_int_t rc)
+{
+    ngx_http_smartflow_cache_embed_t *e = data;
+
+    ngx_http_request_t  *r;
+
+    if (e->done) {
+        /* given up on: the request went on without it */
+        return rc;
+    }
+
+    e->done = 1;
+    r = e->r;
+
+    if (rc == NGX_OK && sr->headers_out.status == NGX_HTTP_OK) {
+        e->ok = (ngx_http_smartflow_cache_embed_parse(sr, e) == NGX_OK);
+
+    } else {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "smartflow cache: embedder \"%V\" failed (status "
+                      "%i); phase 4 skipped", &sr->uri,
+                      rc > NGX_OK ? rc : (ngx_int_t) sr->headers_out.status);
+    }
+
+    if (e->timer.timer_set) {
+        ngx_del_timer(&e->timer);
+    }
+
+    /* the request is woken once this subrequest is finalized */
+    r->write_event_handler = ngx_http_smartflow_cache_embed_wake;
+    (void) ngx_http_post_request(r, NULL);
+
+    return rc;
+}
+
+
+/* {"data":[{"embedding":[...]}]}: the first embedding, fitted and scaled */
+static ngx_int_t
+ngx_http_smartflow_cache_embed_parse(ngx_http_request_t *sr,
+    ngx_http_smartflow_cache_embed_t *e)
+{
+    char                  *end, num[64];
+    float                 *v;
+    double                 d, norm;
+    ngx_str_t              err;
+    ngx_uint_t             i, n;
+    ngx_buf_t             *b;
+    ngx_smartflow_json_t  *j, *x;
+
+    b = sr->out ? sr->out->buf : NULL;
+
+    if (b == NULL || b->last == b->pos) {
+        goto garbage;
+    }
+
+    j = ngx_smartflow_json_parse(e->r->pool, b->pos, b->last - b->pos, &err);
+    j = ngx_smartflow_json_get(j, "data");
+
+    if (j == NULL || j->type != NGX_SMARTFLOW_JSON_ARRAY
+        || j->child == NULL)
+    {
+        goto garbage;
+    }
+
+    j = ngx_smartflow_json_get(j->child, "embedding");
+
+    if (j == NULL || j->type != NGX_SMARTFLOW_JSON_ARRAY || j->nchild == 0) {
+        goto garbage;
+    }
+
+    v = e->rq->vec;
+    ngx_memzero(v, NGX_SMARTFLOW_CACHE_DIM * sizeof(float));
+
+    norm = 0;
+    n = 0;
+
+    for (x = j->child; x; x = x->next) {
+        if (x->type != NGX_SMARTFLOW_JSON_NUMBER || x->str.len == 0
+            || x->str.len >= sizeof(num))
+        {
+            goto garbage;
+        }
+
+        if (n++ >= NGX_SMARTFLOW_CACHE_DIM) {
+            continue;
+        }
+
+        ngx_memcpy(num, x->str.data, x->str.len);
+        num[x->str.len] = '\0';
+
+        d = strtod(num, &end);
+
+        if (*end != '\0' || d != d || d > 1e30 || d < -1e30) {
+            goto garbage;
+        }
+
+        v[n - 1] = (float) d;
+        norm += d * d;
+    }
+
+    if (norm <= 0) {
+        goto garbage;
+    }
+
+    norm = sqrt(norm);
+
+    for (i = 0; i < NGX_SMARTFLOW_CACHE_DIM; i++) {
+        v[i] = (float) (v[i] / norm);
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, e->r->connection->log, 0,
+                   "smartflow cache embedder: %ui dimensions from \"%V\"",
+                   n, &sr->uri);
+
+    return NGX_OK;
+
+garbage:
+
+    ngx_log_error(NGX_LOG_WARN, e->r->connection->log, 0,
+                  "smartflow cache: embedder \"%V\" answered no embedding; "
+                  "phase 4 skipped", &sr->uri);
+
+    return NGX_ERROR;
+}
+
+
+static void
+ngx_http_smartflow_cache_embed_timeout(ngx_event_t *ev)
+{
+    ngx_connection_t                  *c;
+    ngx_http_smartflow_cache_embed_t  *e;
+
+    e = (ngx_http_smartflow_cache_embed_t *)
+            ((u_char *) ev - offsetof(ngx_http_smartflow_cache_embed_t,
+                                      timer));
+
+    if (e->done) {
+        return;
+    }
+
+    e->done = 1;
+    c = e->r->connection;
+
+    ngx_log_error(NGX_LOG_WARN, c->log, 0,
+                  "smartflow cache: embedder \"%V\" did not answer in "
+                  "%M ms; phase 4 skipped", &e->rq->embedder->uri,
+                  e->rq->embedder->timeout);
+
+    ngx_http_smartflow_cache_embed_resume(e);
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_http_smartflow_cache_embed_wake(ngx_http_request_t *r)
+{
+    ngx_http_smartflow_cache_req_t  *rq;
+
+    rq = ngx_http_smartflow_cache_req(r, 0);
+
+    if (rq == NULL || rq->embed == NULL) {
+        return;
+    }
+
+    ngx_http_smartflow_cache_embed_resume(rq->embed);
+}
+
+
+static void
+ngx_http_smartflow_cache_embed_resume(ngx_http_smartflow_cache_embed_t *e)
+{
+    ngx_http_request_t        *r;
+    ngx_http_smartflow_ctx_t  *ctx;
+
+    if (!e->waiting) {
+        return;
+    }
+
+    e->waiting = 0;
+    r = e->r;
+
+    r->main->count--;
+    r->write_event_handler = ngx_http_request_empty_handler;
+
+    /* the cache stage runs again and finds the embedding, or none */
+    ctx = ngx_http_smartflow_get_ctx(r);
+    ctx->stage--;
+
+    ngx_http_smartflow_pipeline_resume(r);
+}
+
+
+static void
+ngx_http_smartflow_cache_embed_cleanup(void *data)
+{
+    ngx_http_smartflow_cache_embed_t *e = data;
+
+    e->done = 1;
+
+    if (e->timer.timer_set) {
+        ngx_del_timer(&e->timer);
+    }
+}
+
+
+/* an answer stored without a lookup: no embedding from the endpoint */
+void
+ngx_http_smartflow_cache_embed_skip(ngx_http_smartflow_cache_req_t *rq)
+{
+    if (rq->embedder) {
+        rq->item.vec = ngx_http_smartflow_cache_nowhere;
+    }
+}
+
+
+/*
+ * smartflow_cache_embedder builtin | URI [timeout=TIME] [model=NAME]
+ *     [dimensions=N];
+ */
+char *
+ngx_http_smartflow_cache_embedder(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_smartflow_cache_loc_conf_t *clcf = conf;
+
+    ngx_int_t                             n;
+    ngx_str_t                            *value, s;
+    ngx_uint_t                            i;
+    ngx_http_smartflow_cache_embedder_t  *em;
+
+    if (clcf->embedder != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (value[1].len == 7 && ngx_strncmp(value[1].data, "builtin", 7) == 0
+        && cf->args->nelts == 2)
+    {
+        clcf->embedder = NULL;
+        return NGX_CONF_OK;
+    }
+
+    if (value[1].len == 0 || value[1].data[0] != '/') {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "smartflow_cache_embedder: \"%V\" is neither "
+                           "\"builtin\" nor the URI of a location",
+                           &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    em = ngx_pcalloc(cf->pool, sizeof(ngx_http_smartflow_cache_embedder_t));
+    if (em == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    em->uri = value[1];
+    em->timeout = 1000;
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "timeout=", 8) == 0) {
+            s.data = value[i].data + 8;
+            s.len = value[i].len - 8;
+
+            em->timeout = ngx_parse_time(&s, 0);
+            if (em->timeout == (ngx_msec_t) NGX_ERROR || em->timeout == 0) {
+                goto invalid;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "model=", 6) == 0) {
+            em->model.data = value[i].data + 6;
+            em->model.len = value[i].len - 6;
+
+            if (em->model.len == 0) {
+                goto invalid;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "dimensions=", 11) == 0) {
+            n = ngx_atoi(value[i].data + 11, value[i].len - 11);
+            if (n <= 0 || n > NGX_SMARTFLOW_CACHE_DIM) {
+                goto invalid;
+            }
+
+            em->dimensions = n;
+            continue;
+        }
+
+        goto invalid;
+    }
+
+    clcf->embedder = em;
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "smartflow_cache_embedder: invalid parameter \"%V\"",
+                       &value[i]);
+
+    return NGX_CONF_ERROR;
+}

@@ -1,0 +1,440 @@
+/*
+ * Phase 3 of the lookup: the request's fingerprint (the SHA-256 of its
+ * canonical, normalised form, the key of phase 1) looked up in Redis, so
+ * that every node shares the exact answers any of them stored.  The
+ * connection is the proxy module's (smartflow_redis), asynchronous on
+ * nginx's event loop: the stage waits for the answer and the pipeline
+ * resumes when it comes.  A hit is kept in the local zone as well, until
+ * the time it expires in Redis; an answer stored by this node goes to
+ * Redis too, with the entry's TTL.  While Redis is unreachable phase 3 is
+ * skipped at once, with one error_log line per outage.
+ *
+ * In Redis, "smartflow:cache:HEX" holds "sf1 EXPIRE PROMPT COMPLETION
+ * FINISH\n" and the answer's text.
+ */
+
+#include "ngx_http_smartflow_cache.h"
+#include "ngx_smartflow_redis.h"
+
+
+#define NGX_SMARTFLOW_CACHE_RKEY  "smartflow:cache:"
+#define NGX_SMARTFLOW_CACHE_RKEY_LEN                                        \
+    (sizeof(NGX_SMARTFLOW_CACHE_RKEY) - 1 + 2 * NGX_SMARTFLOW_CACHE_FP)
+
+
+typedef struct ngx_http_smartflow_cache_ticket_s
+    ngx_http_smartflow_cache_ticket_t;
+
+/* outlives its request if it has to: the request's pool cleanup clears r */
+struct ngx_http_smartflow_cache_ticket_s {
+    ngx_http_request_t                 *r;
+    ngx_http_smartflow_cache_req_t     *rq;
+    ngx_http_smartflow_cache_ticket_t  *next;
+};
+
+
+static void ngx_http_smartflow_cache_redis_got(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data);
+static void ngx_http_smartflow_cache_redis_stored(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data);
+static ngx_int_t ngx_http_smartflow_cache_redis_parse(ngx_pool_t *pool,
+    redisReply *reply, ngx_smartflow_cache_found_t *f, time_t *expire);
+static void ngx_http_smartflow_cache_redis_cleanup(void *data);
+static void ngx_http_smartflow_cache_redis_down(ngx_smartflow_cache_zone_t *z,
+    ngx_smartflow_redis_t *rd, ngx_log_t *log, const char *why);
+static void ngx_http_smartflow_cache_redis_up(ngx_smartflow_cache_zone_t *z,
+    ngx_smartflow_redis_t *rd, ngx_log_t *log);
+static size_t ngx_http_smartflow_cache_redis_key(u_char *buf, u_char *fp);
+
+
+static ngx_http_smartflow_cache_ticket_t  *ngx_http_smartflow_cache_tickets;
+
+
+/*
+ * Asks Redis for the request's fingerprint: NGX_AGAIN while it waits
+ * (the pipeline runs the stage again with the answer), NGX_DECLINED when
+ * phase 3 is off or Redis cannot be asked now.
+ */
+ngx_int_t
+ngx_http_smartflow_cache_redis_get(ngx_http_request_t *r,
+    ngx_http_smartflow_cache_req_t *rq, struct timeval *start)
+{
+    size_t                              len[2];
+    ngx_pool_cleanup_t                 *cln;
+    ngx_smartflow_redis_t              *rd;
+    ngx_http_smartflow_cache_ticket_t  *t;
+    const char                         *argv[2];
+    u_char                              key[NGX_SMARTFLOW_CACHE_RKEY_LEN];
+
+    rq->redis_done = 1;
+
+    rd = rq->redis ? ngx_smartflow_redis_shared() : NULL;
+
+    if (rd == NULL) {
+        return NGX_DECLINED;
+    }
+
+    if (!ngx_smartflow_redis_up(rd)) {
+        ngx_http_smartflow_cache_redis_down(rq->zone, rd,
+                                            r->connection->log,
+                                            "is unreachable");
+        return NGX_DECLINED;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NGX_DECLINED;
+    }
+
+    t = ngx_http_smartflow_cache_tickets;
+
+    if (t) {
+        ngx_http_smartflow_cache_tickets = t->next;
+
+    } else {
+        t = ngx_alloc(sizeof(ngx_http_smartflow_cache_ticket_t),
+                      r->connection->log);
+        if (t == NULL) {
+            return NGX_DECLINED;
+        }
+    }
+
+    t->r = r;
+    t->rq = rq;
+    t->next = NULL;
+
+    argv[0] = "GET";
+    len[0] = 3;
+    argv[1] = (char *) key;
+    len[1] = ngx_http_smartflow_cache_redis_key(key, rq->item.fp);
+
+    if (ngx_smartflow_redis_command(rd, ngx_http_smartflow_cache_redis_got,
+                                    t, 2, argv, len)
+        != NGX_OK)
+    {
+        t->next = ngx_http_smartflow_cache_tickets;
+        ngx_http_smartflow_cache_tickets = t;
+
+        ngx_http_smartflow_cache_redis_down(rq->zone, rd,
+                                            r->connection->log,
+                                            "refused the command");
+        return NGX_DECLINED;
+    }
+
+    cln->handler = ngx_http_smartflow_cache_redis_cleanup;
+    cln->data = rq;
+
+    rq->ticket = t;
+    rq->start = *start;
+    rq->redis_done = 0;
+
+    r->main->count++;
+    r->write_event_handler = ngx_http_request_empty_handler;
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "smartflow cache phase 3: asking redis");
+
+    return NGX_AGAIN;
+}
+
+
+static void
+ngx_http_smartflow_cache_redis_got(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data)
+{
+    ngx_http_smartflow_cache_ticket_t *t = data;
+
+    time_t                           expire;
+    ngx_connection_t                *c;
+    ngx_http_request_t              *r;
+    ngx_http_smartflow_ctx_t        *ctx;
+    ngx_http_smartflow_cache_req_t  *rq;
+
+    r = t->r;
+    rq = t->rq;
+
+    t->next = ngx_http_smartflow_cache_tickets;
+    ngx_http_smartflow_cache_tickets = t;
+
+    if (r == NULL) {
+        /* the request went while Redis was asked */
+        return;
+    }
+
+    rq->ticket = NULL;
+    rq->redis_done = 1;
+    c = r->connection;
+
+    if (reply == NULL) {
+        ngx_http_smartflow_cache_redis_down(rq->zone, rd, c->log,
+                                            "did not answer");
+
+    } else if (reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, c->log, 0,
+                      "smartflow cache: redis %V refused GET: %*s",
+                      &rd->name, (size_t) reply->len, reply->str);
+
+    } else {
+        ngx_http_smartflow_cache_redis_up(rq->zone, rd, c->log);
+
+        if (reply->type == REDIS_REPLY_STRING) {
+            if (ngx_http_smartflow_cache_redis_parse(r->pool, reply,
+                                                     &rq->shared, &expire)
+                == NGX_OK)
+            {
+                if (expire > ngx_time()) {
+                    ngx_memcpy(rq->shared.fp, rq->item.fp,
+                               NGX_SMARTFLOW_CACHE_FP);
+                    rq->shared.similarity = 0;
+                    rq->item.ttl = expire - ngx_time();
+                    rq->redis_hit = 1;
+                }
+
+            } else {
+                ngx_log_error(NGX_LOG_WARN, c->log, 0,
+                              "smartflow cache: redis %V holds a damaged "
+                              "entry; phase 3 ignores it", &rd->name);
+            }
+        }
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                   "smartflow cache phase 3: %s",
+                   rq->redis_hit ? "hit" : "miss");
+
+    r->main->count--;
+
+    /* the cache stage runs again and finds phase 3's answer */
+    ctx = ngx_http_smartflow_get_ctx(r);
+    ctx->stage--;
+
+    ngx_http_smartflow_pipeline_resume(r);
+    ngx_http_run_posted_requests(c);
+}
+
+
+/*
+ * After the wait: a hit is kept in the local zone, so that the next
+ * request is a phase 1 hit here, and handed to the stage to be served.
+ */
+ngx_int_t
+ngx_http_smartflow_cache_redis_found(ngx_http_request_t *r,
+    ngx_http_smartflow_cache_req_t *rq, ngx_smartflow_cache_found_t *f)
+{
+    if (!rq->redis_hit) {
+        return NGX_DECLINED;
+    }
+
+    *f = rq->shared;
+
+    rq->item.answer = f->answer;
+    rq->item.finish = f->finish;
+    rq->item.prompt_tokens = f->prompt_tokens;
+    rq->item.completion_tokens = f->completion_tokens;
+    ngx_http_smartflow_cache_embed_skip(rq);
+
+    if (ngx_smartflow_cache_insert(rq->zone, &rq->item, r->connection->log)
+        == NGX_ERROR)
+    {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "smartflow cache: a phase 3 hit could not be kept "
+                      "in zone \"%V\"", &rq->zone->name);
+    }
+
+    return NGX_OK;
+}
+
+
+/* "sf1 EXPIRE PROMPT COMPLETION FINISH\n" ANSWER, copied out of the reply */
+static ngx_int_t
+ngx_http_smartflow_cache_redis_parse(ngx_pool_t *pool, redisReply *reply,
+    ngx_smartflow_cache_found_t *f, time_t *expire)
+{
+    u_char     *p, *last, *nl, *sp;
+    ngx_int_t   n[3];
+    ngx_uint_t  i;
+
+    if (reply->len < 4 || ngx_strncmp(reply->str, "sf1 ", 4) != 0) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_pnalloc(pool, reply->len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(p, reply->str, reply->len);
+    last = p + reply->len;
+    p += 4;
+
+    nl = ngx_strlchr(p, last, '\n');
+    if (nl == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < 3; i++) {
+        sp = ngx_strlchr(p, nl, ' ');
+        if (sp == NULL) {
+            return NGX_ERROR;
+        }
+
+        n[i] = ngx_atoi(p, sp - p);
+        if (n[i] == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        p = sp + 1;
+    }
+
+    if (p == nl || nl - p >= NGX_SMARTFLOW_CACHE_FINISH) {
+        return NGX_ERROR;
+    }
+
+    *expire = (time_t) n[0];
+    f->prompt_tokens = n[1];
+    f->completion_tokens = n[2];
+    f->finish.data = p;
+    f->finish.len = nl - p;
+    f->answer.data = nl + 1;
+    f->answer.len = last - (nl + 1);
+    ngx_str_null(&f->query);
+
+    return NGX_OK;
+}
+
+
+/* an answer stored here goes to Redis too, with the entry's TTL */
+void
+ngx_http_smartflow_cache_redis_set(ngx_http_request_t *r,
+    ngx_http_smartflow_cache_req_t *rq)
+{
+    u_char                 *p, *v;
+    size_t                  len[5];
+    ngx_smartflow_redis_t  *rd;
+    const char             *argv[5];
+    u_char                  key[NGX_SMARTFLOW_CACHE_RKEY_LEN];
+    u_char                  ttl[NGX_TIME_T_LEN];
+
+    rd = rq->redis ? ngx_smartflow_redis_shared() : NULL;
+
+    if (rd == NULL) {
+        return;
+    }
+
+    if (!ngx_smartflow_redis_up(rd)) {
+        ngx_http_smartflow_cache_redis_down(rq->zone, rd,
+                                            r->connection->log,
+                                            "is unreachable");
+        return;
+    }
+
+    v = ngx_pnalloc(r->pool, sizeof("sf1    \n") + 3 * NGX_INT64_LEN
+                             + rq->item.finish.len + rq->item.answer.len);
+    if (v == NULL) {
+        return;
+    }
+
+    p = ngx_sprintf(v, "sf1 %T %ui %ui %V\n", ngx_time() + rq->item.ttl,
+                    rq->item.prompt_tokens, rq->item.completion_tokens,
+                    &rq->item.finish);
+    p = ngx_cpymem(p, rq->item.answer.data, rq->item.answer.len);
+
+    argv[0] = "SET";
+    len[0] = 3;
+    argv[1] = (char *) key;
+    len[1] = ngx_http_smartflow_cache_redis_key(key, rq->item.fp);
+    argv[2] = (char *) v;
+    len[2] = p - v;
+    argv[3] = "EX";
+    len[3] = 2;
+    argv[4] = (char *) ttl;
+    len[4] = ngx_sprintf(ttl, "%T", rq->item.ttl) - ttl;
+
+    /* the zone outlives the answer: it belongs to the cycle */
+    if (ngx_smartflow_redis_command(rd, ngx_http_smartflow_cache_redis_stored,
+                                    rq->zone, 5, argv, len)
+        != NGX_OK)
+    {
+        ngx_http_smartflow_cache_redis_down(rq->zone, rd,
+                                            r->connection->log,
+                                            "refused the command");
+    }
+}
+
+
+static void
+ngx_http_smartflow_cache_redis_stored(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data)
+{
+    ngx_smartflow_cache_zone_t *z = data;
+
+    if (reply == NULL) {
+        ngx_http_smartflow_cache_redis_down(z, rd, rd->log, "did not answer");
+        return;
+    }
+
+    if (reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "smartflow cache: redis %V refused SET: %*s",
+                      &rd->name, (size_t) reply->len, reply->str);
+        return;
+    }
+
+    ngx_http_smartflow_cache_redis_up(z, rd, rd->log);
+}
+
+
+static void
+ngx_http_smartflow_cache_redis_cleanup(void *data)
+{
+    ngx_http_smartflow_cache_req_t *rq = data;
+
+    ngx_http_smartflow_cache_ticket_t  *t;
+
+    t = rq->ticket;
+
+    if (t) {
+        t->r = NULL;
+        rq->ticket = NULL;
+    }
+}
+
+
+/* one line per outage, whichever worker sees it first */
+static void
+ngx_http_smartflow_cache_redis_down(ngx_smartflow_cache_zone_t *z,
+    ngx_smartflow_redis_t *rd, ngx_log_t *log, const char *why)
+{
+    if (ngx_atomic_cmp_set(&z->sh->stats.redis_down, 0, 1)) {
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "smartflow cache: redis %V %s; phase 3 is skipped "
+                      "until it answers again", &rd->name, why);
+    }
+}
+
+
+static void
+ngx_http_smartflow_cache_redis_up(ngx_smartflow_cache_zone_t *z,
+    ngx_smartflow_redis_t *rd, ngx_log_t *log)
+{
+    if (z->sh->stats.redis_down
+        && ngx_atomic_cmp_set(&z->sh->stats.redis_down, 1, 0))
+    {
+        ngx_log_error(NGX_LOG_NOTICE, log, 0,
+                      "smartflow cache: redis %V answers again; phase 3 "
+                      "is back", &rd->name);
+    }
+}
+
+
+static size_t
+ngx_http_smartflow_cache_redis_key(u_char *buf, u_char *fp)
+{
+    u_char  *p;
+
+    p = ngx_cpymem(buf, NGX_SMARTFLOW_CACHE_RKEY,
+                   sizeof(NGX_SMARTFLOW_CACHE_RKEY) - 1);
+    p = ngx_hex_dump(p, fp, NGX_SMARTFLOW_CACHE_FP);
+
+    return p - buf;
+}
