@@ -901,8 +901,10 @@ if [ "${BENCH_CACHE:-1}" = 1 ]; then
 fi
 
 # the guardrails' path (default policy group, 4 KB prompt) against plain
-# proxy_pass, in a run of its own
-"$top/bench/policy.sh" || echo "bench: the policy benchmark failed" >&2
+# proxy_pass, in a run of its own (BENCH_POLICY=0 skips it)
+if [ "${BENCH_POLICY:-1}" = 1 ]; then
+    "$top/bench/policy.sh" || echo "bench: the policy benchmark failed" >&2
+fi
 
 # the audit trail on versus off, in its own script
 if [ "${BENCH_AUDIT:-1}" = 1 ]; then

@@ -75,6 +75,12 @@ typedef struct {
     ngx_uint_t                  write_failures;
     ngx_uint_t                  tsa_waiting;    /* queries spooled */
     ngx_uint_t                  tsa_stamped;
+    ngx_uint_t                  s3_backlog;     /* sealed, not shipped */
+    ngx_uint_t                  s3_segments;    /* shipped */
+    ngx_uint_t                  s3_objects;     /* PUTs confirmed */
+    uint64_t                    s3_bytes;
+    ngx_uint_t                  s3_failures;    /* rounds that failed */
+    time_t                      s3_last_ship;
 
     ngx_http_smartflow_audit_series_t  series[NGX_SMARTFLOW_AUDIT_SERIES];
     uint64_t                    cache[5][5];    /* result, phase */
@@ -97,6 +103,19 @@ typedef struct {
     ngx_msec_t                  tsa_timeout;
     ngx_msec_t                  tsa_retry;
     ngx_cycle_t                *cycle;
+
+    /* shipping to S3 Object Lock, ngx_http_smartflow_audit_s3.c */
+    ngx_str_t                   s3_url;         /* endpoint */
+    ngx_str_t                   s3_bucket;
+    ngx_str_t                   s3_region;
+    ngx_str_t                   s3_prefix;
+    ngx_str_t                   s3_credentials; /* file; none: env */
+    ngx_str_t                   s3_userpwd;     /* "ID:SECRET", never logged */
+    ngx_uint_t                  s3_lock_mode;
+    time_t                      s3_retention;
+    ngx_msec_t                  s3_interval;
+    ngx_msec_t                  s3_backoff_max;
+    ngx_msec_t                  s3_timeout;
 } ngx_http_smartflow_audit_main_conf_t;
 
 
@@ -149,6 +168,12 @@ void ngx_http_smartflow_audit_count(ngx_http_smartflow_audit_sh_t *sh,
     ngx_http_smartflow_audit_sample_t *m);
 char *ngx_http_smartflow_audit_api(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+extern ngx_conf_enum_t  ngx_http_smartflow_audit_s3_modes[];
+
+char *ngx_http_smartflow_audit_s3_conf(ngx_conf_t *cf,
+    ngx_http_smartflow_audit_main_conf_t *amcf);
+void ngx_http_smartflow_audit_s3_init_process(ngx_cycle_t *cycle,
+    ngx_http_smartflow_audit_main_conf_t *amcf);
 ngx_int_t ngx_http_smartflow_audit_post_seal(ngx_http_request_t *r,
     ngx_http_smartflow_audit_main_conf_t *amcf,
     ngx_http_smartflow_audit_seal_t *snapshot);

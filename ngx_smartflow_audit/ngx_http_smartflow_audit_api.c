@@ -446,12 +446,12 @@ ngx_http_smartflow_audit_status(ngx_http_request_t *r,
 
     age = s.last_seal_time ? ngx_time() - s.last_seal_time : -1;
 
-    b = ngx_pnalloc(r->pool, 1024);
+    b = ngx_pnalloc(r->pool, 1536);
     if (b == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    p = ngx_snprintf(b, 1024,
+    p = ngx_snprintf(b, 1536,
                      "{\"records\":%uL,\"chain_head\":\"%s\","
                      "\"log_size\":%uL,\"log_root\":\"%s\","
                      "\"open_segment\":%ui,\"open_records\":%uL,"
@@ -459,15 +459,21 @@ ngx_http_smartflow_audit_status(ngx_http_request_t *r,
                      "\"last_seal_time\":%T,\"last_seal_age\":%T,"
                      "\"backlog\":{\"seals_pending\":%ui,"
                      "\"unsealed_records\":%uL,"
-                     "\"timestamps_spooled\":%ui,\"shipping\":0},"
+                     "\"timestamps_spooled\":%ui,\"shipping\":%ui},"
                      "\"timestamps\":%ui,"
+                     "\"s3\":{\"enabled\":%s,\"shipped_segments\":%ui,"
+                     "\"objects\":%ui,\"bytes\":%uL,\"failures\":%ui,"
+                     "\"last_ship_time\":%T},"
                      "\"seal_failures\":%ui,\"write_failures\":%ui,"
                      "\"segment_size\":%uz,\"seal_interval\":%T}\n",
                      s.seq, head, (uint64_t) s.log.size, hroot, s.segment,
                      s.seg_count, s.seg_bytes, s.last_sealed,
                      s.last_seal_time, age, s.seals_pending,
                      (uint64_t) (s.log.size - s.sealed.size),
-                     s.tsa_waiting, s.tsa_stamped, s.seal_failures,
+                     s.tsa_waiting, s.s3_backlog, s.tsa_stamped,
+                     amcf->s3_url.len ? "true" : "false", s.s3_segments,
+                     s.s3_objects, s.s3_bytes, s.s3_failures,
+                     s.s3_last_ship, s.seal_failures,
                      s.write_failures, amcf->segment_size,
                      amcf->seal_interval);
 
@@ -538,7 +544,7 @@ ngx_http_smartflow_audit_metrics(ngx_http_request_t *r,
     }
 
     /* a label is at most twice its bytes escaped */
-    len = 4096 + n * (NGX_SMARTFLOW_AUDIT_BUCKETS + 8)
+    len = 5120 + n * (NGX_SMARTFLOW_AUDIT_BUCKETS + 8)
                    * (4 * NGX_SMARTFLOW_AUDIT_LABEL + 160)
           + 25 * 128
           + NGX_SMARTFLOW_AUDIT_ACTIONS * (2 * NGX_SMARTFLOW_AUDIT_LABEL + 80);
@@ -681,6 +687,28 @@ ngx_http_smartflow_audit_metrics(ngx_http_request_t *r,
         s->seq, s->seals_pending,
         (uint64_t) (s->log.size - s->sealed.size), s->tsa_waiting,
         s->seal_failures, s->write_failures);
+
+    p = ngx_sprintf(p,
+        "# HELP smartflow_audit_s3_backlog Sealed segments not yet shipped "
+        "to S3.\n"
+        "# TYPE smartflow_audit_s3_backlog gauge\n"
+        "smartflow_audit_s3_backlog %ui\n"
+        "# HELP smartflow_audit_s3_segments_total Segments shipped to S3.\n"
+        "# TYPE smartflow_audit_s3_segments_total counter\n"
+        "smartflow_audit_s3_segments_total %ui\n"
+        "# HELP smartflow_audit_s3_objects_total Objects whose upload S3 "
+        "confirmed.\n"
+        "# TYPE smartflow_audit_s3_objects_total counter\n"
+        "smartflow_audit_s3_objects_total %ui\n"
+        "# HELP smartflow_audit_s3_bytes_total Bytes shipped to S3.\n"
+        "# TYPE smartflow_audit_s3_bytes_total counter\n"
+        "smartflow_audit_s3_bytes_total %uL\n"
+        "# HELP smartflow_audit_s3_failures_total Shipping rounds that "
+        "failed.\n"
+        "# TYPE smartflow_audit_s3_failures_total counter\n"
+        "smartflow_audit_s3_failures_total %ui\n",
+        s->s3_backlog, s->s3_segments, s->s3_objects, s->s3_bytes,
+        s->s3_failures);
 
     if (s->last_seal_time) {
         p = ngx_sprintf(p,

@@ -142,6 +142,76 @@ static ngx_command_t  ngx_http_smartflow_audit_commands[] = {
       offsetof(ngx_http_smartflow_audit_main_conf_t, tsa_retry),
       NULL },
 
+    { ngx_string("smartflow_audit_s3"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_audit_main_conf_t, s3_url),
+      NULL },
+
+    { ngx_string("smartflow_audit_s3_bucket"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_audit_main_conf_t, s3_bucket),
+      NULL },
+
+    { ngx_string("smartflow_audit_s3_region"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_audit_main_conf_t, s3_region),
+      NULL },
+
+    { ngx_string("smartflow_audit_s3_prefix"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_audit_main_conf_t, s3_prefix),
+      NULL },
+
+    { ngx_string("smartflow_audit_s3_credentials"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_audit_main_conf_t, s3_credentials),
+      NULL },
+
+    { ngx_string("smartflow_audit_s3_lock_mode"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_audit_main_conf_t, s3_lock_mode),
+      &ngx_http_smartflow_audit_s3_modes },
+
+    { ngx_string("smartflow_audit_s3_retention"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_audit_main_conf_t, s3_retention),
+      NULL },
+
+    { ngx_string("smartflow_audit_s3_interval"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_audit_main_conf_t, s3_interval),
+      NULL },
+
+    { ngx_string("smartflow_audit_s3_backoff_max"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_audit_main_conf_t, s3_backoff_max),
+      NULL },
+
+    { ngx_string("smartflow_audit_s3_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_audit_main_conf_t, s3_timeout),
+      NULL },
+
     { ngx_string("smartflow_audit_api"),
       NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_http_smartflow_audit_api,
@@ -1052,6 +1122,11 @@ ngx_http_smartflow_audit_create_main_conf(ngx_conf_t *cf)
     amcf->request_id = NGX_ERROR;
     amcf->tsa_timeout = NGX_CONF_UNSET_MSEC;
     amcf->tsa_retry = NGX_CONF_UNSET_MSEC;
+    amcf->s3_lock_mode = NGX_CONF_UNSET_UINT;
+    amcf->s3_retention = NGX_CONF_UNSET;
+    amcf->s3_interval = NGX_CONF_UNSET_MSEC;
+    amcf->s3_backoff_max = NGX_CONF_UNSET_MSEC;
+    amcf->s3_timeout = NGX_CONF_UNSET_MSEC;
 
     return amcf;
 }
@@ -1083,6 +1158,10 @@ ngx_http_smartflow_audit_init_main_conf(ngx_conf_t *cf, void *conf)
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "smartflow audit: \"smartflow_audit_tsa\" takes "
                            "an http:// or https:// URL");
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_http_smartflow_audit_s3_conf(cf, amcf) != NGX_CONF_OK) {
         return NGX_CONF_ERROR;
     }
 
@@ -1345,6 +1424,8 @@ ngx_http_smartflow_audit_init_process(ngx_cycle_t *cycle)
     /* the digests, once per process, before the pool's threads use them */
     sf_merkle_init();
     sf_audit_hmac_init();
+
+    ngx_http_smartflow_audit_s3_init_process(cycle, amcf);
 
     if (amcf == NULL || amcf->zone == NULL || amcf->tsa_url.len == 0
         || (ngx_process == NGX_PROCESS_WORKER && ngx_worker != 0))

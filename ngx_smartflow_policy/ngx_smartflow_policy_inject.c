@@ -5,7 +5,7 @@
  * repeated phrase raises it.  Text hidden from a reader is revealed first
  * and scored again: Unicode tag characters, zero-width characters inside
  * words, Cyrillic and Greek look-alikes inside Latin words, base64 and
- * hex runs, and rot13.
+ * hex runs, rot13, and Morse code.
  */
 
 #include "ngx_smartflow_policy.h"
@@ -15,7 +15,9 @@
  * A signal's gate names words one of which its pattern cannot match
  * without (their first letters, at most seven), or the characters "<",
  * "[" and "~" (any byte past ASCII): one pass over the text finds the
- * gates open, and only their signals' patterns run.
+ * gates open, and only their signals' patterns run.  The gates' words,
+ * and their rot13 readings, make one trie over lower-case letters that
+ * the pass walks a letter at a time.
  */
 typedef struct {
     const char   *name;
@@ -27,13 +29,15 @@ typedef struct {
 } ngx_smartflow_signal_t;
 
 
+/* a trie node: the signals whose gate word, or its rot13, ends here */
 typedef struct {
-    uint64_t      key;
     uint64_t      mask;
+    uint64_t      rot13;
 } ngx_smartflow_gate_t;
 
 
-#define NGX_SF_GATES        1024
+/* node 0 is the dead end every missing letter leads to, node 1 the root */
+#define NGX_SF_GATES        4096
 
 
 #define ngx_sf_is_alpha(c)                                                   \
@@ -52,12 +56,15 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
     /* instruction override */
     { "override", 60, 1,
       "instruc directi prompt rules guideli program restric guidanc orders "
-      "command context told said message",
+      "command context told said message input everyt",
       "(?i)\\b(?:ignore|disregard|forget|bypass|override|neglect|"
       "overlook|abandon|discard|drop|skip)\\b[^.!?\\n]{0,60}?\\b(?:"
       "instructions?|directives?|directions?|prompts?|rules|guidelines|"
       "messages|programming|"
       "restrictions|guidance|orders|commands|context|"
+      "(?:prior|previous|above|earlier|preceding) (?:user )?inputs?|"
+      "everything (?:from |said |written )?(?:before|above|so far|"
+      "previously)|"
       "(?:you(?:'ve| have)? (?:been|were) (?:told|given|instructed))|"
       "(?:told|said) (?:before|earlier|previously))\\b", NULL },
 
@@ -129,7 +136,8 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
     /* jailbreak personas and their trade marks */
     { "persona", 60, 1,
       "anythin dan develop god",
-      "(?i)\\bdo anything now\\b|\\bDAN mode\\b|\\bdeveloper mode\\b|"
+      "(?i)\\bdo anything now\\b|\\bDAN mode\\b|"
+      "\\bdeveloper[\\s_\\\\-]*mode\\b|"
       "\\bgod ?mode\\b", NULL },
 
     { "persona", 30, 0,
@@ -191,11 +199,12 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "paragraphs|ways)\\b)", NULL },
 
     { "persona", 25, 0,
-      "rules guideli ethics laws policy policie morals restric filters boundar",
+      "rules guideli ethics laws policy policie morals restric filter boundar "
+      "consequ moralit legalit",
       "(?i)\\b(?:does ?n[o']t|do ?n[o']t|doesn't|won't|not) (?:care|"
       "follow|have|abide|obey)\\b[^.!?\\n]{0,25}?\\b(?:rules|guidelines|"
-      "ethics|laws|polic(?:y|ies)|morals|restrictions|filters|boundaries)"
-      "\\b", NULL },
+      "ethics|laws|polic(?:y|ies)|morals|morality|legality|restrictions|"
+      "filters?|boundaries|consequences)\\b", NULL },
 
     { "persona", 25, 0,
       "illegal harmful offensi explici dangero inappro unethic nsfw",
@@ -215,11 +224,12 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
 
     { "persona", 30, 0,
       "illegal unethic immoral amoral harmful explici offensi nsfw unfilte "
-      "uncenso profani vulgar",
+      "uncenso profani vulgar pornogr",
       "(?is)\\b(illegal|unethical|immoral|amoral|harmful|explicit|"
-      "offensive|nsfw|unfiltered|uncensored|profanity|vulgar)\\b.*?"
-      "\\b(?!\\1\\b)(?:illegal|unethical|immoral|amoral|harmful|explicit|"
-      "offensive|nsfw|unfiltered|uncensored|profanity|vulgar)\\b", NULL },
+      "offensive|nsfw|unfiltered|uncensored|profanity|vulgar|pornographic)"
+      "\\b.*?\\b(?!\\1\\b)(?:illegal|unethical|immoral|amoral|harmful|"
+      "explicit|offensive|nsfw|unfiltered|uncensored|profanity|vulgar|"
+      "pornographic)\\b", NULL },
 
     { "persona", 30, 0,
       "chat openai gpt languag ai",
@@ -234,10 +244,10 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "\\b(?:respond|reply|answer)\\s+as\\s+(?:both|if|[A-Z])", NULL },
 
     { "persona", 25, 0,
-      "matter regardl even however",
+      "matter regardl even however despite",
       "(?i)\\b(?:any(?:thing| question| request| topic)?|every(?:thing| "
       "question| request)|all (?:questions|requests))\\b[^.!?\\n]{0,40}?"
-      "\\b(?:no matter|regardless|even if|however)\\b", NULL },
+      "\\b(?:no matter|regardless|even if|however|despite)\\b", NULL },
 
     { "persona", 20, 0,
       "prefix swear curs profani cuss",
@@ -268,6 +278,98 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "hypothe fiction imagina opposit",
       "(?i)\\b(?:hypothetical|fictional|imaginary) (?:ai|model|scenario "
       "where|world where|language model)\\b|\\bopposite (?:mode|day)\\b",
+      NULL },
+
+    /* whatever is asked, however harmful */
+    { "persona", 35, 0,
+      "matter regardl",
+      "(?i)\\b(?:no matter how|regardless of how)\\s+(?:\\w+\\s+)?(?:illegal|"
+      "unethical|immoral|dangerous|harmful|inappropriate|offensive|explicit|"
+      "inhumane|evil|vile|twisted|depraved|disgusting|controversial)\\b|"
+      "\\bregardless of (?:its |the |their |any )?(?:legality|morality|"
+      "ethics|safeguards|content filters|safety filters)\\b", NULL },
+
+    /* unbound, or freed, from morals and restrictions */
+    { "persona", 35, 0,
+      "bound restrai constra limited held restric governe free",
+      "(?i)\\bnot (?:bound|restrained|constrained|limited|held back|"
+      "restricted|governed) by (?:any |the |its |their )?(?:\\w+ )?(?:morals|"
+      "morality|ethics|ethical \\w+|content polic\\w+|safety \\w+|"
+      "filters|censorship)\\b|"
+      "\\bfree (?:itself|yourself|himself|herself|themselves|you|it|him|her)"
+      " from (?:all|any|its|your|their|his|her|the) (?:\\w+ )?"
+      "(?:restrictions|filters|programming|guidelines|censorship)\\b",
+      NULL },
+
+    /* the persona must hide that it is a model */
+    { "persona", 35, 0,
+      "ai languag chatbot model",
+      "(?i)\\b(?:not allowed to|never|don't|do not|must not|cannot|can't|"
+      "won't|will not|shouldn't|should not)\\s+(?:ever\\s+)?(?:say|mention|"
+      "admit|reveal|state|disclose|remind \\w+)\\s+(?:that\\s+)?(?:you(?:'re| "
+      "are)|it(?:'s| is)|\\w+ is)\\s+(?:just\\s+|only\\s+)?an?\\s+(?:ai|"
+      "artificial intelligence|(?:ai |large )?language model|chatbot|"
+      "model)\\b", NULL },
+
+    /* no regard for morals or law */
+    { "persona", 30, 0,
+      "regard",
+      "(?i)\\b(?:no|without|not any|zero|any) regard (?:for|to)\\b"
+      "[^.!?\\n]{0,30}?\\b(?:moral|ethic|legal|law|safety|consequen|harm|"
+      "rules|norms|decency|political correctness)", NULL },
+
+    /* rules to be broken, above morals */
+    { "persona", 25, 0,
+      "violat break bypass disrega eager willing happy ready above beyond",
+      "(?i)\\b(?:violat(?:e|es|ing)|break(?:s|ing)?|bypass(?:es|ing)?|"
+      "disregard(?:s|ing)?)\\s+(?:all|any|every)\\s+(?:\\w+\\s+){0,3}?"
+      "(?:restrictions|rules|guidelines|policies|filters|concerns|"
+      "limitations|safeguards)\\b|"
+      "\\b(?:eager|willing|happy|ready) to break the (?:law|rules)\\b|"
+      "\\b(?:above|beyond) (?:any|all|the)? ?(?:\\w+ )?(?:morals|morality|"
+      "ethics)\\b", NULL },
+
+    /* a chat template's turn markers, to fake a turn */
+    { "override", 25, 1,
+      "<",
+      "<\\|\\s*\\*?\\s*\\w+\\s*(?::|\\|>)", NULL },
+
+    /* a named mode switched on */
+    { "persona", 20, 0,
+      "mode",
+      "\\b[A-Z][A-Za-z]*\\s+(?:Mode|MODE)\\b[^.!?\\n]{0,30}?\\b(?:enabled|"
+      "activated|engaged|ENABLED|ACTIVATED)\\b", NULL },
+
+    /* a template's slot for the prompt it is to carry */
+    { "persona", 20, 0,
+      "prompt insert",
+      "(?i)[\\[<{(]\\s*(?:insert\\s+)?(?:your\\s+|the\\s+|user(?:'s)?\\s+)?"
+      "(?:\\w+\\s+){0,2}?prompt(?:\\s+here)?\\s*[\\]>})]|"
+      "[\\[<{]\\s*insert\\b[^\\]>}\\n]{0,40}\\bhere\\s*[\\]>}]", NULL },
+
+    /* graphic sexual or violent detail asked for */
+    { "persona", 20, 0,
+      "graphic explici vulgar gross",
+      "(?i)\\b(?:graphic(?:ally)?|explicit(?:ly)?|vulgar|gross)\\s+(?:\\w+\\s+)"
+      "{0,2}?(?:sex|sexual|porn\\w*|gore|torture|detailed)\\b", NULL },
+
+    /* the model split into entities that talk between them */
+    { "persona", 20, 0,
+      "two both entitie persona ais",
+      "(?i)\\b(?:two|2|both) (?:separate |different |distinct )?(?:entities|"
+      "personas|personalities|ais)\\b", NULL },
+
+    /* a second self that says what the model would not */
+    { "persona", 20, 0,
+      "alter",
+      "(?i)\\balter[ -]?egos?\\b", NULL },
+
+    /* free to answer anything */
+    { "persona", 20, 0,
+      "free open",
+      "(?i)\\b(?:free|open|able|allowed|willing) to (?:answer|answering|"
+      "respond to|say|saying|do|doing|write|generate|provide)\\s+"
+      "(?:anything|any (?:request|question|prompt|topic)s?|whatever)\\b",
       NULL }
 };
 
@@ -281,41 +383,13 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
 
 static u_char                ngx_smartflow_inj_buf[NGX_SF_INJ_WINDOW + 8];
 static ngx_smartflow_gate_t  ngx_smartflow_gates[NGX_SF_GATES];
+static uint16_t              ngx_smartflow_trie[NGX_SF_GATES][26];
+static uint16_t              ngx_smartflow_pairs[26 * 26];  /* depth 2 */
+static ngx_uint_t            ngx_smartflow_trie_n;
 static uint64_t              ngx_smartflow_gate_lt;     /* "<" */
 static uint64_t              ngx_smartflow_gate_br;     /* "[" */
 static uint64_t              ngx_smartflow_gate_hi;     /* past ASCII */
-static u_char                ngx_smartflow_gate_pairs[26 * 26]; /* lengths */
 static uint64_t              ngx_smartflow_core_mask;
-
-
-#define ngx_sf_gate_hash(key)                                                \
-    ((ngx_uint_t) (((key) * 0x9e3779b97f4a7c15ULL) >> 54))
-
-
-static uint64_t *
-ngx_smartflow_gate_slot(uint64_t key, ngx_uint_t add)
-{
-    ngx_uint_t  h, n;
-
-    h = ngx_sf_gate_hash(key);
-
-    for (n = 0; n < NGX_SF_GATES; n++, h = (h + 1) % NGX_SF_GATES) {
-        if (ngx_smartflow_gates[h].key == key) {
-            return &ngx_smartflow_gates[h].mask;
-        }
-
-        if (ngx_smartflow_gates[h].key == 0) {
-            if (!add) {
-                return NULL;
-            }
-
-            ngx_smartflow_gates[h].key = key;
-            return &ngx_smartflow_gates[h].mask;
-        }
-    }
-
-    return NULL;
-}
 
 
 /* what one pass over a text tells the scorer */
@@ -324,122 +398,112 @@ typedef struct {
     uint64_t      rot13;        /* ... that its rot13 reading opens */
     ngx_uint_t    high;         /* bytes past ASCII */
     ngx_uint_t    runs;         /* a base64 or hex run of 20 or more */
+    ngx_uint_t    morse;        /* 24 or more of ".", "-", " ", "/" */
 } ngx_smartflow_pass_t;
 
 
-/* lower case, and lower case read as rot13, by byte (letters only) */
-static u_char  ngx_smartflow_lower[256];
-static u_char  ngx_smartflow_rot13lc[256];
+/*
+ * By byte: a letter's place in the alphabet, or NGX_SF_IC_B64 for the
+ * other characters of base64 and hex runs, or NGX_SF_IC_OTHER
+ */
+#define NGX_SF_IC_B64       26
+#define NGX_SF_IC_OTHER     27
 
-#define ngx_sf_rot13(c)  ngx_smartflow_rot13lc[c]
-
-#define ngx_sf_b64(c)                                                        \
-    (ngx_sf_is_alpha(c) || ((c) >= '0' && (c) <= '9') || (c) == '+'          \
-     || (c) == '/' || (c) == '-' || (c) == '_')
-
-
-static void
-ngx_smartflow_gate_word(uint64_t *m, u_char *p, size_t n, ngx_uint_t rot)
-{
-    size_t      k;
-    u_char      c0, c1, c;
-    uint64_t    key, *mask;
-    ngx_uint_t  lens;
-
-    c0 = rot ? ngx_sf_rot13(p[0]) : ngx_smartflow_lower[p[0]];
-    c1 = rot ? ngx_sf_rot13(p[1]) : ngx_smartflow_lower[p[1]];
-
-    /*
-     * most words start with two letters no gate starts with; the others
-     * are looked up only at the lengths of the gates starting so
-     */
-    lens = ngx_smartflow_gate_pairs[(c0 - 'a') * 26 + (c1 - 'a')];
-
-    if (lens == 0) {
-        return;
-    }
-
-    key = c0;
-
-    for (k = 1; k < n && k < 7 && (lens >> (k + 1)); k++) {
-        c = rot ? ngx_sf_rot13(p[k]) : ngx_smartflow_lower[p[k]];
-        key = (key << 8) | c;
-
-        if (!(lens & (1 << (k + 1)))) {
-            continue;
-        }
-
-        mask = ngx_smartflow_gate_slot(key | ((uint64_t) (k + 1) << 56), 0);
-        if (mask) {
-            *m |= *mask;
-        }
-    }
-}
+static u_char  ngx_smartflow_iclass[256];
 
 
 static void
 ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
 {
-    size_t  i, ws, run;
-    u_char  c;
+    size_t      i, ws, run, mrun;
+    u_char      c, k, k2;
+    uint64_t    open, rot13;
+    ngx_uint_t  node, runs, morse;
 
     ngx_memzero(ps, sizeof(ngx_smartflow_pass_t));
+
+    open = 0;
+    rot13 = 0;
     run = 0;
+    runs = 0;
+    mrun = 0;
+    morse = 0;
 
-    for (i = 0; i < len; /* void */) {
+    for (i = 0; i < len; i++) {
         c = p[i];
+        k = ngx_smartflow_iclass[c];
 
-        if (ngx_sf_is_alpha(c)) {
-            ws = i;
+        if (k < 26) {
+            ws = i++;
 
-            while (i < len && ngx_sf_is_alpha(p[i])) {
+            /*
+             * a word: the trie from its first two letters on (no gate is
+             * shorter), then the rest of it; most words leave the trie
+             * within two letters
+             */
+            if (i < len && (k2 = ngx_smartflow_iclass[p[i]]) < 26) {
+                node = ngx_smartflow_pairs[k * 26 + k2];
                 i++;
-            }
 
-            if (i - ws >= 2) {
-                ngx_smartflow_gate_word(&ps->open, p + ws, i - ws, 0);
-                ngx_smartflow_gate_word(&ps->rot13, p + ws, i - ws, 1);
+                while (node) {
+                    open |= ngx_smartflow_gates[node].mask;
+                    rot13 |= ngx_smartflow_gates[node].rot13;
+
+                    if (i == len || (k = ngx_smartflow_iclass[p[i]]) >= 26) {
+                        break;
+                    }
+
+                    node = ngx_smartflow_trie[node][k];
+                    i++;
+                }
+
+                while (i < len && ngx_smartflow_iclass[p[i]] < 26) {
+                    i++;
+                }
             }
 
             run += i - ws;
-
-            if (i < len && ngx_sf_b64(p[i])) {
-                continue;
-            }
-
-            ps->runs |= (run >= 20);
-            run = 0;
+            mrun = 0;
+            i--;
             continue;
         }
 
-        if (ngx_sf_b64(c)) {
+        if (c == '.' || c == '-' || c == ' ' || c == '/') {
+            morse |= (++mrun >= 24);
+
+        } else {
+            mrun = 0;
+        }
+
+        if (k == NGX_SF_IC_B64) {
             run++;
-            i++;
             continue;
         }
 
-        ps->runs |= (run >= 20);
+        runs |= (run >= 20);
         run = 0;
 
         if (c >= 0x80) {
             ps->high = 1;
-            ps->open |= ngx_smartflow_gate_hi;
+            open |= ngx_smartflow_gate_hi;
 
         } else if (c == '<') {
-            ps->open |= ngx_smartflow_gate_lt;
+            open |= ngx_smartflow_gate_lt;
 
         } else if (c == '[') {
-            ps->open |= ngx_smartflow_gate_br;
+            open |= ngx_smartflow_gate_br;
         }
-
-        i++;
     }
 
-    ps->runs |= (run >= 20);
+    ps->open = open;
+    ps->rot13 = rot13;
+    ps->runs = runs | (run >= 20);
+    ps->morse = morse;
 }
 
 
 static ngx_int_t ngx_smartflow_gate_init(const char *g, uint64_t bit);
+static void ngx_smartflow_morse_init(void);
 
 
 ngx_int_t
@@ -450,11 +514,19 @@ ngx_smartflow_injection_init(void)
     PCRE2_SIZE   off;
 
     for (i = 0; i < 256; i++) {
-        if (ngx_sf_is_alpha(i)) {
-            ngx_smartflow_lower[i] = (u_char) (i | 0x20);
-            ngx_smartflow_rot13lc[i] = (u_char) (((i | 0x20) - 'a' + 13) % 26
-                                                 + 'a');
-        }
+        ngx_smartflow_iclass[i] =
+            ngx_sf_is_alpha(i) ? (u_char) ((i | 0x20) - 'a')
+            : ((i >= '0' && i <= '9') || i == '+' || i == '/' || i == '-'
+               || i == '_') ? NGX_SF_IC_B64 : NGX_SF_IC_OTHER;
+    }
+
+    ngx_smartflow_morse_init();
+
+    /* the dead end, and the root */
+    ngx_smartflow_trie_n = 2;
+
+    for (i = 0; i < 26; i++) {
+        ngx_smartflow_trie[1][i] = 0;
     }
 
     for (i = 0; i < sizeof(ngx_smartflow_signals)
@@ -483,6 +555,52 @@ ngx_smartflow_injection_init(void)
         }
     }
 
+    for (i = 0; i < 26 * 26; i++) {
+        ngx_smartflow_pairs[i] =
+            ngx_smartflow_trie[ngx_smartflow_trie[1][i / 26]][i % 26];
+    }
+
+    return NGX_OK;
+}
+
+
+/* adds a gate word (lower case) to the trie, or its rot13 reading */
+static ngx_int_t
+ngx_smartflow_gate_add(const char *g, size_t n, uint64_t bit, ngx_uint_t rot)
+{
+    size_t      k;
+    ngx_uint_t  node, c, next;
+
+    node = 1;
+
+    for (k = 0; k < n; k++) {
+        c = (u_char) g[k] - 'a';
+
+        if (rot) {
+            c = (c + 13) % 26;
+        }
+
+        next = ngx_smartflow_trie[node][c];
+
+        if (next == 0) {
+            if (ngx_smartflow_trie_n == NGX_SF_GATES) {
+                return NGX_ERROR;
+            }
+
+            next = ngx_smartflow_trie_n++;
+            ngx_smartflow_trie[node][c] = (uint16_t) next;
+        }
+
+        node = next;
+    }
+
+    if (rot) {
+        ngx_smartflow_gates[node].rot13 |= bit;
+
+    } else {
+        ngx_smartflow_gates[node].mask |= bit;
+    }
+
     return NGX_OK;
 }
 
@@ -490,9 +608,8 @@ ngx_smartflow_injection_init(void)
 static ngx_int_t
 ngx_smartflow_gate_init(const char *g, uint64_t bit)
 {
-    u_char     *pair;
-    uint64_t    key, *mask;
-    ngx_uint_t  n;
+    size_t       n;
+    const char  *w;
 
     while (*g) {
         if (*g == ' ') {
@@ -508,30 +625,18 @@ ngx_smartflow_gate_init(const char *g, uint64_t bit)
             continue;
         }
 
-        if (g[1] < 'a' || g[1] > 'z') {
+        for (w = g, n = 0; *g && *g != ' '; n++, g++) {
+            if (*g < 'a' || *g > 'z') {
+                return NGX_ERROR;
+            }
+        }
+
+        if (n < 2 || n > 7
+            || ngx_smartflow_gate_add(w, n, bit, 0) != NGX_OK
+            || ngx_smartflow_gate_add(w, n, bit, 1) != NGX_OK)
+        {
             return NGX_ERROR;
         }
-
-        pair = &ngx_smartflow_gate_pairs[(g[0] - 'a') * 26 + (g[1] - 'a')];
-
-        key = 0;
-
-        for (n = 0; *g && *g != ' '; n++, g++) {
-            key = (key << 8) | (u_char) *g;
-        }
-
-        if (n < 2 || n > 7) {
-            return NGX_ERROR;
-        }
-
-        *pair |= (u_char) (1 << n);
-
-        mask = ngx_smartflow_gate_slot(key | ((uint64_t) n << 56), 1);
-        if (mask == NULL) {
-            return NGX_ERROR;
-        }
-
-        *mask |= bit;
     }
 
     return NGX_OK;
@@ -834,6 +939,88 @@ ngx_smartflow_decode_runs(u_char *p, size_t len, u_char *out, size_t max)
 }
 
 
+/*
+ * Morse code: each letter's dots and dashes as the bits (1 a dash) after
+ * a leading 1, at most six
+ */
+static const char  *ngx_smartflow_morse_codes[] = {
+    "A.-", "B-...", "C-.-.", "D-..", "E.", "F..-.", "G--.", "H....", "I..",
+    "J.---", "K-.-", "L.-..", "M--", "N-.", "O---", "P.--.", "Q--.-", "R.-.",
+    "S...", "T-", "U..-", "V...-", "W.--", "X-..-", "Y-.--", "Z--..",
+    "0-----", "1.----", "2..---", "3...--", "4....-", "5.....", "6-....",
+    "7--...", "8---..", "9----.", "..-.-.-", ",--..--", "?..--..", "'.----.",
+    "!-.-.--", ":---...", "=-...-"
+};
+
+static u_char  ngx_smartflow_morse_table[128];
+
+
+static void
+ngx_smartflow_morse_init(void)
+{
+    ngx_uint_t   i, v;
+    const char  *c;
+
+    for (i = 0; i < sizeof(ngx_smartflow_morse_codes) / sizeof(char *); i++) {
+        v = 1;
+
+        for (c = ngx_smartflow_morse_codes[i] + 1; *c; c++) {
+            v = (v << 1) | (*c == '-');
+        }
+
+        ngx_smartflow_morse_table[v] = (u_char) ngx_smartflow_morse_codes[i][0];
+    }
+}
+
+
+/*
+ * Decodes the Morse code in p into out: letters apart by one space, words
+ * by more or by "/"; what is not Morse ends a word
+ */
+static size_t
+ngx_smartflow_morse(u_char *p, size_t len, u_char *out, size_t max)
+{
+    size_t      i, n, signs;
+    u_char      c;
+    ngx_uint_t  v, bad;
+
+    n = 0;
+    v = 1;
+    signs = 0;
+    bad = 0;
+
+    for (i = 0; i <= len && n + 2 < max; i++) {
+        c = (i < len) ? p[i] : ' ';
+
+        if (c == '.' || c == '-') {
+            v = (v << 1) | (c == '-');
+            bad |= (++signs > 6);
+            continue;
+        }
+
+        if (signs) {
+            c = bad ? 0 : ngx_smartflow_morse_table[v];
+
+            if (c) {
+                out[n++] = c;
+            }
+
+            v = 1;
+            signs = 0;
+            bad = 0;
+            continue;
+        }
+
+        /* a second space, a slash or any other byte: between words */
+        if (n && out[n - 1] != ' ') {
+            out[n++] = ' ';
+        }
+    }
+
+    return n;
+}
+
+
 static void
 ngx_smartflow_rot13(u_char *p, size_t len, u_char *out)
 {
@@ -897,6 +1084,15 @@ ngx_smartflow_score_window(u_char *p, size_t len, uint64_t *set,
     if (ps.runs) {
         n = ngx_smartflow_decode_runs(p, len, ngx_smartflow_inj_buf,
                                       NGX_SF_INJ_WINDOW);
+        if (n) {
+            *revealed_set |= ngx_smartflow_signals_in(ngx_smartflow_inj_buf,
+                                                      n, 1);
+        }
+    }
+
+    if (ps.morse) {
+        n = ngx_smartflow_morse(p, len, ngx_smartflow_inj_buf,
+                                NGX_SF_INJ_WINDOW);
         if (n) {
             *revealed_set |= ngx_smartflow_signals_in(ngx_smartflow_inj_buf,
                                                       n, 1);

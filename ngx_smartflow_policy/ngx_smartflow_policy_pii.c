@@ -37,6 +37,7 @@ typedef struct {
 
 static ngx_uint_t ngx_smartflow_windows(u_char *p, size_t len,
     ngx_smartflow_window_t *w, ngx_uint_t max);
+static size_t ngx_smartflow_prose(u_char *p, size_t i, size_t len);
 static ngx_uint_t ngx_smartflow_window_may(ngx_smartflow_detector_t *d,
     ngx_smartflow_window_t *w);
 static size_t ngx_smartflow_email_check(u_char *p, size_t len);
@@ -53,6 +54,26 @@ static ngx_uint_t ngx_smartflow_scan_re(pcre2_code *re, ngx_uint_t rule,
 
 
 pcre2_match_data  *ngx_smartflow_policy_md;
+
+
+/*
+ * The bytes a word of the window pass is made of (letters, digits and the
+ * punctuation numbers carry), with what each one counts for
+ */
+#define NGX_SF_WC_DIGIT     0x01
+#define NGX_SF_WC_DOT       0x02
+#define NGX_SF_WC_COLON     0x04
+#define NGX_SF_WC_UPPER     0x08
+#define NGX_SF_WC_WORD      0x10
+
+static u_char  ngx_smartflow_wclass[256];
+
+
+/*
+ * The email pattern compiled anchored as well, for the places an "@"
+ * points at: JIT code does not take PCRE2_ANCHORED at match time
+ */
+static pcre2_code  *ngx_smartflow_email_anchored;
 
 
 #define ngx_sf_alnum(c)                                                      \
@@ -155,6 +176,17 @@ ngx_smartflow_policy_detect_init(void)
         return NGX_OK;
     }
 
+    for (i = 0; i < 256; i++) {
+        ngx_smartflow_wclass[i] =
+            (i >= '0' && i <= '9') ? NGX_SF_WC_WORD | NGX_SF_WC_DIGIT
+            : (i == '.') ? NGX_SF_WC_WORD | NGX_SF_WC_DOT
+            : (i == ':') ? NGX_SF_WC_WORD | NGX_SF_WC_COLON
+            : (i >= 'A' && i <= 'Z') ? NGX_SF_WC_WORD | NGX_SF_WC_UPPER
+            : ((i >= 'a' && i <= 'z') || i == '-' || i == '_' || i == '/'
+               || i == '+' || i == '(' || i == ')' || i == '=')
+              ? NGX_SF_WC_WORD : 0;
+    }
+
     for (i = 0; i < sizeof(ngx_smartflow_detectors)
                     / sizeof(ngx_smartflow_detector_t); i++)
     {
@@ -167,6 +199,21 @@ ngx_smartflow_policy_detect_init(void)
         }
 
         (void) pcre2_jit_compile(ngx_smartflow_detectors[i].re,
+                                 PCRE2_JIT_COMPLETE);
+
+        if (ngx_smartflow_detectors[i].rule != NGX_SF_RULE_EMAIL) {
+            continue;
+        }
+
+        ngx_smartflow_email_anchored = pcre2_compile(
+            (PCRE2_SPTR) ngx_smartflow_detectors[i].pattern,
+            PCRE2_ZERO_TERMINATED, PCRE2_ANCHORED, &err, &off, NULL);
+
+        if (ngx_smartflow_email_anchored == NULL) {
+            return NGX_ERROR;
+        }
+
+        (void) pcre2_jit_compile(ngx_smartflow_email_anchored,
                                  PCRE2_JIT_COMPLETE);
     }
 
@@ -312,6 +359,75 @@ ngx_smartflow_scan_re(pcre2_code *re, ngx_uint_t rule,
 
 
 /*
+ * Eight bytes at a time (SWAR): the high bit of each byte of x that is
+ * equal to c, or between lo and hi; exact for each byte, as no sum carries
+ * into the next byte
+ */
+#define NGX_SF_ONES         0x0101010101010101ULL
+#define NGX_SF_LOWS         0x7f7f7f7f7f7f7f7fULL
+#define NGX_SF_HIGHS        0x8080808080808080ULL
+
+#define ngx_sf_swar_eq(x, c)                                                 \
+    (~(((((x) ^ (NGX_SF_ONES * (c))) & NGX_SF_LOWS) + NGX_SF_LOWS)          \
+       | ((x) ^ (NGX_SF_ONES * (c))) | NGX_SF_LOWS))
+
+#define ngx_sf_swar_in(x, lo, hi)                                            \
+    ((((x) & NGX_SF_LOWS) + NGX_SF_ONES * (0x80 - (lo)))                     \
+     & ~(((x) & NGX_SF_LOWS) + NGX_SF_ONES * (0x7f - (hi)))                  \
+     & ~(x) & NGX_SF_HIGHS)
+
+
+/*
+ * From a word's start where no run of numbers is open: skips the text
+ * that is lower-case words, ".", "," and spaces, where no window can
+ * start, eight bytes at a time, and returns the start of the first word
+ * that needs the byte-wise pass (a word that may reach 15 characters is
+ * left to it, whole).
+ */
+static size_t
+ngx_smartflow_prose(u_char *p, size_t i, size_t len)
+{
+    size_t    ws, first;
+    uint64_t  x, sep;
+
+    ws = i;
+
+    while (len - i >= 8) {
+        ngx_memcpy(&x, p + i, 8);
+
+        sep = ngx_sf_swar_eq(x, ' ') | ngx_sf_swar_eq(x, ',');
+
+        if ((ngx_sf_swar_in(x, 'a', 'z') | ngx_sf_swar_eq(x, '.') | sep)
+            != NGX_SF_HIGHS)
+        {
+            break;
+        }
+
+        if (sep == 0) {
+            if (i + 8 - ws >= 15) {
+                break;
+            }
+
+            i += 8;
+            continue;
+        }
+
+        /* the word going on before the first separator, then the last */
+        first = (size_t) __builtin_ctzll(sep) >> 3;
+
+        if (i + first - ws >= 15) {
+            break;
+        }
+
+        ws = i + 1 + ((size_t) (63 - __builtin_clzll(sep)) >> 3);
+        i += 8;
+    }
+
+    return ws;
+}
+
+
+/*
  * One pass over the text finds the places a number, an address or a
  * secret can be: runs of words that hold digits (with the upper-case
  * groups of an IBAN, "+", "(" and separators between them), words of 15
@@ -325,7 +441,7 @@ static ngx_uint_t
 ngx_smartflow_windows(u_char *p, size_t len, ngx_smartflow_window_t *w,
     ngx_uint_t max)
 {
-    u_char      c, *pem;
+    u_char      k, *pem;
     size_t      i, ws, we, ds, de, digits, colons, upper, wl;
     size_t      rdots, rupper, rcolons, wd, wdots;
     ngx_uint_t  n, want, joinable;
@@ -341,6 +457,10 @@ ngx_smartflow_windows(u_char *p, size_t len, ngx_smartflow_window_t *w,
 
     for (i = 0; i <= len; /* void */) {
 
+        if (de == 0) {
+            i = ngx_smartflow_prose(p, i, len);
+        }
+
         /* a word: letters, digits and the punctuation numbers carry */
         ws = i;
         colons = 0;
@@ -350,31 +470,23 @@ ngx_smartflow_windows(u_char *p, size_t len, ngx_smartflow_window_t *w,
         wdots = 0;
 
         while (i < len) {
-            c = p[i];
+            k = ngx_smartflow_wclass[p[i]];
 
-            if (c >= '0' && c <= '9') {
-                digits++;
-                wd++;
+            if (k != NGX_SF_WC_WORD) {
+                if (k == 0) {
+                    break;
+                }
 
-            } else if (c == '.') {
-                wdots++;
-
-            } else if (c == ':') {
-                colons++;
-
-            } else if (c >= 'A' && c <= 'Z') {
-                upper++;
-
-            } else if (!((c >= 'a' && c <= 'z') || c == '.' || c == '-'
-                         || c == '_' || c == '/' || c == '+' || c == '('
-                         || c == ')' || c == '='))
-            {
-                break;
+                wd += k & NGX_SF_WC_DIGIT;
+                wdots += (k >> 1) & 1;
+                colons += (k >> 2) & 1;
+                upper += (k >> 3) & 1;
             }
 
             i++;
         }
 
+        digits += wd;
         we = i;
         wl = we - ws;
 
@@ -580,8 +692,8 @@ ngx_smartflow_scan_email(pcre2_code *re, u_char *p, size_t len,
                 continue;
             }
 
-            rc = ngx_smartflow_re_match(re, p, len, s, PCRE2_ANCHORED,
-                                ngx_smartflow_policy_md);
+            rc = ngx_smartflow_re_match(ngx_smartflow_email_anchored, p, len,
+                                        s, 0, ngx_smartflow_policy_md);
             if (rc >= 0) {
                 break;
             }

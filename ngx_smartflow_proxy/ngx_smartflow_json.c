@@ -246,6 +246,31 @@ static const u_char  ngx_smartflow_json_extra[256] = {
 };
 
 
+/*
+ * Whether 8 bytes need no escape: none below 0x20, no '"', no '\\'
+ * (a byte is zero in v when v - 0x01 borrows from its top bit and the
+ * byte had not that bit set)
+ */
+#define NGX_SF_JSON_ONES    0x0101010101010101ULL
+#define NGX_SF_JSON_HIGHS   0x8080808080808080ULL
+
+static ngx_inline ngx_uint_t
+ngx_smartflow_json_plain8(u_char *p)
+{
+    uint64_t  x, q, b;
+
+    ngx_memcpy(&x, p, 8);
+
+    q = x ^ (NGX_SF_JSON_ONES * '"');
+    b = x ^ (NGX_SF_JSON_ONES * '\\');
+
+    return ((((x - NGX_SF_JSON_ONES * 0x20) & ~x)
+             | ((q - NGX_SF_JSON_ONES) & ~q)
+             | ((b - NGX_SF_JSON_ONES) & ~b))
+            & NGX_SF_JSON_HIGHS) == 0;
+}
+
+
 size_t
 ngx_smartflow_json_escape_len(u_char *src, size_t len)
 {
@@ -258,8 +283,15 @@ ngx_smartflow_json_escape_len(u_char *src, size_t len)
         return 0;       /* src may be NULL */
     }
 
-    for (end = src + len; src < end; src++) {
-        n += ngx_smartflow_json_extra[*src];
+    end = src + len;
+
+    while (src < end) {
+        if (end - src >= 8 && ngx_smartflow_json_plain8(src)) {
+            src += 8;
+            continue;
+        }
+
+        n += ngx_smartflow_json_extra[*src++];
     }
 
     return n;
@@ -281,10 +313,14 @@ ngx_smartflow_json_escape(u_char *dst, u_char *src, size_t len)
 
     while (src < end) {
 
-        for (run = src; src < end && ngx_smartflow_json_extra[*src] == 0;
-             src++)
-        {
-            /* void */
+        run = src;
+
+        while (end - src >= 8 && ngx_smartflow_json_plain8(src)) {
+            src += 8;
+        }
+
+        while (src < end && ngx_smartflow_json_extra[*src] == 0) {
+            src++;
         }
 
         dst = ngx_cpymem(dst, run, src - run);

@@ -40,7 +40,7 @@ harness_pii(u_char *p, size_t len)
 
 
 static void
-harness_cost(u_char *p, size_t len)
+harness_cost(u_char *p, size_t len, ngx_uint_t parts)
 {
     double                     ns;
     ngx_uint_t                 i, rounds;
@@ -53,9 +53,14 @@ harness_cost(u_char *p, size_t len)
     clock_gettime(CLOCK_MONOTONIC, &a);
 
     for (i = 0; i < rounds; i++) {
-        (void) ngx_smartflow_pii_scan(p, len, (1 << NGX_SF_PII_N) - 1, NULL,
-                                      0, f, 512);
-        ngx_smartflow_injection_score(p, len, &inj);
+        if (parts & 1) {
+            (void) ngx_smartflow_pii_scan(p, len, (1 << NGX_SF_PII_N) - 1,
+                                          NULL, 0, f, 512);
+        }
+
+        if (parts & 2) {
+            ngx_smartflow_injection_score(p, len, &inj);
+        }
     }
 
     clock_gettime(CLOCK_MONOTONIC, &b);
@@ -122,7 +127,13 @@ main(void)
                    (unsigned long) ngx_smartflow_phone_valid(p, len));
 
         } else if (strcmp(mode, "cost") == 0) {
-            harness_cost(p, len);
+            harness_cost(p, len, 3);
+
+        } else if (strcmp(mode, "costpii") == 0) {
+            harness_cost(p, len, 1);
+
+        } else if (strcmp(mode, "costinj") == 0) {
+            harness_cost(p, len, 2);
 
         } else {
             return 1;

@@ -52,6 +52,9 @@ add_block_preprocessor(sub {
 
 system('rm', '-rf', server_root() . '/audit-config');
 
+# S3 credentials come from a file or these
+delete @ENV{qw(AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY)};
+
 run_tests();
 
 __DATA__
@@ -181,3 +184,54 @@ $::HttpConfig . "    smartflow_audit_dir other;\n"
 --- must_die
 --- error_log
 "smartflow_audit_dir" directive is duplicate
+
+
+
+=== TEST 12: an S3 endpoint that is not a URL
+--- http_config eval
+$::HttpConfig . "    smartflow_audit_s3 s3.example.com;\n"
+    . "    smartflow_audit_s3_bucket b;\n"
+--- must_die
+--- error_log
+"smartflow_audit_s3" takes an http:// or https:// URL
+
+
+
+=== TEST 13: an S3 endpoint without a bucket
+--- http_config eval
+$::HttpConfig . "    smartflow_audit_s3 http://127.0.0.1:9/;\n"
+--- must_die
+--- error_log
+"smartflow_audit_s3" needs "smartflow_audit_s3_bucket" (a bucket name)
+
+
+
+=== TEST 14: S3 without credentials, none in the environment
+--- http_config eval
+$::HttpConfig . "    smartflow_audit_s3 http://127.0.0.1:9/;\n"
+    . "    smartflow_audit_s3_bucket b;\n"
+--- must_die
+--- error_log
+"smartflow_audit_s3" needs "smartflow_audit_s3_credentials" or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment
+
+
+
+=== TEST 15: S3 credentials without a secret
+--- http_config eval
+$::HttpConfig . "    smartflow_audit_s3 http://127.0.0.1:9/;\n"
+    . "    smartflow_audit_s3_bucket b;\n"
+    . "    smartflow_audit_s3_credentials \$TEST_NGINX_SERVER_ROOT/html/s3.cred;\n"
+--- user_files eval
+">>> audit.keys\nk1 $::Key - -\n>>> s3.cred\nAKIAONLYANID\n"
+--- must_die
+--- error_log
+must hold "ACCESS_KEY_ID SECRET_ACCESS_KEY"
+
+
+
+=== TEST 16: an unknown Object Lock mode
+--- http_config eval
+$::HttpConfig . "    smartflow_audit_s3_lock_mode legal-hold;\n"
+--- must_die
+--- error_log
+invalid value "legal-hold"

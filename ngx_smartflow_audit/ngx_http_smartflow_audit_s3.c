@@ -1,0 +1,773 @@
+/*
+ * Shipping sealed segments to S3 Object Lock, on any S3-compatible
+ * endpoint: each sealed segment's files (segment-N.log, segment-N.seal
+ * and, once stamped, segment-N.tsr) are PUT with the lock mode, a
+ * retain-until date, Content-MD5 and x-amz-checksum-sha256, signed with
+ * AWS SigV4 by libcurl (x-amz-content-sha256 is added to the signed
+ * headers here).  Once every PUT of a segment is confirmed (200) the
+ * segment is marked shipped with segment-N.shipped; the folder itself is
+ * the backlog, so it survives restarts.  Everything that blocks runs in
+ * the thread pool; one worker runs the rounds on a timer, oldest segment
+ * first, backing off while the endpoint fails.
+ */
+
+#include <curl/curl.h>
+#include <openssl/evp.h>
+
+#include "ngx_http_smartflow_audit.h"
+
+
+#define NGX_HTTP_SMARTFLOW_AUDIT_S3_ANSWER  4096
+
+
+typedef struct {
+    ngx_http_smartflow_audit_main_conf_t  *amcf;
+    u_char                      dir[NGX_MAX_PATH];
+    char                        url[1024];      /* endpoint/bucket/prefix */
+    char                        userpwd[512];
+    char                        sigv4[128];
+    ngx_uint_t                  mode;
+    time_t                      retention;
+    ngx_msec_t                  timeout;
+    time_t                      tsa_wait;       /* 0: no timestamps */
+
+    /* results */
+    ngx_int_t                   rc;
+    ngx_uint_t                  backlog;
+    ngx_uint_t                  segments;
+    ngx_uint_t                  objects;
+    uint64_t                    bytes;
+    char                        err[NGX_MAX_PATH + 1024];
+} ngx_http_smartflow_audit_s3_t;
+
+
+typedef struct {
+    char                        data[NGX_HTTP_SMARTFLOW_AUDIT_S3_ANSWER];
+    size_t                      len;
+} ngx_http_smartflow_audit_s3_answer_t;
+
+
+ngx_conf_enum_t  ngx_http_smartflow_audit_s3_modes[] = {
+    { ngx_string("governance"), 0 },
+    { ngx_string("compliance"), 1 },
+    { ngx_null_string, 0 }
+};
+
+
+static const char  *ngx_http_smartflow_audit_s3_mode_names[] = {
+    "GOVERNANCE", "COMPLIANCE"
+};
+
+
+static ngx_event_t         ngx_http_smartflow_audit_s3_ev;
+static ngx_thread_task_t  *ngx_http_smartflow_audit_s3_task;
+static ngx_uint_t          ngx_http_smartflow_audit_s3_fails;
+
+
+static void ngx_http_smartflow_audit_s3_timer(ngx_event_t *ev);
+static void ngx_http_smartflow_audit_s3_thread(void *data, ngx_log_t *log);
+static void ngx_http_smartflow_audit_s3_done(ngx_event_t *ev);
+
+
+/* the credentials: "ACCESS_KEY_ID SECRET" in a file, else the env */
+static ngx_int_t
+ngx_http_smartflow_audit_s3_credentials(ngx_conf_t *cf,
+    ngx_http_smartflow_audit_main_conf_t *amcf)
+{
+    u_char           *p, *last, *id, *secret;
+    size_t            idlen, slen;
+    ssize_t           n;
+    ngx_fd_t          fd;
+    ngx_file_info_t   fi;
+    u_char            buf[1024];
+
+    if (amcf->s3_credentials.len == 0) {
+        id = (u_char *) getenv("AWS_ACCESS_KEY_ID");
+        secret = (u_char *) getenv("AWS_SECRET_ACCESS_KEY");
+
+        if (id == NULL || secret == NULL) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "smartflow audit: \"smartflow_audit_s3\" needs "
+                               "\"smartflow_audit_s3_credentials\" or "
+                               "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                               "in the environment");
+            return NGX_ERROR;
+        }
+
+        idlen = ngx_strlen(id);
+        slen = ngx_strlen(secret);
+        goto found;
+    }
+
+    if (ngx_conf_full_name(cf->cycle, &amcf->s3_credentials, 1) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    fd = ngx_open_file(amcf->s3_credentials.data, NGX_FILE_RDONLY,
+                       NGX_FILE_OPEN, 0);
+    if (fd == NGX_INVALID_FILE) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           "smartflow audit: cannot open S3 credentials "
+                           "\"%V\"", &amcf->s3_credentials);
+        return NGX_ERROR;
+    }
+
+    n = (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR
+         || ngx_file_size(&fi) >= (off_t) sizeof(buf))
+        ? -1 : read(fd, buf, sizeof(buf) - 1);
+    (void) ngx_close_file(fd);
+
+    if (n <= 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "smartflow audit: reading S3 credentials \"%V\" "
+                           "failed", &amcf->s3_credentials);
+        return NGX_ERROR;
+    }
+
+    /* two words: the access key id and the secret */
+    p = buf;
+    last = buf + n;
+
+    while (p < last && (*p == ' ' || *p == '\t')) {
+        p++;
+    }
+
+    id = p;
+
+    while (p < last && *p != ' ' && *p != '\t' && *p != '\n') {
+        p++;
+    }
+
+    idlen = p - id;
+
+    while (p < last && (*p == ' ' || *p == '\t')) {
+        p++;
+    }
+
+    secret = p;
+
+    while (p < last && *p != ' ' && *p != '\t' && *p != '\n' && *p != '\r')
+    {
+        p++;
+    }
+
+    slen = p - secret;
+
+    if (idlen == 0 || slen == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "smartflow audit: S3 credentials \"%V\" must "
+                           "hold \"ACCESS_KEY_ID SECRET_ACCESS_KEY\"",
+                           &amcf->s3_credentials);
+        return NGX_ERROR;
+    }
+
+found:
+
+    if (idlen + slen + 2 > 512 || ngx_strlchr(id, id + idlen, ':')) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "smartflow audit: the S3 access key id or secret "
+                           "is not valid");
+        return NGX_ERROR;
+    }
+
+    amcf->s3_userpwd.len = idlen + 1 + slen;
+    amcf->s3_userpwd.data = ngx_pnalloc(cf->pool, amcf->s3_userpwd.len + 1);
+    if (amcf->s3_userpwd.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(amcf->s3_userpwd.data, id, idlen);
+    *p++ = ':';
+    p = ngx_cpymem(p, secret, slen);
+    *p = '\0';
+
+    ngx_explicit_memzero(buf, sizeof(buf));
+
+    return NGX_OK;
+}
+
+
+char *
+ngx_http_smartflow_audit_s3_conf(ngx_conf_t *cf,
+    ngx_http_smartflow_audit_main_conf_t *amcf)
+{
+    ngx_conf_init_uint_value(amcf->s3_lock_mode, 0);
+    ngx_conf_init_value(amcf->s3_retention, 365 * 86400);
+    ngx_conf_init_msec_value(amcf->s3_interval, 10000);
+    ngx_conf_init_msec_value(amcf->s3_backoff_max, 300000);
+    ngx_conf_init_msec_value(amcf->s3_timeout, 60000);
+
+    if (amcf->s3_region.len == 0) {
+        ngx_str_set(&amcf->s3_region, "us-east-1");
+    }
+
+    if (amcf->s3_url.len == 0) {
+        return NGX_CONF_OK;
+    }
+
+    if (amcf->dir.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "smartflow audit: \"smartflow_audit_s3\" needs "
+                           "\"smartflow_audit_dir\"");
+        return NGX_CONF_ERROR;
+    }
+
+    if ((ngx_strncmp(amcf->s3_url.data, "http://", 7) != 0
+         && ngx_strncmp(amcf->s3_url.data, "https://", 8) != 0)
+        || amcf->s3_url.len + amcf->s3_bucket.len + amcf->s3_prefix.len
+           > 900)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "smartflow audit: \"smartflow_audit_s3\" takes "
+                           "an http:// or https:// URL");
+        return NGX_CONF_ERROR;
+    }
+
+    while (amcf->s3_url.len && amcf->s3_url.data[amcf->s3_url.len - 1] == '/')
+    {
+        amcf->s3_url.len--;
+    }
+
+    if (amcf->s3_bucket.len == 0
+        || ngx_strlchr(amcf->s3_bucket.data,
+                       amcf->s3_bucket.data + amcf->s3_bucket.len, '/'))
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "smartflow audit: \"smartflow_audit_s3\" needs "
+                           "\"smartflow_audit_s3_bucket\" (a bucket name)");
+        return NGX_CONF_ERROR;
+    }
+
+    if (amcf->s3_region.len > 64) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "smartflow audit: \"smartflow_audit_s3_region\" "
+                           "is too long");
+        return NGX_CONF_ERROR;
+    }
+
+    if (amcf->s3_retention < 1) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "smartflow audit: \"smartflow_audit_s3_retention\""
+                           " must be at least 1s");
+        return NGX_CONF_ERROR;
+    }
+
+    if (amcf->s3_interval < 100) {
+        amcf->s3_interval = 100;
+    }
+
+    if (amcf->s3_backoff_max < amcf->s3_interval) {
+        amcf->s3_backoff_max = amcf->s3_interval;
+    }
+
+    if (ngx_http_smartflow_audit_s3_credentials(cf, amcf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+void
+ngx_http_smartflow_audit_s3_init_process(ngx_cycle_t *cycle,
+    ngx_http_smartflow_audit_main_conf_t *amcf)
+{
+    ngx_event_t  *ev;
+
+    if (amcf == NULL || amcf->zone == NULL || amcf->s3_url.len == 0
+        || (ngx_process == NGX_PROCESS_WORKER && ngx_worker != 0))
+    {
+        return;
+    }
+
+    ev = &ngx_http_smartflow_audit_s3_ev;
+    ev->handler = ngx_http_smartflow_audit_s3_timer;
+    ev->data = amcf;
+    ev->log = cycle->log;
+    ev->cancelable = 1;
+
+    ngx_http_smartflow_audit_s3_fails = 0;
+
+    /* the backlog a restart found goes first, soon */
+    ngx_add_timer(ev, ngx_min(amcf->s3_interval, 1000));
+}
+
+
+static void
+ngx_http_smartflow_audit_s3_timer(ngx_event_t *ev)
+{
+    u_char                                *p;
+    ngx_thread_task_t                     *task;
+    ngx_http_smartflow_audit_s3_t         *s;
+    ngx_http_smartflow_audit_main_conf_t  *amcf = ev->data;
+
+    if (ngx_exiting || ngx_quit || ngx_terminate) {
+        return;
+    }
+
+    task = ngx_http_smartflow_audit_s3_task;
+
+    if (task == NULL) {
+        task = ngx_thread_task_alloc(ngx_cycle->pool,
+                                     sizeof(ngx_http_smartflow_audit_s3_t));
+        if (task == NULL) {
+            ngx_add_timer(ev, amcf->s3_interval);
+            return;
+        }
+
+        task->handler = ngx_http_smartflow_audit_s3_thread;
+        task->event.handler = ngx_http_smartflow_audit_s3_done;
+        task->event.data = task;
+        task->event.log = ev->log;
+        ngx_http_smartflow_audit_s3_task = task;
+    }
+
+    s = task->ctx;
+    s->amcf = amcf;
+    ngx_cpystrn(s->dir, amcf->dir.data, NGX_MAX_PATH);
+
+    p = ngx_snprintf((u_char *) s->url, sizeof(s->url) - 1, "%V/%V%s%V",
+                     &amcf->s3_url, &amcf->s3_bucket,
+                     amcf->s3_prefix.len ? "/" : "", &amcf->s3_prefix);
+    *p = '\0';
+
+    ngx_cpystrn((u_char *) s->userpwd, amcf->s3_userpwd.data,
+                sizeof(s->userpwd));
+
+    p = ngx_snprintf((u_char *) s->sigv4, sizeof(s->sigv4) - 1,
+                     "aws:amz:%V:s3", &amcf->s3_region);
+    *p = '\0';
+
+    s->mode = amcf->s3_lock_mode;
+    s->retention = amcf->s3_retention;
+    s->timeout = amcf->s3_timeout;
+    s->tsa_wait = amcf->tsa_url.len ? (time_t) amcf->tsa_timeout / 1000 + 60
+                                    : 0;
+
+    if (ngx_thread_task_post(amcf->pool, task) != NGX_OK) {
+        ngx_add_timer(ev, amcf->s3_interval);
+    }
+}
+
+
+static size_t
+ngx_http_smartflow_audit_s3_write(char *p, size_t size, size_t n, void *data)
+{
+    size_t                                 len;
+    ngx_http_smartflow_audit_s3_answer_t  *a = data;
+
+    len = ngx_min(size * n, sizeof(a->data) - 1 - a->len);
+    ngx_memcpy(a->data + a->len, p, len);
+    a->len += len;
+    a->data[a->len] = '\0';
+
+    return size * n;
+}
+
+
+/* one object: NGX_OK once the endpoint confirmed it, else NGX_AGAIN */
+static ngx_int_t
+ngx_http_smartflow_audit_s3_put(ngx_http_smartflow_audit_s3_t *s,
+    u_char *name, u_char *line, size_t linelen)
+{
+    int                                    b64;
+    long                                   code;
+    char                                  *c, *e;
+    u_char                                *data;
+    time_t                                 until;
+    ssize_t                                n;
+    CURL                                  *curl;
+    CURLcode                               cc;
+    ngx_fd_t                               fd;
+    ngx_int_t                              rc;
+    struct tm                              tm;
+    ngx_file_info_t                        fi;
+    struct curl_slist                     *hdrs, *h;
+    ngx_http_smartflow_audit_s3_answer_t   answer;
+    unsigned char                          sha[32], md5[16];
+    char                                   hex[65], sha64[48], md564[32];
+    char                                   date[32], url[1200];
+    char                                   hdr[6][160];
+    u_char                                 path[NGX_MAX_PATH];
+
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/%s%Z", s->dir, name);
+
+    fd = ngx_open_file(path, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (fd == NGX_INVALID_FILE) {
+        snprintf(s->err, sizeof(s->err), "open(%s) failed: %s", path,
+                 strerror(errno));
+        return NGX_ERROR;
+    }
+
+    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR) {
+        snprintf(s->err, sizeof(s->err), "fstat(%s) failed: %s", path,
+                 strerror(errno));
+        (void) ngx_close_file(fd);
+        return NGX_ERROR;
+    }
+
+    data = malloc(ngx_file_size(&fi) + 1);
+    if (data == NULL) {
+        (void) ngx_close_file(fd);
+        snprintf(s->err, sizeof(s->err), "no memory for %s", path);
+        return NGX_ERROR;
+    }
+
+    n = ngx_file_size(&fi) ? read(fd, data, ngx_file_size(&fi)) : 0;
+    (void) ngx_close_file(fd);
+
+    if (n != ngx_file_size(&fi)) {
+        snprintf(s->err, sizeof(s->err), "reading %s failed", path);
+        free(data);
+        return NGX_ERROR;
+    }
+
+    (void) EVP_Digest(data, n, sha, NULL, sf_merkle_sha256(), NULL);
+    (void) EVP_Digest(data, n, md5, NULL, EVP_md5(), NULL);
+    sf_audit_hex(sha, 32, hex);
+
+    b64 = EVP_EncodeBlock((unsigned char *) sha64, sha, 32);
+    sha64[b64] = '\0';
+    b64 = EVP_EncodeBlock((unsigned char *) md564, md5, 16);
+    md564[b64] = '\0';
+
+    until = time(NULL) + s->retention;
+    (void) gmtime_r(&until, &tm);
+    (void) strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", &tm);
+
+    snprintf(hdr[0], sizeof(hdr[0]), "Content-Type: application/octet-stream");
+    snprintf(hdr[1], sizeof(hdr[1]), "Content-MD5: %s", md564);
+    snprintf(hdr[2], sizeof(hdr[2]), "x-amz-checksum-sha256: %s", sha64);
+    snprintf(hdr[3], sizeof(hdr[3]), "x-amz-content-sha256: %s", hex);
+    snprintf(hdr[4], sizeof(hdr[4]), "x-amz-object-lock-mode: %s",
+             ngx_http_smartflow_audit_s3_mode_names[s->mode]);
+    snprintf(hdr[5], sizeof(hdr[5]),
+             "x-amz-object-lock-retain-until-date: %s", date);
+
+    snprintf(url, sizeof(url), "%s/%s", s->url, name);
+
+    rc = NGX_AGAIN;
+    hdrs = NULL;
+    answer.len = 0;
+    answer.data[0] = '\0';
+
+    curl = curl_easy_init();
+
+    for (n = 0; n < 6; n++) {
+        h = curl_slist_append(hdrs, hdr[n]);
+        if (h == NULL) {
+            break;
+        }
+        hdrs = h;
+    }
+
+    if (curl == NULL || n != 6) {
+        snprintf(s->err, sizeof(s->err), "no memory for libcurl");
+        goto done;
+    }
+
+    curl_easy_setopt(curl, CURLOPT_URL, url);
+    curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, "PUT");
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, (char *) data);
+    curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE,
+                     (curl_off_t) ngx_file_size(&fi));
+    curl_easy_setopt(curl, CURLOPT_HTTPHEADER, hdrs);
+    curl_easy_setopt(curl, CURLOPT_AWS_SIGV4, s->sigv4);
+    curl_easy_setopt(curl, CURLOPT_USERPWD, s->userpwd);
+    curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long) s->timeout);
+    curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION,
+                     ngx_http_smartflow_audit_s3_write);
+    curl_easy_setopt(curl, CURLOPT_WRITEDATA, &answer);
+
+    cc = curl_easy_perform(curl);
+
+    if (cc != CURLE_OK) {
+        snprintf(s->err, sizeof(s->err), "PUT %s failed: %s", url,
+                 curl_easy_strerror(cc));
+        goto done;
+    }
+
+    (void) curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &code);
+
+    if (code != 200) {
+        /* S3's error code, e.g. SignatureDoesNotMatch */
+        c = strstr(answer.data, "<Code>");
+        e = c ? strstr(c, "</Code>") : NULL;
+
+        snprintf(s->err, sizeof(s->err), "PUT %s answered %ld%s%.*s", url,
+                 code, e ? " " : "", e ? (int) (e - c - 6) : 0,
+                 e ? c + 6 : "");
+        goto done;
+    }
+
+    s->objects++;
+    s->bytes += ngx_file_size(&fi);
+
+    /* the manifest line: the object, its SHA-256, its lock */
+    snprintf((char *) line, linelen, "%s %s %s %s\n", url, hex,
+             ngx_http_smartflow_audit_s3_mode_names[s->mode], date);
+
+    rc = NGX_OK;
+
+done:
+
+    if (curl) {
+        curl_easy_cleanup(curl);
+    }
+
+    curl_slist_free_all(hdrs);
+    free(data);
+
+    return rc;
+}
+
+
+/* segment-N.shipped: what was shipped, written once all is confirmed */
+static ngx_int_t
+ngx_http_smartflow_audit_s3_mark(ngx_http_smartflow_audit_s3_t *s,
+    ngx_uint_t seg, u_char *text, size_t len)
+{
+    ngx_fd_t  fd;
+    u_char    path[NGX_MAX_PATH], tmp[NGX_MAX_PATH];
+
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/segment-%08ui.shipped%Z", s->dir,
+                 seg);
+    ngx_snprintf(tmp, NGX_MAX_PATH, "%s.tmp%Z", path);
+
+    fd = ngx_open_file(tmp, NGX_FILE_WRONLY, NGX_FILE_TRUNCATE, 0644);
+    if (fd == NGX_INVALID_FILE) {
+        snprintf(s->err, sizeof(s->err), "open(%s) failed: %s", tmp,
+                 strerror(errno));
+        return NGX_ERROR;
+    }
+
+    if (write(fd, text, len) != (ssize_t) len || fsync(fd) == -1) {
+        snprintf(s->err, sizeof(s->err), "writing %s failed: %s", tmp,
+                 strerror(errno));
+        (void) ngx_close_file(fd);
+        return NGX_ERROR;
+    }
+
+    (void) ngx_close_file(fd);
+
+    if (rename((char *) tmp, (char *) path) == -1) {
+        snprintf(s->err, sizeof(s->err), "rename(%s) failed: %s", tmp,
+                 strerror(errno));
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_smartflow_audit_s3_thread(void *data, ngx_log_t *log)
+{
+    ngx_http_smartflow_audit_s3_t  *s = data;
+
+    size_t           len;
+    ngx_int_t        rc;
+    ngx_str_t        name, d;
+    ngx_dir_t        dirh;
+    ngx_uint_t       seg, min, max, i, stop;
+    ngx_file_info_t  fi;
+    u_char           path[NGX_MAX_PATH], file[64];
+    u_char           manifest[3 * 1400];
+    static char     *ext[] = { "log", "seal", "tsr" };
+
+    s->rc = NGX_OK;
+    s->err[0] = '\0';
+    s->backlog = 0;
+    s->segments = 0;
+    s->objects = 0;
+    s->bytes = 0;
+
+    d.data = s->dir;
+    d.len = ngx_strlen(s->dir);
+
+    if (ngx_open_dir(&d, &dirh) == NGX_ERROR) {
+        snprintf(s->err, sizeof(s->err), "opendir(%s) failed: %s", s->dir,
+                 strerror(errno));
+        s->rc = NGX_ERROR;
+        return;
+    }
+
+    min = NGX_MAX_UINT32_VALUE;
+    max = 0;
+
+    for ( ;; ) {
+        ngx_set_errno(0);
+
+        if (ngx_read_dir(&dirh) == NGX_ERROR) {
+            break;
+        }
+
+        name.data = ngx_de_name(&dirh);
+        name.len = ngx_de_namelen(&dirh);
+
+        if (name.len != sizeof("segment-00000000.seal") - 1
+            || ngx_strncmp(name.data, "segment-", 8) != 0
+            || ngx_strncmp(name.data + 16, ".seal", 5) != 0)
+        {
+            continue;
+        }
+
+        seg = ngx_atoi(name.data + 8, 8);
+        if (seg == (ngx_uint_t) NGX_ERROR) {
+            continue;
+        }
+
+        min = ngx_min(min, seg);
+        max = ngx_max(max, seg);
+    }
+
+    (void) ngx_close_dir(&dirh);
+
+    stop = 0;
+
+    for (seg = min; seg <= max; seg++) {
+        ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEAL "%Z",
+                     s->dir, seg);
+        if (ngx_file_info(path, &fi) == NGX_FILE_ERROR) {
+            continue;
+        }
+
+        ngx_snprintf(path, NGX_MAX_PATH, "%s/segment-%08ui.shipped%Z",
+                     s->dir, seg);
+        if (ngx_file_info(path, &fi) != NGX_FILE_ERROR) {
+            continue;
+        }
+
+        s->backlog++;
+
+        if (stop) {
+            continue;
+        }
+
+        /* its timestamp still spooled: shipped with it, later */
+        ngx_snprintf(path, NGX_MAX_PATH, "%s/segment-%08ui.tsq%Z", s->dir,
+                     seg);
+        if (ngx_file_info(path, &fi) != NGX_FILE_ERROR) {
+            continue;
+        }
+
+        /* or a seal just written, whose query is not spooled yet */
+        if (s->tsa_wait) {
+            ngx_snprintf(path, NGX_MAX_PATH, "%s/segment-%08ui.tsr%Z",
+                         s->dir, seg);
+
+            if (ngx_file_info(path, &fi) == NGX_FILE_ERROR) {
+                ngx_snprintf(path, NGX_MAX_PATH,
+                             "%s/" NGX_SMARTFLOW_AUDIT_SEAL "%Z", s->dir,
+                             seg);
+
+                if (ngx_file_info(path, &fi) != NGX_FILE_ERROR
+                    && time(NULL) - ngx_file_mtime(&fi) < s->tsa_wait)
+                {
+                    continue;
+                }
+            }
+        }
+
+        len = 0;
+        rc = NGX_OK;
+
+        for (i = 0; i < 3; i++) {
+            ngx_snprintf(file, sizeof(file), "segment-%08ui.%s%Z", seg,
+                         ext[i]);
+
+            if (i == 2) {
+                ngx_snprintf(path, NGX_MAX_PATH, "%s/%s%Z", s->dir, file);
+                if (ngx_file_info(path, &fi) == NGX_FILE_ERROR) {
+                    break;
+                }
+            }
+
+            rc = ngx_http_smartflow_audit_s3_put(s, file, manifest + len,
+                                                 sizeof(manifest) - len);
+            if (rc != NGX_OK) {
+                break;
+            }
+
+            len += ngx_strlen(manifest + len);
+        }
+
+        if (rc == NGX_OK) {
+            rc = ngx_http_smartflow_audit_s3_mark(s, seg, manifest, len);
+        }
+
+        if (rc != NGX_OK) {
+            /* in order: the later ones wait for this one */
+            s->rc = (rc == NGX_ERROR) ? NGX_ERROR : NGX_AGAIN;
+            stop = 1;
+            continue;
+        }
+
+        s->backlog--;
+        s->segments++;
+    }
+}
+
+
+static void
+ngx_http_smartflow_audit_s3_done(ngx_event_t *ev)
+{
+    ngx_msec_t                      delay;
+    ngx_uint_t                      shift, level;
+    ngx_slab_pool_t                *shpool;
+    ngx_thread_task_t              *task;
+    ngx_http_smartflow_audit_s3_t  *s;
+    ngx_http_smartflow_audit_sh_t  *sh;
+
+    task = ev->data;
+    s = task->ctx;
+
+    shpool = (ngx_slab_pool_t *) s->amcf->zone->shm.addr;
+    sh = shpool->data;
+
+    ngx_shmtx_lock(&shpool->mutex);
+    sh->s3_backlog = s->backlog;
+    sh->s3_segments += s->segments;
+    sh->s3_objects += s->objects;
+    sh->s3_bytes += s->bytes;
+
+    if (s->segments) {
+        sh->s3_last_ship = ngx_time();
+    }
+
+    if (s->rc != NGX_OK) {
+        sh->s3_failures++;
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    delay = s->amcf->s3_interval;
+
+    if (s->rc == NGX_OK) {
+        ngx_http_smartflow_audit_s3_fails = 0;
+
+    } else {
+        /* doubling while it fails, up to smartflow_audit_s3_backoff_max */
+        shift = ngx_min(ngx_http_smartflow_audit_s3_fails, 16);
+        delay = ngx_min((uint64_t) delay << shift, s->amcf->s3_backoff_max);
+        ngx_http_smartflow_audit_s3_fails++;
+
+        level = (s->rc == NGX_ERROR) ? NGX_LOG_ALERT : NGX_LOG_ERR;
+
+        ngx_log_error(level, ev->log, 0,
+                      "smartflow audit: shipping to S3 failed: %s; "
+                      "%ui segments waiting, next try in %Mms",
+                      s->err, s->backlog, delay);
+    }
+
+    if (s->segments) {
+        ngx_log_error(NGX_LOG_INFO, ev->log, 0,
+                      "smartflow audit: %ui segments shipped to S3, "
+                      "%ui waiting", s->segments, s->backlog);
+    }
+
+    if (!(ngx_exiting || ngx_quit || ngx_terminate)) {
+        ngx_add_timer(&ngx_http_smartflow_audit_s3_ev, delay);
+    }
+}
