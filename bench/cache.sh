@@ -7,6 +7,11 @@
 #          a phase 1 hit, the upstream never touched
 #   miss   the gateway with the cache on, every request a new question:
 #          the full lookup (phases 1, 2 and 4), proxy_pass, and the store
+#   nocache  the gateway with the cache off (the floor the miss path
+#          stands on)
+#   words  as miss, but the new question differs by a made-up word, not
+#          by a number: every stored entry shares the query's context, so
+#          phases 2 and 4 search them all (the worst case; no target)
 #
 # and the ratios hit/plain (target >= 1.5) and miss/plain (>= 0.8) in
 # requests per second.  Then the phase 4 lookup itself at 100,000 stored
@@ -14,9 +19,9 @@
 # flat and HNSW): p50/p99 and memory per entry.
 #
 # Environment: BENCH_DURATION (5 s a run), BENCH_CONNECTIONS (32),
-# BENCH_ROUNDS (3, the median is kept), BENCH_PORT (18840), BENCH_ENTRIES
-# (100000).  wrk and the front worker are pinned apart when there are 2
-# CPUs.  The summary goes to build/bench/cache.json.
+# BENCH_ROUNDS (3, the median is kept), BENCH_PORT (18840, and the next
+# three), BENCH_ENTRIES (100000).  wrk and the front worker are pinned
+# apart when there are 2 CPUs.  The summary goes to build/bench/cache.json.
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -47,7 +52,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-up=$port; plain=$((port + 1)); gw=$((port + 2))
+up=$port; plain=$((port + 1)); gw=$((port + 2)); nc=$((port + 3))
 key="sk-bench-cache-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 user_line=""
 [ "$(id -u)" = 0 ] && user_line="user root;"
@@ -110,6 +115,11 @@ http {
         smartflow_cache metacache;
         include smartflow_locations.conf;
     }
+
+    server {
+        listen 127.0.0.1:$nc backlog=4096;
+        include smartflow_locations.conf;
+    }
 }
 CONF
 
@@ -140,6 +150,11 @@ function request()
     n = n + 1
     local q = "Why is my order still processing after $1 days"
     if "$2" == "new" then q = q .. " (case " .. n .. " " .. math.random(1e9) .. ")" end
+    if "$2" == "word" then
+        local w = ""
+        for i = 1, 8 do w = w .. string.char(96 + math.random(26)) end
+        q = q .. " " .. w
+    end
     return wrk.format("POST", "/v1/chat/completions",
         { ["Content-Type"] = "application/json",
           ["Authorization"] = "Bearer $key" },
@@ -157,6 +172,8 @@ LUA
 script 3 same > "$state/hit.lua"
 script 3 new > "$state/miss.lua"
 script 3 same > "$state/plain.lua"
+script 3 same > "$state/nocache.lua"
+script 3 word > "$state/words.lua"
 
 nginx -p "$state" -c "$state/upstream.conf" & pids+=($!)
 nginx -p "$state" -c "$state/nginx.conf" & pids+=($!)
@@ -166,9 +183,20 @@ for pid in "${pids[@]}"; do
         || { echo "bench: nginx did not start (ports from $port busy?)" >&2; exit 1; }
 done
 
-run() {    # case port script -> "rps p50 p99 errors"
-    "${wrk[@]}" -t1 -c"$conns" -d"${duration}s" -s "$state/$3.lua" \
-        "http://127.0.0.1:$2/v1/chat/completions" | sed -n 's/^BENCH //p'
+# the front worker's CPU time so far, in clock ticks (user + system)
+front_worker=$(pgrep -P "$(cat "$state/front.pid")" | head -1)
+ticks() { awk '{ print $14 + $15 }' "/proc/$front_worker/stat"; }
+hz=$(getconf CLK_TCK)
+
+run() {    # case port script -> "rps p50 p99 errors cpu_us_per_request"
+    local t0 t1 out
+    t0=$(ticks)
+    out=$("${wrk[@]}" -t1 -c"$conns" -d"${duration}s" -s "$state/$3.lua" \
+        "http://127.0.0.1:$2/v1/chat/completions" | sed -n 's/^BENCH //p')
+    t1=$(ticks)
+    echo "$out" | awk -v t="$((t1 - t0))" -v hz="$hz" -v d="$duration" \
+        '{ printf "%s %s %s %s %.1f\n", $1, $2, $3, $4,
+           t * 1e6 / hz / ($1 * d) }'
 }
 
 # warm up, then check each path does what it is named for
@@ -182,10 +210,15 @@ h=$(curl -s -D- -o /dev/null "http://127.0.0.1:$gw/v1/chat/completions" \
 
 declare -A all
 for ((i = 0; i < rounds; i++)); do
-    for c in plain hit miss; do
-        p=$gw; [ $c = plain ] && p=$plain
+    for c in plain hit miss nocache; do
+        p=$gw; [ $c = plain ] && p=$plain; [ $c = nocache ] && p=$nc
         all[$c]+="$(run $c $p $c)"$'\n'
     done
+done
+
+# last: its one large context would otherwise evict the others' entries
+for ((i = 0; i < rounds; i++)); do
+    all[words]+="$(run words $gw words)"$'\n'
 done
 
 median() {    # case column
@@ -194,30 +227,34 @@ median() {    # case column
 }
 
 errors=0
-for c in plain hit miss; do
+for c in plain hit miss nocache words; do
     e=$(printf '%s' "${all[$c]}" | awk 'NF { s += $4 } END { print s + 0 }')
     errors=$((errors + e))
 done
 
-printf '%-6s %12s %10s %10s\n' case req/s p50_us p99_us
-for c in plain hit miss; do
-    printf '%-6s %12s %10s %10s\n' $c "$(median $c 1)" "$(median $c 2)" \
-        "$(median $c 3)"
+printf '%-8s %12s %10s %10s %14s\n' case req/s p50_us p99_us cpu_us/req
+for c in plain hit miss nocache words; do
+    printf '%-8s %12s %10s %10s %14s\n' $c "$(median $c 1)" "$(median $c 2)" \
+        "$(median $c 3)" "$(median $c 5)"
 done
 
 rp=$(median plain 1); rh=$(median hit 1); rm=$(median miss 1)
+rn=$(median nocache 1); rw=$(median words 1)
 hr=$(awk -v a="$rh" -v b="$rp" 'BEGIN { printf "%.2f", a / b }')
 mr=$(awk -v a="$rm" -v b="$rp" 'BEGIN { printf "%.2f", a / b }')
 hv=$(awk -v r="$hr" 'BEGIN { print (r >= 1.5) ? "ok" : "FAIL" }')
 mv=$(awk -v r="$mr" 'BEGIN { print (r >= 0.8) ? "ok" : "FAIL" }')
+nr=$(awk -v a="$rn" -v b="$rp" 'BEGIN { printf "%.2f", a / b }')
+wr=$(awk -v a="$rw" -v b="$rp" 'BEGIN { printf "%.2f", a / b }')
 echo "hit/plain $hr (target >= 1.5: $hv), miss/plain $mr (target >= 0.8: $mv), errors $errors"
+echo "nocache/plain $nr, words/plain $wr (no target)"
 
 make -s -C "$top" cache-bench-bin >/dev/null
 "$top/build/unit/cache_bench" "$entries" | tee "$state/vector.txt"
 
 mkdir -p "$top/build/bench"
 cat > "$top/build/bench/cache.json" <<JSON
-{"plain_rps":$rp,"hit_rps":$rh,"miss_rps":$rm,"hit_ratio":$hr,"miss_ratio":$mr,"errors":$errors}
+{"plain_rps":$rp,"hit_rps":$rh,"miss_rps":$rm,"hit_ratio":$hr,"miss_ratio":$mr,"nocache_rps":$rn,"words_rps":$rw,"errors":$errors}
 JSON
 
 [ "$errors" = 0 ] || { echo "bench: $errors failed requests" >&2; exit 1; }

@@ -1,6 +1,6 @@
 /*
  * The cache module's own declarations, shared by its files: the zone
- * (entries in an rbtree by fingerprint, an LRU queue, entries grouped by
+ * (entries in a hash table by fingerprint, an LRU queue, entries grouped by
  * conversation context, one vector slot per entry), the worker's FAISS
  * index kept in step with the zone's vectors, the request state between
  * the lookup and the store, and the configuration.
@@ -18,6 +18,7 @@
 #define NGX_SMARTFLOW_CACHE_CTXK     16
 #define NGX_SMARTFLOW_CACHE_RING     4096   /* vectors added, by sequence */
 #define NGX_SMARTFLOW_CACHE_SCAN     512    /* near-miss: newest per context */
+#define NGX_SMARTFLOW_CACHE_LARGE    ((ngx_uint_t) -1)
 #define NGX_SMARTFLOW_CACHE_LAT      24     /* latency buckets, 2^i us */
 #define NGX_SMARTFLOW_CACHE_FINISH   16
 
@@ -35,8 +36,11 @@ typedef struct ngx_http_smartflow_cache_embedder_s
     ngx_http_smartflow_cache_embedder_t;
 
 
-typedef struct {
-    ngx_rbtree_node_t           node;       /* key: the fingerprint's head */
+typedef struct ngx_smartflow_cache_node_s  ngx_smartflow_cache_node_t;
+
+
+struct ngx_smartflow_cache_node_s {
+    ngx_smartflow_cache_node_t *next;       /* in its fingerprint's bucket */
     ngx_queue_t                 lru;
     ngx_queue_t                 group_link;
     ngx_smartflow_cache_group_t *group;
@@ -53,11 +57,11 @@ typedef struct {
     u_char                      finish[NGX_SMARTFLOW_CACHE_FINISH];
     uint32_t                    minhash[NGX_SMARTFLOW_CACHE_MINHASH];
     u_char                      data[1];    /* partition, query, answer */
-} ngx_smartflow_cache_node_t;
+};
 
 
 struct ngx_smartflow_cache_group_s {
-    ngx_rbtree_node_t           node;       /* key: the context key's head */
+    ngx_smartflow_cache_group_t *next;      /* in its context key's bucket */
     ngx_queue_t                 entries;    /* newest first */
     u_char                      key[NGX_SMARTFLOW_CACHE_CTXK];
     ngx_uint_t                  count;
@@ -94,10 +98,9 @@ typedef struct {
 
 
 typedef struct {
-    ngx_rbtree_t                rbtree;
-    ngx_rbtree_node_t           sentinel;
-    ngx_rbtree_t                groups;
-    ngx_rbtree_node_t           group_sentinel;
+    ngx_smartflow_cache_node_t **entries;      /* hash by fingerprint */
+    ngx_smartflow_cache_group_t **groups;       /* hash by context key */
+    uint32_t                    mask;           /* buckets - 1 */
     ngx_queue_t                 lru;
     ngx_smartflow_cache_slot_t *slots;
     uint32_t                    capacity;
@@ -222,6 +225,9 @@ ngx_uint_t ngx_smartflow_cache_near(ngx_smartflow_cache_zone_t *z,
 ngx_uint_t ngx_smartflow_cache_refs(ngx_smartflow_cache_zone_t *z,
     ngx_pool_t *pool, u_char *ctxk, ngx_smartflow_cache_ref_t *refs,
     float *scores, ngx_uint_t n, ngx_smartflow_cache_found_t *cand);
+ngx_uint_t ngx_smartflow_cache_scan(ngx_smartflow_cache_zone_t *z,
+    u_char *ctxk, float *vec, ngx_smartflow_cache_ref_t *refs, float *scores,
+    ngx_uint_t k);
 ngx_int_t ngx_smartflow_cache_insert(ngx_smartflow_cache_zone_t *z,
     ngx_smartflow_cache_item_t *it, ngx_log_t *log);
 ngx_uint_t ngx_smartflow_cache_flush(ngx_smartflow_cache_zone_t *z,
@@ -237,8 +243,10 @@ ngx_int_t ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
 
 /* worker's vector index: ngx_http_smartflow_cache_vector.c */
 ngx_int_t ngx_smartflow_cache_vector_search(ngx_smartflow_cache_zone_t *z,
-    ngx_log_t *log, float *vec, ngx_smartflow_cache_ref_t *refs,
+    ngx_log_t *log, u_char *ctxk, float *vec, ngx_smartflow_cache_ref_t *refs,
     float *scores, ngx_uint_t k);
+/* the shim's inner product (AVX2 where the CPU has it) */
+float ngx_smartflow_faiss_dot(const float *a, const float *b, size_t d);
 void ngx_smartflow_cache_vector_free(ngx_smartflow_cache_zone_t *z);
 
 /* admin API: ngx_http_smartflow_cache_api.c */

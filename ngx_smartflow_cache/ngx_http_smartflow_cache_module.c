@@ -306,22 +306,15 @@ ngx_http_smartflow_cache_stage(ngx_http_request_t *r,
         return ngx_http_smartflow_cache_hit(r, ctx, rq, &f, 1, &start);
     }
 
-    if (rq->item.query.len == 0
-        || ngx_smartflow_cache_context_size(z, rq->item.ctxk) == 0)
-    {
-        /* nothing to compare with; the features are made for the store */
-        if (ngx_http_smartflow_cache_features(r, rq) != NGX_OK) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        goto shared;
-    }
-
+    /* made once, for phases 2 and 4 and for the store */
     if (ngx_http_smartflow_cache_features(r, rq) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (rq->item.query.len == 0) {
+    if (rq->item.query.len == 0
+        || ngx_smartflow_cache_context_size(z, rq->item.ctxk) == 0)
+    {
+        /* nothing the verification could accept here; Redis may have it */
         goto shared;
     }
 
@@ -377,8 +370,8 @@ shared_done:
     /* 4: the nearest vectors */
     if (clcf->similarity >= 0) {
         k = ngx_smartflow_cache_vector_search(z, r->connection->log,
-                                              rq->vec, refs, scores,
-                                              NGX_SMARTFLOW_CACHE_K);
+                                              rq->item.ctxk, rq->vec, refs,
+                                              scores, NGX_SMARTFLOW_CACHE_K);
 
         for (n = 0, i = 0; i < k; i++) {
             if (scores[i] * 1000 + 0.5 >= clcf->similarity) {
@@ -847,12 +840,18 @@ ngx_http_smartflow_cache_keys(ngx_http_request_t *r,
 
 /*
  * The query's tokens, MinHash signature and embedding: made only when a
- * phase 1 miss needs them, or for the store.
+ * phase 1 miss needs them, or for the store.  The context key of phases 2
+ * and 4 then takes in what the verification needs equal (numbers, guarded
+ * words, negations): a query is compared only with entries that could
+ * pass it, and a new number, unit or name of currency makes no scan.
  */
 static ngx_int_t
 ngx_http_smartflow_cache_features(ngx_http_request_t *r,
     ngx_http_smartflow_cache_req_t *rq)
 {
+    uint64_t    g;
+    ngx_uint_t  i;
+
     if (rq->features || rq->item.query.len == 0) {
         return NGX_OK;
     }
@@ -875,6 +874,12 @@ ngx_http_smartflow_cache_features(ngx_http_request_t *r,
     ngx_smartflow_cache_minhash(&rq->text, rq->minhash);
     ngx_smartflow_cache_embed(&rq->text, rq->vec);
     rq->item.vec = rq->vec;
+
+    g = ngx_smartflow_cache_guard(&rq->text);
+
+    for (i = 0; i < 8; i++) {
+        rq->item.ctxk[i] ^= (u_char) (g >> (8 * i));
+    }
 
     return NGX_OK;
 }

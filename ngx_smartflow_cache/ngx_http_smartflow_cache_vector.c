@@ -35,13 +35,22 @@ static ngx_int_t ngx_smartflow_cache_vector_add(ngx_smartflow_cache_zone_t *z,
 
 ngx_int_t
 ngx_smartflow_cache_vector_search(ngx_smartflow_cache_zone_t *z,
-    ngx_log_t *log, float *vec, ngx_smartflow_cache_ref_t *refs,
+    ngx_log_t *log, u_char *ctxk, float *vec, ngx_smartflow_cache_ref_t *refs,
     float *scores, ngx_uint_t k)
 {
     idx_t        labels[NGX_SMARTFLOW_CACHE_K];
     float        dist[NGX_SMARTFLOW_CACHE_K];
     ngx_uint_t   i, n;
     const char  *err;
+
+    k = ngx_min(k, NGX_SMARTFLOW_CACHE_K);
+
+    /* a small context is read in the zone: no index to keep in step */
+    n = ngx_smartflow_cache_scan(z, ctxk, vec, refs, scores, k);
+
+    if (n != NGX_SMARTFLOW_CACHE_LARGE) {
+        return n;
+    }
 
     if (ngx_smartflow_cache_vector_sync(z, log) != NGX_OK) {
         return 0;
@@ -50,8 +59,6 @@ ngx_smartflow_cache_vector_search(ngx_smartflow_cache_zone_t *z,
     if (z->faiss == NULL || faiss_Index_ntotal(z->faiss) == 0) {
         return 0;
     }
-
-    k = ngx_min(k, NGX_SMARTFLOW_CACHE_K);
 
     if (faiss_Index_search(z->faiss, 1, vec, k, dist, labels) != 0) {
         err = faiss_get_last_error();

@@ -1,6 +1,6 @@
 /*
  * The cache zone, shared by all workers and kept across reloads: entries
- * in an rbtree by fingerprint (phase 1), in an LRU queue, and in groups
+ * in a hash table by fingerprint (phase 1), in an LRU queue, and in groups
  * by conversation context (the partition, model, parameters, system
  * prompt and earlier turns), where phase 2 looks for near misses.  Each
  * entry owns one vector slot; vectors added are also written to a ring by
@@ -13,14 +13,12 @@
 #include "ngx_http_smartflow_cache.h"
 
 
-static void ngx_smartflow_cache_rbtree_insert(ngx_rbtree_node_t *temp,
-    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
-static void ngx_smartflow_cache_group_insert(ngx_rbtree_node_t *temp,
-    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 static ngx_smartflow_cache_node_t *ngx_smartflow_cache_lookup(
     ngx_smartflow_cache_shctx_t *sh, u_char *fp);
 static ngx_smartflow_cache_group_t *ngx_smartflow_cache_group(
     ngx_smartflow_cache_shctx_t *sh, u_char *key);
+static void ngx_smartflow_cache_group_free(ngx_smartflow_cache_zone_t *z,
+    ngx_smartflow_cache_group_t *g);
 static void ngx_smartflow_cache_delete(ngx_smartflow_cache_zone_t *z,
     ngx_smartflow_cache_node_t *node);
 static ngx_uint_t ngx_smartflow_cache_evict(ngx_smartflow_cache_zone_t *z);
@@ -30,9 +28,10 @@ static u_char *ngx_smartflow_cache_copy(ngx_pool_t *pool, u_char *p,
 
 #define NGX_SMARTFLOW_CACHE_NONE  0xffffffff
 
-#define ngx_sf_cache_key(p)                                                  \
-    (((ngx_rbtree_key_t) (p)[0] << 24) | ((ngx_rbtree_key_t) (p)[1] << 16)   \
-     | ((ngx_rbtree_key_t) (p)[2] << 8) | (ngx_rbtree_key_t) (p)[3])
+/* the bucket of a fingerprint or context key (SHA-256 bytes) */
+#define ngx_sf_cache_bucket(sh, p)                                           \
+    (((uint32_t) (p)[0] << 24 | (uint32_t) (p)[1] << 16                      \
+      | (uint32_t) (p)[2] << 8 | (uint32_t) (p)[3]) & (sh)->mask)
 
 
 ngx_int_t
@@ -40,7 +39,7 @@ ngx_smartflow_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 {
     ngx_smartflow_cache_zone_t  *ozone = data;
 
-    size_t                        len;
+    size_t                        len, nb;
     uint32_t                      i;
     ngx_smartflow_cache_zone_t   *z;
     ngx_smartflow_cache_shctx_t  *sh;
@@ -80,10 +79,6 @@ ngx_smartflow_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     z->sh = sh;
     z->shpool->data = sh;
 
-    ngx_rbtree_init(&sh->rbtree, &sh->sentinel,
-                    ngx_smartflow_cache_rbtree_insert);
-    ngx_rbtree_init(&sh->groups, &sh->group_sentinel,
-                    ngx_smartflow_cache_group_insert);
     ngx_queue_init(&sh->lru);
 
     sh->slots = ngx_slab_alloc(z->shpool,
@@ -102,6 +97,22 @@ ngx_smartflow_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     for (i = 0; i < z->capacity; i++) {
         sh->slots[i].next_free = (i + 1 < z->capacity)
                                  ? i + 1 : NGX_SMARTFLOW_CACHE_NONE;
+    }
+
+    /* a bucket or more per entry: a lookup reads a chain of one or two */
+    for (nb = 1024; nb < z->capacity; nb <<= 1) { /* void */ }
+
+    sh->mask = (uint32_t) nb - 1;
+    sh->entries = ngx_slab_calloc(z->shpool, nb * sizeof(void *));
+    sh->groups = ngx_slab_calloc(z->shpool, nb * sizeof(void *));
+
+    if (sh->entries == NULL || sh->groups == NULL) {
+        ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
+                      "smartflow cache: zone \"%V\" is too small for %ui "
+                      "entries (%uz bytes of hash tables); give it more "
+                      "memory or fewer entries=", &z->name, z->capacity,
+                      2 * nb * sizeof(void *));
+        return NGX_ERROR;
     }
 
     sh->capacity = z->capacity;
@@ -130,109 +141,15 @@ ngx_smartflow_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 }
 
 
-static void
-ngx_smartflow_cache_rbtree_insert(ngx_rbtree_node_t *temp,
-    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
-{
-    ngx_rbtree_node_t           **p;
-    ngx_smartflow_cache_node_t   *n, *t;
-
-    for ( ;; ) {
-
-        if (node->key < temp->key) {
-            p = &temp->left;
-
-        } else if (node->key > temp->key) {
-            p = &temp->right;
-
-        } else {
-            n = (ngx_smartflow_cache_node_t *) node;
-            t = (ngx_smartflow_cache_node_t *) temp;
-
-            p = (ngx_memcmp(n->fp, t->fp, NGX_SMARTFLOW_CACHE_FP) < 0)
-                ? &temp->left : &temp->right;
-        }
-
-        if (*p == sentinel) {
-            break;
-        }
-
-        temp = *p;
-    }
-
-    *p = node;
-    node->parent = temp;
-    node->left = sentinel;
-    node->right = sentinel;
-    ngx_rbt_red(node);
-}
-
-
-static void
-ngx_smartflow_cache_group_insert(ngx_rbtree_node_t *temp,
-    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
-{
-    ngx_rbtree_node_t            **p;
-    ngx_smartflow_cache_group_t   *n, *t;
-
-    for ( ;; ) {
-
-        if (node->key < temp->key) {
-            p = &temp->left;
-
-        } else if (node->key > temp->key) {
-            p = &temp->right;
-
-        } else {
-            n = (ngx_smartflow_cache_group_t *) node;
-            t = (ngx_smartflow_cache_group_t *) temp;
-
-            p = (ngx_memcmp(n->key, t->key, NGX_SMARTFLOW_CACHE_CTXK) < 0)
-                ? &temp->left : &temp->right;
-        }
-
-        if (*p == sentinel) {
-            break;
-        }
-
-        temp = *p;
-    }
-
-    *p = node;
-    node->parent = temp;
-    node->left = sentinel;
-    node->right = sentinel;
-    ngx_rbt_red(node);
-}
-
-
 static ngx_smartflow_cache_node_t *
 ngx_smartflow_cache_lookup(ngx_smartflow_cache_shctx_t *sh, u_char *fp)
 {
-    ngx_int_t                    rc;
-    ngx_rbtree_key_t             key;
-    ngx_rbtree_node_t           *node, *sentinel;
     ngx_smartflow_cache_node_t  *n;
 
-    key = ngx_sf_cache_key(fp);
-    node = sh->rbtree.root;
-    sentinel = sh->rbtree.sentinel;
-
-    while (node != sentinel) {
-
-        if (key != node->key) {
-            node = (key < node->key) ? node->left : node->right;
-            continue;
-        }
-
-        n = (ngx_smartflow_cache_node_t *) node;
-        rc = ngx_memcmp(fp, n->fp, NGX_SMARTFLOW_CACHE_FP);
-
-        if (rc == 0) {
+    for (n = sh->entries[ngx_sf_cache_bucket(sh, fp)]; n; n = n->next) {
+        if (ngx_memcmp(fp, n->fp, NGX_SMARTFLOW_CACHE_FP) == 0) {
             return n;
         }
-
-        node = (rc < 0) ? node->left : node->right;
     }
 
     return NULL;
@@ -242,33 +159,35 @@ ngx_smartflow_cache_lookup(ngx_smartflow_cache_shctx_t *sh, u_char *fp)
 static ngx_smartflow_cache_group_t *
 ngx_smartflow_cache_group(ngx_smartflow_cache_shctx_t *sh, u_char *key)
 {
-    ngx_int_t                     rc;
-    ngx_rbtree_key_t              k;
-    ngx_rbtree_node_t            *node, *sentinel;
     ngx_smartflow_cache_group_t  *g;
 
-    k = ngx_sf_cache_key(key);
-    node = sh->groups.root;
-    sentinel = sh->groups.sentinel;
-
-    while (node != sentinel) {
-
-        if (k != node->key) {
-            node = (k < node->key) ? node->left : node->right;
-            continue;
-        }
-
-        g = (ngx_smartflow_cache_group_t *) node;
-        rc = ngx_memcmp(key, g->key, NGX_SMARTFLOW_CACHE_CTXK);
-
-        if (rc == 0) {
+    for (g = sh->groups[ngx_sf_cache_bucket(sh, key)]; g; g = g->next) {
+        if (ngx_memcmp(key, g->key, NGX_SMARTFLOW_CACHE_CTXK) == 0) {
             return g;
         }
-
-        node = (rc < 0) ? node->left : node->right;
     }
 
     return NULL;
+}
+
+
+static void
+ngx_smartflow_cache_group_free(ngx_smartflow_cache_zone_t *z,
+    ngx_smartflow_cache_group_t *g)
+{
+    ngx_smartflow_cache_group_t  **pg;
+
+    for (pg = &z->sh->groups[ngx_sf_cache_bucket(z->sh, g->key)];
+         *pg;
+         pg = &(*pg)->next)
+    {
+        if (*pg == g) {
+            *pg = g->next;
+            break;
+        }
+    }
+
+    ngx_slab_free_locked(z->shpool, g);
 }
 
 
@@ -277,20 +196,29 @@ ngx_smartflow_cache_delete(ngx_smartflow_cache_zone_t *z,
     ngx_smartflow_cache_node_t *node)
 {
     ngx_smartflow_cache_slot_t   *s;
+    ngx_smartflow_cache_node_t  **pn;
     ngx_smartflow_cache_group_t  *g;
     ngx_smartflow_cache_shctx_t  *sh;
 
     sh = z->sh;
 
-    ngx_rbtree_delete(&sh->rbtree, &node->node);
+    for (pn = &sh->entries[ngx_sf_cache_bucket(sh, node->fp)];
+         *pn;
+         pn = &(*pn)->next)
+    {
+        if (*pn == node) {
+            *pn = node->next;
+            break;
+        }
+    }
+
     ngx_queue_remove(&node->lru);
 
     g = node->group;
     ngx_queue_remove(&node->group_link);
 
     if (--g->count == 0) {
-        ngx_rbtree_delete(&sh->groups, &g->node);
-        ngx_slab_free_locked(z->shpool, g);
+        ngx_smartflow_cache_group_free(z, g);
     }
 
     s = &sh->slots[node->slot];
@@ -494,6 +422,83 @@ ngx_smartflow_cache_near(ngx_smartflow_cache_zone_t *z, ngx_pool_t *pool,
 
 
 /*
+ * Phase 4 in a context of at most NGX_SMARTFLOW_CACHE_SCAN_VEC entries:
+ * its vectors read in the zone, the k nearest, best first.  A larger
+ * context returns NGX_SMARTFLOW_CACHE_LARGE and is left to the worker's
+ * FAISS index.
+ */
+ngx_uint_t
+ngx_smartflow_cache_scan(ngx_smartflow_cache_zone_t *z, u_char *ctxk,
+    float *vec, ngx_smartflow_cache_ref_t *refs, float *scores, ngx_uint_t k)
+{
+    float                         d;
+    time_t                        now;
+    ngx_uint_t                    i, n;
+    ngx_queue_t                  *q;
+    ngx_smartflow_cache_slot_t   *s;
+    ngx_smartflow_cache_node_t   *node;
+    ngx_smartflow_cache_group_t  *g;
+
+    now = ngx_time();
+    n = 0;
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+
+    g = ngx_smartflow_cache_group(z->sh, ctxk);
+
+    if (g == NULL) {
+        ngx_shmtx_unlock(&z->shpool->mutex);
+        return 0;
+    }
+
+    if (g->count > NGX_SMARTFLOW_CACHE_SCAN_VEC) {
+        ngx_shmtx_unlock(&z->shpool->mutex);
+        return NGX_SMARTFLOW_CACHE_LARGE;
+    }
+
+    for (q = ngx_queue_head(&g->entries);
+         q != ngx_queue_sentinel(&g->entries);
+         q = ngx_queue_next(q))
+    {
+        node = ngx_queue_data(q, ngx_smartflow_cache_node_t, group_link);
+
+        if (node->query_len == 0 || node->expire <= now
+            || node->slot >= z->sh->capacity)
+        {
+            continue;
+        }
+
+        s = &z->sh->slots[node->slot];
+
+        if (s->node != node) {
+            continue;
+        }
+
+        d = ngx_smartflow_faiss_dot(vec, s->vec, NGX_SMARTFLOW_CACHE_DIM);
+
+        if (n == k && d <= scores[k - 1]) {
+            continue;
+        }
+
+        /* the k best, sorted; on a tie the newer first, as in every worker */
+        for (i = (n < k) ? n : k - 1; i > 0 && scores[i - 1] < d; i--) {
+            scores[i] = scores[i - 1];
+            refs[i] = refs[i - 1];
+        }
+
+        scores[i] = d;
+        refs[i].slot = node->slot;
+        refs[i].version = s->version;
+        n += (n < k);
+    }
+
+    ngx_shmtx_unlock(&z->shpool->mutex);
+
+    return n;
+}
+
+
+/*
  * Phase 4: what FAISS found, checked against the zone (the slot still
  * holds the vector that was indexed, and its entry has this context).
  */
@@ -620,10 +625,10 @@ ngx_smartflow_cache_insert(ngx_smartflow_cache_zone_t *z,
                                   sizeof(ngx_smartflow_cache_group_t));
         if (g) {
             ngx_memcpy(g->key, it->ctxk, NGX_SMARTFLOW_CACHE_CTXK);
-            g->node.key = ngx_sf_cache_key(it->ctxk);
             g->count = 0;
             ngx_queue_init(&g->entries);
-            ngx_rbtree_insert(&sh->groups, &g->node);
+            g->next = sh->groups[ngx_sf_cache_bucket(sh, it->ctxk)];
+            sh->groups[ngx_sf_cache_bucket(sh, it->ctxk)] = g;
             break;
         }
 
@@ -641,8 +646,7 @@ ngx_smartflow_cache_insert(ngx_smartflow_cache_zone_t *z,
         /* evictions above emptied none: cannot happen, entries own slots */
         ngx_slab_free_locked(z->shpool, node);
         if (g->count == 0) {
-            ngx_rbtree_delete(&sh->groups, &g->node);
-            ngx_slab_free_locked(z->shpool, g);
+            ngx_smartflow_cache_group_free(z, g);
         }
         ngx_shmtx_unlock(&z->shpool->mutex);
         return NGX_DECLINED;
@@ -661,7 +665,6 @@ ngx_smartflow_cache_insert(ngx_smartflow_cache_zone_t *z,
     }
 
     ngx_memcpy(node->fp, it->fp, NGX_SMARTFLOW_CACHE_FP);
-    node->node.key = ngx_sf_cache_key(it->fp);
     node->group = g;
     node->created = now;
     node->expire = now + it->ttl;
@@ -685,7 +688,8 @@ ngx_smartflow_cache_insert(ngx_smartflow_cache_zone_t *z,
     p = ngx_cpymem(p, it->query.data, it->query.len);
     ngx_memcpy(p, it->answer.data, it->answer.len);
 
-    ngx_rbtree_insert(&sh->rbtree, &node->node);
+    node->next = sh->entries[ngx_sf_cache_bucket(sh, it->fp)];
+    sh->entries[ngx_sf_cache_bucket(sh, it->fp)] = node;
     ngx_queue_insert_head(&sh->lru, &node->lru);
     ngx_queue_insert_head(&g->entries, &node->group_link);
     g->count++;

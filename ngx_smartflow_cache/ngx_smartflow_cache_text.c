@@ -28,7 +28,11 @@ typedef struct {
 static ngx_int_t ngx_smartflow_cache_emit(ngx_smartflow_cache_text_t *t,
     u_char **buf, u_char *p, size_t len, ngx_uint_t cap);
 static void ngx_smartflow_cache_classify(ngx_smartflow_cache_tok_t *tk);
-static ngx_uint_t ngx_smartflow_cache_in(char **list, u_char *p, size_t len);
+static void ngx_smartflow_cache_words_init(void);
+static void ngx_smartflow_cache_words_add(char *w, ngx_uint_t what,
+    ngx_int_t map);
+static ngx_uint_t ngx_smartflow_cache_word(u_char *p, size_t len,
+    ngx_int_t *map);
 static void ngx_smartflow_cache_feature(float *v, uint64_t h, float w);
 static ngx_int_t ngx_smartflow_cache_find(ngx_smartflow_cache_text_t *t,
     ngx_smartflow_cache_tok_t *tk);
@@ -145,6 +149,23 @@ static ngx_smartflow_cache_map_t  ngx_smartflow_cache_spellings[] = {
     { "csharp", "c#" }, { "ts", "typescript" }, { "py", "python" },
     { NULL, NULL }
 };
+
+
+#define NGX_SF_WORDS           2048     /* hash table slots, a power of 2 */
+#define NGX_SF_WORD_STOP       1
+#define NGX_SF_WORD_NEG        2
+#define NGX_SF_WORD_LEX        4
+#define NGX_SF_WORD_SPELLING   8
+
+typedef struct {
+    char                       *word;
+    size_t                      len;
+    ngx_uint_t                  what;
+    ngx_int_t                   map;       /* in the spellings */
+} ngx_smartflow_cache_word_t;
+
+static ngx_smartflow_cache_word_t  ngx_smartflow_cache_words[NGX_SF_WORDS];
+static ngx_uint_t                  ngx_smartflow_cache_words_ready;
 
 
 ngx_int_t
@@ -356,6 +377,7 @@ ngx_smartflow_cache_emit(ngx_smartflow_cache_text_t *t, u_char **buf,
 {
     u_char                     *d;
     size_t                      i;
+    ngx_int_t                   map;
     ngx_smartflow_cache_map_t  *m;
     ngx_smartflow_cache_tok_t  *tk;
 
@@ -370,15 +392,11 @@ ngx_smartflow_cache_emit(ngx_smartflow_cache_text_t *t, u_char **buf,
         d[i] = (p[i] >= 'A' && p[i] <= 'Z') ? (p[i] | 0x20) : p[i];
     }
 
-    for (m = ngx_smartflow_cache_spellings; m->from; m++) {
-        if ((u_char) m->from[0] == d[0] && ngx_strlen(m->from) == len
-            && ngx_memcmp(m->from, d, len) == 0)
-        {
-            len = ngx_strlen(m->to);
-            ngx_memcpy(d, m->to, len);
-            cap = 0;
-            break;
-        }
+    if (ngx_smartflow_cache_word(d, len, &map) & NGX_SF_WORD_SPELLING) {
+        m = &ngx_smartflow_cache_spellings[map];
+        len = ngx_strlen(m->to);
+        ngx_memcpy(d, m->to, len);
+        cap = 0;
     }
 
     tk = &t->tok[t->n++];
@@ -399,8 +417,10 @@ ngx_smartflow_cache_emit(ngx_smartflow_cache_text_t *t, u_char **buf,
 static void
 ngx_smartflow_cache_classify(ngx_smartflow_cache_tok_t *tk)
 {
-    u_char  *d;
-    size_t   len;
+    u_char     *d;
+    size_t      len;
+    ngx_int_t   map;
+    ngx_uint_t  w;
 
     d = tk->data;
     len = tk->len;
@@ -420,11 +440,14 @@ ngx_smartflow_cache_classify(ngx_smartflow_cache_tok_t *tk)
         tk->stem = len - 1;
     }
 
-    tk->stop = ngx_smartflow_cache_in(ngx_smartflow_cache_stops, d, len);
-    tk->neg = ngx_smartflow_cache_in(ngx_smartflow_cache_negations, d, len);
-    tk->lex = ngx_smartflow_cache_in(ngx_smartflow_cache_lexicon, d, len)
-              || ngx_smartflow_cache_in(ngx_smartflow_cache_lexicon, d,
-                                        tk->stem);
+    w = ngx_smartflow_cache_word(d, len, &map);
+
+    tk->stop = (w & NGX_SF_WORD_STOP) != 0;
+    tk->neg = (w & NGX_SF_WORD_NEG) != 0;
+    tk->lex = (w & NGX_SF_WORD_LEX)
+              || (tk->stem != len
+                  && (ngx_smartflow_cache_word(d, tk->stem, &map)
+                      & NGX_SF_WORD_LEX));
 
     if (tk->stop || tk->neg) {
         tk->cap = 0;
@@ -432,18 +455,101 @@ ngx_smartflow_cache_classify(ngx_smartflow_cache_tok_t *tk)
 }
 
 
-static ngx_uint_t
-ngx_smartflow_cache_in(char **list, u_char *p, size_t len)
+/*
+ * The word lists in one hash table, made at the first use: a token is
+ * classified by one lookup, not by reading the lists.
+ */
+static void
+ngx_smartflow_cache_words_init(void)
 {
-    for ( /* void */ ; *list; list++) {
-        if ((*list)[0] == (char) p[0] && ngx_strlen(*list) == len
-            && ngx_memcmp(*list, p, len) == 0)
-        {
-            return 1;
-        }
+    char       **w;
+    ngx_int_t    i;
+
+    for (w = ngx_smartflow_cache_stops; *w; w++) {
+        ngx_smartflow_cache_words_add(*w, NGX_SF_WORD_STOP, -1);
     }
 
-    return 0;
+    for (w = ngx_smartflow_cache_negations; *w; w++) {
+        ngx_smartflow_cache_words_add(*w, NGX_SF_WORD_NEG, -1);
+    }
+
+    for (w = ngx_smartflow_cache_lexicon; *w; w++) {
+        ngx_smartflow_cache_words_add(*w, NGX_SF_WORD_LEX, -1);
+    }
+
+    for (i = 0; ngx_smartflow_cache_spellings[i].from; i++) {
+        ngx_smartflow_cache_words_add(ngx_smartflow_cache_spellings[i].from,
+                                      NGX_SF_WORD_SPELLING, i);
+    }
+
+    ngx_smartflow_cache_words_ready = 1;
+}
+
+
+static void
+ngx_smartflow_cache_words_add(char *w, ngx_uint_t what, ngx_int_t map)
+{
+    size_t                       len;
+    ngx_uint_t                   i;
+    ngx_smartflow_cache_word_t  *e;
+
+    len = ngx_strlen(w);
+    i = ngx_smartflow_cache_hash((u_char *) w, len, 0)
+        & (NGX_SF_WORDS - 1);
+
+    for ( ;; ) {
+        e = &ngx_smartflow_cache_words[i];
+
+        if (e->word == NULL) {
+            e->word = w;
+            e->len = len;
+            e->map = -1;
+            break;
+        }
+
+        if (e->len == len && ngx_memcmp(e->word, w, len) == 0) {
+            break;
+        }
+
+        i = (i + 1) & (NGX_SF_WORDS - 1);
+    }
+
+    e->what |= what;
+
+    /* the first spelling listed wins */
+    if (map >= 0 && e->map < 0) {
+        e->map = map;
+    }
+}
+
+
+/* which lists the word is in (NGX_SF_WORD_*), 0 in none */
+static ngx_uint_t
+ngx_smartflow_cache_word(u_char *p, size_t len, ngx_int_t *map)
+{
+    ngx_uint_t                   i;
+    ngx_smartflow_cache_word_t  *e;
+
+    if (!ngx_smartflow_cache_words_ready) {
+        ngx_smartflow_cache_words_init();
+    }
+
+    i = ngx_smartflow_cache_hash(p, len, 0) & (NGX_SF_WORDS - 1);
+
+    for ( ;; ) {
+        e = &ngx_smartflow_cache_words[i];
+
+        if (e->word == NULL) {
+            return 0;
+        }
+
+        if (e->len == len && ngx_memcmp(e->word, p, len) == 0) {
+            *map = e->map;
+            return e->what;
+        }
+
+        i = (i + 1) & (NGX_SF_WORDS - 1);
+    }
 }
 
 
@@ -692,6 +798,40 @@ ngx_smartflow_cache_cosine(float *a, float *b)
     }
 
     return dot <= 0 ? 0 : (ngx_uint_t) (dot * 1000 + 0.5);
+}
+
+
+/*
+ * What the verification asks to be the same in a query and a candidate:
+ * the numbers in order, the guarded words in order, and the number of
+ * negations, hashed.  The zone groups entries by context and this key, so
+ * phases 2 and 4 look only at entries the verification could accept.
+ */
+uint64_t
+ngx_smartflow_cache_guard(ngx_smartflow_cache_text_t *t)
+{
+    uint64_t                    num, lex, neg;
+    ngx_uint_t                  i;
+    ngx_smartflow_cache_tok_t  *tk;
+
+    num = 0x6e756d;
+    lex = 0x6c6578;
+    neg = 0;
+
+    for (i = 0; i < t->n; i++) {
+        tk = &t->tok[i];
+        neg += tk->neg;
+
+        if (tk->num) {
+            num = ngx_smartflow_cache_hash(tk->data, tk->stem, num);
+        }
+
+        if (tk->lex) {
+            lex = ngx_smartflow_cache_hash(tk->data, tk->stem, lex);
+        }
+    }
+
+    return num ^ (lex * 0x9e3779b97f4a7c15ULL) ^ (neg << 56) ^ (neg >> 8);
 }
 
 

@@ -23,6 +23,7 @@
 #define NGX_SMARTFLOW_CACHE_MAX_TOKENS 1024
 #define NGX_SMARTFLOW_CACHE_K          8     /* FAISS neighbours examined */
 #define NGX_SMARTFLOW_CACHE_CAND       4     /* candidates verified */
+#define NGX_SMARTFLOW_CACHE_SCAN_VEC   1024  /* phase 4 read in the zone */
 
 
 typedef struct {
@@ -59,6 +60,8 @@ ngx_uint_t ngx_smartflow_cache_cosine(float *a, float *b);
 /* 1 when the candidate may answer the query; why not in *reason */
 ngx_uint_t ngx_smartflow_cache_verify(ngx_smartflow_cache_text_t *q,
     ngx_smartflow_cache_text_t *c, char **reason);
+/* a hash of what the verification needs equal (numbers, negations...) */
+uint64_t ngx_smartflow_cache_guard(ngx_smartflow_cache_text_t *t);
 ngx_uint_t ngx_smartflow_cache_content(ngx_smartflow_cache_text_t *t);
 u_char *ngx_smartflow_cache_fold(u_char *out, u_char *p, size_t len);
 uint64_t ngx_smartflow_cache_hash(u_char *p, size_t len, uint64_t seed);

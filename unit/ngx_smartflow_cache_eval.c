@@ -60,6 +60,7 @@ typedef struct {
     size_t                       fold_len;
     uint32_t                     sig[NGX_SMARTFLOW_CACHE_MINHASH];
     float                        vec[NGX_SMARTFLOW_CACHE_DIM];
+    uint64_t                     guard;     /* the zone's grouping */
 } side_t;
 
 
@@ -80,6 +81,7 @@ prepare(side_t *s)
     ngx_smartflow_cache_tokenize(NULL, (u_char *) s->text, len, &s->t);
     ngx_smartflow_cache_minhash(&s->t, s->sig);
     ngx_smartflow_cache_embed(&s->t, s->vec);
+    s->guard = ngx_smartflow_cache_guard(&s->t);
 
     s->fold = malloc(len + 1);
     s->fold_len = ngx_smartflow_cache_fold(s->fold, (u_char *) s->text, len)
@@ -152,7 +154,7 @@ first_verified(pair_t *pairs, side_t *q, long *cand, int n, long *rejected)
 int
 main(int argc, char **argv)
 {
-    int           i, j, k, n, size, phase, np, nn, hitk;
+    int           i, j, k, n, size, phase, np, nn, hitk, grp;
     long          found, cand[NGX_SMARTFLOW_CACHE_K], rejected;
     long          hits[5], good[5], bad[5], same[5], neg_hit, pos_wrong;
     char          line[65536], err[256];
@@ -353,6 +355,10 @@ main(int argc, char **argv)
             k = 0;
 
             for (j = 0; j < n; j++) {
+                if (pairs[j].a.guard != q->guard) {
+                    continue;   /* another group in the zone */
+                }
+
                 s = ngx_smartflow_cache_minhash_sim(q->sig, pairs[j].a.sig);
                 if (s < near) {
                     continue;
@@ -376,13 +382,60 @@ main(int argc, char **argv)
             phase = 2;
         }
 
-        /* 4: FAISS, the nearest vectors over the threshold */
+        /*
+         * 4: the nearest vectors over the threshold, in the query's group:
+         * read all of it when small, as the zone does, else FAISS
+         */
         if (found < 0) {
-            faiss_Index_search(index, 1, q->vec, NGX_SMARTFLOW_CACHE_K, dist,
-                               labels);
+            for (grp = 0, j = 0; j < n; j++) {
+                grp += (pairs[j].a.guard == q->guard);
+            }
+
+            if (grp <= NGX_SMARTFLOW_CACHE_SCAN_VEC) {
+                for (k = 0, j = 0; j < n; j++) {
+                    float  d;
+
+                    if (pairs[j].a.guard != q->guard) {
+                        continue;
+                    }
+
+                    d = 0;
+                    for (hitk = 0; hitk < NGX_SMARTFLOW_CACHE_DIM; hitk++) {
+                        d += q->vec[hitk] * pairs[j].a.vec[hitk];
+                    }
+
+                    if (k == NGX_SMARTFLOW_CACHE_K
+                        && d <= dist[NGX_SMARTFLOW_CACHE_K - 1])
+                    {
+                        continue;
+                    }
+
+                    for (hitk = (k < NGX_SMARTFLOW_CACHE_K)
+                                ? k : NGX_SMARTFLOW_CACHE_K - 1;
+                         hitk > 0 && dist[hitk - 1] < d;
+                         hitk--)
+                    {
+                        dist[hitk] = dist[hitk - 1];
+                        labels[hitk] = labels[hitk - 1];
+                    }
+
+                    dist[hitk] = d;
+                    labels[hitk] = j;
+                    k += (k < NGX_SMARTFLOW_CACHE_K);
+                }
+
+                for (j = k; j < NGX_SMARTFLOW_CACHE_K; j++) {
+                    labels[j] = -1;
+                }
+
+            } else {
+                faiss_Index_search(index, 1, q->vec, NGX_SMARTFLOW_CACHE_K,
+                                   dist, labels);
+            }
 
             for (k = 0, j = 0; j < NGX_SMARTFLOW_CACHE_K; j++) {
                 if (labels[j] >= 0 && dist[j] * 1000 + 0.5 >= sim
+                    && pairs[labels[j]].a.guard == q->guard
                     && k < NGX_SMARTFLOW_CACHE_CAND)
                 {
                     cand[k++] = labels[j];

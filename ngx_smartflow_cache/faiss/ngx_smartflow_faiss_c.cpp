@@ -185,6 +185,14 @@ smartflow_dot(const float *a, const float *b, size_t d)
 }
 
 
+/* the same scan for the cache's own small searches, in the zone */
+extern "C" float
+ngx_smartflow_faiss_dot(const float *a, const float *b, size_t d)
+{
+    return smartflow_dot(a, b, d);
+}
+
+
 namespace {
 
 struct SmartflowFlatIP : faiss::IndexFlatIP {

@@ -1,6 +1,7 @@
 # Two workers share one zone: an answer stored by one is served by both,
 # phase 4 included (each worker brings its FAISS index up to date from
-# the zone), and "nginx -s reload" (SIGHUP) keeps every entry.
+# the zone), and "nginx -s reload" (SIGHUP) keeps every entry.  A small
+# context is read in the zone; a large one goes through FAISS.
 
 use Test::Nginx::Socket 'no_plan';
 use lib 't/lib';
@@ -110,5 +111,45 @@ x-smartflow-cache-phase: 4
 "content":"Echo: Write a short poem about the ocean"
 --- error_log
 reconfiguring
+--- no_error_log
+[error]
+
+
+
+=== TEST 3: a context of more than 1,024 entries is searched through each worker's FAISS index, and both workers find the same entry
+--- http_config
+    smartflow_master_key sk-smartflow-test-0123456789;
+    smartflow_provider demo type=echo;
+    smartflow_route smartflow-echo demo;
+    smartflow_cache_zone metacache 32m entries=2000;
+--- init
+Smartflow::Keys::burst(1, 'POST', '/v1/chat/completions',
+                       main::body("Write a short poem about the ocean"),
+                       $main::Master);
+# 1,100 more questions of the same context and no number: one group
+# (made-up words of the letters a to p: none ends in a plural s)
+for my $i (1 .. 1100) {
+    my $w = 'zq';
+    for (my $n = $i; $n; $n = int($n / 16)) {
+        $w .= chr(97 + $n % 16);
+    }
+    Smartflow::Keys::burst(1, 'POST', '/v1/chat/completions',
+                           main::body("Write a short poem about the $w"),
+                           $main::Master);
+}
+my $st = Smartflow::Keys::burst(1, 'GET', '/api/metacache/stats', undef,
+                                $main::Master);
+my ($entries) = $st->[0][1] =~ /"entries":(\d+)/;
+Test::More::cmp_ok($entries, '>', 1024, 'one context of more than 1,024');
+Test::More::is(main::verdicts("Write a short poem about the ocean waves", 12),
+               '200 other x12', 'a phase 4 hit in every answer');
+--- request
+POST /v1/chat/completions
+{"model":"smartflow-echo","messages":[{"role":"user","content":"Write a short poem about the ocean waves"}]}
+--- response_headers
+x-smartflow-cache: HIT
+x-smartflow-cache-phase: 4
+--- response_body_like chomp
+"content":"Echo: Write a short poem about the ocean"
 --- no_error_log
 [error]
