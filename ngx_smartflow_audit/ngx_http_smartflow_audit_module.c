@@ -354,7 +354,7 @@ ngx_http_smartflow_audit_record(ngx_http_request_t *r,
     ngx_str_t                        provider, deployment, served, user;
     ngx_str_t                        trace, rid, *h, method, policy;
     ngx_msec_t                       upstream;
-    ngx_uint_t                       i, has_upstream;
+    ngx_uint_t                       i, has_upstream, priced;
     ngx_time_t                      *tp;
     ngx_msec_int_t                   latency;
     u_char                           digest[32];
@@ -446,12 +446,11 @@ ngx_http_smartflow_audit_record(ngx_http_request_t *r,
         }
     }
 
-    cost = 0;
+    /* priced by smartflow_price as the proxy prices it; unpriced: null */
+    priced = (ngx_http_smartflow_cost(r, ctx, &cost) == NGX_OK);
 
-    if (ctx->vkey) {
-        cost = ((uint64_t) ctx->prompt_tokens * ctx->vkey->price_in
-                + (uint64_t) ctx->completion_tokens * ctx->vkey->price_out
-                + 999999) / 1000000;
+    if (!priced) {
+        cost = 0;
     }
 
     actx = ngx_http_get_module_ctx(r, ngx_http_smartflow_audit_module);
@@ -581,7 +580,7 @@ ngx_http_smartflow_audit_record(ngx_http_request_t *r,
     p = ngx_sprintf(p, ",\"prompt_tokens\":%ui,\"completion_tokens\":%ui",
                     ctx->prompt_tokens, ctx->completion_tokens);
 
-    if (ctx->vkey) {
+    if (priced) {
         p = ngx_sprintf(p, ",\"cost_usd_micro\":%uL", cost);
 
     } else {

@@ -18,7 +18,8 @@ my $conf = $ENV{TEST_NGINX_SMARTFLOW_CONF} // Smartflow::Audit::top() . '/conf';
 my $gw = Smartflow::Audit->new(name => 'audit-api', workers => 2,
     http => "    smartflow_audit_segment_size 64k;\n"
           . "    smartflow_audit_seal_interval 1s;\n"
-          . "    smartflow_audit_bodies 200;\n",
+          . "    smartflow_audit_bodies 200;\n"
+          . "    smartflow_price smartflow-echo 1 2;\n",
     server => "        include $conf/smartflow_audit.conf;\n");
 $gw->setup->start;
 
@@ -70,6 +71,11 @@ is($rec->{response_body}, substr($r->{content}, 0, 200),
 is($rec->{response_body_cut}, JSON::PP::true, 'and marked cut');
 cmp_ok($rec->{prompt_tokens}, '>', 0, 'prompt tokens');
 cmp_ok($rec->{completion_tokens}, '>', 0, 'completion tokens');
+# 1 and 2 USD per million tokens: a micro-dollar a prompt token, two an
+# answer token, for the master key as for any other
+is($rec->{cost_usd_micro},
+   $rec->{prompt_tokens} + 2 * $rec->{completion_tokens},
+   'the cost from smartflow_price');
 
 # a record after the interval seals the segment
 sleep 2;
