@@ -99,6 +99,8 @@ static ngx_smartflow_cred_slot_t *ngx_http_smartflow_cred_find(
     ngx_smartflow_cred_sh_t *sh, ngx_str_t *name);
 static ngx_http_smartflow_provider_t *ngx_http_smartflow_cred_provider(
     ngx_http_request_t *r, ngx_str_t *name);
+static ngx_int_t ngx_http_smartflow_cred_path(ngx_http_request_t *r,
+    ngx_str_t *name, ngx_str_t *op);
 static void ngx_http_smartflow_cred_body(ngx_http_request_t *r);
 static ngx_int_t ngx_http_smartflow_cred_run(ngx_http_request_t *r,
     ngx_str_t *name, ngx_str_t *op);
@@ -846,11 +848,9 @@ ngx_http_smartflow_cred_provider(ngx_http_request_t *r, ngx_str_t *name)
 ngx_int_t
 ngx_http_smartflow_credentials_handler(ngx_http_request_t *r)
 {
-    u_char                    *p, *last, *slash;
     ngx_int_t                  rc;
     ngx_str_t                  name, op;
     ngx_http_smartflow_ctx_t  *ctx;
-    ngx_http_core_loc_conf_t  *clcf;
 
     ctx = ngx_http_smartflow_get_ctx(r);
 
@@ -860,20 +860,9 @@ ngx_http_smartflow_credentials_handler(ngx_http_request_t *r)
                    "The admin API takes the master key only.");
     }
 
-    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+    rc = ngx_http_smartflow_cred_path(r, &name, &op);
 
-    p = r->uri.data + ngx_min(clcf->name.len, r->uri.len);
-    last = r->uri.data + r->uri.len;
-
-    while (last > p && last[-1] == '/') {
-        last--;
-    }
-
-    while (p < last && *p == '/') {
-        p++;
-    }
-
-    if (p == last) {
+    if (rc == NGX_DECLINED) {
         if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
             goto method;
         }
@@ -886,16 +875,9 @@ ngx_http_smartflow_credentials_handler(ngx_http_request_t *r)
         return ngx_http_smartflow_cred_list(r);
     }
 
-    slash = ngx_strlchr(p, last, '/');
-
-    if (slash == NULL) {
+    if (rc != NGX_OK) {
         goto unknown;
     }
-
-    name.data = p;
-    name.len = slash - p;
-    op.data = slash + 1;
-    op.len = last - op.data;
 
     if (ngx_http_smartflow_cred_provider(r, &name) == NULL) {
         return ngx_http_smartflow_error(r, NGX_HTTP_NOT_FOUND,
@@ -950,16 +932,19 @@ unknown:
 }
 
 
-static void
-ngx_http_smartflow_cred_body(ngx_http_request_t *r)
+/*
+ * The path after the location's prefix: NGX_OK for "NAME/OP",
+ * NGX_DECLINED for nothing (the list), NGX_ERROR for anything else.
+ */
+static ngx_int_t
+ngx_http_smartflow_cred_path(ngx_http_request_t *r, ngx_str_t *name,
+    ngx_str_t *op)
 {
     u_char                    *p, *last, *slash;
-    ngx_str_t                  name, op;
     ngx_http_core_loc_conf_t  *clcf;
 
     clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
 
-    /* the path was checked before the body was read */
     p = r->uri.data + ngx_min(clcf->name.len, r->uri.len);
     last = r->uri.data + r->uri.len;
 
@@ -971,12 +956,32 @@ ngx_http_smartflow_cred_body(ngx_http_request_t *r)
         p++;
     }
 
+    if (p == last) {
+        return NGX_DECLINED;
+    }
+
     slash = ngx_strlchr(p, last, '/');
 
-    name.data = p;
-    name.len = slash - p;
-    op.data = slash + 1;
-    op.len = last - op.data;
+    if (slash == NULL) {
+        return NGX_ERROR;
+    }
+
+    name->data = p;
+    name->len = slash - p;
+    op->data = slash + 1;
+    op->len = last - op->data;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_smartflow_cred_body(ngx_http_request_t *r)
+{
+    ngx_str_t  name, op;
+
+    /* the path was checked before the body was read */
+    (void) ngx_http_smartflow_cred_path(r, &name, &op);
 
     ngx_http_finalize_request(r, ngx_http_smartflow_cred_run(r, &name, &op));
 }
