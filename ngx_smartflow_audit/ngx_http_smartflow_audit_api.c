@@ -459,7 +459,8 @@ ngx_http_smartflow_audit_status(ngx_http_request_t *r,
                      "\"last_seal_time\":%T,\"last_seal_age\":%T,"
                      "\"backlog\":{\"seals_pending\":%ui,"
                      "\"unsealed_records\":%uL,"
-                     "\"timestamps_spooled\":%ui,\"shipping\":%ui},"
+                     "\"timestamps_spooled\":%ui,\"shipping\":%ui,"
+                     "\"unwritten_records\":%uL},"
                      "\"timestamps\":%ui,"
                      "\"s3\":{\"enabled\":%s,\"shipped_segments\":%ui,"
                      "\"objects\":%ui,\"bytes\":%uL,\"failures\":%ui,"
@@ -470,7 +471,8 @@ ngx_http_smartflow_audit_status(ngx_http_request_t *r,
                      s.seg_count, s.seg_bytes, s.last_sealed,
                      s.last_seal_time, age, s.seals_pending,
                      (uint64_t) (s.log.size - s.sealed.size),
-                     s.tsa_waiting, s.s3_backlog, s.tsa_stamped,
+                     s.tsa_waiting, s.s3_backlog, s.buf_records,
+                     s.tsa_stamped,
                      amcf->s3_url.len ? "true" : "false", s.s3_segments,
                      s.s3_objects, s.s3_bytes, s.s3_failures,
                      s.s3_last_ship, s.seal_failures,
@@ -889,6 +891,9 @@ ngx_http_smartflow_audit_query(ngx_http_request_t *r,
             q->limit = v;
         }
     }
+
+    /* the thread reads the files: what the buffer holds goes there first */
+    (void) ngx_http_smartflow_audit_flush(amcf, r->connection->log);
 
     task->ctx = q;
     task->handler = ngx_http_smartflow_audit_query_thread;

@@ -14,7 +14,9 @@
 #include "ngx_http_smartflow_audit.h"
 
 
-#define NGX_HTTP_SMARTFLOW_AUDIT_ZONE  (128 * 1024)
+#define NGX_HTTP_SMARTFLOW_AUDIT_ZONE                                     \
+    (128 * 1024 + NGX_SMARTFLOW_AUDIT_BUFFER_MAX                           \
+     + NGX_SMARTFLOW_AUDIT_LEAVES_MAX * 32 + 64 * 1024)
 
 
 /* per request: the answer's hash as the client receives it */
@@ -68,6 +70,18 @@ static void ngx_http_smartflow_audit_retry_thread(void *data,
     ngx_log_t *log);
 static void ngx_http_smartflow_audit_retry_done(ngx_event_t *ev);
 static void ngx_http_smartflow_audit_exit_process(ngx_cycle_t *cycle);
+static ngx_int_t ngx_http_smartflow_audit_open(
+    ngx_http_smartflow_audit_main_conf_t *amcf,
+    ngx_http_smartflow_audit_sh_t *sh, ngx_log_t *log);
+static ngx_int_t ngx_http_smartflow_audit_flush_locked(
+    ngx_http_smartflow_audit_main_conf_t *amcf,
+    ngx_http_smartflow_audit_sh_t *sh, ngx_log_t *log);
+static void ngx_http_smartflow_audit_flush_timer(ngx_event_t *ev);
+static char *ngx_http_smartflow_audit_buffer(ngx_conf_t *cf, void *post,
+    void *data);
+
+static ngx_conf_post_handler_pt  ngx_http_smartflow_audit_buffer_p =
+    ngx_http_smartflow_audit_buffer;
 
 
 static ngx_command_t  ngx_http_smartflow_audit_commands[] = {
@@ -105,6 +119,20 @@ static ngx_command_t  ngx_http_smartflow_audit_commands[] = {
       ngx_conf_set_sec_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_smartflow_audit_main_conf_t, seal_interval),
+      NULL },
+
+    { ngx_string("smartflow_audit_buffer"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_audit_main_conf_t, buffer),
+      &ngx_http_smartflow_audit_buffer_p },
+
+    { ngx_string("smartflow_audit_flush"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_audit_main_conf_t, flush),
       NULL },
 
     { ngx_string("smartflow_audit_immutable"),
@@ -273,6 +301,9 @@ static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
 /* this process's descriptor of the open segment */
 static ngx_fd_t    ngx_http_smartflow_audit_fd = NGX_INVALID_FILE;
 static ngx_uint_t  ngx_http_smartflow_audit_fd_segment;
+
+/* writes what the buffer holds a while after this process added to it */
+static ngx_event_t  ngx_http_smartflow_audit_flush_ev;
 
 /* the retry of spooled timestamps, in one worker */
 static ngx_event_t        ngx_http_smartflow_audit_retry_ev;
@@ -658,9 +689,10 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
     ngx_http_smartflow_audit_sample_t *m)
 {
     u_char                           *body_end;
+    size_t                            len;
     ssize_t                           n;
     uint64_t                          seq;
-    ngx_uint_t                        rotate;
+    ngx_uint_t                        rotate, buffered;
     ngx_slab_pool_t                  *shpool;
     ngx_http_smartflow_audit_sh_t    *sh;
     u_char                            leaf[32];
@@ -676,28 +708,11 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (ngx_http_smartflow_audit_fd == NGX_INVALID_FILE
-        || ngx_http_smartflow_audit_fd_segment != sh->segment)
+    if (ngx_http_smartflow_audit_open(amcf, sh, r->connection->log)
+        != NGX_OK)
     {
-        if (ngx_http_smartflow_audit_fd != NGX_INVALID_FILE) {
-            (void) ngx_close_file(ngx_http_smartflow_audit_fd);
-        }
-
-        ngx_snprintf(path, NGX_MAX_PATH, "%V/" NGX_SMARTFLOW_AUDIT_SEGMENT
-                     "%Z", &amcf->dir, sh->segment);
-
-        ngx_http_smartflow_audit_fd = ngx_open_file(path, NGX_FILE_APPEND,
-                                                    NGX_FILE_CREATE_OR_OPEN,
-                                                    0644);
-        if (ngx_http_smartflow_audit_fd == NGX_INVALID_FILE) {
-            sh->write_failures++;
-            ngx_shmtx_unlock(&shpool->mutex);
-            ngx_log_error(NGX_LOG_ALERT, r->connection->log, ngx_errno,
-                          "smartflow audit: open \"%s\" failed", path);
-            return NGX_ERROR;
-        }
-
-        ngx_http_smartflow_audit_fd_segment = sh->segment;
+        ngx_shmtx_unlock(&shpool->mutex);
+        return NGX_ERROR;
     }
 
     seq = sh->seq + 1;
@@ -714,26 +729,57 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
     sf_audit_hex(mac, 32, hex);
     p = ngx_sprintf(p, ",\"hmac\":\"%s\"}\n", hex);
 
-    n = ngx_write_fd(ngx_http_smartflow_audit_fd, line, p - line);
+    len = p - line;
+    buffered = 0;
 
-    if (n != p - line) {
-        /* a piece of a record would break the chain for every later one */
-        if (n > 0
-            && ftruncate(ngx_http_smartflow_audit_fd, sh->seg_bytes) == -1)
+    if (amcf->buffer && len <= amcf->buffer) {
+        /* into the shared buffer, in chain order; written when full */
+        if (sh->buf_len + len > amcf->buffer
+            && ngx_http_smartflow_audit_flush_locked(amcf, sh,
+                                                     r->connection->log)
+               != NGX_OK)
         {
-            ngx_log_error(NGX_LOG_ALERT, r->connection->log, ngx_errno,
-                          "smartflow audit: cutting a partial record off "
-                          "segment %ui failed",
-                          ngx_http_smartflow_audit_fd_segment);
+            ngx_shmtx_unlock(&shpool->mutex);
+            return NGX_ERROR;
         }
 
-        sh->write_failures++;
-        ngx_shmtx_unlock(&shpool->mutex);
+        ngx_memcpy(sh->buf + sh->buf_len, line, len);
+        sh->buf_len += len;
+        sh->buf_records++;
+        buffered = 1;
 
-        ngx_log_error(NGX_LOG_ALERT, r->connection->log, ngx_errno,
-                      "smartflow audit: writing segment %ui failed",
-                      ngx_http_smartflow_audit_fd_segment);
-        return NGX_ERROR;
+    } else {
+        if (ngx_http_smartflow_audit_flush_locked(amcf, sh,
+                                                  r->connection->log)
+            != NGX_OK)
+        {
+            ngx_shmtx_unlock(&shpool->mutex);
+            return NGX_ERROR;
+        }
+
+        n = ngx_write_fd(ngx_http_smartflow_audit_fd, line, len);
+
+        if (n != (ssize_t) len) {
+            /* a piece of a record would break the chain for every later
+             * one */
+            if (n > 0
+                && ftruncate(ngx_http_smartflow_audit_fd, sh->seg_bytes)
+                   == -1)
+            {
+                ngx_log_error(NGX_LOG_ALERT, r->connection->log, ngx_errno,
+                              "smartflow audit: cutting a partial record "
+                              "off segment %ui failed",
+                              ngx_http_smartflow_audit_fd_segment);
+            }
+
+            sh->write_failures++;
+            ngx_shmtx_unlock(&shpool->mutex);
+
+            ngx_log_error(NGX_LOG_ALERT, r->connection->log, ngx_errno,
+                          "smartflow audit: writing segment %ui failed",
+                          ngx_http_smartflow_audit_fd_segment);
+            return NGX_ERROR;
+        }
     }
 
     /* the record's hash, for the next one's "prev" and the log tree */
@@ -742,6 +788,14 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
     sh->seq = seq;
     ngx_memcpy(sh->head, leaf, 32);
     sf_merkle_frontier_append(&sh->log, leaf);
+
+    /* kept for the seal, which then needs not hash the segment again */
+    if (sh->leaves_ok && sh->seg_count < NGX_SMARTFLOW_AUDIT_LEAVES_MAX) {
+        ngx_memcpy(sh->leaves[sh->seg_count], leaf, 32);
+
+    } else {
+        sh->leaves_ok = 0;
+    }
 
     if (sh->seg_count++ == 0) {
         sh->seg_first = seq;
@@ -752,14 +806,29 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
 
     ngx_http_smartflow_audit_count(sh, m);
 
-    if ((size_t) sh->seg_bytes >= amcf->segment_size
-        || ngx_time() - sh->seg_start >= amcf->seal_interval)
+    /* a segment is closed with all its records written */
+    if (((size_t) sh->seg_bytes >= amcf->segment_size
+         || ngx_time() - sh->seg_start >= amcf->seal_interval)
+        && ngx_http_smartflow_audit_flush_locked(amcf, sh,
+                                                 r->connection->log)
+           == NGX_OK)
     {
         rotate = 1;
 
         snap.segment = sh->segment;
         snap.first = sh->seg_first;
         snap.count = sh->seg_count;
+        snap.bytes = sh->seg_bytes;
+        snap.leaves = NULL;
+
+        if (sh->leaves_ok) {
+            snap.leaves = ngx_alloc(sh->seg_count * 32, r->connection->log);
+
+            if (snap.leaves) {
+                ngx_memcpy(snap.leaves, sh->leaves, sh->seg_count * 32);
+            }
+        }
+
         ngx_memcpy(snap.head, sh->head, 32);
         ngx_memcpy(&snap.old, &sh->sealed, sizeof(sf_merkle_frontier_t));
         ngx_memcpy(&sh->sealed, &sh->log, sizeof(sf_merkle_frontier_t));
@@ -770,6 +839,7 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
         sh->seg_bytes = 0;
         sh->seg_start = 0;
         sh->seals_pending++;
+        sh->leaves_ok = 1;
 
         /* the next segment exists from now: the folder shows which is open */
         (void) ngx_close_file(ngx_http_smartflow_audit_fd);
@@ -784,6 +854,12 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
     }
 
     ngx_shmtx_unlock(&shpool->mutex);
+
+    if (buffered && !ngx_http_smartflow_audit_flush_ev.timer_set
+        && ngx_http_smartflow_audit_flush_ev.handler)
+    {
+        ngx_add_timer(&ngx_http_smartflow_audit_flush_ev, amcf->flush);
+    }
 
     if (!rotate) {
         return NGX_OK;
@@ -806,6 +882,8 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
     }
 
     if (ngx_http_smartflow_audit_post_seal(r, amcf, &snap) != NGX_OK) {
+        ngx_free(snap.leaves);
+
         ngx_shmtx_lock(&shpool->mutex);
         sh->seals_pending--;
         sh->seal_failures++;
@@ -1100,7 +1178,23 @@ ngx_http_smartflow_audit_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     shpool->data = sh;
 
-    return ngx_http_smartflow_audit_recover(shm_zone->shm.log, amcf, sh);
+    if (ngx_http_smartflow_audit_recover(shm_zone->shm.log, amcf, sh)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    sh->buf = ngx_slab_alloc(shpool, NGX_SMARTFLOW_AUDIT_BUFFER_MAX);
+    sh->leaves = ngx_slab_alloc(shpool, NGX_SMARTFLOW_AUDIT_LEAVES_MAX * 32);
+
+    if (sh->buf == NULL || sh->leaves == NULL) {
+        return NGX_ERROR;
+    }
+
+    /* an open segment holding records from before: its seal hashes it */
+    sh->leaves_ok = (sh->seg_count == 0);
+
+    return NGX_OK;
 }
 
 
@@ -1117,6 +1211,8 @@ ngx_http_smartflow_audit_create_main_conf(ngx_conf_t *cf)
 
     amcf->segment_size = NGX_CONF_UNSET_SIZE;
     amcf->seal_interval = NGX_CONF_UNSET;
+    amcf->buffer = NGX_CONF_UNSET_SIZE;
+    amcf->flush = NGX_CONF_UNSET_MSEC;
     amcf->immutable = NGX_CONF_UNSET;
     amcf->request_id = NGX_ERROR;
     amcf->tsa_timeout = NGX_CONF_UNSET_MSEC;
@@ -1145,6 +1241,8 @@ ngx_http_smartflow_audit_init_main_conf(ngx_conf_t *cf, void *conf)
 
     ngx_conf_init_size_value(amcf->segment_size, 16 * 1024 * 1024);
     ngx_conf_init_value(amcf->seal_interval, 60);
+    ngx_conf_init_size_value(amcf->buffer, 64 * 1024);
+    ngx_conf_init_msec_value(amcf->flush, 100);
     ngx_conf_init_value(amcf->immutable, 0);
     ngx_conf_init_msec_value(amcf->tsa_timeout, 10000);
     ngx_conf_init_msec_value(amcf->tsa_retry, 30000);
@@ -1426,6 +1524,20 @@ ngx_http_smartflow_audit_init_process(ngx_cycle_t *cycle)
 
     ngx_http_smartflow_audit_s3_init_process(cycle, amcf);
 
+    if (amcf && amcf->zone
+        && (ngx_process == NGX_PROCESS_WORKER
+            || ngx_process == NGX_PROCESS_SINGLE))
+    {
+        ev = &ngx_http_smartflow_audit_flush_ev;
+        ev->handler = ngx_http_smartflow_audit_flush_timer;
+        ev->data = amcf;
+        ev->log = cycle->log;
+        ev->cancelable = 1;
+
+        /* what a worker killed before its flush left in the buffer */
+        (void) ngx_http_smartflow_audit_flush(amcf, cycle->log);
+    }
+
     if (amcf == NULL || amcf->zone == NULL || amcf->tsa_url.len == 0
         || (ngx_process == NGX_PROCESS_WORKER && ngx_worker != 0))
     {
@@ -1546,8 +1658,154 @@ ngx_http_smartflow_audit_retry_done(ngx_event_t *ev)
 static void
 ngx_http_smartflow_audit_exit_process(ngx_cycle_t *cycle)
 {
+    ngx_http_smartflow_audit_main_conf_t  *amcf;
+
+    amcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_smartflow_audit_module);
+
+    /* a reload, quit or stop: nothing stays in the buffer */
+    if (amcf && amcf->zone
+        && ngx_http_smartflow_audit_flush_ev.handler != NULL)
+    {
+        (void) ngx_http_smartflow_audit_flush(amcf, cycle->log);
+    }
+
     if (ngx_http_smartflow_audit_fd != NGX_INVALID_FILE) {
         (void) ngx_close_file(ngx_http_smartflow_audit_fd);
         ngx_http_smartflow_audit_fd = NGX_INVALID_FILE;
     }
+}
+
+
+/* this process's descriptor of the open segment; under the zone's lock */
+static ngx_int_t
+ngx_http_smartflow_audit_open(ngx_http_smartflow_audit_main_conf_t *amcf,
+    ngx_http_smartflow_audit_sh_t *sh, ngx_log_t *log)
+{
+    u_char  path[NGX_MAX_PATH];
+
+    if (ngx_http_smartflow_audit_fd != NGX_INVALID_FILE
+        && ngx_http_smartflow_audit_fd_segment == sh->segment)
+    {
+        return NGX_OK;
+    }
+
+    if (ngx_http_smartflow_audit_fd != NGX_INVALID_FILE) {
+        (void) ngx_close_file(ngx_http_smartflow_audit_fd);
+    }
+
+    ngx_snprintf(path, NGX_MAX_PATH, "%V/" NGX_SMARTFLOW_AUDIT_SEGMENT "%Z",
+                 &amcf->dir, sh->segment);
+
+    ngx_http_smartflow_audit_fd = ngx_open_file(path, NGX_FILE_APPEND,
+                                                NGX_FILE_CREATE_OR_OPEN,
+                                                0644);
+    if (ngx_http_smartflow_audit_fd == NGX_INVALID_FILE) {
+        sh->write_failures++;
+        ngx_log_error(NGX_LOG_ALERT, log, ngx_errno,
+                      "smartflow audit: open \"%s\" failed", path);
+        return NGX_ERROR;
+    }
+
+    ngx_http_smartflow_audit_fd_segment = sh->segment;
+
+    return NGX_OK;
+}
+
+
+/*
+ * Under the zone's lock: the buffered records, all of the open segment,
+ * in one write().  On a failure they stay in the buffer for the next try
+ * and whatever piece reached the file is cut off again.
+ */
+static ngx_int_t
+ngx_http_smartflow_audit_flush_locked(
+    ngx_http_smartflow_audit_main_conf_t *amcf,
+    ngx_http_smartflow_audit_sh_t *sh, ngx_log_t *log)
+{
+    ssize_t  n;
+
+    if (sh->buf_len == 0) {
+        return NGX_OK;
+    }
+
+    if (ngx_http_smartflow_audit_open(amcf, sh, log) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    n = ngx_write_fd(ngx_http_smartflow_audit_fd, sh->buf, sh->buf_len);
+
+    if (n != (ssize_t) sh->buf_len) {
+        if (n > 0
+            && ftruncate(ngx_http_smartflow_audit_fd,
+                         sh->seg_bytes - (off_t) sh->buf_len)
+               == -1)
+        {
+            ngx_log_error(NGX_LOG_ALERT, log, ngx_errno,
+                          "smartflow audit: cutting a partial write off "
+                          "segment %ui failed", sh->segment);
+        }
+
+        sh->write_failures++;
+        ngx_log_error(NGX_LOG_ALERT, log, ngx_errno,
+                      "smartflow audit: writing %uL buffered records to "
+                      "segment %ui failed, kept for the next try",
+                      sh->buf_records, sh->segment);
+        return NGX_ERROR;
+    }
+
+    sh->buf_len = 0;
+    sh->buf_records = 0;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_smartflow_audit_flush(ngx_http_smartflow_audit_main_conf_t *amcf,
+    ngx_log_t *log)
+{
+    ngx_int_t                       rc;
+    ngx_slab_pool_t                *shpool;
+    ngx_http_smartflow_audit_sh_t  *sh;
+
+    if (amcf == NULL || amcf->zone == NULL) {
+        return NGX_OK;
+    }
+
+    shpool = (ngx_slab_pool_t *) amcf->zone->shm.addr;
+    sh = shpool->data;
+
+    ngx_shmtx_lock(&shpool->mutex);
+    rc = ngx_http_smartflow_audit_flush_locked(amcf, sh, log);
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return rc;
+}
+
+
+static void
+ngx_http_smartflow_audit_flush_timer(ngx_event_t *ev)
+{
+    ngx_http_smartflow_audit_main_conf_t  *amcf = ev->data;
+
+    if (ngx_http_smartflow_audit_flush(amcf, ev->log) != NGX_OK
+        && !(ngx_exiting || ngx_quit || ngx_terminate))
+    {
+        ngx_add_timer(ev, amcf->flush);
+    }
+}
+
+
+/* smartflow_audit_buffer SIZE: 0 writes each record as it is made */
+static char *
+ngx_http_smartflow_audit_buffer(ngx_conf_t *cf, void *post, void *data)
+{
+    size_t  *sp = data;
+
+    if (*sp > NGX_SMARTFLOW_AUDIT_BUFFER_MAX) {
+        return "must be at most 1m";
+    }
+
+    return NGX_CONF_OK;
 }

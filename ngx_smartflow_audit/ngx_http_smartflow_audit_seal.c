@@ -21,6 +21,8 @@ static ngx_int_t ngx_http_smartflow_audit_read(u_char *path, u_char **buf,
 static ngx_int_t ngx_http_smartflow_audit_leaves(u_char *buf, size_t len,
     unsigned char (**leaves)[32], uint64_t *n, u_char *head,
     uint64_t *first, uint64_t *last);
+static ngx_int_t ngx_http_smartflow_audit_lines(u_char *buf, size_t len,
+    uint64_t *n, u_char *head, uint64_t *first);
 static void ngx_http_smartflow_audit_protect(ngx_fd_t fd, ngx_flag_t imm,
     char *protection);
 
@@ -56,9 +58,29 @@ ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s)
         return NGX_ERROR;
     }
 
-    if (ngx_http_smartflow_audit_leaves(buf, len, &leaves, &n, head, &first,
-                                        &lastseq)
-        != NGX_OK)
+    if (s->leaves) {
+        /*
+         * The workers' leaves: the file is checked against them by its
+         * size, its lines, its first record's number and its last
+         * record's hash, without hashing every record again.
+         */
+        leaves = s->leaves;
+        s->leaves = NULL;
+
+        if ((off_t) len != s->bytes
+            || ngx_http_smartflow_audit_lines(buf, len, &n, head, &first)
+               != NGX_OK
+            || (n && ngx_memcmp(leaves[n - 1], head, 32) != 0))
+        {
+            snprintf(s->err, sizeof(s->err), "%s: %lu bytes, %lu "
+                     "expected, or a record is cut short or unreadable",
+                     path, (unsigned long) len, (unsigned long) s->bytes);
+            goto failed;
+        }
+
+    } else if (ngx_http_smartflow_audit_leaves(buf, len, &leaves, &n, head,
+                                               &first, &lastseq)
+               != NGX_OK)
     {
         snprintf(s->err, sizeof(s->err), "%s: a record is cut short or "
                  "unreadable", path);
@@ -198,10 +220,58 @@ ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s)
 
 failed:
 
+    ngx_free(s->leaves);
+    s->leaves = NULL;
     ngx_free(leaves);
     ngx_free(buf);
 
     return s->rc;
+}
+
+
+/* the number of lines, the first one's record number, the last's hash */
+static ngx_int_t
+ngx_http_smartflow_audit_lines(u_char *buf, size_t len, uint64_t *n,
+    u_char *head, uint64_t *first)
+{
+    u_char           *p, *end, *eol, *last;
+    uint64_t          count;
+    const char       *why;
+    sf_audit_tail_t   t;
+
+    *n = 0;
+    *first = 0;
+    ngx_memzero(head, 32);
+
+    if (len == 0) {
+        return NGX_OK;
+    }
+
+    if (buf[len - 1] != '\n') {
+        return NGX_ERROR;
+    }
+
+    count = 0;
+    end = buf + len;
+    last = buf;
+
+    for (p = buf; p < end; p = eol + 1) {
+        eol = memchr(p, '\n', end - p);
+        last = p;
+        count++;
+    }
+
+    eol = memchr(buf, '\n', len);
+
+    if (sf_audit_tail_parse((char *) buf, eol - buf, &t, &why) != 0) {
+        return NGX_ERROR;
+    }
+
+    *first = t.seq;
+    *n = count;
+    sf_merkle_leaf(last, end - 1 - last, head);
+
+    return NGX_OK;
 }
 
 

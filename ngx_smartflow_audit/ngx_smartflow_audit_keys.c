@@ -7,24 +7,99 @@
 #include <string.h>
 #include <stdlib.h>
 
-#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/params.h>
 
 #include "ngx_smartflow_audit_keys.h"
 
 
-static EVP_MAC                *sf_hmac;
-static __thread EVP_MAC_CTX   *sf_hmac_ctx;
+/*
+ * HMAC-SHA256 keyed once: the states after the key's inner and outer
+ * pads are kept, per thread, for the last key used, and each message
+ * starts from a copy of them (RFC 2104), instead of initialising an
+ * EVP_MAC, which hashes the pads again, for every record.
+ */
+typedef struct {
+    EVP_MD_CTX     *inner;
+    EVP_MD_CTX     *outer;
+    EVP_MD_CTX     *work;
+    unsigned char   key[SF_AUDIT_KEY_MAX];
+    size_t          key_len;            /* 0: none keyed yet */
+} sf_hmac_state_t;
+
+
+static EVP_MD                  *sf_hmac_md;
+static __thread sf_hmac_state_t  sf_hmac_st;
 
 
 void
 sf_audit_hmac_init(void)
 {
-    if (sf_hmac == NULL) {
-        sf_hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    if (sf_hmac_md == NULL) {
+        sf_hmac_md = EVP_MD_fetch(NULL, "SHA256", NULL);
     }
+}
+
+
+static int
+sf_audit_hmac_key(sf_hmac_state_t *st, const sf_audit_key_t *k)
+{
+    size_t          i;
+    unsigned int    n;
+    unsigned char   block[64], pad[64];
+
+    if (st->inner == NULL) {
+        st->inner = EVP_MD_CTX_new();
+        st->outer = EVP_MD_CTX_new();
+        st->work = EVP_MD_CTX_new();
+
+        if (st->inner == NULL || st->outer == NULL || st->work == NULL) {
+            return -1;
+        }
+    }
+
+    st->key_len = 0;
+    memset(block, 0, sizeof(block));
+
+    /* a key longer than the block is hashed first */
+    if (k->key_len > sizeof(block)) {
+        if (EVP_Digest(k->key, k->key_len, block, &n, sf_hmac_md, NULL)
+            != 1)
+        {
+            return -1;
+        }
+
+    } else {
+        memcpy(block, k->key, k->key_len);
+    }
+
+    for (i = 0; i < sizeof(block); i++) {
+        pad[i] = block[i] ^ 0x36;
+    }
+
+    if (EVP_DigestInit_ex(st->inner, sf_hmac_md, NULL) != 1
+        || EVP_DigestUpdate(st->inner, pad, sizeof(pad)) != 1)
+    {
+        return -1;
+    }
+
+    for (i = 0; i < sizeof(block); i++) {
+        pad[i] = block[i] ^ 0x5c;
+    }
+
+    if (EVP_DigestInit_ex(st->outer, sf_hmac_md, NULL) != 1
+        || EVP_DigestUpdate(st->outer, pad, sizeof(pad)) != 1)
+    {
+        return -1;
+    }
+
+    OPENSSL_cleanse(block, sizeof(block));
+    OPENSSL_cleanse(pad, sizeof(pad));
+
+    memcpy(st->key, k->key, k->key_len);
+    st->key_len = k->key_len;
+
+    return 0;
 }
 
 
@@ -32,42 +107,37 @@ int
 sf_audit_hmac(const sf_audit_key_t *k, const void *data, size_t len,
     unsigned char *out)
 {
-    size_t      n;
-    EVP_MAC    *mac;
-    OSSL_PARAM  params[2];
+    unsigned int      n;
+    sf_hmac_state_t  *st;
+    unsigned char     inner[32];
 
-    mac = sf_hmac;
-
-    if (mac == NULL) {
+    if (sf_hmac_md == NULL) {
         sf_audit_hmac_init();
-        mac = sf_hmac;
 
-        if (mac == NULL) {
+        if (sf_hmac_md == NULL) {
             return -1;
         }
     }
 
-    if (sf_hmac_ctx == NULL) {
-        sf_hmac_ctx = EVP_MAC_CTX_new(mac);
-        if (sf_hmac_ctx == NULL) {
-            return -1;
-        }
+    st = &sf_hmac_st;
 
-        /* the digest once: naming it at each init fetches it again */
-        params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
-                                                     (char *) "SHA256", 0);
-        params[1] = OSSL_PARAM_construct_end();
-
-        if (EVP_MAC_CTX_set_params(sf_hmac_ctx, params) != 1) {
-            EVP_MAC_CTX_free(sf_hmac_ctx);
-            sf_hmac_ctx = NULL;
-            return -1;
-        }
+    if (k->key_len == 0 || k->key_len > SF_AUDIT_KEY_MAX) {
+        return -1;
     }
 
-    if (EVP_MAC_init(sf_hmac_ctx, k->key, k->key_len, NULL) != 1
-        || EVP_MAC_update(sf_hmac_ctx, data, len) != 1
-        || EVP_MAC_final(sf_hmac_ctx, out, &n, 32) != 1
+    if ((st->key_len != k->key_len
+         || CRYPTO_memcmp(st->key, k->key, k->key_len) != 0)
+        && sf_audit_hmac_key(st, k) != 0)
+    {
+        return -1;
+    }
+
+    if (EVP_MD_CTX_copy_ex(st->work, st->inner) != 1
+        || EVP_DigestUpdate(st->work, data, len) != 1
+        || EVP_DigestFinal_ex(st->work, inner, &n) != 1
+        || EVP_MD_CTX_copy_ex(st->work, st->outer) != 1
+        || EVP_DigestUpdate(st->work, inner, sizeof(inner)) != 1
+        || EVP_DigestFinal_ex(st->work, out, &n) != 1
         || n != 32)
     {
         return -1;
