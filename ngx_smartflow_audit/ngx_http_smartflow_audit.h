@@ -87,6 +87,7 @@ typedef struct {
     uint64_t                    s3_bytes;
     ngx_uint_t                  s3_failures;    /* rounds that failed */
     time_t                      s3_last_ship;
+    ngx_uint_t                  s3_removed;     /* local segments */
 
     /* records chained but not yet written: smartflow_audit_buffer */
     u_char                     *buf;            /* NGX_..._BUFFER_MAX */
@@ -133,6 +134,7 @@ typedef struct {
     ngx_msec_t                  s3_interval;
     ngx_msec_t                  s3_backoff_max;
     ngx_msec_t                  s3_timeout;
+    ngx_flag_t                  s3_keep;        /* segments once shipped */
 } ngx_http_smartflow_audit_main_conf_t;
 
 
@@ -152,6 +154,7 @@ typedef struct {
     uint64_t                    count;
     u_char                      head[32];
     sf_merkle_frontier_t        old;
+    sf_merkle_frontier_t        log;            /* with this segment */
     off_t                       bytes;
     unsigned char             (*leaves)[32];    /* NULL: hashed again */
     sf_audit_key_t              key;

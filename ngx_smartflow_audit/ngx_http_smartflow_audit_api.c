@@ -464,7 +464,7 @@ ngx_http_smartflow_audit_status(ngx_http_request_t *r,
                      "\"timestamps\":%ui,"
                      "\"s3\":{\"enabled\":%s,\"shipped_segments\":%ui,"
                      "\"objects\":%ui,\"bytes\":%uL,\"failures\":%ui,"
-                     "\"last_ship_time\":%T},"
+                     "\"last_ship_time\":%T,\"removed_segments\":%ui},"
                      "\"seal_failures\":%ui,\"write_failures\":%ui,"
                      "\"segment_size\":%uz,\"seal_interval\":%T}\n",
                      s.seq, head, (uint64_t) s.log.size, hroot, s.segment,
@@ -475,7 +475,7 @@ ngx_http_smartflow_audit_status(ngx_http_request_t *r,
                      s.tsa_stamped,
                      amcf->s3_url.len ? "true" : "false", s.s3_segments,
                      s.s3_objects, s.s3_bytes, s.s3_failures,
-                     s.s3_last_ship, s.seal_failures,
+                     s.s3_last_ship, s.s3_removed, s.seal_failures,
                      s.write_failures, amcf->segment_size,
                      amcf->seal_interval);
 
@@ -1158,6 +1158,7 @@ ngx_http_smartflow_audit_query_thread(void *data, ngx_log_t *log)
     ngx_uint_t                       seg, i, match, more;
     const char                      *why;
     sf_audit_tail_t                  t;
+    ngx_file_info_t                  fi;
     u_char                           path[NGX_MAX_PATH];
     u_char                           needle[64];
     char                             num[64];
@@ -1182,7 +1183,16 @@ ngx_http_smartflow_audit_query_thread(void *data, ngx_log_t *log)
                      "%Z", q->dir, seg);
 
         buf = ngx_http_smartflow_audit_slurp(path, &len);
+
         if (buf == NULL) {
+            /* shipped to S3 and removed: its seal stays */
+            ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEAL
+                         "%Z", q->dir, seg);
+
+            if (ngx_file_info(path, &fi) != NGX_FILE_ERROR) {
+                continue;
+            }
+
             break;
         }
 

@@ -240,6 +240,13 @@ static ngx_command_t  ngx_http_smartflow_audit_commands[] = {
       offsetof(ngx_http_smartflow_audit_main_conf_t, s3_timeout),
       NULL },
 
+    { ngx_string("smartflow_audit_s3_keep"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_audit_main_conf_t, s3_keep),
+      NULL },
+
     { ngx_string("smartflow_audit_api"),
       NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_http_smartflow_audit_api,
@@ -831,6 +838,7 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
 
         ngx_memcpy(snap.head, sh->head, 32);
         ngx_memcpy(&snap.old, &sh->sealed, sizeof(sf_merkle_frontier_t));
+        ngx_memcpy(&snap.log, &sh->log, sizeof(sf_merkle_frontier_t));
         ngx_memcpy(&sh->sealed, &sh->log, sizeof(sf_merkle_frontier_t));
 
         sh->segment++;
@@ -1222,6 +1230,7 @@ ngx_http_smartflow_audit_create_main_conf(ngx_conf_t *cf)
     amcf->s3_interval = NGX_CONF_UNSET_MSEC;
     amcf->s3_backoff_max = NGX_CONF_UNSET_MSEC;
     amcf->s3_timeout = NGX_CONF_UNSET_MSEC;
+    amcf->s3_keep = NGX_CONF_UNSET;
 
     return amcf;
 }
