@@ -695,7 +695,7 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
     const sf_audit_key_t *key, int64_t ts,
     ngx_http_smartflow_audit_sample_t *m)
 {
-    u_char                           *body_end;
+    u_char                           *body_end, *tail;
     size_t                            len;
     ssize_t                           n;
     uint64_t                          seq;
@@ -728,13 +728,20 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
     p = ngx_sprintf(body_end, ",\"ts\":%L,\"seq\":%uL,\"kid\":\"%s\","
                     "\"prev\":\"%s\"", ts, seq, key->kid, hex);
 
-    if (sf_audit_hmac(key, line, p - line, mac) != 0) {
+    /* one pass over the record: its signature, then its hash */
+    if (sf_audit_record_mac(key, line, p - line, mac) != 0) {
         ngx_shmtx_unlock(&shpool->mutex);
         return NGX_ERROR;
     }
 
     sf_audit_hex(mac, 32, hex);
+    tail = p;
     p = ngx_sprintf(p, ",\"hmac\":\"%s\"}\n", hex);
+
+    if (sf_audit_record_leaf(tail, p - tail - 1, leaf) != 0) {
+        ngx_shmtx_unlock(&shpool->mutex);
+        return NGX_ERROR;
+    }
 
     len = p - line;
     buffered = 0;
@@ -789,9 +796,7 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
         }
     }
 
-    /* the record's hash, for the next one's "prev" and the log tree */
-    sf_merkle_leaf(line, p - line - 1, leaf);
-
+    /* the record's hash is the next one's "prev" and in the log tree */
     sh->seq = seq;
     ngx_memcpy(sh->head, leaf, 32);
     sf_merkle_frontier_append(&sh->log, leaf);

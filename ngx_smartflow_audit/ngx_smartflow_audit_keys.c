@@ -147,6 +147,75 @@ sf_audit_hmac(const sf_audit_key_t *k, const void *data, size_t len,
 }
 
 
+/*
+ * A record's signature and leaf hash in one pass over the record: SHA-256
+ * of 0x00 and the signed bytes is what the HMAC signs, and the same
+ * SHA-256 carried on over the rest of the line is the record's RFC 6962
+ * leaf hash.  The state stays, per thread, between the two calls.
+ */
+static __thread EVP_MD_CTX  *sf_rec_ctx;
+static __thread EVP_MD_CTX  *sf_rec_tmp;
+
+
+int
+sf_audit_record_mac(const sf_audit_key_t *k, const void *data, size_t len,
+    unsigned char *mac)
+{
+    unsigned int   n;
+    unsigned char  zero, d[32];
+
+    if (sf_hmac_md == NULL) {
+        sf_audit_hmac_init();
+
+        if (sf_hmac_md == NULL) {
+            return -1;
+        }
+    }
+
+    if (sf_rec_ctx == NULL) {
+        sf_rec_ctx = EVP_MD_CTX_new();
+        sf_rec_tmp = EVP_MD_CTX_new();
+
+        if (sf_rec_ctx == NULL || sf_rec_tmp == NULL) {
+            EVP_MD_CTX_free(sf_rec_ctx);
+            EVP_MD_CTX_free(sf_rec_tmp);
+            sf_rec_ctx = NULL;
+            sf_rec_tmp = NULL;
+            return -1;
+        }
+    }
+
+    zero = 0;
+
+    if (EVP_DigestInit_ex(sf_rec_ctx, sf_hmac_md, NULL) != 1
+        || EVP_DigestUpdate(sf_rec_ctx, &zero, 1) != 1
+        || EVP_DigestUpdate(sf_rec_ctx, data, len) != 1
+        || EVP_MD_CTX_copy_ex(sf_rec_tmp, sf_rec_ctx) != 1
+        || EVP_DigestFinal_ex(sf_rec_tmp, d, &n) != 1)
+    {
+        return -1;
+    }
+
+    return sf_audit_hmac(k, d, sizeof(d), mac);
+}
+
+
+int
+sf_audit_record_leaf(const void *tail, size_t len, unsigned char *leaf)
+{
+    unsigned int  n;
+
+    if (sf_rec_ctx == NULL
+        || EVP_DigestUpdate(sf_rec_ctx, tail, len) != 1
+        || EVP_DigestFinal_ex(sf_rec_ctx, leaf, &n) != 1)
+    {
+        return -1;
+    }
+
+    return 0;
+}
+
+
 static int
 sf_audit_time(const char *p, size_t len, int64_t none, int64_t *out)
 {

@@ -690,6 +690,7 @@ verify_segment(state_t *st, const char *path, uint64_t *first,
     uint64_t               line;
     const char            *why;
     sf_audit_tail_t        t;
+    unsigned char          mac[32];
     const sf_audit_key_t  *k;
 
     buf = read_file(path, &len);
@@ -738,7 +739,9 @@ verify_segment(state_t *st, const char *path, uint64_t *first,
             goto bad;
         }
 
-        if (check_mac(k, p, t.signed_len, t.hmac) != 0) {
+        if (sf_audit_record_mac(k, p, t.signed_len, mac) != 0
+            || CRYPTO_memcmp(mac, t.hmac, 32) != 0)
+        {
             fail(path, line, t.seq, "hmac", "the record's HMAC does not "
                  "match: it was changed");
             goto bad;
