@@ -8,9 +8,9 @@
  * segment is marked shipped with segment-N.shipped; the folder itself is
  * the backlog, so it survives restarts.  Then the local segment-N.log is
  * removed (unless smartflow_audit_s3_keep), in order: the seal and the
- * mark stay, so the chain goes on from the seal.  Everything that blocks runs in
- * the thread pool; one worker runs the rounds on a timer, oldest segment
- * first, backing off while the endpoint fails.
+ * mark stay, so the chain goes on from the seal.  Everything that blocks
+ * runs in the thread pool; one worker runs the rounds on a timer, oldest
+ * segment first, backing off while the endpoint fails.
  */
 
 #include <curl/curl.h>

@@ -58,7 +58,7 @@ ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s)
                                       sizeof(s->err))
         != NGX_OK)
     {
-        return NGX_ERROR;
+        goto failed;
     }
 
     if (s->leaves) {
