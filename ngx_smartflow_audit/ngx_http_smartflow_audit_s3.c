@@ -580,7 +580,38 @@ static ngx_uint_t
 ngx_http_smartflow_audit_s3_remove(ngx_http_smartflow_audit_s3_t *s,
     ngx_uint_t seg)
 {
-    u_char  path[NGX_MAX_PATH];
+    ssize_t   n;
+    ngx_fd_t  fd;
+    u_char    path[NGX_MAX_PATH];
+    u_char    seal[16384];
+
+    /*
+     * The chain goes on from the seal of the last segment removed: one
+     * sealed before seals carried the log tree's frontier stays.
+     */
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEAL "%Z",
+                 s->dir, seg);
+
+    fd = ngx_open_file(path, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    n = (fd == NGX_INVALID_FILE) ? -1 : read(fd, seal, sizeof(seal) - 1);
+
+    if (fd != NGX_INVALID_FILE) {
+        (void) ngx_close_file(fd);
+    }
+
+    if (n > 0) {
+        seal[n] = '\0';
+    }
+
+    if (n <= 0 || ngx_strstr(seal, "\"log_frontier\":[") == NULL) {
+        if (s->unremoved == 0) {
+            s->unremoved = seg;
+            snprintf(s->warn, sizeof(s->warn), "%s has no log frontier to "
+                     "go on from", path);
+        }
+
+        return 0;
+    }
 
     ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEGMENT "%Z",
                  s->dir, seg);
