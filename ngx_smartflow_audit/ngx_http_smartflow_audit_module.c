@@ -21,13 +21,14 @@
 
 /* per request: the answer's hash as the client receives it */
 typedef struct {
-    EVP_MD_CTX       *md;
+    sf_sha256_t       md;
     off_t             bytes;
     u_char           *kept;             /* smartflow_audit_bodies */
     size_t            kept_len;
     u_char            request[32];      /* the request body's SHA-256 */
     unsigned          complete:1;
     unsigned          request_done:1;
+    unsigned          md_done:1;
 } ngx_http_smartflow_audit_ctx_t;
 
 
@@ -47,7 +48,6 @@ static ngx_int_t ngx_http_smartflow_audit_tap(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, u_char *p, size_t len, ngx_uint_t last);
 static ngx_http_smartflow_audit_ctx_t *ngx_http_smartflow_audit_get_ctx(
     ngx_http_request_t *r);
-static void ngx_http_smartflow_audit_cleanup(void *data);
 static ngx_int_t ngx_http_smartflow_audit_header_filter(
     ngx_http_request_t *r);
 static ngx_int_t ngx_http_smartflow_audit_init_zone(ngx_shm_zone_t *shm_zone,
@@ -397,7 +397,6 @@ ngx_http_smartflow_audit_record(ngx_http_request_t *r,
     ngx_msec_int_t                   latency;
     u_char                           digest[32];
     u_char                           req_hex[65], resp_hex[65];
-    unsigned int                     dlen;
     const sf_audit_key_t            *key;
     ngx_http_variable_value_t       *vv;
     ngx_http_upstream_state_t       *st;
@@ -496,28 +495,19 @@ ngx_http_smartflow_audit_record(ngx_http_request_t *r,
     if (actx && actx->request_done) {
         ngx_memcpy(digest, actx->request, 32);
 
-    } else if (EVP_Digest(ctx->body.len ? ctx->body.data : (u_char *) "",
-                          ctx->body.len, digest, &dlen, sf_merkle_sha256(),
-                          NULL)
-               != 1)
-    {
-        return NGX_ERROR;
+    } else {
+        sf_sha256(ctx->body.len ? ctx->body.data : (u_char *) "",
+                  ctx->body.len, digest);
     }
 
     sf_audit_hex(digest, 32, (char *) req_hex);
 
-    if (actx && actx->md) {
-        if (EVP_DigestFinal_ex(actx->md, digest, &dlen) != 1) {
-            return NGX_ERROR;
-        }
+    if (actx && !actx->md_done) {
+        sf_sha256_final(&actx->md, digest);
+        actx->md_done = 1;
 
-        EVP_MD_CTX_free(actx->md);
-        actx->md = NULL;
-
-    } else if (EVP_Digest("", 0, digest, &dlen, sf_merkle_sha256(), NULL)
-               != 1)
-    {
-        return NGX_ERROR;
+    } else {
+        sf_sha256("", 0, digest);
     }
 
     sf_audit_hex(digest, 32, (char *) resp_hex);
@@ -1008,12 +998,12 @@ ngx_http_smartflow_audit_tap(ngx_http_request_t *r,
     }
 
     actx = ngx_http_smartflow_audit_get_ctx(r);
-    if (actx == NULL || actx->md == NULL) {
+    if (actx == NULL || actx->md_done) {
         return NGX_ERROR;
     }
 
-    if (len && EVP_DigestUpdate(actx->md, p, len) != 1) {
-        return NGX_ERROR;
+    if (len) {
+        sf_sha256_update(&actx->md, p, len);
     }
 
     if (alcf->bodies && len && actx->kept_len < alcf->bodies) {
@@ -1042,7 +1032,6 @@ ngx_http_smartflow_audit_tap(ngx_http_request_t *r,
 static ngx_http_smartflow_audit_ctx_t *
 ngx_http_smartflow_audit_get_ctx(ngx_http_request_t *r)
 {
-    ngx_pool_cleanup_t              *cln;
     ngx_http_smartflow_audit_ctx_t  *actx;
 
     actx = ngx_http_get_module_ctx(r, ngx_http_smartflow_audit_module);
@@ -1050,42 +1039,17 @@ ngx_http_smartflow_audit_get_ctx(ngx_http_request_t *r)
         return actx;
     }
 
+    /* the hash's state is a plain struct in the pool: nothing to free */
     actx = ngx_pcalloc(r->pool, sizeof(ngx_http_smartflow_audit_ctx_t));
     if (actx == NULL) {
         return NULL;
     }
 
-    cln = ngx_pool_cleanup_add(r->pool, 0);
-    if (cln == NULL) {
-        return NULL;
-    }
-
-    actx->md = EVP_MD_CTX_new();
-
-    if (actx->md == NULL
-        || EVP_DigestInit_ex(actx->md, sf_merkle_sha256(), NULL) != 1)
-    {
-        EVP_MD_CTX_free(actx->md);
-        actx->md = NULL;
-        return NULL;
-    }
-
-    cln->handler = ngx_http_smartflow_audit_cleanup;
-    cln->data = actx;
+    sf_sha256_init(&actx->md);
 
     ngx_http_set_ctx(r, actx, ngx_http_smartflow_audit_module);
 
     return actx;
-}
-
-
-static void
-ngx_http_smartflow_audit_cleanup(void *data)
-{
-    ngx_http_smartflow_audit_ctx_t  *actx = data;
-
-    EVP_MD_CTX_free(actx->md);
-    actx->md = NULL;
 }
 
 
@@ -1130,13 +1094,8 @@ ngx_http_smartflow_audit_header_filter(ngx_http_request_t *r)
         return NGX_ERROR;
     }
 
-    if (EVP_Digest(ctx->body.len ? ctx->body.data : (u_char *) "",
-                   ctx->body.len, actx->request, NULL, sf_merkle_sha256(),
-                   NULL)
-        != 1)
-    {
-        return NGX_ERROR;
-    }
+    sf_sha256(ctx->body.len ? ctx->body.data : (u_char *) "",
+              ctx->body.len, actx->request);
 
     actx->request_done = 1;
 

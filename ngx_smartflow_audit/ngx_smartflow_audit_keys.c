@@ -10,64 +10,45 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "ngx_smartflow_merkle.h"
 #include "ngx_smartflow_audit_keys.h"
 
 
 /*
  * HMAC-SHA256 keyed once: the states after the key's inner and outer
  * pads are kept, per thread, for the last key used, and each message
- * starts from a copy of them (RFC 2104), instead of initialising an
- * EVP_MAC, which hashes the pads again, for every record.
+ * starts from a copy of them (RFC 2104), instead of hashing the pads
+ * again for every record.
  */
 typedef struct {
-    EVP_MD_CTX     *inner;
-    EVP_MD_CTX     *outer;
-    EVP_MD_CTX     *work;
+    sf_sha256_t     inner;
+    sf_sha256_t     outer;
     unsigned char   key[SF_AUDIT_KEY_MAX];
     size_t          key_len;            /* 0: none keyed yet */
 } sf_hmac_state_t;
 
 
-static EVP_MD                  *sf_hmac_md;
 static __thread sf_hmac_state_t  sf_hmac_st;
 
 
 void
 sf_audit_hmac_init(void)
 {
-    if (sf_hmac_md == NULL) {
-        sf_hmac_md = EVP_MD_fetch(NULL, "SHA256", NULL);
-    }
+    /* nothing to fetch: the contexts are plain structs */
 }
 
 
-static int
+static void
 sf_audit_hmac_key(sf_hmac_state_t *st, const sf_audit_key_t *k)
 {
     size_t          i;
-    unsigned int    n;
     unsigned char   block[64], pad[64];
 
-    if (st->inner == NULL) {
-        st->inner = EVP_MD_CTX_new();
-        st->outer = EVP_MD_CTX_new();
-        st->work = EVP_MD_CTX_new();
-
-        if (st->inner == NULL || st->outer == NULL || st->work == NULL) {
-            return -1;
-        }
-    }
-
-    st->key_len = 0;
     memset(block, 0, sizeof(block));
 
     /* a key longer than the block is hashed first */
     if (k->key_len > sizeof(block)) {
-        if (EVP_Digest(k->key, k->key_len, block, &n, sf_hmac_md, NULL)
-            != 1)
-        {
-            return -1;
-        }
+        sf_sha256(k->key, k->key_len, block);
 
     } else {
         memcpy(block, k->key, k->key_len);
@@ -77,29 +58,21 @@ sf_audit_hmac_key(sf_hmac_state_t *st, const sf_audit_key_t *k)
         pad[i] = block[i] ^ 0x36;
     }
 
-    if (EVP_DigestInit_ex(st->inner, sf_hmac_md, NULL) != 1
-        || EVP_DigestUpdate(st->inner, pad, sizeof(pad)) != 1)
-    {
-        return -1;
-    }
+    sf_sha256_init(&st->inner);
+    sf_sha256_update(&st->inner, pad, sizeof(pad));
 
     for (i = 0; i < sizeof(block); i++) {
         pad[i] = block[i] ^ 0x5c;
     }
 
-    if (EVP_DigestInit_ex(st->outer, sf_hmac_md, NULL) != 1
-        || EVP_DigestUpdate(st->outer, pad, sizeof(pad)) != 1)
-    {
-        return -1;
-    }
+    sf_sha256_init(&st->outer);
+    sf_sha256_update(&st->outer, pad, sizeof(pad));
 
     OPENSSL_cleanse(block, sizeof(block));
     OPENSSL_cleanse(pad, sizeof(pad));
 
     memcpy(st->key, k->key, k->key_len);
     st->key_len = k->key_len;
-
-    return 0;
 }
 
 
@@ -107,17 +80,9 @@ int
 sf_audit_hmac(const sf_audit_key_t *k, const void *data, size_t len,
     unsigned char *out)
 {
-    unsigned int      n;
+    sf_sha256_t       c;
     sf_hmac_state_t  *st;
     unsigned char     inner[32];
-
-    if (sf_hmac_md == NULL) {
-        sf_audit_hmac_init();
-
-        if (sf_hmac_md == NULL) {
-            return -1;
-        }
-    }
 
     st = &sf_hmac_st;
 
@@ -125,23 +90,19 @@ sf_audit_hmac(const sf_audit_key_t *k, const void *data, size_t len,
         return -1;
     }
 
-    if ((st->key_len != k->key_len
-         || CRYPTO_memcmp(st->key, k->key, k->key_len) != 0)
-        && sf_audit_hmac_key(st, k) != 0)
+    if (st->key_len != k->key_len
+        || CRYPTO_memcmp(st->key, k->key, k->key_len) != 0)
     {
-        return -1;
+        sf_audit_hmac_key(st, k);
     }
 
-    if (EVP_MD_CTX_copy_ex(st->work, st->inner) != 1
-        || EVP_DigestUpdate(st->work, data, len) != 1
-        || EVP_DigestFinal_ex(st->work, inner, &n) != 1
-        || EVP_MD_CTX_copy_ex(st->work, st->outer) != 1
-        || EVP_DigestUpdate(st->work, inner, sizeof(inner)) != 1
-        || EVP_DigestFinal_ex(st->work, out, &n) != 1
-        || n != 32)
-    {
-        return -1;
-    }
+    c = st->inner;
+    sf_sha256_update(&c, data, len);
+    sf_sha256_final(&c, inner);
+
+    c = st->outer;
+    sf_sha256_update(&c, inner, sizeof(inner));
+    sf_sha256_final(&c, out);
 
     return 0;
 }
@@ -153,48 +114,24 @@ sf_audit_hmac(const sf_audit_key_t *k, const void *data, size_t len,
  * SHA-256 carried on over the rest of the line is the record's RFC 6962
  * leaf hash.  The state stays, per thread, between the two calls.
  */
-static __thread EVP_MD_CTX  *sf_rec_ctx;
-static __thread EVP_MD_CTX  *sf_rec_tmp;
+static __thread sf_sha256_t  sf_rec;
 
 
 int
 sf_audit_record_mac(const sf_audit_key_t *k, const void *data, size_t len,
     unsigned char *mac)
 {
-    unsigned int   n;
+    sf_sha256_t    c;
     unsigned char  zero, d[32];
-
-    if (sf_hmac_md == NULL) {
-        sf_audit_hmac_init();
-
-        if (sf_hmac_md == NULL) {
-            return -1;
-        }
-    }
-
-    if (sf_rec_ctx == NULL) {
-        sf_rec_ctx = EVP_MD_CTX_new();
-        sf_rec_tmp = EVP_MD_CTX_new();
-
-        if (sf_rec_ctx == NULL || sf_rec_tmp == NULL) {
-            EVP_MD_CTX_free(sf_rec_ctx);
-            EVP_MD_CTX_free(sf_rec_tmp);
-            sf_rec_ctx = NULL;
-            sf_rec_tmp = NULL;
-            return -1;
-        }
-    }
 
     zero = 0;
 
-    if (EVP_DigestInit_ex(sf_rec_ctx, sf_hmac_md, NULL) != 1
-        || EVP_DigestUpdate(sf_rec_ctx, &zero, 1) != 1
-        || EVP_DigestUpdate(sf_rec_ctx, data, len) != 1
-        || EVP_MD_CTX_copy_ex(sf_rec_tmp, sf_rec_ctx) != 1
-        || EVP_DigestFinal_ex(sf_rec_tmp, d, &n) != 1)
-    {
-        return -1;
-    }
+    sf_sha256_init(&sf_rec);
+    sf_sha256_update(&sf_rec, &zero, 1);
+    sf_sha256_update(&sf_rec, data, len);
+
+    c = sf_rec;
+    sf_sha256_final(&c, d);
 
     return sf_audit_hmac(k, d, sizeof(d), mac);
 }
@@ -203,14 +140,8 @@ sf_audit_record_mac(const sf_audit_key_t *k, const void *data, size_t len,
 int
 sf_audit_record_leaf(const void *tail, size_t len, unsigned char *leaf)
 {
-    unsigned int  n;
-
-    if (sf_rec_ctx == NULL
-        || EVP_DigestUpdate(sf_rec_ctx, tail, len) != 1
-        || EVP_DigestFinal_ex(sf_rec_ctx, leaf, &n) != 1)
-    {
-        return -1;
-    }
+    sf_sha256_update(&sf_rec, tail, len);
+    sf_sha256_final(&sf_rec, leaf);
 
     return 0;
 }

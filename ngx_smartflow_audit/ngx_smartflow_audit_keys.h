@@ -69,7 +69,7 @@ const sf_audit_key_t *sf_audit_keys_current(const sf_audit_keys_t *keys,
 int sf_audit_tail_parse(const char *line, size_t len, sf_audit_tail_t *t,
     const char **why);
 
-/* HMAC-SHA256 under a key; 0 or -1.  Fetched once, a context a thread */
+/* HMAC-SHA256 under a key; 0 or -1.  Keyed once a key, a state a thread */
 void sf_audit_hmac_init(void);
 int sf_audit_hmac(const sf_audit_key_t *k, const void *data, size_t len,
     unsigned char *out);
