@@ -964,10 +964,15 @@ ngx_http_smartflow_audit_plain(ngx_http_request_t *r,
 }
 
 
+/* ,"name":"value" or ,"name":null; no ngx_sprintf(): a record has 17 */
 static u_char *
 ngx_http_smartflow_audit_str(u_char *p, char *name, ngx_str_t *s)
 {
-    p = ngx_sprintf(p, ",\"%s\":", name);
+    *p++ = ',';
+    *p++ = '"';
+    p = ngx_cpymem(p, name, ngx_strlen(name));
+    *p++ = '"';
+    *p++ = ':';
 
     if (s->len == 0) {
         return ngx_sf_cpymem(p, "null");
