@@ -129,6 +129,25 @@ select undef, undef, undef, 0.3;
 is(scalar(() = $g0->records), 3, 'smartflow_audit_buffer 0: written at once');
 $g0->stop('QUIT');
 
+# a record larger than the buffer: what the buffer holds first, then it
+my $g2 = Smartflow::Audit->new(name => 'audit-flush-2', workers => 1,
+    server => "        include $conf/smartflow_audit.conf;\n",
+    http => "    smartflow_audit_buffer 4k;\n    smartflow_audit_flush 1h;\n"
+          . "    smartflow_audit_bodies 64k;\n");
+$g2->setup->start;
+$g2->chat("small $_") for 1 .. 2;
+$g2->chat('large ' . ('x' x 9000));
+$g2->chat("small again $_") for 1 .. 2;
+select undef, undef, undef, 0.3;
+my @recs = $g2->records;
+is(scalar @recs, 3, 'a record larger than the buffer is written with '
+   . 'the ones before it, in order');
+$g2->get('/api/vas/logs?limit=1');
+my ($rc2, $rep2) = $g2->verify;
+ok($rc2 == 0 && $rep2->{records} == 5, 'and all five verify')
+    or diag explain $rep2;
+$g2->stop('QUIT');
+
 # the time bound: written within smartflow_audit_flush with no traffic
 my $g1 = Smartflow::Audit->new(name => 'audit-flush-1', workers => 1,
     server => "        include $conf/smartflow_audit.conf;\n",
