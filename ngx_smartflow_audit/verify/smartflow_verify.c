@@ -739,8 +739,14 @@ verify_segment(state_t *st, const char *path, uint64_t *first,
             goto bad;
         }
 
-        if (sf_audit_record_mac(k, p, t.signed_len, mac) != 0
-            || CRYPTO_memcmp(mac, t.hmac, 32) != 0)
+        /*
+         * The signature of SHA-256 of 0x00 and the signed bytes, or, for
+         * records written before it, of the signed bytes themselves:
+         * both need the key.
+         */
+        if ((sf_audit_record_mac(k, p, t.signed_len, mac) != 0
+             || CRYPTO_memcmp(mac, t.hmac, 32) != 0)
+            && check_mac(k, p, t.signed_len, t.hmac) != 0)
         {
             fail(path, line, t.seq, "hmac", "the record's HMAC does not "
                  "match: it was changed");
