@@ -23,6 +23,7 @@ enum {
 #define NGX_SF_USAGE_MAX       1000000000000ULL
 
 
+static u_char *ngx_smartflow_usage_plain(u_char *p, u_char *end);
 static void ngx_smartflow_usage_key(ngx_smartflow_usage_scan_t *us);
 static void ngx_smartflow_usage_number(ngx_smartflow_usage_scan_t *us);
 
@@ -63,6 +64,10 @@ ngx_smartflow_usage_scan(ngx_smartflow_usage_scan_t *us, u_char *p,
 
             if (!us->is_key) {
                 /* nothing in a value string matters: skip to its end */
+
+                if (!us->escape) {
+                    p = ngx_smartflow_usage_plain(p, end);
+                }
 
                 while (p < end) {
                     c = *p++;
@@ -211,8 +216,11 @@ ngx_smartflow_usage_scan(ngx_smartflow_usage_scan_t *us, u_char *p,
             break;
 
         case '"':
+            /* only the names at depth 1 and inside usage are read */
             us->state = NGX_SF_USAGE_STRING;
-            us->is_key = us->expect_key;
+            us->is_key = us->expect_key
+                         && (us->depth == 1
+                             || (us->depth == 2 && us->in_usage));
             us->escape = 0;
             us->key_len = 0;
 
@@ -240,6 +248,39 @@ ngx_smartflow_usage_scan(ngx_smartflow_usage_scan_t *us, u_char *p,
             return;
         }
     }
+}
+
+
+/*
+ * Past the 8-byte words of a string that hold no '"' and no '\\' (a byte
+ * is zero in v when v - 0x01 borrows from its top bit and the byte had
+ * not that bit set): most of an answer is its text.
+ */
+
+#define NGX_SF_USAGE_ONES   0x0101010101010101ULL
+#define NGX_SF_USAGE_HIGHS  0x8080808080808080ULL
+
+static u_char *
+ngx_smartflow_usage_plain(u_char *p, u_char *end)
+{
+    uint64_t  x, q, b;
+
+    while (end - p >= 8) {
+        ngx_memcpy(&x, p, 8);
+
+        q = x ^ (NGX_SF_USAGE_ONES * '"');
+        b = x ^ (NGX_SF_USAGE_ONES * '\\');
+
+        if ((((q - NGX_SF_USAGE_ONES) & ~q) | ((b - NGX_SF_USAGE_ONES) & ~b))
+            & NGX_SF_USAGE_HIGHS)
+        {
+            break;
+        }
+
+        p += 8;
+    }
+
+    return p;
 }
 
 
