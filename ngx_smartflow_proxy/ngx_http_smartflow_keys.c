@@ -167,7 +167,7 @@ ngx_http_smartflow_virtual_key(ngx_http_request_t *r,
     u_char                          *p;
     time_t                           now, expired;
     uint64_t                         now_ms, used;
-    ngx_uint_t                       revoked;
+    ngx_uint_t                       revoked, threshold;
     ngx_smartflow_key_t             *k;
     ngx_http_smartflow_vkey_t       *vkey;
     ngx_smartflow_key_secret_t      *s;
@@ -186,6 +186,7 @@ ngx_http_smartflow_virtual_key(ngx_http_request_t *r,
     now_ms = ngx_smartflow_keys_now_ms();
     revoked = 0;
     expired = 0;
+    threshold = 0;
     vkey = NULL;
     used = 0;
 
@@ -227,6 +228,7 @@ ngx_http_smartflow_virtual_key(ngx_http_request_t *r,
 
     } else {
         vkey = ngx_http_smartflow_keys_copy(r, k);
+        threshold = k->cache_threshold;
 
         ngx_smartflow_keys_roll(k, now, now_ms);
 
@@ -282,6 +284,7 @@ ngx_http_smartflow_virtual_key(ngx_http_request_t *r,
 
     ctx->vkey = vkey;
     ctx->team = vkey->team;
+    ctx->cache_threshold = threshold;
 
     ctx->key_id.data = ngx_pnalloc(r->pool, sizeof("vk_") + NGX_INT_T_LEN);
     if (ctx->key_id.data == NULL) {
