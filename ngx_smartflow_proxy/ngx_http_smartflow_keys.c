@@ -512,6 +512,10 @@ ngx_http_smartflow_keys_stage(ngx_http_request_t *r,
 
         if (rc == NGX_OK) {
             /* Redis decided, for every node */
+            if (v->done == NGX_SMARTFLOW_VERDICT_OK) {
+                return NGX_DECLINED;
+            }
+
             period = NGX_SMARTFLOW_PERIOD_TOTAL;
 
             ngx_shmtx_lock(&kz->shpool->mutex);

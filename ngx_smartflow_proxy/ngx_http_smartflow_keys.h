@@ -235,6 +235,7 @@ ngx_int_t ngx_http_smartflow_keys_redis_waiting(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx);
 ngx_int_t ngx_http_smartflow_keys_redis_pull(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx);
+ngx_int_t ngx_http_smartflow_keys_redis_pull_api(ngx_http_request_t *r);
 ngx_int_t ngx_http_smartflow_keys_redis_down(
     ngx_http_smartflow_keys_zone_t *kz);
 ngx_int_t ngx_http_smartflow_keys_redis_unavailable(ngx_http_request_t *r);

@@ -1408,6 +1408,11 @@ ngx_http_smartflow_keys_usage(ngx_smartflow_out_t *o, ngx_smartflow_key_t *k,
 static ngx_int_t
 ngx_http_smartflow_keys_not_found(ngx_http_request_t *r, ngx_uint_t id)
 {
+    /* with Redis, made on another node a moment ago? */
+    if (ngx_http_smartflow_keys_redis_pull_api(r) == NGX_DONE) {
+        return NGX_DONE;
+    }
+
     return ngx_http_smartflow_error(r, NGX_HTTP_NOT_FOUND,
                "invalid_request_error", "key_not_found", NULL,
                "No virtual key vk_%ui.", id);

@@ -161,6 +161,11 @@ static void ngx_http_smartflow_keys_wait(ngx_http_request_t *r,
     ngx_http_smartflow_keys_rq_t *rq);
 static void ngx_http_smartflow_keys_pulled(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
+static void ngx_http_smartflow_keys_api_pulled(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data);
+static ngx_int_t ngx_http_smartflow_keys_redis_pull_with(
+    ngx_http_request_t *r, ngx_http_smartflow_ctx_t *ctx,
+    ngx_smartflow_redis_pt handler);
 static void ngx_http_smartflow_keys_apply(ngx_smartflow_redis_t *rd,
     redisReply *reply);
 static void ngx_http_smartflow_keys_poll(ngx_event_t *ev);
@@ -758,6 +763,48 @@ ngx_int_t
 ngx_http_smartflow_keys_redis_pull(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx)
 {
+    if (ngx_http_smartflow_keys_redis_pull_with(r, ctx,
+                                                ngx_http_smartflow_keys_pulled)
+        != NGX_OK)
+    {
+        return NGX_DECLINED;
+    }
+
+    /* the access phase runs again once the records are in */
+    r->write_event_handler = ngx_http_request_empty_handler;
+
+    return NGX_AGAIN;
+}
+
+
+/*
+ * The admin API meets an id its zone does not know: the key may be new
+ * on another node.  NGX_DONE while the records come (the API runs again),
+ * NGX_DECLINED to answer 404 now.
+ */
+ngx_int_t
+ngx_http_smartflow_keys_redis_pull_api(ngx_http_request_t *r)
+{
+    ngx_http_smartflow_ctx_t  *ctx;
+
+    ctx = ngx_http_smartflow_get_ctx(r);
+
+    if (ctx == NULL
+        || ngx_http_smartflow_keys_redis_pull_with(r, ctx,
+               ngx_http_smartflow_keys_api_pulled)
+           != NGX_OK)
+    {
+        return NGX_DECLINED;
+    }
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_keys_redis_pull_with(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_smartflow_redis_pt handler)
+{
     size_t                             len[5];
     ngx_smartflow_redis_t             *rd;
     ngx_http_smartflow_keys_rq_t      *rq;
@@ -790,8 +837,7 @@ ngx_http_smartflow_keys_redis_pull(ngx_http_request_t *r,
     len[4] = ngx_strlen(ngx_sf_kz->sh->redis_epoch);
 
     if (ngx_smartflow_redis_eval(rd, ngx_sf_scripts[NGX_SF_SCRIPT_PULL],
-                                 ngx_http_smartflow_keys_pulled, t, 0, 5,
-                                 argv, len)
+                                 handler, t, 0, 5, argv, len)
         != NGX_OK)
     {
         (void) ngx_http_smartflow_keys_punch(t);
@@ -800,10 +846,31 @@ ngx_http_smartflow_keys_redis_pull(ngx_http_request_t *r,
 
     ngx_http_smartflow_keys_wait(r, rq);
 
-    /* the access phase runs again once the records are in */
-    r->write_event_handler = ngx_http_request_empty_handler;
+    return NGX_OK;
+}
 
-    return NGX_AGAIN;
+
+static void
+ngx_http_smartflow_keys_api_pulled(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data)
+{
+    ngx_connection_t              *c;
+    ngx_http_request_t            *r;
+    ngx_http_smartflow_keys_rq_t  *rq;
+
+    ngx_http_smartflow_keys_apply(rd, reply);
+
+    rq = ngx_http_smartflow_keys_punch(data);
+
+    if (rq == NULL) {
+        return;
+    }
+
+    r = rq->r;
+    c = r->connection;
+
+    ngx_http_finalize_request(r, ngx_http_smartflow_keys_api_rerun(r));
+    ngx_http_run_posted_requests(c);
 }
 
 

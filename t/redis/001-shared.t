@@ -50,10 +50,10 @@ like $body, qr/"name":"shared-one"/, '... by its name';
 
 # a key's cache threshold travels with its record
 my ($kt, $idt) = create($a, '{"name":"shared-threshold","cache_threshold":0.7}');
-sleep 0.6;     # B's poll brings the record
 ($status, $body) = $c->http($b, 'GET', "/api/auth/virtual-keys/$idt", undef,
                             @master);
-like $body, qr/"cache_threshold":0.7,/, 'B has the threshold set on A';
+like $body, qr/"cache_threshold":0.7,/,
+     'B has the threshold set on A at once (an unknown id is pulled)';
 like $c->redis_cli('HGET', 'sf:vk', ($idt =~ /(\d+)/)[0]),
      qr/"cache_permille":700,/, 'Redis keeps it in the record';
 ($status, $body) = $c->http($b, 'PATCH', "/api/auth/virtual-keys/$idt",
