@@ -57,6 +57,8 @@ typedef struct {
     unsigned                            waiting:1;
     unsigned                            in_redis:1; /* reserved there */
     unsigned                            leased:1;   /* from a lease */
+    unsigned                            queued:1;   /* waits for a grant */
+    ngx_queue_t                         queue;
     unsigned                            id_failed:1;
     unsigned                            refreshed:1;
 } ngx_http_smartflow_keys_rq_t;
@@ -122,7 +124,9 @@ typedef struct {
     ngx_msec_t                  slot;
     ngx_uint_t                  count;
     ngx_uint_t                  last;
+    ngx_queue_t                 waiters;    /* requests awaiting it */
     unsigned                    pending:1;  /* a grant is asked for */
+    unsigned                    starved:1;  /* the last one gave none */
 } ngx_http_smartflow_keys_lease_t;
 
 
@@ -192,6 +196,8 @@ static void ngx_http_smartflow_keys_lease_grant(ngx_uint_t id,
     ngx_uint_t period, ngx_http_smartflow_vkey_t *vkey, uint64_t n,
     uint64_t reset, uint64_t used, uint64_t tokens);
 static void ngx_http_smartflow_keys_lease_end(
+    ngx_http_smartflow_keys_lease_t *l);
+static void ngx_http_smartflow_keys_lease_wake(
     ngx_http_smartflow_keys_lease_t *l);
 static void ngx_http_smartflow_keys_lease_ask(ngx_smartflow_redis_t *rd,
     ngx_http_smartflow_keys_lease_t *l, ngx_http_smartflow_vkey_t *vkey);
@@ -680,6 +686,11 @@ ngx_http_smartflow_keys_rq_cleanup(void *data)
     if (rq->ticket) {
         rq->ticket->rq = NULL;
         rq->ticket = NULL;
+    }
+
+    if (rq->queued) {
+        ngx_queue_remove(&rq->queue);
+        rq->queued = 0;
     }
 }
 
@@ -1396,6 +1407,16 @@ ngx_http_smartflow_keys_redis_reserve(ngx_http_request_t *r,
         return NGX_OK;
     }
 
+    if (l && l->pending && !l->starved) {
+        /* a lease is on its way: one round trip less for this request */
+        ngx_queue_insert_tail(&l->waiters, &rq->queue);
+        rq->queued = 1;
+
+        ngx_http_smartflow_keys_wait(r, rq);
+
+        return NGX_AGAIN;
+    }
+
     period = NGX_SMARTFLOW_PERIOD_TOTAL;
 
     ngx_shmtx_lock(&ngx_sf_kz->shpool->mutex);
@@ -1525,17 +1546,34 @@ ngx_http_smartflow_keys_reserved(ngx_smartflow_redis_t *rd,
         reply = NULL;
     }
 
-    if (ticket.want) {
-        l = ngx_http_smartflow_keys_lease(ticket.id, 0);
-        if (l) {
-            l->pending = 0;
-        }
-    }
-
     n = 0;
 
     if (reply && ngx_http_smartflow_keys_num(reply->element[0]) == 0) {
         n = ngx_http_smartflow_keys_num(reply->element[9]);
+    }
+
+    if (n) {
+        /* units like the request that asked */
+        ngx_memzero(&gone, sizeof(ngx_http_smartflow_vkey_t));
+        gone.window = ngx_http_smartflow_keys_num(reply->element[2]);
+        gone.period_start = ticket.period_start;
+        gone.est_tokens = ticket.est_tokens;
+        gone.est_cost = ticket.est_cost;
+
+        ngx_http_smartflow_keys_lease_grant(ticket.id, ticket.period, &gone,
+            n, ngx_http_smartflow_keys_num(reply->element[1]),
+            ngx_http_smartflow_keys_num(reply->element[3]),
+            ngx_http_smartflow_keys_num(reply->element[4]));
+    }
+
+    if (ticket.want) {
+        l = ngx_http_smartflow_keys_lease(ticket.id, 0);
+
+        if (l) {
+            l->pending = 0;
+            l->starved = (n == 0);
+            ngx_http_smartflow_keys_lease_wake(l);
+        }
     }
 
     if (rq == NULL) {
@@ -1559,31 +1597,13 @@ ngx_http_smartflow_keys_reserved(ngx_smartflow_redis_t *rd,
             return;
         }
 
-        if (ngx_http_smartflow_keys_num(reply->element[0])) {
+        if (ngx_http_smartflow_keys_num(reply->element[0]) || ticket.only) {
             return;
         }
 
-        /* a lease asked ahead, or admitted for a request that is gone */
-        ngx_memzero(&gone, sizeof(ngx_http_smartflow_vkey_t));
-        gone.id = ticket.id;
-        gone.window = ngx_http_smartflow_keys_num(reply->element[2]);
-        gone.period_start = ticket.period_start;
-        gone.est_tokens = ticket.est_tokens;
-        gone.est_cost = ticket.est_cost;
-
-        if (n) {
-            ngx_http_smartflow_keys_lease_grant(ticket.id, ticket.period,
-                &gone, n,
-                ngx_http_smartflow_keys_num(reply->element[1]),
-                ngx_http_smartflow_keys_num(reply->element[3]),
-                ngx_http_smartflow_keys_num(reply->element[4]));
-        }
-
-        if (ticket.only) {
-            return;
-        }
-
-        st = ngx_http_smartflow_keys_settle_at(ticket.id, gone.window,
+        /* admitted for a request that is gone: given back */
+        st = ngx_http_smartflow_keys_settle_at(ticket.id,
+                 ngx_http_smartflow_keys_num(reply->element[2]),
                  ticket.period_start,
                  ngx_smartflow_keys_period_start(ticket.period, ngx_time()));
         st->est_tokens += ticket.est_tokens;
@@ -1640,13 +1660,6 @@ ngx_http_smartflow_keys_reserved(ngx_smartflow_redis_t *rd,
             rq->verdict.done = NGX_SMARTFLOW_VERDICT_OK;
             rq->in_redis = 1;
             vkey->reserved = 1;
-
-            if (n) {
-                ngx_http_smartflow_keys_lease_grant(ticket.id, ticket.period,
-                                                    vkey, n, reset, used,
-                                                    tokens);
-            }
-
             break;
 
         case 1:
@@ -1814,6 +1827,7 @@ ngx_http_smartflow_keys_lease(ngx_uint_t id, ngx_uint_t create)
 
     l = spare;
     ngx_memzero(l, sizeof(ngx_http_smartflow_keys_lease_t));
+    ngx_queue_init(&l->waiters);
     l->id = id;
     l->slot = now;
 
@@ -2020,6 +2034,49 @@ ngx_http_smartflow_keys_lease_grant(ngx_uint_t id, ngx_uint_t period,
 
     if (!ngx_sf_flush_event.timer_set) {
         ngx_add_timer(&ngx_sf_flush_event, ngx_max(last, 1));
+    }
+}
+
+
+/*
+ * The requests that waited for a grant run their stage again: from the
+ * lease if it came and has room, else each with its own reservation.
+ * Those that wait again join the lease's next queue, not this one.
+ */
+static void
+ngx_http_smartflow_keys_lease_wake(ngx_http_smartflow_keys_lease_t *l)
+{
+    ngx_queue_t                    *q, waiters;
+    ngx_connection_t               *c;
+    ngx_http_request_t             *r;
+    ngx_http_smartflow_ctx_t       *ctx;
+    ngx_http_smartflow_keys_rq_t   *rq;
+
+    if (ngx_queue_empty(&l->waiters)) {
+        return;
+    }
+
+    ngx_queue_init(&waiters);
+    ngx_queue_add(&waiters, &l->waiters);
+    ngx_queue_init(&l->waiters);
+
+    while (!ngx_queue_empty(&waiters)) {
+        q = ngx_queue_head(&waiters);
+        ngx_queue_remove(q);
+
+        rq = ngx_queue_data(q, ngx_http_smartflow_keys_rq_t, queue);
+        rq->queued = 0;
+        rq->waiting = 0;
+
+        r = rq->r;
+        c = r->connection;
+        ctx = ngx_http_smartflow_get_ctx(r);
+
+        r->main->count--;
+
+        ctx->stage--;
+        ngx_http_smartflow_pipeline_resume(r);
+        ngx_http_run_posted_requests(c);
     }
 }
 
