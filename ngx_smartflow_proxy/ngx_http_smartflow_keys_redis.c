@@ -18,6 +18,10 @@
  * tokens per minute, budget) in the key's counters hash sf:vk:c:ID, and
  * another settles the actual usage after it, both atomic in Redis and
  * timed by Redis's clock, so racing nodes see each other's reservations.
+ * For a busy key the reservation may also lease room for more requests
+ * like it (at most a sixteenth of what each limit has left): the worker
+ * serves them without a round trip and gives back what it did not use
+ * with the settlements, gathered every few milliseconds.
  *
  * Redis away: fail=open serves from the zone and counts what it served
  * apart; when Redis answers again each worker gives that back (absorb)
