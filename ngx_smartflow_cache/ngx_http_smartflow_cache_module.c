@@ -214,7 +214,7 @@ ngx_http_smartflow_cache_stage(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx)
 {
     time_t                                ttl;
-    ngx_int_t                             rc;
+    ngx_int_t                             rc, similarity;
     ngx_uint_t                            lookup, store, n, k, i;
     struct timeval                        start;
     ngx_smartflow_cache_ref_t             refs[NGX_SMARTFLOW_CACHE_K];
@@ -367,14 +367,17 @@ shared_done:
         goto miss;
     }
 
-    /* 4: the nearest vectors */
-    if (clcf->similarity >= 0) {
+    /* 4: the nearest vectors, at the virtual key's threshold if it has one */
+    similarity = (clcf->similarity >= 0 && ctx->cache_threshold)
+                 ? (ngx_int_t) ctx->cache_threshold : clcf->similarity;
+
+    if (similarity >= 0) {
         k = ngx_smartflow_cache_vector_search(z, r->connection->log,
                                               rq->item.ctxk, rq->vec, refs,
                                               scores, NGX_SMARTFLOW_CACHE_K);
 
         for (n = 0, i = 0; i < k; i++) {
-            if (scores[i] * 1000 + 0.5 >= clcf->similarity) {
+            if (scores[i] * 1000 + 0.5 >= similarity) {
                 refs[n] = refs[i];
                 scores[n++] = scores[i];
             }

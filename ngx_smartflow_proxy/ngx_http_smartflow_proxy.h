@@ -319,6 +319,8 @@ typedef struct {
     ngx_str_t                   cache_status;   /* HIT, MISS, BYPASS */
     ngx_uint_t                  cache_phase;    /* 1-4 on a hit */
     ngx_uint_t                  cache_similarity;   /* per mille, 2 and 4 */
+    ngx_uint_t                  cache_threshold;    /* per mille, from the
+                                                   virtual key; 0: none */
 
     /* the policy's decisions: "rule:action" items joined by ',' */
     ngx_str_t                   policy_decisions;
