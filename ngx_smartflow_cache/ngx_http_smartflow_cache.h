@@ -251,6 +251,9 @@ void ngx_smartflow_cache_vector_free(ngx_smartflow_cache_zone_t *z);
 
 /* admin API: ngx_http_smartflow_cache_api.c */
 ngx_int_t ngx_http_smartflow_cache_api_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_smartflow_cache_api_flushed(ngx_http_request_t *r,
+    ngx_smartflow_cache_zone_t *z, ngx_uint_t local, ngx_uint_t shared,
+    ngx_str_t *redis, char *why);
 
 /* the answer: ngx_http_smartflow_cache_store.c */
 ngx_int_t ngx_http_smartflow_cache_tap(ngx_http_request_t *r,
@@ -267,6 +270,9 @@ ngx_int_t ngx_http_smartflow_cache_redis_found(ngx_http_request_t *r,
     ngx_http_smartflow_cache_req_t *rq, ngx_smartflow_cache_found_t *f);
 void ngx_http_smartflow_cache_redis_set(ngx_http_request_t *r,
     ngx_http_smartflow_cache_req_t *rq);
+ngx_int_t ngx_http_smartflow_cache_redis_flush(ngx_http_request_t *r,
+    ngx_smartflow_cache_zone_t *z, ngx_str_t *parts, ngx_uint_t nparts,
+    ngx_uint_t local);
 
 /* the /v1/embeddings embedder: ngx_http_smartflow_cache_embed.c */
 ngx_int_t ngx_http_smartflow_cache_embed(ngx_http_request_t *r,

@@ -291,14 +291,21 @@ ngx_http_smartflow_cache_percentile(ngx_smartflow_cache_stats_t *st,
 }
 
 
+/*
+ * The zone's entries go at once; with smartflow_redis (and
+ * smartflow_cache_redis on in the API's location), those in Redis follow,
+ * and the request is answered when Redis has flushed them.
+ */
 static ngx_int_t
 ngx_http_smartflow_cache_api_flush(ngx_http_request_t *r,
     ngx_smartflow_cache_zone_t *z)
 {
-    u_char      *p;
-    ngx_int_t    rc;
-    ngx_str_t    tenant, part, body;
-    ngx_uint_t   n;
+    ngx_int_t                             rc;
+    ngx_str_t                             tenant, part[2];
+    ngx_uint_t                            n, nparts;
+    ngx_http_smartflow_cache_loc_conf_t  *clcf;
+
+    nparts = 0;
 
     if (ngx_http_arg(r, (u_char *) "tenant", 6, &tenant) != NGX_OK) {
         n = ngx_smartflow_cache_flush(z, NULL);
@@ -311,32 +318,93 @@ ngx_http_smartflow_cache_api_flush(ngx_http_request_t *r,
                        "tenant= names a team or a key id (vk_N).");
         }
 
-        part.data = ngx_pnalloc(r->pool, tenant.len + 8);
-        if (part.data == NULL) {
+        /* a team's partition, and a key's (teamless keys, partition key) */
+        part[0].data = ngx_pnalloc(r->pool, 2 * (tenant.len + 8));
+        if (part[0].data == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        /* a team's partition, and a key's (teamless keys, partition key) */
-        part.len = ngx_sprintf(part.data, "team:%V", &tenant) - part.data;
-        n = ngx_smartflow_cache_flush(z, &part);
+        part[0].len = ngx_sprintf(part[0].data, "team:%V", &tenant)
+                      - part[0].data;
+        part[1].data = part[0].data + part[0].len;
+        part[1].len = ngx_sprintf(part[1].data, "key:%V", &tenant)
+                      - part[1].data;
+        nparts = 2;
 
-        part.len = ngx_sprintf(part.data, "key:%V", &tenant) - part.data;
-        n += ngx_smartflow_cache_flush(z, &part);
+        n = ngx_smartflow_cache_flush(z, &part[0]);
+        n += ngx_smartflow_cache_flush(z, &part[1]);
     }
 
     ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
                   "smartflow cache: flushed %ui entries of zone \"%V\"",
                   n, &z->name);
 
-    p = ngx_pnalloc(r->pool, 64);
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_smartflow_cache_module);
+
+    if (clcf->redis) {
+        rc = ngx_http_smartflow_cache_redis_flush(r, z, part, nparts, n);
+
+        if (rc != NGX_DECLINED) {
+            return rc;
+        }
+    }
+
+    return ngx_http_smartflow_cache_api_flushed(r, z, n, 0, NULL, NULL);
+}
+
+
+/*
+ * {"flushed":N} for the zone, and "redis":{"flushed":M} with Redis; when
+ * Redis failed on the way, a 503 that says what was flushed all the same.
+ */
+ngx_int_t
+ngx_http_smartflow_cache_api_flushed(ngx_http_request_t *r,
+    ngx_smartflow_cache_zone_t *z, ngx_uint_t local, ngx_uint_t shared,
+    ngx_str_t *redis, char *why)
+{
+    u_char     *p;
+    ngx_str_t   body;
+
+    p = ngx_pnalloc(r->pool, 512 + (redis ? redis->len : 0)
+                             + (why ? ngx_strlen(why) : 0));
     if (p == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     body.data = p;
-    body.len = ngx_sprintf(p, "{\"flushed\":%ui}\n", n) - p;
 
-    rc = ngx_http_smartflow_send(r, NGX_HTTP_OK, NGX_HTTP_SMARTFLOW_JSON,
-                                 &body);
-    return rc;
+    if (redis == NULL) {
+        p = ngx_sprintf(p, "{\"flushed\":%ui}\n", local);
+
+    } else if (why == NULL) {
+        ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
+                      "smartflow cache: flushed %ui entries of zone \"%V\" "
+                      "in redis %V", shared, &z->name, redis);
+
+        p = ngx_sprintf(p, "{\"flushed\":%ui,\"redis\":{\"flushed\":%ui,"
+                           "\"complete\":true}}\n", local, shared);
+
+    } else {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "smartflow cache: redis %V %s: the flush of zone "
+                      "\"%V\" is partial (%ui entries in the zone, %ui in "
+                      "redis)", redis, why, &z->name, local, shared);
+
+        /* the reason is ours or Redis's error line: no quote in it */
+        p = ngx_sprintf(p, "{\"error\":{\"message\":\"Redis %V %s: this "
+                           "node's cache was flushed (%ui entries), the "
+                           "shared entries in Redis only in part (%ui). "
+                           "Try again when Redis answers.\","
+                           "\"type\":\"server_error\",\"param\":null,"
+                           "\"code\":\"redis_unavailable\"},"
+                           "\"flushed\":%ui,\"redis\":{\"flushed\":%ui,"
+                           "\"complete\":false}}\n",
+                        redis, why, local, shared, local, shared);
+    }
+
+    body.len = p - body.data;
+
+    return ngx_http_smartflow_send(r, why ? NGX_HTTP_SERVICE_UNAVAILABLE
+                                          : NGX_HTTP_OK,
+                                   NGX_HTTP_SMARTFLOW_JSON, &body);
 }

@@ -9,8 +9,11 @@
  * Redis too, with the entry's TTL.  While Redis is unreachable phase 3 is
  * skipped at once, with one error_log line per outage.
  *
- * In Redis, "smartflow:cache:HEX" holds "sf1 EXPIRE PROMPT COMPLETION
- * FINISH\n" and the answer's text.
+ * In Redis, "smartflow:cache:TAG:HEX" holds "sf1 EXPIRE PROMPT COMPLETION
+ * FINISH\n" and the answer's text; TAG is the partition's own (the first 8
+ * bytes of its SHA-256, in hex), so that DELETE /api/metacache?tenant=
+ * finds a tenant's entries with SCAN MATCH "smartflow:cache:TAG:*" and
+ * UNLINKs them, a batch at a time, while the worker goes on.
  */
 
 #include "ngx_http_smartflow_cache.h"
@@ -18,8 +21,11 @@
 
 
 #define NGX_SMARTFLOW_CACHE_RKEY  "smartflow:cache:"
+#define NGX_SMARTFLOW_CACHE_RTAG  8
 #define NGX_SMARTFLOW_CACHE_RKEY_LEN                                        \
-    (sizeof(NGX_SMARTFLOW_CACHE_RKEY) - 1 + 2 * NGX_SMARTFLOW_CACHE_FP)
+    (sizeof(NGX_SMARTFLOW_CACHE_RKEY) - 1 + 2 * NGX_SMARTFLOW_CACHE_RTAG + 1 \
+     + 2 * NGX_SMARTFLOW_CACHE_FP)
+#define NGX_SMARTFLOW_CACHE_SCAN_COUNT  "1000"
 
 
 typedef struct ngx_http_smartflow_cache_ticket_s
@@ -33,6 +39,24 @@ struct ngx_http_smartflow_cache_ticket_s {
 };
 
 
+/* a flush of Redis, while its request waits; outlives the request too */
+typedef struct {
+    ngx_http_request_t          *r;         /* NULL: it went */
+    ngx_pool_cleanup_t          *cln;
+    ngx_smartflow_cache_zone_t  *zone;
+    ngx_uint_t                   local;     /* flushed from the zone */
+    ngx_uint_t                   flushed;   /* UNLINKed in Redis */
+    ngx_uint_t                   pending;   /* commands unanswered */
+    ngx_uint_t                   pattern;   /* being scanned */
+    ngx_uint_t                   npatterns;
+    char                        *why;       /* NULL: no failure */
+    size_t                       lens[2];
+    u_char                       patterns[2][NGX_SMARTFLOW_CACHE_RKEY_LEN];
+    u_char                       error[128];
+    unsigned                     scanned:1;
+} ngx_http_smartflow_cache_flush_t;
+
+
 static void ngx_http_smartflow_cache_redis_got(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
 static void ngx_http_smartflow_cache_redis_stored(ngx_smartflow_redis_t *rd,
@@ -44,7 +68,21 @@ static void ngx_http_smartflow_cache_redis_down(ngx_smartflow_cache_zone_t *z,
     ngx_smartflow_redis_t *rd, ngx_log_t *log, const char *why);
 static void ngx_http_smartflow_cache_redis_up(ngx_smartflow_cache_zone_t *z,
     ngx_smartflow_redis_t *rd, ngx_log_t *log);
-static size_t ngx_http_smartflow_cache_redis_key(u_char *buf, u_char *fp);
+static size_t ngx_http_smartflow_cache_redis_key(u_char *buf,
+    ngx_str_t *partition, u_char *fp);
+static u_char *ngx_http_smartflow_cache_redis_tag(u_char *p,
+    ngx_str_t *partition);
+static ngx_int_t ngx_http_smartflow_cache_redis_scan(ngx_smartflow_redis_t *rd,
+    ngx_http_smartflow_cache_flush_t *fl, u_char *cursor, size_t len);
+static void ngx_http_smartflow_cache_redis_scanned(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data);
+static void ngx_http_smartflow_cache_redis_unlinked(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data);
+static ngx_uint_t ngx_http_smartflow_cache_redis_failed(
+    ngx_http_smartflow_cache_flush_t *fl, redisReply *reply);
+static void ngx_http_smartflow_cache_redis_flushed(ngx_smartflow_redis_t *rd,
+    ngx_http_smartflow_cache_flush_t *fl);
+static void ngx_http_smartflow_cache_redis_flush_cleanup(void *data);
 
 
 static ngx_http_smartflow_cache_ticket_t  *ngx_http_smartflow_cache_tickets;
@@ -106,7 +144,9 @@ ngx_http_smartflow_cache_redis_get(ngx_http_request_t *r,
     argv[0] = "GET";
     len[0] = 3;
     argv[1] = (char *) key;
-    len[1] = ngx_http_smartflow_cache_redis_key(key, rq->item.fp);
+    len[1] = ngx_http_smartflow_cache_redis_key(key,
+                                                &rq->item.partition,
+                                                rq->item.fp);
 
     if (ngx_smartflow_redis_command(rd, ngx_http_smartflow_cache_redis_got,
                                     t, 2, argv, len)
@@ -342,7 +382,9 @@ ngx_http_smartflow_cache_redis_set(ngx_http_request_t *r,
     argv[0] = "SET";
     len[0] = 3;
     argv[1] = (char *) key;
-    len[1] = ngx_http_smartflow_cache_redis_key(key, rq->item.fp);
+    len[1] = ngx_http_smartflow_cache_redis_key(key,
+                                                &rq->item.partition,
+                                                rq->item.fp);
     argv[2] = (char *) v;
     len[2] = p - v;
     argv[3] = "EX";
@@ -428,13 +470,348 @@ ngx_http_smartflow_cache_redis_up(ngx_smartflow_cache_zone_t *z,
 
 
 static size_t
-ngx_http_smartflow_cache_redis_key(u_char *buf, u_char *fp)
+ngx_http_smartflow_cache_redis_key(u_char *buf, ngx_str_t *partition,
+    u_char *fp)
 {
     u_char  *p;
 
-    p = ngx_cpymem(buf, NGX_SMARTFLOW_CACHE_RKEY,
-                   sizeof(NGX_SMARTFLOW_CACHE_RKEY) - 1);
+    p = ngx_sf_cpymem(buf, NGX_SMARTFLOW_CACHE_RKEY);
+    p = ngx_http_smartflow_cache_redis_tag(p, partition);
+    *p++ = ':';
     p = ngx_hex_dump(p, fp, NGX_SMARTFLOW_CACHE_FP);
 
     return p - buf;
+}
+
+
+/* the partition's tag in the key: no character SCAN's MATCH would read */
+static u_char *
+ngx_http_smartflow_cache_redis_tag(u_char *p, ngx_str_t *partition)
+{
+    u_char  digest[32];
+
+    if (ngx_smartflow_sha256(partition->data, partition->len, digest)
+        != NGX_OK)
+    {
+        ngx_memzero(digest, NGX_SMARTFLOW_CACHE_RTAG);
+    }
+
+    return ngx_hex_dump(p, digest, NGX_SMARTFLOW_CACHE_RTAG);
+}
+
+
+/*
+ * DELETE /api/metacache: the entries of the partitions given (all of them
+ * when there are none) go from Redis too.  SCAN walks the keyspace a
+ * batch at a time with MATCH on the partitions' tags, and each batch it
+ * returns is UNLINKed (freed by Redis in the background) while the next
+ * SCAN goes out on the same connection.  Neither nginx nor Redis waits
+ * on a long command: the worker goes on, and the request is answered when
+ * the last reply comes, with the count UNLINK gave, or, when Redis fails
+ * on the way, with what was flushed until then.  NGX_DECLINED: no Redis
+ * to flush.
+ */
+ngx_int_t
+ngx_http_smartflow_cache_redis_flush(ngx_http_request_t *r,
+    ngx_smartflow_cache_zone_t *z, ngx_str_t *parts, ngx_uint_t nparts,
+    ngx_uint_t local)
+{
+    u_char                            *p;
+    ngx_uint_t                         i;
+    ngx_pool_cleanup_t                *cln;
+    ngx_smartflow_redis_t             *rd;
+    ngx_http_smartflow_cache_flush_t  *fl;
+
+    rd = ngx_smartflow_redis_shared();
+
+    if (rd == NULL) {
+        return NGX_DECLINED;
+    }
+
+    if (!ngx_smartflow_redis_up(rd)) {
+        return ngx_http_smartflow_cache_api_flushed(r, z, local, 0,
+                                                    &rd->name,
+                                                    "is unreachable");
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    fl = ngx_calloc(sizeof(ngx_http_smartflow_cache_flush_t),
+                    r->connection->log);
+    if (fl == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    fl->r = r;
+    fl->zone = z;
+    fl->local = local;
+    fl->cln = cln;
+
+    if (nparts == 0) {
+        p = ngx_sf_cpymem(fl->patterns[0], NGX_SMARTFLOW_CACHE_RKEY "*");
+        fl->lens[0] = p - fl->patterns[0];
+        fl->npatterns = 1;
+
+    } else {
+        for (i = 0; i < nparts && i < 2; i++) {
+            p = ngx_sf_cpymem(fl->patterns[i], NGX_SMARTFLOW_CACHE_RKEY);
+            p = ngx_http_smartflow_cache_redis_tag(p, &parts[i]);
+            p = ngx_sf_cpymem(p, ":*");
+            fl->lens[i] = p - fl->patterns[i];
+        }
+
+        fl->npatterns = i;
+    }
+
+    if (ngx_http_smartflow_cache_redis_scan(rd, fl, (u_char *) "0", 1)
+        != NGX_OK)
+    {
+        ngx_free(fl);
+        return ngx_http_smartflow_cache_api_flushed(r, z, local, 0,
+                                                    &rd->name,
+                                                    "refused the command");
+    }
+
+    cln->handler = ngx_http_smartflow_cache_redis_flush_cleanup;
+    cln->data = fl;
+
+    r->main->count++;
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_cache_redis_scan(ngx_smartflow_redis_t *rd,
+    ngx_http_smartflow_cache_flush_t *fl, u_char *cursor, size_t len)
+{
+    size_t       lens[6];
+    const char  *argv[6];
+
+    argv[0] = "SCAN";
+    lens[0] = 4;
+    argv[1] = (char *) cursor;
+    lens[1] = len;
+    argv[2] = "MATCH";
+    lens[2] = 5;
+    argv[3] = (char *) fl->patterns[fl->pattern];
+    lens[3] = fl->lens[fl->pattern];
+    argv[4] = "COUNT";
+    lens[4] = 5;
+    argv[5] = NGX_SMARTFLOW_CACHE_SCAN_COUNT;
+    lens[5] = sizeof(NGX_SMARTFLOW_CACHE_SCAN_COUNT) - 1;
+
+    if (ngx_smartflow_redis_command(rd, ngx_http_smartflow_cache_redis_scanned,
+                                    fl, 6, argv, lens)
+        != NGX_OK)
+    {
+        return NGX_DECLINED;
+    }
+
+    fl->pending++;
+
+    return NGX_OK;
+}
+
+
+/* a batch of keys: UNLINKed, and the next SCAN sent behind it */
+static void
+ngx_http_smartflow_cache_redis_scanned(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data)
+{
+    ngx_http_smartflow_cache_flush_t *fl = data;
+
+    size_t       *lens;
+    ngx_uint_t    i, n;
+    redisReply   *cursor, *keys;
+    const char  **argv;
+
+    fl->pending--;
+
+    if (fl->why || fl->r == NULL) {
+        goto done;
+    }
+
+    if (ngx_http_smartflow_cache_redis_failed(fl, reply)) {
+        goto done;
+    }
+
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2
+        || reply->element[0]->type != REDIS_REPLY_STRING
+        || reply->element[1]->type != REDIS_REPLY_ARRAY)
+    {
+        fl->why = "answered SCAN with something else";
+        goto done;
+    }
+
+    cursor = reply->element[0];
+    keys = reply->element[1];
+    n = keys->elements;
+
+    if (n) {
+        /* hiredis writes the command out before the call returns */
+        argv = ngx_alloc((n + 1) * (sizeof(char *) + sizeof(size_t)),
+                         rd->log);
+        if (argv == NULL) {
+            fl->why = "could not be sent the keys (out of memory)";
+            goto done;
+        }
+
+        lens = (size_t *) &argv[n + 1];
+
+        argv[0] = "UNLINK";
+        lens[0] = 6;
+
+        for (i = 0; i < n; i++) {
+            argv[i + 1] = keys->element[i]->str;
+            lens[i + 1] = keys->element[i]->len;
+        }
+
+        if (ngx_smartflow_redis_command(rd,
+                                        ngx_http_smartflow_cache_redis_unlinked,
+                                        fl, n + 1, argv, lens)
+            != NGX_OK)
+        {
+            fl->why = "refused the command";
+            ngx_free(argv);
+            goto done;
+        }
+
+        ngx_free(argv);
+        fl->pending++;
+    }
+
+    if (cursor->len == 1 && cursor->str[0] == '0') {
+        if (++fl->pattern == fl->npatterns) {
+            fl->scanned = 1;
+            goto done;
+        }
+
+        if (ngx_http_smartflow_cache_redis_scan(rd, fl, (u_char *) "0", 1)
+            != NGX_OK)
+        {
+            fl->why = "refused the command";
+        }
+
+        goto done;
+    }
+
+    if (ngx_http_smartflow_cache_redis_scan(rd, fl, (u_char *) cursor->str,
+                                            cursor->len)
+        != NGX_OK)
+    {
+        fl->why = "refused the command";
+    }
+
+done:
+
+    ngx_http_smartflow_cache_redis_flushed(rd, fl);
+}
+
+
+static void
+ngx_http_smartflow_cache_redis_unlinked(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data)
+{
+    ngx_http_smartflow_cache_flush_t *fl = data;
+
+    fl->pending--;
+
+    if (!ngx_http_smartflow_cache_redis_failed(fl, reply)) {
+        if (reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
+            fl->flushed += (ngx_uint_t) reply->integer;
+        }
+    }
+
+    ngx_http_smartflow_cache_redis_flushed(rd, fl);
+}
+
+
+/* no answer, or an error: the flush stops there, with a reason */
+static ngx_uint_t
+ngx_http_smartflow_cache_redis_failed(ngx_http_smartflow_cache_flush_t *fl,
+    redisReply *reply)
+{
+    u_char  *p;
+    size_t   len;
+
+    if (reply == NULL) {
+        if (fl->why == NULL) {
+            fl->why = "did not answer";
+        }
+
+        return 1;
+    }
+
+    if (reply->type == REDIS_REPLY_ERROR) {
+        if (fl->why == NULL) {
+            len = ngx_min(reply->len, sizeof(fl->error) - 32);
+            *ngx_snprintf(fl->error, sizeof(fl->error) - 1,
+                          "refused the flush: %*s", len, reply->str)
+                = '\0';
+            fl->why = (char *) fl->error;
+
+            /* it goes into a JSON string */
+            for (p = fl->error; *p; p++) {
+                if (*p == '"' || *p == '\\' || *p < 0x20) {
+                    *p = ' ';
+                }
+            }
+        }
+
+        return 1;
+    }
+
+    return 0;
+}
+
+
+/* the last reply in: the request answered, the state freed */
+static void
+ngx_http_smartflow_cache_redis_flushed(ngx_smartflow_redis_t *rd,
+    ngx_http_smartflow_cache_flush_t *fl)
+{
+    ngx_int_t            rc;
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    if (fl->pending) {
+        return;
+    }
+
+    r = fl->r;
+
+    if (r == NULL) {
+        /* the request went while Redis was asked */
+        ngx_free(fl);
+        return;
+    }
+
+    if (fl->why == NULL && !fl->scanned) {
+        /* cannot happen: nothing pending, nothing more to ask */
+        fl->why = "stopped answering the scan";
+    }
+
+    fl->cln->handler = NULL;
+    c = r->connection;
+
+    rc = ngx_http_smartflow_cache_api_flushed(r, fl->zone, fl->local,
+                                              fl->flushed, &rd->name,
+                                              fl->why);
+    ngx_free(fl);
+
+    ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_http_smartflow_cache_redis_flush_cleanup(void *data)
+{
+    ngx_http_smartflow_cache_flush_t *fl = data;
+
+    fl->r = NULL;
 }
