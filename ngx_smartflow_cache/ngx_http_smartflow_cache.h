@@ -94,6 +94,10 @@ typedef struct {
     ngx_atomic_t                tokens_saved;
     ngx_atomic_t                latency[NGX_SMARTFLOW_CACHE_LAT];
     ngx_atomic_t                redis_down;     /* phase 3: logged once */
+    ngx_atomic_t                prompt_saved;   /* tokens of the hits */
+    ngx_atomic_t                completion_saved;
+    ngx_atomic_t                cost_saved;     /* micro-USD */
+    ngx_atomic_t                unpriced;       /* hits with no price */
 } ngx_smartflow_cache_stats_t;
 
 
@@ -254,6 +258,8 @@ ngx_int_t ngx_http_smartflow_cache_api_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_smartflow_cache_api_flushed(ngx_http_request_t *r,
     ngx_smartflow_cache_zone_t *z, ngx_uint_t local, ngx_uint_t shared,
     ngx_str_t *redis, char *why);
+ngx_int_t ngx_http_smartflow_cache_metrics(ngx_http_request_t *r,
+    ngx_str_t *text);
 
 /* the answer: ngx_http_smartflow_cache_store.c */
 ngx_int_t ngx_http_smartflow_cache_tap(ngx_http_request_t *r,

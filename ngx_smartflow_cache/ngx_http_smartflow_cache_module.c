@@ -934,6 +934,8 @@ ngx_http_smartflow_cache_hit(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_cache_req_t *rq,
     ngx_smartflow_cache_found_t *f, ngx_uint_t phase, struct timeval *start)
 {
+    uint64_t                      micro;
+    ngx_uint_t                    prompt, completion;
     ngx_smartflow_cache_stats_t  *st;
 
     st = &rq->zone->sh->stats;
@@ -941,6 +943,24 @@ ngx_http_smartflow_cache_hit(ngx_http_request_t *r,
     (void) ngx_atomic_fetch_add(&st->hits[phase], 1);
     (void) ngx_atomic_fetch_add(&st->tokens_saved,
                                 f->prompt_tokens + f->completion_tokens);
+    (void) ngx_atomic_fetch_add(&st->prompt_saved, f->prompt_tokens);
+    (void) ngx_atomic_fetch_add(&st->completion_saved, f->completion_tokens);
+
+    /* the stored answer's usage at the price of the model asked for */
+    prompt = ctx->prompt_tokens;
+    completion = ctx->completion_tokens;
+    ctx->prompt_tokens = f->prompt_tokens;
+    ctx->completion_tokens = f->completion_tokens;
+
+    if (ngx_http_smartflow_cost(r, ctx, &micro) == NGX_OK) {
+        (void) ngx_atomic_fetch_add(&st->cost_saved, micro);
+
+    } else {
+        (void) ngx_atomic_fetch_add(&st->unpriced, 1);
+    }
+
+    ctx->prompt_tokens = prompt;
+    ctx->completion_tokens = completion;
 
     ngx_http_smartflow_cache_took(rq->zone, start);
 
@@ -1350,6 +1370,13 @@ ngx_http_smartflow_cache_init(ngx_conf_t *cf)
     }
 
     if (ngx_http_smartflow_register_tap(cf, ngx_http_smartflow_cache_tap)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_smartflow_register_metrics(cf,
+                                            ngx_http_smartflow_cache_metrics)
         != NGX_OK)
     {
         return NGX_ERROR;
