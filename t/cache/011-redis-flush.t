@@ -167,7 +167,7 @@ $c->redis_cli('EVAL', $script, 0, 'smartflow:cache:' . tag('team:red') . ':',
               2500);
 $c->redis_cli('EVAL', $script, 0,
               'smartflow:cache:' . tag('team:blue') . ':', 1200);
-$c->redis_cli('EVAL', $script, 0, 'smartflow:rate:', 300);
+$c->redis_cli('EVAL', $script, 0, 'smartflow:cache-like:', 300);
 wait_for 'B\'s own answer in Redis', sub { cache_keys() == 3701 };
 ($status, $body) = flush($b, 'tenant=red');
 is $status, 200, 'flush of red over 4,000 keys';
@@ -176,8 +176,8 @@ like $body, qr/"redis":\{"flushed":2500,"complete":true\}/,
 is scalar(cache_keys()), 1201, 'blue\'s 1,200 and the master\'s one stay';
 ($status, $body) = flush($a);
 like $body, qr/"redis":\{"flushed":1201,/, 'then all of them';
-is scalar(grep { /^smartflow:rate:/ } all_keys()), 300,
-   'keys of the same prefix but not the cache\'s stay';
+is scalar(grep { /^smartflow:cache-like:/ } all_keys()), 300,
+   'keys of a like name but not the cache\'s stay';
 
 # Redis frozen during a flush: a partial answer after the timeout
 ask($a, $q1);
