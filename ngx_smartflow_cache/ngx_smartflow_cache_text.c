@@ -27,7 +27,8 @@ typedef struct {
 
 static ngx_int_t ngx_smartflow_cache_emit(ngx_smartflow_cache_text_t *t,
     u_char **buf, u_char *p, size_t len, ngx_uint_t cap);
-static void ngx_smartflow_cache_classify(ngx_smartflow_cache_tok_t *tk);
+static void ngx_smartflow_cache_classify(ngx_smartflow_cache_tok_t *tk,
+    ngx_int_t w);
 static void ngx_smartflow_cache_words_init(void);
 static void ngx_smartflow_cache_words_add(char *w, ngx_uint_t what,
     ngx_int_t map);
@@ -377,7 +378,7 @@ ngx_smartflow_cache_emit(ngx_smartflow_cache_text_t *t, u_char **buf,
 {
     u_char                     *d;
     size_t                      i;
-    ngx_int_t                   map;
+    ngx_int_t                   map, w;
     ngx_smartflow_cache_map_t  *m;
     ngx_smartflow_cache_tok_t  *tk;
 
@@ -392,11 +393,16 @@ ngx_smartflow_cache_emit(ngx_smartflow_cache_text_t *t, u_char **buf,
         d[i] = (p[i] >= 'A' && p[i] <= 'Z') ? (p[i] | 0x20) : p[i];
     }
 
-    if (ngx_smartflow_cache_word(d, len, &map) & NGX_SF_WORD_SPELLING) {
+    w = ngx_smartflow_cache_word(d, len, &map);
+
+    if (w & NGX_SF_WORD_SPELLING) {
         m = &ngx_smartflow_cache_spellings[map];
         len = ngx_strlen(m->to);
         ngx_memcpy(d, m->to, len);
         cap = 0;
+
+        /* the word is another now */
+        w = -1;
     }
 
     tk = &t->tok[t->n++];
@@ -406,7 +412,7 @@ ngx_smartflow_cache_emit(ngx_smartflow_cache_text_t *t, u_char **buf,
     tk->len = len;
     tk->cap = cap;
 
-    ngx_smartflow_cache_classify(tk);
+    ngx_smartflow_cache_classify(tk, w);
 
     *buf = d + len;
 
@@ -414,13 +420,13 @@ ngx_smartflow_cache_emit(ngx_smartflow_cache_text_t *t, u_char **buf,
 }
 
 
+/* w: the word's classes as the lookup of its text gave them, -1: none */
 static void
-ngx_smartflow_cache_classify(ngx_smartflow_cache_tok_t *tk)
+ngx_smartflow_cache_classify(ngx_smartflow_cache_tok_t *tk, ngx_int_t w)
 {
     u_char     *d;
     size_t      len;
     ngx_int_t   map;
-    ngx_uint_t  w;
 
     d = tk->data;
     len = tk->len;
@@ -440,7 +446,9 @@ ngx_smartflow_cache_classify(ngx_smartflow_cache_tok_t *tk)
         tk->stem = len - 1;
     }
 
-    w = ngx_smartflow_cache_word(d, len, &map);
+    if (w < 0) {
+        w = ngx_smartflow_cache_word(d, len, &map);
+    }
 
     tk->stop = (w & NGX_SF_WORD_STOP) != 0;
     tk->neg = (w & NGX_SF_WORD_NEG) != 0;
