@@ -111,9 +111,19 @@ $(BUILD)/fuzz/sse_fuzz: fuzz/ngx_smartflow_sse_fuzz.c \
 	    -Ingx_smartflow_proxy fuzz/ngx_smartflow_sse_fuzz.c \
 	    ngx_smartflow_proxy/ngx_smartflow_sse.c -o $@
 
+$(BUILD)/fuzz/answer_fuzz: fuzz/ngx_smartflow_cache_answer_fuzz.c \
+        ngx_smartflow_cache/ngx_http_smartflow_cache_answer.c \
+        ngx_smartflow_proxy/ngx_smartflow_json.c $(NGX_BUILD)/objs/Makefile
+	@mkdir -p $(BUILD)/fuzz
+	clang -g -O1 -fsanitize=fuzzer,address,undefined $(FUZZ_INCS) \
+	    -Ingx_smartflow_proxy -Ingx_smartflow_cache \
+	    fuzz/ngx_smartflow_cache_answer_fuzz.c \
+	    ngx_smartflow_cache/ngx_http_smartflow_cache_answer.c \
+	    ngx_smartflow_proxy/ngx_smartflow_json.c -lyajl -o $@
+
 # each target gets FUZZ_SECONDS, starting from the seed corpus
-fuzz: $(BUILD)/fuzz/json_fuzz $(BUILD)/fuzz/sse_fuzz
-	@set -o pipefail; for t in json sse; do \
+fuzz: $(BUILD)/fuzz/json_fuzz $(BUILD)/fuzz/sse_fuzz $(BUILD)/fuzz/answer_fuzz
+	@set -o pipefail; for t in json sse answer; do \
 	    mkdir -p $(BUILD)/fuzz/corpus-$$t \
 	    && cp fuzz/corpus/$$t/* $(BUILD)/fuzz/corpus-$$t/ \
 	    && $(BUILD)/fuzz/$${t}_fuzz -max_total_time=$(FUZZ_SECONDS) \
