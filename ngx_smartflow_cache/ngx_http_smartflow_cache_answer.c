@@ -447,6 +447,17 @@ ngx_smartflow_cache_scan_string(ngx_smartflow_cache_scan_t *s,
     raw->data = ++p;
 
     while (p < last) {
+        /* the plain run first: printable ASCII but the quote and escape */
+        while (p < last && *p >= 0x20 && *p < 0x80 && *p != '"'
+               && *p != '\\')
+        {
+            p++;
+        }
+
+        if (p == last) {
+            break;
+        }
+
         c = *p;
 
         if (c == '"') {
@@ -490,10 +501,7 @@ ngx_smartflow_cache_scan_string(ngx_smartflow_cache_scan_t *s,
             }
         }
 
-        if (c < 0x80) {
-            p++;
-            continue;
-        }
+        /* c >= 0x80: a UTF-8 sequence */
 
         if ((c >> 5) == 0x06) {
             n = 1;
