@@ -114,6 +114,10 @@ typedef struct {
     uint64_t                    seq;            /* vectors added so far */
     ngx_smartflow_cache_ref_t   ring[NGX_SMARTFLOW_CACHE_RING];
     ngx_smartflow_cache_stats_t stats;
+
+    /* flushes other nodes tell through Redis: ..._cache_redis.c */
+    u_char                      flush_last[48]; /* stream id read up to */
+    ngx_atomic_t                flush_poll;     /* next poll, msec */
 } ngx_smartflow_cache_shctx_t;
 
 
@@ -281,8 +285,9 @@ ngx_int_t ngx_http_smartflow_cache_redis_found(ngx_http_request_t *r,
 void ngx_http_smartflow_cache_redis_set(ngx_http_request_t *r,
     ngx_http_smartflow_cache_req_t *rq);
 ngx_int_t ngx_http_smartflow_cache_redis_flush(ngx_http_request_t *r,
-    ngx_smartflow_cache_zone_t *z, ngx_str_t *parts, ngx_uint_t nparts,
-    ngx_uint_t local);
+    ngx_smartflow_cache_zone_t *z, ngx_str_t *tenant, ngx_str_t *parts,
+    ngx_uint_t nparts, ngx_uint_t local);
+void ngx_http_smartflow_cache_redis_watch(ngx_cycle_t *cycle);
 
 /* the /v1/embeddings embedder: ngx_http_smartflow_cache_embed.c */
 ngx_int_t ngx_http_smartflow_cache_embed(ngx_http_request_t *r,

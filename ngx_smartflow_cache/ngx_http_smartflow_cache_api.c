@@ -346,7 +346,9 @@ ngx_http_smartflow_cache_api_flush(ngx_http_request_t *r,
     clcf = ngx_http_get_module_loc_conf(r, ngx_http_smartflow_cache_module);
 
     if (clcf->redis) {
-        rc = ngx_http_smartflow_cache_redis_flush(r, z, part, nparts, n);
+        rc = ngx_http_smartflow_cache_redis_flush(r, z,
+                                                  nparts ? &tenant : NULL,
+                                                  part, nparts, n);
 
         if (rc != NGX_DECLINED) {
             return rc;

@@ -1459,6 +1459,8 @@ ngx_http_smartflow_cache_init_process(ngx_cycle_t *cycle)
 {
     omp_set_num_threads(1);
 
+    ngx_http_smartflow_cache_redis_watch(cycle);
+
     return NGX_OK;
 }
 

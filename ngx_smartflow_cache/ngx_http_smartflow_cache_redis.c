@@ -26,6 +26,8 @@
     (sizeof(NGX_SMARTFLOW_CACHE_RKEY) - 1 + 2 * NGX_SMARTFLOW_CACHE_RTAG + 1 \
      + 2 * NGX_SMARTFLOW_CACHE_FP)
 #define NGX_SMARTFLOW_CACHE_SCAN_COUNT  "1000"
+#define NGX_SMARTFLOW_CACHE_RFLUSHES    "smartflow:cache-flushes:"
+#define NGX_SMARTFLOW_CACHE_POLL        1000    /* ms */
 
 
 typedef struct ngx_http_smartflow_cache_ticket_s
@@ -53,6 +55,7 @@ typedef struct {
     size_t                       lens[2];
     u_char                       patterns[2][NGX_SMARTFLOW_CACHE_RKEY_LEN];
     u_char                       error[128];
+    ngx_str_t                    tenant;    /* empty: all */
     unsigned                     scanned:1;
 } ngx_http_smartflow_cache_flush_t;
 
@@ -83,9 +86,23 @@ static ngx_uint_t ngx_http_smartflow_cache_redis_failed(
 static void ngx_http_smartflow_cache_redis_flushed(ngx_smartflow_redis_t *rd,
     ngx_http_smartflow_cache_flush_t *fl);
 static void ngx_http_smartflow_cache_redis_flush_cleanup(void *data);
+static void ngx_http_smartflow_cache_redis_tell(ngx_smartflow_redis_t *rd,
+    ngx_http_smartflow_cache_flush_t *fl);
+static void ngx_http_smartflow_cache_redis_told(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data);
+static void ngx_http_smartflow_cache_redis_poll(ngx_event_t *ev);
+static void ngx_http_smartflow_cache_redis_polled(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data);
+static void ngx_http_smartflow_cache_redis_apply(
+    ngx_smartflow_cache_zone_t *z, ngx_log_t *log, redisReply *entry);
 
 
 static ngx_http_smartflow_cache_ticket_t  *ngx_http_smartflow_cache_tickets;
+
+/* the poll of the flushes other nodes told, in each worker */
+static ngx_event_t                   ngx_http_smartflow_cache_watch_ev;
+static ngx_connection_t              ngx_http_smartflow_cache_watch_conn;
+static ngx_array_t                  *ngx_http_smartflow_cache_watched;
 
 
 /*
@@ -513,8 +530,8 @@ ngx_http_smartflow_cache_redis_tag(u_char *p, ngx_str_t *partition)
  */
 ngx_int_t
 ngx_http_smartflow_cache_redis_flush(ngx_http_request_t *r,
-    ngx_smartflow_cache_zone_t *z, ngx_str_t *parts, ngx_uint_t nparts,
-    ngx_uint_t local)
+    ngx_smartflow_cache_zone_t *z, ngx_str_t *tenant, ngx_str_t *parts,
+    ngx_uint_t nparts, ngx_uint_t local)
 {
     u_char                            *p;
     ngx_uint_t                         i;
@@ -539,10 +556,16 @@ ngx_http_smartflow_cache_redis_flush(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    fl = ngx_calloc(sizeof(ngx_http_smartflow_cache_flush_t),
-                    r->connection->log);
+    fl = ngx_calloc(sizeof(ngx_http_smartflow_cache_flush_t)
+                    + (tenant ? tenant->len : 0), r->connection->log);
     if (fl == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (tenant) {
+        fl->tenant.data = (u_char *) (fl + 1);
+        fl->tenant.len = tenant->len;
+        ngx_memcpy(fl->tenant.data, tenant->data, tenant->len);
     }
 
     fl->r = r;
@@ -798,6 +821,11 @@ ngx_http_smartflow_cache_redis_flushed(ngx_smartflow_redis_t *rd,
     fl->cln->handler = NULL;
     c = r->connection;
 
+    if (fl->why == NULL) {
+        /* the other nodes flush their own zones too */
+        ngx_http_smartflow_cache_redis_tell(rd, fl);
+    }
+
     rc = ngx_http_smartflow_cache_api_flushed(r, fl->zone, fl->local,
                                               fl->flushed, &rd->name,
                                               fl->why);
@@ -814,4 +842,307 @@ ngx_http_smartflow_cache_redis_flush_cleanup(void *data)
     ngx_http_smartflow_cache_flush_t *fl = data;
 
     fl->r = NULL;
+}
+
+
+/*
+ * A complete flush is told to the other nodes through a Redis stream per
+ * zone, "smartflow:cache-flushes:ZONE" (the tenant, empty for all, and
+ * the zone's own id, so that a node skips what it told itself); each
+ * node reads the stream about once a second and flushes its own zone the
+ * same way, so that what it kept (its own answers, its phase 3 hits) goes
+ * too.  The stream keeps its last 1,000 flushes.
+ */
+static void
+ngx_http_smartflow_cache_redis_tell(ngx_smartflow_redis_t *rd,
+    ngx_http_smartflow_cache_flush_t *fl)
+{
+    u_char       *key, origin[NGX_INT64_LEN];
+    size_t        lens[10];
+    const char   *argv[10];
+
+    key = ngx_alloc(sizeof(NGX_SMARTFLOW_CACHE_RFLUSHES) + fl->zone->name.len,
+                    rd->log);
+    if (key == NULL) {
+        return;
+    }
+
+    argv[0] = "XADD";
+    argv[1] = (char *) key;
+    lens[1] = ngx_sprintf(key, NGX_SMARTFLOW_CACHE_RFLUSHES "%V",
+                          &fl->zone->name)
+              - key;
+    argv[2] = "MAXLEN";
+    argv[3] = "~";
+    argv[4] = "1000";
+    argv[5] = "*";
+    argv[6] = "tenant";
+    argv[7] = (char *) fl->tenant.data;
+    lens[7] = fl->tenant.len;
+    argv[8] = "origin";
+    argv[9] = (char *) origin;
+    lens[9] = ngx_sprintf(origin, "%uL", fl->zone->sh->epoch) - origin;
+
+    lens[0] = 4;
+    lens[2] = 6;
+    lens[3] = 1;
+    lens[4] = 4;
+    lens[5] = 1;
+    lens[6] = 6;
+    lens[8] = 6;
+
+    if (argv[7] == NULL) {
+        argv[7] = "";
+    }
+
+    if (ngx_smartflow_redis_command(rd, ngx_http_smartflow_cache_redis_told,
+                                    NULL, 10, argv, lens)
+        != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "smartflow cache: redis %V refused to take the flush "
+                      "of zone \"%V\" for the other nodes", &rd->name,
+                      &fl->zone->name);
+    }
+
+    ngx_free(key);
+}
+
+
+static void
+ngx_http_smartflow_cache_redis_told(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data)
+{
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "smartflow cache: redis %V did not take a flush for "
+                      "the other nodes: %*s", &rd->name,
+                      reply ? (size_t) reply->len : 14,
+                      reply ? reply->str : "no answer");
+    }
+}
+
+
+/* in each worker with smartflow_redis: the poll of the flushes told */
+void
+ngx_http_smartflow_cache_redis_watch(ngx_cycle_t *cycle)
+{
+    ngx_http_smartflow_cache_main_conf_t  *cmcf;
+
+    cmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                           ngx_http_smartflow_cache_module);
+
+    if (cmcf == NULL || cmcf->zones.nelts == 0
+        || ngx_smartflow_redis_shared() == NULL)
+    {
+        return;
+    }
+
+    ngx_http_smartflow_cache_watched = &cmcf->zones;
+
+    /* a timer's data is read as a connection when debug logging */
+    ngx_http_smartflow_cache_watch_conn.fd = (ngx_socket_t) -1;
+
+    ngx_http_smartflow_cache_watch_ev.handler =
+                                        ngx_http_smartflow_cache_redis_poll;
+    ngx_http_smartflow_cache_watch_ev.data =
+                                        &ngx_http_smartflow_cache_watch_conn;
+    ngx_http_smartflow_cache_watch_ev.log = cycle->log;
+    ngx_http_smartflow_cache_watch_ev.cancelable = 1;
+
+    ngx_add_timer(&ngx_http_smartflow_cache_watch_ev,
+                  NGX_SMARTFLOW_CACHE_POLL);
+}
+
+
+/* one worker of the node reads each zone's stream, about once a second */
+static void
+ngx_http_smartflow_cache_redis_poll(ngx_event_t *ev)
+{
+    u_char                       *key, last[48];
+    size_t                        lens[6];
+    ngx_msec_t                    now;
+    ngx_uint_t                    i;
+    ngx_atomic_uint_t             next;
+    const char                   *argv[6];
+    ngx_smartflow_redis_t        *rd;
+    ngx_smartflow_cache_zone_t  **zp, *z;
+
+    if (ngx_exiting || ngx_terminate || ngx_quit) {
+        return;
+    }
+
+    ngx_add_timer(ev, NGX_SMARTFLOW_CACHE_POLL);
+
+    rd = ngx_smartflow_redis_shared();
+
+    if (rd == NULL || !ngx_smartflow_redis_up(rd)) {
+        return;
+    }
+
+    now = ngx_current_msec;
+    zp = ngx_http_smartflow_cache_watched->elts;
+
+    for (i = 0; i < ngx_http_smartflow_cache_watched->nelts; i++) {
+        z = zp[i];
+        next = z->sh->flush_poll;
+
+        if ((ngx_msec_int_t) (now - next) < 0
+            || !ngx_atomic_cmp_set(&z->sh->flush_poll, next,
+                                   now + NGX_SMARTFLOW_CACHE_POLL - 50))
+        {
+            /* another worker reads it this time */
+            continue;
+        }
+
+        key = ngx_alloc(sizeof(NGX_SMARTFLOW_CACHE_RFLUSHES) + z->name.len,
+                        ev->log);
+        if (key == NULL) {
+            return;
+        }
+
+        ngx_shmtx_lock(&z->shpool->mutex);
+        ngx_memcpy(last, z->sh->flush_last, sizeof(last));
+        ngx_shmtx_unlock(&z->shpool->mutex);
+
+        argv[0] = "XREAD";
+        lens[0] = 5;
+        argv[1] = "COUNT";
+        lens[1] = 5;
+        argv[2] = "100";
+        lens[2] = 3;
+        argv[3] = "STREAMS";
+        lens[3] = 7;
+        argv[4] = (char *) key;
+        lens[4] = ngx_sprintf(key, NGX_SMARTFLOW_CACHE_RFLUSHES "%V",
+                              &z->name)
+                  - key;
+        argv[5] = (char *) last;
+        lens[5] = ngx_strlen(last);
+
+        (void) ngx_smartflow_redis_command(rd,
+                                           ngx_http_smartflow_cache_redis_polled,
+                                           z, 6, argv, lens);
+        ngx_free(key);
+    }
+}
+
+
+/* XREAD's answer: nil, or [[key, [[id, [field, value, ...]], ...]]] */
+static void
+ngx_http_smartflow_cache_redis_polled(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data)
+{
+    ngx_smartflow_cache_zone_t *z = data;
+
+    ngx_uint_t   i;
+    redisReply  *entries, *id;
+
+    if (reply == NULL || reply->type == REDIS_REPLY_NIL) {
+        return;
+    }
+
+    if (reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "smartflow cache: redis %V refused XREAD: %*s",
+                      &rd->name, (size_t) reply->len, reply->str);
+        return;
+    }
+
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 1
+        || reply->element[0]->type != REDIS_REPLY_ARRAY
+        || reply->element[0]->elements != 2
+        || reply->element[0]->element[1]->type != REDIS_REPLY_ARRAY)
+    {
+        return;
+    }
+
+    entries = reply->element[0]->element[1];
+
+    for (i = 0; i < entries->elements; i++) {
+        if (entries->element[i]->type != REDIS_REPLY_ARRAY
+            || entries->element[i]->elements != 2)
+        {
+            return;
+        }
+
+        id = entries->element[i]->element[0];
+
+        if (id->type != REDIS_REPLY_STRING || id->len >= 48) {
+            return;
+        }
+
+        ngx_http_smartflow_cache_redis_apply(z, rd->log,
+                                             entries->element[i]->element[1]);
+
+        ngx_shmtx_lock(&z->shpool->mutex);
+        *ngx_cpymem(z->sh->flush_last, id->str, id->len) = '\0';
+        ngx_shmtx_unlock(&z->shpool->mutex);
+    }
+}
+
+
+/* a flush another node told: its tenant's entries go from this zone */
+static void
+ngx_http_smartflow_cache_redis_apply(ngx_smartflow_cache_zone_t *z,
+    ngx_log_t *log, redisReply *fields)
+{
+    u_char      *p, origin[NGX_INT64_LEN];
+    size_t       len;
+    ngx_str_t    tenant, part;
+    ngx_uint_t   i, n, mine;
+    redisReply  *f, *v;
+
+    if (fields->type != REDIS_REPLY_ARRAY) {
+        return;
+    }
+
+    ngx_str_null(&tenant);
+    mine = 0;
+    len = ngx_sprintf(origin, "%uL", z->sh->epoch) - origin;
+
+    for (i = 0; i + 1 < fields->elements; i += 2) {
+        f = fields->element[i];
+        v = fields->element[i + 1];
+
+        if (f->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) {
+            return;
+        }
+
+        if (f->len == 6 && ngx_strncmp(f->str, "tenant", 6) == 0) {
+            tenant.data = (u_char *) v->str;
+            tenant.len = v->len;
+
+        } else if (f->len == 6 && ngx_strncmp(f->str, "origin", 6) == 0) {
+            mine = (v->len == len && ngx_strncmp(v->str, origin, len) == 0);
+        }
+    }
+
+    if (mine || tenant.len > 256) {
+        return;
+    }
+
+    if (tenant.len == 0) {
+        n = ngx_smartflow_cache_flush(z, NULL);
+
+    } else {
+        p = ngx_alloc(tenant.len + 8, log);
+        if (p == NULL) {
+            return;
+        }
+
+        part.data = p;
+        part.len = ngx_sprintf(p, "team:%V", &tenant) - p;
+        n = ngx_smartflow_cache_flush(z, &part);
+
+        part.len = ngx_sprintf(p, "key:%V", &tenant) - p;
+        n += ngx_smartflow_cache_flush(z, &part);
+
+        ngx_free(p);
+    }
+
+    ngx_log_error(NGX_LOG_NOTICE, log, 0,
+                  "smartflow cache: flushed %ui entries of zone \"%V\" "
+                  "(%s%V) as another node did", n, &z->name,
+                  tenant.len ? "tenant " : "every tenant", &tenant);
 }

@@ -2,7 +2,8 @@
 # entries in Redis go, all of them or one tenant's.  Two nginx nodes (two
 # workers each) and a real redis-server: after a flush on node A, node B
 # misses what A stored, another tenant's entries stay, keys that are not
-# the cache's stay.  Redis walked in several SCAN rounds (thousands of
+# the cache's stay; B flushes its own zone too, told through a Redis
+# stream, so what it kept itself goes as well.  Redis walked in several SCAN rounds (thousands of
 # entries), Redis frozen during a flush (partial answer, 503), Redis down
 # (503 at once, the zone flushed all the same).
 
@@ -124,6 +125,22 @@ is $h->{'x-smartflow-cache'}, 'HIT', 'B: blue\'s entry still hits';
 is $h->{'x-smartflow-cache-phase'}, '3', 'from Redis';
 wait_for 'red\'s answer stored again by B', sub { cache_keys() == 3 };
 
+# what B kept of it (a phase 3 hit stays in B's zone) goes from B too
+($status, $body, $h) = ask($b, $q3, $blue);
+is $h->{'x-smartflow-cache-phase'}, '1', 'B kept blue\'s entry: phase 1';
+($status, $body) = flush($a, 'tenant=blue');
+like $body, qr/"redis":\{"flushed":1,/, 'flush of team blue on A';
+wait_for 'B flushes its own copy, told through Redis', sub {
+    $c->error_log($b) =~ /smartflow cache: flushed 1 entries of zone "metacache" \(tenant blue\) as another node did/;
+};
+($status, $body, $h) = ask($b, $q3, $blue);
+is $h->{'x-smartflow-cache'}, 'MISS', 'B: blue\'s entry is gone from B too';
+($status, $body, $h) = ask($b, $q2, $red);
+is $h->{'x-smartflow-cache'}, 'HIT', 'B: red\'s entry stays';
+unlike $c->error_log($a), qr/as another node did/,
+       'A does not flush again what it told';
+wait_for 'blue\'s answer stored again by B', sub { cache_keys() == 3 };
+
 # a teamless key is its own tenant: tenant=vk_N
 ask($a, $q4, $solo);
 wait_for 'the teamless key\'s answer in Redis', sub { cache_keys() == 4 };
@@ -158,6 +175,9 @@ is $c->redis_cli('EXISTS', 'smartflow:cachex:1', 'smartflow:key:1'), 2,
 ($status, $body, $h) = ask($b, $q1);
 is $status, 200, 'B answers';
 is $h->{'x-smartflow-cache'}, 'MISS', 'B: what A stored is gone';
+wait_for 'B flushes all its zone, told through Redis', sub {
+    $c->error_log($b) =~ /flushed \d+ entries of zone "metacache" \(every tenant\) as another node did/;
+};
 
 # many entries: several SCAN rounds, one tenant's only
 my $script = q{for i = 1, tonumber(ARGV[2]) do
