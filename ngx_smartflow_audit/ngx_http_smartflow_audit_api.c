@@ -725,7 +725,9 @@ ngx_http_smartflow_audit_metrics(ngx_http_request_t *r,
             ngx_time() - s->last_seal_time);
     }
 
-    p = ngx_cpymem(p, more.data, more.len);
+    if (more.len) {
+        p = ngx_cpymem(p, more.data, more.len);
+    }
 
     return ngx_http_smartflow_audit_reply(r, NGX_HTTP_OK,
                "text/plain; version=0.0.4; charset=utf-8", b, p - b);

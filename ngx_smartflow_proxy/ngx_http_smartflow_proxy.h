@@ -457,7 +457,7 @@ typedef struct {
     ngx_http_smartflow_keys_zone_t  *keys;      /* smartflow_keys_zone */
     ngx_array_t                 prices;         /* smartflow_price */
     ngx_http_smartflow_credentials_t  *credentials;
-    ngx_array_t                 metrics;        /* metrics_pt, see below */
+    ngx_array_t                 metrics;        /* metrics_pt, see above */
 } ngx_http_smartflow_main_conf_t;
 
 
