@@ -250,9 +250,7 @@ ngx_http_smartflow_header_filter(ngx_http_request_t *r)
                && r->headers_out.status == NGX_HTTP_OK && !ctx->output_scan)
     {
         /* a whole answer passing as it is: only its usage is read */
-        if (ngx_smartflow_usage_scan_init(r->pool, &ctx->usage) != NGX_OK) {
-            return NGX_ERROR;
-        }
+        ngx_smartflow_usage_scan_init(&ctx->usage);
 
         ctx->filter = NGX_HTTP_SMARTFLOW_FILTER_USAGE;
 
@@ -521,6 +519,18 @@ ngx_http_smartflow_stream_filter(ngx_http_request_t *r,
 
         ctx->stream_ended = 1;
         last = 1;
+
+    } else if (flush && r->upstream && !r->upstream->buffering
+               && r->upstream->length == 0)
+    {
+        /*
+         * The provider's answer is complete (its last chunk or its
+         * Content-Length read): nginx's upstream finalizes right after
+         * this call and sends the last buffer, so the events wait for
+         * it and go out in one write together with the end of the
+         * response instead of two.
+         */
+        return NGX_OK;
     }
 
     rc = ngx_http_smartflow_send_out(r, ctx, last, flush || last);
