@@ -111,16 +111,6 @@ $(BUILD)/fuzz/sse_fuzz: fuzz/ngx_smartflow_sse_fuzz.c \
 	    -Ingx_smartflow_proxy fuzz/ngx_smartflow_sse_fuzz.c \
 	    ngx_smartflow_proxy/ngx_smartflow_sse.c -o $@
 
-$(BUILD)/fuzz/answer_fuzz: fuzz/ngx_smartflow_cache_answer_fuzz.c \
-        ngx_smartflow_cache/ngx_http_smartflow_cache_answer.c \
-        ngx_smartflow_proxy/ngx_smartflow_json.c $(NGX_BUILD)/objs/Makefile
-	@mkdir -p $(BUILD)/fuzz
-	clang -g -O1 -fsanitize=fuzzer,address,undefined $(FUZZ_INCS) \
-	    -Ingx_smartflow_proxy -Ingx_smartflow_cache \
-	    fuzz/ngx_smartflow_cache_answer_fuzz.c \
-	    ngx_smartflow_cache/ngx_http_smartflow_cache_answer.c \
-	    ngx_smartflow_proxy/ngx_smartflow_json.c -lyajl -o $@
-
 # each target gets FUZZ_SECONDS, starting from the seed corpus
 fuzz: $(BUILD)/fuzz/json_fuzz $(BUILD)/fuzz/sse_fuzz
 	@set -o pipefail; for t in json sse; do \
@@ -129,15 +119,6 @@ fuzz: $(BUILD)/fuzz/json_fuzz $(BUILD)/fuzz/sse_fuzz
 	    && $(BUILD)/fuzz/$${t}_fuzz -max_total_time=$(FUZZ_SECONDS) \
 	        $(BUILD)/fuzz/corpus-$$t 2>&1 | tail -3 || exit 1; \
 	done
-
-# the MetaCache's one-pass answer reader against the JSON parser
-.PHONY: fuzz-answer
-fuzz-answer: $(BUILD)/fuzz/answer_fuzz
-	@mkdir -p $(BUILD)/fuzz/corpus-answer
-	@cp fuzz/corpus/answer/* $(BUILD)/fuzz/corpus-answer/
-	@set -o pipefail; $(BUILD)/fuzz/answer_fuzz \
-	    -max_total_time=$(FUZZ_SECONDS) $(BUILD)/fuzz/corpus-answer 2>&1 \
-	    | tail -3
 
 # unit tests of pure functions, outside nginx, under ASan and UBSan
 $(BUILD)/unit/translate_test: unit/ngx_smartflow_translate_test.c \

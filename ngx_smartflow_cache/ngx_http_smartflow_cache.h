@@ -265,10 +265,6 @@ ngx_int_t ngx_http_smartflow_cache_api_flushed(ngx_http_request_t *r,
 ngx_int_t ngx_http_smartflow_cache_metrics(ngx_http_request_t *r,
     ngx_str_t *text);
 
-/* an OpenAI answer read in one pass: ngx_http_smartflow_cache_answer.c */
-ngx_int_t ngx_smartflow_cache_answer_openai(ngx_pool_t *pool, u_char *p,
-    size_t len, ngx_str_t *content, ngx_str_t *finish);
-
 /* the answer: ngx_http_smartflow_cache_store.c */
 ngx_int_t ngx_http_smartflow_cache_tap(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, u_char *p, size_t len, ngx_uint_t last);

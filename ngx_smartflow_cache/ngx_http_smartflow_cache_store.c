@@ -155,9 +155,9 @@ static ngx_int_t
 ngx_http_smartflow_cache_complete(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_cache_req_t *rq)
 {
-    ngx_str_t                        err, text, reason;
+    ngx_str_t                        err;
     ngx_smartflow_sse_t              sse;
-    ngx_smartflow_json_t            *j, s;
+    ngx_smartflow_json_t            *j;
     ngx_http_smartflow_cache_asm_t   a;
 
     ngx_memzero(&a, sizeof(ngx_http_smartflow_cache_asm_t));
@@ -175,21 +175,6 @@ ngx_http_smartflow_cache_complete(ngx_http_request_t *r,
         {
             a.failed = 1;
         }
-
-    } else if (!a.anthropic
-               && ngx_smartflow_cache_answer_openai(r->pool, rq->buf,
-                                                    rq->len, &text, &reason)
-                  == NGX_OK)
-    {
-        /* the plain chat.completion, read without a tree */
-        ngx_memzero(&s, sizeof(ngx_smartflow_json_t));
-        s.type = NGX_SMARTFLOW_JSON_STRING;
-
-        s.str = text;
-        ngx_http_smartflow_cache_append(&a, &s);
-        s.str = reason;
-        ngx_http_smartflow_cache_finish(&a, &s);
-        a.done = 1;
 
     } else {
         j = ngx_smartflow_json_parse(r->pool, rq->buf, rq->len, &err);

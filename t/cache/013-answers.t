@@ -1,5 +1,4 @@
-# How an OpenAI answer is read for the store, by the one-pass reader or,
-# for anything it leaves, by the JSON parser: a provider (a fixture
+# How an OpenAI answer is read for the store: a provider (a fixture
 # location of the same nginx, its answer picked by a request header)
 # answers with escapes, \u escapes (a surrogate pair among them),
 # non-ASCII UTF-8, pretty-printed JSON with nested members; the hit must
