@@ -1,0 +1,73 @@
+package Smartflow::Blocks;
+
+# The settings the provider and stream tests give every block that does not
+# set its own:
+#
+#     use lib 't/lib';
+#     use Test::Nginx::Socket 'no_plan';
+#     use Smartflow::Blocks;
+#
+#     Smartflow::Blocks::defaults(http_config => $HttpConfig,
+#                                 config => $Locations, keys => 1);
+#
+# main_config   the four Smartflow modules loaded (main_config() unless
+#               given)
+# http_config, config
+#               as given
+# keys => 1     more_headers: the gateway's master key the way the request's
+#               API takes it, x-api-key and anthropic-version for a request
+#               to /anthropic/..., a bearer token otherwise
+#
+# $OpenAIKey and $AnthropicKey are exported for blocks that add headers of
+# their own to the key.
+
+use strict;
+use warnings;
+
+use Exporter 'import';
+
+our @EXPORT = qw($OpenAIKey $AnthropicKey);
+
+our $MasterKey = 'sk-smartflow-test-0123456789';
+our $OpenAIKey = "Authorization: Bearer $MasterKey\n";
+our $AnthropicKey = "x-api-key: $MasterKey\n"
+                    . "anthropic-version: 2023-06-01\n";
+
+sub main_config {
+    return join '', map {
+        "    load_module \$TEST_NGINX_MODULES/ngx_http_smartflow_${_}_module.so;\n"
+    } qw(proxy policy cache audit);
+}
+
+# the first request line of a block, whichever form its request takes
+sub first_request {
+    my $req = shift // '';
+    $req = $req->[0] if ref $req eq 'ARRAY';
+    $req = $req->[0]{value} if ref $req eq 'ARRAY';
+    return $req;
+}
+
+sub defaults {
+    my %set = @_;
+
+    $set{main_config} //= main_config();
+
+    Test::Nginx::Util::add_block_preprocessor(sub {
+        my $block = shift;
+
+        for my $name (qw(main_config http_config config)) {
+            next unless defined $set{$name};
+            $block->set_value($name, $set{$name})
+                unless defined $block->$name;
+        }
+
+        return if !$set{keys} || defined $block->more_headers;
+
+        $block->set_value('more_headers',
+                          first_request($block->request)
+                          =~ m{^\s*POST /anthropic/}
+                          ? $AnthropicKey : $OpenAIKey);
+    });
+}
+
+1;
