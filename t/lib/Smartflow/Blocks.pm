@@ -17,6 +17,7 @@ package Smartflow::Blocks;
 # keys => 1     more_headers: the gateway's master key the way the request's
 #               API takes it, x-api-key and anthropic-version for a request
 #               to /anthropic/..., a bearer token otherwise
+# more_headers  as given, whatever the request (instead of keys)
 #
 # $OpenAIKey and $AnthropicKey are exported for blocks that add headers of
 # their own to the key.
@@ -61,7 +62,14 @@ sub defaults {
                 unless defined $block->$name;
         }
 
-        return if !$set{keys} || defined $block->more_headers;
+        return if defined $block->more_headers;
+
+        if (defined $set{more_headers}) {
+            $block->set_value('more_headers', $set{more_headers});
+            return;
+        }
+
+        return unless $set{keys};
 
         $block->set_value('more_headers',
                           first_request($block->request)
