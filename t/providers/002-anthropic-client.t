@@ -15,9 +15,9 @@
 use lib 't/lib';
 use Smartflow::Conf;
 use Smartflow::Mock;
-use JSON::PP ();
 use Test::Nginx::Socket 'no_plan';
 use Smartflow::Blocks;
+use Smartflow::SSE;
 
 $ENV{TEST_NGINX_FIXTURE_PORT} ||= 1988;
 
@@ -94,21 +94,9 @@ our $Locations = Smartflow::Conf::shipped_locations();
 Smartflow::Blocks::defaults(http_config => $HttpConfig, config => $Locations,
                             more_headers => $AnthropicKey);
 
-my $json = JSON::PP->new->utf8->canonical;
-my $chars = JSON::PP->new->canonical->ascii;
-
 # The body the provider received: the text of the recorded answer,
 # re-encoded with sorted keys and \u escapes.
-sub upstream_body {
-    my $body = shift;
-    my $answer = eval { $json->decode($body) };
-    my $text = $answer && ref $answer->{content} eq 'ARRAY'
-               && $answer->{content}[0]{text};
-    return "no recorded text in: $body" unless defined $text;
-    my $req = eval { $chars->decode($text) };
-    return "the provider's body is not JSON: $text" unless $req;
-    return $chars->encode($req) . "\n";
-}
+sub upstream_body { recorded_answer(shift, 'anthropic') }
 
 # A message with its generated parts (ids) made constant.
 sub stable {

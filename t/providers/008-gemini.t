@@ -23,7 +23,6 @@
 use lib 't/lib';
 use Smartflow::Conf;
 use Smartflow::Mock;
-use JSON::PP ();
 use Test::Nginx::Socket 'no_plan';
 use Smartflow::Blocks;
 use Smartflow::SSE;
@@ -149,9 +148,6 @@ our $Locations = Smartflow::Conf::shipped_locations();
 Smartflow::Blocks::defaults(http_config => $HttpConfig, config => $Locations,
                             keys => 1);
 
-my $json = JSON::PP->new->utf8->canonical;
-my $chars = JSON::PP->new->canonical->ascii;
-
 # A chat.completion (or an Anthropic message) with its generated parts
 # made constant.
 sub stable {
@@ -165,20 +161,7 @@ sub stable {
 # The body the provider received: the text of the recorded answer (an
 # OpenAI chat.completion or an Anthropic message), re-encoded with sorted
 # keys and \u escapes.
-sub upstream_body {
-    my $body = shift;
-    my $answer = eval { $json->decode($body) };
-    my $text;
-    if ($answer && $answer->{choices}) {
-        $text = $answer->{choices}[0]{message}{content};
-    } elsif ($answer && $answer->{content}) {
-        $text = $answer->{content}[0]{text};
-    }
-    return "no recorded text in: $body" unless defined $text;
-    my $req = eval { $chars->decode($text) };
-    return "the provider's body is not JSON: $text" unless $req;
-    return $chars->encode($req) . "\n";
-}
+sub upstream_body { recorded_answer(shift) }
 
 # The reply of the split streams: two- and four-byte UTF-8 sequences,
 # quotes and a backslash, all of which the translation re-escapes.

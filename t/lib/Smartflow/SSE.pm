@@ -21,6 +21,8 @@ package Smartflow::SSE;
 # recorded_openai_stream(), recorded_anthropic_stream()
 #                  the request a recording provider answered with, read
 #                  back from the stream's text, keys sorted
+# recorded_answer()
+#                  the same from an answer that is not streamed
 # tool_id()        a generated tool call id made constant
 #
 # Anything that is not a well-formed event of the client's format is
@@ -38,7 +40,7 @@ use Exporter 'import';
 use JSON::PP ();
 
 our @EXPORT = qw(openai_sse anthropic_sse tool_id recorded_openai_stream
-                 recorded_anthropic_stream);
+                 recorded_anthropic_stream recorded_answer);
 
 my $json = JSON::PP->new->utf8->canonical;
 my $str = JSON::PP->new->ascii->allow_nonref;
@@ -243,6 +245,32 @@ sub recorded_anthropic_stream {
                && $d->{delta}{type} eq 'text_delta';
     }
     my $req = eval { $chars->decode($text) } or return "not JSON: $text\n";
+    return $chars->encode($req) . "\n";
+}
+
+# The body the provider received, from the text of a recorded answer that
+# is not streamed, re-encoded with sorted keys and \u escapes.  $api names
+# the answer's format, 'openai' (a chat.completion) or 'anthropic' (a
+# message); an answer of the other format is not read.  Without $api either
+# is read.
+sub recorded_answer {
+    my ($body, $api) = @_;
+    my $answer = eval { $json->decode($body) };
+    my $text;
+
+    if (ref $answer eq 'HASH') {
+        if (($api // 'openai') eq 'openai' && $answer->{choices}) {
+            $text = $answer->{choices}[0]{message}{content};
+        } elsif (($api // 'anthropic') eq 'anthropic'
+                 && ref $answer->{content} eq 'ARRAY')
+        {
+            $text = $answer->{content}[0]{text};
+        }
+    }
+
+    return "no recorded text in: $body" unless defined $text;
+    my $req = eval { $chars->decode($text) };
+    return "the provider's body is not JSON: $text" unless $req;
     return $chars->encode($req) . "\n";
 }
 
