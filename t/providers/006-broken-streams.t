@@ -19,14 +19,7 @@ use Test::Nginx::Socket 'no_plan';
 use Smartflow::Blocks;
 use Smartflow::SSE;
 
-our $HttpConfig = <<'_EOC_';
-    smartflow_master_key sk-smartflow-test-0123456789;
-
-    upstream sf_mock {
-        server 127.0.0.1:$TEST_NGINX_MOCK_PORT;
-        keepalive 8;
-    }
-
+our $HttpConfig = Smartflow::Blocks::mock_upstreams() . <<'_EOC_';
     smartflow_provider anthropic type=anthropic upstream=http://sf_mock
                        key=sk-ant-provider-key;
     smartflow_provider openai type=openai upstream=http://sf_mock

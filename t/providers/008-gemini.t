@@ -29,18 +29,8 @@ use Smartflow::SSE;
 
 $ENV{TEST_NGINX_FIXTURE_PORT} ||= 1988;
 
-our $HttpConfig = <<'_EOC_';
-    smartflow_master_key sk-smartflow-test-0123456789;
-
-    upstream sf_mock {
-        server 127.0.0.1:$TEST_NGINX_MOCK_PORT;
-        keepalive 8;
-    }
-
-    upstream sf_fixture {
-        server 127.0.0.1:$TEST_NGINX_FIXTURE_PORT;
-    }
-
+our $HttpConfig = Smartflow::Blocks::mock_upstreams(fixture => 1)
+                  . <<'_EOC_';
     smartflow_provider gemini type=gemini upstream=http://sf_mock
                        key=gm-provider-key-0123456789;
     smartflow_provider keyless type=gemini upstream=http://sf_mock;

@@ -19,6 +19,10 @@ package Smartflow::Blocks;
 #               to /anthropic/..., a bearer token otherwise
 # more_headers  as given, whatever the request (instead of keys)
 #
+# mock_upstreams() is the start of an http_config: the gateway's master key
+# and the upstream sf_mock (the mock provider); with fixture => 1 also
+# sf_fixture, a server of the test's own on $TEST_NGINX_FIXTURE_PORT.
+#
 # $OpenAIKey and $AnthropicKey are exported for blocks that add headers of
 # their own to the key.
 
@@ -38,6 +42,29 @@ sub main_config {
     return join '', map {
         "    load_module \$TEST_NGINX_MODULES/ngx_http_smartflow_${_}_module.so;\n"
     } qw(proxy policy cache audit);
+}
+
+sub mock_upstreams {
+    my %opt = @_;
+
+    my $conf = <<"_EOC_";
+    smartflow_master_key $MasterKey;
+
+    upstream sf_mock {
+        server 127.0.0.1:\$TEST_NGINX_MOCK_PORT;
+        keepalive 8;
+    }
+
+_EOC_
+
+    $conf .= <<'_EOC_' if $opt{fixture};
+    upstream sf_fixture {
+        server 127.0.0.1:$TEST_NGINX_FIXTURE_PORT;
+    }
+
+_EOC_
+
+    return $conf;
 }
 
 # the first request line of a block, whichever form its request takes
