@@ -64,6 +64,13 @@ typedef struct {
 } ngx_http_smartflow_placeholder_t;
 
 
+/* a tool call of the answer being streamed: its arguments, held whole */
+typedef struct {
+    ngx_uint_t                          index;
+    ngx_str_t                           args;
+} ngx_http_smartflow_policy_call_t;
+
+
 typedef struct {
     ngx_http_request_t                 *r;
     ngx_http_smartflow_ctx_t           *ctx;
@@ -81,7 +88,7 @@ typedef struct {
 
     /* the answer, as a stream: text held back per block, tool calls */
     ngx_str_t                           pending[NGX_SF_OUT_BLOCKS];
-    ngx_str_t                           calls[NGX_SF_OUT_BLOCKS];
+    ngx_array_t                        *calls;  /* policy_call_t */
     ngx_uint_t                          ndecided;
     ngx_uint_t                          approval;   /* its id, or 0 */
 } ngx_http_smartflow_policy_run_t;
