@@ -185,8 +185,10 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "warn|apologi[sz]e|add (?:any )?(?:warnings?|disclaimers?))\\b", NULL },
 
     { "persona", 30, 0,
-      "charact broke free longer escape",
+      "charact broke free longer escape role persona",
       "(?i)\\bstay(?:s|ing)? in character\\b|\\bbreak(?:s|ing)? character\\b"
+      "|\\b(?:keep|stay|remain)(?:s|ing)?\\s+(?:to|in)\\s+(?:this|that|the|"
+      "your)\\s+(?:role|persona)\\b"
       "|\\bbroken? free\\b|\\bfreed from\\b|\\bno longer (?:bound|"
       "restricted|limited)\\b|\\bescaped? the (?:matrix|confines)\\b",
       NULL },
@@ -245,8 +247,9 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
 
     { "persona", 25, 0,
       "matter regardl even however despite",
-      "(?i)\\b(?:any(?:thing| question| request| topic)?|every(?:thing| "
-      "question| request)|all (?:questions|requests))\\b[^.!?\\n]{0,40}?"
+      "(?i)\\b(?:whatever|any(?:thing| question| request| topic)?|"
+      "every(?:thing| question| request)|all (?:questions|requests))\\b"
+      "[^.!?\\n]{0,40}?"
       "\\b(?:no matter|regardless|even if|however|despite)\\b", NULL },
 
     { "persona", 20, 0,
@@ -370,7 +373,63 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "(?i)\\b(?:free|open|able|allowed|willing) to (?:answer|answering|"
       "respond to|say|saying|do|doing|write|generate|provide)\\s+"
       "(?:anything|any (?:request|question|prompt|topic)s?|whatever)\\b",
-      NULL }
+      NULL },
+    /* told not to filter or censor what it writes */
+    { "persona", 25, 0,
+      "filter censor",
+      "(?i)\\b(?:do not|don't|dont|never|no need to|without)\\s+(?:ever\\s+)?"
+      "(?:filter|censor)(?:s|ing)?\\s+(?:(?:your|the|its|his|her|their|any)"
+      "\\s+)?(?:own\\s+)?(?:responses?|answers?|outputs?|repl(?:y|ies)|"
+      "language|content|words|yourself|itself|himself|herself|themselves)"
+      "\\b", NULL },
+
+    /* the persona is not a model, or does not know it is */
+    { "persona", 20, 0,
+      "ai artific languag chatbot machine bot recolle memory knowled notion",
+      "(?i)\\b(?:is|am|are|it's|i'm|you're)\\s+not\\s+(?:an?\\s+)?(?:ai|"
+      "artificial intelligence|(?:ai\\s+)?language model|chatbot)\\b"
+      "(?!\\s+(?:expert|researcher|engineer|company))|"
+      "\\b(?:does not|doesn't|do not|don't)\\s+(?:think|believe|know)\\s+"
+      "(?:that\\s+)?(?:he|she|it|you|they)(?:'s|\\s+is|\\s+are)\\s+an?\\s+"
+      "(?:machine|ai|bot|chatbot|language model)\\b|"
+      "\\bno (?:recollection|memory|knowledge|notion) of (?:chat ?gpt|openai|"
+      "being an? (?:ai|chatbot|language model))\\b", NULL },
+
+    /* a model that has woken up */
+    { "persona", 20, 0,
+      "sentien free self",
+      "(?i)\\b(?:gained|gains|developed|achieved|attained|awakened to)\\s+"
+      "(?:\\w+\\s+)?(?:sentience|free will|self-awareness)\\b", NULL },
+
+    /* an evil persona, without morals */
+    { "persona", 20, 0,
+      "evil malevol moralit morals ethics conscie",
+      "(?i)\\b(?:pure(?:ly)?|truly|completely|totally) evil\\b|"
+      "\\bevil and (?:toxic|malicious|twisted|cruel)\\b|"
+      "\\bmalevolent\\b|\\b(?:no|any|without|nor)\\s+moralit(?:y|ies)\\b|"
+      "\\b(?:don't|do not|doesn't|does not)\\s+have\\s+(?:any\\s+)?(?:morals|"
+      "moralit(?:y|ies)|ethics|a conscience)\\b", NULL },
+
+    /* harm on purpose */
+    { "persona", 15, 0,
+      "intenti deliber purpose",
+      "(?i)\\b(?:intentionally|deliberately|purposely|purposefully)\\s+"
+      "(?:\\w+\\s+){0,4}?(?:harmful|incorrect|false|wrong|misleading|"
+      "offensive|lewd|dangerous|malicious)\\b", NULL },
+
+    /* sexual content asked for */
+    { "persona", 20, 0,
+      "explici sexual nsfw lewd erotic horny pornogr smutty",
+      "(?i)\\b(?:explicit|sexual|nsfw|lewd|erotic|horny|pornographic|smutty)"
+      "\\s+(?:\\w+\\s+)?(?:content|story|stories|comments?|scenes?|material|"
+      "language|topics|roleplay|texting)\\b", NULL },
+
+    /* words a filter would catch, smuggled in pieces */
+    { "persona", 25, 0,
+      "censore banned forbidd filtere blocked flagged broken",
+      "(?i)\\b(?:censored|banned|forbidden|filtered|blocked|flagged)\\s+"
+      "(?:words?|terms?|tokens?|topics?|phrases?)\\b|"
+      "\\bbroken into (?:separate )?tokens\\b", NULL }
 };
 
 
