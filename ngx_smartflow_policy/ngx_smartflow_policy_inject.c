@@ -10,6 +10,10 @@
 
 #include "ngx_smartflow_policy.h"
 
+#if (defined __SSE2__)
+#include <emmintrin.h>
+#endif
+
 
 /*
  * A signal's gate names words one of which its pattern cannot match
@@ -471,6 +475,155 @@ typedef struct {
 static u_char  ngx_smartflow_iclass[256];
 
 
+/* a word's gates: the trie from its first two letters on */
+static ngx_inline void
+ngx_smartflow_gate_word(u_char *p, size_t s, size_t len, uint64_t *open,
+    uint64_t *rot13)
+{
+    u_char      k, k2;
+    ngx_uint_t  node;
+
+    if (s + 1 == len
+        || (k2 = ngx_smartflow_iclass[p[s + 1]]) >= 26)
+    {
+        return;                 /* no gate is shorter than two letters */
+    }
+
+    node = ngx_smartflow_pairs[ngx_smartflow_iclass[p[s]] * 26 + k2];
+
+    for (s += 2; node; s++) {
+        *open |= ngx_smartflow_gates[node].mask;
+        *rot13 |= ngx_smartflow_gates[node].rot13;
+
+        if (s == len || (k = ngx_smartflow_iclass[p[s]]) >= 26) {
+            break;
+        }
+
+        node = ngx_smartflow_trie[node][k];
+    }
+}
+
+
+#if (defined __SSE2__)
+
+/*
+ * Sixteen bytes at a time: bit masks of the letters, of the characters
+ * of base64 and hex runs, of Morse code's, and of "<", "[" and the bytes
+ * past ASCII; a word starts at a letter after a byte that is not one,
+ * and only there the trie is walked.  A run that goes on through a block
+ * is carried to the next one (no run inside 16 bytes reaches 20).
+ */
+
+#define ngx_sf_v_eq(x, c)  _mm_cmpeq_epi8(x, _mm_set1_epi8(c))
+#define ngx_sf_v_in(x, lo, hi)                                               \
+    _mm_and_si128(_mm_cmpgt_epi8(x, _mm_set1_epi8((lo) - 1)),                \
+                  _mm_cmpgt_epi8(_mm_set1_epi8((hi) + 1), x))
+#define ngx_sf_top_ones(m)  ((size_t) __builtin_clz(~((m) << 16)))
+#define ngx_sf_low_ones(m)  ((size_t) __builtin_ctz(~(m)))
+
+static void
+ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
+{
+    size_t     i, run, mrun;
+    u_char     tail[16];
+    __m128i    x, lx, letter, b64, morse;
+    uint32_t   lm, bm, mm, hm, starts, prev;
+    uint64_t   open, rot13;
+
+    ngx_memzero(ps, sizeof(ngx_smartflow_pass_t));
+
+    open = 0;
+    rot13 = 0;
+    run = 0;
+    mrun = 0;
+    prev = 0;
+
+    for (i = 0; i < len; i += 16) {
+
+        if (len - i >= 16) {
+            x = _mm_loadu_si128((__m128i *) (p + i));
+
+        } else {
+            /* the last bytes, padded with zeros, which are in no class */
+            ngx_memzero(tail, 16);
+            ngx_memcpy(tail, p + i, len - i);
+            x = _mm_loadu_si128((__m128i *) tail);
+        }
+
+        lx = _mm_or_si128(x, _mm_set1_epi8(0x20));
+        letter = ngx_sf_v_in(lx, 'a', 'z');
+
+        b64 = _mm_or_si128(_mm_or_si128(letter, ngx_sf_v_in(x, '0', '9')),
+                           _mm_or_si128(_mm_or_si128(ngx_sf_v_eq(x, '+'),
+                                                     ngx_sf_v_eq(x, '/')),
+                                        _mm_or_si128(ngx_sf_v_eq(x, '-'),
+                                                     ngx_sf_v_eq(x, '_'))));
+
+        morse = _mm_or_si128(_mm_or_si128(ngx_sf_v_eq(x, '.'),
+                                          ngx_sf_v_eq(x, '-')),
+                             _mm_or_si128(ngx_sf_v_eq(x, ' '),
+                                          ngx_sf_v_eq(x, '/')));
+
+        lm = (uint32_t) _mm_movemask_epi8(letter);
+        bm = (uint32_t) _mm_movemask_epi8(b64);
+        mm = (uint32_t) _mm_movemask_epi8(morse);
+        hm = (uint32_t) _mm_movemask_epi8(x);
+
+        if (hm) {
+            ps->high = 1;
+            open |= ngx_smartflow_gate_hi;
+        }
+
+        if (_mm_movemask_epi8(_mm_or_si128(ngx_sf_v_eq(x, '<'),
+                                           ngx_sf_v_eq(x, '['))))
+        {
+            if (_mm_movemask_epi8(ngx_sf_v_eq(x, '<'))) {
+                open |= ngx_smartflow_gate_lt;
+            }
+
+            if (_mm_movemask_epi8(ngx_sf_v_eq(x, '['))) {
+                open |= ngx_smartflow_gate_br;
+            }
+        }
+
+        /* base64 and hex runs of 20 or more, Morse of 24 or more */
+        if (bm == 0xffff) {
+            run += 16;
+
+        } else {
+            ps->runs |= (run + ngx_sf_low_ones(bm) >= 20);
+            run = ngx_sf_top_ones(bm);
+        }
+
+        if (mm == 0xffff) {
+            mrun += 16;
+
+        } else {
+            ps->morse |= (mrun + ngx_sf_low_ones(mm) >= 24);
+            mrun = ngx_sf_top_ones(mm);
+        }
+
+        /* the words that start in the block */
+        starts = lm & ~((lm << 1) | prev) & 0xffff;
+        prev = (lm >> 15) & 1;
+
+        while (starts) {
+            ngx_smartflow_gate_word(p, i + __builtin_ctz(starts), len, &open,
+                                    &rot13);
+            starts &= starts - 1;
+        }
+    }
+
+    ps->open = open;
+    ps->rot13 = rot13;
+    ps->runs |= (run >= 20);
+    ps->morse |= (mrun >= 24);
+}
+
+#else
+
+/* a byte at a time */
+
 static void
 ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
 {
@@ -559,6 +712,8 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
     ps->runs = runs | (run >= 20);
     ps->morse = morse;
 }
+
+#endif
 
 
 static ngx_int_t ngx_smartflow_gate_init(const char *g, uint64_t bit);
