@@ -27,11 +27,24 @@ static ngx_int_t ngx_http_smartflow_policy_redact(
 static void ngx_http_smartflow_policy_decide(
     ngx_http_smartflow_policy_run_t *run, ngx_uint_t type,
     ngx_uint_t action, const char *detail);
+static ngx_int_t ngx_http_smartflow_policy_splice(
+    ngx_http_smartflow_policy_run_t *run, ngx_str_t *body);
+static u_char *ngx_http_smartflow_policy_token(ngx_str_t *body,
+    ngx_str_t *s);
+static ngx_uint_t ngx_http_smartflow_policy_opens(u_char *p, u_char *q);
 static ngx_str_t *ngx_http_smartflow_policy_type_name(
     ngx_http_smartflow_policy_run_t *run, ngx_uint_t type, ngx_str_t *buf);
 
 
 /* placeholders' words, by PII rule */
+/*
+ * The scans' findings: scratch, read right after each scan (a worker
+ * runs one scan at a time), not kept in each request's pool.
+ */
+static ngx_smartflow_finding_t  ngx_http_smartflow_policy_findings[
+                                    NGX_SF_MAX_FINDINGS];
+
+
 static ngx_str_t  ngx_http_smartflow_policy_types[] = {
     ngx_string("EMAIL"), ngx_string("PHONE"), ngx_string("CARD"),
     ngx_string("IBAN"), ngx_string("SSN"), ngx_string("IP"),
@@ -100,6 +113,7 @@ ngx_int_t
 ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx)
 {
+    ngx_int_t                               rc;
     ngx_str_t                               name;
     ngx_pool_cleanup_t                     *cln;
     ngx_http_smartflow_policy_run_t        *run;
@@ -166,6 +180,8 @@ ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
     run->r = r;
     run->ctx = ctx;
     run->g = g;
+    run->f = ngx_http_smartflow_policy_findings;
+    run->input = 1;
     run->shield_on = (g->action[NGX_SF_RULE_SQL] != NGX_SF_ACTION_OFF
                       || g->action[NGX_SF_RULE_SHELL] != NGX_SF_ACTION_OFF
                       || g->action[NGX_SF_RULE_GIT] != NGX_SF_ACTION_OFF
@@ -183,6 +199,8 @@ ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+
+    run->input = 0;
 
     if (run->block) {
         ctx->policy_blocked = 1;
@@ -243,9 +261,20 @@ ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
                         && (g->pii_mask || g->ncustom || run->shield_on));
 
     if (run->redacted) {
-        /* the redacted request is what goes on, as it is sent */
-        if (ngx_smartflow_json_dump(r->pool, ctx->json, &ctx->body)
-            != NGX_OK)
+        /*
+         * the redacted request is what goes on, as it is sent: the
+         * client's body with the strings changed put in place, or, when
+         * that cannot be done exactly, the request written again
+         */
+        rc = ngx_http_smartflow_policy_splice(run, &ctx->body);
+
+        if (rc == NGX_ERROR) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        if (rc == NGX_DECLINED
+            && ngx_smartflow_json_dump(r->pool, ctx->json, &ctx->body)
+               != NGX_OK)
         {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
@@ -672,6 +701,7 @@ ngx_http_smartflow_policy_redact(ngx_http_smartflow_policy_run_t *run,
     ngx_str_t                          word, value;
     ngx_uint_t                         i, k, type, a, idx[NGX_SF_MAX_FINDINGS];
     ngx_smartflow_finding_t           *f;
+    ngx_http_smartflow_policy_edit_t  *e;
     ngx_http_smartflow_placeholder_t  *ph;
 
     f = run->f;
@@ -758,12 +788,217 @@ ngx_http_smartflow_policy_redact(ngx_http_smartflow_policy_run_t *run,
 
     p = ngx_cpymem(p, j->str.data + k, j->str.len - k);
 
+    if (run->input) {
+        /* a string of the request: what it was, the first time */
+        if (run->edits == NULL) {
+            run->edits = ngx_array_create(run->r->pool, 4,
+                                 sizeof(ngx_http_smartflow_policy_edit_t));
+            if (run->edits == NULL) {
+                return NGX_ERROR;
+            }
+        }
+
+        e = run->edits->elts;
+
+        for (i = 0; i < run->edits->nelts; i++) {
+            if (e[i].j == j) {
+                break;
+            }
+        }
+
+        if (i == run->edits->nelts) {
+            e = ngx_array_push(run->edits);
+            if (e == NULL) {
+                return NGX_ERROR;
+            }
+
+            e->j = j;
+            e->was = j->str;
+        }
+    }
+
     j->str.data = s;
     j->str.len = p - s;
 
     run->redacted = 1;
 
     return NGX_OK;
+}
+
+
+/*
+ * The body with each redacted string written in place of the one it was,
+ * when that is exact: the string was in the body as it is (no escape in
+ * it, so that its bytes are the JSON string's), once, as a value, and
+ * neither it nor its placeholders need an escape.  NGX_DECLINED: the
+ * request is to be written again whole.
+ */
+static ngx_int_t
+ngx_http_smartflow_policy_splice(ngx_http_smartflow_policy_run_t *run,
+    ngx_str_t *body)
+{
+    u_char                            *p, *at[NGX_SF_SPLICE_MAX], *t;
+    size_t                             len, k;
+    ngx_str_t                         *name;
+    ngx_uint_t                         i, j, n, o[NGX_SF_SPLICE_MAX];
+    ngx_http_smartflow_policy_edit_t  *e;
+
+    if (run->edits == NULL || run->edits->nelts > NGX_SF_SPLICE_MAX) {
+        return NGX_DECLINED;
+    }
+
+    /* a pattern's placeholder could need an escape */
+    name = run->g->custom_type;
+
+    for (i = 0; i < run->g->ncustom; i++) {
+        for (k = 0; k < name[i].len; k++) {
+            if (name[i].data[k] < 0x20 || name[i].data[k] == '"'
+                || name[i].data[k] == '\\')
+            {
+                return NGX_DECLINED;
+            }
+        }
+    }
+
+    e = run->edits->elts;
+    n = run->edits->nelts;
+    len = body->len;
+
+    for (i = 0; i < n; i++) {
+        at[i] = ngx_http_smartflow_policy_token(body, &e[i].was);
+
+        if (at[i] == NULL) {
+            return NGX_DECLINED;
+        }
+
+        len += e[i].j->str.len - e[i].was.len;
+
+        /* in the body's order */
+        for (j = i; j > 0 && at[o[j - 1]] > at[i]; j--) {
+            o[j] = o[j - 1];
+        }
+
+        o[j] = i;
+    }
+
+    p = ngx_pnalloc(run->r->pool, len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    t = body->data;
+    body->data = p;
+
+    for (i = 0, k = 0; i < n; i++) {
+        j = o[i];
+
+        p = ngx_cpymem(p, t + k, at[j] - t - k);
+        p = ngx_cpymem(p, e[j].j->str.data, e[j].j->str.len);
+
+        k = at[j] - t + e[j].was.len;
+    }
+
+    p = ngx_cpymem(p, t + k, body->len - k);
+    body->len = p - body->data;
+
+    return NGX_OK;
+}
+
+
+/*
+ * Where s is in the body as a whole JSON string value, with no escape:
+ * between quotes, the first of which opens a string (quotes not escaped
+ * before it are even), not followed by ":" (a member's name), and there
+ * once.  NULL if it is not, or is more than once.
+ */
+static u_char *
+ngx_http_smartflow_policy_token(ngx_str_t *body, ngx_str_t *s)
+{
+    u_char  *p, *q, *last, *found, *from;
+    size_t   head;
+
+    if (s->len == 0 || s->len + 2 > body->len
+        || memchr(s->data, '"', s->len) || memchr(s->data, '\\', s->len))
+    {
+        return NULL;
+    }
+
+    /* a short head is looked for, the rest compared where it is */
+    head = ngx_min(s->len, 32);
+    last = body->data + body->len;
+    found = NULL;
+
+    for (from = body->data + 1;
+         (p = memmem(from, last - 1 - from, s->data, head)) != NULL;
+         from = p + 1)
+    {
+        if (p[-1] != '"' || (size_t) (last - p) < s->len + 1
+            || p[s->len] != '"'
+            || ngx_memcmp(p + head, s->data + head, s->len - head) != 0)
+        {
+            continue;
+        }
+
+        /* the quote before it opens a string */
+        if (!ngx_http_smartflow_policy_opens(body->data, p - 1)) {
+            continue;
+        }
+
+        for (q = p + s->len + 1; q < last; q++) {
+            if (*q != ' ' && *q != '\t' && *q != '\r' && *q != '\n') {
+                break;
+            }
+        }
+
+        if (q < last && *q == ':') {
+            continue;
+        }
+
+        if (found) {
+            return NULL;
+        }
+
+        found = p;
+    }
+
+    return found;
+}
+
+
+/*
+ * Whether the quote at q opens a string: it is not escaped, and the
+ * quotes not escaped before it are even
+ */
+static ngx_uint_t
+ngx_http_smartflow_policy_opens(u_char *start, u_char *q)
+{
+    u_char      *p, *b;
+    ngx_uint_t   n;
+
+    n = 0;
+
+    for (p = start; p <= q; p++) {
+        p = memchr(p, '"', q + 1 - p);
+        if (p == NULL) {
+            break;
+        }
+
+        /* escaped if an odd number of backslashes stands before it */
+        for (b = p; b > start && b[-1] == '\\'; b--) { /* void */ }
+
+        if ((p - b) % 2) {
+            if (p == q) {
+                return 0;
+            }
+
+            continue;
+        }
+
+        n++;
+    }
+
+    /* q itself is counted */
+    return (n % 2 == 1);
 }
 
 
