@@ -448,6 +448,8 @@ static u_char                ngx_smartflow_inj_buf[NGX_SF_INJ_WINDOW + 8];
 static ngx_smartflow_gate_t  ngx_smartflow_gates[NGX_SF_GATES];
 static uint16_t              ngx_smartflow_trie[NGX_SF_GATES][26];
 static uint16_t              ngx_smartflow_pairs[26 * 26];  /* depth 2 */
+static uint16_t              ngx_smartflow_pairs32[32 * 32];    /* by the
+                                                  letters' low five bits */
 static ngx_uint_t            ngx_smartflow_trie_n;
 static uint64_t              ngx_smartflow_gate_lt;     /* "<" */
 static uint64_t              ngx_smartflow_gate_br;     /* "[" */
@@ -473,6 +475,32 @@ typedef struct {
 #define NGX_SF_IC_OTHER     27
 
 static u_char  ngx_smartflow_iclass[256];
+
+
+/* the trie from node on, at s, the word's third letter */
+static ngx_inline void
+ngx_smartflow_gate_walk(u_char *p, size_t s, size_t len, ngx_uint_t node,
+    uint64_t *open, uint64_t *rot13)
+{
+    u_char  k;
+
+    for ( ;; ) {
+        *open |= ngx_smartflow_gates[node].mask;
+        *rot13 |= ngx_smartflow_gates[node].rot13;
+
+        if (s == len || (k = ngx_smartflow_iclass[p[s]]) >= 26) {
+            break;
+        }
+
+        node = ngx_smartflow_trie[node][k];
+
+        if (node == 0) {
+            break;
+        }
+
+        s++;
+    }
+}
 
 
 /* a word's gates: the trie from its first two letters on */
@@ -524,11 +552,12 @@ ngx_smartflow_gate_word(u_char *p, size_t s, size_t len, uint64_t *open,
 static void
 ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
 {
-    size_t     i, run, mrun;
-    u_char     tail[16];
-    __m128i    x, lx, letter, b64, morse;
-    uint32_t   lm, bm, mm, hm, starts, prev;
-    uint64_t   open, rot13;
+    size_t      i, s, run, mrun;
+    u_char      tail[16];
+    __m128i     x, lx, letter, b64, morse;
+    uint32_t    lm, bm, mm, hm, starts, prev;
+    uint64_t    open, rot13;
+    ngx_uint_t  node, runs, morsed;
 
     ngx_memzero(ps, sizeof(ngx_smartflow_pass_t));
 
@@ -537,6 +566,8 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
     run = 0;
     mrun = 0;
     prev = 0;
+    runs = 0;
+    morsed = 0;
 
     for (i = 0; i < len; i += 16) {
 
@@ -591,7 +622,7 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
             run += 16;
 
         } else {
-            ps->runs |= (run + ngx_sf_low_ones(bm) >= 20);
+            runs |= (run + ngx_sf_low_ones(bm) >= 20);
             run = ngx_sf_top_ones(bm);
         }
 
@@ -599,25 +630,36 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
             mrun += 16;
 
         } else {
-            ps->morse |= (mrun + ngx_sf_low_ones(mm) >= 24);
+            morsed |= (mrun + ngx_sf_low_ones(mm) >= 24);
             mrun = ngx_sf_top_ones(mm);
         }
 
-        /* the words that start in the block */
+        /*
+         * the words that start in the block, of two letters or more
+         * (the second one in the block, or, for the last byte, after it)
+         */
         starts = lm & ~((lm << 1) | prev) & 0xffff;
         prev = (lm >> 15) & 1;
 
-        while (starts) {
-            ngx_smartflow_gate_word(p, i + __builtin_ctz(starts), len, &open,
-                                    &rot13);
-            starts &= starts - 1;
+        if (starts & 0x8000) {
+            ngx_smartflow_gate_word(p, i + 15, len, &open, &rot13);
+        }
+
+        for (starts &= lm >> 1; starts; starts &= starts - 1) {
+            s = i + __builtin_ctz(starts);
+            node = ngx_smartflow_pairs32[(p[s] & 0x1f) << 5
+                                         | (p[s + 1] & 0x1f)];
+
+            if (node) {
+                ngx_smartflow_gate_walk(p, s + 2, len, node, &open, &rot13);
+            }
         }
     }
 
     ps->open = open;
     ps->rot13 = rot13;
-    ps->runs |= (run >= 20);
-    ps->morse |= (mrun >= 24);
+    ps->runs = runs | (run >= 20);
+    ps->morse = morsed | (mrun >= 24);
 }
 
 #else
@@ -772,6 +814,11 @@ ngx_smartflow_injection_init(void)
     for (i = 0; i < 26 * 26; i++) {
         ngx_smartflow_pairs[i] =
             ngx_smartflow_trie[ngx_smartflow_trie[1][i / 26]][i % 26];
+    }
+
+    for (i = 0; i < 26 * 26; i++) {
+        ngx_smartflow_pairs32[(i / 26 + 1) * 32 + i % 26 + 1] =
+            ngx_smartflow_pairs[i];
     }
 
     return NGX_OK;
