@@ -760,17 +760,40 @@ ngx_http_smartflow_policy_openai_calls(ngx_http_smartflow_policy_run_t *run,
     ngx_uint_t                         i;
     ngx_pool_t                        *pool;
     ngx_smartflow_json_t              *chunk, *m, *choices, *choice, *delta;
-    ngx_smartflow_json_t              *calls, *call, *fn, *n, *ci;
+    ngx_smartflow_json_t              *calls, *call, *fn, *n, *ci, *cur;
     ngx_http_smartflow_policy_call_t  *c;
 
     pool = run->r->pool;
     c = run->calls->elts;
+    n = NULL;
 
-    ci = ngx_smartflow_json_get(j, "choices")->child;
-    ci = ngx_smartflow_json_get(ci, "index");
+    choice = ngx_smartflow_json_get(j, "choices")->child;
+    ci = ngx_smartflow_json_get(choice, "index");
+    cur = ngx_smartflow_json_get(ngx_smartflow_json_get(choice, "delta"),
+                                 "tool_calls");
+    cur = (cur && cur->type == NGX_SMARTFLOW_JSON_ARRAY) ? cur : NULL;
 
     for (i = 0; i < run->calls->nelts; i++) {
         if (c[i].index == NGX_MAX_UINT32_VALUE) {
+            continue;
+        }
+
+        /* a call the finishing chunk itself carries gets them there */
+        for (call = cur ? cur->child : NULL; call; call = call->next) {
+            n = ngx_smartflow_json_get(call, "index");
+
+            if (n && n->type == NGX_SMARTFLOW_JSON_NUMBER
+                && (ngx_uint_t) ngx_atoi(n->str.data, n->str.len)
+                   == c[i].index)
+            {
+                fn = ngx_smartflow_json_get(call, "function");
+                n = ngx_smartflow_json_get(fn, "arguments");
+                break;
+            }
+        }
+
+        if (call && ngx_smartflow_json_is_string(n)) {
+            n->str = c[i].args;
             continue;
         }
 

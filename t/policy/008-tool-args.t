@@ -47,6 +47,9 @@ our $HttpConfig = <<'_EOC_';
     smartflow_route claude-* anthropic;
     smartflow_route gemini-* gemini;
     smartflow_route agent-* canned;
+    smartflow_provider single type=openai upstream=http://sf_fixture
+                       path=/single key=sk-provider-test-key;
+    smartflow_route single-* single;
 
     smartflow_policy_group out {
         pii redact;
@@ -60,6 +63,15 @@ our $HttpConfig = <<'_EOC_';
 
     server {
         listen 127.0.0.1:$TEST_NGINX_FIXTURE_PORT;
+
+        location = /single/chat/completions {
+            default_type text/event-stream;
+            return 200 'data: {"id":"c4","object":"chat.completion.chunk","created":1,"model":"single-1","choices":[{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"call_9","type":"function","function":{"name":"mail","arguments":"{\\"to\\":\\"ann@example.com\\"}"}}]},"finish_reason":"tool_calls"}]}
+
+data: [DONE]
+
+';
+        }
 
         location = /canned/chat/completions {
             default_type text/event-stream;
@@ -362,5 +374,30 @@ call 0 mail in 1: {"to":"[EMAIL_1]"}
 call 1 mail in 1: {"to":"[EMAIL_2]"}
 finish: tool_calls
 done
+--- no_error_log
+[error]
+
+
+
+=== TEST 13: a call whole in the finishing chunk: its arguments go out in it, redacted
+--- request eval
+::chat('single-1', 1)
+--- error_code: 200
+--- response_body
+call 0 mail in 1: {"to":"[EMAIL_1]"}
+finish: tool_calls
+done
+--- no_error_log
+[error]
+
+
+
+=== TEST 14: ... in that very chunk, not one of its own
+--- request eval
+::chat('single-1', 1)
+--- error_code: 200
+--- response_body_filters
+--- response_body_like chomp
+^data: \{[^\n]*"id":"call_9","type":"function","function":\{"name":"mail","arguments":"\{\\"to\\":\\"\[EMAIL_1\]\\"\}"\}\}\]\},"finish_reason":"tool_calls"\}\]\}\n\ndata: \[DONE\]\n\n$
 --- no_error_log
 [error]
