@@ -29,9 +29,9 @@ static void ngx_http_smartflow_policy_decide(
     ngx_uint_t action, const char *detail);
 static ngx_int_t ngx_http_smartflow_policy_splice(
     ngx_http_smartflow_policy_run_t *run, ngx_str_t *body);
-static u_char *ngx_http_smartflow_policy_token(ngx_str_t *body,
-    ngx_str_t *s);
-static ngx_uint_t ngx_http_smartflow_policy_opens(u_char *p, u_char *q);
+static void ngx_http_smartflow_policy_ordinals(ngx_smartflow_json_t *j,
+    ngx_http_smartflow_policy_edit_t *e, ngx_uint_t n, ngx_uint_t *ord,
+    ngx_uint_t *nstr);
 static ngx_str_t *ngx_http_smartflow_policy_type_name(
     ngx_http_smartflow_policy_run_t *run, ngx_uint_t type, ngx_str_t *buf);
 
@@ -828,19 +828,23 @@ ngx_http_smartflow_policy_redact(ngx_http_smartflow_policy_run_t *run,
 
 /*
  * The body with each redacted string written in place of the one it was,
- * when that is exact: the string was in the body as it is (no escape in
- * it, so that its bytes are the JSON string's), once, as a value, and
- * neither it nor its placeholders need an escape.  NGX_DECLINED: the
- * request is to be written again whole.
+ * when that is exact.  The tree keeps the body's string values in the
+ * body's order, so the n-th string value of the tree is the n-th string
+ * value token of the body (a token followed by ":" is a member's name);
+ * a changed string is put in place when its token is its very bytes (no
+ * escape in it) and the body holds as many string values as the tree.
+ * NGX_DECLINED: the request is to be written again whole.
  */
 static ngx_int_t
 ngx_http_smartflow_policy_splice(ngx_http_smartflow_policy_run_t *run,
     ngx_str_t *body)
 {
-    u_char                            *p, *at[NGX_SF_SPLICE_MAX], *t;
+    u_char                            *p, *q, *t, *b, *last, *np;
+    u_char                            *at[NGX_SF_SPLICE_MAX];
     size_t                             len, k;
     ngx_str_t                         *name;
-    ngx_uint_t                         i, j, n, o[NGX_SF_SPLICE_MAX];
+    ngx_uint_t                         i, j, n, nstr, o[NGX_SF_SPLICE_MAX];
+    ngx_uint_t                         ord[NGX_SF_SPLICE_MAX];
     ngx_http_smartflow_policy_edit_t  *e;
 
     if (run->edits == NULL || run->edits->nelts > NGX_SF_SPLICE_MAX) {
@@ -862,15 +866,77 @@ ngx_http_smartflow_policy_splice(ngx_http_smartflow_policy_run_t *run,
 
     e = run->edits->elts;
     n = run->edits->nelts;
+
+    /* each changed string's place among the tree's string values */
+    for (i = 0; i < n; i++) {
+        ord[i] = NGX_MAX_UINT32_VALUE;
+        at[i] = NULL;
+    }
+
+    nstr = 0;
+    ngx_http_smartflow_policy_ordinals(run->ctx->json, e, n, ord, &nstr);
+
+    for (i = 0; i < n; i++) {
+        if (ord[i] == NGX_MAX_UINT32_VALUE) {
+            return NGX_DECLINED;        /* not a string of the request */
+        }
+    }
+
+    /* the body's string values, in order */
+    p = body->data;
+    last = body->data + body->len;
+    j = 0;
+
+    while ((q = memchr(p, '"', last - p)) != NULL) {
+
+        /* the closing quote: one not escaped */
+        for (t = q + 1; /* void */; t++) {
+            t = memchr(t, '"', last - t);
+            if (t == NULL) {
+                return NGX_DECLINED;
+            }
+
+            for (b = t; b[-1] == '\\'; b--) { /* void */ }
+
+            if ((t - b) % 2 == 0) {
+                break;
+            }
+        }
+
+        for (p = t + 1; p < last; p++) {
+            if (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n') {
+                break;
+            }
+        }
+
+        if (p < last && *p == ':') {
+            continue;                   /* a member's name */
+        }
+
+        for (i = 0; i < n; i++) {
+            if (ord[i] != j) {
+                continue;
+            }
+
+            if ((size_t) (t - q - 1) != e[i].was.len
+                || ngx_memcmp(q + 1, e[i].was.data, e[i].was.len) != 0)
+            {
+                return NGX_DECLINED;    /* escaped: not its very bytes */
+            }
+
+            at[i] = q + 1;
+        }
+
+        j++;
+    }
+
+    if (j != nstr) {
+        return NGX_DECLINED;
+    }
+
     len = body->len;
 
     for (i = 0; i < n; i++) {
-        at[i] = ngx_http_smartflow_policy_token(body, &e[i].was);
-
-        if (at[i] == NULL) {
-            return NGX_DECLINED;
-        }
-
         len += e[i].j->str.len - e[i].was.len;
 
         /* in the body's order */
@@ -881,13 +947,13 @@ ngx_http_smartflow_policy_splice(ngx_http_smartflow_policy_run_t *run,
         o[j] = i;
     }
 
-    p = ngx_pnalloc(run->r->pool, len);
-    if (p == NULL) {
+    np = ngx_pnalloc(run->r->pool, len);
+    if (np == NULL) {
         return NGX_ERROR;
     }
 
+    p = np;
     t = body->data;
-    body->data = p;
 
     for (i = 0, k = 0; i < n; i++) {
         j = o[i];
@@ -899,106 +965,45 @@ ngx_http_smartflow_policy_splice(ngx_http_smartflow_policy_run_t *run,
     }
 
     p = ngx_cpymem(p, t + k, body->len - k);
-    body->len = p - body->data;
+
+    body->data = np;
+    body->len = p - np;
 
     return NGX_OK;
 }
 
 
-/*
- * Where s is in the body as a whole JSON string value, with no escape:
- * between quotes, the first of which opens a string (quotes not escaped
- * before it are even), not followed by ":" (a member's name), and there
- * once.  NULL if it is not, or is more than once.
- */
-static u_char *
-ngx_http_smartflow_policy_token(ngx_str_t *body, ngx_str_t *s)
+/* the tree's string values numbered in the tree's (the body's) order */
+static void
+ngx_http_smartflow_policy_ordinals(ngx_smartflow_json_t *j,
+    ngx_http_smartflow_policy_edit_t *e, ngx_uint_t n, ngx_uint_t *ord,
+    ngx_uint_t *nstr)
 {
-    u_char  *p, *q, *last, *found, *from;
-    size_t   head;
+    ngx_uint_t             i;
+    ngx_smartflow_json_t  *c;
 
-    if (s->len == 0 || s->len + 2 > body->len
-        || memchr(s->data, '"', s->len) || memchr(s->data, '\\', s->len))
-    {
-        return NULL;
+    if (j == NULL) {
+        return;
     }
 
-    /* a short head is looked for, the rest compared where it is */
-    head = ngx_min(s->len, 32);
-    last = body->data + body->len;
-    found = NULL;
-
-    for (from = body->data + 1;
-         (p = memmem(from, last - 1 - from, s->data, head)) != NULL;
-         from = p + 1)
-    {
-        if (p[-1] != '"' || (size_t) (last - p) < s->len + 1
-            || p[s->len] != '"'
-            || ngx_memcmp(p + head, s->data + head, s->len - head) != 0)
-        {
-            continue;
-        }
-
-        /* the quote before it opens a string */
-        if (!ngx_http_smartflow_policy_opens(body->data, p - 1)) {
-            continue;
-        }
-
-        for (q = p + s->len + 1; q < last; q++) {
-            if (*q != ' ' && *q != '\t' && *q != '\r' && *q != '\n') {
-                break;
+    if (j->type == NGX_SMARTFLOW_JSON_STRING) {
+        for (i = 0; i < n; i++) {
+            if (e[i].j == j) {
+                ord[i] = *nstr;
             }
         }
 
-        if (q < last && *q == ':') {
-            continue;
-        }
-
-        if (found) {
-            return NULL;
-        }
-
-        found = p;
+        (*nstr)++;
+        return;
     }
 
-    return found;
-}
-
-
-/*
- * Whether the quote at q opens a string: it is not escaped, and the
- * quotes not escaped before it are even
- */
-static ngx_uint_t
-ngx_http_smartflow_policy_opens(u_char *start, u_char *q)
-{
-    u_char      *p, *b;
-    ngx_uint_t   n;
-
-    n = 0;
-
-    for (p = start; p <= q; p++) {
-        p = memchr(p, '"', q + 1 - p);
-        if (p == NULL) {
-            break;
+    if (j->type == NGX_SMARTFLOW_JSON_OBJECT
+        || j->type == NGX_SMARTFLOW_JSON_ARRAY)
+    {
+        for (c = j->child; c; c = c->next) {
+            ngx_http_smartflow_policy_ordinals(c, e, n, ord, nstr);
         }
-
-        /* escaped if an odd number of backslashes stands before it */
-        for (b = p; b > start && b[-1] == '\\'; b--) { /* void */ }
-
-        if ((p - b) % 2) {
-            if (p == q) {
-                return 0;
-            }
-
-            continue;
-        }
-
-        n++;
     }
-
-    /* q itself is counted */
-    return (n % 2 == 1);
 }
 
 

@@ -1,8 +1,10 @@
 # The redacted request as the provider receives it (the mock answers with
 # the SHA-256 of the bytes it got): the client's body with only the
 # redacted strings changed, byte for byte (spaces, escapes elsewhere and
-# number spellings kept), when each string is in the body as it is, once,
-# as a value; otherwise the request written again, still redacted.
+# number spellings kept), each found as the string value at the same
+# place in the body's order as in the parsed request, when its bytes
+# there are its own (no escape); otherwise the request written again,
+# still redacted.  Fields the policy does not read keep their values.
 
 use lib 't/lib';
 use Smartflow::Conf;
@@ -96,7 +98,7 @@ __DATA__
 
 
 
-=== TEST 3: a string with escapes is written again: the provider still sees it redacted
+=== TEST 3: a string with escapes: the request is written again, the provider still sees it redacted
 --- request eval
 "POST /v1/chat/completions\n$::Quoted"
 --- error_code: 200
@@ -109,12 +111,38 @@ __DATA__
 
 
 
-=== TEST 4: the same string twice: written again, both redacted
+=== TEST 4: the same string twice: each put in its place
 --- request eval
 qq{POST /v1/chat/completions\n{"model":"gpt-4o", "messages":[{"role":"user","content":"ann\@example.com"},{"role":"assistant","content":"ok"},{"role":"user","content":"ann\@example.com"}]}}
 --- error_code: 200
 --- response_headers eval
-::sha(q{{"model":"gpt-4o","messages":[{"role":"user","content":"[EMAIL_1]"},{"role":"assistant","content":"ok"},{"role":"user","content":"[EMAIL_1]"}]}})
+::sha(q{{"model":"gpt-4o", "messages":[{"role":"user","content":"[EMAIL_1]"},{"role":"assistant","content":"ok"},{"role":"user","content":"[EMAIL_1]"}]}})
+--- response_body_like chomp
+"content":"mock reply to: \[EMAIL_1\]"
+--- no_error_log
+[error]
+
+
+
+=== TEST 5: the same text verbatim in a field that is not scanned, escaped in the message: the message's own string is the one redacted
+--- request eval
+qq{POST /v1/chat/completions\n{"model":"gpt-4o","user":"mail ann\@example.com!","messages":[{"role":"user","content":"mail ann\@example.com\\u0021"}]}}
+--- error_code: 200
+--- response_headers eval
+::sha(q{{"model":"gpt-4o","user":"mail ann@example.com!","messages":[{"role":"user","content":"mail [EMAIL_1]!"}]}})
+--- response_body_like chomp
+"content":"mock reply to: mail \[EMAIL_1\]!"
+--- no_error_log
+[error]
+
+
+
+=== TEST 6: the same text in a field that is not scanned and in the message, both as they are: only the message's changes
+--- request eval
+qq{POST /v1/chat/completions\n{"model":"gpt-4o", "user":"ann\@example.com", "messages":[{"role":"user","content":"ann\@example.com"}]}}
+--- error_code: 200
+--- response_headers eval
+::sha(q{{"model":"gpt-4o", "user":"ann@example.com", "messages":[{"role":"user","content":"[EMAIL_1]"}]}})
 --- response_body_like chomp
 "content":"mock reply to: \[EMAIL_1\]"
 --- no_error_log
