@@ -76,6 +76,7 @@ typedef struct {
 typedef struct {
     ngx_uint_t                          index;
     ngx_str_t                           args;
+    size_t                              size;   /* args' room */
 } ngx_http_smartflow_policy_call_t;
 
 

@@ -594,6 +594,8 @@ static ngx_int_t
 ngx_http_smartflow_policy_hold_call(ngx_http_smartflow_policy_run_t *run,
     ngx_uint_t index, ngx_str_t *add)
 {
+    u_char                            *p;
+    size_t                             size;
     ngx_uint_t                         i;
     ngx_http_smartflow_policy_call_t  *call, *c;
 
@@ -627,9 +629,32 @@ ngx_http_smartflow_policy_hold_call(ngx_http_smartflow_policy_run_t *run,
 
         call->index = index;
         ngx_str_null(&call->args);
+        call->size = 0;
     }
 
-    return ngx_http_smartflow_policy_append(run->r->pool, &call->args, add);
+    if (add->len == 0) {
+        return NGX_OK;
+    }
+
+    if (call->args.len + add->len > call->size) {
+        /* room doubled: a call streamed in many pieces is copied O(n) */
+        size = ngx_max(2 * call->size, call->args.len + add->len);
+        size = ngx_max(size, 256);
+
+        p = ngx_pnalloc(run->r->pool, size);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(p, call->args.data, call->args.len);
+        call->args.data = p;
+        call->size = size;
+    }
+
+    ngx_memcpy(call->args.data + call->args.len, add->data, add->len);
+    call->args.len += add->len;
+
+    return NGX_OK;
 }
 
 

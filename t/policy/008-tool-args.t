@@ -401,3 +401,16 @@ done
 ^data: \{[^\n]*"id":"call_9","type":"function","function":\{"name":"mail","arguments":"\{\\"to\\":\\"\[EMAIL_1\]\\"\}"\}\}\]\},"finish_reason":"tool_calls"\}\]\}\n\ndata: \[DONE\]\n\n$
 --- no_error_log
 [error]
+
+
+
+=== TEST 15: a long call in a thousand pieces, an address at its end
+--- more_headers eval
+"Authorization: Bearer sk-smartflow-test-0123456789\nx-mock-tool-args: {\"body\":\"" . ("lorem ipsum " x 450) . "write to ann\@example.com\"}"
+--- request eval
+::chat('gpt-4o', 1)
+--- error_code: 200
+--- response_body eval
+"call 0 mail in 1: {\"body\":\"" . ("lorem ipsum " x 450) . "write to [EMAIL_1]\"}\nfinish: tool_calls\ndone\n"
+--- no_error_log
+[error]
