@@ -51,6 +51,8 @@ static ngx_int_t ngx_http_smartflow_policy_openai_calls(
     ngx_array_t *out);
 static ngx_smartflow_json_t *ngx_http_smartflow_policy_copy(ngx_pool_t *pool,
     ngx_smartflow_json_t *j);
+static ngx_int_t ngx_http_smartflow_policy_anthropic_start(
+    ngx_http_smartflow_policy_run_t *run, ngx_str_t *data, ngx_array_t *out);
 static ngx_int_t ngx_http_smartflow_policy_anthropic_delta(
     ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *index,
     char *type, char *field, ngx_str_t *value, ngx_array_t *out);
@@ -457,6 +459,12 @@ ngx_http_smartflow_policy_anthropic_event(
 
     stop = (name->len == 18
             && ngx_strncmp(name->data, "content_block_stop", 18) == 0);
+
+    if (name->len == 19
+        && ngx_strncmp(name->data, "content_block_start", 19) == 0)
+    {
+        return ngx_http_smartflow_policy_anthropic_start(run, data, out);
+    }
 
     if (!stop && !(name->len == 19
                    && ngx_strncmp(name->data, "content_block_delta", 19)
@@ -909,6 +917,62 @@ static ngx_smartflow_json_t *
 ngx_http_smartflow_policy_copy(ngx_pool_t *pool, ngx_smartflow_json_t *j)
 {
     return ngx_smartflow_json_new(pool, j->type, &j->str);
+}
+
+
+/*
+ * A tool_use block that starts with its input already in it (Anthropic
+ * streams it in input_json_delta events, which are held; a start that
+ * carries it is read as a whole answer's block is)
+ */
+static ngx_int_t
+ngx_http_smartflow_policy_anthropic_start(
+    ngx_http_smartflow_policy_run_t *run, ngx_str_t *data, ngx_array_t *out)
+{
+    ngx_str_t              err, dump;
+    ngx_uint_t             redacted;
+    ngx_smartflow_json_t  *j, *block, *input;
+
+    if (ngx_strnstr(data->data, "tool_use", data->len) == NULL) {
+        return NGX_DECLINED;
+    }
+
+    j = ngx_smartflow_json_parse(run->r->pool, data->data, data->len, &err);
+    if (j == NULL) {
+        return NGX_DECLINED;
+    }
+
+    block = ngx_smartflow_json_get(j, "content_block");
+    input = ngx_smartflow_json_get(block, "input");
+
+    if (input == NULL || input->type != NGX_SMARTFLOW_JSON_OBJECT
+        || input->nchild == 0)
+    {
+        return NGX_DECLINED;
+    }
+
+    if (run->shield_on
+        && ngx_smartflow_json_dump(run->r->pool, input, &dump) == NGX_OK)
+    {
+        ngx_http_smartflow_policy_shield(run, dump.data, dump.len);
+    }
+
+    redacted = run->redacted;
+    run->redacted = 0;
+
+    if (!run->block && ngx_http_smartflow_policy_doc(run, input) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (run->block || !run->redacted) {
+        run->redacted |= redacted;
+        return run->block ? NGX_OK : NGX_DECLINED;
+    }
+
+    run->redacted |= redacted;
+
+    return ngx_http_smartflow_policy_event_out(run, "content_block_start", j,
+                                               out);
 }
 
 

@@ -50,6 +50,9 @@ our $HttpConfig = <<'_EOC_';
     smartflow_provider single type=openai upstream=http://sf_fixture
                        path=/single key=sk-provider-test-key;
     smartflow_route single-* single;
+    smartflow_provider antcanned type=anthropic upstream=http://sf_fixture
+                       path=/ant/v1 key=sk-ant-provider-key;
+    smartflow_route antcanned-* antcanned;
 
     smartflow_policy_group out {
         pii redact;
@@ -63,6 +66,26 @@ our $HttpConfig = <<'_EOC_';
 
     server {
         listen 127.0.0.1:$TEST_NGINX_FIXTURE_PORT;
+
+        location = /ant/v1/messages {
+            default_type text/event-stream;
+            return 200 'event: message_start
+data: {"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"antcanned-1","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":3,"output_tokens":1}}}
+
+event: content_block_start
+data: {"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"toolu_1","name":"mail","input":{"to":"ann@example.com","cc":["$http_x_cc"]}}}
+
+event: content_block_stop
+data: {"type":"content_block_stop","index":0}
+
+event: message_delta
+data: {"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":5}}
+
+event: message_stop
+data: {"type":"message_stop"}
+
+';
+        }
 
         location = /single/chat/completions {
             default_type text/event-stream;
@@ -414,3 +437,35 @@ done
 "call 0 mail in 1: {\"body\":\"" . ("lorem ipsum " x 450) . "write to [EMAIL_1]\"}\nfinish: tool_calls\ndone\n"
 --- no_error_log
 [error]
+
+
+
+=== TEST 16: an Anthropic tool_use block whose start carries its input: read there
+--- more_headers
+Authorization: Bearer sk-smartflow-test-0123456789
+x-cc: bob@example.org
+--- request eval
+::messages('antcanned-1', 1)
+--- error_code: 200
+--- response_body_filters
+--- response_body_like chomp
+event: content_block_start\ndata: \{"type":"content_block_start","index":0,"content_block":\{"type":"tool_use","id":"toolu_1","name":"mail","input":\{"to":"\[EMAIL_1\]","cc":\["\[EMAIL_2\]"\]\}\}\}\n\n.*event: message_stop
+--- response_body_unlike
+example\.(com|org)
+--- no_error_log
+[error]
+
+
+
+=== TEST 17: ... and Shield there ends the stream
+--- more_headers
+Authorization: Bearer sk-smartflow-test-0123456789
+x-cc: git push --force origin main
+--- request eval
+::messages('antcanned-1', 1)
+--- error_code: 200
+--- response_body_filters
+--- response_body_like chomp
+^event: message_start\n[^\n]*\n\nevent: error\ndata: \{"type":"error","error":\{"type":"invalid_request_error","message":"The answer was blocked by the content policy \(rule `shield.git`\)."\}\}\n\n$
+--- error_log
+rule "shield.git" git.force_push of group "out" blocked the answer
