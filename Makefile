@@ -149,9 +149,20 @@ $(BUILD)/unit/translate_gemini_test: \
 	    ngx_smartflow_proxy/ngx_http_smartflow_translate.c \
 	    ngx_smartflow_proxy/ngx_smartflow_json.c -lyajl -o $@
 
-unit: $(BUILD)/unit/translate_test $(BUILD)/unit/translate_gemini_test
+$(BUILD)/unit/json_test: unit/ngx_smartflow_json_test.c \
+        unit/ngx_smartflow_unit.h ngx_smartflow_proxy/ngx_smartflow_json.c \
+        $(NGX_BUILD)/objs/Makefile
+	@mkdir -p $(BUILD)/unit
+	clang -g -O1 -fsanitize=address,undefined \
+	    -fno-sanitize-recover=undefined $(FUZZ_INCS) \
+	    -Ingx_smartflow_proxy unit/ngx_smartflow_json_test.c \
+	    ngx_smartflow_proxy/ngx_smartflow_json.c -o $@
+
+unit: $(BUILD)/unit/translate_test $(BUILD)/unit/translate_gemini_test \
+        $(BUILD)/unit/json_test
 	$(BUILD)/unit/translate_test
 	$(BUILD)/unit/translate_gemini_test
+	$(BUILD)/unit/json_test
 
 clean:
 	rm -rf $(BUILD) $(CURDIR)/build-asan

@@ -521,6 +521,18 @@ ngx_http_smartflow_stream_filter(ngx_http_request_t *r,
 
         ctx->stream_ended = 1;
         last = 1;
+
+    } else if (flush && r->upstream && !r->upstream->buffering
+               && r->upstream->length == 0)
+    {
+        /*
+         * The provider's answer is complete (its last chunk or its
+         * Content-Length read): nginx's upstream finalizes right after
+         * this call and sends the last buffer, so the events wait for
+         * it and go out in one write together with the end of the
+         * response instead of two.
+         */
+        return NGX_OK;
     }
 
     rc = ngx_http_smartflow_send_out(r, ctx, last, flush || last);

@@ -187,6 +187,142 @@ ngx_smartflow_xlate_add_ordered(ngx_smartflow_json_t *parent,
 }
 
 
+ngx_smartflow_json_t *
+ngx_smartflow_xlate_turns(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *req,
+    ngx_smartflow_xlate_turns_t *t, ngx_str_t *system)
+{
+    ngx_str_t                   text;
+    ngx_pool_t                 *pool;
+    ngx_smartflow_json_t       *msgs, *turns, *m, *role, *parts, *cur, *p;
+    ngx_smartflow_json_t       *next, *turn;
+    ngx_smartflow_xlate_role_e  side, cur_side;
+
+    pool = x->pool;
+
+    if (req == NULL || req->type != NGX_SMARTFLOW_JSON_OBJECT) {
+        (void) ngx_smartflow_xlate_fail(x, "the request body must be a JSON "
+                                           "object");
+        return NULL;
+    }
+
+    msgs = ngx_smartflow_json_get(req, "messages");
+
+    if (msgs == NULL || msgs->type != NGX_SMARTFLOW_JSON_ARRAY) {
+        (void) ngx_smartflow_xlate_fail(x, "'messages' must be an array");
+        return NULL;
+    }
+
+    turns = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_ARRAY, NULL);
+    if (turns == NULL) {
+        goto nomem;
+    }
+
+    ngx_str_null(system);
+    cur = NULL;
+    cur_side = NGX_SMARTFLOW_XLATE_USER;
+
+    for (m = msgs->child; m; m = m->next) {
+        role = ngx_smartflow_json_get(m, "role");
+
+        if (!ngx_smartflow_json_is_string(role)) {
+            (void) ngx_smartflow_xlate_fail(x, "each message must be an object "
+                                               "with a 'role'");
+            return NULL;
+        }
+
+        /* one system prompt, outside the turns */
+        if (ngx_smartflow_xlate_is(role, "system")
+            || ngx_smartflow_xlate_is(role, "developer"))
+        {
+            if (ngx_smartflow_xlate_text_of(pool,
+                                            ngx_smartflow_json_get(m,
+                                                                   "content"),
+                                            "\n\n", &text)
+                != NGX_OK
+                || ngx_smartflow_xlate_append(pool, system, "\n\n", &text)
+                   != NGX_OK)
+            {
+                goto nomem;
+            }
+
+            continue;
+        }
+
+        if (ngx_smartflow_xlate_is(role, "user")) {
+            side = NGX_SMARTFLOW_XLATE_USER;
+
+        } else if (ngx_smartflow_xlate_is(role, "assistant")) {
+            side = NGX_SMARTFLOW_XLATE_ASSISTANT;
+
+        } else if (ngx_smartflow_xlate_is(role, "tool")) {
+            side = NGX_SMARTFLOW_XLATE_TOOL;
+
+        } else {
+            (void) ngx_smartflow_xlate_fail(x, "a message role must be system, "
+                                               "developer, user, assistant or "
+                                               "tool");
+            return NULL;
+        }
+
+        parts = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_ARRAY, NULL);
+        if (parts == NULL) {
+            goto nomem;
+        }
+
+        if (t->parts(x, msgs, m, side, parts) != NGX_OK) {
+            return NULL;
+        }
+
+        if (parts->nchild == 0) {
+            continue;
+        }
+
+        /* a tool's result is the user's side of the conversation */
+        if (side == NGX_SMARTFLOW_XLATE_TOOL) {
+            side = NGX_SMARTFLOW_XLATE_USER;
+        }
+
+        if (cur && cur_side == side) {
+            for (p = parts->child; p; p = next) {
+                next = p->next;
+                ngx_smartflow_xlate_add_ordered(cur, p, t->first);
+            }
+
+            continue;
+        }
+
+        turn = ngx_smartflow_xlate_add(pool, turns, NULL,
+                                       NGX_SMARTFLOW_JSON_OBJECT, NULL);
+        if (turn == NULL
+            || ngx_smartflow_xlate_add_lit(pool, turn, "role",
+                                           side == NGX_SMARTFLOW_XLATE_USER
+                                           ? "user" : t->assistant)
+               == NULL)
+        {
+            goto nomem;
+        }
+
+        ngx_smartflow_json_append(turn, t->parts_key, parts);
+
+        cur = parts;
+        cur_side = side;
+    }
+
+    if (turns->nchild == 0) {
+        (void) ngx_smartflow_xlate_fail(x, "the request has no user or "
+                                           "assistant message");
+        return NULL;
+    }
+
+    return turns;
+
+nomem:
+
+    (void) ngx_smartflow_xlate_fail(x, "out of memory");
+    return NULL;
+}
+
+
 /* OpenAI tool calls and answers */
 
 /*

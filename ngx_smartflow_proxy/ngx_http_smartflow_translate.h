@@ -122,6 +122,36 @@ ngx_smartflow_json_t *ngx_smartflow_xlate_copy(ngx_pool_t *pool,
 void ngx_smartflow_xlate_add_ordered(ngx_smartflow_json_t *parent,
     ngx_smartflow_json_t *node, ngx_uint_t (*first)(ngx_smartflow_json_t *j));
 
+/*
+ * OpenAI's messages as a provider's turns, for Anthropic and Gemini alike:
+ * the system and developer messages joined into *system, every other
+ * message turned into the provider's parts by t->parts, and consecutive
+ * turns of one side merged into one (both providers want the sides to
+ * alternate), t->first choosing the parts that go first in a merged turn.
+ * Each turn is {"role": "user" or t->assistant, t->parts_key: [parts]}.
+ * NULL and x->err on bad input.
+ */
+typedef enum {
+    NGX_SMARTFLOW_XLATE_USER = 0,
+    NGX_SMARTFLOW_XLATE_ASSISTANT,
+    NGX_SMARTFLOW_XLATE_TOOL
+} ngx_smartflow_xlate_role_e;
+
+typedef struct {
+    ngx_int_t                 (*parts)(ngx_smartflow_xlate_t *x,
+                                       ngx_smartflow_json_t *msgs,
+                                       ngx_smartflow_json_t *m,
+                                       ngx_smartflow_xlate_role_e role,
+                                       ngx_smartflow_json_t *parts);
+    ngx_uint_t                (*first)(ngx_smartflow_json_t *part);
+    char                       *parts_key;
+    char                       *assistant;
+} ngx_smartflow_xlate_turns_t;
+
+ngx_smartflow_json_t *ngx_smartflow_xlate_turns(ngx_smartflow_xlate_t *x,
+    ngx_smartflow_json_t *req, ngx_smartflow_xlate_turns_t *t,
+    ngx_str_t *system);
+
 /* the OpenAI side of tool calls and whole answers; NULL: out of memory */
 ngx_smartflow_json_t *ngx_smartflow_xlate_call_input(ngx_smartflow_xlate_t *x,
     ngx_smartflow_json_t *fn);

@@ -665,35 +665,45 @@ ngx_sf_to_an_tools(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *req,
 }
 
 
+/* one OpenAI message as Anthropic content blocks */
+static ngx_int_t
+ngx_sf_to_an_message(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *msgs,
+    ngx_smartflow_json_t *m, ngx_smartflow_xlate_role_e role,
+    ngx_smartflow_json_t *blocks)
+{
+    switch (role) {
+    case NGX_SMARTFLOW_XLATE_USER:
+        return ngx_sf_to_an_parts(x, ngx_smartflow_json_get(m, "content"),
+                                  blocks);
+    case NGX_SMARTFLOW_XLATE_ASSISTANT:
+        return ngx_sf_to_an_assistant(x, m, blocks);
+    default:
+        return ngx_sf_to_an_tool_result(x, m, blocks);
+    }
+}
+
+
 ngx_smartflow_json_t *
 ngx_smartflow_xlate_req_openai_to_anthropic(ngx_smartflow_xlate_t *x,
     ngx_smartflow_json_t *req)
 {
     ngx_str_t              system, text;
-    ngx_int_t              rc;
-    ngx_uint_t             user, cur_user;
     ngx_pool_t            *pool;
-    ngx_smartflow_json_t  *out, *msgs, *messages, *m, *role, *content;
-    ngx_smartflow_json_t  *blocks, *cur, *b, *next, *v, *s;
+    ngx_smartflow_json_t  *out, *messages, *m, *content, *b, *v, *s;
+
+    static ngx_smartflow_xlate_turns_t  turns = {
+        ngx_sf_to_an_message, ngx_sf_is_tool_result, "content", "assistant"
+    };
 
     pool = x->pool;
 
-    if (req == NULL || req->type != NGX_SMARTFLOW_JSON_OBJECT) {
-        (void) ngx_smartflow_xlate_fail(x, "the request body must be a JSON "
-                                           "object");
-        return NULL;
-    }
-
-    msgs = ngx_smartflow_json_get(req, "messages");
-
-    if (msgs == NULL || msgs->type != NGX_SMARTFLOW_JSON_ARRAY) {
-        (void) ngx_smartflow_xlate_fail(x, "'messages' must be an array");
+    messages = ngx_smartflow_xlate_turns(x, req, &turns, &system);
+    if (messages == NULL) {
         return NULL;
     }
 
     out = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_OBJECT, NULL);
-    messages = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_ARRAY, NULL);
-    if (out == NULL || messages == NULL) {
+    if (out == NULL) {
         goto nomem;
     }
 
@@ -705,101 +715,6 @@ ngx_smartflow_xlate_req_openai_to_anthropic(ngx_smartflow_xlate_t *x,
            == NULL)
     {
         goto nomem;
-    }
-
-    ngx_str_null(&system);
-    cur = NULL;
-    cur_user = 0;
-
-    for (m = msgs->child; m; m = m->next) {
-        role = ngx_smartflow_json_get(m, "role");
-
-        if (!ngx_smartflow_json_is_string(role)) {
-            (void) ngx_smartflow_xlate_fail(x, "each message must be an object "
-                                               "with a 'role'");
-            return NULL;
-        }
-
-        content = ngx_smartflow_json_get(m, "content");
-
-        /* Anthropic has one system prompt, outside the turns */
-        if (ngx_smartflow_xlate_is(role, "system")
-            || ngx_smartflow_xlate_is(role, "developer"))
-        {
-            if (ngx_smartflow_xlate_text_of(pool, content, "\n\n", &text)
-                != NGX_OK
-                || ngx_smartflow_xlate_append(pool, &system, "\n\n", &text)
-                   != NGX_OK)
-            {
-                goto nomem;
-            }
-
-            continue;
-        }
-
-        blocks = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_ARRAY, NULL);
-        if (blocks == NULL) {
-            goto nomem;
-        }
-
-        if (ngx_smartflow_xlate_is(role, "user")) {
-            user = 1;
-            rc = ngx_sf_to_an_parts(x, content, blocks);
-
-        } else if (ngx_smartflow_xlate_is(role, "assistant")) {
-            user = 0;
-            rc = ngx_sf_to_an_assistant(x, m, blocks);
-
-        } else if (ngx_smartflow_xlate_is(role, "tool")) {
-            user = 1;
-            rc = ngx_sf_to_an_tool_result(x, m, blocks);
-
-        } else {
-            (void) ngx_smartflow_xlate_fail(x, "a message role must be system, "
-                                               "developer, user, assistant or "
-                                               "tool");
-            return NULL;
-        }
-
-        if (rc != NGX_OK) {
-            return NULL;
-        }
-
-        if (blocks->nchild == 0) {
-            continue;
-        }
-
-        /* Anthropic wants the roles to alternate: merge same-role turns */
-        if (cur && cur_user == user) {
-            for (b = blocks->child; b; b = next) {
-                next = b->next;
-                ngx_smartflow_xlate_add_ordered(cur, b,
-                                                ngx_sf_is_tool_result);
-            }
-
-            continue;
-        }
-
-        s = ngx_smartflow_xlate_add(pool, messages, NULL,
-                                    NGX_SMARTFLOW_JSON_OBJECT, NULL);
-        if (s == NULL
-            || ngx_smartflow_xlate_add_lit(pool, s, "role",
-                                           user ? "user" : "assistant")
-               == NULL)
-        {
-            goto nomem;
-        }
-
-        ngx_smartflow_json_append(s, "content", blocks);
-
-        cur = blocks;
-        cur_user = user;
-    }
-
-    if (messages->nchild == 0) {
-        (void) ngx_smartflow_xlate_fail(x, "the request has no user or "
-                                           "assistant message");
-        return NULL;
     }
 
     /* a turn made of one plain text block is sent as a string */

@@ -1161,129 +1161,40 @@ ngx_sfg_generation(ngx_sfg_schema_t *sc, ngx_smartflow_json_t *req,
 }
 
 
+/* one OpenAI message as Gemini parts */
+static ngx_int_t
+ngx_sfg_message(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *msgs,
+    ngx_smartflow_json_t *m, ngx_smartflow_xlate_role_e role,
+    ngx_smartflow_json_t *parts)
+{
+    switch (role) {
+    case NGX_SMARTFLOW_XLATE_USER:
+        return ngx_sfg_parts(x, ngx_smartflow_json_get(m, "content"), parts);
+    case NGX_SMARTFLOW_XLATE_ASSISTANT:
+        return ngx_sfg_assistant(x, m, parts);
+    default:
+        return ngx_sfg_result_part(x, msgs, m, parts);
+    }
+}
+
+
 ngx_smartflow_json_t *
 ngx_smartflow_xlate_req_openai_to_gemini(ngx_smartflow_xlate_t *x,
     ngx_smartflow_json_t *req)
 {
-    ngx_str_t              system, text;
-    ngx_int_t              rc;
-    ngx_uint_t             model, cur_model;
+    ngx_str_t              system;
     ngx_pool_t            *pool;
     ngx_sfg_schema_t       sc;
-    ngx_smartflow_json_t  *out, *msgs, *contents, *m, *role, *content;
-    ngx_smartflow_json_t  *parts, *cur, *p, *next, *turn, *si;
+    ngx_smartflow_json_t  *out, *contents, *p, *si;
+
+    static ngx_smartflow_xlate_turns_t  turns = {
+        ngx_sfg_message, ngx_sfg_is_response, "parts", "model"
+    };
 
     pool = x->pool;
 
-    if (req == NULL || req->type != NGX_SMARTFLOW_JSON_OBJECT) {
-        (void) ngx_smartflow_xlate_fail(x, "the request body must be a JSON "
-                                           "object");
-        return NULL;
-    }
-
-    msgs = ngx_smartflow_json_get(req, "messages");
-
-    if (msgs == NULL || msgs->type != NGX_SMARTFLOW_JSON_ARRAY) {
-        (void) ngx_smartflow_xlate_fail(x, "'messages' must be an array");
-        return NULL;
-    }
-
-    contents = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_ARRAY, NULL);
+    contents = ngx_smartflow_xlate_turns(x, req, &turns, &system);
     if (contents == NULL) {
-        goto nomem;
-    }
-
-    ngx_str_null(&system);
-    cur = NULL;
-    cur_model = 0;
-
-    for (m = msgs->child; m; m = m->next) {
-        role = ngx_smartflow_json_get(m, "role");
-
-        if (!ngx_smartflow_json_is_string(role)) {
-            (void) ngx_smartflow_xlate_fail(x, "each message must be an object "
-                                               "with a 'role'");
-            return NULL;
-        }
-
-        content = ngx_smartflow_json_get(m, "content");
-
-        /* Gemini has one system instruction, outside the turns */
-        if (ngx_smartflow_xlate_is(role, "system")
-            || ngx_smartflow_xlate_is(role, "developer"))
-        {
-            if (ngx_smartflow_xlate_text_of(pool, content, "\n\n", &text)
-                != NGX_OK
-                || ngx_smartflow_xlate_append(pool, &system, "\n\n", &text)
-                   != NGX_OK)
-            {
-                goto nomem;
-            }
-
-            continue;
-        }
-
-        parts = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_ARRAY, NULL);
-        if (parts == NULL) {
-            goto nomem;
-        }
-
-        if (ngx_smartflow_xlate_is(role, "user")) {
-            model = 0;
-            rc = ngx_sfg_parts(x, content, parts);
-
-        } else if (ngx_smartflow_xlate_is(role, "assistant")) {
-            model = 1;
-            rc = ngx_sfg_assistant(x, m, parts);
-
-        } else if (ngx_smartflow_xlate_is(role, "tool")) {
-            model = 0;
-            rc = ngx_sfg_result_part(x, msgs, m, parts);
-
-        } else {
-            (void) ngx_smartflow_xlate_fail(x, "a message role must be system, "
-                                               "developer, user, assistant or "
-                                               "tool");
-            return NULL;
-        }
-
-        if (rc != NGX_OK) {
-            return NULL;
-        }
-
-        if (parts->nchild == 0) {
-            continue;
-        }
-
-        /* consecutive turns of one role become one */
-        if (cur && cur_model == model) {
-            for (p = parts->child; p; p = next) {
-                next = p->next;
-                ngx_smartflow_xlate_add_ordered(cur, p, ngx_sfg_is_response);
-            }
-
-            continue;
-        }
-
-        turn = ngx_smartflow_xlate_add(pool, contents, NULL,
-                                       NGX_SMARTFLOW_JSON_OBJECT, NULL);
-        if (turn == NULL
-            || ngx_smartflow_xlate_add_lit(pool, turn, "role",
-                                           model ? "model" : "user")
-               == NULL)
-        {
-            goto nomem;
-        }
-
-        ngx_smartflow_json_append(turn, "parts", parts);
-
-        cur = parts;
-        cur_model = model;
-    }
-
-    if (contents->nchild == 0) {
-        (void) ngx_smartflow_xlate_fail(x, "the request has no user or "
-                                           "assistant message");
         return NULL;
     }
 

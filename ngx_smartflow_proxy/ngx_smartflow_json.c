@@ -1,8 +1,9 @@
 /*
- * JSON for the whole gateway: yajl's streaming parser builds a small tree
- * in the request pool (one parse per request), and a writer sizes a tree
- * first and then fills one buffer.  Numbers keep their original text so a
- * rewritten body differs from the client's only where it was changed.
+ * JSON for the whole gateway: a reader builds a small tree in the request
+ * pool (one parse per request), and a writer sizes a tree first and then
+ * fills one buffer.  Numbers keep their original text so a rewritten body
+ * differs from the client's only where it was changed.  yajl's allocator
+ * hooks over a pool stay here for the usage reader, which streams.
  */
 
 #include <yajl/yajl_parse.h>
@@ -11,29 +12,22 @@
 
 
 typedef struct {
+    u_char                  *p;       /* the next byte to read */
+    u_char                  *start;
+    u_char                  *end;
     ngx_pool_t              *pool;
-    ngx_smartflow_json_t    *root;
-    ngx_smartflow_json_t    *stack[NGX_SMARTFLOW_JSON_MAX_DEPTH];
-    ngx_uint_t               depth;
-    ngx_str_t                key;
-    unsigned                 failed:1;
-    unsigned                 too_deep:1;
-} ngx_smartflow_json_parser_t;
+} ngx_smartflow_json_reader_t;
 
 
-static ngx_smartflow_json_t *ngx_smartflow_json_add(
-    ngx_smartflow_json_parser_t *jp, ngx_smartflow_json_type_e type,
-    const u_char *s, size_t len);
-static int ngx_smartflow_json_on_null(void *ctx);
-static int ngx_smartflow_json_on_boolean(void *ctx, int b);
-static int ngx_smartflow_json_on_number(void *ctx, const char *s, size_t len);
-static int ngx_smartflow_json_on_string(void *ctx, const unsigned char *s,
-    size_t len);
-static int ngx_smartflow_json_on_start_map(void *ctx);
-static int ngx_smartflow_json_on_map_key(void *ctx, const unsigned char *s,
-    size_t len);
-static int ngx_smartflow_json_on_end(void *ctx);
-static int ngx_smartflow_json_on_start_array(void *ctx);
+static ngx_int_t ngx_smartflow_json_string(ngx_smartflow_json_reader_t *rd,
+    ngx_str_t *s);
+static ngx_int_t ngx_smartflow_json_utf8(ngx_smartflow_json_reader_t *rd,
+    u_char **w);
+static ngx_int_t ngx_smartflow_json_escaped(ngx_smartflow_json_reader_t *rd,
+    u_char **w);
+static ngx_int_t ngx_smartflow_json_hex4(u_char *p, uint32_t *cp);
+static ngx_int_t ngx_smartflow_json_number(ngx_smartflow_json_reader_t *rd,
+    ngx_str_t *s);
 static size_t ngx_smartflow_json_size(ngx_smartflow_json_t *j);
 static u_char *ngx_smartflow_json_write(u_char *p, ngx_smartflow_json_t *j);
 
@@ -43,73 +37,600 @@ static void *ngx_smartflow_yajl_realloc(void *ctx, void *ptr, size_t size);
 static void ngx_smartflow_yajl_free(void *ctx, void *ptr);
 
 
-static yajl_callbacks  ngx_smartflow_json_callbacks = {
-    ngx_smartflow_json_on_null,
-    ngx_smartflow_json_on_boolean,
-    NULL,
-    NULL,
-    ngx_smartflow_json_on_number,
-    ngx_smartflow_json_on_string,
-    ngx_smartflow_json_on_start_map,
-    ngx_smartflow_json_on_map_key,
-    ngx_smartflow_json_on_end,
-    ngx_smartflow_json_on_start_array,
-    ngx_smartflow_json_on_end
-};
+#define ngx_sf_json_ws(c)                                                    \
+    ((c) == ' ' || (c) == '\n' || (c) == '\r' || (c) == '\t')
 
+#define ngx_sf_json_skip_ws(rd)                                              \
+    while ((rd)->p < (rd)->end && ngx_sf_json_ws(*(rd)->p)) { (rd)->p++; }
+
+
+/*
+ * RFC 8259 JSON into a tree in the pool.  The input is copied once and
+ * every string and number of the tree points into the copy: strings are
+ * unescaped in place (an escape never grows), so a parse makes one copy
+ * and one small allocation per value.  Strings must be valid UTF-8
+ * (RFC 3629: no overlong forms, no surrogates, nothing above U+10FFFF);
+ * a \u escape of a lone surrogate becomes U+FFFD.  One value, with
+ * nothing but white space after it.
+ */
 
 ngx_smartflow_json_t *
 ngx_smartflow_json_parse(ngx_pool_t *pool, u_char *p, size_t len,
     ngx_str_t *err)
 {
-    yajl_handle                   h;
-    yajl_status                   st;
-    yajl_alloc_funcs              af;
-    ngx_smartflow_json_parser_t   jp;
+    u_char                       c;
+    ngx_str_t                    key, s;
+    ngx_uint_t                   depth;
+    ngx_smartflow_json_t        *j, *parent, *root;
+    ngx_smartflow_json_t        *stack[NGX_SMARTFLOW_JSON_MAX_DEPTH];
+    ngx_smartflow_json_reader_t  rd;
 
-    ngx_memzero(&jp, sizeof(ngx_smartflow_json_parser_t));
-    jp.pool = pool;
+    rd.pool = pool;
 
-    /* yajl's own memory from the pool: no malloc per request */
-    ngx_smartflow_yajl_pool_funcs(&af, pool);
-
-    h = yajl_alloc(&ngx_smartflow_json_callbacks, &af, &jp);
-    if (h == NULL) {
+    rd.start = ngx_pnalloc(pool, len ? len : 1);
+    if (rd.start == NULL) {
         ngx_str_set(err, "out of memory");
         return NULL;
     }
 
-    st = yajl_parse(h, p, len);
-    if (st == yajl_status_ok) {
-        st = yajl_complete_parse(h);
+    if (len) {
+        ngx_memcpy(rd.start, p, len);
     }
 
-    if (st != yajl_status_ok || jp.root == NULL) {
-        if (jp.too_deep) {
-            ngx_str_set(err, "JSON nested too deeply");
+    rd.p = rd.start;
+    rd.end = rd.start + len;
 
-        } else if (jp.failed) {
-            ngx_str_set(err, "out of memory");
+    root = NULL;
+    parent = NULL;
+    depth = 0;
+    ngx_str_null(&key);
 
-        } else {
-            err->data = ngx_pnalloc(pool, 64);
-            if (err->data == NULL) {
-                ngx_str_set(err, "invalid JSON");
+    for ( ;; ) {
+
+        /* a value */
+
+        ngx_sf_json_skip_ws(&rd);
+
+        if (rd.p == rd.end) {
+            goto invalid;
+        }
+
+        j = ngx_palloc(pool, sizeof(ngx_smartflow_json_t));
+        if (j == NULL) {
+            goto nomem;
+        }
+
+        j->key = key;
+        ngx_str_null(&j->str);
+        j->child = NULL;
+        j->last = NULL;
+        j->next = NULL;
+        j->nchild = 0;
+
+        c = *rd.p;
+
+        switch (c) {
+
+        case '{':
+        case '[':
+            j->type = (c == '{') ? NGX_SMARTFLOW_JSON_OBJECT
+                                 : NGX_SMARTFLOW_JSON_ARRAY;
+            rd.p++;
+            break;
+
+        case '"':
+            j->type = NGX_SMARTFLOW_JSON_STRING;
+
+            if (ngx_smartflow_json_string(&rd, &j->str) != NGX_OK) {
+                goto invalid;
+            }
+
+            if (j->str.len == 0) {
+                j->str.data = NULL;     /* callers read "" as unset */
+            }
+
+            break;
+
+        case 't':
+        case 'f':
+        case 'n':
+            if (c == 't' && rd.end - rd.p >= 4
+                && ngx_strncmp(rd.p, "true", 4) == 0)
+            {
+                j->type = NGX_SMARTFLOW_JSON_TRUE;
+                rd.p += 4;
+
+            } else if (c == 'f' && rd.end - rd.p >= 5
+                       && ngx_strncmp(rd.p, "false", 5) == 0)
+            {
+                j->type = NGX_SMARTFLOW_JSON_FALSE;
+                rd.p += 5;
+
+            } else if (c == 'n' && rd.end - rd.p >= 4
+                       && ngx_strncmp(rd.p, "null", 4) == 0)
+            {
+                j->type = NGX_SMARTFLOW_JSON_NULL;
+                rd.p += 4;
 
             } else {
-                err->len = ngx_snprintf(err->data, 64,
-                                        "invalid JSON near byte %uz",
-                                        yajl_get_bytes_consumed(h))
-                           - err->data;
+                goto invalid;
+            }
+
+            break;
+
+        default:
+            j->type = NGX_SMARTFLOW_JSON_NUMBER;
+
+            if (ngx_smartflow_json_number(&rd, &j->str) != NGX_OK) {
+                goto invalid;
             }
         }
 
-        yajl_free(h);
+        if (parent == NULL) {
+            root = j;
+
+        } else {
+            if (parent->last) {
+                parent->last->next = j;
+
+            } else {
+                parent->child = j;
+            }
+
+            parent->last = j;
+            parent->nchild++;
+        }
+
+        ngx_str_null(&key);
+
+        if (j->type == NGX_SMARTFLOW_JSON_OBJECT
+            || j->type == NGX_SMARTFLOW_JSON_ARRAY)
+        {
+            if (depth == NGX_SMARTFLOW_JSON_MAX_DEPTH) {
+                ngx_str_set(err, "JSON nested too deeply");
+                return NULL;
+            }
+
+            stack[depth++] = j;
+            parent = j;
+
+            ngx_sf_json_skip_ws(&rd);
+
+            if (rd.p < rd.end
+                && *rd.p == (j->type == NGX_SMARTFLOW_JSON_OBJECT ? '}' : ']'))
+            {
+                /* empty: closed below */
+
+            } else {
+                if (j->type == NGX_SMARTFLOW_JSON_OBJECT) {
+                    goto member;
+                }
+
+                continue;
+            }
+        }
+
+        /* after a value: a comma, the end of its container, or the end */
+
+        for ( ;; ) {
+            ngx_sf_json_skip_ws(&rd);
+
+            if (parent == NULL) {
+                if (rd.p != rd.end) {
+                    goto invalid;
+                }
+
+                return root;
+            }
+
+            if (rd.p == rd.end) {
+                goto invalid;
+            }
+
+            c = *rd.p;
+
+            if (c == ',') {
+                rd.p++;
+
+                if (parent->type == NGX_SMARTFLOW_JSON_OBJECT) {
+                    ngx_sf_json_skip_ws(&rd);
+                    goto member;
+                }
+
+                break;
+            }
+
+            if (c != (parent->type == NGX_SMARTFLOW_JSON_OBJECT ? '}' : ']'))
+            {
+                goto invalid;
+            }
+
+            rd.p++;
+            depth--;
+            parent = depth ? stack[depth - 1] : NULL;
+        }
+
+        continue;
+
+    member:
+
+        /* a member's name and its colon; the value follows */
+
+        if (rd.p == rd.end || *rd.p != '"'
+            || ngx_smartflow_json_string(&rd, &s) != NGX_OK)
+        {
+            goto invalid;
+        }
+
+        ngx_sf_json_skip_ws(&rd);
+
+        if (rd.p == rd.end || *rd.p != ':') {
+            goto invalid;
+        }
+
+        rd.p++;
+        key = s;
+    }
+
+invalid:
+
+    err->data = ngx_pnalloc(pool, 64);
+    if (err->data == NULL) {
+        ngx_str_set(err, "invalid JSON");
         return NULL;
     }
 
-    yajl_free(h);
-    return jp.root;
+    err->len = ngx_snprintf(err->data, 64, "invalid JSON near byte %uz",
+                            (size_t) (rd.p - rd.start))
+               - err->data;
+    return NULL;
+
+nomem:
+
+    ngx_str_set(err, "out of memory");
+    return NULL;
+}
+
+
+/*
+ * Whether 8 bytes are printable ASCII with no '"' and no '\\': the run
+ * a string is mostly made of (a byte is zero in v when v - 0x01 borrows
+ * from its top bit and the byte had not that bit set)
+ */
+#define NGX_SF_JSON_ONES    0x0101010101010101ULL
+#define NGX_SF_JSON_HIGHS   0x8080808080808080ULL
+
+static ngx_inline uint64_t
+ngx_smartflow_json_special8(uint64_t x)
+{
+    uint64_t  q, b;
+
+    q = x ^ (NGX_SF_JSON_ONES * '"');
+    b = x ^ (NGX_SF_JSON_ONES * '\\');
+
+    return (((x - NGX_SF_JSON_ONES * 0x20) & ~x)
+            | ((q - NGX_SF_JSON_ONES) & ~q)
+            | ((b - NGX_SF_JSON_ONES) & ~b))
+           & NGX_SF_JSON_HIGHS;
+}
+
+
+/* whether 8 bytes go out as they are, escaping nothing */
+
+static ngx_inline ngx_uint_t
+ngx_smartflow_json_plain8(u_char *p)
+{
+    uint64_t  x;
+
+    ngx_memcpy(&x, p, 8);
+
+    return ngx_smartflow_json_special8(x) == 0;
+}
+
+
+/* rd->p at the opening quote; s gets the unescaped text, in place */
+
+static ngx_int_t
+ngx_smartflow_json_string(ngx_smartflow_json_reader_t *rd, ngx_str_t *s)
+{
+    u_char    c, *w, *run;
+    uint64_t  x;
+
+    rd->p++;
+    s->data = rd->p;
+    w = rd->p;
+
+    for ( ;; ) {
+        run = rd->p;
+
+        /* ASCII with nothing to unescape: 8 bytes at a time */
+
+        while (rd->end - rd->p >= 8) {
+            ngx_memcpy(&x, rd->p, 8);
+
+            if ((ngx_smartflow_json_special8(x) | (x & NGX_SF_JSON_HIGHS))
+                != 0)
+            {
+                break;
+            }
+
+            rd->p += 8;
+        }
+
+        while (rd->p < rd->end) {
+            c = *rd->p;
+
+            if (c < 0x20 || c == '"' || c == '\\' || c >= 0x80) {
+                break;
+            }
+
+            rd->p++;
+        }
+
+        if (w != run) {
+            ngx_memmove(w, run, rd->p - run);
+        }
+
+        w += rd->p - run;
+
+        if (rd->p == rd->end) {
+            return NGX_ERROR;
+        }
+
+        c = *rd->p;
+
+        if (c == '"') {
+            rd->p++;
+            s->len = w - s->data;
+            return NGX_OK;
+        }
+
+        if (c < 0x20) {
+            return NGX_ERROR;
+        }
+
+        if (c == '\\') {
+            if (ngx_smartflow_json_escaped(rd, &w) != NGX_OK) {
+                return NGX_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_smartflow_json_utf8(rd, &w) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+}
+
+
+/* one multibyte UTF-8 character, checked as RFC 3629 says, and copied */
+
+static ngx_int_t
+ngx_smartflow_json_utf8(ngx_smartflow_json_reader_t *rd, u_char **w)
+{
+    u_char      c, lo, hi;
+    ngx_uint_t  i, n;
+
+    c = *rd->p;
+    lo = 0x80;
+    hi = 0xbf;
+
+    if (c >= 0xc2 && c <= 0xdf) {
+        n = 1;
+
+    } else if (c >= 0xe0 && c <= 0xef) {
+        n = 2;
+
+        if (c == 0xe0) {
+            lo = 0xa0;         /* no overlong form */
+
+        } else if (c == 0xed) {
+            hi = 0x9f;         /* no surrogate */
+        }
+
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        n = 3;
+
+        if (c == 0xf0) {
+            lo = 0x90;
+
+        } else if (c == 0xf4) {
+            hi = 0x8f;         /* nothing above U+10FFFF */
+        }
+
+    } else {
+        return NGX_ERROR;
+    }
+
+    if ((size_t) (rd->end - rd->p) <= n) {
+        return NGX_ERROR;
+    }
+
+    if (rd->p[1] < lo || rd->p[1] > hi) {
+        return NGX_ERROR;
+    }
+
+    for (i = 2; i <= n; i++) {
+        if ((rd->p[i] & 0xc0) != 0x80) {
+            return NGX_ERROR;
+        }
+    }
+
+    for (i = 0; i <= n; i++) {
+        *(*w)++ = *rd->p++;
+    }
+
+    return NGX_OK;
+}
+
+
+/* rd->p at a backslash: the character it stands for, as UTF-8 */
+
+static ngx_int_t
+ngx_smartflow_json_escaped(ngx_smartflow_json_reader_t *rd, u_char **w)
+{
+    u_char    *d;
+    uint32_t   cp, lo;
+
+    if (rd->end - rd->p < 2) {
+        return NGX_ERROR;
+    }
+
+    d = *w;
+
+    switch (rd->p[1]) {
+    case '"':  *d++ = '"'; break;
+    case '\\': *d++ = '\\'; break;
+    case '/':  *d++ = '/'; break;
+    case 'b':  *d++ = '\b'; break;
+    case 'f':  *d++ = '\f'; break;
+    case 'n':  *d++ = '\n'; break;
+    case 'r':  *d++ = '\r'; break;
+    case 't':  *d++ = '\t'; break;
+
+    case 'u':
+        if (rd->end - rd->p < 6
+            || ngx_smartflow_json_hex4(rd->p + 2, &cp) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        rd->p += 6;
+
+        if (cp >= 0xd800 && cp <= 0xdbff
+            && rd->end - rd->p >= 6 && rd->p[0] == '\\' && rd->p[1] == 'u'
+            && ngx_smartflow_json_hex4(rd->p + 2, &lo) == NGX_OK
+            && lo >= 0xdc00 && lo <= 0xdfff)
+        {
+            cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+            rd->p += 6;
+
+        } else if (cp >= 0xd800 && cp <= 0xdfff) {
+            cp = 0xfffd;       /* a lone surrogate */
+        }
+
+        if (cp < 0x80) {
+            *d++ = (u_char) cp;
+
+        } else if (cp < 0x800) {
+            *d++ = (u_char) (0xc0 | (cp >> 6));
+            *d++ = (u_char) (0x80 | (cp & 0x3f));
+
+        } else if (cp < 0x10000) {
+            *d++ = (u_char) (0xe0 | (cp >> 12));
+            *d++ = (u_char) (0x80 | ((cp >> 6) & 0x3f));
+            *d++ = (u_char) (0x80 | (cp & 0x3f));
+
+        } else {
+            *d++ = (u_char) (0xf0 | (cp >> 18));
+            *d++ = (u_char) (0x80 | ((cp >> 12) & 0x3f));
+            *d++ = (u_char) (0x80 | ((cp >> 6) & 0x3f));
+            *d++ = (u_char) (0x80 | (cp & 0x3f));
+        }
+
+        *w = d;
+        return NGX_OK;
+
+    default:
+        return NGX_ERROR;
+    }
+
+    rd->p += 2;
+    *w = d;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_smartflow_json_hex4(u_char *p, uint32_t *cp)
+{
+    u_char      c;
+    ngx_uint_t  i;
+
+    *cp = 0;
+
+    for (i = 0; i < 4; i++) {
+        c = p[i];
+
+        if (c >= '0' && c <= '9') {
+            c -= '0';
+
+        } else {
+            c |= 0x20;
+
+            if (c < 'a' || c > 'f') {
+                return NGX_ERROR;
+            }
+
+            c = c - 'a' + 10;
+        }
+
+        *cp = (*cp << 4) | c;
+    }
+
+    return NGX_OK;
+}
+
+
+/* -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?, kept as text */
+
+static ngx_int_t
+ngx_smartflow_json_number(ngx_smartflow_json_reader_t *rd, ngx_str_t *s)
+{
+    u_char  *p, *end;
+
+    p = rd->p;
+    end = rd->end;
+
+    if (p < end && *p == '-') {
+        p++;
+    }
+
+    if (p == end || *p < '0' || *p > '9') {
+        return NGX_ERROR;
+    }
+
+    if (*p++ != '0') {
+        while (p < end && *p >= '0' && *p <= '9') {
+            p++;
+        }
+    }
+
+    if (p < end && *p == '.') {
+        p++;
+
+        if (p == end || *p < '0' || *p > '9') {
+            return NGX_ERROR;
+        }
+
+        while (p < end && *p >= '0' && *p <= '9') {
+            p++;
+        }
+    }
+
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+
+        if (p < end && (*p == '+' || *p == '-')) {
+            p++;
+        }
+
+        if (p == end || *p < '0' || *p > '9') {
+            return NGX_ERROR;
+        }
+
+        while (p < end && *p >= '0' && *p <= '9') {
+            p++;
+        }
+    }
+
+    s->data = rd->p;
+    s->len = p - rd->p;
+    rd->p = p;
+
+    return NGX_OK;
 }
 
 
@@ -244,31 +765,6 @@ static const u_char  ngx_smartflow_json_extra[256] = {
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0
     /* the rest, 0x60 to 0xff, are 0 */
 };
-
-
-/*
- * Whether 8 bytes need no escape: none below 0x20, no '"', no '\\'
- * (a byte is zero in v when v - 0x01 borrows from its top bit and the
- * byte had not that bit set)
- */
-#define NGX_SF_JSON_ONES    0x0101010101010101ULL
-#define NGX_SF_JSON_HIGHS   0x8080808080808080ULL
-
-static ngx_inline ngx_uint_t
-ngx_smartflow_json_plain8(u_char *p)
-{
-    uint64_t  x, q, b;
-
-    ngx_memcpy(&x, p, 8);
-
-    q = x ^ (NGX_SF_JSON_ONES * '"');
-    b = x ^ (NGX_SF_JSON_ONES * '\\');
-
-    return ((((x - NGX_SF_JSON_ONES * 0x20) & ~x)
-             | ((q - NGX_SF_JSON_ONES) & ~q)
-             | ((b - NGX_SF_JSON_ONES) & ~b))
-            & NGX_SF_JSON_HIGHS) == 0;
-}
 
 
 size_t
@@ -430,157 +926,6 @@ ngx_smartflow_json_write(u_char *p, ngx_smartflow_json_t *j)
     *p++ = (j->type == NGX_SMARTFLOW_JSON_OBJECT) ? '}' : ']';
 
     return p;
-}
-
-
-static ngx_smartflow_json_t *
-ngx_smartflow_json_add(ngx_smartflow_json_parser_t *jp,
-    ngx_smartflow_json_type_e type, const u_char *s, size_t len)
-{
-    ngx_smartflow_json_t  *j, *parent;
-
-    j = ngx_pcalloc(jp->pool, sizeof(ngx_smartflow_json_t));
-    if (j == NULL) {
-        jp->failed = 1;
-        return NULL;
-    }
-
-    j->type = type;
-
-    if (len) {
-        j->str.data = ngx_pnalloc(jp->pool, len);
-        if (j->str.data == NULL) {
-            jp->failed = 1;
-            return NULL;
-        }
-
-        ngx_memcpy(j->str.data, s, len);
-        j->str.len = len;
-    }
-
-    if (jp->depth == 0) {
-        jp->root = j;
-        return j;
-    }
-
-    parent = jp->stack[jp->depth - 1];
-
-    if (parent->type == NGX_SMARTFLOW_JSON_OBJECT) {
-        j->key = jp->key;
-        ngx_str_null(&jp->key);
-    }
-
-    if (parent->last) {
-        parent->last->next = j;
-
-    } else {
-        parent->child = j;
-    }
-
-    parent->last = j;
-    parent->nchild++;
-
-    return j;
-}
-
-
-static int
-ngx_smartflow_json_on_null(void *ctx)
-{
-    return ngx_smartflow_json_add(ctx, NGX_SMARTFLOW_JSON_NULL, NULL, 0)
-           != NULL;
-}
-
-
-static int
-ngx_smartflow_json_on_boolean(void *ctx, int b)
-{
-    return ngx_smartflow_json_add(ctx, b ? NGX_SMARTFLOW_JSON_TRUE
-                                         : NGX_SMARTFLOW_JSON_FALSE,
-                                  NULL, 0)
-           != NULL;
-}
-
-
-static int
-ngx_smartflow_json_on_number(void *ctx, const char *s, size_t len)
-{
-    return ngx_smartflow_json_add(ctx, NGX_SMARTFLOW_JSON_NUMBER,
-                                  (const u_char *) s, len)
-           != NULL;
-}
-
-
-static int
-ngx_smartflow_json_on_string(void *ctx, const unsigned char *s, size_t len)
-{
-    return ngx_smartflow_json_add(ctx, NGX_SMARTFLOW_JSON_STRING, s, len)
-           != NULL;
-}
-
-
-static int
-ngx_smartflow_json_push(void *ctx, ngx_smartflow_json_type_e type)
-{
-    ngx_smartflow_json_t         *j;
-    ngx_smartflow_json_parser_t  *jp = ctx;
-
-    if (jp->depth == NGX_SMARTFLOW_JSON_MAX_DEPTH) {
-        jp->too_deep = 1;
-        return 0;
-    }
-
-    j = ngx_smartflow_json_add(jp, type, NULL, 0);
-    if (j == NULL) {
-        return 0;
-    }
-
-    jp->stack[jp->depth++] = j;
-
-    return 1;
-}
-
-
-static int
-ngx_smartflow_json_on_start_map(void *ctx)
-{
-    return ngx_smartflow_json_push(ctx, NGX_SMARTFLOW_JSON_OBJECT);
-}
-
-
-static int
-ngx_smartflow_json_on_start_array(void *ctx)
-{
-    return ngx_smartflow_json_push(ctx, NGX_SMARTFLOW_JSON_ARRAY);
-}
-
-
-static int
-ngx_smartflow_json_on_map_key(void *ctx, const unsigned char *s, size_t len)
-{
-    ngx_smartflow_json_parser_t  *jp = ctx;
-
-    jp->key.data = ngx_pnalloc(jp->pool, len ? len : 1);
-    if (jp->key.data == NULL) {
-        jp->failed = 1;
-        return 0;
-    }
-
-    ngx_memcpy(jp->key.data, s, len);
-    jp->key.len = len;
-
-    return 1;
-}
-
-
-static int
-ngx_smartflow_json_on_end(void *ctx)
-{
-    ngx_smartflow_json_parser_t  *jp = ctx;
-
-    jp->depth--;
-
-    return 1;
 }
 
 

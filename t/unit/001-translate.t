@@ -1,5 +1,6 @@
-# OpenAI <-> Anthropic translation, function by function, under ASan and
-# UBSan: the unit program prints TAP; each of its results is reported here.
+# The JSON reader and the OpenAI <-> Anthropic <-> Gemini translations,
+# function by function, under ASan and UBSan: the unit programs print TAP;
+# each of their results is reported here.
 use strict;
 use warnings;
 use Test::More;
