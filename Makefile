@@ -133,7 +133,7 @@ $(BUILD)/unit/translate_test: unit/ngx_smartflow_translate_test.c \
 	    -Ingx_smartflow_proxy unit/ngx_smartflow_translate_test.c \
 	    ngx_smartflow_proxy/ngx_http_smartflow_translate_anthropic.c \
 	    ngx_smartflow_proxy/ngx_http_smartflow_translate.c \
-	    ngx_smartflow_proxy/ngx_smartflow_json.c -lyajl -o $@
+	    ngx_smartflow_proxy/ngx_smartflow_json.c -o $@
 
 $(BUILD)/unit/translate_gemini_test: \
         unit/ngx_smartflow_translate_gemini_test.c unit/ngx_smartflow_unit.h \
@@ -147,16 +147,17 @@ $(BUILD)/unit/translate_gemini_test: \
 	    -Ingx_smartflow_proxy unit/ngx_smartflow_translate_gemini_test.c \
 	    ngx_smartflow_proxy/ngx_http_smartflow_translate_gemini.c \
 	    ngx_smartflow_proxy/ngx_http_smartflow_translate.c \
-	    ngx_smartflow_proxy/ngx_smartflow_json.c -lyajl -o $@
+	    ngx_smartflow_proxy/ngx_smartflow_json.c -o $@
 
 $(BUILD)/unit/json_test: unit/ngx_smartflow_json_test.c \
         unit/ngx_smartflow_unit.h ngx_smartflow_proxy/ngx_smartflow_json.c \
-        $(NGX_BUILD)/objs/Makefile
+        ngx_smartflow_proxy/ngx_smartflow_usage.c $(NGX_BUILD)/objs/Makefile
 	@mkdir -p $(BUILD)/unit
 	clang -g -O1 -fsanitize=address,undefined \
 	    -fno-sanitize-recover=undefined $(FUZZ_INCS) \
 	    -Ingx_smartflow_proxy unit/ngx_smartflow_json_test.c \
-	    ngx_smartflow_proxy/ngx_smartflow_json.c -o $@
+	    ngx_smartflow_proxy/ngx_smartflow_json.c \
+	    ngx_smartflow_proxy/ngx_smartflow_usage.c -o $@
 
 unit: $(BUILD)/unit/translate_test $(BUILD)/unit/translate_gemini_test \
         $(BUILD)/unit/json_test

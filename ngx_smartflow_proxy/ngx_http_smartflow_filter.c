@@ -250,9 +250,7 @@ ngx_http_smartflow_header_filter(ngx_http_request_t *r)
                && r->headers_out.status == NGX_HTTP_OK && !ctx->output_scan)
     {
         /* a whole answer passing as it is: only its usage is read */
-        if (ngx_smartflow_usage_scan_init(r->pool, &ctx->usage) != NGX_OK) {
-            return NGX_ERROR;
-        }
+        ngx_smartflow_usage_scan_init(&ctx->usage);
 
         ctx->filter = NGX_HTTP_SMARTFLOW_FILTER_USAGE;
 

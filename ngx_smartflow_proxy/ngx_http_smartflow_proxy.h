@@ -18,7 +18,7 @@
 #define NGX_SMARTFLOW_JSON_MAX_DEPTH 64
 
 
-/* JSON: a small tree in the request pool, built once by yajl's parser */
+/* JSON: a small tree in the request pool, built once per document */
 
 typedef enum {
     NGX_SMARTFLOW_JSON_NULL = 0,
@@ -57,25 +57,34 @@ ngx_int_t ngx_smartflow_json_set_str(ngx_pool_t *pool,
 ngx_int_t ngx_smartflow_json_dump(ngx_pool_t *pool, ngx_smartflow_json_t *j,
     ngx_str_t *out);
 size_t ngx_smartflow_json_escape_len(u_char *src, size_t len);
-#ifdef __YAJL_PARSE_H__
-void ngx_smartflow_yajl_pool_funcs(yajl_alloc_funcs *af, ngx_pool_t *pool);
-#endif
 u_char *ngx_smartflow_json_escape(u_char *dst, u_char *src, size_t len);
 
-/* token counts read from a JSON answer as it passes */
+/*
+ * Token counts read from a JSON answer as it passes: a lexer that keeps
+ * its state between buffers, no copy and no tree, and notes only the
+ * counts in the top-level "usage" (OpenAI, Anthropic) or "usageMetadata"
+ * (Gemini) object.
+ */
 typedef struct {
-    void                       *handle;      /* yajl */
     ngx_uint_t                  prompt;
     ngx_uint_t                  completion;
     ngx_uint_t                  depth;
+    uint64_t                    objects;     /* bit d - 1: depth d is {} */
+    ngx_uint_t                  value;       /* the number being read */
+    ngx_uint_t                  state;
     ngx_uint_t                  field;       /* 1 prompt, 2 completion */
+    size_t                      key_len;
+    u_char                      key[32];
     unsigned                    usage_next:1;
     unsigned                    in_usage:1;
+    unsigned                    expect_key:1;
+    unsigned                    is_key:1;
+    unsigned                    escape:1;
+    unsigned                    number_ok:1;
     unsigned                    failed:1;
 } ngx_smartflow_usage_scan_t;
 
-ngx_int_t ngx_smartflow_usage_scan_init(ngx_pool_t *pool,
-    ngx_smartflow_usage_scan_t *us);
+void ngx_smartflow_usage_scan_init(ngx_smartflow_usage_scan_t *us);
 /* p NULL: the end of the answer */
 void ngx_smartflow_usage_scan(ngx_smartflow_usage_scan_t *us, u_char *p,
     size_t len);

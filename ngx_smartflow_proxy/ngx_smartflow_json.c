@@ -2,11 +2,8 @@
  * JSON for the whole gateway: a reader builds a small tree in the request
  * pool (one parse per request), and a writer sizes a tree first and then
  * fills one buffer.  Numbers keep their original text so a rewritten body
- * differs from the client's only where it was changed.  yajl's allocator
- * hooks over a pool stay here for the usage reader, which streams.
+ * differs from the client's only where it was changed.
  */
-
-#include <yajl/yajl_parse.h>
 
 #include "ngx_http_smartflow_proxy.h"
 
@@ -30,11 +27,6 @@ static ngx_int_t ngx_smartflow_json_number(ngx_smartflow_json_reader_t *rd,
     ngx_str_t *s);
 static size_t ngx_smartflow_json_size(ngx_smartflow_json_t *j);
 static u_char *ngx_smartflow_json_write(u_char *p, ngx_smartflow_json_t *j);
-
-
-static void *ngx_smartflow_yajl_malloc(void *ctx, size_t size);
-static void *ngx_smartflow_yajl_realloc(void *ctx, void *ptr, size_t size);
-static void ngx_smartflow_yajl_free(void *ctx, void *ptr);
 
 
 #define ngx_sf_json_ws(c)                                                    \
@@ -926,61 +918,4 @@ ngx_smartflow_json_write(u_char *p, ngx_smartflow_json_t *j)
     *p++ = (j->type == NGX_SMARTFLOW_JSON_OBJECT) ? '}' : ']';
 
     return p;
-}
-
-
-/* yajl allocating from a pool; what it frees goes with the pool */
-
-typedef struct {
-    size_t  size;
-} ngx_smartflow_pool_block_t;
-
-
-static void *
-ngx_smartflow_yajl_malloc(void *ctx, size_t size)
-{
-    ngx_smartflow_pool_block_t  *b;
-
-    b = ngx_palloc(ctx, sizeof(ngx_smartflow_pool_block_t) + size);
-    if (b == NULL) {
-        return NULL;
-    }
-
-    b->size = size;
-
-    return b + 1;
-}
-
-
-static void *
-ngx_smartflow_yajl_realloc(void *ctx, void *ptr, size_t size)
-{
-    void                        *p;
-    ngx_smartflow_pool_block_t  *b;
-
-    p = ngx_smartflow_yajl_malloc(ctx, size);
-
-    if (p && ptr) {
-        b = (ngx_smartflow_pool_block_t *) ptr - 1;
-        ngx_memcpy(p, ptr, ngx_min(b->size, size));
-    }
-
-    return p;
-}
-
-
-static void
-ngx_smartflow_yajl_free(void *ctx, void *ptr)
-{
-    /* the pool frees everything with the request */
-}
-
-
-void
-ngx_smartflow_yajl_pool_funcs(yajl_alloc_funcs *af, ngx_pool_t *pool)
-{
-    af->malloc = ngx_smartflow_yajl_malloc;
-    af->realloc = ngx_smartflow_yajl_realloc;
-    af->free = ngx_smartflow_yajl_free;
-    af->ctx = pool;
 }

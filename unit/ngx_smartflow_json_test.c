@@ -79,6 +79,43 @@ nesting(void)
 }
 
 
+/* the usage counts of an answer fed in pieces of every size */
+static void
+usage(const char *answer, ngx_uint_t prompt, ngx_uint_t completion,
+    const char *name)
+{
+    char                        msg[256];
+    size_t                      len, piece, i;
+    ngx_uint_t                  bad;
+    ngx_smartflow_usage_scan_t  us;
+
+    len = strlen(answer);
+    bad = 0;
+
+    for (piece = 1; piece <= len; piece++) {
+        ngx_smartflow_usage_scan_init(&us);
+
+        for (i = 0; i < len; i += piece) {
+            ngx_smartflow_usage_scan(&us, (u_char *) answer + i,
+                                     len - i < piece ? len - i : piece);
+        }
+
+        ngx_smartflow_usage_scan(&us, NULL, 0);
+
+        if (us.prompt != prompt || us.completion != completion) {
+            if (bad++ == 0) {
+                printf("# pieces of %zu: prompt %lu completion %lu\n", piece,
+                       (unsigned long) us.prompt,
+                       (unsigned long) us.completion);
+            }
+        }
+    }
+
+    snprintf(msg, sizeof(msg), "usage: %s, in pieces of every size", name);
+    ok(bad == 0, msg);
+}
+
+
 int
 main(void)
 {
@@ -195,6 +232,34 @@ main(void)
        "[\"\\u0001\\u001f\\\"\\\\/\x7f\"]", "the writer escapes controls");
 
     nesting();
+
+    /* the usage lexer */
+
+    usage("{\"id\":\"chatcmpl-1\",\"choices\":[{\"message\":{\"content\":"
+          "\"a \\\"usage\\\": {\\\"prompt_tokens\\\": 99} [\"}}],"
+          "\"usage\":{\"prompt_tokens\":71,\"completion_tokens\":45,"
+          "\"total_tokens\":116,\"prompt_tokens_details\":"
+          "{\"cached_tokens\":7}}}", 71, 45, "OpenAI, text that looks alike");
+    usage("{\"type\":\"message\",\"usage\":{\"input_tokens\":10,"
+          "\"cache_creation_input_tokens\":3,\"cache_read_input_tokens\":"
+          "2,\"output_tokens\":5}}", 15, 5, "Anthropic, cache counts added");
+    usage("{\"candidates\":[],\"usageMetadata\":{\"promptTokenCount\":8,"
+          "\"candidatesTokenCount\":4,\"thoughtsTokenCount\":6}}", 8, 10,
+          "Gemini, thoughts counted");
+    usage("{\"a\":{\"usage\":{\"prompt_tokens\":5}},\"b\":[{\"usage\":"
+          "{\"prompt_tokens\":6}}]}", 0, 0, "usage below the top level");
+    usage("{\"usage\":{\"prompt_tokens\":2.5,\"completion_tokens\":-3,"
+          "\"input_tokens\":1e3,\"output_tokens\":4}}", 0, 4,
+          "only whole non-negative counts");
+    usage("{\"usage\":{\"prompt\\u005ftokens\":9,\"output_tokens\":1}}",
+          0, 1, "an escaped name is not read as one");
+    usage("{\"usage\":null,\"x\":{\"prompt_tokens\":9},\"usage\":"
+          "{\"completion_tokens\" : 3 }}", 0, 3,
+          "a later usage object counts, another object does not");
+    usage("{\"usage\":{\"prompt_tokens\":4}} <html>", 4, 0,
+          "counts found before what is not JSON stay");
+    usage("<html>{\"usage\":{\"prompt_tokens\":4}}", 0, 0,
+          "an answer that is not JSON gives none");
 
     return unit_done();
 }
