@@ -146,10 +146,15 @@ CONF
 script() {
     cat <<LUA
 local n = 0
+-- each run its own questions: a new run must not ask the last one's again
+local run, f = 0, io.open("/dev/urandom", "rb")
+for c in f:read(6):gmatch(".") do run = run * 256 + c:byte() end
+f:close()
+math.randomseed(run % 2147483647)
 function request()
     n = n + 1
     local q = "Why is my order still processing after $1 days"
-    if "$2" == "new" then q = q .. " (case " .. n .. " " .. math.random(1e9) .. ")" end
+    if "$2" == "new" then q = q .. " (case " .. string.format("%x", run) .. " " .. n .. " " .. math.random(1e9) .. ")" end
     if "$2" == "word" then
         local w = ""
         for i = 1, 8 do w = w .. string.char(96 + math.random(26)) end

@@ -519,6 +519,7 @@ ngx_http_smartflow_audit_metrics(ngx_http_request_t *r,
     u_char                             *b, *p;
     size_t                              len;
     uint64_t                            cum;
+    ngx_str_t                           more;
     ngx_uint_t                          i, j, n;
     ngx_slab_pool_t                    *shpool;
     ngx_http_smartflow_audit_sh_t      *sh, *s;
@@ -549,7 +550,12 @@ ngx_http_smartflow_audit_metrics(ngx_http_request_t *r,
           + 25 * 128
           + NGX_SMARTFLOW_AUDIT_ACTIONS * (2 * NGX_SMARTFLOW_AUDIT_LABEL + 80);
 
-    b = ngx_pnalloc(r->pool, len);
+    /* what the other modules registered (the cache's zones) */
+    if (ngx_http_smartflow_metrics(r, &more) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b = ngx_pnalloc(r->pool, len + more.len);
     if (b == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -717,6 +723,10 @@ ngx_http_smartflow_audit_metrics(ngx_http_request_t *r,
             "# TYPE smartflow_audit_last_seal_age_seconds gauge\n"
             "smartflow_audit_last_seal_age_seconds %T\n",
             ngx_time() - s->last_seal_time);
+    }
+
+    if (more.len) {
+        p = ngx_cpymem(p, more.data, more.len);
     }
 
     return ngx_http_smartflow_audit_reply(r, NGX_HTTP_OK,

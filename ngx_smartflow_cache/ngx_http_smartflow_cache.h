@@ -94,6 +94,10 @@ typedef struct {
     ngx_atomic_t                tokens_saved;
     ngx_atomic_t                latency[NGX_SMARTFLOW_CACHE_LAT];
     ngx_atomic_t                redis_down;     /* phase 3: logged once */
+    ngx_atomic_t                prompt_saved;   /* tokens of the hits */
+    ngx_atomic_t                completion_saved;
+    ngx_atomic_t                cost_saved;     /* micro-USD */
+    ngx_atomic_t                unpriced;       /* hits with no price */
 } ngx_smartflow_cache_stats_t;
 
 
@@ -110,6 +114,10 @@ typedef struct {
     uint64_t                    seq;            /* vectors added so far */
     ngx_smartflow_cache_ref_t   ring[NGX_SMARTFLOW_CACHE_RING];
     ngx_smartflow_cache_stats_t stats;
+
+    /* flushes other nodes tell through Redis: ..._cache_redis.c */
+    u_char                      flush_last[48]; /* stream id read up to */
+    ngx_atomic_t                flush_poll;     /* next poll, msec */
 } ngx_smartflow_cache_shctx_t;
 
 
@@ -251,6 +259,11 @@ void ngx_smartflow_cache_vector_free(ngx_smartflow_cache_zone_t *z);
 
 /* admin API: ngx_http_smartflow_cache_api.c */
 ngx_int_t ngx_http_smartflow_cache_api_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_smartflow_cache_api_flushed(ngx_http_request_t *r,
+    ngx_smartflow_cache_zone_t *z, ngx_uint_t local, ngx_uint_t shared,
+    ngx_str_t *redis, char *why);
+ngx_int_t ngx_http_smartflow_cache_metrics(ngx_http_request_t *r,
+    ngx_str_t *text);
 
 /* the answer: ngx_http_smartflow_cache_store.c */
 ngx_int_t ngx_http_smartflow_cache_tap(ngx_http_request_t *r,
@@ -267,6 +280,10 @@ ngx_int_t ngx_http_smartflow_cache_redis_found(ngx_http_request_t *r,
     ngx_http_smartflow_cache_req_t *rq, ngx_smartflow_cache_found_t *f);
 void ngx_http_smartflow_cache_redis_set(ngx_http_request_t *r,
     ngx_http_smartflow_cache_req_t *rq);
+ngx_int_t ngx_http_smartflow_cache_redis_flush(ngx_http_request_t *r,
+    ngx_smartflow_cache_zone_t *z, ngx_str_t *tenant, ngx_str_t *parts,
+    ngx_uint_t nparts, ngx_uint_t local);
+void ngx_http_smartflow_cache_redis_watch(ngx_cycle_t *cycle);
 
 /* the /v1/embeddings embedder: ngx_http_smartflow_cache_embed.c */
 ngx_int_t ngx_http_smartflow_cache_embed(ngx_http_request_t *r,

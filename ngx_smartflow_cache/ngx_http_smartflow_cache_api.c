@@ -236,7 +236,9 @@ ngx_http_smartflow_cache_stats(ngx_http_request_t *r,
             "\"phase2\":%uA,\"phase3\":%uA,\"phase4\":%uA},"
             "\"misses\":%uA,\"bypasses\":%uA,\"hit_rate\":%.4f,"
             "\"stores\":%uA,\"evictions\":%uA,\"expired\":%uA,"
-            "\"rejected_by_verification\":%uA,\"tokens_saved\":%uA,",
+            "\"rejected_by_verification\":%uA,\"tokens_saved\":%uA,"
+            "\"saved\":{\"prompt_tokens\":%uA,\"completion_tokens\":%uA,"
+            "\"cost_usd\":%uA.%06uA,\"unpriced_hits\":%uA},",
             &z->name, entries, z->capacity,
             z->index == NGX_SMARTFLOW_CACHE_INDEX_HNSW ? "hnsw"
             : z->index == NGX_SMARTFLOW_CACHE_INDEX_FLAT ? "flat"
@@ -249,7 +251,9 @@ ngx_http_smartflow_cache_stats(ngx_http_request_t *r,
             st->misses, st->bypasses,
             st->lookups ? (double) hits / st->lookups : 0.0,
             st->stores, st->evictions, st->expired, st->rejected,
-            st->tokens_saved);
+            st->tokens_saved, st->prompt_saved, st->completion_saved,
+            st->cost_saved / 1000000, st->cost_saved % 1000000,
+            st->unpriced);
 
     p = ngx_sprintf(p, "\"lookup_latency_us\":{\"count\":%ui,\"p50\":%ui,"
                        "\"p90\":%ui,\"p99\":%ui}}\n",
@@ -291,14 +295,21 @@ ngx_http_smartflow_cache_percentile(ngx_smartflow_cache_stats_t *st,
 }
 
 
+/*
+ * The zone's entries go at once; with smartflow_redis (and
+ * smartflow_cache_redis on in the API's location), those in Redis follow,
+ * and the request is answered when Redis has flushed them.
+ */
 static ngx_int_t
 ngx_http_smartflow_cache_api_flush(ngx_http_request_t *r,
     ngx_smartflow_cache_zone_t *z)
 {
-    u_char      *p;
-    ngx_int_t    rc;
-    ngx_str_t    tenant, part, body;
-    ngx_uint_t   n;
+    ngx_int_t                             rc;
+    ngx_str_t                             tenant, part[2];
+    ngx_uint_t                            n, nparts;
+    ngx_http_smartflow_cache_loc_conf_t  *clcf;
+
+    nparts = 0;
 
     if (ngx_http_arg(r, (u_char *) "tenant", 6, &tenant) != NGX_OK) {
         n = ngx_smartflow_cache_flush(z, NULL);
@@ -311,32 +322,285 @@ ngx_http_smartflow_cache_api_flush(ngx_http_request_t *r,
                        "tenant= names a team or a key id (vk_N).");
         }
 
-        part.data = ngx_pnalloc(r->pool, tenant.len + 8);
-        if (part.data == NULL) {
+        /* a team's partition, and a key's (teamless keys, partition key) */
+        part[0].data = ngx_pnalloc(r->pool, 2 * (tenant.len + 8));
+        if (part[0].data == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        /* a team's partition, and a key's (teamless keys, partition key) */
-        part.len = ngx_sprintf(part.data, "team:%V", &tenant) - part.data;
-        n = ngx_smartflow_cache_flush(z, &part);
+        part[0].len = ngx_sprintf(part[0].data, "team:%V", &tenant)
+                      - part[0].data;
+        part[1].data = part[0].data + part[0].len;
+        part[1].len = ngx_sprintf(part[1].data, "key:%V", &tenant)
+                      - part[1].data;
+        nparts = 2;
 
-        part.len = ngx_sprintf(part.data, "key:%V", &tenant) - part.data;
-        n += ngx_smartflow_cache_flush(z, &part);
+        n = ngx_smartflow_cache_flush(z, &part[0]);
+        n += ngx_smartflow_cache_flush(z, &part[1]);
     }
 
     ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
                   "smartflow cache: flushed %ui entries of zone \"%V\"",
                   n, &z->name);
 
-    p = ngx_pnalloc(r->pool, 64);
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_smartflow_cache_module);
+
+    if (clcf->redis) {
+        rc = ngx_http_smartflow_cache_redis_flush(r, z,
+                                                  nparts ? &tenant : NULL,
+                                                  part, nparts, n);
+
+        if (rc != NGX_DECLINED) {
+            return rc;
+        }
+    }
+
+    return ngx_http_smartflow_cache_api_flushed(r, z, n, 0, NULL, NULL);
+}
+
+
+/*
+ * {"flushed":N} for the zone, and "redis":{"flushed":M} with Redis; when
+ * Redis failed on the way, a 503 that says what was flushed all the same.
+ */
+ngx_int_t
+ngx_http_smartflow_cache_api_flushed(ngx_http_request_t *r,
+    ngx_smartflow_cache_zone_t *z, ngx_uint_t local, ngx_uint_t shared,
+    ngx_str_t *redis, char *why)
+{
+    u_char     *p;
+    ngx_str_t   body;
+
+    p = ngx_pnalloc(r->pool, 512 + (redis ? redis->len : 0)
+                             + (why ? ngx_strlen(why) : 0));
     if (p == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     body.data = p;
-    body.len = ngx_sprintf(p, "{\"flushed\":%ui}\n", n) - p;
 
-    rc = ngx_http_smartflow_send(r, NGX_HTTP_OK, NGX_HTTP_SMARTFLOW_JSON,
-                                 &body);
-    return rc;
+    if (redis == NULL) {
+        p = ngx_sprintf(p, "{\"flushed\":%ui}\n", local);
+
+    } else if (why == NULL) {
+        ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
+                      "smartflow cache: flushed %ui entries of zone \"%V\" "
+                      "in redis %V", shared, &z->name, redis);
+
+        p = ngx_sprintf(p, "{\"flushed\":%ui,\"redis\":{\"flushed\":%ui,"
+                           "\"complete\":true}}\n", local, shared);
+
+    } else {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "smartflow cache: redis %V %s: the flush of zone "
+                      "\"%V\" is partial (%ui entries in the zone, %ui in "
+                      "redis)", redis, why, &z->name, local, shared);
+
+        /* the reason is ours or Redis's error line: no quote in it */
+        p = ngx_sprintf(p, "{\"error\":{\"message\":\"Redis %V %s: this "
+                           "node's cache was flushed (%ui entries), the "
+                           "shared entries in Redis only in part (%ui). "
+                           "Try again when Redis answers.\","
+                           "\"type\":\"server_error\",\"param\":null,"
+                           "\"code\":\"redis_unavailable\"},"
+                           "\"flushed\":%ui,\"redis\":{\"flushed\":%ui,"
+                           "\"complete\":false}}\n",
+                        redis, why, local, shared, local, shared);
+    }
+
+    body.len = p - body.data;
+
+    return ngx_http_smartflow_send(r, why ? NGX_HTTP_SERVICE_UNAVAILABLE
+                                          : NGX_HTTP_OK,
+                                   NGX_HTTP_SMARTFLOW_JSON, &body);
+}
+
+
+
+/* the zones' counters in Prometheus text, for the metrics endpoint */
+
+typedef struct {
+    char                       *name;
+    char                       *help;
+    size_t                      offset;     /* in the zone's stats */
+} ngx_http_smartflow_cache_counter_t;
+
+
+#define ngx_sf_stat(field)  offsetof(ngx_smartflow_cache_stats_t, field)
+
+static ngx_http_smartflow_cache_counter_t  ngx_http_smartflow_cache_counters[]
+    = {
+    { "lookups_total", "Requests looked up.", ngx_sf_stat(lookups) },
+    { "misses_total", "Lookups that found nothing.", ngx_sf_stat(misses) },
+    { "bypasses_total", "Requests not looked up (controls, n above 1).",
+      ngx_sf_stat(bypasses) },
+    { "stores_total", "Answers stored.", ngx_sf_stat(stores) },
+    { "evictions_total", "Entries evicted to make room.",
+      ngx_sf_stat(evictions) },
+    { "expired_total", "Entries gone at their TTL.", ngx_sf_stat(expired) },
+    { "rejected_total", "Candidates the verification turned down.",
+      ngx_sf_stat(rejected) },
+    { "unpriced_hits_total", "Hits whose model has no smartflow_price.",
+      ngx_sf_stat(unpriced) },
+    { NULL, NULL, 0 }
+};
+
+
+#define ngx_sf_family(p, name, type, help)                                   \
+    ngx_sf_cpymem(p, "# HELP smartflow_metacache_" name " " help "\n"        \
+                     "# TYPE smartflow_metacache_" name " " type "\n")
+
+
+ngx_int_t
+ngx_http_smartflow_cache_metrics(ngx_http_request_t *r, ngx_str_t *text)
+{
+    u_char                                *p;
+    size_t                                 len, *used;
+    ngx_str_t                             *zone;
+    ngx_uint_t                             i, k, nz, pfree, pages, entries;
+    ngx_smartflow_cache_zone_t           **zp, *z;
+    ngx_smartflow_cache_stats_t           *st;
+    ngx_http_smartflow_cache_counter_t    *cnt;
+    ngx_http_smartflow_cache_main_conf_t  *cmcf;
+
+    ngx_str_null(text);
+
+    cmcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_cache_module);
+
+    if (cmcf == NULL || cmcf->zones.nelts == 0) {
+        return NGX_OK;
+    }
+
+    nz = cmcf->zones.nelts;
+    zp = cmcf->zones.elts;
+
+    zone = ngx_palloc(r->pool, nz * (sizeof(ngx_str_t) + sizeof(size_t)));
+    if (zone == NULL) {
+        return NGX_ERROR;
+    }
+
+    used = (size_t *) &zone[nz];
+
+    /* each zone's label, escaped */
+    len = 0;
+
+    for (i = 0; i < nz; i++) {
+        zone[i].data = ngx_pnalloc(r->pool, 2 * zp[i]->name.len);
+        if (zone[i].data == NULL) {
+            return NGX_ERROR;
+        }
+
+        zone[i].len = ngx_http_smartflow_metrics_label(zone[i].data,
+                                                       &zp[i]->name)
+                      - zone[i].data;
+        len += zone[i].len;
+    }
+
+    /* 16 families of at most 4 samples a zone, each under 128 bytes */
+    len = 16 * 192 + 16 * 4 * (len + nz * 128);
+
+    p = ngx_pnalloc(r->pool, len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    text->data = p;
+
+    p = ngx_sf_family(p, "entries", "gauge", "Entries in the zone.");
+
+    for (i = 0; i < nz; i++) {
+        z = zp[i];
+
+        ngx_shmtx_lock(&z->shpool->mutex);
+        entries = z->sh->used;
+        pfree = z->shpool->pfree;
+        ngx_shmtx_unlock(&z->shpool->mutex);
+
+        p = ngx_sprintf(p, "smartflow_metacache_entries{zone=\"%V\"} %ui\n",
+                        &zone[i], entries);
+
+        /* for the memory family below */
+        pages = (z->shm_zone->shm.size - sizeof(ngx_slab_pool_t))
+                / ngx_pagesize;
+        used[i] = (pages - pfree) * ngx_pagesize;
+    }
+
+    p = ngx_sf_family(p, "capacity_entries", "gauge",
+                      "Entries the zone can hold (entries=).");
+
+    for (i = 0; i < nz; i++) {
+        p = ngx_sprintf(p, "smartflow_metacache_capacity_entries"
+                           "{zone=\"%V\"} %ui\n", &zone[i], zp[i]->capacity);
+    }
+
+    p = ngx_sf_family(p, "memory_bytes", "gauge",
+                      "The zone's shared memory: its size and the part "
+                      "in use.");
+
+    for (i = 0; i < nz; i++) {
+        p = ngx_sprintf(p, "smartflow_metacache_memory_bytes"
+                           "{zone=\"%V\",type=\"size\"} %uz\n"
+                           "smartflow_metacache_memory_bytes"
+                           "{zone=\"%V\",type=\"used\"} %uz\n",
+                        &zone[i], zp[i]->shm_zone->shm.size,
+                        &zone[i], used[i]);
+    }
+
+    p = ngx_sf_family(p, "hits_total", "counter",
+                      "Hits by phase: 1 fingerprint, 2 near miss, "
+                      "3 Redis, 4 vectors.");
+
+    for (i = 0; i < nz; i++) {
+        st = &zp[i]->sh->stats;
+
+        for (k = 1; k <= 4; k++) {
+            p = ngx_sprintf(p, "smartflow_metacache_hits_total"
+                               "{zone=\"%V\",phase=\"%ui\"} %uA\n",
+                            &zone[i], k, st->hits[k]);
+        }
+    }
+
+    for (cnt = ngx_http_smartflow_cache_counters; cnt->name; cnt++) {
+        p = ngx_sprintf(p, "# HELP smartflow_metacache_%s %s\n"
+                           "# TYPE smartflow_metacache_%s counter\n",
+                        cnt->name, cnt->help, cnt->name);
+
+        for (i = 0; i < nz; i++) {
+            p = ngx_sprintf(p, "smartflow_metacache_%s{zone=\"%V\"} %uA\n",
+                            cnt->name, &zone[i],
+                            *(ngx_atomic_t *) ((u_char *) &zp[i]->sh->stats
+                                               + cnt->offset));
+        }
+    }
+
+    p = ngx_sf_family(p, "tokens_saved_total", "counter",
+                      "Tokens of the stored answers served, by type.");
+
+    for (i = 0; i < nz; i++) {
+        st = &zp[i]->sh->stats;
+
+        p = ngx_sprintf(p, "smartflow_metacache_tokens_saved_total"
+                           "{zone=\"%V\",type=\"prompt\"} %uA\n"
+                           "smartflow_metacache_tokens_saved_total"
+                           "{zone=\"%V\",type=\"completion\"} %uA\n",
+                        &zone[i], st->prompt_saved,
+                        &zone[i], st->completion_saved);
+    }
+
+    p = ngx_sf_family(p, "cost_saved_usd_total", "counter",
+                      "Those tokens at the smartflow_price of the model "
+                      "asked for, in USD.");
+
+    for (i = 0; i < nz; i++) {
+        st = &zp[i]->sh->stats;
+
+        p = ngx_sprintf(p, "smartflow_metacache_cost_saved_usd_total"
+                           "{zone=\"%V\"} %uA.%06uA\n",
+                        &zone[i], st->cost_saved / 1000000,
+                        st->cost_saved % 1000000);
+    }
+
+    text->len = p - text->data;
+
+    return NGX_OK;
 }

@@ -81,13 +81,20 @@ static void ngx_http_smartflow_cache_exit_master(ngx_cycle_t *cycle);
 
 
 /* the fields of a request that change its answer, besides the messages */
-static char  *ngx_http_smartflow_cache_params[] = {
-    "temperature", "top_p", "top_k", "max_tokens", "max_completion_tokens",
-    "stop", "stop_sequences", "seed", "response_format", "tools",
-    "tool_choice", "functions", "function_call", "presence_penalty",
-    "frequency_penalty", "logit_bias", "logprobs", "top_logprobs",
-    "reasoning_effort", "thinking", "modalities", "audio", "prediction",
-    "parallel_tool_calls", "verbosity", NULL
+#define NGX_HTTP_SMARTFLOW_CACHE_NPARAMS  25
+
+static ngx_str_t  ngx_http_smartflow_cache_params[] = {
+    ngx_string("temperature"), ngx_string("top_p"), ngx_string("top_k"),
+    ngx_string("max_tokens"), ngx_string("max_completion_tokens"),
+    ngx_string("stop"), ngx_string("stop_sequences"), ngx_string("seed"),
+    ngx_string("response_format"), ngx_string("tools"),
+    ngx_string("tool_choice"), ngx_string("functions"),
+    ngx_string("function_call"), ngx_string("presence_penalty"),
+    ngx_string("frequency_penalty"), ngx_string("logit_bias"),
+    ngx_string("logprobs"), ngx_string("top_logprobs"),
+    ngx_string("reasoning_effort"), ngx_string("thinking"),
+    ngx_string("modalities"), ngx_string("audio"), ngx_string("prediction"),
+    ngx_string("parallel_tool_calls"), ngx_string("verbosity")
 };
 
 
@@ -214,7 +221,7 @@ ngx_http_smartflow_cache_stage(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx)
 {
     time_t                                ttl;
-    ngx_int_t                             rc;
+    ngx_int_t                             rc, similarity;
     ngx_uint_t                            lookup, store, n, k, i;
     struct timeval                        start;
     ngx_smartflow_cache_ref_t             refs[NGX_SMARTFLOW_CACHE_K];
@@ -367,14 +374,17 @@ shared_done:
         goto miss;
     }
 
-    /* 4: the nearest vectors */
-    if (clcf->similarity >= 0) {
+    /* 4: the nearest vectors, at the virtual key's threshold if it has one */
+    similarity = (clcf->similarity >= 0 && ctx->cache_threshold)
+                 ? (ngx_int_t) ctx->cache_threshold : clcf->similarity;
+
+    if (similarity >= 0) {
         k = ngx_smartflow_cache_vector_search(z, r->connection->log,
                                               rq->item.ctxk, rq->vec, refs,
                                               scores, NGX_SMARTFLOW_CACHE_K);
 
         for (n = 0, i = 0; i < k; i++) {
-            if (scores[i] * 1000 + 0.5 >= clcf->similarity) {
+            if (scores[i] * 1000 + 0.5 >= similarity) {
                 refs[n] = refs[i];
                 scores[n++] = scores[i];
             }
@@ -491,9 +501,15 @@ ngx_http_smartflow_cache_canon(ngx_http_request_t *r,
 {
     u_char                *p;
     size_t                 len;
-    ngx_str_t              dump, text, *parts;
-    ngx_uint_t             i, n, plain;
+    ngx_str_t              dump, text;
+    ngx_uint_t             i, plain;
     ngx_smartflow_json_t  *j, *m, *msgs, *last, *role;
+    ngx_str_t              parts[NGX_HTTP_SMARTFLOW_CACHE_NPARAMS];
+    ngx_smartflow_json_t  *found[NGX_HTTP_SMARTFLOW_CACHE_NPARAMS];
+
+    if (ctx->json == NULL || ctx->json->type != NGX_SMARTFLOW_JSON_OBJECT) {
+        return NGX_DECLINED;
+    }
 
     j = ngx_smartflow_json_get(ctx->json, "n");
     if (j && !(j->type == NGX_SMARTFLOW_JSON_NUMBER && j->str.len == 1
@@ -502,27 +518,38 @@ ngx_http_smartflow_cache_canon(ngx_http_request_t *r,
         return NGX_DECLINED;
     }
 
-    /* the parameters, each as JSON after its name */
-    len = 0;
-    parts = ngx_palloc(r->pool, 64 * sizeof(ngx_str_t));
-    if (parts == NULL) {
-        return NGX_ERROR;
+    /*
+     * the parameters, each as JSON after its name, in the list's order;
+     * the request's members read once (the last duplicate wins)
+     */
+    ngx_memzero(found, sizeof(found));
+
+    for (j = ctx->json->child; j; j = j->next) {
+        for (i = 0; i < NGX_HTTP_SMARTFLOW_CACHE_NPARAMS; i++) {
+            if (j->key.len == ngx_http_smartflow_cache_params[i].len
+                && ngx_strncmp(j->key.data,
+                               ngx_http_smartflow_cache_params[i].data,
+                               j->key.len)
+                   == 0)
+            {
+                found[i] = j;
+                break;
+            }
+        }
     }
 
-    for (n = 0, i = 0; ngx_http_smartflow_cache_params[i]; i++) {
-        j = ngx_smartflow_json_get(ctx->json,
-                                   ngx_http_smartflow_cache_params[i]);
-        if (j == NULL) {
+    len = 0;
+
+    for (i = 0; i < NGX_HTTP_SMARTFLOW_CACHE_NPARAMS; i++) {
+        if (found[i] == NULL) {
             continue;
         }
 
-        if (ngx_smartflow_json_dump(r->pool, j, &parts[n]) != NGX_OK) {
+        if (ngx_smartflow_json_dump(r->pool, found[i], &parts[i]) != NGX_OK) {
             return NGX_ERROR;
         }
 
-        len += ngx_strlen(ngx_http_smartflow_cache_params[i]) + 2
-               + parts[n].len;
-        n++;
+        len += ngx_http_smartflow_cache_params[i].len + 2 + parts[i].len;
     }
 
     cn->params.data = ngx_pnalloc(r->pool, len + 1);
@@ -532,17 +559,11 @@ ngx_http_smartflow_cache_canon(ngx_http_request_t *r,
 
     p = cn->params.data;
 
-    for (n = 0, i = 0; ngx_http_smartflow_cache_params[i]; i++) {
-        if (ngx_smartflow_json_get(ctx->json,
-                                   ngx_http_smartflow_cache_params[i])
-            == NULL)
-        {
-            continue;
+    for (i = 0; i < NGX_HTTP_SMARTFLOW_CACHE_NPARAMS; i++) {
+        if (found[i]) {
+            p = ngx_sprintf(p, "%V=%V\n", &ngx_http_smartflow_cache_params[i],
+                            &parts[i]);
         }
-
-        p = ngx_sprintf(p, "%s=%V\n", ngx_http_smartflow_cache_params[i],
-                        &parts[n]);
-        n++;
     }
 
     cn->params.len = p - cn->params.data;
@@ -934,6 +955,8 @@ ngx_http_smartflow_cache_hit(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_cache_req_t *rq,
     ngx_smartflow_cache_found_t *f, ngx_uint_t phase, struct timeval *start)
 {
+    uint64_t                      micro;
+    ngx_uint_t                    prompt, completion;
     ngx_smartflow_cache_stats_t  *st;
 
     st = &rq->zone->sh->stats;
@@ -941,6 +964,24 @@ ngx_http_smartflow_cache_hit(ngx_http_request_t *r,
     (void) ngx_atomic_fetch_add(&st->hits[phase], 1);
     (void) ngx_atomic_fetch_add(&st->tokens_saved,
                                 f->prompt_tokens + f->completion_tokens);
+    (void) ngx_atomic_fetch_add(&st->prompt_saved, f->prompt_tokens);
+    (void) ngx_atomic_fetch_add(&st->completion_saved, f->completion_tokens);
+
+    /* the stored answer's usage at the price of the model asked for */
+    prompt = ctx->prompt_tokens;
+    completion = ctx->completion_tokens;
+    ctx->prompt_tokens = f->prompt_tokens;
+    ctx->completion_tokens = f->completion_tokens;
+
+    if (ngx_http_smartflow_cost(r, ctx, &micro) == NGX_OK) {
+        (void) ngx_atomic_fetch_add(&st->cost_saved, micro);
+
+    } else {
+        (void) ngx_atomic_fetch_add(&st->unpriced, 1);
+    }
+
+    ctx->prompt_tokens = prompt;
+    ctx->completion_tokens = completion;
 
     ngx_http_smartflow_cache_took(rq->zone, start);
 
@@ -1355,6 +1396,13 @@ ngx_http_smartflow_cache_init(ngx_conf_t *cf)
         return NGX_ERROR;
     }
 
+    if (ngx_http_smartflow_register_metrics(cf,
+                                            ngx_http_smartflow_cache_metrics)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
     ngx_http_next_header_filter = ngx_http_top_header_filter;
     ngx_http_top_header_filter = ngx_http_smartflow_cache_header_filter;
 
@@ -1413,6 +1461,8 @@ static ngx_int_t
 ngx_http_smartflow_cache_init_process(ngx_cycle_t *cycle)
 {
     omp_set_num_threads(1);
+
+    ngx_http_smartflow_cache_redis_watch(cycle);
 
     return NGX_OK;
 }

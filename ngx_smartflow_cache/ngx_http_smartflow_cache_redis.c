@@ -9,8 +9,11 @@
  * Redis too, with the entry's TTL.  While Redis is unreachable phase 3 is
  * skipped at once, with one error_log line per outage.
  *
- * In Redis, "smartflow:cache:HEX" holds "sf1 EXPIRE PROMPT COMPLETION
- * FINISH\n" and the answer's text.
+ * In Redis, "smartflow:cache:TAG:HEX" holds "sf1 EXPIRE PROMPT COMPLETION
+ * FINISH\n" and the answer's text; TAG is the partition's own (the first 8
+ * bytes of its SHA-256, in hex), so that DELETE /api/metacache?tenant=
+ * finds a tenant's entries with SCAN MATCH "smartflow:cache:TAG:*" and
+ * UNLINKs them, a batch at a time, while the worker goes on.
  */
 
 #include "ngx_http_smartflow_cache.h"
@@ -18,8 +21,13 @@
 
 
 #define NGX_SMARTFLOW_CACHE_RKEY  "smartflow:cache:"
+#define NGX_SMARTFLOW_CACHE_RTAG  8
 #define NGX_SMARTFLOW_CACHE_RKEY_LEN                                        \
-    (sizeof(NGX_SMARTFLOW_CACHE_RKEY) - 1 + 2 * NGX_SMARTFLOW_CACHE_FP)
+    (sizeof(NGX_SMARTFLOW_CACHE_RKEY) - 1 + 2 * NGX_SMARTFLOW_CACHE_RTAG + 1 \
+     + 2 * NGX_SMARTFLOW_CACHE_FP)
+#define NGX_SMARTFLOW_CACHE_SCAN_COUNT  "1000"
+#define NGX_SMARTFLOW_CACHE_RFLUSHES    "smartflow:cache-flushes:"
+#define NGX_SMARTFLOW_CACHE_POLL        1000    /* ms */
 
 
 typedef struct ngx_http_smartflow_cache_ticket_s
@@ -33,6 +41,25 @@ struct ngx_http_smartflow_cache_ticket_s {
 };
 
 
+/* a flush of Redis, while its request waits; outlives the request too */
+typedef struct {
+    ngx_http_request_t          *r;         /* NULL: it went */
+    ngx_pool_cleanup_t          *cln;
+    ngx_smartflow_cache_zone_t  *zone;
+    ngx_uint_t                   local;     /* flushed from the zone */
+    ngx_uint_t                   flushed;   /* UNLINKed in Redis */
+    ngx_uint_t                   pending;   /* commands unanswered */
+    ngx_uint_t                   pattern;   /* being scanned */
+    ngx_uint_t                   npatterns;
+    char                        *why;       /* NULL: no failure */
+    size_t                       lens[2];
+    u_char                       patterns[2][NGX_SMARTFLOW_CACHE_RKEY_LEN];
+    u_char                       error[128];
+    ngx_str_t                    tenant;    /* empty: all */
+    unsigned                     scanned:1;
+} ngx_http_smartflow_cache_flush_t;
+
+
 static void ngx_http_smartflow_cache_redis_got(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
 static void ngx_http_smartflow_cache_redis_stored(ngx_smartflow_redis_t *rd,
@@ -44,10 +71,38 @@ static void ngx_http_smartflow_cache_redis_down(ngx_smartflow_cache_zone_t *z,
     ngx_smartflow_redis_t *rd, ngx_log_t *log, const char *why);
 static void ngx_http_smartflow_cache_redis_up(ngx_smartflow_cache_zone_t *z,
     ngx_smartflow_redis_t *rd, ngx_log_t *log);
-static size_t ngx_http_smartflow_cache_redis_key(u_char *buf, u_char *fp);
+static size_t ngx_http_smartflow_cache_redis_key(u_char *buf,
+    ngx_str_t *partition, u_char *fp);
+static u_char *ngx_http_smartflow_cache_redis_tag(u_char *p,
+    ngx_str_t *partition);
+static ngx_int_t ngx_http_smartflow_cache_redis_scan(ngx_smartflow_redis_t *rd,
+    ngx_http_smartflow_cache_flush_t *fl, u_char *cursor, size_t len);
+static void ngx_http_smartflow_cache_redis_scanned(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data);
+static void ngx_http_smartflow_cache_redis_unlinked(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data);
+static ngx_uint_t ngx_http_smartflow_cache_redis_failed(
+    ngx_http_smartflow_cache_flush_t *fl, redisReply *reply);
+static void ngx_http_smartflow_cache_redis_flushed(ngx_smartflow_redis_t *rd,
+    ngx_http_smartflow_cache_flush_t *fl);
+static void ngx_http_smartflow_cache_redis_flush_cleanup(void *data);
+static void ngx_http_smartflow_cache_redis_tell(ngx_smartflow_redis_t *rd,
+    ngx_http_smartflow_cache_flush_t *fl);
+static void ngx_http_smartflow_cache_redis_told(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data);
+static void ngx_http_smartflow_cache_redis_poll(ngx_event_t *ev);
+static void ngx_http_smartflow_cache_redis_polled(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data);
+static void ngx_http_smartflow_cache_redis_apply(
+    ngx_smartflow_cache_zone_t *z, ngx_log_t *log, redisReply *entry);
 
 
 static ngx_http_smartflow_cache_ticket_t  *ngx_http_smartflow_cache_tickets;
+
+/* the poll of the flushes other nodes told, in each worker */
+static ngx_event_t                   ngx_http_smartflow_cache_watch_ev;
+static ngx_connection_t              ngx_http_smartflow_cache_watch_conn;
+static ngx_array_t                  *ngx_http_smartflow_cache_watched;
 
 
 /*
@@ -106,7 +161,9 @@ ngx_http_smartflow_cache_redis_get(ngx_http_request_t *r,
     argv[0] = "GET";
     len[0] = 3;
     argv[1] = (char *) key;
-    len[1] = ngx_http_smartflow_cache_redis_key(key, rq->item.fp);
+    len[1] = ngx_http_smartflow_cache_redis_key(key,
+                                                &rq->item.partition,
+                                                rq->item.fp);
 
     if (ngx_smartflow_redis_command(rd, ngx_http_smartflow_cache_redis_got,
                                     t, 2, argv, len)
@@ -342,7 +399,9 @@ ngx_http_smartflow_cache_redis_set(ngx_http_request_t *r,
     argv[0] = "SET";
     len[0] = 3;
     argv[1] = (char *) key;
-    len[1] = ngx_http_smartflow_cache_redis_key(key, rq->item.fp);
+    len[1] = ngx_http_smartflow_cache_redis_key(key,
+                                                &rq->item.partition,
+                                                rq->item.fp);
     argv[2] = (char *) v;
     len[2] = p - v;
     argv[3] = "EX";
@@ -428,13 +487,662 @@ ngx_http_smartflow_cache_redis_up(ngx_smartflow_cache_zone_t *z,
 
 
 static size_t
-ngx_http_smartflow_cache_redis_key(u_char *buf, u_char *fp)
+ngx_http_smartflow_cache_redis_key(u_char *buf, ngx_str_t *partition,
+    u_char *fp)
 {
     u_char  *p;
 
-    p = ngx_cpymem(buf, NGX_SMARTFLOW_CACHE_RKEY,
-                   sizeof(NGX_SMARTFLOW_CACHE_RKEY) - 1);
+    p = ngx_sf_cpymem(buf, NGX_SMARTFLOW_CACHE_RKEY);
+    p = ngx_http_smartflow_cache_redis_tag(p, partition);
+    *p++ = ':';
     p = ngx_hex_dump(p, fp, NGX_SMARTFLOW_CACHE_FP);
 
     return p - buf;
+}
+
+
+/* the partition's tag in the key: no character SCAN's MATCH would read */
+static u_char *
+ngx_http_smartflow_cache_redis_tag(u_char *p, ngx_str_t *partition)
+{
+    u_char  digest[32];
+
+    if (ngx_smartflow_sha256(partition->data, partition->len, digest)
+        != NGX_OK)
+    {
+        ngx_memzero(digest, NGX_SMARTFLOW_CACHE_RTAG);
+    }
+
+    return ngx_hex_dump(p, digest, NGX_SMARTFLOW_CACHE_RTAG);
+}
+
+
+/*
+ * DELETE /api/metacache: the entries of the partitions given (all of them
+ * when there are none) go from Redis too.  SCAN walks the keyspace a
+ * batch at a time with MATCH on the partitions' tags, and each batch it
+ * returns is UNLINKed (freed by Redis in the background) while the next
+ * SCAN goes out on the same connection.  Neither nginx nor Redis waits
+ * on a long command: the worker goes on, and the request is answered when
+ * the last reply comes, with the count UNLINK gave, or, when Redis fails
+ * on the way, with what was flushed until then.  NGX_DECLINED: no Redis
+ * to flush.
+ */
+ngx_int_t
+ngx_http_smartflow_cache_redis_flush(ngx_http_request_t *r,
+    ngx_smartflow_cache_zone_t *z, ngx_str_t *tenant, ngx_str_t *parts,
+    ngx_uint_t nparts, ngx_uint_t local)
+{
+    u_char                            *p;
+    ngx_uint_t                         i;
+    ngx_pool_cleanup_t                *cln;
+    ngx_smartflow_redis_t             *rd;
+    ngx_http_smartflow_cache_flush_t  *fl;
+
+    rd = ngx_smartflow_redis_shared();
+
+    if (rd == NULL) {
+        return NGX_DECLINED;
+    }
+
+    if (!ngx_smartflow_redis_up(rd)) {
+        return ngx_http_smartflow_cache_api_flushed(r, z, local, 0,
+                                                    &rd->name,
+                                                    "is unreachable");
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    fl = ngx_calloc(sizeof(ngx_http_smartflow_cache_flush_t)
+                    + (tenant ? tenant->len : 0), r->connection->log);
+    if (fl == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (tenant) {
+        fl->tenant.data = (u_char *) (fl + 1);
+        fl->tenant.len = tenant->len;
+        ngx_memcpy(fl->tenant.data, tenant->data, tenant->len);
+    }
+
+    fl->r = r;
+    fl->zone = z;
+    fl->local = local;
+    fl->cln = cln;
+
+    if (nparts == 0) {
+        p = ngx_sf_cpymem(fl->patterns[0], NGX_SMARTFLOW_CACHE_RKEY "*");
+        fl->lens[0] = p - fl->patterns[0];
+        fl->npatterns = 1;
+
+    } else {
+        for (i = 0; i < nparts && i < 2; i++) {
+            p = ngx_sf_cpymem(fl->patterns[i], NGX_SMARTFLOW_CACHE_RKEY);
+            p = ngx_http_smartflow_cache_redis_tag(p, &parts[i]);
+            p = ngx_sf_cpymem(p, ":*");
+            fl->lens[i] = p - fl->patterns[i];
+        }
+
+        fl->npatterns = i;
+    }
+
+    if (ngx_http_smartflow_cache_redis_scan(rd, fl, (u_char *) "0", 1)
+        != NGX_OK)
+    {
+        ngx_free(fl);
+        return ngx_http_smartflow_cache_api_flushed(r, z, local, 0,
+                                                    &rd->name,
+                                                    "refused the command");
+    }
+
+    cln->handler = ngx_http_smartflow_cache_redis_flush_cleanup;
+    cln->data = fl;
+
+    r->main->count++;
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_cache_redis_scan(ngx_smartflow_redis_t *rd,
+    ngx_http_smartflow_cache_flush_t *fl, u_char *cursor, size_t len)
+{
+    size_t       lens[6];
+    const char  *argv[6];
+
+    argv[0] = "SCAN";
+    lens[0] = 4;
+    argv[1] = (char *) cursor;
+    lens[1] = len;
+    argv[2] = "MATCH";
+    lens[2] = 5;
+    argv[3] = (char *) fl->patterns[fl->pattern];
+    lens[3] = fl->lens[fl->pattern];
+    argv[4] = "COUNT";
+    lens[4] = 5;
+    argv[5] = NGX_SMARTFLOW_CACHE_SCAN_COUNT;
+    lens[5] = sizeof(NGX_SMARTFLOW_CACHE_SCAN_COUNT) - 1;
+
+    if (ngx_smartflow_redis_command(rd, ngx_http_smartflow_cache_redis_scanned,
+                                    fl, 6, argv, lens)
+        != NGX_OK)
+    {
+        return NGX_DECLINED;
+    }
+
+    fl->pending++;
+
+    return NGX_OK;
+}
+
+
+/* a batch of keys: UNLINKed, and the next SCAN sent behind it */
+static void
+ngx_http_smartflow_cache_redis_scanned(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data)
+{
+    ngx_http_smartflow_cache_flush_t *fl = data;
+
+    size_t       *lens;
+    ngx_uint_t    i, n;
+    redisReply   *cursor, *keys;
+    const char  **argv;
+
+    fl->pending--;
+
+    if (fl->why || fl->r == NULL) {
+        goto done;
+    }
+
+    if (ngx_http_smartflow_cache_redis_failed(fl, reply)) {
+        goto done;
+    }
+
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2
+        || reply->element[0]->type != REDIS_REPLY_STRING
+        || reply->element[1]->type != REDIS_REPLY_ARRAY)
+    {
+        fl->why = "answered SCAN with something else";
+        goto done;
+    }
+
+    cursor = reply->element[0];
+    keys = reply->element[1];
+    n = keys->elements;
+
+    if (n) {
+        /* hiredis writes the command out before the call returns */
+        argv = ngx_alloc((n + 1) * (sizeof(char *) + sizeof(size_t)),
+                         rd->log);
+        if (argv == NULL) {
+            fl->why = "could not be sent the keys (out of memory)";
+            goto done;
+        }
+
+        lens = (size_t *) &argv[n + 1];
+
+        argv[0] = "UNLINK";
+        lens[0] = 6;
+
+        for (i = 0; i < n; i++) {
+            argv[i + 1] = keys->element[i]->str;
+            lens[i + 1] = keys->element[i]->len;
+        }
+
+        if (ngx_smartflow_redis_command(rd,
+                                        ngx_http_smartflow_cache_redis_unlinked,
+                                        fl, n + 1, argv, lens)
+            != NGX_OK)
+        {
+            fl->why = "refused the command";
+            ngx_free(argv);
+            goto done;
+        }
+
+        ngx_free(argv);
+        fl->pending++;
+    }
+
+    if (cursor->len == 1 && cursor->str[0] == '0') {
+        if (++fl->pattern == fl->npatterns) {
+            fl->scanned = 1;
+            goto done;
+        }
+
+        if (ngx_http_smartflow_cache_redis_scan(rd, fl, (u_char *) "0", 1)
+            != NGX_OK)
+        {
+            fl->why = "refused the command";
+        }
+
+        goto done;
+    }
+
+    if (ngx_http_smartflow_cache_redis_scan(rd, fl, (u_char *) cursor->str,
+                                            cursor->len)
+        != NGX_OK)
+    {
+        fl->why = "refused the command";
+    }
+
+done:
+
+    ngx_http_smartflow_cache_redis_flushed(rd, fl);
+}
+
+
+static void
+ngx_http_smartflow_cache_redis_unlinked(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data)
+{
+    ngx_http_smartflow_cache_flush_t *fl = data;
+
+    fl->pending--;
+
+    if (!ngx_http_smartflow_cache_redis_failed(fl, reply)) {
+        if (reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
+            fl->flushed += (ngx_uint_t) reply->integer;
+        }
+    }
+
+    ngx_http_smartflow_cache_redis_flushed(rd, fl);
+}
+
+
+/* no answer, or an error: the flush stops there, with a reason */
+static ngx_uint_t
+ngx_http_smartflow_cache_redis_failed(ngx_http_smartflow_cache_flush_t *fl,
+    redisReply *reply)
+{
+    u_char  *p;
+    size_t   len;
+
+    if (reply == NULL) {
+        if (fl->why == NULL) {
+            fl->why = "did not answer";
+        }
+
+        return 1;
+    }
+
+    if (reply->type == REDIS_REPLY_ERROR) {
+        if (fl->why == NULL) {
+            len = ngx_min(reply->len, sizeof(fl->error) - 32);
+            *ngx_snprintf(fl->error, sizeof(fl->error) - 1,
+                          "refused the flush: %*s", len, reply->str)
+                = '\0';
+            fl->why = (char *) fl->error;
+
+            /* it goes into a JSON string */
+            for (p = fl->error; *p; p++) {
+                if (*p == '"' || *p == '\\' || *p < 0x20) {
+                    *p = ' ';
+                }
+            }
+        }
+
+        return 1;
+    }
+
+    return 0;
+}
+
+
+/* the last reply in: the request answered, the state freed */
+static void
+ngx_http_smartflow_cache_redis_flushed(ngx_smartflow_redis_t *rd,
+    ngx_http_smartflow_cache_flush_t *fl)
+{
+    ngx_int_t            rc;
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    if (fl->pending) {
+        return;
+    }
+
+    r = fl->r;
+
+    if (r == NULL) {
+        /* the request went while Redis was asked */
+        ngx_free(fl);
+        return;
+    }
+
+    if (fl->why == NULL && !fl->scanned) {
+        /* cannot happen: nothing pending, nothing more to ask */
+        fl->why = "stopped answering the scan";
+    }
+
+    fl->cln->handler = NULL;
+    c = r->connection;
+
+    if (fl->why == NULL) {
+        /* the other nodes flush their own zones too */
+        ngx_http_smartflow_cache_redis_tell(rd, fl);
+    }
+
+    rc = ngx_http_smartflow_cache_api_flushed(r, fl->zone, fl->local,
+                                              fl->flushed, &rd->name,
+                                              fl->why);
+    ngx_free(fl);
+
+    ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_http_smartflow_cache_redis_flush_cleanup(void *data)
+{
+    ngx_http_smartflow_cache_flush_t *fl = data;
+
+    fl->r = NULL;
+}
+
+
+/*
+ * A complete flush is told to the other nodes through a Redis stream per
+ * zone, "smartflow:cache-flushes:ZONE" (the tenant, empty for all, and
+ * the zone's own id, so that a node skips what it told itself); each
+ * node reads the stream about once a second and flushes its own zone the
+ * same way, so that what it kept (its own answers, its phase 3 hits) goes
+ * too.  The stream keeps its last 1,000 flushes.
+ */
+static void
+ngx_http_smartflow_cache_redis_tell(ngx_smartflow_redis_t *rd,
+    ngx_http_smartflow_cache_flush_t *fl)
+{
+    u_char       *key, origin[NGX_INT64_LEN];
+    size_t        lens[10];
+    const char   *argv[10];
+
+    key = ngx_alloc(sizeof(NGX_SMARTFLOW_CACHE_RFLUSHES) + fl->zone->name.len,
+                    rd->log);
+    if (key == NULL) {
+        return;
+    }
+
+    argv[0] = "XADD";
+    argv[1] = (char *) key;
+    lens[1] = ngx_sprintf(key, NGX_SMARTFLOW_CACHE_RFLUSHES "%V",
+                          &fl->zone->name)
+              - key;
+    argv[2] = "MAXLEN";
+    argv[3] = "~";
+    argv[4] = "1000";
+    argv[5] = "*";
+    argv[6] = "tenant";
+    argv[7] = (char *) fl->tenant.data;
+    lens[7] = fl->tenant.len;
+    argv[8] = "origin";
+    argv[9] = (char *) origin;
+    lens[9] = ngx_sprintf(origin, "%uL", fl->zone->sh->epoch) - origin;
+
+    lens[0] = 4;
+    lens[2] = 6;
+    lens[3] = 1;
+    lens[4] = 4;
+    lens[5] = 1;
+    lens[6] = 6;
+    lens[8] = 6;
+
+    if (argv[7] == NULL) {
+        argv[7] = "";
+    }
+
+    if (ngx_smartflow_redis_command(rd, ngx_http_smartflow_cache_redis_told,
+                                    NULL, 10, argv, lens)
+        != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "smartflow cache: redis %V refused to take the flush "
+                      "of zone \"%V\" for the other nodes", &rd->name,
+                      &fl->zone->name);
+    }
+
+    ngx_free(key);
+}
+
+
+static void
+ngx_http_smartflow_cache_redis_told(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data)
+{
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "smartflow cache: redis %V did not take a flush for "
+                      "the other nodes: %*s", &rd->name,
+                      reply ? (size_t) reply->len : 14,
+                      reply ? reply->str : "no answer");
+    }
+}
+
+
+/* in each worker with smartflow_redis: the poll of the flushes told */
+void
+ngx_http_smartflow_cache_redis_watch(ngx_cycle_t *cycle)
+{
+    ngx_http_smartflow_cache_main_conf_t  *cmcf;
+
+    cmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                           ngx_http_smartflow_cache_module);
+
+    if (cmcf == NULL || cmcf->zones.nelts == 0
+        || ngx_smartflow_redis_shared() == NULL)
+    {
+        return;
+    }
+
+    ngx_http_smartflow_cache_watched = &cmcf->zones;
+
+    /* a timer's data is read as a connection when debug logging */
+    ngx_http_smartflow_cache_watch_conn.fd = (ngx_socket_t) -1;
+
+    ngx_http_smartflow_cache_watch_ev.handler =
+                                        ngx_http_smartflow_cache_redis_poll;
+    ngx_http_smartflow_cache_watch_ev.data =
+                                        &ngx_http_smartflow_cache_watch_conn;
+    ngx_http_smartflow_cache_watch_ev.log = cycle->log;
+    ngx_http_smartflow_cache_watch_ev.cancelable = 1;
+
+    ngx_add_timer(&ngx_http_smartflow_cache_watch_ev,
+                  NGX_SMARTFLOW_CACHE_POLL);
+}
+
+
+/* one worker of the node reads each zone's stream, about once a second */
+static void
+ngx_http_smartflow_cache_redis_poll(ngx_event_t *ev)
+{
+    u_char                       *key, last[48];
+    size_t                        lens[6];
+    ngx_msec_t                    now;
+    ngx_uint_t                    i;
+    ngx_atomic_uint_t             next;
+    const char                   *argv[6];
+    ngx_smartflow_redis_t        *rd;
+    ngx_smartflow_cache_zone_t  **zp, *z;
+
+    if (ngx_exiting || ngx_terminate || ngx_quit) {
+        return;
+    }
+
+    ngx_add_timer(ev, NGX_SMARTFLOW_CACHE_POLL);
+
+    rd = ngx_smartflow_redis_shared();
+
+    if (rd == NULL || !ngx_smartflow_redis_up(rd)) {
+        return;
+    }
+
+    now = ngx_current_msec;
+    zp = ngx_http_smartflow_cache_watched->elts;
+
+    for (i = 0; i < ngx_http_smartflow_cache_watched->nelts; i++) {
+        z = zp[i];
+        next = z->sh->flush_poll;
+
+        if ((ngx_msec_int_t) (now - next) < 0
+            || !ngx_atomic_cmp_set(&z->sh->flush_poll, next,
+                                   now + NGX_SMARTFLOW_CACHE_POLL - 50))
+        {
+            /* another worker reads it this time */
+            continue;
+        }
+
+        key = ngx_alloc(sizeof(NGX_SMARTFLOW_CACHE_RFLUSHES) + z->name.len,
+                        ev->log);
+        if (key == NULL) {
+            return;
+        }
+
+        ngx_shmtx_lock(&z->shpool->mutex);
+        ngx_memcpy(last, z->sh->flush_last, sizeof(last));
+        ngx_shmtx_unlock(&z->shpool->mutex);
+
+        argv[0] = "XREAD";
+        lens[0] = 5;
+        argv[1] = "COUNT";
+        lens[1] = 5;
+        argv[2] = "100";
+        lens[2] = 3;
+        argv[3] = "STREAMS";
+        lens[3] = 7;
+        argv[4] = (char *) key;
+        lens[4] = ngx_sprintf(key, NGX_SMARTFLOW_CACHE_RFLUSHES "%V",
+                              &z->name)
+                  - key;
+        argv[5] = (char *) last;
+        lens[5] = ngx_strlen(last);
+
+        (void) ngx_smartflow_redis_command(rd,
+                                           ngx_http_smartflow_cache_redis_polled,
+                                           z, 6, argv, lens);
+        ngx_free(key);
+    }
+}
+
+
+/* XREAD's answer: nil, or [[key, [[id, [field, value, ...]], ...]]] */
+static void
+ngx_http_smartflow_cache_redis_polled(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data)
+{
+    ngx_smartflow_cache_zone_t *z = data;
+
+    ngx_uint_t   i;
+    redisReply  *entries, *id;
+
+    if (reply == NULL || reply->type == REDIS_REPLY_NIL) {
+        return;
+    }
+
+    if (reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "smartflow cache: redis %V refused XREAD: %*s",
+                      &rd->name, (size_t) reply->len, reply->str);
+        return;
+    }
+
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 1
+        || reply->element[0]->type != REDIS_REPLY_ARRAY
+        || reply->element[0]->elements != 2
+        || reply->element[0]->element[1]->type != REDIS_REPLY_ARRAY)
+    {
+        return;
+    }
+
+    entries = reply->element[0]->element[1];
+
+    for (i = 0; i < entries->elements; i++) {
+        if (entries->element[i]->type != REDIS_REPLY_ARRAY
+            || entries->element[i]->elements != 2)
+        {
+            return;
+        }
+
+        id = entries->element[i]->element[0];
+
+        if (id->type != REDIS_REPLY_STRING || id->len >= 48) {
+            return;
+        }
+
+        ngx_http_smartflow_cache_redis_apply(z, rd->log,
+                                             entries->element[i]->element[1]);
+
+        ngx_shmtx_lock(&z->shpool->mutex);
+        *ngx_cpymem(z->sh->flush_last, id->str, id->len) = '\0';
+        ngx_shmtx_unlock(&z->shpool->mutex);
+    }
+}
+
+
+/* a flush another node told: its tenant's entries go from this zone */
+static void
+ngx_http_smartflow_cache_redis_apply(ngx_smartflow_cache_zone_t *z,
+    ngx_log_t *log, redisReply *fields)
+{
+    u_char      *p, origin[NGX_INT64_LEN];
+    size_t       len;
+    ngx_str_t    tenant, part;
+    ngx_uint_t   i, n, mine;
+    redisReply  *f, *v;
+
+    if (fields->type != REDIS_REPLY_ARRAY) {
+        return;
+    }
+
+    ngx_str_null(&tenant);
+    mine = 0;
+    len = ngx_sprintf(origin, "%uL", z->sh->epoch) - origin;
+
+    for (i = 0; i + 1 < fields->elements; i += 2) {
+        f = fields->element[i];
+        v = fields->element[i + 1];
+
+        if (f->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) {
+            return;
+        }
+
+        if (f->len == 6 && ngx_strncmp(f->str, "tenant", 6) == 0) {
+            tenant.data = (u_char *) v->str;
+            tenant.len = v->len;
+
+        } else if (f->len == 6 && ngx_strncmp(f->str, "origin", 6) == 0) {
+            mine = (v->len == len && ngx_strncmp(v->str, origin, len) == 0);
+        }
+    }
+
+    if (mine || tenant.len > 256) {
+        return;
+    }
+
+    if (tenant.len == 0) {
+        n = ngx_smartflow_cache_flush(z, NULL);
+
+    } else {
+        p = ngx_alloc(tenant.len + 8, log);
+        if (p == NULL) {
+            return;
+        }
+
+        part.data = p;
+        part.len = ngx_sprintf(p, "team:%V", &tenant) - p;
+        n = ngx_smartflow_cache_flush(z, &part);
+
+        part.len = ngx_sprintf(p, "key:%V", &tenant) - p;
+        n += ngx_smartflow_cache_flush(z, &part);
+
+        ngx_free(p);
+    }
+
+    ngx_log_error(NGX_LOG_NOTICE, log, 0,
+                  "smartflow cache: flushed %ui entries of zone \"%V\" "
+                  "(%s%V) as another node did", n, &z->name,
+                  tenant.len ? "tenant " : "every tenant", &tenant);
 }

@@ -41,6 +41,7 @@ ngx_smartflow_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     size_t                        len, nb;
     uint32_t                      i;
+    ngx_time_t                   *tp;
     ngx_smartflow_cache_zone_t   *z;
     ngx_smartflow_cache_shctx_t  *sh;
 
@@ -119,6 +120,10 @@ ngx_smartflow_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     sh->free = 0;
     sh->epoch = ((uint64_t) ngx_time() << 20) ^ (uint64_t) ngx_pid
                 ^ ((uint64_t) ngx_random() << 32);
+
+    /* flushes told by other nodes count from now on */
+    tp = ngx_timeofday();
+    ngx_sprintf(sh->flush_last, "%T%03M-0%Z", tp->sec, tp->msec);
 
     len = sizeof(" in smartflow cache zone \"\"") + shm_zone->shm.name.len;
 

@@ -27,7 +27,8 @@ typedef struct {
 
 static ngx_int_t ngx_smartflow_cache_emit(ngx_smartflow_cache_text_t *t,
     u_char **buf, u_char *p, size_t len, ngx_uint_t cap);
-static void ngx_smartflow_cache_classify(ngx_smartflow_cache_tok_t *tk);
+static void ngx_smartflow_cache_classify(ngx_smartflow_cache_tok_t *tk,
+    ngx_int_t w);
 static void ngx_smartflow_cache_words_init(void);
 static void ngx_smartflow_cache_words_add(char *w, ngx_uint_t what,
     ngx_int_t map);
@@ -377,7 +378,7 @@ ngx_smartflow_cache_emit(ngx_smartflow_cache_text_t *t, u_char **buf,
 {
     u_char                     *d;
     size_t                      i;
-    ngx_int_t                   map;
+    ngx_int_t                   map, w;
     ngx_smartflow_cache_map_t  *m;
     ngx_smartflow_cache_tok_t  *tk;
 
@@ -392,11 +393,16 @@ ngx_smartflow_cache_emit(ngx_smartflow_cache_text_t *t, u_char **buf,
         d[i] = (p[i] >= 'A' && p[i] <= 'Z') ? (p[i] | 0x20) : p[i];
     }
 
-    if (ngx_smartflow_cache_word(d, len, &map) & NGX_SF_WORD_SPELLING) {
+    w = ngx_smartflow_cache_word(d, len, &map);
+
+    if (w & NGX_SF_WORD_SPELLING) {
         m = &ngx_smartflow_cache_spellings[map];
         len = ngx_strlen(m->to);
         ngx_memcpy(d, m->to, len);
         cap = 0;
+
+        /* the word is another now */
+        w = -1;
     }
 
     tk = &t->tok[t->n++];
@@ -406,7 +412,7 @@ ngx_smartflow_cache_emit(ngx_smartflow_cache_text_t *t, u_char **buf,
     tk->len = len;
     tk->cap = cap;
 
-    ngx_smartflow_cache_classify(tk);
+    ngx_smartflow_cache_classify(tk, w);
 
     *buf = d + len;
 
@@ -414,13 +420,13 @@ ngx_smartflow_cache_emit(ngx_smartflow_cache_text_t *t, u_char **buf,
 }
 
 
+/* w: the word's classes as the lookup of its text gave them, -1: none */
 static void
-ngx_smartflow_cache_classify(ngx_smartflow_cache_tok_t *tk)
+ngx_smartflow_cache_classify(ngx_smartflow_cache_tok_t *tk, ngx_int_t w)
 {
     u_char     *d;
     size_t      len;
     ngx_int_t   map;
-    ngx_uint_t  w;
 
     d = tk->data;
     len = tk->len;
@@ -440,7 +446,9 @@ ngx_smartflow_cache_classify(ngx_smartflow_cache_tok_t *tk)
         tk->stem = len - 1;
     }
 
-    w = ngx_smartflow_cache_word(d, len, &map);
+    if (w < 0) {
+        w = ngx_smartflow_cache_word(d, len, &map);
+    }
 
     tk->stop = (w & NGX_SF_WORD_STOP) != 0;
     tk->neg = (w & NGX_SF_WORD_NEG) != 0;
@@ -700,13 +708,138 @@ ngx_smartflow_cache_embed(ngx_smartflow_cache_text_t *t, float *v)
 }
 
 
+/*
+ * The signature: for each of the 64 hash functions, the least value it
+ * gives any shingle.  Function k of shingle hash h is the low 32 bits of
+ * x ^ (x >> 31), x = (h ^ K * (k + 1)) * M (mod 2^64).  The shingles'
+ * hashes are gathered first, then run through the 64 functions: 4 at a
+ * time with AVX2 where the CPU has it, one at a time elsewhere; both give
+ * the same values.
+ */
+
+#define NGX_SMARTFLOW_CACHE_MH_K     0x9e3779b97f4a7c15ULL
+#define NGX_SMARTFLOW_CACHE_MH_M     0xbf58476d1ce4e5b9ULL
+#define NGX_SMARTFLOW_CACHE_MH_BATCH 64
+
+
+static void
+ngx_smartflow_cache_minhash_mix(uint64_t *h, ngx_uint_t n, uint32_t *sig)
+{
+    uint32_t    v;
+    uint64_t    x, c;
+    ngx_uint_t  i, k;
+
+    for (k = 0; k < NGX_SMARTFLOW_CACHE_MINHASH; k++) {
+        c = NGX_SMARTFLOW_CACHE_MH_K * (k + 1);
+        v = sig[k];
+
+        for (i = 0; i < n; i++) {
+            x = (h[i] ^ c) * NGX_SMARTFLOW_CACHE_MH_M;
+            x ^= x >> 31;
+            v = ngx_min(v, (uint32_t) x);
+        }
+
+        sig[k] = v;
+    }
+}
+
+
+#if (defined __x86_64__ && defined __GNUC__)
+
+#include <immintrin.h>
+
+
+static ngx_int_t  ngx_smartflow_cache_avx2 = -1;
+
+
+/* a * m mod 2^64 in each 64-bit lane: AVX2 multiplies 32 by 32 bits */
+#define ngx_smartflow_cache_mul64(a, mlo, mhi)                               \
+    _mm256_add_epi64(_mm256_mul_epu32(a, mlo),                               \
+        _mm256_slli_epi64(                                                   \
+            _mm256_add_epi64(_mm256_mul_epu32(_mm256_srli_epi64(a, 32), mlo), \
+                             _mm256_mul_epu32(a, mhi)), 32))
+
+
+__attribute__((target("avx2")))
+static void
+ngx_smartflow_cache_minhash_mix_avx2(uint64_t *h, ngx_uint_t n,
+    uint32_t *sig)
+{
+    uint32_t    out[8];
+    __m256i     mlo, mhi, hv, x, c[NGX_SMARTFLOW_CACHE_MINHASH / 4];
+    __m256i     acc[NGX_SMARTFLOW_CACHE_MINHASH / 4];
+    ngx_uint_t  i, k;
+
+    mlo = _mm256_set1_epi64x(NGX_SMARTFLOW_CACHE_MH_M & 0xffffffff);
+    mhi = _mm256_set1_epi64x(NGX_SMARTFLOW_CACHE_MH_M >> 32);
+
+    /*
+     * the accumulators hold each function's least value in the low half
+     * of its 64-bit lane; the high halves take minima nobody reads
+     */
+    for (k = 0; k < NGX_SMARTFLOW_CACHE_MINHASH / 4; k++) {
+        c[k] = _mm256_set_epi64x(NGX_SMARTFLOW_CACHE_MH_K * (4 * k + 4),
+                                 NGX_SMARTFLOW_CACHE_MH_K * (4 * k + 3),
+                                 NGX_SMARTFLOW_CACHE_MH_K * (4 * k + 2),
+                                 NGX_SMARTFLOW_CACHE_MH_K * (4 * k + 1));
+        acc[k] = _mm256_set_epi32(-1, (int) sig[4 * k + 3],
+                                  -1, (int) sig[4 * k + 2],
+                                  -1, (int) sig[4 * k + 1],
+                                  -1, (int) sig[4 * k]);
+    }
+
+    for (i = 0; i < n; i++) {
+        hv = _mm256_set1_epi64x((long long) h[i]);
+
+        for (k = 0; k < NGX_SMARTFLOW_CACHE_MINHASH / 4; k++) {
+            x = _mm256_xor_si256(hv, c[k]);
+            x = ngx_smartflow_cache_mul64(x, mlo, mhi);
+            x = _mm256_xor_si256(x, _mm256_srli_epi64(x, 31));
+            acc[k] = _mm256_min_epu32(acc[k], x);
+        }
+    }
+
+    for (k = 0; k < NGX_SMARTFLOW_CACHE_MINHASH / 4; k++) {
+        _mm256_storeu_si256((__m256i *) out, acc[k]);
+
+        sig[4 * k] = out[0];
+        sig[4 * k + 1] = out[2];
+        sig[4 * k + 2] = out[4];
+        sig[4 * k + 3] = out[6];
+    }
+}
+
+#endif
+
+
+static void
+ngx_smartflow_cache_minhash_add(uint64_t *h, ngx_uint_t n, uint32_t *sig)
+{
+#if (defined __x86_64__ && defined __GNUC__)
+
+    if (ngx_smartflow_cache_avx2 == -1) {
+        __builtin_cpu_init();
+        ngx_smartflow_cache_avx2 = __builtin_cpu_supports("avx2") ? 1 : 0;
+    }
+
+    if (ngx_smartflow_cache_avx2) {
+        ngx_smartflow_cache_minhash_mix_avx2(h, n, sig);
+        return;
+    }
+
+#endif
+
+    ngx_smartflow_cache_minhash_mix(h, n, sig);
+}
+
+
 void
 ngx_smartflow_cache_minhash(ngx_smartflow_cache_text_t *t, uint32_t *sig)
 {
     u_char                     gram[512];
     size_t                     len;
-    uint64_t                   h, x;
-    ngx_uint_t                 i, j, k, any;
+    uint64_t                   h[NGX_SMARTFLOW_CACHE_MH_BATCH];
+    ngx_uint_t                 i, j, k, n, any;
     ngx_smartflow_cache_tok_t *tk, *next;
 
     for (k = 0; k < NGX_SMARTFLOW_CACHE_MINHASH; k++) {
@@ -714,6 +847,7 @@ ngx_smartflow_cache_minhash(ngx_smartflow_cache_text_t *t, uint32_t *sig)
     }
 
     any = 0;
+    n = 0;
 
     for (j = 0; j < t->n; j++) {
         tk = &t->tok[j];
@@ -730,35 +864,25 @@ ngx_smartflow_cache_minhash(ngx_smartflow_cache_text_t *t, uint32_t *sig)
         }
 
         /* the shingles: each content word, and it with the next one */
-        for (i = 0; i < 2; i++) {
-            if (i == 0) {
-                h = ngx_smartflow_cache_hash(tk->data, tk->stem, 4);
+        h[n++] = ngx_smartflow_cache_hash(tk->data, tk->stem, 4);
 
-            } else {
-                if (next == NULL
-                    || tk->stem + next->stem + 1 > sizeof(gram))
-                {
-                    break;
-                }
-
-                len = ngx_cpymem(gram, tk->data, tk->stem) - gram;
-                gram[len++] = ' ';
-                len = ngx_cpymem(gram + len, next->data, next->stem) - gram;
-                h = ngx_smartflow_cache_hash(gram, len, 5);
-            }
-
-            any = 1;
-
-            for (k = 0; k < NGX_SMARTFLOW_CACHE_MINHASH; k++) {
-                x = (h ^ (0x9e3779b97f4a7c15ULL * (k + 1)))
-                    * 0xbf58476d1ce4e5b9ULL;
-                x ^= x >> 31;
-
-                if ((uint32_t) x < sig[k]) {
-                    sig[k] = (uint32_t) x;
-                }
-            }
+        if (next && tk->stem + next->stem + 1 <= sizeof(gram)) {
+            len = ngx_cpymem(gram, tk->data, tk->stem) - gram;
+            gram[len++] = ' ';
+            len = ngx_cpymem(gram + len, next->data, next->stem) - gram;
+            h[n++] = ngx_smartflow_cache_hash(gram, len, 5);
         }
+
+        any = 1;
+
+        if (n + 2 > NGX_SMARTFLOW_CACHE_MH_BATCH) {
+            ngx_smartflow_cache_minhash_add(h, n, sig);
+            n = 0;
+        }
+    }
+
+    if (n) {
+        ngx_smartflow_cache_minhash_add(h, n, sig);
     }
 
     if (!any) {

@@ -38,7 +38,12 @@ static u_char *ngx_http_smartflow_keys_usd(ngx_http_request_t *r,
 static ngx_int_t ngx_http_smartflow_keys_log_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_smartflow_keys_header_filter(ngx_http_request_t *r);
 static ngx_int_t ngx_http_smartflow_keys_add_header(ngx_http_request_t *r,
-    char *key, u_char *value, u_char *last);
+    u_char *key, size_t len, u_char **p, uint64_t n, ngx_uint_t seconds);
+static u_char *ngx_http_smartflow_keys_uint(u_char *p, uint64_t n);
+
+#define ngx_sf_keys_header(r, key, p, n, seconds)                            \
+    ngx_http_smartflow_keys_add_header(r, (u_char *) key, sizeof(key) - 1,   \
+                                       p, n, seconds)
 
 
 static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
@@ -167,7 +172,7 @@ ngx_http_smartflow_virtual_key(ngx_http_request_t *r,
     u_char                          *p;
     time_t                           now, expired;
     uint64_t                         now_ms, used;
-    ngx_uint_t                       revoked;
+    ngx_uint_t                       revoked, threshold;
     ngx_smartflow_key_t             *k;
     ngx_http_smartflow_vkey_t       *vkey;
     ngx_smartflow_key_secret_t      *s;
@@ -186,6 +191,7 @@ ngx_http_smartflow_virtual_key(ngx_http_request_t *r,
     now_ms = ngx_smartflow_keys_now_ms();
     revoked = 0;
     expired = 0;
+    threshold = 0;
     vkey = NULL;
     used = 0;
 
@@ -227,6 +233,7 @@ ngx_http_smartflow_virtual_key(ngx_http_request_t *r,
 
     } else {
         vkey = ngx_http_smartflow_keys_copy(r, k);
+        threshold = k->cache_threshold;
 
         ngx_smartflow_keys_roll(k, now, now_ms);
 
@@ -282,13 +289,15 @@ ngx_http_smartflow_virtual_key(ngx_http_request_t *r,
 
     ctx->vkey = vkey;
     ctx->team = vkey->team;
+    ctx->cache_threshold = threshold;
 
     ctx->key_id.data = ngx_pnalloc(r->pool, sizeof("vk_") + NGX_INT_T_LEN);
     if (ctx->key_id.data == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    ctx->key_id.len = ngx_sprintf(ctx->key_id.data, "vk_%ui", vkey->id)
+    p = ngx_cpymem(ctx->key_id.data, "vk_", 3);
+    ctx->key_id.len = ngx_http_smartflow_keys_uint(p, vkey->id)
                       - ctx->key_id.data;
 
     if (ctx->api == NGX_HTTP_SMARTFLOW_API_ADMIN_KEYS) {
@@ -503,6 +512,10 @@ ngx_http_smartflow_keys_stage(ngx_http_request_t *r,
 
         if (rc == NGX_OK) {
             /* Redis decided, for every node */
+            if (v->done == NGX_SMARTFLOW_VERDICT_OK) {
+                return NGX_DECLINED;
+            }
+
             period = NGX_SMARTFLOW_PERIOD_TOTAL;
 
             ngx_shmtx_lock(&kz->shpool->mutex);
@@ -817,7 +830,8 @@ ngx_http_smartflow_keys_log_handler(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_smartflow_keys_header_filter(ngx_http_request_t *r)
 {
-    u_char                         *p, *v;
+    u_char                         *p;
+    uint64_t                        reset;
     ngx_uint_t                      i;
     ngx_list_part_t                *part;
     ngx_table_elt_t                *h;
@@ -874,84 +888,46 @@ ngx_http_smartflow_keys_header_filter(ngx_http_request_t *r)
         return NGX_ERROR;
     }
 
-    if (vkey->rpm != NGX_HTTP_SMARTFLOW_UNLIMITED) {
-        v = p;
-        p = ngx_sprintf(p, "%uL", vkey->rpm);
+    reset = (vkey->reset + 999) / 1000;
 
-        if (ngx_http_smartflow_keys_add_header(r,
-                "x-ratelimit-limit-requests", v, p) != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
-        v = p;
-        p = ngx_sprintf(p, "%uL", vkey->requests_left);
-
-        if (ngx_http_smartflow_keys_add_header(r,
-                "x-ratelimit-remaining-requests", v, p) != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
-        v = p;
-        p = ngx_sprintf(p, "%Ms", (vkey->reset + 999) / 1000);
-
-        if (ngx_http_smartflow_keys_add_header(r,
-                "x-ratelimit-reset-requests", v, p) != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-    }
-
-    if (vkey->tpm != NGX_HTTP_SMARTFLOW_UNLIMITED) {
-        v = p;
-        p = ngx_sprintf(p, "%uL", vkey->tpm);
-
-        if (ngx_http_smartflow_keys_add_header(r,
-                "x-ratelimit-limit-tokens", v, p) != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
-        v = p;
-        p = ngx_sprintf(p, "%uL", vkey->tokens_left);
-
-        if (ngx_http_smartflow_keys_add_header(r,
-                "x-ratelimit-remaining-tokens", v, p) != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
-        v = p;
-        p = ngx_sprintf(p, "%Ms", (vkey->reset + 999) / 1000);
-
-        if (ngx_http_smartflow_keys_add_header(r,
-                "x-ratelimit-reset-tokens", v, p) != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-    }
-
-    if (vkey->retry_after && r->headers_out.status
-                             == NGX_HTTP_TOO_MANY_REQUESTS)
+    if (vkey->rpm != NGX_HTTP_SMARTFLOW_UNLIMITED
+        && (ngx_sf_keys_header(r, "x-ratelimit-limit-requests", &p,
+                               vkey->rpm, 0) != NGX_OK
+            || ngx_sf_keys_header(r, "x-ratelimit-remaining-requests", &p,
+                                  vkey->requests_left, 0) != NGX_OK
+            || ngx_sf_keys_header(r, "x-ratelimit-reset-requests", &p,
+                                  reset, 1) != NGX_OK))
     {
-        v = p;
-        p = ngx_sprintf(p, "%T", vkey->retry_after);
+        return NGX_ERROR;
+    }
 
-        if (ngx_http_smartflow_keys_add_header(r, "Retry-After", v, p)
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
+    if (vkey->tpm != NGX_HTTP_SMARTFLOW_UNLIMITED
+        && (ngx_sf_keys_header(r, "x-ratelimit-limit-tokens", &p,
+                               vkey->tpm, 0) != NGX_OK
+            || ngx_sf_keys_header(r, "x-ratelimit-remaining-tokens", &p,
+                                  vkey->tokens_left, 0) != NGX_OK
+            || ngx_sf_keys_header(r, "x-ratelimit-reset-tokens", &p,
+                                  reset, 1) != NGX_OK))
+    {
+        return NGX_ERROR;
+    }
+
+    if (vkey->retry_after
+        && r->headers_out.status == NGX_HTTP_TOO_MANY_REQUESTS
+        && ngx_sf_keys_header(r, "Retry-After", &p,
+                              (uint64_t) vkey->retry_after, 0) != NGX_OK)
+    {
+        return NGX_ERROR;
     }
 
     return ngx_http_next_header_filter(r);
 }
 
 
+/* a header of a number (and "s" for seconds) written at *p */
 static ngx_int_t
-ngx_http_smartflow_keys_add_header(ngx_http_request_t *r, char *key,
-    u_char *value, u_char *last)
+ngx_http_smartflow_keys_add_header(ngx_http_request_t *r, u_char *key,
+    size_t len, u_char **p, uint64_t n, ngx_uint_t seconds)
 {
     ngx_table_elt_t  *h;
 
@@ -961,12 +937,37 @@ ngx_http_smartflow_keys_add_header(ngx_http_request_t *r, char *key,
     }
 
     h->hash = 1;
-    h->key.data = (u_char *) key;
-    h->key.len = ngx_strlen(key);
-    h->value.data = value;
-    h->value.len = last - value;
+    h->key.data = key;
+    h->key.len = len;
+    h->value.data = *p;
+
+    *p = ngx_http_smartflow_keys_uint(*p, n);
+
+    if (seconds) {
+        *(*p)++ = 's';
+    }
+
+    h->value.len = *p - h->value.data;
 
     return NGX_OK;
+}
+
+
+/* a number in decimal: ngx_sprintf() parses its format every time */
+static u_char *
+ngx_http_smartflow_keys_uint(u_char *p, uint64_t n)
+{
+    u_char  *d;
+    u_char   buf[NGX_INT64_LEN];
+
+    d = buf + sizeof(buf);
+
+    do {
+        *--d = (u_char) ('0' + n % 10);
+        n /= 10;
+    } while (n);
+
+    return ngx_cpymem(p, d, buf + sizeof(buf) - d);
 }
 
 

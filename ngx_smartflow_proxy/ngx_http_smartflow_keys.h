@@ -70,6 +70,7 @@ struct ngx_smartflow_key_s {
     uint64_t                    tpm;
     uint64_t                    budget;     /* micro-USD */
     ngx_uint_t                  period;
+    ngx_uint_t                  cache_threshold;    /* per mille, 0: none */
     time_t                      expires;    /* 0: never */
     time_t                      created;
     time_t                      revoked;    /* 0: in use */
@@ -158,6 +159,7 @@ typedef struct {
 #define NGX_SMARTFLOW_KEY_EXPIRES   0x0100
 #define NGX_SMARTFLOW_KEY_POLICY    0x0200
 #define NGX_SMARTFLOW_KEY_METADATA  0x0400
+#define NGX_SMARTFLOW_KEY_CACHE     0x0800
 
 #define NGX_SMARTFLOW_KEY_STRINGS                                            \
     (NGX_SMARTFLOW_KEY_NAME|NGX_SMARTFLOW_KEY_TEAM|NGX_SMARTFLOW_KEY_USER    \
@@ -177,6 +179,7 @@ typedef struct {
     uint64_t                    tpm;
     uint64_t                    budget;
     ngx_uint_t                  period;
+    ngx_uint_t                  cache_threshold;
     time_t                      expires;
 } ngx_smartflow_key_spec_t;
 
@@ -232,6 +235,7 @@ ngx_int_t ngx_http_smartflow_keys_redis_waiting(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx);
 ngx_int_t ngx_http_smartflow_keys_redis_pull(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx);
+ngx_int_t ngx_http_smartflow_keys_redis_pull_api(ngx_http_request_t *r);
 ngx_int_t ngx_http_smartflow_keys_redis_down(
     ngx_http_smartflow_keys_zone_t *kz);
 ngx_int_t ngx_http_smartflow_keys_redis_unavailable(ngx_http_request_t *r);
@@ -274,6 +278,7 @@ void ngx_smartflow_out_uint(ngx_smartflow_out_t *o, uint64_t n);
 void ngx_smartflow_out_limit(ngx_smartflow_out_t *o, uint64_t n);
 void ngx_smartflow_out_money(ngx_smartflow_out_t *o, uint64_t micro);
 void ngx_smartflow_out_hex(ngx_smartflow_out_t *o, u_char *p, size_t len);
+void ngx_smartflow_out_fraction(ngx_smartflow_out_t *o, ngx_uint_t permille);
 
 #define NGX_SMARTFLOW_RFC3339_LEN  (sizeof("1970-01-01T00:00:00Z") - 1)
 

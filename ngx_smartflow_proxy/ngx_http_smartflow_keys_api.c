@@ -38,7 +38,8 @@ typedef enum {
     NGX_SF_FIELD_MONEY,
     NGX_SF_FIELD_PERIOD,
     NGX_SF_FIELD_TIME,
-    NGX_SF_FIELD_OBJECT
+    NGX_SF_FIELD_OBJECT,
+    NGX_SF_FIELD_FRACTION
 } ngx_http_smartflow_keys_kind_e;
 
 
@@ -107,6 +108,7 @@ static ngx_http_smartflow_keys_field_t  ngx_http_smartflow_keys_fields[] = {
     { "policy_group", NGX_SMARTFLOW_KEY_POLICY, NGX_SF_FIELD_STR,
       ngx_sf_spec_off(policy_group) },
     { "metadata", NGX_SMARTFLOW_KEY_METADATA, NGX_SF_FIELD_OBJECT, 0 },
+    { "cache_threshold", NGX_SMARTFLOW_KEY_CACHE, NGX_SF_FIELD_FRACTION, 0 },
     { NULL, 0, 0, 0 }
 };
 
@@ -442,6 +444,10 @@ ngx_http_smartflow_keys_field(ngx_http_request_t *r,
             spec->nmodels = 0;
             break;
 
+        case NGX_SF_FIELD_FRACTION:
+            spec->cache_threshold = 0;
+            break;
+
         default: /* NGX_SF_FIELD_TIME */
             spec->expires = 0;
             break;
@@ -572,6 +578,24 @@ ngx_http_smartflow_keys_field(ngx_http_request_t *r,
                    "'%V' must be unix seconds or an RFC 3339 time such as "
                    "\"2030-01-31T12:00:00Z\".", &name);
 
+    case NGX_SF_FIELD_FRACTION:
+        /* the cache's phase 4 similarity: as smartflow_cache_similarity */
+        if (j->type != NGX_SMARTFLOW_JSON_NUMBER) {
+            return ngx_http_smartflow_keys_bad(r, "invalid_type", &name,
+                       "'%V' must be a number or null.", &name);
+        }
+
+        rc = ngx_atofp(j->str.data, j->str.len, 3);
+
+        if (rc == NGX_ERROR || rc < 1 || rc > 1000) {
+            return ngx_http_smartflow_keys_bad(r, "invalid_value", &name,
+                       "'%V' must be a similarity above 0 and at most 1, "
+                       "with at most 3 decimals (0.85).", &name);
+        }
+
+        spec->cache_threshold = (ngx_uint_t) rc;
+        return NGX_OK;
+
     default: /* NGX_SF_FIELD_OBJECT */
         if (j->type != NGX_SMARTFLOW_JSON_OBJECT) {
             return ngx_http_smartflow_keys_bad(r, "invalid_type", &name,
@@ -637,6 +661,10 @@ ngx_http_smartflow_keys_apply(ngx_smartflow_key_t *k,
 
     if (spec->set & NGX_SMARTFLOW_KEY_EXPIRES) {
         k->expires = spec->expires;
+    }
+
+    if (spec->set & NGX_SMARTFLOW_KEY_CACHE) {
+        k->cache_threshold = spec->cache_threshold;
     }
 
     if ((spec->set & NGX_SMARTFLOW_KEY_PERIOD) && spec->period != k->period)
@@ -1268,6 +1296,8 @@ ngx_http_smartflow_keys_json(ngx_smartflow_out_t *o, ngx_smartflow_key_t *k,
                                           : NGX_HTTP_SMARTFLOW_UNLIMITED);
     ngx_sf_out_lit(o, ",\"policy_group\":");
     ngx_smartflow_out_str(o, &k->policy_group);
+    ngx_sf_out_lit(o, ",\"cache_threshold\":");
+    ngx_smartflow_out_fraction(o, k->cache_threshold);
     ngx_sf_out_lit(o, ",\"metadata\":");
 
     if (k->metadata.data) {
@@ -1378,6 +1408,11 @@ ngx_http_smartflow_keys_usage(ngx_smartflow_out_t *o, ngx_smartflow_key_t *k,
 static ngx_int_t
 ngx_http_smartflow_keys_not_found(ngx_http_request_t *r, ngx_uint_t id)
 {
+    /* with Redis, made on another node a moment ago? */
+    if (ngx_http_smartflow_keys_redis_pull_api(r) == NGX_DONE) {
+        return NGX_DONE;
+    }
+
     return ngx_http_smartflow_error(r, NGX_HTTP_NOT_FOUND,
                "invalid_request_error", "key_not_found", NULL,
                "No virtual key vk_%ui.", id);

@@ -18,6 +18,10 @@
  * tokens per minute, budget) in the key's counters hash sf:vk:c:ID, and
  * another settles the actual usage after it, both atomic in Redis and
  * timed by Redis's clock, so racing nodes see each other's reservations.
+ * For a busy key the reservation may also lease room for more requests
+ * like it (at most a sixteenth of what each limit has left): the worker
+ * serves them without a round trip and gives back what it did not use
+ * with the settlements, gathered every few milliseconds.
  *
  * Redis away: fail=open serves from the zone and counts what it served
  * apart; when Redis answers again each worker gives that back (absorb)
@@ -34,6 +38,10 @@
 #define NGX_SMARTFLOW_KEYS_POLL     250     /* ms */
 #define NGX_SMARTFLOW_KEYS_GATHER   10      /* ms settlements gather */
 #define NGX_SMARTFLOW_KEYS_SETTLES  64      /* keys gathered at most */
+#define NGX_SMARTFLOW_KEYS_LEASES   64      /* keys with a lease at most */
+#define NGX_SMARTFLOW_KEYS_LEASE    50      /* ms a lease lasts */
+#define NGX_SMARTFLOW_KEYS_LEASE_MAX  256   /* requests a lease holds */
+#define NGX_SMARTFLOW_KEYS_SHARE    16      /* of the room left, 1/16 */
 
 
 typedef struct ngx_http_smartflow_keys_ticket_s
@@ -52,15 +60,30 @@ typedef struct {
     size_t                              token_len;
     unsigned                            waiting:1;
     unsigned                            in_redis:1; /* reserved there */
+    unsigned                            leased:1;   /* from a lease */
+    unsigned                            queued:1;   /* waits for a grant */
+    ngx_queue_t                         queue;
     unsigned                            id_failed:1;
     unsigned                            refreshed:1;
 } ngx_http_smartflow_keys_rq_t;
 
 
-/* outlives the request if it has to: its pool cleanup clears rq */
+/*
+ * Outlives the request if it has to: its pool cleanup clears rq.  A
+ * reservation's ticket keeps what its answer needs without the request.
+ */
 struct ngx_http_smartflow_keys_ticket_s {
     ngx_http_smartflow_keys_rq_t       *rq;
     ngx_http_smartflow_keys_ticket_t   *next;
+    ngx_uint_t                          id;
+    ngx_uint_t                          period;
+    time_t                              period_start;
+    uint64_t                            est_tokens;
+    uint64_t                            est_cost;
+    uint64_t                            want;       /* a lease asked for */
+    u_char                              token[48];
+    size_t                              token_len;
+    unsigned                            only:1;     /* a lease, no request */
 };
 
 
@@ -75,7 +98,40 @@ typedef struct {
     uint64_t                    prompt;
     uint64_t                    completion;
     uint64_t                    cost;
+    uint64_t                    leased;     /* requests served from leases */
+    uint64_t                    unused;     /* leased requests given back */
 } ngx_http_smartflow_keys_settle_t;
+
+
+/*
+ * A worker's lease of one busy key: requests, tokens and money reserved
+ * in Redis ahead of the requests that use them, so that those need no
+ * round trip.  What is left when it ends goes back with the settlements.
+ */
+typedef struct {
+    ngx_uint_t                  id;         /* 0: a free slot */
+    ngx_uint_t                  period;     /* the key's budget period */
+    ngx_msec_t                  until;      /* ngx_current_msec it ends */
+    ngx_msec_t                  window_end; /* ngx_current_msec */
+    uint64_t                    window;     /* Redis ms it began */
+    time_t                      period_start;
+    uint64_t                    requests;   /* granted; 0: none */
+    uint64_t                    tokens;
+    uint64_t                    cost;
+    uint64_t                    used_requests;
+    uint64_t                    used_tokens;
+    uint64_t                    used_cost;
+    uint64_t                    base_requests;  /* the window's, without */
+    uint64_t                    base_tokens;    /* the lease, at the grant */
+
+    /* demand: this worker's requests for the key in the last lease time */
+    ngx_msec_t                  slot;
+    ngx_uint_t                  count;
+    ngx_uint_t                  last;
+    ngx_queue_t                 waiters;    /* requests awaiting it */
+    unsigned                    pending:1;  /* a grant is asked for */
+    unsigned                    starved:1;  /* the last one gave none */
+} ngx_http_smartflow_keys_lease_t;
 
 
 /* a script run without a request */
@@ -113,6 +169,11 @@ static void ngx_http_smartflow_keys_wait(ngx_http_request_t *r,
     ngx_http_smartflow_keys_rq_t *rq);
 static void ngx_http_smartflow_keys_pulled(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
+static void ngx_http_smartflow_keys_api_pulled(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data);
+static ngx_int_t ngx_http_smartflow_keys_redis_pull_with(
+    ngx_http_request_t *r, ngx_http_smartflow_ctx_t *ctx,
+    ngx_smartflow_redis_pt handler);
 static void ngx_http_smartflow_keys_apply(ngx_smartflow_redis_t *rd,
     redisReply *reply);
 static void ngx_http_smartflow_keys_poll(ngx_event_t *ev);
@@ -128,6 +189,23 @@ static void ngx_http_smartflow_keys_op_done(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
 static size_t ngx_http_smartflow_keys_token(u_char *buf);
 static void ngx_http_smartflow_keys_flush(ngx_event_t *ev);
+static void ngx_http_smartflow_keys_send_settles(void);
+static ngx_http_smartflow_keys_settle_t *ngx_http_smartflow_keys_settle_at(
+    ngx_uint_t id, uint64_t window, time_t period_start, time_t period_now);
+static ngx_http_smartflow_keys_lease_t *ngx_http_smartflow_keys_lease(
+    ngx_uint_t id, ngx_uint_t create);
+static ngx_int_t ngx_http_smartflow_keys_lease_take(
+    ngx_http_smartflow_keys_lease_t *l, ngx_http_smartflow_vkey_t *vkey);
+static void ngx_http_smartflow_keys_lease_grant(ngx_uint_t id,
+    ngx_uint_t period, ngx_http_smartflow_vkey_t *vkey, uint64_t n,
+    uint64_t reset, uint64_t used, uint64_t tokens);
+static void ngx_http_smartflow_keys_lease_end(
+    ngx_http_smartflow_keys_lease_t *l);
+static void ngx_http_smartflow_keys_lease_wake(
+    ngx_http_smartflow_keys_lease_t *l);
+static void ngx_http_smartflow_keys_lease_ask(ngx_smartflow_redis_t *rd,
+    ngx_http_smartflow_keys_lease_t *l, ngx_http_smartflow_vkey_t *vkey);
+static ngx_msec_t ngx_http_smartflow_keys_leases_end(ngx_uint_t all);
 static void ngx_http_smartflow_keys_reserved(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
 static void ngx_http_smartflow_keys_window_snapshot(redisReply *reply,
@@ -228,12 +306,16 @@ static char ngx_http_smartflow_keys_lua_put[] =
 
 /*
  * KEYS: the counters.  ARGV: rpm, tpm, budget (-1: unlimited), estimated
- * tokens, estimated cost, period start, a token naming the request.
- * Returns {verdict (0 admitted, 1 rpm, 2 tpm, 3 budget), ms until the
- * window ends, window start, its requests, its tokens used and reserved,
- * spent, reserved, period requests, lifetime requests}.  The token keeps
- * what was reserved for two minutes, for a settlement or a cancel that
- * may come more than once.
+ * tokens, estimated cost, period start, a token naming the request, how
+ * many more such requests the worker would like leased, and 1 when it
+ * asks for the lease only (no request of its own).  Returns
+ * {verdict (0 admitted, 1 rpm, 2 tpm, 3 budget), ms until the window
+ * ends, window start, its requests, its tokens used and reserved, spent,
+ * reserved, period requests, lifetime requests, requests leased}.  A
+ * lease takes at most a sixteenth of the room each limit has left, so
+ * that near a limit every request is decided here, one by one.  The
+ * token keeps what was reserved for two minutes, for a settlement or a
+ * cancel that may come more than once.
  */
 static char ngx_http_smartflow_keys_lua_reserve[] =
 "local c, tk = KEYS[1], 'sf:t:' .. ARGV[7]\n"
@@ -259,22 +341,37 @@ static char ngx_http_smartflow_keys_lua_reserve[] =
 "elseif tpm >= 0 and f[3] + f[4] + et > tpm then v = 2\n"
 "elseif budget >= 0 and (f[6] >= budget or ec > budget - f[6] - f[7])\n"
 "then v = 3 end\n"
+"local n, one = 0, 1\n"
+"if ARGV[9] == '1' then one = 0 end\n"
 "if v == 0 then\n"
-"  f[2] = f[2] + 1 f[4] = f[4] + et f[7] = f[7] + ec\n"
-"  f[8] = f[8] + 1 f[9] = f[9] + 1\n"
-"  redis.call('SET', tk, f[1] .. ' ' .. f[5] .. ' ' .. et .. ' ' .. ec,\n"
-"    'EX', 120)\n"
+"  f[2] = f[2] + one f[4] = f[4] + one * et f[7] = f[7] + one * ec\n"
+"  f[8] = f[8] + one f[9] = f[9] + one\n"
+"  n = tonumber(ARGV[8])\n"
+"  if rpm >= 0 then n = math.min(n, math.floor((rpm - f[2]) / 16)) end\n"
+"  if tpm >= 0 then\n"
+"    n = math.min(n, math.floor((tpm - f[3] - f[4]) / (16 * et)))\n"
+"  end\n"
+"  if budget >= 0 and ec > 0 then\n"
+"    n = math.min(n, math.floor((budget - f[6] - f[7]) / (16 * ec)))\n"
+"  end\n"
+"  if n > 0 then\n"
+"    f[2] = f[2] + n f[4] = f[4] + n * et f[7] = f[7] + n * ec\n"
+"  else n = 0 end\n"
+"  redis.call('SET', tk, f[1] .. ' ' .. f[5] .. ' ' .. et .. ' ' .. ec\n"
+"    .. ' ' .. n .. ' ' .. one, 'EX', 120)\n"
 "end\n"
 "redis.call('HSET', c, 'w', f[1], 'wr', f[2], 'wt', f[3], 'wres', f[4],\n"
 "  'ps', f[5], 'sp', f[6], 'res', f[7], 'pr', f[8], 'r', f[9])\n"
 "return {v, f[1] + 60000 - now, f[1], f[2], f[3] + f[4], f[6], f[7],\n"
-"  f[8], f[9]}\n";
+"  f[8], f[9], n}\n";
 
 
 /*
  * KEYS: the counters.  ARGV: the reservation's window and period, its
  * tokens and cost, then prompt and completion tokens, cost, the period
- * start now, and the reservation's token.  Returns {counters...}.  Once
+ * start now, the reservation's token, the requests served from leases
+ * (counted in the period and the lifetime now) and the leased requests
+ * not used (given back to the window).  Returns {counters...}.  Once
  * only: sent again after a lost answer, it changes nothing.
  */
 static char ngx_http_smartflow_keys_lua_settle[] =
@@ -287,12 +384,14 @@ NGX_SF_LUA_SNAPSHOT
 "  tonumber(ARGV[7])\n"
 "if f[1] == tonumber(ARGV[1]) then\n"
 "  f[4] = math.max(0, f[4] - tonumber(ARGV[3]))\n"
+"  f[2] = math.max(0, f[2] - tonumber(ARGV[11]))\n"
 "end\n"
 "if f[5] == tonumber(ARGV[2]) then\n"
 "  f[7] = math.max(0, f[7] - tonumber(ARGV[4]))\n"
 "end\n"
 "f[3] = f[3] + p + o f[6] = f[6] + cost f[9] = f[9] + p f[10] = f[10] + o\n"
 "f[12] = f[12] + p f[13] = f[13] + o f[14] = f[14] + cost\n"
+"f[8] = f[8] + tonumber(ARGV[10]) f[11] = f[11] + tonumber(ARGV[10])\n"
 "save(c, f)\n"
 "redis.call('SET', tk, 's', 'EX', 120)\n"
 "return f\n";
@@ -307,19 +406,23 @@ static char ngx_http_smartflow_keys_lua_cancel[] =
 "local v = redis.call('GET', tk)\n"
 "redis.call('SET', tk, 'x', 'EX', 120)\n"
 "if not v or v == 'x' or v == 's' then return 0 end\n"
-"local w, ps, et, ec = string.match(v, '(%S+) (%S+) (%S+) (%S+)')\n"
+"local w, ps, et, ec, n, one = string.match(v,\n"
+"  '(%S+) (%S+) (%S+) (%S+) ?(%S*) ?(%S*)')\n"
+"n = tonumber(n) or 0\n"
+"one = tonumber(one) or 1\n"
 "local f = redis.call('HMGET', c, 'w', 'ps', 'wr', 'wres', 'res', 'pr',\n"
 "  'r')\n"
-"local function n(x) return tonumber(x or '0') end\n"
+"local function num(x) return tonumber(x or '0') end\n"
 "if f[1] == w then\n"
-"  redis.call('HSET', c, 'wr', math.max(0, n(f[3]) - 1),\n"
-"    'wres', math.max(0, n(f[4]) - tonumber(et)))\n"
+"  redis.call('HSET', c, 'wr', math.max(0, num(f[3]) - one - n),\n"
+"    'wres', math.max(0, num(f[4]) - (one + n) * tonumber(et)))\n"
 "end\n"
 "if f[2] == ps then\n"
-"  redis.call('HSET', c, 'res', math.max(0, n(f[5]) - tonumber(ec)),\n"
-"    'pr', math.max(0, n(f[6]) - 1))\n"
+"  redis.call('HSET', c, 'res',\n"
+"    math.max(0, num(f[5]) - (one + n) * tonumber(ec)),\n"
+"    'pr', math.max(0, num(f[6]) - one))\n"
 "end\n"
-"redis.call('HSET', c, 'r', math.max(0, n(f[7]) - 1))\n"
+"redis.call('HSET', c, 'r', math.max(0, num(f[7]) - one))\n"
 "return 1\n";
 
 
@@ -379,6 +482,8 @@ static ngx_event_t                        ngx_sf_flush_event;
 static ngx_http_smartflow_keys_settle_t
     ngx_sf_settles[NGX_SMARTFLOW_KEYS_SETTLES];
 static ngx_uint_t                         ngx_sf_nsettles;
+static ngx_http_smartflow_keys_lease_t
+    ngx_sf_leases[NGX_SMARTFLOW_KEYS_LEASES];
 static uint64_t                           ngx_sf_node;
 static ngx_uint_t                         ngx_sf_serial;
 
@@ -511,6 +616,7 @@ ngx_http_smartflow_keys_redis_exit_process(ngx_cycle_t *cycle)
         return;
     }
 
+    (void) ngx_http_smartflow_keys_leases_end(1);
     ngx_http_smartflow_keys_flush(&ngx_sf_flush_event);
 
     /* what is buffered is written now, without waiting for the answers */
@@ -585,6 +691,11 @@ ngx_http_smartflow_keys_rq_cleanup(void *data)
         rq->ticket->rq = NULL;
         rq->ticket = NULL;
     }
+
+    if (rq->queued) {
+        ngx_queue_remove(&rq->queue);
+        rq->queued = 0;
+    }
 }
 
 
@@ -607,6 +718,10 @@ ngx_http_smartflow_keys_ticket(ngx_http_smartflow_keys_rq_t *rq)
     }
 
     t->rq = rq;
+    t->id = 0;
+    t->want = 0;
+    t->only = 0;
+    t->token_len = 0;
     rq->ticket = t;
 
     return t;
@@ -663,6 +778,48 @@ ngx_int_t
 ngx_http_smartflow_keys_redis_pull(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx)
 {
+    if (ngx_http_smartflow_keys_redis_pull_with(r, ctx,
+                                                ngx_http_smartflow_keys_pulled)
+        != NGX_OK)
+    {
+        return NGX_DECLINED;
+    }
+
+    /* the access phase runs again once the records are in */
+    r->write_event_handler = ngx_http_request_empty_handler;
+
+    return NGX_AGAIN;
+}
+
+
+/*
+ * The admin API meets an id its zone does not know: the key may be new
+ * on another node.  NGX_DONE while the records come (the API runs again),
+ * NGX_DECLINED to answer 404 now.
+ */
+ngx_int_t
+ngx_http_smartflow_keys_redis_pull_api(ngx_http_request_t *r)
+{
+    ngx_http_smartflow_ctx_t  *ctx;
+
+    ctx = ngx_http_smartflow_get_ctx(r);
+
+    if (ctx == NULL
+        || ngx_http_smartflow_keys_redis_pull_with(r, ctx,
+               ngx_http_smartflow_keys_api_pulled)
+           != NGX_OK)
+    {
+        return NGX_DECLINED;
+    }
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_keys_redis_pull_with(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_smartflow_redis_pt handler)
+{
     size_t                             len[5];
     ngx_smartflow_redis_t             *rd;
     ngx_http_smartflow_keys_rq_t      *rq;
@@ -695,8 +852,7 @@ ngx_http_smartflow_keys_redis_pull(ngx_http_request_t *r,
     len[4] = ngx_strlen(ngx_sf_kz->sh->redis_epoch);
 
     if (ngx_smartflow_redis_eval(rd, ngx_sf_scripts[NGX_SF_SCRIPT_PULL],
-                                 ngx_http_smartflow_keys_pulled, t, 0, 5,
-                                 argv, len)
+                                 handler, t, 0, 5, argv, len)
         != NGX_OK)
     {
         (void) ngx_http_smartflow_keys_punch(t);
@@ -705,10 +861,31 @@ ngx_http_smartflow_keys_redis_pull(ngx_http_request_t *r,
 
     ngx_http_smartflow_keys_wait(r, rq);
 
-    /* the access phase runs again once the records are in */
-    r->write_event_handler = ngx_http_request_empty_handler;
+    return NGX_OK;
+}
 
-    return NGX_AGAIN;
+
+static void
+ngx_http_smartflow_keys_api_pulled(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data)
+{
+    ngx_connection_t              *c;
+    ngx_http_request_t            *r;
+    ngx_http_smartflow_keys_rq_t  *rq;
+
+    ngx_http_smartflow_keys_apply(rd, reply);
+
+    rq = ngx_http_smartflow_keys_punch(data);
+
+    if (rq == NULL) {
+        return;
+    }
+
+    r = rq->r;
+    c = r->connection;
+
+    ngx_http_finalize_request(r, ngx_http_smartflow_keys_api_rerun(r));
+    ngx_http_run_posted_requests(c);
 }
 
 
@@ -1177,17 +1354,19 @@ ngx_int_t
 ngx_http_smartflow_keys_redis_reserve(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_keys_verdict_t **v)
 {
-    size_t                             len[11];
+    size_t                             len[13];
     u_char                            *p;
+    uint64_t                           want;
     ngx_uint_t                         i, period;
     ngx_smartflow_key_t               *k;
     ngx_smartflow_redis_t             *rd;
     ngx_http_smartflow_vkey_t         *vkey;
     ngx_http_smartflow_keys_rq_t      *rq;
+    ngx_http_smartflow_keys_lease_t   *l;
     ngx_http_smartflow_keys_ticket_t  *t;
-    const char                        *argv[11];
-    uint64_t                           n[6];
-    u_char                             buf[32 + 6 * (NGX_INT64_LEN + 1)];
+    const char                        *argv[13];
+    uint64_t                           n[7];
+    u_char                             buf[32 + 7 * (NGX_INT64_LEN + 1)];
 
     rd = ngx_sf_kz ? ngx_sf_kz->redis : NULL;
     vkey = ctx->vkey;
@@ -1210,6 +1389,38 @@ ngx_http_smartflow_keys_redis_reserve(ngx_http_request_t *r,
         return NGX_DECLINED;
     }
 
+    /* a busy key: what this worker holds in Redis already may do */
+    l = ngx_http_smartflow_keys_lease(vkey->id, 1);
+
+    if (l && ngx_http_smartflow_keys_lease_take(l, vkey) == NGX_OK) {
+        rq->verdict.done = NGX_SMARTFLOW_VERDICT_OK;
+        rq->in_redis = 1;
+        rq->leased = 1;
+        vkey->reserved = 1;
+
+        /* half of it gone: the next one is asked for ahead */
+        if (!l->pending
+            && (l->used_requests * 2 >= l->requests
+                || (ngx_msec_int_t) (l->until - ngx_current_msec) * 2
+                   < NGX_SMARTFLOW_KEYS_LEASE))
+        {
+            ngx_http_smartflow_keys_lease_ask(rd, l, vkey);
+        }
+
+        *v = &rq->verdict;
+        return NGX_OK;
+    }
+
+    if (l && l->pending && !l->starved) {
+        /* a lease is on its way: one round trip less for this request */
+        ngx_queue_insert_tail(&l->waiters, &rq->queue);
+        rq->queued = 1;
+
+        ngx_http_smartflow_keys_wait(r, rq);
+
+        return NGX_AGAIN;
+    }
+
     period = NGX_SMARTFLOW_PERIOD_TOTAL;
 
     ngx_shmtx_lock(&ngx_sf_kz->shpool->mutex);
@@ -1223,19 +1434,28 @@ ngx_http_smartflow_keys_redis_reserve(ngx_http_request_t *r,
 
     vkey->period_start = ngx_smartflow_keys_period_start(period, ngx_time());
 
+    /* a lease for as many requests as came in the last lease time */
+    want = 0;
+
+    if (l && !l->pending) {
+        want = ngx_max(l->count, l->last);
+        want = (want < 2) ? 0 : ngx_min(want, NGX_SMARTFLOW_KEYS_LEASE_MAX);
+    }
+
     n[0] = vkey->rpm;
     n[1] = vkey->tpm;
     n[2] = vkey->budget;
     n[3] = vkey->est_tokens;
     n[4] = vkey->est_cost;
     n[5] = (uint64_t) vkey->period_start;
+    n[6] = want;
 
     p = buf;
     argv[3] = (char *) p;
     len[3] = ngx_http_smartflow_keys_counters(p, vkey->id);
     p += len[3];
 
-    for (i = 0; i < 6; i++) {
+    for (i = 0; i < 7; i++) {
         argv[4 + i] = (char *) p;
 
         if (i < 3 && n[i] == NGX_HTTP_SMARTFLOW_UNLIMITED) {
@@ -1248,22 +1468,42 @@ ngx_http_smartflow_keys_redis_reserve(ngx_http_request_t *r,
         len[4 + i] = p - (u_char *) argv[4 + i];
     }
 
+    /* the token goes between the period start and the lease */
+    argv[11] = argv[10];
+    len[11] = len[10];
+
     rq->token_len = ngx_http_smartflow_keys_token(rq->token);
     argv[10] = (char *) rq->token;
     len[10] = rq->token_len;
+
+    argv[12] = "0";
+    len[12] = 1;
 
     t = ngx_http_smartflow_keys_ticket(rq);
     if (t == NULL) {
         return NGX_DECLINED;
     }
 
+    ngx_memcpy(t->token, rq->token, rq->token_len);
+    t->token_len = rq->token_len;
+    t->id = vkey->id;
+    t->period = period;
+    t->period_start = vkey->period_start;
+    t->est_tokens = vkey->est_tokens;
+    t->est_cost = vkey->est_cost;
+    t->want = want;
+
     if (ngx_smartflow_redis_eval(rd, ngx_sf_scripts[NGX_SF_SCRIPT_RESERVE],
-                                 ngx_http_smartflow_keys_reserved, t, 1, 11,
+                                 ngx_http_smartflow_keys_reserved, t, 1, 13,
                                  argv, len)
         != NGX_OK)
     {
         (void) ngx_http_smartflow_keys_punch(t);
         return NGX_DECLINED;
+    }
+
+    if (want) {
+        l->pending = 1;
     }
 
     ngx_http_smartflow_keys_wait(r, rq);
@@ -1276,18 +1516,24 @@ static void
 ngx_http_smartflow_keys_reserved(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data)
 {
-    size_t                          lens[2];
-    u_char                         *args[2];
-    uint64_t                        verdict, reset, used, tokens;
-    ngx_connection_t               *c;
-    ngx_http_smartflow_keys_op_t   *op;
-    u_char                          counters[32];
-    ngx_http_request_t             *r;
-    ngx_http_smartflow_ctx_t       *ctx;
-    ngx_http_smartflow_vkey_t      *vkey;
-    ngx_http_smartflow_keys_rq_t   *rq;
+    size_t                             lens[2];
+    u_char                            *args[2];
+    uint64_t                           verdict, reset, used, tokens, n;
+    ngx_connection_t                  *c;
+    ngx_http_smartflow_keys_op_t      *op;
+    u_char                             counters[32];
+    ngx_http_request_t                *r;
+    ngx_http_smartflow_ctx_t          *ctx;
+    ngx_http_smartflow_vkey_t         *vkey, gone;
+    ngx_http_smartflow_keys_rq_t      *rq;
+    ngx_http_smartflow_keys_lease_t   *l;
+    ngx_http_smartflow_keys_ticket_t  *t, ticket;
+    ngx_http_smartflow_keys_settle_t  *st;
 
-    rq = ngx_http_smartflow_keys_punch(data);
+    t = data;
+    ticket = *t;
+
+    rq = ngx_http_smartflow_keys_punch(t);
 
     ctx = rq ? ngx_http_smartflow_get_ctx(rq->r) : NULL;
 
@@ -1297,15 +1543,80 @@ ngx_http_smartflow_keys_reserved(ngx_smartflow_redis_t *rd,
                       (size_t) reply->len, reply->str);
     }
 
-    if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 9) {
-        ngx_http_smartflow_keys_window_snapshot(reply,
-                                                ctx ? ctx->vkey->id : 0);
+    if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements == 10) {
+        ngx_http_smartflow_keys_window_snapshot(reply, ticket.id);
 
     } else {
         reply = NULL;
     }
 
+    n = 0;
+
+    if (reply && ngx_http_smartflow_keys_num(reply->element[0]) == 0) {
+        n = ngx_http_smartflow_keys_num(reply->element[9]);
+    }
+
+    if (n) {
+        /* units like the request that asked */
+        ngx_memzero(&gone, sizeof(ngx_http_smartflow_vkey_t));
+        gone.window = ngx_http_smartflow_keys_num(reply->element[2]);
+        gone.period_start = ticket.period_start;
+        gone.est_tokens = ticket.est_tokens;
+        gone.est_cost = ticket.est_cost;
+
+        ngx_http_smartflow_keys_lease_grant(ticket.id, ticket.period, &gone,
+            n, ngx_http_smartflow_keys_num(reply->element[1]),
+            ngx_http_smartflow_keys_num(reply->element[3]),
+            ngx_http_smartflow_keys_num(reply->element[4]));
+    }
+
+    if (ticket.want) {
+        l = ngx_http_smartflow_keys_lease(ticket.id, 0);
+
+        if (l) {
+            l->pending = 0;
+            l->starved = (n == 0);
+            ngx_http_smartflow_keys_lease_wake(l);
+        }
+    }
+
     if (rq == NULL) {
+        if (reply == NULL) {
+            if (ticket.token_len == 0) {
+                return;
+            }
+
+            /* Redis may have made the reservation: it is undone there */
+            args[0] = counters;
+            lens[0] = ngx_http_smartflow_keys_counters(counters, ticket.id);
+            args[1] = ticket.token;
+            lens[1] = ticket.token_len;
+
+            op = ngx_http_smartflow_keys_op(NGX_SF_SCRIPT_CANCEL, ticket.id,
+                                            1, 2, args, lens);
+            if (op) {
+                ngx_http_smartflow_keys_op_submit(op);
+            }
+
+            return;
+        }
+
+        if (ngx_http_smartflow_keys_num(reply->element[0]) || ticket.only) {
+            return;
+        }
+
+        /* admitted for a request that is gone: given back */
+        st = ngx_http_smartflow_keys_settle_at(ticket.id,
+                 ngx_http_smartflow_keys_num(reply->element[2]),
+                 ticket.period_start,
+                 ngx_smartflow_keys_period_start(ticket.period, ngx_time()));
+        st->est_tokens += ticket.est_tokens;
+        st->est_cost += ticket.est_cost;
+
+        if (!ngx_sf_flush_event.timer_set) {
+            ngx_add_timer(&ngx_sf_flush_event, NGX_SMARTFLOW_KEYS_GATHER);
+        }
+
         return;
     }
 
@@ -1395,7 +1706,6 @@ ngx_http_smartflow_keys_redis_settle(ngx_http_request_t *r,
     uint64_t cost)
 {
     time_t                             now_ps;
-    ngx_uint_t                         i;
     ngx_smartflow_key_t               *k;
     ngx_http_smartflow_vkey_t         *vkey;
     ngx_http_smartflow_keys_rq_t      *rq;
@@ -1430,36 +1740,18 @@ ngx_http_smartflow_keys_redis_settle(ngx_http_request_t *r,
 
     ngx_shmtx_unlock(&ngx_sf_kz->shpool->mutex);
 
-    for (i = 0; i < ngx_sf_nsettles; i++) {
-        st = &ngx_sf_settles[i];
-
-        if (st->id == vkey->id && st->window == vkey->window
-            && st->period_start == vkey->period_start
-            && st->period_now == now_ps)
-        {
-            goto add;
-        }
-    }
-
-    if (ngx_sf_nsettles == NGX_SMARTFLOW_KEYS_SETTLES) {
-        ngx_http_smartflow_keys_flush(&ngx_sf_flush_event);
-    }
-
-    st = &ngx_sf_settles[ngx_sf_nsettles++];
-    ngx_memzero(st, sizeof(ngx_http_smartflow_keys_settle_t));
-
-    st->id = vkey->id;
-    st->window = vkey->window;
-    st->period_start = vkey->period_start;
-    st->period_now = now_ps;
-
-add:
+    st = ngx_http_smartflow_keys_settle_at(vkey->id, vkey->window,
+                                           vkey->period_start, now_ps);
 
     st->est_tokens += vkey->est_tokens;
     st->est_cost += vkey->est_cost;
     st->prompt += prompt;
     st->completion += completion;
     st->cost += cost;
+
+    if (rq->leased) {
+        st->leased++;
+    }
 
     if (!ngx_sf_flush_event.timer_set) {
         ngx_add_timer(&ngx_sf_flush_event, NGX_SMARTFLOW_KEYS_GATHER);
@@ -1469,21 +1761,428 @@ add:
 }
 
 
-/* the gathered settlements, one script for each key */
+/* the settlement gathered for a key, window and period */
+static ngx_http_smartflow_keys_settle_t *
+ngx_http_smartflow_keys_settle_at(ngx_uint_t id, uint64_t window,
+    time_t period_start, time_t period_now)
+{
+    ngx_uint_t                         i;
+    ngx_http_smartflow_keys_settle_t  *st;
+
+    for (i = 0; i < ngx_sf_nsettles; i++) {
+        st = &ngx_sf_settles[i];
+
+        if (st->id == id && st->window == window
+            && st->period_start == period_start
+            && st->period_now == period_now)
+        {
+            return st;
+        }
+    }
+
+    if (ngx_sf_nsettles == NGX_SMARTFLOW_KEYS_SETTLES) {
+        ngx_http_smartflow_keys_send_settles();
+    }
+
+    st = &ngx_sf_settles[ngx_sf_nsettles++];
+    ngx_memzero(st, sizeof(ngx_http_smartflow_keys_settle_t));
+
+    st->id = id;
+    st->window = window;
+    st->period_start = period_start;
+    st->period_now = period_now;
+
+    return st;
+}
+
+
+/*
+ * The worker's lease slot of a key, found, or made (create) with the
+ * request counted in its demand.  A slot whose lease is over and whose
+ * grant is not awaited can be taken by another key.
+ */
+static ngx_http_smartflow_keys_lease_t *
+ngx_http_smartflow_keys_lease(ngx_uint_t id, ngx_uint_t create)
+{
+    ngx_uint_t                        i;
+    ngx_msec_t                        now;
+    ngx_http_smartflow_keys_lease_t  *l, *spare;
+
+    now = ngx_current_msec;
+    spare = NULL;
+
+    for (i = 0; i < NGX_SMARTFLOW_KEYS_LEASES; i++) {
+        l = &ngx_sf_leases[i];
+
+        if (l->id == id) {
+            goto found;
+        }
+
+        if (spare == NULL && !l->pending && l->requests == 0
+            && (l->id == 0 || now - l->slot >= 2 * NGX_SMARTFLOW_KEYS_LEASE))
+        {
+            spare = l;
+        }
+    }
+
+    if (!create || spare == NULL) {
+        return NULL;
+    }
+
+    l = spare;
+    ngx_memzero(l, sizeof(ngx_http_smartflow_keys_lease_t));
+    ngx_queue_init(&l->waiters);
+    l->id = id;
+    l->slot = now;
+
+found:
+
+    if (create) {
+        if (now - l->slot >= NGX_SMARTFLOW_KEYS_LEASE) {
+            l->last = (now - l->slot < 2 * NGX_SMARTFLOW_KEYS_LEASE)
+                      ? l->count : 0;
+            l->count = 0;
+            l->slot = now;
+        }
+
+        l->count++;
+    }
+
+    return l;
+}
+
+
+/* a request served from the lease, when it has room for its estimate */
+static ngx_int_t
+ngx_http_smartflow_keys_lease_take(ngx_http_smartflow_keys_lease_t *l,
+    ngx_http_smartflow_vkey_t *vkey)
+{
+    uint64_t    used;
+    ngx_msec_t  now;
+
+    now = ngx_current_msec;
+
+    if (l->requests == 0
+        || (ngx_msec_int_t) (l->until - now) <= 0
+        || l->used_requests >= l->requests
+        || l->used_tokens + vkey->est_tokens > l->tokens
+        || l->used_cost + vkey->est_cost > l->cost
+        || ngx_smartflow_keys_period_start(l->period, ngx_time())
+           != l->period_start)
+    {
+        return NGX_DECLINED;
+    }
+
+    l->used_requests++;
+    l->used_tokens += vkey->est_tokens;
+    l->used_cost += vkey->est_cost;
+
+    vkey->window = l->window;
+    vkey->period_start = l->period_start;
+    vkey->reset = l->window_end - now;
+
+    used = l->base_requests + l->used_requests;
+    vkey->requests_left = (vkey->rpm > used) ? vkey->rpm - used : 0;
+
+    used = l->base_tokens + l->used_tokens;
+    vkey->tokens_left = (vkey->tpm > used) ? vkey->tpm - used : 0;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The next lease asked for before this one runs out, without a request
+ * waiting for it: units like the request at hand.
+ */
+static void
+ngx_http_smartflow_keys_lease_ask(ngx_smartflow_redis_t *rd,
+    ngx_http_smartflow_keys_lease_t *l, ngx_http_smartflow_vkey_t *vkey)
+{
+    size_t                             len[13];
+    u_char                            *p;
+    uint64_t                           want;
+    ngx_uint_t                         i;
+    ngx_http_smartflow_keys_ticket_t  *t;
+    const char                        *argv[13];
+    uint64_t                           n[7];
+    u_char                             buf[32 + 7 * (NGX_INT64_LEN + 1)];
+
+    want = ngx_max(l->count, l->last);
+    want = ngx_min(want, NGX_SMARTFLOW_KEYS_LEASE_MAX);
+
+    if (want < 2) {
+        return;
+    }
+
+    t = ngx_sf_tickets;
+
+    if (t) {
+        ngx_sf_tickets = t->next;
+
+    } else {
+        t = ngx_alloc(sizeof(ngx_http_smartflow_keys_ticket_t), rd->log);
+        if (t == NULL) {
+            return;
+        }
+    }
+
+    t->rq = NULL;
+    t->id = l->id;
+    t->period = l->period;
+    t->period_start = l->period_start;
+    t->est_tokens = vkey->est_tokens;
+    t->est_cost = vkey->est_cost;
+    t->want = want;
+    t->only = 1;
+    t->token_len = ngx_http_smartflow_keys_token(t->token);
+
+    n[0] = vkey->rpm;
+    n[1] = vkey->tpm;
+    n[2] = vkey->budget;
+    n[3] = vkey->est_tokens;
+    n[4] = vkey->est_cost;
+    n[5] = (uint64_t) l->period_start;
+    n[6] = want;
+
+    p = buf;
+    argv[3] = (char *) p;
+    len[3] = ngx_http_smartflow_keys_counters(p, l->id);
+    p += len[3];
+
+    for (i = 0; i < 7; i++) {
+        argv[i < 6 ? 4 + i : 11] = (char *) p;
+
+        if (i < 3 && n[i] == NGX_HTTP_SMARTFLOW_UNLIMITED) {
+            p = ngx_cpymem(p, "-1", 2);
+
+        } else {
+            p = ngx_sprintf(p, "%uL", n[i]);
+        }
+
+        len[i < 6 ? 4 + i : 11] = p - (u_char *) argv[i < 6 ? 4 + i : 11];
+    }
+
+    argv[10] = (char *) t->token;
+    len[10] = t->token_len;
+    argv[12] = "1";
+    len[12] = 1;
+
+    if (ngx_smartflow_redis_eval(rd, ngx_sf_scripts[NGX_SF_SCRIPT_RESERVE],
+                                 ngx_http_smartflow_keys_reserved, t, 1, 13,
+                                 argv, len)
+        != NGX_OK)
+    {
+        t->next = ngx_sf_tickets;
+        ngx_sf_tickets = t;
+        return;
+    }
+
+    l->pending = 1;
+}
+
+
+/*
+ * Redis leased n more requests like this one: the lease lasts until the
+ * window ends or for NGX_SMARTFLOW_KEYS_LEASE ms.  used and tokens are
+ * the window's after the grant, the lease in them.
+ */
+static void
+ngx_http_smartflow_keys_lease_grant(ngx_uint_t id, ngx_uint_t period,
+    ngx_http_smartflow_vkey_t *vkey, uint64_t n, uint64_t reset,
+    uint64_t used, uint64_t tokens)
+{
+    ngx_msec_t                         now, last;
+    ngx_http_smartflow_keys_lease_t   *l, spare;
+
+    now = ngx_current_msec;
+    reset = ngx_min(reset, NGX_SMARTFLOW_KEY_WINDOW);
+    last = (ngx_msec_t) ngx_min(reset, NGX_SMARTFLOW_KEYS_LEASE);
+
+    l = ngx_http_smartflow_keys_lease(id, 0);
+
+    if (l == NULL) {
+        /* no slot for it: given back at once */
+        ngx_memzero(&spare, sizeof(ngx_http_smartflow_keys_lease_t));
+        l = &spare;
+        l->id = id;
+        last = 0;
+    }
+
+    /* a grant for the same window and period adds to the running lease */
+    if (l->requests
+        && (l->window != vkey->window || l->period_start != vkey->period_start
+            || l->period != period))
+    {
+        ngx_http_smartflow_keys_lease_end(l);
+    }
+
+    l->period = period;
+
+    l->requests += n;
+    l->tokens += n * vkey->est_tokens;
+    l->cost += n * vkey->est_cost;
+    l->window = vkey->window;
+    l->period_start = vkey->period_start;
+    l->until = now + last;
+    l->window_end = now + (ngx_msec_t) reset;
+
+    /* what the window holds without what the lease has not used */
+    l->base_requests = used - ngx_min(used, l->requests);
+    l->base_tokens = tokens - ngx_min(tokens, l->tokens);
+
+    if (l == &spare) {
+        ngx_http_smartflow_keys_lease_end(l);
+        last = NGX_SMARTFLOW_KEYS_GATHER;
+    }
+
+    if (!ngx_sf_flush_event.timer_set) {
+        ngx_add_timer(&ngx_sf_flush_event, ngx_max(last, 1));
+    }
+}
+
+
+/*
+ * The requests that waited for a grant run their stage again: from the
+ * lease if it came and has room, else each with its own reservation.
+ * Those that wait again join the lease's next queue, not this one.
+ */
+static void
+ngx_http_smartflow_keys_lease_wake(ngx_http_smartflow_keys_lease_t *l)
+{
+    ngx_queue_t                    *q, waiters;
+    ngx_connection_t               *c;
+    ngx_http_request_t             *r;
+    ngx_http_smartflow_ctx_t       *ctx;
+    ngx_http_smartflow_keys_rq_t   *rq;
+
+    if (ngx_queue_empty(&l->waiters)) {
+        return;
+    }
+
+    ngx_queue_init(&waiters);
+    ngx_queue_add(&waiters, &l->waiters);
+    ngx_queue_init(&l->waiters);
+
+    while (!ngx_queue_empty(&waiters)) {
+        q = ngx_queue_head(&waiters);
+        ngx_queue_remove(q);
+
+        rq = ngx_queue_data(q, ngx_http_smartflow_keys_rq_t, queue);
+        rq->queued = 0;
+        rq->waiting = 0;
+
+        r = rq->r;
+        c = r->connection;
+        ctx = ngx_http_smartflow_get_ctx(r);
+
+        r->main->count--;
+
+        ctx->stage--;
+        ngx_http_smartflow_pipeline_resume(r);
+        ngx_http_run_posted_requests(c);
+    }
+}
+
+
+/* what a lease did not use goes back to Redis with the settlements */
+static void
+ngx_http_smartflow_keys_lease_end(ngx_http_smartflow_keys_lease_t *l)
+{
+    ngx_http_smartflow_keys_settle_t  *st;
+
+    if (l->requests == 0) {
+        return;
+    }
+
+    st = ngx_http_smartflow_keys_settle_at(l->id, l->window,
+             l->period_start,
+             ngx_smartflow_keys_period_start(l->period, ngx_time()));
+
+    st->est_tokens += l->tokens - ngx_min(l->tokens, l->used_tokens);
+    st->est_cost += l->cost - ngx_min(l->cost, l->used_cost);
+    st->unused += l->requests - ngx_min(l->requests, l->used_requests);
+
+    l->requests = 0;
+    l->tokens = 0;
+    l->cost = 0;
+    l->used_requests = 0;
+    l->used_tokens = 0;
+    l->used_cost = 0;
+}
+
+
+/* ends the leases that are over (all of them when the worker exits) */
+static ngx_msec_t
+ngx_http_smartflow_keys_leases_end(ngx_uint_t all)
+{
+    ngx_uint_t                        i;
+    ngx_msec_t                        now, next;
+    ngx_msec_int_t                    left;
+    ngx_http_smartflow_keys_lease_t  *l;
+
+    now = ngx_current_msec;
+    next = 0;
+
+    for (i = 0; i < NGX_SMARTFLOW_KEYS_LEASES; i++) {
+        l = &ngx_sf_leases[i];
+
+        if (l->requests == 0) {
+            continue;
+        }
+
+        left = (ngx_msec_int_t) (l->until - now);
+
+        if (all || left <= 0) {
+            ngx_http_smartflow_keys_lease_end(l);
+            continue;
+        }
+
+        if (next == 0 || (ngx_msec_t) left < next) {
+            next = (ngx_msec_t) left;
+        }
+    }
+
+    return next;
+}
+
+
+/*
+ * The gathered settlements and the leases that are over go to Redis; the
+ * timer comes back for the leases still running (not when the worker
+ * exits: then every lease ends).
+ */
 static void
 ngx_http_smartflow_keys_flush(ngx_event_t *ev)
 {
-    size_t                             lens[10];
-    u_char                            *p, *args[10];
-    ngx_uint_t                         i, j;
-    ngx_http_smartflow_keys_op_t      *op;
-    ngx_http_smartflow_keys_settle_t  *st;
-    uint64_t                           n[8];
-    u_char                             buf[96 + 8 * (NGX_INT64_LEN + 1)];
+    ngx_msec_t  next;
 
     if (ev->timer_set) {
         ngx_del_timer(ev);
     }
+
+    next = ngx_http_smartflow_keys_leases_end(ngx_exiting || ngx_terminate
+                                              || ngx_quit);
+
+    ngx_http_smartflow_keys_send_settles();
+
+    if (next) {
+        ngx_add_timer(ev, next);
+    }
+}
+
+
+/* one script for each key */
+static void
+ngx_http_smartflow_keys_send_settles(void)
+{
+    size_t                             lens[12];
+    u_char                            *p, *args[12];
+    ngx_uint_t                         i, j;
+    ngx_http_smartflow_keys_op_t      *op;
+    ngx_http_smartflow_keys_settle_t  *st;
+    uint64_t                           n[10];
+    u_char                             buf[96 + 10 * (NGX_INT64_LEN + 1)];
 
     for (i = 0; i < ngx_sf_nsettles; i++) {
         st = &ngx_sf_settles[i];
@@ -1510,8 +2209,18 @@ ngx_http_smartflow_keys_flush(ngx_event_t *ev)
 
         args[9] = p;
         lens[9] = ngx_http_smartflow_keys_token(p);
+        p += lens[9];
 
-        op = ngx_http_smartflow_keys_op(NGX_SF_SCRIPT_SETTLE, st->id, 1, 10,
+        n[8] = st->leased;
+        n[9] = st->unused;
+
+        for (j = 8; j < 10; j++) {
+            args[2 + j] = p;
+            p = ngx_sprintf(p, "%uL", n[j]);
+            lens[2 + j] = p - args[2 + j];
+        }
+
+        op = ngx_http_smartflow_keys_op(NGX_SF_SCRIPT_SETTLE, st->id, 1, 12,
                                         args, lens);
         if (op) {
             ngx_http_smartflow_keys_op_submit(op);

@@ -341,6 +341,17 @@ ngx_smartflow_keys_state_key(ngx_http_smartflow_keys_zone_t *kz,
         return NGX_ERROR;
     }
 
+    /* absent from files written before keys had it: none */
+    v = 0;
+
+    if (ngx_smartflow_keys_state_num(j, "cache_permille", &v, 0) != NGX_OK
+        || v > 1000)
+    {
+        return NGX_ERROR;
+    }
+
+    k->cache_threshold = (ngx_uint_t) v;
+
     for (f = ngx_smartflow_keys_counters; f->name; f++) {
         if (ngx_smartflow_keys_state_num(j, f->name,
                                          (uint64_t *) ((u_char *) k
@@ -550,6 +561,8 @@ ngx_smartflow_keys_state_write_key(ngx_smartflow_out_t *o,
     ngx_smartflow_out_limit(o, k->budget);
     ngx_sf_out_lit(o, ",\"period\":");
     ngx_smartflow_out_str(o, &ngx_smartflow_periods[k->period]);
+    ngx_sf_out_lit(o, ",\"cache_permille\":");
+    ngx_smartflow_out_uint(o, k->cache_threshold);
 
     s.data = k->prefix;
     s.len = NGX_SMARTFLOW_KEY_SHOWN;

@@ -976,3 +976,27 @@ ngx_smartflow_out_hex(ngx_smartflow_out_t *o, u_char *p, size_t len)
 
     ngx_smartflow_out_raw(o, buf, ngx_hex_dump(buf, p, len) - buf);
 }
+
+
+/* a threshold in per mille as a JSON number (0.85, 1), or null for 0 */
+void
+ngx_smartflow_out_fraction(ngx_smartflow_out_t *o, ngx_uint_t permille)
+{
+    u_char  *p, *last;
+    u_char   buf[NGX_INT_T_LEN + 8];
+
+    if (permille == 0) {
+        ngx_sf_out_lit(o, "null");
+        return;
+    }
+
+    last = ngx_sprintf(buf, "%ui.%03ui", permille / 1000, permille % 1000);
+
+    for (p = last; p[-1] == '0'; p--) { /* void */ }
+
+    if (p[-1] == '.') {
+        p--;
+    }
+
+    ngx_smartflow_out_raw(o, buf, p - buf);
+}

@@ -319,6 +319,8 @@ typedef struct {
     ngx_str_t                   cache_status;   /* HIT, MISS, BYPASS */
     ngx_uint_t                  cache_phase;    /* 1-4 on a hit */
     ngx_uint_t                  cache_similarity;   /* per mille, 2 and 4 */
+    ngx_uint_t                  cache_threshold;    /* per mille, from the
+                                                   virtual key; 0: none */
 
     /* the policy's decisions: "rule:action" items joined by ',' */
     ngx_str_t                   policy_decisions;
@@ -416,6 +418,20 @@ ngx_int_t ngx_http_smartflow_refuse(ngx_http_request_t *r, ngx_uint_t status,
     ngx_uint_t anthropic);
 ngx_int_t ngx_http_smartflow_send(ngx_http_request_t *r, ngx_uint_t status,
     ngx_uint_t sse, ngx_str_t *body);
+/*
+ * Prometheus text for GET /metrics: a module registers a writer, which
+ * returns its metric families (HELP, TYPE, samples) in text from r's
+ * pool; ngx_http_smartflow_metrics() joins what every writer returns, for
+ * the endpoint to append.  ngx_http_smartflow_metrics.c.
+ */
+typedef ngx_int_t (*ngx_http_smartflow_metrics_pt)(ngx_http_request_t *r,
+    ngx_str_t *text);
+
+ngx_int_t ngx_http_smartflow_register_metrics(ngx_conf_t *cf,
+    ngx_http_smartflow_metrics_pt writer);
+ngx_int_t ngx_http_smartflow_metrics(ngx_http_request_t *r, ngx_str_t *text);
+u_char *ngx_http_smartflow_metrics_label(u_char *p, ngx_str_t *value);
+
 /* the cost of the tokens used so far, micro-USD; NGX_DECLINED: no price */
 ngx_int_t ngx_http_smartflow_cost(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, uint64_t *micro);
@@ -452,6 +468,7 @@ typedef struct {
     ngx_http_smartflow_keys_zone_t  *keys;      /* smartflow_keys_zone */
     ngx_array_t                 prices;         /* smartflow_price */
     ngx_http_smartflow_credentials_t  *credentials;
+    ngx_array_t                 metrics;        /* metrics_pt, see above */
 } ngx_http_smartflow_main_conf_t;
 
 

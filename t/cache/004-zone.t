@@ -136,7 +136,7 @@ __DATA__
  "GET /api/metacache/stats"]
 --- response_body_like eval
 [qr/Echo: Alpha/, qr/Echo: Alpha/, qr/Echo: Bravo/, qr/Echo: Alpha/,
- qr/^\{"zone":"metacache","entries":2,"capacity":1000,"index":"flat","dimension":256,"memory":\{"size":16777216,"used":\d+,"free":\d+\},"lookups":4,"hits":\{"total":2,"phase1":2,"phase2":0,"phase3":0,"phase4":0\},"misses":2,"bypasses":0,"hit_rate":0\.5000,"stores":2,"evictions":0,"expired":0,"rejected_by_verification":0,"tokens_saved":10,"lookup_latency_us":\{"count":4,"p50":\d+,"p90":\d+,"p99":\d+\}\}$/,
+ qr/^\{"zone":"metacache","entries":2,"capacity":1000,"index":"flat","dimension":256,"memory":\{"size":16777216,"used":\d+,"free":\d+\},"lookups":4,"hits":\{"total":2,"phase1":2,"phase2":0,"phase3":0,"phase4":0\},"misses":2,"bypasses":0,"hit_rate":0\.5000,"stores":2,"evictions":0,"expired":0,"rejected_by_verification":0,"tokens_saved":10,"saved":\{"prompt_tokens":4,"completion_tokens":6,"cost_usd":0\.000000,"unpriced_hits":2\},"lookup_latency_us":\{"count":4,"p50":\d+,"p90":\d+,"p99":\d+\}\}$/,
  qr/^\{"flushed":2\}$/,
  qr/Echo: Alpha/,
  qr/"entries":1,.*"lookups":5,.*"misses":3,/]

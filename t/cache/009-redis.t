@@ -84,7 +84,8 @@ is $h->{'x-smartflow-cache'}, 'MISS', 'A: a miss the first time';
 wait_for 'A put the answer in Redis', sub { keys_in_redis() == 1 };
 
 my ($key) = keys_in_redis();
-like $key, qr/^smartflow:cache:[0-9a-f]{64}$/, 'keyed by the SHA-256';
+like $key, qr/^smartflow:cache:[0-9a-f]{16}:[0-9a-f]{64}$/,
+     "keyed by the partition's tag and the SHA-256";
 my $ttl = $c->redis_cli('TTL', $key);
 ok $ttl > 50 && $ttl <= 60, "the entry lives the cache TTL in Redis ($ttl)";
 like $c->redis_cli('GET', $key), qr/^sf1 \d+ \d+ \d+ stop\n/,

@@ -71,7 +71,7 @@ POST /api/auth/virtual-keys
 --- response_headers
 Content-Type: application/json
 --- response_body_like chomp
-^\{"id":"vk_1","object":"virtual_key","name":"alpha","key":"sk-sf-[0-9a-f]{48}","prefix":"sk-sf-[0-9a-f]{8}","status":"active","team":null,"user":null,"models":\[\],"rpm":null,"tpm":null,"budget_usd":null,"budget_period":"total","expires_at":null,"policy_group":null,"metadata":null,"created_at":\d+,"revoked_at":null,"previous_key_expires_at":null\}$
+^\{"id":"vk_1","object":"virtual_key","name":"alpha","key":"sk-sf-[0-9a-f]{48}","prefix":"sk-sf-[0-9a-f]{8}","status":"active","team":null,"user":null,"models":\[\],"rpm":null,"tpm":null,"budget_usd":null,"budget_period":"total","expires_at":null,"policy_group":null,"cache_threshold":null,"metadata":null,"created_at":\d+,"revoked_at":null,"previous_key_expires_at":null\}$
 --- error_log
 smartflow proxy: virtual key vk_1 "alpha" created
 --- no_error_log
@@ -82,10 +82,10 @@ smartflow proxy: virtual key vk_1 "alpha" created
 === TEST 2: create a key with every field, expiry in RFC 3339 with an offset
 --- request
 POST /api/auth/virtual-keys
-{"name":"beta","team":"red","user":"ann@example.com","models":["gpt-4o*","smartflow-*"],"rpm":60,"tpm":10000,"budget_usd":12.5,"budget_period":"monthly","expires_at":"2030-01-01T02:00:00+02:00","policy_group":"strict","metadata":{"cost_center":"42","tags":["a","b"]}}
+{"name":"beta","team":"red","user":"ann@example.com","models":["gpt-4o*","smartflow-*"],"rpm":60,"tpm":10000,"budget_usd":12.5,"budget_period":"monthly","expires_at":"2030-01-01T02:00:00+02:00","policy_group":"strict","cache_threshold":0.85,"metadata":{"cost_center":"42","tags":["a","b"]}}
 --- error_code: 201
 --- response_body_like chomp
-^\{"id":"vk_2","object":"virtual_key","name":"beta","key":"sk-sf-[0-9a-f]{48}","prefix":"sk-sf-[0-9a-f]{8}","status":"active","team":"red","user":"ann@example.com","models":\["gpt-4o\*","smartflow-\*"\],"rpm":60,"tpm":10000,"budget_usd":12.5,"budget_period":"monthly","expires_at":1893456000,"policy_group":"strict","metadata":\{"cost_center":"42","tags":\["a","b"\]\},"created_at":\d+,"revoked_at":null,"previous_key_expires_at":null\}$
+^\{"id":"vk_2","object":"virtual_key","name":"beta","key":"sk-sf-[0-9a-f]{48}","prefix":"sk-sf-[0-9a-f]{8}","status":"active","team":"red","user":"ann@example.com","models":\["gpt-4o\*","smartflow-\*"\],"rpm":60,"tpm":10000,"budget_usd":12.5,"budget_period":"monthly","expires_at":1893456000,"policy_group":"strict","cache_threshold":0.85,"metadata":\{"cost_center":"42","tags":\["a","b"\]\},"created_at":\d+,"revoked_at":null,"previous_key_expires_at":null\}$
 --- no_error_log
 [error]
 
@@ -140,7 +140,7 @@ GET /api/auth/virtual-keys
 PATCH /api/auth/virtual-keys/%ID(alpha)%
 {"team":"red","rpm":5,"models":["smartflow-echo"],"metadata":{"owner":"ops"}}
 --- response_body_like chomp
-^\{"id":"vk_1","object":"virtual_key","name":"alpha","prefix":"%PREFIX(alpha)%","status":"active","team":"red","user":null,"models":\["smartflow-echo"\],"rpm":5,"tpm":null,"budget_usd":null,"budget_period":"total","expires_at":null,"policy_group":null,"metadata":\{"owner":"ops"\},
+^\{"id":"vk_1","object":"virtual_key","name":"alpha","prefix":"%PREFIX(alpha)%","status":"active","team":"red","user":null,"models":\["smartflow-echo"\],"rpm":5,"tpm":null,"budget_usd":null,"budget_period":"total","expires_at":null,"policy_group":null,"cache_threshold":null,"metadata":\{"owner":"ops"\},
 --- no_error_log
 [error]
 
@@ -151,7 +151,7 @@ PATCH /api/auth/virtual-keys/%ID(alpha)%
 PATCH /api/auth/virtual-keys/%ID(alpha)%
 {"rpm":null,"metadata":null,"models":null,"name":"alpha2","team":""}
 --- response_body_like chomp
-^\{"id":"vk_1","object":"virtual_key","name":"alpha2","prefix":"%PREFIX(alpha)%","status":"active","team":null,"user":null,"models":\[\],"rpm":null,"tpm":null,"budget_usd":null,"budget_period":"total","expires_at":null,"policy_group":null,"metadata":null,
+^\{"id":"vk_1","object":"virtual_key","name":"alpha2","prefix":"%PREFIX(alpha)%","status":"active","team":null,"user":null,"models":\[\],"rpm":null,"tpm":null,"budget_usd":null,"budget_period":"total","expires_at":null,"policy_group":null,"cache_threshold":null,"metadata":null,
 --- no_error_log
 [error]
 

@@ -165,7 +165,7 @@ smartflow proxy: 3 keys read from
 --- request
 GET /api/auth/virtual-keys/%ID(keep)%
 --- response_body_like chomp
-^\{"id":"vk_1","object":"virtual_key","name":"keep","prefix":"%PREFIX(keep)%","status":"active","team":"ops","user":null,"models":\["smartflow-\*"\],"rpm":100,"tpm":100000,"budget_usd":1,"budget_period":"monthly","expires_at":null,"policy_group":null,"metadata":\{"ticket":"OPS-1"\},"created_at":\d+,"revoked_at":null,"previous_key_expires_at":null\}$
+^\{"id":"vk_1","object":"virtual_key","name":"keep","prefix":"%PREFIX(keep)%","status":"active","team":"ops","user":null,"models":\["smartflow-\*"\],"rpm":100,"tpm":100000,"budget_usd":1,"budget_period":"monthly","expires_at":null,"policy_group":null,"cache_threshold":null,"metadata":\{"ticket":"OPS-1"\},"created_at":\d+,"revoked_at":null,"previous_key_expires_at":null\}$
 --- no_error_log
 [error]
 

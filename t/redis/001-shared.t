@@ -48,6 +48,22 @@ like $body, qr/"chat\.completion"/, 'B answered the chat';
 is $status, 200, 'B lists the key made on A';
 like $body, qr/"name":"shared-one"/, '... by its name';
 
+# a key's cache threshold travels with its record
+my ($kt, $idt) = create($a, '{"name":"shared-threshold","cache_threshold":0.7}');
+($status, $body) = $c->http($b, 'GET', "/api/auth/virtual-keys/$idt", undef,
+                            @master);
+like $body, qr/"cache_threshold":0.7,/,
+     'B has the threshold set on A at once (an unknown id is pulled)';
+like $c->redis_cli('HGET', 'sf:vk', ($idt =~ /(\d+)/)[0]),
+     qr/"cache_permille":700,/, 'Redis keeps it in the record';
+($status, $body) = $c->http($b, 'PATCH', "/api/auth/virtual-keys/$idt",
+                            '{"cache_threshold":0.95}', @master);
+like $body, qr/"cache_threshold":0.95,/, 'B changes it';
+sleep 0.6;
+($status, $body) = $c->http($a, 'GET', "/api/auth/virtual-keys/$idt", undef,
+                            @master);
+like $body, qr/"cache_threshold":0.95,/, 'A has the change made on B';
+
 # one name, made on both nodes at once: one key gets it
 my $twice = $c->burst(map { [$_, 'POST', '/api/auth/virtual-keys',
                              '{"name":"shared-twice"}', @master] } $a, $b);

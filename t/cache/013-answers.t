@@ -1,0 +1,111 @@
+# How an OpenAI answer is read for the store: a provider (a fixture
+# location of the same nginx, its answer picked by a request header)
+# answers with escapes, \u escapes (a surrogate pair among them),
+# non-ASCII UTF-8, pretty-printed JSON with nested members; the hit must
+# give the client exactly the text the provider gave.  What must not be
+# stored is not: tool calls, two choices, an "error" member, a null
+# content, another finish reason, a body that is not JSON.  A member
+# given twice is read as the client reads it: the last one.
+
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/../lib";
+use JSON::PP;
+use Smartflow::Audit;
+use Test::More;
+
+my $conf = $ENV{TEST_NGINX_SMARTFLOW_CONF} // Smartflow::Audit::top() . '/conf';
+my $port = $ENV{TEST_NGINX_PORT} // 1984;
+
+# each answer's JSON text (in q(), \\ is one backslash)
+my %answers = (
+    escapes => q({"id":"a","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"caf\\u00e9 \\"quoted\\" back\\\\slash \\/ line\\nnext \\u4e2d\\ttab \\u0041"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":9,"total_tokens":12}}),
+    surrogate => q({"choices":[{"message":{"content":"smile \\ud83d\\ude00 ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":3,"total_tokens":6}}),
+    utf8 => q({"choices":[{"message":{"content":"naïve — “quotes” 中文 😀"},"finish_reason":"stop"}]}),
+    pretty => qq({\n  "id" : "b",\n  "object" : "chat.completion",\n  "created" : 1.5e9,\n  "choices" : [\n    {\n      "index" : 0,\n      "message" : {\n        "role" : "assistant",\n        "content" : "pretty answer",\n        "refusal" : null,\n        "tool_calls" : [ ],\n        "annotations" : [ { "type" : "x", "n" : [ -1, 0.25, 3E-2, true, false ] } ]\n      },\n      "logprobs" : null,\n      "finish_reason" : "length"\n    }\n  ],\n  "usage" : { "prompt_tokens" : 2, "completion_tokens" : 2, "total_tokens" : 4 }\n}\n),
+    tools => q({"choices":[{"message":{"content":null,"tool_calls":[{"id":"t","type":"function","function":{"name":"f","arguments":"{}"}}]},"finish_reason":"tool_calls"}]}),
+    tools_text => q({"choices":[{"message":{"content":"text too","tool_calls":[{"id":"t","type":"function","function":{"name":"f","arguments":"{}"}}]},"finish_reason":"stop"}]}),
+    two => q({"choices":[{"message":{"content":"one"},"finish_reason":"stop"},{"message":{"content":"two"},"finish_reason":"stop"}]}),
+    error => q({"error":{"message":"no"},"choices":[{"message":{"content":"x"},"finish_reason":"stop"}]}),
+    null => q({"choices":[{"message":{"content":null},"finish_reason":"stop"}]}),
+    filter => q({"choices":[{"message":{"content":"cut"},"finish_reason":"content_filter"}]}),
+    garbage => q({"choices":[{"message":{"content":"trailing"},"finish_reason":"stop"}]} x),
+    dup => q({"choices":[{"message":{"content":"first","content":"second"},"finish_reason":"stop"}]}),
+);
+
+my $map = join '', map {
+    my $v = $answers{$_};
+    # nginx reads \\, \", \n, \t in a quoted string: every backslash doubled
+    $v =~ s/\\/\\\\/g;
+    $v =~ s/'/\\'/g;
+    "        $_ '$v';\n"
+} sort keys %answers;
+
+my $gw = Smartflow::Audit->new(name => 'cache-answers', workers => 1,
+    http => "    smartflow_provider fixture type=openai"
+          . " upstream=http://127.0.0.1:$port path=/fixture key=sk-fixture;\n"
+          . "    smartflow_route fx-model fixture;\n"
+          . "    smartflow_cache_zone metacache 8m entries=100;\n"
+          . "    smartflow_cache metacache;\n"
+          . "    map \$http_x_fixture \$fixture {\n$map    }\n",
+    server => "        location = /fixture/chat/completions {\n"
+            . "            smartflow_cache off;\n"
+            . "            default_type application/json;\n"
+            . "            return 200 \$fixture;\n"
+            . "        }\n"
+            . "        include $conf/smartflow_cache.conf;\n");
+$gw->setup->start;
+
+my $json = JSON::PP->new->utf8;
+
+sub ask {
+    my ($name, $q) = @_;
+    my $r = $gw->chat($q, model => 'fx-model',
+                      headers => { 'x-fixture' => $name });
+    my $b = eval { $json->decode($r->{content}) };
+    return ($r, $b);
+}
+
+my $n = 0;
+for my $name (qw(escapes surrogate utf8 pretty dup)) {
+    my $q = "Question number " . ++$n . " about $name?";
+    my ($r, $b) = ask($name, $q);
+    is $r->{status}, 200, "$name: answered";
+    is $r->{headers}{'x-smartflow-cache'}, 'MISS', "$name: a miss";
+    my $text = $b->{choices}[0]{message}{content};
+    ok defined $text && length $text, "$name: the provider's text";
+
+    my ($r2, $b2) = ask('null', $q);
+    is $r2->{headers}{'x-smartflow-cache'}, 'HIT', "$name: stored, a hit";
+    is $b2->{choices}[0]{message}{content}, $text,
+       "$name: the hit gives the same text";
+    is $b2->{choices}[0]{finish_reason}, $b->{choices}[0]{finish_reason},
+       "$name: and the same finish reason";
+}
+
+my ($r, $b) = ask('escapes', 'Question number 1 about escapes?');
+is $b->{choices}[0]{message}{content},
+   "caf\x{e9} \"quoted\" back\\slash / line\nnext \x{4e2d}\ttab A",
+   'the escapes undone as JSON says';
+($r, $b) = ask('surrogate', 'Question number 2 about surrogate?');
+is $b->{choices}[0]{message}{content}, "smile \x{1f600} ok",
+   'a surrogate pair read as one character';
+($r, $b) = ask('dup', 'Question number 5 about dup?');
+is $b->{choices}[0]{message}{content}, 'second',
+   'a member given twice: the last one, as the client read it';
+
+for my $name (qw(tools tools_text two error null filter garbage)) {
+    my $q = "Question number " . ++$n . " about $name?";
+    my ($r1) = ask($name, $q);
+    is $r1->{headers}{'x-smartflow-cache'}, 'MISS', "$name: a miss";
+    my ($r2) = ask('utf8', $q);
+    is $r2->{headers}{'x-smartflow-cache'}, 'MISS',
+       "$name: not stored, a miss again";
+}
+
+$gw->stop;
+unlike scalar(`cat $gw->{root}/logs/error.log`),
+       qr/\[(?:alert|crit|emerg)\]|exited on signal/, 'no crash';
+
+done_testing;
