@@ -17,92 +17,24 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import Anthropic from '@anthropic-ai/sdk';
 import OpenAI from 'openai';
+import {
+    gatewayEnv, openaiClient, anthropicClient, user, weatherTool,
+    weatherFunction, expectError, anthropicBody, collectChat, collectMessage,
+} from './sdk.mjs';
 
-const OPENAI_BASE_URL = process.env.SMARTFLOW_OPENAI_BASE_URL;
-const ANTHROPIC_BASE_URL = process.env.SMARTFLOW_ANTHROPIC_BASE_URL;
-const KEY = process.env.SMARTFLOW_KEY;
-const GEMINI_KEY = process.env.SMARTFLOW_GEMINI_KEY;
-
-if (!OPENAI_BASE_URL || !ANTHROPIC_BASE_URL || !KEY || !GEMINI_KEY) {
-    throw new Error('SMARTFLOW_OPENAI_BASE_URL, SMARTFLOW_ANTHROPIC_BASE_URL, SMARTFLOW_KEY '
-        + 'and SMARTFLOW_GEMINI_KEY must name a running gateway');
-}
+const {
+    SMARTFLOW_OPENAI_BASE_URL: OPENAI_BASE_URL,
+    SMARTFLOW_ANTHROPIC_BASE_URL: ANTHROPIC_BASE_URL,
+    SMARTFLOW_KEY: KEY,
+    SMARTFLOW_GEMINI_KEY: GEMINI_KEY,
+} = gatewayEnv('SMARTFLOW_OPENAI_BASE_URL', 'SMARTFLOW_ANTHROPIC_BASE_URL', 'SMARTFLOW_KEY',
+    'SMARTFLOW_GEMINI_KEY');
 
 const MODEL = 'gemini-2.0-flash';
 
-// Clients that fail fast: no retries, so an error status shows at once.
-function openai(options = {}) {
-    return new OpenAI({ baseURL: OPENAI_BASE_URL, apiKey: KEY, maxRetries: 0, timeout: 20000, ...options });
-}
+const openai = openaiClient(OPENAI_BASE_URL, KEY);
+const anthropic = anthropicClient(ANTHROPIC_BASE_URL, KEY);
 
-function anthropic(options = {}) {
-    return new Anthropic({ baseURL: ANTHROPIC_BASE_URL, apiKey: KEY, maxRetries: 0, timeout: 20000, ...options });
-}
-
-const user = (content) => [{ role: 'user', content }];
-
-const weatherTool = {
-    name: 'get_weather',
-    description: 'The current weather of a city',
-    input_schema: {
-        type: 'object',
-        properties: { location: { type: 'string' } },
-        required: ['location'],
-    },
-};
-
-const weatherFunction = {
-    type: 'function',
-    function: {
-        name: 'get_weather',
-        description: 'The current weather of a city',
-        parameters: weatherTool.input_schema,
-    },
-};
-
-// Asserts that `promise` rejects with an instance of `Class` and the given
-// fields; returns the error.
-async function expectError(promise, Class, fields = {}) {
-    let error;
-    try {
-        await promise;
-    } catch (err) {
-        error = err;
-    }
-    assert.ok(error, `expected ${Class.name}, the call succeeded`);
-    assert.ok(error instanceof Class,
-        `expected ${Class.name}, got ${error.constructor.name}: ${error.message}`);
-    for (const [name, value] of Object.entries(fields)) {
-        assert.equal(error[name], value, `error.${name} (${error.message})`);
-    }
-    return error;
-}
-
-// The error body of an Anthropic SDK error: { type: 'error', error: { type, message } }.
-function anthropicBody(err) {
-    assert.equal(err.error?.type, 'error', `error body: ${JSON.stringify(err.error)}`);
-    return err.error.error;
-}
-
-async function collectChat(stream) {
-    const chunks = [];
-    let text = '';
-    for await (const chunk of stream) {
-        chunks.push(chunk);
-        for (const choice of chunk.choices) text += choice.delta?.content ?? '';
-    }
-    return { chunks, text };
-}
-
-// Collects an Anthropic message stream: the text events and the final message.
-async function collectMessage(stream) {
-    const texts = [];
-    stream.on('text', (delta) => texts.push(delta));
-    const message = await stream.finalMessage();
-    return { texts, message };
-}
-
-// ------------------------------------------------------------ OpenAI SDK
 
 test('OpenAI SDK: a chat completion from a Gemini model', async () => {
     const { data, response } = await openai().chat.completions.create({

@@ -12,6 +12,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
+import { expectError } from './sdk.mjs';
 
 const BASE_URL = process.env.SMARTFLOW_BASE_URL;
 const ADMIN_URL = process.env.SMARTFLOW_ADMIN_URL;
@@ -39,22 +40,6 @@ async function createKey(fields = {}) {
     const key = await res.json();
     assert.match(key.key, /^sk-sf-[0-9a-f]{48}$/);
     return key;
-}
-
-async function expectError(promise, Class, fields) {
-    let error;
-    try {
-        await promise;
-    } catch (err) {
-        error = err;
-    }
-    assert.ok(error, `expected ${Class.name}, the call succeeded`);
-    assert.ok(error instanceof Class,
-        `expected ${Class.name}, got ${error.constructor.name}: ${error.message}`);
-    for (const [name, value] of Object.entries(fields)) {
-        assert.equal(error[name], value, `error.${name} (${error.message})`);
-    }
-    return error;
 }
 
 test('a virtual key works like a provider key', async () => {

@@ -12,60 +12,16 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
+import {
+    gatewayEnv, openaiClient, user, expectError, collectChat, collectCompletion,
+} from './sdk.mjs';
 
-const BASE_URL = process.env.SMARTFLOW_BASE_URL;
-const KEY = process.env.SMARTFLOW_KEY;
+const { SMARTFLOW_BASE_URL: BASE_URL, SMARTFLOW_KEY: KEY } =
+    gatewayEnv('SMARTFLOW_BASE_URL', 'SMARTFLOW_KEY');
 const RESTRICTED_BASE_URL = process.env.SMARTFLOW_RESTRICTED_BASE_URL;
 
-if (!BASE_URL || !KEY) {
-    throw new Error('SMARTFLOW_BASE_URL and SMARTFLOW_KEY must name a running gateway');
-}
-
 // A client that fails fast: no retries, so an error status shows at once.
-function client(options = {}) {
-    return new OpenAI({ baseURL: BASE_URL, apiKey: KEY, maxRetries: 0, timeout: 20000, ...options });
-}
-
-const user = (content) => [{ role: 'user', content }];
-
-// Collects a chat stream: the chunks and the text their deltas carry.
-async function collectChat(stream) {
-    const chunks = [];
-    let text = '';
-    for await (const chunk of stream) {
-        chunks.push(chunk);
-        for (const choice of chunk.choices) text += choice.delta?.content ?? '';
-    }
-    return { chunks, text };
-}
-
-async function collectCompletion(stream) {
-    const chunks = [];
-    let text = '';
-    for await (const chunk of stream) {
-        chunks.push(chunk);
-        for (const choice of chunk.choices) text += choice.text ?? '';
-    }
-    return { chunks, text };
-}
-
-// Asserts that `promise` rejects with an instance of `Class` and the given
-// fields (status, code, param, type); returns the error.
-async function expectError(promise, Class, fields) {
-    let error;
-    try {
-        await promise;
-    } catch (err) {
-        error = err;
-    }
-    assert.ok(error, `expected ${Class.name}, the call succeeded`);
-    assert.ok(error instanceof Class,
-        `expected ${Class.name}, got ${error.constructor.name}: ${error.message}`);
-    for (const [name, value] of Object.entries(fields)) {
-        assert.equal(error[name], value, `error.${name} (${error.message})`);
-    }
-    return error;
-}
+const client = openaiClient(BASE_URL, KEY);
 
 const norm = (v) => Math.sqrt(v.reduce((s, x) => s + x * x, 0));
 

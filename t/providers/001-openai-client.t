@@ -15,30 +15,14 @@
 use lib 't/lib';
 use Smartflow::Conf;
 use Smartflow::Mock;
-use JSON::PP ();
 use Test::Nginx::Socket 'no_plan';
+use Smartflow::Blocks;
+use Smartflow::SSE;
 
 $ENV{TEST_NGINX_FIXTURE_PORT} ||= 1988;
 
-our $MainConfig = <<'_EOC_';
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_proxy_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_policy_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_cache_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_audit_module.so;
-_EOC_
-
-our $HttpConfig = <<'_EOC_';
-    smartflow_master_key sk-smartflow-test-0123456789;
-
-    upstream sf_mock {
-        server 127.0.0.1:$TEST_NGINX_MOCK_PORT;
-        keepalive 8;
-    }
-
-    upstream sf_fixture {
-        server 127.0.0.1:$TEST_NGINX_FIXTURE_PORT;
-    }
-
+our $HttpConfig = Smartflow::Blocks::mock_upstreams(fixture => 1)
+                  . <<'_EOC_';
     smartflow_provider anthropic type=anthropic upstream=http://sf_mock
                        key=sk-ant-provider-key;
     smartflow_provider recorder type=anthropic upstream=http://sf_fixture
@@ -99,35 +83,12 @@ _EOC_
 
 our $Locations = Smartflow::Conf::shipped_locations();
 
-add_block_preprocessor(sub {
-    my $block = shift;
-
-    $block->set_value('main_config', $MainConfig)
-        unless defined $block->main_config;
-    $block->set_value('http_config', $HttpConfig)
-        unless defined $block->http_config;
-    $block->set_value('config', $Locations)
-        unless defined $block->config;
-    $block->set_value('more_headers',
-                      'Authorization: Bearer sk-smartflow-test-0123456789')
-        unless defined $block->more_headers;
-});
-
-my $json = JSON::PP->new->utf8->canonical;
-my $chars = JSON::PP->new->canonical->ascii;
+Smartflow::Blocks::defaults(http_config => $HttpConfig, config => $Locations,
+                            more_headers => $OpenAIKey);
 
 # The body the provider received: the text of the recorded answer,
 # re-encoded with sorted keys and \u escapes.
-sub upstream_body {
-    my $body = shift;
-    my $answer = eval { $json->decode($body) };
-    my $text = $answer && $answer->{choices}
-               && $answer->{choices}[0]{message}{content};
-    return "no recorded text in: $body" unless defined $text;
-    my $req = eval { $chars->decode($text) };
-    return "the provider's body is not JSON: $text" unless $req;
-    return $chars->encode($req) . "\n";
-}
+sub upstream_body { recorded_answer(shift, 'openai') }
 
 # A chat.completion with its generated parts (id, created) made constant.
 sub stable {

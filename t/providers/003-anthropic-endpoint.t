@@ -14,28 +14,12 @@ use Smartflow::Mock;
 use Digest::SHA ();
 use JSON::PP ();
 use Test::Nginx::Socket 'no_plan';
+use Smartflow::Blocks;
 
 $ENV{TEST_NGINX_FIXTURE_PORT} ||= 1988;
 
-our $MainConfig = <<'_EOC_';
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_proxy_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_policy_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_cache_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_audit_module.so;
-_EOC_
-
-our $HttpConfig = <<'_EOC_';
-    smartflow_master_key sk-smartflow-test-0123456789;
-
-    upstream sf_mock {
-        server 127.0.0.1:$TEST_NGINX_MOCK_PORT;
-        keepalive 8;
-    }
-
-    upstream sf_fixture {
-        server 127.0.0.1:$TEST_NGINX_FIXTURE_PORT;
-    }
-
+our $HttpConfig = Smartflow::Blocks::mock_upstreams(fixture => 1)
+                  . <<'_EOC_';
     # nothing listens there
     upstream sf_down {
         server 127.0.0.1:1;
@@ -81,20 +65,8 @@ _EOC_
 
 our $Locations = Smartflow::Conf::shipped_locations();
 
-add_block_preprocessor(sub {
-    my $block = shift;
-
-    $block->set_value('main_config', $MainConfig)
-        unless defined $block->main_config;
-    $block->set_value('http_config', $HttpConfig)
-        unless defined $block->http_config;
-    $block->set_value('config', $Locations)
-        unless defined $block->config;
-    $block->set_value('more_headers',
-                      "x-api-key: sk-smartflow-test-0123456789\n"
-                      . "anthropic-version: 2023-06-01")
-        unless defined $block->more_headers;
-});
+Smartflow::Blocks::defaults(http_config => $HttpConfig, config => $Locations,
+                            more_headers => $AnthropicKey);
 
 my $json = JSON::PP->new->utf8->canonical;
 

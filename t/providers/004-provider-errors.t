@@ -12,15 +12,9 @@ use lib 't/lib';
 use Smartflow::Conf;
 use Smartflow::Mock;
 use Test::Nginx::Socket 'no_plan';
+use Smartflow::Blocks;
 
 $ENV{TEST_NGINX_FIXTURE_PORT} ||= 1988;
-
-our $MainConfig = <<'_EOC_';
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_proxy_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_policy_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_cache_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_audit_module.so;
-_EOC_
 
 our $HttpConfig = <<'_EOC_';
     smartflow_master_key sk-smartflow-test-0123456789;
@@ -98,20 +92,7 @@ _EOC_
 
 our $Locations = Smartflow::Conf::shipped_locations();
 
-add_block_preprocessor(sub {
-    my $block = shift;
-
-    $block->set_value('main_config', $MainConfig)
-        unless defined $block->main_config;
-    $block->set_value('http_config', $HttpConfig)
-        unless defined $block->http_config;
-    $block->set_value('config', $Locations)
-        unless defined $block->config;
-});
-
-our $OpenAIKey = "Authorization: Bearer sk-smartflow-test-0123456789\n";
-our $AnthropicKey = "x-api-key: sk-smartflow-test-0123456789\n"
-                    . "anthropic-version: 2023-06-01\n";
+Smartflow::Blocks::defaults(http_config => $HttpConfig, config => $Locations);
 
 our $Chat = '{"model":"claude-3-5-sonnet","messages":[{"role":"user","content":"hi"}]}';
 our $ChatStream = '{"model":"claude-3-5-sonnet","stream":true,"messages":[{"role":"user","content":"hi"}]}';

@@ -5,9 +5,10 @@
 # Same-format streams pass through, an OpenAI stream being asked for its
 # usage chunk, which is hidden from a client that did not ask for it.
 #
-# Bodies are checked through openai_sse() and anthropic_sse(), which decode
-# every event and write one line per thing a client would see, flagging
-# anything that is not a well-formed event of the client's format.
+# Bodies are checked through openai_sse() and anthropic_sse() (from
+# Smartflow::SSE), which decode every event and write one line per thing a
+# client would see, flagging anything that is not a well-formed event of
+# the client's format.
 # Provider streams the mock cannot give come from canned responses chosen
 # with an x-fixture header; what the provider was asked is seen through a
 # recorder (a second server here that hands the request on to the mock
@@ -16,30 +17,14 @@
 use lib 't/lib';
 use Smartflow::Conf;
 use Smartflow::Mock;
-use JSON::PP ();
 use Test::Nginx::Socket 'no_plan';
+use Smartflow::Blocks;
+use Smartflow::SSE;
 
 $ENV{TEST_NGINX_FIXTURE_PORT} ||= 1988;
 
-our $MainConfig = <<'_EOC_';
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_proxy_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_policy_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_cache_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_audit_module.so;
-_EOC_
-
-our $HttpConfig = <<'_EOC_';
-    smartflow_master_key sk-smartflow-test-0123456789;
-
-    upstream sf_mock {
-        server 127.0.0.1:$TEST_NGINX_MOCK_PORT;
-        keepalive 8;
-    }
-
-    upstream sf_fixture {
-        server 127.0.0.1:$TEST_NGINX_FIXTURE_PORT;
-    }
-
+our $HttpConfig = Smartflow::Blocks::mock_upstreams(fixture => 1)
+                  . <<'_EOC_';
     smartflow_provider anthropic type=anthropic upstream=http://sf_mock
                        key=sk-ant-provider-key;
     smartflow_provider openai type=openai upstream=http://sf_mock
@@ -143,216 +128,8 @@ _EOC_
 
 our $Locations = Smartflow::Conf::shipped_locations();
 
-add_block_preprocessor(sub {
-    my $block = shift;
-
-    $block->set_value('main_config', $MainConfig)
-        unless defined $block->main_config;
-    $block->set_value('http_config', $HttpConfig)
-        unless defined $block->http_config;
-    $block->set_value('config', $Locations)
-        unless defined $block->config;
-});
-
-my $json = JSON::PP->new->utf8->canonical;
-my $str = JSON::PP->new->ascii->allow_nonref;
-my $chars = JSON::PP->new->canonical->ascii;
-
-sub tool_id {
-    my $id = shift // 'undef';
-    $id =~ s/^(toolu_01)[A-Za-z0-9]{22}$/$1*/;
-    $id =~ s/^(call_)[A-Za-z0-9]{24}$/$1*/;
-    return $id;
-}
-
-# An OpenAI chat stream, one line per thing a client sees.
-sub openai_sse {
-    my $body = shift;
-    my (@out, $model, $id);
-
-    while ($body =~ s/\A(.*?)\n\n//s) {
-        my $event = $1;
-
-        if ($event !~ s/\Adata: //) {
-            push @out, "not a data event: $event";
-            next;
-        }
-
-        if ($event eq '[DONE]') {
-            push @out, '[DONE]';
-            next;
-        }
-
-        my $c = eval { $json->decode($event) };
-        if (ref $c ne 'HASH') {
-            push @out, "not JSON: $event";
-            next;
-        }
-
-        if (my $e = $c->{error}) {
-            push @out, "error $e->{type} " . ($e->{code} // 'null') . ' '
-                       . $str->encode($e->{message});
-            next;
-        }
-
-        if (!defined $model || $c->{model} ne $model) {
-            $model = $c->{model};
-            push @out, "$c->{object} $model";
-        }
-
-        push @out, "bad id $c->{id}" unless $c->{id} =~ /^chatcmpl-/;
-        push @out, 'new id' if defined $id && $c->{id} ne $id;
-        $id = $c->{id};
-
-        for my $ch (@{ $c->{choices} || [] }) {
-            my $d = $ch->{delta} || {};
-            push @out, "role $d->{role}" if defined $d->{role};
-            push @out, 'content ' . $str->encode($d->{content})
-                if defined $d->{content} && length $d->{content};
-            for my $tc (@{ $d->{tool_calls} || [] }) {
-                push @out, "tool $tc->{index} " . tool_id($tc->{id})
-                           . " $tc->{type} $tc->{function}{name}"
-                    if defined $tc->{id};
-                push @out, "args $tc->{index} "
-                           . $str->encode($tc->{function}{arguments})
-                    if length($tc->{function}{arguments} // '');
-            }
-            push @out, "finish $ch->{finish_reason}"
-                if defined $ch->{finish_reason};
-        }
-
-        if (my $u = $c->{usage}) {
-            push @out, "usage $u->{prompt_tokens} $u->{completion_tokens} "
-                       . "$u->{total_tokens}";
-        }
-    }
-
-    push @out, "left over: $body" if length $body;
-
-    return join '', map { "$_\n" } @out;
-}
-
-# An Anthropic message stream, one line per thing a client sees.
-sub anthropic_sse {
-    my $body = shift;
-    my @out;
-
-    my $usage = sub {
-        my $u = shift || {};
-        return join ' ', map { "$_=" . ($u->{$_} // '-') }
-                         qw(input_tokens output_tokens);
-    };
-
-    while ($body =~ s/\A(.*?)\n\n//s) {
-        my $event = $1;
-        my ($name, $data) = $event =~ /\Aevent: ([^\n]+)\ndata: ([^\n]+)\z/;
-
-        if (!defined $name) {
-            push @out, "malformed: $event";
-            next;
-        }
-
-        my $d = eval { $json->decode($data) };
-        if (ref $d ne 'HASH') {
-            push @out, "not JSON: $data";
-            next;
-        }
-
-        push @out, "event $name carries type " . ($d->{type} // 'none')
-            if ($d->{type} // '') ne $name;
-
-        if ($name eq 'message_start') {
-            my $m = $d->{message};
-            my $id = $m->{id};
-            $id =~ s/^(msg_chatcmpl-).+/$1*/;
-            $id =~ s/^(msg_01)[A-Za-z0-9]{22}$/$1*/;
-            push @out, "message_start $id $m->{type} $m->{role} $m->{model} "
-                       . $usage->($m->{usage});
-            push @out, 'content not empty' if @{ $m->{content} || [1] };
-            push @out, 'stop reason set' if defined $m->{stop_reason};
-
-        } elsif ($name eq 'content_block_start') {
-            my $b = $d->{content_block};
-            if ($b->{type} eq 'tool_use') {
-                push @out, "start $d->{index} tool_use " . tool_id($b->{id})
-                           . " $b->{name} " . $json->encode($b->{input});
-            } else {
-                push @out, "start $d->{index} $b->{type}"
-                           . (length($b->{text} // '')
-                              ? ' ' . $str->encode($b->{text}) : '');
-            }
-
-        } elsif ($name eq 'content_block_delta') {
-            my $x = $d->{delta};
-            if ($x->{type} eq 'text_delta') {
-                push @out, "text $d->{index} " . $str->encode($x->{text});
-            } elsif ($x->{type} eq 'input_json_delta') {
-                push @out, "json $d->{index} "
-                           . $str->encode($x->{partial_json});
-            } else {
-                push @out, "delta $d->{index} $x->{type}";
-            }
-
-        } elsif ($name eq 'content_block_stop') {
-            push @out, "stop $d->{index}";
-
-        } elsif ($name eq 'message_delta') {
-            push @out, "message_delta "
-                       . ($d->{delta}{stop_reason} // 'null') . ' '
-                       . $usage->($d->{usage});
-
-        } elsif ($name eq 'error') {
-            push @out, "error $d->{error}{type} "
-                       . $str->encode($d->{error}{message});
-
-        } else {
-            push @out, $name;
-        }
-    }
-
-    push @out, "left over: $body" if length $body;
-
-    return join '', map { "$_\n" } @out;
-}
-
-# The body a recorded stream carried as its text, keys sorted; and whether
-# a usage chunk reached the client.
-sub recorded_openai_stream {
-    my $body = shift;
-    my ($text, $usage) = ('', 0);
-    while ($body =~ /^data: (\{.*)$/mg) {
-        my $c = eval { $json->decode($1) } or return "not JSON: $1\n";
-        $usage++ if $c->{usage};
-        $text .= $_->{delta}{content} // '' for @{ $c->{choices} || [] };
-    }
-    my $req = eval { $chars->decode($text) } or return "not JSON: $text\n";
-    return $chars->encode($req) . "\n" . ($usage ? "usage chunk\n" : '');
-}
-
-sub recorded_anthropic_stream {
-    my $body = shift;
-    my $text = '';
-    while ($body =~ /^data: (\{.*)$/mg) {
-        my $d = eval { $json->decode($1) } or return "not JSON: $1\n";
-        $text .= $d->{delta}{text}
-            if $d->{type} eq 'content_block_delta'
-               && $d->{delta}{type} eq 'text_delta';
-    }
-    my $req = eval { $chars->decode($text) } or return "not JSON: $text\n";
-    return $chars->encode($req) . "\n";
-}
-
-our $OpenAIKey = "Authorization: Bearer sk-smartflow-test-0123456789\n";
-our $AnthropicKey = "x-api-key: sk-smartflow-test-0123456789\n"
-                    . "anthropic-version: 2023-06-01\n";
-
-add_block_preprocessor(sub {
-    my $block = shift;
-    return if defined $block->more_headers;
-    my $req = $block->request // '';
-    $block->set_value('more_headers',
-                      $req =~ m{^POST /anthropic/} ? $::AnthropicKey : $::OpenAIKey);
-});
+Smartflow::Blocks::defaults(http_config => $HttpConfig, config => $Locations,
+                            keys => 1);
 
 run_tests();
 
@@ -654,7 +431,7 @@ POST /anthropic/v1/messages
 --- response_body_filters eval
 \&::anthropic_sse
 --- response_body
-message_start msg_chatcmpl-* message assistant gpt-canned input_tokens=0 output_tokens=0
+message_start msg_chatcmpl-canned1 message assistant gpt-canned input_tokens=0 output_tokens=0
 ping
 start 0 text
 text 0 "Sure."
@@ -681,7 +458,7 @@ POST /anthropic/v1/messages
 --- response_body_filters eval
 \&::anthropic_sse
 --- response_body
-message_start msg_chatcmpl-* message assistant gpt-canned input_tokens=0 output_tokens=0
+message_start msg_chatcmpl-canned2 message assistant gpt-canned input_tokens=0 output_tokens=0
 ping
 start 0 tool_use call_a lookup {}
 json 0 "{}"
@@ -705,7 +482,7 @@ POST /anthropic/v1/messages
 --- response_body_filters eval
 \&::anthropic_sse
 --- response_body
-message_start msg_chatcmpl-* message assistant gpt-canned input_tokens=0 output_tokens=0
+message_start msg_chatcmpl-canned3 message assistant gpt-canned input_tokens=0 output_tokens=0
 ping
 start 0 text
 text 0 "cut sho"
@@ -726,7 +503,7 @@ POST /anthropic/v1/messages
 --- response_body_filters eval
 \&::anthropic_sse
 --- response_body
-message_start msg_chatcmpl-* message assistant gpt-canned input_tokens=0 output_tokens=0
+message_start msg_chatcmpl-canned4 message assistant gpt-canned input_tokens=0 output_tokens=0
 ping
 start 0 text
 text 0 "I cannot help."
@@ -747,7 +524,7 @@ POST /anthropic/v1/messages
 --- response_body_filters eval
 \&::anthropic_sse
 --- response_body
-message_start msg_chatcmpl-* message assistant gpt-canned input_tokens=0 output_tokens=0
+message_start msg_chatcmpl-canned5 message assistant gpt-canned input_tokens=0 output_tokens=0
 ping
 start 0 text
 text 0 "Hel"
@@ -764,7 +541,7 @@ POST /anthropic/v1/messages
 --- response_body_filters eval
 \&::anthropic_sse
 --- response_body
-message_start msg_chatcmpl-* message assistant gpt-canned input_tokens=0 output_tokens=0
+message_start msg_chatcmpl-canned6 message assistant gpt-canned input_tokens=0 output_tokens=0
 ping
 start 0 text
 text 0 "one"
@@ -788,7 +565,7 @@ Cache-Control: no-cache
 --- response_body_filters eval
 \&::anthropic_sse
 --- response_body
-message_start msg_chatcmpl-* message assistant smartflow-echo input_tokens=0 output_tokens=0
+message_start msg_chatcmpl-sf* message assistant smartflow-echo input_tokens=0 output_tokens=0
 ping
 start 0 text
 text 0 "Echo: "

@@ -8,30 +8,18 @@
 #              (+ data: [DONE] when the stream was translated)
 #   Anthropic: event: error / data: {"type":"error","error":{"type":"api_error",...}}
 #
-# Bodies are checked through openai_sse() and anthropic_sse(), which decode
-# every event and write one line per thing a client would see.
+# Bodies are checked through openai_sse() and anthropic_sse() (from
+# Smartflow::SSE), which decode every event and write one line per thing a
+# client would see.
 
 use lib 't/lib';
 use Smartflow::Conf;
 use Smartflow::Mock;
-use JSON::PP ();
 use Test::Nginx::Socket 'no_plan';
+use Smartflow::Blocks;
+use Smartflow::SSE;
 
-our $MainConfig = <<'_EOC_';
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_proxy_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_policy_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_cache_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_audit_module.so;
-_EOC_
-
-our $HttpConfig = <<'_EOC_';
-    smartflow_master_key sk-smartflow-test-0123456789;
-
-    upstream sf_mock {
-        server 127.0.0.1:$TEST_NGINX_MOCK_PORT;
-        keepalive 8;
-    }
-
+our $HttpConfig = Smartflow::Blocks::mock_upstreams() . <<'_EOC_';
     smartflow_provider anthropic type=anthropic upstream=http://sf_mock
                        key=sk-ant-provider-key;
     smartflow_provider openai type=openai upstream=http://sf_mock
@@ -83,124 +71,7 @@ $Proxy    }
     }
 _EOC_
 
-our $OpenAIKey = "Authorization: Bearer sk-smartflow-test-0123456789\n";
-our $AnthropicKey = "x-api-key: sk-smartflow-test-0123456789\n"
-                    . "anthropic-version: 2023-06-01\n";
-
-add_block_preprocessor(sub {
-    my $block = shift;
-
-    $block->set_value('main_config', $MainConfig)
-        unless defined $block->main_config;
-    $block->set_value('http_config', $HttpConfig)
-        unless defined $block->http_config;
-    $block->set_value('config', $Locations)
-        unless defined $block->config;
-});
-
-my $json = JSON::PP->new->utf8->canonical;
-my $str = JSON::PP->new->ascii->allow_nonref;
-
-# An OpenAI chat stream, one line per thing a client sees.
-sub openai_sse {
-    my $body = shift;
-    my (@out, $model);
-
-    while ($body =~ s/\A(.*?)\n\n//s) {
-        my $event = $1;
-
-        if ($event !~ s/\Adata: //) {
-            push @out, "not a data event: $event";
-            next;
-        }
-
-        if ($event eq '[DONE]') {
-            push @out, '[DONE]';
-            next;
-        }
-
-        my $c = eval { $json->decode($event) };
-        if (ref $c ne 'HASH') {
-            push @out, "not JSON: $event";
-            next;
-        }
-
-        if (my $e = $c->{error}) {
-            push @out, "error $e->{type} " . ($e->{code} // 'null') . ' '
-                       . $str->encode($e->{message});
-            next;
-        }
-
-        if (!defined $model || $c->{model} ne $model) {
-            $model = $c->{model};
-            push @out, "$c->{object} $model";
-        }
-
-        for my $ch (@{ $c->{choices} || [] }) {
-            my $d = $ch->{delta} || {};
-            push @out, "role $d->{role}" if defined $d->{role};
-            push @out, 'content ' . $str->encode($d->{content})
-                if defined $d->{content} && length $d->{content};
-            push @out, "finish $ch->{finish_reason}"
-                if defined $ch->{finish_reason};
-        }
-
-        if (my $u = $c->{usage}) {
-            push @out, "usage $u->{prompt_tokens} $u->{completion_tokens} "
-                       . "$u->{total_tokens}";
-        }
-    }
-
-    push @out, "left over: $body" if length $body;
-
-    return join '', map { "$_\n" } @out;
-}
-
-# An Anthropic message stream, one line per thing a client sees.
-sub anthropic_sse {
-    my $body = shift;
-    my @out;
-
-    while ($body =~ s/\A(.*?)\n\n//s) {
-        my $event = $1;
-        my ($name, $data) = $event =~ /\Aevent: ([^\n]+)\ndata: ([^\n]+)\z/;
-
-        if (!defined $name) {
-            push @out, "malformed: $event";
-            next;
-        }
-
-        my $d = eval { $json->decode($data) };
-        if (ref $d ne 'HASH') {
-            push @out, "not JSON: $data";
-            next;
-        }
-
-        push @out, "event $name carries type " . ($d->{type} // 'none')
-            if ($d->{type} // '') ne $name;
-
-        if ($name eq 'message_start') {
-            push @out, "message_start $d->{message}{model}";
-        } elsif ($name eq 'content_block_start') {
-            push @out, "start $d->{index} $d->{content_block}{type}";
-        } elsif ($name eq 'content_block_delta') {
-            push @out, "text $d->{index} " . $str->encode($d->{delta}{text});
-        } elsif ($name eq 'content_block_stop') {
-            push @out, "stop $d->{index}";
-        } elsif ($name eq 'message_delta') {
-            push @out, "message_delta $d->{delta}{stop_reason}";
-        } elsif ($name eq 'error') {
-            push @out, "error $d->{error}{type} "
-                       . $str->encode($d->{error}{message});
-        } else {
-            push @out, $name;
-        }
-    }
-
-    push @out, "left over: $body" if length $body;
-
-    return join '', map { "$_\n" } @out;
-}
+Smartflow::Blocks::defaults(http_config => $HttpConfig, config => $Locations);
 
 our $Broken = "The provider's stream ended before completion.";
 
@@ -238,7 +109,7 @@ POST /anthropic/v1/messages
 --- response_body_filters eval
 \&::anthropic_sse
 --- response_body
-message_start gpt-4o
+message_start msg_chatcmpl-* message assistant gpt-4o input_tokens=0 output_tokens=0
 ping
 start 0 text
 text 0 "mock"
@@ -281,7 +152,7 @@ POST /anthropic/v1/messages
 --- response_body_filters eval
 \&::anthropic_sse
 --- response_body
-message_start claude-3-5-sonnet
+message_start msg_01* message assistant claude-3-5-sonnet input_tokens=3 output_tokens=1
 start 0 text
 ping
 text 0 "mock"
@@ -346,7 +217,7 @@ POST /anthropic/v1/messages
 --- response_body_filters eval
 \&::anthropic_sse
 --- response_body
-message_start gpt-4o
+message_start msg_chatcmpl-* message assistant gpt-4o input_tokens=0 output_tokens=0
 ping
 error api_error "The provider's stream ended before completion."
 --- error_log
@@ -390,7 +261,7 @@ POST /anthropic/v1/messages
 --- response_body_filters eval
 \&::anthropic_sse
 --- response_body_like chomp
-\Amessage_start gpt-4o
+\Amessage_start msg_chatcmpl-\* message assistant gpt-4o input_tokens=0 output_tokens=0
 ping
 start 0 text
 (?:text 0 "[^"\n]*"
@@ -457,7 +328,7 @@ POST /anthropic/v1/messages
 --- response_body_filters eval
 \&::anthropic_sse
 --- response_body_like chomp
-\Amessage_start claude-3-5-sonnet
+\Amessage_start msg_01\* message assistant claude-3-5-sonnet input_tokens=1 output_tokens=1
 start 0 text
 ping
 (?:text 0 "[^"\n]*"

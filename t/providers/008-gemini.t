@@ -15,37 +15,22 @@
 # x-fixture request header.  The gateway's locations are the shipped ones
 # (conf/smartflow_locations.conf).
 #
-# Streams are checked through openai_sse() and anthropic_sse(), which decode
-# every event and write one line per thing a client would see, flagging
-# anything that is not a well-formed event of the client's format.
+# Streams are checked through openai_sse() and anthropic_sse() (from
+# Smartflow::SSE), which decode every event and write one line per thing a
+# client would see, flagging anything that is not a well-formed event of
+# the client's format.
 
 use lib 't/lib';
 use Smartflow::Conf;
 use Smartflow::Mock;
-use JSON::PP ();
 use Test::Nginx::Socket 'no_plan';
+use Smartflow::Blocks;
+use Smartflow::SSE;
 
 $ENV{TEST_NGINX_FIXTURE_PORT} ||= 1988;
 
-our $MainConfig = <<'_EOC_';
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_proxy_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_policy_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_cache_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_audit_module.so;
-_EOC_
-
-our $HttpConfig = <<'_EOC_';
-    smartflow_master_key sk-smartflow-test-0123456789;
-
-    upstream sf_mock {
-        server 127.0.0.1:$TEST_NGINX_MOCK_PORT;
-        keepalive 8;
-    }
-
-    upstream sf_fixture {
-        server 127.0.0.1:$TEST_NGINX_FIXTURE_PORT;
-    }
-
+our $HttpConfig = Smartflow::Blocks::mock_upstreams(fixture => 1)
+                  . <<'_EOC_';
     smartflow_provider gemini type=gemini upstream=http://sf_mock
                        key=gm-provider-key-0123456789;
     smartflow_provider keyless type=gemini upstream=http://sf_mock;
@@ -150,38 +135,8 @@ _EOC_
 
 our $Locations = Smartflow::Conf::shipped_locations();
 
-our $OpenAIKey = "Authorization: Bearer sk-smartflow-test-0123456789\n";
-our $AnthropicKey = "x-api-key: sk-smartflow-test-0123456789\n"
-                    . "anthropic-version: 2023-06-01\n";
-
-add_block_preprocessor(sub {
-    my $block = shift;
-
-    $block->set_value('main_config', $MainConfig)
-        unless defined $block->main_config;
-    $block->set_value('http_config', $HttpConfig)
-        unless defined $block->http_config;
-    $block->set_value('config', $Locations)
-        unless defined $block->config;
-
-    return if defined $block->more_headers;
-    my $req = $block->request // '';
-    $req = $req->[0] if ref $req eq 'ARRAY';
-    $block->set_value('more_headers',
-                      $req =~ m{^\s*POST /anthropic/} ? $::AnthropicKey
-                                                      : $::OpenAIKey);
-});
-
-my $json = JSON::PP->new->utf8->canonical;
-my $str = JSON::PP->new->ascii->allow_nonref;
-my $chars = JSON::PP->new->canonical->ascii;
-
-# Generated ids made constant: the mock's responseId is 22 characters.
-sub tool_id {
-    my $id = shift // 'undef';
-    $id =~ s/^call_[A-Za-z0-9]{22}_(\d+)$/call_*_$1/;
-    return $id;
-}
+Smartflow::Blocks::defaults(http_config => $HttpConfig, config => $Locations,
+                            keys => 1);
 
 # A chat.completion (or an Anthropic message) with its generated parts
 # made constant.
@@ -196,196 +151,7 @@ sub stable {
 # The body the provider received: the text of the recorded answer (an
 # OpenAI chat.completion or an Anthropic message), re-encoded with sorted
 # keys and \u escapes.
-sub upstream_body {
-    my $body = shift;
-    my $answer = eval { $json->decode($body) };
-    my $text;
-    if ($answer && $answer->{choices}) {
-        $text = $answer->{choices}[0]{message}{content};
-    } elsif ($answer && $answer->{content}) {
-        $text = $answer->{content}[0]{text};
-    }
-    return "no recorded text in: $body" unless defined $text;
-    my $req = eval { $chars->decode($text) };
-    return "the provider's body is not JSON: $text" unless $req;
-    return $chars->encode($req) . "\n";
-}
-
-# An OpenAI chat stream, one line per thing a client sees.
-sub openai_sse {
-    my $body = shift;
-    my (@out, $model, $id);
-
-    while ($body =~ s/\A(.*?)\n\n//s) {
-        my $event = $1;
-
-        if ($event !~ s/\Adata: //) {
-            push @out, "not a data event: $event";
-            next;
-        }
-
-        if ($event eq '[DONE]') {
-            push @out, '[DONE]';
-            next;
-        }
-
-        my $c = eval { $json->decode($event) };
-        if (ref $c ne 'HASH') {
-            push @out, "not JSON: $event";
-            next;
-        }
-
-        if (my $e = $c->{error}) {
-            push @out, "error $e->{type} " . ($e->{code} // 'null') . ' '
-                       . $str->encode($e->{message});
-            next;
-        }
-
-        if (!defined $model || $c->{model} ne $model) {
-            $model = $c->{model};
-            push @out, "$c->{object} $model";
-        }
-
-        push @out, "bad id $c->{id}" unless $c->{id} =~ /^chatcmpl-\w+$/;
-        push @out, 'new id' if defined $id && $c->{id} ne $id;
-        $id = $c->{id};
-
-        for my $ch (@{ $c->{choices} || [] }) {
-            my $d = $ch->{delta} || {};
-            push @out, "role $d->{role}" if defined $d->{role};
-            push @out, 'content ' . $str->encode($d->{content})
-                if defined $d->{content} && length $d->{content};
-            for my $tc (@{ $d->{tool_calls} || [] }) {
-                push @out, "tool $tc->{index} " . tool_id($tc->{id})
-                           . " $tc->{type} $tc->{function}{name}"
-                    if defined $tc->{id};
-                push @out, "args $tc->{index} "
-                           . $str->encode($tc->{function}{arguments})
-                    if length($tc->{function}{arguments} // '');
-            }
-            push @out, "finish $ch->{finish_reason}"
-                if defined $ch->{finish_reason};
-        }
-
-        if (my $u = $c->{usage}) {
-            push @out, "usage $u->{prompt_tokens} $u->{completion_tokens} "
-                       . "$u->{total_tokens}";
-        }
-    }
-
-    push @out, "left over: $body" if length $body;
-
-    return join '', map { "$_\n" } @out;
-}
-
-# An Anthropic message stream, one line per thing a client sees.
-sub anthropic_sse {
-    my $body = shift;
-    my @out;
-
-    my $usage = sub {
-        my $u = shift || {};
-        return join ' ', map { "$_=" . ($u->{$_} // '-') }
-                         qw(input_tokens output_tokens);
-    };
-
-    while ($body =~ s/\A(.*?)\n\n//s) {
-        my $event = $1;
-        my ($name, $data) = $event =~ /\Aevent: ([^\n]+)\ndata: ([^\n]+)\z/;
-
-        if (!defined $name) {
-            push @out, "malformed: $event";
-            next;
-        }
-
-        my $d = eval { $json->decode($data) };
-        if (ref $d ne 'HASH') {
-            push @out, "not JSON: $data";
-            next;
-        }
-
-        push @out, "event $name carries type " . ($d->{type} // 'none')
-            if ($d->{type} // '') ne $name;
-
-        if ($name eq 'message_start') {
-            my $m = $d->{message};
-            my $id = $m->{id};
-            $id =~ s/^(msg_chatcmpl-)[A-Za-z0-9]{22}$/$1*/;
-            push @out, "message_start $id $m->{type} $m->{role} $m->{model} "
-                       . $usage->($m->{usage});
-            push @out, 'content not empty' if @{ $m->{content} || [1] };
-            push @out, 'stop reason set' if defined $m->{stop_reason};
-
-        } elsif ($name eq 'content_block_start') {
-            my $b = $d->{content_block};
-            if ($b->{type} eq 'tool_use') {
-                push @out, "start $d->{index} tool_use " . tool_id($b->{id})
-                           . " $b->{name} " . $json->encode($b->{input});
-            } else {
-                push @out, "start $d->{index} $b->{type}"
-                           . (length($b->{text} // '')
-                              ? ' ' . $str->encode($b->{text}) : '');
-            }
-
-        } elsif ($name eq 'content_block_delta') {
-            my $x = $d->{delta};
-            if ($x->{type} eq 'text_delta') {
-                push @out, "text $d->{index} " . $str->encode($x->{text});
-            } elsif ($x->{type} eq 'input_json_delta') {
-                push @out, "json $d->{index} "
-                           . $str->encode($x->{partial_json});
-            } else {
-                push @out, "delta $d->{index} $x->{type}";
-            }
-
-        } elsif ($name eq 'content_block_stop') {
-            push @out, "stop $d->{index}";
-
-        } elsif ($name eq 'message_delta') {
-            push @out, "message_delta "
-                       . ($d->{delta}{stop_reason} // 'null') . ' '
-                       . $usage->($d->{usage});
-
-        } elsif ($name eq 'error') {
-            push @out, "error $d->{error}{type} "
-                       . $str->encode($d->{error}{message});
-
-        } else {
-            push @out, $name;
-        }
-    }
-
-    push @out, "left over: $body" if length $body;
-
-    return join '', map { "$_\n" } @out;
-}
-
-# The body a recorded stream carried as its text, keys sorted; and whether
-# a usage chunk reached the client.
-sub recorded_openai_stream {
-    my $body = shift;
-    my ($text, $usage) = ('', 0);
-    while ($body =~ /^data: (\{.*)$/mg) {
-        my $c = eval { $json->decode($1) } or return "not JSON: $1\n";
-        $usage++ if $c->{usage};
-        $text .= $_->{delta}{content} // '' for @{ $c->{choices} || [] };
-    }
-    my $req = eval { $chars->decode($text) } or return "not JSON: $text\n";
-    return $chars->encode($req) . "\n" . ($usage ? "usage chunk\n" : '');
-}
-
-sub recorded_anthropic_stream {
-    my $body = shift;
-    my $text = '';
-    while ($body =~ /^data: (\{.*)$/mg) {
-        my $d = eval { $json->decode($1) } or return "not JSON: $1\n";
-        $text .= $d->{delta}{text}
-            if $d->{type} eq 'content_block_delta'
-               && $d->{delta}{type} eq 'text_delta';
-    }
-    my $req = eval { $chars->decode($text) } or return "not JSON: $text\n";
-    return $chars->encode($req) . "\n";
-}
+sub upstream_body { recorded_answer(shift) }
 
 # The reply of the split streams: two- and four-byte UTF-8 sequences,
 # quotes and a backslash, all of which the translation re-escapes.

@@ -23,15 +23,10 @@ use Smartflow::Mock;
 use IO::Socket::INET;
 use JSON::PP ();
 use Test::Nginx::Socket 'no_plan';
+use Smartflow::Blocks;
+use Smartflow::SSE;
 
 $ENV{TEST_NGINX_FIXTURE_PORT} ||= 1988;
-
-our $MainConfig = <<'_EOC_';
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_proxy_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_policy_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_cache_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_audit_module.so;
-_EOC_
 
 # The http{} configuration, with the directives a block adds ahead of the
 # providers (smartflow_breaker, smartflow_balance, smartflow_max_attempts).
@@ -166,28 +161,8 @@ _EOC_
 our $Locations = Smartflow::Conf::shipped_locations();
 our $HttpConfig = http_config();
 
-our $OpenAIKey = "Authorization: Bearer sk-smartflow-test-0123456789\n";
-our $AnthropicKey = "x-api-key: sk-smartflow-test-0123456789\n"
-                    . "anthropic-version: 2023-06-01\n";
-
-add_block_preprocessor(sub {
-    my $block = shift;
-
-    $block->set_value('main_config', $MainConfig)
-        unless defined $block->main_config;
-    $block->set_value('http_config', $HttpConfig)
-        unless defined $block->http_config;
-    $block->set_value('config', $Locations)
-        unless defined $block->config;
-
-    return if defined $block->more_headers;
-    my $req = $block->request // '';
-    $req = $req->[0] if ref $req eq 'ARRAY';
-    $req = $req->[0]{value} if ref $req eq 'ARRAY';
-    $block->set_value('more_headers',
-                      $req =~ m{^\s*POST /anthropic/} ? $::AnthropicKey
-                                                      : $::OpenAIKey);
-});
+Smartflow::Blocks::defaults(http_config => $HttpConfig, config => $Locations,
+                            keys => 1);
 
 my $json = JSON::PP->new->utf8->canonical;
 my $str = JSON::PP->new->ascii->allow_nonref;
@@ -308,109 +283,6 @@ sub background_request {
     $Background = $sock;
     # long enough for the gateway to route it and send it on
     select(undef, undef, undef, 0.3);
-}
-
-# An OpenAI chat stream, one line per thing a client sees.
-sub openai_sse {
-    my $body = shift;
-    my (@out, $model, $id);
-
-    while ($body =~ s/\A(.*?)\n\n//s) {
-        my $event = $1;
-
-        if ($event !~ s/\Adata: //) {
-            push @out, "not a data event: $event";
-            next;
-        }
-
-        if ($event eq '[DONE]') {
-            push @out, '[DONE]';
-            next;
-        }
-
-        my $c = eval { $json->decode($event) };
-        if (ref $c ne 'HASH') {
-            push @out, "not JSON: $event";
-            next;
-        }
-
-        if (my $e = $c->{error}) {
-            push @out, "error $e->{type} " . ($e->{code} // 'null');
-            next;
-        }
-
-        if (!defined $model || $c->{model} ne $model) {
-            $model = $c->{model};
-            push @out, "$c->{object} $model";
-        }
-
-        push @out, 'new id' if defined $id && $c->{id} ne $id;
-        $id = $c->{id};
-
-        for my $ch (@{ $c->{choices} || [] }) {
-            my $d = $ch->{delta} || {};
-            push @out, "role $d->{role}" if defined $d->{role};
-            push @out, 'content ' . $str->encode($d->{content})
-                if defined $d->{content} && length $d->{content};
-            push @out, "finish $ch->{finish_reason}"
-                if defined $ch->{finish_reason};
-        }
-
-        if (my $u = $c->{usage}) {
-            push @out, "usage $u->{prompt_tokens} $u->{completion_tokens} "
-                       . "$u->{total_tokens}";
-        }
-    }
-
-    push @out, "left over: $body" if length $body;
-
-    return join '', map { "$_\n" } @out;
-}
-
-# An Anthropic message stream, one line per thing a client sees.
-sub anthropic_sse {
-    my $body = shift;
-    my @out;
-
-    while ($body =~ s/\A(.*?)\n\n//s) {
-        my $event = $1;
-        my ($name, $data) = $event =~ /\Aevent: ([^\n]+)\ndata: ([^\n]+)\z/;
-
-        if (!defined $name) {
-            push @out, "malformed: $event";
-            next;
-        }
-
-        my $d = eval { $json->decode($data) };
-        if (ref $d ne 'HASH') {
-            push @out, "not JSON: $data";
-            next;
-        }
-
-        push @out, "event $name carries type " . ($d->{type} // 'none')
-            if ($d->{type} // '') ne $name;
-
-        if ($name eq 'message_start') {
-            push @out, "message_start $d->{message}{model}";
-        } elsif ($name eq 'content_block_start') {
-            push @out, "start $d->{index} $d->{content_block}{type}";
-        } elsif ($name eq 'content_block_delta') {
-            push @out, "text $d->{index} " . $str->encode($d->{delta}{text});
-        } elsif ($name eq 'content_block_stop') {
-            push @out, "stop $d->{index}";
-        } elsif ($name eq 'message_delta') {
-            push @out, "message_delta $d->{delta}{stop_reason} "
-                       . 'output_tokens=' . ($d->{usage}{output_tokens} // '-');
-        } elsif ($name eq 'error') {
-            push @out, "error $d->{error}{type}";
-        } else {
-            push @out, $name;
-        }
-    }
-
-    push @out, "left over: $body" if length $body;
-
-    return join '', map { "$_\n" } @out;
 }
 
 run_tests();
@@ -705,8 +577,8 @@ broke before its end
 --- response_body_filters eval
 \&::anthropic_sse
 --- response_body eval
-["message_start an-gm\nping\nstart 0 text\ntext 0 \"mock\"\ntext 0 \" reply\"\ntext 0 \" to:\"\ntext 0 \" hi\"\nstop 0\nmessage_delta end_turn output_tokens=4\nmessage_stop\n",
- "message_start claude-x2\nstart 0 text\nping\ntext 0 \"mock\"\ntext 0 \" reply\"\ntext 0 \" to:\"\ntext 0 \" hi\"\nstop 0\nmessage_delta end_turn output_tokens=4\nmessage_stop\n"]
+["message_start msg_chatcmpl-* message assistant an-gm input_tokens=0 output_tokens=0\nping\nstart 0 text\ntext 0 \"mock\"\ntext 0 \" reply\"\ntext 0 \" to:\"\ntext 0 \" hi\"\nstop 0\nmessage_delta end_turn input_tokens=1 output_tokens=4\nmessage_stop\n",
+ "message_start msg_01* message assistant claude-x2 input_tokens=1 output_tokens=1\nstart 0 text\nping\ntext 0 \"mock\"\ntext 0 \" reply\"\ntext 0 \" to:\"\ntext 0 \" hi\"\nstop 0\nmessage_delta end_turn input_tokens=- output_tokens=4\nmessage_stop\n"]
 --- error_log
 trying the next one
 

@@ -2,22 +2,17 @@
 # unbuffered, whole and in order, however the provider cuts them into
 # reads; the built-in echo provider streams OpenAI's chunk sequence.
 #
-# Bodies are checked through sse_summary(), which decodes every event and
-# writes one line per thing a client would see (role, content pieces,
-# finish reason, usage, [DONE]) and flags anything that is not a
-# well-formed "data: ...\n\n" event.
+# Bodies are checked through openai_sse() (from Smartflow::SSE), which
+# decodes every event and writes one line per thing a client would see
+# (object and model, role, content and text pieces, finish reason, usage,
+# [DONE]) and flags anything that is not a well-formed "data: ...\n\n"
+# event or carries an id of the wrong shape or a changed one.
 
 use lib 't/lib';
 use Smartflow::Mock;
-use JSON::PP ();
 use Test::Nginx::Socket 'no_plan';
-
-our $MainConfig = <<'_EOC_';
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_proxy_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_policy_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_cache_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_audit_module.so;
-_EOC_
+use Smartflow::Blocks;
+use Smartflow::SSE;
 
 our $HttpConfig = <<'_EOC_';
     smartflow_master_key sk-smartflow-test-0123456789;
@@ -51,78 +46,8 @@ our $Locations = <<'_EOC_';
     }
 _EOC_
 
-add_block_preprocessor(sub {
-    my $block = shift;
-
-    $block->set_value('main_config', $MainConfig)
-        unless defined $block->main_config;
-    $block->set_value('http_config', $HttpConfig)
-        unless defined $block->http_config;
-    $block->set_value('config', $Locations)
-        unless defined $block->config;
-    $block->set_value('more_headers',
-                      'Authorization: Bearer sk-smartflow-test-0123456789')
-        unless defined $block->more_headers;
-});
-
-my $json = JSON::PP->new->utf8->canonical;
-my $str = JSON::PP->new->ascii->allow_nonref;
-
-sub sse_summary {
-    my $body = shift;
-    my (@out, $object, $model, $id);
-
-    while ($body =~ s/\A(.*?)\n\n//s) {
-        my $event = $1;
-
-        if ($event !~ s/\Adata: //) {
-            push @out, "not a data event: $event";
-            next;
-        }
-
-        if ($event eq '[DONE]') {
-            push @out, '[DONE]';
-            next;
-        }
-
-        my $chunk = eval { $json->decode($event) };
-        if (!$chunk) {
-            push @out, "not JSON: $event";
-            next;
-        }
-
-        if (!defined $model || $chunk->{model} ne $model
-            || $chunk->{object} ne $object)
-        {
-            ($object, $model) = @$chunk{qw(object model)};
-            push @out, "$object $model";
-        }
-
-        push @out, 'new id' if defined $id && $chunk->{id} ne $id;
-        $id = $chunk->{id};
-
-        for my $choice (@{ $chunk->{choices} || [] }) {
-            my $delta = $choice->{delta} || {};
-            push @out, "role $delta->{role}" if defined $delta->{role};
-            push @out, 'content ' . $str->encode($delta->{content})
-                if defined $delta->{content}
-                   && ($delta->{content} ne '' || !defined $delta->{role});
-            push @out, 'text ' . $str->encode($choice->{text})
-                if defined $choice->{text} && $choice->{text} ne '';
-            push @out, "finish $choice->{finish_reason}"
-                if defined $choice->{finish_reason};
-        }
-
-        if (my $u = $chunk->{usage}) {
-            push @out, "usage $u->{prompt_tokens} $u->{completion_tokens} "
-                       . "$u->{total_tokens}";
-        }
-    }
-
-    push @out, "left over: $body" if length $body;
-
-    return join '', map { "$_\n" } @out;
-}
+Smartflow::Blocks::defaults(http_config => $HttpConfig, config => $Locations,
+                            keys => 1);
 
 run_tests();
 
@@ -137,7 +62,7 @@ X-Accel-Buffering: no
 Content-Type: text/event-stream; charset=utf-8
 x-mock-path: /v1/chat/completions
 --- response_body_filters eval
-\&::sse_summary
+\&::openai_sse
 --- response_body
 chat.completion.chunk gpt-4o
 role assistant
@@ -163,7 +88,7 @@ POST /v1/chat/completions
 --- response_headers
 X-Accel-Buffering: no
 --- response_body_filters eval
-\&::sse_summary
+\&::openai_sse
 --- response_body
 chat.completion.chunk gpt-4o
 role assistant
@@ -192,7 +117,7 @@ POST /v1/chat/completions
 {"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"count"}]}
 --- timeout: 1
 --- response_body_filters eval
-\&::sse_summary
+\&::openai_sse
 --- response_body
 chat.completion.chunk gpt-4o
 role assistant
@@ -211,7 +136,7 @@ finish stop
 POST /v1/chat/completions
 {"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}
 --- response_body_filters eval
-\&::sse_summary
+\&::openai_sse
 --- response_body
 chat.completion.chunk gpt-4o-mini
 role assistant
@@ -234,7 +159,7 @@ POST /v1/completions
 --- response_headers
 X-Accel-Buffering: no
 --- response_body_filters eval
-\&::sse_summary
+\&::openai_sse
 --- response_body
 text_completion gpt-3.5-turbo-instruct
 text "mock"
@@ -291,7 +216,7 @@ Content-Type: text/event-stream
 X-Accel-Buffering: no
 Cache-Control: no-cache
 --- response_body_filters eval
-\&::sse_summary
+\&::openai_sse
 --- response_body
 chat.completion.chunk smartflow-echo
 role assistant
@@ -317,7 +242,7 @@ finish stop
 . '"messages":[{"role":"user","content":"one two"}]}',
 ]
 --- response_body_filters eval
-\&::sse_summary
+\&::openai_sse
 --- response_body eval
 [
 "chat.completion.chunk smartflow-echo
@@ -350,7 +275,7 @@ finish stop
 POST /v1/completions
 {"model":"smartflow-echo","stream":true,"prompt":"say \"hi\"\nnow"}
 --- response_body_filters eval
-\&::sse_summary
+\&::openai_sse
 --- response_body
 text_completion smartflow-echo
 text "Echo: "
@@ -368,7 +293,7 @@ finish stop
 POST /v1/chat/completions
 {"model":"SmartFlow-Echo","stream":true,"messages":[{"role":"user","content":"x"}]}
 --- response_body_filters eval
-\&::sse_summary
+\&::openai_sse
 --- response_body
 chat.completion.chunk SmartFlow-Echo
 role assistant
