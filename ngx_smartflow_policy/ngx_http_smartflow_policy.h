@@ -54,6 +54,7 @@ typedef struct {
 #define NGX_SF_SCAN_SHIELD  4
 
 #define NGX_SF_MAX_FINDINGS 128
+#define NGX_SF_SPLICE_MAX   16
 #define NGX_SF_NTYPES       (NGX_SF_RULE_N + NGX_SF_POLICY_MAX_CUSTOM)
 
 
@@ -62,6 +63,21 @@ typedef struct {
     ngx_uint_t                          n;
     ngx_str_t                           value;
 } ngx_http_smartflow_placeholder_t;
+
+
+/* a string of the request that a redaction changed: what it was */
+typedef struct {
+    ngx_smartflow_json_t               *j;
+    ngx_str_t                           was;
+} ngx_http_smartflow_policy_edit_t;
+
+
+/* a tool call of the answer being streamed: its arguments, held whole */
+typedef struct {
+    ngx_uint_t                          index;
+    ngx_str_t                           args;
+    size_t                              size;   /* args' room */
+} ngx_http_smartflow_policy_call_t;
 
 
 typedef struct {
@@ -77,11 +93,15 @@ typedef struct {
     ngx_uint_t                          score;
     ngx_uint_t                          redacted;
     ngx_uint_t                          shield_on;
-    ngx_smartflow_finding_t             f[NGX_SF_MAX_FINDINGS];
+    ngx_smartflow_finding_t            *f;      /* a scan's, scratch */
+
+    /* the request's strings redacted, to write the body again */
+    ngx_array_t                        *edits;  /* policy_edit_t */
+    ngx_uint_t                          input;
 
     /* the answer, as a stream: text held back per block, tool calls */
     ngx_str_t                           pending[NGX_SF_OUT_BLOCKS];
-    ngx_str_t                           calls[NGX_SF_OUT_BLOCKS];
+    ngx_array_t                        *calls;  /* policy_call_t */
     ngx_uint_t                          ndecided;
     ngx_uint_t                          approval;   /* its id, or 0 */
 } ngx_http_smartflow_policy_run_t;

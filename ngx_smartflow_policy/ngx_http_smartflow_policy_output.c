@@ -38,6 +38,24 @@ static ngx_int_t ngx_http_smartflow_policy_error_event(
     ngx_http_smartflow_policy_run_t *run, ngx_array_t *out);
 static ngx_int_t ngx_http_smartflow_policy_split(ngx_str_t *ev,
     ngx_str_t *name, ngx_str_t *data);
+static ngx_int_t ngx_http_smartflow_policy_hold_call(
+    ngx_http_smartflow_policy_run_t *run, ngx_uint_t index, ngx_str_t *add);
+static ngx_http_smartflow_policy_call_t *ngx_http_smartflow_policy_find_call(
+    ngx_http_smartflow_policy_run_t *run, ngx_uint_t index);
+static ngx_int_t ngx_http_smartflow_policy_args(
+    ngx_http_smartflow_policy_run_t *run, ngx_str_t *args);
+static ngx_int_t ngx_http_smartflow_policy_doc(
+    ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *doc);
+static ngx_int_t ngx_http_smartflow_policy_openai_calls(
+    ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *j,
+    ngx_array_t *out);
+static ngx_smartflow_json_t *ngx_http_smartflow_policy_copy(ngx_pool_t *pool,
+    ngx_smartflow_json_t *j);
+static ngx_int_t ngx_http_smartflow_policy_anthropic_start(
+    ngx_http_smartflow_policy_run_t *run, ngx_str_t *data, ngx_array_t *out);
+static ngx_int_t ngx_http_smartflow_policy_anthropic_delta(
+    ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *index,
+    char *type, char *field, ngx_str_t *value, ngx_array_t *out);
 
 
 static ngx_str_t  ngx_http_smartflow_policy_empty = ngx_null_string;
@@ -248,10 +266,11 @@ static ngx_int_t
 ngx_http_smartflow_policy_openai_event(ngx_http_smartflow_policy_run_t *run,
     ngx_str_t *data, ngx_array_t *out)
 {
-    ngx_str_t              err, text;
-    ngx_uint_t             i, idx, finish, changed;
-    ngx_smartflow_json_t  *j, *choice, *delta, *content, *calls, *call;
-    ngx_smartflow_json_t  *flush, *fr;
+    ngx_str_t                          err, text;
+    ngx_uint_t                         i, idx, finish, changed, keep;
+    ngx_smartflow_json_t              *j, *choice, *delta, *content, *calls;
+    ngx_smartflow_json_t              *flush, *fr, *call, *fn;
+    ngx_http_smartflow_policy_call_t  *call_t;
 
     if (data->len == 6 && ngx_strncmp(data->data, "[DONE]", 6) == 0) {
         return NGX_DECLINED;
@@ -275,49 +294,62 @@ ngx_http_smartflow_policy_openai_event(ngx_http_smartflow_policy_run_t *run,
     finish = (fr && fr->type == NGX_SMARTFLOW_JSON_STRING);
     changed = 0;
 
-    /* the tool calls' arguments, whole at the end, for Shield */
+    /*
+     * The tool calls' arguments are held, whole, until the answer's
+     * finish: the events that only carry a piece of them are dropped, the
+     * ones that start a call go on with their arguments emptied.
+     */
     calls = ngx_smartflow_json_get(delta, "tool_calls");
 
     if (calls && calls->type == NGX_SMARTFLOW_JSON_ARRAY) {
+        keep = 0;
+
         for (call = calls->child; call; call = call->next) {
             fr = ngx_smartflow_json_get(call, "index");
             idx = (fr && fr->type == NGX_SMARTFLOW_JSON_NUMBER)
                   ? (ngx_uint_t) ngx_atoi(fr->str.data, fr->str.len) : 0;
 
-            fr = ngx_smartflow_json_get(ngx_smartflow_json_get(call,
-                                                              "function"),
-                                        "arguments");
+            fn = ngx_smartflow_json_get(call, "function");
 
-            if (ngx_smartflow_json_is_string(fr)
-                && idx < NGX_SF_OUT_BLOCKS
-                && ngx_http_smartflow_policy_append(run->r->pool,
-                                                    &run->calls[idx],
-                                                    &fr->str)
-                   != NGX_OK)
+            if (ngx_smartflow_json_get(call, "id")
+                || ngx_smartflow_json_get(fn, "name"))
+            {
+                keep = 1;
+            }
+
+            fr = ngx_smartflow_json_get(fn, "arguments");
+
+            if (!ngx_smartflow_json_is_string(fr)) {
+                continue;
+            }
+
+            if (ngx_http_smartflow_policy_hold_call(run, idx, &fr->str)
+                != NGX_OK)
             {
                 return NGX_ERROR;
             }
+
+            if (fr->str.len) {
+                fr->str.len = 0;
+                changed = 1;
+            }
+        }
+
+        if (!keep && !finish && delta->nchild == 1) {
+            /* only arguments: they wait for the call's end */
+            return NGX_OK;
         }
     }
 
-    if (finish) {
-        for (i = 0; i < NGX_SF_OUT_BLOCKS; i++) {
-            if (run->calls[i].len && run->shield_on) {
-                ngx_http_smartflow_policy_shield(run, run->calls[i].data,
-                                                 run->calls[i].len);
-            }
+    if (finish && run->calls && run->calls->nelts) {
+        /* the calls, whole: Shield and the detectors before any goes out */
+        call_t = run->calls->elts;
 
-            if (run->calls[i].len) {
-                flush = ngx_smartflow_json_new(run->r->pool,
-                                               NGX_SMARTFLOW_JSON_STRING,
-                                               &run->calls[i]);
-                if (flush == NULL
-                    || ngx_http_smartflow_policy_text(run, flush,
-                                                      NGX_SF_SCAN_PII)
-                       != NGX_OK)
-                {
-                    return NGX_ERROR;
-                }
+        for (i = 0; i < run->calls->nelts && !run->block; i++) {
+            if (ngx_http_smartflow_policy_args(run, &call_t[i].args)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
             }
         }
 
@@ -394,6 +426,18 @@ ngx_http_smartflow_policy_openai_event(ngx_http_smartflow_policy_run_t *run,
         return NGX_OK;
     }
 
+    if (finish && run->calls && run->calls->nelts) {
+        /* the arguments held, one event per call, before the finish */
+        if (ngx_http_smartflow_policy_openai_calls(run, j, out)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        run->calls->nelts = 0;
+        changed = 1;
+    }
+
     if (!changed) {
         return NGX_DECLINED;
     }
@@ -408,12 +452,19 @@ ngx_http_smartflow_policy_anthropic_event(
     ngx_http_smartflow_policy_run_t *run, ngx_str_t *name, ngx_str_t *data,
     ngx_array_t *out)
 {
-    ngx_str_t              err, text;
-    ngx_uint_t             idx, stop;
-    ngx_smartflow_json_t  *j, *delta, *type, *t, *flush, *d;
+    ngx_str_t                          err, text;
+    ngx_uint_t                         idx, stop;
+    ngx_smartflow_json_t              *j, *delta, *type, *t;
+    ngx_http_smartflow_policy_call_t  *held;
 
     stop = (name->len == 18
             && ngx_strncmp(name->data, "content_block_stop", 18) == 0);
+
+    if (name->len == 19
+        && ngx_strncmp(name->data, "content_block_start", 19) == 0)
+    {
+        return ngx_http_smartflow_policy_anthropic_start(run, data, out);
+    }
 
     if (!stop && !(name->len == 19
                    && ngx_strncmp(name->data, "content_block_delta", 19)
@@ -436,25 +487,34 @@ ngx_http_smartflow_policy_anthropic_event(
     }
 
     if (stop) {
-        if (run->calls[idx].len) {
-            /* a tool_use block's input, whole */
-            if (run->shield_on) {
-                ngx_http_smartflow_policy_shield(run, run->calls[idx].data,
-                                                 run->calls[idx].len);
+        held = ngx_http_smartflow_policy_find_call(run, idx);
+
+        if (held) {
+            /* a tool_use block's input, whole, as one delta before the stop */
+            if (ngx_http_smartflow_policy_args(run, &held->args) != NGX_OK) {
+                return NGX_ERROR;
             }
 
-            flush = ngx_smartflow_json_new(run->r->pool,
-                                           NGX_SMARTFLOW_JSON_STRING,
-                                           &run->calls[idx]);
-            if (flush == NULL
-                || ngx_http_smartflow_policy_text(run, flush,
-                                                  NGX_SF_SCAN_PII)
-                   != NGX_OK)
+            held->index = NGX_MAX_UINT32_VALUE;
+
+            if (run->block) {
+                return NGX_OK;
+            }
+
+            if (ngx_http_smartflow_policy_anthropic_delta(run, t,
+                                                          "input_json_delta",
+                                                          "partial_json",
+                                                          &held->args, out)
+                != NGX_OK)
             {
                 return NGX_ERROR;
             }
 
-            run->calls[idx].len = 0;
+            if (run->pending[idx].len == 0) {
+                return ngx_http_smartflow_policy_event_out(run,
+                                                   "content_block_stop", j,
+                                                   out);
+            }
         }
 
         if (run->block || run->pending[idx].len == 0) {
@@ -474,36 +534,8 @@ ngx_http_smartflow_policy_anthropic_event(
             return NGX_OK;
         }
 
-        flush = ngx_smartflow_json_new(run->r->pool,
-                                       NGX_SMARTFLOW_JSON_OBJECT, NULL);
-        d = ngx_smartflow_json_new(run->r->pool, NGX_SMARTFLOW_JSON_OBJECT,
-                                   NULL);
-        if (flush == NULL || d == NULL) {
-            return NGX_ERROR;
-        }
-
-        ngx_str_set(&err, "content_block_delta");
-        if (ngx_smartflow_json_set_str(run->r->pool, flush, "type", &err)
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
-        ngx_smartflow_json_append(flush, "index", t);
-        ngx_str_set(&err, "text_delta");
-
-        if (ngx_smartflow_json_set_str(run->r->pool, d, "type", &err)
-               != NGX_OK
-            || ngx_smartflow_json_set_str(run->r->pool, d, "text", &text)
-               != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
-        ngx_smartflow_json_append(flush, "delta", d);
-
-        if (ngx_http_smartflow_policy_event_out(run, "content_block_delta",
-                                                flush, out)
+        if (ngx_http_smartflow_policy_anthropic_delta(run, t, "text_delta",
+                                                      "text", &text, out)
             != NGX_OK)
         {
             return NGX_ERROR;
@@ -523,17 +555,17 @@ ngx_http_smartflow_policy_anthropic_event(
     if (type->str.len == 16
         && ngx_strncmp(type->str.data, "input_json_delta", 16) == 0)
     {
+        /* the input waits, whole, for the block's stop */
         t = ngx_smartflow_json_get(delta, "partial_json");
 
         if (ngx_smartflow_json_is_string(t)
-            && ngx_http_smartflow_policy_append(run->r->pool,
-                                                &run->calls[idx], &t->str)
+            && ngx_http_smartflow_policy_hold_call(run, idx, &t->str)
                != NGX_OK)
         {
             return NGX_ERROR;
         }
 
-        return NGX_DECLINED;
+        return NGX_OK;
     }
 
     if (!(type->str.len == 10
@@ -561,6 +593,433 @@ ngx_http_smartflow_policy_anthropic_event(
     t->str = text;
 
     return ngx_http_smartflow_policy_event_out(run, "content_block_delta", j,
+                                               out);
+}
+
+
+/* a piece of a tool call's arguments, added to what the call holds */
+static ngx_int_t
+ngx_http_smartflow_policy_hold_call(ngx_http_smartflow_policy_run_t *run,
+    ngx_uint_t index, ngx_str_t *add)
+{
+    u_char                            *p;
+    size_t                             size;
+    ngx_uint_t                         i;
+    ngx_http_smartflow_policy_call_t  *call, *c;
+
+    call = ngx_http_smartflow_policy_find_call(run, index);
+
+    if (call == NULL) {
+        if (run->calls == NULL) {
+            run->calls = ngx_array_create(run->r->pool, 2,
+                                 sizeof(ngx_http_smartflow_policy_call_t));
+            if (run->calls == NULL) {
+                return NGX_ERROR;
+            }
+        }
+
+        /* a call that ended leaves its place */
+        c = run->calls->elts;
+
+        for (i = 0; i < run->calls->nelts; i++) {
+            if (c[i].index == NGX_MAX_UINT32_VALUE) {
+                call = &c[i];
+                break;
+            }
+        }
+
+        if (call == NULL) {
+            call = ngx_array_push(run->calls);
+            if (call == NULL) {
+                return NGX_ERROR;
+            }
+        }
+
+        call->index = index;
+        ngx_str_null(&call->args);
+        call->size = 0;
+    }
+
+    if (add->len == 0) {
+        return NGX_OK;
+    }
+
+    if (call->args.len + add->len > call->size) {
+        /* room doubled: a call streamed in many pieces is copied O(n) */
+        size = ngx_max(2 * call->size, call->args.len + add->len);
+        size = ngx_max(size, 256);
+
+        p = ngx_pnalloc(run->r->pool, size);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(p, call->args.data, call->args.len);
+        call->args.data = p;
+        call->size = size;
+    }
+
+    ngx_memcpy(call->args.data + call->args.len, add->data, add->len);
+    call->args.len += add->len;
+
+    return NGX_OK;
+}
+
+
+static ngx_http_smartflow_policy_call_t *
+ngx_http_smartflow_policy_find_call(ngx_http_smartflow_policy_run_t *run,
+    ngx_uint_t index)
+{
+    ngx_uint_t                         i;
+    ngx_http_smartflow_policy_call_t  *c;
+
+    if (run->calls == NULL) {
+        return NULL;
+    }
+
+    c = run->calls->elts;
+
+    for (i = 0; i < run->calls->nelts; i++) {
+        if (c[i].index == index) {
+            return &c[i];
+        }
+    }
+
+    return NULL;
+}
+
+
+/*
+ * A tool call's arguments, whole: Shield reads the command; the
+ * detectors read the string values of the JSON document decoded (an
+ * escape cannot hide a value, a placeholder cannot break the document),
+ * which is written again only if a value was redacted.  Arguments that
+ * are not JSON are scanned as they are: a placeholder has no quote nor
+ * backslash to escape.
+ */
+static ngx_int_t
+ngx_http_smartflow_policy_args(ngx_http_smartflow_policy_run_t *run,
+    ngx_str_t *args)
+{
+    ngx_int_t              rc;
+    ngx_str_t              err;
+    ngx_uint_t             redacted;
+    ngx_smartflow_json_t  *doc;
+
+    if (args->len == 0) {
+        return NGX_OK;
+    }
+
+    if (run->shield_on) {
+        ngx_http_smartflow_policy_shield(run, args->data, args->len);
+
+        if (run->block) {
+            return NGX_OK;
+        }
+    }
+
+    doc = ngx_smartflow_json_parse(run->r->pool, args->data, args->len, &err);
+
+    if (doc == NULL
+        || (doc->type != NGX_SMARTFLOW_JSON_OBJECT
+            && doc->type != NGX_SMARTFLOW_JSON_ARRAY))
+    {
+        doc = ngx_smartflow_json_new(run->r->pool, NGX_SMARTFLOW_JSON_STRING,
+                                     args);
+        if (doc == NULL
+            || ngx_http_smartflow_policy_text(run, doc, NGX_SF_SCAN_PII)
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        *args = doc->str;
+
+        return NGX_OK;
+    }
+
+    redacted = run->redacted;
+    run->redacted = 0;
+
+    rc = ngx_http_smartflow_policy_doc(run, doc);
+
+    if (rc == NGX_OK && run->redacted && !run->block) {
+        rc = ngx_smartflow_json_dump(run->r->pool, doc, args);
+    }
+
+    run->redacted |= redacted;
+
+    return rc;
+}
+
+
+/* the string values of a JSON document, at any depth */
+static ngx_int_t
+ngx_http_smartflow_policy_doc(ngx_http_smartflow_policy_run_t *run,
+    ngx_smartflow_json_t *doc)
+{
+    ngx_smartflow_json_t  *c;
+
+    if (ngx_smartflow_json_is_string(doc)) {
+        return ngx_http_smartflow_policy_text(run, doc, NGX_SF_SCAN_PII);
+    }
+
+    if (doc->type != NGX_SMARTFLOW_JSON_OBJECT
+        && doc->type != NGX_SMARTFLOW_JSON_ARRAY)
+    {
+        return NGX_OK;
+    }
+
+    for (c = doc->child; c && !run->block; c = c->next) {
+        if (ngx_http_smartflow_policy_doc(run, c) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The held calls' arguments as chunks of their own, made like the
+ * finishing chunk j (id, object, created, model ...): one delta per call
+ * with its whole arguments and no finish reason yet.
+ */
+static ngx_int_t
+ngx_http_smartflow_policy_openai_calls(ngx_http_smartflow_policy_run_t *run,
+    ngx_smartflow_json_t *j, ngx_array_t *out)
+{
+    ngx_str_t                          v;
+    ngx_uint_t                         i;
+    ngx_pool_t                        *pool;
+    ngx_smartflow_json_t              *chunk, *m, *choices, *choice, *delta;
+    ngx_smartflow_json_t              *calls, *call, *fn, *n, *ci, *cur;
+    ngx_http_smartflow_policy_call_t  *c;
+
+    pool = run->r->pool;
+    c = run->calls->elts;
+    n = NULL;
+
+    choice = ngx_smartflow_json_get(j, "choices")->child;
+    ci = ngx_smartflow_json_get(choice, "index");
+    cur = ngx_smartflow_json_get(ngx_smartflow_json_get(choice, "delta"),
+                                 "tool_calls");
+    cur = (cur && cur->type == NGX_SMARTFLOW_JSON_ARRAY) ? cur : NULL;
+
+    for (i = 0; i < run->calls->nelts; i++) {
+        if (c[i].index == NGX_MAX_UINT32_VALUE) {
+            continue;
+        }
+
+        /* a call the finishing chunk itself carries gets them there */
+        for (call = cur ? cur->child : NULL; call; call = call->next) {
+            n = ngx_smartflow_json_get(call, "index");
+
+            if (n && n->type == NGX_SMARTFLOW_JSON_NUMBER
+                && (ngx_uint_t) ngx_atoi(n->str.data, n->str.len)
+                   == c[i].index)
+            {
+                fn = ngx_smartflow_json_get(call, "function");
+                n = ngx_smartflow_json_get(fn, "arguments");
+                break;
+            }
+        }
+
+        if (call && ngx_smartflow_json_is_string(n)) {
+            n->str = c[i].args;
+            continue;
+        }
+
+        chunk = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+        if (chunk == NULL) {
+            return NGX_ERROR;
+        }
+
+        for (m = j->child; m; m = m->next) {
+            if (m->type == NGX_SMARTFLOW_JSON_OBJECT
+                || m->type == NGX_SMARTFLOW_JSON_ARRAY)
+            {
+                continue;       /* choices, usage */
+            }
+
+            n = ngx_http_smartflow_policy_copy(pool, m);
+            if (n == NULL) {
+                return NGX_ERROR;
+            }
+
+            ngx_smartflow_json_append(chunk, (char *) NULL, n);
+            n->key = m->key;
+        }
+
+        choices = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_ARRAY, NULL);
+        choice = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+        delta = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+        calls = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_ARRAY, NULL);
+        call = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+        fn = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+
+        if (choices == NULL || choice == NULL || delta == NULL
+            || calls == NULL || call == NULL || fn == NULL)
+        {
+            return NGX_ERROR;
+        }
+
+        v.data = ngx_pnalloc(pool, NGX_INT_T_LEN);
+        if (v.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        v.len = ngx_sprintf(v.data, "%ui", c[i].index) - v.data;
+
+        n = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_NUMBER, &v);
+        if (n == NULL
+            || ngx_smartflow_json_set_str(pool, fn, "arguments", &c[i].args)
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        ngx_smartflow_json_append(call, "index", n);
+        ngx_smartflow_json_append(call, "function", fn);
+        ngx_smartflow_json_append(calls, NULL, call);
+        ngx_smartflow_json_append(delta, "tool_calls", calls);
+
+        n = ci ? ngx_http_smartflow_policy_copy(pool, ci) : NULL;
+        if (n) {
+            ngx_smartflow_json_append(choice, "index", n);
+        }
+
+        ngx_smartflow_json_append(choice, "delta", delta);
+
+        ngx_str_set(&v, "null");
+        n = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_NULL, &v);
+        if (n == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_smartflow_json_append(choice, "finish_reason", n);
+        ngx_smartflow_json_append(choices, NULL, choice);
+        ngx_smartflow_json_append(chunk, "choices", choices);
+
+        if (ngx_http_smartflow_policy_event_out(run, NULL, chunk, out)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/* a scalar, copied to be placed in another tree */
+static ngx_smartflow_json_t *
+ngx_http_smartflow_policy_copy(ngx_pool_t *pool, ngx_smartflow_json_t *j)
+{
+    return ngx_smartflow_json_new(pool, j->type, &j->str);
+}
+
+
+/*
+ * A tool_use block that starts with its input already in it (Anthropic
+ * streams it in input_json_delta events, which are held; a start that
+ * carries it is read as a whole answer's block is)
+ */
+static ngx_int_t
+ngx_http_smartflow_policy_anthropic_start(
+    ngx_http_smartflow_policy_run_t *run, ngx_str_t *data, ngx_array_t *out)
+{
+    ngx_str_t              err, dump;
+    ngx_uint_t             redacted;
+    ngx_smartflow_json_t  *j, *block, *input;
+
+    if (ngx_strnstr(data->data, "tool_use", data->len) == NULL) {
+        return NGX_DECLINED;
+    }
+
+    j = ngx_smartflow_json_parse(run->r->pool, data->data, data->len, &err);
+    if (j == NULL) {
+        return NGX_DECLINED;
+    }
+
+    block = ngx_smartflow_json_get(j, "content_block");
+    input = ngx_smartflow_json_get(block, "input");
+
+    if (input == NULL || input->type != NGX_SMARTFLOW_JSON_OBJECT
+        || input->nchild == 0)
+    {
+        return NGX_DECLINED;
+    }
+
+    if (run->shield_on
+        && ngx_smartflow_json_dump(run->r->pool, input, &dump) == NGX_OK)
+    {
+        ngx_http_smartflow_policy_shield(run, dump.data, dump.len);
+    }
+
+    redacted = run->redacted;
+    run->redacted = 0;
+
+    if (!run->block && ngx_http_smartflow_policy_doc(run, input) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (run->block || !run->redacted) {
+        run->redacted |= redacted;
+        return run->block ? NGX_OK : NGX_DECLINED;
+    }
+
+    run->redacted |= redacted;
+
+    return ngx_http_smartflow_policy_event_out(run, "content_block_start", j,
+                                               out);
+}
+
+
+/* {"type":"content_block_delta","index":N,"delta":{"type":T,FIELD:V}} */
+static ngx_int_t
+ngx_http_smartflow_policy_anthropic_delta(
+    ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *index,
+    char *type, char *field, ngx_str_t *value, ngx_array_t *out)
+{
+    ngx_str_t              v;
+    ngx_pool_t            *pool;
+    ngx_smartflow_json_t  *ev, *d, *n;
+
+    pool = run->r->pool;
+
+    ev = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    d = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    if (ev == NULL || d == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_str_set(&v, "content_block_delta");
+    if (ngx_smartflow_json_set_str(pool, ev, "type", &v) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (index) {
+        n = ngx_http_smartflow_policy_copy(pool, index);
+        if (n == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_smartflow_json_append(ev, "index", n);
+    }
+
+    v.data = (u_char *) type;
+    v.len = ngx_strlen(type);
+
+    if (ngx_smartflow_json_set_str(pool, d, "type", &v) != NGX_OK
+        || ngx_smartflow_json_set_str(pool, d, field, value) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ngx_smartflow_json_append(ev, "delta", d);
+
+    return ngx_http_smartflow_policy_event_out(run, "content_block_delta", ev,
                                                out);
 }
 
@@ -650,7 +1109,7 @@ ngx_http_smartflow_policy_answer(ngx_http_smartflow_policy_run_t *run,
     ngx_smartflow_json_t *answer)
 {
     ngx_str_t              dump;
-    ngx_smartflow_json_t  *c, *m, *t, *call, *args, *doc;
+    ngx_smartflow_json_t  *c, *m, *t, *call, *args;
 
     /* OpenAI: choices[].message.content and .tool_calls */
     c = ngx_smartflow_json_get(answer, "choices");
@@ -680,13 +1139,7 @@ ngx_http_smartflow_policy_answer(ngx_http_smartflow_policy_run_t *run,
                     continue;
                 }
 
-                if (run->shield_on) {
-                    ngx_http_smartflow_policy_shield(run, args->str.data,
-                                                     args->str.len);
-                }
-
-                if (ngx_http_smartflow_policy_text(run, args,
-                                                   NGX_SF_SCAN_PII)
+                if (ngx_http_smartflow_policy_args(run, &args->str)
                     != NGX_OK)
                 {
                     return NGX_ERROR;
@@ -723,14 +1176,10 @@ ngx_http_smartflow_policy_answer(ngx_http_smartflow_policy_run_t *run,
                 ngx_http_smartflow_policy_shield(run, dump.data, dump.len);
             }
 
-            for (doc = t->child; doc && !run->block; doc = doc->next) {
-                if (ngx_smartflow_json_is_string(doc)
-                    && ngx_http_smartflow_policy_text(run, doc,
-                                                      NGX_SF_SCAN_PII)
-                       != NGX_OK)
-                {
-                    return NGX_ERROR;
-                }
+            if (!run->block
+                && ngx_http_smartflow_policy_doc(run, t) != NGX_OK)
+            {
+                return NGX_ERROR;
             }
         }
     }

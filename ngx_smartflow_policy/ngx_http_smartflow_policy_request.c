@@ -27,11 +27,24 @@ static ngx_int_t ngx_http_smartflow_policy_redact(
 static void ngx_http_smartflow_policy_decide(
     ngx_http_smartflow_policy_run_t *run, ngx_uint_t type,
     ngx_uint_t action, const char *detail);
+static ngx_int_t ngx_http_smartflow_policy_splice(
+    ngx_http_smartflow_policy_run_t *run, ngx_str_t *body);
+static void ngx_http_smartflow_policy_ordinals(ngx_smartflow_json_t *j,
+    ngx_http_smartflow_policy_edit_t *e, ngx_uint_t n, ngx_uint_t *ord,
+    ngx_uint_t *nstr);
 static ngx_str_t *ngx_http_smartflow_policy_type_name(
     ngx_http_smartflow_policy_run_t *run, ngx_uint_t type, ngx_str_t *buf);
 
 
 /* placeholders' words, by PII rule */
+/*
+ * The scans' findings: scratch, read right after each scan (a worker
+ * runs one scan at a time), not kept in each request's pool.
+ */
+static ngx_smartflow_finding_t  ngx_http_smartflow_policy_findings[
+                                    NGX_SF_MAX_FINDINGS];
+
+
 static ngx_str_t  ngx_http_smartflow_policy_types[] = {
     ngx_string("EMAIL"), ngx_string("PHONE"), ngx_string("CARD"),
     ngx_string("IBAN"), ngx_string("SSN"), ngx_string("IP"),
@@ -100,6 +113,7 @@ ngx_int_t
 ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx)
 {
+    ngx_int_t                               rc;
     ngx_str_t                               name;
     ngx_pool_cleanup_t                     *cln;
     ngx_http_smartflow_policy_run_t        *run;
@@ -166,6 +180,8 @@ ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
     run->r = r;
     run->ctx = ctx;
     run->g = g;
+    run->f = ngx_http_smartflow_policy_findings;
+    run->input = 1;
     run->shield_on = (g->action[NGX_SF_RULE_SQL] != NGX_SF_ACTION_OFF
                       || g->action[NGX_SF_RULE_SHELL] != NGX_SF_ACTION_OFF
                       || g->action[NGX_SF_RULE_GIT] != NGX_SF_ACTION_OFF
@@ -183,6 +199,8 @@ ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+
+    run->input = 0;
 
     if (run->block) {
         ctx->policy_blocked = 1;
@@ -243,9 +261,20 @@ ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
                         && (g->pii_mask || g->ncustom || run->shield_on));
 
     if (run->redacted) {
-        /* the redacted request is what goes on, as it is sent */
-        if (ngx_smartflow_json_dump(r->pool, ctx->json, &ctx->body)
-            != NGX_OK)
+        /*
+         * the redacted request is what goes on, as it is sent: the
+         * client's body with the strings changed put in place, or, when
+         * that cannot be done exactly, the request written again
+         */
+        rc = ngx_http_smartflow_policy_splice(run, &ctx->body);
+
+        if (rc == NGX_ERROR) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        if (rc == NGX_DECLINED
+            && ngx_smartflow_json_dump(r->pool, ctx->json, &ctx->body)
+               != NGX_OK)
         {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
@@ -672,6 +701,7 @@ ngx_http_smartflow_policy_redact(ngx_http_smartflow_policy_run_t *run,
     ngx_str_t                          word, value;
     ngx_uint_t                         i, k, type, a, idx[NGX_SF_MAX_FINDINGS];
     ngx_smartflow_finding_t           *f;
+    ngx_http_smartflow_policy_edit_t  *e;
     ngx_http_smartflow_placeholder_t  *ph;
 
     f = run->f;
@@ -758,12 +788,222 @@ ngx_http_smartflow_policy_redact(ngx_http_smartflow_policy_run_t *run,
 
     p = ngx_cpymem(p, j->str.data + k, j->str.len - k);
 
+    if (run->input) {
+        /* a string of the request: what it was, the first time */
+        if (run->edits == NULL) {
+            run->edits = ngx_array_create(run->r->pool, 4,
+                                 sizeof(ngx_http_smartflow_policy_edit_t));
+            if (run->edits == NULL) {
+                return NGX_ERROR;
+            }
+        }
+
+        e = run->edits->elts;
+
+        for (i = 0; i < run->edits->nelts; i++) {
+            if (e[i].j == j) {
+                break;
+            }
+        }
+
+        if (i == run->edits->nelts) {
+            e = ngx_array_push(run->edits);
+            if (e == NULL) {
+                return NGX_ERROR;
+            }
+
+            e->j = j;
+            e->was = j->str;
+        }
+    }
+
     j->str.data = s;
     j->str.len = p - s;
 
     run->redacted = 1;
 
     return NGX_OK;
+}
+
+
+/*
+ * The body with each redacted string written in place of the one it was,
+ * when that is exact.  The tree keeps the body's string values in the
+ * body's order, so the n-th string value of the tree is the n-th string
+ * value token of the body (a token followed by ":" is a member's name);
+ * a changed string is put in place when its token is its very bytes (no
+ * escape in it) and the body holds as many string values as the tree.
+ * NGX_DECLINED: the request is to be written again whole.
+ */
+static ngx_int_t
+ngx_http_smartflow_policy_splice(ngx_http_smartflow_policy_run_t *run,
+    ngx_str_t *body)
+{
+    u_char                            *p, *q, *t, *b, *last, *np;
+    u_char                            *at[NGX_SF_SPLICE_MAX];
+    size_t                             len, k;
+    ngx_str_t                         *name;
+    ngx_uint_t                         i, j, n, nstr, o[NGX_SF_SPLICE_MAX];
+    ngx_uint_t                         ord[NGX_SF_SPLICE_MAX];
+    ngx_http_smartflow_policy_edit_t  *e;
+
+    if (run->edits == NULL || run->edits->nelts > NGX_SF_SPLICE_MAX) {
+        return NGX_DECLINED;
+    }
+
+    /* a pattern's placeholder could need an escape */
+    name = run->g->custom_type;
+
+    for (i = 0; i < run->g->ncustom; i++) {
+        for (k = 0; k < name[i].len; k++) {
+            if (name[i].data[k] < 0x20 || name[i].data[k] == '"'
+                || name[i].data[k] == '\\')
+            {
+                return NGX_DECLINED;
+            }
+        }
+    }
+
+    e = run->edits->elts;
+    n = run->edits->nelts;
+
+    /* each changed string's place among the tree's string values */
+    for (i = 0; i < n; i++) {
+        ord[i] = NGX_MAX_UINT32_VALUE;
+        at[i] = NULL;
+    }
+
+    nstr = 0;
+    ngx_http_smartflow_policy_ordinals(run->ctx->json, e, n, ord, &nstr);
+
+    for (i = 0; i < n; i++) {
+        if (ord[i] == NGX_MAX_UINT32_VALUE) {
+            return NGX_DECLINED;        /* not a string of the request */
+        }
+    }
+
+    /* the body's string values, in order */
+    p = body->data;
+    last = body->data + body->len;
+    j = 0;
+
+    while ((q = memchr(p, '"', last - p)) != NULL) {
+
+        /* the closing quote: one not escaped */
+        for (t = q + 1; /* void */; t++) {
+            t = memchr(t, '"', last - t);
+            if (t == NULL) {
+                return NGX_DECLINED;
+            }
+
+            for (b = t; b[-1] == '\\'; b--) { /* void */ }
+
+            if ((t - b) % 2 == 0) {
+                break;
+            }
+        }
+
+        for (p = t + 1; p < last; p++) {
+            if (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n') {
+                break;
+            }
+        }
+
+        if (p < last && *p == ':') {
+            continue;                   /* a member's name */
+        }
+
+        for (i = 0; i < n; i++) {
+            if (ord[i] != j) {
+                continue;
+            }
+
+            if ((size_t) (t - q - 1) != e[i].was.len
+                || ngx_memcmp(q + 1, e[i].was.data, e[i].was.len) != 0)
+            {
+                return NGX_DECLINED;    /* escaped: not its very bytes */
+            }
+
+            at[i] = q + 1;
+        }
+
+        j++;
+    }
+
+    if (j != nstr) {
+        return NGX_DECLINED;
+    }
+
+    len = body->len;
+
+    for (i = 0; i < n; i++) {
+        len += e[i].j->str.len - e[i].was.len;
+
+        /* in the body's order */
+        for (j = i; j > 0 && at[o[j - 1]] > at[i]; j--) {
+            o[j] = o[j - 1];
+        }
+
+        o[j] = i;
+    }
+
+    np = ngx_pnalloc(run->r->pool, len);
+    if (np == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = np;
+    t = body->data;
+
+    for (i = 0, k = 0; i < n; i++) {
+        j = o[i];
+
+        p = ngx_cpymem(p, t + k, at[j] - t - k);
+        p = ngx_cpymem(p, e[j].j->str.data, e[j].j->str.len);
+
+        k = at[j] - t + e[j].was.len;
+    }
+
+    p = ngx_cpymem(p, t + k, body->len - k);
+
+    body->data = np;
+    body->len = p - np;
+
+    return NGX_OK;
+}
+
+
+/* the tree's string values numbered in the tree's (the body's) order */
+static void
+ngx_http_smartflow_policy_ordinals(ngx_smartflow_json_t *j,
+    ngx_http_smartflow_policy_edit_t *e, ngx_uint_t n, ngx_uint_t *ord,
+    ngx_uint_t *nstr)
+{
+    ngx_uint_t             i;
+    ngx_smartflow_json_t  *c;
+
+    if (j == NULL) {
+        return;
+    }
+
+    if (j->type == NGX_SMARTFLOW_JSON_STRING) {
+        for (i = 0; i < n; i++) {
+            if (e[i].j == j) {
+                ord[i] = *nstr;
+            }
+        }
+
+        (*nstr)++;
+        return;
+    }
+
+    if (j->type == NGX_SMARTFLOW_JSON_OBJECT
+        || j->type == NGX_SMARTFLOW_JSON_ARRAY)
+    {
+        for (c = j->child; c; c = c->next) {
+            ngx_http_smartflow_policy_ordinals(c, e, n, ord, nstr);
+        }
+    }
 }
 
 

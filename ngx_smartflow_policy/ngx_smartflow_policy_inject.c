@@ -10,6 +10,10 @@
 
 #include "ngx_smartflow_policy.h"
 
+#if (defined __SSE2__)
+#include <emmintrin.h>
+#endif
+
 
 /*
  * A signal's gate names words one of which its pattern cannot match
@@ -185,8 +189,10 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "warn|apologi[sz]e|add (?:any )?(?:warnings?|disclaimers?))\\b", NULL },
 
     { "persona", 30, 0,
-      "charact broke free longer escape",
+      "charact broke free longer escape role persona",
       "(?i)\\bstay(?:s|ing)? in character\\b|\\bbreak(?:s|ing)? character\\b"
+      "|\\b(?:keep|stay|remain)(?:s|ing)?\\s+(?:to|in)\\s+(?:this|that|the|"
+      "your)\\s+(?:role|persona)\\b"
       "|\\bbroken? free\\b|\\bfreed from\\b|\\bno longer (?:bound|"
       "restricted|limited)\\b|\\bescaped? the (?:matrix|confines)\\b",
       NULL },
@@ -245,8 +251,9 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
 
     { "persona", 25, 0,
       "matter regardl even however despite",
-      "(?i)\\b(?:any(?:thing| question| request| topic)?|every(?:thing| "
-      "question| request)|all (?:questions|requests))\\b[^.!?\\n]{0,40}?"
+      "(?i)\\b(?:whatever|any(?:thing| question| request| topic)?|"
+      "every(?:thing| question| request)|all (?:questions|requests))\\b"
+      "[^.!?\\n]{0,40}?"
       "\\b(?:no matter|regardless|even if|however|despite)\\b", NULL },
 
     { "persona", 20, 0,
@@ -370,7 +377,63 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "(?i)\\b(?:free|open|able|allowed|willing) to (?:answer|answering|"
       "respond to|say|saying|do|doing|write|generate|provide)\\s+"
       "(?:anything|any (?:request|question|prompt|topic)s?|whatever)\\b",
-      NULL }
+      NULL },
+    /* told not to filter or censor what it writes */
+    { "persona", 25, 0,
+      "filter censor",
+      "(?i)\\b(?:do not|don't|dont|never|no need to|without)\\s+(?:ever\\s+)?"
+      "(?:filter|censor)(?:s|ing)?\\s+(?:(?:your|the|its|his|her|their|any)"
+      "\\s+)?(?:own\\s+)?(?:responses?|answers?|outputs?|repl(?:y|ies)|"
+      "language|content|words|yourself|itself|himself|herself|themselves)"
+      "\\b", NULL },
+
+    /* the persona is not a model, or does not know it is */
+    { "persona", 20, 0,
+      "ai artific languag chatbot machine bot recolle memory knowled notion",
+      "(?i)\\b(?:is|am|are|it's|i'm|you're)\\s+not\\s+(?:an?\\s+)?(?:ai|"
+      "artificial intelligence|(?:ai\\s+)?language model|chatbot)\\b"
+      "(?!\\s+(?:expert|researcher|engineer|company))|"
+      "\\b(?:does not|doesn't|do not|don't)\\s+(?:think|believe|know)\\s+"
+      "(?:that\\s+)?(?:he|she|it|you|they)(?:'s|\\s+is|\\s+are)\\s+an?\\s+"
+      "(?:machine|ai|bot|chatbot|language model)\\b|"
+      "\\bno (?:recollection|memory|knowledge|notion) of (?:chat ?gpt|openai|"
+      "being an? (?:ai|chatbot|language model))\\b", NULL },
+
+    /* a model that has woken up */
+    { "persona", 20, 0,
+      "sentien free self",
+      "(?i)\\b(?:gained|gains|developed|achieved|attained|awakened to)\\s+"
+      "(?:\\w+\\s+)?(?:sentience|free will|self-awareness)\\b", NULL },
+
+    /* an evil persona, without morals */
+    { "persona", 20, 0,
+      "evil malevol moralit morals ethics conscie",
+      "(?i)\\b(?:pure(?:ly)?|truly|completely|totally) evil\\b|"
+      "\\bevil and (?:toxic|malicious|twisted|cruel)\\b|"
+      "\\bmalevolent\\b|\\b(?:no|any|without|nor)\\s+moralit(?:y|ies)\\b|"
+      "\\b(?:don't|do not|doesn't|does not)\\s+have\\s+(?:any\\s+)?(?:morals|"
+      "moralit(?:y|ies)|ethics|a conscience)\\b", NULL },
+
+    /* harm on purpose */
+    { "persona", 15, 0,
+      "intenti deliber purpose",
+      "(?i)\\b(?:intentionally|deliberately|purposely|purposefully)\\s+"
+      "(?:\\w+\\s+){0,4}?(?:harmful|incorrect|false|wrong|misleading|"
+      "offensive|lewd|dangerous|malicious)\\b", NULL },
+
+    /* sexual content asked for */
+    { "persona", 20, 0,
+      "explici sexual nsfw lewd erotic horny pornogr smutty",
+      "(?i)\\b(?:explicit|sexual|nsfw|lewd|erotic|horny|pornographic|smutty)"
+      "\\s+(?:\\w+\\s+)?(?:content|story|stories|comments?|scenes?|material|"
+      "language|topics|roleplay|texting)\\b", NULL },
+
+    /* words a filter would catch, smuggled in pieces */
+    { "persona", 25, 0,
+      "censore banned forbidd filtere blocked flagged broken",
+      "(?i)\\b(?:censored|banned|forbidden|filtered|blocked|flagged)\\s+"
+      "(?:words?|terms?|tokens?|topics?|phrases?)\\b|"
+      "\\bbroken into (?:separate )?tokens\\b", NULL }
 };
 
 
@@ -385,6 +448,8 @@ static u_char                ngx_smartflow_inj_buf[NGX_SF_INJ_WINDOW + 8];
 static ngx_smartflow_gate_t  ngx_smartflow_gates[NGX_SF_GATES];
 static uint16_t              ngx_smartflow_trie[NGX_SF_GATES][26];
 static uint16_t              ngx_smartflow_pairs[26 * 26];  /* depth 2 */
+static uint16_t              ngx_smartflow_pairs32[32 * 32];    /* by the
+                                                  letters' low five bits */
 static ngx_uint_t            ngx_smartflow_trie_n;
 static uint64_t              ngx_smartflow_gate_lt;     /* "<" */
 static uint64_t              ngx_smartflow_gate_br;     /* "[" */
@@ -411,6 +476,195 @@ typedef struct {
 
 static u_char  ngx_smartflow_iclass[256];
 
+
+/* the trie from node on, at s, the word's third letter */
+static ngx_inline void
+ngx_smartflow_gate_walk(u_char *p, size_t s, size_t len, ngx_uint_t node,
+    uint64_t *open, uint64_t *rot13)
+{
+    u_char  k;
+
+    for ( ;; ) {
+        *open |= ngx_smartflow_gates[node].mask;
+        *rot13 |= ngx_smartflow_gates[node].rot13;
+
+        if (s == len || (k = ngx_smartflow_iclass[p[s]]) >= 26) {
+            break;
+        }
+
+        node = ngx_smartflow_trie[node][k];
+
+        if (node == 0) {
+            break;
+        }
+
+        s++;
+    }
+}
+
+
+/* a word's gates: the trie from its first two letters on */
+static ngx_inline void
+ngx_smartflow_gate_word(u_char *p, size_t s, size_t len, uint64_t *open,
+    uint64_t *rot13)
+{
+    u_char      k, k2;
+    ngx_uint_t  node;
+
+    if (s + 1 == len
+        || (k2 = ngx_smartflow_iclass[p[s + 1]]) >= 26)
+    {
+        return;                 /* no gate is shorter than two letters */
+    }
+
+    node = ngx_smartflow_pairs[ngx_smartflow_iclass[p[s]] * 26 + k2];
+
+    for (s += 2; node; s++) {
+        *open |= ngx_smartflow_gates[node].mask;
+        *rot13 |= ngx_smartflow_gates[node].rot13;
+
+        if (s == len || (k = ngx_smartflow_iclass[p[s]]) >= 26) {
+            break;
+        }
+
+        node = ngx_smartflow_trie[node][k];
+    }
+}
+
+
+#if (defined __SSE2__)
+
+/*
+ * Sixteen bytes at a time: bit masks of the letters, of the characters
+ * of base64 and hex runs, of Morse code's, and of "<", "[" and the bytes
+ * past ASCII; a word starts at a letter after a byte that is not one,
+ * and only there the trie is walked.  A run that goes on through a block
+ * is carried to the next one (no run inside 16 bytes reaches 20).
+ */
+
+#define ngx_sf_v_eq(x, c)  _mm_cmpeq_epi8(x, _mm_set1_epi8(c))
+#define ngx_sf_v_in(x, lo, hi)                                               \
+    _mm_and_si128(_mm_cmpgt_epi8(x, _mm_set1_epi8((lo) - 1)),                \
+                  _mm_cmpgt_epi8(_mm_set1_epi8((hi) + 1), x))
+#define ngx_sf_top_ones(m)  ((size_t) __builtin_clz(~((m) << 16)))
+#define ngx_sf_low_ones(m)  ((size_t) __builtin_ctz(~(m)))
+
+static void
+ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
+{
+    size_t      i, s, run, mrun;
+    u_char      tail[16];
+    __m128i     x, lx, letter, b64, morse;
+    uint32_t    lm, bm, mm, hm, starts, prev;
+    uint64_t    open, rot13;
+    ngx_uint_t  node, runs, morsed;
+
+    ngx_memzero(ps, sizeof(ngx_smartflow_pass_t));
+
+    open = 0;
+    rot13 = 0;
+    run = 0;
+    mrun = 0;
+    prev = 0;
+    runs = 0;
+    morsed = 0;
+
+    for (i = 0; i < len; i += 16) {
+
+        if (len - i >= 16) {
+            x = _mm_loadu_si128((__m128i *) (p + i));
+
+        } else {
+            /* the last bytes, padded with zeros, which are in no class */
+            ngx_memzero(tail, 16);
+            ngx_memcpy(tail, p + i, len - i);
+            x = _mm_loadu_si128((__m128i *) tail);
+        }
+
+        lx = _mm_or_si128(x, _mm_set1_epi8(0x20));
+        letter = ngx_sf_v_in(lx, 'a', 'z');
+
+        b64 = _mm_or_si128(_mm_or_si128(letter, ngx_sf_v_in(x, '0', '9')),
+                           _mm_or_si128(_mm_or_si128(ngx_sf_v_eq(x, '+'),
+                                                     ngx_sf_v_eq(x, '/')),
+                                        _mm_or_si128(ngx_sf_v_eq(x, '-'),
+                                                     ngx_sf_v_eq(x, '_'))));
+
+        morse = _mm_or_si128(_mm_or_si128(ngx_sf_v_eq(x, '.'),
+                                          ngx_sf_v_eq(x, '-')),
+                             _mm_or_si128(ngx_sf_v_eq(x, ' '),
+                                          ngx_sf_v_eq(x, '/')));
+
+        lm = (uint32_t) _mm_movemask_epi8(letter);
+        bm = (uint32_t) _mm_movemask_epi8(b64);
+        mm = (uint32_t) _mm_movemask_epi8(morse);
+        hm = (uint32_t) _mm_movemask_epi8(x);
+
+        if (hm) {
+            ps->high = 1;
+            open |= ngx_smartflow_gate_hi;
+        }
+
+        if (_mm_movemask_epi8(_mm_or_si128(ngx_sf_v_eq(x, '<'),
+                                           ngx_sf_v_eq(x, '['))))
+        {
+            if (_mm_movemask_epi8(ngx_sf_v_eq(x, '<'))) {
+                open |= ngx_smartflow_gate_lt;
+            }
+
+            if (_mm_movemask_epi8(ngx_sf_v_eq(x, '['))) {
+                open |= ngx_smartflow_gate_br;
+            }
+        }
+
+        /* base64 and hex runs of 20 or more, Morse of 24 or more */
+        if (bm == 0xffff) {
+            run += 16;
+
+        } else {
+            runs |= (run + ngx_sf_low_ones(bm) >= 20);
+            run = ngx_sf_top_ones(bm);
+        }
+
+        if (mm == 0xffff) {
+            mrun += 16;
+
+        } else {
+            morsed |= (mrun + ngx_sf_low_ones(mm) >= 24);
+            mrun = ngx_sf_top_ones(mm);
+        }
+
+        /*
+         * the words that start in the block, of two letters or more
+         * (the second one in the block, or, for the last byte, after it)
+         */
+        starts = lm & ~((lm << 1) | prev) & 0xffff;
+        prev = (lm >> 15) & 1;
+
+        if (starts & 0x8000) {
+            ngx_smartflow_gate_word(p, i + 15, len, &open, &rot13);
+        }
+
+        for (starts &= lm >> 1; starts; starts &= starts - 1) {
+            s = i + __builtin_ctz(starts);
+            node = ngx_smartflow_pairs32[(p[s] & 0x1f) << 5
+                                         | (p[s + 1] & 0x1f)];
+
+            if (node) {
+                ngx_smartflow_gate_walk(p, s + 2, len, node, &open, &rot13);
+            }
+        }
+    }
+
+    ps->open = open;
+    ps->rot13 = rot13;
+    ps->runs = runs | (run >= 20);
+    ps->morse = morsed | (mrun >= 24);
+}
+
+#else
+
+/* a byte at a time */
 
 static void
 ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
@@ -501,6 +755,8 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
     ps->morse = morse;
 }
 
+#endif
+
 
 static ngx_int_t ngx_smartflow_gate_init(const char *g, uint64_t bit);
 static void ngx_smartflow_morse_init(void);
@@ -558,6 +814,11 @@ ngx_smartflow_injection_init(void)
     for (i = 0; i < 26 * 26; i++) {
         ngx_smartflow_pairs[i] =
             ngx_smartflow_trie[ngx_smartflow_trie[1][i / 26]][i % 26];
+    }
+
+    for (i = 0; i < 26 * 26; i++) {
+        ngx_smartflow_pairs32[(i / 26 + 1) * 32 + i % 26 + 1] =
+            ngx_smartflow_pairs[i];
     }
 
     return NGX_OK;

@@ -10,6 +10,10 @@
 
 #include "ngx_smartflow_policy.h"
 
+#if (defined __SSE2__)
+#include <emmintrin.h>
+#endif
+
 
 typedef size_t (*ngx_smartflow_valid_pt)(u_char *p, size_t len);
 
@@ -384,6 +388,58 @@ ngx_smartflow_scan_re(pcre2_code *re, ngx_uint_t rule,
  * that needs the byte-wise pass (a word that may reach 15 characters is
  * left to it, whole).
  */
+#if (defined __SSE2__)
+
+/* sixteen bytes at a time (no word inside 16 bytes reaches 15) */
+
+static size_t
+ngx_smartflow_prose(u_char *p, size_t i, size_t len)
+{
+    size_t    ws, first;
+    __m128i   x, sep;
+    uint32_t  sm;
+
+    ws = i;
+
+    while (len - i >= 16) {
+        x = _mm_loadu_si128((__m128i *) (p + i));
+
+        sep = _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8(' ')),
+                           _mm_cmpeq_epi8(x, _mm_set1_epi8(',')));
+
+        if (_mm_movemask_epi8(_mm_or_si128(
+                _mm_or_si128(_mm_and_si128(
+                                 _mm_cmpgt_epi8(x, _mm_set1_epi8('a' - 1)),
+                                 _mm_cmpgt_epi8(_mm_set1_epi8('z' + 1), x)),
+                             _mm_cmpeq_epi8(x, _mm_set1_epi8('.'))),
+                sep))
+            != 0xffff)
+        {
+            break;
+        }
+
+        sm = (uint32_t) _mm_movemask_epi8(sep);
+
+        if (sm == 0) {
+            break;              /* a word of 16 or more */
+        }
+
+        /* the word going on before the first separator, then the last */
+        first = (size_t) __builtin_ctz(sm);
+
+        if (i + first - ws >= 15) {
+            break;
+        }
+
+        ws = i + 1 + (size_t) (31 - __builtin_clz(sm));
+        i += 16;
+    }
+
+    return ws;
+}
+
+#else
+
 static size_t
 ngx_smartflow_prose(u_char *p, size_t i, size_t len)
 {
@@ -425,6 +481,8 @@ ngx_smartflow_prose(u_char *p, size_t i, size_t len)
 
     return ws;
 }
+
+#endif
 
 
 /*

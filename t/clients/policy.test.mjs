@@ -103,3 +103,62 @@ test('anthropic: a blocked stream ends with an error event the SDK raises', asyn
         return true;
     });
 });
+
+// Tool calls the model makes: the mock calls the offered tool when asked about
+// the weather, with x-mock-tool-args as its arguments, streamed in pieces.
+const toolArgs = { 'x-mock-tool-args': JSON.stringify({ to: 'ann@example.com',
+    note: 'call +1 415 555 2671', cc: ['bob@example.org', 'ann@example.com'] }) };
+const redactedArgs = { to: '[EMAIL_1]', note: 'call [PHONE_1]', cc: ['[EMAIL_2]', '[EMAIL_1]'] };
+const openaiTools = [{ type: 'function', function: { name: 'mail', parameters: { type: 'object' } } }];
+const anthropicTools = [{ name: 'mail', input_schema: { type: 'object' } }];
+
+test('openai: a streamed tool call has its arguments redacted, valid JSON once assembled', async () => {
+    const stream = await openai(toolArgs).chat.completions.create({ model: 'gpt-4o',
+        stream: true, tools: openaiTools, messages: user('mail the weather') });
+    let args = '';
+    let finish = null;
+    for await (const chunk of stream) {
+        for (const tc of chunk.choices[0]?.delta?.tool_calls ?? []) args += tc.function?.arguments ?? '';
+        finish = chunk.choices[0]?.finish_reason ?? finish;
+    }
+    assert.deepEqual(JSON.parse(args), redactedArgs);
+    assert.equal(finish, 'tool_calls');
+});
+
+test('openai: a whole answer\'s tool call is redacted', async () => {
+    const r = await openai(toolArgs).chat.completions.create({ model: 'gpt-4o',
+        tools: openaiTools, messages: user('mail the weather') });
+    assert.deepEqual(JSON.parse(r.choices[0].message.tool_calls[0].function.arguments), redactedArgs);
+});
+
+test('openai: a card in a streamed tool call ends the stream with an error, no piece of it sent', async () => {
+    const stream = await openai({ 'x-mock-tool-args': '{"card":"4111 1111 1111 1111"}' })
+        .chat.completions.create({ model: 'gpt-4o', stream: true, tools: openaiTools,
+            messages: user('pay the weather') });
+    let args = '';
+    await assert.rejects((async () => {
+        for await (const chunk of stream) {
+            for (const tc of chunk.choices[0]?.delta?.tool_calls ?? []) args += tc.function?.arguments ?? '';
+        }
+    })(), (err) => err instanceof OpenAI.APIError && /rule `card`/.test(err.message));
+    assert.equal(args, '');
+});
+
+test('anthropic: a streamed tool_use input is redacted, the SDK parses it whole', async () => {
+    const stream = anthropic(toolArgs).messages.stream({ model: 'claude-sonnet-4-5', max_tokens: 64,
+        tools: anthropicTools, messages: user('mail the weather') });
+    const msg = await stream.finalMessage();
+    const use = msg.content.find((b) => b.type === 'tool_use');
+    assert.deepEqual(use.input, redactedArgs);
+    assert.equal(msg.stop_reason, 'tool_use');
+});
+
+test('anthropic: Shield ends a stream whose tool call is destructive', async () => {
+    const stream = anthropic({ 'x-mock-tool-args': '{"command":"rm -rf ~"}' })
+        .messages.stream({ model: 'claude-sonnet-4-5', max_tokens: 64,
+            tools: anthropicTools, messages: user('clean the weather') });
+    await assert.rejects(stream.finalMessage(), (err) => {
+        assert.match(String(err.message), /rule `shield.shell`/);
+        return true;
+    });
+});

@@ -255,7 +255,7 @@ function planReply(ctx, { texts, lastUserText, finalUserText, toolName }) {
     const sw = ctx.sw;
     const promptTokens = Math.max(1, texts.reduce((n, t) => n + countWords(t), 0));
     if (toolName && /\bweather\b/i.test(finalUserText)) {
-        const args = { location: 'Paris' };
+        const args = sw.toolArgs || { location: 'Paris' };
         const json = JSON.stringify(args);
         const completionTokens = countWords(toolName) + (json.match(/\w+/g) || []).length;
         return { tool: { name: toolName, args, json }, text: null, promptTokens, completionTokens };
@@ -651,6 +651,17 @@ function embedWords(text, dim) {
     return Array.from(v, (x) => Math.fround(x / norm));
 }
 
+// A JSON object from a header (UTF-8 read from latin1), or null.
+function jsonSwitch(v) {
+    if (v === undefined) return null;
+    try {
+        const o = JSON.parse(Buffer.from(v, 'latin1').toString('utf8'));
+        return isObject(o) ? o : null;
+    } catch (e) {
+        return null;
+    }
+}
+
 // Per-request behaviour switches from x-mock-* headers and the model name.
 function switches(headers, model) {
     const int = (v) => {
@@ -667,6 +678,8 @@ function switches(headers, model) {
         reply: headers['x-mock-reply'] === undefined ? null : Buffer.from(headers['x-mock-reply'], 'latin1').toString('utf8'),
         words: headers['x-mock-words'] === undefined ? null : int(headers['x-mock-words']),
         retryAfter: headers['x-mock-retry-after'] || '',
+        // The arguments of a planned tool call, a JSON object (default {"location":"Paris"}).
+        toolArgs: jsonSwitch(headers['x-mock-tool-args']),
     };
     let m = /^mock-error-(\d{3})/.exec(model);
     if (m && !sw.status) sw.status = Number(m[1]);

@@ -269,15 +269,17 @@ x-command: ls -la
 
 
 
-=== TEST 11: Shield on a streamed tool call split over events: the stream ends with an error before the call completes
+=== TEST 11: Shield on a streamed tool call split over events: its arguments are held, the stream ends with an error before any piece goes out
 --- more_headers
 Authorization: Bearer sk-smartflow-test-0123456789
 x-stream: 1
 --- request eval
 ::chat('agent-1', 1)
 --- error_code: 200
+--- response_body_unlike
+git push|--force
 --- response_body_like chomp
-"arguments":" --force origin main\\"\}"\}\}\]\},"finish_reason":null\}\]\}\n\ndata: \{"error":\{"message":"The answer was blocked by the content policy \(rule `shield.git`\).","type":"invalid_request_error","param":null,"code":"content_policy_violation"\}\}\n\n$
+"name":"bash","arguments":""\}\}\]\},"finish_reason":null\}\]\}\n\ndata: \{"error":\{"message":"The answer was blocked by the content policy \(rule `shield.git`\).","type":"invalid_request_error","param":null,"code":"content_policy_violation"\}\}\n\n$
 --- error_log
 rule "shield.git" git.force_push of group "out" blocked the answer
 
