@@ -16,6 +16,12 @@
 #define NGX_SMARTFLOW_AUDIT_SEAL     "segment-%08ui.seal"
 #define NGX_SMARTFLOW_AUDIT_NAME_LEN sizeof("segment-00000000.seal")
 
+/* the records' buffer in shared memory, smartflow_audit_buffer's limit */
+#define NGX_SMARTFLOW_AUDIT_BUFFER_MAX  (1024 * 1024)
+
+/* the open segment's leaf hashes kept in shared memory for its seal */
+#define NGX_SMARTFLOW_AUDIT_LEAVES_MAX  65536
+
 
 /* metrics, counted as records are appended */
 #define NGX_SMARTFLOW_AUDIT_SERIES    128
@@ -81,6 +87,16 @@ typedef struct {
     uint64_t                    s3_bytes;
     ngx_uint_t                  s3_failures;    /* rounds that failed */
     time_t                      s3_last_ship;
+    ngx_uint_t                  s3_removed;     /* local segments */
+
+    /* records chained but not yet written: smartflow_audit_buffer */
+    u_char                     *buf;            /* NGX_..._BUFFER_MAX */
+    size_t                      buf_len;
+    uint64_t                    buf_records;
+
+    /* the open segment's leaves, while all of them fit */
+    u_char                    (*leaves)[32];
+    ngx_uint_t                  leaves_ok;
 
     ngx_http_smartflow_audit_series_t  series[NGX_SMARTFLOW_AUDIT_SERIES];
     uint64_t                    cache[5][5];    /* result, phase */
@@ -94,6 +110,8 @@ typedef struct {
     sf_audit_keys_t            *keys;
     size_t                      segment_size;
     time_t                      seal_interval;
+    size_t                      buffer;         /* 0: a write a record */
+    ngx_msec_t                  flush;
     ngx_flag_t                  immutable;
     ngx_shm_zone_t             *zone;
     ngx_str_t                   pool_name;
@@ -116,6 +134,7 @@ typedef struct {
     ngx_msec_t                  s3_interval;
     ngx_msec_t                  s3_backoff_max;
     ngx_msec_t                  s3_timeout;
+    ngx_flag_t                  s3_keep;        /* segments once shipped */
 } ngx_http_smartflow_audit_main_conf_t;
 
 
@@ -135,6 +154,9 @@ typedef struct {
     uint64_t                    count;
     u_char                      head[32];
     sf_merkle_frontier_t        old;
+    sf_merkle_frontier_t        log;            /* with this segment */
+    off_t                       bytes;
+    unsigned char             (*leaves)[32];    /* NULL: hashed again */
     sf_audit_key_t              key;
     ngx_flag_t                  immutable;
     time_t                      now;
@@ -164,6 +186,8 @@ ngx_int_t ngx_http_smartflow_audit_tsa_stamp(u_char *dir,
     char *err, size_t errlen);
 ngx_int_t ngx_http_smartflow_audit_tsa_retry(u_char *dir, u_char *url,
     ngx_msec_t timeout, ngx_uint_t *waiting, char *err, size_t errlen);
+ngx_int_t ngx_http_smartflow_audit_flush(
+    ngx_http_smartflow_audit_main_conf_t *amcf, ngx_log_t *log);
 void ngx_http_smartflow_audit_count(ngx_http_smartflow_audit_sh_t *sh,
     ngx_http_smartflow_audit_sample_t *m);
 char *ngx_http_smartflow_audit_api(ngx_conf_t *cf, ngx_command_t *cmd,

@@ -459,21 +459,23 @@ ngx_http_smartflow_audit_status(ngx_http_request_t *r,
                      "\"last_seal_time\":%T,\"last_seal_age\":%T,"
                      "\"backlog\":{\"seals_pending\":%ui,"
                      "\"unsealed_records\":%uL,"
-                     "\"timestamps_spooled\":%ui,\"shipping\":%ui},"
+                     "\"timestamps_spooled\":%ui,\"shipping\":%ui,"
+                     "\"unwritten_records\":%uL},"
                      "\"timestamps\":%ui,"
                      "\"s3\":{\"enabled\":%s,\"shipped_segments\":%ui,"
                      "\"objects\":%ui,\"bytes\":%uL,\"failures\":%ui,"
-                     "\"last_ship_time\":%T},"
+                     "\"last_ship_time\":%T,\"removed_segments\":%ui},"
                      "\"seal_failures\":%ui,\"write_failures\":%ui,"
                      "\"segment_size\":%uz,\"seal_interval\":%T}\n",
                      s.seq, head, (uint64_t) s.log.size, hroot, s.segment,
                      s.seg_count, s.seg_bytes, s.last_sealed,
                      s.last_seal_time, age, s.seals_pending,
                      (uint64_t) (s.log.size - s.sealed.size),
-                     s.tsa_waiting, s.s3_backlog, s.tsa_stamped,
+                     s.tsa_waiting, s.s3_backlog, s.buf_records,
+                     s.tsa_stamped,
                      amcf->s3_url.len ? "true" : "false", s.s3_segments,
                      s.s3_objects, s.s3_bytes, s.s3_failures,
-                     s.s3_last_ship, s.seal_failures,
+                     s.s3_last_ship, s.s3_removed, s.seal_failures,
                      s.write_failures, amcf->segment_size,
                      amcf->seal_interval);
 
@@ -900,6 +902,9 @@ ngx_http_smartflow_audit_query(ngx_http_request_t *r,
         }
     }
 
+    /* the thread reads the files: what the buffer holds goes there first */
+    (void) ngx_http_smartflow_audit_flush(amcf, r->connection->log);
+
     task->ctx = q;
     task->handler = ngx_http_smartflow_audit_query_thread;
     task->event.handler = ngx_http_smartflow_audit_query_done;
@@ -1163,6 +1168,7 @@ ngx_http_smartflow_audit_query_thread(void *data, ngx_log_t *log)
     ngx_uint_t                       seg, i, match, more;
     const char                      *why;
     sf_audit_tail_t                  t;
+    ngx_file_info_t                  fi;
     u_char                           path[NGX_MAX_PATH];
     u_char                           needle[64];
     char                             num[64];
@@ -1187,7 +1193,16 @@ ngx_http_smartflow_audit_query_thread(void *data, ngx_log_t *log)
                      "%Z", q->dir, seg);
 
         buf = ngx_http_smartflow_audit_slurp(path, &len);
+
         if (buf == NULL) {
+            /* shipped to S3 and removed: its seal stays */
+            ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEAL
+                         "%Z", q->dir, seg);
+
+            if (ngx_file_info(path, &fi) != NGX_FILE_ERROR) {
+                continue;
+            }
+
             break;
         }
 

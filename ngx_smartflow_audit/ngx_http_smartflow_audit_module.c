@@ -14,18 +14,21 @@
 #include "ngx_http_smartflow_audit.h"
 
 
-#define NGX_HTTP_SMARTFLOW_AUDIT_ZONE  (128 * 1024)
+#define NGX_HTTP_SMARTFLOW_AUDIT_ZONE                                     \
+    (128 * 1024 + NGX_SMARTFLOW_AUDIT_BUFFER_MAX                           \
+     + NGX_SMARTFLOW_AUDIT_LEAVES_MAX * 32 + 64 * 1024)
 
 
 /* per request: the answer's hash as the client receives it */
 typedef struct {
-    EVP_MD_CTX       *md;
+    sf_sha256_t       md;
     off_t             bytes;
     u_char           *kept;             /* smartflow_audit_bodies */
     size_t            kept_len;
     u_char            request[32];      /* the request body's SHA-256 */
     unsigned          complete:1;
     unsigned          request_done:1;
+    unsigned          md_done:1;
 } ngx_http_smartflow_audit_ctx_t;
 
 
@@ -45,7 +48,6 @@ static ngx_int_t ngx_http_smartflow_audit_tap(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, u_char *p, size_t len, ngx_uint_t last);
 static ngx_http_smartflow_audit_ctx_t *ngx_http_smartflow_audit_get_ctx(
     ngx_http_request_t *r);
-static void ngx_http_smartflow_audit_cleanup(void *data);
 static ngx_int_t ngx_http_smartflow_audit_header_filter(
     ngx_http_request_t *r);
 static ngx_int_t ngx_http_smartflow_audit_init_zone(ngx_shm_zone_t *shm_zone,
@@ -68,6 +70,18 @@ static void ngx_http_smartflow_audit_retry_thread(void *data,
     ngx_log_t *log);
 static void ngx_http_smartflow_audit_retry_done(ngx_event_t *ev);
 static void ngx_http_smartflow_audit_exit_process(ngx_cycle_t *cycle);
+static ngx_int_t ngx_http_smartflow_audit_open(
+    ngx_http_smartflow_audit_main_conf_t *amcf,
+    ngx_http_smartflow_audit_sh_t *sh, ngx_log_t *log);
+static ngx_int_t ngx_http_smartflow_audit_flush_locked(
+    ngx_http_smartflow_audit_main_conf_t *amcf,
+    ngx_http_smartflow_audit_sh_t *sh, ngx_log_t *log);
+static void ngx_http_smartflow_audit_flush_timer(ngx_event_t *ev);
+static char *ngx_http_smartflow_audit_buffer(ngx_conf_t *cf, void *post,
+    void *data);
+
+static ngx_conf_post_handler_pt  ngx_http_smartflow_audit_buffer_p =
+    ngx_http_smartflow_audit_buffer;
 
 
 static ngx_command_t  ngx_http_smartflow_audit_commands[] = {
@@ -105,6 +119,20 @@ static ngx_command_t  ngx_http_smartflow_audit_commands[] = {
       ngx_conf_set_sec_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_smartflow_audit_main_conf_t, seal_interval),
+      NULL },
+
+    { ngx_string("smartflow_audit_buffer"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_audit_main_conf_t, buffer),
+      &ngx_http_smartflow_audit_buffer_p },
+
+    { ngx_string("smartflow_audit_flush"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_audit_main_conf_t, flush),
       NULL },
 
     { ngx_string("smartflow_audit_immutable"),
@@ -212,6 +240,13 @@ static ngx_command_t  ngx_http_smartflow_audit_commands[] = {
       offsetof(ngx_http_smartflow_audit_main_conf_t, s3_timeout),
       NULL },
 
+    { ngx_string("smartflow_audit_s3_keep"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_audit_main_conf_t, s3_keep),
+      NULL },
+
     { ngx_string("smartflow_audit_api"),
       NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_http_smartflow_audit_api,
@@ -273,6 +308,9 @@ static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
 /* this process's descriptor of the open segment */
 static ngx_fd_t    ngx_http_smartflow_audit_fd = NGX_INVALID_FILE;
 static ngx_uint_t  ngx_http_smartflow_audit_fd_segment;
+
+/* writes what the buffer holds a while after this process added to it */
+static ngx_event_t  ngx_http_smartflow_audit_flush_ev;
 
 /* the retry of spooled timestamps, in one worker */
 static ngx_event_t        ngx_http_smartflow_audit_retry_ev;
@@ -359,7 +397,6 @@ ngx_http_smartflow_audit_record(ngx_http_request_t *r,
     ngx_msec_int_t                   latency;
     u_char                           digest[32];
     u_char                           req_hex[65], resp_hex[65];
-    unsigned int                     dlen;
     const sf_audit_key_t            *key;
     ngx_http_variable_value_t       *vv;
     ngx_http_upstream_state_t       *st;
@@ -458,28 +495,19 @@ ngx_http_smartflow_audit_record(ngx_http_request_t *r,
     if (actx && actx->request_done) {
         ngx_memcpy(digest, actx->request, 32);
 
-    } else if (EVP_Digest(ctx->body.len ? ctx->body.data : (u_char *) "",
-                          ctx->body.len, digest, &dlen, sf_merkle_sha256(),
-                          NULL)
-               != 1)
-    {
-        return NGX_ERROR;
+    } else {
+        sf_sha256(ctx->body.len ? ctx->body.data : (u_char *) "",
+                  ctx->body.len, digest);
     }
 
     sf_audit_hex(digest, 32, (char *) req_hex);
 
-    if (actx && actx->md) {
-        if (EVP_DigestFinal_ex(actx->md, digest, &dlen) != 1) {
-            return NGX_ERROR;
-        }
+    if (actx && !actx->md_done) {
+        sf_sha256_final(&actx->md, digest);
+        actx->md_done = 1;
 
-        EVP_MD_CTX_free(actx->md);
-        actx->md = NULL;
-
-    } else if (EVP_Digest("", 0, digest, &dlen, sf_merkle_sha256(), NULL)
-               != 1)
-    {
-        return NGX_ERROR;
+    } else {
+        sf_sha256("", 0, digest);
     }
 
     sf_audit_hex(digest, 32, (char *) resp_hex);
@@ -657,10 +685,11 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
     const sf_audit_key_t *key, int64_t ts,
     ngx_http_smartflow_audit_sample_t *m)
 {
-    u_char                           *body_end;
+    u_char                           *body_end, *tail;
+    size_t                            len;
     ssize_t                           n;
     uint64_t                          seq;
-    ngx_uint_t                        rotate;
+    ngx_uint_t                        rotate, buffered;
     ngx_slab_pool_t                  *shpool;
     ngx_http_smartflow_audit_sh_t    *sh;
     u_char                            leaf[32];
@@ -676,28 +705,11 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    if (ngx_http_smartflow_audit_fd == NGX_INVALID_FILE
-        || ngx_http_smartflow_audit_fd_segment != sh->segment)
+    if (ngx_http_smartflow_audit_open(amcf, sh, r->connection->log)
+        != NGX_OK)
     {
-        if (ngx_http_smartflow_audit_fd != NGX_INVALID_FILE) {
-            (void) ngx_close_file(ngx_http_smartflow_audit_fd);
-        }
-
-        ngx_snprintf(path, NGX_MAX_PATH, "%V/" NGX_SMARTFLOW_AUDIT_SEGMENT
-                     "%Z", &amcf->dir, sh->segment);
-
-        ngx_http_smartflow_audit_fd = ngx_open_file(path, NGX_FILE_APPEND,
-                                                    NGX_FILE_CREATE_OR_OPEN,
-                                                    0644);
-        if (ngx_http_smartflow_audit_fd == NGX_INVALID_FILE) {
-            sh->write_failures++;
-            ngx_shmtx_unlock(&shpool->mutex);
-            ngx_log_error(NGX_LOG_ALERT, r->connection->log, ngx_errno,
-                          "smartflow audit: open \"%s\" failed", path);
-            return NGX_ERROR;
-        }
-
-        ngx_http_smartflow_audit_fd_segment = sh->segment;
+        ngx_shmtx_unlock(&shpool->mutex);
+        return NGX_ERROR;
     }
 
     seq = sh->seq + 1;
@@ -706,42 +718,86 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
     p = ngx_sprintf(body_end, ",\"ts\":%L,\"seq\":%uL,\"kid\":\"%s\","
                     "\"prev\":\"%s\"", ts, seq, key->kid, hex);
 
-    if (sf_audit_hmac(key, line, p - line, mac) != 0) {
+    /* one pass over the record: its signature, then its hash */
+    if (sf_audit_record_mac(key, line, p - line, mac) != 0) {
         ngx_shmtx_unlock(&shpool->mutex);
         return NGX_ERROR;
     }
 
     sf_audit_hex(mac, 32, hex);
+    tail = p;
     p = ngx_sprintf(p, ",\"hmac\":\"%s\"}\n", hex);
 
-    n = ngx_write_fd(ngx_http_smartflow_audit_fd, line, p - line);
-
-    if (n != p - line) {
-        /* a piece of a record would break the chain for every later one */
-        if (n > 0
-            && ftruncate(ngx_http_smartflow_audit_fd, sh->seg_bytes) == -1)
-        {
-            ngx_log_error(NGX_LOG_ALERT, r->connection->log, ngx_errno,
-                          "smartflow audit: cutting a partial record off "
-                          "segment %ui failed",
-                          ngx_http_smartflow_audit_fd_segment);
-        }
-
-        sh->write_failures++;
+    if (sf_audit_record_leaf(tail, p - tail - 1, leaf) != 0) {
         ngx_shmtx_unlock(&shpool->mutex);
-
-        ngx_log_error(NGX_LOG_ALERT, r->connection->log, ngx_errno,
-                      "smartflow audit: writing segment %ui failed",
-                      ngx_http_smartflow_audit_fd_segment);
         return NGX_ERROR;
     }
 
-    /* the record's hash, for the next one's "prev" and the log tree */
-    sf_merkle_leaf(line, p - line - 1, leaf);
+    len = p - line;
+    buffered = 0;
 
+    if (amcf->buffer && len <= amcf->buffer) {
+        /* into the shared buffer, in chain order; written when full */
+        if (sh->buf_len + len > amcf->buffer
+            && ngx_http_smartflow_audit_flush_locked(amcf, sh,
+                                                     r->connection->log)
+               != NGX_OK)
+        {
+            ngx_shmtx_unlock(&shpool->mutex);
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(sh->buf + sh->buf_len, line, len);
+        sh->buf_len += len;
+        sh->buf_records++;
+        buffered = 1;
+
+    } else {
+        if (ngx_http_smartflow_audit_flush_locked(amcf, sh,
+                                                  r->connection->log)
+            != NGX_OK)
+        {
+            ngx_shmtx_unlock(&shpool->mutex);
+            return NGX_ERROR;
+        }
+
+        n = ngx_write_fd(ngx_http_smartflow_audit_fd, line, len);
+
+        if (n != (ssize_t) len) {
+            /* a piece of a record would break the chain for every later
+             * one */
+            if (n > 0
+                && ftruncate(ngx_http_smartflow_audit_fd, sh->seg_bytes)
+                   == -1)
+            {
+                ngx_log_error(NGX_LOG_ALERT, r->connection->log, ngx_errno,
+                              "smartflow audit: cutting a partial record "
+                              "off segment %ui failed",
+                              ngx_http_smartflow_audit_fd_segment);
+            }
+
+            sh->write_failures++;
+            ngx_shmtx_unlock(&shpool->mutex);
+
+            ngx_log_error(NGX_LOG_ALERT, r->connection->log, ngx_errno,
+                          "smartflow audit: writing segment %ui failed",
+                          ngx_http_smartflow_audit_fd_segment);
+            return NGX_ERROR;
+        }
+    }
+
+    /* the record's hash is the next one's "prev" and in the log tree */
     sh->seq = seq;
     ngx_memcpy(sh->head, leaf, 32);
     sf_merkle_frontier_append(&sh->log, leaf);
+
+    /* kept for the seal, which then needs not hash the segment again */
+    if (sh->leaves_ok && sh->seg_count < NGX_SMARTFLOW_AUDIT_LEAVES_MAX) {
+        ngx_memcpy(sh->leaves[sh->seg_count], leaf, 32);
+
+    } else {
+        sh->leaves_ok = 0;
+    }
 
     if (sh->seg_count++ == 0) {
         sh->seg_first = seq;
@@ -752,16 +808,32 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
 
     ngx_http_smartflow_audit_count(sh, m);
 
-    if ((size_t) sh->seg_bytes >= amcf->segment_size
-        || ngx_time() - sh->seg_start >= amcf->seal_interval)
+    /* a segment is closed with all its records written */
+    if (((size_t) sh->seg_bytes >= amcf->segment_size
+         || ngx_time() - sh->seg_start >= amcf->seal_interval)
+        && ngx_http_smartflow_audit_flush_locked(amcf, sh,
+                                                 r->connection->log)
+           == NGX_OK)
     {
         rotate = 1;
 
         snap.segment = sh->segment;
         snap.first = sh->seg_first;
         snap.count = sh->seg_count;
+        snap.bytes = sh->seg_bytes;
+        snap.leaves = NULL;
+
+        if (sh->leaves_ok) {
+            snap.leaves = ngx_alloc(sh->seg_count * 32, r->connection->log);
+
+            if (snap.leaves) {
+                ngx_memcpy(snap.leaves, sh->leaves, sh->seg_count * 32);
+            }
+        }
+
         ngx_memcpy(snap.head, sh->head, 32);
         ngx_memcpy(&snap.old, &sh->sealed, sizeof(sf_merkle_frontier_t));
+        ngx_memcpy(&snap.log, &sh->log, sizeof(sf_merkle_frontier_t));
         ngx_memcpy(&sh->sealed, &sh->log, sizeof(sf_merkle_frontier_t));
 
         sh->segment++;
@@ -770,6 +842,7 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
         sh->seg_bytes = 0;
         sh->seg_start = 0;
         sh->seals_pending++;
+        sh->leaves_ok = 1;
 
         /* the next segment exists from now: the folder shows which is open */
         (void) ngx_close_file(ngx_http_smartflow_audit_fd);
@@ -784,6 +857,12 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
     }
 
     ngx_shmtx_unlock(&shpool->mutex);
+
+    if (buffered && !ngx_http_smartflow_audit_flush_ev.timer_set
+        && ngx_http_smartflow_audit_flush_ev.handler)
+    {
+        ngx_add_timer(&ngx_http_smartflow_audit_flush_ev, amcf->flush);
+    }
 
     if (!rotate) {
         return NGX_OK;
@@ -806,6 +885,8 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
     }
 
     if (ngx_http_smartflow_audit_post_seal(r, amcf, &snap) != NGX_OK) {
+        ngx_free(snap.leaves);
+
         ngx_shmtx_lock(&shpool->mutex);
         sh->seals_pending--;
         sh->seal_failures++;
@@ -883,10 +964,15 @@ ngx_http_smartflow_audit_plain(ngx_http_request_t *r,
 }
 
 
+/* ,"name":"value" or ,"name":null; no ngx_sprintf(): a record has 17 */
 static u_char *
 ngx_http_smartflow_audit_str(u_char *p, char *name, ngx_str_t *s)
 {
-    p = ngx_sprintf(p, ",\"%s\":", name);
+    *p++ = ',';
+    *p++ = '"';
+    p = ngx_cpymem(p, name, ngx_strlen(name));
+    *p++ = '"';
+    *p++ = ':';
 
     if (s->len == 0) {
         return ngx_sf_cpymem(p, "null");
@@ -917,12 +1003,12 @@ ngx_http_smartflow_audit_tap(ngx_http_request_t *r,
     }
 
     actx = ngx_http_smartflow_audit_get_ctx(r);
-    if (actx == NULL || actx->md == NULL) {
+    if (actx == NULL || actx->md_done) {
         return NGX_ERROR;
     }
 
-    if (len && EVP_DigestUpdate(actx->md, p, len) != 1) {
-        return NGX_ERROR;
+    if (len) {
+        sf_sha256_update(&actx->md, p, len);
     }
 
     if (alcf->bodies && len && actx->kept_len < alcf->bodies) {
@@ -951,7 +1037,6 @@ ngx_http_smartflow_audit_tap(ngx_http_request_t *r,
 static ngx_http_smartflow_audit_ctx_t *
 ngx_http_smartflow_audit_get_ctx(ngx_http_request_t *r)
 {
-    ngx_pool_cleanup_t              *cln;
     ngx_http_smartflow_audit_ctx_t  *actx;
 
     actx = ngx_http_get_module_ctx(r, ngx_http_smartflow_audit_module);
@@ -959,42 +1044,17 @@ ngx_http_smartflow_audit_get_ctx(ngx_http_request_t *r)
         return actx;
     }
 
+    /* the hash's state is a plain struct in the pool: nothing to free */
     actx = ngx_pcalloc(r->pool, sizeof(ngx_http_smartflow_audit_ctx_t));
     if (actx == NULL) {
         return NULL;
     }
 
-    cln = ngx_pool_cleanup_add(r->pool, 0);
-    if (cln == NULL) {
-        return NULL;
-    }
-
-    actx->md = EVP_MD_CTX_new();
-
-    if (actx->md == NULL
-        || EVP_DigestInit_ex(actx->md, sf_merkle_sha256(), NULL) != 1)
-    {
-        EVP_MD_CTX_free(actx->md);
-        actx->md = NULL;
-        return NULL;
-    }
-
-    cln->handler = ngx_http_smartflow_audit_cleanup;
-    cln->data = actx;
+    sf_sha256_init(&actx->md);
 
     ngx_http_set_ctx(r, actx, ngx_http_smartflow_audit_module);
 
     return actx;
-}
-
-
-static void
-ngx_http_smartflow_audit_cleanup(void *data)
-{
-    ngx_http_smartflow_audit_ctx_t  *actx = data;
-
-    EVP_MD_CTX_free(actx->md);
-    actx->md = NULL;
 }
 
 
@@ -1039,13 +1099,8 @@ ngx_http_smartflow_audit_header_filter(ngx_http_request_t *r)
         return NGX_ERROR;
     }
 
-    if (EVP_Digest(ctx->body.len ? ctx->body.data : (u_char *) "",
-                   ctx->body.len, actx->request, NULL, sf_merkle_sha256(),
-                   NULL)
-        != 1)
-    {
-        return NGX_ERROR;
-    }
+    sf_sha256(ctx->body.len ? ctx->body.data : (u_char *) "",
+              ctx->body.len, actx->request);
 
     actx->request_done = 1;
 
@@ -1100,7 +1155,23 @@ ngx_http_smartflow_audit_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     shpool->data = sh;
 
-    return ngx_http_smartflow_audit_recover(shm_zone->shm.log, amcf, sh);
+    if (ngx_http_smartflow_audit_recover(shm_zone->shm.log, amcf, sh)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    sh->buf = ngx_slab_alloc(shpool, NGX_SMARTFLOW_AUDIT_BUFFER_MAX);
+    sh->leaves = ngx_slab_alloc(shpool, NGX_SMARTFLOW_AUDIT_LEAVES_MAX * 32);
+
+    if (sh->buf == NULL || sh->leaves == NULL) {
+        return NGX_ERROR;
+    }
+
+    /* an open segment holding records from before: its seal hashes it */
+    sh->leaves_ok = (sh->seg_count == 0);
+
+    return NGX_OK;
 }
 
 
@@ -1117,6 +1188,8 @@ ngx_http_smartflow_audit_create_main_conf(ngx_conf_t *cf)
 
     amcf->segment_size = NGX_CONF_UNSET_SIZE;
     amcf->seal_interval = NGX_CONF_UNSET;
+    amcf->buffer = NGX_CONF_UNSET_SIZE;
+    amcf->flush = NGX_CONF_UNSET_MSEC;
     amcf->immutable = NGX_CONF_UNSET;
     amcf->request_id = NGX_ERROR;
     amcf->tsa_timeout = NGX_CONF_UNSET_MSEC;
@@ -1126,6 +1199,7 @@ ngx_http_smartflow_audit_create_main_conf(ngx_conf_t *cf)
     amcf->s3_interval = NGX_CONF_UNSET_MSEC;
     amcf->s3_backoff_max = NGX_CONF_UNSET_MSEC;
     amcf->s3_timeout = NGX_CONF_UNSET_MSEC;
+    amcf->s3_keep = NGX_CONF_UNSET;
 
     return amcf;
 }
@@ -1145,6 +1219,8 @@ ngx_http_smartflow_audit_init_main_conf(ngx_conf_t *cf, void *conf)
 
     ngx_conf_init_size_value(amcf->segment_size, 16 * 1024 * 1024);
     ngx_conf_init_value(amcf->seal_interval, 60);
+    ngx_conf_init_size_value(amcf->buffer, 64 * 1024);
+    ngx_conf_init_msec_value(amcf->flush, 100);
     ngx_conf_init_value(amcf->immutable, 0);
     ngx_conf_init_msec_value(amcf->tsa_timeout, 10000);
     ngx_conf_init_msec_value(amcf->tsa_retry, 30000);
@@ -1426,6 +1502,20 @@ ngx_http_smartflow_audit_init_process(ngx_cycle_t *cycle)
 
     ngx_http_smartflow_audit_s3_init_process(cycle, amcf);
 
+    if (amcf && amcf->zone
+        && (ngx_process == NGX_PROCESS_WORKER
+            || ngx_process == NGX_PROCESS_SINGLE))
+    {
+        ev = &ngx_http_smartflow_audit_flush_ev;
+        ev->handler = ngx_http_smartflow_audit_flush_timer;
+        ev->data = amcf;
+        ev->log = cycle->log;
+        ev->cancelable = 1;
+
+        /* what a worker killed before its flush left in the buffer */
+        (void) ngx_http_smartflow_audit_flush(amcf, cycle->log);
+    }
+
     if (amcf == NULL || amcf->zone == NULL || amcf->tsa_url.len == 0
         || (ngx_process == NGX_PROCESS_WORKER && ngx_worker != 0))
     {
@@ -1546,8 +1636,154 @@ ngx_http_smartflow_audit_retry_done(ngx_event_t *ev)
 static void
 ngx_http_smartflow_audit_exit_process(ngx_cycle_t *cycle)
 {
+    ngx_http_smartflow_audit_main_conf_t  *amcf;
+
+    amcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_smartflow_audit_module);
+
+    /* a reload, quit or stop: nothing stays in the buffer */
+    if (amcf && amcf->zone
+        && ngx_http_smartflow_audit_flush_ev.handler != NULL)
+    {
+        (void) ngx_http_smartflow_audit_flush(amcf, cycle->log);
+    }
+
     if (ngx_http_smartflow_audit_fd != NGX_INVALID_FILE) {
         (void) ngx_close_file(ngx_http_smartflow_audit_fd);
         ngx_http_smartflow_audit_fd = NGX_INVALID_FILE;
     }
+}
+
+
+/* this process's descriptor of the open segment; under the zone's lock */
+static ngx_int_t
+ngx_http_smartflow_audit_open(ngx_http_smartflow_audit_main_conf_t *amcf,
+    ngx_http_smartflow_audit_sh_t *sh, ngx_log_t *log)
+{
+    u_char  path[NGX_MAX_PATH];
+
+    if (ngx_http_smartflow_audit_fd != NGX_INVALID_FILE
+        && ngx_http_smartflow_audit_fd_segment == sh->segment)
+    {
+        return NGX_OK;
+    }
+
+    if (ngx_http_smartflow_audit_fd != NGX_INVALID_FILE) {
+        (void) ngx_close_file(ngx_http_smartflow_audit_fd);
+    }
+
+    ngx_snprintf(path, NGX_MAX_PATH, "%V/" NGX_SMARTFLOW_AUDIT_SEGMENT "%Z",
+                 &amcf->dir, sh->segment);
+
+    ngx_http_smartflow_audit_fd = ngx_open_file(path, NGX_FILE_APPEND,
+                                                NGX_FILE_CREATE_OR_OPEN,
+                                                0644);
+    if (ngx_http_smartflow_audit_fd == NGX_INVALID_FILE) {
+        sh->write_failures++;
+        ngx_log_error(NGX_LOG_ALERT, log, ngx_errno,
+                      "smartflow audit: open \"%s\" failed", path);
+        return NGX_ERROR;
+    }
+
+    ngx_http_smartflow_audit_fd_segment = sh->segment;
+
+    return NGX_OK;
+}
+
+
+/*
+ * Under the zone's lock: the buffered records, all of the open segment,
+ * in one write().  On a failure they stay in the buffer for the next try
+ * and whatever piece reached the file is cut off again.
+ */
+static ngx_int_t
+ngx_http_smartflow_audit_flush_locked(
+    ngx_http_smartflow_audit_main_conf_t *amcf,
+    ngx_http_smartflow_audit_sh_t *sh, ngx_log_t *log)
+{
+    ssize_t  n;
+
+    if (sh->buf_len == 0) {
+        return NGX_OK;
+    }
+
+    if (ngx_http_smartflow_audit_open(amcf, sh, log) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    n = ngx_write_fd(ngx_http_smartflow_audit_fd, sh->buf, sh->buf_len);
+
+    if (n != (ssize_t) sh->buf_len) {
+        if (n > 0
+            && ftruncate(ngx_http_smartflow_audit_fd,
+                         sh->seg_bytes - (off_t) sh->buf_len)
+               == -1)
+        {
+            ngx_log_error(NGX_LOG_ALERT, log, ngx_errno,
+                          "smartflow audit: cutting a partial write off "
+                          "segment %ui failed", sh->segment);
+        }
+
+        sh->write_failures++;
+        ngx_log_error(NGX_LOG_ALERT, log, ngx_errno,
+                      "smartflow audit: writing %uL buffered records to "
+                      "segment %ui failed, kept for the next try",
+                      sh->buf_records, sh->segment);
+        return NGX_ERROR;
+    }
+
+    sh->buf_len = 0;
+    sh->buf_records = 0;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_smartflow_audit_flush(ngx_http_smartflow_audit_main_conf_t *amcf,
+    ngx_log_t *log)
+{
+    ngx_int_t                       rc;
+    ngx_slab_pool_t                *shpool;
+    ngx_http_smartflow_audit_sh_t  *sh;
+
+    if (amcf == NULL || amcf->zone == NULL) {
+        return NGX_OK;
+    }
+
+    shpool = (ngx_slab_pool_t *) amcf->zone->shm.addr;
+    sh = shpool->data;
+
+    ngx_shmtx_lock(&shpool->mutex);
+    rc = ngx_http_smartflow_audit_flush_locked(amcf, sh, log);
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return rc;
+}
+
+
+static void
+ngx_http_smartflow_audit_flush_timer(ngx_event_t *ev)
+{
+    ngx_http_smartflow_audit_main_conf_t  *amcf = ev->data;
+
+    if (ngx_http_smartflow_audit_flush(amcf, ev->log) != NGX_OK
+        && !(ngx_exiting || ngx_quit || ngx_terminate))
+    {
+        ngx_add_timer(ev, amcf->flush);
+    }
+}
+
+
+/* smartflow_audit_buffer SIZE: 0 writes each record as it is made */
+static char *
+ngx_http_smartflow_audit_buffer(ngx_conf_t *cf, void *post, void *data)
+{
+    size_t  *sp = data;
+
+    if (*sp > NGX_SMARTFLOW_AUDIT_BUFFER_MAX) {
+        return "must be at most 1m";
+    }
+
+    return NGX_CONF_OK;
 }

@@ -6,9 +6,11 @@
  * AWS SigV4 by libcurl (x-amz-content-sha256 is added to the signed
  * headers here).  Once every PUT of a segment is confirmed (200) the
  * segment is marked shipped with segment-N.shipped; the folder itself is
- * the backlog, so it survives restarts.  Everything that blocks runs in
- * the thread pool; one worker runs the rounds on a timer, oldest segment
- * first, backing off while the endpoint fails.
+ * the backlog, so it survives restarts.  Then the local segment-N.log is
+ * removed (unless smartflow_audit_s3_keep), in order: the seal and the
+ * mark stay, so the chain goes on from the seal.  Everything that blocks
+ * runs in the thread pool; one worker runs the rounds on a timer, oldest
+ * segment first, backing off while the endpoint fails.
  */
 
 #include <curl/curl.h>
@@ -30,6 +32,7 @@ typedef struct {
     time_t                      retention;
     ngx_msec_t                  timeout;
     time_t                      tsa_wait;       /* 0: no timestamps */
+    ngx_flag_t                  keep;
 
     /* results */
     ngx_int_t                   rc;
@@ -37,7 +40,10 @@ typedef struct {
     ngx_uint_t                  segments;
     ngx_uint_t                  objects;
     uint64_t                    bytes;
+    ngx_uint_t                  removed;
+    ngx_uint_t                  unremoved;      /* the first kept, or 0 */
     char                        err[NGX_MAX_PATH + 1024];
+    char                        warn[NGX_MAX_PATH + 128];
 } ngx_http_smartflow_audit_s3_t;
 
 
@@ -62,6 +68,7 @@ static const char  *ngx_http_smartflow_audit_s3_mode_names[] = {
 static ngx_event_t         ngx_http_smartflow_audit_s3_ev;
 static ngx_thread_task_t  *ngx_http_smartflow_audit_s3_task;
 static ngx_uint_t          ngx_http_smartflow_audit_s3_fails;
+static ngx_uint_t          ngx_http_smartflow_audit_s3_unremoved;
 
 
 static void ngx_http_smartflow_audit_s3_timer(ngx_event_t *ev);
@@ -196,6 +203,7 @@ ngx_http_smartflow_audit_s3_conf(ngx_conf_t *cf,
     ngx_conf_init_msec_value(amcf->s3_interval, 10000);
     ngx_conf_init_msec_value(amcf->s3_backoff_max, 300000);
     ngx_conf_init_msec_value(amcf->s3_timeout, 60000);
+    ngx_conf_init_value(amcf->s3_keep, 0);
 
     if (amcf->s3_region.len == 0) {
         ngx_str_set(&amcf->s3_region, "us-east-1");
@@ -339,6 +347,7 @@ ngx_http_smartflow_audit_s3_timer(ngx_event_t *ev)
     *p = '\0';
 
     s->mode = amcf->s3_lock_mode;
+    s->keep = amcf->s3_keep;
     s->retention = amcf->s3_retention;
     s->timeout = amcf->s3_timeout;
     s->tsa_wait = amcf->tsa_url.len ? (time_t) amcf->tsa_timeout / 1000 + 60
@@ -561,6 +570,71 @@ ngx_http_smartflow_audit_s3_mark(ngx_http_smartflow_audit_s3_t *s,
 }
 
 
+/*
+ * The local copy of a shipped segment, removed; 0 when it must stay
+ * (chattr +i, permissions): the later ones stay too, so the segments
+ * gone are always the first ones, which the recovery and the verifier
+ * rely on.
+ */
+static ngx_uint_t
+ngx_http_smartflow_audit_s3_remove(ngx_http_smartflow_audit_s3_t *s,
+    ngx_uint_t seg)
+{
+    ssize_t   n;
+    ngx_fd_t  fd;
+    u_char    path[NGX_MAX_PATH];
+    u_char    seal[16384];
+
+    /*
+     * The chain goes on from the seal of the last segment removed: one
+     * sealed before seals carried the log tree's frontier stays.
+     */
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEAL "%Z",
+                 s->dir, seg);
+
+    fd = ngx_open_file(path, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    n = (fd == NGX_INVALID_FILE) ? -1 : read(fd, seal, sizeof(seal) - 1);
+
+    if (fd != NGX_INVALID_FILE) {
+        (void) ngx_close_file(fd);
+    }
+
+    if (n > 0) {
+        seal[n] = '\0';
+    }
+
+    if (n <= 0 || ngx_strstr(seal, "\"log_frontier\":[") == NULL) {
+        if (s->unremoved == 0) {
+            s->unremoved = seg;
+            snprintf(s->warn, sizeof(s->warn), "%s has no log frontier to "
+                     "go on from", path);
+        }
+
+        return 0;
+    }
+
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEGMENT "%Z",
+                 s->dir, seg);
+
+    if (unlink((char *) path) == 0) {
+        s->removed++;
+        return 1;
+    }
+
+    if (errno == ENOENT) {
+        return 1;
+    }
+
+    if (s->unremoved == 0) {
+        s->unremoved = seg;
+        snprintf(s->warn, sizeof(s->warn), "unlink(%s) failed: %s", path,
+                 strerror(errno));
+    }
+
+    return 0;
+}
+
+
 static void
 ngx_http_smartflow_audit_s3_thread(void *data, ngx_log_t *log)
 {
@@ -570,7 +644,7 @@ ngx_http_smartflow_audit_s3_thread(void *data, ngx_log_t *log)
     ngx_int_t        rc;
     ngx_str_t        name, d;
     ngx_dir_t        dirh;
-    ngx_uint_t       seg, min, max, i, stop;
+    ngx_uint_t       seg, min, max, i, stop, prune;
     ngx_file_info_t  fi;
     u_char           path[NGX_MAX_PATH], file[64];
     u_char           manifest[3 * 1400];
@@ -582,6 +656,9 @@ ngx_http_smartflow_audit_s3_thread(void *data, ngx_log_t *log)
     s->segments = 0;
     s->objects = 0;
     s->bytes = 0;
+    s->removed = 0;
+    s->unremoved = 0;
+    s->warn[0] = '\0';
 
     d.data = s->dir;
     d.len = ngx_strlen(s->dir);
@@ -625,6 +702,7 @@ ngx_http_smartflow_audit_s3_thread(void *data, ngx_log_t *log)
     (void) ngx_close_dir(&dirh);
 
     stop = 0;
+    prune = !s->keep;
 
     for (seg = min; seg <= max; seg++) {
         ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEAL "%Z",
@@ -636,12 +714,18 @@ ngx_http_smartflow_audit_s3_thread(void *data, ngx_log_t *log)
         ngx_snprintf(path, NGX_MAX_PATH, "%s/segment-%08ui.shipped%Z",
                      s->dir, seg);
         if (ngx_file_info(path, &fi) != NGX_FILE_ERROR) {
+            if (prune) {
+                prune = ngx_http_smartflow_audit_s3_remove(s, seg);
+            }
+
             continue;
         }
 
         s->backlog++;
 
+        /* removed only once shipped, and in order */
         if (stop) {
+            prune = 0;
             continue;
         }
 
@@ -649,6 +733,7 @@ ngx_http_smartflow_audit_s3_thread(void *data, ngx_log_t *log)
         ngx_snprintf(path, NGX_MAX_PATH, "%s/segment-%08ui.tsq%Z", s->dir,
                      seg);
         if (ngx_file_info(path, &fi) != NGX_FILE_ERROR) {
+            prune = 0;
             continue;
         }
 
@@ -665,6 +750,7 @@ ngx_http_smartflow_audit_s3_thread(void *data, ngx_log_t *log)
                 if (ngx_file_info(path, &fi) != NGX_FILE_ERROR
                     && time(NULL) - ngx_file_mtime(&fi) < s->tsa_wait)
                 {
+                    prune = 0;
                     continue;
                 }
             }
@@ -701,11 +787,17 @@ ngx_http_smartflow_audit_s3_thread(void *data, ngx_log_t *log)
             /* in order: the later ones wait for this one */
             s->rc = (rc == NGX_ERROR) ? NGX_ERROR : NGX_AGAIN;
             stop = 1;
+            prune = 0;
             continue;
         }
 
         s->backlog--;
         s->segments++;
+
+        /* confirmed: the local copy may go */
+        if (prune) {
+            prune = ngx_http_smartflow_audit_s3_remove(s, seg);
+        }
     }
 }
 
@@ -735,6 +827,8 @@ ngx_http_smartflow_audit_s3_done(ngx_event_t *ev)
     if (s->segments) {
         sh->s3_last_ship = ngx_time();
     }
+
+    sh->s3_removed += s->removed;
 
     if (s->rc != NGX_OK) {
         sh->s3_failures++;
@@ -766,6 +860,24 @@ ngx_http_smartflow_audit_s3_done(ngx_event_t *ev)
                       "smartflow audit: %ui segments shipped to S3, "
                       "%ui waiting", s->segments, s->backlog);
     }
+
+    if (s->removed) {
+        ngx_log_error(NGX_LOG_INFO, ev->log, 0,
+                      "smartflow audit: %ui shipped segments removed from "
+                      "the folder", s->removed);
+    }
+
+    /* once a segment: it stays, and the ones after it */
+    if (s->unremoved
+        && s->unremoved != ngx_http_smartflow_audit_s3_unremoved)
+    {
+        ngx_log_error(NGX_LOG_WARN, ev->log, 0,
+                      "smartflow audit: segment %ui is shipped but stays "
+                      "in the folder, and the later ones with it: %s",
+                      s->unremoved, s->warn);
+    }
+
+    ngx_http_smartflow_audit_s3_unremoved = s->unremoved;
 
     if (!(ngx_exiting || ngx_quit || ngx_terminate)) {
         ngx_add_timer(&ngx_http_smartflow_audit_s3_ev, delay);

@@ -21,6 +21,11 @@ static ngx_int_t ngx_http_smartflow_audit_read(u_char *path, u_char **buf,
 static ngx_int_t ngx_http_smartflow_audit_leaves(u_char *buf, size_t len,
     unsigned char (**leaves)[32], uint64_t *n, u_char *head,
     uint64_t *first, uint64_t *last);
+static ngx_int_t ngx_http_smartflow_audit_lines(u_char *buf, size_t len,
+    uint64_t *n, u_char *head, uint64_t *first);
+static ngx_int_t ngx_http_smartflow_audit_resume(
+    ngx_http_smartflow_audit_main_conf_t *amcf, ngx_uint_t seg,
+    ngx_http_smartflow_audit_sh_t *sh, char *err, size_t errlen);
 static void ngx_http_smartflow_audit_protect(ngx_fd_t fd, ngx_flag_t imm,
     char *protection);
 
@@ -40,7 +45,7 @@ ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s)
     u_char                path[NGX_MAX_PATH], tmp[NGX_MAX_PATH];
     unsigned char         proof[SF_MERKLE_MAX_LEVEL][32], root[32];
     unsigned char         mac[EVP_MAX_MD_SIZE];
-    char                  seal[8192];
+    char                  seal[16384];
 
     buf = NULL;
     leaves = NULL;
@@ -53,12 +58,32 @@ ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s)
                                       sizeof(s->err))
         != NGX_OK)
     {
-        return NGX_ERROR;
+        goto failed;
     }
 
-    if (ngx_http_smartflow_audit_leaves(buf, len, &leaves, &n, head, &first,
-                                        &lastseq)
-        != NGX_OK)
+    if (s->leaves) {
+        /*
+         * The workers' leaves: the file is checked against them by its
+         * size, its lines, its first record's number and its last
+         * record's hash, without hashing every record again.
+         */
+        leaves = s->leaves;
+        s->leaves = NULL;
+
+        if ((off_t) len != s->bytes
+            || ngx_http_smartflow_audit_lines(buf, len, &n, head, &first)
+               != NGX_OK
+            || (n && ngx_memcmp(leaves[n - 1], head, 32) != 0))
+        {
+            snprintf(s->err, sizeof(s->err), "%s: %lu bytes, %lu "
+                     "expected, or a record is cut short or unreadable",
+                     path, (unsigned long) len, (unsigned long) s->bytes);
+            goto failed;
+        }
+
+    } else if (ngx_http_smartflow_audit_leaves(buf, len, &leaves, &n, head,
+                                               &first, &lastseq)
+               != NGX_OK)
     {
         snprintf(s->err, sizeof(s->err), "%s: a record is cut short or "
                  "unreadable", path);
@@ -83,7 +108,15 @@ ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s)
     ext.leaves = (const unsigned char (*)[32]) leaves;
     ext.nleaves = n;
 
-    sf_merkle_ext_root(&ext, root);
+    /* the log's tree as the workers extended it, leaf by leaf */
+    if (s->log.size != s->old.size + n) {
+        snprintf(s->err, sizeof(s->err), "the log tree holds %lu records, "
+                 "%lu expected", (unsigned long) s->log.size,
+                 (unsigned long) (s->old.size + n));
+        goto failed;
+    }
+
+    sf_merkle_frontier_root(&s->log, root);
     sf_audit_hex(root, 32, log_root);
 
     sf_merkle_frontier_root(&s->old, root);
@@ -134,6 +167,17 @@ ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s)
 
     for (i = 0; i < np; i++) {
         sf_audit_hex(proof[i], 32, hex);
+        p += snprintf(p, last - p, "%s\"%s\"", i ? "," : "", hex);
+    }
+
+    /*
+     * The log tree's frontier: with it the chain and the tree go on from
+     * this seal once the segment is shipped and removed.
+     */
+    p += snprintf(p, last - p, "],\"log_frontier\":[");
+
+    for (i = 0; i < (int) s->log.count; i++) {
+        sf_audit_hex(s->log.node[i], 32, hex);
         p += snprintf(p, last - p, "%s\"%s\"", i ? "," : "", hex);
     }
 
@@ -198,10 +242,58 @@ ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s)
 
 failed:
 
+    ngx_free(s->leaves);
+    s->leaves = NULL;
     ngx_free(leaves);
     ngx_free(buf);
 
     return s->rc;
+}
+
+
+/* the number of lines, the first one's record number, the last's hash */
+static ngx_int_t
+ngx_http_smartflow_audit_lines(u_char *buf, size_t len, uint64_t *n,
+    u_char *head, uint64_t *first)
+{
+    u_char           *p, *end, *eol, *last;
+    uint64_t          count;
+    const char       *why;
+    sf_audit_tail_t   t;
+
+    *n = 0;
+    *first = 0;
+    ngx_memzero(head, 32);
+
+    if (len == 0) {
+        return NGX_OK;
+    }
+
+    if (buf[len - 1] != '\n') {
+        return NGX_ERROR;
+    }
+
+    count = 0;
+    end = buf + len;
+    last = buf;
+
+    for (p = buf; p < end; p = eol + 1) {
+        eol = memchr(p, '\n', end - p);
+        last = p;
+        count++;
+    }
+
+    eol = memchr(buf, '\n', len);
+
+    if (sf_audit_tail_parse((char *) buf, eol - buf, &t, &why) != 0) {
+        return NGX_ERROR;
+    }
+
+    *first = t.seq;
+    *n = count;
+    sf_merkle_leaf(last, end - 1 - last, head);
+
+    return NGX_OK;
 }
 
 
@@ -466,7 +558,7 @@ ngx_http_smartflow_audit_recover(ngx_log_t *log,
     u_char                           *buf, *p, head[32];
     size_t                            len;
     uint64_t                          n, i, first, lastseq;
-    ngx_uint_t                        seg, maxseg;
+    ngx_uint_t                        seg, maxseg, minseg, maxseal, base;
     ngx_dir_t                         dir;
     ngx_str_t                         name;
     ngx_err_t                         err;
@@ -507,6 +599,8 @@ ngx_http_smartflow_audit_recover(ngx_log_t *log,
     }
 
     maxseg = 0;
+    maxseal = 0;
+    minseg = NGX_MAX_UINT32_VALUE;
 
     for ( ;; ) {
         ngx_set_errno(0);
@@ -518,6 +612,18 @@ ngx_http_smartflow_audit_recover(ngx_log_t *log,
         name.data = ngx_de_name(&dir);
         name.len = ngx_de_namelen(&dir);
 
+        if (name.len == sizeof("segment-00000000.seal") - 1
+            && ngx_strncmp(name.data, "segment-", 8) == 0
+            && ngx_strncmp(name.data + 16, ".seal", 5) == 0)
+        {
+            seg = ngx_atoi(name.data + 8, 8);
+            if (seg != (ngx_uint_t) NGX_ERROR && seg > maxseal) {
+                maxseal = seg;
+            }
+
+            continue;
+        }
+
         if (name.len != sizeof("segment-00000000.log") - 1
             || ngx_strncmp(name.data, "segment-", 8) != 0
             || ngx_strncmp(name.data + 16, ".log", 4) != 0)
@@ -526,8 +632,9 @@ ngx_http_smartflow_audit_recover(ngx_log_t *log,
         }
 
         seg = ngx_atoi(name.data + 8, 8);
-        if (seg != (ngx_uint_t) NGX_ERROR && seg > maxseg) {
-            maxseg = seg;
+        if (seg != (ngx_uint_t) NGX_ERROR) {
+            maxseg = ngx_max(maxseg, seg);
+            minseg = ngx_min(minseg, seg);
         }
     }
 
@@ -540,7 +647,29 @@ ngx_http_smartflow_audit_recover(ngx_log_t *log,
 
     key = sf_audit_keys_current(amcf->keys, ngx_time());
 
-    for (seg = 1; seg <= maxseg; seg++) {
+    /*
+     * Segments shipped to S3 and removed: the chain and the log tree go
+     * on from the seal of the last one gone.
+     */
+    base = (maxseg == 0) ? maxseal : minseg - 1;
+
+    if (base) {
+        if (ngx_http_smartflow_audit_resume(amcf, base, sh, s->err,
+                                            sizeof(s->err))
+            != NGX_OK)
+        {
+            goto failed;
+        }
+
+        ngx_log_error(NGX_LOG_NOTICE, log, 0,
+                      "smartflow audit: segments up to %ui are shipped and "
+                      "removed, the chain goes on from record %uL",
+                      base, sh->seq);
+    }
+
+    maxseg = ngx_max(maxseg, base);
+
+    for (seg = base + 1; seg <= maxseg; seg++) {
         ngx_snprintf(path, NGX_MAX_PATH, "%V/" NGX_SMARTFLOW_AUDIT_SEGMENT
                      "%Z", &amcf->dir, seg);
 
@@ -632,6 +761,8 @@ ngx_http_smartflow_audit_recover(ngx_log_t *log,
             s->first = first;
             s->count = n;
             ngx_memcpy(s->head, sh->head, 32);
+            ngx_memcpy(&s->log, &sh->log, sizeof(sf_merkle_frontier_t));
+            s->leaves = NULL;
             s->key = *key;
             s->immutable = amcf->immutable;
             s->now = ngx_time();
@@ -672,4 +803,147 @@ failed:
     ngx_free(s);
 
     return NGX_ERROR;
+}
+
+
+/* a top-level "name": of a seal, its value's first byte, or NULL */
+static u_char *
+ngx_http_smartflow_audit_seal_field(u_char *seal, char *name)
+{
+    u_char  *p;
+    u_char   key[64];
+
+    ngx_snprintf(key, sizeof(key), "\"%s\":%Z", name);
+    p = (u_char *) ngx_strstr(seal, key);
+
+    return p ? p + ngx_strlen(key) : NULL;
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_audit_seal_u64(u_char *seal, char *name, uint64_t *v)
+{
+    u_char  *p;
+
+    p = ngx_http_smartflow_audit_seal_field(seal, name);
+    if (p == NULL || *p < '0' || *p > '9') {
+        return NGX_ERROR;
+    }
+
+    for (*v = 0; *p >= '0' && *p <= '9'; p++) {
+        *v = *v * 10 + (*p - '0');
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The state after segment seg, from its seal alone: the segment itself
+ * is gone, which only a confirmed upload (segment-N.shipped) allows.
+ */
+static ngx_int_t
+ngx_http_smartflow_audit_resume(ngx_http_smartflow_audit_main_conf_t *amcf,
+    ngx_uint_t seg, ngx_http_smartflow_audit_sh_t *sh, char *err,
+    size_t errlen)
+{
+    u_char           *buf, *p;
+    size_t            len;
+    uint64_t          first, count, size, bit;
+    ngx_file_info_t   fi;
+    u_char            root[32], mine[32];
+    u_char            path[NGX_MAX_PATH];
+
+    ngx_snprintf(path, NGX_MAX_PATH, "%V/segment-%08ui.shipped%Z",
+                 &amcf->dir, seg);
+
+    if (ngx_file_info(path, &fi) == NGX_FILE_ERROR) {
+        snprintf(err, errlen, "segment %lu is missing and was not shipped "
+                 "(no %s)", (unsigned long) seg, path);
+        return NGX_ERROR;
+    }
+
+    ngx_snprintf(path, NGX_MAX_PATH, "%V/" NGX_SMARTFLOW_AUDIT_SEAL "%Z",
+                 &amcf->dir, seg);
+
+    if (ngx_http_smartflow_audit_read(path, &buf, &len, err, errlen)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (buf == NULL || len == 0) {
+        snprintf(err, errlen, "segment %lu is shipped but its seal %s is "
+                 "missing", (unsigned long) seg, path);
+        ngx_free(buf);
+        return NGX_ERROR;
+    }
+
+    buf[len] = '\0';
+
+    if (ngx_http_smartflow_audit_seal_u64(buf, "first", &first) != NGX_OK
+        || ngx_http_smartflow_audit_seal_u64(buf, "count", &count) != NGX_OK
+        || ngx_http_smartflow_audit_seal_u64(buf, "log_size", &size)
+           != NGX_OK
+        || (p = ngx_http_smartflow_audit_seal_field(buf, "log_root"))
+           == NULL
+        || *p != '"' || sf_audit_unhex((char *) p + 1, 64, root, 32) != 32
+        || (p = ngx_http_smartflow_audit_seal_field(buf, "chain_head"))
+           == NULL
+        || *p != '"'
+        || sf_audit_unhex((char *) p + 1, 64, sh->head, 32) != 32
+        || (p = ngx_http_smartflow_audit_seal_field(buf, "log_frontier"))
+           == NULL
+        || *p++ != '[')
+    {
+        snprintf(err, errlen, "%s has no log frontier to go on from",
+                 path);
+        ngx_free(buf);
+        return NGX_ERROR;
+    }
+
+    /* one node a bit of the size, largest first */
+    ngx_memzero(&sh->log, sizeof(sf_merkle_frontier_t));
+    sh->log.size = size;
+
+    for (bit = (uint64_t) 1 << 63; bit; bit >>= 1) {
+        if (!(size & bit)) {
+            continue;
+        }
+
+        if (*p == ',') {
+            p++;
+        }
+
+        if (*p != '"'
+            || sf_audit_unhex((char *) p + 1, 64,
+                              sh->log.node[sh->log.count], 32) != 32
+            || p[65] != '"')
+        {
+            break;
+        }
+
+        sh->log.count++;
+        p += 66;
+    }
+
+    sf_merkle_frontier_root(&sh->log, mine);
+
+    if (*p != ']' || count == 0 || first + count - 1 > size
+        || ngx_memcmp(mine, root, 32) != 0)
+    {
+        snprintf(err, errlen, "%s: the log frontier does not give the "
+                 "sealed log root", path);
+        ngx_free(buf);
+        return NGX_ERROR;
+    }
+
+    ngx_free(buf);
+
+    sh->seq = first + count - 1;
+    ngx_memcpy(&sh->sealed, &sh->log, sizeof(sf_merkle_frontier_t));
+    sh->last_sealed = seg;
+    sh->last_seal_time = ngx_time();
+
+    return NGX_OK;
 }

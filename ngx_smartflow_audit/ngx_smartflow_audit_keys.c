@@ -7,24 +7,72 @@
 #include <string.h>
 #include <stdlib.h>
 
-#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/params.h>
 
+#include "ngx_smartflow_merkle.h"
 #include "ngx_smartflow_audit_keys.h"
 
 
-static EVP_MAC                *sf_hmac;
-static __thread EVP_MAC_CTX   *sf_hmac_ctx;
+/*
+ * HMAC-SHA256 keyed once: the states after the key's inner and outer
+ * pads are kept, per thread, for the last key used, and each message
+ * starts from a copy of them (RFC 2104), instead of hashing the pads
+ * again for every record.
+ */
+typedef struct {
+    sf_sha256_t     inner;
+    sf_sha256_t     outer;
+    unsigned char   key[SF_AUDIT_KEY_MAX];
+    size_t          key_len;            /* 0: none keyed yet */
+} sf_hmac_state_t;
+
+
+static __thread sf_hmac_state_t  sf_hmac_st;
 
 
 void
 sf_audit_hmac_init(void)
 {
-    if (sf_hmac == NULL) {
-        sf_hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    /* nothing to fetch: the contexts are plain structs */
+}
+
+
+static void
+sf_audit_hmac_key(sf_hmac_state_t *st, const sf_audit_key_t *k)
+{
+    size_t          i;
+    unsigned char   block[64], pad[64];
+
+    memset(block, 0, sizeof(block));
+
+    /* a key longer than the block is hashed first */
+    if (k->key_len > sizeof(block)) {
+        sf_sha256(k->key, k->key_len, block);
+
+    } else {
+        memcpy(block, k->key, k->key_len);
     }
+
+    for (i = 0; i < sizeof(block); i++) {
+        pad[i] = block[i] ^ 0x36;
+    }
+
+    sf_sha256_init(&st->inner);
+    sf_sha256_update(&st->inner, pad, sizeof(pad));
+
+    for (i = 0; i < sizeof(block); i++) {
+        pad[i] = block[i] ^ 0x5c;
+    }
+
+    sf_sha256_init(&st->outer);
+    sf_sha256_update(&st->outer, pad, sizeof(pad));
+
+    OPENSSL_cleanse(block, sizeof(block));
+    OPENSSL_cleanse(pad, sizeof(pad));
+
+    memcpy(st->key, k->key, k->key_len);
+    st->key_len = k->key_len;
 }
 
 
@@ -32,46 +80,68 @@ int
 sf_audit_hmac(const sf_audit_key_t *k, const void *data, size_t len,
     unsigned char *out)
 {
-    size_t      n;
-    EVP_MAC    *mac;
-    OSSL_PARAM  params[2];
+    sf_sha256_t       c;
+    sf_hmac_state_t  *st;
+    unsigned char     inner[32];
 
-    mac = sf_hmac;
+    st = &sf_hmac_st;
 
-    if (mac == NULL) {
-        sf_audit_hmac_init();
-        mac = sf_hmac;
-
-        if (mac == NULL) {
-            return -1;
-        }
-    }
-
-    if (sf_hmac_ctx == NULL) {
-        sf_hmac_ctx = EVP_MAC_CTX_new(mac);
-        if (sf_hmac_ctx == NULL) {
-            return -1;
-        }
-
-        /* the digest once: naming it at each init fetches it again */
-        params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
-                                                     (char *) "SHA256", 0);
-        params[1] = OSSL_PARAM_construct_end();
-
-        if (EVP_MAC_CTX_set_params(sf_hmac_ctx, params) != 1) {
-            EVP_MAC_CTX_free(sf_hmac_ctx);
-            sf_hmac_ctx = NULL;
-            return -1;
-        }
-    }
-
-    if (EVP_MAC_init(sf_hmac_ctx, k->key, k->key_len, NULL) != 1
-        || EVP_MAC_update(sf_hmac_ctx, data, len) != 1
-        || EVP_MAC_final(sf_hmac_ctx, out, &n, 32) != 1
-        || n != 32)
-    {
+    if (k->key_len == 0 || k->key_len > SF_AUDIT_KEY_MAX) {
         return -1;
     }
+
+    if (st->key_len != k->key_len
+        || CRYPTO_memcmp(st->key, k->key, k->key_len) != 0)
+    {
+        sf_audit_hmac_key(st, k);
+    }
+
+    c = st->inner;
+    sf_sha256_update(&c, data, len);
+    sf_sha256_final(&c, inner);
+
+    c = st->outer;
+    sf_sha256_update(&c, inner, sizeof(inner));
+    sf_sha256_final(&c, out);
+
+    return 0;
+}
+
+
+/*
+ * A record's signature and leaf hash in one pass over the record: SHA-256
+ * of 0x00 and the signed bytes is what the HMAC signs, and the same
+ * SHA-256 carried on over the rest of the line is the record's RFC 6962
+ * leaf hash.  The state stays, per thread, between the two calls.
+ */
+static __thread sf_sha256_t  sf_rec;
+
+
+int
+sf_audit_record_mac(const sf_audit_key_t *k, const void *data, size_t len,
+    unsigned char *mac)
+{
+    sf_sha256_t    c;
+    unsigned char  zero, d[32];
+
+    zero = 0;
+
+    sf_sha256_init(&sf_rec);
+    sf_sha256_update(&sf_rec, &zero, 1);
+    sf_sha256_update(&sf_rec, data, len);
+
+    c = sf_rec;
+    sf_sha256_final(&c, d);
+
+    return sf_audit_hmac(k, d, sizeof(d), mac);
+}
+
+
+int
+sf_audit_record_leaf(const void *tail, size_t len, unsigned char *leaf)
+{
+    sf_sha256_update(&sf_rec, tail, len);
+    sf_sha256_final(&sf_rec, leaf);
 
     return 0;
 }

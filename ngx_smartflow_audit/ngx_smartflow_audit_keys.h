@@ -10,10 +10,11 @@
  * A record is one line of JSON ending with the fields the chain needs,
  * always in this order:
  *   ...,"ts":MS,"seq":N,"kid":"KID","prev":"HEX64","hmac":"HEX64"}
- * "hmac" is HMAC-SHA256 under key KID of every byte before ,"hmac";
- * "prev" is the previous record's hash, zeros for the first one: its
- * RFC 6962 leaf hash, SHA-256 of 0x00 and its line (no newline), the
- * same hash the Merkle trees are built from.
+ * "hmac" is HMAC-SHA256 under key KID of SHA-256 of 0x00 and every byte
+ * before ,"hmac"; "prev" is the previous record's hash, zeros for the
+ * first one: its RFC 6962 leaf hash, SHA-256 of 0x00 and its line (no
+ * newline), the same hash the Merkle trees are built from.  Both start
+ * the same, so one pass over a record gives its signature and its hash.
  */
 
 #ifndef _NGX_SMARTFLOW_AUDIT_KEYS_H_INCLUDED_
@@ -68,10 +69,18 @@ const sf_audit_key_t *sf_audit_keys_current(const sf_audit_keys_t *keys,
 int sf_audit_tail_parse(const char *line, size_t len, sf_audit_tail_t *t,
     const char **why);
 
-/* HMAC-SHA256 under a key; 0 or -1.  Fetched once, a context a thread */
+/* HMAC-SHA256 under a key; 0 or -1.  Keyed once a key, a state a thread */
 void sf_audit_hmac_init(void);
 int sf_audit_hmac(const sf_audit_key_t *k, const void *data, size_t len,
     unsigned char *out);
+
+/*
+ * A record's "hmac" over its signed bytes; then, in the same thread, its
+ * leaf hash once given the rest of its line (without the newline).
+ */
+int sf_audit_record_mac(const sf_audit_key_t *k, const void *data,
+    size_t len, unsigned char *mac);
+int sf_audit_record_leaf(const void *tail, size_t len, unsigned char *leaf);
 
 void sf_audit_hex(const unsigned char *p, size_t len, char *out);
 /* the number of bytes, or -1 */

@@ -4,6 +4,9 @@
  * the transparency-dev vectors reject (a consistency proof from size 0).
  */
 
+/* SHA256_Init() and the rest: see sf_sha256_t */
+#define OPENSSL_SUPPRESS_DEPRECATED
+
 #include <string.h>
 #include <openssl/evp.h>
 
@@ -14,18 +17,17 @@ typedef unsigned char  sf_hash_t[SF_MERKLE_HASH];
 
 
 /*
- * SHA-256, fetched once: an implicit fetch on every digest costs more
- * than hashing a record.  Each thread keeps its own context.
+ * SHA-256 for EVP users (the timestamps), fetched once: an implicit fetch
+ * on every digest costs more than hashing a record.
  */
-static EVP_MD                *sf_sha256;
-static __thread EVP_MD_CTX   *sf_md_ctx;
+static EVP_MD  *sf_sha256_md;
 
 
 void
 sf_merkle_init(void)
 {
-    if (sf_sha256 == NULL) {
-        sf_sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+    if (sf_sha256_md == NULL) {
+        sf_sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
     }
 }
 
@@ -33,7 +35,39 @@ sf_merkle_init(void)
 const EVP_MD *
 sf_merkle_sha256(void)
 {
-    return sf_sha256 ? sf_sha256 : EVP_sha256();
+    return sf_sha256_md ? sf_sha256_md : EVP_sha256();
+}
+
+
+void
+sf_sha256_init(sf_sha256_t *c)
+{
+    (void) SHA256_Init(c);
+}
+
+
+void
+sf_sha256_update(sf_sha256_t *c, const void *data, size_t len)
+{
+    (void) SHA256_Update(c, data, len);
+}
+
+
+void
+sf_sha256_final(sf_sha256_t *c, unsigned char *out)
+{
+    (void) SHA256_Final(out, c);
+}
+
+
+void
+sf_sha256(const void *data, size_t len, unsigned char *out)
+{
+    sf_sha256_t  c;
+
+    (void) SHA256_Init(&c);
+    (void) SHA256_Update(&c, data, len);
+    (void) SHA256_Final(out, &c);
 }
 
 
@@ -42,31 +76,24 @@ static void
 sf_merkle_hash(unsigned char prefix, const unsigned char *a, size_t alen,
     const unsigned char *b, size_t blen, unsigned char *out)
 {
-    EVP_MD_CTX  *c;
+    sf_sha256_t  c;
 
-    if (sf_md_ctx == NULL) {
-        sf_md_ctx = EVP_MD_CTX_new();
+    (void) SHA256_Init(&c);
+    (void) SHA256_Update(&c, &prefix, 1);
+    (void) SHA256_Update(&c, a, alen);
+
+    if (blen) {
+        (void) SHA256_Update(&c, b, blen);
     }
 
-    c = sf_md_ctx;
-
-    if (c == NULL
-        || EVP_DigestInit_ex(c, sf_merkle_sha256(), NULL) != 1
-        || EVP_DigestUpdate(c, &prefix, 1) != 1
-        || EVP_DigestUpdate(c, a, alen) != 1
-        || (blen && EVP_DigestUpdate(c, b, blen) != 1)
-        || EVP_DigestFinal_ex(c, out, NULL) != 1)
-    {
-        /* no memory: a hash no tree can match */
-        memset(out, 0, SF_MERKLE_HASH);
-    }
+    (void) SHA256_Final(out, &c);
 }
 
 
 static void
 sf_merkle_empty(unsigned char *out)
 {
-    (void) EVP_Digest("", 0, out, NULL, sf_merkle_sha256(), NULL);
+    sf_sha256("", 0, out);
 }
 
 

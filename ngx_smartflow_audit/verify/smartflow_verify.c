@@ -53,6 +53,7 @@ typedef struct {
     uint64_t        log_size;
     uint64_t        timestamped;
     uint64_t        ts_pending;
+    uint64_t        removed;        /* shipped, gone: by their seals */
 
     /* the first problem */
     char            file[512];
@@ -123,9 +124,11 @@ print_report(const char *path)
     printf(",\"ok\":%s,\"records\":%" PRIu64 ",\"segments\":%" PRIu64
            ",\"sealed\":%" PRIu64 ",\"open\":%" PRIu64
            ",\"log_size\":%" PRIu64 ",\"timestamped\":%" PRIu64
-           ",\"timestamps_pending\":%" PRIu64 ",\"chain_head\":",
+           ",\"timestamps_pending\":%" PRIu64 ",\"removed\":%" PRIu64
+           ",\"chain_head\":",
            rep.ok ? "true" : "false", rep.records, rep.segments, rep.sealed,
-           rep.open, rep.log_size, rep.timestamped, rep.ts_pending);
+           rep.open, rep.log_size, rep.timestamped, rep.ts_pending,
+           rep.removed);
     json_str(stdout, rep.head);
     printf(",\"log_root\":");
     json_str(stdout, rep.log_root);
@@ -255,8 +258,9 @@ cmp_u64(const void *a, const void *b)
 
 typedef struct {
     const sf_audit_keys_t  *keys;
-    hash_t                 *leaves;         /* every record so far */
+    hash_t                 *leaves;         /* every record read */
     uint64_t                nleaves;
+    uint64_t                base;           /* records before: removed */
     uint64_t                cap;
     sf_merkle_frontier_t    log;
     unsigned char           head[32];
@@ -264,6 +268,9 @@ typedef struct {
     uint64_t                prev_size;      /* the last seal's tree */
     unsigned char           prev_root[32];
 } state_t;
+
+
+static char *read_seal(state_t *st, const char *path);
 
 
 /* a seal's RFC 3161 timestamp: its signature up to the CA, the imprint */
@@ -327,62 +334,15 @@ verify_seal(state_t *st, const char *path, uint64_t segno, uint64_t first,
     uint64_t count)
 {
     int                    nproof;
-    char                  *seal, kid[SF_AUDIT_KID_LEN + 1];
-    size_t                 len;
-    uint64_t               v, sealed_at;
-    const char            *p, *q, *macp;
-    unsigned char          h[32], root[32], mac[32];
+    char                  *seal;
+    uint64_t               v;
+    const char            *p;
+    unsigned char          h[32], root[32];
     hash_t                 proof[SF_MERKLE_MAX_LEVEL];
-    const sf_audit_key_t  *k;
 
-    seal = read_file(path, &len);
+    seal = read_seal(st, path);
     if (seal == NULL) {
-        fail(path, 0, 0, "seal", "cannot read: %s", strerror(errno));
         return -1;
-    }
-
-    if (len == 0 || seal[len - 1] != '\n' || memchr(seal, '\n', len - 1)) {
-        fail(path, 1, 0, "seal", "not one line");
-        goto bad;
-    }
-
-    seal[--len] = '\0';
-
-    /* the signature covers every byte before ,"hmac" */
-    macp = strstr(seal, ",\"hmac\":\"");
-    p = seal_field(seal, "kid");
-
-    if (macp == NULL || p == NULL || *p != '"'
-        || (q = strchr(p + 1, '"')) == NULL || q - p - 1 > SF_AUDIT_KID_LEN
-        || len - (macp - seal) != 9 + 64 + 2
-        || sf_audit_unhex(macp + 9, 64, mac, 32) != 32
-        || strcmp(macp + 9 + 64, "\"}") != 0)
-    {
-        fail(path, 1, 0, "seal", "no signature");
-        goto bad;
-    }
-
-    memcpy(kid, p + 1, q - p - 1);
-    kid[q - p - 1] = '\0';
-
-    k = sf_audit_keys_find(st->keys, kid);
-    if (k == NULL) {
-        fail(path, 1, 0, "seal_key", "unknown key id \"%s\"", kid);
-        goto bad;
-    }
-
-    if (check_mac(k, seal, macp - seal, mac) != 0) {
-        fail(path, 1, 0, "seal_hmac", "the seal's HMAC does not match");
-        goto bad;
-    }
-
-    if (seal_u64(seal, "sealed_at", &sealed_at) != 0
-        || (int64_t) sealed_at < k->not_before
-        || (int64_t) sealed_at > k->not_after)
-    {
-        fail(path, 1, 0, "seal_key", "key \"%s\" was not valid when the "
-             "seal was made", kid);
-        goto bad;
     }
 
     if (seal_u64(seal, "segment", &v) != 0 || v != segno) {
@@ -416,7 +376,7 @@ verify_seal(state_t *st, const char *path, uint64_t segno, uint64_t first,
 
     sf_merkle_frontier_root(&st->log, root);
 
-    if (seal_u64(seal, "log_size", &v) != 0 || v != st->nleaves
+    if (seal_u64(seal, "log_size", &v) != 0 || v != st->base + st->nleaves
         || seal_hash(seal, "log_root", h) != 0 || memcmp(h, root, 32))
     {
         fail(path, 1, 0, "log_root", "the log's Merkle root is not the "
@@ -464,7 +424,8 @@ verify_seal(state_t *st, const char *path, uint64_t segno, uint64_t first,
     }
 
     if (st->prev_size > 0
-        && sf_merkle_verify_consistency(st->prev_size, st->nleaves,
+        && sf_merkle_verify_consistency(st->prev_size,
+                                        st->base + st->nleaves,
                                         (const unsigned char (*)[32]) proof,
                                         nproof, st->prev_root, 32, root, 32)
            != 0)
@@ -479,7 +440,235 @@ verify_seal(state_t *st, const char *path, uint64_t segno, uint64_t first,
         goto bad;
     }
 
-    st->prev_size = st->nleaves;
+    st->prev_size = st->base + st->nleaves;
+    memcpy(st->prev_root, root, 32);
+
+    free(seal);
+    return 0;
+
+bad:
+
+    free(seal);
+    return -1;
+}
+
+
+/* the seal's signature and its key's validity at the seal's time */
+static char *
+read_seal(state_t *st, const char *path)
+{
+    char                  *seal, kid[SF_AUDIT_KID_LEN + 1];
+    size_t                 len;
+    uint64_t               sealed_at;
+    const char            *p, *q, *macp;
+    unsigned char          mac[32];
+    const sf_audit_key_t  *k;
+
+    seal = read_file(path, &len);
+    if (seal == NULL) {
+        fail(path, 0, 0, "seal", "cannot read: %s", strerror(errno));
+        return NULL;
+    }
+
+    if (len == 0 || seal[len - 1] != '\n' || memchr(seal, '\n', len - 1)) {
+        fail(path, 1, 0, "seal", "not one line");
+        goto bad;
+    }
+
+    seal[--len] = '\0';
+
+    macp = strstr(seal, ",\"hmac\":\"");
+    p = seal_field(seal, "kid");
+
+    if (macp == NULL || p == NULL || *p != '"'
+        || (q = strchr(p + 1, '"')) == NULL || q - p - 1 > SF_AUDIT_KID_LEN
+        || len - (macp - seal) != 9 + 64 + 2
+        || sf_audit_unhex(macp + 9, 64, mac, 32) != 32
+        || strcmp(macp + 9 + 64, "\"}") != 0)
+    {
+        fail(path, 1, 0, "seal", "no signature");
+        goto bad;
+    }
+
+    memcpy(kid, p + 1, q - p - 1);
+    kid[q - p - 1] = '\0';
+
+    k = sf_audit_keys_find(st->keys, kid);
+    if (k == NULL) {
+        fail(path, 1, 0, "seal_key", "unknown key id \"%s\"", kid);
+        goto bad;
+    }
+
+    if (check_mac(k, seal, macp - seal, mac) != 0) {
+        fail(path, 1, 0, "seal_hmac", "the seal's HMAC does not match");
+        goto bad;
+    }
+
+    if (seal_u64(seal, "sealed_at", &sealed_at) != 0
+        || (int64_t) sealed_at < k->not_before
+        || (int64_t) sealed_at > k->not_after)
+    {
+        fail(path, 1, 0, "seal_key", "key \"%s\" was not valid when the "
+             "seal was made", kid);
+        goto bad;
+    }
+
+    return seal;
+
+bad:
+
+    free(seal);
+    return NULL;
+}
+
+
+/* a seal's "log_frontier": the log tree of log_size records */
+static int
+seal_frontier(const char *seal, uint64_t size, sf_merkle_frontier_t *f)
+{
+    uint64_t     bit;
+    const char  *p;
+
+    p = seal_field(seal, "log_frontier");
+    if (p == NULL || *p++ != '[') {
+        return -1;
+    }
+
+    memset(f, 0, sizeof(sf_merkle_frontier_t));
+    f->size = size;
+
+    for (bit = (uint64_t) 1 << 63; bit; bit >>= 1) {
+        if (!(size & bit)) {
+            continue;
+        }
+
+        if (*p == ',') {
+            p++;
+        }
+
+        if (*p != '"' || sf_audit_unhex(p + 1, 64, f->node[f->count], 32)
+                         != 32
+            || p[65] != '"')
+        {
+            return -1;
+        }
+
+        f->count++;
+        p += 66;
+    }
+
+    return *p == ']' ? 0 : -1;
+}
+
+
+/*
+ * A segment shipped to S3 and removed from the folder: its seal alone,
+ * which must follow the one before (numbers, log size, consistency
+ * proof); the last one gives the chain head and log tree to go on from.
+ */
+static int
+verify_removed(state_t *st, const char *path, uint64_t segno, int last)
+{
+    int                    nproof;
+    char                  *seal;
+    uint64_t               v, first, count, size;
+    const char            *p;
+    unsigned char          root[32], mine[32];
+    hash_t                 proof[SF_MERKLE_MAX_LEVEL];
+    sf_merkle_frontier_t   f;
+
+    seal = read_seal(st, path);
+    if (seal == NULL) {
+        return -1;
+    }
+
+    if (seal_u64(seal, "segment", &v) != 0 || v != segno) {
+        fail(path, 1, 0, "seal", "seals another segment");
+        goto bad;
+    }
+
+    if (seal_u64(seal, "first", &first) != 0 || first != st->seq + 1
+        || seal_u64(seal, "count", &count) != 0 || count == 0
+        || seal_u64(seal, "log_size", &size) != 0
+        || size != st->prev_size + count
+        || seal_hash(seal, "log_root", root) != 0)
+    {
+        fail(path, 1, st->seq + 1, "sequence", "the removed segment's "
+             "seal does not follow the one before (records from %" PRIu64
+             " expected)", st->seq + 1);
+        goto bad;
+    }
+
+    if (seal_u64(seal, "prev_log_size", &v) != 0 || v != st->prev_size
+        || seal_hash(seal, "prev_log_root", mine) != 0
+        || memcmp(mine, st->prev_root, 32))
+    {
+        fail(path, 1, 0, "prev_seal", "the seal does not follow the one "
+             "before");
+        goto bad;
+    }
+
+    p = seal_field(seal, "consistency");
+    if (p == NULL || *p++ != '[') {
+        fail(path, 1, 0, "consistency", "no consistency proof");
+        goto bad;
+    }
+
+    nproof = 0;
+
+    while (*p == '"') {
+        if (nproof == SF_MERKLE_MAX_LEVEL
+            || sf_audit_unhex(p + 1, 64, proof[nproof], 32) != 32
+            || p[65] != '"')
+        {
+            fail(path, 1, 0, "consistency", "bad proof hash");
+            goto bad;
+        }
+
+        nproof++;
+        p += 66;
+
+        if (*p == ',') {
+            p++;
+        }
+    }
+
+    if (*p != ']'
+        || (st->prev_size > 0
+            && sf_merkle_verify_consistency(st->prev_size, size,
+                   (const unsigned char (*)[32]) proof, nproof,
+                   st->prev_root, 32, root, 32) != 0)
+        || (st->prev_size == 0 && nproof != 0))
+    {
+        fail(path, 1, 0, "consistency", "the log tree of the seal before "
+             "is not a prefix of this one");
+        goto bad;
+    }
+
+    if (seal_frontier(seal, size, &f) == 0) {
+        sf_merkle_frontier_root(&f, mine);
+
+        if (memcmp(mine, root, 32) != 0) {
+            fail(path, 1, 0, "log_root", "the seal's log frontier does not "
+                 "give its log root");
+            goto bad;
+        }
+
+    } else if (last) {
+        fail(path, 1, 0, "log_root", "the last removed segment's seal has "
+             "no log frontier to go on from");
+        goto bad;
+    }
+
+    if (seal_hash(seal, "chain_head", st->head) != 0) {
+        fail(path, 1, 0, "chain_head", "no chain head");
+        goto bad;
+    }
+
+    memcpy(&st->log, &f, sizeof(sf_merkle_frontier_t));
+    st->seq = first + count - 1;
+    st->base = size;
+    st->prev_size = size;
     memcpy(st->prev_root, root, 32);
 
     free(seal);
@@ -501,6 +690,7 @@ verify_segment(state_t *st, const char *path, uint64_t *first,
     uint64_t               line;
     const char            *why;
     sf_audit_tail_t        t;
+    unsigned char          mac[32];
     const sf_audit_key_t  *k;
 
     buf = read_file(path, &len);
@@ -549,7 +739,15 @@ verify_segment(state_t *st, const char *path, uint64_t *first,
             goto bad;
         }
 
-        if (check_mac(k, p, t.signed_len, t.hmac) != 0) {
+        /*
+         * The signature of SHA-256 of 0x00 and the signed bytes, or, for
+         * records written before it, of the signed bytes themselves:
+         * both need the key.
+         */
+        if ((sf_audit_record_mac(k, p, t.signed_len, mac) != 0
+             || CRYPTO_memcmp(mac, t.hmac, 32) != 0)
+            && check_mac(k, p, t.signed_len, t.hmac) != 0)
+        {
             fail(path, line, t.seq, "hmac", "the record's HMAC does not "
                  "match: it was changed");
             goto bad;
@@ -602,7 +800,7 @@ verify_dir(const char *dir, const sf_audit_keys_t *keys)
     DIR            *d;
     char            path[4096], seal[4096];
     size_t          nsegs, nseals, cap, scap, i, j;
-    uint64_t       *segs, *seals, n, first, count;
+    uint64_t       *segs, *seals, n, first, count, start, k;
     struct stat     sb;
     struct dirent  *de;
     state_t         st;
@@ -623,7 +821,7 @@ verify_dir(const char *dir, const sf_audit_keys_t *keys)
 
         used = 0;
 
-        if (sscanf(de->d_name, "segment-%8" SCNu64 ".%5s%n", &n, ext, &used)
+        if (sscanf(de->d_name, "segment-%8" SCNu64 ".%7s%n", &n, ext, &used)
                 != 2
             || strlen(de->d_name) != (size_t) used
             || strlen(de->d_name) < 20)
@@ -666,13 +864,67 @@ verify_dir(const char *dir, const sf_audit_keys_t *keys)
     /* the first seal follows the empty tree */
     sf_merkle_frontier_root(&st.log, st.prev_root);
 
+    /*
+     * The segments before the first one present must all have been
+     * shipped to S3 (segment-N.shipped) and removed: their seals alone
+     * are checked, and the chain goes on from the last of them.
+     */
+    start = nsegs ? segs[0] : (nseals ? seals[nseals - 1] + 1 : 1);
+
+    for (k = 1; k < start; k++) {
+        snprintf(path, sizeof(path), "%s/segment-%08" PRIu64 ".log", dir,
+                 k);
+        snprintf(seal, sizeof(seal), "%s/segment-%08" PRIu64 ".shipped",
+                 dir, k);
+
+        if (stat(seal, &sb) != 0) {
+            fail(path, 0, st.seq + 1, "segment_missing",
+                 "segment %" PRIu64 " is missing and was not shipped",
+                 k);
+            goto done;
+        }
+
+        snprintf(seal, sizeof(seal), "%s/segment-%08" PRIu64 ".seal", dir,
+                 k);
+
+        if (stat(seal, &sb) != 0) {
+            fail(seal, 0, st.seq + 1, "seal_missing", "segment %" PRIu64
+                 " was shipped and removed, but its seal is missing", k);
+            goto done;
+        }
+
+        if (verify_removed(&st, seal, k, k == start - 1) != 0) {
+            goto done;
+        }
+
+        rep.removed++;
+
+        if (tsa_ca) {
+            char  tsr[4096];
+
+            snprintf(tsr, sizeof(tsr), "%s/segment-%08" PRIu64 ".tsr", dir,
+                     k);
+
+            if (stat(tsr, &sb) == 0) {
+                if (verify_timestamp(seal, tsr) != 0) {
+                    goto done;
+                }
+
+                rep.timestamped++;
+
+            } else {
+                rep.ts_pending++;
+            }
+        }
+    }
+
     for (i = 0, j = 0; i < nsegs; i++) {
         snprintf(path, sizeof(path), "%s/segment-%08" PRIu64 ".log", dir,
                  segs[i]);
 
-        if (segs[i] != i + 1) {
+        if (segs[i] != start + i) {
             fail(path, 0, st.seq + 1, "segment_missing",
-                 "segment %zu is missing", i + 1);
+                 "segment %" PRIu64 " is missing", start + i);
             goto done;
         }
 
@@ -729,7 +981,9 @@ verify_dir(const char *dir, const sf_audit_keys_t *keys)
     }
 
     for (j = 0; j < nseals; j++) {
-        if (nsegs == 0 || seals[j] > segs[nsegs - 1]) {
+        if (seals[j] >= start
+            && (nsegs == 0 || seals[j] > segs[nsegs - 1]))
+        {
             snprintf(seal, sizeof(seal), "%s/segment-%08" PRIu64 ".seal",
                      dir, seals[j]);
 
@@ -744,7 +998,7 @@ verify_dir(const char *dir, const sf_audit_keys_t *keys)
 done:
 
     rep.records = st.nleaves;
-    rep.log_size = st.nleaves;
+    rep.log_size = st.base + st.nleaves;
     sf_audit_hex(st.head, 32, rep.head);
     sf_merkle_frontier_root(&st.log, st.prev_root);
     sf_audit_hex(st.prev_root, 32, rep.log_root);

@@ -10,6 +10,7 @@ use strict;
 use warnings;
 use FindBin;
 use lib "$FindBin::Bin/../lib";
+use File::Path ();
 use Smartflow::Audit;
 use Test::More;
 
@@ -193,6 +194,40 @@ tampered("a seal swapped for another", sub {
     spew($keys, $orig);
     ($rc, $rep) = $gw->verify(undef, '--head', $head);
     is($rc, 0, 'the untouched folder still verifies, against its head');
+}
+
+# a record signed as before the one-pass signature (HMAC of the signed
+# bytes themselves) still verifies; one signed over anything else does not
+{
+    use Digest::SHA ();
+    my $dir = $gw->root . '/old-format';
+    File::Path::remove_tree($dir);
+    File::Path::make_path($dir);
+    my $key = pack 'H*', 'a1' x 32;
+    my $signed = '{"time":"2026-01-01T00:00:00+00:00","status":200'
+               . ',"ts":1767225600000,"seq":1,"kid":"k1","prev":"'
+               . ('0' x 64) . '"';
+    my $write = sub {
+        open my $fh, '>', "$dir/segment-00000001.log" or die $!;
+        print $fh $signed . ',"hmac":"' . $_[0] . "\"}\n";
+        close $fh;
+    };
+    $write->(Digest::SHA::hmac_sha256_hex($signed, $key));
+    my ($rc, $rep) = $gw->verify($dir);
+    ok($rc == 0 && $rep->{records} == 1,
+       'a record signed over its bytes, as before, verifies')
+        or diag explain $rep;
+    $write->(Digest::SHA::hmac_sha256_hex(
+                 Digest::SHA::sha256("\0" . $signed), $key));
+    ($rc, $rep) = $gw->verify($dir);
+    ok($rc == 0 && $rep->{records} == 1,
+       'one signed over SHA-256 of 0x00 and its bytes verifies')
+        or diag explain $rep;
+    $write->(Digest::SHA::hmac_sha256_hex(
+                 Digest::SHA::sha256($signed), $key));
+    ($rc, $rep) = $gw->verify($dir);
+    ok($rc == 1 && $rep->{error}{check} eq 'hmac',
+       'one signed over anything else does not');
 }
 
 done_testing();

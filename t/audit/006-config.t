@@ -167,6 +167,15 @@ $::HttpConfig . "    smartflow_audit_segment_size 100;\n"
 
 
 
+=== TEST 9b: a record buffer larger than the zone keeps
+--- http_config eval
+$::HttpConfig . "    smartflow_audit_buffer 2m;\n"
+--- must_die
+--- error_log
+"smartflow_audit_buffer" directive must be at most 1m
+
+
+
 === TEST 10: an unknown audit api
 --- config
     location = /x {

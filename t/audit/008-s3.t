@@ -4,7 +4,9 @@
 # segments arrive signed, locked and intact; while the endpoint is down,
 # failing or expecting another secret nothing is marked shipped, the
 # backlog is reported, survives a restart and drains once it is back;
-# the secret never reaches the error log.
+# the secret never reaches the error log.  The local copies are kept here
+# (smartflow_audit_s3_keep on) to compare them with the bucket's; their
+# removal is 009-prune.t's.
 
 use strict;
 use warnings;
@@ -55,6 +57,7 @@ $gw->write_conf(http => <<"_HTTP_");
     smartflow_audit_s3_interval 200ms;
     smartflow_audit_s3_backoff_max 800ms;
     smartflow_audit_s3_timeout 3s;
+    smartflow_audit_s3_keep on;
 _HTTP_
 
 sub files { my @f = sort glob $gw->dir . "/segment-*.$_[0]"; @f }
