@@ -329,16 +329,87 @@ verify_timestamp(const char *seal, const char *tsr)
 }
 
 
+/*
+ * That a seal follows the one before: it names the log size and root of
+ * that seal, and its consistency proof shows that log tree a prefix of
+ * the sealed one (size, root).  0, or -1 with the failure reported.
+ */
+static int
+seal_follows(state_t *st, const char *path, const char *seal, uint64_t size,
+    const unsigned char *root)
+{
+    int            nproof;
+    uint64_t       v;
+    const char    *p;
+    unsigned char  h[32];
+    hash_t         proof[SF_MERKLE_MAX_LEVEL];
+
+    if (seal_u64(seal, "prev_log_size", &v) != 0 || v != st->prev_size
+        || seal_hash(seal, "prev_log_root", h) != 0
+        || memcmp(h, st->prev_root, 32))
+    {
+        fail(path, 1, 0, "prev_seal", "the seal does not follow the one "
+             "before");
+        return -1;
+    }
+
+    p = seal_field(seal, "consistency");
+    if (p == NULL || *p++ != '[') {
+        fail(path, 1, 0, "consistency", "no consistency proof");
+        return -1;
+    }
+
+    nproof = 0;
+
+    while (*p == '"') {
+        if (nproof == SF_MERKLE_MAX_LEVEL
+            || sf_audit_unhex(p + 1, 64, proof[nproof], 32) != 32
+            || p[65] != '"')
+        {
+            fail(path, 1, 0, "consistency", "bad proof hash");
+            return -1;
+        }
+
+        nproof++;
+        p += 66;
+
+        if (*p == ',') {
+            p++;
+        }
+    }
+
+    if (*p != ']') {
+        fail(path, 1, 0, "consistency", "bad proof");
+        return -1;
+    }
+
+    if (st->prev_size > 0
+        && sf_merkle_verify_consistency(st->prev_size, size,
+                                        (const unsigned char (*)[32]) proof,
+                                        nproof, st->prev_root, 32, root, 32)
+           != 0)
+    {
+        fail(path, 1, 0, "consistency", "the log tree of the seal before "
+             "is not a prefix of this one");
+        return -1;
+    }
+
+    if (st->prev_size == 0 && nproof != 0) {
+        fail(path, 1, 0, "consistency", "a proof from an empty tree");
+        return -1;
+    }
+
+    return 0;
+}
+
+
 static int
 verify_seal(state_t *st, const char *path, uint64_t segno, uint64_t first,
     uint64_t count)
 {
-    int                    nproof;
-    char                  *seal;
-    uint64_t               v;
-    const char            *p;
-    unsigned char          h[32], root[32];
-    hash_t                 proof[SF_MERKLE_MAX_LEVEL];
+    char           *seal;
+    uint64_t        v;
+    unsigned char   h[32], root[32];
 
     seal = read_seal(st, path);
     if (seal == NULL) {
@@ -384,59 +455,7 @@ verify_seal(state_t *st, const char *path, uint64_t segno, uint64_t first,
         goto bad;
     }
 
-    if (seal_u64(seal, "prev_log_size", &v) != 0 || v != st->prev_size
-        || seal_hash(seal, "prev_log_root", h) != 0
-        || memcmp(h, st->prev_root, 32))
-    {
-        fail(path, 1, 0, "prev_seal", "the seal does not follow the one "
-             "before");
-        goto bad;
-    }
-
-    p = seal_field(seal, "consistency");
-    if (p == NULL || *p++ != '[') {
-        fail(path, 1, 0, "consistency", "no consistency proof");
-        goto bad;
-    }
-
-    nproof = 0;
-
-    while (*p == '"') {
-        if (nproof == SF_MERKLE_MAX_LEVEL
-            || sf_audit_unhex(p + 1, 64, proof[nproof], 32) != 32
-            || p[65] != '"')
-        {
-            fail(path, 1, 0, "consistency", "bad proof hash");
-            goto bad;
-        }
-
-        nproof++;
-        p += 66;
-
-        if (*p == ',') {
-            p++;
-        }
-    }
-
-    if (*p != ']') {
-        fail(path, 1, 0, "consistency", "bad proof");
-        goto bad;
-    }
-
-    if (st->prev_size > 0
-        && sf_merkle_verify_consistency(st->prev_size,
-                                        st->base + st->nleaves,
-                                        (const unsigned char (*)[32]) proof,
-                                        nproof, st->prev_root, 32, root, 32)
-           != 0)
-    {
-        fail(path, 1, 0, "consistency", "the log tree of the seal before "
-             "is not a prefix of this one");
-        goto bad;
-    }
-
-    if (st->prev_size == 0 && nproof != 0) {
-        fail(path, 1, 0, "consistency", "a proof from an empty tree");
+    if (seal_follows(st, path, seal, st->base + st->nleaves, root) != 0) {
         goto bad;
     }
 
@@ -569,12 +588,9 @@ seal_frontier(const char *seal, uint64_t size, sf_merkle_frontier_t *f)
 static int
 verify_removed(state_t *st, const char *path, uint64_t segno, int last)
 {
-    int                    nproof;
     char                  *seal;
     uint64_t               v, first, count, size;
-    const char            *p;
     unsigned char          root[32], mine[32];
-    hash_t                 proof[SF_MERKLE_MAX_LEVEL];
     sf_merkle_frontier_t   f;
 
     seal = read_seal(st, path);
@@ -599,49 +615,7 @@ verify_removed(state_t *st, const char *path, uint64_t segno, int last)
         goto bad;
     }
 
-    if (seal_u64(seal, "prev_log_size", &v) != 0 || v != st->prev_size
-        || seal_hash(seal, "prev_log_root", mine) != 0
-        || memcmp(mine, st->prev_root, 32))
-    {
-        fail(path, 1, 0, "prev_seal", "the seal does not follow the one "
-             "before");
-        goto bad;
-    }
-
-    p = seal_field(seal, "consistency");
-    if (p == NULL || *p++ != '[') {
-        fail(path, 1, 0, "consistency", "no consistency proof");
-        goto bad;
-    }
-
-    nproof = 0;
-
-    while (*p == '"') {
-        if (nproof == SF_MERKLE_MAX_LEVEL
-            || sf_audit_unhex(p + 1, 64, proof[nproof], 32) != 32
-            || p[65] != '"')
-        {
-            fail(path, 1, 0, "consistency", "bad proof hash");
-            goto bad;
-        }
-
-        nproof++;
-        p += 66;
-
-        if (*p == ',') {
-            p++;
-        }
-    }
-
-    if (*p != ']'
-        || (st->prev_size > 0
-            && sf_merkle_verify_consistency(st->prev_size, size,
-                   (const unsigned char (*)[32]) proof, nproof,
-                   st->prev_root, 32, root, 32) != 0)
-        || (st->prev_size == 0 && nproof != 0))
-    {
-        fail(path, 1, 0, "consistency", "the log tree of the seal before "
-             "is not a prefix of this one");
+    if (seal_follows(st, path, seal, size, root) != 0) {
         goto bad;
     }
 
