@@ -58,6 +58,7 @@ ngx_int_t ngx_smartflow_json_dump(ngx_pool_t *pool, ngx_smartflow_json_t *j,
     ngx_str_t *out);
 size_t ngx_smartflow_json_escape_len(u_char *src, size_t len);
 u_char *ngx_smartflow_json_escape(u_char *dst, u_char *src, size_t len);
+u_char *ngx_smartflow_json_plain(u_char *p, u_char *end);
 
 /*
  * Token counts read from a JSON answer as it passes: a lexer that keeps

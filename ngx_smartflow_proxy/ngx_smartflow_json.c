@@ -285,9 +285,9 @@ nomem:
 
 
 /*
- * Whether 8 bytes are printable ASCII with no '"' and no '\\': the run
- * a string is mostly made of (a byte is zero in v when v - 0x01 borrows
- * from its top bit and the byte had not that bit set)
+ * The top bit of each of 8 bytes that is a control byte, '"' or '\\', the
+ * bytes a plain run of a string has none of (a byte is zero in v when
+ * v - 0x01 borrows from its top bit and the byte had not that bit set)
  */
 #define NGX_SF_JSON_ONES    0x0101010101010101ULL
 #define NGX_SF_JSON_HIGHS   0x8080808080808080ULL
@@ -307,16 +307,24 @@ ngx_smartflow_json_special8(uint64_t x)
 }
 
 
-/* whether 8 bytes go out as they are, escaping nothing */
+/* past the 8-byte words that hold no '"', no '\\' and no control byte */
 
-static ngx_inline ngx_uint_t
-ngx_smartflow_json_plain8(u_char *p)
+u_char *
+ngx_smartflow_json_plain(u_char *p, u_char *end)
 {
     uint64_t  x;
 
-    ngx_memcpy(&x, p, 8);
+    while (end - p >= 8) {
+        ngx_memcpy(&x, p, 8);
 
-    return ngx_smartflow_json_special8(x) == 0;
+        if (ngx_smartflow_json_special8(x) != 0) {
+            break;
+        }
+
+        p += 8;
+    }
+
+    return p;
 }
 
 
@@ -774,9 +782,10 @@ ngx_smartflow_json_escape_len(u_char *src, size_t len)
     end = src + len;
 
     while (src < end) {
-        if (end - src >= 8 && ngx_smartflow_json_plain8(src)) {
-            src += 8;
-            continue;
+        src = ngx_smartflow_json_plain(src, end);
+
+        if (src == end) {
+            break;
         }
 
         n += ngx_smartflow_json_extra[*src++];
@@ -803,9 +812,7 @@ ngx_smartflow_json_escape(u_char *dst, u_char *src, size_t len)
 
         run = src;
 
-        while (end - src >= 8 && ngx_smartflow_json_plain8(src)) {
-            src += 8;
-        }
+        src = ngx_smartflow_json_plain(src, end);
 
         while (src < end && ngx_smartflow_json_extra[*src] == 0) {
             src++;

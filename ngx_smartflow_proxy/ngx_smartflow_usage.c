@@ -23,7 +23,6 @@ enum {
 #define NGX_SF_USAGE_MAX       1000000000000ULL
 
 
-static u_char *ngx_smartflow_usage_plain(u_char *p, u_char *end);
 static void ngx_smartflow_usage_key(ngx_smartflow_usage_scan_t *us);
 static void ngx_smartflow_usage_number(ngx_smartflow_usage_scan_t *us);
 
@@ -66,7 +65,7 @@ ngx_smartflow_usage_scan(ngx_smartflow_usage_scan_t *us, u_char *p,
                 /* nothing in a value string matters: skip to its end */
 
                 if (!us->escape) {
-                    p = ngx_smartflow_usage_plain(p, end);
+                    p = ngx_smartflow_json_plain(p, end);
                 }
 
                 while (p < end) {
@@ -248,39 +247,6 @@ ngx_smartflow_usage_scan(ngx_smartflow_usage_scan_t *us, u_char *p,
             return;
         }
     }
-}
-
-
-/*
- * Past the 8-byte words of a string that hold no '"' and no '\\' (a byte
- * is zero in v when v - 0x01 borrows from its top bit and the byte had
- * not that bit set): most of an answer is its text.
- */
-
-#define NGX_SF_USAGE_ONES   0x0101010101010101ULL
-#define NGX_SF_USAGE_HIGHS  0x8080808080808080ULL
-
-static u_char *
-ngx_smartflow_usage_plain(u_char *p, u_char *end)
-{
-    uint64_t  x, q, b;
-
-    while (end - p >= 8) {
-        ngx_memcpy(&x, p, 8);
-
-        q = x ^ (NGX_SF_USAGE_ONES * '"');
-        b = x ^ (NGX_SF_USAGE_ONES * '\\');
-
-        if ((((q - NGX_SF_USAGE_ONES) & ~q) | ((b - NGX_SF_USAGE_ONES) & ~b))
-            & NGX_SF_USAGE_HIGHS)
-        {
-            break;
-        }
-
-        p += 8;
-    }
-
-    return p;
 }
 
 
