@@ -815,6 +815,25 @@ ngx_smartflow_json_escape(u_char *dst, u_char *src, size_t len)
 }
 
 
+/* a string's escaped length; a short one, a name most often, in line */
+
+static ngx_inline size_t
+ngx_smartflow_json_size_str(u_char *s, size_t len)
+{
+    size_t  i, n;
+
+    if (len > 16) {
+        return ngx_smartflow_json_escape_len(s, len);
+    }
+
+    for (n = len, i = 0; i < len; i++) {
+        n += ngx_smartflow_json_extra[s[i]];
+    }
+
+    return n;
+}
+
+
 static size_t
 ngx_smartflow_json_size(ngx_smartflow_json_t *j)
 {
@@ -835,7 +854,7 @@ ngx_smartflow_json_size(ngx_smartflow_json_t *j)
             return 2 + j->str.len;
         }
 
-        n = ngx_smartflow_json_escape_len(j->str.data, j->str.len);
+        n = ngx_smartflow_json_size_str(j->str.data, j->str.len);
 
         if (n == j->str.len) {
             j->str_plain = j->str.data + j->str.len;
@@ -854,7 +873,7 @@ ngx_smartflow_json_size(ngx_smartflow_json_t *j)
                 n += 3 + c->key.len;
 
             } else {
-                k = ngx_smartflow_json_escape_len(c->key.data, c->key.len);
+                k = ngx_smartflow_json_size_str(c->key.data, c->key.len);
 
                 if (k == c->key.len) {
                     c->key_plain = c->key.data + c->key.len;
