@@ -451,6 +451,20 @@ static uint16_t              ngx_smartflow_pairs[26 * 26];  /* depth 2 */
 static uint16_t              ngx_smartflow_pairs32[32 * 32];    /* by the
                                                   letters' low five bits */
 static ngx_uint_t            ngx_smartflow_trie_n;
+
+/*
+ * The words' first three bytes that may lead to a gate, hashed from
+ * their low five bits (a letter's place in the alphabet + 1, of either
+ * case): a bit for each three-letter start of a gate word or its rot13,
+ * and for a two-letter one with whatever follows it.  Most words of a
+ * text stop at this bit, before the trie; one that collides only walks
+ * the trie for nothing.
+ */
+static uint64_t              ngx_smartflow_tri[512];
+
+#define ngx_sf_tri_hash(w)                                                   \
+    ((uint32_t) ((uint32_t) ((w) & 0x1f1f1f) * 0x9e3779b1u) >> 17)
+#define ngx_sf_tri_may(h)    ((ngx_smartflow_tri[(h) >> 6] >> ((h) & 63)) & 1)
 static uint64_t              ngx_smartflow_gate_lt;     /* "<" */
 static uint64_t              ngx_smartflow_gate_br;     /* "[" */
 static uint64_t              ngx_smartflow_gate_hi;     /* past ASCII */
@@ -548,6 +562,9 @@ ngx_smartflow_gate_word(u_char *p, size_t s, size_t len, uint64_t *open,
                   _mm_cmpgt_epi8(_mm_set1_epi8((hi) + 1), x))
 #define ngx_sf_top_ones(m)  ((size_t) __builtin_clz(~((m) << 16)))
 #define ngx_sf_low_ones(m)  ((size_t) __builtin_ctz(~(m)))
+/* whether one of the four bytes of m is 0xff */
+#define ngx_sf_full_byte(m)                                                 \
+    ((((m) & 0x7f7f7f7fu) + 0x01010101u) & (m) & 0x80808080u)
 
 static void
 ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
@@ -555,9 +572,9 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
     size_t      i, s, run, mrun;
     u_char      tail[16];
     __m128i     x, lx, letter, b64, morse;
-    uint32_t    lm, bm, mm, hm, starts, prev;
+    uint32_t    lm, bm, mm, hm, pbm, pmm, starts, prev, w, h;
     uint64_t    open, rot13;
-    ngx_uint_t  node, runs, morsed;
+    ngx_uint_t  node, runs, morsed, full, exact;
 
     ngx_memzero(ps, sizeof(ngx_smartflow_pass_t));
 
@@ -565,6 +582,9 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
     rot13 = 0;
     run = 0;
     mrun = 0;
+    pbm = 0;
+    pmm = 0;
+    exact = 0;
     prev = 0;
     runs = 0;
     morsed = 0;
@@ -617,22 +637,42 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
             }
         }
 
-        /* base64 and hex runs of 20 or more, Morse of 24 or more */
-        if (bm == 0xffff) {
-            run += 16;
+        /*
+         * base64 and hex runs of 20 or more, Morse of 24 or more: such a
+         * run fills an aligned half of a block, and only from there on
+         * are runs counted exactly (the run that leads into the half is
+         * read from the block before it, the rest of a run that reaches
+         * past the block, from the next one)
+         */
+        full = ngx_sf_full_byte(bm | mm << 16);
 
-        } else {
-            runs |= (run + ngx_sf_low_ones(bm) >= 20);
-            run = ngx_sf_top_ones(bm);
+        if (exact || full) {
+            if (!exact) {
+                run = ngx_sf_top_ones(pbm);
+                mrun = ngx_sf_top_ones(pmm);
+            }
+
+            if (bm == 0xffff) {
+                run += 16;
+
+            } else {
+                runs |= (run + ngx_sf_low_ones(bm) >= 20);
+                run = ngx_sf_top_ones(bm);
+            }
+
+            if (mm == 0xffff) {
+                mrun += 16;
+
+            } else {
+                morsed |= (mrun + ngx_sf_low_ones(mm) >= 24);
+                mrun = ngx_sf_top_ones(mm);
+            }
+
+            exact = full;
         }
 
-        if (mm == 0xffff) {
-            mrun += 16;
-
-        } else {
-            morsed |= (mrun + ngx_sf_low_ones(mm) >= 24);
-            mrun = ngx_sf_top_ones(mm);
-        }
+        pbm = bm;
+        pmm = mm;
 
         /*
          * the words that start in the block, of two letters or more
@@ -647,6 +687,16 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
 
         for (starts &= lm >> 1; starts; starts &= starts - 1) {
             s = i + __builtin_ctz(starts);
+
+            if (s + 4 <= len) {
+                ngx_memcpy(&w, p + s, 4);       /* little-endian, as SSE2 */
+                h = ngx_sf_tri_hash(w);
+
+                if (!ngx_sf_tri_may(h)) {
+                    continue;
+                }
+            }
+
             node = ngx_smartflow_pairs32[(p[s] & 0x1f) << 5
                                          | (p[s + 1] & 0x1f)];
 
@@ -830,7 +880,7 @@ static ngx_int_t
 ngx_smartflow_gate_add(const char *g, size_t n, uint64_t bit, ngx_uint_t rot)
 {
     size_t      k;
-    ngx_uint_t  node, c, next;
+    ngx_uint_t  node, c, next, l[3];
 
     node = 1;
 
@@ -839,6 +889,10 @@ ngx_smartflow_gate_add(const char *g, size_t n, uint64_t bit, ngx_uint_t rot)
 
         if (rot) {
             c = (c + 13) % 26;
+        }
+
+        if (k < 3) {
+            l[k] = c;
         }
 
         next = ngx_smartflow_trie[node][c];
@@ -853,6 +907,17 @@ ngx_smartflow_gate_add(const char *g, size_t n, uint64_t bit, ngx_uint_t rot)
         }
 
         node = next;
+    }
+
+    /* the word's first three letters, or its two and any byte after */
+    for (k = 0; k < 32; k++) {
+        c = ngx_sf_tri_hash((uint32_t) (l[0] + 1) | (l[1] + 1) << 8
+                            | (n > 2 ? l[2] + 1 : k) << 16);
+        ngx_smartflow_tri[c >> 6] |= (uint64_t) 1 << (c & 63);
+
+        if (n > 2) {
+            break;
+        }
     }
 
     if (rot) {
