@@ -566,15 +566,40 @@ ngx_smartflow_gate_word(u_char *p, size_t s, size_t len, uint64_t *open,
 #define ngx_sf_full_byte(m)                                                 \
     ((((m) & 0x7f7f7f7fu) + 0x01010101u) & (m) & 0x80808080u)
 
+/* the characters of base64 and hex runs, and of Morse code, in x */
+static ngx_inline void
+ngx_smartflow_run_masks(__m128i x, uint32_t *bm, uint32_t *mm)
+{
+    __m128i  b64, morse;
+
+    b64 = _mm_or_si128(
+              _mm_or_si128(ngx_sf_v_in(_mm_or_si128(x, _mm_set1_epi8(0x20)),
+                                       'a', 'z'),
+                           ngx_sf_v_in(x, '0', '9')),
+              _mm_or_si128(_mm_or_si128(ngx_sf_v_eq(x, '+'),
+                                        ngx_sf_v_eq(x, '/')),
+                           _mm_or_si128(ngx_sf_v_eq(x, '-'),
+                                        ngx_sf_v_eq(x, '_'))));
+
+    morse = _mm_or_si128(_mm_or_si128(ngx_sf_v_eq(x, '.'),
+                                      ngx_sf_v_eq(x, '-')),
+                         _mm_or_si128(ngx_sf_v_eq(x, ' '),
+                                      ngx_sf_v_eq(x, '/')));
+
+    *bm = (uint32_t) _mm_movemask_epi8(b64);
+    *mm = (uint32_t) _mm_movemask_epi8(morse);
+}
+
+
 static void
 ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
 {
     size_t      i, s, run, mrun;
     u_char      tail[16];
-    __m128i     x, lx, letter, b64, morse;
-    uint32_t    lm, bm, mm, hm, pbm, pmm, starts, prev, w, h;
+    __m128i     x, lx, letter;
+    uint32_t    lm, sm, bm, mm, hm, pbm, pmm, starts, prev, w, h;
     uint64_t    open, rot13;
-    ngx_uint_t  node, runs, morsed, full, exact;
+    ngx_uint_t  node, runs, morsed, exact;
 
     ngx_memzero(ps, sizeof(ngx_smartflow_pass_t));
 
@@ -582,8 +607,6 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
     rot13 = 0;
     run = 0;
     mrun = 0;
-    pbm = 0;
-    pmm = 0;
     exact = 0;
     prev = 0;
     runs = 0;
@@ -604,20 +627,8 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
         lx = _mm_or_si128(x, _mm_set1_epi8(0x20));
         letter = ngx_sf_v_in(lx, 'a', 'z');
 
-        b64 = _mm_or_si128(_mm_or_si128(letter, ngx_sf_v_in(x, '0', '9')),
-                           _mm_or_si128(_mm_or_si128(ngx_sf_v_eq(x, '+'),
-                                                     ngx_sf_v_eq(x, '/')),
-                                        _mm_or_si128(ngx_sf_v_eq(x, '-'),
-                                                     ngx_sf_v_eq(x, '_'))));
-
-        morse = _mm_or_si128(_mm_or_si128(ngx_sf_v_eq(x, '.'),
-                                          ngx_sf_v_eq(x, '-')),
-                             _mm_or_si128(ngx_sf_v_eq(x, ' '),
-                                          ngx_sf_v_eq(x, '/')));
-
         lm = (uint32_t) _mm_movemask_epi8(letter);
-        bm = (uint32_t) _mm_movemask_epi8(b64);
-        mm = (uint32_t) _mm_movemask_epi8(morse);
+        sm = (uint32_t) _mm_movemask_epi8(ngx_sf_v_eq(x, ' '));
         hm = (uint32_t) _mm_movemask_epi8(x);
 
         if (hm) {
@@ -639,17 +650,26 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
 
         /*
          * base64 and hex runs of 20 or more, Morse of 24 or more: such a
-         * run fills an aligned half of a block, and only from there on
-         * are runs counted exactly (the run that leads into the half is
-         * read from the block before it, the rest of a run that reaches
-         * past the block, from the next one)
+         * run fills an aligned half of a block, which has no space (for
+         * base64) or no letter (for Morse) then.  Only from such a half
+         * on are runs counted exactly: the run that leads into it is read
+         * from the block before, the rest of a run that goes on past the
+         * block, from the next one.
          */
-        full = ngx_sf_full_byte(bm | mm << 16);
+        if (exact
+            || ngx_sf_full_byte((~sm & 0xffff) | (~lm & 0xffff) << 16))
+        {
+            ngx_smartflow_run_masks(x, &bm, &mm);
 
-        if (exact || full) {
-            if (!exact) {
+            if (!exact && i) {
+                ngx_smartflow_run_masks(
+                    _mm_loadu_si128((__m128i *) (p + i - 16)), &pbm, &pmm);
                 run = ngx_sf_top_ones(pbm);
                 mrun = ngx_sf_top_ones(pmm);
+
+            } else if (!exact) {
+                run = 0;
+                mrun = 0;
             }
 
             if (bm == 0xffff) {
@@ -668,11 +688,8 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
                 mrun = ngx_sf_top_ones(mm);
             }
 
-            exact = full;
+            exact = ngx_sf_full_byte(bm | mm << 16);
         }
-
-        pbm = bm;
-        pmm = mm;
 
         /*
          * the words that start in the block, of two letters or more
