@@ -562,9 +562,6 @@ ngx_smartflow_gate_word(u_char *p, size_t s, size_t len, uint64_t *open,
                   _mm_cmpgt_epi8(_mm_set1_epi8((hi) + 1), x))
 #define ngx_sf_top_ones(m)  ((size_t) __builtin_clz(~((m) << 16)))
 #define ngx_sf_low_ones(m)  ((size_t) __builtin_ctz(~(m)))
-/* whether one of the four bytes of m is 0xff */
-#define ngx_sf_full_byte(m)                                                 \
-    ((((m) & 0x7f7f7f7fu) + 0x01010101u) & (m) & 0x80808080u)
 
 /* the characters of base64 and hex runs, and of Morse code, in x */
 static ngx_inline void
@@ -597,9 +594,10 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
     size_t      i, s, run, mrun;
     u_char      tail[16];
     __m128i     x, lx, letter;
-    uint32_t    lm, sm, bm, mm, hm, pbm, pmm, starts, prev, w, h;
-    uint64_t    open, rot13;
-    ngx_uint_t  node, runs, morsed, exact;
+    uint32_t    lm, sm, bm, mm, hm, plm, psm, pbm, pmm, starts, prev, w,
+                h;
+    uint64_t    open, rot13, rm;
+    ngx_uint_t  node, runs, morsed, exact, half;
 
     ngx_memzero(ps, sizeof(ngx_smartflow_pass_t));
 
@@ -608,6 +606,9 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
     run = 0;
     mrun = 0;
     exact = 0;
+    half = 0;
+    plm = 0xffff;
+    psm = 0xffff;
     prev = 0;
     runs = 0;
     morsed = 0;
@@ -650,15 +651,30 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
 
         /*
          * base64 and hex runs of 20 or more, Morse of 24 or more: such a
-         * run fills an aligned half of a block, which has no space (for
-         * base64) or no letter (for Morse) then.  Only from such a half
-         * on are runs counted exactly: the run that leads into it is read
-         * from the block before, the rest of a run that goes on past the
-         * block, from the next one.
+         * run fills a block, or lies in two, so that this block and the
+         * one before hold 16 bytes in a row with no space (for base64)
+         * or no letter (for Morse) then.  Only there are runs counted
+         * exactly, from the block before on; where this block and the
+         * one before hold no such 16 bytes, no run of 20 goes through
+         * the border between them.  Such 16 bytes hold the upper half of
+         * the block before, or the lower half of this one, whole.
          */
-        if (exact
-            || ngx_sf_full_byte((~sm & 0xffff) | (~lm & 0xffff) << 16))
-        {
+        rm = half | !(sm & 0xff) | !(lm & 0xff);
+        half = !(sm & 0xff00) | !(lm & 0xff00);
+
+        if (rm) {
+            rm = (uint64_t) ((~lm & 0xffff) << 16 | (~plm & 0xffff)) << 32
+                 | ((~sm & 0xffff) << 16 | (~psm & 0xffff));
+            rm &= rm >> 1;
+            rm &= rm >> 2;
+            rm &= rm >> 4;
+            rm &= rm >> 8;
+        }
+
+        plm = lm;
+        psm = sm;
+
+        if (rm) {
             ngx_smartflow_run_masks(x, &bm, &mm);
 
             if (!exact && i) {
@@ -688,7 +704,10 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
                 mrun = ngx_sf_top_ones(mm);
             }
 
-            exact = ngx_sf_full_byte(bm | mm << 16);
+            exact = 1;
+
+        } else {
+            exact = 0;
         }
 
         /*
