@@ -396,44 +396,39 @@ ngx_smartflow_scan_re(pcre2_code *re, ngx_uint_t rule,
 static size_t
 ngx_smartflow_prose(u_char *p, size_t i, size_t len)
 {
-    size_t    ws, first;
-    __m128i   x, sep, lower, upper;
-    uint32_t  sm, lm, um;
+    size_t    ws;
+    __m128i   x, sep, letter, lower, lone;
+    uint32_t  sm, psm;
 
     ws = i;
+    psm = 0;
 
     while (len - i >= 16) {
         x = _mm_loadu_si128((__m128i *) (p + i));
 
         sep = _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8(' ')),
                            _mm_cmpeq_epi8(x, _mm_set1_epi8(',')));
-        lower = _mm_and_si128(_mm_cmpgt_epi8(x, _mm_set1_epi8('a' - 1)),
-                              _mm_cmpgt_epi8(_mm_set1_epi8('z' + 1), x));
-        upper = _mm_and_si128(_mm_cmpgt_epi8(x, _mm_set1_epi8('A' - 1)),
-                              _mm_cmpgt_epi8(_mm_set1_epi8('Z' + 1), x));
-
-        if (_mm_movemask_epi8(_mm_or_si128(
-                _mm_or_si128(_mm_or_si128(lower, upper),
-                             _mm_cmpeq_epi8(x, _mm_set1_epi8('.'))),
-                sep))
-            != 0xffff)
-        {
-            break;
-        }
+        letter = _mm_or_si128(x, _mm_set1_epi8(0x20));
+        letter = _mm_and_si128(
+                     _mm_cmpgt_epi8(letter, _mm_set1_epi8('a' - 1)),
+                     _mm_cmpgt_epi8(_mm_set1_epi8('z' + 1), letter));
+        lower = _mm_and_si128(letter,
+                              _mm_cmpgt_epi8(x, _mm_set1_epi8('Z')));
 
         /*
          * a capital letter followed by a lower-case one in the block: its
          * word has a lower-case letter, so it joins no run of numbers
          * (an upper-case group of an IBAN, a lone "I" or "A" do)
          */
-        um = (uint32_t) _mm_movemask_epi8(upper);
+        lone = _mm_andnot_si128(_mm_srli_si128(lower, 1),
+                                _mm_andnot_si128(lower, letter));
 
-        if (um) {
-            lm = (uint32_t) _mm_movemask_epi8(lower);
-
-            if (um & ~(lm >> 1)) {
-                break;
-            }
+        if (_mm_movemask_epi8(_mm_andnot_si128(lone, _mm_or_si128(
+                _mm_or_si128(letter, _mm_cmpeq_epi8(x, _mm_set1_epi8('.'))),
+                sep)))
+            != 0xffff)
+        {
+            break;
         }
 
         sm = (uint32_t) _mm_movemask_epi8(sep);
@@ -442,18 +437,27 @@ ngx_smartflow_prose(u_char *p, size_t i, size_t len)
             break;              /* a word of 16 or more */
         }
 
-        /* the word going on before the first separator, then the last */
-        first = (size_t) __builtin_ctz(sm);
+        /*
+         * the word going on before the first separator: 15 or more fill
+         * the lower half of this block or the upper half of the one
+         * before, and only then is its start needed
+         */
+        if ((sm & 0xff) == 0 || (psm & 0xff00) == 0) {
+            if (psm) {
+                ws = i - 16 + 1 + (size_t) (31 - __builtin_clz(psm));
+            }
 
-        if (i + first - ws >= 15) {
-            break;
+            if (i + (size_t) __builtin_ctz(sm) - ws >= 15) {
+                return ws;
+            }
         }
 
-        ws = i + 1 + (size_t) (31 - __builtin_clz(sm));
+        psm = sm;
         i += 16;
     }
 
-    return ws;
+    /* the start of the last word begun */
+    return psm ? i - 16 + 1 + (size_t) (31 - __builtin_clz(psm)) : ws;
 }
 
 #else
