@@ -197,10 +197,11 @@ measure() {
     cp "$f" "$outdir/callgrind.$2"
     rm -f "$f"
     printf '%-7s %8d instructions per request\n' "$2" $((ir / n))
-    # the detectors' share: PII scan and injection score, inclusive
-    callgrind_annotate --inclusive=yes --threshold=100 "$outdir/callgrind.$2" \
-        2>/dev/null | awk -v n="$n" '
-            /^ *[0-9,]+ .*:ngx_smartflow_(pii_scan|injection_score) \[/ {
+    # the detectors' share: the calls of the PII scan and of the
+    # injection score, with all they call and all that is inlined in them
+    callgrind_annotate --tree=calling --inclusive=yes --threshold=100 \
+        "$outdir/callgrind.$2" 2>/dev/null | awk -v n="$n" '
+            /^ *[0-9,]+ .* > .*:ngx_smartflow_(pii_scan|injection_score) \(/ {
                 c = $1; gsub(",", "", c); t += c }
             END { if (t) printf "        %8d of them in the detectors\n",
                                 t / n }'
