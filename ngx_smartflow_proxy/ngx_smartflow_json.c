@@ -31,7 +31,10 @@ static u_char *ngx_smartflow_json_write(u_char *p, ngx_smartflow_json_t *j);
 
 
 #define ngx_sf_json_ws(c)                                                    \
-    ((c) == ' ' || (c) == '\n' || (c) == '\r' || (c) == '\t')
+    ((c) <= ' ' && ((c) == ' ' || (c) == '\n' || (c) == '\r' || (c) == '\t'))
+
+/* the nodes the reader takes from the pool at a time */
+#define NGX_SF_JSON_NODES  16
 
 /*
  * A string known to need no escaping: empty, or its end was noted when it
@@ -63,8 +66,8 @@ ngx_smartflow_json_parse(ngx_pool_t *pool, u_char *p, size_t len,
     u_char                       c;
     ngx_str_t                    key, s;
     u_char                      *key_plain;
-    ngx_uint_t                   depth;
-    ngx_smartflow_json_t        *j, *parent, *root;
+    ngx_uint_t                   depth, nfree;
+    ngx_smartflow_json_t        *j, *parent, *root, *free;
     ngx_smartflow_json_t        *stack[NGX_SMARTFLOW_JSON_MAX_DEPTH];
     ngx_smartflow_json_reader_t  rd;
 
@@ -88,6 +91,8 @@ ngx_smartflow_json_parse(ngx_pool_t *pool, u_char *p, size_t len,
     depth = 0;
     ngx_str_null(&key);
     key_plain = NULL;
+    free = NULL;
+    nfree = 0;
 
     for ( ;; ) {
 
@@ -99,10 +104,20 @@ ngx_smartflow_json_parse(ngx_pool_t *pool, u_char *p, size_t len,
             goto invalid;
         }
 
-        j = ngx_palloc(pool, sizeof(ngx_smartflow_json_t));
-        if (j == NULL) {
-            goto nomem;
+        if (nfree == 0) {
+            /* nodes are taken from the pool a few at a time */
+
+            free = ngx_palloc(pool, NGX_SF_JSON_NODES
+                                    * sizeof(ngx_smartflow_json_t));
+            if (free == NULL) {
+                goto nomem;
+            }
+
+            nfree = NGX_SF_JSON_NODES;
         }
+
+        j = free++;
+        nfree--;
 
         j->key = key;
         j->key_plain = key_plain;
