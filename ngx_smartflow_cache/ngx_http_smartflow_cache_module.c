@@ -893,8 +893,17 @@ ngx_http_smartflow_cache_features(ngx_http_request_t *r,
     }
 
     ngx_smartflow_cache_minhash(&rq->text, rq->minhash);
-    ngx_smartflow_cache_embed(&rq->text, rq->vec);
-    rq->item.vec = rq->vec;
+
+    rq->vec = ngx_palloc(r->pool, rq->zone->dim * sizeof(float));
+    if (rq->vec == NULL) {
+        return NGX_ERROR;
+    }
+
+    /* an endpoint's embedding comes later: ..._cache_embed.c */
+    if (rq->embedder == NULL) {
+        ngx_smartflow_cache_embed(&rq->text, rq->vec, rq->zone->dim);
+        rq->item.vec = rq->vec;
+    }
 
     g = ngx_smartflow_cache_guard(&rq->text);
 
@@ -1152,13 +1161,14 @@ ngx_http_smartflow_cache_merge_loc_conf(ngx_conf_t *cf, void *parent,
     ngx_conf_merge_value(conf->redis, prev->redis, 1);
     ngx_conf_merge_ptr_value(conf->embedder, prev->embedder, NULL);
 
-    return NGX_CONF_OK;
+    return ngx_http_smartflow_cache_embedder_check(cf, conf->embedder,
+                                                   conf->zone);
 }
 
 
 /*
- * smartflow_cache_zone NAME SIZE [entries=N] [index=auto|flat|hnsw]
- *     [snapshot=PATH];
+ * smartflow_cache_zone NAME SIZE [entries=N] [dim=N]
+ *     [index=auto|flat|hnsw] [snapshot=PATH];
  */
 static char *
 ngx_http_smartflow_cache_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
@@ -1181,6 +1191,7 @@ ngx_http_smartflow_cache_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     z->name = value[1];
     z->capacity = 10000;
+    z->dim = NGX_SMARTFLOW_CACHE_DIM;
     z->index = NGX_SMARTFLOW_CACHE_INDEX_AUTO;
 
     size = ngx_parse_size(&value[2]);
@@ -1201,6 +1212,16 @@ ngx_http_smartflow_cache_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             }
 
             z->capacity = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "dim=", 4) == 0) {
+            n = ngx_atoi(value[i].data + 4, value[i].len - 4);
+            if (n <= 0 || n > NGX_SMARTFLOW_CACHE_MAX_DIM) {
+                goto invalid;
+            }
+
+            z->dim = n;
             continue;
         }
 

@@ -9,7 +9,7 @@
  * months).  From the tokens come the normalised form hashed by phase 1,
  * the MinHash signature of phase 2, the builtin embedding of phase 4
  * (content words, word pairs and character trigrams hashed with a sign
- * into a fixed dimension, L2-normalised), and the verification that turns
+ * into the zone's dimension, L2-normalised), and the verification that turns
  * down a phase 2 or 4 candidate whose numbers, negations, guarded words,
  * names or word order differ from the query's.
  */
@@ -34,7 +34,8 @@ static void ngx_smartflow_cache_words_add(char *w, ngx_uint_t what,
     ngx_int_t map);
 static ngx_uint_t ngx_smartflow_cache_word(u_char *p, size_t len,
     ngx_int_t *map);
-static void ngx_smartflow_cache_feature(float *v, uint64_t h, float w);
+static ngx_inline void ngx_smartflow_cache_feature(float *v, uint64_t h,
+    float w, uint64_t mask, uint64_t dim);
 static ngx_int_t ngx_smartflow_cache_find(ngx_smartflow_cache_text_t *t,
     ngx_smartflow_cache_tok_t *tk);
 static ngx_uint_t ngx_smartflow_cache_same_seq(ngx_smartflow_cache_text_t *a,
@@ -620,24 +621,29 @@ ngx_smartflow_cache_hash(u_char *p, size_t len, uint64_t seed)
 }
 
 
-static void
-ngx_smartflow_cache_feature(float *v, uint64_t h, float w)
+/* dim a power of two: mask = dim - 1; otherwise mask = 0 and h % dim */
+static ngx_inline void
+ngx_smartflow_cache_feature(float *v, uint64_t h, float w, uint64_t mask,
+    uint64_t dim)
 {
-    v[h % NGX_SMARTFLOW_CACHE_DIM] += (h >> 63) ? -w : w;
+    v[mask ? (h & mask) : (h % dim)] += (h >> 63) ? -w : w;
 }
 
 
 void
-ngx_smartflow_cache_embed(ngx_smartflow_cache_text_t *t, float *v)
+ngx_smartflow_cache_embed(ngx_smartflow_cache_text_t *t, float *v,
+    ngx_uint_t dim)
 {
     u_char                     gram[512];
     size_t                     i, k, len;
     double                     norm;
     uint64_t                   h;
     ngx_uint_t                 j, all;
+    uint64_t                   mask;
     ngx_smartflow_cache_tok_t *tk, *next;
 
-    ngx_memzero(v, NGX_SMARTFLOW_CACHE_DIM * sizeof(float));
+    ngx_memzero(v, dim * sizeof(float));
+    mask = ((dim & (dim - 1)) == 0) ? dim - 1 : 0;
 
     /* a prompt of function words only is embedded by those */
     all = 1;
@@ -658,7 +664,7 @@ ngx_smartflow_cache_embed(ngx_smartflow_cache_text_t *t, float *v)
 
         /* the word */
         h = ngx_smartflow_cache_hash(tk->data, tk->stem, 1);
-        ngx_smartflow_cache_feature(v, h, 1.0f);
+        ngx_smartflow_cache_feature(v, h, 1.0f, mask, dim);
 
         /* the pair with the next content word */
         for (next = NULL, i = j + 1; i < t->n; i++) {
@@ -673,7 +679,7 @@ ngx_smartflow_cache_embed(ngx_smartflow_cache_text_t *t, float *v)
             gram[len++] = ' ';
             len = ngx_cpymem(gram + len, next->data, next->stem) - gram;
             h = ngx_smartflow_cache_hash(gram, len, 2);
-            ngx_smartflow_cache_feature(v, h, 0.8f);
+            ngx_smartflow_cache_feature(v, h, 0.8f, mask, dim);
         }
 
         /* character trigrams of "#stem#" */
@@ -688,20 +694,20 @@ ngx_smartflow_cache_embed(ngx_smartflow_cache_text_t *t, float *v)
 
         for (k = 0; k + 3 <= len; k++) {
             h = ngx_smartflow_cache_hash(gram + k, 3, 3);
-            ngx_smartflow_cache_feature(v, h, 0.25f);
+            ngx_smartflow_cache_feature(v, h, 0.25f, mask, dim);
         }
     }
 
     norm = 0;
 
-    for (i = 0; i < NGX_SMARTFLOW_CACHE_DIM; i++) {
+    for (i = 0; i < dim; i++) {
         norm += (double) v[i] * v[i];
     }
 
     if (norm > 0) {
         norm = 1.0 / sqrt(norm);
 
-        for (i = 0; i < NGX_SMARTFLOW_CACHE_DIM; i++) {
+        for (i = 0; i < dim; i++) {
             v[i] = (float) (v[i] * norm);
         }
     }
