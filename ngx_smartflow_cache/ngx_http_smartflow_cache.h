@@ -21,7 +21,6 @@
 #define NGX_SMARTFLOW_CACHE_LARGE    ((ngx_uint_t) -1)
 #define NGX_SMARTFLOW_CACHE_LAT      24     /* latency buckets, 2^i us */
 #define NGX_SMARTFLOW_CACHE_FINISH   16
-#define NGX_SMARTFLOW_CACHE_MAX_DIM  4096   /* dim= of a zone, at most */
 
 #define NGX_SMARTFLOW_CACHE_INDEX_AUTO  0
 #define NGX_SMARTFLOW_CACHE_INDEX_FLAT  1

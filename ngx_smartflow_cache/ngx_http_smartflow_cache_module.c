@@ -892,8 +892,6 @@ ngx_http_smartflow_cache_features(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    ngx_smartflow_cache_minhash(&rq->text, rq->minhash);
-
     rq->vec = ngx_palloc(r->pool, rq->zone->dim * sizeof(float));
     if (rq->vec == NULL) {
         return NGX_ERROR;
@@ -901,8 +899,12 @@ ngx_http_smartflow_cache_features(ngx_http_request_t *r,
 
     /* an endpoint's embedding comes later: ..._cache_embed.c */
     if (rq->embedder == NULL) {
-        ngx_smartflow_cache_embed(&rq->text, rq->vec, rq->zone->dim);
+        ngx_smartflow_cache_sketch(&rq->text, rq->minhash, rq->vec,
+                                   rq->zone->dim);
         rq->item.vec = rq->vec;
+
+    } else {
+        ngx_smartflow_cache_minhash(&rq->text, rq->minhash);
     }
 
     g = ngx_smartflow_cache_guard(&rq->text);

@@ -34,8 +34,8 @@ static void ngx_smartflow_cache_words_add(char *w, ngx_uint_t what,
     ngx_int_t map);
 static ngx_uint_t ngx_smartflow_cache_word(u_char *p, size_t len,
     ngx_int_t *map);
-static ngx_inline void ngx_smartflow_cache_feature(float *v, uint64_t h,
-    float w, uint64_t mask, uint64_t dim);
+static void ngx_smartflow_cache_minhash_add(uint64_t *h, ngx_uint_t n,
+    uint32_t *sig);
 static ngx_int_t ngx_smartflow_cache_find(ngx_smartflow_cache_text_t *t,
     ngx_smartflow_cache_tok_t *tk);
 static ngx_uint_t ngx_smartflow_cache_same_seq(ngx_smartflow_cache_text_t *a,
@@ -51,6 +51,8 @@ static ngx_uint_t ngx_smartflow_cache_novel(ngx_smartflow_cache_text_t *a,
 #define ngx_sf_tok_eq(a, b)                                                  \
     ((a)->stem == (b)->stem                                                  \
      && ngx_memcmp((a)->data, (b)->data, (a)->stem) == 0)
+
+#define NGX_SMARTFLOW_CACHE_MH_BATCH  64     /* shingle hashes per mix */
 
 #define NGX_SF_SEQ_NUM  0
 #define NGX_SF_SEQ_LEX  1
@@ -598,19 +600,29 @@ ngx_smartflow_cache_normalise(ngx_pool_t *pool,
 
 
 /* FNV-1a, then a 64-bit finaliser so every bit depends on every byte */
-uint64_t
-ngx_smartflow_cache_hash(u_char *p, size_t len, uint64_t seed)
-{
-    size_t    i;
-    uint64_t  h;
 
-    h = 0xcbf29ce484222325ULL ^ seed;
+#define NGX_SF_FNV_BASIS  0xcbf29ce484222325ULL
+#define NGX_SF_FNV_PRIME  0x100000001b3ULL
+
+#define ngx_sf_fnv_byte(h, c)  (((h) ^ (u_char) (c)) * NGX_SF_FNV_PRIME)
+
+
+static ngx_inline uint64_t
+ngx_sf_fnv(uint64_t h, u_char *p, size_t len)
+{
+    size_t  i;
 
     for (i = 0; i < len; i++) {
-        h ^= p[i];
-        h *= 0x100000001b3ULL;
+        h = ngx_sf_fnv_byte(h, p[i]);
     }
 
+    return h;
+}
+
+
+static ngx_inline uint64_t
+ngx_sf_fin(uint64_t h)
+{
     h ^= h >> 33;
     h *= 0xff51afd7ed558ccdULL;
     h ^= h >> 33;
@@ -621,29 +633,76 @@ ngx_smartflow_cache_hash(u_char *p, size_t len, uint64_t seed)
 }
 
 
-/* dim a power of two: mask = dim - 1; otherwise mask = 0 and h % dim */
-static ngx_inline void
-ngx_smartflow_cache_feature(float *v, uint64_t h, float w, uint64_t mask,
-    uint64_t dim)
+uint64_t
+ngx_smartflow_cache_hash(u_char *p, size_t len, uint64_t seed)
 {
-    v[mask ? (h & mask) : (h % dim)] += (h >> 63) ? -w : w;
+    return ngx_sf_fin(ngx_sf_fnv(NGX_SF_FNV_BASIS ^ seed, p, len));
 }
 
 
-void
-ngx_smartflow_cache_embed(ngx_smartflow_cache_text_t *t, float *v,
-    ngx_uint_t dim)
+/* hash(a + " " + b, seed) without writing the pair out */
+static ngx_inline uint64_t
+ngx_sf_hash_pair(ngx_smartflow_cache_tok_t *a, ngx_smartflow_cache_tok_t *b,
+    uint64_t seed)
 {
-    u_char                     gram[512];
-    size_t                     i, k, len;
-    double                     norm;
-    uint64_t                   h;
-    ngx_uint_t                 j, all;
-    uint64_t                   mask;
-    ngx_smartflow_cache_tok_t *tk, *next;
+    uint64_t  h;
 
-    ngx_memzero(v, dim * sizeof(float));
-    mask = ((dim & (dim - 1)) == 0) ? dim - 1 : 0;
+    h = ngx_sf_fnv(NGX_SF_FNV_BASIS ^ seed, a->data, a->stem);
+    h = ngx_sf_fnv_byte(h, ' ');
+
+    return ngx_sf_fin(ngx_sf_fnv(h, b->data, b->stem));
+}
+
+
+/* hash of three bytes, seed 3: a character trigram */
+#define ngx_sf_hash3(a, b, c)                                                \
+    ngx_sf_fin(ngx_sf_fnv_byte(ngx_sf_fnv_byte(ngx_sf_fnv_byte(              \
+        NGX_SF_FNV_BASIS ^ 3, a), b), c))
+
+
+/* the weight w of feature h at h mod dim, the slot marked as used */
+#define ngx_sf_feature(h, w)                                                 \
+    i = mask ? ((h) & mask) : ((h) % dim);                                   \
+    v[i] += ((h) >> 63) ? -(w) : (w);                                        \
+    used[i >> 6] |= (uint64_t) 1 << (i & 63)
+
+
+/*
+ * One pass over the tokens for the builtin embedding (v, dim floats) and
+ * the MinHash signature (sig), either may be NULL.  The embedding: each
+ * content word (1.0), it with the next content word (0.8) and the
+ * character trigrams of "#word#" (0.25), hashed with a sign into dim
+ * floats, L2-normalised; the shingles of the signature: each content word
+ * and it with the next.  Only the dimensions a feature fell in are read
+ * for the norm, in the order of their index, as a full pass would.
+ */
+void
+ngx_smartflow_cache_sketch(ngx_smartflow_cache_text_t *t, uint32_t *sig,
+    float *v, ngx_uint_t dim)
+{
+    u_char                     *d;
+    size_t                      s, k;
+    double                      norm;
+    uint64_t                    h, mask, bits;
+    uint64_t                    hs[NGX_SMARTFLOW_CACHE_MH_BATCH];
+    uint64_t                    used[NGX_SMARTFLOW_CACHE_MAX_DIM / 64];
+    ngx_uint_t                  i, j, nj, b, n, all;
+    ngx_smartflow_cache_tok_t  *tk, *next;
+
+    if (v) {
+        ngx_memzero(v, dim * sizeof(float));
+        ngx_memzero(used, ((dim + 63) / 64) * sizeof(uint64_t));
+        mask = ((dim & (dim - 1)) == 0) ? dim - 1 : 0;
+
+    } else {
+        mask = 0;
+    }
+
+    if (sig) {
+        for (k = 0; k < NGX_SMARTFLOW_CACHE_MINHASH; k++) {
+            sig[k] = 0xffffffff;
+        }
+    }
 
     /* a prompt of function words only is embedded by those */
     all = 1;
@@ -655,62 +714,115 @@ ngx_smartflow_cache_embed(ngx_smartflow_cache_text_t *t, float *v,
         }
     }
 
-    for (j = 0; j < t->n; j++) {
-        tk = &t->tok[j];
-
-        if (tk->stop && !all) {
-            continue;
-        }
-
-        /* the word */
-        h = ngx_smartflow_cache_hash(tk->data, tk->stem, 1);
-        ngx_smartflow_cache_feature(v, h, 1.0f, mask, dim);
-
-        /* the pair with the next content word */
-        for (next = NULL, i = j + 1; i < t->n; i++) {
-            if (!t->tok[i].stop || all) {
-                next = &t->tok[i];
-                break;
+    if (all) {
+        /* ... and has no shingle: no near miss can match it */
+        if (sig) {
+            for (k = 0; k < NGX_SMARTFLOW_CACHE_MINHASH; k++) {
+                sig[k] = (uint32_t) k;
             }
         }
 
-        if (next && tk->stem + next->stem + 1 <= sizeof(gram)) {
-            len = ngx_cpymem(gram, tk->data, tk->stem) - gram;
-            gram[len++] = ' ';
-            len = ngx_cpymem(gram + len, next->data, next->stem) - gram;
-            h = ngx_smartflow_cache_hash(gram, len, 2);
-            ngx_smartflow_cache_feature(v, h, 0.8f, mask, dim);
+        sig = NULL;
+        j = v ? 0 : t->n;
+    }
+
+    n = 0;
+
+    while (j < t->n) {
+        tk = &t->tok[j];
+
+        for (nj = j + 1; nj < t->n && t->tok[nj].stop && !all; nj++) {
+            /* void */
         }
 
-        /* character trigrams of "#stem#" */
-        if (tk->num || tk->stem + 2 > sizeof(gram) || tk->stem < 3) {
+        next = (nj < t->n) ? &t->tok[nj] : NULL;
+        j = nj;
+
+        if (next && tk->stem + next->stem + 1 > 512) {
+            next = NULL;
+        }
+
+        if (sig) {
+            hs[n++] = ngx_smartflow_cache_hash(tk->data, tk->stem, 4);
+
+            if (next) {
+                hs[n++] = ngx_sf_hash_pair(tk, next, 5);
+            }
+
+            if (n + 2 > NGX_SMARTFLOW_CACHE_MH_BATCH) {
+                ngx_smartflow_cache_minhash_add(hs, n, sig);
+                n = 0;
+            }
+        }
+
+        if (v == NULL) {
             continue;
         }
 
-        gram[0] = '#';
-        ngx_memcpy(gram + 1, tk->data, tk->stem);
-        gram[tk->stem + 1] = '#';
-        len = tk->stem + 2;
+        h = ngx_smartflow_cache_hash(tk->data, tk->stem, 1);
+        ngx_sf_feature(h, 1.0f);
 
-        for (k = 0; k + 3 <= len; k++) {
-            h = ngx_smartflow_cache_hash(gram + k, 3, 3);
-            ngx_smartflow_cache_feature(v, h, 0.25f, mask, dim);
+        if (next) {
+            h = ngx_sf_hash_pair(tk, next, 2);
+            ngx_sf_feature(h, 0.8f);
         }
+
+        /* character trigrams of "#stem#" */
+        s = tk->stem;
+
+        if (tk->num || s + 2 > 512 || s < 3) {
+            continue;
+        }
+
+        d = tk->data;
+
+        h = ngx_sf_hash3('#', d[0], d[1]);
+        ngx_sf_feature(h, 0.25f);
+
+        for (k = 1; k + 1 < s; k++) {
+            h = ngx_sf_hash3(d[k - 1], d[k], d[k + 1]);
+            ngx_sf_feature(h, 0.25f);
+        }
+
+        h = ngx_sf_hash3(d[s - 2], d[s - 1], '#');
+        ngx_sf_feature(h, 0.25f);
+    }
+
+    if (sig && n) {
+        ngx_smartflow_cache_minhash_add(hs, n, sig);
+    }
+
+    if (v == NULL) {
+        return;
     }
 
     norm = 0;
 
-    for (i = 0; i < dim; i++) {
-        norm += (double) v[i] * v[i];
+    for (b = 0; b < (dim + 63) / 64; b++) {
+        for (bits = used[b]; bits; bits &= bits - 1) {
+            i = (b << 6) + __builtin_ctzll(bits);
+            norm += (double) v[i] * v[i];
+        }
     }
 
     if (norm > 0) {
         norm = 1.0 / sqrt(norm);
 
-        for (i = 0; i < dim; i++) {
-            v[i] = (float) (v[i] * norm);
+        for (b = 0; b < (dim + 63) / 64; b++) {
+            for (bits = used[b]; bits; bits &= bits - 1) {
+                i = (b << 6) + __builtin_ctzll(bits);
+                v[i] = (float) (v[i] * norm);
+            }
         }
     }
+}
+
+
+void
+ngx_smartflow_cache_embed(ngx_smartflow_cache_text_t *t, float *v,
+    ngx_uint_t dim)
+{
+    ngx_smartflow_cache_sketch(t, NULL, v, dim);
 }
 
 
@@ -725,7 +837,6 @@ ngx_smartflow_cache_embed(ngx_smartflow_cache_text_t *t, float *v,
 
 #define NGX_SMARTFLOW_CACHE_MH_K     0x9e3779b97f4a7c15ULL
 #define NGX_SMARTFLOW_CACHE_MH_M     0xbf58476d1ce4e5b9ULL
-#define NGX_SMARTFLOW_CACHE_MH_BATCH 64
 
 
 static void
@@ -842,61 +953,7 @@ ngx_smartflow_cache_minhash_add(uint64_t *h, ngx_uint_t n, uint32_t *sig)
 void
 ngx_smartflow_cache_minhash(ngx_smartflow_cache_text_t *t, uint32_t *sig)
 {
-    u_char                     gram[512];
-    size_t                     len;
-    uint64_t                   h[NGX_SMARTFLOW_CACHE_MH_BATCH];
-    ngx_uint_t                 i, j, k, n, any;
-    ngx_smartflow_cache_tok_t *tk, *next;
-
-    for (k = 0; k < NGX_SMARTFLOW_CACHE_MINHASH; k++) {
-        sig[k] = 0xffffffff;
-    }
-
-    any = 0;
-    n = 0;
-
-    for (j = 0; j < t->n; j++) {
-        tk = &t->tok[j];
-
-        if (tk->stop) {
-            continue;
-        }
-
-        for (next = NULL, i = j + 1; i < t->n; i++) {
-            if (!t->tok[i].stop) {
-                next = &t->tok[i];
-                break;
-            }
-        }
-
-        /* the shingles: each content word, and it with the next one */
-        h[n++] = ngx_smartflow_cache_hash(tk->data, tk->stem, 4);
-
-        if (next && tk->stem + next->stem + 1 <= sizeof(gram)) {
-            len = ngx_cpymem(gram, tk->data, tk->stem) - gram;
-            gram[len++] = ' ';
-            len = ngx_cpymem(gram + len, next->data, next->stem) - gram;
-            h[n++] = ngx_smartflow_cache_hash(gram, len, 5);
-        }
-
-        any = 1;
-
-        if (n + 2 > NGX_SMARTFLOW_CACHE_MH_BATCH) {
-            ngx_smartflow_cache_minhash_add(h, n, sig);
-            n = 0;
-        }
-    }
-
-    if (n) {
-        ngx_smartflow_cache_minhash_add(h, n, sig);
-    }
-
-    if (!any) {
-        /* nothing to compare by: no near-miss can match it */
-        for (k = 0; k < NGX_SMARTFLOW_CACHE_MINHASH; k++) {
-            sig[k] = (uint32_t) k;
-        }
-    }
+    ngx_smartflow_cache_sketch(t, sig, NULL, 0);
 }
 
 

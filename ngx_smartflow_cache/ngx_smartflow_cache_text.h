@@ -19,6 +19,7 @@
 
 
 #define NGX_SMARTFLOW_CACHE_DIM        256   /* a zone's default dim= */
+#define NGX_SMARTFLOW_CACHE_MAX_DIM    4096  /* dim= of a zone, at most */
 #define NGX_SMARTFLOW_CACHE_MINHASH    64
 #define NGX_SMARTFLOW_CACHE_MAX_TOKENS 1024
 #define NGX_SMARTFLOW_CACHE_K          8     /* FAISS neighbours examined */
@@ -55,6 +56,9 @@ void ngx_smartflow_cache_embed(ngx_smartflow_cache_text_t *t, float *v,
     ngx_uint_t dim);
 void ngx_smartflow_cache_minhash(ngx_smartflow_cache_text_t *t,
     uint32_t *sig);
+/* both in one pass over the tokens; sig or v may be NULL */
+void ngx_smartflow_cache_sketch(ngx_smartflow_cache_text_t *t, uint32_t *sig,
+    float *v, ngx_uint_t dim);
 /* the share of equal MinHash values, per mille */
 ngx_uint_t ngx_smartflow_cache_minhash_sim(uint32_t *a, uint32_t *b);
 /* per mille, of two L2-normalised vectors */
