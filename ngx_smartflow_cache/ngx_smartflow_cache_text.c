@@ -883,46 +883,50 @@ ngx_smartflow_cache_minhash_mix_avx2(uint64_t *h, ngx_uint_t n,
     uint32_t *sig)
 {
     uint32_t    out[8];
-    __m256i     mlo, mhi, hv, x, c[NGX_SMARTFLOW_CACHE_MINHASH / 4];
-    __m256i     acc[NGX_SMARTFLOW_CACHE_MINHASH / 4];
+    __m256i     mlo, mhi, c, acc, x, y;
     ngx_uint_t  i, k;
 
     mlo = _mm256_set1_epi64x(NGX_SMARTFLOW_CACHE_MH_M & 0xffffffff);
     mhi = _mm256_set1_epi64x(NGX_SMARTFLOW_CACHE_MH_M >> 32);
 
     /*
-     * the accumulators hold each function's least value in the low half
-     * of its 64-bit lane; the high halves take minima nobody reads
+     * four functions at a time over all the shingles, so that the
+     * constants and the accumulator stay in registers; the accumulator
+     * holds each function's least value in the low half of its 64-bit
+     * lane, the high halves take minima nobody reads
      */
-    for (k = 0; k < NGX_SMARTFLOW_CACHE_MINHASH / 4; k++) {
-        c[k] = _mm256_set_epi64x(NGX_SMARTFLOW_CACHE_MH_K * (4 * k + 4),
-                                 NGX_SMARTFLOW_CACHE_MH_K * (4 * k + 3),
-                                 NGX_SMARTFLOW_CACHE_MH_K * (4 * k + 2),
-                                 NGX_SMARTFLOW_CACHE_MH_K * (4 * k + 1));
-        acc[k] = _mm256_set_epi32(-1, (int) sig[4 * k + 3],
-                                  -1, (int) sig[4 * k + 2],
-                                  -1, (int) sig[4 * k + 1],
-                                  -1, (int) sig[4 * k]);
-    }
+    for (k = 0; k < NGX_SMARTFLOW_CACHE_MINHASH; k += 4) {
+        c = _mm256_set_epi64x(NGX_SMARTFLOW_CACHE_MH_K * (k + 4),
+                              NGX_SMARTFLOW_CACHE_MH_K * (k + 3),
+                              NGX_SMARTFLOW_CACHE_MH_K * (k + 2),
+                              NGX_SMARTFLOW_CACHE_MH_K * (k + 1));
+        acc = _mm256_set_epi32(-1, (int) sig[k + 3], -1, (int) sig[k + 2],
+                               -1, (int) sig[k + 1], -1, (int) sig[k]);
 
-    for (i = 0; i < n; i++) {
-        hv = _mm256_set1_epi64x((long long) h[i]);
+        for (i = 0; i + 1 < n; i += 2) {
+            x = _mm256_xor_si256(_mm256_set1_epi64x((long long) h[i]), c);
+            y = _mm256_xor_si256(_mm256_set1_epi64x((long long) h[i + 1]),
+                                 c);
+            x = ngx_smartflow_cache_mul64(x, mlo, mhi);
+            y = ngx_smartflow_cache_mul64(y, mlo, mhi);
+            x = _mm256_xor_si256(x, _mm256_srli_epi64(x, 31));
+            y = _mm256_xor_si256(y, _mm256_srli_epi64(y, 31));
+            acc = _mm256_min_epu32(acc, _mm256_min_epu32(x, y));
+        }
 
-        for (k = 0; k < NGX_SMARTFLOW_CACHE_MINHASH / 4; k++) {
-            x = _mm256_xor_si256(hv, c[k]);
+        if (i < n) {
+            x = _mm256_xor_si256(_mm256_set1_epi64x((long long) h[i]), c);
             x = ngx_smartflow_cache_mul64(x, mlo, mhi);
             x = _mm256_xor_si256(x, _mm256_srli_epi64(x, 31));
-            acc[k] = _mm256_min_epu32(acc[k], x);
+            acc = _mm256_min_epu32(acc, x);
         }
-    }
 
-    for (k = 0; k < NGX_SMARTFLOW_CACHE_MINHASH / 4; k++) {
-        _mm256_storeu_si256((__m256i *) out, acc[k]);
+        _mm256_storeu_si256((__m256i *) out, acc);
 
-        sig[4 * k] = out[0];
-        sig[4 * k + 1] = out[2];
-        sig[4 * k + 2] = out[4];
-        sig[4 * k + 3] = out[6];
+        sig[k] = out[0];
+        sig[k + 1] = out[2];
+        sig[k + 2] = out[4];
+        sig[k + 3] = out[6];
     }
 }
 
