@@ -47,6 +47,8 @@ static ngx_int_t ngx_http_smartflow_cache_text(ngx_pool_t *pool,
 static ngx_int_t ngx_http_smartflow_cache_keys(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_cache_loc_conf_t *clcf,
     ngx_http_smartflow_cache_req_t *rq);
+static ngx_int_t ngx_http_smartflow_cache_ctxk(u_char *p, size_t len,
+    u_char *digest);
 static ngx_int_t ngx_http_smartflow_cache_features(ngx_http_request_t *r,
     ngx_http_smartflow_cache_req_t *rq);
 static ngx_int_t ngx_http_smartflow_cache_candidates(ngx_http_request_t *r,
@@ -78,6 +80,10 @@ static ngx_int_t ngx_http_smartflow_cache_init_module(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_smartflow_cache_init_process(ngx_cycle_t *cycle);
 static void ngx_http_smartflow_cache_exit_process(ngx_cycle_t *cycle);
 static void ngx_http_smartflow_cache_exit_master(ngx_cycle_t *cycle);
+
+
+/* the longest context whose key's digest a worker remembers */
+#define NGX_HTTP_SMARTFLOW_CACHE_MEMO  512
 
 
 /* the fields of a request that change its answer, besides the messages */
@@ -830,7 +836,7 @@ ngx_http_smartflow_cache_keys(ngx_http_request_t *r,
     *p++ = '\n';
     p = ngx_cpymem(p, cn.context.data, cn.context.len);
 
-    if (ngx_smartflow_sha256(buf, p - buf, digest) != NGX_OK) {
+    if (ngx_http_smartflow_cache_ctxk(buf, p - buf, digest) != NGX_OK) {
         return NGX_ERROR;
     }
 
@@ -854,6 +860,39 @@ ngx_http_smartflow_cache_keys(ngx_http_request_t *r,
     rq->item.query = cn.query;
     rq->item.minhash = rq->minhash;
     rq->item.vec = NULL;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The context key's digest, remembered for the last context the worker
+ * saw: single-turn requests of one tenant and model without a system
+ * prompt or parameters (every question new) share it, and a SHA-256 is
+ * saved.  The whole input is compared, so a digest is reused only for
+ * the same bytes.
+ */
+static ngx_int_t
+ngx_http_smartflow_cache_ctxk(u_char *p, size_t len, u_char *digest)
+{
+    static size_t  last_len;
+    static u_char  last[NGX_HTTP_SMARTFLOW_CACHE_MEMO];
+    static u_char  last_digest[32];
+
+    if (last_len && len == last_len && ngx_memcmp(p, last, len) == 0) {
+        ngx_memcpy(digest, last_digest, 32);
+        return NGX_OK;
+    }
+
+    if (ngx_smartflow_sha256(p, len, digest) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (len <= NGX_HTTP_SMARTFLOW_CACHE_MEMO) {
+        ngx_memcpy(last, p, len);
+        ngx_memcpy(last_digest, digest, 32);
+        last_len = len;
+    }
 
     return NGX_OK;
 }
