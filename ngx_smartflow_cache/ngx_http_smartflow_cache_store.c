@@ -14,6 +14,10 @@
 
 #include "ngx_http_smartflow_cache.h"
 
+#if (defined __SSE2__)
+#include <emmintrin.h>
+#endif
+
 
 typedef struct {
     ngx_pool_t                 *pool;
@@ -938,7 +942,11 @@ static u_char *
 ngx_http_smartflow_cache_string(u_char *p, u_char *end, ngx_str_t *raw,
     ngx_uint_t *escaped)
 {
-    u_char  *start;
+    u_char   *start;
+#if (defined __SSE2__)
+    int       m;
+    __m128i   x;
+#endif
 
     *escaped = 0;
 
@@ -949,6 +957,29 @@ ngx_http_smartflow_cache_string(u_char *p, u_char *end, ngx_str_t *raw,
     start = ++p;
 
     while (p < end) {
+
+#if (defined __SSE2__)
+        /* 16 bytes at a time up to the first quote, backslash or control */
+        while (end - p >= 16) {
+            x = _mm_loadu_si128((__m128i *) p);
+            m = _mm_movemask_epi8(_mm_or_si128(
+                    _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')),
+                                 _mm_cmpeq_epi8(x, _mm_set1_epi8('\\'))),
+                    _mm_cmpeq_epi8(_mm_max_epu8(x, _mm_set1_epi8(0x1f)),
+                                   _mm_set1_epi8(0x1f))));
+            if (m) {
+                p += __builtin_ctz(m);
+                break;
+            }
+
+            p += 16;
+        }
+
+        if (p == end) {
+            break;
+        }
+#endif
+
         if (*p == '"') {
             raw->data = start;
             raw->len = p - start;

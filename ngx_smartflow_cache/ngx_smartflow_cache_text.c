@@ -1283,27 +1283,38 @@ ngx_smartflow_cache_novel(ngx_smartflow_cache_text_t *a,
 u_char *
 ngx_smartflow_cache_fold(u_char *out, u_char *p, size_t len)
 {
-    u_char      c, *end, *start;
-    ngx_uint_t  space;
+    u_char      c, k, *end, *start;
+    ngx_uint_t  i, space;
+
+    /* 0: a separator, 1: kept, 2: kept before a digit ("-3", ".5") */
+    static u_char  kind[256], lower[256], ready;
+
+    if (!ready) {
+        for (i = 0; i < 256; i++) {
+            c = (u_char) i;
+            kind[i] = (ngx_sf_isalnum(c) || c >= 0x80 || c == '+' || c == '#'
+                       || c == '$' || c == '%')
+                      ? 1 : (c == '-' || c == '.') ? 2 : 0;
+            lower[i] = (c >= 'A' && c <= 'Z') ? (c | 0x20) : c;
+        }
+
+        ready = 1;
+    }
 
     end = p + len;
     start = out;
     space = 0;
 
     for ( /* void */ ; p < end; p++) {
-        c = *p;
+        k = kind[*p];
 
-        if (ngx_sf_isalnum(c) || c >= 0x80 || c == '+' || c == '#' || c == '$'
-            || c == '%'
-            || ((c == '-' || c == '.') && p + 1 < end && ngx_sf_isdigit(p[1])))
-        {
+        if (k == 1 || (k == 2 && p + 1 < end && ngx_sf_isdigit(p[1]))) {
             if (space && out != start) {
                 *out++ = ' ';
             }
 
             space = 0;
-
-            *out++ = (c >= 'A' && c <= 'Z') ? (c | 0x20) : c;
+            *out++ = lower[*p];
             continue;
         }
 
