@@ -54,6 +54,44 @@ static ngx_uint_t ngx_smartflow_cache_novel(ngx_smartflow_cache_text_t *a,
 
 #define NGX_SMARTFLOW_CACHE_MH_BATCH  64     /* shingle hashes per mix */
 
+#define NGX_SF_FNV_BASIS  0xcbf29ce484222325ULL
+#define NGX_SF_FNV_PRIME  0x100000001b3ULL
+
+#define ngx_sf_fnv_byte(h, c)  (((h) ^ (u_char) (c)) * NGX_SF_FNV_PRIME)
+
+
+static ngx_inline uint64_t
+ngx_sf_fnv(uint64_t h, u_char *p, size_t len)
+{
+    size_t  i;
+
+    for (i = 0; i < len; i++) {
+        h = ngx_sf_fnv_byte(h, p[i]);
+    }
+
+    return h;
+}
+
+
+static ngx_inline uint64_t
+ngx_sf_fin(uint64_t h)
+{
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
+
+    return h;
+}
+
+
+/* the exported hash, inlined here (-fPIC keeps exported calls as calls) */
+#define ngx_sf_hash(p, len, seed)                                            \
+    ngx_sf_fin(ngx_sf_fnv(NGX_SF_FNV_BASIS ^ (seed), p, len))
+
+
+
 #define NGX_SF_SEQ_NUM  0
 #define NGX_SF_SEQ_LEX  1
 
@@ -505,7 +543,7 @@ ngx_smartflow_cache_words_add(char *w, ngx_uint_t what, ngx_int_t map)
     ngx_smartflow_cache_word_t  *e;
 
     len = ngx_strlen(w);
-    i = ngx_smartflow_cache_hash((u_char *) w, len, 0)
+    i = ngx_sf_hash((u_char *) w, len, 0)
         & (NGX_SF_WORDS - 1);
 
     for ( ;; ) {
@@ -545,7 +583,7 @@ ngx_smartflow_cache_word(u_char *p, size_t len, ngx_int_t *map)
         ngx_smartflow_cache_words_init();
     }
 
-    i = ngx_smartflow_cache_hash(p, len, 0) & (NGX_SF_WORDS - 1);
+    i = ngx_sf_hash(p, len, 0) & (NGX_SF_WORDS - 1);
 
     for ( ;; ) {
         e = &ngx_smartflow_cache_words[i];
@@ -600,38 +638,6 @@ ngx_smartflow_cache_normalise(ngx_pool_t *pool,
 
 
 /* FNV-1a, then a 64-bit finaliser so every bit depends on every byte */
-
-#define NGX_SF_FNV_BASIS  0xcbf29ce484222325ULL
-#define NGX_SF_FNV_PRIME  0x100000001b3ULL
-
-#define ngx_sf_fnv_byte(h, c)  (((h) ^ (u_char) (c)) * NGX_SF_FNV_PRIME)
-
-
-static ngx_inline uint64_t
-ngx_sf_fnv(uint64_t h, u_char *p, size_t len)
-{
-    size_t  i;
-
-    for (i = 0; i < len; i++) {
-        h = ngx_sf_fnv_byte(h, p[i]);
-    }
-
-    return h;
-}
-
-
-static ngx_inline uint64_t
-ngx_sf_fin(uint64_t h)
-{
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdULL;
-    h ^= h >> 33;
-    h *= 0xc4ceb9fe1a85ec53ULL;
-    h ^= h >> 33;
-
-    return h;
-}
-
 
 uint64_t
 ngx_smartflow_cache_hash(u_char *p, size_t len, uint64_t seed)
@@ -743,7 +749,7 @@ ngx_smartflow_cache_sketch(ngx_smartflow_cache_text_t *t, uint32_t *sig,
         }
 
         if (sig) {
-            hs[n++] = ngx_smartflow_cache_hash(tk->data, tk->stem, 4);
+            hs[n++] = ngx_sf_hash(tk->data, tk->stem, 4);
 
             if (next) {
                 hs[n++] = ngx_sf_hash_pair(tk, next, 5);
@@ -759,7 +765,7 @@ ngx_smartflow_cache_sketch(ngx_smartflow_cache_text_t *t, uint32_t *sig,
             continue;
         }
 
-        h = ngx_smartflow_cache_hash(tk->data, tk->stem, 1);
+        h = ngx_sf_hash(tk->data, tk->stem, 1);
         ngx_sf_feature(h, 1.0f);
 
         if (next) {
@@ -1014,11 +1020,11 @@ ngx_smartflow_cache_guard(ngx_smartflow_cache_text_t *t)
         neg += tk->neg;
 
         if (tk->num) {
-            num = ngx_smartflow_cache_hash(tk->data, tk->stem, num);
+            num = ngx_sf_hash(tk->data, tk->stem, num);
         }
 
         if (tk->lex) {
-            lex = ngx_smartflow_cache_hash(tk->data, tk->stem, lex);
+            lex = ngx_sf_hash(tk->data, tk->stem, lex);
         }
     }
 
