@@ -284,50 +284,6 @@ nomem:
 }
 
 
-/*
- * The top bit of each of 8 bytes that is a control byte, '"' or '\\', the
- * bytes a plain run of a string has none of (a byte is zero in v when
- * v - 0x01 borrows from its top bit and the byte had not that bit set)
- */
-#define NGX_SF_JSON_ONES    0x0101010101010101ULL
-#define NGX_SF_JSON_HIGHS   0x8080808080808080ULL
-
-static ngx_inline uint64_t
-ngx_smartflow_json_special8(uint64_t x)
-{
-    uint64_t  q, b;
-
-    q = x ^ (NGX_SF_JSON_ONES * '"');
-    b = x ^ (NGX_SF_JSON_ONES * '\\');
-
-    return (((x - NGX_SF_JSON_ONES * 0x20) & ~x)
-            | ((q - NGX_SF_JSON_ONES) & ~q)
-            | ((b - NGX_SF_JSON_ONES) & ~b))
-           & NGX_SF_JSON_HIGHS;
-}
-
-
-/* past the 8-byte words that hold no '"', no '\\' and no control byte */
-
-u_char *
-ngx_smartflow_json_plain(u_char *p, u_char *end)
-{
-    uint64_t  x;
-
-    while (end - p >= 8) {
-        ngx_memcpy(&x, p, 8);
-
-        if (ngx_smartflow_json_special8(x) != 0) {
-            break;
-        }
-
-        p += 8;
-    }
-
-    return p;
-}
-
-
 /* rd->p at the opening quote; s gets the unescaped text, in place */
 
 static ngx_int_t
