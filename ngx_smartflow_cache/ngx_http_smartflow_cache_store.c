@@ -115,6 +115,13 @@ ngx_http_smartflow_cache_tap(ngx_http_request_t *r,
         return NGX_OK;
     }
 
+    if (len && last && rq->len == 0 && len <= rq->max_size) {
+        /* the whole answer in one piece: read where it is, no copy */
+        rq->buf = p;
+        rq->len = len;
+        len = 0;
+    }
+
     if (len) {
         if (rq->len + len > rq->max_size) {
             ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
@@ -594,8 +601,9 @@ ngx_http_smartflow_cache_serve(ngx_http_request_t *r,
  * string content and no tool calls, and a finish_reason, read in one scan
  * of the answer (the text points into it when it has no escapes).
  * NGX_DECLINED for anything else, even valid (an error, several choices,
- * a duplicate member, deep nesting, a \u escape that is not a character):
- * the tree parser then decides, as it does for every other answer.
+ * a duplicate member, deep nesting, a \u escape that is not a character,
+ * a byte above ASCII, whose UTF-8 the tree parser checks): the tree
+ * parser then decides, as it does for every other answer.
  */
 
 #define ngx_sf_ws(p, end)                                                    \
@@ -719,7 +727,7 @@ ngx_http_smartflow_cache_scan_openai(ngx_http_smartflow_cache_asm_t *a,
             }
 
             p = ngx_http_smartflow_cache_string(p, end, &content, &esc);
-            if (p == NULL) {
+            if (p == NULL || (esc & 2)) {
                 return NGX_DECLINED;
             }
 
@@ -827,7 +835,8 @@ ngx_http_smartflow_cache_skip(u_char *p, u_char *end, ngx_uint_t depth)
     switch (*p) {
 
     case '"':
-        return ngx_http_smartflow_cache_string(p, end, &s, &esc);
+        p = ngx_http_smartflow_cache_string(p, end, &s, &esc);
+        return (esc & 2) ? NULL : p;
 
     case '{':
     case '[':
@@ -847,7 +856,7 @@ ngx_http_smartflow_cache_skip(u_char *p, u_char *end, ngx_uint_t depth)
 
             if (close == '}') {
                 p = ngx_http_smartflow_cache_string(p, end, &s, &esc);
-                if (p == NULL) {
+                if (p == NULL || (esc & 2)) {
                     return NULL;
                 }
 
@@ -966,7 +975,8 @@ ngx_http_smartflow_cache_string(u_char *p, u_char *end, ngx_str_t *raw,
                     _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')),
                                  _mm_cmpeq_epi8(x, _mm_set1_epi8('\\'))),
                     _mm_cmpeq_epi8(_mm_max_epu8(x, _mm_set1_epi8(0x1f)),
-                                   _mm_set1_epi8(0x1f))));
+                                   _mm_set1_epi8(0x1f))))
+                | _mm_movemask_epi8(x);
             if (m) {
                 p += __builtin_ctz(m);
                 break;
@@ -990,8 +1000,13 @@ ngx_http_smartflow_cache_string(u_char *p, u_char *end, ngx_str_t *raw,
             return NULL;
         }
 
+        if (*p >= 0x80) {
+            /* UTF-8 the tree parser checks */
+            *escaped |= 2;
+        }
+
         if (*p == '\\') {
-            *escaped = 1;
+            *escaped |= 1;
 
             if (++p == end) {
                 return NULL;

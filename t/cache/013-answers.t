@@ -5,7 +5,8 @@
 # give the client exactly the text the provider gave.  What must not be
 # stored is not: tool calls, two choices, an "error" member, a null
 # content, another finish reason, a body that is not JSON (a number or
-# a literal JSON has not, among members the cache does not read).  A member
+# a literal JSON has not, or bytes that are not UTF-8, among members the
+# cache does not read).  A member
 # given twice is read as the client reads it: the last one.
 
 use strict;
@@ -34,6 +35,7 @@ my %answers = (
     garbage => q({"choices":[{"message":{"content":"trailing"},"finish_reason":"stop"}]} x),
     badnum => q({"choices":[{"message":{"content":"bad number"},"finish_reason":"stop"}],"created":01}),
     badlit => q({"choices":[{"message":{"content":"bad literal"},"finish_reason":"stop"}],"x":nul}),
+    badutf8 => qq({"choices":[{"message":{"content":"bad utf8"},"finish_reason":"stop"}],"x":"\xff\xfe"}),
     dup => q({"choices":[{"message":{"content":"first","content":"second"},"finish_reason":"stop"}]}),
 );
 
@@ -99,7 +101,7 @@ is $b->{choices}[0]{message}{content}, 'second',
    'a member given twice: the last one, as the client read it';
 
 for my $name (qw(tools tools_text two error null filter garbage badnum
-                 badlit))
+                 badlit badutf8))
 {
     my $q = "Question number " . ++$n . " about $name?";
     my ($r1) = ask($name, $q);
