@@ -646,20 +646,6 @@ ngx_smartflow_cache_hash(u_char *p, size_t len, uint64_t seed)
 }
 
 
-/* hash(a + " " + b, seed) without writing the pair out */
-static ngx_inline uint64_t
-ngx_sf_hash_pair(ngx_smartflow_cache_tok_t *a, ngx_smartflow_cache_tok_t *b,
-    uint64_t seed)
-{
-    uint64_t  h;
-
-    h = ngx_sf_fnv(NGX_SF_FNV_BASIS ^ seed, a->data, a->stem);
-    h = ngx_sf_fnv_byte(h, ' ');
-
-    return ngx_sf_fin(ngx_sf_fnv(h, b->data, b->stem));
-}
-
-
 /* hash of three bytes, seed 3: a character trigram */
 #define ngx_sf_hash3(a, b, c)                                                \
     ngx_sf_fin(ngx_sf_fnv_byte(ngx_sf_fnv_byte(ngx_sf_fnv_byte(              \
@@ -689,7 +675,7 @@ ngx_smartflow_cache_sketch(ngx_smartflow_cache_text_t *t, uint32_t *sig,
     u_char                     *d;
     size_t                      s, k;
     double                      norm;
-    uint64_t                    h, mask, bits;
+    uint64_t                    h, h1, h2, h4, h5, mask, bits;
     uint64_t                    hs[NGX_SMARTFLOW_CACHE_MH_BATCH];
     uint64_t                    used[NGX_SMARTFLOW_CACHE_MAX_DIM / 64];
     ngx_uint_t                  i, j, nj, b, n, all;
@@ -748,11 +734,37 @@ ngx_smartflow_cache_sketch(ngx_smartflow_cache_text_t *t, uint32_t *sig,
             next = NULL;
         }
 
+        /*
+         * the word's and the pair's FNV states for the embedding (seeds 1
+         * and 2) and the signature (4 and 5), in one read of the bytes
+         */
+        h1 = NGX_SF_FNV_BASIS ^ 1;
+        h2 = NGX_SF_FNV_BASIS ^ 2;
+        h4 = NGX_SF_FNV_BASIS ^ 4;
+        h5 = NGX_SF_FNV_BASIS ^ 5;
+
+        for (k = 0; k < tk->stem; k++) {
+            h1 = ngx_sf_fnv_byte(h1, tk->data[k]);
+            h2 = ngx_sf_fnv_byte(h2, tk->data[k]);
+            h4 = ngx_sf_fnv_byte(h4, tk->data[k]);
+            h5 = ngx_sf_fnv_byte(h5, tk->data[k]);
+        }
+
+        if (next) {
+            h2 = ngx_sf_fnv_byte(h2, ' ');
+            h5 = ngx_sf_fnv_byte(h5, ' ');
+
+            for (k = 0; k < next->stem; k++) {
+                h2 = ngx_sf_fnv_byte(h2, next->data[k]);
+                h5 = ngx_sf_fnv_byte(h5, next->data[k]);
+            }
+        }
+
         if (sig) {
-            hs[n++] = ngx_sf_hash(tk->data, tk->stem, 4);
+            hs[n++] = ngx_sf_fin(h4);
 
             if (next) {
-                hs[n++] = ngx_sf_hash_pair(tk, next, 5);
+                hs[n++] = ngx_sf_fin(h5);
             }
 
             if (n + 2 > NGX_SMARTFLOW_CACHE_MH_BATCH) {
@@ -765,11 +777,11 @@ ngx_smartflow_cache_sketch(ngx_smartflow_cache_text_t *t, uint32_t *sig,
             continue;
         }
 
-        h = ngx_sf_hash(tk->data, tk->stem, 1);
+        h = ngx_sf_fin(h1);
         ngx_sf_feature(h, 1.0f);
 
         if (next) {
-            h = ngx_sf_hash_pair(tk, next, 2);
+            h = ngx_sf_fin(h2);
             ngx_sf_feature(h, 0.8f);
         }
 
