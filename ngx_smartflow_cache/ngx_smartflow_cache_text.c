@@ -209,6 +209,30 @@ typedef struct {
 static ngx_smartflow_cache_word_t  ngx_smartflow_cache_words[NGX_SF_WORDS];
 static ngx_uint_t                  ngx_smartflow_cache_words_ready;
 
+/* bytes by class, made at the first use: a test is one load */
+#define NGX_SF_CH_WORD   1      /* a letter, a digit, '_', a byte >= 0x80 */
+#define NGX_SF_CH_UPPER  2
+
+static u_char  ngx_sf_ch[256], ngx_sf_lower[256], ngx_sf_ch_ready;
+
+
+static void
+ngx_smartflow_cache_chars_init(void)
+{
+    ngx_uint_t  i;
+    u_char      c;
+
+    for (i = 0; i < 256; i++) {
+        c = (u_char) i;
+        ngx_sf_ch[i] = ((ngx_sf_isalnum(c) || c == '_' || c >= 0x80)
+                        ? NGX_SF_CH_WORD : 0)
+                       | ((c >= 'A' && c <= 'Z') ? NGX_SF_CH_UPPER : 0);
+        ngx_sf_lower[i] = (c >= 'A' && c <= 'Z') ? (c | 0x20) : c;
+    }
+
+    ngx_sf_ch_ready = 1;
+}
+
 
 ngx_int_t
 ngx_smartflow_cache_tokenize(ngx_pool_t *pool, u_char *p, size_t len,
@@ -217,6 +241,10 @@ ngx_smartflow_cache_tokenize(ngx_pool_t *pool, u_char *p, size_t len,
     u_char     *end, *start, *buf, *w, *s, c;
     size_t      n, wl;
     ngx_uint_t  sentence, cap, upper;
+
+    if (!ngx_sf_ch_ready) {
+        ngx_smartflow_cache_chars_init();
+    }
 
     /* a token takes a byte of text at least; "n't" gives two from three */
     t->n = 0;
@@ -309,16 +337,15 @@ ngx_smartflow_cache_tokenize(ngx_pool_t *pool, u_char *p, size_t len,
             start = p;
             upper = 0;
 
-            while (p < end && (ngx_sf_isalnum(*p) || *p == '_'
-                               || (*p >= 0x80
-                                   && !(*p == 0xE2 && end - p > 2
-                                        && p[1] == 0x80
-                                        && (p[2] == 0x99 || p[2] == 0x98)))))
-            {
-                if (*p >= 'A' && *p <= 'Z' && p != start) {
-                    upper = 1;
+            while (p < end && (ngx_sf_ch[*p] & NGX_SF_CH_WORD)) {
+                if (*p == 0xE2 && end - p > 2 && p[1] == 0x80
+                    && (p[2] == 0x99 || p[2] == 0x98))
+                {
+                    /* a typographic apostrophe ends the word */
+                    break;
                 }
 
+                upper |= (ngx_sf_ch[*p] & NGX_SF_CH_UPPER) && p != start;
                 p++;
             }
 
@@ -431,7 +458,7 @@ ngx_smartflow_cache_emit(ngx_smartflow_cache_text_t *t, u_char **buf,
 
     /* p may already be d (numbers are written in place) */
     for (i = 0; i < len; i++) {
-        d[i] = (p[i] >= 'A' && p[i] <= 'Z') ? (p[i] | 0x20) : p[i];
+        d[i] = ngx_sf_lower[p[i]];
     }
 
     w = ngx_smartflow_cache_word(d, len, &map);
