@@ -41,17 +41,41 @@ struct ngx_smartflow_json_s {
     ngx_smartflow_json_t       *last;
     ngx_smartflow_json_t       *next;
     ngx_uint_t                  nchild;
+    /* the end of key or str when it needs no escaping, or NULL */
+    u_char                     *key_plain;
+    u_char                     *str_plain;
 };
 
 
 ngx_smartflow_json_t *ngx_smartflow_json_parse(ngx_pool_t *pool, u_char *p,
     size_t len, ngx_str_t *err);
-ngx_smartflow_json_t *ngx_smartflow_json_get(ngx_smartflow_json_t *obj,
-    char *key);
+ngx_smartflow_json_t *ngx_smartflow_json_get_n(ngx_smartflow_json_t *obj,
+    char *key, size_t len);
+
 ngx_smartflow_json_t *ngx_smartflow_json_new(ngx_pool_t *pool,
     ngx_smartflow_json_type_e type, ngx_str_t *str);
-void ngx_smartflow_json_append(ngx_smartflow_json_t *parent, char *key,
-    ngx_smartflow_json_t *child);
+void ngx_smartflow_json_append_n(ngx_smartflow_json_t *parent, char *key,
+    size_t len, ngx_smartflow_json_t *child);
+
+
+/* with a literal key, its length is counted at compile time */
+
+static ngx_inline ngx_smartflow_json_t *
+ngx_smartflow_json_get(ngx_smartflow_json_t *obj, char *key)
+{
+    return ngx_smartflow_json_get_n(obj, key, ngx_strlen(key));
+}
+
+
+static ngx_inline void
+ngx_smartflow_json_append(ngx_smartflow_json_t *parent, char *key,
+    ngx_smartflow_json_t *child)
+{
+    ngx_smartflow_json_append_n(parent, key, key ? ngx_strlen(key) : 0,
+                                child);
+}
+
+
 ngx_int_t ngx_smartflow_json_set_str(ngx_pool_t *pool,
     ngx_smartflow_json_t *obj, char *key, ngx_str_t *value);
 ngx_int_t ngx_smartflow_json_dump(ngx_pool_t *pool, ngx_smartflow_json_t *j,
