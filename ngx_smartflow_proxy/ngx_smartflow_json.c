@@ -308,8 +308,7 @@ nomem:
 static ngx_int_t
 ngx_smartflow_json_string(ngx_smartflow_json_reader_t *rd, ngx_str_t *s)
 {
-    u_char    c, *w, *run;
-    uint64_t  x, m;
+    u_char  c, *w, *run;
 
     rd->p++;
     s->data = rd->p;
@@ -318,25 +317,9 @@ ngx_smartflow_json_string(ngx_smartflow_json_reader_t *rd, ngx_str_t *s)
     for ( ;; ) {
         run = rd->p;
 
-        /*
-         * ASCII with nothing to unescape: 8 bytes at a time, and on a
-         * little-endian machine right to the first other byte
-         */
+        /* ASCII with nothing to unescape */
 
-        while (rd->end - rd->p >= 8) {
-            ngx_memcpy(&x, rd->p, 8);
-
-            m = ngx_smartflow_json_special8(x) | (x & NGX_SF_JSON_HIGHS);
-
-            if (m != 0) {
-#if (NGX_HAVE_LITTLE_ENDIAN && defined __GNUC__)
-                rd->p += __builtin_ctzll(m) >> 3;
-#endif
-                break;
-            }
-
-            rd->p += 8;
-        }
+        rd->p = ngx_smartflow_json_run(rd->p, rd->end, 1);
 
         while (rd->p < rd->end) {
             c = *rd->p;
