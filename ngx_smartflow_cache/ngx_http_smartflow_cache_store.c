@@ -50,8 +50,6 @@ static u_char *ngx_http_smartflow_cache_skip(u_char *p, u_char *end,
     ngx_uint_t depth);
 static u_char *ngx_http_smartflow_cache_string(u_char *p, u_char *end,
     ngx_str_t *raw, ngx_uint_t *escaped);
-static ngx_int_t ngx_http_smartflow_cache_unescape(ngx_pool_t *pool,
-    ngx_str_t *raw, ngx_str_t *out);
 
 
 /* the request's cache state, found again after internal redirects */
@@ -599,11 +597,12 @@ ngx_http_smartflow_cache_serve(ngx_http_request_t *r,
 /*
  * An OpenAI chat.completion as most are: one choice whose message has a
  * string content and no tool calls, and a finish_reason, read in one scan
- * of the answer (the text points into it when it has no escapes).
- * NGX_DECLINED for anything else, even valid (an error, several choices,
- * a duplicate member, deep nesting, a \u escape that is not a character,
- * a byte above ASCII, whose UTF-8 the tree parser checks): the tree
- * parser then decides, as it does for every other answer.
+ * of the answer (the text points into it when it has no escapes; one
+ * with escapes is unescaped by the gateway's JSON reader).  NGX_DECLINED
+ * for anything else, even valid (an error, several choices, a duplicate
+ * member, deep nesting, a byte above ASCII, whose UTF-8 the tree parser
+ * checks): the tree parser then decides, as it does for every other
+ * answer.
  */
 
 #define ngx_sf_ws(p, end)                                                    \
@@ -618,9 +617,10 @@ static ngx_int_t
 ngx_http_smartflow_cache_scan_openai(ngx_http_smartflow_cache_asm_t *a,
     u_char *p, u_char *end)
 {
-    ngx_str_t   key, content, reason, text;
-    ngx_uint_t  esc, depth, seen_choices, seen_msg, seen_content,
-                seen_reason, seen_tools;
+    ngx_str_t              key, content, reason, err;
+    ngx_uint_t             esc, depth, seen_choices, seen_msg, seen_content,
+                           seen_reason, seen_tools;
+    ngx_smartflow_json_t  *j;
 
     seen_choices = 0;
     seen_msg = 0;
@@ -732,14 +732,14 @@ ngx_http_smartflow_cache_scan_openai(ngx_http_smartflow_cache_asm_t *a,
             }
 
             if (esc) {
-                if (ngx_http_smartflow_cache_unescape(a->pool, &content,
-                                                      &text)
-                    != NGX_OK)
-                {
+                /* the gateway's reader unescapes it, between its quotes */
+                j = ngx_smartflow_json_parse(a->pool, content.data - 1,
+                                             content.len + 2, &err);
+                if (j == NULL || j->type != NGX_SMARTFLOW_JSON_STRING) {
                     return NGX_DECLINED;
                 }
 
-                content = text;
+                content = j->str;
             }
 
             goto next;
@@ -951,11 +951,7 @@ static u_char *
 ngx_http_smartflow_cache_string(u_char *p, u_char *end, ngx_str_t *raw,
     ngx_uint_t *escaped)
 {
-    u_char   *start;
-#if (defined __SSE2__)
-    int       m;
-    __m128i   x;
-#endif
+    u_char  *start;
 
     *escaped = 0;
 
@@ -967,28 +963,12 @@ ngx_http_smartflow_cache_string(u_char *p, u_char *end, ngx_str_t *raw,
 
     while (p < end) {
 
-#if (defined __SSE2__)
-        /* 16 bytes at a time up to the first quote, backslash or control */
-        while (end - p >= 16) {
-            x = _mm_loadu_si128((__m128i *) p);
-            m = _mm_movemask_epi8(_mm_or_si128(
-                    _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')),
-                                 _mm_cmpeq_epi8(x, _mm_set1_epi8('\\'))),
-                    _mm_cmpeq_epi8(_mm_max_epu8(x, _mm_set1_epi8(0x1f)),
-                                   _mm_set1_epi8(0x1f))))
-                | _mm_movemask_epi8(x);
-            if (m) {
-                p += __builtin_ctz(m);
-                break;
-            }
-
-            p += 16;
-        }
+        /* up to the first quote, backslash, control or non-ASCII byte */
+        p = ngx_smartflow_json_run(p, end, 1);
 
         if (p == end) {
             break;
         }
-#endif
 
         if (*p == '"') {
             raw->data = start;
@@ -1017,119 +997,4 @@ ngx_http_smartflow_cache_string(u_char *p, u_char *end, ngx_str_t *raw,
     }
 
     return NULL;
-}
-
-
-static ngx_int_t
-ngx_http_smartflow_cache_unescape(ngx_pool_t *pool, ngx_str_t *raw,
-    ngx_str_t *out)
-{
-    u_char      *p, *end, *d;
-    uint32_t     c, lo;
-    ngx_uint_t   i;
-
-    out->data = ngx_pnalloc(pool, raw->len);
-    if (out->data == NULL) {
-        return NGX_ERROR;
-    }
-
-    d = out->data;
-    p = raw->data;
-    end = p + raw->len;
-
-    while (p < end) {
-        if (*p != '\\') {
-            *d++ = *p++;
-            continue;
-        }
-
-        p++;
-
-        switch (*p++) {
-        case '"':  *d++ = '"';  continue;
-        case '\\': *d++ = '\\'; continue;
-        case '/':  *d++ = '/';  continue;
-        case 'b':  *d++ = '\b'; continue;
-        case 'f':  *d++ = '\f'; continue;
-        case 'n':  *d++ = '\n'; continue;
-        case 'r':  *d++ = '\r'; continue;
-        case 't':  *d++ = '\t'; continue;
-        case 'u':  break;
-        default:   return NGX_DECLINED;
-        }
-
-        /* \uXXXX, a surrogate pair as one character; none is "\u0000" */
-        for (c = 0, i = 0; i < 4; i++, p++) {
-            if (p == end) {
-                return NGX_DECLINED;
-            }
-
-            c <<= 4;
-
-            if (*p >= '0' && *p <= '9') {
-                c |= *p - '0';
-
-            } else if ((*p | 0x20) >= 'a' && (*p | 0x20) <= 'f') {
-                c |= (*p | 0x20) - 'a' + 10;
-
-            } else {
-                return NGX_DECLINED;
-            }
-        }
-
-        if (c == 0 || (c >= 0xdc00 && c <= 0xdfff)) {
-            return NGX_DECLINED;
-        }
-
-        if (c >= 0xd800 && c <= 0xdbff) {
-            if (end - p < 6 || p[0] != '\\' || p[1] != 'u') {
-                return NGX_DECLINED;
-            }
-
-            for (lo = 0, i = 2; i < 6; i++) {
-                lo <<= 4;
-
-                if (p[i] >= '0' && p[i] <= '9') {
-                    lo |= p[i] - '0';
-
-                } else if ((p[i] | 0x20) >= 'a' && (p[i] | 0x20) <= 'f') {
-                    lo |= (p[i] | 0x20) - 'a' + 10;
-
-                } else {
-                    return NGX_DECLINED;
-                }
-            }
-
-            if (lo < 0xdc00 || lo > 0xdfff) {
-                return NGX_DECLINED;
-            }
-
-            p += 6;
-            c = 0x10000 + ((c - 0xd800) << 10) + (lo - 0xdc00);
-        }
-
-        /* UTF-8, no longer than the six bytes of its escape */
-        if (c < 0x80) {
-            *d++ = (u_char) c;
-
-        } else if (c < 0x800) {
-            *d++ = (u_char) (0xc0 | (c >> 6));
-            *d++ = (u_char) (0x80 | (c & 0x3f));
-
-        } else if (c < 0x10000) {
-            *d++ = (u_char) (0xe0 | (c >> 12));
-            *d++ = (u_char) (0x80 | ((c >> 6) & 0x3f));
-            *d++ = (u_char) (0x80 | (c & 0x3f));
-
-        } else {
-            *d++ = (u_char) (0xf0 | (c >> 18));
-            *d++ = (u_char) (0x80 | ((c >> 12) & 0x3f));
-            *d++ = (u_char) (0x80 | ((c >> 6) & 0x3f));
-            *d++ = (u_char) (0x80 | (c & 0x3f));
-        }
-    }
-
-    out->len = d - out->data;
-
-    return NGX_OK;
 }
