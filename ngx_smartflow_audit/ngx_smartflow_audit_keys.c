@@ -25,10 +25,14 @@ typedef struct {
     sf_sha256_t     outer;
     unsigned char   key[SF_AUDIT_KEY_MAX];
     size_t          key_len;            /* 0: none keyed yet */
+    uint64_t        serial;             /* the key's, 0: compare it */
 } sf_hmac_state_t;
 
 
 static __thread sf_hmac_state_t  sf_hmac_st;
+
+/* numbers each key parsed: a thread knows its keyed state at a glance */
+static uint64_t  sf_audit_key_serial;
 
 
 void
@@ -73,6 +77,7 @@ sf_audit_hmac_key(sf_hmac_state_t *st, const sf_audit_key_t *k)
 
     memcpy(st->key, k->key, k->key_len);
     st->key_len = k->key_len;
+    st->serial = k->serial;
 }
 
 
@@ -90,8 +95,9 @@ sf_audit_hmac(const sf_audit_key_t *k, const void *data, size_t len,
         return -1;
     }
 
-    if (st->key_len != k->key_len
-        || CRYPTO_memcmp(st->key, k->key, k->key_len) != 0)
+    if ((k->serial == 0 || k->serial != st->serial)
+        && (st->key_len != k->key_len
+            || CRYPTO_memcmp(st->key, k->key, k->key_len) != 0))
     {
         sf_audit_hmac_key(st, k);
     }
@@ -117,23 +123,42 @@ sf_audit_hmac(const sf_audit_key_t *k, const void *data, size_t len,
 static __thread sf_sha256_t  sf_rec;
 
 
-int
-sf_audit_record_mac(const sf_audit_key_t *k, const void *data, size_t len,
-    unsigned char *mac)
+void
+sf_audit_record_start(const void *data, size_t len)
 {
-    sf_sha256_t    c;
-    unsigned char  zero, d[32];
+    unsigned char  zero;
 
     zero = 0;
 
     sf_sha256_init(&sf_rec);
     sf_sha256_update(&sf_rec, &zero, 1);
     sf_sha256_update(&sf_rec, data, len);
+}
+
+
+int
+sf_audit_record_sign(const sf_audit_key_t *k, const void *data, size_t len,
+    unsigned char *mac)
+{
+    sf_sha256_t    c;
+    unsigned char  d[32];
+
+    sf_sha256_update(&sf_rec, data, len);
 
     c = sf_rec;
     sf_sha256_final(&c, d);
 
     return sf_audit_hmac(k, d, sizeof(d), mac);
+}
+
+
+int
+sf_audit_record_mac(const sf_audit_key_t *k, const void *data, size_t len,
+    unsigned char *mac)
+{
+    sf_audit_record_start(data, len);
+
+    return sf_audit_record_sign(k, NULL, 0, mac);
 }
 
 
@@ -270,6 +295,7 @@ sf_audit_keys_parse(const char *p, size_t len, sf_audit_keys_t *keys,
         }
 
         k->key_len = n;
+        k->serial = ++sf_audit_key_serial;
         k->not_before = INT64_MIN;
         k->not_after = INT64_MAX;
 

@@ -36,6 +36,7 @@ typedef struct {
     size_t          key_len;
     int64_t         not_before;     /* epoch seconds, INT64_MIN: none */
     int64_t         not_after;      /* INT64_MAX: none */
+    uint64_t        serial;         /* unique a parse, 0: none */
 } sf_audit_key_t;
 
 
@@ -79,6 +80,15 @@ int sf_audit_hmac(const sf_audit_key_t *k, const void *data, size_t len,
  * leaf hash once given the rest of its line (without the newline).
  */
 int sf_audit_record_mac(const sf_audit_key_t *k, const void *data,
+    size_t len, unsigned char *mac);
+/*
+ * The same in two steps, in one thread: the signed bytes' first part
+ * hashed, then the signature once given the rest of them (the audit
+ * module hashes a record's fields before it takes the chain's lock, and
+ * only the chain fields under it).
+ */
+void sf_audit_record_start(const void *data, size_t len);
+int sf_audit_record_sign(const sf_audit_key_t *k, const void *data,
     size_t len, unsigned char *mac);
 int sf_audit_record_leaf(const void *tail, size_t len, unsigned char *leaf);
 
