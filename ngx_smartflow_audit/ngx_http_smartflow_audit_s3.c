@@ -33,6 +33,7 @@ typedef struct {
     ngx_msec_t                  timeout;
     time_t                      tsa_wait;       /* 0: no timestamps */
     ngx_flag_t                  keep;
+    sf_audit_key_t              key;            /* signs the marks */
 
     /* results */
     ngx_int_t                   rc;
@@ -306,6 +307,7 @@ ngx_http_smartflow_audit_s3_timer(ngx_event_t *ev)
 {
     u_char                                *p;
     ngx_thread_task_t                     *task;
+    const sf_audit_key_t                  *key;
     ngx_http_smartflow_audit_s3_t         *s;
     ngx_http_smartflow_audit_main_conf_t  *amcf = ev->data;
 
@@ -348,6 +350,17 @@ ngx_http_smartflow_audit_s3_timer(ngx_event_t *ev)
 
     s->mode = amcf->s3_lock_mode;
     s->keep = amcf->s3_keep;
+
+    /* the key valid now signs the marks; none: nothing is marked */
+    key = sf_audit_keys_current(amcf->keys, ngx_time());
+
+    if (key) {
+        s->key = *key;
+
+    } else {
+        ngx_memzero(&s->key, sizeof(sf_audit_key_t));
+    }
+
     s->retention = amcf->s3_retention;
     s->timeout = amcf->s3_timeout;
     s->tsa_wait = amcf->tsa_url.len ? (time_t) amcf->tsa_timeout / 1000 + 60
@@ -647,7 +660,7 @@ ngx_http_smartflow_audit_s3_thread(void *data, ngx_log_t *log)
     ngx_uint_t       seg, min, max, i, stop, prune;
     ngx_file_info_t  fi;
     u_char           path[NGX_MAX_PATH], file[64];
-    u_char           manifest[3 * 1400];
+    u_char           manifest[3 * 1400 + 256];
     static char     *ext[] = { "log", "seal", "tsr" };
 
     s->rc = NGX_OK;
@@ -780,7 +793,18 @@ ngx_http_smartflow_audit_s3_thread(void *data, ngx_log_t *log)
         }
 
         if (rc == NGX_OK) {
-            rc = ngx_http_smartflow_audit_s3_mark(s, seg, manifest, len);
+            /* signed: a mark is what lets a segment go from the folder */
+            len = sf_audit_mark_sign(&s->key, time(NULL), (char *) manifest,
+                                     len, sizeof(manifest));
+            if (len == 0) {
+                snprintf(s->err, sizeof(s->err), "signing the mark of "
+                         "segment %lu failed (no key valid now?)",
+                         (unsigned long) seg);
+                rc = NGX_ERROR;
+
+            } else {
+                rc = ngx_http_smartflow_audit_s3_mark(s, seg, manifest, len);
+            }
         }
 
         if (rc != NGX_OK) {

@@ -948,12 +948,13 @@ ngx_http_smartflow_audit_resume(ngx_http_smartflow_audit_main_conf_t *amcf,
     ngx_uint_t seg, ngx_http_smartflow_audit_sh_t *sh, char *err,
     size_t errlen)
 {
-    u_char           *buf, *p;
-    size_t            len;
+    u_char           *buf, *p, *mark;
+    size_t            len, mlen;
     uint64_t          first, count, size, bit;
+    const char       *why;
     ngx_file_info_t   fi;
-    u_char            root[32], mine[32];
-    u_char            path[NGX_MAX_PATH];
+    u_char            root[32], mine[32], listed[32];
+    u_char            path[NGX_MAX_PATH], suffix[64];
 
     ngx_snprintf(path, NGX_MAX_PATH, "%V/segment-%08ui.shipped%Z",
                  &amcf->dir, seg);
@@ -963,6 +964,30 @@ ngx_http_smartflow_audit_resume(ngx_http_smartflow_audit_main_conf_t *amcf,
                  "(no %s)", (unsigned long) seg, path);
         return NGX_ERROR;
     }
+
+    /* the mark, signed by the gateway, lists this very seal */
+    if (ngx_http_smartflow_audit_read(path, &mark, &mlen, err, errlen)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ngx_snprintf(suffix, sizeof(suffix), "/" NGX_SMARTFLOW_AUDIT_SEAL "%Z",
+                 seg);
+
+    if (mark == NULL
+        || sf_audit_mark_check(amcf->keys, (char *) mark, mlen,
+                               (char *) suffix, listed, &why)
+           != 0)
+    {
+        snprintf(err, errlen, "segment %lu is missing and its mark %s "
+                 "does not hold: %s", (unsigned long) seg, path,
+                 mark ? why : "empty");
+        ngx_free(mark);
+        return NGX_ERROR;
+    }
+
+    ngx_free(mark);
 
     ngx_snprintf(path, NGX_MAX_PATH, "%V/" NGX_SMARTFLOW_AUDIT_SEAL "%Z",
                  &amcf->dir, seg);
@@ -976,6 +1001,15 @@ ngx_http_smartflow_audit_resume(ngx_http_smartflow_audit_main_conf_t *amcf,
     if (buf == NULL || len == 0) {
         snprintf(err, errlen, "segment %lu is shipped but its seal %s is "
                  "missing", (unsigned long) seg, path);
+        ngx_free(buf);
+        return NGX_ERROR;
+    }
+
+    sf_sha256(buf, len, mine);
+
+    if (ngx_memcmp(mine, listed, 32) != 0) {
+        snprintf(err, errlen, "segment %lu is missing and its mark lists "
+                 "another seal than %s", (unsigned long) seg, path);
         ngx_free(buf);
         return NGX_ERROR;
     }

@@ -494,6 +494,128 @@ sf_audit_tail_parse(const char *line, size_t len, sf_audit_tail_t *t,
 }
 
 
+size_t
+sf_audit_mark_sign(const sf_audit_key_t *k, int64_t t, char *buf,
+    size_t len, size_t size)
+{
+    int            n;
+    unsigned char  mac[32];
+
+    n = snprintf(buf + len, size - len, "hmac %s %lld ", k->kid,
+                 (long long) t);
+
+    if (n < 0 || len + n + 64 + 2 > size) {
+        return 0;
+    }
+
+    len += n;
+
+    if (sf_audit_hmac(k, buf, len, mac) != 0) {
+        return 0;
+    }
+
+    sf_audit_hex(mac, 32, buf + len);
+    len += 64;
+    buf[len++] = '\n';
+    buf[len] = '\0';
+
+    return len;
+}
+
+
+int
+sf_audit_mark_check(const sf_audit_keys_t *keys, const char *buf,
+    size_t len, const char *suffix, unsigned char *sha, const char **why)
+{
+    size_t                 slen, n;
+    int64_t                t;
+    const char            *p, *end, *line, *eol, *sp, *q;
+    unsigned char          mac[32], want[32];
+    const sf_audit_key_t  *k;
+    char                   kid[SF_AUDIT_KID_LEN + 1];
+
+    end = buf + len;
+
+    if (len < 2 || buf[len - 1] != '\n') {
+        *why = "not a shipped mark";
+        return -1;
+    }
+
+    /* the last line */
+    for (line = end - 1; line > buf && line[-1] != '\n'; line--) {
+        /* void */
+    }
+
+    p = line;
+
+    if (sf_audit_expect(&p, end, "hmac ") != 0) {
+        *why = "the mark is not signed";
+        return -1;
+    }
+
+    q = memchr(p, ' ', end - p);
+    if (q == NULL || q == p || q - p > SF_AUDIT_KID_LEN) {
+        *why = "bad key id in the mark";
+        return -1;
+    }
+
+    memcpy(kid, p, q - p);
+    kid[q - p] = '\0';
+    p = q + 1;
+
+    if (sf_audit_number(&p, end, &t) != 0
+        || sf_audit_expect(&p, end, " ") != 0
+        || end - p != 65
+        || sf_audit_unhex(p, 64, want, 32) != 32)
+    {
+        *why = "bad signature line in the mark";
+        return -1;
+    }
+
+    k = sf_audit_keys_find(keys, kid);
+    if (k == NULL) {
+        *why = "the mark's key is not in the key file";
+        return -1;
+    }
+
+    if (t < k->not_before || t > k->not_after) {
+        *why = "the mark's key was not valid when it was signed";
+        return -1;
+    }
+
+    if (sf_audit_hmac(k, buf, p - buf, mac) != 0
+        || CRYPTO_memcmp(mac, want, 32) != 0)
+    {
+        *why = "the mark's HMAC does not match";
+        return -1;
+    }
+
+    /* "URL SHA256 MODE DATE": the object whose URL ends with suffix */
+    slen = strlen(suffix);
+
+    for (p = buf; p < line; p = eol + 1) {
+        eol = memchr(p, '\n', line - p);
+        sp = memchr(p, ' ', eol - p);
+
+        if (sp == NULL) {
+            continue;
+        }
+
+        n = sp - p;
+
+        if (n >= slen && memcmp(sp - slen, suffix, slen) == 0
+            && eol - sp > 65 && sp[65] == ' '
+            && sf_audit_unhex(sp + 1, 64, sha, 32) == 32)
+        {
+            return 0;
+        }
+    }
+
+    *why = "the mark lists no such object";
+    return -1;
+}
+
+
 /* a byte's two digits at once: 5 hashes a record, 32 bytes each */
 static const char  sf_audit_hex_pairs[] =
         "000102030405060708090a0b0c0d0e0f"
