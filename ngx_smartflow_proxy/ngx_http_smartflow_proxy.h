@@ -41,24 +41,100 @@ struct ngx_smartflow_json_s {
     ngx_smartflow_json_t       *last;
     ngx_smartflow_json_t       *next;
     ngx_uint_t                  nchild;
+    /* the end of key or str when it needs no escaping, or NULL */
+    u_char                     *key_plain;
+    u_char                     *str_plain;
 };
 
 
 ngx_smartflow_json_t *ngx_smartflow_json_parse(ngx_pool_t *pool, u_char *p,
     size_t len, ngx_str_t *err);
-ngx_smartflow_json_t *ngx_smartflow_json_get(ngx_smartflow_json_t *obj,
-    char *key);
+ngx_smartflow_json_t *ngx_smartflow_json_get_n(ngx_smartflow_json_t *obj,
+    char *key, size_t len);
+
 ngx_smartflow_json_t *ngx_smartflow_json_new(ngx_pool_t *pool,
     ngx_smartflow_json_type_e type, ngx_str_t *str);
-void ngx_smartflow_json_append(ngx_smartflow_json_t *parent, char *key,
-    ngx_smartflow_json_t *child);
+void ngx_smartflow_json_append_n(ngx_smartflow_json_t *parent, char *key,
+    size_t len, ngx_smartflow_json_t *child);
+
+
+/* with a literal key, its length is counted at compile time */
+
+static ngx_inline ngx_smartflow_json_t *
+ngx_smartflow_json_get(ngx_smartflow_json_t *obj, char *key)
+{
+    return ngx_smartflow_json_get_n(obj, key, ngx_strlen(key));
+}
+
+
+static ngx_inline void
+ngx_smartflow_json_append(ngx_smartflow_json_t *parent, char *key,
+    ngx_smartflow_json_t *child)
+{
+    ngx_smartflow_json_append_n(parent, key, key ? ngx_strlen(key) : 0,
+                                child);
+}
+
+
 ngx_int_t ngx_smartflow_json_set_str(ngx_pool_t *pool,
     ngx_smartflow_json_t *obj, char *key, ngx_str_t *value);
 ngx_int_t ngx_smartflow_json_dump(ngx_pool_t *pool, ngx_smartflow_json_t *j,
     ngx_str_t *out);
 size_t ngx_smartflow_json_escape_len(u_char *src, size_t len);
 u_char *ngx_smartflow_json_escape(u_char *dst, u_char *src, size_t len);
-u_char *ngx_smartflow_json_plain(u_char *p, u_char *end);
+
+/*
+ * The top bit of each of 8 bytes that is a control byte, '"' or '\\', the
+ * bytes a plain run of a string has none of (a byte is zero in v when
+ * v - 0x01 borrows from its top bit and the byte had not that bit set)
+ */
+#define NGX_SF_JSON_ONES    0x0101010101010101ULL
+#define NGX_SF_JSON_HIGHS   0x8080808080808080ULL
+
+static ngx_inline uint64_t
+ngx_smartflow_json_special8(uint64_t x)
+{
+    uint64_t  q, b;
+
+    q = x ^ (NGX_SF_JSON_ONES * '"');
+    b = x ^ (NGX_SF_JSON_ONES * '\\');
+
+    return (((x - NGX_SF_JSON_ONES * 0x20) & ~x)
+            | ((q - NGX_SF_JSON_ONES) & ~q)
+            | ((b - NGX_SF_JSON_ONES) & ~b))
+           & NGX_SF_JSON_HIGHS;
+}
+
+
+/*
+ * past the 8-byte words that hold no '"', no '\\' and no control byte; on
+ * a little-endian machine, right to the first such byte (the lowest top
+ * bit that special8() sets is always a true one: a false one needs a
+ * borrow from a true one below it)
+ */
+
+static ngx_inline u_char *
+ngx_smartflow_json_plain(u_char *p, u_char *end)
+{
+    uint64_t  x, m;
+
+    while (end - p >= 8) {
+        ngx_memcpy(&x, p, 8);
+
+        m = ngx_smartflow_json_special8(x);
+
+        if (m != 0) {
+#if (NGX_HAVE_LITTLE_ENDIAN && defined __GNUC__)
+            p += __builtin_ctzll(m) >> 3;
+#endif
+            break;
+        }
+
+        p += 8;
+    }
+
+    return p;
+}
 
 /*
  * Token counts read from a JSON answer as it passes: a lexer that keeps

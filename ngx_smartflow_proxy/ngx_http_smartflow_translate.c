@@ -133,6 +133,8 @@ ngx_smartflow_xlate_copy(ngx_pool_t *pool, ngx_smartflow_json_t *src,
     }
 
     j->key = src->key;
+    j->key_plain = src->key_plain;
+    j->str_plain = src->str_plain;
 
     for (c = src->child; c; c = c->next) {
         cc = ngx_smartflow_xlate_copy(pool, c, budget);

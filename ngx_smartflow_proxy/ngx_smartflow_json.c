@@ -13,6 +13,7 @@ typedef struct {
     u_char                  *start;
     u_char                  *end;
     ngx_pool_t              *pool;
+    ngx_uint_t               escaped;  /* the last string had an escape */
 } ngx_smartflow_json_reader_t;
 
 
@@ -31,6 +32,15 @@ static u_char *ngx_smartflow_json_write(u_char *p, ngx_smartflow_json_t *j);
 
 #define ngx_sf_json_ws(c)                                                    \
     ((c) == ' ' || (c) == '\n' || (c) == '\r' || (c) == '\t')
+
+/*
+ * A string known to need no escaping: empty, or its end was noted when it
+ * was read or first measured (a string set to other text since has
+ * another end).
+ */
+#define ngx_sf_json_plain(j, f)                                              \
+    ((j)->f.len == 0                                                         \
+     || ((j)->f##_plain != NULL && (j)->f##_plain == (j)->f.data + (j)->f.len))
 
 #define ngx_sf_json_skip_ws(rd)                                              \
     while ((rd)->p < (rd)->end && ngx_sf_json_ws(*(rd)->p)) { (rd)->p++; }
@@ -52,6 +62,7 @@ ngx_smartflow_json_parse(ngx_pool_t *pool, u_char *p, size_t len,
 {
     u_char                       c;
     ngx_str_t                    key, s;
+    u_char                      *key_plain;
     ngx_uint_t                   depth;
     ngx_smartflow_json_t        *j, *parent, *root;
     ngx_smartflow_json_t        *stack[NGX_SMARTFLOW_JSON_MAX_DEPTH];
@@ -76,6 +87,7 @@ ngx_smartflow_json_parse(ngx_pool_t *pool, u_char *p, size_t len,
     parent = NULL;
     depth = 0;
     ngx_str_null(&key);
+    key_plain = NULL;
 
     for ( ;; ) {
 
@@ -93,6 +105,8 @@ ngx_smartflow_json_parse(ngx_pool_t *pool, u_char *p, size_t len,
         }
 
         j->key = key;
+        j->key_plain = key_plain;
+        j->str_plain = NULL;
         ngx_str_null(&j->str);
         j->child = NULL;
         j->last = NULL;
@@ -115,6 +129,10 @@ ngx_smartflow_json_parse(ngx_pool_t *pool, u_char *p, size_t len,
 
             if (ngx_smartflow_json_string(&rd, &j->str) != NGX_OK) {
                 goto invalid;
+            }
+
+            if (!rd.escaped) {
+                j->str_plain = j->str.data + j->str.len;
             }
 
             if (j->str.len == 0) {
@@ -262,6 +280,7 @@ ngx_smartflow_json_parse(ngx_pool_t *pool, u_char *p, size_t len,
 
         rd.p++;
         key = s;
+        key_plain = rd.escaped ? NULL : s.data + s.len;
     }
 
 invalid:
@@ -284,57 +303,13 @@ nomem:
 }
 
 
-/*
- * The top bit of each of 8 bytes that is a control byte, '"' or '\\', the
- * bytes a plain run of a string has none of (a byte is zero in v when
- * v - 0x01 borrows from its top bit and the byte had not that bit set)
- */
-#define NGX_SF_JSON_ONES    0x0101010101010101ULL
-#define NGX_SF_JSON_HIGHS   0x8080808080808080ULL
-
-static ngx_inline uint64_t
-ngx_smartflow_json_special8(uint64_t x)
-{
-    uint64_t  q, b;
-
-    q = x ^ (NGX_SF_JSON_ONES * '"');
-    b = x ^ (NGX_SF_JSON_ONES * '\\');
-
-    return (((x - NGX_SF_JSON_ONES * 0x20) & ~x)
-            | ((q - NGX_SF_JSON_ONES) & ~q)
-            | ((b - NGX_SF_JSON_ONES) & ~b))
-           & NGX_SF_JSON_HIGHS;
-}
-
-
-/* past the 8-byte words that hold no '"', no '\\' and no control byte */
-
-u_char *
-ngx_smartflow_json_plain(u_char *p, u_char *end)
-{
-    uint64_t  x;
-
-    while (end - p >= 8) {
-        ngx_memcpy(&x, p, 8);
-
-        if (ngx_smartflow_json_special8(x) != 0) {
-            break;
-        }
-
-        p += 8;
-    }
-
-    return p;
-}
-
-
 /* rd->p at the opening quote; s gets the unescaped text, in place */
 
 static ngx_int_t
 ngx_smartflow_json_string(ngx_smartflow_json_reader_t *rd, ngx_str_t *s)
 {
     u_char    c, *w, *run;
-    uint64_t  x;
+    uint64_t  x, m;
 
     rd->p++;
     s->data = rd->p;
@@ -343,14 +318,20 @@ ngx_smartflow_json_string(ngx_smartflow_json_reader_t *rd, ngx_str_t *s)
     for ( ;; ) {
         run = rd->p;
 
-        /* ASCII with nothing to unescape: 8 bytes at a time */
+        /*
+         * ASCII with nothing to unescape: 8 bytes at a time, and on a
+         * little-endian machine right to the first other byte
+         */
 
         while (rd->end - rd->p >= 8) {
             ngx_memcpy(&x, rd->p, 8);
 
-            if ((ngx_smartflow_json_special8(x) | (x & NGX_SF_JSON_HIGHS))
-                != 0)
-            {
+            m = ngx_smartflow_json_special8(x) | (x & NGX_SF_JSON_HIGHS);
+
+            if (m != 0) {
+#if (NGX_HAVE_LITTLE_ENDIAN && defined __GNUC__)
+                rd->p += __builtin_ctzll(m) >> 3;
+#endif
                 break;
             }
 
@@ -380,6 +361,7 @@ ngx_smartflow_json_string(ngx_smartflow_json_reader_t *rd, ngx_str_t *s)
         c = *rd->p;
 
         if (c == '"') {
+            rd->escaped = (w != rd->p);
             rd->p++;
             s->len = w - s->data;
             return NGX_OK;
@@ -635,20 +617,17 @@ ngx_smartflow_json_number(ngx_smartflow_json_reader_t *rd, ngx_str_t *s)
 
 
 ngx_smartflow_json_t *
-ngx_smartflow_json_get(ngx_smartflow_json_t *obj, char *key)
+ngx_smartflow_json_get_n(ngx_smartflow_json_t *obj, char *key, size_t len)
 {
-    size_t                 len;
     ngx_smartflow_json_t  *c;
 
     if (obj == NULL || obj->type != NGX_SMARTFLOW_JSON_OBJECT) {
         return NULL;
     }
 
-    len = ngx_strlen(key);
-
     /* the last duplicate wins, as in most JSON readers */
     for (c = obj->child, obj = NULL; c; c = c->next) {
-        if (c->key.len == len && ngx_strncmp(c->key.data, key, len) == 0) {
+        if (c->key.len == len && ngx_memcmp(c->key.data, key, len) == 0) {
             obj = c;
         }
     }
@@ -679,12 +658,12 @@ ngx_smartflow_json_new(ngx_pool_t *pool, ngx_smartflow_json_type_e type,
 
 
 void
-ngx_smartflow_json_append(ngx_smartflow_json_t *parent, char *key,
-    ngx_smartflow_json_t *child)
+ngx_smartflow_json_append_n(ngx_smartflow_json_t *parent, char *key,
+    size_t len, ngx_smartflow_json_t *child)
 {
     if (key) {
         child->key.data = (u_char *) key;
-        child->key.len = ngx_strlen(key);
+        child->key.len = len;
     }
 
     child->next = NULL;
@@ -781,13 +760,19 @@ ngx_smartflow_json_escape_len(u_char *src, size_t len)
 
     end = src + len;
 
-    while (src < end) {
+    for ( ;; ) {
         src = ngx_smartflow_json_plain(src, end);
 
-        if (src == end) {
+        if (end - src < 8) {
             break;
         }
 
+        n += ngx_smartflow_json_extra[*src++];
+    }
+
+    /* the last few bytes, one by one */
+
+    while (src < end) {
         n += ngx_smartflow_json_extra[*src++];
     }
 
@@ -850,7 +835,7 @@ ngx_smartflow_json_escape(u_char *dst, u_char *src, size_t len)
 static size_t
 ngx_smartflow_json_size(ngx_smartflow_json_t *j)
 {
-    size_t                 n;
+    size_t                 n, k;
     ngx_smartflow_json_t  *c;
 
     switch (j->type) {
@@ -863,7 +848,17 @@ ngx_smartflow_json_size(ngx_smartflow_json_t *j)
     case NGX_SMARTFLOW_JSON_NUMBER:
         return j->str.len;
     case NGX_SMARTFLOW_JSON_STRING:
-        return 2 + ngx_smartflow_json_escape_len(j->str.data, j->str.len);
+        if (ngx_sf_json_plain(j, str)) {
+            return 2 + j->str.len;
+        }
+
+        n = ngx_smartflow_json_escape_len(j->str.data, j->str.len);
+
+        if (n == j->str.len) {
+            j->str_plain = j->str.data + j->str.len;
+        }
+
+        return 2 + n;
     default:
         break;
     }
@@ -872,7 +867,18 @@ ngx_smartflow_json_size(ngx_smartflow_json_t *j)
 
     for (c = j->child; c; c = c->next) {
         if (j->type == NGX_SMARTFLOW_JSON_OBJECT) {
-            n += 3 + ngx_smartflow_json_escape_len(c->key.data, c->key.len);
+            if (ngx_sf_json_plain(c, key)) {
+                n += 3 + c->key.len;
+
+            } else {
+                k = ngx_smartflow_json_escape_len(c->key.data, c->key.len);
+
+                if (k == c->key.len) {
+                    c->key_plain = c->key.data + c->key.len;
+                }
+
+                n += 3 + k;
+            }
         }
 
         n += ngx_smartflow_json_size(c) + (c->next ? 1 : 0);
@@ -898,7 +904,17 @@ ngx_smartflow_json_write(u_char *p, ngx_smartflow_json_t *j)
         return ngx_cpymem(p, j->str.data, j->str.len);
     case NGX_SMARTFLOW_JSON_STRING:
         *p++ = '"';
-        p = ngx_smartflow_json_escape(p, j->str.data, j->str.len);
+
+        if (j->str.len == 0) {
+            /* str.data may be NULL */
+
+        } else if (ngx_sf_json_plain(j, str)) {
+            p = ngx_cpymem(p, j->str.data, j->str.len);
+
+        } else {
+            p = ngx_smartflow_json_escape(p, j->str.data, j->str.len);
+        }
+
         *p++ = '"';
         return p;
     default:
@@ -910,7 +926,17 @@ ngx_smartflow_json_write(u_char *p, ngx_smartflow_json_t *j)
     for (c = j->child; c; c = c->next) {
         if (j->type == NGX_SMARTFLOW_JSON_OBJECT) {
             *p++ = '"';
-            p = ngx_smartflow_json_escape(p, c->key.data, c->key.len);
+
+            if (c->key.len == 0) {
+                /* key.data may be NULL */
+
+            } else if (ngx_sf_json_plain(c, key)) {
+                p = ngx_cpymem(p, c->key.data, c->key.len);
+
+            } else {
+                p = ngx_smartflow_json_escape(p, c->key.data, c->key.len);
+            }
+
             *p++ = '"';
             *p++ = ':';
         }
