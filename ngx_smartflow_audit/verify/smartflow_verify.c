@@ -1139,7 +1139,10 @@ merkle_vectors(void)
  * {"seq":N,"segment":S,"index":I,"size":C,"proof":["HEX",...],
  *  "segment_root":"HEX","record_hex":"HEX of the line",...}
  * The leaf is hashed from the record itself; with PATH the root must be
- * the one sealed for that segment.
+ * the one sealed for that segment.  A proof for a record whose segment
+ * was shipped and removed carries no record, only "leaf_hash": the
+ * record fetched from the bucket must hash to it (SHA-256 of 0x00 and
+ * its line).
  */
 static int
 verify_proof(const char *file, const char *dir, const sf_audit_keys_t *keys)
@@ -1170,6 +1173,10 @@ verify_proof(const char *file, const char *dir, const sf_audit_keys_t *keys)
     }
 
     p = seal_field(buf, "record_hex");
+    if (p == NULL && seal_hash(buf, "leaf_hash", leaf) == 0) {
+        goto leaf;
+    }
+
     if (p == NULL || *p != '"' || (q = strchr(p + 1, '"')) == NULL) {
         fail(file, 0, 0, "proof", "no record");
         goto done;
@@ -1187,6 +1194,8 @@ verify_proof(const char *file, const char *dir, const sf_audit_keys_t *keys)
     }
 
     sf_merkle_leaf((unsigned char *) rec, rlen, leaf);
+
+leaf:
 
     p = seal_field(buf, "proof");
     if (p == NULL || *p++ != '[') {

@@ -142,6 +142,37 @@ is($rep->{records}, scalar(() = $gw->records),
 is($rep->{chain_head}, status()->{chain_head},
    'the chain head is the gateway\'s');
 
+# a proof for a record whose segment is gone: from its leaves file and
+# seal; the record itself comes from the bucket
+{
+    my @l = files('leaves');
+    is(scalar @l, scalar @seals, 'each removed segment left its leaves');
+    my $first = $s3->object('audit-bucket/gw1/segment-00000001.log');
+    my ($line) = split /\n/, $first;
+    my $rec = JSON::PP->new->decode($line);
+    my $leaf = Digest::SHA::sha256_hex("\0" . $line);
+    for my $ask ($rec->{seq}, $rec->{request_id}) {
+        my $r = $gw->get("/api/audit/proof/$ask", key => undef);
+        is($r->{status}, 200, "proof of $ask, its segment gone: 200");
+        my $pf = eval { JSON::PP->new->decode($r->{content}) } // {};
+        is($pf->{segment_removed}, JSON::PP::true, 'says the segment is gone');
+        is($pf->{seq}, $rec->{seq}, 'names the record');
+        is($pf->{leaf_hash}, $leaf,
+           'its leaf hash is the record\'s in the bucket');
+        my $pfile = $gw->root . '/removed-proof.json';
+        spit($pfile, $r->{content});
+        my ($prc, $prep) = $gw->verify(undef, '--proof', $pfile);
+        is($prc, 0, 'smartflow-verify --proof holds with the folder')
+            or diag explain $prep;
+        spit($pfile, $r->{content} =~ s/("leaf_hash":")([0-9a-f])/
+                         $1 . ($2 eq 'a' ? 'b' : 'a')/er);
+        ($prc, $prep) = $gw->verify(undef, '--proof', $pfile);
+        is($prc, 1, 'another leaf hash does not');
+    }
+    is($gw->get('/api/audit/proof/999999', key => undef)->{status}, 404,
+       'a record that is nowhere: 404');
+}
+
 my $logs = $gw->get('/api/vas/logs?limit=1000');
 is($logs->{status}, 200, 'the log query skips the removed segments');
 is(scalar @{ JSON::PP->new->decode($logs->{content})->{data} },
