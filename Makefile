@@ -98,11 +98,13 @@ FUZZ_INCS   := $(foreach d,src/core src/event src/event/modules src/os/unix \
                  objs src/http src/http/modules src/http/v2,-I$(NGX_BUILD)/$(d))
 
 $(BUILD)/fuzz/json_fuzz: fuzz/ngx_smartflow_json_fuzz.c \
-        ngx_smartflow_proxy/ngx_smartflow_json.c $(NGX_BUILD)/objs/Makefile
+        ngx_smartflow_proxy/ngx_smartflow_json.c \
+        ngx_smartflow_proxy/ngx_smartflow_usage.c $(NGX_BUILD)/objs/Makefile
 	@mkdir -p $(BUILD)/fuzz
 	clang -g -O1 -fsanitize=fuzzer,address,undefined $(FUZZ_INCS) \
 	    -Ingx_smartflow_proxy fuzz/ngx_smartflow_json_fuzz.c \
-	    ngx_smartflow_proxy/ngx_smartflow_json.c -lyajl -o $@
+	    ngx_smartflow_proxy/ngx_smartflow_json.c \
+	    ngx_smartflow_proxy/ngx_smartflow_usage.c -lyajl -o $@
 
 $(BUILD)/fuzz/sse_fuzz: fuzz/ngx_smartflow_sse_fuzz.c \
         ngx_smartflow_proxy/ngx_smartflow_sse.c $(NGX_BUILD)/objs/Makefile

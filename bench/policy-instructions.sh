@@ -10,8 +10,9 @@
 #
 # Prints user-space instructions per request (the kernel's work is not
 # counted) and keeps the profiles in build/bench/callgrind.{plain,policy}
-# for callgrind_annotate.  Environment: BENCH_PORT (18880; three ports
-# from it), BENCH_REQUESTS (200), BENCH_POLICY_GROUP (default; off for
+# for callgrind_annotate (the dump is taken mid-run: give it
+# --threshold=100 to list every function).  Environment: BENCH_PORT
+# (18880; three ports from it), BENCH_REQUESTS (200), BENCH_POLICY_GROUP (default; off for
 # the gateway without guardrails).
 set -euo pipefail
 
@@ -196,6 +197,14 @@ measure() {
     cp "$f" "$outdir/callgrind.$2"
     rm -f "$f"
     printf '%-7s %8d instructions per request\n' "$2" $((ir / n))
+    # the detectors' share: the calls of the PII scan and of the
+    # injection score, with all they call and all that is inlined in them
+    callgrind_annotate --tree=calling --inclusive=yes --threshold=100 \
+        "$outdir/callgrind.$2" 2>/dev/null | awk -v n="$n" '
+            /^ *[0-9,]+ .* > .*:ngx_smartflow_(pii_scan|injection_score) \(/ {
+                c = $1; gsub(",", "", c); t += c }
+            END { if (t) printf "        %8d of them in the detectors\n",
+                                t / n }'
 }
 
 echo "Smartflow policy instructions: 4 KB chat body, group $group, $n requests"

@@ -6,9 +6,11 @@
  * accepts, and whatever yajl accepts it accepts too, unless the input is
  * not strict UTF-8 (yajl lets overlong forms and surrogates through), has
  * a vertical tab or form feed (white space to yajl, not to RFC 8259) or
- * nests deeper than the reader's limit.  Built outside nginx, so the few
- * nginx core functions the JSON code calls are provided below over
- * malloc.
+ * nests deeper than the reader's limit.  The usage lexer is held against
+ * both: fed the input whole, in two pieces and byte by byte, it must give
+ * the same counts, and on input the reader accepts, the counts the tree
+ * holds.  Built outside nginx, so the few nginx core functions the JSON
+ * code calls are provided below over malloc.
  */
 
 #include <stdarg.h>
@@ -260,6 +262,152 @@ fuzz_strict_utf8(const uint8_t *p, size_t size)
 }
 
 
+/* the usage counts as the lexer reads them, fed in pieces of "step" */
+
+static void
+fuzz_usage_lex(const uint8_t *data, size_t size, size_t step,
+    ngx_smartflow_usage_scan_t *us)
+{
+    size_t  i, n;
+
+    ngx_smartflow_usage_scan_init(us);
+
+    for (i = 0; i < size; i += n) {
+        n = (size - i < step) ? size - i : step;
+        ngx_smartflow_usage_scan(us, (u_char *) data + i, n);
+    }
+
+    ngx_smartflow_usage_scan(us, NULL, 0);
+}
+
+
+/*
+ * The counts a tree holds: in each top-level "usage" or "usageMetadata"
+ * object, the whole numbers up to 10^12 under a count's name written
+ * without an escape.  0: the tree nests too deep for the lexer.
+ */
+
+static int
+fuzz_usage_tree(ngx_smartflow_json_t *j, ngx_uint_t depth,
+    ngx_uint_t *prompt, ngx_uint_t *completion)
+{
+    size_t                 i, k;
+    ngx_uint_t             v, kind;
+    ngx_smartflow_json_t  *c, *u;
+
+    static const char  *names[] = {
+        "prompt_tokens", "input_tokens", "cache_creation_input_tokens",
+        "cache_read_input_tokens", "promptTokenCount",
+        "completion_tokens", "output_tokens", "candidatesTokenCount",
+        "thoughtsTokenCount"
+    };
+
+    if (depth >= 64) {
+        return 0;
+    }
+
+    for (c = j->child; c; c = c->next) {
+        if (!fuzz_usage_tree(c, depth + 1, NULL, NULL)) {
+            return 0;
+        }
+    }
+
+    if (prompt == NULL || j->type != NGX_SMARTFLOW_JSON_OBJECT) {
+        return 1;
+    }
+
+    for (u = j->child; u; u = u->next) {
+        if (u->type != NGX_SMARTFLOW_JSON_OBJECT || u->key_plain == NULL
+            || !((u->key.len == 5 && memcmp(u->key.data, "usage", 5) == 0)
+                 || (u->key.len == 13
+                     && memcmp(u->key.data, "usageMetadata", 13) == 0)))
+        {
+            continue;
+        }
+
+        for (c = u->child; c; c = c->next) {
+            if (c->type != NGX_SMARTFLOW_JSON_NUMBER || c->key_plain == NULL
+                || c->str.len > 13)
+            {
+                continue;
+            }
+
+            kind = 0;
+
+            for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+                if (c->key.len == strlen(names[i])
+                    && memcmp(c->key.data, names[i], c->key.len) == 0)
+                {
+                    kind = (i < 5) ? 1 : 2;
+                }
+            }
+
+            for (v = 0, k = 0; k < c->str.len; k++) {
+                if (c->str.data[k] < '0' || c->str.data[k] > '9') {
+                    kind = 0;
+                    break;
+                }
+
+                v = v * 10 + (c->str.data[k] - '0');
+            }
+
+            if (kind == 0 || v > 1000000000000ULL) {
+                continue;
+            }
+
+            if (kind == 1) {
+                *prompt += v;
+
+            } else {
+                *completion += v;
+            }
+        }
+    }
+
+    return 1;
+}
+
+
+static void
+fuzz_usage(const uint8_t *data, size_t size, ngx_smartflow_json_t *j)
+{
+    size_t                      step;
+    ngx_uint_t                  prompt, completion;
+    ngx_smartflow_usage_scan_t  whole, piece;
+
+    fuzz_usage_lex(data, size, size ? size : 1, &whole);
+
+    for (step = 1; step < size; step = (step == 1) ? size / 2 + 1 : size) {
+        fuzz_usage_lex(data, size, step, &piece);
+
+        if (piece.prompt != whole.prompt
+            || piece.completion != whole.completion
+            || piece.failed != whole.failed)
+        {
+            fprintf(stderr, "usage differs in pieces of %zu\n", step);
+            abort();
+        }
+    }
+
+    prompt = 0;
+    completion = 0;
+
+    if (j == NULL || !fuzz_usage_tree(j, 0, &prompt, &completion)) {
+        return;
+    }
+
+    if (whole.failed || whole.prompt != prompt
+        || whole.completion != completion)
+    {
+        fprintf(stderr, "usage %lu/%lu, the tree holds %lu/%lu%s\n",
+                (unsigned long) whole.prompt,
+                (unsigned long) whole.completion, (unsigned long) prompt,
+                (unsigned long) completion, whole.failed ? ", failed" : "");
+        abort();
+    }
+}
+
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -287,6 +435,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 (int) err.len, err.data);
         abort();
     }
+
+    fuzz_usage(data, size, j);
 
     if (j != NULL) {
         if (ngx_smartflow_json_dump(NULL, j, &out1) != NGX_OK) {

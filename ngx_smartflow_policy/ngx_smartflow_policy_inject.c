@@ -451,6 +451,20 @@ static uint16_t              ngx_smartflow_pairs[26 * 26];  /* depth 2 */
 static uint16_t              ngx_smartflow_pairs32[32 * 32];    /* by the
                                                   letters' low five bits */
 static ngx_uint_t            ngx_smartflow_trie_n;
+
+/*
+ * The words' first three bytes that may lead to a gate, hashed from
+ * their low five bits (a letter's place in the alphabet + 1, of either
+ * case): a bit for each three-letter start of a gate word or its rot13,
+ * and for a two-letter one with whatever follows it.  Most words of a
+ * text stop at this bit, before the trie; one that collides only walks
+ * the trie for nothing.
+ */
+static uint64_t              ngx_smartflow_tri[512];
+
+#define ngx_sf_tri_hash(w)                                                   \
+    ((uint32_t) ((uint32_t) ((w) & 0x1f1f1f) * 0x9e3779b1u) >> 17)
+#define ngx_sf_tri_may(h)    ((ngx_smartflow_tri[(h) >> 6] >> ((h) & 63)) & 1)
 static uint64_t              ngx_smartflow_gate_lt;     /* "<" */
 static uint64_t              ngx_smartflow_gate_br;     /* "[" */
 static uint64_t              ngx_smartflow_gate_hi;     /* past ASCII */
@@ -549,15 +563,41 @@ ngx_smartflow_gate_word(u_char *p, size_t s, size_t len, uint64_t *open,
 #define ngx_sf_top_ones(m)  ((size_t) __builtin_clz(~((m) << 16)))
 #define ngx_sf_low_ones(m)  ((size_t) __builtin_ctz(~(m)))
 
+/* the characters of base64 and hex runs, and of Morse code, in x */
+static ngx_inline void
+ngx_smartflow_run_masks(__m128i x, uint32_t *bm, uint32_t *mm)
+{
+    __m128i  b64, morse;
+
+    b64 = _mm_or_si128(
+              _mm_or_si128(ngx_sf_v_in(_mm_or_si128(x, _mm_set1_epi8(0x20)),
+                                       'a', 'z'),
+                           ngx_sf_v_in(x, '0', '9')),
+              _mm_or_si128(_mm_or_si128(ngx_sf_v_eq(x, '+'),
+                                        ngx_sf_v_eq(x, '/')),
+                           _mm_or_si128(ngx_sf_v_eq(x, '-'),
+                                        ngx_sf_v_eq(x, '_'))));
+
+    morse = _mm_or_si128(_mm_or_si128(ngx_sf_v_eq(x, '.'),
+                                      ngx_sf_v_eq(x, '-')),
+                         _mm_or_si128(ngx_sf_v_eq(x, ' '),
+                                      ngx_sf_v_eq(x, '/')));
+
+    *bm = (uint32_t) _mm_movemask_epi8(b64);
+    *mm = (uint32_t) _mm_movemask_epi8(morse);
+}
+
+
 static void
 ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
 {
     size_t      i, s, run, mrun;
     u_char      tail[16];
-    __m128i     x, lx, letter, b64, morse;
-    uint32_t    lm, bm, mm, hm, starts, prev;
-    uint64_t    open, rot13;
-    ngx_uint_t  node, runs, morsed;
+    __m128i     x, lx, letter;
+    uint32_t    lm, sm, bm, mm, hm, plm, psm, pbm, pmm, starts, prev, w,
+                h;
+    uint64_t    open, rot13, rm;
+    ngx_uint_t  node, runs, morsed, exact, half;
 
     ngx_memzero(ps, sizeof(ngx_smartflow_pass_t));
 
@@ -565,6 +605,10 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
     rot13 = 0;
     run = 0;
     mrun = 0;
+    exact = 0;
+    half = 0;
+    plm = 0xffff;
+    psm = 0xffff;
     prev = 0;
     runs = 0;
     morsed = 0;
@@ -584,20 +628,8 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
         lx = _mm_or_si128(x, _mm_set1_epi8(0x20));
         letter = ngx_sf_v_in(lx, 'a', 'z');
 
-        b64 = _mm_or_si128(_mm_or_si128(letter, ngx_sf_v_in(x, '0', '9')),
-                           _mm_or_si128(_mm_or_si128(ngx_sf_v_eq(x, '+'),
-                                                     ngx_sf_v_eq(x, '/')),
-                                        _mm_or_si128(ngx_sf_v_eq(x, '-'),
-                                                     ngx_sf_v_eq(x, '_'))));
-
-        morse = _mm_or_si128(_mm_or_si128(ngx_sf_v_eq(x, '.'),
-                                          ngx_sf_v_eq(x, '-')),
-                             _mm_or_si128(ngx_sf_v_eq(x, ' '),
-                                          ngx_sf_v_eq(x, '/')));
-
         lm = (uint32_t) _mm_movemask_epi8(letter);
-        bm = (uint32_t) _mm_movemask_epi8(b64);
-        mm = (uint32_t) _mm_movemask_epi8(morse);
+        sm = (uint32_t) _mm_movemask_epi8(ngx_sf_v_eq(x, ' '));
         hm = (uint32_t) _mm_movemask_epi8(x);
 
         if (hm) {
@@ -617,21 +649,65 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
             }
         }
 
-        /* base64 and hex runs of 20 or more, Morse of 24 or more */
-        if (bm == 0xffff) {
-            run += 16;
+        /*
+         * base64 and hex runs of 20 or more, Morse of 24 or more: such a
+         * run fills a block, or lies in two, so that this block and the
+         * one before hold 16 bytes in a row with no space (for base64)
+         * or no letter (for Morse) then.  Only there are runs counted
+         * exactly, from the block before on; where this block and the
+         * one before hold no such 16 bytes, no run of 20 goes through
+         * the border between them.  Such 16 bytes hold the upper half of
+         * the block before, or the lower half of this one, whole.
+         */
+        rm = half | !(sm & 0xff) | !(lm & 0xff);
+        half = !(sm & 0xff00) | !(lm & 0xff00);
 
-        } else {
-            runs |= (run + ngx_sf_low_ones(bm) >= 20);
-            run = ngx_sf_top_ones(bm);
+        if (rm) {
+            rm = (uint64_t) ((~lm & 0xffff) << 16 | (~plm & 0xffff)) << 32
+                 | ((~sm & 0xffff) << 16 | (~psm & 0xffff));
+            rm &= rm >> 1;
+            rm &= rm >> 2;
+            rm &= rm >> 4;
+            rm &= rm >> 8;
         }
 
-        if (mm == 0xffff) {
-            mrun += 16;
+        plm = lm;
+        psm = sm;
+
+        if (rm) {
+            ngx_smartflow_run_masks(x, &bm, &mm);
+
+            if (!exact && i) {
+                ngx_smartflow_run_masks(
+                    _mm_loadu_si128((__m128i *) (p + i - 16)), &pbm, &pmm);
+                run = ngx_sf_top_ones(pbm);
+                mrun = ngx_sf_top_ones(pmm);
+
+            } else if (!exact) {
+                run = 0;
+                mrun = 0;
+            }
+
+            if (bm == 0xffff) {
+                run += 16;
+
+            } else {
+                runs |= (run + ngx_sf_low_ones(bm) >= 20);
+                run = ngx_sf_top_ones(bm);
+            }
+
+            if (mm == 0xffff) {
+                mrun += 16;
+
+            } else {
+                morsed |= (mrun + ngx_sf_low_ones(mm) >= 24);
+                mrun = ngx_sf_top_ones(mm);
+            }
+
+            exact = 1;
 
         } else {
-            morsed |= (mrun + ngx_sf_low_ones(mm) >= 24);
-            mrun = ngx_sf_top_ones(mm);
+            exact = 0;
         }
 
         /*
@@ -647,6 +723,16 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
 
         for (starts &= lm >> 1; starts; starts &= starts - 1) {
             s = i + __builtin_ctz(starts);
+
+            if (s + 4 <= len) {
+                ngx_memcpy(&w, p + s, 4);       /* little-endian, as SSE2 */
+                h = ngx_sf_tri_hash(w);
+
+                if (!ngx_sf_tri_may(h)) {
+                    continue;
+                }
+            }
+
             node = ngx_smartflow_pairs32[(p[s] & 0x1f) << 5
                                          | (p[s + 1] & 0x1f)];
 
@@ -830,7 +916,7 @@ static ngx_int_t
 ngx_smartflow_gate_add(const char *g, size_t n, uint64_t bit, ngx_uint_t rot)
 {
     size_t      k;
-    ngx_uint_t  node, c, next;
+    ngx_uint_t  node, c, next, l[3];
 
     node = 1;
 
@@ -839,6 +925,10 @@ ngx_smartflow_gate_add(const char *g, size_t n, uint64_t bit, ngx_uint_t rot)
 
         if (rot) {
             c = (c + 13) % 26;
+        }
+
+        if (k < 3) {
+            l[k] = c;
         }
 
         next = ngx_smartflow_trie[node][c];
@@ -853,6 +943,17 @@ ngx_smartflow_gate_add(const char *g, size_t n, uint64_t bit, ngx_uint_t rot)
         }
 
         node = next;
+    }
+
+    /* the word's first three letters, or its two and any byte after */
+    for (k = 0; k < 32; k++) {
+        c = ngx_sf_tri_hash((uint32_t) (l[0] + 1) | (l[1] + 1) << 8
+                            | (n > 2 ? l[2] + 1 : k) << 16);
+        ngx_smartflow_tri[c >> 6] |= (uint64_t) 1 << (c & 63);
+
+        if (n > 2) {
+            break;
+        }
     }
 
     if (rot) {

@@ -383,10 +383,11 @@ ngx_smartflow_scan_re(pcre2_code *re, ngx_uint_t rule,
 
 /*
  * From a word's start where no run of numbers is open: skips the text
- * that is lower-case words, ".", "," and spaces, where no window can
- * start, eight bytes at a time, and returns the start of the first word
- * that needs the byte-wise pass (a word that may reach 15 characters is
- * left to it, whole).
+ * that is words of letters with a lower-case one after each capital
+ * (lower-case only, eight bytes at a time, without SSE2), ".", "," and
+ * spaces, where no window can start, and returns the start of the first
+ * word that needs the byte-wise pass (a word that may reach 15
+ * characters is left to it, whole).
  */
 #if (defined __SSE2__)
 
@@ -395,24 +396,36 @@ ngx_smartflow_scan_re(pcre2_code *re, ngx_uint_t rule,
 static size_t
 ngx_smartflow_prose(u_char *p, size_t i, size_t len)
 {
-    size_t    ws, first;
-    __m128i   x, sep;
-    uint32_t  sm;
+    size_t    ws;
+    __m128i   x, sep, letter, lower, lone;
+    uint32_t  sm, psm;
 
     ws = i;
+    psm = 0;
 
     while (len - i >= 16) {
         x = _mm_loadu_si128((__m128i *) (p + i));
 
         sep = _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8(' ')),
                            _mm_cmpeq_epi8(x, _mm_set1_epi8(',')));
+        letter = _mm_or_si128(x, _mm_set1_epi8(0x20));
+        letter = _mm_and_si128(
+                     _mm_cmpgt_epi8(letter, _mm_set1_epi8('a' - 1)),
+                     _mm_cmpgt_epi8(_mm_set1_epi8('z' + 1), letter));
+        lower = _mm_and_si128(letter,
+                              _mm_cmpgt_epi8(x, _mm_set1_epi8('Z')));
 
-        if (_mm_movemask_epi8(_mm_or_si128(
-                _mm_or_si128(_mm_and_si128(
-                                 _mm_cmpgt_epi8(x, _mm_set1_epi8('a' - 1)),
-                                 _mm_cmpgt_epi8(_mm_set1_epi8('z' + 1), x)),
-                             _mm_cmpeq_epi8(x, _mm_set1_epi8('.'))),
-                sep))
+        /*
+         * a capital letter followed by a lower-case one in the block: its
+         * word has a lower-case letter, so it joins no run of numbers
+         * (an upper-case group of an IBAN, a lone "I" or "A" do)
+         */
+        lone = _mm_andnot_si128(_mm_srli_si128(lower, 1),
+                                _mm_andnot_si128(lower, letter));
+
+        if (_mm_movemask_epi8(_mm_andnot_si128(lone, _mm_or_si128(
+                _mm_or_si128(letter, _mm_cmpeq_epi8(x, _mm_set1_epi8('.'))),
+                sep)))
             != 0xffff)
         {
             break;
@@ -424,18 +437,27 @@ ngx_smartflow_prose(u_char *p, size_t i, size_t len)
             break;              /* a word of 16 or more */
         }
 
-        /* the word going on before the first separator, then the last */
-        first = (size_t) __builtin_ctz(sm);
+        /*
+         * the word going on before the first separator: 15 or more fill
+         * the lower half of this block or the upper half of the one
+         * before, and only then is its start needed
+         */
+        if ((sm & 0xff) == 0 || (psm & 0xff00) == 0) {
+            if (psm) {
+                ws = i - 16 + 1 + (size_t) (31 - __builtin_clz(psm));
+            }
 
-        if (i + first - ws >= 15) {
-            break;
+            if (i + (size_t) __builtin_ctz(sm) - ws >= 15) {
+                return ws;
+            }
         }
 
-        ws = i + 1 + (size_t) (31 - __builtin_clz(sm));
+        psm = sm;
         i += 16;
     }
 
-    return ws;
+    /* the start of the last word begun */
+    return psm ? i - 16 + 1 + (size_t) (31 - __builtin_clz(psm)) : ws;
 }
 
 #else

@@ -13,6 +13,10 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#if (defined __SSE2__)
+#include <emmintrin.h>
+#endif
+
 
 #define NGX_SMARTFLOW_VERSION        "0.1.0"
 #define NGX_SMARTFLOW_JSON_MAX_DEPTH 64
@@ -107,21 +111,53 @@ ngx_smartflow_json_special8(uint64_t x)
 
 
 /*
- * past the 8-byte words that hold no '"', no '\\' and no control byte; on
- * a little-endian machine, right to the first such byte (the lowest top
- * bit that special8() sets is always a true one: a false one needs a
- * borrow from a true one below it)
+ * past the bytes that are no '"', no '\\' and no control byte (and, if
+ * ascii, no byte above 0x7f): 16 at a time with SSE2, right to the first
+ * other one; then 8 at a time, on a little-endian machine right to the
+ * first other one too (the lowest top bit that special8() sets is always
+ * a true one: a false one needs a borrow from a true one below it)
  */
 
 static ngx_inline u_char *
-ngx_smartflow_json_plain(u_char *p, u_char *end)
+ngx_smartflow_json_run(u_char *p, u_char *end, ngx_uint_t ascii)
 {
     uint64_t  x, m;
+#if (defined __SSE2__ && defined __GNUC__)
+    int       bits;
+    __m128i   v, quote, backslash, control;
+
+    quote = _mm_set1_epi8('"');
+    backslash = _mm_set1_epi8('\\');
+    control = _mm_set1_epi8(0x1f);
+
+    while (end - p >= 16) {
+        v = _mm_loadu_si128((const __m128i *) p);
+
+        bits = _mm_movemask_epi8(
+                   _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote),
+                                             _mm_cmpeq_epi8(v, backslash)),
+                                _mm_cmpeq_epi8(_mm_min_epu8(v, control), v)));
+
+        if (ascii) {
+            bits |= _mm_movemask_epi8(v);
+        }
+
+        if (bits) {
+            return p + __builtin_ctz(bits);
+        }
+
+        p += 16;
+    }
+#endif
 
     while (end - p >= 8) {
         ngx_memcpy(&x, p, 8);
 
         m = ngx_smartflow_json_special8(x);
+
+        if (ascii) {
+            m |= x & NGX_SF_JSON_HIGHS;
+        }
 
         if (m != 0) {
 #if (NGX_HAVE_LITTLE_ENDIAN && defined __GNUC__)
@@ -135,6 +171,9 @@ ngx_smartflow_json_plain(u_char *p, u_char *end)
 
     return p;
 }
+
+
+#define ngx_smartflow_json_plain(p, end)  ngx_smartflow_json_run(p, end, 0)
 
 /*
  * Token counts read from a JSON answer as it passes: a lexer that keeps

@@ -56,6 +56,26 @@ ngx_smartflow_xlate_add(ngx_pool_t *pool, ngx_smartflow_json_t *parent,
 }
 
 
+/* a copy of the string v, that keeps what is known about its escaping */
+
+ngx_smartflow_json_t *
+ngx_smartflow_xlate_add_str(ngx_pool_t *pool, ngx_smartflow_json_t *parent,
+    char *key, ngx_smartflow_json_t *v)
+{
+    ngx_smartflow_json_t  *j;
+
+    j = ngx_smartflow_xlate_add(pool, parent, key, NGX_SMARTFLOW_JSON_STRING,
+                                &v->str);
+    if (j == NULL) {
+        return NULL;
+    }
+
+    j->str_plain = v->str_plain;
+
+    return j;
+}
+
+
 ngx_smartflow_json_t *
 ngx_smartflow_xlate_add_lit(ngx_pool_t *pool, ngx_smartflow_json_t *parent,
     char *key, char *lit)

@@ -110,6 +110,8 @@ ngx_int_t ngx_smartflow_xlate_fail(ngx_smartflow_xlate_t *x, char *msg);
 ngx_smartflow_json_t *ngx_smartflow_xlate_add(ngx_pool_t *pool,
     ngx_smartflow_json_t *parent, char *key, ngx_smartflow_json_type_e type,
     ngx_str_t *str);
+ngx_smartflow_json_t *ngx_smartflow_xlate_add_str(ngx_pool_t *pool,
+    ngx_smartflow_json_t *parent, char *key, ngx_smartflow_json_t *v);
 ngx_smartflow_json_t *ngx_smartflow_xlate_add_lit(ngx_pool_t *pool,
     ngx_smartflow_json_t *parent, char *key, char *lit);
 ngx_smartflow_json_t *ngx_smartflow_xlate_add_num(ngx_pool_t *pool,

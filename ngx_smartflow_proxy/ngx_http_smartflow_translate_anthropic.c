@@ -197,12 +197,8 @@ ngx_sf_to_an_tool_use(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *tc,
                                 NGX_SMARTFLOW_JSON_OBJECT, NULL);
     if (b == NULL
         || ngx_smartflow_xlate_add_lit(x->pool, b, "type", "tool_use") == NULL
-        || ngx_smartflow_xlate_add(x->pool, b, "id", NGX_SMARTFLOW_JSON_STRING,
-                                   &id->str)
-           == NULL
-        || ngx_smartflow_xlate_add(x->pool, b, "name",
-                                   NGX_SMARTFLOW_JSON_STRING, &name->str)
-           == NULL)
+        || ngx_smartflow_xlate_add_str(x->pool, b, "id", id) == NULL
+        || ngx_smartflow_xlate_add_str(x->pool, b, "name", name) == NULL)
     {
         return ngx_smartflow_xlate_fail(x, "out of memory");
     }
@@ -476,9 +472,7 @@ ngx_sf_to_an_tool_result(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *m,
     if (b == NULL
         || ngx_smartflow_xlate_add_lit(x->pool, b, "type", "tool_result")
            == NULL
-        || ngx_smartflow_xlate_add(x->pool, b, "tool_use_id",
-                                   NGX_SMARTFLOW_JSON_STRING, &id->str)
-           == NULL)
+        || ngx_smartflow_xlate_add_str(x->pool, b, "tool_use_id", id) == NULL)
     {
         return ngx_smartflow_xlate_fail(x, "out of memory");
     }
@@ -486,9 +480,7 @@ ngx_sf_to_an_tool_result(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *m,
     content = ngx_smartflow_json_get(m, "content");
 
     if (ngx_smartflow_json_is_string(content)) {
-        if (ngx_smartflow_xlate_add(x->pool, b, "content",
-                                    NGX_SMARTFLOW_JSON_STRING, &content->str)
-            == NULL)
+        if (ngx_smartflow_xlate_add_str(x->pool, b, "content", content) == NULL)
         {
             return ngx_smartflow_xlate_fail(x, "out of memory");
         }
@@ -568,9 +560,7 @@ ngx_sf_to_an_tools(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *req,
         o = ngx_smartflow_xlate_add(pool, arr, NULL, NGX_SMARTFLOW_JSON_OBJECT,
                                     NULL);
         if (o == NULL
-            || ngx_smartflow_xlate_add(pool, o, "name",
-                                       NGX_SMARTFLOW_JSON_STRING, &name->str)
-               == NULL)
+            || ngx_smartflow_xlate_add_str(pool, o, "name", name) == NULL)
         {
             return ngx_smartflow_xlate_fail(x, "out of memory");
         }
@@ -578,9 +568,7 @@ ngx_sf_to_an_tools(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *req,
         v = ngx_smartflow_json_get(fn, "description");
 
         if (ngx_smartflow_json_is_string(v)
-            && ngx_smartflow_xlate_add(pool, o, "description",
-                                       NGX_SMARTFLOW_JSON_STRING, &v->str)
-               == NULL)
+            && ngx_smartflow_xlate_add_str(pool, o, "description", v) == NULL)
         {
             return ngx_smartflow_xlate_fail(x, "out of memory");
         }
@@ -623,9 +611,7 @@ ngx_sf_to_an_tools(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *req,
             v = ngx_smartflow_xlate_add_lit(pool, o, "type", "tool");
 
             if (v != NULL) {
-                v = ngx_smartflow_xlate_add(pool, o, "name",
-                                            NGX_SMARTFLOW_JSON_STRING,
-                                            &name->str);
+                v = ngx_smartflow_xlate_add_str(pool, o, "name", name);
             }
         }
 
@@ -710,9 +696,7 @@ ngx_smartflow_xlate_req_openai_to_anthropic(ngx_smartflow_xlate_t *x,
     v = ngx_smartflow_json_get(req, "model");
 
     if (ngx_smartflow_json_is_string(v)
-        && ngx_smartflow_xlate_add(pool, out, "model",
-                                   NGX_SMARTFLOW_JSON_STRING, &v->str)
-           == NULL)
+        && ngx_smartflow_xlate_add_str(pool, out, "model", v) == NULL)
     {
         goto nomem;
     }
@@ -784,9 +768,7 @@ ngx_smartflow_xlate_req_openai_to_anthropic(ngx_smartflow_xlate_t *x,
         s = ngx_smartflow_xlate_add(pool, out, "stop_sequences",
                                     NGX_SMARTFLOW_JSON_ARRAY, NULL);
         if (s == NULL
-            || ngx_smartflow_xlate_add(pool, s, NULL, NGX_SMARTFLOW_JSON_STRING,
-                                       &v->str)
-               == NULL)
+            || ngx_smartflow_xlate_add_str(pool, s, NULL, v) == NULL)
         {
             goto nomem;
         }
@@ -800,9 +782,7 @@ ngx_smartflow_xlate_req_openai_to_anthropic(ngx_smartflow_xlate_t *x,
 
         for (b = v->child; b; b = b->next) {
             if (ngx_smartflow_json_is_string(b)
-                && ngx_smartflow_xlate_add(pool, s, NULL,
-                                           NGX_SMARTFLOW_JSON_STRING, &b->str)
-                   == NULL)
+                && ngx_smartflow_xlate_add_str(pool, s, NULL, b) == NULL)
             {
                 goto nomem;
             }
@@ -828,9 +808,7 @@ ngx_smartflow_xlate_req_openai_to_anthropic(ngx_smartflow_xlate_t *x,
         s = ngx_smartflow_xlate_add(pool, out, "metadata",
                                     NGX_SMARTFLOW_JSON_OBJECT, NULL);
         if (s == NULL
-            || ngx_smartflow_xlate_add(pool, s, "user_id",
-                                       NGX_SMARTFLOW_JSON_STRING, &v->str)
-               == NULL)
+            || ngx_smartflow_xlate_add_str(pool, s, "user_id", v) == NULL)
         {
             goto nomem;
         }
@@ -946,9 +924,7 @@ ngx_sf_to_oa_source(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *b,
                                     NGX_SMARTFLOW_JSON_OBJECT, NULL);
         if (f == NULL
             || (ngx_smartflow_json_is_string(title)
-                ? ngx_smartflow_xlate_add(x->pool, f, "filename",
-                                          NGX_SMARTFLOW_JSON_STRING,
-                                          &title->str)
+                ? ngx_smartflow_xlate_add_str(x->pool, f, "filename", title)
                 : ngx_smartflow_xlate_add_lit(x->pool, f, "filename",
                                               "document.pdf"))
                == NULL
@@ -1009,9 +985,7 @@ ngx_sf_to_oa_tool_message(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *b,
                                 NGX_SMARTFLOW_JSON_OBJECT, NULL);
     if (m == NULL
         || ngx_smartflow_xlate_add_lit(x->pool, m, "role", "tool") == NULL
-        || ngx_smartflow_xlate_add(x->pool, m, "tool_call_id",
-                                   NGX_SMARTFLOW_JSON_STRING, &id->str)
-           == NULL
+        || ngx_smartflow_xlate_add_str(x->pool, m, "tool_call_id", id) == NULL
         || ngx_smartflow_xlate_add(x->pool, m, "content",
                                    NGX_SMARTFLOW_JSON_STRING, &text)
            == NULL)
@@ -1083,15 +1057,13 @@ ngx_sf_to_oa_parts(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *content,
     }
 
     if (parts == NULL) {
-        t = ngx_smartflow_xlate_add(x->pool, m, "content",
-                                    NGX_SMARTFLOW_JSON_STRING, &content->str);
+        t = ngx_smartflow_xlate_add_str(x->pool, m, "content", content);
 
     } else if (parts->nchild == 1
                && ngx_smartflow_xlate_type_is(parts->child, "text"))
     {
         t = ngx_smartflow_json_get(parts->child, "text");
-        t = ngx_smartflow_xlate_add(x->pool, m, "content",
-                                    NGX_SMARTFLOW_JSON_STRING, &t->str);
+        t = ngx_smartflow_xlate_add_str(x->pool, m, "content", t);
 
     } else {
         ngx_smartflow_json_append(m, "content", parts);
@@ -1242,9 +1214,7 @@ ngx_sf_to_oa_tools(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *req,
         fn = ngx_smartflow_xlate_add(pool, o, "function",
                                      NGX_SMARTFLOW_JSON_OBJECT, NULL);
         if (fn == NULL
-            || ngx_smartflow_xlate_add(pool, fn, "name",
-                                       NGX_SMARTFLOW_JSON_STRING, &name->str)
-               == NULL)
+            || ngx_smartflow_xlate_add_str(pool, fn, "name", name) == NULL)
         {
             return ngx_smartflow_xlate_fail(x, "out of memory");
         }
@@ -1252,9 +1222,7 @@ ngx_sf_to_oa_tools(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *req,
         v = ngx_smartflow_json_get(t, "description");
 
         if (ngx_smartflow_json_is_string(v)
-            && ngx_smartflow_xlate_add(pool, fn, "description",
-                                       NGX_SMARTFLOW_JSON_STRING, &v->str)
-               == NULL)
+            && ngx_smartflow_xlate_add_str(pool, fn, "description", v) == NULL)
         {
             return ngx_smartflow_xlate_fail(x, "out of memory");
         }
@@ -1300,9 +1268,7 @@ ngx_sf_to_oa_tools(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *req,
             fn = ngx_smartflow_xlate_add(pool, o, "function",
                                          NGX_SMARTFLOW_JSON_OBJECT, NULL);
             if (fn != NULL) {
-                v = ngx_smartflow_xlate_add(pool, fn, "name",
-                                            NGX_SMARTFLOW_JSON_STRING,
-                                            &name->str);
+                v = ngx_smartflow_xlate_add_str(pool, fn, "name", name);
             }
         }
 
@@ -1365,9 +1331,7 @@ ngx_smartflow_xlate_req_anthropic_to_openai(ngx_smartflow_xlate_t *x,
     v = ngx_smartflow_json_get(req, "model");
 
     if (ngx_smartflow_json_is_string(v)
-        && ngx_smartflow_xlate_add(pool, out, "model",
-                                   NGX_SMARTFLOW_JSON_STRING, &v->str)
-           == NULL)
+        && ngx_smartflow_xlate_add_str(pool, out, "model", v) == NULL)
     {
         goto nomem;
     }
@@ -1461,9 +1425,7 @@ ngx_smartflow_xlate_req_anthropic_to_openai(ngx_smartflow_xlate_t *x,
 
         for (c = v->child; c; c = c->next) {
             if (ngx_smartflow_json_is_string(c)
-                && ngx_smartflow_xlate_add(pool, s, NULL,
-                                           NGX_SMARTFLOW_JSON_STRING, &c->str)
-                   == NULL)
+                && ngx_smartflow_xlate_add_str(pool, s, NULL, c) == NULL)
             {
                 goto nomem;
             }
@@ -1508,9 +1470,7 @@ ngx_smartflow_xlate_req_anthropic_to_openai(ngx_smartflow_xlate_t *x,
                                "user_id");
 
     if (ngx_smartflow_json_is_string(v)
-        && ngx_smartflow_xlate_add(pool, out, "user", NGX_SMARTFLOW_JSON_STRING,
-                                   &v->str)
-           == NULL)
+        && ngx_smartflow_xlate_add_str(pool, out, "user", v) == NULL)
     {
         goto nomem;
     }
@@ -1938,8 +1898,7 @@ ngx_smartflow_xlate_error_to_openai(ngx_smartflow_xlate_t *x,
            == NULL
         || ngx_smartflow_xlate_add_lit(pool, e, "type", kind->openai) == NULL
         || (param
-            ? ngx_smartflow_xlate_add(pool, e, "param",
-                                      NGX_SMARTFLOW_JSON_STRING, &param->str)
+            ? ngx_smartflow_xlate_add_str(pool, e, "param", param)
             : ngx_smartflow_xlate_add(pool, e, "param",
                                       NGX_SMARTFLOW_JSON_NULL, NULL))
            == NULL)
@@ -1948,8 +1907,7 @@ ngx_smartflow_xlate_error_to_openai(ngx_smartflow_xlate_t *x,
     }
 
     if (code) {
-        v = ngx_smartflow_xlate_add(pool, e, "code", NGX_SMARTFLOW_JSON_STRING,
-                                    &code->str);
+        v = ngx_smartflow_xlate_add_str(pool, e, "code", code);
 
     } else if (kind->code) {
         v = ngx_smartflow_xlate_add_lit(pool, e, "code", kind->code);

@@ -673,9 +673,7 @@ ngx_sfg_call_part(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *tc,
            : NULL;
 
     if (fc == NULL
-        || ngx_smartflow_xlate_add(x->pool, fc, "name",
-                                   NGX_SMARTFLOW_JSON_STRING, &name->str)
-           == NULL)
+        || ngx_smartflow_xlate_add_str(x->pool, fc, "name", name) == NULL)
     {
         return ngx_smartflow_xlate_fail(x, "out of memory");
     }
@@ -924,9 +922,7 @@ ngx_sfg_tool_config(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *tc,
     names = ngx_smartflow_xlate_add(pool, fcc, "allowedFunctionNames",
                                     NGX_SMARTFLOW_JSON_ARRAY, NULL);
     if (names == NULL
-        || ngx_smartflow_xlate_add(pool, names, NULL, NGX_SMARTFLOW_JSON_STRING,
-                                   &name->str)
-           == NULL)
+        || ngx_smartflow_xlate_add_str(pool, names, NULL, name) == NULL)
     {
         return ngx_smartflow_xlate_fail(x, "out of memory");
     }
@@ -984,9 +980,7 @@ ngx_sfg_tools(ngx_sfg_schema_t *sc, ngx_smartflow_json_t *req,
         d = ngx_smartflow_xlate_add(pool, decls, NULL,
                                     NGX_SMARTFLOW_JSON_OBJECT, NULL);
         if (d == NULL
-            || ngx_smartflow_xlate_add(pool, d, "name",
-                                       NGX_SMARTFLOW_JSON_STRING, &name->str)
-               == NULL)
+            || ngx_smartflow_xlate_add_str(pool, d, "name", name) == NULL)
         {
             return ngx_smartflow_xlate_fail(x, "out of memory");
         }
@@ -994,9 +988,7 @@ ngx_sfg_tools(ngx_sfg_schema_t *sc, ngx_smartflow_json_t *req,
         v = ngx_smartflow_json_get(fn, "description");
 
         if (ngx_smartflow_json_is_string(v)
-            && ngx_smartflow_xlate_add(pool, d, "description",
-                                       NGX_SMARTFLOW_JSON_STRING, &v->str)
-               == NULL)
+            && ngx_smartflow_xlate_add_str(pool, d, "description", v) == NULL)
         {
             return ngx_smartflow_xlate_fail(x, "out of memory");
         }
@@ -1112,9 +1104,7 @@ ngx_sfg_generation(ngx_sfg_schema_t *sc, ngx_smartflow_json_t *req,
              c = (v->type == NGX_SMARTFLOW_JSON_ARRAY) ? c->next : NULL)
         {
             if (ngx_smartflow_json_is_string(c) && c->str.len
-                && ngx_smartflow_xlate_add(pool, s, NULL,
-                                           NGX_SMARTFLOW_JSON_STRING, &c->str)
-                   == NULL)
+                && ngx_smartflow_xlate_add_str(pool, s, NULL, c) == NULL)
             {
                 return ngx_smartflow_xlate_fail(x, "out of memory");
             }

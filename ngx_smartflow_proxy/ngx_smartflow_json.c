@@ -31,7 +31,10 @@ static u_char *ngx_smartflow_json_write(u_char *p, ngx_smartflow_json_t *j);
 
 
 #define ngx_sf_json_ws(c)                                                    \
-    ((c) == ' ' || (c) == '\n' || (c) == '\r' || (c) == '\t')
+    ((c) <= ' ' && ((c) == ' ' || (c) == '\n' || (c) == '\r' || (c) == '\t'))
+
+/* the nodes the reader takes from the pool at a time */
+#define NGX_SF_JSON_NODES  16
 
 /*
  * A string known to need no escaping: empty, or its end was noted when it
@@ -63,8 +66,8 @@ ngx_smartflow_json_parse(ngx_pool_t *pool, u_char *p, size_t len,
     u_char                       c;
     ngx_str_t                    key, s;
     u_char                      *key_plain;
-    ngx_uint_t                   depth;
-    ngx_smartflow_json_t        *j, *parent, *root;
+    ngx_uint_t                   depth, nfree;
+    ngx_smartflow_json_t        *j, *parent, *root, *free;
     ngx_smartflow_json_t        *stack[NGX_SMARTFLOW_JSON_MAX_DEPTH];
     ngx_smartflow_json_reader_t  rd;
 
@@ -88,6 +91,8 @@ ngx_smartflow_json_parse(ngx_pool_t *pool, u_char *p, size_t len,
     depth = 0;
     ngx_str_null(&key);
     key_plain = NULL;
+    free = NULL;
+    nfree = 0;
 
     for ( ;; ) {
 
@@ -99,10 +104,20 @@ ngx_smartflow_json_parse(ngx_pool_t *pool, u_char *p, size_t len,
             goto invalid;
         }
 
-        j = ngx_palloc(pool, sizeof(ngx_smartflow_json_t));
-        if (j == NULL) {
-            goto nomem;
+        if (nfree == 0) {
+            /* nodes are taken from the pool a few at a time */
+
+            free = ngx_palloc(pool, NGX_SF_JSON_NODES
+                                    * sizeof(ngx_smartflow_json_t));
+            if (free == NULL) {
+                goto nomem;
+            }
+
+            nfree = NGX_SF_JSON_NODES;
         }
+
+        j = free++;
+        nfree--;
 
         j->key = key;
         j->key_plain = key_plain;
@@ -308,8 +323,7 @@ nomem:
 static ngx_int_t
 ngx_smartflow_json_string(ngx_smartflow_json_reader_t *rd, ngx_str_t *s)
 {
-    u_char    c, *w, *run;
-    uint64_t  x, m;
+    u_char  c, *w, *run;
 
     rd->p++;
     s->data = rd->p;
@@ -318,25 +332,9 @@ ngx_smartflow_json_string(ngx_smartflow_json_reader_t *rd, ngx_str_t *s)
     for ( ;; ) {
         run = rd->p;
 
-        /*
-         * ASCII with nothing to unescape: 8 bytes at a time, and on a
-         * little-endian machine right to the first other byte
-         */
+        /* ASCII with nothing to unescape */
 
-        while (rd->end - rd->p >= 8) {
-            ngx_memcpy(&x, rd->p, 8);
-
-            m = ngx_smartflow_json_special8(x) | (x & NGX_SF_JSON_HIGHS);
-
-            if (m != 0) {
-#if (NGX_HAVE_LITTLE_ENDIAN && defined __GNUC__)
-                rd->p += __builtin_ctzll(m) >> 3;
-#endif
-                break;
-            }
-
-            rd->p += 8;
-        }
+        rd->p = ngx_smartflow_json_run(rd->p, rd->end, 1);
 
         while (rd->p < rd->end) {
             c = *rd->p;
@@ -832,6 +830,25 @@ ngx_smartflow_json_escape(u_char *dst, u_char *src, size_t len)
 }
 
 
+/* a string's escaped length; a short one, a name most often, in line */
+
+static ngx_inline size_t
+ngx_smartflow_json_size_str(u_char *s, size_t len)
+{
+    size_t  i, n;
+
+    if (len > 16) {
+        return ngx_smartflow_json_escape_len(s, len);
+    }
+
+    for (n = len, i = 0; i < len; i++) {
+        n += ngx_smartflow_json_extra[s[i]];
+    }
+
+    return n;
+}
+
+
 static size_t
 ngx_smartflow_json_size(ngx_smartflow_json_t *j)
 {
@@ -852,7 +869,7 @@ ngx_smartflow_json_size(ngx_smartflow_json_t *j)
             return 2 + j->str.len;
         }
 
-        n = ngx_smartflow_json_escape_len(j->str.data, j->str.len);
+        n = ngx_smartflow_json_size_str(j->str.data, j->str.len);
 
         if (n == j->str.len) {
             j->str_plain = j->str.data + j->str.len;
@@ -871,7 +888,7 @@ ngx_smartflow_json_size(ngx_smartflow_json_t *j)
                 n += 3 + c->key.len;
 
             } else {
-                k = ngx_smartflow_json_escape_len(c->key.data, c->key.len);
+                k = ngx_smartflow_json_size_str(c->key.data, c->key.len);
 
                 if (k == c->key.len) {
                     c->key_plain = c->key.data + c->key.len;

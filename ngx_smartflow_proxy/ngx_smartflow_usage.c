@@ -87,165 +87,38 @@ ngx_smartflow_usage_scan(ngx_smartflow_usage_scan_t *us, u_char *p,
 
     end = p + len;
 
-    while (p < end) {
+    /* a token the last buffer ended in goes on */
 
-        switch (state) {
+    switch (state) {
+    case NGX_SF_USAGE_STRING:
+        goto string;
+    case NGX_SF_USAGE_NUMBER:
+        goto number;
+    case NGX_SF_USAGE_LITERAL:
+        goto literal;
+    default:
+        break;
+    }
 
-        case NGX_SF_USAGE_STRING:
+between:
 
-            if (!is_key) {
-                /* nothing in a value string matters: skip to its end */
-
-                if (!escape) {
-                    p = ngx_smartflow_json_plain(p, end);
-                }
-
-                while (p < end) {
-                    c = *p++;
-
-                    if (escape) {
-                        escape = 0;
-
-                    } else if (c == '\\') {
-                        escape = 1;
-
-                    } else if (c == '"') {
-                        state = NGX_SF_USAGE_BETWEEN;
-                        break;
-                    }
-                }
-
-                continue;
-            }
-
-            while (p < end) {
-                if (escape) {
-                    escape = 0;
-                    p++;
-                    continue;
-                }
-
-                start = p;
-
-                while (p < end && *p != '"' && *p != '\\') {
-                    p++;
-                }
-
-                n = p - start;
-
-                if (key_len + n <= sizeof(us->key)) {
-                    ngx_memcpy(&us->key[key_len], start, n);
-                    key_len += n;
-
-                } else {
-                    key_len = sizeof(us->key) + 1;
-                }
-
-                if (p == end) {
-                    break;
-                }
-
-                if (*p++ == '\\') {
-                    /* no name looked for has an escape */
-                    escape = 1;
-                    key_len = sizeof(us->key) + 1;
-                    continue;
-                }
-
-                state = NGX_SF_USAGE_BETWEEN;
-                break;
-            }
-
-            if (state == NGX_SF_USAGE_STRING) {
-                continue;
-            }
-
-            /* a member's name, just read */
-
-            name = ngx_smartflow_usage_name(us->key, key_len);
-            expect_key = 0;
-            field = 0;
-
-            if (depth == 1) {
-                usage_next = (name == 3);
-
-            } else if (depth == 2 && in_usage && name < 3) {
-                field = name;
-            }
-
-            continue;
-
-        case NGX_SF_USAGE_NUMBER:
-
-            while (p < end) {
-                c = *p;
-
-                if (c >= '0' && c <= '9') {
-                    value = value * 10 + (c - '0');
-
-                    if (value > NGX_SF_USAGE_MAX) {
-                        number_ok = 0;
-                        value = 0;
-                    }
-
-                } else if (c == '.' || c == 'e' || c == 'E' || c == '+'
-                           || c == '-')
-                {
-                    number_ok = 0;
-
-                } else {
-                    break;
-                }
-
-                p++;
-            }
-
-            if (p == end) {
-                continue;
-            }
-
-            /* the number ended; the byte is read again between values */
-
-            if (depth == 2 && in_usage && number_ok) {
-                ngx_smartflow_usage_count(us, field, value);
-            }
-
-            field = 0;
-            state = NGX_SF_USAGE_BETWEEN;
-            continue;
-
-        case NGX_SF_USAGE_LITERAL:
-
-            while (p < end && *p >= 'a' && *p <= 'z') {
-                p++;
-            }
-
-            if (p < end) {
-                state = NGX_SF_USAGE_BETWEEN;
-            }
-
-            continue;
-
-        default: /* NGX_SF_USAGE_BETWEEN */
-            break;
-        }
-
-        c = *p;
+    for ( ;; ) {
 
         if (depth > 2 || (depth == 2 && !in_usage)) {
 
             /* nothing is read here: on to the next quote or bracket */
 
-            while (!ngx_smartflow_usage_bracket[c]) {
-                if (++p == end) {
-                    goto done;
-                }
-
-                c = *p;
+            while (p < end && !ngx_smartflow_usage_bracket[*p]) {
+                p++;
             }
         }
 
-        p++;
+        if (p == end) {
+            state = NGX_SF_USAGE_BETWEEN;
+            goto done;
+        }
+
+        c = *p++;
 
         switch (c) {
 
@@ -303,7 +176,6 @@ ngx_smartflow_usage_scan(ngx_smartflow_usage_scan_t *us, u_char *p,
 
         case '"':
             /* only the names at depth 1 and inside usage are read */
-            state = NGX_SF_USAGE_STRING;
             is_key = expect_key && (depth == 1 || (depth == 2 && in_usage));
             escape = 0;
             key_len = 0;
@@ -312,25 +184,181 @@ ngx_smartflow_usage_scan(ngx_smartflow_usage_scan_t *us, u_char *p,
                 field = 0;
             }
 
-            break;
+            goto string;
 
         case 't': case 'f': case 'n':
-            state = NGX_SF_USAGE_LITERAL;
             field = 0;
-            break;
+            goto literal;
 
         default:
             if (c == '-' || (c >= '0' && c <= '9')) {
-                state = NGX_SF_USAGE_NUMBER;
                 number_ok = (c != '-');
                 value = (c != '-') ? (ngx_uint_t) (c - '0') : 0;
-                break;
+                goto number;
             }
 
             /* not JSON after all: the counts stay as they are */
             goto failed;
         }
     }
+
+string:
+
+    if (!is_key) {
+
+        /* nothing in a value string matters: on to its end */
+
+        if (escape) {
+            if (p == end) {
+                state = NGX_SF_USAGE_STRING;
+                goto done;
+            }
+
+            escape = 0;
+            p++;
+        }
+
+        for ( ;; ) {
+            p = ngx_smartflow_json_plain(p, end);
+
+            if (p == end) {
+                state = NGX_SF_USAGE_STRING;
+                goto done;
+            }
+
+            c = *p++;
+
+            if (c == '"') {
+                goto between;
+            }
+
+            if (c == '\\') {
+                if (p == end) {
+                    escape = 1;
+                    state = NGX_SF_USAGE_STRING;
+                    goto done;
+                }
+
+                p++;
+            }
+
+            /* a control byte, or one of the last few bytes */
+        }
+    }
+
+    /* a member's name that may matter: read in place, or copied in pieces */
+
+    for ( ;; ) {
+        if (escape) {
+            if (p == end) {
+                state = NGX_SF_USAGE_STRING;
+                goto done;
+            }
+
+            escape = 0;
+            p++;
+        }
+
+        start = p;
+        p = ngx_smartflow_json_plain(p, end);
+
+        while (p < end && *p != '"' && *p != '\\') {
+            p++;
+        }
+
+        n = p - start;
+
+        if (p < end && *p == '"' && key_len == 0) {
+            /* the whole name is in this buffer */
+            p++;
+            name = ngx_smartflow_usage_name(start, n);
+            break;
+        }
+
+        if (key_len + n <= sizeof(us->key)) {
+            ngx_memcpy(&us->key[key_len], start, n);
+            key_len += n;
+
+        } else {
+            key_len = sizeof(us->key) + 1;
+        }
+
+        if (p == end) {
+            state = NGX_SF_USAGE_STRING;
+            goto done;
+        }
+
+        if (*p++ == '"') {
+            name = ngx_smartflow_usage_name(us->key, key_len);
+            break;
+        }
+
+        /* no name looked for has an escape */
+        escape = 1;
+        key_len = sizeof(us->key) + 1;
+    }
+
+    expect_key = 0;
+    field = 0;
+
+    if (depth == 1) {
+        usage_next = (name == 3);
+
+    } else if (depth == 2 && in_usage && name < 3) {
+        field = name;
+    }
+
+    goto between;
+
+number:
+
+    while (p < end) {
+        c = *p;
+
+        if (c >= '0' && c <= '9') {
+            value = value * 10 + (c - '0');
+
+            if (value > NGX_SF_USAGE_MAX) {
+                number_ok = 0;
+                value = 0;
+            }
+
+        } else if (c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-') {
+            number_ok = 0;
+
+        } else {
+            break;
+        }
+
+        p++;
+    }
+
+    if (p == end) {
+        state = NGX_SF_USAGE_NUMBER;
+        goto done;
+    }
+
+    /* the number ended; the byte after it is read between values */
+
+    if (depth == 2 && in_usage && number_ok) {
+        ngx_smartflow_usage_count(us, field, value);
+    }
+
+    field = 0;
+    goto between;
+
+literal:
+
+    while (p < end && *p >= 'a' && *p <= 'z') {
+        p++;
+    }
+
+    if (p == end) {
+        state = NGX_SF_USAGE_LITERAL;
+        goto done;
+    }
+
+    goto between;
 
 done:
 
@@ -360,44 +388,44 @@ failed:
 static ngx_uint_t
 ngx_smartflow_usage_name(u_char *name, size_t len)
 {
-    ngx_uint_t  i;
+#define ngx_sf_usage_is(lit)  (ngx_memcmp(name, lit, sizeof(lit) - 1) == 0)
 
-    static struct {
-        ngx_str_t   name;
-        ngx_uint_t  kind;
-    }  names[] = {
-        { ngx_string("usage"), 3 },
-        { ngx_string("usageMetadata"), 3 },
-        { ngx_string("prompt_tokens"), 1 },
-        { ngx_string("input_tokens"), 1 },
-        { ngx_string("cache_creation_input_tokens"), 1 },
-        { ngx_string("cache_read_input_tokens"), 1 },
-        { ngx_string("promptTokenCount"), 1 },
-        { ngx_string("completion_tokens"), 2 },
-        { ngx_string("output_tokens"), 2 },
-        { ngx_string("candidatesTokenCount"), 2 },
-        { ngx_string("thoughtsTokenCount"), 2 }
-    };
+    switch (len) {
 
-    /* most names are none of these, and have none of their lengths */
+    case 5:
+        return ngx_sf_usage_is("usage") ? 3 : 0;
 
-    static uint32_t  lengths = (1 << 5) | (1 << 12) | (1 << 13) | (1 << 16)
-                               | (1 << 17) | (1 << 18) | (1 << 20)
-                               | (1 << 23) | (1 << 27);
+    case 12:
+        return ngx_sf_usage_is("input_tokens") ? 1 : 0;
 
-    if (len > 27 || (lengths & (1 << len)) == 0) {
+    case 13:
+        return ngx_sf_usage_is("usageMetadata") ? 3
+               : ngx_sf_usage_is("prompt_tokens") ? 1
+               : ngx_sf_usage_is("output_tokens") ? 2 : 0;
+
+    case 16:
+        return ngx_sf_usage_is("promptTokenCount") ? 1 : 0;
+
+    case 17:
+        return ngx_sf_usage_is("completion_tokens") ? 2 : 0;
+
+    case 18:
+        return ngx_sf_usage_is("thoughtsTokenCount") ? 2 : 0;
+
+    case 20:
+        return ngx_sf_usage_is("candidatesTokenCount") ? 2 : 0;
+
+    case 23:
+        return ngx_sf_usage_is("cache_read_input_tokens") ? 1 : 0;
+
+    case 27:
+        return ngx_sf_usage_is("cache_creation_input_tokens") ? 1 : 0;
+
+    default:
         return 0;
     }
 
-    for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        if (names[i].name.len == len
-            && ngx_memcmp(names[i].name.data, name, len) == 0)
-        {
-            return names[i].kind;
-        }
-    }
-
-    return 0;
+#undef ngx_sf_usage_is
 }
 
 
