@@ -46,6 +46,10 @@
 #   BENCH_CASES        the cases to run, baselines included
 #                      (plain gateway translated plain_stream translated_stream)
 #   BENCH_KEEP         1: keep the state folder afterwards      (0)
+#   BENCH_IR           1: no rounds; instead the front runs as one
+#                      process under valgrind's callgrind and each case
+#                      reports the instructions it executes per request,
+#                      a figure the machine's load does not move  (0)
 #   BENCH_NGINX        nginx binary                  (/usr/sbin/nginx)
 #
 # State lives in a fresh build/bench/run.XXXXXX (removed at the end unless
@@ -63,6 +67,7 @@ warmup=${BENCH_WARMUP:-3}
 pin=${BENCH_PIN:-1}
 port_base=${BENCH_PORT:-18640}
 keep=${BENCH_KEEP:-0}
+ir=${BENCH_IR:-0}
 retries=${BENCH_RETRIES:-3}
 read -r -a cases <<< "${BENCH_CASES:-plain gateway translated plain_stream translated_stream}"
 
@@ -85,6 +90,11 @@ done
 [[ $retries =~ ^[0-9]+$ ]] || die "retries must be an integer (got '$retries')"
 
 command -v wrk >/dev/null || die "wrk is missing (Debian package wrk)"
+if [ "$ir" = 1 ]; then
+    for tool in valgrind callgrind_control; do
+        command -v $tool >/dev/null || die "$tool is missing (Debian valgrind)"
+    done
+fi
 command -v curl >/dev/null || die "curl is missing"
 [ -x "$nginx" ] || die "no nginx at $nginx"
 for m in proxy policy cache audit; do
@@ -347,6 +357,10 @@ http {
 }
 CONF
 
+# under callgrind the front is one process, that callgrind_control reaches
+front_master=on
+[ "$ir" = 1 ] && front_master=off
+
 cat > "$state/front/nginx.conf" <<CONF
 # the front: plain proxy_pass on :$port_plain, the gateway on :$port_gw
 load_module $state/modules/ngx_http_smartflow_proxy_module.so;
@@ -358,7 +372,7 @@ $user_line
 worker_processes 1;
 $front_affinity
 daemon off;
-master_process on;
+master_process $front_master;
 pid $state/front/nginx.pid;
 error_log $state/logs/front-error.log warn;
 
@@ -459,7 +473,12 @@ done
 "$nginx" -p "$state/upstream" -c "$state/upstream/nginx.conf" \
     -e "$state/logs/upstream-error.log" &
 pids+=($!)
-"$nginx" -p "$state/front" -c "$state/front/nginx.conf" \
+front_cmd=("$nginx")
+if [ "$ir" = 1 ]; then
+    front_cmd=(valgrind --tool=callgrind --log-file="$state/logs/valgrind.log"
+               --callgrind-out-file="$state/callgrind.out.%p" "$nginx")
+fi
+"${front_cmd[@]}" -p "$state/front" -c "$state/front/nginx.conf" \
     -e "$state/logs/front-error.log" &
 pids+=($!)
 
@@ -491,7 +510,7 @@ wait_port "$port_gw"
 # check NAME URL KEY EXPECTED_STATUS PATTERN [BODY]
 check() {
     local out status
-    out=$(curl -s --max-time 5 -w '\n%{http_code}' -X POST "$2" \
+    out=$(curl -s --max-time $((ir ? 60 : 5)) -w '\n%{http_code}' -X POST "$2" \
               -H 'Content-Type: application/json' \
               -H "Authorization: Bearer $3" \
               --data-binary "${6:-@$state/body.json}") \
@@ -523,6 +542,39 @@ declare -A log_mark
 for f in "$state"/logs/*.log; do
     log_mark[$f]=$(stat -c %s "$f")
 done
+
+# ---- BENCH_IR: instructions per request instead of rounds ---------------
+
+if [ "$ir" = 1 ]; then
+    for name in "${cases[@]}"; do
+        case $name in
+            plain) url=$url_plain script=chat ;;
+            gateway) url=$url_gw script=chat ;;
+            translated) url=$url_gw script=claude ;;
+            plain_stream) url=$url_plain_stream script=stream ;;
+            translated_stream) url=$url_gw script=claude_stream ;;
+            *) die "unknown case $name" ;;
+        esac
+        # warm-up, then the counters zeroed, the requests, a dump
+        wrk -t1 -c4 -d"${warmup}s" -s "$state/$script.lua" "$url" >/dev/null
+        callgrind_control -z "${pids[1]}" >/dev/null 2>&1
+        wrk -t1 -c4 -d"${duration}s" -s "$state/$script.lua" "$url" \
+            > "$state/wrk-$name-ir.txt"
+        callgrind_control -d "$name" "${pids[1]}" >/dev/null 2>&1
+        n=$(sed -n 's/^ *\([0-9]*\) requests in .*/\1/p' \
+                "$state/wrk-$name-ir.txt")
+        f=$(ls -t "$state"/callgrind.out.* | head -1)
+        total=$(sed -n 's/^summary: *\([0-9]*\).*/\1/p' "$f")
+        [ -n "$n" ] && [ "$n" -gt 0 ] && [ -n "$total" ] \
+            || die "$name: no requests or no count (see $state)"
+        ! grep -q 'Non-2xx' "$state/wrk-$name-ir.txt" \
+            || die "$name: answers that are not 2xx (see $state)"
+        printf '%-18s %8d requests %10d instructions per request\n' \
+            "$name" "$n" $((total / n))
+    done
+    ok=1
+    exit 0
+fi
 
 # CPU accounting: clock ticks of one process, and of the whole machine
 front_worker=$(ps -o pid= --ppid "${pids[1]}" | tr -d ' ')

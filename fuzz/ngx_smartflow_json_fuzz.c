@@ -7,10 +7,11 @@
  * not strict UTF-8 (yajl lets overlong forms and surrogates through), has
  * a vertical tab or form feed (white space to yajl, not to RFC 8259) or
  * nests deeper than the reader's limit.  The usage lexer is held against
- * both: fed the input whole, in two pieces and byte by byte, it must give
- * the same counts, and on input the reader accepts, the counts the tree
- * holds.  Built outside nginx, so the few nginx core functions the JSON
- * code calls are provided below over malloc.
+ * both: fed the input whole, byte by byte and (a short input) in two
+ * pieces cut at every byte, it must give the same counts, and on input
+ * the reader accepts, the counts the tree holds.  Built outside nginx, so
+ * the few nginx core functions the JSON code calls are provided below
+ * over malloc.
  */
 
 #include <stdarg.h>
@@ -377,14 +378,28 @@ fuzz_usage(const uint8_t *data, size_t size, ngx_smartflow_json_t *j)
 
     fuzz_usage_lex(data, size, size ? size : 1, &whole);
 
-    for (step = 1; step < size; step = (step == 1) ? size / 2 + 1 : size) {
-        fuzz_usage_lex(data, size, step, &piece);
+    /* byte by byte, and (a short input) in two pieces cut anywhere */
+
+    for (step = 1; step < size; step++) {
+        if (step == 1) {
+            fuzz_usage_lex(data, size, 1, &piece);
+
+        } else if (size <= 256) {
+            ngx_smartflow_usage_scan_init(&piece);
+            ngx_smartflow_usage_scan(&piece, (u_char *) data, step);
+            ngx_smartflow_usage_scan(&piece, (u_char *) data + step,
+                                     size - step);
+            ngx_smartflow_usage_scan(&piece, NULL, 0);
+
+        } else {
+            break;
+        }
 
         if (piece.prompt != whole.prompt
             || piece.completion != whole.completion
             || piece.failed != whole.failed)
         {
-            fprintf(stderr, "usage differs in pieces of %zu\n", step);
+            fprintf(stderr, "usage differs when cut at %zu\n", step);
             abort();
         }
     }

@@ -68,8 +68,8 @@ struct ngx_smartflow_cache_group_s {
 };
 
 
+/* a slot's vector is at sh->vecs + slot * dim: ngx_sf_cache_vec() */
 typedef struct {
-    float                       vec[NGX_SMARTFLOW_CACHE_DIM];
     ngx_smartflow_cache_node_t *node;       /* NULL: free */
     uint32_t                    version;    /* bumped at each reuse */
     uint32_t                    next_free;
@@ -107,6 +107,8 @@ typedef struct {
     uint32_t                    mask;           /* buckets - 1 */
     ngx_queue_t                 lru;
     ngx_smartflow_cache_slot_t *slots;
+    float                      *vecs;           /* capacity x dim */
+    uint32_t                    dim;
     uint32_t                    capacity;
     uint32_t                    used;
     uint32_t                    free;           /* first free slot */
@@ -127,6 +129,7 @@ typedef struct {
     ngx_shm_zone_t             *shm_zone;
     ngx_str_t                   name;
     ngx_uint_t                  capacity;       /* entries= */
+    ngx_uint_t                  dim;            /* dim=, as the zone has */
     ngx_uint_t                  index;          /* index= */
     ngx_str_t                   snapshot;       /* snapshot=, or empty */
 
@@ -141,6 +144,10 @@ typedef struct {
     float                      *batch_vecs;     /* kept for each sync */
     ngx_smartflow_cache_ref_t  *batch_refs;
 } ngx_smartflow_cache_zone_t;
+
+
+#define ngx_sf_cache_vec(z, slot)                                            \
+    ((z)->sh->vecs + (size_t) (slot) * (z)->dim)
 
 
 /* what a lookup found, copied out of the zone */
@@ -194,7 +201,7 @@ typedef struct {
     ngx_smartflow_cache_zone_t *zone;
     ngx_smartflow_cache_item_t  item;
     uint32_t                    minhash[NGX_SMARTFLOW_CACHE_MINHASH];
-    float                       vec[NGX_SMARTFLOW_CACHE_DIM];
+    float                      *vec;            /* zone->dim floats */
     ngx_smartflow_cache_text_t  text;           /* the query's tokens */
     u_char                     *buf;            /* the answer as sent */
     size_t                      len;
@@ -291,6 +298,8 @@ ngx_int_t ngx_http_smartflow_cache_embed(ngx_http_request_t *r,
 void ngx_http_smartflow_cache_embed_skip(ngx_http_smartflow_cache_req_t *rq);
 char *ngx_http_smartflow_cache_embedder(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+char *ngx_http_smartflow_cache_embedder_check(ngx_conf_t *cf,
+    ngx_http_smartflow_cache_embedder_t *em, ngx_smartflow_cache_zone_t *z);
 
 
 #endif /* _NGX_HTTP_SMARTFLOW_CACHE_H_INCLUDED_ */

@@ -243,7 +243,7 @@ ngx_http_smartflow_cache_stats(ngx_http_request_t *r,
             z->index == NGX_SMARTFLOW_CACHE_INDEX_HNSW ? "hnsw"
             : z->index == NGX_SMARTFLOW_CACHE_INDEX_FLAT ? "flat"
             : z->capacity > 20000 ? "hnsw" : "flat",
-            NGX_SMARTFLOW_CACHE_DIM,
+            (int) z->dim,
             z->shm_zone->shm.size, (pages - pfree) * ngx_pagesize,
             pfree * ngx_pagesize,
             st->lookups, hits, st->hits[1], st->hits[2], st->hits[3],

@@ -9,10 +9,10 @@
  * is skipped and the answer is stored without a vector; the subrequest,
  * if still running, ends on its own (the location's proxy timeouts).
  *
- * The zone's vectors have NGX_SMARTFLOW_CACHE_DIM dimensions: a shorter
- * embedding is padded with zeros (the cosine is unchanged), a longer one
- * keeps its first dimensions (as Matryoshka models intend; for others an
- * approximation of the cosine), and either is L2-normalised.
+ * The zone's vectors have the zone's dim= dimensions (up to 4096): an
+ * embedding of any other length is refused with an error_log line and
+ * phase 4 skipped (it could match nothing stored), and one of the right
+ * length is L2-normalised.
  */
 
 #include <math.h>
@@ -50,7 +50,7 @@ static void ngx_http_smartflow_cache_embed_cleanup(void *data);
 
 
 /* a vector that matches nothing: an answer stored without an embedding */
-static float  ngx_http_smartflow_cache_nowhere[NGX_SMARTFLOW_CACHE_DIM];
+static float  ngx_http_smartflow_cache_nowhere[NGX_SMARTFLOW_CACHE_MAX_DIM];
 
 
 /*
@@ -271,7 +271,7 @@ ngx_http_smartflow_cache_embed_parse(ngx_http_request_t *sr,
     float                 *v;
     double                 d, norm;
     ngx_str_t              err;
-    ngx_uint_t             i, n;
+    ngx_uint_t             i, n, dim;
     ngx_buf_t             *b;
     ngx_smartflow_json_t  *j, *x;
 
@@ -297,11 +297,12 @@ ngx_http_smartflow_cache_embed_parse(ngx_http_request_t *sr,
     }
 
     v = e->rq->vec;
-    ngx_memzero(v, NGX_SMARTFLOW_CACHE_DIM * sizeof(float));
+    dim = e->rq->zone->dim;
 
     norm = 0;
     n = 0;
 
+    /* numbers all; kept while they fit, counted to the end */
     for (x = j->child; x; x = x->next) {
         if (x->type != NGX_SMARTFLOW_JSON_NUMBER || x->str.len == 0
             || x->str.len >= sizeof(num))
@@ -309,7 +310,7 @@ ngx_http_smartflow_cache_embed_parse(ngx_http_request_t *sr,
             goto garbage;
         }
 
-        if (n++ >= NGX_SMARTFLOW_CACHE_DIM) {
+        if (n++ >= dim) {
             continue;
         }
 
@@ -326,13 +327,22 @@ ngx_http_smartflow_cache_embed_parse(ngx_http_request_t *sr,
         norm += d * d;
     }
 
+    if (n != dim) {
+        /* another model, or dimensions= the endpoint ignored */
+        ngx_log_error(NGX_LOG_ERR, e->r->connection->log, 0,
+                      "smartflow cache: embedder \"%V\" answered %ui "
+                      "dimensions, zone \"%V\" has dim=%ui; phase 4 "
+                      "skipped", &sr->uri, n, &e->rq->zone->name, dim);
+        return NGX_ERROR;
+    }
+
     if (norm <= 0) {
         goto garbage;
     }
 
     norm = sqrt(norm);
 
-    for (i = 0; i < NGX_SMARTFLOW_CACHE_DIM; i++) {
+    for (i = 0; i < dim; i++) {
         v[i] = (float) (v[i] / norm);
     }
 
@@ -512,7 +522,7 @@ ngx_http_smartflow_cache_embedder(ngx_conf_t *cf, ngx_command_t *cmd,
 
         if (ngx_strncmp(value[i].data, "dimensions=", 11) == 0) {
             n = ngx_atoi(value[i].data + 11, value[i].len - 11);
-            if (n <= 0 || n > NGX_SMARTFLOW_CACHE_DIM) {
+            if (n <= 0 || n > NGX_SMARTFLOW_CACHE_MAX_DIM) {
                 goto invalid;
             }
 
@@ -532,6 +542,26 @@ invalid:
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                        "smartflow_cache_embedder: invalid parameter \"%V\"",
                        &value[i]);
+
+    return NGX_CONF_ERROR;
+}
+
+
+/* at merge: an embedder asking for dimensions=N fills a zone of dim=N */
+char *
+ngx_http_smartflow_cache_embedder_check(ngx_conf_t *cf,
+    ngx_http_smartflow_cache_embedder_t *em, ngx_smartflow_cache_zone_t *z)
+{
+    if (em == NULL || z == NULL || em->dimensions == 0
+        || em->dimensions == z->dim)
+    {
+        return NGX_CONF_OK;
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "smartflow_cache_embedder \"%V\" asks for "
+                       "dimensions=%ui, zone \"%V\" has dim=%ui",
+                       &em->uri, em->dimensions, &z->name, z->dim);
 
     return NGX_CONF_ERROR;
 }

@@ -47,6 +47,8 @@ static ngx_int_t ngx_http_smartflow_cache_text(ngx_pool_t *pool,
 static ngx_int_t ngx_http_smartflow_cache_keys(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_cache_loc_conf_t *clcf,
     ngx_http_smartflow_cache_req_t *rq);
+static ngx_int_t ngx_http_smartflow_cache_ctxk(u_char *p, size_t len,
+    u_char *digest);
 static ngx_int_t ngx_http_smartflow_cache_features(ngx_http_request_t *r,
     ngx_http_smartflow_cache_req_t *rq);
 static ngx_int_t ngx_http_smartflow_cache_candidates(ngx_http_request_t *r,
@@ -78,6 +80,10 @@ static ngx_int_t ngx_http_smartflow_cache_init_module(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_smartflow_cache_init_process(ngx_cycle_t *cycle);
 static void ngx_http_smartflow_cache_exit_process(ngx_cycle_t *cycle);
 static void ngx_http_smartflow_cache_exit_master(ngx_cycle_t *cycle);
+
+
+/* the longest context whose key's digest a worker remembers */
+#define NGX_HTTP_SMARTFLOW_CACHE_MEMO  512
 
 
 /* the fields of a request that change its answer, besides the messages */
@@ -830,7 +836,7 @@ ngx_http_smartflow_cache_keys(ngx_http_request_t *r,
     *p++ = '\n';
     p = ngx_cpymem(p, cn.context.data, cn.context.len);
 
-    if (ngx_smartflow_sha256(buf, p - buf, digest) != NGX_OK) {
+    if (ngx_http_smartflow_cache_ctxk(buf, p - buf, digest) != NGX_OK) {
         return NGX_ERROR;
     }
 
@@ -854,6 +860,39 @@ ngx_http_smartflow_cache_keys(ngx_http_request_t *r,
     rq->item.query = cn.query;
     rq->item.minhash = rq->minhash;
     rq->item.vec = NULL;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The context key's digest, remembered for the last context the worker
+ * saw: single-turn requests of one tenant and model without a system
+ * prompt or parameters (every question new) share it, and a SHA-256 is
+ * saved.  The whole input is compared, so a digest is reused only for
+ * the same bytes.
+ */
+static ngx_int_t
+ngx_http_smartflow_cache_ctxk(u_char *p, size_t len, u_char *digest)
+{
+    static size_t  last_len;
+    static u_char  last[NGX_HTTP_SMARTFLOW_CACHE_MEMO];
+    static u_char  last_digest[32];
+
+    if (last_len && len == last_len && ngx_memcmp(p, last, len) == 0) {
+        ngx_memcpy(digest, last_digest, 32);
+        return NGX_OK;
+    }
+
+    if (ngx_smartflow_sha256(p, len, digest) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (len <= NGX_HTTP_SMARTFLOW_CACHE_MEMO) {
+        ngx_memcpy(last, p, len);
+        ngx_memcpy(last_digest, digest, 32);
+        last_len = len;
+    }
 
     return NGX_OK;
 }
@@ -892,9 +931,20 @@ ngx_http_smartflow_cache_features(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    ngx_smartflow_cache_minhash(&rq->text, rq->minhash);
-    ngx_smartflow_cache_embed(&rq->text, rq->vec);
-    rq->item.vec = rq->vec;
+    rq->vec = ngx_palloc(r->pool, rq->zone->dim * sizeof(float));
+    if (rq->vec == NULL) {
+        return NGX_ERROR;
+    }
+
+    /* an endpoint's embedding comes later: ..._cache_embed.c */
+    if (rq->embedder == NULL) {
+        ngx_smartflow_cache_sketch(&rq->text, rq->minhash, rq->vec,
+                                   rq->zone->dim);
+        rq->item.vec = rq->vec;
+
+    } else {
+        ngx_smartflow_cache_minhash(&rq->text, rq->minhash);
+    }
 
     g = ngx_smartflow_cache_guard(&rq->text);
 
@@ -1152,13 +1202,14 @@ ngx_http_smartflow_cache_merge_loc_conf(ngx_conf_t *cf, void *parent,
     ngx_conf_merge_value(conf->redis, prev->redis, 1);
     ngx_conf_merge_ptr_value(conf->embedder, prev->embedder, NULL);
 
-    return NGX_CONF_OK;
+    return ngx_http_smartflow_cache_embedder_check(cf, conf->embedder,
+                                                   conf->zone);
 }
 
 
 /*
- * smartflow_cache_zone NAME SIZE [entries=N] [index=auto|flat|hnsw]
- *     [snapshot=PATH];
+ * smartflow_cache_zone NAME SIZE [entries=N] [dim=N]
+ *     [index=auto|flat|hnsw] [snapshot=PATH];
  */
 static char *
 ngx_http_smartflow_cache_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
@@ -1181,6 +1232,7 @@ ngx_http_smartflow_cache_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     z->name = value[1];
     z->capacity = 10000;
+    z->dim = NGX_SMARTFLOW_CACHE_DIM;
     z->index = NGX_SMARTFLOW_CACHE_INDEX_AUTO;
 
     size = ngx_parse_size(&value[2]);
@@ -1201,6 +1253,16 @@ ngx_http_smartflow_cache_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             }
 
             z->capacity = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "dim=", 4) == 0) {
+            n = ngx_atoi(value[i].data + 4, value[i].len - 4);
+            if (n <= 0 || n > NGX_SMARTFLOW_CACHE_MAX_DIM) {
+                goto invalid;
+            }
+
+            z->dim = n;
             continue;
         }
 

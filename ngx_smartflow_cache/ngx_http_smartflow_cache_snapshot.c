@@ -11,7 +11,7 @@
 #include "ngx_http_smartflow_cache.h"
 
 
-#define NGX_SMARTFLOW_CACHE_SNAP_MAGIC  "SFMC0001"
+#define NGX_SMARTFLOW_CACHE_SNAP_MAGIC  "SFMC0002"
 
 
 typedef struct {
@@ -33,8 +33,7 @@ typedef struct {
     uint32_t                    pad;
     u_char                      finish[NGX_SMARTFLOW_CACHE_FINISH];
     uint32_t                    minhash[NGX_SMARTFLOW_CACHE_MINHASH];
-    float                       vec[NGX_SMARTFLOW_CACHE_DIM];
-} ngx_smartflow_cache_snap_t;
+} ngx_smartflow_cache_snap_t;   /* then dim floats, then the data */
 
 
 ngx_int_t
@@ -71,7 +70,7 @@ ngx_smartflow_cache_snapshot_write(ngx_smartflow_cache_zone_t *z,
     }
 
     ngx_memcpy(head.magic, NGX_SMARTFLOW_CACHE_SNAP_MAGIC, 8);
-    head.dim = NGX_SMARTFLOW_CACHE_DIM;
+    head.dim = (uint32_t) z->dim;
     head.minhash = NGX_SMARTFLOW_CACHE_MINHASH;
 
     rc = (ngx_write_fd(fd, &head, sizeof(head)) == sizeof(head))
@@ -104,10 +103,9 @@ ngx_smartflow_cache_snapshot_write(ngx_smartflow_cache_zone_t *z,
         rec.answer_len = node->answer_len;
         ngx_memcpy(rec.finish, node->finish, NGX_SMARTFLOW_CACHE_FINISH);
         ngx_memcpy(rec.minhash, node->minhash, sizeof(rec.minhash));
-        ngx_memcpy(rec.vec, z->sh->slots[node->slot].vec, sizeof(rec.vec));
 
-        size = sizeof(rec) + node->part_len + node->query_len
-               + node->answer_len;
+        size = sizeof(rec) + z->dim * sizeof(float) + node->part_len
+               + node->query_len + node->answer_len;
 
         buf = ngx_alloc(size, log);
         if (buf == NULL) {
@@ -117,6 +115,8 @@ ngx_smartflow_cache_snapshot_write(ngx_smartflow_cache_zone_t *z,
 
         d = node->data;
         p = ngx_cpymem(buf, &rec, sizeof(rec));
+        p = ngx_cpymem(p, ngx_sf_cache_vec(z, node->slot),
+                       z->dim * sizeof(float));
         ngx_memcpy(p, d, node->part_len + node->query_len
                          + node->answer_len);
 
@@ -164,6 +164,8 @@ ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
     ngx_log_t *log)
 {
     u_char                           *buf, *p, *last;
+    float                            *vec;
+    size_t                            vsize;
     time_t                            now;
     ssize_t                           n;
     ngx_fd_t                          fd;
@@ -180,6 +182,14 @@ ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
     }
 
     buf = NULL;
+    vsize = z->dim * sizeof(float);
+
+    /* the vectors copied out of the file, aligned */
+    vec = ngx_alloc(vsize, log);
+    if (vec == NULL) {
+        ngx_close_file(fd);
+        return NGX_ERROR;
+    }
 
     if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR
         || ngx_file_size(&fi) < (off_t) sizeof(head))
@@ -190,6 +200,7 @@ ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
     buf = ngx_alloc(ngx_file_size(&fi), log);
     if (buf == NULL) {
         ngx_close_file(fd);
+        ngx_free(vec);
         return NGX_ERROR;
     }
 
@@ -201,10 +212,20 @@ ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
     ngx_memcpy(&head, buf, sizeof(head));
 
     if (ngx_memcmp(head.magic, NGX_SMARTFLOW_CACHE_SNAP_MAGIC, 8) != 0
-        || head.dim != NGX_SMARTFLOW_CACHE_DIM
         || head.minhash != NGX_SMARTFLOW_CACHE_MINHASH)
     {
         goto bad;
+    }
+
+    if (head.dim != z->dim) {
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "smartflow cache: the snapshot \"%V\" holds vectors "
+                      "of dim=%uD, zone \"%V\" has dim=%ui; the zone starts "
+                      "empty", &z->snapshot, head.dim, &z->name, z->dim);
+        ngx_close_file(fd);
+        ngx_free(buf);
+        ngx_free(vec);
+        return NGX_OK;
     }
 
     p = buf + sizeof(head);
@@ -212,9 +233,11 @@ ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
     now = ngx_time();
     loaded = 0;
 
-    while (last - p >= (ssize_t) sizeof(rec)) {
+    while (last - p >= (ssize_t) (sizeof(rec) + vsize)) {
         ngx_memcpy(&rec, p, sizeof(rec));
         p += sizeof(rec);
+        ngx_memcpy(vec, p, vsize);
+        p += vsize;
 
         if ((size_t) (last - p) < (size_t) rec.part_len + rec.query_len
                                   + rec.answer_len
@@ -235,7 +258,7 @@ ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
         it.finish.data = rec.finish;
         it.finish.len = ngx_strlen(rec.finish);
         it.minhash = rec.minhash;
-        it.vec = rec.query_len ? rec.vec : NULL;
+        it.vec = rec.query_len ? vec : NULL;
         it.ttl = (time_t) rec.expire - now;
         it.prompt_tokens = rec.prompt_tokens;
         it.completion_tokens = rec.completion_tokens;
@@ -253,6 +276,7 @@ ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
 
     ngx_close_file(fd);
     ngx_free(buf);
+    ngx_free(vec);
 
     ngx_log_error(NGX_LOG_NOTICE, log, 0,
                   "smartflow cache: %ui entries of zone \"%V\" read from "
@@ -272,6 +296,8 @@ bad:
     if (buf) {
         ngx_free(buf);
     }
+
+    ngx_free(vec);
 
     return NGX_OK;
 }

@@ -14,6 +14,10 @@
 
 #include "ngx_http_smartflow_cache.h"
 
+#if (defined __SSE2__)
+#include <emmintrin.h>
+#endif
+
 
 typedef struct {
     ngx_pool_t                 *pool;
@@ -40,6 +44,14 @@ static void ngx_http_smartflow_cache_finish(ngx_http_smartflow_cache_asm_t *a,
     ngx_smartflow_json_t *reason);
 static ngx_uint_t ngx_http_smartflow_cache_is(ngx_smartflow_json_t *j,
     char *s);
+static ngx_int_t ngx_http_smartflow_cache_scan_openai(
+    ngx_http_smartflow_cache_asm_t *a, u_char *p, u_char *end);
+static u_char *ngx_http_smartflow_cache_skip(u_char *p, u_char *end,
+    ngx_uint_t depth);
+static u_char *ngx_http_smartflow_cache_string(u_char *p, u_char *end,
+    ngx_str_t *raw, ngx_uint_t *escaped);
+static ngx_int_t ngx_http_smartflow_cache_unescape(ngx_pool_t *pool,
+    ngx_str_t *raw, ngx_str_t *out);
 
 
 /* the request's cache state, found again after internal redirects */
@@ -101,6 +113,13 @@ ngx_http_smartflow_cache_tap(ngx_http_request_t *r,
 
     if (rq == NULL || !rq->store || rq->failed || ctx->cache_hit) {
         return NGX_OK;
+    }
+
+    if (len && last && rq->len == 0 && len <= rq->max_size) {
+        /* the whole answer in one piece: read where it is, no copy */
+        rq->buf = p;
+        rq->len = len;
+        len = 0;
     }
 
     if (len) {
@@ -176,7 +195,19 @@ ngx_http_smartflow_cache_complete(ngx_http_request_t *r,
             a.failed = 1;
         }
 
+    } else if (!a.anthropic
+               && ngx_http_smartflow_cache_scan_openai(&a, rq->buf,
+                                                       rq->buf + rq->len)
+                  == NGX_OK)
+    {
+        /* the usual chat.completion, read in one scan without a tree */
+
     } else {
+        ngx_memzero(&a, sizeof(ngx_http_smartflow_cache_asm_t));
+        a.pool = r->pool;
+        a.anthropic = (ctx->client_format
+                       == NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC);
+
         j = ngx_smartflow_json_parse(r->pool, rq->buf, rq->len, &err);
         if (j == NULL) {
             a.failed = 1;
@@ -562,4 +593,543 @@ ngx_http_smartflow_cache_serve(ngx_http_request_t *r,
     ngx_http_finalize_request(r, rc);
 
     return NGX_DONE;
+}
+
+
+/*
+ * An OpenAI chat.completion as most are: one choice whose message has a
+ * string content and no tool calls, and a finish_reason, read in one scan
+ * of the answer (the text points into it when it has no escapes).
+ * NGX_DECLINED for anything else, even valid (an error, several choices,
+ * a duplicate member, deep nesting, a \u escape that is not a character,
+ * a byte above ASCII, whose UTF-8 the tree parser checks): the tree
+ * parser then decides, as it does for every other answer.
+ */
+
+#define ngx_sf_ws(p, end)                                                    \
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) \
+        p++
+
+#define ngx_sf_key_is(k, s)                                                  \
+    ((k).len == sizeof(s) - 1 && ngx_strncmp((k).data, s, sizeof(s) - 1) == 0)
+
+
+static ngx_int_t
+ngx_http_smartflow_cache_scan_openai(ngx_http_smartflow_cache_asm_t *a,
+    u_char *p, u_char *end)
+{
+    ngx_str_t   key, content, reason, text;
+    ngx_uint_t  esc, depth, seen_choices, seen_msg, seen_content,
+                seen_reason, seen_tools;
+
+    seen_choices = 0;
+    seen_msg = 0;
+    seen_content = 0;
+    seen_reason = 0;
+    seen_tools = 0;
+    esc = 0;
+    ngx_str_null(&content);
+    ngx_str_null(&reason);
+
+    ngx_sf_ws(p, end);
+
+    if (p == end || *p++ != '{') {
+        return NGX_DECLINED;
+    }
+
+    /* depth 0: the answer's members, 1: a choice's, 2: its message's */
+    depth = 0;
+
+    for ( ;; ) {
+        ngx_sf_ws(p, end);
+
+        if (p < end && *p == '}') {
+            p++;
+
+            if (depth == 0) {
+                break;
+            }
+
+            if (depth == 1) {
+                /* the choice ends: no second one */
+                ngx_sf_ws(p, end);
+
+                if (p == end || *p++ != ']') {
+                    return NGX_DECLINED;
+                }
+            }
+
+            depth--;
+            goto next;
+        }
+
+        p = ngx_http_smartflow_cache_string(p, end, &key, &esc);
+        if (p == NULL || esc) {
+            return NGX_DECLINED;
+        }
+
+        ngx_sf_ws(p, end);
+
+        if (p == end || *p++ != ':') {
+            return NGX_DECLINED;
+        }
+
+        ngx_sf_ws(p, end);
+
+        if (p == end) {
+            return NGX_DECLINED;
+        }
+
+        if (depth == 0 && ngx_sf_key_is(key, "error")) {
+            return NGX_DECLINED;
+        }
+
+        if (depth == 0 && ngx_sf_key_is(key, "choices")) {
+            if (seen_choices++ || *p++ != '[') {
+                return NGX_DECLINED;
+            }
+
+            ngx_sf_ws(p, end);
+
+            if (p == end || *p++ != '{') {
+                return NGX_DECLINED;
+            }
+
+            depth = 1;
+            continue;
+        }
+
+        if (depth == 1 && ngx_sf_key_is(key, "message")) {
+            if (seen_msg++ || *p++ != '{') {
+                return NGX_DECLINED;
+            }
+
+            depth = 2;
+            continue;
+        }
+
+        if (depth == 1 && ngx_sf_key_is(key, "finish_reason")) {
+            if (seen_reason++ || *p != '"') {
+                return NGX_DECLINED;
+            }
+
+            p = ngx_http_smartflow_cache_string(p, end, &reason, &esc);
+            if (p == NULL || esc) {
+                return NGX_DECLINED;
+            }
+
+            goto next;
+        }
+
+        if (depth == 2 && ngx_sf_key_is(key, "content")) {
+            if (seen_content++ || *p != '"') {
+                return NGX_DECLINED;
+            }
+
+            p = ngx_http_smartflow_cache_string(p, end, &content, &esc);
+            if (p == NULL || (esc & 2)) {
+                return NGX_DECLINED;
+            }
+
+            if (esc) {
+                if (ngx_http_smartflow_cache_unescape(a->pool, &content,
+                                                      &text)
+                    != NGX_OK)
+                {
+                    return NGX_DECLINED;
+                }
+
+                content = text;
+            }
+
+            goto next;
+        }
+
+        if (depth == 2 && ngx_sf_key_is(key, "tool_calls")) {
+            /* null or [] only */
+            if (seen_tools++) {
+                return NGX_DECLINED;
+            }
+
+            if (end - p >= 4 && ngx_strncmp(p, "null", 4) == 0) {
+                p += 4;
+
+            } else if (*p == '[') {
+                p++;
+                ngx_sf_ws(p, end);
+
+                if (p == end || *p++ != ']') {
+                    return NGX_DECLINED;
+                }
+
+            } else {
+                return NGX_DECLINED;
+            }
+
+            goto next;
+        }
+
+        p = ngx_http_smartflow_cache_skip(p, end, 0);
+        if (p == NULL) {
+            return NGX_DECLINED;
+        }
+
+    next:
+
+        ngx_sf_ws(p, end);
+
+        if (p == end) {
+            return NGX_DECLINED;
+        }
+
+        if (*p == ',') {
+            p++;
+            continue;
+        }
+
+        if (*p != '}') {
+            return NGX_DECLINED;
+        }
+    }
+
+    ngx_sf_ws(p, end);
+
+    if (p != end || !seen_content || !seen_reason) {
+        return NGX_DECLINED;
+    }
+
+    if (content.len) {
+        a->text = content.data;
+        a->len = content.len;
+    }
+
+    /* as ngx_http_smartflow_cache_finish() reads it */
+    if (ngx_sf_key_is(reason, "stop")) {
+        ngx_str_set(&a->finish, "stop");
+
+    } else if (ngx_sf_key_is(reason, "length")) {
+        ngx_str_set(&a->finish, "length");
+
+    } else {
+        return NGX_DECLINED;
+    }
+
+    a->done = 1;
+
+    return NGX_OK;
+}
+
+
+/* past one JSON value; NULL when it is not one, or nests too deep */
+static u_char *
+ngx_http_smartflow_cache_skip(u_char *p, u_char *end, ngx_uint_t depth)
+{
+    u_char      close;
+    ngx_str_t   s;
+    ngx_uint_t  esc, first;
+
+    if (p == end || depth > 32) {
+        return NULL;
+    }
+
+    switch (*p) {
+
+    case '"':
+        p = ngx_http_smartflow_cache_string(p, end, &s, &esc);
+        return (esc & 2) ? NULL : p;
+
+    case '{':
+    case '[':
+        close = (*p == '{') ? '}' : ']';
+        p++;
+
+        for (first = 1; /* void */; first = 0) {
+            ngx_sf_ws(p, end);
+
+            if (p == end) {
+                return NULL;
+            }
+
+            if (*p == close && first) {
+                return p + 1;
+            }
+
+            if (close == '}') {
+                p = ngx_http_smartflow_cache_string(p, end, &s, &esc);
+                if (p == NULL || (esc & 2)) {
+                    return NULL;
+                }
+
+                ngx_sf_ws(p, end);
+
+                if (p == end || *p++ != ':') {
+                    return NULL;
+                }
+
+                ngx_sf_ws(p, end);
+            }
+
+            p = ngx_http_smartflow_cache_skip(p, end, depth + 1);
+            if (p == NULL) {
+                return NULL;
+            }
+
+            ngx_sf_ws(p, end);
+
+            if (p == end) {
+                return NULL;
+            }
+
+            if (*p == close) {
+                return p + 1;
+            }
+
+            if (*p++ != ',') {
+                return NULL;
+            }
+        }
+
+    case 't':
+        return (end - p >= 4 && ngx_strncmp(p, "true", 4) == 0)
+               ? p + 4 : NULL;
+
+    case 'f':
+        return (end - p >= 5 && ngx_strncmp(p, "false", 5) == 0)
+               ? p + 5 : NULL;
+
+    case 'n':
+        return (end - p >= 4 && ngx_strncmp(p, "null", 4) == 0)
+               ? p + 4 : NULL;
+
+    default:
+        /* -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? */
+        if (*p == '-') {
+            p++;
+        }
+
+        if (p == end || !ngx_sf_isdigit(*p)) {
+            return NULL;
+        }
+
+        if (*p++ != '0') {
+            while (p < end && ngx_sf_isdigit(*p)) {
+                p++;
+            }
+        }
+
+        if (p < end && *p == '.') {
+            if (++p == end || !ngx_sf_isdigit(*p)) {
+                return NULL;
+            }
+
+            while (p < end && ngx_sf_isdigit(*p)) {
+                p++;
+            }
+        }
+
+        if (p < end && (*p == 'e' || *p == 'E')) {
+            if (++p < end && (*p == '+' || *p == '-')) {
+                p++;
+            }
+
+            if (p == end || !ngx_sf_isdigit(*p)) {
+                return NULL;
+            }
+
+            while (p < end && ngx_sf_isdigit(*p)) {
+                p++;
+            }
+        }
+
+        return p;
+    }
+}
+
+
+/* a string at p (its opening quote): raw, its text between the quotes */
+static u_char *
+ngx_http_smartflow_cache_string(u_char *p, u_char *end, ngx_str_t *raw,
+    ngx_uint_t *escaped)
+{
+    u_char   *start;
+#if (defined __SSE2__)
+    int       m;
+    __m128i   x;
+#endif
+
+    *escaped = 0;
+
+    if (p == end || *p != '"') {
+        return NULL;
+    }
+
+    start = ++p;
+
+    while (p < end) {
+
+#if (defined __SSE2__)
+        /* 16 bytes at a time up to the first quote, backslash or control */
+        while (end - p >= 16) {
+            x = _mm_loadu_si128((__m128i *) p);
+            m = _mm_movemask_epi8(_mm_or_si128(
+                    _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')),
+                                 _mm_cmpeq_epi8(x, _mm_set1_epi8('\\'))),
+                    _mm_cmpeq_epi8(_mm_max_epu8(x, _mm_set1_epi8(0x1f)),
+                                   _mm_set1_epi8(0x1f))))
+                | _mm_movemask_epi8(x);
+            if (m) {
+                p += __builtin_ctz(m);
+                break;
+            }
+
+            p += 16;
+        }
+
+        if (p == end) {
+            break;
+        }
+#endif
+
+        if (*p == '"') {
+            raw->data = start;
+            raw->len = p - start;
+            return p + 1;
+        }
+
+        if (*p < 0x20) {
+            return NULL;
+        }
+
+        if (*p >= 0x80) {
+            /* UTF-8 the tree parser checks */
+            *escaped |= 2;
+        }
+
+        if (*p == '\\') {
+            *escaped |= 1;
+
+            if (++p == end) {
+                return NULL;
+            }
+        }
+
+        p++;
+    }
+
+    return NULL;
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_cache_unescape(ngx_pool_t *pool, ngx_str_t *raw,
+    ngx_str_t *out)
+{
+    u_char      *p, *end, *d;
+    uint32_t     c, lo;
+    ngx_uint_t   i;
+
+    out->data = ngx_pnalloc(pool, raw->len);
+    if (out->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    d = out->data;
+    p = raw->data;
+    end = p + raw->len;
+
+    while (p < end) {
+        if (*p != '\\') {
+            *d++ = *p++;
+            continue;
+        }
+
+        p++;
+
+        switch (*p++) {
+        case '"':  *d++ = '"';  continue;
+        case '\\': *d++ = '\\'; continue;
+        case '/':  *d++ = '/';  continue;
+        case 'b':  *d++ = '\b'; continue;
+        case 'f':  *d++ = '\f'; continue;
+        case 'n':  *d++ = '\n'; continue;
+        case 'r':  *d++ = '\r'; continue;
+        case 't':  *d++ = '\t'; continue;
+        case 'u':  break;
+        default:   return NGX_DECLINED;
+        }
+
+        /* \uXXXX, a surrogate pair as one character; none is "\u0000" */
+        for (c = 0, i = 0; i < 4; i++, p++) {
+            if (p == end) {
+                return NGX_DECLINED;
+            }
+
+            c <<= 4;
+
+            if (*p >= '0' && *p <= '9') {
+                c |= *p - '0';
+
+            } else if ((*p | 0x20) >= 'a' && (*p | 0x20) <= 'f') {
+                c |= (*p | 0x20) - 'a' + 10;
+
+            } else {
+                return NGX_DECLINED;
+            }
+        }
+
+        if (c == 0 || (c >= 0xdc00 && c <= 0xdfff)) {
+            return NGX_DECLINED;
+        }
+
+        if (c >= 0xd800 && c <= 0xdbff) {
+            if (end - p < 6 || p[0] != '\\' || p[1] != 'u') {
+                return NGX_DECLINED;
+            }
+
+            for (lo = 0, i = 2; i < 6; i++) {
+                lo <<= 4;
+
+                if (p[i] >= '0' && p[i] <= '9') {
+                    lo |= p[i] - '0';
+
+                } else if ((p[i] | 0x20) >= 'a' && (p[i] | 0x20) <= 'f') {
+                    lo |= (p[i] | 0x20) - 'a' + 10;
+
+                } else {
+                    return NGX_DECLINED;
+                }
+            }
+
+            if (lo < 0xdc00 || lo > 0xdfff) {
+                return NGX_DECLINED;
+            }
+
+            p += 6;
+            c = 0x10000 + ((c - 0xd800) << 10) + (lo - 0xdc00);
+        }
+
+        /* UTF-8, no longer than the six bytes of its escape */
+        if (c < 0x80) {
+            *d++ = (u_char) c;
+
+        } else if (c < 0x800) {
+            *d++ = (u_char) (0xc0 | (c >> 6));
+            *d++ = (u_char) (0x80 | (c & 0x3f));
+
+        } else if (c < 0x10000) {
+            *d++ = (u_char) (0xe0 | (c >> 12));
+            *d++ = (u_char) (0x80 | ((c >> 6) & 0x3f));
+            *d++ = (u_char) (0x80 | (c & 0x3f));
+
+        } else {
+            *d++ = (u_char) (0xf0 | (c >> 18));
+            *d++ = (u_char) (0x80 | ((c >> 12) & 0x3f));
+            *d++ = (u_char) (0x80 | ((c >> 6) & 0x3f));
+            *d++ = (u_char) (0x80 | (c & 0x3f));
+        }
+    }
+
+    out->len = d - out->data;
+
+    return NGX_OK;
 }

@@ -105,6 +105,10 @@ ngx_smartflow_cache_vector_sync(ngx_smartflow_cache_zone_t *z,
     batch = hnsw ? NGX_SMARTFLOW_CACHE_BATCH_HNSW
                  : NGX_SMARTFLOW_CACHE_BATCH_FLAT;
 
+    /* the batch buffer holds BATCH_FLAT vectors of the default dimension */
+    batch = ngx_min(batch, NGX_SMARTFLOW_CACHE_BATCH_FLAT
+                           * NGX_SMARTFLOW_CACHE_DIM / z->dim);
+
     /* unlocked reads: a stale view only defers the work to the next call */
     if (z->faiss && z->epoch == sh->epoch && z->seq == sh->seq
         && z->rebuild == z->capacity)
@@ -117,6 +121,7 @@ ngx_smartflow_cache_vector_sync(ngx_smartflow_cache_zone_t *z,
         z->batch_vecs = ngx_alloc(NGX_SMARTFLOW_CACHE_BATCH_FLAT
                                   * sizeof(float) * NGX_SMARTFLOW_CACHE_DIM,
                                   log);
+        /* batch above keeps n * dim within it, whatever dim= is */
         z->batch_refs = ngx_alloc(NGX_SMARTFLOW_CACHE_BATCH_FLAT
                                   * sizeof(ngx_smartflow_cache_ref_t), log);
 
@@ -148,8 +153,8 @@ ngx_smartflow_cache_vector_sync(ngx_smartflow_cache_zone_t *z,
         s = &sh->slots[z->rebuild];
 
         if (s->node && s->node->query_len) {
-            ngx_memcpy(&vecs[n * NGX_SMARTFLOW_CACHE_DIM], s->vec,
-                       sizeof(s->vec));
+            ngx_memcpy(&vecs[n * z->dim], ngx_sf_cache_vec(z, z->rebuild),
+                       z->dim * sizeof(float));
             refs[n].slot = (uint32_t) z->rebuild;
             refs[n].version = s->version;
             n++;
@@ -164,8 +169,8 @@ ngx_smartflow_cache_vector_sync(ngx_smartflow_cache_zone_t *z,
         s = &sh->slots[r.slot];
 
         if (s->node && s->version == r.version) {
-            ngx_memcpy(&vecs[n * NGX_SMARTFLOW_CACHE_DIM], s->vec,
-                       sizeof(s->vec));
+            ngx_memcpy(&vecs[n * z->dim], ngx_sf_cache_vec(z, r.slot),
+                       z->dim * sizeof(float));
             refs[n++] = r;
         }
     }
@@ -184,11 +189,11 @@ ngx_smartflow_cache_vector_sync(ngx_smartflow_cache_zone_t *z,
         desc = hnsw ? "HNSW32,Flat" : "Flat";
 
         if ((hnsw ? faiss_index_factory((FaissIndex **) &z->faiss,
-                                        NGX_SMARTFLOW_CACHE_DIM, desc,
+                                        (int) z->dim, desc,
                                         METRIC_INNER_PRODUCT)
                   : faiss_IndexFlatIP_new_with((FaissIndexFlatIP **)
                                                &z->faiss,
-                                               NGX_SMARTFLOW_CACHE_DIM))
+                                               (idx_t) z->dim))
             != 0)
         {
             err = faiss_get_last_error();

@@ -60,6 +60,14 @@ ngx_smartflow_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
             z->capacity = z->sh->capacity;
         }
 
+        if (z->dim != z->sh->dim) {
+            ngx_log_error(NGX_LOG_WARN, shm_zone->shm.log, 0,
+                          "smartflow cache: zone \"%V\" keeps its "
+                          "vectors of dim=%uD until a restart", &z->name,
+                          z->sh->dim);
+            z->dim = z->sh->dim;
+        }
+
         return NGX_OK;
     }
 
@@ -67,6 +75,8 @@ ngx_smartflow_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     if (shm_zone->shm.exists) {
         z->sh = z->shpool->data;
+        z->capacity = z->sh->capacity;
+        z->dim = z->sh->dim;
         return NGX_OK;
     }
 
@@ -94,6 +104,20 @@ ngx_smartflow_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     }
 
     ngx_memzero(sh->slots, z->capacity * sizeof(ngx_smartflow_cache_slot_t));
+
+    /* the vectors apart, all of one size: dim= may be up to 4096 */
+    sh->vecs = ngx_slab_alloc(z->shpool, z->capacity * z->dim * sizeof(float));
+    if (sh->vecs == NULL) {
+        ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
+                      "smartflow cache: zone \"%V\" is too small for %ui "
+                      "vectors of dim=%ui (%uz bytes); give it more memory, "
+                      "fewer entries= or a smaller dim=", &z->name,
+                      z->capacity, z->dim,
+                      z->capacity * z->dim * sizeof(float));
+        return NGX_ERROR;
+    }
+
+    sh->dim = (uint32_t) z->dim;
 
     for (i = 0; i < z->capacity; i++) {
         sh->slots[i].next_free = (i + 1 < z->capacity)
@@ -479,7 +503,8 @@ ngx_smartflow_cache_scan(ngx_smartflow_cache_zone_t *z, u_char *ctxk,
             continue;
         }
 
-        d = ngx_smartflow_faiss_dot(vec, s->vec, NGX_SMARTFLOW_CACHE_DIM);
+        d = ngx_smartflow_faiss_dot(vec, ngx_sf_cache_vec(z, node->slot),
+                                    z->dim);
 
         if (n == k && d <= scores[k - 1]) {
             continue;
@@ -666,7 +691,7 @@ ngx_smartflow_cache_insert(ngx_smartflow_cache_zone_t *z,
     s->version++;
 
     if (it->vec) {
-        ngx_memcpy(s->vec, it->vec, sizeof(s->vec));
+        ngx_memcpy(ngx_sf_cache_vec(z, slot), it->vec, z->dim * sizeof(float));
     }
 
     ngx_memcpy(node->fp, it->fp, NGX_SMARTFLOW_CACHE_FP);

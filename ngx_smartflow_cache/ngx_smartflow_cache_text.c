@@ -9,7 +9,7 @@
  * months).  From the tokens come the normalised form hashed by phase 1,
  * the MinHash signature of phase 2, the builtin embedding of phase 4
  * (content words, word pairs and character trigrams hashed with a sign
- * into a fixed dimension, L2-normalised), and the verification that turns
+ * into the zone's dimension, L2-normalised), and the verification that turns
  * down a phase 2 or 4 candidate whose numbers, negations, guarded words,
  * names or word order differ from the query's.
  */
@@ -34,7 +34,8 @@ static void ngx_smartflow_cache_words_add(char *w, ngx_uint_t what,
     ngx_int_t map);
 static ngx_uint_t ngx_smartflow_cache_word(u_char *p, size_t len,
     ngx_int_t *map);
-static void ngx_smartflow_cache_feature(float *v, uint64_t h, float w);
+static void ngx_smartflow_cache_minhash_add(uint64_t *h, ngx_uint_t n,
+    uint32_t *sig);
 static ngx_int_t ngx_smartflow_cache_find(ngx_smartflow_cache_text_t *t,
     ngx_smartflow_cache_tok_t *tk);
 static ngx_uint_t ngx_smartflow_cache_same_seq(ngx_smartflow_cache_text_t *a,
@@ -50,6 +51,46 @@ static ngx_uint_t ngx_smartflow_cache_novel(ngx_smartflow_cache_text_t *a,
 #define ngx_sf_tok_eq(a, b)                                                  \
     ((a)->stem == (b)->stem                                                  \
      && ngx_memcmp((a)->data, (b)->data, (a)->stem) == 0)
+
+#define NGX_SMARTFLOW_CACHE_MH_BATCH  64     /* shingle hashes per mix */
+
+#define NGX_SF_FNV_BASIS  0xcbf29ce484222325ULL
+#define NGX_SF_FNV_PRIME  0x100000001b3ULL
+
+#define ngx_sf_fnv_byte(h, c)  (((h) ^ (u_char) (c)) * NGX_SF_FNV_PRIME)
+
+
+static ngx_inline uint64_t
+ngx_sf_fnv(uint64_t h, u_char *p, size_t len)
+{
+    size_t  i;
+
+    for (i = 0; i < len; i++) {
+        h = ngx_sf_fnv_byte(h, p[i]);
+    }
+
+    return h;
+}
+
+
+static ngx_inline uint64_t
+ngx_sf_fin(uint64_t h)
+{
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
+
+    return h;
+}
+
+
+/* the exported hash, inlined here (-fPIC keeps exported calls as calls) */
+#define ngx_sf_hash(p, len, seed)                                            \
+    ngx_sf_fin(ngx_sf_fnv(NGX_SF_FNV_BASIS ^ (seed), p, len))
+
+
 
 #define NGX_SF_SEQ_NUM  0
 #define NGX_SF_SEQ_LEX  1
@@ -168,6 +209,30 @@ typedef struct {
 static ngx_smartflow_cache_word_t  ngx_smartflow_cache_words[NGX_SF_WORDS];
 static ngx_uint_t                  ngx_smartflow_cache_words_ready;
 
+/* bytes by class, made at the first use: a test is one load */
+#define NGX_SF_CH_WORD   1      /* a letter, a digit, '_', a byte >= 0x80 */
+#define NGX_SF_CH_UPPER  2
+
+static u_char  ngx_sf_ch[256], ngx_sf_lower[256], ngx_sf_ch_ready;
+
+
+static void
+ngx_smartflow_cache_chars_init(void)
+{
+    ngx_uint_t  i;
+    u_char      c;
+
+    for (i = 0; i < 256; i++) {
+        c = (u_char) i;
+        ngx_sf_ch[i] = ((ngx_sf_isalnum(c) || c == '_' || c >= 0x80)
+                        ? NGX_SF_CH_WORD : 0)
+                       | ((c >= 'A' && c <= 'Z') ? NGX_SF_CH_UPPER : 0);
+        ngx_sf_lower[i] = (c >= 'A' && c <= 'Z') ? (c | 0x20) : c;
+    }
+
+    ngx_sf_ch_ready = 1;
+}
+
 
 ngx_int_t
 ngx_smartflow_cache_tokenize(ngx_pool_t *pool, u_char *p, size_t len,
@@ -176,6 +241,10 @@ ngx_smartflow_cache_tokenize(ngx_pool_t *pool, u_char *p, size_t len,
     u_char     *end, *start, *buf, *w, *s, c;
     size_t      n, wl;
     ngx_uint_t  sentence, cap, upper;
+
+    if (!ngx_sf_ch_ready) {
+        ngx_smartflow_cache_chars_init();
+    }
 
     /* a token takes a byte of text at least; "n't" gives two from three */
     t->n = 0;
@@ -268,16 +337,15 @@ ngx_smartflow_cache_tokenize(ngx_pool_t *pool, u_char *p, size_t len,
             start = p;
             upper = 0;
 
-            while (p < end && (ngx_sf_isalnum(*p) || *p == '_'
-                               || (*p >= 0x80
-                                   && !(*p == 0xE2 && end - p > 2
-                                        && p[1] == 0x80
-                                        && (p[2] == 0x99 || p[2] == 0x98)))))
-            {
-                if (*p >= 'A' && *p <= 'Z' && p != start) {
-                    upper = 1;
+            while (p < end && (ngx_sf_ch[*p] & NGX_SF_CH_WORD)) {
+                if (*p == 0xE2 && end - p > 2 && p[1] == 0x80
+                    && (p[2] == 0x99 || p[2] == 0x98))
+                {
+                    /* a typographic apostrophe ends the word */
+                    break;
                 }
 
+                upper |= (ngx_sf_ch[*p] & NGX_SF_CH_UPPER) && p != start;
                 p++;
             }
 
@@ -390,7 +458,7 @@ ngx_smartflow_cache_emit(ngx_smartflow_cache_text_t *t, u_char **buf,
 
     /* p may already be d (numbers are written in place) */
     for (i = 0; i < len; i++) {
-        d[i] = (p[i] >= 'A' && p[i] <= 'Z') ? (p[i] | 0x20) : p[i];
+        d[i] = ngx_sf_lower[p[i]];
     }
 
     w = ngx_smartflow_cache_word(d, len, &map);
@@ -502,7 +570,7 @@ ngx_smartflow_cache_words_add(char *w, ngx_uint_t what, ngx_int_t map)
     ngx_smartflow_cache_word_t  *e;
 
     len = ngx_strlen(w);
-    i = ngx_smartflow_cache_hash((u_char *) w, len, 0)
+    i = ngx_sf_hash((u_char *) w, len, 0)
         & (NGX_SF_WORDS - 1);
 
     for ( ;; ) {
@@ -542,7 +610,7 @@ ngx_smartflow_cache_word(u_char *p, size_t len, ngx_int_t *map)
         ngx_smartflow_cache_words_init();
     }
 
-    i = ngx_smartflow_cache_hash(p, len, 0) & (NGX_SF_WORDS - 1);
+    i = ngx_sf_hash(p, len, 0) & (NGX_SF_WORDS - 1);
 
     for ( ;; ) {
         e = &ngx_smartflow_cache_words[i];
@@ -597,47 +665,63 @@ ngx_smartflow_cache_normalise(ngx_pool_t *pool,
 
 
 /* FNV-1a, then a 64-bit finaliser so every bit depends on every byte */
+
 uint64_t
 ngx_smartflow_cache_hash(u_char *p, size_t len, uint64_t seed)
 {
-    size_t    i;
-    uint64_t  h;
+    return ngx_sf_fin(ngx_sf_fnv(NGX_SF_FNV_BASIS ^ seed, p, len));
+}
 
-    h = 0xcbf29ce484222325ULL ^ seed;
 
-    for (i = 0; i < len; i++) {
-        h ^= p[i];
-        h *= 0x100000001b3ULL;
+/* hash of three bytes, seed 3: a character trigram */
+#define ngx_sf_hash3(a, b, c)                                                \
+    ngx_sf_fin(ngx_sf_fnv_byte(ngx_sf_fnv_byte(ngx_sf_fnv_byte(              \
+        NGX_SF_FNV_BASIS ^ 3, a), b), c))
+
+
+/* the weight w of feature h at h mod dim, the slot marked as used */
+#define ngx_sf_feature(h, w)                                                 \
+    i = mask ? ((h) & mask) : ((h) % dim);                                   \
+    v[i] += ((h) >> 63) ? -(w) : (w);                                        \
+    used[i >> 6] |= (uint64_t) 1 << (i & 63)
+
+
+/*
+ * One pass over the tokens for the builtin embedding (v, dim floats) and
+ * the MinHash signature (sig), either may be NULL.  The embedding: each
+ * content word (1.0), it with the next content word (0.8) and the
+ * character trigrams of "#word#" (0.25), hashed with a sign into dim
+ * floats, L2-normalised; the shingles of the signature: each content word
+ * and it with the next.  Only the dimensions a feature fell in are read
+ * for the norm, in the order of their index, as a full pass would.
+ */
+void
+ngx_smartflow_cache_sketch(ngx_smartflow_cache_text_t *t, uint32_t *sig,
+    float *v, ngx_uint_t dim)
+{
+    u_char                     *d;
+    size_t                      s, k;
+    double                      norm;
+    uint64_t                    h, h1, h2, h4, h5, mask, bits;
+    uint64_t                    hs[NGX_SMARTFLOW_CACHE_MH_BATCH];
+    uint64_t                    used[NGX_SMARTFLOW_CACHE_MAX_DIM / 64];
+    ngx_uint_t                  i, j, nj, b, n, all;
+    ngx_smartflow_cache_tok_t  *tk, *next;
+
+    if (v) {
+        ngx_memzero(v, dim * sizeof(float));
+        ngx_memzero(used, ((dim + 63) / 64) * sizeof(uint64_t));
+        mask = ((dim & (dim - 1)) == 0) ? dim - 1 : 0;
+
+    } else {
+        mask = 0;
     }
 
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdULL;
-    h ^= h >> 33;
-    h *= 0xc4ceb9fe1a85ec53ULL;
-    h ^= h >> 33;
-
-    return h;
-}
-
-
-static void
-ngx_smartflow_cache_feature(float *v, uint64_t h, float w)
-{
-    v[h % NGX_SMARTFLOW_CACHE_DIM] += (h >> 63) ? -w : w;
-}
-
-
-void
-ngx_smartflow_cache_embed(ngx_smartflow_cache_text_t *t, float *v)
-{
-    u_char                     gram[512];
-    size_t                     i, k, len;
-    double                     norm;
-    uint64_t                   h;
-    ngx_uint_t                 j, all;
-    ngx_smartflow_cache_tok_t *tk, *next;
-
-    ngx_memzero(v, NGX_SMARTFLOW_CACHE_DIM * sizeof(float));
+    if (sig) {
+        for (k = 0; k < NGX_SMARTFLOW_CACHE_MINHASH; k++) {
+            sig[k] = 0xffffffff;
+        }
+    }
 
     /* a prompt of function words only is embedded by those */
     all = 1;
@@ -649,62 +733,141 @@ ngx_smartflow_cache_embed(ngx_smartflow_cache_text_t *t, float *v)
         }
     }
 
-    for (j = 0; j < t->n; j++) {
-        tk = &t->tok[j];
-
-        if (tk->stop && !all) {
-            continue;
-        }
-
-        /* the word */
-        h = ngx_smartflow_cache_hash(tk->data, tk->stem, 1);
-        ngx_smartflow_cache_feature(v, h, 1.0f);
-
-        /* the pair with the next content word */
-        for (next = NULL, i = j + 1; i < t->n; i++) {
-            if (!t->tok[i].stop || all) {
-                next = &t->tok[i];
-                break;
+    if (all) {
+        /* ... and has no shingle: no near miss can match it */
+        if (sig) {
+            for (k = 0; k < NGX_SMARTFLOW_CACHE_MINHASH; k++) {
+                sig[k] = (uint32_t) k;
             }
         }
 
-        if (next && tk->stem + next->stem + 1 <= sizeof(gram)) {
-            len = ngx_cpymem(gram, tk->data, tk->stem) - gram;
-            gram[len++] = ' ';
-            len = ngx_cpymem(gram + len, next->data, next->stem) - gram;
-            h = ngx_smartflow_cache_hash(gram, len, 2);
-            ngx_smartflow_cache_feature(v, h, 0.8f);
+        sig = NULL;
+        j = v ? 0 : t->n;
+    }
+
+    n = 0;
+
+    while (j < t->n) {
+        tk = &t->tok[j];
+
+        for (nj = j + 1; nj < t->n && t->tok[nj].stop && !all; nj++) {
+            /* void */
         }
 
-        /* character trigrams of "#stem#" */
-        if (tk->num || tk->stem + 2 > sizeof(gram) || tk->stem < 3) {
+        next = (nj < t->n) ? &t->tok[nj] : NULL;
+        j = nj;
+
+        if (next && tk->stem + next->stem + 1 > 512) {
+            next = NULL;
+        }
+
+        /*
+         * the word's and the pair's FNV states for the embedding (seeds 1
+         * and 2) and the signature (4 and 5), in one read of the bytes
+         */
+        h1 = NGX_SF_FNV_BASIS ^ 1;
+        h2 = NGX_SF_FNV_BASIS ^ 2;
+        h4 = NGX_SF_FNV_BASIS ^ 4;
+        h5 = NGX_SF_FNV_BASIS ^ 5;
+
+        for (k = 0; k < tk->stem; k++) {
+            h1 = ngx_sf_fnv_byte(h1, tk->data[k]);
+            h2 = ngx_sf_fnv_byte(h2, tk->data[k]);
+            h4 = ngx_sf_fnv_byte(h4, tk->data[k]);
+            h5 = ngx_sf_fnv_byte(h5, tk->data[k]);
+        }
+
+        if (next) {
+            h2 = ngx_sf_fnv_byte(h2, ' ');
+            h5 = ngx_sf_fnv_byte(h5, ' ');
+
+            for (k = 0; k < next->stem; k++) {
+                h2 = ngx_sf_fnv_byte(h2, next->data[k]);
+                h5 = ngx_sf_fnv_byte(h5, next->data[k]);
+            }
+        }
+
+        if (sig) {
+            hs[n++] = ngx_sf_fin(h4);
+
+            if (next) {
+                hs[n++] = ngx_sf_fin(h5);
+            }
+
+            if (n + 2 > NGX_SMARTFLOW_CACHE_MH_BATCH) {
+                ngx_smartflow_cache_minhash_add(hs, n, sig);
+                n = 0;
+            }
+        }
+
+        if (v == NULL) {
             continue;
         }
 
-        gram[0] = '#';
-        ngx_memcpy(gram + 1, tk->data, tk->stem);
-        gram[tk->stem + 1] = '#';
-        len = tk->stem + 2;
+        h = ngx_sf_fin(h1);
+        ngx_sf_feature(h, 1.0f);
 
-        for (k = 0; k + 3 <= len; k++) {
-            h = ngx_smartflow_cache_hash(gram + k, 3, 3);
-            ngx_smartflow_cache_feature(v, h, 0.25f);
+        if (next) {
+            h = ngx_sf_fin(h2);
+            ngx_sf_feature(h, 0.8f);
         }
+
+        /* character trigrams of "#stem#" */
+        s = tk->stem;
+
+        if (tk->num || s + 2 > 512 || s < 3) {
+            continue;
+        }
+
+        d = tk->data;
+
+        h = ngx_sf_hash3('#', d[0], d[1]);
+        ngx_sf_feature(h, 0.25f);
+
+        for (k = 1; k + 1 < s; k++) {
+            h = ngx_sf_hash3(d[k - 1], d[k], d[k + 1]);
+            ngx_sf_feature(h, 0.25f);
+        }
+
+        h = ngx_sf_hash3(d[s - 2], d[s - 1], '#');
+        ngx_sf_feature(h, 0.25f);
+    }
+
+    if (sig && n) {
+        ngx_smartflow_cache_minhash_add(hs, n, sig);
+    }
+
+    if (v == NULL) {
+        return;
     }
 
     norm = 0;
 
-    for (i = 0; i < NGX_SMARTFLOW_CACHE_DIM; i++) {
-        norm += (double) v[i] * v[i];
+    for (b = 0; b < (dim + 63) / 64; b++) {
+        for (bits = used[b]; bits; bits &= bits - 1) {
+            i = (b << 6) + __builtin_ctzll(bits);
+            norm += (double) v[i] * v[i];
+        }
     }
 
     if (norm > 0) {
         norm = 1.0 / sqrt(norm);
 
-        for (i = 0; i < NGX_SMARTFLOW_CACHE_DIM; i++) {
-            v[i] = (float) (v[i] * norm);
+        for (b = 0; b < (dim + 63) / 64; b++) {
+            for (bits = used[b]; bits; bits &= bits - 1) {
+                i = (b << 6) + __builtin_ctzll(bits);
+                v[i] = (float) (v[i] * norm);
+            }
         }
     }
+}
+
+
+void
+ngx_smartflow_cache_embed(ngx_smartflow_cache_text_t *t, float *v,
+    ngx_uint_t dim)
+{
+    ngx_smartflow_cache_sketch(t, NULL, v, dim);
 }
 
 
@@ -719,7 +882,6 @@ ngx_smartflow_cache_embed(ngx_smartflow_cache_text_t *t, float *v)
 
 #define NGX_SMARTFLOW_CACHE_MH_K     0x9e3779b97f4a7c15ULL
 #define NGX_SMARTFLOW_CACHE_MH_M     0xbf58476d1ce4e5b9ULL
-#define NGX_SMARTFLOW_CACHE_MH_BATCH 64
 
 
 static void
@@ -766,46 +928,50 @@ ngx_smartflow_cache_minhash_mix_avx2(uint64_t *h, ngx_uint_t n,
     uint32_t *sig)
 {
     uint32_t    out[8];
-    __m256i     mlo, mhi, hv, x, c[NGX_SMARTFLOW_CACHE_MINHASH / 4];
-    __m256i     acc[NGX_SMARTFLOW_CACHE_MINHASH / 4];
+    __m256i     mlo, mhi, c, acc, x, y;
     ngx_uint_t  i, k;
 
     mlo = _mm256_set1_epi64x(NGX_SMARTFLOW_CACHE_MH_M & 0xffffffff);
     mhi = _mm256_set1_epi64x(NGX_SMARTFLOW_CACHE_MH_M >> 32);
 
     /*
-     * the accumulators hold each function's least value in the low half
-     * of its 64-bit lane; the high halves take minima nobody reads
+     * four functions at a time over all the shingles, so that the
+     * constants and the accumulator stay in registers; the accumulator
+     * holds each function's least value in the low half of its 64-bit
+     * lane, the high halves take minima nobody reads
      */
-    for (k = 0; k < NGX_SMARTFLOW_CACHE_MINHASH / 4; k++) {
-        c[k] = _mm256_set_epi64x(NGX_SMARTFLOW_CACHE_MH_K * (4 * k + 4),
-                                 NGX_SMARTFLOW_CACHE_MH_K * (4 * k + 3),
-                                 NGX_SMARTFLOW_CACHE_MH_K * (4 * k + 2),
-                                 NGX_SMARTFLOW_CACHE_MH_K * (4 * k + 1));
-        acc[k] = _mm256_set_epi32(-1, (int) sig[4 * k + 3],
-                                  -1, (int) sig[4 * k + 2],
-                                  -1, (int) sig[4 * k + 1],
-                                  -1, (int) sig[4 * k]);
-    }
+    for (k = 0; k < NGX_SMARTFLOW_CACHE_MINHASH; k += 4) {
+        c = _mm256_set_epi64x(NGX_SMARTFLOW_CACHE_MH_K * (k + 4),
+                              NGX_SMARTFLOW_CACHE_MH_K * (k + 3),
+                              NGX_SMARTFLOW_CACHE_MH_K * (k + 2),
+                              NGX_SMARTFLOW_CACHE_MH_K * (k + 1));
+        acc = _mm256_set_epi32(-1, (int) sig[k + 3], -1, (int) sig[k + 2],
+                               -1, (int) sig[k + 1], -1, (int) sig[k]);
 
-    for (i = 0; i < n; i++) {
-        hv = _mm256_set1_epi64x((long long) h[i]);
+        for (i = 0; i + 1 < n; i += 2) {
+            x = _mm256_xor_si256(_mm256_set1_epi64x((long long) h[i]), c);
+            y = _mm256_xor_si256(_mm256_set1_epi64x((long long) h[i + 1]),
+                                 c);
+            x = ngx_smartflow_cache_mul64(x, mlo, mhi);
+            y = ngx_smartflow_cache_mul64(y, mlo, mhi);
+            x = _mm256_xor_si256(x, _mm256_srli_epi64(x, 31));
+            y = _mm256_xor_si256(y, _mm256_srli_epi64(y, 31));
+            acc = _mm256_min_epu32(acc, _mm256_min_epu32(x, y));
+        }
 
-        for (k = 0; k < NGX_SMARTFLOW_CACHE_MINHASH / 4; k++) {
-            x = _mm256_xor_si256(hv, c[k]);
+        if (i < n) {
+            x = _mm256_xor_si256(_mm256_set1_epi64x((long long) h[i]), c);
             x = ngx_smartflow_cache_mul64(x, mlo, mhi);
             x = _mm256_xor_si256(x, _mm256_srli_epi64(x, 31));
-            acc[k] = _mm256_min_epu32(acc[k], x);
+            acc = _mm256_min_epu32(acc, x);
         }
-    }
 
-    for (k = 0; k < NGX_SMARTFLOW_CACHE_MINHASH / 4; k++) {
-        _mm256_storeu_si256((__m256i *) out, acc[k]);
+        _mm256_storeu_si256((__m256i *) out, acc);
 
-        sig[4 * k] = out[0];
-        sig[4 * k + 1] = out[2];
-        sig[4 * k + 2] = out[4];
-        sig[4 * k + 3] = out[6];
+        sig[k] = out[0];
+        sig[k + 1] = out[2];
+        sig[k + 2] = out[4];
+        sig[k + 3] = out[6];
     }
 }
 
@@ -836,61 +1002,7 @@ ngx_smartflow_cache_minhash_add(uint64_t *h, ngx_uint_t n, uint32_t *sig)
 void
 ngx_smartflow_cache_minhash(ngx_smartflow_cache_text_t *t, uint32_t *sig)
 {
-    u_char                     gram[512];
-    size_t                     len;
-    uint64_t                   h[NGX_SMARTFLOW_CACHE_MH_BATCH];
-    ngx_uint_t                 i, j, k, n, any;
-    ngx_smartflow_cache_tok_t *tk, *next;
-
-    for (k = 0; k < NGX_SMARTFLOW_CACHE_MINHASH; k++) {
-        sig[k] = 0xffffffff;
-    }
-
-    any = 0;
-    n = 0;
-
-    for (j = 0; j < t->n; j++) {
-        tk = &t->tok[j];
-
-        if (tk->stop) {
-            continue;
-        }
-
-        for (next = NULL, i = j + 1; i < t->n; i++) {
-            if (!t->tok[i].stop) {
-                next = &t->tok[i];
-                break;
-            }
-        }
-
-        /* the shingles: each content word, and it with the next one */
-        h[n++] = ngx_smartflow_cache_hash(tk->data, tk->stem, 4);
-
-        if (next && tk->stem + next->stem + 1 <= sizeof(gram)) {
-            len = ngx_cpymem(gram, tk->data, tk->stem) - gram;
-            gram[len++] = ' ';
-            len = ngx_cpymem(gram + len, next->data, next->stem) - gram;
-            h[n++] = ngx_smartflow_cache_hash(gram, len, 5);
-        }
-
-        any = 1;
-
-        if (n + 2 > NGX_SMARTFLOW_CACHE_MH_BATCH) {
-            ngx_smartflow_cache_minhash_add(h, n, sig);
-            n = 0;
-        }
-    }
-
-    if (n) {
-        ngx_smartflow_cache_minhash_add(h, n, sig);
-    }
-
-    if (!any) {
-        /* nothing to compare by: no near-miss can match it */
-        for (k = 0; k < NGX_SMARTFLOW_CACHE_MINHASH; k++) {
-            sig[k] = (uint32_t) k;
-        }
-    }
+    ngx_smartflow_cache_sketch(t, sig, NULL, 0);
 }
 
 
@@ -947,11 +1059,11 @@ ngx_smartflow_cache_guard(ngx_smartflow_cache_text_t *t)
         neg += tk->neg;
 
         if (tk->num) {
-            num = ngx_smartflow_cache_hash(tk->data, tk->stem, num);
+            num = ngx_sf_hash(tk->data, tk->stem, num);
         }
 
         if (tk->lex) {
-            lex = ngx_smartflow_cache_hash(tk->data, tk->stem, lex);
+            lex = ngx_sf_hash(tk->data, tk->stem, lex);
         }
     }
 
@@ -1216,27 +1328,38 @@ ngx_smartflow_cache_novel(ngx_smartflow_cache_text_t *a,
 u_char *
 ngx_smartflow_cache_fold(u_char *out, u_char *p, size_t len)
 {
-    u_char      c, *end, *start;
-    ngx_uint_t  space;
+    u_char      c, k, *end, *start;
+    ngx_uint_t  i, space;
+
+    /* 0: a separator, 1: kept, 2: kept before a digit ("-3", ".5") */
+    static u_char  kind[256], lower[256], ready;
+
+    if (!ready) {
+        for (i = 0; i < 256; i++) {
+            c = (u_char) i;
+            kind[i] = (ngx_sf_isalnum(c) || c >= 0x80 || c == '+' || c == '#'
+                       || c == '$' || c == '%')
+                      ? 1 : (c == '-' || c == '.') ? 2 : 0;
+            lower[i] = (c >= 'A' && c <= 'Z') ? (c | 0x20) : c;
+        }
+
+        ready = 1;
+    }
 
     end = p + len;
     start = out;
     space = 0;
 
     for ( /* void */ ; p < end; p++) {
-        c = *p;
+        k = kind[*p];
 
-        if (ngx_sf_isalnum(c) || c >= 0x80 || c == '+' || c == '#' || c == '$'
-            || c == '%'
-            || ((c == '-' || c == '.') && p + 1 < end && ngx_sf_isdigit(p[1])))
-        {
+        if (k == 1 || (k == 2 && p + 1 < end && ngx_sf_isdigit(p[1]))) {
             if (space && out != start) {
                 *out++ = ' ';
             }
 
             space = 0;
-
-            *out++ = (c >= 'A' && c <= 'Z') ? (c | 0x20) : c;
+            *out++ = lower[*p];
             continue;
         }
 

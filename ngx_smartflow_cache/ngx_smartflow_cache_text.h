@@ -18,7 +18,8 @@
 #define ngx_sf_isalnum(c)  (ngx_sf_isdigit(c) || ngx_sf_isalpha(c))
 
 
-#define NGX_SMARTFLOW_CACHE_DIM        256
+#define NGX_SMARTFLOW_CACHE_DIM        256   /* a zone's default dim= */
+#define NGX_SMARTFLOW_CACHE_MAX_DIM    4096  /* dim= of a zone, at most */
 #define NGX_SMARTFLOW_CACHE_MINHASH    64
 #define NGX_SMARTFLOW_CACHE_MAX_TOKENS 1024
 #define NGX_SMARTFLOW_CACHE_K          8     /* FAISS neighbours examined */
@@ -50,9 +51,14 @@ ngx_int_t ngx_smartflow_cache_tokenize(ngx_pool_t *pool, u_char *p,
 /* tokens joined by one space; out->data from the pool */
 ngx_int_t ngx_smartflow_cache_normalise(ngx_pool_t *pool,
     ngx_smartflow_cache_text_t *t, ngx_str_t *out);
-void ngx_smartflow_cache_embed(ngx_smartflow_cache_text_t *t, float *v);
+/* the builtin embedding in dim floats (hashed features folded modulo dim) */
+void ngx_smartflow_cache_embed(ngx_smartflow_cache_text_t *t, float *v,
+    ngx_uint_t dim);
 void ngx_smartflow_cache_minhash(ngx_smartflow_cache_text_t *t,
     uint32_t *sig);
+/* both in one pass over the tokens; sig or v may be NULL */
+void ngx_smartflow_cache_sketch(ngx_smartflow_cache_text_t *t, uint32_t *sig,
+    float *v, ngx_uint_t dim);
 /* the share of equal MinHash values, per mille */
 ngx_uint_t ngx_smartflow_cache_minhash_sim(uint32_t *a, uint32_t *b);
 /* per mille, of two L2-normalised vectors */

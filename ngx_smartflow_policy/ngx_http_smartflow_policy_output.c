@@ -374,6 +374,7 @@ ngx_http_smartflow_policy_openai_event(ngx_http_smartflow_policy_run_t *run,
         }
 
         content->str = text;
+        content->str_plain = NULL;
         changed = 1;
 
     } else if (finish && run->pending[0].len) {
@@ -591,6 +592,7 @@ ngx_http_smartflow_policy_anthropic_event(
     }
 
     t->str = text;
+    t->str_plain = NULL;
 
     return ngx_http_smartflow_policy_event_out(run, "content_block_delta", j,
                                                out);
@@ -827,6 +829,7 @@ ngx_http_smartflow_policy_openai_calls(ngx_http_smartflow_policy_run_t *run,
 
         if (call && ngx_smartflow_json_is_string(n)) {
             n->str = c[i].args;
+            n->str_plain = NULL;
             continue;
         }
 
@@ -849,6 +852,7 @@ ngx_http_smartflow_policy_openai_calls(ngx_http_smartflow_policy_run_t *run,
 
             ngx_smartflow_json_append(chunk, (char *) NULL, n);
             n->key = m->key;
+            n->key_plain = m->key_plain;
         }
 
         choices = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_ARRAY, NULL);

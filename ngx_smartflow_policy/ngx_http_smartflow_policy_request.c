@@ -819,6 +819,7 @@ ngx_http_smartflow_policy_redact(ngx_http_smartflow_policy_run_t *run,
 
     j->str.data = s;
     j->str.len = p - s;
+    j->str_plain = NULL;
 
     run->redacted = 1;
 

@@ -45,7 +45,11 @@ struct ngx_smartflow_json_s {
     ngx_smartflow_json_t       *last;
     ngx_smartflow_json_t       *next;
     ngx_uint_t                  nchild;
-    /* the end of key or str when it needs no escaping, or NULL */
+    /*
+     * the end of key or str when it needs no escaping, or NULL; whoever
+     * sets key or str to other text sets these to NULL (or to the end of
+     * text known to be plain), and string bytes are never edited in place
+     */
     u_char                     *key_plain;
     u_char                     *str_plain;
 };

@@ -713,6 +713,7 @@ ngx_smartflow_xlate_req_openai_to_anthropic(ngx_smartflow_xlate_t *x,
 
             content->type = NGX_SMARTFLOW_JSON_STRING;
             content->str = v->str;
+            content->str_plain = v->str_plain;
             content->child = NULL;
             content->last = NULL;
             content->nchild = 0;

@@ -418,6 +418,7 @@ ngx_sfg_schema(ngx_sfg_schema_t *sc, ngx_smartflow_json_t *s,
                 }
 
                 t->key = p->key;
+                t->key_plain = p->key_plain;
                 ngx_smartflow_json_append(v, NULL, t);
             }
 
@@ -438,6 +439,7 @@ ngx_sfg_schema(ngx_sfg_schema_t *sc, ngx_smartflow_json_t *s,
         }
 
         v->key = c->key;
+        v->key_plain = c->key_plain;
         ngx_smartflow_json_append(o, NULL, v);
     }
 

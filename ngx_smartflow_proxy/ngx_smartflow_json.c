@@ -66,8 +66,8 @@ ngx_smartflow_json_parse(ngx_pool_t *pool, u_char *p, size_t len,
     u_char                       c;
     ngx_str_t                    key, s;
     u_char                      *key_plain;
-    ngx_uint_t                   depth, nfree;
-    ngx_smartflow_json_t        *j, *parent, *root, *free;
+    ngx_uint_t                   depth, nspare;
+    ngx_smartflow_json_t        *j, *parent, *root, *spare;
     ngx_smartflow_json_t        *stack[NGX_SMARTFLOW_JSON_MAX_DEPTH];
     ngx_smartflow_json_reader_t  rd;
 
@@ -91,8 +91,8 @@ ngx_smartflow_json_parse(ngx_pool_t *pool, u_char *p, size_t len,
     depth = 0;
     ngx_str_null(&key);
     key_plain = NULL;
-    free = NULL;
-    nfree = 0;
+    spare = NULL;
+    nspare = 0;
 
     for ( ;; ) {
 
@@ -104,20 +104,20 @@ ngx_smartflow_json_parse(ngx_pool_t *pool, u_char *p, size_t len,
             goto invalid;
         }
 
-        if (nfree == 0) {
+        if (nspare == 0) {
             /* nodes are taken from the pool a few at a time */
 
-            free = ngx_palloc(pool, NGX_SF_JSON_NODES
-                                    * sizeof(ngx_smartflow_json_t));
-            if (free == NULL) {
+            spare = ngx_palloc(pool, NGX_SF_JSON_NODES
+                                     * sizeof(ngx_smartflow_json_t));
+            if (spare == NULL) {
                 goto nomem;
             }
 
-            nfree = NGX_SF_JSON_NODES;
+            nspare = NGX_SF_JSON_NODES;
         }
 
-        j = free++;
-        nfree--;
+        j = spare++;
+        nspare--;
 
         j->key = key;
         j->key_plain = key_plain;
@@ -207,6 +207,7 @@ ngx_smartflow_json_parse(ngx_pool_t *pool, u_char *p, size_t len,
         }
 
         ngx_str_null(&key);
+        key_plain = NULL;
 
         if (j->type == NGX_SMARTFLOW_JSON_OBJECT
             || j->type == NGX_SMARTFLOW_JSON_ARRAY)
@@ -662,6 +663,7 @@ ngx_smartflow_json_append_n(ngx_smartflow_json_t *parent, char *key,
     if (key) {
         child->key.data = (u_char *) key;
         child->key.len = len;
+        child->key_plain = NULL;
     }
 
     child->next = NULL;
@@ -689,6 +691,7 @@ ngx_smartflow_json_set_str(ngx_pool_t *pool, ngx_smartflow_json_t *obj,
     if (j) {
         j->type = NGX_SMARTFLOW_JSON_STRING;
         j->str = *value;
+        j->str_plain = NULL;
         j->child = NULL;
         j->last = NULL;
         j->nchild = 0;

@@ -167,7 +167,7 @@ static ngx_int_t
 ngx_smartflow_sse_event(ngx_smartflow_sse_t *sse, u_char *start, u_char *end,
     ngx_smartflow_sse_pt handler, void *data)
 {
-    u_char                     *s, *e, *v, *d;
+    u_char                     *s, *e, *v, *d, *cr;
     size_t                      n;
     ngx_uint_t                  lines;
     ngx_smartflow_sse_event_t   ev;
@@ -182,8 +182,17 @@ ngx_smartflow_sse_event(ngx_smartflow_sse_t *sse, u_char *start, u_char *end,
     lines = 0;
 
     for (s = start; s < end; s = e) {
-        for (e = s; e < end && *e != '\n' && *e != '\r'; e++) {
-            /* void */
+
+        /* the line's end, found as the scan found it */
+
+        e = memchr(s, '\n', end - s);
+        cr = memchr(s, '\r', (e ? e : end) - s);
+
+        if (cr) {
+            e = cr;
+
+        } else if (e == NULL) {
+            e = end;
         }
 
         n = e - s;

@@ -204,26 +204,26 @@ between:
 
 string:
 
+    /* the byte after a backslash that ended the last buffer */
+
+    if (escape) {
+        if (p == end) {
+            goto cut;
+        }
+
+        escape = 0;
+        p++;
+    }
+
     if (!is_key) {
 
         /* nothing in a value string matters: on to its end */
-
-        if (escape) {
-            if (p == end) {
-                state = NGX_SF_USAGE_STRING;
-                goto done;
-            }
-
-            escape = 0;
-            p++;
-        }
 
         for ( ;; ) {
             p = ngx_smartflow_json_plain(p, end);
 
             if (p == end) {
-                state = NGX_SF_USAGE_STRING;
-                goto done;
+                goto cut;
             }
 
             c = *p++;
@@ -235,8 +235,7 @@ string:
             if (c == '\\') {
                 if (p == end) {
                     escape = 1;
-                    state = NGX_SF_USAGE_STRING;
-                    goto done;
+                    goto cut;
                 }
 
                 p++;
@@ -249,16 +248,6 @@ string:
     /* a member's name that may matter: read in place, or copied in pieces */
 
     for ( ;; ) {
-        if (escape) {
-            if (p == end) {
-                state = NGX_SF_USAGE_STRING;
-                goto done;
-            }
-
-            escape = 0;
-            p++;
-        }
-
         start = p;
         p = ngx_smartflow_json_plain(p, end);
 
@@ -284,8 +273,7 @@ string:
         }
 
         if (p == end) {
-            state = NGX_SF_USAGE_STRING;
-            goto done;
+            goto cut;
         }
 
         if (*p++ == '"') {
@@ -294,8 +282,14 @@ string:
         }
 
         /* no name looked for has an escape */
-        escape = 1;
         key_len = sizeof(us->key) + 1;
+
+        if (p == end) {
+            escape = 1;
+            goto cut;
+        }
+
+        p++;
     }
 
     expect_key = 0;
@@ -359,6 +353,11 @@ literal:
     }
 
     goto between;
+
+cut:
+
+    /* a string the end of this buffer cut */
+    state = NGX_SF_USAGE_STRING;
 
 done:
 

@@ -106,7 +106,7 @@ embed_text(char *text, size_t len, float *v)
     ngx_smartflow_cache_text_t  t;
 
     ngx_smartflow_cache_tokenize(NULL, (u_char *) text, len, &t);
-    ngx_smartflow_cache_embed(&t, v);
+    ngx_smartflow_cache_embed(&t, v, NGX_SMARTFLOW_CACHE_DIM);
     free(t.tok);
 }
 
@@ -121,7 +121,7 @@ features(char *text, size_t len, float *v)
     ngx_smartflow_cache_text_t  t;
 
     ngx_smartflow_cache_tokenize(NULL, (u_char *) text, len, &t);
-    ngx_smartflow_cache_embed(&t, v);
+    ngx_smartflow_cache_embed(&t, v, NGX_SMARTFLOW_CACHE_DIM);
     g = ngx_smartflow_cache_guard(&t);
     free(t.tok);
 

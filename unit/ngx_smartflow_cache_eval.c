@@ -80,7 +80,7 @@ prepare(side_t *s)
 
     ngx_smartflow_cache_tokenize(NULL, (u_char *) s->text, len, &s->t);
     ngx_smartflow_cache_minhash(&s->t, s->sig);
-    ngx_smartflow_cache_embed(&s->t, s->vec);
+    ngx_smartflow_cache_embed(&s->t, s->vec, NGX_SMARTFLOW_CACHE_DIM);
     s->guard = ngx_smartflow_cache_guard(&s->t);
 
     s->fold = malloc(len + 1);

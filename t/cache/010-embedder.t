@@ -24,7 +24,7 @@ our $HttpConfig = <<'_EOC_';
     smartflow_master_key sk-smartflow-test-0123456789;
     smartflow_provider demo type=echo;
     smartflow_route smartflow-echo demo;
-    smartflow_cache_zone metacache 16m entries=1000;
+    smartflow_cache_zone metacache 16m entries=1000 dim=64;
     smartflow_cache metacache;
     smartflow_cache_near_miss off;
     smartflow_cache_similarity 0.80;
@@ -101,7 +101,7 @@ our $Locations = <<'_EOC_';
 
     location = /_garbage2 {
         internal;
-        return 200 '{"data":[{"embedding":[0,0,0]}]}';
+        return 200 '{"data":[{"embedding":[ZEROS]}]}';
     }
 
     location = /_garbage3 {
@@ -118,6 +118,10 @@ our $Locations = <<'_EOC_';
         smartflow_api error;
     }
 _EOC_
+
+# a zero vector of the zone's 64 dimensions
+my $zeros = join ',', (0) x 64;
+$Locations =~ s/ZEROS/$zeros/;
 
 add_block_preprocessor(sub {
     my $block = shift;
@@ -360,11 +364,11 @@ smartflow cache: embedder "/_garbage4" answered no embedding; phase 4 skipped
 === TEST 12: the embedder's parameters are checked
 --- config
     location = /v1/chat/completions {
-        smartflow_cache_embedder /_embed dimensions=300;
+        smartflow_cache_embedder /_embed dimensions=4097;
     }
 --- must_die
 --- error_log
-smartflow_cache_embedder: invalid parameter "dimensions=300"
+smartflow_cache_embedder: invalid parameter "dimensions=4097"
 
 
 

@@ -4,7 +4,9 @@
 # non-ASCII UTF-8, pretty-printed JSON with nested members; the hit must
 # give the client exactly the text the provider gave.  What must not be
 # stored is not: tool calls, two choices, an "error" member, a null
-# content, another finish reason, a body that is not JSON.  A member
+# content, another finish reason, a body that is not JSON (a number or
+# a literal JSON has not, or bytes that are not UTF-8, among members the
+# cache does not read).  A member
 # given twice is read as the client reads it: the last one.
 
 use strict;
@@ -31,6 +33,9 @@ my %answers = (
     null => q({"choices":[{"message":{"content":null},"finish_reason":"stop"}]}),
     filter => q({"choices":[{"message":{"content":"cut"},"finish_reason":"content_filter"}]}),
     garbage => q({"choices":[{"message":{"content":"trailing"},"finish_reason":"stop"}]} x),
+    badnum => q({"choices":[{"message":{"content":"bad number"},"finish_reason":"stop"}],"created":01}),
+    badlit => q({"choices":[{"message":{"content":"bad literal"},"finish_reason":"stop"}],"x":nul}),
+    badutf8 => qq({"choices":[{"message":{"content":"bad utf8"},"finish_reason":"stop"}],"x":"\xff\xfe"}),
     dup => q({"choices":[{"message":{"content":"first","content":"second"},"finish_reason":"stop"}]}),
 );
 
@@ -95,7 +100,9 @@ is $b->{choices}[0]{message}{content}, "smile \x{1f600} ok",
 is $b->{choices}[0]{message}{content}, 'second',
    'a member given twice: the last one, as the client read it';
 
-for my $name (qw(tools tools_text two error null filter garbage)) {
+for my $name (qw(tools tools_text two error null filter garbage badnum
+                 badlit badutf8))
+{
     my $q = "Question number " . ++$n . " about $name?";
     my ($r1) = ask($name, $q);
     is $r1->{headers}{'x-smartflow-cache'}, 'MISS', "$name: a miss";
