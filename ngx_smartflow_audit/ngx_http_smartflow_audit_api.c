@@ -1157,6 +1157,135 @@ ngx_http_smartflow_audit_proof(ngx_http_smartflow_audit_query_t *q,
 }
 
 
+/*
+ * A proof for a record whose segment was shipped and removed, from the
+ * segment's leaves file (ngx_http_smartflow_audit_s3.c) and its seal:
+ * the record's leaf hash and its path to the sealed segment root; the
+ * record itself is in the bucket.  1 when the record is in this segment.
+ */
+static ngx_uint_t
+ngx_http_smartflow_audit_proof_removed(ngx_http_smartflow_audit_query_t *q,
+    ngx_uint_t seg)
+{
+    int                              np, k;
+    u_char                          *buf, *seal, *p, *end, *eol, *sp, *id;
+    size_t                           len, slen, idlen;
+    uint64_t                         n, i, index, seq, found;
+    unsigned char                  (*leaves)[32];
+    ngx_http_smartflow_audit_buf_t  *b;
+    u_char                           path[NGX_MAX_PATH];
+    unsigned char                    proof[SF_MERKLE_MAX_LEVEL][32];
+    unsigned char                    root[32];
+    char                             num[256];
+
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/segment-%08ui.leaves%Z", q->dir,
+                 seg);
+
+    buf = ngx_http_smartflow_audit_slurp(path, &len);
+    if (buf == NULL) {
+        return 0;
+    }
+
+    n = 0;
+    for (p = buf; p < buf + len; p++) {
+        n += (*p == '\n');
+    }
+
+    leaves = malloc(n * 32 + 1);
+    if (leaves == NULL) {
+        free(buf);
+        return 0;
+    }
+
+    /* "SEQ ID LEAF" lines */
+    index = 0;
+    found = 0;
+    seq = 0;
+    end = buf + len;
+    i = 0;
+
+    for (p = buf; p < end && i < n; p = eol + 1, i++) {
+        eol = ngx_strlchr(p, end, '\n');
+        sp = ngx_strlchr(p, eol, ' ');
+
+        if (eol == NULL || sp == NULL || eol - sp < 66
+            || sf_audit_unhex((char *) eol - 64, 64, leaves[i], 32) != 32)
+        {
+            free(leaves);
+            free(buf);
+            return 0;
+        }
+
+        id = sp + 1;
+        idlen = eol - 65 - id;
+
+        if (!found
+            && ((q->seq
+                 && (uint64_t) ngx_atoof(p, sp - p) == q->seq)
+                || (q->seq == 0 && idlen == ngx_strlen(q->id)
+                    && ngx_strncmp(id, q->id, idlen) == 0)))
+        {
+            found = 1;
+            index = i;
+            seq = ngx_atoof(p, sp - p);
+        }
+    }
+
+    if (!found || i != n) {
+        free(leaves);
+        free(buf);
+        return 0;
+    }
+
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEAL "%Z",
+                 q->dir, seg);
+    seal = ngx_http_smartflow_audit_slurp(path, &slen);
+
+    if (seal == NULL || slen == 0) {
+        free(seal);
+        free(leaves);
+        free(buf);
+        return 0;
+    }
+
+    np = sf_merkle_inclusion((const unsigned char (*)[32]) leaves, n, index,
+                             proof);
+    sf_merkle_root((const unsigned char (*)[32]) leaves, n, root);
+
+    b = &q->out;
+
+    ngx_snprintf((u_char *) num, sizeof(num),
+                 "{\"seq\":%uL,\"segment\":%ui,\"sealed\":true,"
+                 "\"segment_removed\":true,\"index\":%uL,\"size\":%uL%Z",
+                 seq, seg, index, n);
+    ngx_http_smartflow_audit_puts(b, num);
+
+    ngx_http_smartflow_audit_puts(b, ",\"leaf_hash\":\"");
+    ngx_http_smartflow_audit_puthex(b, leaves[index], 32);
+    ngx_http_smartflow_audit_puts(b, "\",\"proof\":[");
+
+    for (k = 0; k < np; k++) {
+        ngx_http_smartflow_audit_puts(b, k ? ",\"" : "\"");
+        ngx_http_smartflow_audit_puthex(b, proof[k], 32);
+        ngx_http_smartflow_audit_puts(b, "\"");
+    }
+
+    ngx_http_smartflow_audit_puts(b, "],\"segment_root\":\"");
+    ngx_http_smartflow_audit_puthex(b, root, 32);
+    ngx_http_smartflow_audit_puts(b, "\",\"seal\":");
+    ngx_http_smartflow_audit_put(b, seal, slen - 1);
+    ngx_http_smartflow_audit_puts(b, ",\"record\":null}\n");
+
+    q->status = NGX_HTTP_OK;
+
+    free(seal);
+    free(leaves);
+    free(buf);
+
+    return 1;
+}
+
+
 static void
 ngx_http_smartflow_audit_query_thread(void *data, ngx_log_t *log)
 {
@@ -1200,6 +1329,12 @@ ngx_http_smartflow_audit_query_thread(void *data, ngx_log_t *log)
                          "%Z", q->dir, seg);
 
             if (ngx_file_info(path, &fi) != NGX_FILE_ERROR) {
+                if (q->mode == NGX_HTTP_SMARTFLOW_AUDIT_PROOF
+                    && ngx_http_smartflow_audit_proof_removed(q, seg))
+                {
+                    return;
+                }
+
                 continue;
             }
 

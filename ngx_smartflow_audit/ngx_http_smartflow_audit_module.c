@@ -10,6 +10,7 @@
 #include <curl/curl.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/rand.h>
 
 #include "ngx_http_smartflow_audit.h"
 
@@ -42,8 +43,10 @@ static ngx_int_t ngx_http_smartflow_audit_append(ngx_http_request_t *r,
     ngx_http_smartflow_audit_sample_t *m);
 static ngx_int_t ngx_http_smartflow_audit_plain(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_open_file_t *file);
-static u_char *ngx_http_smartflow_audit_str(u_char *p, char *name,
-    ngx_str_t *s);
+static u_char *ngx_http_smartflow_audit_value(u_char *p, ngx_str_t *s);
+static u_char *ngx_http_smartflow_audit_uint(u_char *p, uint64_t n);
+static ngx_http_variable_value_t *ngx_http_smartflow_audit_request_id(
+    ngx_http_request_t *r, ngx_http_smartflow_audit_main_conf_t *amcf);
 static ngx_int_t ngx_http_smartflow_audit_tap(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, u_char *p, size_t len, ngx_uint_t last);
 static ngx_http_smartflow_audit_ctx_t *ngx_http_smartflow_audit_get_ctx(
@@ -312,6 +315,18 @@ static ngx_uint_t  ngx_http_smartflow_audit_fd_segment;
 /* writes what the buffer holds a while after this process added to it */
 static ngx_event_t  ngx_http_smartflow_audit_flush_ev;
 
+/*
+ * $request_id, the receipt id: 16 bytes of OpenSSL's DRBG as nginx draws
+ * them, but drawn for 256 requests at a time (one RAND_bytes() call a
+ * request cost about as much as the record's formatting); filled in the
+ * process that serves the requests, after the fork
+ */
+#define NGX_HTTP_SMARTFLOW_AUDIT_IDS  256
+
+static u_char      ngx_http_smartflow_audit_ids[NGX_HTTP_SMARTFLOW_AUDIT_IDS
+                                                * 16];
+static ngx_uint_t  ngx_http_smartflow_audit_ids_left;
+
 /* the retry of spooled timestamps, in one worker */
 static ngx_event_t        ngx_http_smartflow_audit_retry_ev;
 static ngx_thread_task_t *ngx_http_smartflow_audit_retry_task;
@@ -376,9 +391,13 @@ ngx_http_smartflow_audit_utf8_cut(ngx_str_t *s)
 }
 
 
+/* room for ,"name":"value": an escaped byte takes at most 6 (\u00XX) */
 #define ngx_http_smartflow_audit_slen(s)                                      \
-    (sizeof(",\"\":\"\"") + 24                                               \
-     + ngx_smartflow_json_escape_len((s)->data, (s)->len))
+    (sizeof(",\"\":\"\"") + 24 + 6 * (s)->len)
+
+/* ,"name":"value" or ,"name":null */
+#define ngx_http_smartflow_audit_str(p, name, s)                              \
+    ngx_http_smartflow_audit_value(ngx_sf_cpymem(p, ",\"" name "\":"), s)
 
 
 static ngx_int_t
@@ -441,7 +460,7 @@ ngx_http_smartflow_audit_record(ngx_http_request_t *r,
         user = ctx->vkey->user;
     }
 
-    vv = ngx_http_get_indexed_variable(r, amcf->request_id);
+    vv = ngx_http_smartflow_audit_request_id(r, amcf);
     if (vv && !vv->not_found) {
         rid.data = vv->data;
         rid.len = vv->len;
@@ -567,8 +586,9 @@ ngx_http_smartflow_audit_record(ngx_http_request_t *r,
           + ngx_http_smartflow_audit_slen(&policy)
           + ngx_http_smartflow_audit_slen(&trace)
           + ngx_http_smartflow_audit_slen(&ctx->err_code)
-          + ngx_http_smartflow_audit_slen(&req_body)
-          + ngx_http_smartflow_audit_slen(&resp_body)
+          + sizeof(",\"request_body\":\"\",\"response_body\":\"\"")
+          + ngx_smartflow_json_escape_len(req_body.data, req_body.len)
+          + ngx_smartflow_json_escape_len(resp_body.data, resp_body.len)
           + sizeof(",\"request_body_cut\":false,"
                    "\"response_body_cut\":false")
           /* the chain fields */
@@ -581,7 +601,10 @@ ngx_http_smartflow_audit_record(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    p = ngx_sprintf(line, "{\"time\":\"%V\"", &ngx_cached_http_log_iso8601);
+    p = ngx_sf_cpymem(line, "{\"time\":\"");
+    p = ngx_cpymem(p, ngx_cached_http_log_iso8601.data,
+                   ngx_cached_http_log_iso8601.len);
+    *p++ = '"';
     p = ngx_http_smartflow_audit_str(p, "request_id", &rid);
     p = ngx_http_smartflow_audit_str(p, "key_id", &ctx->key_id);
     p = ngx_http_smartflow_audit_str(p, "team", &ctx->team);
@@ -594,22 +617,30 @@ ngx_http_smartflow_audit_record(ngx_http_request_t *r,
     p = ngx_http_smartflow_audit_str(p, "provider", &provider);
     p = ngx_http_smartflow_audit_str(p, "deployment", &deployment);
 
-    p = ngx_sprintf(p, ",\"status\":%ui,\"stream\":%s,\"latency_ms\":%M",
-                    r->headers_out.status, ctx->stream ? "true" : "false",
-                    (ngx_msec_t) latency);
+    /* numbers by hand: ngx_sprintf() parses its format each time */
+    p = ngx_sf_cpymem(p, ",\"status\":");
+    p = ngx_http_smartflow_audit_uint(p, r->headers_out.status);
+    p = ctx->stream ? ngx_sf_cpymem(p, ",\"stream\":true")
+                    : ngx_sf_cpymem(p, ",\"stream\":false");
+    p = ngx_sf_cpymem(p, ",\"latency_ms\":");
+    p = ngx_http_smartflow_audit_uint(p, (ngx_msec_t) latency);
 
     if (has_upstream) {
-        p = ngx_sprintf(p, ",\"upstream_ms\":%M", upstream);
+        p = ngx_sf_cpymem(p, ",\"upstream_ms\":");
+        p = ngx_http_smartflow_audit_uint(p, upstream);
 
     } else {
         p = ngx_sf_cpymem(p, ",\"upstream_ms\":null");
     }
 
-    p = ngx_sprintf(p, ",\"prompt_tokens\":%ui,\"completion_tokens\":%ui",
-                    ctx->prompt_tokens, ctx->completion_tokens);
+    p = ngx_sf_cpymem(p, ",\"prompt_tokens\":");
+    p = ngx_http_smartflow_audit_uint(p, ctx->prompt_tokens);
+    p = ngx_sf_cpymem(p, ",\"completion_tokens\":");
+    p = ngx_http_smartflow_audit_uint(p, ctx->completion_tokens);
 
     if (priced) {
-        p = ngx_sprintf(p, ",\"cost_usd_micro\":%uL", cost);
+        p = ngx_sf_cpymem(p, ",\"cost_usd_micro\":");
+        p = ngx_http_smartflow_audit_uint(p, cost);
 
     } else {
         p = ngx_sf_cpymem(p, ",\"cost_usd_micro\":null");
@@ -618,24 +649,31 @@ ngx_http_smartflow_audit_record(ngx_http_request_t *r,
     p = ngx_http_smartflow_audit_str(p, "cache", &ctx->cache_status);
 
     if (ctx->cache_phase) {
-        p = ngx_sprintf(p, ",\"cache_phase\":%ui", ctx->cache_phase);
+        p = ngx_sf_cpymem(p, ",\"cache_phase\":");
+        p = ngx_http_smartflow_audit_uint(p, ctx->cache_phase);
 
     } else {
         p = ngx_sf_cpymem(p, ",\"cache_phase\":null");
     }
 
     p = ngx_http_smartflow_audit_str(p, "policy", &policy);
-    p = ngx_sprintf(p, ",\"policy_blocked\":%s",
-                    ctx->policy_blocked ? "true" : "false");
+    p = ctx->policy_blocked ? ngx_sf_cpymem(p, ",\"policy_blocked\":true")
+                            : ngx_sf_cpymem(p, ",\"policy_blocked\":false");
     p = ngx_http_smartflow_audit_str(p, "trace_id", &trace);
     p = ngx_http_smartflow_audit_str(p, "error", &ctx->err_code);
 
-    p = ngx_sprintf(p, ",\"request_bytes\":%O,\"response_bytes\":%O,"
-                       "\"response_complete\":%s,\"request_sha256\":\"%s\","
-                       "\"response_sha256\":\"%s\"",
-                    r->request_length, r->connection->sent,
-                    (actx && actx->complete) ? "true" : "false",
-                    req_hex, resp_hex);
+    p = ngx_sf_cpymem(p, ",\"request_bytes\":");
+    p = ngx_http_smartflow_audit_uint(p, ngx_max(r->request_length, 0));
+    p = ngx_sf_cpymem(p, ",\"response_bytes\":");
+    p = ngx_http_smartflow_audit_uint(p, ngx_max(r->connection->sent, 0));
+    p = (actx && actx->complete)
+        ? ngx_sf_cpymem(p, ",\"response_complete\":true")
+        : ngx_sf_cpymem(p, ",\"response_complete\":false");
+    p = ngx_sf_cpymem(p, ",\"request_sha256\":\"");
+    p = ngx_cpymem(p, req_hex, 64);
+    p = ngx_sf_cpymem(p, "\",\"response_sha256\":\"");
+    p = ngx_cpymem(p, resp_hex, 64);
+    *p++ = '"';
 
     if (alcf->bodies) {
         p = ngx_http_smartflow_audit_str(p, "request_body", &req_body);
@@ -703,6 +741,9 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
     body_end = p;
     rotate = 0;
 
+    /* the record's fields, hashed outside the lock */
+    sf_audit_record_start(line, body_end - line);
+
     ngx_shmtx_lock(&shpool->mutex);
 
     if (ngx_http_smartflow_audit_open(amcf, sh, r->connection->log)
@@ -715,18 +756,32 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
     seq = sh->seq + 1;
     sf_audit_hex(sh->head, 32, hex);
 
-    p = ngx_sprintf(body_end, ",\"ts\":%L,\"seq\":%uL,\"kid\":\"%s\","
-                    "\"prev\":\"%s\"", ts, seq, key->kid, hex);
+    p = ngx_sf_cpymem(body_end, ",\"ts\":");
+    p = ngx_http_smartflow_audit_uint(p, ngx_max(ts, 0));
+    p = ngx_sf_cpymem(p, ",\"seq\":");
+    p = ngx_http_smartflow_audit_uint(p, seq);
+    p = ngx_sf_cpymem(p, ",\"kid\":\"");
+    p = ngx_cpymem(p, key->kid, ngx_strlen(key->kid));
+    p = ngx_sf_cpymem(p, "\",\"prev\":\"");
+    p = ngx_cpymem(p, hex, 64);
+    *p++ = '"';
 
-    /* one pass over the record: its signature, then its hash */
-    if (sf_audit_record_mac(key, line, p - line, mac) != 0) {
+    /*
+     * one pass over the record: its fields were hashed before the lock,
+     * the chain fields now; its signature, then its hash
+     */
+    if (sf_audit_record_sign(key, body_end, p - body_end, mac) != 0) {
         ngx_shmtx_unlock(&shpool->mutex);
         return NGX_ERROR;
     }
 
-    sf_audit_hex(mac, 32, hex);
     tail = p;
-    p = ngx_sprintf(p, ",\"hmac\":\"%s\"}\n", hex);
+    p = ngx_sf_cpymem(p, ",\"hmac\":\"");
+    sf_audit_hex(mac, 32, (char *) p);
+    p += 64;
+    *p++ = '"';
+    *p++ = '}';
+    *p++ = '\n';
 
     if (sf_audit_record_leaf(tail, p - tail - 1, leaf) != 0) {
         ngx_shmtx_unlock(&shpool->mutex);
@@ -964,16 +1019,10 @@ ngx_http_smartflow_audit_plain(ngx_http_request_t *r,
 }
 
 
-/* ,"name":"value" or ,"name":null; no ngx_sprintf(): a record has 17 */
+/* "value" or null, after a name: no ngx_sprintf(), a record has 17 */
 static u_char *
-ngx_http_smartflow_audit_str(u_char *p, char *name, ngx_str_t *s)
+ngx_http_smartflow_audit_value(u_char *p, ngx_str_t *s)
 {
-    *p++ = ',';
-    *p++ = '"';
-    p = ngx_cpymem(p, name, ngx_strlen(name));
-    *p++ = '"';
-    *p++ = ':';
-
     if (s->len == 0) {
         return ngx_sf_cpymem(p, "null");
     }
@@ -983,6 +1032,73 @@ ngx_http_smartflow_audit_str(u_char *p, char *name, ngx_str_t *s)
     *p++ = '"';
 
     return p;
+}
+
+
+/* a number in decimal, as %uL would print it */
+static u_char *
+ngx_http_smartflow_audit_uint(u_char *p, uint64_t n)
+{
+    u_char  *q, buf[NGX_INT64_LEN];
+
+    q = buf + sizeof(buf);
+
+    do {
+        *--q = (u_char) ('0' + n % 10);
+        n /= 10;
+    } while (n);
+
+    return ngx_cpymem(p, q, buf + sizeof(buf) - q);
+}
+
+
+/*
+ * $request_id, set once a request from the batch of random bytes, unless
+ * something asked for it earlier; then nginx's own value stands
+ */
+static ngx_http_variable_value_t *
+ngx_http_smartflow_audit_request_id(ngx_http_request_t *r,
+    ngx_http_smartflow_audit_main_conf_t *amcf)
+{
+    u_char                     *id, *rnd;
+    ngx_http_variable_value_t  *vv;
+
+    vv = &r->variables[amcf->request_id];
+
+    if (vv->valid || vv->not_found) {
+        return ngx_http_get_indexed_variable(r, amcf->request_id);
+    }
+
+    if (ngx_http_smartflow_audit_ids_left == 0) {
+        if (RAND_bytes(ngx_http_smartflow_audit_ids,
+                       sizeof(ngx_http_smartflow_audit_ids))
+            != 1)
+        {
+            /* nginx's own, which logs why */
+            return ngx_http_get_indexed_variable(r, amcf->request_id);
+        }
+
+        ngx_http_smartflow_audit_ids_left = NGX_HTTP_SMARTFLOW_AUDIT_IDS;
+    }
+
+    id = ngx_pnalloc(r->pool, 32);
+    if (id == NULL) {
+        return NULL;
+    }
+
+    /* each id's bytes are used once and wiped */
+    rnd = ngx_http_smartflow_audit_ids
+          + --ngx_http_smartflow_audit_ids_left * 16;
+    ngx_hex_dump(id, rnd, 16);
+    ngx_memzero(rnd, 16);
+
+    vv->len = 32;
+    vv->valid = 1;
+    vv->no_cacheable = 0;
+    vv->not_found = 0;
+    vv->data = id;
+
+    return vv;
 }
 
 
@@ -1088,7 +1204,7 @@ ngx_http_smartflow_audit_header_filter(ngx_http_request_t *r)
         return ngx_http_next_header_filter(r);
     }
 
-    vv = ngx_http_get_indexed_variable(r, amcf->request_id);
+    vv = ngx_http_smartflow_audit_request_id(r, amcf);
     if (vv == NULL || vv->not_found) {
         return ngx_http_next_header_filter(r);
     }
@@ -1117,8 +1233,9 @@ ngx_http_smartflow_audit_header_filter(ngx_http_request_t *r)
     h->hash = 1;
     ngx_str_set(&h->key, "Smartflow-Audit-Receipt");
     h->value.data = p;
-    p = ngx_sprintf(p, "id=%*s; request-sha256=", (size_t) vv->len,
-                    vv->data);
+    p = ngx_sf_cpymem(p, "id=");
+    p = ngx_cpymem(p, vv->data, vv->len);
+    p = ngx_sf_cpymem(p, "; request-sha256=");
     sf_audit_hex(actx->request, 32, (char *) p);
     h->value.len = p + 64 - h->value.data;
 

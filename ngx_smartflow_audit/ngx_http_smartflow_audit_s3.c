@@ -33,6 +33,7 @@ typedef struct {
     ngx_msec_t                  timeout;
     time_t                      tsa_wait;       /* 0: no timestamps */
     ngx_flag_t                  keep;
+    sf_audit_key_t              key;            /* signs the marks */
 
     /* results */
     ngx_int_t                   rc;
@@ -306,6 +307,7 @@ ngx_http_smartflow_audit_s3_timer(ngx_event_t *ev)
 {
     u_char                                *p;
     ngx_thread_task_t                     *task;
+    const sf_audit_key_t                  *key;
     ngx_http_smartflow_audit_s3_t         *s;
     ngx_http_smartflow_audit_main_conf_t  *amcf = ev->data;
 
@@ -348,6 +350,17 @@ ngx_http_smartflow_audit_s3_timer(ngx_event_t *ev)
 
     s->mode = amcf->s3_lock_mode;
     s->keep = amcf->s3_keep;
+
+    /* the key valid now signs the marks; none: nothing is marked */
+    key = sf_audit_keys_current(amcf->keys, ngx_time());
+
+    if (key) {
+        s->key = *key;
+
+    } else {
+        ngx_memzero(&s->key, sizeof(sf_audit_key_t));
+    }
+
     s->retention = amcf->s3_retention;
     s->timeout = amcf->s3_timeout;
     s->tsa_wait = amcf->tsa_url.len ? (time_t) amcf->tsa_timeout / 1000 + 60
@@ -571,6 +584,135 @@ ngx_http_smartflow_audit_s3_mark(ngx_http_smartflow_audit_s3_t *s,
 
 
 /*
+ * segment-N.leaves, written before segment N is removed: a line a record,
+ * "SEQ REQUEST_ID LEAF_HASH" ("-" for no id), from which a proof of a
+ * record whose segment is gone is made (the leaves give the path to the
+ * sealed segment root; the record itself is in the bucket)
+ */
+static ngx_int_t
+ngx_http_smartflow_audit_s3_leaves(ngx_http_smartflow_audit_s3_t *s,
+    ngx_uint_t seg, u_char *log)
+{
+    u_char           *buf, *out, *p, *q, *end, *eol, *id;
+    size_t            len, idlen, n;
+    ssize_t           r;
+    ngx_fd_t          fd;
+    const char       *why;
+    sf_audit_tail_t   t;
+    ngx_file_info_t   fi;
+    u_char            path[NGX_MAX_PATH], tmp[NGX_MAX_PATH], leaf[32];
+
+    buf = NULL;
+    out = NULL;
+
+    fd = ngx_open_file(log, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (fd == NGX_INVALID_FILE) {
+        /* gone already: its leaves were written before */
+        return NGX_OK;
+    }
+
+    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR) {
+        (void) ngx_close_file(fd);
+        goto failed;
+    }
+
+    len = ngx_file_size(&fi);
+    buf = malloc(len + 1);
+
+    r = buf ? read(fd, buf, len) : -1;
+    (void) ngx_close_file(fd);
+
+    if (r != (ssize_t) len) {
+        goto failed;
+    }
+
+    /* a line is at most 20 + 1 + 64 + 1 + 64 + 1 bytes */
+    n = 0;
+    for (p = buf; p < buf + len; p++) {
+        n += (*p == '\n');
+    }
+
+    out = malloc(n * 160 + 1);
+    if (out == NULL) {
+        goto failed;
+    }
+
+    q = out;
+    end = buf + len;
+
+    for (p = buf; p < end; p = eol + 1) {
+        eol = ngx_strlchr(p, end, '\n');
+        if (eol == NULL) {
+            break;
+        }
+
+        if (sf_audit_tail_parse((char *) p, eol - p, &t, &why) != 0) {
+            snprintf(s->err, sizeof(s->err), "%s: %s", log, why);
+            goto failed;
+        }
+
+        sf_merkle_leaf(p, eol - p, leaf);
+
+        /* "request_id" is the record's second field, after "time" */
+        id = ngx_strnstr(p, "\"request_id\":\"", ngx_min(eol - p, 128));
+        idlen = 0;
+
+        if (id) {
+            id += sizeof("\"request_id\":\"") - 1;
+
+            while (id + idlen < eol && id[idlen] != '"' && idlen < 64) {
+                idlen++;
+            }
+        }
+
+        q = ngx_sprintf(q, "%uL ", t.seq);
+        q = idlen ? ngx_cpymem(q, id, idlen) : ngx_cpymem(q, "-", 1);
+        *q++ = ' ';
+        sf_audit_hex(leaf, 32, (char *) q);
+        q += 64;
+        *q++ = '\n';
+    }
+
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/segment-%08ui.leaves%Z", s->dir,
+                 seg);
+    ngx_snprintf(tmp, NGX_MAX_PATH, "%s.tmp%Z", path);
+
+    fd = ngx_open_file(tmp, NGX_FILE_WRONLY, NGX_FILE_TRUNCATE, 0644);
+    if (fd == NGX_INVALID_FILE) {
+        goto failed;
+    }
+
+    if (write(fd, out, q - out) != q - out || fsync(fd) == -1) {
+        (void) ngx_close_file(fd);
+        goto failed;
+    }
+
+    (void) ngx_close_file(fd);
+
+    if (rename((char *) tmp, (char *) path) == -1) {
+        goto failed;
+    }
+
+    free(out);
+    free(buf);
+
+    return NGX_OK;
+
+failed:
+
+    if (s->err[0] == '\0') {
+        snprintf(s->err, sizeof(s->err), "writing the leaves of %s "
+                 "failed: %s", log, strerror(errno));
+    }
+
+    free(out);
+    free(buf);
+
+    return NGX_ERROR;
+}
+
+
+/*
  * The local copy of a shipped segment, removed; 0 when it must stay
  * (chattr +i, permissions): the later ones stay too, so the segments
  * gone are always the first ones, which the recovery and the verifier
@@ -616,6 +758,18 @@ ngx_http_smartflow_audit_s3_remove(ngx_http_smartflow_audit_s3_t *s,
     ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEGMENT "%Z",
                  s->dir, seg);
 
+    /* what answers proofs once the records are gone */
+    if (ngx_http_smartflow_audit_s3_leaves(s, seg, path) != NGX_OK) {
+        if (s->unremoved == 0) {
+            s->unremoved = seg;
+            ngx_cpystrn((u_char *) s->warn, (u_char *) s->err,
+                        sizeof(s->warn));
+        }
+
+        s->err[0] = '\0';
+        return 0;
+    }
+
     if (unlink((char *) path) == 0) {
         s->removed++;
         return 1;
@@ -647,7 +801,7 @@ ngx_http_smartflow_audit_s3_thread(void *data, ngx_log_t *log)
     ngx_uint_t       seg, min, max, i, stop, prune;
     ngx_file_info_t  fi;
     u_char           path[NGX_MAX_PATH], file[64];
-    u_char           manifest[3 * 1400];
+    u_char           manifest[3 * 1400 + 256];
     static char     *ext[] = { "log", "seal", "tsr" };
 
     s->rc = NGX_OK;
@@ -780,7 +934,18 @@ ngx_http_smartflow_audit_s3_thread(void *data, ngx_log_t *log)
         }
 
         if (rc == NGX_OK) {
-            rc = ngx_http_smartflow_audit_s3_mark(s, seg, manifest, len);
+            /* signed: a mark is what lets a segment go from the folder */
+            len = sf_audit_mark_sign(&s->key, time(NULL), (char *) manifest,
+                                     len, sizeof(manifest));
+            if (len == 0) {
+                snprintf(s->err, sizeof(s->err), "signing the mark of "
+                         "segment %lu failed (no key valid now?)",
+                         (unsigned long) seg);
+                rc = NGX_ERROR;
+
+            } else {
+                rc = ngx_http_smartflow_audit_s3_mark(s, seg, manifest, len);
+            }
         }
 
         if (rc != NGX_OK) {

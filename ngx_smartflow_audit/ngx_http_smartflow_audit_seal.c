@@ -21,8 +21,10 @@ static ngx_int_t ngx_http_smartflow_audit_read(u_char *path, u_char **buf,
 static ngx_int_t ngx_http_smartflow_audit_leaves(u_char *buf, size_t len,
     unsigned char (**leaves)[32], uint64_t *n, u_char *head,
     uint64_t *first, uint64_t *last);
-static ngx_int_t ngx_http_smartflow_audit_lines(u_char *buf, size_t len,
-    uint64_t *n, u_char *head, uint64_t *first);
+static ngx_int_t ngx_http_smartflow_audit_ends(u_char *path, off_t bytes,
+    uint64_t *first, uint64_t *last, u_char *head, char *err, size_t errlen);
+static ngx_int_t ngx_http_smartflow_audit_line_seq(u_char *p, size_t len,
+    uint64_t *seq);
 static ngx_int_t ngx_http_smartflow_audit_resume(
     ngx_http_smartflow_audit_main_conf_t *amcf, ngx_uint_t seg,
     ngx_http_smartflow_audit_sh_t *sh, char *err, size_t errlen);
@@ -54,40 +56,50 @@ ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s)
     ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEGMENT "%Z",
                  s->dir, s->segment);
 
-    if (ngx_http_smartflow_audit_read(path, &buf, &len, s->err,
-                                      sizeof(s->err))
-        != NGX_OK)
-    {
-        goto failed;
-    }
-
     if (s->leaves) {
         /*
          * The workers' leaves: the file is checked against them by its
-         * size, its lines, its first record's number and its last
-         * record's hash, without hashing every record again.
+         * size, its first record's number, its last record's number
+         * (the records are numbered without gaps) and hash, reading only
+         * its two ends instead of hashing every record again.
          */
         leaves = s->leaves;
         s->leaves = NULL;
+        n = s->count;
 
-        if ((off_t) len != s->bytes
-            || ngx_http_smartflow_audit_lines(buf, len, &n, head, &first)
-               != NGX_OK
-            || (n && ngx_memcmp(leaves[n - 1], head, 32) != 0))
+        if (ngx_http_smartflow_audit_ends(path, s->bytes, &first, &lastseq,
+                                          head, s->err, sizeof(s->err))
+            != NGX_OK)
         {
-            snprintf(s->err, sizeof(s->err), "%s: %lu bytes, %lu "
-                     "expected, or a record is cut short or unreadable",
-                     path, (unsigned long) len, (unsigned long) s->bytes);
             goto failed;
         }
 
-    } else if (ngx_http_smartflow_audit_leaves(buf, len, &leaves, &n, head,
-                                               &first, &lastseq)
-               != NGX_OK)
-    {
-        snprintf(s->err, sizeof(s->err), "%s: a record is cut short or "
-                 "unreadable", path);
-        goto failed;
+        if (n == 0 || lastseq != first + n - 1
+            || ngx_memcmp(leaves[n - 1], head, 32) != 0)
+        {
+            snprintf(s->err, sizeof(s->err), "%s: its last record is "
+                     "%lu from %lu, %lu records expected", path,
+                     (unsigned long) lastseq, (unsigned long) first,
+                     (unsigned long) n);
+            goto failed;
+        }
+
+    } else {
+        if (ngx_http_smartflow_audit_read(path, &buf, &len, s->err,
+                                          sizeof(s->err))
+            != NGX_OK)
+        {
+            goto failed;
+        }
+
+        if (ngx_http_smartflow_audit_leaves(buf, len, &leaves, &n, head,
+                                            &first, &lastseq)
+            != NGX_OK)
+        {
+            snprintf(s->err, sizeof(s->err), "%s: a record is cut short or "
+                     "unreadable", path);
+            goto failed;
+        }
     }
 
     /* what the workers appended is what is sealed */
@@ -251,47 +263,136 @@ failed:
 }
 
 
-/* the number of lines, the first one's record number, the last's hash */
+/*
+ * A segment's size (as expected), its first record's number, its last
+ * record's number and leaf hash, from its two ends: pieces of 8k, then
+ * larger until they hold a whole line (records with bodies may be long)
+ */
 static ngx_int_t
-ngx_http_smartflow_audit_lines(u_char *buf, size_t len, uint64_t *n,
-    u_char *head, uint64_t *first)
+ngx_http_smartflow_audit_ends(u_char *path, off_t bytes, uint64_t *first,
+    uint64_t *last, u_char *head, char *err, size_t errlen)
 {
-    u_char           *p, *end, *eol, *last;
-    uint64_t          count;
+    u_char           *buf, *p, *nl;
+    off_t             size, w;
+    ssize_t           n;
+    ngx_fd_t          fd;
+    ngx_int_t         rc;
+    ngx_uint_t        end;
+    ngx_file_info_t   fi;
+
+    buf = NULL;
+    rc = NGX_ERROR;
+
+    fd = ngx_open_file(path, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (fd == NGX_INVALID_FILE) {
+        snprintf(err, errlen, "open(%s) failed: %s", path, strerror(errno));
+        return NGX_ERROR;
+    }
+
+    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR) {
+        snprintf(err, errlen, "fstat(%s) failed: %s", path, strerror(errno));
+        goto done;
+    }
+
+    size = ngx_file_size(&fi);
+
+    if (size != bytes || size == 0) {
+        snprintf(err, errlen, "%s: %lu bytes, %lu expected", path,
+                 (unsigned long) size, (unsigned long) bytes);
+        goto done;
+    }
+
+    /* end 0: the first line, from the start; end 1: the last one */
+    for (end = 0; end < 2; end++) {
+
+        for (w = 8192; /* void */; w *= 2) {
+            w = ngx_min(w, size);
+
+            ngx_free(buf);
+            buf = ngx_alloc(w, ngx_cycle->log);
+            if (buf == NULL) {
+                snprintf(err, errlen, "no memory for %s", path);
+                goto done;
+            }
+
+            n = pread(fd, buf, w, end ? size - w : 0);
+
+            if (n != w) {
+                snprintf(err, errlen, "read(%s) failed", path);
+                goto done;
+            }
+
+            if (end == 0) {
+                nl = ngx_strlchr(buf, buf + w, '\n');
+
+                if (nl) {
+                    if (ngx_http_smartflow_audit_line_seq(buf, nl - buf,
+                                                          first)
+                        != NGX_OK)
+                    {
+                        goto bad;
+                    }
+
+                    break;
+                }
+
+            } else {
+                if (buf[w - 1] != '\n') {
+                    goto bad;
+                }
+
+                /* the newline before the last line, or the file's start */
+                for (p = buf + w - 1; p > buf && p[-1] != '\n'; p--) {
+                    /* void */
+                }
+
+                if (p > buf || w == size) {
+                    if (ngx_http_smartflow_audit_line_seq(p,
+                                                    buf + w - 1 - p, last)
+                        != NGX_OK)
+                    {
+                        goto bad;
+                    }
+
+                    sf_merkle_leaf(p, buf + w - 1 - p, head);
+                    break;
+                }
+            }
+
+            if (w == size) {
+                goto bad;
+            }
+        }
+    }
+
+    rc = NGX_OK;
+    goto done;
+
+bad:
+
+    snprintf(err, errlen, "%s: a record is cut short or unreadable", path);
+
+done:
+
+    ngx_free(buf);
+    (void) ngx_close_file(fd);
+
+    return rc;
+}
+
+
+/* a record line's number */
+static ngx_int_t
+ngx_http_smartflow_audit_line_seq(u_char *p, size_t len, uint64_t *seq)
+{
     const char       *why;
     sf_audit_tail_t   t;
 
-    *n = 0;
-    *first = 0;
-    ngx_memzero(head, 32);
-
-    if (len == 0) {
-        return NGX_OK;
-    }
-
-    if (buf[len - 1] != '\n') {
+    if (sf_audit_tail_parse((char *) p, len, &t, &why) != 0) {
         return NGX_ERROR;
     }
 
-    count = 0;
-    end = buf + len;
-    last = buf;
-
-    for (p = buf; p < end; p = eol + 1) {
-        eol = memchr(p, '\n', end - p);
-        last = p;
-        count++;
-    }
-
-    eol = memchr(buf, '\n', len);
-
-    if (sf_audit_tail_parse((char *) buf, eol - buf, &t, &why) != 0) {
-        return NGX_ERROR;
-    }
-
-    *first = t.seq;
-    *n = count;
-    sf_merkle_leaf(last, end - 1 - last, head);
+    *seq = t.seq;
 
     return NGX_OK;
 }
@@ -847,12 +948,13 @@ ngx_http_smartflow_audit_resume(ngx_http_smartflow_audit_main_conf_t *amcf,
     ngx_uint_t seg, ngx_http_smartflow_audit_sh_t *sh, char *err,
     size_t errlen)
 {
-    u_char           *buf, *p;
-    size_t            len;
+    u_char           *buf, *p, *mark;
+    size_t            len, mlen;
     uint64_t          first, count, size, bit;
+    const char       *why;
     ngx_file_info_t   fi;
-    u_char            root[32], mine[32];
-    u_char            path[NGX_MAX_PATH];
+    u_char            root[32], mine[32], listed[32];
+    u_char            path[NGX_MAX_PATH], suffix[64];
 
     ngx_snprintf(path, NGX_MAX_PATH, "%V/segment-%08ui.shipped%Z",
                  &amcf->dir, seg);
@@ -862,6 +964,30 @@ ngx_http_smartflow_audit_resume(ngx_http_smartflow_audit_main_conf_t *amcf,
                  "(no %s)", (unsigned long) seg, path);
         return NGX_ERROR;
     }
+
+    /* the mark, signed by the gateway, lists this very seal */
+    if (ngx_http_smartflow_audit_read(path, &mark, &mlen, err, errlen)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ngx_snprintf(suffix, sizeof(suffix), "/" NGX_SMARTFLOW_AUDIT_SEAL "%Z",
+                 seg);
+
+    if (mark == NULL
+        || sf_audit_mark_check(amcf->keys, (char *) mark, mlen,
+                               (char *) suffix, listed, &why)
+           != 0)
+    {
+        snprintf(err, errlen, "segment %lu is missing and its mark %s "
+                 "does not hold: %s", (unsigned long) seg, path,
+                 mark ? why : "empty");
+        ngx_free(mark);
+        return NGX_ERROR;
+    }
+
+    ngx_free(mark);
 
     ngx_snprintf(path, NGX_MAX_PATH, "%V/" NGX_SMARTFLOW_AUDIT_SEAL "%Z",
                  &amcf->dir, seg);
@@ -875,6 +1001,15 @@ ngx_http_smartflow_audit_resume(ngx_http_smartflow_audit_main_conf_t *amcf,
     if (buf == NULL || len == 0) {
         snprintf(err, errlen, "segment %lu is shipped but its seal %s is "
                  "missing", (unsigned long) seg, path);
+        ngx_free(buf);
+        return NGX_ERROR;
+    }
+
+    sf_sha256(buf, len, mine);
+
+    if (ngx_memcmp(mine, listed, 32) != 0) {
+        snprintf(err, errlen, "segment %lu is missing and its mark lists "
+                 "another seal than %s", (unsigned long) seg, path);
         ngx_free(buf);
         return NGX_ERROR;
     }

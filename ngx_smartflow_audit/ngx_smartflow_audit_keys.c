@@ -25,10 +25,14 @@ typedef struct {
     sf_sha256_t     outer;
     unsigned char   key[SF_AUDIT_KEY_MAX];
     size_t          key_len;            /* 0: none keyed yet */
+    uint64_t        serial;             /* the key's, 0: compare it */
 } sf_hmac_state_t;
 
 
 static __thread sf_hmac_state_t  sf_hmac_st;
+
+/* numbers each key parsed: a thread knows its keyed state at a glance */
+static uint64_t  sf_audit_key_serial;
 
 
 void
@@ -73,6 +77,7 @@ sf_audit_hmac_key(sf_hmac_state_t *st, const sf_audit_key_t *k)
 
     memcpy(st->key, k->key, k->key_len);
     st->key_len = k->key_len;
+    st->serial = k->serial;
 }
 
 
@@ -90,8 +95,9 @@ sf_audit_hmac(const sf_audit_key_t *k, const void *data, size_t len,
         return -1;
     }
 
-    if (st->key_len != k->key_len
-        || CRYPTO_memcmp(st->key, k->key, k->key_len) != 0)
+    if ((k->serial == 0 || k->serial != st->serial)
+        && (st->key_len != k->key_len
+            || CRYPTO_memcmp(st->key, k->key, k->key_len) != 0))
     {
         sf_audit_hmac_key(st, k);
     }
@@ -117,23 +123,42 @@ sf_audit_hmac(const sf_audit_key_t *k, const void *data, size_t len,
 static __thread sf_sha256_t  sf_rec;
 
 
-int
-sf_audit_record_mac(const sf_audit_key_t *k, const void *data, size_t len,
-    unsigned char *mac)
+void
+sf_audit_record_start(const void *data, size_t len)
 {
-    sf_sha256_t    c;
-    unsigned char  zero, d[32];
+    unsigned char  zero;
 
     zero = 0;
 
     sf_sha256_init(&sf_rec);
     sf_sha256_update(&sf_rec, &zero, 1);
     sf_sha256_update(&sf_rec, data, len);
+}
+
+
+int
+sf_audit_record_sign(const sf_audit_key_t *k, const void *data, size_t len,
+    unsigned char *mac)
+{
+    sf_sha256_t    c;
+    unsigned char  d[32];
+
+    sf_sha256_update(&sf_rec, data, len);
 
     c = sf_rec;
     sf_sha256_final(&c, d);
 
     return sf_audit_hmac(k, d, sizeof(d), mac);
+}
+
+
+int
+sf_audit_record_mac(const sf_audit_key_t *k, const void *data, size_t len,
+    unsigned char *mac)
+{
+    sf_audit_record_start(data, len);
+
+    return sf_audit_record_sign(k, NULL, 0, mac);
 }
 
 
@@ -270,6 +295,7 @@ sf_audit_keys_parse(const char *p, size_t len, sf_audit_keys_t *keys,
         }
 
         k->key_len = n;
+        k->serial = ++sf_audit_key_serial;
         k->not_before = INT64_MIN;
         k->not_after = INT64_MAX;
 
@@ -468,14 +494,154 @@ sf_audit_tail_parse(const char *line, size_t len, sf_audit_tail_t *t,
 }
 
 
+size_t
+sf_audit_mark_sign(const sf_audit_key_t *k, int64_t t, char *buf,
+    size_t len, size_t size)
+{
+    int            n;
+    unsigned char  mac[32];
+
+    n = snprintf(buf + len, size - len, "hmac %s %lld ", k->kid,
+                 (long long) t);
+
+    if (n < 0 || len + n + 64 + 2 > size) {
+        return 0;
+    }
+
+    len += n;
+
+    if (sf_audit_hmac(k, buf, len, mac) != 0) {
+        return 0;
+    }
+
+    sf_audit_hex(mac, 32, buf + len);
+    len += 64;
+    buf[len++] = '\n';
+    buf[len] = '\0';
+
+    return len;
+}
+
+
+int
+sf_audit_mark_check(const sf_audit_keys_t *keys, const char *buf,
+    size_t len, const char *suffix, unsigned char *sha, const char **why)
+{
+    size_t                 slen, n;
+    int64_t                t;
+    const char            *p, *end, *line, *eol, *sp, *q;
+    unsigned char          mac[32], want[32];
+    const sf_audit_key_t  *k;
+    char                   kid[SF_AUDIT_KID_LEN + 1];
+
+    end = buf + len;
+
+    if (len < 2 || buf[len - 1] != '\n') {
+        *why = "not a shipped mark";
+        return -1;
+    }
+
+    /* the last line */
+    for (line = end - 1; line > buf && line[-1] != '\n'; line--) {
+        /* void */
+    }
+
+    p = line;
+
+    if (sf_audit_expect(&p, end, "hmac ") != 0) {
+        *why = "the mark is not signed";
+        return -1;
+    }
+
+    q = memchr(p, ' ', end - p);
+    if (q == NULL || q == p || q - p > SF_AUDIT_KID_LEN) {
+        *why = "bad key id in the mark";
+        return -1;
+    }
+
+    memcpy(kid, p, q - p);
+    kid[q - p] = '\0';
+    p = q + 1;
+
+    if (sf_audit_number(&p, end, &t) != 0
+        || sf_audit_expect(&p, end, " ") != 0
+        || end - p != 65
+        || sf_audit_unhex(p, 64, want, 32) != 32)
+    {
+        *why = "bad signature line in the mark";
+        return -1;
+    }
+
+    k = sf_audit_keys_find(keys, kid);
+    if (k == NULL) {
+        *why = "the mark's key is not in the key file";
+        return -1;
+    }
+
+    if (t < k->not_before || t > k->not_after) {
+        *why = "the mark's key was not valid when it was signed";
+        return -1;
+    }
+
+    if (sf_audit_hmac(k, buf, p - buf, mac) != 0
+        || CRYPTO_memcmp(mac, want, 32) != 0)
+    {
+        *why = "the mark's HMAC does not match";
+        return -1;
+    }
+
+    /* "URL SHA256 MODE DATE": the object whose URL ends with suffix */
+    slen = strlen(suffix);
+
+    for (p = buf; p < line; p = eol + 1) {
+        eol = memchr(p, '\n', line - p);
+        sp = memchr(p, ' ', eol - p);
+
+        if (sp == NULL) {
+            continue;
+        }
+
+        n = sp - p;
+
+        if (n >= slen && memcmp(sp - slen, suffix, slen) == 0
+            && eol - sp > 65 && sp[65] == ' '
+            && sf_audit_unhex(sp + 1, 64, sha, 32) == 32)
+        {
+            return 0;
+        }
+    }
+
+    *why = "the mark lists no such object";
+    return -1;
+}
+
+
+/* a byte's two digits at once: 5 hashes a record, 32 bytes each */
+static const char  sf_audit_hex_pairs[] =
+        "000102030405060708090a0b0c0d0e0f"
+        "101112131415161718191a1b1c1d1e1f"
+        "202122232425262728292a2b2c2d2e2f"
+        "303132333435363738393a3b3c3d3e3f"
+        "404142434445464748494a4b4c4d4e4f"
+        "505152535455565758595a5b5c5d5e5f"
+        "606162636465666768696a6b6c6d6e6f"
+        "707172737475767778797a7b7c7d7e7f"
+        "808182838485868788898a8b8c8d8e8f"
+        "909192939495969798999a9b9c9d9e9f"
+        "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf"
+        "b0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
+        "c0c1c2c3c4c5c6c7c8c9cacbcccdcecf"
+        "d0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
+        "e0e1e2e3e4e5e6e7e8e9eaebecedeeef"
+        "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
+
+
 void
 sf_audit_hex(const unsigned char *p, size_t len, char *out)
 {
-    static const char  hex[] = "0123456789abcdef";
-
     while (len--) {
-        *out++ = hex[*p >> 4];
-        *out++ = hex[*p++ & 0xf];
+        memcpy(out, &sf_audit_hex_pairs[*p++ * 2], 2);
+        out += 2;
     }
 
     *out = '\0';

@@ -36,6 +36,7 @@ typedef struct {
     size_t          key_len;
     int64_t         not_before;     /* epoch seconds, INT64_MIN: none */
     int64_t         not_after;      /* INT64_MAX: none */
+    uint64_t        serial;         /* unique a parse, 0: none */
 } sf_audit_key_t;
 
 
@@ -80,7 +81,30 @@ int sf_audit_hmac(const sf_audit_key_t *k, const void *data, size_t len,
  */
 int sf_audit_record_mac(const sf_audit_key_t *k, const void *data,
     size_t len, unsigned char *mac);
+/*
+ * The same in two steps, in one thread: the signed bytes' first part
+ * hashed, then the signature once given the rest of them (the audit
+ * module hashes a record's fields before it takes the chain's lock, and
+ * only the chain fields under it).
+ */
+void sf_audit_record_start(const void *data, size_t len);
+int sf_audit_record_sign(const sf_audit_key_t *k, const void *data,
+    size_t len, unsigned char *mac);
 int sf_audit_record_leaf(const void *tail, size_t len, unsigned char *leaf);
+
+/*
+ * A segment's shipped mark (segment-N.shipped): one line an object
+ * shipped, "URL SHA256 MODE RETAIN_UNTIL", then "hmac KID TIME HEX": HEX
+ * is HMAC-SHA256 under key KID of every byte of the file before HEX, TIME
+ * (epoch seconds) when it was signed.  sign appends that line to buf
+ * (len bytes used of size) and returns the new length, 0 when it does
+ * not fit; check returns 0, or -1 with the reason in *why, and gives the
+ * SHA-256 the mark lists for the object whose URL ends with suffix.
+ */
+size_t sf_audit_mark_sign(const sf_audit_key_t *k, int64_t t, char *buf,
+    size_t len, size_t size);
+int sf_audit_mark_check(const sf_audit_keys_t *keys, const char *buf,
+    size_t len, const char *suffix, unsigned char *sha, const char **why);
 
 void sf_audit_hex(const unsigned char *p, size_t len, char *out);
 /* the number of bytes, or -1 */

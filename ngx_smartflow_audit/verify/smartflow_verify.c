@@ -54,6 +54,7 @@ typedef struct {
     uint64_t        timestamped;
     uint64_t        ts_pending;
     uint64_t        removed;        /* shipped, gone: by their seals */
+    uint64_t        marks;          /* shipped marks checked */
 
     /* the first problem */
     char            file[512];
@@ -125,10 +126,10 @@ print_report(const char *path)
            ",\"sealed\":%" PRIu64 ",\"open\":%" PRIu64
            ",\"log_size\":%" PRIu64 ",\"timestamped\":%" PRIu64
            ",\"timestamps_pending\":%" PRIu64 ",\"removed\":%" PRIu64
-           ",\"chain_head\":",
+           ",\"shipped_marks\":%" PRIu64 ",\"chain_head\":",
            rep.ok ? "true" : "false", rep.records, rep.segments, rep.sealed,
            rep.open, rep.log_size, rep.timestamped, rep.ts_pending,
-           rep.removed);
+           rep.removed, rep.marks);
     json_str(stdout, rep.head);
     printf(",\"log_root\":");
     json_str(stdout, rep.log_root);
@@ -581,6 +582,70 @@ seal_frontier(const char *seal, uint64_t size, sf_merkle_frontier_t *f)
 
 
 /*
+ * segment-N.shipped: signed under a key valid when it was signed, and
+ * listing segment N's seal with the SHA-256 of the seal in the folder
+ * (the seal stays when the segment goes)
+ */
+static int
+verify_mark(state_t *st, const char *dir, uint64_t segno)
+{
+    int             rc;
+    char           *buf, *sealbuf;
+    size_t          len, slen;
+    const char     *why;
+    char            path[4096], seal[4096], suffix[64];
+    unsigned char   listed[32], actual[32];
+
+    snprintf(path, sizeof(path), "%s/segment-%08" PRIu64 ".shipped", dir,
+             segno);
+    snprintf(seal, sizeof(seal), "%s/segment-%08" PRIu64 ".seal", dir,
+             segno);
+    snprintf(suffix, sizeof(suffix), "/segment-%08" PRIu64 ".seal", segno);
+
+    buf = read_file(path, &len);
+    if (buf == NULL) {
+        fail(path, 0, 0, "mark_unreadable", "cannot read the shipped mark");
+        return -1;
+    }
+
+    rc = -1;
+    sealbuf = NULL;
+
+    if (sf_audit_mark_check(st->keys, buf, len, suffix, listed, &why)
+        != 0)
+    {
+        fail(path, 0, 0, "mark_invalid", "%s", why);
+        goto done;
+    }
+
+    sealbuf = read_file(seal, &slen);
+    if (sealbuf == NULL) {
+        fail(seal, 0, 0, "seal_missing", "segment %" PRIu64 " is marked "
+             "shipped, but its seal is missing", segno);
+        goto done;
+    }
+
+    sf_sha256(sealbuf, slen, actual);
+
+    if (memcmp(listed, actual, 32) != 0) {
+        fail(path, 0, 0, "mark_seal", "the mark lists another seal than "
+             "the one in the folder");
+        goto done;
+    }
+
+    rep.marks++;
+    rc = 0;
+
+done:
+
+    free(sealbuf);
+    free(buf);
+
+    return rc;
+}
+
+
+/*
  * A segment shipped to S3 and removed from the folder: its seal alone,
  * which must follow the one before (numbers, log size, consistency
  * proof); the last one gives the chain head and log tree to go on from.
@@ -772,7 +837,7 @@ verify_dir(const char *dir, const sf_audit_keys_t *keys)
 {
     int             unsealed_seen;
     DIR            *d;
-    char            path[4096], seal[4096];
+    char            path[4096], seal[4096], mark[4096];
     size_t          nsegs, nseals, cap, scap, i, j;
     uint64_t       *segs, *seals, n, first, count, start, k;
     struct stat     sb;
@@ -858,6 +923,10 @@ verify_dir(const char *dir, const sf_audit_keys_t *keys)
             goto done;
         }
 
+        if (verify_mark(&st, dir, k) != 0) {
+            goto done;
+        }
+
         snprintf(seal, sizeof(seal), "%s/segment-%08" PRIu64 ".seal", dir,
                  k);
 
@@ -927,6 +996,16 @@ verify_dir(const char *dir, const sf_audit_keys_t *keys)
             }
 
             rep.sealed++;
+
+            /* shipped and kept (smartflow_audit_s3_keep on) */
+            snprintf(mark, sizeof(mark),
+                     "%s/segment-%08" PRIu64 ".shipped", dir, segs[i]);
+
+            if (stat(mark, &sb) == 0
+                && verify_mark(&st, dir, segs[i]) != 0)
+            {
+                goto done;
+            }
 
             if (tsa_ca) {
                 char  tsr[4096];
@@ -1060,7 +1139,10 @@ merkle_vectors(void)
  * {"seq":N,"segment":S,"index":I,"size":C,"proof":["HEX",...],
  *  "segment_root":"HEX","record_hex":"HEX of the line",...}
  * The leaf is hashed from the record itself; with PATH the root must be
- * the one sealed for that segment.
+ * the one sealed for that segment.  A proof for a record whose segment
+ * was shipped and removed carries no record, only "leaf_hash": the
+ * record fetched from the bucket must hash to it (SHA-256 of 0x00 and
+ * its line).
  */
 static int
 verify_proof(const char *file, const char *dir, const sf_audit_keys_t *keys)
@@ -1091,6 +1173,10 @@ verify_proof(const char *file, const char *dir, const sf_audit_keys_t *keys)
     }
 
     p = seal_field(buf, "record_hex");
+    if (p == NULL && seal_hash(buf, "leaf_hash", leaf) == 0) {
+        goto leaf;
+    }
+
     if (p == NULL || *p != '"' || (q = strchr(p + 1, '"')) == NULL) {
         fail(file, 0, 0, "proof", "no record");
         goto done;
@@ -1108,6 +1194,8 @@ verify_proof(const char *file, const char *dir, const sf_audit_keys_t *keys)
     }
 
     sf_merkle_leaf((unsigned char *) rec, rlen, leaf);
+
+leaf:
 
     p = seal_field(buf, "proof");
     if (p == NULL || *p++ != '[') {

@@ -142,6 +142,37 @@ is($rep->{records}, scalar(() = $gw->records),
 is($rep->{chain_head}, status()->{chain_head},
    'the chain head is the gateway\'s');
 
+# a proof for a record whose segment is gone: from its leaves file and
+# seal; the record itself comes from the bucket
+{
+    my @l = files('leaves');
+    is(scalar @l, scalar @seals, 'each removed segment left its leaves');
+    my $first = $s3->object('audit-bucket/gw1/segment-00000001.log');
+    my ($line) = split /\n/, $first;
+    my $rec = JSON::PP->new->decode($line);
+    my $leaf = Digest::SHA::sha256_hex("\0" . $line);
+    for my $ask ($rec->{seq}, $rec->{request_id}) {
+        my $r = $gw->get("/api/audit/proof/$ask", key => undef);
+        is($r->{status}, 200, "proof of $ask, its segment gone: 200");
+        my $pf = eval { JSON::PP->new->decode($r->{content}) } // {};
+        is($pf->{segment_removed}, JSON::PP::true, 'says the segment is gone');
+        is($pf->{seq}, $rec->{seq}, 'names the record');
+        is($pf->{leaf_hash}, $leaf,
+           'its leaf hash is the record\'s in the bucket');
+        my $pfile = $gw->root . '/removed-proof.json';
+        spit($pfile, $r->{content});
+        my ($prc, $prep) = $gw->verify(undef, '--proof', $pfile);
+        is($prc, 0, 'smartflow-verify --proof holds with the folder')
+            or diag explain $prep;
+        spit($pfile, $r->{content} =~ s/("leaf_hash":")([0-9a-f])/
+                         $1 . ($2 eq 'a' ? 'b' : 'a')/er);
+        ($prc, $prep) = $gw->verify(undef, '--proof', $pfile);
+        is($prc, 1, 'another leaf hash does not');
+    }
+    is($gw->get('/api/audit/proof/999999', key => undef)->{status}, 404,
+       'a record that is nowhere: 404');
+}
+
 my $logs = $gw->get('/api/vas/logs?limit=1000');
 is($logs->{status}, 200, 'the log query skips the removed segments');
 is(scalar @{ JSON::PP->new->decode($logs->{content})->{data} },
@@ -205,7 +236,28 @@ $check->('a removed segment without its shipped mark', 'segment_missing',
 $check->('a removed segment\'s mark gone in the middle', 'segment_missing',
          sub { my @m = sort glob "$copy/segment-*.shipped";
                unlink $m[$#m - 1] });
-$check->('a removed segment\'s seal changed', 'seal_hmac', sub {
+# the marks are signed with the audit key and list their seal
+$check->('a removed segment\'s mark altered', 'mark_invalid', sub {
+    my $f = (sort glob "$copy/segment-*.shipped")[0];
+    my $t = slurp($f);
+    $t =~ s/(\d)Z$/($1 == 9 ? 8 : $1 + 1) . 'Z'/me or die "no date in $f";
+    spit($f, $t);
+});
+$check->('a removed segment\'s mark without its signature', 'mark_invalid',
+         sub {
+    my $f = (sort glob "$copy/segment-*.shipped")[0];
+    spit($f, slurp($f) =~ s/^hmac .*\n//mr);
+});
+$check->('another segment\'s mark in its place', 'mark_invalid', sub {
+    my @m = sort glob "$copy/segment-*.shipped";
+    spit($m[1], slurp($m[0]));
+});
+$check->('a mark signed with a key not in the file', 'mark_invalid', sub {
+    my $f = (sort glob "$copy/segment-*.shipped")[0];
+    spit($f, slurp($f) =~ s/^hmac k1 /hmac k9 /mr);
+});
+# (its mark lists the seal's SHA-256: caught there first)
+$check->('a removed segment\'s seal changed', 'mark_seal', sub {
     my $f = (sort glob "$copy/segment-*.seal")[0];
     spit($f, slurp($f) =~ s/"count":(\d+)/'"count":' . ($1 + 1)/er);
 });
@@ -252,5 +304,23 @@ $s3->stop;
 my @alerts = grep { /\[(alert|crit|emerg)\]/ }
              split /\n/, slurp($gw->root . '/logs/error.log');
 is_deeply(\@alerts, [], 'no alert in the error log');
+
+# the gateway itself does not start where the last segment gone has an
+# altered mark: it goes on from that segment's seal
+my ($base) = (files('log'))[0] =~ /segment-(\d+)\.log\z/;
+$base -= 1;
+my $last_mark = sprintf '%s/segment-%08d.shipped', $gw->dir, $base;
+my $saved = slurp($last_mark);
+ok(defined $saved, "segment $base is gone with its mark");
+spit($last_mark, $saved =~ s/^(\S+ )([0-9a-f])/$1 . ($2 eq 'a' ? 'b' : 'a')/er);
+ok(!$gw->nginx, 'nginx does not start with an altered mark');
+my $why = qr/segment $base is missing and its mark \S+ does not hold: /;
+like(slurp($gw->root . '/logs/error.log'),
+     qr/\[emerg\].*${why}the mark's HMAC does not match/,
+     'the [emerg] names the mark and why');
+spit($last_mark, $saved);
+ok($gw->nginx, 'with the mark as it was, nginx starts');
+$gw->wait_workers(2);
+$gw->stop;
 
 done_testing();
