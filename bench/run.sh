@@ -543,18 +543,24 @@ for f in "$state"/logs/*.log; do
     log_mark[$f]=$(stat -c %s "$f")
 done
 
+# case_target CASE: sets url and script (the wrk Lua file) for a case
+case_target() {
+    case $1 in
+        plain) url=$url_plain script=chat ;;
+        gateway) url=$url_gw script=chat ;;
+        translated) url=$url_gw script=claude ;;
+        plain_stream) url=$url_plain_stream script=stream ;;
+        translated_stream) url=$url_gw script=claude_stream ;;
+        *) die "unknown case $1" ;;
+    esac
+}
+
+
 # ---- BENCH_IR: instructions per request instead of rounds ---------------
 
 if [ "$ir" = 1 ]; then
     for name in "${cases[@]}"; do
-        case $name in
-            plain) url=$url_plain script=chat ;;
-            gateway) url=$url_gw script=chat ;;
-            translated) url=$url_gw script=claude ;;
-            plain_stream) url=$url_plain_stream script=stream ;;
-            translated_stream) url=$url_gw script=claude_stream ;;
-            *) die "unknown case $name" ;;
-        esac
+        case_target "$name"
         # warm-up, then the counters zeroed, the requests, a dump
         wrk -t1 -c4 -d"${warmup}s" -s "$state/$script.lua" "$url" >/dev/null
         callgrind_control -z "${pids[1]}" >/dev/null 2>&1
@@ -615,14 +621,7 @@ field() {
 run() {
     local name=$1 label=$2 secs=$3 url out line before after served
     local script
-    case $name in
-        plain) url=$url_plain script=chat ;;
-        gateway) url=$url_gw script=chat ;;
-        translated) url=$url_gw script=claude ;;
-        plain_stream) url=$url_plain_stream script=stream ;;
-        translated_stream) url=$url_gw script=claude_stream ;;
-        *) die "unknown case $name" ;;
-    esac
+    case_target "$name"
     out=$state/wrk-$name-$label.txt
 
     local f0 f1 u0 u1 c0 c1 busy0 busy1 tot0 tot1
