@@ -13,6 +13,7 @@ static ngx_int_t ngx_smartflow_sse_scan(ngx_smartflow_sse_t *sse, u_char *p,
     u_char *last, u_char **rest, ngx_smartflow_sse_pt handler, void *data);
 static ngx_int_t ngx_smartflow_sse_keep(ngx_smartflow_sse_t *sse, u_char *p,
     size_t len);
+static u_char *ngx_smartflow_sse_eol(u_char *s, u_char *last);
 static ngx_int_t ngx_smartflow_sse_event(ngx_smartflow_sse_t *sse,
     u_char *start, u_char *end, ngx_smartflow_sse_pt handler, void *data);
 
@@ -119,7 +120,7 @@ static ngx_int_t
 ngx_smartflow_sse_scan(ngx_smartflow_sse_t *sse, u_char *p, u_char *last,
     u_char **rest, ngx_smartflow_sse_pt handler, void *data)
 {
-    u_char     *s, *line, *start, *lf, *cr;
+    u_char     *s, *line, *start, *e;
     ngx_int_t   rc;
 
     s = p;
@@ -128,22 +129,21 @@ ngx_smartflow_sse_scan(ngx_smartflow_sse_t *sse, u_char *p, u_char *last,
     while (s < last) {
         line = s;
 
-        lf = memchr(s, '\n', last - s);
-        cr = memchr(s, '\r', (lf ? lf : last) - s);
+        e = ngx_smartflow_sse_eol(s, last);
 
-        if (cr == NULL) {
-            if (lf == NULL) {
-                break;
-            }
+        if (e == last) {
+            break;
+        }
 
-            s = lf + 1;
+        if (*e == '\n') {
+            s = e + 1;
 
-        } else if (cr + 1 == last) {
+        } else if (e + 1 == last) {
             /* "\r" may be half of "\r\n": wait for the next byte */
             break;
 
         } else {
-            s = (cr[1] == '\n') ? cr + 2 : cr + 1;
+            s = (e[1] == '\n') ? e + 2 : e + 1;
         }
 
         if (line[0] == '\n' || line[0] == '\r') {
@@ -163,11 +163,25 @@ ngx_smartflow_sse_scan(ngx_smartflow_sse_t *sse, u_char *p, u_char *last,
 }
 
 
+/* the first "\n" or "\r" in s .. last, or last: providers send "\n" */
+
+static u_char *
+ngx_smartflow_sse_eol(u_char *s, u_char *last)
+{
+    u_char  *lf, *cr;
+
+    lf = memchr(s, '\n', last - s);
+    cr = memchr(s, '\r', (lf ? lf : last) - s);
+
+    return cr ? cr : (lf ? lf : last);
+}
+
+
 static ngx_int_t
 ngx_smartflow_sse_event(ngx_smartflow_sse_t *sse, u_char *start, u_char *end,
     ngx_smartflow_sse_pt handler, void *data)
 {
-    u_char                     *s, *e, *v, *d, *cr;
+    u_char                     *s, *e, *v, *d;
     size_t                      n;
     ngx_uint_t                  lines;
     ngx_smartflow_sse_event_t   ev;
@@ -183,18 +197,7 @@ ngx_smartflow_sse_event(ngx_smartflow_sse_t *sse, u_char *start, u_char *end,
 
     for (s = start; s < end; s = e) {
 
-        /* the line's end, found as the scan found it */
-
-        e = memchr(s, '\n', end - s);
-        cr = memchr(s, '\r', (e ? e : end) - s);
-
-        if (cr) {
-            e = cr;
-
-        } else if (e == NULL) {
-            e = end;
-        }
-
+        e = ngx_smartflow_sse_eol(s, end);
         n = e - s;
 
         if (e < end && *e == '\r' && e + 1 < end && e[1] == '\n') {
