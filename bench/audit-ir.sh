@@ -18,6 +18,7 @@
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
+. "$top/bench/ir.sh"
 modules=${SMARTFLOW_MODULES:-$top/build/modules}
 verify=$top/build/smartflow-verify
 port=${BENCH_PORT:-18860}
@@ -155,18 +156,12 @@ for c in $cases; do
         on) p=$on ;;
         *) echo "audit-ir: unknown case $c" >&2; exit 1 ;;
     esac
-    wrk -t1 -c4 -d1s -s "$state/chat.lua" \
-        "http://127.0.0.1:$p/v1/chat/completions" >/dev/null
-    callgrind_control -z "$front" >/dev/null 2>&1
-    out=$(wrk -t1 -c4 -d"${duration}s" -s "$state/chat.lua" \
-          "http://127.0.0.1:$p/v1/chat/completions" | sed -n 's/^IR //p')
-    callgrind_control -d "$c" "$front" >/dev/null 2>&1
-    # one file per thread with --separate-threads; one in all otherwise
-    f=$(ls -t "$state"/callgrind.out.* | head -1)
-    total=$(sed -n 's/^summary: *\([0-9]*\).*/\1/p; s/^totals: *\([0-9]*\).*/\1/p' "$f" | head -1)
-    set -- $out
-    echo "$c $1 $(awk -v t="$total" -v n="$1" 'BEGIN { printf "%.0f", t / n }') errors=$2"
-    [ -n "${IR_KEEP:-}" ] && cp "$f" "$IR_KEEP/callgrind.audit-$c"
+    ir_case "$c" "$front" "$state" "$state/chat.lua" \
+        "http://127.0.0.1:$p/v1/chat/completions" "$duration"
+    if [ -n "${IR_KEEP:-}" ]; then
+        cp "$(ls -t "$state"/callgrind.out.* | head -1)" \
+            "$IR_KEEP/callgrind.audit-$c"
+    fi
 done
 
 # the flush timer has written the buffer by now

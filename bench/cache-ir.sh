@@ -14,6 +14,7 @@
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
+. "$top/bench/ir.sh"
 modules=${SMARTFLOW_MODULES:-$top/build/modules}
 port=${BENCH_PORT:-18840}
 duration=${IR_DURATION:-4}
@@ -161,11 +162,6 @@ for _ in $(seq 100); do
     sleep 0.2
 done
 
-ir() {    # -> total instructions counted so far
-    callgrind_control -s "$front" 2>/dev/null \
-        | awk '/Totals:|Events/ { next } /^ *[0-9,]+ *$/ { gsub(",", ""); print; exit }'
-}
-
 for c in $cases; do
     case $c in
         plain) p=$plain; s=same ;;
@@ -173,14 +169,7 @@ for c in $cases; do
         miss) p=$gw; s=new ;;
         hit) p=$gw; s=same ;;
     esac
-    # warm-up: connections to the upstream, the hit stored
-    wrk -t1 -c4 -d1s -s "$state/$s.lua" "http://127.0.0.1:$p/v1/chat/completions" >/dev/null
-    callgrind_control -z "$front" >/dev/null 2>&1
-    out=$(wrk -t1 -c4 -d"${duration}s" -s "$state/$s.lua" \
-          "http://127.0.0.1:$p/v1/chat/completions" | sed -n 's/^IR //p')
-    callgrind_control -d "$c" "$front" >/dev/null 2>&1
-    f=$(ls -t "$state"/callgrind.out.* | head -1)
-    total=$(sed -n 's/^summary: *\([0-9]*\).*/\1/p; s/^totals: *\([0-9]*\).*/\1/p' "$f" | head -1)
-    set -- $out
-    echo "$c $1 $(awk -v t="$total" -v n="$1" 'BEGIN { printf "%.0f", t / n }') errors=$2"
+    # the warm-up opens the connections to the upstream, stores the hit
+    ir_case "$c" "$front" "$state" "$state/$s.lua" \
+        "http://127.0.0.1:$p/v1/chat/completions" "$duration"
 done

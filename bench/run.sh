@@ -58,6 +58,7 @@
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
+. "$top/bench/ir.sh"
 modules=${SMARTFLOW_MODULES:-$top/build/modules}
 nginx=${BENCH_NGINX:-/usr/sbin/nginx}
 duration=${BENCH_DURATION:-10}
@@ -569,8 +570,7 @@ if [ "$ir" = 1 ]; then
         callgrind_control -d "$name" "${pids[1]}" >/dev/null 2>&1
         n=$(sed -n 's/^ *\([0-9]*\) requests in .*/\1/p' \
                 "$state/wrk-$name-ir.txt")
-        f=$(ls -t "$state"/callgrind.out.* | head -1)
-        total=$(sed -n 's/^summary: *\([0-9]*\).*/\1/p' "$f")
+        total=$(ir_total "$state")
         [ -n "$n" ] && [ "$n" -gt 0 ] && [ -n "$total" ] \
             || die "$name: no requests or no count (see $state)"
         ! grep -q 'Non-2xx' "$state/wrk-$name-ir.txt" \
