@@ -546,6 +546,7 @@ ngx_http_smartflow_on_event(void *data, ngx_smartflow_sse_event_t *ev)
     ngx_http_request_t *r = data;
 
     ngx_str_t                       err;
+    ngx_pool_t                     *pool;
     ngx_array_t                     events;
     ngx_smartflow_json_t           *j, *choices;
     ngx_smartflow_xlate_t           x;
@@ -577,7 +578,12 @@ ngx_http_smartflow_on_event(void *data, ngx_smartflow_sse_event_t *ev)
                    && ngx_strncmp(ev->event.data, "message_stop", 12) == 0))
     {
         /* parse only what has to be read: usage, or a translation */
-        j = ngx_smartflow_json_parse(r->pool, ev->data.data, ev->data.len,
+        pool = ngx_http_smartflow_pool(r, ctx);
+        if (pool == NULL) {
+            return NGX_ERROR;
+        }
+
+        j = ngx_smartflow_json_parse(pool, ev->data.data, ev->data.len,
                                      &err);
         if (j == NULL) {
             ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
@@ -623,7 +629,11 @@ ngx_http_smartflow_on_event(void *data, ngx_smartflow_sse_event_t *ev)
         return NGX_ERROR;
     }
 
-    x.pool = r->pool;
+    x.pool = ngx_http_smartflow_pool(r, ctx);
+    if (x.pool == NULL) {
+        return NGX_ERROR;
+    }
+
     x.log = r->connection->log;
     x.model = ctx->model;
     ngx_str_null(&x.err);
@@ -763,7 +773,11 @@ ngx_http_smartflow_stream_end(ngx_http_request_t *r,
             return NGX_ERROR;
         }
 
-        x.pool = r->pool;
+        x.pool = ngx_http_smartflow_pool(r, ctx);
+        if (x.pool == NULL) {
+            return NGX_ERROR;
+        }
+
         x.log = r->connection->log;
         x.model = ctx->model;
         ngx_str_null(&x.err);
@@ -898,10 +912,14 @@ ngx_http_smartflow_json_filter(ngx_http_request_t *r,
         return ngx_http_next_body_filter(r, NULL);
     }
 
-    j = ngx_smartflow_json_parse(r->pool, ctx->collect, ctx->collect_len,
+    x.pool = ngx_http_smartflow_pool(r, ctx);
+    if (x.pool == NULL) {
+        return NGX_ERROR;
+    }
+
+    j = ngx_smartflow_json_parse(x.pool, ctx->collect, ctx->collect_len,
                                  &err);
 
-    x.pool = r->pool;
     x.log = r->connection->log;
     x.model = ctx->model;
     ngx_str_null(&x.err);
@@ -955,7 +973,7 @@ ngx_http_smartflow_json_filter(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    if (t == NULL || ngx_smartflow_json_dump(r->pool, t, &out) != NGX_OK) {
+    if (t == NULL || ngx_smartflow_json_dump(x.pool, t, &out) != NGX_OK) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "smartflow proxy: translating the answer of provider "
                       "\"%V\" failed: %V", &ctx->provider->name, &x.err);

@@ -654,6 +654,7 @@ ngx_http_smartflow_prepare_upstream(ngx_http_request_t *r,
 {
     u_char                         *p;
     ngx_str_t                      *op, messages;
+    ngx_pool_t                     *pool;
     ngx_uint_t                      rewrite;
     ngx_smartflow_json_t           *j, *opts;
     ngx_smartflow_xlate_t           x;
@@ -661,12 +662,18 @@ ngx_http_smartflow_prepare_upstream(ngx_http_request_t *r,
 
     static ngx_str_t  t = ngx_string("true");
 
+    /* a translation builds a second tree: it gets the pool of its own */
+    pool = ctx->translate ? ngx_http_smartflow_pool(r, ctx) : r->pool;
+    if (pool == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
     pr = ctx->provider;
     ctx->upstream_json = ctx->json;
     rewrite = (ctx->route->model.len != 0);
 
     if (ctx->translate) {
-        x.pool = r->pool;
+        x.pool = pool;
         x.log = r->connection->log;
         x.model = ctx->model;
         ngx_str_null(&x.err);
@@ -710,7 +717,7 @@ ngx_http_smartflow_prepare_upstream(ngx_http_request_t *r,
         opts = ngx_smartflow_json_get(ctx->json, "stream_options");
 
         if (opts == NULL) {
-            opts = ngx_smartflow_json_new(r->pool, NGX_SMARTFLOW_JSON_OBJECT,
+            opts = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_OBJECT,
                                           NULL);
             if (opts == NULL) {
                 return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -732,7 +739,7 @@ ngx_http_smartflow_prepare_upstream(ngx_http_request_t *r,
             j->type = NGX_SMARTFLOW_JSON_TRUE;
 
         } else {
-            j = ngx_smartflow_json_new(r->pool, NGX_SMARTFLOW_JSON_TRUE, &t);
+            j = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_TRUE, &t);
             if (j == NULL) {
                 return NGX_HTTP_INTERNAL_SERVER_ERROR;
             }
@@ -777,10 +784,10 @@ ngx_http_smartflow_prepare_upstream(ngx_http_request_t *r,
     }
 
     if ((ctx->wire_format != NGX_HTTP_SMARTFLOW_FORMAT_GEMINI
-         && ngx_smartflow_json_set_str(r->pool, ctx->upstream_json, "model",
+         && ngx_smartflow_json_set_str(pool, ctx->upstream_json, "model",
                                        &ctx->upstream_model)
             != NGX_OK)
-        || ngx_smartflow_json_dump(r->pool, ctx->upstream_json,
+        || ngx_smartflow_json_dump(pool, ctx->upstream_json,
                                    &ctx->upstream_body)
            != NGX_OK)
     {

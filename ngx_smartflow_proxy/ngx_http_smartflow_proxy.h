@@ -346,6 +346,9 @@ struct ngx_http_smartflow_route_s {
 
 #define NGX_HTTP_SMARTFLOW_MAX_PLAN  8
 
+/* the JSON trees of a request: one block holds a translated exchange */
+#define NGX_HTTP_SMARTFLOW_POOL_SIZE  16384
+
 
 /* limits and money: unset limits are "unlimited", money is micro-USD */
 #define NGX_HTTP_SMARTFLOW_UNLIMITED  ((uint64_t) -1)
@@ -392,6 +395,7 @@ typedef struct {
     ngx_int_t                   status;         /* pipeline result */
 
     ngx_str_t                   body;           /* client body, contiguous */
+    ngx_pool_t                 *pool;           /* the JSON trees' */
     ngx_smartflow_json_t       *json;
     ngx_smartflow_json_t       *upstream_json;  /* json in the provider's */
     ngx_str_t                   model;          /* as the client named it */
@@ -522,6 +526,8 @@ ngx_int_t ngx_http_smartflow_register_output(ngx_conf_t *cf,
     ngx_http_smartflow_output_pt handler);
 
 ngx_http_smartflow_ctx_t *ngx_http_smartflow_get_ctx(ngx_http_request_t *r);
+ngx_pool_t *ngx_http_smartflow_pool(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx);
 ngx_http_smartflow_ctx_t *ngx_http_smartflow_create_ctx(
     ngx_http_request_t *r);
 ngx_uint_t ngx_smartflow_glob(u_char *p, u_char *pe, u_char *s, u_char *se);

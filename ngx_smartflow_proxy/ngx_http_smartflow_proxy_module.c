@@ -358,7 +358,33 @@ ngx_http_smartflow_create_ctx(ngx_http_request_t *r)
 static void
 ngx_http_smartflow_ctx_cleanup(void *data)
 {
-    /* the context lives in the pool; the handler only marks it */
+    ngx_http_smartflow_ctx_t  *ctx = data;
+
+    /* the context lives in the pool; the handler marks it */
+
+    if (ctx->pool) {
+        ngx_destroy_pool(ctx->pool);
+        ctx->pool = NULL;
+    }
+}
+
+
+/*
+ * The pool of the request's JSON trees, their text and the bodies written
+ * from them: one block of NGX_HTTP_SMARTFLOW_POOL_SIZE, where the request
+ * pool (4 KB by default) would grow by several blocks, a malloc and a free
+ * each.  It is freed by the context's cleanup, which the request pool
+ * runs after every cleanup added later, such as the upstream's.
+ */
+ngx_pool_t *
+ngx_http_smartflow_pool(ngx_http_request_t *r, ngx_http_smartflow_ctx_t *ctx)
+{
+    if (ctx->pool == NULL) {
+        ctx->pool = ngx_create_pool(NGX_HTTP_SMARTFLOW_POOL_SIZE,
+                                    r->connection->log);
+    }
+
+    return ctx->pool;
 }
 
 

@@ -94,16 +94,26 @@ ngx_smartflow_json_t *
 ngx_smartflow_xlate_add_num(ngx_pool_t *pool, ngx_smartflow_json_t *parent,
     char *key, ngx_uint_t n)
 {
-    u_char     *p;
+    u_char     *p, *e;
     ngx_str_t   s;
 
-    p = ngx_pnalloc(pool, NGX_INT_T_LEN);
-    if (p == NULL) {
+    /* the digits are written backwards from the end of the buffer */
+
+    e = ngx_pnalloc(pool, NGX_INT_T_LEN);
+    if (e == NULL) {
         return NULL;
     }
 
+    e += NGX_INT_T_LEN;
+    p = e;
+
+    do {
+        *--p = (u_char) ('0' + n % 10);
+        n /= 10;
+    } while (n);
+
     s.data = p;
-    s.len = ngx_sprintf(p, "%ui", n) - p;
+    s.len = e - p;
 
     return ngx_smartflow_xlate_add(pool, parent, key,
                                    NGX_SMARTFLOW_JSON_NUMBER, &s);

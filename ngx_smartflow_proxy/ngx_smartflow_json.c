@@ -641,7 +641,7 @@ ngx_smartflow_json_new(ngx_pool_t *pool, ngx_smartflow_json_type_e type,
 {
     ngx_smartflow_json_t  *j;
 
-    j = ngx_pcalloc(pool, sizeof(ngx_smartflow_json_t));
+    j = ngx_palloc(pool, sizeof(ngx_smartflow_json_t));
     if (j == NULL) {
         return NULL;
     }
@@ -650,7 +650,18 @@ ngx_smartflow_json_new(ngx_pool_t *pool, ngx_smartflow_json_type_e type,
 
     if (str) {
         j->str = *str;
+
+    } else {
+        ngx_str_null(&j->str);
     }
+
+    ngx_str_null(&j->key);
+    j->child = NULL;
+    j->last = NULL;
+    j->next = NULL;
+    j->nchild = 0;
+    j->key_plain = NULL;
+    j->str_plain = NULL;
 
     return j;
 }
