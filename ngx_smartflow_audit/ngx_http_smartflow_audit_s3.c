@@ -557,7 +557,10 @@ ngx_http_smartflow_audit_s3_mark(ngx_http_smartflow_audit_s3_t *s,
                  seg);
     ngx_snprintf(tmp, NGX_MAX_PATH, "%s.tmp%Z", path);
 
-    fd = ngx_open_file(tmp, NGX_FILE_WRONLY, NGX_FILE_TRUNCATE, 0644);
+    /* read-only like the seal; a read-only leftover would refuse a user */
+    (void) unlink((char *) tmp);
+
+    fd = ngx_open_file(tmp, NGX_FILE_WRONLY, NGX_FILE_TRUNCATE, 0444);
     if (fd == NGX_INVALID_FILE) {
         snprintf(s->err, sizeof(s->err), "open(%s) failed: %s", tmp,
                  strerror(errno));
@@ -571,6 +574,7 @@ ngx_http_smartflow_audit_s3_mark(ngx_http_smartflow_audit_s3_t *s,
         return NGX_ERROR;
     }
 
+    (void) fchmod(fd, 0444);
     (void) ngx_close_file(fd);
 
     if (rename((char *) tmp, (char *) path) == -1) {
@@ -677,7 +681,9 @@ ngx_http_smartflow_audit_s3_leaves(ngx_http_smartflow_audit_s3_t *s,
                  seg);
     ngx_snprintf(tmp, NGX_MAX_PATH, "%s.tmp%Z", path);
 
-    fd = ngx_open_file(tmp, NGX_FILE_WRONLY, NGX_FILE_TRUNCATE, 0644);
+    (void) unlink((char *) tmp);
+
+    fd = ngx_open_file(tmp, NGX_FILE_WRONLY, NGX_FILE_TRUNCATE, 0444);
     if (fd == NGX_INVALID_FILE) {
         goto failed;
     }
@@ -687,6 +693,7 @@ ngx_http_smartflow_audit_s3_leaves(ngx_http_smartflow_audit_s3_t *s,
         goto failed;
     }
 
+    (void) fchmod(fd, 0444);
     (void) ngx_close_file(fd);
 
     if (rename((char *) tmp, (char *) path) == -1) {

@@ -163,6 +163,8 @@ $gw->chat("shipped $_") for 1 .. 7;
 ok($gw->settle, 'the closed segments are sealed');
 cmp_ok(scalar files('seal'), '>=', 2, 'two seals or more');
 ok(drained(), 'every seal is marked shipped');
+is(scalar(grep { ((stat $_)[2] & 07777) == 0444 } files('shipped')),
+   scalar(() = files('shipped')), 'the shipped marks are read-only');
 all_in_bucket('up');
 
 my $st = status();

@@ -147,6 +147,8 @@ is($rep->{chain_head}, status()->{chain_head},
 {
     my @l = files('leaves');
     is(scalar @l, scalar @seals, 'each removed segment left its leaves');
+    my @ro = grep { ((stat $_)[2] & 07777) == 0444 } @l;
+    is(scalar @ro, scalar @l, 'the leaves files are read-only');
     my $first = $s3->object('audit-bucket/gw1/segment-00000001.log');
     my ($line) = split /\n/, $first;
     my $rec = JSON::PP->new->decode($line);
