@@ -859,6 +859,7 @@ ngx_http_smartflow_json_filter(ngx_http_request_t *r,
 {
     u_char                          *p;
     size_t                           size;
+    ngx_buf_t                       *b;
     ngx_str_t                        err, out;
     ngx_uint_t                       last;
     ngx_chain_t                     *cl;
@@ -980,13 +981,33 @@ ngx_http_smartflow_json_filter(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    ctx->last_out = &ctx->out;
+    /* the whole answer goes in one last buffer, of the written bytes */
 
-    if (ngx_http_smartflow_emit(r, ctx, out.data, out.len) != NGX_OK) {
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
         return NGX_ERROR;
     }
 
-    return ngx_http_smartflow_send_out(r, ctx, 1, 1);
+    cl = ngx_alloc_chain_link(r->pool);
+    if (cl == NULL) {
+        return NGX_ERROR;
+    }
+
+    b->pos = out.data;
+    b->last = out.data + out.len;
+    b->memory = 1;
+    b->last_buf = 1;
+    b->last_in_chain = 1;
+    b->flush = 1;
+    b->tag = (ngx_buf_tag_t) &ngx_http_smartflow_proxy_module;
+
+    cl->buf = b;
+    cl->next = NULL;
+
+    ctx->out = cl;
+    ctx->last_out = &cl->next;
+
+    return ngx_http_smartflow_send_out(r, ctx, 0, 0);
 }
 
 

@@ -62,6 +62,11 @@ ngx_smartflow_json_t *ngx_smartflow_json_get_n(ngx_smartflow_json_t *obj,
 
 ngx_smartflow_json_t *ngx_smartflow_json_new(ngx_pool_t *pool,
     ngx_smartflow_json_type_e type, ngx_str_t *str);
+/*
+ * key, when given, is one of the gateway's own member names, written as
+ * it is: a name from a client or a provider comes with its node, through
+ * a copy that keeps what is known about its escaping
+ */
 void ngx_smartflow_json_append_n(ngx_smartflow_json_t *parent, char *key,
     size_t len, ngx_smartflow_json_t *child);
 

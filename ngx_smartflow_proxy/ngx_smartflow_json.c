@@ -674,7 +674,7 @@ ngx_smartflow_json_append_n(ngx_smartflow_json_t *parent, char *key,
     if (key) {
         child->key.data = (u_char *) key;
         child->key.len = len;
-        child->key_plain = NULL;
+        child->key_plain = (u_char *) key + len;
     }
 
     child->next = NULL;
