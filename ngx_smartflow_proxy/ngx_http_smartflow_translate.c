@@ -37,25 +37,6 @@ ngx_smartflow_xlate_fail(ngx_smartflow_xlate_t *x, char *msg)
 }
 
 
-ngx_smartflow_json_t *
-ngx_smartflow_xlate_add(ngx_pool_t *pool, ngx_smartflow_json_t *parent,
-    char *key, ngx_smartflow_json_type_e type, ngx_str_t *str)
-{
-    ngx_smartflow_json_t  *j;
-
-    j = ngx_smartflow_json_new(pool, type, str);
-    if (j == NULL) {
-        return NULL;
-    }
-
-    if (parent) {
-        ngx_smartflow_json_append(parent, key, j);
-    }
-
-    return j;
-}
-
-
 /* a copy of the string v, that keeps what is known about its escaping */
 
 ngx_smartflow_json_t *
@@ -73,20 +54,6 @@ ngx_smartflow_xlate_add_str(ngx_pool_t *pool, ngx_smartflow_json_t *parent,
     j->str_plain = v->str_plain;
 
     return j;
-}
-
-
-ngx_smartflow_json_t *
-ngx_smartflow_xlate_add_lit(ngx_pool_t *pool, ngx_smartflow_json_t *parent,
-    char *key, char *lit)
-{
-    ngx_str_t  s;
-
-    s.data = (u_char *) lit;
-    s.len = ngx_strlen(lit);
-
-    return ngx_smartflow_xlate_add(pool, parent, key,
-                                   NGX_SMARTFLOW_JSON_STRING, &s);
 }
 
 

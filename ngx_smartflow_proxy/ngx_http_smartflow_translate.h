@@ -107,18 +107,55 @@ ngx_int_t ngx_smartflow_xlate_stream_end_gemini_openai(
  * budget is not NULL and returns NULL once it runs out.
  */
 ngx_int_t ngx_smartflow_xlate_fail(ngx_smartflow_xlate_t *x, char *msg);
-ngx_smartflow_json_t *ngx_smartflow_xlate_add(ngx_pool_t *pool,
-    ngx_smartflow_json_t *parent, char *key, ngx_smartflow_json_type_e type,
-    ngx_str_t *str);
 ngx_smartflow_json_t *ngx_smartflow_xlate_add_str(ngx_pool_t *pool,
     ngx_smartflow_json_t *parent, char *key, ngx_smartflow_json_t *v);
-ngx_smartflow_json_t *ngx_smartflow_xlate_add_lit(ngx_pool_t *pool,
-    ngx_smartflow_json_t *parent, char *key, char *lit);
 ngx_smartflow_json_t *ngx_smartflow_xlate_add_num(ngx_pool_t *pool,
     ngx_smartflow_json_t *parent, char *key, ngx_uint_t n);
 ngx_int_t ngx_smartflow_xlate_add_number(ngx_pool_t *pool,
     ngx_smartflow_json_t *dst, char *key, ngx_smartflow_json_t *src,
     char *from);
+
+
+/* in line, so that a literal key's length is counted at compile time */
+
+static ngx_inline ngx_smartflow_json_t *
+ngx_smartflow_xlate_add(ngx_pool_t *pool, ngx_smartflow_json_t *parent,
+    char *key, ngx_smartflow_json_type_e type, ngx_str_t *str)
+{
+    ngx_smartflow_json_t  *j;
+
+    j = ngx_smartflow_json_new(pool, type, str);
+
+    if (j && parent) {
+        ngx_smartflow_json_append(parent, key, j);
+    }
+
+    return j;
+}
+
+
+/* lit is the gateway's own text, which needs no escaping */
+
+static ngx_inline ngx_smartflow_json_t *
+ngx_smartflow_xlate_add_lit(ngx_pool_t *pool, ngx_smartflow_json_t *parent,
+    char *key, char *lit)
+{
+    ngx_str_t              s;
+    ngx_smartflow_json_t  *j;
+
+    s.data = (u_char *) lit;
+    s.len = ngx_strlen(lit);
+
+    j = ngx_smartflow_xlate_add(pool, parent, key, NGX_SMARTFLOW_JSON_STRING,
+                                &s);
+    if (j) {
+        j->str_plain = s.data + s.len;
+    }
+
+    return j;
+}
+
+
 ngx_smartflow_json_t *ngx_smartflow_xlate_copy(ngx_pool_t *pool,
     ngx_smartflow_json_t *src, ngx_uint_t *budget);
 void ngx_smartflow_xlate_add_ordered(ngx_smartflow_json_t *parent,

@@ -87,20 +87,49 @@ ngx_sf_add_schema(ngx_pool_t *pool, ngx_smartflow_json_t *parent, char *key,
 }
 
 
-/* a JSON number's text greater than 1 (numbers keep their client text) */
+/*
+ * A JSON number's text greater than 1 (numbers keep their client text):
+ * read from the text, which as JSON has no leading zero, unless it has an
+ * exponent
+ */
 static ngx_uint_t
 ngx_sf_above_one(ngx_str_t *num)
 {
-    u_char  buf[32];
+    u_char  *p, *end;
+    u_char   buf[32];
 
     if (num->len == 0 || num->len >= sizeof(buf)) {
         return 0;
     }
 
-    ngx_memcpy(buf, num->data, num->len);
-    buf[num->len] = '\0';
+    p = num->data;
+    end = p + num->len;
 
-    return strtod((char *) buf, NULL) > 1.0;
+    if (ngx_strlchr(p, end, 'e') || ngx_strlchr(p, end, 'E')) {
+        ngx_memcpy(buf, num->data, num->len);
+        buf[num->len] = '\0';
+
+        return strtod((char *) buf, NULL) > 1.0;
+    }
+
+    if (*p == '-' || *p == '0') {
+        return 0;
+    }
+
+    if (*p != '1' || (p + 1 < end && p[1] != '.')) {
+        /* 2 to 9, or two digits or more before the point */
+        return 1;
+    }
+
+    /* 1, or 1 and a fraction */
+
+    for (p += 2; p < end; p++) {
+        if (*p != '0') {
+            return 1;
+        }
+    }
+
+    return 0;
 }
 
 

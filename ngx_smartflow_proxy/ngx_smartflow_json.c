@@ -626,7 +626,11 @@ ngx_smartflow_json_get_n(ngx_smartflow_json_t *obj, char *key, size_t len)
 
     /* the last duplicate wins, as in most JSON readers */
     for (c = obj->child, obj = NULL; c; c = c->next) {
-        if (c->key.len == len && ngx_memcmp(c->key.data, key, len) == 0) {
+        if (c->key.len == len
+            && (len == 0
+                || (c->key.data[0] == (u_char) key[0]
+                    && ngx_memcmp(c->key.data, key, len) == 0)))
+        {
             obj = c;
         }
     }

@@ -401,6 +401,34 @@ test_req_openai_tools(void)
         "\"temperature\":1.0e0}"),
         "\"temperature\":1.0e0}", "oa->an: temperature 1 kept as sent");
 
+    {
+        /* the text is read without strtod unless it has an exponent */
+        static char  *above[] = { "1.4", "2", "10", "1.0001", "9.5",
+                                  "100", "1.5e0", "0.2E1", "1.000000001" };
+        static char  *kept[] = { "1", "1.0", "1.000", "0", "0.99", "0.2",
+                                 "-5", "-1.5", "0.0", "1e0", "10e-1",
+                                 "-2E3" };
+        char         req[256], want[128], name[128];
+        ngx_uint_t   i;
+
+        for (i = 0; i < sizeof(above) / sizeof(above[0]); i++) {
+            snprintf(req, sizeof(req), "{\"messages\":[{\"role\":\"user\","
+                     "\"content\":\"x\"}],\"temperature\":%s}", above[i]);
+            snprintf(name, sizeof(name), "oa->an: temperature %s clamped",
+                     above[i]);
+            has(req_to_an(req), "\"temperature\":1}", name);
+        }
+
+        for (i = 0; i < sizeof(kept) / sizeof(kept[0]); i++) {
+            snprintf(req, sizeof(req), "{\"messages\":[{\"role\":\"user\","
+                     "\"content\":\"x\"}],\"temperature\":%s}", kept[i]);
+            snprintf(want, sizeof(want), "\"temperature\":%s}", kept[i]);
+            snprintf(name, sizeof(name), "oa->an: temperature %s kept",
+                     kept[i]);
+            has(req_to_an(req), want, name);
+        }
+    }
+
     out = req_to_an(
         "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
         "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],"
