@@ -11,7 +11,8 @@
 #include "ngx_http_smartflow_cache.h"
 
 
-#define NGX_SMARTFLOW_CACHE_SNAP_MAGIC  "SFMC0002"
+/* 0003: the MinHash functions of 32 bits; a signature of 0002 differs */
+#define NGX_SMARTFLOW_CACHE_SNAP_MAGIC  "SFMC0003"
 
 
 typedef struct {

@@ -873,32 +873,91 @@ ngx_smartflow_cache_embed(ngx_smartflow_cache_text_t *t, float *v,
 
 /*
  * The signature: for each of the 64 hash functions, the least value it
- * gives any shingle.  Function k of shingle hash h is the low 32 bits of
- * x ^ (x >> 31), x = (h ^ K * (k + 1)) * M (mod 2^64).  The shingles'
- * hashes are gathered first, then run through the 64 functions: 4 at a
- * time with AVX2 where the CPU has it, one at a time elsewhere; both give
- * the same values.
+ * gives any shingle.  A shingle's 64-bit hash h is folded to 32 bits,
+ * a = lo(h) ^ hi(h); function k of it is
+ *
+ *     x = (a ^ S[k]) * A[k];  x ^= x >> 15;  x *= C;  x ^= x >> 12
+ *
+ * in 32 bits, with S[k] and A[k] (odd) drawn from a fixed sequence: each
+ * function a bijection of a, the finish spreading the high bits of the
+ * product into the low ones.  The shingles' hashes are gathered first,
+ * then run through the 64 functions: 8 at a time with AVX2 where the CPU
+ * has it, one at a time elsewhere; both give the same values.
  */
 
 #define NGX_SMARTFLOW_CACHE_MH_K     0x9e3779b97f4a7c15ULL
 #define NGX_SMARTFLOW_CACHE_MH_M     0xbf58476d1ce4e5b9ULL
+#define NGX_SMARTFLOW_CACHE_MH_C     0x2c1b3c6dU
+
+
+/*
+ * S[k] and A[k]: x = K * (k + 1), x = (x ^ (x >> 31)) * M (mod 2^64),
+ * S[k] its high half, A[k] its low half made odd
+ */
+static const uint32_t  ngx_sf_mh_s[NGX_SMARTFLOW_CACHE_MINHASH] = {
+    0x642b3652, 0xc1787f83, 0x494d77f7, 0x42494674,
+    0x1c13fe24, 0x18296bea, 0xbf24af57, 0x43ead455,
+    0x46fa7f07, 0xf78043b5, 0x49340053, 0xb5e153cf,
+    0x9d281644, 0x3da1a61c, 0x2d903b13, 0x80f7bb8a,
+    0x76d4d885, 0x871710ee, 0x66be7b2c, 0xae58ced7,
+    0x842fed9f, 0x17f67ca2, 0x84c69173, 0x2b1aef0c,
+    0x0a77ab41, 0xf9a873f5, 0x54b03972, 0x00d1c835,
+    0x28ac9788, 0x1a78bd93, 0xe64ec6e4, 0xfb1189f3,
+    0xc4408e27, 0xe6cbc3e9, 0x6eb87154, 0xcd86694a,
+    0x34cfc43c, 0x530b7254, 0xfea28a76, 0x1c09e51c,
+    0x8a84067d, 0x0181ee1e, 0xf383fe58, 0xb57b753f,
+    0xabe3991e, 0xc8e56a54, 0x72a92c55, 0x4f57f0f9,
+    0x13451413, 0xd4479df0, 0x913a2b6a, 0xb2a92f58,
+    0x9863737d, 0x2eeeeee1, 0x3d17ef44, 0xc0fbd7d7,
+    0xe27e54b4, 0x4a7b41f0, 0x2dacc3f1, 0xba7ff722,
+    0xe37a0d93, 0x8bf5d535, 0x6dfed767, 0xef4526c5
+};
+
+static const uint32_t  ngx_sf_mh_a[NGX_SMARTFLOW_CACHE_MINHASH] = {
+    0x356ec46f, 0x87c26e97, 0xa5772b6f, 0x2c69c2e7,
+    0x1cf616df, 0x67d33c97, 0xf068a33f, 0x75b86b87,
+    0xb5afb23f, 0x56d11377, 0x9fac7c9f, 0xec8b5ee7,
+    0x36c9dbcf, 0xfdb62c37, 0x31cc7a8f, 0x0855bcc7,
+    0x4ede31cf, 0x88444a37, 0xe6b34c0f, 0xca870ca7,
+    0x97fcdb5f, 0x5c3ddef7, 0x728ce13f, 0xf5fba387,
+    0x883c72bf, 0x8a789d57, 0xfa86c69f, 0x18513e27,
+    0x94e2b76f, 0x807ddad7, 0x40f8096f, 0x2d905f47,
+    0x19fa546f, 0xbaa14957, 0x0334bb6f, 0x2d6d7a27,
+    0xcc48401f, 0xea4b7dd7, 0x58ea603f, 0xb1f2ff07,
+    0xfd50ecbf, 0x4cde9c77, 0xe420c95f, 0xd560a3a7,
+    0x976b088f, 0x01fea837, 0xd1ce1fcf, 0x08dc2cc7,
+    0xf574990f, 0x2d5dcb37, 0xfced61cf, 0x31d62067,
+    0x6447261f, 0x11f272f7, 0x1151d7bf, 0x4d876207,
+    0x71d54ebf, 0x46aa5497, 0x334fbcdf, 0x1de09b67,
+    0xf298a86f, 0x9ed4f897, 0x114ecd6f, 0x7805a447
+};
+
+
+static ngx_inline uint32_t
+ngx_smartflow_cache_mh_fn(uint32_t a, ngx_uint_t k)
+{
+    uint32_t  x;
+
+    x = (a ^ ngx_sf_mh_s[k]) * ngx_sf_mh_a[k];
+    x ^= x >> 15;
+    x *= NGX_SMARTFLOW_CACHE_MH_C;
+    x ^= x >> 12;
+
+    return x;
+}
 
 
 static void
-ngx_smartflow_cache_minhash_mix(uint64_t *h, ngx_uint_t n, uint32_t *sig)
+ngx_smartflow_cache_minhash_mix(uint32_t *a, ngx_uint_t n, uint32_t *sig)
 {
     uint32_t    v;
-    uint64_t    x, c;
     ngx_uint_t  i, k;
 
     for (k = 0; k < NGX_SMARTFLOW_CACHE_MINHASH; k++) {
-        c = NGX_SMARTFLOW_CACHE_MH_K * (k + 1);
         v = sig[k];
 
         for (i = 0; i < n; i++) {
-            x = (h[i] ^ c) * NGX_SMARTFLOW_CACHE_MH_M;
-            x ^= x >> 31;
-            v = ngx_min(v, (uint32_t) x);
+            v = ngx_min(v, ngx_smartflow_cache_mh_fn(a[i], k));
         }
 
         sig[k] = v;
@@ -914,64 +973,35 @@ ngx_smartflow_cache_minhash_mix(uint64_t *h, ngx_uint_t n, uint32_t *sig)
 static ngx_int_t  ngx_smartflow_cache_avx2 = -1;
 
 
-/* a * m mod 2^64 in each 64-bit lane: AVX2 multiplies 32 by 32 bits */
-#define ngx_smartflow_cache_mul64(a, mlo, mhi)                               \
-    _mm256_add_epi64(_mm256_mul_epu32(a, mlo),                               \
-        _mm256_slli_epi64(                                                   \
-            _mm256_add_epi64(_mm256_mul_epu32(_mm256_srli_epi64(a, 32), mlo), \
-                             _mm256_mul_epu32(a, mhi)), 32))
-
-
+/*
+ * eight functions at a time over all the shingles, so that their
+ * constants and the accumulator stay in registers
+ */
 __attribute__((target("avx2")))
 static void
-ngx_smartflow_cache_minhash_mix_avx2(uint64_t *h, ngx_uint_t n,
+ngx_smartflow_cache_minhash_mix_avx2(uint32_t *a, ngx_uint_t n,
     uint32_t *sig)
 {
-    uint32_t    out[8];
-    __m256i     mlo, mhi, c, acc, x, y;
+    __m256i     s, m, c, acc, x;
     ngx_uint_t  i, k;
 
-    mlo = _mm256_set1_epi64x(NGX_SMARTFLOW_CACHE_MH_M & 0xffffffff);
-    mhi = _mm256_set1_epi64x(NGX_SMARTFLOW_CACHE_MH_M >> 32);
+    c = _mm256_set1_epi32((int) NGX_SMARTFLOW_CACHE_MH_C);
 
-    /*
-     * four functions at a time over all the shingles, so that the
-     * constants and the accumulator stay in registers; the accumulator
-     * holds each function's least value in the low half of its 64-bit
-     * lane, the high halves take minima nobody reads
-     */
-    for (k = 0; k < NGX_SMARTFLOW_CACHE_MINHASH; k += 4) {
-        c = _mm256_set_epi64x(NGX_SMARTFLOW_CACHE_MH_K * (k + 4),
-                              NGX_SMARTFLOW_CACHE_MH_K * (k + 3),
-                              NGX_SMARTFLOW_CACHE_MH_K * (k + 2),
-                              NGX_SMARTFLOW_CACHE_MH_K * (k + 1));
-        acc = _mm256_set_epi32(-1, (int) sig[k + 3], -1, (int) sig[k + 2],
-                               -1, (int) sig[k + 1], -1, (int) sig[k]);
+    for (k = 0; k < NGX_SMARTFLOW_CACHE_MINHASH; k += 8) {
+        s = _mm256_loadu_si256((const __m256i *) &ngx_sf_mh_s[k]);
+        m = _mm256_loadu_si256((const __m256i *) &ngx_sf_mh_a[k]);
+        acc = _mm256_loadu_si256((__m256i *) &sig[k]);
 
-        for (i = 0; i + 1 < n; i += 2) {
-            x = _mm256_xor_si256(_mm256_set1_epi64x((long long) h[i]), c);
-            y = _mm256_xor_si256(_mm256_set1_epi64x((long long) h[i + 1]),
-                                 c);
-            x = ngx_smartflow_cache_mul64(x, mlo, mhi);
-            y = ngx_smartflow_cache_mul64(y, mlo, mhi);
-            x = _mm256_xor_si256(x, _mm256_srli_epi64(x, 31));
-            y = _mm256_xor_si256(y, _mm256_srli_epi64(y, 31));
-            acc = _mm256_min_epu32(acc, _mm256_min_epu32(x, y));
-        }
-
-        if (i < n) {
-            x = _mm256_xor_si256(_mm256_set1_epi64x((long long) h[i]), c);
-            x = ngx_smartflow_cache_mul64(x, mlo, mhi);
-            x = _mm256_xor_si256(x, _mm256_srli_epi64(x, 31));
+        for (i = 0; i < n; i++) {
+            x = _mm256_xor_si256(_mm256_set1_epi32((int) a[i]), s);
+            x = _mm256_mullo_epi32(x, m);
+            x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 15));
+            x = _mm256_mullo_epi32(x, c);
+            x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 12));
             acc = _mm256_min_epu32(acc, x);
         }
 
-        _mm256_storeu_si256((__m256i *) out, acc);
-
-        sig[k] = out[0];
-        sig[k + 1] = out[2];
-        sig[k + 2] = out[4];
-        sig[k + 3] = out[6];
+        _mm256_storeu_si256((__m256i *) &sig[k], acc);
     }
 }
 
@@ -981,6 +1011,13 @@ ngx_smartflow_cache_minhash_mix_avx2(uint64_t *h, ngx_uint_t n,
 static void
 ngx_smartflow_cache_minhash_add(uint64_t *h, ngx_uint_t n, uint32_t *sig)
 {
+    uint32_t    a[NGX_SMARTFLOW_CACHE_MH_BATCH];
+    ngx_uint_t  i;
+
+    for (i = 0; i < n; i++) {
+        a[i] = (uint32_t) h[i] ^ (uint32_t) (h[i] >> 32);
+    }
+
 #if (defined __x86_64__ && defined __GNUC__)
 
     if (ngx_smartflow_cache_avx2 == -1) {
@@ -989,13 +1026,23 @@ ngx_smartflow_cache_minhash_add(uint64_t *h, ngx_uint_t n, uint32_t *sig)
     }
 
     if (ngx_smartflow_cache_avx2) {
-        ngx_smartflow_cache_minhash_mix_avx2(h, n, sig);
+        ngx_smartflow_cache_minhash_mix_avx2(a, n, sig);
         return;
     }
 
 #endif
 
-    ngx_smartflow_cache_minhash_mix(h, n, sig);
+    ngx_smartflow_cache_minhash_mix(a, n, sig);
+}
+
+
+/* for the tests: 0 makes the signature by the plain code, 1 as the CPU can */
+void
+ngx_smartflow_cache_minhash_simd(ngx_uint_t on)
+{
+#if (defined __x86_64__ && defined __GNUC__)
+    ngx_smartflow_cache_avx2 = on ? -1 : 0;
+#endif
 }
 
 

@@ -54,6 +54,7 @@ ngx_int_t ngx_smartflow_cache_normalise(ngx_pool_t *pool,
 /* the builtin embedding in dim floats (hashed features folded modulo dim) */
 void ngx_smartflow_cache_embed(ngx_smartflow_cache_text_t *t, float *v,
     ngx_uint_t dim);
+void ngx_smartflow_cache_minhash_simd(ngx_uint_t on);
 void ngx_smartflow_cache_minhash(ngx_smartflow_cache_text_t *t,
     uint32_t *sig);
 /* both in one pass over the tokens; sig or v may be NULL */

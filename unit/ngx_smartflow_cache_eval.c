@@ -237,6 +237,24 @@ main(int argc, char **argv)
         nn += !pairs[i].hit;
     }
 
+    /* the signature is the same by the plain code as by AVX2 */
+    ngx_smartflow_cache_minhash_simd(0);
+
+    for (i = 0; i < 2 * n; i++) {
+        side_t    *sd = (i & 1) ? &pairs[i / 2].b : &pairs[i / 2].a;
+        uint32_t   plain[NGX_SMARTFLOW_CACHE_MINHASH];
+
+        ngx_smartflow_cache_minhash(&sd->t, plain);
+
+        if (memcmp(plain, sd->sig, sizeof(plain)) != 0) {
+            fprintf(stderr, "the plain MinHash differs from the vector one "
+                    "on \"%s\"\n", sd->text);
+            return 1;
+        }
+    }
+
+    ngx_smartflow_cache_minhash_simd(1);
+
     /*
      * Each pair alone: the cache holds "a", "b" is asked.  This is the
      * measure of the labels: a hit on a non-paraphrase is a false hit.
