@@ -178,6 +178,8 @@ extern ngx_module_t  ngx_http_smartflow_audit_module;
 
 
 ngx_int_t ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s);
+ngx_int_t ngx_http_smartflow_audit_write_ro(u_char *path, u_char *data,
+    size_t len, char *err, size_t errlen);
 ngx_int_t ngx_http_smartflow_audit_recover(ngx_log_t *log,
     ngx_http_smartflow_audit_main_conf_t *amcf,
     ngx_http_smartflow_audit_sh_t *sh);

@@ -550,40 +550,14 @@ static ngx_int_t
 ngx_http_smartflow_audit_s3_mark(ngx_http_smartflow_audit_s3_t *s,
     ngx_uint_t seg, u_char *text, size_t len)
 {
-    ngx_fd_t  fd;
-    u_char    path[NGX_MAX_PATH], tmp[NGX_MAX_PATH];
+    u_char  path[NGX_MAX_PATH];
 
     ngx_snprintf(path, NGX_MAX_PATH, "%s/segment-%08ui.shipped%Z", s->dir,
                  seg);
-    ngx_snprintf(tmp, NGX_MAX_PATH, "%s.tmp%Z", path);
 
-    /* read-only like the seal; a read-only leftover would refuse a user */
-    (void) unlink((char *) tmp);
-
-    fd = ngx_open_file(tmp, NGX_FILE_WRONLY, NGX_FILE_TRUNCATE, 0444);
-    if (fd == NGX_INVALID_FILE) {
-        snprintf(s->err, sizeof(s->err), "open(%s) failed: %s", tmp,
-                 strerror(errno));
-        return NGX_ERROR;
-    }
-
-    if (write(fd, text, len) != (ssize_t) len || fsync(fd) == -1) {
-        snprintf(s->err, sizeof(s->err), "writing %s failed: %s", tmp,
-                 strerror(errno));
-        (void) ngx_close_file(fd);
-        return NGX_ERROR;
-    }
-
-    (void) fchmod(fd, 0444);
-    (void) ngx_close_file(fd);
-
-    if (rename((char *) tmp, (char *) path) == -1) {
-        snprintf(s->err, sizeof(s->err), "rename(%s) failed: %s", tmp,
-                 strerror(errno));
-        return NGX_ERROR;
-    }
-
-    return NGX_OK;
+    /* read-only, like the seal */
+    return ngx_http_smartflow_audit_write_ro(path, text, len, s->err,
+                                             sizeof(s->err));
 }
 
 
@@ -604,7 +578,7 @@ ngx_http_smartflow_audit_s3_leaves(ngx_http_smartflow_audit_s3_t *s,
     const char       *why;
     sf_audit_tail_t   t;
     ngx_file_info_t   fi;
-    u_char            path[NGX_MAX_PATH], tmp[NGX_MAX_PATH], leaf[32];
+    u_char            path[NGX_MAX_PATH], leaf[32];
 
     buf = NULL;
     out = NULL;
@@ -679,24 +653,11 @@ ngx_http_smartflow_audit_s3_leaves(ngx_http_smartflow_audit_s3_t *s,
 
     ngx_snprintf(path, NGX_MAX_PATH, "%s/segment-%08ui.leaves%Z", s->dir,
                  seg);
-    ngx_snprintf(tmp, NGX_MAX_PATH, "%s.tmp%Z", path);
 
-    (void) unlink((char *) tmp);
-
-    fd = ngx_open_file(tmp, NGX_FILE_WRONLY, NGX_FILE_TRUNCATE, 0444);
-    if (fd == NGX_INVALID_FILE) {
-        goto failed;
-    }
-
-    if (write(fd, out, q - out) != q - out || fsync(fd) == -1) {
-        (void) ngx_close_file(fd);
-        goto failed;
-    }
-
-    (void) fchmod(fd, 0444);
-    (void) ngx_close_file(fd);
-
-    if (rename((char *) tmp, (char *) path) == -1) {
+    if (ngx_http_smartflow_audit_write_ro(path, out, q - out, s->err,
+                                          sizeof(s->err))
+        != NGX_OK)
+    {
         goto failed;
     }
 

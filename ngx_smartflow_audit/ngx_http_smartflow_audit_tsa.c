@@ -48,26 +48,37 @@ ngx_http_smartflow_audit_tsa_write(char *p, size_t size, size_t n,
 }
 
 
-static ngx_int_t
-ngx_http_smartflow_audit_tsa_file(u_char *path, u_char *data, size_t len,
+/*
+ * A file written whole and read-only, or not at all: written under a
+ * temporary name of this process's own, made read-only, flushed, and
+ * renamed over the path (a reader never sees it in part; two processes
+ * writing the same file, an old worker's thread and a new one's after a
+ * reload, never share a temporary file).
+ */
+ngx_int_t
+ngx_http_smartflow_audit_write_ro(u_char *path, u_char *data, size_t len,
     char *err, size_t errlen)
 {
     ngx_fd_t  fd;
     u_char    tmp[NGX_MAX_PATH];
 
-    ngx_snprintf(tmp, NGX_MAX_PATH, "%s.tmp%Z", path);
+    ngx_snprintf(tmp, NGX_MAX_PATH, "%s.%P.tmp%Z", path, ngx_pid);
 
-    fd = ngx_open_file(tmp, NGX_FILE_WRONLY, NGX_FILE_TRUNCATE, 0644);
+    /* this process's own leftover, from a write that failed */
+    (void) unlink((char *) tmp);
+
+    fd = open((char *) tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0600);
     if (fd == NGX_INVALID_FILE) {
         snprintf(err, errlen, "open(%s) failed: %s", tmp, strerror(errno));
         return NGX_ERROR;
     }
 
-    if (write(fd, data, len) != (ssize_t) len || fsync(fd) == -1
-        || fchmod(fd, 0444) == -1)
+    if (write(fd, data, len) != (ssize_t) len || fchmod(fd, 0444) == -1
+        || fsync(fd) == -1)
     {
         snprintf(err, errlen, "writing %s failed: %s", tmp, strerror(errno));
         (void) ngx_close_file(fd);
+        (void) unlink((char *) tmp);
         return NGX_ERROR;
     }
 
@@ -75,6 +86,7 @@ ngx_http_smartflow_audit_tsa_file(u_char *path, u_char *data, size_t len,
 
     if (rename((char *) tmp, (char *) path) == -1) {
         snprintf(err, errlen, "rename(%s) failed: %s", tmp, strerror(errno));
+        (void) unlink((char *) tmp);
         return NGX_ERROR;
     }
 
@@ -194,7 +206,7 @@ ngx_http_smartflow_audit_tsa_stamp(u_char *dir, ngx_uint_t segment,
     ngx_snprintf(path, NGX_MAX_PATH, "%s/segment-%08ui.tsq%Z", dir, segment);
 
     if (ngx_file_info(path, &fi) == NGX_FILE_ERROR
-        && ngx_http_smartflow_audit_tsa_file(path, der, n, err, errlen)
+        && ngx_http_smartflow_audit_write_ro(path, der, n, err, errlen)
            != NGX_OK)
     {
         goto done;
@@ -260,7 +272,7 @@ ngx_http_smartflow_audit_tsa_stamp(u_char *dir, ngx_uint_t segment,
 
     ngx_snprintf(path, NGX_MAX_PATH, "%s/segment-%08ui.tsr%Z", dir, segment);
 
-    if (ngx_http_smartflow_audit_tsa_file(path, body.data, body.len, err,
+    if (ngx_http_smartflow_audit_write_ro(path, body.data, body.len, err,
                                           errlen)
         != NGX_OK)
     {

@@ -93,12 +93,12 @@ ngx_sf_add_schema(ngx_pool_t *pool, ngx_smartflow_json_t *parent, char *key,
  * exponent
  */
 static ngx_uint_t
-ngx_sf_above_one(ngx_str_t *num)
+ngx_sf_above_one(ngx_pool_t *pool, ngx_str_t *num)
 {
-    u_char  *p, *end;
+    u_char  *p, *end, *d;
     u_char   buf[32];
 
-    if (num->len == 0 || num->len >= sizeof(buf)) {
+    if (num->len == 0) {
         return 0;
     }
 
@@ -106,10 +106,19 @@ ngx_sf_above_one(ngx_str_t *num)
     end = p + num->len;
 
     if (ngx_strlchr(p, end, 'e') || ngx_strlchr(p, end, 'E')) {
-        ngx_memcpy(buf, num->data, num->len);
-        buf[num->len] = '\0';
+        d = buf;
 
-        return strtod((char *) buf, NULL) > 1.0;
+        if (num->len >= sizeof(buf)) {
+            d = ngx_pnalloc(pool, num->len + 1);
+            if (d == NULL) {
+                return 0;
+            }
+        }
+
+        ngx_memcpy(d, num->data, num->len);
+        d[num->len] = '\0';
+
+        return strtod((char *) d, NULL) > 1.0;
     }
 
     if (*p == '-' || *p == '0') {
@@ -788,7 +797,7 @@ ngx_smartflow_xlate_req_openai_to_anthropic(ngx_smartflow_xlate_t *x,
     /* OpenAI allows a temperature up to 2, Anthropic refuses above 1 */
     v = ngx_smartflow_json_get(out, "temperature");
 
-    if (v && ngx_sf_above_one(&v->str)) {
+    if (v && ngx_sf_above_one(pool, &v->str)) {
         ngx_str_set(&v->str, "1");
     }
 

@@ -650,6 +650,8 @@ ngx_smartflow_json_new(ngx_pool_t *pool, ngx_smartflow_json_type_e type,
         return NULL;
     }
 
+    /* every field is set here, as the reader sets them for its nodes */
+
     j->type = type;
 
     if (str) {
