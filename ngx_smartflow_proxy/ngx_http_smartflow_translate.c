@@ -409,12 +409,12 @@ ngx_smartflow_xlate_add_call(ngx_smartflow_xlate_t *x,
  */
 ngx_smartflow_json_t *
 ngx_smartflow_xlate_completion(ngx_smartflow_xlate_t *x, ngx_str_t *id,
-    ngx_str_t *text, ngx_smartflow_json_t *calls, char *finish,
-    ngx_smartflow_xlate_usage_t *usage)
+    ngx_str_t *text, u_char *text_plain, ngx_smartflow_json_t *calls,
+    char *finish, ngx_smartflow_xlate_usage_t *usage)
 {
     ngx_uint_t             in, out;
     ngx_pool_t            *pool;
-    ngx_smartflow_json_t  *c, *choices, *ch, *msg, *u, *d;
+    ngx_smartflow_json_t  *c, *choices, *ch, *msg, *u, *d, *t;
 
     pool = x->pool;
     in = usage->prompt;
@@ -452,14 +452,19 @@ ngx_smartflow_xlate_completion(ngx_smartflow_xlate_t *x, ngx_str_t *id,
                                   NGX_SMARTFLOW_JSON_OBJECT, NULL);
     if (msg == NULL
         || ngx_smartflow_xlate_add_lit(pool, msg, "role", "assistant") == NULL
-        || (text->len == 0 && calls->nchild
-            ? ngx_smartflow_xlate_add(pool, msg, "content",
-                                      NGX_SMARTFLOW_JSON_NULL, NULL)
-            : ngx_smartflow_xlate_add(pool, msg, "content",
-                                      NGX_SMARTFLOW_JSON_STRING, text))
+        || (t = (text->len == 0 && calls->nchild)
+                ? ngx_smartflow_xlate_add(pool, msg, "content",
+                                          NGX_SMARTFLOW_JSON_NULL, NULL)
+                : ngx_smartflow_xlate_add(pool, msg, "content",
+                                          NGX_SMARTFLOW_JSON_STRING, text))
            == NULL)
     {
         goto nomem;
+    }
+
+    /* the provider's text, with what is known about its escaping */
+    if (t->type == NGX_SMARTFLOW_JSON_STRING) {
+        t->str_plain = text_plain;
     }
 
     if (calls->nchild) {

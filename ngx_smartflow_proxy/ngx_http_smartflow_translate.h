@@ -206,8 +206,9 @@ typedef struct {
 } ngx_smartflow_xlate_usage_t;
 
 ngx_smartflow_json_t *ngx_smartflow_xlate_completion(ngx_smartflow_xlate_t *x,
-    ngx_str_t *id, ngx_str_t *text, ngx_smartflow_json_t *calls,
-    char *finish, ngx_smartflow_xlate_usage_t *usage);
+    ngx_str_t *id, ngx_str_t *text, u_char *text_plain,
+    ngx_smartflow_json_t *calls, char *finish,
+    ngx_smartflow_xlate_usage_t *usage);
 
 /* strings */
 ngx_uint_t ngx_smartflow_xlate_eq(ngx_str_t *s, char *lit);

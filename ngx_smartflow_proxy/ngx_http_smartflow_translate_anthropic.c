@@ -287,9 +287,9 @@ ngx_sf_to_oa_tool_call(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *b,
 
 static ngx_int_t
 ngx_sf_to_an_text(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *blocks,
-    ngx_str_t *text, ngx_smartflow_json_t *cache)
+    ngx_str_t *text, u_char *plain, ngx_smartflow_json_t *cache)
 {
-    ngx_smartflow_json_t  *b;
+    ngx_smartflow_json_t  *b, *t;
 
     /* Anthropic refuses empty text blocks */
     if (text->len == 0) {
@@ -300,14 +300,17 @@ ngx_sf_to_an_text(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *blocks,
                                 NGX_SMARTFLOW_JSON_OBJECT, NULL);
     if (b == NULL
         || ngx_smartflow_xlate_add_lit(x->pool, b, "type", "text") == NULL
-        || ngx_smartflow_xlate_add(x->pool, b, "text",
-                                   NGX_SMARTFLOW_JSON_STRING, text)
+        || (t = ngx_smartflow_xlate_add(x->pool, b, "text",
+                                        NGX_SMARTFLOW_JSON_STRING, text))
            == NULL
         || (cache && ngx_sf_add_copy(x->pool, b, "cache_control", cache)
                      == NULL))
     {
         return ngx_smartflow_xlate_fail(x, "out of memory");
     }
+
+    /* the client's string, with what is known about its escaping */
+    t->str_plain = plain;
 
     return NGX_OK;
 }
@@ -381,7 +384,8 @@ ngx_sf_to_an_parts(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *content,
     }
 
     if (content->type == NGX_SMARTFLOW_JSON_STRING) {
-        return ngx_sf_to_an_text(x, blocks, &content->str, NULL);
+        return ngx_sf_to_an_text(x, blocks, &content->str,
+                                 content->str_plain, NULL);
     }
 
     if (content->type != NGX_SMARTFLOW_JSON_ARRAY) {
@@ -401,7 +405,7 @@ ngx_sf_to_an_parts(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *content,
                                                    "'text'");
             }
 
-            if (ngx_sf_to_an_text(x, blocks, &v->str,
+            if (ngx_sf_to_an_text(x, blocks, &v->str, v->str_plain,
                                   ngx_smartflow_json_get(p, "cache_control"))
                 != NGX_OK)
             {
@@ -1530,12 +1534,14 @@ ngx_smartflow_xlate_resp_anthropic_to_openai(ngx_smartflow_xlate_t *x,
     ngx_smartflow_json_t *resp)
 {
     char                         *finish;
+    u_char                       *plain;
     ngx_str_t                     text, id;
     ngx_pool_t                   *pool;
     ngx_smartflow_json_t         *content, *b, *t, *calls, *u;
     ngx_smartflow_xlate_usage_t   usage;
 
     pool = x->pool;
+    plain = NULL;
 
     if (resp == NULL || resp->type != NGX_SMARTFLOW_JSON_OBJECT) {
         (void) ngx_smartflow_xlate_fail(x, "the provider's response is not a "
@@ -1565,11 +1571,15 @@ ngx_smartflow_xlate_resp_anthropic_to_openai(ngx_smartflow_xlate_t *x,
         if (ngx_smartflow_xlate_type_is(b, "text")) {
             t = ngx_smartflow_json_get(b, "text");
 
-            if (ngx_smartflow_json_is_string(t)
-                && ngx_smartflow_xlate_append(pool, &text, "", &t->str)
-                   != NGX_OK)
-            {
-                goto nomem;
+            if (ngx_smartflow_json_is_string(t)) {
+                /* one block's text keeps what is known of its escaping */
+                plain = (text.len == 0) ? t->str_plain : NULL;
+
+                if (ngx_smartflow_xlate_append(pool, &text, "", &t->str)
+                    != NGX_OK)
+                {
+                    goto nomem;
+                }
             }
 
         } else if (ngx_smartflow_xlate_type_is(b, "tool_use")) {
@@ -1611,8 +1621,8 @@ ngx_smartflow_xlate_resp_anthropic_to_openai(ngx_smartflow_xlate_t *x,
                            ngx_smartflow_json_get(u, "output_tokens"));
     usage.reasoning = 0;
 
-    return ngx_smartflow_xlate_completion(x, &id, &text, calls, finish,
-                                          &usage);
+    return ngx_smartflow_xlate_completion(x, &id, &text, plain, calls,
+                                          finish, &usage);
 
 nomem:
 
@@ -1690,7 +1700,7 @@ ngx_smartflow_xlate_resp_openai_to_anthropic(ngx_smartflow_xlate_t *x,
         }
     }
 
-    if (ngx_sf_to_an_text(x, content, &text, NULL) != NGX_OK) {
+    if (ngx_sf_to_an_text(x, content, &text, NULL, NULL) != NGX_OK) {
         return NULL;
     }
 

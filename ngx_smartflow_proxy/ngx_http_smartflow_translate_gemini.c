@@ -1447,8 +1447,8 @@ ngx_smartflow_xlate_resp_gemini_to_openai(ngx_smartflow_xlate_t *x,
 
     ngx_sfg_usage(ngx_smartflow_json_get(resp, "usageMetadata"), &usage);
 
-    return ngx_smartflow_xlate_completion(x, &id, &text, calls, finish,
-                                          &usage);
+    return ngx_smartflow_xlate_completion(x, &id, &text, NULL, calls,
+                                          finish, &usage);
 
 nomem:
 
