@@ -6,18 +6,14 @@
 # (echo_sleep, from Debian's libnginx-mod-http-echo).
 
 use lib 't/lib';
+use Smartflow::Blocks;
 use Smartflow::Mock;
 use Test::Nginx::Socket 'no_plan';
 
 no_shuffle();
 
-our $MainConfig = <<'_EOC_';
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_proxy_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_policy_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_cache_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_audit_module.so;
-    load_module /usr/lib/nginx/modules/ngx_http_echo_module.so;
-_EOC_
+our $MainConfig = Smartflow::Blocks::main_config()
+    . "    load_module /usr/lib/nginx/modules/ngx_http_echo_module.so;\n";
 
 our $HttpConfig = <<'_EOC_';
     smartflow_master_key sk-smartflow-test-0123456789;
@@ -58,16 +54,9 @@ our $Locations = <<'_EOC_';
     }
 _EOC_
 
-add_block_preprocessor(sub {
-    my $block = shift;
-
-    $block->set_value('main_config', $MainConfig)
-        unless defined $block->main_config;
-    $block->set_value('http_config', $HttpConfig)
-        unless defined $block->http_config;
-    $block->set_value('config', $Locations)
-        unless defined $block->config;
-});
+Smartflow::Blocks::defaults(main_config => $MainConfig,
+                            http_config => $HttpConfig,
+                            config => $Locations);
 
 our $Key = "Authorization: Bearer sk-smartflow-test-0123456789";
 

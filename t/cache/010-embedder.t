@@ -9,6 +9,7 @@
 # shows the question it was stored for.
 
 use lib 't/lib';
+use Smartflow::Blocks;
 use Digest::SHA qw(sha256);
 use Smartflow::Mock;
 use Test::Nginx::Socket 'no_plan';
@@ -123,19 +124,10 @@ _EOC_
 my $zeros = join ',', (0) x 64;
 $Locations =~ s/ZEROS/$zeros/;
 
-add_block_preprocessor(sub {
-    my $block = shift;
-
-    $block->set_value('main_config', $MainConfig)
-        unless defined $block->main_config;
-    $block->set_value('http_config', $HttpConfig)
-        unless defined $block->http_config;
-    $block->set_value('config', $Locations)
-        unless defined $block->config;
-    $block->set_value('more_headers',
-                      'Authorization: Bearer sk-smartflow-test-0123456789')
-        unless defined $block->more_headers;
-});
+Smartflow::Blocks::defaults(main_config => $MainConfig,
+                            http_config => $HttpConfig,
+                            config => $Locations,
+                            more_headers => $OpenAIKey);
 
 sub chat {
     my ($q, $prefix) = @_;

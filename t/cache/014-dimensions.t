@@ -9,6 +9,7 @@
 # large zone go through its snapshot and its FAISS index alike.
 
 use lib 't/lib';
+use Smartflow::Blocks;
 use Digest::SHA qw(sha256);
 use Smartflow::Keys;
 use Smartflow::Mock;
@@ -91,19 +92,10 @@ our $Locations = <<'_EOC_';
     }
 _EOC_
 
-add_block_preprocessor(sub {
-    my $block = shift;
-
-    $block->set_value('main_config', $MainConfig)
-        unless defined $block->main_config;
-    $block->set_value('http_config', $HttpConfig)
-        unless defined $block->http_config;
-    $block->set_value('config', $Locations)
-        unless defined $block->config;
-    $block->set_value('more_headers',
-                      'Authorization: Bearer sk-smartflow-test-0123456789')
-        unless defined $block->more_headers;
-});
+Smartflow::Blocks::defaults(main_config => $MainConfig,
+                            http_config => $HttpConfig,
+                            config => $Locations,
+                            more_headers => $OpenAIKey);
 
 sub chat {
     my ($q, $prefix) = @_;
