@@ -5,15 +5,9 @@
 # the gateway's own is logged with a "smartflow proxy: " line.
 
 use lib 't/lib';
+use Smartflow::Blocks;
 use Smartflow::Mock;
 use Test::Nginx::Socket 'no_plan';
-
-our $MainConfig = <<'_EOC_';
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_proxy_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_policy_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_cache_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_audit_module.so;
-_EOC_
 
 our $HttpConfig = <<'_EOC_';
     smartflow_master_key sk-smartflow-test-0123456789;
@@ -72,19 +66,9 @@ our $Locations = <<'_EOC_';
     }
 _EOC_
 
-add_block_preprocessor(sub {
-    my $block = shift;
-
-    $block->set_value('main_config', $MainConfig)
-        unless defined $block->main_config;
-    $block->set_value('http_config', $HttpConfig)
-        unless defined $block->http_config;
-    $block->set_value('config', $Locations)
-        unless defined $block->config;
-    $block->set_value('more_headers',
-                      'Authorization: Bearer sk-smartflow-test-0123456789')
-        unless defined $block->more_headers;
-});
+Smartflow::Blocks::defaults(http_config => $HttpConfig,
+                            config => $Locations,
+                            more_headers => $OpenAIKey);
 
 # a chat body of 4 MiB and a bit: over the snippet's client_max_body_size
 our $TooLarge = '{"model":"gpt-4o","messages":[{"role":"user","content":"'

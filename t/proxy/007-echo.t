@@ -8,13 +8,8 @@
 use JSON::PP ();
 use MIME::Base64 ();
 use Test::Nginx::Socket 'no_plan';
-
-our $MainConfig = <<'_EOC_';
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_proxy_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_policy_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_cache_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_audit_module.so;
-_EOC_
+use lib 't/lib';
+use Smartflow::Blocks;
 
 our $HttpConfig = <<'_EOC_';
     smartflow_master_key sk-smartflow-test-0123456789;
@@ -44,19 +39,9 @@ our $Locations = <<'_EOC_';
     }
 _EOC_
 
-add_block_preprocessor(sub {
-    my $block = shift;
-
-    $block->set_value('main_config', $MainConfig)
-        unless defined $block->main_config;
-    $block->set_value('http_config', $HttpConfig)
-        unless defined $block->http_config;
-    $block->set_value('config', $Locations)
-        unless defined $block->config;
-    $block->set_value('more_headers',
-                      'Authorization: Bearer sk-smartflow-test-0123456789')
-        unless defined $block->more_headers;
-});
+Smartflow::Blocks::defaults(http_config => $HttpConfig,
+                            config => $Locations,
+                            more_headers => $OpenAIKey);
 
 my $decoder = JSON::PP->new->utf8;
 my $encoder = JSON::PP->new->ascii->canonical;

@@ -14,13 +14,8 @@
 
 use JSON::PP ();
 use Test::Nginx::Socket 'no_plan';
-
-our $MainConfig = <<'_EOC_';
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_proxy_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_policy_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_cache_module.so;
-    load_module $TEST_NGINX_MODULES/ngx_http_smartflow_audit_module.so;
-_EOC_
+use lib 't/lib';
+use Smartflow::Blocks;
 
 our $HttpConfig = <<'_EOC_';
     smartflow_master_key sk-smartflow-test-0123456789;
@@ -69,16 +64,8 @@ our $Locations = <<'_EOC_';
     }
 _EOC_
 
-add_block_preprocessor(sub {
-    my $block = shift;
-
-    $block->set_value('main_config', $MainConfig)
-        unless defined $block->main_config;
-    $block->set_value('http_config', $HttpConfig)
-        unless defined $block->http_config;
-    $block->set_value('config', $Locations)
-        unless defined $block->config;
-});
+Smartflow::Blocks::defaults(http_config => $HttpConfig,
+                            config => $Locations);
 
 our $Key = 'Authorization: Bearer sk-smartflow-test-0123456789';
 
