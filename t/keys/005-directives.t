@@ -4,6 +4,7 @@
 
 use Test::Nginx::Socket 'no_plan';
 use lib 't/lib';
+use Smartflow::Blocks;
 use Smartflow::Keys;
 
 no_shuffle();
@@ -45,23 +46,11 @@ our $Locations = <<'_EOC_';
     }
 _EOC_
 
-add_block_preprocessor(sub {
-    my $block = shift;
-
-    $block->set_value('main_config', $MainConfig)
-        unless defined $block->main_config;
-    $block->set_value('http_config', $HttpConfig)
-        unless defined $block->http_config;
-    $block->set_value('config', $Locations)
-        unless defined $block->config;
-    $block->set_value('more_headers',
-                      'Authorization: Bearer sk-smartflow-test-0123456789')
-        unless defined $block->more_headers;
-
-    Smartflow::Keys::substitute($block);
-
-    return $block;
-});
+Smartflow::Blocks::defaults(main_config => $MainConfig,
+                            http_config => $HttpConfig,
+                            config => $Locations,
+                            more_headers => $OpenAIKey,
+                            then => \&Smartflow::Keys::substitute);
 
 run_tests();
 

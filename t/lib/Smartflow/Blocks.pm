@@ -18,6 +18,8 @@ package Smartflow::Blocks;
 #               API takes it, x-api-key and anthropic-version for a request
 #               to /anthropic/..., a bearer token otherwise
 # more_headers  as given, whatever the request (instead of keys)
+# then          a function given each block last, once the above are set
+#               (Smartflow::Keys::substitute, for instance)
 #
 # mock_upstreams() is the start of an http_config: the gateway's master key
 # and the upstream sf_mock (the mock provider); with fixture => 1 also
@@ -75,6 +77,24 @@ sub first_request {
     return $req;
 }
 
+sub headers {
+    my ($block, %set) = @_;
+
+    return if defined $block->more_headers;
+
+    if (defined $set{more_headers}) {
+        $block->set_value('more_headers', $set{more_headers});
+        return;
+    }
+
+    return unless $set{keys};
+
+    $block->set_value('more_headers',
+                      first_request($block->request)
+                      =~ m{^\s*POST /anthropic/}
+                      ? $AnthropicKey : $OpenAIKey);
+}
+
 sub defaults {
     my %set = @_;
 
@@ -89,19 +109,9 @@ sub defaults {
                 unless defined $block->$name;
         }
 
-        return if defined $block->more_headers;
+        headers($block, %set);
 
-        if (defined $set{more_headers}) {
-            $block->set_value('more_headers', $set{more_headers});
-            return;
-        }
-
-        return unless $set{keys};
-
-        $block->set_value('more_headers',
-                          first_request($block->request)
-                          =~ m{^\s*POST /anthropic/}
-                          ? $AnthropicKey : $OpenAIKey);
+        $set{then}->($block) if $set{then};
     });
 }
 
