@@ -140,15 +140,7 @@ http {
 CONF
 
 nginx -p "$state" -c "$state/upstream.conf" & pids+=($!)
-valgrind --tool=callgrind --callgrind-out-file="$state/callgrind.out.%p" \
-    nginx -p "$state" -c "$state/front.conf" 2>"$state/logs/valgrind.log" &
-pids+=($!)
-front=$!
-
-for _ in $(seq 150); do
-    curl -s -o /dev/null "http://127.0.0.1:$off/v1/chat/completions" && break
-    sleep 0.2
-done
+ir_front "$state" "$state/front.conf" "http://127.0.0.1:$off/v1/chat/completions"
 
 for c in $cases; do
     case $c in

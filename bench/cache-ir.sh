@@ -152,15 +152,7 @@ script same > "$state/same.lua"
 script new > "$state/new.lua"
 
 nginx -p "$state" -c "$state/upstream.conf" & pids+=($!)
-valgrind --tool=callgrind --callgrind-out-file="$state/callgrind.out.%p" \
-    nginx -p "$state" -c "$state/nginx.conf" 2>"$state/logs/valgrind.log" &
-pids+=($!)
-front=$!
-
-for _ in $(seq 100); do
-    curl -s -o /dev/null "http://127.0.0.1:$plain/v1/chat/completions" && break
-    sleep 0.2
-done
+ir_front "$state" "$state/nginx.conf" "http://127.0.0.1:$plain/v1/chat/completions"
 
 for c in $cases; do
     case $c in

@@ -26,3 +26,21 @@ ir_case() {
     echo "$name $1 $(awk -v t="$total" -v n="$1" \
                          'BEGIN { printf "%.0f", t / n }') errors=$2"
 }
+
+# ir_front STATE CONF URL: the front nginx (prefix STATE, configuration
+# CONF) under callgrind, its dumps STATE/callgrind.out.*, valgrind's log
+# STATE/logs/valgrind.log; sets front to its pid, adds that to pids, and
+# waits (up to 30 s) until URL answers
+ir_front() {
+    local state=$1 conf=$2 url=$3
+
+    valgrind --tool=callgrind --callgrind-out-file="$state/callgrind.out.%p" \
+        nginx -p "$state" -c "$conf" 2>"$state/logs/valgrind.log" &
+    front=$!
+    pids+=("$front")
+
+    for _ in $(seq 150); do
+        curl -s -o /dev/null "$url" && return 0
+        sleep 0.2
+    done
+}
