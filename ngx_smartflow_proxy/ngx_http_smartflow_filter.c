@@ -1006,6 +1006,7 @@ ngx_http_smartflow_json_filter(ngx_http_request_t *r,
 
     ctx->out = cl;
     ctx->last_out = &cl->next;
+    ctx->out_tail = NULL;
 
     return ngx_http_smartflow_send_out(r, ctx, 0, 0);
 }
@@ -1021,6 +1022,14 @@ ngx_http_smartflow_emit(ngx_http_request_t *r, ngx_http_smartflow_ctx_t *ctx,
     ngx_chain_t  *cl;
 
     if (len == 0) {
+        return NGX_OK;
+    }
+
+    /* events written together share a buffer while it has room */
+    b = ctx->out_tail;
+
+    if (b && (size_t) (b->end - b->last) >= len) {
+        b->last = ngx_cpymem(b->last, data, len);
         return NGX_OK;
     }
 
@@ -1051,6 +1060,7 @@ ngx_http_smartflow_emit(ngx_http_request_t *r, ngx_http_smartflow_ctx_t *ctx,
 
     *ctx->last_out = cl;
     ctx->last_out = &cl->next;
+    ctx->out_tail = b;
 
     return NGX_OK;
 }
@@ -1157,6 +1167,9 @@ ngx_http_smartflow_send_out(ngx_http_request_t *r,
     if (ctx->out == NULL && ctx->busy == NULL) {
         return ngx_http_next_body_filter(r, NULL);
     }
+
+    /* what is passed on is not written to again */
+    ctx->out_tail = NULL;
 
     rc = ngx_http_next_body_filter(r, ctx->out);
 

@@ -434,6 +434,7 @@ typedef struct {
     ngx_smartflow_json_t       *xlate_event;
     ngx_chain_t                *out;
     ngx_chain_t               **last_out;
+    ngx_buf_t                  *out_tail;       /* last in out, not passed on */
     ngx_chain_t                *free;
     ngx_chain_t                *busy;
     u_char                     *collect;
