@@ -1049,15 +1049,51 @@ ngx_http_smartflow_audit_slurp(u_char *path, size_t *len)
 }
 
 
+/* not sealed yet: the record, no proof */
+static void
+ngx_http_smartflow_audit_unsealed(ngx_http_smartflow_audit_query_t *q,
+    u_char *line, size_t llen)
+{
+    q->status = NGX_HTTP_ACCEPTED;
+    ngx_http_smartflow_audit_puts(&q->out, "\",\"sealed\":false,\"record\":");
+    ngx_http_smartflow_audit_put(&q->out, line, llen);
+    ngx_http_smartflow_audit_puts(&q->out, "}\n");
+}
+
+
+/* the "count" of a seal's records, 0 when it has none */
+static uint64_t
+ngx_http_smartflow_audit_seal_count(u_char *seal, size_t len)
+{
+    u_char     *p, *e;
+    ngx_int_t   n;
+
+    p = ngx_strnstr(seal, "\"count\":", len);
+    if (p == NULL) {
+        return 0;
+    }
+
+    p += sizeof("\"count\":") - 1;
+
+    for (e = p; e < seal + len && *e >= '0' && *e <= '9'; e++) {
+        /* void */
+    }
+
+    n = ngx_atoi(p, e - p);
+
+    return (n == NGX_ERROR) ? 0 : (uint64_t) n;
+}
+
+
 static void
 ngx_http_smartflow_audit_proof(ngx_http_smartflow_audit_query_t *q,
     ngx_uint_t seg, u_char *buf, size_t len, u_char *line, size_t llen,
     uint64_t seq)
 {
     int                              np, k;
-    u_char                          *p, *end, *eol, *seal;
-    size_t                           slen;
-    uint64_t                         n, i, index;
+    u_char                          *p, *end, *eol, *seal, *again;
+    size_t                           slen, alen;
+    uint64_t                         n, i, index, count;
     unsigned char                  (*leaves)[32];
     ngx_http_smartflow_audit_buf_t  *b;
     u_char                           path[NGX_MAX_PATH];
@@ -1066,6 +1102,7 @@ ngx_http_smartflow_audit_proof(ngx_http_smartflow_audit_query_t *q,
     char                             num[64];
 
     b = &q->out;
+    again = NULL;
 
     ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEAL "%Z",
                  q->dir, seg);
@@ -1081,11 +1118,7 @@ ngx_http_smartflow_audit_proof(ngx_http_smartflow_audit_query_t *q,
     ngx_http_smartflow_audit_puthex(b, h, 32);
 
     if (seal == NULL || slen == 0) {
-        /* not sealed yet: the record, no proof */
-        q->status = NGX_HTTP_ACCEPTED;
-        ngx_http_smartflow_audit_puts(b, "\",\"sealed\":false,\"record\":");
-        ngx_http_smartflow_audit_put(b, line, llen);
-        ngx_http_smartflow_audit_puts(b, "}\n");
+        ngx_http_smartflow_audit_unsealed(q, line, llen);
         free(seal);
         return;
     }
@@ -1097,14 +1130,45 @@ ngx_http_smartflow_audit_proof(ngx_http_smartflow_audit_query_t *q,
         }
     }
 
+    /*
+     * The segment was read before its seal: when the seal counts more
+     * records than were read then, the last ones were written in between,
+     * and the segment is read again (it only grows, so the record stays
+     * where it was).  The proof is of the records the seal counts.
+     */
+    count = ngx_http_smartflow_audit_seal_count(seal, slen);
+
+    if (n < count) {
+        ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEGMENT
+                     "%Z", q->dir, seg);
+        again = ngx_http_smartflow_audit_slurp(path, &alen);
+
+        if (again && alen >= len) {
+            line = again + (line - buf);
+            buf = again;
+            len = alen;
+
+            for (n = 0, p = buf; p < buf + len; p++) {
+                if (*p == '\n') {
+                    n++;
+                }
+            }
+        }
+    }
+
+    if (count && n > count) {
+        n = count;
+    }
+
     leaves = malloc(n * 32);
     if (leaves == NULL) {
         b->failed = 1;
+        free(again);
         free(seal);
         return;
     }
 
-    index = 0;
+    index = n;
     p = buf;
     end = buf + len;
 
@@ -1117,6 +1181,15 @@ ngx_http_smartflow_audit_proof(ngx_http_smartflow_audit_query_t *q,
         }
 
         p = eol + 1;
+    }
+
+    if (index == n) {
+        /* after the records the seal counts */
+        ngx_http_smartflow_audit_unsealed(q, line, llen);
+        free(leaves);
+        free(again);
+        free(seal);
+        return;
     }
 
     np = sf_merkle_inclusion((const unsigned char (*)[32]) leaves, n, index,
@@ -1153,6 +1226,7 @@ ngx_http_smartflow_audit_proof(ngx_http_smartflow_audit_query_t *q,
     q->status = NGX_HTTP_OK;
 
     free(leaves);
+    free(again);
     free(seal);
 }
 
