@@ -37,26 +37,6 @@ ngx_smartflow_xlate_fail(ngx_smartflow_xlate_t *x, char *msg)
 }
 
 
-/* a copy of the string v, that keeps what is known about its escaping */
-
-ngx_smartflow_json_t *
-ngx_smartflow_xlate_add_str(ngx_pool_t *pool, ngx_smartflow_json_t *parent,
-    char *key, ngx_smartflow_json_t *v)
-{
-    ngx_smartflow_json_t  *j;
-
-    j = ngx_smartflow_xlate_add(pool, parent, key, NGX_SMARTFLOW_JSON_STRING,
-                                &v->str);
-    if (j == NULL) {
-        return NULL;
-    }
-
-    j->str_plain = v->str_plain;
-
-    return j;
-}
-
-
 ngx_smartflow_json_t *
 ngx_smartflow_xlate_add_num(ngx_pool_t *pool, ngx_smartflow_json_t *parent,
     char *key, ngx_uint_t n)
@@ -414,7 +394,7 @@ ngx_smartflow_xlate_completion(ngx_smartflow_xlate_t *x, ngx_str_t *id,
 {
     ngx_uint_t             in, out;
     ngx_pool_t            *pool;
-    ngx_smartflow_json_t  *c, *choices, *ch, *msg, *u, *d, *t;
+    ngx_smartflow_json_t  *c, *choices, *ch, *msg, *u, *d;
 
     pool = x->pool;
     in = usage->prompt;
@@ -452,19 +432,14 @@ ngx_smartflow_xlate_completion(ngx_smartflow_xlate_t *x, ngx_str_t *id,
                                   NGX_SMARTFLOW_JSON_OBJECT, NULL);
     if (msg == NULL
         || ngx_smartflow_xlate_add_lit(pool, msg, "role", "assistant") == NULL
-        || (t = (text->len == 0 && calls->nchild)
-                ? ngx_smartflow_xlate_add(pool, msg, "content",
-                                          NGX_SMARTFLOW_JSON_NULL, NULL)
-                : ngx_smartflow_xlate_add(pool, msg, "content",
-                                          NGX_SMARTFLOW_JSON_STRING, text))
+        || ((text->len == 0 && calls->nchild)
+            ? ngx_smartflow_xlate_add(pool, msg, "content",
+                                      NGX_SMARTFLOW_JSON_NULL, NULL)
+            : ngx_smartflow_xlate_add_text(pool, msg, "content", text,
+                                           text_plain))
            == NULL)
     {
         goto nomem;
-    }
-
-    /* the provider's text, with what is known about its escaping */
-    if (t->type == NGX_SMARTFLOW_JSON_STRING) {
-        t->str_plain = text_plain;
     }
 
     if (calls->nchild) {

@@ -107,8 +107,6 @@ ngx_int_t ngx_smartflow_xlate_stream_end_gemini_openai(
  * budget is not NULL and returns NULL once it runs out.
  */
 ngx_int_t ngx_smartflow_xlate_fail(ngx_smartflow_xlate_t *x, char *msg);
-ngx_smartflow_json_t *ngx_smartflow_xlate_add_str(ngx_pool_t *pool,
-    ngx_smartflow_json_t *parent, char *key, ngx_smartflow_json_t *v);
 ngx_smartflow_json_t *ngx_smartflow_xlate_add_num(ngx_pool_t *pool,
     ngx_smartflow_json_t *parent, char *key, ngx_uint_t n);
 ngx_int_t ngx_smartflow_xlate_add_number(ngx_pool_t *pool,
@@ -134,25 +132,50 @@ ngx_smartflow_xlate_add(ngx_pool_t *pool, ngx_smartflow_json_t *parent,
 }
 
 
+/*
+ * A string s with what is known about its escaping: plain, the end of s
+ * when it needs none (see key_plain and str_plain), or NULL
+ */
+
+static ngx_inline ngx_smartflow_json_t *
+ngx_smartflow_xlate_add_text(ngx_pool_t *pool, ngx_smartflow_json_t *parent,
+    char *key, ngx_str_t *s, u_char *plain)
+{
+    ngx_smartflow_json_t  *j;
+
+    j = ngx_smartflow_xlate_add(pool, parent, key, NGX_SMARTFLOW_JSON_STRING,
+                                s);
+    if (j) {
+        j->str_plain = plain;
+    }
+
+    return j;
+}
+
+
+/* a copy of the string v */
+
+static ngx_inline ngx_smartflow_json_t *
+ngx_smartflow_xlate_add_str(ngx_pool_t *pool, ngx_smartflow_json_t *parent,
+    char *key, ngx_smartflow_json_t *v)
+{
+    return ngx_smartflow_xlate_add_text(pool, parent, key, &v->str,
+                                        v->str_plain);
+}
+
+
 /* lit is the gateway's own text, which needs no escaping */
 
 static ngx_inline ngx_smartflow_json_t *
 ngx_smartflow_xlate_add_lit(ngx_pool_t *pool, ngx_smartflow_json_t *parent,
     char *key, char *lit)
 {
-    ngx_str_t              s;
-    ngx_smartflow_json_t  *j;
+    ngx_str_t  s;
 
     s.data = (u_char *) lit;
     s.len = ngx_strlen(lit);
 
-    j = ngx_smartflow_xlate_add(pool, parent, key, NGX_SMARTFLOW_JSON_STRING,
-                                &s);
-    if (j) {
-        j->str_plain = s.data + s.len;
-    }
-
-    return j;
+    return ngx_smartflow_xlate_add_text(pool, parent, key, &s, s.data + s.len);
 }
 
 

@@ -289,7 +289,7 @@ static ngx_int_t
 ngx_sf_to_an_text(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *blocks,
     ngx_str_t *text, u_char *plain, ngx_smartflow_json_t *cache)
 {
-    ngx_smartflow_json_t  *b, *t;
+    ngx_smartflow_json_t  *b;
 
     /* Anthropic refuses empty text blocks */
     if (text->len == 0) {
@@ -300,17 +300,13 @@ ngx_sf_to_an_text(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *blocks,
                                 NGX_SMARTFLOW_JSON_OBJECT, NULL);
     if (b == NULL
         || ngx_smartflow_xlate_add_lit(x->pool, b, "type", "text") == NULL
-        || (t = ngx_smartflow_xlate_add(x->pool, b, "text",
-                                        NGX_SMARTFLOW_JSON_STRING, text))
+        || ngx_smartflow_xlate_add_text(x->pool, b, "text", text, plain)
            == NULL
         || (cache && ngx_sf_add_copy(x->pool, b, "cache_control", cache)
                      == NULL))
     {
         return ngx_smartflow_xlate_fail(x, "out of memory");
     }
-
-    /* the client's string, with what is known about its escaping */
-    t->str_plain = plain;
 
     return NGX_OK;
 }
