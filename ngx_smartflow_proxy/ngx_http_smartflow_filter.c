@@ -48,6 +48,8 @@ static ngx_int_t ngx_http_smartflow_emit_array(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_array_t *events);
 static ngx_int_t ngx_http_smartflow_emit_event(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_str_t *ev);
+static ngx_buf_t *ngx_http_smartflow_out_buf(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_uint_t last);
 static ngx_int_t ngx_http_smartflow_send_out(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_uint_t last, ngx_uint_t flush);
 static void ngx_http_smartflow_usage(ngx_http_smartflow_ctx_t *ctx,
@@ -983,30 +985,19 @@ ngx_http_smartflow_json_filter(ngx_http_request_t *r,
 
     /* the whole answer goes in one last buffer, of the written bytes */
 
-    b = ngx_calloc_buf(r->pool);
-    if (b == NULL) {
-        return NGX_ERROR;
-    }
+    ctx->out = NULL;
+    ctx->last_out = &ctx->out;
+    ctx->out_tail = NULL;
 
-    cl = ngx_alloc_chain_link(r->pool);
-    if (cl == NULL) {
+    b = ngx_http_smartflow_out_buf(r, ctx, 1);
+    if (b == NULL) {
         return NGX_ERROR;
     }
 
     b->pos = out.data;
     b->last = out.data + out.len;
     b->memory = 1;
-    b->last_buf = 1;
-    b->last_in_chain = 1;
-    b->flush = 1;
     b->tag = (ngx_buf_tag_t) &ngx_http_smartflow_proxy_module;
-
-    cl->buf = b;
-    cl->next = NULL;
-
-    ctx->out = cl;
-    ctx->last_out = &cl->next;
-    ctx->out_tail = NULL;
 
     return ngx_http_smartflow_send_out(r, ctx, 0, 0);
 }
@@ -1134,34 +1125,49 @@ ngx_http_smartflow_emit_event(ngx_http_request_t *r,
 }
 
 
+/*
+ * An empty buffer that flushes, and ends the response when last, added to
+ * the pending output; the caller may give it bytes of its own
+ */
+static ngx_buf_t *
+ngx_http_smartflow_out_buf(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_uint_t last)
+{
+    ngx_buf_t    *b;
+    ngx_chain_t  *cl;
+
+    cl = ngx_alloc_chain_link(r->pool);
+    if (cl == NULL) {
+        return NULL;
+    }
+
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NULL;
+    }
+
+    b->last_buf = last;
+    b->last_in_chain = 1;
+    b->flush = 1;
+
+    cl->buf = b;
+    cl->next = NULL;
+
+    *ctx->last_out = cl;
+    ctx->last_out = &cl->next;
+
+    return b;
+}
+
+
 static ngx_int_t
 ngx_http_smartflow_send_out(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_uint_t last, ngx_uint_t flush)
 {
-    ngx_int_t     rc;
-    ngx_buf_t    *b;
-    ngx_chain_t  *cl;
+    ngx_int_t  rc;
 
-    if (last || flush) {
-        cl = ngx_alloc_chain_link(r->pool);
-        if (cl == NULL) {
-            return NGX_ERROR;
-        }
-
-        b = ngx_calloc_buf(r->pool);
-        if (b == NULL) {
-            return NGX_ERROR;
-        }
-
-        b->last_buf = last;
-        b->last_in_chain = 1;
-        b->flush = 1;
-
-        cl->buf = b;
-        cl->next = NULL;
-
-        *ctx->last_out = cl;
-        ctx->last_out = &cl->next;
+    if ((last || flush) && ngx_http_smartflow_out_buf(r, ctx, last) == NULL) {
+        return NGX_ERROR;
     }
 
     if (ctx->out == NULL && ctx->busy == NULL) {
