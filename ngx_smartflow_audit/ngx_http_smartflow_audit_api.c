@@ -1061,6 +1061,23 @@ ngx_http_smartflow_audit_unsealed(ngx_http_smartflow_audit_query_t *q,
 }
 
 
+/* the records of a segment or leaves file: its lines */
+static uint64_t
+ngx_http_smartflow_audit_lines(u_char *p, size_t len)
+{
+    uint64_t  n;
+    u_char   *end;
+
+    n = 0;
+
+    for (end = p + len; p < end; p++) {
+        n += (*p == '\n');
+    }
+
+    return n;
+}
+
+
 /* the "count" of a seal's records, 0 when it has none */
 static uint64_t
 ngx_http_smartflow_audit_seal_count(u_char *seal, size_t len)
@@ -1123,12 +1140,7 @@ ngx_http_smartflow_audit_proof(ngx_http_smartflow_audit_query_t *q,
         return;
     }
 
-    n = 0;
-    for (p = buf; p < buf + len; p++) {
-        if (*p == '\n') {
-            n++;
-        }
-    }
+    n = ngx_http_smartflow_audit_lines(buf, len);
 
     /*
      * The segment was read before its seal: when the seal counts more
@@ -1147,12 +1159,7 @@ ngx_http_smartflow_audit_proof(ngx_http_smartflow_audit_query_t *q,
             line = again + (line - buf);
             buf = again;
             len = alen;
-
-            for (n = 0, p = buf; p < buf + len; p++) {
-                if (*p == '\n') {
-                    n++;
-                }
-            }
+            n = ngx_http_smartflow_audit_lines(buf, len);
         }
     }
 
@@ -1260,10 +1267,7 @@ ngx_http_smartflow_audit_proof_removed(ngx_http_smartflow_audit_query_t *q,
         return 0;
     }
 
-    n = 0;
-    for (p = buf; p < buf + len; p++) {
-        n += (*p == '\n');
-    }
+    n = ngx_http_smartflow_audit_lines(buf, len);
 
     leaves = malloc(n * 32 + 1);
     if (leaves == NULL) {
