@@ -5,7 +5,9 @@
 # are zeroed after a warm-up, wrk sends requests for a while, and the
 # instructions counted are divided by the requests answered.  Cases:
 # plain proxy_pass, the cache-off gateway (nocache), the miss path (every
-# question new) and the hit path, all to the same static upstream.
+# question new), the hit path and words (as miss, but the new question
+# differs by a made-up word, so phases 2 and 4 look through the stored
+# ones), all to the same static upstream.
 #
 # Environment: BENCH_PORT (18840, and the next three), IR_DURATION (4 s
 # of wrk a case), IR_CASES ("plain nocache miss hit").  Prints one line
@@ -135,6 +137,11 @@ function request()
     n = n + 1
     local q = "Why is my order still processing after 3 days"
     if "$1" == "new" then q = q .. " (case " .. string.format("%x", run) .. " " .. n .. " " .. math.random(1e9) .. ")" end
+    if "$1" == "word" then
+        local w = ""
+        for i = 1, 8 do w = w .. string.char(96 + math.random(26)) end
+        q = q .. " " .. w
+    end
     return wrk.format("POST", "/v1/chat/completions",
         { ["Content-Type"] = "application/json",
           ["Authorization"] = "Bearer $key" },
@@ -150,6 +157,7 @@ LUA
 }
 script same > "$state/same.lua"
 script new > "$state/new.lua"
+script word > "$state/word.lua"
 
 nginx -p "$state" -c "$state/upstream.conf" & pids+=($!)
 ir_front "$state" "$state/nginx.conf" "http://127.0.0.1:$plain/v1/chat/completions"
@@ -160,6 +168,7 @@ for c in $cases; do
         nocache) p=$nc; s=same ;;
         miss) p=$gw; s=new ;;
         hit) p=$gw; s=same ;;
+        words) p=$gw; s=word ;;
     esac
     # the warm-up opens the connections to the upstream, stores the hit
     ir_case "$c" "$front" "$state" "$state/$s.lua" \

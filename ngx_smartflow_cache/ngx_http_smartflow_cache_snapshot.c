@@ -11,8 +11,12 @@
 #include "ngx_http_smartflow_cache.h"
 
 
-/* 0003: the MinHash functions of 32 bits; a signature of 0002 differs */
-#define NGX_SMARTFLOW_CACHE_SNAP_MAGIC  "SFMC0003"
+/*
+ * 0003: the MinHash functions of 32 bits; a signature of 0002 differs;
+ * 0004: words, pairs and trigrams hashed anew: signatures, vectors and
+ * context keys of 0003 differ
+ */
+#define NGX_SMARTFLOW_CACHE_SNAP_MAGIC  "SFMC0004"
 
 
 typedef struct {

@@ -54,23 +54,52 @@ static ngx_uint_t ngx_smartflow_cache_novel(ngx_smartflow_cache_text_t *a,
 
 #define NGX_SMARTFLOW_CACHE_MH_BATCH  64     /* shingle hashes per mix */
 
-#define NGX_SF_FNV_BASIS  0xcbf29ce484222325ULL
-#define NGX_SF_FNV_PRIME  0x100000001b3ULL
+/*
+ * A word's hash: its bytes read eight at a time, each group folded in
+ * with a multiply; then ngx_sf_fin() so that every bit depends on every
+ * byte.  The last group of fewer than eight bytes is read byte by byte,
+ * or, from the tokens' buffer, which has NGX_SF_WORD_PAD bytes to spare
+ * after its last token, read whole and masked: the same value either way.
+ */
 
-#define ngx_sf_fnv_byte(h, c)  (((h) ^ (u_char) (c)) * NGX_SF_FNV_PRIME)
+#define NGX_SF_WORD_K    0x9fb21c651e98df25ULL
+#define NGX_SF_WORD_M    0xd6e8feb86659fd93ULL
+#define NGX_SF_WORD_PAD  8
 
 
 static ngx_inline uint64_t
-ngx_sf_fnv(uint64_t h, u_char *p, size_t len)
+ngx_sf_word_read(u_char *p, size_t len, ngx_uint_t padded)
 {
-    size_t  i;
+    size_t    i;
+    uint64_t  h, x;
 
-    for (i = 0; i < len; i++) {
-        h = ngx_sf_fnv_byte(h, p[i]);
+    h = NGX_SF_WORD_K ^ (len * NGX_SF_WORD_M);
+
+    for ( /* void */ ; len >= 8; p += 8, len -= 8) {
+        ngx_memcpy(&x, p, 8);
+        h = (h ^ x) * NGX_SF_WORD_M;
+        h ^= h >> 32;
     }
 
-    return h;
+    x = 0;
+
+    if (padded && len) {
+        ngx_memcpy(&x, p, 8);
+        x &= ~(uint64_t) 0 >> (64 - 8 * len);
+
+    } else {
+        for (i = 0; i < len; i++) {
+            x |= (uint64_t) p[i] << (i * 8);
+        }
+    }
+
+    h = (h ^ x) * NGX_SF_WORD_M;
+
+    return h ^ (h >> 32);
 }
+
+/* a token's word, in the tokens' buffer */
+#define ngx_sf_word(p, len)  ngx_sf_word_read(p, len, 1)
 
 
 static ngx_inline uint64_t
@@ -86,10 +115,33 @@ ngx_sf_fin(uint64_t h)
 }
 
 
-/* the exported hash, inlined here (-fPIC keeps exported calls as calls) */
-#define ngx_sf_hash(p, len, seed)                                            \
-    ngx_sf_fin(ngx_sf_fnv(NGX_SF_FNV_BASIS ^ (seed), p, len))
+/*
+ * The features' hashes, each kind with its own seed: a word (ngx_sf_word()
+ * of it), a pair of words (the two words' hashes, in order) and a
+ * character trigram (its three bytes, the first lowest)
+ */
+#define ngx_sf_hash(p, len)      ngx_sf_fin(ngx_sf_word(p, len))
+#define ngx_sf_seeded(h, seed)   ngx_sf_fin((h) ^ (seed))
+#define ngx_sf_pair(a, b)        ((a) * NGX_SF_WORD_M + (b))
 
+#define NGX_SF_SEED_WORD         0x6a09e667f3bcc908ULL   /* embedding */
+#define NGX_SF_SEED_PAIR         0xbb67ae8584caa73bULL
+#define NGX_SF_SEED_MH_WORD      0x3c6ef372fe94f82bULL   /* MinHash */
+#define NGX_SF_SEED_MH_PAIR      0xa54ff53a5f1d36f1ULL
+#define NGX_SF_SEED_TRIGRAM      0x510e527fade682d1ULL
+
+
+/*
+ * a trigram's hash in one multiply: its low bits (the dimension) take the
+ * product's high half in, its top bit (the sign) is the product's
+ */
+static ngx_inline uint64_t
+ngx_sf_trigram(uint64_t x)
+{
+    x = (x ^ NGX_SF_SEED_TRIGRAM) * NGX_SF_WORD_M;
+
+    return x ^ ((x >> 32) & 0x7fffffff);
+}
 
 
 #define NGX_SF_SEQ_NUM  0
@@ -250,7 +302,7 @@ ngx_smartflow_cache_tokenize(ngx_pool_t *pool, u_char *p, size_t len,
     t->n = 0;
     t->max = ngx_min(len + 2, NGX_SMARTFLOW_CACHE_MAX_TOKENS);
     t->tok = ngx_palloc(pool, sizeof(ngx_smartflow_cache_tok_t) * t->max);
-    buf = ngx_pnalloc(pool, 3 * len + 16);
+    buf = ngx_pnalloc(pool, 3 * len + 16 + NGX_SF_WORD_PAD);
 
     if (t->tok == NULL || buf == NULL) {
         return NGX_ERROR;
@@ -570,7 +622,7 @@ ngx_smartflow_cache_words_add(char *w, ngx_uint_t what, ngx_int_t map)
     ngx_smartflow_cache_word_t  *e;
 
     len = ngx_strlen(w);
-    i = ngx_sf_hash((u_char *) w, len, 0)
+    i = ngx_sf_fin(ngx_sf_word_read((u_char *) w, len, 0))
         & (NGX_SF_WORDS - 1);
 
     for ( ;; ) {
@@ -610,7 +662,7 @@ ngx_smartflow_cache_word(u_char *p, size_t len, ngx_int_t *map)
         ngx_smartflow_cache_words_init();
     }
 
-    i = ngx_sf_hash(p, len, 0) & (NGX_SF_WORDS - 1);
+    i = ngx_sf_hash(p, len) & (NGX_SF_WORDS - 1);
 
     for ( ;; ) {
         e = &ngx_smartflow_cache_words[i];
@@ -664,26 +716,10 @@ ngx_smartflow_cache_normalise(ngx_pool_t *pool,
 }
 
 
-/* FNV-1a, then a 64-bit finaliser so every bit depends on every byte */
-
-uint64_t
-ngx_smartflow_cache_hash(u_char *p, size_t len, uint64_t seed)
-{
-    return ngx_sf_fin(ngx_sf_fnv(NGX_SF_FNV_BASIS ^ seed, p, len));
-}
-
-
-/* hash of three bytes, seed 3: a character trigram */
-#define ngx_sf_hash3(a, b, c)                                                \
-    ngx_sf_fin(ngx_sf_fnv_byte(ngx_sf_fnv_byte(ngx_sf_fnv_byte(              \
-        NGX_SF_FNV_BASIS ^ 3, a), b), c))
-
-
-/* the weight w of feature h at h mod dim, the slot marked as used */
+/* the weight w of feature h at h mod dim */
 #define ngx_sf_feature(h, w)                                                 \
     i = mask ? ((h) & mask) : ((h) % dim);                                   \
-    v[i] += ((h) >> 63) ? -(w) : (w);                                        \
-    used[i >> 6] |= (uint64_t) 1 << (i & 63)
+    v[i] += ((h) >> 63) ? -(w) : (w)
 
 
 /*
@@ -692,8 +728,9 @@ ngx_smartflow_cache_hash(u_char *p, size_t len, uint64_t seed)
  * content word (1.0), it with the next content word (0.8) and the
  * character trigrams of "#word#" (0.25), hashed with a sign into dim
  * floats, L2-normalised; the shingles of the signature: each content word
- * and it with the next.  Only the dimensions a feature fell in are read
- * for the norm, in the order of their index, as a full pass would.
+ * and it with the next.  The norm sums the squares in eight running sums,
+ * dimension i in sum i mod 8, which the compiler keeps in vector
+ * registers; the order is fixed, so every worker gets the same floats.
  */
 void
 ngx_smartflow_cache_sketch(ngx_smartflow_cache_text_t *t, uint32_t *sig,
@@ -701,16 +738,15 @@ ngx_smartflow_cache_sketch(ngx_smartflow_cache_text_t *t, uint32_t *sig,
 {
     u_char                     *d;
     size_t                      s, k;
+    float                       scale, sq[8];
     double                      norm;
-    uint64_t                    h, h1, h2, h4, h5, mask, bits;
+    uint64_t                    h, hw, hp, x, mask;
     uint64_t                    hs[NGX_SMARTFLOW_CACHE_MH_BATCH];
-    uint64_t                    used[NGX_SMARTFLOW_CACHE_MAX_DIM / 64];
     ngx_uint_t                  i, j, nj, b, n, all;
     ngx_smartflow_cache_tok_t  *tk, *next;
 
     if (v) {
         ngx_memzero(v, dim * sizeof(float));
-        ngx_memzero(used, ((dim + 63) / 64) * sizeof(uint64_t));
         mask = ((dim & (dim - 1)) == 0) ? dim - 1 : 0;
 
     } else {
@@ -746,6 +782,7 @@ ngx_smartflow_cache_sketch(ngx_smartflow_cache_text_t *t, uint32_t *sig,
     }
 
     n = 0;
+    hw = (j < t->n) ? ngx_sf_word(t->tok[j].data, t->tok[j].stem) : 0;
 
     while (j < t->n) {
         tk = &t->tok[j];
@@ -757,41 +794,16 @@ ngx_smartflow_cache_sketch(ngx_smartflow_cache_text_t *t, uint32_t *sig,
         next = (nj < t->n) ? &t->tok[nj] : NULL;
         j = nj;
 
-        if (next && tk->stem + next->stem + 1 > 512) {
-            next = NULL;
-        }
-
-        /*
-         * the word's and the pair's FNV states for the embedding (seeds 1
-         * and 2) and the signature (4 and 5), in one read of the bytes
-         */
-        h1 = NGX_SF_FNV_BASIS ^ 1;
-        h2 = NGX_SF_FNV_BASIS ^ 2;
-        h4 = NGX_SF_FNV_BASIS ^ 4;
-        h5 = NGX_SF_FNV_BASIS ^ 5;
-
-        for (k = 0; k < tk->stem; k++) {
-            h1 = ngx_sf_fnv_byte(h1, tk->data[k]);
-            h2 = ngx_sf_fnv_byte(h2, tk->data[k]);
-            h4 = ngx_sf_fnv_byte(h4, tk->data[k]);
-            h5 = ngx_sf_fnv_byte(h5, tk->data[k]);
-        }
-
-        if (next) {
-            h2 = ngx_sf_fnv_byte(h2, ' ');
-            h5 = ngx_sf_fnv_byte(h5, ' ');
-
-            for (k = 0; k < next->stem; k++) {
-                h2 = ngx_sf_fnv_byte(h2, next->data[k]);
-                h5 = ngx_sf_fnv_byte(h5, next->data[k]);
-            }
-        }
+        /* the word's hash, and the next one's, which is the pair's too */
+        h = hw;
+        hw = next ? ngx_sf_word(next->data, next->stem) : 0;
+        hp = ngx_sf_pair(h, hw);
 
         if (sig) {
-            hs[n++] = ngx_sf_fin(h4);
+            hs[n++] = ngx_sf_seeded(h, NGX_SF_SEED_MH_WORD);
 
             if (next) {
-                hs[n++] = ngx_sf_fin(h5);
+                hs[n++] = ngx_sf_seeded(hp, NGX_SF_SEED_MH_PAIR);
             }
 
             if (n + 2 > NGX_SMARTFLOW_CACHE_MH_BATCH) {
@@ -804,15 +816,15 @@ ngx_smartflow_cache_sketch(ngx_smartflow_cache_text_t *t, uint32_t *sig,
             continue;
         }
 
-        h = ngx_sf_fin(h1);
+        h = ngx_sf_seeded(h, NGX_SF_SEED_WORD);
         ngx_sf_feature(h, 1.0f);
 
         if (next) {
-            h = ngx_sf_fin(h2);
+            h = ngx_sf_seeded(hp, NGX_SF_SEED_PAIR);
             ngx_sf_feature(h, 0.8f);
         }
 
-        /* character trigrams of "#stem#" */
+        /* character trigrams of "#stem#", the first byte highest */
         s = tk->stem;
 
         if (tk->num || s + 2 > 512 || s < 3) {
@@ -820,16 +832,16 @@ ngx_smartflow_cache_sketch(ngx_smartflow_cache_text_t *t, uint32_t *sig,
         }
 
         d = tk->data;
+        x = ('#' << 8) | d[0];
 
-        h = ngx_sf_hash3('#', d[0], d[1]);
-        ngx_sf_feature(h, 0.25f);
-
-        for (k = 1; k + 1 < s; k++) {
-            h = ngx_sf_hash3(d[k - 1], d[k], d[k + 1]);
+        for (k = 1; k < s; k++) {
+            x = ((x << 8) | d[k]) & 0xffffff;
+            h = ngx_sf_trigram(x);
             ngx_sf_feature(h, 0.25f);
         }
 
-        h = ngx_sf_hash3(d[s - 2], d[s - 1], '#');
+        x = ((x << 8) | '#') & 0xffffff;
+        h = ngx_sf_trigram(x);
         ngx_sf_feature(h, 0.25f);
     }
 
@@ -841,23 +853,37 @@ ngx_smartflow_cache_sketch(ngx_smartflow_cache_text_t *t, uint32_t *sig,
         return;
     }
 
-    norm = 0;
+    for (b = 0; b < 8; b++) {
+        sq[b] = 0;
+    }
 
-    for (b = 0; b < (dim + 63) / 64; b++) {
-        for (bits = used[b]; bits; bits &= bits - 1) {
-            i = (b << 6) + __builtin_ctzll(bits);
-            norm += (double) v[i] * v[i];
+    for (i = 0; i + 8 <= dim; i += 8) {
+        for (b = 0; b < 8; b++) {
+            sq[b] += v[i + b] * v[i + b];
         }
     }
 
-    if (norm > 0) {
-        norm = 1.0 / sqrt(norm);
+    for (b = 0; i < dim; i++, b++) {
+        sq[b] += v[i] * v[i];
+    }
 
-        for (b = 0; b < (dim + 63) / 64; b++) {
-            for (bits = used[b]; bits; bits &= bits - 1) {
-                i = (b << 6) + __builtin_ctzll(bits);
-                v[i] = (float) (v[i] * norm);
+    norm = 0;
+
+    for (b = 0; b < 8; b++) {
+        norm += sq[b];
+    }
+
+    if (norm > 0) {
+        scale = (float) (1.0 / sqrt(norm));
+
+        for (i = 0; i + 8 <= dim; i += 8) {
+            for (b = 0; b < 8; b++) {
+                v[i + b] *= scale;
             }
+        }
+
+        for ( /* void */ ; i < dim; i++) {
+            v[i] *= scale;
         }
     }
 }
@@ -1106,11 +1132,11 @@ ngx_smartflow_cache_guard(ngx_smartflow_cache_text_t *t)
         neg += tk->neg;
 
         if (tk->num) {
-            num = ngx_sf_hash(tk->data, tk->stem, num);
+            num = ngx_sf_seeded(ngx_sf_word(tk->data, tk->stem), num);
         }
 
         if (tk->lex) {
-            lex = ngx_sf_hash(tk->data, tk->stem, lex);
+            lex = ngx_sf_seeded(ngx_sf_word(tk->data, tk->stem), lex);
         }
     }
 
