@@ -232,6 +232,8 @@ extern ngx_module_t  ngx_http_smartflow_cache_module;
 ngx_int_t ngx_smartflow_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data);
 ngx_int_t ngx_smartflow_cache_exact(ngx_smartflow_cache_zone_t *z,
     ngx_pool_t *pool, u_char *fp, ngx_smartflow_cache_found_t *f);
+void ngx_smartflow_cache_prefetch(ngx_smartflow_cache_zone_t *z,
+    u_char *ctxk);
 ngx_uint_t ngx_smartflow_cache_context_size(ngx_smartflow_cache_zone_t *z,
     u_char *ctxk);
 ngx_uint_t ngx_smartflow_cache_near(ngx_smartflow_cache_zone_t *z,

@@ -228,7 +228,7 @@ ngx_http_smartflow_cache_stage(ngx_http_request_t *r,
 {
     time_t                                ttl;
     ngx_int_t                             rc, similarity;
-    ngx_uint_t                            lookup, store, n, k, i;
+    ngx_uint_t                            lookup, store, n, k, i, empty;
     struct timeval                        start;
     ngx_smartflow_cache_ref_t             refs[NGX_SMARTFLOW_CACHE_K];
     ngx_smartflow_cache_zone_t           *z;
@@ -262,6 +262,7 @@ ngx_http_smartflow_cache_stage(ngx_http_request_t *r,
     }
 
     ngx_gettimeofday(&start);
+    empty = 0;
 
     rq = ngx_http_smartflow_cache_req(r, 1);
     if (rq == NULL) {
@@ -327,7 +328,11 @@ ngx_http_smartflow_cache_stage(ngx_http_request_t *r,
     if (rq->item.query.len == 0
         || ngx_smartflow_cache_context_size(z, rq->item.ctxk) == 0)
     {
-        /* nothing the verification could accept here; Redis may have it */
+        /*
+         * nothing the verification could accept here; Redis may have it,
+         * and phase 4 is skipped too unless the handler is called again
+         */
+        empty = 1;
         goto shared;
     }
 
@@ -374,7 +379,7 @@ shared_done:
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (rc != NGX_OK
+    if (rc != NGX_OK || empty
         || ngx_smartflow_cache_context_size(z, rq->item.ctxk) == 0)
     {
         goto miss;
@@ -931,6 +936,15 @@ ngx_http_smartflow_cache_features(ngx_http_request_t *r,
         return NGX_OK;
     }
 
+    g = ngx_smartflow_cache_guard(&rq->text);
+
+    for (i = 0; i < 8; i++) {
+        rq->item.ctxk[i] ^= (u_char) (g >> (8 * i));
+    }
+
+    /* the group's bucket comes in while the features are made */
+    ngx_smartflow_cache_prefetch(rq->zone, rq->item.ctxk);
+
     rq->vec = ngx_palloc(r->pool, rq->zone->dim * sizeof(float));
     if (rq->vec == NULL) {
         return NGX_ERROR;
@@ -944,12 +958,6 @@ ngx_http_smartflow_cache_features(ngx_http_request_t *r,
 
     } else {
         ngx_smartflow_cache_minhash(&rq->text, rq->minhash);
-    }
-
-    g = ngx_smartflow_cache_guard(&rq->text);
-
-    for (i = 0; i < 8; i++) {
-        rq->item.ctxk[i] ^= (u_char) (g >> (8 * i));
     }
 
     return NGX_OK;

@@ -350,6 +350,20 @@ ngx_smartflow_cache_exact(ngx_smartflow_cache_zone_t *z, ngx_pool_t *pool,
 
 
 /* how many entries the context has: none, and phases 2 and 4 are skipped */
+/*
+ * The bucket of a context's group asked for ahead of the lookups: the
+ * tables are written only under the lock, but a prefetch reads nothing
+ * and cannot fault.
+ */
+void
+ngx_smartflow_cache_prefetch(ngx_smartflow_cache_zone_t *z, u_char *ctxk)
+{
+#if (defined __GNUC__ || defined __clang__)
+    __builtin_prefetch(&z->sh->groups[ngx_sf_cache_bucket(z->sh, ctxk)]);
+#endif
+}
+
+
 ngx_uint_t
 ngx_smartflow_cache_context_size(ngx_smartflow_cache_zone_t *z, u_char *ctxk)
 {

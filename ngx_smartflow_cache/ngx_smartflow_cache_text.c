@@ -259,6 +259,7 @@ typedef struct {
 } ngx_smartflow_cache_word_t;
 
 static ngx_smartflow_cache_word_t  ngx_smartflow_cache_words[NGX_SF_WORDS];
+static uint32_t                    ngx_smartflow_cache_word_tags[NGX_SF_WORDS];
 static ngx_uint_t                  ngx_smartflow_cache_words_ready;
 
 /* bytes by class, made at the first use: a test is one load */
@@ -614,28 +615,42 @@ ngx_smartflow_cache_words_init(void)
 }
 
 
+/*
+ * A slot's tag: 32 bits of the word's hash, never 0 (an empty slot).  A
+ * lookup reads the tags, 8 KB that stay in the cache, and a slot itself
+ * only when its tag is the word's.
+ */
+#define ngx_sf_word_tag(h)  ((uint32_t) ((h) >> 32) | 1)
+
+
 static void
 ngx_smartflow_cache_words_add(char *w, ngx_uint_t what, ngx_int_t map)
 {
     size_t                       len;
+    uint32_t                     tag;
+    uint64_t                     h;
     ngx_uint_t                   i;
     ngx_smartflow_cache_word_t  *e;
 
     len = ngx_strlen(w);
-    i = ngx_sf_fin(ngx_sf_word_read((u_char *) w, len, 0))
-        & (NGX_SF_WORDS - 1);
+    h = ngx_sf_fin(ngx_sf_word_read((u_char *) w, len, 0));
+    tag = ngx_sf_word_tag(h);
+    i = h & (NGX_SF_WORDS - 1);
 
     for ( ;; ) {
         e = &ngx_smartflow_cache_words[i];
 
-        if (e->word == NULL) {
+        if (ngx_smartflow_cache_word_tags[i] == 0) {
+            ngx_smartflow_cache_word_tags[i] = tag;
             e->word = w;
             e->len = len;
             e->map = -1;
             break;
         }
 
-        if (e->len == len && ngx_memcmp(e->word, w, len) == 0) {
+        if (ngx_smartflow_cache_word_tags[i] == tag && e->len == len
+            && ngx_memcmp(e->word, w, len) == 0)
+        {
             break;
         }
 
@@ -655,6 +670,8 @@ ngx_smartflow_cache_words_add(char *w, ngx_uint_t what, ngx_int_t map)
 static ngx_uint_t
 ngx_smartflow_cache_word(u_char *p, size_t len, ngx_int_t *map)
 {
+    uint32_t                     tag, t;
+    uint64_t                     h;
     ngx_uint_t                   i;
     ngx_smartflow_cache_word_t  *e;
 
@@ -662,18 +679,24 @@ ngx_smartflow_cache_word(u_char *p, size_t len, ngx_int_t *map)
         ngx_smartflow_cache_words_init();
     }
 
-    i = ngx_sf_hash(p, len) & (NGX_SF_WORDS - 1);
+    h = ngx_sf_hash(p, len);
+    tag = ngx_sf_word_tag(h);
+    i = h & (NGX_SF_WORDS - 1);
 
     for ( ;; ) {
-        e = &ngx_smartflow_cache_words[i];
+        t = ngx_smartflow_cache_word_tags[i];
 
-        if (e->word == NULL) {
+        if (t == 0) {
             return 0;
         }
 
-        if (e->len == len && ngx_memcmp(e->word, p, len) == 0) {
-            *map = e->map;
-            return e->what;
+        if (t == tag) {
+            e = &ngx_smartflow_cache_words[i];
+
+            if (e->len == len && ngx_memcmp(e->word, p, len) == 0) {
+                *map = e->map;
+                return e->what;
+            }
         }
 
         i = (i + 1) & (NGX_SF_WORDS - 1);
