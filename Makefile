@@ -161,11 +161,20 @@ $(BUILD)/unit/json_test: unit/ngx_smartflow_json_test.c \
 	    ngx_smartflow_proxy/ngx_smartflow_json.c \
 	    ngx_smartflow_proxy/ngx_smartflow_usage.c -o $@
 
+$(BUILD)/unit/cache_text_test: unit/ngx_smartflow_cache_text_test.c \
+        ngx_smartflow_cache/ngx_smartflow_cache_text.c \
+        ngx_smartflow_cache/ngx_smartflow_cache_text.h $(NGX_BUILD)/objs/Makefile
+	@mkdir -p $(BUILD)/unit
+	clang -g -O1 -fsanitize=address,undefined \
+	    -fno-sanitize-recover=undefined $(FUZZ_INCS) \
+	    -Ingx_smartflow_cache unit/ngx_smartflow_cache_text_test.c -lm -o $@
+
 unit: $(BUILD)/unit/translate_test $(BUILD)/unit/translate_gemini_test \
-        $(BUILD)/unit/json_test
+        $(BUILD)/unit/json_test $(BUILD)/unit/cache_text_test
 	$(BUILD)/unit/translate_test
 	$(BUILD)/unit/translate_gemini_test
 	$(BUILD)/unit/json_test
+	$(BUILD)/unit/cache_text_test
 
 clean:
 	rm -rf $(BUILD) $(CURDIR)/build-asan
