@@ -1,6 +1,6 @@
-# The JSON reader and the OpenAI <-> Anthropic <-> Gemini translations,
-# function by function, under ASan and UBSan: the unit programs print TAP;
-# each of their results is reported here.
+# The JSON reader, the OpenAI <-> Anthropic <-> Gemini translations and the
+# MetaCache text functions' fast paths, function by function, under ASan and
+# UBSan: the unit programs print TAP; each of their results is reported here.
 use strict;
 use warnings;
 use Test::More;
