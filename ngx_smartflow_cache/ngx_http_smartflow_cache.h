@@ -25,6 +25,7 @@
 #define NGX_SMARTFLOW_CACHE_INDEX_AUTO  0
 #define NGX_SMARTFLOW_CACHE_INDEX_FLAT  1
 #define NGX_SMARTFLOW_CACHE_INDEX_HNSW  2
+#define NGX_SMARTFLOW_CACHE_INDEX_IVF   3
 
 #define NGX_SMARTFLOW_CACHE_PART_TEAM    0
 #define NGX_SMARTFLOW_CACHE_PART_KEY     1
@@ -140,7 +141,9 @@ typedef struct {
     size_t                      labels_size;
     uint64_t                    epoch;
     uint64_t                    seq;
-    size_t                      rebuild;        /* next slot to index */
+    size_t                      rebuild;        /* slots indexed, in order */
+    size_t                      stride;         /* ... the order's step */
+    uint64_t                    skew_seq;       /* seq at the last re-cell */
     float                      *batch_vecs;     /* kept for each sync */
     ngx_smartflow_cache_ref_t  *batch_refs;
 } ngx_smartflow_cache_zone_t;
@@ -264,6 +267,9 @@ ngx_int_t ngx_smartflow_cache_vector_search(ngx_smartflow_cache_zone_t *z,
     float *scores, ngx_uint_t k);
 /* the shim's inner product (AVX2 where the CPU has it) */
 float ngx_smartflow_faiss_dot(const float *a, const float *b, size_t d);
+/* the index the workers build for the zone: index=, or auto's choice */
+ngx_uint_t ngx_smartflow_cache_index_kind(ngx_smartflow_cache_zone_t *z);
+const char *ngx_smartflow_cache_index_name(ngx_smartflow_cache_zone_t *z);
 void ngx_smartflow_cache_vector_free(ngx_smartflow_cache_zone_t *z);
 
 /* admin API: ngx_http_smartflow_cache_api.c */

@@ -240,9 +240,7 @@ ngx_http_smartflow_cache_stats(ngx_http_request_t *r,
             "\"saved\":{\"prompt_tokens\":%uA,\"completion_tokens\":%uA,"
             "\"cost_usd\":%uA.%06uA,\"unpriced_hits\":%uA},",
             &z->name, entries, z->capacity,
-            z->index == NGX_SMARTFLOW_CACHE_INDEX_HNSW ? "hnsw"
-            : z->index == NGX_SMARTFLOW_CACHE_INDEX_FLAT ? "flat"
-            : z->capacity > 20000 ? "hnsw" : "flat",
+            ngx_smartflow_cache_index_name(z),
             (int) z->dim,
             z->shm_zone->shm.size, (pages - pfree) * ngx_pagesize,
             pfree * ngx_pagesize,

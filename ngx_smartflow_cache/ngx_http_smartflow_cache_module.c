@@ -1300,6 +1300,9 @@ ngx_http_smartflow_cache_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             } else if (s.len == 4 && ngx_strncmp(s.data, "hnsw", 4) == 0) {
                 z->index = NGX_SMARTFLOW_CACHE_INDEX_HNSW;
 
+            } else if (s.len == 3 && ngx_strncmp(s.data, "ivf", 3) == 0) {
+                z->index = NGX_SMARTFLOW_CACHE_INDEX_IVF;
+
             } else {
                 goto invalid;
             }

@@ -19,18 +19,58 @@
 #include "ngx_http_smartflow_cache.h"
 
 
+/* the shim's inverted file: ngx_smartflow_cache/faiss/ */
+int ngx_smartflow_faiss_ivf_new(FaissIndex **p_index, idx_t d, size_t nlist,
+    size_t nprobe, size_t max_scan);
+int ngx_smartflow_faiss_ivf_skewed(const FaissIndex *index);
+
+
 static ngx_int_t ngx_smartflow_cache_vector_sync(
     ngx_smartflow_cache_zone_t *z, ngx_log_t *log);
 static ngx_int_t ngx_smartflow_cache_vector_add(ngx_smartflow_cache_zone_t *z,
     ngx_log_t *log, float *vecs, ngx_smartflow_cache_ref_t *refs, size_t n);
 
 
-/* vectors added to the index per search at most, while catching up */
+/*
+ * vectors added to the index per search at most, while catching up: an
+ * IVF vector costs its cells' centres in inner products (about 25 us for
+ * 512 of dim 256), an HNSW one its graph's search
+ */
 #define NGX_SMARTFLOW_CACHE_BATCH_FLAT  8192
+#define NGX_SMARTFLOW_CACHE_BATCH_IVF   128
 #define NGX_SMARTFLOW_CACHE_BATCH_HNSW  512
 
-/* past this many entries, index=auto picks HNSW */
-#define NGX_SMARTFLOW_CACHE_AUTO_HNSW   20000
+/* past this many entries, index=auto picks the inverted file */
+#define NGX_SMARTFLOW_CACHE_AUTO_IVF    4096
+
+
+ngx_uint_t
+ngx_smartflow_cache_index_kind(ngx_smartflow_cache_zone_t *z)
+{
+    if (z->index != NGX_SMARTFLOW_CACHE_INDEX_AUTO) {
+        return z->index;
+    }
+
+    return (z->capacity > NGX_SMARTFLOW_CACHE_AUTO_IVF)
+           ? NGX_SMARTFLOW_CACHE_INDEX_IVF : NGX_SMARTFLOW_CACHE_INDEX_FLAT;
+}
+
+
+const char *
+ngx_smartflow_cache_index_name(ngx_smartflow_cache_zone_t *z)
+{
+    switch (ngx_smartflow_cache_index_kind(z)) {
+
+    case NGX_SMARTFLOW_CACHE_INDEX_HNSW:
+        return "hnsw";
+
+    case NGX_SMARTFLOW_CACHE_INDEX_IVF:
+        return "ivf";
+
+    default:
+        return "flat";
+    }
+}
 
 
 ngx_int_t
@@ -84,11 +124,28 @@ ngx_smartflow_cache_vector_search(ngx_smartflow_cache_zone_t *z,
 }
 
 
+static size_t
+ngx_smartflow_cache_gcd(size_t a, size_t b)
+{
+    size_t  t;
+
+    while (b) {
+        t = a % b;
+        a = b;
+        b = t;
+    }
+
+    return a;
+}
+
+
 static ngx_int_t
 ngx_smartflow_cache_vector_sync(ngx_smartflow_cache_zone_t *z,
     ngx_log_t *log)
 {
-    size_t                        n, batch, hnsw;
+    size_t                        n, batch, slot;
+    ngx_int_t                     rc;
+    ngx_uint_t                    kind, reskew;
     float                        *vecs;
     uint64_t                      seq;
     ngx_uint_t                    rebuild;
@@ -99,21 +156,45 @@ ngx_smartflow_cache_vector_sync(ngx_smartflow_cache_zone_t *z,
 
     sh = z->sh;
 
-    hnsw = (z->index == NGX_SMARTFLOW_CACHE_INDEX_HNSW
-            || (z->index == NGX_SMARTFLOW_CACHE_INDEX_AUTO
-                && z->capacity > NGX_SMARTFLOW_CACHE_AUTO_HNSW));
-    batch = hnsw ? NGX_SMARTFLOW_CACHE_BATCH_HNSW
-                 : NGX_SMARTFLOW_CACHE_BATCH_FLAT;
+    kind = ngx_smartflow_cache_index_kind(z);
+    batch = (kind == NGX_SMARTFLOW_CACHE_INDEX_HNSW)
+            ? NGX_SMARTFLOW_CACHE_BATCH_HNSW
+            : (kind == NGX_SMARTFLOW_CACHE_INDEX_IVF)
+            ? NGX_SMARTFLOW_CACHE_BATCH_IVF : NGX_SMARTFLOW_CACHE_BATCH_FLAT;
 
     /* the batch buffer holds BATCH_FLAT vectors of the default dimension */
     batch = ngx_min(batch, NGX_SMARTFLOW_CACHE_BATCH_FLAT
                            * NGX_SMARTFLOW_CACHE_DIM / z->dim);
 
+    /*
+     * an inverted file whose data moved away from its centres is built
+     * again, at most once per entries= / 4 vectors added (unlocked read of
+     * sh->seq: a stale view only defers it)
+     */
+    reskew = (kind == NGX_SMARTFLOW_CACHE_INDEX_IVF && z->faiss
+              && z->rebuild == z->capacity
+              && sh->seq - z->skew_seq >= z->capacity / 4
+              && ngx_smartflow_faiss_ivf_skewed(z->faiss));
+
     /* unlocked reads: a stale view only defers the work to the next call */
     if (z->faiss && z->epoch == sh->epoch && z->seq == sh->seq
-        && z->rebuild == z->capacity)
+        && z->rebuild == z->capacity && !reskew)
     {
         return NGX_OK;
+    }
+
+    /*
+     * a rebuild visits the slots in an order that spreads the first ones
+     * over the zone (they are the inverted file's centres): slot
+     * (i * stride) mod entries=, stride prime to entries=
+     */
+    if (z->stride == 0) {
+        for (z->stride = (z->capacity * 5 / 8) | 1;
+             ngx_smartflow_cache_gcd(z->stride, z->capacity) != 1;
+             z->stride += 2)
+        {
+            /* void */
+        }
     }
 
     /* the worker's batch buffers, made once */
@@ -138,10 +219,18 @@ ngx_smartflow_cache_vector_sync(ngx_smartflow_cache_zone_t *z,
 
     ngx_shmtx_lock(&z->shpool->mutex);
 
-    if (z->faiss == NULL || z->epoch != sh->epoch
+    if (z->faiss == NULL || z->epoch != sh->epoch || reskew
         || sh->seq - z->seq > NGX_SMARTFLOW_CACHE_RING
         || z->nlabels > 2 * (size_t) sh->used + 4096)
     {
+        if (reskew) {
+            ngx_log_error(NGX_LOG_INFO, log, 0,
+                          "smartflow cache: zone \"%V\": the inverted "
+                          "file's cells no longer fit its vectors, built "
+                          "again", &z->name);
+        }
+
+        z->skew_seq = sh->seq;
         rebuild = 1;
         z->epoch = sh->epoch;
         z->seq = sh->seq;
@@ -150,12 +239,13 @@ ngx_smartflow_cache_vector_sync(ngx_smartflow_cache_zone_t *z,
 
     /* a rebuild walks the slots, a batch at a time */
     while (z->rebuild < z->capacity && n < batch) {
-        s = &sh->slots[z->rebuild];
+        slot = (z->rebuild * z->stride) % z->capacity;
+        s = &sh->slots[slot];
 
         if (s->node && s->node->query_len) {
-            ngx_memcpy(&vecs[n * z->dim], ngx_sf_cache_vec(z, z->rebuild),
+            ngx_memcpy(&vecs[n * z->dim], ngx_sf_cache_vec(z, slot),
                        z->dim * sizeof(float));
-            refs[n].slot = (uint32_t) z->rebuild;
+            refs[n].slot = (uint32_t) slot;
             refs[n].version = s->version;
             n++;
         }
@@ -186,16 +276,31 @@ ngx_smartflow_cache_vector_sync(ngx_smartflow_cache_zone_t *z,
         }
 
         z->nlabels = 0;
-        desc = hnsw ? "HNSW32,Flat" : "Flat";
 
-        if ((hnsw ? faiss_index_factory((FaissIndex **) &z->faiss,
-                                        (int) z->dim, desc,
-                                        METRIC_INNER_PRODUCT)
-                  : faiss_IndexFlatIP_new_with((FaissIndexFlatIP **)
-                                               &z->faiss,
-                                               (idx_t) z->dim))
-            != 0)
-        {
+        switch (kind) {
+
+        case NGX_SMARTFLOW_CACHE_INDEX_HNSW:
+            desc = "HNSW32,Flat";
+            rc = faiss_index_factory((FaissIndex **) &z->faiss, (int) z->dim,
+                                     desc, METRIC_INNER_PRODUCT);
+            break;
+
+        case NGX_SMARTFLOW_CACHE_INDEX_IVF:
+            desc = "IVF";
+            rc = ngx_smartflow_faiss_ivf_new((FaissIndex **) &z->faiss,
+                                             (idx_t) z->dim,
+                                             NGX_SMARTFLOW_CACHE_IVF_LISTS,
+                                             NGX_SMARTFLOW_CACHE_IVF_PROBES,
+                                             NGX_SMARTFLOW_CACHE_IVF_SCAN);
+            break;
+
+        default:
+            desc = "Flat";
+            rc = faiss_IndexFlatIP_new_with((FaissIndexFlatIP **) &z->faiss,
+                                            (idx_t) z->dim);
+        }
+
+        if (rc != 0) {
             err = faiss_get_last_error();
             ngx_log_error(NGX_LOG_ERR, log, 0,
                           "smartflow cache: FAISS index \"%s\" failed: %s",

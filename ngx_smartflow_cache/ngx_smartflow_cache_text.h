@@ -25,6 +25,9 @@
 #define NGX_SMARTFLOW_CACHE_K          8     /* FAISS neighbours examined */
 #define NGX_SMARTFLOW_CACHE_CAND       4     /* candidates verified */
 #define NGX_SMARTFLOW_CACHE_SCAN_VEC   1024  /* phase 4 read in the zone */
+#define NGX_SMARTFLOW_CACHE_IVF_LISTS  512   /* index=ivf: its cells */
+#define NGX_SMARTFLOW_CACHE_IVF_PROBES 8     /* ... a search reads at most */
+#define NGX_SMARTFLOW_CACHE_IVF_SCAN   2048  /* ... while under this many */
 
 
 typedef struct {

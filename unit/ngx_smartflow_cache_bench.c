@@ -72,6 +72,9 @@ ngx_strncasecmp(u_char *s1, u_char *s2, size_t n)
 
 /* the FAISS shim's inner product, as the zone's scan uses it */
 float ngx_smartflow_faiss_dot(const float *a, const float *b, size_t d);
+/* its inverted file, as index=ivf builds it */
+int ngx_smartflow_faiss_ivf_new(FaissIndex **p_index, idx_t d, size_t nlist,
+    size_t nprobe, size_t max_scan);
 
 
 static size_t
@@ -159,7 +162,8 @@ main(int argc, char **argv)
     idx_t        labels[8];
     size_t       len;
     double       t0, build, *lat, found;
-    const char  *desc[] = { "Flat", "HNSW32,Flat" };
+    char         ivf[32];
+    const char  *desc[] = { "Flat", "HNSW32,Flat", ivf };
     FaissIndex  *index;
 
     n = argc > 1 ? atol(argv[1]) : 100000;
@@ -176,14 +180,21 @@ main(int argc, char **argv)
                    &base[(size_t) i * NGX_SMARTFLOW_CACHE_DIM]);
     }
 
-    for (k = 0; k < 2; k++) {
+    snprintf(ivf, sizeof(ivf), "IVF%d,probe%d", NGX_SMARTFLOW_CACHE_IVF_LISTS,
+             NGX_SMARTFLOW_CACHE_IVF_PROBES);
+
+    for (k = 0; k < 3; k++) {
         index = NULL;
 
         if ((k == 0 ? faiss_IndexFlatIP_new_with((FaissIndexFlatIP **)
                                                  &index,
                                                  NGX_SMARTFLOW_CACHE_DIM)
-                    : faiss_index_factory(&index, NGX_SMARTFLOW_CACHE_DIM,
-                                          desc[k], METRIC_INNER_PRODUCT))
+             : k == 1 ? faiss_index_factory(&index, NGX_SMARTFLOW_CACHE_DIM,
+                                            desc[k], METRIC_INNER_PRODUCT)
+             : ngx_smartflow_faiss_ivf_new(&index, NGX_SMARTFLOW_CACHE_DIM,
+                                           NGX_SMARTFLOW_CACHE_IVF_LISTS,
+                                           NGX_SMARTFLOW_CACHE_IVF_PROBES,
+                                           NGX_SMARTFLOW_CACHE_IVF_SCAN))
             != 0)
         {
             fprintf(stderr, "FAISS index %s failed\n", desc[k]);
@@ -211,7 +222,7 @@ main(int argc, char **argv)
 
         qsort(lat, nq, sizeof(double), cmp);
 
-        printf("phase 4 at %ld entries, index %-12s build %6.1f s, lookup "
+        printf("phase 4 at %ld entries, index %-14s build %6.1f s, lookup "
                "p50 %7.1f us, p99 %7.1f us, nearest is the stored question "
                "%.1f%%\n", n, desc[k], build / 1e6, lat[nq / 2],
                lat[nq * 99 / 100], 100.0 * found / nq);

@@ -12,8 +12,12 @@
 #include <stdexcept>
 #include <string>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
+#include <utility>
+#include <vector>
 
 #include <faiss/Index.h>
 #include <faiss/IndexFlat.h>
@@ -240,6 +244,240 @@ struct SmartflowFlatIP : faiss::IndexFlatIP {
     }
 };
 
+
+/*
+ * An inverted file over the same storage, for a zone whose groups grow
+ * past what a flat scan serves.  The first nlist vectors added are the
+ * cells' centres (a sample of the data, no training, so every worker that
+ * adds the same vectors in the same order holds the same cells).  Cached
+ * questions of one context share most of their words, so their vectors
+ * share a large common part, and by plain inner product a few centres
+ * would draw most vectors; cells are chosen after that part, the centres'
+ * mean, is taken away: the centre c whose direction from the mean,
+ * u(c) = (c - mean) / |c - mean|, best matches the vector's, the largest
+ * x . u(c) - mean . u(c).  A vector goes to that cell; a search reads the
+ * best cells for the query, up to nprobe of them and, once past the
+ * first, only while it has read fewer than max_scan vectors, and ranks
+ * their vectors by the inner product itself.  Approximate: a neighbour
+ * filed in a cell not read is missed.  Adding a vector costs nlist inner
+ * products, a search nlist plus the vectors of the cells it reads.  When
+ * the data has moved away from the centres, one cell draws most of what
+ * comes: skewed() tells, and the zone's index is then built again.
+ */
+struct SmartflowIVF : faiss::IndexFlatIP {
+
+    size_t                                         nlist;
+    size_t                                         nprobe;
+    size_t                                         max_scan;
+    size_t                                         largest = 0;
+    std::vector<faiss::Index::idx_t>               centres;
+    std::vector<float>                             dirs;     /* u(c) */
+    std::vector<float>                             offsets;  /* mean . u(c) */
+    std::vector<std::vector<faiss::Index::idx_t>>  cells;
+
+    SmartflowIVF(faiss::Index::idx_t dim, size_t nl, size_t np, size_t ms)
+        : faiss::IndexFlatIP(dim), nlist(nl), nprobe(np), max_scan(ms),
+          cells(nl)
+    {
+    }
+
+    void add(faiss::Index::idx_t n, const float *x) override
+    {
+        faiss::Index::idx_t  first = ntotal;
+
+        faiss::IndexFlatIP::add(n, x);
+
+        const float  *xb = get_xb();
+
+        for (faiss::Index::idx_t i = first; i < ntotal; i++) {
+            size_t  c;
+
+            if (centres.size() < nlist) {
+                /* a centre, the only vector of its cell until all are in */
+                c = centres.size();
+                centres.push_back(i);
+
+                if (centres.size() == nlist) {
+                    directions(xb);
+                }
+
+            } else {
+                c = best(xb + i * d, 1, nullptr)[0].second;
+            }
+
+            cells[c].push_back(i);
+            largest = std::max(largest, cells[c].size());
+        }
+    }
+
+    /* one cell past a quarter of max_scan and four times the mean size */
+    bool skewed() const
+    {
+        return 4 * largest > max_scan
+               && largest * nlist > 4 * (size_t) ntotal;
+    }
+
+    /* u(c) and mean . u(c), once the centres are all in */
+    void directions(const float *xb)
+    {
+        std::vector<double>  mean(d, 0.0);
+
+        for (faiss::Index::idx_t c : centres) {
+            for (faiss::Index::idx_t j = 0; j < d; j++) {
+                mean[j] += xb[c * d + j];
+            }
+        }
+
+        for (faiss::Index::idx_t j = 0; j < d; j++) {
+            mean[j] /= (double) centres.size();
+        }
+
+        dirs.assign(centres.size() * d, 0.0f);
+        offsets.assign(centres.size(), 0.0f);
+
+        for (size_t c = 0; c < centres.size(); c++) {
+            float   *u = &dirs[c * d];
+            double   norm = 0, off = 0;
+
+            for (faiss::Index::idx_t j = 0; j < d; j++) {
+                double  r = xb[centres[c] * d + j] - mean[j];
+
+                u[j] = (float) r;
+                norm += r * r;
+            }
+
+            /* a centre at the mean points nowhere: its cell stays small */
+            norm = (norm > 0) ? 1.0 / std::sqrt(norm) : 0;
+
+            for (faiss::Index::idx_t j = 0; j < d; j++) {
+                u[j] = (float) (u[j] * norm);
+                off += mean[j] * u[j];
+            }
+
+            offsets[c] = (float) off;
+        }
+    }
+
+    /*
+     * the cells to read for v, best first (on a tie the older centre):
+     * before all centres are in, each cell is its centre alone, ranked by
+     * the inner product with it
+     */
+    std::vector<std::pair<float, size_t>> best(const float *v, size_t m,
+        const float *xb) const
+    {
+        std::vector<std::pair<float, size_t>>  near(centres.size());
+
+        for (size_t c = 0; c < centres.size(); c++) {
+            float  s = dirs.empty()
+                       ? smartflow_dot(v, xb + centres[c] * d, d)
+                       : smartflow_dot(v, &dirs[c * d], d) - offsets[c];
+
+            near[c] = std::make_pair(-s, c);
+        }
+
+        m = std::min(m, near.size());
+        std::partial_sort(near.begin(), near.begin() + m, near.end());
+        near.resize(m);
+
+        return near;
+    }
+
+    void reset() override
+    {
+        faiss::IndexFlatIP::reset();
+        largest = 0;
+        centres.clear();
+        dirs.clear();
+        offsets.clear();
+
+        for (auto &cell : cells) {
+            cell.clear();
+        }
+    }
+
+    void search(faiss::Index::idx_t n, const float *x,
+        faiss::Index::idx_t k, float *distances, faiss::Index::idx_t *labels,
+        const faiss::SearchParameters *) const override
+    {
+        const float  *xb = get_xb();
+
+        for (faiss::Index::idx_t q = 0; q < n; q++) {
+            const float          *v = x + q * d;
+            float                *dist = distances + q * k;
+            faiss::Index::idx_t  *lab = labels + q * k;
+
+            for (faiss::Index::idx_t j = 0; j < k; j++) {
+                dist[j] = -std::numeric_limits<float>::infinity();
+                lab[j] = -1;
+            }
+
+            size_t  scanned = 0;
+
+            for (auto &cell : best(v, nprobe, xb)) {
+                if (scanned >= max_scan) {
+                    break;
+                }
+
+                scanned += cells[cell.second].size();
+
+                for (faiss::Index::idx_t i : cells[cell.second]) {
+                    float  s = smartflow_dot(v, xb + i * d, d);
+
+                    if (s < dist[k - 1]
+                        || (s == dist[k - 1] && lab[k - 1] >= 0
+                            && i > lab[k - 1]))
+                    {
+                        continue;
+                    }
+
+                    /* the k best, best first; on a tie the older first */
+                    faiss::Index::idx_t  j = k - 1;
+
+                    for ( /* void */ ;
+                         j > 0 && (dist[j - 1] < s
+                                   || (dist[j - 1] == s && lab[j - 1] > i));
+                         j--)
+                    {
+                        dist[j] = dist[j - 1];
+                        lab[j] = lab[j - 1];
+                    }
+
+                    dist[j] = s;
+                    lab[j] = i;
+                }
+            }
+        }
+    }
+};
+
+}
+
+
+extern "C" int
+ngx_smartflow_faiss_ivf_new(FaissIndex **p_index, idx_t d, size_t nlist,
+    size_t nprobe, size_t max_scan)
+{
+    try {
+        *p_index = reinterpret_cast<FaissIndex *>(
+                       new SmartflowIVF(d, nlist, nprobe, max_scan));
+        return 0;
+
+    } catch (std::exception &e) {
+        return fail(e.what());
+    }
+}
+
+
+extern "C" int
+ngx_smartflow_faiss_ivf_skewed(const FaissIndex *index)
+{
+    const SmartflowIVF  *ivf;
+
+    ivf = dynamic_cast<const SmartflowIVF *>(
+              reinterpret_cast<const faiss::Index *>(index));
+
+    return ivf != nullptr && ivf->skewed();
 }
 
 
@@ -255,3 +493,4 @@ faiss_IndexFlatIP_new_with(FaissIndexFlatIP **p_index, idx_t d)
         return fail(e.what());
     }
 }
+

@@ -1,7 +1,8 @@
 # Two workers share one zone: an answer stored by one is served by both,
 # phase 4 included (each worker brings its FAISS index up to date from
 # the zone), and "nginx -s reload" (SIGHUP) keeps every entry.  A small
-# context is read in the zone; a large one goes through FAISS.
+# context is read in the zone; a large one goes through FAISS: flat in a
+# zone of up to 4,096 entries, the inverted file above (index=auto).
 
 use Test::Nginx::Socket 'no_plan';
 use lib 't/lib';
@@ -60,6 +61,28 @@ sub verdicts {
     return join ', ', map { "$_ x$n{$_}" } sort keys %n;
 }
 
+# one question, then 1,100 more of the same context and no number: one
+# group (made-up words of the letters a to p: none ends in a plural s)
+sub fill_group {
+    Smartflow::Keys::burst(1, 'POST', '/v1/chat/completions',
+                           main::body("Write a short poem about the ocean"),
+                           $main::Master);
+    for my $i (1 .. 1100) {
+        my $w = 'zq';
+        for (my $n = $i; $n; $n = int($n / 16)) {
+            $w .= chr(97 + $n % 16);
+        }
+        Smartflow::Keys::burst(1, 'POST', '/v1/chat/completions',
+                               main::body("Write a short poem about the $w"),
+                               $main::Master);
+    }
+    my $st = Smartflow::Keys::burst(1, 'GET', '/api/metacache/stats', undef,
+                                    $main::Master);
+    my ($entries) = $st->[0][1] =~ /"entries":(\d+)/;
+    Test::More::cmp_ok($entries, '>', 1024, 'one context of more than 1,024');
+    return $st->[0][1];
+}
+
 run_tests();
 
 __DATA__
@@ -108,24 +131,7 @@ reconfiguring
     smartflow_route smartflow-echo demo;
     smartflow_cache_zone metacache 32m entries=2000;
 --- init
-Smartflow::Keys::burst(1, 'POST', '/v1/chat/completions',
-                       main::body("Write a short poem about the ocean"),
-                       $main::Master);
-# 1,100 more questions of the same context and no number: one group
-# (made-up words of the letters a to p: none ends in a plural s)
-for my $i (1 .. 1100) {
-    my $w = 'zq';
-    for (my $n = $i; $n; $n = int($n / 16)) {
-        $w .= chr(97 + $n % 16);
-    }
-    Smartflow::Keys::burst(1, 'POST', '/v1/chat/completions',
-                           main::body("Write a short poem about the $w"),
-                           $main::Master);
-}
-my $st = Smartflow::Keys::burst(1, 'GET', '/api/metacache/stats', undef,
-                                $main::Master);
-my ($entries) = $st->[0][1] =~ /"entries":(\d+)/;
-Test::More::cmp_ok($entries, '>', 1024, 'one context of more than 1,024');
+Test::More::like(main::fill_group(), qr/"index":"flat"/, 'a flat index');
 Test::More::is(main::verdicts("Write a short poem about the ocean waves", 12),
                '200 other x12', 'a phase 4 hit in every answer');
 --- request
@@ -136,5 +142,64 @@ x-smartflow-cache: HIT
 x-smartflow-cache-phase: 4
 --- response_body_like chomp
 "content":"Echo: Write a short poem about the ocean"
+--- no_error_log
+[error]
+
+
+
+=== TEST 4: in a zone of more than 4,096 entries the workers' index is the inverted file, and both workers find the same entry
+--- http_config
+    smartflow_master_key sk-smartflow-test-0123456789;
+    smartflow_provider demo type=echo;
+    smartflow_route smartflow-echo demo;
+    smartflow_cache_zone metacache 48m entries=5000;
+--- init
+Test::More::like(main::fill_group(), qr/"index":"ivf"/, 'an inverted file');
+Test::More::is(main::verdicts("Write a short poem about the ocean waves", 12),
+               '200 other x12', 'a phase 4 hit in every answer');
+--- request
+POST /v1/chat/completions
+{"model":"smartflow-echo","messages":[{"role":"user","content":"Write a short poem about the ocean waves"}]}
+--- response_headers
+x-smartflow-cache: HIT
+x-smartflow-cache-phase: 4
+--- response_body_like chomp
+"content":"Echo: Write a short poem about the ocean"
+--- no_error_log
+[error]
+
+
+
+=== TEST 5: questions of another kind piling into one cell of the inverted file make the workers build it again, and the entry is still found
+--- http_config
+    smartflow_master_key sk-smartflow-test-0123456789;
+    smartflow_provider demo type=echo;
+    smartflow_route smartflow-echo demo;
+    smartflow_cache_zone metacache 48m entries=5000;
+--- init
+main::fill_group();
+# 2,000 near-duplicates of one question, in the same group: most drawn to
+# one cell of those sampled from the poems
+for my $i (1 .. 2000) {
+    my $w = 'zq';
+    for (my $n = $i; $n; $n = int($n / 16)) {
+        $w .= chr(97 + $n % 16);
+    }
+    Smartflow::Keys::burst(1, 'POST', '/v1/chat/completions',
+        main::body("Explain how the billing export works for account $w"),
+        $main::Master);
+}
+Test::More::is(main::verdicts("Write a short poem about the ocean waves", 12),
+               '200 other x12', 'a phase 4 hit in every answer');
+--- request
+POST /v1/chat/completions
+{"model":"smartflow-echo","messages":[{"role":"user","content":"Write a short poem about the ocean waves"}]}
+--- response_headers
+x-smartflow-cache: HIT
+x-smartflow-cache-phase: 4
+--- response_body_like chomp
+"content":"Echo: Write a short poem about the ocean"
+--- error_log
+the inverted file's cells no longer fit its vectors, built again
 --- no_error_log
 [error]
