@@ -1,8 +1,9 @@
 /*
  * Phase 4's cost at scale: N questions (100,000 by default, made from
  * word lists so that they differ) are embedded with the module's builtin
- * embedder and added to a FAISS inner product index, flat and HNSW32, as
- * a worker holds them; then 2,000 lookups, each a stored question with a
+ * embedder and added to a FAISS inner product index, flat, HNSW32 and the
+ * inverted file of index=ivf, as a worker holds them (one group of them
+ * all: the largest case); then 2,000 lookups, each a stored question with a
  * word changed, are timed from the text to FAISS's answer (tokens,
  * embedding, search), on one OpenMP thread as in a worker.  Printed: the
  * time to build each index, the lookup p50 and p99, and the memory each
@@ -292,10 +293,14 @@ main(int argc, char **argv)
 
     printf("memory per entry: zone %zu B (vector slot) + ~%d B (entry, "
            "MinHash) + partition, query and answer; each worker's FAISS "
-           "copy %d B (Flat) or ~%d B (HNSW32)\n",
+           "copy %d B (Flat), %d B (IVF, and %d KB for its cells' "
+           "directions) or ~%d B (HNSW32)\n",
            sizeof(float) * NGX_SMARTFLOW_CACHE_DIM + 16,
            (int) (NGX_SMARTFLOW_CACHE_MINHASH * 4 + 160),
            (int) (sizeof(float) * NGX_SMARTFLOW_CACHE_DIM),
+           (int) (sizeof(float) * NGX_SMARTFLOW_CACHE_DIM + 8),
+           (int) (NGX_SMARTFLOW_CACHE_IVF_LISTS * NGX_SMARTFLOW_CACHE_DIM
+                  * sizeof(float) / 1024),
            (int) (sizeof(float) * NGX_SMARTFLOW_CACHE_DIM + 32 * 2 * 4 + 16));
 
     return 0;
