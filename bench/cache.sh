@@ -10,13 +10,14 @@
 #   nocache  the gateway with the cache off (the floor the miss path
 #          stands on)
 #   words  as miss, but the new question differs by a made-up word, not
-#          by a number: every stored entry shares the query's context, so
-#          phases 2 and 4 search them all (the worst case; no target)
+#          by a number: every stored entry shares the query's group, so
+#          phase 2 reads its newest and phase 4 searches the workers'
+#          FAISS index (the worst case; no target)
 #
 # and the ratios hit/plain (target >= 1.5) and miss/plain (>= 0.8) in
 # requests per second.  Then the phase 4 lookup itself at 100,000 stored
 # entries (build/unit/cache_bench: the builtin embedding and a FAISS search,
-# flat and HNSW): p50/p99 and memory per entry.
+# flat, HNSW and the inverted file): p50/p99 and memory per entry.
 #
 # Environment: BENCH_DURATION (5 s a run), BENCH_CONNECTIONS (32),
 # BENCH_ROUNDS (3, the median is kept), BENCH_PORT (18840, and the next
