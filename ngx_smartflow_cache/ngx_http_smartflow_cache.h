@@ -121,6 +121,12 @@ typedef struct {
     /* flushes other nodes tell through Redis: ..._cache_redis.c */
     u_char                      flush_last[48]; /* stream id read up to */
     ngx_atomic_t                flush_poll;     /* next poll, msec */
+
+    /* the inverted file's centres, the same for every worker */
+    float                      *ivf_centres;    /* IVF_LISTS x dim */
+    uint32_t                    ivf_n;          /* centres picked */
+    uint32_t                    ivf_gen;        /* each picking, from 1 */
+    uint64_t                    ivf_seq;        /* seq at the last one */
 } ngx_smartflow_cache_shctx_t;
 
 
@@ -143,7 +149,7 @@ typedef struct {
     uint64_t                    seq;
     size_t                      rebuild;        /* slots indexed, in order */
     size_t                      stride;         /* ... the order's step */
-    uint64_t                    skew_seq;       /* seq at the last re-cell */
+    uint32_t                    ivf_gen;        /* the zone's centres used */
     float                      *batch_vecs;     /* kept for each sync */
     ngx_smartflow_cache_ref_t  *batch_refs;
 } ngx_smartflow_cache_zone_t;

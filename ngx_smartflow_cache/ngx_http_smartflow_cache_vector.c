@@ -20,8 +20,8 @@
 
 
 /* the shim's inverted file: ngx_smartflow_cache/faiss/ */
-int ngx_smartflow_faiss_ivf_new(FaissIndex **p_index, idx_t d, size_t nlist,
-    size_t nprobe, size_t max_scan);
+int ngx_smartflow_faiss_ivf_new(FaissIndex **p_index, idx_t d,
+    const float *centres, size_t ncentres, size_t nprobe, size_t max_scan);
 int ngx_smartflow_faiss_ivf_skewed(const FaissIndex *index);
 
 
@@ -29,6 +29,8 @@ static ngx_int_t ngx_smartflow_cache_vector_sync(
     ngx_smartflow_cache_zone_t *z, ngx_log_t *log);
 static ngx_int_t ngx_smartflow_cache_vector_add(ngx_smartflow_cache_zone_t *z,
     ngx_log_t *log, float *vecs, ngx_smartflow_cache_ref_t *refs, size_t n);
+static void ngx_smartflow_cache_vector_centres(ngx_smartflow_cache_zone_t *z,
+    ngx_log_t *log);
 
 
 /*
@@ -143,12 +145,11 @@ static ngx_int_t
 ngx_smartflow_cache_vector_sync(ngx_smartflow_cache_zone_t *z,
     ngx_log_t *log)
 {
-    size_t                        n, batch, slot;
-    ngx_int_t                     rc;
-    ngx_uint_t                    kind, reskew;
-    float                        *vecs;
+    size_t                        n, batch, slot, nc;
+    float                        *vecs, *centres;
     uint64_t                      seq;
-    ngx_uint_t                    rebuild;
+    ngx_int_t                     rc;
+    ngx_uint_t                    kind, rebuild, skewed;
     const char                   *err, *desc;
     ngx_smartflow_cache_ref_t    *refs, r;
     ngx_smartflow_cache_slot_t   *s;
@@ -167,25 +168,26 @@ ngx_smartflow_cache_vector_sync(ngx_smartflow_cache_zone_t *z,
                            * NGX_SMARTFLOW_CACHE_DIM / z->dim);
 
     /*
-     * an inverted file whose data moved away from its centres is built
-     * again, at most once per entries= / 4 vectors added (unlocked read of
-     * sh->seq: a stale view only defers it)
+     * an inverted file whose data moved away from its centres asks the
+     * zone for new ones, at most once per entries= / 4 vectors stored
+     * (unlocked reads: a stale view only defers the work)
      */
-    reskew = (kind == NGX_SMARTFLOW_CACHE_INDEX_IVF && z->faiss
+    skewed = (kind == NGX_SMARTFLOW_CACHE_INDEX_IVF && z->faiss
               && z->rebuild == z->capacity
-              && sh->seq - z->skew_seq >= z->capacity / 4
+              && z->ivf_gen == sh->ivf_gen
+              && sh->seq - sh->ivf_seq >= z->capacity / 4
               && ngx_smartflow_faiss_ivf_skewed(z->faiss));
 
-    /* unlocked reads: a stale view only defers the work to the next call */
     if (z->faiss && z->epoch == sh->epoch && z->seq == sh->seq
-        && z->rebuild == z->capacity && !reskew)
+        && z->rebuild == z->capacity && !skewed
+        && (kind != NGX_SMARTFLOW_CACHE_INDEX_IVF || z->ivf_gen == sh->ivf_gen))
     {
         return NGX_OK;
     }
 
     /*
      * a rebuild visits the slots in an order that spreads the first ones
-     * over the zone (they are the inverted file's centres): slot
+     * over the zone (the zone's centres are picked that way too): slot
      * (i * stride) mod entries=, stride prime to entries=
      */
     if (z->stride == 0) {
@@ -213,28 +215,62 @@ ngx_smartflow_cache_vector_sync(ngx_smartflow_cache_zone_t *z,
 
     vecs = z->batch_vecs;
     refs = z->batch_refs;
+    centres = NULL;
+    nc = 0;
 
     n = 0;
     rebuild = 0;
 
     ngx_shmtx_lock(&z->shpool->mutex);
 
-    if (z->faiss == NULL || z->epoch != sh->epoch || reskew
-        || sh->seq - z->seq > NGX_SMARTFLOW_CACHE_RING
-        || z->nlabels > 2 * (size_t) sh->used + 4096)
+    if (kind == NGX_SMARTFLOW_CACHE_INDEX_IVF
+        && (sh->ivf_gen == 0 || (skewed && z->ivf_gen == sh->ivf_gen)))
     {
-        if (reskew) {
+        if (skewed) {
             ngx_log_error(NGX_LOG_INFO, log, 0,
                           "smartflow cache: zone \"%V\": the inverted "
-                          "file's cells no longer fit its vectors, built "
-                          "again", &z->name);
+                          "file's cells no longer fit its vectors, new "
+                          "centres picked", &z->name);
         }
 
-        z->skew_seq = sh->seq;
+        ngx_smartflow_cache_vector_centres(z, log);
+    }
+
+    if (z->faiss == NULL || z->epoch != sh->epoch
+        || (kind == NGX_SMARTFLOW_CACHE_INDEX_IVF && z->ivf_gen != sh->ivf_gen)
+        || (sh->seq - z->seq > NGX_SMARTFLOW_CACHE_RING
+            && z->rebuild == z->capacity)
+        || z->nlabels > 2 * (size_t) sh->used + 4096)
+    {
         rebuild = 1;
         z->epoch = sh->epoch;
         z->seq = sh->seq;
         z->rebuild = 0;
+
+        /* the zone's centres, copied out for the index */
+        if (kind == NGX_SMARTFLOW_CACHE_INDEX_IVF) {
+            z->ivf_gen = sh->ivf_gen;
+            nc = sh->ivf_n;
+            centres = nc ? ngx_alloc(nc * z->dim * sizeof(float), log)
+                         : NULL;
+
+            if (centres) {
+                ngx_memcpy(centres, sh->ivf_centres,
+                           nc * z->dim * sizeof(float));
+
+            } else {
+                nc = 0;
+            }
+        }
+
+    } else if (sh->seq - z->seq > NGX_SMARTFLOW_CACHE_RING) {
+        /*
+         * more was stored during this rebuild than the ring holds: it
+         * goes on rather than start again, the walk still finds what went
+         * to slots ahead of it, and what went to slots behind it and left
+         * the ring is missing until the next rebuild
+         */
+        z->seq = sh->seq - NGX_SMARTFLOW_CACHE_RING;
     }
 
     /* a rebuild walks the slots, a batch at a time */
@@ -288,10 +324,13 @@ ngx_smartflow_cache_vector_sync(ngx_smartflow_cache_zone_t *z,
         case NGX_SMARTFLOW_CACHE_INDEX_IVF:
             desc = "IVF";
             rc = ngx_smartflow_faiss_ivf_new((FaissIndex **) &z->faiss,
-                                             (idx_t) z->dim,
-                                             NGX_SMARTFLOW_CACHE_IVF_LISTS,
+                                             (idx_t) z->dim, centres, nc,
                                              NGX_SMARTFLOW_CACHE_IVF_PROBES,
                                              NGX_SMARTFLOW_CACHE_IVF_SCAN);
+            if (centres) {
+                ngx_free(centres);
+            }
+
             break;
 
         default:
@@ -315,6 +354,61 @@ ngx_smartflow_cache_vector_sync(ngx_smartflow_cache_zone_t *z,
     }
 
     return ngx_smartflow_cache_vector_add(z, log, vecs, refs, n);
+}
+
+
+/*
+ * The inverted file's centres, kept in the zone so that every worker
+ * holds the same cells: up to NGX_SMARTFLOW_CACHE_IVF_LISTS vectors of
+ * the zone, taken in the rebuilds' strided slot order.  Called with the
+ * zone locked; the room for them is taken from the zone once.
+ */
+static void
+ngx_smartflow_cache_vector_centres(ngx_smartflow_cache_zone_t *z,
+    ngx_log_t *log)
+{
+    size_t                        i, slot, size;
+    ngx_smartflow_cache_slot_t   *s;
+    ngx_smartflow_cache_shctx_t  *sh;
+
+    sh = z->sh;
+    size = NGX_SMARTFLOW_CACHE_IVF_LISTS * z->dim * sizeof(float);
+
+    if (sh->ivf_centres == NULL) {
+        sh->ivf_centres = ngx_slab_alloc_locked(z->shpool, size);
+
+        if (sh->ivf_centres == NULL) {
+            /* no centres: one cell, read whole, as a flat index */
+            ngx_log_error(NGX_LOG_WARN, log, 0,
+                          "smartflow cache: zone \"%V\" has no room for "
+                          "the inverted file's centres (%uz bytes): its "
+                          "groups are searched whole; give it more memory",
+                          &z->name, size);
+            sh->ivf_n = 0;
+            sh->ivf_gen++;
+            sh->ivf_seq = sh->seq;
+            return;
+        }
+    }
+
+    sh->ivf_n = 0;
+
+    for (i = 0;
+         i < z->capacity && sh->ivf_n < NGX_SMARTFLOW_CACHE_IVF_LISTS;
+         i++)
+    {
+        slot = (i * z->stride) % z->capacity;
+        s = &sh->slots[slot];
+
+        if (s->node && s->node->query_len) {
+            ngx_memcpy(sh->ivf_centres + (size_t) sh->ivf_n * z->dim,
+                       ngx_sf_cache_vec(z, slot), z->dim * sizeof(float));
+            sh->ivf_n++;
+        }
+    }
+
+    sh->ivf_gen++;
+    sh->ivf_seq = sh->seq;
 }
 
 

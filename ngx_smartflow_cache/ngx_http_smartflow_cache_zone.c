@@ -349,7 +349,6 @@ ngx_smartflow_cache_exact(ngx_smartflow_cache_zone_t *z, ngx_pool_t *pool,
 }
 
 
-/* how many entries the context has: none, and phases 2 and 4 are skipped */
 /*
  * The bucket of a context's group asked for ahead of the lookups: the
  * tables are written only under the lock, but a prefetch reads nothing
@@ -364,6 +363,7 @@ ngx_smartflow_cache_prefetch(ngx_smartflow_cache_zone_t *z, u_char *ctxk)
 }
 
 
+/* how many entries the context has: none, and phases 2 and 4 are skipped */
 ngx_uint_t
 ngx_smartflow_cache_context_size(ngx_smartflow_cache_zone_t *z, u_char *ctxk)
 {

@@ -83,14 +83,23 @@ ngx_sf_word_read(u_char *p, size_t len, ngx_uint_t padded)
 
     x = 0;
 
+#if (NGX_HAVE_LITTLE_ENDIAN)
+    /* the first byte lowest, as below */
     if (padded && len) {
         ngx_memcpy(&x, p, 8);
         x &= ~(uint64_t) 0 >> (64 - 8 * len);
 
+        padded = 1;
+
     } else {
-        for (i = 0; i < len; i++) {
-            x |= (uint64_t) p[i] << (i * 8);
-        }
+        padded = 0;
+    }
+#else
+    padded = 0;
+#endif
+
+    for (i = 0; !padded && i < len; i++) {
+        x |= (uint64_t) p[i] << (i * 8);
     }
 
     h = (h ^ x) * NGX_SF_WORD_M;
@@ -118,7 +127,7 @@ ngx_sf_fin(uint64_t h)
 /*
  * The features' hashes, each kind with its own seed: a word (ngx_sf_word()
  * of it), a pair of words (the two words' hashes, in order) and a
- * character trigram (its three bytes, the first lowest)
+ * character trigram (its three bytes, the first highest)
  */
 #define ngx_sf_hash(p, len)      ngx_sf_fin(ngx_sf_word(p, len))
 #define ngx_sf_seeded(h, seed)   ngx_sf_fin((h) ^ (seed))
@@ -262,6 +271,12 @@ static ngx_smartflow_cache_word_t  ngx_smartflow_cache_words[NGX_SF_WORDS];
 static uint32_t                    ngx_smartflow_cache_word_tags[NGX_SF_WORDS];
 static ngx_uint_t                  ngx_smartflow_cache_words_ready;
 
+/*
+ * how many bytes of tokens one byte of text may give at most: "$" gives
+ * "usd", and a spelling its word ("js" gives "javascript")
+ */
+static size_t                      ngx_smartflow_cache_grow = 3;
+
 /* bytes by class, made at the first use: a test is one load */
 #define NGX_SF_CH_WORD   1      /* a letter, a digit, '_', a byte >= 0x80 */
 #define NGX_SF_CH_UPPER  2
@@ -299,11 +314,17 @@ ngx_smartflow_cache_tokenize(ngx_pool_t *pool, u_char *p, size_t len,
         ngx_smartflow_cache_chars_init();
     }
 
+    /* the spellings tell how much the tokens may outgrow the text */
+    if (!ngx_smartflow_cache_words_ready) {
+        ngx_smartflow_cache_words_init();
+    }
+
     /* a token takes a byte of text at least; "n't" gives two from three */
     t->n = 0;
     t->max = ngx_min(len + 2, NGX_SMARTFLOW_CACHE_MAX_TOKENS);
     t->tok = ngx_palloc(pool, sizeof(ngx_smartflow_cache_tok_t) * t->max);
-    buf = ngx_pnalloc(pool, 3 * len + 16 + NGX_SF_WORD_PAD);
+    buf = ngx_pnalloc(pool, ngx_smartflow_cache_grow * len + 16
+                            + NGX_SF_WORD_PAD);
 
     if (t->tok == NULL || buf == NULL) {
         return NGX_ERROR;
@@ -592,6 +613,7 @@ static void
 ngx_smartflow_cache_words_init(void)
 {
     char       **w;
+    size_t       from, to;
     ngx_int_t    i;
 
     for (w = ngx_smartflow_cache_stops; *w; w++) {
@@ -609,6 +631,12 @@ ngx_smartflow_cache_words_init(void)
     for (i = 0; ngx_smartflow_cache_spellings[i].from; i++) {
         ngx_smartflow_cache_words_add(ngx_smartflow_cache_spellings[i].from,
                                       NGX_SF_WORD_SPELLING, i);
+
+        from = ngx_strlen(ngx_smartflow_cache_spellings[i].from);
+        to = ngx_strlen(ngx_smartflow_cache_spellings[i].to);
+
+        ngx_smartflow_cache_grow = ngx_max(ngx_smartflow_cache_grow,
+                                           (to + from - 1) / from);
     }
 
     ngx_smartflow_cache_words_ready = 1;

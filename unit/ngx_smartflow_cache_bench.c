@@ -74,8 +74,8 @@ ngx_strncasecmp(u_char *s1, u_char *s2, size_t n)
 /* the FAISS shim's inner product, as the zone's scan uses it */
 float ngx_smartflow_faiss_dot(const float *a, const float *b, size_t d);
 /* its inverted file, as index=ivf builds it */
-int ngx_smartflow_faiss_ivf_new(FaissIndex **p_index, idx_t d, size_t nlist,
-    size_t nprobe, size_t max_scan);
+int ngx_smartflow_faiss_ivf_new(FaissIndex **p_index, idx_t d,
+    const float *centres, size_t ncentres, size_t nprobe, size_t max_scan);
 
 
 static size_t
@@ -142,6 +142,21 @@ by_guard(const void *a, const void *b)
 }
 
 
+static long
+gcd(long a, long b)
+{
+    long  t;
+
+    while (b) {
+        t = a % b;
+        a = b;
+        b = t;
+    }
+
+    return a;
+}
+
+
 static int
 cmp(const void *a, const void *b)
 {
@@ -164,6 +179,9 @@ main(int argc, char **argv)
     size_t       len;
     double       t0, build, *lat, found;
     char         ivf[32];
+    long         stride;
+    size_t       nc;
+    float       *centres;
     const char  *desc[] = { "Flat", "HNSW32,Flat", ivf };
     FaissIndex  *index;
 
@@ -184,6 +202,21 @@ main(int argc, char **argv)
     snprintf(ivf, sizeof(ivf), "IVF%d,probe%d", NGX_SMARTFLOW_CACHE_IVF_LISTS,
              NGX_SMARTFLOW_CACHE_IVF_PROBES);
 
+    /* the inverted file's centres as a zone picks them: strided over it */
+    for (stride = (n * 5 / 8) | 1; gcd(stride, n) != 1; stride += 2) {
+        /* void */
+    }
+
+    nc = (n < NGX_SMARTFLOW_CACHE_IVF_LISTS) ? n
+                                              : NGX_SMARTFLOW_CACHE_IVF_LISTS;
+    centres = malloc(nc * NGX_SMARTFLOW_CACHE_DIM * sizeof(float));
+
+    for (i = 0; i < nc; i++) {
+        memcpy(&centres[i * NGX_SMARTFLOW_CACHE_DIM],
+               &base[(size_t) ((i * stride) % n) * NGX_SMARTFLOW_CACHE_DIM],
+               NGX_SMARTFLOW_CACHE_DIM * sizeof(float));
+    }
+
     for (k = 0; k < 3; k++) {
         index = NULL;
 
@@ -193,7 +226,7 @@ main(int argc, char **argv)
              : k == 1 ? faiss_index_factory(&index, NGX_SMARTFLOW_CACHE_DIM,
                                             desc[k], METRIC_INNER_PRODUCT)
              : ngx_smartflow_faiss_ivf_new(&index, NGX_SMARTFLOW_CACHE_DIM,
-                                           NGX_SMARTFLOW_CACHE_IVF_LISTS,
+                                           centres, nc,
                                            NGX_SMARTFLOW_CACHE_IVF_PROBES,
                                            NGX_SMARTFLOW_CACHE_IVF_SCAN))
             != 0)

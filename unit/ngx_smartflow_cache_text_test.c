@@ -7,9 +7,10 @@
  *    fewer than eight bytes loaded at once and masked) equals the hash
  *    read byte by byte, for every length up to 40 and random bytes;
  *  - texts of every length up to 300 bytes, ending in a word of every
- *    length, and texts of "$" only (each a token "usd": the fullest
- *    tokens' buffer) are tokenized, signed and embedded with each
- *    allocation of its exact size, so a read past it is reported;
+ *    length, and texts of tokens that grow ("$" becomes "usd", "js"
+ *    "javascript": the fullest tokens' buffers) are tokenized, signed and
+ *    embedded with each allocation of its exact size, so that a write or
+ *    a read past it is reported;
  *  - the embedding is L2-normalised for dimensions that are and are not
  *    multiples of eight (the norm's eight running sums and their tail).
  *
@@ -157,13 +158,14 @@ texts(void)
 {
     char                        *text;
     float                        v[NGX_SMARTFLOW_CACHE_DIM];
-    size_t                       len, w, i;
+    size_t                       len, w, i, d;
     uint32_t                     sig[NGX_SMARTFLOW_CACHE_MINHASH];
     ngx_uint_t                   made;
     ngx_smartflow_cache_text_t   t;
 
     static const char  prose[] = "Why is my order still processing after "
                                  "three days and who can refund it ";
+    static const char  *dense[] = { "$", "js$", "js ", "ts,", "n't " };
 
     made = 1;
 
@@ -193,25 +195,34 @@ texts(void)
             free(text);
         }
 
-        /* the densest tokens' buffer: each "$" becomes "usd" */
-        text = malloc(len);
-        memset(text, '$', len);
+        /*
+         * the fullest tokens' buffers: each "$" becomes "usd", each "js"
+         * "javascript", and "js$" gives thirteen bytes from three
+         */
+        for (d = 0; d < sizeof(dense) / sizeof(dense[0]); d++) {
+            text = malloc(len);
 
-        if (ngx_smartflow_cache_tokenize(NULL, (u_char *) text, len, &t)
-            != NGX_OK)
-        {
-            made = 0;
+            for (i = 0; i < len; i++) {
+                text[i] = dense[d][i % strlen(dense[d])];
+            }
+
+            if (ngx_smartflow_cache_tokenize(NULL, (u_char *) text, len, &t)
+                != NGX_OK)
+            {
+                made = 0;
+            }
+
+            ngx_smartflow_cache_sketch(&t, sig, v, NGX_SMARTFLOW_CACHE_DIM);
+            (void) ngx_smartflow_cache_guard(&t);
+
+            unit_free();
+            free(text);
         }
-
-        ngx_smartflow_cache_sketch(&t, sig, v, NGX_SMARTFLOW_CACHE_DIM);
-        (void) ngx_smartflow_cache_guard(&t);
-
-        unit_free();
-        free(text);
     }
 
     ok(made, "texts of 1 to 300 bytes ending in words of 1 to 12 letters, "
-             "and of dollar signs only, tokenized, signed and embedded");
+             "and of tokens that grow (\"$\", \"js\", \"n't\"), tokenized, "
+             "signed and embedded");
 }
 
 

@@ -247,38 +247,38 @@ struct SmartflowFlatIP : faiss::IndexFlatIP {
 
 /*
  * An inverted file over the same storage, for a zone whose groups grow
- * past what a flat scan serves.  The first nlist vectors added are the
- * cells' centres (a sample of the data, no training, so every worker that
- * adds the same vectors in the same order holds the same cells).  Cached
- * questions of one context share most of their words, so their vectors
- * share a large common part, and by plain inner product a few centres
- * would draw most vectors; cells are chosen after that part, the centres'
- * mean, is taken away: the centre c whose direction from the mean,
+ * past what a flat scan serves.  Its cells' centres are given when it is
+ * made (the zone keeps them, so that every worker holds the same cells
+ * and a vector goes to the same cell in each).  Cached questions of one
+ * context share most of their words, so their vectors share a large
+ * common part, and by plain inner product a few centres would draw most
+ * vectors; cells are chosen after that part, the centres' mean, is taken
+ * away: the centre c whose direction from the mean,
  * u(c) = (c - mean) / |c - mean|, best matches the vector's, the largest
  * x . u(c) - mean . u(c).  A vector goes to that cell; a search reads the
  * best cells for the query, up to nprobe of them and, once past the
  * first, only while it has read fewer than max_scan vectors, and ranks
  * their vectors by the inner product itself.  Approximate: a neighbour
- * filed in a cell not read is missed.  Adding a vector costs nlist inner
- * products, a search nlist plus the vectors of the cells it reads.  When
- * the data has moved away from the centres, one cell draws most of what
- * comes: skewed() tells, and the zone's index is then built again.
+ * filed in a cell not read is missed.  Adding a vector costs one inner
+ * product per centre, a search the same plus the vectors of the cells it
+ * reads.  When the data has moved away from the centres, one cell draws
+ * most of what comes: skewed() tells, and the zone picks new centres.
  */
 struct SmartflowIVF : faiss::IndexFlatIP {
 
-    size_t                                         nlist;
     size_t                                         nprobe;
     size_t                                         max_scan;
     size_t                                         largest = 0;
-    std::vector<faiss::Index::idx_t>               centres;
     std::vector<float>                             dirs;     /* u(c) */
     std::vector<float>                             offsets;  /* mean . u(c) */
     std::vector<std::vector<faiss::Index::idx_t>>  cells;
 
-    SmartflowIVF(faiss::Index::idx_t dim, size_t nl, size_t np, size_t ms)
-        : faiss::IndexFlatIP(dim), nlist(nl), nprobe(np), max_scan(ms),
-          cells(nl)
+    SmartflowIVF(faiss::Index::idx_t dim, const float *centres, size_t n,
+        size_t np, size_t ms)
+        : faiss::IndexFlatIP(dim), nprobe(np), max_scan(ms),
+          cells(std::max(n, (size_t) 1))
     {
+        directions(centres, n);
     }
 
     void add(faiss::Index::idx_t n, const float *x) override
@@ -290,20 +290,7 @@ struct SmartflowIVF : faiss::IndexFlatIP {
         const float  *xb = get_xb();
 
         for (faiss::Index::idx_t i = first; i < ntotal; i++) {
-            size_t  c;
-
-            if (centres.size() < nlist) {
-                /* a centre, the only vector of its cell until all are in */
-                c = centres.size();
-                centres.push_back(i);
-
-                if (centres.size() == nlist) {
-                    directions(xb);
-                }
-
-            } else {
-                c = best(xb + i * d, 1, nullptr)[0].second;
-            }
+            size_t  c = best(xb + i * d, 1)[0].second;
 
             cells[c].push_back(i);
             largest = std::max(largest, cells[c].size());
@@ -314,33 +301,33 @@ struct SmartflowIVF : faiss::IndexFlatIP {
     bool skewed() const
     {
         return 4 * largest > max_scan
-               && largest * nlist > 4 * (size_t) ntotal;
+               && largest * cells.size() > 4 * (size_t) ntotal;
     }
 
-    /* u(c) and mean . u(c), once the centres are all in */
-    void directions(const float *xb)
+    /* u(c) and mean . u(c) of the n centres */
+    void directions(const float *centres, size_t n)
     {
         std::vector<double>  mean(d, 0.0);
 
-        for (faiss::Index::idx_t c : centres) {
+        for (size_t c = 0; c < n; c++) {
             for (faiss::Index::idx_t j = 0; j < d; j++) {
-                mean[j] += xb[c * d + j];
+                mean[j] += centres[c * d + j];
             }
         }
 
-        for (faiss::Index::idx_t j = 0; j < d; j++) {
-            mean[j] /= (double) centres.size();
+        for (faiss::Index::idx_t j = 0; j < d && n; j++) {
+            mean[j] /= (double) n;
         }
 
-        dirs.assign(centres.size() * d, 0.0f);
-        offsets.assign(centres.size(), 0.0f);
+        dirs.assign(n * d, 0.0f);
+        offsets.assign(n, 0.0f);
 
-        for (size_t c = 0; c < centres.size(); c++) {
+        for (size_t c = 0; c < n; c++) {
             float   *u = &dirs[c * d];
             double   norm = 0, off = 0;
 
             for (faiss::Index::idx_t j = 0; j < d; j++) {
-                double  r = xb[centres[c] * d + j] - mean[j];
+                double  r = centres[c * d + j] - mean[j];
 
                 u[j] = (float) r;
                 norm += r * r;
@@ -359,21 +346,23 @@ struct SmartflowIVF : faiss::IndexFlatIP {
     }
 
     /*
-     * the cells to read for v, best first (on a tie the older centre):
-     * before all centres are in, each cell is its centre alone, ranked by
-     * the inner product with it
+     * the m best cells for v, best first (on a tie the lower centre);
+     * without centres, one cell holds every vector
      */
-    std::vector<std::pair<float, size_t>> best(const float *v, size_t m,
-        const float *xb) const
+    std::vector<std::pair<float, size_t>> best(const float *v, size_t m)
+        const
     {
-        std::vector<std::pair<float, size_t>>  near(centres.size());
+        size_t                                 n = offsets.size();
+        std::vector<std::pair<float, size_t>>  near(std::max(n, (size_t) 1),
+                                                    std::make_pair(0.0f, 0));
 
-        for (size_t c = 0; c < centres.size(); c++) {
-            float  s = dirs.empty()
-                       ? smartflow_dot(v, xb + centres[c] * d, d)
-                       : smartflow_dot(v, &dirs[c * d], d) - offsets[c];
+        for (size_t c = 0; c < n; c++) {
+            float  s = smartflow_dot(v, &dirs[c * d], d) - offsets[c];
 
-            near[c] = std::make_pair(-s, c);
+            /* NaN from a broken vector sorts as the worst */
+            near[c] = std::make_pair(s == s ? -s
+                                     : std::numeric_limits<float>::infinity(),
+                                     c);
         }
 
         m = std::min(m, near.size());
@@ -387,9 +376,6 @@ struct SmartflowIVF : faiss::IndexFlatIP {
     {
         faiss::IndexFlatIP::reset();
         largest = 0;
-        centres.clear();
-        dirs.clear();
-        offsets.clear();
 
         for (auto &cell : cells) {
             cell.clear();
@@ -414,7 +400,7 @@ struct SmartflowIVF : faiss::IndexFlatIP {
 
             size_t  scanned = 0;
 
-            for (auto &cell : best(v, nprobe, xb)) {
+            for (auto &cell : best(v, nprobe)) {
                 if (scanned >= max_scan) {
                     break;
                 }
@@ -455,12 +441,13 @@ struct SmartflowIVF : faiss::IndexFlatIP {
 
 
 extern "C" int
-ngx_smartflow_faiss_ivf_new(FaissIndex **p_index, idx_t d, size_t nlist,
-    size_t nprobe, size_t max_scan)
+ngx_smartflow_faiss_ivf_new(FaissIndex **p_index, idx_t d,
+    const float *centres, size_t ncentres, size_t nprobe, size_t max_scan)
 {
     try {
         *p_index = reinterpret_cast<FaissIndex *>(
-                       new SmartflowIVF(d, nlist, nprobe, max_scan));
+                       new SmartflowIVF(d, centres, ncentres, nprobe,
+                                        max_scan));
         return 0;
 
     } catch (std::exception &e) {

@@ -170,7 +170,7 @@ x-smartflow-cache-phase: 4
 
 
 
-=== TEST 5: questions of another kind piling into one cell of the inverted file make the workers build it again, and the entry is still found
+=== TEST 5: questions of another kind piling into one cell of the inverted file make the zone pick new centres and the workers build it again, and the entry is still found
 --- http_config
     smartflow_master_key sk-smartflow-test-0123456789;
     smartflow_provider demo type=echo;
@@ -179,7 +179,7 @@ x-smartflow-cache-phase: 4
 --- init
 main::fill_group();
 # 2,000 near-duplicates of one question, in the same group: most drawn to
-# one cell of those sampled from the poems
+# one cell of those whose centres are poems
 for my $i (1 .. 2000) {
     my $w = 'zq';
     for (my $n = $i; $n; $n = int($n / 16)) {
@@ -200,6 +200,6 @@ x-smartflow-cache-phase: 4
 --- response_body_like chomp
 "content":"Echo: Write a short poem about the ocean"
 --- error_log
-the inverted file's cells no longer fit its vectors, built again
+the inverted file's cells no longer fit its vectors, new centres picked
 --- no_error_log
 [error]
