@@ -199,6 +199,47 @@ ngx_smartflow_faiss_dot(const float *a, const float *b, size_t d)
 
 namespace {
 
+/* no answer yet: the k places a search fills */
+static void
+smartflow_empty(float *dist, faiss::Index::idx_t *lab, faiss::Index::idx_t k)
+{
+    for (faiss::Index::idx_t j = 0; j < k; j++) {
+        dist[j] = -std::numeric_limits<float>::infinity();
+        lab[j] = -1;
+    }
+}
+
+
+/*
+ * vector i of score s among the k best so far, kept sorted, best first;
+ * on a tie the lower id first, so that the order vectors are read in
+ * does not change the answer
+ */
+static void
+smartflow_keep(float *dist, faiss::Index::idx_t *lab, faiss::Index::idx_t k,
+    float s, faiss::Index::idx_t i)
+{
+    faiss::Index::idx_t  j;
+
+    if (s < dist[k - 1]
+        || (s == dist[k - 1] && lab[k - 1] >= 0 && i > lab[k - 1]))
+    {
+        return;
+    }
+
+    for (j = k - 1;
+         j > 0 && (dist[j - 1] < s || (dist[j - 1] == s && lab[j - 1] > i));
+         j--)
+    {
+        dist[j] = dist[j - 1];
+        lab[j] = lab[j - 1];
+    }
+
+    dist[j] = s;
+    lab[j] = i;
+}
+
+
 struct SmartflowFlatIP : faiss::IndexFlatIP {
 
     explicit SmartflowFlatIP(faiss::Index::idx_t dim)
@@ -217,28 +258,11 @@ struct SmartflowFlatIP : faiss::IndexFlatIP {
             float                *dist = distances + q * k;
             faiss::Index::idx_t  *lab = labels + q * k;
 
-            for (faiss::Index::idx_t j = 0; j < k; j++) {
-                dist[j] = -std::numeric_limits<float>::infinity();
-                lab[j] = -1;
-            }
+            smartflow_empty(dist, lab, k);
 
-            /* the k best, kept sorted, best first */
             for (faiss::Index::idx_t i = 0; i < ntotal; i++) {
-                float  s = smartflow_dot(v, xb + i * d, d);
-
-                if (s <= dist[k - 1]) {
-                    continue;
-                }
-
-                faiss::Index::idx_t  j = k - 1;
-
-                for ( /* void */ ; j > 0 && dist[j - 1] < s; j--) {
-                    dist[j] = dist[j - 1];
-                    lab[j] = lab[j - 1];
-                }
-
-                dist[j] = s;
-                lab[j] = i;
+                smartflow_keep(dist, lab, k,
+                               smartflow_dot(v, xb + i * d, d), i);
             }
         }
     }
@@ -393,10 +417,7 @@ struct SmartflowIVF : faiss::IndexFlatIP {
             float                *dist = distances + q * k;
             faiss::Index::idx_t  *lab = labels + q * k;
 
-            for (faiss::Index::idx_t j = 0; j < k; j++) {
-                dist[j] = -std::numeric_limits<float>::infinity();
-                lab[j] = -1;
-            }
+            smartflow_empty(dist, lab, k);
 
             size_t  scanned = 0;
 
@@ -408,29 +429,8 @@ struct SmartflowIVF : faiss::IndexFlatIP {
                 scanned += cells[cell.second].size();
 
                 for (faiss::Index::idx_t i : cells[cell.second]) {
-                    float  s = smartflow_dot(v, xb + i * d, d);
-
-                    if (s < dist[k - 1]
-                        || (s == dist[k - 1] && lab[k - 1] >= 0
-                            && i > lab[k - 1]))
-                    {
-                        continue;
-                    }
-
-                    /* the k best, best first; on a tie the older first */
-                    faiss::Index::idx_t  j = k - 1;
-
-                    for ( /* void */ ;
-                         j > 0 && (dist[j - 1] < s
-                                   || (dist[j - 1] == s && lab[j - 1] > i));
-                         j--)
-                    {
-                        dist[j] = dist[j - 1];
-                        lab[j] = lab[j - 1];
-                    }
-
-                    dist[j] = s;
-                    lab[j] = i;
+                    smartflow_keep(dist, lab, k,
+                                   smartflow_dot(v, xb + i * d, d), i);
                 }
             }
         }

@@ -61,17 +61,14 @@ sub verdicts {
     return join ', ', map { "$_ x$n{$_}" } sort keys %n;
 }
 
-# one question, then 1,100 more of the same context and no number: one
-# group (made-up words of the letters a to p: none ends in a plural s)
+# one question, then 1,100 more of the same context and no number, each
+# with a made-up word: one group
 sub fill_group {
     Smartflow::Keys::burst(1, 'POST', '/v1/chat/completions',
                            main::body("Write a short poem about the ocean"),
                            $main::Master);
     for my $i (1 .. 1100) {
-        my $w = 'zq';
-        for (my $n = $i; $n; $n = int($n / 16)) {
-            $w .= chr(97 + $n % 16);
-        }
+        my $w = Smartflow::Keys::made_up($i);
         Smartflow::Keys::burst(1, 'POST', '/v1/chat/completions',
                                main::body("Write a short poem about the $w"),
                                $main::Master);
@@ -181,10 +178,7 @@ main::fill_group();
 # 2,000 near-duplicates of one question, in the same group: most drawn to
 # one cell of those whose centres are poems
 for my $i (1 .. 2000) {
-    my $w = 'zq';
-    for (my $n = $i; $n; $n = int($n / 16)) {
-        $w .= chr(97 + $n % 16);
-    }
+    my $w = Smartflow::Keys::made_up($i);
     Smartflow::Keys::burst(1, 'POST', '/v1/chat/completions',
         main::body("Explain how the billing export works for account $w"),
         $main::Master);

@@ -343,13 +343,10 @@ GET /api/metacache/stats
 Smartflow::Keys::burst(1, 'POST', '/v1/chat/completions',
                        main::body("Write a short poem about the ocean"),
                        $main::Master);
-# 1,100 more questions of one context and no number: one group (made-up
-# words of the letters a to p: none ends in a plural s)
+# 1,100 more questions of one context and no number, each with a made-up
+# word: one group
 for my $i (1 .. 1100) {
-    my $w = 'zq';
-    for (my $n = $i; $n; $n = int($n / 16)) {
-        $w .= chr(97 + $n % 16);
-    }
+    my $w = Smartflow::Keys::made_up($i);
     Smartflow::Keys::burst(1, 'POST', '/v1/chat/completions',
                            main::body("Write a short poem about the $w"),
                            $main::Master);

@@ -94,6 +94,17 @@ sub substitute {
     return $block;
 }
 
+# the i-th of a series of made-up words: "zq", then the hexadecimal digits
+# of i as the letters a to p (no plural "s", no word of the cache's lists)
+sub made_up {
+    my ($i) = @_;
+    my $w = 'zq';
+    for (my $n = $i; $n; $n = int($n / 16)) {
+        $w .= chr(97 + $n % 16);
+    }
+    return $w;
+}
+
 sub burst {
     my ($n, $method, $path, $body, @headers) = @_;
     my $port = Test::Nginx::Util::server_port_for_client();
