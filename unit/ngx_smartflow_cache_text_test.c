@@ -153,15 +153,35 @@ hashes(void)
 }
 
 
+/* the text tokenized, signed and embedded, then freed; 0 on an error */
+static ngx_uint_t
+features(char *text, size_t len)
+{
+    float                        v[NGX_SMARTFLOW_CACHE_DIM];
+    uint32_t                     sig[NGX_SMARTFLOW_CACHE_MINHASH];
+    ngx_int_t                    rc;
+    ngx_smartflow_cache_text_t   t;
+
+    rc = ngx_smartflow_cache_tokenize(NULL, (u_char *) text, len, &t);
+
+    if (rc == NGX_OK) {
+        ngx_smartflow_cache_sketch(&t, sig, v, NGX_SMARTFLOW_CACHE_DIM);
+        (void) ngx_smartflow_cache_guard(&t);
+    }
+
+    unit_free();
+    free(text);
+
+    return rc == NGX_OK;
+}
+
+
 static void
 texts(void)
 {
     char                        *text;
-    float                        v[NGX_SMARTFLOW_CACHE_DIM];
     size_t                       len, w, i, d;
-    uint32_t                     sig[NGX_SMARTFLOW_CACHE_MINHASH];
     ngx_uint_t                   made;
-    ngx_smartflow_cache_text_t   t;
 
     static const char  prose[] = "Why is my order still processing after "
                                  "three days and who can refund it ";
@@ -182,17 +202,7 @@ texts(void)
                 text[i] = 'a' + (char) (next() % 26);
             }
 
-            if (ngx_smartflow_cache_tokenize(NULL, (u_char *) text, len, &t)
-                != NGX_OK)
-            {
-                made = 0;
-            }
-
-            ngx_smartflow_cache_sketch(&t, sig, v, NGX_SMARTFLOW_CACHE_DIM);
-            (void) ngx_smartflow_cache_guard(&t);
-
-            unit_free();
-            free(text);
+            made &= features(text, len);
         }
 
         /*
@@ -206,17 +216,7 @@ texts(void)
                 text[i] = dense[d][i % strlen(dense[d])];
             }
 
-            if (ngx_smartflow_cache_tokenize(NULL, (u_char *) text, len, &t)
-                != NGX_OK)
-            {
-                made = 0;
-            }
-
-            ngx_smartflow_cache_sketch(&t, sig, v, NGX_SMARTFLOW_CACHE_DIM);
-            (void) ngx_smartflow_cache_guard(&t);
-
-            unit_free();
-            free(text);
+            made &= features(text, len);
         }
     }
 
