@@ -197,3 +197,27 @@ x-smartflow-cache-phase: 4
 the inverted file's cells no longer fit its vectors, new centres picked
 --- no_error_log
 [error]
+
+
+
+=== TEST 6: after a reload the new workers build the inverted file from the centres the zone kept, and find the entry
+--- http_config
+    smartflow_master_key sk-smartflow-test-0123456789;
+    smartflow_provider demo type=echo;
+    smartflow_route smartflow-echo demo;
+    smartflow_cache_zone metacache 48m entries=5000;
+--- init
+main::fill_group();
+Test::More::is(main::verdicts("Write a short poem about the ocean waves", 4),
+               '200 other x4', 'a phase 4 hit before the reload');
+Smartflow::Keys::reload();
+Test::More::is(main::verdicts("Write a short poem about the ocean waves", 12),
+               '200 other x12', 'a phase 4 hit in every answer after it');
+--- request
+GET /api/metacache/stats
+--- response_body_like chomp
+"entries":1[01]\d\d,.*"index":"ivf"
+--- error_log
+reconfiguring
+--- no_error_log
+[error]

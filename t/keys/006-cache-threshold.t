@@ -132,7 +132,7 @@ __DATA__
 --- request eval
 [main::ask("Write a long poem about the mountains", "/off/v1/chat/completions"),
  main::ask("Write a long poem about the mountains tonight", "/off/v1/chat/completions"),
- main::ask("Write a long poem about the tall mountains")]
+ main::ask("Write a long poem about the mountains and lakes")]
 --- more_headers eval
 ["Authorization: Bearer %KEY(plain)%",
  "Authorization: Bearer %KEY(loose)%",
