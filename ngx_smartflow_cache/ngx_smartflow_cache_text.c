@@ -1130,10 +1130,12 @@ ngx_smartflow_cache_minhash(ngx_smartflow_cache_text_t *t, uint32_t *sig)
 }
 
 
+/* a count of 32 bits: the compiler keeps four of them in a vector */
 ngx_uint_t
 ngx_smartflow_cache_minhash_sim(uint32_t *a, uint32_t *b)
 {
-    ngx_uint_t  k, same;
+    uint32_t    same;
+    ngx_uint_t  k;
 
     same = 0;
 
@@ -1141,7 +1143,7 @@ ngx_smartflow_cache_minhash_sim(uint32_t *a, uint32_t *b)
         same += (a[k] == b[k]);
     }
 
-    return same * 1000 / NGX_SMARTFLOW_CACHE_MINHASH;
+    return (ngx_uint_t) same * 1000 / NGX_SMARTFLOW_CACHE_MINHASH;
 }
 
 
