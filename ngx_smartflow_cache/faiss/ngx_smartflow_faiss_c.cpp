@@ -251,19 +251,20 @@ struct SmartflowFlatIP : faiss::IndexFlatIP {
         faiss::Index::idx_t k, float *distances, faiss::Index::idx_t *labels,
         const faiss::SearchParameters *) const override
     {
+        for (faiss::Index::idx_t q = 0; q < n; q++) {
+            smartflow_empty(distances + q * k, labels + q * k, k);
+            scan(x + q * d, k, distances + q * k, labels + q * k);
+        }
+    }
+
+    /* the k best for v of the vectors this index reads: all of them */
+    virtual void scan(const float *v, faiss::Index::idx_t k, float *dist,
+        faiss::Index::idx_t *lab) const
+    {
         const float  *xb = get_xb();
 
-        for (faiss::Index::idx_t q = 0; q < n; q++) {
-            const float          *v = x + q * d;
-            float                *dist = distances + q * k;
-            faiss::Index::idx_t  *lab = labels + q * k;
-
-            smartflow_empty(dist, lab, k);
-
-            for (faiss::Index::idx_t i = 0; i < ntotal; i++) {
-                smartflow_keep(dist, lab, k,
-                               smartflow_dot(v, xb + i * d, d), i);
-            }
+        for (faiss::Index::idx_t i = 0; i < ntotal; i++) {
+            smartflow_keep(dist, lab, k, smartflow_dot(v, xb + i * d, d), i);
         }
     }
 };
@@ -288,7 +289,7 @@ struct SmartflowFlatIP : faiss::IndexFlatIP {
  * reads.  When the data has moved away from the centres, one cell draws
  * most of what comes: skewed() tells, and the zone picks new centres.
  */
-struct SmartflowIVF : faiss::IndexFlatIP {
+struct SmartflowIVF : SmartflowFlatIP {
 
     size_t                                         nprobe;
     size_t                                         max_scan;
@@ -299,7 +300,7 @@ struct SmartflowIVF : faiss::IndexFlatIP {
 
     SmartflowIVF(faiss::Index::idx_t dim, const float *centres, size_t n,
         size_t np, size_t ms)
-        : faiss::IndexFlatIP(dim), nprobe(np), max_scan(ms),
+        : SmartflowFlatIP(dim), nprobe(np), max_scan(ms),
           cells(std::max(n, (size_t) 1))
     {
         directions(centres, n);
@@ -314,7 +315,7 @@ struct SmartflowIVF : faiss::IndexFlatIP {
         const float  *xb = get_xb();
 
         for (faiss::Index::idx_t i = first; i < ntotal; i++) {
-            size_t  c = best(xb + i * d, 1)[0].second;
+            size_t  c = nearest(xb + i * d);
 
             cells[c].push_back(i);
             largest = std::max(largest, cells[c].size());
@@ -369,10 +370,36 @@ struct SmartflowIVF : faiss::IndexFlatIP {
         }
     }
 
+    /* how well cell c fits v; NaN from a broken vector fits worst */
+    float fit(const float *v, size_t c) const
+    {
+        float  s = smartflow_dot(v, &dirs[c * d], d) - offsets[c];
+
+        return (s == s) ? s : -std::numeric_limits<float>::infinity();
+    }
+
     /*
-     * the m best cells for v, best first (on a tie the lower centre);
-     * without centres, one cell holds every vector
+     * the cell v goes to (on a tie the lower centre); without centres,
+     * one cell holds every vector
      */
+    size_t nearest(const float *v) const
+    {
+        size_t  best = 0;
+        float   bestf = -std::numeric_limits<float>::infinity();
+
+        for (size_t c = 0; c < offsets.size(); c++) {
+            float  f = fit(v, c);
+
+            if (f > bestf) {
+                best = c;
+                bestf = f;
+            }
+        }
+
+        return best;
+    }
+
+    /* the m cells that fit v best, best first, as nearest() ranks them */
     std::vector<std::pair<float, size_t>> best(const float *v, size_t m)
         const
     {
@@ -381,12 +408,7 @@ struct SmartflowIVF : faiss::IndexFlatIP {
                                                     std::make_pair(0.0f, 0));
 
         for (size_t c = 0; c < n; c++) {
-            float  s = smartflow_dot(v, &dirs[c * d], d) - offsets[c];
-
-            /* NaN from a broken vector sorts as the worst */
-            near[c] = std::make_pair(s == s ? -s
-                                     : std::numeric_limits<float>::infinity(),
-                                     c);
+            near[c] = std::make_pair(-fit(v, c), c);
         }
 
         m = std::min(m, near.size());
@@ -406,32 +428,23 @@ struct SmartflowIVF : faiss::IndexFlatIP {
         }
     }
 
-    void search(faiss::Index::idx_t n, const float *x,
-        faiss::Index::idx_t k, float *distances, faiss::Index::idx_t *labels,
-        const faiss::SearchParameters *) const override
+    /* the vectors of the best cells for v */
+    void scan(const float *v, faiss::Index::idx_t k, float *dist,
+        faiss::Index::idx_t *lab) const override
     {
         const float  *xb = get_xb();
+        size_t        scanned = 0;
 
-        for (faiss::Index::idx_t q = 0; q < n; q++) {
-            const float          *v = x + q * d;
-            float                *dist = distances + q * k;
-            faiss::Index::idx_t  *lab = labels + q * k;
+        for (auto &cell : best(v, nprobe)) {
+            if (scanned >= max_scan) {
+                break;
+            }
 
-            smartflow_empty(dist, lab, k);
+            scanned += cells[cell.second].size();
 
-            size_t  scanned = 0;
-
-            for (auto &cell : best(v, nprobe)) {
-                if (scanned >= max_scan) {
-                    break;
-                }
-
-                scanned += cells[cell.second].size();
-
-                for (faiss::Index::idx_t i : cells[cell.second]) {
-                    smartflow_keep(dist, lab, k,
-                                   smartflow_dot(v, xb + i * d, d), i);
-                }
+            for (faiss::Index::idx_t i : cells[cell.second]) {
+                smartflow_keep(dist, lab, k, smartflow_dot(v, xb + i * d, d),
+                               i);
             }
         }
     }
