@@ -141,6 +141,23 @@ ngx_smartflow_cache_gcd(size_t a, size_t b)
 }
 
 
+/*
+ * The i-th slot in the order rebuilds and the centres' picking visit the
+ * zone, (i * stride) mod entries=, and its slot if it holds a vector
+ */
+static ngx_inline ngx_smartflow_cache_slot_t *
+ngx_smartflow_cache_vector_nth(ngx_smartflow_cache_zone_t *z, size_t i,
+    size_t *slot)
+{
+    ngx_smartflow_cache_slot_t  *s;
+
+    *slot = (i * z->stride) % z->capacity;
+    s = &z->sh->slots[*slot];
+
+    return (s->node && s->node->query_len) ? s : NULL;
+}
+
+
 static ngx_int_t
 ngx_smartflow_cache_vector_sync(ngx_smartflow_cache_zone_t *z,
     ngx_log_t *log)
@@ -275,10 +292,9 @@ ngx_smartflow_cache_vector_sync(ngx_smartflow_cache_zone_t *z,
 
     /* a rebuild walks the slots, a batch at a time */
     while (z->rebuild < z->capacity && n < batch) {
-        slot = (z->rebuild * z->stride) % z->capacity;
-        s = &sh->slots[slot];
+        s = ngx_smartflow_cache_vector_nth(z, z->rebuild, &slot);
 
-        if (s->node && s->node->query_len) {
+        if (s) {
             ngx_memcpy(&vecs[n * z->dim], ngx_sf_cache_vec(z, slot),
                        z->dim * sizeof(float));
             refs[n].slot = (uint32_t) slot;
@@ -368,7 +384,6 @@ ngx_smartflow_cache_vector_centres(ngx_smartflow_cache_zone_t *z,
     ngx_log_t *log)
 {
     size_t                        i, slot, size;
-    ngx_smartflow_cache_slot_t   *s;
     ngx_smartflow_cache_shctx_t  *sh;
 
     sh = z->sh;
@@ -397,10 +412,7 @@ ngx_smartflow_cache_vector_centres(ngx_smartflow_cache_zone_t *z,
          i < z->capacity && sh->ivf_n < NGX_SMARTFLOW_CACHE_IVF_LISTS;
          i++)
     {
-        slot = (i * z->stride) % z->capacity;
-        s = &sh->slots[slot];
-
-        if (s->node && s->node->query_len) {
+        if (ngx_smartflow_cache_vector_nth(z, i, &slot)) {
             ngx_memcpy(sh->ivf_centres + (size_t) sh->ivf_n * z->dim,
                        ngx_sf_cache_vec(z, slot), z->dim * sizeof(float));
             sh->ivf_n++;
