@@ -84,21 +84,15 @@ ngx_sf_word_read(u_char *p, size_t len, ngx_uint_t padded)
     x = 0;
 
 #if (NGX_HAVE_LITTLE_ENDIAN)
-    /* the first byte lowest, as below */
+    /* the first byte lowest, as below; nothing is left for the loop */
     if (padded && len) {
         ngx_memcpy(&x, p, 8);
         x &= ~(uint64_t) 0 >> (64 - 8 * len);
-
-        padded = 1;
-
-    } else {
-        padded = 0;
+        len = 0;
     }
-#else
-    padded = 0;
 #endif
 
-    for (i = 0; !padded && i < len; i++) {
+    for (i = 0; i < len; i++) {
         x |= (uint64_t) p[i] << (i * 8);
     }
 
@@ -694,7 +688,10 @@ ngx_smartflow_cache_words_add(char *w, ngx_uint_t what, ngx_int_t map)
 }
 
 
-/* which lists the word is in (NGX_SF_WORD_*), 0 in none */
+/*
+ * which lists the word is in (NGX_SF_WORD_*), 0 in none; called while
+ * ngx_smartflow_cache_tokenize() runs, which made the lists first
+ */
 static ngx_uint_t
 ngx_smartflow_cache_word(u_char *p, size_t len, ngx_int_t *map)
 {
@@ -702,10 +699,6 @@ ngx_smartflow_cache_word(u_char *p, size_t len, ngx_int_t *map)
     uint64_t                     h;
     ngx_uint_t                   i;
     ngx_smartflow_cache_word_t  *e;
-
-    if (!ngx_smartflow_cache_words_ready) {
-        ngx_smartflow_cache_words_init();
-    }
 
     h = ngx_sf_hash(p, len);
     tag = ngx_sf_word_tag(h);
