@@ -11,8 +11,10 @@ use lib "$FindBin::Bin/../lib";
 use Smartflow::Audit;
 use Test::More;
 
+# a segment is closed by the first record 3 s after it opened: room for
+# the records and the edit to land in it first on a loaded machine
 my $gw = Smartflow::Audit->new(name => 'audit-seal-check', workers => 1,
-    http => "    smartflow_audit_seal_interval 1s;\n");
+    http => "    smartflow_audit_seal_interval 3s;\n");
 $gw->setup->start;
 
 my $dir = $gw->dir;
@@ -61,7 +63,7 @@ sub error_log {
 is(send_some(3, 'one'), 3, 'three answers');
 ok(-s seg(1, 'log'), 'written to segment 1');
 edit(seg(1, 'log'), sub { $_[0] . "{\"forged\":true}\n" });
-sleep 2;
+sleep 4;
 send_some(1, 'close one');
 select undef, undef, undef, 1;
 ok(!-e seg(1, 'seal'), 'segment 1 is not sealed');
@@ -77,7 +79,7 @@ edit(seg(2, 'log'), sub {
     $t =~ s/"seq":(\d)/'"seq":' . ($1 == 9 ? 8 : $1 + 1)/e;
     $t;
 });
-sleep 2;
+sleep 4;
 send_some(1, 'close two');
 select undef, undef, undef, 1;
 ok(!-e seg(2, 'seal'), 'segment 2 is not sealed');
@@ -87,7 +89,7 @@ like(error_log(), qr/\[alert\].*sealing segment 2 failed: \S+$why/,
 
 # segment 3: untouched, sealed
 is(send_some(2, 'three'), 2, 'answers for segment 3');
-sleep 2;
+sleep 4;
 send_some(1, 'close three');
 ok(sealed_after(3), 'segment 3 is sealed');
 
