@@ -193,12 +193,19 @@ run "$port_on" 2 > "$state/warm"
 answered=$(awk '{print $3}' "$state/warm")
 
 rps_off=() rps_on=() p99_off=() p99_on=() cpu_off=() cpu_on=()
+# the cases take turns going first, so a machine that slows down or
+# speeds up during a round favours neither
 for i in $(seq "$rounds"); do
-    read -r r p _ c < <(run "$port_off" "$duration")
-    rps_off+=("$r") p99_off+=("$p") cpu_off+=("$c")
-    read -r r p n c < <(run "$port_on" "$duration")
-    rps_on+=("$r") p99_on+=("$p") cpu_on+=("$c")
-    answered=$((answered + n))
+    for which in $( ((i % 2)) && echo "off on" || echo "on off"); do
+        if [ "$which" = off ]; then
+            read -r r p _ c < <(run "$port_off" "$duration")
+            rps_off+=("$r") p99_off+=("$p") cpu_off+=("$c")
+        else
+            read -r r p n c < <(run "$port_on" "$duration")
+            rps_on+=("$r") p99_on+=("$p") cpu_on+=("$c")
+            answered=$((answered + n))
+        fi
+    done
     echo "round $i: off ${rps_off[-1]} req/s p99 ${p99_off[-1]} us" \
          "${cpu_off[-1]} us CPU/req; on ${rps_on[-1]} req/s" \
          "p99 ${p99_on[-1]} us ${cpu_on[-1]} us CPU/req"
@@ -226,11 +233,34 @@ echo "audit: front CPU per request off $c_off us, on $c_on us:" \
      "requests per CPU second on/off $cpur"
 echo "audit: $records records for $answered answered requests, verifier ok=$ok"
 
+# the floor: the SHA-256 work the record needs (both bodies, its leaf
+# hash, its HMAC), timed alone on the front's CPU, against the front's
+# CPU per request with audit off
+floor=null ceiling=null
+mkdir -p "$top/build/bench"
+if cc -O2 -Wall -Wextra -Werror "$top/bench/audit-floor.c" -lcrypto \
+       -o "$top/build/bench/audit-floor" 2>/dev/null; then
+    bytes=$(cat "$state"/audit/segment-*.log 2>/dev/null | wc -c)
+    line=$(( bytes / ${records:-1} ))
+    resp=$(head -n 1 "$(ls "$state"/audit/segment-*.log | head -n 1)" \
+           | sed -n 's/.*"response_bytes":\([0-9]*\).*/\1/p')
+    floor_cmd=("$top/build/bench/audit-floor")
+    [ -n "$front_aff" ] && floor_cmd=(taskset -c 0 "${floor_cmd[@]}")
+    floor=$("${floor_cmd[@]}" "${#body}" "${resp:-0}" "$line" \
+            | sed -n 's/^floor_us //p')
+    ceiling=$(awk -v o="$c_off" -v f="$floor" \
+              'BEGIN {printf "%.3f", o / (o + f)}')
+    echo "audit: hashing a record needs $floor us alone (request ${#body} B," \
+         "response ${resp:-0} B, record $line B): with $c_off us of CPU per" \
+         "request off, on/off is at most $ceiling"
+fi
+
 cat > "$top/build/bench/audit.json" <<JSON
 {"off": {"rps": $m_off, "p99_us": $q_off}, "on": {"rps": $m_on, "p99_us": $q_on},
  "cpu_us_per_request": {"off": $c_off, "on": $c_on},
  "ratio": {"throughput": $ratio, "p99": $p99r, "requests_per_cpu": $cpur},
  "target": $target,
+ "hash_floor_us": ${floor:-null}, "ceiling": ${ceiling:-null},
  "result": "$pass", "records": ${records:-0}, "answered": $answered,
  "verified": ${ok:-false}}
 JSON

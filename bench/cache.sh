@@ -207,6 +207,7 @@ run() {    # case port script -> "rps p50 p99 errors cpu_us_per_request"
 
 # warm up, then check each path does what it is named for
 run plain "$plain" plain >/dev/null
+run miss "$gw" miss >/dev/null
 run hit "$gw" hit >/dev/null
 h=$(curl -s -D- -o /dev/null "http://127.0.0.1:$gw/v1/chat/completions" \
     -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
@@ -219,6 +220,10 @@ for ((i = 0; i < rounds; i++)); do
     for c in plain hit miss nocache; do
         p=$gw; [ $c = plain ] && p=$plain; [ $c = nocache ] && p=$nc
         all[$c]+="$(run $c $p $c)"$'\n'
+    done
+    # BENCH_VERBOSE=1: each round's figures as they come
+    [ "${BENCH_VERBOSE:-0}" = 1 ] && for c in plain hit miss nocache; do
+        printf '%s %s\n' "$c" "$(printf '%s' "${all[$c]}" | tail -n 1)"
     done
 done
 
