@@ -5,9 +5,11 @@
 #   (b) policy  the gateway with the shipped "default" policy group
 #               (conf/smartflow_policy.conf: PII and secrets redacted,
 #               injection scored, Shield on), the shipped locations
+#   (c) gateway the same locations with "smartflow_policy off"
 #
 # in the same run, against the same upstream, with wrk: the throughput
-# ratio b/a (target >= 0.85) and the front worker's CPU time per request.
+# ratio b/a (target >= 0.85) and the front worker's CPU time per request;
+# c/a is what the gateway leaves to the guardrails (b/a cannot exceed it).
 # The prompt is ordinary business text with one email and one phone
 # number, so the redaction path runs too.  Then the detectors' own scan
 # cost per KB, from the module's sources (make policy-harness).
@@ -66,7 +68,7 @@ port_free() {
 
 ports=()
 p=$port_base
-while [ "${#ports[@]}" -lt 3 ]; do
+while [ "${#ports[@]}" -lt 4 ]; do
     [ "$p" -lt $((port_base + 200)) ] || die "no free ports from $port_base"
     port_free "$p" && ports+=("$p")
     p=$((p + 1))
@@ -74,6 +76,7 @@ done
 port_up=${ports[0]}
 port_plain=${ports[1]}
 port_gw=${ports[2]}
+port_off=${ports[3]}
 
 if [ "$pin" = 1 ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null
 then
@@ -198,6 +201,12 @@ http {
         smartflow_policy $group;
         include $top/conf/smartflow_locations.conf;
     }
+
+    server {
+        listen 127.0.0.1:$port_off backlog=4096;
+        smartflow_policy off;
+        include $top/conf/smartflow_locations.conf;
+    }
 }
 CONF
 
@@ -213,7 +222,7 @@ for inst in upstream front; do
     pids+=($!)
 done
 
-for port in "$port_up" "$port_plain" "$port_gw"; do
+for port in "$port_up" "$port_plain" "$port_gw" "$port_off"; do
     for ((i = 0; i < 100; i++)); do
         (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
         sleep 0.1
@@ -256,23 +265,29 @@ median() {
 
 url_a=http://127.0.0.1:$port_plain/v1/chat/completions
 url_b=http://127.0.0.1:$port_gw/v1/chat/completions
+url_c=http://127.0.0.1:$port_off/v1/chat/completions
 
 echo "Smartflow policy benchmark: ${#body}-byte chat body, policy group $group"
 run "$url_a" 2
 run "$url_b" 2
+run "$url_c" 2
 
-ra=() rb=() ua=() ub=()
+ra=() rb=() rc=() ua=() ub=() uc=()
 printf '%-6s %-8s %10s %10s\n' round case req/s front_us
 for ((i = 1; i <= rounds; i++)); do
     run "$url_a" "$duration"; ra+=("$r_rps"); ua+=("$r_us")
     printf '%-6s %-8s %10s %10s\n' "$i" plain "$r_rps" "$r_us"
     run "$url_b" "$duration"; rb+=("$r_rps"); ub+=("$r_us")
     printf '%-6s %-8s %10s %10s\n' "$i" policy "$r_rps" "$r_us"
+    run "$url_c" "$duration"; rc+=("$r_rps"); uc+=("$r_us")
+    printf '%-6s %-8s %10s %10s\n' "$i" gateway "$r_rps" "$r_us"
 done
 
 m_a=$(median "${ra[@]}"); m_b=$(median "${rb[@]}")
 u_a=$(median "${ua[@]}"); u_b=$(median "${ub[@]}")
+m_c=$(median "${rc[@]}"); u_c=$(median "${uc[@]}")
 ratio=$(awk -v a="$m_a" -v b="$m_b" 'BEGIN { printf "%.3f", b / a }')
+ratio_c=$(awk -v a="$m_a" -v c="$m_c" 'BEGIN { printf "%.3f", c / a }')
 verdict=$(awk -v r="$ratio" 'BEGIN { print (r >= 0.85) ? "PASS" : "FAIL" }')
 
 if grep -E '\[(error|crit|alert|emerg)\]' "$state"/logs/*.log >&2; then
@@ -288,11 +303,14 @@ echo
 printf 'median req/s: plain %s, policy %s, ratio %s >= 0.85 %s\n' \
     "$m_a" "$m_b" "$ratio" "$verdict"
 printf 'front CPU per request: plain %s us, policy %s us\n' "$u_a" "$u_b"
+printf 'without guardrails: %s req/s, ratio %s, front CPU %s us per request\n' \
+    "$m_c" "$ratio_c" "$u_c"
 printf 'scan cost (PII + injection, default detectors): %s ns per KB\n' \
     "$scan"
 
 cat > "$outdir/policy.json" <<JSON
 {"benchmark":"smartflow-policy","group":"$group","request_bytes":${#body},
  "rps_plain":$m_a,"rps_policy":$m_b,"ratio":$ratio,"target":0.85,
- "front_us_plain":$u_a,"front_us_policy":$u_b,"scan_ns_per_kb":$scan}
+ "front_us_plain":$u_a,"front_us_policy":$u_b,"scan_ns_per_kb":$scan,
+ "rps_gateway":$m_c,"ratio_gateway":$ratio_c,"front_us_gateway":$u_c}
 JSON
