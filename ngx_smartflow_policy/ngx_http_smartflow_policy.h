@@ -48,6 +48,8 @@ typedef struct {
 
 #define NGX_SF_OUT_BLOCKS   8
 #define NGX_SF_OUT_HOLD     256
+/* past this, a block's held text goes out even inside an open finding */
+#define NGX_SF_OUT_HOLD_MAX 16384
 
 #define NGX_SF_SCAN_PII     1
 #define NGX_SF_SCAN_INJ     2
@@ -101,6 +103,7 @@ typedef struct {
 
     /* the answer, as a stream: text held back per block, tool calls */
     ngx_str_t                           pending[NGX_SF_OUT_BLOCKS];
+    u_char                             *pending_end[NGX_SF_OUT_BLOCKS];
     ngx_array_t                        *calls;  /* policy_call_t */
     ngx_uint_t                          ndecided;
     ngx_uint_t                          approval;   /* its id, or 0 */

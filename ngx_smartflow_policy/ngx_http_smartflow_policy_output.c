@@ -30,14 +30,14 @@ static ngx_int_t ngx_http_smartflow_policy_hold(
     ngx_http_smartflow_policy_run_t *run, ngx_uint_t block, ngx_str_t *add,
     ngx_uint_t final, ngx_str_t *emit);
 static ngx_int_t ngx_http_smartflow_policy_append(ngx_pool_t *pool,
-    ngx_str_t *s, ngx_str_t *add);
+    ngx_str_t *s, u_char **end, ngx_str_t *add);
 static ngx_int_t ngx_http_smartflow_policy_event_out(
     ngx_http_smartflow_policy_run_t *run, char *name,
     ngx_smartflow_json_t *j, ngx_array_t *out);
 static ngx_int_t ngx_http_smartflow_policy_error_event(
     ngx_http_smartflow_policy_run_t *run, ngx_array_t *out);
-static ngx_int_t ngx_http_smartflow_policy_split(ngx_str_t *ev,
-    ngx_str_t *name, ngx_str_t *data);
+static ngx_int_t ngx_http_smartflow_policy_split(ngx_pool_t *pool,
+    ngx_str_t *ev, ngx_str_t *name, ngx_str_t *data);
 static ngx_int_t ngx_http_smartflow_policy_hold_call(
     ngx_http_smartflow_policy_run_t *run, ngx_uint_t index, ngx_str_t *add);
 static ngx_http_smartflow_policy_call_t *ngx_http_smartflow_policy_find_call(
@@ -59,6 +59,13 @@ static ngx_int_t ngx_http_smartflow_policy_anthropic_delta(
 
 
 static ngx_str_t  ngx_http_smartflow_policy_empty = ngx_null_string;
+
+
+/* the characters of API keys, tokens, JWTs and base64 */
+#define ngx_http_smartflow_policy_token(c)                                   \
+    (((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z')              \
+     || ((c) >= '0' && (c) <= '9') || (c) == '-' || (c) == '_'             \
+     || (c) == '.' || (c) == '+' || (c) == '/' || (c) == '=')
 
 
 ngx_int_t
@@ -83,10 +90,11 @@ ngx_http_smartflow_policy_output(ngx_http_request_t *r,
     if (answer) {
         rc = ngx_http_smartflow_policy_answer(run, answer);
 
-    } else if (ngx_http_smartflow_policy_split(event, &name, &data)
+    } else if ((rc = ngx_http_smartflow_policy_split(r->pool, event, &name,
+                                                     &data))
                != NGX_OK)
     {
-        rc = NGX_DECLINED;
+        /* NGX_DECLINED: no data, not an event to scan */
 
     } else if (ctx->client_format == NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC) {
         rc = ngx_http_smartflow_policy_anthropic_event(run, &name, &data,
@@ -138,89 +146,158 @@ ngx_http_smartflow_policy_output(ngx_http_request_t *r,
 }
 
 
-/* "event: NAME\ndata: DATA\n\n" into its name and data */
+/*
+ * An event into its name and data, as an SSE reader takes it: lines end
+ * with LF, CRLF or CR, one space after the colon is dropped, several
+ * "data" lines are one text joined by LF, comments and other fields are
+ * skipped.
+ */
 static ngx_int_t
-ngx_http_smartflow_policy_split(ngx_str_t *ev, ngx_str_t *name,
-    ngx_str_t *data)
+ngx_http_smartflow_policy_split(ngx_pool_t *pool, ngx_str_t *ev,
+    ngx_str_t *name, ngx_str_t *data)
 {
-    u_char  *p, *last, *nl;
+    u_char      *p, *last, *eol, *v, *d;
+    size_t       n;
+    ngx_uint_t   lines;
 
     ngx_str_null(name);
     ngx_str_null(data);
 
     p = ev->data;
     last = ev->data + ev->len;
+    lines = 0;
 
     while (p < last) {
-        nl = ngx_strlchr(p, last, '\n');
-        if (nl == NULL) {
-            nl = last;
+        for (eol = p; eol < last && *eol != '\n' && *eol != '\r'; eol++) {
+            /* void */
         }
 
-        if (nl - p >= 7 && ngx_strncmp(p, "event: ", 7) == 0) {
-            name->data = p + 7;
-            name->len = nl - p - 7;
+        n = eol - p;
+        v = NULL;
 
-        } else if (nl - p >= 6 && ngx_strncmp(p, "data: ", 6) == 0) {
-            if (data->data) {
-                return NGX_DECLINED;    /* several data lines: not ours */
+        if (n >= 5 && ngx_strncmp(p, "data:", 5) == 0) {
+            v = p + 5;
+
+        } else if (n >= 6 && ngx_strncmp(p, "event:", 6) == 0) {
+            name->data = p + 6;
+            name->len = n - 6;
+
+            if (name->len && name->data[0] == ' ') {
+                name->data++;
+                name->len--;
+            }
+        }
+
+        if (v) {
+            if (v < eol && *v == ' ') {
+                v++;
             }
 
-            data->data = p + 6;
-            data->len = nl - p - 6;
+            if (lines++ == 0) {
+                data->data = v;
+                data->len = eol - v;
+
+            } else {
+                d = ngx_pnalloc(pool, data->len + 1 + (eol - v));
+                if (d == NULL) {
+                    return NGX_ERROR;
+                }
+
+                ngx_memcpy(d, data->data, data->len);
+                d[data->len] = '\n';
+                ngx_memcpy(d + data->len + 1, v, eol - v);
+
+                data->data = d;
+                data->len += 1 + (eol - v);
+            }
         }
 
-        p = nl + 1;
+        p = eol;
+
+        if (p < last && *p == '\r') {
+            p++;
+        }
+
+        if (p < last && *p == '\n') {
+            p++;
+        }
     }
 
-    return data->data ? NGX_OK : NGX_DECLINED;
+    return lines ? NGX_OK : NGX_DECLINED;
 }
 
 
 /*
  * One block's text: what was held plus what arrives, scanned; what lies
  * NGX_SF_OUT_HOLD bytes before the end (or all of it at the block's
- * end), not cutting a finding, goes out redacted, the rest is held.
+ * end) goes out redacted, the rest is held.  The cut never falls inside
+ * a finding, inside a run of the characters keys and tokens are made of
+ * (a JWT or an API key is found only whole, whatever its length), or
+ * inside a UTF-8 character.  Once more than NGX_SF_OUT_HOLD_MAX bytes
+ * are held (a private key's BEGIN line without its END, a run of base64
+ * that does not end), the block is held whole to its end and scanned
+ * once then, so that the scans do not grow with the square of the
+ * answer; a single piece of text larger than that is still cut as
+ * above.
  */
 static ngx_int_t
 ngx_http_smartflow_policy_hold(ngx_http_smartflow_policy_run_t *run,
     ngx_uint_t block, ngx_str_t *add, ngx_uint_t final, ngx_str_t *emit)
 {
-    size_t                              safe;
+    u_char                             *p;
+    size_t                              safe, held;
     ngx_str_t                          *pend;
-    ngx_uint_t                          i, n;
+    ngx_uint_t                          i, n, b;
     ngx_smartflow_json_t                j;
     ngx_http_smartflow_policy_group_t  *g;
 
     g = run->g;
-    pend = &run->pending[block < NGX_SF_OUT_BLOCKS ? block : 0];
+    b = (block < NGX_SF_OUT_BLOCKS) ? block : 0;
+    pend = &run->pending[b];
+    held = pend->len;
 
-    if (ngx_http_smartflow_policy_append(run->r->pool, pend, add) != NGX_OK)
+    if (ngx_http_smartflow_policy_append(run->r->pool, pend,
+                                         &run->pending_end[b], add)
+        != NGX_OK)
     {
         return NGX_ERROR;
     }
 
     safe = pend->len;
+    p = pend->data;
 
     if (!final) {
-        safe = (pend->len > NGX_SF_OUT_HOLD) ? pend->len - NGX_SF_OUT_HOLD
-                                             : 0;
+        safe = 0;
+    }
 
-        n = ngx_smartflow_pii_scan(pend->data, pend->len, g->pii_mask,
-                                   g->custom, g->ncustom, run->f,
-                                   NGX_SF_MAX_FINDINGS);
+    if (!final && pend->len > NGX_SF_OUT_HOLD
+        && (pend->len <= NGX_SF_OUT_HOLD_MAX || held <= NGX_SF_OUT_HOLD))
+    {
+        safe = pend->len - NGX_SF_OUT_HOLD;
+
+        while (safe > 0 && ngx_http_smartflow_policy_token(p[safe - 1])
+               && ngx_http_smartflow_policy_token(p[safe]))
+        {
+            safe--;
+        }
+
+        n = ngx_smartflow_pii_scan(p, pend->len, g->pii_mask, g->custom,
+                                   g->ncustom, run->f, NGX_SF_MAX_FINDINGS);
 
         for (i = 0; i < n; i++) {
             if (run->f[i].start < safe && run->f[i].end > safe) {
                 safe = run->f[i].start;
-                break;
             }
+        }
+
+        while (safe > 0 && (p[safe] & 0xc0) == 0x80) {
+            safe--;
         }
     }
 
     ngx_memzero(&j, sizeof(ngx_smartflow_json_t));
     j.type = NGX_SMARTFLOW_JSON_STRING;
-    j.str.data = pend->data;
+    j.str.data = p;
     j.str.len = safe;
 
     if (ngx_http_smartflow_policy_text(run, &j, NGX_SF_SCAN_PII) != NGX_OK) {
@@ -236,26 +313,45 @@ ngx_http_smartflow_policy_hold(ngx_http_smartflow_policy_run_t *run,
 }
 
 
+/*
+ * add after the held text s, whose buffer ends at *end: in place while
+ * the buffer has room, else in a new one of twice what it holds then, so
+ * that the copies stay linear in the answer's length (an emitted piece
+ * may still point into the old buffer: it is never written again)
+ */
 static ngx_int_t
 ngx_http_smartflow_policy_append(ngx_pool_t *pool, ngx_str_t *s,
-    ngx_str_t *add)
+    u_char **end, ngx_str_t *add)
 {
     u_char  *p;
+    size_t   size;
 
     if (add->len == 0) {
         return NGX_OK;
     }
 
-    p = ngx_pnalloc(pool, s->len + add->len);
+    if (s->data && (size_t) (*end - (s->data + s->len)) >= add->len) {
+        ngx_memcpy(s->data + s->len, add->data, add->len);
+        s->len += add->len;
+        return NGX_OK;
+    }
+
+    size = ngx_max(2 * (s->len + add->len), 1024);
+
+    p = ngx_pnalloc(pool, size);
     if (p == NULL) {
         return NGX_ERROR;
     }
 
-    ngx_memcpy(p, s->data, s->len);
+    if (s->len) {
+        ngx_memcpy(p, s->data, s->len);
+    }
+
     ngx_memcpy(p + s->len, add->data, add->len);
 
     s->data = p;
     s->len += add->len;
+    *end = p + size;
 
     return NGX_OK;
 }
@@ -396,10 +492,20 @@ ngx_http_smartflow_policy_openai_event(ngx_http_smartflow_policy_run_t *run,
         choice = ngx_smartflow_json_get(flush, "choices")->child;
         delta = ngx_smartflow_json_get(choice, "delta");
 
-        if (delta == NULL || delta->type != NGX_SMARTFLOW_JSON_OBJECT) {
-            return NGX_DECLINED;
+        if (delta == NULL) {
+            /* a finish without a delta still gets the held text out */
+            delta = ngx_smartflow_json_new(run->r->pool,
+                                           NGX_SMARTFLOW_JSON_OBJECT, NULL);
+            if (delta == NULL) {
+                return NGX_ERROR;
+            }
+
+            ngx_smartflow_json_append(choice, "delta", delta);
         }
 
+        delta->type = NGX_SMARTFLOW_JSON_OBJECT;
+        ngx_str_null(&delta->str);
+        delta->str_plain = NULL;
         delta->child = NULL;
         delta->last = NULL;
         delta->nchild = 0;

@@ -64,6 +64,9 @@ our $HttpConfig = <<'_EOC_';
             if ($http_x_stream) {
                 rewrite ^ /canned-stream last;
             }
+            if ($http_x_canned) {
+                rewrite ^ /canned/$http_x_canned last;
+            }
             default_type application/json;
             return 200 '{"id":"chatcmpl-c1","object":"chat.completion","created":1,"model":"agent-1","choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"bash","arguments":"{\\"command\\":\\"$http_x_command\\"}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}';
         }
@@ -82,8 +85,66 @@ data: [DONE]
 
 ';
         }
+
+        location ~ ^/canned/[a-z]+$ {
+            default_type text/event-stream;
+            return 200 "CANNED_PARTS";
+        }
     }
 _EOC_
+
+# canned streams, chosen by the header x-canned: each an OpenAI stream of
+# the given content pieces, then a finish chunk (FINISH, by default with
+# an empty delta) and [DONE], each line ended by EOL
+sub canned {
+    my ($pieces, %o) = @_;
+    my $eol = $o{eol} // "\n";
+    my $data = $o{data} // 'data: ';
+    my $head = '{"id":"c3","object":"chat.completion.chunk","created":1,'
+        . '"model":"agent-1","choices":[{"index":0,';
+    my $finish = $o{finish} // '"delta":{}';
+    my @events = map { qq|$head"delta":{"content":"$_"},"finish_reason":null}]}| }
+        @$pieces;
+    push @events, qq|$head$finish,"finish_reason":"stop"}]}|, '[DONE]';
+    return join '', map { "$data$_$eol$eol" } @events;
+}
+
+sub pieces {
+    my ($text, $n) = @_;
+    return [ $text =~ /(.{1,$n})/gs ];
+}
+
+our $Jwt = 'eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJ'
+    . join('', map { chr(65 + ($_ * 7) % 26) . chr(97 + ($_ * 11) % 26) } 1 .. 150)
+    . '.' . ('Qx7_' x 11);
+our $Han = "\xe4\xb8\xad";      # one CJK character, three bytes
+our $Pem = '-----BEGIN PRIVATE KEY-----'
+    . ('MIIEvQIBADANBgkqhkiG9w0BAQEFAASC' x 640);
+
+my %canned = (
+    jwt  => canned(pieces("Your token is $Jwt keep it safe.", 8)),
+    han  => canned(['a', @{ pieces($Han x 100, 30) }]),
+    crlf => canned(['call +1 415 ', '555 2671 now'], eol => "\r\n",
+                   data => 'data:'),
+    null => canned(['write to ann@example.com'], finish => '"delta":null'),
+    pem  => canned(pieces("here: $Pem", 512)),
+);
+
+# nginx reads no parameter over 4 KB: each stream goes in parts, one map
+# a part, which the fixture's return joins
+my %parts = map { $_ => [ $canned{$_} =~ /(.{1,3000})/gs ] } keys %canned;
+my ($nparts) = sort { $b <=> $a } map { scalar @$_ } values %parts;
+
+for my $i (0 .. $nparts - 1) {
+    $HttpConfig .= "    map \$http_x_canned \$canned_$i {\n        default '';\n";
+    for my $k (sort keys %parts) {
+        $HttpConfig .= "        $k '$parts{$k}[$i]';\n" if defined $parts{$k}[$i];
+    }
+    $HttpConfig .= "    }\n";
+}
+
+my $joined = join '', map { "\$canned_$_" } 0 .. $nparts - 1;
+$HttpConfig =~ s/CANNED_PARTS/$joined/;
 
 our $Locations = Smartflow::Conf::shipped_locations();
 
@@ -293,5 +354,90 @@ rule "shield.git" git.force_push of group "out" blocked the answer
 --- error_code: 200
 --- response_body_like chomp
 "content":" 2671"
+--- no_error_log
+[error]
+
+
+
+=== TEST 13: a JWT streamed in 8-byte pieces, longer than the text held back, is still found whole
+--- more_headers
+Authorization: Bearer sk-smartflow-test-0123456789
+x-canned: jwt
+--- request eval
+::chat('agent-1', 1)
+--- error_code: 200
+--- response_body_like chomp
+"content":"Your "[^\n]*\n\ndata: [^\n]*"content":"token is "[^\n]*\n\ndata: [^\n]*"content":"\[SECRET_1\] keep it safe\."[^\n]*\n\ndata: \{[^\n]*"finish_reason":"stop"[^\n]*\n\ndata: \[DONE\]\n\n$
+--- response_body_unlike
+eyJ|Qx7_
+--- no_error_log
+[error]
+
+
+
+=== TEST 14: text past ASCII is never cut inside a character: every event's text is whole UTF-8, and all of it arrives
+--- more_headers
+Authorization: Bearer sk-smartflow-test-0123456789
+x-canned: han
+--- request eval
+::chat('agent-1', 1)
+--- error_code: 200
+--- response_body_filters eval
+sub {
+    my @texts = $_[0] =~ /"content":"([^"]*)"/g;
+    my @cut = grep { !utf8::decode(my $t = $_) } @texts;
+    return scalar(@cut) . " cut of " . scalar(@texts) . " texts, "
+        . (CORE::join('', @texts) eq 'a' . ("\xe4\xb8\xad" x 100)
+           ? "all arrived" : "text lost");
+}
+--- response_body_like: ^0 cut of ([2-9]|\d\d+) texts, all arrived$
+--- no_error_log
+[error]
+
+
+
+=== TEST 15: events with CRLF line ends and "data:" without its space are scanned too
+--- more_headers
+Authorization: Bearer sk-smartflow-test-0123456789
+x-canned: crlf
+--- request eval
+::chat('agent-1', 1)
+--- error_code: 200
+--- response_body_like chomp
+"content":"call \[PHONE_1\] now"
+--- response_body_unlike
+2671|415
+--- no_error_log
+[error]
+
+
+
+=== TEST 16: the text held back still goes out when the finishing chunk has no delta
+--- more_headers
+Authorization: Bearer sk-smartflow-test-0123456789
+x-canned: null
+--- request eval
+::chat('agent-1', 1)
+--- error_code: 200
+--- response_body_like chomp
+"delta":\{"content":"write to \[EMAIL_1\]"\},"finish_reason":null\}\]\}\n\ndata: \{[^\n]*"delta":null,"finish_reason":"stop"[^\n]*\n\ndata: \[DONE\]\n\n$
+--- response_body_unlike
+example\.com
+--- no_error_log
+[error]
+
+
+
+=== TEST 17: a private key's BEGIN line that never ends: past 16 KB held, the block is held to its end and goes out redacted whole
+--- more_headers
+Authorization: Bearer sk-smartflow-test-0123456789
+x-canned: pem
+--- request eval
+::chat('agent-1', 1)
+--- error_code: 200
+--- response_body_like chomp
+^data: \{[^\n]*"content":"here: "[^\n]*\n\ndata: \{[^\n]*"content":"\[SECRET_1\]"[^\n]*\n\ndata: \{[^\n]*"delta":\{\},"finish_reason":"stop"[^\n]*\n\ndata: \[DONE\]\n\n$
+--- response_body_unlike
+BEGIN|MIIE
 --- no_error_log
 [error]
