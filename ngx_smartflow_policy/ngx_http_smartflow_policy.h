@@ -47,6 +47,8 @@ typedef struct {
 
 
 #define NGX_SF_OUT_BLOCKS   8
+/* a streamed call's key: its choice's index times this, plus its own */
+#define NGX_SF_OUT_CALLS    1024
 #define NGX_SF_OUT_HOLD     256
 /* past this, a block's held text goes out even inside an open finding */
 #define NGX_SF_OUT_HOLD_MAX 16384

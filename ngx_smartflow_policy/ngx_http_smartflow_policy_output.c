@@ -48,7 +48,7 @@ static ngx_int_t ngx_http_smartflow_policy_doc(
     ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *doc);
 static ngx_int_t ngx_http_smartflow_policy_openai_calls(
     ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *j,
-    ngx_array_t *out);
+    ngx_uint_t cidx, ngx_array_t *out);
 static ngx_smartflow_json_t *ngx_http_smartflow_policy_copy(ngx_pool_t *pool,
     ngx_smartflow_json_t *j);
 static ngx_int_t ngx_http_smartflow_policy_anthropic_start(
@@ -363,7 +363,7 @@ ngx_http_smartflow_policy_openai_event(ngx_http_smartflow_policy_run_t *run,
     ngx_str_t *data, ngx_array_t *out)
 {
     ngx_str_t                          err, text;
-    ngx_uint_t                         i, idx, finish, changed, keep;
+    ngx_uint_t                         i, idx, cidx, finish, changed, keep;
     ngx_smartflow_json_t              *j, *choice, *delta, *content, *calls;
     ngx_smartflow_json_t              *flush, *fr, *call, *fn;
     ngx_http_smartflow_policy_call_t  *call_t;
@@ -385,6 +385,25 @@ ngx_http_smartflow_policy_openai_event(ngx_http_smartflow_policy_run_t *run,
         return NGX_DECLINED;
     }
 
+    /*
+     * each choice of an answer with several (n > 1) has its own held text
+     * and calls; a chunk carries one choice, as OpenAI streams them, and
+     * one that carries more, or a choice past the blocks kept, ends the
+     * stream rather than pass unread
+     */
+    fr = ngx_smartflow_json_get(choice, "index");
+    cidx = (fr && fr->type == NGX_SMARTFLOW_JSON_NUMBER)
+           ? (ngx_uint_t) ngx_atoi(fr->str.data, fr->str.len) : 0;
+
+    if (choice->next || cidx >= NGX_SF_OUT_BLOCKS) {
+        ngx_log_error(NGX_LOG_ERR, run->r->connection->log, 0,
+                      "smartflow policy: a stream event with %s cannot be "
+                      "scanned, the answer is cut short",
+                      choice->next ? "several choices"
+                                   : "a choice index of 8 or more");
+        return NGX_ERROR;
+    }
+
     delta = ngx_smartflow_json_get(choice, "delta");
     fr = ngx_smartflow_json_get(choice, "finish_reason");
     finish = (fr && fr->type == NGX_SMARTFLOW_JSON_STRING);
@@ -404,6 +423,16 @@ ngx_http_smartflow_policy_openai_event(ngx_http_smartflow_policy_run_t *run,
             fr = ngx_smartflow_json_get(call, "index");
             idx = (fr && fr->type == NGX_SMARTFLOW_JSON_NUMBER)
                   ? (ngx_uint_t) ngx_atoi(fr->str.data, fr->str.len) : 0;
+
+            if (idx >= NGX_SF_OUT_CALLS) {
+                ngx_log_error(NGX_LOG_ERR, run->r->connection->log, 0,
+                              "smartflow policy: a tool call index of %ui "
+                              "cannot be scanned, the answer is cut short",
+                              idx);
+                return NGX_ERROR;
+            }
+
+            idx += cidx * NGX_SF_OUT_CALLS;
 
             fn = ngx_smartflow_json_get(call, "function");
 
@@ -442,6 +471,10 @@ ngx_http_smartflow_policy_openai_event(ngx_http_smartflow_policy_run_t *run,
         call_t = run->calls->elts;
 
         for (i = 0; i < run->calls->nelts && !run->block; i++) {
+            if (call_t[i].index / NGX_SF_OUT_CALLS != cidx) {
+                continue;       /* another choice's, or ended */
+            }
+
             if (ngx_http_smartflow_policy_args(run, &call_t[i].args)
                 != NGX_OK)
             {
@@ -457,7 +490,7 @@ ngx_http_smartflow_policy_openai_event(ngx_http_smartflow_policy_run_t *run,
     content = ngx_smartflow_json_get(delta, "content");
 
     if (ngx_smartflow_json_is_string(content)) {
-        if (ngx_http_smartflow_policy_hold(run, 0, &content->str, finish,
+        if (ngx_http_smartflow_policy_hold(run, cidx, &content->str, finish,
                                            &text)
             != NGX_OK)
         {
@@ -473,9 +506,9 @@ ngx_http_smartflow_policy_openai_event(ngx_http_smartflow_policy_run_t *run,
         content->str_plain = NULL;
         changed = 1;
 
-    } else if (finish && run->pending[0].len) {
+    } else if (finish && run->pending[cidx].len) {
         /* the text held back goes out before the end */
-        if (ngx_http_smartflow_policy_hold(run, 0,
+        if (ngx_http_smartflow_policy_hold(run, cidx,
                                            &ngx_http_smartflow_policy_empty,
                                            1, &text)
             != NGX_OK)
@@ -535,13 +568,12 @@ ngx_http_smartflow_policy_openai_event(ngx_http_smartflow_policy_run_t *run,
 
     if (finish && run->calls && run->calls->nelts) {
         /* the arguments held, one event per call, before the finish */
-        if (ngx_http_smartflow_policy_openai_calls(run, j, out)
+        if (ngx_http_smartflow_policy_openai_calls(run, j, cidx, out)
             != NGX_OK)
         {
             return NGX_ERROR;
         }
 
-        run->calls->nelts = 0;
         changed = 1;
     }
 
@@ -895,10 +927,10 @@ ngx_http_smartflow_policy_doc(ngx_http_smartflow_policy_run_t *run,
  */
 static ngx_int_t
 ngx_http_smartflow_policy_openai_calls(ngx_http_smartflow_policy_run_t *run,
-    ngx_smartflow_json_t *j, ngx_array_t *out)
+    ngx_smartflow_json_t *j, ngx_uint_t cidx, ngx_array_t *out)
 {
     ngx_str_t                          v;
-    ngx_uint_t                         i;
+    ngx_uint_t                         i, idx;
     ngx_pool_t                        *pool;
     ngx_smartflow_json_t              *chunk, *m, *choices, *choice, *delta;
     ngx_smartflow_json_t              *calls, *call, *fn, *n, *ci, *cur;
@@ -915,17 +947,20 @@ ngx_http_smartflow_policy_openai_calls(ngx_http_smartflow_policy_run_t *run,
     cur = (cur && cur->type == NGX_SMARTFLOW_JSON_ARRAY) ? cur : NULL;
 
     for (i = 0; i < run->calls->nelts; i++) {
-        if (c[i].index == NGX_MAX_UINT32_VALUE) {
-            continue;
+        if (c[i].index / NGX_SF_OUT_CALLS != cidx) {
+            continue;           /* another choice's, or ended */
         }
+
+        /* this choice's call, and it ends here */
+        idx = c[i].index % NGX_SF_OUT_CALLS;
+        c[i].index = NGX_MAX_UINT32_VALUE;
 
         /* a call the finishing chunk itself carries gets them there */
         for (call = cur ? cur->child : NULL; call; call = call->next) {
             n = ngx_smartflow_json_get(call, "index");
 
             if (n && n->type == NGX_SMARTFLOW_JSON_NUMBER
-                && (ngx_uint_t) ngx_atoi(n->str.data, n->str.len)
-                   == c[i].index)
+                && (ngx_uint_t) ngx_atoi(n->str.data, n->str.len) == idx)
             {
                 fn = ngx_smartflow_json_get(call, "function");
                 n = ngx_smartflow_json_get(fn, "arguments");
@@ -979,7 +1014,7 @@ ngx_http_smartflow_policy_openai_calls(ngx_http_smartflow_policy_run_t *run,
             return NGX_ERROR;
         }
 
-        v.len = ngx_sprintf(v.data, "%ui", c[i].index) - v.data;
+        v.len = ngx_sprintf(v.data, "%ui", idx) - v.data;
 
         n = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_NUMBER, &v);
         if (n == NULL

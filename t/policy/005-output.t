@@ -109,6 +109,21 @@ sub canned {
     return join '', map { "$data$_$eol$eol" } @events;
 }
 
+# a stream of these chunks of choices, each [INDEX, DELTA, FINISH], then [DONE]
+sub chunks {
+    my $head = '{"id":"c4","object":"chat.completion.chunk","created":1,'
+        . '"model":"agent-1","choices":[';
+    my @events = map {
+        $head . CORE::join(',', map {
+            my ($i, $delta, $finish) = @$_;
+            qq|{"index":$i,"delta":$delta,"finish_reason":| . ($finish ? qq|"$finish"| : 'null') . '}'
+        } @$_) . ']}'
+    } @_;
+    my $s = CORE::join('', map { "data: $_\n\n" } @events, '[DONE]');
+    $s =~ s/\\/\\\\/g;     # nginx reads "\\" as "\"
+    return $s;
+}
+
 sub pieces {
     my ($text, $n) = @_;
     return [ $text =~ /(.{1,$n})/gs ];
@@ -128,6 +143,24 @@ my %canned = (
                    data => 'data:'),
     null => canned(['write to ann@example.com'], finish => '"delta":null'),
     pem  => canned(pieces("here: $Pem", 512)),
+    two  => chunks([[0, '{"role":"assistant","content":""}']],
+                   [[1, '{"role":"assistant","content":""}']],
+                   [[0, '{"content":"call +1 415 "}']],
+                   [[1, '{"content":"write to ann@"}']],
+                   [[0, '{"content":"555 2671 now"}']],
+                   [[1, '{"content":"example.com"}']],
+                   [[1, '{}', 'stop']], [[0, '{}', 'stop']]),
+    twocalls => chunks(
+        [[0, '{"tool_calls":[{"index":0,"id":"call_a","type":"function","function":{"name":"bash","arguments":""}}]}']],
+        [[1, '{"tool_calls":[{"index":0,"id":"call_b","type":"function","function":{"name":"bash","arguments":""}}]}']],
+        [[0, '{"tool_calls":[{"index":0,"function":{"arguments":"{\\"command\\":\\"ls -la"}}]}']],
+        [[1, '{"tool_calls":[{"index":0,"function":{"arguments":"{\\"command\\":\\"git push --force"}}]}']],
+        [[0, '{"tool_calls":[{"index":0,"function":{"arguments":"\\"}"}}]}']],
+        [[0, '{}', 'tool_calls']],
+        [[1, '{"tool_calls":[{"index":0,"function":{"arguments":" origin main\\"}"}}]}']],
+        [[1, '{}', 'tool_calls']]),
+    both => chunks([[0, '{"content":"a"}'], [1, '{"content":"b"}']],
+                   [[0, '{}', 'stop'], [1, '{}', 'stop']]),
 );
 
 # nginx reads no parameter over 4 KB: each stream goes in parts, one map
@@ -441,3 +474,49 @@ x-canned: pem
 BEGIN|MIIE
 --- no_error_log
 [error]
+
+
+
+=== TEST 18: n > 1: each choice's text is held and redacted on its own, under its own index
+--- more_headers
+Authorization: Bearer sk-smartflow-test-0123456789
+x-canned: two
+--- request eval
+::chat('agent-1', 1)
+--- error_code: 200
+--- response_body_like chomp
+"choices":\[\{"index":1,"delta":\{"content":"write to \[EMAIL_1\]"\},"finish_reason":null\}\]\}\n\ndata: [^\n]*"choices":\[\{"index":1,"delta":\{\},"finish_reason":"stop"\}\]\}\n\ndata: [^\n]*"choices":\[\{"index":0,"delta":\{"content":"call \[PHONE_1\] now"\},"finish_reason":null\}\]\}\n\ndata: [^\n]*"choices":\[\{"index":0,"delta":\{\},"finish_reason":"stop"\}\]\}\n\ndata: \[DONE\]\n\n$
+--- response_body_unlike
+2671|415|example\.com
+--- no_error_log
+[error]
+
+
+
+=== TEST 19: n > 1 with tool calls: each choice's call is held to its own finish, Shield reads the second choice's whole
+--- more_headers
+Authorization: Bearer sk-smartflow-test-0123456789
+x-canned: twocalls
+--- request eval
+::chat('agent-1', 1)
+--- error_code: 200
+--- response_body_like chomp
+"choices":\[\{"index":0,"delta":\{"tool_calls":\[\{"index":0,"function":\{"arguments":"\{\\"command\\":\\"ls -la\\"\}"\}\}\]\},"finish_reason":null\}\]\}\n\ndata: [^\n]*"index":0,"delta":\{\},"finish_reason":"tool_calls".*\n\ndata: \{"error":\{"message":"The answer was blocked by the content policy \(rule `shield.git`\)\.","type":"invalid_request_error","param":null,"code":"content_policy_violation"\}\}\n\n$
+--- response_body_unlike
+--force|origin main
+--- error_log
+rule "shield.git" git.force_push of group "out" blocked the answer
+
+
+
+=== TEST 20: a chunk that carries several choices cannot be read one choice at a time: the stream is cut, not passed unread
+--- more_headers
+Authorization: Bearer sk-smartflow-test-0123456789
+x-canned: both
+--- request eval
+::chat('agent-1', 1)
+--- response_body_unlike
+"content":"[ab]"
+--- error_log
+a stream event with several choices cannot be scanned, the answer is cut short
+--- ignore_response
