@@ -290,6 +290,11 @@ ngx_http_smartflow_policy_hold(ngx_http_smartflow_policy_run_t *run,
             }
         }
 
+        if (n == NGX_SF_MAX_FINDINGS) {
+            /* more than a scan keeps: one not kept could cross the cut */
+            safe = 0;
+        }
+
         while (safe > 0 && (p[safe] & 0xc0) == 0x80) {
             safe--;
         }

@@ -611,7 +611,7 @@ ngx_int_t
 ngx_http_smartflow_policy_text(ngx_http_smartflow_policy_run_t *run,
     ngx_smartflow_json_t *j, ngx_uint_t what)
 {
-    ngx_uint_t                          i, n, a, redact;
+    ngx_uint_t                          i, n, a, redact, mask, base;
     ngx_smartflow_injection_t           inj;
     ngx_http_smartflow_policy_group_t  *g;
 
@@ -647,10 +647,13 @@ ngx_http_smartflow_policy_text(ngx_http_smartflow_policy_run_t *run,
         return NGX_OK;
     }
 
+    mask = g->pii_mask;
+    base = 0;
+
     for ( ;; ) {
-        n = ngx_smartflow_pii_scan(j->str.data, j->str.len, g->pii_mask,
-                                   g->custom, g->ncustom, run->f,
-                                   NGX_SF_MAX_FINDINGS);
+        n = ngx_smartflow_pii_scan(j->str.data, j->str.len, mask,
+                                   g->custom + base, g->ncustom - base,
+                                   run->f, NGX_SF_MAX_FINDINGS);
         if (n == 0) {
             return NGX_OK;
         }
@@ -658,6 +661,10 @@ ngx_http_smartflow_policy_text(ngx_http_smartflow_policy_run_t *run,
         redact = 0;
 
         for (i = 0; i < n; i++) {
+            if (run->f[i].rule >= NGX_SF_RULE_CUSTOM) {
+                run->f[i].rule += base;
+            }
+
             a = (run->f[i].rule >= NGX_SF_RULE_CUSTOM)
                 ? g->custom_action[run->f[i].rule - NGX_SF_RULE_CUSTOM]
                 : g->action[run->f[i].rule];
@@ -674,8 +681,28 @@ ngx_http_smartflow_policy_text(ngx_http_smartflow_policy_run_t *run,
             redact += (a == NGX_SF_ACTION_REDACT);
         }
 
-        if (run->block || redact == 0) {
+        if (run->block || (redact == 0 && n < NGX_SF_MAX_FINDINGS)) {
             return NGX_OK;
+        }
+
+        if (redact == 0) {
+            /*
+             * as many findings as a scan keeps, all only flagged: the
+             * detectors run in order and stop adding when it is full, so
+             * those it came from are done with (their decision is made),
+             * and the next scan looks for the others, which may block
+             */
+            for (i = 0; i < n; i++) {
+                if (run->f[i].rule < NGX_SF_RULE_CUSTOM) {
+                    mask &= ~((ngx_uint_t) 1 << run->f[i].rule);
+
+                } else if (run->f[i].rule - NGX_SF_RULE_CUSTOM + 1 > base) {
+                    base = run->f[i].rule - NGX_SF_RULE_CUSTOM + 1;
+                    mask = 0;   /* custom rules run after all others */
+                }
+            }
+
+            continue;
         }
 
         if (ngx_http_smartflow_policy_redact(run, j, n) != NGX_OK) {

@@ -57,6 +57,11 @@ our $HttpConfig = <<'_EOC_';
         output off;
     }
 
+    smartflow_policy_group flag_mail extends=out {
+        email flag;
+        phone block;
+    }
+
     server {
         listen 127.0.0.1:$TEST_NGINX_FIXTURE_PORT;
 
@@ -520,3 +525,24 @@ x-canned: both
 --- error_log
 a stream event with several choices cannot be scanned, the answer is cut short
 --- ignore_response
+
+
+
+=== TEST 21: more findings than one scan keeps, all only flagged, do not hide the one after them that blocks
+--- config eval
+"smartflow_policy flag_mail;\n$::Locations"
+--- more_headers eval
+"Authorization: Bearer sk-smartflow-test-0123456789\nx-mock-reply: "
+    . CORE::join(' ', map { "user$_\@example.com" } 1 .. 130)
+    . " or call +1 415 555 2671"
+--- request eval
+[ ::chat('gpt-4o'), ::chat('gpt-4o', 1) ]
+--- error_code eval
+[200, 200]
+--- response_body_like eval
+[ qr/"refusal":"The answer was blocked by the content policy \(rule `phone`\)\."\},"logprobs":null,"finish_reason":"content_filter"/,
+  qr/data: \{"error":\{"message":"The answer was blocked by the content policy \(rule `phone`\)\.","type":"invalid_request_error","param":null,"code":"content_policy_violation"\}\}\n\n$/ ]
+--- response_body_unlike eval
+[ qr/2671/, qr/2671/ ]
+--- error_log
+blocked the answer
