@@ -7,6 +7,8 @@
 #define _NGX_HTTP_SMARTFLOW_AUDIT_H_INCLUDED_
 
 
+#include <curl/curl.h>
+
 #include "ngx_http_smartflow_proxy.h"
 #include "ngx_smartflow_merkle.h"
 #include "ngx_smartflow_audit_keys.h"
@@ -71,6 +73,7 @@ typedef struct {
     uint64_t                    seg_first;
     uint64_t                    seg_count;
     off_t                       seg_bytes;
+    off_t                       seg_extra;   /* bytes found, not ours */
     time_t                      seg_start;
     sf_merkle_frontier_t        log;            /* every record */
     sf_merkle_frontier_t        sealed;         /* at the last rotation */
@@ -198,6 +201,8 @@ extern ngx_conf_enum_t  ngx_http_smartflow_audit_s3_modes[];
 
 char *ngx_http_smartflow_audit_s3_conf(ngx_conf_t *cf,
     ngx_http_smartflow_audit_main_conf_t *amcf);
+int ngx_http_smartflow_audit_curl_abort(void *data, curl_off_t dltotal,
+    curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow);
 void ngx_http_smartflow_audit_s3_init_process(ngx_cycle_t *cycle,
     ngx_http_smartflow_audit_main_conf_t *amcf);
 ngx_int_t ngx_http_smartflow_audit_post_seal(ngx_http_request_t *r,

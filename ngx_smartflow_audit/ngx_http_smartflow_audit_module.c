@@ -79,6 +79,8 @@ static ngx_int_t ngx_http_smartflow_audit_open(
 static ngx_int_t ngx_http_smartflow_audit_flush_locked(
     ngx_http_smartflow_audit_main_conf_t *amcf,
     ngx_http_smartflow_audit_sh_t *sh, ngx_log_t *log);
+static ngx_int_t ngx_http_smartflow_audit_size(
+    ngx_http_smartflow_audit_sh_t *sh, ngx_log_t *log);
 static void ngx_http_smartflow_audit_flush_timer(ngx_event_t *ev);
 static char *ngx_http_smartflow_audit_buffer(ngx_conf_t *cf, void *post,
     void *data);
@@ -810,7 +812,9 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
     } else {
         if (ngx_http_smartflow_audit_flush_locked(amcf, sh,
                                                   r->connection->log)
-            != NGX_OK)
+            != NGX_OK
+            || ngx_http_smartflow_audit_size(sh, r->connection->log)
+               == NGX_ERROR)
         {
             ngx_shmtx_unlock(&shpool->mutex);
             return NGX_ERROR;
@@ -895,6 +899,7 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
         sh->seg_first = 0;
         sh->seg_count = 0;
         sh->seg_bytes = 0;
+        sh->seg_extra = 0;
         sh->seg_start = 0;
         sh->seals_pending++;
         sh->leaves_ok = 1;
@@ -905,7 +910,8 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
         ngx_snprintf(path, NGX_MAX_PATH, "%V/" NGX_SMARTFLOW_AUDIT_SEGMENT
                      "%Z", &amcf->dir, sh->segment);
 
-        ngx_http_smartflow_audit_fd = ngx_open_file(path, NGX_FILE_APPEND,
+        ngx_http_smartflow_audit_fd = ngx_open_file(path,
+                                                    NGX_FILE_RDWR | O_APPEND,
                                                     NGX_FILE_CREATE_OR_OPEN,
                                                     0644);
         ngx_http_smartflow_audit_fd_segment = sh->segment;
@@ -1272,8 +1278,13 @@ ngx_http_smartflow_audit_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     shpool->data = sh;
 
-    if (ngx_http_smartflow_audit_recover(shm_zone->shm.log, amcf, sh)
-        != NGX_OK)
+    /*
+     * nginx -t makes the zones too: it leaves the folder, which a running
+     * server may be writing, alone
+     */
+    if (!ngx_test_config
+        && ngx_http_smartflow_audit_recover(shm_zone->shm.log, amcf, sh)
+           != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -1617,6 +1628,12 @@ ngx_http_smartflow_audit_init_process(ngx_cycle_t *cycle)
     sf_merkle_init();
     sf_audit_hmac_init();
 
+    if (ngx_process != NGX_PROCESS_WORKER && ngx_process != NGX_PROCESS_SINGLE)
+    {
+        /* the cache manager and loader: no thread pool, no requests */
+        return NGX_OK;
+    }
+
     ngx_http_smartflow_audit_s3_init_process(cycle, amcf);
 
     if (amcf && amcf->zone
@@ -1792,7 +1809,8 @@ ngx_http_smartflow_audit_open(ngx_http_smartflow_audit_main_conf_t *amcf,
     ngx_snprintf(path, NGX_MAX_PATH, "%V/" NGX_SMARTFLOW_AUDIT_SEGMENT "%Z",
                  &amcf->dir, sh->segment);
 
-    ngx_http_smartflow_audit_fd = ngx_open_file(path, NGX_FILE_APPEND,
+    ngx_http_smartflow_audit_fd = ngx_open_file(path,
+                                                NGX_FILE_RDWR | O_APPEND,
                                                 NGX_FILE_CREATE_OR_OPEN,
                                                 0644);
     if (ngx_http_smartflow_audit_fd == NGX_INVALID_FILE) {
@@ -1828,6 +1846,21 @@ ngx_http_smartflow_audit_flush_locked(
         return NGX_ERROR;
     }
 
+    switch (ngx_http_smartflow_audit_size(sh, log)) {
+
+    case NGX_ERROR:
+        return NGX_ERROR;
+
+    case NGX_DONE:
+        /* a worker killed after its write, before it emptied the buffer */
+        ngx_log_error(NGX_LOG_NOTICE, log, 0,
+                      "smartflow audit: %uL buffered records were already "
+                      "in segment %ui", sh->buf_records, sh->segment);
+        sh->buf_len = 0;
+        sh->buf_records = 0;
+        return NGX_OK;
+    }
+
     n = ngx_write_fd(ngx_http_smartflow_audit_fd, sh->buf, sh->buf_len);
 
     if (n != (ssize_t) sh->buf_len) {
@@ -1851,6 +1884,107 @@ ngx_http_smartflow_audit_flush_locked(
 
     sh->buf_len = 0;
     sh->buf_records = 0;
+
+    return NGX_OK;
+}
+
+
+/*
+ * Before a write, under the lock: the open segment holds what the zone
+ * says was written (seg_bytes less the buffer), unless a worker was
+ * killed with SIGKILL between its write() and the zone's update.  Then
+ * the segment holds, past that, exactly the buffer (NGX_DONE: written,
+ * not to be written twice), or, with no buffer, exactly the record that
+ * comes next in the chain (its seq and prev), which the chain never
+ * counted and is cut off.  Bytes that are neither are left for the
+ * seal's check to refuse, with an alert here.
+ */
+static ngx_int_t
+ngx_http_smartflow_audit_size(ngx_http_smartflow_audit_sh_t *sh,
+    ngx_log_t *log)
+{
+    u_char           *p, *end, buf[4096], seq[NGX_INT64_LEN + 16];
+    off_t             expect, size, extra, off;
+    size_t            n;
+    ssize_t           got;
+    ngx_uint_t        same;
+    ngx_file_info_t   fi;
+    char              hex[65];
+
+    if (ngx_fd_info(ngx_http_smartflow_audit_fd, &fi) == NGX_FILE_ERROR) {
+        ngx_log_error(NGX_LOG_ALERT, log, ngx_errno,
+                      "smartflow audit: fstat() of segment %ui failed",
+                      sh->segment);
+        return NGX_ERROR;
+    }
+
+    size = ngx_file_size(&fi);
+    expect = sh->seg_bytes - (off_t) sh->buf_len;
+
+    if (size == expect + sh->seg_extra) {
+        return NGX_OK;
+    }
+
+    extra = size - expect;
+
+    if (sh->buf_len && size == sh->seg_bytes) {
+        /* the buffer itself? */
+        same = 1;
+
+        for (off = 0; same && off < extra; off += n) {
+            n = ngx_min((size_t) (extra - off), sizeof(buf));
+            got = pread(ngx_http_smartflow_audit_fd, buf, n, expect + off);
+            same = (got == (ssize_t) n
+                    && ngx_memcmp(buf, sh->buf + off, n) == 0);
+        }
+
+        if (same) {
+            return NGX_DONE;
+        }
+
+    } else if (sh->buf_len == 0 && extra > 0 && extra < 65536) {
+        /* the next record of the chain, alone? */
+        p = ngx_alloc(extra, log);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        sf_audit_hex(sh->head, 32, hex);
+        end = ngx_sprintf(seq, ",\"seq\":%uL,", sh->seq + 1);
+
+        same = (pread(ngx_http_smartflow_audit_fd, p, extra, expect) == extra
+                && p[extra - 1] == '\n'
+                && ngx_strlchr(p, p + extra - 1, '\n') == NULL
+                && ngx_strlcasestrn(p, p + extra, seq, end - seq - 1)
+                && ngx_strlcasestrn(p, p + extra, (u_char *) hex, 64 - 1));
+
+        ngx_free(p);
+
+        if (same) {
+            ngx_log_error(NGX_LOG_ALERT, log, 0,
+                          "smartflow audit: record %uL of segment %ui, "
+                          "written by a worker killed before the chain "
+                          "counted it, is cut off", sh->seq + 1,
+                          sh->segment);
+
+            if (ftruncate(ngx_http_smartflow_audit_fd, expect) == -1) {
+                ngx_log_error(NGX_LOG_ALERT, log, ngx_errno,
+                              "smartflow audit: cutting segment %ui failed",
+                              sh->segment);
+                return NGX_ERROR;
+            }
+
+            return NGX_OK;
+        }
+    }
+
+    ngx_log_error(NGX_LOG_ALERT, log, 0,
+                  "smartflow audit: segment %ui holds %O bytes where the "
+                  "chain counts %O: it was altered while open",
+                  sh->segment, size, expect);
+
+    /* said once: the writes go on after those bytes */
+    sh->seg_extra = size - expect;
 
     return NGX_OK;
 }

@@ -277,6 +277,20 @@ ngx_http_smartflow_audit_s3_conf(ngx_conf_t *cf,
 }
 
 
+/*
+ * libcurl's progress callback for the thread pool's transfers: nginx -s
+ * stop (SIGTERM) ends them at once, so that the worker's exit, which
+ * waits for its threads, writes the records' buffer before the master
+ * kills it; what was not sent is sent after the next start
+ */
+int
+ngx_http_smartflow_audit_curl_abort(void *data, curl_off_t dltotal,
+    curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow)
+{
+    return ngx_terminate ? 1 : 0;
+}
+
+
 void
 ngx_http_smartflow_audit_s3_init_process(ngx_cycle_t *cycle,
     ngx_http_smartflow_audit_main_conf_t *amcf)
@@ -498,6 +512,9 @@ ngx_http_smartflow_audit_s3_put(ngx_http_smartflow_audit_s3_t *s,
     curl_easy_setopt(curl, CURLOPT_USERPWD, s->userpwd);
     curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long) s->timeout);
     curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION,
+                     ngx_http_smartflow_audit_curl_abort);
     curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION,
                      ngx_http_smartflow_audit_s3_write);
     curl_easy_setopt(curl, CURLOPT_WRITEDATA, &answer);

@@ -11,6 +11,8 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
+#include <sys/file.h>
+
 #include "ngx_http_smartflow_audit.h"
 
 
@@ -651,6 +653,71 @@ ngx_http_smartflow_audit_seal_done(ngx_event_t *ev)
  * from the records on disk; closed segments a crash left unsealed are
  * sealed now, and a record cut short by a crash is cut off.
  */
+/*
+ * One server writes a folder.  The master takes an flock on DIR/.lock
+ * when it makes the zone and keeps it (its workers share the open file,
+ * a reload keeps it); a second nginx on the same folder, the new master
+ * of a binary upgrade among them, stops at its start instead of writing
+ * a second chain into the open segment.
+ */
+static ngx_int_t
+ngx_http_smartflow_audit_lock(ngx_log_t *log, ngx_str_t *dir)
+{
+    ngx_err_t        err;
+    u_char           path[NGX_MAX_PATH];
+    static int       fd = -1;
+    static u_char    held[NGX_MAX_PATH];
+
+    if (dir->len + sizeof("/.lock") > NGX_MAX_PATH) {
+        ngx_log_error(NGX_LOG_EMERG, log, 0,
+                      "smartflow audit: \"%V\" is too long a path", dir);
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(path, "%V/.lock%Z", dir);
+
+    if (fd != -1) {
+        if (ngx_strcmp(path, held) == 0) {
+            return NGX_OK;
+        }
+
+        (void) close(fd);
+        fd = -1;
+    }
+
+    fd = open((char *) path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+
+    if (fd == -1) {
+        ngx_log_error(NGX_LOG_EMERG, log, ngx_errno,
+                      "smartflow audit: open() \"%s\" failed", path);
+        return NGX_ERROR;
+    }
+
+    if (flock(fd, LOCK_EX | LOCK_NB) == -1) {
+        err = ngx_errno;
+        (void) close(fd);
+        fd = -1;
+
+        if (err == EWOULDBLOCK) {
+            ngx_log_error(NGX_LOG_EMERG, log, 0,
+                          "smartflow audit: the folder \"%V\" is written by "
+                          "another nginx (the old master of a binary "
+                          "upgrade?): stop it first", dir);
+
+        } else {
+            ngx_log_error(NGX_LOG_EMERG, log, err,
+                          "smartflow audit: flock() \"%s\" failed", path);
+        }
+
+        return NGX_ERROR;
+    }
+
+    ngx_cpystrn(held, path, NGX_MAX_PATH);
+
+    return NGX_OK;
+}
+
+
 ngx_int_t
 ngx_http_smartflow_audit_recover(ngx_log_t *log,
     ngx_http_smartflow_audit_main_conf_t *amcf,
@@ -690,6 +757,10 @@ ngx_http_smartflow_audit_recover(ngx_log_t *log,
     {
         ngx_log_error(NGX_LOG_EMERG, log, ngx_errno,
                       "smartflow audit: chown \"%V\" failed", &amcf->dir);
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_smartflow_audit_lock(log, &amcf->dir) != NGX_OK) {
         return NGX_ERROR;
     }
 

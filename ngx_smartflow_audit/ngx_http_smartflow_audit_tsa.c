@@ -233,6 +233,9 @@ ngx_http_smartflow_audit_tsa_stamp(u_char *dir, ngx_uint_t segment,
     curl_easy_setopt(curl, CURLOPT_HTTPHEADER, hdrs);
     curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long) timeout);
     curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION,
+                     ngx_http_smartflow_audit_curl_abort);
     curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION,
                      ngx_http_smartflow_audit_tsa_write);
     curl_easy_setopt(curl, CURLOPT_WRITEDATA, &body);
