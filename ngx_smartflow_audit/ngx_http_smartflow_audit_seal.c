@@ -587,25 +587,19 @@ ngx_http_smartflow_audit_post_seal(ngx_http_request_t *r,
 }
 
 
+/*
+ * The seal, then its counters in the zone, from the thread: a worker
+ * that exits with the seal queued still runs it (the pool's exit waits
+ * for its tasks), but not the done handler
+ */
 static void
 ngx_http_smartflow_audit_seal_thread(void *data, ngx_log_t *log)
 {
+    ngx_slab_pool_t                  *shpool;
+    ngx_http_smartflow_audit_sh_t    *sh;
     ngx_http_smartflow_audit_seal_t  *s = data;
 
     (void) ngx_http_smartflow_audit_seal(s);
-}
-
-
-static void
-ngx_http_smartflow_audit_seal_done(ngx_event_t *ev)
-{
-    ngx_slab_pool_t                  *shpool;
-    ngx_thread_task_t                *task;
-    ngx_http_smartflow_audit_sh_t    *sh;
-    ngx_http_smartflow_audit_seal_t  *s;
-
-    task = ev->data;
-    s = task->ctx;
 
     shpool = (ngx_slab_pool_t *) s->zone->shm.addr;
     sh = shpool->data;
@@ -632,6 +626,17 @@ ngx_http_smartflow_audit_seal_done(ngx_event_t *ev)
     }
 
     ngx_shmtx_unlock(&shpool->mutex);
+}
+
+
+static void
+ngx_http_smartflow_audit_seal_done(ngx_event_t *ev)
+{
+    ngx_thread_task_t                *task;
+    ngx_http_smartflow_audit_seal_t  *s;
+
+    task = ev->data;
+    s = task->ctx;
 
     if (s->rc != NGX_OK) {
         ngx_log_error(NGX_LOG_ALERT, ev->log, 0,
@@ -648,11 +653,6 @@ ngx_http_smartflow_audit_seal_done(ngx_event_t *ev)
 }
 
 
-/*
- * At start-up, before any worker: the sequence, chain head and log tree
- * from the records on disk; closed segments a crash left unsealed are
- * sealed now, and a record cut short by a crash is cut off.
- */
 /*
  * One server writes a folder.  The master takes an flock on DIR/.lock
  * when it makes the zone and keeps it (its workers share the open file,
@@ -718,6 +718,11 @@ ngx_http_smartflow_audit_lock(ngx_log_t *log, ngx_str_t *dir)
 }
 
 
+/*
+ * At start-up, before any worker: the sequence, chain head and log tree
+ * from the records on disk; closed segments a crash left unsealed are
+ * sealed now, and a record cut short by a crash is cut off.
+ */
 ngx_int_t
 ngx_http_smartflow_audit_recover(ngx_log_t *log,
     ngx_http_smartflow_audit_main_conf_t *amcf,
