@@ -736,7 +736,12 @@ ngx_http_smartflow_keys_usd(ngx_http_request_t *r, uint64_t micro)
 /*
  * LOG phase: the reservation gives way to what the provider reported.
  * Without a usage report (a plain response whose body nobody read) the
- * request costs nothing rather than an estimate.
+ * request costs nothing rather than an estimate, except a stream that
+ * was cut short (the client gone, the provider broken or capped) after
+ * the provider had started to answer: the provider bills what it
+ * generated, so the key pays an estimate (the prompt as reserved, a
+ * token per 4 bytes of the stream, no more than max_tokens), else
+ * closing a stream before its usage would make every answer free.
  */
 static ngx_int_t
 ngx_http_smartflow_keys_log_handler(ngx_http_request_t *r)
@@ -761,6 +766,22 @@ ngx_http_smartflow_keys_log_handler(ngx_http_request_t *r)
 
     prompt = ctx->prompt_tokens;
     completion = ctx->completion_tokens;
+
+    if (prompt + completion == 0 && ctx->stream && ctx->stream_bytes > 0) {
+        prompt = (ctx->body.len + 3) / 4;
+        completion = ((uint64_t) ctx->stream_bytes + 3) / 4;
+
+        if (vkey->est_tokens > prompt) {
+            completion = ngx_min(completion, vkey->est_tokens - prompt);
+        }
+
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "smartflow keys: a stream cut short without usage, "
+                      "virtual key vk_%ui pays an estimate of %uL prompt "
+                      "and %uL completion tokens", vkey->id, prompt,
+                      completion);
+    }
+
     cost = ngx_http_smartflow_keys_cost(vkey, prompt, completion);
 
     if (prompt + completion == 0) {
