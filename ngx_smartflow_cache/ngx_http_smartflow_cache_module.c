@@ -942,6 +942,13 @@ ngx_http_smartflow_cache_features(ngx_http_request_t *r,
         rq->item.ctxk[i] ^= (u_char) (g >> (8 * i));
     }
 
+    /* and its operators, in order, which the words do not hold */
+    g = ngx_smartflow_cache_signs(rq->item.query.data, rq->item.query.len);
+
+    for (i = 0; i < 8; i++) {
+        rq->item.ctxk[8 + i] ^= (u_char) (g >> (8 * i));
+    }
+
     /* the group's bucket comes in while the features are made */
     ngx_smartflow_cache_prefetch(rq->zone, rq->item.ctxk);
 

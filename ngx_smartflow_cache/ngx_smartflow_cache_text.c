@@ -1439,46 +1439,86 @@ ngx_smartflow_cache_novel(ngx_smartflow_cache_text_t *a,
 
 
 /*
+ * A sign that changes a meaning where it stands: "+", "#", "$", "%" and
+ * the operators "<", ">", "=", "*", "/", "^", "~", "|", "&"; "." before a
+ * digit (".5"); "-" when the next sign that is not a space is a digit or
+ * "(" ("-3", "5 - 3"); "!" before "=" ("!=")
+ */
+static ngx_inline ngx_uint_t
+ngx_sf_sign(u_char *p, u_char *end)
+{
+    u_char  *q;
+
+    switch (*p) {
+
+    case '+': case '#': case '$': case '%': case '<': case '>': case '=':
+    case '*': case '/': case '^': case '~': case '|': case '&':
+        return 1;
+
+    case '.':
+        return (p + 1 < end && ngx_sf_isdigit(p[1]));
+
+    case '-':
+        for (q = p + 1; q < end && *q == ' '; q++) { /* void */ }
+        return (q < end && (ngx_sf_isdigit(*q) || *q == '('));
+
+    case '!':
+        return (p + 1 < end && p[1] == '=');
+    }
+
+    return 0;
+}
+
+
+/*
+ * The signs of a text (ngx_sf_sign) in their order, hashed: phases 2 and
+ * 4 compare only questions with the same ("3 > 2" and "3 < 2" share their
+ * words and numbers); 0 for a text without any
+ */
+uint64_t
+ngx_smartflow_cache_signs(u_char *p, size_t len)
+{
+    u_char    *end;
+    uint64_t   h;
+
+    h = 0;
+
+    for (end = p + len; p < end; p++) {
+        if (!ngx_sf_isalnum(*p) && *p < 0x80 && ngx_sf_sign(p, end)) {
+            h = (h ^ *p) * 0x100000001b3ULL + 1;
+        }
+    }
+
+    return h;
+}
+
+
+/*
  * Phase 1's form of any text, without a length limit: lower case, runs of
  * anything but letters, digits and the signs that change a meaning ("c++",
- * "c#", "$5", "-3", "2.5", "50%") folded into one space.  out has room
- * for len bytes; returns its end.
+ * "c#", "$5", "-3", "5 - 3", "2.5", "50%", "3 > 2", "x != y", "a && b",
+ * "5 / 3") folded into one space.  out has room for len bytes; returns
+ * its end.
  */
 u_char *
 ngx_smartflow_cache_fold(u_char *out, u_char *p, size_t len)
 {
-    u_char      c, k, *end, *start;
-    ngx_uint_t  i, space;
-
-    /* 0: a separator, 1: kept, 2: kept before a digit ("-3", ".5") */
-    static u_char  kind[256], lower[256], ready;
-
-    if (!ready) {
-        for (i = 0; i < 256; i++) {
-            c = (u_char) i;
-            kind[i] = (ngx_sf_isalnum(c) || c >= 0x80 || c == '+' || c == '#'
-                       || c == '$' || c == '%')
-                      ? 1 : (c == '-' || c == '.') ? 2 : 0;
-            lower[i] = (c >= 'A' && c <= 'Z') ? (c | 0x20) : c;
-        }
-
-        ready = 1;
-    }
+    u_char      *end, *start;
+    ngx_uint_t   space;
 
     end = p + len;
     start = out;
     space = 0;
 
     for ( /* void */ ; p < end; p++) {
-        k = kind[*p];
 
-        if (k == 1 || (k == 2 && p + 1 < end && ngx_sf_isdigit(p[1]))) {
+        if (ngx_sf_isalnum(*p) || *p >= 0x80 || ngx_sf_sign(p, end)) {
             if (space && out != start) {
                 *out++ = ' ';
             }
 
             space = 0;
-            *out++ = lower[*p];
+            *out++ = (*p >= 'A' && *p <= 'Z') ? (*p | 0x20) : *p;
             continue;
         }
 

@@ -74,6 +74,7 @@ ngx_uint_t ngx_smartflow_cache_verify(ngx_smartflow_cache_text_t *q,
 uint64_t ngx_smartflow_cache_guard(ngx_smartflow_cache_text_t *t);
 ngx_uint_t ngx_smartflow_cache_content(ngx_smartflow_cache_text_t *t);
 u_char *ngx_smartflow_cache_fold(u_char *out, u_char *p, size_t len);
+uint64_t ngx_smartflow_cache_signs(u_char *p, size_t len);
 
 
 #endif /* _NGX_SMARTFLOW_CACHE_TEXT_H_INCLUDED_ */

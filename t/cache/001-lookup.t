@@ -191,3 +191,42 @@ smartflow proxy: The x-smartflow-cache
  "x-smartflow-cache: MISS"]
 --- no_error_log
 [error]
+
+
+
+=== TEST 7: questions that differ only by an operator are other questions; the same one spaced otherwise is a phase 1 hit
+--- request eval
+[main::chat("Is 3 > 2?"),
+ main::chat("Is 3 < 2?"),
+ main::chat("is 3 >  2"),
+ main::chat("What is 5 - 3?"),
+ main::chat("What is 5 * 3?"),
+ main::chat("What is 5 / 3?"),
+ main::chat("Does x == y hold?"),
+ main::chat("Does x != y hold?"),
+ main::chat("Is a && b true?"),
+ main::chat("Is a || b true?")]
+--- response_body_like eval
+[qr/"content":"Echo: Is 3 > 2\?"/,
+ qr/"content":"Echo: Is 3 < 2\?"/,
+ qr/"content":"Echo: Is 3 > 2\?"/,
+ qr/"content":"Echo: What is 5 - 3\?"/,
+ qr/"content":"Echo: What is 5 \* 3\?"/,
+ qr/"content":"Echo: What is 5 \/ 3\?"/,
+ qr/"content":"Echo: Does x == y hold\?"/,
+ qr/"content":"Echo: Does x != y hold\?"/,
+ qr/"content":"Echo: Is a && b true\?"/,
+ qr/"content":"Echo: Is a \|\| b true\?"/]
+--- response_headers eval
+["x-smartflow-cache: MISS",
+ "x-smartflow-cache: MISS",
+ "x-smartflow-cache: HIT\nx-smartflow-cache-phase: 1",
+ "x-smartflow-cache: MISS",
+ "x-smartflow-cache: MISS",
+ "x-smartflow-cache: MISS",
+ "x-smartflow-cache: MISS",
+ "x-smartflow-cache: MISS",
+ "x-smartflow-cache: MISS",
+ "x-smartflow-cache: MISS"]
+--- no_error_log
+[error]
