@@ -248,7 +248,7 @@ ngx_http_smartflow_cache_event(void *data, ngx_smartflow_sse_event_t *ev)
     ngx_http_smartflow_cache_asm_t *a = data;
 
     ngx_str_t              err, *name;
-    ngx_smartflow_json_t  *j, *c, *d;
+    ngx_smartflow_json_t  *j, *c, *d, *r;
 
     if (a->failed || a->done || ev->data.len == 0) {
         return NGX_OK;
@@ -284,9 +284,12 @@ ngx_http_smartflow_cache_event(void *data, ngx_smartflow_sse_event_t *ev)
 
         c = c->child;
         d = ngx_smartflow_json_get(c, "delta");
+        r = ngx_smartflow_json_get(d, "refusal");
 
+        /* a call, or a refusal (its text is not the answer's), is not kept */
         if (ngx_smartflow_json_get(d, "tool_calls")
-            || ngx_smartflow_json_get(d, "function_call"))
+            || ngx_smartflow_json_get(d, "function_call")
+            || (ngx_smartflow_json_is_string(r) && r->str.len))
         {
             a->failed = 1;
             return NGX_OK;

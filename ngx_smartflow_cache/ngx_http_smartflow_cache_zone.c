@@ -625,6 +625,18 @@ ngx_smartflow_cache_insert(ngx_smartflow_cache_zone_t *z,
     now = ngx_time();
     sh = z->sh;
 
+    /*
+     * an entry larger than a quarter of the zone is not stored: making
+     * room for it would evict most of the others, if it fits at all
+     */
+    if (size > (size_t) (z->shpool->end - z->shpool->start) / 4) {
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "smartflow cache: an answer of %uz bytes is over a "
+                      "quarter of zone \"%V\", not stored",
+                      it->answer.len, &z->name);
+        return NGX_DECLINED;
+    }
+
     ngx_shmtx_lock(&z->shpool->mutex);
 
     old = ngx_smartflow_cache_lookup(sh, it->fp);

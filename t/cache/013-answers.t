@@ -37,6 +37,17 @@ my %answers = (
     badlit => q({"choices":[{"message":{"content":"bad literal"},"finish_reason":"stop"}],"x":nul}),
     badutf8 => qq({"choices":[{"message":{"content":"bad utf8"},"finish_reason":"stop"}],"x":"\xff\xfe"}),
     dup => q({"choices":[{"message":{"content":"first","content":"second"},"finish_reason":"stop"}]}),
+    # streams (x-fixture: sse...)
+    sse_ok => join('', map { "data: $_\n\n" }
+        q({"id":"s","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}),
+        q({"id":"s","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"streamed answer"},"finish_reason":null}]}),
+        q({"id":"s","object":"chat.completion.chunk","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}),
+        '[DONE]'),
+    sse_refusal => join('', map { "data: $_\n\n" }
+        q({"id":"s","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":null,"refusal":""},"finish_reason":null}]}),
+        q({"id":"s","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"refusal":"I can not help with that."},"finish_reason":null}]}),
+        q({"id":"s","object":"chat.completion.chunk","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}),
+        '[DONE]'),
 );
 
 my $map = join '', map {
@@ -56,7 +67,15 @@ my $gw = Smartflow::Audit->new(name => 'cache-answers', workers => 1,
           . "    map \$http_x_fixture \$fixture {\n$map    }\n",
     server => "        location = /fixture/chat/completions {\n"
             . "            smartflow_cache off;\n"
+            . "            if (\$http_x_fixture ~ ^sse) {\n"
+            . "                rewrite ^ /fixture-sse last;\n"
+            . "            }\n"
             . "            default_type application/json;\n"
+            . "            return 200 \$fixture;\n"
+            . "        }\n"
+            . "        location = /fixture-sse {\n"
+            . "            smartflow_cache off;\n"
+            . "            default_type text/event-stream;\n"
             . "            return 200 \$fixture;\n"
             . "        }\n"
             . "        include $conf/smartflow_cache.conf;\n");
@@ -109,6 +128,31 @@ for my $name (qw(tools tools_text two error null filter garbage badnum
     my ($r2) = ask('utf8', $q);
     is $r2->{headers}{'x-smartflow-cache'}, 'MISS',
        "$name: not stored, a miss again";
+}
+
+# streams: an answer is stored and served; a refusal is not stored
+{
+    my $q = 'Question number ' . ++$n . ' about a stream?';
+    my $r1 = $gw->chat($q, model => 'fx-model', stream => 1,
+                       headers => { 'x-fixture' => 'sse_ok' });
+    is $r1->{headers}{'x-smartflow-cache'}, 'MISS', 'sse_ok: a miss';
+    like $r1->{content}, qr/streamed answer/, 'sse_ok: streamed';
+    my $r2 = $gw->chat($q, model => 'fx-model', stream => 1,
+                       headers => { 'x-fixture' => 'sse_refusal' });
+    is $r2->{headers}{'x-smartflow-cache'}, 'HIT', 'sse_ok: stored, a hit';
+    like $r2->{content}, qr/"content":"streamed answer"/,
+         'sse_ok: the hit streams the text';
+
+    $q = 'Question number ' . ++$n . ' about a refusal?';
+    $r1 = $gw->chat($q, model => 'fx-model', stream => 1,
+                    headers => { 'x-fixture' => 'sse_refusal' });
+    is $r1->{headers}{'x-smartflow-cache'}, 'MISS', 'sse_refusal: a miss';
+    like $r1->{content}, qr/I can not help with that/,
+         'sse_refusal: the refusal reaches the client';
+    $r2 = $gw->chat($q, model => 'fx-model', stream => 1,
+                    headers => { 'x-fixture' => 'sse_ok' });
+    is $r2->{headers}{'x-smartflow-cache'}, 'MISS',
+       'sse_refusal: not stored, a miss again';
 }
 
 $gw->stop;
