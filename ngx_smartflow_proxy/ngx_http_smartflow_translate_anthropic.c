@@ -2729,8 +2729,13 @@ ngx_smartflow_xlate_stream_end_anthropic(ngx_smartflow_xlate_t *x,
         return NGX_OK;
     }
 
-    /* OpenAI-compatible servers do not all send [DONE] */
-    if (!broken && st->started) {
+    /*
+     * OpenAI-compatible servers do not all send [DONE], but each says
+     * why its answer ended: a stream that ends without a finish_reason
+     * was cut, and is not passed off as a whole answer (end_turn), which
+     * a client, and the cache, would take for one
+     */
+    if (!broken && st->started && st->finished) {
         return ngx_sf_event_finish(x, st, out);
     }
 

@@ -43,6 +43,9 @@ my %answers = (
         q({"id":"s","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"streamed answer"},"finish_reason":null}]}),
         q({"id":"s","object":"chat.completion.chunk","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}),
         '[DONE]'),
+    sse_cut => join('', map { "data: $_\n\n" }
+        q({"id":"s","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}),
+        q({"id":"s","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"half an ans"},"finish_reason":null}]})),
     sse_refusal => join('', map { "data: $_\n\n" }
         q({"id":"s","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":null,"refusal":""},"finish_reason":null}]}),
         q({"id":"s","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"refusal":"I can not help with that."},"finish_reason":null}]}),
@@ -77,6 +80,10 @@ my $gw = Smartflow::Audit->new(name => 'cache-answers', workers => 1,
             . "            smartflow_cache off;\n"
             . "            default_type text/event-stream;\n"
             . "            return 200 \$fixture;\n"
+            . "        }\n"
+            . "        location = /anthropic/v1/messages {\n"
+            . "            smartflow_api messages;\n"
+            . "            include $conf/smartflow_proxy.conf;\n"
             . "        }\n"
             . "        include $conf/smartflow_cache.conf;\n");
 $gw->setup->start;
@@ -153,6 +160,33 @@ for my $name (qw(tools tools_text two error null filter garbage badnum
                     headers => { 'x-fixture' => 'sse_ok' });
     is $r2->{headers}{'x-smartflow-cache'}, 'MISS',
        'sse_refusal: not stored, a miss again';
+}
+
+# an Anthropic client of an OpenAI-format provider whose stream ends
+# cleanly with neither a finish_reason nor [DONE]: cut, said so, not stored
+{
+    my $q = 'Question number ' . ++$n . ' about a cut stream?';
+    my $body = $json->encode({ model => 'fx-model', max_tokens => 64,
+        stream => JSON::PP::true,
+        messages => [ { role => 'user', content => $q } ] });
+    my $post = sub {
+        $gw->http->post("http://127.0.0.1:$port/anthropic/v1/messages",
+            { headers => { 'x-api-key' => $Smartflow::Audit::MasterKey,
+                           'anthropic-version' => '2023-06-01',
+                           'Content-Type' => 'application/json',
+                           'x-fixture' => $_[0] },
+              content => $body });
+    };
+    my $r1 = $post->('sse_cut');
+    is $r1->{status}, 200, 'sse_cut: the stream starts';
+    like $r1->{content}, qr/half an ans/, 'sse_cut: its text arrives';
+    like $r1->{content}, qr/event: error\ndata: \{"type":"error"/,
+         'sse_cut: and then an error event';
+    unlike $r1->{content}, qr/message_stop|end_turn/,
+           'sse_cut: never a whole answer\'s end';
+    my $r2 = $post->('sse_ok');
+    is $r2->{headers}{'x-smartflow-cache'}, 'MISS',
+       'sse_cut: not stored, a miss again';
 }
 
 $gw->stop;
