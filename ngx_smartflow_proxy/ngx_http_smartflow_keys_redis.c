@@ -251,10 +251,20 @@ static char ngx_http_smartflow_keys_lua_pull[] =
 
 /*
  * ARGV: id, record.  Returns the record's revision, or an error when
- * another key has the name (two nodes made it at once).
+ * another key has the name (two nodes made it at once), or when the key
+ * is revoked in Redis and the record is not (a node changed a copy it
+ * had not yet seen revoked): a revocation is final.
  */
 static char ngx_http_smartflow_keys_lua_put[] =
-"local name = cjson.decode(ARGV[2]).name\n"
+"local rec = cjson.decode(ARGV[2])\n"
+"local name = rec.name\n"
+"local cur = redis.call('HGET', 'sf:vk', ARGV[1])\n"
+"if cur and (tonumber(rec.revoked) or 0) == 0 then\n"
+"  local ok, o = pcall(cjson.decode, cur)\n"
+"  if ok and (tonumber(o.revoked) or 0) > 0 then\n"
+"    return redis.error_reply('REVOKED key')\n"
+"  end\n"
+"end\n"
 "local owner = redis.call('HGET', 'sf:vk:names', name)\n"
 "if owner and owner ~= ARGV[1] then\n"
 "  return redis.error_reply('DUPLICATE name')\n"
@@ -443,7 +453,14 @@ static char ngx_http_smartflow_keys_lua_absorb[] =
 "local tk = 'sf:t:' .. a[18]\n"
 "if redis.call('EXISTS', tk) == 1 then return 0 end\n"
 "redis.call('SET', tk, 'a', 'EX', 3600)\n"
-"if a[3] == '1' or not redis.call('HGET', 'sf:vk:rev', id) then\n"
+"local cur = redis.call('HGET', 'sf:vk', id)\n"
+"local final = false\n"
+"if cur and (tonumber(cjson.decode(a[2]).revoked) or 0) == 0 then\n"
+"  local ok, o = pcall(cjson.decode, cur)\n"
+"  final = ok and (tonumber(o.revoked) or 0) > 0\n"
+"end\n"
+"if not final and (a[3] == '1' or not redis.call('HGET', 'sf:vk:rev', id))\n"
+"then\n"
 "  local name = cjson.decode(a[2]).name\n"
 "  if not redis.call('HGET', 'sf:vk:names', name) then\n"
 "    redis.call('HSET', 'sf:vk:names', name, id)\n"
@@ -921,12 +938,13 @@ static void
 ngx_http_smartflow_keys_apply(ngx_smartflow_redis_t *rd, redisReply *reply)
 {
     size_t                           n;
+    uint64_t                         when;
     ngx_str_t                        err;
     ngx_uint_t                       i, id, rev, same, applied;
     ngx_pool_t                      *pool;
     redisReply                     **e;
     ngx_smartflow_key_t             *k, saved;
-    ngx_smartflow_json_t            *j;
+    ngx_smartflow_json_t            *j, *t;
     ngx_smartflow_keys_sh_t         *sh;
     ngx_http_smartflow_keys_zone_t  *kz;
 
@@ -978,6 +996,19 @@ ngx_http_smartflow_keys_apply(ngx_smartflow_redis_t *rd, redisReply *reply)
                                      e[i + 2]->len, &err);
         if (j == NULL) {
             continue;
+        }
+
+        if (k && k->revoked) {
+            /* a revocation is final: no record brings the key back */
+            t = ngx_smartflow_json_get(j, "revoked");
+
+            if (t == NULL || t->type != NGX_SMARTFLOW_JSON_NUMBER
+                || ngx_smartflow_parse_uint(t->str.data, t->str.len, &when)
+                   != NGX_OK
+                || when == 0)
+            {
+                continue;
+            }
         }
 
         if (k) {
@@ -2615,6 +2646,35 @@ ngx_http_smartflow_keys_stored(ngx_smartflow_redis_t *rd, redisReply *reply,
         ngx_shmtx_unlock(&kz->shpool->mutex);
 
         rc = ngx_http_smartflow_send_json(r, rq->status, &rq->json);
+
+    } else if (reply && reply->type == REDIS_REPLY_ERROR
+               && ngx_strncmp(reply->str, "REVOKED", 7) == 0)
+    {
+        /* revoked on another node: the revoked record comes with the poll */
+        ngx_shmtx_lock(&kz->shpool->mutex);
+
+        k = ngx_smartflow_keys_by_id(kz->sh, rq->id);
+
+        if (k) {
+            k->rev = 0;
+            k->dirty = 0;
+            kz->sh->redis_ver = 0;
+        }
+
+        kz->sh->version++;
+
+        ngx_shmtx_unlock(&kz->shpool->mutex);
+
+        ngx_log_error(NGX_LOG_WARN, c->log, 0,
+                      "smartflow proxy: virtual key vk_%ui was revoked on "
+                      "another node; the change made here is dropped",
+                      rq->id);
+
+        rc = ngx_http_smartflow_refuse(r,
+                 ngx_http_smartflow_error(r, NGX_HTTP_CONFLICT,
+                     "invalid_request_error", "key_revoked", NULL,
+                     "This key was revoked on another node; a revoked "
+                     "key does not change."), 0);
 
     } else if (reply && reply->type == REDIS_REPLY_ERROR
                && ngx_strncmp(reply->str, "DUPLICATE", 9) == 0)

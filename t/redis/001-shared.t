@@ -193,6 +193,28 @@ ok defined $gone && $gone < 1, 'B refuses the revoked key within 1 s'
     or diag "still served after 3 s";
 like $body, qr/has been revoked/, '... as revoked';
 
+# a change on B to its copy of a key A has just revoked (before B's poll
+# saw it) does not bring the key back: a revocation is final
+my ($vk2, $vid2) = create($a, '{"name":"shared-revoke-race"}');
+($status) = $c->http($b, 'GET', "/api/auth/virtual-keys/$vid2", undef,
+                     @master);
+is $status, 200, 'B has the second key';
+($status) = $c->http($a, 'DELETE', "/api/auth/virtual-keys/$vid2", undef,
+                     @master);
+is $status, 200, 'revoked on A';
+($status, $body) = $c->http($b, 'PATCH', "/api/auth/virtual-keys/$vid2",
+                            '{"rpm":10}', @master);
+is $status, 409, 'a change on B right after is refused' or diag $body;
+like $body, qr/"code":"key_revoked"/, '... as a revoked key';
+sleep 1;
+for my $node ($a, $b) {
+    ($status) = $c->http($node, 'POST', '/v1/chat/completions', $hello,
+                         "Authorization: Bearer $vk2");
+    is $status, 401, 'the key stays revoked on ' . ($node == $a ? 'A' : 'B');
+}
+like $c->redis_cli('HGET', 'sf:vk', ($vid2 =~ /(\d+)/)[0]),
+     qr/"revoked":[1-9]/, 'and in Redis';
+
 # a rotation on B: A takes the new secret, the old one stops
 ($status, $body) = $c->http($b, 'POST', "/api/auth/virtual-keys/$id1/rotate",
                             undef, @master);
