@@ -253,7 +253,8 @@ static char ngx_http_smartflow_keys_lua_pull[] =
  * ARGV: id, record.  Returns the record's revision, or an error when
  * another key has the name (two nodes made it at once), or when the key
  * is revoked in Redis and the record is not (a node changed a copy it
- * had not yet seen revoked): a revocation is final.
+ * had not yet seen revoked): a revocation is final.  A revoked key's
+ * name is free again.
  */
 static char ngx_http_smartflow_keys_lua_put[] =
 "local rec = cjson.decode(ARGV[2])\n"
@@ -266,13 +267,20 @@ static char ngx_http_smartflow_keys_lua_put[] =
 "  end\n"
 "end\n"
 "local owner = redis.call('HGET', 'sf:vk:names', name)\n"
-"if owner and owner ~= ARGV[1] then\n"
-"  return redis.error_reply('DUPLICATE name')\n"
-"end\n"
 "local old = redis.call('HGET', 'sf:vk:nameof', ARGV[1])\n"
-"if old and old ~= name then redis.call('HDEL', 'sf:vk:names', old) end\n"
-"redis.call('HSET', 'sf:vk:names', name, ARGV[1])\n"
-"redis.call('HSET', 'sf:vk:nameof', ARGV[1], name)\n"
+"if (tonumber(rec.revoked) or 0) > 0 then\n"
+"  if old and redis.call('HGET', 'sf:vk:names', old) == ARGV[1] then\n"
+"    redis.call('HDEL', 'sf:vk:names', old)\n"
+"  end\n"
+"  redis.call('HDEL', 'sf:vk:nameof', ARGV[1])\n"
+"else\n"
+"  if owner and owner ~= ARGV[1] then\n"
+"    return redis.error_reply('DUPLICATE name')\n"
+"  end\n"
+"  if old and old ~= name then redis.call('HDEL', 'sf:vk:names', old) end\n"
+"  redis.call('HSET', 'sf:vk:names', name, ARGV[1])\n"
+"  redis.call('HSET', 'sf:vk:nameof', ARGV[1], name)\n"
+"end\n"
 "local v = redis.call('INCR', 'sf:vk:ver')\n"
 "redis.call('HSET', 'sf:vk', ARGV[1], ARGV[2])\n"
 "redis.call('HSET', 'sf:vk:rev', ARGV[1], v)\n"
@@ -462,7 +470,8 @@ static char ngx_http_smartflow_keys_lua_absorb[] =
 "if not final and (a[3] == '1' or not redis.call('HGET', 'sf:vk:rev', id))\n"
 "then\n"
 "  local name = cjson.decode(a[2]).name\n"
-"  if not redis.call('HGET', 'sf:vk:names', name) then\n"
+"  if (tonumber(cjson.decode(a[2]).revoked) or 0) == 0\n"
+"    and not redis.call('HGET', 'sf:vk:names', name) then\n"
 "    redis.call('HSET', 'sf:vk:names', name, id)\n"
 "    redis.call('HSET', 'sf:vk:nameof', id, name)\n"
 "  end\n"

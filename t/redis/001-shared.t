@@ -215,6 +215,12 @@ for my $node ($a, $b) {
 like $c->redis_cli('HGET', 'sf:vk', ($vid2 =~ /(\d+)/)[0]),
      qr/"revoked":[1-9]/, 'and in Redis';
 
+# a revoked key's name is free again, on any node
+($status, $body) = $c->http($b, 'POST', '/api/auth/virtual-keys',
+                            '{"name":"shared-revoke"}', @master);
+is $status, 201, 'the name of the key revoked on A is free on B'
+    or diag $body;
+
 # a rotation on B: A takes the new secret, the old one stops
 ($status, $body) = $c->http($b, 'POST', "/api/auth/virtual-keys/$id1/rotate",
                             undef, @master);
