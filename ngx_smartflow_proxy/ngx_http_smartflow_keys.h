@@ -265,7 +265,7 @@ ngx_int_t ngx_http_smartflow_keys_redis_refresh(ngx_http_request_t *r,
     ngx_uint_t id);
 ngx_int_t ngx_http_smartflow_keys_redis_put(ngx_http_request_t *r,
     ngx_http_smartflow_keys_zone_t *kz, ngx_uint_t id, ngx_uint_t status,
-    ngx_str_t *json);
+    ngx_str_t *json, ngx_uint_t secret);
 
 /* small parsers and writers */
 ngx_int_t ngx_smartflow_parse_uint(u_char *p, size_t len, uint64_t *out);

@@ -826,7 +826,7 @@ ngx_http_smartflow_keys_create(ngx_http_request_t *r,
                   id, &spec.name);
 
     return ngx_http_smartflow_keys_redis_put(r, kz, id, NGX_HTTP_CREATED,
-                                             &json);
+                                             &json, 1);
 }
 
 
@@ -1224,7 +1224,8 @@ done:
 
     json.len = o.size;
 
-    return ngx_http_smartflow_keys_redis_put(r, kz, id, NGX_HTTP_OK, &json);
+    return ngx_http_smartflow_keys_redis_put(r, kz, id, NGX_HTTP_OK, &json,
+                                             shown != NULL);
 }
 
 

@@ -65,6 +65,7 @@ typedef struct {
     ngx_queue_t                         queue;
     unsigned                            id_failed:1;
     unsigned                            refreshed:1;
+    unsigned                            secret:1;   /* json holds one */
 } ngx_http_smartflow_keys_rq_t;
 
 
@@ -214,6 +215,8 @@ static void ngx_http_smartflow_keys_snapshot(redisReply *reply,
     ngx_uint_t from, ngx_uint_t id);
 static void ngx_http_smartflow_keys_got_id(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
+static ngx_int_t ngx_http_smartflow_keys_unshared(ngx_http_request_t *r,
+    ngx_http_smartflow_keys_rq_t *rq);
 static void ngx_http_smartflow_keys_stored(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
 static void ngx_http_smartflow_keys_refreshed(ngx_smartflow_redis_t *rd,
@@ -2534,7 +2537,7 @@ ngx_http_smartflow_keys_refreshed(ngx_smartflow_redis_t *rd,
 ngx_int_t
 ngx_http_smartflow_keys_redis_put(ngx_http_request_t *r,
     ngx_http_smartflow_keys_zone_t *kz, ngx_uint_t id, ngx_uint_t status,
-    ngx_str_t *json)
+    ngx_str_t *json, ngx_uint_t secret)
 {
     size_t                             len[5];
     u_char                            *p;
@@ -2589,6 +2592,7 @@ ngx_http_smartflow_keys_redis_put(ngx_http_request_t *r,
     rq->id = id;
     rq->status = status;
     rq->json = *json;
+    rq->secret = secret;
 
     argv[3] = (char *) idbuf;
     len[3] = ngx_sprintf(idbuf, "%ui", id) - idbuf;
@@ -2612,12 +2616,42 @@ ngx_http_smartflow_keys_redis_put(ngx_http_request_t *r,
                       "but not in redis; it is shared when redis answers",
                       id);
 
-        return ngx_http_smartflow_keys_redis_unavailable(r);
+        return ngx_http_smartflow_keys_unshared(r, rq);
     }
 
     ngx_http_smartflow_keys_wait(r, rq);
 
     return NGX_DONE;
+}
+
+
+/*
+ * A change made in this zone that Redis did not take: it is shared when
+ * Redis answers.  A change that made a secret (a new key, a rotation)
+ * still gives it, with "x-smartflow-shared: pending", or the key would
+ * be one nobody can use (a rotation without grace has already stopped
+ * the old secret here); others answer 503.
+ */
+static ngx_int_t
+ngx_http_smartflow_keys_unshared(ngx_http_request_t *r,
+    ngx_http_smartflow_keys_rq_t *rq)
+{
+    ngx_table_elt_t  *h;
+
+    if (!rq->secret) {
+        return ngx_http_smartflow_keys_redis_unavailable(r);
+    }
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "x-smartflow-shared");
+    ngx_str_set(&h->value, "pending");
+
+    return ngx_http_smartflow_send_json(r, rq->status, &rq->json);
 }
 
 
@@ -2718,8 +2752,10 @@ ngx_http_smartflow_keys_stored(ngx_smartflow_redis_t *rd, redisReply *reply,
                       "but not in redis; it is shared when redis answers",
                       rq->id);
 
-        rc = ngx_http_smartflow_refuse(r,
-                 ngx_http_smartflow_keys_redis_unavailable(r), 0);
+        rc = rq->secret ? ngx_http_smartflow_keys_unshared(r, rq)
+                        : ngx_http_smartflow_refuse(r,
+                              ngx_http_smartflow_keys_redis_unavailable(r),
+                              0);
     }
 
     ngx_http_finalize_request(r, rc);

@@ -61,6 +61,12 @@ is $status, 201, 'key made';
 my ($key) = $body =~ /"key":"(sk-sf-[0-9a-f]{48})"/;
 my ($id) = $body =~ /"id":"vk_(\d+)"/;
 
+# a second key, rotated during the outage
+($status, $body) = $c->http($a, 'POST', '/api/auth/virtual-keys',
+                            '{"name":"rotated-away"}', @master);
+is $status, 201, 'a second key made';
+my ($rid) = $body =~ /"id":"(vk_\d+)"/;
+
 # 2 requests on B, then 3 on A: A's zone has seen all 5
 for my $node ($b, $b, $a, $a, $a) {
     ($status) = chat($node, $key);
@@ -71,6 +77,17 @@ is $c->redis_cli('HGET', "sf:vk:c:$id", 'r'), 5, 'Redis counted 5';
 
 # --- outage 1: Redis frozen ---
 kill 'STOP', $c->{redis_pid};
+
+# a rotation Redis cannot take (A does not know yet that it is frozen:
+# the put times out) still gives its new secret: the old one has stopped
+# on A, and a key nobody holds the secret of is of no use
+($status, $body) = $c->http($a, 'POST', "/api/auth/virtual-keys/$rid/rotate",
+                            undef, @master);
+is $status, 200, 'a rotation on A while Redis is frozen answers' or diag $body;
+my ($rotated) = $body =~ /"key":"(sk-sf-[0-9a-f]{48})"/;
+ok $rotated, '... with the new secret';
+($status) = chat($a, $rotated);
+is $status, 200, 'the new secret works on A';
 
 my $r = $c->burst(map { [$a, 'POST', '/v1/chat/completions', $hello,
                          "Authorization: Bearer $key"] } 1 .. 6);
@@ -116,6 +133,8 @@ is count($b, qr/redis \S+ unreachable/), 1,
 like $c->error_log($b), qr/refused with 503/, '... saying keys are refused';
 
 wait_for 'B serves the key again', sub { (chat($b, $key))[0] == 200 };
+wait_for 'B takes the secret rotated on A during the outage',
+    sub { (chat($b, $rotated))[0] == 200 };
 sleep 0.3;
 is $c->redis_cli('HGET', "sf:vk:c:$id", 'r'), 12, 'Redis counted 12';
 
@@ -143,6 +162,8 @@ wait_for 'Redis counts 17 requests again',
     or diag 'Redis counts ', $c->redis_cli('HGET', "sf:vk:c:$id", 'r') // 'none';
 
 wait_for 'B serves the key again', sub { (chat($b, $key))[0] == 200 };
+wait_for 'B takes the secret rotated on A during the outage',
+    sub { (chat($b, $rotated))[0] == 200 };
 
 # a key made now works on both, its id after the ones Redis forgot
 ($status, $body) = $c->http($b, 'POST', '/api/auth/virtual-keys',
