@@ -736,12 +736,13 @@ ngx_http_smartflow_keys_usd(ngx_http_request_t *r, uint64_t micro)
 /*
  * LOG phase: the reservation gives way to what the provider reported.
  * Without a usage report (a plain response whose body nobody read) the
- * request costs nothing rather than an estimate, except a stream that
- * was cut short (the client gone, the provider broken or capped) after
- * the provider had started to answer: the provider bills what it
- * generated, so the key pays an estimate (the prompt as reserved, a
- * token per 4 bytes of the stream, no more than max_tokens), else
- * closing a stream before its usage would make every answer free.
+ * request costs nothing rather than an estimate, except a stream the
+ * provider had started to answer: one cut short (the client gone, the
+ * provider broken or capped) before its usage event, or from a provider
+ * that reports none.  The provider bills what it generated, so the key
+ * pays an estimate (the prompt as reserved, a token per 4 bytes of the
+ * stream, no more than max_tokens); else closing each stream before its
+ * usage would make every answer free.
  */
 static ngx_int_t
 ngx_http_smartflow_keys_log_handler(ngx_http_request_t *r)
@@ -776,7 +777,7 @@ ngx_http_smartflow_keys_log_handler(ngx_http_request_t *r)
         }
 
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "smartflow keys: a stream cut short without usage, "
+                      "smartflow keys: a stream without a usage report, "
                       "virtual key vk_%ui pays an estimate of %uL prompt "
                       "and %uL completion tokens", vkey->id, prompt,
                       completion);
