@@ -495,6 +495,7 @@ ngx_http_smartflow_keys_stage(ngx_http_request_t *r,
         completion = 0;
     }
 
+    vkey->est_prompt = prompt;
     vkey->est_tokens = prompt + completion;
     vkey->est_cost = ngx_http_smartflow_keys_cost(vkey, prompt, completion);
 
@@ -769,10 +770,11 @@ ngx_http_smartflow_keys_log_handler(ngx_http_request_t *r)
     completion = ctx->completion_tokens;
 
     if (prompt + completion == 0 && ctx->stream && ctx->stream_bytes > 0) {
-        prompt = (ctx->body.len + 3) / 4;
+        prompt = vkey->est_prompt;
         completion = ((uint64_t) ctx->stream_bytes + 3) / 4;
 
         if (vkey->est_tokens > prompt) {
+            /* max_tokens, as reserved */
             completion = ngx_min(completion, vkey->est_tokens - prompt);
         }
 

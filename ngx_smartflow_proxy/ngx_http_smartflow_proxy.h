@@ -384,6 +384,7 @@ typedef struct {
     /* the estimate reserved before the request went out */
     uint64_t                    window;         /* epoch ms it began */
     time_t                      period_start;
+    uint64_t                    est_prompt;
     uint64_t                    est_tokens;
     uint64_t                    est_cost;
     uint64_t                    price_in;       /* micro-USD per 1M */
