@@ -253,6 +253,20 @@ static char ngx_http_smartflow_keys_lua_pull[] =
 
 
 /*
+ * final(id, record): Redis holds the key revoked and the record does not
+ * revoke it; a revocation is final, no record of the put and absorb
+ * scripts undoes it
+ */
+#define NGX_SF_LUA_FINAL                                                     \
+"local function final(id, rec)\n"                                            \
+"  local cur = redis.call('HGET', 'sf:vk', id)\n"                             \
+"  if not cur or (tonumber(rec.revoked) or 0) > 0 then return false end\n"   \
+"  local ok, o = pcall(cjson.decode, cur)\n"                                 \
+"  return ok and (tonumber(o.revoked) or 0) > 0\n"                           \
+"end\n"
+
+
+/*
  * ARGV: id, record.  Returns the record's revision, or an error when
  * another key has the name (two nodes made it at once), or when the key
  * is revoked in Redis and the record is not (a node changed a copy it
@@ -262,13 +276,8 @@ static char ngx_http_smartflow_keys_lua_pull[] =
 static char ngx_http_smartflow_keys_lua_put[] =
 "local rec = cjson.decode(ARGV[2])\n"
 "local name = rec.name\n"
-"local cur = redis.call('HGET', 'sf:vk', ARGV[1])\n"
-"if cur and (tonumber(rec.revoked) or 0) == 0 then\n"
-"  local ok, o = pcall(cjson.decode, cur)\n"
-"  if ok and (tonumber(o.revoked) or 0) > 0 then\n"
-"    return redis.error_reply('REVOKED key')\n"
-"  end\n"
-"end\n"
+NGX_SF_LUA_FINAL
+"if final(ARGV[1], rec) then return redis.error_reply('REVOKED key') end\n"
 "local owner = redis.call('HGET', 'sf:vk:names', name)\n"
 "local old = redis.call('HGET', 'sf:vk:nameof', ARGV[1])\n"
 "if (tonumber(rec.revoked) or 0) > 0 then\n"
@@ -464,16 +473,13 @@ static char ngx_http_smartflow_keys_lua_absorb[] =
 "local tk = 'sf:t:' .. a[18]\n"
 "if redis.call('EXISTS', tk) == 1 then return 0 end\n"
 "redis.call('SET', tk, 'a', 'EX', 3600)\n"
-"local cur = redis.call('HGET', 'sf:vk', id)\n"
-"local final = false\n"
-"if cur and (tonumber(cjson.decode(a[2]).revoked) or 0) == 0 then\n"
-"  local ok, o = pcall(cjson.decode, cur)\n"
-"  final = ok and (tonumber(o.revoked) or 0) > 0\n"
-"end\n"
-"if not final and (a[3] == '1' or not redis.call('HGET', 'sf:vk:rev', id))\n"
+NGX_SF_LUA_FINAL
+"local rec = cjson.decode(a[2])\n"
+"if not final(id, rec)\n"
+"  and (a[3] == '1' or not redis.call('HGET', 'sf:vk:rev', id))\n"
 "then\n"
-"  local name = cjson.decode(a[2]).name\n"
-"  if (tonumber(cjson.decode(a[2]).revoked) or 0) == 0\n"
+"  local name = rec.name\n"
+"  if (tonumber(rec.revoked) or 0) == 0\n"
 "    and not redis.call('HGET', 'sf:vk:names', name) then\n"
 "    redis.call('HSET', 'sf:vk:names', name, id)\n"
 "    redis.call('HSET', 'sf:vk:nameof', id, name)\n"
