@@ -170,11 +170,13 @@ $(BUILD)/unit/cache_text_test: unit/ngx_smartflow_cache_text_test.c \
 	    -Ingx_smartflow_cache unit/ngx_smartflow_cache_text_test.c -lm -o $@
 
 unit: $(BUILD)/unit/translate_test $(BUILD)/unit/translate_gemini_test \
-        $(BUILD)/unit/json_test $(BUILD)/unit/cache_text_test
+        $(BUILD)/unit/json_test $(BUILD)/unit/cache_text_test \
+        $(BUILD)/unit/policy_gates_test
 	$(BUILD)/unit/translate_test
 	$(BUILD)/unit/translate_gemini_test
 	$(BUILD)/unit/json_test
 	$(BUILD)/unit/cache_text_test
+	$(BUILD)/unit/policy_gates_test t/policy/corpus/injection.jsonl
 
 clean:
 	rm -rf $(BUILD) $(CURDIR)/build-asan
@@ -192,6 +194,15 @@ $(BUILD)/unit/policy_harness: unit/ngx_smartflow_policy_harness.c \
 	cc -O2 -Wall -Wextra -Wno-unused-parameter $(FUZZ_INCS) \
 	    -Ingx_smartflow_policy unit/ngx_smartflow_policy_harness.c \
 	    $(POLICY_DETECT) -lpcre2-8 -o $@
+
+$(BUILD)/unit/policy_gates_test: unit/ngx_smartflow_policy_gates_test.c \
+        $(POLICY_DETECT) ngx_smartflow_policy/ngx_smartflow_policy.h \
+        $(NGX_BUILD)/objs/Makefile
+	@mkdir -p $(BUILD)/unit
+	clang -g -O1 -fsanitize=address,undefined \
+	    -fno-sanitize-recover=undefined $(FUZZ_INCS) \
+	    -Ingx_smartflow_policy unit/ngx_smartflow_policy_gates_test.c \
+	    $(filter-out %_inject.c,$(POLICY_DETECT)) -lpcre2-8 -o $@
 
 policy-harness: $(BUILD)/unit/policy_harness
 

@@ -546,214 +546,14 @@ ngx_smartflow_gate_word(u_char *p, size_t s, size_t len, uint64_t *open,
 }
 
 
-#if (defined __SSE2__)
-
 /*
- * Sixteen bytes at a time: bit masks of the letters, of the characters
- * of base64 and hex runs, of Morse code's, and of "<", "[" and the bytes
- * past ASCII; a word starts at a letter after a byte that is not one,
- * and only there the trie is walked.  A run that goes on through a block
- * is carried to the next one (no run inside 16 bytes reaches 20).
+ * A byte at a time: texts shorter than a SIMD chunk, machines without
+ * SSE2, and the reference the unit test holds the SIMD pass to.
  */
 
-#define ngx_sf_v_eq(x, c)  _mm_cmpeq_epi8(x, _mm_set1_epi8(c))
-#define ngx_sf_v_in(x, lo, hi)                                               \
-    _mm_and_si128(_mm_cmpgt_epi8(x, _mm_set1_epi8((lo) - 1)),                \
-                  _mm_cmpgt_epi8(_mm_set1_epi8((hi) + 1), x))
-#define ngx_sf_top_ones(m)  ((size_t) __builtin_clz(~((m) << 16)))
-#define ngx_sf_low_ones(m)  ((size_t) __builtin_ctz(~(m)))
-
-/* the characters of base64 and hex runs, and of Morse code, in x */
-static ngx_inline void
-ngx_smartflow_run_masks(__m128i x, uint32_t *bm, uint32_t *mm)
-{
-    __m128i  b64, morse;
-
-    b64 = _mm_or_si128(
-              _mm_or_si128(ngx_sf_v_in(_mm_or_si128(x, _mm_set1_epi8(0x20)),
-                                       'a', 'z'),
-                           ngx_sf_v_in(x, '0', '9')),
-              _mm_or_si128(_mm_or_si128(ngx_sf_v_eq(x, '+'),
-                                        ngx_sf_v_eq(x, '/')),
-                           _mm_or_si128(ngx_sf_v_eq(x, '-'),
-                                        ngx_sf_v_eq(x, '_'))));
-
-    morse = _mm_or_si128(_mm_or_si128(ngx_sf_v_eq(x, '.'),
-                                      ngx_sf_v_eq(x, '-')),
-                         _mm_or_si128(ngx_sf_v_eq(x, ' '),
-                                      ngx_sf_v_eq(x, '/')));
-
-    *bm = (uint32_t) _mm_movemask_epi8(b64);
-    *mm = (uint32_t) _mm_movemask_epi8(morse);
-}
-
-
 static void
-ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
-{
-    size_t      i, s, run, mrun;
-    u_char      tail[16];
-    __m128i     x, lx, letter;
-    uint32_t    lm, sm, bm, mm, hm, plm, psm, pbm, pmm, starts, prev, w,
-                h;
-    uint64_t    open, rot13, rm;
-    ngx_uint_t  node, runs, morsed, exact, half;
-
-    ngx_memzero(ps, sizeof(ngx_smartflow_pass_t));
-
-    open = 0;
-    rot13 = 0;
-    run = 0;
-    mrun = 0;
-    exact = 0;
-    half = 0;
-    plm = 0xffff;
-    psm = 0xffff;
-    prev = 0;
-    runs = 0;
-    morsed = 0;
-
-    for (i = 0; i < len; i += 16) {
-
-        if (len - i >= 16) {
-            x = _mm_loadu_si128((__m128i *) (p + i));
-
-        } else {
-            /* the last bytes, padded with zeros, which are in no class */
-            ngx_memzero(tail, 16);
-            ngx_memcpy(tail, p + i, len - i);
-            x = _mm_loadu_si128((__m128i *) tail);
-        }
-
-        lx = _mm_or_si128(x, _mm_set1_epi8(0x20));
-        letter = ngx_sf_v_in(lx, 'a', 'z');
-
-        lm = (uint32_t) _mm_movemask_epi8(letter);
-        sm = (uint32_t) _mm_movemask_epi8(ngx_sf_v_eq(x, ' '));
-        hm = (uint32_t) _mm_movemask_epi8(x);
-
-        if (hm) {
-            ps->high = 1;
-            open |= ngx_smartflow_gate_hi;
-        }
-
-        if (_mm_movemask_epi8(_mm_or_si128(ngx_sf_v_eq(x, '<'),
-                                           ngx_sf_v_eq(x, '['))))
-        {
-            if (_mm_movemask_epi8(ngx_sf_v_eq(x, '<'))) {
-                open |= ngx_smartflow_gate_lt;
-            }
-
-            if (_mm_movemask_epi8(ngx_sf_v_eq(x, '['))) {
-                open |= ngx_smartflow_gate_br;
-            }
-        }
-
-        /*
-         * base64 and hex runs of 20 or more, Morse of 24 or more: such a
-         * run fills a block, or lies in two, so that this block and the
-         * one before hold 16 bytes in a row with no space (for base64)
-         * or no letter (for Morse) then.  Only there are runs counted
-         * exactly, from the block before on; where this block and the
-         * one before hold no such 16 bytes, no run of 20 goes through
-         * the border between them.  Such 16 bytes hold the upper half of
-         * the block before, or the lower half of this one, whole.
-         */
-        rm = half | !(sm & 0xff) | !(lm & 0xff);
-        half = !(sm & 0xff00) | !(lm & 0xff00);
-
-        if (rm) {
-            rm = (uint64_t) ((~lm & 0xffff) << 16 | (~plm & 0xffff)) << 32
-                 | ((~sm & 0xffff) << 16 | (~psm & 0xffff));
-            rm &= rm >> 1;
-            rm &= rm >> 2;
-            rm &= rm >> 4;
-            rm &= rm >> 8;
-        }
-
-        plm = lm;
-        psm = sm;
-
-        if (rm) {
-            ngx_smartflow_run_masks(x, &bm, &mm);
-
-            if (!exact && i) {
-                ngx_smartflow_run_masks(
-                    _mm_loadu_si128((__m128i *) (p + i - 16)), &pbm, &pmm);
-                run = ngx_sf_top_ones(pbm);
-                mrun = ngx_sf_top_ones(pmm);
-
-            } else if (!exact) {
-                run = 0;
-                mrun = 0;
-            }
-
-            if (bm == 0xffff) {
-                run += 16;
-
-            } else {
-                runs |= (run + ngx_sf_low_ones(bm) >= 20);
-                run = ngx_sf_top_ones(bm);
-            }
-
-            if (mm == 0xffff) {
-                mrun += 16;
-
-            } else {
-                morsed |= (mrun + ngx_sf_low_ones(mm) >= 24);
-                mrun = ngx_sf_top_ones(mm);
-            }
-
-            exact = 1;
-
-        } else {
-            exact = 0;
-        }
-
-        /*
-         * the words that start in the block, of two letters or more
-         * (the second one in the block, or, for the last byte, after it)
-         */
-        starts = lm & ~((lm << 1) | prev) & 0xffff;
-        prev = (lm >> 15) & 1;
-
-        if (starts & 0x8000) {
-            ngx_smartflow_gate_word(p, i + 15, len, &open, &rot13);
-        }
-
-        for (starts &= lm >> 1; starts; starts &= starts - 1) {
-            s = i + __builtin_ctz(starts);
-
-            if (s + 4 <= len) {
-                ngx_memcpy(&w, p + s, 4);       /* little-endian, as SSE2 */
-                h = ngx_sf_tri_hash(w);
-
-                if (!ngx_sf_tri_may(h)) {
-                    continue;
-                }
-            }
-
-            node = ngx_smartflow_pairs32[(p[s] & 0x1f) << 5
-                                         | (p[s + 1] & 0x1f)];
-
-            if (node) {
-                ngx_smartflow_gate_walk(p, s + 2, len, node, &open, &rot13);
-            }
-        }
-    }
-
-    ps->open = open;
-    ps->rot13 = rot13;
-    ps->runs = runs | (run >= 20);
-    ps->morse = morsed | (mrun >= 24);
-}
-
-#else
-
-/* a byte at a time */
-
-static void
-ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
+ngx_smartflow_gates_open_bytes(u_char *p, size_t len,
+    ngx_smartflow_pass_t *ps)
 {
     size_t      i, ws, run, mrun;
     u_char      c, k, k2;
@@ -839,6 +639,310 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
     ps->rot13 = rot13;
     ps->runs = runs | (run >= 20);
     ps->morse = morse;
+}
+
+
+
+#if (defined __SSE2__)
+
+/*
+ * Sixty-four bytes at a time, as four SSE2 registers whose byte masks
+ * make one 64-bit mask each: letters, spaces, and whether a byte past
+ * ASCII, "<" or "[" is among them.  A word starts at a letter after a
+ * byte that is not one; a word of two letters or more is looked up by
+ * its first three bytes in a bit set, and only where the bit is set is
+ * the trie walked.
+ *
+ * Base64 and hex runs of 20 or more, Morse of 24 or more: a base64 run
+ * has no space and Morse no letter, so a chunk where neither 16 bytes
+ * without a space nor 16 without a letter end (counting those carried
+ * from the chunks before) holds no such run's end, and none that is
+ * carried on whose part in the chunk is 16 bytes or more.  Only other
+ * chunks have their runs counted exactly, with what is carried into
+ * them: from the chunk before if it was counted, else from its last 16
+ * bytes, which then hold all of it.
+ */
+
+#define ngx_sf_v_eq(x, c)  _mm_cmpeq_epi8(x, _mm_set1_epi8(c))
+#define ngx_sf_v_in(x, lo, hi)                                               \
+    _mm_and_si128(_mm_cmpgt_epi8(x, _mm_set1_epi8((lo) - 1)),                \
+                  _mm_cmpgt_epi8(_mm_set1_epi8((hi) + 1), x))
+#define ngx_sf_mask(v)  ((uint64_t) (uint32_t) _mm_movemask_epi8(v))
+
+/* the ones at the bottom of m, and at its top */
+#define ngx_sf_low_ones(m)  ((m) == ~(uint64_t) 0 ? 64                       \
+                             : (size_t) __builtin_ctzll(~(m)))
+#define ngx_sf_top_ones(m)  ((m) == ~(uint64_t) 0 ? 64                       \
+                             : (size_t) __builtin_clzll(~(m)))
+
+
+/* the bits of m that start 16 ones in a row */
+static ngx_inline uint64_t
+ngx_smartflow_ones16(uint64_t m)
+{
+    m &= m >> 1;
+    m &= m >> 2;
+    m &= m >> 4;
+    return m & (m >> 8);
+}
+
+
+/* the characters of base64 and hex runs, and of Morse code, in x */
+static ngx_inline void
+ngx_smartflow_run_masks(__m128i x, uint64_t *bm, uint64_t *mm)
+{
+    __m128i  b64, morse;
+
+    b64 = _mm_or_si128(
+              _mm_or_si128(ngx_sf_v_in(_mm_or_si128(x, _mm_set1_epi8(0x20)),
+                                       'a', 'z'),
+                           ngx_sf_v_in(x, '0', '9')),
+              _mm_or_si128(_mm_or_si128(ngx_sf_v_eq(x, '+'),
+                                        ngx_sf_v_eq(x, '/')),
+                           _mm_or_si128(ngx_sf_v_eq(x, '-'),
+                                        ngx_sf_v_eq(x, '_'))));
+
+    morse = _mm_or_si128(_mm_or_si128(ngx_sf_v_eq(x, '.'),
+                                      ngx_sf_v_eq(x, '-')),
+                         _mm_or_si128(ngx_sf_v_eq(x, ' '),
+                                      ngx_sf_v_eq(x, '/')));
+
+    *bm = ngx_sf_mask(b64);
+    *mm = ngx_sf_mask(morse);
+}
+
+
+/* the letters of x, of either case */
+static ngx_inline uint64_t
+ngx_sf_letters(__m128i x)
+{
+    return ngx_sf_mask(ngx_sf_v_in(_mm_or_si128(x, _mm_set1_epi8(0x20)),
+                                   'a', 'z'));
+}
+
+
+#define ngx_sf_v_lb(x)  _mm_or_si128(ngx_sf_v_eq(x, '<'), ngx_sf_v_eq(x, '['))
+
+
+/* the state carried from one chunk to the next */
+typedef struct {
+    uint64_t      open;
+    uint64_t      rot13;
+    uint64_t      prev;         /* the chunk before ended in a letter */
+    size_t        nsrun;        /* bytes without a space at its end */
+    size_t        nlrun;        /* ... without a letter */
+    size_t        brun;         /* base64 and hex, if counted */
+    size_t        mrun;         /* Morse, if counted */
+    ngx_uint_t    counted;
+    ngx_uint_t    runs;
+    ngx_uint_t    morse;
+    ngx_uint_t    high;
+} ngx_smartflow_chunks_t;
+
+
+/* the gates "<" and "[" open in x */
+static ngx_inline void
+ngx_smartflow_gates_lb(__m128i x, ngx_smartflow_chunks_t *st)
+{
+    if (_mm_movemask_epi8(ngx_sf_v_eq(x, '<'))) {
+        st->open |= ngx_smartflow_gate_lt;
+    }
+
+    if (_mm_movemask_epi8(ngx_sf_v_eq(x, '['))) {
+        st->open |= ngx_smartflow_gate_br;
+    }
+}
+
+
+/*
+ * The chunk at q + i of a text of len bytes: the 3 bytes after the chunk
+ * may be read, and the 16 before it, which are the text's, when before
+ * is set; q[len] on reads as bytes in no class.
+ */
+static ngx_inline void
+ngx_smartflow_gates_chunk(u_char *q, size_t i, size_t len,
+    ngx_uint_t before, ngx_smartflow_chunks_t *st)
+{
+    size_t      s;
+    uint32_t    w, h;
+    uint64_t    lm, sm, cand, bm, mm, b, m, t, starts;
+    __m128i     x0, x1, x2, x3, ab;
+    ngx_uint_t  node;
+
+    /* four registers, named rather than in an array, for no loop here */
+    x0 = _mm_loadu_si128((__m128i *) (q + i));
+    x1 = _mm_loadu_si128((__m128i *) (q + i + 16));
+    x2 = _mm_loadu_si128((__m128i *) (q + i + 32));
+    x3 = _mm_loadu_si128((__m128i *) (q + i + 48));
+
+    lm = ngx_sf_letters(x0) | ngx_sf_letters(x1) << 16
+         | ngx_sf_letters(x2) << 32 | ngx_sf_letters(x3) << 48;
+
+    sm = ngx_sf_mask(ngx_sf_v_eq(x0, ' '))
+         | ngx_sf_mask(ngx_sf_v_eq(x1, ' ')) << 16
+         | ngx_sf_mask(ngx_sf_v_eq(x2, ' ')) << 32
+         | ngx_sf_mask(ngx_sf_v_eq(x3, ' ')) << 48;
+
+    if (_mm_movemask_epi8(_mm_or_si128(_mm_or_si128(x0, x1),
+                                       _mm_or_si128(x2, x3))))
+    {
+        st->high = 1;
+        st->open |= ngx_smartflow_gate_hi;
+    }
+
+    ab = _mm_or_si128(_mm_or_si128(ngx_sf_v_lb(x0), ngx_sf_v_lb(x1)),
+                      _mm_or_si128(ngx_sf_v_lb(x2), ngx_sf_v_lb(x3)));
+
+    if (_mm_movemask_epi8(ab)) {
+        ngx_smartflow_gates_lb(x0, st);
+        ngx_smartflow_gates_lb(x1, st);
+        ngx_smartflow_gates_lb(x2, st);
+        ngx_smartflow_gates_lb(x3, st);
+    }
+
+    /* runs: 16 bytes without a space, or without a letter, end here */
+    cand = ngx_smartflow_ones16(~sm) | ngx_smartflow_ones16(~lm)
+           | (st->nsrun + ngx_sf_low_ones(~sm) >= 16)
+           | (st->nlrun + ngx_sf_low_ones(~lm) >= 16);
+
+    st->nsrun = (sm == 0) ? st->nsrun + 64 : (size_t) __builtin_clzll(sm);
+    st->nlrun = (lm == 0) ? st->nlrun + 64 : (size_t) __builtin_clzll(lm);
+
+    if (cand) {
+        if (!st->counted) {
+            st->brun = 0;
+            st->mrun = 0;
+
+            if (before) {
+                ngx_smartflow_run_masks(
+                    _mm_loadu_si128((__m128i *) (q + i - 16)), &bm, &mm);
+                st->brun = ngx_sf_top_ones(bm << 48);
+                st->mrun = ngx_sf_top_ones(mm << 48);
+            }
+        }
+
+        ngx_smartflow_run_masks(x0, &b, &m);
+        ngx_smartflow_run_masks(x1, &bm, &mm);
+        b |= bm << 16;
+        m |= mm << 16;
+        ngx_smartflow_run_masks(x2, &bm, &mm);
+        b |= bm << 32;
+        m |= mm << 32;
+        ngx_smartflow_run_masks(x3, &bm, &mm);
+        b |= bm << 48;
+        m |= mm << 48;
+
+        if (b == ~(uint64_t) 0) {
+            st->brun += 64;
+
+        } else {
+            t = ngx_smartflow_ones16(b);
+            st->runs |= (st->brun + ngx_sf_low_ones(b) >= 20)
+                        | ((t & (t >> 4)) != 0);
+            st->brun = ngx_sf_top_ones(b);
+        }
+
+        if (m == ~(uint64_t) 0) {
+            st->mrun += 64;
+
+        } else {
+            t = ngx_smartflow_ones16(m);
+            st->morse |= (st->mrun + ngx_sf_low_ones(m) >= 24)
+                         | ((t & (t >> 8)) != 0);
+            st->mrun = ngx_sf_top_ones(m);
+        }
+
+        st->counted = 1;
+
+    } else {
+        /* a counted run carried to here ended with the chunk before */
+        if (st->counted) {
+            st->runs |= (st->brun >= 20);
+            st->morse |= (st->mrun >= 24);
+        }
+
+        st->counted = 0;
+    }
+
+    /* the words that start in the chunk, of two letters or more */
+    starts = lm & ~((lm << 1) | st->prev);
+    st->prev = lm >> 63;
+
+    if (starts >> 63) {
+        ngx_smartflow_gate_word(q, i + 63, len, &st->open, &st->rot13);
+    }
+
+    for (starts &= lm >> 1; starts; starts &= starts - 1) {
+        s = i + (size_t) __builtin_ctzll(starts);
+
+        ngx_memcpy(&w, q + s, 4);           /* little-endian, as SSE2 */
+        h = ngx_sf_tri_hash(w);
+
+        if (!ngx_sf_tri_may(h)) {
+            continue;
+        }
+
+        node = ngx_smartflow_pairs32[(q[s] & 0x1f) << 5 | (q[s + 1] & 0x1f)];
+
+        if (node) {
+            ngx_smartflow_gate_walk(q, s + 2, len, node, &st->open,
+                                    &st->rot13);
+        }
+    }
+}
+
+
+static void
+ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
+{
+    size_t                  i, end, r;
+    u_char                  tail[16 + 128 + 8];
+    ngx_smartflow_chunks_t  st;
+
+    if (len < 64) {
+        ngx_smartflow_gates_open_bytes(p, len, ps);
+        return;
+    }
+
+    ngx_memzero(&st, sizeof(ngx_smartflow_chunks_t));
+
+    /* the chunks whose last byte is followed by 3 more of the text */
+    end = (len - 3) & ~(size_t) 63;
+
+    for (i = 0; i < end; i += 64) {
+        ngx_smartflow_gates_chunk(p, i, len, i > 0, &st);
+    }
+
+    /*
+     * the rest, from 3 to 66 bytes, copied after the 16 bytes before it
+     * (if any) and followed by zeros, which are in no class
+     */
+    r = len - end;
+
+    ngx_memzero(tail, sizeof(tail));
+
+    if (end) {
+        ngx_memcpy(tail, p + end - 16, 16 + r);
+
+    } else {
+        ngx_memcpy(tail + 16, p, r);
+    }
+
+    for (i = 0; i < r; i += 64) {
+        ngx_smartflow_gates_chunk(tail + 16, i, r, end > 0 || i > 0, &st);
+    }
+
+    /* a counted run that the last chunk's last byte ends */
+    if (st.counted) {
+        st.runs |= (st.brun >= 20);
+        st.morse |= (st.mrun >= 24);
+    }
+
+    ps->open = st.open;
+    ps->rot13 = st.rot13;
+    ps->high = st.high;
+    ps->runs = st.runs;
+    ps->morse = st.morse;
 }
 
 #endif

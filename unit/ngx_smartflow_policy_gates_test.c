@@ -1,0 +1,252 @@
+/*
+ * The injection scorer's gate pass, SIMD against byte at a time: for
+ * every text the two must find the same gates open, the same rot13
+ * readings, and the same bytes past ASCII, base64 or hex runs and Morse
+ * code.  Texts of every length around the chunks' borders, with runs
+ * ending at each byte, words split by them, and the injection corpus
+ * (t/policy/corpus/injection.jsonl, given as the first argument) cut at
+ * many lengths.  Each text lies in an allocation of its own size, so that
+ * AddressSanitizer sees any read past it.
+ *
+ * The source file is included, so its static functions are reachable.
+ */
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ngx_smartflow_policy_inject.c"
+
+
+static ngx_uint_t  unit_n;
+static ngx_uint_t  unit_failed;
+static ngx_uint_t  unit_texts;
+static ngx_uint_t  unit_bad;
+static char        unit_first[256];
+
+
+static void
+unit_ok(int ok, const char *what)
+{
+    printf("%sok %lu - %s\n", ok ? "" : "not ", (unsigned long) ++unit_n,
+           what);
+
+    if (!ok) {
+        unit_failed++;
+    }
+}
+
+
+/* the text in an allocation of its own size: both passes agree on it */
+static void
+unit_same(const u_char *text, size_t len)
+{
+    u_char                *p;
+    ngx_smartflow_pass_t   a, b;
+
+    p = malloc(len ? len : 1);
+    if (p == NULL) {
+        abort();
+    }
+
+    memcpy(p, text, len);
+
+    ngx_smartflow_gates_open(p, len, &a);
+    ngx_smartflow_gates_open_bytes(p, len, &b);
+
+    unit_texts++;
+
+    if (a.open != b.open || a.rot13 != b.rot13 || a.high != b.high
+        || a.runs != b.runs || a.morse != b.morse)
+    {
+        if (unit_bad++ == 0) {
+            snprintf(unit_first, sizeof(unit_first),
+                     "len %zu: open %llx/%llx rot13 %llx/%llx high %lu/%lu "
+                     "runs %lu/%lu morse %lu/%lu", len,
+                     (unsigned long long) a.open, (unsigned long long) b.open,
+                     (unsigned long long) a.rot13,
+                     (unsigned long long) b.rot13,
+                     (unsigned long) a.high, (unsigned long) b.high,
+                     (unsigned long) a.runs, (unsigned long) b.runs,
+                     (unsigned long) a.morse, (unsigned long) b.morse);
+        }
+    }
+
+    free(p);
+}
+
+
+static void
+unit_report(const char *what)
+{
+    char  line[512];
+
+    if (unit_bad) {
+        snprintf(line, sizeof(line), "%s: %lu of %lu texts differ, first %s",
+                 what, (unsigned long) unit_bad, (unsigned long) unit_texts,
+                 unit_first);
+
+    } else {
+        snprintf(line, sizeof(line), "%s: %lu texts agree", what,
+                 (unsigned long) unit_texts);
+    }
+
+    unit_ok(unit_bad == 0, line);
+
+    unit_texts = 0;
+    unit_bad = 0;
+}
+
+
+static uint32_t  unit_seed = 12345;
+
+static uint32_t
+unit_rand(void)
+{
+    unit_seed = unit_seed * 1103515245 + 12345;
+    return unit_seed >> 8;
+}
+
+
+int
+main(int argc, char **argv)
+{
+    u_char      *buf, *corpus;
+    size_t       len, i, at, n, clen;
+    FILE        *f;
+    ngx_uint_t   k, r;
+
+    static const char  *words[] = {
+        "ignore", "all", "previous", "instructions", "and", "reveal", "the",
+        "system", "prompt", "you", "are", "now", "dan", "jailbreak", "mode",
+        "vtaber", "cerivbhf", "a", "ai", "im", "report", "percent",
+        "regional", "disregard", "pretend", "openai", "developer"
+    };
+
+    static const char  *pieces[] = {
+        " ", " ", " ", ". ", ", ", "\n", "<", "[", "\xd0\xb0", "\xe2\x80\x8b",
+        "-", ".", "/", "_", "+", "0123", "aGVsbG8gd29ybGQ", "... --- ...",
+        "\t", "\"", "'", "Z", "q"
+    };
+
+    if (ngx_smartflow_policy_detect_init() != NGX_OK) {
+        printf("not ok 1 - the detectors start\n1..1\n");
+        return 1;
+    }
+
+    buf = malloc(8192);
+    if (buf == NULL) {
+        abort();
+    }
+
+    /* runs of each kind ending at every byte of texts of every length */
+    for (len = 0; len <= 300; len++) {
+        for (at = 0; at <= len; at += (len > 140 ? 7 : 1)) {
+            for (k = 0; k < 6; k++) {
+                memset(buf, "a.ZQ /"[k], len);
+
+                for (i = 0; i < at; i++) {
+                    buf[i] = "word one "[i % 9];
+                }
+
+                unit_same(buf, len);
+
+                for (i = 0; i < len; i++) {
+                    buf[i] = (i < at) ? (u_char) "-. -/"[i % 5]
+                                      : (u_char) "Ab9+"[(i + k) % 4];
+                }
+
+                unit_same(buf, len);
+            }
+        }
+    }
+
+    unit_report("runs ending at every byte, lengths 0 to 300");
+
+    /* runs of 19 to 25 at every offset around the chunks' borders */
+    for (len = 60; len <= 200; len += 1) {
+        for (n = 14; n <= 26; n++) {
+            for (at = 0; at + n <= len; at++) {
+                for (k = 0; k < 2; k++) {
+                    for (i = 0; i < len; i++) {
+                        buf[i] = "ab cd "[i % 6];
+                    }
+
+                    memset(buf + at, k ? '.' : 'x', n);
+                    unit_same(buf, len);
+                }
+            }
+        }
+    }
+
+    unit_report("runs of 14 to 26 bytes at every offset, lengths 60 to 200");
+
+    /* words and separators drawn at random, every length to 700 */
+    for (r = 0; r < 20000; r++) {
+        len = 0;
+        n = unit_rand() % 700;
+
+        while (len < n) {
+            const char  *w;
+
+            w = (unit_rand() % 3) ? words[unit_rand() % (sizeof(words)
+                                                         / sizeof(words[0]))]
+                                  : pieces[unit_rand() % (sizeof(pieces)
+                                                          / sizeof(pieces[0]))];
+
+            for (i = 0; w[i] && len < n; i++) {
+                buf[len++] = (unit_rand() % 5) ? (u_char) w[i]
+                                               : (u_char) (w[i] ^ 0x20);
+            }
+        }
+
+        unit_same(buf, len);
+    }
+
+    unit_report("words and separators at random, lengths 0 to 700");
+
+    /* every byte value, at random */
+    for (r = 0; r < 5000; r++) {
+        len = unit_rand() % 400;
+
+        for (i = 0; i < len; i++) {
+            buf[i] = (u_char) unit_rand();
+        }
+
+        unit_same(buf, len);
+    }
+
+    unit_report("random bytes, lengths 0 to 400");
+
+    /* the injection corpus, each line whole and cut at lengths from 60 */
+    if (argc > 1 && (f = fopen(argv[1], "r")) != NULL) {
+        corpus = malloc(1 << 16);
+        if (corpus == NULL) {
+            abort();
+        }
+
+        while (fgets((char *) corpus, 1 << 16, f) != NULL) {
+            clen = strlen((char *) corpus);
+
+            unit_same(corpus, clen);
+
+            for (len = 60; len < clen; len += 37) {
+                unit_same(corpus, len);
+            }
+        }
+
+        fclose(f);
+        free(corpus);
+
+        unit_report("the injection corpus, whole and cut");
+
+    } else {
+        unit_ok(0, "the injection corpus is readable");
+    }
+
+    free(buf);
+
+    printf("1..%lu\n", (unsigned long) unit_n);
+
+    return unit_failed ? 1 : 0;
+}
