@@ -8,8 +8,13 @@
 
 #include "ngx_http_smartflow_keys.h"
 
+#if (NGX_LINUX) && defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 
 static void ngx_http_smartflow_ctx_cleanup(void *data);
+static ngx_int_t ngx_http_smartflow_init_process(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_smartflow_str_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_smartflow_upstream_variable(ngx_http_request_t *r,
@@ -207,7 +212,7 @@ ngx_module_t  ngx_http_smartflow_proxy_module = {
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
     ngx_http_smartflow_init_module,        /* init module */
-    ngx_http_smartflow_keys_init_process,  /* init process */
+    ngx_http_smartflow_init_process,       /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
     ngx_http_smartflow_keys_exit_process,  /* exit process */
@@ -906,6 +911,38 @@ ngx_http_smartflow_init_module(ngx_cycle_t *cycle)
     }
 
     return ngx_http_smartflow_credentials_init_module(cycle);
+}
+
+
+/*
+ * A gateway's request takes blocks of 4 KB and more from malloc: bodies
+ * written again, redacted text, answers assembled.  With glibc's
+ * defaults, the frees at the end of a burst of requests leave more than
+ * 128 KB free at the heap's top, which glibc gives back to the kernel;
+ * the next burst takes it back a page fault at a time, which costs as
+ * much as a detector's pass.  A worker keeps up to
+ * NGX_HTTP_SMARTFLOW_HEAP_KEEP free instead.  Setting it turns off
+ * glibc's own moving threshold for mapping large blocks on their own, so
+ * that one is set too, where glibc's would settle after a few large
+ * frees.
+ */
+#define NGX_HTTP_SMARTFLOW_HEAP_KEEP   (8 * 1024 * 1024)
+#define NGX_HTTP_SMARTFLOW_HEAP_MMAP   (1024 * 1024)
+
+static ngx_int_t
+ngx_http_smartflow_init_process(ngx_cycle_t *cycle)
+{
+#if (NGX_LINUX) && defined(__GLIBC__)
+    if (mallopt(M_MMAP_THRESHOLD, NGX_HTTP_SMARTFLOW_HEAP_MMAP) == 0
+        || mallopt(M_TRIM_THRESHOLD, NGX_HTTP_SMARTFLOW_HEAP_KEEP) == 0)
+    {
+        ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                      "smartflow: mallopt() failed, the heap keeps "
+                      "glibc's defaults");
+    }
+#endif
+
+    return ngx_http_smartflow_keys_init_process(cycle);
 }
 
 
