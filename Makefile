@@ -171,12 +171,14 @@ $(BUILD)/unit/cache_text_test: unit/ngx_smartflow_cache_text_test.c \
 
 unit: $(BUILD)/unit/translate_test $(BUILD)/unit/translate_gemini_test \
         $(BUILD)/unit/json_test $(BUILD)/unit/cache_text_test \
-        $(BUILD)/unit/policy_gates_test
+        $(BUILD)/unit/policy_gates_test $(BUILD)/unit/policy_pii_test
 	$(BUILD)/unit/translate_test
 	$(BUILD)/unit/translate_gemini_test
 	$(BUILD)/unit/json_test
 	$(BUILD)/unit/cache_text_test
 	$(BUILD)/unit/policy_gates_test t/policy/corpus/injection.jsonl
+	$(BUILD)/unit/policy_pii_test $(filter-out %/injection.jsonl \
+	    %/shield.jsonl,$(wildcard t/policy/corpus/*.jsonl))
 
 clean:
 	rm -rf $(BUILD) $(CURDIR)/build-asan
@@ -203,6 +205,15 @@ $(BUILD)/unit/policy_gates_test: unit/ngx_smartflow_policy_gates_test.c \
 	    -fno-sanitize-recover=undefined $(FUZZ_INCS) \
 	    -Ingx_smartflow_policy unit/ngx_smartflow_policy_gates_test.c \
 	    $(filter-out %_inject.c,$(POLICY_DETECT)) -lpcre2-8 -o $@
+
+$(BUILD)/unit/policy_pii_test: unit/ngx_smartflow_policy_pii_test.c \
+        $(POLICY_DETECT) ngx_smartflow_policy/ngx_smartflow_policy.h \
+        $(NGX_BUILD)/objs/Makefile
+	@mkdir -p $(BUILD)/unit
+	clang -g -O1 -fsanitize=address,undefined \
+	    -fno-sanitize-recover=undefined $(FUZZ_INCS) \
+	    -Ingx_smartflow_policy unit/ngx_smartflow_policy_pii_test.c \
+	    $(filter-out %_pii.c,$(POLICY_DETECT)) -lpcre2-8 -o $@
 
 policy-harness: $(BUILD)/unit/policy_harness
 
