@@ -30,6 +30,8 @@
 #define NGX_SMARTFLOW_AUDIT_BUCKETS   10
 #define NGX_SMARTFLOW_AUDIT_ACTIONS   16
 #define NGX_SMARTFLOW_AUDIT_LABEL     64
+#define NGX_SMARTFLOW_AUDIT_OTHER     16    /* slots kept for "other" */
+#define NGX_SMARTFLOW_AUDIT_ANY_STATUS  1000    /* shown as "other" */
 
 typedef struct {
     u_char                      model[NGX_SMARTFLOW_AUDIT_LABEL];

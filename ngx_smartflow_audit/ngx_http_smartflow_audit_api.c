@@ -82,13 +82,60 @@ static char  *ngx_http_smartflow_audit_cache_text[5]
     = { "NONE", "HIT", "MISS", "BYPASS", "OTHER" };
 
 
+/*
+ * A label value as Prometheus reads it: valid UTF-8 (a scrape with one
+ * invalid byte is refused whole), so a byte that does not begin a whole
+ * character is written as "?", and the cut to the label's room falls
+ * between characters
+ */
 static void
 ngx_http_smartflow_audit_label(u_char *dst, ngx_str_t *s)
 {
-    size_t  n;
+    u_char   c, *p, *end;
+    size_t   n, k, room;
 
-    n = ngx_min(s->len, NGX_SMARTFLOW_AUDIT_LABEL - 1);
-    ngx_memcpy(dst, s->data, n);
+    p = s->data;
+    end = p + s->len;
+    room = NGX_SMARTFLOW_AUDIT_LABEL - 1;
+    n = 0;
+
+    while (p < end) {
+        c = *p;
+
+        k = (c < 0x80) ? 1
+            : (c >= 0xc2 && c <= 0xdf) ? 2
+            : (c >= 0xe0 && c <= 0xef) ? 3
+            : (c >= 0xf0 && c <= 0xf4) ? 4 : 0;
+
+        if (k > 1) {
+            if ((size_t) (end - p) < k
+                || (p[1] & 0xc0) != 0x80
+                || (c == 0xe0 && p[1] < 0xa0)
+                || (c == 0xed && p[1] > 0x9f)
+                || (c == 0xf0 && p[1] < 0x90)
+                || (c == 0xf4 && p[1] > 0x8f)
+                || (k > 2 && (p[2] & 0xc0) != 0x80)
+                || (k > 3 && (p[3] & 0xc0) != 0x80))
+            {
+                k = 0;
+            }
+        }
+
+        if ((k ? k : 1) > room - n) {
+            break;
+        }
+
+        if (k == 0) {
+            dst[n++] = '?';
+            p++;
+            continue;
+        }
+
+        ngx_memcpy(dst + n, p, k);
+        n += k;
+        p += k;
+    }
+
     dst[n] = '\0';
 }
 
@@ -112,33 +159,60 @@ ngx_http_smartflow_audit_count(ngx_http_smartflow_audit_sh_t *sh,
     ngx_http_smartflow_audit_label(mk, &model);
     ngx_http_smartflow_audit_label(pk, &provider);
 
-    s = NULL;
-
-    for (i = 0; i < NGX_SMARTFLOW_AUDIT_SERIES; i++) {
+    /*
+     * The series of model, provider and status; once the table is full
+     * but for its last NGX_SMARTFLOW_AUDIT_OTHER slots, the rest are
+     * counted by status alone as model and provider "other", and past
+     * those as status "other" too: a series once shown keeps its labels,
+     * so no counter goes back.
+     */
+    for (i = 0; i < NGX_SMARTFLOW_AUDIT_SERIES - NGX_SMARTFLOW_AUDIT_OTHER;
+         i++)
+    {
         s = &sh->series[i];
 
         if (s->status == 0) {
             ngx_cpystrn(s->model, mk, NGX_SMARTFLOW_AUDIT_LABEL);
             ngx_cpystrn(s->provider, pk, NGX_SMARTFLOW_AUDIT_LABEL);
             s->status = m->status;
-            break;
+            goto found;
         }
 
         if (s->status == m->status
             && ngx_strcmp(s->model, mk) == 0
             && ngx_strcmp(s->provider, pk) == 0)
         {
-            break;
+            goto found;
         }
     }
 
-    if (i == NGX_SMARTFLOW_AUDIT_SERIES) {
-        /* a full table: the rest is counted together */
-        s = &sh->series[NGX_SMARTFLOW_AUDIT_SERIES - 1];
+    for ( /* void */ ; i < NGX_SMARTFLOW_AUDIT_SERIES - 1; i++) {
+        s = &sh->series[i];
+
+        if (s->status == 0) {
+            ngx_cpystrn(s->model, (u_char *) "other",
+                        NGX_SMARTFLOW_AUDIT_LABEL);
+            ngx_cpystrn(s->provider, (u_char *) "other",
+                        NGX_SMARTFLOW_AUDIT_LABEL);
+            s->status = m->status;
+            goto found;
+        }
+
+        if (s->status == m->status) {
+            goto found;
+        }
+    }
+
+    s = &sh->series[NGX_SMARTFLOW_AUDIT_SERIES - 1];
+
+    if (s->status == 0) {
         ngx_cpystrn(s->model, (u_char *) "other", NGX_SMARTFLOW_AUDIT_LABEL);
         ngx_cpystrn(s->provider, (u_char *) "other",
                     NGX_SMARTFLOW_AUDIT_LABEL);
+        s->status = NGX_SMARTFLOW_AUDIT_ANY_STATUS;
     }
+
+found:
 
     s->requests++;
     s->prompt_tokens += m->prompt_tokens;
@@ -511,7 +585,9 @@ ngx_http_smartflow_audit_prom(u_char *p, u_char *s)
     p = ngx_http_smartflow_audit_prom(p, (s)->model);                         \
     p = ngx_sf_cpymem(p, "\",provider=\"");                                  \
     p = ngx_http_smartflow_audit_prom(p, (s)->provider);                      \
-    p = ngx_sprintf(p, "\",status=\"%ui\"", (s)->status)
+    p = ((s)->status == NGX_SMARTFLOW_AUDIT_ANY_STATUS)                      \
+        ? ngx_sf_cpymem(p, "\",status=\"other\"")                          \
+        : ngx_sprintf(p, "\",status=\"%ui\"", (s)->status)
 
 
 static ngx_int_t

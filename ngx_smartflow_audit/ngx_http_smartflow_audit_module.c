@@ -686,8 +686,10 @@ ngx_http_smartflow_audit_record(ngx_http_request_t *r,
                         resp_cut ? "true" : "false");
     }
 
-    /* the metrics: a model only once it is routed, so no client can
-     * make up label values */
+    /*
+     * the metrics: a model only once it is routed; a wildcard route
+     * passes the client's names on, which the series table bounds
+     */
     m.model = ctx->route ? ctx->model : deployment;
     m.provider = provider;
     m.status = r->headers_out.status;
