@@ -39,6 +39,8 @@
 #define NGX_SMARTFLOW_CRED_PREFIX     "enc:v1:"
 #define NGX_SMARTFLOW_CRED_ZONE_SIZE  (256 * 1024)
 #define NGX_SMARTFLOW_CRED_FILE_MAX   (512 * 1024)
+/* a key of NGX_SMARTFLOW_CRED_MAX bytes, every byte escaped, and room */
+#define NGX_SMARTFLOW_CRED_BODY_MAX   8192
 
 
 typedef struct {
@@ -102,6 +104,9 @@ static ngx_http_smartflow_provider_t *ngx_http_smartflow_cred_provider(
 static ngx_int_t ngx_http_smartflow_cred_path(ngx_http_request_t *r,
     ngx_str_t *name, ngx_str_t *op);
 static void ngx_http_smartflow_cred_body(ngx_http_request_t *r);
+static ngx_int_t ngx_http_smartflow_cred_read_body(ngx_http_request_t *r,
+    ngx_str_t *body);
+static ngx_int_t ngx_http_smartflow_cred_too_large(ngx_http_request_t *r);
 static ngx_int_t ngx_http_smartflow_cred_run(ngx_http_request_t *r,
     ngx_str_t *name, ngx_str_t *op);
 static ngx_int_t ngx_http_smartflow_cred_list(ngx_http_request_t *r);
@@ -908,6 +913,10 @@ ngx_http_smartflow_credentials_handler(ngx_http_request_t *r)
         goto unknown;
     }
 
+    if (r->headers_in.content_length_n > NGX_SMARTFLOW_CRED_BODY_MAX) {
+        return ngx_http_smartflow_cred_too_large(r);
+    }
+
     r->request_body_in_single_buf = 1;
 
     rc = ngx_http_read_client_request_body(r, ngx_http_smartflow_cred_body);
@@ -987,6 +996,92 @@ ngx_http_smartflow_cred_body(ngx_http_request_t *r)
 }
 
 
+/*
+ * The body as one string.  Even with request_body_in_single_buf it may
+ * come as two buffers (what was read with the headers, then the rest), or
+ * in a file when client_body_buffer_size is smaller; NGX_DECLINED when it
+ * is over NGX_SMARTFLOW_CRED_BODY_MAX (a chunked body has no length
+ * before it is read).
+ */
+static ngx_int_t
+ngx_http_smartflow_cred_read_body(ngx_http_request_t *r, ngx_str_t *body)
+{
+    u_char       *p;
+    size_t        len;
+    ssize_t       n;
+    ngx_buf_t    *b;
+    ngx_chain_t  *cl;
+
+    ngx_str_null(body);
+
+    if (r->request_body == NULL || r->request_body->bufs == NULL) {
+        return NGX_OK;
+    }
+
+    len = 0;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        b = cl->buf;
+        len += b->in_file ? (size_t) (b->file_last - b->file_pos)
+                          : (size_t) (b->last - b->pos);
+    }
+
+    if (len > NGX_SMARTFLOW_CRED_BODY_MAX) {
+        return NGX_DECLINED;
+    }
+
+    cl = r->request_body->bufs;
+
+    if (cl->next == NULL && !cl->buf->in_file) {
+        body->data = cl->buf->pos;
+        body->len = len;
+        return NGX_OK;
+    }
+
+    body->data = ngx_pnalloc(r->pool, len + 1);
+    if (body->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = body->data;
+
+    for ( /* void */ ; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (!b->in_file) {
+            p = ngx_cpymem(p, b->pos, b->last - b->pos);
+            continue;
+        }
+
+        n = ngx_read_file(b->file, p, b->file_last - b->file_pos,
+                          b->file_pos);
+
+        if (n != b->file_last - b->file_pos) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "smartflow credentials: reading the buffered "
+                          "body failed");
+            return NGX_ERROR;
+        }
+
+        p += n;
+    }
+
+    body->len = p - body->data;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_cred_too_large(ngx_http_request_t *r)
+{
+    return ngx_http_smartflow_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+               "invalid_request_error", "body_too_large", NULL,
+               "The request body is over %d bytes; a key is at most %d.",
+               NGX_SMARTFLOW_CRED_BODY_MAX, NGX_SMARTFLOW_CRED_MAX);
+}
+
+
 static ngx_int_t
 ngx_http_smartflow_cred_run(ngx_http_request_t *r, ngx_str_t *name,
     ngx_str_t *op)
@@ -995,7 +1090,6 @@ ngx_http_smartflow_cred_run(ngx_http_request_t *r, ngx_str_t *name,
     size_t                             len;
     ngx_str_t                          body, err, answer;
     ngx_uint_t                         i;
-    ngx_chain_t                       *cl;
     ngx_smartflow_json_t              *doc, *key, *f;
     ngx_smartflow_cred_slot_t         *s;
     ngx_http_smartflow_credentials_t  *cr;
@@ -1017,20 +1111,16 @@ ngx_http_smartflow_cred_run(ngx_http_request_t *r, ngx_str_t *name,
     key = NULL;
 
     if (r->method != NGX_HTTP_DELETE) {
-        ngx_str_null(&body);
+        switch (ngx_http_smartflow_cred_read_body(r, &body)) {
 
-        if (r->request_body && r->request_body->bufs) {
-            cl = r->request_body->bufs;
+        case NGX_OK:
+            break;
 
-            if (cl->next || cl->buf->in_file) {
-                return ngx_http_smartflow_error(r,
-                           NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
-                           "invalid_request_error", "body_too_large", NULL,
-                           "The request body is too large.");
-            }
+        case NGX_DECLINED:
+            return ngx_http_smartflow_cred_too_large(r);
 
-            body.data = cl->buf->pos;
-            body.len = cl->buf->last - cl->buf->pos;
+        default:
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
         doc = ngx_smartflow_json_parse(r->pool, body.data, body.len, &err);

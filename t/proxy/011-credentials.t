@@ -3,7 +3,9 @@
 # reaches its provider; the admin API sets, replaces and removes a
 # provider's credential at run time, kept across restarts in a store that
 # holds no plaintext; no answer and no log line shows a credential; bad
-# input, a wrong key and a changed store are refused.
+# input, a wrong key and a changed store are refused.  Keys up to 1024
+# bytes are taken whatever the packets the body came in; a larger body is
+# a 413.
 #
 # What the provider receives is seen in the mock's x-mock-authorization
 # and x-mock-api-key answer headers.
@@ -44,6 +46,12 @@ JS
 }
 
 sub fp { 'sha256:' . substr(Digest::SHA::sha256_hex($_[0]), 0, 16) }
+
+# keys as long as the API takes: they do not fit in the first read with
+# the request's headers (client_header_buffer_size 1k)
+our $Long800 = 'sk-long-' . ('L' x 792);
+our $Long1024 = 'sk-long-' . ('M' x 1016);
+our $Long1025 = 'sk-long-' . ('N' x 1017);
 
 # two stores nginx must refuse: sealed under another key, and one byte off
 sub store {
@@ -139,7 +147,7 @@ add_block_preprocessor(sub {
 
     # no log line may hold a credential, whatever the block checks
     my @never = ('sk-config-openai-1111', 'sk-ant-sealed-2222',
-                 'sk-from-api-3333', 'sk-from-api-4444');
+                 'sk-from-api-3333', 'sk-from-api-4444', 'sk-long-');
     my $nel = $block->no_error_log;
     $block->set_value('no_error_log',
                       [ ($nel ? (ref $nel ? @$nel : split /\n/, $nel) : ()),
@@ -297,7 +305,33 @@ smartflow credentials: provider "mock" credential removed through the admin API
 
 
 
-=== TEST 13: a sealed key= for another provider does not open
+=== TEST 13: keys of 800 and 1024 bytes, in a body that comes in two reads
+--- request eval
+["PUT /api/providers/mock/credential\n{\"key\":\"$::Long800\"}", "POST /v1/chat/completions\n$::Chat", "PUT /api/providers/mock/credential\n{\"key\":\"$::Long1024\"}", "POST /v1/chat/completions\n$::Chat", "POST /api/providers/bare/seal\n{\"key\":\"$::Long1024\"}"]
+--- error_code eval
+[200, 200, 200, 200, 200]
+--- response_body_like eval
+['"fingerprint":"' . main::fp($::Long800) . '"', '"object":"chat.completion"', '"fingerprint":"' . main::fp($::Long1024) . '"', '"object":"chat.completion"', '^\{"provider":"bare","value":"enc:v1:[A-Za-z0-9_-]{1300,}"\}$']
+--- response_headers eval
+["", "x-mock-authorization: Bearer $::Long800", "", "x-mock-authorization: Bearer $::Long1024", ""]
+--- no_error_log
+[error]
+
+
+
+=== TEST 14: a key over 1024 bytes is a 400, a body over 8192 bytes a 413
+--- request eval
+["PUT /api/providers/mock/credential\n{\"key\":\"$::Long1025\"}", "PUT /api/providers/mock/credential\n{\"key\":\"sk-x\"" . (' ' x 8200) . "}", "POST /api/providers/bare/seal\n{\"key\":\"sk-x\"" . (' ' x 8200) . "}", "POST /v1/chat/completions\n$::Chat"]
+--- error_code eval
+[400, 413, 413, 200]
+--- response_body_like eval
+['"code":"invalid_key"', '"code":"body_too_large"', '"code":"body_too_large"', '"object":"chat.completion"']
+--- response_headers eval
+["", "", "", "x-mock-authorization: Bearer $::Long1024"]
+
+
+
+=== TEST 15: a sealed key= for another provider does not open
 --- http_config eval
 my $c = $::HttpConfig;
 $c =~ s/key=\Q$::Sealed\E/key=$::SealedForOther/;
@@ -308,7 +342,7 @@ smartflow provider "claude": its key=enc: value does not open
 
 
 
-=== TEST 14: a store the key cannot open stops nginx
+=== TEST 16: a store the key cannot open stops nginx
 --- http_config eval
 $::HttpConfig =~ s/store credentials.json/store wrong-key.json/r
 --- must_die
@@ -317,7 +351,7 @@ smartflow credentials: the credential of provider "mock" in
 
 
 
-=== TEST 15: a store with one byte changed stops nginx
+=== TEST 17: a store with one byte changed stops nginx
 --- http_config eval
 $::HttpConfig =~ s/store credentials.json/store changed.json/r
 --- must_die
