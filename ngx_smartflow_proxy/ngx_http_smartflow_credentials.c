@@ -1404,8 +1404,9 @@ ngx_http_smartflow_cred_save(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    /* the temporary file: mkstemp() in the thread makes it unique */
     sv->temp = ngx_sprintf(sv->path, "%V%Z", &cr->path);
-    sv->lock = ngx_sprintf(sv->temp, "%V.%P.tmp%Z", &cr->path, ngx_pid);
+    sv->lock = ngx_sprintf(sv->temp, "%V.XXXXXX%Z", &cr->path);
     sv->dir = ngx_sprintf(sv->lock, "%V.lock%Z", &cr->path);
     (void) ngx_sprintf(sv->dir, "%V%Z", &cr->path);
 
@@ -1474,8 +1475,12 @@ ngx_http_smartflow_cred_save(ngx_http_request_t *r,
 
 /*
  * In a thread: a temporary file, fsync(), rename over the store, fsync()
- * of the directory.  Two workers saving at once each write a whole file;
- * the file's lock keeps an older generation from replacing a newer one.
+ * of the directory.  Each save writes a whole snapshot into a temporary
+ * file of its own (mkstemp()), so saves at once, from the threads of one
+ * worker or from several workers, never write into each other's; under
+ * the lock file, a snapshot replaces the store only if its generation is
+ * not older than the one on disk, so the store always ends with the
+ * latest state.
  */
 static void
 ngx_http_smartflow_cred_save_thread(void *data, ngx_log_t *log)
@@ -1487,9 +1492,9 @@ ngx_http_smartflow_cred_save_thread(void *data, ngx_log_t *log)
     ngx_fd_t    fd, lock, cur;
     ngx_uint_t  on_disk;
 
-    fd = open((char *) sv->temp, O_WRONLY|O_CREAT|O_TRUNC, 0600);
+    fd = mkstemp((char *) sv->temp);
     if (fd == -1) {
-        sv->failed = "open()";
+        sv->failed = "mkstemp()";
         sv->err = ngx_errno;
         return;
     }

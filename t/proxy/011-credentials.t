@@ -5,7 +5,8 @@
 # holds no plaintext; no answer and no log line shows a credential; bad
 # input, a wrong key and a changed store are refused.  Keys up to 1024
 # bytes are taken whatever the packets the body came in; a larger body is
-# a 413.
+# a 413.  Saves running at once in the thread pool all succeed and the
+# store keeps the last state.
 #
 # What the provider receives is seen in the mock's x-mock-authorization
 # and x-mock-api-key answer headers.
@@ -13,6 +14,8 @@
 use lib 't/lib';
 use Smartflow::Mock;
 use Digest::SHA ();
+use IO::Select;
+use IO::Socket::INET;
 use Test::Nginx::Socket 'no_plan';
 
 no_shuffle();
@@ -52,6 +55,60 @@ sub fp { 'sha256:' . substr(Digest::SHA::sha256_hex($_[0]), 0, 16) }
 our $Long800 = 'sk-long-' . ('L' x 792);
 our $Long1024 = 'sk-long-' . ('M' x 1016);
 our $Long1025 = 'sk-long-' . ('N' x 1017);
+
+# the key of a provider after round $n of the concurrent saves
+our $Rounds = 40;
+sub round_key { "sk-round-$_[0]-$_[1]" }
+
+# the requests, each on its own connection, all sent before any answer is
+# read; their answers as [status, body]
+sub concurrently {
+    my @requests = @_;
+    my $port = Test::Nginx::Util::server_port_for_client();
+    my (@socks, @out, %buf);
+
+    for my $req (@requests) {
+        my ($method, $path, $body) = @$req;
+        my $sock;
+        for (1 .. 100) {
+            $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                          PeerPort => $port,
+                                          Proto => 'tcp', Timeout => 5)
+                and last;
+            select(undef, undef, undef, 0.1);
+        }
+        die "cannot connect to port $port: $!\n" unless $sock;
+        push @socks, $sock;
+        $buf{$sock} = '';
+        push @out, "$method $path HTTP/1.1\r\nHost: localhost\r\n"
+            . "Connection: close\r\n"
+            . "Authorization: Bearer sk-smartflow-test-0123456789\r\n"
+            . (defined $body
+               ? 'Content-Length: ' . length($body) . "\r\n\r\n$body"
+               : "\r\n");
+    }
+
+    $socks[$_]->syswrite($out[$_]) for 0 .. $#socks;
+
+    my $sel = IO::Select->new(@socks);
+    my $deadline = time + 20;
+    while ($sel->count && time < $deadline) {
+        for my $sock ($sel->can_read(1)) {
+            if ($sock->sysread(my $chunk, 65536)) {
+                $buf{$sock} .= $chunk;
+            } else {
+                $sel->remove($sock);
+                $sock->close;
+            }
+        }
+    }
+
+    return map {
+        my ($status) = $buf{$_} =~ m{^HTTP/1\.\d (\d+)};
+        my (undef, $content) = split /\r\n\r\n/, $buf{$_}, 2;
+        [ $status // 0, $content // '' ]
+    } @socks;
+}
 
 # two stores nginx must refuse: sealed under another key, and one byte off
 sub store {
@@ -147,7 +204,8 @@ add_block_preprocessor(sub {
 
     # no log line may hold a credential, whatever the block checks
     my @never = ('sk-config-openai-1111', 'sk-ant-sealed-2222',
-                 'sk-from-api-3333', 'sk-from-api-4444', 'sk-long-');
+                 'sk-from-api-3333', 'sk-from-api-4444', 'sk-long-',
+                 'sk-round-');
     my $nel = $block->no_error_log;
     $block->set_value('no_error_log',
                       [ ($nel ? (ref $nel ? @$nel : split /\n/, $nel) : ()),
@@ -331,7 +389,55 @@ smartflow credentials: provider "mock" credential removed through the admin API
 
 
 
-=== TEST 15: a sealed key= for another provider does not open
+=== TEST 15: saves at once in the thread pool all succeed, in order
+--- main_config eval
+$::MainConfig =~ s/threads=1/threads=8/r
+--- init
+my (@status, @failed);
+for my $n (1 .. $::Rounds) {
+    # one change per provider a round: the last round decides the state
+    my @r = main::concurrently(
+        ['PUT', '/api/providers/mock/credential',
+         '{"key":"' . main::round_key($n, 'mock') . '"}'],
+        ['PUT', '/api/providers/claude/credential',
+         '{"key":"' . main::round_key($n, 'claude') . '"}'],
+        $n % 2
+        ? ['PUT', '/api/providers/bare/credential',
+           '{"key":"' . main::round_key($n, 'bare') . '"}']
+        : ['DELETE', '/api/providers/bare/credential']);
+    push @status, map { $_->[0] } @r;
+    push @failed, map { "round $n: $_->[0] $_->[1]" }
+                  grep { $_->[0] != 200 } @r;
+}
+Test::More::is(scalar(grep { $_ == 200 } @status), 3 * $::Rounds,
+               'every save answered 200')
+    or Test::More::diag(join "\n", @failed[0 .. ($#failed < 4 ? $#failed : 4)]);
+--- request
+GET /credentials.json
+--- more_headers
+--- response_body_like
+^\{"version":1,"generation":\d+,"credentials":\[\n\{"provider":"(mock|claude)","updated":\d+,"sealed":"[A-Za-z0-9_-]{40,}"\},\n\{"provider":"(mock|claude)","updated":\d+,"sealed":"[A-Za-z0-9_-]{40,}"\}\n\]\}$
+--- no_error_log
+[error]
+[crit]
+
+
+
+=== TEST 16: after a restart the store holds what the last saves set
+--- config eval
+$::Locations . "    # restarted\n"
+--- request eval
+["GET /api/providers", "POST /v1/chat/completions\n$::Chat", "POST /anthropic/v1/messages\n$::Messages"]
+--- response_body_like eval
+['^\{"object":"list","data":\[\{"name":"mock","type":"openai","credential":"api","fingerprint":"' . main::fp(main::round_key($::Rounds, 'mock')) . '"\},\{"name":"claude","type":"anthropic","credential":"api","fingerprint":"' . main::fp(main::round_key($::Rounds, 'claude')) . '"\},\{"name":"bare","type":"openai","credential":"none"\}\]\}$', '"object":"chat.completion"', '"type":"message"']
+--- response_headers eval
+["", "x-mock-authorization: Bearer " . main::round_key($::Rounds, 'mock'), "x-mock-api-key: " . main::round_key($::Rounds, 'claude')]
+--- no_error_log
+[error]
+
+
+
+=== TEST 17: a sealed key= for another provider does not open
 --- http_config eval
 my $c = $::HttpConfig;
 $c =~ s/key=\Q$::Sealed\E/key=$::SealedForOther/;
@@ -342,7 +448,7 @@ smartflow provider "claude": its key=enc: value does not open
 
 
 
-=== TEST 16: a store the key cannot open stops nginx
+=== TEST 18: a store the key cannot open stops nginx
 --- http_config eval
 $::HttpConfig =~ s/store credentials.json/store wrong-key.json/r
 --- must_die
@@ -351,7 +457,7 @@ smartflow credentials: the credential of provider "mock" in
 
 
 
-=== TEST 17: a store with one byte changed stops nginx
+=== TEST 19: a store with one byte changed stops nginx
 --- http_config eval
 $::HttpConfig =~ s/store credentials.json/store changed.json/r
 --- must_die
