@@ -116,6 +116,9 @@ static void ngx_http_smartflow_cred_save_thread(void *data, ngx_log_t *log);
 static void ngx_http_smartflow_cred_saved(ngx_event_t *ev);
 static u_char *ngx_http_smartflow_cred_fingerprint(u_char *p, u_char *secret,
     size_t len);
+static ngx_int_t ngx_http_smartflow_cred_wipe_later(ngx_pool_t *pool,
+    u_char *data, size_t len);
+static void ngx_http_smartflow_cred_wipe(void *data);
 
 
 static ngx_http_smartflow_credentials_t *
@@ -140,7 +143,7 @@ char *
 ngx_http_smartflow_credentials_key(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf)
 {
-    u_char                            *p, *last, hex[64];
+    u_char                            *p, *last, *raw, hex[64];
     ssize_t                            n;
     ngx_fd_t                           fd;
     ngx_str_t                         *value, name;
@@ -158,6 +161,7 @@ ngx_http_smartflow_credentials_key(ngx_conf_t *cf, ngx_command_t *cmd,
     }
 
     value = cf->args->elts;
+    raw = NULL;
 
     if (ngx_strncmp(value[1].data, "env:", 4) == 0) {
         p = (u_char *) getenv((char *) value[1].data + 4);
@@ -187,12 +191,13 @@ ngx_http_smartflow_credentials_key(ngx_conf_t *cf, ngx_command_t *cmd,
             return NGX_CONF_ERROR;
         }
 
-        p = ngx_pnalloc(cf->temp_pool, 256);
-        if (p == NULL) {
+        raw = ngx_pnalloc(cf->temp_pool, 256);
+        if (raw == NULL) {
             (void) ngx_close_file(fd);
             return NGX_CONF_ERROR;
         }
 
+        p = raw;
         n = ngx_read_fd(fd, p, 256);
         (void) ngx_close_file(fd);
 
@@ -200,6 +205,7 @@ ngx_http_smartflow_credentials_key(ngx_conf_t *cf, ngx_command_t *cmd,
             ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
                                "smartflow_credentials_key: cannot read "
                                "\"%V\"", &name);
+            ngx_explicit_memzero(raw, 256);
             return NGX_CONF_ERROR;
         }
 
@@ -240,11 +246,23 @@ ngx_http_smartflow_credentials_key(ngx_conf_t *cf, ngx_command_t *cmd,
     }
 
     ngx_explicit_memzero(hex, sizeof(hex));
+
+    if (raw) {
+        ngx_explicit_memzero(raw, 256);
+    }
+
     cr->key_set = 1;
 
     return NGX_CONF_OK;
 
 invalid:
+
+    ngx_explicit_memzero(hex, sizeof(hex));
+    ngx_explicit_memzero(cr->key, sizeof(cr->key));
+
+    if (raw) {
+        ngx_explicit_memzero(raw, 256);
+    }
 
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                        "smartflow_credentials_key \"%V\" must hold 32 bytes "
@@ -495,7 +513,12 @@ ngx_http_smartflow_credentials_get(ngx_http_request_t *r,
     }
 
     p = ngx_pnalloc(r->pool, sizeof("Bearer ") - 1 + s->len);
-    if (p == NULL) {
+
+    if (p == NULL
+        || ngx_http_smartflow_cred_wipe_later(r->pool, p,
+                                              sizeof("Bearer ") - 1 + s->len)
+           != NGX_OK)
+    {
         ngx_shmtx_unlock(&cr->shpool->mutex);
         return NGX_ERROR;
     }
@@ -1090,6 +1113,7 @@ ngx_http_smartflow_cred_run(ngx_http_request_t *r, ngx_str_t *name,
     size_t                             len;
     ngx_str_t                          body, err, answer;
     ngx_uint_t                         i;
+    ngx_chain_t                       *cl;
     ngx_smartflow_json_t              *doc, *key, *f;
     ngx_smartflow_cred_slot_t         *s;
     ngx_http_smartflow_credentials_t  *cr;
@@ -1114,6 +1138,28 @@ ngx_http_smartflow_cred_run(ngx_http_request_t *r, ngx_str_t *name,
         switch (ngx_http_smartflow_cred_read_body(r, &body)) {
 
         case NGX_OK:
+            /* the key is parsed in place: the body is wiped at the end */
+            for (cl = r->request_body ? r->request_body->bufs : NULL;
+                 cl;
+                 cl = cl->next)
+            {
+                if (!cl->buf->in_file
+                    && ngx_http_smartflow_cred_wipe_later(r->pool,
+                           cl->buf->pos, cl->buf->last - cl->buf->pos)
+                       != NGX_OK)
+                {
+                    return NGX_HTTP_INTERNAL_SERVER_ERROR;
+                }
+            }
+
+            if (body.len
+                && ngx_http_smartflow_cred_wipe_later(r->pool, body.data,
+                                                      body.len)
+                   != NGX_OK)
+            {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+
             break;
 
         case NGX_DECLINED:
@@ -1356,6 +1402,38 @@ ngx_http_smartflow_cred_fingerprint(u_char *p, u_char *secret, size_t len)
     }
 
     return ngx_hex_dump(p, md, 8);
+}
+
+
+/* a request's copy of a secret is wiped when its pool goes */
+static ngx_int_t
+ngx_http_smartflow_cred_wipe_later(ngx_pool_t *pool, u_char *data,
+    size_t len)
+{
+    ngx_str_t           *s;
+    ngx_pool_cleanup_t  *cln;
+
+    cln = ngx_pool_cleanup_add(pool, sizeof(ngx_str_t));
+    if (cln == NULL) {
+        return NGX_ERROR;
+    }
+
+    s = cln->data;
+    s->data = data;
+    s->len = len;
+
+    cln->handler = ngx_http_smartflow_cred_wipe;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_smartflow_cred_wipe(void *data)
+{
+    ngx_str_t  *s = data;
+
+    ngx_explicit_memzero(s->data, s->len);
 }
 
 
