@@ -97,6 +97,7 @@ typedef struct {
     ngx_uint_t                          score;
     ngx_uint_t                          redacted;
     ngx_uint_t                          shield_on;
+    ngx_uint_t                          approve_on; /* a queue to hold in */
     ngx_smartflow_finding_t            *f;      /* a scan's, scratch */
 
     /* the request's strings redacted, to write the body again */
@@ -109,6 +110,10 @@ typedef struct {
     ngx_array_t                        *calls;  /* policy_call_t */
     ngx_uint_t                          ndecided;
     ngx_uint_t                          approval;   /* its id, or 0 */
+
+    /* the tool call being read, for Shield's approval queue */
+    ngx_str_t                           tool;       /* its name */
+    ngx_str_t                           call_args;  /* canonical */
 } ngx_http_smartflow_policy_run_t;
 
 
@@ -137,8 +142,8 @@ char *ngx_http_smartflow_policy_group_block(ngx_conf_t *cf,
 char *ngx_http_smartflow_policy_approvals(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 ngx_int_t ngx_http_smartflow_policy_approval(
-    ngx_http_smartflow_policy_run_t *run, const char *rule, u_char *cmd,
-    size_t len, ngx_uint_t *id);
+    ngx_http_smartflow_policy_run_t *run, const char *rule, ngx_str_t *args,
+    ngx_uint_t *id);
 ngx_int_t ngx_http_smartflow_policy_admin_handler(ngx_http_request_t *r);
 
 #define NGX_SF_APPROVAL_PENDING   1

@@ -1,9 +1,11 @@
 /*
  * Shield's approval queue: a tool call whose tier is "approve" is held as
  * a pending item in a shared-memory zone (smartflow_policy_approvals),
- * found again by the SHA-256 of its rule and command, so the client's
- * retry of the same call passes once an operator approved it (once: the
- * approval is used up) and is refused once denied.  The admin API
+ * found again by the SHA-256 of what the operator decides on: the rule,
+ * the virtual key that sent it (or none), the tool's name and its whole
+ * arguments, so only the same key's retry of the very same call passes
+ * once an operator approved it (once: the approval is used up) and is
+ * refused once denied.  The admin API
  * (smartflow_policy_admin, master key only) lists the pending items and
  * approves or denies them:
  *
@@ -17,7 +19,7 @@
 #include "ngx_http_smartflow_policy.h"
 
 
-#define NGX_SF_APPROVAL_CMD       200
+#define NGX_SF_APPROVAL_ARGS      200
 
 
 typedef struct {
@@ -27,8 +29,14 @@ typedef struct {
     u_char                      hash[32];
     u_char                      rule[32];
     size_t                      rule_len;
-    u_char                      command[NGX_SF_APPROVAL_CMD];
-    size_t                      command_len;
+    u_char                      key[32];        /* vk_N, master, none */
+    size_t                      key_len;
+    u_char                      key_name[64];
+    size_t                      key_name_len;
+    u_char                      tool[64];
+    size_t                      tool_len;
+    u_char                      args[NGX_SF_APPROVAL_ARGS];
+    size_t                      args_len;
 } ngx_http_smartflow_approval_t;
 
 
@@ -133,11 +141,12 @@ ngx_http_smartflow_approvals_init_zone(ngx_shm_zone_t *shm_zone, void *data)
  */
 ngx_int_t
 ngx_http_smartflow_policy_approval(ngx_http_smartflow_policy_run_t *run,
-    const char *rule, u_char *cmd, size_t len, ngx_uint_t *id)
+    const char *rule, ngx_str_t *args, ngx_uint_t *id)
 {
-    u_char                              *p, hash[32];
-    size_t                               rl;
-    ngx_uint_t                           i, state;
+    u_char                                 *p, *q, hash[32];
+    size_t                                  rl;
+    ngx_str_t                              *key, name;
+    ngx_uint_t                              i, state;
     ngx_shm_zone_t                         *zone;
     ngx_slab_pool_t                        *shpool;
     ngx_http_smartflow_approval_t          *it, *free, *old;
@@ -153,17 +162,27 @@ ngx_http_smartflow_policy_approval(ngx_http_smartflow_policy_run_t *run,
     }
 
     rl = ngx_strlen(rule);
+    key = &run->ctx->key_id;
 
-    p = ngx_pnalloc(run->r->pool, rl + 1 + len);
+    if (run->ctx->vkey) {
+        name = run->ctx->vkey->name;
+
+    } else {
+        ngx_str_null(&name);
+    }
+
+    /* each part with its length ahead: no two calls read as one */
+    p = ngx_pnalloc(run->r->pool, 4 * (NGX_SIZE_T_LEN + 1) + rl + key->len
+                                  + run->tool.len + args->len);
     if (p == NULL) {
         return NGX_ERROR;
     }
 
-    ngx_memcpy(p, rule, rl);
-    p[rl] = '\0';
-    ngx_memcpy(p + rl + 1, cmd, len);
+    q = ngx_sprintf(p, "%uz:%s%uz:%V%uz:%V%uz:", rl, rule, key->len, key,
+                    run->tool.len, &run->tool, args->len);
+    q = ngx_cpymem(q, args->data, args->len);
 
-    if (ngx_smartflow_sha256(p, rl + 1 + len, hash) != NGX_OK) {
+    if (ngx_smartflow_sha256(p, q - p, hash) != NGX_OK) {
         return NGX_ERROR;
     }
 
@@ -218,8 +237,14 @@ ngx_http_smartflow_policy_approval(ngx_http_smartflow_policy_run_t *run,
     ngx_memcpy(it->hash, hash, 32);
     it->rule_len = ngx_min(rl, sizeof(it->rule));
     ngx_memcpy(it->rule, rule, it->rule_len);
-    it->command_len = ngx_min(len, NGX_SF_APPROVAL_CMD);
-    ngx_memcpy(it->command, cmd, it->command_len);
+    it->key_len = ngx_min(key->len, sizeof(it->key));
+    ngx_memcpy(it->key, key->data, it->key_len);
+    it->key_name_len = ngx_min(name.len, sizeof(it->key_name));
+    ngx_memcpy(it->key_name, name.data, it->key_name_len);
+    it->tool_len = ngx_min(run->tool.len, sizeof(it->tool));
+    ngx_memcpy(it->tool, run->tool.data, it->tool_len);
+    it->args_len = ngx_min(args->len, NGX_SF_APPROVAL_ARGS);
+    ngx_memcpy(it->args, args->data, it->args_len);
 
     *id = it->id;
 
@@ -374,10 +399,33 @@ static size_t
 ngx_http_smartflow_approvals_item_len(ngx_http_smartflow_approval_t *it)
 {
     return sizeof("{\"id\":,\"object\":\"shield.pending\",\"rule\":\"\","
-                  "\"command\":\"\",\"status\":\"approved\","
+                  "\"key\":\"\",\"key_name\":\"\",\"tool\":\"\","
+                  "\"arguments\":\"\",\"status\":\"approved\","
                   "\"created_at\":}") + 2 * NGX_INT_T_LEN
+           + 3 * sizeof("null")
            + ngx_smartflow_json_escape_len(it->rule, it->rule_len)
-           + ngx_smartflow_json_escape_len(it->command, it->command_len);
+           + ngx_smartflow_json_escape_len(it->key, it->key_len)
+           + ngx_smartflow_json_escape_len(it->key_name, it->key_name_len)
+           + ngx_smartflow_json_escape_len(it->tool, it->tool_len)
+           + ngx_smartflow_json_escape_len(it->args, it->args_len);
+}
+
+
+static u_char *
+ngx_http_smartflow_approvals_str(u_char *p, char *name, u_char *s,
+    size_t len)
+{
+    p = ngx_sprintf(p, ",\"%s\":", name);
+
+    if (len == 0) {
+        return ngx_sf_cpymem(p, "null");
+    }
+
+    *p++ = '"';
+    p = ngx_smartflow_json_escape(p, s, len);
+    *p++ = '"';
+
+    return p;
 }
 
 
@@ -389,8 +437,13 @@ ngx_http_smartflow_approvals_item(u_char *p, ngx_http_smartflow_approval_t *it)
     p = ngx_sprintf(p, "{\"id\":%ui,\"object\":\"shield.pending\","
                     "\"rule\":\"", it->id);
     p = ngx_smartflow_json_escape(p, it->rule, it->rule_len);
-    p = ngx_sf_cpymem(p, "\",\"command\":\"");
-    p = ngx_smartflow_json_escape(p, it->command, it->command_len);
+    *p++ = '"';
+    p = ngx_http_smartflow_approvals_str(p, "key", it->key, it->key_len);
+    p = ngx_http_smartflow_approvals_str(p, "key_name", it->key_name,
+                                         it->key_name_len);
+    p = ngx_http_smartflow_approvals_str(p, "tool", it->tool, it->tool_len);
+    p = ngx_sf_cpymem(p, ",\"arguments\":\"");
+    p = ngx_smartflow_json_escape(p, it->args, it->args_len);
 
     return ngx_sprintf(p, "\",\"status\":\"%s\",\"created_at\":%T}",
                        states[it->state], it->created);

@@ -20,7 +20,11 @@ static ngx_int_t ngx_http_smartflow_policy_values(
     ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *j,
     ngx_uint_t what, ngx_uint_t depth);
 static ngx_int_t ngx_http_smartflow_policy_arguments(
-    ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *args);
+    ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *name,
+    ngx_smartflow_json_t *args);
+static ngx_int_t ngx_http_smartflow_policy_call(
+    ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *name,
+    ngx_smartflow_json_t *args);
 static ngx_int_t ngx_http_smartflow_policy_redact(
     ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *j,
     ngx_uint_t n);
@@ -186,6 +190,17 @@ ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
                       || g->action[NGX_SF_RULE_SHELL] != NGX_SF_ACTION_OFF
                       || g->action[NGX_SF_RULE_GIT] != NGX_SF_ACTION_OFF
                       || g->action[NGX_SF_RULE_INFRA] != NGX_SF_ACTION_OFF);
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_policy_module);
+
+    run->approve_on = (pmcf->approvals != NULL
+                       && (g->action[NGX_SF_RULE_SQL] == NGX_SF_ACTION_APPROVE
+                           || g->action[NGX_SF_RULE_SHELL]
+                              == NGX_SF_ACTION_APPROVE
+                           || g->action[NGX_SF_RULE_GIT]
+                              == NGX_SF_ACTION_APPROVE
+                           || g->action[NGX_SF_RULE_INFRA]
+                              == NGX_SF_ACTION_APPROVE));
 
     if (ngx_array_init(&run->seen, r->pool, 4,
                        sizeof(ngx_http_smartflow_placeholder_t))
@@ -371,7 +386,7 @@ ngx_http_smartflow_policy_message(ngx_http_smartflow_policy_run_t *run,
 {
     ngx_int_t              rc;
     ngx_uint_t             what;
-    ngx_smartflow_json_t  *role, *content, *b, *type, *j;
+    ngx_smartflow_json_t  *role, *content, *b, *type, *j, *fn;
 
     role = ngx_smartflow_json_get(msg, "role");
     content = ngx_smartflow_json_get(msg, "content");
@@ -401,10 +416,11 @@ ngx_http_smartflow_policy_message(ngx_http_smartflow_policy_run_t *run,
 
         if (j && j->type == NGX_SMARTFLOW_JSON_ARRAY) {
             for (b = j->child; b && !run->block; b = b->next) {
+                fn = ngx_smartflow_json_get(b, "function");
+
                 rc = ngx_http_smartflow_policy_arguments(run,
-                         ngx_smartflow_json_get(
-                             ngx_smartflow_json_get(b, "function"),
-                             "arguments"));
+                         ngx_smartflow_json_get(fn, "name"),
+                         ngx_smartflow_json_get(fn, "arguments"));
                 if (rc != NGX_OK) {
                     return rc;
                 }
@@ -414,6 +430,7 @@ ngx_http_smartflow_policy_message(ngx_http_smartflow_policy_run_t *run,
         j = ngx_smartflow_json_get(msg, "function_call");
         if (j) {
             return ngx_http_smartflow_policy_arguments(run,
+                       ngx_smartflow_json_get(j, "name"),
                        ngx_smartflow_json_get(j, "arguments"));
         }
 
@@ -437,9 +454,21 @@ ngx_http_smartflow_policy_message(ngx_http_smartflow_policy_run_t *run,
 
         } else if (ngx_http_smartflow_policy_is(type, "tool_use")) {
             j = ngx_smartflow_json_get(b, "input");
-            rc = j ? ngx_http_smartflow_policy_values(run, j,
-                         NGX_SF_SCAN_PII | NGX_SF_SCAN_SHIELD, 0)
-                   : NGX_OK;
+
+            if (j == NULL) {
+                continue;
+            }
+
+            rc = ngx_http_smartflow_policy_call(run,
+                     ngx_smartflow_json_get(b, "name"), j);
+
+            if (rc == NGX_OK) {
+                rc = ngx_http_smartflow_policy_values(run, j,
+                         NGX_SF_SCAN_PII | NGX_SF_SCAN_SHIELD, 0);
+            }
+
+            ngx_str_null(&run->tool);
+            ngx_str_null(&run->call_args);
 
         } else if (b->type == NGX_SMARTFLOW_JSON_STRING) {
             rc = ngx_http_smartflow_policy_text(run, b, what);
@@ -520,11 +549,42 @@ ngx_http_smartflow_policy_values(ngx_http_smartflow_policy_run_t *run,
 }
 
 
+/*
+ * The tool call about to be read, for the approval queue: its name and
+ * its whole arguments in one canonical form (the compact JSON of the
+ * tree, or the string when it is no JSON), before any is redacted, so
+ * that the same call is the same item whatever its spacing.
+ */
+static ngx_int_t
+ngx_http_smartflow_policy_call(ngx_http_smartflow_policy_run_t *run,
+    ngx_smartflow_json_t *name, ngx_smartflow_json_t *args)
+{
+    ngx_str_null(&run->tool);
+    ngx_str_null(&run->call_args);
+
+    if (!run->approve_on || run->ctx->pipeline_done) {
+        return NGX_OK;
+    }
+
+    if (ngx_smartflow_json_is_string(name)) {
+        run->tool = name->str;
+    }
+
+    if (args->type == NGX_SMARTFLOW_JSON_STRING) {
+        run->call_args = args->str;
+        return NGX_OK;
+    }
+
+    return ngx_smartflow_json_dump(run->r->pool, args, &run->call_args);
+}
+
+
 /* an OpenAI tool call's arguments: a JSON document in a string */
 static ngx_int_t
 ngx_http_smartflow_policy_arguments(ngx_http_smartflow_policy_run_t *run,
-    ngx_smartflow_json_t *args)
+    ngx_smartflow_json_t *name, ngx_smartflow_json_t *args)
 {
+    ngx_int_t              rc;
     ngx_str_t              err;
     ngx_smartflow_json_t  *doc;
 
@@ -536,17 +596,28 @@ ngx_http_smartflow_policy_arguments(ngx_http_smartflow_policy_run_t *run,
         doc = ngx_smartflow_json_parse(run->r->pool, args->str.data,
                                        args->str.len, &err);
 
+        rc = ngx_http_smartflow_policy_call(run, name,
+                 (doc && doc->type != NGX_SMARTFLOW_JSON_STRING) ? doc : args);
+
+        if (rc != NGX_OK) {
+            return NGX_ERROR;
+        }
+
         if (doc && doc->type != NGX_SMARTFLOW_JSON_STRING) {
-            if (ngx_http_smartflow_policy_values(run, doc,
-                                                 NGX_SF_SCAN_SHIELD, 0)
-                != NGX_OK)
-            {
-                return NGX_ERROR;
-            }
+            rc = ngx_http_smartflow_policy_values(run, doc,
+                                                  NGX_SF_SCAN_SHIELD, 0);
 
         } else {
             ngx_http_smartflow_policy_shield(run, args->str.data,
                                              args->str.len);
+            rc = NGX_OK;
+        }
+
+        ngx_str_null(&run->tool);
+        ngx_str_null(&run->call_args);
+
+        if (rc != NGX_OK) {
+            return NGX_ERROR;
         }
     }
 
@@ -564,6 +635,7 @@ ngx_http_smartflow_policy_shield(ngx_http_smartflow_policy_run_t *run,
     u_char *p, size_t len)
 {
     ngx_int_t               rc;
+    ngx_str_t               args;
     ngx_uint_t              a, id;
     ngx_smartflow_shield_t  sh;
 
@@ -584,8 +656,19 @@ ngx_http_smartflow_policy_shield(ngx_http_smartflow_policy_run_t *run,
     }
 
     if (a == NGX_SF_ACTION_APPROVE && !run->ctx->pipeline_done) {
-        /* the approval queue: a call approved once passes once */
-        rc = ngx_http_smartflow_policy_approval(run, sh.name, p, len, &id);
+        /*
+         * the approval queue: a call approved once passes once; outside
+         * a tool call, the text found is all there is to approve
+         */
+        if (run->call_args.len) {
+            args = run->call_args;
+
+        } else {
+            args.data = p;
+            args.len = len;
+        }
+
+        rc = ngx_http_smartflow_policy_approval(run, sh.name, &args, &id);
 
         if (rc == NGX_SF_APPROVAL_APPROVED) {
             run->decided[sh.rule] |= 1 << NGX_SF_ACTION_APPROVE;

@@ -1,25 +1,32 @@
 # Shield's approval queue: a destructive tool call whose tier is
 # "approve" is held as a pending item; the client is told it awaits an
 # operator; the admin API (master key only) lists, approves and denies
-# items; an approved retry passes once, a denied one is refused.  (The
-# runner checks a block's error_log after each of its requests, so the
-# log lines are asserted in the single-request blocks.)
+# items; an approved retry passes once, a denied one is refused.  An
+# item is the call of one key: its tool, its whole arguments and the rule.
+# (The runner checks a block's error_log after each of its requests, so
+# the log lines are asserted in the single-request blocks.)
 
 use lib 't/lib';
 use Smartflow::Conf;
 use Smartflow::Mock;
+use Smartflow::Keys;
 use Test::Nginx::Socket 'no_plan';
 
 no_shuffle();
+
+unlink server_root() . '/approvals-keys.state';
 
 our $MainConfig = <<'_EOC_';
     load_module $TEST_NGINX_MODULES/ngx_http_smartflow_proxy_module.so;
     load_module $TEST_NGINX_MODULES/ngx_http_smartflow_policy_module.so;
     load_module $TEST_NGINX_MODULES/ngx_http_smartflow_audit_module.so;
+
+    thread_pool sf threads=1;
 _EOC_
 
 our $HttpConfig = <<'_EOC_';
     smartflow_master_key sk-smartflow-test-0123456789;
+    smartflow_keys_zone keys 1m state=approvals-keys.state thread_pool=sf;
 
     upstream sf_mock {
         server 127.0.0.1:$TEST_NGINX_MOCK_PORT;
@@ -42,6 +49,8 @@ our $Locations = Smartflow::Conf::shipped_locations() . <<'_EOC_';
     location /api/shield/ {
         smartflow_policy_admin;
     }
+
+    include $TEST_NGINX_SMARTFLOW_CONF/smartflow_admin.conf;
 _EOC_
 
 add_block_preprocessor(sub {
@@ -56,6 +65,9 @@ add_block_preprocessor(sub {
     $block->set_value('more_headers',
                       'Authorization: Bearer sk-smartflow-test-0123456789')
         unless defined $block->more_headers;
+
+    Smartflow::Keys::substitute($block);
+    return $block;
 });
 
 sub call {
@@ -65,6 +77,18 @@ sub call {
         . qq/{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"bash","arguments":"{\\"command\\":\\"$cmd\\"}"}}]},/
         . qq/{"role":"tool","tool_call_id":"c1","content":"ok"},{"role":"user","content":"go on"}]}/;
 }
+
+# a tool call of any name and arguments (a JSON text) in the history
+sub tool_call {
+    my ($tool, $args) = @_;
+    $args =~ s/(["\\])/\\$1/g;
+    return "POST /v1/chat/completions\n"
+        . qq/{"model":"gpt-4o","messages":[{"role":"user","content":"clean up"},/
+        . qq/{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"$tool","arguments":"$args"}}]},/
+        . qq/{"role":"tool","tool_call_id":"c1","content":"ok"},{"role":"user","content":"go on"}]}/;
+}
+
+our $M = 'Authorization: Bearer sk-smartflow-test-0123456789';
 
 run_tests();
 
@@ -84,8 +108,8 @@ __DATA__
 [403, 200, 200, 200, 403, 200, 400, 200]
 --- response_body_like eval
 [ qr/^\{"error":\{"message":"The tool call \(rule `shield.shell`: shell.rm_root\) awaits an operator's approval as Shield item 1; send the request again once it is approved.","type":"permission_error","param":null,"code":"approval_required"\}\}$/,
-  qr/^\{"object":"list","data":\[\{"id":1,"object":"shield.pending","rule":"shell.rm_root","command":"rm -rf \/home\/alice","status":"pending","created_at":\d+\}\]\}$/,
-  qr/^\{"id":1,"object":"shield.pending","rule":"shell.rm_root","command":"rm -rf \/home\/alice","status":"approved","created_at":\d+\}$/,
+  qr/^\{"object":"list","data":\[\{"id":1,"object":"shield.pending","rule":"shell.rm_root","key":"master","key_name":null,"tool":"bash","arguments":"\{\\"command\\":\\"rm -rf \/home\/alice\\"\}","status":"pending","created_at":\d+\}\]\}$/,
+  qr/^\{"id":1,"object":"shield.pending","rule":"shell.rm_root","key":"master","key_name":null,"tool":"bash","arguments":"\{\\"command\\":\\"rm -rf \/home\/alice\\"\}","status":"approved","created_at":\d+\}$/,
   qr/"content":"mock reply to: go on"/,
   qr/awaits an operator's approval as Shield item 2;.*"code":"approval_required"/,
   qr/"status":"denied"/,
@@ -142,3 +166,48 @@ my $c = $::HttpConfig; $c =~ s/smartflow_policy_approvals shield 64k;//; $c
 requires an operator's approval, and this gateway keeps no approval queue
 --- error_log
 approval_required
+
+
+
+=== TEST 6: two virtual keys for the next block (vk_1, vk_2: the state starts empty)
+--- request eval
+[ "POST /api/auth/virtual-keys\n" . '{"name":"alice"}',
+  "POST /api/auth/virtual-keys\n" . '{"name":"mallory"}' ]
+--- error_code eval
+[201, 201]
+--- no_error_log
+[error]
+
+
+
+=== TEST 7: an approval is for one key's very call: another key, another argument or another tool waits for its own
+--- more_headers eval
+[ 'Authorization: Bearer %KEY(alice)%', $::M,
+  'Authorization: Bearer %KEY(mallory)%',
+  'Authorization: Bearer %KEY(mallory)%',
+  'Authorization: Bearer %KEY(alice)%',
+  'Authorization: Bearer %KEY(alice)%', $::M,
+  'Authorization: Bearer %KEY(alice)%',
+  'Authorization: Bearer %KEY(alice)%' ]
+--- request eval
+[ ::tool_call('bash', '{"command":"rm -rf /home/alice","host":"staging"}'),
+  "POST /api/shield/pending/1/approve",
+  ::tool_call('bash', '{"command":"rm -rf /home/alice","host":"production"}'),
+  ::tool_call('bash', '{"command":"rm -rf /home/alice","host":"staging"}'),
+  ::tool_call('bash', '{"command":"rm -rf /home/alice","host":"production"}'),
+  ::tool_call('ssh', '{"command":"rm -rf /home/alice","host":"staging"}'),
+  "GET /api/shield/pending",
+  ::tool_call('bash', '{ "command" : "rm -rf /home/alice", "host" : "staging" }'),
+  ::tool_call('bash', '{"command":"rm -rf /home/alice","host":"staging"}') ]
+--- error_code eval
+[403, 200, 403, 403, 403, 403, 200, 200, 403]
+--- response_body_like eval
+[ qr/as Shield item 1;/,
+  qr/"key":"vk_1","key_name":"alice","tool":"bash","arguments":"\{\\"command\\":\\"rm -rf \/home\/alice\\",\\"host\\":\\"staging\\"\}","status":"approved"/,
+  qr/as Shield item 2;/,
+  qr/as Shield item 3;/,
+  qr/as Shield item 4;/,
+  qr/as Shield item 5;/,
+  qr/^\{"object":"list","data":\[\{"id":2,"object":"shield.pending","rule":"shell.rm_root","key":"vk_2","key_name":"mallory","tool":"bash","arguments":"\{\\"command\\":\\"rm -rf \/home\/alice\\",\\"host\\":\\"production\\"\}","status":"pending".*?\{"id":3,.*?"key":"vk_2".*?\\"staging\\".*?\{"id":4,.*?"key":"vk_1".*?\\"production\\".*?\{"id":5,.*?"key":"vk_1","key_name":"alice","tool":"ssh".*\]\}$/,
+  qr/"content":"mock reply to: go on"/,
+  qr/as Shield item 6;/ ]
