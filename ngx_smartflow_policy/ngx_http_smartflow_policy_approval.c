@@ -19,7 +19,11 @@
 #include "ngx_http_smartflow_policy.h"
 
 
-#define NGX_SF_APPROVAL_ARGS      200
+/*
+ * what an item keeps of the arguments to show: enough to decide on; more
+ * is shown cut at a character, flagged, with the whole length
+ */
+#define NGX_SF_APPROVAL_ARGS      4096
 
 
 typedef struct {
@@ -37,6 +41,8 @@ typedef struct {
     size_t                      tool_len;
     u_char                      args[NGX_SF_APPROVAL_ARGS];
     size_t                      args_len;
+    size_t                      args_size;      /* the whole arguments' */
+    ngx_uint_t                  truncated;      /* a part is shown cut */
 } ngx_http_smartflow_approval_t;
 
 
@@ -58,6 +64,8 @@ static u_char *ngx_http_smartflow_approvals_item(u_char *p,
     ngx_http_smartflow_approval_t *it);
 static size_t ngx_http_smartflow_approvals_item_len(
     ngx_http_smartflow_approval_t *it);
+static size_t ngx_http_smartflow_approvals_copy(u_char *dst, size_t size,
+    u_char *src, size_t len, ngx_uint_t *cut);
 
 
 /* smartflow_policy_approvals NAME SIZE; */
@@ -235,22 +243,55 @@ ngx_http_smartflow_policy_approval(ngx_http_smartflow_policy_run_t *run,
     it->state = NGX_SF_APPROVAL_PENDING;
     it->created = ngx_time();
     ngx_memcpy(it->hash, hash, 32);
-    it->rule_len = ngx_min(rl, sizeof(it->rule));
-    ngx_memcpy(it->rule, rule, it->rule_len);
-    it->key_len = ngx_min(key->len, sizeof(it->key));
-    ngx_memcpy(it->key, key->data, it->key_len);
-    it->key_name_len = ngx_min(name.len, sizeof(it->key_name));
-    ngx_memcpy(it->key_name, name.data, it->key_name_len);
-    it->tool_len = ngx_min(run->tool.len, sizeof(it->tool));
-    ngx_memcpy(it->tool, run->tool.data, it->tool_len);
-    it->args_len = ngx_min(args->len, NGX_SF_APPROVAL_ARGS);
-    ngx_memcpy(it->args, args->data, it->args_len);
+    it->truncated = 0;
+    it->rule_len = ngx_http_smartflow_approvals_copy(it->rule,
+                       sizeof(it->rule), (u_char *) rule, rl,
+                       &it->truncated);
+    it->key_len = ngx_http_smartflow_approvals_copy(it->key, sizeof(it->key),
+                      key->data, key->len, &it->truncated);
+    it->key_name_len = ngx_http_smartflow_approvals_copy(it->key_name,
+                           sizeof(it->key_name), name.data, name.len,
+                           &it->truncated);
+    it->tool_len = ngx_http_smartflow_approvals_copy(it->tool,
+                       sizeof(it->tool), run->tool.data, run->tool.len,
+                       &it->truncated);
+    it->args_len = ngx_http_smartflow_approvals_copy(it->args,
+                       sizeof(it->args), args->data, args->len,
+                       &it->truncated);
+    it->args_size = args->len;
 
     *id = it->id;
 
     ngx_shmtx_unlock(&shpool->mutex);
 
     return NGX_SF_APPROVAL_PENDING;
+}
+
+
+/*
+ * At most size bytes of src, cut before a character, not inside one (the
+ * list is JSON: UTF-8 only); *cut is set when some is left out.
+ */
+static size_t
+ngx_http_smartflow_approvals_copy(u_char *dst, size_t size, u_char *src,
+    size_t len, ngx_uint_t *cut)
+{
+    if (len == 0) {
+        return 0;       /* src may be NULL */
+    }
+
+    if (len > size) {
+        *cut = 1;
+
+        /* src[len] is the first byte left out: back to a lead byte */
+        for (len = size; len > 0 && (src[len] & 0xc0) == 0x80; len--) {
+            /* void */
+        }
+    }
+
+    ngx_memcpy(dst, src, len);
+
+    return len;
 }
 
 
@@ -400,8 +441,9 @@ ngx_http_smartflow_approvals_item_len(ngx_http_smartflow_approval_t *it)
 {
     return sizeof("{\"id\":,\"object\":\"shield.pending\",\"rule\":\"\","
                   "\"key\":\"\",\"key_name\":\"\",\"tool\":\"\","
-                  "\"arguments\":\"\",\"status\":\"approved\","
-                  "\"created_at\":}") + 2 * NGX_INT_T_LEN
+                  "\"arguments\":\"\",\"arguments_length\":,"
+                  "\"truncated\":false,\"status\":\"approved\","
+                  "\"created_at\":}") + 3 * NGX_INT_T_LEN
            + 3 * sizeof("null")
            + ngx_smartflow_json_escape_len(it->rule, it->rule_len)
            + ngx_smartflow_json_escape_len(it->key, it->key_len)
@@ -445,7 +487,9 @@ ngx_http_smartflow_approvals_item(u_char *p, ngx_http_smartflow_approval_t *it)
     p = ngx_sf_cpymem(p, ",\"arguments\":\"");
     p = ngx_smartflow_json_escape(p, it->args, it->args_len);
 
-    return ngx_sprintf(p, "\",\"status\":\"%s\",\"created_at\":%T}",
+    return ngx_sprintf(p, "\",\"arguments_length\":%uz,\"truncated\":%s,"
+                       "\"status\":\"%s\",\"created_at\":%T}",
+                       it->args_size, it->truncated ? "true" : "false",
                        states[it->state], it->created);
 }
 

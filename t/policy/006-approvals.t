@@ -108,8 +108,8 @@ __DATA__
 [403, 200, 200, 200, 403, 200, 400, 200]
 --- response_body_like eval
 [ qr/^\{"error":\{"message":"The tool call \(rule `shield.shell`: shell.rm_root\) awaits an operator's approval as Shield item 1; send the request again once it is approved.","type":"permission_error","param":null,"code":"approval_required"\}\}$/,
-  qr/^\{"object":"list","data":\[\{"id":1,"object":"shield.pending","rule":"shell.rm_root","key":"master","key_name":null,"tool":"bash","arguments":"\{\\"command\\":\\"rm -rf \/home\/alice\\"\}","status":"pending","created_at":\d+\}\]\}$/,
-  qr/^\{"id":1,"object":"shield.pending","rule":"shell.rm_root","key":"master","key_name":null,"tool":"bash","arguments":"\{\\"command\\":\\"rm -rf \/home\/alice\\"\}","status":"approved","created_at":\d+\}$/,
+  qr/^\{"object":"list","data":\[\{"id":1,"object":"shield.pending","rule":"shell.rm_root","key":"master","key_name":null,"tool":"bash","arguments":"\{\\"command\\":\\"rm -rf \/home\/alice\\"\}","arguments_length":32,"truncated":false,"status":"pending","created_at":\d+\}\]\}$/,
+  qr/^\{"id":1,"object":"shield.pending","rule":"shell.rm_root","key":"master","key_name":null,"tool":"bash","arguments":"\{\\"command\\":\\"rm -rf \/home\/alice\\"\}","arguments_length":32,"truncated":false,"status":"approved","created_at":\d+\}$/,
   qr/"content":"mock reply to: go on"/,
   qr/awaits an operator's approval as Shield item 2;.*"code":"approval_required"/,
   qr/"status":"denied"/,
@@ -203,11 +203,23 @@ approval_required
 [403, 200, 403, 403, 403, 403, 200, 200, 403]
 --- response_body_like eval
 [ qr/as Shield item 1;/,
-  qr/"key":"vk_1","key_name":"alice","tool":"bash","arguments":"\{\\"command\\":\\"rm -rf \/home\/alice\\",\\"host\\":\\"staging\\"\}","status":"approved"/,
+  qr/"key":"vk_1","key_name":"alice","tool":"bash","arguments":"\{\\"command\\":\\"rm -rf \/home\/alice\\",\\"host\\":\\"staging\\"\}","arguments_length":49,"truncated":false,"status":"approved"/,
   qr/as Shield item 2;/,
   qr/as Shield item 3;/,
   qr/as Shield item 4;/,
   qr/as Shield item 5;/,
-  qr/^\{"object":"list","data":\[\{"id":2,"object":"shield.pending","rule":"shell.rm_root","key":"vk_2","key_name":"mallory","tool":"bash","arguments":"\{\\"command\\":\\"rm -rf \/home\/alice\\",\\"host\\":\\"production\\"\}","status":"pending".*?\{"id":3,.*?"key":"vk_2".*?\\"staging\\".*?\{"id":4,.*?"key":"vk_1".*?\\"production\\".*?\{"id":5,.*?"key":"vk_1","key_name":"alice","tool":"ssh".*\]\}$/,
+  qr/^\{"object":"list","data":\[\{"id":2,"object":"shield.pending","rule":"shell.rm_root","key":"vk_2","key_name":"mallory","tool":"bash","arguments":"\{\\"command\\":\\"rm -rf \/home\/alice\\",\\"host\\":\\"production\\"\}","arguments_length":52,"truncated":false,"status":"pending".*?\{"id":3,.*?"key":"vk_2".*?\\"staging\\".*?\{"id":4,.*?"key":"vk_1".*?\\"production\\".*?\{"id":5,.*?"key":"vk_1","key_name":"alice","tool":"ssh".*\]\}$/,
   qr/"content":"mock reply to: go on"/,
   qr/as Shield item 6;/ ]
+
+
+
+=== TEST 8: a long call is shown as much as an operator can read, cut at a character, flagged and measured
+--- request eval
+[ ::call('rm -rf /tmp/xy; echo ' . ("\xc3\xa9" x 2500) . '; rm -rf /home/alice'),
+  "GET /api/shield/pending" ]
+--- error_code eval
+[403, 200]
+--- response_body_like eval
+[ qr/as Shield item 1;/,
+  qr/^\{"object":"list","data":\[\{"id":1,"object":"shield.pending","rule":"shell.rm_root","key":"master","key_name":null,"tool":"bash","arguments":"\{\\"command\\":\\"rm -rf \/tmp\/xy; echo (?:\xc3\xa9){2031}","arguments_length":5055,"truncated":true,"status":"pending","created_at":\d+\}\]\}$/ ]
