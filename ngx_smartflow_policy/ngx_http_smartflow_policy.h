@@ -35,6 +35,8 @@ typedef struct {
 typedef struct {
     ngx_array_t                 groups;         /* group_t * */
     ngx_shm_zone_t             *approvals;      /* Shield's approval queue */
+    time_t                      approval_pending;   /* how long items wait */
+    time_t                      approval_approved;  /* an approval's life */
 } ngx_http_smartflow_policy_main_conf_t;
 
 
@@ -110,6 +112,7 @@ typedef struct {
     ngx_array_t                        *calls;  /* policy_call_t */
     ngx_uint_t                          ndecided;
     ngx_uint_t                          approval;   /* its id, or 0 */
+    ngx_uint_t                          approval_full;  /* no room */
 
     /* the tool call being read, for Shield's approval queue */
     ngx_str_t                           tool;       /* its name */

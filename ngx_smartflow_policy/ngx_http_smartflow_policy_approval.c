@@ -5,7 +5,10 @@
  * the virtual key that sent it (or none), the tool's name and its whole
  * arguments, so only the same key's retry of the very same call passes
  * once an operator approved it (once: the approval is used up) and is
- * refused once denied.  The admin API
+ * refused once denied.  A pending item waits so long (pending=, an hour
+ * by default), an approval is good so long (approved=, 15 minutes); a
+ * full queue evicts what has expired, then the denials, never an
+ * approval or a pending call.  The admin API
  * (smartflow_policy_admin, master key only) lists the pending items and
  * approves or denies them:
  *
@@ -25,11 +28,15 @@
  */
 #define NGX_SF_APPROVAL_ARGS      4096
 
+#define NGX_SF_APPROVAL_PENDING_TTL   3600
+#define NGX_SF_APPROVAL_APPROVED_TTL  900
+
 
 typedef struct {
     ngx_uint_t                  id;             /* 0: a free slot */
     ngx_uint_t                  state;
     time_t                      created;
+    time_t                      expires;        /* waits or is good until */
     u_char                      hash[32];
     u_char                      rule[32];
     size_t                      rule_len;
@@ -59,7 +66,8 @@ static ngx_int_t ngx_http_smartflow_approvals_master(ngx_http_request_t *r);
 static ngx_int_t ngx_http_smartflow_approvals_list(ngx_http_request_t *r,
     ngx_shm_zone_t *zone);
 static ngx_int_t ngx_http_smartflow_approvals_decide(ngx_http_request_t *r,
-    ngx_shm_zone_t *zone, ngx_uint_t id, ngx_uint_t state);
+    ngx_http_smartflow_policy_main_conf_t *pmcf, ngx_uint_t id,
+    ngx_uint_t state);
 static u_char *ngx_http_smartflow_approvals_item(u_char *p,
     ngx_http_smartflow_approval_t *it);
 static size_t ngx_http_smartflow_approvals_item_len(
@@ -68,20 +76,54 @@ static size_t ngx_http_smartflow_approvals_copy(u_char *dst, size_t size,
     u_char *src, size_t len, ngx_uint_t *cut);
 
 
-/* smartflow_policy_approvals NAME SIZE; */
+/* smartflow_policy_approvals NAME SIZE [pending=TIME] [approved=TIME]; */
 char *
 ngx_http_smartflow_policy_approvals(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf)
 {
     ngx_http_smartflow_policy_main_conf_t *pmcf = conf;
 
+    time_t      t, *ttl;
     ssize_t     size;
-    ngx_str_t  *value;
+    ngx_str_t  *value, s;
+    ngx_uint_t  i;
 
     value = cf->args->elts;
 
     if (pmcf->approvals) {
         return "is duplicate";
+    }
+
+    pmcf->approval_pending = NGX_SF_APPROVAL_PENDING_TTL;
+    pmcf->approval_approved = NGX_SF_APPROVAL_APPROVED_TTL;
+
+    for (i = 3; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "pending=", 8) == 0) {
+            ttl = &pmcf->approval_pending;
+            s.data = value[i].data + 8;
+            s.len = value[i].len - 8;
+
+        } else if (ngx_strncmp(value[i].data, "approved=", 9) == 0) {
+            ttl = &pmcf->approval_approved;
+            s.data = value[i].data + 9;
+            s.len = value[i].len - 9;
+
+        } else {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\"", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        t = ngx_parse_time(&s, 1);
+
+        if (t == (time_t) NGX_ERROR || t == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid time in \"%V\"", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        *ttl = t;
     }
 
     size = ngx_parse_size(&value[2]);
@@ -145,7 +187,8 @@ ngx_http_smartflow_approvals_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
 /*
  * The state of a call in the queue: approved (used up now), denied, or
- * pending, added when new.  *id is the item's id.  NGX_DECLINED: no zone.
+ * pending, added when new.  *id is the item's id.  NGX_DECLINED: no zone;
+ * NGX_BUSY: no room, every item waits or is approved.
  */
 ngx_int_t
 ngx_http_smartflow_policy_approval(ngx_http_smartflow_policy_run_t *run,
@@ -153,6 +196,7 @@ ngx_http_smartflow_policy_approval(ngx_http_smartflow_policy_run_t *run,
 {
     u_char                                 *p, *q, hash[32];
     size_t                                  rl;
+    time_t                                  now;
     ngx_str_t                              *key, name;
     ngx_uint_t                              i, state;
     ngx_shm_zone_t                         *zone;
@@ -197,6 +241,8 @@ ngx_http_smartflow_policy_approval(ngx_http_smartflow_policy_run_t *run,
     sh = zone->data;
     shpool = (ngx_slab_pool_t *) zone->shm.addr;
 
+    now = ngx_time();
+
     ngx_shmtx_lock(&shpool->mutex);
 
     free = NULL;
@@ -204,6 +250,10 @@ ngx_http_smartflow_policy_approval(ngx_http_smartflow_policy_run_t *run,
 
     for (i = 0; i < sh->n; i++) {
         it = &sh->items[i];
+
+        if (it->id && it->expires <= now) {
+            it->id = 0;         /* expired: as if never asked */
+        }
 
         if (it->id == 0) {
             if (free == NULL) {
@@ -225,8 +275,9 @@ ngx_http_smartflow_policy_approval(ngx_http_smartflow_policy_run_t *run,
             return state;
         }
 
-        if (it->state != NGX_SF_APPROVAL_PENDING
-            && (old == NULL || it->created < old->created))
+        /* a denial may go first: its retry only waits again */
+        if (it->state == NGX_SF_APPROVAL_DENIED
+            && (old == NULL || it->expires < old->expires))
         {
             old = it;
         }
@@ -236,12 +287,21 @@ ngx_http_smartflow_policy_approval(ngx_http_smartflow_policy_run_t *run,
 
     if (it == NULL) {
         ngx_shmtx_unlock(&shpool->mutex);
-        return NGX_ERROR;       /* full of pending calls */
+
+        ngx_log_error(NGX_LOG_ERR, run->r->connection->log, 0,
+                      "smartflow policy: approval queue \"%V\" is full "
+                      "(%ui items, each pending or approved), a tool call "
+                      "(rule %s) of key \"%V\" is refused; give the zone "
+                      "more room or decide the pending items",
+                      &zone->shm.name, sh->n, rule, key);
+
+        return NGX_BUSY;
     }
 
     it->id = sh->next_id++;
     it->state = NGX_SF_APPROVAL_PENDING;
-    it->created = ngx_time();
+    it->created = now;
+    it->expires = now + pmcf->approval_pending;
     ngx_memcpy(it->hash, hash, 32);
     it->truncated = 0;
     it->rule_len = ngx_http_smartflow_approvals_copy(it->rule,
@@ -380,7 +440,7 @@ ngx_http_smartflow_policy_admin_handler(ngx_http_request_t *r)
         return rc;
     }
 
-    return ngx_http_smartflow_approvals_decide(r, zone, id, state);
+    return ngx_http_smartflow_approvals_decide(r, pmcf, id, state);
 
 not_found:
 
@@ -443,7 +503,7 @@ ngx_http_smartflow_approvals_item_len(ngx_http_smartflow_approval_t *it)
                   "\"key\":\"\",\"key_name\":\"\",\"tool\":\"\","
                   "\"arguments\":\"\",\"arguments_length\":,"
                   "\"truncated\":false,\"status\":\"approved\","
-                  "\"created_at\":}") + 3 * NGX_INT_T_LEN
+                  "\"created_at\":,\"expires_at\":}") + 4 * NGX_INT_T_LEN
            + 3 * sizeof("null")
            + ngx_smartflow_json_escape_len(it->rule, it->rule_len)
            + ngx_smartflow_json_escape_len(it->key, it->key_len)
@@ -488,9 +548,10 @@ ngx_http_smartflow_approvals_item(u_char *p, ngx_http_smartflow_approval_t *it)
     p = ngx_smartflow_json_escape(p, it->args, it->args_len);
 
     return ngx_sprintf(p, "\",\"arguments_length\":%uz,\"truncated\":%s,"
-                       "\"status\":\"%s\",\"created_at\":%T}",
+                       "\"status\":\"%s\",\"created_at\":%T,"
+                       "\"expires_at\":%T}",
                        it->args_size, it->truncated ? "true" : "false",
-                       states[it->state], it->created);
+                       states[it->state], it->created, it->expires);
 }
 
 
@@ -500,6 +561,7 @@ ngx_http_smartflow_approvals_list(ngx_http_request_t *r, ngx_shm_zone_t *zone)
     u_char                             *p;
     size_t                              len;
     ngx_str_t                           json;
+    time_t                              now;
     ngx_uint_t                          i, first;
     ngx_slab_pool_t                    *shpool;
     ngx_http_smartflow_approval_t      *it;
@@ -508,6 +570,8 @@ ngx_http_smartflow_approvals_list(ngx_http_request_t *r, ngx_shm_zone_t *zone)
     sh = zone->data;
     shpool = (ngx_slab_pool_t *) zone->shm.addr;
 
+    now = ngx_time();
+
     ngx_shmtx_lock(&shpool->mutex);
 
     len = sizeof("{\"object\":\"list\",\"data\":[]}");
@@ -515,7 +579,9 @@ ngx_http_smartflow_approvals_list(ngx_http_request_t *r, ngx_shm_zone_t *zone)
     for (i = 0; i < sh->n; i++) {
         it = &sh->items[i];
 
-        if (it->id && it->state == NGX_SF_APPROVAL_PENDING) {
+        if (it->id && it->state == NGX_SF_APPROVAL_PENDING
+            && it->expires > now)
+        {
             len += ngx_http_smartflow_approvals_item_len(it) + 1;
         }
     }
@@ -533,7 +599,9 @@ ngx_http_smartflow_approvals_list(ngx_http_request_t *r, ngx_shm_zone_t *zone)
     for (i = 0; i < sh->n; i++) {
         it = &sh->items[i];
 
-        if (it->id && it->state == NGX_SF_APPROVAL_PENDING) {
+        if (it->id && it->state == NGX_SF_APPROVAL_PENDING
+            && it->expires > now)
+        {
             if (!first) {
                 *p++ = ',';
             }
@@ -554,9 +622,11 @@ ngx_http_smartflow_approvals_list(ngx_http_request_t *r, ngx_shm_zone_t *zone)
 
 static ngx_int_t
 ngx_http_smartflow_approvals_decide(ngx_http_request_t *r,
-    ngx_shm_zone_t *zone, ngx_uint_t id, ngx_uint_t state)
+    ngx_http_smartflow_policy_main_conf_t *pmcf, ngx_uint_t id,
+    ngx_uint_t state)
 {
     u_char                             *p;
+    time_t                              now;
     ngx_int_t                           rc;
     ngx_str_t                           json;
     ngx_uint_t                          i;
@@ -564,16 +634,24 @@ ngx_http_smartflow_approvals_decide(ngx_http_request_t *r,
     ngx_http_smartflow_approval_t      *it, copy;
     ngx_http_smartflow_approvals_sh_t  *sh;
 
-    sh = zone->data;
-    shpool = (ngx_slab_pool_t *) zone->shm.addr;
+    sh = pmcf->approvals->data;
+    shpool = (ngx_slab_pool_t *) pmcf->approvals->shm.addr;
+
+    now = ngx_time();
 
     ngx_shmtx_lock(&shpool->mutex);
 
     for (i = 0; i < sh->n; i++) {
         it = &sh->items[i];
 
-        if (id && it->id == id && it->state == NGX_SF_APPROVAL_PENDING) {
+        if (id && it->id == id && it->state == NGX_SF_APPROVAL_PENDING
+            && it->expires > now)
+        {
+            /* an approval is good for a while; a denial stands as long */
             it->state = state;
+            it->expires = now + (state == NGX_SF_APPROVAL_APPROVED
+                                 ? pmcf->approval_approved
+                                 : pmcf->approval_pending);
             copy = *it;
             break;
         }

@@ -44,7 +44,7 @@ static ngx_command_t  ngx_http_smartflow_policy_commands[] = {
       NULL },
 
     { ngx_string("smartflow_policy_approvals"),
-      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE2,
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE2|NGX_CONF_TAKE3|NGX_CONF_TAKE4,
       ngx_http_smartflow_policy_approvals,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,

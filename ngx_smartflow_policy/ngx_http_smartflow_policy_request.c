@@ -248,6 +248,16 @@ ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
                            &name, run->block_detail, run->approval);
             }
 
+            if (run->approval_full) {
+                return ngx_http_smartflow_error(r,
+                           NGX_HTTP_SERVICE_UNAVAILABLE, "server_error",
+                           "approval_queue_full", NULL,
+                           "The tool call (rule `%V`: %s) requires an "
+                           "operator's approval, and the approval queue is "
+                           "full; try again later.", &name,
+                           run->block_detail);
+            }
+
             return ngx_http_smartflow_error(r, NGX_HTTP_FORBIDDEN,
                        "permission_error", "approval_required", NULL,
                        "The tool call (rule `%V`: %s) requires an "
@@ -683,6 +693,9 @@ ngx_http_smartflow_policy_shield(ngx_http_smartflow_policy_run_t *run,
 
         if (rc == NGX_SF_APPROVAL_PENDING) {
             run->approval = id;
+
+        } else if (rc == NGX_BUSY) {
+            run->approval_full = 1;
         }
     }
 

@@ -90,6 +90,20 @@ sub tool_call {
 
 our $M = 'Authorization: Bearer sk-smartflow-test-0123456789';
 
+# a request's body, without its request line
+sub body_of {
+    my $r = shift;
+    $r =~ s/^[^\n]*\n//;
+    return $r;
+}
+
+# a queue of three items (a 32k zone) and an nginx that can wait
+our $SmallQueue = $HttpConfig;
+$SmallQueue =~ s/smartflow_policy_approvals shield 64k;/smartflow_policy_approvals shield 32k;/;
+
+our $ShortLived = $HttpConfig;
+$ShortLived =~ s/smartflow_policy_approvals shield 64k;/smartflow_policy_approvals shield 64k pending=1s approved=1s;/;
+
 run_tests();
 
 __DATA__
@@ -108,8 +122,8 @@ __DATA__
 [403, 200, 200, 200, 403, 200, 400, 200]
 --- response_body_like eval
 [ qr/^\{"error":\{"message":"The tool call \(rule `shield.shell`: shell.rm_root\) awaits an operator's approval as Shield item 1; send the request again once it is approved.","type":"permission_error","param":null,"code":"approval_required"\}\}$/,
-  qr/^\{"object":"list","data":\[\{"id":1,"object":"shield.pending","rule":"shell.rm_root","key":"master","key_name":null,"tool":"bash","arguments":"\{\\"command\\":\\"rm -rf \/home\/alice\\"\}","arguments_length":32,"truncated":false,"status":"pending","created_at":\d+\}\]\}$/,
-  qr/^\{"id":1,"object":"shield.pending","rule":"shell.rm_root","key":"master","key_name":null,"tool":"bash","arguments":"\{\\"command\\":\\"rm -rf \/home\/alice\\"\}","arguments_length":32,"truncated":false,"status":"approved","created_at":\d+\}$/,
+  qr/^\{"object":"list","data":\[\{"id":1,"object":"shield.pending","rule":"shell.rm_root","key":"master","key_name":null,"tool":"bash","arguments":"\{\\"command\\":\\"rm -rf \/home\/alice\\"\}","arguments_length":32,"truncated":false,"status":"pending","created_at":(\d+),"expires_at":(??{ $1 + 3600 })\}\]\}$/,
+  qr/^\{"id":1,"object":"shield.pending","rule":"shell.rm_root","key":"master","key_name":null,"tool":"bash","arguments":"\{\\"command\\":\\"rm -rf \/home\/alice\\"\}","arguments_length":32,"truncated":false,"status":"approved","created_at":\d+,"expires_at":\d+\}$/,
   qr/"content":"mock reply to: go on"/,
   qr/awaits an operator's approval as Shield item 2;.*"code":"approval_required"/,
   qr/"status":"denied"/,
@@ -222,4 +236,89 @@ approval_required
 [403, 200]
 --- response_body_like eval
 [ qr/as Shield item 1;/,
-  qr/^\{"object":"list","data":\[\{"id":1,"object":"shield.pending","rule":"shell.rm_root","key":"master","key_name":null,"tool":"bash","arguments":"\{\\"command\\":\\"rm -rf \/tmp\/xy; echo (?:\xc3\xa9){2031}","arguments_length":5055,"truncated":true,"status":"pending","created_at":\d+\}\]\}$/ ]
+  qr/^\{"object":"list","data":\[\{"id":1,"object":"shield.pending","rule":"shell.rm_root","key":"master","key_name":null,"tool":"bash","arguments":"\{\\"command\\":\\"rm -rf \/tmp\/xy; echo (?:\xc3\xa9){2031}","arguments_length":5055,"truncated":true,"status":"pending","created_at":\d+,"expires_at":\d+\}\]\}$/ ]
+
+
+
+=== TEST 9: a queue full of waiting calls refuses a new one with its own error, and says so in the log
+--- http_config eval: $::SmallQueue
+--- init
+Smartflow::Keys::burst(1, 'POST', '/v1/chat/completions',
+                       ::body_of(::call("rm -rf /home/$_")), $::M)
+    for qw(a b c);
+--- request eval
+::call('rm -rf /home/d')
+--- error_code: 503
+--- response_body chomp
+{"error":{"message":"The tool call (rule `shield.shell`: shell.rm_root) requires an operator's approval, and the approval queue is full; try again later.","type":"server_error","param":null,"code":"approval_queue_full"}}
+--- error_log
+smartflow policy: approval queue "shield" is full (3 items, each pending or approved), a tool call (rule shell.rm_root) of key "master" is refused
+
+
+
+=== TEST 10: a full queue makes room from a denial, never from an approval
+--- http_config eval: $::SmallQueue
+--- request eval
+[ ::call('rm -rf /home/a'), ::call('rm -rf /home/b'), ::call('rm -rf /home/c'),
+  "POST /api/shield/pending/1/approve", "POST /api/shield/pending/2/deny",
+  ::call('rm -rf /home/d'), ::call('rm -rf /home/a'), ::call('rm -rf /home/b') ]
+--- error_code eval
+[403, 403, 403, 200, 200, 403, 200, 403]
+--- response_body_like eval
+[ qr/Shield item 1;/, qr/Shield item 2;/, qr/Shield item 3;/,
+  qr/"status":"approved"/, qr/"status":"denied"/, qr/Shield item 4;/,
+  qr/"content":"mock reply to: go on"/, qr/Shield item 5;/ ]
+--- no_error_log
+approval queue "shield" is full
+[alert]
+
+
+
+=== TEST 11: a pending call and an approval expire (pending= and approved=)
+--- main_config eval
+$::MainConfig
+. "    load_module /usr/lib/nginx/modules/ngx_http_echo_module.so;\n"
+--- http_config eval: $::ShortLived
+--- config eval
+"smartflow_policy agents;\n$::Locations"
+. "    location = /sleep {\n        echo_sleep 2.1;\n        echo ok;\n    }\n"
+--- request eval
+[ ::call('rm -rf /home/alice'), "GET /api/shield/pending", "GET /sleep",
+  "GET /api/shield/pending", "POST /api/shield/pending/1/approve",
+  ::call('rm -rf /home/alice'), "POST /api/shield/pending/2/approve",
+  "GET /sleep", ::call('rm -rf /home/alice') ]
+--- error_code eval
+[403, 200, 200, 200, 404, 403, 200, 200, 403]
+--- response_body_like eval
+[ qr/Shield item 1;/,
+  qr/"created_at":(\d+),"expires_at":(??{ $1 + 1 })\}\]\}$/,
+  qr/ok/, qr/^\{"object":"list","data":\[\]\}$/,
+  qr/No pending Shield call with id 1/, qr/Shield item 2;/,
+  qr/"status":"approved"/, qr/ok/, qr/Shield item 3;/ ]
+--- no_error_log
+approval queue "shield" is full
+[alert]
+
+
+
+=== TEST 12: the queue's parameters are checked at start-up
+--- http_config eval
+my $c = $::HttpConfig;
+$c =~ s/smartflow_policy_approvals shield 64k;/smartflow_policy_approvals shield 64k pending=soon;/;
+$c
+--- must_die
+--- error_log
+[emerg]
+invalid time in "pending=soon"
+
+
+
+=== TEST 13: an unknown parameter of the queue
+--- http_config eval
+my $c = $::HttpConfig;
+$c =~ s/smartflow_policy_approvals shield 64k;/smartflow_policy_approvals shield 64k ttl=1h;/;
+$c
+--- must_die
+--- error_log
+[emerg]
+invalid parameter "ttl=1h"
