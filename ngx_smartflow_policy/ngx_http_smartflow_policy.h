@@ -78,6 +78,15 @@ typedef struct {
 } ngx_http_smartflow_policy_edit_t;
 
 
+/* a call of the request in the approval queue: approved or pending */
+typedef struct {
+    u_char                              hash[32];
+    ngx_uint_t                          id;
+    ngx_uint_t                          state;
+    ngx_uint_t                          slot;
+} ngx_http_smartflow_approval_call_t;
+
+
 /* a tool call of the answer being streamed: its arguments, held whole */
 typedef struct {
     ngx_uint_t                          index;
@@ -113,6 +122,9 @@ typedef struct {
     ngx_uint_t                          ndecided;
     ngx_uint_t                          approval;   /* its id, or 0 */
     ngx_uint_t                          approval_full;  /* no room */
+    ngx_uint_t                          held_type;  /* the first held */
+    const char                         *held_detail;
+    ngx_array_t                        *approvals;  /* approval_call_t */
 
     /* the tool call being read, for Shield's approval queue */
     ngx_str_t                           tool;       /* its name */
@@ -147,6 +159,8 @@ char *ngx_http_smartflow_policy_approvals(ngx_conf_t *cf, ngx_command_t *cmd,
 ngx_int_t ngx_http_smartflow_policy_approval(
     ngx_http_smartflow_policy_run_t *run, const char *rule, ngx_str_t *args,
     ngx_uint_t *id);
+ngx_int_t ngx_http_smartflow_policy_approvals_use(
+    ngx_http_smartflow_policy_run_t *run);
 ngx_int_t ngx_http_smartflow_policy_admin_handler(ngx_http_request_t *r);
 
 #define NGX_SF_APPROVAL_PENDING   1

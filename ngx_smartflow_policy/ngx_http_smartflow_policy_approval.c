@@ -4,8 +4,9 @@
  * found again by the SHA-256 of what the operator decides on: the rule,
  * the virtual key that sent it (or none), the tool's name and its whole
  * arguments, so only the same key's retry of the very same call passes
- * once an operator approved it (once: the approval is used up) and is
- * refused once denied.  A pending item waits so long (pending=, an hour
+ * once an operator approved it and is refused once denied.  A request
+ * uses up its approvals only when it goes on: each of its calls
+ * approved, nothing else refusing it.  A pending item waits so long (pending=, an hour
  * by default), an approval is good so long (approved=, 15 minutes); a
  * full queue evicts what has expired, then the denials, never an
  * approval or a pending call.  The admin API
@@ -186,9 +187,10 @@ ngx_http_smartflow_approvals_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
 
 /*
- * The state of a call in the queue: approved (used up now), denied, or
- * pending, added when new.  *id is the item's id.  NGX_DECLINED: no zone;
- * NGX_BUSY: no room, every item waits or is approved.
+ * The state of a call in the queue: approved, denied, or pending, added
+ * when new; an approved or pending call is kept in run->approvals.  *id
+ * is the item's id.  NGX_DECLINED: no zone; NGX_BUSY: no room, every
+ * item waits or is approved.
  */
 ngx_int_t
 ngx_http_smartflow_policy_approval(ngx_http_smartflow_policy_run_t *run,
@@ -202,6 +204,7 @@ ngx_http_smartflow_policy_approval(ngx_http_smartflow_policy_run_t *run,
     ngx_shm_zone_t                         *zone;
     ngx_slab_pool_t                        *shpool;
     ngx_http_smartflow_approval_t          *it, *free, *old;
+    ngx_http_smartflow_approval_call_t     *c;
     ngx_http_smartflow_approvals_sh_t      *sh;
     ngx_http_smartflow_policy_main_conf_t  *pmcf;
 
@@ -211,6 +214,14 @@ ngx_http_smartflow_policy_approval(ngx_http_smartflow_policy_run_t *run,
 
     if (zone == NULL || zone->data == NULL) {
         return NGX_DECLINED;
+    }
+
+    if (run->approvals == NULL) {
+        run->approvals = ngx_array_create(run->r->pool, 4,
+                             sizeof(ngx_http_smartflow_approval_call_t));
+        if (run->approvals == NULL) {
+            return NGX_ERROR;
+        }
     }
 
     rl = ngx_strlen(rule);
@@ -267,12 +278,13 @@ ngx_http_smartflow_policy_approval(ngx_http_smartflow_policy_run_t *run,
             state = it->state;
             *id = it->id;
 
-            if (state == NGX_SF_APPROVAL_APPROVED) {
-                it->id = 0;     /* one approval, one call */
+            ngx_shmtx_unlock(&shpool->mutex);
+
+            if (state == NGX_SF_APPROVAL_DENIED) {
+                return state;
             }
 
-            ngx_shmtx_unlock(&shpool->mutex);
-            return state;
+            goto found;
         }
 
         /* a denial may go first: its retry only waits again */
@@ -321,10 +333,94 @@ ngx_http_smartflow_policy_approval(ngx_http_smartflow_policy_run_t *run,
     it->args_size = args->len;
 
     *id = it->id;
+    state = NGX_SF_APPROVAL_PENDING;
 
     ngx_shmtx_unlock(&shpool->mutex);
 
-    return NGX_SF_APPROVAL_PENDING;
+found:
+
+    /* the same call twice in a request is one item */
+    c = run->approvals->elts;
+
+    for (i = 0; i < run->approvals->nelts; i++) {
+        if (c[i].id == *id) {
+            return state;
+        }
+    }
+
+    c = ngx_array_push(run->approvals);
+    if (c == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(c->hash, hash, 32);
+    c->id = *id;
+    c->state = state;
+
+    return state;
+}
+
+
+/*
+ * The request goes on: the approvals it relied on are used up, all of
+ * them or none.  NGX_DECLINED: one was used by another request or
+ * expired meanwhile.
+ */
+ngx_int_t
+ngx_http_smartflow_policy_approvals_use(ngx_http_smartflow_policy_run_t *run)
+{
+    time_t                                  now;
+    ngx_uint_t                              i, k;
+    ngx_shm_zone_t                         *zone;
+    ngx_slab_pool_t                        *shpool;
+    ngx_http_smartflow_approval_t          *it;
+    ngx_http_smartflow_approval_call_t     *c;
+    ngx_http_smartflow_approvals_sh_t      *sh;
+    ngx_http_smartflow_policy_main_conf_t  *pmcf;
+
+    if (run->approvals == NULL || run->approvals->nelts == 0) {
+        return NGX_OK;
+    }
+
+    pmcf = ngx_http_get_module_main_conf(run->r,
+                                         ngx_http_smartflow_policy_module);
+    zone = pmcf->approvals;
+    sh = zone->data;
+    shpool = (ngx_slab_pool_t *) zone->shm.addr;
+    c = run->approvals->elts;
+
+    now = ngx_time();
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    for (k = 0; k < run->approvals->nelts; k++) {
+        for (i = 0; i < sh->n; i++) {
+            it = &sh->items[i];
+
+            if (it->id == c[k].id
+                && it->state == NGX_SF_APPROVAL_APPROVED
+                && it->expires > now
+                && ngx_memcmp(it->hash, c[k].hash, 32) == 0)
+            {
+                break;
+            }
+        }
+
+        if (i == sh->n) {
+            ngx_shmtx_unlock(&shpool->mutex);
+            return NGX_DECLINED;
+        }
+
+        c[k].slot = i;
+    }
+
+    for (k = 0; k < run->approvals->nelts; k++) {
+        sh->items[c[k].slot].id = 0;    /* one approval, one request */
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return NGX_OK;
 }
 
 

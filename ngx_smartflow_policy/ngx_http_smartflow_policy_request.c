@@ -38,6 +38,8 @@ static void ngx_http_smartflow_policy_ordinals(ngx_smartflow_json_t *j,
     ngx_uint_t *nstr);
 static ngx_str_t *ngx_http_smartflow_policy_type_name(
     ngx_http_smartflow_policy_run_t *run, ngx_uint_t type, ngx_str_t *buf);
+static ngx_int_t ngx_http_smartflow_policy_held(
+    ngx_http_smartflow_policy_run_t *run, ngx_str_t *name);
 
 
 /* placeholders' words, by PII rule */
@@ -217,6 +219,13 @@ ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
 
     run->input = 0;
 
+    if (!run->block && (run->approval || run->approval_full)) {
+        /* nothing else refuses it: it waits for an operator */
+        run->block = NGX_SF_ACTION_APPROVE;
+        run->block_type = run->held_type;
+        run->block_detail = run->held_detail;
+    }
+
     if (run->block) {
         ctx->policy_blocked = 1;
 
@@ -239,15 +248,6 @@ ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
         }
 
         if (run->block == NGX_SF_ACTION_APPROVE) {
-            if (run->approval) {
-                return ngx_http_smartflow_error(r, NGX_HTTP_FORBIDDEN,
-                           "permission_error", "approval_required", NULL,
-                           "The tool call (rule `%V`: %s) awaits an "
-                           "operator's approval as Shield item %ui; send "
-                           "the request again once it is approved.",
-                           &name, run->block_detail, run->approval);
-            }
-
             if (run->approval_full) {
                 return ngx_http_smartflow_error(r,
                            NGX_HTTP_SERVICE_UNAVAILABLE, "server_error",
@@ -256,6 +256,10 @@ ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
                            "operator's approval, and the approval queue is "
                            "full; try again later.", &name,
                            run->block_detail);
+            }
+
+            if (run->approval) {
+                return ngx_http_smartflow_policy_held(run, &name);
             }
 
             return ngx_http_smartflow_error(r, NGX_HTTP_FORBIDDEN,
@@ -305,6 +309,26 @@ ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
         }
     }
 
+    /* it goes on: the approvals it needed are used up now */
+    rc = ngx_http_smartflow_policy_approvals_use(run);
+
+    if (rc == NGX_DECLINED) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "smartflow policy: an approval of group \"%V\" was "
+                      "used by another request or expired meanwhile",
+                      &g->name);
+
+        return ngx_http_smartflow_error(r, NGX_HTTP_FORBIDDEN,
+                   "permission_error", "approval_required", NULL,
+                   "An operator's approval this request relied on was "
+                   "used by another request or expired meanwhile; send "
+                   "the request again to have it held for approval.");
+    }
+
+    if (rc != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
     return NGX_DECLINED;
 
 not_allowed:
@@ -313,6 +337,53 @@ not_allowed:
                "permission_error", "model_not_allowed", "model",
                "The model `%V` is not allowed by this endpoint's policy.",
                &ctx->model);
+}
+
+
+/* the refusal of a request whose calls wait: the items to approve */
+static ngx_int_t
+ngx_http_smartflow_policy_held(ngx_http_smartflow_policy_run_t *run,
+    ngx_str_t *name)
+{
+    u_char                              *p, *ids;
+    ngx_uint_t                           i, n;
+    ngx_http_smartflow_approval_call_t  *c;
+
+    c = run->approvals->elts;
+    n = 0;
+
+    for (i = 0; i < run->approvals->nelts; i++) {
+        n += (c[i].state == NGX_SF_APPROVAL_PENDING);
+    }
+
+    if (n == 1) {
+        return ngx_http_smartflow_error(run->r, NGX_HTTP_FORBIDDEN,
+                   "permission_error", "approval_required", NULL,
+                   "The tool call (rule `%V`: %s) awaits an operator's "
+                   "approval as Shield item %ui; send the request again "
+                   "once it is approved.", name, run->block_detail,
+                   run->approval);
+    }
+
+    ids = ngx_pnalloc(run->r->pool, n * (NGX_INT_T_LEN + 2));
+    if (ids == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ids;
+
+    for (i = 0; i < run->approvals->nelts; i++) {
+        if (c[i].state == NGX_SF_APPROVAL_PENDING) {
+            p = ngx_sprintf(p, "%s%ui", p == ids ? "" : ", ", c[i].id);
+        }
+    }
+
+    return ngx_http_smartflow_error(run->r, NGX_HTTP_FORBIDDEN,
+               "permission_error", "approval_required", NULL,
+               "%ui tool calls (the first: rule `%V`: %s) await an "
+               "operator's approval as Shield items %*s; send the request "
+               "again once they are approved.", n, name, run->block_detail,
+               (size_t) (p - ids), ids);
 }
 
 
@@ -680,22 +751,39 @@ ngx_http_smartflow_policy_shield(ngx_http_smartflow_policy_run_t *run,
 
         rc = ngx_http_smartflow_policy_approval(run, sh.name, &args, &id);
 
-        if (rc == NGX_SF_APPROVAL_APPROVED) {
-            run->decided[sh.rule] |= 1 << NGX_SF_ACTION_APPROVE;
-            return;
-        }
-
         if (rc == NGX_SF_APPROVAL_DENIED) {
             ngx_http_smartflow_policy_decide(run, sh.rule, NGX_SF_ACTION_BLOCK,
                                              sh.name);
             return;
         }
 
-        if (rc == NGX_SF_APPROVAL_PENDING) {
-            run->approval = id;
+        if (rc == NGX_SF_APPROVAL_APPROVED || rc == NGX_SF_APPROVAL_PENDING
+            || rc == NGX_BUSY)
+        {
+            /*
+             * the other calls are read on: all a request waits for is
+             * held at once, and what it was approved is used only if it
+             * goes on
+             */
+            run->decided[sh.rule] |= 1 << NGX_SF_ACTION_APPROVE;
 
-        } else if (rc == NGX_BUSY) {
-            run->approval_full = 1;
+            if (rc == NGX_SF_APPROVAL_APPROVED) {
+                return;
+            }
+
+            if (run->approval == 0 && !run->approval_full) {
+                run->held_type = sh.rule;
+                run->held_detail = sh.name;
+            }
+
+            if (rc == NGX_BUSY) {
+                run->approval_full = 1;
+
+            } else if (run->approval == 0) {
+                run->approval = id;
+            }
+
+            return;
         }
     }
 

@@ -90,6 +90,22 @@ sub tool_call {
 
 our $M = 'Authorization: Bearer sk-smartflow-test-0123456789';
 
+# one assistant turn with a tool call per command
+sub calls {
+    my $n = 0;
+    my $tc = join ',', map {
+        $n++;
+        qq/{"id":"c$n","type":"function","function":{"name":"bash","arguments":"{\\"command\\":\\"$_\\"}"}}/
+    } @_;
+    my $res = join ',', map {
+        qq/{"role":"tool","tool_call_id":"c$_","content":"ok"}/
+    } 1 .. $n;
+    return "POST /v1/chat/completions\n"
+        . qq/{"model":"gpt-4o","messages":[{"role":"user","content":"clean up"},/
+        . qq/{"role":"assistant","content":null,"tool_calls":[$tc]},$res,/
+        . qq/{"role":"user","content":"go on"}]}/;
+}
+
 # a request's body, without its request line
 sub body_of {
     my $r = shift;
@@ -102,7 +118,7 @@ our $SmallQueue = $HttpConfig;
 $SmallQueue =~ s/smartflow_policy_approvals shield 64k;/smartflow_policy_approvals shield 32k;/;
 
 our $ShortLived = $HttpConfig;
-$ShortLived =~ s/smartflow_policy_approvals shield 64k;/smartflow_policy_approvals shield 64k pending=1s approved=1s;/;
+$ShortLived =~ s/smartflow_policy_approvals shield 64k;/smartflow_policy_approvals shield 64k pending=2s approved=1s;/;
 
 run_tests();
 
@@ -281,17 +297,18 @@ $::MainConfig
 --- http_config eval: $::ShortLived
 --- config eval
 "smartflow_policy agents;\n$::Locations"
-. "    location = /sleep {\n        echo_sleep 2.1;\n        echo ok;\n    }\n"
+. "    location = /sleep {\n        echo_sleep 3.1;\n        echo ok;\n    }\n"
 --- request eval
 [ ::call('rm -rf /home/alice'), "GET /api/shield/pending", "GET /sleep",
   "GET /api/shield/pending", "POST /api/shield/pending/1/approve",
   ::call('rm -rf /home/alice'), "POST /api/shield/pending/2/approve",
   "GET /sleep", ::call('rm -rf /home/alice') ]
+--- timeout: 6
 --- error_code eval
 [403, 200, 200, 200, 404, 403, 200, 200, 403]
 --- response_body_like eval
 [ qr/Shield item 1;/,
-  qr/"created_at":(\d+),"expires_at":(??{ $1 + 1 })\}\]\}$/,
+  qr/"created_at":(\d+),"expires_at":(??{ $1 + 2 })\}\]\}$/,
   qr/ok/, qr/^\{"object":"list","data":\[\]\}$/,
   qr/No pending Shield call with id 1/, qr/Shield item 2;/,
   qr/"status":"approved"/, qr/ok/, qr/Shield item 3;/ ]
@@ -322,3 +339,39 @@ $c
 --- error_log
 [emerg]
 invalid parameter "ttl=1h"
+
+
+
+=== TEST 14: a request with two calls to approve holds both at once and needs exactly two approvals
+--- request eval
+[ ::calls('rm -rf /home/a', 'rm -rf /home/b'),
+  "POST /api/shield/pending/1/approve",
+  ::calls('rm -rf /home/a', 'rm -rf /home/b'),
+  "POST /api/shield/pending/2/approve",
+  ::calls('rm -rf /home/a', 'rm -rf /home/b'),
+  ::calls('rm -rf /home/a', 'rm -rf /home/b') ]
+--- error_code eval
+[403, 200, 403, 200, 200, 403]
+--- response_body_like eval
+[ qr/^\{"error":\{"message":"2 tool calls \(the first: rule `shield.shell`: shell.rm_root\) await an operator's approval as Shield items 1, 2; send the request again once they are approved.","type":"permission_error","param":null,"code":"approval_required"\}\}$/,
+  qr/"status":"approved"/,
+  qr/awaits an operator's approval as Shield item 2;/,
+  qr/"status":"approved"/,
+  qr/"content":"mock reply to: go on"/,
+  qr/as Shield items 3, 4;/ ]
+
+
+
+=== TEST 15: a refused request does not use up the approvals it had
+--- request eval
+[ ::call('rm -rf /home/a'),
+  "POST /api/shield/pending/1/approve",
+  ::calls('rm -rf /home/a', 'git push --force origin main'),
+  ::call('rm -rf /home/a'),
+  ::call('rm -rf /home/a') ]
+--- error_code eval
+[403, 200, 400, 200, 403]
+--- response_body_like eval
+[ qr/Shield item 1;/, qr/"status":"approved"/,
+  qr/rule `shield.git`: git.force_push/,
+  qr/"content":"mock reply to: go on"/, qr/Shield item 2;/ ]
