@@ -6,10 +6,10 @@
  * arguments, so only the same key's retry of the very same call passes
  * once an operator approved it and is refused once denied.  A request
  * uses up its approvals only when it goes on: each of its calls
- * approved, nothing else refusing it.  A pending item waits so long (pending=, an hour
- * by default), an approval is good so long (approved=, 15 minutes); a
- * full queue evicts what has expired, then the denials, never an
- * approval or a pending call.  The admin API
+ * approved, nothing else refusing it.  A pending item waits so long
+ * (pending=, an hour by default), an approval is good so long (approved=,
+ * 15 minutes); a full queue evicts what has expired, then the denials,
+ * never an approval or a pending call.  The admin API
  * (smartflow_policy_admin, master key only) lists the pending items and
  * approves or denies them:
  *
