@@ -11,9 +11,10 @@
  *   POST   PREFIX/ID/rotate     a new secret (optional grace_seconds)
  *   GET    PREFIX/ID/usage      requests, tokens, spend, rate window
  *
- * The ACCESS handler lets the master key in only.  Bodies are read without
- * blocking and checked field by field; refusals are OpenAI-format errors
- * through the error location, as everywhere else.
+ * The ACCESS handler lets the master key in only, and the handler checks
+ * it again.  Bodies are read without blocking and checked field by field;
+ * refusals are OpenAI-format errors through the error location, as
+ * everywhere else.
  */
 
 #include <openssl/rand.h>
@@ -118,7 +119,20 @@ ngx_http_smartflow_keys_api_handler(ngx_http_request_t *r)
 {
     ngx_int_t                        rc;
     ngx_uint_t                       target, id;
+    ngx_http_smartflow_ctx_t        *ctx;
     ngx_http_smartflow_main_conf_t  *smcf;
+
+    /*
+     * the ACCESS handler's word is checked again here: "satisfy any", or
+     * a subrequest, skips the access phase
+     */
+    ctx = ngx_http_smartflow_get_ctx(r);
+
+    if (ctx == NULL || !ctx->master) {
+        return ngx_http_smartflow_error(r, NGX_HTTP_FORBIDDEN,
+                   "permission_error", "master_key_required", NULL,
+                   "The admin API takes the master key only.");
+    }
 
     smcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_proxy_module);
 

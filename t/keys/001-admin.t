@@ -995,3 +995,28 @@ smartflow proxy: Incorrect API key provided: sk-sf-****.
 --- must_die
 --- error_log
 smartflow_api admin_keys needs a prefix location
+
+
+
+=== TEST 81: "satisfy any" with an allow rule does not open the admin API without the master key
+--- config
+    location /api/auth/virtual-keys {
+        smartflow_api admin_keys;
+        satisfy any;
+        allow 127.0.0.1;
+        deny all;
+        error_page 400 401 403 404 405 409 413 500 503 @smartflow_error;
+    }
+
+    location @smartflow_error {
+        smartflow_api error;
+    }
+--- more_headers
+Authorization: Bearer sk-not-the-master-key
+--- request
+GET /api/auth/virtual-keys
+--- error_code: 403
+--- response_body chomp
+{"error":{"message":"The admin API takes the master key only.","type":"permission_error","param":null,"code":"master_key_required"}}
+--- error_log
+The admin API takes the master key only
