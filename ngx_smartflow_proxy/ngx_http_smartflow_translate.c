@@ -128,41 +128,36 @@ ngx_smartflow_xlate_copy(ngx_pool_t *pool, ngx_smartflow_json_t *src,
 
 /*
  * Appends node to parent, or, when first(node), right after the leading
- * children for which first() holds: the answers to tool calls go before
- * the rest of a turn.
+ * children for which first() holds, *lead being the last of them (NULL
+ * while there are none): the answers to tool calls go before the rest of
+ * a turn.  Keeping *lead makes a turn of n parts cost O(n), however many
+ * messages were merged into it.
  */
 void
 ngx_smartflow_xlate_add_ordered(ngx_smartflow_json_t *parent,
-    ngx_smartflow_json_t *node, ngx_uint_t (*first)(ngx_smartflow_json_t *j))
+    ngx_smartflow_json_t *node, ngx_smartflow_json_t **lead,
+    ngx_uint_t (*first)(ngx_smartflow_json_t *j))
 {
-    ngx_smartflow_json_t  *c, *prev;
-
     if (!first(node)) {
         ngx_smartflow_json_append(parent, NULL, node);
         return;
     }
 
-    prev = NULL;
-
-    for (c = parent->child; c && first(c); c = c->next) {
-        prev = c;
-    }
-
-    if (c == NULL) {
-        ngx_smartflow_json_append(parent, NULL, node);
-        return;
-    }
-
-    node->next = c;
-
-    if (prev) {
-        prev->next = node;
+    if (*lead == NULL) {
+        node->next = parent->child;
+        parent->child = node;
 
     } else {
-        parent->child = node;
+        node->next = (*lead)->next;
+        (*lead)->next = node;
+    }
+
+    if (node->next == NULL) {
+        parent->last = node;
     }
 
     parent->nchild++;
+    *lead = node;
 }
 
 
@@ -173,7 +168,8 @@ ngx_smartflow_xlate_turns(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *req,
     ngx_str_t                   text;
     ngx_pool_t                 *pool;
     ngx_smartflow_json_t       *msgs, *turns, *m, *role, *parts, *cur, *p;
-    ngx_smartflow_json_t       *next, *turn;
+    ngx_smartflow_json_t       *next, *turn, *lead;
+    ngx_smartflow_xlate_join_t  sys;
     ngx_smartflow_xlate_role_e  side, cur_side;
 
     pool = x->pool;
@@ -196,8 +192,9 @@ ngx_smartflow_xlate_turns(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *req,
         goto nomem;
     }
 
-    ngx_str_null(system);
+    ngx_smartflow_xlate_join_init(&sys, pool);
     cur = NULL;
+    lead = NULL;
     cur_side = NGX_SMARTFLOW_XLATE_USER;
 
     for (m = msgs->child; m; m = m->next) {
@@ -218,8 +215,7 @@ ngx_smartflow_xlate_turns(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *req,
                                                                    "content"),
                                             "\n\n", &text)
                 != NGX_OK
-                || ngx_smartflow_xlate_append(pool, system, "\n\n", &text)
-                   != NGX_OK)
+                || ngx_smartflow_xlate_join(&sys, "\n\n", &text) != NGX_OK)
             {
                 goto nomem;
             }
@@ -248,7 +244,7 @@ ngx_smartflow_xlate_turns(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *req,
             goto nomem;
         }
 
-        if (t->parts(x, msgs, m, side, parts) != NGX_OK) {
+        if (t->parts(x, t->data, m, side, parts) != NGX_OK) {
             return NULL;
         }
 
@@ -264,7 +260,7 @@ ngx_smartflow_xlate_turns(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *req,
         if (cur && cur_side == side) {
             for (p = parts->child; p; p = next) {
                 next = p->next;
-                ngx_smartflow_xlate_add_ordered(cur, p, t->first);
+                ngx_smartflow_xlate_add_ordered(cur, p, &lead, t->first);
             }
 
             continue;
@@ -285,6 +281,12 @@ ngx_smartflow_xlate_turns(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *req,
 
         cur = parts;
         cur_side = side;
+
+        lead = NULL;
+
+        for (p = parts->child; p && t->first(p); p = p->next) {
+            lead = p;
+        }
     }
 
     if (turns->nchild == 0) {
@@ -292,6 +294,8 @@ ngx_smartflow_xlate_turns(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *req,
                                            "assistant message");
         return NULL;
     }
+
+    *system = sys.str;
 
     return turns;
 
@@ -596,36 +600,56 @@ ngx_smartflow_xlate_concat(ngx_pool_t *pool, ngx_str_t *dst, char *a,
 }
 
 
-/* appends add to dst after sep; an empty add changes nothing */
+void
+ngx_smartflow_xlate_join_init(ngx_smartflow_xlate_join_t *j, ngx_pool_t *pool)
+{
+    j->pool = pool;
+    ngx_str_null(&j->str);
+    j->size = 0;
+}
+
+
+/* appends add after sep; an empty add changes nothing */
 ngx_int_t
-ngx_smartflow_xlate_append(ngx_pool_t *pool, ngx_str_t *dst, char *sep,
+ngx_smartflow_xlate_join(ngx_smartflow_xlate_join_t *j, char *sep,
     ngx_str_t *add)
 {
-    size_t   slen;
+    size_t   slen, need, size;
     u_char  *p;
 
     if (add->len == 0) {
         return NGX_OK;
     }
 
-    if (dst->len == 0) {
-        *dst = *add;
+    if (j->str.len == 0) {
+        j->str = *add;
+        j->size = 0;
         return NGX_OK;
     }
 
     slen = ngx_strlen(sep);
+    need = j->str.len + slen + add->len;
 
-    p = ngx_pnalloc(pool, dst->len + slen + add->len);
-    if (p == NULL) {
-        return NGX_ERROR;
+    if (need > j->size) {
+        size = ngx_max(2 * j->size, need);
+        size = ngx_max(size, 256);
+
+        p = ngx_pnalloc(j->pool, size);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(p, j->str.data, j->str.len);
+
+        j->str.data = p;
+        j->size = size;
     }
 
-    ngx_memcpy(p, dst->data, dst->len);
-    ngx_memcpy(p + dst->len, sep, slen);
-    ngx_memcpy(p + dst->len + slen, add->data, add->len);
+    p = j->str.data + j->str.len;
+    p = ngx_cpymem(p, sep, slen);
+    ngx_memcpy(p, add->data, add->len);
 
-    dst->data = p;
-    dst->len += slen + add->len;
+    j->str.len = need;
 
     return NGX_OK;
 }
@@ -639,7 +663,8 @@ ngx_int_t
 ngx_smartflow_xlate_text_of(ngx_pool_t *pool, ngx_smartflow_json_t *content,
     char *sep, ngx_str_t *out)
 {
-    ngx_smartflow_json_t  *c, *t;
+    ngx_smartflow_json_t        *c, *t;
+    ngx_smartflow_xlate_join_t   j;
 
     ngx_str_null(out);
 
@@ -652,16 +677,20 @@ ngx_smartflow_xlate_text_of(ngx_pool_t *pool, ngx_smartflow_json_t *content,
         return NGX_OK;
     }
 
+    ngx_smartflow_xlate_join_init(&j, pool);
+
     for (c = content->child; c; c = c->next) {
         t = ngx_smartflow_xlate_type_is(c, "text")
             ? ngx_smartflow_json_get(c, "text") : c;
 
         if (ngx_smartflow_json_is_string(t)
-            && ngx_smartflow_xlate_append(pool, out, sep, &t->str) != NGX_OK)
+            && ngx_smartflow_xlate_join(&j, sep, &t->str) != NGX_OK)
         {
             return NGX_ERROR;
         }
     }
+
+    *out = j.str;
 
     return NGX_OK;
 }

@@ -182,7 +182,8 @@ ngx_smartflow_xlate_add_lit(ngx_pool_t *pool, ngx_smartflow_json_t *parent,
 ngx_smartflow_json_t *ngx_smartflow_xlate_copy(ngx_pool_t *pool,
     ngx_smartflow_json_t *src, ngx_uint_t *budget);
 void ngx_smartflow_xlate_add_ordered(ngx_smartflow_json_t *parent,
-    ngx_smartflow_json_t *node, ngx_uint_t (*first)(ngx_smartflow_json_t *j));
+    ngx_smartflow_json_t *node, ngx_smartflow_json_t **lead,
+    ngx_uint_t (*first)(ngx_smartflow_json_t *j));
 
 /*
  * OpenAI's messages as a provider's turns, for Anthropic and Gemini alike:
@@ -191,7 +192,8 @@ void ngx_smartflow_xlate_add_ordered(ngx_smartflow_json_t *parent,
  * turns of one side merged into one (both providers want the sides to
  * alternate), t->first choosing the parts that go first in a merged turn.
  * Each turn is {"role": "user" or t->assistant, t->parts_key: [parts]}.
- * NULL and x->err on bad input.
+ * t->parts is given t->data, the caller's state for the whole request,
+ * and sees the messages in their order.  NULL and x->err on bad input.
  */
 typedef enum {
     NGX_SMARTFLOW_XLATE_USER = 0,
@@ -201,13 +203,14 @@ typedef enum {
 
 typedef struct {
     ngx_int_t                 (*parts)(ngx_smartflow_xlate_t *x,
-                                       ngx_smartflow_json_t *msgs,
+                                       void *data,
                                        ngx_smartflow_json_t *m,
                                        ngx_smartflow_xlate_role_e role,
                                        ngx_smartflow_json_t *parts);
     ngx_uint_t                (*first)(ngx_smartflow_json_t *part);
     char                       *parts_key;
     char                       *assistant;
+    void                       *data;
 } ngx_smartflow_xlate_turns_t;
 
 ngx_smartflow_json_t *ngx_smartflow_xlate_turns(ngx_smartflow_xlate_t *x,
@@ -243,8 +246,22 @@ ngx_uint_t ngx_smartflow_xlate_uint(ngx_smartflow_json_t *j);
 void ngx_smartflow_xlate_str_lit(ngx_str_t *s, char *lit);
 ngx_int_t ngx_smartflow_xlate_concat(ngx_pool_t *pool, ngx_str_t *dst,
     char *a, ngx_str_t *b);
-ngx_int_t ngx_smartflow_xlate_append(ngx_pool_t *pool, ngx_str_t *dst,
-    char *sep, ngx_str_t *add);
+
+/*
+ * Text joined piece by piece: the buffer doubles when full, so that n
+ * pieces cost O(total length), never a copy of the whole per piece.  A
+ * first piece alone is borrowed, not copied (size 0).
+ */
+typedef struct {
+    ngx_pool_t                 *pool;
+    ngx_str_t                   str;
+    size_t                      size;
+} ngx_smartflow_xlate_join_t;
+
+void ngx_smartflow_xlate_join_init(ngx_smartflow_xlate_join_t *j,
+    ngx_pool_t *pool);
+ngx_int_t ngx_smartflow_xlate_join(ngx_smartflow_xlate_join_t *j, char *sep,
+    ngx_str_t *add);
 ngx_int_t ngx_smartflow_xlate_text_of(ngx_pool_t *pool,
     ngx_smartflow_json_t *content, char *sep, ngx_str_t *out);
 ngx_int_t ngx_smartflow_xlate_data_url(ngx_str_t *url, ngx_str_t *media,

@@ -691,7 +691,7 @@ ngx_sf_to_an_tools(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *req,
 
 /* one OpenAI message as Anthropic content blocks */
 static ngx_int_t
-ngx_sf_to_an_message(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *msgs,
+ngx_sf_to_an_message(ngx_smartflow_xlate_t *x, void *data,
     ngx_smartflow_json_t *m, ngx_smartflow_xlate_role_e role,
     ngx_smartflow_json_t *blocks)
 {
@@ -716,7 +716,8 @@ ngx_smartflow_xlate_req_openai_to_anthropic(ngx_smartflow_xlate_t *x,
     ngx_smartflow_json_t  *out, *messages, *m, *content, *b, *v, *s;
 
     static ngx_smartflow_xlate_turns_t  turns = {
-        ngx_sf_to_an_message, ngx_sf_is_tool_result, "content", "assistant"
+        ngx_sf_to_an_message, ngx_sf_is_tool_result, "content", "assistant",
+        NULL
     };
 
     pool = x->pool;
@@ -1121,8 +1122,9 @@ static ngx_int_t
 ngx_sf_to_oa_assistant(ngx_smartflow_xlate_t *x,
     ngx_smartflow_json_t *content, ngx_smartflow_json_t *messages)
 {
-    ngx_str_t              text;
-    ngx_smartflow_json_t  *b, *t, *calls, *m;
+    ngx_str_t                    text;
+    ngx_smartflow_json_t        *b, *t, *calls, *m;
+    ngx_smartflow_xlate_join_t   j;
 
     calls = NULL;
 
@@ -1130,7 +1132,7 @@ ngx_sf_to_oa_assistant(ngx_smartflow_xlate_t *x,
         text = content->str;
 
     } else {
-        ngx_str_null(&text);
+        ngx_smartflow_xlate_join_init(&j, x->pool);
 
         calls = ngx_smartflow_json_new(x->pool, NGX_SMARTFLOW_JSON_ARRAY,
                                        NULL);
@@ -1144,8 +1146,7 @@ ngx_sf_to_oa_assistant(ngx_smartflow_xlate_t *x,
                 t = ngx_smartflow_json_get(b, "text");
 
                 if (ngx_smartflow_json_is_string(t)
-                    && ngx_smartflow_xlate_append(x->pool, &text, "", &t->str)
-                       != NGX_OK)
+                    && ngx_smartflow_xlate_join(&j, "", &t->str) != NGX_OK)
                 {
                     return ngx_smartflow_xlate_fail(x, "out of memory");
                 }
@@ -1164,6 +1165,8 @@ ngx_sf_to_oa_assistant(ngx_smartflow_xlate_t *x,
                                                    "provider");
             }
         }
+
+        text = j.str;
     }
 
     m = ngx_smartflow_xlate_add(x->pool, messages, NULL,
@@ -1531,9 +1534,10 @@ ngx_smartflow_xlate_resp_anthropic_to_openai(ngx_smartflow_xlate_t *x,
 {
     char                         *finish;
     u_char                       *plain;
-    ngx_str_t                     text, id;
+    ngx_str_t                     id;
     ngx_pool_t                   *pool;
     ngx_smartflow_json_t         *content, *b, *t, *calls, *u;
+    ngx_smartflow_xlate_join_t    text;
     ngx_smartflow_xlate_usage_t   usage;
 
     pool = x->pool;
@@ -1560,7 +1564,7 @@ ngx_smartflow_xlate_resp_anthropic_to_openai(ngx_smartflow_xlate_t *x,
         goto nomem;
     }
 
-    ngx_str_null(&text);
+    ngx_smartflow_xlate_join_init(&text, pool);
 
     for (b = content ? content->child : NULL; b; b = b->next) {
 
@@ -1569,11 +1573,9 @@ ngx_smartflow_xlate_resp_anthropic_to_openai(ngx_smartflow_xlate_t *x,
 
             if (ngx_smartflow_json_is_string(t)) {
                 /* one block's text keeps what is known of its escaping */
-                plain = (text.len == 0) ? t->str_plain : NULL;
+                plain = (text.str.len == 0) ? t->str_plain : NULL;
 
-                if (ngx_smartflow_xlate_append(pool, &text, "", &t->str)
-                    != NGX_OK)
-                {
+                if (ngx_smartflow_xlate_join(&text, "", &t->str) != NGX_OK) {
                     goto nomem;
                 }
             }
@@ -1617,7 +1619,7 @@ ngx_smartflow_xlate_resp_anthropic_to_openai(ngx_smartflow_xlate_t *x,
                            ngx_smartflow_json_get(u, "output_tokens"));
     usage.reasoning = 0;
 
-    return ngx_smartflow_xlate_completion(x, &id, &text, plain, calls,
+    return ngx_smartflow_xlate_completion(x, &id, &text.str, plain, calls,
                                           finish, &usage);
 
 nomem:

@@ -30,6 +30,23 @@ typedef struct {
 } ngx_sfg_schema_t;
 
 
+/*
+ * The tool calls of the assistant messages seen so far, by id, each with
+ * the name of the latest call with that id: one tree for the request, so
+ * that n tool results find their calls in O(n log n).
+ */
+typedef struct {
+    ngx_rbtree_t                tree;
+    ngx_rbtree_node_t           sentinel;
+} ngx_sfg_calls_t;
+
+typedef struct {
+    ngx_rbtree_node_t           node;       /* key: a hash of the id */
+    ngx_str_t                   id;
+    ngx_str_t                  *name;
+} ngx_sfg_call_t;
+
+
 /* Gemini's error statuses, by the class OpenAI clients are told */
 static ngx_smartflow_xlate_error_name_t  ngx_sfg_errors[] = {
     { "INVALID_ARGUMENT", NGX_SMARTFLOW_XLATE_ERR_INVALID },
@@ -695,9 +712,143 @@ ngx_sfg_call_part(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *tc,
 }
 
 
+/* FNV-1a: the tree orders by the whole id too, so collisions cost little */
+static ngx_rbtree_key_t
+ngx_sfg_call_hash(ngx_str_t *id)
+{
+    size_t            i;
+    ngx_rbtree_key_t  h;
+
+    h = (ngx_rbtree_key_t) 2166136261u;
+
+    for (i = 0; i < id->len; i++) {
+        h = (h ^ id->data[i]) * 16777619u;
+    }
+
+    return h;
+}
+
+
 static ngx_int_t
-ngx_sfg_assistant(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *m,
-    ngx_smartflow_json_t *parts)
+ngx_sfg_call_cmp(ngx_rbtree_key_t key, ngx_str_t *id, ngx_sfg_call_t *c)
+{
+    size_t     n;
+    ngx_int_t  rc;
+
+    if (key != c->node.key) {
+        return (key < c->node.key) ? -1 : 1;
+    }
+
+    n = ngx_min(id->len, c->id.len);
+    rc = n ? ngx_memcmp(id->data, c->id.data, n) : 0;
+
+    if (rc) {
+        return rc;
+    }
+
+    return (ngx_int_t) id->len - (ngx_int_t) c->id.len;
+}
+
+
+static void
+ngx_sfg_call_insert_value(ngx_rbtree_node_t *temp, ngx_rbtree_node_t *node,
+    ngx_rbtree_node_t *sentinel)
+{
+    ngx_sfg_call_t      *c;
+    ngx_rbtree_node_t  **p;
+
+    c = (ngx_sfg_call_t *) node;
+
+    for ( ;; ) {
+        p = (ngx_sfg_call_cmp(node->key, &c->id, (ngx_sfg_call_t *) temp) < 0)
+            ? &temp->left : &temp->right;
+
+        if (*p == sentinel) {
+            break;
+        }
+
+        temp = *p;
+    }
+
+    *p = node;
+    node->parent = temp;
+    node->left = sentinel;
+    node->right = sentinel;
+    ngx_rbt_red(node);
+}
+
+
+static ngx_sfg_call_t *
+ngx_sfg_call_find(ngx_sfg_calls_t *calls, ngx_str_t *id,
+    ngx_rbtree_key_t key)
+{
+    ngx_int_t           rc;
+    ngx_rbtree_node_t  *node, *sentinel;
+
+    node = calls->tree.root;
+    sentinel = calls->tree.sentinel;
+
+    while (node != sentinel) {
+        rc = ngx_sfg_call_cmp(key, id, (ngx_sfg_call_t *) node);
+
+        if (rc == 0) {
+            return (ngx_sfg_call_t *) node;
+        }
+
+        node = (rc < 0) ? node->left : node->right;
+    }
+
+    return NULL;
+}
+
+
+/* a call the later tool results may answer; a later one of an id wins */
+static ngx_int_t
+ngx_sfg_call_remember(ngx_smartflow_xlate_t *x, ngx_sfg_calls_t *calls,
+    ngx_smartflow_json_t *tc)
+{
+    ngx_sfg_call_t        *c;
+    ngx_rbtree_key_t       key;
+    ngx_smartflow_json_t  *id, *name;
+
+    id = ngx_smartflow_json_get(tc, "id");
+    name = ngx_smartflow_json_get(ngx_smartflow_json_get(tc, "function"),
+                                  "name");
+
+    if (calls == NULL
+        || !ngx_smartflow_json_is_string(id) || id->str.len == 0
+        || !ngx_smartflow_json_is_string(name))
+    {
+        return NGX_OK;
+    }
+
+    key = ngx_sfg_call_hash(&id->str);
+
+    c = ngx_sfg_call_find(calls, &id->str, key);
+
+    if (c) {
+        c->name = &name->str;
+        return NGX_OK;
+    }
+
+    c = ngx_palloc(x->pool, sizeof(ngx_sfg_call_t));
+    if (c == NULL) {
+        return ngx_smartflow_xlate_fail(x, "out of memory");
+    }
+
+    c->node.key = key;
+    c->id = id->str;
+    c->name = &name->str;
+
+    ngx_rbtree_insert(&calls->tree, &c->node);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_sfg_assistant(ngx_smartflow_xlate_t *x, ngx_sfg_calls_t *known,
+    ngx_smartflow_json_t *m, ngx_smartflow_json_t *parts)
 {
     ngx_smartflow_json_t  *calls, *tc;
 
@@ -718,7 +869,9 @@ ngx_sfg_assistant(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *m,
     }
 
     for (tc = calls->child; tc; tc = tc->next) {
-        if (ngx_sfg_call_part(x, tc, parts, tc == calls->child) != NGX_OK) {
+        if (ngx_sfg_call_part(x, tc, parts, tc == calls->child) != NGX_OK
+            || ngx_sfg_call_remember(x, known, tc) != NGX_OK)
+        {
             return NGX_ERROR;
         }
     }
@@ -732,51 +885,23 @@ ngx_sfg_assistant(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *m,
  * the name is that of the latest earlier call with the id.
  */
 static ngx_str_t *
-ngx_sfg_call_name(ngx_smartflow_json_t *msgs, ngx_smartflow_json_t *upto,
-    ngx_str_t *id)
+ngx_sfg_call_name(ngx_sfg_calls_t *calls, ngx_str_t *id)
 {
-    ngx_str_t             *found;
-    ngx_smartflow_json_t  *m, *calls, *tc, *v;
+    ngx_sfg_call_t  *c;
 
-    found = NULL;
-
-    for (m = msgs->child; m && m != upto; m = m->next) {
-        calls = ngx_smartflow_json_get(m, "tool_calls");
-
-        if (calls == NULL || calls->type != NGX_SMARTFLOW_JSON_ARRAY
-            || !ngx_smartflow_xlate_is(ngx_smartflow_json_get(m, "role"),
-                                       "assistant"))
-        {
-            continue;
-        }
-
-        for (tc = calls->child; tc; tc = tc->next) {
-            v = ngx_smartflow_json_get(tc, "id");
-
-            if (!ngx_smartflow_json_is_string(v)
-                || v->str.len != id->len
-                || ngx_memcmp(v->str.data, id->data, id->len) != 0)
-            {
-                continue;
-            }
-
-            v = ngx_smartflow_json_get(ngx_smartflow_json_get(tc,
-                                                              "function"),
-                                       "name");
-
-            if (ngx_smartflow_json_is_string(v)) {
-                found = &v->str;
-            }
-        }
+    if (calls == NULL) {
+        return NULL;
     }
 
-    return found;
+    c = ngx_sfg_call_find(calls, id, ngx_sfg_call_hash(id));
+
+    return c ? c->name : NULL;
 }
 
 
 /* a tool message -> a functionResponse part */
 static ngx_int_t
-ngx_sfg_result_part(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *msgs,
+ngx_sfg_result_part(ngx_smartflow_xlate_t *x, ngx_sfg_calls_t *calls,
     ngx_smartflow_json_t *m, ngx_smartflow_json_t *parts)
 {
     u_char                *c, *end;
@@ -790,7 +915,7 @@ ngx_sfg_result_part(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *msgs,
                                            "'tool_call_id'");
     }
 
-    name = ngx_sfg_call_name(msgs, m, &id->str);
+    name = ngx_sfg_call_name(calls, &id->str);
 
     if (name == NULL) {
         v = ngx_smartflow_json_get(m, "name");
@@ -1155,7 +1280,7 @@ ngx_sfg_generation(ngx_sfg_schema_t *sc, ngx_smartflow_json_t *req,
 
 /* one OpenAI message as Gemini parts */
 static ngx_int_t
-ngx_sfg_message(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *msgs,
+ngx_sfg_message(ngx_smartflow_xlate_t *x, void *data,
     ngx_smartflow_json_t *m, ngx_smartflow_xlate_role_e role,
     ngx_smartflow_json_t *parts)
 {
@@ -1163,9 +1288,9 @@ ngx_sfg_message(ngx_smartflow_xlate_t *x, ngx_smartflow_json_t *msgs,
     case NGX_SMARTFLOW_XLATE_USER:
         return ngx_sfg_parts(x, ngx_smartflow_json_get(m, "content"), parts);
     case NGX_SMARTFLOW_XLATE_ASSISTANT:
-        return ngx_sfg_assistant(x, m, parts);
+        return ngx_sfg_assistant(x, data, m, parts);
     default:
-        return ngx_sfg_result_part(x, msgs, m, parts);
+        return ngx_sfg_result_part(x, data, m, parts);
     }
 }
 
@@ -1174,16 +1299,22 @@ ngx_smartflow_json_t *
 ngx_smartflow_xlate_req_openai_to_gemini(ngx_smartflow_xlate_t *x,
     ngx_smartflow_json_t *req)
 {
-    ngx_str_t              system;
-    ngx_pool_t            *pool;
-    ngx_sfg_schema_t       sc;
-    ngx_smartflow_json_t  *out, *contents, *p, *si;
-
-    static ngx_smartflow_xlate_turns_t  turns = {
-        ngx_sfg_message, ngx_sfg_is_response, "parts", "model"
-    };
+    ngx_str_t                     system;
+    ngx_pool_t                   *pool;
+    ngx_sfg_calls_t               calls;
+    ngx_sfg_schema_t              sc;
+    ngx_smartflow_json_t         *out, *contents, *p, *si;
+    ngx_smartflow_xlate_turns_t   turns;
 
     pool = x->pool;
+
+    ngx_rbtree_init(&calls.tree, &calls.sentinel, ngx_sfg_call_insert_value);
+
+    turns.parts = ngx_sfg_message;
+    turns.first = ngx_sfg_is_response;
+    turns.parts_key = "parts";
+    turns.assistant = "model";
+    turns.data = &calls;
 
     contents = ngx_smartflow_xlate_turns(x, req, &turns, &system);
     if (contents == NULL) {
@@ -1363,9 +1494,10 @@ ngx_smartflow_xlate_resp_gemini_to_openai(ngx_smartflow_xlate_t *x,
     ngx_smartflow_json_t *resp)
 {
     char                         *finish;
-    ngx_str_t                     text, id, base;
+    ngx_str_t                     id, base;
     ngx_pool_t                   *pool;
     ngx_smartflow_json_t         *cand, *parts, *p, *v, *calls, *blocked;
+    ngx_smartflow_xlate_join_t    text;
     ngx_smartflow_xlate_usage_t   usage;
 
     pool = x->pool;
@@ -1404,7 +1536,7 @@ ngx_smartflow_xlate_resp_gemini_to_openai(ngx_smartflow_xlate_t *x,
         goto nomem;
     }
 
-    ngx_str_null(&text);
+    ngx_smartflow_xlate_join_init(&text, pool);
 
     parts = ngx_smartflow_json_get(ngx_smartflow_json_get(cand, "content"),
                                    "parts");
@@ -1424,7 +1556,7 @@ ngx_smartflow_xlate_resp_gemini_to_openai(ngx_smartflow_xlate_t *x,
         v = ngx_smartflow_json_get(p, "text");
 
         if (ngx_smartflow_json_is_string(v)
-            && ngx_smartflow_xlate_append(pool, &text, "", &v->str) != NGX_OK)
+            && ngx_smartflow_xlate_join(&text, "", &v->str) != NGX_OK)
         {
             goto nomem;
         }
@@ -1447,7 +1579,7 @@ ngx_smartflow_xlate_resp_gemini_to_openai(ngx_smartflow_xlate_t *x,
 
     ngx_sfg_usage(ngx_smartflow_json_get(resp, "usageMetadata"), &usage);
 
-    return ngx_smartflow_xlate_completion(x, &id, &text, NULL, calls,
+    return ngx_smartflow_xlate_completion(x, &id, &text.str, NULL, calls,
                                           finish, &usage);
 
 nomem:

@@ -1201,6 +1201,140 @@ test_stream_escaping(void)
 }
 
 
+/* the many-parts costs: memory and work that grow with n, not n * n */
+
+static ngx_uint_t  unit_first_calls;
+
+
+static ngx_uint_t
+unit_first(ngx_smartflow_json_t *part)
+{
+    unit_first_calls++;
+
+    return ngx_smartflow_xlate_type_is(part, "tool_result");
+}
+
+
+static ngx_int_t
+unit_parts(ngx_smartflow_xlate_t *x, void *data, ngx_smartflow_json_t *m,
+    ngx_smartflow_xlate_role_e role, ngx_smartflow_json_t *parts)
+{
+    ngx_smartflow_json_t  *p;
+
+    p = ngx_smartflow_xlate_add(x->pool, parts, NULL,
+                                NGX_SMARTFLOW_JSON_OBJECT, NULL);
+    if (p == NULL
+        || ngx_smartflow_xlate_add_lit(x->pool, p, "type",
+                                       role == NGX_SMARTFLOW_XLATE_TOOL
+                                       ? "tool_result" : "text")
+           == NULL)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+test_many_parts(void)
+{
+    char                         *body, *b;
+    size_t                        before, size;
+    ngx_str_t                     text, system;
+    ngx_uint_t                    i, n, order;
+    ngx_smartflow_json_t         *turns, *t, *p;
+    ngx_smartflow_xlate_t         x;
+    ngx_smartflow_xlate_turns_t   tt;
+
+    n = 5000;
+
+    /* a system message of n text parts: one buffer that doubles */
+
+    size = n * 4 + 64;
+    body = malloc(size);
+    if (body == NULL) {
+        abort();
+    }
+
+    b = body + sprintf(body, "[");
+
+    for (i = 0; i < n; i++) {
+        b += sprintf(b, "%s\"a\"", i ? "," : "");
+    }
+
+    sprintf(b, "]");
+
+    p = J(body);
+    before = unit_allocated;
+
+    ok(ngx_smartflow_xlate_text_of(&unit_pool, p, "", &text) == NGX_OK
+       && text.len == n,
+       "many parts: 5000 text parts joined");
+    ok(unit_allocated - before < 64 * 1024,
+       "many parts: joining 5000 parts takes memory in proportion to the "
+       "text");
+
+    free(body);
+
+    /* a user turn, then a text and n tool results merged into one turn */
+
+    size = n * 64 + 256;
+    body = malloc(size);
+    if (body == NULL) {
+        abort();
+    }
+
+    b = body + sprintf(body, "{\"messages\":[{\"role\":\"system\","
+                             "\"content\":\"s1\"},"
+                             "{\"role\":\"user\",\"content\":\"hi\"},"
+                             "{\"role\":\"assistant\",\"content\":\"c\"},"
+                             "{\"role\":\"user\",\"content\":\"u\"}");
+
+    for (i = 0; i < n; i++) {
+        b += sprintf(b, ",{\"role\":\"tool\",\"tool_call_id\":\"c%d\","
+                        "\"content\":\"r\"}", (int) i);
+    }
+
+    sprintf(b, ",{\"role\":\"system\",\"content\":\"s2\"}]}");
+
+    xinit(&x, "m");
+
+    tt.parts = unit_parts;
+    tt.first = unit_first;
+    tt.parts_key = "content";
+    tt.assistant = "assistant";
+    tt.data = NULL;
+
+    unit_first_calls = 0;
+
+    turns = ngx_smartflow_xlate_turns(&x, J(body), &tt, &system);
+
+    ok(turns != NULL && turns->nchild == 3,
+       "many parts: 5000 tool results merge into the last user turn");
+    ok(unit_first_calls < 4 * n,
+       "many parts: merging 5000 tool results looks at each part a few "
+       "times, not at the whole turn each time");
+
+    t = (turns && turns->last)
+        ? ngx_smartflow_json_get(turns->last, "content") : NULL;
+
+    /* the results first, in their order, then the user's text */
+    order = (t != NULL && t->nchild == n + 1);
+
+    for (i = 0, p = t ? t->child : NULL; order && p; p = p->next, i++) {
+        order = (i < n) ? unit_first(p) : !unit_first(p);
+    }
+
+    ok(order && t->last && !unit_first(t->last),
+       "many parts: the tool results go first, the text last");
+    ok(system.len == 6 && memcmp(system.data, "s1\n\ns2", 6) == 0,
+       "many parts: the system messages joined");
+
+    free(body);
+}
+
+
 int
 main(void)
 {
@@ -1214,6 +1348,7 @@ main(void)
     test_stream_anthropic_to_openai();
     test_stream_openai_to_anthropic();
     test_stream_escaping();
+    test_many_parts();
 
     return unit_done();
 }

@@ -26,6 +26,7 @@ struct unit_block_s {
 };
 
 static unit_block_t  *unit_blocks;
+static size_t         unit_allocated;   /* bytes, for checks of growth */
 
 
 void *
@@ -37,6 +38,8 @@ ngx_pnalloc(ngx_pool_t *pool, size_t size)
     if (b == NULL) {
         return NULL;
     }
+
+    unit_allocated += size;
 
     b->next = unit_blocks;
     unit_blocks = b;
@@ -89,6 +92,26 @@ ngx_array_push(ngx_array_t *a)
     a->nelts++;
 
     return elt;
+}
+
+
+/*
+ * The tree insert without the rebalancing: the orders the trees keep are
+ * the same, and the unit programs' trees are small.
+ */
+void
+ngx_rbtree_insert(ngx_rbtree_t *tree, ngx_rbtree_node_t *node)
+{
+    if (tree->root == tree->sentinel) {
+        node->parent = NULL;
+        node->left = tree->sentinel;
+        node->right = tree->sentinel;
+        ngx_rbt_black(node);
+        tree->root = node;
+        return;
+    }
+
+    tree->insert(tree->root, node, tree->sentinel);
 }
 
 
