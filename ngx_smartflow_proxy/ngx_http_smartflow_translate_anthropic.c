@@ -1444,8 +1444,12 @@ ngx_smartflow_xlate_req_anthropic_to_openai(ngx_smartflow_xlate_t *x,
         }
     }
 
-    if (ngx_smartflow_xlate_add_number(pool, out, "max_tokens", req,
-                                       "max_tokens")
+    /*
+     * OpenAI's reasoning models (o1, o3, o4, gpt-5) refuse max_tokens;
+     * every chat model takes max_completion_tokens
+     */
+    if (ngx_smartflow_xlate_add_number(pool, out, "max_completion_tokens",
+                                       req, "max_tokens")
         != NGX_OK
         || ngx_smartflow_xlate_add_number(pool, out, "temperature", req,
                                           "temperature")

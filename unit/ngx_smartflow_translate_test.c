@@ -547,7 +547,7 @@ test_req_anthropic(void)
        "\"content\":\"line 1\\nline 2\"},"
        "{\"role\":\"user\",\"content\":\"And now?\"},"
        "{\"role\":\"assistant\",\"content\":\"It is a logo.\"}],"
-       "\"max_tokens\":512,\"temperature\":0.5,\"top_p\":0.8,"
+       "\"max_completion_tokens\":512,\"temperature\":0.5,\"top_p\":0.8,"
        "\"stop\":[\"\\n\\nHuman:\"],\"stream\":true,"
        "\"stream_options\":{\"include_usage\":true},"
        "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"lookup\","
@@ -575,7 +575,7 @@ test_req_anthropic(void)
         "\"Sys\"},{\"role\":\"user\",\"content\":\"hi\"},{\"role\":"
         "\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"t1\","
         "\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":"
-        "\"{}\"}}]}],\"max_tokens\":5,\"stream\":false,",
+        "\"{}\"}}]}],\"max_completion_tokens\":5,\"stream\":false,",
         "an->oa: system string, thinking dropped, content null with only "
         "tool calls, no stream_options when not streaming");
 

@@ -300,6 +300,11 @@ function openaiChat(ctx) {
     if (!Array.isArray(b.messages) || b.messages.length === 0) {
         return invalid(ctx, "Missing required parameter: 'messages'.", 'messages', 'missing_required_parameter');
     }
+    // the reasoning models (o1, o3, o4, gpt-5) refuse max_tokens, as the real API does
+    if (b.max_tokens !== undefined && /^(o\d|gpt-5)/.test(b.model)) {
+        return invalid(ctx, "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.",
+            'max_tokens', 'unsupported_parameter');
+    }
     const msgs = b.messages.filter(isObject);
     const last = msgs[msgs.length - 1];
     const lastUser = [...msgs].reverse().find((m) => m.role === 'user' && contentText(m.content));

@@ -36,6 +36,7 @@ our $HttpConfig = Smartflow::Blocks::mock_upstreams(fixture => 1)
     smartflow_route gpt-canned canned;
     smartflow_route smartflow-echo demo;
     smartflow_route gpt-* openai;
+    smartflow_route o3-mini openai;
 
     server {
         listen 127.0.0.1:$TEST_NGINX_FIXTURE_PORT;
@@ -133,7 +134,7 @@ x-seen-anthropic-version:
 --- response_body_filters eval
 \&::upstream_body
 --- response_body
-{"max_tokens":64,"messages":[{"content":"Be brief.","role":"system"},{"content":"hi there","role":"user"}],"model":"gpt-recorded"}
+{"max_completion_tokens":64,"messages":[{"content":"Be brief.","role":"system"},{"content":"hi there","role":"user"}],"model":"gpt-recorded"}
 --- no_error_log
 [error]
 
@@ -151,7 +152,7 @@ x-seen-api-key:
 --- response_body_filters eval
 \&::upstream_body
 --- response_body
-{"max_tokens":8,"messages":[{"content":"hi","role":"user"}],"model":"gpt-recorded"}
+{"max_completion_tokens":8,"messages":[{"content":"hi","role":"user"}],"model":"gpt-recorded"}
 --- no_error_log
 [error]
 
@@ -164,7 +165,7 @@ POST /anthropic/v1/messages
 --- response_body_filters eval
 \&::upstream_body
 --- response_body
-{"max_tokens":64,"messages":[{"content":"You are terse.\n\nAnswer in French.","role":"system"},{"content":"hi","role":"user"}],"model":"gpt-recorded"}
+{"max_completion_tokens":64,"messages":[{"content":"You are terse.\n\nAnswer in French.","role":"system"},{"content":"hi","role":"user"}],"model":"gpt-recorded"}
 --- no_error_log
 [error]
 
@@ -182,7 +183,7 @@ POST /anthropic/v1/messages
 --- response_body_filters eval
 \&::upstream_body
 --- response_body
-{"max_tokens":64,"messages":[{"content":"What is 2+2?","role":"user"},{"content":"4","role":"assistant"},{"content":"And 3+3?","role":"user"},{"content":"6","role":"assistant"},{"content":"Thanks","role":"user"}],"model":"gpt-recorded"}
+{"max_completion_tokens":64,"messages":[{"content":"What is 2+2?","role":"user"},{"content":"4","role":"assistant"},{"content":"And 3+3?","role":"user"},{"content":"6","role":"assistant"},{"content":"Thanks","role":"user"}],"model":"gpt-recorded"}
 --- no_error_log
 [error]
 
@@ -200,7 +201,7 @@ POST /anthropic/v1/messages
 --- response_body_filters eval
 \&::upstream_body
 --- response_body
-{"max_tokens":64,"messages":[{"content":"one","role":"user"},{"content":"two","role":"user"},{"content":"three","role":"assistant"},{"content":"four","role":"assistant"},{"content":[{"text":"five","type":"text"},{"text":"six","type":"text"}],"role":"user"}],"model":"gpt-recorded"}
+{"max_completion_tokens":64,"messages":[{"content":"one","role":"user"},{"content":"two","role":"user"},{"content":"three","role":"assistant"},{"content":"four","role":"assistant"},{"content":[{"text":"five","type":"text"},{"text":"six","type":"text"}],"role":"user"}],"model":"gpt-recorded"}
 --- no_error_log
 [error]
 
@@ -214,7 +215,7 @@ POST /anthropic/v1/messages
 --- response_body_filters eval
 \&::upstream_body
 --- response_body
-{"max_tokens":77,"messages":[{"content":"go","role":"user"}],"model":"gpt-recorded","stop":["END","\n\nHuman:"],"temperature":0.5,"top_p":0.9,"user":"user-42"}
+{"max_completion_tokens":77,"messages":[{"content":"go","role":"user"}],"model":"gpt-recorded","stop":["END","\n\nHuman:"],"temperature":0.5,"top_p":0.9,"user":"user-42"}
 --- no_error_log
 [error]
 
@@ -231,7 +232,7 @@ POST /anthropic/v1/messages
 --- response_body_filters eval
 \&::upstream_body
 --- response_body
-{"max_tokens":64,"messages":[{"content":[{"text":"What is in these?","type":"text"},{"image_url":{"url":"data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAE="},"type":"image_url"},{"image_url":{"url":"https://example.com/cat.jpg"},"type":"image_url"},{"file":{"file_data":"data:application/pdf;base64,JVBERi0xLjQ=","filename":"report.pdf"},"type":"file"}],"role":"user"}],"model":"gpt-recorded"}
+{"max_completion_tokens":64,"messages":[{"content":[{"text":"What is in these?","type":"text"},{"image_url":{"url":"data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAE="},"type":"image_url"},{"image_url":{"url":"https://example.com/cat.jpg"},"type":"image_url"},{"file":{"file_data":"data:application/pdf;base64,JVBERi0xLjQ=","filename":"report.pdf"},"type":"file"}],"role":"user"}],"model":"gpt-recorded"}
 --- no_error_log
 [error]
 
@@ -248,7 +249,7 @@ POST /anthropic/v1/messages
 --- response_body_filters eval
 \&::upstream_body
 --- response_body
-{"max_tokens":64,"messages":[{"content":"what about the climate in Paris?","role":"user"}],"model":"gpt-recorded","parallel_tool_calls":false,"tool_choice":"required","tools":[{"function":{"description":"Climate of a city","name":"get_climate","parameters":{"properties":{"city":{"type":"string"}},"required":["city"],"type":"object"}},"type":"function"},{"function":{"name":"now","parameters":{"properties":{},"type":"object"}},"type":"function"}]}
+{"max_completion_tokens":64,"messages":[{"content":"what about the climate in Paris?","role":"user"}],"model":"gpt-recorded","parallel_tool_calls":false,"tool_choice":"required","tools":[{"function":{"description":"Climate of a city","name":"get_climate","parameters":{"properties":{"city":{"type":"string"}},"required":["city"],"type":"object"}},"type":"function"},{"function":{"name":"now","parameters":{"properties":{},"type":"object"}},"type":"function"}]}
 --- no_error_log
 [error]
 
@@ -266,7 +267,7 @@ POST /anthropic/v1/messages
 \&::upstream_body
 --- response_body eval
 [map {
-'{"max_tokens":64,"messages":[{"content":"time?","role":"user"}],"model":"gpt-recorded",'
+'{"max_completion_tokens":64,"messages":[{"content":"time?","role":"user"}],"model":"gpt-recorded",'
 . '"tool_choice":' . $_ . ',"tools":[{"function":{"name":"now","parameters":{"type":"object"}},"type":"function"}]}' . "\n"
 } '"auto"', '"none"', '{"function":{"name":"now"},"type":"function"}']
 --- error_code eval
@@ -296,7 +297,7 @@ POST /anthropic/v1/messages
 --- response_body_filters eval
 \&::upstream_body
 --- response_body
-{"max_tokens":64,"messages":[{"content":"climate in Paris, and the time?","role":"user"},{"content":"Let me check.","role":"assistant","tool_calls":[{"function":{"arguments":"{\"city\":\"Paris\"}","name":"get_climate"},"id":"toolu_1","type":"function"},{"function":{"arguments":"{}","name":"now"},"id":"toolu_2","type":"function"}]},{"content":"mild","role":"tool","tool_call_id":"toolu_1"},{"content":"noon\nUTC","role":"tool","tool_call_id":"toolu_2"},{"content":"and tomorrow?","role":"user"}],"model":"gpt-recorded","tools":[{"function":{"name":"get_climate","parameters":{"properties":{"city":{"type":"string"}},"type":"object"}},"type":"function"},{"function":{"name":"now","parameters":{"properties":{},"type":"object"}},"type":"function"}]}
+{"max_completion_tokens":64,"messages":[{"content":"climate in Paris, and the time?","role":"user"},{"content":"Let me check.","role":"assistant","tool_calls":[{"function":{"arguments":"{\"city\":\"Paris\"}","name":"get_climate"},"id":"toolu_1","type":"function"},{"function":{"arguments":"{}","name":"now"},"id":"toolu_2","type":"function"}]},{"content":"mild","role":"tool","tool_call_id":"toolu_1"},{"content":"noon\nUTC","role":"tool","tool_call_id":"toolu_2"},{"content":"and tomorrow?","role":"user"}],"model":"gpt-recorded","tools":[{"function":{"name":"get_climate","parameters":{"properties":{"city":{"type":"string"}},"type":"object"}},"type":"function"},{"function":{"name":"now","parameters":{"properties":{},"type":"object"}},"type":"function"}]}
 --- no_error_log
 [error]
 
@@ -313,7 +314,7 @@ POST /anthropic/v1/messages
 --- response_body_filters eval
 \&::upstream_body
 --- response_body
-{"max_tokens":64,"messages":[{"content":"time?","role":"user"},{"content":null,"role":"assistant","tool_calls":[{"function":{"arguments":"{}","name":"now"},"id":"toolu_9","type":"function"}]},{"content":"noon","role":"tool","tool_call_id":"toolu_9"}],"model":"gpt-recorded","tools":[{"function":{"name":"now","parameters":{"properties":{},"type":"object"}},"type":"function"}]}
+{"max_completion_tokens":64,"messages":[{"content":"time?","role":"user"},{"content":null,"role":"assistant","tool_calls":[{"function":{"arguments":"{}","name":"now"},"id":"toolu_9","type":"function"}]},{"content":"noon","role":"tool","tool_call_id":"toolu_9"}],"model":"gpt-recorded","tools":[{"function":{"name":"now","parameters":{"properties":{},"type":"object"}},"type":"function"}]}
 --- no_error_log
 [error]
 
@@ -421,7 +422,7 @@ POST /anthropic/v1/messages
 --- response_body_filters eval
 \&::upstream_body
 --- response_body
-{"max_tokens":64,"messages":[{"content":"caf\u00e9 \ud83d\ude00 \"q\" \\ / tab\there\nnext \u0001 \u2028 \u00e9","role":"user"}],"model":"gpt-recorded"}
+{"max_completion_tokens":64,"messages":[{"content":"caf\u00e9 \ud83d\ude00 \"q\" \\ / tab\there\nnext \u0001 \u2028 \u00e9","role":"user"}],"model":"gpt-recorded"}
 --- no_error_log
 [error]
 
@@ -480,3 +481,39 @@ POST /anthropic/v1/messages
 {"type":"error","error":{"type":"invalid_request_error","message":"only client tools can be sent to this provider"}}
 --- error_log
 smartflow proxy: only client tools can be sent to this provider
+
+
+
+=== TEST 24: a reasoning model gets the limit as max_completion_tokens
+--- request
+POST /anthropic/v1/messages
+{"model":"o3-mini","max_tokens":64,"messages":[{"role":"user","content":"hi there"}]}
+--- response_headers
+Content-Type: application/json
+x-mock-model: o3-mini
+--- response_body_filters eval
+\&::stable
+--- response_body
+{"id":"msg_chatcmpl-*","type":"message","role":"assistant","model":"o3-mini","content":[{"type":"text","text":"mock reply to: hi there"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":2,"output_tokens":5}}
+--- no_error_log
+[error]
+
+
+
+=== TEST 25: so does gpt-5, streamed
+--- request
+POST /anthropic/v1/messages
+{"model":"gpt-5","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}
+--- response_body_like: "text":" hi".*event: message_stop
+--- no_error_log
+[error]
+
+
+
+=== TEST 26: the provider refuses max_tokens for these models, as OpenAI does
+--- request
+POST /v1/chat/completions
+{"model":"o3-mini","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}
+--- error_code: 400
+--- response_body chomp
+{"error":{"message":"Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.","type":"invalid_request_error","param":"max_tokens","code":"unsupported_parameter"}}

@@ -416,7 +416,7 @@ POST /anthropic/v1/messages
 --- response_body_filters eval
 \&::recorded_anthropic_stream
 --- response_body
-{"max_tokens":64,"messages":[{"content":"hi","role":"user"}],"model":"gpt-recorded","stream":true,"stream_options":{"include_usage":true}}
+{"max_completion_tokens":64,"messages":[{"content":"hi","role":"user"}],"model":"gpt-recorded","stream":true,"stream_options":{"include_usage":true}}
 --- no_error_log
 [error]
 
