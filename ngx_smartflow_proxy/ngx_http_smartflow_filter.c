@@ -31,6 +31,11 @@ static ngx_int_t ngx_http_smartflow_usage_filter(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_chain_t *in);
 static ngx_int_t ngx_http_smartflow_on_event(void *data,
     ngx_smartflow_sse_event_t *ev);
+static ngx_uint_t ngx_http_smartflow_event_usage(
+    ngx_smartflow_sse_event_t *ev);
+static ngx_int_t ngx_http_smartflow_event(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_smartflow_sse_event_t *ev,
+    ngx_pool_t *pool);
 static ngx_int_t ngx_http_smartflow_stream_timer(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_loc_conf_t *slcf);
 static void ngx_http_smartflow_stream_timeout(ngx_event_t *ev);
@@ -203,6 +208,9 @@ ngx_http_smartflow_header_filter(ngx_http_request_t *r)
                 return NGX_ERROR;
             }
 
+            /* the stream's ids outlive the events, which are scratch */
+            ((ngx_smartflow_xlate_stream_t *) ctx->xlate_stream)->pool =
+                                                                  r->pool;
             ((ngx_smartflow_xlate_stream_t *) ctx->xlate_stream)
                 ->include_usage = ctx->hide_usage ? 0 : 1;
             ctx->hide_usage = 0;
@@ -217,6 +225,8 @@ ngx_http_smartflow_header_filter(ngx_http_request_t *r)
                     return NGX_ERROR;
                 }
 
+                ((ngx_smartflow_xlate_stream_t *) ctx->xlate_first)->pool =
+                                                                  r->pool;
                 ((ngx_smartflow_xlate_stream_t *) ctx->xlate_first)
                     ->include_usage = 1;
             }
@@ -542,19 +552,83 @@ ngx_http_smartflow_stream_filter(ngx_http_request_t *r,
 }
 
 
+/*
+ * Each event is parsed, translated and written in a scratch pool, reset
+ * after it: what a stream keeps (its ids, the usage) lives elsewhere, so
+ * a stream of any length holds the memory of one event, not of all.  The
+ * events' bytes are copied into the output buffers before the reset.
+ */
 static ngx_int_t
 ngx_http_smartflow_on_event(void *data, ngx_smartflow_sse_event_t *ev)
 {
     ngx_http_request_t *r = data;
 
+    ngx_int_t                  rc;
+    ngx_http_smartflow_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_smartflow_proxy_module);
+
+    if (ctx->event_pool == NULL) {
+        ctx->event_pool = ngx_create_pool(NGX_HTTP_SMARTFLOW_POOL_SIZE,
+                                          r->connection->log);
+        if (ctx->event_pool == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
+    rc = ngx_http_smartflow_event(r, ctx, ev, ctx->event_pool);
+
+    ctx->xlate_event = NULL;
+    ngx_reset_pool(ctx->event_pool);
+
+    return rc;
+}
+
+
+/* does the event carry a usage that is not null, or end an Anthropic one */
+static ngx_uint_t
+ngx_http_smartflow_event_usage(ngx_smartflow_sse_event_t *ev)
+{
+    u_char  *p, *last;
+
+    if (ev->event.len == 12
+        && ngx_strncmp(ev->event.data, "message_stop", 12) == 0)
+    {
+        return 1;
+    }
+
+    p = ev->data.data;
+    last = p + ev->data.len;
+
+    for ( ;; ) {
+        p = ngx_strlcasestrn(p, last, (u_char *) "\"usage\"", 7 - 1);
+        if (p == NULL) {
+            return 0;
+        }
+
+        /* OpenAI's chunks say "usage":null until the last one */
+        for (p += 7; p < last && (*p == ' ' || *p == '\t' || *p == ':'
+                                  || *p == '\r' || *p == '\n');
+             p++)
+        {
+            /* void */
+        }
+
+        if (last - p < 4 || ngx_strncmp(p, "null", 4) != 0) {
+            return 1;
+        }
+    }
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_event(ngx_http_request_t *r, ngx_http_smartflow_ctx_t *ctx,
+    ngx_smartflow_sse_event_t *ev, ngx_pool_t *pool)
+{
     ngx_str_t                       err;
-    ngx_pool_t                     *pool;
     ngx_array_t                     events;
     ngx_smartflow_json_t           *j, *choices;
     ngx_smartflow_xlate_t           x;
-    ngx_http_smartflow_ctx_t       *ctx;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_smartflow_proxy_module);
 
     if (ctx->output_blocked) {
         return NGX_OK;
@@ -571,20 +645,8 @@ ngx_http_smartflow_on_event(void *data, ngx_smartflow_sse_event_t *ev)
     if (ev->data.len == 6 && ngx_strncmp(ev->data.data, "[DONE]", 6) == 0) {
         ctx->stream_done = 1;
 
-    } else if (ctx->translate
-               || ngx_strlcasestrn(ev->data.data,
-                                   ev->data.data + ev->data.len,
-                                   (u_char *) "\"usage\"", 7 - 1)
-                  != NULL
-               || (ev->event.len == 12
-                   && ngx_strncmp(ev->event.data, "message_stop", 12) == 0))
-    {
+    } else if (ctx->translate || ngx_http_smartflow_event_usage(ev)) {
         /* parse only what has to be read: usage, or a translation */
-        pool = ngx_http_smartflow_pool(r, ctx);
-        if (pool == NULL) {
-            return NGX_ERROR;
-        }
-
         j = ngx_smartflow_json_parse(pool, ev->data.data, ev->data.len,
                                      &err);
         if (j == NULL) {
@@ -627,15 +689,11 @@ ngx_http_smartflow_on_event(void *data, ngx_smartflow_sse_event_t *ev)
         return NGX_OK;
     }
 
-    if (ngx_array_init(&events, r->pool, 4, sizeof(ngx_str_t)) != NGX_OK) {
+    if (ngx_array_init(&events, pool, 4, sizeof(ngx_str_t)) != NGX_OK) {
         return NGX_ERROR;
     }
 
-    x.pool = ngx_http_smartflow_pool(r, ctx);
-    if (x.pool == NULL) {
-        return NGX_ERROR;
-    }
-
+    x.pool = pool;
     x.log = r->connection->log;
     x.model = ctx->model;
     ngx_str_null(&x.err);

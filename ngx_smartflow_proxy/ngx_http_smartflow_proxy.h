@@ -402,6 +402,7 @@ typedef struct {
 
     ngx_str_t                   body;           /* client body, contiguous */
     ngx_pool_t                 *pool;           /* the JSON trees' */
+    ngx_pool_t                 *event_pool;     /* one stream event's */
     ngx_smartflow_json_t       *json;
     ngx_smartflow_json_t       *upstream_json;  /* json in the provider's */
     ngx_str_t                   model;          /* as the client named it */

@@ -371,6 +371,11 @@ ngx_http_smartflow_ctx_cleanup(void *data)
         ngx_destroy_pool(ctx->pool);
         ctx->pool = NULL;
     }
+
+    if (ctx->event_pool) {
+        ngx_destroy_pool(ctx->event_pool);
+        ctx->event_pool = NULL;
+    }
 }
 
 

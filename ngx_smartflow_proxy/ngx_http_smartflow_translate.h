@@ -23,8 +23,13 @@ typedef struct {
 } ngx_smartflow_xlate_t;
 
 
-/* state of one streamed response being translated */
+/*
+ * state of one streamed response being translated; what it keeps across
+ * events (the ids) comes from its pool, or from x->pool when that is NULL,
+ * so that x->pool may be a scratch pool reset after each event
+ */
 typedef struct {
+    ngx_pool_t                 *pool;
     ngx_str_t                   id;
     time_t                      created;
     ngx_uint_t                  input_tokens;
@@ -40,6 +45,10 @@ typedef struct {
     unsigned                    finished:1;
     unsigned                    done:1;
 } ngx_smartflow_xlate_stream_t;
+
+
+#define ngx_smartflow_xlate_st_pool(x, st)                                \
+    ((st)->pool ? (st)->pool : (x)->pool)
 
 
 /* requests: client tree -> provider tree; NULL and x->err on bad input */

@@ -2203,8 +2203,8 @@ ngx_smartflow_xlate_stream_anthropic_to_openai(ngx_smartflow_xlate_t *x,
         v = ngx_smartflow_json_get(msg, "id");
 
         if (ngx_smartflow_json_is_string(v)
-            && ngx_smartflow_xlate_concat(x->pool, &st->id, "chatcmpl-",
-                                          &v->str)
+            && ngx_smartflow_xlate_concat(ngx_smartflow_xlate_st_pool(x, st),
+                                          &st->id, "chatcmpl-", &v->str)
                != NGX_OK)
         {
             return ngx_smartflow_xlate_fail(x, "out of memory");
@@ -2362,7 +2362,8 @@ ngx_sf_event_begin(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
     id = ngx_smartflow_json_get(data, "id");
 
     if (ngx_smartflow_json_is_string(id)) {
-        if (ngx_smartflow_xlate_concat(x->pool, &st->id, "msg_", &id->str)
+        if (ngx_smartflow_xlate_concat(ngx_smartflow_xlate_st_pool(x, st),
+                                       &st->id, "msg_", &id->str)
             != NGX_OK)
         {
             return ngx_smartflow_xlate_fail(x, "out of memory");
@@ -2493,7 +2494,9 @@ ngx_sf_event_tool(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
         st->tool_index = index;
 
         if (id) {
-            if (ngx_smartflow_xlate_concat(x->pool, &st->tool_id, "", &id->str)
+            if (ngx_smartflow_xlate_concat(ngx_smartflow_xlate_st_pool(x,
+                                                                       st),
+                                           &st->tool_id, "", &id->str)
                 != NGX_OK)
             {
                 return ngx_smartflow_xlate_fail(x, "out of memory");
@@ -2501,8 +2504,8 @@ ngx_sf_event_tool(ngx_smartflow_xlate_t *x, ngx_smartflow_xlate_stream_t *st,
 
         } else {
             /* a client cannot answer a tool call without its id */
-            p = ngx_pnalloc(x->pool, sizeof("toolu_smartflow_") - 1
-                                     + NGX_INT_T_LEN);
+            p = ngx_pnalloc(ngx_smartflow_xlate_st_pool(x, st),
+                            sizeof("toolu_smartflow_") - 1 + NGX_INT_T_LEN);
             if (p == NULL) {
                 return ngx_smartflow_xlate_fail(x, "out of memory");
             }

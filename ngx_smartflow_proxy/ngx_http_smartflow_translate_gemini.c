@@ -1617,7 +1617,8 @@ ngx_sfg_chunk_begin(ngx_smartflow_xlate_t *x,
         return ngx_smartflow_xlate_fail(x, "out of memory");
     }
 
-    if (ngx_smartflow_xlate_concat(x->pool, &st->id, "chatcmpl-", &base)
+    if (ngx_smartflow_xlate_concat(ngx_smartflow_xlate_st_pool(x, st),
+                                   &st->id, "chatcmpl-", &base)
         != NGX_OK)
     {
         return ngx_smartflow_xlate_fail(x, "out of memory");

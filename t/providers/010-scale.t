@@ -1,5 +1,5 @@
-# Requests with very many parts: the translation's cost grows with the
-# request's size, not with its square.  A system prompt of tens of
+# Large requests and long streams.  Requests with very many parts: the
+# translation's cost grows with the request's size, not with its square.  A system prompt of tens of
 # thousands of text parts is joined in one buffer that doubles; tens of
 # thousands of tool results merge into one turn without rescanning it, and
 # a Gemini provider's results find their calls' names through one lookup
@@ -13,6 +13,12 @@
 # took hundreds of MB, or seconds to minutes of CPU.  The tool results'
 # requests are 3 MB, whose trees take their memory whatever the merge:
 # only their CPU time is bounded.
+#
+# Streams of 50000 events, translated either way or passed through with
+# OpenAI's "usage":null in every chunk: each event is read, translated and
+# written in a scratch pool reset after it, so the worker's memory does not
+# grow with the stream's length (it grew by some 85 MB when every event's
+# tree stayed with the request).
 
 use lib 't/lib';
 use Smartflow::Conf;
@@ -21,7 +27,7 @@ use Test::Nginx::Socket 'no_plan';
 use Smartflow::Blocks;
 use POSIX ();
 
-our $MaxGrowthMB = 64;
+our $MaxGrowthMB = 32;
 our $MaxCPU = 5;
 
 our %Before;
@@ -174,5 +180,50 @@ anthropic-version: 2023-06-01
 --- response_body_like eval
 ["^measured\n\\z", '"content":"mock reply to: hi"', "^memory .*, cpu bounded\n\\z"]
 --- timeout: 120
+--- no_error_log
+[error]
+
+
+
+=== TEST 5: a stream of 50000 Anthropic events to an OpenAI client
+--- more_headers eval
+$::OpenAIKey . "x-mock-words: 50000"
+--- request eval
+["GET /pid", ::chat('{"model":"claude-3-5-sonnet","stream":true,"messages":[{"role":"user","content":"count"}]}'), "GET /pid"]
+--- response_body_filters eval
+\&::worker
+--- response_body_like eval
+["^measured\n\\z", '"content":" alpha".*data: \\[DONE\\]\n\n\\z', "^memory bounded, cpu bounded\n\\z"]
+--- timeout: 60
+--- no_error_log
+[error]
+
+
+
+=== TEST 6: a stream of 50000 OpenAI chunks to an Anthropic client
+--- more_headers eval
+$::AnthropicKey . "x-mock-words: 50000"
+--- request eval
+["GET /pid", ::messages('{"model":"gpt-4o-mini","max_tokens":16,"stream":true,"messages":[{"role":"user","content":"count"}]}'), "GET /pid"]
+--- response_body_filters eval
+\&::worker
+--- response_body_like eval
+["^measured\n\\z", '"text":" alpha".*event: message_stop\n', "^memory bounded, cpu bounded\n\\z"]
+--- timeout: 60
+--- no_error_log
+[error]
+
+
+
+=== TEST 7: a stream of 50000 OpenAI chunks passed through, each with "usage":null
+--- more_headers eval
+$::OpenAIKey . "x-mock-words: 50000"
+--- request eval
+["GET /pid", ::chat('{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"count"}]}'), "GET /pid"]
+--- response_body_filters eval
+\&::worker
+--- response_body_like eval
+["^measured\n\\z", '"usage":null.*"usage":\\{"prompt_tokens".*data: \\[DONE\\]\n\n\\z', "^memory bounded, cpu bounded\n\\z"]
+--- timeout: 60
 --- no_error_log
 [error]
