@@ -27,6 +27,10 @@ static ngx_int_t ngx_http_smartflow_stream_filter(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_chain_t *in);
 static ngx_int_t ngx_http_smartflow_json_filter(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_chain_t *in);
+static ngx_int_t ngx_http_smartflow_json_fail(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx);
+static ngx_int_t ngx_http_smartflow_json_send(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_str_t *out);
 static ngx_int_t ngx_http_smartflow_usage_filter(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_chain_t *in);
 static ngx_int_t ngx_http_smartflow_on_event(void *data,
@@ -281,6 +285,14 @@ ngx_http_smartflow_header_filter(ngx_http_request_t *r)
         ngx_str_set(&r->headers_out.content_type, "application/json");
         r->headers_out.content_type_len = sizeof("application/json") - 1;
         r->headers_out.content_type_lowcase = NULL;
+
+        /*
+         * the status is the answer's to give: held until the body is read
+         * and rewritten, so that one that cannot be is a 502, not a 200
+         */
+        ctx->header_held = 1;
+
+        return NGX_OK;
     }
 
     return ngx_http_next_header_filter(r);
@@ -919,7 +931,6 @@ ngx_http_smartflow_json_filter(ngx_http_request_t *r,
 {
     u_char                          *p;
     size_t                           size;
-    ngx_buf_t                       *b;
     ngx_str_t                        err, out;
     ngx_uint_t                       last;
     ngx_chain_t                     *cl;
@@ -970,7 +981,23 @@ ngx_http_smartflow_json_filter(ngx_http_request_t *r,
     }
 
     if (!last) {
-        return ngx_http_next_body_filter(r, NULL);
+        /*
+         * nginx's upstream, finalizing an answer whose provider went away
+         * before its end, sends a lone flush: the client is told, in its
+         * format, since it has not been answered yet
+         */
+        if (ctx->header_held && in && in->next == NULL
+            && ngx_buf_special(in->buf) && r->upstream
+            && r->upstream->peer.connection == NULL)
+        {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "smartflow proxy: answer of provider \"%V\" "
+                          "broke before its end", &ctx->provider->name);
+
+            return ngx_http_smartflow_json_fail(r, ctx);
+        }
+
+        return ctx->header_held ? NGX_OK : ngx_http_next_body_filter(r, NULL);
     }
 
     x.pool = ngx_http_smartflow_pool(r, ctx);
@@ -984,6 +1011,15 @@ ngx_http_smartflow_json_filter(ngx_http_request_t *r,
     x.log = r->connection->log;
     x.model = ctx->model;
     ngx_str_null(&x.err);
+
+    if (j == NULL && r->headers_out.status < NGX_HTTP_BAD_REQUEST) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "smartflow proxy: provider \"%V\" answered %ui with "
+                      "a body that is not JSON",
+                      &ctx->provider->name, r->headers_out.status);
+
+        return ngx_http_smartflow_json_fail(r, ctx);
+    }
 
     if (r->headers_out.status >= NGX_HTTP_BAD_REQUEST || j == NULL) {
         if (j == NULL) {
@@ -1038,7 +1074,83 @@ ngx_http_smartflow_json_filter(ngx_http_request_t *r,
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "smartflow proxy: translating the answer of provider "
                       "\"%V\" failed: %V", &ctx->provider->name, &x.err);
+
+        return ngx_http_smartflow_json_fail(r, ctx);
+    }
+
+    return ngx_http_smartflow_json_send(r, ctx, &out);
+}
+
+
+/*
+ * An answer that could not be read or rewritten: a 502 in the client's
+ * format while the header is still held, else the connection is cut
+ */
+static ngx_int_t
+ngx_http_smartflow_json_fail(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx)
+{
+    ngx_str_t               out, err;
+    ngx_smartflow_json_t   *e, *t;
+    ngx_smartflow_xlate_t   x;
+
+    static u_char  reason[] =
+        "{\"type\":\"error\",\"error\":{\"type\":\"api_error\","
+        "\"message\":\"The provider's answer could not be read.\"}}";
+
+    if (!ctx->header_held) {
         return NGX_ERROR;
+    }
+
+    x.pool = ngx_http_smartflow_pool(r, ctx);
+    if (x.pool == NULL) {
+        return NGX_ERROR;
+    }
+
+    x.log = r->connection->log;
+    x.model = ctx->model;
+    ngx_str_null(&x.err);
+
+    e = ngx_smartflow_json_parse(x.pool, reason, sizeof(reason) - 1, &err);
+    if (e == NULL) {
+        return NGX_ERROR;
+    }
+
+    t = (ctx->client_format == NGX_HTTP_SMARTFLOW_FORMAT_ANTHROPIC)
+        ? ngx_smartflow_xlate_error_to_anthropic(&x, NGX_HTTP_BAD_GATEWAY, e)
+        : ngx_smartflow_xlate_error_to_openai(&x, NGX_HTTP_BAD_GATEWAY, e);
+
+    if (t == NULL || ngx_smartflow_json_dump(x.pool, t, &out) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    r->headers_out.status = NGX_HTTP_BAD_GATEWAY;
+    ngx_str_null(&r->headers_out.status_line);
+
+    /* the usage of an answer the client did not get is not counted */
+    ctx->prompt_tokens = 0;
+    ctx->completion_tokens = 0;
+
+    return ngx_http_smartflow_json_send(r, ctx, &out);
+}
+
+
+/* the held header, then the whole answer in one last buffer */
+static ngx_int_t
+ngx_http_smartflow_json_send(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_str_t *out)
+{
+    ngx_int_t   rc;
+    ngx_buf_t  *b;
+
+    if (ctx->header_held) {
+        ctx->header_held = 0;
+
+        rc = ngx_http_next_header_filter(r);
+
+        if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+            return rc;
+        }
     }
 
     /* the whole answer goes in one last buffer, of the written bytes */
@@ -1052,8 +1164,8 @@ ngx_http_smartflow_json_filter(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    b->pos = out.data;
-    b->last = out.data + out.len;
+    b->pos = out->data;
+    b->last = out->data + out->len;
     b->memory = 1;
     b->tag = (ngx_buf_tag_t) &ngx_http_smartflow_proxy_module;
 

@@ -479,6 +479,7 @@ typedef struct {
     unsigned                    cache_hit:1;    /* answered from the cache */
     unsigned                    output_scan:1;  /* the output scanner runs */
     unsigned                    output_blocked:1;
+    unsigned                    header_held:1;  /* until the answer is read */
 } ngx_http_smartflow_ctx_t;
 
 

@@ -1,6 +1,9 @@
 # A provider's error answer reaches a client of the other format translated
 # into the client's error format, with the provider's status and its
 # Retry-After; a client of the provider's own format gets it unchanged.
+# An answer of the provider's that cannot be read or translated (HTML with
+# a 200, a tool call without its id, JSON cut short) is a 502 in the
+# client's format: the header waits until the whole answer is rewritten.
 # Models with several deployments fail over across formats: an attempt
 # translated for one provider may be followed by a plain one to the next.
 #
@@ -63,6 +66,19 @@ our $HttpConfig = <<'_EOC_';
         location = /fixture/html-502 {
             default_type text/html;
             return 502 '<html><body><h1>502 Bad Gateway</h1></body></html>';
+        }
+
+        location = /fixture/html-200 {
+            default_type text/html;
+            return 200 '<html><body>maintenance</body></html>';
+        }
+
+        location = /fixture/tool-use-without-id {
+            return 200 '{"id":"msg_1","type":"message","role":"assistant","content":[{"type":"tool_use","name":"f","input":{}}],"stop_reason":"tool_use","usage":{"input_tokens":1,"output_tokens":1}}';
+        }
+
+        location = /fixture/oa-cut {
+            return 200 '{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"cut"';
         }
 
         location = /fixture/empty-503 {
@@ -489,3 +505,65 @@ for by the gateway) hidden; the Anthropic client gets it translated.
 ["x-mock-model: gpt-4o", "x-mock-model: gpt-4o"]
 --- response_body_like eval
 ['"content":"mock reply to: hi"', '"text":"mock reply to: hi"']
+
+
+
+=== TEST 29: an answer of 200 that is not JSON, to an OpenAI client
+--- more_headers eval
+$::OpenAIKey . "x-fixture: html-200"
+--- request
+POST /v1/chat/completions
+{"model":"claude-canned","messages":[{"role":"user","content":"hi"}]}
+--- error_code: 502
+--- response_headers
+Content-Type: application/json
+--- response_body chomp
+{"error":{"message":"The provider's answer could not be read.","type":"api_error","param":null,"code":null}}
+--- error_log
+smartflow proxy: provider "canned_an" answered 200 with a body that is not JSON
+
+
+
+=== TEST 30: an answer of 200 that is not JSON, to an Anthropic client
+--- more_headers eval
+$::AnthropicKey . "x-fixture: html-200"
+--- request
+POST /anthropic/v1/messages
+{"model":"gpt-canned","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}
+--- error_code: 502
+--- response_headers
+Content-Type: application/json
+--- response_body chomp
+{"type":"error","error":{"type":"api_error","message":"The provider's answer could not be read."}}
+--- error_log
+smartflow proxy: provider "canned_oa" answered 200 with a body that is not JSON
+
+
+
+=== TEST 31: an answer that cannot be translated (a tool_use without its id)
+--- more_headers eval
+$::OpenAIKey . "x-fixture: tool-use-without-id"
+--- request
+POST /v1/chat/completions
+{"model":"claude-canned","messages":[{"role":"user","content":"hi"}]}
+--- error_code: 502
+--- response_headers
+Content-Type: application/json
+--- response_body chomp
+{"error":{"message":"The provider's answer could not be read.","type":"api_error","param":null,"code":null}}
+--- error_log
+smartflow proxy: translating the answer of provider "canned_an" failed: each tool_use block needs an id
+
+
+
+=== TEST 32: an answer cut short, to an Anthropic client
+--- more_headers eval
+$::AnthropicKey . "x-fixture: oa-cut"
+--- request
+POST /anthropic/v1/messages
+{"model":"gpt-canned","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}
+--- error_code: 502
+--- response_body chomp
+{"type":"error","error":{"type":"api_error","message":"The provider's answer could not be read."}}
+--- error_log
+smartflow proxy: provider "canned_oa" answered 200 with a body that is not JSON
