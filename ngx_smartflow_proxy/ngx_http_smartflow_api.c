@@ -480,12 +480,13 @@ ngx_http_smartflow_refuse(ngx_http_request_t *r, ngx_uint_t status,
         type.len = ngx_strlen(type.data);
     }
 
+    /* every string is escaped: a parameter may be a client's field name */
     len = sizeof("{\"type\":\"error\",\"error\":{\"message\":,\"type\":,"
                  "\"param\":,\"code\":}}") - 1
           + 2 + ngx_smartflow_json_escape_len(message.data, message.len)
-          + 2 + type.len
-          + 4 + param.len
-          + 4 + code.len;
+          + 2 + ngx_smartflow_json_escape_len(type.data, type.len)
+          + 4 + ngx_smartflow_json_escape_len(param.data, param.len)
+          + 4 + ngx_smartflow_json_escape_len(code.data, code.len);
 
     p = ngx_pnalloc(r->pool, len);
     if (p == NULL) {

@@ -90,6 +90,9 @@ static ngx_int_t ngx_http_smartflow_keys_unavailable(ngx_http_request_t *r,
 
 #define ngx_sf_spec_off(field)  offsetof(ngx_smartflow_key_spec_t, field)
 
+/* the most of a client's field name an error echoes */
+#define NGX_HTTP_SMARTFLOW_KEYS_MAX_PARAM  64
+
 static ngx_http_smartflow_keys_field_t  ngx_http_smartflow_keys_fields[] = {
     { "name", NGX_SMARTFLOW_KEY_NAME, NGX_SF_FIELD_NAME,
       ngx_sf_spec_off(name) },
@@ -635,19 +638,38 @@ static ngx_int_t
 ngx_http_smartflow_keys_bad(ngx_http_request_t *r, char *code,
     ngx_str_t *param, const char *fmt, ngx_str_t *arg)
 {
-    u_char  *p;
+    u_char     *p;
+    ngx_str_t   cut;
 
     p = NULL;
 
     if (param) {
+        /*
+         * a client's field name is echoed only in part, cut where a
+         * UTF-8 character begins
+         */
+        cut = *param;
+
+        if (cut.len > NGX_HTTP_SMARTFLOW_KEYS_MAX_PARAM) {
+            cut.len = NGX_HTTP_SMARTFLOW_KEYS_MAX_PARAM;
+
+            while (cut.len && (cut.data[cut.len] & 0xc0) == 0x80) {
+                cut.len--;
+            }
+        }
+
+        if (arg == param) {
+            arg = &cut;
+        }
+
         /* the error record keeps a C string */
-        p = ngx_pnalloc(r->pool, param->len + 1);
+        p = ngx_pnalloc(r->pool, cut.len + 1);
         if (p == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        ngx_memcpy(p, param->data, param->len);
-        p[param->len] = '\0';
+        ngx_memcpy(p, cut.data, cut.len);
+        p[cut.len] = '\0';
     }
 
     return ngx_http_smartflow_error(r, NGX_HTTP_BAD_REQUEST,

@@ -998,7 +998,32 @@ smartflow_api admin_keys needs a prefix location
 
 
 
-=== TEST 81: "satisfy any" with an allow rule does not open the admin API without the master key
+=== TEST 81: an unknown field name is echoed escaped and cut to 64 bytes
+Control characters are written six bytes each (\u0001); the error still
+fits, and the worker lives on to answer the next request.  A name cut in
+the middle of a UTF-8 character loses that character whole.
+--- request eval
+['POST /api/auth/virtual-keys
+{"' . ('\u0001' x 10000) . '":1}',
+ "POST /api/auth/virtual-keys
+{\"a" . ("\xc3\xa9" x 40) . "\":1}",
+ 'POST /api/auth/virtual-keys
+{"' . ('\"' x 100) . '":1}',
+ "GET /api/auth/virtual-keys/vk_1"]
+--- error_code eval
+[400, 400, 400, 200]
+--- response_body_like eval
+['^\{"error":\{"message":"Unknown parameter: \'(?:\\\\u0001){64}\'\.","type":"invalid_request_error","param":"(?:\\\\u0001){64}","code":"unknown_parameter"\}\}$',
+ "^\\{\"error\":\\{\"message\":\"Unknown parameter: 'a(?:\xc3\xa9){31}'\\.\",\"type\":\"invalid_request_error\",\"param\":\"a(?:\xc3\xa9){31}\",\"code\":\"unknown_parameter\"\\}\\}\$",
+ '^\{"error":\{"message":"Unknown parameter: \'(?:\\\\"){64}\'\.","type":"invalid_request_error","param":"(?:\\\\"){64}","code":"unknown_parameter"\}\}$',
+ '^\{"id":"vk_1",']
+--- no_error_log
+signal
+[alert]
+
+
+
+=== TEST 82: "satisfy any" with an allow rule does not open the admin API without the master key
 --- config
     location /api/auth/virtual-keys {
         smartflow_api admin_keys;
