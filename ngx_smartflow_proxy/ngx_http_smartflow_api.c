@@ -555,8 +555,24 @@ ngx_http_smartflow_log_handler(ngx_http_request_t *r)
         return NGX_OK;
     }
 
-    if (r->upstream_states == NULL || r->upstream_states->nelts == 0) {
-        /* refused before it left, or answered by a stage */
+    if (!ctx->dispatched) {
+        /*
+         * refused before it left, answered by a stage, or refused by the
+         * next deployment after @smartflow_next counted the one before
+         */
+        return NGX_OK;
+    }
+
+    ctx->dispatched = 0;
+
+    if (ctx->route->stats) {
+        (void) ngx_atomic_fetch_add(&ctx->route->stats->in_flight, -1);
+    }
+
+    if (r->upstream_states == NULL
+        || r->upstream_states->nelts <= ctx->states)
+    {
+        /* it never reached the upstream module */
         return NGX_OK;
     }
 
@@ -570,10 +586,7 @@ ngx_http_smartflow_log_handler(ngx_http_request_t *r)
                                       status ? status : NGX_HTTP_BAD_GATEWAY,
                                       failed);
 
-    if (ctx->route->stats) {
-        ngx_http_smartflow_route_result(smcf, ctx->route, status, 0);
-        (void) ngx_atomic_fetch_add(&ctx->route->stats->in_flight, -1);
-    }
+    ngx_http_smartflow_route_result(smcf, ctx->route, status, 0);
 
     return NGX_OK;
 }

@@ -22,6 +22,8 @@ static ngx_int_t ngx_http_smartflow_gemini_uri(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx);
 static ngx_int_t ngx_http_smartflow_use(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_route_t *rt);
+static void ngx_http_smartflow_dispatch(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx);
 static void ngx_http_smartflow_attempt_timeout(ngx_event_t *ev);
 static ngx_int_t ngx_http_smartflow_answer_echo(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx);
@@ -181,11 +183,8 @@ ngx_http_smartflow_pipeline_done(ngx_http_request_t *r,
             return;
         }
 
-        if (rc == NGX_OK && ctx->route->stats) {
-            (void) ngx_atomic_fetch_add(&ctx->route->stats->in_flight, 1);
-        }
-
         if (rc == NGX_OK) {
+            ngx_http_smartflow_dispatch(r, ctx);
             rc = ngx_http_smartflow_attempt_timer(r, ctx);
         }
 
@@ -494,10 +493,12 @@ ngx_http_smartflow_next(ngx_http_request_t *r)
         ngx_smartflow_shm_provider_result(ctx->provider, status, 1);
     }
 
-    if (rt->stats) {
+    if (rt->stats && ctx->dispatched) {
         (void) ngx_atomic_fetch_add(&rt->stats->in_flight, -1);
     }
 
+    /* counted: the next deployment is not in flight until it is sent */
+    ctx->dispatched = 0;
     ctx->attempt++;
 
     rc = ngx_http_smartflow_use(r, ctx, ctx->plan[ctx->attempt]);
@@ -513,9 +514,7 @@ ngx_http_smartflow_next(ngx_http_request_t *r)
         return ngx_http_smartflow_answer_echo(r, ctx);
     }
 
-    if (ctx->route->stats) {
-        (void) ngx_atomic_fetch_add(&ctx->route->stats->in_flight, 1);
-    }
+    ngx_http_smartflow_dispatch(r, ctx);
 
     if (ngx_http_smartflow_attempt_timer(r, ctx) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -531,6 +530,24 @@ ngx_http_smartflow_next(ngx_http_request_t *r)
     (void) ngx_http_named_location(r, &name);
 
     return NGX_DONE;
+}
+
+
+/*
+ * The attempt goes to ctx->route: in flight until the LOG phase or
+ * @smartflow_next counts it, and only then; its outcome is the upstream
+ * state it adds after the ones of the attempts before it.
+ */
+static void
+ngx_http_smartflow_dispatch(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx)
+{
+    if (ctx->route->stats) {
+        (void) ngx_atomic_fetch_add(&ctx->route->stats->in_flight, 1);
+    }
+
+    ctx->dispatched = 1;
+    ctx->states = r->upstream_states ? r->upstream_states->nelts : 0;
 }
 
 

@@ -412,6 +412,8 @@ typedef struct {
     ngx_http_smartflow_route_t     *plan[NGX_HTTP_SMARTFLOW_MAX_PLAN];
     ngx_uint_t                  nplan;
     ngx_uint_t                  attempt;
+    ngx_uint_t                  states;         /* upstream states before
+                                                   the attempt in flight */
     ngx_str_t                   upstream_model;
     ngx_str_t                   upstream_uri;
     ngx_str_t                   upstream_body;
@@ -469,6 +471,7 @@ typedef struct {
     unsigned                    master:1;
     unsigned                    authorized:1;   /* the key was accepted */
     unsigned                    counted:1;
+    unsigned                    dispatched:1;   /* an attempt is in flight */
     unsigned                    translate:1;    /* client != provider */
     unsigned                    hide_usage:1;   /* usage chunk we asked for */
     unsigned                    stream_done:1;  /* terminal event seen */

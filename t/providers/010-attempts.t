@@ -1,0 +1,174 @@
+# What the attempts of a request with several deployments count against
+# each deployment: only attempts that were sent are counted (in flight,
+# requests, failures); a client that goes away before the answer begins is
+# not a deployment's failure; a half-open probe is held by the request
+# that sends it, not by every request whose plan names the deployment;
+# every attempt smartflow_max_attempts allows (up to 8) is made.
+#
+# Answers are checked through view(): one line per answer, an error body
+# as it is, and for /health one line per deployment of the models named.
+# The mock fails a deployment whose upstream model is named
+# mock-error-NNN, delays one named mock-slow-NNN.
+
+use lib 't/lib';
+use Smartflow::Conf;
+use Smartflow::Mock;
+use IO::Socket::INET;
+use JSON::PP ();
+use Test::Nginx::Socket 'no_plan';
+use Smartflow::Blocks;
+
+sub http_config {
+    my $extra = join '', map { "    $_\n" } @_;
+
+    return <<"_EOC_";
+    smartflow_master_key sk-smartflow-test-0123456789;
+    smartflow_zone smartflow 1m;
+$extra
+    upstream sf_mock {
+        server 127.0.0.1:\$TEST_NGINX_MOCK_PORT;
+        keepalive 8;
+    }
+
+    smartflow_provider openai type=openai upstream=http://sf_mock
+                       key=sk-oai-provider-key;
+    smartflow_provider anthropic type=anthropic upstream=http://sf_mock
+                       key=sk-ant-provider-key;
+    smartflow_provider gemini type=gemini upstream=http://sf_mock
+                       key=gm-provider-key;
+
+    # a healthy deployment that takes its time
+    smartflow_route patient openai model=mock-slow-1500-p;
+    smartflow_route patient gemini model=gemini-fb-p fallback;
+
+    # the fallback cannot serve /v1/completions
+    smartflow_route legacy openai model=mock-error-500-l;
+    smartflow_route legacy anthropic model=claude-fb-l fallback;
+
+    # a primary that answers late past its timeout, a fallback that waits
+    smartflow_route probe openai model=gpt-probe-p timeout=300ms;
+    smartflow_route probe openai model=gpt-probe-f fallback;
+
+    # eight deployments, the first seven failing
+    smartflow_route eight openai model=mock-error-500-e1;
+    smartflow_route eight gemini model=mock-error-503-e2 fallback;
+    smartflow_route eight anthropic model=mock-error-529-e3 fallback;
+    smartflow_route eight openai model=mock-error-502-e4 fallback;
+    smartflow_route eight gemini model=mock-error-500-e5 fallback;
+    smartflow_route eight anthropic model=mock-error-503-e6 fallback;
+    smartflow_route eight openai model=mock-error-504-e7 fallback;
+    smartflow_route eight gemini model=gemini-e8 fallback;
+_EOC_
+}
+
+# a block's log lines are checked against all its requests together
+check_accum_error_log();
+
+our $Locations = Smartflow::Conf::shipped_locations();
+
+Smartflow::Blocks::defaults(http_config => http_config(),
+                            config => $Locations, keys => 1);
+
+my $json = JSON::PP->new->utf8->canonical;
+my $str = JSON::PP->new->ascii->allow_nonref;
+
+sub chat {
+    my ($model) = @_;
+    return "POST /v1/chat/completions\n" . '{"model":"' . $model
+           . '","messages":[{"role":"user","content":"hi"}]}';
+}
+
+sub completion {
+    my ($model) = @_;
+    return "POST /v1/completions\n" . '{"model":"' . $model
+           . '","prompt":"hi"}';
+}
+
+sub later {
+    my ($secs, $req) = @_;
+    return [{ value => $req, delay_before => $secs }];
+}
+
+sub view {
+    my %o = @_;
+    my %models = map { $_ => 1 } @{ $o{models} || [] };
+
+    return sub {
+        my $body = shift;
+        my $d = eval { $json->decode($body) };
+        return $body unless ref $d eq 'HASH';
+
+        if ($d->{deployments}) {
+            my $out = '';
+            for my $x (@{ $d->{providers} }) {
+                next unless $o{providers};
+                $out .= "$x->{name} $x->{state}\n";
+            }
+            for my $x (@{ $d->{deployments} }) {
+                next unless $models{ $x->{model} };
+                $out .= "$x->{deployment} $x->{breaker} "
+                        . "requests=$x->{requests} failures=$x->{failures} "
+                        . "in_flight=$x->{in_flight}\n";
+            }
+            return $out;
+        }
+
+        if (($d->{object} // '') eq 'chat.completion') {
+            return 'chat.completion '
+                   . $str->encode($d->{choices}[0]{message}{content}) . "\n";
+        }
+
+        return $body;
+    };
+}
+
+# Requests for the model sent whole and given up by the client after a
+# moment, before the deployment answers.
+sub abandoned {
+    my ($model, $n) = @_;
+    my $body = '{"model":"' . $model . '","messages":[{"role":"user","content":"bye"}]}';
+
+    for (1 .. $n) {
+        my $sock;
+        for (1 .. 100) {
+            $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                          PeerPort => $ENV{TEST_NGINX_PORT} || 1984,
+                                          Proto => 'tcp', Timeout => 1)
+                and last;
+            select(undef, undef, undef, 0.05);
+        }
+        die "cannot connect to nginx: $!\n" unless $sock;
+        print {$sock} "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+                      . "Authorization: Bearer sk-smartflow-test-0123456789\r\n"
+                      . "Content-Type: application/json\r\n"
+                      . "Content-Length: " . length($body) . "\r\n\r\n$body";
+        select(undef, undef, undef, 0.3);
+        close $sock;
+    }
+
+    # the gateway notices the closed connections
+    select(undef, undef, undef, 0.3);
+}
+
+run_tests();
+
+__DATA__
+
+=== TEST 1: a next deployment that cannot take the request is not counted
+The primary fails; the fallback (Anthropic) does not offer
+/v1/completions: the client gets that refusal, and the fallback shows
+nothing in flight, no request, no failure.
+--- request eval
+[::completion('legacy'), ::completion('legacy'), "GET /health"]
+--- error_code eval
+[400, 400, 200]
+--- response_body_filters eval
+::view(models => ['legacy'])
+--- response_body eval
+[('{"error":{"message":"The model `legacy` is served by provider \"anthropic\", which does not offer this endpoint.","type":"invalid_request_error","param":"model","code":"unsupported_model"}}') x 2,
+ "openai/mock-error-500-l closed requests=2 failures=2 in_flight=0\n"
+ . "anthropic/claude-fb-l closed requests=0 failures=0 in_flight=0\n"]
+--- error_log
+smartflow proxy: deployment "openai/mock-error-500-l" answered 500 for model "legacy", trying the next one
+--- no_error_log
+[alert]
