@@ -580,6 +580,18 @@ ngx_http_smartflow_log_handler(ngx_http_request_t *r)
     state = &state[r->upstream_states->nelts - 1];
     status = state->status;
 
+    if (status == 0
+        && (r->connection->error
+            || r->headers_out.status == NGX_HTTP_CLIENT_CLOSED_REQUEST))
+    {
+        /* the client left before the answer began: no word on its health */
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "smartflow proxy: the client closed the request "
+                      "before deployment \"%V\" answered for model \"%V\", "
+                      "not counted", &ctx->route->name, &ctx->model);
+        return NGX_OK;
+    }
+
     failed = (status == 0 || status >= NGX_HTTP_INTERNAL_SERVER_ERROR);
 
     ngx_smartflow_shm_provider_result(ctx->provider,

@@ -154,7 +154,40 @@ run_tests();
 
 __DATA__
 
-=== TEST 1: a next deployment that cannot take the request is not counted
+=== TEST 1: clients that go away before the answer are not the deployment's failures
+Three clients give up on a deployment that answers after 1.5 s: its
+breaker (two failures open it) stays closed, its provider up, nothing in
+flight; the next client waits and gets the answer from it.
+--- http_config eval
+::http_config('smartflow_breaker failures=2 cooldown=30s;')
+--- init
+::abandoned('patient', 3);
+--- request eval
+["GET /health", ::chat('patient'), "GET /health"]
+--- timeout: 5
+--- error_code eval
+[200, 200, 200]
+--- response_headers eval
+["", "x-smartflow-deployment: openai/mock-slow-1500-p", ""]
+--- response_body_filters eval
+::view(models => ['patient'], providers => 1)
+--- response_body eval
+["openai up\nanthropic up\ngemini up\n"
+ . "openai/mock-slow-1500-p closed requests=0 failures=0 in_flight=0\n"
+ . "gemini/gemini-fb-p closed requests=0 failures=0 in_flight=0\n",
+ "chat.completion \"mock reply to: hi\"\n",
+ "openai up\nanthropic up\ngemini up\n"
+ . "openai/mock-slow-1500-p closed requests=1 failures=0 in_flight=0\n"
+ . "gemini/gemini-fb-p closed requests=0 failures=0 in_flight=0\n"]
+--- error_log
+smartflow proxy: the client closed the request before deployment "openai/mock-slow-1500-p" answered for model "patient"
+--- no_error_log
+trying the next one
+[alert]
+
+
+
+=== TEST 2: a next deployment that cannot take the request is not counted
 The primary fails; the fallback (Anthropic) does not offer
 /v1/completions: the client gets that refusal, and the fallback shows
 nothing in flight, no request, no failure.
