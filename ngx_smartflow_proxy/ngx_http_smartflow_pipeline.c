@@ -192,6 +192,9 @@ ngx_http_smartflow_pipeline_done(ngx_http_request_t *r,
             /* a failure may go on to the next deployment: intercept it */
             ngx_str_set(&name, "@smartflow_try");
 
+            /* each later attempt starts again with this redirect budget */
+            ctx->uri_changes = r->uri_changes;
+
             r->preserve_body = 1;
             (void) ngx_http_named_location(r, &name);
             ngx_http_finalize_request(r, NGX_DONE);
@@ -526,6 +529,14 @@ ngx_http_smartflow_next(ngx_http_request_t *r)
     } else {
         ngx_str_set(&name, "@smartflow_last");
     }
+
+    /*
+     * an attempt costs two redirects (the error page to @smartflow_next,
+     * then here); nginx allows ten in all, fewer than eight attempts
+     * need.  The plan bounds the steps, so each starts with the budget
+     * the first one had.
+     */
+    r->uri_changes = ctx->uri_changes;
 
     (void) ngx_http_named_location(r, &name);
 

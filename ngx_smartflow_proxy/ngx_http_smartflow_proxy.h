@@ -414,6 +414,7 @@ typedef struct {
     ngx_uint_t                  attempt;
     ngx_uint_t                  states;         /* upstream states before
                                                    the attempt in flight */
+    ngx_uint_t                  uri_changes;    /* left at the first */
     ngx_str_t                   upstream_model;
     ngx_str_t                   upstream_uri;
     ngx_str_t                   upstream_body;

@@ -205,3 +205,62 @@ nothing in flight, no request, no failure.
 smartflow proxy: deployment "openai/mock-error-500-l" answered 500 for model "legacy", trying the next one
 --- no_error_log
 [alert]
+
+
+
+=== TEST 3: smartflow_max_attempts 8: the eighth deployment answers
+Seven failures, each logged and counted once; the eighth answers.
+--- http_config eval
+::http_config('smartflow_max_attempts 8;')
+--- request eval
+[::chat('eight'), "GET /health"]
+--- error_code eval
+[200, 200]
+--- response_headers eval
+["x-smartflow-deployment: gemini/gemini-e8", ""]
+--- response_body_filters eval
+::view(models => ['eight'])
+--- response_body eval
+["chat.completion \"mock reply to: hi\"\n",
+ "openai/mock-error-500-e1 closed requests=1 failures=1 in_flight=0\n"
+ . "gemini/mock-error-503-e2 closed requests=1 failures=1 in_flight=0\n"
+ . "anthropic/mock-error-529-e3 closed requests=1 failures=1 in_flight=0\n"
+ . "openai/mock-error-502-e4 closed requests=1 failures=1 in_flight=0\n"
+ . "gemini/mock-error-500-e5 closed requests=1 failures=1 in_flight=0\n"
+ . "anthropic/mock-error-503-e6 closed requests=1 failures=1 in_flight=0\n"
+ . "openai/mock-error-504-e7 closed requests=1 failures=1 in_flight=0\n"
+ . "gemini/gemini-e8 closed requests=1 failures=0 in_flight=0\n"]
+--- error_log
+smartflow proxy: deployment "openai/mock-error-504-e7" answered 504 for model "eight", trying the next one
+--- no_error_log
+rewrite or internal redirection cycle
+[alert]
+
+
+
+=== TEST 4: smartflow_max_attempts 8, all failing: the last one's error reaches the client
+--- http_config eval
+::http_config('smartflow_max_attempts 8;')
+--- request eval
+[::chat('eight'), "GET /health"]
+--- more_headers eval
+["$::OpenAIKey" . "x-mock-status: 503", $::OpenAIKey]
+--- error_code eval
+[503, 200]
+--- response_headers eval
+["x-smartflow-deployment: gemini/gemini-e8", ""]
+--- response_body_filters eval
+::view(models => ['eight'])
+--- response_body eval
+['{"error":{"message":"The model is overloaded. Please try again later.","type":"api_error","param":null,"code":"overloaded"}}',
+ "openai/mock-error-500-e1 closed requests=1 failures=1 in_flight=0\n"
+ . "gemini/mock-error-503-e2 closed requests=1 failures=1 in_flight=0\n"
+ . "anthropic/mock-error-529-e3 closed requests=1 failures=1 in_flight=0\n"
+ . "openai/mock-error-502-e4 closed requests=1 failures=1 in_flight=0\n"
+ . "gemini/mock-error-500-e5 closed requests=1 failures=1 in_flight=0\n"
+ . "anthropic/mock-error-503-e6 closed requests=1 failures=1 in_flight=0\n"
+ . "openai/mock-error-504-e7 closed requests=1 failures=1 in_flight=0\n"
+ . "gemini/gemini-e8 closed requests=1 failures=1 in_flight=0\n"]
+--- no_error_log
+rewrite or internal redirection cycle
+[alert]
