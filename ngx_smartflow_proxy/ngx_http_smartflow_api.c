@@ -530,10 +530,9 @@ ngx_http_smartflow_refuse(ngx_http_request_t *r, ngx_uint_t status,
 ngx_int_t
 ngx_http_smartflow_log_handler(ngx_http_request_t *r)
 {
-    ngx_uint_t                       status, failed;
-    ngx_http_upstream_state_t       *state;
-    ngx_http_smartflow_ctx_t        *ctx;
-    ngx_http_smartflow_main_conf_t  *smcf;
+    ngx_uint_t                  status, failed;
+    ngx_http_upstream_state_t  *state;
+    ngx_http_smartflow_ctx_t   *ctx;
 
     ctx = ngx_http_smartflow_get_ctx(r);
 
@@ -545,13 +544,10 @@ ngx_http_smartflow_log_handler(ngx_http_request_t *r)
 
     ctx->counted = 1;
 
-    smcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_proxy_module);
-
     if (ctx->provider->type == NGX_HTTP_SMARTFLOW_PROVIDER_ECHO) {
         ngx_smartflow_shm_provider_result(ctx->provider,
                                           r->headers_out.status, 0);
-        ngx_http_smartflow_route_result(smcf, ctx->route,
-                                        r->headers_out.status, 0);
+        ngx_http_smartflow_attempt_result(r, ctx, r->headers_out.status, 0);
         return NGX_OK;
     }
 
@@ -598,7 +594,7 @@ ngx_http_smartflow_log_handler(ngx_http_request_t *r)
                                       status ? status : NGX_HTTP_BAD_GATEWAY,
                                       failed);
 
-    ngx_http_smartflow_route_result(smcf, ctx->route, status, 0);
+    ngx_http_smartflow_attempt_result(r, ctx, status, 0);
 
     return NGX_OK;
 }

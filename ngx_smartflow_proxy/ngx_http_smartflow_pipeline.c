@@ -24,6 +24,10 @@ static ngx_int_t ngx_http_smartflow_use(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_route_t *rt);
 static void ngx_http_smartflow_dispatch(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx);
+static ngx_int_t ngx_http_smartflow_hold_probe(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_route_t *rt,
+    time_t claim);
+static void ngx_http_smartflow_probe_cleanup(void *data);
 static void ngx_http_smartflow_attempt_timeout(ngx_event_t *ev);
 static ngx_int_t ngx_http_smartflow_answer_echo(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx);
@@ -295,6 +299,7 @@ static ngx_int_t
 ngx_http_smartflow_parse(ngx_http_request_t *r, ngx_http_smartflow_ctx_t *ctx)
 {
     char                            *field;
+    time_t                           held;
     ngx_int_t                        rc;
     ngx_str_t                        err, *force;
     ngx_smartflow_json_t            *j, *model;
@@ -396,12 +401,19 @@ ngx_http_smartflow_parse(ngx_http_request_t *r, ngx_http_smartflow_ctx_t *ctx)
     force = ngx_http_smartflow_find_header(r, "x-smartflow-provider");
 
     ctx->nplan = ngx_http_smartflow_route_plan(r, smcf, head, force,
-                                               ctx->plan);
+                                               ctx->plan, &ctx->half, &held);
     if (ctx->nplan == 0) {
         return ngx_http_smartflow_error(r, NGX_HTTP_BAD_REQUEST,
                    "invalid_request_error", "provider_not_available",
                    "model", "The model `%V` has no deployment on provider "
                    "\"%V\".", &ctx->model, force);
+    }
+
+    if (held
+        && ngx_http_smartflow_hold_probe(r, ctx, ctx->plan[0], held)
+           != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     rc = ngx_http_smartflow_use(r, ctx, ctx->plan[0]);
@@ -452,7 +464,7 @@ ngx_http_smartflow_use(ngx_http_request_t *r, ngx_http_smartflow_ctx_t *ctx,
 ngx_int_t
 ngx_http_smartflow_next(ngx_http_request_t *r)
 {
-    time_t                           retry;
+    time_t                           retry, claim;
     ngx_int_t                        rc;
     ngx_str_t                        name, *ra;
     ngx_uint_t                       status;
@@ -490,7 +502,7 @@ ngx_http_smartflow_next(ngx_http_request_t *r)
                   "model \"%V\", trying the next one", &rt->name, status,
                   &ctx->model);
 
-    ngx_http_smartflow_route_result(smcf, rt, status, retry);
+    ngx_http_smartflow_attempt_result(r, ctx, status, retry);
 
     if (ctx->provider->stats) {
         ngx_smartflow_shm_provider_result(ctx->provider, status, 1);
@@ -503,6 +515,34 @@ ngx_http_smartflow_next(ngx_http_request_t *r)
     /* counted: the next deployment is not in flight until it is sent */
     ctx->dispatched = 0;
     ctx->attempt++;
+
+    /* a deployment that cooled down goes to the one request probing it */
+    while (ctx->half & ((ngx_uint_t) 1 << ctx->attempt)) {
+        claim = ngx_http_smartflow_route_probe(smcf, ctx->plan[ctx->attempt]);
+
+        if (claim) {
+            if (ngx_http_smartflow_hold_probe(r, ctx, ctx->plan[ctx->attempt],
+                                              claim)
+                != NGX_OK)
+            {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+
+            break;
+        }
+
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "smartflow proxy: deployment \"%V\" is being probed "
+                      "by another request, skipped for model \"%V\"",
+                      &ctx->plan[ctx->attempt]->name, &ctx->model);
+
+        if (ctx->attempt + 1 >= ctx->nplan) {
+            /* nothing left to try: the last failure, in the client's words */
+            return ngx_http_smartflow_refuse(r, status, 0);
+        }
+
+        ctx->attempt++;
+    }
 
     rc = ngx_http_smartflow_use(r, ctx, ctx->plan[ctx->attempt]);
     if (rc == NGX_OK) {
@@ -559,6 +599,74 @@ ngx_http_smartflow_dispatch(ngx_http_request_t *r,
 
     ctx->dispatched = 1;
     ctx->states = r->upstream_states ? r->upstream_states->nelts : 0;
+}
+
+
+/*
+ * The outcome of the attempt on ctx->route, for its breaker; a probe this
+ * request held there is settled by it.
+ */
+void
+ngx_http_smartflow_attempt_result(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_uint_t status, time_t retry_after)
+{
+    ngx_http_smartflow_main_conf_t  *smcf;
+
+    smcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_proxy_module);
+
+    ngx_http_smartflow_route_result(smcf, ctx->route, status, retry_after);
+
+    if (ctx->probe == ctx->route) {
+        ctx->probe = NULL;
+    }
+}
+
+
+/*
+ * The request holds the probe of a deployment that cooled down until the
+ * attempt's result settles it; unsettled (the attempt never sent, the
+ * client gone), it is given back when the request ends.
+ */
+static ngx_int_t
+ngx_http_smartflow_hold_probe(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_route_t *rt,
+    time_t claim)
+{
+    ngx_pool_cleanup_t  *cln;
+
+    if (!ctx->probe_cleanup) {
+        cln = ngx_pool_cleanup_add(r->pool, 0);
+        if (cln == NULL) {
+            ngx_http_smartflow_route_unprobe(rt, claim);
+            return NGX_ERROR;
+        }
+
+        cln->handler = ngx_http_smartflow_probe_cleanup;
+        cln->data = ctx;
+        ctx->probe_cleanup = 1;
+    }
+
+    if (ctx->probe) {
+        /* not expected: one attempt at a time holds a probe */
+        ngx_http_smartflow_route_unprobe(ctx->probe, ctx->probe_time);
+    }
+
+    ctx->probe = rt;
+    ctx->probe_time = claim;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_smartflow_probe_cleanup(void *data)
+{
+    ngx_http_smartflow_ctx_t  *ctx = data;
+
+    if (ctx->probe) {
+        ngx_http_smartflow_route_unprobe(ctx->probe, ctx->probe_time);
+        ctx->probe = NULL;
+    }
 }
 
 

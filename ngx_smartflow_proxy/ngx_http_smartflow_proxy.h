@@ -415,6 +415,9 @@ typedef struct {
     ngx_uint_t                  states;         /* upstream states before
                                                    the attempt in flight */
     ngx_uint_t                  uri_changes;    /* left at the first */
+    ngx_uint_t                  half;           /* bit k: plan[k] probes */
+    ngx_http_smartflow_route_t     *probe;      /* its probe is ours */
+    time_t                      probe_time;     /* the claim */
     ngx_str_t                   upstream_model;
     ngx_str_t                   upstream_uri;
     ngx_str_t                   upstream_body;
@@ -473,6 +476,7 @@ typedef struct {
     unsigned                    authorized:1;   /* the key was accepted */
     unsigned                    counted:1;
     unsigned                    dispatched:1;   /* an attempt is in flight */
+    unsigned                    probe_cleanup:1;
     unsigned                    translate:1;    /* client != provider */
     unsigned                    hide_usage:1;   /* usage chunk we asked for */
     unsigned                    stream_done:1;  /* terminal event seen */
@@ -659,12 +663,19 @@ ngx_int_t ngx_http_smartflow_routes_init(ngx_conf_t *cf,
     ngx_http_smartflow_main_conf_t *smcf);
 ngx_uint_t ngx_http_smartflow_route_plan(ngx_http_request_t *r,
     ngx_http_smartflow_main_conf_t *smcf, ngx_http_smartflow_route_t *head,
-    ngx_str_t *force, ngx_http_smartflow_route_t **plan);
+    ngx_str_t *force, ngx_http_smartflow_route_t **plan, ngx_uint_t *half,
+    time_t *held);
+time_t ngx_http_smartflow_route_probe(ngx_http_smartflow_main_conf_t *smcf,
+    ngx_http_smartflow_route_t *rt);
+void ngx_http_smartflow_route_unprobe(ngx_http_smartflow_route_t *rt,
+    time_t claim);
 void ngx_http_smartflow_route_result(ngx_http_smartflow_main_conf_t *smcf,
     ngx_http_smartflow_route_t *rt, ngx_uint_t status, time_t retry_after);
 ngx_int_t ngx_http_smartflow_next(ngx_http_request_t *r);
 ngx_int_t ngx_http_smartflow_attempt_timer(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx);
+void ngx_http_smartflow_attempt_result(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_uint_t status, time_t retry_after);
 void ngx_http_smartflow_upstream_timeout(ngx_http_request_t *r);
 void ngx_http_smartflow_timer_cleanup(void *data);
 ngx_http_smartflow_route_t *ngx_http_smartflow_route_find(

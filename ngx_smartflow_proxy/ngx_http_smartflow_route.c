@@ -466,23 +466,28 @@ ngx_http_smartflow_route_find(ngx_http_smartflow_main_conf_t *smcf,
  * fallbacks in configuration order; deployments whose breaker is open are
  * left out while another is available, one that cooled down is let
  * through as a single probe.  "force" keeps only one provider type.
+ *
+ * The probe of the first deployment is claimed here ("held" is the
+ * claim, 0 if none); the others' are claimed only when their attempt is
+ * sent: bit k of "half" says plan[k] needs it.
  */
 ngx_uint_t
 ngx_http_smartflow_route_plan(ngx_http_request_t *r,
     ngx_http_smartflow_main_conf_t *smcf, ngx_http_smartflow_route_t *head,
-    ngx_str_t *force, ngx_http_smartflow_route_t **plan)
+    ngx_str_t *force, ngx_http_smartflow_route_t **plan, ngx_uint_t *half,
+    time_t *held)
 {
-    time_t                             now;
-    ngx_atomic_uint_t                  probe;
-    ngx_uint_t                         n, k, i, best, total, pick, cap;
+    time_t                             claim[NGX_HTTP_SMARTFLOW_MAX_PLAN];
+    ngx_uint_t                         n, k, i, j, best, total, pick, cap;
     ngx_uint_t                         usable[NGX_HTTP_SMARTFLOW_MAX_PLAN];
     ngx_http_smartflow_route_t        *rt, *all[NGX_HTTP_SMARTFLOW_MAX_PLAN];
     ngx_smartflow_deployment_stats_t  *st;
 
     static char  *types[] = { "openai", "anthropic", "gemini", "echo" };
 
-    now = ngx_time();
     n = 0;
+    *half = 0;
+    *held = 0;
 
     for (rt = head; rt && n < NGX_HTTP_SMARTFLOW_MAX_PLAN; rt = rt->next) {
         if (force && force->len
@@ -496,18 +501,13 @@ ngx_http_smartflow_route_plan(ngx_http_request_t *r,
 
         st = rt->stats;
         usable[n] = 1;
+        claim[n] = 0;
 
         if (st && st->open_until) {
-            probe = st->probing;
+            /* cooled down: one request probes, the others wait */
+            claim[n] = ngx_http_smartflow_route_probe(smcf, rt);
 
-            /*
-             * cooled down: one request probes, the others wait; a claim
-             * not settled within a cool-down (never tried) expires
-             */
-            if ((time_t) st->open_until > now
-                || (probe && (time_t) probe + smcf->breaker_cooldown > now)
-                || !ngx_atomic_cmp_set(&st->probing, probe, now))
-            {
+            if (claim[n] == 0) {
                 usable[n] = 0;
             }
         }
@@ -597,10 +597,77 @@ ngx_http_smartflow_route_plan(ngx_http_request_t *r,
         }
     }
 
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                   "smartflow proxy plan: %ui of %ui deployments", k, n);
+    /*
+     * claimed to know the probe was free: kept for the first attempt,
+     * given back for the later ones, which claim it when they are sent
+     */
+    for (i = 0; i < n; i++) {
+        if (claim[i] == 0) {
+            continue;
+        }
+
+        for (j = 0; j < k; j++) {
+            if (plan[j] == all[i]) {
+                break;
+            }
+        }
+
+        if (j == 0) {
+            *held = claim[i];
+            continue;
+        }
+
+        if (j < k) {
+            *half |= (ngx_uint_t) 1 << j;
+        }
+
+        ngx_http_smartflow_route_unprobe(all[i], claim[i]);
+    }
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "smartflow proxy plan: %ui of %ui deployments, "
+                   "probes %ui", k, n, *half | (*held != 0));
 
     return k;
+}
+
+
+/*
+ * Claims the single probe of a deployment whose breaker cooled down: the
+ * claim's time, or 0 while it is open or another request probes it (a
+ * claim not settled within a cool-down expires).
+ */
+time_t
+ngx_http_smartflow_route_probe(ngx_http_smartflow_main_conf_t *smcf,
+    ngx_http_smartflow_route_t *rt)
+{
+    time_t                             now;
+    ngx_atomic_uint_t                  probe;
+    ngx_smartflow_deployment_stats_t  *st;
+
+    st = rt->stats;
+    now = ngx_time();
+    probe = st->probing;
+
+    if ((time_t) st->open_until > now
+        || (probe && (time_t) probe + smcf->breaker_cooldown > now)
+        || !ngx_atomic_cmp_set(&st->probing, probe, now))
+    {
+        return 0;
+    }
+
+    return now;
+}
+
+
+/* gives back a probe claimed at "claim" and not settled by a result */
+void
+ngx_http_smartflow_route_unprobe(ngx_http_smartflow_route_t *rt,
+    time_t claim)
+{
+    if (rt->stats) {
+        (void) ngx_atomic_cmp_set(&rt->stats->probing, claim, 0);
+    }
 }
 
 

@@ -41,6 +41,10 @@ $extra
     smartflow_route patient openai model=mock-slow-1500-p;
     smartflow_route patient gemini model=gemini-fb-p fallback;
 
+    # a primary whose probe the client gives up
+    smartflow_route hesitant openai model=gpt-hes;
+    smartflow_route hesitant gemini model=gemini-fb-hes fallback;
+
     # the fallback cannot serve /v1/completions
     smartflow_route legacy openai model=mock-error-500-l;
     smartflow_route legacy anthropic model=claude-fb-l fallback;
@@ -125,7 +129,8 @@ sub view {
 # Requests for the model sent whole and given up by the client after a
 # moment, before the deployment answers.
 sub abandoned {
-    my ($model, $n) = @_;
+    my ($model, $n, $headers) = @_;
+    $headers //= '';
     my $body = '{"model":"' . $model . '","messages":[{"role":"user","content":"bye"}]}';
 
     for (1 .. $n) {
@@ -140,7 +145,7 @@ sub abandoned {
         die "cannot connect to nginx: $!\n" unless $sock;
         print {$sock} "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
                       . "Authorization: Bearer sk-smartflow-test-0123456789\r\n"
-                      . "Content-Type: application/json\r\n"
+                      . "Content-Type: application/json\r\n$headers"
                       . "Content-Length: " . length($body) . "\r\n\r\n$body";
         select(undef, undef, undef, 0.3);
         close $sock;
@@ -148,6 +153,23 @@ sub abandoned {
 
     # the gateway notices the closed connections
     select(undef, undef, undef, 0.3);
+}
+
+# A request answered whole, its answer ignored.
+sub answered {
+    my ($model, $headers) = @_;
+    my $body = '{"model":"' . $model . '","messages":[{"role":"user","content":"hi"}]}';
+    my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                     PeerPort => $ENV{TEST_NGINX_PORT} || 1984,
+                                     Proto => 'tcp', Timeout => 5)
+        or die "cannot connect to nginx: $!\n";
+    print {$sock} "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+                  . "Authorization: Bearer sk-smartflow-test-0123456789\r\n"
+                  . "Content-Type: application/json\r\nConnection: close\r\n"
+                  . "$headers"
+                  . "Content-Length: " . length($body) . "\r\n\r\n$body";
+    1 while <$sock>;
+    close $sock;
 }
 
 run_tests();
@@ -187,7 +209,38 @@ trying the next one
 
 
 
-=== TEST 2: a next deployment that cannot take the request is not counted
+=== TEST 2: a probe whose client goes away is free for the next request
+Both deployments fail once (one failure opens the breaker); after the
+cool-down a client sends the probe of the primary and gives up before
+its answer: the next request probes the primary again, and is answered
+by it.
+--- http_config eval
+::http_config('smartflow_breaker failures=1 cooldown=3s;')
+--- init
+::answered('hesitant', "x-mock-status: 500\r\n");
+select(undef, undef, undef, 3.5);
+::abandoned('hesitant', 1, "x-mock-delay-ms: 1000\r\n");
+--- request eval
+[::chat('hesitant'), "GET /health"]
+--- timeout: 5
+--- error_code eval
+[200, 200]
+--- response_headers eval
+["x-smartflow-deployment: openai/gpt-hes", ""]
+--- response_body_filters eval
+::view(models => ['hesitant'])
+--- response_body eval
+["chat.completion \"mock reply to: hi\"\n",
+ "openai/gpt-hes closed requests=2 failures=1 in_flight=0\n"
+ . "gemini/gemini-fb-hes half-open requests=1 failures=1 in_flight=0\n"]
+--- error_log
+smartflow proxy: the client closed the request before deployment "openai/gpt-hes" answered for model "hesitant"
+--- no_error_log
+[alert]
+
+
+
+=== TEST 3: a next deployment that cannot take the request is not counted
 The primary fails; the fallback (Anthropic) does not offer
 /v1/completions: the client gets that refusal, and the fallback shows
 nothing in flight, no request, no failure.
@@ -208,7 +261,39 @@ smartflow proxy: deployment "openai/mock-error-500-l" answered 500 for model "le
 
 
 
-=== TEST 3: smartflow_max_attempts 8: the eighth deployment answers
+=== TEST 4: a half-open deployment is probed by the request that tries it
+Both deployments fail once (the breaker opens at one failure).  After the
+cool-down the primary's probe succeeds; the fallback, never reached, is
+still free to probe: the next request, whose primary does not answer in
+time, gets its answer from the fallback.
+--- http_config eval
+::http_config('smartflow_breaker failures=1 cooldown=2s;')
+--- request eval
+[::chat('probe'), ::later(2.5, ::chat('probe')), ::chat('probe'), "GET /health"]
+--- more_headers eval
+[$::OpenAIKey . "x-mock-status: 500", $::OpenAIKey,
+ $::OpenAIKey . "x-mock-delay-ms: 700", $::OpenAIKey]
+--- timeout: 6
+--- error_code eval
+[500, 200, 200, 200]
+--- response_headers eval
+["x-smartflow-deployment: openai/gpt-probe-f",
+ "x-smartflow-deployment: openai/gpt-probe-p",
+ "x-smartflow-deployment: openai/gpt-probe-f", ""]
+--- response_body_filters eval
+::view(models => ['probe'])
+--- response_body eval
+['{"error":{"message":"The server had an error while processing your request.","type":"server_error","param":null,"code":null}}',
+ "chat.completion \"mock reply to: hi\"\n",
+ "chat.completion \"mock reply to: hi\"\n",
+ "openai/gpt-probe-p open requests=3 failures=2 in_flight=0\n"
+ . "openai/gpt-probe-f closed requests=2 failures=1 in_flight=0\n"]
+--- no_error_log
+[alert]
+
+
+
+=== TEST 5: smartflow_max_attempts 8: the eighth deployment answers
 Seven failures, each logged and counted once; the eighth answers.
 --- http_config eval
 ::http_config('smartflow_max_attempts 8;')
@@ -238,7 +323,7 @@ rewrite or internal redirection cycle
 
 
 
-=== TEST 4: smartflow_max_attempts 8, all failing: the last one's error reaches the client
+=== TEST 6: smartflow_max_attempts 8, all failing: the last one's error reaches the client
 --- http_config eval
 ::http_config('smartflow_max_attempts 8;')
 --- request eval
