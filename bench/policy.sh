@@ -210,7 +210,7 @@ http {
 }
 CONF
 
-for f in smartflow_proxy.conf smartflow_upstream.conf; do
+for f in smartflow_proxy.conf; do
     ln -s "$top/conf/$f" "$state/front/$f"
 done
 

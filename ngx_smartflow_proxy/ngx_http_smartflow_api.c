@@ -74,6 +74,10 @@ ngx_http_smartflow_content_handler(ngx_http_request_t *r)
         return ngx_http_smartflow_next(r);
     }
 
+    if (slcf->api == NGX_HTTP_SMARTFLOW_API_ATTEMPT) {
+        return ngx_http_smartflow_attempt(r);
+    }
+
     if (slcf->api >= NGX_HTTP_SMARTFLOW_API_ERROR) {
         return ngx_http_smartflow_error_page(r, slcf->api);
     }

@@ -199,6 +199,9 @@ ngx_http_smartflow_pipeline_done(ngx_http_request_t *r,
             /* each later attempt starts again with this redirect budget */
             ctx->uri_changes = r->uri_changes;
 
+            /* and runs with the configuration of the client's location */
+            ctx->loc_conf = r->loc_conf;
+
             r->preserve_body = 1;
             (void) ngx_http_named_location(r, &name);
             ngx_http_finalize_request(r, NGX_DONE);
@@ -599,6 +602,100 @@ ngx_http_smartflow_dispatch(ngx_http_request_t *r,
 
     ctx->dispatched = 1;
     ctx->states = r->upstream_states ? r->upstream_states->nelts : 0;
+}
+
+
+/*
+ * The content of @smartflow_try and @smartflow_last (smartflow_api
+ * attempt): the attempt is proxied with the configuration of the client's
+ * location (its proxy timeouts, stream caps, trailers, audit log ...), as
+ * a model with one deployment is.  An attempt that may still fall over
+ * keeps the error pages of the named location, which hand a 429 or 5xx to
+ * @smartflow_next, and has the provider's errors intercepted; the last one
+ * answers as the client's location does.
+ */
+ngx_int_t
+ngx_http_smartflow_attempt(ngx_http_request_t *r)
+{
+    void                      **loc_conf;
+    ngx_int_t                   rc;
+    ngx_uint_t                  attempt, last;
+    ngx_http_upstream_conf_t   *ucf;
+    ngx_http_smartflow_ctx_t   *ctx;
+    ngx_http_core_loc_conf_t   *clcf, *named;
+
+    ctx = ngx_http_smartflow_get_ctx(r);
+
+    if (ctx == NULL || ctx->loc_conf == NULL || !ctx->dispatched) {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "smartflow proxy: a \"smartflow_api attempt\" "
+                      "location reached without an attempt to send");
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    named = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+    clcf = ctx->loc_conf[ngx_http_core_module.ctx_index];
+
+    if (clcf->handler == NULL) {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "smartflow proxy: the location of model \"%V\" "
+                      "has no proxy_pass for its attempts", &ctx->model);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    last = (ctx->attempt + 1 >= ctx->nplan);
+
+    if (last) {
+        r->loc_conf = ctx->loc_conf;
+
+    } else {
+        loc_conf = ngx_palloc(r->pool, sizeof(void *) * ngx_http_max_module);
+        if (loc_conf == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        clcf = ngx_palloc(r->pool, sizeof(ngx_http_core_loc_conf_t));
+        if (clcf == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ngx_memcpy(loc_conf, ctx->loc_conf,
+                   sizeof(void *) * ngx_http_max_module);
+
+        *clcf = *(ngx_http_core_loc_conf_t *)
+                 ctx->loc_conf[ngx_http_core_module.ctx_index];
+        clcf->error_pages = named->error_pages;
+        clcf->recursive_error_pages = 1;
+
+        loc_conf[ngx_http_core_module.ctx_index] = clcf;
+        r->loc_conf = loc_conf;
+    }
+
+    ngx_http_update_location_config(r);
+
+    attempt = ctx->attempt;
+
+    rc = clcf->handler(r);
+
+    if (!last && ctx->attempt == attempt && r->upstream
+        && !r->upstream->conf->intercept_errors)
+    {
+        /*
+         * the provider's 429 and 5xx go to the error pages; the upstream
+         * conf of the client's location is shared, the copy is the
+         * request's own, read when the answer arrives
+         */
+        ucf = ngx_palloc(r->pool, sizeof(ngx_http_upstream_conf_t));
+        if (ucf == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        *ucf = *r->upstream->conf;
+        ucf->intercept_errors = 1;
+        r->upstream->conf = ucf;
+    }
+
+    return rc;
 }
 
 

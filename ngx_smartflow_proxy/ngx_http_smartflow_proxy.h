@@ -264,7 +264,8 @@ typedef enum {
     NGX_HTTP_SMARTFLOW_API_ADMIN_PROVIDERS, /* provider credentials API */
     NGX_HTTP_SMARTFLOW_API_ERROR,
     NGX_HTTP_SMARTFLOW_API_ANTHROPIC_ERROR,
-    NGX_HTTP_SMARTFLOW_API_NEXT             /* the next deployment */
+    NGX_HTTP_SMARTFLOW_API_NEXT,            /* the next deployment */
+    NGX_HTTP_SMARTFLOW_API_ATTEMPT          /* one deployment's attempt */
 } ngx_http_smartflow_api_e;
 
 
@@ -417,6 +418,7 @@ typedef struct {
     ngx_uint_t                  uri_changes;    /* left at the first */
     ngx_uint_t                  half;           /* bit k: plan[k] probes */
     ngx_http_smartflow_route_t     *probe;      /* its probe is ours */
+    void                      **loc_conf;       /* the client location's */
     time_t                      probe_time;     /* the claim */
     ngx_str_t                   upstream_model;
     ngx_str_t                   upstream_uri;
@@ -674,6 +676,7 @@ void ngx_http_smartflow_route_result(ngx_http_smartflow_main_conf_t *smcf,
 ngx_int_t ngx_http_smartflow_next(ngx_http_request_t *r);
 ngx_int_t ngx_http_smartflow_attempt_timer(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx);
+ngx_int_t ngx_http_smartflow_attempt(ngx_http_request_t *r);
 void ngx_http_smartflow_attempt_result(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_uint_t status, time_t retry_after);
 void ngx_http_smartflow_upstream_timeout(ngx_http_request_t *r);

@@ -54,6 +54,7 @@ static ngx_conf_enum_t  ngx_http_smartflow_apis[] = {
     { ngx_string("error"), NGX_HTTP_SMARTFLOW_API_ERROR },
     { ngx_string("anthropic_error"), NGX_HTTP_SMARTFLOW_API_ANTHROPIC_ERROR },
     { ngx_string("next"), NGX_HTTP_SMARTFLOW_API_NEXT },
+    { ngx_string("attempt"), NGX_HTTP_SMARTFLOW_API_ATTEMPT },
     { ngx_string("admin_providers"), NGX_HTTP_SMARTFLOW_API_ADMIN_PROVIDERS },
     { ngx_null_string, 0 }
 };
@@ -1041,7 +1042,8 @@ ngx_http_smartflow_master_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 /*
  * smartflow_api chat|completions|embeddings|messages|models|
- *     anthropic_models|health|admin_keys|error|anthropic_error;
+ *     anthropic_models|health|admin_keys|error|anthropic_error|next|
+ *     attempt;
  */
 static char *
 ngx_http_smartflow_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)

@@ -45,6 +45,10 @@ $extra
     smartflow_route hesitant openai model=gpt-hes;
     smartflow_route hesitant gemini model=gemini-fb-hes fallback;
 
+    # a stream from the primary
+    smartflow_route roomy openai model=gpt-roomy;
+    smartflow_route roomy gemini model=gemini-fb-roomy fallback;
+
     # the fallback cannot serve /v1/completions
     smartflow_route legacy openai model=mock-error-500-l;
     smartflow_route legacy anthropic model=claude-fb-l fallback;
@@ -77,9 +81,25 @@ my $json = JSON::PP->new->utf8->canonical;
 my $str = JSON::PP->new->ascii->allow_nonref;
 
 sub chat {
-    my ($model) = @_;
-    return "POST /v1/chat/completions\n" . '{"model":"' . $model
-           . '","messages":[{"role":"user","content":"hi"}]}';
+    my ($model, %o) = @_;
+    return "POST " . ($o{prefix} // '') . "/v1/chat/completions\n"
+           . '{"model":"' . $model . '"'
+           . ($o{stream} ? ',"stream":true' : '')
+           . ',"messages":[{"role":"user","content":"hi"}]}';
+}
+
+# A client location of its own, with settings of its own, beside the
+# shipped ones.
+sub own_location {
+    my ($settings) = @_;
+
+    return $Locations . <<"_EOC_";
+location = /own/v1/chat/completions {
+    smartflow_api chat;
+$settings
+    include \$TEST_NGINX_SMARTFLOW_CONF/smartflow_proxy.conf;
+}
+_EOC_
 }
 
 sub completion {
@@ -100,6 +120,12 @@ sub view {
     return sub {
         my $body = shift;
         my $d = eval { $json->decode($body) };
+        if ($body =~ /^data: /) {
+            # a stream: whether it was cut, in the client's format
+            return $body =~ /"code":"upstream_stream_broken"/
+                   ? "stream cut\n" : "stream whole\n";
+        }
+
         return $body unless ref $d eq 'HASH';
 
         if ($d->{deployments}) {
@@ -348,4 +374,55 @@ rewrite or internal redirection cycle
  . "gemini/gemini-e8 closed requests=1 failures=1 in_flight=0\n"]
 --- no_error_log
 rewrite or internal redirection cycle
+[alert]
+
+
+
+=== TEST 7: the attempts of a model with several deployments take the client location's proxy_read_timeout
+The location gives up on the primary after 300 ms, not the server's
+300 s; the primary would answer after 1.5 s: the fallback answers.
+--- config eval
+::own_location("    proxy_read_timeout 300ms;")
+--- request eval
+[::chat('patient', prefix => '/own'), "GET /health"]
+--- timeout: 5
+--- error_code eval
+[200, 200]
+--- response_headers eval
+["x-smartflow-deployment: gemini/gemini-fb-p", ""]
+--- response_body_filters eval
+::view(models => ['patient'])
+--- response_body eval
+["chat.completion \"mock reply to: hi\"\n",
+ "openai/mock-slow-1500-p closed requests=1 failures=1 in_flight=0\n"
+ . "gemini/gemini-fb-p closed requests=1 failures=0 in_flight=0\n"]
+--- error_log
+while reading response header from upstream
+smartflow proxy: deployment "openai/mock-slow-1500-p" answered 504 for model "patient", trying the next one
+--- no_error_log
+[alert]
+
+
+
+=== TEST 8: the attempts of a model with several deployments take the client location's smartflow_stream_max_bytes
+--- config eval
+::own_location("    smartflow_stream_max_bytes 700;")
+--- request eval
+[::chat('roomy', prefix => '/own', stream => 1), "GET /health"]
+--- more_headers eval
+[$::OpenAIKey . "x-mock-chunk-delay-ms: 10\nx-mock-words: 60", $::OpenAIKey]
+--- timeout: 5
+--- error_code eval
+[200, 200]
+--- response_headers eval
+["x-smartflow-deployment: openai/gpt-roomy", ""]
+--- response_body_filters eval
+::view(models => ['roomy'])
+--- response_body eval
+["stream cut\n",
+ "openai/gpt-roomy closed requests=1 failures=0 in_flight=0\n"
+ . "gemini/gemini-fb-roomy closed requests=0 failures=0 in_flight=0\n"]
+--- error_log
+smartflow proxy: stream from provider "openai" cut at
+--- no_error_log
 [alert]

@@ -1,7 +1,7 @@
 package Smartflow::Conf;
 
 # The shipped conf/smartflow_locations.conf as a test's server config: its
-# relative includes (smartflow_proxy.conf, smartflow_upstream.conf ...)
+# relative includes (smartflow_proxy.conf ...)
 # resolve against the conf prefix of the nginx that runs the test, so they
 # are made to point at the checkout's conf/ instead.
 
