@@ -540,8 +540,14 @@ ngx_http_smartflow_next(ngx_http_request_t *r)
                       &ctx->plan[ctx->attempt]->name, &ctx->model);
 
         if (ctx->attempt + 1 >= ctx->nplan) {
-            /* nothing left to try: the last failure, in the client's words */
-            return ngx_http_smartflow_refuse(r, status, 0);
+            /* nothing left to try; the failure's body was intercepted */
+            rc = ngx_http_smartflow_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                     "api_error", "service_unavailable", NULL,
+                     "Deployment \"%V\" of model `%V` failed (status %ui) "
+                     "and no other is available now; try again later.",
+                     &rt->name, &ctx->model, status);
+
+            return ngx_http_smartflow_refuse(r, rc, 0);
         }
 
         ctx->attempt++;

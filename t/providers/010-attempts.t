@@ -14,6 +14,7 @@ use lib 't/lib';
 use Smartflow::Conf;
 use Smartflow::Mock;
 use IO::Socket::INET;
+use POSIX ();
 use JSON::PP ();
 use Test::Nginx::Socket 'no_plan';
 use Smartflow::Blocks;
@@ -44,6 +45,10 @@ $extra
     # a primary whose probe the client gives up
     smartflow_route hesitant openai model=gpt-hes;
     smartflow_route hesitant gemini model=gemini-fb-hes fallback;
+
+    # a failing primary, a fallback another request probes meanwhile
+    smartflow_route busy openai model=mock-error-500-busy;
+    smartflow_route busy gemini model=gemini-fb-busy fallback;
 
     # a stream from the primary
     smartflow_route roomy openai model=gpt-roomy;
@@ -196,6 +201,18 @@ sub answered {
                   . "Content-Length: " . length($body) . "\r\n\r\n$body";
     1 while <$sock>;
     close $sock;
+}
+
+# A request sent by a process of its own after a pause, its answer read
+# and ignored: it runs beside the block's own requests.
+sub soon {
+    my ($secs, $model, $headers) = @_;
+    my $pid = fork;
+    die "fork: $!\n" unless defined $pid;
+    return if $pid;
+    select(undef, undef, undef, $secs);
+    eval { answered($model, $headers) };
+    POSIX::_exit(0);
 }
 
 run_tests();
@@ -424,5 +441,38 @@ smartflow proxy: deployment "openai/mock-slow-1500-p" answered 504 for model "pa
  . "gemini/gemini-fb-roomy closed requests=0 failures=0 in_flight=0\n"]
 --- error_log
 smartflow proxy: stream from provider "openai" cut at
+--- no_error_log
+[alert]
+
+
+
+=== TEST 9: a fallback another request is probing meanwhile is skipped
+The fallback's breaker cooled down: its probe was free when the request
+was planned; another request, sent to it alone (x-smartflow-provider),
+takes the probe while the primary fails: the request is not sent to it,
+and the client gets a 503 of the gateway's own.  The probe succeeds.
+--- http_config eval
+::http_config('smartflow_breaker failures=2 cooldown=2s;')
+--- init
+::answered('busy', "x-smartflow-provider: gemini\r\nx-mock-status: 500\r\n") for 1 .. 2;
+select(undef, undef, undef, 2.5);
+::soon(0.3, 'busy', "x-smartflow-provider: gemini\r\nx-mock-delay-ms: 1000\r\n");
+--- request eval
+[::chat('busy'), ::later(1.5, "GET /health")]
+--- more_headers eval
+[$::OpenAIKey . "x-mock-delay-ms: 700", $::OpenAIKey]
+--- timeout: 5
+--- error_code eval
+[503, 200]
+--- response_headers eval
+["Content-Type: application/json\n!x-smartflow-deployment", ""]
+--- response_body_filters eval
+::view(models => ['busy'])
+--- response_body eval
+['{"error":{"message":"Deployment \"openai/mock-error-500-busy\" of model `busy` failed (status 500) and no other is available now; try again later.","type":"api_error","param":null,"code":"service_unavailable"}}',
+ "openai/mock-error-500-busy closed requests=1 failures=1 in_flight=0\n"
+ . "gemini/gemini-fb-busy closed requests=3 failures=2 in_flight=0\n"]
+--- error_log
+smartflow proxy: deployment "gemini/gemini-fb-busy" is being probed by another request, skipped for model "busy"
 --- no_error_log
 [alert]
