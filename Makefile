@@ -198,6 +198,7 @@ $(BUILD)/unit/policy_harness: unit/ngx_smartflow_policy_harness.c \
 	    $(POLICY_DETECT) -lpcre2-8 -o $@
 
 $(BUILD)/unit/policy_gates_test: unit/ngx_smartflow_policy_gates_test.c \
+        unit/ngx_smartflow_policy_unit.h \
         $(POLICY_DETECT) ngx_smartflow_policy/ngx_smartflow_policy.h \
         $(NGX_BUILD)/objs/Makefile
 	@mkdir -p $(BUILD)/unit
@@ -207,6 +208,7 @@ $(BUILD)/unit/policy_gates_test: unit/ngx_smartflow_policy_gates_test.c \
 	    $(filter-out %_inject.c,$(POLICY_DETECT)) -lpcre2-8 -o $@
 
 $(BUILD)/unit/policy_pii_test: unit/ngx_smartflow_policy_pii_test.c \
+        unit/ngx_smartflow_policy_unit.h \
         $(POLICY_DETECT) ngx_smartflow_policy/ngx_smartflow_policy.h \
         $(NGX_BUILD)/objs/Makefile
 	@mkdir -p $(BUILD)/unit

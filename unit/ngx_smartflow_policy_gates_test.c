@@ -16,25 +16,7 @@
 #include <string.h>
 
 #include "ngx_smartflow_policy_inject.c"
-
-
-static ngx_uint_t  unit_n;
-static ngx_uint_t  unit_failed;
-static ngx_uint_t  unit_texts;
-static ngx_uint_t  unit_bad;
-static char        unit_first[256];
-
-
-static void
-unit_ok(int ok, const char *what)
-{
-    printf("%sok %lu - %s\n", ok ? "" : "not ", (unsigned long) ++unit_n,
-           what);
-
-    if (!ok) {
-        unit_failed++;
-    }
-}
+#include "ngx_smartflow_policy_unit.h"
 
 
 /* the text in an allocation of its own size: both passes agree on it */
@@ -76,38 +58,6 @@ unit_same(const u_char *text, size_t len)
 }
 
 
-static void
-unit_report(const char *what)
-{
-    char  line[512];
-
-    if (unit_bad) {
-        snprintf(line, sizeof(line), "%s: %lu of %lu texts differ, first %s",
-                 what, (unsigned long) unit_bad, (unsigned long) unit_texts,
-                 unit_first);
-
-    } else {
-        snprintf(line, sizeof(line), "%s: %lu texts agree", what,
-                 (unsigned long) unit_texts);
-    }
-
-    unit_ok(unit_bad == 0, line);
-
-    unit_texts = 0;
-    unit_bad = 0;
-}
-
-
-static uint32_t  unit_seed = 12345;
-
-static uint32_t
-unit_rand(void)
-{
-    unit_seed = unit_seed * 1103515245 + 12345;
-    return unit_seed >> 8;
-}
-
-
 int
 main(int argc, char **argv)
 {
@@ -128,6 +78,8 @@ main(int argc, char **argv)
         "-", ".", "/", "_", "+", "0123", "aGVsbG8gd29ybGQ", "... --- ...",
         "\t", "\"", "'", "Z", "q"
     };
+
+    unit_seed = 12345;
 
     if (ngx_smartflow_policy_detect_init() != NGX_OK) {
         printf("not ok 1 - the detectors start\n1..1\n");

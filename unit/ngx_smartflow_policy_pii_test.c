@@ -17,25 +17,7 @@
 #define NGX_SMARTFLOW_UNIT  1
 
 #include "ngx_smartflow_policy_pii.c"
-
-
-static ngx_uint_t  unit_n;
-static ngx_uint_t  unit_failed;
-static ngx_uint_t  unit_texts;
-static ngx_uint_t  unit_bad;
-static char        unit_first[256];
-
-
-static void
-unit_ok(int ok, const char *what)
-{
-    printf("%sok %lu - %s\n", ok ? "" : "not ", (unsigned long) ++unit_n,
-           what);
-
-    if (!ok) {
-        unit_failed++;
-    }
-}
+#include "ngx_smartflow_policy_unit.h"
 
 
 static void
@@ -81,38 +63,6 @@ unit_same(const u_char *text, size_t len)
 }
 
 
-static void
-unit_report(const char *what)
-{
-    char  line[512];
-
-    if (unit_bad) {
-        snprintf(line, sizeof(line), "%s: %lu of %lu texts differ, first %s",
-                 what, (unsigned long) unit_bad, (unsigned long) unit_texts,
-                 unit_first);
-
-    } else {
-        snprintf(line, sizeof(line), "%s: %lu texts agree", what,
-                 (unsigned long) unit_texts);
-    }
-
-    unit_ok(unit_bad == 0, line);
-
-    unit_texts = 0;
-    unit_bad = 0;
-}
-
-
-static uint32_t  unit_seed = 4321;
-
-static uint32_t
-unit_rand(void)
-{
-    unit_seed = unit_seed * 1103515245 + 12345;
-    return unit_seed >> 8;
-}
-
-
 int
 main(int argc, char **argv)
 {
@@ -135,6 +85,8 @@ main(int argc, char **argv)
         "eyJhbGciOiJIUzI1NiJ9", "Mixed", "CAPS", "x", "It", "Is",
         "characteristically", ",", ".", "  "
     };
+
+    unit_seed = 4321;
 
     if (ngx_smartflow_policy_detect_init() != NGX_OK) {
         printf("not ok 1 - the detectors start\n1..1\n");
