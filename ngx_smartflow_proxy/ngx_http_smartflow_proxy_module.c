@@ -8,7 +8,7 @@
 
 #include "ngx_http_smartflow_keys.h"
 
-#if (NGX_LINUX) && defined(__GLIBC__)
+#if (NGX_LINUX) && defined(__GLIBC__) && !defined(__SANITIZE_ADDRESS__)
 #include <malloc.h>
 #endif
 
@@ -938,13 +938,14 @@ ngx_http_smartflow_init_module(ngx_cycle_t *cycle)
 static ngx_int_t
 ngx_http_smartflow_init_process(ngx_cycle_t *cycle)
 {
-#if (NGX_LINUX) && defined(__GLIBC__)
+#if (NGX_LINUX) && defined(__GLIBC__) && !defined(__SANITIZE_ADDRESS__)
+    /* another allocator preloaded may not take these: it keeps its own */
     if (mallopt(M_MMAP_THRESHOLD, NGX_HTTP_SMARTFLOW_HEAP_MMAP) == 0
         || mallopt(M_TRIM_THRESHOLD, NGX_HTTP_SMARTFLOW_HEAP_KEEP) == 0)
     {
-        ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
-                      "smartflow: mallopt() failed, the heap keeps "
-                      "glibc's defaults");
+        ngx_log_error(NGX_LOG_INFO, cycle->log, 0,
+                      "smartflow: mallopt() refused, the allocator keeps "
+                      "its own thresholds");
     }
 #endif
 
