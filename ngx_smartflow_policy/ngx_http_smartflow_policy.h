@@ -129,6 +129,10 @@ typedef struct {
     /* the tool call being read, for Shield's approval queue */
     ngx_str_t                           tool;       /* its name */
     ngx_str_t                           call_args;  /* canonical */
+
+    /* the digest of key, tool and arguments, for the args it was of */
+    ngx_str_t                           hashed;
+    u_char                              call_hash[32];
 } ngx_http_smartflow_policy_run_t;
 
 

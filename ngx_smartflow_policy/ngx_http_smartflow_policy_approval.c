@@ -28,6 +28,7 @@
  * is shown cut at a character, flagged, with the whole length
  */
 #define NGX_SF_APPROVAL_ARGS      4096
+#define NGX_SF_APPROVAL_RULE_MAX  64        /* Shield's rule names */
 
 #define NGX_SF_APPROVAL_PENDING_TTL   3600
 #define NGX_SF_APPROVAL_APPROVED_TTL  900
@@ -197,6 +198,9 @@ ngx_http_smartflow_policy_approval(ngx_http_smartflow_policy_run_t *run,
     const char *rule, ngx_str_t *args, ngx_uint_t *id)
 {
     u_char                                 *p, *q, hash[32];
+    u_char                                  item[NGX_SIZE_T_LEN + 1
+                                                 + NGX_SF_APPROVAL_RULE_MAX
+                                                 + 32];
     size_t                                  rl;
     time_t                                  now;
     ngx_str_t                              *key, name;
@@ -234,19 +238,49 @@ ngx_http_smartflow_policy_approval(ngx_http_smartflow_policy_run_t *run,
         ngx_str_null(&name);
     }
 
-    /* each part with its length ahead: no two calls read as one */
-    p = ngx_pnalloc(run->r->pool, 4 * (NGX_SIZE_T_LEN + 1) + rl + key->len
-                                  + run->tool.len + args->len);
-    if (p == NULL) {
+    /*
+     * The call's digest (key, tool, arguments, each with its length
+     * ahead: no two calls read as one) is worked out once per call, as
+     * Shield may flag many of its strings; the item is the rule's and
+     * that digest's.
+     */
+    if (run->hashed.data != args->data || run->hashed.len != args->len) {
+        p = ngx_pnalloc(run->r->pool, 3 * (NGX_SIZE_T_LEN + 1) + key->len
+                                      + run->tool.len + args->len);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        q = ngx_sprintf(p, "%uz:%V%uz:%V%uz:", key->len, key, run->tool.len,
+                        &run->tool, args->len);
+        q = ngx_cpymem(q, args->data, args->len);
+
+        if (ngx_smartflow_sha256(p, q - p, run->call_hash) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        run->hashed = *args;
+    }
+
+    if (rl > NGX_SF_APPROVAL_RULE_MAX) {
         return NGX_ERROR;
     }
 
-    q = ngx_sprintf(p, "%uz:%s%uz:%V%uz:%V%uz:", rl, rule, key->len, key,
-                    run->tool.len, &run->tool, args->len);
-    q = ngx_cpymem(q, args->data, args->len);
+    q = ngx_sprintf(item, "%uz:%s", rl, rule);
+    q = ngx_cpymem(q, run->call_hash, 32);
 
-    if (ngx_smartflow_sha256(p, q - p, hash) != NGX_OK) {
+    if (ngx_smartflow_sha256(item, q - item, hash) != NGX_OK) {
         return NGX_ERROR;
+    }
+
+    /* the same call flagged again in this request: its item is known */
+    c = run->approvals->elts;
+
+    for (i = 0; i < run->approvals->nelts; i++) {
+        if (ngx_memcmp(c[i].hash, hash, 32) == 0) {
+            *id = c[i].id;
+            return c[i].state;
+        }
     }
 
     sh = zone->data;

@@ -737,6 +737,12 @@ ngx_http_smartflow_policy_shield(ngx_http_smartflow_policy_run_t *run,
     }
 
     if (a == NGX_SF_ACTION_APPROVE && !run->ctx->pipeline_done) {
+        if (run->approval_full) {
+            /* the request waits for room already: nothing more to ask */
+            run->decided[sh.rule] |= 1 << NGX_SF_ACTION_APPROVE;
+            return;
+        }
+
         /*
          * the approval queue: a call approved once passes once; outside
          * a tool call, the text found is all there is to approve

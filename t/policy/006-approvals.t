@@ -375,3 +375,16 @@ invalid parameter "ttl=1h"
 [ qr/Shield item 1;/, qr/"status":"approved"/,
   qr/rule `shield.git`: git.force_push/,
   qr/"content":"mock reply to: go on"/, qr/Shield item 2;/ ]
+
+
+
+=== TEST 16: a call with 20000 flagged strings is held at the cost of its size, not its size times its strings
+Its digest is worked out once, and each string after the first finds
+the item the request already holds; before, each string copied and
+hashed the whole arguments (8 GB for these 420 KB).
+--- request eval
+::tool_call('bash', '{"command":[' . join(',', ('"rm -rf /home/alice"') x 20000) . ']}')
+--- error_code: 403
+--- response_body_like eval
+qr/^\{"error":\{"message":"The tool call \(rule `shield.shell`: shell.rm_root\) awaits an operator's approval as Shield item 1;/
+--- timeout: 30
