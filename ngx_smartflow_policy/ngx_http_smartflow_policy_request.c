@@ -613,8 +613,13 @@ ngx_http_smartflow_policy_values(ngx_http_smartflow_policy_run_t *run,
         return NGX_OK;
     }
 
+    /*
+     * the keys of a message's structure are skipped; inside a tool
+     * call's arguments (read for Shield) every key is the caller's
+     */
     for (c = j->child; c && !run->block; c = c->next) {
         if (j->type == NGX_SMARTFLOW_JSON_OBJECT
+            && !(what & NGX_SF_SCAN_SHIELD)
             && ngx_http_smartflow_policy_skip(&c->key))
         {
             continue;

@@ -388,3 +388,18 @@ hashed the whole arguments (8 GB for these 420 KB).
 --- response_body_like eval
 qr/^\{"error":\{"message":"The tool call \(rule `shield.shell`: shell.rm_root\) awaits an operator's approval as Shield item 1;/
 --- timeout: 30
+
+
+
+=== TEST 17: every key of a tool call's arguments is read, "name", "source" and "file" too
+(Those keys are skipped in a message's own structure only.)
+--- request eval
+[ ::tool_call('bash', '{"name":"rm -rf /home/carol"}'),
+  ::tool_call('bash', '{"source":"rm -rf /home/carol"}'),
+  ::tool_call('bash', '{"file":"rm -rf /home/carol"}') ]
+--- error_code eval
+[403, 403, 403]
+--- response_body_like eval
+[ qr/awaits an operator's approval as Shield item 1;/,
+  qr/awaits an operator's approval as Shield item 2;/,
+  qr/awaits an operator's approval as Shield item 3;/ ]
