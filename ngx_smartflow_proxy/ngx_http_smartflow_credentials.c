@@ -1138,7 +1138,10 @@ ngx_http_smartflow_cred_run(ngx_http_request_t *r, ngx_str_t *name,
         switch (ngx_http_smartflow_cred_read_body(r, &body)) {
 
         case NGX_OK:
-            /* the key is parsed in place: the body is wiped at the end */
+            /*
+             * the body is wiped at the end, and so is the key in the
+             * parser's copy of it, below
+             */
             for (cl = r->request_body ? r->request_body->bufs : NULL;
                  cl;
                  cl = cl->next)
@@ -1185,6 +1188,15 @@ ngx_http_smartflow_cred_run(ngx_http_request_t *r, ngx_str_t *name,
             }
 
             key = f;
+        }
+
+        if (ngx_smartflow_json_is_string(key)
+            && key->str.len
+            && ngx_http_smartflow_cred_wipe_later(r->pool, key->str.data,
+                                                  key->str.len)
+               != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
         if (!ngx_smartflow_json_is_string(key) || key->str.len == 0
