@@ -941,19 +941,33 @@ ngx_http_smartflow_json_filter(ngx_http_request_t *r,
     smcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_proxy_module);
     last = 0;
 
+    if (ctx->json_failed) {
+        /* the client has its 502: the rest of the answer is dropped */
+        for (cl = in; cl; cl = cl->next) {
+            cl->buf->pos = cl->buf->last;
+        }
+
+        return ngx_http_next_body_filter(r, NULL);
+    }
+
     for (cl = in; cl; cl = cl->next) {
         size = cl->buf->last - cl->buf->pos;
 
         if (ngx_buf_in_memory(cl->buf) && size) {
-            if (ctx->collect_len + size > ctx->collect_size) {
-                if (ctx->collect_len + size > NGX_HTTP_SMARTFLOW_MAX_JSON) {
-                    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                                  "smartflow proxy: response from provider "
-                                  "\"%V\" is too large to translate",
-                                  &ctx->provider->name);
-                    return NGX_ERROR;
+            if (ctx->collect_len + size > NGX_HTTP_SMARTFLOW_MAX_JSON) {
+                ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                              "smartflow proxy: response from provider "
+                              "\"%V\" is too large to translate",
+                              &ctx->provider->name);
+
+                for ( /* void */ ; cl; cl = cl->next) {
+                    cl->buf->pos = cl->buf->last;
                 }
 
+                return ngx_http_smartflow_json_fail(r, ctx);
+            }
+
+            if (ctx->collect_len + size > ctx->collect_size) {
                 ctx->collect_size = ngx_max(2 * ctx->collect_size,
                                             ctx->collect_len + size);
 
@@ -1067,7 +1081,11 @@ ngx_http_smartflow_json_filter(ngx_http_request_t *r,
         && r->headers_out.status == NGX_HTTP_OK
         && smcf->output(r, ctx, t, NULL, NULL) == NGX_ERROR)
     {
-        return NGX_ERROR;
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "smartflow proxy: the output scan of the answer of "
+                      "provider \"%V\" failed", &ctx->provider->name);
+
+        return ngx_http_smartflow_json_fail(r, ctx);
     }
 
     if (t == NULL || ngx_smartflow_json_dump(x.pool, t, &out) != NGX_OK) {
@@ -1101,6 +1119,9 @@ ngx_http_smartflow_json_fail(ngx_http_request_t *r,
     if (!ctx->header_held) {
         return NGX_ERROR;
     }
+
+    /* later buffers are dropped, the last one does not try again */
+    ctx->json_failed = 1;
 
     x.pool = ngx_http_smartflow_pool(r, ctx);
     if (x.pool == NULL) {

@@ -490,6 +490,7 @@ typedef struct {
     unsigned                    output_scan:1;  /* the output scanner runs */
     unsigned                    output_blocked:1;
     unsigned                    header_held:1;  /* until the answer is read */
+    unsigned                    json_failed:1;  /* answered with a 502 */
 } ngx_http_smartflow_ctx_t;
 
 

@@ -19,6 +19,23 @@ use Smartflow::Blocks;
 
 $ENV{TEST_NGINX_FIXTURE_PORT} ||= 1988;
 
+# an answer past the 16 MB a whole answer may take to be translated, in
+# a folder of its own the fixture server reads it from
+use File::Temp ();
+
+our $BigDir = File::Temp::tempdir(CLEANUP => 1);
+$ENV{TEST_NGINX_BIG_DIR} = $BigDir;
+
+{
+    open my $fh, '>', "$BigDir/big" or die "big: $!";
+    print $fh '{"id":"chatcmpl-big","object":"chat.completion",'
+              . '"model":"gpt-4o","choices":[{"index":0,"message":'
+              . '{"role":"assistant","content":"' . ('x' x 17_000_000)
+              . '"},"finish_reason":"stop"}],"usage":'
+              . '{"prompt_tokens":1,"completion_tokens":1}}';
+    close $fh;
+}
+
 our $HttpConfig = <<'_EOC_';
     smartflow_master_key sk-smartflow-test-0123456789;
     smartflow_zone smartflow 1m;
@@ -71,6 +88,11 @@ our $HttpConfig = <<'_EOC_';
         location = /fixture/html-200 {
             default_type text/html;
             return 200 '<html><body>maintenance</body></html>';
+        }
+
+        location = /fixture/big {
+            alias $TEST_NGINX_BIG_DIR/big;
+            error_page 405 =200 $uri;
         }
 
         location = /fixture/tool-use-without-id {
@@ -567,3 +589,20 @@ POST /anthropic/v1/messages
 {"type":"error","error":{"type":"api_error","message":"The provider's answer could not be read."}}
 --- error_log
 smartflow proxy: provider "canned_oa" answered 200 with a body that is not JSON
+
+
+
+=== TEST 33: an answer too large to translate, to an Anthropic client
+--- more_headers eval
+$::AnthropicKey . "x-fixture: big"
+--- request
+POST /anthropic/v1/messages
+{"model":"gpt-canned","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}
+--- error_code: 502
+--- response_headers
+Content-Type: application/json
+--- response_body chomp
+{"type":"error","error":{"type":"api_error","message":"The provider's answer could not be read."}}
+--- error_log
+smartflow proxy: response from provider "canned_oa" is too large to translate
+--- timeout: 20
