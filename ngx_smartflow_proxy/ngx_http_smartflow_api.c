@@ -592,6 +592,11 @@ ngx_http_smartflow_log_handler(ngx_http_request_t *r)
         return NGX_OK;
     }
 
+    if (ctx->json_failed) {
+        /* its answer could not be read: the client got a 502 for it */
+        status = NGX_HTTP_BAD_GATEWAY;
+    }
+
     failed = (status == 0 || status >= NGX_HTTP_INTERNAL_SERVER_ERROR);
 
     ngx_smartflow_shm_provider_result(ctx->provider,

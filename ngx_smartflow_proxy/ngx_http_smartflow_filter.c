@@ -1148,6 +1148,10 @@ ngx_http_smartflow_json_fail(ngx_http_request_t *r,
     r->headers_out.status = NGX_HTTP_BAD_GATEWAY;
     ngx_str_null(&r->headers_out.status_line);
 
+    /* kept for the audit record */
+    ctx->err_status = NGX_HTTP_BAD_GATEWAY;
+    ngx_str_set(&ctx->err_code, "invalid_response");
+
     /* the usage of an answer the client did not get is not counted */
     ctx->prompt_tokens = 0;
     ctx->completion_tokens = 0;

@@ -19,6 +19,8 @@ use JSON::PP ();
 use Test::Nginx::Socket 'no_plan';
 use Smartflow::Blocks;
 
+$ENV{TEST_NGINX_FIXTURE_PORT} ||= 1988;
+
 sub http_config {
     my $extra = join '', map { "    $_\n" } @_;
 
@@ -71,6 +73,31 @@ $extra
     smartflow_route eight anthropic model=mock-error-503-e6 fallback;
     smartflow_route eight openai model=mock-error-504-e7 fallback;
     smartflow_route eight gemini model=gemini-e8 fallback;
+_EOC_
+}
+
+# a provider whose answers of 200 are pages, not JSON, for the primary of
+# a model of its own
+sub paged_config {
+    return http_config(@_, <<'_EOC_');
+upstream sf_paged {
+        server 127.0.0.1:$TEST_NGINX_FIXTURE_PORT;
+    }
+
+    server {
+        listen 127.0.0.1:$TEST_NGINX_FIXTURE_PORT;
+        default_type text/html;
+
+        location / {
+            return 200 '<html><body>maintenance</body></html>';
+        }
+    }
+
+    smartflow_provider paged type=openai upstream=http://sf_paged
+                       key=sk-oai-provider-key;
+
+    smartflow_route unreadable paged model=gpt-paged-u;
+    smartflow_route unreadable paged model=gpt-paged-fb-u fallback;
 _EOC_
 }
 
@@ -474,5 +501,32 @@ select(undef, undef, undef, 2.5);
  . "gemini/gemini-fb-busy closed requests=3 failures=2 in_flight=0\n"]
 --- error_log
 smartflow proxy: deployment "gemini/gemini-fb-busy" is being probed by another request, skipped for model "busy"
+--- no_error_log
+[alert]
+
+
+
+=== TEST 10: an answer of 200 that cannot be read is the deployment's failure
+The primary answers 200 with a page, not JSON: the Anthropic client,
+whose answer is translated, gets a 502 in its format, and the deployment
+a failure (one failure opens the breaker), not a success.
+--- http_config eval
+::paged_config('smartflow_breaker failures=1 cooldown=30s;')
+--- request eval
+["POST /anthropic/v1/messages\n"
+ . '{"model":"unreadable","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}',
+ "GET /health"]
+--- more_headers eval
+[$::AnthropicKey, $::OpenAIKey]
+--- error_code eval
+[502, 200]
+--- response_body_filters eval
+::view(models => ['unreadable'])
+--- response_body eval
+['{"type":"error","error":{"type":"api_error","message":"The provider\'s answer could not be read."}}',
+ "paged/gpt-paged-u open requests=1 failures=1 in_flight=0\n"
+ . "paged/gpt-paged-fb-u closed requests=0 failures=0 in_flight=0\n"]
+--- error_log
+smartflow proxy: provider "paged" answered 200 with a body that is not JSON
 --- no_error_log
 [alert]
