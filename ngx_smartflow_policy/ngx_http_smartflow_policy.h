@@ -125,6 +125,8 @@ typedef struct {
     ngx_uint_t                          held_type;  /* the first held */
     const char                         *held_detail;
     ngx_array_t                        *approvals;  /* approval_call_t */
+    void                               *used;   /* the items used up */
+    ngx_uint_t                          nused;
 
     /* the tool call being read, for Shield's approval queue */
     ngx_str_t                           tool;       /* its name */
@@ -164,6 +166,8 @@ ngx_int_t ngx_http_smartflow_policy_approval(
     ngx_http_smartflow_policy_run_t *run, const char *rule, ngx_str_t *args,
     ngx_uint_t *id);
 ngx_int_t ngx_http_smartflow_policy_approvals_use(
+    ngx_http_smartflow_policy_run_t *run);
+void ngx_http_smartflow_policy_approvals_back(
     ngx_http_smartflow_policy_run_t *run);
 ngx_int_t ngx_http_smartflow_policy_admin_handler(ngx_http_request_t *r);
 

@@ -407,7 +407,7 @@ ngx_http_smartflow_policy_approvals_use(ngx_http_smartflow_policy_run_t *run)
     ngx_uint_t                              i, k;
     ngx_shm_zone_t                         *zone;
     ngx_slab_pool_t                        *shpool;
-    ngx_http_smartflow_approval_t          *it;
+    ngx_http_smartflow_approval_t          *it, *used;
     ngx_http_smartflow_approval_call_t     *c;
     ngx_http_smartflow_approvals_sh_t      *sh;
     ngx_http_smartflow_policy_main_conf_t  *pmcf;
@@ -422,6 +422,13 @@ ngx_http_smartflow_policy_approvals_use(ngx_http_smartflow_policy_run_t *run)
     sh = zone->data;
     shpool = (ngx_slab_pool_t *) zone->shm.addr;
     c = run->approvals->elts;
+
+    /* what is used up is kept, to be given back if no answer comes */
+    used = ngx_pnalloc(run->r->pool, run->approvals->nelts
+                                     * sizeof(ngx_http_smartflow_approval_t));
+    if (used == NULL) {
+        return NGX_ERROR;
+    }
 
     now = ngx_time();
 
@@ -449,12 +456,96 @@ ngx_http_smartflow_policy_approvals_use(ngx_http_smartflow_policy_run_t *run)
     }
 
     for (k = 0; k < run->approvals->nelts; k++) {
+        used[k] = sh->items[c[k].slot];
         sh->items[c[k].slot].id = 0;    /* one approval, one request */
     }
 
     ngx_shmtx_unlock(&shpool->mutex);
 
+    run->used = used;
+    run->nused = run->approvals->nelts;
+
     return NGX_OK;
+}
+
+
+/*
+ * At the request's end, when it was not answered (no 2xx: the provider
+ * could not be reached or refused it, the client left, a later stage
+ * refused it): the approvals it used up are given back, until they
+ * expire, unless the call has been asked about again meanwhile
+ */
+void
+ngx_http_smartflow_policy_approvals_back(ngx_http_smartflow_policy_run_t *run)
+{
+    time_t                                  now;
+    ngx_uint_t                              i, k, back;
+    ngx_shm_zone_t                         *zone;
+    ngx_slab_pool_t                        *shpool;
+    ngx_http_smartflow_approval_t          *it, *free, *used;
+    ngx_http_smartflow_approvals_sh_t      *sh;
+    ngx_http_smartflow_policy_main_conf_t  *pmcf;
+
+    pmcf = ngx_http_get_module_main_conf(run->r,
+                                         ngx_http_smartflow_policy_module);
+    zone = pmcf->approvals;
+
+    if (zone == NULL || zone->data == NULL) {
+        return;
+    }
+
+    sh = zone->data;
+    shpool = (ngx_slab_pool_t *) zone->shm.addr;
+    used = run->used;
+    back = 0;
+
+    now = ngx_time();
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    for (k = 0; k < run->nused; k++) {
+        if (used[k].expires <= now) {
+            continue;
+        }
+
+        free = NULL;
+
+        for (i = 0; i < sh->n; i++) {
+            it = &sh->items[i];
+
+            if (it->id && it->expires <= now) {
+                it->id = 0;
+            }
+
+            if (it->id == 0) {
+                if (free == NULL) {
+                    free = it;
+                }
+
+                continue;
+            }
+
+            if (ngx_memcmp(it->hash, used[k].hash, 32) == 0) {
+                break;
+            }
+        }
+
+        if (i == sh->n && free) {
+            *free = used[k];
+            back++;
+        }
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    run->nused = 0;
+
+    if (back) {
+        ngx_log_error(NGX_LOG_INFO, run->r->connection->log, 0,
+                      "smartflow policy: %ui Shield approval(s) given back, "
+                      "the request was answered %ui",
+                      back, run->r->headers_out.status);
+    }
 }
 
 

@@ -66,7 +66,18 @@ static const char  *ngx_http_smartflow_policy_actions[] = {
 static void
 ngx_http_smartflow_policy_run_cleanup(void *data)
 {
-    /* the run lives in the request pool: found again by this handler */
+    ngx_http_smartflow_policy_run_t  *run = data;
+
+    /*
+     * the run lives in the request pool: found again by this handler,
+     * which gives back the approvals of a request not answered
+     */
+    if (run->nused
+        && (run->r->headers_out.status < NGX_HTTP_OK
+            || run->r->headers_out.status >= NGX_HTTP_SPECIAL_RESPONSE))
+    {
+        ngx_http_smartflow_policy_approvals_back(run);
+    }
 }
 
 

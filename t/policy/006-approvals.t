@@ -403,3 +403,31 @@ qr/^\{"error":\{"message":"The tool call \(rule `shield.shell`: shell.rm_root\) 
 [ qr/awaits an operator's approval as Shield item 1;/,
   qr/awaits an operator's approval as Shield item 2;/,
   qr/awaits an operator's approval as Shield item 3;/ ]
+
+
+
+=== TEST 18: an approval used by a request the provider never answered is given back
+The approved call goes first to a deployment that cannot be reached
+(502), then to one that answers: the approval, given back at the end of
+the first, lets the second through, and is then used up.
+--- http_config eval
+$::HttpConfig . <<'_EOC_';
+    upstream sf_dead {
+        server 127.0.0.1:1;
+    }
+
+    smartflow_provider dead type=openai upstream=http://sf_dead path=/v1
+                       key=sk-dead-test-key;
+    smartflow_route dead-* dead;
+_EOC_
+--- request eval
+[ ::call('rm -rf /home/alice'),
+  "POST /api/shield/pending/1/approve",
+  (::call('rm -rf /home/alice') =~ s/"gpt-4o"/"dead-1"/r),
+  ::call('rm -rf /home/alice'),
+  ::call('rm -rf /home/alice') ]
+--- error_code eval
+[403, 200, 502, 200, 403]
+--- response_body_like eval
+[ qr/Shield item 1;/, qr/"status":"approved"/, qr/"error"/,
+  qr/"content":"mock reply to: go on"/, qr/Shield item 2;/ ]
