@@ -1494,9 +1494,15 @@ ngx_http_smartflow_cred_save(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    /* the temporary file: mkstemp() in the thread makes it unique */
+    /*
+     * the temporary file: mkstemp() in the thread makes it unique from
+     * the six "X" that end its template
+     */
     sv->temp = ngx_sprintf(sv->path, "%V%Z", &cr->path);
-    sv->lock = ngx_sprintf(sv->temp, "%V.XXXXXX%Z", &cr->path);
+    sv->lock = ngx_sprintf(sv->temp, "%V.", &cr->path);
+    ngx_memset(sv->lock, 'X', 6);
+    sv->lock += 6;
+    *sv->lock++ = '\0';
     sv->dir = ngx_sprintf(sv->lock, "%V.lock%Z", &cr->path);
     (void) ngx_sprintf(sv->dir, "%V%Z", &cr->path);
 
