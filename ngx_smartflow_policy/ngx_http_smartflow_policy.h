@@ -110,6 +110,8 @@ typedef struct {
     ngx_uint_t                          shield_on;
     ngx_uint_t                          approve_on; /* a queue to hold in */
     ngx_smartflow_finding_t            *f;      /* a scan's, scratch */
+    ngx_pool_t                         *pool;   /* a stream event's, or
+                                                   r->pool */
 
     /* the request's strings redacted, to write the body again */
     ngx_array_t                        *edits;  /* policy_edit_t */

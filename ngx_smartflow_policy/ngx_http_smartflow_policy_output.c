@@ -16,6 +16,9 @@
 #include "ngx_http_smartflow_policy.h"
 
 
+static ngx_int_t ngx_http_smartflow_policy_scan(
+    ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *answer,
+    ngx_str_t *event, ngx_array_t *out);
 static ngx_int_t ngx_http_smartflow_policy_answer(
     ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *answer);
 static ngx_int_t ngx_http_smartflow_policy_refuse_answer(
@@ -74,8 +77,6 @@ ngx_http_smartflow_policy_output(ngx_http_request_t *r,
     ngx_str_t *event, ngx_array_t *out)
 {
     ngx_int_t                         rc;
-    ngx_str_t                         name, data;
-    ngx_uint_t                        i, ndecided;
     ngx_http_smartflow_policy_run_t  *run;
 
     run = ngx_http_smartflow_policy_run(r);
@@ -85,12 +86,41 @@ ngx_http_smartflow_policy_output(ngx_http_request_t *r,
     }
 
     run->ctx = ctx;
+
+    /*
+     * a stream event is read and written again in the pool out is in,
+     * the filter's scratch pool, reset after the event: what is kept
+     * from one event to the next (the held text, the tool calls'
+     * arguments, the placeholders, the decisions) is in r->pool
+     */
+    run->pool = out ? out->pool : r->pool;
+
+    rc = ngx_http_smartflow_policy_scan(run, answer, event, out);
+
+    run->pool = r->pool;
+
+    return rc;
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_policy_scan(ngx_http_smartflow_policy_run_t *run,
+    ngx_smartflow_json_t *answer, ngx_str_t *event, ngx_array_t *out)
+{
+    ngx_int_t                  rc;
+    ngx_str_t                  name, data;
+    ngx_uint_t                 i, ndecided;
+    ngx_http_request_t        *r;
+    ngx_http_smartflow_ctx_t  *ctx;
+
+    r = run->r;
+    ctx = run->ctx;
     ndecided = run->ndecided;
 
     if (answer) {
         rc = ngx_http_smartflow_policy_answer(run, answer);
 
-    } else if ((rc = ngx_http_smartflow_policy_split(r->pool, event, &name,
+    } else if ((rc = ngx_http_smartflow_policy_split(run->pool, event, &name,
                                                      &data))
                != NGX_OK)
     {
@@ -377,7 +407,7 @@ ngx_http_smartflow_policy_openai_event(ngx_http_smartflow_policy_run_t *run,
         return NGX_DECLINED;
     }
 
-    j = ngx_smartflow_json_parse(run->r->pool, data->data, data->len, &err);
+    j = ngx_smartflow_json_parse(run->pool, data->data, data->len, &err);
     if (j == NULL) {
         return NGX_DECLINED;
     }
@@ -521,8 +551,8 @@ ngx_http_smartflow_policy_openai_event(ngx_http_smartflow_policy_run_t *run,
             return NGX_ERROR;
         }
 
-        flush = ngx_smartflow_json_parse(run->r->pool, data->data,
-                                         data->len, &err);
+        flush = ngx_smartflow_json_parse(run->pool, data->data, data->len,
+                                         &err);
         if (flush == NULL) {
             return NGX_ERROR;
         }
@@ -532,7 +562,7 @@ ngx_http_smartflow_policy_openai_event(ngx_http_smartflow_policy_run_t *run,
 
         if (delta == NULL) {
             /* a finish without a delta still gets the held text out */
-            delta = ngx_smartflow_json_new(run->r->pool,
+            delta = ngx_smartflow_json_new(run->pool,
                                            NGX_SMARTFLOW_JSON_OBJECT, NULL);
             if (delta == NULL) {
                 return NGX_ERROR;
@@ -548,7 +578,7 @@ ngx_http_smartflow_policy_openai_event(ngx_http_smartflow_policy_run_t *run,
         delta->last = NULL;
         delta->nchild = 0;
 
-        if (ngx_smartflow_json_set_str(run->r->pool, delta, "content", &text)
+        if (ngx_smartflow_json_set_str(run->pool, delta, "content", &text)
             != NGX_OK)
         {
             return NGX_ERROR;
@@ -617,7 +647,7 @@ ngx_http_smartflow_policy_anthropic_event(
         return NGX_DECLINED;
     }
 
-    j = ngx_smartflow_json_parse(run->r->pool, data->data, data->len, &err);
+    j = ngx_smartflow_json_parse(run->pool, data->data, data->len, &err);
     if (j == NULL) {
         return NGX_DECLINED;
     }
@@ -863,13 +893,13 @@ ngx_http_smartflow_policy_args(ngx_http_smartflow_policy_run_t *run,
         }
     }
 
-    doc = ngx_smartflow_json_parse(run->r->pool, args->data, args->len, &err);
+    doc = ngx_smartflow_json_parse(run->pool, args->data, args->len, &err);
 
     if (doc == NULL
         || (doc->type != NGX_SMARTFLOW_JSON_OBJECT
             && doc->type != NGX_SMARTFLOW_JSON_ARRAY))
     {
-        doc = ngx_smartflow_json_new(run->r->pool, NGX_SMARTFLOW_JSON_STRING,
+        doc = ngx_smartflow_json_new(run->pool, NGX_SMARTFLOW_JSON_STRING,
                                      args);
         if (doc == NULL
             || ngx_http_smartflow_policy_text(run, doc, NGX_SF_SCAN_PII)
@@ -889,7 +919,8 @@ ngx_http_smartflow_policy_args(ngx_http_smartflow_policy_run_t *run,
     rc = ngx_http_smartflow_policy_doc(run, doc);
 
     if (rc == NGX_OK && run->redacted && !run->block) {
-        rc = ngx_smartflow_json_dump(run->r->pool, doc, args);
+        /* a streamed call ends with this event: its pool will do */
+        rc = ngx_smartflow_json_dump(run->pool, doc, args);
     }
 
     run->redacted |= redacted;
@@ -941,7 +972,7 @@ ngx_http_smartflow_policy_openai_calls(ngx_http_smartflow_policy_run_t *run,
     ngx_smartflow_json_t              *calls, *call, *fn, *n, *ci, *cur;
     ngx_http_smartflow_policy_call_t  *c;
 
-    pool = run->r->pool;
+    pool = run->pool;
     c = run->calls->elts;
     n = NULL;
 
@@ -1087,7 +1118,7 @@ ngx_http_smartflow_policy_anthropic_start(
         return NGX_DECLINED;
     }
 
-    j = ngx_smartflow_json_parse(run->r->pool, data->data, data->len, &err);
+    j = ngx_smartflow_json_parse(run->pool, data->data, data->len, &err);
     if (j == NULL) {
         return NGX_DECLINED;
     }
@@ -1102,7 +1133,7 @@ ngx_http_smartflow_policy_anthropic_start(
     }
 
     if (run->shield_on
-        && ngx_smartflow_json_dump(run->r->pool, input, &dump) == NGX_OK)
+        && ngx_smartflow_json_dump(run->pool, input, &dump) == NGX_OK)
     {
         ngx_http_smartflow_policy_shield(run, dump.data, dump.len);
     }
@@ -1136,7 +1167,7 @@ ngx_http_smartflow_policy_anthropic_delta(
     ngx_pool_t            *pool;
     ngx_smartflow_json_t  *ev, *d, *n;
 
-    pool = run->r->pool;
+    pool = run->pool;
 
     ev = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_OBJECT, NULL);
     d = ngx_smartflow_json_new(pool, NGX_SMARTFLOW_JSON_OBJECT, NULL);
@@ -1184,7 +1215,7 @@ ngx_http_smartflow_policy_event_out(ngx_http_smartflow_policy_run_t *run,
     ngx_str_t   json, *ev;
 
     if (j == NULL
-        || ngx_smartflow_json_dump(run->r->pool, j, &json) != NGX_OK)
+        || ngx_smartflow_json_dump(run->pool, j, &json) != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -1192,7 +1223,7 @@ ngx_http_smartflow_policy_event_out(ngx_http_smartflow_policy_run_t *run,
     len = (name ? sizeof("event: \n") - 1 + ngx_strlen(name) : 0)
           + sizeof("data: \n\n") - 1 + json.len;
 
-    p = ngx_pnalloc(run->r->pool, len);
+    p = ngx_pnalloc(run->pool, len);
     ev = ngx_array_push(out);
 
     if (p == NULL || ev == NULL) {
@@ -1225,7 +1256,7 @@ ngx_http_smartflow_policy_error_event(ngx_http_smartflow_policy_run_t *run,
 
     ngx_http_smartflow_policy_rule(run, run->block_type, &name);
 
-    p = ngx_pnalloc(run->r->pool, 256 + name.len);
+    p = ngx_pnalloc(run->pool, 256 + name.len);
     ev = ngx_array_push(out);
 
     if (p == NULL || ev == NULL) {

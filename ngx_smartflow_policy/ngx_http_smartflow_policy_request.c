@@ -195,6 +195,7 @@ ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
     cln->data = run;
 
     run->r = r;
+    run->pool = r->pool;
     run->ctx = ctx;
     run->g = g;
     run->f = ngx_http_smartflow_policy_findings;
@@ -995,7 +996,7 @@ ngx_http_smartflow_policy_redact(ngx_http_smartflow_policy_run_t *run,
         len += word.len + NGX_INT_T_LEN + 3 - value.len;
     }
 
-    p = ngx_pnalloc(run->r->pool, len);
+    p = ngx_pnalloc(run->pool, len);
     if (p == NULL) {
         return NGX_ERROR;
     }

@@ -536,7 +536,9 @@ typedef ngx_int_t (*ngx_http_smartflow_tap_pt)(ngx_http_request_t *r,
  * it may change in place; event NULL).  For an event it returns
  * NGX_DECLINED to pass the event as it is, NGX_OK to send the events it
  * put in out (ngx_str_t, possibly none) instead, NGX_ABORT to send those
- * and end the stream there (a block), or NGX_ERROR.
+ * and end the stream there (a block), or NGX_ERROR.  out's pool is the
+ * event's scratch pool, reset once the events in out are copied: what
+ * the scanner keeps from one event to the next goes in r->pool.
  */
 typedef ngx_int_t (*ngx_http_smartflow_output_pt)(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_smartflow_json_t *answer,
