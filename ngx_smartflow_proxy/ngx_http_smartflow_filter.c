@@ -1279,6 +1279,7 @@ ngx_http_smartflow_emit_event(ngx_http_request_t *r,
     ngx_int_t                        rc;
     ngx_str_t                       *e;
     ngx_uint_t                       i;
+    ngx_pool_t                      *pool;
     ngx_array_t                      out;
     ngx_http_smartflow_main_conf_t  *smcf;
 
@@ -1288,7 +1289,14 @@ ngx_http_smartflow_emit_event(ngx_http_request_t *r,
         return ngx_http_smartflow_emit(r, ctx, ev->data, ev->len);
     }
 
-    if (ngx_array_init(&out, r->pool, 2, sizeof(ngx_str_t)) != NGX_OK) {
+    /*
+     * the scanner reads and writes the event in out's pool: the event's
+     * scratch pool, reset once the events it wrote are copied into the
+     * output buffers (below); the stream's end has none of its own
+     */
+    pool = ctx->event_pool ? ctx->event_pool : r->pool;
+
+    if (ngx_array_init(&out, pool, 2, sizeof(ngx_str_t)) != NGX_OK) {
         return NGX_ERROR;
     }
 

@@ -18,7 +18,10 @@
 # OpenAI's "usage":null in every chunk: each event is read, translated and
 # written in a scratch pool reset after it, so the worker's memory does not
 # grow with the stream's length (it grew by some 85 MB when every event's
-# tree stayed with the request).
+# tree stayed with the request).  The same holds for a stream read by the
+# output scanner (a policy group with "output on"): each event is split,
+# parsed and written again in that scratch pool (some 100 MB when it was
+# the request's).
 
 use lib 't/lib';
 use Smartflow::Conf;
@@ -111,6 +114,12 @@ our $HttpConfig = Smartflow::Blocks::mock_upstreams() . <<'_EOC_';
     smartflow_route claude-* anthropic;
     smartflow_route gpt-* openai;
     smartflow_route gemini-* gemini;
+
+    smartflow_policy_group out {
+        pii redact;
+        shield block;
+        output on;
+    }
 _EOC_
 
 our $Locations = Smartflow::Conf::shipped_locations() . <<'_EOC_';
@@ -224,6 +233,40 @@ $::OpenAIKey . "x-mock-words: 50000"
 \&::worker
 --- response_body_like eval
 ["^measured\n\\z", '"usage":null.*"usage":\\{"prompt_tokens".*data: \\[DONE\\]\n\n\\z', "^memory bounded, cpu bounded\n\\z"]
+--- timeout: 60
+--- no_error_log
+[error]
+
+
+
+=== TEST 8: a stream of 50000 OpenAI chunks read by the output scanner
+--- config eval
+"smartflow_policy out;\n$::Locations"
+--- more_headers eval
+$::OpenAIKey . "x-mock-words: 50000"
+--- request eval
+["GET /pid", ::chat('{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"count"}]}'), "GET /pid"]
+--- response_body_filters eval
+\&::worker
+--- response_body_like eval
+["^measured\n\\z", '"content":"[^"]*alpha.*data: \\[DONE\\]\n\n\\z', "^memory bounded, cpu bounded\n\\z"]
+--- timeout: 60
+--- no_error_log
+[error]
+
+
+
+=== TEST 9: a stream of 50000 Anthropic events read by the output scanner
+--- config eval
+"smartflow_policy out;\n$::Locations"
+--- more_headers eval
+$::AnthropicKey . "x-mock-words: 50000"
+--- request eval
+["GET /pid", ::messages('{"model":"claude-3-5-sonnet","max_tokens":16,"stream":true,"messages":[{"role":"user","content":"count"}]}'), "GET /pid"]
+--- response_body_filters eval
+\&::worker
+--- response_body_like eval
+["^measured\n\\z", '"text":"[^"]*alpha.*event: message_stop\n', "^memory bounded, cpu bounded\n\\z"]
 --- timeout: 60
 --- no_error_log
 [error]
