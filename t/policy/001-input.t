@@ -190,7 +190,7 @@ Content-Type: application/json
 --- error_log
 smartflow policy: rule "card" of group "strict" blocked the request
 --- no_error_log
-4111
+4111 1111
 
 
 
