@@ -220,9 +220,10 @@ seal_hash(const char *seal, const char *name, unsigned char *h)
 {
     const char  *p;
 
+    /* the digits first: past a NUL before them nothing is read */
     p = seal_field(seal, name);
-    if (p == NULL || p[0] != '"' || p[65] != '"'
-        || sf_audit_unhex(p + 1, 64, h, 32) != 32)
+    if (p == NULL || p[0] != '"'
+        || sf_audit_unhex(p + 1, 64, h, 32) != 32 || p[65] != '"')
     {
         return -1;
     }
