@@ -13,7 +13,8 @@
  *
  * --head names the chain head the gateway reported (GET /api/audit/status):
  * records cut off the end of the open segment are found only against it.
- *   smartflow-verify --proof FILE [PATH]     an inclusion proof, offline
+ *   smartflow-verify --keys FILE --proof FILE [PATH]
+ *                                            an inclusion proof, offline
  *   smartflow-verify --merkle-vectors        proof checks read from stdin
  */
 
@@ -273,6 +274,7 @@ typedef struct {
 
 
 static char *read_seal(state_t *st, const char *path);
+static int check_seal(state_t *st, const char *path, char *seal, size_t len);
 
 
 /* a seal's RFC 3161 timestamp: its signature up to the CA, the imprint */
@@ -478,12 +480,8 @@ bad:
 static char *
 read_seal(state_t *st, const char *path)
 {
-    char                  *seal, kid[SF_AUDIT_KID_LEN + 1];
-    size_t                 len;
-    uint64_t               sealed_at;
-    const char            *p, *q, *macp;
-    unsigned char          mac[32];
-    const sf_audit_key_t  *k;
+    char    *seal;
+    size_t   len;
 
     seal = read_file(path, &len);
     if (seal == NULL) {
@@ -493,10 +491,30 @@ read_seal(state_t *st, const char *path)
 
     if (len == 0 || seal[len - 1] != '\n' || memchr(seal, '\n', len - 1)) {
         fail(path, 1, 0, "seal", "not one line");
-        goto bad;
+        free(seal);
+        return NULL;
     }
 
     seal[--len] = '\0';
+
+    if (check_seal(st, path, seal, len) != 0) {
+        free(seal);
+        return NULL;
+    }
+
+    return seal;
+}
+
+
+/* a seal's line, without its newline: signed, by a key valid then */
+static int
+check_seal(state_t *st, const char *path, char *seal, size_t len)
+{
+    char                  kid[SF_AUDIT_KID_LEN + 1];
+    uint64_t              sealed_at;
+    const char           *p, *q, *macp;
+    unsigned char         mac[32];
+    const sf_audit_key_t  *k;
 
     macp = strstr(seal, ",\"hmac\":\"");
     p = seal_field(seal, "kid");
@@ -508,7 +526,7 @@ read_seal(state_t *st, const char *path)
         || strcmp(macp + 9 + 64, "\"}") != 0)
     {
         fail(path, 1, 0, "seal", "no signature");
-        goto bad;
+        return -1;
     }
 
     memcpy(kid, p + 1, q - p - 1);
@@ -517,12 +535,12 @@ read_seal(state_t *st, const char *path)
     k = sf_audit_keys_find(st->keys, kid);
     if (k == NULL) {
         fail(path, 1, 0, "seal_key", "unknown key id \"%s\"", kid);
-        goto bad;
+        return -1;
     }
 
     if (check_mac(k, seal, macp - seal, mac) != 0) {
         fail(path, 1, 0, "seal_hmac", "the seal's HMAC does not match");
-        goto bad;
+        return -1;
     }
 
     if (seal_u64(seal, "sealed_at", &sealed_at) != 0
@@ -531,15 +549,10 @@ read_seal(state_t *st, const char *path)
     {
         fail(path, 1, 0, "seal_key", "key \"%s\" was not valid when the "
              "seal was made", kid);
-        goto bad;
+        return -1;
     }
 
-    return seal;
-
-bad:
-
-    free(seal);
-    return NULL;
+    return 0;
 }
 
 
@@ -1139,8 +1152,10 @@ merkle_vectors(void)
  * An inclusion proof as GET /api/audit/proof/ID gives it:
  * {"seq":N,"segment":S,"index":I,"size":C,"proof":["HEX",...],
  *  "segment_root":"HEX","record_hex":"HEX of the line",...}
- * The leaf is hashed from the record itself; with PATH the root must be
- * the one sealed for that segment.  A proof for a record whose segment
+ * The leaf is hashed from the record itself, and the root must be the
+ * one a signed seal gives for that segment: the folder's with PATH (and
+ * the folder must verify), else the "seal" the proof carries, checked
+ * against the key file.  A proof for a record whose segment
  * was shipped and removed carries no record, only "leaf_hash": the
  * record fetched from the bucket must hash to it (SHA-256 of 0x00 and
  * its line).
@@ -1151,8 +1166,9 @@ verify_proof(const char *file, const char *dir, const sf_audit_keys_t *keys)
     int            np, rc;
     char          *buf, *rec, seal[4096], *sealbuf;
     size_t         len, slen, rlen;
+    state_t        st;
     uint64_t       seg, index, size, sseg;
-    const char    *p, *q;
+    const char    *p, *q, *where;
     unsigned char  leaf[32], root[32], sroot[32];
     hash_t         proof[SF_MERKLE_MAX_LEVEL];
 
@@ -1233,29 +1249,66 @@ leaf:
         goto done;
     }
 
+    /*
+     * The root must be one the gateway sealed: the seal of the segment
+     * in the folder, or else the one the proof carries, signed by a key
+     * valid when it was made, naming this segment, root and size.
+     */
+    memset(&st, 0, sizeof(state_t));
+    st.keys = keys;
+
     if (dir) {
         snprintf(seal, sizeof(seal), "%s/segment-%08" PRIu64 ".seal", dir,
                  seg);
-        sealbuf = read_file(seal, &slen);
+        where = seal;
+        sealbuf = read_seal(&st, seal);
 
-        if (sealbuf == NULL
-            || seal_hash(sealbuf, "segment_root", sroot) != 0
-            || seal_u64(sealbuf, "segment", &sseg) != 0 || sseg != seg
-            || memcmp(sroot, root, 32) != 0
-            || seal_u64(sealbuf, "count", &sseg) != 0 || sseg != size)
-        {
-            fail(seal, 0, 0, "inclusion", "the proof's root is not the "
-                 "sealed root of segment %" PRIu64, seg);
+    } else {
+        where = file;
+        sealbuf = NULL;
+        p = seal_field(buf, "seal");
+
+        if (p == NULL || *p != '{' || (q = strchr(p, '}')) == NULL) {
+            fail(file, 0, 0, "proof", "no seal");
+            goto done;
+        }
+
+        slen = q - p + 1;
+        sealbuf = malloc(slen + 1);
+        if (sealbuf == NULL) {
+            fail(file, 0, 0, "memory", "out of memory");
+            goto done;
+        }
+
+        memcpy(sealbuf, p, slen);
+        sealbuf[slen] = '\0';
+
+        if (check_seal(&st, file, sealbuf, slen) != 0) {
             free(sealbuf);
-            goto done;
+            sealbuf = NULL;
         }
+    }
 
+    if (sealbuf == NULL) {
+        goto done;
+    }
+
+    if (seal_u64(sealbuf, "segment", &sseg) != 0 || sseg != seg
+        || seal_hash(sealbuf, "segment_root", sroot) != 0
+        || memcmp(sroot, root, 32) != 0
+        || seal_u64(sealbuf, "count", &sseg) != 0 || sseg != size)
+    {
+        fail(where, 0, 0, "inclusion", "the proof's root is not the "
+             "sealed root of segment %" PRIu64, seg);
         free(sealbuf);
+        goto done;
+    }
 
-        /* the seal itself must hold */
-        if (verify_dir(dir, keys) != 0) {
-            goto done;
-        }
+    free(sealbuf);
+
+    /* the seals before it and the records must hold too */
+    if (dir && verify_dir(dir, keys) != 0) {
+        goto done;
     }
 
     rc = 0;
@@ -1344,16 +1397,22 @@ main(int argc, char **argv)
     rep.ok = 1;
     sf_merkle_init();
 
-    if (path) {
-        if (keyfile == NULL) {
-            /* the gateway's default: audit.keys next to the folder */
-            snprintf(def, sizeof(def), "%s/../audit.keys", path);
-            keyfile = def;
-        }
+    if (path && keyfile == NULL) {
+        /* the gateway's default: audit.keys next to the folder */
+        snprintf(def, sizeof(def), "%s/../audit.keys", path);
+        keyfile = def;
+    }
 
-        if (load_keys(keyfile, &keys) != 0) {
-            return 2;
-        }
+    /* a proof holds only under a seal whose signature is checked */
+    if (keyfile == NULL) {
+        fprintf(stderr, "smartflow-verify: --proof without PATH needs "
+                "--keys FILE (or SMARTFLOW_AUDIT_KEYS) to check the "
+                "proof's seal\n");
+        return 2;
+    }
+
+    if (load_keys(keyfile, &keys) != 0) {
+        return 2;
     }
 
     if (proof) {

@@ -1,11 +1,16 @@
-# smartflow-verify against damaged input: proofs and seals cut short
-# anywhere are refused without reading past their end (the SMARTFLOW_ASAN
-# run checks that with the verifier built with AddressSanitizer).
+# smartflow-verify against made-up and damaged input: an inclusion proof
+# holds only under a seal signed with the gateway's key (the folder's
+# seal, or the one the proof carries), so a record made up with a tree of
+# its own, or a seal forged where the folder scan never looks (segment 0,
+# a nine-digit number), is refused; proofs and seals cut short anywhere
+# are refused without reading past their end (the SMARTFLOW_ASAN run
+# checks that with the verifier built with AddressSanitizer).
 
 use strict;
 use warnings;
 use FindBin;
 use lib "$FindBin::Bin/../lib";
+use Digest::SHA qw(sha256_hex);
 use JSON::PP;
 use Smartflow::Audit;
 use Test::More;
@@ -49,8 +54,57 @@ sub run {
 my $keys = $gw->keys_file;
 my $pf = "$work/proof.json";
 
-# the genuine proof cut short after each delimiter: never a crash
-my @crash;
+spew($pf, $genuine);
+is(run('--keys', $keys, '--proof', $pf), 0,
+   'a genuine proof holds alone, under the seal it carries');
+is(run('--proof', $pf), 2, 'a proof alone needs the key file');
+
+# the seal the proof carries, its root changed: its HMAC fails
+(my $bad = $genuine) =~ s/("seal":\{.*?"segment_root":")(.)/
+    $1 . ($2 eq '0' ? '1' : '0')/e;
+isnt($bad, $genuine, 'the carried seal altered');
+spew($pf, $bad);
+is(run('--keys', $keys, '--proof', $pf), 1,
+   'a proof whose seal was altered fails');
+
+# a record made up, with a one-leaf tree of its own
+my $rec = '{"time":"2026-01-01T00:00:00Z","request_id":"'
+          . ('ab' x 16) . '","model":"made-up","ts":1,"seq":999,'
+          . '"kid":"k1"}';
+my $leaf = sha256_hex("\x00" . $rec);
+my %made = (seq => 999, index => 0, size => 1, proof => [],
+            segment_root => $leaf, record_hex => unpack('H*', $rec));
+
+spew($pf, encode_json({ %made, segment => 1 }));
+is(run('--keys', $keys, '--proof', $pf), 1,
+   'a made-up proof without a seal fails');
+
+spew($pf, encode_json({ %made, segment => 1 }) =~ s/\}$/
+    ',"seal":' . encode_json($proof->{seal}) . '}'/er);
+is(run('--keys', $keys, '--proof', $pf), 1,
+   'a made-up proof carrying a genuine seal of another root fails');
+
+# a seal forged in the folder where the folder scan does not look
+for my $seg (0, 123456789) {
+    my $dir = $gw->copy_dir("$work/forged-$seg");
+    spew(sprintf('%s/segment-%08d.seal', $dir, $seg),
+         encode_json({ segment => $seg, count => 1,
+                       segment_root => $leaf }) . "\n");
+    spew($pf, encode_json({ %made, segment => $seg }));
+
+    ($rc) = $gw->verify($dir, '--proof', $pf);
+    is($rc, 1, "a made-up proof under a forged seal $seg fails");
+
+    # the genuine proof still holds against that folder
+    spew($pf, $genuine);
+    ($rc) = $gw->verify($dir, '--proof', $pf);
+    is($rc, 0, "the genuine proof holds beside the forged seal $seg");
+}
+
+# the genuine proof cut short after each delimiter: never a crash, and
+# refused while the part the verifier reads is cut
+my $end = index($genuine, ',"record":');
+my (@crash, @accepted);
 
 for my $at (1 .. length($genuine) - 1) {
     next unless substr($genuine, $at - 1, 1) =~ /[":\[,{]/
@@ -58,9 +112,11 @@ for my $at (1 .. length($genuine) - 1) {
     spew($pf, substr($genuine, 0, $at));
     my $r = run('--keys', $keys, '--proof', $pf);
     push @crash, "$at:$r" if $r != 0 && $r != 1;
+    push @accepted, $at if $r == 0 && $at < $end;
 }
 
 is("@crash", '', 'a proof cut short never crashes the verifier');
+is("@accepted", '', 'a proof cut short before its seal\'s end is refused');
 
 # the folder's seal of segment 1 cut short, one line still: refused
 my $dir = $gw->copy_dir("$work/cut-seal");
@@ -68,7 +124,7 @@ my $sealf = "$dir/segment-00000001.seal";
 my $seal = do { open my $fh, '<', $sealf or die; local $/; <$fh> };
 chomp $seal;
 spew($pf, $genuine);
-@crash = ();
+(@crash, @accepted) = ();
 
 for my $at (1 .. length($seal) - 1) {
     next unless substr($seal, $at - 1, 1) =~ /[":\[,{]/;
