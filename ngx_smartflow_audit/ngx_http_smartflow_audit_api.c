@@ -54,6 +54,8 @@ typedef struct {
 
 static ngx_int_t ngx_http_smartflow_audit_api_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_smartflow_audit_master(ngx_http_request_t *r);
+static ngx_int_t ngx_http_smartflow_audit_admin(ngx_http_request_t *r,
+    char *message);
 static ngx_int_t ngx_http_smartflow_audit_reply(ngx_http_request_t *r,
     ngx_uint_t status, char *type, u_char *data, size_t len);
 static ngx_int_t ngx_http_smartflow_audit_refuse(ngx_http_request_t *r,
@@ -347,20 +349,10 @@ ngx_http_smartflow_audit_api_handler(ngx_http_request_t *r)
     if (alcf->api == NGX_HTTP_SMARTFLOW_AUDIT_STATUS
         || alcf->api == NGX_HTTP_SMARTFLOW_AUDIT_LOGS)
     {
-        switch (ngx_http_smartflow_audit_master(r)) {
-
-        case NGX_HTTP_UNAUTHORIZED:
-            return ngx_http_smartflow_audit_refuse(r, NGX_HTTP_UNAUTHORIZED,
-                       "invalid_request_error", "missing_api_key",
-                       "You didn't provide an API key.");
-
-        case NGX_HTTP_FORBIDDEN:
-            return ngx_http_smartflow_audit_refuse(r, NGX_HTTP_FORBIDDEN,
-                       "permission_error", "admin_only",
-                       "This endpoint needs the master key.");
-
-        default:
-            break;
+        rc = ngx_http_smartflow_audit_admin(r, "This endpoint needs the "
+                                            "master key.");
+        if (rc != NGX_DECLINED) {
+            return rc;
         }
     }
 
@@ -430,6 +422,27 @@ ngx_http_smartflow_audit_master(ngx_http_request_t *r)
     }
 
     return NGX_OK;
+}
+
+
+/* NGX_DECLINED for the master key, else the refusal sent */
+static ngx_int_t
+ngx_http_smartflow_audit_admin(ngx_http_request_t *r, char *message)
+{
+    switch (ngx_http_smartflow_audit_master(r)) {
+
+    case NGX_HTTP_UNAUTHORIZED:
+        return ngx_http_smartflow_audit_refuse(r, NGX_HTTP_UNAUTHORIZED,
+                   "invalid_request_error", "missing_api_key",
+                   "You didn't provide an API key.");
+
+    case NGX_HTTP_FORBIDDEN:
+        return ngx_http_smartflow_audit_refuse(r, NGX_HTTP_FORBIDDEN,
+                   "permission_error", "admin_only", message);
+
+    default:
+        return NGX_DECLINED;
+    }
 }
 
 
@@ -819,7 +832,7 @@ ngx_http_smartflow_audit_query(ngx_http_request_t *r,
 {
     u_char                            *p, *dst, *src;
     size_t                             n;
-    ngx_int_t                          v;
+    ngx_int_t                          v, rc;
     ngx_str_t                          arg, id;
     ngx_uint_t                         i, nf;
     ngx_thread_task_t                 *task;
@@ -873,6 +886,20 @@ ngx_http_smartflow_audit_query(ngx_http_request_t *r,
             ngx_memcpy(q->id, id.data, 32);
 
         } else {
+            /*
+             * Numbers are guessed in order: by its number any record,
+             * with its key, team and bodies, is the master key's to
+             * read, as GET /api/vas/logs is; a receipt id is known
+             * only to the client that got it.
+             */
+            rc = ngx_http_smartflow_audit_admin(r, "A record is read by "
+                     "its number with the master key only, by its receipt "
+                     "id without.");
+            if (rc != NGX_DECLINED) {
+                ngx_free(task);
+                return rc;
+            }
+
             v = ngx_atoi(id.data, id.len);
             if (v <= 0) {
                 ngx_free(task);
