@@ -26,6 +26,14 @@
 
 #define NGX_HTTP_SMARTFLOW_AUDIT_FILTERS  4
 
+/*
+ * Queries in the thread pool at once, per worker: each may read the
+ * whole folder, and the pool also seals and ships; the next ones wait
+ * their turn in the worker, up to a bound, and past it are refused
+ */
+#define NGX_HTTP_SMARTFLOW_AUDIT_RUNNING  2
+#define NGX_HTTP_SMARTFLOW_AUDIT_WAITING  64
+
 
 typedef struct {
     u_char                     *data;
@@ -38,6 +46,9 @@ typedef struct {
 /* a query over the folder, run in a thread */
 typedef struct {
     ngx_http_request_t         *request;
+    ngx_thread_task_t          *task;
+    ngx_thread_pool_t          *pool;
+    ngx_queue_t                 queue;          /* waiting its turn */
     u_char                      dir[NGX_MAX_PATH];
     ngx_uint_t                  mode;
     u_char                      id[64];         /* receipt id */
@@ -68,9 +79,18 @@ static ngx_int_t ngx_http_smartflow_audit_query(ngx_http_request_t *r,
     ngx_http_smartflow_audit_main_conf_t *amcf, ngx_uint_t mode);
 static void ngx_http_smartflow_audit_query_thread(void *data,
     ngx_log_t *log);
+static ngx_int_t ngx_http_smartflow_audit_query_post(
+    ngx_http_smartflow_audit_query_t *q);
+static void ngx_http_smartflow_audit_query_next(void);
+static ngx_int_t ngx_http_smartflow_audit_busy(ngx_http_request_t *r);
 static void ngx_http_smartflow_audit_query_done(ngx_event_t *ev);
 static void ngx_http_smartflow_audit_query_free(
     ngx_http_smartflow_audit_query_t *q);
+
+
+static ngx_queue_t  ngx_http_smartflow_audit_waiting;
+static ngx_uint_t   ngx_http_smartflow_audit_nwaiting;
+static ngx_uint_t   ngx_http_smartflow_audit_running;
 
 
 /* latency buckets, milliseconds */
@@ -850,6 +870,8 @@ ngx_http_smartflow_audit_query(ngx_http_request_t *r,
 
     q = (ngx_http_smartflow_audit_query_t *) (task + 1);
     q->request = r;
+    q->task = task;
+    q->pool = amcf->pool;
     q->mode = mode;
     q->limit = 100;
     q->to = INT64_MAX;
@@ -1005,19 +1027,38 @@ ngx_http_smartflow_audit_query(ngx_http_request_t *r,
         }
     }
 
-    /* the thread reads the files: what the buffer holds goes there first */
-    (void) ngx_http_smartflow_audit_flush(amcf, r->connection->log);
-
     task->ctx = q;
     task->handler = ngx_http_smartflow_audit_query_thread;
     task->event.handler = ngx_http_smartflow_audit_query_done;
     task->event.data = task;
     task->event.log = r->connection->log;
 
-    if (ngx_thread_task_post(amcf->pool, task) != NGX_OK) {
+    if (ngx_http_smartflow_audit_running < NGX_HTTP_SMARTFLOW_AUDIT_RUNNING) {
+        if (ngx_http_smartflow_audit_query_post(q) != NGX_OK) {
+            ngx_http_smartflow_audit_query_free(q);
+            ngx_free(task);
+            return ngx_http_smartflow_audit_busy(r);
+        }
+
+    } else if (ngx_http_smartflow_audit_nwaiting
+               < NGX_HTTP_SMARTFLOW_AUDIT_WAITING)
+    {
+        if (ngx_http_smartflow_audit_waiting.next == NULL) {
+            ngx_queue_init(&ngx_http_smartflow_audit_waiting);
+        }
+
+        ngx_queue_insert_tail(&ngx_http_smartflow_audit_waiting, &q->queue);
+        ngx_http_smartflow_audit_nwaiting++;
+
+    } else {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "smartflow audit: %ui queries wait for the thread "
+                      "pool already, \"%V\" refused",
+                      ngx_http_smartflow_audit_nwaiting, &r->uri);
+
         ngx_http_smartflow_audit_query_free(q);
         ngx_free(task);
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return ngx_http_smartflow_audit_busy(r);
     }
 
     /* the request waits for the thread, and outlives a client gone */
@@ -1037,6 +1078,82 @@ bad_arg:
                "Filters: from, to (epoch seconds), key, team, model, "
                "status (100-999); paging: after (a record number), limit "
                "(1-1000).");
+}
+
+
+/* to the thread pool, the buffer written first: the thread reads files */
+static ngx_int_t
+ngx_http_smartflow_audit_query_post(ngx_http_smartflow_audit_query_t *q)
+{
+    ngx_http_smartflow_audit_main_conf_t  *amcf;
+
+    amcf = ngx_http_get_module_main_conf(q->request,
+                                         ngx_http_smartflow_audit_module);
+
+    (void) ngx_http_smartflow_audit_flush(amcf, q->request->connection->log);
+
+    if (ngx_thread_task_post(q->pool, q->task) != NGX_OK) {
+        ngx_log_error(NGX_LOG_ERR, q->request->connection->log, 0,
+                      "smartflow audit: \"%V\" could not be queued in the "
+                      "thread pool", &q->request->uri);
+        return NGX_ERROR;
+    }
+
+    ngx_http_smartflow_audit_running++;
+
+    return NGX_OK;
+}
+
+
+/* the queries waiting their turn, as threads come free */
+static void
+ngx_http_smartflow_audit_query_next(void)
+{
+    ngx_int_t                          rc;
+    ngx_queue_t                       *qu;
+    ngx_connection_t                  *c;
+    ngx_thread_task_t                 *task;
+    ngx_http_request_t                *r;
+    ngx_http_smartflow_audit_query_t  *q;
+
+    while (ngx_http_smartflow_audit_nwaiting
+           && ngx_http_smartflow_audit_running
+              < NGX_HTTP_SMARTFLOW_AUDIT_RUNNING)
+    {
+        qu = ngx_queue_head(&ngx_http_smartflow_audit_waiting);
+        ngx_queue_remove(qu);
+        ngx_http_smartflow_audit_nwaiting--;
+
+        q = ngx_queue_data(qu, ngx_http_smartflow_audit_query_t, queue);
+
+        if (ngx_http_smartflow_audit_query_post(q) == NGX_OK) {
+            continue;
+        }
+
+        r = q->request;
+        c = r->connection;
+        task = q->task;
+
+        r->main->blocked--;
+        r->aio = 0;
+
+        ngx_http_smartflow_audit_query_free(q);
+        ngx_free(task);
+
+        rc = ngx_http_smartflow_audit_busy(r);
+
+        ngx_http_finalize_request(r, rc);
+        ngx_http_run_posted_requests(c);
+    }
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_audit_busy(ngx_http_request_t *r)
+{
+    return ngx_http_smartflow_audit_refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+               "api_error", "audit_busy", "Too many audit queries at once; "
+               "try again later.");
 }
 
 
@@ -1610,8 +1727,16 @@ ngx_http_smartflow_audit_query_done(ngx_event_t *ev)
     r->main->blocked--;
     r->aio = 0;
 
+    ngx_http_smartflow_audit_running--;
+
     if (q->out.failed) {
-        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        ngx_log_error(NGX_LOG_ERR, c->log, 0,
+                      "smartflow audit: no memory for the answer to \"%V\"",
+                      &r->uri);
+
+        rc = ngx_http_smartflow_audit_refuse(r,
+                 NGX_HTTP_INTERNAL_SERVER_ERROR, "api_error", "no_memory",
+                 "The answer could not be built.");
 
     } else if (q->status == NGX_HTTP_NOT_FOUND) {
         rc = ngx_http_smartflow_audit_refuse(r, NGX_HTTP_NOT_FOUND,
@@ -1636,4 +1761,6 @@ ngx_http_smartflow_audit_query_done(ngx_event_t *ev)
 
     ngx_http_finalize_request(r, rc);
     ngx_http_run_posted_requests(c);
+
+    ngx_http_smartflow_audit_query_next();
 }

@@ -57,6 +57,7 @@ sub new {
         server  => $o{server} // '',
         keys    => $o{keys},
         user    => $o{user},
+        main    => $o{main} // '',
     }, $class;
     return $self;
 }
@@ -105,6 +106,7 @@ load_module $mods/ngx_http_smartflow_audit_module.so;
 ${user}worker_processes $self->{workers};
 error_log logs/error.log info;
 pid logs/nginx.pid;
+$self->{main}
 events { worker_connections 256; }
 http {
     access_log off;
