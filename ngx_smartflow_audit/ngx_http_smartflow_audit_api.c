@@ -26,6 +26,9 @@
 
 #define NGX_HTTP_SMARTFLOW_AUDIT_FILTERS  4
 
+/* from and to, epoch seconds up to 9999-12-31: milliseconds fit in 64 bits */
+#define NGX_HTTP_SMARTFLOW_AUDIT_TIME_MAX  253402300799LL
+
 /*
  * Queries in the thread pool at once, per worker: each may read the
  * whole folder, and the pool also seals and ships; the next ones wait
@@ -992,7 +995,7 @@ ngx_http_smartflow_audit_query(ngx_http_request_t *r,
 
         if (ngx_http_arg(r, (u_char *) "from", 4, &arg) == NGX_OK) {
             v = ngx_atoi(arg.data, arg.len);
-            if (v == NGX_ERROR) {
+            if (v == NGX_ERROR || v > NGX_HTTP_SMARTFLOW_AUDIT_TIME_MAX) {
                 goto bad_arg;
             }
 
@@ -1001,7 +1004,7 @@ ngx_http_smartflow_audit_query(ngx_http_request_t *r,
 
         if (ngx_http_arg(r, (u_char *) "to", 2, &arg) == NGX_OK) {
             v = ngx_atoi(arg.data, arg.len);
-            if (v == NGX_ERROR) {
+            if (v == NGX_ERROR || v > NGX_HTTP_SMARTFLOW_AUDIT_TIME_MAX) {
                 goto bad_arg;
             }
 
@@ -1075,7 +1078,8 @@ bad_arg:
 
     return ngx_http_smartflow_audit_refuse(r, NGX_HTTP_BAD_REQUEST,
                "invalid_request_error", "invalid_parameter",
-               "Filters: from, to (epoch seconds), key, team, model, "
+               "Filters: from, to (epoch seconds, to 253402300799), key, "
+               "team, model, "
                "status (100-999); paging: after (a record number), limit "
                "(1-1000).");
 }

@@ -176,6 +176,12 @@ is_deeply(\@seqs, [ 1 .. 8 ], 'the pages hold every record once, in order');
 is(logs('limit=0'), 400, 'a bad limit: 400');
 is(logs('status=abc'), 400, 'a bad status: 400');
 
+# times whose milliseconds do not fit in 64 bits: refused, not wrapped
+is(logs('to=9223372036854775'), 400, 'a "to" past the year 9999: 400');
+is(logs('from=9223372036854775'), 400, 'a "from" past the year 9999: 400');
+is(scalar @{ logs('to=253402300799')->{data} }, 8,
+   'the year 9999 is the last "to"');
+
 # metrics, parsed by prometheus_client
 my $m = $gw->get('/metrics', key => undef);
 is($m->{status}, 200, 'metrics');
