@@ -13,6 +13,7 @@
  * segment first, backing off while the endpoint fails.
  */
 
+#include <sys/file.h>
 #include <curl/curl.h>
 #include <openssl/evp.h>
 
@@ -74,6 +75,8 @@ static ngx_uint_t          ngx_http_smartflow_audit_s3_unremoved;
 
 static void ngx_http_smartflow_audit_s3_timer(ngx_event_t *ev);
 static void ngx_http_smartflow_audit_s3_thread(void *data, ngx_log_t *log);
+static void ngx_http_smartflow_audit_s3_round(
+    ngx_http_smartflow_audit_s3_t *s);
 static void ngx_http_smartflow_audit_s3_done(ngx_event_t *ev);
 
 
@@ -774,11 +777,76 @@ ngx_http_smartflow_audit_s3_remove(ngx_http_smartflow_audit_s3_t *s,
 }
 
 
+/*
+ * One round at a time in the folder: after a reload the old worker's
+ * round may still run when the new worker's first one starts, and each
+ * would put the same objects.  The round holds an flock on DIR/.s3.lock;
+ * NGX_DECLINED while another process holds it.
+ */
+static ngx_int_t
+ngx_http_smartflow_audit_s3_lock(ngx_http_smartflow_audit_s3_t *s,
+    ngx_fd_t *fd)
+{
+    u_char  path[NGX_MAX_PATH];
+
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/.s3.lock%Z", s->dir);
+
+    *fd = open((char *) path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (*fd == NGX_INVALID_FILE) {
+        snprintf(s->err, sizeof(s->err), "open(%s) failed: %s", path,
+                 strerror(errno));
+        return NGX_ERROR;
+    }
+
+    if (flock(*fd, LOCK_EX | LOCK_NB) == -1) {
+        if (errno == EWOULDBLOCK) {
+            (void) ngx_close_file(*fd);
+            *fd = NGX_INVALID_FILE;
+            return NGX_DECLINED;
+        }
+
+        snprintf(s->err, sizeof(s->err), "flock(%s) failed: %s", path,
+                 strerror(errno));
+        (void) ngx_close_file(*fd);
+        *fd = NGX_INVALID_FILE;
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
 static void
 ngx_http_smartflow_audit_s3_thread(void *data, ngx_log_t *log)
 {
     ngx_http_smartflow_audit_s3_t  *s = data;
 
+    ngx_fd_t  lock;
+
+    s->err[0] = '\0';
+    s->backlog = 0;
+    s->segments = 0;
+    s->objects = 0;
+    s->bytes = 0;
+    s->removed = 0;
+    s->unremoved = 0;
+    s->warn[0] = '\0';
+
+    s->rc = ngx_http_smartflow_audit_s3_lock(s, &lock);
+    if (s->rc != NGX_OK) {
+        return;
+    }
+
+    ngx_http_smartflow_audit_s3_round(s);
+
+    /* closing the file gives the lock back */
+    (void) ngx_close_file(lock);
+}
+
+
+static void
+ngx_http_smartflow_audit_s3_round(ngx_http_smartflow_audit_s3_t *s)
+{
     size_t           len;
     ngx_int_t        rc;
     ngx_str_t        name, d;
@@ -788,16 +856,6 @@ ngx_http_smartflow_audit_s3_thread(void *data, ngx_log_t *log)
     u_char           path[NGX_MAX_PATH], file[64];
     u_char           manifest[3 * 1400 + 256];
     static char     *ext[] = { "log", "seal", "tsr" };
-
-    s->rc = NGX_OK;
-    s->err[0] = '\0';
-    s->backlog = 0;
-    s->segments = 0;
-    s->objects = 0;
-    s->bytes = 0;
-    s->removed = 0;
-    s->unremoved = 0;
-    s->warn[0] = '\0';
 
     d.data = s->dir;
     d.len = ngx_strlen(s->dir);
@@ -895,6 +953,14 @@ ngx_http_smartflow_audit_s3_thread(void *data, ngx_log_t *log)
             }
         }
 
+        /*
+         * A worker told to quit ends its round here, between segments:
+         * the next worker's round goes on from the folder
+         */
+        if (ngx_exiting || ngx_quit || ngx_terminate) {
+            break;
+        }
+
         len = 0;
         rc = NGX_OK;
 
@@ -967,6 +1033,20 @@ ngx_http_smartflow_audit_s3_done(ngx_event_t *ev)
 
     shpool = (ngx_slab_pool_t *) s->amcf->zone->shm.addr;
     sh = shpool->data;
+
+    if (s->rc == NGX_DECLINED) {
+        /* another process's round runs: its worker is on its way out */
+        ngx_log_error(NGX_LOG_INFO, ev->log, 0,
+                      "smartflow audit: another process ships to S3, "
+                      "next round in %Mms", s->amcf->s3_interval);
+
+        if (!(ngx_exiting || ngx_quit || ngx_terminate)) {
+            ngx_add_timer(&ngx_http_smartflow_audit_s3_ev,
+                          s->amcf->s3_interval);
+        }
+
+        return;
+    }
 
     ngx_shmtx_lock(&shpool->mutex);
     sh->s3_backlog = s->backlog;

@@ -18,8 +18,9 @@ package Smartflow::S3;
 # InvalidRequest...), keeps each object under DIR/objects/BUCKET/KEY with
 # its lock in KEY.lock, and logs every request as one line of
 # DIR/requests.log: "STATUS KEY CODE".  It can be told to fail
-# (->fail(503)), to expect another secret (->secret('...')), or be
-# stopped and started again (down, then up).
+# (->fail(503)), to expect another secret (->secret('...')), to take its
+# time over each answer (->delay(0.5), seconds), or be stopped and
+# started again (down, then up).
 #
 #     my $s3 = Smartflow::S3->new(dir => $dir);
 #     $s3->start; ... $s3->stop;
@@ -51,6 +52,7 @@ sub new {
     File::Path::make_path("$self->{dir}/objects");
     $self->secret($self->{secret});
     $self->fail(0);
+    $self->delay(0);
     return $self;
 }
 
@@ -79,6 +81,7 @@ sub _get_file {
 # what the server checks against: the control files, read per request
 sub secret { _put_file("$_[0]{dir}/secret", $_[1]) }
 sub fail   { _put_file("$_[0]{dir}/fail", $_[1] // 0) }
+sub delay  { _put_file("$_[0]{dir}/delay", $_[1] // 0) }
 
 # the stored object and its lock
 sub object { _get_file("$_[0]{dir}/objects/$_[1]") }
@@ -232,6 +235,9 @@ sub handle {
         print $fh "@_\n";
         close $fh;
     };
+
+    my $delay = _get_file("$d/delay") // 0;
+    select undef, undef, undef, $delay if $delay > 0;
 
     my $fail = _get_file("$d/fail") // 0;
     if ($fail) {
