@@ -1150,27 +1150,37 @@ merkle_vectors(void)
 
 /*
  * An inclusion proof as GET /api/audit/proof/ID gives it:
- * {"seq":N,"segment":S,"index":I,"size":C,"proof":["HEX",...],
- *  "segment_root":"HEX","record_hex":"HEX of the line",...}
+ * {"seq":N,"segment":S,"record_sha256":"HEX","sealed":true,"index":I,
+ *  "size":C,"leaf_hash":"HEX","proof":["HEX",...],"segment_root":"HEX",
+ *  "record_hex":"HEX of the line","seal":{...},"record":{...}}
  * The leaf is hashed from the record itself, and the root must be the
  * one a signed seal gives for that segment: the folder's with PATH (and
  * the folder must verify), else the "seal" the proof carries, checked
- * against the key file.  A proof for a record whose segment
- * was shipped and removed carries no record, only "leaf_hash": the
+ * against the key file.  What the proof shows must be what it proves:
+ * each field once, its seq, hashes and "record" those of the record, its
+ * seal the one checked.  A proof for a record whose segment was shipped
+ * and removed carries no record ("record":null), only "leaf_hash": the
  * record fetched from the bucket must hash to it (SHA-256 of 0x00 and
  * its line).
  */
 static int
 verify_proof(const char *file, const char *dir, const sf_audit_keys_t *keys)
 {
-    int            np, rc;
-    char          *buf, *rec, seal[4096], *sealbuf;
-    size_t         len, slen, rlen;
-    state_t        st;
-    uint64_t       seg, index, size, sseg;
-    const char    *p, *q, *where;
-    unsigned char  leaf[32], root[32], sroot[32];
-    hash_t         proof[SF_MERKLE_MAX_LEVEL];
+    int               np, rc;
+    char             *buf, *rec, *sealbuf, *sp, *tail, *end;
+    char              seal[4096], key[64];
+    size_t            len, slen, rlen, i;
+    state_t           st;
+    uint64_t          seq, seg, index, size, sseg, first;
+    const char       *p, *q, *why, *where;
+    unsigned char     leaf[32], root[32], sroot[32], h[32], digest[32];
+    hash_t            proof[SF_MERKLE_MAX_LEVEL];
+    sf_audit_tail_t   t;
+
+    static const char  *fields[] = { "seq", "segment", "record_sha256",
+                                     "sealed", "index", "size", "leaf_hash",
+                                     "proof", "segment_root", "record_hex",
+                                     NULL };
 
     buf = read_file(file, &len);
     if (buf == NULL) {
@@ -1180,9 +1190,32 @@ verify_proof(const char *file, const char *dir, const sf_audit_keys_t *keys)
 
     rc = -1;
     rec = NULL;
+    sealbuf = NULL;
 
-    if (seal_u64(buf, "segment", &seg) || seal_u64(buf, "index", &index)
-        || seal_u64(buf, "size", &size)
+    /* the proof's own fields, the seal it carries, the record shown */
+    sp = strstr(buf, ",\"seal\":{");
+    tail = sp ? strchr(sp + 8, '}') : NULL;
+
+    if (tail == NULL || strlen(buf) != len) {
+        fail(file, 0, 0, "proof", "no seal");
+        goto done;
+    }
+
+    *sp = '\0';
+    tail++;
+
+    for (i = 0; fields[i]; i++) {
+        snprintf(key, sizeof(key), "\"%s\":", fields[i]);
+        p = strstr(buf, key);
+
+        if (p && strstr(p + 1, key)) {
+            fail(file, 0, 0, "proof", "\"%s\" given twice", fields[i]);
+            goto done;
+        }
+    }
+
+    if (seal_u64(buf, "seq", &seq) || seal_u64(buf, "segment", &seg)
+        || seal_u64(buf, "index", &index) || seal_u64(buf, "size", &size)
         || seal_hash(buf, "segment_root", root))
     {
         fail(file, 0, 0, "proof", "not an inclusion proof");
@@ -1190,11 +1223,17 @@ verify_proof(const char *file, const char *dir, const sf_audit_keys_t *keys)
     }
 
     p = seal_field(buf, "record_hex");
-    if (p == NULL && seal_hash(buf, "leaf_hash", leaf) == 0) {
+
+    if (p == NULL) {
+        if (seal_hash(buf, "leaf_hash", leaf) != 0) {
+            fail(file, 0, 0, "proof", "no record");
+            goto done;
+        }
+
         goto leaf;
     }
 
-    if (p == NULL || *p != '"' || (q = strchr(p + 1, '"')) == NULL) {
+    if (*p != '"' || (q = strchr(p + 1, '"')) == NULL) {
         fail(file, 0, 0, "proof", "no record");
         goto done;
     }
@@ -1210,9 +1249,59 @@ verify_proof(const char *file, const char *dir, const sf_audit_keys_t *keys)
         goto done;
     }
 
+    rec[rlen] = '\0';
+
+    if (memchr(rec, '\0', rlen) || memchr(rec, '\n', rlen)
+        || sf_audit_tail_parse(rec, rlen, &t, &why) != 0)
+    {
+        fail(file, 0, seq, "proof", "the record is not a record line");
+        goto done;
+    }
+
+    if (t.seq != seq) {
+        fail(file, 0, seq, "proof", "the proof names record %" PRIu64
+             ", its record is %" PRIu64, seq, t.seq);
+        goto done;
+    }
+
     sf_merkle_leaf((unsigned char *) rec, rlen, leaf);
 
+    if (seal_field(buf, "leaf_hash")
+        && (seal_hash(buf, "leaf_hash", h) != 0 || memcmp(h, leaf, 32)))
+    {
+        fail(file, 0, seq, "proof", "\"leaf_hash\" is not the record's");
+        goto done;
+    }
+
+    sf_sha256(rec, rlen, digest);
+
+    if (seal_field(buf, "record_sha256")
+        && (seal_hash(buf, "record_sha256", h) != 0
+            || memcmp(h, digest, 32)))
+    {
+        fail(file, 0, seq, "proof", "\"record_sha256\" is not the "
+             "record's");
+        goto done;
+    }
+
 leaf:
+
+    /* what follows the seal: the record shown, exactly, or none */
+    end = buf + len;
+
+    while (end > tail && (end[-1] == '\n' || end[-1] == '\r')) {
+        end--;
+    }
+
+    if (strncmp(tail, ",\"record\":", 10) != 0
+        || end - tail < 11 || end[-1] != '}'
+        || (rec ? ((size_t) (end - tail - 11) != rlen
+                   || memcmp(tail + 10, rec, rlen) != 0)
+                : (end - tail != 15 || strncmp(tail + 10, "null", 4) != 0)))
+    {
+        fail(file, 0, seq, "proof", "\"record\" is not the record proven");
+        goto done;
+    }
 
     p = seal_field(buf, "proof");
     if (p == NULL || *p++ != '[') {
@@ -1239,6 +1328,11 @@ leaf:
         }
     }
 
+    if (*p != ']') {
+        fail(file, 0, 0, "proof", "bad proof");
+        goto done;
+    }
+
     if (sf_merkle_verify_inclusion(index, size, leaf,
                                    (const unsigned char (*)[32]) proof, np,
                                    root)
@@ -1257,35 +1351,37 @@ leaf:
     memset(&st, 0, sizeof(state_t));
     st.keys = keys;
 
+    slen = tail - (sp + 8);
+    sealbuf = malloc(slen + 1);
+    if (sealbuf == NULL) {
+        fail(file, 0, 0, "memory", "out of memory");
+        goto done;
+    }
+
+    memcpy(sealbuf, sp + 8, slen);
+    sealbuf[slen] = '\0';
+
     if (dir) {
         snprintf(seal, sizeof(seal), "%s/segment-%08" PRIu64 ".seal", dir,
                  seg);
         where = seal;
+        free(sealbuf);
         sealbuf = read_seal(&st, seal);
+
+        /* the seal shown is the folder's */
+        if (sealbuf && (slen != strlen(sealbuf)
+                        || memcmp(sealbuf, sp + 8, slen) != 0))
+        {
+            fail(file, 0, 0, "proof", "the proof carries another seal "
+                 "than the folder's");
+            goto done;
+        }
 
     } else {
         where = file;
-        sealbuf = NULL;
-        p = seal_field(buf, "seal");
-
-        if (p == NULL || *p != '{' || (q = strchr(p, '}')) == NULL) {
-            fail(file, 0, 0, "proof", "no seal");
-            goto done;
-        }
-
-        slen = q - p + 1;
-        sealbuf = malloc(slen + 1);
-        if (sealbuf == NULL) {
-            fail(file, 0, 0, "memory", "out of memory");
-            goto done;
-        }
-
-        memcpy(sealbuf, p, slen);
-        sealbuf[slen] = '\0';
 
         if (check_seal(&st, file, sealbuf, slen) != 0) {
-            free(sealbuf);
-            sealbuf = NULL;
+            goto done;
         }
     }
 
@@ -1300,11 +1396,15 @@ leaf:
     {
         fail(where, 0, 0, "inclusion", "the proof's root is not the "
              "sealed root of segment %" PRIu64, seg);
-        free(sealbuf);
         goto done;
     }
 
-    free(sealbuf);
+    /* the segment's records are numbered on from its first */
+    if (seal_u64(sealbuf, "first", &first) != 0 || first + index != seq) {
+        fail(file, 0, seq, "proof", "record %" PRIu64 " is not the "
+             "segment's record at index %" PRIu64, seq, index);
+        goto done;
+    }
 
     /* the seals before it and the records must hold too */
     if (dir && verify_dir(dir, keys) != 0) {
@@ -1315,6 +1415,7 @@ leaf:
 
 done:
 
+    free(sealbuf);
     free(rec);
     free(buf);
 
