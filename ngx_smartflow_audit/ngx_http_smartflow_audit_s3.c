@@ -77,6 +77,8 @@ static void ngx_http_smartflow_audit_s3_timer(ngx_event_t *ev);
 static void ngx_http_smartflow_audit_s3_thread(void *data, ngx_log_t *log);
 static void ngx_http_smartflow_audit_s3_round(
     ngx_http_smartflow_audit_s3_t *s);
+static ngx_int_t ngx_http_smartflow_audit_s3_confirmed(u_char *done,
+    char *url, char *hex, u_char *line, size_t linelen);
 static void ngx_http_smartflow_audit_s3_done(ngx_event_t *ev);
 
 
@@ -404,10 +406,14 @@ ngx_http_smartflow_audit_s3_write(char *p, size_t size, size_t n, void *data)
 }
 
 
-/* one object: NGX_OK once the endpoint confirmed it, else NGX_AGAIN */
+/*
+ * One object: NGX_OK once the endpoint confirmed it, now or in an earlier
+ * round (its manifest line in done, for the same SHA-256: NGX_DONE),
+ * else NGX_AGAIN
+ */
 static ngx_int_t
 ngx_http_smartflow_audit_s3_put(ngx_http_smartflow_audit_s3_t *s,
-    u_char *name, u_char *line, size_t linelen)
+    u_char *name, u_char *line, size_t linelen, u_char *done)
 {
     int                                    b64;
     long                                   code;
@@ -484,6 +490,14 @@ ngx_http_smartflow_audit_s3_put(ngx_http_smartflow_audit_s3_t *s,
              "x-amz-object-lock-retain-until-date: %s", date);
 
     snprintf(url, sizeof(url), "%s/%s", s->url, name);
+
+    /* confirmed in an earlier round: not put again */
+    if (ngx_http_smartflow_audit_s3_confirmed(done, url, hex, line, linelen)
+        == NGX_OK)
+    {
+        free(data);
+        return NGX_DONE;
+    }
 
     rc = NGX_AGAIN;
     hdrs = NULL;
@@ -562,6 +576,72 @@ done:
     free(data);
 
     return rc;
+}
+
+
+/*
+ * The line of done ("URL SHA256 MODE DATE" lines) for this URL and
+ * SHA-256, copied to line: NGX_OK, else NGX_DECLINED
+ */
+static ngx_int_t
+ngx_http_smartflow_audit_s3_confirmed(u_char *done, char *url, char *hex,
+    u_char *line, size_t linelen)
+{
+    u_char  *p, *eol;
+    size_t   ulen;
+
+    ulen = ngx_strlen(url);
+
+    for (p = done; *p; p = eol + 1) {
+        eol = (u_char *) ngx_strchr(p, '\n');
+        if (eol == NULL) {
+            break;
+        }
+
+        if ((size_t) (eol - p) > ulen + 66
+            && ngx_strncmp(p, url, ulen) == 0 && p[ulen] == ' '
+            && ngx_strncmp(p + ulen + 1, hex, 64) == 0
+            && p[ulen + 65] == ' '
+            && (size_t) (eol - p) + 2 <= linelen)
+        {
+            ngx_memcpy(line, p, eol - p + 1);
+            line[eol - p + 1] = '\0';
+            return NGX_OK;
+        }
+    }
+
+    return NGX_DECLINED;
+}
+
+
+/*
+ * segment-N.shipping: the manifest lines of the objects S3 confirmed so
+ * far, while the segment is not marked; read into done (NUL-terminated)
+ */
+static void
+ngx_http_smartflow_audit_s3_progress(ngx_http_smartflow_audit_s3_t *s,
+    ngx_uint_t seg, u_char *done, size_t size)
+{
+    ssize_t   n;
+    ngx_fd_t  fd;
+    u_char    path[NGX_MAX_PATH];
+
+    done[0] = '\0';
+
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/segment-%08ui.shipping%Z", s->dir,
+                 seg);
+
+    fd = ngx_open_file(path, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (fd == NGX_INVALID_FILE) {
+        return;
+    }
+
+    n = read(fd, done, size - 1);
+    (void) ngx_close_file(fd);
+
+    if (n > 0) {
+        done[n] = '\0';
+    }
 }
 
 
@@ -854,7 +934,9 @@ ngx_http_smartflow_audit_s3_round(ngx_http_smartflow_audit_s3_t *s)
     ngx_uint_t       seg, min, max, i, stop, prune;
     ngx_file_info_t  fi;
     u_char           path[NGX_MAX_PATH], file[64];
+    u_char           progress[NGX_MAX_PATH];
     u_char           manifest[3 * 1400 + 256];
+    u_char           done[3 * 1400 + 256];
     static char     *ext[] = { "log", "seal", "tsr" };
 
     d.data = s->dir;
@@ -964,6 +1046,11 @@ ngx_http_smartflow_audit_s3_round(ngx_http_smartflow_audit_s3_t *s)
         len = 0;
         rc = NGX_OK;
 
+        ngx_http_smartflow_audit_s3_progress(s, seg, done, sizeof(done));
+
+        ngx_snprintf(progress, NGX_MAX_PATH, "%s/segment-%08ui.shipping%Z",
+                     s->dir, seg);
+
         for (i = 0; i < 3; i++) {
             ngx_snprintf(file, sizeof(file), "segment-%08ui.%s%Z", seg,
                          ext[i]);
@@ -976,12 +1063,29 @@ ngx_http_smartflow_audit_s3_round(ngx_http_smartflow_audit_s3_t *s)
             }
 
             rc = ngx_http_smartflow_audit_s3_put(s, file, manifest + len,
-                                                 sizeof(manifest) - len);
+                                                 sizeof(manifest) - len,
+                                                 done);
+
+            if (rc == NGX_DONE) {
+                len += ngx_strlen(manifest + len);
+                rc = NGX_OK;
+                continue;
+            }
+
             if (rc != NGX_OK) {
                 break;
             }
 
             len += ngx_strlen(manifest + len);
+
+            /* confirmed: a failure after it does not put it again */
+            if (ngx_http_smartflow_audit_write_ro(progress, manifest, len,
+                                                  s->err, sizeof(s->err))
+                != NGX_OK)
+            {
+                rc = NGX_ERROR;
+                break;
+            }
         }
 
         if (rc == NGX_OK) {
@@ -996,6 +1100,10 @@ ngx_http_smartflow_audit_s3_round(ngx_http_smartflow_audit_s3_t *s)
 
             } else {
                 rc = ngx_http_smartflow_audit_s3_mark(s, seg, manifest, len);
+            }
+
+            if (rc == NGX_OK) {
+                (void) unlink((char *) progress);
             }
         }
 

@@ -18,9 +18,10 @@ package Smartflow::S3;
 # InvalidRequest...), keeps each object under DIR/objects/BUCKET/KEY with
 # its lock in KEY.lock, and logs every request as one line of
 # DIR/requests.log: "STATUS KEY CODE".  It can be told to fail
-# (->fail(503)), to expect another secret (->secret('...')), to take its
-# time over each answer (->delay(0.5), seconds), or be stopped and
-# started again (down, then up).
+# (->fail(503), or only for the keys a pattern matches:
+# ->fail(503, '\.seal$')), to expect another secret (->secret('...')),
+# to take its time over each answer (->delay(0.5), seconds), or be
+# stopped and started again (down, then up).
 #
 #     my $s3 = Smartflow::S3->new(dir => $dir);
 #     $s3->start; ... $s3->stop;
@@ -80,7 +81,8 @@ sub _get_file {
 
 # what the server checks against: the control files, read per request
 sub secret { _put_file("$_[0]{dir}/secret", $_[1]) }
-sub fail   { _put_file("$_[0]{dir}/fail", $_[1] // 0) }
+sub fail   { _put_file("$_[0]{dir}/fail",
+                        ($_[1] // 0) . (defined $_[2] ? " $_[2]" : '')) }
 sub delay  { _put_file("$_[0]{dir}/delay", $_[1] // 0) }
 
 # the stored object and its lock
@@ -239,8 +241,8 @@ sub handle {
     my $delay = _get_file("$d/delay") // 0;
     select undef, undef, undef, $delay if $delay > 0;
 
-    my $fail = _get_file("$d/fail") // 0;
-    if ($fail) {
+    my ($fail, $only) = split ' ', _get_file("$d/fail") // 0, 2;
+    if ($fail && (!defined $only || $key =~ /$only/)) {
         $log->($fail, $key, 'SlowDown');
         return _error($c, $fail, 'SlowDown', 'Please reduce your request '
                                              . 'rate.');
