@@ -363,6 +363,11 @@ ngx_http_smartflow_audit_api_handler(ngx_http_request_t *r)
     }
 
     if (amcf->zone == NULL) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "smartflow audit: \"%V\" needs the audit trail, "
+                      "which is not configured (smartflow_audit_dir)",
+                      &r->uri);
+
         return ngx_http_smartflow_audit_refuse(r,
                    NGX_HTTP_SERVICE_UNAVAILABLE, "api_error",
                    "audit_off", "The audit trail is not configured "
