@@ -52,6 +52,8 @@ typedef struct {
 typedef struct {
     char                        data[NGX_HTTP_SMARTFLOW_AUDIT_S3_ANSWER];
     size_t                      len;
+    char                        checksum[64];   /* x-amz-checksum-sha256 */
+    unsigned                    etag:1;
 } ngx_http_smartflow_audit_s3_answer_t;
 
 
@@ -406,6 +408,66 @@ ngx_http_smartflow_audit_s3_write(char *p, size_t size, size_t n, void *data)
 }
 
 
+/* the answer's headers S3 confirms a PUT with: ETag, the checksum */
+static size_t
+ngx_http_smartflow_audit_s3_header(char *p, size_t size, size_t n,
+    void *data)
+{
+    size_t                                 len, vlen;
+    char                                  *v, *end;
+    ngx_http_smartflow_audit_s3_answer_t  *a = data;
+
+    len = size * n;
+    end = p + len;
+
+    /* a status line: an answer (after 100 Continue) starts afresh */
+    if (len > 5 && ngx_strncmp(p, "HTTP/", 5) == 0) {
+        a->etag = 0;
+        a->checksum[0] = '\0';
+        return len;
+    }
+
+    for (v = p; v < end && *v != ':'; v++) {
+        /* void */
+    }
+
+    if (v == end) {
+        return len;
+    }
+
+    if (v - p == 4 && ngx_strncasecmp((u_char *) p, (u_char *) "etag", 4)
+                      == 0)
+    {
+        a->etag = 1;
+        return len;
+    }
+
+    if (v - p != sizeof("x-amz-checksum-sha256") - 1
+        || ngx_strncasecmp((u_char *) p, (u_char *) "x-amz-checksum-sha256",
+                           v - p)
+           != 0)
+    {
+        return len;
+    }
+
+    for (v++; v < end && (*v == ' ' || *v == '\t'); v++) {
+        /* void */
+    }
+
+    while (end > v && (end[-1] == '\r' || end[-1] == '\n'
+                       || end[-1] == ' '))
+    {
+        end--;
+    }
+
+    vlen = ngx_min((size_t) (end - v), sizeof(a->checksum) - 1);
+    ngx_memcpy(a->checksum, v, vlen);
+    a->checksum[vlen] = '\0';
+
+    return len;
+}
+
+
 /*
  * One object: NGX_OK once the endpoint confirmed it, now or in an earlier
  * round (its manifest line in done, for the same SHA-256: NGX_DONE),
@@ -503,6 +565,8 @@ ngx_http_smartflow_audit_s3_put(ngx_http_smartflow_audit_s3_t *s,
     hdrs = NULL;
     answer.len = 0;
     answer.data[0] = '\0';
+    answer.checksum[0] = '\0';
+    answer.etag = 0;
 
     curl = curl_easy_init();
 
@@ -535,6 +599,9 @@ ngx_http_smartflow_audit_s3_put(ngx_http_smartflow_audit_s3_t *s,
     curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION,
                      ngx_http_smartflow_audit_s3_write);
     curl_easy_setopt(curl, CURLOPT_WRITEDATA, &answer);
+    curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION,
+                     ngx_http_smartflow_audit_s3_header);
+    curl_easy_setopt(curl, CURLOPT_HEADERDATA, &answer);
 
     cc = curl_easy_perform(curl);
 
@@ -554,6 +621,21 @@ ngx_http_smartflow_audit_s3_put(ngx_http_smartflow_audit_s3_t *s,
         snprintf(s->err, sizeof(s->err), "PUT %s answered %ld%s%.*s", url,
                  code, e ? " " : "", e ? (int) (e - c - 6) : 0,
                  e ? c + 6 : "");
+        goto done;
+    }
+
+    /*
+     * S3 confirms a PUT with the object's ETag, and echoes the checksum
+     * it checked: a 200 without them is not a stored object (another
+     * server at the URL, a proxy's page), and the segment would be
+     * removed from the folder on its word
+     */
+    if (!answer.etag
+        || (answer.checksum[0] && ngx_strcmp(answer.checksum, sha64) != 0))
+    {
+        snprintf(s->err, sizeof(s->err), "PUT %s answered 200 %s: not "
+                 "an S3 endpoint?", url,
+                 answer.etag ? "with another checksum" : "without an ETag");
         goto done;
     }
 

@@ -20,8 +20,9 @@ package Smartflow::S3;
 # DIR/requests.log: "STATUS KEY CODE".  It can be told to fail
 # (->fail(503), or only for the keys a pattern matches:
 # ->fail(503, '\.seal$')), to expect another secret (->secret('...')),
-# to take its time over each answer (->delay(0.5), seconds), or be
-# stopped and started again (down, then up).
+# to take its time over each answer (->delay(0.5), seconds), to answer
+# like a server that is not S3 (->not_s3(1): a bare 200, nothing kept),
+# or be stopped and started again (down, then up).
 #
 #     my $s3 = Smartflow::S3->new(dir => $dir);
 #     $s3->start; ... $s3->stop;
@@ -54,6 +55,7 @@ sub new {
     $self->secret($self->{secret});
     $self->fail(0);
     $self->delay(0);
+    $self->not_s3(0);
     return $self;
 }
 
@@ -84,6 +86,7 @@ sub secret { _put_file("$_[0]{dir}/secret", $_[1]) }
 sub fail   { _put_file("$_[0]{dir}/fail",
                         ($_[1] // 0) . (defined $_[2] ? " $_[2]" : '')) }
 sub delay  { _put_file("$_[0]{dir}/delay", $_[1] // 0) }
+sub not_s3 { _put_file("$_[0]{dir}/not_s3", $_[1] // 0) }
 
 # the stored object and its lock
 sub object { _get_file("$_[0]{dir}/objects/$_[1]") }
@@ -240,6 +243,14 @@ sub handle {
 
     my $delay = _get_file("$d/delay") // 0;
     select undef, undef, undef, $delay if $delay > 0;
+
+    if (_get_file("$d/not_s3")) {
+        $log->(200, $key, 'NotS3');
+        my $res = HTTP::Response->new(200);
+        $res->header('Content-Type' => 'text/html');
+        $res->content("<html><body>OK</body></html>\n");
+        return $c->send_response($res);
+    }
 
     my ($fail, $only) = split ' ', _get_file("$d/fail") // 0, 2;
     if ($fail && (!defined $only || $key =~ /$only/)) {
