@@ -261,9 +261,10 @@ cmp_u64(const void *a, const void *b)
 
 typedef struct {
     const sf_audit_keys_t  *keys;
-    hash_t                 *leaves;         /* every record read */
+    hash_t                 *leaves;         /* the segment's records */
     uint64_t                nleaves;
-    uint64_t                base;           /* records before: removed */
+    uint64_t                base;           /* records before the segment */
+    uint64_t                records;        /* records read */
     uint64_t                cap;
     sf_merkle_frontier_t    log;
     unsigned char           head[32];
@@ -740,6 +741,7 @@ verify_segment(state_t *st, const char *path, uint64_t *first,
 {
     char                  *buf, *p, *end, *eol;
     size_t                 len;
+    hash_t                *more;
     uint64_t               line;
     const char            *why;
     sf_audit_tail_t        t;
@@ -757,6 +759,10 @@ verify_segment(state_t *st, const char *path, uint64_t *first,
     p = buf;
     end = buf + len;
     line = 0;
+
+    /* the leaves kept are the segment's: the log tree is a frontier */
+    st->base += st->nleaves;
+    st->nleaves = 0;
 
     while (p < end) {
         line++;
@@ -813,17 +819,21 @@ verify_segment(state_t *st, const char *path, uint64_t *first,
         }
 
         if (st->nleaves == st->cap) {
-            st->cap = st->cap ? 2 * st->cap : 1024;
-            st->leaves = realloc(st->leaves, st->cap * sizeof(hash_t));
-            if (st->leaves == NULL) {
+            more = realloc(st->leaves, 2 * st->cap * sizeof(hash_t)
+                                       + 1024 * sizeof(hash_t));
+            if (more == NULL) {
                 fail(path, line, t.seq, "memory", "out of memory");
                 goto bad;
             }
+
+            st->leaves = more;
+            st->cap = 2 * st->cap + 1024;
         }
 
         sf_merkle_leaf((unsigned char *) p, eol - p, st->leaves[st->nleaves]);
         sf_merkle_frontier_append(&st->log, st->leaves[st->nleaves]);
         st->nleaves++;
+        st->records++;
 
         memcpy(st->head, st->leaves[st->nleaves - 1], 32);
         st->seq = t.seq;
@@ -851,6 +861,7 @@ verify_dir(const char *dir, const sf_audit_keys_t *keys)
 {
     int             unsealed_seen;
     DIR            *d;
+    void           *p;
     char            path[4096], seal[4096], mark[4096];
     size_t          nsegs, nseals, cap, scap, i, j;
     uint64_t       *segs, *seals, n, first, count, start, k;
@@ -885,7 +896,12 @@ verify_dir(const char *dir, const sf_audit_keys_t *keys)
         if (strcmp(ext, "log") == 0) {
             if (nsegs == cap) {
                 cap = cap ? 2 * cap : 64;
-                segs = realloc(segs, cap * sizeof(uint64_t));
+                p = realloc(segs, cap * sizeof(uint64_t));
+                if (p == NULL) {
+                    break;
+                }
+
+                segs = p;
             }
 
             segs[nsegs++] = n;
@@ -893,7 +909,12 @@ verify_dir(const char *dir, const sf_audit_keys_t *keys)
         } else if (strcmp(ext, "seal") == 0) {
             if (nseals == scap) {
                 scap = scap ? 2 * scap : 64;
-                seals = realloc(seals, scap * sizeof(uint64_t));
+                p = realloc(seals, scap * sizeof(uint64_t));
+                if (p == NULL) {
+                    break;
+                }
+
+                seals = p;
             }
 
             seals[nseals++] = n;
@@ -901,6 +922,13 @@ verify_dir(const char *dir, const sf_audit_keys_t *keys)
     }
 
     closedir(d);
+
+    if (de != NULL) {
+        fail(dir, 0, 0, "memory", "out of memory");
+        free(segs);
+        free(seals);
+        return -1;
+    }
 
     if (nsegs) {
         qsort(segs, nsegs, sizeof(uint64_t), cmp_u64);
@@ -1064,7 +1092,7 @@ verify_dir(const char *dir, const sf_audit_keys_t *keys)
 
 done:
 
-    rep.records = st.nleaves;
+    rep.records = st.records;
     rep.log_size = st.base + st.nleaves;
     sf_audit_hex(st.head, 32, rep.head);
     sf_merkle_frontier_root(&st.log, st.prev_root);
