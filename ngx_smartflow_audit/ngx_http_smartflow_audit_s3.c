@@ -1066,6 +1066,21 @@ ngx_http_smartflow_audit_s3_round(ngx_http_smartflow_audit_s3_t *s)
     prune = !s->keep;
 
     for (seg = min; seg <= max; seg++) {
+
+        /*
+         * Removed in order: never past a segment still in the folder,
+         * such as one whose seal failed and waits for the next start
+         */
+        if (prune && seg > 1) {
+            ngx_snprintf(path, NGX_MAX_PATH,
+                         "%s/" NGX_SMARTFLOW_AUDIT_SEGMENT "%Z", s->dir,
+                         seg - 1);
+
+            if (ngx_file_info(path, &fi) != NGX_FILE_ERROR) {
+                prune = 0;
+            }
+        }
+
         ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEAL "%Z",
                      s->dir, seg);
         if (ngx_file_info(path, &fi) == NGX_FILE_ERROR) {
