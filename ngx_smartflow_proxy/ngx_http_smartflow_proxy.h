@@ -235,6 +235,7 @@ typedef ngx_int_t (*ngx_smartflow_sse_pt)(void *data,
 
 typedef struct {
     ngx_pool_t                 *pool;
+    ngx_pool_t                 *scratch; /* joined "data:" lines, or NULL */
     u_char                     *buf;     /* carry-over of an unfinished event */
     size_t                      len;
     size_t                      size;
@@ -243,7 +244,9 @@ typedef struct {
 
 /*
  * NGX_OK, NGX_ERROR (no memory, or what the handler returned), or
- * NGX_DECLINED when an event exceeds sse->max.
+ * NGX_DECLINED when an event exceeds sse->max.  The data of an event of
+ * several "data:" lines is joined in sse->scratch, a pool its owner resets
+ * after each event, or in sse->pool when there is none.
  */
 ngx_int_t ngx_smartflow_sse_feed(ngx_smartflow_sse_t *sse, u_char *p,
     size_t len, ngx_smartflow_sse_pt handler, void *data);
