@@ -612,6 +612,7 @@ typedef struct {
     ngx_str_t                   master_key;
     u_char                      master_hash[32];
     ngx_shm_zone_t             *zone;
+    ngx_uint_t                  zone_generation;    /* see _shm.c */
     ngx_uint_t                  balance;
     ngx_uint_t                  max_attempts;
     ngx_uint_t                  breaker_failures;
@@ -695,6 +696,7 @@ char *ngx_http_smartflow_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 void ngx_smartflow_shm_provider_result(ngx_http_smartflow_provider_t *p,
     ngx_uint_t status, ngx_uint_t failed);
+ngx_int_t ngx_smartflow_shm_init_process(ngx_cycle_t *cycle);
 ngx_int_t ngx_smartflow_sha256(u_char *data, size_t len, u_char *out);
 ngx_int_t ngx_http_smartflow_cost_init(ngx_conf_t *cf);
 char *ngx_http_smartflow_credentials_key(ngx_conf_t *cf, ngx_command_t *cmd,
