@@ -302,17 +302,32 @@ static ngx_int_t
 ngx_http_smartflow_cache_api_flush(ngx_http_request_t *r,
     ngx_smartflow_cache_zone_t *z)
 {
+    u_char                               *dst, *src;
     ngx_int_t                             rc;
-    ngx_str_t                             tenant, part[2];
+    ngx_str_t                             arg, tenant, part[2];
     ngx_uint_t                            n, nparts;
     ngx_http_smartflow_cache_loc_conf_t  *clcf;
 
     nparts = 0;
+    ngx_str_null(&tenant);
 
-    if (ngx_http_arg(r, (u_char *) "tenant", 6, &tenant) != NGX_OK) {
+    if (ngx_http_arg(r, (u_char *) "tenant", 6, &arg) != NGX_OK) {
         n = ngx_smartflow_cache_flush(z, NULL);
 
     } else {
+        /* the name as the team or key has it: "ml%20team" is "ml team" */
+        if (arg.len) {
+            tenant.data = ngx_pnalloc(r->pool, arg.len);
+            if (tenant.data == NULL) {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+
+            dst = tenant.data;
+            src = arg.data;
+            ngx_unescape_uri(&dst, &src, arg.len, 0);
+            tenant.len = dst - tenant.data;
+        }
+
         if (tenant.len == 0 || tenant.len > 256) {
             return ngx_http_smartflow_cache_api_error(r,
                        NGX_HTTP_BAD_REQUEST, "invalid_request_error",
