@@ -302,12 +302,17 @@ ngx_http_smartflow_cache_redis_found(ngx_http_request_t *r,
 }
 
 
-/* "sf1 EXPIRE PROMPT COMPLETION FINISH\n" ANSWER, copied out of the reply */
+/*
+ * "sf1 EXPIRE PROMPT COMPLETION FINISH\n" ANSWER, copied out of the reply.
+ * Only what a node writes is taken: a finish reason the store keeps (it
+ * goes into the JSON served as it is), token counts an entry holds, and
+ * the answer's text in UTF-8.
+ */
 static ngx_int_t
 ngx_http_smartflow_cache_redis_parse(ngx_pool_t *pool, redisReply *reply,
     ngx_smartflow_cache_found_t *f, time_t *expire)
 {
-    u_char     *p, *last, *nl, *sp;
+    u_char     *p, *last, *nl, *sp, *u;
     ngx_int_t   n[3];
     ngx_uint_t  i;
 
@@ -336,15 +341,30 @@ ngx_http_smartflow_cache_redis_parse(ngx_pool_t *pool, redisReply *reply,
         }
 
         n[i] = ngx_atoi(p, sp - p);
-        if (n[i] == NGX_ERROR) {
+        if (n[i] == NGX_ERROR
+            || (i > 0 && n[i] > (ngx_int_t) NGX_MAX_UINT32_VALUE))
+        {
             return NGX_ERROR;
         }
 
         p = sp + 1;
     }
 
-    if (p == nl || nl - p >= NGX_SMARTFLOW_CACHE_FINISH) {
+    if (!((nl - p == 4 && ngx_strncmp(p, "stop", 4) == 0)
+          || (nl - p == 6 && ngx_strncmp(p, "length", 6) == 0)))
+    {
         return NGX_ERROR;
+    }
+
+    for (u = nl + 1; u < last; /* void */) {
+        if (*u < 0x80) {
+            u++;
+            continue;
+        }
+
+        if (ngx_utf8_decode(&u, last - u) > 0x10ffff) {
+            return NGX_ERROR;
+        }
     }
 
     *expire = (time_t) n[0];

@@ -170,6 +170,38 @@ is $h->{'x-smartflow-cache'}, 'MISS', 'a damaged entry: a miss';
 is count($b, qr/smartflow cache: redis \S+ holds a damaged entry/), 1,
    'said once in the error log';
 
+# entries no node writes: a finish reason the store does not keep (this
+# one would break the JSON served), token counts past what an entry holds
+# (they would go to the savings), text that is not UTF-8: each a miss
+my $exp = int(time) + 60;
+my @bad = (
+    [ 'Which ocean is the largest?', qq(sf1 $exp 3 4 st"op\nThe Pacific.),
+      'a finish reason with a quote' ],
+    [ 'Which ocean is the coldest?',
+      qq(sf1 $exp 99999999999999 4 stop\nThe Arctic.),
+      'a prompt of 99999999999999 tokens' ],
+    [ 'Which ocean is the saltiest?', qq(sf1 $exp 3 4 stop\nThe \xff sea.),
+      'a byte that is not UTF-8' ],
+);
+for my $bad (@bad) {
+    my ($q, $entry, $what) = @$bad;
+    ask($a, $q);
+    my ($word) = $q =~ /(\w+)\?$/;
+    wait_for "$what: the entry is in Redis",
+        sub { grep { $c->redis_cli('GET', $_) =~ /$word/ } keys_in_redis() };
+    my ($k) = grep { $c->redis_cli('GET', $_) =~ /$word/ } keys_in_redis();
+    $c->redis_cli('SET', $k, $entry, 'EX', '60');
+    ($status, $body, $h) = ask($b, $q);
+    is $status, 200, "$what: answered";
+    is $h->{'x-smartflow-cache'}, 'MISS', "$what: a miss";
+    like $body, qr/"content":"Echo: \Q$q\E"/, "$what: the provider's answer";
+}
+is count($b, qr/smartflow cache: redis \S+ holds a damaged entry/), 4,
+   'each said in the error log';
+($status, $body) = $c->http($b, 'GET', '/api/metacache/stats', undef,
+                            @master);
+like $body, qr/"tokens_saved":\d{1,3},/, 'no damaged count in the savings';
+
 # statistics
 ($status, $body) = $c->http($b, 'GET', '/api/metacache/stats', undef,
                             @master);
