@@ -25,6 +25,7 @@ static ngx_uint_t ngx_http_smartflow_cache_percentile(
 ngx_int_t
 ngx_http_smartflow_cache_api_handler(ngx_http_request_t *r)
 {
+    u_char                                *end;
     ngx_int_t                              rc;
     ngx_str_t                              tail;
     ngx_smartflow_cache_zone_t            *z, **zp;
@@ -80,10 +81,15 @@ ngx_http_smartflow_cache_api_handler(ngx_http_request_t *r)
         return ngx_http_smartflow_cache_stats(r, z);
     }
 
-    if (tail.len == 0 || tail.len == 9
-        || (r->uri.len >= 10
-            && ngx_strncmp(r->uri.data + r->uri.len - 10, "/metacache", 10)
-               == 0))
+    /* ".../metacache", or ".../metacache/": no other path flushes */
+    end = r->uri.data + r->uri.len;
+
+    if (tail.len == 0) {
+        end--;
+    }
+
+    if (end - r->uri.data >= 10
+        && ngx_strncmp(end - 10, "/metacache", 10) == 0)
     {
         if (r->method != NGX_HTTP_DELETE) {
             return ngx_http_smartflow_cache_api_error(r,

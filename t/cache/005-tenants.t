@@ -159,3 +159,23 @@ POST /api/auth/virtual-keys
  qr/Echo: Team plan/]
 --- no_error_log
 [error]
+
+
+
+=== TEST 5: a path under the API that is not its own flushes nothing
+--- request eval
+[main::ask("Kept plan?"), main::ask("Kept plan?"),
+ "DELETE /api/metacache/vk_123456", "DELETE /api/metacache/stats/",
+ "DELETE /api/metacache/red/", main::ask("Kept plan?"),
+ "DELETE /api/metacache/", main::ask("Kept plan?")]
+--- more_headers eval
+[("Authorization: Bearer sk-smartflow-test-0123456789") x 8]
+--- error_code eval
+[200, 200, 404, 404, 404, 200, 200, 200]
+--- response_headers eval
+["x-smartflow-cache: MISS", "x-smartflow-cache: HIT", "", "", "",
+ "x-smartflow-cache: HIT", "", "x-smartflow-cache: MISS"]
+--- response_body_like eval
+[qr/Echo: Kept plan/, qr/Echo: Kept plan/,
+ qr/"code":"not_found"/, qr/"code":"not_found"/, qr/"code":"not_found"/,
+ qr/Echo: Kept plan/, qr/^\{"flushed":\d+\}$/, qr/Echo: Kept plan/]
