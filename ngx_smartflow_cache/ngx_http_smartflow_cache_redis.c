@@ -65,7 +65,8 @@ static void ngx_http_smartflow_cache_redis_got(ngx_smartflow_redis_t *rd,
 static void ngx_http_smartflow_cache_redis_stored(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
 static ngx_int_t ngx_http_smartflow_cache_redis_parse(ngx_pool_t *pool,
-    redisReply *reply, ngx_smartflow_cache_found_t *f, time_t *expire);
+    redisReply *reply, size_t max, ngx_smartflow_cache_found_t *f,
+    time_t *expire);
 static void ngx_http_smartflow_cache_redis_cleanup(void *data);
 static void ngx_http_smartflow_cache_redis_down(ngx_smartflow_cache_zone_t *z,
     ngx_smartflow_redis_t *rd, ngx_log_t *log, const char *why);
@@ -236,6 +237,7 @@ ngx_http_smartflow_cache_redis_got(ngx_smartflow_redis_t *rd,
 
         if (reply->type == REDIS_REPLY_STRING) {
             if (ngx_http_smartflow_cache_redis_parse(r->pool, reply,
+                                                     rq->max_size,
                                                      &rq->shared, &expire)
                 == NGX_OK)
             {
@@ -306,17 +308,22 @@ ngx_http_smartflow_cache_redis_found(ngx_http_request_t *r,
  * "sf1 EXPIRE PROMPT COMPLETION FINISH\n" ANSWER, copied out of the reply.
  * Only what a node writes is taken: a finish reason the store keeps (it
  * goes into the JSON served as it is), token counts an entry holds, and
- * the answer's text in UTF-8.
+ * the answer's text in UTF-8, no longer than smartflow_cache_max_size
+ * (what the store takes at most), so that an entry of any size is not
+ * copied, kept and served.
  */
 static ngx_int_t
 ngx_http_smartflow_cache_redis_parse(ngx_pool_t *pool, redisReply *reply,
-    ngx_smartflow_cache_found_t *f, time_t *expire)
+    size_t max, ngx_smartflow_cache_found_t *f, time_t *expire)
 {
     u_char     *p, *last, *nl, *sp, *u;
     ngx_int_t   n[3];
     ngx_uint_t  i;
 
-    if (reply->len < 4 || ngx_strncmp(reply->str, "sf1 ", 4) != 0) {
+    if (reply->len < 4 || ngx_strncmp(reply->str, "sf1 ", 4) != 0
+        || reply->len - 4
+           > max + 3 * NGX_INT64_LEN + NGX_SMARTFLOW_CACHE_FINISH)
+    {
         return NGX_ERROR;
     }
 
@@ -353,6 +360,10 @@ ngx_http_smartflow_cache_redis_parse(ngx_pool_t *pool, redisReply *reply,
     if (!((nl - p == 4 && ngx_strncmp(p, "stop", 4) == 0)
           || (nl - p == 6 && ngx_strncmp(p, "length", 6) == 0)))
     {
+        return NGX_ERROR;
+    }
+
+    if ((size_t) (last - (nl + 1)) > max) {
         return NGX_ERROR;
     }
 

@@ -172,7 +172,9 @@ is count($b, qr/smartflow cache: redis \S+ holds a damaged entry/), 1,
 
 # entries no node writes: a finish reason the store does not keep (this
 # one would break the JSON served), token counts past what an entry holds
-# (they would go to the savings), text that is not UTF-8: each a miss
+# (they would go to the savings), text that is not UTF-8, an answer larger
+# than any the store keeps (it would be copied, kept and served): each a
+# miss
 my $exp = int(time) + 60;
 my @bad = (
     [ 'Which ocean is the largest?', qq(sf1 $exp 3 4 st"op\nThe Pacific.),
@@ -182,21 +184,27 @@ my @bad = (
       'a prompt of 99999999999999 tokens' ],
     [ 'Which ocean is the saltiest?', qq(sf1 $exp 3 4 stop\nThe \xff sea.),
       'a byte that is not UTF-8' ],
+    [ 'Which ocean is the warmest?',
+      qq(sf1 $exp 3 4 stop\n) . ('The Indian. ' x 25000),
+      'an answer past smartflow_cache_max_size' ],
 );
 for my $bad (@bad) {
     my ($q, $entry, $what) = @$bad;
     ask($a, $q);
-    my ($word) = $q =~ /(\w+)\?$/;
     wait_for "$what: the entry is in Redis",
-        sub { grep { $c->redis_cli('GET', $_) =~ /$word/ } keys_in_redis() };
-    my ($k) = grep { $c->redis_cli('GET', $_) =~ /$word/ } keys_in_redis();
-    $c->redis_cli('SET', $k, $entry, 'EX', '60');
+        sub { grep { $c->redis_cli('GET', $_) =~ /\Q$q\E/ } keys_in_redis() };
+    my ($k) = grep { $c->redis_cli('GET', $_) =~ /\Q$q\E/ } keys_in_redis();
+    # at most 100 KB an argument: a long entry goes in parts
+    $c->redis_cli('SET', $k, substr($entry, 0, 100_000), 'EX', '60');
+    for (my $i = 100_000; $i < length $entry; $i += 100_000) {
+        $c->redis_cli('APPEND', $k, substr($entry, $i, 100_000));
+    }
     ($status, $body, $h) = ask($b, $q);
     is $status, 200, "$what: answered";
     is $h->{'x-smartflow-cache'}, 'MISS', "$what: a miss";
     like $body, qr/"content":"Echo: \Q$q\E"/, "$what: the provider's answer";
 }
-is count($b, qr/smartflow cache: redis \S+ holds a damaged entry/), 4,
+is count($b, qr/smartflow cache: redis \S+ holds a damaged entry/), 5,
    'each said in the error log';
 ($status, $body) = $c->http($b, 'GET', '/api/metacache/stats', undef,
                             @master);
