@@ -72,6 +72,9 @@ static void ngx_http_smartflow_cache_redis_down(ngx_smartflow_cache_zone_t *z,
     ngx_smartflow_redis_t *rd, ngx_log_t *log, const char *why);
 static void ngx_http_smartflow_cache_redis_up(ngx_smartflow_cache_zone_t *z,
     ngx_smartflow_redis_t *rd, ngx_log_t *log);
+static void ngx_http_smartflow_cache_redis_refused(
+    ngx_smartflow_cache_zone_t *z, ngx_smartflow_redis_t *rd, ngx_log_t *log,
+    char *cmd, redisReply *reply);
 static size_t ngx_http_smartflow_cache_redis_key(u_char *buf,
     ngx_str_t *partition, u_char *fp);
 static u_char *ngx_http_smartflow_cache_redis_tag(u_char *p,
@@ -228,9 +231,8 @@ ngx_http_smartflow_cache_redis_got(ngx_smartflow_redis_t *rd,
                                             "did not answer");
 
     } else if (reply->type == REDIS_REPLY_ERROR) {
-        ngx_log_error(NGX_LOG_ERR, c->log, 0,
-                      "smartflow cache: redis %V refused GET: %*s",
-                      &rd->name, (size_t) reply->len, reply->str);
+        ngx_http_smartflow_cache_redis_refused(rq->zone, rd, c->log, "GET",
+                                               reply);
 
     } else {
         ngx_http_smartflow_cache_redis_up(rq->zone, rd, c->log);
@@ -464,9 +466,7 @@ ngx_http_smartflow_cache_redis_stored(ngx_smartflow_redis_t *rd,
     }
 
     if (reply->type == REDIS_REPLY_ERROR) {
-        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                      "smartflow cache: redis %V refused SET: %*s",
-                      &rd->name, (size_t) reply->len, reply->str);
+        ngx_http_smartflow_cache_redis_refused(z, rd, rd->log, "SET", reply);
         return;
     }
 
@@ -514,6 +514,24 @@ ngx_http_smartflow_cache_redis_up(ngx_smartflow_cache_zone_t *z,
                       "smartflow cache: redis %V answers again; phase 3 "
                       "is back", &rd->name);
     }
+}
+
+
+/*
+ * An error for every command (a replica cut off from its master, a Redis
+ * still loading) is an outage too: said once, not once a request.
+ */
+static void
+ngx_http_smartflow_cache_redis_refused(ngx_smartflow_cache_zone_t *z,
+    ngx_smartflow_redis_t *rd, ngx_log_t *log, char *cmd, redisReply *reply)
+{
+    u_char  why[160];
+
+    *ngx_snprintf(why, sizeof(why) - 1, "refused %s: %*s", cmd,
+                  (size_t) reply->len, reply->str)
+        = '\0';
+
+    ngx_http_smartflow_cache_redis_down(z, rd, log, (const char *) why);
 }
 
 
@@ -1069,14 +1087,19 @@ ngx_http_smartflow_cache_redis_polled(ngx_smartflow_redis_t *rd,
     ngx_uint_t   i;
     redisReply  *entries, *id;
 
-    if (reply == NULL || reply->type == REDIS_REPLY_NIL) {
+    if (reply == NULL) {
         return;
     }
 
     if (reply->type == REDIS_REPLY_ERROR) {
-        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                      "smartflow cache: redis %V refused XREAD: %*s",
-                      &rd->name, (size_t) reply->len, reply->str);
+        ngx_http_smartflow_cache_redis_refused(z, rd, rd->log, "XREAD",
+                                               reply);
+        return;
+    }
+
+    ngx_http_smartflow_cache_redis_up(z, rd, rd->log);
+
+    if (reply->type == REDIS_REPLY_NIL) {
         return;
     }
 

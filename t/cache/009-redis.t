@@ -235,6 +235,30 @@ wait_for 'and A', sub {
         || count($a, qr/smartflow cache: redis \S+ answers again/) == 1;
 };
 
+# Redis there but refusing every command (a replica cut off from its
+# master): one error_log line for the outage on each node, not one for
+# each GET and SET, and one when it serves again
+my $refused = qr/smartflow cache: redis \S+ refused (?:GET|SET|XREAD): MASTERDOWN/;
+my %back = map { $_->{name} => count($_, qr/redis \S+ answers again/) } $a, $b;
+$c->redis_cli('CONFIG', 'SET', 'replica-serve-stale-data', 'no');
+$c->redis_cli('REPLICAOF', '127.0.0.1', '1');
+for my $i (1 .. 4) {
+    ($status, $body, $h) = ask($b, "Which bird is the fastest, take $i?");
+    is $status, 200, "refusing Redis, request $i: answered";
+    is $h->{'x-smartflow-cache'}, 'MISS', "refusing Redis, request $i: a miss";
+}
+sleep 2.5;    # the flushes told are read once a second
+is count($b, $refused), 1, 'B: one error_log line for four GETs and SETs';
+is count($a, $refused), 1, 'A: one for its reads of the flushes told';
+$c->redis_cli('REPLICAOF', 'NO', 'ONE');
+for my $node ($a, $b) {
+    wait_for "$node->{name}: Redis serves again", sub {
+        ask($node, 'Which bird is the slowest?', @master,
+            'Cache-Control: no-cache');
+        count($node, qr/redis \S+ answers again/) > $back{$node->{name}};
+    };
+}
+
 # Redis killed: both nodes answer from their zones, phase 3 skipped
 my $down = qr/smartflow cache: redis \S+ [^;\n]+; phase 3 is skipped/;
 my %before = map { $_->{name} => count($_, $down) } $a, $b;
