@@ -284,7 +284,7 @@ ngx_http_smartflow_cache_stage(ngx_http_request_t *r,
     rc = ngx_http_smartflow_cache_keys(r, ctx, clcf, rq);
 
     if (rc == NGX_DECLINED) {
-        /* a request the cache does not answer (n > 1) */
+        /* a request the cache does not answer (n > 1, logprobs) */
         (void) ngx_atomic_fetch_add(&z->sh->stats.bypasses, 1);
         return NGX_DECLINED;
     }
@@ -563,6 +563,12 @@ ngx_http_smartflow_cache_canon(ngx_http_request_t *r,
     if (j && !(j->type == NGX_SMARTFLOW_JSON_NUMBER && j->str.len == 1
                && j->str.data[0] == '1'))
     {
+        return NGX_DECLINED;
+    }
+
+    /* the log probabilities of the tokens: an entry keeps the text only */
+    j = ngx_smartflow_json_get(ctx->json, "logprobs");
+    if (j && j->type == NGX_SMARTFLOW_JSON_TRUE) {
         return NGX_DECLINED;
     }
 
