@@ -318,6 +318,7 @@ ngx_http_smartflow_cache_api_flush(ngx_http_request_t *r,
     ngx_str_null(&tenant);
 
     if (ngx_http_arg(r, (u_char *) "tenant", 6, &arg) != NGX_OK) {
+        ngx_http_smartflow_cache_flush_begin(z);
         n = ngx_smartflow_cache_flush(z, NULL);
 
     } else {
@@ -354,6 +355,7 @@ ngx_http_smartflow_cache_api_flush(ngx_http_request_t *r,
                       - part[1].data;
         nparts = 2;
 
+        ngx_http_smartflow_cache_flush_begin(z);
         n = ngx_smartflow_cache_flush(z, &part[0]);
         n += ngx_smartflow_cache_flush(z, &part[1]);
     }
@@ -369,10 +371,18 @@ ngx_http_smartflow_cache_api_flush(ngx_http_request_t *r,
                                                   nparts ? &tenant : NULL,
                                                   part, nparts, n);
 
+        if (rc == NGX_DONE) {
+            /* it ends when Redis has answered every UNLINK */
+            return rc;
+        }
+
         if (rc != NGX_DECLINED) {
+            ngx_http_smartflow_cache_flush_end(z);
             return rc;
         }
     }
+
+    ngx_http_smartflow_cache_flush_end(z);
 
     return ngx_http_smartflow_cache_api_flushed(r, z, n, 0, NULL, NULL);
 }

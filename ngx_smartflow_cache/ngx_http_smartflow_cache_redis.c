@@ -185,6 +185,7 @@ ngx_http_smartflow_cache_redis_get(ngx_http_request_t *r,
     cln->handler = ngx_http_smartflow_cache_redis_cleanup;
     cln->data = rq;
 
+    rq->flushes = rq->zone->sh->flushes;
     rq->ticket = t;
     rq->start = *start;
     rq->redis_done = 0;
@@ -277,16 +278,30 @@ ngx_http_smartflow_cache_redis_got(ngx_smartflow_redis_t *rd,
 /*
  * After the wait: a hit is kept in the local zone, so that the next
  * request is a phase 1 hit here, and handed to the stage to be served.
+ * A flush that began while Redis was asked (or is still going on, its
+ * UNLINKs not all done) may have taken the entry away after Redis gave
+ * it: then the hit is served, as asked before the flush, but not kept.
  */
 ngx_int_t
 ngx_http_smartflow_cache_redis_found(ngx_http_request_t *r,
     ngx_http_smartflow_cache_req_t *rq, ngx_smartflow_cache_found_t *f)
 {
+    ngx_smartflow_cache_shctx_t  *sh;
+
     if (!rq->redis_hit) {
         return NGX_DECLINED;
     }
 
     *f = rq->shared;
+
+    sh = rq->zone->sh;
+
+    if (sh->flushing || sh->flushes != rq->flushes) {
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "smartflow cache phase 3: a flush came while redis "
+                       "was asked, the hit is not kept");
+        return NGX_OK;
+    }
 
     rq->item.answer = f->answer;
     rq->item.finish = f->finish;
@@ -854,6 +869,9 @@ ngx_http_smartflow_cache_redis_flushed(ngx_smartflow_redis_t *rd,
         return;
     }
 
+    /* every UNLINK answered: phase 3 hits can be kept again */
+    ngx_http_smartflow_cache_flush_end(fl->zone);
+
     r = fl->r;
 
     if (r == NULL) {
@@ -1176,15 +1194,21 @@ ngx_http_smartflow_cache_redis_apply(ngx_smartflow_cache_zone_t *z,
         return;
     }
 
-    if (tenant.len == 0) {
-        n = ngx_smartflow_cache_flush(z, NULL);
+    p = NULL;
 
-    } else {
+    if (tenant.len) {
         p = ngx_alloc(tenant.len + 8, log);
         if (p == NULL) {
             return;
         }
+    }
 
+    ngx_http_smartflow_cache_flush_begin(z);
+
+    if (tenant.len == 0) {
+        n = ngx_smartflow_cache_flush(z, NULL);
+
+    } else {
         part.data = p;
         part.len = ngx_sprintf(p, "team:%V", &tenant) - p;
         n = ngx_smartflow_cache_flush(z, &part);
@@ -1195,8 +1219,31 @@ ngx_http_smartflow_cache_redis_apply(ngx_smartflow_cache_zone_t *z,
         ngx_free(p);
     }
 
+    ngx_http_smartflow_cache_flush_end(z);
+
     ngx_log_error(NGX_LOG_NOTICE, log, 0,
                   "smartflow cache: flushed %ui entries of zone \"%V\" "
                   "(%s%V) as another node did", n, &z->name,
                   tenant.len ? "tenant " : "every tenant", &tenant);
+}
+
+
+/*
+ * A flush of the zone, and of Redis with it, begins and ends: in between,
+ * and for the lookups that asked Redis before it ended, a phase 3 hit is
+ * not kept in the zone (ngx_http_smartflow_cache_redis_found()).
+ */
+void
+ngx_http_smartflow_cache_flush_begin(ngx_smartflow_cache_zone_t *z)
+{
+    (void) ngx_atomic_fetch_add(&z->sh->flushing, 1);
+    (void) ngx_atomic_fetch_add(&z->sh->flushes, 1);
+}
+
+
+void
+ngx_http_smartflow_cache_flush_end(ngx_smartflow_cache_zone_t *z)
+{
+    (void) ngx_atomic_fetch_add(&z->sh->flushes, 1);
+    (void) ngx_atomic_fetch_add(&z->sh->flushing, -1);
 }
