@@ -321,6 +321,7 @@ char *ngx_http_smartflow_cache_embedder(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 char *ngx_http_smartflow_cache_embedder_check(ngx_conf_t *cf,
     ngx_http_smartflow_cache_embedder_t *em, ngx_smartflow_cache_zone_t *z);
+ngx_int_t ngx_http_smartflow_cache_embed_filters(ngx_conf_t *cf);
 
 
 #endif /* _NGX_HTTP_SMARTFLOW_CACHE_H_INCLUDED_ */

@@ -1529,7 +1529,8 @@ ngx_http_smartflow_cache_init(ngx_conf_t *cf)
     ngx_http_next_header_filter = ngx_http_top_header_filter;
     ngx_http_top_header_filter = ngx_http_smartflow_cache_header_filter;
 
-    return NGX_OK;
+    /* the embedder's answers stop at these, above nginx's own filters */
+    return ngx_http_smartflow_cache_embed_filters(cf);
 }
 
 
