@@ -27,7 +27,12 @@ static ngx_int_t ngx_http_smartflow_policy_call(
     ngx_smartflow_json_t *args);
 static ngx_int_t ngx_http_smartflow_policy_redact(
     ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *j,
-    ngx_uint_t n);
+    ngx_smartflow_finding_t *f, ngx_uint_t n);
+static ngx_http_smartflow_placeholder_t *
+    ngx_http_smartflow_policy_placeholder(
+    ngx_http_smartflow_policy_run_t *run, ngx_uint_t type, ngx_str_t *value);
+static void ngx_http_smartflow_policy_seen_insert(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 static void ngx_http_smartflow_policy_decide(
     ngx_http_smartflow_policy_run_t *run, ngx_uint_t type,
     ngx_uint_t action, const char *detail);
@@ -216,12 +221,8 @@ ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
                            || g->action[NGX_SF_RULE_INFRA]
                               == NGX_SF_ACTION_APPROVE));
 
-    if (ngx_array_init(&run->seen, r->pool, 4,
-                       sizeof(ngx_http_smartflow_placeholder_t))
-        != NGX_OK)
-    {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
+    ngx_rbtree_init(&run->seen, &run->seen_sentinel,
+                    ngx_http_smartflow_policy_seen_insert);
 
     if (ngx_http_smartflow_policy_walk(run) != NGX_OK
         || ngx_http_smartflow_policy_decisions(run) != NGX_OK)
@@ -818,7 +819,8 @@ ngx_int_t
 ngx_http_smartflow_policy_text(ngx_http_smartflow_policy_run_t *run,
     ngx_smartflow_json_t *j, ngx_uint_t what)
 {
-    ngx_uint_t                          i, n, a, redact, mask, base;
+    ngx_uint_t                          i, n, a, redact, max;
+    ngx_smartflow_finding_t            *f;
     ngx_smartflow_injection_t           inj;
     ngx_http_smartflow_policy_group_t  *g;
 
@@ -854,95 +856,88 @@ ngx_http_smartflow_policy_text(ngx_http_smartflow_policy_run_t *run,
         return NGX_OK;
     }
 
-    mask = g->pii_mask;
-    base = 0;
+    f = run->f;
+    max = NGX_SF_MAX_FINDINGS;
 
     for ( ;; ) {
-        n = ngx_smartflow_pii_scan(j->str.data, j->str.len, mask,
-                                   g->custom + base, g->ncustom - base,
-                                   run->f, NGX_SF_MAX_FINDINGS);
-        if (n == 0) {
-            return NGX_OK;
+        n = ngx_smartflow_pii_scan(j->str.data, j->str.len, g->pii_mask,
+                                   g->custom, g->ncustom, f, max);
+        if (n < max) {
+            break;
         }
 
-        redact = 0;
+        /*
+         * more findings than room: the text is scanned again with room
+         * for eight times as many, at most one a byte (findings are
+         * never empty and never overlap), so that all are decided and
+         * replaced in one pass, and the work stays linear in the text
+         */
+        max = (max < j->str.len / 8) ? max * 8 : j->str.len + 1;
 
-        for (i = 0; i < n; i++) {
-            if (run->f[i].rule >= NGX_SF_RULE_CUSTOM) {
-                run->f[i].rule += base;
-            }
-
-            a = (run->f[i].rule >= NGX_SF_RULE_CUSTOM)
-                ? g->custom_action[run->f[i].rule - NGX_SF_RULE_CUSTOM]
-                : g->action[run->f[i].rule];
-
-            if (a == NGX_SF_ACTION_OFF) {
-                continue;
-            }
-
-            ngx_http_smartflow_policy_decide(run,
-                (run->f[i].rule >= NGX_SF_RULE_CUSTOM)
-                ? NGX_SF_RULE_N + run->f[i].rule - NGX_SF_RULE_CUSTOM
-                : run->f[i].rule, a, NULL);
-
-            redact += (a == NGX_SF_ACTION_REDACT);
+        f = ngx_palloc(run->pool, max * sizeof(ngx_smartflow_finding_t));
+        if (f == NULL) {
+            return NGX_ERROR;
         }
+    }
 
-        if (run->block || (redact == 0 && n < NGX_SF_MAX_FINDINGS)) {
-            return NGX_OK;
-        }
+    if (n == 0) {
+        return NGX_OK;
+    }
 
-        if (redact == 0) {
-            /*
-             * as many findings as a scan keeps, all only flagged: the
-             * detectors run in order and stop adding when it is full, so
-             * those it came from are done with (their decision is made),
-             * and the next scan looks for the others, which may block
-             */
-            for (i = 0; i < n; i++) {
-                if (run->f[i].rule < NGX_SF_RULE_CUSTOM) {
-                    mask &= ~((ngx_uint_t) 1 << run->f[i].rule);
+    redact = 0;
 
-                } else if (run->f[i].rule - NGX_SF_RULE_CUSTOM + 1 > base) {
-                    base = run->f[i].rule - NGX_SF_RULE_CUSTOM + 1;
-                    mask = 0;   /* custom rules run after all others */
-                }
-            }
+    for (i = 0; i < n; i++) {
+        a = (f[i].rule >= NGX_SF_RULE_CUSTOM)
+            ? g->custom_action[f[i].rule - NGX_SF_RULE_CUSTOM]
+            : g->action[f[i].rule];
 
+        if (a == NGX_SF_ACTION_OFF) {
             continue;
         }
 
-        if (ngx_http_smartflow_policy_redact(run, j, n) != NGX_OK) {
-            return NGX_ERROR;
-        }
+        ngx_http_smartflow_policy_decide(run,
+            (f[i].rule >= NGX_SF_RULE_CUSTOM)
+            ? NGX_SF_RULE_N + f[i].rule - NGX_SF_RULE_CUSTOM
+            : f[i].rule, a, NULL);
 
-        if (n < NGX_SF_MAX_FINDINGS) {
-            return NGX_OK;
-        }
-
-        /* more than one pass holds: the placeholders are not found again */
+        redact += (a == NGX_SF_ACTION_REDACT);
     }
+
+    if (run->block || redact == 0) {
+        return NGX_OK;
+    }
+
+    return ngx_http_smartflow_policy_redact(run, j, f, n);
 }
 
 
 /* the findings to redact in j, replaced by their placeholders */
 static ngx_int_t
 ngx_http_smartflow_policy_redact(ngx_http_smartflow_policy_run_t *run,
-    ngx_smartflow_json_t *j, ngx_uint_t n)
+    ngx_smartflow_json_t *j, ngx_smartflow_finding_t *f, ngx_uint_t n)
 {
     u_char                            *p, *s;
     size_t                             len;
     ngx_str_t                          word, value;
-    ngx_uint_t                         i, k, type, a, idx[NGX_SF_MAX_FINDINGS];
-    ngx_smartflow_finding_t           *f;
+    ngx_uint_t                         i, type, a;
     ngx_http_smartflow_policy_edit_t  *e;
-    ngx_http_smartflow_placeholder_t  *ph;
+    ngx_http_smartflow_placeholder_t  *ph, *one[NGX_SF_MAX_FINDINGS], **idx;
 
-    f = run->f;
+    if (n <= NGX_SF_MAX_FINDINGS) {
+        idx = one;
+
+    } else {
+        idx = ngx_palloc(run->pool,
+                         n * sizeof(ngx_http_smartflow_placeholder_t *));
+        if (idx == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
     len = j->str.len;
 
     for (i = 0; i < n; i++) {
-        idx[i] = 0;
+        idx[i] = NULL;
 
         if (f[i].rule >= NGX_SF_RULE_CUSTOM) {
             type = NGX_SF_RULE_N + f[i].rule - NGX_SF_RULE_CUSTOM;
@@ -960,37 +955,10 @@ ngx_http_smartflow_policy_redact(ngx_http_smartflow_policy_run_t *run,
         value.data = j->str.data + f[i].start;
         value.len = f[i].end - f[i].start;
 
-        /* the same value in this request, the same placeholder */
-        ph = run->seen.elts;
-
-        for (k = 0; k < run->seen.nelts; k++) {
-            if (ph[k].type == type && ph[k].value.len == value.len
-                && ngx_memcmp(ph[k].value.data, value.data, value.len) == 0)
-            {
-                break;
-            }
+        idx[i] = ngx_http_smartflow_policy_placeholder(run, type, &value);
+        if (idx[i] == NULL) {
+            return NGX_ERROR;
         }
-
-        if (k == run->seen.nelts) {
-            ph = ngx_array_push(&run->seen);
-            if (ph == NULL) {
-                return NGX_ERROR;
-            }
-
-            ph->type = type;
-            ph->n = ++run->count[type];
-
-            /* the text it stood for, kept: the string is replaced */
-            ph->value.data = ngx_pnalloc(run->r->pool, value.len);
-            if (ph->value.data == NULL) {
-                return NGX_ERROR;
-            }
-
-            ngx_memcpy(ph->value.data, value.data, value.len);
-            ph->value.len = value.len;
-        }
-
-        idx[i] = k + 1;
 
         ngx_http_smartflow_policy_type_name(run, type, &word);
         len += word.len + NGX_INT_T_LEN + 3 - value.len;
@@ -1002,28 +970,32 @@ ngx_http_smartflow_policy_redact(ngx_http_smartflow_policy_run_t *run,
     }
 
     s = p;
-    k = 0;
-    ph = run->seen.elts;
+    len = 0;
 
     for (i = 0; i < n; i++) {
-        if (idx[i] == 0) {
+        ph = idx[i];
+
+        if (ph == NULL) {
             continue;
         }
 
-        p = ngx_cpymem(p, j->str.data + k, f[i].start - k);
+        p = ngx_cpymem(p, j->str.data + len, f[i].start - len);
 
-        ngx_http_smartflow_policy_type_name(run, ph[idx[i] - 1].type, &word);
+        ngx_http_smartflow_policy_type_name(run, ph->type, &word);
         *p++ = '[';
         p = ngx_cpymem(p, word.data, word.len);
-        p = ngx_sprintf(p, "_%ui]", ph[idx[i] - 1].n);
+        p = ngx_sprintf(p, "_%ui]", ph->n);
 
-        k = f[i].end;
+        len = f[i].end;
     }
 
-    p = ngx_cpymem(p, j->str.data + k, j->str.len - k);
+    p = ngx_cpymem(p, j->str.data + len, j->str.len - len);
 
     if (run->input) {
-        /* a string of the request: what it was, the first time */
+        /*
+         * a string of the request: what it was, the first time (a
+         * string is read once, all its findings replaced at once)
+         */
         if (run->edits == NULL) {
             run->edits = ngx_array_create(run->r->pool, 4,
                                  sizeof(ngx_http_smartflow_policy_edit_t));
@@ -1034,13 +1006,7 @@ ngx_http_smartflow_policy_redact(ngx_http_smartflow_policy_run_t *run,
 
         e = run->edits->elts;
 
-        for (i = 0; i < run->edits->nelts; i++) {
-            if (e[i].j == j) {
-                break;
-            }
-        }
-
-        if (i == run->edits->nelts) {
+        if (run->edits->nelts == 0 || e[run->edits->nelts - 1].j != j) {
             e = ngx_array_push(run->edits);
             if (e == NULL) {
                 return NGX_ERROR;
@@ -1058,6 +1024,109 @@ ngx_http_smartflow_policy_redact(ngx_http_smartflow_policy_run_t *run,
     run->redacted = 1;
 
     return NGX_OK;
+}
+
+
+/* placeholders in order of hash, then of type and value */
+static ngx_int_t
+ngx_http_smartflow_policy_seen_cmp(ngx_http_smartflow_placeholder_t *ph,
+    uint32_t hash, ngx_uint_t type, ngx_str_t *value)
+{
+    if (hash != ph->node.key) {
+        return (hash < ph->node.key) ? -1 : 1;
+    }
+
+    if (type != ph->type) {
+        return (type < ph->type) ? -1 : 1;
+    }
+
+    return ngx_memn2cmp(value->data, ph->value.data, value->len,
+                        ph->value.len);
+}
+
+
+static void
+ngx_http_smartflow_policy_seen_insert(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
+{
+    ngx_rbtree_node_t                **p;
+    ngx_http_smartflow_placeholder_t  *ph;
+
+    ph = (ngx_http_smartflow_placeholder_t *) node;
+
+    for ( ;; ) {
+
+        p = (ngx_http_smartflow_policy_seen_cmp(
+                 (ngx_http_smartflow_placeholder_t *) temp,
+                 (uint32_t) node->key, ph->type, &ph->value) < 0)
+            ? &temp->left : &temp->right;
+
+        if (*p == sentinel) {
+            break;
+        }
+
+        temp = *p;
+    }
+
+    *p = node;
+    node->parent = temp;
+    node->left = sentinel;
+    node->right = sentinel;
+    ngx_rbt_red(node);
+}
+
+
+/*
+ * The placeholder of a value of a type: the same value in this request,
+ * the same placeholder; a new one is numbered after the type's others
+ */
+static ngx_http_smartflow_placeholder_t *
+ngx_http_smartflow_policy_placeholder(ngx_http_smartflow_policy_run_t *run,
+    ngx_uint_t type, ngx_str_t *value)
+{
+    ngx_int_t                          rc;
+    uint32_t                           hash;
+    ngx_rbtree_node_t                 *node, *sentinel;
+    ngx_http_smartflow_placeholder_t  *ph;
+
+    hash = ngx_murmur_hash2(value->data, value->len);
+
+    node = run->seen.root;
+    sentinel = run->seen.sentinel;
+
+    while (node != sentinel) {
+        ph = (ngx_http_smartflow_placeholder_t *) node;
+
+        rc = ngx_http_smartflow_policy_seen_cmp(ph, hash, type, value);
+
+        if (rc == 0) {
+            return ph;
+        }
+
+        node = (rc < 0) ? node->left : node->right;
+    }
+
+    /* kept as long as the request: the answer's text is read with them */
+    ph = ngx_palloc(run->r->pool, sizeof(ngx_http_smartflow_placeholder_t));
+    if (ph == NULL) {
+        return NULL;
+    }
+
+    /* the text it stood for, kept: the string is replaced */
+    ph->value.data = ngx_pnalloc(run->r->pool, value->len);
+    if (ph->value.data == NULL) {
+        return NULL;
+    }
+
+    ngx_memcpy(ph->value.data, value->data, value->len);
+    ph->value.len = value->len;
+    ph->type = type;
+    ph->n = ++run->count[type];
+    ph->node.key = hash;
+
+    ngx_rbtree_insert(&run->seen, &ph->node);
+
+    return ph;
 }
 
 

@@ -54,7 +54,14 @@ static ngx_uint_t ngx_smartflow_scan_email(pcre2_code *re, u_char *p,
     size_t len, ngx_smartflow_finding_t *f, ngx_uint_t n, ngx_uint_t max);
 static ngx_uint_t ngx_smartflow_scan_re(pcre2_code *re, ngx_uint_t rule,
     ngx_smartflow_valid_pt valid, u_char *p, size_t from, size_t len,
-    ngx_smartflow_finding_t *f, ngx_uint_t n, ngx_uint_t max);
+    ngx_smartflow_finding_t *f, ngx_uint_t first, ngx_uint_t n,
+    ngx_uint_t max);
+static ngx_uint_t ngx_smartflow_overlaps(ngx_smartflow_finding_t *f,
+    ngx_uint_t n, size_t s, size_t e);
+static void ngx_smartflow_findings_sort(ngx_smartflow_finding_t *f,
+    ngx_uint_t n);
+static int ngx_libc_cdecl ngx_smartflow_finding_cmp(const void *one,
+    const void *two);
 
 
 pcre2_match_data  *ngx_smartflow_policy_md;
@@ -248,9 +255,8 @@ ngx_smartflow_pii_scan(u_char *p, size_t len, ngx_uint_t mask,
     ngx_smartflow_custom_t *custom, ngx_uint_t ncustom,
     ngx_smartflow_finding_t *f, ngx_uint_t max)
 {
-    ngx_uint_t                 i, j, k, n, nw, at, colon;
+    ngx_uint_t                 i, k, n, nw, at, colon, first;
     ngx_smartflow_window_t     w[NGX_SF_MAX_WINDOWS];
-    ngx_smartflow_finding_t    t;
     ngx_smartflow_detector_t  *d;
 
     n = 0;
@@ -260,6 +266,11 @@ ngx_smartflow_pii_scan(u_char *p, size_t len, ngx_uint_t mask,
 
     nw = ngx_smartflow_windows(p, len, w, NGX_SF_MAX_WINDOWS);
 
+    /*
+     * each detector's findings come in text order and never overlap one
+     * another; those of the detectors before it are kept in text order,
+     * so that a new one is checked against them by a binary search
+     */
     for (i = 0; i < sizeof(ngx_smartflow_detectors)
                     / sizeof(ngx_smartflow_detector_t); i++)
     {
@@ -272,6 +283,9 @@ ngx_smartflow_pii_scan(u_char *p, size_t len, ngx_uint_t mask,
             continue;
         }
 
+        ngx_smartflow_findings_sort(f, n);
+        first = n;
+
         if (d->rule == NGX_SF_RULE_EMAIL) {
             n = ngx_smartflow_scan_email(d->re, p, len, f, n, max);
             continue;
@@ -283,16 +297,46 @@ ngx_smartflow_pii_scan(u_char *p, size_t len, ngx_uint_t mask,
             }
 
             n = ngx_smartflow_scan_re(d->re, d->rule, d->valid, p, w[k].from,
-                                      w[k].to, f, n, max);
+                                      w[k].to, f, first, n, max);
         }
     }
 
     for (i = 0; i < ncustom; i++) {
+        ngx_smartflow_findings_sort(f, n);
+
         n = ngx_smartflow_scan_re(custom[i].re, NGX_SF_RULE_CUSTOM + i, NULL,
-                                  p, 0, len, f, n, max);
+                                  p, 0, len, f, n, n, max);
     }
 
     /* text order, for the rewrite */
+    ngx_smartflow_findings_sort(f, n);
+
+    return n;
+}
+
+
+/*
+ * Findings in text order: a few by insertion (they come as runs already
+ * in order), many by qsort, so that the work stays n log n
+ */
+static void
+ngx_smartflow_findings_sort(ngx_smartflow_finding_t *f, ngx_uint_t n)
+{
+    ngx_uint_t               i, j;
+    ngx_smartflow_finding_t  t;
+
+    if (n > 32) {
+        for (i = 1; i < n; i++) {
+            if (f[i - 1].start > f[i].start) {
+                ngx_qsort(f, n, sizeof(ngx_smartflow_finding_t),
+                          ngx_smartflow_finding_cmp);
+                return;
+            }
+        }
+
+        return;
+    }
+
     for (i = 1; i < n; i++) {
         t = f[i];
 
@@ -302,19 +346,57 @@ ngx_smartflow_pii_scan(u_char *p, size_t len, ngx_uint_t mask,
 
         f[j] = t;
     }
-
-    return n;
 }
 
 
+static int ngx_libc_cdecl
+ngx_smartflow_finding_cmp(const void *one, const void *two)
+{
+    const ngx_smartflow_finding_t  *a = one;
+    const ngx_smartflow_finding_t  *b = two;
+
+    return (a->start > b->start) - (a->start < b->start);
+}
+
+
+/*
+ * Whether s..e overlaps one of the n findings in text order (not
+ * overlapping, so their ends are in order too)
+ */
+static ngx_uint_t
+ngx_smartflow_overlaps(ngx_smartflow_finding_t *f, ngx_uint_t n, size_t s,
+    size_t e)
+{
+    ngx_uint_t  lo, hi, mid;
+
+    /* the first finding that ends past s */
+    lo = 0;
+    hi = n;
+
+    while (lo < hi) {
+        mid = lo + (hi - lo) / 2;
+
+        if (f[mid].end > s) {
+            hi = mid;
+
+        } else {
+            lo = mid + 1;
+        }
+    }
+
+    return lo < n && f[lo].start < e;
+}
+
+
+/* f[0 .. first): the other detectors' findings, in text order */
 static ngx_uint_t
 ngx_smartflow_scan_re(pcre2_code *re, ngx_uint_t rule,
     ngx_smartflow_valid_pt valid, u_char *p, size_t from, size_t len,
-    ngx_smartflow_finding_t *f, ngx_uint_t n, ngx_uint_t max)
+    ngx_smartflow_finding_t *f, ngx_uint_t first, ngx_uint_t n,
+    ngx_uint_t max)
 {
     int          rc;
     size_t       off, s, e, l;
-    ngx_uint_t   i, overlap;
     PCRE2_SIZE  *ov;
 
     off = from;
@@ -346,16 +428,10 @@ ngx_smartflow_scan_re(pcre2_code *re, ngx_uint_t rule,
             e = s + l;
         }
 
-        overlap = 0;
-
-        for (i = 0; i < n; i++) {
-            if (s < f[i].end && f[i].start < e) {
-                overlap = 1;
-                break;
-            }
-        }
-
-        if (!overlap) {
+        /* its own come in order: only the last one may reach here */
+        if (!ngx_smartflow_overlaps(f, first, s, e)
+            && (n == first || f[n - 1].end <= s))
+        {
             f[n].rule = rule;
             f[n].start = s;
             f[n].end = e;
@@ -833,9 +909,11 @@ ngx_smartflow_scan_email(pcre2_code *re, u_char *p, size_t len,
     int          rc;
     u_char      *a, c;
     size_t       s, e, off, at;
-    ngx_uint_t   i, overlap;
+    ngx_uint_t   first;
     PCRE2_SIZE  *ov;
 
+    /* f[0 .. first): the other detectors', in text order */
+    first = n;
     off = 0;
 
     while (off < len && n < max) {
@@ -888,16 +966,10 @@ ngx_smartflow_scan_email(pcre2_code *re, u_char *p, size_t len,
             continue;
         }
 
-        overlap = 0;
-
-        for (i = 0; i < n; i++) {
-            if (s < f[i].end && f[i].start < e) {
-                overlap = 1;
-                break;
-            }
-        }
-
-        if (!overlap) {
+        /* its own come in order: only the last one may reach here */
+        if (!ngx_smartflow_overlaps(f, first, s, e)
+            && (n == first || f[n - 1].end <= s))
+        {
             f[n].rule = NGX_SF_RULE_EMAIL;
             f[n].start = s;
             f[n].end = e;
