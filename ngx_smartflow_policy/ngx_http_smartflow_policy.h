@@ -58,6 +58,7 @@ typedef struct {
 #define NGX_SF_SCAN_PII     1
 #define NGX_SF_SCAN_INJ     2
 #define NGX_SF_SCAN_SHIELD  4
+#define NGX_SF_SCAN_ALL     8   /* every member's value, none skipped */
 
 #define NGX_SF_MAX_FINDINGS 128
 #define NGX_SF_SPLICE_MAX   16

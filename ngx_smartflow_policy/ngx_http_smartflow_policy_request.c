@@ -31,6 +31,8 @@ static ngx_int_t ngx_http_smartflow_policy_redact(
 static ngx_http_smartflow_placeholder_t *
     ngx_http_smartflow_policy_placeholder(
     ngx_http_smartflow_policy_run_t *run, ngx_uint_t type, ngx_str_t *value);
+static ngx_int_t ngx_http_smartflow_policy_edited(
+    ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *j);
 static void ngx_http_smartflow_policy_seen_insert(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 static void ngx_http_smartflow_policy_decide(
@@ -632,7 +634,7 @@ ngx_http_smartflow_policy_values(ngx_http_smartflow_policy_run_t *run,
      */
     for (c = j->child; c && !run->block; c = c->next) {
         if (j->type == NGX_SMARTFLOW_JSON_OBJECT
-            && !(what & NGX_SF_SCAN_SHIELD)
+            && !(what & (NGX_SF_SCAN_SHIELD | NGX_SF_SCAN_ALL))
             && ngx_http_smartflow_policy_skip(&c->key))
         {
             continue;
@@ -678,31 +680,41 @@ ngx_http_smartflow_policy_call(ngx_http_smartflow_policy_run_t *run,
 }
 
 
-/* an OpenAI tool call's arguments: a JSON document in a string */
+/*
+ * An OpenAI tool call's arguments: a JSON document in a string.  Its
+ * strings are read decoded, so that no escape ("\u0040", "\/") hides a
+ * value, and a finding never takes in a quote of the document's own
+ * syntax; when one is replaced the document is written again.  Text
+ * that is no JSON document is read as it is.
+ */
 static ngx_int_t
 ngx_http_smartflow_policy_arguments(ngx_http_smartflow_policy_run_t *run,
     ngx_smartflow_json_t *name, ngx_smartflow_json_t *args)
 {
     ngx_int_t              rc;
-    ngx_str_t              err;
+    ngx_str_t              err, out;
+    ngx_uint_t             redacted, input;
     ngx_smartflow_json_t  *doc;
 
-    if (!ngx_smartflow_json_is_string(args)) {
+    if (!ngx_smartflow_json_is_string(args) || args->str.len == 0) {
         return NGX_OK;
     }
 
-    if (run->shield_on) {
-        doc = ngx_smartflow_json_parse(run->r->pool, args->str.data,
-                                       args->str.len, &err);
+    doc = ngx_smartflow_json_parse(run->r->pool, args->str.data,
+                                   args->str.len, &err);
 
-        rc = ngx_http_smartflow_policy_call(run, name,
-                 (doc && doc->type != NGX_SMARTFLOW_JSON_STRING) ? doc : args);
+    if (doc && doc->type == NGX_SMARTFLOW_JSON_STRING) {
+        doc = NULL;
+    }
+
+    if (run->shield_on) {
+        rc = ngx_http_smartflow_policy_call(run, name, doc ? doc : args);
 
         if (rc != NGX_OK) {
             return NGX_ERROR;
         }
 
-        if (doc && doc->type != NGX_SMARTFLOW_JSON_STRING) {
+        if (doc) {
             rc = ngx_http_smartflow_policy_values(run, doc,
                                                   NGX_SF_SCAN_SHIELD, 0);
 
@@ -724,8 +736,43 @@ ngx_http_smartflow_policy_arguments(ngx_http_smartflow_policy_run_t *run,
         return NGX_OK;
     }
 
-    /* placeholders hold no quote or backslash: the JSON stays valid */
-    return ngx_http_smartflow_policy_text(run, args, NGX_SF_SCAN_PII);
+    if (doc == NULL) {
+        /* placeholders hold no quote or backslash: the string stays */
+        return ngx_http_smartflow_policy_text(run, args, NGX_SF_SCAN_PII);
+    }
+
+    /* the document's strings are not the request's: not spliced */
+    redacted = run->redacted;
+    input = run->input;
+    run->redacted = 0;
+    run->input = 0;
+
+    rc = ngx_http_smartflow_policy_values(run, doc,
+                                          NGX_SF_SCAN_PII | NGX_SF_SCAN_ALL,
+                                          0);
+
+    run->input = input;
+
+    if (rc != NGX_OK) {
+        run->redacted |= redacted;
+        return rc;
+    }
+
+    if (!run->redacted || run->block) {
+        run->redacted |= redacted;
+        return NGX_OK;
+    }
+
+    if (ngx_smartflow_json_dump(run->r->pool, doc, &out) != NGX_OK
+        || ngx_http_smartflow_policy_edited(run, args) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    args->str = out;
+    args->str_plain = NULL;
+
+    return NGX_OK;
 }
 
 
@@ -920,7 +967,6 @@ ngx_http_smartflow_policy_redact(ngx_http_smartflow_policy_run_t *run,
     size_t                             len;
     ngx_str_t                          word, value;
     ngx_uint_t                         i, type, a;
-    ngx_http_smartflow_policy_edit_t  *e;
     ngx_http_smartflow_placeholder_t  *ph, *one[NGX_SF_MAX_FINDINGS], **idx;
 
     if (n <= NGX_SF_MAX_FINDINGS) {
@@ -991,30 +1037,8 @@ ngx_http_smartflow_policy_redact(ngx_http_smartflow_policy_run_t *run,
 
     p = ngx_cpymem(p, j->str.data + len, j->str.len - len);
 
-    if (run->input) {
-        /*
-         * a string of the request: what it was, the first time (a
-         * string is read once, all its findings replaced at once)
-         */
-        if (run->edits == NULL) {
-            run->edits = ngx_array_create(run->r->pool, 4,
-                                 sizeof(ngx_http_smartflow_policy_edit_t));
-            if (run->edits == NULL) {
-                return NGX_ERROR;
-            }
-        }
-
-        e = run->edits->elts;
-
-        if (run->edits->nelts == 0 || e[run->edits->nelts - 1].j != j) {
-            e = ngx_array_push(run->edits);
-            if (e == NULL) {
-                return NGX_ERROR;
-            }
-
-            e->j = j;
-            e->was = j->str;
-        }
+    if (run->input && ngx_http_smartflow_policy_edited(run, j) != NGX_OK) {
+        return NGX_ERROR;
     }
 
     j->str.data = s;
@@ -1022,6 +1046,42 @@ ngx_http_smartflow_policy_redact(ngx_http_smartflow_policy_run_t *run,
     j->str_plain = NULL;
 
     run->redacted = 1;
+
+    return NGX_OK;
+}
+
+
+/*
+ * A string of the request about to be changed: what it was, the first
+ * time (a string is read once, all its findings replaced at once)
+ */
+static ngx_int_t
+ngx_http_smartflow_policy_edited(ngx_http_smartflow_policy_run_t *run,
+    ngx_smartflow_json_t *j)
+{
+    ngx_http_smartflow_policy_edit_t  *e;
+
+    if (run->edits == NULL) {
+        run->edits = ngx_array_create(run->r->pool, 4,
+                                 sizeof(ngx_http_smartflow_policy_edit_t));
+        if (run->edits == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
+    e = run->edits->elts;
+
+    if (run->edits->nelts && e[run->edits->nelts - 1].j == j) {
+        return NGX_OK;
+    }
+
+    e = ngx_array_push(run->edits);
+    if (e == NULL) {
+        return NGX_ERROR;
+    }
+
+    e->j = j;
+    e->was = j->str;
 
     return NGX_OK;
 }
