@@ -47,6 +47,7 @@ static ngx_uint_t ngx_smartflow_window_may(ngx_smartflow_detector_t *d,
 static size_t ngx_smartflow_email_check(u_char *p, size_t len);
 static size_t ngx_smartflow_phone_check(u_char *p, size_t len);
 static size_t ngx_smartflow_card_check(u_char *p, size_t len);
+static size_t ngx_smartflow_card_number(u_char *p, size_t len);
 static size_t ngx_smartflow_iban_check(u_char *p, size_t len);
 static size_t ngx_smartflow_ssn_check(u_char *p, size_t len);
 static size_t ngx_smartflow_ip_check(u_char *p, size_t len);
@@ -420,8 +421,12 @@ ngx_smartflow_scan_re(pcre2_code *re, ngx_uint_t rule,
         if (valid) {
             l = valid(p + s, e - s);
             if (l == 0) {
-                /* the whole run fails: no part of it is tried again */
-                off = e;
+                /*
+                 * the whole run fails: no part of it is tried again, but
+                 * for a card the groups after its first (a card after a
+                 * quantity, "2 4111 1111 1111 1111")
+                 */
+                off = (rule == NGX_SF_RULE_CARD) ? s + 1 : e;
                 continue;
             }
 
@@ -1162,8 +1167,53 @@ ngx_smartflow_card_valid(u_char *p, size_t len)
 }
 
 
+/*
+ * A card number, or the longest one that begins the run and ends at a
+ * separator: a card written with its expiry date or its code after it
+ * ("4111 1111 1111 1111 12/26") is a run of more digits than a card has
+ */
 static size_t
 ngx_smartflow_card_check(u_char *p, size_t len)
+{
+    size_t  i, n;
+    u_char  sep;
+
+    if (ngx_smartflow_card_number(p, len)) {
+        return len;
+    }
+
+    sep = 0;
+
+    for (i = 0; i < len; i++) {
+        if (p[i] == ' ' || p[i] == '-') {
+            sep = p[i];
+            break;
+        }
+    }
+
+    if (sep == 0) {
+        return 0;
+    }
+
+    for (i = len - 1; i > 12; i--) {
+        if (p[i] != sep) {
+            continue;
+        }
+
+        n = ngx_smartflow_card_number(p, i);
+
+        if (n) {
+            return n;
+        }
+    }
+
+    return 0;
+}
+
+
+/* the digits of a card, with one kind of separator, as cards are written */
+static size_t
+ngx_smartflow_card_number(u_char *p, size_t len)
 {
     size_t  i, n;
     u_char  d[20], sep;
@@ -1174,7 +1224,6 @@ ngx_smartflow_card_check(u_char *p, size_t len)
         return 0;
     }
 
-    /* one kind of separator, as cards are written */
     sep = 0;
 
     for (i = 0; i < len; i++) {
