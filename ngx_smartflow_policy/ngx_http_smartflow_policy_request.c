@@ -16,6 +16,12 @@ static ngx_int_t ngx_http_smartflow_policy_walk(
 static ngx_int_t ngx_http_smartflow_policy_message(
     ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *msg,
     ngx_uint_t anthropic);
+static ngx_int_t ngx_http_smartflow_policy_blocks(
+    ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *content,
+    ngx_uint_t what);
+static ngx_int_t ngx_http_smartflow_policy_document(
+    ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *b,
+    ngx_uint_t what);
 static ngx_int_t ngx_http_smartflow_policy_values(
     ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *j,
     ngx_uint_t what, ngx_uint_t depth);
@@ -424,6 +430,17 @@ ngx_http_smartflow_policy_walk(ngx_http_smartflow_policy_run_t *run)
                     return rc;
                 }
             }
+
+        } else {
+            /* OpenAI's predicted output: text the client sends along */
+            j = ngx_smartflow_json_get(ctx->json, "prediction");
+            if (j) {
+                rc = ngx_http_smartflow_policy_values(run, j,
+                                                      NGX_SF_SCAN_PII, 0);
+                if (rc != NGX_OK) {
+                    return rc;
+                }
+            }
         }
 
         j = ngx_smartflow_json_get(ctx->json, "messages");
@@ -447,9 +464,20 @@ ngx_http_smartflow_policy_walk(ngx_http_smartflow_policy_run_t *run)
 
     case NGX_HTTP_SMARTFLOW_API_COMPLETIONS:
         j = ngx_smartflow_json_get(ctx->json, "prompt");
-        return j ? ngx_http_smartflow_policy_values(run, j,
-                       NGX_SF_SCAN_PII | NGX_SF_SCAN_INJ, 0)
-                 : NGX_OK;
+        if (j) {
+            rc = ngx_http_smartflow_policy_values(run, j,
+                                      NGX_SF_SCAN_PII | NGX_SF_SCAN_INJ, 0);
+            if (rc != NGX_OK) {
+                return rc;
+            }
+        }
+
+        /* the text after the insertion */
+        j = ngx_smartflow_json_get(ctx->json, "suffix");
+        return (j && !run->block)
+               ? ngx_http_smartflow_policy_values(run, j,
+                                      NGX_SF_SCAN_PII | NGX_SF_SCAN_INJ, 0)
+               : NGX_OK;
 
     case NGX_HTTP_SMARTFLOW_API_EMBEDDINGS:
         j = ngx_smartflow_json_get(ctx->json, "input");
@@ -544,9 +572,14 @@ ngx_http_smartflow_policy_message(ngx_http_smartflow_policy_run_t *run,
 
         } else if (ngx_http_smartflow_policy_is(type, "tool_result")) {
             j = ngx_smartflow_json_get(b, "content");
-            rc = j ? ngx_http_smartflow_policy_values(run, j,
-                         NGX_SF_SCAN_PII | NGX_SF_SCAN_INJ, 0)
+            rc = j ? ngx_http_smartflow_policy_blocks(run, j,
+                         NGX_SF_SCAN_PII | NGX_SF_SCAN_INJ)
                    : NGX_OK;
+
+        } else if (ngx_http_smartflow_policy_is(type, "document")
+                   || ngx_http_smartflow_policy_is(type, "search_result"))
+        {
+            rc = ngx_http_smartflow_policy_document(run, b, what);
 
         } else if (ngx_http_smartflow_policy_is(type, "tool_use")) {
             j = ngx_smartflow_json_get(b, "input");
@@ -570,7 +603,7 @@ ngx_http_smartflow_policy_message(ngx_http_smartflow_policy_run_t *run,
             rc = ngx_http_smartflow_policy_text(run, b, what);
 
         } else {
-            /* images, documents, signed thinking: left as they are */
+            /* images, signed thinking, server tools: left as they are */
             rc = NGX_OK;
         }
 
@@ -580,6 +613,77 @@ ngx_http_smartflow_policy_message(ngx_http_smartflow_policy_run_t *run,
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * A tool result's content: a string, or blocks (text, images, documents
+ * and search results)
+ */
+static ngx_int_t
+ngx_http_smartflow_policy_blocks(ngx_http_smartflow_policy_run_t *run,
+    ngx_smartflow_json_t *content, ngx_uint_t what)
+{
+    ngx_int_t              rc;
+    ngx_smartflow_json_t  *b, *type;
+
+    if (content->type != NGX_SMARTFLOW_JSON_ARRAY) {
+        return ngx_http_smartflow_policy_values(run, content, what, 0);
+    }
+
+    for (b = content->child; b && !run->block; b = b->next) {
+        type = ngx_smartflow_json_get(b, "type");
+
+        if (ngx_http_smartflow_policy_is(type, "document")
+            || ngx_http_smartflow_policy_is(type, "search_result"))
+        {
+            rc = ngx_http_smartflow_policy_document(run, b, what);
+
+        } else {
+            rc = ngx_http_smartflow_policy_values(run, b, what, 1);
+        }
+
+        if (rc != NGX_OK) {
+            return rc;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * An Anthropic document or search result: its title, context and
+ * content, and the text its source holds ("text" data, or "content"
+ * blocks); a file, a URL or base64 data is left as it is
+ */
+static ngx_int_t
+ngx_http_smartflow_policy_document(ngx_http_smartflow_policy_run_t *run,
+    ngx_smartflow_json_t *b, ngx_uint_t what)
+{
+    ngx_int_t              rc;
+    ngx_smartflow_json_t  *source, *type, *j;
+
+    rc = ngx_http_smartflow_policy_values(run, b, what, 1);
+
+    if (rc != NGX_OK || run->block) {
+        return rc;
+    }
+
+    source = ngx_smartflow_json_get(b, "source");
+    type = ngx_smartflow_json_get(source, "type");
+
+    if (ngx_http_smartflow_policy_is(type, "text")) {
+        j = ngx_smartflow_json_get(source, "data");
+
+    } else if (ngx_http_smartflow_policy_is(type, "content")) {
+        j = ngx_smartflow_json_get(source, "content");
+
+    } else {
+        return NGX_OK;
+    }
+
+    return j ? ngx_http_smartflow_policy_values(run, j, what, 1) : NGX_OK;
 }
 
 
