@@ -62,6 +62,8 @@ typedef struct {
 
 #define NGX_SF_MAX_FINDINGS 128
 #define NGX_SF_SPLICE_MAX   16
+/* the bytes each side of the seam between two text parts */
+#define NGX_SF_SEAM         64
 #define NGX_SF_NTYPES       (NGX_SF_RULE_N + NGX_SF_POLICY_MAX_CUSTOM)
 
 

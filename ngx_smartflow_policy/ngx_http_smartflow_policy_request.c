@@ -19,6 +19,12 @@ static ngx_int_t ngx_http_smartflow_policy_message(
 static ngx_int_t ngx_http_smartflow_policy_blocks(
     ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *content,
     ngx_uint_t what);
+static ngx_int_t ngx_http_smartflow_policy_joined(
+    ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t **prev,
+    ngx_smartflow_json_t *b, ngx_uint_t what);
+static ngx_int_t ngx_http_smartflow_policy_seam(
+    ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *a,
+    ngx_smartflow_json_t *b, ngx_uint_t what);
 static ngx_int_t ngx_http_smartflow_policy_document(
     ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *b,
     ngx_uint_t what);
@@ -510,7 +516,7 @@ ngx_http_smartflow_policy_message(ngx_http_smartflow_policy_run_t *run,
 {
     ngx_int_t              rc;
     ngx_uint_t             what;
-    ngx_smartflow_json_t  *role, *content, *b, *type, *j, *fn;
+    ngx_smartflow_json_t  *role, *content, *b, *type, *j, *fn, *prev;
 
     role = ngx_smartflow_json_get(msg, "role");
     content = ngx_smartflow_json_get(msg, "content");
@@ -529,7 +535,7 @@ ngx_http_smartflow_policy_message(ngx_http_smartflow_policy_run_t *run,
         || content->type != NGX_SMARTFLOW_JSON_ARRAY)
     {
         if (content) {
-            rc = ngx_http_smartflow_policy_values(run, content, what, 0);
+            rc = ngx_http_smartflow_policy_blocks(run, content, what);
             if (rc != NGX_OK) {
                 return rc;
             }
@@ -562,6 +568,8 @@ ngx_http_smartflow_policy_message(ngx_http_smartflow_policy_run_t *run,
     }
 
     /* Anthropic's content blocks */
+    prev = NULL;
+
     for (b = content->child; b && !run->block; b = b->next) {
         type = ngx_smartflow_json_get(b, "type");
 
@@ -607,6 +615,10 @@ ngx_http_smartflow_policy_message(ngx_http_smartflow_policy_run_t *run,
             rc = NGX_OK;
         }
 
+        if (rc == NGX_OK && !run->block) {
+            rc = ngx_http_smartflow_policy_joined(run, &prev, b, what);
+        }
+
         if (rc != NGX_OK) {
             return rc;
         }
@@ -617,19 +629,22 @@ ngx_http_smartflow_policy_message(ngx_http_smartflow_policy_run_t *run,
 
 
 /*
- * A tool result's content: a string, or blocks (text, images, documents
- * and search results)
+ * A message's or a tool result's content: a string, or parts (text,
+ * images, documents and search results), the seams between two text
+ * parts read as well
  */
 static ngx_int_t
 ngx_http_smartflow_policy_blocks(ngx_http_smartflow_policy_run_t *run,
     ngx_smartflow_json_t *content, ngx_uint_t what)
 {
     ngx_int_t              rc;
-    ngx_smartflow_json_t  *b, *type;
+    ngx_smartflow_json_t  *b, *type, *prev;
 
     if (content->type != NGX_SMARTFLOW_JSON_ARRAY) {
         return ngx_http_smartflow_policy_values(run, content, what, 0);
     }
+
+    prev = NULL;
 
     for (b = content->child; b && !run->block; b = b->next) {
         type = ngx_smartflow_json_get(b, "type");
@@ -643,10 +658,177 @@ ngx_http_smartflow_policy_blocks(ngx_http_smartflow_policy_run_t *run,
             rc = ngx_http_smartflow_policy_values(run, b, what, 1);
         }
 
+        if (rc == NGX_OK && !run->block) {
+            rc = ngx_http_smartflow_policy_joined(run, &prev, b, what);
+        }
+
         if (rc != NGX_OK) {
             return rc;
         }
     }
+
+    return NGX_OK;
+}
+
+
+/*
+ * Text parts one after another are read by the model as one text: the
+ * seam between a part and the text part before it is read too, so that
+ * a value cut in two (a card in two pieces, an address at a part's end)
+ * is found whole and replaced on both sides.  *prev: the text before,
+ * or NULL after a part that is no text.
+ */
+static ngx_int_t
+ngx_http_smartflow_policy_joined(ngx_http_smartflow_policy_run_t *run,
+    ngx_smartflow_json_t **prev, ngx_smartflow_json_t *b, ngx_uint_t what)
+{
+    ngx_int_t              rc;
+    ngx_smartflow_json_t  *j;
+
+    if (b->type == NGX_SMARTFLOW_JSON_STRING) {
+        j = b;
+
+    } else if (ngx_http_smartflow_policy_is(ngx_smartflow_json_get(b, "type"),
+                                            "text"))
+    {
+        j = ngx_smartflow_json_get(b, "text");
+
+        if (!ngx_smartflow_json_is_string(j)) {
+            j = NULL;
+        }
+
+    } else {
+        j = NULL;
+    }
+
+    rc = NGX_OK;
+
+    if (j && *prev && (*prev)->str.len && j->str.len) {
+        rc = ngx_http_smartflow_policy_seam(run, *prev, j, what);
+    }
+
+    *prev = j;
+
+    return rc;
+}
+
+
+/* the seam between the texts a and b, the bytes each side of it */
+static ngx_int_t
+ngx_http_smartflow_policy_seam(ngx_http_smartflow_policy_run_t *run,
+    ngx_smartflow_json_t *a, ngx_smartflow_json_t *b, ngx_uint_t what)
+{
+    u_char                             *p, buf[2 * NGX_SF_SEAM];
+    size_t                              ta, tb, len;
+    ngx_str_t                           word, value;
+    ngx_uint_t                          i, n, act, type;
+    ngx_smartflow_finding_t            *f;
+    ngx_smartflow_injection_t           inj;
+    ngx_http_smartflow_policy_group_t  *g;
+    ngx_http_smartflow_placeholder_t   *ph;
+
+    g = run->g;
+
+    ta = ngx_min(a->str.len, NGX_SF_SEAM);
+    tb = ngx_min(b->str.len, NGX_SF_SEAM);
+
+    p = ngx_cpymem(buf, a->str.data + a->str.len - ta, ta);
+    p = ngx_cpymem(p, b->str.data, tb);
+    len = ta + tb;
+
+    if ((what & NGX_SF_SCAN_INJ)
+        && g->action[NGX_SF_RULE_INJECTION] != NGX_SF_ACTION_OFF)
+    {
+        ngx_smartflow_injection_score(buf, len, &inj);
+
+        if (inj.score > run->score) {
+            run->score = inj.score;
+        }
+
+        if (inj.score >= g->threshold) {
+            ngx_http_smartflow_policy_decide(run, NGX_SF_RULE_INJECTION,
+                                    g->action[NGX_SF_RULE_INJECTION],
+                                    inj.top);
+        }
+    }
+
+    if (!(what & NGX_SF_SCAN_PII) || run->block
+        || (g->pii_mask == 0 && g->ncustom == 0))
+    {
+        return NGX_OK;
+    }
+
+    f = run->f;
+    n = ngx_smartflow_pii_scan(buf, len, g->pii_mask, g->custom, g->ncustom,
+                               f, NGX_SF_MAX_FINDINGS);
+
+    /* findings never overlap: one at most holds the seam */
+    for (i = 0; i < n; i++) {
+        if (f[i].start < ta && f[i].end > ta) {
+            break;
+        }
+    }
+
+    if (i == n) {
+        return NGX_OK;
+    }
+
+    if (f[i].rule >= NGX_SF_RULE_CUSTOM) {
+        type = NGX_SF_RULE_N + f[i].rule - NGX_SF_RULE_CUSTOM;
+        act = g->custom_action[f[i].rule - NGX_SF_RULE_CUSTOM];
+
+    } else {
+        type = f[i].rule;
+        act = g->action[type];
+    }
+
+    if (act == NGX_SF_ACTION_OFF) {
+        return NGX_OK;
+    }
+
+    ngx_http_smartflow_policy_decide(run, type, act, NULL);
+
+    if (act != NGX_SF_ACTION_REDACT || run->block) {
+        return NGX_OK;
+    }
+
+    /* the value whole takes the place of its piece before the seam */
+    value.data = buf + f[i].start;
+    value.len = f[i].end - f[i].start;
+
+    ph = ngx_http_smartflow_policy_placeholder(run, type, &value);
+    if (ph == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_http_smartflow_policy_type_name(run, type, &word);
+
+    len = a->str.len - ta + f[i].start;
+
+    p = ngx_pnalloc(run->pool, len + word.len + NGX_INT_T_LEN + 3);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (run->input
+        && (ngx_http_smartflow_policy_edited(run, a) != NGX_OK
+            || ngx_http_smartflow_policy_edited(run, b) != NGX_OK))
+    {
+        return NGX_ERROR;
+    }
+
+    a->str.len = ngx_sprintf(ngx_cpymem(p, a->str.data, len), "[%V_%ui]",
+                             &word, ph->n)
+                 - p;
+    a->str.data = p;
+    a->str_plain = NULL;
+
+    /* and its piece after the seam is taken out */
+    b->str.data += f[i].end - ta;
+    b->str.len -= f[i].end - ta;
+    b->str_plain = NULL;
+
+    run->redacted = 1;
 
     return NGX_OK;
 }
@@ -1163,6 +1345,7 @@ static ngx_int_t
 ngx_http_smartflow_policy_edited(ngx_http_smartflow_policy_run_t *run,
     ngx_smartflow_json_t *j)
 {
+    ngx_uint_t                         i;
     ngx_http_smartflow_policy_edit_t  *e;
 
     if (run->edits == NULL) {
@@ -1173,10 +1356,17 @@ ngx_http_smartflow_policy_edited(ngx_http_smartflow_policy_run_t *run,
         }
     }
 
+    /*
+     * a string is changed by its own scan, then perhaps at the seams
+     * with the text parts around it, each read right after it: it is
+     * among the last few changed, if at all
+     */
     e = run->edits->elts;
 
-    if (run->edits->nelts && e[run->edits->nelts - 1].j == j) {
-        return NGX_OK;
+    for (i = run->edits->nelts; i > 0 && i + 4 > run->edits->nelts; i--) {
+        if (e[i - 1].j == j) {
+            return NGX_OK;
+        }
     }
 
     e = ngx_array_push(run->edits);
