@@ -67,7 +67,7 @@ typedef struct {
 #define NGX_SF_NTYPES       (NGX_SF_RULE_N + NGX_SF_POLICY_MAX_CUSTOM)
 
 
-/* a value redacted and its placeholder, found by its hash */
+/* a value redacted and its placeholder, in a tree of the request's */
 typedef struct {
     ngx_rbtree_node_t                   node;
     ngx_uint_t                          type;

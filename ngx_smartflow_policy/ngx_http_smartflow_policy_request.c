@@ -1381,13 +1381,16 @@ ngx_http_smartflow_policy_edited(ngx_http_smartflow_policy_run_t *run,
 }
 
 
-/* placeholders in order of hash, then of type and value */
+/*
+ * placeholders in order of the value's length, type and bytes: a total
+ * order, so the tree stays balanced without hashing the value
+ */
 static ngx_int_t
 ngx_http_smartflow_policy_seen_cmp(ngx_http_smartflow_placeholder_t *ph,
-    uint32_t hash, ngx_uint_t type, ngx_str_t *value)
+    ngx_rbtree_key_t key, ngx_uint_t type, ngx_str_t *value)
 {
-    if (hash != ph->node.key) {
-        return (hash < ph->node.key) ? -1 : 1;
+    if (key != ph->node.key) {
+        return (key < ph->node.key) ? -1 : 1;
     }
 
     if (type != ph->type) {
@@ -1412,7 +1415,7 @@ ngx_http_smartflow_policy_seen_insert(ngx_rbtree_node_t *temp,
 
         p = (ngx_http_smartflow_policy_seen_cmp(
                  (ngx_http_smartflow_placeholder_t *) temp,
-                 (uint32_t) node->key, ph->type, &ph->value) < 0)
+                 node->key, ph->type, &ph->value) < 0)
             ? &temp->left : &temp->right;
 
         if (*p == sentinel) {
@@ -1439,11 +1442,11 @@ ngx_http_smartflow_policy_placeholder(ngx_http_smartflow_policy_run_t *run,
     ngx_uint_t type, ngx_str_t *value)
 {
     ngx_int_t                          rc;
-    uint32_t                           hash;
+    ngx_rbtree_key_t                   key;
     ngx_rbtree_node_t                 *node, *sentinel;
     ngx_http_smartflow_placeholder_t  *ph;
 
-    hash = ngx_murmur_hash2(value->data, value->len);
+    key = value->len;
 
     node = run->seen.root;
     sentinel = run->seen.sentinel;
@@ -1451,7 +1454,7 @@ ngx_http_smartflow_policy_placeholder(ngx_http_smartflow_policy_run_t *run,
     while (node != sentinel) {
         ph = (ngx_http_smartflow_placeholder_t *) node;
 
-        rc = ngx_http_smartflow_policy_seen_cmp(ph, hash, type, value);
+        rc = ngx_http_smartflow_policy_seen_cmp(ph, key, type, value);
 
         if (rc == 0) {
             return ph;
@@ -1476,7 +1479,7 @@ ngx_http_smartflow_policy_placeholder(ngx_http_smartflow_policy_run_t *run,
     ph->value.len = value->len;
     ph->type = type;
     ph->n = ++run->count[type];
-    ph->node.key = hash;
+    ph->node.key = key;
 
     ngx_rbtree_insert(&run->seen, &ph->node);
 

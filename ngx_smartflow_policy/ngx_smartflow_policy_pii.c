@@ -256,11 +256,12 @@ ngx_smartflow_pii_scan(u_char *p, size_t len, ngx_uint_t mask,
     ngx_smartflow_custom_t *custom, ngx_uint_t ncustom,
     ngx_smartflow_finding_t *f, ngx_uint_t max)
 {
-    ngx_uint_t                 i, k, n, nw, at, colon, first;
+    ngx_uint_t                 i, k, n, nw, at, colon, first, sorted;
     ngx_smartflow_window_t     w[NGX_SF_MAX_WINDOWS];
     ngx_smartflow_detector_t  *d;
 
     n = 0;
+    sorted = 0;
 
     at = (memchr(p, '@', len) != NULL);
     colon = (memchr(p, ':', len) != NULL);
@@ -284,7 +285,11 @@ ngx_smartflow_pii_scan(u_char *p, size_t len, ngx_uint_t mask,
             continue;
         }
 
-        ngx_smartflow_findings_sort(f, n);
+        if (n > sorted && n > 1) {
+            ngx_smartflow_findings_sort(f, n);
+        }
+
+        sorted = n;
         first = n;
 
         if (d->rule == NGX_SF_RULE_EMAIL) {
@@ -303,14 +308,20 @@ ngx_smartflow_pii_scan(u_char *p, size_t len, ngx_uint_t mask,
     }
 
     for (i = 0; i < ncustom; i++) {
-        ngx_smartflow_findings_sort(f, n);
+        if (n > sorted && n > 1) {
+            ngx_smartflow_findings_sort(f, n);
+        }
+
+        sorted = n;
 
         n = ngx_smartflow_scan_re(custom[i].re, NGX_SF_RULE_CUSTOM + i, NULL,
                                   p, 0, len, f, n, n, max);
     }
 
-    /* text order, for the rewrite */
-    ngx_smartflow_findings_sort(f, n);
+    /* text order, for the rewrite (new ones since the last sort) */
+    if (n > sorted && n > 1) {
+        ngx_smartflow_findings_sort(f, n);
+    }
 
     return n;
 }
