@@ -428,10 +428,11 @@ ngx_http_smartflow_policy_walk(ngx_http_smartflow_policy_run_t *run)
     case NGX_HTTP_SMARTFLOW_API_CHAT:
     case NGX_HTTP_SMARTFLOW_API_MESSAGES:
         if (ctx->api == NGX_HTTP_SMARTFLOW_API_MESSAGES) {
+            /* a string or text blocks, read as one text */
             j = ngx_smartflow_json_get(ctx->json, "system");
             if (j) {
-                rc = ngx_http_smartflow_policy_values(run, j,
-                                                      NGX_SF_SCAN_PII, 0);
+                rc = ngx_http_smartflow_policy_blocks(run, j,
+                                                      NGX_SF_SCAN_PII);
                 if (rc != NGX_OK) {
                     return rc;
                 }
