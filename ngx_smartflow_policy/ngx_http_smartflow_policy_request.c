@@ -983,7 +983,9 @@ ngx_http_smartflow_policy_arguments(ngx_http_smartflow_policy_run_t *run,
     ngx_uint_t             redacted, input;
     ngx_smartflow_json_t  *doc;
 
-    if (!ngx_smartflow_json_is_string(args) || args->str.len == 0) {
+    if (!ngx_smartflow_json_is_string(args) || args->str.len == 0
+        || (!run->shield_on && run->g->pii_mask == 0 && run->g->ncustom == 0))
+    {
         return NGX_OK;
     }
 
