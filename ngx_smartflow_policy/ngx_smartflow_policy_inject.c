@@ -1572,17 +1572,87 @@ ngx_smartflow_rot13(u_char *p, size_t len, u_char *out)
 }
 
 
+/*
+ * The text with each line break inside a paragraph as a space: not one
+ * next to a blank line, nor one before a list's item ("-", "*", "+",
+ * "#", ">" or "1." / "1)" first on the line); as long as the text
+ */
+static void
+ngx_smartflow_unwrap(u_char *p, size_t len, u_char *out)
+{
+    size_t  i, k;
+    u_char  c;
+
+    for (i = 0; i < len; i++) {
+        c = p[i];
+        out[i] = c;
+
+        if (c == '\r' && i + 1 < len && p[i + 1] == '\n') {
+            out[i] = ' ';
+            continue;
+        }
+
+        if (c != '\n'
+            || (i > 0 && p[i - 1] == '\n')
+            || (i > 1 && p[i - 1] == '\r' && p[i - 2] == '\n'))
+        {
+            continue;
+        }
+
+        for (k = i + 1; k < len && (p[k] == ' ' || p[k] == '\t'); k++) {
+            /* void */
+        }
+
+        if (k + 1 < len && p[k] == '\r') {
+            k++;
+        }
+
+        if (k < len
+            && (p[k] == '\n' || p[k] == '-' || p[k] == '*' || p[k] == '+'
+                || p[k] == '#' || p[k] == '>'))
+        {
+            continue;
+        }
+
+        while (k < len && p[k] >= '0' && p[k] <= '9') {
+            k++;
+        }
+
+        if (k < len && k > i + 1 && p[k - 1] >= '0' && p[k - 1] <= '9'
+            && (p[k] == '.' || p[k] == ')'))
+        {
+            continue;
+        }
+
+        out[i] = ' ';
+    }
+}
+
+
 static void
 ngx_smartflow_score_window(u_char *p, size_t len, uint64_t *set,
     ngx_uint_t *hidden, uint64_t *revealed_set)
 {
     size_t                n;
+    uint64_t              found;
     ngx_uint_t            tags, zw, glyphs, wide;
     ngx_smartflow_pass_t  ps;
 
     ngx_smartflow_gates_open(p, len, &ps);
 
-    *set |= ngx_smartflow_signals_run(p, len, ps.open, 0);
+    found = ngx_smartflow_signals_run(p, len, ps.open, 0);
+    *set |= found;
+
+    /*
+     * a phrase wrapped across lines ("ignore\nall previous instructions")
+     * reads as one: the signals whose gates are open and that did not
+     * match run again on the text with its line breaks as spaces
+     */
+    if ((ps.open & ~found) && memchr(p, '\n', len) != NULL) {
+        ngx_smartflow_unwrap(p, len, ngx_smartflow_inj_buf);
+        *set |= ngx_smartflow_signals_run(ngx_smartflow_inj_buf, len,
+                                          ps.open & ~found, 0);
+    }
 
     tags = 0;
     zw = 0;
