@@ -197,25 +197,20 @@ $(BUILD)/unit/policy_harness: unit/ngx_smartflow_policy_harness.c \
 	    -Ingx_smartflow_policy unit/ngx_smartflow_policy_harness.c \
 	    $(POLICY_DETECT) -lpcre2-8 -o $@
 
-$(BUILD)/unit/policy_gates_test: unit/ngx_smartflow_policy_gates_test.c \
+# a detector's unit program, unit/ngx_smartflow_policy_NAME_test.c, makes
+# policy_NAME_test: it #includes the detector it tests (to reach its
+# static functions), which is therefore left out of the sources it links
+$(BUILD)/unit/policy_%_test: unit/ngx_smartflow_policy_%_test.c \
         unit/ngx_smartflow_policy_unit.h \
         $(POLICY_DETECT) ngx_smartflow_policy/ngx_smartflow_policy.h \
         $(NGX_BUILD)/objs/Makefile
 	@mkdir -p $(BUILD)/unit
 	clang -g -O1 -fsanitize=address,undefined \
 	    -fno-sanitize-recover=undefined $(FUZZ_INCS) \
-	    -Ingx_smartflow_policy unit/ngx_smartflow_policy_gates_test.c \
-	    $(filter-out %_inject.c,$(POLICY_DETECT)) -lpcre2-8 -o $@
-
-$(BUILD)/unit/policy_pii_test: unit/ngx_smartflow_policy_pii_test.c \
-        unit/ngx_smartflow_policy_unit.h \
-        $(POLICY_DETECT) ngx_smartflow_policy/ngx_smartflow_policy.h \
-        $(NGX_BUILD)/objs/Makefile
-	@mkdir -p $(BUILD)/unit
-	clang -g -O1 -fsanitize=address,undefined \
-	    -fno-sanitize-recover=undefined $(FUZZ_INCS) \
-	    -Ingx_smartflow_policy unit/ngx_smartflow_policy_pii_test.c \
-	    $(filter-out %_pii.c,$(POLICY_DETECT)) -lpcre2-8 -o $@
+	    -Ingx_smartflow_policy $< \
+	    $(filter-out $(addprefix ngx_smartflow_policy/,$(shell sed -n \
+	        's/^#include "\(ngx_smartflow_policy_[a-z_]*\.c\)"/\1/p' $<)), \
+	        $(POLICY_DETECT)) -lpcre2-8 -o $@
 
 policy-harness: $(BUILD)/unit/policy_harness
 

@@ -76,6 +76,9 @@ static size_t ngx_http_smartflow_approvals_item_len(
     ngx_http_smartflow_approval_t *it);
 static size_t ngx_http_smartflow_approvals_copy(u_char *dst, size_t size,
     u_char *src, size_t len, ngx_uint_t *cut);
+static ngx_http_smartflow_approval_t *ngx_http_smartflow_approvals_find(
+    ngx_http_smartflow_approvals_sh_t *sh, u_char *hash, time_t now,
+    ngx_http_smartflow_approval_t **free, ngx_http_smartflow_approval_t **old);
 
 
 /* smartflow_policy_approvals NAME SIZE [pending=TIME] [approved=TIME]; */
@@ -290,43 +293,19 @@ ngx_http_smartflow_policy_approval(ngx_http_smartflow_policy_run_t *run,
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    free = NULL;
-    old = NULL;
+    it = ngx_http_smartflow_approvals_find(sh, hash, now, &free, &old);
 
-    for (i = 0; i < sh->n; i++) {
-        it = &sh->items[i];
+    if (it) {
+        state = it->state;
+        *id = it->id;
 
-        if (it->id && it->expires <= now) {
-            it->id = 0;         /* expired: as if never asked */
+        ngx_shmtx_unlock(&shpool->mutex);
+
+        if (state == NGX_SF_APPROVAL_DENIED) {
+            return state;
         }
 
-        if (it->id == 0) {
-            if (free == NULL) {
-                free = it;
-            }
-
-            continue;
-        }
-
-        if (ngx_memcmp(it->hash, hash, 32) == 0) {
-            state = it->state;
-            *id = it->id;
-
-            ngx_shmtx_unlock(&shpool->mutex);
-
-            if (state == NGX_SF_APPROVAL_DENIED) {
-                return state;
-            }
-
-            goto found;
-        }
-
-        /* a denial may go first: its retry only waits again */
-        if (it->state == NGX_SF_APPROVAL_DENIED
-            && (old == NULL || it->expires < old->expires))
-        {
-            old = it;
-        }
+        goto found;
     }
 
     it = free ? free : old;
@@ -479,7 +458,7 @@ void
 ngx_http_smartflow_policy_approvals_back(ngx_http_smartflow_policy_run_t *run)
 {
     time_t                                  now;
-    ngx_uint_t                              i, k, back;
+    ngx_uint_t                              k, back;
     ngx_shm_zone_t                         *zone;
     ngx_slab_pool_t                        *shpool;
     ngx_http_smartflow_approval_t          *it, *free, *used;
@@ -508,29 +487,10 @@ ngx_http_smartflow_policy_approvals_back(ngx_http_smartflow_policy_run_t *run)
             continue;
         }
 
-        free = NULL;
+        it = ngx_http_smartflow_approvals_find(sh, used[k].hash, now, &free,
+                                               NULL);
 
-        for (i = 0; i < sh->n; i++) {
-            it = &sh->items[i];
-
-            if (it->id && it->expires <= now) {
-                it->id = 0;
-            }
-
-            if (it->id == 0) {
-                if (free == NULL) {
-                    free = it;
-                }
-
-                continue;
-            }
-
-            if (ngx_memcmp(it->hash, used[k].hash, 32) == 0) {
-                break;
-            }
-        }
-
-        if (i == sh->n && free) {
+        if (it == NULL && free) {
             *free = used[k];
             back++;
         }
@@ -546,6 +506,61 @@ ngx_http_smartflow_policy_approvals_back(ngx_http_smartflow_policy_run_t *run)
                       "the request was answered %ui",
                       back, run->r->headers_out.status);
     }
+}
+
+
+/*
+ * The item of a call's hash in the queue, or NULL; called under the
+ * zone's lock, it frees the items expired on the way.  *free is the first
+ * free slot before the item (of the whole queue when it is not there);
+ * *old, unless old is NULL, the live denial that expires first, the one a
+ * full queue may evict.
+ */
+static ngx_http_smartflow_approval_t *
+ngx_http_smartflow_approvals_find(ngx_http_smartflow_approvals_sh_t *sh,
+    u_char *hash, time_t now, ngx_http_smartflow_approval_t **free,
+    ngx_http_smartflow_approval_t **old)
+{
+    ngx_uint_t                      i;
+    ngx_http_smartflow_approval_t  *it, *f, *d;
+
+    f = NULL;
+    d = NULL;
+
+    for (i = 0; i < sh->n; i++) {
+        it = &sh->items[i];
+
+        if (it->id && it->expires <= now) {
+            it->id = 0;         /* expired: as if never asked */
+        }
+
+        if (it->id == 0) {
+            if (f == NULL) {
+                f = it;
+            }
+
+            continue;
+        }
+
+        if (ngx_memcmp(it->hash, hash, 32) == 0) {
+            break;
+        }
+
+        /* a denial may go first: its retry only waits again */
+        if (it->state == NGX_SF_APPROVAL_DENIED
+            && (d == NULL || it->expires < d->expires))
+        {
+            d = it;
+        }
+    }
+
+    *free = f;
+
+    if (old) {
+        *old = d;
+    }
+
+    return (i < sh->n) ? &sh->items[i] : NULL;
 }
 
 

@@ -384,6 +384,10 @@ ngx_http_smartflow_error_page(ngx_http_request_t *r, ngx_uint_t api)
 
     r->err_status = 0;
 
+    if (ctx) {
+        ngx_http_smartflow_client_location(r, ctx);
+    }
+
     return ngx_http_smartflow_refuse(r, status,
                                api == NGX_HTTP_SMARTFLOW_API_ANTHROPIC_ERROR);
 }

@@ -1487,8 +1487,13 @@ ngx_http_smartflow_cred_save(ngx_http_request_t *r,
                     ngx_base64_encoded_length(NGX_SMARTFLOW_CRED_NONCE
                                               + NGX_SMARTFLOW_CRED_MAX
                                               + NGX_SMARTFLOW_CRED_TAG) + 1);
-    /* the store, its temporary file, its lock file, its directory */
-    sv->path = ngx_pnalloc(r->pool, 4 * cr->path.len + 64);
+    /*
+     * the store, its temporary file (mkstemp()'s template), its lock
+     * file, its directory, each one NUL-terminated
+     */
+    sv->path = ngx_pnalloc(r->pool, 4 * cr->path.len + sizeof("")
+                                    + sizeof(".XXXXXX") + sizeof(".lock")
+                                    + sizeof(""));
 
     if (sv->buf == NULL || sealed == NULL || sv->path == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -1499,10 +1504,7 @@ ngx_http_smartflow_cred_save(ngx_http_request_t *r,
      * the six "X" that end its template
      */
     sv->temp = ngx_sprintf(sv->path, "%V%Z", &cr->path);
-    sv->lock = ngx_sprintf(sv->temp, "%V.", &cr->path);
-    ngx_memset(sv->lock, 'X', 6);
-    sv->lock += 6;
-    *sv->lock++ = '\0';
+    sv->lock = ngx_sprintf(sv->temp, "%V.XXXXXX%Z", &cr->path);
     sv->dir = ngx_sprintf(sv->lock, "%V.lock%Z", &cr->path);
     (void) ngx_sprintf(sv->dir, "%V%Z", &cr->path);
 

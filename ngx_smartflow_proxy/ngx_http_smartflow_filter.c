@@ -379,13 +379,27 @@ ngx_http_smartflow_stream_timeout(ngx_event_t *ev)
 }
 
 
-/* as if the provider had timed out: nginx ends the upstream itself */
+/*
+ * As if the provider had timed out: nginx ends the upstream itself.  In
+ * the TLS handshake nginx takes only a timed out write event for a
+ * timeout (its connect timer is on the write event); a read one would
+ * end the handshake as a failure, a 502.
+ */
 void
 ngx_http_smartflow_upstream_timeout(ngx_http_request_t *r)
 {
     ngx_connection_t  *c;
 
     c = r->upstream->peer.connection;
+
+#if (NGX_SSL)
+    if (c->ssl && !c->ssl->handshaked) {
+        c->write->timedout = 1;
+        c->write->handler(c->write);
+        return;
+    }
+#endif
+
     c->read->timedout = 1;
     c->read->handler(c->read);
 }

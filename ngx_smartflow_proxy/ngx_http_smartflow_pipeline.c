@@ -196,11 +196,12 @@ ngx_http_smartflow_pipeline_done(ngx_http_request_t *r,
             /* a failure may go on to the next deployment: intercept it */
             ngx_str_set(&name, "@smartflow_try");
 
-            /* each later attempt starts again with this redirect budget */
+            /*
+             * each later attempt starts again with this redirect budget,
+             * and runs with the configuration of the client's location
+             * (ctx->loc_conf)
+             */
             ctx->uri_changes = r->uri_changes;
-
-            /* and runs with the configuration of the client's location */
-            ctx->loc_conf = r->loc_conf;
 
             r->preserve_body = 1;
             (void) ngx_http_named_location(r, &name);
@@ -488,6 +489,9 @@ ngx_http_smartflow_next(ngx_http_request_t *r)
 
     smcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_proxy_module);
 
+    /* a refusal from here is logged and audited as the client's location */
+    ngx_http_smartflow_client_location(r, ctx);
+
     status = r->err_status;
     r->err_status = 0;
     rt = ctx->route;
@@ -702,6 +706,28 @@ ngx_http_smartflow_attempt(ngx_http_request_t *r)
     }
 
     return rc;
+}
+
+
+/*
+ * A request redirected to one of the module's named locations (an error
+ * page, the next attempt) is the client location's still: its LOG phase
+ * (access_log, smartflow_audit_log, smartflow_audit) and the filters of
+ * the answer take that location's configuration, not the server's.
+ */
+void
+ngx_http_smartflow_client_location(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx)
+{
+    if (r != r->main || ctx->loc_conf == NULL
+        || r->loc_conf == ctx->loc_conf)
+    {
+        /* a subrequest (an embedder's call) keeps its own location */
+        return;
+    }
+
+    r->loc_conf = ctx->loc_conf;
+    ngx_http_update_location_config(r);
 }
 
 

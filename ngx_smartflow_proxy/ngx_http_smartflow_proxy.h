@@ -680,6 +680,8 @@ ngx_int_t ngx_http_smartflow_next(ngx_http_request_t *r);
 ngx_int_t ngx_http_smartflow_attempt_timer(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx);
 ngx_int_t ngx_http_smartflow_attempt(ngx_http_request_t *r);
+void ngx_http_smartflow_client_location(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx);
 void ngx_http_smartflow_attempt_result(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_uint_t status, time_t retry_after);
 void ngx_http_smartflow_upstream_timeout(ngx_http_request_t *r);

@@ -353,6 +353,9 @@ ngx_http_smartflow_create_ctx(ngx_http_request_t *r)
     ctx = cln->data;
     ngx_memzero(ctx, sizeof(ngx_http_smartflow_ctx_t));
 
+    /* the location the client's request is served by */
+    ctx->loc_conf = r->loc_conf;
+
     cln->handler = ngx_http_smartflow_ctx_cleanup;
 
     ngx_http_set_ctx(r, ctx, ngx_http_smartflow_proxy_module);

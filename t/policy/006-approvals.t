@@ -431,3 +431,25 @@ _EOC_
 --- response_body_like eval
 [ qr/Shield item 1;/, qr/"status":"approved"/, qr/"error"/,
   qr/"content":"mock reply to: go on"/, qr/Shield item 2;/ ]
+
+
+
+=== TEST 19: an Anthropic client's tool_use waits, is approved and passes once, in Anthropic's words
+The same call as an OpenAI client's, sent as an Anthropic Messages
+request (tool_use in the assistant's turn, tool_result in the user's):
+the same item, refused in Anthropic's error format until approved.
+--- request eval
+my $m = "POST /anthropic/v1/messages\n"
+    . q/{"model":"gpt-4o","max_tokens":64,"messages":[{"role":"user","content":"clean up"},/
+    . q/{"role":"assistant","content":[{"type":"tool_use","id":"t1","name":"bash","input":{"command":"rm -rf \/home\/bob"}}]},/
+    . q/{"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":"ok"},{"type":"text","text":"go on"}]}]}/;
+[ $m, "GET /api/shield/pending", "POST /api/shield/pending/1/approve",
+  $m, $m ]
+--- error_code eval
+[403, 200, 200, 200, 403]
+--- response_body_like eval
+[ qr/^\{"type":"error","error":\{"type":"permission_error","message":"The tool call \(rule `shield.shell`: shell.rm_root\) awaits an operator's approval as Shield item 1; send the request again once it is approved."\}\}$/,
+  qr/^\{"object":"list","data":\[\{"id":1,"object":"shield.pending","rule":"shell.rm_root","key":"master","key_name":null,"tool":"bash","arguments":"\{\\"command\\":\\"rm -rf \/home\/bob\\"\}",.*"status":"pending"/,
+  qr/"status":"approved"/,
+  qr/^\{"id":"[^"]+","type":"message","role":"assistant".*"text":"mock reply to: go on"/,
+  qr/^\{"type":"error","error":\{"type":"permission_error","message":"[^"]*Shield item 2;/ ]

@@ -109,7 +109,7 @@ our $Locations = Smartflow::Conf::shipped_locations();
 Smartflow::Blocks::defaults(http_config => http_config(),
                             config => $Locations, keys => 1);
 
-my $json = JSON::PP->new->utf8->canonical;
+our $json = JSON::PP->new->utf8->canonical;
 my $str = JSON::PP->new->ascii->allow_nonref;
 
 sub chat {
@@ -528,5 +528,43 @@ a failure (one failure opens the breaker), not a success.
  . "paged/gpt-paged-fb-u closed requests=0 failures=0 in_flight=0\n"]
 --- error_log
 smartflow proxy: provider "paged" answered 200 with a body that is not JSON
+--- no_error_log
+[alert]
+
+
+
+=== TEST 11: a fallback's refusal is in the client location's audit log
+The client's location alone keeps an audit log.  The primary fails and
+the fallback does not offer /v1/completions: the refusal, sent from
+@smartflow_next, is recorded in that log.
+--- config eval
+$::Locations . <<'_EOC_';
+location = /own/v1/completions {
+    smartflow_api completions;
+    smartflow_audit_log logs/own-audit.log;
+    include $TEST_NGINX_SMARTFLOW_CONF/smartflow_proxy.conf;
+}
+
+location = /own-audit {
+    default_type text/plain;
+    alias $TEST_NGINX_SERVER_ROOT/logs/own-audit.log;
+}
+_EOC_
+--- request eval
+["POST /own/v1/completions\n" . '{"model":"legacy","prompt":"hi"}',
+ "GET /own-audit"]
+--- more_headers eval
+[$::OpenAIKey, ""]
+--- error_code eval
+[400, 200]
+--- response_body_filters eval
+sub {
+    my $b = shift;
+    return $b unless $b =~ /\A\{"time"/;
+    return CORE::join '', map { my $r = $::json->decode($_); "$r->{status} $r->{model}\n" } split /\n/, $b;
+}
+--- response_body eval
+['{"error":{"message":"The model `legacy` is served by provider \"anthropic\", which does not offer this endpoint.","type":"invalid_request_error","param":"model","code":"unsupported_model"}}',
+ "400 legacy\n"]
 --- no_error_log
 [alert]

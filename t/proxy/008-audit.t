@@ -326,3 +326,62 @@ qr/"code":"model_not_found"/,
 --- no_error_log
 [alert]
 [crit]
+
+
+
+=== TEST 10: a refusal nginx makes follows the client location's "smartflow_audit_log off"
+The provider cannot be reached: the 502 is written by @smartflow_error,
+yet the request is the embeddings location's, whose log is off.
+--- more_headers eval
+[ $::Key, $::Key, '' ]
+--- request eval
+[
+"POST /v1/embeddings\n" . '{"model":"gpt-down","input":"not audited"}',
+::chat('smartflow-echo'),
+"GET /audit",
+]
+--- response_body_filters eval
+\&::audit_lines
+--- response_body eval
+[
+qr/"code":"upstream_unreachable"/,
+qr/"content":"Echo: hi"/,
+'{"error":null,"key_id":"master","model":"smartflow-echo","provider":"demo","request_bytes":"N","response_bytes":"N","status":200,"stream":false,"time":"TIME"}
+',
+]
+--- error_code eval
+[502, 200, 200]
+--- no_error_log
+[alert]
+[crit]
+
+
+
+=== TEST 11: a refusal nginx makes goes to the client location's audit log
+Only the chat location has a log: the 502 that @smartflow_error writes
+for an unreachable provider is in it.
+--- http_config eval
+my $c = $::HttpConfig;
+$c =~ s/^\s*smartflow_audit_log logs\/audit.log;\n//m;
+$c
+--- config eval
+my $c = $::Locations;
+$c =~ s/(smartflow_api chat;\n)/$1        smartflow_audit_log logs\/audit.log;\n/;
+$c
+--- more_headers eval
+[ $::Key, '' ]
+--- request eval
+[ ::chat('gpt-down'), "GET /audit" ]
+--- response_body_filters eval
+\&::audit_lines
+--- response_body eval
+[
+qr/"code":"upstream_unreachable"/,
+'{"error":"upstream_unreachable","key_id":"master","model":"gpt-down","provider":"down","request_bytes":"N","response_bytes":"N","status":502,"stream":false,"time":"TIME"}
+',
+]
+--- error_code eval
+[502, 200]
+--- no_error_log
+[alert]
+[crit]
