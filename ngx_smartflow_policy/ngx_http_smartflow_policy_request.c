@@ -11,6 +11,13 @@
 #include "ngx_http_smartflow_policy.h"
 
 
+/* the text parts before a part, as far back as their last NGX_SF_SEAM bytes */
+typedef struct {
+    ngx_smartflow_json_t               *part[NGX_SF_SEAM];
+    ngx_uint_t                          n;
+} ngx_http_smartflow_policy_parts_t;
+
+
 static ngx_int_t ngx_http_smartflow_policy_walk(
     ngx_http_smartflow_policy_run_t *run);
 static ngx_int_t ngx_http_smartflow_policy_message(
@@ -20,11 +27,13 @@ static ngx_int_t ngx_http_smartflow_policy_blocks(
     ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *content,
     ngx_uint_t what);
 static ngx_int_t ngx_http_smartflow_policy_joined(
-    ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t **prev,
-    ngx_smartflow_json_t *b, ngx_uint_t what);
+    ngx_http_smartflow_policy_run_t *run,
+    ngx_http_smartflow_policy_parts_t *prev, ngx_smartflow_json_t *b,
+    ngx_uint_t what);
 static ngx_int_t ngx_http_smartflow_policy_seam(
-    ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *a,
-    ngx_smartflow_json_t *b, ngx_uint_t what);
+    ngx_http_smartflow_policy_run_t *run,
+    ngx_http_smartflow_policy_parts_t *prev, ngx_smartflow_json_t *b,
+    ngx_uint_t what);
 static ngx_int_t ngx_http_smartflow_policy_document(
     ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *b,
     ngx_uint_t what);
@@ -515,9 +524,10 @@ static ngx_int_t
 ngx_http_smartflow_policy_message(ngx_http_smartflow_policy_run_t *run,
     ngx_smartflow_json_t *msg, ngx_uint_t anthropic)
 {
-    ngx_int_t              rc;
-    ngx_uint_t             what;
-    ngx_smartflow_json_t  *role, *content, *b, *type, *j, *fn, *prev;
+    ngx_int_t                           rc;
+    ngx_uint_t                          what;
+    ngx_smartflow_json_t               *role, *content, *b, *type, *j, *fn;
+    ngx_http_smartflow_policy_parts_t   prev;
 
     role = ngx_smartflow_json_get(msg, "role");
     content = ngx_smartflow_json_get(msg, "content");
@@ -569,7 +579,7 @@ ngx_http_smartflow_policy_message(ngx_http_smartflow_policy_run_t *run,
     }
 
     /* Anthropic's content blocks */
-    prev = NULL;
+    prev.n = 0;
 
     for (b = content->child; b && !run->block; b = b->next) {
         type = ngx_smartflow_json_get(b, "type");
@@ -638,14 +648,15 @@ static ngx_int_t
 ngx_http_smartflow_policy_blocks(ngx_http_smartflow_policy_run_t *run,
     ngx_smartflow_json_t *content, ngx_uint_t what)
 {
-    ngx_int_t              rc;
-    ngx_smartflow_json_t  *b, *type, *prev;
+    ngx_int_t                           rc;
+    ngx_smartflow_json_t               *b, *type;
+    ngx_http_smartflow_policy_parts_t   prev;
 
     if (content->type != NGX_SMARTFLOW_JSON_ARRAY) {
         return ngx_http_smartflow_policy_values(run, content, what, 0);
     }
 
-    prev = NULL;
+    prev.n = 0;
 
     for (b = content->child; b && !run->block; b = b->next) {
         type = ngx_smartflow_json_get(b, "type");
@@ -674,16 +685,19 @@ ngx_http_smartflow_policy_blocks(ngx_http_smartflow_policy_run_t *run,
 
 /*
  * Text parts one after another are read by the model as one text: the
- * seam between a part and the text part before it is read too, so that
- * a value cut in two (a card in two pieces, an address at a part's end)
- * is found whole and replaced on both sides.  *prev: the text before,
- * or NULL after a part that is no text.
+ * seam between a part and the text parts before it is read too, so that
+ * a value cut in pieces (a card in two, an address at a part's end) is
+ * found whole and replaced.  prev: the text parts before, none after a
+ * part that is no text.
  */
 static ngx_int_t
 ngx_http_smartflow_policy_joined(ngx_http_smartflow_policy_run_t *run,
-    ngx_smartflow_json_t **prev, ngx_smartflow_json_t *b, ngx_uint_t what)
+    ngx_http_smartflow_policy_parts_t *prev, ngx_smartflow_json_t *b,
+    ngx_uint_t what)
 {
+    size_t                 len;
     ngx_int_t              rc;
+    ngx_uint_t             i;
     ngx_smartflow_json_t  *j;
 
     if (b->type == NGX_SMARTFLOW_JSON_STRING) {
@@ -702,27 +716,64 @@ ngx_http_smartflow_policy_joined(ngx_http_smartflow_policy_run_t *run,
         j = NULL;
     }
 
-    rc = NGX_OK;
-
-    if (j && *prev && (*prev)->str.len && j->str.len) {
-        rc = ngx_http_smartflow_policy_seam(run, *prev, j, what);
+    if (j == NULL) {
+        prev->n = 0;
+        return NGX_OK;
     }
 
-    *prev = j;
+    if (j->str.len == 0) {
+        return NGX_OK;
+    }
+
+    rc = prev->n ? ngx_http_smartflow_policy_seam(run, prev, j, what)
+                 : NGX_OK;
+
+    /* it joins them; the oldest leave once the others hold the bytes */
+    if (prev->n == NGX_SF_SEAM) {
+        ngx_memmove(prev->part, prev->part + 1,
+                    (NGX_SF_SEAM - 1) * sizeof(ngx_smartflow_json_t *));
+        prev->n--;
+    }
+
+    prev->part[prev->n++] = j;
+
+    for ( ;; ) {
+        len = 0;
+
+        for (i = 1; i < prev->n; i++) {
+            len += prev->part[i]->str.len;
+        }
+
+        if (prev->n < 2 || len < NGX_SF_SEAM) {
+            break;
+        }
+
+        ngx_memmove(prev->part, prev->part + 1,
+                    (prev->n - 1) * sizeof(ngx_smartflow_json_t *));
+        prev->n--;
+    }
 
     return rc;
 }
 
 
-/* the seam between the texts a and b, the bytes each side of it */
+/*
+ * The seam before b: the last NGX_SF_SEAM bytes of the parts before it
+ * and as many of its first.  A finding that reaches into b is replaced
+ * as one value: its placeholder in the part it starts in, its pieces
+ * taken out of the parts after.
+ */
 static ngx_int_t
 ngx_http_smartflow_policy_seam(ngx_http_smartflow_policy_run_t *run,
-    ngx_smartflow_json_t *a, ngx_smartflow_json_t *b, ngx_uint_t what)
+    ngx_http_smartflow_policy_parts_t *prev, ngx_smartflow_json_t *b,
+    ngx_uint_t what)
 {
     u_char                             *p, buf[2 * NGX_SF_SEAM];
-    size_t                              ta, tb, len;
+    size_t                              ta, tb, len, take, rest, start, end;
+    size_t                              off[NGX_SF_SEAM], from[NGX_SF_SEAM];
     ngx_str_t                           word, value;
-    ngx_uint_t                          i, n, act, type;
+    ngx_uint_t                          i, k, n, act, type;
+    ngx_smartflow_json_t               *a;
     ngx_smartflow_finding_t            *f;
     ngx_smartflow_injection_t           inj;
     ngx_http_smartflow_policy_group_t  *g;
@@ -730,10 +781,31 @@ ngx_http_smartflow_policy_seam(ngx_http_smartflow_policy_run_t *run,
 
     g = run->g;
 
-    ta = ngx_min(a->str.len, NGX_SF_SEAM);
+    /*
+     * the parts' last NGX_SF_SEAM bytes (a part may have grown since it
+     * joined, by a placeholder): the bytes each gives, newest first
+     */
+    rest = NGX_SF_SEAM;
+
+    for (k = prev->n; k > 0; k--) {
+        take = ngx_min(prev->part[k - 1]->str.len, rest);
+        from[k - 1] = prev->part[k - 1]->str.len - take;
+        rest -= take;
+    }
+
+    /* oldest first: where each starts in buf */
+    p = buf;
+
+    for (k = 0; k < prev->n; k++) {
+        a = prev->part[k];
+
+        off[k] = p - buf;
+        p = ngx_cpymem(p, a->str.data + from[k], a->str.len - from[k]);
+    }
+
+    ta = p - buf;
     tb = ngx_min(b->str.len, NGX_SF_SEAM);
 
-    p = ngx_cpymem(buf, a->str.data + a->str.len - ta, ta);
     p = ngx_cpymem(p, b->str.data, tb);
     len = ta + tb;
 
@@ -753,7 +825,7 @@ ngx_http_smartflow_policy_seam(ngx_http_smartflow_policy_run_t *run,
         }
     }
 
-    if (!(what & NGX_SF_SCAN_PII) || run->block
+    if (!(what & NGX_SF_SCAN_PII) || run->block || ta == 0
         || (g->pii_mask == 0 && g->ncustom == 0))
     {
         return NGX_OK;
@@ -774,6 +846,9 @@ ngx_http_smartflow_policy_seam(ngx_http_smartflow_policy_run_t *run,
         return NGX_OK;
     }
 
+    start = f[i].start;
+    end = f[i].end;
+
     if (f[i].rule >= NGX_SF_RULE_CUSTOM) {
         type = NGX_SF_RULE_N + f[i].rule - NGX_SF_RULE_CUSTOM;
         act = g->custom_action[f[i].rule - NGX_SF_RULE_CUSTOM];
@@ -793,9 +868,8 @@ ngx_http_smartflow_policy_seam(ngx_http_smartflow_policy_run_t *run,
         return NGX_OK;
     }
 
-    /* the value whole takes the place of its piece before the seam */
-    value.data = buf + f[i].start;
-    value.len = f[i].end - f[i].start;
+    value.data = buf + start;
+    value.len = end - start;
 
     ph = ngx_http_smartflow_policy_placeholder(run, type, &value);
     if (ph == NULL) {
@@ -804,17 +878,31 @@ ngx_http_smartflow_policy_seam(ngx_http_smartflow_policy_run_t *run,
 
     ngx_http_smartflow_policy_type_name(run, type, &word);
 
-    len = a->str.len - ta + f[i].start;
+    /* the part it starts in: its bytes up to it, then the placeholder */
+    for (k = prev->n - 1; k > 0 && off[k] > start; k--) {
+        /* void */
+    }
+
+    a = prev->part[k];
+
+    if (run->input) {
+        for (i = k; i < prev->n; i++) {
+            if (ngx_http_smartflow_policy_edited(run, prev->part[i])
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+        }
+
+        if (ngx_http_smartflow_policy_edited(run, b) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    len = from[k] + start - off[k];
 
     p = ngx_pnalloc(run->pool, len + word.len + NGX_INT_T_LEN + 3);
     if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    if (run->input
-        && (ngx_http_smartflow_policy_edited(run, a) != NGX_OK
-            || ngx_http_smartflow_policy_edited(run, b) != NGX_OK))
-    {
         return NGX_ERROR;
     }
 
@@ -824,9 +912,14 @@ ngx_http_smartflow_policy_seam(ngx_http_smartflow_policy_run_t *run,
     a->str.data = p;
     a->str_plain = NULL;
 
-    /* and its piece after the seam is taken out */
-    b->str.data += f[i].end - ta;
-    b->str.len -= f[i].end - ta;
+    /* the parts after it, inside it: taken out, and its piece of b */
+    for (k++; k < prev->n; k++) {
+        prev->part[k]->str.len = 0;
+        prev->part[k]->str_plain = NULL;
+    }
+
+    b->str.data += end - ta;
+    b->str.len -= end - ta;
     b->str_plain = NULL;
 
     run->redacted = 1;
@@ -1348,7 +1441,6 @@ static ngx_int_t
 ngx_http_smartflow_policy_edited(ngx_http_smartflow_policy_run_t *run,
     ngx_smartflow_json_t *j)
 {
-    ngx_uint_t                         i;
     ngx_http_smartflow_policy_edit_t  *e;
 
     if (run->edits == NULL) {
@@ -1359,17 +1451,11 @@ ngx_http_smartflow_policy_edited(ngx_http_smartflow_policy_run_t *run,
         }
     }
 
-    /*
-     * a string is changed by its own scan, then perhaps at the seams
-     * with the text parts around it, each read right after it: it is
-     * among the last few changed, if at all
-     */
+    /* one changed again at once (the seams): splice() takes it once */
     e = run->edits->elts;
 
-    for (i = run->edits->nelts; i > 0 && i + 4 > run->edits->nelts; i--) {
-        if (e[i - 1].j == j) {
-            return NGX_OK;
-        }
+    if (run->edits->nelts && e[run->edits->nelts - 1].j == j) {
+        return NGX_OK;
     }
 
     e = ngx_array_push(run->edits);
@@ -1529,7 +1615,20 @@ ngx_http_smartflow_policy_splice(ngx_http_smartflow_policy_run_t *run,
     }
 
     e = run->edits->elts;
-    n = run->edits->nelts;
+
+    /*
+     * a string changed twice (by its own scan and at a seam) is put in
+     * place once, with what it was the first time
+     */
+    for (i = 0, n = 0; i < run->edits->nelts; i++) {
+        for (j = 0; j < n && e[j].j != e[i].j; j++) { /* void */ }
+
+        if (j == n) {
+            e[n++] = e[i];
+        }
+    }
+
+    run->edits->nelts = n;
 
     /* each changed string's place among the tree's string values */
     for (i = 0; i < n; i++) {

@@ -7,8 +7,9 @@
 # "content" source's blocks) and search results, also inside a tool
 # result, completions' suffix, chat's predicted output; and the seam
 # between two text parts of a message or of an Anthropic system prompt,
-# which the model reads as one text (a value cut in two is found whole
-# and replaced on both sides, an injection cut in two is scored whole).
+# which the model reads as one text (a value cut in pieces is found
+# whole: its placeholder where it starts, its other pieces taken out;
+# an injection cut in two is scored whole).
 # The mock
 # answers "mock reply to: <the last user text it received>", and with
 # the SHA-256 of the bytes it got.
@@ -127,6 +128,23 @@ our $System = '{"model":"claude-sonnet-4-5","max_tokens":64,"system":['
     . '"text":"mple.com when asked"}],"messages":[{"role":"user",'
     . '"content":"hello"}]}';
 (our $SystemOut = $System) =~ s/ops\@exa"\},\{"type":"text","text":"mple\.com/[EMAIL_1]"},{"type":"text","text":"/;
+
+# a card in four pieces, an address a character a part, after a part
+# that a placeholder made longer
+our $Pieces = '{"model":"gpt-4o","messages":[{"role":"user","content":['
+    . '{"type":"text","text":"card 4111"},{"type":"text","text":" 1111"},'
+    . '{"type":"text","text":" 1111"},{"type":"text","text":" 1111, mail b"},'
+    . '{"type":"text","text":"o"},{"type":"text","text":"b"},'
+    . '{"type":"text","text":"@"},{"type":"text","text":"example"},'
+    . '{"type":"text","text":".com"},{"type":"text","text":" or a@b"},'
+    . '{"type":"text","text":".io"}]}]}';
+our $PiecesOut = '{"model":"gpt-4o","messages":[{"role":"user","content":['
+    . '{"type":"text","text":"card [CARD_1]"},{"type":"text","text":""},'
+    . '{"type":"text","text":""},{"type":"text","text":", mail [EMAIL_1]"},'
+    . '{"type":"text","text":""},{"type":"text","text":""},'
+    . '{"type":"text","text":""},{"type":"text","text":""},'
+    . '{"type":"text","text":""},{"type":"text","text":" or [EMAIL_2]"},'
+    . '{"type":"text","text":""}]}]}';
 
 run_tests();
 
@@ -292,5 +310,16 @@ rule "injection" override of group "inject" blocked the request
 --- error_code: 200
 --- response_headers eval
 [::sha($::SystemOut), 'x-smartflow-policy: email:redact']
+--- no_error_log
+[error]
+
+
+
+=== TEST 16: a value cut in more than two pieces
+--- request eval
+"POST /v1/chat/completions\n$::Pieces"
+--- error_code: 200
+--- response_headers eval
+[::sha($::PiecesOut), 'x-smartflow-policy: email:redact,card:redact']
 --- no_error_log
 [error]
