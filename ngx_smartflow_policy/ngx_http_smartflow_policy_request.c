@@ -40,6 +40,8 @@ static ngx_int_t ngx_http_smartflow_policy_document(
 static ngx_int_t ngx_http_smartflow_policy_values(
     ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *j,
     ngx_uint_t what, ngx_uint_t depth);
+static ngx_int_t ngx_http_smartflow_policy_key(
+    ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *c);
 static ngx_int_t ngx_http_smartflow_policy_arguments(
     ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *name,
     ngx_smartflow_json_t *args);
@@ -1020,10 +1022,47 @@ ngx_http_smartflow_policy_values(ngx_http_smartflow_policy_run_t *run,
             continue;
         }
 
+        if (j->type == NGX_SMARTFLOW_JSON_OBJECT && (what & NGX_SF_SCAN_ALL)
+            && c->key.len)
+        {
+            /* a tool call's arguments: its member names are the caller's */
+            rc = ngx_http_smartflow_policy_key(run, c);
+            if (rc != NGX_OK) {
+                return rc;
+            }
+        }
+
         rc = ngx_http_smartflow_policy_values(run, c, what, depth + 1);
         if (rc != NGX_OK) {
             return rc;
         }
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * A member's name read as text, in a document of the request's own
+ * (not spliced into the body: the document is written again)
+ */
+static ngx_int_t
+ngx_http_smartflow_policy_key(ngx_http_smartflow_policy_run_t *run,
+    ngx_smartflow_json_t *c)
+{
+    ngx_smartflow_json_t  k;
+
+    ngx_memzero(&k, sizeof(ngx_smartflow_json_t));
+    k.type = NGX_SMARTFLOW_JSON_STRING;
+    k.str = c->key;
+
+    if (ngx_http_smartflow_policy_text(run, &k, NGX_SF_SCAN_PII) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (k.str.data != c->key.data) {
+        c->key = k.str;
+        c->key_plain = NULL;
     }
 
     return NGX_OK;

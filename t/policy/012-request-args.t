@@ -2,9 +2,10 @@
 # a JSON document in a string): its strings are read decoded, so that a
 # value written with escapes ("\u0040", "\u0034...") is found as well,
 # and a finding never reaches into the document's own syntax (a private
-# key's BEGIN line with no END stops at its string's end), so the
-# arguments the provider gets are a valid document, written again when
-# something in it was replaced, the client's bytes when nothing was.
+# key's BEGIN line with no END stops at its string's end); member names
+# are read as well.  The arguments the provider gets are a valid
+# document, written again when something in it was replaced, the
+# client's bytes when nothing was.
 # The mock answers with the SHA-256 of the bytes it got.
 
 use lib 't/lib';
@@ -90,6 +91,10 @@ our $PemOut = call('{\"key\":\"[SECRET_1]\",\"keep\":\"yes\"}');
 # nothing to replace, escapes and spaces kept
 our $Clean = call('{\"q\": \"caf\\\\u00e9 \\\\\"menu\\\\\"\",  \"n\": 2}');
 
+# an address as a member's name, beside one in a value
+our $Keyed = call('{\"ann@example.com\": {\"cc\": \"bob\\u0040example.org\"}}');
+our $KeyedOut = call('{\"[EMAIL_1]\":{\"cc\":\"[EMAIL_2]\"}}');
+
 # arguments that are no JSON document: read as they are
 our $Text = call('mail ann@example.com now');
 our $TextOut = call('mail [EMAIL_1] now');
@@ -165,3 +170,14 @@ __DATA__
 {"error":{"message":"The request was blocked by the content policy (rule `card`).","type":"invalid_request_error","param":null,"code":"content_policy_violation"}}
 --- error_log
 rule "card" of group "strict" blocked the request
+
+
+
+=== TEST 7: the arguments' member names are read too
+--- request eval
+"POST /v1/chat/completions\n$::Keyed"
+--- error_code: 200
+--- response_headers eval
+[::sha($::KeyedOut), 'x-smartflow-policy: email:redact']
+--- no_error_log
+[error]
