@@ -156,6 +156,33 @@ ngx_http_smartflow_policy_model_in(ngx_array_t *globs, ngx_str_t *model)
 }
 
 
+/*
+ * A model the group denies is never reached: not as the client names
+ * it, nor as a deployment of its plan (an alias, a fallback) names it
+ * to its provider
+ */
+static ngx_uint_t
+ngx_http_smartflow_policy_denied(ngx_array_t *deny,
+    ngx_http_smartflow_ctx_t *ctx)
+{
+    ngx_uint_t  i;
+
+    if (ngx_http_smartflow_policy_model_in(deny, &ctx->model)) {
+        return 1;
+    }
+
+    for (i = 0; i < ctx->nplan; i++) {
+        if (ctx->plan[i]->model.len
+            && ngx_http_smartflow_policy_model_in(deny, &ctx->plan[i]->model))
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
 ngx_int_t
 ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx)
@@ -205,8 +232,7 @@ ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
 
     if ((g->allow && !ngx_http_smartflow_policy_model_in(g->allow,
                                                          &ctx->model))
-        || (g->deny && ngx_http_smartflow_policy_model_in(g->deny,
-                                                          &ctx->model)))
+        || (g->deny && ngx_http_smartflow_policy_denied(g->deny, ctx)))
     {
         goto not_allowed;
     }

@@ -3,7 +3,9 @@
 # a pattern may not take a rule's name (its placeholders would be the
 # rule's), and a pattern that extends a group with a name the parent
 # has in another case replaces the parent's, as one of the same name
-# does.  The mock answers "mock reply to: <the last user text>".
+# does.  A model a group denies is never reached, also through an alias
+# or a fallback deployment that names it to the provider.  The mock
+# answers "mock reply to: <the last user text>".
 
 use lib 't/lib';
 use Smartflow::Conf;
@@ -26,6 +28,10 @@ our $HttpConfig = <<'_EOC_';
     smartflow_provider openai type=openai upstream=http://sf_mock path=/v1
                        key=sk-provider-test-key;
     smartflow_route gpt-* openai;
+    smartflow_route fast openai model=gpt-4o-mini;
+    smartflow_route smart openai model=gpt-4o;
+    smartflow_route smart openai model=gpt-4o-mini fallback;
+    smartflow_route quick openai model=gpt-4.1-nano;
 
     smartflow_policy_group base {
         pii redact;
@@ -35,6 +41,10 @@ our $HttpConfig = <<'_EOC_';
 
     smartflow_policy_group child extends=base {
         pattern Ticket "TICKET[0-9]+" redact;
+    }
+
+    smartflow_policy_group nomini extends=base {
+        models_deny gpt-4o-mini*;
     }
 _EOC_
 
@@ -103,3 +113,39 @@ pattern name "Email" is the name of a rule
 --- must_die
 --- error_log
 pattern name "git" is the name of a rule
+
+
+
+=== TEST 5: a denied model is not reached through an alias
+--- config eval
+"smartflow_policy nomini;\n$::Locations"
+--- request
+POST /v1/chat/completions
+{"model":"fast","messages":[{"role":"user","content":"hi"}]}
+--- error_code: 403
+--- response_body chomp
+{"error":{"message":"The model `fast` is not allowed by this endpoint's policy.","type":"permission_error","param":"model","code":"model_not_allowed"}}
+
+
+
+=== TEST 6: ... nor through a fallback deployment
+--- config eval
+"smartflow_policy nomini;\n$::Locations"
+--- request
+POST /v1/chat/completions
+{"model":"smart","messages":[{"role":"user","content":"hi"}]}
+--- error_code: 403
+--- response_body_like chomp
+"code":"model_not_allowed"
+
+
+
+=== TEST 7: an alias to a model not denied goes on, as the model named
+--- config eval
+"smartflow_policy nomini;\n$::Locations"
+--- request
+POST /v1/chat/completions
+{"model":"quick","messages":[{"role":"user","content":"hi"}]}
+--- error_code: 200
+--- response_headers
+x-mock-model: gpt-4.1-nano
