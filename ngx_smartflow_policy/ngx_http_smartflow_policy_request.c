@@ -1141,9 +1141,30 @@ ngx_http_smartflow_policy_arguments(ngx_http_smartflow_policy_run_t *run,
     ngx_uint_t             redacted, input;
     ngx_smartflow_json_t  *doc;
 
-    if (!ngx_smartflow_json_is_string(args) || args->str.len == 0
+    if (args == NULL
         || (!run->shield_on && run->g->pii_mask == 0 && run->g->ncustom == 0))
     {
+        return NGX_OK;
+    }
+
+    if (args->type == NGX_SMARTFLOW_JSON_OBJECT
+        || args->type == NGX_SMARTFLOW_JSON_ARRAY)
+    {
+        /* a document, not its text, as some servers take it */
+        rc = ngx_http_smartflow_policy_call(run, name, args);
+
+        if (rc == NGX_OK) {
+            rc = ngx_http_smartflow_policy_values(run, args,
+                                     NGX_SF_SCAN_PII | NGX_SF_SCAN_SHIELD, 0);
+        }
+
+        ngx_str_null(&run->tool);
+        ngx_str_null(&run->call_args);
+
+        return rc;
+    }
+
+    if (!ngx_smartflow_json_is_string(args) || args->str.len == 0) {
         return NGX_OK;
     }
 

@@ -5,7 +5,8 @@
 # key's BEGIN line with no END stops at its string's end); member names
 # are read as well.  The arguments the provider gets are a valid
 # document, written again when something in it was replaced, the
-# client's bytes when nothing was.
+# client's bytes when nothing was.  Arguments given as a document (as
+# some servers take them) are read, and Shield reads them, too.
 # The mock answers with the SHA-256 of the bytes it got.
 
 use lib 't/lib';
@@ -95,6 +96,15 @@ our $Clean = call('{\"q\": \"caf\\\\u00e9 \\\\\"menu\\\\\"\",  \"n\": 2}');
 our $Keyed = call('{\"ann@example.com\": {\"cc\": \"bob\\u0040example.org\"}}');
 our $KeyedOut = call('{\"[EMAIL_1]\":{\"cc\":\"[EMAIL_2]\"}}');
 
+# arguments given as a document, not as its text
+our $Object = '{"model":"gpt-4o","messages":[{"role":"user","content":"go"},'
+    . '{"role":"assistant","content":null,"tool_calls":[{"id":"c1",'
+    . '"type":"function","function":{"name":"send","arguments":'
+    . '{"to":"ann@example.com","cmd":"ls"}}}]},{"role":"tool",'
+    . '"tool_call_id":"c1","content":"sent"}]}';
+(our $ObjectOut = $Object) =~ s/ann\@example\.com/[EMAIL_1]/;
+(our $ObjectRm = $Object) =~ s/"cmd":"ls"/"cmd":"rm -rf \/"/;
+
 # arguments that are no JSON document: read as they are
 our $Text = call('mail ann@example.com now');
 our $TextOut = call('mail [EMAIL_1] now');
@@ -181,3 +191,23 @@ rule "card" of group "strict" blocked the request
 [::sha($::KeyedOut), 'x-smartflow-policy: email:redact']
 --- no_error_log
 [error]
+
+
+
+=== TEST 8: arguments given as a document are read
+--- request eval
+"POST /v1/chat/completions\n$::Object"
+--- error_code: 200
+--- response_headers eval
+[::sha($::ObjectOut), 'x-smartflow-policy: email:redact']
+--- no_error_log
+[error]
+
+
+
+=== TEST 9: ... and Shield reads them
+--- request eval
+"POST /v1/chat/completions\n$::ObjectRm"
+--- error_code: 400
+--- response_body chomp
+{"error":{"message":"The request was blocked by the content policy (rule `shield.shell`: shell.rm_root).","type":"invalid_request_error","param":null,"code":"content_policy_violation"}}
