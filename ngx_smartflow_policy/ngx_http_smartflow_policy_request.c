@@ -460,6 +460,28 @@ ngx_http_smartflow_policy_walk(ngx_http_smartflow_policy_run_t *run)
 
     ctx = run->ctx;
 
+    /*
+     * what the client tells the provider of its end user (an address,
+     * often) and its tags: OpenAI's "user" and "metadata", Anthropic's
+     * "metadata" (its user_id)
+     */
+    j = ngx_smartflow_json_get(ctx->json, "user");
+    if (j) {
+        rc = ngx_http_smartflow_policy_values(run, j, NGX_SF_SCAN_PII, 0);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+    }
+
+    j = ngx_smartflow_json_get(ctx->json, "metadata");
+    if (j) {
+        rc = ngx_http_smartflow_policy_values(run, j,
+                                      NGX_SF_SCAN_PII | NGX_SF_SCAN_ALL, 0);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+    }
+
     switch (ctx->api) {
 
     case NGX_HTTP_SMARTFLOW_API_CHAT:
@@ -1049,7 +1071,7 @@ ngx_http_smartflow_policy_values(ngx_http_smartflow_policy_run_t *run,
         }
 
         if (j->type == NGX_SMARTFLOW_JSON_OBJECT && (what & NGX_SF_SCAN_ALL)
-            && c->key.len)
+            && c->key.len && !run->input)
         {
             /* a tool call's arguments: its member names are the caller's */
             rc = ngx_http_smartflow_policy_key(run, c);

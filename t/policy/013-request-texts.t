@@ -5,7 +5,8 @@
 # a run from a later group).  Every text the provider reads is scanned:
 # Anthropic documents (title, context, a "text" source's data, a
 # "content" source's blocks) and search results, also inside a tool
-# result, completions' suffix, chat's predicted output; and the seam
+# result, completions' suffix, chat's predicted output, the end user
+# and tags sent along ("user", "metadata"); and the seam
 # between two text parts of a message or of an Anthropic system prompt,
 # which the model reads as one text (a value cut in pieces is found
 # whole: its placeholder where it starts, its other pieces taken out;
@@ -321,5 +322,27 @@ rule "injection" override of group "inject" blocked the request
 --- error_code: 200
 --- response_headers eval
 [::sha($::PiecesOut), 'x-smartflow-policy: email:redact,card:redact']
+--- no_error_log
+[error]
+
+
+
+=== TEST 17: the end user and the tags sent along
+--- request eval
+qq{POST /v1/chat/completions\n{"model":"gpt-4o","user":"ann\@example.com","metadata":{"name":"Bob","id":"bob\@example.org"},"messages":[{"role":"user","content":"hi ann\@example.com"}]}}
+--- error_code: 200
+--- response_headers eval
+[::sha(q{{"model":"gpt-4o","user":"[EMAIL_1]","metadata":{"name":"Bob","id":"[EMAIL_2]"},"messages":[{"role":"user","content":"hi [EMAIL_1]"}]}}), 'x-smartflow-policy: email:redact']
+--- no_error_log
+[error]
+
+
+
+=== TEST 18: Anthropic's metadata
+--- request eval
+qq{POST /anthropic/v1/messages\n{"model":"claude-sonnet-4-5","max_tokens":64,"metadata":{"user_id":"ann\@example.com"},"messages":[{"role":"user","content":"hi"}]}}
+--- error_code: 200
+--- response_headers eval
+[::sha(q{{"model":"claude-sonnet-4-5","max_tokens":64,"metadata":{"user_id":"[EMAIL_1]"},"messages":[{"role":"user","content":"hi"}]}}), 'x-smartflow-policy: email:redact']
 --- no_error_log
 [error]
