@@ -639,7 +639,10 @@ ngx_http_smartflow_policy_message(ngx_http_smartflow_policy_run_t *run,
             rc = j ? ngx_http_smartflow_policy_values(run, j, what, 0)
                    : NGX_OK;
 
-        } else if (ngx_http_smartflow_policy_is(type, "tool_result")) {
+        } else if (ngx_http_smartflow_policy_is(type, "tool_result")
+                   || ngx_http_smartflow_policy_is(type, "mcp_tool_result"))
+        {
+            /* a tool's output, also an MCP server's the API called */
             j = ngx_smartflow_json_get(b, "content");
             rc = j ? ngx_http_smartflow_policy_blocks(run, j,
                          NGX_SF_SCAN_PII | NGX_SF_SCAN_INJ)

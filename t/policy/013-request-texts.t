@@ -5,7 +5,7 @@
 # a run from a later group).  Every text the provider reads is scanned:
 # Anthropic documents (title, context, a "text" source's data, a
 # "content" source's blocks) and search results, also inside a tool
-# result, completions' suffix, chat's predicted output, the end user
+# result, an MCP server's tool result, completions' suffix, chat's predicted output, the end user
 # and tags sent along ("user", "metadata"); and the seam
 # between two text parts of a message or of an Anthropic system prompt,
 # which the model reads as one text (a value cut in pieces is found
@@ -344,5 +344,16 @@ qq{POST /anthropic/v1/messages\n{"model":"claude-sonnet-4-5","max_tokens":64,"me
 --- error_code: 200
 --- response_headers eval
 [::sha(q{{"model":"claude-sonnet-4-5","max_tokens":64,"metadata":{"user_id":"[EMAIL_1]"},"messages":[{"role":"user","content":"hi"}]}}), 'x-smartflow-policy: email:redact']
+--- no_error_log
+[error]
+
+
+
+=== TEST 19: an MCP server's tool result in the history
+--- request eval
+qq{POST /anthropic/v1/messages\n{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"find ann"},{"role":"assistant","content":[{"type":"mcp_tool_use","id":"m1","name":"lookup","server_name":"crm","input":{"q":"ann"}},{"type":"mcp_tool_result","tool_use_id":"m1","is_error":false,"content":[{"type":"text","text":"ann\@example.com, 123-45-6789"}]}]},{"role":"user","content":"thanks"}]}}
+--- error_code: 200
+--- response_headers eval
+[::sha(q{{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"find ann"},{"role":"assistant","content":[{"type":"mcp_tool_use","id":"m1","name":"lookup","server_name":"crm","input":{"q":"ann"}},{"type":"mcp_tool_result","tool_use_id":"m1","is_error":false,"content":[{"type":"text","text":"[EMAIL_1], [SSN_1]"}]}]},{"role":"user","content":"thanks"}]}}), 'x-smartflow-policy: email:redact,ssn:redact']
 --- no_error_log
 [error]
