@@ -653,7 +653,9 @@ ngx_http_smartflow_policy_message(ngx_http_smartflow_policy_run_t *run,
         {
             rc = ngx_http_smartflow_policy_document(run, b, what);
 
-        } else if (ngx_http_smartflow_policy_is(type, "tool_use")) {
+        } else if (ngx_http_smartflow_policy_is(type, "tool_use")
+                   || ngx_http_smartflow_policy_is(type, "mcp_tool_use"))
+        {
             j = ngx_smartflow_json_get(b, "input");
 
             if (j == NULL) {

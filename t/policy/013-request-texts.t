@@ -357,3 +357,16 @@ qq{POST /anthropic/v1/messages\n{"model":"claude-sonnet-4-5","max_tokens":64,"me
 [::sha(q{{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"find ann"},{"role":"assistant","content":[{"type":"mcp_tool_use","id":"m1","name":"lookup","server_name":"crm","input":{"q":"ann"}},{"type":"mcp_tool_result","tool_use_id":"m1","is_error":false,"content":[{"type":"text","text":"[EMAIL_1], [SSN_1]"}]}]},{"role":"user","content":"thanks"}]}}), 'x-smartflow-policy: email:redact,ssn:redact']
 --- no_error_log
 [error]
+
+
+
+=== TEST 20: an MCP tool call in the history is read as a tool call
+--- http_config eval
+$::HttpConfig . "smartflow_policy_group shield { pii redact; shield block; }"
+--- config eval
+"smartflow_policy shield;\n$::Locations"
+--- request eval
+qq{POST /anthropic/v1/messages\n{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"clean up"},{"role":"assistant","content":[{"type":"mcp_tool_use","id":"m1","name":"shell","server_name":"ops","input":{"cmd":"rm -rf /"}}]},{"role":"user","content":"ok"}]}}
+--- error_code: 400
+--- response_body chomp
+{"type":"error","error":{"type":"invalid_request_error","message":"The request was blocked by the content policy (rule `shield.shell`: shell.rm_root)."}}
