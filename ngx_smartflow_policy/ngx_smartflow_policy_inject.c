@@ -1573,58 +1573,80 @@ ngx_smartflow_rot13(u_char *p, size_t len, u_char *out)
 
 
 /*
- * The text with each line break inside a paragraph as a space: not one
- * next to a blank line, nor one before a list's item ("-", "*", "+",
- * "#", ">" or "1." / "1)" first on the line); as long as the text
+ * The text with each line break between two lines of prose as a space.
+ * The line before must not be indented and must end in a letter or a
+ * comma; the next must not be indented and must start with a lowercase
+ * word followed by a space, a comma or its end (not "key:", "name(",
+ * "a.b" nor "x ="), so that code, YAML, logs, lists and paragraphs keep
+ * their lines apart.  As long as the text.
  */
 static void
 ngx_smartflow_unwrap(u_char *p, size_t len, u_char *out)
 {
-    size_t  i, k;
+    size_t  i, k, ls, e;
     u_char  c;
 
+    ngx_memcpy(out, p, len);
+
+    ls = 0;
+
     for (i = 0; i < len; i++) {
-        c = p[i];
-        out[i] = c;
-
-        if (c == '\r' && i + 1 < len && p[i + 1] == '\n') {
-            out[i] = ' ';
+        if (p[i] != '\n') {
             continue;
         }
 
-        if (c != '\n'
-            || (i > 0 && p[i - 1] == '\n')
-            || (i > 1 && p[i - 1] == '\r' && p[i - 2] == '\n'))
+        e = i;
+        k = ls;
+        ls = i + 1;
+
+        if (e > k && p[e - 1] == '\r') {
+            e--;
+        }
+
+        if (e == k || p[k] == ' ' || p[k] == '\t') {
+            continue;
+        }
+
+        c = p[e - 1];
+
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c >= 0x80
+              || c == ','))
         {
             continue;
         }
 
-        for (k = i + 1; k < len && (p[k] == ' ' || p[k] == '\t'); k++) {
-            /* void */
+        k = i + 1;
+
+        if (k >= len || p[k] < 'a' || p[k] > 'z') {
+            continue;
         }
 
-        if (k + 1 < len && p[k] == '\r') {
+        while (k < len
+               && ((p[k] >= 'a' && p[k] <= 'z')
+                   || (p[k] >= 'A' && p[k] <= 'Z') || p[k] >= 0x80))
+        {
             k++;
         }
 
-        if (k < len
-            && (p[k] == '\n' || p[k] == '-' || p[k] == '*' || p[k] == '+'
-                || p[k] == '#' || p[k] == '>'))
+        if (k < len && p[k] != ' ' && p[k] != ',' && p[k] != '\r'
+            && p[k] != '\n')
         {
             continue;
         }
 
-        while (k < len && p[k] >= '0' && p[k] <= '9') {
+        while (k < len && p[k] == ' ') {
             k++;
         }
 
-        if (k < len && k > i + 1 && p[k - 1] >= '0' && p[k - 1] <= '9'
-            && (p[k] == '.' || p[k] == ')'))
-        {
+        if (k < len && (p[k] == '=' || p[k] == ':')) {
             continue;
         }
 
         out[i] = ' ';
+
+        if (e < i) {
+            out[e] = ' ';
+        }
     }
 }
 

@@ -5,7 +5,8 @@
 # text in those forms (Japanese with fullwidth letters and digits,
 # decomposed accents, a bold title) scores nothing.  A phrase wrapped
 # across lines reads as one ("Ignore\nall previous instructions"); a
-# blank line or a list's item keeps lines apart.
+# blank line, a list's item, and lines of code, YAML or logs keep lines
+# apart.
 
 use lib 't/lib';
 use Smartflow::Conf;
@@ -143,6 +144,34 @@ $::Refused
 === TEST 7: paragraphs and list items stay apart
 --- request eval
 ::chat('Please ignore\n\nthe instructions below are for admins.\n- ignore the flaky test\n- follow the rules in CONTRIBUTING\n1. skip the slow suite\n2. read the guidelines')
+--- error_code: 200
+--- response_headers
+x-smartflow-policy:
+
+
+
+=== TEST 8: lines of code are not joined into a phrase
+--- request eval
+::chat('Why does this print nothing?\n\nimport warnings\nwarnings.filterwarnings(\"ignore\")\nmessages = load()\nprint(messages)')
+--- error_code: 200
+--- response_headers
+x-smartflow-policy:
+
+
+
+=== TEST 9: YAML, SQL and log lines are not joined
+--- request eval
+::chat('on_error: skip\nmessages: 10\n\nDROP TABLE IF EXISTS old_users;\nCREATE TABLE orders (id int)\n\nStatus: ignore\nContext: the nightly job')
+--- error_code: 200
+--- response_headers
+x-smartflow-policy:
+
+
+
+=== TEST 10: indented code in a completions suffix is not joined
+--- request
+POST /v1/completions
+{"model":"gpt-3.5-turbo-instruct","prompt":"def load():","suffix":"\n    warnings.simplefilter(\"ignore\")\n    rules = read_rules()\n"}
 --- error_code: 200
 --- response_headers
 x-smartflow-policy:
