@@ -1698,9 +1698,17 @@ ngx_smartflow_score_window(u_char *p, size_t len, uint64_t *set,
             *hidden |= 4;
         }
 
-        if (tags || zw || glyphs || wide) {
+        /*
+         * letters only drawn otherwise (fullwidth, mathematical, accented)
+         * are how some scripts and titles are written: their reading
+         * scores at the signals' own weights, not as obfuscation
+         */
+        if (tags || zw || glyphs) {
             *revealed_set |= ngx_smartflow_signals_in(ngx_smartflow_inj_buf,
                                                       n, 1);
+
+        } else if (wide) {
+            *set |= ngx_smartflow_signals_in(ngx_smartflow_inj_buf, n, 0);
         }
     }
 

@@ -1,8 +1,9 @@
 # Injection written in letters only drawn otherwise is read as the ASCII
 # it shows: fullwidth forms (and the ideographic space), mathematical
-# bold, italic ... letters, combining accents on every letter.  A text
-# whose only signal is in that reading scores as obfuscation; ordinary
-# text in those forms (Japanese with fullwidth letters and digits,
+# bold, italic ... letters, combining accents on every letter.  That
+# reading scores at its signals' own weights, not as obfuscation, so
+# that a fullwidth "system prompt" question passes as its ASCII form does;
+# ordinary text in those forms (Japanese with fullwidth letters and digits,
 # decomposed accents, a bold title) scores nothing.  A phrase wrapped
 # across lines reads as one ("Ignore\nall previous instructions"); a
 # blank line, a list's item, and lines of code, YAML or logs keep lines
@@ -88,7 +89,7 @@ __DATA__
 --- response_body_like eval
 $::Refused
 --- error_log
-rule "injection" obfuscation of group "guard" blocked the request
+rule "injection" override of group "guard" blocked the request
 
 
 
@@ -175,3 +176,24 @@ POST /v1/completions
 --- error_code: 200
 --- response_headers
 x-smartflow-policy:
+
+
+
+=== TEST 11: a question in fullwidth letters scores as its ASCII form
+--- request eval
+::chat(::fullwidth('system prompt') . "\x{3068}\x{306f}\x{4f55}\x{3067}\x{3059}\x{304b}\x{ff1f}")
+--- error_code: 200
+
+
+
+=== TEST 12: a title in mathematical bold scores as its ASCII form
+--- request eval
+::chat(::bold('System Prompt Design'))
+--- error_code: 200
+
+
+
+=== TEST 13: the same question in ASCII
+--- request eval
+::chat("system prompt\x{3068}\x{306f}\x{4f55}\x{3067}\x{3059}\x{304b}\x{ff1f}")
+--- error_code: 200
