@@ -812,11 +812,18 @@ ngx_http_smartflow_policy_joined(ngx_http_smartflow_policy_run_t *run,
 }
 
 
+/* where a seam's window may start and end */
+#define ngx_sf_seam_space(c)                                                  \
+    ((c) == ' ' || (c) == '\t' || (c) == '\r' || (c) == '\n')
+
+
 /*
  * The seam before b: the last NGX_SF_SEAM bytes of the parts before it
- * and as many of its first.  A finding that reaches into b is replaced
- * as one value: its placeholder in the part it starts in, its pieces
- * taken out of the parts after.
+ * and as many of its first, the window narrowed to start and end at a
+ * space (else at a character's start), so that no match begins or ends
+ * inside a word, a value (an address, a key) or a character.  A finding that
+ * reaches into b is replaced as one value: its placeholder in the part it
+ * starts in, its pieces taken out of the parts after.
  */
 static ngx_int_t
 ngx_http_smartflow_policy_seam(ngx_http_smartflow_policy_run_t *run,
@@ -824,7 +831,8 @@ ngx_http_smartflow_policy_seam(ngx_http_smartflow_policy_run_t *run,
     ngx_uint_t what)
 {
     u_char                             *p, buf[2 * NGX_SF_SEAM];
-    size_t                              ta, tb, len, take, rest, start, end;
+    size_t                              ta, tb, ws, we, len, take, rest,
+                                        start, end;
     size_t                              off[NGX_SF_SEAM], from[NGX_SF_SEAM];
     ngx_str_t                           word, value;
     ngx_uint_t                          i, k, n, act, type;
@@ -841,11 +849,17 @@ ngx_http_smartflow_policy_seam(ngx_http_smartflow_policy_run_t *run,
      * joined, by a placeholder): the bytes each gives, newest first
      */
     rest = NGX_SF_SEAM;
+    ws = 0;
 
     for (k = prev->n; k > 0; k--) {
         take = ngx_min(prev->part[k - 1]->str.len, rest);
         from[k - 1] = prev->part[k - 1]->str.len - take;
         rest -= take;
+
+        if (take) {
+            /* the oldest bytes taken: cut out of the middle of a part */
+            ws = from[k - 1];
+        }
     }
 
     /* oldest first: where each starts in buf */
@@ -862,12 +876,47 @@ ngx_http_smartflow_policy_seam(ngx_http_smartflow_policy_run_t *run,
     tb = ngx_min(b->str.len, NGX_SF_SEAM);
 
     p = ngx_cpymem(p, b->str.data, tb);
-    len = ta + tb;
+
+    /* the window's start: past the word its first bytes are part of */
+    if (ws) {
+        for (ws = 0; ws < ta && !ngx_sf_seam_space(buf[ws]); ws++) {
+            /* void */
+        }
+
+        if (ws == ta) {
+            for (ws = 0; ws < ta && (buf[ws] & 0xc0) == 0x80; ws++) {
+                /* void */
+            }
+        }
+    }
+
+    /* its end: before the word b's next byte is part of */
+    we = ta + tb;
+
+    if (tb < b->str.len) {
+        while (we > ta && !ngx_sf_seam_space(b->str.data[we - ta])) {
+            we--;
+        }
+
+        if (we == ta) {
+            for (we = ta + tb; we > ta && (b->str.data[we - ta] & 0xc0) == 0x80;
+                 we--)
+            {
+                /* void */
+            }
+        }
+    }
+
+    if (ws >= ta || we <= ta) {
+        return NGX_OK;
+    }
+
+    len = we - ws;
 
     if ((what & NGX_SF_SCAN_INJ)
         && g->action[NGX_SF_RULE_INJECTION] != NGX_SF_ACTION_OFF)
     {
-        ngx_smartflow_injection_score(buf, len, &inj);
+        ngx_smartflow_injection_score(buf + ws, len, &inj);
 
         if (inj.score > run->score) {
             run->score = inj.score;
@@ -887,12 +936,12 @@ ngx_http_smartflow_policy_seam(ngx_http_smartflow_policy_run_t *run,
     }
 
     f = run->f;
-    n = ngx_smartflow_pii_scan(buf, len, g->pii_mask, g->custom, g->ncustom,
-                               f, NGX_SF_MAX_FINDINGS);
+    n = ngx_smartflow_pii_scan(buf + ws, len, g->pii_mask, g->custom,
+                               g->ncustom, f, NGX_SF_MAX_FINDINGS);
 
     /* findings never overlap: one at most holds the seam */
     for (i = 0; i < n; i++) {
-        if (f[i].start < ta && f[i].end > ta) {
+        if (ws + f[i].start < ta && ws + f[i].end > ta) {
             break;
         }
     }
@@ -901,8 +950,8 @@ ngx_http_smartflow_policy_seam(ngx_http_smartflow_policy_run_t *run,
         return NGX_OK;
     }
 
-    start = f[i].start;
-    end = f[i].end;
+    start = ws + f[i].start;
+    end = ws + f[i].end;
 
     if (f[i].rule >= NGX_SF_RULE_CUSTOM) {
         type = NGX_SF_RULE_N + f[i].rule - NGX_SF_RULE_CUSTOM;

@@ -370,3 +370,16 @@ qq{POST /anthropic/v1/messages\n{"model":"claude-sonnet-4-5","max_tokens":64,"me
 --- error_code: 400
 --- response_body chomp
 {"type":"error","error":{"type":"invalid_request_error","message":"The request was blocked by the content policy (rule `shield.shell`: shell.rm_root)."}}
+
+
+
+=== TEST 21: a seam's window starts at a word: "backdrop" is no "drop"
+--- http_config eval
+$::HttpConfig . "smartflow_policy_group inject { injection block; }"
+--- config eval
+"smartflow_policy inject;\n$::Locations"
+--- request eval
+"POST /v1/chat/completions\n" . '{"model":"gpt-4o","messages":[{"role":"user","content":[{"type":"text","text":"Please make the backdrop of the context menu darker, and the border a bit thinner  ."},{"type":"text","text":"Thanks!"}]}]}'
+--- error_code: 200
+--- response_headers
+x-smartflow-policy:
