@@ -383,3 +383,19 @@ $::HttpConfig . "smartflow_policy_group inject { injection block; }"
 --- error_code: 200
 --- response_headers
 x-smartflow-policy:
+
+
+
+
+=== TEST 22: a value redacted at a seam leaves whole characters
+--- http_config eval
+$::HttpConfig . 'smartflow_policy_group corp { pattern corp "[^ ]+!ACCT" redact; }'
+--- config eval
+"smartflow_policy corp;\n$::Locations"
+--- request eval
+"POST /v1/chat/completions\n" . '{"model":"gpt-4o","messages":[{"role":"user","content":[{"type":"text","text":"' . ("\xc3\xa9" x 40) . 'users"},{"type":"text","text":"!ACCT thanks"}]}]}'
+--- error_code: 200
+--- response_headers eval
+[::sha('{"model":"gpt-4o","messages":[{"role":"user","content":[{"type":"text","text":"' . ("\xc3\xa9" x 11) . '[CORP_1]"},{"type":"text","text":" thanks"}]}]}'), 'x-smartflow-policy: corp:redact']
+--- no_error_log
+[error]
