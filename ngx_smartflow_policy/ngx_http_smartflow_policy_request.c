@@ -158,24 +158,32 @@ ngx_http_smartflow_policy_model_in(ngx_array_t *globs, ngx_str_t *model)
 
 /*
  * A model the group denies is never reached: not as the client names
- * it, nor as a deployment of its plan (an alias, a fallback) names it
- * to its provider
+ * it (1), nor as any deployment of that name (an alias, one of a mix, a
+ * fallback) names it to its provider (2).  All the name's deployments
+ * are read, not the plan of this request, so that the answer does not
+ * depend on the weighted pick, the attempts allowed or the breakers.
  */
 static ngx_uint_t
-ngx_http_smartflow_policy_denied(ngx_array_t *deny,
+ngx_http_smartflow_policy_denied(ngx_http_request_t *r, ngx_array_t *deny,
     ngx_http_smartflow_ctx_t *ctx)
 {
-    ngx_uint_t  i;
+    ngx_http_smartflow_route_t      *rt;
+    ngx_http_smartflow_main_conf_t  *smcf;
 
     if (ngx_http_smartflow_policy_model_in(deny, &ctx->model)) {
         return 1;
     }
 
-    for (i = 0; i < ctx->nplan; i++) {
-        if (ctx->plan[i]->model.len
-            && ngx_http_smartflow_policy_model_in(deny, &ctx->plan[i]->model))
+    smcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_proxy_module);
+
+    for (rt = ngx_http_smartflow_route_find(smcf, &ctx->model);
+         rt;
+         rt = rt->next)
+    {
+        if (rt->model.len
+            && ngx_http_smartflow_policy_model_in(deny, &rt->model))
         {
-            return 1;
+            return 2;
         }
     }
 
@@ -189,6 +197,7 @@ ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
 {
     ngx_int_t                               rc;
     ngx_str_t                               name;
+    ngx_uint_t                              denied;
     ngx_pool_cleanup_t                     *cln;
     ngx_http_smartflow_policy_run_t        *run;
     ngx_http_smartflow_policy_group_t      *g;
@@ -230,11 +239,29 @@ ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
         return NGX_DECLINED;
     }
 
-    if ((g->allow && !ngx_http_smartflow_policy_model_in(g->allow,
-                                                         &ctx->model))
-        || (g->deny && ngx_http_smartflow_policy_denied(g->deny, ctx)))
+    if (g->allow && !ngx_http_smartflow_policy_model_in(g->allow,
+                                                        &ctx->model))
     {
         goto not_allowed;
+    }
+
+    denied = g->deny ? ngx_http_smartflow_policy_denied(r, g->deny, ctx) : 0;
+
+    if (denied == 1) {
+        goto not_allowed;
+    }
+
+    if (denied == 2) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "smartflow policy: model \"%V\" refused: one of its "
+                      "deployments is a model group \"%V\" denies",
+                      &ctx->model, &g->name);
+
+        return ngx_http_smartflow_error(r, NGX_HTTP_FORBIDDEN,
+                   "permission_error", "model_not_allowed", "model",
+                   "The model `%V` is not allowed by this endpoint's "
+                   "policy: one of its deployments is a denied model.",
+                   &ctx->model);
     }
 
     run = ngx_pcalloc(r->pool, sizeof(ngx_http_smartflow_policy_run_t));

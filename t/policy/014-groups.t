@@ -4,7 +4,9 @@
 # rule's), and a pattern that extends a group with a name the parent
 # has in another case replaces the parent's, as one of the same name
 # does.  A model a group denies is never reached, also through an alias
-# or a fallback deployment that names it to the provider.  The mock
+# or a fallback deployment that names it to the provider: a name with a
+# denied model among its deployments is always refused, whichever one
+# the weighted pick would have chosen.  The mock
 # answers "mock reply to: <the last user text>".
 
 use lib 't/lib';
@@ -124,7 +126,9 @@ POST /v1/chat/completions
 {"model":"fast","messages":[{"role":"user","content":"hi"}]}
 --- error_code: 403
 --- response_body chomp
-{"error":{"message":"The model `fast` is not allowed by this endpoint's policy.","type":"permission_error","param":"model","code":"model_not_allowed"}}
+{"error":{"message":"The model `fast` is not allowed by this endpoint's policy: one of its deployments is a denied model.","type":"permission_error","param":"model","code":"model_not_allowed"}}
+--- error_log
+smartflow policy: model "fast" refused: one of its deployments is a model group "nomini" denies
 
 
 
@@ -149,3 +153,21 @@ POST /v1/chat/completions
 --- error_code: 200
 --- response_headers
 x-mock-model: gpt-4.1-nano
+
+
+
+=== TEST 8: a name with a denied model among its weighted deployments is always refused
+--- http_config eval
+$::HttpConfig . "
+    smartflow_max_attempts 1;
+    smartflow_route mix openai model=gpt-4o weight=1;
+    smartflow_route mix openai model=gpt-4o-mini weight=1;
+"
+--- config eval
+"smartflow_policy nomini;\n$::Locations"
+--- pipelined_requests eval
+[("POST /v1/chat/completions\n{\"model\":\"mix\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}") x 10]
+--- error_code eval
+[(403) x 10]
+--- response_body_like eval
+[('"code":"model_not_allowed"') x 10]
