@@ -47,6 +47,8 @@ static ngx_uint_t ngx_smartflow_window_may(ngx_smartflow_detector_t *d,
 static size_t ngx_smartflow_email_check(u_char *p, size_t len);
 static size_t ngx_smartflow_phone_check(u_char *p, size_t len);
 static size_t ngx_smartflow_card_check(u_char *p, size_t len);
+static ngx_uint_t ngx_smartflow_card_alone(u_char *p, size_t len, size_t s,
+    size_t e);
 static size_t ngx_smartflow_card_number(u_char *p, size_t len);
 static size_t ngx_smartflow_iban_check(u_char *p, size_t len);
 static size_t ngx_smartflow_ssn_check(u_char *p, size_t len);
@@ -442,6 +444,13 @@ ngx_smartflow_scan_re(pcre2_code *re, ngx_uint_t rule,
             }
 
             e = s + l;
+
+            if (rule == NGX_SF_RULE_CARD
+                && !ngx_smartflow_card_alone(p, len, s, e))
+            {
+                off = s + 1;
+                continue;
+            }
         }
 
         /* its own come in order: only the last one may reach here */
@@ -1219,6 +1228,85 @@ ngx_smartflow_card_check(u_char *p, size_t len)
     }
 
     return 0;
+}
+
+
+#define ngx_sf_card_digit(c)  ((c) >= '0' && (c) <= '9')
+#define ngx_sf_card_sep(c)    ((c) == ' ' || (c) == '-')
+
+
+/*
+ * A card p[s, e) inside a longer run of digit groups is taken only when
+ * the groups around it are what is written with a card: before it, a
+ * quantity of one to three digits that starts the run ("2 4111 ...");
+ * after it, its code of three or four digits or its expiry date ("12/26",
+ * "12 26", "12 2026") that end the run.  A number of many groups ("Ref:
+ * 2439 5067 7926 2646 0795 1326") holds no card.
+ */
+static ngx_uint_t
+ngx_smartflow_card_alone(u_char *p, size_t len, size_t s, size_t e)
+{
+    size_t      i, d1, d2;
+    ngx_uint_t  mm;
+
+    if (s >= 2 && ngx_sf_card_sep(p[s - 1]) && ngx_sf_card_digit(p[s - 2])) {
+
+        for (i = s - 1; i > 0 && ngx_sf_card_digit(p[i - 1]); i--) {
+            if (s - i > 3) {
+                return 0;
+            }
+        }
+
+        if (i >= 2 && ngx_sf_card_sep(p[i - 1])
+            && ngx_sf_card_digit(p[i - 2]))
+        {
+            return 0;
+        }
+    }
+
+    if (e + 1 >= len || !ngx_sf_card_sep(p[e])
+        || !ngx_sf_card_digit(p[e + 1]))
+    {
+        return 1;
+    }
+
+    for (i = e + 1; i < len && ngx_sf_card_digit(p[i]) && i - e <= 4; i++) {
+        /* void */
+    }
+
+    d1 = i - e - 1;
+
+    if (i < len && ngx_sf_card_digit(p[i])) {
+        return 0;
+    }
+
+    mm = (d1 == 2 && ((p[e + 1] == '0' && p[e + 2] != '0')
+                      || (p[e + 1] == '1' && p[e + 2] <= '2')));
+
+    if (i + 1 < len && (ngx_sf_card_sep(p[i]) || p[i] == '/')
+        && ngx_sf_card_digit(p[i + 1]))
+    {
+        /* a month, then its year */
+        if (!mm) {
+            return 0;
+        }
+
+        for (e = i++; i < len && ngx_sf_card_digit(p[i]) && i - e <= 4; i++) {
+            /* void */
+        }
+
+        d2 = i - e - 1;
+
+        if (d2 != 2 && d2 != 4) {
+            return 0;
+        }
+
+        return !(i + 1 < len && ngx_sf_card_sep(p[i])
+                 && ngx_sf_card_digit(p[i + 1]))
+               && !(i < len && ngx_sf_card_digit(p[i]));
+    }
+
+    return d1 == 3 || d1 == 4;
 }
 
 

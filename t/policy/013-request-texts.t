@@ -2,7 +2,8 @@
 # person or a program writes around a value: a card number written with
 # its expiry date or code after it, or a quantity before it, is still a
 # card (the longest card that starts the run and ends at a separator, or
-# a run from a later group).  Every text the provider reads is scanned:
+# a run from a later group); a longer grouped number with no such
+# quantity, code or date around the card holds none.  Every text the provider reads is scanned:
 # Anthropic documents (title, context, a "text" source's data, a
 # "content" source's blocks) and search results, also inside a tool
 # result, an MCP server's tool result, completions' suffix, chat's predicted output, the end user
@@ -399,3 +400,14 @@ $::HttpConfig . 'smartflow_policy_group corp { pattern corp "[^ ]+!ACCT" redact;
 [::sha('{"model":"gpt-4o","messages":[{"role":"user","content":[{"type":"text","text":"' . ("\xc3\xa9" x 11) . '[CORP_1]"},{"type":"text","text":" thanks"}]}]}'), 'x-smartflow-policy: corp:redact']
 --- no_error_log
 [error]
+
+
+
+=== TEST 23: a long grouped number holds no card
+--- request eval
+::chat('Ref: 2439 5067 7926 2646 0795 1326, and 12 4111 1111 1111 1111 12 26 or 4111 1111 1111 1111 99')
+--- error_code: 200
+--- response_headers
+x-smartflow-policy: card:redact
+--- response_body_like chomp
+"content":"mock reply to: Ref: 2439 5067 7926 2646 0795 1326, and 12 \[CARD_1\] 12 26 or 4111 1111 1111 1111 99"
