@@ -1584,7 +1584,24 @@ ngx_http_smartflow_cache_init_module(ngx_cycle_t *cycle)
 static ngx_int_t
 ngx_http_smartflow_cache_init_process(ngx_cycle_t *cycle)
 {
+    ngx_uint_t                             i;
+    ngx_smartflow_cache_zone_t           **zp;
+    ngx_http_smartflow_cache_main_conf_t  *cmcf;
+
     omp_set_num_threads(1);
+
+    cmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                           ngx_http_smartflow_cache_module);
+
+    if (cmcf) {
+        zp = cmcf->zones.elts;
+
+        for (i = 0; i < cmcf->zones.nelts; i++) {
+            if (zp[i]->sh) {
+                ngx_http_smartflow_cache_flush_reap(zp[i], cycle->log);
+            }
+        }
+    }
 
     ngx_http_smartflow_cache_redis_watch(cycle);
 
