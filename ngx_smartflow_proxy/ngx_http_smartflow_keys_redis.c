@@ -25,7 +25,9 @@
  *
  * Redis away: fail=open serves from the zone and counts what it served
  * apart; when Redis answers again each worker gives that back (absorb)
- * and pulls.  fail=closed refuses virtual keys with 503.  Key changes
+ * and pulls, and what the zone counts apart after that (a request
+ * admitted without Redis and settled once it answers) goes with the
+ * next poll of any worker that reaches Redis.  fail=closed refuses virtual keys with 503.  Key changes
  * need Redis: the admin API answers 503 without it.
  */
 
@@ -181,6 +183,8 @@ static void ngx_http_smartflow_keys_poll(ngx_event_t *ev);
 static void ngx_http_smartflow_keys_polled(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
 static void ngx_http_smartflow_keys_up(ngx_smartflow_redis_t *rd);
+static void ngx_http_smartflow_keys_absorb(ngx_smartflow_redis_t *rd,
+    ngx_uint_t all);
 static ngx_http_smartflow_keys_op_t *ngx_http_smartflow_keys_op(
     ngx_uint_t script, ngx_uint_t id, int nkeys, int n, u_char **args,
     size_t *lens);
@@ -462,16 +466,19 @@ static char ngx_http_smartflow_keys_lua_cancel[] =
  * requests, prompt, completion, lifetime requests, prompt, completion,
  * spend (what this node last saw of Redis), then what it served
  * meanwhile: requests, prompt, completion, cost, and the cost reserved in
- * Redis but settled here, and a token that makes it count once if it is
- * sent again.  Each counter becomes the larger of Redis's and this
- * node's view, plus what was served meanwhile: exact when Redis kept its
- * data (its counters are never below a node's view), and a rebuild from
- * the freshest view of the nodes when it lost them.
+ * Redis but settled here, a token that makes it count once if it is
+ * sent again, and the epoch of the Redis the node's view is of.  When
+ * Redis kept its data (the epoch is that one) what was served meanwhile
+ * is added to its counters, which have or will have every settlement of
+ * every node: exact.  When it lost them, each counter becomes the larger
+ * of Redis's and this node's view, plus what was served meanwhile: a
+ * rebuild from the freshest view of the nodes.  Returns {counters...}.
  */
 static char ngx_http_smartflow_keys_lua_absorb[] =
+NGX_SF_LUA_SNAPSHOT
 "local id, c, a = ARGV[1], KEYS[1], ARGV\n"
 "local tk = 'sf:t:' .. a[18]\n"
-"if redis.call('EXISTS', tk) == 1 then return 0 end\n"
+"if redis.call('EXISTS', tk) == 1 then return snap(c) end\n"
 "redis.call('SET', tk, 'a', 'EX', 3600)\n"
 NGX_SF_LUA_FINAL
 "local rec = cjson.decode(a[2])\n"
@@ -494,9 +501,10 @@ NGX_SF_LUA_FINAL
 "  redis.call('HSET', c, 'w', 0, 'wr', 0, 'wt', 0, 'wres', 0, 'ps', a[4],\n"
 "    'res', 0)\n"
 "end\n"
+"local kept = redis.call('GET', 'sf:vk:epoch') == a[19]\n"
 "local function grow(f, base, d)\n"
 "  local v = tonumber(redis.call('HGET', c, f) or '0')\n"
-"  if tonumber(base) > v then v = tonumber(base) end\n"
+"  if not kept and tonumber(base) > v then v = tonumber(base) end\n"
 "  redis.call('HSET', c, f, v + tonumber(d))\n"
 "end\n"
 "grow('sp', a[5], a[16]) grow('pr', a[6], a[13]) grow('pp', a[7], a[14])\n"
@@ -504,7 +512,7 @@ NGX_SF_LUA_FINAL
 "grow('c', a[11], a[15]) grow('s', a[12], a[16])\n"
 "local res = tonumber(redis.call('HGET', c, 'res') or '0')\n"
 "redis.call('HSET', c, 'res', math.max(0, res - tonumber(a[17])))\n"
-"return 1\n";
+"return snap(c)\n";
 
 
 static ngx_uint_t                         ngx_sf_scripts[NGX_SF_SCRIPT_MAX];
@@ -1091,6 +1099,11 @@ ngx_http_smartflow_keys_poll(ngx_event_t *ev)
 
     rd = ngx_sf_kz->redis;
 
+    /* read without the mutex: a hint, the absorb looks under it */
+    if (ngx_sf_kz->sh->redis_owed && ngx_smartflow_redis_up(rd)) {
+        ngx_http_smartflow_keys_absorb(rd, 0);
+    }
+
     if (!ngx_sf_polling && ngx_smartflow_redis_up(rd)) {
         argv[3] = (char *) ver;
         len[3] = ngx_sprintf(ver, "%ui", ngx_sf_kz->sh->redis_ver) - ver;
@@ -1205,7 +1218,8 @@ ngx_http_smartflow_keys_op_done(ngx_smartflow_redis_t *rd, redisReply *reply,
                       "smartflow proxy: usage of virtual key vk_%ui could "
                       "not be given to redis", op->id);
 
-    } else if (op->script == NGX_SF_SCRIPT_SETTLE
+    } else if ((op->script == NGX_SF_SCRIPT_SETTLE
+                || op->script == NGX_SF_SCRIPT_ABSORB)
                && reply->type == REDIS_REPLY_ARRAY
                && reply->elements == 14)
     {
@@ -1229,26 +1243,12 @@ ngx_http_smartflow_keys_token(u_char *buf)
 /*
  * Redis answers (again): the scripts that waited go first, then what this
  * zone served without Redis goes back, keys Redis lost with it, and the
- * worker pulls.  Each worker takes what it gives back out of the zone
- * under the mutex, so nothing is counted twice.
+ * worker pulls.
  */
 static void
 ngx_http_smartflow_keys_up(ngx_smartflow_redis_t *rd)
 {
-    size_t                            size, lens[18];
-    ngx_uint_t                        i;
-    ngx_pool_t                       *pool;
-    ngx_queue_t                      *q, waiting;
-    ngx_smartflow_out_t               o;
-    ngx_smartflow_key_t              *k;
-    ngx_smartflow_keys_sh_t          *sh;
-    ngx_http_smartflow_keys_op_t     *op;
-    ngx_http_smartflow_keys_zone_t   *kz;
-    u_char                           *p, *args[18];
-    uint64_t                          v[14];
-
-    kz = rd->data;
-    sh = kz->sh;
+    ngx_queue_t  *q, waiting;
 
     ngx_queue_init(&waiting);
 
@@ -1264,6 +1264,45 @@ ngx_http_smartflow_keys_up(ngx_smartflow_redis_t *rd)
             ngx_queue_data(q, ngx_http_smartflow_keys_op_t, queue));
     }
 
+    ngx_http_smartflow_keys_absorb(rd, 1);
+
+    /* the records changed elsewhere meanwhile */
+    ngx_http_smartflow_keys_poll(&ngx_sf_poll_event);
+}
+
+
+/*
+ * What the zone served without Redis goes to Redis, one absorb script a
+ * key: every key when this worker finds Redis again (all: with its
+ * record, for a Redis that lost it), else only the keys that counted
+ * some since: a request admitted from the zone while Redis was away and
+ * settled after it came back, or one a worker of this node served
+ * before it found Redis again.  The poll sends those within its period,
+ * so that the other nodes see that spend now rather than after the next
+ * outage.  Each count is taken out of the zone under the mutex as its
+ * script is made, so it goes in one script only, and the script's token
+ * makes it count once when it is sent again.
+ */
+static void
+ngx_http_smartflow_keys_absorb(ngx_smartflow_redis_t *rd, ngx_uint_t all)
+{
+    size_t                           size, lens[20];
+    ngx_uint_t                       i;
+    ngx_pool_t                      *pool;
+    ngx_queue_t                     *q, waiting;
+    ngx_smartflow_out_t              o;
+    ngx_smartflow_key_t             *k;
+    ngx_smartflow_keys_sh_t         *sh;
+    ngx_http_smartflow_keys_op_t    *op;
+    ngx_http_smartflow_keys_zone_t  *kz;
+    u_char                          *p, *args[20];
+    uint64_t                         v[14];
+
+    kz = rd->data;
+    sh = kz->sh;
+
+    ngx_queue_init(&waiting);
+
     pool = ngx_create_pool(16384, rd->log);
     if (pool == NULL) {
         return;
@@ -1271,18 +1310,30 @@ ngx_http_smartflow_keys_up(ngx_smartflow_redis_t *rd)
 
     ngx_shmtx_lock(&kz->shpool->mutex);
 
+    sh->redis_owed = 0;
+
     for (q = ngx_queue_head(&sh->keys);
          q != ngx_queue_sentinel(&sh->keys);
          q = ngx_queue_next(q))
     {
         k = ngx_queue_data(q, ngx_smartflow_key_t, queue);
 
+        if (!all
+            && (k->off_requests | k->off_prompt | k->off_completion
+                | k->off_spend | k->off_unreserve)
+               == 0)
+        {
+            continue;
+        }
+
         ngx_memzero(&o, sizeof(ngx_smartflow_out_t));
         ngx_smartflow_keys_state_write_key(&o, k);
         size = o.size;
 
-        p = ngx_pnalloc(pool, size + 96 + 14 * (NGX_INT64_LEN + 1));
+        p = ngx_pnalloc(pool, size + 96 + sizeof(sh->redis_epoch)
+                              + 14 * (NGX_INT64_LEN + 1));
         if (p == NULL) {
+            sh->redis_owed = 1;
             break;
         }
 
@@ -1302,13 +1353,15 @@ ngx_http_smartflow_keys_up(ngx_smartflow_redis_t *rd)
         lens[2] = o.size;
         p += o.size;
 
-        args[3] = (u_char *) (k->dirty ? "1" : "0");
+        /* a record changed here while Redis was away goes with the first */
+        args[3] = (u_char *) ((all && k->dirty) ? "1" : "0");
         lens[3] = 1;
 
         /*
          * the view without what was served meanwhile, which travels
-         * apart: the zone keeps the view, so that another worker's
-         * absorb does not count it again
+         * apart: the zone keeps that view until the script's answer
+         * brings Redis's, so that no other worker's absorb, run first
+         * in a Redis that lost its data, counts it in its view as well
          */
         k->spent -= ngx_min(k->spent, k->off_spend);
         k->spend -= ngx_min(k->spend, k->off_spend);
@@ -1342,29 +1395,18 @@ ngx_http_smartflow_keys_up(ngx_smartflow_redis_t *rd)
             lens[4 + i] = p - args[4 + i];
         }
 
-        /* KEYS[1], then ARGV 1-17, and the token as ARGV 18 */
-        {
-            u_char  *t;
-            u_char  *all[19];
-            size_t   all_lens[19];
+        args[18] = p;
+        lens[18] = ngx_http_smartflow_keys_token(p);
+        p += lens[18];
 
-            t = p;
-            p += ngx_http_smartflow_keys_token(p);
+        args[19] = p;
+        lens[19] = ngx_strlen(sh->redis_epoch);
+        p = ngx_cpymem(p, sh->redis_epoch, lens[19]);
 
-            for (i = 0; i < 18; i++) {
-                all[i] = args[i];
-                all_lens[i] = lens[i];
-            }
-
-            all[18] = t;
-            all_lens[18] = p - t;
-
-            op = ngx_http_smartflow_keys_op(NGX_SF_SCRIPT_ABSORB,
-                                            k->node.key, 1, 19, all,
-                                            all_lens);
-        }
-
+        op = ngx_http_smartflow_keys_op(NGX_SF_SCRIPT_ABSORB, k->node.key, 1,
+                                        20, args, lens);
         if (op == NULL) {
+            sh->redis_owed = 1;
             break;
         }
 
@@ -1373,7 +1415,10 @@ ngx_http_smartflow_keys_up(ngx_smartflow_redis_t *rd)
         k->off_completion = 0;
         k->off_spend = 0;
         k->off_unreserve = 0;
-        k->dirty = 0;
+
+        if (all) {
+            k->dirty = 0;
+        }
 
         ngx_queue_insert_tail(&waiting, &op->queue);
     }
@@ -1388,9 +1433,6 @@ ngx_http_smartflow_keys_up(ngx_smartflow_redis_t *rd)
         ngx_http_smartflow_keys_op_submit(
             ngx_queue_data(q, ngx_http_smartflow_keys_op_t, queue));
     }
-
-    /* the records changed elsewhere meanwhile */
-    ngx_http_smartflow_keys_poll(&ngx_sf_poll_event);
 }
 
 
