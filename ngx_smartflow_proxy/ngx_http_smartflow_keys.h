@@ -123,7 +123,8 @@ typedef struct {
     ngx_uint_t                  redis_ver;
     u_char                      redis_epoch[48];
     ngx_atomic_t                redis_down;
-    ngx_uint_t                  redis_owed; /* off_* to give back */
+    ngx_uint_t                  redis_owed; /* off_* or ops to send */
+    ngx_queue_t                 redis_ops;  /* left by exited workers */
 } ngx_smartflow_keys_sh_t;
 
 

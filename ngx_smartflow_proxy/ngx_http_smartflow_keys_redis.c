@@ -150,6 +150,21 @@ typedef struct {
 } ngx_http_smartflow_keys_op_t;
 
 
+/*
+ * A script run without a request that a worker could not see answered
+ * before it exited, kept in the keys zone: its arguments follow.
+ */
+typedef struct {
+    ngx_queue_t                 queue;
+    ngx_uint_t                  script;
+    ngx_uint_t                  id;
+    ngx_uint_t                  tries;
+    int                         nkeys;
+    int                         n;
+    size_t                      len[21];
+} ngx_http_smartflow_keys_kept_t;
+
+
 enum {
     NGX_SF_SCRIPT_PULL = 0,
     NGX_SF_SCRIPT_PUT,
@@ -185,6 +200,8 @@ static void ngx_http_smartflow_keys_polled(ngx_smartflow_redis_t *rd,
 static void ngx_http_smartflow_keys_up(ngx_smartflow_redis_t *rd);
 static void ngx_http_smartflow_keys_absorb(ngx_smartflow_redis_t *rd,
     ngx_uint_t all);
+static void ngx_http_smartflow_keys_keep(ngx_smartflow_redis_t *rd);
+static void ngx_http_smartflow_keys_take(ngx_smartflow_redis_t *rd);
 static ngx_http_smartflow_keys_op_t *ngx_http_smartflow_keys_op(
     ngx_uint_t script, ngx_uint_t id, int nkeys, int n, u_char **args,
     size_t *lens);
@@ -646,7 +663,20 @@ ngx_smartflow_redis_shared(void)
 }
 
 
-/* the connection goes before the worker: nginx checks none is left */
+/*
+ * The worker exits: its leases end and what it gathered goes to Redis.
+ * The connection goes before the worker (nginx checks none is left):
+ * what is buffered is written without waiting for the answers.  The
+ * scripts not seen answered (all of them when Redis is away) are kept
+ * in the keys zone for the next worker that reaches Redis: the zone
+ * outlives the worker and a reload, so nothing is lost when a reload
+ * falls in an outage, and they go within the poll period of a worker
+ * that runs while the old ones end: their tokens make a script that did
+ * run count once.  They are not written to the state file for a later
+ * start: one worker writes it, maybe before the others exit, and a
+ * settlement sent again once its token has expired in Redis (two
+ * minutes) would count twice; a stop during an outage still loses them.
+ */
 void
 ngx_http_smartflow_keys_redis_exit_process(ngx_cycle_t *cycle)
 {
@@ -655,23 +685,27 @@ ngx_http_smartflow_keys_redis_exit_process(ngx_cycle_t *cycle)
 
     rd = ngx_sf_kz ? ngx_sf_kz->redis : NULL;
 
-    if (rd == NULL || rd->ac == NULL) {
+    if (rd == NULL) {
         return;
     }
 
     (void) ngx_http_smartflow_keys_leases_end(1);
     ngx_http_smartflow_keys_flush(&ngx_sf_flush_event);
 
-    /* what is buffered is written now, without waiting for the answers */
-    ac = rd->ac;
-    rd->writing = 1;
-    redisAsyncHandleWrite(ac);
-    rd->writing = 0;
+    if (rd->ac) {
+        ac = rd->ac;
+        rd->writing = 1;
+        redisAsyncHandleWrite(ac);
+        rd->writing = 0;
 
-    rd->ac = NULL;
-    rd->state = NGX_SMARTFLOW_REDIS_DOWN;
+        rd->ac = NULL;
+        rd->state = NGX_SMARTFLOW_REDIS_DOWN;
 
-    redisAsyncFree(ac);
+        /* every command not answered yet is answered NULL: to retry */
+        redisAsyncFree(ac);
+    }
+
+    ngx_http_smartflow_keys_keep(rd);
 }
 
 
@@ -1101,6 +1135,7 @@ ngx_http_smartflow_keys_poll(ngx_event_t *ev)
 
     /* read without the mutex: a hint, the absorb looks under it */
     if (ngx_sf_kz->sh->redis_owed && ngx_smartflow_redis_up(rd)) {
+        ngx_http_smartflow_keys_take(rd);
         ngx_http_smartflow_keys_absorb(rd, 0);
     }
 
@@ -1264,6 +1299,7 @@ ngx_http_smartflow_keys_up(ngx_smartflow_redis_t *rd)
             ngx_queue_data(q, ngx_http_smartflow_keys_op_t, queue));
     }
 
+    ngx_http_smartflow_keys_take(rd);
     ngx_http_smartflow_keys_absorb(rd, 1);
 
     /* the records changed elsewhere meanwhile */
@@ -1309,8 +1345,6 @@ ngx_http_smartflow_keys_absorb(ngx_smartflow_redis_t *rd, ngx_uint_t all)
     }
 
     ngx_shmtx_lock(&kz->shpool->mutex);
-
-    sh->redis_owed = 0;
 
     for (q = ngx_queue_head(&sh->keys);
          q != ngx_queue_sentinel(&sh->keys);
@@ -1426,6 +1460,151 @@ ngx_http_smartflow_keys_absorb(ngx_smartflow_redis_t *rd, ngx_uint_t all)
     ngx_shmtx_unlock(&kz->shpool->mutex);
 
     ngx_destroy_pool(pool);
+
+    while (!ngx_queue_empty(&waiting)) {
+        q = ngx_queue_head(&waiting);
+        ngx_queue_remove(q);
+        ngx_http_smartflow_keys_op_submit(
+            ngx_queue_data(q, ngx_http_smartflow_keys_op_t, queue));
+    }
+}
+
+
+/*
+ * The scripts of an exiting worker that Redis has not answered go into
+ * the zone, for the next worker that reaches Redis.
+ */
+static void
+ngx_http_smartflow_keys_keep(ngx_smartflow_redis_t *rd)
+{
+    int                              i;
+    size_t                           size;
+    u_char                          *p;
+    ngx_uint_t                       kept, lost;
+    ngx_queue_t                     *q;
+    ngx_http_smartflow_keys_op_t    *op;
+    ngx_http_smartflow_keys_kept_t  *kp;
+    ngx_http_smartflow_keys_zone_t  *kz;
+
+    if (ngx_queue_empty(&ngx_sf_retry)) {
+        return;
+    }
+
+    kz = rd->data;
+    kept = 0;
+    lost = 0;
+
+    ngx_shmtx_lock(&kz->shpool->mutex);
+
+    while (!ngx_queue_empty(&ngx_sf_retry)) {
+        q = ngx_queue_head(&ngx_sf_retry);
+        ngx_queue_remove(q);
+
+        op = ngx_queue_data(q, ngx_http_smartflow_keys_op_t, queue);
+
+        size = sizeof(ngx_http_smartflow_keys_kept_t);
+
+        for (i = 3; i < op->argc; i++) {
+            size += op->len[i];
+        }
+
+        kp = ngx_slab_alloc_locked(kz->shpool, size);
+
+        if (kp == NULL) {
+            lost++;
+            ngx_free(op);
+            continue;
+        }
+
+        kp->script = op->script;
+        kp->id = op->id;
+        kp->tries = op->tries;
+        kp->nkeys = op->nkeys;
+        kp->n = op->argc - 3;
+
+        p = (u_char *) (kp + 1);
+
+        for (i = 0; i < kp->n; i++) {
+            kp->len[i] = op->len[3 + i];
+            p = ngx_cpymem(p, op->argv[3 + i], kp->len[i]);
+        }
+
+        ngx_queue_insert_tail(&kz->sh->redis_ops, &kp->queue);
+        kz->sh->redis_owed = 1;
+        kept++;
+
+        ngx_free(op);
+    }
+
+    ngx_shmtx_unlock(&kz->shpool->mutex);
+
+    if (kept) {
+        ngx_log_error(NGX_LOG_NOTICE, rd->log, 0,
+                      "smartflow proxy: %ui usage updates of virtual keys "
+                      "kept for the next worker that reaches redis %V",
+                      kept, &rd->name);
+    }
+
+    if (lost) {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "smartflow proxy: %ui usage updates of virtual keys "
+                      "could not be kept, the keys zone is full", lost);
+    }
+}
+
+
+/*
+ * The scripts workers that exited left in the zone go to Redis, before
+ * anything this worker absorbs: the settlements they hold free the
+ * reservations they made there.
+ */
+static void
+ngx_http_smartflow_keys_take(ngx_smartflow_redis_t *rd)
+{
+    int                              i;
+    u_char                          *p, *args[21];
+    ngx_queue_t                     *q, waiting;
+    ngx_smartflow_keys_sh_t         *sh;
+    ngx_http_smartflow_keys_op_t    *op;
+    ngx_http_smartflow_keys_kept_t  *kp;
+    ngx_http_smartflow_keys_zone_t  *kz;
+
+    kz = rd->data;
+    sh = kz->sh;
+
+    ngx_queue_init(&waiting);
+
+    ngx_shmtx_lock(&kz->shpool->mutex);
+
+    sh->redis_owed = 0;
+
+    while (!ngx_queue_empty(&sh->redis_ops)) {
+        q = ngx_queue_head(&sh->redis_ops);
+        kp = ngx_queue_data(q, ngx_http_smartflow_keys_kept_t, queue);
+
+        p = (u_char *) (kp + 1);
+
+        for (i = 0; i < kp->n; i++) {
+            args[i] = p;
+            p += kp->len[i];
+        }
+
+        op = ngx_http_smartflow_keys_op(kp->script, kp->id, kp->nkeys, kp->n,
+                                        args, kp->len);
+        if (op == NULL) {
+            sh->redis_owed = 1;
+            break;
+        }
+
+        op->tries = kp->tries;
+
+        ngx_queue_remove(q);
+        ngx_slab_free_locked(kz->shpool, kp);
+
+        ngx_queue_insert_tail(&waiting, &op->queue);
+    }
+
+    ngx_shmtx_unlock(&kz->shpool->mutex);
 
     while (!ngx_queue_empty(&waiting)) {
         q = ngx_queue_head(&waiting);
