@@ -719,7 +719,10 @@ void
 ngx_http_smartflow_client_location(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx)
 {
-    if (ctx->loc_conf == NULL || r->loc_conf == ctx->loc_conf) {
+    if (r != r->main || ctx->loc_conf == NULL
+        || r->loc_conf == ctx->loc_conf)
+    {
+        /* a subrequest (an embedder's call) keeps its own location */
         return;
     }
 

@@ -10,7 +10,8 @@ PKGS="nginx-core nginx-dev libnginx-mod-http-echo
       libfaiss-dev libopenblas-dev
       redis-server wrk valgrind curl openssl
       libtest-base-perl libtext-diff-perl libwww-perl libjson-pp-perl
-      python3-prometheus-client
+      libhttp-daemon-perl
+      python3-prometheus-client python3-stdnum
       nodejs npm"
 
 missing=""
