@@ -27,8 +27,9 @@
  * apart; when Redis answers again each worker gives that back (absorb)
  * and pulls, and what the zone counts apart after that (a request
  * admitted without Redis and settled once it answers) goes with the
- * next poll of any worker that reaches Redis.  fail=closed refuses virtual keys with 503.  Key changes
- * need Redis: the admin API answers 503 without it.
+ * next poll of any worker that reaches Redis.  fail=closed refuses
+ * virtual keys with 503.  Key changes need Redis: the admin API answers
+ * 503 without it.
  */
 
 #include <openssl/rand.h>
@@ -143,6 +144,7 @@ typedef struct {
     ngx_uint_t                  script;
     ngx_uint_t                  id;         /* the key */
     ngx_uint_t                  tries;
+    ngx_uint_t                  sent;       /* written to a connection */
     int                         nkeys;
     int                         argc;
     const char                 *argv[24];
@@ -159,6 +161,7 @@ typedef struct {
     ngx_uint_t                  script;
     ngx_uint_t                  id;
     ngx_uint_t                  tries;
+    ngx_uint_t                  sent;
     int                         nkeys;
     int                         n;
     size_t                      len[21];
@@ -200,7 +203,7 @@ static void ngx_http_smartflow_keys_polled(ngx_smartflow_redis_t *rd,
 static void ngx_http_smartflow_keys_up(ngx_smartflow_redis_t *rd);
 static void ngx_http_smartflow_keys_absorb(ngx_smartflow_redis_t *rd,
     ngx_uint_t all);
-static void ngx_http_smartflow_keys_keep(ngx_smartflow_redis_t *rd);
+static ngx_uint_t ngx_http_smartflow_keys_keep(ngx_smartflow_redis_t *rd);
 static void ngx_http_smartflow_keys_take(ngx_smartflow_redis_t *rd);
 static ngx_http_smartflow_keys_op_t *ngx_http_smartflow_keys_op(
     ngx_uint_t script, ngx_uint_t id, int nkeys, int n, u_char **args,
@@ -533,6 +536,9 @@ NGX_SF_LUA_FINAL
 
 
 static ngx_uint_t                         ngx_sf_scripts[NGX_SF_SCRIPT_MAX];
+static char                              *ngx_sf_script_names[] = {
+    "pull", "put", "reserve", "settle", "absorb", "cancel"
+};
 static ngx_http_smartflow_keys_zone_t    *ngx_sf_kz;
 static ngx_event_t                        ngx_sf_poll_event;
 static ngx_uint_t                         ngx_sf_polling;
@@ -672,12 +678,14 @@ ngx_smartflow_redis_shared(void)
  * outlives the worker and a reload, so nothing is lost when a reload
  * falls in an outage, and they go within the poll period of a worker
  * that runs while the old ones end: their tokens make a script that did
- * run count once.  They are not written to the state file for a later
- * start: one worker writes it, maybe before the others exit, and a
- * settlement sent again once its token has expired in Redis (two
- * minutes) would count twice; a stop during an outage still loses them.
+ * run count once.  Those never written to a connection (Redis away)
+ * also go to the state file, for a start after a stop: sent then, maybe
+ * much later, they count once, as Redis never saw their tokens.  Not the
+ * others: one that did run, sent again once its token has expired in
+ * Redis (two minutes), would count twice.  Returns how many of those the
+ * state file is to keep.
  */
-void
+ngx_uint_t
 ngx_http_smartflow_keys_redis_exit_process(ngx_cycle_t *cycle)
 {
     redisAsyncContext      *ac;
@@ -686,7 +694,7 @@ ngx_http_smartflow_keys_redis_exit_process(ngx_cycle_t *cycle)
     rd = ngx_sf_kz ? ngx_sf_kz->redis : NULL;
 
     if (rd == NULL) {
-        return;
+        return 0;
     }
 
     (void) ngx_http_smartflow_keys_leases_end(1);
@@ -705,7 +713,7 @@ ngx_http_smartflow_keys_redis_exit_process(ngx_cycle_t *cycle)
         redisAsyncFree(ac);
     }
 
-    ngx_http_smartflow_keys_keep(rd);
+    return ngx_http_smartflow_keys_keep(rd);
 }
 
 
@@ -1201,6 +1209,7 @@ ngx_http_smartflow_keys_op(ngx_uint_t script, ngx_uint_t id, int nkeys,
     op->nkeys = nkeys;
     op->argc = 3 + n;
     op->tries = 0;
+    op->sent = 0;
 
     p = (u_char *) (op + 1);
 
@@ -1227,7 +1236,10 @@ ngx_http_smartflow_keys_op_submit(ngx_http_smartflow_keys_op_t *op)
         != NGX_OK)
     {
         ngx_queue_insert_tail(&ngx_sf_retry, &op->queue);
+        return;
     }
+
+    op->sent = 1;
 }
 
 
@@ -1474,25 +1486,26 @@ ngx_http_smartflow_keys_absorb(ngx_smartflow_redis_t *rd, ngx_uint_t all)
  * The scripts of an exiting worker that Redis has not answered go into
  * the zone, for the next worker that reaches Redis.
  */
-static void
+static ngx_uint_t
 ngx_http_smartflow_keys_keep(ngx_smartflow_redis_t *rd)
 {
     int                              i;
     size_t                           size;
     u_char                          *p;
-    ngx_uint_t                       kept, lost;
+    ngx_uint_t                       kept, lost, unsent;
     ngx_queue_t                     *q;
     ngx_http_smartflow_keys_op_t    *op;
     ngx_http_smartflow_keys_kept_t  *kp;
     ngx_http_smartflow_keys_zone_t  *kz;
 
     if (ngx_queue_empty(&ngx_sf_retry)) {
-        return;
+        return 0;
     }
 
     kz = rd->data;
     kept = 0;
     lost = 0;
+    unsent = 0;
 
     ngx_shmtx_lock(&kz->shpool->mutex);
 
@@ -1519,6 +1532,7 @@ ngx_http_smartflow_keys_keep(ngx_smartflow_redis_t *rd)
         kp->script = op->script;
         kp->id = op->id;
         kp->tries = op->tries;
+        kp->sent = op->sent;
         kp->nkeys = op->nkeys;
         kp->n = op->argc - 3;
 
@@ -1531,7 +1545,12 @@ ngx_http_smartflow_keys_keep(ngx_smartflow_redis_t *rd)
 
         ngx_queue_insert_tail(&kz->sh->redis_ops, &kp->queue);
         kz->sh->redis_owed = 1;
+        kz->sh->version++;
         kept++;
+
+        if (!op->sent) {
+            unsent++;
+        }
 
         ngx_free(op);
     }
@@ -1550,6 +1569,8 @@ ngx_http_smartflow_keys_keep(ngx_smartflow_redis_t *rd)
                       "smartflow proxy: %ui usage updates of virtual keys "
                       "could not be kept, the keys zone is full", lost);
     }
+
+    return unsent;
 }
 
 
@@ -1597,9 +1618,13 @@ ngx_http_smartflow_keys_take(ngx_smartflow_redis_t *rd)
         }
 
         op->tries = kp->tries;
+        op->sent = kp->sent;
 
         ngx_queue_remove(q);
         ngx_slab_free_locked(kz->shpool, kp);
+
+        /* the state file no longer keeps it */
+        sh->version++;
 
         ngx_queue_insert_tail(&waiting, &op->queue);
     }
@@ -1612,6 +1637,211 @@ ngx_http_smartflow_keys_take(ngx_smartflow_redis_t *rd)
         ngx_http_smartflow_keys_op_submit(
             ngx_queue_data(q, ngx_http_smartflow_keys_op_t, queue));
     }
+}
+
+
+/*
+ * The state file's "redis_unsent": the scripts kept in the zone that no
+ * connection ever took, {"script":NAME,"id":ID,"keys":N,"tries":N,
+ * "args":[...]} each.  Nothing is written when there are none.  Called
+ * with the zone's mutex held.
+ */
+void
+ngx_http_smartflow_keys_redis_state_write(ngx_smartflow_out_t *o,
+    ngx_smartflow_keys_sh_t *sh)
+{
+    int                              i;
+    u_char                          *p;
+    ngx_str_t                        s;
+    ngx_uint_t                       n;
+    ngx_queue_t                     *q;
+    ngx_http_smartflow_keys_kept_t  *kp;
+
+    n = 0;
+
+    for (q = ngx_queue_head(&sh->redis_ops);
+         q != ngx_queue_sentinel(&sh->redis_ops);
+         q = ngx_queue_next(q))
+    {
+        kp = ngx_queue_data(q, ngx_http_smartflow_keys_kept_t, queue);
+
+        if (kp->sent) {
+            continue;
+        }
+
+        if (n++ == 0) {
+            ngx_sf_out_lit(o, ",\"redis_unsent\":[\n");
+
+        } else {
+            ngx_sf_out_lit(o, ",\n");
+        }
+
+        ngx_sf_out_lit(o, "{\"script\":\"");
+        ngx_smartflow_out_raw(o, (u_char *) ngx_sf_script_names[kp->script],
+                              ngx_strlen(ngx_sf_script_names[kp->script]));
+        ngx_sf_out_lit(o, "\",\"id\":");
+        ngx_smartflow_out_uint(o, kp->id);
+        ngx_sf_out_lit(o, ",\"keys\":");
+        ngx_smartflow_out_uint(o, kp->nkeys);
+        ngx_sf_out_lit(o, ",\"tries\":");
+        ngx_smartflow_out_uint(o, kp->tries);
+        ngx_sf_out_lit(o, ",\"args\":[");
+
+        p = (u_char *) (kp + 1);
+
+        for (i = 0; i < kp->n; i++) {
+            if (i) {
+                ngx_sf_out_lit(o, ",");
+            }
+
+            s.data = p;
+            s.len = kp->len[i];
+            ngx_smartflow_out_str(o, &s);
+
+            p += kp->len[i];
+        }
+
+        ngx_sf_out_lit(o, "]}");
+    }
+
+    if (n) {
+        ngx_sf_out_lit(o, "\n]");
+    }
+}
+
+
+/*
+ * A start reads them back into the zone, for the first worker that
+ * reaches Redis.  Called with the zone's mutex held.
+ */
+ngx_int_t
+ngx_http_smartflow_keys_redis_state_load(ngx_http_smartflow_keys_zone_t *kz,
+    ngx_smartflow_json_t *root, ngx_str_t *err)
+{
+    int                              n;
+    size_t                           size;
+    u_char                          *p;
+    uint64_t                         id, nkeys, tries;
+    ngx_uint_t                       script, count;
+    ngx_smartflow_json_t            *j, *f, *a;
+    ngx_http_smartflow_keys_kept_t  *kp;
+
+    j = ngx_smartflow_json_get(root, "redis_unsent");
+
+    if (j == NULL) {
+        return NGX_OK;
+    }
+
+    ngx_str_set(err, "bad \"redis_unsent\"");
+
+    if (j->type != NGX_SMARTFLOW_JSON_ARRAY) {
+        return NGX_ERROR;
+    }
+
+    count = 0;
+
+    for (j = j->child; j; j = j->next) {
+
+        if (j->type != NGX_SMARTFLOW_JSON_OBJECT) {
+            return NGX_ERROR;
+        }
+
+        f = ngx_smartflow_json_get(j, "script");
+
+        if (f == NULL || f->type != NGX_SMARTFLOW_JSON_STRING) {
+            return NGX_ERROR;
+        }
+
+        for (script = 0; script < NGX_SF_SCRIPT_MAX; script++) {
+            if (f->str.len == ngx_strlen(ngx_sf_script_names[script])
+                && ngx_strncmp(f->str.data, ngx_sf_script_names[script],
+                               f->str.len)
+                   == 0)
+            {
+                break;
+            }
+        }
+
+        if (script != NGX_SF_SCRIPT_SETTLE
+            && script != NGX_SF_SCRIPT_ABSORB
+            && script != NGX_SF_SCRIPT_CANCEL)
+        {
+            return NGX_ERROR;
+        }
+
+        f = ngx_smartflow_json_get(j, "id");
+        if (f == NULL || f->type != NGX_SMARTFLOW_JSON_NUMBER
+            || ngx_smartflow_parse_uint(f->str.data, f->str.len, &id)
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        f = ngx_smartflow_json_get(j, "keys");
+        if (f == NULL || f->type != NGX_SMARTFLOW_JSON_NUMBER
+            || ngx_smartflow_parse_uint(f->str.data, f->str.len, &nkeys)
+               != NGX_OK
+            || nkeys > 1)
+        {
+            return NGX_ERROR;
+        }
+
+        f = ngx_smartflow_json_get(j, "tries");
+        if (f == NULL || f->type != NGX_SMARTFLOW_JSON_NUMBER
+            || ngx_smartflow_parse_uint(f->str.data, f->str.len, &tries)
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        a = ngx_smartflow_json_get(j, "args");
+        if (a == NULL || a->type != NGX_SMARTFLOW_JSON_ARRAY
+            || a->nchild == 0 || a->nchild > 21)
+        {
+            return NGX_ERROR;
+        }
+
+        size = sizeof(ngx_http_smartflow_keys_kept_t);
+
+        for (f = a->child; f; f = f->next) {
+            if (f->type != NGX_SMARTFLOW_JSON_STRING) {
+                return NGX_ERROR;
+            }
+
+            size += f->str.len;
+        }
+
+        kp = ngx_slab_alloc_locked(kz->shpool, size);
+        if (kp == NULL) {
+            ngx_str_set(err, "no room for \"redis_unsent\" in the zone");
+            return NGX_ERROR;
+        }
+
+        kp->script = script;
+        kp->id = (ngx_uint_t) id;
+        kp->tries = (ngx_uint_t) tries;
+        kp->sent = 0;
+        kp->nkeys = (int) nkeys;
+
+        p = (u_char *) (kp + 1);
+        n = 0;
+
+        for (f = a->child; f; f = f->next) {
+            kp->len[n++] = f->str.len;
+            p = ngx_cpymem(p, f->str.data, f->str.len);
+        }
+
+        kp->n = n;
+
+        ngx_queue_insert_tail(&kz->sh->redis_ops, &kp->queue);
+        count++;
+    }
+
+    if (count) {
+        kz->sh->redis_owed = 1;
+    }
+
+    return NGX_OK;
 }
 
 
