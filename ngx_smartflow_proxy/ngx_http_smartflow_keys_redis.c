@@ -1641,10 +1641,14 @@ ngx_http_smartflow_keys_take(ngx_smartflow_redis_t *rd)
 
 
 /*
- * The state file's "redis_unsent": the scripts kept in the zone that no
- * connection ever took, {"script":NAME,"id":ID,"keys":N,"tries":N,
- * "args":[...]} each.  Nothing is written when there are none.  Called
- * with the zone's mutex held.
+ * The state file's "redis_epoch": the Redis the zone's counters are a
+ * view of, so that after a start the absorb scripts know whether Redis
+ * kept its data (else the first ones rebuild from the larger view, which
+ * counts twice what settlements still on their way also bring).  And
+ * its "redis_unsent": the scripts kept in the zone that no connection
+ * ever took, {"script":NAME,"id":ID,"keys":N,"tries":N,"args":[...]}
+ * each, written only when there are some.  Called with the zone's mutex
+ * held.
  */
 void
 ngx_http_smartflow_keys_redis_state_write(ngx_smartflow_out_t *o,
@@ -1656,6 +1660,14 @@ ngx_http_smartflow_keys_redis_state_write(ngx_smartflow_out_t *o,
     ngx_uint_t                       n;
     ngx_queue_t                     *q;
     ngx_http_smartflow_keys_kept_t  *kp;
+
+    s.data = sh->redis_epoch;
+    s.len = ngx_strlen(sh->redis_epoch);
+
+    if (s.len) {
+        ngx_sf_out_lit(o, ",\"redis_epoch\":");
+        ngx_smartflow_out_str(o, &s);
+    }
 
     n = 0;
 
@@ -1711,8 +1723,8 @@ ngx_http_smartflow_keys_redis_state_write(ngx_smartflow_out_t *o,
 
 
 /*
- * A start reads them back into the zone, for the first worker that
- * reaches Redis.  Called with the zone's mutex held.
+ * A start reads them back into the zone, the scripts for the first
+ * worker that reaches Redis.  Called with the zone's mutex held.
  */
 ngx_int_t
 ngx_http_smartflow_keys_redis_state_load(ngx_http_smartflow_keys_zone_t *kz,
@@ -1725,6 +1737,20 @@ ngx_http_smartflow_keys_redis_state_load(ngx_http_smartflow_keys_zone_t *kz,
     ngx_uint_t                       script, count;
     ngx_smartflow_json_t            *j, *f, *a;
     ngx_http_smartflow_keys_kept_t  *kp;
+
+    j = ngx_smartflow_json_get(root, "redis_epoch");
+
+    if (j) {
+        if (j->type != NGX_SMARTFLOW_JSON_STRING
+            || j->str.len >= sizeof(kz->sh->redis_epoch))
+        {
+            ngx_str_set(err, "bad \"redis_epoch\"");
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(kz->sh->redis_epoch, j->str.data, j->str.len);
+        kz->sh->redis_epoch[j->str.len] = '\0';
+    }
 
     j = ngx_smartflow_json_get(root, "redis_unsent");
 

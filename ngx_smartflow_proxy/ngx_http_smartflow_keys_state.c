@@ -521,7 +521,7 @@ ngx_smartflow_keys_state_write(ngx_smartflow_out_t *o,
 
     ngx_sf_out_lit(o, "\n]");
 
-    /* usage updates for Redis that an exited worker could not send */
+    /* with smartflow_redis: its epoch, the updates not sent to it */
     ngx_http_smartflow_keys_redis_state_write(o, sh);
 
     ngx_sf_out_lit(o, "}\n");

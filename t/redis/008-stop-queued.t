@@ -136,6 +136,7 @@ my $state = do { local $/; <$fh> };
 close $fh;
 like $state, qr/"redis_unsent":\[/,
      'the state file keeps what Redis has not seen';
+like $state, qr/"redis_epoch":"\d+\.\d+"/, '... and which Redis it saw';
 
 $c->start($a);
 kill 'CONT', $c->{redis_pid};
@@ -155,7 +156,8 @@ is counter($id, 'wres'), 0, 'no tokens are held in the rate window';
 
 # counted once, however often the workers poll, and after a restart
 sleep(1 * $c->{slow});
-is counter($id, 's'), 4 * $cost, 'the spend is counted once';
+is counter($id, 's'), 4 * $cost, 'the spend is counted once'
+    or diag 'Redis spend ', counter($id, 's'), ', expected ', 4 * $cost;
 is counter($id, 'r'), 4, 'and the requests';
 
 $c->stop($a);
