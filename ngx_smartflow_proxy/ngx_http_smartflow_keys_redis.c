@@ -1644,11 +1644,13 @@ ngx_http_smartflow_keys_take(ngx_smartflow_redis_t *rd)
  * The state file's "redis_epoch": the Redis the zone's counters are a
  * view of, so that after a start the absorb scripts know whether Redis
  * kept its data (else the first ones rebuild from the larger view, which
- * counts twice what settlements still on their way also bring).  And
- * its "redis_unsent": the scripts kept in the zone that no connection
- * ever took, {"script":NAME,"id":ID,"keys":N,"tries":N,"args":[...]}
- * each, written only when there are some.  Called with the zone's mutex
- * held.
+ * counts twice what settlements still on their way also bring).  Its
+ * "redis_apart": what each key served without Redis and Redis has not
+ * had yet, {"id":ID,"requests":N,"prompt":N,"completion":N,"spend":N}.
+ * And its "redis_unsent": the scripts kept in the zone that no
+ * connection ever took, {"script":NAME,"id":ID,"keys":N,"tries":N,
+ * "args":[...]} each.  Both written only when there are some.  Called
+ * with the zone's mutex held.
  */
 void
 ngx_http_smartflow_keys_redis_state_write(ngx_smartflow_out_t *o,
@@ -1659,6 +1661,7 @@ ngx_http_smartflow_keys_redis_state_write(ngx_smartflow_out_t *o,
     ngx_str_t                        s;
     ngx_uint_t                       n;
     ngx_queue_t                     *q;
+    ngx_smartflow_key_t             *k;
     ngx_http_smartflow_keys_kept_t  *kp;
 
     s.data = sh->redis_epoch;
@@ -1667,6 +1670,45 @@ ngx_http_smartflow_keys_redis_state_write(ngx_smartflow_out_t *o,
     if (s.len) {
         ngx_sf_out_lit(o, ",\"redis_epoch\":");
         ngx_smartflow_out_str(o, &s);
+    }
+
+    n = 0;
+
+    for (q = ngx_queue_head(&sh->keys);
+         q != ngx_queue_sentinel(&sh->keys);
+         q = ngx_queue_next(q))
+    {
+        k = ngx_queue_data(q, ngx_smartflow_key_t, queue);
+
+        if ((k->off_requests | k->off_prompt | k->off_completion
+             | k->off_spend)
+            == 0)
+        {
+            continue;
+        }
+
+        if (n++ == 0) {
+            ngx_sf_out_lit(o, ",\"redis_apart\":[\n");
+
+        } else {
+            ngx_sf_out_lit(o, ",\n");
+        }
+
+        ngx_sf_out_lit(o, "{\"id\":");
+        ngx_smartflow_out_uint(o, k->node.key);
+        ngx_sf_out_lit(o, ",\"requests\":");
+        ngx_smartflow_out_uint(o, k->off_requests);
+        ngx_sf_out_lit(o, ",\"prompt\":");
+        ngx_smartflow_out_uint(o, k->off_prompt);
+        ngx_sf_out_lit(o, ",\"completion\":");
+        ngx_smartflow_out_uint(o, k->off_completion);
+        ngx_sf_out_lit(o, ",\"spend\":");
+        ngx_smartflow_out_uint(o, k->off_spend);
+        ngx_sf_out_lit(o, "}");
+    }
+
+    if (n) {
+        ngx_sf_out_lit(o, "\n]");
     }
 
     n = 0;
@@ -1733,10 +1775,14 @@ ngx_http_smartflow_keys_redis_state_load(ngx_http_smartflow_keys_zone_t *kz,
     int                              n;
     size_t                           size;
     u_char                          *p;
-    uint64_t                         id, nkeys, tries;
+    uint64_t                         id, nkeys, tries, v[4];
     ngx_uint_t                       script, count;
+    ngx_smartflow_key_t             *k;
     ngx_smartflow_json_t            *j, *f, *a;
     ngx_http_smartflow_keys_kept_t  *kp;
+
+    static char  *apart[] = { "id", "requests", "prompt", "completion",
+                              "spend" };
 
     j = ngx_smartflow_json_get(root, "redis_epoch");
 
@@ -1750,6 +1796,48 @@ ngx_http_smartflow_keys_redis_state_load(ngx_http_smartflow_keys_zone_t *kz,
 
         ngx_memcpy(kz->sh->redis_epoch, j->str.data, j->str.len);
         kz->sh->redis_epoch[j->str.len] = '\0';
+    }
+
+    j = ngx_smartflow_json_get(root, "redis_apart");
+
+    if (j) {
+        ngx_str_set(err, "bad \"redis_apart\"");
+
+        if (j->type != NGX_SMARTFLOW_JSON_ARRAY) {
+            return NGX_ERROR;
+        }
+
+        for (j = j->child; j; j = j->next) {
+
+            if (j->type != NGX_SMARTFLOW_JSON_OBJECT) {
+                return NGX_ERROR;
+            }
+
+            for (n = 0; n < 5; n++) {
+                f = ngx_smartflow_json_get_n(j, apart[n],
+                                             ngx_strlen(apart[n]));
+
+                if (f == NULL || f->type != NGX_SMARTFLOW_JSON_NUMBER
+                    || ngx_smartflow_parse_uint(f->str.data, f->str.len,
+                                                n ? &v[n - 1] : &id)
+                       != NGX_OK)
+                {
+                    return NGX_ERROR;
+                }
+            }
+
+            k = ngx_smartflow_keys_by_id(kz->sh, (ngx_uint_t) id);
+
+            if (k == NULL) {
+                return NGX_ERROR;
+            }
+
+            k->off_requests = v[0];
+            k->off_prompt = v[1];
+            k->off_completion = v[2];
+            k->off_spend = v[3];
+            kz->sh->redis_owed = 1;
+        }
     }
 
     j = ngx_smartflow_json_get(root, "redis_unsent");

@@ -124,9 +124,12 @@ wait_for 'A finds Redis away',
     sub { count($a, qr/redis \S+ unreachable/) >= 1 };
 sleep(0.6 * $c->{slow});
 
-$r = read_all($held);
-is join(' ', map { $_->[0] } @$r), '200 200 200',
-   'the three requests are served while Redis is frozen';
+# and one admitted by the zone alone
+my $apart = send_all($a, 1, $key);
+
+$r = read_all([@$held, @$apart]);
+is join(' ', map { $_->[0] } @$r), '200 200 200 200',
+   'the four requests are served while Redis is frozen';
 
 # their settlements wait in workers that end now, with their node
 sleep(0.3 * $c->{slow});
@@ -136,6 +139,8 @@ my $state = do { local $/; <$fh> };
 close $fh;
 like $state, qr/"redis_unsent":\[/,
      'the state file keeps what Redis has not seen';
+like $state, qr/"redis_apart":\[\n\{"id":$id,"requests":1,/,
+     '... what the zone served alone';
 like $state, qr/"redis_epoch":"\d+\.\d+"/, '... and which Redis it saw';
 
 $c->start($a);
@@ -147,27 +152,28 @@ wait_for 'Redis holds no reservation for them any more',
     sub { counter($id, 'res') == 0 }
     or diag 'Redis holds ', counter($id, 'res'), ' micro-USD reserved';
 wait_for 'Redis has their spend',
-    sub { counter($id, 's') == 4 * $cost }
-    or diag 'Redis spend ', counter($id, 's'), ', expected ', 4 * $cost;
-is counter($id, 'sp'), 4 * $cost, '... in the budget period too';
-is counter($id, 'p'), 4 * $prompt, '... with their prompt tokens';
-is counter($id, 'c'), 4 * $completion, '... and completion tokens';
+    sub { counter($id, 's') == 5 * $cost }
+    or diag 'Redis spend ', counter($id, 's'), ', expected ', 5 * $cost;
+is counter($id, 'sp'), 5 * $cost, '... in the budget period too';
+is counter($id, 'p'), 5 * $prompt, '... with their prompt tokens';
+is counter($id, 'c'), 5 * $completion, '... and completion tokens';
 is counter($id, 'wres'), 0, 'no tokens are held in the rate window';
 
 # counted once, however often the workers poll, and after a restart
 sleep(1 * $c->{slow});
-is counter($id, 's'), 4 * $cost, 'the spend is counted once'
-    or diag 'Redis spend ', counter($id, 's'), ', expected ', 4 * $cost;
-is counter($id, 'r'), 4, 'and the requests';
+is counter($id, 's'), 5 * $cost, 'the spend is counted once'
+    or diag 'Redis spend ', counter($id, 's'), ', expected ', 5 * $cost;
+is counter($id, 'r'), 5, 'and the requests';
 
 $c->stop($a);
 open $fh, '<', "$a->{dir}/state/keys.state" or die "state: $!";
 $state = do { local $/; <$fh> };
 close $fh;
-unlike $state, qr/redis_unsent/, 'the state file no longer keeps them';
+unlike $state, qr/redis_unsent|redis_apart/,
+       'the state file no longer keeps them';
 $c->start($a);
 sleep(1 * $c->{slow});
-is counter($id, 's'), 4 * $cost, 'a restart does not send them again';
+is counter($id, 's'), 5 * $cost, 'a restart does not send them again';
 is counter($id, 'res'), 0, '... nor reserves anything';
 
 unlike $c->error_log($a), qr/\[(?:alert|crit|emerg)\]/,
@@ -190,6 +196,22 @@ for my $bad ('{"script":"reserve","id":1,"keys":1,"tries":0,"args":["x"]}',
                     . ' 2>/dev/null');
     isnt $rc, 0, "A does not start with $bad";
     is count($a, qr/state file "[^"]+" is damaged \(bad "redis_unsent"\)/),
+       ++$n, '... it says the state file is damaged';
+}
+
+$n = 0;
+for my $bad ('{"id":1,"requests":"1","prompt":0,"completion":0,"spend":0}',
+             '{"id":99,"requests":1,"prompt":0,"completion":0,"spend":0}',
+             '{"id":1,"requests":1}')
+{
+    (my $damaged = $good) =~ s/\}\n\z/,"redis_apart":[$bad]}\n/;
+    open $fh, '>', "$a->{dir}/state/keys.state" or die "state: $!";
+    print $fh $damaged;
+    close $fh;
+    my $rc = system("$c->{binary} -p $a->{dir} -c $a->{dir}/nginx.conf"
+                    . ' 2>/dev/null');
+    isnt $rc, 0, "A does not start with $bad";
+    is count($a, qr/state file "[^"]+" is damaged \(bad "redis_apart"\)/),
        ++$n, '... it says the state file is damaged';
 }
 
