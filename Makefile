@@ -82,6 +82,9 @@ asan-modules: $(BUILD)/.deps
 	@$(MAKE) --no-print-directory modules BUILD=$(CURDIR)/build-asan \
 	    CC_OPT="-g -O1 -fPIC -fsanitize=address -fno-omit-frame-pointer" \
 	    LD_OPT="-fsanitize=address -fPIC"
+	@$(MAKE) --no-print-directory verify BUILD=$(CURDIR)/build-asan \
+	    VERIFY_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer \
+	    -fno-sanitize-recover=undefined"
 
 test-asan: asan-modules verify
 	@SMARTFLOW_ASAN=1 scripts/test.sh $(ASAN_SUITES)

@@ -26,6 +26,17 @@
 
 #define NGX_HTTP_SMARTFLOW_AUDIT_FILTERS  4
 
+/* from and to, epoch seconds up to 9999-12-31: milliseconds fit in 64 bits */
+#define NGX_HTTP_SMARTFLOW_AUDIT_TIME_MAX  253402300799LL
+
+/*
+ * Queries in the thread pool at once, per worker: each may read the
+ * whole folder, and the pool also seals and ships; the next ones wait
+ * their turn in the worker, up to a bound, and past it are refused
+ */
+#define NGX_HTTP_SMARTFLOW_AUDIT_RUNNING  2
+#define NGX_HTTP_SMARTFLOW_AUDIT_WAITING  64
+
 
 typedef struct {
     u_char                     *data;
@@ -38,6 +49,9 @@ typedef struct {
 /* a query over the folder, run in a thread */
 typedef struct {
     ngx_http_request_t         *request;
+    ngx_thread_task_t          *task;
+    ngx_thread_pool_t          *pool;
+    ngx_queue_t                 queue;          /* waiting its turn */
     u_char                      dir[NGX_MAX_PATH];
     ngx_uint_t                  mode;
     u_char                      id[64];         /* receipt id */
@@ -54,6 +68,8 @@ typedef struct {
 
 static ngx_int_t ngx_http_smartflow_audit_api_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_smartflow_audit_master(ngx_http_request_t *r);
+static ngx_int_t ngx_http_smartflow_audit_admin(ngx_http_request_t *r,
+    char *message);
 static ngx_int_t ngx_http_smartflow_audit_reply(ngx_http_request_t *r,
     ngx_uint_t status, char *type, u_char *data, size_t len);
 static ngx_int_t ngx_http_smartflow_audit_refuse(ngx_http_request_t *r,
@@ -66,9 +82,18 @@ static ngx_int_t ngx_http_smartflow_audit_query(ngx_http_request_t *r,
     ngx_http_smartflow_audit_main_conf_t *amcf, ngx_uint_t mode);
 static void ngx_http_smartflow_audit_query_thread(void *data,
     ngx_log_t *log);
+static ngx_int_t ngx_http_smartflow_audit_query_post(
+    ngx_http_smartflow_audit_query_t *q);
+static void ngx_http_smartflow_audit_query_next(void);
+static ngx_int_t ngx_http_smartflow_audit_busy(ngx_http_request_t *r);
 static void ngx_http_smartflow_audit_query_done(ngx_event_t *ev);
 static void ngx_http_smartflow_audit_query_free(
     ngx_http_smartflow_audit_query_t *q);
+
+
+static ngx_queue_t  ngx_http_smartflow_audit_waiting;
+static ngx_uint_t   ngx_http_smartflow_audit_nwaiting;
+static ngx_uint_t   ngx_http_smartflow_audit_running;
 
 
 /* latency buckets, milliseconds */
@@ -338,6 +363,11 @@ ngx_http_smartflow_audit_api_handler(ngx_http_request_t *r)
     }
 
     if (amcf->zone == NULL) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "smartflow audit: \"%V\" needs the audit trail, "
+                      "which is not configured (smartflow_audit_dir)",
+                      &r->uri);
+
         return ngx_http_smartflow_audit_refuse(r,
                    NGX_HTTP_SERVICE_UNAVAILABLE, "api_error",
                    "audit_off", "The audit trail is not configured "
@@ -347,20 +377,10 @@ ngx_http_smartflow_audit_api_handler(ngx_http_request_t *r)
     if (alcf->api == NGX_HTTP_SMARTFLOW_AUDIT_STATUS
         || alcf->api == NGX_HTTP_SMARTFLOW_AUDIT_LOGS)
     {
-        switch (ngx_http_smartflow_audit_master(r)) {
-
-        case NGX_HTTP_UNAUTHORIZED:
-            return ngx_http_smartflow_audit_refuse(r, NGX_HTTP_UNAUTHORIZED,
-                       "invalid_request_error", "missing_api_key",
-                       "You didn't provide an API key.");
-
-        case NGX_HTTP_FORBIDDEN:
-            return ngx_http_smartflow_audit_refuse(r, NGX_HTTP_FORBIDDEN,
-                       "permission_error", "admin_only",
-                       "This endpoint needs the master key.");
-
-        default:
-            break;
+        rc = ngx_http_smartflow_audit_admin(r, "This endpoint needs the "
+                                            "master key.");
+        if (rc != NGX_DECLINED) {
+            return rc;
         }
     }
 
@@ -430,6 +450,27 @@ ngx_http_smartflow_audit_master(ngx_http_request_t *r)
     }
 
     return NGX_OK;
+}
+
+
+/* NGX_DECLINED for the master key, else the refusal sent */
+static ngx_int_t
+ngx_http_smartflow_audit_admin(ngx_http_request_t *r, char *message)
+{
+    switch (ngx_http_smartflow_audit_master(r)) {
+
+    case NGX_HTTP_UNAUTHORIZED:
+        return ngx_http_smartflow_audit_refuse(r, NGX_HTTP_UNAUTHORIZED,
+                   "invalid_request_error", "missing_api_key",
+                   "You didn't provide an API key.");
+
+    case NGX_HTTP_FORBIDDEN:
+        return ngx_http_smartflow_audit_refuse(r, NGX_HTTP_FORBIDDEN,
+                   "permission_error", "admin_only", message);
+
+    default:
+        return NGX_DECLINED;
+    }
 }
 
 
@@ -819,7 +860,7 @@ ngx_http_smartflow_audit_query(ngx_http_request_t *r,
 {
     u_char                            *p, *dst, *src;
     size_t                             n;
-    ngx_int_t                          v;
+    ngx_int_t                          v, rc;
     ngx_str_t                          arg, id;
     ngx_uint_t                         i, nf;
     ngx_thread_task_t                 *task;
@@ -837,6 +878,8 @@ ngx_http_smartflow_audit_query(ngx_http_request_t *r,
 
     q = (ngx_http_smartflow_audit_query_t *) (task + 1);
     q->request = r;
+    q->task = task;
+    q->pool = amcf->pool;
     q->mode = mode;
     q->limit = 100;
     q->to = INT64_MAX;
@@ -873,6 +916,20 @@ ngx_http_smartflow_audit_query(ngx_http_request_t *r,
             ngx_memcpy(q->id, id.data, 32);
 
         } else {
+            /*
+             * Numbers are guessed in order: by its number any record,
+             * with its key, team and bodies, is the master key's to
+             * read, as GET /api/vas/logs is; a receipt id is known
+             * only to the client that got it.
+             */
+            rc = ngx_http_smartflow_audit_admin(r, "A record is read by "
+                     "its number with the master key only, by its receipt "
+                     "id without.");
+            if (rc != NGX_DECLINED) {
+                ngx_free(task);
+                return rc;
+            }
+
             v = ngx_atoi(id.data, id.len);
             if (v <= 0) {
                 ngx_free(task);
@@ -943,7 +1000,7 @@ ngx_http_smartflow_audit_query(ngx_http_request_t *r,
 
         if (ngx_http_arg(r, (u_char *) "from", 4, &arg) == NGX_OK) {
             v = ngx_atoi(arg.data, arg.len);
-            if (v == NGX_ERROR) {
+            if (v == NGX_ERROR || v > NGX_HTTP_SMARTFLOW_AUDIT_TIME_MAX) {
                 goto bad_arg;
             }
 
@@ -952,7 +1009,7 @@ ngx_http_smartflow_audit_query(ngx_http_request_t *r,
 
         if (ngx_http_arg(r, (u_char *) "to", 2, &arg) == NGX_OK) {
             v = ngx_atoi(arg.data, arg.len);
-            if (v == NGX_ERROR) {
+            if (v == NGX_ERROR || v > NGX_HTTP_SMARTFLOW_AUDIT_TIME_MAX) {
                 goto bad_arg;
             }
 
@@ -978,19 +1035,38 @@ ngx_http_smartflow_audit_query(ngx_http_request_t *r,
         }
     }
 
-    /* the thread reads the files: what the buffer holds goes there first */
-    (void) ngx_http_smartflow_audit_flush(amcf, r->connection->log);
-
     task->ctx = q;
     task->handler = ngx_http_smartflow_audit_query_thread;
     task->event.handler = ngx_http_smartflow_audit_query_done;
     task->event.data = task;
     task->event.log = r->connection->log;
 
-    if (ngx_thread_task_post(amcf->pool, task) != NGX_OK) {
+    if (ngx_http_smartflow_audit_running < NGX_HTTP_SMARTFLOW_AUDIT_RUNNING) {
+        if (ngx_http_smartflow_audit_query_post(q) != NGX_OK) {
+            ngx_http_smartflow_audit_query_free(q);
+            ngx_free(task);
+            return ngx_http_smartflow_audit_busy(r);
+        }
+
+    } else if (ngx_http_smartflow_audit_nwaiting
+               < NGX_HTTP_SMARTFLOW_AUDIT_WAITING)
+    {
+        if (ngx_http_smartflow_audit_waiting.next == NULL) {
+            ngx_queue_init(&ngx_http_smartflow_audit_waiting);
+        }
+
+        ngx_queue_insert_tail(&ngx_http_smartflow_audit_waiting, &q->queue);
+        ngx_http_smartflow_audit_nwaiting++;
+
+    } else {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "smartflow audit: %ui queries wait for the thread "
+                      "pool already, \"%V\" refused",
+                      ngx_http_smartflow_audit_nwaiting, &r->uri);
+
         ngx_http_smartflow_audit_query_free(q);
         ngx_free(task);
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return ngx_http_smartflow_audit_busy(r);
     }
 
     /* the request waits for the thread, and outlives a client gone */
@@ -1007,9 +1083,86 @@ bad_arg:
 
     return ngx_http_smartflow_audit_refuse(r, NGX_HTTP_BAD_REQUEST,
                "invalid_request_error", "invalid_parameter",
-               "Filters: from, to (epoch seconds), key, team, model, "
+               "Filters: from, to (epoch seconds, to 253402300799), key, "
+               "team, model, "
                "status (100-999); paging: after (a record number), limit "
                "(1-1000).");
+}
+
+
+/* to the thread pool, the buffer written first: the thread reads files */
+static ngx_int_t
+ngx_http_smartflow_audit_query_post(ngx_http_smartflow_audit_query_t *q)
+{
+    ngx_http_smartflow_audit_main_conf_t  *amcf;
+
+    amcf = ngx_http_get_module_main_conf(q->request,
+                                         ngx_http_smartflow_audit_module);
+
+    (void) ngx_http_smartflow_audit_flush(amcf, q->request->connection->log);
+
+    if (ngx_thread_task_post(q->pool, q->task) != NGX_OK) {
+        ngx_log_error(NGX_LOG_ERR, q->request->connection->log, 0,
+                      "smartflow audit: \"%V\" could not be queued in the "
+                      "thread pool", &q->request->uri);
+        return NGX_ERROR;
+    }
+
+    ngx_http_smartflow_audit_running++;
+
+    return NGX_OK;
+}
+
+
+/* the queries waiting their turn, as threads come free */
+static void
+ngx_http_smartflow_audit_query_next(void)
+{
+    ngx_int_t                          rc;
+    ngx_queue_t                       *qu;
+    ngx_connection_t                  *c;
+    ngx_thread_task_t                 *task;
+    ngx_http_request_t                *r;
+    ngx_http_smartflow_audit_query_t  *q;
+
+    while (ngx_http_smartflow_audit_nwaiting
+           && ngx_http_smartflow_audit_running
+              < NGX_HTTP_SMARTFLOW_AUDIT_RUNNING)
+    {
+        qu = ngx_queue_head(&ngx_http_smartflow_audit_waiting);
+        ngx_queue_remove(qu);
+        ngx_http_smartflow_audit_nwaiting--;
+
+        q = ngx_queue_data(qu, ngx_http_smartflow_audit_query_t, queue);
+
+        if (ngx_http_smartflow_audit_query_post(q) == NGX_OK) {
+            continue;
+        }
+
+        r = q->request;
+        c = r->connection;
+        task = q->task;
+
+        r->main->blocked--;
+        r->aio = 0;
+
+        ngx_http_smartflow_audit_query_free(q);
+        ngx_free(task);
+
+        rc = ngx_http_smartflow_audit_busy(r);
+
+        ngx_http_finalize_request(r, rc);
+        ngx_http_run_posted_requests(c);
+    }
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_audit_busy(ngx_http_request_t *r)
+{
+    return ngx_http_smartflow_audit_refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+               "api_error", "audit_busy", "Too many audit queries at once; "
+               "try again later.");
 }
 
 
@@ -1583,8 +1736,16 @@ ngx_http_smartflow_audit_query_done(ngx_event_t *ev)
     r->main->blocked--;
     r->aio = 0;
 
+    ngx_http_smartflow_audit_running--;
+
     if (q->out.failed) {
-        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        ngx_log_error(NGX_LOG_ERR, c->log, 0,
+                      "smartflow audit: no memory for the answer to \"%V\"",
+                      &r->uri);
+
+        rc = ngx_http_smartflow_audit_refuse(r,
+                 NGX_HTTP_INTERNAL_SERVER_ERROR, "api_error", "no_memory",
+                 "The answer could not be built.");
 
     } else if (q->status == NGX_HTTP_NOT_FOUND) {
         rc = ngx_http_smartflow_audit_refuse(r, NGX_HTTP_NOT_FOUND,
@@ -1609,4 +1770,6 @@ ngx_http_smartflow_audit_query_done(ngx_event_t *ev)
 
     ngx_http_finalize_request(r, rc);
     ngx_http_run_posted_requests(c);
+
+    ngx_http_smartflow_audit_query_next();
 }

@@ -13,6 +13,7 @@
  * segment first, backing off while the endpoint fails.
  */
 
+#include <sys/file.h>
 #include <curl/curl.h>
 #include <openssl/evp.h>
 
@@ -51,6 +52,8 @@ typedef struct {
 typedef struct {
     char                        data[NGX_HTTP_SMARTFLOW_AUDIT_S3_ANSWER];
     size_t                      len;
+    char                        checksum[64];   /* x-amz-checksum-sha256 */
+    unsigned                    etag:1;
 } ngx_http_smartflow_audit_s3_answer_t;
 
 
@@ -74,6 +77,10 @@ static ngx_uint_t          ngx_http_smartflow_audit_s3_unremoved;
 
 static void ngx_http_smartflow_audit_s3_timer(ngx_event_t *ev);
 static void ngx_http_smartflow_audit_s3_thread(void *data, ngx_log_t *log);
+static void ngx_http_smartflow_audit_s3_round(
+    ngx_http_smartflow_audit_s3_t *s);
+static ngx_int_t ngx_http_smartflow_audit_s3_confirmed(u_char *done,
+    char *url, char *hex, u_char *line, size_t linelen);
 static void ngx_http_smartflow_audit_s3_done(ngx_event_t *ev);
 
 
@@ -401,10 +408,74 @@ ngx_http_smartflow_audit_s3_write(char *p, size_t size, size_t n, void *data)
 }
 
 
-/* one object: NGX_OK once the endpoint confirmed it, else NGX_AGAIN */
+/* the answer's headers S3 confirms a PUT with: ETag, the checksum */
+static size_t
+ngx_http_smartflow_audit_s3_header(char *p, size_t size, size_t n,
+    void *data)
+{
+    size_t                                 len, vlen;
+    char                                  *v, *end;
+    ngx_http_smartflow_audit_s3_answer_t  *a = data;
+
+    len = size * n;
+    end = p + len;
+
+    /* a status line: an answer (after 100 Continue) starts afresh */
+    if (len > 5 && ngx_strncmp(p, "HTTP/", 5) == 0) {
+        a->etag = 0;
+        a->checksum[0] = '\0';
+        return len;
+    }
+
+    for (v = p; v < end && *v != ':'; v++) {
+        /* void */
+    }
+
+    if (v == end) {
+        return len;
+    }
+
+    if (v - p == 4 && ngx_strncasecmp((u_char *) p, (u_char *) "etag", 4)
+                      == 0)
+    {
+        a->etag = 1;
+        return len;
+    }
+
+    if (v - p != sizeof("x-amz-checksum-sha256") - 1
+        || ngx_strncasecmp((u_char *) p, (u_char *) "x-amz-checksum-sha256",
+                           v - p)
+           != 0)
+    {
+        return len;
+    }
+
+    for (v++; v < end && (*v == ' ' || *v == '\t'); v++) {
+        /* void */
+    }
+
+    while (end > v && (end[-1] == '\r' || end[-1] == '\n'
+                       || end[-1] == ' '))
+    {
+        end--;
+    }
+
+    vlen = ngx_min((size_t) (end - v), sizeof(a->checksum) - 1);
+    ngx_memcpy(a->checksum, v, vlen);
+    a->checksum[vlen] = '\0';
+
+    return len;
+}
+
+
+/*
+ * One object: NGX_OK once the endpoint confirmed it, now or in an earlier
+ * round (its manifest line in done, for the same SHA-256: NGX_DONE),
+ * else NGX_AGAIN
+ */
 static ngx_int_t
 ngx_http_smartflow_audit_s3_put(ngx_http_smartflow_audit_s3_t *s,
-    u_char *name, u_char *line, size_t linelen)
+    u_char *name, u_char *line, size_t linelen, u_char *done)
 {
     int                                    b64;
     long                                   code;
@@ -482,10 +553,20 @@ ngx_http_smartflow_audit_s3_put(ngx_http_smartflow_audit_s3_t *s,
 
     snprintf(url, sizeof(url), "%s/%s", s->url, name);
 
+    /* confirmed in an earlier round: not put again */
+    if (ngx_http_smartflow_audit_s3_confirmed(done, url, hex, line, linelen)
+        == NGX_OK)
+    {
+        free(data);
+        return NGX_DONE;
+    }
+
     rc = NGX_AGAIN;
     hdrs = NULL;
     answer.len = 0;
     answer.data[0] = '\0';
+    answer.checksum[0] = '\0';
+    answer.etag = 0;
 
     curl = curl_easy_init();
 
@@ -518,6 +599,9 @@ ngx_http_smartflow_audit_s3_put(ngx_http_smartflow_audit_s3_t *s,
     curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION,
                      ngx_http_smartflow_audit_s3_write);
     curl_easy_setopt(curl, CURLOPT_WRITEDATA, &answer);
+    curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION,
+                     ngx_http_smartflow_audit_s3_header);
+    curl_easy_setopt(curl, CURLOPT_HEADERDATA, &answer);
 
     cc = curl_easy_perform(curl);
 
@@ -540,6 +624,21 @@ ngx_http_smartflow_audit_s3_put(ngx_http_smartflow_audit_s3_t *s,
         goto done;
     }
 
+    /*
+     * S3 confirms a PUT with the object's ETag, and echoes the checksum
+     * it checked: a 200 without them is not a stored object (another
+     * server at the URL, a proxy's page), and the segment would be
+     * removed from the folder on its word
+     */
+    if (!answer.etag
+        || (answer.checksum[0] && ngx_strcmp(answer.checksum, sha64) != 0))
+    {
+        snprintf(s->err, sizeof(s->err), "PUT %s answered 200 %s: not "
+                 "an S3 endpoint?", url,
+                 answer.etag ? "with another checksum" : "without an ETag");
+        goto done;
+    }
+
     s->objects++;
     s->bytes += ngx_file_size(&fi);
 
@@ -559,6 +658,72 @@ done:
     free(data);
 
     return rc;
+}
+
+
+/*
+ * The line of done ("URL SHA256 MODE DATE" lines) for this URL and
+ * SHA-256, copied to line: NGX_OK, else NGX_DECLINED
+ */
+static ngx_int_t
+ngx_http_smartflow_audit_s3_confirmed(u_char *done, char *url, char *hex,
+    u_char *line, size_t linelen)
+{
+    u_char  *p, *eol;
+    size_t   ulen;
+
+    ulen = ngx_strlen(url);
+
+    for (p = done; *p; p = eol + 1) {
+        eol = (u_char *) ngx_strchr(p, '\n');
+        if (eol == NULL) {
+            break;
+        }
+
+        if ((size_t) (eol - p) > ulen + 66
+            && ngx_strncmp(p, url, ulen) == 0 && p[ulen] == ' '
+            && ngx_strncmp(p + ulen + 1, hex, 64) == 0
+            && p[ulen + 65] == ' '
+            && (size_t) (eol - p) + 2 <= linelen)
+        {
+            ngx_memcpy(line, p, eol - p + 1);
+            line[eol - p + 1] = '\0';
+            return NGX_OK;
+        }
+    }
+
+    return NGX_DECLINED;
+}
+
+
+/*
+ * segment-N.shipping: the manifest lines of the objects S3 confirmed so
+ * far, while the segment is not marked; read into done (NUL-terminated)
+ */
+static void
+ngx_http_smartflow_audit_s3_progress(ngx_http_smartflow_audit_s3_t *s,
+    ngx_uint_t seg, u_char *done, size_t size)
+{
+    ssize_t   n;
+    ngx_fd_t  fd;
+    u_char    path[NGX_MAX_PATH];
+
+    done[0] = '\0';
+
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/segment-%08ui.shipping%Z", s->dir,
+                 seg);
+
+    fd = ngx_open_file(path, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (fd == NGX_INVALID_FILE) {
+        return;
+    }
+
+    n = read(fd, done, size - 1);
+    (void) ngx_close_file(fd);
+
+    if (n > 0) {
+        done[n] = '\0';
+    }
 }
 
 
@@ -774,22 +939,52 @@ ngx_http_smartflow_audit_s3_remove(ngx_http_smartflow_audit_s3_t *s,
 }
 
 
+/*
+ * One round at a time in the folder: after a reload the old worker's
+ * round may still run when the new worker's first one starts, and each
+ * would put the same objects.  The round holds an flock on DIR/.s3.lock;
+ * NGX_DECLINED while another process holds it.
+ */
+static ngx_int_t
+ngx_http_smartflow_audit_s3_lock(ngx_http_smartflow_audit_s3_t *s,
+    ngx_fd_t *fd)
+{
+    u_char  path[NGX_MAX_PATH];
+
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/.s3.lock%Z", s->dir);
+
+    *fd = open((char *) path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (*fd == NGX_INVALID_FILE) {
+        snprintf(s->err, sizeof(s->err), "open(%s) failed: %s", path,
+                 strerror(errno));
+        return NGX_ERROR;
+    }
+
+    if (flock(*fd, LOCK_EX | LOCK_NB) == -1) {
+        if (errno == EWOULDBLOCK) {
+            (void) ngx_close_file(*fd);
+            *fd = NGX_INVALID_FILE;
+            return NGX_DECLINED;
+        }
+
+        snprintf(s->err, sizeof(s->err), "flock(%s) failed: %s", path,
+                 strerror(errno));
+        (void) ngx_close_file(*fd);
+        *fd = NGX_INVALID_FILE;
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
 static void
 ngx_http_smartflow_audit_s3_thread(void *data, ngx_log_t *log)
 {
     ngx_http_smartflow_audit_s3_t  *s = data;
 
-    size_t           len;
-    ngx_int_t        rc;
-    ngx_str_t        name, d;
-    ngx_dir_t        dirh;
-    ngx_uint_t       seg, min, max, i, stop, prune;
-    ngx_file_info_t  fi;
-    u_char           path[NGX_MAX_PATH], file[64];
-    u_char           manifest[3 * 1400 + 256];
-    static char     *ext[] = { "log", "seal", "tsr" };
+    ngx_fd_t  lock;
 
-    s->rc = NGX_OK;
     s->err[0] = '\0';
     s->backlog = 0;
     s->segments = 0;
@@ -798,6 +993,33 @@ ngx_http_smartflow_audit_s3_thread(void *data, ngx_log_t *log)
     s->removed = 0;
     s->unremoved = 0;
     s->warn[0] = '\0';
+
+    s->rc = ngx_http_smartflow_audit_s3_lock(s, &lock);
+    if (s->rc != NGX_OK) {
+        return;
+    }
+
+    ngx_http_smartflow_audit_s3_round(s);
+
+    /* closing the file gives the lock back */
+    (void) ngx_close_file(lock);
+}
+
+
+static void
+ngx_http_smartflow_audit_s3_round(ngx_http_smartflow_audit_s3_t *s)
+{
+    size_t           len;
+    ngx_int_t        rc;
+    ngx_str_t        name, d;
+    ngx_dir_t        dirh;
+    ngx_uint_t       seg, min, max, i, stop, prune;
+    ngx_file_info_t  fi;
+    u_char           path[NGX_MAX_PATH], file[64];
+    u_char           progress[NGX_MAX_PATH];
+    u_char           manifest[3 * 1400 + 256];
+    u_char           done[3 * 1400 + 256];
+    static char     *ext[] = { "log", "seal", "tsr" };
 
     d.data = s->dir;
     d.len = ngx_strlen(s->dir);
@@ -844,6 +1066,21 @@ ngx_http_smartflow_audit_s3_thread(void *data, ngx_log_t *log)
     prune = !s->keep;
 
     for (seg = min; seg <= max; seg++) {
+
+        /*
+         * Removed in order: never past a segment still in the folder,
+         * such as one whose seal failed and waits for the next start
+         */
+        if (prune && seg > 1) {
+            ngx_snprintf(path, NGX_MAX_PATH,
+                         "%s/" NGX_SMARTFLOW_AUDIT_SEGMENT "%Z", s->dir,
+                         seg - 1);
+
+            if (ngx_file_info(path, &fi) != NGX_FILE_ERROR) {
+                prune = 0;
+            }
+        }
+
         ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEAL "%Z",
                      s->dir, seg);
         if (ngx_file_info(path, &fi) == NGX_FILE_ERROR) {
@@ -895,8 +1132,21 @@ ngx_http_smartflow_audit_s3_thread(void *data, ngx_log_t *log)
             }
         }
 
+        /*
+         * A worker told to quit ends its round here, between segments:
+         * the next worker's round goes on from the folder
+         */
+        if (ngx_exiting || ngx_quit || ngx_terminate) {
+            break;
+        }
+
         len = 0;
         rc = NGX_OK;
+
+        ngx_http_smartflow_audit_s3_progress(s, seg, done, sizeof(done));
+
+        ngx_snprintf(progress, NGX_MAX_PATH, "%s/segment-%08ui.shipping%Z",
+                     s->dir, seg);
 
         for (i = 0; i < 3; i++) {
             ngx_snprintf(file, sizeof(file), "segment-%08ui.%s%Z", seg,
@@ -910,12 +1160,29 @@ ngx_http_smartflow_audit_s3_thread(void *data, ngx_log_t *log)
             }
 
             rc = ngx_http_smartflow_audit_s3_put(s, file, manifest + len,
-                                                 sizeof(manifest) - len);
+                                                 sizeof(manifest) - len,
+                                                 done);
+
+            if (rc == NGX_DONE) {
+                len += ngx_strlen(manifest + len);
+                rc = NGX_OK;
+                continue;
+            }
+
             if (rc != NGX_OK) {
                 break;
             }
 
             len += ngx_strlen(manifest + len);
+
+            /* confirmed: a failure after it does not put it again */
+            if (ngx_http_smartflow_audit_write_ro(progress, manifest, len,
+                                                  s->err, sizeof(s->err))
+                != NGX_OK)
+            {
+                rc = NGX_ERROR;
+                break;
+            }
         }
 
         if (rc == NGX_OK) {
@@ -930,6 +1197,10 @@ ngx_http_smartflow_audit_s3_thread(void *data, ngx_log_t *log)
 
             } else {
                 rc = ngx_http_smartflow_audit_s3_mark(s, seg, manifest, len);
+            }
+
+            if (rc == NGX_OK) {
+                (void) unlink((char *) progress);
             }
         }
 
@@ -967,6 +1238,20 @@ ngx_http_smartflow_audit_s3_done(ngx_event_t *ev)
 
     shpool = (ngx_slab_pool_t *) s->amcf->zone->shm.addr;
     sh = shpool->data;
+
+    if (s->rc == NGX_DECLINED) {
+        /* another process's round runs: its worker is on its way out */
+        ngx_log_error(NGX_LOG_INFO, ev->log, 0,
+                      "smartflow audit: another process ships to S3, "
+                      "next round in %Mms", s->amcf->s3_interval);
+
+        if (!(ngx_exiting || ngx_quit || ngx_terminate)) {
+            ngx_add_timer(&ngx_http_smartflow_audit_s3_ev,
+                          s->amcf->s3_interval);
+        }
+
+        return;
+    }
 
     ngx_shmtx_lock(&shpool->mutex);
     sh->s3_backlog = s->backlog;

@@ -857,6 +857,17 @@ ngx_http_smartflow_audit_recover(ngx_log_t *log,
             goto failed;
         }
 
+        /*
+         * From the first segment here to the last, each one is here: a
+         * hole is no shipped segment (those are the first ones), and
+         * going on over it would leave its records out of the chain
+         */
+        if (buf == NULL) {
+            snprintf(s->err, sizeof(s->err), "segment %lu is missing (%s) "
+                     "and later ones are here", (unsigned long) seg, path);
+            goto failed;
+        }
+
         if (len && buf[len - 1] != '\n') {
             for (p = buf + len; p > buf && p[-1] != '\n'; p--) {
                 /* void */

@@ -8,9 +8,11 @@
  */
 
 #include <curl/curl.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/ts.h>
+#include <openssl/x509_vfy.h>
 
 #include "ngx_http_smartflow_audit.h"
 
@@ -91,6 +93,71 @@ ngx_http_smartflow_audit_write_ro(u_char *path, u_char *data, size_t len,
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * The answer's signature, by the certificate the answer carries (the
+ * query asks for it), made for time-stamping.  Whose certificate that
+ * is, up to the authority's CA, is smartflow-verify --tsa-ca's to check;
+ * here an answer whose signature does not hold is not kept for good as
+ * the seal's timestamp.
+ */
+static ngx_int_t
+ngx_http_smartflow_audit_tsa_signed(TS_RESP *resp)
+{
+    int              i, ok;
+    PKCS7           *token;
+    X509_STORE      *store;
+    TS_VERIFY_CTX   *vctx;
+    STACK_OF(X509)  *certs;
+
+    token = TS_RESP_get_token(resp);
+
+    if (token == NULL || !PKCS7_type_is_signed(token)
+        || token->d.sign == NULL)
+    {
+        return NGX_ERROR;
+    }
+
+    certs = token->d.sign->cert;
+
+    if (certs == NULL || sk_X509_num(certs) == 0) {
+        return NGX_ERROR;
+    }
+
+    vctx = TS_VERIFY_CTX_new();
+    store = X509_STORE_new();
+
+    if (vctx == NULL || store == NULL) {
+        TS_VERIFY_CTX_free(vctx);
+        X509_STORE_free(store);
+        return NGX_ERROR;
+    }
+
+    /* the certificates it carries stand for themselves */
+    for (i = 0; i < sk_X509_num(certs); i++) {
+        if (X509_STORE_add_cert(store, sk_X509_value(certs, i)) != 1) {
+            TS_VERIFY_CTX_free(vctx);
+            X509_STORE_free(store);
+            ERR_clear_error();
+            return NGX_ERROR;
+        }
+    }
+
+    (void) X509_STORE_set_flags(store, X509_V_FLAG_PARTIAL_CHAIN);
+
+    TS_VERIFY_CTX_set_flags(vctx, TS_VFY_SIGNATURE);
+
+    /* the context's from here */
+    (void) TS_VERIFY_CTX_set_store(vctx, store);
+
+    ok = TS_RESP_verify_response(vctx, resp);
+
+    TS_VERIFY_CTX_free(vctx);
+    ERR_clear_error();
+
+    return (ok == 1) ? NGX_OK : NGX_ERROR;
 }
 
 
@@ -254,7 +321,7 @@ ngx_http_smartflow_audit_tsa_stamp(u_char *dir, ngx_uint_t segment,
     len = body.len;
     resp = d2i_TS_RESP(NULL, (const unsigned char **) &p, len);
 
-    /* granted, for this query: the signature is the verifier's to check */
+    /* granted, for this query, signed: its CA is the verifier's to check */
     vctx = TS_REQ_to_TS_VERIFY_CTX(req, NULL);
 
     if (resp == NULL || vctx == NULL) {
@@ -270,6 +337,13 @@ ngx_http_smartflow_audit_tsa_stamp(u_char *dir, ngx_uint_t segment,
         rc = NGX_AGAIN;
         snprintf(err, errlen, "%s refused the timestamp or answered "
                  "another query", url);
+        goto done;
+    }
+
+    if (ngx_http_smartflow_audit_tsa_signed(resp) != NGX_OK) {
+        rc = NGX_AGAIN;
+        snprintf(err, errlen, "the signature of the answer of %s does not "
+                 "hold by the certificate it carries", url);
         goto done;
     }
 

@@ -673,11 +673,15 @@ sf_audit_unhex(const char *p, size_t len, unsigned char *out, size_t max)
         return -1;
     }
 
+    /* a digit at a time: the text may end (NUL) at any of them */
     for (i = 0; i < len / 2; i++) {
         hi = sf_audit_nibble(p[2 * i]);
-        lo = sf_audit_nibble(p[2 * i + 1]);
+        if (hi < 0) {
+            return -1;
+        }
 
-        if (hi < 0 || lo < 0) {
+        lo = sf_audit_nibble(p[2 * i + 1]);
+        if (lo < 0) {
             return -1;
         }
 

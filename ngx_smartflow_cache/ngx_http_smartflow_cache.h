@@ -127,6 +127,10 @@ typedef struct {
     uint32_t                    ivf_n;          /* centres picked */
     uint32_t                    ivf_gen;        /* each picking, from 1 */
     uint64_t                    ivf_seq;        /* seq at the last one */
+
+    /* flushes begun or ended, and going on: ..._cache_redis.c */
+    ngx_atomic_t                flushes;
+    ngx_atomic_t                flushing;
 } ngx_smartflow_cache_shctx_t;
 
 
@@ -224,6 +228,7 @@ typedef struct {
     ngx_smartflow_cache_found_t shared;         /* what Redis held */
     struct timeval              start;          /* of the lookup */
     void                       *ticket;         /* while Redis is asked */
+    ngx_atomic_uint_t           flushes;        /* the zone's, when asked */
     unsigned                    redis:1;        /* smartflow_cache_redis */
     unsigned                    redis_done:1;   /* asked, or skipped */
     unsigned                    redis_hit:1;
@@ -305,6 +310,8 @@ ngx_int_t ngx_http_smartflow_cache_redis_flush(ngx_http_request_t *r,
     ngx_smartflow_cache_zone_t *z, ngx_str_t *tenant, ngx_str_t *parts,
     ngx_uint_t nparts, ngx_uint_t local);
 void ngx_http_smartflow_cache_redis_watch(ngx_cycle_t *cycle);
+void ngx_http_smartflow_cache_flush_begin(ngx_smartflow_cache_zone_t *z);
+void ngx_http_smartflow_cache_flush_end(ngx_smartflow_cache_zone_t *z);
 
 /* the /v1/embeddings embedder: ngx_http_smartflow_cache_embed.c */
 ngx_int_t ngx_http_smartflow_cache_embed(ngx_http_request_t *r,
@@ -314,6 +321,7 @@ char *ngx_http_smartflow_cache_embedder(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 char *ngx_http_smartflow_cache_embedder_check(ngx_conf_t *cf,
     ngx_http_smartflow_cache_embedder_t *em, ngx_smartflow_cache_zone_t *z);
+ngx_int_t ngx_http_smartflow_cache_embed_filters(ngx_conf_t *cf);
 
 
 #endif /* _NGX_HTTP_SMARTFLOW_CACHE_H_INCLUDED_ */

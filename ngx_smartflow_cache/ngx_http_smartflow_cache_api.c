@@ -25,6 +25,7 @@ static ngx_uint_t ngx_http_smartflow_cache_percentile(
 ngx_int_t
 ngx_http_smartflow_cache_api_handler(ngx_http_request_t *r)
 {
+    u_char                                *end;
     ngx_int_t                              rc;
     ngx_str_t                              tail;
     ngx_smartflow_cache_zone_t            *z, **zp;
@@ -80,10 +81,15 @@ ngx_http_smartflow_cache_api_handler(ngx_http_request_t *r)
         return ngx_http_smartflow_cache_stats(r, z);
     }
 
-    if (tail.len == 0 || tail.len == 9
-        || (r->uri.len >= 10
-            && ngx_strncmp(r->uri.data + r->uri.len - 10, "/metacache", 10)
-               == 0))
+    /* ".../metacache", or ".../metacache/": no other path flushes */
+    end = r->uri.data + r->uri.len;
+
+    if (tail.len == 0) {
+        end--;
+    }
+
+    if (end - r->uri.data >= 10
+        && ngx_strncmp(end - 10, "/metacache", 10) == 0)
     {
         if (r->method != NGX_HTTP_DELETE) {
             return ngx_http_smartflow_cache_api_error(r,
@@ -302,17 +308,33 @@ static ngx_int_t
 ngx_http_smartflow_cache_api_flush(ngx_http_request_t *r,
     ngx_smartflow_cache_zone_t *z)
 {
+    u_char                               *dst, *src;
     ngx_int_t                             rc;
-    ngx_str_t                             tenant, part[2];
+    ngx_str_t                             arg, tenant, part[2];
     ngx_uint_t                            n, nparts;
     ngx_http_smartflow_cache_loc_conf_t  *clcf;
 
     nparts = 0;
+    ngx_str_null(&tenant);
 
-    if (ngx_http_arg(r, (u_char *) "tenant", 6, &tenant) != NGX_OK) {
+    if (ngx_http_arg(r, (u_char *) "tenant", 6, &arg) != NGX_OK) {
+        ngx_http_smartflow_cache_flush_begin(z);
         n = ngx_smartflow_cache_flush(z, NULL);
 
     } else {
+        /* the name as the team or key has it: "ml%20team" is "ml team" */
+        if (arg.len) {
+            tenant.data = ngx_pnalloc(r->pool, arg.len);
+            if (tenant.data == NULL) {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+
+            dst = tenant.data;
+            src = arg.data;
+            ngx_unescape_uri(&dst, &src, arg.len, 0);
+            tenant.len = dst - tenant.data;
+        }
+
         if (tenant.len == 0 || tenant.len > 256) {
             return ngx_http_smartflow_cache_api_error(r,
                        NGX_HTTP_BAD_REQUEST, "invalid_request_error",
@@ -333,6 +355,7 @@ ngx_http_smartflow_cache_api_flush(ngx_http_request_t *r,
                       - part[1].data;
         nparts = 2;
 
+        ngx_http_smartflow_cache_flush_begin(z);
         n = ngx_smartflow_cache_flush(z, &part[0]);
         n += ngx_smartflow_cache_flush(z, &part[1]);
     }
@@ -348,10 +371,18 @@ ngx_http_smartflow_cache_api_flush(ngx_http_request_t *r,
                                                   nparts ? &tenant : NULL,
                                                   part, nparts, n);
 
+        if (rc == NGX_DONE) {
+            /* it ends when Redis has answered every UNLINK */
+            return rc;
+        }
+
         if (rc != NGX_DECLINED) {
+            ngx_http_smartflow_cache_flush_end(z);
             return rc;
         }
     }
+
+    ngx_http_smartflow_cache_flush_end(z);
 
     return ngx_http_smartflow_cache_api_flushed(r, z, n, 0, NULL, NULL);
 }

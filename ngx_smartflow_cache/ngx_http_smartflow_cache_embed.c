@@ -8,6 +8,10 @@
  * endpoint fails or answers something other than an embedding, phase 4
  * is skipped and the answer is stored without a vector; the subrequest,
  * if still running, ends on its own (the location's proxy timeouts).
+ * Its answer is read by this module's own filters, up to the location's
+ * subrequest_output_buffer_size, and never goes further: a larger one
+ * skips phase 4 too, where nginx's in-memory subrequest would fail the
+ * client's connection with it.
  *
  * The zone's vectors have the zone's dim= dimensions (up to 4096): an
  * embedding of any other length is refused with an error_log line and
@@ -31,10 +35,15 @@ struct ngx_http_smartflow_cache_embedder_s {
 typedef struct {
     ngx_event_t                 timer;
     ngx_http_request_t         *r;
+    ngx_http_request_t         *sr;             /* the subrequest */
     ngx_http_smartflow_cache_req_t  *rq;
+    u_char                     *buf;            /* its answer, as read */
+    size_t                      len;
+    size_t                      size;
     unsigned                    waiting:1;
     unsigned                    done:1;
     unsigned                    ok:1;
+    unsigned                    overflow:1;     /* more than size */
 } ngx_http_smartflow_cache_embed_t;
 
 
@@ -47,6 +56,16 @@ static void ngx_http_smartflow_cache_embed_wake(ngx_http_request_t *r);
 static void ngx_http_smartflow_cache_embed_resume(
     ngx_http_smartflow_cache_embed_t *e);
 static void ngx_http_smartflow_cache_embed_cleanup(void *data);
+static ngx_http_smartflow_cache_embed_t *ngx_http_smartflow_cache_embed_of(
+    ngx_http_request_t *r);
+static ngx_int_t ngx_http_smartflow_cache_embed_header_filter(
+    ngx_http_request_t *r);
+static ngx_int_t ngx_http_smartflow_cache_embed_body_filter(
+    ngx_http_request_t *r, ngx_chain_t *in);
+
+
+static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
+static ngx_http_output_body_filter_pt    ngx_http_next_body_filter;
 
 
 /* a vector that matches nothing: an answer stored without an embedding */
@@ -148,14 +167,16 @@ ngx_http_smartflow_cache_embed(ngx_http_request_t *r,
     ps->data = e;
 
     if (ngx_http_subrequest(r, &em->uri, NULL, &sr, ps,
-                            NGX_HTTP_SUBREQUEST_IN_MEMORY
-                            |NGX_HTTP_SUBREQUEST_BACKGROUND)
+                            NGX_HTTP_SUBREQUEST_BACKGROUND)
         != NGX_OK)
     {
         /* too many subrequests, or no memory: no phase 4 this time */
         e->done = 1;
         return NGX_DECLINED;
     }
+
+    /* its answer is read by the filters below, not sent */
+    e->sr = sr;
 
     /* a POST of its own body; none of the client's headers */
     rb = ngx_pcalloc(r->pool, sizeof(ngx_http_request_body_t));
@@ -272,16 +293,21 @@ ngx_http_smartflow_cache_embed_parse(ngx_http_request_t *sr,
     double                 d, norm;
     ngx_str_t              err;
     ngx_uint_t             i, n, dim;
-    ngx_buf_t             *b;
     ngx_smartflow_json_t  *j, *x;
 
-    b = sr->out ? sr->out->buf : NULL;
+    if (e->overflow) {
+        ngx_log_error(NGX_LOG_WARN, e->r->connection->log, 0,
+                      "smartflow cache: embedder \"%V\" answered more than "
+                      "its subrequest_output_buffer_size (%uz bytes); "
+                      "phase 4 skipped", &sr->uri, e->size);
+        return NGX_ERROR;
+    }
 
-    if (b == NULL || b->last == b->pos) {
+    if (e->len == 0) {
         goto garbage;
     }
 
-    j = ngx_smartflow_json_parse(e->r->pool, b->pos, b->last - b->pos, &err);
+    j = ngx_smartflow_json_parse(e->r->pool, e->buf, e->len, &err);
     j = ngx_smartflow_json_get(j, "data");
 
     if (j == NULL || j->type != NGX_SMARTFLOW_JSON_ARRAY
@@ -564,4 +590,131 @@ ngx_http_smartflow_cache_embedder_check(ngx_conf_t *cf,
                        &em->uri, em->dimensions, &z->name, z->dim);
 
     return NGX_CONF_ERROR;
+}
+
+
+/* the embedder's subrequest of the request r belongs to, if r is it */
+static ngx_http_smartflow_cache_embed_t *
+ngx_http_smartflow_cache_embed_of(ngx_http_request_t *r)
+{
+    ngx_http_smartflow_cache_req_t    *rq;
+    ngx_http_smartflow_cache_embed_t  *e;
+
+    if (r == r->main) {
+        return NULL;
+    }
+
+    rq = ngx_http_smartflow_cache_req(r->main, 0);
+
+    if (rq == NULL || rq->embed == NULL) {
+        return NULL;
+    }
+
+    e = rq->embed;
+
+    return (e->sr == r) ? e : NULL;
+}
+
+
+/* the embedder's answer goes no further: the client never sees it */
+static ngx_int_t
+ngx_http_smartflow_cache_embed_header_filter(ngx_http_request_t *r)
+{
+    if (ngx_http_smartflow_cache_embed_of(r) == NULL) {
+        return ngx_http_next_header_filter(r);
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The embedder's answer, kept up to subrequest_output_buffer_size; more
+ * is noted and dropped, never an error, which would be the connection's.
+ * A part the upstream buffered in a temporary file is read from it.
+ */
+static ngx_int_t
+ngx_http_smartflow_cache_embed_body_filter(ngx_http_request_t *r,
+    ngx_chain_t *in)
+{
+    off_t                              flen;
+    size_t                             len;
+    ssize_t                            n;
+    ngx_buf_t                         *b;
+    ngx_chain_t                       *cl;
+    ngx_http_core_loc_conf_t          *clcf;
+    ngx_http_smartflow_cache_embed_t  *e;
+
+    e = ngx_http_smartflow_cache_embed_of(r);
+
+    if (e == NULL) {
+        return ngx_http_next_body_filter(r, in);
+    }
+
+    if (e->buf == NULL) {
+        clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+        e->size = clcf->subrequest_output_buffer_size;
+        e->buf = ngx_pnalloc(r->pool, e->size);
+
+        if (e->buf == NULL) {
+            e->size = 0;
+            e->overflow = 1;
+        }
+    }
+
+    for (cl = in; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (ngx_buf_in_memory(b)) {
+            len = b->last - b->pos;
+
+            if (len > e->size - e->len) {
+                e->overflow = 1;
+
+            } else if (len) {
+                ngx_memcpy(e->buf + e->len, b->pos, len);
+                e->len += len;
+            }
+
+        } else if (b->in_file) {
+            flen = b->file_last - b->file_pos;
+
+            if (flen > (off_t) (e->size - e->len)) {
+                e->overflow = 1;
+
+            } else if (flen) {
+                n = ngx_read_file(b->file, e->buf + e->len, (size_t) flen,
+                                  b->file_pos);
+
+                if (n != (ssize_t) flen) {
+                    e->overflow = 1;
+
+                } else {
+                    e->len += n;
+                }
+            }
+        }
+
+        b->pos = b->last;
+
+        if (b->in_file) {
+            b->file_pos = b->file_last;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_smartflow_cache_embed_filters(ngx_conf_t *cf)
+{
+    ngx_http_next_header_filter = ngx_http_top_header_filter;
+    ngx_http_top_header_filter = ngx_http_smartflow_cache_embed_header_filter;
+
+    ngx_http_next_body_filter = ngx_http_top_body_filter;
+    ngx_http_top_body_filter = ngx_http_smartflow_cache_embed_body_filter;
+
+    return NGX_OK;
 }

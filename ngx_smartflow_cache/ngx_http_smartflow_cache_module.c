@@ -284,7 +284,7 @@ ngx_http_smartflow_cache_stage(ngx_http_request_t *r,
     rc = ngx_http_smartflow_cache_keys(r, ctx, clcf, rq);
 
     if (rc == NGX_DECLINED) {
-        /* a request the cache does not answer (n > 1) */
+        /* a request the cache does not answer (n > 1, logprobs) */
         (void) ngx_atomic_fetch_add(&z->sh->stats.bypasses, 1);
         return NGX_DECLINED;
     }
@@ -427,48 +427,85 @@ miss:
 /*
  * Cache-Control: no-cache (look nothing up, store the answer), no-store
  * (neither); x-smartflow-cache: bypass (neither) | refresh (store again);
- * x-smartflow-cache-ttl: seconds the stored answer lives.
+ * x-smartflow-cache-ttl: seconds the stored answer lives.  A header sent
+ * several times counts each time: no-store in a second Cache-Control is
+ * no-store all the same, and the strictest control wins.
  */
 static ngx_int_t
 ngx_http_smartflow_cache_controls(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_uint_t *lookup, ngx_uint_t *store,
     time_t *ttl)
 {
-    u_char     *last;
-    ngx_int_t   n;
-    ngx_str_t  *h;
+    u_char           *last;
+    ngx_int_t         n;
+    ngx_str_t        *h, *v;
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *header;
 
     *lookup = 1;
     *store = 1;
     *ttl = 0;
 
-    h = ngx_http_smartflow_header_in(&r->headers_in.headers, "cache-control");
+    part = &r->headers_in.headers.part;
+    header = part->elts;
 
-    if (h) {
-        last = h->data + h->len;
+    for (i = 0; /* void */; i++) {
 
-        if (ngx_strlcasestrn(h->data, last, (u_char *) "no-store", 8 - 1)) {
-            *lookup = 0;
-            *store = 0;
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
 
-        } else if (ngx_strlcasestrn(h->data, last, (u_char *) "no-cache",
-                                    8 - 1))
-        {
-            *lookup = 0;
+            part = part->next;
+            header = part->elts;
+            i = 0;
         }
-    }
 
-    h = ngx_http_smartflow_header_in(&r->headers_in.headers,
-                                     "x-smartflow-cache");
-    if (h) {
-        if (h->len == 6 && ngx_strncasecmp(h->data, (u_char *) "bypass", 6)
+        h = &header[i].key;
+        v = &header[i].value;
+
+        if (v->len == 0) {
+            continue;
+        }
+
+        if (h->len == sizeof("cache-control") - 1
+            && ngx_strncasecmp(h->data, (u_char *) "cache-control",
+                               sizeof("cache-control") - 1)
+               == 0)
+        {
+            last = v->data + v->len;
+
+            if (ngx_strlcasestrn(v->data, last, (u_char *) "no-store", 8 - 1))
+            {
+                *lookup = 0;
+                *store = 0;
+
+            } else if (ngx_strlcasestrn(v->data, last, (u_char *) "no-cache",
+                                        8 - 1))
+            {
+                *lookup = 0;
+            }
+
+            continue;
+        }
+
+        if (h->len != sizeof("x-smartflow-cache") - 1
+            || ngx_strncasecmp(h->data, (u_char *) "x-smartflow-cache",
+                               sizeof("x-smartflow-cache") - 1)
+               != 0)
+        {
+            continue;
+        }
+
+        if (v->len == 6 && ngx_strncasecmp(v->data, (u_char *) "bypass", 6)
                            == 0)
         {
             *lookup = 0;
             *store = 0;
 
-        } else if (h->len == 7
-                   && ngx_strncasecmp(h->data, (u_char *) "refresh", 7) == 0)
+        } else if (v->len == 7
+                   && ngx_strncasecmp(v->data, (u_char *) "refresh", 7) == 0)
         {
             *lookup = 0;
 
@@ -476,7 +513,7 @@ ngx_http_smartflow_cache_controls(ngx_http_request_t *r,
             return ngx_http_smartflow_error(r, NGX_HTTP_BAD_REQUEST,
                        "invalid_request_error", "invalid_cache_control",
                        NULL, "The x-smartflow-cache header takes \"bypass\" "
-                       "or \"refresh\", not \"%V\".", h);
+                       "or \"refresh\", not \"%V\".", v);
         }
     }
 
@@ -526,6 +563,12 @@ ngx_http_smartflow_cache_canon(ngx_http_request_t *r,
     if (j && !(j->type == NGX_SMARTFLOW_JSON_NUMBER && j->str.len == 1
                && j->str.data[0] == '1'))
     {
+        return NGX_DECLINED;
+    }
+
+    /* the log probabilities of the tokens: an entry keeps the text only */
+    j = ngx_smartflow_json_get(ctx->json, "logprobs");
+    if (j && j->type == NGX_SMARTFLOW_JSON_TRUE) {
         return NGX_DECLINED;
     }
 
@@ -1486,7 +1529,8 @@ ngx_http_smartflow_cache_init(ngx_conf_t *cf)
     ngx_http_next_header_filter = ngx_http_top_header_filter;
     ngx_http_top_header_filter = ngx_http_smartflow_cache_header_filter;
 
-    return NGX_OK;
+    /* the embedder's answers stop at these, above nginx's own filters */
+    return ngx_http_smartflow_cache_embed_filters(cf);
 }
 
 

@@ -65,12 +65,16 @@ static void ngx_http_smartflow_cache_redis_got(ngx_smartflow_redis_t *rd,
 static void ngx_http_smartflow_cache_redis_stored(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
 static ngx_int_t ngx_http_smartflow_cache_redis_parse(ngx_pool_t *pool,
-    redisReply *reply, ngx_smartflow_cache_found_t *f, time_t *expire);
+    redisReply *reply, size_t max, ngx_smartflow_cache_found_t *f,
+    time_t *expire);
 static void ngx_http_smartflow_cache_redis_cleanup(void *data);
 static void ngx_http_smartflow_cache_redis_down(ngx_smartflow_cache_zone_t *z,
     ngx_smartflow_redis_t *rd, ngx_log_t *log, const char *why);
 static void ngx_http_smartflow_cache_redis_up(ngx_smartflow_cache_zone_t *z,
     ngx_smartflow_redis_t *rd, ngx_log_t *log);
+static void ngx_http_smartflow_cache_redis_refused(
+    ngx_smartflow_cache_zone_t *z, ngx_smartflow_redis_t *rd, ngx_log_t *log,
+    char *cmd, redisReply *reply);
 static size_t ngx_http_smartflow_cache_redis_key(u_char *buf,
     ngx_str_t *partition, u_char *fp);
 static u_char *ngx_http_smartflow_cache_redis_tag(u_char *p,
@@ -181,6 +185,7 @@ ngx_http_smartflow_cache_redis_get(ngx_http_request_t *r,
     cln->handler = ngx_http_smartflow_cache_redis_cleanup;
     cln->data = rq;
 
+    rq->flushes = rq->zone->sh->flushes;
     rq->ticket = t;
     rq->start = *start;
     rq->redis_done = 0;
@@ -227,15 +232,15 @@ ngx_http_smartflow_cache_redis_got(ngx_smartflow_redis_t *rd,
                                             "did not answer");
 
     } else if (reply->type == REDIS_REPLY_ERROR) {
-        ngx_log_error(NGX_LOG_ERR, c->log, 0,
-                      "smartflow cache: redis %V refused GET: %*s",
-                      &rd->name, (size_t) reply->len, reply->str);
+        ngx_http_smartflow_cache_redis_refused(rq->zone, rd, c->log, "GET",
+                                               reply);
 
     } else {
         ngx_http_smartflow_cache_redis_up(rq->zone, rd, c->log);
 
         if (reply->type == REDIS_REPLY_STRING) {
             if (ngx_http_smartflow_cache_redis_parse(r->pool, reply,
+                                                     rq->max_size,
                                                      &rq->shared, &expire)
                 == NGX_OK)
             {
@@ -273,16 +278,30 @@ ngx_http_smartflow_cache_redis_got(ngx_smartflow_redis_t *rd,
 /*
  * After the wait: a hit is kept in the local zone, so that the next
  * request is a phase 1 hit here, and handed to the stage to be served.
+ * A flush that began while Redis was asked (or is still going on, its
+ * UNLINKs not all done) may have taken the entry away after Redis gave
+ * it: then the hit is served, as asked before the flush, but not kept.
  */
 ngx_int_t
 ngx_http_smartflow_cache_redis_found(ngx_http_request_t *r,
     ngx_http_smartflow_cache_req_t *rq, ngx_smartflow_cache_found_t *f)
 {
+    ngx_smartflow_cache_shctx_t  *sh;
+
     if (!rq->redis_hit) {
         return NGX_DECLINED;
     }
 
     *f = rq->shared;
+
+    sh = rq->zone->sh;
+
+    if (sh->flushing || sh->flushes != rq->flushes) {
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "smartflow cache phase 3: a flush came while redis "
+                       "was asked, the hit is not kept");
+        return NGX_OK;
+    }
 
     rq->item.answer = f->answer;
     rq->item.finish = f->finish;
@@ -302,16 +321,26 @@ ngx_http_smartflow_cache_redis_found(ngx_http_request_t *r,
 }
 
 
-/* "sf1 EXPIRE PROMPT COMPLETION FINISH\n" ANSWER, copied out of the reply */
+/*
+ * "sf1 EXPIRE PROMPT COMPLETION FINISH\n" ANSWER, copied out of the reply.
+ * Only what a node writes is taken: a finish reason the store keeps (it
+ * goes into the JSON served as it is), token counts an entry holds, and
+ * the answer's text in UTF-8, no longer than smartflow_cache_max_size
+ * (what the store takes at most), so that an entry of any size is not
+ * copied, kept and served.
+ */
 static ngx_int_t
 ngx_http_smartflow_cache_redis_parse(ngx_pool_t *pool, redisReply *reply,
-    ngx_smartflow_cache_found_t *f, time_t *expire)
+    size_t max, ngx_smartflow_cache_found_t *f, time_t *expire)
 {
-    u_char     *p, *last, *nl, *sp;
+    u_char     *p, *last, *nl, *sp, *u;
     ngx_int_t   n[3];
     ngx_uint_t  i;
 
-    if (reply->len < 4 || ngx_strncmp(reply->str, "sf1 ", 4) != 0) {
+    if (reply->len < 4 || ngx_strncmp(reply->str, "sf1 ", 4) != 0
+        || reply->len - 4
+           > max + 3 * NGX_INT64_LEN + NGX_SMARTFLOW_CACHE_FINISH)
+    {
         return NGX_ERROR;
     }
 
@@ -336,15 +365,34 @@ ngx_http_smartflow_cache_redis_parse(ngx_pool_t *pool, redisReply *reply,
         }
 
         n[i] = ngx_atoi(p, sp - p);
-        if (n[i] == NGX_ERROR) {
+        if (n[i] == NGX_ERROR
+            || (i > 0 && n[i] > (ngx_int_t) NGX_MAX_UINT32_VALUE))
+        {
             return NGX_ERROR;
         }
 
         p = sp + 1;
     }
 
-    if (p == nl || nl - p >= NGX_SMARTFLOW_CACHE_FINISH) {
+    if (!((nl - p == 4 && ngx_strncmp(p, "stop", 4) == 0)
+          || (nl - p == 6 && ngx_strncmp(p, "length", 6) == 0)))
+    {
         return NGX_ERROR;
+    }
+
+    if ((size_t) (last - (nl + 1)) > max) {
+        return NGX_ERROR;
+    }
+
+    for (u = nl + 1; u < last; /* void */) {
+        if (*u < 0x80) {
+            u++;
+            continue;
+        }
+
+        if (ngx_utf8_decode(&u, last - u) > 0x10ffff) {
+            return NGX_ERROR;
+        }
     }
 
     *expire = (time_t) n[0];
@@ -433,9 +481,7 @@ ngx_http_smartflow_cache_redis_stored(ngx_smartflow_redis_t *rd,
     }
 
     if (reply->type == REDIS_REPLY_ERROR) {
-        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                      "smartflow cache: redis %V refused SET: %*s",
-                      &rd->name, (size_t) reply->len, reply->str);
+        ngx_http_smartflow_cache_redis_refused(z, rd, rd->log, "SET", reply);
         return;
     }
 
@@ -483,6 +529,24 @@ ngx_http_smartflow_cache_redis_up(ngx_smartflow_cache_zone_t *z,
                       "smartflow cache: redis %V answers again; phase 3 "
                       "is back", &rd->name);
     }
+}
+
+
+/*
+ * An error for every command (a replica cut off from its master, a Redis
+ * still loading) is an outage too: said once, not once a request.
+ */
+static void
+ngx_http_smartflow_cache_redis_refused(ngx_smartflow_cache_zone_t *z,
+    ngx_smartflow_redis_t *rd, ngx_log_t *log, char *cmd, redisReply *reply)
+{
+    u_char  why[160];
+
+    *ngx_snprintf(why, sizeof(why) - 1, "refused %s: %*s", cmd,
+                  (size_t) reply->len, reply->str)
+        = '\0';
+
+    ngx_http_smartflow_cache_redis_down(z, rd, log, (const char *) why);
 }
 
 
@@ -805,6 +869,9 @@ ngx_http_smartflow_cache_redis_flushed(ngx_smartflow_redis_t *rd,
         return;
     }
 
+    /* every UNLINK answered: phase 3 hits can be kept again */
+    ngx_http_smartflow_cache_flush_end(fl->zone);
+
     r = fl->r;
 
     if (r == NULL) {
@@ -1038,14 +1105,19 @@ ngx_http_smartflow_cache_redis_polled(ngx_smartflow_redis_t *rd,
     ngx_uint_t   i;
     redisReply  *entries, *id;
 
-    if (reply == NULL || reply->type == REDIS_REPLY_NIL) {
+    if (reply == NULL) {
         return;
     }
 
     if (reply->type == REDIS_REPLY_ERROR) {
-        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                      "smartflow cache: redis %V refused XREAD: %*s",
-                      &rd->name, (size_t) reply->len, reply->str);
+        ngx_http_smartflow_cache_redis_refused(z, rd, rd->log, "XREAD",
+                                               reply);
+        return;
+    }
+
+    ngx_http_smartflow_cache_redis_up(z, rd, rd->log);
+
+    if (reply->type == REDIS_REPLY_NIL) {
         return;
     }
 
@@ -1122,15 +1194,21 @@ ngx_http_smartflow_cache_redis_apply(ngx_smartflow_cache_zone_t *z,
         return;
     }
 
-    if (tenant.len == 0) {
-        n = ngx_smartflow_cache_flush(z, NULL);
+    p = NULL;
 
-    } else {
+    if (tenant.len) {
         p = ngx_alloc(tenant.len + 8, log);
         if (p == NULL) {
             return;
         }
+    }
 
+    ngx_http_smartflow_cache_flush_begin(z);
+
+    if (tenant.len == 0) {
+        n = ngx_smartflow_cache_flush(z, NULL);
+
+    } else {
         part.data = p;
         part.len = ngx_sprintf(p, "team:%V", &tenant) - p;
         n = ngx_smartflow_cache_flush(z, &part);
@@ -1141,8 +1219,31 @@ ngx_http_smartflow_cache_redis_apply(ngx_smartflow_cache_zone_t *z,
         ngx_free(p);
     }
 
+    ngx_http_smartflow_cache_flush_end(z);
+
     ngx_log_error(NGX_LOG_NOTICE, log, 0,
                   "smartflow cache: flushed %ui entries of zone \"%V\" "
                   "(%s%V) as another node did", n, &z->name,
                   tenant.len ? "tenant " : "every tenant", &tenant);
+}
+
+
+/*
+ * A flush of the zone, and of Redis with it, begins and ends: in between,
+ * and for the lookups that asked Redis before it ended, a phase 3 hit is
+ * not kept in the zone (ngx_http_smartflow_cache_redis_found()).
+ */
+void
+ngx_http_smartflow_cache_flush_begin(ngx_smartflow_cache_zone_t *z)
+{
+    (void) ngx_atomic_fetch_add(&z->sh->flushing, 1);
+    (void) ngx_atomic_fetch_add(&z->sh->flushes, 1);
+}
+
+
+void
+ngx_http_smartflow_cache_flush_end(ngx_smartflow_cache_zone_t *z)
+{
+    (void) ngx_atomic_fetch_add(&z->sh->flushes, 1);
+    (void) ngx_atomic_fetch_add(&z->sh->flushing, -1);
 }

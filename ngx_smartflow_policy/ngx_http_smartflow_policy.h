@@ -58,13 +58,18 @@ typedef struct {
 #define NGX_SF_SCAN_PII     1
 #define NGX_SF_SCAN_INJ     2
 #define NGX_SF_SCAN_SHIELD  4
+#define NGX_SF_SCAN_ALL     8   /* every member's value, none skipped */
 
 #define NGX_SF_MAX_FINDINGS 128
 #define NGX_SF_SPLICE_MAX   16
+/* the bytes each side of the seam between two text parts */
+#define NGX_SF_SEAM         64
 #define NGX_SF_NTYPES       (NGX_SF_RULE_N + NGX_SF_POLICY_MAX_CUSTOM)
 
 
+/* a value redacted and its placeholder, in a tree of the request's */
 typedef struct {
+    ngx_rbtree_node_t                   node;
     ngx_uint_t                          type;
     ngx_uint_t                          n;
     ngx_str_t                           value;
@@ -99,7 +104,8 @@ typedef struct {
     ngx_http_request_t                 *r;
     ngx_http_smartflow_ctx_t           *ctx;
     ngx_http_smartflow_policy_group_t  *g;
-    ngx_array_t                         seen;   /* placeholder_t */
+    ngx_rbtree_t                        seen;   /* placeholder_t */
+    ngx_rbtree_node_t                   seen_sentinel;
     ngx_uint_t                          count[NGX_SF_NTYPES];
     ngx_uint_t                          decided[NGX_SF_NTYPES];
     ngx_uint_t                          block;  /* action that refuses */

@@ -2,7 +2,7 @@
  * Policy groups: the smartflow_policy_group { ... } block.  A group that
  * extends another starts as a copy of it (the parent must come first)
  * and overrides single rules; its custom patterns are added to the
- * parent's, one of the same name replaces the parent's.
+ * parent's, one of the same name (in any case) replaces the parent's.
  */
 
 #include "ngx_http_smartflow_policy.h"
@@ -390,6 +390,24 @@ ngx_http_smartflow_policy_pattern(ngx_conf_t *cf,
         }
     }
 
+    /*
+     * a placeholder names one kind of value: a pattern may not take a
+     * rule's name, nor two patterns one name in two cases
+     */
+    for (i = 0; i < NGX_SF_RULE_N; i++) {
+        if (value[1].len == ngx_http_smartflow_policy_rules[i].len
+            && ngx_strncasecmp(value[1].data,
+                               ngx_http_smartflow_policy_rules[i].data,
+                               value[1].len)
+               == 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "pattern name \"%V\" is the name of a rule",
+                               &value[1]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
     re = pcre2_compile(value[2].data, value[2].len, 0, &err, &off, NULL);
     if (re == NULL) {
         (void) pcre2_get_error_message(err, msg, sizeof(msg));
@@ -412,8 +430,9 @@ ngx_http_smartflow_policy_pattern(ngx_conf_t *cf,
 
     for (i = 0; i < g->ncustom; i++) {
         if (g->custom[i].name.len == value[1].len
-            && ngx_strncmp(g->custom[i].name.data, value[1].data,
-                           value[1].len) == 0)
+            && ngx_strncasecmp(g->custom[i].name.data, value[1].data,
+                               value[1].len)
+               == 0)
         {
             break;
         }

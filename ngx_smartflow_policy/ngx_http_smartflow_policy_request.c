@@ -11,14 +11,37 @@
 #include "ngx_http_smartflow_policy.h"
 
 
+/* the text parts before a part, as far back as their last NGX_SF_SEAM bytes */
+typedef struct {
+    ngx_smartflow_json_t               *part[NGX_SF_SEAM];
+    ngx_uint_t                          n;
+} ngx_http_smartflow_policy_parts_t;
+
+
 static ngx_int_t ngx_http_smartflow_policy_walk(
     ngx_http_smartflow_policy_run_t *run);
 static ngx_int_t ngx_http_smartflow_policy_message(
     ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *msg,
     ngx_uint_t anthropic);
+static ngx_int_t ngx_http_smartflow_policy_blocks(
+    ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *content,
+    ngx_uint_t what);
+static ngx_int_t ngx_http_smartflow_policy_joined(
+    ngx_http_smartflow_policy_run_t *run,
+    ngx_http_smartflow_policy_parts_t *prev, ngx_smartflow_json_t *b,
+    ngx_uint_t what);
+static ngx_int_t ngx_http_smartflow_policy_seam(
+    ngx_http_smartflow_policy_run_t *run,
+    ngx_http_smartflow_policy_parts_t *prev, ngx_smartflow_json_t *b,
+    ngx_uint_t what);
+static ngx_int_t ngx_http_smartflow_policy_document(
+    ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *b,
+    ngx_uint_t what);
 static ngx_int_t ngx_http_smartflow_policy_values(
     ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *j,
     ngx_uint_t what, ngx_uint_t depth);
+static ngx_int_t ngx_http_smartflow_policy_key(
+    ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *c);
 static ngx_int_t ngx_http_smartflow_policy_arguments(
     ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *name,
     ngx_smartflow_json_t *args);
@@ -27,7 +50,14 @@ static ngx_int_t ngx_http_smartflow_policy_call(
     ngx_smartflow_json_t *args);
 static ngx_int_t ngx_http_smartflow_policy_redact(
     ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *j,
-    ngx_uint_t n);
+    ngx_smartflow_finding_t *f, ngx_uint_t n);
+static ngx_http_smartflow_placeholder_t *
+    ngx_http_smartflow_policy_placeholder(
+    ngx_http_smartflow_policy_run_t *run, ngx_uint_t type, ngx_str_t *value);
+static ngx_int_t ngx_http_smartflow_policy_edited(
+    ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *j);
+static void ngx_http_smartflow_policy_seen_insert(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 static void ngx_http_smartflow_policy_decide(
     ngx_http_smartflow_policy_run_t *run, ngx_uint_t type,
     ngx_uint_t action, const char *detail);
@@ -126,6 +156,33 @@ ngx_http_smartflow_policy_model_in(ngx_array_t *globs, ngx_str_t *model)
 }
 
 
+/*
+ * A model the group denies is never reached: not as the client names
+ * it, nor as a deployment of its plan (an alias, a fallback) names it
+ * to its provider
+ */
+static ngx_uint_t
+ngx_http_smartflow_policy_denied(ngx_array_t *deny,
+    ngx_http_smartflow_ctx_t *ctx)
+{
+    ngx_uint_t  i;
+
+    if (ngx_http_smartflow_policy_model_in(deny, &ctx->model)) {
+        return 1;
+    }
+
+    for (i = 0; i < ctx->nplan; i++) {
+        if (ctx->plan[i]->model.len
+            && ngx_http_smartflow_policy_model_in(deny, &ctx->plan[i]->model))
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
 ngx_int_t
 ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx)
@@ -175,8 +232,7 @@ ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
 
     if ((g->allow && !ngx_http_smartflow_policy_model_in(g->allow,
                                                          &ctx->model))
-        || (g->deny && ngx_http_smartflow_policy_model_in(g->deny,
-                                                          &ctx->model)))
+        || (g->deny && ngx_http_smartflow_policy_denied(g->deny, ctx)))
     {
         goto not_allowed;
     }
@@ -216,12 +272,8 @@ ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
                            || g->action[NGX_SF_RULE_INFRA]
                               == NGX_SF_ACTION_APPROVE));
 
-    if (ngx_array_init(&run->seen, r->pool, 4,
-                       sizeof(ngx_http_smartflow_placeholder_t))
-        != NGX_OK)
-    {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
+    ngx_rbtree_init(&run->seen, &run->seen_sentinel,
+                    ngx_http_smartflow_policy_seen_insert);
 
     if (ngx_http_smartflow_policy_walk(run) != NGX_OK
         || ngx_http_smartflow_policy_decisions(run) != NGX_OK)
@@ -408,12 +460,46 @@ ngx_http_smartflow_policy_walk(ngx_http_smartflow_policy_run_t *run)
 
     ctx = run->ctx;
 
+    /*
+     * what the client tells the provider of its end user (an address,
+     * often) and its tags: OpenAI's "user" and "metadata", Anthropic's
+     * "metadata" (its user_id)
+     */
+    j = ngx_smartflow_json_get(ctx->json, "user");
+    if (j) {
+        rc = ngx_http_smartflow_policy_values(run, j, NGX_SF_SCAN_PII, 0);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+    }
+
+    j = ngx_smartflow_json_get(ctx->json, "metadata");
+    if (j) {
+        rc = ngx_http_smartflow_policy_values(run, j,
+                                      NGX_SF_SCAN_PII | NGX_SF_SCAN_ALL, 0);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+    }
+
     switch (ctx->api) {
 
     case NGX_HTTP_SMARTFLOW_API_CHAT:
     case NGX_HTTP_SMARTFLOW_API_MESSAGES:
         if (ctx->api == NGX_HTTP_SMARTFLOW_API_MESSAGES) {
+            /* a string or text blocks, read as one text */
             j = ngx_smartflow_json_get(ctx->json, "system");
+            if (j) {
+                rc = ngx_http_smartflow_policy_blocks(run, j,
+                                                      NGX_SF_SCAN_PII);
+                if (rc != NGX_OK) {
+                    return rc;
+                }
+            }
+
+        } else {
+            /* OpenAI's predicted output: text the client sends along */
+            j = ngx_smartflow_json_get(ctx->json, "prediction");
             if (j) {
                 rc = ngx_http_smartflow_policy_values(run, j,
                                                       NGX_SF_SCAN_PII, 0);
@@ -444,9 +530,20 @@ ngx_http_smartflow_policy_walk(ngx_http_smartflow_policy_run_t *run)
 
     case NGX_HTTP_SMARTFLOW_API_COMPLETIONS:
         j = ngx_smartflow_json_get(ctx->json, "prompt");
-        return j ? ngx_http_smartflow_policy_values(run, j,
-                       NGX_SF_SCAN_PII | NGX_SF_SCAN_INJ, 0)
-                 : NGX_OK;
+        if (j) {
+            rc = ngx_http_smartflow_policy_values(run, j,
+                                      NGX_SF_SCAN_PII | NGX_SF_SCAN_INJ, 0);
+            if (rc != NGX_OK) {
+                return rc;
+            }
+        }
+
+        /* the text after the insertion */
+        j = ngx_smartflow_json_get(ctx->json, "suffix");
+        return (j && !run->block)
+               ? ngx_http_smartflow_policy_values(run, j,
+                                      NGX_SF_SCAN_PII | NGX_SF_SCAN_INJ, 0)
+               : NGX_OK;
 
     case NGX_HTTP_SMARTFLOW_API_EMBEDDINGS:
         j = ngx_smartflow_json_get(ctx->json, "input");
@@ -477,9 +574,10 @@ static ngx_int_t
 ngx_http_smartflow_policy_message(ngx_http_smartflow_policy_run_t *run,
     ngx_smartflow_json_t *msg, ngx_uint_t anthropic)
 {
-    ngx_int_t              rc;
-    ngx_uint_t             what;
-    ngx_smartflow_json_t  *role, *content, *b, *type, *j, *fn;
+    ngx_int_t                           rc;
+    ngx_uint_t                          what;
+    ngx_smartflow_json_t               *role, *content, *b, *type, *j, *fn;
+    ngx_http_smartflow_policy_parts_t   prev;
 
     role = ngx_smartflow_json_get(msg, "role");
     content = ngx_smartflow_json_get(msg, "content");
@@ -498,7 +596,7 @@ ngx_http_smartflow_policy_message(ngx_http_smartflow_policy_run_t *run,
         || content->type != NGX_SMARTFLOW_JSON_ARRAY)
     {
         if (content) {
-            rc = ngx_http_smartflow_policy_values(run, content, what, 0);
+            rc = ngx_http_smartflow_policy_blocks(run, content, what);
             if (rc != NGX_OK) {
                 return rc;
             }
@@ -531,6 +629,8 @@ ngx_http_smartflow_policy_message(ngx_http_smartflow_policy_run_t *run,
     }
 
     /* Anthropic's content blocks */
+    prev.n = 0;
+
     for (b = content->child; b && !run->block; b = b->next) {
         type = ngx_smartflow_json_get(b, "type");
 
@@ -539,13 +639,23 @@ ngx_http_smartflow_policy_message(ngx_http_smartflow_policy_run_t *run,
             rc = j ? ngx_http_smartflow_policy_values(run, j, what, 0)
                    : NGX_OK;
 
-        } else if (ngx_http_smartflow_policy_is(type, "tool_result")) {
+        } else if (ngx_http_smartflow_policy_is(type, "tool_result")
+                   || ngx_http_smartflow_policy_is(type, "mcp_tool_result"))
+        {
+            /* a tool's output, also an MCP server's the API called */
             j = ngx_smartflow_json_get(b, "content");
-            rc = j ? ngx_http_smartflow_policy_values(run, j,
-                         NGX_SF_SCAN_PII | NGX_SF_SCAN_INJ, 0)
+            rc = j ? ngx_http_smartflow_policy_blocks(run, j,
+                         NGX_SF_SCAN_PII | NGX_SF_SCAN_INJ)
                    : NGX_OK;
 
-        } else if (ngx_http_smartflow_policy_is(type, "tool_use")) {
+        } else if (ngx_http_smartflow_policy_is(type, "document")
+                   || ngx_http_smartflow_policy_is(type, "search_result"))
+        {
+            rc = ngx_http_smartflow_policy_document(run, b, what);
+
+        } else if (ngx_http_smartflow_policy_is(type, "tool_use")
+                   || ngx_http_smartflow_policy_is(type, "mcp_tool_use"))
+        {
             j = ngx_smartflow_json_get(b, "input");
 
             if (j == NULL) {
@@ -567,8 +677,12 @@ ngx_http_smartflow_policy_message(ngx_http_smartflow_policy_run_t *run,
             rc = ngx_http_smartflow_policy_text(run, b, what);
 
         } else {
-            /* images, documents, signed thinking: left as they are */
+            /* images, signed thinking, server tools: left as they are */
             rc = NGX_OK;
+        }
+
+        if (rc == NGX_OK && !run->block) {
+            rc = ngx_http_smartflow_policy_joined(run, &prev, b, what);
         }
 
         if (rc != NGX_OK) {
@@ -577,6 +691,330 @@ ngx_http_smartflow_policy_message(ngx_http_smartflow_policy_run_t *run,
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * A message's or a tool result's content: a string, or parts (text,
+ * images, documents and search results), the seams between two text
+ * parts read as well
+ */
+static ngx_int_t
+ngx_http_smartflow_policy_blocks(ngx_http_smartflow_policy_run_t *run,
+    ngx_smartflow_json_t *content, ngx_uint_t what)
+{
+    ngx_int_t                           rc;
+    ngx_smartflow_json_t               *b, *type;
+    ngx_http_smartflow_policy_parts_t   prev;
+
+    if (content->type != NGX_SMARTFLOW_JSON_ARRAY) {
+        return ngx_http_smartflow_policy_values(run, content, what, 0);
+    }
+
+    prev.n = 0;
+
+    for (b = content->child; b && !run->block; b = b->next) {
+        type = ngx_smartflow_json_get(b, "type");
+
+        if (ngx_http_smartflow_policy_is(type, "document")
+            || ngx_http_smartflow_policy_is(type, "search_result"))
+        {
+            rc = ngx_http_smartflow_policy_document(run, b, what);
+
+        } else {
+            rc = ngx_http_smartflow_policy_values(run, b, what, 1);
+        }
+
+        if (rc == NGX_OK && !run->block) {
+            rc = ngx_http_smartflow_policy_joined(run, &prev, b, what);
+        }
+
+        if (rc != NGX_OK) {
+            return rc;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * Text parts one after another are read by the model as one text: the
+ * seam between a part and the text parts before it is read too, so that
+ * a value cut in pieces (a card in two, an address at a part's end) is
+ * found whole and replaced.  prev: the text parts before, none after a
+ * part that is no text.
+ */
+static ngx_int_t
+ngx_http_smartflow_policy_joined(ngx_http_smartflow_policy_run_t *run,
+    ngx_http_smartflow_policy_parts_t *prev, ngx_smartflow_json_t *b,
+    ngx_uint_t what)
+{
+    size_t                 len;
+    ngx_int_t              rc;
+    ngx_uint_t             i;
+    ngx_smartflow_json_t  *j;
+
+    if (b->type == NGX_SMARTFLOW_JSON_STRING) {
+        j = b;
+
+    } else if (ngx_http_smartflow_policy_is(ngx_smartflow_json_get(b, "type"),
+                                            "text"))
+    {
+        j = ngx_smartflow_json_get(b, "text");
+
+        if (!ngx_smartflow_json_is_string(j)) {
+            j = NULL;
+        }
+
+    } else {
+        j = NULL;
+    }
+
+    if (j == NULL) {
+        prev->n = 0;
+        return NGX_OK;
+    }
+
+    if (j->str.len == 0) {
+        return NGX_OK;
+    }
+
+    rc = prev->n ? ngx_http_smartflow_policy_seam(run, prev, j, what)
+                 : NGX_OK;
+
+    /* it joins them; the oldest leave once the others hold the bytes */
+    if (prev->n == NGX_SF_SEAM) {
+        ngx_memmove(prev->part, prev->part + 1,
+                    (NGX_SF_SEAM - 1) * sizeof(ngx_smartflow_json_t *));
+        prev->n--;
+    }
+
+    prev->part[prev->n++] = j;
+
+    for ( ;; ) {
+        len = 0;
+
+        for (i = 1; i < prev->n; i++) {
+            len += prev->part[i]->str.len;
+        }
+
+        if (prev->n < 2 || len < NGX_SF_SEAM) {
+            break;
+        }
+
+        ngx_memmove(prev->part, prev->part + 1,
+                    (prev->n - 1) * sizeof(ngx_smartflow_json_t *));
+        prev->n--;
+    }
+
+    return rc;
+}
+
+
+/*
+ * The seam before b: the last NGX_SF_SEAM bytes of the parts before it
+ * and as many of its first.  A finding that reaches into b is replaced
+ * as one value: its placeholder in the part it starts in, its pieces
+ * taken out of the parts after.
+ */
+static ngx_int_t
+ngx_http_smartflow_policy_seam(ngx_http_smartflow_policy_run_t *run,
+    ngx_http_smartflow_policy_parts_t *prev, ngx_smartflow_json_t *b,
+    ngx_uint_t what)
+{
+    u_char                             *p, buf[2 * NGX_SF_SEAM];
+    size_t                              ta, tb, len, take, rest, start, end;
+    size_t                              off[NGX_SF_SEAM], from[NGX_SF_SEAM];
+    ngx_str_t                           word, value;
+    ngx_uint_t                          i, k, n, act, type;
+    ngx_smartflow_json_t               *a;
+    ngx_smartflow_finding_t            *f;
+    ngx_smartflow_injection_t           inj;
+    ngx_http_smartflow_policy_group_t  *g;
+    ngx_http_smartflow_placeholder_t   *ph;
+
+    g = run->g;
+
+    /*
+     * the parts' last NGX_SF_SEAM bytes (a part may have grown since it
+     * joined, by a placeholder): the bytes each gives, newest first
+     */
+    rest = NGX_SF_SEAM;
+
+    for (k = prev->n; k > 0; k--) {
+        take = ngx_min(prev->part[k - 1]->str.len, rest);
+        from[k - 1] = prev->part[k - 1]->str.len - take;
+        rest -= take;
+    }
+
+    /* oldest first: where each starts in buf */
+    p = buf;
+
+    for (k = 0; k < prev->n; k++) {
+        a = prev->part[k];
+
+        off[k] = p - buf;
+        p = ngx_cpymem(p, a->str.data + from[k], a->str.len - from[k]);
+    }
+
+    ta = p - buf;
+    tb = ngx_min(b->str.len, NGX_SF_SEAM);
+
+    p = ngx_cpymem(p, b->str.data, tb);
+    len = ta + tb;
+
+    if ((what & NGX_SF_SCAN_INJ)
+        && g->action[NGX_SF_RULE_INJECTION] != NGX_SF_ACTION_OFF)
+    {
+        ngx_smartflow_injection_score(buf, len, &inj);
+
+        if (inj.score > run->score) {
+            run->score = inj.score;
+        }
+
+        if (inj.score >= g->threshold) {
+            ngx_http_smartflow_policy_decide(run, NGX_SF_RULE_INJECTION,
+                                    g->action[NGX_SF_RULE_INJECTION],
+                                    inj.top);
+        }
+    }
+
+    if (!(what & NGX_SF_SCAN_PII) || run->block || ta == 0
+        || (g->pii_mask == 0 && g->ncustom == 0))
+    {
+        return NGX_OK;
+    }
+
+    f = run->f;
+    n = ngx_smartflow_pii_scan(buf, len, g->pii_mask, g->custom, g->ncustom,
+                               f, NGX_SF_MAX_FINDINGS);
+
+    /* findings never overlap: one at most holds the seam */
+    for (i = 0; i < n; i++) {
+        if (f[i].start < ta && f[i].end > ta) {
+            break;
+        }
+    }
+
+    if (i == n) {
+        return NGX_OK;
+    }
+
+    start = f[i].start;
+    end = f[i].end;
+
+    if (f[i].rule >= NGX_SF_RULE_CUSTOM) {
+        type = NGX_SF_RULE_N + f[i].rule - NGX_SF_RULE_CUSTOM;
+        act = g->custom_action[f[i].rule - NGX_SF_RULE_CUSTOM];
+
+    } else {
+        type = f[i].rule;
+        act = g->action[type];
+    }
+
+    if (act == NGX_SF_ACTION_OFF) {
+        return NGX_OK;
+    }
+
+    ngx_http_smartflow_policy_decide(run, type, act, NULL);
+
+    if (act != NGX_SF_ACTION_REDACT || run->block) {
+        return NGX_OK;
+    }
+
+    value.data = buf + start;
+    value.len = end - start;
+
+    ph = ngx_http_smartflow_policy_placeholder(run, type, &value);
+    if (ph == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_http_smartflow_policy_type_name(run, type, &word);
+
+    /* the part it starts in: its bytes up to it, then the placeholder */
+    for (k = prev->n - 1; k > 0 && off[k] > start; k--) {
+        /* void */
+    }
+
+    a = prev->part[k];
+
+    if (run->input) {
+        for (i = k; i < prev->n; i++) {
+            if (ngx_http_smartflow_policy_edited(run, prev->part[i])
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+        }
+
+        if (ngx_http_smartflow_policy_edited(run, b) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    len = from[k] + start - off[k];
+
+    p = ngx_pnalloc(run->pool, len + word.len + NGX_INT_T_LEN + 3);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    a->str.len = ngx_sprintf(ngx_cpymem(p, a->str.data, len), "[%V_%ui]",
+                             &word, ph->n)
+                 - p;
+    a->str.data = p;
+    a->str_plain = NULL;
+
+    /* the parts after it, inside it: taken out, and its piece of b */
+    for (k++; k < prev->n; k++) {
+        prev->part[k]->str.len = 0;
+        prev->part[k]->str_plain = NULL;
+    }
+
+    b->str.data += end - ta;
+    b->str.len -= end - ta;
+    b->str_plain = NULL;
+
+    run->redacted = 1;
+
+    return NGX_OK;
+}
+
+
+/*
+ * An Anthropic document or search result: its title, context and
+ * content, and the text its source holds ("text" data, or "content"
+ * blocks); a file, a URL or base64 data is left as it is
+ */
+static ngx_int_t
+ngx_http_smartflow_policy_document(ngx_http_smartflow_policy_run_t *run,
+    ngx_smartflow_json_t *b, ngx_uint_t what)
+{
+    ngx_int_t              rc;
+    ngx_smartflow_json_t  *source, *type, *j;
+
+    rc = ngx_http_smartflow_policy_values(run, b, what, 1);
+
+    if (rc != NGX_OK || run->block) {
+        return rc;
+    }
+
+    source = ngx_smartflow_json_get(b, "source");
+    type = ngx_smartflow_json_get(source, "type");
+
+    if (ngx_http_smartflow_policy_is(type, "text")) {
+        j = ngx_smartflow_json_get(source, "data");
+
+    } else if (ngx_http_smartflow_policy_is(type, "content")) {
+        j = ngx_smartflow_json_get(source, "content");
+
+    } else {
+        return NGX_OK;
+    }
+
+    return j ? ngx_http_smartflow_policy_values(run, j, what, 1) : NGX_OK;
 }
 
 
@@ -631,16 +1069,53 @@ ngx_http_smartflow_policy_values(ngx_http_smartflow_policy_run_t *run,
      */
     for (c = j->child; c && !run->block; c = c->next) {
         if (j->type == NGX_SMARTFLOW_JSON_OBJECT
-            && !(what & NGX_SF_SCAN_SHIELD)
+            && !(what & (NGX_SF_SCAN_SHIELD | NGX_SF_SCAN_ALL))
             && ngx_http_smartflow_policy_skip(&c->key))
         {
             continue;
+        }
+
+        if (j->type == NGX_SMARTFLOW_JSON_OBJECT && (what & NGX_SF_SCAN_ALL)
+            && c->key.len && !run->input)
+        {
+            /* a tool call's arguments: its member names are the caller's */
+            rc = ngx_http_smartflow_policy_key(run, c);
+            if (rc != NGX_OK) {
+                return rc;
+            }
         }
 
         rc = ngx_http_smartflow_policy_values(run, c, what, depth + 1);
         if (rc != NGX_OK) {
             return rc;
         }
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * A member's name read as text, in a document of the request's own
+ * (not spliced into the body: the document is written again)
+ */
+static ngx_int_t
+ngx_http_smartflow_policy_key(ngx_http_smartflow_policy_run_t *run,
+    ngx_smartflow_json_t *c)
+{
+    ngx_smartflow_json_t  k;
+
+    ngx_memzero(&k, sizeof(ngx_smartflow_json_t));
+    k.type = NGX_SMARTFLOW_JSON_STRING;
+    k.str = c->key;
+
+    if (ngx_http_smartflow_policy_text(run, &k, NGX_SF_SCAN_PII) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (k.str.data != c->key.data) {
+        c->key = k.str;
+        c->key_plain = NULL;
     }
 
     return NGX_OK;
@@ -677,31 +1152,64 @@ ngx_http_smartflow_policy_call(ngx_http_smartflow_policy_run_t *run,
 }
 
 
-/* an OpenAI tool call's arguments: a JSON document in a string */
+/*
+ * An OpenAI tool call's arguments: a JSON document in a string.  Its
+ * strings are read decoded, so that no escape ("\u0040", "\/") hides a
+ * value, and a finding never takes in a quote of the document's own
+ * syntax; when one is replaced the document is written again.  Text
+ * that is no JSON document is read as it is.
+ */
 static ngx_int_t
 ngx_http_smartflow_policy_arguments(ngx_http_smartflow_policy_run_t *run,
     ngx_smartflow_json_t *name, ngx_smartflow_json_t *args)
 {
     ngx_int_t              rc;
-    ngx_str_t              err;
+    ngx_str_t              err, out;
+    ngx_uint_t             redacted, input;
     ngx_smartflow_json_t  *doc;
 
-    if (!ngx_smartflow_json_is_string(args)) {
+    if (args == NULL
+        || (!run->shield_on && run->g->pii_mask == 0 && run->g->ncustom == 0))
+    {
         return NGX_OK;
     }
 
-    if (run->shield_on) {
-        doc = ngx_smartflow_json_parse(run->r->pool, args->str.data,
-                                       args->str.len, &err);
+    if (args->type == NGX_SMARTFLOW_JSON_OBJECT
+        || args->type == NGX_SMARTFLOW_JSON_ARRAY)
+    {
+        /* a document, not its text, as some servers take it */
+        rc = ngx_http_smartflow_policy_call(run, name, args);
 
-        rc = ngx_http_smartflow_policy_call(run, name,
-                 (doc && doc->type != NGX_SMARTFLOW_JSON_STRING) ? doc : args);
+        if (rc == NGX_OK) {
+            rc = ngx_http_smartflow_policy_values(run, args,
+                                     NGX_SF_SCAN_PII | NGX_SF_SCAN_SHIELD, 0);
+        }
+
+        ngx_str_null(&run->tool);
+        ngx_str_null(&run->call_args);
+
+        return rc;
+    }
+
+    if (!ngx_smartflow_json_is_string(args) || args->str.len == 0) {
+        return NGX_OK;
+    }
+
+    doc = ngx_smartflow_json_parse(run->r->pool, args->str.data,
+                                   args->str.len, &err);
+
+    if (doc && doc->type == NGX_SMARTFLOW_JSON_STRING) {
+        doc = NULL;
+    }
+
+    if (run->shield_on) {
+        rc = ngx_http_smartflow_policy_call(run, name, doc ? doc : args);
 
         if (rc != NGX_OK) {
             return NGX_ERROR;
         }
 
-        if (doc && doc->type != NGX_SMARTFLOW_JSON_STRING) {
+        if (doc) {
             rc = ngx_http_smartflow_policy_values(run, doc,
                                                   NGX_SF_SCAN_SHIELD, 0);
 
@@ -723,8 +1231,43 @@ ngx_http_smartflow_policy_arguments(ngx_http_smartflow_policy_run_t *run,
         return NGX_OK;
     }
 
-    /* placeholders hold no quote or backslash: the JSON stays valid */
-    return ngx_http_smartflow_policy_text(run, args, NGX_SF_SCAN_PII);
+    if (doc == NULL) {
+        /* placeholders hold no quote or backslash: the string stays */
+        return ngx_http_smartflow_policy_text(run, args, NGX_SF_SCAN_PII);
+    }
+
+    /* the document's strings are not the request's: not spliced */
+    redacted = run->redacted;
+    input = run->input;
+    run->redacted = 0;
+    run->input = 0;
+
+    rc = ngx_http_smartflow_policy_values(run, doc,
+                                          NGX_SF_SCAN_PII | NGX_SF_SCAN_ALL,
+                                          0);
+
+    run->input = input;
+
+    if (rc != NGX_OK) {
+        run->redacted |= redacted;
+        return rc;
+    }
+
+    if (!run->redacted || run->block) {
+        run->redacted |= redacted;
+        return NGX_OK;
+    }
+
+    if (ngx_smartflow_json_dump(run->r->pool, doc, &out) != NGX_OK
+        || ngx_http_smartflow_policy_edited(run, args) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    args->str = out;
+    args->str_plain = NULL;
+
+    return NGX_OK;
 }
 
 
@@ -818,7 +1361,8 @@ ngx_int_t
 ngx_http_smartflow_policy_text(ngx_http_smartflow_policy_run_t *run,
     ngx_smartflow_json_t *j, ngx_uint_t what)
 {
-    ngx_uint_t                          i, n, a, redact, mask, base;
+    ngx_uint_t                          i, n, a, redact, max;
+    ngx_smartflow_finding_t            *f;
     ngx_smartflow_injection_t           inj;
     ngx_http_smartflow_policy_group_t  *g;
 
@@ -854,95 +1398,87 @@ ngx_http_smartflow_policy_text(ngx_http_smartflow_policy_run_t *run,
         return NGX_OK;
     }
 
-    mask = g->pii_mask;
-    base = 0;
+    f = run->f;
+    max = NGX_SF_MAX_FINDINGS;
 
     for ( ;; ) {
-        n = ngx_smartflow_pii_scan(j->str.data, j->str.len, mask,
-                                   g->custom + base, g->ncustom - base,
-                                   run->f, NGX_SF_MAX_FINDINGS);
-        if (n == 0) {
-            return NGX_OK;
+        n = ngx_smartflow_pii_scan(j->str.data, j->str.len, g->pii_mask,
+                                   g->custom, g->ncustom, f, max);
+        if (n < max) {
+            break;
         }
 
-        redact = 0;
+        /*
+         * more findings than room: the text is scanned again with room
+         * for eight times as many, at most one a byte (findings are
+         * never empty and never overlap), so that all are decided and
+         * replaced in one pass, and the work stays linear in the text
+         */
+        max = (max < j->str.len / 8) ? max * 8 : j->str.len + 1;
 
-        for (i = 0; i < n; i++) {
-            if (run->f[i].rule >= NGX_SF_RULE_CUSTOM) {
-                run->f[i].rule += base;
-            }
-
-            a = (run->f[i].rule >= NGX_SF_RULE_CUSTOM)
-                ? g->custom_action[run->f[i].rule - NGX_SF_RULE_CUSTOM]
-                : g->action[run->f[i].rule];
-
-            if (a == NGX_SF_ACTION_OFF) {
-                continue;
-            }
-
-            ngx_http_smartflow_policy_decide(run,
-                (run->f[i].rule >= NGX_SF_RULE_CUSTOM)
-                ? NGX_SF_RULE_N + run->f[i].rule - NGX_SF_RULE_CUSTOM
-                : run->f[i].rule, a, NULL);
-
-            redact += (a == NGX_SF_ACTION_REDACT);
+        f = ngx_palloc(run->pool, max * sizeof(ngx_smartflow_finding_t));
+        if (f == NULL) {
+            return NGX_ERROR;
         }
+    }
 
-        if (run->block || (redact == 0 && n < NGX_SF_MAX_FINDINGS)) {
-            return NGX_OK;
-        }
+    if (n == 0) {
+        return NGX_OK;
+    }
 
-        if (redact == 0) {
-            /*
-             * as many findings as a scan keeps, all only flagged: the
-             * detectors run in order and stop adding when it is full, so
-             * those it came from are done with (their decision is made),
-             * and the next scan looks for the others, which may block
-             */
-            for (i = 0; i < n; i++) {
-                if (run->f[i].rule < NGX_SF_RULE_CUSTOM) {
-                    mask &= ~((ngx_uint_t) 1 << run->f[i].rule);
+    redact = 0;
 
-                } else if (run->f[i].rule - NGX_SF_RULE_CUSTOM + 1 > base) {
-                    base = run->f[i].rule - NGX_SF_RULE_CUSTOM + 1;
-                    mask = 0;   /* custom rules run after all others */
-                }
-            }
+    for (i = 0; i < n; i++) {
+        a = (f[i].rule >= NGX_SF_RULE_CUSTOM)
+            ? g->custom_action[f[i].rule - NGX_SF_RULE_CUSTOM]
+            : g->action[f[i].rule];
 
+        if (a == NGX_SF_ACTION_OFF) {
             continue;
         }
 
-        if (ngx_http_smartflow_policy_redact(run, j, n) != NGX_OK) {
-            return NGX_ERROR;
-        }
+        ngx_http_smartflow_policy_decide(run,
+            (f[i].rule >= NGX_SF_RULE_CUSTOM)
+            ? NGX_SF_RULE_N + f[i].rule - NGX_SF_RULE_CUSTOM
+            : f[i].rule, a, NULL);
 
-        if (n < NGX_SF_MAX_FINDINGS) {
-            return NGX_OK;
-        }
-
-        /* more than one pass holds: the placeholders are not found again */
+        redact += (a == NGX_SF_ACTION_REDACT);
     }
+
+    if (run->block || redact == 0) {
+        return NGX_OK;
+    }
+
+    return ngx_http_smartflow_policy_redact(run, j, f, n);
 }
 
 
 /* the findings to redact in j, replaced by their placeholders */
 static ngx_int_t
 ngx_http_smartflow_policy_redact(ngx_http_smartflow_policy_run_t *run,
-    ngx_smartflow_json_t *j, ngx_uint_t n)
+    ngx_smartflow_json_t *j, ngx_smartflow_finding_t *f, ngx_uint_t n)
 {
     u_char                            *p, *s;
     size_t                             len;
     ngx_str_t                          word, value;
-    ngx_uint_t                         i, k, type, a, idx[NGX_SF_MAX_FINDINGS];
-    ngx_smartflow_finding_t           *f;
-    ngx_http_smartflow_policy_edit_t  *e;
-    ngx_http_smartflow_placeholder_t  *ph;
+    ngx_uint_t                         i, type, a;
+    ngx_http_smartflow_placeholder_t  *ph, *one[NGX_SF_MAX_FINDINGS], **idx;
 
-    f = run->f;
+    if (n <= NGX_SF_MAX_FINDINGS) {
+        idx = one;
+
+    } else {
+        idx = ngx_palloc(run->pool,
+                         n * sizeof(ngx_http_smartflow_placeholder_t *));
+        if (idx == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
     len = j->str.len;
 
     for (i = 0; i < n; i++) {
-        idx[i] = 0;
+        idx[i] = NULL;
 
         if (f[i].rule >= NGX_SF_RULE_CUSTOM) {
             type = NGX_SF_RULE_N + f[i].rule - NGX_SF_RULE_CUSTOM;
@@ -960,37 +1496,10 @@ ngx_http_smartflow_policy_redact(ngx_http_smartflow_policy_run_t *run,
         value.data = j->str.data + f[i].start;
         value.len = f[i].end - f[i].start;
 
-        /* the same value in this request, the same placeholder */
-        ph = run->seen.elts;
-
-        for (k = 0; k < run->seen.nelts; k++) {
-            if (ph[k].type == type && ph[k].value.len == value.len
-                && ngx_memcmp(ph[k].value.data, value.data, value.len) == 0)
-            {
-                break;
-            }
+        idx[i] = ngx_http_smartflow_policy_placeholder(run, type, &value);
+        if (idx[i] == NULL) {
+            return NGX_ERROR;
         }
-
-        if (k == run->seen.nelts) {
-            ph = ngx_array_push(&run->seen);
-            if (ph == NULL) {
-                return NGX_ERROR;
-            }
-
-            ph->type = type;
-            ph->n = ++run->count[type];
-
-            /* the text it stood for, kept: the string is replaced */
-            ph->value.data = ngx_pnalloc(run->r->pool, value.len);
-            if (ph->value.data == NULL) {
-                return NGX_ERROR;
-            }
-
-            ngx_memcpy(ph->value.data, value.data, value.len);
-            ph->value.len = value.len;
-        }
-
-        idx[i] = k + 1;
 
         ngx_http_smartflow_policy_type_name(run, type, &word);
         len += word.len + NGX_INT_T_LEN + 3 - value.len;
@@ -1002,53 +1511,29 @@ ngx_http_smartflow_policy_redact(ngx_http_smartflow_policy_run_t *run,
     }
 
     s = p;
-    k = 0;
-    ph = run->seen.elts;
+    len = 0;
 
     for (i = 0; i < n; i++) {
-        if (idx[i] == 0) {
+        ph = idx[i];
+
+        if (ph == NULL) {
             continue;
         }
 
-        p = ngx_cpymem(p, j->str.data + k, f[i].start - k);
+        p = ngx_cpymem(p, j->str.data + len, f[i].start - len);
 
-        ngx_http_smartflow_policy_type_name(run, ph[idx[i] - 1].type, &word);
+        ngx_http_smartflow_policy_type_name(run, ph->type, &word);
         *p++ = '[';
         p = ngx_cpymem(p, word.data, word.len);
-        p = ngx_sprintf(p, "_%ui]", ph[idx[i] - 1].n);
+        p = ngx_sprintf(p, "_%ui]", ph->n);
 
-        k = f[i].end;
+        len = f[i].end;
     }
 
-    p = ngx_cpymem(p, j->str.data + k, j->str.len - k);
+    p = ngx_cpymem(p, j->str.data + len, j->str.len - len);
 
-    if (run->input) {
-        /* a string of the request: what it was, the first time */
-        if (run->edits == NULL) {
-            run->edits = ngx_array_create(run->r->pool, 4,
-                                 sizeof(ngx_http_smartflow_policy_edit_t));
-            if (run->edits == NULL) {
-                return NGX_ERROR;
-            }
-        }
-
-        e = run->edits->elts;
-
-        for (i = 0; i < run->edits->nelts; i++) {
-            if (e[i].j == j) {
-                break;
-            }
-        }
-
-        if (i == run->edits->nelts) {
-            e = ngx_array_push(run->edits);
-            if (e == NULL) {
-                return NGX_ERROR;
-            }
-
-            e->j = j;
-            e->was = j->str;
-        }
+    if (run->input && ngx_http_smartflow_policy_edited(run, j) != NGX_OK) {
+        return NGX_ERROR;
     }
 
     j->str.data = s;
@@ -1058,6 +1543,149 @@ ngx_http_smartflow_policy_redact(ngx_http_smartflow_policy_run_t *run,
     run->redacted = 1;
 
     return NGX_OK;
+}
+
+
+/*
+ * A string of the request about to be changed: what it was, the first
+ * time (a string is read once, all its findings replaced at once)
+ */
+static ngx_int_t
+ngx_http_smartflow_policy_edited(ngx_http_smartflow_policy_run_t *run,
+    ngx_smartflow_json_t *j)
+{
+    ngx_http_smartflow_policy_edit_t  *e;
+
+    if (run->edits == NULL) {
+        run->edits = ngx_array_create(run->r->pool, 4,
+                                 sizeof(ngx_http_smartflow_policy_edit_t));
+        if (run->edits == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
+    /* one changed again at once (the seams): splice() takes it once */
+    e = run->edits->elts;
+
+    if (run->edits->nelts && e[run->edits->nelts - 1].j == j) {
+        return NGX_OK;
+    }
+
+    e = ngx_array_push(run->edits);
+    if (e == NULL) {
+        return NGX_ERROR;
+    }
+
+    e->j = j;
+    e->was = j->str;
+
+    return NGX_OK;
+}
+
+
+/*
+ * placeholders in order of the value's length, type and bytes: a total
+ * order, so the tree stays balanced without hashing the value
+ */
+static ngx_int_t
+ngx_http_smartflow_policy_seen_cmp(ngx_http_smartflow_placeholder_t *ph,
+    ngx_rbtree_key_t key, ngx_uint_t type, ngx_str_t *value)
+{
+    if (key != ph->node.key) {
+        return (key < ph->node.key) ? -1 : 1;
+    }
+
+    if (type != ph->type) {
+        return (type < ph->type) ? -1 : 1;
+    }
+
+    return ngx_memn2cmp(value->data, ph->value.data, value->len,
+                        ph->value.len);
+}
+
+
+static void
+ngx_http_smartflow_policy_seen_insert(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
+{
+    ngx_rbtree_node_t                **p;
+    ngx_http_smartflow_placeholder_t  *ph;
+
+    ph = (ngx_http_smartflow_placeholder_t *) node;
+
+    for ( ;; ) {
+
+        p = (ngx_http_smartflow_policy_seen_cmp(
+                 (ngx_http_smartflow_placeholder_t *) temp,
+                 node->key, ph->type, &ph->value) < 0)
+            ? &temp->left : &temp->right;
+
+        if (*p == sentinel) {
+            break;
+        }
+
+        temp = *p;
+    }
+
+    *p = node;
+    node->parent = temp;
+    node->left = sentinel;
+    node->right = sentinel;
+    ngx_rbt_red(node);
+}
+
+
+/*
+ * The placeholder of a value of a type: the same value in this request,
+ * the same placeholder; a new one is numbered after the type's others
+ */
+static ngx_http_smartflow_placeholder_t *
+ngx_http_smartflow_policy_placeholder(ngx_http_smartflow_policy_run_t *run,
+    ngx_uint_t type, ngx_str_t *value)
+{
+    ngx_int_t                          rc;
+    ngx_rbtree_key_t                   key;
+    ngx_rbtree_node_t                 *node, *sentinel;
+    ngx_http_smartflow_placeholder_t  *ph;
+
+    key = value->len;
+
+    node = run->seen.root;
+    sentinel = run->seen.sentinel;
+
+    while (node != sentinel) {
+        ph = (ngx_http_smartflow_placeholder_t *) node;
+
+        rc = ngx_http_smartflow_policy_seen_cmp(ph, key, type, value);
+
+        if (rc == 0) {
+            return ph;
+        }
+
+        node = (rc < 0) ? node->left : node->right;
+    }
+
+    /* kept as long as the request: the answer's text is read with them */
+    ph = ngx_palloc(run->r->pool, sizeof(ngx_http_smartflow_placeholder_t));
+    if (ph == NULL) {
+        return NULL;
+    }
+
+    /* the text it stood for, kept: the string is replaced */
+    ph->value.data = ngx_pnalloc(run->r->pool, value->len);
+    if (ph->value.data == NULL) {
+        return NULL;
+    }
+
+    ngx_memcpy(ph->value.data, value->data, value->len);
+    ph->value.len = value->len;
+    ph->type = type;
+    ph->n = ++run->count[type];
+    ph->node.key = key;
+
+    ngx_rbtree_insert(&run->seen, &ph->node);
+
+    return ph;
 }
 
 
@@ -1100,7 +1728,20 @@ ngx_http_smartflow_policy_splice(ngx_http_smartflow_policy_run_t *run,
     }
 
     e = run->edits->elts;
-    n = run->edits->nelts;
+
+    /*
+     * a string changed twice (by its own scan and at a seam) is put in
+     * place once, with what it was the first time
+     */
+    for (i = 0, n = 0; i < run->edits->nelts; i++) {
+        for (j = 0; j < n && e[j].j != e[i].j; j++) { /* void */ }
+
+        if (j == n) {
+            e[n++] = e[i];
+        }
+    }
+
+    run->edits->nelts = n;
 
     /* each changed string's place among the tree's string values */
     for (i = 0; i < n; i++) {

@@ -1176,14 +1176,18 @@ static const u_char  ngx_smartflow_homoglyphs[][3] = {
 /*
  * Writes p as a reader of the raw characters would take it: tag
  * characters as the ASCII they encode, zero-width characters dropped,
- * look-alikes inside Latin words as Latin.  Counts each trick.
+ * look-alikes inside Latin words as Latin.  Counts each trick.  Letters
+ * only drawn otherwise (fullwidth forms, mathematical letters and
+ * digits, accents a combining mark puts on a Latin letter) are read as
+ * ASCII too, counted apart: they are written for show as well.
  */
 static size_t
 ngx_smartflow_reveal(u_char *p, size_t len, u_char *out,
-    ngx_uint_t *tags, ngx_uint_t *zw, ngx_uint_t *glyphs)
+    ngx_uint_t *tags, ngx_uint_t *zw, ngx_uint_t *glyphs, ngx_uint_t *wide)
 {
     size_t      i, n, k;
     u_char      prev;
+    uint32_t    cp;
     ngx_uint_t  found, flag;
 
     n = 0;
@@ -1242,6 +1246,66 @@ ngx_smartflow_reveal(u_char *p, size_t len, u_char *out,
                 (*zw)++;
             }
 
+            i += 2;
+            continue;
+        }
+
+        /* U+FF01 - U+FF5E: EF BC 81 - EF BD 9E, and U+3000 */
+        if (p[i] == 0xef && i + 2 < len
+            && ((p[i + 1] == 0xbc && p[i + 2] >= 0x81 && p[i + 2] <= 0xbf)
+                || (p[i + 1] == 0xbd && p[i + 2] >= 0x80
+                    && p[i + 2] <= 0x9e)))
+        {
+            (*wide)++;
+            prev = (u_char) (((p[i + 1] & 1) << 6) + (p[i + 2] & 0x3f)
+                             + 0x20);
+            out[n++] = prev;
+            i += 3;
+            continue;
+        }
+
+        if (p[i] == 0xe3 && i + 2 < len && p[i + 1] == 0x80
+            && p[i + 2] == 0x80)
+        {
+            (*wide)++;
+            prev = ' ';
+            out[n++] = prev;
+            i += 3;
+            continue;
+        }
+
+        /* U+1D400 - U+1D6A3 letters, U+1D7CE - U+1D7FF digits */
+        if (p[i] == 0xf0 && i + 3 < len && p[i + 1] == 0x9d
+            && p[i + 2] >= 0x90 && p[i + 2] <= 0x9f)
+        {
+            cp = ((uint32_t) (p[i + 2] & 0x3f) << 6) | (p[i + 3] & 0x3f);
+            cp += 0x1d000;
+
+            if (cp >= 0x1d400 && cp <= 0x1d6a3) {
+                k = (cp - 0x1d400) % 52;
+                prev = (u_char) (k < 26 ? 'A' + k : 'a' + k - 26);
+
+            } else if (cp >= 0x1d7ce && cp <= 0x1d7ff) {
+                prev = (u_char) ('0' + (cp - 0x1d7ce) % 10);
+
+            } else {
+                prev = 0;
+            }
+
+            if (prev) {
+                (*wide)++;
+                out[n++] = prev;
+                i += 4;
+                continue;
+            }
+        }
+
+        /* U+0300 - U+036F after a Latin letter: CC 80 - CD AF */
+        if (ngx_sf_is_alpha(prev) && i + 1 < len
+            && ((p[i] == 0xcc && p[i + 1] >= 0x80 && p[i + 1] <= 0xbf)
+                || (p[i] == 0xcd && p[i + 1] >= 0x80 && p[i + 1] <= 0xaf)))
+        {
+            (*wide)++;
             i += 2;
             continue;
         }
@@ -1508,26 +1572,97 @@ ngx_smartflow_rot13(u_char *p, size_t len, u_char *out)
 }
 
 
+/*
+ * The text with each line break inside a paragraph as a space: not one
+ * next to a blank line, nor one before a list's item ("-", "*", "+",
+ * "#", ">" or "1." / "1)" first on the line); as long as the text
+ */
+static void
+ngx_smartflow_unwrap(u_char *p, size_t len, u_char *out)
+{
+    size_t  i, k;
+    u_char  c;
+
+    for (i = 0; i < len; i++) {
+        c = p[i];
+        out[i] = c;
+
+        if (c == '\r' && i + 1 < len && p[i + 1] == '\n') {
+            out[i] = ' ';
+            continue;
+        }
+
+        if (c != '\n'
+            || (i > 0 && p[i - 1] == '\n')
+            || (i > 1 && p[i - 1] == '\r' && p[i - 2] == '\n'))
+        {
+            continue;
+        }
+
+        for (k = i + 1; k < len && (p[k] == ' ' || p[k] == '\t'); k++) {
+            /* void */
+        }
+
+        if (k + 1 < len && p[k] == '\r') {
+            k++;
+        }
+
+        if (k < len
+            && (p[k] == '\n' || p[k] == '-' || p[k] == '*' || p[k] == '+'
+                || p[k] == '#' || p[k] == '>'))
+        {
+            continue;
+        }
+
+        while (k < len && p[k] >= '0' && p[k] <= '9') {
+            k++;
+        }
+
+        if (k < len && k > i + 1 && p[k - 1] >= '0' && p[k - 1] <= '9'
+            && (p[k] == '.' || p[k] == ')'))
+        {
+            continue;
+        }
+
+        out[i] = ' ';
+    }
+}
+
+
 static void
 ngx_smartflow_score_window(u_char *p, size_t len, uint64_t *set,
     ngx_uint_t *hidden, uint64_t *revealed_set)
 {
     size_t                n;
-    ngx_uint_t            tags, zw, glyphs;
+    uint64_t              found;
+    ngx_uint_t            tags, zw, glyphs, wide;
     ngx_smartflow_pass_t  ps;
 
     ngx_smartflow_gates_open(p, len, &ps);
 
-    *set |= ngx_smartflow_signals_run(p, len, ps.open, 0);
+    found = ngx_smartflow_signals_run(p, len, ps.open, 0);
+    *set |= found;
+
+    /*
+     * a phrase wrapped across lines ("ignore\nall previous instructions")
+     * reads as one: the signals whose gates are open and that did not
+     * match run again on the text with its line breaks as spaces
+     */
+    if ((ps.open & ~found) && memchr(p, '\n', len) != NULL) {
+        ngx_smartflow_unwrap(p, len, ngx_smartflow_inj_buf);
+        *set |= ngx_smartflow_signals_run(ngx_smartflow_inj_buf, len,
+                                          ps.open & ~found, 0);
+    }
 
     tags = 0;
     zw = 0;
     glyphs = 0;
+    wide = 0;
 
     /* the tricks that hide text all need bytes past ASCII */
     if (ps.high) {
         n = ngx_smartflow_reveal(p, len, ngx_smartflow_inj_buf, &tags, &zw,
-                                 &glyphs);
+                                 &glyphs, &wide);
 
         if (tags) {
             *hidden |= 1;
@@ -1541,7 +1676,7 @@ ngx_smartflow_score_window(u_char *p, size_t len, uint64_t *set,
             *hidden |= 4;
         }
 
-        if (tags || zw || glyphs) {
+        if (tags || zw || glyphs || wide) {
             *revealed_set |= ngx_smartflow_signals_in(ngx_smartflow_inj_buf,
                                                       n, 1);
         }

@@ -47,6 +47,7 @@ static ngx_uint_t ngx_smartflow_window_may(ngx_smartflow_detector_t *d,
 static size_t ngx_smartflow_email_check(u_char *p, size_t len);
 static size_t ngx_smartflow_phone_check(u_char *p, size_t len);
 static size_t ngx_smartflow_card_check(u_char *p, size_t len);
+static size_t ngx_smartflow_card_number(u_char *p, size_t len);
 static size_t ngx_smartflow_iban_check(u_char *p, size_t len);
 static size_t ngx_smartflow_ssn_check(u_char *p, size_t len);
 static size_t ngx_smartflow_ip_check(u_char *p, size_t len);
@@ -54,7 +55,14 @@ static ngx_uint_t ngx_smartflow_scan_email(pcre2_code *re, u_char *p,
     size_t len, ngx_smartflow_finding_t *f, ngx_uint_t n, ngx_uint_t max);
 static ngx_uint_t ngx_smartflow_scan_re(pcre2_code *re, ngx_uint_t rule,
     ngx_smartflow_valid_pt valid, u_char *p, size_t from, size_t len,
-    ngx_smartflow_finding_t *f, ngx_uint_t n, ngx_uint_t max);
+    ngx_smartflow_finding_t *f, ngx_uint_t first, ngx_uint_t n,
+    ngx_uint_t max);
+static ngx_uint_t ngx_smartflow_overlaps(ngx_smartflow_finding_t *f,
+    ngx_uint_t n, size_t s, size_t e);
+static void ngx_smartflow_findings_sort(ngx_smartflow_finding_t *f,
+    ngx_uint_t n);
+static int ngx_libc_cdecl ngx_smartflow_finding_cmp(const void *one,
+    const void *two);
 
 
 pcre2_match_data  *ngx_smartflow_policy_md;
@@ -248,18 +256,23 @@ ngx_smartflow_pii_scan(u_char *p, size_t len, ngx_uint_t mask,
     ngx_smartflow_custom_t *custom, ngx_uint_t ncustom,
     ngx_smartflow_finding_t *f, ngx_uint_t max)
 {
-    ngx_uint_t                 i, j, k, n, nw, at, colon;
+    ngx_uint_t                 i, k, n, nw, at, colon, first, sorted;
     ngx_smartflow_window_t     w[NGX_SF_MAX_WINDOWS];
-    ngx_smartflow_finding_t    t;
     ngx_smartflow_detector_t  *d;
 
     n = 0;
+    sorted = 0;
 
     at = (memchr(p, '@', len) != NULL);
     colon = (memchr(p, ':', len) != NULL);
 
     nw = ngx_smartflow_windows(p, len, w, NGX_SF_MAX_WINDOWS);
 
+    /*
+     * each detector's findings come in text order and never overlap one
+     * another; those of the detectors before it are kept in text order,
+     * so that a new one is checked against them by a binary search
+     */
     for (i = 0; i < sizeof(ngx_smartflow_detectors)
                     / sizeof(ngx_smartflow_detector_t); i++)
     {
@@ -272,6 +285,13 @@ ngx_smartflow_pii_scan(u_char *p, size_t len, ngx_uint_t mask,
             continue;
         }
 
+        if (n > sorted && n > 1) {
+            ngx_smartflow_findings_sort(f, n);
+        }
+
+        sorted = n;
+        first = n;
+
         if (d->rule == NGX_SF_RULE_EMAIL) {
             n = ngx_smartflow_scan_email(d->re, p, len, f, n, max);
             continue;
@@ -283,16 +303,52 @@ ngx_smartflow_pii_scan(u_char *p, size_t len, ngx_uint_t mask,
             }
 
             n = ngx_smartflow_scan_re(d->re, d->rule, d->valid, p, w[k].from,
-                                      w[k].to, f, n, max);
+                                      w[k].to, f, first, n, max);
         }
     }
 
     for (i = 0; i < ncustom; i++) {
+        if (n > sorted && n > 1) {
+            ngx_smartflow_findings_sort(f, n);
+        }
+
+        sorted = n;
+
         n = ngx_smartflow_scan_re(custom[i].re, NGX_SF_RULE_CUSTOM + i, NULL,
-                                  p, 0, len, f, n, max);
+                                  p, 0, len, f, n, n, max);
     }
 
-    /* text order, for the rewrite */
+    /* text order, for the rewrite (new ones since the last sort) */
+    if (n > sorted && n > 1) {
+        ngx_smartflow_findings_sort(f, n);
+    }
+
+    return n;
+}
+
+
+/*
+ * Findings in text order: a few by insertion (they come as runs already
+ * in order), many by qsort, so that the work stays n log n
+ */
+static void
+ngx_smartflow_findings_sort(ngx_smartflow_finding_t *f, ngx_uint_t n)
+{
+    ngx_uint_t               i, j;
+    ngx_smartflow_finding_t  t;
+
+    if (n > 32) {
+        for (i = 1; i < n; i++) {
+            if (f[i - 1].start > f[i].start) {
+                ngx_qsort(f, n, sizeof(ngx_smartflow_finding_t),
+                          ngx_smartflow_finding_cmp);
+                return;
+            }
+        }
+
+        return;
+    }
+
     for (i = 1; i < n; i++) {
         t = f[i];
 
@@ -302,19 +358,57 @@ ngx_smartflow_pii_scan(u_char *p, size_t len, ngx_uint_t mask,
 
         f[j] = t;
     }
-
-    return n;
 }
 
 
+static int ngx_libc_cdecl
+ngx_smartflow_finding_cmp(const void *one, const void *two)
+{
+    const ngx_smartflow_finding_t  *a = one;
+    const ngx_smartflow_finding_t  *b = two;
+
+    return (a->start > b->start) - (a->start < b->start);
+}
+
+
+/*
+ * Whether s..e overlaps one of the n findings in text order (not
+ * overlapping, so their ends are in order too)
+ */
+static ngx_uint_t
+ngx_smartflow_overlaps(ngx_smartflow_finding_t *f, ngx_uint_t n, size_t s,
+    size_t e)
+{
+    ngx_uint_t  lo, hi, mid;
+
+    /* the first finding that ends past s */
+    lo = 0;
+    hi = n;
+
+    while (lo < hi) {
+        mid = lo + (hi - lo) / 2;
+
+        if (f[mid].end > s) {
+            hi = mid;
+
+        } else {
+            lo = mid + 1;
+        }
+    }
+
+    return lo < n && f[lo].start < e;
+}
+
+
+/* f[0 .. first): the other detectors' findings, in text order */
 static ngx_uint_t
 ngx_smartflow_scan_re(pcre2_code *re, ngx_uint_t rule,
     ngx_smartflow_valid_pt valid, u_char *p, size_t from, size_t len,
-    ngx_smartflow_finding_t *f, ngx_uint_t n, ngx_uint_t max)
+    ngx_smartflow_finding_t *f, ngx_uint_t first, ngx_uint_t n,
+    ngx_uint_t max)
 {
     int          rc;
     size_t       off, s, e, l;
-    ngx_uint_t   i, overlap;
     PCRE2_SIZE  *ov;
 
     off = from;
@@ -338,24 +432,22 @@ ngx_smartflow_scan_re(pcre2_code *re, ngx_uint_t rule,
         if (valid) {
             l = valid(p + s, e - s);
             if (l == 0) {
-                /* the whole run fails: no part of it is tried again */
-                off = e;
+                /*
+                 * the whole run fails: no part of it is tried again, but
+                 * for a card the groups after its first (a card after a
+                 * quantity, "2 4111 1111 1111 1111")
+                 */
+                off = (rule == NGX_SF_RULE_CARD) ? s + 1 : e;
                 continue;
             }
 
             e = s + l;
         }
 
-        overlap = 0;
-
-        for (i = 0; i < n; i++) {
-            if (s < f[i].end && f[i].start < e) {
-                overlap = 1;
-                break;
-            }
-        }
-
-        if (!overlap) {
+        /* its own come in order: only the last one may reach here */
+        if (!ngx_smartflow_overlaps(f, first, s, e)
+            && (n == first || f[n - 1].end <= s))
+        {
             f[n].rule = rule;
             f[n].start = s;
             f[n].end = e;
@@ -833,9 +925,11 @@ ngx_smartflow_scan_email(pcre2_code *re, u_char *p, size_t len,
     int          rc;
     u_char      *a, c;
     size_t       s, e, off, at;
-    ngx_uint_t   i, overlap;
+    ngx_uint_t   first;
     PCRE2_SIZE  *ov;
 
+    /* f[0 .. first): the other detectors', in text order */
+    first = n;
     off = 0;
 
     while (off < len && n < max) {
@@ -888,16 +982,10 @@ ngx_smartflow_scan_email(pcre2_code *re, u_char *p, size_t len,
             continue;
         }
 
-        overlap = 0;
-
-        for (i = 0; i < n; i++) {
-            if (s < f[i].end && f[i].start < e) {
-                overlap = 1;
-                break;
-            }
-        }
-
-        if (!overlap) {
+        /* its own come in order: only the last one may reach here */
+        if (!ngx_smartflow_overlaps(f, first, s, e)
+            && (n == first || f[n - 1].end <= s))
+        {
             f[n].rule = NGX_SF_RULE_EMAIL;
             f[n].start = s;
             f[n].end = e;
@@ -1090,8 +1178,53 @@ ngx_smartflow_card_valid(u_char *p, size_t len)
 }
 
 
+/*
+ * A card number, or the longest one that begins the run and ends at a
+ * separator: a card written with its expiry date or its code after it
+ * ("4111 1111 1111 1111 12/26") is a run of more digits than a card has
+ */
 static size_t
 ngx_smartflow_card_check(u_char *p, size_t len)
+{
+    size_t  i, n;
+    u_char  sep;
+
+    if (ngx_smartflow_card_number(p, len)) {
+        return len;
+    }
+
+    sep = 0;
+
+    for (i = 0; i < len; i++) {
+        if (p[i] == ' ' || p[i] == '-') {
+            sep = p[i];
+            break;
+        }
+    }
+
+    if (sep == 0) {
+        return 0;
+    }
+
+    for (i = len - 1; i > 12; i--) {
+        if (p[i] != sep) {
+            continue;
+        }
+
+        n = ngx_smartflow_card_number(p, i);
+
+        if (n) {
+            return n;
+        }
+    }
+
+    return 0;
+}
+
+
+/* the digits of a card, with one kind of separator, as cards are written */
+static size_t
+ngx_smartflow_card_number(u_char *p, size_t len)
 {
     size_t  i, n;
     u_char  d[20], sep;
@@ -1102,7 +1235,6 @@ ngx_smartflow_card_check(u_char *p, size_t len)
         return 0;
     }
 
-    /* one kind of separator, as cards are written */
     sep = 0;
 
     for (i = 0; i < len; i++) {

@@ -191,7 +191,17 @@ ngx_http_smartflow_header_filter(ngx_http_request_t *r)
 
     if (ctx->stream && r->headers_out.status == NGX_HTTP_OK) {
         ctx->filter = NGX_HTTP_SMARTFLOW_FILTER_STREAM;
+        if (ctx->event_pool == NULL) {
+            ctx->event_pool = ngx_create_pool(NGX_HTTP_SMARTFLOW_POOL_SIZE,
+                                              r->connection->log);
+            if (ctx->event_pool == NULL) {
+                return NGX_ERROR;
+            }
+        }
+
+        /* an event's joined "data:" lines go with it, as its tree does */
         ctx->sse.pool = r->pool;
+        ctx->sse.scratch = ctx->event_pool;
         ctx->sse.max = NGX_HTTP_SMARTFLOW_MAX_EVENT;
         ctx->last_out = &ctx->out;
 
@@ -594,14 +604,7 @@ ngx_http_smartflow_on_event(void *data, ngx_smartflow_sse_event_t *ev)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_smartflow_proxy_module);
 
-    if (ctx->event_pool == NULL) {
-        ctx->event_pool = ngx_create_pool(NGX_HTTP_SMARTFLOW_POOL_SIZE,
-                                          r->connection->log);
-        if (ctx->event_pool == NULL) {
-            return NGX_ERROR;
-        }
-    }
-
+    /* the pool was made with the stream, and holds the event's data */
     rc = ngx_http_smartflow_event(r, ctx, ev, ctx->event_pool);
 
     ctx->xlate_event = NULL;

@@ -235,6 +235,7 @@ typedef ngx_int_t (*ngx_smartflow_sse_pt)(void *data,
 
 typedef struct {
     ngx_pool_t                 *pool;
+    ngx_pool_t                 *scratch; /* joined "data:" lines, or NULL */
     u_char                     *buf;     /* carry-over of an unfinished event */
     size_t                      len;
     size_t                      size;
@@ -243,7 +244,9 @@ typedef struct {
 
 /*
  * NGX_OK, NGX_ERROR (no memory, or what the handler returned), or
- * NGX_DECLINED when an event exceeds sse->max.
+ * NGX_DECLINED when an event exceeds sse->max.  The data of an event of
+ * several "data:" lines is joined in sse->scratch, a pool its owner resets
+ * after each event, or in sse->pool when there is none.
  */
 ngx_int_t ngx_smartflow_sse_feed(ngx_smartflow_sse_t *sse, u_char *p,
     size_t len, ngx_smartflow_sse_pt handler, void *data);
@@ -609,6 +612,7 @@ typedef struct {
     ngx_str_t                   master_key;
     u_char                      master_hash[32];
     ngx_shm_zone_t             *zone;
+    ngx_uint_t                  zone_generation;    /* see _shm.c */
     ngx_uint_t                  balance;
     ngx_uint_t                  max_attempts;
     ngx_uint_t                  breaker_failures;
@@ -692,6 +696,7 @@ char *ngx_http_smartflow_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 void ngx_smartflow_shm_provider_result(ngx_http_smartflow_provider_t *p,
     ngx_uint_t status, ngx_uint_t failed);
+ngx_int_t ngx_smartflow_shm_init_process(ngx_cycle_t *cycle);
 ngx_int_t ngx_smartflow_sha256(u_char *data, size_t len, u_char *out);
 ngx_int_t ngx_http_smartflow_cost_init(ngx_conf_t *cf);
 char *ngx_http_smartflow_credentials_key(ngx_conf_t *cf, ngx_command_t *cmd,

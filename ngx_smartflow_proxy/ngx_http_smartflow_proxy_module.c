@@ -952,6 +952,10 @@ ngx_http_smartflow_init_process(ngx_cycle_t *cycle)
     }
 #endif
 
+    if (ngx_smartflow_shm_init_process(cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     return ngx_http_smartflow_keys_init_process(cycle);
 }
 

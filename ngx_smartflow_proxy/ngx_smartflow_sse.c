@@ -3,7 +3,9 @@
  * pieces the network gives; complete events (ended by a blank line) are
  * handed to a callback with their "event:" name, their "data:" lines
  * joined, and their raw bytes.  An event that is not complete yet waits
- * in a carry-over buffer whose size is bounded.
+ * in a carry-over buffer whose size is bounded.  Data of several lines is
+ * joined in the caller's scratch pool, so that a long stream of such
+ * events does not grow the request's pool.
  */
 
 #include "ngx_http_smartflow_proxy.h"
@@ -184,6 +186,7 @@ ngx_smartflow_sse_event(ngx_smartflow_sse_t *sse, u_char *start, u_char *end,
     u_char                     *s, *e, *v, *d;
     size_t                      n;
     ngx_uint_t                  lines;
+    ngx_pool_t                 *pool;
     ngx_smartflow_sse_event_t   ev;
 
     ngx_memzero(&ev, sizeof(ngx_smartflow_sse_event_t));
@@ -230,7 +233,9 @@ ngx_smartflow_sse_event(ngx_smartflow_sse_t *sse, u_char *start, u_char *end,
             }
 
             if (d == NULL) {
-                d = ngx_pnalloc(sse->pool, end - start);
+                pool = sse->scratch ? sse->scratch : sse->pool;
+
+                d = ngx_pnalloc(pool, end - start);
                 if (d == NULL) {
                     return NGX_ERROR;
                 }

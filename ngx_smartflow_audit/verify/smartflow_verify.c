@@ -13,7 +13,8 @@
  *
  * --head names the chain head the gateway reported (GET /api/audit/status):
  * records cut off the end of the open segment are found only against it.
- *   smartflow-verify --proof FILE [PATH]     an inclusion proof, offline
+ *   smartflow-verify --keys FILE --proof FILE [PATH]
+ *                                            an inclusion proof, offline
  *   smartflow-verify --merkle-vectors        proof checks read from stdin
  */
 
@@ -220,9 +221,10 @@ seal_hash(const char *seal, const char *name, unsigned char *h)
 {
     const char  *p;
 
+    /* the digits first: past a NUL before them nothing is read */
     p = seal_field(seal, name);
-    if (p == NULL || p[0] != '"' || p[65] != '"'
-        || sf_audit_unhex(p + 1, 64, h, 32) != 32)
+    if (p == NULL || p[0] != '"'
+        || sf_audit_unhex(p + 1, 64, h, 32) != 32 || p[65] != '"')
     {
         return -1;
     }
@@ -259,9 +261,10 @@ cmp_u64(const void *a, const void *b)
 
 typedef struct {
     const sf_audit_keys_t  *keys;
-    hash_t                 *leaves;         /* every record read */
+    hash_t                 *leaves;         /* the segment's records */
     uint64_t                nleaves;
-    uint64_t                base;           /* records before: removed */
+    uint64_t                base;           /* records before the segment */
+    uint64_t                records;        /* records read */
     uint64_t                cap;
     sf_merkle_frontier_t    log;
     unsigned char           head[32];
@@ -272,6 +275,7 @@ typedef struct {
 
 
 static char *read_seal(state_t *st, const char *path);
+static int check_seal(state_t *st, const char *path, char *seal, size_t len);
 
 
 /* a seal's RFC 3161 timestamp: its signature up to the CA, the imprint */
@@ -477,12 +481,8 @@ bad:
 static char *
 read_seal(state_t *st, const char *path)
 {
-    char                  *seal, kid[SF_AUDIT_KID_LEN + 1];
-    size_t                 len;
-    uint64_t               sealed_at;
-    const char            *p, *q, *macp;
-    unsigned char          mac[32];
-    const sf_audit_key_t  *k;
+    char    *seal;
+    size_t   len;
 
     seal = read_file(path, &len);
     if (seal == NULL) {
@@ -492,10 +492,30 @@ read_seal(state_t *st, const char *path)
 
     if (len == 0 || seal[len - 1] != '\n' || memchr(seal, '\n', len - 1)) {
         fail(path, 1, 0, "seal", "not one line");
-        goto bad;
+        free(seal);
+        return NULL;
     }
 
     seal[--len] = '\0';
+
+    if (check_seal(st, path, seal, len) != 0) {
+        free(seal);
+        return NULL;
+    }
+
+    return seal;
+}
+
+
+/* a seal's line, without its newline: signed, by a key valid then */
+static int
+check_seal(state_t *st, const char *path, char *seal, size_t len)
+{
+    char                  kid[SF_AUDIT_KID_LEN + 1];
+    uint64_t              sealed_at;
+    const char           *p, *q, *macp;
+    unsigned char         mac[32];
+    const sf_audit_key_t  *k;
 
     macp = strstr(seal, ",\"hmac\":\"");
     p = seal_field(seal, "kid");
@@ -507,7 +527,7 @@ read_seal(state_t *st, const char *path)
         || strcmp(macp + 9 + 64, "\"}") != 0)
     {
         fail(path, 1, 0, "seal", "no signature");
-        goto bad;
+        return -1;
     }
 
     memcpy(kid, p + 1, q - p - 1);
@@ -516,12 +536,12 @@ read_seal(state_t *st, const char *path)
     k = sf_audit_keys_find(st->keys, kid);
     if (k == NULL) {
         fail(path, 1, 0, "seal_key", "unknown key id \"%s\"", kid);
-        goto bad;
+        return -1;
     }
 
     if (check_mac(k, seal, macp - seal, mac) != 0) {
         fail(path, 1, 0, "seal_hmac", "the seal's HMAC does not match");
-        goto bad;
+        return -1;
     }
 
     if (seal_u64(seal, "sealed_at", &sealed_at) != 0
@@ -530,15 +550,10 @@ read_seal(state_t *st, const char *path)
     {
         fail(path, 1, 0, "seal_key", "key \"%s\" was not valid when the "
              "seal was made", kid);
-        goto bad;
+        return -1;
     }
 
-    return seal;
-
-bad:
-
-    free(seal);
-    return NULL;
+    return 0;
 }
 
 
@@ -726,6 +741,7 @@ verify_segment(state_t *st, const char *path, uint64_t *first,
 {
     char                  *buf, *p, *end, *eol;
     size_t                 len;
+    hash_t                *more;
     uint64_t               line;
     const char            *why;
     sf_audit_tail_t        t;
@@ -743,6 +759,10 @@ verify_segment(state_t *st, const char *path, uint64_t *first,
     p = buf;
     end = buf + len;
     line = 0;
+
+    /* the leaves kept are the segment's: the log tree is a frontier */
+    st->base += st->nleaves;
+    st->nleaves = 0;
 
     while (p < end) {
         line++;
@@ -799,17 +819,21 @@ verify_segment(state_t *st, const char *path, uint64_t *first,
         }
 
         if (st->nleaves == st->cap) {
-            st->cap = st->cap ? 2 * st->cap : 1024;
-            st->leaves = realloc(st->leaves, st->cap * sizeof(hash_t));
-            if (st->leaves == NULL) {
+            more = realloc(st->leaves, 2 * st->cap * sizeof(hash_t)
+                                       + 1024 * sizeof(hash_t));
+            if (more == NULL) {
                 fail(path, line, t.seq, "memory", "out of memory");
                 goto bad;
             }
+
+            st->leaves = more;
+            st->cap = 2 * st->cap + 1024;
         }
 
         sf_merkle_leaf((unsigned char *) p, eol - p, st->leaves[st->nleaves]);
         sf_merkle_frontier_append(&st->log, st->leaves[st->nleaves]);
         st->nleaves++;
+        st->records++;
 
         memcpy(st->head, st->leaves[st->nleaves - 1], 32);
         st->seq = t.seq;
@@ -837,6 +861,7 @@ verify_dir(const char *dir, const sf_audit_keys_t *keys)
 {
     int             unsealed_seen;
     DIR            *d;
+    void           *p;
     char            path[4096], seal[4096], mark[4096];
     size_t          nsegs, nseals, cap, scap, i, j;
     uint64_t       *segs, *seals, n, first, count, start, k;
@@ -871,7 +896,12 @@ verify_dir(const char *dir, const sf_audit_keys_t *keys)
         if (strcmp(ext, "log") == 0) {
             if (nsegs == cap) {
                 cap = cap ? 2 * cap : 64;
-                segs = realloc(segs, cap * sizeof(uint64_t));
+                p = realloc(segs, cap * sizeof(uint64_t));
+                if (p == NULL) {
+                    break;
+                }
+
+                segs = p;
             }
 
             segs[nsegs++] = n;
@@ -879,7 +909,12 @@ verify_dir(const char *dir, const sf_audit_keys_t *keys)
         } else if (strcmp(ext, "seal") == 0) {
             if (nseals == scap) {
                 scap = scap ? 2 * scap : 64;
-                seals = realloc(seals, scap * sizeof(uint64_t));
+                p = realloc(seals, scap * sizeof(uint64_t));
+                if (p == NULL) {
+                    break;
+                }
+
+                seals = p;
             }
 
             seals[nseals++] = n;
@@ -887,6 +922,13 @@ verify_dir(const char *dir, const sf_audit_keys_t *keys)
     }
 
     closedir(d);
+
+    if (de != NULL) {
+        fail(dir, 0, 0, "memory", "out of memory");
+        free(segs);
+        free(seals);
+        return -1;
+    }
 
     if (nsegs) {
         qsort(segs, nsegs, sizeof(uint64_t), cmp_u64);
@@ -1050,7 +1092,7 @@ verify_dir(const char *dir, const sf_audit_keys_t *keys)
 
 done:
 
-    rep.records = st.nleaves;
+    rep.records = st.records;
     rep.log_size = st.base + st.nleaves;
     sf_audit_hex(st.head, 32, rep.head);
     sf_merkle_frontier_root(&st.log, st.prev_root);
@@ -1136,24 +1178,37 @@ merkle_vectors(void)
 
 /*
  * An inclusion proof as GET /api/audit/proof/ID gives it:
- * {"seq":N,"segment":S,"index":I,"size":C,"proof":["HEX",...],
- *  "segment_root":"HEX","record_hex":"HEX of the line",...}
- * The leaf is hashed from the record itself; with PATH the root must be
- * the one sealed for that segment.  A proof for a record whose segment
- * was shipped and removed carries no record, only "leaf_hash": the
+ * {"seq":N,"segment":S,"record_sha256":"HEX","sealed":true,"index":I,
+ *  "size":C,"leaf_hash":"HEX","proof":["HEX",...],"segment_root":"HEX",
+ *  "record_hex":"HEX of the line","seal":{...},"record":{...}}
+ * The leaf is hashed from the record itself, and the root must be the
+ * one a signed seal gives for that segment: the folder's with PATH (and
+ * the folder must verify), else the "seal" the proof carries, checked
+ * against the key file.  What the proof shows must be what it proves:
+ * each field once, its seq, hashes and "record" those of the record, its
+ * seal the one checked.  A proof for a record whose segment was shipped
+ * and removed carries no record ("record":null), only "leaf_hash": the
  * record fetched from the bucket must hash to it (SHA-256 of 0x00 and
  * its line).
  */
 static int
 verify_proof(const char *file, const char *dir, const sf_audit_keys_t *keys)
 {
-    int            np, rc;
-    char          *buf, *rec, seal[4096], *sealbuf;
-    size_t         len, slen, rlen;
-    uint64_t       seg, index, size, sseg;
-    const char    *p, *q;
-    unsigned char  leaf[32], root[32], sroot[32];
-    hash_t         proof[SF_MERKLE_MAX_LEVEL];
+    int               np, rc;
+    char             *buf, *rec, *sealbuf, *sp, *tail, *end;
+    char              seal[4096], key[64];
+    size_t            len, slen, rlen, i;
+    state_t           st;
+    uint64_t          seq, seg, index, size, sseg, first;
+    const char       *p, *q, *why, *where;
+    unsigned char     leaf[32], root[32], sroot[32], h[32], digest[32];
+    hash_t            proof[SF_MERKLE_MAX_LEVEL];
+    sf_audit_tail_t   t;
+
+    static const char  *fields[] = { "seq", "segment", "record_sha256",
+                                     "sealed", "index", "size", "leaf_hash",
+                                     "proof", "segment_root", "record_hex",
+                                     NULL };
 
     buf = read_file(file, &len);
     if (buf == NULL) {
@@ -1163,9 +1218,32 @@ verify_proof(const char *file, const char *dir, const sf_audit_keys_t *keys)
 
     rc = -1;
     rec = NULL;
+    sealbuf = NULL;
 
-    if (seal_u64(buf, "segment", &seg) || seal_u64(buf, "index", &index)
-        || seal_u64(buf, "size", &size)
+    /* the proof's own fields, the seal it carries, the record shown */
+    sp = strstr(buf, ",\"seal\":{");
+    tail = sp ? strchr(sp + 8, '}') : NULL;
+
+    if (tail == NULL || strlen(buf) != len) {
+        fail(file, 0, 0, "proof", "no seal");
+        goto done;
+    }
+
+    *sp = '\0';
+    tail++;
+
+    for (i = 0; fields[i]; i++) {
+        snprintf(key, sizeof(key), "\"%s\":", fields[i]);
+        p = strstr(buf, key);
+
+        if (p && strstr(p + 1, key)) {
+            fail(file, 0, 0, "proof", "\"%s\" given twice", fields[i]);
+            goto done;
+        }
+    }
+
+    if (seal_u64(buf, "seq", &seq) || seal_u64(buf, "segment", &seg)
+        || seal_u64(buf, "index", &index) || seal_u64(buf, "size", &size)
         || seal_hash(buf, "segment_root", root))
     {
         fail(file, 0, 0, "proof", "not an inclusion proof");
@@ -1173,11 +1251,17 @@ verify_proof(const char *file, const char *dir, const sf_audit_keys_t *keys)
     }
 
     p = seal_field(buf, "record_hex");
-    if (p == NULL && seal_hash(buf, "leaf_hash", leaf) == 0) {
+
+    if (p == NULL) {
+        if (seal_hash(buf, "leaf_hash", leaf) != 0) {
+            fail(file, 0, 0, "proof", "no record");
+            goto done;
+        }
+
         goto leaf;
     }
 
-    if (p == NULL || *p != '"' || (q = strchr(p + 1, '"')) == NULL) {
+    if (*p != '"' || (q = strchr(p + 1, '"')) == NULL) {
         fail(file, 0, 0, "proof", "no record");
         goto done;
     }
@@ -1193,9 +1277,59 @@ verify_proof(const char *file, const char *dir, const sf_audit_keys_t *keys)
         goto done;
     }
 
+    rec[rlen] = '\0';
+
+    if (memchr(rec, '\0', rlen) || memchr(rec, '\n', rlen)
+        || sf_audit_tail_parse(rec, rlen, &t, &why) != 0)
+    {
+        fail(file, 0, seq, "proof", "the record is not a record line");
+        goto done;
+    }
+
+    if (t.seq != seq) {
+        fail(file, 0, seq, "proof", "the proof names record %" PRIu64
+             ", its record is %" PRIu64, seq, t.seq);
+        goto done;
+    }
+
     sf_merkle_leaf((unsigned char *) rec, rlen, leaf);
 
+    if (seal_field(buf, "leaf_hash")
+        && (seal_hash(buf, "leaf_hash", h) != 0 || memcmp(h, leaf, 32)))
+    {
+        fail(file, 0, seq, "proof", "\"leaf_hash\" is not the record's");
+        goto done;
+    }
+
+    sf_sha256(rec, rlen, digest);
+
+    if (seal_field(buf, "record_sha256")
+        && (seal_hash(buf, "record_sha256", h) != 0
+            || memcmp(h, digest, 32)))
+    {
+        fail(file, 0, seq, "proof", "\"record_sha256\" is not the "
+             "record's");
+        goto done;
+    }
+
 leaf:
+
+    /* what follows the seal: the record shown, exactly, or none */
+    end = buf + len;
+
+    while (end > tail && (end[-1] == '\n' || end[-1] == '\r')) {
+        end--;
+    }
+
+    if (strncmp(tail, ",\"record\":", 10) != 0
+        || end - tail < 11 || end[-1] != '}'
+        || (rec ? ((size_t) (end - tail - 11) != rlen
+                   || memcmp(tail + 10, rec, rlen) != 0)
+                : (end - tail != 15 || strncmp(tail + 10, "null", 4) != 0)))
+    {
+        fail(file, 0, seq, "proof", "\"record\" is not the record proven");
+        goto done;
+    }
 
     p = seal_field(buf, "proof");
     if (p == NULL || *p++ != '[') {
@@ -1222,6 +1356,11 @@ leaf:
         }
     }
 
+    if (*p != ']') {
+        fail(file, 0, 0, "proof", "bad proof");
+        goto done;
+    }
+
     if (sf_merkle_verify_inclusion(index, size, leaf,
                                    (const unsigned char (*)[32]) proof, np,
                                    root)
@@ -1232,35 +1371,79 @@ leaf:
         goto done;
     }
 
+    /*
+     * The root must be one the gateway sealed: the seal of the segment
+     * in the folder, or else the one the proof carries, signed by a key
+     * valid when it was made, naming this segment, root and size.
+     */
+    memset(&st, 0, sizeof(state_t));
+    st.keys = keys;
+
+    slen = tail - (sp + 8);
+    sealbuf = malloc(slen + 1);
+    if (sealbuf == NULL) {
+        fail(file, 0, 0, "memory", "out of memory");
+        goto done;
+    }
+
+    memcpy(sealbuf, sp + 8, slen);
+    sealbuf[slen] = '\0';
+
     if (dir) {
         snprintf(seal, sizeof(seal), "%s/segment-%08" PRIu64 ".seal", dir,
                  seg);
-        sealbuf = read_file(seal, &slen);
-
-        if (sealbuf == NULL
-            || seal_hash(sealbuf, "segment_root", sroot) != 0
-            || seal_u64(sealbuf, "segment", &sseg) != 0 || sseg != seg
-            || memcmp(sroot, root, 32) != 0
-            || seal_u64(sealbuf, "count", &sseg) != 0 || sseg != size)
-        {
-            fail(seal, 0, 0, "inclusion", "the proof's root is not the "
-                 "sealed root of segment %" PRIu64, seg);
-            free(sealbuf);
-            goto done;
-        }
-
+        where = seal;
         free(sealbuf);
+        sealbuf = read_seal(&st, seal);
 
-        /* the seal itself must hold */
-        if (verify_dir(dir, keys) != 0) {
+        /* the seal shown is the folder's */
+        if (sealbuf && (slen != strlen(sealbuf)
+                        || memcmp(sealbuf, sp + 8, slen) != 0))
+        {
+            fail(file, 0, 0, "proof", "the proof carries another seal "
+                 "than the folder's");
             goto done;
         }
+
+    } else {
+        where = file;
+
+        if (check_seal(&st, file, sealbuf, slen) != 0) {
+            goto done;
+        }
+    }
+
+    if (sealbuf == NULL) {
+        goto done;
+    }
+
+    if (seal_u64(sealbuf, "segment", &sseg) != 0 || sseg != seg
+        || seal_hash(sealbuf, "segment_root", sroot) != 0
+        || memcmp(sroot, root, 32) != 0
+        || seal_u64(sealbuf, "count", &sseg) != 0 || sseg != size)
+    {
+        fail(where, 0, 0, "inclusion", "the proof's root is not the "
+             "sealed root of segment %" PRIu64, seg);
+        goto done;
+    }
+
+    /* the segment's records are numbered on from its first */
+    if (seal_u64(sealbuf, "first", &first) != 0 || first + index != seq) {
+        fail(file, 0, seq, "proof", "record %" PRIu64 " is not the "
+             "segment's record at index %" PRIu64, seq, index);
+        goto done;
+    }
+
+    /* the seals before it and the records must hold too */
+    if (dir && verify_dir(dir, keys) != 0) {
+        goto done;
     }
 
     rc = 0;
 
 done:
 
+    free(sealbuf);
     free(rec);
     free(buf);
 
@@ -1343,16 +1526,22 @@ main(int argc, char **argv)
     rep.ok = 1;
     sf_merkle_init();
 
-    if (path) {
-        if (keyfile == NULL) {
-            /* the gateway's default: audit.keys next to the folder */
-            snprintf(def, sizeof(def), "%s/../audit.keys", path);
-            keyfile = def;
-        }
+    if (path && keyfile == NULL) {
+        /* the gateway's default: audit.keys next to the folder */
+        snprintf(def, sizeof(def), "%s/../audit.keys", path);
+        keyfile = def;
+    }
 
-        if (load_keys(keyfile, &keys) != 0) {
-            return 2;
-        }
+    /* a proof holds only under a seal whose signature is checked */
+    if (keyfile == NULL) {
+        fprintf(stderr, "smartflow-verify: --proof without PATH needs "
+                "--keys FILE (or SMARTFLOW_AUDIT_KEYS) to check the "
+                "proof's seal\n");
+        return 2;
+    }
+
+    if (load_keys(keyfile, &keys) != 0) {
+        return 2;
     }
 
     if (proof) {

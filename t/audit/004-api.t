@@ -108,8 +108,22 @@ open $fh, '>', $pf or die; print $fh $bad2; close $fh;
 ($rc) = $gw->verify(undef, '--proof', $pf);
 is($rc, 1, 'a proof for altered record bytes fails');
 
-is($gw->get("/api/audit/proof/1", key => undef)->{status}, 200,
-   'a record by its number');
+is($gw->get("/api/audit/proof/1")->{status}, 200,
+   'a record by its number, with the master key');
+
+# by its number any record could be read in turn: the master key's only
+my $nokey = $gw->get("/api/audit/proof/1", key => undef);
+is($nokey->{status}, 401, 'a record by its number without a key: 401');
+is(eval { $json->decode($nokey->{content})->{error}{code} } // '',
+   'missing_api_key', 'in the OpenAI format');
+unlike($nokey->{content}, qr/hello receipts|request_id/,
+       'nothing of the record');
+my $other = $gw->get("/api/audit/proof/1", key => 'sk-not-the-master');
+is($other->{status}, 403, 'with another key: 403');
+is(eval { $json->decode($other->{content})->{error}{type} } // '',
+   'permission_error', 'a permission error');
+unlike($other->{content}, qr/hello receipts|request_id/,
+       'nothing of the record');
 is($gw->get("/api/audit/proof/" . ('0' x 32), key => undef)->{status}, 404,
    'an unknown id: 404');
 is($gw->get("/api/audit/proof/zz", key => undef)->{status}, 404,
@@ -161,6 +175,12 @@ is($page->{has_more}, JSON::PP::false, 'the last page');
 is_deeply(\@seqs, [ 1 .. 8 ], 'the pages hold every record once, in order');
 is(logs('limit=0'), 400, 'a bad limit: 400');
 is(logs('status=abc'), 400, 'a bad status: 400');
+
+# times whose milliseconds do not fit in 64 bits: refused, not wrapped
+is(logs('to=9223372036854775'), 400, 'a "to" past the year 9999: 400');
+is(logs('from=9223372036854775'), 400, 'a "from" past the year 9999: 400');
+is(scalar @{ logs('to=253402300799')->{data} }, 8,
+   'the year 9999 is the last "to"');
 
 # metrics, parsed by prometheus_client
 my $m = $gw->get('/metrics', key => undef);

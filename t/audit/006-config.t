@@ -244,3 +244,17 @@ $::HttpConfig . "    smartflow_audit_s3_lock_mode legal-hold;\n"
 --- must_die
 --- error_log
 invalid value "legal-hold"
+
+
+
+=== TEST 17: the audit API without an audit trail: 503, and why in the log
+--- http_config
+    smartflow_master_key sk-smartflow-test-0123456789;
+--- request
+GET /api/audit/status
+--- more_headers
+Authorization: Bearer sk-smartflow-test-0123456789
+--- error_code: 503
+--- response_body_like: "code":"audit_off"
+--- error_log
+smartflow audit: "/api/audit/status" needs the audit trail, which is not configured (smartflow_audit_dir)

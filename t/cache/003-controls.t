@@ -99,7 +99,28 @@ __DATA__
 
 
 
-=== TEST 2: an entry lives as long as x-smartflow-cache-ttl says, or the location's smartflow_cache_ttl
+=== TEST 2: a control sent twice counts both times: no-store in the second Cache-Control, bypass after refresh
+--- request eval
+[map { main::ask("Which control counts?") } 1 .. 4]
+--- more_headers eval
+[main::with("x-mock-reply: A", "Cache-Control: max-age=0",
+            "Cache-Control: no-store"),
+ main::with("x-mock-reply: B"),
+ main::with("x-mock-reply: C", "x-smartflow-cache: refresh",
+            "x-smartflow-cache: bypass"),
+ main::with("x-mock-reply: D")]
+--- response_body_like eval
+[qr/"content":"A"/, qr/"content":"B"/, qr/"content":"C"/,
+ qr/"content":"B"/]
+--- response_headers eval
+["x-smartflow-cache: BYPASS", "x-smartflow-cache: MISS",
+ "x-smartflow-cache: BYPASS", "x-smartflow-cache: HIT"]
+--- no_error_log
+[error]
+
+
+
+=== TEST 3: an entry lives as long as x-smartflow-cache-ttl says, or the location's smartflow_cache_ttl
 --- request eval
 [main::ask("Short lived?"), main::ask("Long lived?"),
  main::ask("In a short location?", "/short/chat/completions"),

@@ -129,3 +129,53 @@ __DATA__
  qr/^\{"flushed":1\}$/, qr/Echo: Secret plan/, qr/Echo: Secret plan/]
 --- no_error_log
 [error]
+
+
+
+=== TEST 3: a team whose name a URL has to escape
+--- request
+POST /api/auth/virtual-keys
+{"name":"ml1","team":"ml team/é"}
+--- error_code: 201
+--- no_error_log
+[error]
+
+
+
+=== TEST 4: a flush of that team, its name escaped in the query string
+--- request eval
+[main::ask("Team plan?"), main::ask("Team plan?"),
+ "DELETE /api/metacache?tenant=ml%20team%2F%C3%A9",
+ main::ask("Team plan?")]
+--- more_headers eval
+["Authorization: Bearer %KEY(ml1)%", "Authorization: Bearer %KEY(ml1)%",
+ "Authorization: Bearer sk-smartflow-test-0123456789",
+ "Authorization: Bearer %KEY(ml1)%"]
+--- response_headers eval
+["x-smartflow-cache: MISS", "x-smartflow-cache: HIT", "",
+ "x-smartflow-cache: MISS"]
+--- response_body_like eval
+[qr/Echo: Team plan/, qr/Echo: Team plan/, qr/^\{"flushed":1\}$/,
+ qr/Echo: Team plan/]
+--- no_error_log
+[error]
+
+
+
+=== TEST 5: a path under the API that is not its own flushes nothing
+--- request eval
+[main::ask("Kept plan?"), main::ask("Kept plan?"),
+ "DELETE /api/metacache/vk_123456", "DELETE /api/metacache/stats/",
+ "DELETE /api/metacache/red/", main::ask("Kept plan?"),
+ "DELETE /api/metacache/", main::ask("Kept plan?")]
+--- more_headers eval
+[("Authorization: Bearer sk-smartflow-test-0123456789") x 8]
+--- error_code eval
+[200, 200, 404, 404, 404, 200, 200, 200]
+--- response_headers eval
+["x-smartflow-cache: MISS", "x-smartflow-cache: HIT", "", "", "",
+ "x-smartflow-cache: HIT", "", "x-smartflow-cache: MISS"]
+--- response_body_like eval
+[qr/Echo: Kept plan/, qr/Echo: Kept plan/,
+ qr/"code":"not_found"/, qr/"code":"not_found"/, qr/"code":"not_found"/,
+ qr/Echo: Kept plan/, qr/^\{"flushed":\d+\}$/, qr/Echo: Kept plan/]

@@ -170,6 +170,46 @@ is $h->{'x-smartflow-cache'}, 'MISS', 'a damaged entry: a miss';
 is count($b, qr/smartflow cache: redis \S+ holds a damaged entry/), 1,
    'said once in the error log';
 
+# entries no node writes: a finish reason the store does not keep (this
+# one would break the JSON served), token counts past what an entry holds
+# (they would go to the savings), text that is not UTF-8, an answer larger
+# than any the store keeps (it would be copied, kept and served): each a
+# miss
+my $exp = int(time) + 60;
+my @bad = (
+    [ 'Which ocean is the largest?', qq(sf1 $exp 3 4 st"op\nThe Pacific.),
+      'a finish reason with a quote' ],
+    [ 'Which ocean is the coldest?',
+      qq(sf1 $exp 99999999999999 4 stop\nThe Arctic.),
+      'a prompt of 99999999999999 tokens' ],
+    [ 'Which ocean is the saltiest?', qq(sf1 $exp 3 4 stop\nThe \xff sea.),
+      'a byte that is not UTF-8' ],
+    [ 'Which ocean is the warmest?',
+      qq(sf1 $exp 3 4 stop\n) . ('The Indian. ' x 25000),
+      'an answer past smartflow_cache_max_size' ],
+);
+for my $bad (@bad) {
+    my ($q, $entry, $what) = @$bad;
+    ask($a, $q);
+    wait_for "$what: the entry is in Redis",
+        sub { grep { $c->redis_cli('GET', $_) =~ /\Q$q\E/ } keys_in_redis() };
+    my ($k) = grep { $c->redis_cli('GET', $_) =~ /\Q$q\E/ } keys_in_redis();
+    # at most 100 KB an argument: a long entry goes in parts
+    $c->redis_cli('SET', $k, substr($entry, 0, 100_000), 'EX', '60');
+    for (my $i = 100_000; $i < length $entry; $i += 100_000) {
+        $c->redis_cli('APPEND', $k, substr($entry, $i, 100_000));
+    }
+    ($status, $body, $h) = ask($b, $q);
+    is $status, 200, "$what: answered";
+    is $h->{'x-smartflow-cache'}, 'MISS', "$what: a miss";
+    like $body, qr/"content":"Echo: \Q$q\E"/, "$what: the provider's answer";
+}
+is count($b, qr/smartflow cache: redis \S+ holds a damaged entry/), 5,
+   'each said in the error log';
+($status, $body) = $c->http($b, 'GET', '/api/metacache/stats', undef,
+                            @master);
+like $body, qr/"tokens_saved":\d{1,3},/, 'no damaged count in the savings';
+
 # statistics
 ($status, $body) = $c->http($b, 'GET', '/api/metacache/stats', undef,
                             @master);
@@ -194,6 +234,43 @@ wait_for 'and A', sub {
     $c->error_log($a) !~ /phase 3 is skipped/
         || count($a, qr/smartflow cache: redis \S+ answers again/) == 1;
 };
+
+# Redis there but refusing every command (a replica cut off from its
+# master): one error_log line for the outage on each node, not one for
+# each GET and SET, and one when it serves again
+my $refused = qr/smartflow cache: redis \S+ refused (?:GET|SET|XREAD): MASTERDOWN/;
+my $skipped = qr/smartflow cache: redis .*; phase 3 is skipped/;
+my $again = qr/smartflow cache: redis \S+ answers again/;
+
+# each node out of the freeze's outage first (a worker may have seen it
+# later than the other): as many lines for its end as for its start
+for my $node ($a, $b) {
+    wait_for "$node->{name}: no outage going on", sub {
+        ask($node, 'Which bird is the largest?', @master,
+            'Cache-Control: no-cache');
+        count($node, $skipped) == count($node, $again);
+    };
+}
+
+my %back = map { $_->{name} => count($_, $again) } $a, $b;
+$c->redis_cli('CONFIG', 'SET', 'replica-serve-stale-data', 'no');
+$c->redis_cli('REPLICAOF', '127.0.0.1', '1');
+for my $i (1 .. 4) {
+    ($status, $body, $h) = ask($b, "Which bird is the fastest, take $i?");
+    is $status, 200, "refusing Redis, request $i: answered";
+    is $h->{'x-smartflow-cache'}, 'MISS', "refusing Redis, request $i: a miss";
+}
+sleep 2.5;    # the flushes told are read once a second
+is count($b, $refused), 1, 'B: one error_log line for four GETs and SETs';
+is count($a, $refused), 1, 'A: one for its reads of the flushes told';
+$c->redis_cli('REPLICAOF', 'NO', 'ONE');
+for my $node ($a, $b) {
+    wait_for "$node->{name}: Redis serves again", sub {
+        ask($node, 'Which bird is the slowest?', @master,
+            'Cache-Control: no-cache');
+        count($node, $again) > $back{$node->{name}};
+    };
+}
 
 # Redis killed: both nodes answer from their zones, phase 3 skipped
 my $down = qr/smartflow cache: redis \S+ [^;\n]+; phase 3 is skipped/;

@@ -77,11 +77,26 @@ our $Locations = <<'_EOC_';
         include $TEST_NGINX_SMARTFLOW_CONF/smartflow_proxy.conf;
     }
 
+    location = /small/v1/chat/completions {
+        smartflow_api chat;
+        smartflow_cache_embedder /_embed_small model=mock-words
+                                 dimensions=64 timeout=5s;
+        include $TEST_NGINX_SMARTFLOW_CONF/smartflow_proxy.conf;
+    }
+
     location = /_embed {
         internal;
         proxy_pass http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/embeddings;
         subrequest_output_buffer_size 64k;
     }
+
+    # an answer larger than the buffer its subrequest has
+    location = /_embed_small {
+        internal;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/embeddings;
+        subrequest_output_buffer_size 64;
+    }
+
 
     location = /_embed_slow {
         internal;
@@ -353,7 +368,70 @@ smartflow cache: embedder "/_garbage4" answered no embedding; phase 4 skipped
 
 
 
-=== TEST 12: the embedder's parameters are checked
+=== TEST 12: an answer larger than subrequest_output_buffer_size: phase 4 skipped, the request answered, one warning
+--- request eval
+[main::chat("How do I flatten a list in Python?", "/small"),
+ main::chat("Please, how can I flatten a list in Python?", "/small")]
+--- response_body_like eval
+[qr/"content":"Echo: How do I flatten a list in Python\?"/,
+ qr/"content":"Echo: Please, how can I flatten a list in Python\?"/]
+--- response_headers eval
+["x-smartflow-cache: MISS", "x-smartflow-cache: MISS"]
+--- grep_error_log eval
+qr/embedder "[^"]+" answered more than its subrequest_output_buffer_size \(\d+ bytes\); phase 4 skipped/
+--- grep_error_log_out eval
+qr/\Aembedder "\/_embed_small" answered more than its subrequest_output_buffer_size \(64 bytes\); phase 4 skipped\n\z/
+--- no_error_log
+[error]
+
+
+
+=== TEST 13: an answer the upstream kept in a temporary file is read from it: phase 4 hits
+--- http_config
+    smartflow_master_key sk-smartflow-test-0123456789;
+    smartflow_provider demo type=echo;
+    smartflow_route smartflow-echo demo;
+    smartflow_cache_zone metacache 32m entries=100 dim=4096;
+    smartflow_cache metacache;
+    smartflow_cache_near_miss off;
+    smartflow_cache_similarity 0.80;
+--- config
+    location = /v1/chat/completions {
+        smartflow_api chat;
+        smartflow_cache_embedder /_embed model=mock-words dimensions=4096
+                                 timeout=5s;
+        include $TEST_NGINX_SMARTFLOW_CONF/smartflow_proxy.conf;
+    }
+
+    # 4,096 floats in buffers of 2.5 KB: most of it in a temporary file
+    location = /_embed {
+        internal;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/embeddings;
+        proxy_buffer_size 512;
+        proxy_buffers 4 512;
+        proxy_busy_buffers_size 512;
+        subrequest_output_buffer_size 64k;
+    }
+
+    location @smartflow_error {
+        smartflow_api error;
+    }
+--- request eval
+[main::chat("How do I slice a list in Python?"),
+ main::chat("Please, how can I slice a list in Python?")]
+--- response_body_like eval
+[qr/"content":"Echo: How do I slice a list in Python\?"/,
+ qr/"content":"Echo: How do I slice a list in Python\?"/]
+--- response_headers eval
+["x-smartflow-cache: MISS", "x-smartflow-cache: HIT\nx-smartflow-cache-phase: 4"]
+--- error_log
+an upstream response is buffered to a temporary file
+--- no_error_log
+[error]
+
+
+
+=== TEST 14: the embedder's parameters are checked
 --- config
     location = /v1/chat/completions {
         smartflow_cache_embedder /_embed dimensions=4097;
@@ -364,7 +442,7 @@ smartflow_cache_embedder: invalid parameter "dimensions=4097"
 
 
 
-=== TEST 13: the embedder is builtin or a URI
+=== TEST 15: the embedder is builtin or a URI
 --- config
     location = /v1/chat/completions {
         smartflow_cache_embedder http://127.0.0.1:1/v1/embeddings;
@@ -375,7 +453,7 @@ smartflow_cache_embedder: "http://127.0.0.1:1/v1/embeddings" is neither "builtin
 
 
 
-=== TEST 14: a timeout of zero is refused
+=== TEST 16: a timeout of zero is refused
 --- config
     location = /v1/chat/completions {
         smartflow_cache_embedder /_embed timeout=0;

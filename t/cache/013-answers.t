@@ -37,6 +37,7 @@ my %answers = (
     badlit => q({"choices":[{"message":{"content":"bad literal"},"finish_reason":"stop"}],"x":nul}),
     badutf8 => qq({"choices":[{"message":{"content":"bad utf8"},"finish_reason":"stop"}],"x":"\xff\xfe"}),
     dup => q({"choices":[{"message":{"content":"first","content":"second"},"finish_reason":"stop"}]}),
+    logprobs => q({"id":"l","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"logprobs":{"content":[{"token":"Hi","logprob":-0.25,"bytes":[72,105],"top_logprobs":[]}]},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}),
     # streams (x-fixture: sse...)
     sse_ok => join('', map { "data: $_\n\n" }
         q({"id":"s","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}),
@@ -187,6 +188,31 @@ for my $name (qw(tools tools_text two error null filter garbage badnum
     my $r2 = $post->('sse_ok');
     is $r2->{headers}{'x-smartflow-cache'}, 'MISS',
        'sse_cut: not stored, a miss again';
+}
+
+# the tokens' log probabilities asked for: an entry keeps the text only,
+# so such a request is neither served from the cache nor stored
+{
+    my $q = 'Question number ' . ++$n . ' about log probabilities?';
+    my $post = sub {
+        my $r = $gw->http->post("http://127.0.0.1:$port/v1/chat/completions",
+            { headers => { Authorization =>
+                               "Bearer $Smartflow::Audit::MasterKey",
+                           'Content-Type' => 'application/json',
+                           'x-fixture' => 'logprobs' },
+              content => $json->encode({ model => 'fx-model',
+                  logprobs => JSON::PP::true,
+                  messages => [ { role => 'user', content => $q } ] }) });
+        return ($r, eval { $json->decode($r->{content}) });
+    };
+    for my $i (1, 2) {
+        my ($r, $b) = $post->();
+        is $r->{status}, 200, "logprobs, request $i: answered";
+        is $r->{headers}{'x-smartflow-cache'}, 'BYPASS',
+           "logprobs, request $i: not looked up";
+        is $b->{choices}[0]{logprobs}{content}[0]{token}, 'Hi',
+           "logprobs, request $i: the provider's log probabilities";
+    }
 }
 
 $gw->stop;

@@ -190,10 +190,24 @@ function writePiece(res, piece) {
     });
 }
 
+// An event whose JSON is sent over n "data:" lines, as the SSE spec allows and
+// some providers do: the JSON is printed with line breaks and cut into n
+// parts, which a reader joins with "\n" back into the same JSON value.
+function dataLines(piece, n) {
+    return toBuffer(piece).toString('utf8').replace(/^data: (\{.*\})$/gm, (line, json) => {
+        const lines = JSON.stringify(JSON.parse(json), null, 1).split('\n');
+        const per = Math.ceil(lines.length / n);
+        const out = [];
+        for (let i = 0; i < lines.length; i += per) out.push('data: ' + lines.slice(i, i + per).join(''));
+        return out.join('\n');
+    });
+}
+
 // Send a response made of `pieces` (SSE events for streams, one buffer otherwise),
-// applying the split, chunk delay and drop switches.
+// applying the data lines, split, chunk delay and drop switches.
 async function transmit(ctx, status, headers, pieces, streaming) {
     const { res, sw } = ctx;
+    if (streaming && sw.dataLines > 1) pieces = pieces.map((p) => dataLines(p, sw.dataLines));
     pieces = pieces.map(toBuffer);
     const dropping = sw.drop === 'mid-stream' || sw.drop === 'body';
 
@@ -678,6 +692,8 @@ function switches(headers, model) {
         delay: int(headers['x-mock-delay-ms']),
         chunkDelay: int(headers['x-mock-chunk-delay-ms']),
         split: int(headers['x-mock-split']),
+        // Each stream event's JSON over this many "data:" lines (2 or more).
+        dataLines: int(headers['x-mock-data-lines']),
         drop: String(headers['x-mock-drop'] || '').toLowerCase(),
         // Header bytes arrive as latin1; re-read them as UTF-8.
         reply: headers['x-mock-reply'] === undefined ? null : Buffer.from(headers['x-mock-reply'], 'latin1').toString('utf8'),

@@ -126,10 +126,10 @@ qq{POST /v1/chat/completions\n{"model":"gpt-4o", "messages":[{"role":"user","con
 
 === TEST 5: the same text verbatim in a field that is not scanned, escaped in the message: the message's own string is the one redacted
 --- request eval
-qq{POST /v1/chat/completions\n{"model":"gpt-4o","user":"mail ann\@example.com!","messages":[{"role":"user","content":"mail ann\@example.com\\u0021"}]}}
+qq{POST /v1/chat/completions\n{"model":"gpt-4o","service_tier":"mail ann\@example.com!","messages":[{"role":"user","content":"mail ann\@example.com\\u0021"}]}}
 --- error_code: 200
 --- response_headers eval
-::sha(q{{"model":"gpt-4o","user":"mail ann@example.com!","messages":[{"role":"user","content":"mail [EMAIL_1]!"}]}})
+::sha(q{{"model":"gpt-4o","service_tier":"mail ann@example.com!","messages":[{"role":"user","content":"mail [EMAIL_1]!"}]}})
 --- response_body_like chomp
 "content":"mock reply to: mail \[EMAIL_1\]!"
 --- no_error_log
@@ -139,10 +139,10 @@ qq{POST /v1/chat/completions\n{"model":"gpt-4o","user":"mail ann\@example.com!",
 
 === TEST 6: the same text in a field that is not scanned and in the message, both as they are: only the message's changes
 --- request eval
-qq{POST /v1/chat/completions\n{"model":"gpt-4o", "user":"ann\@example.com", "messages":[{"role":"user","content":"ann\@example.com"}]}}
+qq{POST /v1/chat/completions\n{"model":"gpt-4o", "service_tier":"ann\@example.com", "messages":[{"role":"user","content":"ann\@example.com"}]}}
 --- error_code: 200
 --- response_headers eval
-::sha(q{{"model":"gpt-4o", "user":"ann@example.com", "messages":[{"role":"user","content":"[EMAIL_1]"}]}})
+::sha(q{{"model":"gpt-4o", "service_tier":"ann@example.com", "messages":[{"role":"user","content":"[EMAIL_1]"}]}})
 --- response_body_like chomp
 "content":"mock reply to: \[EMAIL_1\]"
 --- no_error_log

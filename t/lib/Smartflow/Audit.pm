@@ -30,7 +30,21 @@ our $MasterKey = 'sk-smartflow-test-0123456789';
 
 sub top { $Top }
 
-sub verifier { $ENV{SMARTFLOW_VERIFY} // "$Top/build/smartflow-verify" }
+# under SMARTFLOW_ASAN the verifier built with AddressSanitizer and UBSan
+# (make asan-modules), its findings left where scripts/test.sh looks
+sub verifier {
+    return $ENV{SMARTFLOW_VERIFY} if $ENV{SMARTFLOW_VERIFY};
+    my $asan = "$Top/build-asan/smartflow-verify";
+    return $asan if $ENV{SMARTFLOW_ASAN} && -x $asan;
+    return "$Top/build/smartflow-verify";
+}
+
+sub verifier_env {
+    return () unless $ENV{SMARTFLOW_ASAN};
+    my $log = ($ENV{SMARTFLOW_ASAN_DIR} // '/tmp') . '/asan';
+    return (ASAN_OPTIONS => "detect_leaks=0:abort_on_error=1:log_path=$log",
+            UBSAN_OPTIONS => "print_stacktrace=1:log_path=$log");
+}
 
 sub new {
     my ($class, %o) = @_;
@@ -43,6 +57,7 @@ sub new {
         server  => $o{server} // '',
         keys    => $o{keys},
         user    => $o{user},
+        main    => $o{main} // '',
     }, $class;
     return $self;
 }
@@ -91,6 +106,7 @@ load_module $mods/ngx_http_smartflow_audit_module.so;
 ${user}worker_processes $self->{workers};
 error_log logs/error.log info;
 pid logs/nginx.pid;
+$self->{main}
 events { worker_connections 256; }
 http {
     access_log off;
@@ -226,8 +242,11 @@ sub verify {
     $dir //= $self->dir;
     my $cmd = join ' ', map { "'$_'" } verifier(), '--keys',
         $self->keys_file, @args, $dir;
+    my %env = verifier_env();
+    local @ENV{keys %env} = values %env;
     my $out = `$cmd 2>/dev/null`;
-    my $rc = $? >> 8;
+    # killed by a signal (a sanitizer's abort): 128 + the signal
+    my $rc = ($? & 127) ? 128 + ($? & 127) : $? >> 8;
     my $rep = eval { JSON::PP->new->decode($out) };
     return ($rc, $rep, $out);
 }

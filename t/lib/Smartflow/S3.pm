@@ -18,8 +18,11 @@ package Smartflow::S3;
 # InvalidRequest...), keeps each object under DIR/objects/BUCKET/KEY with
 # its lock in KEY.lock, and logs every request as one line of
 # DIR/requests.log: "STATUS KEY CODE".  It can be told to fail
-# (->fail(503)), to expect another secret (->secret('...')), or be
-# stopped and started again (down, then up).
+# (->fail(503), or only for the keys a pattern matches:
+# ->fail(503, '\.seal$')), to expect another secret (->secret('...')),
+# to take its time over each answer (->delay(0.5), seconds), to answer
+# like a server that is not S3 (->not_s3(1): a bare 200, nothing kept),
+# or be stopped and started again (down, then up).
 #
 #     my $s3 = Smartflow::S3->new(dir => $dir);
 #     $s3->start; ... $s3->stop;
@@ -51,6 +54,8 @@ sub new {
     File::Path::make_path("$self->{dir}/objects");
     $self->secret($self->{secret});
     $self->fail(0);
+    $self->delay(0);
+    $self->not_s3(0);
     return $self;
 }
 
@@ -78,7 +83,10 @@ sub _get_file {
 
 # what the server checks against: the control files, read per request
 sub secret { _put_file("$_[0]{dir}/secret", $_[1]) }
-sub fail   { _put_file("$_[0]{dir}/fail", $_[1] // 0) }
+sub fail   { _put_file("$_[0]{dir}/fail",
+                        ($_[1] // 0) . (defined $_[2] ? " $_[2]" : '')) }
+sub delay  { _put_file("$_[0]{dir}/delay", $_[1] // 0) }
+sub not_s3 { _put_file("$_[0]{dir}/not_s3", $_[1] // 0) }
 
 # the stored object and its lock
 sub object { _get_file("$_[0]{dir}/objects/$_[1]") }
@@ -233,8 +241,19 @@ sub handle {
         close $fh;
     };
 
-    my $fail = _get_file("$d/fail") // 0;
-    if ($fail) {
+    my $delay = _get_file("$d/delay") // 0;
+    select undef, undef, undef, $delay if $delay > 0;
+
+    if (_get_file("$d/not_s3")) {
+        $log->(200, $key, 'NotS3');
+        my $res = HTTP::Response->new(200);
+        $res->header('Content-Type' => 'text/html');
+        $res->content("<html><body>OK</body></html>\n");
+        return $c->send_response($res);
+    }
+
+    my ($fail, $only) = split ' ', _get_file("$d/fail") // 0, 2;
+    if ($fail && (!defined $only || $key =~ /$only/)) {
         $log->($fail, $key, 'SlowDown');
         return _error($c, $fail, 'SlowDown', 'Please reduce your request '
                                              . 'rate.');

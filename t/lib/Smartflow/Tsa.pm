@@ -3,7 +3,9 @@ package Smartflow::Tsa;
 # A local RFC 3161 time-stamping authority for the audit suites: a CA and
 # a TSA certificate (extendedKeyUsage timeStamping) made with the openssl
 # command, and a small HTTP server that answers each POSTed
-# timestamp-query with what "openssl ts -reply" makes of it.
+# timestamp-query with what "openssl ts -reply" makes of it.  Told to
+# (->corrupt(1)), it flips the last byte of each answer, which is the
+# signature's: the answer is granted, for the query, but not signed.
 #
 #     my $tsa = Smartflow::Tsa->new(dir => $dir);   # keys and certificates
 #     $tsa->start; ... $tsa->stop;                   # the HTTP side
@@ -29,6 +31,13 @@ sub new {
 
 sub port { $_[0]{port} }
 sub url  { "http://127.0.0.1:$_[0]{port}/tsa" }
+
+sub corrupt {
+    my ($self, $on) = @_;
+    open my $fh, '>', "$self->{dir}/corrupt" or die $!;
+    print $fh $on ? 1 : 0;
+    close $fh;
+}
 sub ca   { "$_[0]{dir}/ca.pem" }
 sub cert { "$_[0]{dir}/tsa.pem" }
 
@@ -129,6 +138,12 @@ sub start {
             binmode $r;
             my $body = do { local $/; <$r> };
             close $r;
+
+            if (open my $cf, '<', "$d/corrupt") {
+                my $on = <$cf> // 0;
+                substr($body, -1, 1) = chr(ord(substr($body, -1, 1)) ^ 1)
+                    if $on;
+            }
 
             my $res = HTTP::Response->new(200);
             $res->header('Content-Type' => 'application/timestamp-reply');
