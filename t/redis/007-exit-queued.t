@@ -7,101 +7,14 @@
 use strict;
 use warnings;
 
-use IO::Select;
-use IO::Socket::INET;
 use Test::More;
 use Time::HiRes qw(sleep time);
 use lib 't/lib';
-use Smartflow::Cluster;
-use Smartflow::Mock;
+use Smartflow::SlowSpend;
 
-my $c = Smartflow::Cluster->new(name => 'exit-queued');
-$c->redis_start;
-
-my $mock = Smartflow::Mock::port();
-my $slow = 1500 * $c->{slow};
-my $http = <<"_EOC_";
-    upstream sf_mock {
-        server 127.0.0.1:$mock;
-    }
-    smartflow_provider mock type=openai upstream=http://sf_mock path=/v1
-                       key=sk-mock-provider-key-0123456789;
-    smartflow_route slow mock model=mock-slow-$slow;
-    smartflow_price mock-slow-* 1 2;
-_EOC_
-
-my $a = $c->node('a', port => $ENV{TEST_NGINX_PORT} || 3100,
-                 fail => 'open', http => $http);
-
-my @master = ("Authorization: Bearer $Smartflow::Cluster::Master");
-my $ask = '{"model":"slow","messages":'
-          . '[{"role":"user","content":"how much is this"}]}';
-
-sub count {
-    my ($node, $re) = @_;
-    my @n = $c->error_log($node) =~ /$re/g;
-    return scalar @n;
-}
-
-sub wait_for {
-    my ($what, $cond) = @_;
-    my $t0 = time;
-    until ($cond->()) {
-        return fail "$what: not within 10 s" if time - $t0 > 10;
-        sleep 0.1;
-    }
-    pass $what;
-}
-
-sub counter {
-    my ($id, $field) = @_;
-    my $v = $c->redis_cli('HGET', "sf:vk:c:$id", $field);
-    return defined $v && length $v ? $v : 0;
-}
-
-# requests sent now, their answers read later: [status, body] each
-sub send_all {
-    my ($node, $n, $key) = @_;
-    my @socks;
-    for (1 .. $n) {
-        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
-                                      PeerPort => $node->{port},
-                                      Proto => 'tcp', Timeout => 5)
-            or die "cannot connect to $node->{port}: $!";
-        $s->syswrite("POST /v1/chat/completions HTTP/1.1\r\n"
-                     . "Host: localhost\r\nConnection: close\r\n"
-                     . "Authorization: Bearer $key\r\n"
-                     . "Content-Type: application/json\r\n"
-                     . 'Content-Length: ' . length($ask) . "\r\n\r\n$ask");
-        push @socks, $s;
-    }
-    return \@socks;
-}
-
-sub read_all {
-    my ($socks) = @_;
-    my %buf = map { $_ => '' } @$socks;
-    my $sel = IO::Select->new(@$socks);
-    my $deadline = time + 30;
-    while ($sel->count && time < $deadline) {
-        for my $s ($sel->can_read(1)) {
-            if ($s->sysread(my $chunk, 65536)) {
-                $buf{$s} .= $chunk;
-            } else {
-                $sel->remove($s);
-                $s->close;
-            }
-        }
-    }
-    return [ map { [ $buf{$_} =~ m{^HTTP/1\.\d (\d+)} ? $1 : 0 ] }
-             @$socks ];
-}
-
-my ($status, $body) = $c->http($a, 'POST', '/api/auth/virtual-keys',
-                               '{"name":"queued","budget_usd":1}', @master);
-is $status, 201, 'key made';
-my ($key) = $body =~ /"key":"(sk-sf-[0-9a-f]{48})"/;
-my ($id) = $body =~ /"id":"vk_(\d+)"/;
+my ($c, $a) = Smartflow::SlowSpend::setup('exit-queued');
+my @master = @Smartflow::SlowSpend::Master;
+my ($key, $id) = make_key($a, 'queued');
 
 # what one request costs, as Redis counts it
 my $r = read_all(send_all($a, 1, $key));
