@@ -835,7 +835,9 @@ ngx_http_smartflow_cache_keys(ngx_http_request_t *r,
 
     part = &rq->item.partition;
 
-    len = sizeof("team:") - 1 + ngx_max(ctx->team.len, ctx->key_id.len);
+    /* "shared", "team:NAME" or "key:ID", whichever is longest */
+    len = sizeof("shared") - 1 + sizeof("team:") - 1
+          + ngx_max(ctx->team.len, ctx->key_id.len);
     part->data = ngx_pnalloc(r->pool, len);
     if (part->data == NULL) {
         return NGX_ERROR;
