@@ -102,6 +102,15 @@ typedef struct {
 } ngx_smartflow_cache_stats_t;
 
 
+/* a process with flushes going on, and how many */
+typedef struct {
+    ngx_pid_t                   pid;
+    ngx_uint_t                  n;
+} ngx_smartflow_cache_flusher_t;
+
+#define NGX_SMARTFLOW_CACHE_FLUSHERS  32
+
+
 typedef struct {
     ngx_smartflow_cache_node_t **entries;      /* hash by fingerprint */
     ngx_smartflow_cache_group_t **groups;       /* hash by context key */
@@ -128,9 +137,10 @@ typedef struct {
     uint32_t                    ivf_gen;        /* each picking, from 1 */
     uint64_t                    ivf_seq;        /* seq at the last one */
 
-    /* flushes begun or ended, and going on: ..._cache_redis.c */
+    /* flushes begun or ended, and going on, by whom: ..._cache_redis.c */
     ngx_atomic_t                flushes;
     ngx_atomic_t                flushing;
+    ngx_smartflow_cache_flusher_t  flushers[NGX_SMARTFLOW_CACHE_FLUSHERS];
 } ngx_smartflow_cache_shctx_t;
 
 
@@ -312,6 +322,8 @@ ngx_int_t ngx_http_smartflow_cache_redis_flush(ngx_http_request_t *r,
 void ngx_http_smartflow_cache_redis_watch(ngx_cycle_t *cycle);
 void ngx_http_smartflow_cache_flush_begin(ngx_smartflow_cache_zone_t *z);
 void ngx_http_smartflow_cache_flush_end(ngx_smartflow_cache_zone_t *z);
+void ngx_http_smartflow_cache_flush_reap(ngx_smartflow_cache_zone_t *z,
+    ngx_log_t *log);
 
 /* the /v1/embeddings embedder: ngx_http_smartflow_cache_embed.c */
 ngx_int_t ngx_http_smartflow_cache_embed(ngx_http_request_t *r,

@@ -835,7 +835,9 @@ ngx_http_smartflow_cache_keys(ngx_http_request_t *r,
 
     part = &rq->item.partition;
 
-    len = sizeof("team:") - 1 + ngx_max(ctx->team.len, ctx->key_id.len);
+    /* "shared", "team:NAME" or "key:ID", whichever is longest */
+    len = sizeof("shared") - 1 + sizeof("team:") - 1
+          + ngx_max(ctx->team.len, ctx->key_id.len);
     part->data = ngx_pnalloc(r->pool, len);
     if (part->data == NULL) {
         return NGX_ERROR;
@@ -1584,7 +1586,24 @@ ngx_http_smartflow_cache_init_module(ngx_cycle_t *cycle)
 static ngx_int_t
 ngx_http_smartflow_cache_init_process(ngx_cycle_t *cycle)
 {
+    ngx_uint_t                             i;
+    ngx_smartflow_cache_zone_t           **zp;
+    ngx_http_smartflow_cache_main_conf_t  *cmcf;
+
     omp_set_num_threads(1);
+
+    cmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                           ngx_http_smartflow_cache_module);
+
+    if (cmcf) {
+        zp = cmcf->zones.elts;
+
+        for (i = 0; i < cmcf->zones.nelts; i++) {
+            if (zp[i]->sh) {
+                ngx_http_smartflow_cache_flush_reap(zp[i], cycle->log);
+            }
+        }
+    }
 
     ngx_http_smartflow_cache_redis_watch(cycle);
 

@@ -1231,19 +1231,106 @@ ngx_http_smartflow_cache_redis_apply(ngx_smartflow_cache_zone_t *z,
 /*
  * A flush of the zone, and of Redis with it, begins and ends: in between,
  * and for the lookups that asked Redis before it ended, a phase 3 hit is
- * not kept in the zone (ngx_http_smartflow_cache_redis_found()).
+ * not kept in the zone (ngx_http_smartflow_cache_redis_found()).  The
+ * flushes going on are counted by process, so that those of a process
+ * that died before they ended are taken off when the next worker starts
+ * (ngx_http_smartflow_cache_flush_reap()); a flush that finds every
+ * record taken is counted with no owner, as before.
  */
 void
 ngx_http_smartflow_cache_flush_begin(ngx_smartflow_cache_zone_t *z)
 {
-    (void) ngx_atomic_fetch_add(&z->sh->flushing, 1);
-    (void) ngx_atomic_fetch_add(&z->sh->flushes, 1);
+    ngx_uint_t                      i;
+    ngx_smartflow_cache_flusher_t  *fl, *free;
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+
+    free = NULL;
+
+    for (i = 0; i < NGX_SMARTFLOW_CACHE_FLUSHERS; i++) {
+        fl = &z->sh->flushers[i];
+
+        if (fl->pid == ngx_pid) {
+            free = fl;
+            break;
+        }
+
+        if (fl->pid == 0 && free == NULL) {
+            free = fl;
+        }
+    }
+
+    if (free) {
+        free->pid = ngx_pid;
+        free->n++;
+    }
+
+    z->sh->flushing++;
+    z->sh->flushes++;
+
+    ngx_shmtx_unlock(&z->shpool->mutex);
 }
 
 
 void
 ngx_http_smartflow_cache_flush_end(ngx_smartflow_cache_zone_t *z)
 {
-    (void) ngx_atomic_fetch_add(&z->sh->flushes, 1);
-    (void) ngx_atomic_fetch_add(&z->sh->flushing, -1);
+    ngx_uint_t                      i;
+    ngx_smartflow_cache_flusher_t  *fl;
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+
+    for (i = 0; i < NGX_SMARTFLOW_CACHE_FLUSHERS; i++) {
+        fl = &z->sh->flushers[i];
+
+        if (fl->pid == ngx_pid && fl->n) {
+            if (--fl->n == 0) {
+                fl->pid = 0;
+            }
+
+            break;
+        }
+    }
+
+    z->sh->flushes++;
+
+    if (z->sh->flushing) {
+        z->sh->flushing--;
+    }
+
+    ngx_shmtx_unlock(&z->shpool->mutex);
+}
+
+
+/* at a worker's start: the flushes of processes gone will never end */
+void
+ngx_http_smartflow_cache_flush_reap(ngx_smartflow_cache_zone_t *z,
+    ngx_log_t *log)
+{
+    ngx_uint_t                      i;
+    ngx_smartflow_cache_flusher_t  *fl;
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+
+    for (i = 0; i < NGX_SMARTFLOW_CACHE_FLUSHERS; i++) {
+        fl = &z->sh->flushers[i];
+
+        if (fl->pid == 0 || fl->pid == ngx_pid
+            || kill(fl->pid, 0) == 0 || ngx_errno != NGX_ESRCH)
+        {
+            continue;
+        }
+
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "smartflow cache: process %P of zone \"%V\" ended "
+                      "with %ui flush(es) going on; they are over",
+                      fl->pid, &z->name, fl->n);
+
+        z->sh->flushing -= ngx_min(fl->n, z->sh->flushing);
+        z->sh->flushes++;
+        fl->pid = 0;
+        fl->n = 0;
+    }
+
+    ngx_shmtx_unlock(&z->shpool->mutex);
 }

@@ -485,7 +485,7 @@ ngx_http_smartflow_cache_serve(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_smartflow_cache_found_t *f)
 {
     u_char     *p, *head, *id;
-    size_t      len, alen, mlen, hlen;
+    size_t      len, alen, mlen, hlen, ilen;
     ngx_int_t   rc;
     ngx_str_t   body;
     ngx_uint_t  usage;
@@ -493,17 +493,20 @@ ngx_http_smartflow_cache_serve(ngx_http_request_t *r,
     alen = ngx_smartflow_json_escape_len(f->answer.data, f->answer.len);
     mlen = ngx_smartflow_json_escape_len(ctx->model.data, ctx->model.len);
 
+    /* the id: the fingerprint's first bytes, the connection's number */
+    ilen = sizeof("chatcmpl-sfc") + 4 * 2 + 2 * sizeof(ngx_atomic_uint_t);
+
     /* the head every chunk shares: id, object, created, model */
-    hlen = sizeof("{\"id\":\"chatcmpl-sfc\",\"object\":"
+    hlen = sizeof("{\"id\":\"\",\"object\":"
                   "\"chat.completion.chunk\",\"created\":,\"model\":\"\",")
-           + 32 + NGX_TIME_T_LEN + mlen;
+           + ilen + NGX_TIME_T_LEN + mlen;
 
     head = ngx_pnalloc(r->pool, hlen);
     if (head == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    id = ngx_pnalloc(r->pool, 32);
+    id = ngx_pnalloc(r->pool, ilen);
     if (id == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }

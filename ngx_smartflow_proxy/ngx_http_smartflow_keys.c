@@ -680,6 +680,7 @@ ngx_http_smartflow_keys_local_rpm(ngx_http_request_t *r,
             k->period_requests++;
             k->requests++;
             k->off_requests++;
+            kz->sh->redis_owed = 1;
             kz->sh->version++;
         }
 
@@ -810,10 +811,11 @@ ngx_http_smartflow_keys_log_handler(ngx_http_request_t *r)
         ngx_smartflow_keys_roll(k, ngx_time(), ngx_smartflow_keys_now_ms());
 
         if (kz->redis) {
-            /* given back to Redis when it answers again */
+            /* given to Redis by the next poll that reaches it */
             k->off_prompt += prompt;
             k->off_completion += completion;
             k->off_spend += cost;
+            kz->sh->redis_owed = 1;
         }
 
         /* a reservation made in an earlier window or period is gone */

@@ -123,6 +123,8 @@ typedef struct {
     ngx_uint_t                  redis_ver;
     u_char                      redis_epoch[48];
     ngx_atomic_t                redis_down;
+    ngx_uint_t                  redis_owed; /* off_* or ops to send */
+    ngx_queue_t                 redis_ops;  /* left by exited workers */
 } ngx_smartflow_keys_sh_t;
 
 
@@ -230,7 +232,12 @@ char *ngx_http_smartflow_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 void ngx_http_smartflow_keys_redis_init_process(ngx_cycle_t *cycle,
     ngx_http_smartflow_keys_zone_t *kz);
-void ngx_http_smartflow_keys_redis_exit_process(ngx_cycle_t *cycle);
+ngx_uint_t ngx_http_smartflow_keys_redis_exit_process(ngx_cycle_t *cycle);
+void ngx_http_smartflow_keys_redis_state_write(ngx_smartflow_out_t *o,
+    ngx_smartflow_keys_sh_t *sh);
+ngx_int_t ngx_http_smartflow_keys_redis_state_load(
+    ngx_http_smartflow_keys_zone_t *kz, ngx_smartflow_json_t *root,
+    ngx_str_t *err);
 ngx_int_t ngx_http_smartflow_keys_redis_waiting(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx);
 ngx_int_t ngx_http_smartflow_keys_redis_pull(ngx_http_request_t *r,

@@ -25,8 +25,11 @@
  *
  * Redis away: fail=open serves from the zone and counts what it served
  * apart; when Redis answers again each worker gives that back (absorb)
- * and pulls.  fail=closed refuses virtual keys with 503.  Key changes
- * need Redis: the admin API answers 503 without it.
+ * and pulls, and what the zone counts apart after that (a request
+ * admitted without Redis and settled once it answers) goes with the
+ * next poll of any worker that reaches Redis.  fail=closed refuses
+ * virtual keys with 503.  Key changes need Redis: the admin API answers
+ * 503 without it.
  */
 
 #include <openssl/rand.h>
@@ -141,11 +144,28 @@ typedef struct {
     ngx_uint_t                  script;
     ngx_uint_t                  id;         /* the key */
     ngx_uint_t                  tries;
+    ngx_uint_t                  sent;       /* written to a connection */
     int                         nkeys;
     int                         argc;
     const char                 *argv[24];
     size_t                      len[24];
 } ngx_http_smartflow_keys_op_t;
+
+
+/*
+ * A script run without a request that a worker could not see answered
+ * before it exited, kept in the keys zone: its arguments follow.
+ */
+typedef struct {
+    ngx_queue_t                 queue;
+    ngx_uint_t                  script;
+    ngx_uint_t                  id;
+    ngx_uint_t                  tries;
+    ngx_uint_t                  sent;
+    int                         nkeys;
+    int                         n;
+    size_t                      len[21];
+} ngx_http_smartflow_keys_kept_t;
 
 
 enum {
@@ -181,6 +201,10 @@ static void ngx_http_smartflow_keys_poll(ngx_event_t *ev);
 static void ngx_http_smartflow_keys_polled(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
 static void ngx_http_smartflow_keys_up(ngx_smartflow_redis_t *rd);
+static void ngx_http_smartflow_keys_absorb(ngx_smartflow_redis_t *rd,
+    ngx_uint_t all);
+static ngx_uint_t ngx_http_smartflow_keys_keep(ngx_smartflow_redis_t *rd);
+static void ngx_http_smartflow_keys_take(ngx_smartflow_redis_t *rd);
 static ngx_http_smartflow_keys_op_t *ngx_http_smartflow_keys_op(
     ngx_uint_t script, ngx_uint_t id, int nkeys, int n, u_char **args,
     size_t *lens);
@@ -462,16 +486,19 @@ static char ngx_http_smartflow_keys_lua_cancel[] =
  * requests, prompt, completion, lifetime requests, prompt, completion,
  * spend (what this node last saw of Redis), then what it served
  * meanwhile: requests, prompt, completion, cost, and the cost reserved in
- * Redis but settled here, and a token that makes it count once if it is
- * sent again.  Each counter becomes the larger of Redis's and this
- * node's view, plus what was served meanwhile: exact when Redis kept its
- * data (its counters are never below a node's view), and a rebuild from
- * the freshest view of the nodes when it lost them.
+ * Redis but settled here, a token that makes it count once if it is
+ * sent again, and the epoch of the Redis the node's view is of.  When
+ * Redis kept its data (the epoch is that one) what was served meanwhile
+ * is added to its counters, which have or will have every settlement of
+ * every node: exact.  When it lost them, each counter becomes the larger
+ * of Redis's and this node's view, plus what was served meanwhile: a
+ * rebuild from the freshest view of the nodes.  Returns {counters...}.
  */
 static char ngx_http_smartflow_keys_lua_absorb[] =
+NGX_SF_LUA_SNAPSHOT
 "local id, c, a = ARGV[1], KEYS[1], ARGV\n"
 "local tk = 'sf:t:' .. a[18]\n"
-"if redis.call('EXISTS', tk) == 1 then return 0 end\n"
+"if redis.call('EXISTS', tk) == 1 then return snap(c) end\n"
 "redis.call('SET', tk, 'a', 'EX', 3600)\n"
 NGX_SF_LUA_FINAL
 "local rec = cjson.decode(a[2])\n"
@@ -494,9 +521,10 @@ NGX_SF_LUA_FINAL
 "  redis.call('HSET', c, 'w', 0, 'wr', 0, 'wt', 0, 'wres', 0, 'ps', a[4],\n"
 "    'res', 0)\n"
 "end\n"
+"local kept = redis.call('GET', 'sf:vk:epoch') == a[19]\n"
 "local function grow(f, base, d)\n"
 "  local v = tonumber(redis.call('HGET', c, f) or '0')\n"
-"  if tonumber(base) > v then v = tonumber(base) end\n"
+"  if not kept and tonumber(base) > v then v = tonumber(base) end\n"
 "  redis.call('HSET', c, f, v + tonumber(d))\n"
 "end\n"
 "grow('sp', a[5], a[16]) grow('pr', a[6], a[13]) grow('pp', a[7], a[14])\n"
@@ -504,10 +532,13 @@ NGX_SF_LUA_FINAL
 "grow('c', a[11], a[15]) grow('s', a[12], a[16])\n"
 "local res = tonumber(redis.call('HGET', c, 'res') or '0')\n"
 "redis.call('HSET', c, 'res', math.max(0, res - tonumber(a[17])))\n"
-"return 1\n";
+"return snap(c)\n";
 
 
 static ngx_uint_t                         ngx_sf_scripts[NGX_SF_SCRIPT_MAX];
+static char                              *ngx_sf_script_names[] = {
+    "pull", "put", "reserve", "settle", "absorb", "cancel"
+};
 static ngx_http_smartflow_keys_zone_t    *ngx_sf_kz;
 static ngx_event_t                        ngx_sf_poll_event;
 static ngx_uint_t                         ngx_sf_polling;
@@ -638,8 +669,23 @@ ngx_smartflow_redis_shared(void)
 }
 
 
-/* the connection goes before the worker: nginx checks none is left */
-void
+/*
+ * The worker exits: its leases end and what it gathered goes to Redis.
+ * The connection goes before the worker (nginx checks none is left):
+ * what is buffered is written without waiting for the answers.  The
+ * scripts not seen answered (all of them when Redis is away) are kept
+ * in the keys zone for the next worker that reaches Redis: the zone
+ * outlives the worker and a reload, so nothing is lost when a reload
+ * falls in an outage, and they go within the poll period of a worker
+ * that runs while the old ones end: their tokens make a script that did
+ * run count once.  Those never written to a connection (Redis away)
+ * also go to the state file, for a start after a stop: sent then, maybe
+ * much later, they count once, as Redis never saw their tokens.  Not the
+ * others: one that did run, sent again once its token has expired in
+ * Redis (two minutes), would count twice.  Returns how many of those the
+ * state file is to keep.
+ */
+ngx_uint_t
 ngx_http_smartflow_keys_redis_exit_process(ngx_cycle_t *cycle)
 {
     redisAsyncContext      *ac;
@@ -647,23 +693,27 @@ ngx_http_smartflow_keys_redis_exit_process(ngx_cycle_t *cycle)
 
     rd = ngx_sf_kz ? ngx_sf_kz->redis : NULL;
 
-    if (rd == NULL || rd->ac == NULL) {
-        return;
+    if (rd == NULL) {
+        return 0;
     }
 
     (void) ngx_http_smartflow_keys_leases_end(1);
     ngx_http_smartflow_keys_flush(&ngx_sf_flush_event);
 
-    /* what is buffered is written now, without waiting for the answers */
-    ac = rd->ac;
-    rd->writing = 1;
-    redisAsyncHandleWrite(ac);
-    rd->writing = 0;
+    if (rd->ac) {
+        ac = rd->ac;
+        rd->writing = 1;
+        redisAsyncHandleWrite(ac);
+        rd->writing = 0;
 
-    rd->ac = NULL;
-    rd->state = NGX_SMARTFLOW_REDIS_DOWN;
+        rd->ac = NULL;
+        rd->state = NGX_SMARTFLOW_REDIS_DOWN;
 
-    redisAsyncFree(ac);
+        /* every command not answered yet is answered NULL: to retry */
+        redisAsyncFree(ac);
+    }
+
+    return ngx_http_smartflow_keys_keep(rd);
 }
 
 
@@ -1091,6 +1141,12 @@ ngx_http_smartflow_keys_poll(ngx_event_t *ev)
 
     rd = ngx_sf_kz->redis;
 
+    /* read without the mutex: a hint, the absorb looks under it */
+    if (ngx_sf_kz->sh->redis_owed && ngx_smartflow_redis_up(rd)) {
+        ngx_http_smartflow_keys_take(rd);
+        ngx_http_smartflow_keys_absorb(rd, 0);
+    }
+
     if (!ngx_sf_polling && ngx_smartflow_redis_up(rd)) {
         argv[3] = (char *) ver;
         len[3] = ngx_sprintf(ver, "%ui", ngx_sf_kz->sh->redis_ver) - ver;
@@ -1153,6 +1209,7 @@ ngx_http_smartflow_keys_op(ngx_uint_t script, ngx_uint_t id, int nkeys,
     op->nkeys = nkeys;
     op->argc = 3 + n;
     op->tries = 0;
+    op->sent = 0;
 
     p = (u_char *) (op + 1);
 
@@ -1179,7 +1236,10 @@ ngx_http_smartflow_keys_op_submit(ngx_http_smartflow_keys_op_t *op)
         != NGX_OK)
     {
         ngx_queue_insert_tail(&ngx_sf_retry, &op->queue);
+        return;
     }
+
+    op->sent = 1;
 }
 
 
@@ -1205,7 +1265,8 @@ ngx_http_smartflow_keys_op_done(ngx_smartflow_redis_t *rd, redisReply *reply,
                       "smartflow proxy: usage of virtual key vk_%ui could "
                       "not be given to redis", op->id);
 
-    } else if (op->script == NGX_SF_SCRIPT_SETTLE
+    } else if ((op->script == NGX_SF_SCRIPT_SETTLE
+                || op->script == NGX_SF_SCRIPT_ABSORB)
                && reply->type == REDIS_REPLY_ARRAY
                && reply->elements == 14)
     {
@@ -1229,26 +1290,12 @@ ngx_http_smartflow_keys_token(u_char *buf)
 /*
  * Redis answers (again): the scripts that waited go first, then what this
  * zone served without Redis goes back, keys Redis lost with it, and the
- * worker pulls.  Each worker takes what it gives back out of the zone
- * under the mutex, so nothing is counted twice.
+ * worker pulls.
  */
 static void
 ngx_http_smartflow_keys_up(ngx_smartflow_redis_t *rd)
 {
-    size_t                            size, lens[18];
-    ngx_uint_t                        i;
-    ngx_pool_t                       *pool;
-    ngx_queue_t                      *q, waiting;
-    ngx_smartflow_out_t               o;
-    ngx_smartflow_key_t              *k;
-    ngx_smartflow_keys_sh_t          *sh;
-    ngx_http_smartflow_keys_op_t     *op;
-    ngx_http_smartflow_keys_zone_t   *kz;
-    u_char                           *p, *args[18];
-    uint64_t                          v[14];
-
-    kz = rd->data;
-    sh = kz->sh;
+    ngx_queue_t  *q, waiting;
 
     ngx_queue_init(&waiting);
 
@@ -1264,6 +1311,46 @@ ngx_http_smartflow_keys_up(ngx_smartflow_redis_t *rd)
             ngx_queue_data(q, ngx_http_smartflow_keys_op_t, queue));
     }
 
+    ngx_http_smartflow_keys_take(rd);
+    ngx_http_smartflow_keys_absorb(rd, 1);
+
+    /* the records changed elsewhere meanwhile */
+    ngx_http_smartflow_keys_poll(&ngx_sf_poll_event);
+}
+
+
+/*
+ * What the zone served without Redis goes to Redis, one absorb script a
+ * key: every key when this worker finds Redis again (all: with its
+ * record, for a Redis that lost it), else only the keys that counted
+ * some since: a request admitted from the zone while Redis was away and
+ * settled after it came back, or one a worker of this node served
+ * before it found Redis again.  The poll sends those within its period,
+ * so that the other nodes see that spend now rather than after the next
+ * outage.  Each count is taken out of the zone under the mutex as its
+ * script is made, so it goes in one script only, and the script's token
+ * makes it count once when it is sent again.
+ */
+static void
+ngx_http_smartflow_keys_absorb(ngx_smartflow_redis_t *rd, ngx_uint_t all)
+{
+    size_t                           size, lens[20];
+    ngx_uint_t                       i;
+    ngx_pool_t                      *pool;
+    ngx_queue_t                     *q, waiting;
+    ngx_smartflow_out_t              o;
+    ngx_smartflow_key_t             *k;
+    ngx_smartflow_keys_sh_t         *sh;
+    ngx_http_smartflow_keys_op_t    *op;
+    ngx_http_smartflow_keys_zone_t  *kz;
+    u_char                          *p, *args[20];
+    uint64_t                         v[14];
+
+    kz = rd->data;
+    sh = kz->sh;
+
+    ngx_queue_init(&waiting);
+
     pool = ngx_create_pool(16384, rd->log);
     if (pool == NULL) {
         return;
@@ -1277,12 +1364,22 @@ ngx_http_smartflow_keys_up(ngx_smartflow_redis_t *rd)
     {
         k = ngx_queue_data(q, ngx_smartflow_key_t, queue);
 
+        if (!all
+            && (k->off_requests | k->off_prompt | k->off_completion
+                | k->off_spend | k->off_unreserve)
+               == 0)
+        {
+            continue;
+        }
+
         ngx_memzero(&o, sizeof(ngx_smartflow_out_t));
         ngx_smartflow_keys_state_write_key(&o, k);
         size = o.size;
 
-        p = ngx_pnalloc(pool, size + 96 + 14 * (NGX_INT64_LEN + 1));
+        p = ngx_pnalloc(pool, size + 96 + sizeof(sh->redis_epoch)
+                              + 14 * (NGX_INT64_LEN + 1));
         if (p == NULL) {
+            sh->redis_owed = 1;
             break;
         }
 
@@ -1302,13 +1399,15 @@ ngx_http_smartflow_keys_up(ngx_smartflow_redis_t *rd)
         lens[2] = o.size;
         p += o.size;
 
-        args[3] = (u_char *) (k->dirty ? "1" : "0");
+        /* a record changed here while Redis was away goes with the first */
+        args[3] = (u_char *) ((all && k->dirty) ? "1" : "0");
         lens[3] = 1;
 
         /*
          * the view without what was served meanwhile, which travels
-         * apart: the zone keeps the view, so that another worker's
-         * absorb does not count it again
+         * apart: the zone keeps that view until the script's answer
+         * brings Redis's, so that no other worker's absorb, run first
+         * in a Redis that lost its data, counts it in its view as well
          */
         k->spent -= ngx_min(k->spent, k->off_spend);
         k->spend -= ngx_min(k->spend, k->off_spend);
@@ -1342,29 +1441,18 @@ ngx_http_smartflow_keys_up(ngx_smartflow_redis_t *rd)
             lens[4 + i] = p - args[4 + i];
         }
 
-        /* KEYS[1], then ARGV 1-17, and the token as ARGV 18 */
-        {
-            u_char  *t;
-            u_char  *all[19];
-            size_t   all_lens[19];
+        args[18] = p;
+        lens[18] = ngx_http_smartflow_keys_token(p);
+        p += lens[18];
 
-            t = p;
-            p += ngx_http_smartflow_keys_token(p);
+        args[19] = p;
+        lens[19] = ngx_strlen(sh->redis_epoch);
+        p = ngx_cpymem(p, sh->redis_epoch, lens[19]);
 
-            for (i = 0; i < 18; i++) {
-                all[i] = args[i];
-                all_lens[i] = lens[i];
-            }
-
-            all[18] = t;
-            all_lens[18] = p - t;
-
-            op = ngx_http_smartflow_keys_op(NGX_SF_SCRIPT_ABSORB,
-                                            k->node.key, 1, 19, all,
-                                            all_lens);
-        }
-
+        op = ngx_http_smartflow_keys_op(NGX_SF_SCRIPT_ABSORB, k->node.key, 1,
+                                        20, args, lens);
         if (op == NULL) {
+            sh->redis_owed = 1;
             break;
         }
 
@@ -1373,7 +1461,10 @@ ngx_http_smartflow_keys_up(ngx_smartflow_redis_t *rd)
         k->off_completion = 0;
         k->off_spend = 0;
         k->off_unreserve = 0;
-        k->dirty = 0;
+
+        if (all) {
+            k->dirty = 0;
+        }
 
         ngx_queue_insert_tail(&waiting, &op->queue);
     }
@@ -1388,9 +1479,483 @@ ngx_http_smartflow_keys_up(ngx_smartflow_redis_t *rd)
         ngx_http_smartflow_keys_op_submit(
             ngx_queue_data(q, ngx_http_smartflow_keys_op_t, queue));
     }
+}
 
-    /* the records changed elsewhere meanwhile */
-    ngx_http_smartflow_keys_poll(&ngx_sf_poll_event);
+
+/*
+ * The scripts of an exiting worker that Redis has not answered go into
+ * the zone, for the next worker that reaches Redis.
+ */
+static ngx_uint_t
+ngx_http_smartflow_keys_keep(ngx_smartflow_redis_t *rd)
+{
+    int                              i;
+    size_t                           size;
+    u_char                          *p;
+    ngx_uint_t                       kept, lost, unsent;
+    ngx_queue_t                     *q;
+    ngx_http_smartflow_keys_op_t    *op;
+    ngx_http_smartflow_keys_kept_t  *kp;
+    ngx_http_smartflow_keys_zone_t  *kz;
+
+    if (ngx_queue_empty(&ngx_sf_retry)) {
+        return 0;
+    }
+
+    kz = rd->data;
+    kept = 0;
+    lost = 0;
+    unsent = 0;
+
+    ngx_shmtx_lock(&kz->shpool->mutex);
+
+    while (!ngx_queue_empty(&ngx_sf_retry)) {
+        q = ngx_queue_head(&ngx_sf_retry);
+        ngx_queue_remove(q);
+
+        op = ngx_queue_data(q, ngx_http_smartflow_keys_op_t, queue);
+
+        size = sizeof(ngx_http_smartflow_keys_kept_t);
+
+        for (i = 3; i < op->argc; i++) {
+            size += op->len[i];
+        }
+
+        kp = ngx_slab_alloc_locked(kz->shpool, size);
+
+        if (kp == NULL) {
+            lost++;
+            ngx_free(op);
+            continue;
+        }
+
+        kp->script = op->script;
+        kp->id = op->id;
+        kp->tries = op->tries;
+        kp->sent = op->sent;
+        kp->nkeys = op->nkeys;
+        kp->n = op->argc - 3;
+
+        p = (u_char *) (kp + 1);
+
+        for (i = 0; i < kp->n; i++) {
+            kp->len[i] = op->len[3 + i];
+            p = ngx_cpymem(p, op->argv[3 + i], kp->len[i]);
+        }
+
+        ngx_queue_insert_tail(&kz->sh->redis_ops, &kp->queue);
+        kz->sh->redis_owed = 1;
+        kz->sh->version++;
+        kept++;
+
+        if (!op->sent) {
+            unsent++;
+        }
+
+        ngx_free(op);
+    }
+
+    ngx_shmtx_unlock(&kz->shpool->mutex);
+
+    if (kept) {
+        ngx_log_error(NGX_LOG_NOTICE, rd->log, 0,
+                      "smartflow proxy: %ui usage updates of virtual keys "
+                      "kept for the next worker that reaches redis %V",
+                      kept, &rd->name);
+    }
+
+    if (lost) {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "smartflow proxy: %ui usage updates of virtual keys "
+                      "could not be kept, the keys zone is full", lost);
+    }
+
+    return unsent;
+}
+
+
+/*
+ * The scripts workers that exited left in the zone go to Redis, before
+ * anything this worker absorbs: the settlements they hold free the
+ * reservations they made there.
+ */
+static void
+ngx_http_smartflow_keys_take(ngx_smartflow_redis_t *rd)
+{
+    int                              i;
+    u_char                          *p, *args[21];
+    ngx_queue_t                     *q, waiting;
+    ngx_smartflow_keys_sh_t         *sh;
+    ngx_http_smartflow_keys_op_t    *op;
+    ngx_http_smartflow_keys_kept_t  *kp;
+    ngx_http_smartflow_keys_zone_t  *kz;
+
+    kz = rd->data;
+    sh = kz->sh;
+
+    ngx_queue_init(&waiting);
+
+    ngx_shmtx_lock(&kz->shpool->mutex);
+
+    sh->redis_owed = 0;
+
+    while (!ngx_queue_empty(&sh->redis_ops)) {
+        q = ngx_queue_head(&sh->redis_ops);
+        kp = ngx_queue_data(q, ngx_http_smartflow_keys_kept_t, queue);
+
+        p = (u_char *) (kp + 1);
+
+        for (i = 0; i < kp->n; i++) {
+            args[i] = p;
+            p += kp->len[i];
+        }
+
+        op = ngx_http_smartflow_keys_op(kp->script, kp->id, kp->nkeys, kp->n,
+                                        args, kp->len);
+        if (op == NULL) {
+            sh->redis_owed = 1;
+            break;
+        }
+
+        op->tries = kp->tries;
+        op->sent = kp->sent;
+
+        ngx_queue_remove(q);
+        ngx_slab_free_locked(kz->shpool, kp);
+
+        /* the state file no longer keeps it */
+        sh->version++;
+
+        ngx_queue_insert_tail(&waiting, &op->queue);
+    }
+
+    ngx_shmtx_unlock(&kz->shpool->mutex);
+
+    while (!ngx_queue_empty(&waiting)) {
+        q = ngx_queue_head(&waiting);
+        ngx_queue_remove(q);
+        ngx_http_smartflow_keys_op_submit(
+            ngx_queue_data(q, ngx_http_smartflow_keys_op_t, queue));
+    }
+}
+
+
+/*
+ * The state file's "redis_epoch": the Redis the zone's counters are a
+ * view of, so that after a start the absorb scripts know whether Redis
+ * kept its data (else the first ones rebuild from the larger view, which
+ * counts twice what settlements still on their way also bring).  Its
+ * "redis_apart": what each key served without Redis and Redis has not
+ * had yet, {"id":ID,"requests":N,"prompt":N,"completion":N,"spend":N}.
+ * And its "redis_unsent": the scripts kept in the zone that no
+ * connection ever took, {"script":NAME,"id":ID,"keys":N,"tries":N,
+ * "args":[...]} each.  Both written only when there are some.  Called
+ * with the zone's mutex held.
+ */
+void
+ngx_http_smartflow_keys_redis_state_write(ngx_smartflow_out_t *o,
+    ngx_smartflow_keys_sh_t *sh)
+{
+    int                              i;
+    u_char                          *p;
+    ngx_str_t                        s;
+    ngx_uint_t                       n;
+    ngx_queue_t                     *q;
+    ngx_smartflow_key_t             *k;
+    ngx_http_smartflow_keys_kept_t  *kp;
+
+    s.data = sh->redis_epoch;
+    s.len = ngx_strlen(sh->redis_epoch);
+
+    if (s.len) {
+        ngx_sf_out_lit(o, ",\"redis_epoch\":");
+        ngx_smartflow_out_str(o, &s);
+    }
+
+    n = 0;
+
+    for (q = ngx_queue_head(&sh->keys);
+         q != ngx_queue_sentinel(&sh->keys);
+         q = ngx_queue_next(q))
+    {
+        k = ngx_queue_data(q, ngx_smartflow_key_t, queue);
+
+        if ((k->off_requests | k->off_prompt | k->off_completion
+             | k->off_spend)
+            == 0)
+        {
+            continue;
+        }
+
+        if (n++ == 0) {
+            ngx_sf_out_lit(o, ",\"redis_apart\":[\n");
+
+        } else {
+            ngx_sf_out_lit(o, ",\n");
+        }
+
+        ngx_sf_out_lit(o, "{\"id\":");
+        ngx_smartflow_out_uint(o, k->node.key);
+        ngx_sf_out_lit(o, ",\"requests\":");
+        ngx_smartflow_out_uint(o, k->off_requests);
+        ngx_sf_out_lit(o, ",\"prompt\":");
+        ngx_smartflow_out_uint(o, k->off_prompt);
+        ngx_sf_out_lit(o, ",\"completion\":");
+        ngx_smartflow_out_uint(o, k->off_completion);
+        ngx_sf_out_lit(o, ",\"spend\":");
+        ngx_smartflow_out_uint(o, k->off_spend);
+        ngx_sf_out_lit(o, "}");
+    }
+
+    if (n) {
+        ngx_sf_out_lit(o, "\n]");
+    }
+
+    n = 0;
+
+    for (q = ngx_queue_head(&sh->redis_ops);
+         q != ngx_queue_sentinel(&sh->redis_ops);
+         q = ngx_queue_next(q))
+    {
+        kp = ngx_queue_data(q, ngx_http_smartflow_keys_kept_t, queue);
+
+        if (kp->sent) {
+            continue;
+        }
+
+        if (n++ == 0) {
+            ngx_sf_out_lit(o, ",\"redis_unsent\":[\n");
+
+        } else {
+            ngx_sf_out_lit(o, ",\n");
+        }
+
+        ngx_sf_out_lit(o, "{\"script\":\"");
+        ngx_smartflow_out_raw(o, (u_char *) ngx_sf_script_names[kp->script],
+                              ngx_strlen(ngx_sf_script_names[kp->script]));
+        ngx_sf_out_lit(o, "\",\"id\":");
+        ngx_smartflow_out_uint(o, kp->id);
+        ngx_sf_out_lit(o, ",\"keys\":");
+        ngx_smartflow_out_uint(o, kp->nkeys);
+        ngx_sf_out_lit(o, ",\"tries\":");
+        ngx_smartflow_out_uint(o, kp->tries);
+        ngx_sf_out_lit(o, ",\"args\":[");
+
+        p = (u_char *) (kp + 1);
+
+        for (i = 0; i < kp->n; i++) {
+            if (i) {
+                ngx_sf_out_lit(o, ",");
+            }
+
+            s.data = p;
+            s.len = kp->len[i];
+            ngx_smartflow_out_str(o, &s);
+
+            p += kp->len[i];
+        }
+
+        ngx_sf_out_lit(o, "]}");
+    }
+
+    if (n) {
+        ngx_sf_out_lit(o, "\n]");
+    }
+}
+
+
+/*
+ * A start reads them back into the zone, the scripts for the first
+ * worker that reaches Redis.  Called with the zone's mutex held.
+ */
+ngx_int_t
+ngx_http_smartflow_keys_redis_state_load(ngx_http_smartflow_keys_zone_t *kz,
+    ngx_smartflow_json_t *root, ngx_str_t *err)
+{
+    int                              n;
+    size_t                           size;
+    u_char                          *p;
+    uint64_t                         id, nkeys, tries, v[4];
+    ngx_uint_t                       script, count;
+    ngx_smartflow_key_t             *k;
+    ngx_smartflow_json_t            *j, *f, *a;
+    ngx_http_smartflow_keys_kept_t  *kp;
+
+    static char  *apart[] = { "id", "requests", "prompt", "completion",
+                              "spend" };
+
+    j = ngx_smartflow_json_get(root, "redis_epoch");
+
+    if (j) {
+        if (j->type != NGX_SMARTFLOW_JSON_STRING
+            || j->str.len >= sizeof(kz->sh->redis_epoch))
+        {
+            ngx_str_set(err, "bad \"redis_epoch\"");
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(kz->sh->redis_epoch, j->str.data, j->str.len);
+        kz->sh->redis_epoch[j->str.len] = '\0';
+    }
+
+    j = ngx_smartflow_json_get(root, "redis_apart");
+
+    if (j) {
+        ngx_str_set(err, "bad \"redis_apart\"");
+
+        if (j->type != NGX_SMARTFLOW_JSON_ARRAY) {
+            return NGX_ERROR;
+        }
+
+        for (j = j->child; j; j = j->next) {
+
+            if (j->type != NGX_SMARTFLOW_JSON_OBJECT) {
+                return NGX_ERROR;
+            }
+
+            for (n = 0; n < 5; n++) {
+                f = ngx_smartflow_json_get_n(j, apart[n],
+                                             ngx_strlen(apart[n]));
+
+                if (f == NULL || f->type != NGX_SMARTFLOW_JSON_NUMBER
+                    || ngx_smartflow_parse_uint(f->str.data, f->str.len,
+                                                n ? &v[n - 1] : &id)
+                       != NGX_OK)
+                {
+                    return NGX_ERROR;
+                }
+            }
+
+            k = ngx_smartflow_keys_by_id(kz->sh, (ngx_uint_t) id);
+
+            if (k == NULL) {
+                return NGX_ERROR;
+            }
+
+            k->off_requests = v[0];
+            k->off_prompt = v[1];
+            k->off_completion = v[2];
+            k->off_spend = v[3];
+            kz->sh->redis_owed = 1;
+        }
+    }
+
+    j = ngx_smartflow_json_get(root, "redis_unsent");
+
+    if (j == NULL) {
+        return NGX_OK;
+    }
+
+    ngx_str_set(err, "bad \"redis_unsent\"");
+
+    if (j->type != NGX_SMARTFLOW_JSON_ARRAY) {
+        return NGX_ERROR;
+    }
+
+    count = 0;
+
+    for (j = j->child; j; j = j->next) {
+
+        if (j->type != NGX_SMARTFLOW_JSON_OBJECT) {
+            return NGX_ERROR;
+        }
+
+        f = ngx_smartflow_json_get(j, "script");
+
+        if (f == NULL || f->type != NGX_SMARTFLOW_JSON_STRING) {
+            return NGX_ERROR;
+        }
+
+        for (script = 0; script < NGX_SF_SCRIPT_MAX; script++) {
+            if (f->str.len == ngx_strlen(ngx_sf_script_names[script])
+                && ngx_strncmp(f->str.data, ngx_sf_script_names[script],
+                               f->str.len)
+                   == 0)
+            {
+                break;
+            }
+        }
+
+        if (script != NGX_SF_SCRIPT_SETTLE
+            && script != NGX_SF_SCRIPT_ABSORB
+            && script != NGX_SF_SCRIPT_CANCEL)
+        {
+            return NGX_ERROR;
+        }
+
+        f = ngx_smartflow_json_get(j, "id");
+        if (f == NULL || f->type != NGX_SMARTFLOW_JSON_NUMBER
+            || ngx_smartflow_parse_uint(f->str.data, f->str.len, &id)
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        f = ngx_smartflow_json_get(j, "keys");
+        if (f == NULL || f->type != NGX_SMARTFLOW_JSON_NUMBER
+            || ngx_smartflow_parse_uint(f->str.data, f->str.len, &nkeys)
+               != NGX_OK
+            || nkeys > 1)
+        {
+            return NGX_ERROR;
+        }
+
+        f = ngx_smartflow_json_get(j, "tries");
+        if (f == NULL || f->type != NGX_SMARTFLOW_JSON_NUMBER
+            || ngx_smartflow_parse_uint(f->str.data, f->str.len, &tries)
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        a = ngx_smartflow_json_get(j, "args");
+        if (a == NULL || a->type != NGX_SMARTFLOW_JSON_ARRAY
+            || a->nchild == 0 || a->nchild > 21)
+        {
+            return NGX_ERROR;
+        }
+
+        size = sizeof(ngx_http_smartflow_keys_kept_t);
+
+        for (f = a->child; f; f = f->next) {
+            if (f->type != NGX_SMARTFLOW_JSON_STRING) {
+                return NGX_ERROR;
+            }
+
+            size += f->str.len;
+        }
+
+        kp = ngx_slab_alloc_locked(kz->shpool, size);
+        if (kp == NULL) {
+            ngx_str_set(err, "no room for \"redis_unsent\" in the zone");
+            return NGX_ERROR;
+        }
+
+        kp->script = script;
+        kp->id = (ngx_uint_t) id;
+        kp->tries = (ngx_uint_t) tries;
+        kp->sent = 0;
+        kp->nkeys = (int) nkeys;
+
+        p = (u_char *) (kp + 1);
+        n = 0;
+
+        for (f = a->child; f; f = f->next) {
+            kp->len[n++] = f->str.len;
+            p = ngx_cpymem(p, f->str.data, f->str.len);
+        }
+
+        kp->n = n;
+
+        ngx_queue_insert_tail(&kz->sh->redis_ops, &kp->queue);
+        count++;
+    }
+
+    if (count) {
+        kz->sh->redis_owed = 1;
+    }
+
+    return NGX_OK;
 }
 
 

@@ -7,9 +7,11 @@
  * under the mutex and a thread of the zone's thread pool writes a
  * temporary file, fsync()s it, renames it over the old one and fsync()s
  * the directory, so a crash leaves the old file or the new one, never
- * half of one.  The last copy is written when the worker exits.  A lock
- * word in the zone keeps an old worker 0 that is finishing after a reload
- * and the new one from writing at the same time.
+ * half of one.  The last copy is written when the worker exits, and by
+ * any worker that exits holding usage updates Redis never saw (see
+ * ngx_http_smartflow_keys_redis_exit_process()).  A lock word in the zone
+ * keeps an old worker 0 that is finishing after a reload and the new one
+ * from writing at the same time.
  */
 
 #include "ngx_http_smartflow_keys.h"
@@ -196,6 +198,12 @@ ngx_smartflow_keys_state_load(ngx_http_smartflow_keys_zone_t *kz,
         }
 
         count++;
+    }
+
+    if (kz->redis
+        && ngx_http_smartflow_keys_redis_state_load(kz, root, &err) != NGX_OK)
+    {
+        goto damaged;
     }
 
     if (next > kz->sh->next_id) {
@@ -511,7 +519,12 @@ ngx_smartflow_keys_state_write(ngx_smartflow_out_t *o,
         ngx_smartflow_keys_state_write_key(o, k);
     }
 
-    ngx_sf_out_lit(o, "\n]}\n");
+    ngx_sf_out_lit(o, "\n]");
+
+    /* with smartflow_redis: its epoch, the updates not sent to it */
+    ngx_http_smartflow_keys_redis_state_write(o, sh);
+
+    ngx_sf_out_lit(o, "}\n");
 }
 
 
@@ -690,11 +703,22 @@ ngx_http_smartflow_keys_init_process(ngx_cycle_t *cycle)
 void
 ngx_http_smartflow_keys_exit_process(ngx_cycle_t *cycle)
 {
+    ngx_uint_t                       unsent;
     ngx_http_smartflow_keys_zone_t  *kz;
 
-    ngx_http_smartflow_keys_redis_exit_process(cycle);
+    unsent = ngx_http_smartflow_keys_redis_exit_process(cycle);
 
     if (!ngx_smartflow_keys_saver()) {
+        /*
+         * usage updates Redis never saw go to the file now: worker 0 may
+         * have written its last copy already
+         */
+        kz = unsent ? ngx_smartflow_keys_zone(cycle) : NULL;
+
+        if (kz) {
+            ngx_smartflow_keys_save(kz, cycle->log, 1);
+        }
+
         return;
     }
 

@@ -227,6 +227,7 @@ ngx_http_smartflow_keys_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     ngx_rbtree_init(&kz->sh->ids, &kz->sh->ids_sentinel,
                     ngx_rbtree_insert_value);
     ngx_queue_init(&kz->sh->keys);
+    ngx_queue_init(&kz->sh->redis_ops);
     kz->sh->next_id = 1;
 
     len = sizeof(" in smartflow_keys_zone \"\"") + shm_zone->shm.name.len;

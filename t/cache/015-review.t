@@ -123,4 +123,38 @@ is $h->{'x-smartflow-cache-phase'}, '1', 'kept in the zone: phase 1 next';
 unlike $c->error_log($node), qr/\[(?:alert|crit|emerg)\]|signal \d+ .*exited/,
        'no crash';
 
+# A worker killed in the middle of a flush: its flush never ends, and
+# the worker started in its place takes it off, so phase 3 hits are
+# kept in the zone again.
+$c->http($node, 'DELETE', '/local/api/metacache', undef, @master);
+is scalar(cache_keys()), 1, 'the answer in Redis only';
+
+kill 'STOP', $c->{redis_pid};
+my $cut = send_now('DELETE', '/api/metacache', undef, @master);
+sleep 0.3;
+my $master_pid = $c->pid($node);
+my @workers = grep { /^\d+$/ } split /\n/, `pgrep -P $master_pid`;
+ok @workers >= 1, 'the workers found';
+kill 'KILL', @workers;
+sleep 0.5;
+kill 'CONT', $c->{redis_pid};
+close $cut;
+
+wait_for 'workers started again', sub {
+    my ($s) = $c->http($node, 'GET', '/api/metacache/stats', undef, @master);
+    return $s == 200;
+};
+is scalar(cache_keys()), 1, 'the cut flush did not reach Redis';
+
+($status, $body, $h) = $c->http($node, 'POST', '/v1/chat/completions',
+                                body($q), @master);
+is $h->{'x-smartflow-cache-phase'}, '3', 'a phase 3 hit after the cut flush';
+($status, $body, $h) = $c->http($node, 'POST', '/v1/chat/completions',
+                                body($q), @master);
+is $h->{'x-smartflow-cache-phase'}, '1', 'kept in the zone again: phase 1';
+
+like $c->error_log($node),
+     qr/\[warn\].*smartflow cache: process \d+ of zone "metacache" ended with 1 flush\(es\) going on; they are over/,
+     'the dead worker\'s flush is taken off, and said so';
+
 done_testing;
