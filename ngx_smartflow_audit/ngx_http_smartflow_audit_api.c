@@ -85,6 +85,9 @@ static void ngx_http_smartflow_audit_query_thread(void *data,
 static ngx_int_t ngx_http_smartflow_audit_query_post(
     ngx_http_smartflow_audit_query_t *q);
 static void ngx_http_smartflow_audit_query_next(void);
+static ngx_uint_t ngx_http_smartflow_audit_gone(ngx_http_request_t *r);
+static void ngx_http_smartflow_audit_hold(void);
+static void ngx_http_smartflow_audit_hold_handler(ngx_event_t *ev);
 static ngx_int_t ngx_http_smartflow_audit_busy(ngx_http_request_t *r);
 static void ngx_http_smartflow_audit_query_done(ngx_event_t *ev);
 static void ngx_http_smartflow_audit_query_free(
@@ -94,6 +97,7 @@ static void ngx_http_smartflow_audit_query_free(
 static ngx_queue_t  ngx_http_smartflow_audit_waiting;
 static ngx_uint_t   ngx_http_smartflow_audit_nwaiting;
 static ngx_uint_t   ngx_http_smartflow_audit_running;
+static ngx_event_t  ngx_http_smartflow_audit_holder;
 
 
 /* latency buckets, milliseconds */
@@ -1074,6 +1078,8 @@ ngx_http_smartflow_audit_query(ngx_http_request_t *r,
     r->main->blocked++;
     r->aio = 1;
 
+    ngx_http_smartflow_audit_hold();
+
     return NGX_DONE;
 
 bad_arg:
@@ -1119,6 +1125,7 @@ static void
 ngx_http_smartflow_audit_query_next(void)
 {
     ngx_int_t                          rc;
+    ngx_uint_t                         gone;
     ngx_queue_t                       *qu;
     ngx_connection_t                  *c;
     ngx_thread_task_t                 *task;
@@ -1135,13 +1142,20 @@ ngx_http_smartflow_audit_query_next(void)
 
         q = ngx_queue_data(qu, ngx_http_smartflow_audit_query_t, queue);
 
-        if (ngx_http_smartflow_audit_query_post(q) == NGX_OK) {
-            continue;
-        }
-
         r = q->request;
         c = r->connection;
         task = q->task;
+
+        gone = ngx_http_smartflow_audit_gone(r);
+
+        if (gone) {
+            ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                          "smartflow audit: the client of \"%V\" is gone "
+                          "while it waited, not run", &r->uri);
+
+        } else if (ngx_http_smartflow_audit_query_post(q) == NGX_OK) {
+            continue;
+        }
 
         r->main->blocked--;
         r->aio = 0;
@@ -1149,11 +1163,88 @@ ngx_http_smartflow_audit_query_next(void)
         ngx_http_smartflow_audit_query_free(q);
         ngx_free(task);
 
-        rc = ngx_http_smartflow_audit_busy(r);
+        rc = gone ? NGX_HTTP_CLIENT_CLOSED_REQUEST
+                  : ngx_http_smartflow_audit_busy(r);
 
         ngx_http_finalize_request(r, rc);
         ngx_http_run_posted_requests(c);
     }
+
+    ngx_http_smartflow_audit_hold();
+}
+
+
+/* a waiting query's client closed its connection (HTTP/1: a peek) */
+static ngx_uint_t
+ngx_http_smartflow_audit_gone(ngx_http_request_t *r)
+{
+    u_char             buf;
+    ssize_t            n;
+    ngx_err_t          err;
+    ngx_connection_t  *c;
+
+    c = r->connection;
+
+    if (c->error || c->close) {
+        return 1;
+    }
+
+#if (NGX_HTTP_V2)
+    if (r->stream) {
+        return 0;
+    }
+#endif
+
+    n = recv(c->fd, (char *) &buf, 1, MSG_PEEK);
+
+    if (n == 0) {
+        return 1;
+    }
+
+    if (n == -1) {
+        err = ngx_socket_errno;
+        return err != NGX_EAGAIN && err != NGX_EINTR;
+    }
+
+    return 0;
+}
+
+
+/*
+ * A worker told to quit waits for timers that cannot be cancelled, and
+ * for nothing else: while queries run or wait, such a timer is set, so
+ * that each one gets its answer before the worker exits.
+ */
+static void
+ngx_http_smartflow_audit_hold(void)
+{
+    ngx_event_t  *ev;
+
+    ev = &ngx_http_smartflow_audit_holder;
+
+    if (ngx_http_smartflow_audit_running + ngx_http_smartflow_audit_nwaiting
+        == 0)
+    {
+        if (ev->timer_set) {
+            ngx_del_timer(ev);
+        }
+
+        return;
+    }
+
+    if (!ev->timer_set) {
+        ev->handler = ngx_http_smartflow_audit_hold_handler;
+        ev->log = ngx_cycle->log;
+        ev->cancelable = 0;
+        ngx_add_timer(ev, 1000);
+    }
+}
+
+
+static void
+ngx_http_smartflow_audit_hold_handler(ngx_event_t *ev)
+{
+    ngx_http_smartflow_audit_hold();
 }
 
 

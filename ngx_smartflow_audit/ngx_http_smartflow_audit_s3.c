@@ -943,7 +943,10 @@ ngx_http_smartflow_audit_s3_remove(ngx_http_smartflow_audit_s3_t *s,
  * One round at a time in the folder: after a reload the old worker's
  * round may still run when the new worker's first one starts, and each
  * would put the same objects.  The round holds an flock on DIR/.s3.lock;
- * NGX_DECLINED while another process holds it.
+ * NGX_DECLINED while another process holds it.  flock() needs no write
+ * access: the file is opened read-only and made readable by all, and
+ * one the worker cannot read (made by root, or under an earlier "user")
+ * is replaced, the folder being the worker's own.
  */
 static ngx_int_t
 ngx_http_smartflow_audit_s3_lock(ngx_http_smartflow_audit_s3_t *s,
@@ -953,7 +956,19 @@ ngx_http_smartflow_audit_s3_lock(ngx_http_smartflow_audit_s3_t *s,
 
     ngx_snprintf(path, NGX_MAX_PATH, "%s/.s3.lock%Z", s->dir);
 
-    *fd = open((char *) path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    *fd = open((char *) path, O_RDONLY | O_CREAT | O_CLOEXEC, 0644);
+
+    if (*fd == NGX_INVALID_FILE && errno == EACCES) {
+        if (unlink((char *) path) == -1) {
+            snprintf(s->err, sizeof(s->err), "open(%s) failed: %s, and "
+                     "unlink() failed: %s", path, strerror(EACCES),
+                     strerror(errno));
+            return NGX_ERROR;
+        }
+
+        *fd = open((char *) path, O_RDONLY | O_CREAT | O_CLOEXEC, 0644);
+    }
+
     if (*fd == NGX_INVALID_FILE) {
         snprintf(s->err, sizeof(s->err), "open(%s) failed: %s", path,
                  strerror(errno));

@@ -29,7 +29,8 @@ static ngx_int_t ngx_http_smartflow_audit_line_seq(u_char *p, size_t len,
     uint64_t *seq);
 static ngx_int_t ngx_http_smartflow_audit_resume(
     ngx_http_smartflow_audit_main_conf_t *amcf, ngx_uint_t seg,
-    ngx_http_smartflow_audit_sh_t *sh, char *err, size_t errlen);
+    ngx_http_smartflow_audit_sh_t *sh, ngx_uint_t follow, char *err,
+    size_t errlen);
 static void ngx_http_smartflow_audit_protect(ngx_fd_t fd, ngx_flag_t imm,
     char *protection);
 
@@ -831,7 +832,7 @@ ngx_http_smartflow_audit_recover(ngx_log_t *log,
     base = (maxseg == 0) ? maxseal : minseg - 1;
 
     if (base) {
-        if (ngx_http_smartflow_audit_resume(amcf, base, sh, s->err,
+        if (ngx_http_smartflow_audit_resume(amcf, base, sh, 0, s->err,
                                             sizeof(s->err))
             != NGX_OK)
         {
@@ -858,14 +859,25 @@ ngx_http_smartflow_audit_recover(ngx_log_t *log,
         }
 
         /*
-         * From the first segment here to the last, each one is here: a
-         * hole is no shipped segment (those are the first ones), and
-         * going on over it would leave its records out of the chain
+         * A hole: a segment shipped and removed while an earlier one
+         * stayed (as earlier builds did when an earlier seal failed).
+         * Its signed mark and its seal, which must follow the segments
+         * before, stand for it; without them its records would be out
+         * of the chain, and the start stops.
          */
         if (buf == NULL) {
-            snprintf(s->err, sizeof(s->err), "segment %lu is missing (%s) "
-                     "and later ones are here", (unsigned long) seg, path);
-            goto failed;
+            if (ngx_http_smartflow_audit_resume(amcf, seg, sh, 1, s->err,
+                                                sizeof(s->err))
+                != NGX_OK)
+            {
+                goto failed;
+            }
+
+            ngx_log_error(NGX_LOG_NOTICE, log, 0,
+                          "smartflow audit: segment %ui is shipped and "
+                          "removed, the chain goes on from record %uL",
+                          seg, sh->seq);
+            continue;
         }
 
         if (len && buf[len - 1] != '\n') {
@@ -1029,15 +1041,17 @@ ngx_http_smartflow_audit_seal_u64(u_char *seal, char *name, uint64_t *v)
 /*
  * The state after segment seg, from its seal alone: the segment itself
  * is gone, which only a confirmed upload (segment-N.shipped) allows.
+ * With follow, the segments before seg are in sh, and the seal must go
+ * on from them: its first record and the log tree it extends.
  */
 static ngx_int_t
 ngx_http_smartflow_audit_resume(ngx_http_smartflow_audit_main_conf_t *amcf,
-    ngx_uint_t seg, ngx_http_smartflow_audit_sh_t *sh, char *err,
-    size_t errlen)
+    ngx_uint_t seg, ngx_http_smartflow_audit_sh_t *sh, ngx_uint_t follow,
+    char *err, size_t errlen)
 {
-    u_char           *buf, *p, *mark;
+    u_char           *buf, *p, *q, *mark;
     size_t            len, mlen;
-    uint64_t          first, count, size, bit;
+    uint64_t          first, count, size, bit, prev;
     const char       *why;
     ngx_file_info_t   fi;
     u_char            root[32], mine[32], listed[32];
@@ -1122,6 +1136,29 @@ ngx_http_smartflow_audit_resume(ngx_http_smartflow_audit_main_conf_t *amcf,
                  path);
         ngx_free(buf);
         return NGX_ERROR;
+    }
+
+    if (follow) {
+        sf_merkle_frontier_root(&sh->log, mine);
+
+        if (first != sh->seq + 1
+            || ngx_http_smartflow_audit_seal_u64(buf, "prev_log_size",
+                                                 &prev)
+               != NGX_OK
+            || prev != sh->log.size
+            || (q = ngx_http_smartflow_audit_seal_field(buf,
+                                                        "prev_log_root"))
+               == NULL
+            || *q != '"' || sf_audit_unhex((char *) q + 1, 64, listed, 32)
+                            != 32
+            || ngx_memcmp(listed, mine, 32) != 0)
+        {
+            snprintf(err, errlen, "segment %lu is missing and its seal %s "
+                     "does not follow segment %lu", (unsigned long) seg,
+                     path, (unsigned long) seg - 1);
+            ngx_free(buf);
+            return NGX_ERROR;
+        }
     }
 
     /* one node a bit of the size, largest first */
