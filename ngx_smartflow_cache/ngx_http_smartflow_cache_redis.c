@@ -1316,7 +1316,7 @@ ngx_http_smartflow_cache_flush_reap(ngx_smartflow_cache_zone_t *z,
         fl = &z->sh->flushers[i];
 
         if (fl->pid == 0 || fl->pid == ngx_pid
-            || kill(fl->pid, 0) == 0 || ngx_errno != NGX_ESRCH)
+            || ngx_smartflow_process_alive(fl->pid))
         {
             continue;
         }

@@ -697,6 +697,7 @@ char *ngx_http_smartflow_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 void ngx_smartflow_shm_provider_result(ngx_http_smartflow_provider_t *p,
     ngx_uint_t status, ngx_uint_t failed);
 ngx_int_t ngx_smartflow_shm_init_process(ngx_cycle_t *cycle);
+ngx_uint_t ngx_smartflow_process_alive(ngx_pid_t pid);
 ngx_int_t ngx_smartflow_sha256(u_char *data, size_t len, u_char *out);
 ngx_int_t ngx_http_smartflow_cost_init(ngx_conf_t *cf);
 char *ngx_http_smartflow_credentials_key(ngx_conf_t *cf, ngx_command_t *cmd,

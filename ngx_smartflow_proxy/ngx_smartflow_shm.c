@@ -57,7 +57,6 @@ static ngx_uint_t ngx_smartflow_shm_oldest(ngx_shm_zone_t *shm_zone,
     ngx_smartflow_shm_t *sh);
 static ngx_smartflow_shm_process_t *ngx_smartflow_shm_listed(
     ngx_smartflow_shm_t *sh, ngx_pid_t pid);
-static ngx_uint_t ngx_smartflow_shm_alive(ngx_pid_t pid);
 static void ngx_smartflow_shm_assign(ngx_http_smartflow_main_conf_t *smcf,
     ngx_smartflow_shm_t *sh, ngx_smartflow_shm_slots_t *sl);
 static void ngx_smartflow_shm_routes(ngx_http_smartflow_main_conf_t *smcf,
@@ -205,7 +204,7 @@ ngx_smartflow_shm_oldest(ngx_shm_zone_t *shm_zone, ngx_smartflow_shm_t *sh)
             continue;
         }
 
-        if (!ngx_smartflow_shm_alive(p->pid)) {
+        if (!ngx_smartflow_process_alive(p->pid)) {
             p->pid = 0;
             continue;
         }
@@ -252,8 +251,8 @@ ngx_smartflow_shm_listed(ngx_smartflow_shm_t *sh, ngx_pid_t pid)
 
 
 /* a process that cannot be signalled for want of rights is alive too */
-static ngx_uint_t
-ngx_smartflow_shm_alive(ngx_pid_t pid)
+ngx_uint_t
+ngx_smartflow_process_alive(ngx_pid_t pid)
 {
     return kill(pid, 0) == 0 || ngx_errno != NGX_ESRCH;
 }
@@ -294,7 +293,7 @@ ngx_smartflow_shm_init_process(ngx_cycle_t *cycle)
     }
 
     for (k = 0; p == NULL && k < NGX_MAX_PROCESSES; k++) {
-        if (!ngx_smartflow_shm_alive(sh->processes[k].pid)) {
+        if (!ngx_smartflow_process_alive(sh->processes[k].pid)) {
             p = &sh->processes[k];
         }
     }
