@@ -37,6 +37,10 @@ static ngx_int_t ngx_http_smartflow_policy_seam(
 static ngx_int_t ngx_http_smartflow_policy_document(
     ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *b,
     ngx_uint_t what);
+static void ngx_http_smartflow_policy_inject(
+    ngx_http_smartflow_policy_run_t *run, u_char *data, size_t len);
+static ngx_uint_t ngx_http_smartflow_policy_action(
+    ngx_http_smartflow_policy_group_t *g, ngx_uint_t rule, ngx_uint_t *type);
 static ngx_int_t ngx_http_smartflow_policy_values(
     ngx_http_smartflow_policy_run_t *run, ngx_smartflow_json_t *j,
     ngx_uint_t what, ngx_uint_t depth);
@@ -865,7 +869,6 @@ ngx_http_smartflow_policy_seam(ngx_http_smartflow_policy_run_t *run,
     ngx_uint_t                          i, k, n, act, type;
     ngx_smartflow_json_t               *a;
     ngx_smartflow_finding_t            *f;
-    ngx_smartflow_injection_t           inj;
     ngx_http_smartflow_policy_group_t  *g;
     ngx_http_smartflow_placeholder_t   *ph;
 
@@ -940,20 +943,8 @@ ngx_http_smartflow_policy_seam(ngx_http_smartflow_policy_run_t *run,
 
     len = we - ws;
 
-    if ((what & NGX_SF_SCAN_INJ)
-        && g->action[NGX_SF_RULE_INJECTION] != NGX_SF_ACTION_OFF)
-    {
-        ngx_smartflow_injection_score(buf + ws, len, &inj);
-
-        if (inj.score > run->score) {
-            run->score = inj.score;
-        }
-
-        if (inj.score >= g->threshold) {
-            ngx_http_smartflow_policy_decide(run, NGX_SF_RULE_INJECTION,
-                                    g->action[NGX_SF_RULE_INJECTION],
-                                    inj.top);
-        }
+    if (what & NGX_SF_SCAN_INJ) {
+        ngx_http_smartflow_policy_inject(run, buf + ws, len);
     }
 
     if (!(what & NGX_SF_SCAN_PII) || run->block || ta == 0
@@ -980,14 +971,7 @@ ngx_http_smartflow_policy_seam(ngx_http_smartflow_policy_run_t *run,
     start = ws + f[i].start;
     end = ws + f[i].end;
 
-    if (f[i].rule >= NGX_SF_RULE_CUSTOM) {
-        type = NGX_SF_RULE_N + f[i].rule - NGX_SF_RULE_CUSTOM;
-        act = g->custom_action[f[i].rule - NGX_SF_RULE_CUSTOM];
-
-    } else {
-        type = f[i].rule;
-        act = g->action[type];
-    }
+    act = ngx_http_smartflow_policy_action(g, f[i].rule, &type);
 
     if (act == NGX_SF_ACTION_OFF) {
         return NGX_OK;
@@ -1433,13 +1417,59 @@ ngx_http_smartflow_policy_shield(ngx_http_smartflow_policy_run_t *run,
 }
 
 
+/*
+ * The action a group takes on a finding of a rule, and the finding's type
+ * (the built-in rules', then the group's own patterns')
+ */
+static ngx_uint_t
+ngx_http_smartflow_policy_action(ngx_http_smartflow_policy_group_t *g,
+    ngx_uint_t rule, ngx_uint_t *type)
+{
+    if (rule >= NGX_SF_RULE_CUSTOM) {
+        *type = NGX_SF_RULE_N + rule - NGX_SF_RULE_CUSTOM;
+        return g->custom_action[rule - NGX_SF_RULE_CUSTOM];
+    }
+
+    *type = rule;
+
+    return g->action[rule];
+}
+
+
+/* the injection score of a text: the request's highest, and a decision */
+static void
+ngx_http_smartflow_policy_inject(ngx_http_smartflow_policy_run_t *run,
+    u_char *data, size_t len)
+{
+    ngx_smartflow_injection_t           inj;
+    ngx_http_smartflow_policy_group_t  *g;
+
+    g = run->g;
+
+    if (g->action[NGX_SF_RULE_INJECTION] == NGX_SF_ACTION_OFF) {
+        return;
+    }
+
+    ngx_smartflow_injection_score(data, len, &inj);
+
+    if (inj.score > run->score) {
+        run->score = inj.score;
+    }
+
+    if (inj.score >= g->threshold) {
+        ngx_http_smartflow_policy_decide(run, NGX_SF_RULE_INJECTION,
+                                    g->action[NGX_SF_RULE_INJECTION],
+                                    inj.top);
+    }
+}
+
+
 ngx_int_t
 ngx_http_smartflow_policy_text(ngx_http_smartflow_policy_run_t *run,
     ngx_smartflow_json_t *j, ngx_uint_t what)
 {
-    ngx_uint_t                          i, n, a, redact, max;
+    ngx_uint_t                          i, n, a, redact, max, type;
     ngx_smartflow_finding_t            *f;
-    ngx_smartflow_injection_t           inj;
     ngx_http_smartflow_policy_group_t  *g;
 
     g = run->g;
@@ -1452,20 +1482,8 @@ ngx_http_smartflow_policy_text(ngx_http_smartflow_policy_run_t *run,
         ngx_http_smartflow_policy_shield(run, j->str.data, j->str.len);
     }
 
-    if ((what & NGX_SF_SCAN_INJ)
-        && g->action[NGX_SF_RULE_INJECTION] != NGX_SF_ACTION_OFF)
-    {
-        ngx_smartflow_injection_score(j->str.data, j->str.len, &inj);
-
-        if (inj.score > run->score) {
-            run->score = inj.score;
-        }
-
-        if (inj.score >= g->threshold) {
-            ngx_http_smartflow_policy_decide(run, NGX_SF_RULE_INJECTION,
-                                    g->action[NGX_SF_RULE_INJECTION],
-                                    inj.top);
-        }
+    if (what & NGX_SF_SCAN_INJ) {
+        ngx_http_smartflow_policy_inject(run, j->str.data, j->str.len);
     }
 
     if (!(what & NGX_SF_SCAN_PII) || run->block
@@ -1505,18 +1523,13 @@ ngx_http_smartflow_policy_text(ngx_http_smartflow_policy_run_t *run,
     redact = 0;
 
     for (i = 0; i < n; i++) {
-        a = (f[i].rule >= NGX_SF_RULE_CUSTOM)
-            ? g->custom_action[f[i].rule - NGX_SF_RULE_CUSTOM]
-            : g->action[f[i].rule];
+        a = ngx_http_smartflow_policy_action(g, f[i].rule, &type);
 
         if (a == NGX_SF_ACTION_OFF) {
             continue;
         }
 
-        ngx_http_smartflow_policy_decide(run,
-            (f[i].rule >= NGX_SF_RULE_CUSTOM)
-            ? NGX_SF_RULE_N + f[i].rule - NGX_SF_RULE_CUSTOM
-            : f[i].rule, a, NULL);
+        ngx_http_smartflow_policy_decide(run, type, a, NULL);
 
         redact += (a == NGX_SF_ACTION_REDACT);
     }
@@ -1556,14 +1569,7 @@ ngx_http_smartflow_policy_redact(ngx_http_smartflow_policy_run_t *run,
     for (i = 0; i < n; i++) {
         idx[i] = NULL;
 
-        if (f[i].rule >= NGX_SF_RULE_CUSTOM) {
-            type = NGX_SF_RULE_N + f[i].rule - NGX_SF_RULE_CUSTOM;
-            a = run->g->custom_action[f[i].rule - NGX_SF_RULE_CUSTOM];
-
-        } else {
-            type = f[i].rule;
-            a = run->g->action[type];
-        }
+        a = ngx_http_smartflow_policy_action(run->g, f[i].rule, &type);
 
         if (a != NGX_SF_ACTION_REDACT) {
             continue;
