@@ -61,6 +61,8 @@ static ngx_uint_t ngx_smartflow_scan_re(pcre2_code *re, ngx_uint_t rule,
     ngx_uint_t max);
 static ngx_uint_t ngx_smartflow_overlaps(ngx_smartflow_finding_t *f,
     ngx_uint_t n, size_t s, size_t e);
+static ngx_uint_t ngx_smartflow_append(ngx_smartflow_finding_t *f,
+    ngx_uint_t first, ngx_uint_t n, ngx_uint_t rule, size_t s, size_t e);
 static void ngx_smartflow_findings_sort(ngx_smartflow_finding_t *f,
     ngx_uint_t n);
 static int ngx_libc_cdecl ngx_smartflow_finding_cmp(const void *one,
@@ -402,6 +404,29 @@ ngx_smartflow_overlaps(ngx_smartflow_finding_t *f, ngx_uint_t n, size_t s,
 }
 
 
+/*
+ * f[n] = a finding of a detector whose findings, from f[first] on, come
+ * in text order, unless it overlaps another detector's (before first) or
+ * its own last one
+ */
+static ngx_uint_t
+ngx_smartflow_append(ngx_smartflow_finding_t *f, ngx_uint_t first,
+    ngx_uint_t n, ngx_uint_t rule, size_t s, size_t e)
+{
+    if (ngx_smartflow_overlaps(f, first, s, e)
+        || (n > first && f[n - 1].end > s))
+    {
+        return n;
+    }
+
+    f[n].rule = rule;
+    f[n].start = s;
+    f[n].end = e;
+
+    return n + 1;
+}
+
+
 /* f[0 .. first): the other detectors' findings, in text order */
 static ngx_uint_t
 ngx_smartflow_scan_re(pcre2_code *re, ngx_uint_t rule,
@@ -453,15 +478,7 @@ ngx_smartflow_scan_re(pcre2_code *re, ngx_uint_t rule,
             }
         }
 
-        /* its own come in order: only the last one may reach here */
-        if (!ngx_smartflow_overlaps(f, first, s, e)
-            && (n == first || f[n - 1].end <= s))
-        {
-            f[n].rule = rule;
-            f[n].start = s;
-            f[n].end = e;
-            n++;
-        }
+        n = ngx_smartflow_append(f, first, n, rule, s, e);
 
         off = e;
     }
@@ -991,15 +1008,7 @@ ngx_smartflow_scan_email(pcre2_code *re, u_char *p, size_t len,
             continue;
         }
 
-        /* its own come in order: only the last one may reach here */
-        if (!ngx_smartflow_overlaps(f, first, s, e)
-            && (n == first || f[n - 1].end <= s))
-        {
-            f[n].rule = NGX_SF_RULE_EMAIL;
-            f[n].start = s;
-            f[n].end = e;
-            n++;
-        }
+        n = ngx_smartflow_append(f, first, n, NGX_SF_RULE_EMAIL, s, e);
 
         off = e;
     }
