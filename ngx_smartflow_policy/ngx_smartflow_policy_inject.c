@@ -1609,9 +1609,7 @@ ngx_smartflow_unwrap(u_char *p, size_t len, u_char *out)
 
         c = p[e - 1];
 
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c >= 0x80
-              || c == ','))
-        {
+        if (!(ngx_sf_is_alpha(c) || c >= 0x80 || c == ',')) {
             continue;
         }
 
@@ -1621,10 +1619,7 @@ ngx_smartflow_unwrap(u_char *p, size_t len, u_char *out)
             continue;
         }
 
-        while (k < len
-               && ((p[k] >= 'a' && p[k] <= 'z')
-                   || (p[k] >= 'A' && p[k] <= 'Z') || p[k] >= 0x80))
-        {
+        while (k < len && (ngx_sf_is_alpha(p[k]) || p[k] >= 0x80)) {
             k++;
         }
 
