@@ -50,7 +50,6 @@ typedef struct {
 typedef struct {
     ngx_http_request_t         *request;
     ngx_thread_task_t          *task;
-    ngx_thread_pool_t          *pool;
     ngx_queue_t                 queue;          /* waiting its turn */
     u_char                      dir[NGX_MAX_PATH];
     ngx_uint_t                  mode;
@@ -883,7 +882,6 @@ ngx_http_smartflow_audit_query(ngx_http_request_t *r,
     q = (ngx_http_smartflow_audit_query_t *) (task + 1);
     q->request = r;
     q->task = task;
-    q->pool = amcf->pool;
     q->mode = mode;
     q->limit = 100;
     q->to = INT64_MAX;
@@ -1107,7 +1105,7 @@ ngx_http_smartflow_audit_query_post(ngx_http_smartflow_audit_query_t *q)
 
     (void) ngx_http_smartflow_audit_flush(amcf, q->request->connection->log);
 
-    if (ngx_thread_task_post(q->pool, q->task) != NGX_OK) {
+    if (ngx_thread_task_post(amcf->pool, q->task) != NGX_OK) {
         ngx_log_error(NGX_LOG_ERR, q->request->connection->log, 0,
                       "smartflow audit: \"%V\" could not be queued in the "
                       "thread pool", &q->request->uri);

@@ -697,21 +697,16 @@ ngx_http_smartflow_audit_s3_confirmed(u_char *done, char *url, char *hex,
 
 
 /*
- * segment-N.shipping: the manifest lines of the objects S3 confirmed so
- * far, while the segment is not marked; read into done (NUL-terminated)
+ * path, segment-N.shipping: the manifest lines of the objects S3 confirmed
+ * so far, while the segment is not marked; read into done (NUL-terminated)
  */
 static void
-ngx_http_smartflow_audit_s3_progress(ngx_http_smartflow_audit_s3_t *s,
-    ngx_uint_t seg, u_char *done, size_t size)
+ngx_http_smartflow_audit_s3_progress(u_char *path, u_char *done, size_t size)
 {
     ssize_t   n;
     ngx_fd_t  fd;
-    u_char    path[NGX_MAX_PATH];
 
     done[0] = '\0';
-
-    ngx_snprintf(path, NGX_MAX_PATH, "%s/segment-%08ui.shipping%Z", s->dir,
-                 seg);
 
     fd = ngx_open_file(path, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
     if (fd == NGX_INVALID_FILE) {
@@ -1158,10 +1153,10 @@ ngx_http_smartflow_audit_s3_round(ngx_http_smartflow_audit_s3_t *s)
         len = 0;
         rc = NGX_OK;
 
-        ngx_http_smartflow_audit_s3_progress(s, seg, done, sizeof(done));
-
         ngx_snprintf(progress, NGX_MAX_PATH, "%s/segment-%08ui.shipping%Z",
                      s->dir, seg);
+
+        ngx_http_smartflow_audit_s3_progress(progress, done, sizeof(done));
 
         for (i = 0; i < 3; i++) {
             ngx_snprintf(file, sizeof(file), "segment-%08ui.%s%Z", seg,
