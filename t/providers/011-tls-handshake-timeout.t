@@ -17,6 +17,9 @@ use Smartflow::Blocks;
 $ENV{TEST_NGINX_HANG_PORT} ||= 1989;
 $ENV{TEST_NGINX_FIXTURE_PORT} ||= 1988;
 
+# declared by mock_upstreams(), never reached here
+$ENV{TEST_NGINX_MOCK_PORT} ||= 1985;
+
 # a backlog larger than the connections the blocks make: each connection
 # completes its TCP handshake, so the timeout falls in the TLS one
 our $Hang = IO::Socket::INET->new(Listen => 64, LocalAddr => '127.0.0.1',
