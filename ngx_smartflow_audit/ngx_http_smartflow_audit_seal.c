@@ -1038,6 +1038,23 @@ ngx_http_smartflow_audit_seal_u64(u_char *seal, char *name, uint64_t *v)
 }
 
 
+/* a top-level "name":"64 hex digits" of a seal, as 32 bytes */
+static ngx_int_t
+ngx_http_smartflow_audit_seal_hash(u_char *seal, char *name, u_char *hash)
+{
+    u_char  *p;
+
+    p = ngx_http_smartflow_audit_seal_field(seal, name);
+    if (p == NULL || *p != '"'
+        || sf_audit_unhex((char *) p + 1, 64, hash, 32) != 32)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
 /*
  * The state after segment seg, from its seal alone: the segment itself
  * is gone, which only a confirmed upload (segment-N.shipped) allows.
@@ -1049,7 +1066,7 @@ ngx_http_smartflow_audit_resume(ngx_http_smartflow_audit_main_conf_t *amcf,
     ngx_uint_t seg, ngx_http_smartflow_audit_sh_t *sh, ngx_uint_t follow,
     char *err, size_t errlen)
 {
-    u_char           *buf, *p, *q, *mark;
+    u_char           *buf, *p, *mark;
     size_t            len, mlen;
     uint64_t          first, count, size, bit, prev;
     const char       *why;
@@ -1121,13 +1138,10 @@ ngx_http_smartflow_audit_resume(ngx_http_smartflow_audit_main_conf_t *amcf,
         || ngx_http_smartflow_audit_seal_u64(buf, "count", &count) != NGX_OK
         || ngx_http_smartflow_audit_seal_u64(buf, "log_size", &size)
            != NGX_OK
-        || (p = ngx_http_smartflow_audit_seal_field(buf, "log_root"))
-           == NULL
-        || *p != '"' || sf_audit_unhex((char *) p + 1, 64, root, 32) != 32
-        || (p = ngx_http_smartflow_audit_seal_field(buf, "chain_head"))
-           == NULL
-        || *p != '"'
-        || sf_audit_unhex((char *) p + 1, 64, sh->head, 32) != 32
+        || ngx_http_smartflow_audit_seal_hash(buf, "log_root", root)
+           != NGX_OK
+        || ngx_http_smartflow_audit_seal_hash(buf, "chain_head", sh->head)
+           != NGX_OK
         || (p = ngx_http_smartflow_audit_seal_field(buf, "log_frontier"))
            == NULL
         || *p++ != '[')
@@ -1146,11 +1160,9 @@ ngx_http_smartflow_audit_resume(ngx_http_smartflow_audit_main_conf_t *amcf,
                                                  &prev)
                != NGX_OK
             || prev != sh->log.size
-            || (q = ngx_http_smartflow_audit_seal_field(buf,
-                                                        "prev_log_root"))
-               == NULL
-            || *q != '"' || sf_audit_unhex((char *) q + 1, 64, listed, 32)
-                            != 32
+            || ngx_http_smartflow_audit_seal_hash(buf, "prev_log_root",
+                                                  listed)
+               != NGX_OK
             || ngx_memcmp(listed, mine, 32) != 0)
         {
             snprintf(err, errlen, "segment %lu is missing and its seal %s "
