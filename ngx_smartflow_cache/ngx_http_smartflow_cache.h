@@ -209,6 +209,7 @@ typedef struct {
     ngx_uint_t                  partition;
     size_t                      max_size;
     ngx_flag_t                  api;
+    ngx_msec_t                  flush_timeout;  /* of the walk of Redis */
     ngx_flag_t                  redis;          /* phase 3 */
     ngx_http_smartflow_cache_embedder_t  *embedder;  /* NULL: builtin */
 } ngx_http_smartflow_cache_loc_conf_t;
@@ -297,7 +298,7 @@ void ngx_smartflow_cache_vector_free(ngx_smartflow_cache_zone_t *z);
 ngx_int_t ngx_http_smartflow_cache_api_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_smartflow_cache_api_flushed(ngx_http_request_t *r,
     ngx_smartflow_cache_zone_t *z, ngx_uint_t local, ngx_uint_t shared,
-    ngx_str_t *redis, char *why);
+    ngx_str_t *redis, char *why, ngx_uint_t timed_out);
 ngx_int_t ngx_http_smartflow_cache_metrics(ngx_http_request_t *r,
     ngx_str_t *text);
 

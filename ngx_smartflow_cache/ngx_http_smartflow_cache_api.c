@@ -384,20 +384,22 @@ ngx_http_smartflow_cache_api_flush(ngx_http_request_t *r,
 
     ngx_http_smartflow_cache_flush_end(z);
 
-    return ngx_http_smartflow_cache_api_flushed(r, z, n, 0, NULL, NULL);
+    return ngx_http_smartflow_cache_api_flushed(r, z, n, 0, NULL, NULL, 0);
 }
 
 
 /*
  * {"flushed":N} for the zone, and "redis":{"flushed":M} with Redis; when
- * Redis failed on the way, a 503 that says what was flushed all the same.
+ * Redis failed on the way, or the walk took the API's flush_timeout, a
+ * 503 that says what was flushed all the same.
  */
 ngx_int_t
 ngx_http_smartflow_cache_api_flushed(ngx_http_request_t *r,
     ngx_smartflow_cache_zone_t *z, ngx_uint_t local, ngx_uint_t shared,
-    ngx_str_t *redis, char *why)
+    ngx_str_t *redis, char *why, ngx_uint_t timed_out)
 {
     u_char     *p;
+    char       *code, *next;
     ngx_str_t   body;
 
     p = ngx_pnalloc(r->pool, 512 + (redis ? redis->len : 0)
@@ -425,16 +427,24 @@ ngx_http_smartflow_cache_api_flushed(ngx_http_request_t *r,
                       "\"%V\" is partial (%ui entries in the zone, %ui in "
                       "redis)", redis, why, &z->name, local, shared);
 
+        if (timed_out) {
+            code = "redis_flush_timeout";
+            next = "Flush again to go on.";
+
+        } else {
+            code = "redis_unavailable";
+            next = "Try again when Redis answers.";
+        }
+
         /* the reason is ours or Redis's error line: no quote in it */
         p = ngx_sprintf(p, "{\"error\":{\"message\":\"Redis %V %s: this "
                            "node's cache was flushed (%ui entries), the "
                            "shared entries in Redis only in part (%ui). "
-                           "Try again when Redis answers.\","
-                           "\"type\":\"server_error\",\"param\":null,"
-                           "\"code\":\"redis_unavailable\"},"
+                           "%s\",\"type\":\"server_error\",\"param\":null,"
+                           "\"code\":\"%s\"},"
                            "\"flushed\":%ui,\"redis\":{\"flushed\":%ui,"
                            "\"complete\":false}}\n",
-                        redis, why, local, shared, local, shared);
+                        redis, why, local, shared, next, code, local, shared);
     }
 
     body.len = p - body.data;
@@ -443,7 +453,6 @@ ngx_http_smartflow_cache_api_flushed(ngx_http_request_t *r,
                                           : NGX_HTTP_OK,
                                    NGX_HTTP_SMARTFLOW_JSON, &body);
 }
-
 
 
 /* the zones' counters in Prometheus text, for the metrics endpoint */

@@ -178,7 +178,7 @@ static ngx_command_t  ngx_http_smartflow_cache_commands[] = {
       NULL },
 
     { ngx_string("smartflow_cache_api"),
-      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS|NGX_CONF_TAKE1,
       ngx_http_smartflow_cache_api,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
@@ -1237,6 +1237,7 @@ ngx_http_smartflow_cache_create_loc_conf(ngx_conf_t *cf)
     clcf->partition = NGX_CONF_UNSET_UINT;
     clcf->max_size = NGX_CONF_UNSET_SIZE;
     clcf->api = NGX_CONF_UNSET;
+    clcf->flush_timeout = NGX_CONF_UNSET_MSEC;
     clcf->redis = NGX_CONF_UNSET;
     clcf->embedder = NGX_CONF_UNSET_PTR;
 
@@ -1259,6 +1260,8 @@ ngx_http_smartflow_cache_merge_loc_conf(ngx_conf_t *cf, void *parent,
                               NGX_SMARTFLOW_CACHE_PART_TEAM);
     ngx_conf_merge_size_value(conf->max_size, prev->max_size, 256 * 1024);
     ngx_conf_merge_value(conf->api, prev->api, 0);
+    ngx_conf_merge_msec_value(conf->flush_timeout, prev->flush_timeout,
+                              60000);
     ngx_conf_merge_value(conf->redis, prev->redis, 1);
     ngx_conf_merge_ptr_value(conf->embedder, prev->embedder, NULL);
 
@@ -1490,6 +1493,8 @@ ngx_http_smartflow_cache_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_smartflow_cache_loc_conf_t *clcf = conf;
 
+    ngx_str_t                 *value, s;
+    ngx_msec_t                 ms;
     ngx_http_core_loc_conf_t  *core;
 
     if (clcf->api != NGX_CONF_UNSET) {
@@ -1497,6 +1502,32 @@ ngx_http_smartflow_cache_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     clcf->api = 1;
+
+    if (cf->args->nelts == 2) {
+        /* flush_timeout=TIME: how long a flush may walk Redis */
+        value = cf->args->elts;
+
+        if (value[1].len <= 14
+            || ngx_strncmp(value[1].data, "flush_timeout=", 14) != 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\"", &value[1]);
+            return NGX_CONF_ERROR;
+        }
+
+        s.data = value[1].data + 14;
+        s.len = value[1].len - 14;
+
+        ms = ngx_parse_time(&s, 0);
+
+        if (ms == (ngx_msec_t) NGX_ERROR || ms == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid flush_timeout \"%V\"", &s);
+            return NGX_CONF_ERROR;
+        }
+
+        clcf->flush_timeout = ms;
+    }
 
     core = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
     core->handler = ngx_http_smartflow_cache_api_handler;

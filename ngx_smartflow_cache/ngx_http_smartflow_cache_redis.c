@@ -52,11 +52,16 @@ typedef struct {
     ngx_uint_t                   pattern;   /* being scanned */
     ngx_uint_t                   npatterns;
     char                        *why;       /* NULL: no failure */
+    ngx_msec_t                   start;
+    ngx_msec_t                   timeout;   /* of the whole walk */
+    ngx_uint_t                   rounds;    /* SCANs answered */
+    uint64_t                     cursor;    /* the last one sent */
     size_t                       lens[2];
     u_char                       patterns[2][NGX_SMARTFLOW_CACHE_RKEY_LEN];
     u_char                       error[128];
     ngx_str_t                    tenant;    /* empty: all */
     unsigned                     scanned:1;
+    unsigned                     timed_out:1;
 } ngx_http_smartflow_cache_flush_t;
 
 
@@ -80,9 +85,14 @@ static size_t ngx_http_smartflow_cache_redis_key(u_char *buf,
 static u_char *ngx_http_smartflow_cache_redis_tag(u_char *p,
     ngx_str_t *partition);
 static ngx_int_t ngx_http_smartflow_cache_redis_scan(ngx_smartflow_redis_t *rd,
-    ngx_http_smartflow_cache_flush_t *fl, u_char *cursor, size_t len);
+    ngx_http_smartflow_cache_flush_t *fl, uint64_t cursor);
 static void ngx_http_smartflow_cache_redis_scanned(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
+static ngx_int_t ngx_http_smartflow_cache_redis_cursor(redisReply *cursor,
+    uint64_t *value);
+static ngx_int_t ngx_http_smartflow_cache_redis_unlink(
+    ngx_smartflow_redis_t *rd, ngx_http_smartflow_cache_flush_t *fl,
+    redisReply *keys);
 static void ngx_http_smartflow_cache_redis_unlinked(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
 static ngx_uint_t ngx_http_smartflow_cache_redis_failed(
@@ -597,11 +607,12 @@ ngx_http_smartflow_cache_redis_flush(ngx_http_request_t *r,
     ngx_smartflow_cache_zone_t *z, ngx_str_t *tenant, ngx_str_t *parts,
     ngx_uint_t nparts, ngx_uint_t local)
 {
-    u_char                            *p;
-    ngx_uint_t                         i;
-    ngx_pool_cleanup_t                *cln;
-    ngx_smartflow_redis_t             *rd;
-    ngx_http_smartflow_cache_flush_t  *fl;
+    u_char                               *p;
+    ngx_uint_t                            i;
+    ngx_pool_cleanup_t                   *cln;
+    ngx_smartflow_redis_t                *rd;
+    ngx_http_smartflow_cache_flush_t     *fl;
+    ngx_http_smartflow_cache_loc_conf_t  *clcf;
 
     rd = ngx_smartflow_redis_shared();
 
@@ -612,7 +623,7 @@ ngx_http_smartflow_cache_redis_flush(ngx_http_request_t *r,
     if (!ngx_smartflow_redis_up(rd)) {
         return ngx_http_smartflow_cache_api_flushed(r, z, local, 0,
                                                     &rd->name,
-                                                    "is unreachable");
+                                                    "is unreachable", 0);
     }
 
     cln = ngx_pool_cleanup_add(r->pool, 0);
@@ -637,6 +648,8 @@ ngx_http_smartflow_cache_redis_flush(ngx_http_request_t *r,
     fl->local = local;
     fl->cln = cln;
 
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_smartflow_cache_module);
+
     if (nparts == 0) {
         p = ngx_sf_cpymem(fl->patterns[0], NGX_SMARTFLOW_CACHE_RKEY "*");
         fl->lens[0] = p - fl->patterns[0];
@@ -653,13 +666,14 @@ ngx_http_smartflow_cache_redis_flush(ngx_http_request_t *r,
         fl->npatterns = i;
     }
 
-    if (ngx_http_smartflow_cache_redis_scan(rd, fl, (u_char *) "0", 1)
-        != NGX_OK)
-    {
+    fl->start = ngx_current_msec;
+    fl->timeout = clcf->flush_timeout;
+
+    if (ngx_http_smartflow_cache_redis_scan(rd, fl, 0) != NGX_OK) {
         ngx_free(fl);
         return ngx_http_smartflow_cache_api_flushed(r, z, local, 0,
                                                     &rd->name,
-                                                    "refused the command");
+                                                    "refused the command", 0);
     }
 
     cln->handler = ngx_http_smartflow_cache_redis_flush_cleanup;
@@ -673,15 +687,16 @@ ngx_http_smartflow_cache_redis_flush(ngx_http_request_t *r,
 
 static ngx_int_t
 ngx_http_smartflow_cache_redis_scan(ngx_smartflow_redis_t *rd,
-    ngx_http_smartflow_cache_flush_t *fl, u_char *cursor, size_t len)
+    ngx_http_smartflow_cache_flush_t *fl, uint64_t cursor)
 {
+    u_char       buf[NGX_INT64_LEN + 1];
     size_t       lens[6];
     const char  *argv[6];
 
     argv[0] = "SCAN";
     lens[0] = 4;
-    argv[1] = (char *) cursor;
-    lens[1] = len;
+    argv[1] = (char *) buf;
+    lens[1] = ngx_sprintf(buf, "%uL", cursor) - buf;
     argv[2] = "MATCH";
     lens[2] = 5;
     argv[3] = (char *) fl->patterns[fl->pattern];
@@ -698,23 +713,29 @@ ngx_http_smartflow_cache_redis_scan(ngx_smartflow_redis_t *rd,
         return NGX_DECLINED;
     }
 
+    fl->cursor = cursor;
     fl->pending++;
 
     return NGX_OK;
 }
 
 
-/* a batch of keys: UNLINKed, and the next SCAN sent behind it */
+/*
+ * A batch of keys: UNLINKed, and the next SCAN sent behind it.  The walk
+ * ends when the cursor comes back as 0 for the last pattern, and stops,
+ * with what was flushed until then, when the answer is not one a Redis
+ * gives (a cursor that is not a number, the cursor it was sent), or when
+ * the walk has taken the API's flush_timeout: a keyspace that grows
+ * faster than the walk, or a proxy that never answers 0, would otherwise
+ * hold the request, and the zone's "flushing" state, forever.
+ */
 static void
 ngx_http_smartflow_cache_redis_scanned(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data)
 {
     ngx_http_smartflow_cache_flush_t *fl = data;
 
-    size_t       *lens;
-    ngx_uint_t    i, n;
-    redisReply   *cursor, *keys;
-    const char  **argv;
+    uint64_t  next;
 
     fl->pending--;
 
@@ -734,68 +755,149 @@ ngx_http_smartflow_cache_redis_scanned(ngx_smartflow_redis_t *rd,
         goto done;
     }
 
-    cursor = reply->element[0];
-    keys = reply->element[1];
-    n = keys->elements;
+    fl->rounds++;
 
-    if (n) {
-        /* hiredis writes the command out before the call returns */
-        argv = ngx_alloc((n + 1) * (sizeof(char *) + sizeof(size_t)),
-                         rd->log);
-        if (argv == NULL) {
-            fl->why = "could not be sent the keys (out of memory)";
-            goto done;
-        }
-
-        lens = (size_t *) &argv[n + 1];
-
-        argv[0] = "UNLINK";
-        lens[0] = 6;
-
-        for (i = 0; i < n; i++) {
-            argv[i + 1] = keys->element[i]->str;
-            lens[i + 1] = keys->element[i]->len;
-        }
-
-        if (ngx_smartflow_redis_command(rd,
-                                        ngx_http_smartflow_cache_redis_unlinked,
-                                        fl, n + 1, argv, lens)
-            != NGX_OK)
-        {
-            fl->why = "refused the command";
-            ngx_free(argv);
-            goto done;
-        }
-
-        ngx_free(argv);
-        fl->pending++;
+    /* sent back as it came, it could make Redis, or a proxy, start over */
+    if (ngx_http_smartflow_cache_redis_cursor(reply->element[0], &next)
+        != NGX_OK)
+    {
+        fl->why = "answered SCAN with a cursor that is not a number";
+        goto done;
     }
 
-    if (cursor->len == 1 && cursor->str[0] == '0') {
+    if (reply->element[1]->elements
+        && ngx_http_smartflow_cache_redis_unlink(rd, fl, reply->element[1])
+           != NGX_OK)
+    {
+        goto done;
+    }
+
+    if (next == 0) {
+        /* this pattern is walked, its last batch UNLINKed above */
         if (++fl->pattern == fl->npatterns) {
             fl->scanned = 1;
             goto done;
         }
 
-        if (ngx_http_smartflow_cache_redis_scan(rd, fl, (u_char *) "0", 1)
-            != NGX_OK)
-        {
-            fl->why = "refused the command";
-        }
-
+    } else if (next == fl->cursor) {
+        /* a Redis's cursor always moves on */
+        fl->why = "answered SCAN with the cursor it was sent";
         goto done;
     }
 
-    if (ngx_http_smartflow_cache_redis_scan(rd, fl, (u_char *) cursor->str,
-                                            cursor->len)
-        != NGX_OK)
-    {
+    if (ngx_current_msec - fl->start >= fl->timeout) {
+        *ngx_snprintf(fl->error, sizeof(fl->error) - 1,
+                      "did not end the SCAN of the keys in %M ms "
+                      "(%ui rounds)", fl->timeout, fl->rounds)
+            = '\0';
+        fl->why = (char *) fl->error;
+        fl->timed_out = 1;
+        goto done;
+    }
+
+    if (ngx_http_smartflow_cache_redis_scan(rd, fl, next) != NGX_OK) {
         fl->why = "refused the command";
     }
 
 done:
 
     ngx_http_smartflow_cache_redis_flushed(rd, fl);
+}
+
+
+/* a SCAN cursor: an unsigned 64-bit number, in decimal */
+static ngx_int_t
+ngx_http_smartflow_cache_redis_cursor(redisReply *cursor, uint64_t *value)
+{
+    size_t    i;
+    uint64_t  v, d;
+
+    if (cursor->len == 0 || cursor->len > NGX_INT64_LEN) {
+        return NGX_ERROR;
+    }
+
+    v = 0;
+
+    for (i = 0; i < cursor->len; i++) {
+        if (cursor->str[i] < '0' || cursor->str[i] > '9') {
+            return NGX_ERROR;
+        }
+
+        d = cursor->str[i] - '0';
+
+        if (v > ((uint64_t) -1 - d) / 10) {
+            return NGX_ERROR;
+        }
+
+        v = v * 10 + d;
+    }
+
+    *value = v;
+
+    return NGX_OK;
+}
+
+
+/*
+ * A batch UNLINKed: only the keys of the pattern scanned, whatever else
+ * the answer holds, so that a proxy answering oddly cannot make the
+ * flush delete another module's keys.
+ */
+static ngx_int_t
+ngx_http_smartflow_cache_redis_unlink(ngx_smartflow_redis_t *rd,
+    ngx_http_smartflow_cache_flush_t *fl, redisReply *keys)
+{
+    size_t       *lens, len;
+    u_char       *prefix;
+    ngx_uint_t    i, n;
+    redisReply   *key;
+    const char  **argv;
+
+    /* hiredis writes the command out before the call returns */
+    argv = ngx_alloc((keys->elements + 1) * (sizeof(char *) + sizeof(size_t)),
+                     rd->log);
+    if (argv == NULL) {
+        fl->why = "could not be sent the keys (out of memory)";
+        return NGX_ERROR;
+    }
+
+    lens = (size_t *) &argv[keys->elements + 1];
+
+    argv[0] = "UNLINK";
+    lens[0] = 6;
+
+    /* the pattern without its "*" */
+    prefix = fl->patterns[fl->pattern];
+    len = fl->lens[fl->pattern] - 1;
+
+    for (n = 1, i = 0; i < keys->elements; i++) {
+        key = keys->element[i];
+
+        if (key->type == REDIS_REPLY_STRING && key->len > len
+            && ngx_memcmp(key->str, prefix, len) == 0)
+        {
+            argv[n] = key->str;
+            lens[n++] = key->len;
+        }
+    }
+
+    if (n > 1) {
+        if (ngx_smartflow_redis_command(rd,
+                                        ngx_http_smartflow_cache_redis_unlinked,
+                                        fl, n, argv, lens)
+            != NGX_OK)
+        {
+            fl->why = "refused the command";
+            ngx_free(argv);
+            return NGX_ERROR;
+        }
+
+        fl->pending++;
+    }
+
+    ngx_free(argv);
+
+    return NGX_OK;
 }
 
 
@@ -895,7 +997,7 @@ ngx_http_smartflow_cache_redis_flushed(ngx_smartflow_redis_t *rd,
 
     rc = ngx_http_smartflow_cache_api_flushed(r, fl->zone, fl->local,
                                               fl->flushed, &rd->name,
-                                              fl->why);
+                                              fl->why, fl->timed_out);
     ngx_free(fl);
 
     ngx_http_finalize_request(r, rc);
