@@ -153,6 +153,7 @@ typedef struct {
     ngx_uint_t                  dim;            /* dim=, as the zone has */
     ngx_uint_t                  index;          /* index= */
     ngx_str_t                   snapshot;       /* snapshot=, or empty */
+    ngx_uint_t                  snapshot_read;  /* by this zone's start */
 
     /* this worker's FAISS index over the zone's vectors */
     void                       *faiss;
@@ -282,6 +283,7 @@ ngx_int_t ngx_smartflow_cache_snapshot_write(ngx_smartflow_cache_zone_t *z,
     ngx_log_t *log);
 ngx_int_t ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
     ngx_log_t *log);
+void ngx_smartflow_cache_snapshot_done(ngx_cycle_t *cycle);
 
 /* worker's vector index: ngx_http_smartflow_cache_vector.c */
 ngx_int_t ngx_smartflow_cache_vector_search(ngx_smartflow_cache_zone_t *z,

@@ -1610,6 +1610,8 @@ ngx_http_smartflow_cache_init_module(ngx_cycle_t *cycle)
     ngx_log_debug0(NGX_LOG_DEBUG_CORE, cycle->log, 0,
                    "smartflow cache faiss self-test passed");
 
+    ngx_smartflow_cache_snapshot_done(cycle);
+
     return NGX_OK;
 }
 

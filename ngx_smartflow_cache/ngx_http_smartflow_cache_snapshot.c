@@ -3,9 +3,15 @@
  * writes the zone's live entries to PATH when nginx stops (exit_master:
  * no worker waits for it), and a zone made afresh at start-up reads them
  * back, oldest first so that the LRU order survives, without those that
- * expired meanwhile.  The file is written next to PATH and renamed over
- * it, so a crash while writing leaves the previous snapshot whole.  A
- * reload keeps the zone itself and reads nothing.
+ * expired meanwhile.  The file is written next to PATH, flushed to disk
+ * and renamed over it, so a crash while writing leaves the previous
+ * snapshot whole.  A reload keeps the zone itself and reads nothing.
+ *
+ * A snapshot is read once: the start that read it removes it, once the
+ * configuration is in place (not "nginx -t").  The file is the zone as
+ * it was at the last stop; read again later, by a zone made afresh at a
+ * reload that changes its size or by a start after a crash, it would
+ * bring back the entries flushed since.
  */
 
 #include "ngx_http_smartflow_cache.h"
@@ -135,6 +141,11 @@ ngx_smartflow_cache_snapshot_write(ngx_smartflow_cache_zone_t *z,
 
     ngx_shmtx_unlock(&z->shpool->mutex);
 
+    /* on disk before the rename makes it the snapshot */
+    if (rc == NGX_OK && fsync(fd) == -1) {
+        rc = NGX_ERROR;
+    }
+
     if (ngx_close_file(fd) == NGX_FILE_ERROR) {
         rc = NGX_ERROR;
     }
@@ -182,9 +193,12 @@ ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
 
     fd = ngx_open_file(z->snapshot.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
     if (fd == NGX_INVALID_FILE) {
-        /* none yet: the first start */
+        /* none: the first start, or the one read was removed */
         return NGX_OK;
     }
+
+    /* whatever it holds, it is not read again */
+    z->snapshot_read = 1;
 
     buf = NULL;
     vsize = z->dim * sizeof(float);
@@ -305,4 +319,46 @@ bad:
     ngx_free(vec);
 
     return NGX_OK;
+}
+
+
+/*
+ * The configuration is in place (init_module, in the master): the
+ * snapshots this start read are removed.
+ */
+void
+ngx_smartflow_cache_snapshot_done(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                             i;
+    ngx_smartflow_cache_zone_t           **zp;
+    ngx_http_smartflow_cache_main_conf_t  *cmcf;
+
+    if (ngx_test_config) {
+        return;
+    }
+
+    cmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                           ngx_http_smartflow_cache_module);
+    if (cmcf == NULL) {
+        return;
+    }
+
+    zp = cmcf->zones.elts;
+
+    for (i = 0; i < cmcf->zones.nelts; i++) {
+        if (!zp[i]->snapshot_read) {
+            continue;
+        }
+
+        zp[i]->snapshot_read = 0;
+
+        if (ngx_delete_file(zp[i]->snapshot.data) == NGX_FILE_ERROR
+            && ngx_errno != NGX_ENOENT)
+        {
+            ngx_log_error(NGX_LOG_ALERT, cycle->log, ngx_errno,
+                          "smartflow cache: the snapshot \"%V\" read could "
+                          "not be removed; a zone made afresh before the "
+                          "next stop would read it again", &zp[i]->snapshot);
+        }
+    }
 }

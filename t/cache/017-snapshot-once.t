@@ -1,0 +1,109 @@
+# snapshot=PATH is the zone as nginx left it when it stopped: it is read
+# once, by the start that follows, and not again.  A zone made afresh
+# later (a reload that changes the zone's size, a start after a crash,
+# when no snapshot was written) starts empty: read again, the old file
+# would bring back the entries flushed since (answers an operator had
+# removed).  "nginx -t" reads nothing away.  A real nginx with a master
+# and two workers.
+
+use strict;
+use warnings;
+
+use Test::More;
+use Time::HiRes qw(sleep);
+use lib 't/lib';
+use Smartflow::Cluster;
+
+my $c = Smartflow::Cluster->new(name => 'cache-snapshot-once');
+$c->redis_start;
+
+my $snap = "$c->{root}/metacache.snap";
+
+my $a = $c->node('a', port => $ENV{TEST_NGINX_PORT} || 3100,
+    modules => ['cache'],
+    http    => "    smartflow_cache_zone metacache 8m entries=200 "
+               . "snapshot=$snap;\n"
+               . "    smartflow_cache metacache;\n"
+               . "    smartflow_cache_redis off;\n"
+               . "    smartflow_cache_ttl 3600s;\n",
+    server  => "        include $c->{conf}/smartflow_cache.conf;\n");
+
+my @master = ("Authorization: Bearer $Smartflow::Cluster::Master");
+
+sub ask {
+    my ($q) = @_;
+    my ($status, $body, $h) = $c->http($a, 'POST', '/v1/chat/completions',
+        qq({"model":"smartflow-echo","messages":)
+        . qq([{"role":"user","content":"$q"}]}), @master);
+    return $h->{'x-smartflow-cache'} // "status $status";
+}
+
+sub flush {
+    my ($status, $body) = $c->http($a, 'DELETE', '/api/metacache', undef,
+                                   @master);
+    return $body;
+}
+
+# the master and its workers gone at once, as in a crash
+sub crash {
+    my $pid = $c->pid($a) or die 'no master';
+    my @workers = grep { /^\d+$/ } map { s/\s+//gr }
+                  split /\n/, `ps -o pid= --ppid $pid`;
+    kill 'KILL', $pid, @workers;
+    for (1 .. 100) {
+        last unless grep { kill 0, $_ } $pid, @workers;
+        sleep 0.05;
+    }
+    Smartflow::Cluster::_wait_port($a->{port}, 0);
+}
+
+my $q1 = 'What is the boiling point of water at sea level?';
+my $q2 = 'How far is the Moon from the Earth?';
+my $q3 = 'Name the largest planet in the solar system.';
+
+is ask($q1), 'MISS', 'q1 stored';
+is ask($q2), 'MISS', 'q2 stored';
+is ask($q1), 'HIT', 'q1 from the zone';
+
+# stopped and started: the entries are back
+$c->stop($a);
+ok -s $snap, 'the snapshot written at the stop';
+$c->start($a);
+like $c->error_log($a), qr/smartflow cache: 2 entries of zone "metacache" read from/,
+     'read at the start';
+is ask($q1), 'HIT', 'q1 back after the restart';
+
+# flushed, then a reload gives the zone another size: a new zone
+like flush(), qr/^\{"flushed":2\}$/, 'both flushed';
+my $conf = do {
+    local (@ARGV, $/) = "$a->{dir}/nginx.conf";
+    <>;
+};
+$conf =~ s/metacache 8m/metacache 16m/ or die 'no zone line';
+open my $fh, '>', "$a->{dir}/nginx.conf" or die $!;
+print $fh $conf;
+close $fh;
+$c->reload($a);
+is ask($q2), 'MISS', 'a reload to a new zone: the flushed q2 stays gone';
+is ask($q1), 'MISS', 'and q1 too';
+
+# a crash: nothing written, and the old snapshot is not read again
+like flush(), qr/^\{"flushed":2\}$/, 'flushed again';
+crash();
+$c->start($a);
+is ask($q2), 'MISS', 'after a crash: the flushed q2 stays gone';
+
+# nginx -t reads nothing away from the next start
+ask($q3);
+is ask($q3), 'HIT', 'q3 stored';
+$c->stop($a);
+ok -s $snap, 'written at the stop';
+my $out = `$c->{binary} -t -p $a->{dir} -c $a->{dir}/nginx.conf 2>&1`;
+is $? >> 8, 0, 'nginx -t passes';
+$c->start($a);
+is ask($q3), 'HIT', 'q3 back after nginx -t and a start';
+
+unlike $c->error_log($a), qr/\[(?:alert|crit|emerg)\]|exited on signal/,
+       'no crash';
+
+done_testing;
