@@ -193,6 +193,12 @@ ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
 
     fd = ngx_open_file(z->snapshot.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
     if (fd == NGX_INVALID_FILE) {
+        if (ngx_errno != NGX_ENOENT) {
+            ngx_log_error(NGX_LOG_WARN, log, ngx_errno,
+                          "smartflow cache: the snapshot \"%V\" cannot be "
+                          "read; the zone starts empty", &z->snapshot);
+        }
+
         /* none: the first start, or the one read was removed */
         return NGX_OK;
     }
@@ -201,6 +207,7 @@ ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
     z->snapshot_read = 1;
 
     buf = NULL;
+    loaded = 0;
     vsize = z->dim * sizeof(float);
 
     /* the vectors copied out of the file, aligned */
@@ -250,9 +257,13 @@ ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
     p = buf + sizeof(head);
     last = buf + n;
     now = ngx_time();
-    loaded = 0;
 
-    while (last - p >= (ssize_t) (sizeof(rec) + vsize)) {
+    while (p < last) {
+        if (last - p < (ssize_t) (sizeof(rec) + vsize)) {
+            /* a record cut short */
+            goto bad;
+        }
+
         ngx_memcpy(&rec, p, sizeof(rec));
         p += sizeof(rec);
         ngx_memcpy(vec, p, vsize);
@@ -306,9 +317,19 @@ ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
 bad:
 
     /* a damaged snapshot loses the entries, not the start */
-    ngx_log_error(NGX_LOG_WARN, log, 0,
-                  "smartflow cache: the snapshot \"%V\" is damaged or of "
-                  "another version; the zone starts empty", &z->snapshot);
+    if (loaded) {
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "smartflow cache: the snapshot \"%V\" is damaged "
+                      "part of the way: %ui entries before the damage are "
+                      "read into zone \"%V\", the rest is left out",
+                      &z->snapshot, loaded, &z->name);
+
+    } else {
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "smartflow cache: the snapshot \"%V\" is damaged or "
+                      "of another version; the zone starts empty",
+                      &z->snapshot);
+    }
 
     ngx_close_file(fd);
 

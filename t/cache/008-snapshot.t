@@ -1,7 +1,8 @@
 # snapshot=PATH: the entries are written when nginx stops and read back
 # when it starts again; expired ones stay behind; a damaged file starts
-# the zone empty, and nginx starts all the same.  Each block here runs in
-# a new nginx: the zone itself is new every time.
+# the zone empty, a file that cannot be read is logged, and nginx starts
+# all the same.  Each block here runs in a new nginx: the zone itself is
+# new every time.
 
 use Test::Nginx::Socket 'no_plan';
 use lib 't/lib';
@@ -90,3 +91,19 @@ sleep 2;
 ["x-smartflow-cache: MISS"]
 --- no_error_log
 [error]
+
+
+
+=== TEST 4: a snapshot that cannot be read is logged, and nginx starts with an empty zone
+--- http_config
+    smartflow_master_key sk-smartflow-test-0123456789;
+    smartflow_provider demo type=echo;
+    smartflow_route smartflow-echo demo;
+    smartflow_cache_zone metacache 16m entries=1000
+                         snapshot=damaged.snap/inside;
+--- request eval
+[main::ask("Write a short poem about the ocean")]
+--- response_headers eval
+["x-smartflow-cache: MISS"]
+--- error_log eval
+qr/\[warn\].*smartflow cache: the snapshot "[^"]*damaged\.snap\/inside" cannot be read/

@@ -3,7 +3,8 @@
 # later (a reload that changes the zone's size, a start after a crash,
 # when no snapshot was written) starts empty: read again, the old file
 # would bring back the entries flushed since (answers an operator had
-# removed).  "nginx -t" reads nothing away.  A real nginx with a master
+# removed).  "nginx -t" reads nothing away.  A snapshot cut short gives
+# the entries before the cut, and says so.  A real nginx with a master
 # and two workers.
 
 use strict;
@@ -102,6 +103,19 @@ my $out = `$c->{binary} -t -p $a->{dir} -c $a->{dir}/nginx.conf 2>&1`;
 is $? >> 8, 0, 'nginx -t passes';
 $c->start($a);
 is ask($q3), 'HIT', 'q3 back after nginx -t and a start';
+
+# a snapshot cut short: the entries before the cut are read, and the log
+# says so (q2, q3 then q1, oldest first; q1's record loses its end)
+is ask($q1), 'MISS', 'q1 stored';
+$c->stop($a);
+truncate $snap, (-s $snap) - 3 or die "truncate $snap: $!";
+$c->start($a);
+like $c->error_log($a),
+     qr/\[warn\].*smartflow cache: the snapshot "\Q$snap\E" is damaged part of the way: 2 entries before the damage are read into zone "metacache", the rest is left out/,
+     'a snapshot cut short: the log says what was read';
+is ask($q2), 'HIT', 'q2, before the cut, is back';
+is ask($q3), 'HIT', 'and q3';
+is ask($q1), 'MISS', 'q1, cut, is not';
 
 unlike $c->error_log($a), qr/\[(?:alert|crit|emerg)\]|exited on signal/,
        'no crash';
