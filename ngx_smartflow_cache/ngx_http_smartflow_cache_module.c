@@ -75,6 +75,8 @@ static char *ngx_http_smartflow_cache_threshold(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_smartflow_cache_api(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_smartflow_cache_ttl_check(ngx_conf_t *cf, void *post,
+    void *data);
 static ngx_int_t ngx_http_smartflow_cache_init(ngx_conf_t *cf);
 static ngx_int_t ngx_http_smartflow_cache_init_module(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_smartflow_cache_init_process(ngx_cycle_t *cycle);
@@ -102,6 +104,10 @@ static ngx_str_t  ngx_http_smartflow_cache_params[] = {
     ngx_string("modalities"), ngx_string("audio"), ngx_string("prediction"),
     ngx_string("parallel_tool_calls"), ngx_string("verbosity")
 };
+
+
+static ngx_conf_post_handler_pt  ngx_http_smartflow_cache_ttl_post =
+    ngx_http_smartflow_cache_ttl_check;
 
 
 static ngx_conf_enum_t  ngx_http_smartflow_cache_partitions[] = {
@@ -133,7 +139,7 @@ static ngx_command_t  ngx_http_smartflow_cache_commands[] = {
       ngx_conf_set_sec_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_smartflow_cache_loc_conf_t, ttl),
-      NULL },
+      &ngx_http_smartflow_cache_ttl_post },
 
     { ngx_string("smartflow_cache_near_miss"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
@@ -429,7 +435,8 @@ miss:
  * (neither); x-smartflow-cache: bypass (neither) | refresh (store again);
  * x-smartflow-cache-ttl: seconds the stored answer lives.  A header sent
  * several times counts each time: no-store in a second Cache-Control is
- * no-store all the same, and the strictest control wins.
+ * no-store all the same, and the strictest control wins (of TTLs, the
+ * shortest).
  */
 static ngx_int_t
 ngx_http_smartflow_cache_controls(ngx_http_request_t *r,
@@ -464,6 +471,29 @@ ngx_http_smartflow_cache_controls(ngx_http_request_t *r,
 
         h = &header[i].key;
         v = &header[i].value;
+
+        if (h->len == sizeof("x-smartflow-cache-ttl") - 1
+            && ngx_strncasecmp(h->data, (u_char *) "x-smartflow-cache-ttl",
+                               sizeof("x-smartflow-cache-ttl") - 1)
+               == 0)
+        {
+            n = ngx_atoi(v->data, v->len);
+
+            if (n <= 0 || n > 365 * 86400) {
+                return ngx_http_smartflow_error(r, NGX_HTTP_BAD_REQUEST,
+                           "invalid_request_error", "invalid_cache_control",
+                           NULL, "The x-smartflow-cache-ttl header takes a "
+                           "number of seconds from 1 to 31536000, not "
+                           "\"%V\".", v);
+            }
+
+            /* sent more than once: the shortest */
+            if (*ttl == 0 || (time_t) n < *ttl) {
+                *ttl = (time_t) n;
+            }
+
+            continue;
+        }
 
         if (v->len == 0) {
             continue;
@@ -515,22 +545,6 @@ ngx_http_smartflow_cache_controls(ngx_http_request_t *r,
                        NULL, "The x-smartflow-cache header takes \"bypass\" "
                        "or \"refresh\", not \"%V\".", v);
         }
-    }
-
-    h = ngx_http_smartflow_header_in(&r->headers_in.headers,
-                                     "x-smartflow-cache-ttl");
-    if (h) {
-        n = ngx_atoi(h->data, h->len);
-
-        if (n <= 0 || n > 365 * 86400) {
-            return ngx_http_smartflow_error(r, NGX_HTTP_BAD_REQUEST,
-                       "invalid_request_error", "invalid_cache_control",
-                       NULL, "The x-smartflow-cache-ttl header takes a "
-                       "number of seconds from 1 to 31536000, not \"%V\".",
-                       h);
-        }
-
-        *ttl = (time_t) n;
     }
 
     return NGX_OK;
@@ -1531,6 +1545,20 @@ ngx_http_smartflow_cache_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     core = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
     core->handler = ngx_http_smartflow_cache_api_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+/* smartflow_cache_ttl: an entry that expires as it is stored is none */
+static char *
+ngx_http_smartflow_cache_ttl_check(ngx_conf_t *cf, void *post, void *data)
+{
+    time_t  *ttl = data;
+
+    if (*ttl < 1) {
+        return "must be at least 1s";
+    }
 
     return NGX_CONF_OK;
 }

@@ -142,3 +142,48 @@ __DATA__
 --- timeout: 10
 --- no_error_log
 [error]
+
+
+
+=== TEST 4: x-smartflow-cache-ttl sent twice: the shorter counts
+--- request eval
+[main::ask("Which lifetime counts?"), main::ask("Which lifetime counts?"),
+ "GET /sleep",
+ main::ask("Which lifetime counts?")]
+--- more_headers eval
+[main::with("x-mock-reply: t1", "x-smartflow-cache-ttl: 3600",
+            "x-smartflow-cache-ttl: 2"),
+ main::with("x-mock-reply: t2"), "",
+ main::with("x-mock-reply: t3")]
+--- response_body_like eval
+[qr/"t1"/, qr/"t1"/, qr/slept/, qr/"t3"/]
+--- timeout: 10
+--- no_error_log
+[error]
+
+
+
+=== TEST 5: x-smartflow-cache-ttl sent twice: each must be valid
+--- request eval
+main::ask("Is every lifetime checked?")
+--- more_headers eval
+main::with("x-mock-reply: t4", "x-smartflow-cache-ttl: 60",
+           "x-smartflow-cache-ttl: soon")
+--- error_code: 400
+--- response_body_like eval
+qr/^\{"error":\{"message":"The x-smartflow-cache-ttl header takes a number of seconds from 1 to 31536000, not \\"soon\\"\.","type":"invalid_request_error"/
+--- error_log
+(status 400, code invalid_cache_control)
+
+
+
+=== TEST 6: smartflow_cache_ttl 0 is refused: an entry would expire as it is stored
+--- config
+    location = /v1/chat/completions {
+        smartflow_api chat;
+        smartflow_cache metacache;
+        smartflow_cache_ttl 0;
+    }
+--- must_die
+--- error_log
+"smartflow_cache_ttl" directive must be at least 1s
