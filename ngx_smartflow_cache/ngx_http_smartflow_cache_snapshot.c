@@ -20,9 +20,11 @@
 /*
  * 0003: the MinHash functions of 32 bits; a signature of 0002 differs;
  * 0004: words, pairs and trigrams hashed anew: signatures, vectors and
- * context keys of 0003 differ
+ * context keys of 0003 differ;
+ * 0005: each record with the CRC-32 of its bytes, so that a damaged one
+ * (a byte of an answer changed on disk) is left out, not served
  */
-#define NGX_SMARTFLOW_CACHE_SNAP_MAGIC  "SFMC0004"
+#define NGX_SMARTFLOW_CACHE_SNAP_MAGIC  "SFMC0005"
 
 
 typedef struct {
@@ -41,7 +43,7 @@ typedef struct {
     uint32_t                    part_len;
     uint32_t                    query_len;
     uint32_t                    answer_len;
-    uint32_t                    pad;
+    uint32_t                    crc;        /* of the record, this 0 */
     u_char                      finish[NGX_SMARTFLOW_CACHE_FINISH];
     uint32_t                    minhash[NGX_SMARTFLOW_CACHE_MINHASH];
 } ngx_smartflow_cache_snap_t;   /* then dim floats, then the data */
@@ -131,6 +133,10 @@ ngx_smartflow_cache_snapshot_write(ngx_smartflow_cache_zone_t *z,
         ngx_memcpy(p, d, node->part_len + node->query_len
                          + node->answer_len);
 
+        rec.crc = ngx_crc32_long(buf, size);
+        ngx_memcpy(buf + offsetof(ngx_smartflow_cache_snap_t, crc), &rec.crc,
+                   sizeof(uint32_t));
+
         if (ngx_write_fd(fd, buf, size) != (ssize_t) size) {
             rc = NGX_ERROR;
         }
@@ -179,9 +185,10 @@ ngx_int_t
 ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
     ngx_log_t *log)
 {
-    u_char                           *buf, *p, *last;
+    u_char                           *buf, *p, *last, *start;
     float                            *vec;
     size_t                            vsize;
+    uint32_t                          crc, sum;
     time_t                            now;
     ssize_t                           n;
     ngx_fd_t                          fd;
@@ -264,6 +271,7 @@ ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
             goto bad;
         }
 
+        start = p;
         ngx_memcpy(&rec, p, sizeof(rec));
         p += sizeof(rec);
         ngx_memcpy(vec, p, vsize);
@@ -273,6 +281,21 @@ ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
                                   + rec.answer_len
             || rec.finish[NGX_SMARTFLOW_CACHE_FINISH - 1] != '\0')
         {
+            goto bad;
+        }
+
+        /* the record's bytes as written, its CRC taken as 0 */
+        sum = rec.crc;
+        rec.crc = 0;
+
+        ngx_crc32_init(crc);
+        ngx_crc32_update(&crc, (u_char *) &rec, sizeof(rec));
+        ngx_crc32_update(&crc, start + sizeof(rec),
+                         vsize + rec.part_len + rec.query_len
+                         + rec.answer_len);
+        ngx_crc32_final(crc);
+
+        if (crc != sum) {
             goto bad;
         }
 

@@ -3,8 +3,8 @@
 # later (a reload that changes the zone's size, a start after a crash,
 # when no snapshot was written) starts empty: read again, the old file
 # would bring back the entries flushed since (answers an operator had
-# removed).  "nginx -t" reads nothing away.  A snapshot cut short gives
-# the entries before the cut, and says so.  A real nginx with a master
+# removed).  "nginx -t" reads nothing away.  A snapshot cut short, or
+# with a byte changed, gives the entries before the damage, and says so.  A real nginx with a master
 # and two workers.
 
 use strict;
@@ -116,6 +116,26 @@ like $c->error_log($a),
 is ask($q2), 'HIT', 'q2, before the cut, is back';
 is ask($q3), 'HIT', 'and q3';
 is ask($q1), 'MISS', 'q1, cut, is not';
+
+# a byte of an answer changed on disk: that record is left out, not served
+# (q2, q3 then q1 again; a letter near the end of q1's answer changes case)
+$c->stop($a);
+{
+    open my $fh, '+<', $snap or die "$snap: $!";
+    binmode $fh;
+    seek $fh, -5, 2;
+    read $fh, my $byte, 1;
+    die "not a letter: $byte" unless $byte =~ /[A-Za-z]/;
+    seek $fh, -5, 2;
+    print $fh ($byte ^ ' ');
+    close $fh;
+}
+$c->start($a);
+my @damaged = $c->error_log($a)
+               =~ /damaged part of the way: 2 entries before the damage/g;
+is scalar(@damaged), 2, 'a record changed on disk: the log says so again';
+is ask($q1), 'MISS', 'the changed answer is not served';
+is ask($q2), 'HIT', 'the records before it are';
 
 unlike $c->error_log($a), qr/\[(?:alert|crit|emerg)\]|exited on signal/,
        'no crash';
