@@ -494,6 +494,8 @@ typedef struct {
     unsigned                    output_blocked:1;
     unsigned                    header_held:1;  /* until the answer is read */
     unsigned                    json_failed:1;  /* answered with a 502 */
+    unsigned                    unreadable:1;   /* the attempt's answer
+                                                   could not be read */
 } ngx_http_smartflow_ctx_t;
 
 
