@@ -673,7 +673,10 @@ ngx_smartflow_redis_shared(void)
  * The worker exits: its leases end and what it gathered goes to Redis.
  * The connection goes before the worker (nginx checks none is left):
  * what is buffered is written without waiting for the answers.  The
- * scripts not seen answered (all of them when Redis is away) are kept
+ * answers to what was sent before were waited for already: the
+ * connection's watchdog is not cancelable, so a worker told to quit runs
+ * on until they came or the timeout passed.  The scripts not seen
+ * answered (all of them when Redis is away) are kept
  * in the keys zone for the next worker that reaches Redis: the zone
  * outlives the worker and a reload, so nothing is lost when a reload
  * falls in an outage, and they go within the poll period of a worker
