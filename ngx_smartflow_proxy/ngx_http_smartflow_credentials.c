@@ -116,9 +116,8 @@ static void ngx_http_smartflow_cred_save_thread(void *data, ngx_log_t *log);
 static void ngx_http_smartflow_cred_saved(ngx_event_t *ev);
 static u_char *ngx_http_smartflow_cred_fingerprint(u_char *p, u_char *secret,
     size_t len);
-static ngx_int_t ngx_http_smartflow_cred_wipe_later(ngx_pool_t *pool,
-    u_char *data, size_t len);
 static void ngx_http_smartflow_cred_wipe(void *data);
+static void ngx_http_smartflow_cred_wipe_request(void *data);
 
 
 static ngx_http_smartflow_credentials_t *
@@ -249,6 +248,14 @@ ngx_http_smartflow_credentials_key(ngx_conf_t *cf, ngx_command_t *cmd,
 
     if (raw) {
         ngx_explicit_memzero(raw, 256);
+    }
+
+    /* the key goes with the configuration that read it */
+    if (ngx_http_smartflow_wipe_later(cf->pool, cr->key, sizeof(cr->key))
+        != NGX_OK)
+    {
+        ngx_explicit_memzero(cr->key, sizeof(cr->key));
+        return NGX_CONF_ERROR;
     }
 
     cr->key_set = 1;
@@ -460,7 +467,11 @@ ngx_http_smartflow_credentials_unseal(ngx_conf_t *cf, ngx_str_t *name,
     sealed.len = key->len - (sizeof(NGX_SMARTFLOW_CRED_PREFIX) - 1);
 
     plain = ngx_pnalloc(cf->pool, NGX_SMARTFLOW_CRED_MAX);
-    if (plain == NULL) {
+    if (plain == NULL
+        || ngx_http_smartflow_wipe_later(cf->pool, plain,
+                                         NGX_SMARTFLOW_CRED_MAX)
+           != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
@@ -515,7 +526,7 @@ ngx_http_smartflow_credentials_get(ngx_http_request_t *r,
     p = ngx_pnalloc(r->pool, sizeof("Bearer ") - 1 + s->len);
 
     if (p == NULL
-        || ngx_http_smartflow_cred_wipe_later(r->pool, p,
+        || ngx_http_smartflow_wipe_later(r->pool, p,
                                               sizeof("Bearer ") - 1 + s->len)
            != NGX_OK)
     {
@@ -816,6 +827,11 @@ ngx_http_smartflow_cred_load(ngx_http_smartflow_credentials_t *cr,
 
 done:
 
+    if (rc != NGX_OK) {
+        /* nginx does not start: what was opened goes */
+        ngx_explicit_memzero(cr->sh->slot, sizeof(cr->sh->slot));
+    }
+
     (void) ngx_close_file(fd);
     ngx_destroy_pool(pool);
 
@@ -1111,7 +1127,7 @@ ngx_http_smartflow_cred_run(ngx_http_request_t *r, ngx_str_t *name,
 {
     u_char                            *p, *out;
     size_t                             len;
-    ngx_str_t                          body, err, answer;
+    ngx_str_t                          body, err, answer, copy;
     ngx_uint_t                         i;
     ngx_chain_t                       *cl;
     ngx_smartflow_json_t              *doc, *key, *f;
@@ -1147,7 +1163,7 @@ ngx_http_smartflow_cred_run(ngx_http_request_t *r, ngx_str_t *name,
                  cl = cl->next)
             {
                 if (!cl->buf->in_file
-                    && ngx_http_smartflow_cred_wipe_later(r->pool,
+                    && ngx_http_smartflow_wipe_later(r->pool,
                            cl->buf->pos, cl->buf->last - cl->buf->pos)
                        != NGX_OK)
                 {
@@ -1156,7 +1172,7 @@ ngx_http_smartflow_cred_run(ngx_http_request_t *r, ngx_str_t *name,
             }
 
             if (body.len
-                && ngx_http_smartflow_cred_wipe_later(r->pool, body.data,
+                && ngx_http_smartflow_wipe_later(r->pool, body.data,
                                                       body.len)
                    != NGX_OK)
             {
@@ -1172,7 +1188,16 @@ ngx_http_smartflow_cred_run(ngx_http_request_t *r, ngx_str_t *name,
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        doc = ngx_smartflow_json_parse(r->pool, body.data, body.len, &err);
+        doc = ngx_smartflow_json_parse_copy(r->pool, body.data, body.len,
+                                            &err, &copy);
+
+        /* the key's unescaped text leaves its escaped tail behind it */
+        if (copy.len
+            && ngx_http_smartflow_wipe_later(r->pool, copy.data, copy.len)
+               != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
 
         if (doc == NULL || doc->type != NGX_SMARTFLOW_JSON_OBJECT) {
             return ngx_http_smartflow_error(r, NGX_HTTP_BAD_REQUEST,
@@ -1192,7 +1217,7 @@ ngx_http_smartflow_cred_run(ngx_http_request_t *r, ngx_str_t *name,
 
         if (ngx_smartflow_json_is_string(key)
             && key->str.len
-            && ngx_http_smartflow_cred_wipe_later(r->pool, key->str.data,
+            && ngx_http_smartflow_wipe_later(r->pool, key->str.data,
                                                   key->str.len)
                != NGX_OK)
         {
@@ -1285,6 +1310,8 @@ ngx_http_smartflow_cred_run(ngx_http_request_t *r, ngx_str_t *name,
             s->name_len = name->len;
         }
 
+        /* a shorter key leaves nothing of the one before */
+        ngx_explicit_memzero(s->secret, sizeof(s->secret));
         ngx_memcpy(s->secret, key->str.data, key->str.len);
         s->len = key->str.len;
         s->updated = ngx_time();
@@ -1417,10 +1444,12 @@ ngx_http_smartflow_cred_fingerprint(u_char *p, u_char *secret, size_t len)
 }
 
 
-/* a request's copy of a secret is wiped when its pool goes */
-static ngx_int_t
-ngx_http_smartflow_cred_wipe_later(ngx_pool_t *pool, u_char *data,
-    size_t len)
+/*
+ * A copy of a secret is wiped when its pool goes: a request's, or a
+ * cycle's for what the configuration holds.
+ */
+ngx_int_t
+ngx_http_smartflow_wipe_later(ngx_pool_t *pool, u_char *data, size_t len)
 {
     ngx_str_t           *s;
     ngx_pool_cleanup_t  *cln;
@@ -1446,6 +1475,56 @@ ngx_http_smartflow_cred_wipe(void *data)
     ngx_str_t  *s = data;
 
     ngx_explicit_memzero(s->data, s->len);
+}
+
+
+/*
+ * The request nginx's proxy builds for a provider holds its credential in
+ * a header: the buffer of each attempt's request is wiped with the
+ * request.  Called when a credential header is evaluated, the upstream
+ * of the attempt exists and its request is about to be built.
+ */
+ngx_int_t
+ngx_http_smartflow_wipe_upstream(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx)
+{
+    ngx_pool_cleanup_t  *cln;
+
+    if (r->upstream == NULL || ctx->wiped_upstream == r->upstream) {
+        return NGX_OK;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NGX_ERROR;
+    }
+
+    cln->handler = ngx_http_smartflow_cred_wipe_request;
+    cln->data = r->upstream;
+
+    ctx->wiped_upstream = r->upstream;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_smartflow_cred_wipe_request(void *data)
+{
+    ngx_http_upstream_t *u = data;
+
+    ngx_buf_t  *b;
+
+    /* the proxy's request line, headers and body, in one buffer */
+    if (u->request_bufs == NULL) {
+        return;
+    }
+
+    b = u->request_bufs->buf;
+
+    if (b->temporary && b->start && b->end > b->start) {
+        ngx_explicit_memzero(b->start, b->end - b->start);
+    }
 }
 
 

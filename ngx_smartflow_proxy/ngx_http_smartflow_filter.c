@@ -27,6 +27,8 @@ static ngx_int_t ngx_http_smartflow_stream_filter(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_chain_t *in);
 static ngx_int_t ngx_http_smartflow_json_filter(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_chain_t *in);
+static ngx_int_t ngx_http_smartflow_json_unreadable(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx);
 static ngx_int_t ngx_http_smartflow_json_fail(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx);
 static ngx_int_t ngx_http_smartflow_json_send(ngx_http_request_t *r,
@@ -1025,7 +1027,7 @@ ngx_http_smartflow_json_filter(ngx_http_request_t *r,
                           "smartflow proxy: answer of provider \"%V\" "
                           "broke before its end", &ctx->provider->name);
 
-            return ngx_http_smartflow_json_fail(r, ctx);
+            return ngx_http_smartflow_json_unreadable(r, ctx);
         }
 
         return ctx->header_held ? NGX_OK : ngx_http_next_body_filter(r, NULL);
@@ -1049,7 +1051,7 @@ ngx_http_smartflow_json_filter(ngx_http_request_t *r,
                       "a body that is not JSON",
                       &ctx->provider->name, r->headers_out.status);
 
-        return ngx_http_smartflow_json_fail(r, ctx);
+        return ngx_http_smartflow_json_unreadable(r, ctx);
     }
 
     if (r->headers_out.status >= NGX_HTTP_BAD_REQUEST || j == NULL) {
@@ -1110,10 +1112,71 @@ ngx_http_smartflow_json_filter(ngx_http_request_t *r,
                       "smartflow proxy: translating the answer of provider "
                       "\"%V\" failed: %V", &ctx->provider->name, &x.err);
 
-        return ngx_http_smartflow_json_fail(r, ctx);
+        return ngx_http_smartflow_json_unreadable(r, ctx);
     }
 
     return ngx_http_smartflow_json_send(r, ctx, &out);
+}
+
+
+/*
+ * A whole answer that could not be read (not JSON, not translatable, cut
+ * before its end) is its deployment's failure, as a 5xx is.  When the
+ * plan has a deployment left, the provider's answer is over and nothing
+ * of it has reached the client (the header is held), the request goes on
+ * to @smartflow_next the way nginx's own 502 would: the held header is
+ * dropped and the 502, returned from the last buffer's filter, reaches
+ * ngx_http_finalize_request() and the attempt's error page.  Otherwise
+ * the client gets its 502.
+ */
+static ngx_int_t
+ngx_http_smartflow_json_unreadable(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx)
+{
+    ngx_uint_t                 i;
+    ngx_http_err_page_t       *page;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    if (!ctx->header_held || !ctx->dispatched || ctx->route == NULL
+        || ctx->attempt + 1 >= ctx->nplan || r->upstream == NULL
+        || r->upstream->peer.connection != NULL
+        || r->error_page || r->uri_changes == 0)
+    {
+        return ngx_http_smartflow_json_fail(r, ctx);
+    }
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    if (clcf->error_pages == NULL) {
+        return ngx_http_smartflow_json_fail(r, ctx);
+    }
+
+    page = clcf->error_pages->elts;
+
+    for (i = 0; i < clcf->error_pages->nelts; i++) {
+        if (page[i].status == NGX_HTTP_BAD_GATEWAY) {
+            break;
+        }
+    }
+
+    if (i == clcf->error_pages->nelts) {
+        return ngx_http_smartflow_json_fail(r, ctx);
+    }
+
+    /* the next answer is filtered afresh */
+    ctx->filter = NGX_HTTP_SMARTFLOW_FILTER_NONE;
+    ctx->header_held = 0;
+    ctx->collect_len = 0;
+    ctx->prompt_tokens = 0;
+    ctx->completion_tokens = 0;
+    ctx->unreadable = 1;
+
+    /* only this filter has seen the header: none of it was sent */
+    ngx_http_clean_header(r);
+    r->header_sent = 0;
+    r->expect_trailers = 0;
+
+    return NGX_HTTP_BAD_GATEWAY;
 }
 
 

@@ -733,7 +733,12 @@ ngx_http_smartflow_keys_secret(ngx_http_request_t *r, ngx_str_t *secret,
 
     secret->len = NGX_SMARTFLOW_KEY_LEN;
     secret->data = ngx_pnalloc(r->pool, NGX_SMARTFLOW_KEY_LEN);
-    if (secret->data == NULL) {
+    if (secret->data == NULL
+        || ngx_http_smartflow_wipe_later(r->pool, secret->data,
+                                         NGX_SMARTFLOW_KEY_LEN)
+           != NGX_OK)
+    {
+        ngx_explicit_memzero(random, sizeof(random));
         return NGX_ERROR;
     }
 
@@ -853,7 +858,11 @@ ngx_http_smartflow_keys_create(ngx_http_request_t *r,
 
     ngx_shmtx_unlock(&kz->shpool->mutex);
 
-    if (json.data == NULL) {
+    /* the answer is the one place the secret is shown */
+    if (json.data == NULL
+        || ngx_http_smartflow_wipe_later(r->pool, json.data, json.len)
+           != NGX_OK)
+    {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -1259,6 +1268,13 @@ done:
     }
 
     json.len = o.size;
+
+    if (shown
+        && ngx_http_smartflow_wipe_later(r->pool, json.data, json.len)
+           != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
     return ngx_http_smartflow_keys_redis_put(r, kz, id, NGX_HTTP_OK, &json,
                                              shown != NULL);

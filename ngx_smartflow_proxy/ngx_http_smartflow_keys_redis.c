@@ -204,6 +204,10 @@ static void ngx_http_smartflow_keys_up(ngx_smartflow_redis_t *rd);
 static void ngx_http_smartflow_keys_absorb(ngx_smartflow_redis_t *rd,
     ngx_uint_t all);
 static ngx_uint_t ngx_http_smartflow_keys_keep(ngx_smartflow_redis_t *rd);
+static ngx_http_smartflow_keys_kept_t *ngx_http_smartflow_keys_kept(
+    ngx_http_smartflow_keys_zone_t *kz, ngx_uint_t script, ngx_uint_t id,
+    int nkeys, ngx_uint_t tries, ngx_uint_t sent, int n, u_char **args,
+    size_t *lens);
 static void ngx_http_smartflow_keys_take(ngx_smartflow_redis_t *rd);
 static ngx_http_smartflow_keys_op_t *ngx_http_smartflow_keys_op(
     ngx_uint_t script, ngx_uint_t id, int nkeys, int n, u_char **args,
@@ -673,7 +677,10 @@ ngx_smartflow_redis_shared(void)
  * The worker exits: its leases end and what it gathered goes to Redis.
  * The connection goes before the worker (nginx checks none is left):
  * what is buffered is written without waiting for the answers.  The
- * scripts not seen answered (all of them when Redis is away) are kept
+ * answers to what was sent before were waited for already: the
+ * connection's watchdog is not cancelable, so a worker told to quit runs
+ * on until they came or the timeout passed.  The scripts not seen
+ * answered (all of them when Redis is away) are kept
  * in the keys zone for the next worker that reaches Redis: the zone
  * outlives the worker and a reload, so nothing is lost when a reload
  * falls in an outage, and they go within the poll period of a worker
@@ -1489,9 +1496,6 @@ ngx_http_smartflow_keys_absorb(ngx_smartflow_redis_t *rd, ngx_uint_t all)
 static ngx_uint_t
 ngx_http_smartflow_keys_keep(ngx_smartflow_redis_t *rd)
 {
-    int                              i;
-    size_t                           size;
-    u_char                          *p;
     ngx_uint_t                       kept, lost, unsent;
     ngx_queue_t                     *q;
     ngx_http_smartflow_keys_op_t    *op;
@@ -1515,13 +1519,10 @@ ngx_http_smartflow_keys_keep(ngx_smartflow_redis_t *rd)
 
         op = ngx_queue_data(q, ngx_http_smartflow_keys_op_t, queue);
 
-        size = sizeof(ngx_http_smartflow_keys_kept_t);
-
-        for (i = 3; i < op->argc; i++) {
-            size += op->len[i];
-        }
-
-        kp = ngx_slab_alloc_locked(kz->shpool, size);
+        kp = ngx_http_smartflow_keys_kept(kz, op->script, op->id, op->nkeys,
+                                          op->tries, op->sent, op->argc - 3,
+                                          (u_char **) &op->argv[3],
+                                          &op->len[3]);
 
         if (kp == NULL) {
             lost++;
@@ -1529,21 +1530,6 @@ ngx_http_smartflow_keys_keep(ngx_smartflow_redis_t *rd)
             continue;
         }
 
-        kp->script = op->script;
-        kp->id = op->id;
-        kp->tries = op->tries;
-        kp->sent = op->sent;
-        kp->nkeys = op->nkeys;
-        kp->n = op->argc - 3;
-
-        p = (u_char *) (kp + 1);
-
-        for (i = 0; i < kp->n; i++) {
-            kp->len[i] = op->len[3 + i];
-            p = ngx_cpymem(p, op->argv[3 + i], kp->len[i]);
-        }
-
-        ngx_queue_insert_tail(&kz->sh->redis_ops, &kp->queue);
         kz->sh->redis_owed = 1;
         kz->sh->version++;
         kept++;
@@ -1571,6 +1557,53 @@ ngx_http_smartflow_keys_keep(ngx_smartflow_redis_t *rd)
     }
 
     return unsent;
+}
+
+
+/*
+ * The record of a script kept in the zone for the next worker that
+ * reaches Redis, its arguments after it in the same allocation: an
+ * exiting worker's scripts, or those the state file brings back.
+ * Called with the zone's mutex held; NULL when the zone is full.
+ */
+static ngx_http_smartflow_keys_kept_t *
+ngx_http_smartflow_keys_kept(ngx_http_smartflow_keys_zone_t *kz,
+    ngx_uint_t script, ngx_uint_t id, int nkeys, ngx_uint_t tries,
+    ngx_uint_t sent, int n, u_char **args, size_t *lens)
+{
+    int                              i;
+    size_t                           size;
+    u_char                          *p;
+    ngx_http_smartflow_keys_kept_t  *kp;
+
+    size = sizeof(ngx_http_smartflow_keys_kept_t);
+
+    for (i = 0; i < n; i++) {
+        size += lens[i];
+    }
+
+    kp = ngx_slab_alloc_locked(kz->shpool, size);
+    if (kp == NULL) {
+        return NULL;
+    }
+
+    kp->script = script;
+    kp->id = id;
+    kp->tries = tries;
+    kp->sent = sent;
+    kp->nkeys = nkeys;
+    kp->n = n;
+
+    p = (u_char *) (kp + 1);
+
+    for (i = 0; i < n; i++) {
+        kp->len[i] = lens[i];
+        p = ngx_cpymem(p, args[i], lens[i]);
+    }
+
+    ngx_queue_insert_tail(&kz->sh->redis_ops, &kp->queue);
+
+    return kp;
 }
 
 
@@ -1773,13 +1806,12 @@ ngx_http_smartflow_keys_redis_state_load(ngx_http_smartflow_keys_zone_t *kz,
     ngx_smartflow_json_t *root, ngx_str_t *err)
 {
     int                              n;
-    size_t                           size;
-    u_char                          *p;
+    size_t                           lens[21];
+    u_char                          *args[21];
     uint64_t                         id, nkeys, tries, v[4];
     ngx_uint_t                       script, count;
     ngx_smartflow_key_t             *k;
     ngx_smartflow_json_t            *j, *f, *a;
-    ngx_http_smartflow_keys_kept_t  *kp;
 
     static char  *apart[] = { "id", "requests", "prompt", "completion",
                               "spend" };
@@ -1915,39 +1947,27 @@ ngx_http_smartflow_keys_redis_state_load(ngx_http_smartflow_keys_zone_t *kz,
             return NGX_ERROR;
         }
 
-        size = sizeof(ngx_http_smartflow_keys_kept_t);
+        n = 0;
 
         for (f = a->child; f; f = f->next) {
             if (f->type != NGX_SMARTFLOW_JSON_STRING) {
                 return NGX_ERROR;
             }
 
-            size += f->str.len;
+            args[n] = f->str.data;
+            lens[n++] = f->str.len;
         }
 
-        kp = ngx_slab_alloc_locked(kz->shpool, size);
-        if (kp == NULL) {
+        /* never sent: the state file keeps no other */
+        if (ngx_http_smartflow_keys_kept(kz, script, (ngx_uint_t) id,
+                                         (int) nkeys, (ngx_uint_t) tries, 0,
+                                         n, args, lens)
+            == NULL)
+        {
             ngx_str_set(err, "no room for \"redis_unsent\" in the zone");
             return NGX_ERROR;
         }
 
-        kp->script = script;
-        kp->id = (ngx_uint_t) id;
-        kp->tries = (ngx_uint_t) tries;
-        kp->sent = 0;
-        kp->nkeys = (int) nkeys;
-
-        p = (u_char *) (kp + 1);
-        n = 0;
-
-        for (f = a->child; f; f = f->next) {
-            kp->len[n++] = f->str.len;
-            p = ngx_cpymem(p, f->str.data, f->str.len);
-        }
-
-        kp->n = n;
-
-        ngx_queue_insert_tail(&kz->sh->redis_ops, &kp->queue);
         count++;
     }
 

@@ -504,10 +504,21 @@ ngx_http_smartflow_next(ngx_http_request_t *r)
         }
     }
 
-    ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                  "smartflow proxy: deployment \"%V\" answered %ui for "
-                  "model \"%V\", trying the next one", &rt->name, status,
-                  &ctx->model);
+    if (ctx->unreadable) {
+        /* a 200 the filters could not read, the 502 is the gateway's */
+        ctx->unreadable = 0;
+
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "smartflow proxy: deployment \"%V\" gave an answer "
+                      "that could not be read for model \"%V\", trying the "
+                      "next one", &rt->name, &ctx->model);
+
+    } else {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "smartflow proxy: deployment \"%V\" answered %ui for "
+                      "model \"%V\", trying the next one", &rt->name,
+                      status, &ctx->model);
+    }
 
     ngx_http_smartflow_attempt_result(r, ctx, status, retry);
 

@@ -57,6 +57,8 @@ struct ngx_smartflow_json_s {
 
 ngx_smartflow_json_t *ngx_smartflow_json_parse(ngx_pool_t *pool, u_char *p,
     size_t len, ngx_str_t *err);
+ngx_smartflow_json_t *ngx_smartflow_json_parse_copy(ngx_pool_t *pool,
+    u_char *p, size_t len, ngx_str_t *err, ngx_str_t *copy);
 ngx_smartflow_json_t *ngx_smartflow_json_get_n(ngx_smartflow_json_t *obj,
     char *key, size_t len);
 
@@ -456,6 +458,7 @@ typedef struct {
     off_t                       stream_bytes;
     ngx_event_t                 stream_timer;   /* smartflow_stream_max_time */
     ngx_event_t                 attempt_timer;  /* a route's timeout= */
+    void                       *wiped_upstream; /* its request is wiped */
     ngx_smartflow_usage_scan_t  usage;
 
     /* the cache's verdict, for the headers, the audit record, metrics */
@@ -494,6 +497,8 @@ typedef struct {
     unsigned                    output_blocked:1;
     unsigned                    header_held:1;  /* until the answer is read */
     unsigned                    json_failed:1;  /* answered with a 502 */
+    unsigned                    unreadable:1;   /* the attempt's answer
+                                                   could not be read */
 } ngx_http_smartflow_ctx_t;
 
 
@@ -710,6 +715,10 @@ ngx_int_t ngx_http_smartflow_credentials_unseal(ngx_conf_t *cf,
     ngx_str_t *name, ngx_str_t *key);
 ngx_int_t ngx_http_smartflow_credentials_get(ngx_http_request_t *r,
     ngx_http_smartflow_provider_t *pr, ngx_str_t *out);
+ngx_int_t ngx_http_smartflow_wipe_later(ngx_pool_t *pool, u_char *data,
+    size_t len);
+ngx_int_t ngx_http_smartflow_wipe_upstream(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx);
 ngx_int_t ngx_http_smartflow_credentials_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_smartflow_credentials_init_module(ngx_cycle_t *cycle);
 ngx_int_t ngx_smartflow_state_dir(ngx_cycle_t *cycle, ngx_str_t *path,

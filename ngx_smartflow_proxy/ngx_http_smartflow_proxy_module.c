@@ -695,6 +695,12 @@ ngx_http_smartflow_upstream_variable(ngx_http_request_t *r,
 
     pr = ctx->provider;
 
+    if ((data == 2 || data == 3 || data == 6)
+        && ngx_http_smartflow_wipe_upstream(r, ctx) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
     /* a credential set through the admin API wins over the configured */
     if ((data == 2 && pr->type == NGX_HTTP_SMARTFLOW_PROVIDER_OPENAI)
         || (data == 3 && pr->type == NGX_HTTP_SMARTFLOW_PROVIDER_ANTHROPIC)

@@ -33,7 +33,7 @@ ngx_http_smartflow_provider_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 
     char                            *env;
     u_char                          *p;
-    ngx_str_t                       *value, v, key;
+    ngx_str_t                       *value, v, key, cred;
     ngx_uint_t                       i, typed;
     ngx_conf_enum_t                 *e;
     ngx_http_smartflow_provider_t   *pr, **ppr;
@@ -181,6 +181,8 @@ ngx_http_smartflow_provider_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 
             ngx_sprintf(pr->auth.data, "Bearer %V", &key);
 
+            cred = pr->auth;
+
         } else {
             pr->api_key.data = ngx_pstrdup(cf->pool, &key);
             if (pr->api_key.data == NULL) {
@@ -188,6 +190,15 @@ ngx_http_smartflow_provider_directive(ngx_conf_t *cf, ngx_command_t *cmd,
             }
 
             pr->api_key.len = key.len;
+
+            cred = pr->api_key;
+        }
+
+        /* the configuration's copy goes with it */
+        if (ngx_http_smartflow_wipe_later(cf->pool, cred.data, cred.len)
+            != NGX_OK)
+        {
+            return NGX_CONF_ERROR;
         }
     }
 

@@ -63,6 +63,19 @@ ngx_smartflow_json_t *
 ngx_smartflow_json_parse(ngx_pool_t *pool, u_char *p, size_t len,
     ngx_str_t *err)
 {
+    return ngx_smartflow_json_parse_copy(pool, p, len, err, NULL);
+}
+
+
+/*
+ * As ngx_smartflow_json_parse(), and the copy the tree points into is
+ * given back (whether the text was JSON or not) for a caller that wipes
+ * it: an unescaped string leaves bytes of its escaped text after it.
+ */
+ngx_smartflow_json_t *
+ngx_smartflow_json_parse_copy(ngx_pool_t *pool, u_char *p, size_t len,
+    ngx_str_t *err, ngx_str_t *copy)
+{
     u_char                       c;
     ngx_str_t                    key, s;
     u_char                      *key_plain;
@@ -81,6 +94,11 @@ ngx_smartflow_json_parse(ngx_pool_t *pool, u_char *p, size_t len,
 
     if (len) {
         ngx_memcpy(rd.start, p, len);
+    }
+
+    if (copy) {
+        copy->data = rd.start;
+        copy->len = len;
     }
 
     rd.p = rd.start;

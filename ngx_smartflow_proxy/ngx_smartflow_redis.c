@@ -7,10 +7,11 @@
  * bounds every wait for an answer: when Redis stops answering the
  * context is freed, which answers each pending command with NULL, and a
  * reconnect timer retries with a growing delay.  The first worker to see
- * the connection fail logs it, once per outage.  After a connect, AUTH,
- * SELECT and SCRIPT LOAD of every script go first on the connection; a
- * PING behind them marks it usable, so EVALSHA never meets a Redis that
- * has lost its scripts.
+ * the connection fail logs it, once per outage.  A worker that exits
+ * waits for the answers still to come, within that same bound.  After a
+ * connect, AUTH, SELECT and SCRIPT LOAD of every script go first on the
+ * connection; a PING behind them marks it usable, so EVALSHA never meets
+ * a Redis that has lost its scripts.
  */
 
 #include <openssl/evp.h>
@@ -204,10 +205,14 @@ ngx_smartflow_redis_start(ngx_smartflow_redis_t *rd, ngx_log_t *log)
     /* a timer's data is read as a connection when debug logging */
     rd->dummy.fd = (ngx_socket_t) -1;
 
+    /*
+     * Not cancelable: it is set only while commands wait for their
+     * answers, so a worker told to quit waits for them, as long as the
+     * timeout lets it, rather than leave their outcome unknown.
+     */
     rd->watchdog.handler = ngx_smartflow_redis_watchdog;
     rd->watchdog.data = &rd->dummy;
     rd->watchdog.log = log;
-    rd->watchdog.cancelable = 1;
 
     rd->reconnect.handler = ngx_smartflow_redis_retry;
     rd->reconnect.data = &rd->dummy;

@@ -7,6 +7,7 @@ use Test::Nginx::Socket 'no_plan';
 use lib 't/lib';
 use Smartflow::Blocks;
 use Smartflow::Keys;
+use Smartflow::Memory;
 
 no_shuffle();
 
@@ -47,6 +48,9 @@ Smartflow::Blocks::defaults(main_config => $MainConfig,
                             config => $Locations,
                             more_headers => $OpenAIKey,
                             then => \&Smartflow::Keys::substitute);
+
+# the secrets the API showed, to look for them in nginx's memory after
+our @Shown;
 
 run_tests();
 
@@ -1045,3 +1049,40 @@ GET /api/auth/virtual-keys
 {"error":{"message":"The admin API takes the master key only.","type":"permission_error","param":null,"code":"master_key_required"}}
 --- error_log
 The admin API takes the master key only
+
+
+
+=== TEST 83: a key to rotate in the next block
+--- request
+POST /api/auth/virtual-keys
+{"name":"shown-once"}
+--- error_code: 201
+--- no_error_log
+[error]
+
+
+
+=== TEST 84: a secret the API made is not left in memory once shown
+A key rotated, another made: the answers show both secrets once; nothing
+of either is left in nginx's memory after (the zone keeps their digests).
+--- request eval
+["POST /api/auth/virtual-keys/%ID(shown-once)%/rotate\n{}",
+ "POST /api/auth/virtual-keys\n" . '{"name":"shown-twice"}',
+ "GET /api/auth/virtual-keys/%ID(shown-once)%"]
+--- error_code eval
+[200, 201, 200]
+--- response_body_filters eval
+sub {
+    my $b = shift;
+    if ($b =~ /"key":"sk-sf-([0-9a-f]{48})"/) {
+        # past the prefix the API lists
+        push @::Shown, substr($1, 8);
+        return "shown\n";
+    }
+    return "left: " . Smartflow::Memory::left(@::Shown) . "shown: "
+           . scalar(@::Shown) . "\n";
+}
+--- response_body eval
+["shown\n", "shown\n", "left: shown: 2\n"]
+--- no_error_log
+[error]

@@ -79,8 +79,8 @@ _EOC_
 # a provider whose answers of 200 are pages, not JSON, for the primary of
 # a model of its own
 sub paged_config {
-    return http_config(@_, <<'_EOC_');
-upstream sf_paged {
+    return http_config(@_) . <<'_EOC_';
+    upstream sf_paged {
         server 127.0.0.1:$TEST_NGINX_FIXTURE_PORT;
     }
 
@@ -91,13 +91,30 @@ upstream sf_paged {
         location / {
             return 200 '<html><body>maintenance</body></html>';
         }
+
+        location /odd/ {
+            default_type application/json;
+            return 200 '{"object":"chat.completion","id":"odd"}';
+        }
     }
 
     smartflow_provider paged type=openai upstream=http://sf_paged
                        key=sk-oai-provider-key;
 
+    # JSON, but not an answer of its API: it has no choices
+    smartflow_provider odd type=openai upstream=http://sf_paged path=/odd
+                       key=sk-oai-provider-key;
+
     smartflow_route unreadable paged model=gpt-paged-u;
     smartflow_route unreadable paged model=gpt-paged-fb-u fallback;
+
+    # an unreadable primary, a fallback that answers
+    smartflow_route rescued paged model=gpt-paged-r;
+    smartflow_route rescued openai model=gpt-fb-r fallback;
+
+    # a primary whose answer cannot be translated, a fallback that answers
+    smartflow_route strange odd model=gpt-odd-s;
+    smartflow_route strange openai model=gpt-fb-s fallback;
 _EOC_
 }
 
@@ -173,6 +190,11 @@ sub view {
                         . "in_flight=$x->{in_flight}\n";
             }
             return $out;
+        }
+
+        if (($d->{type} // '') eq 'message') {
+            return 'message '
+                   . $str->encode($d->{content}[0]{text}) . "\n";
         }
 
         if (($d->{object} // '') eq 'chat.completion') {
@@ -506,10 +528,11 @@ smartflow proxy: deployment "gemini/gemini-fb-busy" is being probed by another r
 
 
 
-=== TEST 10: an answer of 200 that cannot be read is the deployment's failure
-The primary answers 200 with a page, not JSON: the Anthropic client,
-whose answer is translated, gets a 502 in its format, and the deployment
-a failure (one failure opens the breaker), not a success.
+=== TEST 10: an answer of 200 that cannot be read is the deployment's failure, the next one is tried
+Both deployments answer 200 with a page, not JSON: each is tried, each
+gets a failure (one failure opens the breaker), not a success; the
+Anthropic client, whose answer is translated, gets a 502 in its format
+once none is left.
 --- http_config eval
 ::paged_config('smartflow_breaker failures=1 cooldown=30s;')
 --- request eval
@@ -520,15 +543,19 @@ a failure (one failure opens the breaker), not a success.
 [$::AnthropicKey, $::OpenAIKey]
 --- error_code eval
 [502, 200]
+--- response_headers eval
+["Content-Type: application/json\nx-smartflow-deployment: paged/gpt-paged-fb-u", ""]
 --- response_body_filters eval
 ::view(models => ['unreadable'])
 --- response_body eval
 ['{"type":"error","error":{"type":"api_error","message":"The provider\'s answer could not be read."}}',
  "paged/gpt-paged-u open requests=1 failures=1 in_flight=0\n"
- . "paged/gpt-paged-fb-u closed requests=0 failures=0 in_flight=0\n"]
+ . "paged/gpt-paged-fb-u open requests=1 failures=1 in_flight=0\n"]
 --- error_log
 smartflow proxy: provider "paged" answered 200 with a body that is not JSON
+smartflow proxy: deployment "paged/gpt-paged-u" gave an answer that could not be read for model "unreadable", trying the next one
 --- no_error_log
+answered 502 for model "unreadable"
 [alert]
 
 
@@ -566,5 +593,91 @@ sub {
 --- response_body eval
 ['{"error":{"message":"The model `legacy` is served by provider \"anthropic\", which does not offer this endpoint.","type":"invalid_request_error","param":"model","code":"unsupported_model"}}',
  "400 legacy\n"]
+--- no_error_log
+[alert]
+
+
+
+=== TEST 12: an answer of 200 that cannot be read goes on to the fallback
+The primary answers 200 with a page: the fallback answers the Anthropic
+client, with nothing of the page's headers; the primary has the failure.
+--- http_config eval
+::paged_config('smartflow_breaker failures=1 cooldown=30s;')
+--- request eval
+["POST /anthropic/v1/messages\n"
+ . '{"model":"rescued","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}',
+ "GET /health"]
+--- more_headers eval
+[$::AnthropicKey, $::OpenAIKey]
+--- error_code eval
+[200, 200]
+--- response_headers eval
+["Content-Type: application/json\nx-smartflow-deployment: openai/gpt-fb-r", ""]
+--- response_body_filters eval
+::view(models => ['rescued'])
+--- response_body eval
+["message \"mock reply to: hi\"\n",
+ "paged/gpt-paged-r open requests=1 failures=1 in_flight=0\n"
+ . "openai/gpt-fb-r closed requests=1 failures=0 in_flight=0\n"]
+--- error_log
+smartflow proxy: provider "paged" answered 200 with a body that is not JSON
+smartflow proxy: deployment "paged/gpt-paged-r" gave an answer that could not be read for model "rescued", trying the next one
+--- no_error_log
+[alert]
+
+
+
+=== TEST 13: an answer that cannot be translated goes on to the fallback
+The primary answers 200 with JSON that has no choices: the Anthropic
+client gets the fallback's answer, the primary the failure.
+--- http_config eval
+::paged_config('smartflow_breaker failures=1 cooldown=30s;')
+--- request eval
+["POST /anthropic/v1/messages\n"
+ . '{"model":"strange","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}',
+ "GET /health"]
+--- more_headers eval
+[$::AnthropicKey, $::OpenAIKey]
+--- error_code eval
+[200, 200]
+--- response_headers eval
+["x-smartflow-deployment: openai/gpt-fb-s", ""]
+--- response_body_filters eval
+::view(models => ['strange'])
+--- response_body eval
+["message \"mock reply to: hi\"\n",
+ "odd/gpt-odd-s open requests=1 failures=1 in_flight=0\n"
+ . "openai/gpt-fb-s closed requests=1 failures=0 in_flight=0\n"]
+--- error_log
+smartflow proxy: translating the answer of provider "odd" failed: the provider's response has no choices
+smartflow proxy: deployment "odd/gpt-odd-s" gave an answer that could not be read for model "strange", trying the next one
+--- no_error_log
+[alert]
+
+
+
+=== TEST 14: an answer cut before its end goes on to the fallback
+The primary's answer (translated for the Anthropic client) breaks off
+mid-body: nothing of it reached the client, the fallback answers.
+--- http_config eval
+::http_config('smartflow_breaker failures=1 cooldown=30s;')
+--- request eval
+["POST /anthropic/v1/messages\n"
+ . '{"model":"hesitant","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}',
+ "GET /health"]
+--- more_headers eval
+[$::AnthropicKey . "x-mock-drop: body", $::OpenAIKey]
+--- error_code eval
+[502, 200]
+--- response_body_filters eval
+::view(models => ['hesitant'])
+--- response_body eval
+['{"type":"error","error":{"type":"api_error","message":"The provider\'s answer could not be read."}}',
+ "openai/gpt-hes open requests=1 failures=1 in_flight=0\n"
+ . "gemini/gemini-fb-hes open requests=1 failures=1 in_flight=0\n"]
+--- error_log
+smartflow proxy: answer of provider "openai" broke before its end
+smartflow proxy: deployment "openai/gpt-hes" gave an answer that could not be read for model "hesitant", trying the next one
+smartflow proxy: answer of provider "gemini" broke before its end
 --- no_error_log
 [alert]

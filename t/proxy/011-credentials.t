@@ -12,13 +12,17 @@
 # and x-mock-api-key answer headers.
 
 use lib 't/lib';
+use Smartflow::Memory;
 use Smartflow::Mock;
 use Digest::SHA ();
 use IO::Select;
 use IO::Socket::INET;
+use POSIX ();
 use Test::Nginx::Socket 'no_plan';
 
 no_shuffle();
+
+$ENV{TEST_NGINX_FIXTURE_PORT} ||= 1988;
 
 our $Key = '7f' x 32;
 our $OtherKey = '01' x 32;
@@ -213,6 +217,52 @@ add_block_preprocessor(sub {
 
     return $block;
 });
+
+our @Quiet;
+END { kill 'TERM', @Quiet if @Quiet }
+
+# A provider of the test's own, in a process of its own, that answers
+# every request with a completion and never repeats what it was sent (the
+# mock's x-mock-* headers would bring the credential back into nginx).
+sub quiet_provider {
+    my $port = $ENV{TEST_NGINX_FIXTURE_PORT};
+    my $srv = IO::Socket::INET->new(LocalAddr => '127.0.0.1',
+                                    LocalPort => $port, Listen => 8,
+                                    ReuseAddr => 1, Proto => 'tcp')
+        or die "cannot listen on $port: $!\n";
+    my $pid = fork;
+    die "fork: $!\n" unless defined $pid;
+    if ($pid) {
+        close $srv;
+        push @Quiet, $pid;
+        return;
+    }
+
+    my $body = '{"id":"chatcmpl-q","object":"chat.completion","created":1,'
+             . '"model":"gpt-quiet","choices":[{"index":0,"message":'
+             . '{"role":"assistant","content":"quiet"},"finish_reason":'
+             . '"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,'
+             . '"total_tokens":2}}';
+    alarm 60;
+    while (my $c = $srv->accept) {
+        my $req = '';
+        while ($req !~ /\r\n\r\n/) {
+            last unless sysread $c, $req, 4096, length $req;
+        }
+        my ($len) = $req =~ /^content-length:\s*(\d+)/mi;
+        my ($head, $rest) = split /\r\n\r\n/, $req, 2;
+        $rest //= '';
+        while (length($rest) < ($len // 0)) {
+            last unless sysread $c, $rest, 4096, length $rest;
+        }
+        print {$c} "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                   . "Content-Length: " . length($body) . "\r\n"
+                   . "Connection: close\r\n\r\n$body";
+        close $c;
+    }
+    POSIX::_exit(0);
+}
+
 
 run_tests();
 
@@ -463,3 +513,43 @@ $::HttpConfig =~ s/store credentials.json/store changed.json/r
 --- must_die
 --- error_log
 does not open with smartflow_credentials_key
+
+
+
+=== TEST 20: no copy of a credential is left in memory once done with
+A credential set through the API (with an escape in its JSON), sent to
+its provider, then replaced by a shorter one: nothing of it is left in
+nginx's memory, neither in the request that set it, nor in the request
+sent to the provider, nor behind the shorter one.
+--- http_config eval
+$::HttpConfig . <<'_EOC_'
+    upstream sf_quiet {
+        server 127.0.0.1:$TEST_NGINX_FIXTURE_PORT;
+    }
+
+    smartflow_provider quiet type=openai upstream=http://sf_quiet;
+    smartflow_route gpt-quiet quiet;
+_EOC_
+--- init
+::quiet_provider();
+--- request eval
+["PUT /api/providers/quiet/credential\n" . '{"key":"sk-wipe-\u0041QZJXWVKPQ7"}',
+ "POST /v1/chat/completions\n"
+ . '{"model":"gpt-quiet","messages":[{"role":"user","content":"hi"}]}',
+ "PUT /api/providers/quiet/credential\n" . '{"key":"sk-short"}',
+ "GET /api/providers"]
+--- error_code eval
+[200, 200, 200, 200]
+--- response_body_filters eval
+sub {
+    my $b = shift;
+    return $b unless $b =~ /"object":"list"/;
+    return "left: " . Smartflow::Memory::left('QZJXWVKPQ', 'VKPQ7"}');
+}
+--- response_body_like eval
+['"fingerprint":"' . main::fp('sk-wipe-AQZJXWVKPQ7') . '"',
+ '"content":"quiet"', '"fingerprint":"' . main::fp('sk-short') . '"',
+ '^left: $']
+--- no_error_log
+[error]
+QZJXWVKPQ

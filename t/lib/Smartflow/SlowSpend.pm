@@ -8,6 +8,9 @@ package Smartflow::SlowSpend;
 #
 #   my ($c, $a, $b) = Smartflow::SlowSpend::setup('late-spend', nodes => 2);
 #
+# redis_timeout => MS gives the nodes' smartflow_redis that timeout= (times
+# the sanitizer's slowness) instead of the short default of the suites.
+#
 # exports count(NODE, RE), wait_for(WHAT, SUB), counter(ID, FIELD),
 # send_all(NODE, N, KEY), read_all(SOCKS) and make_key(NODE, NAME).
 
@@ -49,13 +52,19 @@ sub setup {
     smartflow_price mock-slow-* 1 2;
 _EOC_
 
+    my %redis;
+    $redis{redis} = "127.0.0.1:$c->{redis_port}"
+                    . ' timeout=' . ($o{redis_timeout} * $c->{slow}) . 'ms'
+                    . ' fail=open'
+        if $o{redis_timeout};
+
     my @nodes = ($c->node('a', port => $ENV{TEST_NGINX_PORT} || 3100,
-                          fail => 'open', http => $http));
+                          fail => 'open', http => $http, %redis));
 
     if (($o{nodes} // 1) > 1) {
         push @nodes, $c->node('b',
                               port => $ENV{SMARTFLOW_REDIS_NODE_PORT} || 3111,
-                              fail => 'open', http => $http);
+                              fail => 'open', http => $http, %redis);
     }
 
     return ($c, @nodes);
