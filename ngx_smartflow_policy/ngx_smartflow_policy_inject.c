@@ -481,7 +481,7 @@ typedef struct {
     ngx_uint_t    runs;         /* a base64 or hex run of 20 or more */
     ngx_uint_t    morse;        /* 24 or more of ".", "-", " ", "/" */
     ngx_uint_t    spaced;       /* maybe letters spelled out: a hint */
-    ngx_uint_t    leet;         /* a digit between two letters */
+    ngx_uint_t    leet;         /* a digit between letters, not hex */
 } ngx_smartflow_pass_t;
 
 
@@ -634,7 +634,8 @@ ngx_smartflow_gates_open_bytes(u_char *p, size_t len,
         if (k == NGX_SF_IC_B64) {
             leet |= (c >= '0' && c <= '9' && i > 0 && i + 1 < len
                      && ngx_smartflow_iclass[p[i - 1]] < 26
-                     && ngx_smartflow_iclass[p[i + 1]] < 26);
+                     && ngx_smartflow_iclass[p[i + 1]] < 26
+                     && ((p[i - 1] | 0x20) > 'f' || (p[i + 1] | 0x20) > 'f'));
             run++;
             continue;
         }
@@ -754,8 +755,8 @@ typedef struct {
     size_t        nlrun;        /* ... without a letter */
     size_t        brun;         /* base64 and hex, if counted */
     size_t        mrun;         /* Morse, if counted */
-    uint64_t      spaced;
     ngx_uint_t    counted;
+    ngx_uint_t    spaced;
     ngx_uint_t    runs;
     ngx_uint_t    morse;
     ngx_uint_t    high;
@@ -787,6 +788,7 @@ ngx_smartflow_gates_chunk(u_char *q, size_t i, size_t len,
     ngx_uint_t before, ngx_smartflow_chunks_t *st)
 {
     size_t      s;
+    u_char     *d;
     uint32_t    w, h;
     uint64_t    lm, sm, cand, bm, mm, b, m, t, starts, lp, sep;
     __m128i     x0, x1, x2, x3, ab;
@@ -894,20 +896,30 @@ ngx_smartflow_gates_chunk(u_char *q, size_t i, size_t len,
 
     /*
      * the bytes that are no letter between two letters (the last byte's
-     * next one taken as a letter): three of them two bytes apart hint at
-     * letters spelled out (three across two chunks are not seen: the
-     * reading itself looks for six letters, whose five such bytes always
-     * leave three in one chunk); one that is not a space is looked at,
-     * a digit there is leetspeak
+     * next one taken as a letter): three of them two bytes apart, all
+     * the same, hint at letters spelled out (three across two chunks are
+     * not seen: the reading itself looks for six letters, whose five
+     * such bytes always leave three in one chunk); one that is not a
+     * space is looked at: a digit there, beside a letter past "f" (not
+     * hex), is leetspeak
      */
     sep = ~lm & lp & ((lm >> 1) | (uint64_t) 1 << 63);
-    st->spaced |= sep & (sep >> 2) & (sep >> 4);
+
+    for (t = sep & (sep >> 2) & (sep >> 4); t; t &= t - 1) {
+        s = i + (size_t) __builtin_ctzll(t);
+
+        if (q[s] == q[s + 2] && q[s] == q[s + 4]) {
+            st->spaced = 1;
+            break;
+        }
+    }
 
     for (m = sep & ~sm; m; m &= m - 1) {
-        s = i + (size_t) __builtin_ctzll(m);
+        d = q + i + __builtin_ctzll(m);     /* d[-1] is a letter */
 
-        if (q[s] >= '0' && q[s] <= '9'
-            && ngx_smartflow_iclass[q[s + 1]] < 26)
+        if (d[0] >= '0' && d[0] <= '9'
+            && ngx_smartflow_iclass[d[1]] < 26
+            && ((d[-1] | 0x20) > 'f' || (d[1] | 0x20) > 'f'))
         {
             st->leet = 1;
             break;
@@ -991,7 +1003,7 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
     ps->high = st.high;
     ps->runs = st.runs;
     ps->morse = st.morse;
-    ps->spaced = (st.spaced != 0);
+    ps->spaced = st.spaced;
     ps->leet = st.leet;
 }
 

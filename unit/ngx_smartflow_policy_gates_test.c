@@ -3,7 +3,8 @@
  * every text the two must find the same gates open, the same rot13
  * readings, and the same bytes past ASCII, base64 or hex runs, Morse
  * code and digits between letters (leetspeak); where a word is spelled
- * out a letter at a time, six letters or more, both must hint at it.  Texts of every length around the chunks' borders, with runs
+ * out a letter at a time, six letters or more, both must hint at it.
+ * Texts of every length around the chunks' borders, with runs
  * ending at each byte, words split by them, and the injection corpus
  * (t/policy/corpus/injection.jsonl, given as the first argument) cut at
  * many lengths.  Each text lies in an allocation of its own size, so that
@@ -92,7 +93,8 @@ main(int argc, char **argv)
         "vtaber", "cerivbhf", "a", "ai", "im", "report", "percent",
         "regional", "disregard", "pretend", "openai", "developer",
         "1gn0r3", "pr3v10us", "l0g", "k8s", "v1.2.3", "d1sr3g4rd", "U.S.A.",
-        "i g n o r e", "i.g.n.o.r.e", "p-r-e-v-i-o-u-s", "a l l", "x y"
+        "i g n o r e", "i.g.n.o.r.e", "p-r-e-v-i-o-u-s", "a l l", "x y",
+        "3f2a9b1c", "a*b+c-d", "x.y.z"
     };
 
     static const char  *pieces[] = {
