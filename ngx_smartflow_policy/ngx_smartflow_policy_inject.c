@@ -455,6 +455,20 @@ static uint16_t              ngx_smartflow_pairs32[32 * 32];    /* by the
 static ngx_uint_t            ngx_smartflow_trie_n;
 
 /*
+ * Letters spelled out with one space between words too ("i g n o r e a
+ * l l ...") read as one word: an instruction override is looked for in
+ * it without word boundaries, and scores as the first signal.
+ */
+static pcre2_code           *ngx_smartflow_joined;
+
+#define NGX_SF_JOINED                                                        \
+    "(?i)(?:ignore|disregard|forget|bypass|override|neglect|overlook|"       \
+    "abandon|discard|skip)(?:all|any|the|your|my|of|these|those|every|"      \
+    "previous|prior|above|earlier|preceding|system|initial|original|"       \
+    "\\s)*?(?:instructions?|directives?|directions?|prompts?|rules|"        \
+    "guidelines|programming|restrictions|guidance|orders|commands)"
+
+/*
  * The words' first three bytes that may lead to a gate, hashed from
  * their low five bits (a letter's place in the alphabet + 1, of either
  * case): a bit for each three-letter start of a gate word or its rot13,
@@ -1029,6 +1043,15 @@ ngx_smartflow_injection_init(void)
     }
 
     ngx_smartflow_morse_init();
+
+    ngx_smartflow_joined = pcre2_compile((PCRE2_SPTR) NGX_SF_JOINED,
+                                         PCRE2_ZERO_TERMINATED, 0, &err, &off,
+                                         NULL);
+    if (ngx_smartflow_joined == NULL) {
+        return NGX_ERROR;
+    }
+
+    (void) pcre2_jit_compile(ngx_smartflow_joined, PCRE2_JIT_COMPLETE);
 
     /* the dead end, and the root */
     ngx_smartflow_trie_n = 2;
@@ -1882,6 +1905,14 @@ ngx_smartflow_spelled(u_char *p, size_t len, ngx_uint_t leet, u_char one,
 
     *set |= ngx_smartflow_signals_run(ngx_smartflow_inj_buf, n,
                                       ps.open & ~*set, 0);
+
+    if (found && !(*set & 1)
+        && ngx_smartflow_re_match(ngx_smartflow_joined, ngx_smartflow_inj_buf,
+                                  n, 0, 0, ngx_smartflow_policy_md)
+           >= 0)
+    {
+        *set |= 1;
+    }
 
     return ones;
 }
