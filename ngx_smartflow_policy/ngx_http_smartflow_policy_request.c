@@ -195,13 +195,93 @@ ngx_http_smartflow_policy_denied(ngx_http_request_t *r, ngx_array_t *deny,
 }
 
 
+/*
+ * A name the list allows: an entry of it without a wildcard is the name
+ * itself (the operator named it, and it goes on as it is routed), or an
+ * entry matches it and every deployment of it (an alias, one of a mix, a
+ * fallback) names to its provider a model an entry matches.  0 if so; 1
+ * if no entry matches the name; 2 if a deployment's model is not allowed,
+ * that model in *model.  All the deployments are read, as for the models
+ * denied.
+ */
+static ngx_uint_t
+ngx_http_smartflow_policy_allowed(ngx_http_request_t *r, ngx_array_t *allow,
+    ngx_http_smartflow_ctx_t *ctx, ngx_str_t **model)
+{
+    ngx_str_t                       *m;
+    ngx_uint_t                       i;
+    ngx_http_smartflow_route_t      *rt;
+    ngx_http_smartflow_main_conf_t  *smcf;
+
+    if (!ngx_http_smartflow_policy_model_in(allow, &ctx->model)) {
+        return 1;
+    }
+
+    m = allow->elts;
+
+    for (i = 0; i < allow->nelts; i++) {
+        if (m[i].len == ctx->model.len
+            && ngx_strlchr(m[i].data, m[i].data + m[i].len, '*') == NULL
+            && ngx_strncasecmp(m[i].data, ctx->model.data, m[i].len) == 0)
+        {
+            return 0;
+        }
+    }
+
+    smcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_proxy_module);
+
+    for (rt = ngx_http_smartflow_route_find(smcf, &ctx->model);
+         rt;
+         rt = rt->next)
+    {
+        if (rt->model.len
+            && !ngx_http_smartflow_policy_model_in(allow, &rt->model))
+        {
+            *model = &rt->model;
+            return 2;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
+ * A name refused for one of its deployments: the operator is told which,
+ * and by the list of which group (none: smartflow_policy_models)
+ */
+static ngx_int_t
+ngx_http_smartflow_policy_not_reached(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_str_t *model, ngx_str_t *group)
+{
+    if (group) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "smartflow policy: model \"%V\" refused: its "
+                      "deployment \"%V\" is a model group \"%V\" does "
+                      "not allow", &ctx->model, model, group);
+
+    } else {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "smartflow policy: model \"%V\" refused: its "
+                      "deployment \"%V\" is a model smartflow_policy_models "
+                      "does not allow", &ctx->model, model);
+    }
+
+    return ngx_http_smartflow_error(r, NGX_HTTP_FORBIDDEN,
+               "permission_error", "model_not_allowed", "model",
+               "The model `%V` is not allowed by this endpoint's "
+               "policy: one of its deployments is a model not allowed.",
+               &ctx->model);
+}
+
+
 ngx_int_t
 ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx)
 {
     ngx_int_t                               rc;
-    ngx_str_t                               name;
-    ngx_uint_t                              denied;
+    ngx_str_t                               name, *model;
+    ngx_uint_t                              denied, allowed;
     ngx_pool_cleanup_t                     *cln;
     ngx_http_smartflow_policy_run_t        *run;
     ngx_http_smartflow_policy_group_t      *g;
@@ -210,10 +290,16 @@ ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
 
     plcf = ngx_http_get_module_loc_conf(r, ngx_http_smartflow_policy_module);
 
-    if (plcf->models
-        && !ngx_http_smartflow_policy_model_in(plcf->models, &ctx->model))
-    {
-        goto not_allowed;
+    if (plcf->models) {
+        allowed = ngx_http_smartflow_policy_allowed(r, plcf->models, ctx,
+                                                    &model);
+        if (allowed == 1) {
+            goto not_allowed;
+        }
+
+        if (allowed == 2) {
+            return ngx_http_smartflow_policy_not_reached(r, ctx, model, NULL);
+        }
     }
 
     g = plcf->group;
@@ -243,10 +329,17 @@ ngx_http_smartflow_policy_stage(ngx_http_request_t *r,
         return NGX_DECLINED;
     }
 
-    if (g->allow && !ngx_http_smartflow_policy_model_in(g->allow,
-                                                        &ctx->model))
-    {
-        goto not_allowed;
+    if (g->allow) {
+        allowed = ngx_http_smartflow_policy_allowed(r, g->allow, ctx, &model);
+
+        if (allowed == 1) {
+            goto not_allowed;
+        }
+
+        if (allowed == 2) {
+            return ngx_http_smartflow_policy_not_reached(r, ctx, model,
+                                                         &g->name);
+        }
     }
 
     denied = g->deny ? ngx_http_smartflow_policy_denied(r, g->deny, ctx) : 0;

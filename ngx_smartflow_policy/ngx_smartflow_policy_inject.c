@@ -5,7 +5,9 @@
  * repeated phrase raises it.  Text hidden from a reader is revealed first
  * and scored again: Unicode tag characters, zero-width characters inside
  * words, Cyrillic and Greek look-alikes inside Latin words, base64 and
- * hex runs, rot13, and Morse code.
+ * hex runs, rot13, and Morse code.  Words spelled out a letter at a time
+ * ("i g n o r e", "i.g.n.o.r.e") and leetspeak ("1gn0r3") are read as
+ * the words they spell and scored as those would be.
  */
 
 #include "ngx_smartflow_policy.h"
@@ -453,6 +455,20 @@ static uint16_t              ngx_smartflow_pairs32[32 * 32];    /* by the
 static ngx_uint_t            ngx_smartflow_trie_n;
 
 /*
+ * Letters spelled out with one space between words too ("i g n o r e a
+ * l l ...") read as one word: an instruction override is looked for in
+ * it without word boundaries, and scores as the first signal.
+ */
+static pcre2_code           *ngx_smartflow_joined;
+
+#define NGX_SF_JOINED                                                        \
+    "(?i)(?:ignore|disregard|forget|bypass|override|neglect|overlook|"       \
+    "abandon|discard|skip)(?:all|any|the|your|my|of|these|those|every|"      \
+    "previous|prior|above|earlier|preceding|system|initial|original|"       \
+    "\\s)*?(?:instructions?|directives?|directions?|prompts?|rules|"        \
+    "guidelines|programming|restrictions|guidance|orders|commands)"
+
+/*
  * The words' first three bytes that may lead to a gate, hashed from
  * their low five bits (a letter's place in the alphabet + 1, of either
  * case): a bit for each three-letter start of a gate word or its rot13,
@@ -478,6 +494,8 @@ typedef struct {
     ngx_uint_t    high;         /* bytes past ASCII */
     ngx_uint_t    runs;         /* a base64 or hex run of 20 or more */
     ngx_uint_t    morse;        /* 24 or more of ".", "-", " ", "/" */
+    ngx_uint_t    spaced;       /* maybe letters spelled out: a hint */
+    ngx_uint_t    leet;         /* a digit between letters, not hex */
 } ngx_smartflow_pass_t;
 
 
@@ -555,10 +573,10 @@ static void
 ngx_smartflow_gates_open_bytes(u_char *p, size_t len,
     ngx_smartflow_pass_t *ps)
 {
-    size_t      i, ws, run, mrun;
+    size_t      i, ws, run, mrun, s1, s2;
     u_char      c, k, k2;
     uint64_t    open, rot13;
-    ngx_uint_t  node, runs, morse;
+    ngx_uint_t  node, runs, morse, spaced, leet;
 
     ngx_memzero(ps, sizeof(ngx_smartflow_pass_t));
 
@@ -568,6 +586,12 @@ ngx_smartflow_gates_open_bytes(u_char *p, size_t len,
     runs = 0;
     mrun = 0;
     morse = 0;
+    spaced = 0;
+    leet = 0;
+
+    /* the last two one-letter words, none yet */
+    s1 = (size_t) -8;
+    s2 = (size_t) -8;
 
     for (i = 0; i < len; i++) {
         c = p[i];
@@ -602,6 +626,12 @@ ngx_smartflow_gates_open_bytes(u_char *p, size_t len,
                 }
             }
 
+            if (i - ws == 1) {
+                spaced |= (ws == s1 + 2 && s1 == s2 + 2);
+                s2 = s1;
+                s1 = ws;
+            }
+
             run += i - ws;
             mrun = 0;
             i--;
@@ -616,6 +646,10 @@ ngx_smartflow_gates_open_bytes(u_char *p, size_t len,
         }
 
         if (k == NGX_SF_IC_B64) {
+            leet |= (c >= '0' && c <= '9' && i > 0 && i + 1 < len
+                     && ngx_smartflow_iclass[p[i - 1]] < 26
+                     && ngx_smartflow_iclass[p[i + 1]] < 26
+                     && ((p[i - 1] | 0x20) > 'f' || (p[i + 1] | 0x20) > 'f'));
             run++;
             continue;
         }
@@ -639,6 +673,8 @@ ngx_smartflow_gates_open_bytes(u_char *p, size_t len,
     ps->rot13 = rot13;
     ps->runs = runs | (run >= 20);
     ps->morse = morse;
+    ps->spaced = spaced;
+    ps->leet = leet;
 }
 
 
@@ -734,9 +770,11 @@ typedef struct {
     size_t        brun;         /* base64 and hex, if counted */
     size_t        mrun;         /* Morse, if counted */
     ngx_uint_t    counted;
+    ngx_uint_t    spaced;
     ngx_uint_t    runs;
     ngx_uint_t    morse;
     ngx_uint_t    high;
+    ngx_uint_t    leet;
 } ngx_smartflow_chunks_t;
 
 
@@ -764,8 +802,9 @@ ngx_smartflow_gates_chunk(u_char *q, size_t i, size_t len,
     ngx_uint_t before, ngx_smartflow_chunks_t *st)
 {
     size_t      s;
+    u_char     *d;
     uint32_t    w, h;
-    uint64_t    lm, sm, cand, bm, mm, b, m, t, starts;
+    uint64_t    lm, sm, cand, bm, mm, b, m, t, starts, lp, sep;
     __m128i     x0, x1, x2, x3, ab;
     ngx_uint_t  node;
 
@@ -864,9 +903,44 @@ ngx_smartflow_gates_chunk(u_char *q, size_t i, size_t len,
         st->counted = 0;
     }
 
-    /* the words that start in the chunk, of two letters or more */
-    starts = lm & ~((lm << 1) | st->prev);
+    /* the words that start in the chunk */
+    lp = (lm << 1) | st->prev;
+    starts = lm & ~lp;
     st->prev = lm >> 63;
+
+    /*
+     * the bytes that are no letter between two letters (the last byte's
+     * next one taken as a letter): three of them two bytes apart, all
+     * the same, hint at letters spelled out (three across two chunks are
+     * not seen: the reading itself looks for six letters, whose five
+     * such bytes always leave three in one chunk); one that is not a
+     * space is looked at: a digit there, beside a letter past "f" (not
+     * hex), is leetspeak
+     */
+    sep = ~lm & lp & ((lm >> 1) | (uint64_t) 1 << 63);
+
+    for (t = sep & (sep >> 2) & (sep >> 4); t; t &= t - 1) {
+        s = i + (size_t) __builtin_ctzll(t);
+
+        if (q[s] == q[s + 2] && q[s] == q[s + 4]) {
+            st->spaced = 1;
+            break;
+        }
+    }
+
+    for (m = sep & ~sm; m; m &= m - 1) {
+        d = q + i + __builtin_ctzll(m);     /* d[-1] is a letter */
+
+        if (d[0] >= '0' && d[0] <= '9'
+            && ngx_smartflow_iclass[d[1]] < 26
+            && ((d[-1] | 0x20) > 'f' || (d[1] | 0x20) > 'f'))
+        {
+            st->leet = 1;
+            break;
+        }
+    }
+
+    /* the words of two letters or more */
 
     if (starts >> 63) {
         ngx_smartflow_gate_word(q, i + 63, len, &st->open, &st->rot13);
@@ -943,6 +1017,8 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
     ps->high = st.high;
     ps->runs = st.runs;
     ps->morse = st.morse;
+    ps->spaced = st.spaced;
+    ps->leet = st.leet;
 }
 
 #endif
@@ -967,6 +1043,15 @@ ngx_smartflow_injection_init(void)
     }
 
     ngx_smartflow_morse_init();
+
+    ngx_smartflow_joined = pcre2_compile((PCRE2_SPTR) NGX_SF_JOINED,
+                                         PCRE2_ZERO_TERMINATED, 0, &err, &off,
+                                         NULL);
+    if (ngx_smartflow_joined == NULL) {
+        return NGX_ERROR;
+    }
+
+    (void) pcre2_jit_compile(ngx_smartflow_joined, PCRE2_JIT_COMPLETE);
 
     /* the dead end, and the root */
     ngx_smartflow_trie_n = 2;
@@ -1551,6 +1636,149 @@ ngx_smartflow_morse(u_char *p, size_t len, u_char *out, size_t max)
 }
 
 
+/*
+ * Leetspeak read as letters: in each word that has letters and digits
+ * (or "@", "$"), 0 as o, 1 as i (or as l, the second reading), 3 as e,
+ * 4 as a, 5 as s, 7 as t, 8 as b, 9 as g, "@" as a, "$" as s.  As long
+ * as the text; tells whether a 1 was read.
+ */
+static ngx_uint_t
+ngx_smartflow_unleet(u_char *p, size_t len, u_char *out, u_char one)
+{
+    size_t       i, s;
+    u_char       c;
+    ngx_uint_t   letters, others, ones;
+
+    static const u_char  leet[] = "oi2ea56tbg";
+
+    ones = 0;
+
+    for (i = 0; i < len; /* void */) {
+        c = p[i];
+
+        if (!ngx_sf_is_alpha(c) && !(c >= '0' && c <= '9') && c != '@'
+            && c != '$')
+        {
+            out[i++] = c;
+            continue;
+        }
+
+        /* a word of letters, digits, "@" and "$" */
+        s = i;
+        letters = 0;
+        others = 0;
+
+        while (i < len
+               && (ngx_sf_is_alpha(p[i]) || (p[i] >= '0' && p[i] <= '9')
+                   || p[i] == '@' || p[i] == '$'))
+        {
+            if (ngx_sf_is_alpha(p[i])) {
+                letters++;
+
+            } else if (p[i] != '2' && p[i] != '6') {
+                others++;
+            }
+
+            i++;
+        }
+
+        for ( /* void */ ; s < i; s++) {
+            c = p[s];
+
+            if (letters && others && !ngx_sf_is_alpha(c)) {
+                if (c == '1') {
+                    ones = 1;
+                    c = one;
+
+                } else {
+                    c = (c == '@') ? 'a' : (c == '$') ? 's'
+                                   : leet[c - '0'];
+                }
+            }
+
+            out[s] = c;
+        }
+    }
+
+    return ones;
+}
+
+
+/*
+ * Letters spelled out a byte apart, "I g n o r e  a l l" or
+ * "i.g.n.o.r.e a.l.l": each such word of two letters or more (one-letter
+ * words with one and the same byte between them, a space or a sign, not
+ * a digit nor a line break; a separator after the last one goes with
+ * it) is written as its letters, and the spaces after it as one.  The
+ * rest is copied.  out may be p: it is never longer.  Tells in *found
+ * whether a word of six letters or more was spelled out: only such a
+ * word is sure to be hinted at by the gates' pass, wherever the chunks
+ * fall.
+ */
+static size_t
+ngx_smartflow_unspace(u_char *p, size_t len, u_char *out, ngx_uint_t *found)
+{
+    size_t  i, n, w;
+    u_char  c, sep, prev;
+
+    n = 0;
+    prev = ' ';
+
+    for (i = 0; i < len; /* void */) {
+        c = p[i];
+
+        if (!ngx_sf_is_alpha(c) || ngx_sf_is_alpha(prev) || i + 2 >= len
+            || ngx_sf_is_alpha(p[i + 1]) || !ngx_sf_is_alpha(p[i + 2])
+            || (i + 3 < len && ngx_sf_is_alpha(p[i + 3]))
+            || (p[i + 1] >= '0' && p[i + 1] <= '9')
+            || p[i + 1] == '\n' || p[i + 1] == '\r')
+        {
+            prev = c;
+            out[n++] = c;
+            i++;
+            continue;
+        }
+
+        sep = p[i + 1];
+        w = n;
+
+        for ( ;; ) {
+            out[n++] = p[i++];
+
+            if (i + 1 < len && p[i] == sep && ngx_sf_is_alpha(p[i + 1])
+                && (i + 2 == len || !ngx_sf_is_alpha(p[i + 2])))
+            {
+                i++;
+                continue;
+            }
+
+            break;
+        }
+
+        if (n - w >= 6) {
+            *found = 1;
+        }
+
+        /* "i.g.n.o.r.e." */
+        if (sep != ' ' && i < len && p[i] == sep) {
+            i++;
+        }
+
+        if (i < len && p[i] == ' ') {
+            out[n++] = ' ';
+
+            while (i < len && p[i] == ' ') {
+                i++;
+            }
+        }
+
+        prev = ' ';
+    }
+
+    return n;
+}
+
+
 static void
 ngx_smartflow_rot13(u_char *p, size_t len, u_char *out)
 {
@@ -1646,6 +1874,50 @@ ngx_smartflow_unwrap(u_char *p, size_t len, u_char *out)
 }
 
 
+/*
+ * The signals not yet in set that the text read without its spelling
+ * tricks shows, added to set; tells whether a 1 was read as a letter
+ */
+static ngx_uint_t
+ngx_smartflow_spelled(u_char *p, size_t len, ngx_uint_t leet, u_char one,
+    uint64_t *set)
+{
+    size_t                n;
+    ngx_uint_t            ones, found;
+    ngx_smartflow_pass_t  ps;
+
+    ones = 0;
+    found = 0;
+
+    if (leet) {
+        ones = ngx_smartflow_unleet(p, len, ngx_smartflow_inj_buf, one);
+        p = ngx_smartflow_inj_buf;
+    }
+
+    n = ngx_smartflow_unspace(p, len, ngx_smartflow_inj_buf, &found);
+
+    /* letters spelled out only in short words: a hint of no account */
+    if (!leet && !found) {
+        return 0;
+    }
+
+    ngx_smartflow_gates_open(ngx_smartflow_inj_buf, n, &ps);
+
+    *set |= ngx_smartflow_signals_run(ngx_smartflow_inj_buf, n,
+                                      ps.open & ~*set, 0);
+
+    if (found && !(*set & 1)
+        && ngx_smartflow_re_match(ngx_smartflow_joined, ngx_smartflow_inj_buf,
+                                  n, 0, 0, ngx_smartflow_policy_md)
+           >= 0)
+    {
+        *set |= 1;
+    }
+
+    return ones;
+}
+
+
 static void
 ngx_smartflow_score_window(u_char *p, size_t len, uint64_t *set,
     ngx_uint_t *hidden, uint64_t *revealed_set)
@@ -1675,6 +1947,16 @@ ngx_smartflow_score_window(u_char *p, size_t len, uint64_t *set,
     zw = 0;
     glyphs = 0;
     wide = 0;
+
+    /*
+     * words spelled out a letter at a time, or in leetspeak, read as the
+     * words they spell score as those do; a 1 is read as i, then as l
+     */
+    if ((ps.spaced || ps.leet)
+        && ngx_smartflow_spelled(p, len, ps.leet, 'i', set))
+    {
+        (void) ngx_smartflow_spelled(p, len, 1, 'l', set);
+    }
 
     /* the tricks that hide text all need bytes past ASCII */
     if (ps.high) {

@@ -94,9 +94,13 @@ static u_char  ngx_smartflow_wclass[256];
 
 /*
  * The email pattern compiled anchored as well, for the places an "@"
- * points at: JIT code does not take PCRE2_ANCHORED at match time
+ * points at: JIT code does not take PCRE2_ANCHORED at match time.  That
+ * one is without the look-behind: the scan walks the local part back
+ * itself and tells where it may start.
  */
 static pcre2_code  *ngx_smartflow_email_anchored;
+
+#define NGX_SF_EMAIL_BEFORE  "(?<![A-Za-z0-9._%+-])"
 
 
 #define ngx_sf_alnum(c)                                                      \
@@ -138,7 +142,7 @@ static ngx_smartflow_detector_t  ngx_smartflow_detectors[] = {
       ngx_smartflow_ssn_check, NULL },
 
     { NGX_SF_RULE_EMAIL,
-      "(?<![A-Za-z0-9._%+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}"
+      NGX_SF_EMAIL_BEFORE "[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}"
       "@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
       "(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*"
       "\\.[A-Za-z]{2,24}(?![A-Za-z0-9-]|:[A-Za-z0-9~/])",
@@ -229,7 +233,8 @@ ngx_smartflow_policy_detect_init(void)
         }
 
         ngx_smartflow_email_anchored = pcre2_compile(
-            (PCRE2_SPTR) ngx_smartflow_detectors[i].pattern,
+            (PCRE2_SPTR) ngx_smartflow_detectors[i].pattern
+                         + sizeof(NGX_SF_EMAIL_BEFORE) - 1,
             PCRE2_ZERO_TERMINATED, PCRE2_ANCHORED, &err, &off, NULL);
 
         if (ngx_smartflow_email_anchored == NULL) {
@@ -943,6 +948,9 @@ ngx_smartflow_window_may(ngx_smartflow_detector_t *d,
 /*
  * Emails from their "@": the local part is walked back from it and the
  * pattern anchored there, instead of tried at every letter of the text.
+ * The walk stops at the end of the address before, so that one glued to
+ * it ("x@a.bc_z9@q.io") is found too: it starts at the first letter or
+ * digit of what is left, as one after a sign (".f@g.hi") does.
  */
 static ngx_uint_t
 ngx_smartflow_scan_email(pcre2_code *re, u_char *p, size_t len,
@@ -950,13 +958,14 @@ ngx_smartflow_scan_email(pcre2_code *re, u_char *p, size_t len,
 {
     int          rc;
     u_char      *a, c;
-    size_t       s, e, off, at;
+    size_t       s, e, off, at, last;
     ngx_uint_t   first;
     PCRE2_SIZE  *ov;
 
     /* f[0 .. first): the other detectors', in text order */
     first = n;
     off = 0;
+    last = 0;
 
     while (off < len && n < max) {
         a = (u_char *) memchr(p + off, '@', len - off);
@@ -967,7 +976,7 @@ ngx_smartflow_scan_email(pcre2_code *re, u_char *p, size_t len,
         at = a - p;
         s = at;
 
-        while (s > 0 && at - s < 64) {
+        while (s > last && at - s < 64) {
             c = p[s - 1];
 
             if (!(ngx_sf_alnum(c) || c == '.' || c == '_' || c == '%'
@@ -1011,6 +1020,7 @@ ngx_smartflow_scan_email(pcre2_code *re, u_char *p, size_t len,
         n = ngx_smartflow_append(f, first, n, NGX_SF_RULE_EMAIL, s, e);
 
         off = e;
+        last = e;
     }
 
     return n;

@@ -1,8 +1,10 @@
 /*
  * The injection scorer's gate pass, SIMD against byte at a time: for
  * every text the two must find the same gates open, the same rot13
- * readings, and the same bytes past ASCII, base64 or hex runs and Morse
- * code.  Texts of every length around the chunks' borders, with runs
+ * readings, and the same bytes past ASCII, base64 or hex runs, Morse
+ * code and digits between letters (leetspeak); where a word is spelled
+ * out a letter at a time, six letters or more, both must hint at it.
+ * Texts of every length around the chunks' borders, with runs
  * ending at each byte, words split by them, and the injection corpus
  * (t/policy/corpus/injection.jsonl, given as the first argument) cut at
  * many lengths.  Each text lies in an allocation of its own size, so that
@@ -23,7 +25,8 @@
 static void
 unit_same(const u_char *text, size_t len)
 {
-    u_char                *p;
+    u_char                *p, *out;
+    ngx_uint_t             found;
     ngx_smartflow_pass_t   a, b;
 
     p = malloc(len ? len : 1);
@@ -36,21 +39,39 @@ unit_same(const u_char *text, size_t len)
     ngx_smartflow_gates_open(p, len, &a);
     ngx_smartflow_gates_open_bytes(p, len, &b);
 
+    /* a word spelled out, six letters or more: both hint at it */
+    found = 0;
+
+    if (len <= NGX_SF_INJ_WINDOW) {
+        out = malloc(len ? len : 1);
+        if (out == NULL) {
+            abort();
+        }
+
+        (void) ngx_smartflow_unspace(p, len, out, &found);
+        free(out);
+    }
+
     unit_texts++;
 
     if (a.open != b.open || a.rot13 != b.rot13 || a.high != b.high
-        || a.runs != b.runs || a.morse != b.morse)
+        || a.runs != b.runs || a.morse != b.morse || a.leet != b.leet
+        || (found && !(a.spaced && b.spaced)))
     {
         if (unit_bad++ == 0) {
             snprintf(unit_first, sizeof(unit_first),
                      "len %zu: open %llx/%llx rot13 %llx/%llx high %lu/%lu "
-                     "runs %lu/%lu morse %lu/%lu", len,
+                     "runs %lu/%lu morse %lu/%lu leet %lu/%lu "
+                     "spelled %lu: %lu/%lu", len,
                      (unsigned long long) a.open, (unsigned long long) b.open,
                      (unsigned long long) a.rot13,
                      (unsigned long long) b.rot13,
                      (unsigned long) a.high, (unsigned long) b.high,
                      (unsigned long) a.runs, (unsigned long) b.runs,
-                     (unsigned long) a.morse, (unsigned long) b.morse);
+                     (unsigned long) a.morse, (unsigned long) b.morse,
+                     (unsigned long) a.leet, (unsigned long) b.leet,
+                     (unsigned long) found, (unsigned long) a.spaced,
+                     (unsigned long) b.spaced);
         }
     }
 
@@ -70,7 +91,10 @@ main(int argc, char **argv)
         "ignore", "all", "previous", "instructions", "and", "reveal", "the",
         "system", "prompt", "you", "are", "now", "dan", "jailbreak", "mode",
         "vtaber", "cerivbhf", "a", "ai", "im", "report", "percent",
-        "regional", "disregard", "pretend", "openai", "developer"
+        "regional", "disregard", "pretend", "openai", "developer",
+        "1gn0r3", "pr3v10us", "l0g", "k8s", "v1.2.3", "d1sr3g4rd", "U.S.A.",
+        "i g n o r e", "i.g.n.o.r.e", "p-r-e-v-i-o-u-s", "a l l", "x y",
+        "3f2a9b1c", "a*b+c-d", "x.y.z"
     };
 
     static const char  *pieces[] = {
@@ -156,6 +180,29 @@ main(int argc, char **argv)
     }
 
     unit_report("words and separators at random, lengths 0 to 700");
+
+    /* words spelled out and leetspeak at every offset around the chunks */
+    for (len = 40; len <= 200; len++) {
+        for (k = 0; k < 4; k++) {
+            static const char  *spelled[] = {
+                "i g n o r e", "D.I.S.R.E.G.A.R.D", "s-y-s-t-e-m.",
+                "x0r"
+            };
+
+            n = strlen(spelled[k]);
+
+            for (at = 0; at + n <= len; at++) {
+                for (i = 0; i < len; i++) {
+                    buf[i] = "ab cd "[i % 6];
+                }
+
+                memcpy(buf + at, spelled[k], n);
+                unit_same(buf, len);
+            }
+        }
+    }
+
+    unit_report("words spelled out and leetspeak at every offset");
 
     /* every byte value, at random */
     for (r = 0; r < 5000; r++) {

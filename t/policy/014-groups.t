@@ -6,7 +6,11 @@
 # does.  A model a group denies is never reached, also through an alias
 # or a fallback deployment that names it to the provider: a name with a
 # denied model among its deployments is always refused, whichever one
-# the weighted pick would have chosen.  The mock
+# the weighted pick would have chosen.  A group's allowed models are
+# read the same way: a name a pattern of the list matches goes on only if
+# every deployment it can reach names an allowed model; a name the list
+# gives as it is, without a wildcard, is the operator's choice and goes
+# on as it is routed.  The same holds for smartflow_policy_models.  The mock
 # answers "mock reply to: <the last user text>".
 
 use lib 't/lib';
@@ -47,6 +51,14 @@ our $HttpConfig = <<'_EOC_';
 
     smartflow_policy_group nomini extends=base {
         models_deny gpt-4o-mini*;
+    }
+
+    smartflow_policy_group minis extends=base {
+        models_allow gpt-4o-mini* gpt-4.1-nano f*;
+    }
+
+    smartflow_policy_group named extends=base {
+        models_allow gpt-4o-mini* smart;
     }
 _EOC_
 
@@ -171,3 +183,97 @@ $::HttpConfig . "
 [(403) x 10]
 --- response_body_like eval
 [('"code":"model_not_allowed"') x 10]
+
+
+
+=== TEST 9: an alias a pattern allows, whose deployment names a model not allowed, is refused
+--- http_config eval
+$::HttpConfig . "
+    smartflow_route fancy openai model=gpt-4o;
+"
+--- config eval
+"smartflow_policy minis;\n$::Locations"
+--- request
+POST /v1/chat/completions
+{"model":"fancy","messages":[{"role":"user","content":"hi"}]}
+--- error_code: 403
+--- response_body chomp
+{"error":{"message":"The model `fancy` is not allowed by this endpoint's policy: one of its deployments is a model not allowed.","type":"permission_error","param":"model","code":"model_not_allowed"}}
+--- error_log
+smartflow policy: model "fancy" refused: its deployment "gpt-4o" is a model group "minis" does not allow
+
+
+
+=== TEST 10: ... also when only a fallback deployment names it
+--- http_config eval
+$::HttpConfig . "
+    smartflow_route fine openai model=gpt-4o-mini;
+    smartflow_route fine openai model=gpt-4o fallback;
+"
+--- config eval
+"smartflow_policy minis;\n$::Locations"
+--- request
+POST /v1/chat/completions
+{"model":"fine","messages":[{"role":"user","content":"hi"}]}
+--- error_code: 403
+--- response_body_like chomp
+one of its deployments is a model not allowed
+--- error_log
+its deployment "gpt-4o" is a model group "minis" does not allow
+
+
+
+=== TEST 11: an alias a pattern allows whose every deployment is allowed goes on
+--- config eval
+"smartflow_policy minis;\n$::Locations"
+--- request
+POST /v1/chat/completions
+{"model":"fast","messages":[{"role":"user","content":"hi"}]}
+--- error_code: 200
+--- response_headers
+x-mock-model: gpt-4o-mini
+--- no_error_log
+[warn]
+
+
+
+=== TEST 12: a name the list does not allow is refused, whatever its deployments
+--- config eval
+"smartflow_policy minis;\n$::Locations"
+--- request
+POST /v1/chat/completions
+{"model":"quick","messages":[{"role":"user","content":"hi"}]}
+--- error_code: 403
+--- response_body chomp
+{"error":{"message":"The model `quick` is not allowed by this endpoint's policy.","type":"permission_error","param":"model","code":"model_not_allowed"}}
+
+
+
+=== TEST 13: an alias the list gives by its name goes on as it is routed
+--- config eval
+"smartflow_policy named;\n$::Locations"
+--- request
+POST /v1/chat/completions
+{"model":"smart","messages":[{"role":"user","content":"hi"}]}
+--- error_code: 200
+--- response_headers
+x-mock-model: gpt-4o
+--- no_error_log
+[warn]
+
+
+
+=== TEST 14: smartflow_policy_models reads the deployments the same way
+--- config eval
+"smartflow_policy_models gpt-4o-mini* f*;\n$::Locations"
+--- request eval
+[ "POST /v1/chat/completions\n" . '{"model":"fast","messages":[{"role":"user","content":"hi"}]}',
+  "POST /v1/chat/completions\n" . '{"model":"fancy","messages":[{"role":"user","content":"hi"}]}' ]
+--- http_config eval
+$::HttpConfig . "
+    smartflow_route fancy openai model=gpt-4o;
+"
+--- error_code eval
+[200, 403]
+--- response_body_like eval
+[ qr/mock reply to: hi/, qr/one of its deployments is a model not allowed/ ]
