@@ -98,6 +98,9 @@ static ngx_uint_t   ngx_http_smartflow_audit_nwaiting;
 static ngx_uint_t   ngx_http_smartflow_audit_running;
 static ngx_event_t  ngx_http_smartflow_audit_holder;
 
+/* the holder's data: nginx's debug log of a timer reads a connection's fd */
+static ngx_connection_t  ngx_http_smartflow_audit_holder_conn;
+
 
 /* latency buckets, milliseconds */
 static ngx_msec_t  ngx_http_smartflow_audit_le[NGX_SMARTFLOW_AUDIT_BUCKETS]
@@ -1231,6 +1234,8 @@ ngx_http_smartflow_audit_hold(void)
     }
 
     if (!ev->timer_set) {
+        ngx_http_smartflow_audit_holder_conn.fd = (ngx_socket_t) -1;
+        ev->data = &ngx_http_smartflow_audit_holder_conn;
         ev->handler = ngx_http_smartflow_audit_hold_handler;
         ev->log = ngx_cycle->log;
         ev->cancelable = 0;
