@@ -168,6 +168,7 @@ typedef struct {
     u_char                      tsa_url[1024];  /* empty: none */
     ngx_msec_t                  tsa_timeout;
     ngx_flag_t                  offline;        /* spool, no call */
+    ngx_flag_t                  index;          /* the receipts index */
 
     /* results */
     ngx_int_t                   rc;
@@ -175,6 +176,7 @@ typedef struct {
     char                        protection[16];
     ngx_int_t                   tsa_rc;
     char                        tsa_err[NGX_MAX_PATH + 512];
+    char                        index_err[NGX_MAX_PATH + 512];
     ngx_shm_zone_t             *zone;
 } ngx_http_smartflow_audit_seal_t;
 
@@ -183,6 +185,8 @@ extern ngx_module_t  ngx_http_smartflow_audit_module;
 
 
 ngx_int_t ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s);
+ngx_int_t ngx_http_smartflow_audit_index(u_char *dir, ngx_uint_t segment,
+    char *err, size_t errlen);
 ngx_int_t ngx_http_smartflow_audit_write_ro(u_char *path, u_char *data,
     size_t len, char *err, size_t errlen);
 ngx_int_t ngx_http_smartflow_audit_recover(ngx_log_t *log,

@@ -939,6 +939,7 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
     snap.rc = NGX_ERROR;
     snap.err[0] = '\0';
     snap.offline = 0;
+    snap.index = 1;
     snap.tsa_rc = NGX_OK;
     snap.tsa_timeout = amcf->tsa_timeout;
     snap.tsa_url[0] = '\0';
