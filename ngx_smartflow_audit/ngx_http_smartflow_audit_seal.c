@@ -266,7 +266,8 @@ ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s)
 
     if (s->tsa_url[0]) {
         s->tsa_rc = ngx_http_smartflow_audit_tsa_stamp(s->dir, s->segment,
-                        s->tsa_url, s->tsa_timeout, s->offline, s->tsa_err,
+                        s->tsa_url, s->tsa_ca, s->tsa_timeout, s->offline,
+                        s->tsa_err,
                         sizeof(s->tsa_err));
     }
 
@@ -1231,6 +1232,9 @@ ngx_http_smartflow_audit_recover(ngx_log_t *log,
             if (amcf->tsa_url.len) {
                 ngx_cpystrn(s->tsa_url, amcf->tsa_url.data,
                             sizeof(s->tsa_url));
+                ngx_cpystrn(s->tsa_ca, amcf->tsa_ca.len
+                                       ? amcf->tsa_ca.data : (u_char *) "",
+                            sizeof(s->tsa_ca));
             }
 
             if (ngx_http_smartflow_audit_seal(s) != NGX_OK) {
