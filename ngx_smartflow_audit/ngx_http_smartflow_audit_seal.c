@@ -903,7 +903,9 @@ ngx_http_smartflow_audit_seal_done(ngx_event_t *ev)
                       s->segment, s->index_err);
     }
 
-    if (s->rc == NGX_OK && s->tsa_url[0] && s->tsa_rc != NGX_OK) {
+    if (s->rc == NGX_OK && s->tsa_url[0] && s->tsa_rc != NGX_OK
+        && s->tsa_rc != NGX_DECLINED)
+    {
         ngx_log_error(NGX_LOG_WARN, ev->log, 0,
                       "smartflow audit: the timestamp of segment %ui is "
                       "spooled for a retry: %s", s->segment, s->tsa_err);

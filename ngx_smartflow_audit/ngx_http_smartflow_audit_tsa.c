@@ -7,6 +7,7 @@
  * segment-N.tsq; one worker retries the spooled ones on a timer.
  */
 
+#include <sys/file.h>
 #include <curl/curl.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -243,6 +244,26 @@ verify:
 }
 
 
+/* 1 when the seal's timestamp is there: its spooled query goes */
+static ngx_uint_t
+ngx_http_smartflow_audit_tsa_done(u_char *dir, ngx_uint_t segment)
+{
+    ngx_file_info_t  fi;
+    u_char           path[NGX_MAX_PATH];
+
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/segment-%08ui.tsr%Z", dir, segment);
+
+    if (ngx_file_info(path, &fi) == NGX_FILE_ERROR) {
+        return 0;
+    }
+
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/segment-%08ui.tsq%Z", dir, segment);
+    (void) unlink((char *) path);
+
+    return 1;
+}
+
+
 static uint64_t
 ngx_http_smartflow_audit_u64(unsigned char *p)
 {
@@ -256,15 +277,19 @@ ngx_http_smartflow_audit_u64(unsigned char *p)
 
 
 /*
- * Stamps the seal of a segment: NGX_OK with segment-N.tsr written,
- * NGX_AGAIN with the query spooled in segment-N.tsq, NGX_ERROR.
+ * Stamps the seal of a segment: NGX_OK with segment-N.tsr written (or
+ * found), NGX_AGAIN with the query spooled in segment-N.tsq, NGX_DECLINED
+ * while another thread stamps it (a seal's stamp and the retry of the
+ * spool it made first), NGX_ERROR.  One stamp a seal: the one stamping
+ * holds an flock on the spooled query, and a stamp found is kept, so the
+ * timestamp shipped is the one in the folder.
  */
 ngx_int_t
 ngx_http_smartflow_audit_tsa_stamp(u_char *dir, ngx_uint_t segment,
     u_char *url, u_char *ca, ngx_msec_t timeout, ngx_flag_t offline,
     char *err, size_t errlen)
 {
-    int                               n, rc;
+    int                               n, rc, lock;
     long                              code;
     u_char                           *der, *p;
     size_t                            len;
@@ -293,6 +318,11 @@ ngx_http_smartflow_audit_tsa_stamp(u_char *dir, ngx_uint_t segment,
     body.data = NULL;
     body.len = 0;
     rc = NGX_ERROR;
+    lock = -1;
+
+    if (ngx_http_smartflow_audit_tsa_done(dir, segment)) {
+        return NGX_OK;
+    }
 
     ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEAL "%Z",
                  dir, segment);
@@ -364,6 +394,20 @@ ngx_http_smartflow_audit_tsa_stamp(u_char *dir, ngx_uint_t segment,
     if (offline) {
         rc = NGX_AGAIN;
         snprintf(err, errlen, "spooled");
+        goto done;
+    }
+
+    lock = open((char *) path, O_RDONLY | O_CLOEXEC);
+
+    if (lock == -1 || flock(lock, LOCK_EX | LOCK_NB) == -1) {
+        rc = (lock != -1 && errno == EWOULDBLOCK) ? NGX_DECLINED : NGX_AGAIN;
+        snprintf(err, errlen, "%s is being stamped", path);
+        goto done;
+    }
+
+    /* stamped by the other meanwhile, the spool made again by this one */
+    if (ngx_http_smartflow_audit_tsa_done(dir, segment)) {
+        rc = NGX_OK;
         goto done;
     }
 
@@ -454,6 +498,10 @@ ngx_http_smartflow_audit_tsa_stamp(u_char *dir, ngx_uint_t segment,
 
 done:
 
+    if (lock != -1) {
+        (void) close(lock);
+    }
+
     if (curl) {
         curl_easy_cleanup(curl);
     }
@@ -532,6 +580,10 @@ ngx_http_smartflow_audit_tsa_retry(u_char *dir, u_char *url, u_char *ca,
                                                 0, err, errlen);
         if (rc == NGX_OK) {
             (*waiting)--;
+
+        } else if (rc == NGX_DECLINED) {
+            /* a seal's own stamp, in flight */
+            continue;
 
         } else if (rc == NGX_AGAIN) {
             /* still down: the rest waits for the next round */
