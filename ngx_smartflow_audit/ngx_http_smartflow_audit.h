@@ -123,6 +123,7 @@ typedef struct {
     ngx_thread_pool_t          *pool;
     ngx_int_t                   request_id;     /* variable index */
     ngx_str_t                   tsa_url;
+    ngx_str_t                   tsa_ca;         /* PEM; none: the reply's */
     ngx_msec_t                  tsa_timeout;
     ngx_msec_t                  tsa_retry;
     ngx_cycle_t                *cycle;
@@ -166,8 +167,10 @@ typedef struct {
     ngx_flag_t                  immutable;
     time_t                      now;
     u_char                      tsa_url[1024];  /* empty: none */
+    u_char                      tsa_ca[NGX_MAX_PATH];   /* empty: none */
     ngx_msec_t                  tsa_timeout;
     ngx_flag_t                  offline;        /* spool, no call */
+    ngx_flag_t                  index;          /* the receipts index */
 
     /* results */
     ngx_int_t                   rc;
@@ -175,6 +178,7 @@ typedef struct {
     char                        protection[16];
     ngx_int_t                   tsa_rc;
     char                        tsa_err[NGX_MAX_PATH + 512];
+    char                        index_err[NGX_MAX_PATH + 512];
     ngx_shm_zone_t             *zone;
 } ngx_http_smartflow_audit_seal_t;
 
@@ -183,16 +187,21 @@ extern ngx_module_t  ngx_http_smartflow_audit_module;
 
 
 ngx_int_t ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s);
+ngx_int_t ngx_http_smartflow_audit_index(u_char *dir, ngx_uint_t segment,
+    char *err, size_t errlen);
 ngx_int_t ngx_http_smartflow_audit_write_ro(u_char *path, u_char *data,
     size_t len, char *err, size_t errlen);
 ngx_int_t ngx_http_smartflow_audit_recover(ngx_log_t *log,
     ngx_http_smartflow_audit_main_conf_t *amcf,
     ngx_http_smartflow_audit_sh_t *sh);
 ngx_int_t ngx_http_smartflow_audit_tsa_stamp(u_char *dir,
-    ngx_uint_t segment, u_char *url, ngx_msec_t timeout, ngx_flag_t offline,
-    char *err, size_t errlen);
+    ngx_uint_t segment, u_char *url, u_char *ca, ngx_msec_t timeout,
+    ngx_flag_t offline, char *err, size_t errlen);
 ngx_int_t ngx_http_smartflow_audit_tsa_retry(u_char *dir, u_char *url,
-    ngx_msec_t timeout, ngx_uint_t *waiting, char *err, size_t errlen);
+    u_char *ca, ngx_msec_t timeout, ngx_uint_t *waiting, char *err,
+    size_t errlen);
+char *ngx_http_smartflow_audit_tsa_ca(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 ngx_int_t ngx_http_smartflow_audit_flush(
     ngx_http_smartflow_audit_main_conf_t *amcf, ngx_log_t *log);
 void ngx_http_smartflow_audit_count(ngx_http_smartflow_audit_sh_t *sh,

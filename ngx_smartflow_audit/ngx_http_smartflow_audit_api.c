@@ -98,6 +98,9 @@ static ngx_uint_t   ngx_http_smartflow_audit_nwaiting;
 static ngx_uint_t   ngx_http_smartflow_audit_running;
 static ngx_event_t  ngx_http_smartflow_audit_holder;
 
+/* the holder's data: nginx's debug log of a timer reads a connection's fd */
+static ngx_connection_t  ngx_http_smartflow_audit_holder_conn;
+
 
 /* latency buckets, milliseconds */
 static ngx_msec_t  ngx_http_smartflow_audit_le[NGX_SMARTFLOW_AUDIT_BUCKETS]
@@ -898,18 +901,25 @@ ngx_http_smartflow_audit_query(ngx_http_request_t *r,
         id.len -= p - id.data;
         id.data = p;
 
-        for (i = 0; i < id.len; i++) {
-            if (!((id.data[i] >= '0' && id.data[i] <= '9')
-                  || (id.data[i] >= 'a' && id.data[i] <= 'f')))
-            {
+        /* 32 hex digits, or a number of up to 19 digits */
+        for (i = 0, n = 0; i < id.len; i++) {
+            if (id.data[i] >= '0' && id.data[i] <= '9') {
+                continue;
+            }
+
+            if (id.data[i] < 'a' || id.data[i] > 'f') {
                 break;
             }
+
+            n++;
         }
 
-        if (id.len == 0 || id.len >= sizeof(q->id) || i != id.len) {
+        if (i != id.len || id.len == 0
+            || (id.len != 32 && (n || id.len > 19)))
+        {
             ngx_free(task);
-            return ngx_http_smartflow_audit_refuse(r, NGX_HTTP_NOT_FOUND,
-                       "invalid_request_error", "record_not_found",
+            return ngx_http_smartflow_audit_refuse(r, NGX_HTTP_BAD_REQUEST,
+                       "invalid_request_error", "invalid_parameter",
                        "A record is named by its receipt id (32 hex "
                        "digits) or its number.");
         }
@@ -1231,6 +1241,8 @@ ngx_http_smartflow_audit_hold(void)
     }
 
     if (!ev->timer_set) {
+        ngx_http_smartflow_audit_holder_conn.fd = (ngx_socket_t) -1;
+        ev->data = &ngx_http_smartflow_audit_holder_conn;
         ev->handler = ngx_http_smartflow_audit_hold_handler;
         ev->log = ngx_cycle->log;
         ev->cancelable = 0;
@@ -1682,6 +1694,175 @@ ngx_http_smartflow_audit_proof_removed(ngx_http_smartflow_audit_query_t *q,
 }
 
 
+/*
+ * The segment the receipts index (ngx_http_smartflow_audit_index()) names
+ * for a receipt id, 0 for none; *indexed: the last segment the index
+ * holds, those after it are read.  "indexed" is read first: it is written
+ * after the entries it counts.
+ */
+static ngx_uint_t
+ngx_http_smartflow_audit_index_find(u_char *dir, u_char *id,
+    ngx_uint_t *indexed, ngx_log_t *log)
+{
+    u_char      *p, *last;
+    size_t       len;
+    ssize_t      n;
+    ngx_fd_t     fd;
+    ngx_int_t    v;
+    ngx_uint_t   seg;
+    u_char       key[16], path[NGX_MAX_PATH];
+    u_char       buf[20 * 512];
+
+    *indexed = 0;
+
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/receipts/indexed%Z", dir);
+
+    p = ngx_http_smartflow_audit_slurp(path, &len);
+    if (p == NULL) {
+        return 0;
+    }
+
+    /* "N\n", written whole, else not counted */
+    v = (len > 1 && p[len - 1] == '\n') ? ngx_atoi(p, len - 1) : NGX_ERROR;
+    free(p);
+
+    if (v == NGX_ERROR
+        || sf_audit_unhex((char *) id, 32, key, 16) != 16)
+    {
+        return 0;
+    }
+
+    *indexed = v;
+
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/receipts/%*s%Z", dir, 2, id);
+
+    fd = ngx_open_file(path, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (fd == NGX_INVALID_FILE) {
+        return 0;
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, log, 0,
+                   "smartflow audit proof reads %s", path);
+
+    seg = 0;
+
+    while (seg == 0 && (n = read(fd, buf, sizeof(buf))) >= 20) {
+        last = buf + n - n % 20;
+
+        for (p = buf; p < last; p += 20) {
+            if (ngx_memcmp(p, key, 16) == 0) {
+                seg = ((ngx_uint_t) p[16] << 24) | (p[17] << 16)
+                      | (p[18] << 8) | p[19];
+                break;
+            }
+        }
+    }
+
+    (void) ngx_close_file(fd);
+
+    return seg;
+}
+
+
+/*
+ * The proof of q's record if it is in segment seg: 1 when it is (the
+ * answer is made), 0 when it is not, -1 when there is no such segment
+ */
+static ngx_int_t
+ngx_http_smartflow_audit_proof_in(ngx_http_smartflow_audit_query_t *q,
+    ngx_uint_t seg, u_char *needle, ngx_log_t *log)
+{
+    u_char           *buf, *p, *end, *eol;
+    size_t            len;
+    const char       *why;
+    sf_audit_tail_t   t;
+    ngx_file_info_t   fi;
+    u_char            path[NGX_MAX_PATH];
+
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEGMENT "%Z",
+                 q->dir, seg);
+
+    buf = ngx_http_smartflow_audit_slurp(path, &len);
+
+    if (buf == NULL) {
+        /* shipped to S3 and removed: its seal stays */
+        ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEAL "%Z",
+                     q->dir, seg);
+
+        if (ngx_file_info(path, &fi) == NGX_FILE_ERROR) {
+            return -1;
+        }
+
+        return ngx_http_smartflow_audit_proof_removed(q, seg);
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, log, 0,
+                   "smartflow audit proof reads %s", path);
+
+    p = buf;
+    end = buf + len;
+
+    while (p < end) {
+        eol = ngx_strlchr(p, end, '\n');
+        *eol = '\0';
+
+        if (sf_audit_tail_parse((char *) p, eol - p, &t, &why) == 0
+            && ((q->seq && t.seq == q->seq)
+                || (q->seq == 0 && ngx_strstr(p, needle) != NULL)))
+        {
+            *eol = '\n';
+            ngx_http_smartflow_audit_proof(q, seg, buf, len, p, eol - p,
+                                           t.seq);
+            free(buf);
+            return 1;
+        }
+
+        p = eol + 1;
+    }
+
+    free(buf);
+
+    return 0;
+}
+
+
+/*
+ * A receipt id: the segment the index names, else the segments the index
+ * does not hold yet (the open one); a record number: every segment
+ */
+static void
+ngx_http_smartflow_audit_proof_find(ngx_http_smartflow_audit_query_t *q,
+    ngx_log_t *log)
+{
+    ngx_uint_t  seg, start, indexed;
+    u_char      needle[64];
+
+    start = 1;
+    needle[0] = '\0';
+
+    if (q->seq == 0) {
+        ngx_sprintf(needle, "\"request_id\":\"%s\"%Z", q->id);
+
+        seg = ngx_http_smartflow_audit_index_find(q->dir, q->id, &indexed,
+                                                  log);
+
+        if (seg && ngx_http_smartflow_audit_proof_in(q, seg, needle, log)
+                   == 1)
+        {
+            return;
+        }
+
+        start = indexed + 1;
+    }
+
+    for (seg = start; /* void */; seg++) {
+        if (ngx_http_smartflow_audit_proof_in(q, seg, needle, log) != 0) {
+            return;
+        }
+    }
+}
+
+
 static void
 ngx_http_smartflow_audit_query_thread(void *data, ngx_log_t *log)
 {
@@ -1695,23 +1876,20 @@ ngx_http_smartflow_audit_query_thread(void *data, ngx_log_t *log)
     sf_audit_tail_t                  t;
     ngx_file_info_t                  fi;
     u_char                           path[NGX_MAX_PATH];
-    u_char                           needle[64];
     char                             num[64];
 
     q->status = NGX_HTTP_NOT_FOUND;
+
+    if (q->mode == NGX_HTTP_SMARTFLOW_AUDIT_PROOF) {
+        ngx_http_smartflow_audit_proof_find(q, log);
+        return;
+    }
+
     found = 0;
     last_seq = 0;
     more = 0;
-
-    if (q->mode == NGX_HTTP_SMARTFLOW_AUDIT_PROOF && q->seq == 0) {
-        ngx_sprintf(needle, "\"request_id\":\"%s\"%Z", q->id);
-    }
-
-    if (q->mode == NGX_HTTP_SMARTFLOW_AUDIT_LOGS) {
-        q->status = NGX_HTTP_OK;
-        ngx_http_smartflow_audit_puts(&q->out,
-                                      "{\"object\":\"list\",\"data\":[");
-    }
+    q->status = NGX_HTTP_OK;
+    ngx_http_smartflow_audit_puts(&q->out, "{\"object\":\"list\",\"data\":[");
 
     for (seg = 1; /* void */; seg++) {
         ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEGMENT
@@ -1725,12 +1903,6 @@ ngx_http_smartflow_audit_query_thread(void *data, ngx_log_t *log)
                          "%Z", q->dir, seg);
 
             if (ngx_file_info(path, &fi) != NGX_FILE_ERROR) {
-                if (q->mode == NGX_HTTP_SMARTFLOW_AUDIT_PROOF
-                    && ngx_http_smartflow_audit_proof_removed(q, seg))
-                {
-                    return;
-                }
-
                 continue;
             }
 
@@ -1745,21 +1917,6 @@ ngx_http_smartflow_audit_query_thread(void *data, ngx_log_t *log)
             *eol = '\0';
 
             if (sf_audit_tail_parse((char *) p, eol - p, &t, &why) != 0) {
-                p = eol + 1;
-                continue;
-            }
-
-            if (q->mode == NGX_HTTP_SMARTFLOW_AUDIT_PROOF) {
-                if ((q->seq && t.seq == q->seq)
-                    || (q->seq == 0 && ngx_strstr(p, needle) != NULL))
-                {
-                    *eol = '\n';
-                    ngx_http_smartflow_audit_proof(q, seg, buf, len, p,
-                                                   eol - p, t.seq);
-                    free(buf);
-                    return;
-                }
-
                 p = eol + 1;
                 continue;
             }
@@ -1798,12 +1955,10 @@ ngx_http_smartflow_audit_query_thread(void *data, ngx_log_t *log)
         }
     }
 
-    if (q->mode == NGX_HTTP_SMARTFLOW_AUDIT_LOGS) {
-        ngx_snprintf((u_char *) num, sizeof(num),
-                     "],\"has_more\":%s,\"next_after\":%uL}\n%Z",
-                     more ? "true" : "false", last_seq);
-        ngx_http_smartflow_audit_puts(&q->out, num);
-    }
+    ngx_snprintf((u_char *) num, sizeof(num),
+                 "],\"has_more\":%s,\"next_after\":%uL}\n%Z",
+                 more ? "true" : "false", last_seq);
+    ngx_http_smartflow_audit_puts(&q->out, num);
 }
 
 

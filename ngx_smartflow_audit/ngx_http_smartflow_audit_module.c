@@ -161,6 +161,13 @@ static ngx_command_t  ngx_http_smartflow_audit_commands[] = {
       offsetof(ngx_http_smartflow_audit_main_conf_t, tsa_url),
       NULL },
 
+    { ngx_string("smartflow_audit_tsa_ca"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_smartflow_audit_tsa_ca,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_smartflow_audit_main_conf_t, tsa_ca),
+      NULL },
+
     { ngx_string("smartflow_audit_tsa_timeout"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_msec_slot,
@@ -939,9 +946,16 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
     snap.rc = NGX_ERROR;
     snap.err[0] = '\0';
     snap.offline = 0;
+    snap.index = 1;
     snap.tsa_rc = NGX_OK;
     snap.tsa_timeout = amcf->tsa_timeout;
     snap.tsa_url[0] = '\0';
+
+    snap.tsa_ca[0] = '\0';
+
+    if (amcf->tsa_ca.len) {
+        ngx_cpystrn(snap.tsa_ca, amcf->tsa_ca.data, sizeof(snap.tsa_ca));
+    }
 
     if (amcf->tsa_url.len) {
         ngx_cpystrn(snap.tsa_url, amcf->tsa_url.data, sizeof(snap.tsa_url));
@@ -1674,6 +1688,7 @@ typedef struct {
     ngx_http_smartflow_audit_main_conf_t  *amcf;
     u_char                     dir[NGX_MAX_PATH];
     u_char                     url[1024];
+    u_char                     ca[NGX_MAX_PATH];
     ngx_msec_t                 timeout;
     ngx_uint_t                 waiting;
     ngx_int_t                  rc;
@@ -1713,6 +1728,8 @@ ngx_http_smartflow_audit_retry_timer(ngx_event_t *ev)
     rt->amcf = amcf;
     ngx_cpystrn(rt->dir, amcf->dir.data, NGX_MAX_PATH);
     ngx_cpystrn(rt->url, amcf->tsa_url.data, sizeof(rt->url));
+    ngx_cpystrn(rt->ca, amcf->tsa_ca.len ? amcf->tsa_ca.data : (u_char *) "",
+                sizeof(rt->ca));
     rt->timeout = amcf->tsa_timeout;
 
     if (ngx_thread_task_post(amcf->pool, task) != NGX_OK) {
@@ -1727,7 +1744,7 @@ ngx_http_smartflow_audit_retry_thread(void *data, ngx_log_t *log)
     ngx_http_smartflow_audit_retry_t  *rt = data;
 
     rt->err[0] = '\0';
-    rt->rc = ngx_http_smartflow_audit_tsa_retry(rt->dir, rt->url,
+    rt->rc = ngx_http_smartflow_audit_tsa_retry(rt->dir, rt->url, rt->ca,
                                                 rt->timeout, &rt->waiting,
                                                 rt->err, sizeof(rt->err));
 }

@@ -14,6 +14,8 @@
  */
 
 #include <sys/file.h>
+#include <sys/ioctl.h>
+#include <linux/sockios.h>
 #include <curl/curl.h>
 #include <openssl/evp.h>
 
@@ -55,6 +57,23 @@ typedef struct {
     char                        checksum[64];   /* x-amz-checksum-sha256 */
     unsigned                    etag:1;
 } ngx_http_smartflow_audit_s3_answer_t;
+
+
+/*
+ * An upload's progress: smartflow_audit_s3_timeout bounds the time no
+ * byte moves (the connection included), not the upload, which takes as
+ * long as the link needs while its bytes move.  A byte sent counts once
+ * the endpoint has acknowledged it: what waits in the socket's buffer
+ * has not moved yet, and once it is all handed over the wait for the
+ * answer would otherwise count it all as idle.
+ */
+typedef struct {
+    curl_socket_t               fd;             /* the connection's */
+    curl_off_t                  moved;          /* bytes up and down */
+    struct timespec             since;          /* when they last moved */
+    ngx_msec_t                  timeout;
+    unsigned                    idle:1;
+} ngx_http_smartflow_audit_s3_moved_t;
 
 
 ngx_conf_enum_t  ngx_http_smartflow_audit_s3_modes[] = {
@@ -284,6 +303,64 @@ ngx_http_smartflow_audit_s3_conf(ngx_conf_t *cf,
 }
 
 
+/* libcurl's progress callback for an upload: the stop, and the idle time */
+static int
+ngx_http_smartflow_audit_s3_moving(void *data, curl_off_t dltotal,
+    curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow)
+{
+    ngx_http_smartflow_audit_s3_moved_t *pr = data;
+
+    int              queued;
+    int64_t          ms;
+    curl_off_t       moved;
+    struct timespec  now;
+
+    if (ngx_terminate) {
+        return 1;
+    }
+
+    (void) clock_gettime(CLOCK_MONOTONIC, &now);
+
+    /* sent, not yet acknowledged */
+    queued = 0;
+
+    if (pr->fd == CURL_SOCKET_BAD || ioctl(pr->fd, SIOCOUTQ, &queued) == -1) {
+        queued = 0;
+    }
+
+    moved = dlnow + ulnow - queued;
+
+    if (moved != pr->moved) {
+        pr->moved = moved;
+        pr->since = now;
+        return 0;
+    }
+
+    ms = (int64_t) (now.tv_sec - pr->since.tv_sec) * 1000
+         + (now.tv_nsec - pr->since.tv_nsec) / 1000000;
+
+    if (ms >= (int64_t) pr->timeout) {
+        pr->idle = 1;
+        return 1;
+    }
+
+    return 0;
+}
+
+
+/* the upload's socket, as libcurl makes it (its ACTIVESOCKET is not set yet) */
+static int
+ngx_http_smartflow_audit_s3_socket(void *data, curl_socket_t fd,
+    curlsocktype purpose)
+{
+    ngx_http_smartflow_audit_s3_moved_t *pr = data;
+
+    pr->fd = fd;
+
+    return CURL_SOCKOPT_OK;
+}
+
+
 /*
  * libcurl's progress callback for the thread pool's transfers: nginx -s
  * stop (SIGTERM) ends them at once, so that the worker's exit, which
@@ -491,6 +568,7 @@ ngx_http_smartflow_audit_s3_put(ngx_http_smartflow_audit_s3_t *s,
     ngx_file_info_t                        fi;
     struct curl_slist                     *hdrs, *h;
     ngx_http_smartflow_audit_s3_answer_t   answer;
+    ngx_http_smartflow_audit_s3_moved_t progress;
     unsigned char                          sha[32], md5[16];
     char                                   hex[65], sha64[48], md564[32];
     char                                   date[32], url[1200];
@@ -591,11 +669,21 @@ ngx_http_smartflow_audit_s3_put(ngx_http_smartflow_audit_s3_t *s,
     curl_easy_setopt(curl, CURLOPT_HTTPHEADER, hdrs);
     curl_easy_setopt(curl, CURLOPT_AWS_SIGV4, s->sigv4);
     curl_easy_setopt(curl, CURLOPT_USERPWD, s->userpwd);
-    curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long) s->timeout);
+    progress.fd = CURL_SOCKET_BAD;
+    progress.moved = 0;
+    progress.timeout = s->timeout;
+    progress.idle = 0;
+    (void) clock_gettime(CLOCK_MONOTONIC, &progress.since);
+
+    curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, (long) s->timeout);
     curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION,
-                     ngx_http_smartflow_audit_curl_abort);
+                     ngx_http_smartflow_audit_s3_moving);
+    curl_easy_setopt(curl, CURLOPT_XFERINFODATA, &progress);
+    curl_easy_setopt(curl, CURLOPT_SOCKOPTFUNCTION,
+                     ngx_http_smartflow_audit_s3_socket);
+    curl_easy_setopt(curl, CURLOPT_SOCKOPTDATA, &progress);
     curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION,
                      ngx_http_smartflow_audit_s3_write);
     curl_easy_setopt(curl, CURLOPT_WRITEDATA, &answer);
@@ -604,6 +692,14 @@ ngx_http_smartflow_audit_s3_put(ngx_http_smartflow_audit_s3_t *s,
     curl_easy_setopt(curl, CURLOPT_HEADERDATA, &answer);
 
     cc = curl_easy_perform(curl);
+
+    if (cc == CURLE_ABORTED_BY_CALLBACK && progress.idle) {
+        snprintf(s->err, sizeof(s->err), "PUT %s failed: no bytes moved "
+                 "for %lums (smartflow_audit_s3_timeout) after %ld of "
+                 "%ld", url, (unsigned long) s->timeout,
+                 (long) progress.moved, (long) ngx_file_size(&fi));
+        goto done;
+    }
 
     if (cc != CURLE_OK) {
         snprintf(s->err, sizeof(s->err), "PUT %s failed: %s", url,

@@ -33,6 +33,8 @@ static ngx_int_t ngx_http_smartflow_audit_resume(
     size_t errlen);
 static void ngx_http_smartflow_audit_protect(ngx_fd_t fd, ngx_flag_t imm,
     char *protection);
+static ngx_int_t ngx_http_smartflow_audit_index_segment(u_char *dir,
+    ngx_uint_t seg, char *err, size_t errlen);
 
 
 ngx_int_t
@@ -147,6 +149,19 @@ ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s)
         }
     }
 
+    /*
+     * The receipts index; a failure there leaves proofs slower, not
+     * wrong.  Written before the segment's fsync below: on a journalled
+     * file system that orders data (ext4's default) its entries and the
+     * number that counts them reach the disk together with it.
+     */
+    if (s->index) {
+        s->index_err[0] = '\0';
+        (void) ngx_http_smartflow_audit_index(s->dir, s->segment,
+                                              s->index_err,
+                                              sizeof(s->index_err));
+    }
+
     /* the segment first: it must be on disk and closed before its seal */
     fd = ngx_open_file(path, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
     if (fd == NGX_INVALID_FILE) {
@@ -251,7 +266,8 @@ ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s)
 
     if (s->tsa_url[0]) {
         s->tsa_rc = ngx_http_smartflow_audit_tsa_stamp(s->dir, s->segment,
-                        s->tsa_url, s->tsa_timeout, s->offline, s->tsa_err,
+                        s->tsa_url, s->tsa_ca, s->tsa_timeout, s->offline,
+                        s->tsa_err,
                         sizeof(s->tsa_err));
     }
 
@@ -555,6 +571,242 @@ ngx_http_smartflow_audit_leaves(u_char *buf, size_t len,
 }
 
 
+/*
+ * The receipts index, DIR/receipts: a proof by receipt id reads the one
+ * segment the index names instead of every segment of the folder.  Its
+ * files are named by an id's first two hex digits and hold 20-byte
+ * entries, the id's 16 bytes and its segment's number (big-endian);
+ * "indexed" holds the last segment whose ids are all in.  A seal adds
+ * its segment and those before it not yet in (a folder sealed before the
+ * index existed), under an flock on "indexed", as seals may run at once.
+ * The index is made from the segments: without it (DIR/receipts
+ * removed) proofs read the segments again, until the next seal has
+ * rebuilt it.
+ */
+ngx_int_t
+ngx_http_smartflow_audit_index(u_char *dir, ngx_uint_t segment, char *err,
+    size_t errlen)
+{
+    int          fd;
+    char         num[32];
+    ssize_t      n;
+    ngx_int_t    rc, done;
+    ngx_uint_t   seg;
+    u_char       path[NGX_MAX_PATH];
+
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/receipts%Z", dir);
+
+    if (mkdir((char *) path, 0755) == -1 && errno != EEXIST) {
+        snprintf(err, errlen, "mkdir(%s) failed: %s", path, strerror(errno));
+        return NGX_ERROR;
+    }
+
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/receipts/indexed%Z", dir);
+
+    fd = open((char *) path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd == -1) {
+        snprintf(err, errlen, "open(%s) failed: %s", path, strerror(errno));
+        return NGX_ERROR;
+    }
+
+    if (flock(fd, LOCK_EX) == -1) {
+        snprintf(err, errlen, "flock(%s) failed: %s", path, strerror(errno));
+        (void) close(fd);
+        return NGX_ERROR;
+    }
+
+    n = pread(fd, num, sizeof(num) - 1, 0);
+
+    while (n > 0 && (num[n - 1] == '\n' || num[n - 1] == ' ')) {
+        n--;
+    }
+
+    /* none yet, or cut short by a crash: from the first segment again */
+    done = (n > 0) ? ngx_atoi((u_char *) num, n) : 0;
+
+    if (done == NGX_ERROR) {
+        done = 0;
+    }
+
+    rc = NGX_OK;
+
+    for (seg = done + 1; seg <= segment; seg++) {
+        rc = ngx_http_smartflow_audit_index_segment(dir, seg, err, errlen);
+        if (rc != NGX_OK) {
+            break;
+        }
+    }
+
+    if (seg - 1 > (ngx_uint_t) done) {
+        n = ngx_sprintf((u_char *) num, "%ui\n", seg - 1) - (u_char *) num;
+
+        if (pwrite(fd, num, n, 0) != n || ftruncate(fd, n) == -1) {
+            snprintf(err, errlen, "writing %s failed: %s", path,
+                     strerror(errno));
+            rc = NGX_ERROR;
+        }
+    }
+
+    (void) close(fd);
+
+    return rc;
+}
+
+
+/* one segment's ids into the index, from the segment or its leaves file */
+static ngx_int_t
+ngx_http_smartflow_audit_index_segment(u_char *dir, ngx_uint_t seg,
+    char *err, size_t errlen)
+{
+    int          fd;
+    off_t        size;
+    u_char      *buf, *p, *end, *eol, *id, *sp, *e, *entries, *run;
+    size_t       len, n, i, b;
+    ngx_uint_t   leaves;
+    struct stat  st;
+    size_t       count[256], at[256];
+    u_char       path[NGX_MAX_PATH];
+
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEGMENT "%Z",
+                 dir, seg);
+
+    if (ngx_http_smartflow_audit_read(path, &buf, &len, err, errlen)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    leaves = 0;
+
+    if (buf == NULL) {
+        /* shipped and removed: "SEQ ID LEAF" lines */
+        ngx_snprintf(path, NGX_MAX_PATH, "%s/segment-%08ui.leaves%Z", dir,
+                     seg);
+
+        if (ngx_http_smartflow_audit_read(path, &buf, &len, err, errlen)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        if (buf == NULL) {
+            /* gone with its leaves: nothing of it to find */
+            return NGX_OK;
+        }
+
+        leaves = 1;
+    }
+
+    n = 0;
+    end = buf + len;
+
+    for (p = buf; p < end; p++) {
+        n += (*p == '\n');
+    }
+
+    entries = ngx_alloc(2 * n * 20 + 1, ngx_cycle->log);
+    if (entries == NULL) {
+        snprintf(err, errlen, "no memory to index %s", path);
+        ngx_free(buf);
+        return NGX_ERROR;
+    }
+
+    run = entries + n * 20;
+    ngx_memzero(count, sizeof(count));
+    i = 0;
+
+    for (p = buf; p < end && i < n; p = eol + 1) {
+        eol = ngx_strlchr(p, end, '\n');
+        if (eol == NULL) {
+            break;
+        }
+
+        if (leaves) {
+            sp = ngx_strlchr(p, eol, ' ');
+            id = sp ? sp + 1 : eol;
+            e = ngx_strlchr(id, eol, ' ');
+
+        } else {
+            /* "request_id" is the record's second field, after "time" */
+            id = ngx_strnstr(p, "\"request_id\":\"",
+                             ngx_min((size_t) (eol - p), 128));
+            id = id ? id + sizeof("\"request_id\":\"") - 1 : eol;
+            e = (eol - id >= 32) ? id + 32 : NULL;
+
+            if (e && *e != '"') {
+                e = NULL;
+            }
+        }
+
+        if (e == NULL || e - id != 32
+            || sf_audit_unhex((char *) id, 32, entries + i * 20, 16) != 16)
+        {
+            continue;
+        }
+
+        entries[i * 20 + 16] = (u_char) (seg >> 24);
+        entries[i * 20 + 17] = (u_char) (seg >> 16);
+        entries[i * 20 + 18] = (u_char) (seg >> 8);
+        entries[i * 20 + 19] = (u_char) seg;
+
+        count[entries[i * 20]]++;
+        i++;
+    }
+
+    ngx_free(buf);
+    n = i;
+
+    /* by file: each is appended to once */
+    for (b = 0, i = 0; b < 256; b++) {
+        at[b] = i;
+        i += count[b];
+    }
+
+    for (i = 0; i < n; i++) {
+        b = entries[i * 20];
+        ngx_memcpy(run + at[b]++ * 20, entries + i * 20, 20);
+    }
+
+    for (b = 0, i = 0; b < 256; i += count[b], b++) {
+        if (count[b] == 0) {
+            continue;
+        }
+
+        ngx_snprintf(path, NGX_MAX_PATH, "%s/receipts/%02xi%Z", dir, b);
+
+        fd = open((char *) path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC,
+                  0644);
+        if (fd == -1) {
+            snprintf(err, errlen, "open(%s) failed: %s", path,
+                     strerror(errno));
+            ngx_free(entries);
+            return NGX_ERROR;
+        }
+
+        /* an entry cut short by a crash would shift every later one */
+        size = (fstat(fd, &st) == 0) ? st.st_size : 0;
+
+        len = count[b] * 20;
+
+        if ((size % 20 && ftruncate(fd, size - size % 20) == -1)
+            || write(fd, run + i * 20, len) != (ssize_t) len)
+        {
+            snprintf(err, errlen, "writing %s failed: %s", path,
+                     strerror(errno));
+            (void) close(fd);
+            ngx_free(entries);
+            return NGX_ERROR;
+        }
+
+        (void) close(fd);
+    }
+
+    ngx_free(entries);
+
+    return NGX_OK;
+}
+
+
 ngx_int_t
 ngx_http_smartflow_audit_post_seal(ngx_http_request_t *r,
     ngx_http_smartflow_audit_main_conf_t *amcf,
@@ -644,7 +896,16 @@ ngx_http_smartflow_audit_seal_done(ngx_event_t *ev)
                       "smartflow audit: sealing segment %ui failed: %s",
                       s->segment, s->err);
 
-    } else if (s->tsa_url[0] && s->tsa_rc != NGX_OK) {
+    } else if (s->index && s->index_err[0]) {
+        ngx_log_error(NGX_LOG_WARN, ev->log, 0,
+                      "smartflow audit: the receipts index stops before "
+                      "segment %ui, proofs read the segments after it: %s",
+                      s->segment, s->index_err);
+    }
+
+    if (s->rc == NGX_OK && s->tsa_url[0] && s->tsa_rc != NGX_OK
+        && s->tsa_rc != NGX_DECLINED)
+    {
         ngx_log_error(NGX_LOG_WARN, ev->log, 0,
                       "smartflow audit: the timestamp of segment %ui is "
                       "spooled for a retry: %s", s->segment, s->tsa_err);
@@ -973,6 +1234,9 @@ ngx_http_smartflow_audit_recover(ngx_log_t *log,
             if (amcf->tsa_url.len) {
                 ngx_cpystrn(s->tsa_url, amcf->tsa_url.data,
                             sizeof(s->tsa_url));
+                ngx_cpystrn(s->tsa_ca, amcf->tsa_ca.len
+                                       ? amcf->tsa_ca.data : (u_char *) "",
+                            sizeof(s->tsa_ca));
             }
 
             if (ngx_http_smartflow_audit_seal(s) != NGX_OK) {

@@ -7,6 +7,7 @@
  * segment-N.tsq; one worker retries the spooled ones on a timer.
  */
 
+#include <sys/file.h>
 #include <curl/curl.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -97,14 +98,82 @@ ngx_http_smartflow_audit_write_ro(u_char *path, u_char *data, size_t len,
 
 
 /*
- * The answer's signature, by the certificate the answer carries (the
- * query asks for it), made for time-stamping.  Whose certificate that
- * is, up to the authority's CA, is smartflow-verify --tsa-ca's to check;
- * here an answer whose signature does not hold is not kept for good as
- * the seal's timestamp.
+ * smartflow_audit_tsa_ca FILE: the CAs (PEM) a reply's signer must chain
+ * up to; read here so that nginx -t says what is wrong with the file,
+ * and again by each check, in the thread (a reload picks up a new one)
+ */
+char *
+ngx_http_smartflow_audit_tsa_ca(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    char        *rv;
+    ngx_str_t   *file;
+    X509_STORE  *store;
+    u_char       msg[256];
+
+    rv = ngx_conf_set_str_slot(cf, cmd, conf);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    file = (ngx_str_t *) ((char *) conf + cmd->offset);
+
+    /* a full name, NUL-terminated: ngx_conf_full_name allocates it so */
+    if (ngx_conf_full_name(cf->cycle, file, 1) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (file->len >= NGX_MAX_PATH) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "smartflow audit: \"%V\" is too long a path",
+                           file);
+        return NGX_CONF_ERROR;
+    }
+
+    if (access((char *) file->data, R_OK) == -1) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           "smartflow audit: cannot read "
+                           "smartflow_audit_tsa_ca \"%V\"", file);
+        return NGX_CONF_ERROR;
+    }
+
+    store = X509_STORE_new();
+    if (store == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (X509_STORE_load_file(store, (char *) file->data) != 1
+        || sk_X509_OBJECT_num(X509_STORE_get0_objects(store)) == 0)
+    {
+        ngx_memzero(msg, sizeof(msg));
+        ERR_error_string_n(ERR_peek_last_error(), (char *) msg,
+                           sizeof(msg) - 1);
+        ERR_clear_error();
+        X509_STORE_free(store);
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "smartflow audit: smartflow_audit_tsa_ca \"%V\" "
+                           "holds no certificate that can be read (%s)",
+                           file, msg[0] ? (char *) msg : "no PEM certificate");
+        return NGX_CONF_ERROR;
+    }
+
+    X509_STORE_free(store);
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * The answer's signature, made for time-stamping, by the certificate the
+ * answer carries (the query asks for it).  With smartflow_audit_tsa_ca
+ * that certificate must chain up to one of its CAs; without, whose
+ * certificate it is, up to the authority's CA, is smartflow-verify
+ * --tsa-ca's to check.  An answer that does not hold is not kept for
+ * good as the seal's timestamp.
  */
 static ngx_int_t
-ngx_http_smartflow_audit_tsa_signed(TS_RESP *resp)
+ngx_http_smartflow_audit_tsa_signed(TS_RESP *resp, u_char *ca)
 {
     int              i, ok;
     PKCS7           *token;
@@ -135,6 +204,18 @@ ngx_http_smartflow_audit_tsa_signed(TS_RESP *resp)
         return NGX_ERROR;
     }
 
+    if (ca[0]) {
+        /* the certificates it carries are the chain to be checked */
+        if (X509_STORE_load_file(store, (char *) ca) != 1) {
+            TS_VERIFY_CTX_free(vctx);
+            X509_STORE_free(store);
+            ERR_clear_error();
+            return NGX_ERROR;
+        }
+
+        goto verify;
+    }
+
     /* the certificates it carries stand for themselves */
     for (i = 0; i < sk_X509_num(certs); i++) {
         if (X509_STORE_add_cert(store, sk_X509_value(certs, i)) != 1) {
@@ -147,6 +228,8 @@ ngx_http_smartflow_audit_tsa_signed(TS_RESP *resp)
 
     (void) X509_STORE_set_flags(store, X509_V_FLAG_PARTIAL_CHAIN);
 
+verify:
+
     TS_VERIFY_CTX_set_flags(vctx, TS_VFY_SIGNATURE);
 
     /* the context's from here */
@@ -158,6 +241,26 @@ ngx_http_smartflow_audit_tsa_signed(TS_RESP *resp)
     ERR_clear_error();
 
     return (ok == 1) ? NGX_OK : NGX_ERROR;
+}
+
+
+/* 1 when the seal's timestamp is there: its spooled query goes */
+static ngx_uint_t
+ngx_http_smartflow_audit_tsa_done(u_char *dir, ngx_uint_t segment)
+{
+    ngx_file_info_t  fi;
+    u_char           path[NGX_MAX_PATH];
+
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/segment-%08ui.tsr%Z", dir, segment);
+
+    if (ngx_file_info(path, &fi) == NGX_FILE_ERROR) {
+        return 0;
+    }
+
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/segment-%08ui.tsq%Z", dir, segment);
+    (void) unlink((char *) path);
+
+    return 1;
 }
 
 
@@ -174,15 +277,19 @@ ngx_http_smartflow_audit_u64(unsigned char *p)
 
 
 /*
- * Stamps the seal of a segment: NGX_OK with segment-N.tsr written,
- * NGX_AGAIN with the query spooled in segment-N.tsq, NGX_ERROR.
+ * Stamps the seal of a segment: NGX_OK with segment-N.tsr written (or
+ * found), NGX_AGAIN with the query spooled in segment-N.tsq, NGX_DECLINED
+ * while another thread stamps it (a seal's stamp and the retry of the
+ * spool it made first), NGX_ERROR.  One stamp a seal: the one stamping
+ * holds an flock on the spooled query, and a stamp found is kept, so the
+ * timestamp shipped is the one in the folder.
  */
 ngx_int_t
 ngx_http_smartflow_audit_tsa_stamp(u_char *dir, ngx_uint_t segment,
-    u_char *url, ngx_msec_t timeout, ngx_flag_t offline, char *err,
-    size_t errlen)
+    u_char *url, u_char *ca, ngx_msec_t timeout, ngx_flag_t offline,
+    char *err, size_t errlen)
 {
-    int                               n, rc;
+    int                               n, rc, lock;
     long                              code;
     u_char                           *der, *p;
     size_t                            len;
@@ -211,6 +318,11 @@ ngx_http_smartflow_audit_tsa_stamp(u_char *dir, ngx_uint_t segment,
     body.data = NULL;
     body.len = 0;
     rc = NGX_ERROR;
+    lock = -1;
+
+    if (ngx_http_smartflow_audit_tsa_done(dir, segment)) {
+        return NGX_OK;
+    }
 
     ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEAL "%Z",
                  dir, segment);
@@ -285,6 +397,20 @@ ngx_http_smartflow_audit_tsa_stamp(u_char *dir, ngx_uint_t segment,
         goto done;
     }
 
+    lock = open((char *) path, O_RDONLY | O_CLOEXEC);
+
+    if (lock == -1 || flock(lock, LOCK_EX | LOCK_NB) == -1) {
+        rc = (lock != -1 && errno == EWOULDBLOCK) ? NGX_DECLINED : NGX_AGAIN;
+        snprintf(err, errlen, "%s is being stamped", path);
+        goto done;
+    }
+
+    /* stamped by the other meanwhile, the spool made again by this one */
+    if (ngx_http_smartflow_audit_tsa_done(dir, segment)) {
+        rc = NGX_OK;
+        goto done;
+    }
+
     curl = curl_easy_init();
     hdrs = curl_slist_append(NULL, "Content-Type: application/timestamp-query");
 
@@ -340,10 +466,19 @@ ngx_http_smartflow_audit_tsa_stamp(u_char *dir, ngx_uint_t segment,
         goto done;
     }
 
-    if (ngx_http_smartflow_audit_tsa_signed(resp) != NGX_OK) {
+    if (ngx_http_smartflow_audit_tsa_signed(resp, ca) != NGX_OK) {
         rc = NGX_AGAIN;
-        snprintf(err, errlen, "the signature of the answer of %s does not "
-                 "hold by the certificate it carries", url);
+
+        if (ca[0]) {
+            snprintf(err, errlen, "the signature of the answer of %s does "
+                     "not hold up to a CA of smartflow_audit_tsa_ca %s",
+                     url, ca);
+
+        } else {
+            snprintf(err, errlen, "the signature of the answer of %s does "
+                     "not hold by the certificate it carries", url);
+        }
+
         goto done;
     }
 
@@ -363,6 +498,10 @@ ngx_http_smartflow_audit_tsa_stamp(u_char *dir, ngx_uint_t segment,
 
 done:
 
+    if (lock != -1) {
+        (void) close(lock);
+    }
+
     if (curl) {
         curl_easy_cleanup(curl);
     }
@@ -380,7 +519,7 @@ done:
 
 /* the spooled queries, oldest first; the number still waiting */
 ngx_int_t
-ngx_http_smartflow_audit_tsa_retry(u_char *dir, u_char *url,
+ngx_http_smartflow_audit_tsa_retry(u_char *dir, u_char *url, u_char *ca,
     ngx_msec_t timeout, ngx_uint_t *waiting, char *err, size_t errlen)
 {
     ngx_int_t        rc;
@@ -437,10 +576,14 @@ ngx_http_smartflow_audit_tsa_retry(u_char *dir, u_char *url,
             continue;
         }
 
-        rc = ngx_http_smartflow_audit_tsa_stamp(dir, seg, url, timeout, 0,
-                                                err, errlen);
+        rc = ngx_http_smartflow_audit_tsa_stamp(dir, seg, url, ca, timeout,
+                                                0, err, errlen);
         if (rc == NGX_OK) {
             (*waiting)--;
+
+        } else if (rc == NGX_DECLINED) {
+            /* a seal's own stamp, in flight */
+            continue;
 
         } else if (rc == NGX_AGAIN) {
             /* still down: the rest waits for the next round */

@@ -126,8 +126,8 @@ unlike($other->{content}, qr/hello receipts|request_id/,
        'nothing of the record');
 is($gw->get("/api/audit/proof/" . ('0' x 32), key => undef)->{status}, 404,
    'an unknown id: 404');
-is($gw->get("/api/audit/proof/zz", key => undef)->{status}, 404,
-   'a malformed id: 404');
+is($gw->get("/api/audit/proof/zz", key => undef)->{status}, 400,
+   'a malformed id: 400');
 
 # status, master key only
 is($gw->get('/api/audit/status', key => undef)->{status}, 401,

@@ -258,3 +258,23 @@ Authorization: Bearer sk-smartflow-test-0123456789
 --- response_body_like: "code":"audit_off"
 --- error_log
 smartflow audit: "/api/audit/status" needs the audit trail, which is not configured (smartflow_audit_dir)
+
+
+
+=== TEST 18: a TSA CA file that is not there
+--- http_config eval
+$::HttpConfig . "    smartflow_audit_tsa_ca /nonexistent/tsa-ca.pem;\n"
+--- must_die
+--- error_log
+smartflow audit: cannot read smartflow_audit_tsa_ca "/nonexistent/tsa-ca.pem" (2: No such file or directory)
+
+
+
+=== TEST 19: a TSA CA file with no certificate in it
+--- http_config eval
+$::HttpConfig . "    smartflow_audit_tsa_ca \$TEST_NGINX_SERVER_ROOT/html/tsa-ca.pem;\n"
+--- user_files eval
+">>> audit.keys\nk1 $::Key - -\n>>> tsa-ca.pem\nnot a certificate\n"
+--- must_die
+--- error_log
+holds no certificate that can be read

@@ -6,15 +6,16 @@
 # has gone is not run.
 #
 # The thread is held deterministically: the leaves file of a shipped and
-# removed segment, which a proof for an unknown id reads, is a FIFO
-# here, and the first query's read waits in the thread until the test
-# lets it go.
+# removed segment, which a proof for an unknown id reads in a folder
+# without its receipts index, is a FIFO here, and the first query's read
+# waits in the thread until the test lets it go.
 
 use strict;
 use warnings;
 use FindBin;
 use lib "$FindBin::Bin/../lib";
 use Fcntl;
+use File::Path ();
 use IO::Select;
 use IO::Socket::INET;
 use JSON::PP;
@@ -84,6 +85,9 @@ $gw->stop;
 $s3->stop;
 
 $gw->write_conf(http => $http);
+
+# without the index an unknown id is looked for in every segment
+File::Path::remove_tree("$dir/receipts");
 
 # its leaves file, a FIFO in the folder under a second name too
 my $leaves = slurp(seg(1, 'leaves'));

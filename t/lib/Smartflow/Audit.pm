@@ -290,13 +290,13 @@ sub _unprotect {
     system("chmod -R u+w '$root' 2>/dev/null");
 }
 
-# a writable copy of the audit folder
+# a writable copy of the audit folder's files (not its receipts index)
 sub copy_dir {
     my ($self, $to) = @_;
     _unprotect($to) if -d $to;
     File::Path::remove_tree($to);
     File::Path::make_path($to);
-    for my $f (glob $self->dir . '/*') {
+    for my $f (grep { !-d } glob $self->dir . '/*') {
         (my $b = $f) =~ s{.*/}{};
         File::Copy::copy($f, "$to/$b") or die "copy $f: $!";
         chmod 0644, "$to/$b";

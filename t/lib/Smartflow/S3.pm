@@ -22,7 +22,12 @@ package Smartflow::S3;
 # ->fail(503, '\.seal$')), to expect another secret (->secret('...')),
 # to take its time over each answer (->delay(0.5), seconds), to answer
 # like a server that is not S3 (->not_s3(1): a bare 200, nothing kept),
-# or be stopped and started again (down, then up).
+# to read a body slowly but steadily (->throttle(65536), bytes a second,
+# through a small receive buffer when told before ->start, as over a slow
+# link), to take a
+# request's headers and none of its body for a while (->stall(5),
+# seconds, then drop the connection), or be stopped and started again
+# (down, then up).
 #
 #     my $s3 = Smartflow::S3->new(dir => $dir);
 #     $s3->start; ... $s3->stop;
@@ -40,6 +45,7 @@ use HTTP::Daemon;
 use HTTP::Response;
 use MIME::Base64 ();
 use POSIX ();
+use Socket ();
 use Time::Local ();
 
 sub new {
@@ -56,6 +62,8 @@ sub new {
     $self->fail(0);
     $self->delay(0);
     $self->not_s3(0);
+    $self->throttle(0);
+    $self->stall(0);
     return $self;
 }
 
@@ -87,6 +95,8 @@ sub fail   { _put_file("$_[0]{dir}/fail",
                         ($_[1] // 0) . (defined $_[2] ? " $_[2]" : '')) }
 sub delay  { _put_file("$_[0]{dir}/delay", $_[1] // 0) }
 sub not_s3 { _put_file("$_[0]{dir}/not_s3", $_[1] // 0) }
+sub throttle { _put_file("$_[0]{dir}/throttle", $_[1] // 0) }
+sub stall  { _put_file("$_[0]{dir}/stall", $_[1] // 0) }
 
 # the stored object and its lock
 sub object { _get_file("$_[0]{dir}/objects/$_[1]") }
@@ -315,6 +325,13 @@ sub start {
     }
     die "S3 fixture: cannot listen on $self->{port}: $!\n" unless $daemon;
 
+    # throttled from the start: the window a client sees stays small, so
+    # what it has sent is about what was read (set before the handshake)
+    if (_get_file("$self->{dir}/throttle")) {
+        setsockopt($daemon, Socket::SOL_SOCKET(), Socket::SO_RCVBUF(), 8192)
+            or die "SO_RCVBUF: $!";
+    }
+
     my $pid = fork // die "fork: $!";
     if ($pid) {
         close $daemon;
@@ -323,13 +340,64 @@ sub start {
         return $self;
     }
 
+    # a client that gave up: its answer is lost, the fixture goes on
+    $SIG{PIPE} = 'IGNORE';
+
     while (my $c = $daemon->accept) {
+        my $d = $self->{dir};
+        my $rate = _get_file("$d/throttle") // 0;
+        my $stall = _get_file("$d/stall") // 0;
+
+        if ($rate > 0 || $stall > 0) {
+            my $req = $c->get_request(1) or next;
+            $self->slow_body($c, $req, $rate, $stall) or next;
+            $self->handle($c, $req);
+            $c->close;
+            next;
+        }
+
         while (my $req = $c->get_request) {
             $self->handle($c, $req);
         }
         $c->close;
     }
     POSIX::_exit(0);
+}
+
+# the body of a request whose headers were read: slowly, or not at all
+sub slow_body {
+    my ($self, $c, $req, $rate, $stall) = @_;
+    my $len = $req->header('Content-Length') // 0;
+    my $body = $c->read_buffer;
+    $c->read_buffer('');
+
+    if ($stall > 0) {
+        select undef, undef, undef, $stall;
+        open my $fh, '>>', "$self->{dir}/requests.log" or die $!;
+        print $fh "0 ", $req->uri->path =~ s{^/}{}r, " Stalled\n";
+        close $fh;
+        $c->close;
+        return 0;
+    }
+
+    if (($req->header('Expect') // '') =~ /100-continue/i) {
+        $c->syswrite("HTTP/1.1 100 Continue\r\n\r\n");
+    }
+
+    # a tenth of a second's bytes at a time
+    my $chunk = int($rate / 10) || 1;
+
+    while (length $body < $len) {
+        my $want = $len - length $body;
+        $want = $chunk if $want > $chunk;
+        my $n = sysread($c, my $buf, $want);
+        return 0 unless $n;
+        $body .= $buf;
+        select undef, undef, undef, $n / $rate;
+    }
+
+    $req->content($body);
+    return 1;
 }
 
 sub stop {

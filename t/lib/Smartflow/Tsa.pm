@@ -6,6 +6,7 @@ package Smartflow::Tsa;
 # timestamp-query with what "openssl ts -reply" makes of it.  Told to
 # (->corrupt(1)), it flips the last byte of each answer, which is the
 # signature's: the answer is granted, for the query, but not signed.
+# Told to (->delay(1.5), seconds), it takes its time over each answer.
 #
 #     my $tsa = Smartflow::Tsa->new(dir => $dir);   # keys and certificates
 #     $tsa->start; ... $tsa->stop;                   # the HTTP side
@@ -36,6 +37,12 @@ sub corrupt {
     my ($self, $on) = @_;
     open my $fh, '>', "$self->{dir}/corrupt" or die $!;
     print $fh $on ? 1 : 0;
+    close $fh;
+}
+sub delay {
+    my ($self, $secs) = @_;
+    open my $fh, '>', "$self->{dir}/delay" or die $!;
+    print $fh $secs // 0;
     close $fh;
 }
 sub ca   { "$_[0]{dir}/ca.pem" }
@@ -138,6 +145,11 @@ sub start {
             binmode $r;
             my $body = do { local $/; <$r> };
             close $r;
+
+            if (open my $df, '<', "$d/delay") {
+                my $secs = <$df> // 0;
+                select undef, undef, undef, $secs if $secs > 0;
+            }
 
             if (open my $cf, '<', "$d/corrupt") {
                 my $on = <$cf> // 0;
