@@ -1396,6 +1396,23 @@ ngx_http_smartflow_cache_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         goto invalid;
     }
 
+    /* one file per zone: read back, it would fill each with the other's */
+    zp = cmcf->zones.elts;
+
+    for (i = 0; z->snapshot.len && i < cmcf->zones.nelts; i++) {
+        if (zp[i]->snapshot.len == z->snapshot.len
+            && ngx_strncmp(zp[i]->snapshot.data, z->snapshot.data,
+                           z->snapshot.len)
+               == 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "smartflow_cache_zone \"%V\": snapshot "
+                               "\"%V\" is zone \"%V\"'s already",
+                               &value[1], &z->snapshot, &zp[i]->name);
+            return NGX_CONF_ERROR;
+        }
+    }
+
     shm_zone = ngx_shared_memory_add(cf, &value[1], size,
                                      &ngx_http_smartflow_cache_module);
     if (shm_zone == NULL) {
