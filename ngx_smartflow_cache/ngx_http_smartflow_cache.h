@@ -275,6 +275,8 @@ ngx_int_t ngx_smartflow_cache_insert(ngx_smartflow_cache_zone_t *z,
     ngx_smartflow_cache_item_t *it, ngx_log_t *log);
 ngx_uint_t ngx_smartflow_cache_flush(ngx_smartflow_cache_zone_t *z,
     ngx_str_t *partition);
+ngx_uint_t ngx_smartflow_cache_remove(ngx_smartflow_cache_zone_t *z,
+    u_char *fp);
 void ngx_smartflow_cache_latency(ngx_smartflow_cache_zone_t *z,
     ngx_msec_int_t us);
 
@@ -318,6 +320,8 @@ ngx_int_t ngx_http_smartflow_cache_redis_get(ngx_http_request_t *r,
 ngx_int_t ngx_http_smartflow_cache_redis_found(ngx_http_request_t *r,
     ngx_http_smartflow_cache_req_t *rq, ngx_smartflow_cache_found_t *f);
 void ngx_http_smartflow_cache_redis_set(ngx_http_request_t *r,
+    ngx_http_smartflow_cache_req_t *rq);
+void ngx_http_smartflow_cache_redis_del(ngx_http_request_t *r,
     ngx_http_smartflow_cache_req_t *rq);
 ngx_int_t ngx_http_smartflow_cache_redis_flush(ngx_http_request_t *r,
     ngx_smartflow_cache_zone_t *z, ngx_str_t *tenant, ngx_str_t *parts,

@@ -39,7 +39,7 @@ static ngx_int_t ngx_http_smartflow_cache_stage(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx);
 static ngx_int_t ngx_http_smartflow_cache_controls(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_uint_t *lookup, ngx_uint_t *store,
-    time_t *ttl);
+    ngx_uint_t *refresh, time_t *ttl);
 static ngx_int_t ngx_http_smartflow_cache_canon(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_http_smartflow_cache_canon_t *cn);
 static ngx_int_t ngx_http_smartflow_cache_text(ngx_pool_t *pool,
@@ -234,7 +234,8 @@ ngx_http_smartflow_cache_stage(ngx_http_request_t *r,
 {
     time_t                                ttl;
     ngx_int_t                             rc, similarity;
-    ngx_uint_t                            lookup, store, n, k, i, empty;
+    ngx_uint_t                            lookup, store, refresh, n, k, i;
+    ngx_uint_t                            empty;
     struct timeval                        start;
     ngx_smartflow_cache_ref_t             refs[NGX_SMARTFLOW_CACHE_K];
     ngx_smartflow_cache_zone_t           *z;
@@ -255,7 +256,8 @@ ngx_http_smartflow_cache_stage(ngx_http_request_t *r,
 
     z = clcf->zone;
 
-    rc = ngx_http_smartflow_cache_controls(r, ctx, &lookup, &store, &ttl);
+    rc = ngx_http_smartflow_cache_controls(r, ctx, &lookup, &store, &refresh,
+                                           &ttl);
     if (rc != NGX_OK) {
         return rc;
     }
@@ -303,6 +305,15 @@ ngx_http_smartflow_cache_stage(ngx_http_request_t *r,
 
     if (!lookup) {
         (void) ngx_atomic_fetch_add(&z->sh->stats.bypasses, 1);
+
+        if (refresh) {
+            /*
+             * the request goes on to the provider: the old answer goes
+             * now, whether the new one can be stored or not
+             */
+            ngx_smartflow_cache_remove(z, rq->item.fp);
+            ngx_http_smartflow_cache_redis_del(r, rq);
+        }
 
         if (ngx_http_smartflow_cache_features(r, rq) != NGX_OK) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -432,7 +443,8 @@ miss:
 
 /*
  * Cache-Control: no-cache (look nothing up, store the answer), no-store
- * (neither); x-smartflow-cache: bypass (neither) | refresh (store again);
+ * (neither); x-smartflow-cache: bypass (neither) | refresh (look nothing
+ * up, remove the entry the request has, store the answer);
  * x-smartflow-cache-ttl: seconds the stored answer lives.  A header sent
  * several times counts each time: no-store in a second Cache-Control is
  * no-store all the same, and the strictest control wins (of TTLs, the
@@ -441,7 +453,7 @@ miss:
 static ngx_int_t
 ngx_http_smartflow_cache_controls(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_uint_t *lookup, ngx_uint_t *store,
-    time_t *ttl)
+    ngx_uint_t *refresh, time_t *ttl)
 {
     u_char           *last;
     ngx_int_t         n;
@@ -452,6 +464,7 @@ ngx_http_smartflow_cache_controls(ngx_http_request_t *r,
 
     *lookup = 1;
     *store = 1;
+    *refresh = 0;
     *ttl = 0;
 
     part = &r->headers_in.headers.part;
@@ -538,6 +551,7 @@ ngx_http_smartflow_cache_controls(ngx_http_request_t *r,
                    && ngx_strncasecmp(v->data, (u_char *) "refresh", 7) == 0)
         {
             *lookup = 0;
+            *refresh = 1;
 
         } else {
             return ngx_http_smartflow_error(r, NGX_HTTP_BAD_REQUEST,
@@ -1380,6 +1394,23 @@ ngx_http_smartflow_cache_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         }
 
         goto invalid;
+    }
+
+    /* one file per zone: read back, it would fill each with the other's */
+    zp = cmcf->zones.elts;
+
+    for (i = 0; z->snapshot.len && i < cmcf->zones.nelts; i++) {
+        if (zp[i]->snapshot.len == z->snapshot.len
+            && ngx_strncmp(zp[i]->snapshot.data, z->snapshot.data,
+                           z->snapshot.len)
+               == 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "smartflow_cache_zone \"%V\": snapshot "
+                               "\"%V\" is zone \"%V\"'s already",
+                               &value[1], &z->snapshot, &zp[i]->name);
+            return NGX_CONF_ERROR;
+        }
     }
 
     shm_zone = ngx_shared_memory_add(cf, &value[1], size,

@@ -69,6 +69,8 @@ static void ngx_http_smartflow_cache_redis_got(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
 static void ngx_http_smartflow_cache_redis_stored(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
+static void ngx_http_smartflow_cache_redis_deleted(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data);
 static ngx_int_t ngx_http_smartflow_cache_redis_parse(ngx_pool_t *pool,
     redisReply *reply, size_t max, ngx_smartflow_cache_found_t *f,
     time_t *expire);
@@ -492,6 +494,73 @@ ngx_http_smartflow_cache_redis_stored(ngx_smartflow_redis_t *rd,
 
     if (reply->type == REDIS_REPLY_ERROR) {
         ngx_http_smartflow_cache_redis_refused(z, rd, rd->log, "SET", reply);
+        return;
+    }
+
+    ngx_http_smartflow_cache_redis_up(z, rd, rd->log);
+}
+
+
+
+/*
+ * x-smartflow-cache: refresh: the entry of the request goes from Redis
+ * too, as the request goes on to the provider, whether the new answer is
+ * stored or not.  A SET of the new answer goes out behind it, on the same
+ * connection.
+ */
+void
+ngx_http_smartflow_cache_redis_del(ngx_http_request_t *r,
+    ngx_http_smartflow_cache_req_t *rq)
+{
+    size_t                  len[2];
+    ngx_smartflow_redis_t  *rd;
+    const char             *argv[2];
+    u_char                  key[NGX_SMARTFLOW_CACHE_RKEY_LEN];
+
+    rd = rq->redis ? ngx_smartflow_redis_shared() : NULL;
+
+    if (rd == NULL) {
+        return;
+    }
+
+    if (!ngx_smartflow_redis_up(rd)) {
+        ngx_http_smartflow_cache_redis_down(rq->zone, rd,
+                                            r->connection->log,
+                                            "is unreachable");
+        return;
+    }
+
+    argv[0] = "DEL";
+    len[0] = 3;
+    argv[1] = (char *) key;
+    len[1] = ngx_http_smartflow_cache_redis_key(key,
+                                                &rq->item.partition,
+                                                rq->item.fp);
+
+    if (ngx_smartflow_redis_command(rd, ngx_http_smartflow_cache_redis_deleted,
+                                    rq->zone, 2, argv, len)
+        != NGX_OK)
+    {
+        ngx_http_smartflow_cache_redis_down(rq->zone, rd,
+                                            r->connection->log,
+                                            "refused the command");
+    }
+}
+
+
+static void
+ngx_http_smartflow_cache_redis_deleted(ngx_smartflow_redis_t *rd,
+    redisReply *reply, void *data)
+{
+    ngx_smartflow_cache_zone_t *z = data;
+
+    if (reply == NULL) {
+        ngx_http_smartflow_cache_redis_down(z, rd, rd->log, "did not answer");
+        return;
+    }
+
+    if (reply->type == REDIS_REPLY_ERROR) {
+        ngx_http_smartflow_cache_redis_refused(z, rd, rd->log, "DEL", reply);
         return;
     }
 

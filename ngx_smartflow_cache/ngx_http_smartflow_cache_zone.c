@@ -764,6 +764,26 @@ ngx_smartflow_cache_insert(ngx_smartflow_cache_zone_t *z,
 }
 
 
+/* the entry of a fingerprint, with its vector slot; 1 if there was one */
+ngx_uint_t
+ngx_smartflow_cache_remove(ngx_smartflow_cache_zone_t *z, u_char *fp)
+{
+    ngx_smartflow_cache_node_t  *node;
+
+    ngx_shmtx_lock(&z->shpool->mutex);
+
+    node = ngx_smartflow_cache_lookup(z->sh, fp);
+
+    if (node) {
+        ngx_smartflow_cache_delete(z, node);
+    }
+
+    ngx_shmtx_unlock(&z->shpool->mutex);
+
+    return node ? 1 : 0;
+}
+
+
 /* all entries, or a partition's; how many went */
 ngx_uint_t
 ngx_smartflow_cache_flush(ngx_smartflow_cache_zone_t *z, ngx_str_t *part)

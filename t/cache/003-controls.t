@@ -3,7 +3,8 @@
 # bypass, x-smartflow-cache-ttl, and smartflow_cache_ttl.  The mock
 # provider answers with its x-mock-reply header, so the body tells which
 # answer was served.  Time passes through a location that sleeps
-# (echo_sleep, from Debian's libnginx-mod-http-echo).
+# (echo_sleep, from Debian's libnginx-mod-http-echo).  A refresh removes
+# the entry it refreshes, whether its own answer is stored or not.
 
 use lib 't/lib';
 use Smartflow::Blocks;
@@ -41,6 +42,13 @@ our $Locations = <<'_EOC_';
         smartflow_api chat;
         smartflow_cache metacache;
         smartflow_cache_ttl 2s;
+        include $TEST_NGINX_SMARTFLOW_CONF/smartflow_proxy.conf;
+    }
+
+    location = /small/chat/completions {
+        smartflow_api chat;
+        smartflow_cache metacache;
+        smartflow_cache_max_size 16;
         include $TEST_NGINX_SMARTFLOW_CONF/smartflow_proxy.conf;
     }
 
@@ -187,3 +195,47 @@ qr/^\{"error":\{"message":"The x-smartflow-cache-ttl header takes a number of se
 --- must_die
 --- error_log
 "smartflow_cache_ttl" directive must be at least 1s
+
+
+
+=== TEST 7: refresh removes the old answer even when the new one is not stored: a provider error, a stream cut, an answer over the size
+--- request eval
+my $q = "Which answer does a refresh leave?";
+my $s = qq({"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"$q"}]});
+[main::ask($q), main::ask($q), main::ask($q),
+ main::ask($q), main::ask($q),
+ "POST /v1/chat/completions\n$s", main::ask($q),
+ main::ask($q, "/small/chat/completions"), main::ask($q),
+ main::ask($q), main::ask($q)]
+--- more_headers eval
+[main::with("x-mock-reply: A"),
+ main::with("x-mock-reply: B"),
+ main::with("x-mock-status: 500", "x-smartflow-cache: refresh"),
+ main::with("x-mock-reply: C"),
+ main::with("x-mock-reply: D"),
+ main::with("x-mock-reply: E", "x-mock-drop: mid-stream",
+            "x-smartflow-cache: refresh"),
+ main::with("x-mock-reply: F"),
+ main::with("x-mock-reply: a longer answer than sixteen bytes",
+            "x-smartflow-cache: refresh"),
+ main::with("x-mock-reply: G"),
+ main::with("x-mock-reply: H", "x-smartflow-cache: refresh",
+            "Cache-Control: no-store"),
+ main::with("x-mock-reply: I")]
+--- error_code eval
+[200, 200, 500, 200, 200, 200, 200, 200, 200, 200, 200]
+--- response_body_like eval
+[qr/"content":"A"/, qr/"content":"A"/, qr/error/,
+ qr/"content":"C"/, qr/"content":"C"/, qr/./,
+ qr/"content":"F"/, qr/"content":"a longer answer/,
+ qr/"content":"G"/, qr/"content":"H"/, qr/"content":"G"/]
+--- response_headers eval
+["x-smartflow-cache: MISS", "x-smartflow-cache: HIT",
+ "x-smartflow-cache: BYPASS", "x-smartflow-cache: MISS",
+ "x-smartflow-cache: HIT", "x-smartflow-cache: BYPASS",
+ "x-smartflow-cache: MISS", "x-smartflow-cache: BYPASS",
+ "x-smartflow-cache: MISS", "x-smartflow-cache: BYPASS",
+ "x-smartflow-cache: HIT"]
+--- no_error_log
+[alert]
+[crit]

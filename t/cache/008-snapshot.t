@@ -1,8 +1,8 @@
 # snapshot=PATH: the entries are written when nginx stops and read back
 # when it starts again; expired ones stay behind; a damaged file starts
 # the zone empty, a file that cannot be read is logged, and nginx starts
-# all the same.  Each block here runs in a new nginx: the zone itself is
-# new every time.
+# all the same; two zones cannot share one file.  Each block here runs
+# in a new nginx: the zone itself is new every time.
 
 use Test::Nginx::Socket 'no_plan';
 use lib 't/lib';
@@ -107,3 +107,14 @@ sleep 2;
 ["x-smartflow-cache: MISS"]
 --- error_log eval
 qr/\[warn\].*smartflow cache: the snapshot "[^"]*damaged\.snap\/inside" cannot be read/
+
+
+
+=== TEST 5: two zones cannot share a snapshot: read back, each would hold the other's entries
+--- http_config
+    smartflow_cache_zone one 1m snapshot=shared.snap;
+    smartflow_cache_zone two 1m snapshot=shared.snap;
+--- config
+--- must_die
+--- error_log eval
+qr/smartflow_cache_zone "two": snapshot "[^"]*shared\.snap" is zone "one"'s already/

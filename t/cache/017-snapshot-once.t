@@ -3,15 +3,17 @@
 # later (a reload that changes the zone's size, a start after a crash,
 # when no snapshot was written) starts empty: read again, the old file
 # would bring back the entries flushed since (answers an operator had
-# removed).  "nginx -t" reads nothing away.  A snapshot cut short, or
-# with a byte changed, gives the entries before the damage, and says so.  A real nginx with a master
-# and two workers.
+# removed).  "nginx -t", or a start that fails before it listens, reads
+# nothing away.  A snapshot cut short, or with a byte changed, gives the
+# entries before the damage, and says so.  A real nginx with a master and
+# two workers.
 
 use strict;
 use warnings;
 
 use Test::More;
 use Time::HiRes qw(sleep);
+use IO::Socket::INET;
 use lib 't/lib';
 use Smartflow::Cluster;
 
@@ -137,7 +139,22 @@ is scalar(@damaged), 2, 'a record changed on disk: the log says so again';
 is ask($q1), 'MISS', 'the changed answer is not served';
 is ask($q2), 'HIT', 'the records before it are';
 
-unlike $c->error_log($a), qr/\[(?:alert|crit|emerg)\]|exited on signal/,
+# a start that fails before it listens (its port taken) leaves the
+# snapshot for the start that follows
+$c->stop($a);
+ok -s $snap, 'written at the stop';
+my $taken = IO::Socket::INET->new(LocalAddr => '127.0.0.1',
+                                  LocalPort => $a->{port}, Listen => 1,
+                                  ReuseAddr => 1) or die "listen: $!";
+my $rc = system("$c->{binary} -p $a->{dir} -c $a->{dir}/nginx.conf "
+                . '2>/dev/null');
+isnt $rc, 0, 'the start failed: its port is taken';
+ok -s $snap, 'the snapshot is still there';
+close $taken;
+$c->start($a);
+is ask($q3), 'HIT', 'q3 back at the start that follows';
+
+unlike $c->error_log($a), qr/\[(?:alert|crit)\]|exited on signal/,
        'no crash';
 
 done_testing;
