@@ -447,6 +447,7 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
 
 
 static u_char                ngx_smartflow_inj_buf[NGX_SF_INJ_WINDOW + 8];
+static u_char                ngx_smartflow_runs_buf[NGX_SF_INJ_WINDOW + 8];
 static ngx_smartflow_gate_t  ngx_smartflow_gates[NGX_SF_GATES];
 static uint16_t              ngx_smartflow_trie[NGX_SF_GATES][26];
 static uint16_t              ngx_smartflow_pairs[26 * 26];  /* depth 2 */
@@ -457,7 +458,9 @@ static ngx_uint_t            ngx_smartflow_trie_n;
 /*
  * Letters spelled out with one space between words too ("i g n o r e a
  * l l ...") read as one word: an instruction override is looked for in
- * it without word boundaries, and scores as the first signal.
+ * it without word boundaries, and scores as the first signal.  Only the
+ * spelled-out words are searched so: in the rest, "skipRules" or "the
+ * ruleset" are no override.
  */
 static pcre2_code           *ngx_smartflow_joined;
 
@@ -1713,15 +1716,21 @@ ngx_smartflow_unleet(u_char *p, size_t len, u_char *out, u_char one)
  * rest is copied.  out may be p: it is never longer.  Tells in *found
  * whether a word of six letters or more was spelled out: only such a
  * word is sure to be hinted at by the gates' pass, wherever the chunks
- * fall.
+ * fall.  The spelled-out words alone are written to runs too, those
+ * next to each other a space apart and the others a "." apart (never
+ * longer than the text: each word of k letters took 2k - 1 bytes or
+ * more), their length to *rn.
  */
 static size_t
-ngx_smartflow_unspace(u_char *p, size_t len, u_char *out, ngx_uint_t *found)
+ngx_smartflow_unspace(u_char *p, size_t len, u_char *out, u_char *runs,
+    size_t *rn, ngx_uint_t *found)
 {
-    size_t  i, n, w;
+    size_t  i, n, w, r, joint;
     u_char  c, sep, prev;
 
     n = 0;
+    r = 0;
+    joint = (size_t) -1;
     prev = ' ';
 
     for (i = 0; i < len; /* void */) {
@@ -1759,6 +1768,14 @@ ngx_smartflow_unspace(u_char *p, size_t len, u_char *out, ngx_uint_t *found)
             *found = 1;
         }
 
+        /* the word after the one before and its spaces: the same run */
+        if (r) {
+            runs[r++] = (w == joint) ? ' ' : '.';
+        }
+
+        r = ngx_cpymem(runs + r, out + w, n - w) - runs;
+        joint = (size_t) -1;
+
         /* "i.g.n.o.r.e." */
         if (sep != ' ' && i < len && p[i] == sep) {
             i++;
@@ -1766,6 +1783,7 @@ ngx_smartflow_unspace(u_char *p, size_t len, u_char *out, ngx_uint_t *found)
 
         if (i < len && p[i] == ' ') {
             out[n++] = ' ';
+            joint = n;
 
             while (i < len && p[i] == ' ') {
                 i++;
@@ -1774,6 +1792,8 @@ ngx_smartflow_unspace(u_char *p, size_t len, u_char *out, ngx_uint_t *found)
 
         prev = ' ';
     }
+
+    *rn = r;
 
     return n;
 }
@@ -1882,7 +1902,7 @@ static ngx_uint_t
 ngx_smartflow_spelled(u_char *p, size_t len, ngx_uint_t leet, u_char one,
     uint64_t *set)
 {
-    size_t                n;
+    size_t                n, rn;
     ngx_uint_t            ones, found;
     ngx_smartflow_pass_t  ps;
 
@@ -1894,7 +1914,8 @@ ngx_smartflow_spelled(u_char *p, size_t len, ngx_uint_t leet, u_char one,
         p = ngx_smartflow_inj_buf;
     }
 
-    n = ngx_smartflow_unspace(p, len, ngx_smartflow_inj_buf, &found);
+    n = ngx_smartflow_unspace(p, len, ngx_smartflow_inj_buf,
+                              ngx_smartflow_runs_buf, &rn, &found);
 
     /* letters spelled out only in short words: a hint of no account */
     if (!leet && !found) {
@@ -1906,9 +1927,10 @@ ngx_smartflow_spelled(u_char *p, size_t len, ngx_uint_t leet, u_char one,
     *set |= ngx_smartflow_signals_run(ngx_smartflow_inj_buf, n,
                                       ps.open & ~*set, 0);
 
+    /* the spelled-out words alone: the rest of the text has its spaces */
     if (found && !(*set & 1)
-        && ngx_smartflow_re_match(ngx_smartflow_joined, ngx_smartflow_inj_buf,
-                                  n, 0, 0, ngx_smartflow_policy_md)
+        && ngx_smartflow_re_match(ngx_smartflow_joined, ngx_smartflow_runs_buf,
+                                  rn, 0, 0, ngx_smartflow_policy_md)
            >= 0)
     {
         *set |= 1;

@@ -195,3 +195,16 @@ x-smartflow-policy:
 --- error_code: 200
 --- response_headers
 x-smartflow-policy:
+
+
+
+=== TEST 12: code with an override in one identifier, next to one-letter columns, scores nothing
+--- config eval
+"smartflow_policy watch;\n$::Locations"
+--- request eval
+::chat(q{def load(path, skipRules=False):\\n    cols = 'a,b,c,d,e,f'.split(',')\\n    return read_csv(path, cols, overrideCommands=True)\\n# the WAF can override the ruleset; grid A B C D E F G H})
+--- error_code: 200
+--- response_headers
+x-smartflow-policy:
+--- no_error_log
+[warn]
