@@ -1652,7 +1652,7 @@ ngx_smartflow_unleet(u_char *p, size_t len, u_char *out, u_char one)
     u_char       c;
     ngx_uint_t   letters, others, ones;
 
-    static const u_char  leet[] = "oi2ea56tbg";
+    static const u_char  leet[] = "oi2eas6tbg";
 
     ones = 0;
 
