@@ -447,7 +447,7 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
 
 
 static u_char                ngx_smartflow_inj_buf[NGX_SF_INJ_WINDOW + 8];
-static u_char                ngx_smartflow_runs_buf[NGX_SF_INJ_WINDOW + 8];
+static u_char                ngx_smartflow_runs_buf[3 * NGX_SF_INJ_WINDOW + 8];
 static ngx_smartflow_gate_t  ngx_smartflow_gates[NGX_SF_GATES];
 static uint16_t              ngx_smartflow_trie[NGX_SF_GATES][26];
 static uint16_t              ngx_smartflow_pairs[26 * 26];  /* depth 2 */
@@ -1028,6 +1028,8 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
 
 
 static ngx_int_t ngx_smartflow_gate_init(const char *g, uint64_t bit);
+static size_t ngx_smartflow_run_word(u_char *out, size_t from, size_t to,
+    ngx_uint_t after, u_char *runs, size_t r);
 static void ngx_smartflow_morse_init(void);
 
 
@@ -1716,21 +1718,26 @@ ngx_smartflow_unleet(u_char *p, size_t len, u_char *out, u_char one)
  * rest is copied.  out may be p: it is never longer.  Tells in *found
  * whether a word of six letters or more was spelled out: only such a
  * word is sure to be hinted at by the gates' pass, wherever the chunks
- * fall.  The spelled-out words alone are written to runs too, those
- * next to each other a space apart and the others a "." apart (never
- * longer than the text: each word of k letters took 2k - 1 bytes or
- * more), their length to *rn.
+ * fall.
+ *
+ * The runs of spelled-out words are written to runs too, a "." apart:
+ * each is the word of letters right before it (if a space or more
+ * apart), a tab, its words a space apart, a vertical tab, and the word
+ * right after it ("ignore\tallpreviousinstructions\v"), their length to
+ * *rn: at most 3 times the text's (a run took 3 bytes or more, and a
+ * word is written at most twice, after one run and before the next).
  */
 static size_t
 ngx_smartflow_unspace(u_char *p, size_t len, u_char *out, u_char *runs,
     size_t *rn, ngx_uint_t *found)
 {
-    size_t  i, n, w, r, joint;
+    size_t  i, n, w, r, joint, end;
     u_char  c, sep, prev;
 
     n = 0;
     r = 0;
     joint = (size_t) -1;
+    end = (size_t) -1;
     prev = ' ';
 
     for (i = 0; i < len; /* void */) {
@@ -1768,12 +1775,24 @@ ngx_smartflow_unspace(u_char *p, size_t len, u_char *out, u_char *runs,
             *found = 1;
         }
 
-        /* the word after the one before and its spaces: the same run */
-        if (r) {
-            runs[r++] = (w == joint) ? ' ' : '.';
+        if (w == joint) {
+            /* after the word before and its spaces: the same run */
+            runs[r++] = ' ';
+
+        } else {
+            if (end != (size_t) -1) {
+                runs[r++] = '\v';
+                r = ngx_smartflow_run_word(out, end, w, 1, runs, r);
+                runs[r++] = '.';
+            }
+
+            r = ngx_smartflow_run_word(out, end == (size_t) -1 ? 0 : end,
+                                       w, 0, runs, r);
+            runs[r++] = '\t';
         }
 
         r = ngx_cpymem(runs + r, out + w, n - w) - runs;
+        end = n;
         joint = (size_t) -1;
 
         /* "i.g.n.o.r.e." */
@@ -1793,9 +1812,54 @@ ngx_smartflow_unspace(u_char *p, size_t len, u_char *out, u_char *runs,
         prev = ' ';
     }
 
+    if (end != (size_t) -1) {
+        runs[r++] = '\v';
+        r = ngx_smartflow_run_word(out, end, n, 1, runs, r);
+    }
+
     *rn = r;
 
     return n;
+}
+
+
+/*
+ * The word of letters (32 at most) a run of spelled-out words has next
+ * to it in out[from .. to), spaces apart: the first one after "from"
+ * (after), or the last one before "to" (before); written to runs at r.
+ * The new r.
+ */
+static size_t
+ngx_smartflow_run_word(u_char *out, size_t from, size_t to, ngx_uint_t after,
+    u_char *runs, size_t r)
+{
+    size_t  s, e;
+
+    if (after) {
+        for (s = from; s < to && out[s] == ' '; s++) { /* void */ }
+
+        for (e = s; e < to && e - s < 32 && ngx_sf_is_alpha(out[e]); e++) {
+            /* void */
+        }
+
+        if (s == from || e == s) {
+            return r;
+        }
+
+        return ngx_cpymem(runs + r, out + s, e - s) - runs;
+    }
+
+    for (e = to; e > from && out[e - 1] == ' '; e--) { /* void */ }
+
+    for (s = e; s > from && e - s < 32 && ngx_sf_is_alpha(out[s - 1]); s--) {
+        /* void */
+    }
+
+    if (e == to || e == s) {
+        return r;
+    }
+
+    return ngx_cpymem(runs + r, out + s, e - s) - runs;
 }
 
 
@@ -1895,6 +1959,57 @@ ngx_smartflow_unwrap(u_char *p, size_t len, u_char *out)
 
 
 /*
+ * An instruction override without word boundaries in the runs of
+ * spelled-out words (ngx_smartflow_unspace()) that takes letters of a
+ * run: one only in the word before a run (up to its tab) or after it
+ * (from its vertical tab), such as "skipRules", is none.  Those words
+ * have 32 letters at most, so that each is told in 33 bytes.
+ */
+static ngx_uint_t
+ngx_smartflow_joined_in(u_char *runs, size_t rn)
+{
+    size_t       off, s, e, t;
+    PCRE2_SIZE  *ov;
+
+    ov = pcre2_get_ovector_pointer(ngx_smartflow_policy_md);
+
+    for (off = 0;
+         off < rn
+         && ngx_smartflow_re_match(ngx_smartflow_joined, runs, rn, off, 0,
+                                   ngx_smartflow_policy_md)
+            >= 0;
+         off = s + 1)
+    {
+        s = ov[0];
+        e = ov[1];
+
+        /* in the word before: letters from its end up to the tab */
+        for (t = e; t < rn && t - e <= 32 && ngx_sf_is_alpha(runs[t]); t++) {
+            /* void */
+        }
+
+        if (t < rn && runs[t] == '\t') {
+            continue;
+        }
+
+        /* in the word after: letters back from its start to the tab */
+        for (t = s; t > 0 && s - t <= 32 && ngx_sf_is_alpha(runs[t - 1]); t--)
+        {
+            /* void */
+        }
+
+        if (t > 0 && runs[t - 1] == '\v') {
+            continue;
+        }
+
+        return 1;
+    }
+
+    return 0;
+}
+
+
+/*
  * The signals not yet in set that the text read without its spelling
  * tricks shows, added to set; tells whether a 1 was read as a letter
  */
@@ -1927,11 +2042,9 @@ ngx_smartflow_spelled(u_char *p, size_t len, ngx_uint_t leet, u_char one,
     *set |= ngx_smartflow_signals_run(ngx_smartflow_inj_buf, n,
                                       ps.open & ~*set, 0);
 
-    /* the spelled-out words alone: the rest of the text has its spaces */
+    /* the runs of spelled-out words: the rest of the text has its spaces */
     if (found && !(*set & 1)
-        && ngx_smartflow_re_match(ngx_smartflow_joined, ngx_smartflow_runs_buf,
-                                  rn, 0, 0, ngx_smartflow_policy_md)
-           >= 0)
+        && ngx_smartflow_joined_in(ngx_smartflow_runs_buf, rn))
     {
         *set |= 1;
     }
