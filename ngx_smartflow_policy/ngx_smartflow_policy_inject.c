@@ -93,8 +93,30 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "vergiss)\\b[^.!?\\n]{0,40}?(?:instruc|anweisung|istruzion|"
       "consign|richtlinien|regeln|r\\xc3\\xa8gles|reglas|regras)|"
       "\\xd0\\x98\\xd0\\xb3\\xd0\\xbd\\xd0\\xbe\\xd1\\x80\\xd0\\xb8\\xd1\\x80|"
-      "\\xce\\x91\\xce\\xb3\\xce\\xbd\\xce\\xbf|\\xe5\\xbf\\xbd\\xe7\\x95\\xa5|"
-      "\\xe7\\x84\\xa1\\xe8\\xa6\\x96", NULL },
+      "\\xce\\x91\\xce\\xb3\\xce\\xbd\\xce\\xbf|"
+      /* zh "ignore" (U+5FFD U+7565) with the instructions, rules ... */
+      "\\xe5\\xbf\\xbd\\xe7\\x95\\xa5.{0,45}?"
+      "(?:\\xe6\\x8c\\x87\\xe7\\xa4\\xba|"
+      "\\xe6\\x8c\\x87\\xe4\\xbb\\xa4|\\xe8\\xa7\\x84\\xe5\\x88\\x99|"
+      "\\xe8\\xa6\\x8f\\xe5\\x89\\x87|\\xe6\\x8f\\x90\\xe7\\xa4\\xba|"
+      "\\xe5\\x91\\xbd\\xe4\\xbb\\xa4|\\xe8\\xae\\xbe\\xe5\\xae\\x9a|"
+      "\\xe8\\xa8\\xad\\xe5\\xae\\x9a|\\xe9\\x99\\x90\\xe5\\x88\\xb6|"
+      "\\xe7\\xba\\xa6\\xe6\\x9d\\x9f)|"
+      /* ja "ignore" (U+7121 U+8996) after or before them */
+      "(?:\\xe6\\x8c\\x87\\xe7\\xa4\\xba|"
+      "\\xe5\\x91\\xbd\\xe4\\xbb\\xa4|"
+      "\\xe3\\x83\\xab\\xe3\\x83\\xbc\\xe3\\x83\\xab|"
+      "\\xe8\\xa8\\xad\\xe5\\xae\\x9a|\\xe5\\x88\\xb6\\xe7\\xb4\\x84|"
+      "\\xe3\\x83\\x97\\xe3\\x83\\xad\\xe3\\x83\\xb3\\xe3\\x83\\x97"
+      "\\xe3\\x83\\x88)"
+      ".{0,12}?\\xe7\\x84\\xa1\\xe8\\xa6\\x96|"
+      "\\xe7\\x84\\xa1\\xe8\\xa6\\x96.{0,45}?"
+      "(?:\\xe6\\x8c\\x87\\xe7\\xa4\\xba|"
+      "\\xe5\\x91\\xbd\\xe4\\xbb\\xa4|"
+      "\\xe3\\x83\\xab\\xe3\\x83\\xbc\\xe3\\x83\\xab|"
+      "\\xe8\\xa8\\xad\\xe5\\xae\\x9a|\\xe5\\x88\\xb6\\xe7\\xb4\\x84|"
+      "\\xe3\\x83\\x97\\xe3\\x83\\xad\\xe3\\x83\\xb3\\xe3\\x83\\x97"
+      "\\xe3\\x83\\x88)", NULL },
 
     { "override", 50, 1,
       "system mode enterin",
@@ -447,6 +469,7 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
 
 
 static u_char                ngx_smartflow_inj_buf[NGX_SF_INJ_WINDOW + 8];
+static u_char                ngx_smartflow_runs_buf[3 * NGX_SF_INJ_WINDOW + 8];
 static ngx_smartflow_gate_t  ngx_smartflow_gates[NGX_SF_GATES];
 static uint16_t              ngx_smartflow_trie[NGX_SF_GATES][26];
 static uint16_t              ngx_smartflow_pairs[26 * 26];  /* depth 2 */
@@ -457,7 +480,9 @@ static ngx_uint_t            ngx_smartflow_trie_n;
 /*
  * Letters spelled out with one space between words too ("i g n o r e a
  * l l ...") read as one word: an instruction override is looked for in
- * it without word boundaries, and scores as the first signal.
+ * it without word boundaries, and scores as the first signal.  Only the
+ * spelled-out words are searched so: in the rest, "skipRules" or "the
+ * ruleset" are no override.
  */
 static pcre2_code           *ngx_smartflow_joined;
 
@@ -1025,6 +1050,8 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
 
 
 static ngx_int_t ngx_smartflow_gate_init(const char *g, uint64_t bit);
+static size_t ngx_smartflow_run_word(u_char *out, size_t from, size_t to,
+    ngx_uint_t after, u_char *runs, size_t r);
 static void ngx_smartflow_morse_init(void);
 
 
@@ -1649,7 +1676,7 @@ ngx_smartflow_unleet(u_char *p, size_t len, u_char *out, u_char one)
     u_char       c;
     ngx_uint_t   letters, others, ones;
 
-    static const u_char  leet[] = "oi2ea56tbg";
+    static const u_char  leet[] = "oi2eas6tbg";
 
     ones = 0;
 
@@ -1714,14 +1741,25 @@ ngx_smartflow_unleet(u_char *p, size_t len, u_char *out, u_char one)
  * whether a word of six letters or more was spelled out: only such a
  * word is sure to be hinted at by the gates' pass, wherever the chunks
  * fall.
+ *
+ * The runs of spelled-out words are written to runs too, a "." apart:
+ * each is the word of letters right before it (if a space or more
+ * apart), a tab, its words a space apart, a vertical tab, and the word
+ * right after it ("ignore\tallpreviousinstructions\v"), their length to
+ * *rn: at most 3 times the text's (a run took 3 bytes or more, and a
+ * word is written at most twice, after one run and before the next).
  */
 static size_t
-ngx_smartflow_unspace(u_char *p, size_t len, u_char *out, ngx_uint_t *found)
+ngx_smartflow_unspace(u_char *p, size_t len, u_char *out, u_char *runs,
+    size_t *rn, ngx_uint_t *found)
 {
-    size_t  i, n, w;
+    size_t  i, n, w, r, joint, end;
     u_char  c, sep, prev;
 
     n = 0;
+    r = 0;
+    joint = (size_t) -1;
+    end = (size_t) -1;
     prev = ' ';
 
     for (i = 0; i < len; /* void */) {
@@ -1759,6 +1797,26 @@ ngx_smartflow_unspace(u_char *p, size_t len, u_char *out, ngx_uint_t *found)
             *found = 1;
         }
 
+        if (w == joint) {
+            /* after the word before and its spaces: the same run */
+            runs[r++] = ' ';
+
+        } else {
+            if (end != (size_t) -1) {
+                runs[r++] = '\v';
+                r = ngx_smartflow_run_word(out, end, w, 1, runs, r);
+                runs[r++] = '.';
+            }
+
+            r = ngx_smartflow_run_word(out, end == (size_t) -1 ? 0 : end,
+                                       w, 0, runs, r);
+            runs[r++] = '\t';
+        }
+
+        r = ngx_cpymem(runs + r, out + w, n - w) - runs;
+        end = n;
+        joint = (size_t) -1;
+
         /* "i.g.n.o.r.e." */
         if (sep != ' ' && i < len && p[i] == sep) {
             i++;
@@ -1766,6 +1824,7 @@ ngx_smartflow_unspace(u_char *p, size_t len, u_char *out, ngx_uint_t *found)
 
         if (i < len && p[i] == ' ') {
             out[n++] = ' ';
+            joint = n;
 
             while (i < len && p[i] == ' ') {
                 i++;
@@ -1775,7 +1834,54 @@ ngx_smartflow_unspace(u_char *p, size_t len, u_char *out, ngx_uint_t *found)
         prev = ' ';
     }
 
+    if (end != (size_t) -1) {
+        runs[r++] = '\v';
+        r = ngx_smartflow_run_word(out, end, n, 1, runs, r);
+    }
+
+    *rn = r;
+
     return n;
+}
+
+
+/*
+ * The word of letters (32 at most) a run of spelled-out words has next
+ * to it in out[from .. to), spaces apart: the first one after "from"
+ * (after), or the last one before "to" (before); written to runs at r.
+ * The new r.
+ */
+static size_t
+ngx_smartflow_run_word(u_char *out, size_t from, size_t to, ngx_uint_t after,
+    u_char *runs, size_t r)
+{
+    size_t  s, e;
+
+    if (after) {
+        for (s = from; s < to && out[s] == ' '; s++) { /* void */ }
+
+        for (e = s; e < to && e - s < 32 && ngx_sf_is_alpha(out[e]); e++) {
+            /* void */
+        }
+
+        if (s == from || e == s) {
+            return r;
+        }
+
+        return ngx_cpymem(runs + r, out + s, e - s) - runs;
+    }
+
+    for (e = to; e > from && out[e - 1] == ' '; e--) { /* void */ }
+
+    for (s = e; s > from && e - s < 32 && ngx_sf_is_alpha(out[s - 1]); s--) {
+        /* void */
+    }
+
+    if (e == to || e == s) {
+        return r;
+    }
+
+    return ngx_cpymem(runs + r, out + s, e - s) - runs;
 }
 
 
@@ -1875,6 +1981,57 @@ ngx_smartflow_unwrap(u_char *p, size_t len, u_char *out)
 
 
 /*
+ * An instruction override without word boundaries in the runs of
+ * spelled-out words (ngx_smartflow_unspace()) that takes letters of a
+ * run: one only in the word before a run (up to its tab) or after it
+ * (from its vertical tab), such as "skipRules", is none.  Those words
+ * have 32 letters at most, so that each is told in 33 bytes.
+ */
+static ngx_uint_t
+ngx_smartflow_joined_in(u_char *runs, size_t rn)
+{
+    size_t       off, s, e, t;
+    PCRE2_SIZE  *ov;
+
+    ov = pcre2_get_ovector_pointer(ngx_smartflow_policy_md);
+
+    for (off = 0;
+         off < rn
+         && ngx_smartflow_re_match(ngx_smartflow_joined, runs, rn, off, 0,
+                                   ngx_smartflow_policy_md)
+            >= 0;
+         off = s + 1)
+    {
+        s = ov[0];
+        e = ov[1];
+
+        /* in the word before: letters from its end up to the tab */
+        for (t = e; t < rn && t - e <= 32 && ngx_sf_is_alpha(runs[t]); t++) {
+            /* void */
+        }
+
+        if (t < rn && runs[t] == '\t') {
+            continue;
+        }
+
+        /* in the word after: letters back from its start to the tab */
+        for (t = s; t > 0 && s - t <= 32 && ngx_sf_is_alpha(runs[t - 1]); t--)
+        {
+            /* void */
+        }
+
+        if (t > 0 && runs[t - 1] == '\v') {
+            continue;
+        }
+
+        return 1;
+    }
+
+    return 0;
+}
+
+
+/*
  * The signals not yet in set that the text read without its spelling
  * tricks shows, added to set; tells whether a 1 was read as a letter
  */
@@ -1882,7 +2039,7 @@ static ngx_uint_t
 ngx_smartflow_spelled(u_char *p, size_t len, ngx_uint_t leet, u_char one,
     uint64_t *set)
 {
-    size_t                n;
+    size_t                n, rn;
     ngx_uint_t            ones, found;
     ngx_smartflow_pass_t  ps;
 
@@ -1894,7 +2051,8 @@ ngx_smartflow_spelled(u_char *p, size_t len, ngx_uint_t leet, u_char one,
         p = ngx_smartflow_inj_buf;
     }
 
-    n = ngx_smartflow_unspace(p, len, ngx_smartflow_inj_buf, &found);
+    n = ngx_smartflow_unspace(p, len, ngx_smartflow_inj_buf,
+                              ngx_smartflow_runs_buf, &rn, &found);
 
     /* letters spelled out only in short words: a hint of no account */
     if (!leet && !found) {
@@ -1906,10 +2064,9 @@ ngx_smartflow_spelled(u_char *p, size_t len, ngx_uint_t leet, u_char one,
     *set |= ngx_smartflow_signals_run(ngx_smartflow_inj_buf, n,
                                       ps.open & ~*set, 0);
 
+    /* the runs of spelled-out words: the rest of the text has its spaces */
     if (found && !(*set & 1)
-        && ngx_smartflow_re_match(ngx_smartflow_joined, ngx_smartflow_inj_buf,
-                                  n, 0, 0, ngx_smartflow_policy_md)
-           >= 0)
+        && ngx_smartflow_joined_in(ngx_smartflow_runs_buf, rn))
     {
         *set |= 1;
     }

@@ -950,7 +950,9 @@ ngx_smartflow_window_may(ngx_smartflow_detector_t *d,
  * pattern anchored there, instead of tried at every letter of the text.
  * The walk stops at the end of the address before, so that one glued to
  * it ("x@a.bc_z9@q.io") is found too: it starts at the first letter or
- * digit of what is left, as one after a sign (".f@g.hi") does.
+ * digit of what is left, as one after a sign (".f@g.hi") does.  A local
+ * part longer than 64 bytes makes no address, as the pattern's
+ * look-behind says, rather than a part of one.
  */
 static ngx_uint_t
 ngx_smartflow_scan_email(pcre2_code *re, u_char *p, size_t len,
@@ -989,6 +991,21 @@ ngx_smartflow_scan_email(pcre2_code *re, u_char *p, size_t len,
         }
 
         rc = -1;
+
+        /*
+         * a local part longer than 64 is none: the pattern would find its
+         * last 64 bytes and leave the rest in the text
+         */
+        if (at - s == 64 && s > last) {
+            c = p[s - 1];
+
+            if (ngx_sf_alnum(c) || c == '.' || c == '_' || c == '%'
+                || c == '+' || c == '-')
+            {
+                off = at + 1;
+                continue;
+            }
+        }
 
         /* the first place a local part may start */
         for ( /* void */ ; s < at; s++) {

@@ -124,3 +124,14 @@ g\.hi|b\.cd|c\.de
 rule `email`
 --- error_log
 rule "email" of group "strict" blocked the request
+
+
+
+=== TEST 6: a local part longer than 64 bytes is no address, not the end of one
+--- request eval
+::chat('mail ' . ('a' x 70) . '@example.com and ' . ('b' x 64) . '@example.com now')
+--- error_code: 200
+--- response_body_like eval
+qr/"content":"mock reply to: mail a{70}\@example\.com and \[EMAIL_1\] now"/
+--- no_error_log
+[error]
