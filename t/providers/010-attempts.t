@@ -84,6 +84,12 @@ sub paged_config {
         server 127.0.0.1:$TEST_NGINX_FIXTURE_PORT;
     }
 
+    # the same pages over connections kept alive
+    upstream sf_paged_kept {
+        server 127.0.0.1:$TEST_NGINX_FIXTURE_PORT;
+        keepalive 4;
+    }
+
     server {
         listen 127.0.0.1:$TEST_NGINX_FIXTURE_PORT;
         default_type text/html;
@@ -95,6 +101,12 @@ sub paged_config {
         location /odd/ {
             default_type application/json;
             return 200 '{"object":"chat.completion","id":"odd"}';
+        }
+
+        # a page far larger than one of the proxy's buffers
+        location /big/ {
+            error_page 405 =200 /big.html;
+            return 405;
         }
     }
 
@@ -115,6 +127,18 @@ sub paged_config {
     # a primary whose answer cannot be translated, a fallback that answers
     smartflow_route strange odd model=gpt-odd-s;
     smartflow_route strange openai model=gpt-fb-s fallback;
+
+    # pages over a connection kept alive, a fallback that answers
+    smartflow_provider kept type=openai upstream=http://sf_paged_kept
+                       key=sk-oai-provider-key;
+    smartflow_route steady kept model=gpt-kept-s;
+    smartflow_route steady openai model=gpt-fb-k fallback;
+
+    # a page of many buffers, a fallback that answers
+    smartflow_provider big type=openai upstream=http://sf_paged_kept
+                       path=/big key=sk-oai-provider-key;
+    smartflow_route bulky big model=gpt-big-b;
+    smartflow_route bulky openai model=gpt-fb-b fallback;
 _EOC_
 }
 
@@ -679,5 +703,101 @@ mid-body: nothing of it reached the client, the fallback answers.
 smartflow proxy: answer of provider "openai" broke before its end
 smartflow proxy: deployment "openai/gpt-hes" gave an answer that could not be read for model "hesitant", trying the next one
 smartflow proxy: answer of provider "gemini" broke before its end
+--- no_error_log
+[alert]
+
+
+
+=== TEST 15: a page over a connection kept alive goes on to the fallback
+The primary's upstream keeps its connections alive: the page it answers
+with is read whole, the connection goes back to the pool (the second
+request finds it there), and the fallback answers the Anthropic client
+each time.
+--- http_config eval
+::paged_config()
+--- request eval
+["POST /anthropic/v1/messages\n"
+ . '{"model":"steady","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}',
+ "POST /anthropic/v1/messages\n"
+ . '{"model":"steady","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}',
+ "GET /health"]
+--- more_headers eval
+[$::AnthropicKey, $::AnthropicKey, $::OpenAIKey]
+--- error_code eval
+[200, 200, 200]
+--- response_headers eval
+["x-smartflow-deployment: openai/gpt-fb-k", "x-smartflow-deployment: openai/gpt-fb-k", ""]
+--- response_body_filters eval
+::view(models => ['steady'])
+--- response_body eval
+["message \"mock reply to: hi\"\n",
+ "message \"mock reply to: hi\"\n",
+ "kept/gpt-kept-s closed requests=2 failures=2 in_flight=0\n"
+ . "openai/gpt-fb-k closed requests=2 failures=0 in_flight=0\n"]
+--- error_log
+smartflow proxy: deployment "kept/gpt-kept-s" gave an answer that could not be read for model "steady", trying the next one
+--- no_error_log
+[alert]
+
+
+
+=== TEST 16: a page of many buffers goes on to the fallback
+--- http_config eval
+::paged_config('smartflow_breaker failures=1 cooldown=30s;')
+--- user_files eval
+">>> big.html\n<html><body>" . ("maintenance " x 20000) . "</body></html>\n"
+--- request eval
+["POST /anthropic/v1/messages\n"
+ . '{"model":"bulky","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}',
+ "GET /health"]
+--- more_headers eval
+[$::AnthropicKey, $::OpenAIKey]
+--- error_code eval
+[200, 200]
+--- response_headers eval
+["x-smartflow-deployment: openai/gpt-fb-b", ""]
+--- response_body_filters eval
+::view(models => ['bulky'])
+--- response_body eval
+["message \"mock reply to: hi\"\n",
+ "big/gpt-big-b open requests=1 failures=1 in_flight=0\n"
+ . "openai/gpt-fb-b closed requests=1 failures=0 in_flight=0\n"]
+--- error_log
+smartflow proxy: deployment "big/gpt-big-b" gave an answer that could not be read for model "bulky", trying the next one
+--- no_error_log
+[alert]
+
+
+
+=== TEST 17: with proxy buffering off, a page goes on to the fallback
+--- http_config eval
+::paged_config('smartflow_breaker failures=1 cooldown=30s;')
+--- config eval
+$::Locations . <<'_EOC_';
+location = /unbuffered/v1/messages {
+    smartflow_api messages;
+    proxy_buffering off;
+    error_page 401 403 408 413 429 500 502 503 504 @smartflow_anthropic_error;
+    include $TEST_NGINX_SMARTFLOW_CONF/smartflow_proxy.conf;
+}
+_EOC_
+--- request eval
+["POST /unbuffered/v1/messages\n"
+ . '{"model":"rescued","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}',
+ "GET /health"]
+--- more_headers eval
+[$::AnthropicKey, $::OpenAIKey]
+--- error_code eval
+[200, 200]
+--- response_headers eval
+["x-smartflow-deployment: openai/gpt-fb-r", ""]
+--- response_body_filters eval
+::view(models => ['rescued'])
+--- response_body eval
+["message \"mock reply to: hi\"\n",
+ "paged/gpt-paged-r open requests=1 failures=1 in_flight=0\n"
+ . "openai/gpt-fb-r closed requests=1 failures=0 in_flight=0\n"]
+--- error_log
+smartflow proxy: deployment "paged/gpt-paged-r" gave an answer that could not be read for model "rescued", trying the next one
 --- no_error_log
 [alert]
