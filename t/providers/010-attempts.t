@@ -103,6 +103,11 @@ sub paged_config {
             return 200 '{"object":"chat.completion","id":"odd"}';
         }
 
+        location /costly/ {
+            default_type application/json;
+            return 200 '{"object":"chat.completion","id":"costly","usage":{"prompt_tokens":900001,"completion_tokens":900002}}';
+        }
+
         # a page far larger than one of the proxy's buffers
         location /big/ {
             error_page 405 =200 /big.html;
@@ -133,6 +138,12 @@ sub paged_config {
                        key=sk-oai-provider-key;
     smartflow_route steady kept model=gpt-kept-s;
     smartflow_route steady openai model=gpt-fb-k fallback;
+
+    # an answer without choices that claims a vast usage, a fallback
+    smartflow_provider costly type=openai upstream=http://sf_paged
+                       path=/costly key=sk-oai-provider-key;
+    smartflow_route lavish costly model=gpt-costly-l;
+    smartflow_route lavish openai model=gpt-fb-l fallback;
 
     # a page of many buffers, a fallback that answers
     smartflow_provider big type=openai upstream=http://sf_paged_kept
@@ -799,5 +810,39 @@ _EOC_
  . "openai/gpt-fb-r closed requests=1 failures=0 in_flight=0\n"]
 --- error_log
 smartflow proxy: deployment "paged/gpt-paged-r" gave an answer that could not be read for model "rescued", trying the next one
+--- no_error_log
+[alert]
+
+
+
+=== TEST 18: the usage an unreadable answer claims is not the client's
+The primary's answer has no choices but a vast usage: the client is
+counted the usage of the fallback's answer only.
+--- http_config eval
+::paged_config()
+--- config eval
+$::Locations . <<'_EOC_';
+location = /counted/v1/messages {
+    smartflow_api messages;
+    add_header x-tokens "$smartflow_prompt_tokens $smartflow_completion_tokens" always;
+    error_page 401 403 408 413 429 500 502 503 504 @smartflow_anthropic_error;
+    include $TEST_NGINX_SMARTFLOW_CONF/smartflow_proxy.conf;
+}
+_EOC_
+--- request eval
+"POST /counted/v1/messages\n"
+ . '{"model":"lavish","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}'
+--- more_headers eval
+$::AnthropicKey
+--- error_code: 200
+--- response_headers_like
+x-smartflow-deployment: openai/gpt-fb-l
+x-tokens: \d{1,3} \d{1,3}
+--- response_body_filters eval
+::view()
+--- response_body
+message "mock reply to: hi"
+--- error_log
+smartflow proxy: deployment "costly/gpt-costly-l" gave an answer that could not be read for model "lavish", trying the next one
 --- no_error_log
 [alert]
