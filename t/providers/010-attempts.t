@@ -846,3 +846,43 @@ message "mock reply to: hi"
 smartflow proxy: deployment "costly/gpt-costly-l" gave an answer that could not be read for model "lavish", trying the next one
 --- no_error_log
 [alert]
+
+
+
+=== TEST 19: the cache keeps nothing of an unreadable answer
+The primary answers 200 with a page: the cache stores neither the page
+nor the fallback's answer (a fallback's answers are not cached), and
+the same question goes to the deployments again.
+--- http_config eval
+::paged_config('smartflow_cache_zone metacache 16m entries=1000;')
+--- config eval
+$::Locations . <<'_EOC_';
+location = /cached/v1/messages {
+    smartflow_api messages;
+    smartflow_cache metacache;
+    error_page 401 403 408 413 429 500 502 503 504 @smartflow_anthropic_error;
+    include $TEST_NGINX_SMARTFLOW_CONF/smartflow_proxy.conf;
+}
+_EOC_
+--- request eval
+["POST /cached/v1/messages\n"
+ . '{"model":"rescued","max_tokens":8,"messages":[{"role":"user","content":"what is kept?"}]}',
+ "POST /cached/v1/messages\n"
+ . '{"model":"rescued","max_tokens":8,"messages":[{"role":"user","content":"what is kept?"}]}']
+--- more_headers eval
+[$::AnthropicKey, $::AnthropicKey]
+--- error_code eval
+[200, 200]
+--- response_headers eval
+["x-smartflow-cache: MISS\nx-smartflow-deployment: openai/gpt-fb-r",
+ "x-smartflow-cache: MISS\nx-smartflow-deployment: openai/gpt-fb-r"]
+--- response_body_filters eval
+::view()
+--- response_body eval
+["message \"mock reply to: what is kept?\"\n",
+ "message \"mock reply to: what is kept?\"\n"]
+--- wait: 0.2
+--- error_log
+smartflow proxy: deployment "paged/gpt-paged-r" gave an answer that could not be read for model "rescued", trying the next one
+--- no_error_log
+[alert]
