@@ -572,8 +572,8 @@ ngx_smartflow_redis_read(ngx_event_t *ev)
     if (c->close) {
         /*
          * worker_shutdown_timeout has passed: nginx closes every
-         * connection left and so is this one; what was not answered is
-         * kept as after an outage, and the worker is free to exit
+         * connection left, this one too; what was not answered is kept
+         * as after an outage, and the worker is free to exit
          */
         ngx_log_error(NGX_LOG_NOTICE, rd->log, 0,
                       "smartflow proxy: redis %V: worker_shutdown_timeout "
