@@ -86,6 +86,11 @@ ngx_smartflow_json_parse_copy(ngx_pool_t *pool, u_char *p, size_t len,
 
     rd.pool = pool;
 
+    if (copy) {
+        /* nothing to wipe when even the copy could not be made */
+        ngx_str_null(copy);
+    }
+
     rd.start = ngx_pnalloc(pool, len ? len : 1);
     if (rd.start == NULL) {
         ngx_str_set(err, "out of memory");

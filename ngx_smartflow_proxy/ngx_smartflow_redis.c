@@ -8,7 +8,8 @@
  * context is freed, which answers each pending command with NULL, and a
  * reconnect timer retries with a growing delay.  The first worker to see
  * the connection fail logs it, once per outage.  A worker that exits
- * waits for the answers still to come, within that same bound.  After a
+ * waits for the answers still to come, within that same bound and
+ * worker_shutdown_timeout, whichever ends first.  After a
  * connect, AUTH, SELECT and SCRIPT LOAD of every script go first on the
  * connection; a PING behind them marks it usable, so EVALSHA never meets
  * a Redis that has lost its scripts.
@@ -208,7 +209,8 @@ ngx_smartflow_redis_start(ngx_smartflow_redis_t *rd, ngx_log_t *log)
     /*
      * Not cancelable: it is set only while commands wait for their
      * answers, so a worker told to quit waits for them, as long as the
-     * timeout lets it, rather than leave their outcome unknown.
+     * timeout lets it, rather than leave their outcome unknown.  Once
+     * worker_shutdown_timeout has passed, the read handler gives up.
      */
     rd->watchdog.handler = ngx_smartflow_redis_watchdog;
     rd->watchdog.data = &rd->dummy;
@@ -556,15 +558,41 @@ ngx_smartflow_redis_retry(ngx_event_t *ev)
 static void
 ngx_smartflow_redis_read(ngx_event_t *ev)
 {
+    redisAsyncContext      *ac;
     ngx_connection_t       *c;
     ngx_smartflow_redis_t  *rd;
 
     c = ev->data;
     rd = c->data;
 
-    if (rd->ac) {
-        redisAsyncHandleRead(rd->ac);
+    if (rd->ac == NULL) {
+        return;
     }
+
+    if (c->close) {
+        /*
+         * worker_shutdown_timeout has passed: nginx closes every
+         * connection left, this one too; what was not answered is kept
+         * as after an outage, and the worker is free to exit
+         */
+        ngx_log_error(NGX_LOG_NOTICE, rd->log, 0,
+                      "smartflow proxy: redis %V: worker_shutdown_timeout "
+                      "passed with %ui answers still to come", &rd->name,
+                      rd->pending);
+
+        ac = rd->ac;
+        rd->ac = NULL;
+        rd->state = NGX_SMARTFLOW_REDIS_DOWN;
+
+        if (rd->watchdog.timer_set) {
+            ngx_del_timer(&rd->watchdog);
+        }
+
+        redisAsyncFree(ac);
+        return;
+    }
+
+    redisAsyncHandleRead(rd->ac);
 }
 
 

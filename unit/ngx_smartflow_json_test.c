@@ -261,5 +261,30 @@ main(void)
     usage("<html>{\"usage\":{\"prompt_tokens\":4}}", 0, 0,
           "an answer that is not JSON gives none");
 
+    /* the copy a caller wipes, even when there is none */
+
+    {
+        ngx_str_t  copy;
+
+        copy.data = (u_char *) "stale";
+        copy.len = 5;
+
+        j = ngx_smartflow_json_parse_copy(&unit_pool, (u_char *) "{\"k\":1}",
+                                          7, &err, &copy);
+        ok(j != NULL && copy.len == 7 && memcmp(copy.data, "{\"k\":1}", 7)
+           == 0, "parse_copy: the copy is given back");
+
+        copy.data = (u_char *) "stale";
+        copy.len = 5;
+
+        unit_no_memory = 1;
+        j = ngx_smartflow_json_parse_copy(&unit_pool, (u_char *) "{\"k\":1}",
+                                          7, &err, &copy);
+        unit_no_memory = 0;
+
+        ok(j == NULL && copy.len == 0 && copy.data == NULL,
+           "parse_copy: out of memory, no copy to wipe");
+    }
+
     return unit_done();
 }

@@ -27,12 +27,17 @@ struct unit_block_s {
 
 static unit_block_t  *unit_blocks;
 static size_t         unit_allocated;   /* bytes, for checks of growth */
+static ngx_uint_t     unit_no_memory;   /* allocations fail while set */
 
 
 void *
 ngx_pnalloc(ngx_pool_t *pool, size_t size)
 {
     unit_block_t  *b;
+
+    if (unit_no_memory) {
+        return NULL;
+    }
 
     b = malloc(sizeof(unit_block_t) + size);
     if (b == NULL) {

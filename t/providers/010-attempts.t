@@ -84,6 +84,12 @@ sub paged_config {
         server 127.0.0.1:$TEST_NGINX_FIXTURE_PORT;
     }
 
+    # the same pages over connections kept alive
+    upstream sf_paged_kept {
+        server 127.0.0.1:$TEST_NGINX_FIXTURE_PORT;
+        keepalive 4;
+    }
+
     server {
         listen 127.0.0.1:$TEST_NGINX_FIXTURE_PORT;
         default_type text/html;
@@ -95,6 +101,17 @@ sub paged_config {
         location /odd/ {
             default_type application/json;
             return 200 '{"object":"chat.completion","id":"odd"}';
+        }
+
+        location /costly/ {
+            default_type application/json;
+            return 200 '{"object":"chat.completion","id":"costly","usage":{"prompt_tokens":900001,"completion_tokens":900002}}';
+        }
+
+        # a page far larger than one of the proxy's buffers
+        location /big/ {
+            error_page 405 =200 /big.html;
+            return 405;
         }
     }
 
@@ -115,6 +132,24 @@ sub paged_config {
     # a primary whose answer cannot be translated, a fallback that answers
     smartflow_route strange odd model=gpt-odd-s;
     smartflow_route strange openai model=gpt-fb-s fallback;
+
+    # pages over a connection kept alive, a fallback that answers
+    smartflow_provider kept type=openai upstream=http://sf_paged_kept
+                       key=sk-oai-provider-key;
+    smartflow_route steady kept model=gpt-kept-s;
+    smartflow_route steady openai model=gpt-fb-k fallback;
+
+    # an answer without choices that claims a vast usage, a fallback
+    smartflow_provider costly type=openai upstream=http://sf_paged
+                       path=/costly key=sk-oai-provider-key;
+    smartflow_route lavish costly model=gpt-costly-l;
+    smartflow_route lavish openai model=gpt-fb-l fallback;
+
+    # a page of many buffers, a fallback that answers
+    smartflow_provider big type=openai upstream=http://sf_paged_kept
+                       path=/big key=sk-oai-provider-key;
+    smartflow_route bulky big model=gpt-big-b;
+    smartflow_route bulky openai model=gpt-fb-b fallback;
 _EOC_
 }
 
@@ -679,5 +714,175 @@ mid-body: nothing of it reached the client, the fallback answers.
 smartflow proxy: answer of provider "openai" broke before its end
 smartflow proxy: deployment "openai/gpt-hes" gave an answer that could not be read for model "hesitant", trying the next one
 smartflow proxy: answer of provider "gemini" broke before its end
+--- no_error_log
+[alert]
+
+
+
+=== TEST 15: a page over a connection kept alive goes on to the fallback
+The primary's upstream keeps its connections alive: the page it answers
+with is read whole, the connection goes back to the pool (the second
+request finds it there), and the fallback answers the Anthropic client
+each time.
+--- http_config eval
+::paged_config()
+--- request eval
+["POST /anthropic/v1/messages\n"
+ . '{"model":"steady","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}',
+ "POST /anthropic/v1/messages\n"
+ . '{"model":"steady","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}',
+ "GET /health"]
+--- more_headers eval
+[$::AnthropicKey, $::AnthropicKey, $::OpenAIKey]
+--- error_code eval
+[200, 200, 200]
+--- response_headers eval
+["x-smartflow-deployment: openai/gpt-fb-k", "x-smartflow-deployment: openai/gpt-fb-k", ""]
+--- response_body_filters eval
+::view(models => ['steady'])
+--- response_body eval
+["message \"mock reply to: hi\"\n",
+ "message \"mock reply to: hi\"\n",
+ "kept/gpt-kept-s closed requests=2 failures=2 in_flight=0\n"
+ . "openai/gpt-fb-k closed requests=2 failures=0 in_flight=0\n"]
+--- error_log
+smartflow proxy: deployment "kept/gpt-kept-s" gave an answer that could not be read for model "steady", trying the next one
+--- no_error_log
+[alert]
+
+
+
+=== TEST 16: a page of many buffers goes on to the fallback
+--- http_config eval
+::paged_config('smartflow_breaker failures=1 cooldown=30s;')
+--- user_files eval
+">>> big.html\n<html><body>" . ("maintenance " x 20000) . "</body></html>\n"
+--- request eval
+["POST /anthropic/v1/messages\n"
+ . '{"model":"bulky","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}',
+ "GET /health"]
+--- more_headers eval
+[$::AnthropicKey, $::OpenAIKey]
+--- error_code eval
+[200, 200]
+--- response_headers eval
+["x-smartflow-deployment: openai/gpt-fb-b", ""]
+--- response_body_filters eval
+::view(models => ['bulky'])
+--- response_body eval
+["message \"mock reply to: hi\"\n",
+ "big/gpt-big-b open requests=1 failures=1 in_flight=0\n"
+ . "openai/gpt-fb-b closed requests=1 failures=0 in_flight=0\n"]
+--- error_log
+smartflow proxy: deployment "big/gpt-big-b" gave an answer that could not be read for model "bulky", trying the next one
+--- no_error_log
+[alert]
+
+
+
+=== TEST 17: with proxy buffering off, a page goes on to the fallback
+--- http_config eval
+::paged_config('smartflow_breaker failures=1 cooldown=30s;')
+--- config eval
+$::Locations . <<'_EOC_';
+location = /unbuffered/v1/messages {
+    smartflow_api messages;
+    proxy_buffering off;
+    error_page 401 403 408 413 429 500 502 503 504 @smartflow_anthropic_error;
+    include $TEST_NGINX_SMARTFLOW_CONF/smartflow_proxy.conf;
+}
+_EOC_
+--- request eval
+["POST /unbuffered/v1/messages\n"
+ . '{"model":"rescued","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}',
+ "GET /health"]
+--- more_headers eval
+[$::AnthropicKey, $::OpenAIKey]
+--- error_code eval
+[200, 200]
+--- response_headers eval
+["x-smartflow-deployment: openai/gpt-fb-r", ""]
+--- response_body_filters eval
+::view(models => ['rescued'])
+--- response_body eval
+["message \"mock reply to: hi\"\n",
+ "paged/gpt-paged-r open requests=1 failures=1 in_flight=0\n"
+ . "openai/gpt-fb-r closed requests=1 failures=0 in_flight=0\n"]
+--- error_log
+smartflow proxy: deployment "paged/gpt-paged-r" gave an answer that could not be read for model "rescued", trying the next one
+--- no_error_log
+[alert]
+
+
+
+=== TEST 18: the usage an unreadable answer claims is not the client's
+The primary's answer has no choices but a vast usage: the client is
+counted the usage of the fallback's answer only.
+--- http_config eval
+::paged_config()
+--- config eval
+$::Locations . <<'_EOC_';
+location = /counted/v1/messages {
+    smartflow_api messages;
+    add_header x-tokens "$smartflow_prompt_tokens $smartflow_completion_tokens" always;
+    error_page 401 403 408 413 429 500 502 503 504 @smartflow_anthropic_error;
+    include $TEST_NGINX_SMARTFLOW_CONF/smartflow_proxy.conf;
+}
+_EOC_
+--- request eval
+"POST /counted/v1/messages\n"
+ . '{"model":"lavish","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}'
+--- more_headers eval
+$::AnthropicKey
+--- error_code: 200
+--- response_headers_like
+x-smartflow-deployment: openai/gpt-fb-l
+x-tokens: \d{1,3} \d{1,3}
+--- response_body_filters eval
+::view()
+--- response_body
+message "mock reply to: hi"
+--- error_log
+smartflow proxy: deployment "costly/gpt-costly-l" gave an answer that could not be read for model "lavish", trying the next one
+--- no_error_log
+[alert]
+
+
+
+=== TEST 19: the cache keeps nothing of an unreadable answer
+The primary answers 200 with a page: the cache stores neither the page
+nor the fallback's answer (a fallback's answers are not cached), and
+the same question goes to the deployments again.
+--- http_config eval
+::paged_config('smartflow_cache_zone metacache 16m entries=1000;')
+--- config eval
+$::Locations . <<'_EOC_';
+location = /cached/v1/messages {
+    smartflow_api messages;
+    smartflow_cache metacache;
+    error_page 401 403 408 413 429 500 502 503 504 @smartflow_anthropic_error;
+    include $TEST_NGINX_SMARTFLOW_CONF/smartflow_proxy.conf;
+}
+_EOC_
+--- request eval
+["POST /cached/v1/messages\n"
+ . '{"model":"rescued","max_tokens":8,"messages":[{"role":"user","content":"what is kept?"}]}',
+ "POST /cached/v1/messages\n"
+ . '{"model":"rescued","max_tokens":8,"messages":[{"role":"user","content":"what is kept?"}]}']
+--- more_headers eval
+[$::AnthropicKey, $::AnthropicKey]
+--- error_code eval
+[200, 200]
+--- response_headers eval
+["x-smartflow-cache: MISS\nx-smartflow-deployment: openai/gpt-fb-r",
+ "x-smartflow-cache: MISS\nx-smartflow-deployment: openai/gpt-fb-r"]
+--- response_body_filters eval
+::view()
+--- response_body eval
+["message \"mock reply to: what is kept?\"\n",
+ "message \"mock reply to: what is kept?\"\n"]
+--- wait: 0.2
+--- error_log
+smartflow proxy: deployment "paged/gpt-paged-r" gave an answer that could not be read for model "rescued", trying the next one
 --- no_error_log
 [alert]

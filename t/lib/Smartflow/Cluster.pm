@@ -105,14 +105,15 @@ sub node {
                              . " timeout=$self->{slow}00ms"
                              . " fail=" . ($o{fail} || 'open');
     my $node = { name => $name, dir => $dir, port => $o{port} };
-    # extra modules (after the proxy) and http-level lines, if asked
+    # extra modules (after the proxy), main and http-level lines, if asked
     my $load = join '', map {
         "load_module $self->{modules}/ngx_http_smartflow_${_}_module.so;\n"
     } @{ $o{modules} || [] };
     my $http = $o{http} // '';
     my $server = $o{server} // '';
+    my $main = $o{main} // '';
     my $conf = <<"_EOC_";
-daemon on;
+${main}daemon on;
 master_process on;
 worker_processes 2;
 error_log $dir/logs/error.log info;

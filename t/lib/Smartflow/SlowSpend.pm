@@ -9,7 +9,8 @@ package Smartflow::SlowSpend;
 #   my ($c, $a, $b) = Smartflow::SlowSpend::setup('late-spend', nodes => 2);
 #
 # redis_timeout => MS gives the nodes' smartflow_redis that timeout= (times
-# the sanitizer's slowness) instead of the short default of the suites.
+# the sanitizer's slowness) instead of the short default of the suites;
+# main => TEXT adds main-context lines to their nginx.conf.
 #
 # exports count(NODE, RE), wait_for(WHAT, SUB), counter(ID, FIELD),
 # send_all(NODE, N, KEY), read_all(SOCKS) and make_key(NODE, NAME).
@@ -57,6 +58,7 @@ _EOC_
                     . ' timeout=' . ($o{redis_timeout} * $c->{slow}) . 'ms'
                     . ' fail=open'
         if $o{redis_timeout};
+    $redis{main} = $o{main} if defined $o{main};
 
     my @nodes = ($c->node('a', port => $ENV{TEST_NGINX_PORT} || 3100,
                           fail => 'open', http => $http, %redis));
