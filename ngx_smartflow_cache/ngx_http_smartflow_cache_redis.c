@@ -71,6 +71,9 @@ static void ngx_http_smartflow_cache_redis_stored(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
 static void ngx_http_smartflow_cache_redis_deleted(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
+static void ngx_http_smartflow_cache_redis_written(
+    ngx_smartflow_cache_zone_t *z, ngx_smartflow_redis_t *rd,
+    redisReply *reply, char *cmd);
 static ngx_int_t ngx_http_smartflow_cache_redis_parse(ngx_pool_t *pool,
     redisReply *reply, size_t max, ngx_smartflow_cache_found_t *f,
     time_t *expire);
@@ -485,21 +488,27 @@ static void
 ngx_http_smartflow_cache_redis_stored(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data)
 {
-    ngx_smartflow_cache_zone_t *z = data;
+    ngx_http_smartflow_cache_redis_written(data, rd, reply, "SET");
+}
 
+
+/* the reply to a SET or a DEL, which only tells whether Redis is up */
+static void
+ngx_http_smartflow_cache_redis_written(ngx_smartflow_cache_zone_t *z,
+    ngx_smartflow_redis_t *rd, redisReply *reply, char *cmd)
+{
     if (reply == NULL) {
         ngx_http_smartflow_cache_redis_down(z, rd, rd->log, "did not answer");
         return;
     }
 
     if (reply->type == REDIS_REPLY_ERROR) {
-        ngx_http_smartflow_cache_redis_refused(z, rd, rd->log, "SET", reply);
+        ngx_http_smartflow_cache_redis_refused(z, rd, rd->log, cmd, reply);
         return;
     }
 
     ngx_http_smartflow_cache_redis_up(z, rd, rd->log);
 }
-
 
 
 /*
@@ -552,19 +561,7 @@ static void
 ngx_http_smartflow_cache_redis_deleted(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data)
 {
-    ngx_smartflow_cache_zone_t *z = data;
-
-    if (reply == NULL) {
-        ngx_http_smartflow_cache_redis_down(z, rd, rd->log, "did not answer");
-        return;
-    }
-
-    if (reply->type == REDIS_REPLY_ERROR) {
-        ngx_http_smartflow_cache_redis_refused(z, rd, rd->log, "DEL", reply);
-        return;
-    }
-
-    ngx_http_smartflow_cache_redis_up(z, rd, rd->log);
+    ngx_http_smartflow_cache_redis_written(data, rd, reply, "DEL");
 }
 
 
