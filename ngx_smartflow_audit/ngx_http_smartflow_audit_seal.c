@@ -34,7 +34,7 @@ static ngx_int_t ngx_http_smartflow_audit_resume(
 static void ngx_http_smartflow_audit_protect(ngx_fd_t fd, ngx_flag_t imm,
     char *protection);
 static ngx_int_t ngx_http_smartflow_audit_index_segment(u_char *dir,
-    ngx_uint_t seg, off_t *total, u_char *touched, char *err, size_t errlen);
+    ngx_uint_t seg, off_t *total, char *err, size_t errlen);
 
 
 ngx_int_t
@@ -149,10 +149,7 @@ ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s)
         }
     }
 
-    /*
-     * The receipts index; a failure there leaves proofs slower, not
-     * wrong: its entries are fsynced before the number that counts them.
-     */
+    /* the receipts index; a failure there leaves proofs slower, not wrong */
     if (s->index) {
         s->index_err[0] = '\0';
         (void) ngx_http_smartflow_audit_index(s->dir, s->segment,
@@ -575,10 +572,9 @@ ngx_http_smartflow_audit_leaves(u_char *buf, size_t len,
  * files are named by an id's first two hex digits and hold 20-byte
  * entries, the id's 16 bytes and its segment's number (big-endian).
  * "indexed" reads "N C0 ... C255": the ids of segments 1 to N are in, and
- * file b holds them in its first Cb entries, which are on disk (fsynced)
- * before "indexed" is renamed in, so a crash leaves it behind its
- * entries, never ahead.  A proof trusts a miss only as far as "indexed"
- * vouches for the id's file (see ngx_http_smartflow_audit_index_find()).
+ * file b holds them in its first Cb entries; it is renamed in whole.  A
+ * proof trusts a miss only while the id's file is as long as "indexed"
+ * counts (see ngx_http_smartflow_audit_index_find()).
  *
  * One indexer at a time holds an flock on "lock"; a seal that finds it
  * held leaves its segment to the holder, which goes on to the segments
@@ -598,7 +594,6 @@ ngx_http_smartflow_audit_index(u_char *dir, ngx_uint_t segment, char *err,
     struct stat      st;
     ngx_file_info_t  fi;
     off_t            count[256];
-    u_char           touched[256];
     u_char           path[NGX_MAX_PATH], tmp[NGX_MAX_PATH];
     u_char           marker[NGX_SMARTFLOW_AUDIT_INDEX_MARKER];
 
@@ -669,7 +664,6 @@ ngx_http_smartflow_audit_index(u_char *dir, ngx_uint_t segment, char *err,
         done = 0;
     }
 
-    ngx_memzero(touched, sizeof(touched));
     rc = NGX_OK;
 
     for (seg = done + 1; /* void */; seg++) {
@@ -684,8 +678,8 @@ ngx_http_smartflow_audit_index(u_char *dir, ngx_uint_t segment, char *err,
             }
         }
 
-        rc = ngx_http_smartflow_audit_index_segment(dir, seg, count, touched,
-                                                    err, errlen);
+        rc = ngx_http_smartflow_audit_index_segment(dir, seg, count, err,
+                                                    errlen);
         if (rc != NGX_OK) {
             break;
         }
@@ -698,29 +692,14 @@ ngx_http_smartflow_audit_index(u_char *dir, ngx_uint_t segment, char *err,
         return rc;
     }
 
-    /* the entries on disk before the number that counts them */
-    for (b = 0; b < 256; b++) {
-        if (!touched[b]) {
-            continue;
-        }
-
-        ngx_snprintf(path, NGX_MAX_PATH, "%s/receipts/%02xi%Z", dir, b);
-
-        fd = open((char *) path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
-
-        if (fd == -1 || fdatasync(fd) == -1) {
-            snprintf(err, errlen, "fsync(%s) failed: %s", path,
-                     strerror(errno));
-            if (fd != -1) {
-                (void) close(fd);
-            }
-            (void) close(lock);
-            return NGX_ERROR;
-        }
-
-        (void) close(fd);
-    }
-
+    /*
+     * No fsync, which would slow every seal several times: the files
+     * grow on disk only with their data (ext4, XFS and Btrfs write a
+     * file's size once its data is written), so a crash leaves a file
+     * shorter than "indexed" counts, which a proof does not trust and
+     * the next seal makes again, or "indexed" empty or cut short, which
+     * is not read.
+     */
     p = ngx_snprintf(marker, sizeof(marker), "%ui", seg);
 
     for (b = 0; b < 256; b++) {
@@ -738,7 +717,6 @@ ngx_http_smartflow_audit_index(u_char *dir, ngx_uint_t segment, char *err,
 
     if (fd == -1
         || write(fd, marker, len) != (ssize_t) len
-        || fdatasync(fd) == -1
         || rename((char *) tmp, (char *) path) == -1)
     {
         snprintf(err, errlen, "writing %s failed: %s", path,
@@ -826,7 +804,7 @@ ngx_http_smartflow_audit_index_read(u_char *dir, off_t *count)
 /* one segment's ids into the index, from the segment or its leaves file */
 static ngx_int_t
 ngx_http_smartflow_audit_index_segment(u_char *dir, ngx_uint_t seg,
-    off_t *total, u_char *touched, char *err, size_t errlen)
+    off_t *total, char *err, size_t errlen)
 {
     int          fd;
     u_char      *buf, *p, *end, *eol, *id, *sp, *e, *entries, *run;
@@ -973,7 +951,6 @@ ngx_http_smartflow_audit_index_segment(u_char *dir, ngx_uint_t seg,
         }
 
         total[b] += count[b];
-        touched[b] = 1;
 
         (void) close(fd);
     }
