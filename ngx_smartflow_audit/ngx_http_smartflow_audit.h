@@ -16,6 +16,10 @@
 
 #define NGX_SMARTFLOW_AUDIT_SEGMENT  "segment-%08ui.log"
 #define NGX_SMARTFLOW_AUDIT_SEAL     "segment-%08ui.seal"
+
+/* "indexed" of the receipts index: "N C0 ... C255\n" */
+#define NGX_SMARTFLOW_AUDIT_INDEX_MARKER  (21 * 257 + 1)
+
 #define NGX_SMARTFLOW_AUDIT_NAME_LEN sizeof("segment-00000000.seal")
 
 /* the records' buffer in shared memory, smartflow_audit_buffer's limit */
@@ -187,6 +191,7 @@ extern ngx_module_t  ngx_http_smartflow_audit_module;
 
 
 ngx_int_t ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s);
+ngx_int_t ngx_http_smartflow_audit_index_read(u_char *dir, off_t *count);
 ngx_int_t ngx_http_smartflow_audit_index(u_char *dir, ngx_uint_t segment,
     char *err, size_t errlen);
 ngx_int_t ngx_http_smartflow_audit_write_ro(u_char *path, u_char *data,

@@ -1695,72 +1695,97 @@ ngx_http_smartflow_audit_proof_removed(ngx_http_smartflow_audit_query_t *q,
 
 
 /*
- * The segment the receipts index (ngx_http_smartflow_audit_index()) names
- * for a receipt id, 0 for none; *indexed: the last segment the index
- * holds, those after it are read.  "indexed" is read first: it is written
- * after the entries it counts.
+ * The segments the receipts index (ngx_http_smartflow_audit_index())
+ * names for a receipt id, *n of them; *indexed: the last segment the
+ * index vouches for, whose ids not named are not in the folder, 0 when it
+ * vouches for none (no "indexed", or the id's file shorter than it
+ * counts, or not a plain file).
  */
-static ngx_uint_t
+static void
 ngx_http_smartflow_audit_index_find(u_char *dir, u_char *id,
-    ngx_uint_t *indexed, ngx_log_t *log)
+    ngx_uint_t *segs, ngx_uint_t *n, ngx_uint_t *indexed, ngx_log_t *log)
 {
+    int          fd;
     u_char      *p, *last;
-    size_t       len;
-    ssize_t      n;
-    ngx_fd_t     fd;
-    ngx_int_t    v;
-    ngx_uint_t   seg;
+    off_t        off, size;
+    ssize_t      got;
+    ngx_int_t    done;
+    ngx_uint_t   seg, i, max;
+    struct stat  st;
+    off_t        count[256];
     u_char       key[16], path[NGX_MAX_PATH];
     u_char       buf[20 * 512];
 
+    max = *n;
+    *n = 0;
     *indexed = 0;
 
-    ngx_snprintf(path, NGX_MAX_PATH, "%s/receipts/indexed%Z", dir);
-
-    p = ngx_http_smartflow_audit_slurp(path, &len);
-    if (p == NULL) {
-        return 0;
+    if (sf_audit_unhex((char *) id, 32, key, 16) != 16) {
+        return;
     }
 
-    /* "N\n", written whole, else not counted */
-    v = (len > 1 && p[len - 1] == '\n') ? ngx_atoi(p, len - 1) : NGX_ERROR;
-    free(p);
-
-    if (v == NGX_ERROR
-        || sf_audit_unhex((char *) id, 32, key, 16) != 16)
-    {
-        return 0;
+    done = ngx_http_smartflow_audit_index_read(dir, count);
+    if (done == NGX_ERROR) {
+        return;
     }
-
-    *indexed = v;
 
     ngx_snprintf(path, NGX_MAX_PATH, "%s/receipts/%*s%Z", dir, 2, id);
 
-    fd = ngx_open_file(path, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
-    if (fd == NGX_INVALID_FILE) {
-        return 0;
+    fd = open((char *) path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (fd == -1) {
+        if (errno == ENOENT && count[key[0]] == 0) {
+            *indexed = done;
+        }
+
+        return;
+    }
+
+    if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode)
+        || st.st_size < count[key[0]] * 20)
+    {
+        (void) close(fd);
+        return;
     }
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, log, 0,
                    "smartflow audit proof reads %s", path);
 
-    seg = 0;
+    size = st.st_size - st.st_size % 20;
 
-    while (seg == 0 && (n = read(fd, buf, sizeof(buf))) >= 20) {
-        last = buf + n - n % 20;
+    for (off = 0; off < size; off += got) {
+        got = pread(fd, buf, ngx_min((off_t) sizeof(buf), size - off), off);
+        if (got <= 0) {
+            break;
+        }
+
+        got -= got % 20;
+        if (got == 0) {
+            break;
+        }
+
+        last = buf + got;
 
         for (p = buf; p < last; p += 20) {
-            if (ngx_memcmp(p, key, 16) == 0) {
-                seg = ((ngx_uint_t) p[16] << 24) | (p[17] << 16)
-                      | (p[18] << 8) | p[19];
-                break;
+            if (ngx_memcmp(p, key, 16) != 0) {
+                continue;
+            }
+
+            seg = ((ngx_uint_t) p[16] << 24) | (p[17] << 16) | (p[18] << 8)
+                  | p[19];
+
+            for (i = 0; i < *n && segs[i] != seg; i++) { /* void */ }
+
+            if (seg && i == *n && *n < max) {
+                segs[(*n)++] = seg;
             }
         }
     }
 
-    (void) ngx_close_file(fd);
+    (void) close(fd);
 
-    return seg;
+    if (off >= size) {
+        *indexed = done;
+    }
 }
 
 
@@ -1834,7 +1859,8 @@ static void
 ngx_http_smartflow_audit_proof_find(ngx_http_smartflow_audit_query_t *q,
     ngx_log_t *log)
 {
-    ngx_uint_t  seg, start, indexed;
+    ngx_uint_t  seg, start, indexed, i, n;
+    ngx_uint_t  segs[8];
     u_char      needle[64];
 
     start = 1;
@@ -1843,13 +1869,25 @@ ngx_http_smartflow_audit_proof_find(ngx_http_smartflow_audit_query_t *q,
     if (q->seq == 0) {
         ngx_sprintf(needle, "\"request_id\":\"%s\"%Z", q->id);
 
-        seg = ngx_http_smartflow_audit_index_find(q->dir, q->id, &indexed,
-                                                  log);
+        n = sizeof(segs) / sizeof(segs[0]);
+        ngx_http_smartflow_audit_index_find(q->dir, q->id, segs, &n,
+                                            &indexed, log);
 
-        if (seg && ngx_http_smartflow_audit_proof_in(q, seg, needle, log)
-                   == 1)
-        {
-            return;
+        for (i = 0; i < n; i++) {
+            if (ngx_http_smartflow_audit_proof_in(q, segs[i], needle, log)
+                == 1)
+            {
+                return;
+            }
+        }
+
+        if (n) {
+            /* named where it is not: the index is not to be trusted */
+            ngx_log_error(NGX_LOG_WARN, log, 0,
+                          "smartflow audit: the receipts index names "
+                          "segment %ui for %s, which does not hold it; "
+                          "the proof reads every segment", segs[0], q->id);
+            indexed = 0;
         }
 
         start = indexed + 1;

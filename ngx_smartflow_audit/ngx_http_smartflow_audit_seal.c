@@ -34,7 +34,7 @@ static ngx_int_t ngx_http_smartflow_audit_resume(
 static void ngx_http_smartflow_audit_protect(ngx_fd_t fd, ngx_flag_t imm,
     char *protection);
 static ngx_int_t ngx_http_smartflow_audit_index_segment(u_char *dir,
-    ngx_uint_t seg, char *err, size_t errlen);
+    ngx_uint_t seg, off_t *total, char *err, size_t errlen);
 
 
 ngx_int_t
@@ -149,12 +149,7 @@ ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s)
         }
     }
 
-    /*
-     * The receipts index; a failure there leaves proofs slower, not
-     * wrong.  Written before the segment's fsync below: on a journalled
-     * file system that orders data (ext4's default) its entries and the
-     * number that counts them reach the disk together with it.
-     */
+    /* the receipts index; a failure there leaves proofs slower, not wrong */
     if (s->index) {
         s->index_err[0] = '\0';
         (void) ngx_http_smartflow_audit_index(s->dir, s->segment,
@@ -575,24 +570,32 @@ ngx_http_smartflow_audit_leaves(u_char *buf, size_t len,
  * The receipts index, DIR/receipts: a proof by receipt id reads the one
  * segment the index names instead of every segment of the folder.  Its
  * files are named by an id's first two hex digits and hold 20-byte
- * entries, the id's 16 bytes and its segment's number (big-endian);
- * "indexed" holds the last segment whose ids are all in.  A seal adds
- * its segment and those before it not yet in (a folder sealed before the
- * index existed), under an flock on "indexed", as seals may run at once.
- * The index is made from the segments: without it (DIR/receipts
- * removed) proofs read the segments again, until the next seal has
- * rebuilt it.
+ * entries, the id's 16 bytes and its segment's number (big-endian).
+ * "indexed" reads "N C0 ... C255": the ids of segments 1 to N are in, and
+ * file b holds them in its first Cb entries; it is renamed in whole.  A
+ * proof trusts a miss only while the id's file is as long as "indexed"
+ * counts (see ngx_http_smartflow_audit_index_find()).
+ *
+ * One indexer at a time holds an flock on "lock"; a seal that finds it
+ * held leaves its segment to the holder, which goes on to the segments
+ * closed meanwhile, so no seal waits behind the indexing of a whole
+ * folder.  A file shorter than its count, or not a plain file, or
+ * "indexed" unreadable, and the index is made again from the segments.
  */
 ngx_int_t
 ngx_http_smartflow_audit_index(u_char *dir, ngx_uint_t segment, char *err,
     size_t errlen)
 {
-    int          fd;
-    char         num[32];
-    ssize_t      n;
-    ngx_int_t    rc, done;
-    ngx_uint_t   seg;
-    u_char       path[NGX_MAX_PATH];
+    int              fd, lock;
+    u_char          *p;
+    size_t           len;
+    ngx_int_t        rc, done;
+    ngx_uint_t       b, seg, rebuild;
+    struct stat      st;
+    ngx_file_info_t  fi;
+    off_t            count[256];
+    u_char           path[NGX_MAX_PATH], tmp[NGX_MAX_PATH];
+    u_char           marker[NGX_SMARTFLOW_AUDIT_INDEX_MARKER];
 
     ngx_snprintf(path, NGX_MAX_PATH, "%s/receipts%Z", dir);
 
@@ -601,65 +604,209 @@ ngx_http_smartflow_audit_index(u_char *dir, ngx_uint_t segment, char *err,
         return NGX_ERROR;
     }
 
-    ngx_snprintf(path, NGX_MAX_PATH, "%s/receipts/indexed%Z", dir);
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/receipts/lock%Z", dir);
 
-    fd = open((char *) path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (fd == -1) {
+    lock = open((char *) path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
+                0644);
+    if (lock == -1) {
         snprintf(err, errlen, "open(%s) failed: %s", path, strerror(errno));
         return NGX_ERROR;
     }
 
-    if (flock(fd, LOCK_EX) == -1) {
+    if (flock(lock, LOCK_EX | LOCK_NB) == -1) {
+        if (errno == EWOULDBLOCK) {
+            /* the holder indexes this segment too once it is closed */
+            (void) close(lock);
+            return NGX_OK;
+        }
+
         snprintf(err, errlen, "flock(%s) failed: %s", path, strerror(errno));
-        (void) close(fd);
+        (void) close(lock);
         return NGX_ERROR;
     }
 
-    n = pread(fd, num, sizeof(num) - 1, 0);
+    done = ngx_http_smartflow_audit_index_read(dir, count);
+    rebuild = (done == NGX_ERROR);
 
-    while (n > 0 && (num[n - 1] == '\n' || num[n - 1] == ' ')) {
-        n--;
+    if (done > 0) {
+        /* a number past the folder's segments is not the index's own */
+        ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEAL "%Z",
+                     dir, (ngx_uint_t) done);
+        ngx_snprintf(tmp, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEGMENT
+                     "%Z", dir, (ngx_uint_t) done);
+
+        rebuild = (ngx_file_info(path, &fi) == NGX_FILE_ERROR
+                   && ngx_file_info(tmp, &fi) == NGX_FILE_ERROR);
     }
 
-    /* none yet, or cut short by a crash: from the first segment again */
-    done = (n > 0) ? ngx_atoi((u_char *) num, n) : 0;
+    for (b = 0; !rebuild && b < 256; b++) {
+        ngx_snprintf(path, NGX_MAX_PATH, "%s/receipts/%02xi%Z", dir, b);
 
-    if (done == NGX_ERROR) {
+        if (lstat((char *) path, &st) == -1) {
+            rebuild = (errno != ENOENT || count[b] != 0);
+            continue;
+        }
+
+        rebuild = (!S_ISREG(st.st_mode) || st.st_size < count[b] * 20);
+    }
+
+    if (rebuild) {
+        /* no proof trusts the old number while the files are made again */
+        ngx_snprintf(path, NGX_MAX_PATH, "%s/receipts/indexed%Z", dir);
+        (void) unlink((char *) path);
+
+        for (b = 0; b < 256; b++) {
+            ngx_snprintf(path, NGX_MAX_PATH, "%s/receipts/%02xi%Z", dir, b);
+            (void) unlink((char *) path);
+            count[b] = 0;
+        }
+
         done = 0;
     }
 
     rc = NGX_OK;
 
-    for (seg = done + 1; seg <= segment; seg++) {
-        rc = ngx_http_smartflow_audit_index_segment(dir, seg, err, errlen);
+    for (seg = done + 1; /* void */; seg++) {
+
+        if (seg > segment) {
+            /* closed meanwhile: the next one exists */
+            ngx_snprintf(path, NGX_MAX_PATH, "%s/"
+                         NGX_SMARTFLOW_AUDIT_SEGMENT "%Z", dir, seg + 1);
+
+            if (ngx_file_info(path, &fi) == NGX_FILE_ERROR) {
+                break;
+            }
+        }
+
+        rc = ngx_http_smartflow_audit_index_segment(dir, seg, count, err,
+                                                    errlen);
         if (rc != NGX_OK) {
             break;
         }
     }
 
-    if (seg - 1 > (ngx_uint_t) done) {
-        n = ngx_sprintf((u_char *) num, "%ui\n", seg - 1) - (u_char *) num;
+    seg--;
 
-        if (pwrite(fd, num, n, 0) != n || ftruncate(fd, n) == -1) {
-            snprintf(err, errlen, "writing %s failed: %s", path,
-                     strerror(errno));
-            rc = NGX_ERROR;
-        }
+    if (seg == (ngx_uint_t) done && !rebuild) {
+        (void) close(lock);
+        return rc;
     }
+
+    /*
+     * No fsync, which would slow every seal several times: the files
+     * grow on disk only with their data (ext4, XFS and Btrfs write a
+     * file's size once its data is written), so a crash leaves a file
+     * shorter than "indexed" counts, which a proof does not trust and
+     * the next seal makes again, or "indexed" empty or cut short, which
+     * is not read.
+     */
+    p = ngx_snprintf(marker, sizeof(marker), "%ui", seg);
+
+    for (b = 0; b < 256; b++) {
+        p = ngx_snprintf(p, marker + sizeof(marker) - p, " %O", count[b]);
+    }
+
+    *p++ = '\n';
+    len = p - marker;
+
+    ngx_snprintf(tmp, NGX_MAX_PATH, "%s/receipts/indexed.new%Z", dir);
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/receipts/indexed%Z", dir);
+
+    fd = open((char *) tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC
+                            | O_NOFOLLOW, 0644);
+
+    if (fd == -1
+        || write(fd, marker, len) != (ssize_t) len
+        || rename((char *) tmp, (char *) path) == -1)
+    {
+        snprintf(err, errlen, "writing %s failed: %s", path,
+                 strerror(errno));
+        rc = NGX_ERROR;
+    }
+
+    if (fd != -1) {
+        (void) close(fd);
+    }
+
+    (void) close(lock);
+
+    return rc;
+}
+
+
+/*
+ * "indexed": the last segment whose ids are all in, and the count of
+ * entries each file holds for them; NGX_ERROR when it is not there or
+ * not whole
+ */
+ngx_int_t
+ngx_http_smartflow_audit_index_read(u_char *dir, off_t *count)
+{
+    int          fd;
+    u_char      *p, *eol, *e;
+    ssize_t      n;
+    ngx_int_t    v, done;
+    ngx_uint_t   b;
+    struct stat  st;
+    u_char       path[NGX_MAX_PATH];
+    u_char       buf[NGX_SMARTFLOW_AUDIT_INDEX_MARKER];
+
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/receipts/indexed%Z", dir);
+
+    fd = open((char *) path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (fd == -1) {
+        return NGX_ERROR;
+    }
+
+    n = (fstat(fd, &st) == 0 && S_ISREG(st.st_mode))
+        ? read(fd, buf, sizeof(buf)) : -1;
 
     (void) close(fd);
 
-    return rc;
+    eol = (n > 0) ? ngx_strlchr(buf, buf + n, '\n') : NULL;
+    if (eol == NULL) {
+        return NGX_ERROR;
+    }
+
+    done = NGX_ERROR;
+    p = buf;
+
+    for (b = 0; b < 257; b++) {
+        e = ngx_strlchr(p, eol, ' ');
+
+        if (e == NULL) {
+            e = eol;
+        }
+
+        if ((b < 256) != (e != eol)) {
+            return NGX_ERROR;
+        }
+
+        v = ngx_atoi(p, e - p);
+        if (v == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        if (b == 0) {
+            done = v;
+
+        } else {
+            count[b - 1] = v;
+        }
+
+        p = e + 1;
+    }
+
+    return done;
 }
 
 
 /* one segment's ids into the index, from the segment or its leaves file */
 static ngx_int_t
 ngx_http_smartflow_audit_index_segment(u_char *dir, ngx_uint_t seg,
-    char *err, size_t errlen)
+    off_t *total, char *err, size_t errlen)
 {
     int          fd;
-    off_t        size;
     u_char      *buf, *p, *end, *eol, *id, *sp, *e, *entries, *run;
     size_t       len, n, i, b;
     ngx_uint_t   leaves;
@@ -774,7 +921,7 @@ ngx_http_smartflow_audit_index_segment(u_char *dir, ngx_uint_t seg,
 
         ngx_snprintf(path, NGX_MAX_PATH, "%s/receipts/%02xi%Z", dir, b);
 
-        fd = open((char *) path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC,
+        fd = open((char *) path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
                   0644);
         if (fd == -1) {
             snprintf(err, errlen, "open(%s) failed: %s", path,
@@ -783,20 +930,27 @@ ngx_http_smartflow_audit_index_segment(u_char *dir, ngx_uint_t seg,
             return NGX_ERROR;
         }
 
-        /* an entry cut short by a crash would shift every later one */
-        size = (fstat(fd, &st) == 0) ? st.st_size : 0;
-
+        /*
+         * after the entries "indexed" counts: those of an indexing a
+         * crash cut short go, a part of an entry with them
+         */
         len = count[b] * 20;
+        errno = 0;
 
-        if ((size % 20 && ftruncate(fd, size - size % 20) == -1)
-            || write(fd, run + i * 20, len) != (ssize_t) len)
+        if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode)
+            || st.st_size < total[b] * 20
+            || (st.st_size != total[b] * 20
+                && ftruncate(fd, total[b] * 20) == -1)
+            || pwrite(fd, run + i * 20, len, total[b] * 20) != (ssize_t) len)
         {
             snprintf(err, errlen, "writing %s failed: %s", path,
-                     strerror(errno));
+                     errno ? strerror(errno) : "not a whole index file");
             (void) close(fd);
             ngx_free(entries);
             return NGX_ERROR;
         }
+
+        total[b] += count[b];
 
         (void) close(fd);
     }
