@@ -68,7 +68,10 @@ typedef struct {
  * answer would otherwise count it all as idle.
  */
 typedef struct {
-    curl_socket_t               fd;             /* the connection's */
+    CURL                       *curl;
+    curl_socket_t               fd[4];          /* the ones open */
+    ngx_uint_t                  nfd;
+    ngx_uint_t                  untracked;      /* open, past fd[] */
     curl_off_t                  moved;          /* bytes up and down */
     struct timespec             since;          /* when they last moved */
     ngx_msec_t                  timeout;
@@ -313,6 +316,7 @@ ngx_http_smartflow_audit_s3_moving(void *data, curl_off_t dltotal,
     int              queued;
     int64_t          ms;
     curl_off_t       moved;
+    curl_socket_t    fd;
     struct timespec  now;
 
     if (ngx_terminate) {
@@ -321,10 +325,26 @@ ngx_http_smartflow_audit_s3_moving(void *data, curl_off_t dltotal,
 
     (void) clock_gettime(CLOCK_MONOTONIC, &now);
 
-    /* sent, not yet acknowledged */
+    /*
+     * sent, not yet acknowledged, on the socket the transfer uses: the
+     * active one where libcurl tells it (7.88 does only once the transfer
+     * is done), else the one socket open.  Happy eyeballs opens one for
+     * IPv6 and one for IPv4 and closes the loser, a reconnect closes the
+     * first: a socket closed is no longer read, as its number may be
+     * another thread's by then, and while several are open which one
+     * carries the bytes is not known, so none is read.
+     */
     queued = 0;
+    fd = CURL_SOCKET_BAD;
 
-    if (pr->fd == CURL_SOCKET_BAD || ioctl(pr->fd, SIOCOUTQ, &queued) == -1) {
+    if (curl_easy_getinfo(pr->curl, CURLINFO_ACTIVESOCKET, &fd) != CURLE_OK
+        || fd == CURL_SOCKET_BAD)
+    {
+        fd = (pr->nfd == 1 && pr->untracked == 0) ? pr->fd[0]
+                                                  : CURL_SOCKET_BAD;
+    }
+
+    if (fd == CURL_SOCKET_BAD || ioctl(fd, SIOCOUTQ, &queued) == -1) {
         queued = 0;
     }
 
@@ -348,16 +368,44 @@ ngx_http_smartflow_audit_s3_moving(void *data, curl_off_t dltotal,
 }
 
 
-/* the upload's socket, as libcurl makes it (its ACTIVESOCKET is not set yet) */
+/* a socket libcurl opens for the upload (its ACTIVESOCKET is not set yet) */
 static int
 ngx_http_smartflow_audit_s3_socket(void *data, curl_socket_t fd,
     curlsocktype purpose)
 {
     ngx_http_smartflow_audit_s3_moved_t *pr = data;
 
-    pr->fd = fd;
+    if (pr->nfd < sizeof(pr->fd) / sizeof(pr->fd[0])) {
+        pr->fd[pr->nfd++] = fd;
+
+    } else {
+        pr->untracked++;
+    }
 
     return CURL_SOCKOPT_OK;
+}
+
+
+/* a socket libcurl is done with: closed here, and no longer read */
+static int
+ngx_http_smartflow_audit_s3_close(void *data, curl_socket_t fd)
+{
+    ngx_http_smartflow_audit_s3_moved_t *pr = data;
+
+    ngx_uint_t  i;
+
+    for (i = 0; i < pr->nfd; i++) {
+        if (pr->fd[i] == fd) {
+            pr->fd[i] = pr->fd[--pr->nfd];
+            return close(fd);
+        }
+    }
+
+    if (pr->untracked) {
+        pr->untracked--;
+    }
+
+    return close(fd);
 }
 
 
@@ -669,7 +717,9 @@ ngx_http_smartflow_audit_s3_put(ngx_http_smartflow_audit_s3_t *s,
     curl_easy_setopt(curl, CURLOPT_HTTPHEADER, hdrs);
     curl_easy_setopt(curl, CURLOPT_AWS_SIGV4, s->sigv4);
     curl_easy_setopt(curl, CURLOPT_USERPWD, s->userpwd);
-    progress.fd = CURL_SOCKET_BAD;
+    progress.curl = curl;
+    progress.nfd = 0;
+    progress.untracked = 0;
     progress.moved = 0;
     progress.timeout = s->timeout;
     progress.idle = 0;
@@ -684,6 +734,9 @@ ngx_http_smartflow_audit_s3_put(ngx_http_smartflow_audit_s3_t *s,
     curl_easy_setopt(curl, CURLOPT_SOCKOPTFUNCTION,
                      ngx_http_smartflow_audit_s3_socket);
     curl_easy_setopt(curl, CURLOPT_SOCKOPTDATA, &progress);
+    curl_easy_setopt(curl, CURLOPT_CLOSESOCKETFUNCTION,
+                     ngx_http_smartflow_audit_s3_close);
+    curl_easy_setopt(curl, CURLOPT_CLOSESOCKETDATA, &progress);
     curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION,
                      ngx_http_smartflow_audit_s3_write);
     curl_easy_setopt(curl, CURLOPT_WRITEDATA, &answer);
