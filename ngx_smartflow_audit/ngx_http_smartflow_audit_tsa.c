@@ -399,8 +399,14 @@ ngx_http_smartflow_audit_tsa_stamp(u_char *dir, ngx_uint_t segment,
 
     lock = open((char *) path, O_RDONLY | O_CLOEXEC);
 
-    if (lock == -1 || flock(lock, LOCK_EX | LOCK_NB) == -1) {
-        rc = (lock != -1 && errno == EWOULDBLOCK) ? NGX_DECLINED : NGX_AGAIN;
+    if (lock == -1) {
+        rc = NGX_AGAIN;
+        snprintf(err, errlen, "open(%s) failed: %s", path, strerror(errno));
+        goto done;
+    }
+
+    if (flock(lock, LOCK_EX | LOCK_NB) == -1) {
+        rc = (errno == EWOULDBLOCK) ? NGX_DECLINED : NGX_AGAIN;
         snprintf(err, errlen, "%s is being stamped", path);
         goto done;
     }
