@@ -1155,8 +1155,8 @@ ngx_http_smartflow_cred_run(ngx_http_request_t *r, ngx_str_t *name,
 
         case NGX_OK:
             /*
-             * the body is wiped at the end, and so is the key in the
-             * parser's copy of it, below
+             * the body is wiped at the end, and so is the parser's copy
+             * of it below, where the key is unescaped in place
              */
             for (cl = r->request_body ? r->request_body->bufs : NULL;
                  cl;
@@ -1213,15 +1213,6 @@ ngx_http_smartflow_cred_run(ngx_http_request_t *r, ngx_str_t *name,
             }
 
             key = f;
-        }
-
-        if (ngx_smartflow_json_is_string(key)
-            && key->str.len
-            && ngx_http_smartflow_wipe_later(r->pool, key->str.data,
-                                                  key->str.len)
-               != NGX_OK)
-        {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
         if (!ngx_smartflow_json_is_string(key) || key->str.len == 0
