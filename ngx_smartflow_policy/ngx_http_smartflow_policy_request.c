@@ -18,6 +18,8 @@ typedef struct {
 } ngx_http_smartflow_policy_parts_t;
 
 
+static ngx_str_t *ngx_http_smartflow_policy_deployment(ngx_http_request_t *r,
+    ngx_array_t *list, ngx_http_smartflow_ctx_t *ctx, ngx_uint_t in);
 static ngx_int_t ngx_http_smartflow_policy_walk(
     ngx_http_smartflow_policy_run_t *run);
 static ngx_int_t ngx_http_smartflow_policy_message(
@@ -171,12 +173,24 @@ static ngx_uint_t
 ngx_http_smartflow_policy_denied(ngx_http_request_t *r, ngx_array_t *deny,
     ngx_http_smartflow_ctx_t *ctx)
 {
-    ngx_http_smartflow_route_t      *rt;
-    ngx_http_smartflow_main_conf_t  *smcf;
-
     if (ngx_http_smartflow_policy_model_in(deny, &ctx->model)) {
         return 1;
     }
+
+    return ngx_http_smartflow_policy_deployment(r, deny, ctx, 1) ? 2 : 0;
+}
+
+
+/*
+ * The model a deployment of the request's name gives its provider that
+ * the list holds (in 1) or does not (in 0); NULL if none does.
+ */
+static ngx_str_t *
+ngx_http_smartflow_policy_deployment(ngx_http_request_t *r,
+    ngx_array_t *list, ngx_http_smartflow_ctx_t *ctx, ngx_uint_t in)
+{
+    ngx_http_smartflow_route_t      *rt;
+    ngx_http_smartflow_main_conf_t  *smcf;
 
     smcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_proxy_module);
 
@@ -185,13 +199,13 @@ ngx_http_smartflow_policy_denied(ngx_http_request_t *r, ngx_array_t *deny,
          rt = rt->next)
     {
         if (rt->model.len
-            && ngx_http_smartflow_policy_model_in(deny, &rt->model))
+            && ngx_http_smartflow_policy_model_in(list, &rt->model) == in)
         {
-            return 2;
+            return &rt->model;
         }
     }
 
-    return 0;
+    return NULL;
 }
 
 
@@ -208,10 +222,8 @@ static ngx_uint_t
 ngx_http_smartflow_policy_allowed(ngx_http_request_t *r, ngx_array_t *allow,
     ngx_http_smartflow_ctx_t *ctx, ngx_str_t **model)
 {
-    ngx_str_t                       *m;
-    ngx_uint_t                       i;
-    ngx_http_smartflow_route_t      *rt;
-    ngx_http_smartflow_main_conf_t  *smcf;
+    ngx_str_t   *m;
+    ngx_uint_t   i;
 
     if (!ngx_http_smartflow_policy_model_in(allow, &ctx->model)) {
         return 1;
@@ -228,21 +240,9 @@ ngx_http_smartflow_policy_allowed(ngx_http_request_t *r, ngx_array_t *allow,
         }
     }
 
-    smcf = ngx_http_get_module_main_conf(r, ngx_http_smartflow_proxy_module);
+    *model = ngx_http_smartflow_policy_deployment(r, allow, ctx, 0);
 
-    for (rt = ngx_http_smartflow_route_find(smcf, &ctx->model);
-         rt;
-         rt = rt->next)
-    {
-        if (rt->model.len
-            && !ngx_http_smartflow_policy_model_in(allow, &rt->model))
-        {
-            *model = &rt->model;
-            return 2;
-        }
-    }
-
-    return 0;
+    return *model ? 2 : 0;
 }
 
 
