@@ -71,6 +71,12 @@ static void ngx_http_smartflow_cache_redis_stored(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
 static void ngx_http_smartflow_cache_redis_deleted(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
+static ngx_smartflow_redis_t *ngx_http_smartflow_cache_redis_ready(
+    ngx_http_request_t *r, ngx_http_smartflow_cache_req_t *rq);
+static void ngx_http_smartflow_cache_redis_send(ngx_http_request_t *r,
+    ngx_http_smartflow_cache_req_t *rq, ngx_smartflow_redis_t *rd,
+    ngx_smartflow_redis_pt handler, int argc, const char **argv,
+    size_t *len);
 static void ngx_http_smartflow_cache_redis_written(
     ngx_smartflow_cache_zone_t *z, ngx_smartflow_redis_t *rd,
     redisReply *reply, char *cmd);
@@ -423,6 +429,43 @@ ngx_http_smartflow_cache_redis_parse(ngx_pool_t *pool, redisReply *reply,
 }
 
 
+/* the shared connection for a SET or a DEL, NULL if none or it is down */
+static ngx_smartflow_redis_t *
+ngx_http_smartflow_cache_redis_ready(ngx_http_request_t *r,
+    ngx_http_smartflow_cache_req_t *rq)
+{
+    ngx_smartflow_redis_t  *rd;
+
+    rd = rq->redis ? ngx_smartflow_redis_shared() : NULL;
+
+    if (rd != NULL && !ngx_smartflow_redis_up(rd)) {
+        ngx_http_smartflow_cache_redis_down(rq->zone, rd,
+                                            r->connection->log,
+                                            "is unreachable");
+        return NULL;
+    }
+
+    return rd;
+}
+
+
+/* the zone outlives the answer: it belongs to the cycle */
+static void
+ngx_http_smartflow_cache_redis_send(ngx_http_request_t *r,
+    ngx_http_smartflow_cache_req_t *rq, ngx_smartflow_redis_t *rd,
+    ngx_smartflow_redis_pt handler, int argc, const char **argv,
+    size_t *len)
+{
+    if (ngx_smartflow_redis_command(rd, handler, rq->zone, argc, argv, len)
+        != NGX_OK)
+    {
+        ngx_http_smartflow_cache_redis_down(rq->zone, rd,
+                                            r->connection->log,
+                                            "refused the command");
+    }
+}
+
+
 /* an answer stored here goes to Redis too, with the entry's TTL */
 void
 ngx_http_smartflow_cache_redis_set(ngx_http_request_t *r,
@@ -435,16 +478,9 @@ ngx_http_smartflow_cache_redis_set(ngx_http_request_t *r,
     u_char                  key[NGX_SMARTFLOW_CACHE_RKEY_LEN];
     u_char                  ttl[NGX_TIME_T_LEN];
 
-    rd = rq->redis ? ngx_smartflow_redis_shared() : NULL;
+    rd = ngx_http_smartflow_cache_redis_ready(r, rq);
 
     if (rd == NULL) {
-        return;
-    }
-
-    if (!ngx_smartflow_redis_up(rd)) {
-        ngx_http_smartflow_cache_redis_down(rq->zone, rd,
-                                            r->connection->log,
-                                            "is unreachable");
         return;
     }
 
@@ -472,15 +508,9 @@ ngx_http_smartflow_cache_redis_set(ngx_http_request_t *r,
     argv[4] = (char *) ttl;
     len[4] = ngx_sprintf(ttl, "%T", rq->item.ttl) - ttl;
 
-    /* the zone outlives the answer: it belongs to the cycle */
-    if (ngx_smartflow_redis_command(rd, ngx_http_smartflow_cache_redis_stored,
-                                    rq->zone, 5, argv, len)
-        != NGX_OK)
-    {
-        ngx_http_smartflow_cache_redis_down(rq->zone, rd,
-                                            r->connection->log,
-                                            "refused the command");
-    }
+    ngx_http_smartflow_cache_redis_send(r, rq, rd,
+                                        ngx_http_smartflow_cache_redis_stored,
+                                        5, argv, len);
 }
 
 
@@ -526,16 +556,9 @@ ngx_http_smartflow_cache_redis_del(ngx_http_request_t *r,
     const char             *argv[2];
     u_char                  key[NGX_SMARTFLOW_CACHE_RKEY_LEN];
 
-    rd = rq->redis ? ngx_smartflow_redis_shared() : NULL;
+    rd = ngx_http_smartflow_cache_redis_ready(r, rq);
 
     if (rd == NULL) {
-        return;
-    }
-
-    if (!ngx_smartflow_redis_up(rd)) {
-        ngx_http_smartflow_cache_redis_down(rq->zone, rd,
-                                            r->connection->log,
-                                            "is unreachable");
         return;
     }
 
@@ -546,14 +569,9 @@ ngx_http_smartflow_cache_redis_del(ngx_http_request_t *r,
                                                 &rq->item.partition,
                                                 rq->item.fp);
 
-    if (ngx_smartflow_redis_command(rd, ngx_http_smartflow_cache_redis_deleted,
-                                    rq->zone, 2, argv, len)
-        != NGX_OK)
-    {
-        ngx_http_smartflow_cache_redis_down(rq->zone, rd,
-                                            r->connection->log,
-                                            "refused the command");
-    }
+    ngx_http_smartflow_cache_redis_send(r, rq, rd,
+                                        ngx_http_smartflow_cache_redis_deleted,
+                                        2, argv, len);
 }
 
 
