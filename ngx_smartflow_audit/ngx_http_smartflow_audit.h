@@ -190,6 +190,52 @@ typedef struct {
 extern ngx_module_t  ngx_http_smartflow_audit_module;
 
 
+/* the records of a segment or leaves file: its lines */
+static ngx_inline uint64_t
+ngx_http_smartflow_audit_lines(u_char *p, size_t len)
+{
+    uint64_t  n;
+    u_char   *end;
+
+    n = 0;
+
+    for (end = p + len; p < end; p++) {
+        n += (*p == '\n');
+    }
+
+    return n;
+}
+
+
+/*
+ * A record's "request_id", its second field after "time": the value up
+ * to its closing quote, at most 64 bytes, in *len; NULL if it has none.
+ */
+static ngx_inline u_char *
+ngx_http_smartflow_audit_record_id(u_char *p, u_char *eol, size_t *len)
+{
+    u_char  *id;
+    size_t   n;
+
+    id = ngx_strnstr(p, "\"request_id\":\"",
+                     ngx_min((size_t) (eol - p), 128));
+    if (id == NULL) {
+        *len = 0;
+        return NULL;
+    }
+
+    id += sizeof("\"request_id\":\"") - 1;
+
+    for (n = 0; id + n < eol && id[n] != '"' && n < 64; n++) {
+        /* void */
+    }
+
+    *len = n;
+
+    return id;
+}
+
+
 ngx_int_t ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s);
 ngx_int_t ngx_http_smartflow_audit_index_read(u_char *dir, off_t *count);
 ngx_int_t ngx_http_smartflow_audit_index(u_char *dir, ngx_uint_t segment,

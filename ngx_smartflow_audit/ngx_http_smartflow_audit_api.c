@@ -1391,23 +1391,6 @@ ngx_http_smartflow_audit_unsealed(ngx_http_smartflow_audit_query_t *q,
 }
 
 
-/* the records of a segment or leaves file: its lines */
-static uint64_t
-ngx_http_smartflow_audit_lines(u_char *p, size_t len)
-{
-    uint64_t  n;
-    u_char   *end;
-
-    n = 0;
-
-    for (end = p + len; p < end; p++) {
-        n += (*p == '\n');
-    }
-
-    return n;
-}
-
-
 /* the "count" of a seal's records, 0 when it has none */
 static uint64_t
 ngx_http_smartflow_audit_seal_count(u_char *seal, size_t len)

@@ -931,10 +931,7 @@ ngx_http_smartflow_audit_s3_leaves(ngx_http_smartflow_audit_s3_t *s,
     }
 
     /* a line is at most 20 + 1 + 64 + 1 + 64 + 1 bytes */
-    n = 0;
-    for (p = buf; p < buf + len; p++) {
-        n += (*p == '\n');
-    }
+    n = ngx_http_smartflow_audit_lines(buf, len);
 
     out = malloc(n * 160 + 1);
     if (out == NULL) {
@@ -957,17 +954,7 @@ ngx_http_smartflow_audit_s3_leaves(ngx_http_smartflow_audit_s3_t *s,
 
         sf_merkle_leaf(p, eol - p, leaf);
 
-        /* "request_id" is the record's second field, after "time" */
-        id = ngx_strnstr(p, "\"request_id\":\"", ngx_min(eol - p, 128));
-        idlen = 0;
-
-        if (id) {
-            id += sizeof("\"request_id\":\"") - 1;
-
-            while (id + idlen < eol && id[idlen] != '"' && idlen < 64) {
-                idlen++;
-            }
-        }
+        id = ngx_http_smartflow_audit_record_id(p, eol, &idlen);
 
         q = ngx_sprintf(q, "%uL ", t.seq);
         q = idlen ? ngx_cpymem(q, id, idlen) : ngx_cpymem(q, "-", 1);

@@ -808,7 +808,7 @@ ngx_http_smartflow_audit_index_segment(u_char *dir, ngx_uint_t seg,
 {
     int          fd;
     u_char      *buf, *p, *end, *eol, *id, *sp, *e, *entries, *run;
-    size_t       len, n, i, b;
+    size_t       len, n, i, b, idlen;
     ngx_uint_t   leaves;
     struct stat  st;
     size_t       count[256], at[256];
@@ -844,12 +844,8 @@ ngx_http_smartflow_audit_index_segment(u_char *dir, ngx_uint_t seg,
         leaves = 1;
     }
 
-    n = 0;
+    n = ngx_http_smartflow_audit_lines(buf, len);
     end = buf + len;
-
-    for (p = buf; p < end; p++) {
-        n += (*p == '\n');
-    }
 
     entries = ngx_alloc(2 * n * 20 + 1, ngx_cycle->log);
     if (entries == NULL) {
@@ -874,15 +870,8 @@ ngx_http_smartflow_audit_index_segment(u_char *dir, ngx_uint_t seg,
             e = ngx_strlchr(id, eol, ' ');
 
         } else {
-            /* "request_id" is the record's second field, after "time" */
-            id = ngx_strnstr(p, "\"request_id\":\"",
-                             ngx_min((size_t) (eol - p), 128));
-            id = id ? id + sizeof("\"request_id\":\"") - 1 : eol;
-            e = (eol - id >= 32) ? id + 32 : NULL;
-
-            if (e && *e != '"') {
-                e = NULL;
-            }
+            id = ngx_http_smartflow_audit_record_id(p, eol, &idlen);
+            e = (idlen == 32 && id + 32 < eol) ? id + 32 : NULL;
         }
 
         if (e == NULL || e - id != 32
