@@ -27,29 +27,6 @@ $gw->setup->start;
 my $json = JSON::PP->new;
 my $debug = $gw->root . '/logs/debug.log';
 
-sub chat_ids {
-    my ($n, $tag) = @_;
-    my @ids;
-    for my $i (1 .. $n) {
-        my $r = $gw->chat("$tag $i " . ('x' x 200));
-        my ($id) = ($r->{headers}{'smartflow-audit-receipt'} // '')
-            =~ /^id=([0-9a-f]{32});/;
-        push @ids, $id if $id;
-    }
-    return @ids;
-}
-
-# the segment of every id, from the folder
-sub segments {
-    my %seg;
-    for my $rec ($gw->records) {
-        my ($n) = $rec->[0] =~ /segment-(\d+)\.log$/;
-        my ($id) = $rec->[2] =~ /"request_id":"([0-9a-f]{32})"/;
-        $seg{$id} = $n + 0 if $id;
-    }
-    return %seg;
-}
-
 # the segments a proof read, from the debug log
 sub proof {
     my ($id) = @_;
@@ -62,7 +39,7 @@ sub proof {
     return ($r, @read);
 }
 
-my @ids = chat_ids(40, 'index');
+my @ids = $gw->chat_ids(40, 'index');
 is(scalar @ids, 40, '40 receipts');
 ok($gw->settle, 'every closed segment sealed');
 
@@ -70,10 +47,10 @@ ok($gw->settle, 'every closed segment sealed');
 my ($last) = reverse sort { $a <=> $b }
              map { /segment-(\d+)\.log$/ ? $1 + 0 : () }
              glob $gw->dir . '/segment-*.log';
-push @ids, chat_ids(1, 'open') unless -s $gw->dir
+push @ids, $gw->chat_ids(1, 'open') unless -s $gw->dir
                                        . sprintf('/segment-%08d.log', $last);
 select undef, undef, undef, 0.3;
-my %seg = segments();
+my %seg = $gw->id_segments;
 cmp_ok($last, '>=', 5, "five segments or more ($last)");
 
 ok(-d $gw->dir . '/receipts', 'the receipts index exists');
@@ -125,9 +102,9 @@ my ($old, @oread) = proof($pick{middle});
 is($old->{status}, 200, 'no index: the proof still');
 cmp_ok(scalar @oread, '>', 1, 'found by reading the segments');
 
-my @more = chat_ids(12, 'after');
+my @more = $gw->chat_ids(12, 'after');
 ok($gw->settle, 'sealed again');
-%seg = segments();
+%seg = $gw->id_segments;
 
 ($old, @oread) = proof($pick{middle});
 is($old->{status}, 200, 'indexed again: the proof');

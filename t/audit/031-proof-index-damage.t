@@ -26,28 +26,6 @@ my $json = JSON::PP->new;
 my $debug = $gw->root . '/logs/debug.log';
 my $rdir = $gw->dir . '/receipts';
 
-sub chat_ids {
-    my ($n, $tag) = @_;
-    my @ids;
-    for my $i (1 .. $n) {
-        my $r = $gw->chat("$tag $i " . ('x' x 200));
-        my ($id) = ($r->{headers}{'smartflow-audit-receipt'} // '')
-            =~ /^id=([0-9a-f]{32});/;
-        push @ids, $id if $id;
-    }
-    return @ids;
-}
-
-sub segments {
-    my %seg;
-    for my $rec ($gw->records) {
-        my ($n) = $rec->[0] =~ /segment-(\d+)\.log$/;
-        my ($id) = $rec->[2] =~ /"request_id":"([0-9a-f]{32})"/;
-        $seg{$id} = $n + 0 if $id;
-    }
-    return %seg;
-}
-
 sub proof {
     my ($id) = @_;
     truncate $debug, 0;
@@ -61,10 +39,10 @@ sub proof {
     return ($r, \@lines, @read);
 }
 
-my @ids = chat_ids(40, 'damage');
+my @ids = $gw->chat_ids(40, 'damage');
 is(scalar @ids, 40, '40 receipts');
 ok($gw->settle, 'every closed segment sealed');
-my %seg = segments();
+my %seg = $gw->id_segments;
 my ($last) = sort { $b <=> $a } values %seg;
 
 # sealed ids, one an index file
@@ -117,7 +95,7 @@ for ([ removed => $removed ], [ 'cut short' => $cut ],
 }
 
 # the next seal makes the index again
-chat_ids(12, 'after');
+$gw->chat_ids(12, 'after');
 ok($gw->settle, 'sealed again');
 my $again = "$rdir/" . substr($linked, 0, 2);
 ok(-f $again && !-l $again, 'the symlink replaced');
@@ -143,9 +121,9 @@ for my $id ($removed, $cut, $linked, $wrong) {
     close $fh;
 }
 
-my @late = chat_ids(20, 'late');
+my @late = $gw->chat_ids(20, 'late');
 ok($gw->settle, 'sealed after "indexed" was damaged');
-%seg = segments();
+%seg = $gw->id_segments;
 ($last) = sort { $b <=> $a } values %seg;
 my ($late) = grep { $seg{$_} < $last } @late;
 ok($late, 'a sealed record after the damage');

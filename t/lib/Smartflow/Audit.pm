@@ -251,6 +251,31 @@ sub verify {
     return ($rc, $rep, $out);
 }
 
+# N chats tagged TAG, each with a body of some 200 bytes: their receipt ids
+sub chat_ids {
+    my ($self, $n, $tag) = @_;
+    my @ids;
+    for my $i (1 .. $n) {
+        my $r = $self->chat("$tag $i " . ('x' x 200));
+        my ($id) = ($r->{headers}{'smartflow-audit-receipt'} // '')
+            =~ /^id=([0-9a-f]{32});/;
+        push @ids, $id if $id;
+    }
+    return @ids;
+}
+
+# the segment number of every record's request id, from the folder
+sub id_segments {
+    my $self = shift;
+    my %seg;
+    for my $rec ($self->records) {
+        my ($n) = $rec->[0] =~ /segment-(\d+)\.log$/;
+        my ($id) = $rec->[2] =~ /"request_id":"([0-9a-f]{32})"/;
+        $seg{$id} = $n + 0 if $id;
+    }
+    return %seg;
+}
+
 # every record line, as [segment file, line number, text]
 sub records {
     my ($self, $dir) = @_;
