@@ -300,6 +300,7 @@ void ngx_smartflow_cache_vector_free(ngx_smartflow_cache_zone_t *z);
 
 /* admin API: ngx_http_smartflow_cache_api.c */
 ngx_int_t ngx_http_smartflow_cache_api_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_smartflow_cache_api_no_memory(ngx_http_request_t *r);
 ngx_int_t ngx_http_smartflow_cache_api_flushed(ngx_http_request_t *r,
     ngx_smartflow_cache_zone_t *z, ngx_uint_t local, ngx_uint_t shared,
     ngx_str_t *redis, char *why, ngx_uint_t timed_out);

@@ -187,7 +187,10 @@ ngx_http_smartflow_cache_api_error(ngx_http_request_t *r, ngx_uint_t status,
     body.data = ngx_pnalloc(r->pool, ngx_strlen(message) + ngx_strlen(type)
                                      + ngx_strlen(code) + 96);
     if (body.data == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "smartflow cache: no memory for the answer \"%s\"",
+                      code);
+        return ngx_http_smartflow_cache_api_no_memory(r);
     }
 
     body.len = ngx_sprintf(body.data, "{\"error\":{\"message\":\"%s\","
@@ -197,6 +200,25 @@ ngx_http_smartflow_cache_api_error(ngx_http_request_t *r, ngx_uint_t status,
                - body.data;
 
     return ngx_http_smartflow_send(r, status, NGX_HTTP_SMARTFLOW_JSON, &body);
+}
+
+
+/*
+ * The API's answer when the request's pool has no memory for one: a
+ * fixed body, which needs none.  The caller has logged what was done.
+ */
+ngx_int_t
+ngx_http_smartflow_cache_api_no_memory(ngx_http_request_t *r)
+{
+    ngx_str_t  body;
+
+    ngx_str_set(&body, "{\"error\":{\"message\":\"The cache API ran out of "
+                       "memory; the error log says what was done.\","
+                       "\"type\":\"server_error\",\"param\":null,"
+                       "\"code\":\"no_memory\"}}\n");
+
+    return ngx_http_smartflow_send(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                   NGX_HTTP_SMARTFLOW_JSON, &body);
 }
 
 
@@ -231,7 +253,10 @@ ngx_http_smartflow_cache_stats(ngx_http_request_t *r,
 
     body.data = ngx_pnalloc(r->pool, 2048 + z->name.len);
     if (body.data == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "smartflow cache: no memory for the statistics of "
+                      "zone \"%V\"", &z->name);
+        return ngx_http_smartflow_cache_api_no_memory(r);
     }
 
     p = ngx_sprintf(body.data,
@@ -326,7 +351,7 @@ ngx_http_smartflow_cache_api_flush(ngx_http_request_t *r,
         if (arg.len) {
             tenant.data = ngx_pnalloc(r->pool, arg.len);
             if (tenant.data == NULL) {
-                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+                goto no_memory;
             }
 
             dst = tenant.data;
@@ -345,7 +370,7 @@ ngx_http_smartflow_cache_api_flush(ngx_http_request_t *r,
         /* a team's partition, and a key's (teamless keys, partition key) */
         part[0].data = ngx_pnalloc(r->pool, 2 * (tenant.len + 8));
         if (part[0].data == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            goto no_memory;
         }
 
         part[0].len = ngx_sprintf(part[0].data, "team:%V", &tenant)
@@ -385,6 +410,14 @@ ngx_http_smartflow_cache_api_flush(ngx_http_request_t *r,
     ngx_http_smartflow_cache_flush_end(z);
 
     return ngx_http_smartflow_cache_api_flushed(r, z, n, 0, NULL, NULL, 0);
+
+no_memory:
+
+    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                  "smartflow cache: no memory for the flush of zone \"%V\"; "
+                  "nothing flushed", &z->name);
+
+    return ngx_http_smartflow_cache_api_no_memory(r);
 }
 
 
@@ -405,7 +438,12 @@ ngx_http_smartflow_cache_api_flushed(ngx_http_request_t *r,
     p = ngx_pnalloc(r->pool, 512 + (redis ? redis->len : 0)
                              + (why ? ngx_strlen(why) : 0));
     if (p == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "smartflow cache: no memory for the answer to the "
+                      "flush of zone \"%V\" (%ui entries flushed in the "
+                      "zone, %ui in redis%s%s)", &z->name, local, shared,
+                      why ? ", which " : "", why ? why : "");
+        return ngx_http_smartflow_cache_api_no_memory(r);
     }
 
     body.data = p;

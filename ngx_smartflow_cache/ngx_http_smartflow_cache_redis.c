@@ -711,14 +711,16 @@ ngx_http_smartflow_cache_redis_flush(ngx_http_request_t *r,
     }
 
     cln = ngx_pool_cleanup_add(r->pool, 0);
-    if (cln == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
+    fl = (cln == NULL) ? NULL
+         : ngx_calloc(sizeof(ngx_http_smartflow_cache_flush_t)
+                      + (tenant ? tenant->len : 0), r->connection->log);
 
-    fl = ngx_calloc(sizeof(ngx_http_smartflow_cache_flush_t)
-                    + (tenant ? tenant->len : 0), r->connection->log);
     if (fl == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "smartflow cache: no memory for the flush of zone "
+                      "\"%V\" in redis %V: %ui entries flushed in the zone, "
+                      "none in redis", &z->name, &rd->name, local);
+        return ngx_http_smartflow_cache_api_no_memory(r);
     }
 
     if (tenant) {
