@@ -154,6 +154,8 @@ typedef struct {
     ngx_uint_t                  index;          /* index= */
     ngx_str_t                   snapshot;       /* snapshot=, or empty */
     ngx_uint_t                  snapshot_read;  /* by this zone's start */
+    ngx_array_t                 embedders;      /* ngx_str_t, each once */
+    ngx_str_t                   embedder;       /* them all, for snapshots */
 
     /* this worker's FAISS index over the zone's vectors */
     void                       *faiss;
@@ -341,6 +343,10 @@ char *ngx_http_smartflow_cache_embedder(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 char *ngx_http_smartflow_cache_embedder_check(ngx_conf_t *cf,
     ngx_http_smartflow_cache_embedder_t *em, ngx_smartflow_cache_zone_t *z);
+ngx_int_t ngx_http_smartflow_cache_embedder_note(ngx_conf_t *cf,
+    ngx_http_smartflow_cache_embedder_t *em, ngx_smartflow_cache_zone_t *z);
+ngx_int_t ngx_http_smartflow_cache_embedder_names(ngx_conf_t *cf,
+    ngx_smartflow_cache_zone_t *z);
 ngx_int_t ngx_http_smartflow_cache_embed_filters(ngx_conf_t *cf);
 
 

@@ -593,6 +593,129 @@ ngx_http_smartflow_cache_embedder_check(ngx_conf_t *cf,
 }
 
 
+/*
+ * At merge, for a location that caches in zone z: its embedder, described
+ * as a snapshot records it ("builtin", or the URI and the model), is
+ * noted once among the zone's.  Vectors of another embedder do not
+ * compare with these, even of the same dim=.
+ */
+ngx_int_t
+ngx_http_smartflow_cache_embedder_note(ngx_conf_t *cf,
+    ngx_http_smartflow_cache_embedder_t *em, ngx_smartflow_cache_zone_t *z)
+{
+    u_char      *p;
+    ngx_str_t    name, *s;
+    ngx_uint_t   i;
+
+    if (em == NULL) {
+        ngx_str_set(&name, "builtin");
+
+    } else {
+        name.len = em->uri.len;
+
+        if (em->model.len) {
+            name.len += sizeof(" model=") - 1 + em->model.len;
+        }
+
+        name.data = ngx_pnalloc(cf->pool, name.len);
+        if (name.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        p = ngx_cpymem(name.data, em->uri.data, em->uri.len);
+
+        if (em->model.len) {
+            p = ngx_sf_cpymem(p, " model=");
+            ngx_memcpy(p, em->model.data, em->model.len);
+        }
+    }
+
+    if (z->embedders.elts == NULL
+        && ngx_array_init(&z->embedders, cf->pool, 2, sizeof(ngx_str_t))
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    s = z->embedders.elts;
+
+    for (i = 0; i < z->embedders.nelts; i++) {
+        if (s[i].len == name.len
+            && ngx_memcmp(s[i].data, name.data, name.len) == 0)
+        {
+            return NGX_OK;
+        }
+    }
+
+    s = ngx_array_push(&z->embedders);
+    if (s == NULL) {
+        return NGX_ERROR;
+    }
+
+    *s = name;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_smartflow_cache_embedder_cmp(const void *one, const void *two)
+{
+    ngx_str_t  *a = (ngx_str_t *) one;
+    ngx_str_t  *b = (ngx_str_t *) two;
+
+    return ngx_memn2cmp(a->data, b->data, a->len, b->len);
+}
+
+
+/*
+ * After the merges: the zone's embedders in one line, sorted so that the
+ * order of the locations does not change it ("none" when no location
+ * caches in the zone).  A snapshot holds the line it was written with.
+ */
+ngx_int_t
+ngx_http_smartflow_cache_embedder_names(ngx_conf_t *cf,
+    ngx_smartflow_cache_zone_t *z)
+{
+    u_char      *p;
+    ngx_str_t   *s;
+    ngx_uint_t   i;
+
+    if (z->embedders.nelts == 0) {
+        ngx_str_set(&z->embedder, "none");
+        return NGX_OK;
+    }
+
+    s = z->embedders.elts;
+
+    ngx_sort(s, z->embedders.nelts, sizeof(ngx_str_t),
+             ngx_http_smartflow_cache_embedder_cmp);
+
+    z->embedder.len = 0;
+
+    for (i = 0; i < z->embedders.nelts; i++) {
+        z->embedder.len += s[i].len + (i ? sizeof(", ") - 1 : 0);
+    }
+
+    z->embedder.data = ngx_pnalloc(cf->pool, z->embedder.len);
+    if (z->embedder.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = z->embedder.data;
+
+    for (i = 0; i < z->embedders.nelts; i++) {
+        if (i) {
+            p = ngx_sf_cpymem(p, ", ");
+        }
+
+        p = ngx_cpymem(p, s[i].data, s[i].len);
+    }
+
+    return NGX_OK;
+}
+
+
 /* the embedder's subrequest of the request r belongs to, if r is it */
 static ngx_http_smartflow_cache_embed_t *
 ngx_http_smartflow_cache_embed_of(ngx_http_request_t *r)

@@ -1293,6 +1293,15 @@ ngx_http_smartflow_cache_merge_loc_conf(ngx_conf_t *cf, void *parent,
     ngx_conf_merge_value(conf->redis, prev->redis, 1);
     ngx_conf_merge_ptr_value(conf->embedder, prev->embedder, NULL);
 
+    /* the API's location stores nothing: its embedder is none of the zone's */
+    if (conf->zone && !conf->api
+        && ngx_http_smartflow_cache_embedder_note(cf, conf->embedder,
+                                                  conf->zone)
+           != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
     return ngx_http_smartflow_cache_embedder_check(cf, conf->embedder,
                                                    conf->zone);
 }
@@ -1598,6 +1607,21 @@ ngx_http_smartflow_cache_ttl_check(ngx_conf_t *cf, void *post, void *data)
 static ngx_int_t
 ngx_http_smartflow_cache_init(ngx_conf_t *cf)
 {
+    ngx_uint_t                             i;
+    ngx_smartflow_cache_zone_t           **zp;
+    ngx_http_smartflow_cache_main_conf_t  *cmcf;
+
+    /* the locations are merged: each zone's embedders are known */
+    cmcf = ngx_http_conf_get_module_main_conf(cf,
+                                              ngx_http_smartflow_cache_module);
+    zp = cmcf->zones.elts;
+
+    for (i = 0; i < cmcf->zones.nelts; i++) {
+        if (ngx_http_smartflow_cache_embedder_names(cf, zp[i]) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
     if (ngx_http_smartflow_register_stage(cf, NGX_HTTP_SMARTFLOW_STAGE_CACHE,
                                           ngx_http_smartflow_cache_stage)
         != NGX_OK)

@@ -14,6 +14,8 @@
  * bring back the entries flushed since.
  */
 
+#include <math.h>
+
 #include "ngx_http_smartflow_cache.h"
 
 
@@ -22,16 +24,24 @@
  * 0004: words, pairs and trigrams hashed anew: signatures, vectors and
  * context keys of 0003 differ;
  * 0005: each record with the CRC-32 of its bytes, so that a damaged one
- * (a byte of an answer changed on disk) is left out, not served
+ * (a byte of an answer changed on disk) is left out, not served;
+ * 0006: the head with the number of records, set once they are written,
+ * so that a file cut at a record's end reads as cut, and with the zone's
+ * embedders, so that vectors of another embedder are not compared with
+ * the new one's; a CRC-32 of its own
  */
-#define NGX_SMARTFLOW_CACHE_SNAP_MAGIC  "SFMC0005"
+#define NGX_SMARTFLOW_CACHE_SNAP_MAGIC  "SFMC0006"
 
 
 typedef struct {
     u_char                      magic[8];
     uint32_t                    dim;
     uint32_t                    minhash;
-} ngx_smartflow_cache_snap_head_t;
+    uint32_t                    records;    /* written after them */
+    uint32_t                    embedder_len;
+    uint32_t                    crc;        /* of the head, this 0, and
+                                               the embedders */
+} ngx_smartflow_cache_snap_head_t;  /* then the zone's embedders, a line */
 
 
 typedef struct {
@@ -47,6 +57,12 @@ typedef struct {
     u_char                      finish[NGX_SMARTFLOW_CACHE_FINISH];
     uint32_t                    minhash[NGX_SMARTFLOW_CACHE_MINHASH];
 } ngx_smartflow_cache_snap_t;   /* then dim floats, then the data */
+
+
+static uint32_t ngx_smartflow_cache_snapshot_head_crc(
+    ngx_smartflow_cache_snap_head_t *head, u_char *embedder);
+static ngx_uint_t ngx_smartflow_cache_snapshot_vector(float *vec,
+    ngx_uint_t dim);
 
 
 ngx_int_t
@@ -82,11 +98,16 @@ ngx_smartflow_cache_snapshot_write(ngx_smartflow_cache_zone_t *z,
         return NGX_ERROR;
     }
 
+    /* no record yet: the head is written again with their number */
+    ngx_memzero(&head, sizeof(head));
     ngx_memcpy(head.magic, NGX_SMARTFLOW_CACHE_SNAP_MAGIC, 8);
     head.dim = (uint32_t) z->dim;
     head.minhash = NGX_SMARTFLOW_CACHE_MINHASH;
+    head.embedder_len = (uint32_t) z->embedder.len;
 
-    rc = (ngx_write_fd(fd, &head, sizeof(head)) == sizeof(head))
+    rc = (ngx_write_fd(fd, &head, sizeof(head)) == sizeof(head)
+          && ngx_write_fd(fd, z->embedder.data, z->embedder.len)
+             == (ssize_t) z->embedder.len)
          ? NGX_OK : NGX_ERROR;
 
     buf = NULL;
@@ -147,6 +168,17 @@ ngx_smartflow_cache_snapshot_write(ngx_smartflow_cache_zone_t *z,
 
     ngx_shmtx_unlock(&z->shpool->mutex);
 
+    /* the number written: a file that ends sooner was cut */
+    if (rc == NGX_OK) {
+        head.records = (uint32_t) n;
+        head.crc = ngx_smartflow_cache_snapshot_head_crc(&head,
+                                                         z->embedder.data);
+
+        if (pwrite(fd, &head, sizeof(head), 0) != (ssize_t) sizeof(head)) {
+            rc = NGX_ERROR;
+        }
+    }
+
     /* on disk before the rename makes it the snapshot */
     if (rc == NGX_OK && fsync(fd) == -1) {
         rc = NGX_ERROR;
@@ -180,7 +212,14 @@ ngx_smartflow_cache_snapshot_write(ngx_smartflow_cache_zone_t *z,
 }
 
 
-/* called by init_zone for a zone made afresh */
+/*
+ * Called by init_zone for a zone made afresh.  The records are read up to
+ * the first that is cut or whose CRC-32 does not match its bytes: those
+ * before it are good, and are kept.  A record whose vector no embedder
+ * gives (not finite, or neither of length 1 nor the zero vector of an
+ * answer stored without one) is left out, and the next ones are read: its
+ * CRC-32 matched, so the records' bounds hold.
+ */
 ngx_int_t
 ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
     ngx_log_t *log)
@@ -192,7 +231,8 @@ ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
     time_t                            now;
     ssize_t                           n;
     ngx_fd_t                          fd;
-    ngx_uint_t                        loaded;
+    ngx_str_t                         embedder;
+    ngx_uint_t                        i, loaded, seen, rejected, novec;
     ngx_file_info_t                   fi;
     ngx_smartflow_cache_item_t        it;
     ngx_smartflow_cache_snap_t        rec;
@@ -215,6 +255,7 @@ ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
 
     buf = NULL;
     loaded = 0;
+    rejected = 0;
     vsize = z->dim * sizeof(float);
 
     /* the vectors copied out of the file, aligned */
@@ -244,8 +285,29 @@ ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
 
     ngx_memcpy(&head, buf, sizeof(head));
 
-    if (ngx_memcmp(head.magic, NGX_SMARTFLOW_CACHE_SNAP_MAGIC, 8) != 0
-        || head.minhash != NGX_SMARTFLOW_CACHE_MINHASH)
+    if (ngx_memcmp(head.magic, NGX_SMARTFLOW_CACHE_SNAP_MAGIC, 8) != 0) {
+
+        for (i = 0; i < 8; i++) {
+            if (i < 4 ? head.magic[i] != "SFMC"[i]
+                      : head.magic[i] < '0' || head.magic[i] > '9')
+            {
+                goto bad;
+            }
+        }
+
+        /* written by an older nginx: its entries would not be found */
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "smartflow cache: the snapshot \"%V\" is of another "
+                      "format (%*s, this nginx reads %s); the zone starts "
+                      "empty", &z->snapshot, (size_t) 8, head.magic,
+                      NGX_SMARTFLOW_CACHE_SNAP_MAGIC);
+        goto done;
+    }
+
+    if (head.minhash != NGX_SMARTFLOW_CACHE_MINHASH
+        || head.embedder_len > n - sizeof(head)
+        || ngx_smartflow_cache_snapshot_head_crc(&head, buf + sizeof(head))
+           != head.crc)
     {
         goto bad;
     }
@@ -255,26 +317,53 @@ ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
                       "smartflow cache: the snapshot \"%V\" holds vectors "
                       "of dim=%uD, zone \"%V\" has dim=%ui; the zone starts "
                       "empty", &z->snapshot, head.dim, &z->name, z->dim);
-        ngx_close_file(fd);
-        ngx_free(buf);
-        ngx_free(vec);
-        return NGX_OK;
+        goto done;
     }
 
-    p = buf + sizeof(head);
+    embedder.data = buf + sizeof(head);
+    embedder.len = head.embedder_len;
+
+    /*
+     * Vectors of another embedder, even of this dim=, compare with the
+     * new one's as noise: the entries come back without them, and the
+     * phases that do not need them find them.
+     */
+    novec = (embedder.len != z->embedder.len
+             || ngx_memcmp(embedder.data, z->embedder.data, embedder.len)
+                != 0);
+
+    if (novec) {
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "smartflow cache: the snapshot \"%V\" holds the "
+                      "vectors of embedder \"%V\", zone \"%V\" uses \"%V\" "
+                      "now; its entries are read without their vectors, "
+                      "which phase 4 does not compare",
+                      &z->snapshot, &embedder, &z->name, &z->embedder);
+
+        /* the vector of an answer stored without one: it matches nothing */
+        ngx_memzero(vec, vsize);
+    }
+
+    p = buf + sizeof(head) + head.embedder_len;
     last = buf + n;
     now = ngx_time();
+    seen = 0;
 
     while (p < last) {
-        if (last - p < (ssize_t) (sizeof(rec) + vsize)) {
-            /* a record cut short */
+        if (seen == head.records || last - p < (ssize_t) (sizeof(rec) + vsize))
+        {
+            /* more than was written, or a record cut short */
             goto bad;
         }
 
         start = p;
         ngx_memcpy(&rec, p, sizeof(rec));
         p += sizeof(rec);
-        ngx_memcpy(vec, p, vsize);
+
+        if (!novec) {
+            ngx_memcpy(vec, p, vsize);
+        }
+
         p += vsize;
 
         if ((size_t) (last - p) < (size_t) rec.part_len + rec.query_len
@@ -299,6 +388,8 @@ ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
             goto bad;
         }
 
+        seen++;
+
         ngx_memzero(&it, sizeof(it));
         ngx_memcpy(it.fp, rec.fp, NGX_SMARTFLOW_CACHE_FP);
         ngx_memcpy(it.ctxk, rec.ctxk, NGX_SMARTFLOW_CACHE_CTXK);
@@ -318,6 +409,14 @@ ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
 
         p = it.answer.data + rec.answer_len;
 
+        /* an entry with no query has no vector: the slot's is not used */
+        if (rec.query_len && !novec
+            && !ngx_smartflow_cache_snapshot_vector(vec, z->dim))
+        {
+            rejected++;
+            continue;
+        }
+
         if (it.ttl <= 0) {
             continue;
         }
@@ -327,15 +426,14 @@ ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
         }
     }
 
-    ngx_close_file(fd);
-    ngx_free(buf);
-    ngx_free(vec);
+    if (seen == head.records) {
+        ngx_log_error(NGX_LOG_NOTICE, log, 0,
+                      "smartflow cache: %ui entries of zone \"%V\" read from "
+                      "\"%V\"", loaded, &z->name, &z->snapshot);
+        goto done;
+    }
 
-    ngx_log_error(NGX_LOG_NOTICE, log, 0,
-                  "smartflow cache: %ui entries of zone \"%V\" read from "
-                  "\"%V\"", loaded, &z->name, &z->snapshot);
-
-    return NGX_OK;
+    /* the file ends at a record's end, before the last written */
 
 bad:
 
@@ -349,9 +447,18 @@ bad:
 
     } else {
         ngx_log_error(NGX_LOG_WARN, log, 0,
-                      "smartflow cache: the snapshot \"%V\" is damaged or "
-                      "of another version; the zone starts empty",
-                      &z->snapshot);
+                      "smartflow cache: the snapshot \"%V\" is damaged; "
+                      "the zone starts empty", &z->snapshot);
+    }
+
+done:
+
+    if (rejected) {
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "smartflow cache: the snapshot \"%V\" is damaged: "
+                      "%ui of its entries are left out, their vectors "
+                      "(not finite, or not of length 1) are no embedder's",
+                      &z->snapshot, rejected);
     }
 
     ngx_close_file(fd);
@@ -363,6 +470,51 @@ bad:
     ngx_free(vec);
 
     return NGX_OK;
+}
+
+
+static uint32_t
+ngx_smartflow_cache_snapshot_head_crc(ngx_smartflow_cache_snap_head_t *head,
+    u_char *embedder)
+{
+    uint32_t                         crc;
+    ngx_smartflow_cache_snap_head_t  h;
+
+    h = *head;
+    h.crc = 0;
+
+    ngx_crc32_init(crc);
+    ngx_crc32_update(&crc, (u_char *) &h, sizeof(h));
+    ngx_crc32_update(&crc, embedder, h.embedder_len);
+    ngx_crc32_final(crc);
+
+    return crc;
+}
+
+
+/*
+ * A vector an embedder gives: finite, of length 1 (both embedders scale
+ * theirs so), or all zeros (an answer stored without a vector).
+ */
+static ngx_uint_t
+ngx_smartflow_cache_snapshot_vector(float *vec, ngx_uint_t dim)
+{
+    double      d, norm;
+    ngx_uint_t  i;
+
+    norm = 0;
+
+    for (i = 0; i < dim; i++) {
+        d = vec[i];
+
+        if (!isfinite(d)) {
+            return 0;
+        }
+
+        norm += d * d;
+    }
+
+    return norm == 0 || fabs(norm - 1.0) < 1e-3;
 }
 
 

@@ -1,7 +1,8 @@
 # snapshot=PATH: the entries are written when nginx stops and read back
 # when it starts again; expired ones stay behind; a damaged file starts
-# the zone empty, a file that cannot be read is logged, and nginx starts
-# all the same; two zones cannot share one file.  Each block here runs
+# the zone empty, as does a file of an older format, with a line that
+# says so; a file that cannot be read is logged, and nginx starts all the
+# same; two zones cannot share one file.  Each block here runs
 # in a new nginx: the zone itself is new every time.
 
 use Test::Nginx::Socket 'no_plan';
@@ -12,9 +13,15 @@ no_shuffle();
 
 unlink server_root() . '/metacache.snap';
 
-# read by the last block's nginx at its start
+# read by the last blocks' nginx at their start
 if (open my $fh, '>', server_root() . '/damaged.snap') {
-    print $fh "SFMC0001 but nothing after it is right";
+    print $fh "SMFC0006 but nothing after it is right";
+    close $fh;
+}
+
+# a snapshot of the format before, whose records had no count in the head
+if (open my $fh, '>', server_root() . '/older.snap') {
+    print $fh "SFMC0005", pack('V V', 256, 64), "\0" x 600;
     close $fh;
 }
 
@@ -89,12 +96,31 @@ sleep 2;
 [main::ask("Write a short poem about the ocean")]
 --- response_headers eval
 ["x-smartflow-cache: MISS"]
+--- error_log eval
+qr/\[warn\].*smartflow cache: the snapshot "[^"]*damaged\.snap" is damaged; the zone starts empty/
 --- no_error_log
 [error]
 
 
 
-=== TEST 4: a snapshot that cannot be read is logged, and nginx starts with an empty zone
+=== TEST 4: a snapshot of an older format is not read: a line says so, nginx starts with an empty zone
+--- http_config
+    smartflow_master_key sk-smartflow-test-0123456789;
+    smartflow_provider demo type=echo;
+    smartflow_route smartflow-echo demo;
+    smartflow_cache_zone metacache 16m entries=1000 snapshot=older.snap;
+--- request eval
+[main::ask("Write a short poem about the ocean")]
+--- response_headers eval
+["x-smartflow-cache: MISS"]
+--- error_log eval
+qr/\[warn\].*smartflow cache: the snapshot "[^"]*older\.snap" is of another format \(SFMC0005, this nginx reads SFMC0006\); the zone starts empty/
+--- no_error_log
+[error]
+
+
+
+=== TEST 5: a snapshot that cannot be read is logged, and nginx starts with an empty zone
 --- http_config
     smartflow_master_key sk-smartflow-test-0123456789;
     smartflow_provider demo type=echo;
@@ -110,7 +136,7 @@ qr/\[warn\].*smartflow cache: the snapshot "[^"]*damaged\.snap\/inside" cannot b
 
 
 
-=== TEST 5: two zones cannot share a snapshot: read back, each would hold the other's entries
+=== TEST 6: two zones cannot share a snapshot: read back, each would hold the other's entries
 --- http_config
     smartflow_cache_zone one 1m snapshot=shared.snap;
     smartflow_cache_zone two 1m snapshot=shared.snap;

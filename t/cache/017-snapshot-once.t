@@ -4,14 +4,16 @@
 # when no snapshot was written) starts empty: read again, the old file
 # would bring back the entries flushed since (answers an operator had
 # removed).  "nginx -t", or a start that fails before it listens, reads
-# nothing away.  A snapshot cut short, or with a byte changed, gives the
-# entries before the damage, and says so.  A real nginx with a master and
-# two workers.
+# nothing away.  A snapshot cut short (at a record's end too), or with a
+# byte changed, gives the entries before the damage, and says so; a record
+# forged with a right CRC-32 but a vector no embedder gives is left out.
+# A real nginx with a master and two workers.
 
 use strict;
 use warnings;
 
 use Test::More;
+use Compress::Zlib qw(crc32);
 use Time::HiRes qw(sleep);
 use IO::Socket::INET;
 use lib 't/lib';
@@ -45,6 +47,46 @@ sub flush {
     my ($status, $body) = $c->http($a, 'DELETE', '/api/metacache', undef,
                                    @master);
     return $body;
+}
+
+# The records of the snapshot, as ngx_http_smartflow_cache_snapshot.c
+# writes them: a head of 28 bytes (magic, dim, minhash, records, the
+# length of the embedders' line, CRC-32), that line, then each record: 352
+# bytes (part_len, query_len, answer_len at 64, 68, 72, its CRC-32 at 76),
+# dim floats, the partition, the query, the answer.  Each record named
+# is given to the sub with its vector, then its CRC-32 is
+# made right again.  A record is known by its answer, the echo of its
+# question.
+sub forge {
+    my ($file, %change) = @_;
+    open my $fh, '<:raw', $file or die "$file: $!";
+    my $data = do { local $/; <$fh> };
+    close $fh;
+    my ($magic, $dim, $mh, $records, $elen) = unpack 'a8 V V V V', $data;
+    die "not a snapshot: $magic" unless $magic eq 'SFMC0006';
+    my $off = 28 + $elen;
+    my $n = 0;
+    while ($off < length $data) {
+        my ($part, $qlen, $alen) = unpack 'V V V', substr($data, $off + 64, 12);
+        my $size = 352 + 4 * $dim + $part + $qlen + $alen;
+        my $answer = substr($data, $off + 352 + 4 * $dim + $part + $qlen,
+                            $alen);
+        for my $q (keys %change) {
+            next unless index($answer, "Echo: $q") >= 0;
+            my @v = unpack 'f<*', substr($data, $off + 352, 4 * $dim);
+            $change{$q}->(\@v);
+            substr($data, $off + 352, 4 * $dim) = pack 'f<*', @v;
+            my $rec = substr($data, $off, $size);
+            substr($rec, 76, 4) = pack 'V', 0;
+            substr($data, $off + 76, 4) = pack 'V', crc32($rec);
+            $n++;
+        }
+        $off += $size;
+    }
+    die "forged $n records, not " . keys(%change) if $n != keys %change;
+    open $fh, '>:raw', $file or die "$file: $!";
+    print $fh $data;
+    close $fh;
 }
 
 # the master and its workers gone at once, as in a crash
@@ -101,6 +143,7 @@ ask($q3);
 is ask($q3), 'HIT', 'q3 stored';
 $c->stop($a);
 ok -s $snap, 'written at the stop';
+my $two = -s $snap;     # q2 and q3
 my $out = `$c->{binary} -t -p $a->{dir} -c $a->{dir}/nginx.conf 2>&1`;
 is $? >> 8, 0, 'nginx -t passes';
 $c->start($a);
@@ -119,6 +162,18 @@ is ask($q2), 'HIT', 'q2, before the cut, is back';
 is ask($q3), 'HIT', 'and q3';
 is ask($q1), 'MISS', 'q1, cut, is not';
 
+# cut where a record ends: the head says how many were written, so the
+# cut shows (q2, q3 then q1: the file ends where q1's record began)
+$c->stop($a);
+truncate $snap, $two or die "truncate $snap: $!";
+$c->start($a);
+my @cut = $c->error_log($a)
+          =~ /damaged part of the way: 2 entries before the damage/g;
+is scalar(@cut), 2, 'a snapshot cut at a record\'s end: the log says so';
+is ask($q2), 'HIT', 'q2, before the cut, is back';
+is ask($q3), 'HIT', 'and q3';
+is ask($q1), 'MISS', 'q1, after the cut, is not';
+
 # a byte of an answer changed on disk: that record is left out, not served
 # (q2, q3 then q1 again; a letter near the end of q1's answer changes case)
 $c->stop($a);
@@ -135,9 +190,33 @@ $c->stop($a);
 $c->start($a);
 my @damaged = $c->error_log($a)
                =~ /damaged part of the way: 2 entries before the damage/g;
-is scalar(@damaged), 2, 'a record changed on disk: the log says so again';
+is scalar(@damaged), 3, 'a record changed on disk: the log says so again';
 is ask($q1), 'MISS', 'the changed answer is not served';
 is ask($q2), 'HIT', 'the records before it are';
+
+# records forged, their CRC-32 made right: a vector with a NaN, one with
+# an infinity, one twice as long as an embedder makes it are left out;
+# the zero vector of an answer stored without one is read
+my $q4 = 'Which ocean is the deepest?';
+is ask($q4), 'MISS', 'q4 stored';
+$c->stop($a);
+my $inf = 9**9**9;
+forge($snap,
+      $q3 => sub { $_[0][0] = $inf - $inf },
+      $q1 => sub { $_[0][1] = $inf },
+      $q2 => sub { $_ *= 2 for @{ $_[0] } },
+      $q4 => sub { $_ = 0 for @{ $_[0] } });
+$c->start($a);
+like $c->error_log($a),
+     qr/\[warn\].*smartflow cache: the snapshot "\Q$snap\E" is damaged: 3 of its entries are left out, their vectors \(not finite, or not of length 1\) are no embedder's/,
+     'forged vectors: the log says how many are left out';
+like $c->error_log($a),
+     qr/smartflow cache: 1 entries of zone "metacache" read from/,
+     'the others are read';
+is ask($q4), 'HIT', 'q4, of the zero vector, is back';
+is ask($q1), 'MISS', 'q1, of an infinity, is not';
+is ask($q2), 'MISS', 'nor q2, of length 2';
+is ask($q3), 'MISS', 'nor q3, of a NaN';
 
 # a start that fails before it listens (its port taken) leaves the
 # snapshot for the start that follows
