@@ -15,6 +15,7 @@
  */
 
 #include <math.h>
+#include <sys/mman.h>
 
 #include "ngx_http_smartflow_cache.h"
 
@@ -226,10 +227,10 @@ ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
 {
     u_char                           *buf, *p, *last, *start;
     float                            *vec;
-    size_t                            vsize;
+    off_t                             size;
+    size_t                            vsize, n;
     uint32_t                          crc, sum;
     time_t                            now;
-    ssize_t                           n;
     ngx_fd_t                          fd;
     ngx_str_t                         embedder;
     ngx_uint_t                        i, loaded, seen, rejected, novec;
@@ -265,32 +266,49 @@ ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
         return NGX_ERROR;
     }
 
-    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR
-        || ngx_file_size(&fi) < (off_t) sizeof(head))
-    {
+    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR) {
+        ngx_log_error(NGX_LOG_WARN, log, ngx_errno,
+                      "smartflow cache: the snapshot \"%V\" cannot be "
+                      "read; the zone starts empty", &z->snapshot);
+        goto done;
+    }
+
+    size = ngx_file_size(&fi);
+
+    /* the magic first: a file of an older format may be shorter */
+    if (size < 8) {
         goto bad;
     }
 
-    buf = ngx_alloc(ngx_file_size(&fi), log);
-    if (buf == NULL) {
-        ngx_close_file(fd);
-        ngx_free(vec);
-        return NGX_ERROR;
+    /*
+     * Mapped, not read into memory: a file of any size, even forged
+     * (gigabytes of holes), is read no further than its records hold,
+     * and costs no allocation that would fail the start.
+     */
+    if ((uint64_t) size > NGX_MAX_SIZE_T_VALUE) {
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "smartflow cache: the snapshot \"%V\" cannot be "
+                      "read: %O bytes; the zone starts empty",
+                      &z->snapshot, size);
+        goto done;
     }
 
-    n = ngx_read_fd(fd, buf, ngx_file_size(&fi));
-    if (n != ngx_file_size(&fi)) {
-        goto bad;
+    n = (size_t) size;
+
+    buf = mmap(NULL, n, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (buf == MAP_FAILED) {
+        buf = NULL;
+        ngx_log_error(NGX_LOG_WARN, log, ngx_errno,
+                      "smartflow cache: the snapshot \"%V\" cannot be "
+                      "read: mmap(%uz) failed; the zone starts empty",
+                      &z->snapshot, n);
+        goto done;
     }
 
-    ngx_memcpy(&head, buf, sizeof(head));
-
-    if (ngx_memcmp(head.magic, NGX_SMARTFLOW_CACHE_SNAP_MAGIC, 8) != 0) {
+    if (ngx_memcmp(buf, NGX_SMARTFLOW_CACHE_SNAP_MAGIC, 8) != 0) {
 
         for (i = 0; i < 8; i++) {
-            if (i < 4 ? head.magic[i] != "SFMC"[i]
-                      : head.magic[i] < '0' || head.magic[i] > '9')
-            {
+            if (i < 4 ? buf[i] != "SFMC"[i] : buf[i] < '0' || buf[i] > '9') {
                 goto bad;
             }
         }
@@ -299,10 +317,16 @@ ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
         ngx_log_error(NGX_LOG_WARN, log, 0,
                       "smartflow cache: the snapshot \"%V\" is of another "
                       "format (%*s, this nginx reads %s); the zone starts "
-                      "empty", &z->snapshot, (size_t) 8, head.magic,
+                      "empty", &z->snapshot, (size_t) 8, buf,
                       NGX_SMARTFLOW_CACHE_SNAP_MAGIC);
         goto done;
     }
+
+    if (n < sizeof(head)) {
+        goto bad;
+    }
+
+    ngx_memcpy(&head, buf, sizeof(head));
 
     if (head.minhash != NGX_SMARTFLOW_CACHE_MINHASH
         || head.embedder_len > n - sizeof(head)
@@ -366,8 +390,9 @@ ngx_smartflow_cache_snapshot_read(ngx_smartflow_cache_zone_t *z,
 
         p += vsize;
 
-        if ((size_t) (last - p) < (size_t) rec.part_len + rec.query_len
-                                  + rec.answer_len
+        /* summed in 64 bits: three lengths of 32 overflow a size_t of 32 */
+        if ((uint64_t) (last - p) < (uint64_t) rec.part_len + rec.query_len
+                                    + rec.answer_len
             || rec.finish[NGX_SMARTFLOW_CACHE_FINISH - 1] != '\0')
         {
             goto bad;
@@ -461,12 +486,11 @@ done:
                       &z->snapshot, rejected);
     }
 
-    ngx_close_file(fd);
-
     if (buf) {
-        ngx_free(buf);
+        (void) munmap(buf, n);
     }
 
+    ngx_close_file(fd);
     ngx_free(vec);
 
     return NGX_OK;

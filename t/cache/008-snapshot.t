@@ -1,9 +1,10 @@
 # snapshot=PATH: the entries are written when nginx stops and read back
 # when it starts again; expired ones stay behind; a damaged file starts
-# the zone empty, as does a file of an older format, with a line that
-# says so; a file that cannot be read is logged, and nginx starts all the
-# same; two zones cannot share one file.  Each block here runs
-# in a new nginx: the zone itself is new every time.
+# the zone empty, as does a file of an older format (even one shorter
+# than this format's head), with a line that says so, and a forged file
+# larger than memory; a file that cannot be read is logged, and nginx
+# starts all the same; two zones cannot share one file.  Each block here
+# runs in a new nginx: the zone itself is new every time.
 
 use Test::Nginx::Socket 'no_plan';
 use lib 't/lib';
@@ -22,6 +23,20 @@ if (open my $fh, '>', server_root() . '/damaged.snap') {
 # a snapshot of the format before, whose records had no count in the head
 if (open my $fh, '>', server_root() . '/older.snap') {
     print $fh "SFMC0005", pack('V V', 256, 64), "\0" x 600;
+    close $fh;
+}
+
+# that format's snapshot of an empty zone: its head alone, 16 bytes
+if (open my $fh, '>', server_root() . '/older-empty.snap') {
+    print $fh "SFMC0005", pack('V V', 256, 64);
+    close $fh;
+}
+
+# a forged file of two terabytes, holes after its head: more than the
+# memory of the machine, which a start reads no further than its head
+if (open my $fh, '>', server_root() . '/huge.snap') {
+    print $fh "SFMC0006", pack('V V V V V', 256, 64, 4294967295, 0, 0);
+    truncate $fh, 2 * 2**40 or die "huge.snap: $!";
     close $fh;
 }
 
@@ -120,7 +135,43 @@ qr/\[warn\].*smartflow cache: the snapshot "[^"]*older\.snap" is of another form
 
 
 
-=== TEST 5: a snapshot that cannot be read is logged, and nginx starts with an empty zone
+=== TEST 5: the older format's snapshot of an empty zone, shorter than this format's head, is of another format too
+--- http_config
+    smartflow_master_key sk-smartflow-test-0123456789;
+    smartflow_provider demo type=echo;
+    smartflow_route smartflow-echo demo;
+    smartflow_cache_zone metacache 16m entries=1000 snapshot=older-empty.snap;
+--- request eval
+[main::ask("Write a short poem about the ocean")]
+--- response_headers eval
+["x-smartflow-cache: MISS"]
+--- error_log eval
+qr/\[warn\].*smartflow cache: the snapshot "[^"]*older-empty\.snap" is of another format \(SFMC0005, this nginx reads SFMC0006\); the zone starts empty/
+--- no_error_log
+[error]
+damaged
+
+
+
+=== TEST 6: a forged snapshot of two terabytes is damaged: nginx starts with an empty zone
+--- http_config
+    smartflow_master_key sk-smartflow-test-0123456789;
+    smartflow_provider demo type=echo;
+    smartflow_route smartflow-echo demo;
+    smartflow_cache_zone metacache 16m entries=1000 snapshot=huge.snap;
+--- request eval
+[main::ask("Write a short poem about the ocean")]
+--- response_headers eval
+["x-smartflow-cache: MISS"]
+--- error_log eval
+qr/\[warn\].*smartflow cache: the snapshot "[^"]*huge\.snap" is damaged; the zone starts empty/
+--- no_error_log
+[error]
+[emerg]
+
+
+
+=== TEST 7: a snapshot that cannot be read is logged, and nginx starts with an empty zone
 --- http_config
     smartflow_master_key sk-smartflow-test-0123456789;
     smartflow_provider demo type=echo;
@@ -136,7 +187,7 @@ qr/\[warn\].*smartflow cache: the snapshot "[^"]*damaged\.snap\/inside" cannot b
 
 
 
-=== TEST 6: two zones cannot share a snapshot: read back, each would hold the other's entries
+=== TEST 8: two zones cannot share a snapshot: read back, each would hold the other's entries
 --- http_config
     smartflow_cache_zone one 1m snapshot=shared.snap;
     smartflow_cache_zone two 1m snapshot=shared.snap;
