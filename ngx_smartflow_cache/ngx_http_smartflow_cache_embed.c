@@ -349,8 +349,13 @@ ngx_http_smartflow_cache_embed_parse(ngx_http_request_t *sr,
             goto garbage;
         }
 
+        /*
+         * the length of what is kept: a number too small for a float
+         * (1e-43) loses digits, and the vector scaled by the length of
+         * the numbers sent would not be of length 1
+         */
         v[n - 1] = (float) d;
-        norm += d * d;
+        norm += (double) v[n - 1] * v[n - 1];
     }
 
     if (n != dim) {

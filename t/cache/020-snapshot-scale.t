@@ -2,7 +2,8 @@
 # scales what it answers before it stores it, so a snapshot holds vectors
 # of length 1 only, and a restart reads them all back (none is taken for
 # damaged).  The endpoint here answers [3, 4, 0, 0], of length 5, for any
-# text.  A block of another configuration than the one before runs in a
+# text, then numbers too small for a float's digits (1e-43): the length
+# is that of the floats kept, not of the numbers sent.  A block of another configuration than the one before runs in a
 # new nginx, which reads what the one before wrote.
 
 use lib 't/lib';
@@ -11,7 +12,7 @@ use Test::Nginx::Socket 'no_plan';
 
 no_shuffle();
 
-unlink server_root() . '/scale.snap';
+unlink server_root() . "/$_.snap" for qw(scale tiny);
 
 our $MainConfig = <<'_EOC_';
     load_module $TEST_NGINX_MODULES/ngx_http_smartflow_proxy_module.so;
@@ -50,6 +51,13 @@ Smartflow::Blocks::defaults(main_config => $MainConfig,
                             http_config => $HttpConfig,
                             more_headers => $OpenAIKey);
 
+# the zone and the endpoint of the numbers too small
+our $TinyConfig = $HttpConfig =~ s/mini 16m/tiny 16m/r
+                              =~ s/scale\.snap/tiny.snap/r;
+our $Tiny = $Locations =~ s/smartflow_cache mini/smartflow_cache tiny/r
+                       =~ s/model=unscaled/model=tiny/r
+                       =~ s/\[3,4,0,0\]/[1e-43,1e-43,0,0]/r;
+
 sub chat {
     return "POST /v1/chat/completions\n"
         . qq({"model":"smartflow-echo","messages":)
@@ -86,6 +94,39 @@ $main::Locations . "\n    # the same embedder\n"
 ["x-smartflow-cache: HIT\nx-smartflow-cache-phase: 4"]
 --- error_log
 smartflow cache: 1 entries of zone "mini" read from
+--- no_error_log
+[error]
+[warn]
+
+
+
+=== TEST 3: numbers too small for a float's digits: phase 4 finds the question asked another way
+--- http_config eval
+$main::TinyConfig
+--- config eval
+$main::Tiny
+--- request eval
+[main::chat($main::Q), main::chat($main::P)]
+--- response_headers eval
+["x-smartflow-cache: MISS",
+ "x-smartflow-cache: HIT\nx-smartflow-cache-phase: 4"]
+--- no_error_log
+[error]
+[warn]
+
+
+
+=== TEST 4: after a restart: the vector, of the floats kept, is of length 1 and read back
+--- http_config eval
+$main::TinyConfig
+--- config eval
+$main::Tiny . "\n    # the same embedder\n"
+--- request eval
+[main::chat($main::P)]
+--- response_headers eval
+["x-smartflow-cache: HIT\nx-smartflow-cache-phase: 4"]
+--- error_log
+smartflow cache: 1 entries of zone "tiny" read from
 --- no_error_log
 [error]
 [warn]
