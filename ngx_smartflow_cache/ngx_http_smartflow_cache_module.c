@@ -1280,6 +1280,8 @@ ngx_http_smartflow_cache_merge_loc_conf(ngx_conf_t *cf, void *parent,
     ngx_http_smartflow_cache_loc_conf_t *prev = parent;
     ngx_http_smartflow_cache_loc_conf_t *conf = child;
 
+    ngx_http_smartflow_loc_conf_t  *slcf;
+
     ngx_conf_merge_ptr_value(conf->zone, prev->zone, NULL);
     ngx_conf_merge_sec_value(conf->ttl, prev->ttl, 3600);
     ngx_conf_merge_value(conf->near_miss, prev->near_miss, 800);
@@ -1293,8 +1295,19 @@ ngx_http_smartflow_cache_merge_loc_conf(ngx_conf_t *cf, void *parent,
     ngx_conf_merge_value(conf->redis, prev->redis, 1);
     ngx_conf_merge_ptr_value(conf->embedder, prev->embedder, NULL);
 
-    /* the API's location stores nothing: its embedder is none of the zone's */
+    /*
+     * Only a location of the chat or messages API stores in the zone:
+     * the cache API's, or one of another API or of none (the embedder's
+     * own, the error page's) that inherits smartflow_cache from its
+     * server, stores nothing, and its embedder is none of the zone's.
+     * The smartflow module is loaded first: its configuration is merged.
+     */
+    slcf = ngx_http_conf_get_module_loc_conf(cf,
+                                             ngx_http_smartflow_proxy_module);
+
     if (conf->zone && !conf->api
+        && (slcf->api == NGX_HTTP_SMARTFLOW_API_CHAT
+            || slcf->api == NGX_HTTP_SMARTFLOW_API_MESSAGES)
         && ngx_http_smartflow_cache_embedder_note(cf, conf->embedder,
                                                   conf->zone)
            != NGX_OK)
