@@ -89,12 +89,22 @@ ngx_smartflow_cache_snapshot_write(ngx_smartflow_cache_zone_t *z,
 
     ngx_sprintf(tmp.data, "%V.tmp%Z", &z->snapshot);
 
+    /*
+     * The users' questions and the answers: readable by the master's user
+     * only, a temporary file left by a crash included
+     */
     fd = ngx_open_file(tmp.data, NGX_FILE_WRONLY, NGX_FILE_TRUNCATE,
-                       NGX_FILE_DEFAULT_ACCESS);
-    if (fd == NGX_INVALID_FILE) {
+                       NGX_FILE_OWNER_ACCESS);
+    if (fd == NGX_INVALID_FILE || fchmod(fd, NGX_FILE_OWNER_ACCESS) == -1) {
         ngx_log_error(NGX_LOG_ERR, log, ngx_errno,
                       "smartflow cache: cannot write the snapshot \"%s\"",
                       tmp.data);
+
+        if (fd != NGX_INVALID_FILE) {
+            ngx_close_file(fd);
+            (void) ngx_delete_file(tmp.data);
+        }
+
         ngx_free(tmp.data);
         return NGX_ERROR;
     }

@@ -110,9 +110,16 @@ is ask($q1), 'MISS', 'q1 stored';
 is ask($q2), 'MISS', 'q2 stored';
 is ask($q1), 'HIT', 'q1 from the zone';
 
-# stopped and started: the entries are back
+# stopped and started: the entries are back; the file, of the users'
+# questions and answers, is the master's user's only, even written over
+# a temporary file a crash left readable by all
+open my $stale, '>', "$snap.tmp" or die "$snap.tmp: $!";
+close $stale;
+chmod 0644, "$snap.tmp";
 $c->stop($a);
 ok -s $snap, 'the snapshot written at the stop';
+is sprintf('%o', (stat $snap)[2] & 0777), '600',
+   'readable by the master\'s user only';
 $c->start($a);
 like $c->error_log($a), qr/smartflow cache: 2 entries of zone "metacache" read from/,
      'read at the start';
