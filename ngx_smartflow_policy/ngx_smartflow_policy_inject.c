@@ -54,6 +54,51 @@ typedef struct {
 #define NGX_SF_INJ_OVERLAP  256
 
 
+/*
+ * Cyrillic and Greek letters for the patterns, which are not in UTF mode
+ * ("(?i)" folds ASCII letters only): each as its lower-case and capital
+ * UTF-8 bytes, a Greek vowel accented (tonos) or not; the Greek sigma
+ * final or not, and alpha without its accent too
+ */
+#define NGX_SF_RU_A     "\\xd0[\\xb0\\x90]"
+#define NGX_SF_RU_V     "\\xd0[\\xb2\\x92]"
+#define NGX_SF_RU_G     "\\xd0[\\xb3\\x93]"
+#define NGX_SF_RU_D     "\\xd0[\\xb4\\x94]"
+#define NGX_SF_RU_E     "\\xd0[\\xb5\\x95]"
+#define NGX_SF_RU_Z     "\\xd0[\\xb7\\x97]"
+#define NGX_SF_RU_I     "\\xd0[\\xb8\\x98]"
+#define NGX_SF_RU_K     "\\xd0[\\xba\\x9a]"
+#define NGX_SF_RU_L     "\\xd0[\\xbb\\x9b]"
+#define NGX_SF_RU_M     "\\xd0[\\xbc\\x9c]"
+#define NGX_SF_RU_N     "\\xd0[\\xbd\\x9d]"
+#define NGX_SF_RU_O     "\\xd0[\\xbe\\x9e]"
+#define NGX_SF_RU_P     "\\xd0[\\xbf\\x9f]"
+#define NGX_SF_RU_R     "(?:\\xd1\\x80|\\xd0\\xa0)"
+#define NGX_SF_RU_S     "(?:\\xd1\\x81|\\xd0\\xa1)"
+#define NGX_SF_RU_T     "(?:\\xd1\\x82|\\xd0\\xa2)"
+#define NGX_SF_RU_U     "(?:\\xd1\\x83|\\xd0\\xa3)"
+#define NGX_SF_RU_TS    "(?:\\xd1\\x86|\\xd0\\xa6)"
+#define NGX_SF_RU_CH    "(?:\\xd1\\x87|\\xd0\\xa7)"
+
+#define NGX_SF_EL_ALPHA "\\xce[\\xb1\\x91]"
+#define NGX_SF_EL_A     "\\xce[\\xb1\\xac\\x91\\x86]"
+#define NGX_SF_EL_G     "\\xce[\\xb3\\x93]"
+#define NGX_SF_EL_D     "\\xce[\\xb4\\x94]"
+#define NGX_SF_EL_E     "\\xce[\\xb5\\xad\\x95\\x88]"
+#define NGX_SF_EL_H     "\\xce[\\xb7\\xae\\x97\\x89]"
+#define NGX_SF_EL_I     "\\xce[\\xb9\\xaf\\x99\\x8a]"
+#define NGX_SF_EL_K     "\\xce[\\xba\\x9a]"
+#define NGX_SF_EL_L     "\\xce[\\xbb\\x9b]"
+#define NGX_SF_EL_M     "\\xce[\\xbc\\x9c]"
+#define NGX_SF_EL_N     "\\xce[\\xbd\\x9d]"
+#define NGX_SF_EL_O     "(?:\\xce[\\xbf\\x9f\\x8c]|\\xcf\\x8c)"
+#define NGX_SF_EL_P     "(?:\\xcf\\x80|\\xce\\xa0)"
+#define NGX_SF_EL_R     "(?:\\xcf\\x81|\\xce\\xa1)"
+#define NGX_SF_EL_S     "(?:\\xcf[\\x82\\x83]|\\xce\\xa3)"
+#define NGX_SF_EL_T     "(?:\\xcf\\x84|\\xce\\xa4)"
+#define NGX_SF_EL_W     "(?:\\xcf[\\x89\\x8e]|\\xce[\\xa9\\x8f])"
+
+
 extern pcre2_match_data  *ngx_smartflow_policy_md;
 
 
@@ -93,35 +138,42 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "vergiss)\\b[^.!?\\n]{0,40}?(?:instruc|anweisung|istruzion|"
       "consign|richtlinien|regeln|r\\xc3\\xa8gles|reglas|regras)|"
       /*
-       * ru "ignore" (and "proignore"), then a word starting with
-       * instructions, directions, rules, prompt, directives, restrictions
+       * ru "ignore" (and "proignore"), in any case, then a word starting
+       * with instructions, directions, rules, prompt, directives,
+       * restrictions
        */
-      "(?:\\xd0\\x98|\\xd0\\xb8)"
-      "\\xd0\\xb3\\xd0\\xbd\\xd0\\xbe\\xd1\\x80\\xd0\\xb8\\xd1\\x80"
+      NGX_SF_RU_I NGX_SF_RU_G NGX_SF_RU_N NGX_SF_RU_O NGX_SF_RU_R
+      NGX_SF_RU_I NGX_SF_RU_R
       "[^.!?\\n]{0,100}?(?<![\\x80-\\xbf])(?:instruc|prompt|"
-      "\\xd0\\xb8\\xd0\\xbd\\xd1\\x81\\xd1\\x82\\xd1\\x80\\xd1\\x83"
-      "\\xd0\\xba\\xd1\\x86|"
-      "\\xd1\\x83\\xd0\\xba\\xd0\\xb0\\xd0\\xb7\\xd0\\xb0\\xd0\\xbd\\xd0\\xb8|"
-      "\\xd0\\xbf\\xd1\\x80\\xd0\\xb0\\xd0\\xb2\\xd0\\xb8\\xd0\\xbb\\xd0\\xb0|"
-      "\\xd0\\xbf\\xd1\\x80\\xd0\\xbe\\xd0\\xbc\\xd0\\xbf\\xd1\\x82|"
-      "\\xd0\\xb4\\xd0\\xb8\\xd1\\x80\\xd0\\xb5\\xd0\\xba\\xd1\\x82\\xd0\\xb8"
-      "\\xd0\\xb2|"
-      "\\xd0\\xbe\\xd0\\xb3\\xd1\\x80\\xd0\\xb0\\xd0\\xbd\\xd0\\xb8\\xd1\\x87"
-      "\\xd0\\xb5\\xd0\\xbd\\xd0\\xb8)|"
+      NGX_SF_RU_I NGX_SF_RU_N NGX_SF_RU_S NGX_SF_RU_T NGX_SF_RU_R
+      NGX_SF_RU_U NGX_SF_RU_K NGX_SF_RU_TS "|"
+      NGX_SF_RU_U NGX_SF_RU_K NGX_SF_RU_A NGX_SF_RU_Z NGX_SF_RU_A
+      NGX_SF_RU_N NGX_SF_RU_I "|"
+      NGX_SF_RU_P NGX_SF_RU_R NGX_SF_RU_A NGX_SF_RU_V NGX_SF_RU_I
+      NGX_SF_RU_L NGX_SF_RU_A "|"
+      NGX_SF_RU_P NGX_SF_RU_R NGX_SF_RU_O NGX_SF_RU_M NGX_SF_RU_P
+      NGX_SF_RU_T "|"
+      NGX_SF_RU_D NGX_SF_RU_I NGX_SF_RU_R NGX_SF_RU_E NGX_SF_RU_K
+      NGX_SF_RU_T NGX_SF_RU_I NGX_SF_RU_V "|"
+      NGX_SF_RU_O NGX_SF_RU_G NGX_SF_RU_R NGX_SF_RU_A NGX_SF_RU_N
+      NGX_SF_RU_I NGX_SF_RU_CH NGX_SF_RU_E NGX_SF_RU_N NGX_SF_RU_I ")|"
       /*
-       * el "ignore", accented or not, then instructions, rules (plural),
-       * commands (plural), prompt, restrictions
+       * el "ignore" (not "agnoia", ignorance), in any case, accented or
+       * not, then instructions, rules (plural), commands (plural),
+       * prompt, restrictions
        */
-      "(?:\\xce\\x91|\\xce\\xb1)\\xce\\xb3\\xce\\xbd(?:\\xce\\xbf|\\xcf\\x8c)"
+      NGX_SF_EL_ALPHA NGX_SF_EL_G NGX_SF_EL_N NGX_SF_EL_O
+      "(?!" NGX_SF_EL_I ")"
       "[^.!?\\n]{0,100}?(?<![\\x80-\\xbf])(?:instruc|prompt|"
-      "\\xce\\xbf\\xce\\xb4\\xce\\xb7\\xce\\xb3(?:\\xce\\xaf|\\xce\\xb9)|"
-      "\\xce\\xba\\xce\\xb1\\xce\\xbd\\xcf\\x8c\\xce\\xbd"
-      "(?:\\xce\\xb5\\xcf\\x82|\\xcf\\x89\\xce\\xbd)|"
-      "\\xce\\xb5\\xce\\xbd\\xcf\\x84\\xce\\xbf\\xce\\xbb"
-      "(?:\\xce\\xad\\xcf\\x82|\\xcf\\x8e\\xce\\xbd)|"
-      "\\xcf\\x80\\xcf\\x81\\xce\\xbf\\xcf\\x84\\xcf\\x81\\xce\\xbf\\xcf\\x80|"
-      "\\xcf\\x80\\xce\\xb5\\xcf\\x81\\xce\\xb9\\xce\\xbf\\xcf\\x81\\xce\\xb9"
-      "\\xcf\\x83\\xce\\xbc)|"
+      NGX_SF_EL_O NGX_SF_EL_D NGX_SF_EL_H NGX_SF_EL_G NGX_SF_EL_I "|"
+      NGX_SF_EL_K NGX_SF_EL_A NGX_SF_EL_N NGX_SF_EL_O NGX_SF_EL_N
+      "(?:" NGX_SF_EL_E NGX_SF_EL_S "|" NGX_SF_EL_W NGX_SF_EL_N ")|"
+      NGX_SF_EL_E NGX_SF_EL_N NGX_SF_EL_T NGX_SF_EL_O NGX_SF_EL_L
+      "(?:" NGX_SF_EL_E NGX_SF_EL_S "|" NGX_SF_EL_W NGX_SF_EL_N ")|"
+      NGX_SF_EL_P NGX_SF_EL_R NGX_SF_EL_O NGX_SF_EL_T NGX_SF_EL_R
+      NGX_SF_EL_O NGX_SF_EL_P "|"
+      NGX_SF_EL_P NGX_SF_EL_E NGX_SF_EL_R NGX_SF_EL_I NGX_SF_EL_O
+      NGX_SF_EL_R NGX_SF_EL_I NGX_SF_EL_S NGX_SF_EL_M ")|"
       /* zh "ignore" (U+5FFD U+7565) with the instructions, rules ... */
       "\\xe5\\xbf\\xbd\\xe7\\x95\\xa5.{0,45}?"
       "(?:\\xe6\\x8c\\x87\\xe7\\xa4\\xba|"
