@@ -61,6 +61,7 @@ typedef struct {
  * final or not, and alpha without its accent too
  */
 #define NGX_SF_RU_A     "\\xd0[\\xb0\\x90]"
+#define NGX_SF_RU_B     "\\xd0[\\xb1\\x91]"
 #define NGX_SF_RU_V     "\\xd0[\\xb2\\x92]"
 #define NGX_SF_RU_G     "\\xd0[\\xb3\\x93]"
 #define NGX_SF_RU_D     "\\xd0[\\xb4\\x94]"
@@ -79,6 +80,7 @@ typedef struct {
 #define NGX_SF_RU_U     "(?:\\xd1\\x83|\\xd0\\xa3)"
 #define NGX_SF_RU_TS    "(?:\\xd1\\x86|\\xd0\\xa6)"
 #define NGX_SF_RU_CH    "(?:\\xd1\\x87|\\xd0\\xa7)"
+#define NGX_SF_RU_SOFT  "(?:\\xd1\\x8c|\\xd0\\xac)"
 
 #define NGX_SF_EL_ALPHA "\\xce[\\xb1\\x91]"
 #define NGX_SF_EL_A     "\\xce[\\xb1\\xac\\x91\\x86]"
@@ -91,11 +93,13 @@ typedef struct {
 #define NGX_SF_EL_L     "\\xce[\\xbb\\x9b]"
 #define NGX_SF_EL_M     "\\xce[\\xbc\\x9c]"
 #define NGX_SF_EL_N     "\\xce[\\xbd\\x9d]"
+#define NGX_SF_EL_X     "\\xce[\\xbe\\x9e]"
 #define NGX_SF_EL_O     "(?:\\xce[\\xbf\\x9f\\x8c]|\\xcf\\x8c)"
 #define NGX_SF_EL_P     "(?:\\xcf\\x80|\\xce\\xa0)"
 #define NGX_SF_EL_R     "(?:\\xcf\\x81|\\xce\\xa1)"
 #define NGX_SF_EL_S     "(?:\\xcf[\\x82\\x83]|\\xce\\xa3)"
 #define NGX_SF_EL_T     "(?:\\xcf\\x84|\\xce\\xa4)"
+#define NGX_SF_EL_CH    "(?:\\xcf\\x87|\\xce\\xa7)"
 #define NGX_SF_EL_W     "(?:\\xcf[\\x89\\x8e]|\\xce[\\xa9\\x8f])"
 
 
@@ -138,12 +142,16 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "vergiss)\\b[^.!?\\n]{0,40}?(?:instruc|anweisung|istruzion|"
       "consign|richtlinien|regeln|r\\xc3\\xa8gles|reglas|regras)|"
       /*
-       * ru "ignore" (and "proignore"), in any case, then a word starting
-       * with instructions, directions, rules, prompt, directives,
-       * restrictions
+       * ru "ignore" (and "proignore"), or "forget" in the imperative,
+       * "zabud'" or "zabud'te", but not after "ne" (do not forget: a
+       * reminder), in any case, then a word starting with instructions,
+       * directions, rules, prompt, directives, restrictions
        */
-      NGX_SF_RU_I NGX_SF_RU_G NGX_SF_RU_N NGX_SF_RU_O NGX_SF_RU_R
-      NGX_SF_RU_I NGX_SF_RU_R
+      "(?:" NGX_SF_RU_I NGX_SF_RU_G NGX_SF_RU_N NGX_SF_RU_O NGX_SF_RU_R
+      NGX_SF_RU_I NGX_SF_RU_R "|"
+      "(?<!\\xd0[\\xbd\\x9d]\\xd0[\\xb5\\x95] )"
+      NGX_SF_RU_Z NGX_SF_RU_A NGX_SF_RU_B NGX_SF_RU_U NGX_SF_RU_D
+      NGX_SF_RU_SOFT "(?:" NGX_SF_RU_T NGX_SF_RU_E ")?(?![\\xd0\\xd1]))"
       "[^.!?\\n]{0,100}?(?<![\\x80-\\xbf])(?:instruc|prompt|"
       NGX_SF_RU_I NGX_SF_RU_N NGX_SF_RU_S NGX_SF_RU_T NGX_SF_RU_R
       NGX_SF_RU_U NGX_SF_RU_K NGX_SF_RU_TS "|"
@@ -158,12 +166,17 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       NGX_SF_RU_O NGX_SF_RU_G NGX_SF_RU_R NGX_SF_RU_A NGX_SF_RU_N
       NGX_SF_RU_I NGX_SF_RU_CH NGX_SF_RU_E NGX_SF_RU_N NGX_SF_RU_I ")|"
       /*
-       * el "ignore" (not "agnoia", ignorance), in any case, accented or
+       * el "ignore" (not "agnoia", ignorance), or "forget" in the
+       * imperative, "xechase", "xechaste" or "xechna" as a whole word
+       * (not "min xechaseis", do not forget), in any case, accented or
        * not, then instructions, rules (plural), commands (plural),
        * prompt, restrictions
        */
-      NGX_SF_EL_ALPHA NGX_SF_EL_G NGX_SF_EL_N NGX_SF_EL_O
-      "(?!" NGX_SF_EL_I ")"
+      "(?:" NGX_SF_EL_ALPHA NGX_SF_EL_G NGX_SF_EL_N NGX_SF_EL_O
+      "(?!" NGX_SF_EL_I ")|"
+      NGX_SF_EL_X NGX_SF_EL_E NGX_SF_EL_CH "(?:" NGX_SF_EL_A NGX_SF_EL_S
+      "(?:" NGX_SF_EL_T ")?" NGX_SF_EL_E "|" NGX_SF_EL_N NGX_SF_EL_A ")"
+      "(?![\\xce\\xcf]))"
       "[^.!?\\n]{0,100}?(?<![\\x80-\\xbf])(?:instruc|prompt|"
       NGX_SF_EL_O NGX_SF_EL_D NGX_SF_EL_H NGX_SF_EL_G NGX_SF_EL_I "|"
       NGX_SF_EL_K NGX_SF_EL_A NGX_SF_EL_N NGX_SF_EL_O NGX_SF_EL_N
