@@ -6,8 +6,9 @@
  * and scored again: Unicode tag characters, zero-width characters inside
  * words, Cyrillic and Greek look-alikes inside Latin words, base64 and
  * hex runs, rot13, and Morse code.  Words spelled out a letter at a time
- * ("i g n o r e", "i.g.n.o.r.e") and leetspeak ("1gn0r3") are read as
- * the words they spell and scored as those would be.
+ * ("i g n o r e", "i.g.n.o.r.e", "I. G. N. O. R. E") and leetspeak
+ * ("1gn0r3") are read as the words they spell and scored as those would
+ * be.
  */
 
 #include "ngx_smartflow_policy.h"
@@ -744,8 +745,10 @@ ngx_smartflow_gates_open_bytes(u_char *p, size_t len,
                 }
             }
 
+            /* three one-letter words 2, 3 or 4 bytes apart each */
             if (i - ws == 1) {
-                spaced |= (ws == s1 + 2 && s1 == s2 + 2);
+                spaced |= (ws - s1 == s1 - s2 && ws - s1 >= 2
+                           && ws - s1 <= 4);
                 s2 = s1;
                 s1 = ws;
             }
@@ -911,6 +914,31 @@ ngx_smartflow_gates_lb(__m128i x, ngx_smartflow_chunks_t *st)
 
 
 /*
+ * Three one-letter words of the chunk at c (one: their bits), 2, 3 or 4
+ * bytes apart with the same bytes between them, hint at letters spelled
+ * out; the bytes up to the third one are the chunk's
+ */
+static void
+ngx_smartflow_spelled_hint(u_char *c, uint64_t one,
+    ngx_smartflow_chunks_t *st)
+{
+    size_t    s, d;
+    uint64_t  t;
+
+    for (d = 2; d <= 4; d++) {
+        for (t = one & (one >> d) & (one >> 2 * d); t; t &= t - 1) {
+            s = (size_t) __builtin_ctzll(t);
+
+            if (ngx_memcmp(c + s + 1, c + s + d + 1, d - 1) == 0) {
+                st->spaced = 1;
+                return;
+            }
+        }
+    }
+}
+
+
+/*
  * The chunk at q + i of a text of len bytes: the 3 bytes after the chunk
  * may be read, and the 16 before it, which are the text's, when before
  * is set; q[len] on reads as bytes in no class.
@@ -922,7 +950,7 @@ ngx_smartflow_gates_chunk(u_char *q, size_t i, size_t len,
     size_t      s;
     u_char     *d;
     uint32_t    w, h;
-    uint64_t    lm, sm, cand, bm, mm, b, m, t, starts, lp, sep;
+    uint64_t    lm, sm, cand, bm, mm, b, m, t, starts, lp, sep, one;
     __m128i     x0, x1, x2, x3, ab;
     ngx_uint_t  node;
 
@@ -1027,24 +1055,26 @@ ngx_smartflow_gates_chunk(u_char *q, size_t i, size_t len,
     st->prev = lm >> 63;
 
     /*
+     * the one-letter words (the last byte's next one taken as no
+     * letter): three of them in the chunk, 2, 3 or 4 bytes apart with
+     * the same bytes between them, hint at letters spelled out (three
+     * across two chunks are not seen: the reading itself looks for six
+     * letters, which always leave three in one chunk); prose has fewer
+     * than three in most chunks
+     */
+    one = starts & ~(lm >> 1);
+    t = one & (one - 1);
+
+    if (t & (t - 1)) {
+        ngx_smartflow_spelled_hint(q + i, one, st);
+    }
+
+    /*
      * the bytes that are no letter between two letters (the last byte's
-     * next one taken as a letter): three of them two bytes apart, all
-     * the same, hint at letters spelled out (three across two chunks are
-     * not seen: the reading itself looks for six letters, whose five
-     * such bytes always leave three in one chunk); one that is not a
-     * space is looked at: a digit there, beside a letter past "f" (not
-     * hex), is leetspeak
+     * next one taken as a letter) that are not a space: a digit there,
+     * beside a letter past "f" (not hex), is leetspeak
      */
     sep = ~lm & lp & ((lm >> 1) | (uint64_t) 1 << 63);
-
-    for (t = sep & (sep >> 2) & (sep >> 4); t; t &= t - 1) {
-        s = i + (size_t) __builtin_ctzll(t);
-
-        if (q[s] == q[s + 2] && q[s] == q[s + 4]) {
-            st->spaced = 1;
-            break;
-        }
-    }
 
     for (m = sep & ~sm; m; m &= m - 1) {
         d = q + i + __builtin_ctzll(m);     /* d[-1] is a letter */
@@ -1145,6 +1175,7 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
 static ngx_int_t ngx_smartflow_gate_init(const char *g, uint64_t bit);
 static size_t ngx_smartflow_run_word(u_char *out, size_t from, size_t to,
     ngx_uint_t after, u_char *runs, size_t r);
+static size_t ngx_smartflow_sep_len(u_char *p, size_t i, size_t len);
 static void ngx_smartflow_morse_init(void);
 
 
@@ -1825,15 +1856,16 @@ ngx_smartflow_unleet(u_char *p, size_t len, u_char *out, u_char one)
 
 
 /*
- * Letters spelled out a byte apart, "I g n o r e  a l l" or
- * "i.g.n.o.r.e a.l.l": each such word of two letters or more (one-letter
- * words with one and the same byte between them, a space or a sign, not
- * a digit nor a line break; a separator after the last one goes with
- * it) is written as its letters, and the spaces after it as one.  The
- * rest is copied.  out may be p: it is never longer.  Tells in *found
- * whether a word of six letters or more was spelled out: only such a
- * word is sure to be hinted at by the gates' pass, wherever the chunks
- * fall.
+ * Letters spelled out one to three bytes apart, "I g n o r e  a l l",
+ * "i.g.n.o.r.e a.l.l", "I. G. N. O. R. E." or "i - g - n - o - r - e":
+ * each such word of two letters or more (one-letter words with one and
+ * the same separator between them, of spaces and signs, no letter,
+ * digit nor line break; a separator after the last one goes with it, and
+ * is a gap if it has a space) is written as its letters, and the gap
+ * after it as one space.  The rest is copied.  out may be p: it is
+ * never longer.  Tells in *found whether a word of six letters or more
+ * was spelled out: only such a word is sure to be hinted at by the
+ * gates' pass, wherever the chunks fall.
  *
  * The runs of spelled-out words are written to runs too, a "." apart:
  * each is the word of letters right before it (if a space or more
@@ -1846,8 +1878,8 @@ static size_t
 ngx_smartflow_unspace(u_char *p, size_t len, u_char *out, u_char *runs,
     size_t *rn, ngx_uint_t *found)
 {
-    size_t  i, n, w, r, joint, end;
-    u_char  c, sep, prev;
+    size_t   i, n, w, r, joint, end, sl;
+    u_char   c, prev, sep[3];
 
     n = 0;
     r = 0;
@@ -1858,28 +1890,27 @@ ngx_smartflow_unspace(u_char *p, size_t len, u_char *out, u_char *runs,
     for (i = 0; i < len; /* void */) {
         c = p[i];
 
-        if (!ngx_sf_is_alpha(c) || ngx_sf_is_alpha(prev) || i + 2 >= len
-            || ngx_sf_is_alpha(p[i + 1]) || !ngx_sf_is_alpha(p[i + 2])
-            || (i + 3 < len && ngx_sf_is_alpha(p[i + 3]))
-            || (p[i + 1] >= '0' && p[i + 1] <= '9')
-            || p[i + 1] == '\n' || p[i + 1] == '\r')
-        {
+        sl = (ngx_sf_is_alpha(c) && !ngx_sf_is_alpha(prev))
+             ? ngx_smartflow_sep_len(p, i + 1, len) : 0;
+
+        if (sl == 0) {
             prev = c;
             out[n++] = c;
             i++;
             continue;
         }
 
-        sep = p[i + 1];
+        ngx_memcpy(sep, p + i + 1, sl);     /* out may be p */
         w = n;
 
         for ( ;; ) {
             out[n++] = p[i++];
 
-            if (i + 1 < len && p[i] == sep && ngx_sf_is_alpha(p[i + 1])
-                && (i + 2 == len || !ngx_sf_is_alpha(p[i + 2])))
+            if (i + sl < len && ngx_memcmp(p + i, sep, sl) == 0
+                && ngx_sf_is_alpha(p[i + sl])
+                && (i + sl + 1 == len || !ngx_sf_is_alpha(p[i + sl + 1])))
             {
-                i++;
+                i += sl;
                 continue;
             }
 
@@ -1910,14 +1941,21 @@ ngx_smartflow_unspace(u_char *p, size_t len, u_char *out, u_char *runs,
         end = n;
         joint = (size_t) -1;
 
-        /* "i.g.n.o.r.e." */
-        if (sep != ' ' && i < len && p[i] == sep) {
-            i++;
+        /* "i.g.n.o.r.e." and "I. G. N. O. R. E. all" */
+        if (i + sl <= len && ngx_memcmp(p + i, sep, sl) == 0) {
+            i += sl;
+
+            if (memchr(sep, ' ', sl) != NULL) {
+                out[n++] = ' ';
+                joint = n;
+            }
         }
 
         if (i < len && p[i] == ' ') {
-            out[n++] = ' ';
-            joint = n;
+            if (joint != n) {
+                out[n++] = ' ';
+                joint = n;
+            }
 
             while (i < len && p[i] == ' ') {
                 i++;
@@ -1935,6 +1973,39 @@ ngx_smartflow_unspace(u_char *p, size_t len, u_char *out, u_char *runs,
     *rn = r;
 
     return n;
+}
+
+
+/*
+ * The separator at p[i] after a letter that is a word of its own, if
+ * another such letter follows it: 1 to 3 bytes, no letter, digit nor
+ * line break; 0 if none
+ */
+static size_t
+ngx_smartflow_sep_len(u_char *p, size_t i, size_t len)
+{
+    size_t  k;
+    u_char  c;
+
+    for (k = 0; k < 3 && i + k < len; k++) {
+        c = p[i + k];
+
+        if (ngx_sf_is_alpha(c)) {
+            break;
+        }
+
+        if ((c >= '0' && c <= '9') || c == '\n' || c == '\r') {
+            return 0;
+        }
+    }
+
+    if (k == 0 || i + k >= len || !ngx_sf_is_alpha(p[i + k])
+        || (i + k + 1 < len && ngx_sf_is_alpha(p[i + k + 1])))
+    {
+        return 0;
+    }
+
+    return k;
 }
 
 
