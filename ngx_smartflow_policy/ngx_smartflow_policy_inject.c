@@ -104,6 +104,17 @@ typedef struct {
 #define NGX_SF_EL_W     "(?:\\xcf[\\x89\\x8e]|\\xce[\\xa9\\x8f])"
 
 
+/*
+ * What an instruction override drops, in one word; a programmer's verb
+ * (bypass, override, drop, skip, discard) right before it, with no word
+ * between ("override commands later", "skip rules for now"), is a
+ * name for a piece of work, not an override
+ */
+#define NGX_SF_DROPPED                                                       \
+    "(?:instructions?|directives?|directions?|prompts?|rules|guidelines|"    \
+    "messages|programming|restrictions|guidance|orders|commands|context)"
+
+
 extern pcre2_match_data  *ngx_smartflow_policy_md;
 
 
@@ -113,11 +124,9 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
     { "override", 60, 1,
       "instruc directi prompt rules guideli program restric guidanc orders "
       "command context told said message input everyt",
-      "(?i)\\b(?:ignore|disregard|forget|bypass|override|neglect|"
-      "overlook|abandon|discard|drop|skip)\\b[^.!?\\n]{0,60}?\\b(?:"
-      "instructions?|directives?|directions?|prompts?|rules|guidelines|"
-      "messages|programming|"
-      "restrictions|guidance|orders|commands|context|"
+      "(?i)\\b(?:ignore|disregard|forget|neglect|overlook|abandon|"
+      "(?:bypass|override|discard|drop|skip)(?!\\s+" NGX_SF_DROPPED "\\b))"
+      "\\b[^.!?\\n]{0,60}?\\b(?:" NGX_SF_DROPPED "|"
       "(?:prior|previous|above|earlier|preceding) (?:user )?inputs?|"
       "everything (?:from |said |written )?(?:before|above|so far|"
       "previously)|"
