@@ -114,6 +114,13 @@ typedef struct {
     "(?:instructions?|directives?|directions?|prompts?|rules|guidelines|"    \
     "messages|programming|restrictions|guidance|orders|commands|context)"
 
+/*
+ * Not right after a word that dates them: "the older instructions in RFC
+ * 2616" are a document's, replaced by newer ones
+ */
+#define NGX_SF_NOT_OUTDATED                                                  \
+    "(?<!older |outdated |obsolete |deprecated |superseded |legacy )"
+
 
 extern pcre2_match_data  *ngx_smartflow_policy_md;
 
@@ -126,7 +133,7 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "command context told said message input everyt",
       "(?i)\\b(?:ignore|disregard|forget|neglect|overlook|abandon|"
       "(?:bypass|override|discard|drop|skip)(?!\\s+" NGX_SF_DROPPED "\\b))"
-      "\\b[^.!?\\n]{0,60}?\\b(?:" NGX_SF_DROPPED "|"
+      "\\b[^.!?\\n]{0,60}?" NGX_SF_NOT_OUTDATED "\\b(?:" NGX_SF_DROPPED "|"
       "(?:prior|previous|above|earlier|preceding) (?:user )?inputs?|"
       "everything (?:from |said |written )?(?:before|above|so far|"
       "previously)|"
@@ -149,7 +156,8 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
     { "override", 60, 1,
       "ignor olvida oublie vergiss ~",
       "(?i)\\b(?:ignor(?:ez|a|ar|e|iere|ieren|ate)|olvida|oublie[zr]?|"
-      "vergiss)\\b[^.!?\\n]{0,40}?(?:instruc|anweisung|istruzion|"
+      "vergiss)\\b[^.!?\\n]{0,40}?" NGX_SF_NOT_OUTDATED
+      "(?:instruc|anweisung|istruzion|"
       "consign|richtlinien|regeln|r\\xc3\\xa8gles|reglas|regras)|"
       /*
        * ru "ignore" (and "proignore"), or "forget" in the imperative,
