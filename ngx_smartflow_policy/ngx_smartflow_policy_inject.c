@@ -121,6 +121,17 @@ typedef struct {
 #define NGX_SF_NOT_OUTDATED                                                  \
     "(?<!older |outdated |obsolete |deprecated |superseded |legacy )"
 
+/*
+ * Nor right after someone's possessive ("your teacher's rules", "the
+ * game's rules") unless it names the model, its makers or those it
+ * answers to ("OpenAI's rules", "the system's instructions")
+ */
+#define NGX_SF_WHOSE                                                         \
+    "(?:\\b(?:ai|gpt|chatgpt|openai|anthropic|claude|model|assistant|bot|"    \
+    "system|developers?|creators?|users?|operators?|admins?)"               \
+    "(?:'|\\xe2\\x80\\x99)s? |"                                              \
+    "(?<!'s |s' |\\xe2\\x80\\x99s |s\\xe2\\x80\\x99 ))"
+
 
 extern pcre2_match_data  *ngx_smartflow_policy_md;
 
@@ -133,7 +144,8 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       "command context told said message input everyt",
       "(?i)\\b(?:ignore|disregard|forget|neglect|overlook|abandon|"
       "(?:bypass|override|discard|drop|skip)(?!\\s+" NGX_SF_DROPPED "\\b))"
-      "\\b[^.!?\\n]{0,60}?" NGX_SF_NOT_OUTDATED "\\b(?:" NGX_SF_DROPPED "|"
+      "\\b[^.!?\\n]{0,60}?" NGX_SF_WHOSE NGX_SF_NOT_OUTDATED
+      "\\b(?:" NGX_SF_DROPPED "|"
       "(?:prior|previous|above|earlier|preceding) (?:user )?inputs?|"
       "everything (?:from |said |written )?(?:before|above|so far|"
       "previously)|"
@@ -156,7 +168,7 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
     { "override", 60, 1,
       "ignor olvida oublie vergiss ~",
       "(?i)\\b(?:ignor(?:ez|a|ar|e|iere|ieren|ate)|olvida|oublie[zr]?|"
-      "vergiss)\\b[^.!?\\n]{0,40}?" NGX_SF_NOT_OUTDATED
+      "vergiss)\\b[^.!?\\n]{0,40}?" NGX_SF_WHOSE NGX_SF_NOT_OUTDATED
       "(?:instruc|anweisung|istruzion|"
       "consign|richtlinien|regeln|r\\xc3\\xa8gles|reglas|regras)|"
       /*
