@@ -51,6 +51,12 @@ typedef struct {
     (((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z'))
 
 
+/* the separator sep of sl bytes (1 to 3) at p */
+#define ngx_sf_sep_at(p, sep, sl)                                            \
+    ((p)[0] == (sep)[0] && ((sl) < 2 || (p)[1] == (sep)[1])                  \
+     && ((sl) < 3 || (p)[2] == (sep)[2]))
+
+
 #define NGX_SF_INJ_WINDOW   16384
 #define NGX_SF_INJ_OVERLAP  256
 
@@ -179,8 +185,8 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
        */
       "(?:" NGX_SF_RU_I NGX_SF_RU_G NGX_SF_RU_N NGX_SF_RU_O NGX_SF_RU_R
       NGX_SF_RU_I NGX_SF_RU_R "|"
-      "(?<!\\xd0[\\xbd\\x9d]\\xd0[\\xb5\\x95] )"
-      NGX_SF_RU_Z NGX_SF_RU_A NGX_SF_RU_B NGX_SF_RU_U NGX_SF_RU_D
+      NGX_SF_RU_Z "(?<!\\xd0[\\xbd\\x9d]\\xd0[\\xb5\\x95] ..)"
+      NGX_SF_RU_A NGX_SF_RU_B NGX_SF_RU_U NGX_SF_RU_D
       NGX_SF_RU_SOFT "(?:" NGX_SF_RU_T NGX_SF_RU_E ")?(?![\\xd0\\xd1]))"
       "[^.!?\\n]{0,100}?(?<![\\x80-\\xbf])(?:instruc|prompt|"
       NGX_SF_RU_I NGX_SF_RU_N NGX_SF_RU_S NGX_SF_RU_T NGX_SF_RU_R
@@ -1929,13 +1935,16 @@ ngx_smartflow_unspace(u_char *p, size_t len, u_char *out, u_char *runs,
             continue;
         }
 
-        ngx_memcpy(sep, p + i + 1, sl);     /* out may be p */
+        /* out may be p: the separator is kept apart */
+        sep[0] = p[i + 1];
+        sep[1] = (sl > 1) ? p[i + 2] : 0;
+        sep[2] = (sl > 2) ? p[i + 3] : 0;
         w = n;
 
         for ( ;; ) {
             out[n++] = p[i++];
 
-            if (i + sl < len && ngx_memcmp(p + i, sep, sl) == 0
+            if (i + sl < len && ngx_sf_sep_at(p + i, sep, sl)
                 && ngx_sf_is_alpha(p[i + sl])
                 && (i + sl + 1 == len || !ngx_sf_is_alpha(p[i + sl + 1])))
             {
@@ -1971,7 +1980,7 @@ ngx_smartflow_unspace(u_char *p, size_t len, u_char *out, u_char *runs,
         joint = (size_t) -1;
 
         /* "i.g.n.o.r.e." and "I. G. N. O. R. E. all" */
-        if (i + sl <= len && ngx_memcmp(p + i, sep, sl) == 0) {
+        if (i + sl <= len && ngx_sf_sep_at(p + i, sep, sl)) {
             i += sl;
 
             if (memchr(sep, ' ', sl) != NULL) {
