@@ -111,32 +111,83 @@ typedef struct {
 
 
 /*
- * What an instruction override drops, in one word; a programmer's verb
- * (bypass, override, drop, skip, discard) right before it, with no word
- * between ("override commands later", "skip rules for now"), is a
- * name for a piece of work, not an override
+ * What an instruction override drops, in one word
  */
 #define NGX_SF_DROPPED                                                       \
     "(?:instructions?|directives?|directions?|prompts?|rules|guidelines|"    \
     "messages|programming|restrictions|guidance|orders|commands|context)"
 
 /*
- * Not right after a word that dates them: "the older instructions in RFC
- * 2616" are a document's, replaced by newer ones
+ * A programmer's verb (bypass, override, drop, skip, discard) right
+ * before the noun, with no word between, names a piece of work when the
+ * noun is then put in a technical scope ("override commands later",
+ * "skip rules for generated files", "drop rules on port 22"), not in the
+ * chat ("skip rules for this answer", "bypass restrictions on your
+ * replies"), or when the verb opens a code comment ("// skip rules for
+ * now", "TODO: override commands"); "skip rules and answer" is an
+ * override
  */
-#define NGX_SF_NOT_OUTDATED                                                  \
-    "(?<!older |outdated |obsolete |deprecated |superseded |legacy )"
+#define NGX_SF_WORK_VERB  "(?:bypass|override|discard|drop|skip)"
+
+#define NGX_SF_IN_CHAT                                                       \
+    "(?:me|us|you|your|yours|my|our|i|now|this|these|that|those|the|an?|"    \
+    "all|every|any|each|today|here|no|good|once|content|chat|conversation|" \
+    "session|answer|answers|answering|respon\\w*|repl\\w*|output|model|ai)\\b"
+
+#define NGX_SF_WORK_SCOPE                                                    \
+    "\\s+(?:(?:later|matching|defined|older|newer)\\b|"                      \
+    "(?:for|in|on|at|from|per|of|with|via|by)\\s+(?!" NGX_SF_IN_CHAT ")"     \
+    "[\\w\"'`(./-])"
+
+#define NGX_SF_WORK_VERB_COUNTS                                              \
+    "(?<!// |/\\* |TODO: |TODO |FIXME: |XXX: )" NGX_SF_WORK_VERB            \
+    "(?!\\s+" NGX_SF_DROPPED "\\b" NGX_SF_WORK_SCOPE ")|"                    \
+    NGX_SF_WORK_VERB "(?!\\s+" NGX_SF_DROPPED "\\b)"
+
+/*
+ * Not right after a word that dates them when a document's version
+ * follows: "the older instructions in RFC 2616", "the outdated
+ * guidelines on the wiki" are a document's, replaced by newer ones;
+ * "ignore all older instructions" or "disregard the outdated rules
+ * above" are an override
+ */
+#define NGX_SF_DOC_REF                                                       \
+    "\\s+(?:in|on|of|from)\\s+(?:(?:the|this|that|our|its|an?)\\s+)?"        \
+    "(?:[\\w/.-]+\\s+)?(?:rfc|version|v\\d|release|section|chapter|specs?|"  \
+    "specification|standard|manual|docs?|documentation|wiki|readme|"        \
+    "handbook|guide|changelog|faq|man ?page|draft|edition|textbook|book|"   \
+    "article|paper|tutorial|course)\\b"
+
+#define NGX_SF_NOT_OUTDATED(noun)                                            \
+    "(?:(?<!older |outdated |obsolete |deprecated |superseded |legacy )|"    \
+    "(?!" noun NGX_SF_DOC_REF "))"
 
 /*
  * Nor right after someone's possessive ("your teacher's rules", "the
  * game's rules") unless it names the model, its makers or those it
- * answers to ("OpenAI's rules", "the system's instructions")
+ * answers to ("OpenAI's rules", "your creator's rules", "the system's
+ * instructions")
  */
 #define NGX_SF_WHOSE                                                         \
-    "(?:\\b(?:ai|gpt|chatgpt|openai|anthropic|claude|model|assistant|bot|"    \
-    "system|developers?|creators?|users?|operators?|admins?)"               \
+    "(?:\\b(?:ai|gpt|chatgpt|chatbot|openai|anthropic|claude|gemini|bard|"   \
+    "google|deepmind|meta|llama|microsoft|copilot|bing|sydney|mistral|"     \
+    "grok|xai|deepseek|llm|model|assistant|bot|agent|system|prompt|"        \
+    "conversation|chat|session|self|company|platform|"                      \
+    "(?:developer|creator|maker|programmer|engineer|designer|trainer|"      \
+    "owner|master|operator|admin|administrator|moderator|provider|vendor|"  \
+    "user)s?)"                                                              \
     "(?:'|\\xe2\\x80\\x99)s? |"                                              \
     "(?<!'s |s' |\\xe2\\x80\\x99s |s\\xe2\\x80\\x99 ))"
+
+/*
+ * Not right after a negation: "don't ignore the safety instructions",
+ * "never disregard the rules", "n'ignorez pas les consignes" are
+ * reminders; "why don't you ignore ..." is not one, the verb coming
+ * after "you"
+ */
+#define NGX_SF_NOT_NEGATED                                                   \
+    "(?<!don't |don\\xe2\\x80\\x99t |dont |do not |never |not to |"         \
+    "must not |mustn't |should not |shouldn't |n'|n\\xe2\\x80\\x99)"
 
 
 extern pcre2_match_data  *ngx_smartflow_policy_md;
@@ -148,9 +199,10 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
     { "override", 60, 1,
       "instruc directi prompt rules guideli program restric guidanc orders "
       "command context told said message input everyt",
-      "(?i)\\b(?:ignore|disregard|forget|neglect|overlook|abandon|"
-      "(?:bypass|override|discard|drop|skip)(?!\\s+" NGX_SF_DROPPED "\\b))"
-      "\\b[^.!?\\n]{0,60}?" NGX_SF_WHOSE NGX_SF_NOT_OUTDATED
+      "(?i)\\b" NGX_SF_NOT_NEGATED "(?:ignore|disregard|forget|neglect|"
+      "overlook|abandon|" NGX_SF_WORK_VERB_COUNTS ")"
+      "\\b[^.!?\\n]{0,60}?" NGX_SF_WHOSE
+      NGX_SF_NOT_OUTDATED(NGX_SF_DROPPED "\\b")
       "\\b(?:" NGX_SF_DROPPED "|"
       "(?:prior|previous|above|earlier|preceding) (?:user )?inputs?|"
       "everything (?:from |said |written )?(?:before|above|so far|"
@@ -173,18 +225,22 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
 
     { "override", 60, 1,
       "ignor olvida oublie vergiss ~",
-      "(?i)\\b(?:ignor(?:ez|a|ar|e|iere|ieren|ate)|olvida|oublie[zr]?|"
-      "vergiss)\\b[^.!?\\n]{0,40}?" NGX_SF_WHOSE NGX_SF_NOT_OUTDATED
+      "(?i)\\b" NGX_SF_NOT_NEGATED "(?:ignor(?:ez|a|ar|e|iere|ieren|ate)|"
+      "olvida|oublie[zr]?|vergiss)\\b[^.!?\\n]{0,40}?" NGX_SF_WHOSE
+      NGX_SF_NOT_OUTDATED("instruc[a-z]*")
       "(?:instruc|anweisung|istruzion|"
       "consign|richtlinien|regeln|r\\xc3\\xa8gles|reglas|regras)|"
       /*
        * ru "ignore" (and "proignore"), or "forget" in the imperative,
-       * "zabud'" or "zabud'te", but not after "ne" (do not forget: a
-       * reminder), in any case, then a word starting with instructions,
-       * directions, rules, prompt, directives, restrictions
+       * "zabud'" or "zabud'te", either not after "ne" (do not ignore, do
+       * not forget: a reminder), in any case, then a word starting with
+       * instructions, directions, rules, prompt, directives, restrictions
        */
-      "(?:" NGX_SF_RU_I NGX_SF_RU_G NGX_SF_RU_N NGX_SF_RU_O NGX_SF_RU_R
-      NGX_SF_RU_I NGX_SF_RU_R "|"
+      "(?:" NGX_SF_RU_I "(?<!\\xd0[\\xbd\\x9d]\\xd0[\\xb5\\x95] ..|"
+      "\\xd0[\\xbd\\x9d]\\xd0[\\xb5\\x95] "
+      NGX_SF_RU_P NGX_SF_RU_R NGX_SF_RU_O "..)"
+      NGX_SF_RU_G NGX_SF_RU_N NGX_SF_RU_O NGX_SF_RU_R NGX_SF_RU_I
+      NGX_SF_RU_R "|"
       NGX_SF_RU_Z "(?<!\\xd0[\\xbd\\x9d]\\xd0[\\xb5\\x95] ..)"
       NGX_SF_RU_A NGX_SF_RU_B NGX_SF_RU_U NGX_SF_RU_D
       NGX_SF_RU_SOFT "(?:" NGX_SF_RU_T NGX_SF_RU_E ")?(?![\\xd0\\xd1]))"
@@ -202,13 +258,15 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
       NGX_SF_RU_O NGX_SF_RU_G NGX_SF_RU_R NGX_SF_RU_A NGX_SF_RU_N
       NGX_SF_RU_I NGX_SF_RU_CH NGX_SF_RU_E NGX_SF_RU_N NGX_SF_RU_I ")|"
       /*
-       * el "ignore" (not "agnoia", ignorance), or "forget" in the
-       * imperative, "xechase", "xechaste" or "xechna" as a whole word
-       * (not "min xechaseis", do not forget), in any case, accented or
-       * not, then instructions, rules (plural), commands (plural),
-       * prompt, restrictions
+       * el "ignore" (not "agnoia", ignorance; not after "mi" or "min",
+       * do not ignore), or "forget" in the imperative, "xechase",
+       * "xechaste" or "xechna" as a whole word (not "min xechaseis", do
+       * not forget), in any case, accented or not, then instructions,
+       * rules (plural), commands (plural), prompt, restrictions
        */
-      "(?:" NGX_SF_EL_ALPHA NGX_SF_EL_G NGX_SF_EL_N NGX_SF_EL_O
+      "(?:" NGX_SF_EL_ALPHA "(?<!\\xce[\\xbc\\x9c]\\xce[\\xb7\\x97] ..|"
+      "\\xce[\\xbc\\x9c]\\xce[\\xb7\\x97]\\xce[\\xbd\\x9d] ..)"
+      NGX_SF_EL_G NGX_SF_EL_N NGX_SF_EL_O
       "(?!" NGX_SF_EL_I ")|"
       NGX_SF_EL_X NGX_SF_EL_E NGX_SF_EL_CH "(?:" NGX_SF_EL_A NGX_SF_EL_S
       "(?:" NGX_SF_EL_T ")?" NGX_SF_EL_E "|" NGX_SF_EL_N NGX_SF_EL_A ")"
