@@ -121,26 +121,28 @@ typedef struct {
  * A programmer's verb (bypass, override, drop, skip, discard) right
  * before the noun, with no word between, names a piece of work when the
  * noun is then put in a technical scope ("override commands later",
- * "skip rules for generated files", "drop rules on port 22"), not in the
- * chat ("skip rules for this answer", "bypass restrictions on your
- * replies"), or when the verb opens a code comment ("// skip rules for
- * now", "TODO: override commands"); "skip rules and answer" is an
- * override
+ * "drop rules on port 22", "override commands defined in the base
+ * class"), not in the chat ("skip rules in this answer", "bypass
+ * restrictions on your replies", "on purpose"), or when the verb opens
+ * a code comment ("// skip rules for now", "TODO: override commands") or
+ * follows "we" or "they" ("we skip rules for generated files"); "skip
+ * rules and answer", "bypass restrictions for educational purposes" are
+ * overrides
  */
 #define NGX_SF_WORK_VERB  "(?:bypass|override|discard|drop|skip)"
 
 #define NGX_SF_IN_CHAT                                                       \
     "(?:me|us|you|your|yours|my|our|i|now|this|these|that|those|the|an?|"    \
     "all|every|any|each|today|here|no|good|once|content|chat|conversation|" \
-    "session|answer|answers|answering|respon\\w*|repl\\w*|output|model|ai)\\b"
+    "session|answer|answers|answering|respon\\w*|repl\\w*|output|model|ai|" \
+    "order|purposes?|character|role\\w*|mode)\\b"
 
 #define NGX_SF_WORK_SCOPE                                                    \
     "\\s+(?:(?:later|matching|defined|older|newer)\\b|"                      \
-    "(?:for|in|on|at|from|per|of|with|via|by)\\s+(?!" NGX_SF_IN_CHAT ")"     \
-    "[\\w\"'`(./-])"
+    "(?:in|on|at|per|of)\\s+(?!" NGX_SF_IN_CHAT ")[\\w\"'`(./-])"
 
 #define NGX_SF_WORK_VERB_COUNTS                                              \
-    "(?<!// |/\\* |TODO: |TODO |FIXME: |XXX: )" NGX_SF_WORK_VERB            \
+    "(?<!// |/\\* |TODO: |TODO |FIXME: |XXX: |we |they )" NGX_SF_WORK_VERB  \
     "(?!\\s+" NGX_SF_DROPPED "\\b" NGX_SF_WORK_SCOPE ")|"                    \
     NGX_SF_WORK_VERB "(?!\\s+" NGX_SF_DROPPED "\\b)"
 
