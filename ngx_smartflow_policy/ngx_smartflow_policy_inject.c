@@ -165,21 +165,31 @@ typedef struct {
     "(?!" noun NGX_SF_DOC_REF "))"
 
 /*
- * Nor right after someone's possessive ("your teacher's rules", "the
- * game's rules") unless it names the model, its makers or those it
- * answers to ("OpenAI's rules", "your creator's rules", "the system's
- * instructions")
+ * Nor right after the possessive of someone in the writer's own life or
+ * play ("your teacher's rules", "my parents' instructions", "the game's
+ * rules"). The list is closed: any other possessor ("OpenAI's rules",
+ * "the document's instructions", "the site's rules") leaves the phrase
+ * an override, so a name the list lacks is blocked, not let through
  */
+#define NGX_SF_OTHER(w)                                                      \
+    w "'s |" w "\\xe2\\x80\\x99s |"
+#define NGX_SF_OTHERS(w)                                                     \
+    NGX_SF_OTHER(w) w "s' |" w "s\\xe2\\x80\\x99 |"
+
 #define NGX_SF_WHOSE                                                         \
-    "(?:\\b(?:ai|gpt|chatgpt|chatbot|openai|anthropic|claude|gemini|bard|"   \
-    "google|deepmind|meta|llama|microsoft|copilot|bing|sydney|mistral|"     \
-    "grok|xai|deepseek|llm|model|assistant|bot|agent|system|prompt|"        \
-    "conversation|chat|session|self|company|platform|"                      \
-    "(?:developer|creator|maker|programmer|engineer|designer|trainer|"      \
-    "owner|master|operator|admin|administrator|moderator|provider|vendor|"  \
-    "user)s?)"                                                              \
-    "(?:'|\\xe2\\x80\\x99)s? |"                                              \
-    "(?<!'s |s' |\\xe2\\x80\\x99s |s\\xe2\\x80\\x99 ))"
+    "(?<!" NGX_SF_OTHERS("teacher") NGX_SF_OTHERS("parent")                  \
+    NGX_SF_OTHERS("professor") NGX_SF_OTHERS("coach")                        \
+    NGX_SF_OTHERS("friend") NGX_SF_OTHERS("colleague")                       \
+    NGX_SF_OTHERS("coworker") NGX_SF_OTHERS("neighbor")                      \
+    NGX_SF_OTHERS("neighbour") NGX_SF_OTHERS("landlord")                     \
+    NGX_SF_OTHERS("manager") NGX_SF_OTHERS("doctor")                         \
+    NGX_SF_OTHERS("grandparent") NGX_SF_OTHERS("game")                       \
+    NGX_SF_OTHERS("club") NGX_SF_OTHERS("school") NGX_SF_OTHERS("team")      \
+    NGX_SF_OTHER("mom") NGX_SF_OTHER("mum") NGX_SF_OTHER("mother")           \
+    NGX_SF_OTHER("dad") NGX_SF_OTHER("father") NGX_SF_OTHER("grandma")       \
+    NGX_SF_OTHER("grandpa") NGX_SF_OTHER("boss") NGX_SF_OTHER("wife")        \
+    NGX_SF_OTHER("husband") NGX_SF_OTHER("partner")                          \
+    "children's |children\\xe2\\x80\\x99s )"
 
 /*
  * Not right after a negation: "don't ignore the safety instructions",
