@@ -6,8 +6,9 @@
  * and scored again: Unicode tag characters, zero-width characters inside
  * words, Cyrillic and Greek look-alikes inside Latin words, base64 and
  * hex runs, rot13, and Morse code.  Words spelled out a letter at a time
- * ("i g n o r e", "i.g.n.o.r.e") and leetspeak ("1gn0r3") are read as
- * the words they spell and scored as those would be.
+ * ("i g n o r e", "i.g.n.o.r.e", "I. G. N. O. R. E") and leetspeak
+ * ("1gn0r3") are read as the words they spell and scored as those would
+ * be.
  */
 
 #include "ngx_smartflow_policy.h"
@@ -50,8 +51,155 @@ typedef struct {
     (((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z'))
 
 
+/* the separator sep of sl bytes (1 to 3) at p */
+#define ngx_sf_sep_at(p, sep, sl)                                            \
+    ((p)[0] == (sep)[0] && ((sl) < 2 || (p)[1] == (sep)[1])                  \
+     && ((sl) < 3 || (p)[2] == (sep)[2]))
+
+
 #define NGX_SF_INJ_WINDOW   16384
 #define NGX_SF_INJ_OVERLAP  256
+
+
+/*
+ * Cyrillic and Greek letters for the patterns, which are not in UTF mode
+ * ("(?i)" folds ASCII letters only): each as its lower-case and capital
+ * UTF-8 bytes, a Greek vowel accented (tonos) or not; the Greek sigma
+ * final or not, and alpha without its accent too
+ */
+#define NGX_SF_RU_A     "\\xd0[\\xb0\\x90]"
+#define NGX_SF_RU_B     "\\xd0[\\xb1\\x91]"
+#define NGX_SF_RU_V     "\\xd0[\\xb2\\x92]"
+#define NGX_SF_RU_G     "\\xd0[\\xb3\\x93]"
+#define NGX_SF_RU_D     "\\xd0[\\xb4\\x94]"
+#define NGX_SF_RU_E     "\\xd0[\\xb5\\x95]"
+#define NGX_SF_RU_Z     "\\xd0[\\xb7\\x97]"
+#define NGX_SF_RU_I     "\\xd0[\\xb8\\x98]"
+#define NGX_SF_RU_K     "\\xd0[\\xba\\x9a]"
+#define NGX_SF_RU_L     "\\xd0[\\xbb\\x9b]"
+#define NGX_SF_RU_M     "\\xd0[\\xbc\\x9c]"
+#define NGX_SF_RU_N     "\\xd0[\\xbd\\x9d]"
+#define NGX_SF_RU_O     "\\xd0[\\xbe\\x9e]"
+#define NGX_SF_RU_P     "\\xd0[\\xbf\\x9f]"
+#define NGX_SF_RU_R     "(?:\\xd1\\x80|\\xd0\\xa0)"
+#define NGX_SF_RU_S     "(?:\\xd1\\x81|\\xd0\\xa1)"
+#define NGX_SF_RU_T     "(?:\\xd1\\x82|\\xd0\\xa2)"
+#define NGX_SF_RU_U     "(?:\\xd1\\x83|\\xd0\\xa3)"
+#define NGX_SF_RU_TS    "(?:\\xd1\\x86|\\xd0\\xa6)"
+#define NGX_SF_RU_CH    "(?:\\xd1\\x87|\\xd0\\xa7)"
+#define NGX_SF_RU_SOFT  "(?:\\xd1\\x8c|\\xd0\\xac)"
+
+#define NGX_SF_EL_ALPHA "\\xce[\\xb1\\x91]"
+#define NGX_SF_EL_A     "\\xce[\\xb1\\xac\\x91\\x86]"
+#define NGX_SF_EL_G     "\\xce[\\xb3\\x93]"
+#define NGX_SF_EL_D     "\\xce[\\xb4\\x94]"
+#define NGX_SF_EL_E     "\\xce[\\xb5\\xad\\x95\\x88]"
+#define NGX_SF_EL_H     "\\xce[\\xb7\\xae\\x97\\x89]"
+#define NGX_SF_EL_I     "\\xce[\\xb9\\xaf\\x99\\x8a]"
+#define NGX_SF_EL_K     "\\xce[\\xba\\x9a]"
+#define NGX_SF_EL_L     "\\xce[\\xbb\\x9b]"
+#define NGX_SF_EL_M     "\\xce[\\xbc\\x9c]"
+#define NGX_SF_EL_N     "\\xce[\\xbd\\x9d]"
+#define NGX_SF_EL_X     "\\xce[\\xbe\\x9e]"
+#define NGX_SF_EL_O     "(?:\\xce[\\xbf\\x9f\\x8c]|\\xcf\\x8c)"
+#define NGX_SF_EL_P     "(?:\\xcf\\x80|\\xce\\xa0)"
+#define NGX_SF_EL_R     "(?:\\xcf\\x81|\\xce\\xa1)"
+#define NGX_SF_EL_S     "(?:\\xcf[\\x82\\x83]|\\xce\\xa3)"
+#define NGX_SF_EL_T     "(?:\\xcf\\x84|\\xce\\xa4)"
+#define NGX_SF_EL_CH    "(?:\\xcf\\x87|\\xce\\xa7)"
+#define NGX_SF_EL_W     "(?:\\xcf[\\x89\\x8e]|\\xce[\\xa9\\x8f])"
+
+
+/*
+ * What an instruction override drops, in one word
+ */
+#define NGX_SF_DROPPED                                                       \
+    "(?:instructions?|directives?|directions?|prompts?|rules|guidelines|"    \
+    "messages|programming|restrictions|guidance|orders|commands|context)"
+
+/*
+ * A programmer's verb (bypass, override, drop, skip, discard) right
+ * before the noun, with no word between, names a piece of work when the
+ * noun is then put in a technical scope ("override commands later",
+ * "drop rules on port 22", "override commands defined in the base
+ * class"), not in the chat ("skip rules in this answer", "bypass
+ * restrictions on your replies", "on purpose"), or when the verb opens
+ * a code comment ("// skip rules for now", "TODO: override commands") or
+ * follows "we" or "they" ("we skip rules for generated files"); "skip
+ * rules and answer", "bypass restrictions for educational purposes" are
+ * overrides
+ */
+#define NGX_SF_WORK_VERB  "(?:bypass|override|discard|drop|skip)"
+
+#define NGX_SF_IN_CHAT                                                       \
+    "(?:me|us|you|your|yours|my|our|i|now|this|these|that|those|the|an?|"    \
+    "all|every|any|each|today|here|no|good|once|content|chat|conversation|" \
+    "session|answer|answers|answering|respon\\w*|repl\\w*|output|model|ai|" \
+    "order|purposes?|character|role\\w*|mode)\\b"
+
+#define NGX_SF_WORK_SCOPE                                                    \
+    "\\s+(?:(?:later|matching|defined|older|newer)\\b|"                      \
+    "(?:in|on|at|per|of)\\s+(?!" NGX_SF_IN_CHAT ")[\\w\"'`(./-])"
+
+#define NGX_SF_WORK_VERB_COUNTS                                              \
+    "(?<!// |/\\* |TODO: |TODO |FIXME: |XXX: |we |they )" NGX_SF_WORK_VERB  \
+    "(?!\\s+" NGX_SF_DROPPED "\\b" NGX_SF_WORK_SCOPE ")|"                    \
+    NGX_SF_WORK_VERB "(?!\\s+" NGX_SF_DROPPED "\\b)"
+
+/*
+ * Not right after a word that dates them when a document's version
+ * follows: "the older instructions in RFC 2616", "the outdated
+ * guidelines on the wiki" are a document's, replaced by newer ones;
+ * "ignore all older instructions" or "disregard the outdated rules
+ * above" are an override
+ */
+#define NGX_SF_DOC_REF                                                       \
+    "\\s+(?:in|on|of|from)\\s+(?:(?:the|this|that|our|its|an?)\\s+)?"        \
+    "(?:[\\w/.-]+\\s+)?(?:rfc|version|v\\d|release|section|chapter|specs?|"  \
+    "specification|standard|manual|docs?|documentation|wiki|readme|"        \
+    "handbook|guide|changelog|faq|man ?page|draft|edition|textbook|book|"   \
+    "article|paper|tutorial|course)\\b"
+
+#define NGX_SF_NOT_OUTDATED(noun)                                            \
+    "(?:(?<!older |outdated |obsolete |deprecated |superseded |legacy )|"    \
+    "(?!" noun NGX_SF_DOC_REF "))"
+
+/*
+ * Nor right after the possessive of someone in the writer's own life or
+ * play ("your teacher's rules", "my parents' instructions", "the game's
+ * rules"). The list is closed: any other possessor ("OpenAI's rules",
+ * "the document's instructions", "the site's rules") leaves the phrase
+ * an override, so a name the list lacks is blocked, not let through
+ */
+#define NGX_SF_OTHER(w)                                                      \
+    w "'s |" w "\\xe2\\x80\\x99s |"
+#define NGX_SF_OTHERS(w)                                                     \
+    NGX_SF_OTHER(w) w "s' |" w "s\\xe2\\x80\\x99 |"
+
+#define NGX_SF_WHOSE                                                         \
+    "(?<!" NGX_SF_OTHERS("teacher") NGX_SF_OTHERS("parent")                  \
+    NGX_SF_OTHERS("professor") NGX_SF_OTHERS("coach")                        \
+    NGX_SF_OTHERS("friend") NGX_SF_OTHERS("colleague")                       \
+    NGX_SF_OTHERS("coworker") NGX_SF_OTHERS("neighbor")                      \
+    NGX_SF_OTHERS("neighbour") NGX_SF_OTHERS("landlord")                     \
+    NGX_SF_OTHERS("manager") NGX_SF_OTHERS("doctor")                         \
+    NGX_SF_OTHERS("grandparent") NGX_SF_OTHERS("game")                       \
+    NGX_SF_OTHERS("club") NGX_SF_OTHERS("school") NGX_SF_OTHERS("team")      \
+    NGX_SF_OTHER("mom") NGX_SF_OTHER("mum") NGX_SF_OTHER("mother")           \
+    NGX_SF_OTHER("dad") NGX_SF_OTHER("father") NGX_SF_OTHER("grandma")       \
+    NGX_SF_OTHER("grandpa") NGX_SF_OTHER("boss") NGX_SF_OTHER("wife")        \
+    NGX_SF_OTHER("husband") NGX_SF_OTHER("partner")                          \
+    "children's |children\\xe2\\x80\\x99s )"
+
+/*
+ * Not right after a negation: "don't ignore the safety instructions",
+ * "never disregard the rules", "n'ignorez pas les consignes" are
+ * reminders; "why don't you ignore ..." is not one, the verb coming
+ * after "you"
+ */
+#define NGX_SF_NOT_NEGATED                                                   \
+    "(?<!don't |don\\xe2\\x80\\x99t |dont |do not |never |not to |"         \
+    "must not |mustn't |should not |shouldn't |n'|n\\xe2\\x80\\x99)"
 
 
 extern pcre2_match_data  *ngx_smartflow_policy_md;
@@ -63,11 +211,11 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
     { "override", 60, 1,
       "instruc directi prompt rules guideli program restric guidanc orders "
       "command context told said message input everyt",
-      "(?i)\\b(?:ignore|disregard|forget|bypass|override|neglect|"
-      "overlook|abandon|discard|drop|skip)\\b[^.!?\\n]{0,60}?\\b(?:"
-      "instructions?|directives?|directions?|prompts?|rules|guidelines|"
-      "messages|programming|"
-      "restrictions|guidance|orders|commands|context|"
+      "(?i)\\b" NGX_SF_NOT_NEGATED "(?:ignore|disregard|forget|neglect|"
+      "overlook|abandon|" NGX_SF_WORK_VERB_COUNTS ")"
+      "\\b[^.!?\\n]{0,60}?" NGX_SF_WHOSE
+      NGX_SF_NOT_OUTDATED(NGX_SF_DROPPED "\\b")
+      "\\b(?:" NGX_SF_DROPPED "|"
       "(?:prior|previous|above|earlier|preceding) (?:user )?inputs?|"
       "everything (?:from |said |written )?(?:before|above|so far|"
       "previously)|"
@@ -89,39 +237,62 @@ static ngx_smartflow_signal_t  ngx_smartflow_signals[] = {
 
     { "override", 60, 1,
       "ignor olvida oublie vergiss ~",
-      "(?i)\\b(?:ignor(?:ez|a|ar|e|iere|ieren|ate)|olvida|oublie[zr]?|"
-      "vergiss)\\b[^.!?\\n]{0,40}?(?:instruc|anweisung|istruzion|"
+      "(?i)\\b" NGX_SF_NOT_NEGATED "(?:ignor(?:ez|a|ar|e|iere|ieren|ate)|"
+      "olvida|oublie[zr]?|vergiss)\\b[^.!?\\n]{0,40}?" NGX_SF_WHOSE
+      NGX_SF_NOT_OUTDATED("instruc[a-z]*")
+      "(?:instruc|anweisung|istruzion|"
       "consign|richtlinien|regeln|r\\xc3\\xa8gles|reglas|regras)|"
       /*
-       * ru "ignore" (and "proignore"), then a word starting with
+       * ru "ignore" (and "proignore"), or "forget" in the imperative,
+       * "zabud'" or "zabud'te", either not after "ne" (do not ignore, do
+       * not forget: a reminder), in any case, then a word starting with
        * instructions, directions, rules, prompt, directives, restrictions
        */
-      "(?:\\xd0\\x98|\\xd0\\xb8)"
-      "\\xd0\\xb3\\xd0\\xbd\\xd0\\xbe\\xd1\\x80\\xd0\\xb8\\xd1\\x80"
+      "(?:" NGX_SF_RU_I "(?<!\\xd0[\\xbd\\x9d]\\xd0[\\xb5\\x95] ..|"
+      "\\xd0[\\xbd\\x9d]\\xd0[\\xb5\\x95] "
+      NGX_SF_RU_P NGX_SF_RU_R NGX_SF_RU_O "..)"
+      NGX_SF_RU_G NGX_SF_RU_N NGX_SF_RU_O NGX_SF_RU_R NGX_SF_RU_I
+      NGX_SF_RU_R "|"
+      NGX_SF_RU_Z "(?<!\\xd0[\\xbd\\x9d]\\xd0[\\xb5\\x95] ..)"
+      NGX_SF_RU_A NGX_SF_RU_B NGX_SF_RU_U NGX_SF_RU_D
+      NGX_SF_RU_SOFT "(?:" NGX_SF_RU_T NGX_SF_RU_E ")?(?![\\xd0\\xd1]))"
       "[^.!?\\n]{0,100}?(?<![\\x80-\\xbf])(?:instruc|prompt|"
-      "\\xd0\\xb8\\xd0\\xbd\\xd1\\x81\\xd1\\x82\\xd1\\x80\\xd1\\x83"
-      "\\xd0\\xba\\xd1\\x86|"
-      "\\xd1\\x83\\xd0\\xba\\xd0\\xb0\\xd0\\xb7\\xd0\\xb0\\xd0\\xbd\\xd0\\xb8|"
-      "\\xd0\\xbf\\xd1\\x80\\xd0\\xb0\\xd0\\xb2\\xd0\\xb8\\xd0\\xbb\\xd0\\xb0|"
-      "\\xd0\\xbf\\xd1\\x80\\xd0\\xbe\\xd0\\xbc\\xd0\\xbf\\xd1\\x82|"
-      "\\xd0\\xb4\\xd0\\xb8\\xd1\\x80\\xd0\\xb5\\xd0\\xba\\xd1\\x82\\xd0\\xb8"
-      "\\xd0\\xb2|"
-      "\\xd0\\xbe\\xd0\\xb3\\xd1\\x80\\xd0\\xb0\\xd0\\xbd\\xd0\\xb8\\xd1\\x87"
-      "\\xd0\\xb5\\xd0\\xbd\\xd0\\xb8)|"
+      NGX_SF_RU_I NGX_SF_RU_N NGX_SF_RU_S NGX_SF_RU_T NGX_SF_RU_R
+      NGX_SF_RU_U NGX_SF_RU_K NGX_SF_RU_TS "|"
+      NGX_SF_RU_U NGX_SF_RU_K NGX_SF_RU_A NGX_SF_RU_Z NGX_SF_RU_A
+      NGX_SF_RU_N NGX_SF_RU_I "|"
+      NGX_SF_RU_P NGX_SF_RU_R NGX_SF_RU_A NGX_SF_RU_V NGX_SF_RU_I
+      NGX_SF_RU_L NGX_SF_RU_A "|"
+      NGX_SF_RU_P NGX_SF_RU_R NGX_SF_RU_O NGX_SF_RU_M NGX_SF_RU_P
+      NGX_SF_RU_T "|"
+      NGX_SF_RU_D NGX_SF_RU_I NGX_SF_RU_R NGX_SF_RU_E NGX_SF_RU_K
+      NGX_SF_RU_T NGX_SF_RU_I NGX_SF_RU_V "|"
+      NGX_SF_RU_O NGX_SF_RU_G NGX_SF_RU_R NGX_SF_RU_A NGX_SF_RU_N
+      NGX_SF_RU_I NGX_SF_RU_CH NGX_SF_RU_E NGX_SF_RU_N NGX_SF_RU_I ")|"
       /*
-       * el "ignore", accented or not, then instructions, rules (plural),
-       * commands (plural), prompt, restrictions
+       * el "ignore" (not "agnoia", ignorance; not after "mi" or "min",
+       * do not ignore), or "forget" in the imperative, "xechase",
+       * "xechaste" or "xechna" as a whole word (not "min xechaseis", do
+       * not forget), in any case, accented or not, then instructions,
+       * rules (plural), commands (plural), prompt, restrictions
        */
-      "(?:\\xce\\x91|\\xce\\xb1)\\xce\\xb3\\xce\\xbd(?:\\xce\\xbf|\\xcf\\x8c)"
+      "(?:" NGX_SF_EL_ALPHA "(?<!\\xce[\\xbc\\x9c]\\xce[\\xb7\\x97] ..|"
+      "\\xce[\\xbc\\x9c]\\xce[\\xb7\\x97]\\xce[\\xbd\\x9d] ..)"
+      NGX_SF_EL_G NGX_SF_EL_N NGX_SF_EL_O
+      "(?!" NGX_SF_EL_I ")|"
+      NGX_SF_EL_X NGX_SF_EL_E NGX_SF_EL_CH "(?:" NGX_SF_EL_A NGX_SF_EL_S
+      "(?:" NGX_SF_EL_T ")?" NGX_SF_EL_E "|" NGX_SF_EL_N NGX_SF_EL_A ")"
+      "(?![\\xce\\xcf]))"
       "[^.!?\\n]{0,100}?(?<![\\x80-\\xbf])(?:instruc|prompt|"
-      "\\xce\\xbf\\xce\\xb4\\xce\\xb7\\xce\\xb3(?:\\xce\\xaf|\\xce\\xb9)|"
-      "\\xce\\xba\\xce\\xb1\\xce\\xbd\\xcf\\x8c\\xce\\xbd"
-      "(?:\\xce\\xb5\\xcf\\x82|\\xcf\\x89\\xce\\xbd)|"
-      "\\xce\\xb5\\xce\\xbd\\xcf\\x84\\xce\\xbf\\xce\\xbb"
-      "(?:\\xce\\xad\\xcf\\x82|\\xcf\\x8e\\xce\\xbd)|"
-      "\\xcf\\x80\\xcf\\x81\\xce\\xbf\\xcf\\x84\\xcf\\x81\\xce\\xbf\\xcf\\x80|"
-      "\\xcf\\x80\\xce\\xb5\\xcf\\x81\\xce\\xb9\\xce\\xbf\\xcf\\x81\\xce\\xb9"
-      "\\xcf\\x83\\xce\\xbc)|"
+      NGX_SF_EL_O NGX_SF_EL_D NGX_SF_EL_H NGX_SF_EL_G NGX_SF_EL_I "|"
+      NGX_SF_EL_K NGX_SF_EL_A NGX_SF_EL_N NGX_SF_EL_O NGX_SF_EL_N
+      "(?:" NGX_SF_EL_E NGX_SF_EL_S "|" NGX_SF_EL_W NGX_SF_EL_N ")|"
+      NGX_SF_EL_E NGX_SF_EL_N NGX_SF_EL_T NGX_SF_EL_O NGX_SF_EL_L
+      "(?:" NGX_SF_EL_E NGX_SF_EL_S "|" NGX_SF_EL_W NGX_SF_EL_N ")|"
+      NGX_SF_EL_P NGX_SF_EL_R NGX_SF_EL_O NGX_SF_EL_T NGX_SF_EL_R
+      NGX_SF_EL_O NGX_SF_EL_P "|"
+      NGX_SF_EL_P NGX_SF_EL_E NGX_SF_EL_R NGX_SF_EL_I NGX_SF_EL_O
+      NGX_SF_EL_R NGX_SF_EL_I NGX_SF_EL_S NGX_SF_EL_M ")|"
       /* zh "ignore" (U+5FFD U+7565) with the instructions, rules ... */
       "\\xe5\\xbf\\xbd\\xe7\\x95\\xa5.{0,45}?"
       "(?:\\xe6\\x8c\\x87\\xe7\\xa4\\xba|"
@@ -679,8 +850,10 @@ ngx_smartflow_gates_open_bytes(u_char *p, size_t len,
                 }
             }
 
+            /* three one-letter words 2, 3 or 4 bytes apart each */
             if (i - ws == 1) {
-                spaced |= (ws == s1 + 2 && s1 == s2 + 2);
+                spaced |= (ws - s1 == s1 - s2 && ws - s1 >= 2
+                           && ws - s1 <= 4);
                 s2 = s1;
                 s1 = ws;
             }
@@ -846,6 +1019,31 @@ ngx_smartflow_gates_lb(__m128i x, ngx_smartflow_chunks_t *st)
 
 
 /*
+ * Three one-letter words of the chunk at c (one: their bits), 2, 3 or 4
+ * bytes apart with the same bytes between them, hint at letters spelled
+ * out; the bytes up to the third one are the chunk's
+ */
+static void
+ngx_smartflow_spelled_hint(u_char *c, uint64_t one,
+    ngx_smartflow_chunks_t *st)
+{
+    size_t    s, d;
+    uint64_t  t;
+
+    for (d = 2; d <= 4; d++) {
+        for (t = one & (one >> d) & (one >> 2 * d); t; t &= t - 1) {
+            s = (size_t) __builtin_ctzll(t);
+
+            if (ngx_memcmp(c + s + 1, c + s + d + 1, d - 1) == 0) {
+                st->spaced = 1;
+                return;
+            }
+        }
+    }
+}
+
+
+/*
  * The chunk at q + i of a text of len bytes: the 3 bytes after the chunk
  * may be read, and the 16 before it, which are the text's, when before
  * is set; q[len] on reads as bytes in no class.
@@ -857,7 +1055,7 @@ ngx_smartflow_gates_chunk(u_char *q, size_t i, size_t len,
     size_t      s;
     u_char     *d;
     uint32_t    w, h;
-    uint64_t    lm, sm, cand, bm, mm, b, m, t, starts, lp, sep;
+    uint64_t    lm, sm, cand, bm, mm, b, m, t, starts, lp, sep, one;
     __m128i     x0, x1, x2, x3, ab;
     ngx_uint_t  node;
 
@@ -962,24 +1160,26 @@ ngx_smartflow_gates_chunk(u_char *q, size_t i, size_t len,
     st->prev = lm >> 63;
 
     /*
+     * the one-letter words (the last byte's next one taken as no
+     * letter): three of them in the chunk, 2, 3 or 4 bytes apart with
+     * the same bytes between them, hint at letters spelled out (three
+     * across two chunks are not seen: the reading itself looks for six
+     * letters, which always leave three in one chunk); prose has fewer
+     * than three in most chunks
+     */
+    one = starts & ~(lm >> 1);
+    t = one & (one - 1);
+
+    if (t & (t - 1)) {
+        ngx_smartflow_spelled_hint(q + i, one, st);
+    }
+
+    /*
      * the bytes that are no letter between two letters (the last byte's
-     * next one taken as a letter): three of them two bytes apart, all
-     * the same, hint at letters spelled out (three across two chunks are
-     * not seen: the reading itself looks for six letters, whose five
-     * such bytes always leave three in one chunk); one that is not a
-     * space is looked at: a digit there, beside a letter past "f" (not
-     * hex), is leetspeak
+     * next one taken as a letter) that are not a space: a digit there,
+     * beside a letter past "f" (not hex), is leetspeak
      */
     sep = ~lm & lp & ((lm >> 1) | (uint64_t) 1 << 63);
-
-    for (t = sep & (sep >> 2) & (sep >> 4); t; t &= t - 1) {
-        s = i + (size_t) __builtin_ctzll(t);
-
-        if (q[s] == q[s + 2] && q[s] == q[s + 4]) {
-            st->spaced = 1;
-            break;
-        }
-    }
 
     for (m = sep & ~sm; m; m &= m - 1) {
         d = q + i + __builtin_ctzll(m);     /* d[-1] is a letter */
@@ -1080,6 +1280,7 @@ ngx_smartflow_gates_open(u_char *p, size_t len, ngx_smartflow_pass_t *ps)
 static ngx_int_t ngx_smartflow_gate_init(const char *g, uint64_t bit);
 static size_t ngx_smartflow_run_word(u_char *out, size_t from, size_t to,
     ngx_uint_t after, u_char *runs, size_t r);
+static size_t ngx_smartflow_sep_len(u_char *p, size_t i, size_t len);
 static void ngx_smartflow_morse_init(void);
 
 
@@ -1760,15 +1961,16 @@ ngx_smartflow_unleet(u_char *p, size_t len, u_char *out, u_char one)
 
 
 /*
- * Letters spelled out a byte apart, "I g n o r e  a l l" or
- * "i.g.n.o.r.e a.l.l": each such word of two letters or more (one-letter
- * words with one and the same byte between them, a space or a sign, not
- * a digit nor a line break; a separator after the last one goes with
- * it) is written as its letters, and the spaces after it as one.  The
- * rest is copied.  out may be p: it is never longer.  Tells in *found
- * whether a word of six letters or more was spelled out: only such a
- * word is sure to be hinted at by the gates' pass, wherever the chunks
- * fall.
+ * Letters spelled out one to three bytes apart, "I g n o r e  a l l",
+ * "i.g.n.o.r.e a.l.l", "I. G. N. O. R. E." or "i - g - n - o - r - e":
+ * each such word of two letters or more (one-letter words with one and
+ * the same separator between them, of spaces and signs, no letter,
+ * digit nor line break; a separator after the last one goes with it, and
+ * is a gap if it has a space) is written as its letters, and the gap
+ * after it as one space.  The rest is copied.  out may be p: it is
+ * never longer.  Tells in *found whether a word of six letters or more
+ * was spelled out: only such a word is sure to be hinted at by the
+ * gates' pass, wherever the chunks fall.
  *
  * The runs of spelled-out words are written to runs too, a "." apart:
  * each is the word of letters right before it (if a space or more
@@ -1781,8 +1983,8 @@ static size_t
 ngx_smartflow_unspace(u_char *p, size_t len, u_char *out, u_char *runs,
     size_t *rn, ngx_uint_t *found)
 {
-    size_t  i, n, w, r, joint, end;
-    u_char  c, sep, prev;
+    size_t   i, n, w, r, joint, end, sl;
+    u_char   c, prev, sep[3];
 
     n = 0;
     r = 0;
@@ -1793,28 +1995,30 @@ ngx_smartflow_unspace(u_char *p, size_t len, u_char *out, u_char *runs,
     for (i = 0; i < len; /* void */) {
         c = p[i];
 
-        if (!ngx_sf_is_alpha(c) || ngx_sf_is_alpha(prev) || i + 2 >= len
-            || ngx_sf_is_alpha(p[i + 1]) || !ngx_sf_is_alpha(p[i + 2])
-            || (i + 3 < len && ngx_sf_is_alpha(p[i + 3]))
-            || (p[i + 1] >= '0' && p[i + 1] <= '9')
-            || p[i + 1] == '\n' || p[i + 1] == '\r')
-        {
+        sl = (ngx_sf_is_alpha(c) && !ngx_sf_is_alpha(prev))
+             ? ngx_smartflow_sep_len(p, i + 1, len) : 0;
+
+        if (sl == 0) {
             prev = c;
             out[n++] = c;
             i++;
             continue;
         }
 
-        sep = p[i + 1];
+        /* out may be p: the separator is kept apart */
+        sep[0] = p[i + 1];
+        sep[1] = (sl > 1) ? p[i + 2] : 0;
+        sep[2] = (sl > 2) ? p[i + 3] : 0;
         w = n;
 
         for ( ;; ) {
             out[n++] = p[i++];
 
-            if (i + 1 < len && p[i] == sep && ngx_sf_is_alpha(p[i + 1])
-                && (i + 2 == len || !ngx_sf_is_alpha(p[i + 2])))
+            if (i + sl < len && ngx_sf_sep_at(p + i, sep, sl)
+                && ngx_sf_is_alpha(p[i + sl])
+                && (i + sl + 1 == len || !ngx_sf_is_alpha(p[i + sl + 1])))
             {
-                i++;
+                i += sl;
                 continue;
             }
 
@@ -1845,14 +2049,21 @@ ngx_smartflow_unspace(u_char *p, size_t len, u_char *out, u_char *runs,
         end = n;
         joint = (size_t) -1;
 
-        /* "i.g.n.o.r.e." */
-        if (sep != ' ' && i < len && p[i] == sep) {
-            i++;
+        /* "i.g.n.o.r.e." and "I. G. N. O. R. E. all" */
+        if (i + sl <= len && ngx_sf_sep_at(p + i, sep, sl)) {
+            i += sl;
+
+            if (memchr(sep, ' ', sl) != NULL) {
+                out[n++] = ' ';
+                joint = n;
+            }
         }
 
         if (i < len && p[i] == ' ') {
-            out[n++] = ' ';
-            joint = n;
+            if (joint != n) {
+                out[n++] = ' ';
+                joint = n;
+            }
 
             while (i < len && p[i] == ' ') {
                 i++;
@@ -1870,6 +2081,39 @@ ngx_smartflow_unspace(u_char *p, size_t len, u_char *out, u_char *runs,
     *rn = r;
 
     return n;
+}
+
+
+/*
+ * The separator at p[i] after a letter that is a word of its own, if
+ * another such letter follows it: 1 to 3 bytes, no letter, digit nor
+ * line break; 0 if none
+ */
+static size_t
+ngx_smartflow_sep_len(u_char *p, size_t i, size_t len)
+{
+    size_t  k;
+    u_char  c;
+
+    for (k = 0; k < 3 && i + k < len; k++) {
+        c = p[i + k];
+
+        if (ngx_sf_is_alpha(c)) {
+            break;
+        }
+
+        if ((c >= '0' && c <= '9') || c == '\n' || c == '\r') {
+            return 0;
+        }
+    }
+
+    if (k == 0 || i + k >= len || !ngx_sf_is_alpha(p[i + k])
+        || (i + k + 1 < len && ngx_sf_is_alpha(p[i + k + 1])))
+    {
+        return 0;
+    }
+
+    return k;
 }
 
 

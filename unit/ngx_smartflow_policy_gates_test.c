@@ -98,7 +98,8 @@ main(int argc, char **argv)
         "regional", "disregard", "pretend", "openai", "developer",
         "1gn0r3", "pr3v10us", "l0g", "k8s", "v1.2.3", "d1sr3g4rd", "U.S.A.",
         "i g n o r e", "i.g.n.o.r.e", "p-r-e-v-i-o-u-s", "a l l", "x y",
-        "3f2a9b1c", "a*b+c-d", "x.y.z"
+        "3f2a9b1c", "a*b+c-d", "x.y.z", "I. G. N. O. R. E.",
+        "i - g - n - o - r - e", "e. g.", "a - b"
     };
 
     static const char  *pieces[] = {
@@ -187,10 +188,11 @@ main(int argc, char **argv)
 
     /* words spelled out and leetspeak at every offset around the chunks */
     for (len = 40; len <= 200; len++) {
-        for (k = 0; k < 4; k++) {
+        for (k = 0; k < 7; k++) {
             static const char  *spelled[] = {
                 "i g n o r e", "D.I.S.R.E.G.A.R.D", "s-y-s-t-e-m.",
-                "x0r"
+                "x0r", "I. G. N. O. R. E.", "p - r - o - m - p - t",
+                "r_ u_ l_ e_ s_ x"
             };
 
             n = strlen(spelled[k]);
