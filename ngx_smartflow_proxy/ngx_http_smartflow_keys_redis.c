@@ -973,6 +973,9 @@ ngx_http_smartflow_keys_api_pulled(ngx_smartflow_redis_t *rd,
         return;
     }
 
+    /* the counters read before were of a key the zone did not have */
+    rq->refreshed = 0;
+
     r = rq->r;
     c = r->connection;
 
