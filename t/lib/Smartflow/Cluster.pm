@@ -214,14 +214,15 @@ _EOC_
 
 sub start {
     my ($self, $node) = @_;
-    my $rc;
+    my ($rc, $out);
+    my $cmd = "$self->{binary} -p $node->{dir} -c $node->{dir}/nginx.conf";
     for my $try (1 .. 30) {
-        my $out = `$self->{binary} -p $node->{dir} -c $node->{dir}/nginx.conf 2>&1`;
+        $out = `$cmd 2>&1`;
         $rc = $?;
         last if $rc == 0 || $out !~ /Address already in use/;
         sleep 0.5;
     }
-    die "nginx $node->{name} did not start: " . $self->error_log($node)
+    die "nginx $node->{name} did not start: $out" . $self->error_log($node)
         if $rc != 0;
     _wait_port($node->{port}, 1);
     $node->{running} = 1;

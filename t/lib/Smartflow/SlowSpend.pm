@@ -11,9 +11,10 @@ package Smartflow::SlowSpend;
 # redis_timeout => MS gives the nodes' smartflow_redis that timeout= (times
 # the sanitizer's slowness) instead of 500 ms: short, as these suites
 # freeze Redis and wait for the nodes to find it away, but five times
-# the 100 ms they had, which a loaded machine's pause could pass; redis_addr => HOST:PORT has the
-# nodes reach Redis there (a proxy of the suite's own); main => TEXT adds
-# main-context lines to their nginx.conf.
+# the 100 ms they had, which a loaded machine's pause could pass;
+# redis_addr => HOST:PORT has the nodes reach Redis there (a proxy of
+# the suite's own); main => TEXT adds main-context lines to their
+# nginx.conf.
 #
 # exports count(NODE, RE), wait_for(WHAT, SUB), counter(ID, FIELD),
 # send_all(NODE, N, KEY), read_all(SOCKS), make_key(NODE, NAME) and
