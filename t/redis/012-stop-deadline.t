@@ -61,10 +61,16 @@ sub answer {
 
 sub proxy {
     my ($redis_port) = @_;
-    my $listen = IO::Socket::INET->new(LocalAddr => '127.0.0.1',
-                                       LocalPort => $proxy_port,
-                                       Listen => 16, ReuseAddr => 1)
-        or die "proxy: $!";
+    my $listen;
+    # the port may be held a moment by another's outgoing connection
+    for (1 .. 60) {
+        $listen = IO::Socket::INET->new(LocalAddr => '127.0.0.1',
+                                        LocalPort => $proxy_port,
+                                        Listen => 16, ReuseAddr => 1)
+            and last;
+        sleep 0.5;
+    }
+    die "proxy: $!" unless $listen;
     my $sel = IO::Select->new($listen);
     my (%peer, %in, %out, %slow, %next);
     my $mode = 'pass';
@@ -145,11 +151,13 @@ END {
     $_->shutdown for @Smartflow::Cluster::Clusters;
     if ($proxy) { kill 'KILL', $proxy; waitpid $proxy, 0 }
 }
-for (1 .. 200) {
-    last if IO::Socket::INET->new(PeerAddr => '127.0.0.1',
-                                  PeerPort => $proxy_port);
+my $up;
+for (1 .. 700) {
+    $up = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                PeerPort => $proxy_port) and last;
     sleep 0.05;
 }
+die "the proxy does not listen on port $proxy_port\n" unless $up;
 
 my ($c, $a) = Smartflow::SlowSpend::setup('stop-deadline',
     redis_addr => "127.0.0.1:$proxy_port", redis_timeout => 5000);
