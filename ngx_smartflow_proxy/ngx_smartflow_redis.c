@@ -12,7 +12,8 @@
  * closes its idle connections: the owner sends then what it still holds
  * (the keys' leases and settlements), and the worker waits for the
  * answers still to come, for the connection's timeout from that moment
- * in all (an answer does not renew it), and no longer than
+ * in all (an answer does not renew it; a command sent later with none
+ * waiting has a timeout of its own), and no longer than
  * worker_shutdown_timeout.  After a
  * connect, AUTH, SELECT and SCRIPT LOAD of every script go first on the
  * connection; a PING behind them marks it usable, so EVALSHA never meets
@@ -500,6 +501,15 @@ ngx_smartflow_redis_command(ngx_smartflow_redis_t *rd,
     }
 
     if (rd->pending++ == 0) {
+        if (rd->quitting) {
+            /*
+             * a wait that starts with nothing pending (a request still
+             * running when the worker was told to quit settles late)
+             * gets one timeout of its own, not what is left of another
+             */
+            rd->deadline = ngx_current_msec + rd->timeout;
+        }
+
         ngx_add_timer(&rd->watchdog, ngx_smartflow_redis_wait(rd));
     }
 
@@ -612,12 +622,19 @@ ngx_smartflow_redis_read(ngx_event_t *ev)
     }
 
     if (c->close && !c->error) {
-        /* the worker is told to quit: nginx closes its idle connections */
         c->close = 0;
-        c->idle = 0;
 
-        ngx_smartflow_redis_quit(rd);
-        return;
+        /*
+         * the worker is told to quit: nginx closes its idle connections;
+         * nothing else asks a running worker for this one (it is not in
+         * the reusable queue nginx drains)
+         */
+        if (ngx_exiting) {
+            c->idle = 0;
+
+            ngx_smartflow_redis_quit(rd);
+            return;
+        }
     }
 
     if (c->close) {
