@@ -201,6 +201,7 @@ static void ngx_http_smartflow_keys_poll(ngx_event_t *ev);
 static void ngx_http_smartflow_keys_polled(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
 static void ngx_http_smartflow_keys_up(ngx_smartflow_redis_t *rd);
+static void ngx_http_smartflow_keys_quit(ngx_smartflow_redis_t *rd);
 static void ngx_http_smartflow_keys_absorb(ngx_smartflow_redis_t *rd,
     ngx_uint_t all);
 static ngx_uint_t ngx_http_smartflow_keys_keep(ngx_smartflow_redis_t *rd);
@@ -620,6 +621,7 @@ ngx_http_smartflow_redis_directive(ngx_conf_t *cf, ngx_command_t *cmd,
     }
 
     rd->on_up = ngx_http_smartflow_keys_up;
+    rd->on_quit = ngx_http_smartflow_keys_quit;
     smcf->keys->redis = rd;
 
     return NGX_CONF_OK;
@@ -674,13 +676,15 @@ ngx_smartflow_redis_shared(void)
 
 
 /*
- * The worker exits: its leases end and what it gathered goes to Redis.
- * The connection goes before the worker (nginx checks none is left):
- * what is buffered is written without waiting for the answers.  The
- * answers to what was sent before were waited for already: the
- * connection's watchdog is not cancelable, so a worker told to quit runs
- * on until they came or the timeout passed.  The scripts not seen
- * answered (all of them when Redis is away) are kept
+ * The worker exits.  One told to quit has given back its leases and sent
+ * its settlements when it was told (ngx_http_smartflow_keys_quit()), and
+ * has waited for their answers: the connection's watchdog is not
+ * cancelable, so the worker runs on until they came or its wait was
+ * over.  What is left to send here is a terminated worker's (or one
+ * whose connection was away when it was told to quit): its leases end,
+ * and what it gathered is written without waiting for the answers.  The
+ * connection goes before the worker (nginx checks none is left).  The
+ * scripts not seen answered (all of them when Redis is away) are kept
  * in the keys zone for the next worker that reaches Redis: the zone
  * outlives the worker and a reload, so nothing is lost when a reload
  * falls in an outage, and they go within the poll period of a worker
@@ -721,6 +725,20 @@ ngx_http_smartflow_keys_redis_exit_process(ngx_cycle_t *cycle)
     }
 
     return ngx_http_smartflow_keys_keep(rd);
+}
+
+
+/*
+ * The worker is told to quit: its leases end now and what they did not
+ * use goes back to Redis with the settlements gathered, on the
+ * connection the worker waits on before it exits, so that their outcome
+ * is known (those not answered in time are kept in the zone, as the
+ * other scripts are).  An exiting worker asks for no lease again.
+ */
+static void
+ngx_http_smartflow_keys_quit(ngx_smartflow_redis_t *rd)
+{
+    ngx_http_smartflow_keys_flush(&ngx_sf_flush_event);
 }
 
 
@@ -972,6 +990,9 @@ ngx_http_smartflow_keys_api_pulled(ngx_smartflow_redis_t *rd,
     if (rq == NULL) {
         return;
     }
+
+    /* the counters read before were of a key the zone did not have */
+    rq->refreshed = 0;
 
     r = rq->r;
     c = r->connection;
@@ -2071,7 +2092,7 @@ ngx_http_smartflow_keys_redis_reserve(ngx_http_request_t *r,
     /* a lease for as many requests as came in the last lease time */
     want = 0;
 
-    if (l && !l->pending) {
+    if (l && !l->pending && !ngx_exiting) {
         want = ngx_max(l->count, l->last);
         want = (want < 2) ? 0 : ngx_min(want, NGX_SMARTFLOW_KEYS_LEASE_MAX);
     }
@@ -2545,7 +2566,7 @@ ngx_http_smartflow_keys_lease_ask(ngx_smartflow_redis_t *rd,
     want = ngx_max(l->count, l->last);
     want = ngx_min(want, NGX_SMARTFLOW_KEYS_LEASE_MAX);
 
-    if (want < 2) {
+    if (want < 2 || ngx_exiting) {
         return;
     }
 

@@ -7,9 +7,14 @@
  * bounds every wait for an answer: when Redis stops answering the
  * context is freed, which answers each pending command with NULL, and a
  * reconnect timer retries with a growing delay.  The first worker to see
- * the connection fail logs it, once per outage.  A worker that exits
- * waits for the answers still to come, within that same bound and
- * worker_shutdown_timeout, whichever ends first.  After a
+ * the connection fail logs it, once per outage.  The connection counts
+ * as idle for nginx, so that a worker told to quit hears of it when nginx
+ * closes its idle connections: the owner sends then what it still holds
+ * (the keys' leases and settlements), and the worker waits for the
+ * answers still to come, for the connection's timeout from that moment
+ * in all (an answer does not renew it; a command sent later with none
+ * waiting has a timeout of its own), and no longer than
+ * worker_shutdown_timeout.  After a
  * connect, AUTH, SELECT and SCRIPT LOAD of every script go first on the
  * connection; a PING behind them marks it usable, so EVALSHA never meets
  * a Redis that has lost its scripts.
@@ -41,6 +46,9 @@ static void ngx_smartflow_redis_disconnected(const redisAsyncContext *ac,
     int status);
 static void ngx_smartflow_redis_lost(ngx_smartflow_redis_t *rd,
     const char *why);
+static void ngx_smartflow_redis_quit(ngx_smartflow_redis_t *rd);
+static void ngx_smartflow_redis_give_up(ngx_smartflow_redis_t *rd);
+static ngx_msec_t ngx_smartflow_redis_wait(ngx_smartflow_redis_t *rd);
 static void ngx_smartflow_redis_ready(ngx_smartflow_redis_t *rd,
     redisReply *reply, void *data);
 static void ngx_smartflow_redis_setup(ngx_smartflow_redis_t *rd,
@@ -208,8 +216,8 @@ ngx_smartflow_redis_start(ngx_smartflow_redis_t *rd, ngx_log_t *log)
 
     /*
      * Not cancelable: it is set only while commands wait for their
-     * answers, so a worker told to quit waits for them, as long as the
-     * timeout lets it, rather than leave their outcome unknown.  Once
+     * answers, so a worker told to quit waits for them, until its
+     * deadline, rather than leave their outcome unknown.  Once
      * worker_shutdown_timeout has passed, the read handler gives up.
      */
     rd->watchdog.handler = ngx_smartflow_redis_watchdog;
@@ -257,6 +265,9 @@ ngx_smartflow_redis_connect(ngx_smartflow_redis_t *rd)
     c->write->handler = ngx_smartflow_redis_write;
     c->read->log = rd->log;
     c->write->log = rd->log;
+
+    /* nginx calls the read handler of idle ones when the worker quits */
+    c->idle = 1;
 
     rd->ac = ac;
     rd->conn = c;
@@ -432,8 +443,11 @@ ngx_smartflow_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
 
     if (rd->ac == ac) {
         if (rd->pending) {
-            /* progress: the next answer gets a full timeout again */
-            ngx_add_timer(&rd->watchdog, rd->timeout);
+            /*
+             * progress: the next answer gets a full timeout again, but
+             * in a worker told to quit, whose one deadline holds
+             */
+            ngx_add_timer(&rd->watchdog, ngx_smartflow_redis_wait(rd));
 
         } else if (rd->watchdog.timer_set) {
             ngx_del_timer(&rd->watchdog);
@@ -487,10 +501,38 @@ ngx_smartflow_redis_command(ngx_smartflow_redis_t *rd,
     }
 
     if (rd->pending++ == 0) {
-        ngx_add_timer(&rd->watchdog, rd->timeout);
+        if (rd->quitting) {
+            /*
+             * a wait that starts with nothing pending (a request still
+             * running when the worker was told to quit settles late)
+             * gets one timeout of its own, not what is left of another
+             */
+            rd->deadline = ngx_current_msec + rd->timeout;
+        }
+
+        ngx_add_timer(&rd->watchdog, ngx_smartflow_redis_wait(rd));
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * How long the answer to come is waited for: the timeout, or, in a
+ * worker told to quit, what is left of the timeout from that moment.
+ */
+static ngx_msec_t
+ngx_smartflow_redis_wait(ngx_smartflow_redis_t *rd)
+{
+    ngx_msec_int_t  left;
+
+    if (!rd->quitting) {
+        return rd->timeout;
+    }
+
+    left = (ngx_msec_int_t) (rd->deadline - ngx_current_msec);
+
+    return (left > 0) ? (ngx_msec_t) left : 1;
 }
 
 
@@ -532,6 +574,17 @@ ngx_smartflow_redis_watchdog(ngx_event_t *ev)
         return;
     }
 
+    if (rd->quitting) {
+        /* the worker's wait is over: Redis is not given up for the others */
+        ngx_log_error(NGX_LOG_NOTICE, rd->log, 0,
+                      "smartflow proxy: redis %V: timeout passed with %ui "
+                      "answers still to come as the worker quits",
+                      &rd->name, rd->pending);
+
+        ngx_smartflow_redis_give_up(rd);
+        return;
+    }
+
     ac = rd->ac;
     rd->ac = NULL;
 
@@ -558,7 +611,6 @@ ngx_smartflow_redis_retry(ngx_event_t *ev)
 static void
 ngx_smartflow_redis_read(ngx_event_t *ev)
 {
-    redisAsyncContext      *ac;
     ngx_connection_t       *c;
     ngx_smartflow_redis_t  *rd;
 
@@ -567,6 +619,22 @@ ngx_smartflow_redis_read(ngx_event_t *ev)
 
     if (rd->ac == NULL) {
         return;
+    }
+
+    if (c->close && !c->error) {
+        c->close = 0;
+
+        /*
+         * the worker is told to quit: nginx closes its idle connections;
+         * nothing else asks a running worker for this one (it is not in
+         * the reusable queue nginx drains)
+         */
+        if (ngx_exiting) {
+            c->idle = 0;
+
+            ngx_smartflow_redis_quit(rd);
+            return;
+        }
     }
 
     if (c->close) {
@@ -580,19 +648,64 @@ ngx_smartflow_redis_read(ngx_event_t *ev)
                       "passed with %ui answers still to come", &rd->name,
                       rd->pending);
 
-        ac = rd->ac;
-        rd->ac = NULL;
-        rd->state = NGX_SMARTFLOW_REDIS_DOWN;
-
-        if (rd->watchdog.timer_set) {
-            ngx_del_timer(&rd->watchdog);
-        }
-
-        redisAsyncFree(ac);
+        ngx_smartflow_redis_give_up(rd);
         return;
     }
 
     redisAsyncHandleRead(rd->ac);
+}
+
+
+/*
+ * The worker is told to quit: what the owner still holds goes now, on a
+ * connection the worker waits on, and from now on all the answers to
+ * come are waited for no longer than one timeout.
+ */
+static void
+ngx_smartflow_redis_quit(ngx_smartflow_redis_t *rd)
+{
+    ngx_event_t  *wev;
+
+    if (rd->quitting) {
+        return;
+    }
+
+    rd->quitting = 1;
+    rd->deadline = ngx_current_msec + rd->timeout;
+
+    if (rd->on_quit) {
+        rd->on_quit(rd);
+    }
+
+    /* nginx runs no posted event before the next turn of its loop */
+    wev = rd->conn ? rd->conn->write : NULL;
+
+    if (wev && wev->posted) {
+        ngx_delete_posted_event(wev);
+        wev->handler(wev);
+    }
+}
+
+
+/*
+ * A quitting worker stops waiting: the commands not answered are
+ * answered NULL and kept by their owners as after an outage; no
+ * reconnect follows, and the other workers keep their connections.
+ */
+static void
+ngx_smartflow_redis_give_up(ngx_smartflow_redis_t *rd)
+{
+    redisAsyncContext  *ac;
+
+    ac = rd->ac;
+    rd->ac = NULL;
+    rd->state = NGX_SMARTFLOW_REDIS_DOWN;
+
+    if (rd->watchdog.timer_set) {
+        ngx_del_timer(&rd->watchdog);
+    }
+
+    redisAsyncFree(ac);
 }
 
 

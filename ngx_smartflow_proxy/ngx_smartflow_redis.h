@@ -51,6 +51,7 @@ struct ngx_smartflow_redis_s {
     ngx_smartflow_redis_script_t  scripts[NGX_SMARTFLOW_REDIS_MAX_SCRIPTS];
     ngx_uint_t                  nscripts;
     ngx_smartflow_redis_up_pt   on_up;
+    ngx_smartflow_redis_up_pt   on_quit;    /* the worker is told to quit */
     ngx_atomic_t               *down_flag;  /* shared: one log line */
 
     /* in each worker */
@@ -59,6 +60,8 @@ struct ngx_smartflow_redis_s {
     ngx_uint_t                  state;
     ngx_uint_t                  pending;
     ngx_uint_t                  writing;    /* in redisAsyncHandleWrite */
+    ngx_uint_t                  quitting;
+    ngx_msec_t                  deadline;   /* of a quitting worker's wait */
     ngx_msec_t                  backoff;
     ngx_event_t                 watchdog;
     ngx_event_t                 reconnect;

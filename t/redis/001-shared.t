@@ -30,6 +30,17 @@ sub create {
     return ($key, $id);
 }
 
+# a condition met within 10 s (the nodes poll Redis every 250 ms)
+sub wait_for {
+    my ($what, $cond) = @_;
+    my $t0 = time;
+    until ($cond->()) {
+        return fail "$what: not within 10 s" if time - $t0 > 10 * $c->{slow};
+        sleep 0.05;
+    }
+    pass $what;
+}
+
 sub tally {
     my %n;
     $n{$_->[0]}++ for @{ $_[0] };
@@ -59,10 +70,10 @@ like $c->redis_cli('HGET', 'sf:vk', ($idt =~ /(\d+)/)[0]),
 ($status, $body) = $c->http($b, 'PATCH', "/api/auth/virtual-keys/$idt",
                             '{"cache_threshold":0.95}', @master);
 like $body, qr/"cache_threshold":0.95,/, 'B changes it';
-sleep 0.6;
-($status, $body) = $c->http($a, 'GET', "/api/auth/virtual-keys/$idt", undef,
-                            @master);
-like $body, qr/"cache_threshold":0.95,/, 'A has the change made on B';
+wait_for 'A has the change made on B', sub {
+    (undef, $body) = $c->http($a, 'GET', "/api/auth/virtual-keys/$idt",
+                              undef, @master);
+    $body =~ /"cache_threshold":0.95,/ };
 
 # one name, made on both nodes at once: one key gets it
 my $twice = $c->burst(map { [$_, 'POST', '/api/auth/virtual-keys',
@@ -71,15 +82,16 @@ is join(' ', sort map { $_->[0] } @$twice), '201 409',
    'a name made on both nodes at once: one 201, one 409';
 my ($lost) = grep { $_->[0] == 409 } @$twice;
 like $lost->[1], qr/"code":"duplicate_name"/, '... duplicate_name';
-sleep 0.6;
-($status, $body) = $c->http($a, 'GET', '/api/auth/virtual-keys', undef,
-                            @master);
-my @twice = $body =~ /"name":"shared-twice"/g;
-is scalar(@twice), 1, 'A lists the name once';
-($status, $body) = $c->http($b, 'GET', '/api/auth/virtual-keys', undef,
-                            @master);
-@twice = $body =~ /"name":"shared-twice"/g;
-is scalar(@twice), 1, 'B lists the name once';
+for my $node ($a, $b) {
+    # the node that answered 409 has the key once its poll brought it
+    my @twice;
+    wait_for "$node->{name} has the key of that name", sub {
+        (undef, $body) = $c->http($node, 'GET', '/api/auth/virtual-keys',
+                                  undef, @master);
+        @twice = $body =~ /"name":"shared-twice"/g;
+        @twice > 0 };
+    is scalar(@twice), 1, "$node->{name} lists the name once";
+}
 
 my ($k2, $id2) = create($b, '{"name":"shared-two"}');
 isnt $id2, $id1, 'ids are unique across nodes';
@@ -121,10 +133,10 @@ like $refused->[1], qr/"code":"insufficient_quota"/,
      'over budget is insufficient_quota';
 
 # the settlements reach Redis after the answers
-sleep 0.5;
 my ($n) = $bid =~ /(\d+)/;
+wait_for 'Redis holds no reservation any more',
+    sub { ($c->redis_cli('HGET', "sf:vk:c:$n", 'res') // '') eq '0' };
 is $c->redis_cli('HGET', "sf:vk:c:$n", 'sp'), 12, 'Redis holds the spend';
-is $c->redis_cli('HGET', "sf:vk:c:$n", 'res'), 0, 'no reservation is left';
 
 ($status, $body) = $c->http($a, 'GET', "/api/auth/virtual-keys/$bid/usage",
                             undef, @master);
@@ -137,7 +149,9 @@ for (1 .. 3) {
                          "Authorization: Bearer $uk");
     is $status, 200, "served on A only ($_)";
 }
-sleep 0.3;
+my ($un) = $uid =~ /(\d+)/;
+wait_for 'Redis has the settlements',
+    sub { ($c->redis_cli('HGET', "sf:vk:c:$un", 'wres') // '') eq '0' };
 ($status, $body) = $c->http($b, 'GET', "/api/auth/virtual-keys/$uid/usage",
                             undef, @master);
 is $status, 200, 'usage asked on B';
@@ -147,7 +161,8 @@ like $body, qr/"requests":3,.*"total_tokens":[1-9]/s,
 # tokens per minute: the usage settled on one node counts on the other;
 # a request goes out when the window's tokens plus its estimate (a token
 # per 4 body bytes, plus max_tokens) stay within 200
-my ($tk) = create($b, '{"name":"shared-tpm","tpm":200}');
+my ($tk, $tid) = create($b, '{"name":"shared-tpm","tpm":200}');
+my ($tn) = $tid =~ /(\d+)/;
 my $ask = '{"model":"smartflow-echo","max_tokens":100,"messages":'
           . '[{"role":"user","content":"one two three four five"}]}';
 my $estimate = int((length($ask) + 3) / 4) + 100;
@@ -167,7 +182,8 @@ for my $i (1 .. 12) {
         last;
     }
     # the settlement reaches Redis before the next request
-    sleep 0.3;
+    wait_for "request $i settled in Redis",
+        sub { ($c->redis_cli('HGET', "sf:vk:c:$tn", 'wres') // '') eq '0' };
 }
 is_deeply [ map { (split m{/})[0] } @seen ], [ map { (split m{/})[1] } @seen ],
           'tpm 200 holds across both nodes: ' . join(' ', @seen);
@@ -183,13 +199,13 @@ is $status, 200, 'B serves the key before the revocation';
 is $status, 200, 'revoked on A';
 my $t0 = time;
 my $gone;
-while (time - $t0 < 3) {
+while (time - $t0 < 3 * $c->{slow}) {
     ($status, $body) = $c->http($b, 'POST', '/v1/chat/completions', $hello,
                                 "Authorization: Bearer $vk");
     if ($status == 401) { $gone = time - $t0; last; }
     sleep 0.05;
 }
-ok defined $gone && $gone < 1, 'B refuses the revoked key within 1 s'
+ok defined $gone && $gone < $c->{slow}, 'B refuses the revoked key within 1 s'
     or diag "still served after 3 s";
 like $body, qr/has been revoked/, '... as revoked';
 
@@ -206,7 +222,14 @@ is $status, 200, 'revoked on A';
                             '{"rpm":10}', @master);
 is $status, 409, 'a change on B right after is refused' or diag $body;
 like $body, qr/"code":"key_revoked"/, '... as a revoked key';
-sleep 1;
+for my $node ($a, $b) {
+    wait_for 'the key is revoked on ' . ($node == $a ? 'A' : 'B'), sub {
+        ($status) = $c->http($node, 'POST', '/v1/chat/completions', $hello,
+                             "Authorization: Bearer $vk2");
+        $status == 401 };
+}
+# a while later, after more polls
+sleep 0.6;
 for my $node ($a, $b) {
     ($status) = $c->http($node, 'POST', '/v1/chat/completions', $hello,
                          "Authorization: Bearer $vk2");
@@ -229,10 +252,10 @@ my ($k1new) = $body =~ /"key":"(sk-sf-[0-9a-f]{48})"/;
 ($status) = $c->http($a, 'POST', '/v1/chat/completions', $hello,
                      "Authorization: Bearer $k1new");
 is $status, 200, 'A takes the new secret at once';
-sleep 0.6;
-($status) = $c->http($a, 'POST', '/v1/chat/completions', $hello,
-                     "Authorization: Bearer $k1");
-is $status, 401, 'A refuses the old secret';
+wait_for 'A refuses the old secret', sub {
+    ($status) = $c->http($a, 'POST', '/v1/chat/completions', $hello,
+                         "Authorization: Bearer $k1");
+    $status == 401 };
 
 for my $node ($a, $b) {
     my $log = $c->error_log($node);

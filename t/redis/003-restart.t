@@ -6,7 +6,7 @@ use strict;
 use warnings;
 
 use Test::More;
-use Time::HiRes qw(sleep);
+use Time::HiRes qw(sleep time);
 use lib 't/lib';
 use Smartflow::Cluster;
 
@@ -25,7 +25,21 @@ sub create {
     my ($status, $body) = $c->http($node, 'POST', '/api/auth/virtual-keys',
                                    $spec, @master);
     is $status, 201, "key made: $spec" or diag $body;
-    return $body =~ /"key":"(sk-sf-[0-9a-f]{48})"/;
+    return ($body =~ /"key":"(sk-sf-[0-9a-f]{48})"/,
+            $body =~ /"id":"vk_(\d+)"/);
+}
+
+# a counter of a key in Redis, within 10 s
+sub wait_counter {
+    my ($id, $field, $want) = @_;
+    my $t0 = time;
+    my $got;
+    while (time - $t0 < 10 * $c->{slow}) {
+        $got = $c->redis_cli('HGET', "sf:vk:c:$id", $field) // '';
+        last if $got eq $want;
+        sleep 0.05;
+    }
+    is $got, $want, "Redis holds $field $want for vk_$id";
 }
 
 sub chat {
@@ -34,12 +48,15 @@ sub chat {
                     "Authorization: Bearer $key");
 }
 
-my ($budget) = create($a, '{"name":"spend","budget_usd":0.000003}');
-my ($rpm) = create($a, '{"name":"window","rpm":4}');
+my ($budget, $bid) = create($a, '{"name":"spend","budget_usd":0.000003}');
+my ($rpm, $rid) = create($a, '{"name":"window","rpm":4}');
 
 is((chat($a, $budget))[0], 200, "spend $_") for 1 .. 3;
 is((chat($a, $rpm))[0], 200, "window $_") for 1 .. 2;
-sleep 0.3;
+# settled in Redis before A stops
+wait_counter($bid, 'sp', 3);
+wait_counter($bid, 'res', 0);
+wait_counter($rid, 'wres', 0);
 
 # A restarts without its state file: all it knows comes from Redis
 $c->stop($a);

@@ -8,7 +8,7 @@ use strict;
 use warnings;
 
 use Test::More;
-use Time::HiRes qw(sleep);
+use Time::HiRes qw(sleep time);
 use lib 't/lib';
 use Smartflow::Cluster;
 
@@ -30,6 +30,18 @@ sub create {
     my ($key) = $body =~ /"key":"(sk-sf-[0-9a-f]{48})"/;
     my ($id) = $body =~ /"id":"vk_(\d+)"/;
     return ($key, $id);
+}
+
+# every lease given back and every request settled: nothing reserved
+sub settled {
+    my ($id) = @_;
+    my $t0 = time;
+    while (time - $t0 < 10 * $c->{slow}) {
+        my %f = split /\n/, $c->redis_cli('HGETALL', "sf:vk:c:$id");
+        return 1 if ($f{res} // '') eq '0' && ($f{wres} // '') eq '0';
+        sleep 0.05;
+    }
+    return 0;
 }
 
 sub tally {
@@ -75,7 +87,7 @@ ok $made < $served,
     . " ($made went to Redis one by one, or asked for a lease)";
 
 # the leases end within 50 ms and go back with the settlements
-sleep 0.5;
+ok settled($id), 'the leases and settlements reached Redis';
 my %f = split /\n/, $c->redis_cli('HGETALL', "sf:vk:c:$id");
 is $f{wr}, $served, 'the window counts every request once';
 is $f{pr}, $served, 'so does the period';
@@ -100,7 +112,7 @@ for my $round (1 .. 10) {
 }
 is join(', ', map { "$_ x$all{$_}" } sort keys %all), '200 x300, 429 x200',
    'rpm 300 holds exactly across two nodes for busy bursts';
-sleep 0.5;
+ok settled($lid), 'what the leases did not use is back';
 is $c->redis_cli('HGET', "sf:vk:c:$lid", 'wr'), 300,
    'the window holds the 300 served';
 
@@ -117,7 +129,7 @@ for my $round (1 .. 5) {
 }
 is join(', ', map { "$_ x$all{$_}" } sort keys %all), '200 x100, 429 x100',
    'a budget of 100 requests holds exactly across two nodes';
-sleep 0.5;
+ok settled($bid), 'what the leases did not use is back';
 is $c->redis_cli('HGET', "sf:vk:c:$bid", 'sp'), 100, 'Redis holds the spend';
 is $c->redis_cli('HGET', "sf:vk:c:$bid", 'res'), 0, 'nothing reserved';
 

@@ -28,10 +28,12 @@ my $completion = counter($id, 'c');
 ok $prompt > 0 && $completion > 0, 'and its tokens';
 
 # Redis frozen: both workers of A find it away
+my $away = count($a, qr/redis \S+ unreachable/);
+my $back = count($a, qr/redis \S+ answers again/);
 kill 'STOP', $c->{redis_pid};
 wait_for 'A finds Redis away',
-    sub { count($a, qr/redis \S+ unreachable/) >= 1 };
-sleep(0.6 * $c->{slow});
+    sub { count($a, qr/redis \S+ unreachable/) > $away };
+sleep(away_time());
 
 # admitted from the zone; answered once Redis is back
 my $late = send_all($a, 4, $key);
@@ -39,7 +41,7 @@ sleep(0.3 * $c->{slow});
 
 kill 'CONT', $c->{redis_pid};
 wait_for 'A says Redis answers again',
-    sub { count($a, qr/redis \S+ answers again/) >= 1 };
+    sub { count($a, qr/redis \S+ answers again/) > $back };
 
 $r = read_all($late);
 is join(' ', map { $_->[0] } @$r), '200 200 200 200',
@@ -73,12 +75,14 @@ like $body, qr/insufficient_quota/, '... as an exhausted budget';
 sleep(1 * $c->{slow});
 is counter($id, 's'), 5 * $cost, 'the spend is counted once';
 
+$away = count($a, qr/redis \S+ unreachable/);
+$back = count($a, qr/redis \S+ answers again/);
 kill 'STOP', $c->{redis_pid};
 wait_for 'A finds Redis away again',
-    sub { count($a, qr/redis \S+ unreachable/) >= 2 };
+    sub { count($a, qr/redis \S+ unreachable/) > $away };
 kill 'CONT', $c->{redis_pid};
 wait_for 'A says Redis answers again, a second time',
-    sub { count($a, qr/redis \S+ answers again/) >= 2 };
+    sub { count($a, qr/redis \S+ answers again/) > $back };
 sleep(1 * $c->{slow});
 is counter($id, 's'), 5 * $cost, 'still once after the next outage';
 is counter($id, 'r'), 5, 'the requests too (a refused one is not counted)'

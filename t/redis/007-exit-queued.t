@@ -32,10 +32,12 @@ wait_for 'their cost is reserved in Redis',
     sub { counter($id, 'res') > 0 };
 sleep(0.2 * $c->{slow});
 
+my $away = count($a, qr/redis \S+ unreachable/);
+my $back = count($a, qr/redis \S+ answers again/);
 kill 'STOP', $c->{redis_pid};
 wait_for 'A finds Redis away',
-    sub { count($a, qr/redis \S+ unreachable/) >= 1 };
-sleep(0.6 * $c->{slow});
+    sub { count($a, qr/redis \S+ unreachable/) > $away };
+sleep(away_time());
 
 $r = read_all($held);
 is join(' ', map { $_->[0] } @$r), '200 200 200',
@@ -49,7 +51,7 @@ wait_for 'the workers that settled them have exited',
 
 kill 'CONT', $c->{redis_pid};
 wait_for 'A says Redis answers again',
-    sub { count($a, qr/redis \S+ answers again/) >= 1 };
+    sub { count($a, qr/redis \S+ answers again/) > $back };
 
 wait_for 'Redis holds no reservation for them any more',
     sub { counter($id, 'res') == 0 }

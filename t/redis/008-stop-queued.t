@@ -32,10 +32,11 @@ wait_for 'their cost is reserved in Redis',
     sub { counter($id, 'res') > 0 };
 sleep(0.2 * $c->{slow});
 
+my $away = count($a, qr/redis \S+ unreachable/);
 kill 'STOP', $c->{redis_pid};
 wait_for 'A finds Redis away',
-    sub { count($a, qr/redis \S+ unreachable/) >= 1 };
-sleep(0.6 * $c->{slow});
+    sub { count($a, qr/redis \S+ unreachable/) > $away };
+sleep(away_time());
 
 # and one admitted by the zone alone
 my $apart = send_all($a, 1, $key);
@@ -56,10 +57,9 @@ like $state, qr/"redis_apart":\[\n\{"id":$id,"requests":1,/,
      '... what the zone served alone';
 like $state, qr/"redis_epoch":"\d+\.\d+"/, '... and which Redis it saw';
 
+# (the workers may reach Redis before their timeout: no outage for them)
 $c->start($a);
 kill 'CONT', $c->{redis_pid};
-wait_for 'A says Redis answers again',
-    sub { count($a, qr/redis \S+ answers again/) >= 1 };
 
 wait_for 'Redis holds no reservation for them any more',
     sub { counter($id, 'res') == 0 }

@@ -17,7 +17,11 @@ package Smartflow::Cluster;
 # Redis), with defaults, so that several runs can share the machine.
 # Each node is a real nginx (TEST_NGINX_BINARY, the modules from
 # TEST_NGINX_MODULES) with its own prefix under TEST_NGINX_SERVROOT, two
-# workers and a master.
+# workers and a master.  Its smartflow_redis has a generous timeout= (2 s,
+# 6 s under AddressSanitizer), so that a loaded machine's pause never
+# passes for an outage; timeout => MS gives another.  start() and
+# reload() return once the node's workers are connected to Redis (when
+# it runs), not after a fixed pause.
 
 use strict;
 use warnings;
@@ -58,22 +62,40 @@ sub new {
 
 sub redis_port { $_[0]{redis_port} }
 
+# Ports in the kernel's ephemeral range (a run with ports moved, several
+# at once on one machine) may be held a moment by another's outgoing
+# connection: a start that finds its port taken is tried again.
 sub redis_start {
     my ($self) = @_;
-    my $pid = fork;
-    die "fork: $!" unless defined $pid;
-    if ($pid == 0) {
-        open STDOUT, '>', "$self->{root}/redis.log";
-        open STDERR, '>&', \*STDOUT;
-        no warnings 'exec';
-        exec { 'redis-server' } 'redis-server', '--port', $self->{redis_port},
-             '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
-             '--dir', $self->{root};
-        POSIX::_exit(127);
+    for my $try (1 .. 30) {
+        my $pid = fork;
+        die "fork: $!" unless defined $pid;
+        if ($pid == 0) {
+            open STDOUT, '>', "$self->{root}/redis.log";
+            open STDERR, '>&', \*STDOUT;
+            no warnings 'exec';
+            exec { 'redis-server' } 'redis-server',
+                 '--port', $self->{redis_port}, '--bind', '127.0.0.1',
+                 '--save', '', '--appendonly', 'no', '--dir', $self->{root};
+            POSIX::_exit(127);
+        }
+        for (1 .. 300) {
+            last if waitpid($pid, POSIX::WNOHANG()) == $pid;
+            my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                             PeerPort => $self->{redis_port},
+                                             Proto => 'tcp', Timeout => 1);
+            if ($sock) {
+                close $sock;
+                $self->{redis_pid} = $pid;
+                return $pid;
+            }
+            sleep 0.05;
+        }
+        kill 'KILL', $pid;
+        waitpid $pid, 0;
+        sleep 1;
     }
-    $self->{redis_pid} = $pid;
-    _wait_port($self->{redis_port}, 1);
-    return $pid;
+    die "redis-server did not start on port $self->{redis_port}\n";
 }
 
 sub redis_stop {
@@ -101,8 +123,9 @@ sub node {
     my $dir = "$self->{root}/$name";
     # the state folder is made by nginx, for its workers' user
     make_path("$dir/logs");
+    my $timeout = ($o{timeout} || 2000) * $self->{slow};
     my $redis = $o{redis} // "127.0.0.1:$self->{redis_port}"
-                             . " timeout=$self->{slow}00ms"
+                             . " timeout=${timeout}ms"
                              . " fail=" . ($o{fail} || 'open');
     my $node = { name => $name, dir => $dir, port => $o{port} };
     # extra modules (after the proxy), main and http-level lines, if asked
@@ -191,13 +214,19 @@ _EOC_
 
 sub start {
     my ($self, $node) = @_;
-    my $rc = system($self->{binary}, '-p', $node->{dir}, '-c',
-                    "$node->{dir}/nginx.conf");
-    die "nginx $node->{name} did not start: " . $self->error_log($node)
+    my ($rc, $out);
+    my $cmd = "$self->{binary} -p $node->{dir} -c $node->{dir}/nginx.conf";
+    for my $try (1 .. 30) {
+        $out = `$cmd 2>&1`;
+        $rc = $?;
+        last if $rc == 0 || $out !~ /Address already in use/;
+        sleep 0.5;
+    }
+    die "nginx $node->{name} did not start: $out" . $self->error_log($node)
         if $rc != 0;
     _wait_port($node->{port}, 1);
-    # the workers connect to Redis and pull the keys
-    sleep(0.5 * $self->{slow});
+    $node->{running} = 1;
+    $self->wait_workers;
 }
 
 sub pid {
@@ -212,6 +241,7 @@ sub pid {
 sub stop {
     my ($self, $node) = @_;
     my $pid = $self->pid($node) or return;
+    $node->{running} = 0;
     kill 'QUIT', $pid;
     for (1 .. 100) {
         last unless kill 0, $pid;
@@ -221,11 +251,66 @@ sub stop {
     _wait_port($node->{port}, 0);
 }
 
+# the worker processes of a master, by pid
+sub workers {
+    my ($self, $master) = @_;
+    my @pids;
+    opendir my $dh, '/proc' or return;
+    for my $pid (grep { /^\d+$/ } readdir $dh) {
+        open my $fh, '<', "/proc/$pid/stat" or next;
+        my $stat = <$fh>;
+        close $fh;
+        # pid (comm) state ppid ...
+        push @pids, $pid if $stat && $stat =~ /\) \S+ (\d+) / && $1 == $master;
+    }
+    closedir $dh;
+    return @pids;
+}
+
+# the old workers have exited and the new ones reach Redis
 sub reload {
     my ($self, $node) = @_;
     my $pid = $self->pid($node) or die "no pid for $node->{name}";
+    my @old = $self->workers($pid);
     kill 'HUP', $pid;
-    sleep(1.5 * $self->{slow});
+    my $t0 = time;
+    while (time - $t0 < 20 * $self->{slow}) {
+        my %now = map { $_ => 1 } $self->workers($pid);
+        last if !grep { $now{$_} } @old and keys %now;
+        sleep 0.05;
+    }
+    $self->wait_workers;
+}
+
+# true while redis-server is stopped by SIGSTOP (a test freezes it)
+sub redis_frozen {
+    my ($self) = @_;
+    my $pid = $self->{redis_pid} or return 0;
+    open my $fh, '<', "/proc/$pid/stat" or return 0;
+    my $stat = <$fh>;
+    close $fh;
+    return $stat =~ /\) T /;
+}
+
+# Waits (10 s at most) until Redis has a connection past its set-up for
+# each worker of the running nodes: its last command is a script (the
+# poll every worker sends as soon as it is connected) or a command of
+# the cache, not AUTH, SELECT, SCRIPT LOAD or the PING behind them.
+# Nothing to wait for while Redis is stopped or frozen.
+sub wait_workers {
+    my ($self) = @_;
+    return unless $self->{redis_pid} && !$self->redis_frozen;
+    my $want = 2 * grep { $_->{running} } values %{ $self->{nodes} };
+    my $t0 = time;
+    while (time - $t0 < 10 * $self->{slow}) {
+        my $list = $self->redis_cli('CLIENT', 'LIST') // '';
+        my $up = grep {
+            /\bcmd=(\S+)/
+            && $1 !~ /^(?:NULL|auth|select|script\|load|ping|client\|list)$/
+        } split /\n/, $list;
+        return if $up >= $want;
+        sleep 0.05;
+    }
 }
 
 sub error_log {

@@ -30,8 +30,8 @@ package Smartflow::Keys;
 # on its own connection to the nginx under test, and returns their answers
 # as [status, body] pairs (for --- init code in multi-worker blocks).
 #
-# reload() sends SIGHUP to the nginx under test once it is up, and gives
-# it time to start its new workers.
+# reload() sends SIGHUP to the nginx under test once it is up, and
+# returns once its old workers have exited and new ones run.
 
 use strict;
 use warnings;
@@ -176,9 +176,35 @@ sub reload {
     my $pid = do { local $/; <$fh> };
     close $fh;
     $pid =~ s/\s+//g;
+    my @old = _workers($pid);
     kill 'HUP', $pid
         or die "Smartflow::Keys: cannot signal nginx $pid: $!\n";
-    select(undef, undef, undef, $ENV{TEST_NGINX_USE_VALGRIND} ? 6 : 1.5);
+
+    # one process (master_process off): it reconfigures itself at once
+    return select(undef, undef, undef, 1.5) unless @old;
+
+    # until the old workers have gone and new ones run (30 s at most)
+    for (1 .. 600) {
+        my %now = map { $_ => 1 } _workers($pid);
+        last if %now && !grep { $now{$_} } @old;
+        select(undef, undef, undef, 0.05);
+    }
+}
+
+# the worker processes of a master, by pid
+sub _workers {
+    my ($master) = @_;
+    my @pids;
+    opendir my $dh, '/proc' or return;
+    for my $pid (grep { /^\d+$/ } readdir $dh) {
+        open my $fh, '<', "/proc/$pid/stat" or next;
+        my $stat = <$fh>;
+        close $fh;
+        # pid (comm) state ppid ...
+        push @pids, $pid if $stat && $stat =~ /\) \S+ (\d+) / && $1 == $master;
+    }
+    closedir $dh;
+    return @pids;
 }
 
 Test::Nginx::Socket::add_response_body_check(sub {

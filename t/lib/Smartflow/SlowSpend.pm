@@ -9,11 +9,18 @@ package Smartflow::SlowSpend;
 #   my ($c, $a, $b) = Smartflow::SlowSpend::setup('late-spend', nodes => 2);
 #
 # redis_timeout => MS gives the nodes' smartflow_redis that timeout= (times
-# the sanitizer's slowness) instead of the short default of the suites;
-# main => TEXT adds main-context lines to their nginx.conf.
+# the sanitizer's slowness) instead of 500 ms: short, as these suites
+# freeze Redis and wait for the nodes to find it away, but five times
+# the 100 ms they had, which a loaded machine's pause could pass;
+# redis_addr => HOST:PORT has the nodes reach Redis there (a proxy of
+# the suite's own); main => TEXT adds main-context lines to their
+# nginx.conf.
 #
 # exports count(NODE, RE), wait_for(WHAT, SUB), counter(ID, FIELD),
-# send_all(NODE, N, KEY), read_all(SOCKS) and make_key(NODE, NAME).
+# send_all(NODE, N, KEY), read_all(SOCKS), make_key(NODE, NAME) and
+# away_time(): how long, once one worker of a node has found a frozen
+# Redis away, its other worker may take to find it too (its next poll,
+# then the timeout), with room to spare.
 
 use strict;
 use warnings;
@@ -26,9 +33,11 @@ use Time::HiRes qw(sleep time);
 use Smartflow::Cluster;
 use Smartflow::Mock;
 
-our @EXPORT = qw(count wait_for counter send_all read_all make_key);
+our @EXPORT = qw(count wait_for counter send_all read_all make_key
+                 away_time);
 
 my $c;
+my $timeout;
 
 our $Ask = '{"model":"slow","messages":'
            . '[{"role":"user","content":"how much is this"}]}';
@@ -54,10 +63,9 @@ sub setup {
 _EOC_
 
     my %redis;
-    $redis{redis} = "127.0.0.1:$c->{redis_port}"
-                    . ' timeout=' . ($o{redis_timeout} * $c->{slow}) . 'ms'
-                    . ' fail=open'
-        if $o{redis_timeout};
+    $timeout = ($o{redis_timeout} || 500) * $c->{slow};
+    $redis{redis} = ($o{redis_addr} || "127.0.0.1:$c->{redis_port}")
+                    . " timeout=${timeout}ms fail=open";
     $redis{main} = $o{main} if defined $o{main};
 
     my @nodes = ($c->node('a', port => $ENV{TEST_NGINX_PORT} || 3100,
@@ -70,6 +78,10 @@ _EOC_
     }
 
     return ($c, @nodes);
+}
+
+sub away_time {
+    return 2 * (0.25 + $timeout / 1000);
 }
 
 # how many lines of the node's error log match
