@@ -1734,7 +1734,12 @@ ngx_http_smartflow_cache_init_process(ngx_cycle_t *cycle)
         }
     }
 
-    ngx_http_smartflow_cache_redis_watch(cycle);
+    /* nginx's cache manager and loader serve no request: no Redis */
+    if (ngx_process == NGX_PROCESS_WORKER
+        || ngx_process == NGX_PROCESS_SINGLE)
+    {
+        ngx_http_smartflow_cache_redis_watch(cycle);
+    }
 
     return NGX_OK;
 }

@@ -668,7 +668,14 @@ ngx_http_smartflow_keys_init_process(ngx_cycle_t *cycle)
     ngx_event_t                     *ev;
     ngx_http_smartflow_main_conf_t  *smcf;
 
-    if (ngx_get_conf(cycle->conf_ctx, ngx_http_module)) {
+    /*
+     * nginx's cache manager and loader run this too, but serve no
+     * request: only a worker talks to Redis
+     */
+    if (ngx_get_conf(cycle->conf_ctx, ngx_http_module)
+        && (ngx_process == NGX_PROCESS_WORKER
+            || ngx_process == NGX_PROCESS_SINGLE))
+    {
         smcf = ngx_http_cycle_get_module_main_conf(cycle,
                                            ngx_http_smartflow_proxy_module);
 
