@@ -17,8 +17,8 @@
 #define NGX_SMARTFLOW_AUDIT_SEGMENT  "segment-%08ui.log"
 #define NGX_SMARTFLOW_AUDIT_SEAL     "segment-%08ui.seal"
 
-/* "indexed" of the receipts index: "N C0 ... C255\n" */
-#define NGX_SMARTFLOW_AUDIT_INDEX_MARKER  (21 * 257 + 1)
+/* "indexed" of the receipts index: "N C0 ... C255 S0 ... S255\n" */
+#define NGX_SMARTFLOW_AUDIT_INDEX_MARKER  (21 * 257 + 17 * 256 + 1)
 
 #define NGX_SMARTFLOW_AUDIT_NAME_LEN sizeof("segment-00000000.seal")
 
@@ -236,8 +236,39 @@ ngx_http_smartflow_audit_record_id(u_char *p, u_char *eol, size_t *len)
 }
 
 
+/*
+ * What "indexed" keeps of the entries of an index file: the sum of a
+ * 64-bit hash of each (FNV-1a, then mixed), which grows as entries are
+ * appended, so that a file rewritten at its own length is found out by
+ * whoever reads it whole.  It finds damage, it proves nothing.
+ */
+static ngx_inline uint64_t
+ngx_http_smartflow_audit_index_sum(u_char *e, size_t n, uint64_t sum)
+{
+    size_t    i, k;
+    uint64_t  h;
+
+    for (i = 0; i < n; i++, e += 20) {
+        h = 0xcbf29ce484222325ULL;
+
+        for (k = 0; k < 20; k++) {
+            h = (h ^ e[k]) * 0x100000001b3ULL;
+        }
+
+        h ^= h >> 33;
+        h *= 0xff51afd7ed558ccdULL;
+        h ^= h >> 33;
+
+        sum += h;
+    }
+
+    return sum;
+}
+
+
 ngx_int_t ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s);
-ngx_int_t ngx_http_smartflow_audit_index_read(u_char *dir, off_t *count);
+ngx_int_t ngx_http_smartflow_audit_index_read(u_char *dir, off_t *count,
+    uint64_t *sum);
 ngx_int_t ngx_http_smartflow_audit_index(u_char *dir, ngx_uint_t segment,
     char *err, size_t errlen);
 ngx_int_t ngx_http_smartflow_audit_write_ro(u_char *path, u_char *data,

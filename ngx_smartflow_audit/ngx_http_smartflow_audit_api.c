@@ -1708,7 +1708,9 @@ ngx_http_smartflow_audit_proof_removed(ngx_http_smartflow_audit_query_t *q,
  * names for a receipt id, *n of them; *indexed: the last segment the
  * index vouches for, whose ids not named are not in the folder, 0 when it
  * vouches for none (no "indexed", or the id's file shorter than it
- * counts, or not a plain file).
+ * counts, or not a plain file, or its entries not summing to what
+ * "indexed" keeps: then "damaged" is left for the next seal, which makes
+ * the index again).
  */
 static void
 ngx_http_smartflow_audit_index_find(u_char *dir, u_char *id,
@@ -1719,9 +1721,11 @@ ngx_http_smartflow_audit_index_find(u_char *dir, u_char *id,
     off_t        off, size;
     ssize_t      got;
     ngx_int_t    done;
+    uint64_t     have;
     ngx_uint_t   seg, i, max;
     struct stat  st;
-    off_t        count[256];
+    off_t        count[256], kept;
+    uint64_t     sum[256];
     u_char       key[16], path[NGX_MAX_PATH];
     u_char       buf[20 * 512];
 
@@ -1733,7 +1737,7 @@ ngx_http_smartflow_audit_index_find(u_char *dir, u_char *id,
         return;
     }
 
-    done = ngx_http_smartflow_audit_index_read(dir, count);
+    done = ngx_http_smartflow_audit_index_read(dir, count, sum);
     if (done == NGX_ERROR) {
         return;
     }
@@ -1760,6 +1764,8 @@ ngx_http_smartflow_audit_index_find(u_char *dir, u_char *id,
                    "smartflow audit proof reads %s", path);
 
     size = st.st_size - st.st_size % 20;
+    kept = count[key[0]] * 20;
+    have = 0;
 
     for (off = 0; off < size; off += got) {
         got = pread(fd, buf, ngx_min((off_t) sizeof(buf), size - off), off);
@@ -1773,6 +1779,12 @@ ngx_http_smartflow_audit_index_find(u_char *dir, u_char *id,
         }
 
         last = buf + got;
+
+        /* the entries "indexed" counts, not those of an indexing going on */
+        if (off < kept) {
+            have = ngx_http_smartflow_audit_index_sum(buf,
+                       (size_t) (ngx_min(off + got, kept) - off) / 20, have);
+        }
 
         for (p = buf; p < last; p += 20) {
             if (ngx_memcmp(p, key, 16) != 0) {
@@ -1792,9 +1804,29 @@ ngx_http_smartflow_audit_index_find(u_char *dir, u_char *id,
 
     (void) close(fd);
 
-    if (off >= size) {
-        *indexed = done;
+    if (off < size) {
+        return;
     }
+
+    if (have != sum[key[0]]) {
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "smartflow audit: the receipts index file %s does not "
+                      "match its sum in \"indexed\"; the proof reads every "
+                      "segment, and the next seal makes the index again",
+                      path);
+
+        ngx_snprintf(path, NGX_MAX_PATH, "%s/receipts/damaged%Z", dir);
+
+        fd = open((char *) path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW
+                                 | O_NONBLOCK, 0644);
+        if (fd != -1) {
+            (void) close(fd);
+        }
+
+        return;
+    }
+
+    *indexed = done;
 }
 
 
