@@ -173,8 +173,8 @@ typedef struct {
     u_char                      tsa_url[1024];  /* empty: none */
     u_char                      tsa_ca[NGX_MAX_PATH];   /* empty: none */
     ngx_msec_t                  tsa_timeout;
-    ngx_flag_t                  offline;        /* spool, no call */
-    ngx_flag_t                  index;          /* the receipts index */
+    ngx_flag_t                  offline;        /* at start: spool, no */
+                                                /* call, no index */
 
     /* results */
     ngx_int_t                   rc;
@@ -284,6 +284,9 @@ ngx_int_t ngx_http_smartflow_audit_tsa_retry(u_char *dir, u_char *url,
     size_t errlen);
 char *ngx_http_smartflow_audit_tsa_ca(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+void ngx_http_smartflow_audit_tsa_conf(
+    ngx_http_smartflow_audit_main_conf_t *amcf, u_char *url, size_t url_size,
+    u_char *ca, size_t ca_size);
 ngx_int_t ngx_http_smartflow_audit_flush(
     ngx_http_smartflow_audit_main_conf_t *amcf, ngx_log_t *log);
 void ngx_http_smartflow_audit_count(ngx_http_smartflow_audit_sh_t *sh,

@@ -149,8 +149,11 @@ ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s)
         }
     }
 
-    /* the receipts index; a failure there leaves proofs slower, not wrong */
-    if (s->index) {
+    /*
+     * The receipts index; a failure there leaves proofs slower, not
+     * wrong.  A seal at start leaves it to the workers' first seal.
+     */
+    if (!s->offline) {
         s->index_err[0] = '\0';
         (void) ngx_http_smartflow_audit_index(s->dir, s->segment,
                                               s->index_err,
@@ -1078,7 +1081,7 @@ ngx_http_smartflow_audit_seal_done(ngx_event_t *ev)
                       "smartflow audit: sealing segment %ui failed: %s",
                       s->segment, s->err);
 
-    } else if (s->index && s->index_err[0]) {
+    } else if (!s->offline && s->index_err[0]) {
         ngx_log_error(NGX_LOG_WARN, ev->log, 0,
                       "smartflow audit: the receipts index stops before "
                       "segment %ui, proofs read the segments after it: %s",
@@ -1411,15 +1414,10 @@ ngx_http_smartflow_audit_recover(ngx_log_t *log,
             s->now = ngx_time();
             s->offline = 1;
             s->tsa_timeout = amcf->tsa_timeout;
-            s->tsa_url[0] = '\0';
 
-            if (amcf->tsa_url.len) {
-                ngx_cpystrn(s->tsa_url, amcf->tsa_url.data,
-                            sizeof(s->tsa_url));
-                ngx_cpystrn(s->tsa_ca, amcf->tsa_ca.len
-                                       ? amcf->tsa_ca.data : (u_char *) "",
-                            sizeof(s->tsa_ca));
-            }
+            ngx_http_smartflow_audit_tsa_conf(amcf, s->tsa_url,
+                                              sizeof(s->tsa_url), s->tsa_ca,
+                                              sizeof(s->tsa_ca));
 
             if (ngx_http_smartflow_audit_seal(s) != NGX_OK) {
                 goto failed;
