@@ -2167,7 +2167,6 @@ ngx_http_smartflow_audit_query_thread(void *data, ngx_log_t *log)
         }
     }
 
-
     ngx_snprintf((u_char *) num, sizeof(num),
                  "],\"has_more\":%s,\"next_after\":%uL}\n%Z",
                  more ? "true" : "false", last_seq);
