@@ -2065,7 +2065,8 @@ ngx_http_smartflow_audit_query_thread(void *data, ngx_log_t *log)
     /*
      * A page after record N starts in the segment the seals place N + 1
      * in, checked there: its first record must not come after N + 1,
-     * else the seals are wrong and the folder is read from the start
+     * else the seals are wrong and the folder is read from the start, as
+     * it is when that segment is gone (shipped and removed)
      */
     seg = 1;
     check = 0;
@@ -2090,8 +2091,16 @@ ngx_http_smartflow_audit_query_thread(void *data, ngx_log_t *log)
         buf = ngx_http_smartflow_audit_slurp(path, &len);
 
         if (buf == NULL) {
-            /* the segments before a removed one are removed too */
-            check = 0;
+            if (check) {
+                /*
+                 * No record to check the seals by: a segment before it
+                 * may have stayed (a hole) and hold records after N, so
+                 * the folder is read from the start
+                 */
+                check = 0;
+                seg = 0;
+                continue;
+            }
 
             /* shipped to S3 and removed: its seal stays */
             ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEAL
