@@ -1716,18 +1716,19 @@ static void
 ngx_http_smartflow_audit_index_find(u_char *dir, u_char *id,
     ngx_uint_t *segs, ngx_uint_t *n, ngx_uint_t *indexed, ngx_log_t *log)
 {
-    int          fd;
-    u_char      *p, *last;
-    off_t        off, size;
-    ssize_t      got;
-    ngx_int_t    done;
-    uint64_t     have;
-    ngx_uint_t   seg, i, max;
-    struct stat  st;
-    off_t        count[256], kept;
-    uint64_t     sum[256];
-    u_char       key[16], path[NGX_MAX_PATH];
-    u_char       buf[20 * 512];
+    int              fd;
+    u_char          *p, *last;
+    off_t            off, size;
+    ssize_t          got;
+    ngx_int_t        done;
+    uint64_t         have;
+    ngx_uint_t       seg, i, max;
+    struct stat      st;
+    ngx_file_info_t  fi;
+    off_t            count[256], kept;
+    uint64_t         sum[256];
+    u_char           key[16], path[NGX_MAX_PATH];
+    u_char           buf[20 * 512];
 
     max = *n;
     *n = 0;
@@ -1740,6 +1741,30 @@ ngx_http_smartflow_audit_index_find(u_char *dir, u_char *id,
     done = ngx_http_smartflow_audit_index_read(dir, count, sum);
     if (done == NGX_ERROR) {
         return;
+    }
+
+    /*
+     * A number past the folder's segments is not the index's own (the
+     * next seal makes the index again): trusted, it would hide the ids
+     * of the segments after the last one indexed, the open one's
+     */
+    if (done > 0) {
+        ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEAL "%Z",
+                     dir, (ngx_uint_t) done);
+
+        if (ngx_file_info(path, &fi) == NGX_FILE_ERROR) {
+            ngx_snprintf(path, NGX_MAX_PATH, "%s/"
+                         NGX_SMARTFLOW_AUDIT_SEGMENT "%Z", dir,
+                         (ngx_uint_t) done);
+
+            if (ngx_file_info(path, &fi) == NGX_FILE_ERROR) {
+                ngx_log_error(NGX_LOG_WARN, log, 0,
+                              "smartflow audit: the receipts index says "
+                              "segment %i is indexed, which the folder "
+                              "lacks; the proof reads every segment", done);
+                return;
+            }
+        }
     }
 
     ngx_snprintf(path, NGX_MAX_PATH, "%s/receipts/%*s%Z", dir, 2, id);

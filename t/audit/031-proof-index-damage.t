@@ -1,8 +1,9 @@
 # A damaged receipts index never answers 404 for a record the folder
 # holds: an index file removed, cut short, replaced by a symlink (to a
 # FIFO, which must not hang the query) or naming a segment that does not
-# hold the id makes the proof read the segments, and the next seal makes
-# the index again, after which a proof reads one segment once more.
+# hold the id, or "indexed" naming a segment the folder lacks, makes the
+# proof read the segments, and the next seal makes the index again, after
+# which a proof reads one segment once more.
 
 use strict;
 use warnings;
@@ -119,6 +120,28 @@ for my $id ($removed, $cut, $linked, $wrong) {
     open $fh, '>', $f or die "$f: $!";
     print $fh $m;
     close $fh;
+}
+
+# before the next seal: a record of the open segment, which the index
+# does not hold yet, is found there, not hidden by "indexed"
+{
+    my $id;
+    for (1 .. 20) {
+        ($id) = $gw->chat_ids(1, 'open');
+        select undef, undef, undef, 0.3;
+        my %now = $gw->id_segments;
+        last if $now{$id} && !-e $gw->dir
+                    . sprintf('/segment-%08d.seal', $now{$id});
+        undef $id;
+    }
+    ok($id, 'a record in the open segment') or last;
+    my ($r, $lines) = proof($id);
+    is($r->{status}, 202, 'indexed past the folder: its proof, unsealed')
+        or diag $r->{content};
+    my $p = eval { $json->decode($r->{content}) } // {};
+    is($p->{record}{request_id}, $id, 'of the record asked for');
+    ok((grep { /\[warn\].*smartflow audit: the receipts index says segment 99999 is indexed, which the folder lacks/ } @$lines),
+       'the number past the folder is logged');
 }
 
 my @late = $gw->chat_ids(20, 'late');
