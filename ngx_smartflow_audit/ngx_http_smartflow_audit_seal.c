@@ -831,6 +831,11 @@ ngx_http_smartflow_audit_index_read(u_char *dir, off_t *count,
             done = v;
 
         } else {
+            /* more entries than a file can hold: not the index's own */
+            if (v > NGX_MAX_OFF_T_VALUE / 20) {
+                return NGX_ERROR;
+            }
+
             count[b - 1] = v;
         }
 
