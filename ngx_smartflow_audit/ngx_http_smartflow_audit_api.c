@@ -1707,10 +1707,10 @@ ngx_http_smartflow_audit_proof_removed(ngx_http_smartflow_audit_query_t *q,
  * The segments the receipts index (ngx_http_smartflow_audit_index())
  * names for a receipt id, *n of them; *indexed: the last segment the
  * index vouches for, whose ids not named are not in the folder, 0 when it
- * vouches for none (no "indexed", or the id's file shorter than it
- * counts, or not a plain file, or its entries not summing to what
- * "indexed" keeps: then "damaged" is left for the next seal, which makes
- * the index again).
+ * vouches for none (no "indexed", or one naming a segment the folder
+ * lacks, or the id's file shorter than it counts, or not a plain file,
+ * or its entries not summing to what "indexed" keeps: then "damaged" is
+ * left for the next seal, which makes the index again).
  */
 static void
 ngx_http_smartflow_audit_index_find(u_char *dir, u_char *id,
