@@ -1930,11 +1930,12 @@ static ngx_uint_t
 ngx_http_smartflow_audit_seq_segment(ngx_http_smartflow_audit_query_t *q,
     uint64_t seq, ngx_log_t *log)
 {
-    u_char      *seal;
-    size_t       slen;
-    uint64_t     first, count;
-    ngx_uint_t   lo, hi, mid;
-    u_char       path[NGX_MAX_PATH];
+    u_char           *seal;
+    size_t            slen;
+    uint64_t          first, count;
+    ngx_uint_t        lo, hi, mid;
+    ngx_file_info_t   fi;
+    u_char            path[NGX_MAX_PATH];
 
     if (q->open == 0) {
         return 0;
@@ -1952,6 +1953,13 @@ ngx_http_smartflow_audit_seq_segment(ngx_http_smartflow_audit_query_t *q,
 
         ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEAL "%Z",
                      q->dir, mid);
+
+        /* a plain file only: opening a FIFO would hold the thread */
+        if (ngx_file_info(path, &fi) == NGX_FILE_ERROR
+            || !ngx_is_file(&fi))
+        {
+            return 0;
+        }
 
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, log, 0,
                        "smartflow audit query reads %s", path);
