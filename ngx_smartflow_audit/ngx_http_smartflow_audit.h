@@ -17,8 +17,8 @@
 #define NGX_SMARTFLOW_AUDIT_SEGMENT  "segment-%08ui.log"
 #define NGX_SMARTFLOW_AUDIT_SEAL     "segment-%08ui.seal"
 
-/* "indexed" of the receipts index: "N C0 ... C255\n" */
-#define NGX_SMARTFLOW_AUDIT_INDEX_MARKER  (21 * 257 + 1)
+/* "indexed" of the receipts index: "N C0 ... C255 S0 ... S255\n" */
+#define NGX_SMARTFLOW_AUDIT_INDEX_MARKER  (21 * 257 + 17 * 256 + 1)
 
 #define NGX_SMARTFLOW_AUDIT_NAME_LEN sizeof("segment-00000000.seal")
 
@@ -173,8 +173,8 @@ typedef struct {
     u_char                      tsa_url[1024];  /* empty: none */
     u_char                      tsa_ca[NGX_MAX_PATH];   /* empty: none */
     ngx_msec_t                  tsa_timeout;
-    ngx_flag_t                  offline;        /* spool, no call */
-    ngx_flag_t                  index;          /* the receipts index */
+    ngx_flag_t                  offline;        /* at start: spool, no */
+                                                /* call, no index */
 
     /* results */
     ngx_int_t                   rc;
@@ -236,8 +236,39 @@ ngx_http_smartflow_audit_record_id(u_char *p, u_char *eol, size_t *len)
 }
 
 
+/*
+ * What "indexed" keeps of the entries of an index file: the sum of a
+ * 64-bit hash of each (FNV-1a, then mixed), which grows as entries are
+ * appended, so that a file rewritten at its own length is found out by
+ * whoever reads it whole.  It finds damage, it proves nothing.
+ */
+static ngx_inline uint64_t
+ngx_http_smartflow_audit_index_sum(u_char *e, size_t n, uint64_t sum)
+{
+    size_t    i, k;
+    uint64_t  h;
+
+    for (i = 0; i < n; i++, e += 20) {
+        h = 0xcbf29ce484222325ULL;
+
+        for (k = 0; k < 20; k++) {
+            h = (h ^ e[k]) * 0x100000001b3ULL;
+        }
+
+        h ^= h >> 33;
+        h *= 0xff51afd7ed558ccdULL;
+        h ^= h >> 33;
+
+        sum += h;
+    }
+
+    return sum;
+}
+
+
 ngx_int_t ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s);
-ngx_int_t ngx_http_smartflow_audit_index_read(u_char *dir, off_t *count);
+ngx_int_t ngx_http_smartflow_audit_index_read(u_char *dir, off_t *count,
+    uint64_t *sum);
 ngx_int_t ngx_http_smartflow_audit_index(u_char *dir, ngx_uint_t segment,
     char *err, size_t errlen);
 ngx_int_t ngx_http_smartflow_audit_write_ro(u_char *path, u_char *data,
@@ -253,6 +284,9 @@ ngx_int_t ngx_http_smartflow_audit_tsa_retry(u_char *dir, u_char *url,
     size_t errlen);
 char *ngx_http_smartflow_audit_tsa_ca(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+void ngx_http_smartflow_audit_tsa_conf(
+    ngx_http_smartflow_audit_main_conf_t *amcf, u_char *url, size_t url_size,
+    u_char *ca, size_t ca_size);
 ngx_int_t ngx_http_smartflow_audit_flush(
     ngx_http_smartflow_audit_main_conf_t *amcf, ngx_log_t *log);
 void ngx_http_smartflow_audit_count(ngx_http_smartflow_audit_sh_t *sh,

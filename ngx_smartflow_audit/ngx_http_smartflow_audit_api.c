@@ -60,6 +60,9 @@ typedef struct {
     int64_t                     to;
     uint64_t                    after;
     ngx_uint_t                  limit;
+    ngx_uint_t                  open;           /* the zone's, when posted: */
+    uint64_t                    open_first;     /* the open segment, its */
+    uint64_t                    last;           /* first record, the last */
     ngx_uint_t                  status;         /* of the answer */
     ngx_http_smartflow_audit_buf_t  out;
 } ngx_http_smartflow_audit_query_t;
@@ -84,6 +87,8 @@ static void ngx_http_smartflow_audit_query_thread(void *data,
 static ngx_int_t ngx_http_smartflow_audit_query_post(
     ngx_http_smartflow_audit_query_t *q);
 static void ngx_http_smartflow_audit_query_next(void);
+static ngx_uint_t ngx_http_smartflow_audit_seq_segment(
+    ngx_http_smartflow_audit_query_t *q, uint64_t seq, ngx_log_t *log);
 static ngx_uint_t ngx_http_smartflow_audit_gone(ngx_http_request_t *r);
 static void ngx_http_smartflow_audit_hold(void);
 static void ngx_http_smartflow_audit_hold_handler(ngx_event_t *ev);
@@ -1108,10 +1113,27 @@ bad_arg:
 static ngx_int_t
 ngx_http_smartflow_audit_query_post(ngx_http_smartflow_audit_query_t *q)
 {
+    ngx_slab_pool_t                       *shpool;
+    ngx_http_smartflow_audit_sh_t         *sh;
     ngx_http_smartflow_audit_main_conf_t  *amcf;
 
     amcf = ngx_http_get_module_main_conf(q->request,
                                          ngx_http_smartflow_audit_module);
+
+    /*
+     * Where the records stand, before the flush writes them: a record
+     * from the open segment's first on is in it, the others in the
+     * sealed segments before it (found by their seals), and none is
+     * numbered past the last
+     */
+    shpool = (ngx_slab_pool_t *) amcf->zone->shm.addr;
+    sh = shpool->data;
+
+    ngx_shmtx_lock(&shpool->mutex);
+    q->open = sh->segment;
+    q->open_first = sh->seg_count ? sh->seg_first : 0;
+    q->last = sh->seq;
+    ngx_shmtx_unlock(&shpool->mutex);
 
     (void) ngx_http_smartflow_audit_flush(amcf, q->request->connection->log);
 
@@ -1391,27 +1413,30 @@ ngx_http_smartflow_audit_unsealed(ngx_http_smartflow_audit_query_t *q,
 }
 
 
-/* the "count" of a seal's records, 0 when it has none */
+/* a number of a seal, "count" or "first": 0 when it has none */
 static uint64_t
-ngx_http_smartflow_audit_seal_count(u_char *seal, size_t len)
+ngx_http_smartflow_audit_seal_number(u_char *seal, size_t len, char *name)
 {
     u_char     *p, *e;
-    ngx_int_t   n;
+    size_t      n;
+    ngx_int_t   v;
 
-    p = ngx_strnstr(seal, "\"count\":", len);
+    n = ngx_strlen(name);
+
+    p = ngx_strnstr(seal, name, len);
     if (p == NULL) {
         return 0;
     }
 
-    p += sizeof("\"count\":") - 1;
+    p += n;
 
     for (e = p; e < seal + len && *e >= '0' && *e <= '9'; e++) {
         /* void */
     }
 
-    n = ngx_atoi(p, e - p);
+    v = ngx_atoi(p, e - p);
 
-    return (n == NGX_ERROR) ? 0 : (uint64_t) n;
+    return (v == NGX_ERROR) ? 0 : (uint64_t) v;
 }
 
 
@@ -1461,7 +1486,8 @@ ngx_http_smartflow_audit_proof(ngx_http_smartflow_audit_query_t *q,
      * and the segment is read again (it only grows, so the record stays
      * where it was).  The proof is of the records the seal counts.
      */
-    count = ngx_http_smartflow_audit_seal_count(seal, slen);
+    count = ngx_http_smartflow_audit_seal_number(seal, slen,
+                                                  "\"count\":");
 
     if (n < count) {
         ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEGMENT
@@ -1681,23 +1707,28 @@ ngx_http_smartflow_audit_proof_removed(ngx_http_smartflow_audit_query_t *q,
  * The segments the receipts index (ngx_http_smartflow_audit_index())
  * names for a receipt id, *n of them; *indexed: the last segment the
  * index vouches for, whose ids not named are not in the folder, 0 when it
- * vouches for none (no "indexed", or the id's file shorter than it
- * counts, or not a plain file).
+ * vouches for none (no "indexed", or one naming a segment the folder
+ * lacks, or the id's file shorter than it counts, or not a plain file,
+ * or its entries not summing to what "indexed" keeps: then "damaged" is
+ * left for the next seal, which makes the index again).
  */
 static void
 ngx_http_smartflow_audit_index_find(u_char *dir, u_char *id,
     ngx_uint_t *segs, ngx_uint_t *n, ngx_uint_t *indexed, ngx_log_t *log)
 {
-    int          fd;
-    u_char      *p, *last;
-    off_t        off, size;
-    ssize_t      got;
-    ngx_int_t    done;
-    ngx_uint_t   seg, i, max;
-    struct stat  st;
-    off_t        count[256];
-    u_char       key[16], path[NGX_MAX_PATH];
-    u_char       buf[20 * 512];
+    int              fd;
+    u_char          *p, *last;
+    off_t            off, size;
+    ssize_t          got;
+    ngx_int_t        done;
+    uint64_t         have;
+    ngx_uint_t       seg, i, max;
+    struct stat      st;
+    ngx_file_info_t  fi;
+    off_t            count[256], kept;
+    uint64_t         sum[256];
+    u_char           key[16], path[NGX_MAX_PATH];
+    u_char           buf[20 * 512];
 
     max = *n;
     *n = 0;
@@ -1707,9 +1738,33 @@ ngx_http_smartflow_audit_index_find(u_char *dir, u_char *id,
         return;
     }
 
-    done = ngx_http_smartflow_audit_index_read(dir, count);
+    done = ngx_http_smartflow_audit_index_read(dir, count, sum);
     if (done == NGX_ERROR) {
         return;
+    }
+
+    /*
+     * A number past the folder's segments is not the index's own (the
+     * next seal makes the index again): trusted, it would hide the ids
+     * of the segments after the last one indexed, the open one's
+     */
+    if (done > 0) {
+        ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEAL "%Z",
+                     dir, (ngx_uint_t) done);
+
+        if (ngx_file_info(path, &fi) == NGX_FILE_ERROR) {
+            ngx_snprintf(path, NGX_MAX_PATH, "%s/"
+                         NGX_SMARTFLOW_AUDIT_SEGMENT "%Z", dir,
+                         (ngx_uint_t) done);
+
+            if (ngx_file_info(path, &fi) == NGX_FILE_ERROR) {
+                ngx_log_error(NGX_LOG_WARN, log, 0,
+                              "smartflow audit: the receipts index says "
+                              "segment %i is indexed, which the folder "
+                              "lacks; the proof reads every segment", done);
+                return;
+            }
+        }
     }
 
     ngx_snprintf(path, NGX_MAX_PATH, "%s/receipts/%*s%Z", dir, 2, id);
@@ -1734,6 +1789,8 @@ ngx_http_smartflow_audit_index_find(u_char *dir, u_char *id,
                    "smartflow audit proof reads %s", path);
 
     size = st.st_size - st.st_size % 20;
+    kept = count[key[0]] * 20;
+    have = 0;
 
     for (off = 0; off < size; off += got) {
         got = pread(fd, buf, ngx_min((off_t) sizeof(buf), size - off), off);
@@ -1747,6 +1804,12 @@ ngx_http_smartflow_audit_index_find(u_char *dir, u_char *id,
         }
 
         last = buf + got;
+
+        /* the entries "indexed" counts, not those of an indexing going on */
+        if (off < kept) {
+            have = ngx_http_smartflow_audit_index_sum(buf,
+                       (size_t) (ngx_min(off + got, kept) - off) / 20, have);
+        }
 
         for (p = buf; p < last; p += 20) {
             if (ngx_memcmp(p, key, 16) != 0) {
@@ -1766,9 +1829,29 @@ ngx_http_smartflow_audit_index_find(u_char *dir, u_char *id,
 
     (void) close(fd);
 
-    if (off >= size) {
-        *indexed = done;
+    if (off < size) {
+        return;
     }
+
+    if (have != sum[key[0]]) {
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "smartflow audit: the receipts index file %s does not "
+                      "match its sum in \"indexed\"; the proof reads every "
+                      "segment, and the next seal makes the index again",
+                      path);
+
+        ngx_snprintf(path, NGX_MAX_PATH, "%s/receipts/damaged%Z", dir);
+
+        fd = open((char *) path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW
+                                 | O_NONBLOCK, 0644);
+        if (fd != -1) {
+            (void) close(fd);
+        }
+
+        return;
+    }
+
+    *indexed = done;
 }
 
 
@@ -1835,8 +1918,87 @@ ngx_http_smartflow_audit_proof_in(ngx_http_smartflow_audit_query_t *q,
 
 
 /*
+ * The segment that holds record seq, if the folder is as the seals say:
+ * the open one when the record is numbered from its first on, else the
+ * sealed one whose "first" and "count" take in seq, found by halving
+ * over the seals (segments hold consecutive numbers, in order), so a
+ * few seals are read however long the trail.  0 when a seal on the way
+ * is missing (being sealed) or holds no numbers.  Nothing here is
+ * trusted: the caller reads the record's number in the segment itself.
+ */
+static ngx_uint_t
+ngx_http_smartflow_audit_seq_segment(ngx_http_smartflow_audit_query_t *q,
+    uint64_t seq, ngx_log_t *log)
+{
+    u_char           *seal;
+    size_t            slen;
+    uint64_t          first, count;
+    ngx_uint_t        lo, hi, mid;
+    ngx_file_info_t   fi;
+    u_char            path[NGX_MAX_PATH];
+
+    if (q->open == 0) {
+        return 0;
+    }
+
+    if (q->open_first && seq >= q->open_first) {
+        return q->open;
+    }
+
+    lo = 1;
+    hi = q->open - 1;
+
+    while (lo <= hi) {
+        mid = lo + (hi - lo) / 2;
+
+        ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEAL "%Z",
+                     q->dir, mid);
+
+        /* a plain file only: opening a FIFO would hold the thread */
+        if (ngx_file_info(path, &fi) == NGX_FILE_ERROR
+            || !ngx_is_file(&fi))
+        {
+            return 0;
+        }
+
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, log, 0,
+                       "smartflow audit query reads %s", path);
+
+        seal = ngx_http_smartflow_audit_slurp(path, &slen);
+        if (seal == NULL) {
+            return 0;
+        }
+
+        first = ngx_http_smartflow_audit_seal_number(seal, slen,
+                                                     "\"first\":");
+        count = ngx_http_smartflow_audit_seal_number(seal, slen,
+                                                     "\"count\":");
+        free(seal);
+
+        if (first == 0 || count == 0) {
+            return 0;
+        }
+
+        if (seq < first) {
+            hi = mid - 1;
+
+        } else if (seq - first >= count) {
+            lo = mid + 1;
+
+        } else {
+            return mid;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
  * A receipt id: the segment the index names, else the segments the index
- * does not hold yet (the open one); a record number: every segment
+ * does not hold yet (the open one); a record number: the segment the
+ * seals lead to; else, or when that segment does not hold it, every
+ * segment
  */
 static void
 ngx_http_smartflow_audit_proof_find(ngx_http_smartflow_audit_query_t *q,
@@ -1849,7 +2011,28 @@ ngx_http_smartflow_audit_proof_find(ngx_http_smartflow_audit_query_t *q,
     start = 1;
     needle[0] = '\0';
 
-    if (q->seq == 0) {
+    if (q->seq) {
+        if (q->seq > q->last) {
+            /* not numbered yet when asked */
+            return;
+        }
+
+        seg = ngx_http_smartflow_audit_seq_segment(q, q->seq, log);
+
+        if (seg) {
+            if (ngx_http_smartflow_audit_proof_in(q, seg, needle, log)
+                == 1)
+            {
+                return;
+            }
+
+            ngx_log_error(NGX_LOG_WARN, log, 0,
+                          "smartflow audit: the seals place record %uL in "
+                          "segment %ui, which does not hold it; the proof "
+                          "reads every segment", q->seq, seg);
+        }
+
+    } else {
         ngx_sprintf(needle, "\"request_id\":\"%s\"%Z", q->id);
 
         n = sizeof(segs) / sizeof(segs[0]);
@@ -1892,7 +2075,7 @@ ngx_http_smartflow_audit_query_thread(void *data, ngx_log_t *log)
     u_char                          *buf, *p, *end, *eol;
     size_t                           len;
     uint64_t                         found, last_seq;
-    ngx_uint_t                       seg, i, match, more;
+    ngx_uint_t                       seg, start, i, match, more, check;
     const char                      *why;
     sf_audit_tail_t                  t;
     ngx_file_info_t                  fi;
@@ -1912,13 +2095,46 @@ ngx_http_smartflow_audit_query_thread(void *data, ngx_log_t *log)
     q->status = NGX_HTTP_OK;
     ngx_http_smartflow_audit_puts(&q->out, "{\"object\":\"list\",\"data\":[");
 
-    for (seg = 1; /* void */; seg++) {
+    /*
+     * A page after record N starts in the segment the seals place N + 1
+     * in, checked there: its first record must not come after N + 1,
+     * else the seals are wrong and the folder is read from the start, as
+     * it is when that segment is gone (shipped and removed)
+     */
+    seg = 1;
+    check = 0;
+
+    if (q->after >= q->last && q->after) {
+        /* none numbered after N when asked: no segment to read */
+        seg = 0;
+
+    } else if (q->after) {
+        start = ngx_http_smartflow_audit_seq_segment(q, q->after + 1, log);
+
+        if (start) {
+            seg = start;
+            check = (start > 1);
+        }
+    }
+
+    for ( /* void */ ; seg; seg++) {
         ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEGMENT
                      "%Z", q->dir, seg);
 
         buf = ngx_http_smartflow_audit_slurp(path, &len);
 
         if (buf == NULL) {
+            if (check) {
+                /*
+                 * No record to check the seals by: a segment before it
+                 * may have stayed (a hole) and hold records after N, so
+                 * the folder is read from the start
+                 */
+                check = 0;
+                seg = 0;
+                continue;
+            }
+
             /* shipped to S3 and removed: its seal stays */
             ngx_snprintf(path, NGX_MAX_PATH, "%s/" NGX_SMARTFLOW_AUDIT_SEAL
                          "%Z", q->dir, seg);
@@ -1930,6 +2146,9 @@ ngx_http_smartflow_audit_query_thread(void *data, ngx_log_t *log)
             break;
         }
 
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, log, 0,
+                       "smartflow audit query reads %s", path);
+
         p = buf;
         end = buf + len;
 
@@ -1940,6 +2159,20 @@ ngx_http_smartflow_audit_query_thread(void *data, ngx_log_t *log)
             if (sf_audit_tail_parse((char *) p, eol - p, &t, &why) != 0) {
                 p = eol + 1;
                 continue;
+            }
+
+            if (check) {
+                check = 0;
+
+                if (t.seq > q->after + 1) {
+                    ngx_log_error(NGX_LOG_WARN, log, 0,
+                                  "smartflow audit: the seals place record "
+                                  "%uL in segment %ui, which starts at "
+                                  "%uL; the query reads every segment",
+                                  q->after + 1, seg, t.seq);
+                    seg = 0;
+                    break;
+                }
             }
 
             match = t.seq > q->after && t.ts >= q->from && t.ts <= q->to;

@@ -946,20 +946,12 @@ ngx_http_smartflow_audit_append(ngx_http_request_t *r,
     snap.rc = NGX_ERROR;
     snap.err[0] = '\0';
     snap.offline = 0;
-    snap.index = 1;
     snap.tsa_rc = NGX_OK;
     snap.tsa_timeout = amcf->tsa_timeout;
-    snap.tsa_url[0] = '\0';
 
-    snap.tsa_ca[0] = '\0';
-
-    if (amcf->tsa_ca.len) {
-        ngx_cpystrn(snap.tsa_ca, amcf->tsa_ca.data, sizeof(snap.tsa_ca));
-    }
-
-    if (amcf->tsa_url.len) {
-        ngx_cpystrn(snap.tsa_url, amcf->tsa_url.data, sizeof(snap.tsa_url));
-    }
+    ngx_http_smartflow_audit_tsa_conf(amcf, snap.tsa_url,
+                                      sizeof(snap.tsa_url), snap.tsa_ca,
+                                      sizeof(snap.tsa_ca));
 
     if (ngx_http_smartflow_audit_post_seal(r, amcf, &snap) != NGX_OK) {
         ngx_free(snap.leaves);
@@ -1727,9 +1719,8 @@ ngx_http_smartflow_audit_retry_timer(ngx_event_t *ev)
     rt = task->ctx;
     rt->amcf = amcf;
     ngx_cpystrn(rt->dir, amcf->dir.data, NGX_MAX_PATH);
-    ngx_cpystrn(rt->url, amcf->tsa_url.data, sizeof(rt->url));
-    ngx_cpystrn(rt->ca, amcf->tsa_ca.len ? amcf->tsa_ca.data : (u_char *) "",
-                sizeof(rt->ca));
+    ngx_http_smartflow_audit_tsa_conf(amcf, rt->url, sizeof(rt->url),
+                                      rt->ca, sizeof(rt->ca));
     rt->timeout = amcf->tsa_timeout;
 
     if (ngx_thread_task_post(amcf->pool, task) != NGX_OK) {

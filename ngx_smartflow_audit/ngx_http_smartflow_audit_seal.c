@@ -34,7 +34,7 @@ static ngx_int_t ngx_http_smartflow_audit_resume(
 static void ngx_http_smartflow_audit_protect(ngx_fd_t fd, ngx_flag_t imm,
     char *protection);
 static ngx_int_t ngx_http_smartflow_audit_index_segment(u_char *dir,
-    ngx_uint_t seg, off_t *total, char *err, size_t errlen);
+    ngx_uint_t seg, off_t *total, uint64_t *sum, char *err, size_t errlen);
 
 
 ngx_int_t
@@ -149,8 +149,11 @@ ngx_http_smartflow_audit_seal(ngx_http_smartflow_audit_seal_t *s)
         }
     }
 
-    /* the receipts index; a failure there leaves proofs slower, not wrong */
-    if (s->index) {
+    /*
+     * The receipts index; a failure there leaves proofs slower, not
+     * wrong.  A seal at start leaves it to the workers' first seal.
+     */
+    if (!s->offline) {
         s->index_err[0] = '\0';
         (void) ngx_http_smartflow_audit_index(s->dir, s->segment,
                                               s->index_err,
@@ -571,16 +574,20 @@ ngx_http_smartflow_audit_leaves(u_char *buf, size_t len,
  * segment the index names instead of every segment of the folder.  Its
  * files are named by an id's first two hex digits and hold 20-byte
  * entries, the id's 16 bytes and its segment's number (big-endian).
- * "indexed" reads "N C0 ... C255": the ids of segments 1 to N are in, and
- * file b holds them in its first Cb entries; it is renamed in whole.  A
- * proof trusts a miss only while the id's file is as long as "indexed"
- * counts (see ngx_http_smartflow_audit_index_find()).
+ * "indexed" reads "N C0 ... C255 S0 ... S255": the ids of segments 1 to
+ * N are in, file b holds them in its first Cb entries, whose sum
+ * (ngx_http_smartflow_audit_index_sum()) is Sb, in hex; it is renamed in
+ * whole.  A proof trusts a miss only while the id's file is as long as
+ * "indexed" counts and its first Cb entries sum to Sb (see
+ * ngx_http_smartflow_audit_index_find()); a proof that finds a sum
+ * wrong leaves "damaged" in the folder.
  *
  * One indexer at a time holds an flock on "lock"; a seal that finds it
  * held leaves its segment to the holder, which goes on to the segments
  * closed meanwhile, so no seal waits behind the indexing of a whole
  * folder.  A file shorter than its count, or not a plain file, or
- * "indexed" unreadable, and the index is made again from the segments.
+ * "indexed" unreadable, or "damaged" there, and the index is made again
+ * from the segments.
  */
 ngx_int_t
 ngx_http_smartflow_audit_index(u_char *dir, ngx_uint_t segment, char *err,
@@ -594,6 +601,7 @@ ngx_http_smartflow_audit_index(u_char *dir, ngx_uint_t segment, char *err,
     struct stat      st;
     ngx_file_info_t  fi;
     off_t            count[256];
+    uint64_t         sum[256];
     u_char           path[NGX_MAX_PATH], tmp[NGX_MAX_PATH];
     u_char           marker[NGX_SMARTFLOW_AUDIT_INDEX_MARKER];
 
@@ -625,7 +633,7 @@ ngx_http_smartflow_audit_index(u_char *dir, ngx_uint_t segment, char *err,
         return NGX_ERROR;
     }
 
-    done = ngx_http_smartflow_audit_index_read(dir, count);
+    done = ngx_http_smartflow_audit_index_read(dir, count, sum);
     rebuild = (done == NGX_ERROR);
 
     if (done > 0) {
@@ -637,6 +645,13 @@ ngx_http_smartflow_audit_index(u_char *dir, ngx_uint_t segment, char *err,
 
         rebuild = (ngx_file_info(path, &fi) == NGX_FILE_ERROR
                    && ngx_file_info(tmp, &fi) == NGX_FILE_ERROR);
+    }
+
+    /* a file whose entries a proof found not to match their sum */
+    ngx_snprintf(path, NGX_MAX_PATH, "%s/receipts/damaged%Z", dir);
+
+    if (unlink((char *) path) == 0) {
+        rebuild = 1;
     }
 
     for (b = 0; !rebuild && b < 256; b++) {
@@ -659,6 +674,7 @@ ngx_http_smartflow_audit_index(u_char *dir, ngx_uint_t segment, char *err,
             ngx_snprintf(path, NGX_MAX_PATH, "%s/receipts/%02xi%Z", dir, b);
             (void) unlink((char *) path);
             count[b] = 0;
+            sum[b] = 0;
         }
 
         done = 0;
@@ -678,8 +694,8 @@ ngx_http_smartflow_audit_index(u_char *dir, ngx_uint_t segment, char *err,
             }
         }
 
-        rc = ngx_http_smartflow_audit_index_segment(dir, seg, count, err,
-                                                    errlen);
+        rc = ngx_http_smartflow_audit_index_segment(dir, seg, count, sum,
+                                                    err, errlen);
         if (rc != NGX_OK) {
             break;
         }
@@ -704,6 +720,10 @@ ngx_http_smartflow_audit_index(u_char *dir, ngx_uint_t segment, char *err,
 
     for (b = 0; b < 256; b++) {
         p = ngx_snprintf(p, marker + sizeof(marker) - p, " %O", count[b]);
+    }
+
+    for (b = 0; b < 256; b++) {
+        p = ngx_snprintf(p, marker + sizeof(marker) - p, " %016xL", sum[b]);
     }
 
     *p++ = '\n';
@@ -736,20 +756,22 @@ ngx_http_smartflow_audit_index(u_char *dir, ngx_uint_t segment, char *err,
 
 /*
  * "indexed": the last segment whose ids are all in, and the count of
- * entries each file holds for them; NGX_ERROR when it is not there or
- * not whole
+ * entries each file holds for them and their sum; NGX_ERROR when it is
+ * not there or not whole
  */
 ngx_int_t
-ngx_http_smartflow_audit_index_read(u_char *dir, off_t *count)
+ngx_http_smartflow_audit_index_read(u_char *dir, off_t *count,
+    uint64_t *sum)
 {
-    int          fd;
-    u_char      *p, *eol, *e;
-    ssize_t      n;
-    ngx_int_t    v, done;
-    ngx_uint_t   b;
-    struct stat  st;
-    u_char       path[NGX_MAX_PATH];
-    u_char       buf[NGX_SMARTFLOW_AUDIT_INDEX_MARKER];
+    int            fd;
+    u_char        *p, *eol, *e;
+    ssize_t        n;
+    ngx_int_t      v, done;
+    ngx_uint_t     b, k;
+    struct stat    st;
+    unsigned char  h[8];
+    u_char         path[NGX_MAX_PATH];
+    u_char         buf[NGX_SMARTFLOW_AUDIT_INDEX_MARKER];
 
     ngx_snprintf(path, NGX_MAX_PATH, "%s/receipts/indexed%Z", dir);
 
@@ -771,15 +793,33 @@ ngx_http_smartflow_audit_index_read(u_char *dir, off_t *count)
     done = NGX_ERROR;
     p = buf;
 
-    for (b = 0; b < 257; b++) {
+    /* N, 256 counts, 256 sums */
+    for (b = 0; b < 513; b++) {
         e = ngx_strlchr(p, eol, ' ');
 
         if (e == NULL) {
             e = eol;
         }
 
-        if ((b < 256) != (e != eol)) {
+        if ((b < 512) != (e != eol)) {
             return NGX_ERROR;
+        }
+
+        if (b > 256) {
+            if (e - p != 16
+                || sf_audit_unhex((char *) p, 16, h, 8) != 8)
+            {
+                return NGX_ERROR;
+            }
+
+            sum[b - 257] = 0;
+
+            for (k = 0; k < 8; k++) {
+                sum[b - 257] = (sum[b - 257] << 8) | h[k];
+            }
+
+            p = e + 1;
+            continue;
         }
 
         v = ngx_atoi(p, e - p);
@@ -791,6 +831,11 @@ ngx_http_smartflow_audit_index_read(u_char *dir, off_t *count)
             done = v;
 
         } else {
+            /* more entries than a file can hold: not the index's own */
+            if (v > NGX_MAX_OFF_T_VALUE / 20) {
+                return NGX_ERROR;
+            }
+
             count[b - 1] = v;
         }
 
@@ -804,7 +849,7 @@ ngx_http_smartflow_audit_index_read(u_char *dir, off_t *count)
 /* one segment's ids into the index, from the segment or its leaves file */
 static ngx_int_t
 ngx_http_smartflow_audit_index_segment(u_char *dir, ngx_uint_t seg,
-    off_t *total, char *err, size_t errlen)
+    off_t *total, uint64_t *sum, char *err, size_t errlen)
 {
     int          fd;
     u_char      *buf, *p, *end, *eol, *id, *sp, *e, *entries, *run;
@@ -940,6 +985,8 @@ ngx_http_smartflow_audit_index_segment(u_char *dir, ngx_uint_t seg,
         }
 
         total[b] += count[b];
+        sum[b] = ngx_http_smartflow_audit_index_sum(run + i * 20, count[b],
+                                                    sum[b]);
 
         (void) close(fd);
     }
@@ -1039,7 +1086,7 @@ ngx_http_smartflow_audit_seal_done(ngx_event_t *ev)
                       "smartflow audit: sealing segment %ui failed: %s",
                       s->segment, s->err);
 
-    } else if (s->index && s->index_err[0]) {
+    } else if (!s->offline && s->index_err[0]) {
         ngx_log_error(NGX_LOG_WARN, ev->log, 0,
                       "smartflow audit: the receipts index stops before "
                       "segment %ui, proofs read the segments after it: %s",
@@ -1372,15 +1419,10 @@ ngx_http_smartflow_audit_recover(ngx_log_t *log,
             s->now = ngx_time();
             s->offline = 1;
             s->tsa_timeout = amcf->tsa_timeout;
-            s->tsa_url[0] = '\0';
 
-            if (amcf->tsa_url.len) {
-                ngx_cpystrn(s->tsa_url, amcf->tsa_url.data,
-                            sizeof(s->tsa_url));
-                ngx_cpystrn(s->tsa_ca, amcf->tsa_ca.len
-                                       ? amcf->tsa_ca.data : (u_char *) "",
-                            sizeof(s->tsa_ca));
-            }
+            ngx_http_smartflow_audit_tsa_conf(amcf, s->tsa_url,
+                                              sizeof(s->tsa_url), s->tsa_ca,
+                                              sizeof(s->tsa_ca));
 
             if (ngx_http_smartflow_audit_seal(s) != NGX_OK) {
                 goto failed;

@@ -27,6 +27,10 @@ typedef struct {
 } ngx_http_smartflow_audit_body_t;
 
 
+static void ngx_http_smartflow_audit_tsa_copy(u_char *dst, size_t size,
+    ngx_str_t *s);
+
+
 static size_t
 ngx_http_smartflow_audit_tsa_write(char *p, size_t size, size_t n,
     void *data)
@@ -94,6 +98,35 @@ ngx_http_smartflow_audit_write_ro(u_char *path, u_char *data, size_t len,
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * smartflow_audit_tsa and smartflow_audit_tsa_ca as a thread takes them,
+ * NUL-terminated, "" for none: for a seal, at start and at the retries
+ */
+void
+ngx_http_smartflow_audit_tsa_conf(ngx_http_smartflow_audit_main_conf_t *amcf,
+    u_char *url, size_t url_size, u_char *ca, size_t ca_size)
+{
+    ngx_http_smartflow_audit_tsa_copy(url, url_size, &amcf->tsa_url);
+    ngx_http_smartflow_audit_tsa_copy(ca, ca_size, &amcf->tsa_ca);
+}
+
+
+static void
+ngx_http_smartflow_audit_tsa_copy(u_char *dst, size_t size, ngx_str_t *s)
+{
+    size_t  n;
+
+    n = ngx_min(s->len, size - 1);
+
+    /* an unset string's data may be NULL */
+    if (n) {
+        ngx_memcpy(dst, s->data, n);
+    }
+
+    dst[n] = '\0';
 }
 
 

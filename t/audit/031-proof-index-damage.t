@@ -1,8 +1,10 @@
 # A damaged receipts index never answers 404 for a record the folder
 # holds: an index file removed, cut short, replaced by a symlink (to a
 # FIFO, which must not hang the query) or naming a segment that does not
-# hold the id makes the proof read the segments, and the next seal makes
-# the index again, after which a proof reads one segment once more.
+# hold the id, or "indexed" naming a segment the folder lacks or counting
+# more entries than a file can hold, makes the proof read the segments,
+# and the next seal makes the index again, after which a proof reads one
+# segment once more.
 
 use strict;
 use warnings;
@@ -121,6 +123,28 @@ for my $id ($removed, $cut, $linked, $wrong) {
     close $fh;
 }
 
+# before the next seal: a record of the open segment, which the index
+# does not hold yet, is found there, not hidden by "indexed"
+{
+    my $id;
+    for (1 .. 20) {
+        ($id) = $gw->chat_ids(1, 'open');
+        select undef, undef, undef, 0.3;
+        my %now = $gw->id_segments;
+        last if $now{$id} && !-e $gw->dir
+                    . sprintf('/segment-%08d.seal', $now{$id});
+        undef $id;
+    }
+    ok($id, 'a record in the open segment') or last;
+    my ($r, $lines) = proof($id);
+    is($r->{status}, 202, 'indexed past the folder: its proof, unsealed')
+        or diag $r->{content};
+    my $p = eval { $json->decode($r->{content}) } // {};
+    is($p->{record}{request_id}, $id, 'of the record asked for');
+    ok((grep { /\[warn\].*smartflow audit: the receipts index says segment 99999 is indexed, which the folder lacks/ } @$lines),
+       'the number past the folder is logged');
+}
+
 my @late = $gw->chat_ids(20, 'late');
 ok($gw->settle, 'sealed after "indexed" was damaged');
 %seg = $gw->id_segments;
@@ -132,6 +156,38 @@ ok($late, 'a sealed record after the damage');
     is($r->{status}, 200, 'indexed past the folder: the proof')
         or diag $r->{content};
     is_deeply(\@read, [ $seg{$late} ], 'indexed again: only its segment')
+        or diag "read: @read";
+}
+
+# a count in "indexed" more than a file can hold: made again, not trusted
+{
+    my $f = "$rdir/indexed";
+    open my $fh, '<', $f or die "$f: $!";
+    my @m = split / /, scalar <$fh>;
+    close $fh;
+    $m[1 + hex substr($late, 0, 2)] = '922337203685477580';
+    unlink $f;
+    open $fh, '>', $f or die "$f: $!";
+    print $fh join ' ', @m;
+    close $fh;
+
+    my ($r, $lines, @read) = proof($late);
+    is($r->{status}, 200, 'a count past any file: the proof')
+        or diag $r->{content};
+    is($read[0], 1, 'a count past any file: the segments read');
+}
+
+$gw->chat_ids(12, 'huge');
+ok($gw->settle, 'sealed after a count was damaged');
+{
+    open my $fh, '<', "$rdir/indexed" or die "indexed: $!";
+    my @m = split / /, scalar <$fh>;
+    close $fh;
+    my $b = hex substr($late, 0, 2);
+    is($m[1 + $b], (-s "$rdir/" . substr($late, 0, 2)) / 20,
+       'the count made again from the segments');
+    my ($r, $lines, @read) = proof($late);
+    is_deeply(\@read, [ $seg{$late} ], 'made again: only its segment')
         or diag "read: @read";
 }
 
