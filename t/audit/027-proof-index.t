@@ -41,7 +41,7 @@ sub proof {
 
 my @ids = $gw->chat_ids(40, 'index');
 is(scalar @ids, 40, '40 receipts');
-ok($gw->settle, 'every closed segment sealed');
+ok($gw->settle_index, 'every closed segment sealed');
 
 # the open segment is the last file; a record in it, if it has none
 my ($last) = reverse sort { $a <=> $b }
@@ -103,7 +103,7 @@ is($old->{status}, 200, 'no index: the proof still');
 cmp_ok(scalar @oread, '>', 1, 'found by reading the segments');
 
 my @more = $gw->chat_ids(12, 'after');
-ok($gw->settle, 'sealed again');
+ok($gw->settle_index, 'sealed again');
 %seg = $gw->id_segments;
 
 ($old, @oread) = proof($pick{middle});

@@ -43,7 +43,7 @@ sub proof {
 
 my @ids = $gw->chat_ids(40, 'damage');
 is(scalar @ids, 40, '40 receipts');
-ok($gw->settle, 'every closed segment sealed');
+ok($gw->settle_index, 'every closed segment sealed');
 my %seg = $gw->id_segments;
 my ($last) = sort { $b <=> $a } values %seg;
 

@@ -44,7 +44,7 @@ sub query {
 
 my @ids = $gw->chat_ids(60, 'seq');
 is(scalar @ids, 60, '60 receipts');
-ok($gw->settle, 'every closed segment sealed');
+ok($gw->settle_index, 'every closed segment sealed');
 
 # a record in the open segment, if it has none
 my ($open) = reverse sort { $a <=> $b }

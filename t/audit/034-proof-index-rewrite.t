@@ -40,7 +40,7 @@ sub proof {
 
 my @ids = $gw->chat_ids(30, 'rewrite');
 is(scalar @ids, 30, '30 receipts');
-ok($gw->settle, 'every closed segment sealed');
+ok($gw->settle_index, 'every closed segment sealed');
 my %seg = $gw->id_segments;
 my ($last) = sort { $b <=> $a } values %seg;
 my ($id) = grep { $seg{$_} > 1 && $seg{$_} < $last - 1 } @ids;
@@ -80,7 +80,7 @@ is(-s $f, $size, 'the file keeps its size');
 
 # the next seal makes the index again
 $gw->chat_ids(12, 'after');
-ok($gw->settle, 'sealed again');
+ok($gw->settle_index, 'sealed again');
 ok(!-e "$rdir/damaged", 'the damage mark is gone');
 
 {

@@ -308,6 +308,27 @@ sub settle {
     return 0;
 }
 
+# settle, then wait (5 s at most) until the receipts index holds the ids
+# of every sealed segment: a seal that finds the index being written by
+# another leaves its ids to that one, which may still be at work
+sub settle_index {
+    my $self = shift;
+    return 0 unless $self->settle;
+    for (1 .. 100) {
+        my ($last) = sort { $b <=> $a }
+                     map { /segment-(\d+)\.seal$/ ? $1 + 0 : () }
+                     glob $self->dir . '/segment-*.seal';
+        return 1 unless defined $last;
+        if (open my $fh, '<', $self->dir . '/receipts/indexed') {
+            my $line = <$fh>;
+            close $fh;
+            return 1 if $line && $line =~ /^(\d+) / && $1 >= $last;
+        }
+        select undef, undef, undef, 0.05;
+    }
+    return 0;
+}
+
 sub _unprotect {
     my $root = shift;
     # sealed files are read-only; a test may have made them immutable
