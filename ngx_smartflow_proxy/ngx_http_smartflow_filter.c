@@ -183,6 +183,13 @@ ngx_http_smartflow_header_filter(ngx_http_request_t *r)
         ngx_del_timer(&ctx->attempt_timer);
     }
 
+    /*
+     * nginx's upstream turns keepalive off when an answer breaks after
+     * its header: with the header held the client has had nothing, and
+     * keeps its connection (see json_unreadable)
+     */
+    ctx->keepalive = r->keepalive;
+
     if (ngx_http_smartflow_set_header(r, "x-smartflow-deployment",
                                       ctx->route->name.data,
                                       ctx->route->name.len)
@@ -1136,6 +1143,11 @@ ngx_http_smartflow_json_unreadable(ngx_http_request_t *r,
     ngx_uint_t                 i;
     ngx_http_err_page_t       *page;
     ngx_http_core_loc_conf_t  *clcf;
+
+    if (ctx->header_held) {
+        /* the client has had nothing: its connection may be kept */
+        r->keepalive = ctx->keepalive;
+    }
 
     if (!ctx->header_held || !ctx->dispatched || ctx->route == NULL
         || ctx->attempt + 1 >= ctx->nplan || r->upstream == NULL

@@ -113,6 +113,13 @@ sub paged_config {
             error_page 405 =200 /big.html;
             return 405;
         }
+
+        # the mock's answers, cut mid-body
+        location /cut/ {
+            proxy_pass http://127.0.0.1:$TEST_NGINX_MOCK_PORT/;
+            proxy_http_version 1.1;
+            proxy_set_header x-mock-drop body;
+        }
     }
 
     smartflow_provider paged type=openai upstream=http://sf_paged
@@ -150,6 +157,14 @@ sub paged_config {
                        path=/big key=sk-oai-provider-key;
     smartflow_route bulky big model=gpt-big-b;
     smartflow_route bulky openai model=gpt-fb-b fallback;
+
+    # answers cut mid-body, a fallback that answers; or none
+    smartflow_provider cut type=openai upstream=http://sf_paged
+                       path=/cut/v1 key=sk-oai-provider-key;
+    smartflow_route mended cut model=gpt-cut-m;
+    smartflow_route mended openai model=gpt-fb-m fallback;
+    smartflow_route torn cut model=gpt-cut-t;
+    smartflow_route torn cut model=gpt-cut-t2 fallback;
 _EOC_
 }
 
@@ -884,5 +899,55 @@ _EOC_
 --- wait: 0.2
 --- error_log
 smartflow proxy: deployment "paged/gpt-paged-r" gave an answer that could not be read for model "rescued", trying the next one
+--- no_error_log
+[alert]
+
+
+
+=== TEST 20: an answer cut mid-body, then the fallback's: the client's connection is kept
+Two requests on one connection; each primary answer breaks off
+mid-body, each fallback answers, and the connection serves both.
+--- http_config eval
+::paged_config()
+--- pipelined_requests eval
+["POST /anthropic/v1/messages\n"
+ . '{"model":"mended","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}',
+ "POST /anthropic/v1/messages\n"
+ . '{"model":"mended","max_tokens":8,"messages":[{"role":"user","content":"again"}]}']
+--- more_headers eval
+[$::AnthropicKey, $::AnthropicKey]
+--- error_code eval
+[200, 200]
+--- response_body_filters eval
+::view()
+--- response_body eval
+["message \"mock reply to: hi\"\n", "message \"mock reply to: again\"\n"]
+--- grep_error_log eval
+qr/deployment "cut\/gpt-cut-m" gave an answer that could not be read/
+--- grep_error_log_out
+deployment "cut/gpt-cut-m" gave an answer that could not be read
+deployment "cut/gpt-cut-m" gave an answer that could not be read
+--- no_error_log
+[alert]
+
+
+
+=== TEST 21: answers cut mid-body, none left: each 502 keeps the client's connection
+--- http_config eval
+::paged_config()
+--- pipelined_requests eval
+["POST /anthropic/v1/messages\n"
+ . '{"model":"torn","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}',
+ "POST /anthropic/v1/messages\n"
+ . '{"model":"torn","max_tokens":8,"messages":[{"role":"user","content":"again"}]}']
+--- more_headers eval
+[$::AnthropicKey, $::AnthropicKey]
+--- error_code eval
+[502, 502]
+--- response_body eval
+['{"type":"error","error":{"type":"api_error","message":"The provider\'s answer could not be read."}}',
+ '{"type":"error","error":{"type":"api_error","message":"The provider\'s answer could not be read."}}']
+--- error_log
+smartflow proxy: answer of provider "cut" broke before its end
 --- no_error_log
 [alert]
