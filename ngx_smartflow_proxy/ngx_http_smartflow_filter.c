@@ -27,6 +27,11 @@ static ngx_int_t ngx_http_smartflow_stream_filter(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_chain_t *in);
 static ngx_int_t ngx_http_smartflow_json_filter(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_chain_t *in);
+static ngx_int_t ngx_http_smartflow_begins(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_chain_t *in);
+static ngx_uint_t ngx_http_smartflow_sse_field(u_char *p, u_char *last);
+static void ngx_http_smartflow_read_whole(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx);
 static ngx_int_t ngx_http_smartflow_json_unreadable(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx);
 static ngx_int_t ngx_http_smartflow_json_fail(ngx_http_request_t *r,
@@ -281,6 +286,12 @@ ngx_http_smartflow_header_filter(ngx_http_request_t *r)
             return NGX_ERROR;
         }
 
+        if (r->upstream) {
+            /* held until the first bytes show a stream (see begins) */
+            ctx->header_held = 1;
+            return NGX_OK;
+        }
+
     } else if (!ctx->translate && !r->header_only
                && r->headers_out.status == NGX_HTTP_OK && !ctx->output_scan)
     {
@@ -288,6 +299,12 @@ ngx_http_smartflow_header_filter(ngx_http_request_t *r)
         ngx_smartflow_usage_scan_init(&ctx->usage);
 
         ctx->filter = NGX_HTTP_SMARTFLOW_FILTER_USAGE;
+
+        if (r->upstream) {
+            /* held until the first byte shows a JSON object */
+            ctx->header_held = 1;
+            return NGX_OK;
+        }
 
     } else if ((ctx->translate
                 || (ctx->output_scan
@@ -298,23 +315,31 @@ ngx_http_smartflow_header_filter(ngx_http_request_t *r)
          * a whole answer or a provider error, in the other format, or an
          * answer the output scanner reads whole
          */
-        ctx->filter = NGX_HTTP_SMARTFLOW_FILTER_JSON;
-        ngx_http_clear_content_length(r);
-        ngx_http_clear_accept_ranges(r);
-        ngx_str_set(&r->headers_out.content_type, "application/json");
-        r->headers_out.content_type_len = sizeof("application/json") - 1;
-        r->headers_out.content_type_lowcase = NULL;
-
-        /*
-         * the status is the answer's to give: held until the body is read
-         * and rewritten, so that one that cannot be is a 502, not a 200
-         */
-        ctx->header_held = 1;
+        ngx_http_smartflow_read_whole(r, ctx);
 
         return NGX_OK;
     }
 
     return ngx_http_next_header_filter(r);
+}
+
+
+/*
+ * The status is the answer's to give: held until the body is read and
+ * rewritten, so that one that cannot be is a 502, not a 200.
+ */
+static void
+ngx_http_smartflow_read_whole(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx)
+{
+    ctx->filter = NGX_HTTP_SMARTFLOW_FILTER_JSON;
+    ctx->header_held = 1;
+
+    ngx_http_clear_content_length(r);
+    ngx_http_clear_accept_ranges(r);
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = sizeof("application/json") - 1;
+    r->headers_out.content_type_lowcase = NULL;
 }
 
 
@@ -438,6 +463,7 @@ ngx_http_smartflow_timer_cleanup(void *data)
 static ngx_int_t
 ngx_http_smartflow_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 {
+    ngx_int_t                  rc;
     ngx_http_smartflow_ctx_t  *ctx;
 
     if (r != r->main) {
@@ -450,6 +476,18 @@ ngx_http_smartflow_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
         return ngx_http_next_body_filter(r, in);
     }
 
+    if (ctx->header_held && ctx->filter != NGX_HTTP_SMARTFLOW_FILTER_JSON) {
+        rc = ngx_http_smartflow_begins(r, ctx, in);
+
+        if (rc == NGX_DONE) {
+            return NGX_OK;
+        }
+
+        if (rc == NGX_ERROR || rc > NGX_OK) {
+            return rc;
+        }
+    }
+
     if (ctx->filter == NGX_HTTP_SMARTFLOW_FILTER_STREAM) {
         return ngx_http_smartflow_stream_filter(r, ctx, in);
     }
@@ -459,6 +497,157 @@ ngx_http_smartflow_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
     }
 
     return ngx_http_smartflow_json_filter(r, ctx, in);
+}
+
+
+/*
+ * The first bytes of an answer passed on as it is (a whole JSON answer,
+ * or a stream) are looked at before its header goes.  One that does not
+ * begin as the API's answers do (the HTML page of a proxy on the way or
+ * of a wrong base URL, sent with a 200) is read whole instead, as an
+ * answer that cannot be read: the client has nothing of it, and the next
+ * deployment may answer.  NGX_DONE: nothing to look at yet, the header
+ * waits; NGX_OK: the filter set goes on.
+ */
+static ngx_int_t
+ngx_http_smartflow_begins(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_chain_t *in)
+{
+    u_char       *p;
+    ngx_int_t     rc;
+    ngx_buf_t    *b;
+    ngx_uint_t    stream, blank, end;
+    ngx_chain_t  *cl;
+
+    stream = (ctx->filter == NGX_HTTP_SMARTFLOW_FILTER_STREAM);
+    blank = 0;
+    end = 0;
+
+    for (cl = in; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (b->last_buf) {
+            end = 1;
+        }
+
+        if (!ngx_buf_in_memory(b)) {
+            if (ngx_buf_size(b)) {
+                /* a buffer in a file is not read back: it passes */
+                goto pass;
+            }
+
+            continue;
+        }
+
+        /* a stream may begin with line ends, JSON with any blank */
+
+        for (p = b->pos; p < b->last; p++) {
+            if (*p == '\n' || *p == '\r'
+                || (!stream && (*p == ' ' || *p == '\t')))
+            {
+                continue;
+            }
+
+            if (stream ? ngx_http_smartflow_sse_field(p, b->last)
+                       : (*p == '{'))
+            {
+                goto pass;
+            }
+
+            if (stream) {
+                ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                              "smartflow proxy: provider \"%V\" answered "
+                              "%ui to a stream request with a body that is "
+                              "not a stream", &ctx->provider->name,
+                              r->headers_out.status);
+
+            } else {
+                ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                              "smartflow proxy: provider \"%V\" answered "
+                              "%ui with a body that is not JSON",
+                              &ctx->provider->name, r->headers_out.status);
+            }
+
+            ctx->not_api = 1;
+            ngx_http_smartflow_read_whole(r, ctx);
+
+            return NGX_OK;
+        }
+
+        if (b->last > b->pos) {
+            blank = 1;
+        }
+    }
+
+    if (!end && !blank
+        && !(in && in->next == NULL && r->upstream->peer.connection == NULL))
+    {
+        return NGX_DONE;
+    }
+
+    if (stream && blank && !end) {
+        goto pass;
+    }
+
+    /*
+     * an empty answer, one of blanks, or one cut before its first byte:
+     * the JSON filter reads what there is, and says what it is
+     */
+    ngx_http_smartflow_read_whole(r, ctx);
+
+    return NGX_OK;
+
+pass:
+
+    ctx->header_held = 0;
+
+    rc = ngx_http_next_header_filter(r);
+
+    return (rc == NGX_AGAIN) ? NGX_OK : rc;
+}
+
+
+/*
+ * Does the line at p begin with a field of a stream: a comment, or a
+ * name followed by ":" or the line's end.  What the buffer has of it is
+ * compared: a name the buffer cuts is taken for what it begins.
+ */
+static ngx_uint_t
+ngx_http_smartflow_sse_field(u_char *p, u_char *last)
+{
+    size_t      n;
+    ngx_uint_t  i;
+
+    static ngx_str_t  names[] = {
+        ngx_string("data"),
+        ngx_string("event"),
+        ngx_string("id"),
+        ngx_string("retry")
+    };
+
+    if (*p == ':') {
+        return 1;
+    }
+
+    for (i = 0; i < sizeof(names) / sizeof(ngx_str_t); i++) {
+        n = ngx_min((size_t) (last - p), names[i].len);
+
+        if (ngx_strncmp(p, names[i].data, n) != 0) {
+            continue;
+        }
+
+        if (p + n == last) {
+            return 1;
+        }
+
+        if (n == names[i].len
+            && (p[n] == ':' || p[n] == '\r' || p[n] == '\n'))
+        {
+            return 1;
+        }
+    }
+
+    return 0;
 }
 
 
@@ -979,7 +1168,8 @@ ngx_http_smartflow_json_filter(ngx_http_request_t *r,
     for (cl = in; cl; cl = cl->next) {
         size = cl->buf->last - cl->buf->pos;
 
-        if (ngx_buf_in_memory(cl->buf) && size) {
+        /* an answer its first bytes showed unreadable is not kept */
+        if (ngx_buf_in_memory(cl->buf) && size && !ctx->not_api) {
             if (ctx->collect_len + size > NGX_HTTP_SMARTFLOW_MAX_JSON) {
                 ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                               "smartflow proxy: response from provider "
@@ -1038,6 +1228,11 @@ ngx_http_smartflow_json_filter(ngx_http_request_t *r,
         }
 
         return ctx->header_held ? NGX_OK : ngx_http_next_body_filter(r, NULL);
+    }
+
+    if (ctx->not_api) {
+        /* said when its first bytes came */
+        return ngx_http_smartflow_json_unreadable(r, ctx);
     }
 
     x.pool = ngx_http_smartflow_pool(r, ctx);
@@ -1181,6 +1376,7 @@ ngx_http_smartflow_json_unreadable(ngx_http_request_t *r,
     ctx->collect_len = 0;
     ctx->prompt_tokens = 0;
     ctx->completion_tokens = 0;
+    ctx->not_api = 0;
     ctx->unreadable = 1;
 
     /* only this filter has seen the header: none of it was sent */
