@@ -28,10 +28,12 @@ static ngx_int_t ngx_http_smartflow_stream_filter(ngx_http_request_t *r,
 static ngx_int_t ngx_http_smartflow_json_filter(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_chain_t *in);
 static ngx_int_t ngx_http_smartflow_begins(ngx_http_request_t *r,
-    ngx_http_smartflow_ctx_t *ctx, ngx_chain_t *in);
+    ngx_http_smartflow_ctx_t *ctx, ngx_chain_t **in);
 static ngx_uint_t ngx_http_smartflow_sse_field(u_char *p, u_char *last);
 static void ngx_http_smartflow_read_whole(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx);
+static ngx_int_t ngx_http_smartflow_collect(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, u_char *data, size_t size);
 static ngx_int_t ngx_http_smartflow_json_unreadable(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx);
 static ngx_int_t ngx_http_smartflow_json_fail(ngx_http_request_t *r,
@@ -477,7 +479,7 @@ ngx_http_smartflow_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
     }
 
     if (ctx->header_held && ctx->filter != NGX_HTTP_SMARTFLOW_FILTER_JSON) {
-        rc = ngx_http_smartflow_begins(r, ctx, in);
+        rc = ngx_http_smartflow_begins(r, ctx, &in);
 
         if (rc == NGX_DONE) {
             return NGX_OK;
@@ -506,24 +508,27 @@ ngx_http_smartflow_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
  * begin as the API's answers do (the HTML page of a proxy on the way or
  * of a wrong base URL, sent with a 200) is read whole instead, as an
  * answer that cannot be read: the client has nothing of it, and the next
- * deployment may answer.  NGX_DONE: nothing to look at yet, the header
- * waits; NGX_OK: the filter set goes on.
+ * deployment may answer.  Blanks before the first byte (a provider may
+ * send line ends to keep a slow answer's connection) wait with the
+ * header, kept in ctx->collect, and go before the answer.  NGX_DONE:
+ * nothing to look at yet, the header waits; NGX_OK: the filter set goes
+ * on, with *in.
  */
 static ngx_int_t
 ngx_http_smartflow_begins(ngx_http_request_t *r,
-    ngx_http_smartflow_ctx_t *ctx, ngx_chain_t *in)
+    ngx_http_smartflow_ctx_t *ctx, ngx_chain_t **in)
 {
     u_char       *p;
+    size_t        size;
     ngx_int_t     rc;
     ngx_buf_t    *b;
-    ngx_uint_t    stream, blank, end;
+    ngx_uint_t    stream, end;
     ngx_chain_t  *cl;
 
     stream = (ctx->filter == NGX_HTTP_SMARTFLOW_FILTER_STREAM);
-    blank = 0;
     end = 0;
 
-    for (cl = in; cl; cl = cl->next) {
+    for (cl = *in; cl; cl = cl->next) {
         b = cl->buf;
 
         if (b->last_buf) {
@@ -573,31 +578,74 @@ ngx_http_smartflow_begins(ngx_http_request_t *r,
 
             return NGX_OK;
         }
-
-        if (b->last > b->pos) {
-            blank = 1;
-        }
     }
 
-    if (!end && !blank
-        && !(in && in->next == NULL && r->upstream->peer.connection == NULL))
+    if (!end
+        && !(*in && (*in)->next == NULL
+             && r->upstream->peer.connection == NULL))
     {
-        return NGX_DONE;
-    }
+        /* blanks, if any, wait with the header */
 
-    if (stream && blank && !end) {
-        goto pass;
+        for (cl = *in; cl; cl = cl->next) {
+            b = cl->buf;
+            size = b->last - b->pos;
+
+            if (size == 0) {
+                continue;
+            }
+
+            if (ctx->collect_len + size > NGX_HTTP_SMARTFLOW_MAX_JSON) {
+                /* the JSON filter says it is too large */
+                ngx_http_smartflow_read_whole(r, ctx);
+                return NGX_OK;
+            }
+
+            if (ngx_http_smartflow_collect(r, ctx, b->pos, size) != NGX_OK) {
+                return NGX_ERROR;
+            }
+
+            b->pos = b->last;
+        }
+
+        return NGX_DONE;
     }
 
     /*
      * an empty answer, one of blanks, or one cut before its first byte:
-     * the JSON filter reads what there is, and says what it is
+     * the JSON filter reads what there is, blanks held included, and
+     * says what it is
      */
     ngx_http_smartflow_read_whole(r, ctx);
 
     return NGX_OK;
 
 pass:
+
+    if (ctx->collect_len) {
+        /* the blanks held go first, as they came */
+
+        b = ngx_calloc_buf(r->pool);
+        if (b == NULL) {
+            return NGX_ERROR;
+        }
+
+        cl = ngx_alloc_chain_link(r->pool);
+        if (cl == NULL) {
+            return NGX_ERROR;
+        }
+
+        b->pos = ctx->collect;
+        b->last = ctx->collect + ctx->collect_len;
+        b->memory = 1;
+
+        cl->buf = b;
+        cl->next = *in;
+        *in = cl;
+
+        ctx->collect = NULL;
+        ctx->collect_size = 0;
+        ctx->collect_len = 0;
+    }
 
     ctx->header_held = 0;
 
@@ -1144,7 +1192,6 @@ static ngx_int_t
 ngx_http_smartflow_json_filter(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_chain_t *in)
 {
-    u_char                          *p;
     size_t                           size;
     ngx_str_t                        err, out;
     ngx_uint_t                       last;
@@ -1183,24 +1230,11 @@ ngx_http_smartflow_json_filter(ngx_http_request_t *r,
                 return ngx_http_smartflow_json_fail(r, ctx);
             }
 
-            if (ctx->collect_len + size > ctx->collect_size) {
-                ctx->collect_size = ngx_max(2 * ctx->collect_size,
-                                            ctx->collect_len + size);
-
-                p = ngx_pnalloc(r->pool, ctx->collect_size);
-                if (p == NULL) {
-                    return NGX_ERROR;
-                }
-
-                if (ctx->collect_len) {
-                    ngx_memcpy(p, ctx->collect, ctx->collect_len);
-                }
-
-                ctx->collect = p;
+            if (ngx_http_smartflow_collect(r, ctx, cl->buf->pos, size)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
             }
-
-            ngx_memcpy(ctx->collect + ctx->collect_len, cl->buf->pos, size);
-            ctx->collect_len += size;
         }
 
         cl->buf->pos = cl->buf->last;
@@ -1318,6 +1352,36 @@ ngx_http_smartflow_json_filter(ngx_http_request_t *r,
     }
 
     return ngx_http_smartflow_json_send(r, ctx, &out);
+}
+
+
+/* bytes of the answer kept in ctx->collect, which grows as needed */
+static ngx_int_t
+ngx_http_smartflow_collect(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, u_char *data, size_t size)
+{
+    u_char  *p;
+
+    if (ctx->collect_len + size > ctx->collect_size) {
+        ctx->collect_size = ngx_max(2 * ctx->collect_size,
+                                    ctx->collect_len + size);
+
+        p = ngx_pnalloc(r->pool, ctx->collect_size);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        if (ctx->collect_len) {
+            ngx_memcpy(p, ctx->collect, ctx->collect_len);
+        }
+
+        ctx->collect = p;
+    }
+
+    ngx_memcpy(ctx->collect + ctx->collect_len, data, size);
+    ctx->collect_len += size;
+
+    return NGX_OK;
 }
 
 

@@ -123,6 +123,23 @@ sub paged_config {
             return 200 ' \n {"id":"chatcmpl-spaced","object":"chat.completion","model":"gpt-spaced","choices":[{"index":0,"message":{"role":"assistant","content":"after blanks"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}';
         }
 
+        # the mock's answers after line ends, each read on its own
+        location /lead/ {
+            proxy_pass http://127.0.0.1:$TEST_NGINX_MOCK_PORT/;
+            proxy_http_version 1.1;
+            proxy_buffering off;
+            proxy_set_header x-mock-lead 3;
+        }
+
+        # a page after line ends, each read on its own
+        location /leadpage/ {
+            proxy_pass http://127.0.0.1:$TEST_NGINX_MOCK_PORT/;
+            proxy_http_version 1.1;
+            proxy_buffering off;
+            proxy_set_header x-mock-lead 3;
+            proxy_set_header x-mock-page 1;
+        }
+
         # the mock's answers, cut mid-body
         location /cut/ {
             proxy_pass http://127.0.0.1:$TEST_NGINX_MOCK_PORT/;
@@ -177,6 +194,17 @@ sub paged_config {
     smartflow_provider spaced type=openai upstream=http://sf_paged
                        path=/spaced key=sk-oai-provider-key;
     smartflow_route spaced spaced model=gpt-spaced;
+
+    # answers after line ends, each read on its own
+    smartflow_provider lead type=openai upstream=http://sf_paged
+                       path=/lead/v1 key=sk-oai-provider-key;
+    smartflow_route leading lead model=gpt-lead;
+
+    # a page after line ends, a fallback that answers
+    smartflow_provider leadpage type=openai upstream=http://sf_paged
+                       path=/leadpage/v1 key=sk-oai-provider-key;
+    smartflow_route misled leadpage model=gpt-leadpage;
+    smartflow_route misled openai model=gpt-fb-ml fallback;
 
     # answers cut mid-body, a fallback that answers; or none
     smartflow_provider cut type=openai upstream=http://sf_paged
@@ -1139,5 +1167,94 @@ Content-Type: application/json
 '{"error":{"message":"The provider\'s answer could not be read.","type":"api_error","param":null,"code":null}}'
 --- error_log
 smartflow proxy: provider "paged" answered 200 to a stream request with a body that is not a stream
+--- no_error_log
+[alert]
+
+
+
+=== TEST 29: an answer of JSON after line ends, each read on its own, passes untouched
+A provider keeping a slow answer's connection alive sends line ends
+before it; with proxy_buffering off each is read on its own: they wait
+with the header, and reach the client with the answer, byte for byte.
+--- http_config eval
+::paged_config()
+--- config eval
+::own_location("    proxy_buffering off;")
+--- request eval
+::chat('leading', prefix => '/own')
+--- error_code: 200
+--- response_headers
+x-smartflow-deployment: lead/gpt-lead
+Content-Type: application/json
+--- response_body_like eval
+qr/\A\n\n\n\{"id":"chatcmpl-[^"]+","object":"chat.completion",.*"content":"mock reply to: hi"/s
+--- no_error_log
+[error]
+
+
+
+=== TEST 30: the same, the proxy buffering: untouched too
+--- http_config eval
+::paged_config()
+--- request eval
+::chat('leading')
+--- error_code: 200
+--- response_body_like eval
+qr/\A\n\n\n\{"id":"chatcmpl-[^"]+","object":"chat.completion",.*"content":"mock reply to: hi"/s
+--- no_error_log
+[error]
+
+
+
+=== TEST 31: a stream after line ends, each read on its own, passes whole
+--- http_config eval
+::paged_config()
+--- request eval
+::chat('leading', stream => 1)
+--- error_code: 200
+--- response_headers
+x-smartflow-deployment: lead/gpt-lead
+--- response_body_like eval
+qr/\A\n\n\ndata: \{"id":"chatcmpl-.*"finish_reason":"stop".*\n\ndata: \[DONE\]\n\n\z/s
+--- no_error_log
+[error]
+
+
+
+=== TEST 32: a page after line ends, each read on its own, given for a stream: the fallback's stream
+--- http_config eval
+::paged_config()
+--- request eval
+::chat('misled', stream => 1)
+--- error_code: 200
+--- response_headers
+x-smartflow-deployment: openai/gpt-fb-ml
+--- response_body_filters eval
+::view()
+--- response_body
+stream whole
+--- error_log
+smartflow proxy: provider "leadpage" answered 200 to a stream request with a body that is not a stream
+--- no_error_log
+[alert]
+
+
+
+=== TEST 33: a page after line ends, each read on its own, given for JSON: the fallback's answer
+--- http_config eval
+::paged_config()
+--- config eval
+::own_location("    proxy_buffering off;")
+--- request eval
+::chat('misled', prefix => '/own')
+--- error_code: 200
+--- response_headers
+x-smartflow-deployment: openai/gpt-fb-ml
+--- response_body_filters eval
+::view()
+--- response_body
+chat.completion "mock reply to: hi"
+--- error_log
+smartflow proxy: provider "leadpage" answered 200 with a body that is not JSON
 --- no_error_log
 [alert]
