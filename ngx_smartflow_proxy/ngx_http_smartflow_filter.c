@@ -1408,7 +1408,12 @@ ngx_http_smartflow_json_unreadable(ngx_http_request_t *r,
         r->keepalive = ctx->keepalive;
     }
 
+    /*
+     * a stream cut by smartflow_stream_max_time before its first bytes
+     * has spent the request's time: the next deployment is not tried
+     */
     if (!ctx->header_held || !ctx->dispatched || ctx->route == NULL
+        || ctx->stream_capped
         || ctx->attempt + 1 >= ctx->nplan || r->upstream == NULL
         || r->upstream->peer.connection != NULL
         || r->error_page || r->uri_changes == 0)

@@ -140,6 +140,15 @@ sub paged_config {
             proxy_set_header x-mock-page 1;
         }
 
+        # a stream after line ends, slow ones
+        location /slowlead/ {
+            proxy_pass http://127.0.0.1:$TEST_NGINX_MOCK_PORT/;
+            proxy_http_version 1.1;
+            proxy_buffering off;
+            proxy_set_header x-mock-lead 3;
+            proxy_set_header x-mock-chunk-delay-ms 400;
+        }
+
         # the mock's answers, cut mid-body
         location /cut/ {
             proxy_pass http://127.0.0.1:$TEST_NGINX_MOCK_PORT/;
@@ -205,6 +214,12 @@ sub paged_config {
                        path=/leadpage/v1 key=sk-oai-provider-key;
     smartflow_route misled leadpage model=gpt-leadpage;
     smartflow_route misled openai model=gpt-fb-ml fallback;
+
+    # a stream whose first bytes come late, a fallback
+    smartflow_provider slowlead type=openai upstream=http://sf_paged
+                       path=/slowlead/v1 key=sk-oai-provider-key;
+    smartflow_route tardy slowlead model=gpt-slowlead;
+    smartflow_route tardy openai model=gpt-fb-t fallback;
 
     # answers cut mid-body, a fallback that answers; or none
     smartflow_provider cut type=openai upstream=http://sf_paged
@@ -1258,3 +1273,28 @@ chat.completion "mock reply to: hi"
 smartflow proxy: provider "leadpage" answered 200 with a body that is not JSON
 --- no_error_log
 [alert]
+
+
+
+=== TEST 34: a stream over smartflow_stream_max_time before its first bytes: the client's 502, no fallback
+The request's time is spent: the fallback would be cut at once, and is
+not tried.
+--- http_config eval
+::paged_config('smartflow_breaker failures=1 cooldown=30s;')
+--- config eval
+::own_location("    smartflow_stream_max_time 500ms;")
+--- request eval
+[::chat('tardy', stream => 1, prefix => '/own'), "GET /health"]
+--- error_code eval
+[502, 200]
+--- response_body_filters eval
+::view(models => ['tardy'])
+--- response_body eval
+['{"error":{"message":"The provider\'s answer could not be read.","type":"api_error","param":null,"code":null}}',
+ "slowlead/gpt-slowlead open requests=1 failures=1 in_flight=0\n"
+ . "openai/gpt-fb-t closed requests=0 failures=0 in_flight=0\n"]
+--- error_log
+smartflow proxy: stream from provider "slowlead" cut at 0 bytes after
+--- no_error_log
+[alert]
+trying the next one
