@@ -1298,3 +1298,62 @@ smartflow proxy: stream from provider "slowlead" cut at 0 bytes after
 --- no_error_log
 [alert]
 trying the next one
+
+
+
+=== TEST 35: an answer cut mid-body, none left, on the connection's last request: the 502 closes it
+The client asks to keep its connection, but keepalive_requests says
+this is its last request: the connection is not kept for the 502.
+--- http_config eval
+::paged_config('keepalive_requests 1;')
+--- request eval
+"POST /anthropic/v1/messages\n"
+. '{"model":"torn","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}'
+--- more_headers eval
+$::AnthropicKey . "\nConnection: keep-alive"
+--- error_code: 502
+--- response_headers
+Connection: close
+--- error_log
+smartflow proxy: answer of provider "cut" broke before its end
+--- no_error_log
+[alert]
+
+
+
+=== TEST 36: an answer cut mid-body, the fallback's answer, with keepalive_timeout 0: the connection is closed
+--- http_config eval
+::paged_config()
+--- config eval
+"keepalive_timeout 0;\n" . $::Locations
+--- request eval
+"POST /anthropic/v1/messages\n"
+. '{"model":"mended","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}'
+--- more_headers eval
+$::AnthropicKey . "\nConnection: keep-alive"
+--- error_code: 200
+--- response_headers
+Connection: close
+x-smartflow-deployment: openai/gpt-fb-m
+--- response_body_filters eval
+::view()
+--- response_body
+message "mock reply to: hi"
+--- no_error_log
+[alert]
+
+
+
+=== TEST 37: an answer cut mid-body, none left, to an HTTP/1.0 client: the 502 closes the connection
+--- http_config eval
+::paged_config()
+--- request eval
+"POST /anthropic/v1/messages HTTP/1.0\n"
+. '{"model":"torn","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}'
+--- more_headers eval
+$::AnthropicKey
+--- error_code: 502
+--- response_headers
+Connection: close
+--- no_error_log
+[alert]
