@@ -27,6 +27,13 @@ static ngx_int_t ngx_http_smartflow_stream_filter(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_chain_t *in);
 static ngx_int_t ngx_http_smartflow_json_filter(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_chain_t *in);
+static ngx_int_t ngx_http_smartflow_begins(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_chain_t **in);
+static ngx_uint_t ngx_http_smartflow_sse_field(u_char *p, u_char *last);
+static void ngx_http_smartflow_read_whole(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx);
+static ngx_int_t ngx_http_smartflow_collect(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, u_char *data, size_t size);
 static ngx_int_t ngx_http_smartflow_json_unreadable(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx);
 static ngx_int_t ngx_http_smartflow_json_fail(ngx_http_request_t *r,
@@ -183,6 +190,13 @@ ngx_http_smartflow_header_filter(ngx_http_request_t *r)
         ngx_del_timer(&ctx->attempt_timer);
     }
 
+    /*
+     * nginx's upstream turns keepalive off when an answer breaks after
+     * its header: with the header held the client has had nothing, and
+     * keeps its connection (see json_unreadable)
+     */
+    ctx->keepalive = r->keepalive;
+
     if (ngx_http_smartflow_set_header(r, "x-smartflow-deployment",
                                       ctx->route->name.data,
                                       ctx->route->name.len)
@@ -274,6 +288,12 @@ ngx_http_smartflow_header_filter(ngx_http_request_t *r)
             return NGX_ERROR;
         }
 
+        if (r->upstream) {
+            /* held until the first bytes show a stream (see begins) */
+            ctx->header_held = 1;
+            return NGX_OK;
+        }
+
     } else if (!ctx->translate && !r->header_only
                && r->headers_out.status == NGX_HTTP_OK && !ctx->output_scan)
     {
@@ -281,6 +301,12 @@ ngx_http_smartflow_header_filter(ngx_http_request_t *r)
         ngx_smartflow_usage_scan_init(&ctx->usage);
 
         ctx->filter = NGX_HTTP_SMARTFLOW_FILTER_USAGE;
+
+        if (r->upstream) {
+            /* held until the first byte shows a JSON object */
+            ctx->header_held = 1;
+            return NGX_OK;
+        }
 
     } else if ((ctx->translate
                 || (ctx->output_scan
@@ -291,23 +317,31 @@ ngx_http_smartflow_header_filter(ngx_http_request_t *r)
          * a whole answer or a provider error, in the other format, or an
          * answer the output scanner reads whole
          */
-        ctx->filter = NGX_HTTP_SMARTFLOW_FILTER_JSON;
-        ngx_http_clear_content_length(r);
-        ngx_http_clear_accept_ranges(r);
-        ngx_str_set(&r->headers_out.content_type, "application/json");
-        r->headers_out.content_type_len = sizeof("application/json") - 1;
-        r->headers_out.content_type_lowcase = NULL;
-
-        /*
-         * the status is the answer's to give: held until the body is read
-         * and rewritten, so that one that cannot be is a 502, not a 200
-         */
-        ctx->header_held = 1;
+        ngx_http_smartflow_read_whole(r, ctx);
 
         return NGX_OK;
     }
 
     return ngx_http_next_header_filter(r);
+}
+
+
+/*
+ * The status is the answer's to give: held until the body is read and
+ * rewritten, so that one that cannot be is a 502, not a 200.
+ */
+static void
+ngx_http_smartflow_read_whole(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx)
+{
+    ctx->filter = NGX_HTTP_SMARTFLOW_FILTER_JSON;
+    ctx->header_held = 1;
+
+    ngx_http_clear_content_length(r);
+    ngx_http_clear_accept_ranges(r);
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = sizeof("application/json") - 1;
+    r->headers_out.content_type_lowcase = NULL;
 }
 
 
@@ -431,6 +465,7 @@ ngx_http_smartflow_timer_cleanup(void *data)
 static ngx_int_t
 ngx_http_smartflow_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 {
+    ngx_int_t                  rc;
     ngx_http_smartflow_ctx_t  *ctx;
 
     if (r != r->main) {
@@ -443,6 +478,18 @@ ngx_http_smartflow_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
         return ngx_http_next_body_filter(r, in);
     }
 
+    if (ctx->header_held && ctx->filter != NGX_HTTP_SMARTFLOW_FILTER_JSON) {
+        rc = ngx_http_smartflow_begins(r, ctx, &in);
+
+        if (rc == NGX_DONE) {
+            return NGX_OK;
+        }
+
+        if (rc == NGX_ERROR || rc > NGX_OK) {
+            return rc;
+        }
+    }
+
     if (ctx->filter == NGX_HTTP_SMARTFLOW_FILTER_STREAM) {
         return ngx_http_smartflow_stream_filter(r, ctx, in);
     }
@@ -452,6 +499,203 @@ ngx_http_smartflow_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
     }
 
     return ngx_http_smartflow_json_filter(r, ctx, in);
+}
+
+
+/*
+ * The first bytes of an answer passed on as it is (a whole JSON answer,
+ * or a stream) are looked at before its header goes.  One that does not
+ * begin as the API's answers do (the HTML page of a proxy on the way or
+ * of a wrong base URL, sent with a 200) is read whole instead, as an
+ * answer that cannot be read: the client has nothing of it, and the next
+ * deployment may answer.  Blanks before the first byte (a provider may
+ * send line ends to keep a slow answer's connection) wait with the
+ * header, kept in ctx->collect, and go before the answer.  NGX_DONE:
+ * nothing to look at yet, the header waits; NGX_OK: the filter set goes
+ * on, with *in.
+ */
+static ngx_int_t
+ngx_http_smartflow_begins(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, ngx_chain_t **in)
+{
+    u_char       *p;
+    size_t        size;
+    ngx_int_t     rc;
+    ngx_buf_t    *b;
+    ngx_uint_t    stream, end;
+    ngx_chain_t  *cl;
+
+    stream = (ctx->filter == NGX_HTTP_SMARTFLOW_FILTER_STREAM);
+    end = 0;
+
+    for (cl = *in; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (b->last_buf) {
+            end = 1;
+        }
+
+        if (!ngx_buf_in_memory(b)) {
+            if (ngx_buf_size(b)) {
+                /* a buffer in a file is not read back: it passes */
+                goto pass;
+            }
+
+            continue;
+        }
+
+        /* a stream may begin with line ends, JSON with any blank */
+
+        for (p = b->pos; p < b->last; p++) {
+            if (*p == '\n' || *p == '\r'
+                || (!stream && (*p == ' ' || *p == '\t')))
+            {
+                continue;
+            }
+
+            if (stream ? ngx_http_smartflow_sse_field(p, b->last)
+                       : (*p == '{'))
+            {
+                goto pass;
+            }
+
+            if (stream) {
+                ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                              "smartflow proxy: provider \"%V\" answered "
+                              "%ui to a stream request with a body that is "
+                              "not a stream", &ctx->provider->name,
+                              r->headers_out.status);
+
+            } else {
+                ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                              "smartflow proxy: provider \"%V\" answered "
+                              "%ui with a body that is not JSON",
+                              &ctx->provider->name, r->headers_out.status);
+            }
+
+            ctx->not_api = 1;
+            ngx_http_smartflow_read_whole(r, ctx);
+
+            return NGX_OK;
+        }
+    }
+
+    if (!end
+        && !(*in && (*in)->next == NULL
+             && r->upstream->peer.connection == NULL))
+    {
+        /* blanks, if any, wait with the header */
+
+        for (cl = *in; cl; cl = cl->next) {
+            b = cl->buf;
+            size = b->last - b->pos;
+
+            if (size == 0) {
+                continue;
+            }
+
+            if (ctx->collect_len + size > NGX_HTTP_SMARTFLOW_MAX_JSON) {
+                /* the JSON filter says it is too large */
+                ngx_http_smartflow_read_whole(r, ctx);
+                return NGX_OK;
+            }
+
+            if (ngx_http_smartflow_collect(r, ctx, b->pos, size) != NGX_OK) {
+                return NGX_ERROR;
+            }
+
+            b->pos = b->last;
+        }
+
+        return NGX_DONE;
+    }
+
+    /*
+     * an empty answer, one of blanks, or one cut before its first byte:
+     * the JSON filter reads what there is, blanks held included, and
+     * says what it is
+     */
+    ngx_http_smartflow_read_whole(r, ctx);
+
+    return NGX_OK;
+
+pass:
+
+    if (ctx->collect_len) {
+        /* the blanks held go first, as they came */
+
+        b = ngx_calloc_buf(r->pool);
+        if (b == NULL) {
+            return NGX_ERROR;
+        }
+
+        cl = ngx_alloc_chain_link(r->pool);
+        if (cl == NULL) {
+            return NGX_ERROR;
+        }
+
+        b->pos = ctx->collect;
+        b->last = ctx->collect + ctx->collect_len;
+        b->memory = 1;
+
+        cl->buf = b;
+        cl->next = *in;
+        *in = cl;
+
+        ctx->collect = NULL;
+        ctx->collect_size = 0;
+        ctx->collect_len = 0;
+    }
+
+    ctx->header_held = 0;
+
+    rc = ngx_http_next_header_filter(r);
+
+    return (rc == NGX_AGAIN) ? NGX_OK : rc;
+}
+
+
+/*
+ * Does the line at p begin with a field of a stream: a comment, or a
+ * name followed by ":" or the line's end.  What the buffer has of it is
+ * compared: a name the buffer cuts is taken for what it begins.
+ */
+static ngx_uint_t
+ngx_http_smartflow_sse_field(u_char *p, u_char *last)
+{
+    size_t      n;
+    ngx_uint_t  i;
+
+    static ngx_str_t  names[] = {
+        ngx_string("data"),
+        ngx_string("event"),
+        ngx_string("id"),
+        ngx_string("retry")
+    };
+
+    if (*p == ':') {
+        return 1;
+    }
+
+    for (i = 0; i < sizeof(names) / sizeof(ngx_str_t); i++) {
+        n = ngx_min((size_t) (last - p), names[i].len);
+
+        if (ngx_strncmp(p, names[i].data, n) != 0) {
+            continue;
+        }
+
+        if (p + n == last) {
+            return 1;
+        }
+
+        if (n == names[i].len
+            && (p[n] == ':' || p[n] == '\r' || p[n] == '\n'))
+        {
+            return 1;
+        }
+    }
+
+    return 0;
 }
 
 
@@ -948,7 +1192,6 @@ static ngx_int_t
 ngx_http_smartflow_json_filter(ngx_http_request_t *r,
     ngx_http_smartflow_ctx_t *ctx, ngx_chain_t *in)
 {
-    u_char                          *p;
     size_t                           size;
     ngx_str_t                        err, out;
     ngx_uint_t                       last;
@@ -972,7 +1215,8 @@ ngx_http_smartflow_json_filter(ngx_http_request_t *r,
     for (cl = in; cl; cl = cl->next) {
         size = cl->buf->last - cl->buf->pos;
 
-        if (ngx_buf_in_memory(cl->buf) && size) {
+        /* an answer its first bytes showed unreadable is not kept */
+        if (ngx_buf_in_memory(cl->buf) && size && !ctx->not_api) {
             if (ctx->collect_len + size > NGX_HTTP_SMARTFLOW_MAX_JSON) {
                 ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                               "smartflow proxy: response from provider "
@@ -986,24 +1230,11 @@ ngx_http_smartflow_json_filter(ngx_http_request_t *r,
                 return ngx_http_smartflow_json_fail(r, ctx);
             }
 
-            if (ctx->collect_len + size > ctx->collect_size) {
-                ctx->collect_size = ngx_max(2 * ctx->collect_size,
-                                            ctx->collect_len + size);
-
-                p = ngx_pnalloc(r->pool, ctx->collect_size);
-                if (p == NULL) {
-                    return NGX_ERROR;
-                }
-
-                if (ctx->collect_len) {
-                    ngx_memcpy(p, ctx->collect, ctx->collect_len);
-                }
-
-                ctx->collect = p;
+            if (ngx_http_smartflow_collect(r, ctx, cl->buf->pos, size)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
             }
-
-            ngx_memcpy(ctx->collect + ctx->collect_len, cl->buf->pos, size);
-            ctx->collect_len += size;
         }
 
         cl->buf->pos = cl->buf->last;
@@ -1031,6 +1262,11 @@ ngx_http_smartflow_json_filter(ngx_http_request_t *r,
         }
 
         return ctx->header_held ? NGX_OK : ngx_http_next_body_filter(r, NULL);
+    }
+
+    if (ctx->not_api) {
+        /* said when its first bytes came */
+        return ngx_http_smartflow_json_unreadable(r, ctx);
     }
 
     x.pool = ngx_http_smartflow_pool(r, ctx);
@@ -1119,6 +1355,36 @@ ngx_http_smartflow_json_filter(ngx_http_request_t *r,
 }
 
 
+/* bytes of the answer kept in ctx->collect, which grows as needed */
+static ngx_int_t
+ngx_http_smartflow_collect(ngx_http_request_t *r,
+    ngx_http_smartflow_ctx_t *ctx, u_char *data, size_t size)
+{
+    u_char  *p;
+
+    if (ctx->collect_len + size > ctx->collect_size) {
+        ctx->collect_size = ngx_max(2 * ctx->collect_size,
+                                    ctx->collect_len + size);
+
+        p = ngx_pnalloc(r->pool, ctx->collect_size);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        if (ctx->collect_len) {
+            ngx_memcpy(p, ctx->collect, ctx->collect_len);
+        }
+
+        ctx->collect = p;
+    }
+
+    ngx_memcpy(ctx->collect + ctx->collect_len, data, size);
+    ctx->collect_len += size;
+
+    return NGX_OK;
+}
+
+
 /*
  * A whole answer that could not be read (not JSON, not translatable, cut
  * before its end) is its deployment's failure, as a 5xx is.  When the
@@ -1137,7 +1403,17 @@ ngx_http_smartflow_json_unreadable(ngx_http_request_t *r,
     ngx_http_err_page_t       *page;
     ngx_http_core_loc_conf_t  *clcf;
 
+    if (ctx->header_held) {
+        /* the client has had nothing: its connection may be kept */
+        r->keepalive = ctx->keepalive;
+    }
+
+    /*
+     * a stream cut by smartflow_stream_max_time before its first bytes
+     * has spent the request's time: the next deployment is not tried
+     */
     if (!ctx->header_held || !ctx->dispatched || ctx->route == NULL
+        || ctx->stream_capped
         || ctx->attempt + 1 >= ctx->nplan || r->upstream == NULL
         || r->upstream->peer.connection != NULL
         || r->error_page || r->uri_changes == 0)
@@ -1169,6 +1445,7 @@ ngx_http_smartflow_json_unreadable(ngx_http_request_t *r,
     ctx->collect_len = 0;
     ctx->prompt_tokens = 0;
     ctx->completion_tokens = 0;
+    ctx->not_api = 0;
     ctx->unreadable = 1;
 
     /* only this filter has seen the header: none of it was sent */

@@ -499,6 +499,10 @@ typedef struct {
     unsigned                    json_failed:1;  /* answered with a 502 */
     unsigned                    unreadable:1;   /* the attempt's answer
                                                    could not be read */
+    unsigned                    not_api:1;      /* its first bytes are
+                                                   not the API's answer */
+    unsigned                    keepalive:1;    /* the client's, when the
+                                                   header was held */
 } ngx_http_smartflow_ctx_t;
 
 

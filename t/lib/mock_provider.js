@@ -224,14 +224,21 @@ async function transmit(ctx, status, headers, pieces, streaming) {
         pieces = splitBuffer(Buffer.concat(pieces), sw.split);
         gap = Math.max(gap, 2);
     }
+    if (sw.lead) {
+        pieces = [...Array(sw.lead).fill(Buffer.from('\n')), ...pieces];
+        if (headers['content-length'] !== undefined) {
+            headers = { ...headers, 'content-length': String(Number(headers['content-length']) + sw.lead) };
+        }
+        gap = Math.max(gap, 50);
+    }
 
     if (gone(res)) return;
     res.writeHead(status, REASONS[status] || http.STATUS_CODES[status] || 'Unknown', headers);
-    if (!streaming && !sw.split && !dropping) {
+    if (!streaming && !sw.split && !dropping && !sw.lead) {
         res.end(pieces[0]);
         return;
     }
-    if (streaming) res.flushHeaders();
+    if (streaming || sw.lead) res.flushHeaders();
     for (let i = 0; i < pieces.length; i++) {
         if (i > 0 && gap) await sleep(gap);
         if (gone(res)) return;
@@ -694,6 +701,13 @@ function switches(headers, model) {
         split: int(headers['x-mock-split']),
         // Each stream event's JSON over this many "data:" lines (2 or more).
         dataLines: int(headers['x-mock-data-lines']),
+        // This many line ends before the body, each written on its own
+        // after a pause, as a provider keeping a slow answer's connection
+        // alive does.
+        lead: int(headers['x-mock-lead']),
+        // A page of HTML with a 200 instead of the API's answer, as a
+        // captive proxy or a wrong base URL gives.
+        page: int(headers['x-mock-page']),
         drop: String(headers['x-mock-drop'] || '').toLowerCase(),
         // Header bytes arrive as latin1; re-read them as UTF-8.
         reply: headers['x-mock-reply'] === undefined ? null : Buffer.from(headers['x-mock-reply'], 'latin1').toString('utf8'),
@@ -752,6 +766,11 @@ async function handle(req, res) {
         return sendError(ctx, 401, { message: 'Incorrect API key provided. You can find your API key in your account settings.' });
     }
     if (ctx.sw.status >= 400 && ctx.sw.status <= 599) return sendError(ctx, ctx.sw.status);
+    if (ctx.sw.page) {
+        const page = Buffer.from('<html><body>maintenance</body></html>');
+        return transmit(ctx, 200, { 'content-type': 'text/html', 'content-length': String(page.length) },
+                        [page], false);
+    }
     return r.handler(ctx);
 }
 

@@ -3,7 +3,10 @@
 # requests, failures); a client that goes away before the answer begins is
 # not a deployment's failure; a half-open probe is held by the request
 # that sends it, not by every request whose plan names the deployment;
-# every attempt smartflow_max_attempts allows (up to 8) is made.
+# every attempt smartflow_max_attempts allows (up to 8) is made; an
+# answer that cannot be read (a page given for JSON or for a stream, one
+# cut short, one not translatable) goes to the next deployment, and the
+# client's connection is kept.
 #
 # Answers are checked through view(): one line per answer, an error body
 # as it is, and for /health one line per deployment of the models named.
@@ -113,6 +116,45 @@ sub paged_config {
             error_page 405 =200 /big.html;
             return 405;
         }
+
+        # an answer after blanks
+        location /spaced/ {
+            default_type application/json;
+            return 200 ' \n {"id":"chatcmpl-spaced","object":"chat.completion","model":"gpt-spaced","choices":[{"index":0,"message":{"role":"assistant","content":"after blanks"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}';
+        }
+
+        # the mock's answers after line ends, each read on its own
+        location /lead/ {
+            proxy_pass http://127.0.0.1:$TEST_NGINX_MOCK_PORT/;
+            proxy_http_version 1.1;
+            proxy_buffering off;
+            proxy_set_header x-mock-lead 3;
+        }
+
+        # a page after line ends, each read on its own
+        location /leadpage/ {
+            proxy_pass http://127.0.0.1:$TEST_NGINX_MOCK_PORT/;
+            proxy_http_version 1.1;
+            proxy_buffering off;
+            proxy_set_header x-mock-lead 3;
+            proxy_set_header x-mock-page 1;
+        }
+
+        # a stream after line ends, slow ones
+        location /slowlead/ {
+            proxy_pass http://127.0.0.1:$TEST_NGINX_MOCK_PORT/;
+            proxy_http_version 1.1;
+            proxy_buffering off;
+            proxy_set_header x-mock-lead 3;
+            proxy_set_header x-mock-chunk-delay-ms 400;
+        }
+
+        # the mock's answers, cut mid-body
+        location /cut/ {
+            proxy_pass http://127.0.0.1:$TEST_NGINX_MOCK_PORT/;
+            proxy_http_version 1.1;
+            proxy_set_header x-mock-drop body;
+        }
     }
 
     smartflow_provider paged type=openai upstream=http://sf_paged
@@ -150,6 +192,42 @@ sub paged_config {
                        path=/big key=sk-oai-provider-key;
     smartflow_route bulky big model=gpt-big-b;
     smartflow_route bulky openai model=gpt-fb-b fallback;
+
+    # pages in the Anthropic API's place, a fallback that answers
+    smartflow_provider apaged type=anthropic upstream=http://sf_paged
+                       key=sk-ant-provider-key;
+    smartflow_route leafed apaged model=claude-paged-l;
+    smartflow_route leafed anthropic model=claude-fb-l fallback;
+
+    # an answer after blanks
+    smartflow_provider spaced type=openai upstream=http://sf_paged
+                       path=/spaced key=sk-oai-provider-key;
+    smartflow_route spaced spaced model=gpt-spaced;
+
+    # answers after line ends, each read on its own
+    smartflow_provider lead type=openai upstream=http://sf_paged
+                       path=/lead/v1 key=sk-oai-provider-key;
+    smartflow_route leading lead model=gpt-lead;
+
+    # a page after line ends, a fallback that answers
+    smartflow_provider leadpage type=openai upstream=http://sf_paged
+                       path=/leadpage/v1 key=sk-oai-provider-key;
+    smartflow_route misled leadpage model=gpt-leadpage;
+    smartflow_route misled openai model=gpt-fb-ml fallback;
+
+    # a stream whose first bytes come late, a fallback
+    smartflow_provider slowlead type=openai upstream=http://sf_paged
+                       path=/slowlead/v1 key=sk-oai-provider-key;
+    smartflow_route tardy slowlead model=gpt-slowlead;
+    smartflow_route tardy openai model=gpt-fb-t fallback;
+
+    # answers cut mid-body, a fallback that answers; or none
+    smartflow_provider cut type=openai upstream=http://sf_paged
+                       path=/cut/v1 key=sk-oai-provider-key;
+    smartflow_route mended cut model=gpt-cut-m;
+    smartflow_route mended openai model=gpt-fb-m fallback;
+    smartflow_route torn cut model=gpt-cut-t;
+    smartflow_route torn cut model=gpt-cut-t2 fallback;
 _EOC_
 }
 
@@ -208,6 +286,13 @@ sub view {
             # a stream: whether it was cut, in the client's format
             return $body =~ /"code":"upstream_stream_broken"/
                    ? "stream cut\n" : "stream whole\n";
+        }
+
+        if ($body =~ /^event: /) {
+            # an Anthropic stream: whole when it stops, without an error
+            return $body =~ /^event: message_stop$/m
+                   && $body !~ /^event: error$/m
+                   ? "stream whole\n" : "stream cut\n";
         }
 
         return $body unless ref $d eq 'HASH';
@@ -884,5 +969,391 @@ _EOC_
 --- wait: 0.2
 --- error_log
 smartflow proxy: deployment "paged/gpt-paged-r" gave an answer that could not be read for model "rescued", trying the next one
+--- no_error_log
+[alert]
+
+
+
+=== TEST 20: an answer cut mid-body, then the fallback's: the client's connection is kept
+Two requests on one connection; each primary answer breaks off
+mid-body, each fallback answers, and the connection serves both.
+--- http_config eval
+::paged_config()
+--- pipelined_requests eval
+["POST /anthropic/v1/messages\n"
+ . '{"model":"mended","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}',
+ "POST /anthropic/v1/messages\n"
+ . '{"model":"mended","max_tokens":8,"messages":[{"role":"user","content":"again"}]}']
+--- more_headers eval
+[$::AnthropicKey, $::AnthropicKey]
+--- error_code eval
+[200, 200]
+--- response_body_filters eval
+::view()
+--- response_body eval
+["message \"mock reply to: hi\"\n", "message \"mock reply to: again\"\n"]
+--- grep_error_log eval
+qr/deployment "cut\/gpt-cut-m" gave an answer that could not be read/
+--- grep_error_log_out
+deployment "cut/gpt-cut-m" gave an answer that could not be read
+deployment "cut/gpt-cut-m" gave an answer that could not be read
+--- no_error_log
+[alert]
+
+
+
+=== TEST 21: answers cut mid-body, none left: each 502 keeps the client's connection
+--- http_config eval
+::paged_config()
+--- pipelined_requests eval
+["POST /anthropic/v1/messages\n"
+ . '{"model":"torn","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}',
+ "POST /anthropic/v1/messages\n"
+ . '{"model":"torn","max_tokens":8,"messages":[{"role":"user","content":"again"}]}']
+--- more_headers eval
+[$::AnthropicKey, $::AnthropicKey]
+--- error_code eval
+[502, 502]
+--- response_body eval
+['{"type":"error","error":{"type":"api_error","message":"The provider\'s answer could not be read."}}',
+ '{"type":"error","error":{"type":"api_error","message":"The provider\'s answer could not be read."}}']
+--- error_log
+smartflow proxy: answer of provider "cut" broke before its end
+--- no_error_log
+[alert]
+
+
+
+=== TEST 22: an answer of 200 that is not JSON, passed untouched otherwise, goes on to the fallback
+The OpenAI client's answer from an OpenAI-format provider passes as it
+is; the primary's page does not: the fallback answers, with nothing of
+the page's headers, and the primary has the failure.
+--- http_config eval
+::paged_config('smartflow_breaker failures=1 cooldown=30s;')
+--- request eval
+[::chat('rescued'), "GET /health"]
+--- error_code eval
+[200, 200]
+--- response_headers eval
+["Content-Type: application/json\nx-smartflow-deployment: openai/gpt-fb-r", ""]
+--- response_body_filters eval
+::view(models => ['rescued'])
+--- response_body eval
+["chat.completion \"mock reply to: hi\"\n",
+ "paged/gpt-paged-r open requests=1 failures=1 in_flight=0\n"
+ . "openai/gpt-fb-r closed requests=1 failures=0 in_flight=0\n"]
+--- error_log
+smartflow proxy: provider "paged" answered 200 with a body that is not JSON
+smartflow proxy: deployment "paged/gpt-paged-r" gave an answer that could not be read for model "rescued", trying the next one
+--- no_error_log
+[alert]
+
+
+
+=== TEST 23: answers of 200 that are not JSON, none left: a 502 in the OpenAI client's format
+--- http_config eval
+::paged_config('smartflow_breaker failures=1 cooldown=30s;')
+--- request eval
+[::chat('unreadable'), "GET /health"]
+--- error_code eval
+[502, 200]
+--- response_headers eval
+["Content-Type: application/json\nx-smartflow-deployment: paged/gpt-paged-fb-u", ""]
+--- response_body_filters eval
+::view(models => ['unreadable'])
+--- response_body eval
+['{"error":{"message":"The provider\'s answer could not be read.","type":"api_error","param":null,"code":null}}',
+ "paged/gpt-paged-u open requests=1 failures=1 in_flight=0\n"
+ . "paged/gpt-paged-fb-u open requests=1 failures=1 in_flight=0\n"]
+--- error_log
+smartflow proxy: provider "paged" answered 200 with a body that is not JSON
+smartflow proxy: deployment "paged/gpt-paged-u" gave an answer that could not be read for model "unreadable", trying the next one
+--- no_error_log
+[alert]
+
+
+
+=== TEST 24: a page in the Anthropic API's place goes on to the fallback
+The Anthropic client's answer from an Anthropic provider passes as it
+is; the primary's page does not.
+--- http_config eval
+::paged_config('smartflow_breaker failures=1 cooldown=30s;')
+--- request eval
+["POST /anthropic/v1/messages\n"
+ . '{"model":"leafed","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}',
+ "GET /health"]
+--- more_headers eval
+[$::AnthropicKey, $::OpenAIKey]
+--- error_code eval
+[200, 200]
+--- response_headers eval
+["x-smartflow-deployment: anthropic/claude-fb-l", ""]
+--- response_body_filters eval
+::view(models => ['leafed'])
+--- response_body eval
+["message \"mock reply to: hi\"\n",
+ "apaged/claude-paged-l open requests=1 failures=1 in_flight=0\n"
+ . "anthropic/claude-fb-l closed requests=1 failures=0 in_flight=0\n"]
+--- error_log
+smartflow proxy: provider "apaged" answered 200 with a body that is not JSON
+smartflow proxy: deployment "apaged/claude-paged-l" gave an answer that could not be read for model "leafed", trying the next one
+--- no_error_log
+[alert]
+
+
+
+=== TEST 25: an answer of JSON after blanks passes untouched
+--- http_config eval
+::paged_config()
+--- request eval
+::chat('spaced')
+--- error_code: 200
+--- response_headers
+x-smartflow-deployment: spaced/gpt-spaced
+Content-Type: application/json
+--- response_body eval
+' ' . "\n" . ' {"id":"chatcmpl-spaced","object":"chat.completion","model":"gpt-spaced","choices":[{"index":0,"message":{"role":"assistant","content":"after blanks"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}'
+--- no_error_log
+[error]
+
+
+
+=== TEST 26: a page given for a stream goes on to the fallback
+The OpenAI client asks for a stream; the primary answers 200 with a
+page: the client gets the fallback's stream, whole.
+--- http_config eval
+::paged_config('smartflow_breaker failures=1 cooldown=30s;')
+--- request eval
+[::chat('rescued', stream => 1), "GET /health"]
+--- error_code eval
+[200, 200]
+--- response_headers eval
+["Content-Type: text/event-stream; charset=utf-8\nx-smartflow-deployment: openai/gpt-fb-r", ""]
+--- response_body_filters eval
+::view(models => ['rescued'])
+--- response_body eval
+["stream whole\n",
+ "paged/gpt-paged-r open requests=1 failures=1 in_flight=0\n"
+ . "openai/gpt-fb-r closed requests=1 failures=0 in_flight=0\n"]
+--- error_log
+smartflow proxy: provider "paged" answered 200 to a stream request with a body that is not a stream
+smartflow proxy: deployment "paged/gpt-paged-r" gave an answer that could not be read for model "rescued", trying the next one
+--- no_error_log
+[alert]
+
+
+
+=== TEST 27: JSON given for a stream, translated for the Anthropic client, goes on to the fallback
+--- http_config eval
+::paged_config('smartflow_breaker failures=1 cooldown=30s;')
+--- request eval
+["POST /anthropic/v1/messages\n"
+ . '{"model":"strange","max_tokens":8,"stream":true,"messages":[{"role":"user","content":"hi"}]}',
+ "GET /health"]
+--- more_headers eval
+[$::AnthropicKey, $::OpenAIKey]
+--- error_code eval
+[200, 200]
+--- response_headers eval
+["x-smartflow-deployment: openai/gpt-fb-s", ""]
+--- response_body_filters eval
+::view(models => ['strange'])
+--- response_body eval
+["stream whole\n",
+ "odd/gpt-odd-s open requests=1 failures=1 in_flight=0\n"
+ . "openai/gpt-fb-s closed requests=1 failures=0 in_flight=0\n"]
+--- error_log
+smartflow proxy: provider "odd" answered 200 to a stream request with a body that is not a stream
+smartflow proxy: deployment "odd/gpt-odd-s" gave an answer that could not be read for model "strange", trying the next one
+--- no_error_log
+[alert]
+
+
+
+=== TEST 28: pages given for a stream, none left: a 502 in the OpenAI client's format
+--- http_config eval
+::paged_config()
+--- request eval
+::chat('unreadable', stream => 1)
+--- error_code: 502
+--- response_headers
+Content-Type: application/json
+--- response_body eval
+'{"error":{"message":"The provider\'s answer could not be read.","type":"api_error","param":null,"code":null}}'
+--- error_log
+smartflow proxy: provider "paged" answered 200 to a stream request with a body that is not a stream
+--- no_error_log
+[alert]
+
+
+
+=== TEST 29: an answer of JSON after line ends, each read on its own, passes untouched
+A provider keeping a slow answer's connection alive sends line ends
+before it; with proxy_buffering off each is read on its own: they wait
+with the header, and reach the client with the answer, byte for byte.
+--- http_config eval
+::paged_config()
+--- config eval
+::own_location("    proxy_buffering off;")
+--- request eval
+::chat('leading', prefix => '/own')
+--- error_code: 200
+--- response_headers
+x-smartflow-deployment: lead/gpt-lead
+Content-Type: application/json
+--- response_body_like eval
+qr/\A\n\n\n\{"id":"chatcmpl-[^"]+","object":"chat.completion",.*"content":"mock reply to: hi"/s
+--- no_error_log
+[error]
+
+
+
+=== TEST 30: the same, the proxy buffering: untouched too
+--- http_config eval
+::paged_config()
+--- request eval
+::chat('leading')
+--- error_code: 200
+--- response_body_like eval
+qr/\A\n\n\n\{"id":"chatcmpl-[^"]+","object":"chat.completion",.*"content":"mock reply to: hi"/s
+--- no_error_log
+[error]
+
+
+
+=== TEST 31: a stream after line ends, each read on its own, passes whole
+--- http_config eval
+::paged_config()
+--- request eval
+::chat('leading', stream => 1)
+--- error_code: 200
+--- response_headers
+x-smartflow-deployment: lead/gpt-lead
+--- response_body_like eval
+qr/\A\n\n\ndata: \{"id":"chatcmpl-.*"finish_reason":"stop".*\n\ndata: \[DONE\]\n\n\z/s
+--- no_error_log
+[error]
+
+
+
+=== TEST 32: a page after line ends, each read on its own, given for a stream: the fallback's stream
+--- http_config eval
+::paged_config()
+--- request eval
+::chat('misled', stream => 1)
+--- error_code: 200
+--- response_headers
+x-smartflow-deployment: openai/gpt-fb-ml
+--- response_body_filters eval
+::view()
+--- response_body
+stream whole
+--- error_log
+smartflow proxy: provider "leadpage" answered 200 to a stream request with a body that is not a stream
+--- no_error_log
+[alert]
+
+
+
+=== TEST 33: a page after line ends, each read on its own, given for JSON: the fallback's answer
+--- http_config eval
+::paged_config()
+--- config eval
+::own_location("    proxy_buffering off;")
+--- request eval
+::chat('misled', prefix => '/own')
+--- error_code: 200
+--- response_headers
+x-smartflow-deployment: openai/gpt-fb-ml
+--- response_body_filters eval
+::view()
+--- response_body
+chat.completion "mock reply to: hi"
+--- error_log
+smartflow proxy: provider "leadpage" answered 200 with a body that is not JSON
+--- no_error_log
+[alert]
+
+
+
+=== TEST 34: a stream over smartflow_stream_max_time before its first bytes: the client's 502, no fallback
+The request's time is spent: the fallback would be cut at once, and is
+not tried.
+--- http_config eval
+::paged_config('smartflow_breaker failures=1 cooldown=30s;')
+--- config eval
+::own_location("    smartflow_stream_max_time 500ms;")
+--- request eval
+[::chat('tardy', stream => 1, prefix => '/own'), "GET /health"]
+--- error_code eval
+[502, 200]
+--- response_body_filters eval
+::view(models => ['tardy'])
+--- response_body eval
+['{"error":{"message":"The provider\'s answer could not be read.","type":"api_error","param":null,"code":null}}',
+ "slowlead/gpt-slowlead open requests=1 failures=1 in_flight=0\n"
+ . "openai/gpt-fb-t closed requests=0 failures=0 in_flight=0\n"]
+--- error_log
+smartflow proxy: stream from provider "slowlead" cut at 0 bytes after
+--- no_error_log
+[alert]
+trying the next one
+
+
+
+=== TEST 35: an answer cut mid-body, none left, on the connection's last request: the 502 closes it
+The client asks to keep its connection, but keepalive_requests says
+this is its last request: the connection is not kept for the 502.
+--- http_config eval
+::paged_config('keepalive_requests 1;')
+--- request eval
+"POST /anthropic/v1/messages\n"
+. '{"model":"torn","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}'
+--- more_headers eval
+$::AnthropicKey . "\nConnection: keep-alive"
+--- error_code: 502
+--- response_headers
+Connection: close
+--- error_log
+smartflow proxy: answer of provider "cut" broke before its end
+--- no_error_log
+[alert]
+
+
+
+=== TEST 36: an answer cut mid-body, the fallback's answer, with keepalive_timeout 0: the connection is closed
+--- http_config eval
+::paged_config()
+--- config eval
+"keepalive_timeout 0;\n" . $::Locations
+--- request eval
+"POST /anthropic/v1/messages\n"
+. '{"model":"mended","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}'
+--- more_headers eval
+$::AnthropicKey . "\nConnection: keep-alive"
+--- error_code: 200
+--- response_headers
+Connection: close
+x-smartflow-deployment: openai/gpt-fb-m
+--- response_body_filters eval
+::view()
+--- response_body
+message "mock reply to: hi"
+--- no_error_log
+[alert]
+
+
+
+=== TEST 37: an answer cut mid-body, none left, to an HTTP/1.0 client: the 502 closes the connection
+--- http_config eval
+::paged_config()
+--- request eval
+"POST /anthropic/v1/messages HTTP/1.0\n"
+. '{"model":"torn","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}'
+--- more_headers eval
+$::AnthropicKey
+--- error_code: 502
+--- response_headers
+Connection: close
 --- no_error_log
 [alert]
