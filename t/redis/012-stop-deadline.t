@@ -29,12 +29,24 @@ my $mode_file;
 
 # what the proxy does with Redis's answers: "pass", "hold" them, or "drip
 # S": one now, then one every S seconds.  Held or dripped: those on the
-# connections open when the mode is set; later connections pass.
+# connections open when the mode is set; later connections pass.  The
+# proxy says which mode it has applied; once the proxy runs, this returns
+# when it has applied this one, so that a connection made after (a new
+# worker's) is not taken for one open before.
+my $proxy_started;
 sub mode {
     open my $fh, '>', "$mode_file.tmp" or die "$mode_file: $!";
     print $fh $_[0];
     close $fh;
     rename "$mode_file.tmp", $mode_file or die "$mode_file: $!";
+    return unless $proxy_started;
+    my $t0 = time;
+    while (time - $t0 < 30) {
+        my $seen = do { local (@ARGV, $/) = "$mode_file.seen"; <> } // '';
+        return if $seen eq $_[0];
+        sleep 0.01;
+    }
+    die "the proxy did not take the mode \"$_[0]\"\n";
 }
 
 # the length of one RESP answer at the start of $$buf, 0 when incomplete
@@ -83,6 +95,11 @@ sub proxy {
                 $slow{$cl} = $mode ne 'pass';
                 $next{$cl} = 0;
             }
+            open my $fh, '>', "$mode_file.seen.tmp" or die "$mode_file: $!";
+            print $fh $mode;
+            close $fh;
+            rename "$mode_file.seen.tmp", "$mode_file.seen"
+                or die "$mode_file: $!";
         }
         for my $s ($sel->can_read(0.02)) {
             if ($s == $listen) {
@@ -136,6 +153,7 @@ sub proxy {
 # the proxy runs first: it connects to Redis for each connection it takes
 $mode_file = ($ENV{TEST_NGINX_SERVROOT} || '/tmp/smartflow-redis-test')
              . '/stop-deadline-answers';
+unlink "$mode_file.seen";
 mode('pass');
 my $proxy = fork;
 die "fork: $!" unless defined $proxy;
@@ -158,6 +176,7 @@ for (1 .. 700) {
     sleep 0.05;
 }
 die "the proxy does not listen on port $proxy_port\n" unless $up;
+$proxy_started = 1;
 
 my ($c, $a) = Smartflow::SlowSpend::setup('stop-deadline',
     redis_addr => "127.0.0.1:$proxy_port", redis_timeout => 5000);
